@@ -1,0 +1,48 @@
+//! Deterministic sealing, for test vectors and other implementations' conformance tests.
+//!
+//! DANGER: these functions take the epoch secret and sequence number from the caller. Sealing
+//! two payloads with the same secret and sequence number reuses an AES-GCM nonce and destroys
+//! confidentiality and integrity. Applications use [`crate::Sealer`], which never does.
+
+use aws_lc_rs::aead::{Aad, Nonce};
+use entente_wire as wire;
+
+use crate::{KEY_LEN, SealError, envelope::envelope_aad, sender_key::PayloadKey};
+
+/// The AES-256-GCM key and base IV that an epoch secret yields (PROTOCOL.md §4.1).
+pub fn danger_payload_key_and_iv(
+    secret: &[u8; KEY_LEN],
+    sender: &str,
+    channel: &str,
+    epoch: u64,
+) -> Result<([u8; 32], [u8; 12]), SealError> {
+    PayloadKey::derive_raw(secret, sender, channel, epoch)
+        .map_err(|_| SealError::Crypto("key derivation"))
+}
+
+/// Seals `payload` into `envelope.ciphertext` with the given epoch secret; the envelope's other
+/// fields must already be set.
+pub fn danger_seal_with_secret(
+    secret: &[u8; KEY_LEN],
+    sender: &str,
+    channel: &str,
+    envelope: &mut wire::Envelope,
+    payload: &[u8],
+) -> Result<(), SealError> {
+    let key = PayloadKey::derive(secret, sender, channel, envelope.epoch)
+        .map_err(|_| SealError::Crypto("key derivation"))?;
+    let aad = envelope_aad(sender, channel, envelope);
+    envelope.ciphertext = payload.to_vec();
+    key.key
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(key.nonce(envelope.seq)),
+            Aad::from(aad.as_slice()),
+            &mut envelope.ciphertext,
+        )
+        .map_err(|_| SealError::Crypto("seal"))
+}
+
+/// Signs a batch whose envelopes are already sealed, with `keys`.
+pub fn danger_sign_batch(keys: &crate::MessageKeys, batch: &mut wire::SignedBatch) {
+    batch.signature = keys.sign(&crate::batch_signing_input(batch)).to_vec();
+}

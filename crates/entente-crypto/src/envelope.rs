@@ -1,0 +1,1012 @@
+//! Sealing and opening envelopes (PROTOCOL.md §4): the [`Sealer`] of one sender on one channel,
+//! and the [`Opener`] of one recipient.
+
+use std::{collections::HashMap, sync::Arc};
+
+use aws_lc_rs::{
+    aead::{Aad, Nonce},
+    digest::{SHA256, digest},
+    rand::{SecureRandom, SystemRandom},
+};
+use entente_types::{Channel, ChannelError, IdError, MessageId, MessageIdError, Principal};
+use entente_wire as wire;
+use zeroize::Zeroizing;
+
+use crate::{
+    KEY_LEN, MessageKeys, ReplayError, ReplayWindow, SenderKeyIn, VerifiedKeyBundle,
+    canon::{Canon, label},
+    sender_key::{EpochSecret, NewSenderKey, PayloadKey, check_signer, verify_ed25519},
+};
+
+/// The envelope suite this crate implements.
+pub const SUITE_V1: u8 = 1;
+
+/// Length of the AES-256-GCM tag appended to every ciphertext.
+pub const TAG_LEN: usize = 16;
+
+// === errors ===
+
+/// Why sealing failed. These are caller or environment errors, never peer input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SealError {
+    /// The current epoch reached its message or age limit: call [`Sealer::rotate`].
+    #[error("the sender-key epoch is exhausted; rotate it")]
+    EpochExhausted,
+    /// The payload is larger than the wire limit.
+    #[error("payload of {len} bytes exceeds the limit of {max}")]
+    PayloadTooLarge {
+        /// Payload length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A batch must hold 1 to `max_batch_envelopes` envelopes.
+    #[error("a batch must hold between 1 and {max} envelopes, not {len}")]
+    BatchSize {
+        /// Envelopes given.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// More recipients than the wire limit.
+    #[error("{len} recipients exceed the limit of {max}")]
+    TooManyRecipients {
+        /// Recipients given.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A recipient's key bundle is outside its validity period.
+    #[error("the key bundle of `{0}` is not valid now")]
+    RecipientExpired(String),
+    /// The random source or a primitive failed.
+    #[error("cryptographic failure: {0}")]
+    Crypto(&'static str),
+}
+
+/// Why a sender key, a batch or one of its envelopes was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// Decoding failed.
+    #[error("{0}")]
+    Wire(#[from] wire::WireError),
+    /// A field is malformed.
+    #[error("malformed: {0}")]
+    Malformed(&'static str),
+    /// An unsupported format version.
+    #[error("version {0} is not supported")]
+    UnsupportedVersion(u32),
+    /// A principal ID is malformed.
+    #[error("bad principal: {0}")]
+    Id(#[from] IdError),
+    /// A channel name is malformed.
+    #[error("bad channel: {0}")]
+    Channel(#[from] ChannelError),
+    /// A message ID is malformed.
+    #[error("bad message id: {0}")]
+    MessageId(#[from] MessageIdError),
+    /// The key bundle given is not the claimed sender's.
+    #[error("the key bundle is not the sender's")]
+    WrongSenderBundle,
+    /// The sender signed with another generation of its keys.
+    #[error("signed with key epoch {got}, but the sender's bundle is epoch {expected}")]
+    KeyEpochMismatch {
+        /// The bundle's epoch.
+        expected: u64,
+        /// The epoch named by the message.
+        got: u64,
+    },
+    /// The sender's key bundle is not valid now.
+    #[error("the sender's key bundle is not valid now")]
+    SenderBundleExpired,
+    /// The batch signature does not verify.
+    #[error("batch signature is invalid")]
+    BadBatchSignature,
+    /// The sender-key signature does not verify.
+    #[error("sender-key signature is invalid")]
+    BadSenderKeySignature,
+    /// The sender key is not wrapped to this recipient (or to its current keys).
+    #[error("not a recipient of this sender key")]
+    NotARecipient,
+    /// HPKE could not unwrap the epoch secret.
+    #[error("the sender key could not be unwrapped")]
+    Unwrap,
+    /// A different secret was already accepted for this (sender, channel, epoch).
+    #[error("a different sender key exists for this epoch")]
+    EpochConflict,
+    /// No sender key is known for this envelope's epoch.
+    #[error("no sender key for epoch {0}")]
+    UnknownEpoch(u64),
+    /// The sender key's lifetime is over, or the envelope was issued after it.
+    #[error("the sender-key epoch has expired")]
+    EpochExpired,
+    /// Authenticated decryption failed: ciphertext or header tampered.
+    #[error("authentication failed")]
+    Decrypt,
+    /// A replayed or too old sequence number.
+    #[error("{0}")]
+    Replay(#[from] ReplayError),
+    /// The envelope's `expires_at` has passed.
+    #[error("the envelope has expired")]
+    Expired,
+    /// The envelope claims to be issued in the future beyond the allowed clock skew.
+    #[error("the envelope is issued in the future")]
+    NotYetValid,
+    /// The opener holds as many epochs as allowed.
+    #[error("too many sender-key epochs held ({0})")]
+    TooManyEpochs(usize),
+}
+
+// === impl Sealer ===
+
+/// Options of a [`Sealer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealerOptions {
+    /// Lifetime of each envelope (`expires_at - issued_at`).
+    pub message_ttl_ms: u64,
+    /// Envelopes sealed under one epoch before rotation is required.
+    pub epoch_max_messages: u64,
+    /// Age of an epoch after which rotation is required.
+    pub epoch_max_age_ms: u64,
+    /// Wire limits (payload size, batch length, recipients).
+    pub limits: wire::Limits,
+}
+
+impl Default for SealerOptions {
+    fn default() -> Self {
+        Self {
+            message_ttl_ms: 10 * 60 * 1000,
+            epoch_max_messages: 1 << 24,
+            epoch_max_age_ms: 60 * 60 * 1000,
+            limits: wire::Limits::default(),
+        }
+    }
+}
+
+/// Seals and signs the envelopes of one sender on one channel.
+#[derive(Debug)]
+pub struct Sealer {
+    sender: Principal,
+    channel: Channel,
+    key_epoch: u64,
+    keys: Arc<MessageKeys>,
+    options: SealerOptions,
+    epoch: u64,
+    payload: PayloadKey,
+    next_seq: u64,
+    epoch_started_ms: u64,
+    scratch: Canon,
+    rng: SystemRandom,
+}
+
+impl Sealer {
+    /// Starts the first epoch for `recipients` and returns the sender key to distribute.
+    ///
+    /// `key_epoch` is the epoch of the sender's own key bundle holding `keys`' public halves.
+    pub fn new(
+        sender: Principal,
+        key_epoch: u64,
+        keys: Arc<MessageKeys>,
+        channel: Channel,
+        recipients: &[VerifiedKeyBundle],
+        options: SealerOptions,
+        now_ms: u64,
+    ) -> Result<(Self, wire::SenderKey), SealError> {
+        let rng = SystemRandom::new();
+        let secret = random_secret(&rng)?;
+        let epoch = now_ms.max(1);
+        let payload = PayloadKey::derive(&secret, sender.as_str(), channel.as_str(), epoch)
+            .map_err(|_| SealError::Crypto("key derivation"))?;
+        let sealer = Self {
+            sender,
+            channel,
+            key_epoch,
+            keys,
+            options,
+            epoch,
+            payload,
+            next_seq: 0,
+            epoch_started_ms: now_ms,
+            scratch: Canon::default(),
+            rng,
+        };
+        let sender_key = sealer.sender_key(&secret, recipients, now_ms)?;
+        Ok((sealer, sender_key))
+    }
+
+    /// Starts a new epoch (membership changed, or the old one is exhausted) and returns its
+    /// sender key. Envelopes sealed afterwards are readable only by `recipients`.
+    pub fn rotate(
+        &mut self,
+        recipients: &[VerifiedKeyBundle],
+        now_ms: u64,
+    ) -> Result<wire::SenderKey, SealError> {
+        let secret = random_secret(&self.rng)?;
+        let epoch = now_ms.max(self.epoch.saturating_add(1));
+        self.payload =
+            PayloadKey::derive(&secret, self.sender.as_str(), self.channel.as_str(), epoch)
+                .map_err(|_| SealError::Crypto("key derivation"))?;
+        self.epoch = epoch;
+        self.next_seq = 0;
+        self.epoch_started_ms = now_ms;
+        self.sender_key(&secret, recipients, now_ms)
+    }
+
+    /// Whether the current epoch must be rotated before sealing at `now_ms`.
+    pub fn needs_rotation(&self, now_ms: u64) -> bool {
+        self.next_seq >= self.options.epoch_max_messages
+            || now_ms.saturating_sub(self.epoch_started_ms) >= self.options.epoch_max_age_ms
+    }
+
+    /// The current sender-key epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The channel sealed for.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Seals `payloads` and signs them as one batch.
+    pub fn seal_batch(
+        &mut self,
+        payloads: &[&[u8]],
+        reply_to: Option<&Channel>,
+        now_ms: u64,
+    ) -> Result<wire::SignedBatch, SealError> {
+        let max = self.options.limits.max_batch_envelopes;
+        if payloads.is_empty() || payloads.len() > max {
+            return Err(SealError::BatchSize {
+                len: payloads.len(),
+                max,
+            });
+        }
+        let mut envelopes = Vec::with_capacity(payloads.len());
+        let mut hashes = Vec::with_capacity(payloads.len() * 32);
+        for payload in payloads {
+            let envelope = self.seal_one(payload, reply_to, now_ms)?;
+            hashes.extend_from_slice(&self.hash_current(&envelope));
+            envelopes.push(envelope);
+        }
+        let signature = self.sign_hashes(&hashes, envelopes.len());
+        Ok(wire::SignedBatch {
+            sender: self.sender.as_str().to_owned(),
+            channel: self.channel.as_str().to_owned(),
+            key_epoch: self.key_epoch,
+            envelopes,
+            signature,
+        })
+    }
+
+    /// Seals one envelope, to be signed with others by [`Sealer::sign`].
+    pub fn seal(
+        &mut self,
+        payload: &[u8],
+        reply_to: Option<&Channel>,
+        now_ms: u64,
+    ) -> Result<wire::Envelope, SealError> {
+        self.seal_one(payload, reply_to, now_ms)
+    }
+
+    /// Signs envelopes sealed by this sealer as one batch.
+    pub fn sign(&mut self, envelopes: Vec<wire::Envelope>) -> Result<wire::SignedBatch, SealError> {
+        let max = self.options.limits.max_batch_envelopes;
+        if envelopes.is_empty() || envelopes.len() > max {
+            return Err(SealError::BatchSize {
+                len: envelopes.len(),
+                max,
+            });
+        }
+        let mut hashes = Vec::with_capacity(envelopes.len() * 32);
+        for envelope in &envelopes {
+            hashes.extend_from_slice(&self.hash_current(envelope));
+        }
+        let signature = self.sign_hashes(&hashes, envelopes.len());
+        Ok(wire::SignedBatch {
+            sender: self.sender.as_str().to_owned(),
+            channel: self.channel.as_str().to_owned(),
+            key_epoch: self.key_epoch,
+            envelopes,
+            signature,
+        })
+    }
+
+    fn seal_one(
+        &mut self,
+        payload: &[u8],
+        reply_to: Option<&Channel>,
+        now_ms: u64,
+    ) -> Result<wire::Envelope, SealError> {
+        let max = self
+            .options
+            .limits
+            .max_ciphertext_bytes
+            .saturating_sub(TAG_LEN);
+        if payload.len() > max {
+            return Err(SealError::PayloadTooLarge {
+                len: payload.len(),
+                max,
+            });
+        }
+        if self.needs_rotation(now_ms) {
+            return Err(SealError::EpochExhausted);
+        }
+        let seq = self.next_seq;
+        let mut random = [0u8; 10];
+        self.rng
+            .fill(&mut random)
+            .map_err(|_| SealError::Crypto("random"))?;
+        let message_id = MessageId::from_parts(now_ms, random);
+        let mut envelope = wire::Envelope {
+            epoch: self.epoch,
+            seq,
+            message_id: message_id.as_bytes().to_vec(),
+            issued_at_ms: now_ms,
+            expires_at_ms: now_ms.saturating_add(self.options.message_ttl_ms),
+            reply_to: reply_to.map(|c| c.as_str().to_owned()).unwrap_or_default(),
+            ciphertext: Vec::with_capacity(payload.len() + TAG_LEN),
+        };
+        write_aad(
+            &mut self.scratch,
+            self.sender.as_str(),
+            self.channel.as_str(),
+            &envelope,
+        );
+        envelope.ciphertext.extend_from_slice(payload);
+        self.payload
+            .key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(self.payload.nonce(seq)),
+                Aad::from(self.scratch.as_bytes()),
+                &mut envelope.ciphertext,
+            )
+            .map_err(|_| SealError::Crypto("seal"))?;
+        self.next_seq += 1;
+        Ok(envelope)
+    }
+
+    fn hash_current(&mut self, envelope: &wire::Envelope) -> [u8; 32] {
+        write_aad(
+            &mut self.scratch,
+            self.sender.as_str(),
+            self.channel.as_str(),
+            envelope,
+        );
+        envelope_hash(&mut self.scratch, &envelope.ciphertext)
+    }
+
+    fn sign_hashes(&self, hashes: &[u8], count: usize) -> Vec<u8> {
+        let input = batch_input(
+            self.sender.as_str(),
+            self.channel.as_str(),
+            self.key_epoch,
+            count,
+            hashes,
+        );
+        self.keys.sign(&input).to_vec()
+    }
+
+    fn sender_key(
+        &self,
+        secret: &[u8; KEY_LEN],
+        recipients: &[VerifiedKeyBundle],
+        now_ms: u64,
+    ) -> Result<wire::SenderKey, SealError> {
+        let max = self.options.limits.max_recipients;
+        if recipients.len() > max {
+            return Err(SealError::TooManyRecipients {
+                len: recipients.len(),
+                max,
+            });
+        }
+        NewSenderKey {
+            sender: self.sender.as_str(),
+            channel: self.channel.as_str(),
+            epoch: self.epoch,
+            issued_at_ms: now_ms,
+            expires_at_ms: now_ms
+                .saturating_add(self.options.epoch_max_age_ms)
+                .saturating_add(self.options.message_ttl_ms),
+            key_epoch: self.key_epoch,
+        }
+        .seal(secret, recipients, &self.keys, now_ms)
+    }
+}
+
+// === impl SignedBatchIn ===
+
+/// A decoded batch whose signature has not been checked. The hub routes these by their
+/// header fields; only an [`Opener`] turns one into [`VerifiedEnvelope`]s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedBatchIn {
+    sender: Principal,
+    channel: Channel,
+    key_epoch: u64,
+    envelopes: Vec<EnvelopeIn>,
+    signature: [u8; 64],
+}
+
+/// One unverified envelope of a [`SignedBatchIn`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvelopeIn {
+    epoch: u64,
+    seq: u64,
+    message_id: MessageId,
+    issued_at_ms: u64,
+    expires_at_ms: u64,
+    reply_to: Option<Channel>,
+    ciphertext: Vec<u8>,
+}
+
+impl SignedBatchIn {
+    /// Decodes protobuf bytes (bounded by `limits`).
+    pub fn decode(bytes: &[u8], limits: &wire::Limits) -> Result<Self, OpenError> {
+        Self::from_wire(wire::decode(bytes, limits)?)
+    }
+
+    /// Checks the field formats of a decoded batch.
+    pub fn from_wire(batch: wire::SignedBatch) -> Result<Self, OpenError> {
+        if batch.envelopes.is_empty() {
+            return Err(OpenError::Malformed("empty batch"));
+        }
+        let signature = batch
+            .signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| OpenError::Malformed("signature length"))?;
+        let envelopes = batch
+            .envelopes
+            .into_iter()
+            .map(EnvelopeIn::from_wire)
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            sender: Principal::parse(&batch.sender)?,
+            channel: Channel::parse(&batch.channel)?,
+            key_epoch: batch.key_epoch,
+            envelopes,
+            signature,
+        })
+    }
+
+    /// The claimed sender (the hub checks it against the connection's identity).
+    pub fn sender(&self) -> &Principal {
+        &self.sender
+    }
+
+    /// The channel of every envelope.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// The sender's key epoch that signed.
+    pub fn key_epoch(&self) -> u64 {
+        self.key_epoch
+    }
+
+    /// The unverified envelopes.
+    pub fn envelopes(&self) -> &[EnvelopeIn] {
+        &self.envelopes
+    }
+
+    /// Re-encodes to the wire form.
+    pub fn to_wire(&self) -> wire::SignedBatch {
+        wire::SignedBatch {
+            sender: self.sender.as_str().to_owned(),
+            channel: self.channel.as_str().to_owned(),
+            key_epoch: self.key_epoch,
+            envelopes: self.envelopes.iter().map(EnvelopeIn::to_wire).collect(),
+            signature: self.signature.to_vec(),
+        }
+    }
+}
+
+impl EnvelopeIn {
+    fn from_wire(e: wire::Envelope) -> Result<Self, OpenError> {
+        if e.ciphertext.len() < TAG_LEN {
+            return Err(OpenError::Malformed("ciphertext shorter than the tag"));
+        }
+        if e.expires_at_ms < e.issued_at_ms {
+            return Err(OpenError::Malformed("envelope expires before it is issued"));
+        }
+        let reply_to = if e.reply_to.is_empty() {
+            None
+        } else {
+            Some(Channel::parse(&e.reply_to)?)
+        };
+        Ok(Self {
+            epoch: e.epoch,
+            seq: e.seq,
+            message_id: MessageId::from_slice(&e.message_id)?,
+            issued_at_ms: e.issued_at_ms,
+            expires_at_ms: e.expires_at_ms,
+            reply_to,
+            ciphertext: e.ciphertext,
+        })
+    }
+
+    fn to_wire(&self) -> wire::Envelope {
+        wire::Envelope {
+            epoch: self.epoch,
+            seq: self.seq,
+            message_id: self.message_id.as_bytes().to_vec(),
+            issued_at_ms: self.issued_at_ms,
+            expires_at_ms: self.expires_at_ms,
+            reply_to: self
+                .reply_to
+                .as_ref()
+                .map(|c| c.as_str().to_owned())
+                .unwrap_or_default(),
+            ciphertext: self.ciphertext.clone(),
+        }
+    }
+
+    /// Sender-key epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Message ID.
+    pub fn message_id(&self) -> MessageId {
+        self.message_id
+    }
+
+    /// Unix milliseconds.
+    pub fn issued_at_ms(&self) -> u64 {
+        self.issued_at_ms
+    }
+
+    /// Unix milliseconds.
+    pub fn expires_at_ms(&self) -> u64 {
+        self.expires_at_ms
+    }
+
+    /// Where replies go, if anywhere.
+    pub fn reply_to(&self) -> Option<&Channel> {
+        self.reply_to.as_ref()
+    }
+
+    /// Ciphertext length including the tag.
+    pub fn ciphertext_len(&self) -> usize {
+        self.ciphertext.len()
+    }
+}
+
+// === impl VerifiedEnvelope ===
+
+/// An envelope whose batch signature, AEAD tag, replay window and expiry were all checked.
+/// There is no other way to make one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedEnvelope {
+    sender: Principal,
+    channel: Channel,
+    epoch: u64,
+    seq: u64,
+    message_id: MessageId,
+    issued_at_ms: u64,
+    expires_at_ms: u64,
+    reply_to: Option<Channel>,
+    payload: Vec<u8>,
+}
+
+impl VerifiedEnvelope {
+    /// The authenticated sender.
+    pub fn sender(&self) -> &Principal {
+        &self.sender
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Sender-key epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Message ID.
+    pub fn message_id(&self) -> MessageId {
+        self.message_id
+    }
+
+    /// Unix milliseconds.
+    pub fn issued_at_ms(&self) -> u64 {
+        self.issued_at_ms
+    }
+
+    /// Unix milliseconds.
+    pub fn expires_at_ms(&self) -> u64 {
+        self.expires_at_ms
+    }
+
+    /// Where replies go, if anywhere.
+    pub fn reply_to(&self) -> Option<&Channel> {
+        self.reply_to.as_ref()
+    }
+
+    /// The plaintext.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// Takes the plaintext.
+    pub fn into_payload(self) -> Vec<u8> {
+        self.payload
+    }
+}
+
+// === impl Opener ===
+
+/// Options of an [`Opener`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenerOptions {
+    /// Most sender-key epochs held at once; expired ones are dropped first.
+    pub max_epochs: usize,
+    /// How far in the future an envelope's `issued_at` may be.
+    pub max_clock_skew_ms: u64,
+}
+
+impl Default for OpenerOptions {
+    fn default() -> Self {
+        Self {
+            max_epochs: 65_536,
+            max_clock_skew_ms: 60_000,
+        }
+    }
+}
+
+/// The result of opening a batch whose signature verified: the envelopes that passed, and
+/// each one refused (replayed, expired, unknown epoch, …) with its index in the batch.
+#[derive(Debug, Default)]
+pub struct OpenedBatch {
+    /// Envelopes that passed every check.
+    pub delivered: Vec<VerifiedEnvelope>,
+    /// Envelopes refused, by index in the batch.
+    pub rejected: Vec<(usize, OpenError)>,
+}
+
+/// Opens what is sent to one recipient.
+#[derive(Debug)]
+pub struct Opener {
+    me: Principal,
+    key_epoch: u64,
+    keys: Arc<MessageKeys>,
+    options: OpenerOptions,
+    epochs: HashMap<String, HashMap<String, HashMap<u64, EpochState>>>,
+    held: usize,
+    scratch: Canon,
+}
+
+#[derive(Debug)]
+struct EpochState {
+    secret_hash: [u8; 32],
+    payload: PayloadKey,
+    issued_at_ms: u64,
+    expires_at_ms: u64,
+    window: ReplayWindow,
+}
+
+impl Opener {
+    /// An opener for `me`, whose key bundle of epoch `key_epoch` holds `keys`' public halves.
+    pub fn new(
+        me: Principal,
+        key_epoch: u64,
+        keys: Arc<MessageKeys>,
+        options: OpenerOptions,
+    ) -> Self {
+        Self {
+            me,
+            key_epoch,
+            keys,
+            options,
+            epochs: HashMap::new(),
+            held: 0,
+            scratch: Canon::default(),
+        }
+    }
+
+    /// Verifies a sender key against its sender's bundle and keeps the epoch secret.
+    /// Receiving the same sender key twice is harmless; a different secret for a known epoch
+    /// is refused.
+    pub fn accept_sender_key(
+        &mut self,
+        sender_key: &SenderKeyIn,
+        sender_bundle: &VerifiedKeyBundle,
+        now_ms: u64,
+    ) -> Result<(), OpenError> {
+        let secret: EpochSecret =
+            sender_key.open(sender_bundle, &self.me, self.key_epoch, &self.keys, now_ms)?;
+        let secret_hash = sha256(&*secret);
+        let sender = sender_key.sender().as_str();
+        let channel = sender_key.channel().as_str();
+        let epoch = sender_key.epoch();
+        if let Some(existing) = self.state(sender, channel, epoch) {
+            return if existing.secret_hash == secret_hash {
+                Ok(())
+            } else {
+                Err(OpenError::EpochConflict)
+            };
+        }
+        if self.held >= self.options.max_epochs {
+            self.purge_expired(now_ms);
+            if self.held >= self.options.max_epochs {
+                return Err(OpenError::TooManyEpochs(self.held));
+            }
+        }
+        let payload =
+            PayloadKey::derive(&secret, sender, channel, epoch).map_err(|_| OpenError::Unwrap)?;
+        self.epochs
+            .entry(sender.to_owned())
+            .or_default()
+            .entry(channel.to_owned())
+            .or_default()
+            .insert(
+                epoch,
+                EpochState {
+                    secret_hash,
+                    payload,
+                    issued_at_ms: sender_key.issued_at_ms(),
+                    expires_at_ms: sender_key.expires_at_ms(),
+                    window: ReplayWindow::new(),
+                },
+            );
+        self.held += 1;
+        Ok(())
+    }
+
+    /// Verifies the batch signature with the sender's bundle, then opens each envelope.
+    ///
+    /// A bad signature refuses the whole batch; otherwise each envelope is delivered or
+    /// refused on its own (replay, expiry, unknown epoch, failed decryption).
+    pub fn open(
+        &mut self,
+        batch: SignedBatchIn,
+        sender_bundle: &VerifiedKeyBundle,
+        now_ms: u64,
+    ) -> Result<OpenedBatch, OpenError> {
+        check_signer(sender_bundle, &batch.sender, batch.key_epoch, now_ms)?;
+        let sender = batch.sender.as_str();
+        let channel = batch.channel.as_str();
+        let mut hashes = Vec::with_capacity(batch.envelopes.len() * 32);
+        for e in &batch.envelopes {
+            write_aad_in(&mut self.scratch, sender, channel, e);
+            hashes.extend_from_slice(&envelope_hash(&mut self.scratch, &e.ciphertext));
+        }
+        let input = batch_input(
+            sender,
+            channel,
+            batch.key_epoch,
+            batch.envelopes.len(),
+            &hashes,
+        );
+        verify_ed25519(sender_bundle, &input, &batch.signature)
+            .map_err(|()| OpenError::BadBatchSignature)?;
+
+        let mut opened = OpenedBatch {
+            delivered: Vec::with_capacity(batch.envelopes.len()),
+            rejected: Vec::new(),
+        };
+        let max_issued = now_ms.saturating_add(self.options.max_clock_skew_ms);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        for (index, e) in batch.envelopes.into_iter().enumerate() {
+            match self.open_one(&mut scratch, sender, channel, e, now_ms, max_issued) {
+                Ok((e, payload)) => opened.delivered.push(VerifiedEnvelope {
+                    sender: batch.sender.clone(),
+                    channel: batch.channel.clone(),
+                    epoch: e.epoch,
+                    seq: e.seq,
+                    message_id: e.message_id,
+                    issued_at_ms: e.issued_at_ms,
+                    expires_at_ms: e.expires_at_ms,
+                    reply_to: e.reply_to,
+                    payload,
+                }),
+                Err(err) => opened.rejected.push((index, err)),
+            }
+        }
+        self.scratch = scratch;
+        Ok(opened)
+    }
+
+    /// Drops every epoch of `sender` (revoked, or left the channel).
+    pub fn forget_sender(&mut self, sender: &Principal) {
+        if let Some(channels) = self.epochs.remove(sender.as_str()) {
+            self.held -= channels.values().map(HashMap::len).sum::<usize>();
+        }
+    }
+
+    /// Drops epochs whose lifetime is over.
+    pub fn purge_expired(&mut self, now_ms: u64) {
+        let mut removed = 0;
+        for channels in self.epochs.values_mut() {
+            for epochs in channels.values_mut() {
+                let before = epochs.len();
+                epochs.retain(|_, s| s.expires_at_ms >= now_ms);
+                removed += before - epochs.len();
+            }
+            channels.retain(|_, e| !e.is_empty());
+        }
+        self.epochs.retain(|_, c| !c.is_empty());
+        self.held -= removed;
+    }
+
+    /// How many sender-key epochs are held.
+    pub fn epochs_held(&self) -> usize {
+        self.held
+    }
+
+    fn state(&self, sender: &str, channel: &str, epoch: u64) -> Option<&EpochState> {
+        self.epochs.get(sender)?.get(channel)?.get(&epoch)
+    }
+
+    fn open_one(
+        &mut self,
+        scratch: &mut Canon,
+        sender: &str,
+        channel: &str,
+        mut e: EnvelopeIn,
+        now_ms: u64,
+        max_issued: u64,
+    ) -> Result<(EnvelopeIn, Vec<u8>), OpenError> {
+        if now_ms > e.expires_at_ms {
+            return Err(OpenError::Expired);
+        }
+        if e.issued_at_ms > max_issued {
+            return Err(OpenError::NotYetValid);
+        }
+        let state = self
+            .epochs
+            .get_mut(sender)
+            .and_then(|c| c.get_mut(channel))
+            .and_then(|c| c.get_mut(&e.epoch))
+            .ok_or(OpenError::UnknownEpoch(e.epoch))?;
+        if e.issued_at_ms > state.expires_at_ms || e.issued_at_ms < state.issued_at_ms {
+            return Err(OpenError::EpochExpired);
+        }
+        state.window.check(e.seq)?;
+        write_aad_in(scratch, sender, channel, &e);
+        let mut ciphertext = std::mem::take(&mut e.ciphertext);
+        let len = state
+            .payload
+            .key
+            .open_in_place(
+                Nonce::assume_unique_for_key(state.payload.nonce(e.seq)),
+                Aad::from(scratch.as_bytes()),
+                &mut ciphertext,
+            )
+            .map_err(|_| OpenError::Decrypt)?
+            .len();
+        ciphertext.truncate(len);
+        state.window.accept(e.seq);
+        Ok((e, ciphertext))
+    }
+}
+
+// === canonical inputs ===
+
+/// The associated data of an envelope: its header in canonical form (PROTOCOL.md §4.2).
+pub fn envelope_aad(sender: &str, channel: &str, envelope: &wire::Envelope) -> Vec<u8> {
+    let mut c = Canon::default();
+    write_aad(&mut c, sender, channel, envelope);
+    c.into_bytes()
+}
+
+/// The bytes a sender signs for a batch (PROTOCOL.md §4.4).
+pub fn batch_signing_input(batch: &wire::SignedBatch) -> Vec<u8> {
+    let mut c = Canon::default();
+    let mut hashes = Vec::with_capacity(batch.envelopes.len() * 32);
+    for e in &batch.envelopes {
+        write_aad(&mut c, &batch.sender, &batch.channel, e);
+        hashes.extend_from_slice(&envelope_hash(&mut c, &e.ciphertext));
+    }
+    batch_input(
+        &batch.sender,
+        &batch.channel,
+        batch.key_epoch,
+        batch.envelopes.len(),
+        &hashes,
+    )
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one field of the canonical header each"
+)]
+fn write_header(
+    c: &mut Canon,
+    sender: &str,
+    channel: &str,
+    epoch: u64,
+    seq: u64,
+    message_id: &[u8],
+    issued_at_ms: u64,
+    expires_at_ms: u64,
+    reply_to: &str,
+) {
+    c.restart(label::ENVELOPE)
+        .u8(SUITE_V1)
+        .str(sender)
+        .str(channel)
+        .u64(epoch)
+        .u64(seq)
+        .bytes(message_id)
+        .u64(issued_at_ms)
+        .u64(expires_at_ms)
+        .str(reply_to);
+}
+
+fn write_aad(c: &mut Canon, sender: &str, channel: &str, e: &wire::Envelope) {
+    write_header(
+        c,
+        sender,
+        channel,
+        e.epoch,
+        e.seq,
+        &e.message_id,
+        e.issued_at_ms,
+        e.expires_at_ms,
+        &e.reply_to,
+    );
+}
+
+fn write_aad_in(c: &mut Canon, sender: &str, channel: &str, e: &EnvelopeIn) {
+    write_header(
+        c,
+        sender,
+        channel,
+        e.epoch,
+        e.seq,
+        e.message_id.as_bytes(),
+        e.issued_at_ms,
+        e.expires_at_ms,
+        e.reply_to.as_ref().map_or("", |r| r.as_str()),
+    );
+}
+
+/// SHA-256(AAD || len(ciphertext) || ciphertext), with `c` holding the AAD (clobbered).
+fn envelope_hash(c: &mut Canon, ciphertext: &[u8]) -> [u8; 32] {
+    c.bytes(ciphertext);
+    sha256(c.as_bytes())
+}
+
+fn batch_input(
+    sender: &str,
+    channel: &str,
+    key_epoch: u64,
+    count: usize,
+    hashes: &[u8],
+) -> Vec<u8> {
+    let mut c = Canon::new(label::BATCH);
+    c.str(sender)
+        .str(channel)
+        .u64(key_epoch)
+        .u32(u32::try_from(count).unwrap_or(u32::MAX))
+        .raw(hashes);
+    c.into_bytes()
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, bytes).as_ref());
+    out
+}
+
+fn random_secret(rng: &SystemRandom) -> Result<EpochSecret, SealError> {
+    let mut secret = Zeroizing::new([0u8; KEY_LEN]);
+    rng.fill(&mut *secret)
+        .map_err(|_| SealError::Crypto("random"))?;
+    Ok(secret)
+}

@@ -1,0 +1,528 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod common;
+
+use common::{Agent, DAY, NOW, TestCa};
+use entente_crypto::{
+    BundleError, KeyBundleBody, KeyBundleIn, OpenError, ReplayError, SealError, Sealer,
+    SealerOptions, SenderKeyIn, SignedBatchIn,
+};
+use entente_wire as wire;
+use proptest::prelude::*;
+
+struct Pair {
+    alice: Agent,
+    bob: Agent,
+    sealer: Sealer,
+    sender_key: wire::SenderKey,
+}
+
+fn pair() -> Pair {
+    let ca = TestCa::new();
+    let alice = Agent::new(&ca, "alice");
+    let bob = Agent::new(&ca, "bob");
+    let (sealer, sender_key) = alice.sealer("orders.eu", &[&bob]);
+    Pair {
+        alice,
+        bob,
+        sealer,
+        sender_key,
+    }
+}
+
+fn deliver(
+    p: &Pair,
+    opener: &mut entente_crypto::Opener,
+    batch: wire::SignedBatch,
+    now: u64,
+) -> Result<entente_crypto::OpenedBatch, OpenError> {
+    let bytes = wire::encode(&batch);
+    let batch = SignedBatchIn::decode(&bytes, &wire::Limits::default())?;
+    opener.open(batch, &p.alice.bundle, now)
+}
+
+fn accept_key(p: &Pair, opener: &mut entente_crypto::Opener) {
+    let sk = SenderKeyIn::from_wire(p.sender_key.clone()).unwrap();
+    opener.accept_sender_key(&sk, &p.alice.bundle, NOW).unwrap();
+}
+
+#[test]
+fn seal_then_open_a_batch() {
+    let mut p = pair();
+    let mut opener = p.bob.opener();
+    accept_key(&p, &mut opener);
+    let reply: entente_types::Channel = "_reply.ops.alice".parse().unwrap();
+    let batch = p
+        .sealer
+        .seal_batch(&[b"one", b"two", b""], Some(&reply), NOW)
+        .unwrap();
+    let opened = deliver(&p, &mut opener, batch, NOW).unwrap();
+    assert!(opened.rejected.is_empty());
+    let payloads: Vec<_> = opened
+        .delivered
+        .iter()
+        .map(|e| e.payload().to_vec())
+        .collect();
+    assert_eq!(payloads, [b"one".to_vec(), b"two".to_vec(), Vec::new()]);
+    let first = &opened.delivered[0];
+    assert_eq!(first.sender(), &p.alice.id);
+    assert_eq!(first.channel().as_str(), "orders.eu");
+    assert_eq!(first.reply_to(), Some(&reply));
+    assert_eq!(first.seq(), 0);
+    assert_eq!(opened.delivered[2].seq(), 2);
+}
+
+#[test]
+fn envelopes_sealed_one_by_one_sign_as_a_batch() {
+    let mut p = pair();
+    let mut opener = p.bob.opener();
+    accept_key(&p, &mut opener);
+    let envelopes = (0..5)
+        .map(|i| {
+            p.sealer
+                .seal(format!("m{i}").as_bytes(), None, NOW)
+                .unwrap()
+        })
+        .collect();
+    let batch = p.sealer.sign(envelopes).unwrap();
+    let opened = deliver(&p, &mut opener, batch, NOW).unwrap();
+    assert_eq!(opened.delivered.len(), 5);
+    assert_eq!(opened.delivered[4].payload(), b"m4");
+}
+
+#[test]
+fn the_hub_sees_headers_but_not_payloads() {
+    let mut p = pair();
+    let batch = p
+        .sealer
+        .seal_batch(&[b"top secret payload"], None, NOW)
+        .unwrap();
+    let bytes = wire::encode(&batch);
+    assert!(!bytes.windows(6).any(|w| w == b"secret"));
+    let parsed = SignedBatchIn::decode(&bytes, &wire::Limits::default()).unwrap();
+    assert_eq!(parsed.sender(), &p.alice.id);
+    assert_eq!(parsed.envelopes()[0].seq(), 0);
+}
+
+#[test]
+fn tampered_ciphertext_is_refused() {
+    let mut p = pair();
+    let mut opener = p.bob.opener();
+    accept_key(&p, &mut opener);
+    let mut batch = p.sealer.seal_batch(&[b"hello"], None, NOW).unwrap();
+    batch.envelopes[0].ciphertext[0] ^= 1;
+    assert_eq!(
+        deliver(&p, &mut opener, batch, NOW).unwrap_err(),
+        OpenError::BadBatchSignature
+    );
+}
+
+#[test]
+fn tampered_header_is_refused() {
+    let mut p = pair();
+    let mut opener = p.bob.opener();
+    accept_key(&p, &mut opener);
+    let mut batch = p.sealer.seal_batch(&[b"hello"], None, NOW).unwrap();
+    batch.envelopes[0].expires_at_ms += 1;
+    assert_eq!(
+        deliver(&p, &mut opener, batch, NOW).unwrap_err(),
+        OpenError::BadBatchSignature
+    );
+}
+
+#[test]
+fn tampered_signature_is_refused() {
+    let mut p = pair();
+    let mut opener = p.bob.opener();
+    accept_key(&p, &mut opener);
+    let mut batch = p.sealer.seal_batch(&[b"hello"], None, NOW).unwrap();
+    batch.signature[10] ^= 0x80;
+    assert_eq!(
+        deliver(&p, &mut opener, batch, NOW).unwrap_err(),
+        OpenError::BadBatchSignature
+    );
+}
+
+#[test]
+fn a_forged_sender_is_refused() {
+    // Mallory signs with her own key but claims to be Alice.
+    let mut p = pair();
+    let ca_mallory = TestCa::new();
+    let mallory = Agent::new(&ca_mallory, "alice");
+    let (mut forged, _) = mallory.sealer("orders.eu", &[&p.bob]);
+    let mut opener = p.bob.opener();
+    accept_key(&p, &mut opener);
+    let batch = forged.seal_batch(&[b"pay mallory"], None, NOW).unwrap();
+    assert_eq!(
+        deliver(&p, &mut opener, batch, NOW).unwrap_err(),
+        OpenError::BadBatchSignature
+    );
+    // And a bundle that is not the claimed sender's is refused before any crypto.
+    let batch = p.sealer.seal_batch(&[b"x"], None, NOW).unwrap();
+    let parsed = SignedBatchIn::from_wire(batch).unwrap();
+    assert_eq!(
+        opener.open(parsed, &p.bob.bundle, NOW).unwrap_err(),
+        OpenError::WrongSenderBundle
+    );
+}
+
+#[test]
+fn a_replayed_sequence_is_refused() {
+    let mut p = pair();
+    let mut opener = p.bob.opener();
+    accept_key(&p, &mut opener);
+    let batch = p.sealer.seal_batch(&[b"a", b"b"], None, NOW).unwrap();
+    assert_eq!(
+        deliver(&p, &mut opener, batch.clone(), NOW)
+            .unwrap()
+            .delivered
+            .len(),
+        2
+    );
+    let again = deliver(&p, &mut opener, batch, NOW).unwrap();
+    assert!(again.delivered.is_empty());
+    assert_eq!(
+        again.rejected,
+        [
+            (0, OpenError::Replay(ReplayError::Duplicate(0))),
+            (1, OpenError::Replay(ReplayError::Duplicate(1)))
+        ]
+    );
+}
+
+#[test]
+fn an_expired_envelope_is_refused() {
+    let mut p = pair();
+    let mut opener = p.bob.opener();
+    accept_key(&p, &mut opener);
+    let batch = p.sealer.seal_batch(&[b"late"], None, NOW).unwrap();
+    let ttl = SealerOptions::default().message_ttl_ms;
+    let opened = deliver(&p, &mut opener, batch, NOW + ttl + 1).unwrap();
+    assert_eq!(opened.rejected, [(0, OpenError::Expired)]);
+}
+
+#[test]
+fn an_envelope_from_the_future_is_refused() {
+    let mut p = pair();
+    let mut opener = p.bob.opener();
+    accept_key(&p, &mut opener);
+    let batch = p
+        .sealer
+        .seal_batch(&[b"early"], None, NOW + 120_000)
+        .unwrap();
+    let opened = deliver(&p, &mut opener, batch, NOW).unwrap();
+    assert_eq!(opened.rejected, [(0, OpenError::NotYetValid)]);
+}
+
+#[test]
+fn a_non_recipient_cannot_unwrap_or_read() {
+    let mut p = pair();
+    let ca = TestCa::new();
+    let eve = Agent::new(&ca, "eve");
+    let mut opener = eve.opener();
+    let sk = SenderKeyIn::from_wire(p.sender_key.clone()).unwrap();
+    assert_eq!(
+        opener
+            .accept_sender_key(&sk, &p.alice.bundle, NOW)
+            .unwrap_err(),
+        OpenError::NotARecipient
+    );
+    let batch = p.sealer.seal_batch(&[b"hello"], None, NOW).unwrap();
+    let opened = deliver(&p, &mut opener, batch, NOW).unwrap();
+    assert!(matches!(
+        opened.rejected[..],
+        [(0, OpenError::UnknownEpoch(_))]
+    ));
+}
+
+#[test]
+fn a_wrapped_key_moved_to_another_recipient_fails_to_unwrap() {
+    let p = pair();
+    let ca = TestCa::new();
+    let eve = Agent::new(&ca, "eve");
+    let mut sk = p.sender_key.clone();
+    sk.recipients[0].recipient = eve.id.as_str().to_owned();
+    // The sender signed the original list, so the signature catches the edit first.
+    let parsed = SenderKeyIn::from_wire(sk).unwrap();
+    assert_eq!(
+        eve.opener()
+            .accept_sender_key(&parsed, &p.alice.bundle, NOW)
+            .unwrap_err(),
+        OpenError::BadSenderKeySignature
+    );
+}
+
+#[test]
+fn rotation_excludes_a_removed_member() {
+    let ca = TestCa::new();
+    let alice = Agent::new(&ca, "alice");
+    let bob = Agent::new(&ca, "bob");
+    let carol = Agent::new(&ca, "carol");
+    let (mut sealer, first) = alice.sealer("team", &[&bob, &carol]);
+    let mut carol_opener = carol.opener();
+    let sk = SenderKeyIn::from_wire(first).unwrap();
+    carol_opener
+        .accept_sender_key(&sk, &alice.bundle, NOW)
+        .unwrap();
+
+    let second = sealer
+        .rotate(std::slice::from_ref(&bob.bundle), NOW + 1)
+        .unwrap();
+    assert!(sealer.epoch() > sk.epoch());
+    let sk2 = SenderKeyIn::from_wire(second).unwrap();
+    assert_eq!(
+        carol_opener
+            .accept_sender_key(&sk2, &alice.bundle, NOW + 1)
+            .unwrap_err(),
+        OpenError::NotARecipient
+    );
+    let batch = sealer
+        .seal_batch(&[b"after carol left"], None, NOW + 1)
+        .unwrap();
+    let opened = carol_opener
+        .open(
+            SignedBatchIn::from_wire(batch).unwrap(),
+            &alice.bundle,
+            NOW + 1,
+        )
+        .unwrap();
+    assert!(opened.delivered.is_empty());
+    assert!(matches!(
+        opened.rejected[..],
+        [(0, OpenError::UnknownEpoch(_))]
+    ));
+}
+
+#[test]
+fn a_conflicting_sender_key_for_a_known_epoch_is_refused() {
+    let mut p = pair();
+    let mut opener = p.bob.opener();
+    accept_key(&p, &mut opener);
+    accept_key(&p, &mut opener); // the same key twice is fine
+    // A second sealer started at the same instant draws the same epoch number.
+    let (_, other) = p.alice.sealer("orders.eu", &[&p.bob]);
+    let sk = SenderKeyIn::from_wire(other).unwrap();
+    assert_eq!(
+        opener
+            .accept_sender_key(&sk, &p.alice.bundle, NOW)
+            .unwrap_err(),
+        OpenError::EpochConflict
+    );
+    let _ = p.sealer.seal(b"x", None, NOW).unwrap();
+}
+
+#[test]
+fn an_exhausted_epoch_must_rotate() {
+    let ca = TestCa::new();
+    let alice = Agent::new(&ca, "alice");
+    let bob = Agent::new(&ca, "bob");
+    let options = SealerOptions {
+        epoch_max_messages: 2,
+        ..SealerOptions::default()
+    };
+    let (mut sealer, _) = Sealer::new(
+        alice.id.clone(),
+        1,
+        alice.keys.clone(),
+        "c".parse().unwrap(),
+        std::slice::from_ref(&bob.bundle),
+        options,
+        NOW,
+    )
+    .unwrap();
+    sealer.seal_batch(&[b"1", b"2"], None, NOW).unwrap();
+    assert_eq!(
+        sealer.seal(b"3", None, NOW).unwrap_err(),
+        SealError::EpochExhausted
+    );
+    assert!(sealer.needs_rotation(NOW));
+    sealer
+        .rotate(std::slice::from_ref(&bob.bundle), NOW)
+        .unwrap();
+    sealer.seal(b"3", None, NOW).unwrap();
+    assert!(sealer.needs_rotation(NOW + options.epoch_max_age_ms));
+}
+
+#[test]
+fn batch_size_and_payload_size_are_bounded() {
+    let mut p = pair();
+    assert!(matches!(
+        p.sealer.seal_batch(&[], None, NOW).unwrap_err(),
+        SealError::BatchSize { len: 0, .. }
+    ));
+    let big = vec![0u8; wire::Limits::default().max_ciphertext_bytes];
+    assert!(matches!(
+        p.sealer.seal(&big, None, NOW).unwrap_err(),
+        SealError::PayloadTooLarge { .. }
+    ));
+}
+
+#[test]
+fn key_bundle_checks() {
+    let ca = TestCa::new();
+    let other = TestCa::new();
+    let alice = Agent::new(&ca, "alice");
+    let wire_bundle = alice.bundle.to_wire().clone();
+
+    // signed by another CA
+    let err = KeyBundleIn::from_wire(wire_bundle.clone())
+        .unwrap()
+        .verify(&other.authority, NOW)
+        .unwrap_err();
+    assert_eq!(err, BundleError::UnknownSigner);
+
+    // tampered key
+    let mut tampered = wire_bundle.clone();
+    tampered.x25519_public[0] ^= 1;
+    let err = KeyBundleIn::from_wire(tampered)
+        .unwrap()
+        .verify(&ca.authority, NOW)
+        .unwrap_err();
+    assert_eq!(err, BundleError::BadSignature);
+
+    // expired and not yet valid
+    let b = KeyBundleIn::from_wire(wire_bundle.clone()).unwrap();
+    assert_eq!(
+        b.clone().verify(&ca.authority, NOW + 2 * DAY).unwrap_err(),
+        BundleError::Expired
+    );
+    assert_eq!(
+        b.verify(&ca.authority, NOW - 2 * DAY).unwrap_err(),
+        BundleError::NotYetValid
+    );
+
+    // wrong lengths and versions
+    let mut short = wire_bundle.clone();
+    short.ed25519_public.pop();
+    assert_eq!(
+        KeyBundleIn::from_wire(short).unwrap_err(),
+        BundleError::BadLength("ed25519_public")
+    );
+    let mut v2 = wire_bundle.clone();
+    v2.version = 2;
+    assert_eq!(
+        KeyBundleIn::from_wire(v2).unwrap_err(),
+        BundleError::UnsupportedVersion(2)
+    );
+    let mut bad_id = wire_bundle.clone();
+    bad_id.principal = "spiffe://acme.internal/service/x".into();
+    assert!(matches!(
+        KeyBundleIn::from_wire(bad_id).unwrap_err(),
+        BundleError::Principal(_)
+    ));
+
+    // truncated and oversized protobuf
+    let bytes = wire::encode(&wire_bundle);
+    assert!(matches!(
+        KeyBundleIn::decode(&bytes[..bytes.len() - 3], &wire::Limits::default()).unwrap_err(),
+        BundleError::Wire(_)
+    ));
+    let tiny = wire::Limits {
+        max_frame_bytes: 50,
+        ..Default::default()
+    };
+    assert!(matches!(
+        KeyBundleIn::decode(&bytes, &tiny).unwrap_err(),
+        BundleError::Wire(wire::WireError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn a_bundle_signed_by_the_authority_for_another_principal_cannot_sign_for_alice() {
+    let ca = TestCa::new();
+    let alice = Agent::new(&ca, "alice");
+    let mut p = pair();
+    let batch = p.sealer.seal_batch(&[b"x"], None, NOW).unwrap();
+    let mut opener = alice.opener();
+    let body = KeyBundleBody {
+        principal: p.alice.id.clone(),
+        ..alice.bundle.body().clone()
+    };
+    // Same principal, other keys: a bundle the sender never had.
+    let bundle = KeyBundleIn::from_wire(ca.sign_bundle(body))
+        .unwrap()
+        .verify(&ca.authority, NOW)
+        .unwrap();
+    assert_eq!(
+        opener
+            .open(SignedBatchIn::from_wire(batch).unwrap(), &bundle, NOW)
+            .unwrap_err(),
+        OpenError::BadBatchSignature
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn round_trip(payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..600), 1..20)) {
+        let mut p = pair();
+        let mut opener = p.bob.opener();
+        accept_key(&p, &mut opener);
+        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        let batch = p.sealer.seal_batch(&refs, None, NOW).unwrap();
+        let opened = deliver(&p, &mut opener, batch, NOW).unwrap();
+        let got: Vec<Vec<u8>> = opened.delivered.into_iter().map(|e| e.into_payload()).collect();
+        prop_assert_eq!(got, payloads);
+    }
+}
+
+/// Any single-bit flip anywhere in an encoded batch is rejected: the bytes fail to decode or
+/// parse, or the batch fails verification, or no envelope is delivered. Every bit of a small
+/// batch is tried.
+#[test]
+fn every_single_bit_flip_is_rejected() {
+    let mut p = pair();
+    let batch = p
+        .sealer
+        .seal_batch(
+            &[b"flip me", b"and me"],
+            Some(&"_r.x".parse().unwrap()),
+            NOW,
+        )
+        .unwrap();
+    let bytes = wire::encode(&batch);
+    let mut opener = p.bob.opener();
+    accept_key(&p, &mut opener);
+    for bit in 0..bytes.len() * 8 {
+        let mut flipped = bytes.clone();
+        flipped[bit / 8] ^= 1 << (bit % 8);
+        let Ok(parsed) = SignedBatchIn::decode(&flipped, &wire::Limits::default()) else {
+            continue;
+        };
+        match opener.open(parsed, &p.alice.bundle, NOW) {
+            Err(_) => {}
+            Ok(opened) => assert!(
+                opened.delivered.is_empty(),
+                "bit {bit} flipped went through"
+            ),
+        }
+    }
+    // The unflipped batch still opens: the loop did not pass by burning the window.
+    let opened = deliver(&p, &mut opener, batch, NOW).unwrap();
+    assert_eq!(opened.delivered.len(), 2);
+}
+
+/// The same for sender keys: no flipped sender key is accepted.
+#[test]
+fn every_single_bit_flip_of_a_sender_key_is_rejected() {
+    let p = pair();
+    let bytes = wire::encode(&p.sender_key);
+    for bit in 0..bytes.len() * 8 {
+        let mut flipped = bytes.clone();
+        flipped[bit / 8] ^= 1 << (bit % 8);
+        let Ok(sk) = SenderKeyIn::decode(&flipped, &wire::Limits::default()) else {
+            continue;
+        };
+        let mut opener = p.bob.opener();
+        assert!(
+            opener.accept_sender_key(&sk, &p.alice.bundle, NOW).is_err(),
+            "bit {bit}"
+        );
+    }
+}

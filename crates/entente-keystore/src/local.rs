@@ -1,0 +1,700 @@
+//! The `local` backend: private keys in files, encrypted under a key-encryption key (KEK) that
+//! comes from a passphrase (through Argon2id) or directly from the environment.
+//!
+//! Keys are decrypted once, when the store is opened, and kept in memory as parsed aws-lc-rs key
+//! pairs, so [`KeyStore::sign`] does no decryption. A store directory belongs to one process at
+//! a time: keys another process adds after [`LocalKeyStore::open`] are not seen until reopening.
+//!
+//! # Unlocking
+//!
+//! [`Unlock::from_env`] reads [`KEY_ENV`] (`ENTENTE_KEYSTORE_KEY`, 64 hex characters: the KEK
+//! itself) or else [`PASSPHRASE_ENV`] (`ENTENTE_KEYSTORE_PASSPHRASE`). A store remembers which
+//! kind created it and refuses the other kind with [`KeyStoreError::Unlock`].
+//!
+//! # Format, version 1
+//!
+//! ```text
+//! <dir>/                 mode 0700
+//!   keystore.json        mode 0600, metadata
+//!   keys/                mode 0700
+//!     <name>.key         mode 0600, one file per key
+//! ```
+//!
+//! `keystore.json`, with every binary value lowercase hex:
+//!
+//! ```json
+//! {
+//!   "version": 1,
+//!   "kdf": { "alg": "argon2id", "m_cost_kib": 65536, "t_cost": 3, "p_cost": 1,
+//!            "salt": "<16 random bytes>" },
+//!   "check": { "nonce": "<12 bytes>", "ciphertext": "<ciphertext || 16-byte tag>" }
+//! }
+//! ```
+//!
+//! - `kdf` is `{"alg": "argon2id", ...}` for a passphrase: KEK = Argon2id (version 0x13) of the
+//!   UTF-8 passphrase with `salt` and the given memory (KiB), time and lanes, 32 bytes of output.
+//!   It is `{"alg": "raw"}` for a key from [`KEY_ENV`]: the 32-byte key is the KEK.
+//! - `check` is AES-256-GCM under the KEK of the ASCII string `entente-keystore check v1`, with
+//!   AAD `entente-keystore/v1 || 0x00 || check`. Opening decrypts it before touching any key;
+//!   failure means [`KeyStoreError::WrongPassphrase`].
+//!
+//! `keys/<name>.key`:
+//!
+//! ```json
+//! { "version": 1, "algorithm": "ed25519", "nonce": "<12 bytes>",
+//!   "ciphertext": "<ciphertext || 16-byte tag>" }
+//! ```
+//!
+//! - `algorithm` is `ecdsa-p256-sha256` or `ed25519` ([`KeyAlgorithm::as_str`]).
+//! - The plaintext is the key's PKCS#8 document as aws-lc-rs writes it (v1 for ECDSA P-256, v2
+//!   with the public key for Ed25519), encrypted with AES-256-GCM under the KEK with a random
+//!   nonce and AAD `entente-keystore/v1 || 0x00 || <name> || 0x00 || <algorithm>`. A file that is
+//!   altered, renamed, copied from another store, or whose `algorithm` is changed fails to decrypt
+//!   and the store refuses to open ([`KeyStoreError::Corrupt`]).
+//! - Key names can't start with `.`, so entries of `keys/` starting with `.` are ignored (they
+//!   are temporary files left by an interrupted write); any other entry must be a valid key file.
+//!
+//! Every file is written atomically and never replaces an existing one: a temporary file in the
+//! same directory, created with mode 0600, is written and fsynced, hard-linked to its final name
+//! (which fails if that name exists) and unlinked, and the directory is fsynced. Keys are never
+//! rewritten; [`KeyStore::delete`] unlinks the file.
+//!
+//! Opening refuses ([`KeyStoreError::InsecurePermissions`]) `keystore.json` or a key file that
+//! group or others can access in any way, and the two directories if group or others can write
+//! to them. Symbolic links to key or metadata files are refused as corrupt.
+
+mod files;
+mod format;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _,
+};
+use zeroize::Zeroizing;
+
+use self::files::Written;
+use self::format::{Kdf, Kek};
+use crate::{KeyAlgorithm, KeyName, KeyStore, KeyStoreError, PublicKey};
+
+/// The environment variable holding a 32-byte KEK as 64 hex characters; wins over
+/// [`PASSPHRASE_ENV`].
+pub const KEY_ENV: &str = "ENTENTE_KEYSTORE_KEY";
+/// The environment variable holding the passphrase.
+pub const PASSPHRASE_ENV: &str = "ENTENTE_KEYSTORE_PASSPHRASE";
+
+/// The name of the metadata file in a store directory.
+pub const METADATA_FILE: &str = "keystore.json";
+/// The name of the key directory in a store directory.
+pub const KEYS_DIR: &str = "keys";
+/// The extension of key files: `keys/<name>.key`.
+pub const KEY_FILE_EXTENSION: &str = "key";
+
+/// The secret that unlocks a [`LocalKeyStore`]. Its `Debug` output shows only the kind.
+#[derive(Clone)]
+pub enum Unlock {
+    /// A passphrase, stretched into the KEK with Argon2id.
+    Passphrase(Zeroizing<String>),
+    /// The 32-byte KEK itself.
+    Key(Zeroizing<[u8; 32]>),
+}
+
+/// Argon2id cost parameters for a passphrase-protected store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Argon2Params {
+    /// Memory in KiB.
+    pub m_cost_kib: u32,
+    /// Number of passes.
+    pub t_cost: u32,
+    /// Degree of parallelism (lanes).
+    pub p_cost: u32,
+}
+
+/// A key store in a local directory; see the [module docs](self) for the format.
+pub struct LocalKeyStore {
+    dir: PathBuf,
+    kdf_alg: &'static str,
+    kek: Kek,
+    rng: SystemRandom,
+    keys: RwLock<BTreeMap<KeyName, LoadedKey>>,
+}
+
+// === impl Unlock ===
+
+impl Unlock {
+    /// A passphrase unlock.
+    pub fn passphrase(passphrase: impl Into<String>) -> Self {
+        Self::Passphrase(Zeroizing::new(passphrase.into()))
+    }
+
+    /// Reads the unlock secret from the environment.
+    ///
+    /// [`KEY_ENV`] (64 hex characters, surrounding whitespace ignored) takes precedence over
+    /// [`PASSPHRASE_ENV`]. A variable that is set but empty counts as unset. Returns `Ok(None)`
+    /// if neither is set, and [`KeyStoreError::Unlock`] for a malformed key or a value that is
+    /// not UTF-8; the message never contains the value.
+    pub fn from_env() -> Result<Option<Self>, KeyStoreError> {
+        Self::from_values(std::env::var_os(KEY_ENV), std::env::var_os(PASSPHRASE_ENV))
+    }
+
+    fn from_values(
+        key: Option<OsString>,
+        passphrase: Option<OsString>,
+    ) -> Result<Option<Self>, KeyStoreError> {
+        if let Some(key) = key {
+            let key = Zeroizing::new(key.into_encoded_bytes());
+            let hex_key = key.trim_ascii();
+            if !hex_key.is_empty() {
+                let mut bytes = Zeroizing::new([0u8; 32]);
+                if hex::decode_to_slice(hex_key, bytes.as_mut_slice()).is_err() {
+                    return Err(KeyStoreError::Unlock(format!(
+                        "`{KEY_ENV}` must be 64 hex characters (a 32-byte key)"
+                    )));
+                }
+                return Ok(Some(Self::Key(bytes)));
+            }
+        }
+        if let Some(passphrase) = passphrase {
+            let passphrase = Zeroizing::new(passphrase.into_encoded_bytes());
+            if !passphrase.is_empty() {
+                let passphrase = std::str::from_utf8(&passphrase).map_err(|_| {
+                    KeyStoreError::Unlock(format!("`{PASSPHRASE_ENV}` is not valid UTF-8"))
+                })?;
+                return Ok(Some(Self::passphrase(passphrase)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Rejects an empty passphrase.
+    fn check(&self) -> Result<(), KeyStoreError> {
+        match self {
+            Self::Passphrase(passphrase) if passphrase.is_empty() => {
+                Err(KeyStoreError::Unlock("the passphrase is empty".to_owned()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl fmt::Debug for Unlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Passphrase(_) => f.write_str("Unlock::Passphrase(<redacted>)"),
+            Self::Key(_) => f.write_str("Unlock::Key(<redacted>)"),
+        }
+    }
+}
+
+// === impl Argon2Params ===
+
+impl Argon2Params {
+    /// The most memory accepted, 4 GiB, so a damaged metadata file can't exhaust memory.
+    pub const MAX_M_COST_KIB: u32 = 4 * 1024 * 1024;
+    /// The most passes accepted.
+    pub const MAX_T_COST: u32 = 64;
+    /// The most lanes accepted.
+    pub const MAX_P_COST: u32 = 64;
+
+    /// Tiny parameters (8 KiB, one pass) that make tests fast.
+    ///
+    /// **This weakens security**: a passphrase protected this way falls to brute force cheaply.
+    /// Never use it outside tests.
+    pub fn danger_fast_for_tests() -> Self {
+        Self {
+            m_cost_kib: 8,
+            t_cost: 1,
+            p_cost: 1,
+        }
+    }
+
+    /// Converts to `argon2` parameters with a 32-byte output, checking the ranges.
+    fn to_argon2(self) -> Result<argon2::Params, KeyStoreError> {
+        if self.m_cost_kib > Self::MAX_M_COST_KIB
+            || self.t_cost > Self::MAX_T_COST
+            || self.p_cost > Self::MAX_P_COST
+        {
+            return Err(KeyStoreError::InvalidParams(format!(
+                "at most {} KiB, {} passes and {} lanes are allowed",
+                Self::MAX_M_COST_KIB,
+                Self::MAX_T_COST,
+                Self::MAX_P_COST
+            )));
+        }
+        argon2::Params::new(
+            self.m_cost_kib,
+            self.t_cost,
+            self.p_cost,
+            Some(format::KEK_LEN),
+        )
+        .map_err(|err| KeyStoreError::InvalidParams(err.to_string()))
+    }
+}
+
+impl Default for Argon2Params {
+    /// 64 MiB, three passes, one lane.
+    fn default() -> Self {
+        Self {
+            m_cost_kib: 64 * 1024,
+            t_cost: 3,
+            p_cost: 1,
+        }
+    }
+}
+
+// === impl LocalKeyStore ===
+
+impl LocalKeyStore {
+    /// Creates an empty store in `dir`, creating `dir` (mode 0700) if it is missing.
+    ///
+    /// `params` is used only with a passphrase. Fails with [`KeyStoreError::StoreExists`] if
+    /// `dir` already holds a store (or orphaned key files).
+    pub fn create(
+        dir: &Path,
+        unlock: &Unlock,
+        params: Argon2Params,
+    ) -> Result<Self, KeyStoreError> {
+        unlock.check()?;
+        let rng = SystemRandom::new();
+        let kdf = match unlock {
+            Unlock::Passphrase(_) => {
+                params.to_argon2()?;
+                let mut salt = [0u8; format::SALT_LEN];
+                rng.fill(&mut salt)
+                    .map_err(|_| KeyStoreError::Crypto("random number generation failed"))?;
+                Kdf::Argon2id { params, salt }
+            }
+            Unlock::Key(_) => Kdf::Raw,
+        };
+
+        files::create_private_dir_all(dir)?;
+        files::check_dir(dir)?;
+        let exists = || KeyStoreError::StoreExists {
+            path: dir.to_owned(),
+        };
+        if dir.join(METADATA_FILE).exists() {
+            return Err(exists());
+        }
+        let keys_dir = dir.join(KEYS_DIR);
+        if files::create_private_dir(&keys_dir)? == Written::AlreadyExists {
+            files::check_dir(&keys_dir)?;
+            if !key_entries(&keys_dir)?.is_empty() {
+                return Err(exists());
+            }
+        }
+
+        let kek = format::derive_kek(unlock, &kdf)?;
+        let metadata = format::encode_metadata(&kdf, &kek, &rng)?;
+        if files::write_new(dir, METADATA_FILE, &metadata, &rng)? == Written::AlreadyExists {
+            return Err(exists());
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+            kdf_alg: kdf.alg(),
+            kek,
+            rng,
+            keys: RwLock::new(BTreeMap::new()),
+        })
+    }
+
+    /// Opens the store in `dir`, decrypting every key into memory.
+    ///
+    /// Fails with [`KeyStoreError::StoreNotFound`] if there is none,
+    /// [`KeyStoreError::WrongPassphrase`] if `unlock` is wrong (checked before any key is read),
+    /// [`KeyStoreError::Unlock`] if it is of the wrong kind, and
+    /// [`KeyStoreError::InsecurePermissions`] or [`KeyStoreError::Corrupt`] for a bad file.
+    pub fn open(dir: &Path, unlock: &Unlock) -> Result<Self, KeyStoreError> {
+        unlock.check()?;
+        let metadata_path = dir.join(METADATA_FILE);
+        let bytes = files::read_private(&metadata_path).map_err(|err| {
+            if files::is_not_found(&err) {
+                KeyStoreError::StoreNotFound {
+                    path: dir.to_owned(),
+                }
+            } else {
+                err
+            }
+        })?;
+        let metadata = format::decode_metadata(&metadata_path, &bytes)?;
+        let kek = format::derive_kek(unlock, &metadata.kdf)?;
+        format::verify_check(&kek, &metadata_path, &metadata)?;
+
+        files::check_dir(dir)?;
+        let keys_dir = dir.join(KEYS_DIR);
+        files::check_dir(&keys_dir).map_err(|err| {
+            if files::is_not_found(&err) {
+                KeyStoreError::corrupt(&keys_dir, "the key directory is missing")
+            } else {
+                err
+            }
+        })?;
+        let mut keys = BTreeMap::new();
+        for (name, path) in key_entries(&keys_dir)? {
+            let bytes = files::read_private(&path)?;
+            let (alg, pkcs8) = format::decode_key_file(&kek, &path, &name, &bytes)?;
+            let pair = KeyPair::from_pkcs8(alg, &pkcs8).ok_or_else(|| {
+                KeyStoreError::corrupt(&path, "the decrypted key is not a valid PKCS#8 key")
+            })?;
+            keys.insert(name, LoadedKey::new(pair));
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+            kdf_alg: metadata.kdf.alg(),
+            kek,
+            rng: SystemRandom::new(),
+            keys: RwLock::new(keys),
+        })
+    }
+
+    /// Opens the store in `dir`, or creates it if there is none; `true` means it was created.
+    pub fn open_or_create(
+        dir: &Path,
+        unlock: &Unlock,
+        params: Argon2Params,
+    ) -> Result<(Self, bool), KeyStoreError> {
+        match Self::open(dir, unlock) {
+            Err(KeyStoreError::StoreNotFound { .. }) => {}
+            opened => return opened.map(|store| (store, false)),
+        }
+        match Self::create(dir, unlock, params) {
+            // Someone else created it in between.
+            Err(KeyStoreError::StoreExists { .. }) => Self::open(dir, unlock).map(|s| (s, false)),
+            created => created.map(|store| (store, true)),
+        }
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The path of the file holding `name`: `<dir>/keys/<name>.key`.
+    pub fn key_path(&self, name: &KeyName) -> PathBuf {
+        key_path(&self.dir.join(KEYS_DIR), name)
+    }
+
+    fn read_keys(
+        &self,
+    ) -> Result<RwLockReadGuard<'_, BTreeMap<KeyName, LoadedKey>>, KeyStoreError> {
+        self.keys
+            .read()
+            .map_err(|_| KeyStoreError::Internal("key cache lock poisoned"))
+    }
+
+    fn write_keys(
+        &self,
+    ) -> Result<RwLockWriteGuard<'_, BTreeMap<KeyName, LoadedKey>>, KeyStoreError> {
+        self.keys
+            .write()
+            .map_err(|_| KeyStoreError::Internal("key cache lock poisoned"))
+    }
+
+    fn not_found(name: &KeyName) -> KeyStoreError {
+        KeyStoreError::KeyNotFound {
+            name: name.to_string(),
+        }
+    }
+}
+
+impl KeyStore for LocalKeyStore {
+    fn backend(&self) -> &'static str {
+        "local"
+    }
+
+    fn generate(&self, name: &KeyName, alg: KeyAlgorithm) -> Result<PublicKey, KeyStoreError> {
+        let exists = || KeyStoreError::KeyExists {
+            name: name.to_string(),
+        };
+        if self.read_keys()?.contains_key(name) {
+            return Err(exists());
+        }
+        let pkcs8 = KeyPair::generate_pkcs8(alg, &self.rng)?;
+        let pair = KeyPair::from_pkcs8(alg, pkcs8.as_ref())
+            .ok_or(KeyStoreError::Crypto("a generated key failed to parse"))?;
+        let file = format::encode_key_file(&self.kek, &self.rng, name, alg, pkcs8.as_ref())?;
+        let keys_dir = self.dir.join(KEYS_DIR);
+        let file_name = format!("{name}.{KEY_FILE_EXTENSION}");
+        // The no-clobber write settles races between threads and processes alike.
+        if files::write_new(&keys_dir, &file_name, &file, &self.rng)? == Written::AlreadyExists {
+            return Err(exists());
+        }
+        let key = LoadedKey::new(pair);
+        let public = key.public.clone();
+        self.write_keys()?.insert(name.clone(), key);
+        Ok(public)
+    }
+
+    fn public_key(&self, name: &KeyName) -> Result<PublicKey, KeyStoreError> {
+        self.read_keys()?
+            .get(name)
+            .map(|key| key.public.clone())
+            .ok_or_else(|| Self::not_found(name))
+    }
+
+    fn sign(&self, name: &KeyName, msg: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+        let keys = self.read_keys()?;
+        let key = keys.get(name).ok_or_else(|| Self::not_found(name))?;
+        key.pair.sign(&self.rng, msg)
+    }
+
+    fn contains(&self, name: &KeyName) -> Result<bool, KeyStoreError> {
+        Ok(self.read_keys()?.contains_key(name))
+    }
+
+    fn list(&self) -> Result<Vec<(KeyName, KeyAlgorithm)>, KeyStoreError> {
+        Ok(self
+            .read_keys()?
+            .iter()
+            .map(|(name, key)| (name.clone(), key.public.algorithm))
+            .collect())
+    }
+
+    fn delete(&self, name: &KeyName) -> Result<(), KeyStoreError> {
+        let mut keys = self.write_keys()?;
+        if !keys.contains_key(name) {
+            return Err(Self::not_found(name));
+        }
+        files::remove(&self.key_path(name))?;
+        keys.remove(name);
+        Ok(())
+    }
+}
+
+impl fmt::Debug for LocalKeyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut debug = f.debug_struct("LocalKeyStore");
+        debug.field("dir", &self.dir).field("kdf", &self.kdf_alg);
+        match self.keys.try_read() {
+            Ok(keys) => debug.field(
+                "keys",
+                &keys.keys().map(KeyName::as_str).collect::<Vec<_>>(),
+            ),
+            Err(_) => debug.field("keys", &"<locked>"),
+        };
+        debug.finish_non_exhaustive()
+    }
+}
+
+// === helpers ===
+
+/// A decrypted key, ready to sign.
+struct LoadedKey {
+    pair: KeyPair,
+    public: PublicKey,
+}
+
+impl LoadedKey {
+    fn new(pair: KeyPair) -> Self {
+        let public = pair.public_key();
+        Self { pair, public }
+    }
+}
+
+/// A parsed aws-lc-rs key pair of either algorithm.
+enum KeyPair {
+    Ecdsa(EcdsaKeyPair),
+    Ed25519(Ed25519KeyPair),
+}
+
+impl KeyPair {
+    /// A fresh key as a PKCS#8 document (which zeroizes itself on drop).
+    fn generate_pkcs8(
+        alg: KeyAlgorithm,
+        rng: &SystemRandom,
+    ) -> Result<aws_lc_rs::pkcs8::Document, KeyStoreError> {
+        match alg {
+            KeyAlgorithm::EcdsaP256Sha256 => {
+                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, rng)
+            }
+            KeyAlgorithm::Ed25519 => Ed25519KeyPair::generate_pkcs8(rng),
+        }
+        .map_err(|_| KeyStoreError::Crypto("key generation failed"))
+    }
+
+    fn from_pkcs8(alg: KeyAlgorithm, pkcs8: &[u8]) -> Option<Self> {
+        match alg {
+            KeyAlgorithm::EcdsaP256Sha256 => {
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8)
+                    .ok()
+                    .map(Self::Ecdsa)
+            }
+            KeyAlgorithm::Ed25519 => Ed25519KeyPair::from_pkcs8(pkcs8).ok().map(Self::Ed25519),
+        }
+    }
+
+    fn public_key(&self) -> PublicKey {
+        match self {
+            Self::Ecdsa(pair) => PublicKey {
+                algorithm: KeyAlgorithm::EcdsaP256Sha256,
+                bytes: pair.public_key().as_ref().to_vec(),
+            },
+            Self::Ed25519(pair) => PublicKey {
+                algorithm: KeyAlgorithm::Ed25519,
+                bytes: pair.public_key().as_ref().to_vec(),
+            },
+        }
+    }
+
+    fn sign(&self, rng: &SystemRandom, msg: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+        match self {
+            Self::Ecdsa(pair) => pair
+                .sign(rng, msg)
+                .map(|sig| sig.as_ref().to_vec())
+                .map_err(|_| KeyStoreError::Crypto("ecdsa signing failed")),
+            Self::Ed25519(pair) => pair
+                .try_sign(msg)
+                .map(|sig| sig.as_ref().to_vec())
+                .map_err(|_| KeyStoreError::Crypto("ed25519 signing failed")),
+        }
+    }
+}
+
+fn key_path(keys_dir: &Path, name: &KeyName) -> PathBuf {
+    keys_dir.join(format!("{name}.{KEY_FILE_EXTENSION}"))
+}
+
+/// The key files in `keys_dir` with their names, skipping entries that start with `.`.
+///
+/// Anything else that is not `<valid name>.key` makes the store corrupt.
+fn key_entries(keys_dir: &Path) -> Result<Vec<(KeyName, PathBuf)>, KeyStoreError> {
+    let entries = std::fs::read_dir(keys_dir).map_err(|err| KeyStoreError::io(keys_dir, err))?;
+    let mut keys = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|err| KeyStoreError::io(keys_dir, err))?;
+        let path = entry.path();
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            return Err(KeyStoreError::corrupt(
+                &path,
+                "unexpected file in the key directory",
+            ));
+        };
+        if file_name.starts_with('.') {
+            continue;
+        }
+        let name = file_name
+            .strip_suffix(KEY_FILE_EXTENSION)
+            .and_then(|stem| stem.strip_suffix('.'))
+            .and_then(|stem| KeyName::new(stem).ok())
+            .ok_or_else(|| KeyStoreError::corrupt(&path, "unexpected file in the key directory"))?;
+        keys.push((name, path));
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
+
+    use super::*;
+
+    fn os(s: &str) -> Option<OsString> {
+        Some(OsString::from(s))
+    }
+
+    const HEX_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+    #[test]
+    fn env_key_wins_over_passphrase() {
+        let unlock = Unlock::from_values(os(HEX_KEY), os("pass"))
+            .unwrap()
+            .unwrap();
+        let Unlock::Key(key) = unlock else {
+            panic!("expected a key")
+        };
+        assert_eq!(key[31], 0x1f);
+    }
+
+    #[test]
+    fn env_key_whitespace_trimmed_and_uppercase_accepted() {
+        let upper = format!("  {}\n", HEX_KEY.to_uppercase());
+        let unlock = Unlock::from_values(os(&upper), None).unwrap().unwrap();
+        assert!(matches!(unlock, Unlock::Key(_)));
+    }
+
+    #[test]
+    fn env_passphrase_used_without_key() {
+        let unlock = Unlock::from_values(os(""), os("p a s s")).unwrap().unwrap();
+        let Unlock::Passphrase(passphrase) = unlock else {
+            panic!("expected a passphrase")
+        };
+        assert_eq!(passphrase.as_str(), "p a s s");
+    }
+
+    #[test]
+    fn env_nothing_set_is_none() {
+        assert!(Unlock::from_values(None, None).unwrap().is_none());
+        assert!(Unlock::from_values(os(" "), os("")).unwrap().is_none());
+    }
+
+    #[test]
+    fn env_malformed_key_is_a_clear_error_without_the_value() {
+        for bad in [
+            "abc",
+            &HEX_KEY[..62],
+            &format!("{HEX_KEY}00"),
+            &HEX_KEY.replace('a', "g"),
+        ] {
+            let err = Unlock::from_values(os(bad), os("pass")).unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, KeyStoreError::Unlock(_)));
+            assert!(msg.contains("ENTENTE_KEYSTORE_KEY"), "{msg}");
+            assert!(msg.contains("64 hex characters"), "{msg}");
+            assert!(!msg.contains(bad.trim()), "{msg}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn env_non_utf8_passphrase_is_an_error() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = OsString::from_vec(vec![0xff, 0xfe]);
+        let err = Unlock::from_values(None, Some(bad)).unwrap_err();
+        assert!(matches!(err, KeyStoreError::Unlock(_)));
+    }
+
+    #[test]
+    fn params_out_of_range_are_rejected() {
+        let too_big = Argon2Params {
+            m_cost_kib: Argon2Params::MAX_M_COST_KIB + 1,
+            ..Argon2Params::default()
+        };
+        assert!(matches!(
+            too_big.to_argon2(),
+            Err(KeyStoreError::InvalidParams(_))
+        ));
+        let too_small = Argon2Params {
+            m_cost_kib: 1,
+            t_cost: 1,
+            p_cost: 1,
+        };
+        assert!(matches!(
+            too_small.to_argon2(),
+            Err(KeyStoreError::InvalidParams(_))
+        ));
+        Argon2Params::default().to_argon2().unwrap();
+        Argon2Params::danger_fast_for_tests().to_argon2().unwrap();
+    }
+
+    #[test]
+    fn default_params_are_64_mib_three_passes_one_lane() {
+        assert_eq!(
+            Argon2Params::default(),
+            Argon2Params {
+                m_cost_kib: 65536,
+                t_cost: 3,
+                p_cost: 1
+            }
+        );
+    }
+}

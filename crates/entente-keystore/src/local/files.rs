@@ -1,0 +1,169 @@
+//! File-system helpers of the local backend: permission-checked reads, private directories and
+//! atomic, no-clobber writes.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+
+use crate::KeyStoreError;
+
+/// Store files are small; anything larger is not ours.
+const MAX_FILE_LEN: u64 = 64 * 1024;
+/// A store file with any of these bits set is refused.
+const FILE_FORBIDDEN_MODE: u32 = 0o077;
+/// A store directory with any of these bits set is refused: others could add or replace files.
+const DIR_FORBIDDEN_MODE: u32 = 0o022;
+
+/// What [`write_new`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Written {
+    /// The file was created.
+    Created,
+    /// A file of that name already existed; it was left alone.
+    AlreadyExists,
+}
+
+/// Reads a regular file that must not be accessible to group or others.
+pub(super) fn read_private(path: &Path) -> Result<Vec<u8>, KeyStoreError> {
+    let link_meta = fs::symlink_metadata(path).map_err(|err| KeyStoreError::io(path, err))?;
+    if !link_meta.file_type().is_file() {
+        return Err(KeyStoreError::corrupt(path, "not a regular file"));
+    }
+    let file = File::open(path).map_err(|err| KeyStoreError::io(path, err))?;
+    // Check the opened file itself, not the path, so it can't be swapped in between.
+    let meta = file
+        .metadata()
+        .map_err(|err| KeyStoreError::io(path, err))?;
+    let mode = meta.mode() & 0o7777;
+    if mode & FILE_FORBIDDEN_MODE != 0 {
+        return Err(KeyStoreError::InsecurePermissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_LEN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| KeyStoreError::io(path, err))?;
+    if bytes.len() as u64 > MAX_FILE_LEN {
+        return Err(KeyStoreError::corrupt(path, "file is too large"));
+    }
+    Ok(bytes)
+}
+
+/// Fails unless `path` is a directory that group and others can't write to.
+pub(super) fn check_dir(path: &Path) -> Result<(), KeyStoreError> {
+    let meta = fs::metadata(path).map_err(|err| KeyStoreError::io(path, err))?;
+    if !meta.is_dir() {
+        return Err(KeyStoreError::corrupt(path, "not a directory"));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & DIR_FORBIDDEN_MODE != 0 {
+        return Err(KeyStoreError::InsecurePermissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Creates `path` and any missing parents with mode 0700; an existing directory is kept as is.
+pub(super) fn create_private_dir_all(path: &Path) -> Result<(), KeyStoreError> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|err| KeyStoreError::io(path, err))?;
+    sync_parent(path)
+}
+
+/// Creates the directory `path` with mode 0700; [`Written::AlreadyExists`] if it exists.
+pub(super) fn create_private_dir(path: &Path) -> Result<Written, KeyStoreError> {
+    match DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => {
+            sync_parent(path)?;
+            Ok(Written::Created)
+        }
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(Written::AlreadyExists),
+        Err(err) => Err(KeyStoreError::io(path, err)),
+    }
+}
+
+/// Atomically creates `dir/name` holding `bytes`, with mode 0600, never replacing a file.
+///
+/// The bytes go to a temporary file in `dir` (created 0600, fsynced), which is then hard-linked
+/// to its final name (this fails if the name exists, unlike a rename) and unlinked; finally the
+/// directory is fsynced. Readers see either no file or the complete file.
+pub(super) fn write_new(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    rng: &SystemRandom,
+) -> Result<Written, KeyStoreError> {
+    let mut suffix = [0u8; 8];
+    rng.fill(&mut suffix)
+        .map_err(|_| KeyStoreError::Crypto("random number generation failed"))?;
+    let tmp = dir.join(format!(".{name}.{}.tmp", hex::encode(suffix)));
+    let path = dir.join(name);
+
+    let result = write_synced(&tmp, bytes).and_then(|()| match fs::hard_link(&tmp, &path) {
+        Ok(()) => Ok(Written::Created),
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(Written::AlreadyExists),
+        Err(err) => Err(KeyStoreError::io(&path, err)),
+    });
+    // The temporary file goes in every case; a failure to remove it is harmless but reported.
+    let removed = match fs::remove_file(&tmp) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(KeyStoreError::io(&tmp, err)),
+        _ => Ok(()),
+    };
+    let written = result?;
+    removed?;
+    sync_dir(dir)?;
+    Ok(written)
+}
+
+/// Removes `path` (a missing file is fine) and fsyncs its directory.
+pub(super) fn remove(path: &Path) -> Result<(), KeyStoreError> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(KeyStoreError::io(path, err)),
+    }
+    sync_parent(path)
+}
+
+/// Whether `err` says a file does not exist.
+pub(super) fn is_not_found(err: &KeyStoreError) -> bool {
+    matches!(err, KeyStoreError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), KeyStoreError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|err| KeyStoreError::io(path, err))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|err| KeyStoreError::io(path, err))
+}
+
+fn sync_parent(path: &Path) -> Result<(), KeyStoreError> {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent),
+        _ => sync_dir(Path::new(".")),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), KeyStoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|err| KeyStoreError::io(dir, err))
+}

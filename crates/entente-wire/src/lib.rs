@@ -1,0 +1,159 @@
+//! Entente's wire messages and their bounded decoding. No I/O.
+//!
+//! Every decode goes through [`decode`], which first walks the protobuf bytes against a schema
+//! of [`Limits`] — total size, the length of every string and byte field, the number of every
+//! repeated field, no duplicate singular fields, no groups — and only then lets `prost` build
+//! values. A hostile frame therefore cannot make the decoder allocate much more than the frame
+//! itself, and never panics it. Semantic checks (exact key lengths, SPIFFE IDs, channel names)
+//! belong to the crates that turn these `*In` values into verified ones.
+#![forbid(unsafe_code)]
+
+mod messages;
+mod scan;
+
+pub use messages::*;
+
+use prost::Message;
+
+/// Bounds applied while decoding. Defaults suit the hub and the SDK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest encoded message or frame accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// Largest envelope ciphertext (payload plus 16-byte tag), in bytes.
+    pub max_ciphertext_bytes: usize,
+    /// Most envelopes in one signed batch.
+    pub max_batch_envelopes: usize,
+    /// Most recipients of one sender key.
+    pub max_recipients: usize,
+    /// Most signed batches or sender keys in one frame.
+    pub max_items_per_frame: usize,
+    /// Most entries (serials plus principals) in a revocation list.
+    pub max_revocations: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 4 << 20,
+            max_ciphertext_bytes: (1 << 20) + 16,
+            max_batch_envelopes: 1024,
+            max_recipients: 4096,
+            max_items_per_frame: 256,
+            max_revocations: 1 << 20,
+        }
+    }
+}
+
+/// Longest SPIFFE ID, in bytes (SPIFFE ID standard).
+pub const MAX_ID_BYTES: usize = 2048;
+/// Longest channel name or pattern, in bytes.
+pub const MAX_CHANNEL_BYTES: usize = 255;
+/// Longest refusal reason, in bytes.
+pub const MAX_REASON_BYTES: usize = 1024;
+/// Longest signature field (ECDSA P-256 DER is at most 72 bytes, Ed25519 64).
+pub const MAX_SIGNATURE_BYTES: usize = 80;
+/// Longest public key, digest, encapsulated key or identifier field.
+pub const MAX_KEY_BYTES: usize = 64;
+/// Longest certificate serial number (RFC 5280: 20 octets, plus a sign byte).
+pub const MAX_SERIAL_BYTES: usize = 21;
+
+/// Why bytes were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// The whole input exceeds [`Limits::max_frame_bytes`].
+    #[error("message of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Input length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The bytes are not valid protobuf for the expected message.
+    #[error("malformed {message}: {reason}")]
+    Malformed {
+        /// Message being decoded.
+        message: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A string or bytes field is longer than allowed.
+    #[error("field `{field}` of {message} is {len} bytes, more than {max}")]
+    FieldTooLong {
+        /// Message holding the field.
+        message: &'static str,
+        /// Field name.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A repeated field has too many entries, or a singular field appears twice.
+    #[error("field `{field}` of {message} occurs more than {max} times")]
+    TooMany {
+        /// Message holding the field.
+        message: &'static str,
+        /// Field name.
+        field: &'static str,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// A message that can be decoded with [`decode`].
+pub trait Bounded: Message + Default {
+    /// Checks `bytes` against the limits without building the message.
+    fn scan(bytes: &[u8], limits: &Limits) -> Result<(), WireError>;
+}
+
+/// Decodes `bytes` as `M` after checking every bound in `limits`.
+pub fn decode<M: Bounded>(bytes: &[u8], limits: &Limits) -> Result<M, WireError> {
+    if bytes.len() > limits.max_frame_bytes {
+        return Err(WireError::TooLarge {
+            len: bytes.len(),
+            max: limits.max_frame_bytes,
+        });
+    }
+    M::scan(bytes, limits)?;
+    M::decode(bytes).map_err(|e| WireError::Malformed {
+        message: std::any::type_name::<M>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("message"),
+        reason: e.to_string(),
+    })
+}
+
+/// Encodes a message to a new buffer.
+pub fn encode<M: Message>(message: &M) -> Vec<u8> {
+    message.encode_to_vec()
+}
+
+macro_rules! bounded {
+    ($($ty:ident => $schema:path),* $(,)?) => {$(
+        impl Bounded for $ty {
+            fn scan(bytes: &[u8], limits: &Limits) -> Result<(), WireError> {
+                scan::scan(bytes, &$schema, limits, 0)
+            }
+        }
+    )*};
+}
+
+bounded! {
+    KeyBundle => scan::KEY_BUNDLE,
+    Envelope => scan::ENVELOPE,
+    SignedBatch => scan::SIGNED_BATCH,
+    WrappedKey => scan::WRAPPED_KEY,
+    SenderKey => scan::SENDER_KEY,
+    RevocationList => scan::REVOCATION_LIST,
+    ClientFrame => scan::CLIENT_FRAME,
+    ServerFrame => scan::SERVER_FRAME,
+    Publish => scan::PUBLISH,
+    Deliver => scan::DELIVER,
+    Subscribe => scan::SUBSCRIBE,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,287 @@
+//! Protobuf messages of `proto/entente/v1/entente.proto`, written out with `prost` derives.
+//!
+//! The `.proto` file is the reference for field numbers; `tests::field_numbers_match_proto`
+//! checks that every field declared there is declared here with the same number.
+
+/// A CA-signed binding of a principal to its message keys.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct KeyBundle {
+    /// Format version, 1.
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// SPIFFE ID of the agent or human.
+    #[prost(string, tag = "2")]
+    pub principal: String,
+    /// Ed25519 public key, 32 bytes.
+    #[prost(bytes = "vec", tag = "3")]
+    pub ed25519_public: Vec<u8>,
+    /// X25519 public key, 32 bytes.
+    #[prost(bytes = "vec", tag = "4")]
+    pub x25519_public: Vec<u8>,
+    /// Message-key generation of this principal.
+    #[prost(uint64, tag = "5")]
+    pub epoch: u64,
+    /// Start of validity, Unix milliseconds.
+    #[prost(uint64, tag = "6")]
+    pub not_before_ms: u64,
+    /// End of validity, Unix milliseconds.
+    #[prost(uint64, tag = "7")]
+    pub not_after_ms: u64,
+    /// SHA-256 of the signing CA certificate's SubjectPublicKeyInfo DER.
+    #[prost(bytes = "vec", tag = "8")]
+    pub signer: Vec<u8>,
+    /// ECDSA P-256 SHA-256 signature, ASN.1 DER.
+    #[prost(bytes = "vec", tag = "9")]
+    pub signature: Vec<u8>,
+}
+
+/// One sealed message; sender and channel are carried by its batch.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Envelope {
+    /// Sender-key epoch.
+    #[prost(uint64, tag = "1")]
+    pub epoch: u64,
+    /// Sequence number, strictly increasing per (sender, channel, epoch).
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
+    /// UUIDv7, 16 bytes.
+    #[prost(bytes = "vec", tag = "3")]
+    pub message_id: Vec<u8>,
+    /// Unix milliseconds.
+    #[prost(uint64, tag = "4")]
+    pub issued_at_ms: u64,
+    /// Unix milliseconds.
+    #[prost(uint64, tag = "5")]
+    pub expires_at_ms: u64,
+    /// Channel for replies; empty if none.
+    #[prost(string, tag = "6")]
+    pub reply_to: String,
+    /// AES-256-GCM ciphertext followed by the 16-byte tag.
+    #[prost(bytes = "vec", tag = "7")]
+    pub ciphertext: Vec<u8>,
+}
+
+/// Envelopes of one sender on one channel under one Ed25519 signature.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct SignedBatch {
+    /// SPIFFE ID of the sender.
+    #[prost(string, tag = "1")]
+    pub sender: String,
+    /// Channel of every envelope in the batch.
+    #[prost(string, tag = "2")]
+    pub channel: String,
+    /// Epoch of the sender's key bundle whose key signed.
+    #[prost(uint64, tag = "3")]
+    pub key_epoch: u64,
+    /// The envelopes.
+    #[prost(message, repeated, tag = "4")]
+    pub envelopes: Vec<Envelope>,
+    /// Ed25519 signature, 64 bytes.
+    #[prost(bytes = "vec", tag = "5")]
+    pub signature: Vec<u8>,
+}
+
+/// An epoch secret wrapped with HPKE to one recipient.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct WrappedKey {
+    /// SPIFFE ID of the recipient.
+    #[prost(string, tag = "1")]
+    pub recipient: String,
+    /// Epoch of the recipient's key bundle whose X25519 key was used.
+    #[prost(uint64, tag = "2")]
+    pub recipient_key_epoch: u64,
+    /// HPKE encapsulated key, 32 bytes.
+    #[prost(bytes = "vec", tag = "3")]
+    pub enc: Vec<u8>,
+    /// Sealed epoch secret, 48 bytes.
+    #[prost(bytes = "vec", tag = "4")]
+    pub ciphertext: Vec<u8>,
+}
+
+/// A sender's epoch secret for one channel, wrapped to each recipient.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct SenderKey {
+    /// Format version, 1.
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// SPIFFE ID of the sender.
+    #[prost(string, tag = "2")]
+    pub sender: String,
+    /// The channel this epoch is for.
+    #[prost(string, tag = "3")]
+    pub channel: String,
+    /// Sender-key epoch.
+    #[prost(uint64, tag = "4")]
+    pub epoch: u64,
+    /// Unix milliseconds.
+    #[prost(uint64, tag = "5")]
+    pub issued_at_ms: u64,
+    /// Unix milliseconds; no envelope of this epoch is accepted after it.
+    #[prost(uint64, tag = "6")]
+    pub expires_at_ms: u64,
+    /// Epoch of the sender's key bundle whose key signed.
+    #[prost(uint64, tag = "7")]
+    pub key_epoch: u64,
+    /// One wrapped secret per recipient.
+    #[prost(message, repeated, tag = "8")]
+    pub recipients: Vec<WrappedKey>,
+    /// Ed25519 signature, 64 bytes.
+    #[prost(bytes = "vec", tag = "9")]
+    pub signature: Vec<u8>,
+}
+
+/// A signed, versioned list of revoked certificates and principals.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RevocationList {
+    /// Strictly increasing version.
+    #[prost(uint64, tag = "1")]
+    pub version: u64,
+    /// Unix milliseconds.
+    #[prost(uint64, tag = "2")]
+    pub issued_at_ms: u64,
+    /// Revoked certificate serial numbers, big-endian.
+    #[prost(bytes = "vec", repeated, tag = "3")]
+    pub serials: Vec<Vec<u8>>,
+    /// Revoked SPIFFE IDs.
+    #[prost(string, repeated, tag = "4")]
+    pub principals: Vec<String>,
+    /// SHA-256 of the signing CA certificate's SubjectPublicKeyInfo DER.
+    #[prost(bytes = "vec", tag = "5")]
+    pub signer: Vec<u8>,
+    /// ECDSA P-256 SHA-256 signature, ASN.1 DER.
+    #[prost(bytes = "vec", tag = "6")]
+    pub signature: Vec<u8>,
+}
+
+/// A frame from an agent to the hub.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ClientFrame {
+    /// What the frame carries.
+    #[prost(oneof = "client_frame::Kind", tags = "1, 2, 3, 4")]
+    pub kind: Option<client_frame::Kind>,
+}
+
+/// The variants of [`ClientFrame`].
+pub mod client_frame {
+    /// What a client frame carries.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Kind {
+        /// Sender keys and signed batches to route.
+        #[prost(message, tag = "1")]
+        Publish(super::Publish),
+        /// Start a subscription.
+        #[prost(message, tag = "2")]
+        Subscribe(super::Subscribe),
+        /// End a subscription.
+        #[prost(message, tag = "3")]
+        Unsubscribe(super::Unsubscribe),
+        /// Flow-control credit.
+        #[prost(message, tag = "4")]
+        Credit(super::Credit),
+    }
+}
+
+/// A frame from the hub to an agent.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ServerFrame {
+    /// What the frame carries.
+    #[prost(oneof = "server_frame::Kind", tags = "1, 2, 3, 4")]
+    pub kind: Option<server_frame::Kind>,
+}
+
+/// The variants of [`ServerFrame`].
+pub mod server_frame {
+    /// What a server frame carries.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Kind {
+        /// Batches for a subscription.
+        #[prost(message, tag = "1")]
+        Deliver(super::Deliver),
+        /// A publish was accepted.
+        #[prost(message, tag = "2")]
+        Ack(super::Ack),
+        /// A publish or subscription was refused.
+        #[prost(message, tag = "3")]
+        Refusal(super::Refusal),
+        /// Flow-control credit.
+        #[prost(message, tag = "4")]
+        Credit(super::Credit),
+    }
+}
+
+/// Sender keys and batches to route.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Publish {
+    /// Echoed in the `Ack` or `Refusal`.
+    #[prost(uint64, tag = "1")]
+    pub request_id: u64,
+    /// Sender keys, routed before the batches.
+    #[prost(message, repeated, tag = "2")]
+    pub sender_keys: Vec<SenderKey>,
+    /// Signed batches.
+    #[prost(message, repeated, tag = "3")]
+    pub batches: Vec<SignedBatch>,
+}
+
+/// Start a subscription.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Subscribe {
+    /// Chosen by the client, unique on its connection.
+    #[prost(uint64, tag = "1")]
+    pub subscription_id: u64,
+    /// Channel pattern with `*` and `>` wildcards.
+    #[prost(string, tag = "2")]
+    pub pattern: String,
+}
+
+/// End a subscription.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Unsubscribe {
+    /// The subscription to end.
+    #[prost(uint64, tag = "1")]
+    pub subscription_id: u64,
+}
+
+/// Flow-control credit.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Credit {
+    /// How many more messages the peer may send.
+    #[prost(uint32, tag = "1")]
+    pub messages: u32,
+}
+
+/// Batches for one subscription.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Deliver {
+    /// The subscription they match.
+    #[prost(uint64, tag = "1")]
+    pub subscription_id: u64,
+    /// Sender keys addressed to this subscriber.
+    #[prost(message, repeated, tag = "2")]
+    pub sender_keys: Vec<SenderKey>,
+    /// Signed batches.
+    #[prost(message, repeated, tag = "3")]
+    pub batches: Vec<SignedBatch>,
+}
+
+/// A publish was accepted.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Ack {
+    /// The publish's request ID.
+    #[prost(uint64, tag = "1")]
+    pub request_id: u64,
+}
+
+/// A publish or subscription was refused.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Refusal {
+    /// The request (or subscription) ID refused.
+    #[prost(uint64, tag = "1")]
+    pub request_id: u64,
+    /// A stable numeric code.
+    #[prost(uint32, tag = "2")]
+    pub code: u32,
+    /// For humans; never payload or secrets.
+    #[prost(string, tag = "3")]
+    pub reason: String,
+}

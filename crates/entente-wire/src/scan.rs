@@ -1,0 +1,397 @@
+//! A bounds check over protobuf bytes, run before `prost` allocates anything.
+//!
+//! The walk is linear in the input, allocation-free, and recursion is limited by the schemas
+//! (at most four levels). Unknown fields are skipped, as protobuf requires, but still bounded by
+//! the frame size; groups (wire types 3 and 4) are refused.
+
+use prost::encoding::decode_varint;
+
+use crate::{
+    Limits, MAX_CHANNEL_BYTES, MAX_ID_BYTES, MAX_KEY_BYTES, MAX_REASON_BYTES, MAX_SERIAL_BYTES,
+    MAX_SIGNATURE_BYTES, WireError,
+};
+
+/// Checks `bytes` as a message of `schema`.
+pub(crate) fn scan(
+    mut bytes: &[u8],
+    schema: &Schema,
+    limits: &Limits,
+    depth: usize,
+) -> Result<(), WireError> {
+    if depth > MAX_DEPTH {
+        return Err(malformed(schema, "nested too deeply"));
+    }
+    let mut counts = [0usize; MAX_FIELDS];
+    while !bytes.is_empty() {
+        let key = decode_varint(&mut bytes).map_err(|_| malformed(schema, "bad field key"))?;
+        let number = u32::try_from(key >> 3).map_err(|_| malformed(schema, "bad field number"))?;
+        let wire_type = key & 7;
+        let known = schema
+            .fields
+            .iter()
+            .enumerate()
+            .find(|(_, f)| f.number == number);
+        let Some((index, field)) = known else {
+            skip(&mut bytes, wire_type, schema)?;
+            continue;
+        };
+        if let Some(count) = counts.get_mut(index) {
+            *count += 1;
+            let max = field.count.max(limits);
+            if *count > max {
+                return Err(WireError::TooMany {
+                    message: schema.name,
+                    field: field.name,
+                    max,
+                });
+            }
+        }
+        match field.kind {
+            Kind::Varint => {
+                if wire_type != WIRE_VARINT {
+                    return Err(malformed(schema, "wrong wire type"));
+                }
+                decode_varint(&mut bytes).map_err(|_| malformed(schema, "bad varint"))?;
+            }
+            Kind::Bytes(len) => {
+                let value = length_delimited(&mut bytes, wire_type, schema)?;
+                let max = len.max(limits);
+                if value.len() > max {
+                    return Err(WireError::FieldTooLong {
+                        message: schema.name,
+                        field: field.name,
+                        len: value.len(),
+                        max,
+                    });
+                }
+            }
+            Kind::Message(inner) => {
+                let value = length_delimited(&mut bytes, wire_type, schema)?;
+                scan(value, inner, limits, depth + 1)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The fields of one message.
+#[derive(Debug)]
+pub(crate) struct Schema {
+    name: &'static str,
+    fields: &'static [Field],
+}
+
+#[derive(Debug)]
+struct Field {
+    number: u32,
+    name: &'static str,
+    kind: Kind,
+    count: Count,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Varint,
+    Bytes(Len),
+    Message(&'static Schema),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Len {
+    Id,
+    Channel,
+    Key,
+    Signature,
+    Serial,
+    Reason,
+    Ciphertext,
+}
+
+impl Len {
+    fn max(self, limits: &Limits) -> usize {
+        match self {
+            Self::Id => MAX_ID_BYTES,
+            Self::Channel => MAX_CHANNEL_BYTES,
+            Self::Key => MAX_KEY_BYTES,
+            Self::Signature => MAX_SIGNATURE_BYTES,
+            Self::Serial => MAX_SERIAL_BYTES,
+            Self::Reason => MAX_REASON_BYTES,
+            Self::Ciphertext => limits.max_ciphertext_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Count {
+    One,
+    Envelopes,
+    Recipients,
+    Items,
+    Revocations,
+}
+
+impl Count {
+    fn max(self, limits: &Limits) -> usize {
+        match self {
+            Self::One => 1,
+            Self::Envelopes => limits.max_batch_envelopes,
+            Self::Recipients => limits.max_recipients,
+            Self::Items => limits.max_items_per_frame,
+            Self::Revocations => limits.max_revocations,
+        }
+    }
+}
+
+const MAX_DEPTH: usize = 4;
+const MAX_FIELDS: usize = 16;
+const WIRE_VARINT: u64 = 0;
+const WIRE_FIXED64: u64 = 1;
+const WIRE_LEN: u64 = 2;
+const WIRE_FIXED32: u64 = 5;
+
+const fn field(number: u32, name: &'static str, kind: Kind, count: Count) -> Field {
+    Field {
+        number,
+        name,
+        kind,
+        count,
+    }
+}
+
+const fn varint(number: u32, name: &'static str) -> Field {
+    field(number, name, Kind::Varint, Count::One)
+}
+
+const fn bytes(number: u32, name: &'static str, len: Len) -> Field {
+    field(number, name, Kind::Bytes(len), Count::One)
+}
+
+pub(crate) static KEY_BUNDLE: Schema = Schema {
+    name: "KeyBundle",
+    fields: &[
+        varint(1, "version"),
+        bytes(2, "principal", Len::Id),
+        bytes(3, "ed25519_public", Len::Key),
+        bytes(4, "x25519_public", Len::Key),
+        varint(5, "epoch"),
+        varint(6, "not_before_ms"),
+        varint(7, "not_after_ms"),
+        bytes(8, "signer", Len::Key),
+        bytes(9, "signature", Len::Signature),
+    ],
+};
+
+pub(crate) static ENVELOPE: Schema = Schema {
+    name: "Envelope",
+    fields: &[
+        varint(1, "epoch"),
+        varint(2, "seq"),
+        bytes(3, "message_id", Len::Key),
+        varint(4, "issued_at_ms"),
+        varint(5, "expires_at_ms"),
+        bytes(6, "reply_to", Len::Channel),
+        bytes(7, "ciphertext", Len::Ciphertext),
+    ],
+};
+
+pub(crate) static SIGNED_BATCH: Schema = Schema {
+    name: "SignedBatch",
+    fields: &[
+        bytes(1, "sender", Len::Id),
+        bytes(2, "channel", Len::Channel),
+        varint(3, "key_epoch"),
+        field(4, "envelopes", Kind::Message(&ENVELOPE), Count::Envelopes),
+        bytes(5, "signature", Len::Signature),
+    ],
+};
+
+pub(crate) static WRAPPED_KEY: Schema = Schema {
+    name: "WrappedKey",
+    fields: &[
+        bytes(1, "recipient", Len::Id),
+        varint(2, "recipient_key_epoch"),
+        bytes(3, "enc", Len::Key),
+        bytes(4, "ciphertext", Len::Key),
+    ],
+};
+
+pub(crate) static SENDER_KEY: Schema = Schema {
+    name: "SenderKey",
+    fields: &[
+        varint(1, "version"),
+        bytes(2, "sender", Len::Id),
+        bytes(3, "channel", Len::Channel),
+        varint(4, "epoch"),
+        varint(5, "issued_at_ms"),
+        varint(6, "expires_at_ms"),
+        varint(7, "key_epoch"),
+        field(
+            8,
+            "recipients",
+            Kind::Message(&WRAPPED_KEY),
+            Count::Recipients,
+        ),
+        bytes(9, "signature", Len::Signature),
+    ],
+};
+
+pub(crate) static REVOCATION_LIST: Schema = Schema {
+    name: "RevocationList",
+    fields: &[
+        varint(1, "version"),
+        varint(2, "issued_at_ms"),
+        field(3, "serials", Kind::Bytes(Len::Serial), Count::Revocations),
+        field(4, "principals", Kind::Bytes(Len::Id), Count::Revocations),
+        bytes(5, "signer", Len::Key),
+        bytes(6, "signature", Len::Signature),
+    ],
+};
+
+pub(crate) static PUBLISH: Schema = Schema {
+    name: "Publish",
+    fields: &[
+        varint(1, "request_id"),
+        field(2, "sender_keys", Kind::Message(&SENDER_KEY), Count::Items),
+        field(3, "batches", Kind::Message(&SIGNED_BATCH), Count::Items),
+    ],
+};
+
+pub(crate) static DELIVER: Schema = Schema {
+    name: "Deliver",
+    fields: &[
+        varint(1, "subscription_id"),
+        field(2, "sender_keys", Kind::Message(&SENDER_KEY), Count::Items),
+        field(3, "batches", Kind::Message(&SIGNED_BATCH), Count::Items),
+    ],
+};
+
+pub(crate) static SUBSCRIBE: Schema = Schema {
+    name: "Subscribe",
+    fields: &[
+        varint(1, "subscription_id"),
+        bytes(2, "pattern", Len::Channel),
+    ],
+};
+
+static UNSUBSCRIBE: Schema = Schema {
+    name: "Unsubscribe",
+    fields: &[varint(1, "subscription_id")],
+};
+
+static CREDIT: Schema = Schema {
+    name: "Credit",
+    fields: &[varint(1, "messages")],
+};
+
+static ACK: Schema = Schema {
+    name: "Ack",
+    fields: &[varint(1, "request_id")],
+};
+
+static REFUSAL: Schema = Schema {
+    name: "Refusal",
+    fields: &[
+        varint(1, "request_id"),
+        varint(2, "code"),
+        bytes(3, "reason", Len::Reason),
+    ],
+};
+
+pub(crate) static CLIENT_FRAME: Schema = Schema {
+    name: "ClientFrame",
+    fields: &[
+        field(1, "publish", Kind::Message(&PUBLISH), Count::One),
+        field(2, "subscribe", Kind::Message(&SUBSCRIBE), Count::One),
+        field(3, "unsubscribe", Kind::Message(&UNSUBSCRIBE), Count::One),
+        field(4, "credit", Kind::Message(&CREDIT), Count::One),
+    ],
+};
+
+pub(crate) static SERVER_FRAME: Schema = Schema {
+    name: "ServerFrame",
+    fields: &[
+        field(1, "deliver", Kind::Message(&DELIVER), Count::One),
+        field(2, "ack", Kind::Message(&ACK), Count::One),
+        field(3, "refusal", Kind::Message(&REFUSAL), Count::One),
+        field(4, "credit", Kind::Message(&CREDIT), Count::One),
+    ],
+};
+
+fn malformed(schema: &Schema, reason: &str) -> WireError {
+    WireError::Malformed {
+        message: schema.name,
+        reason: reason.to_owned(),
+    }
+}
+
+fn length_delimited<'a>(
+    bytes: &mut &'a [u8],
+    wire_type: u64,
+    schema: &Schema,
+) -> Result<&'a [u8], WireError> {
+    if wire_type != WIRE_LEN {
+        return Err(malformed(schema, "wrong wire type"));
+    }
+    let len = decode_varint(bytes).map_err(|_| malformed(schema, "bad length"))?;
+    let len = usize::try_from(len).map_err(|_| malformed(schema, "truncated"))?;
+    let (value, rest) = bytes
+        .split_at_checked(len)
+        .ok_or_else(|| malformed(schema, "truncated"))?;
+    *bytes = rest;
+    Ok(value)
+}
+
+fn skip(bytes: &mut &[u8], wire_type: u64, schema: &Schema) -> Result<(), WireError> {
+    let width = match wire_type {
+        WIRE_VARINT => {
+            decode_varint(bytes).map_err(|_| malformed(schema, "bad varint"))?;
+            return Ok(());
+        }
+        WIRE_LEN => {
+            length_delimited(bytes, wire_type, schema)?;
+            return Ok(());
+        }
+        WIRE_FIXED64 => 8,
+        WIRE_FIXED32 => 4,
+        _ => return Err(malformed(schema, "unsupported wire type")),
+    };
+    let rest = bytes
+        .get(width..)
+        .ok_or_else(|| malformed(schema, "truncated"))?;
+    *bytes = rest;
+    Ok(())
+}
+
+#[cfg(test)]
+impl Schema {
+    pub(crate) fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub(crate) fn field_list(&self) -> Vec<(String, u32)> {
+        self.fields
+            .iter()
+            .map(|f| (f.name.to_owned(), f.number))
+            .collect()
+    }
+}
+
+/// Field numbers present at the top level of `bytes` (test helper).
+#[cfg(test)]
+pub(crate) fn top_level_numbers(mut bytes: &[u8]) -> Vec<u32> {
+    let schema = Schema {
+        name: "any",
+        fields: &[],
+    };
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let Ok(key) = decode_varint(&mut bytes) else {
+            break;
+        };
+        out.push((key >> 3) as u32);
+        if skip(&mut bytes, key & 7, &schema).is_err() {
+            break;
+        }
+    }
+    out
+}

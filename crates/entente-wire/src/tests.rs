@@ -1,0 +1,370 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::scan::Schema;
+
+fn envelope(n: u64) -> Envelope {
+    Envelope {
+        epoch: 7,
+        seq: n,
+        message_id: vec![1; 16],
+        issued_at_ms: 1_700_000_000_000,
+        expires_at_ms: 1_700_000_060_000,
+        reply_to: "_reply.a.b".into(),
+        ciphertext: vec![9; 272],
+    }
+}
+
+fn batch(n: usize) -> SignedBatch {
+    SignedBatch {
+        sender: "spiffe://acme.internal/agent/ops/alpha".into(),
+        channel: "orders.eu".into(),
+        key_epoch: 1,
+        envelopes: (0..n as u64).map(envelope).collect(),
+        signature: vec![3; 64],
+    }
+}
+
+fn sender_key(n: usize) -> SenderKey {
+    SenderKey {
+        version: 1,
+        sender: "spiffe://acme.internal/agent/ops/alpha".into(),
+        channel: "orders.eu".into(),
+        epoch: 5,
+        issued_at_ms: 1,
+        expires_at_ms: 2,
+        key_epoch: 1,
+        recipients: (0..n)
+            .map(|i| WrappedKey {
+                recipient: format!("spiffe://acme.internal/agent/ops/r{i}"),
+                recipient_key_epoch: 1,
+                enc: vec![4; 32],
+                ciphertext: vec![5; 48],
+            })
+            .collect(),
+        signature: vec![6; 64],
+    }
+}
+
+fn publish_frame() -> ClientFrame {
+    ClientFrame {
+        kind: Some(client_frame::Kind::Publish(Publish {
+            request_id: 42,
+            sender_keys: vec![sender_key(3)],
+            batches: vec![batch(4), batch(1)],
+        })),
+    }
+}
+
+#[test]
+fn round_trips() {
+    let limits = Limits::default();
+    let frame = publish_frame();
+    assert_eq!(
+        decode::<ClientFrame>(&encode(&frame), &limits).unwrap(),
+        frame
+    );
+    let b = batch(16);
+    assert_eq!(decode::<SignedBatch>(&encode(&b), &limits).unwrap(), b);
+    let list = RevocationList {
+        version: 3,
+        issued_at_ms: 10,
+        serials: vec![vec![1, 2, 3]],
+        principals: vec!["spiffe://acme.internal/agent/ops/x".into()],
+        signer: vec![1; 32],
+        signature: vec![2; 70],
+    };
+    assert_eq!(
+        decode::<RevocationList>(&encode(&list), &limits).unwrap(),
+        list
+    );
+    let server = ServerFrame {
+        kind: Some(server_frame::Kind::Refusal(Refusal {
+            request_id: 1,
+            code: 7,
+            reason: "denied".into(),
+        })),
+    };
+    assert_eq!(
+        decode::<ServerFrame>(&encode(&server), &limits).unwrap(),
+        server
+    );
+}
+
+#[test]
+fn oversized_input_is_refused_before_parsing() {
+    let limits = Limits {
+        max_frame_bytes: 100,
+        ..Limits::default()
+    };
+    let err = decode::<SignedBatch>(&encode(&batch(4)), &limits).unwrap_err();
+    assert!(matches!(err, WireError::TooLarge { max: 100, .. }), "{err}");
+}
+
+#[test]
+fn truncated_input_is_malformed() {
+    let bytes = encode(&publish_frame());
+    for cut in [1, 2, 10, bytes.len() / 2, bytes.len() - 1] {
+        let err = decode::<ClientFrame>(&bytes[..cut], &Limits::default()).unwrap_err();
+        assert!(
+            matches!(err, WireError::Malformed { .. }),
+            "cut {cut}: {err}"
+        );
+    }
+}
+
+#[test]
+fn batch_length_is_bounded() {
+    let limits = Limits {
+        max_batch_envelopes: 8,
+        ..Limits::default()
+    };
+    assert!(decode::<SignedBatch>(&encode(&batch(8)), &limits).is_ok());
+    let err = decode::<SignedBatch>(&encode(&batch(9)), &limits).unwrap_err();
+    assert_eq!(
+        err,
+        WireError::TooMany {
+            message: "SignedBatch",
+            field: "envelopes",
+            max: 8
+        }
+    );
+}
+
+#[test]
+fn recipient_count_is_bounded_inside_a_frame() {
+    let limits = Limits {
+        max_recipients: 2,
+        ..Limits::default()
+    };
+    let err = decode::<ClientFrame>(&encode(&publish_frame()), &limits).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::TooMany {
+                field: "recipients",
+                max: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn items_per_frame_are_bounded() {
+    let limits = Limits {
+        max_items_per_frame: 1,
+        ..Limits::default()
+    };
+    let err = decode::<ClientFrame>(&encode(&publish_frame()), &limits).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::TooMany {
+                field: "batches",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn empty_repeated_elements_cannot_amplify() {
+    // 2 bytes per empty envelope: a 4 MiB frame would otherwise allocate 2 M structs.
+    let mut bytes = Vec::new();
+    for _ in 0..10_000 {
+        bytes.extend_from_slice(&[0x22, 0x00]);
+    }
+    let err = decode::<SignedBatch>(&bytes, &Limits::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::TooMany {
+                field: "envelopes",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn string_and_bytes_fields_are_bounded() {
+    let mut b = batch(1);
+    b.channel = "a".repeat(MAX_CHANNEL_BYTES + 1);
+    let err = decode::<SignedBatch>(&encode(&b), &Limits::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::FieldTooLong {
+                field: "channel",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    let mut b = batch(1);
+    b.sender = "s".repeat(MAX_ID_BYTES + 1);
+    let err = decode::<SignedBatch>(&encode(&b), &Limits::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::FieldTooLong {
+                field: "sender",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    let limits = Limits {
+        max_ciphertext_bytes: 100,
+        ..Limits::default()
+    };
+    let err = decode::<SignedBatch>(&encode(&batch(1)), &limits).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::FieldTooLong {
+                field: "ciphertext",
+                len: 272,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn duplicate_singular_field_is_refused() {
+    let mut bytes = encode(&Subscribe {
+        subscription_id: 1,
+        pattern: "a.b".into(),
+    });
+    bytes.extend_from_slice(&[0x12, 0x01, b'c']);
+    let frame = [&[0x12, bytes.len() as u8][..], &bytes].concat();
+    let err = decode::<ClientFrame>(&frame, &Limits::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::TooMany {
+                field: "pattern",
+                max: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_wire_type_and_groups_are_refused() {
+    // field 1 (epoch) sent as length-delimited
+    let err = decode::<Envelope>(&[0x0a, 0x01, 0x00], &Limits::default()).unwrap_err();
+    assert!(matches!(err, WireError::Malformed { .. }), "{err}");
+    // unknown field 15 as a start-group
+    let err = decode::<Envelope>(&[0x7b], &Limits::default()).unwrap_err();
+    assert!(matches!(err, WireError::Malformed { .. }), "{err}");
+    // overlong varint
+    let err = decode::<Envelope>(
+        &[
+            0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+        ],
+        &Limits::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, WireError::Malformed { .. }), "{err}");
+}
+
+#[test]
+fn unknown_fields_are_skipped() {
+    let mut bytes = encode(&envelope(1));
+    bytes.extend_from_slice(&[0xa0, 0x01, 0x05]); // field 20, varint
+    bytes.extend_from_slice(&[0xa9, 0x01, 0, 0, 0, 0, 0, 0, 0, 0]); // field 21, fixed64
+    bytes.extend_from_slice(&[0xb5, 0x01, 0, 0, 0, 0]); // field 22, fixed32
+    assert_eq!(
+        decode::<Envelope>(&bytes, &Limits::default()).unwrap(),
+        envelope(1)
+    );
+}
+
+#[test]
+fn invalid_utf8_is_malformed() {
+    let bytes = [0x12, 0x02, 0xff, 0xfe];
+    let err = decode::<Subscribe>(&bytes, &Limits::default());
+    assert!(err.is_err());
+}
+
+/// Every field of the `.proto` file has the same number in the scan schemas, and every
+/// field prost writes for a fully populated message is one the schema knows.
+#[test]
+fn field_numbers_match_proto() {
+    let proto = include_str!("../../../proto/entente/v1/entente.proto");
+    let schemas: [&Schema; 6] = [
+        &scan::KEY_BUNDLE,
+        &scan::ENVELOPE,
+        &scan::SIGNED_BATCH,
+        &scan::SENDER_KEY,
+        &scan::REVOCATION_LIST,
+        &scan::PUBLISH,
+    ];
+    for schema in schemas {
+        let declared = proto_fields(proto, schema.name());
+        assert!(!declared.is_empty(), "{} missing from proto", schema.name());
+        assert_eq!(declared, schema.field_list(), "{}", schema.name());
+    }
+    for (bytes, schema) in [
+        (encode(&batch(2)), &scan::SIGNED_BATCH),
+        (encode(&sender_key(2)), &scan::SENDER_KEY),
+    ] {
+        for number in scan::top_level_numbers(&bytes) {
+            assert!(schema.field_list().iter().any(|(_, n)| *n == number));
+        }
+    }
+}
+
+fn proto_fields(proto: &str, message: &str) -> Vec<(String, u32)> {
+    let start = format!("message {message} {{");
+    let Some(body) = proto.split(&start).nth(1) else {
+        return Vec::new();
+    };
+    let body = body.split('}').next().unwrap();
+    body.lines()
+        .filter_map(|line| {
+            let line = line.split("//").next()?.trim();
+            let (lhs, number) = line.strip_suffix(';')?.split_once('=')?;
+            let name = lhs.split_whitespace().last()?;
+            Some((name.to_owned(), number.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let limits = Limits::default();
+        let _ = decode::<ClientFrame>(&bytes, &limits);
+        let _ = decode::<ServerFrame>(&bytes, &limits);
+        let _ = decode::<SignedBatch>(&bytes, &limits);
+        let _ = decode::<SenderKey>(&bytes, &limits);
+        let _ = decode::<KeyBundle>(&bytes, &limits);
+    }
+
+    #[test]
+    fn mutated_frames_never_panic(pos in any::<prop::sample::Index>(), byte in any::<u8>()) {
+        let mut bytes = encode(&publish_frame());
+        let i = pos.index(bytes.len());
+        bytes[i] = byte;
+        let _ = decode::<ClientFrame>(&bytes, &Limits::default());
+    }
+}
