@@ -137,5 +137,54 @@ fn single_signed_message(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, seal_sign, open_verify, single_signed_message);
+/// The primitives' own cost on this machine: the floor under the per-message figures.
+fn primitives(c: &mut Criterion) {
+    use aws_lc_rs::{aead, digest, signature};
+    let mut group = c.benchmark_group("primitives");
+    group.throughput(Throughput::Elements(1));
+    let input = [0x42u8; 400];
+    group.bench_function("sha256_400B", |b| {
+        b.iter(|| digest::digest(&digest::SHA256, black_box(&input)))
+    });
+    let key = aead::LessSafeKey::new(aead::UnboundKey::new(&aead::AES_256_GCM, &[7; 32]).unwrap());
+    let mut sealed = vec![0x5au8; PAYLOAD_BYTES];
+    key.seal_in_place_append_tag(
+        aead::Nonce::assume_unique_for_key([0; 12]),
+        aead::Aad::from(&[1u8; 120][..]),
+        &mut sealed,
+    )
+    .unwrap();
+    group.bench_function("aes256gcm_open_256B", |b| {
+        b.iter_batched_ref(
+            || sealed.clone(),
+            |buf| {
+                key.open_in_place(
+                    aead::Nonce::assume_unique_for_key([0; 12]),
+                    aead::Aad::from(&[1u8; 120][..]),
+                    buf,
+                )
+                .map(|p| p.len())
+                .unwrap()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    let pair = signature::Ed25519KeyPair::generate().unwrap();
+    let msg = [9u8; 100];
+    let sig = signature::KeyPair::public_key(&pair);
+    let public = signature::UnparsedPublicKey::new(&signature::ED25519, sig.as_ref().to_vec());
+    let signed = pair.sign(&msg);
+    group.bench_function("ed25519_verify", |b| {
+        b.iter(|| public.verify(black_box(&msg), signed.as_ref()).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    seal_sign,
+    open_verify,
+    single_signed_message,
+    primitives
+);
 criterion_main!(benches);

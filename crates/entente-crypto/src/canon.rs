@@ -14,16 +14,25 @@ impl Canon {
     /// Starts a string with `label` (which must not contain a zero byte).
     pub(crate) fn new(label: &str) -> Self {
         let mut canon = Self { buf: Vec::new() };
-        canon.restart(label);
+        canon.label(label);
         canon
     }
 
-    /// Clears the buffer, keeping its capacity, and writes `label`.
-    pub(crate) fn restart(&mut self, label: &str) -> &mut Self {
-        self.buf.clear();
+    /// Appends `label` (a new canonical string after those already in the buffer).
+    pub(crate) fn label(&mut self, label: &str) -> &mut Self {
         self.buf.extend_from_slice(label.as_bytes());
         self.buf.push(0);
         self
+    }
+
+    /// Empties the buffer, keeping its capacity.
+    pub(crate) fn clear(&mut self) {
+        self.buf.clear();
+    }
+
+    /// Bytes written so far.
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len()
     }
 
     pub(crate) fn u8(&mut self, v: u8) -> &mut Self {

@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use aws_lc_rs::{
     aead::{Aad, Nonce},
-    digest::{SHA256, digest},
+    digest::{Context, SHA256, digest},
     rand::{SecureRandom, SystemRandom},
 };
 use entente_types::{Channel, ChannelError, IdError, MessageId, MessageIdError, Principal};
@@ -23,6 +23,9 @@ pub const SUITE_V1: u8 = 1;
 
 /// Length of the AES-256-GCM tag appended to every ciphertext.
 pub const TAG_LEN: usize = 16;
+
+/// Random bytes in a UUIDv7 message ID.
+const ID_RANDOM_LEN: usize = 10;
 
 // === errors ===
 
@@ -264,11 +267,16 @@ impl Sealer {
                 max,
             });
         }
+        // One draw of randomness for every message ID of the batch.
+        let mut random = vec![0u8; payloads.len() * ID_RANDOM_LEN];
+        self.rng
+            .fill(&mut random)
+            .map_err(|_| SealError::Crypto("random"))?;
         let mut envelopes = Vec::with_capacity(payloads.len());
         let mut hashes = Vec::with_capacity(payloads.len() * 32);
-        for payload in payloads {
-            let envelope = self.seal_one(payload, reply_to, now_ms)?;
-            hashes.extend_from_slice(&self.hash_current(&envelope));
+        for (payload, random) in payloads.iter().zip(random.chunks_exact(ID_RANDOM_LEN)) {
+            let (envelope, hash) = self.seal_one(payload, reply_to, now_ms, random)?;
+            hashes.extend_from_slice(&hash);
             envelopes.push(envelope);
         }
         let signature = self.sign_hashes(&hashes, envelopes.len());
@@ -288,7 +296,11 @@ impl Sealer {
         reply_to: Option<&Channel>,
         now_ms: u64,
     ) -> Result<wire::Envelope, SealError> {
-        self.seal_one(payload, reply_to, now_ms)
+        let mut random = [0u8; ID_RANDOM_LEN];
+        self.rng
+            .fill(&mut random)
+            .map_err(|_| SealError::Crypto("random"))?;
+        Ok(self.seal_one(payload, reply_to, now_ms, &random)?.0)
     }
 
     /// Signs envelopes sealed by this sealer as one batch.
@@ -314,12 +326,14 @@ impl Sealer {
         })
     }
 
+    /// Seals one envelope and returns it with its hash (PROTOCOL.md §4.4).
     fn seal_one(
         &mut self,
         payload: &[u8],
         reply_to: Option<&Channel>,
         now_ms: u64,
-    ) -> Result<wire::Envelope, SealError> {
+        random: &[u8],
+    ) -> Result<(wire::Envelope, [u8; 32]), SealError> {
         let max = self
             .options
             .limits
@@ -335,10 +349,8 @@ impl Sealer {
             return Err(SealError::EpochExhausted);
         }
         let seq = self.next_seq;
-        let mut random = [0u8; 10];
-        self.rng
-            .fill(&mut random)
-            .map_err(|_| SealError::Crypto("random"))?;
+        let random: [u8; ID_RANDOM_LEN] =
+            random.try_into().map_err(|_| SealError::Crypto("random"))?;
         let message_id = MessageId::from_parts(now_ms, random);
         let mut envelope = wire::Envelope {
             epoch: self.epoch,
@@ -365,7 +377,8 @@ impl Sealer {
             )
             .map_err(|_| SealError::Crypto("seal"))?;
         self.next_seq += 1;
-        Ok(envelope)
+        let hash = envelope_hash(self.scratch.as_bytes(), &envelope.ciphertext);
+        Ok((envelope, hash))
     }
 
     fn hash_current(&mut self, envelope: &wire::Envelope) -> [u8; 32] {
@@ -375,7 +388,7 @@ impl Sealer {
             self.channel.as_str(),
             envelope,
         );
-        envelope_hash(&mut self.scratch, &envelope.ciphertext)
+        envelope_hash(self.scratch.as_bytes(), &envelope.ciphertext)
     }
 
     fn sign_hashes(&self, hashes: &[u8], count: usize) -> Vec<u8> {
@@ -585,8 +598,8 @@ impl EnvelopeIn {
 /// There is no other way to make one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedEnvelope {
-    sender: Principal,
-    channel: Channel,
+    sender: Arc<Principal>,
+    channel: Arc<Channel>,
     epoch: u64,
     seq: u64,
     message_id: MessageId,
@@ -778,34 +791,52 @@ impl Opener {
         now_ms: u64,
     ) -> Result<OpenedBatch, OpenError> {
         check_signer(sender_bundle, &batch.sender, batch.key_epoch, now_ms)?;
-        let sender = batch.sender.as_str();
-        let channel = batch.channel.as_str();
-        let mut hashes = Vec::with_capacity(batch.envelopes.len() * 32);
-        for e in &batch.envelopes {
-            write_aad_in(&mut self.scratch, sender, channel, e);
-            hashes.extend_from_slice(&envelope_hash(&mut self.scratch, &e.ciphertext));
-        }
-        let input = batch_input(
+        let SignedBatchIn {
             sender,
             channel,
-            batch.key_epoch,
-            batch.envelopes.len(),
+            key_epoch,
+            envelopes,
+            signature,
+        } = batch;
+        // Each header is written once: its bytes serve as the hash input and the AEAD's AAD.
+        let aads = &mut self.scratch;
+        aads.clear();
+        let mut spans = Vec::with_capacity(envelopes.len());
+        let mut hashes = Vec::with_capacity(envelopes.len() * 32);
+        for e in &envelopes {
+            let start = aads.len();
+            write_aad_in(aads, sender.as_str(), channel.as_str(), e);
+            let aad = aads.as_bytes().get(start..).unwrap_or_default();
+            hashes.extend_from_slice(&envelope_hash(aad, &e.ciphertext));
+            spans.push(start..aads.len());
+        }
+        let input = batch_input(
+            sender.as_str(),
+            channel.as_str(),
+            key_epoch,
+            envelopes.len(),
             &hashes,
         );
-        verify_ed25519(sender_bundle, &input, &batch.signature)
+        verify_ed25519(sender_bundle, &input, &signature)
             .map_err(|()| OpenError::BadBatchSignature)?;
 
         let mut opened = OpenedBatch {
-            delivered: Vec::with_capacity(batch.envelopes.len()),
+            delivered: Vec::with_capacity(envelopes.len()),
             rejected: Vec::new(),
         };
         let max_issued = now_ms.saturating_add(self.options.max_clock_skew_ms);
-        let mut scratch = std::mem::take(&mut self.scratch);
-        for (index, e) in batch.envelopes.into_iter().enumerate() {
-            match self.open_one(&mut scratch, sender, channel, e, now_ms, max_issued) {
+        let mut epochs = self
+            .epochs
+            .get_mut(sender.as_str())
+            .and_then(|c| c.get_mut(channel.as_str()));
+        let sender = Arc::new(sender);
+        let channel = Arc::new(channel);
+        for (index, (e, span)) in envelopes.into_iter().zip(spans).enumerate() {
+            let aad = self.scratch.as_bytes().get(span).unwrap_or_default();
+            match open_one(epochs.as_deref_mut(), aad, e, now_ms, max_issued) {
                 Ok((e, payload)) => opened.delivered.push(VerifiedEnvelope {
-                    sender: batch.sender.clone(),
-                    channel: batch.channel.clone(),
+                    sender: Arc::clone(&sender),
+                    channel: Arc::clone(&channel),
                     epoch: e.epoch,
                     seq: e.seq,
                     message_id: e.message_id,
@@ -817,7 +848,6 @@ impl Opener {
                 Err(err) => opened.rejected.push((index, err)),
             }
         }
-        self.scratch = scratch;
         Ok(opened)
     }
 
@@ -851,48 +881,43 @@ impl Opener {
     fn state(&self, sender: &str, channel: &str, epoch: u64) -> Option<&EpochState> {
         self.epochs.get(sender)?.get(channel)?.get(&epoch)
     }
+}
 
-    fn open_one(
-        &mut self,
-        scratch: &mut Canon,
-        sender: &str,
-        channel: &str,
-        mut e: EnvelopeIn,
-        now_ms: u64,
-        max_issued: u64,
-    ) -> Result<(EnvelopeIn, Vec<u8>), OpenError> {
-        if now_ms > e.expires_at_ms {
-            return Err(OpenError::Expired);
-        }
-        if e.issued_at_ms > max_issued {
-            return Err(OpenError::NotYetValid);
-        }
-        let state = self
-            .epochs
-            .get_mut(sender)
-            .and_then(|c| c.get_mut(channel))
-            .and_then(|c| c.get_mut(&e.epoch))
-            .ok_or(OpenError::UnknownEpoch(e.epoch))?;
-        if e.issued_at_ms > state.expires_at_ms || e.issued_at_ms < state.issued_at_ms {
-            return Err(OpenError::EpochExpired);
-        }
-        state.window.check(e.seq)?;
-        write_aad_in(scratch, sender, channel, &e);
-        let mut ciphertext = std::mem::take(&mut e.ciphertext);
-        let len = state
-            .payload
-            .key
-            .open_in_place(
-                Nonce::assume_unique_for_key(state.payload.nonce(e.seq)),
-                Aad::from(scratch.as_bytes()),
-                &mut ciphertext,
-            )
-            .map_err(|_| OpenError::Decrypt)?
-            .len();
-        ciphertext.truncate(len);
-        state.window.accept(e.seq);
-        Ok((e, ciphertext))
+/// Opens one envelope of a verified batch, whose header bytes are `aad`.
+fn open_one(
+    epochs: Option<&mut HashMap<u64, EpochState>>,
+    aad: &[u8],
+    mut e: EnvelopeIn,
+    now_ms: u64,
+    max_issued: u64,
+) -> Result<(EnvelopeIn, Vec<u8>), OpenError> {
+    if now_ms > e.expires_at_ms {
+        return Err(OpenError::Expired);
     }
+    if e.issued_at_ms > max_issued {
+        return Err(OpenError::NotYetValid);
+    }
+    let state = epochs
+        .and_then(|c| c.get_mut(&e.epoch))
+        .ok_or(OpenError::UnknownEpoch(e.epoch))?;
+    if e.issued_at_ms > state.expires_at_ms || e.issued_at_ms < state.issued_at_ms {
+        return Err(OpenError::EpochExpired);
+    }
+    state.window.check(e.seq)?;
+    let mut ciphertext = std::mem::take(&mut e.ciphertext);
+    let len = state
+        .payload
+        .key
+        .open_in_place(
+            Nonce::assume_unique_for_key(state.payload.nonce(e.seq)),
+            Aad::from(aad),
+            &mut ciphertext,
+        )
+        .map_err(|_| OpenError::Decrypt)?
+        .len();
+    ciphertext.truncate(len);
+    state.window.accept(e.seq);
+    Ok((e, ciphertext))
 }
 
 // === canonical inputs ===
@@ -910,7 +935,7 @@ pub fn batch_signing_input(batch: &wire::SignedBatch) -> Vec<u8> {
     let mut hashes = Vec::with_capacity(batch.envelopes.len() * 32);
     for e in &batch.envelopes {
         write_aad(&mut c, &batch.sender, &batch.channel, e);
-        hashes.extend_from_slice(&envelope_hash(&mut c, &e.ciphertext));
+        hashes.extend_from_slice(&envelope_hash(c.as_bytes(), &e.ciphertext));
     }
     batch_input(
         &batch.sender,
@@ -936,7 +961,7 @@ fn write_header(
     expires_at_ms: u64,
     reply_to: &str,
 ) {
-    c.restart(label::ENVELOPE)
+    c.label(label::ENVELOPE)
         .u8(SUITE_V1)
         .str(sender)
         .str(channel)
@@ -948,7 +973,9 @@ fn write_header(
         .str(reply_to);
 }
 
+/// Replaces the buffer's content with the header of `e`.
 fn write_aad(c: &mut Canon, sender: &str, channel: &str, e: &wire::Envelope) {
+    c.clear();
     write_header(
         c,
         sender,
@@ -962,6 +989,7 @@ fn write_aad(c: &mut Canon, sender: &str, channel: &str, e: &wire::Envelope) {
     );
 }
 
+/// Appends the header of `e` to the buffer.
 fn write_aad_in(c: &mut Canon, sender: &str, channel: &str, e: &EnvelopeIn) {
     write_header(
         c,
@@ -976,10 +1004,19 @@ fn write_aad_in(c: &mut Canon, sender: &str, channel: &str, e: &EnvelopeIn) {
     );
 }
 
-/// SHA-256(AAD || len(ciphertext) || ciphertext), with `c` holding the AAD (clobbered).
-fn envelope_hash(c: &mut Canon, ciphertext: &[u8]) -> [u8; 32] {
-    c.bytes(ciphertext);
-    sha256(c.as_bytes())
+/// SHA-256(AAD || u32(len(ciphertext)) || ciphertext), streamed: nothing is copied.
+fn envelope_hash(aad: &[u8], ciphertext: &[u8]) -> [u8; 32] {
+    let mut ctx = Context::new(&SHA256);
+    ctx.update(aad);
+    ctx.update(
+        &u32::try_from(ciphertext.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    ctx.update(ciphertext);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 fn batch_input(
