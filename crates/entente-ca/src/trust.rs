@@ -146,7 +146,6 @@ impl TrustBundle {
             return Err(TrustBundleError::NoRoot);
         }
         let mut trust_domain: Option<TrustDomain> = None;
-        let mut authority = EcdsaAuthority::new();
         let mut anchors = Vec::with_capacity(roots.len());
 
         let parsed_roots = roots
@@ -166,9 +165,9 @@ impl TrustBundle {
                 })?;
             anchors.push(anchor.to_owned());
             merge_trust_domain(&mut trust_domain, cert)?;
-            trust(&mut authority, cert);
         }
 
+        let mut parsed_intermediates = Vec::with_capacity(intermediates.len());
         for (offset, der) in intermediates.iter().enumerate() {
             let index = roots.len() + offset;
             let cert = parse_ca(index, der)?;
@@ -179,11 +178,16 @@ impl TrustBundle {
                 return Err(TrustBundleError::NotChained { index });
             }
             merge_trust_domain(&mut trust_domain, &cert)?;
-            trust(&mut authority, &cert);
+            parsed_intermediates.push(cert);
         }
 
+        let trust_domain = trust_domain.ok_or(TrustBundleError::NoTrustDomain)?;
+        let mut authority = EcdsaAuthority::for_trust_domain(trust_domain.as_str());
+        for cert in parsed_roots.iter().chain(&parsed_intermediates) {
+            trust(&mut authority, cert);
+        }
         Ok(Self {
-            trust_domain: trust_domain.ok_or(TrustBundleError::NoTrustDomain)?,
+            trust_domain,
             roots,
             intermediates,
             anchors,
@@ -235,9 +239,9 @@ impl TrustBundle {
     }
 
     /// Every ECDSA P-256 CA key of the bundle under its signer ID (SHA-256 of its
-    /// SubjectPublicKeyInfo), valid for the period of its certificate: what key bundles and
-    /// revocation lists are verified against. `TrustBundle` is itself a [`BundleAuthority`]
-    /// backed by the same keys.
+    /// SubjectPublicKeyInfo), valid for the period of its certificate and bound to the
+    /// bundle's trust domain: what key bundles and revocation lists are verified against.
+    /// `TrustBundle` is itself a [`BundleAuthority`] backed by the same keys.
     pub fn authority(&self) -> EcdsaAuthority {
         self.authority.clone()
     }
@@ -346,6 +350,10 @@ impl BundleAuthority for TrustBundle {
         self.authority
             .verify_ca_signature(signer, message, signature, now_ms)
     }
+
+    fn trust_domain(&self) -> Option<&str> {
+        Some(self.trust_domain.as_str())
+    }
 }
 
 // === impl VerifiedSvid ===
@@ -385,12 +393,18 @@ fn parse_ca(index: usize, der: &[u8]) -> Result<X509Certificate<'_>, TrustBundle
     Ok(cert)
 }
 
-/// Records the trust domain named by `cert`'s `spiffe://` URI SANs, refusing a conflict.
+/// Records the trust domain named by `cert`'s `spiffe://` URI SANs, refusing a conflict and
+/// refusing a CA certificate that names no trust domain at all (it could otherwise anchor
+/// chains and sign key bundles without saying for whom).
 fn merge_trust_domain(
     current: &mut Option<TrustDomain>,
     cert: &X509Certificate<'_>,
 ) -> Result<(), TrustBundleError> {
-    for uri in uri_sans(cert).map_err(|_| TrustBundleError::NoTrustDomain)? {
+    let uris = uri_sans(cert).map_err(|_| TrustBundleError::NoTrustDomain)?;
+    if !uris.iter().any(|u| u.starts_with("spiffe:")) {
+        return Err(TrustBundleError::NoTrustDomain);
+    }
+    for uri in uris {
         if !uri.starts_with("spiffe:") {
             continue;
         }

@@ -11,8 +11,9 @@ mod common;
 use std::time::Duration;
 
 use common::{new_ca, new_ca_with, now, unix_ms};
-use entente_ca::{CaError, CaOptions};
+use entente_ca::{CaError, CaOptions, INTERMEDIATE_KEY};
 use entente_crypto::{BundleError, KeyBundleBody, KeyBundleIn};
+use entente_keystore::KeyName;
 use entente_types::{AgentId, Principal, TrustDomain};
 use entente_wire as wire;
 
@@ -138,4 +139,29 @@ fn bundle_for_another_trust_domain_is_not_signed() {
     let principal = Principal::from(AgentId::new(&other, "a", "b").unwrap());
     let err = f.ca.sign_key_bundle(body(principal)).unwrap_err();
     assert!(matches!(err, CaError::ForeignPrincipal(_)), "{err:?}");
+}
+
+#[test]
+fn bundle_for_another_trust_domain_signed_by_a_trusted_key_is_refused() {
+    // A CA key of `example.org` that signs a bundle for `other.org` (misissuance, or a
+    // compromised CA of one federated domain speaking for another) must not be believed.
+    let f = new_ca("example.org");
+    let other = TrustDomain::new("other.org").unwrap();
+    let foreign = body(Principal::from(AgentId::new(&other, "a", "b").unwrap()));
+    let key = KeyName::new(INTERMEDIATE_KEY).unwrap();
+    let signed = foreign
+        .sign(f.ca.signer_id(), |input| f.keystore.sign(&key, input))
+        .unwrap();
+    let at = unix_ms(now()) + HOUR_MS;
+    let bundle = KeyBundleIn::from_wire(signed).unwrap();
+    assert_eq!(
+        bundle.clone().verify(f.ca.trust_bundle(), at).unwrap_err(),
+        BundleError::ForeignTrustDomain
+    );
+    assert_eq!(
+        bundle
+            .verify(&f.ca.trust_bundle().authority(), at)
+            .unwrap_err(),
+        BundleError::ForeignTrustDomain
+    );
 }

@@ -146,4 +146,10 @@ fn roots_without_a_spiffe_trust_domain_are_refused() {
         TrustBundle::new(vec![anonymous.der().clone()], vec![]).unwrap_err(),
         TrustBundleError::NoTrustDomain
     );
+    // Nor can an anonymous root ride along with a proper one.
+    let proper = ca.bundle().roots()[0].clone();
+    assert_eq!(
+        TrustBundle::new(vec![proper, anonymous.der().clone()], vec![]).unwrap_err(),
+        TrustBundleError::NoTrustDomain
+    );
 }

@@ -51,6 +51,9 @@ pub enum BundleError {
     /// The signing CA certificate is not valid at this time.
     #[error("the CA that signed the key bundle is not valid at this time")]
     SignerNotValid,
+    /// The principal belongs to a trust domain the authority does not vouch for.
+    #[error("key bundle principal is outside the trust domain of the CA")]
+    ForeignTrustDomain,
 }
 
 /// The signed content of a key bundle.
@@ -119,12 +122,19 @@ pub trait BundleAuthority {
         signature: &[u8],
         now_ms: u64,
     ) -> Result<(), BundleError>;
+
+    /// The trust domain whose principals these CA keys vouch for, or `None` for a bare key set
+    /// that vouches for any. [`KeyBundleIn::verify`] refuses a bundle whose principal is in
+    /// another trust domain ([`BundleError::ForeignTrustDomain`]).
+    fn trust_domain(&self) -> Option<&str>;
 }
 
-/// A set of trusted CA public keys (ECDSA P-256), each with its validity period.
+/// A set of trusted CA public keys (ECDSA P-256), each with its validity period, optionally
+/// bound to one trust domain.
 #[derive(Debug, Clone, Default)]
 pub struct EcdsaAuthority {
     keys: HashMap<[u8; 32], TrustedKey>,
+    trust_domain: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -135,9 +145,18 @@ struct TrustedKey {
 }
 
 impl EcdsaAuthority {
-    /// An empty set.
+    /// An empty set, not bound to a trust domain: it vouches for principals of any trust
+    /// domain. Relying parties use [`EcdsaAuthority::for_trust_domain`] (as a trust bundle does).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty set whose keys vouch only for principals of `trust_domain`.
+    pub fn for_trust_domain(trust_domain: &str) -> Self {
+        Self {
+            keys: HashMap::new(),
+            trust_domain: Some(trust_domain.to_owned()),
+        }
     }
 
     /// Trusts `public_key` (an uncompressed SEC1 P-256 point) under `signer` for the period.
@@ -186,6 +205,10 @@ impl BundleAuthority for EcdsaAuthority {
             .verify(message, signature)
             .map_err(|_| BundleError::BadSignature)
     }
+
+    fn trust_domain(&self) -> Option<&str> {
+        self.trust_domain.as_deref()
+    }
 }
 
 /// A decoded key bundle whose signature has not been checked.
@@ -228,12 +251,19 @@ impl KeyBundleIn {
         &self.body
     }
 
-    /// Verifies the CA signature and the validity period at `now_ms`.
+    /// Verifies that the principal is in the authority's trust domain, the CA signature, and
+    /// the validity period at `now_ms`.
     pub fn verify(
         self,
         authority: &impl BundleAuthority,
         now_ms: u64,
     ) -> Result<VerifiedKeyBundle, BundleError> {
+        if authority
+            .trust_domain()
+            .is_some_and(|td| td != self.body.principal.trust_domain())
+        {
+            return Err(BundleError::ForeignTrustDomain);
+        }
         let input = self.body.signing_input(&self.wire.signer);
         authority.verify_ca_signature(&self.wire.signer, &input, &self.wire.signature, now_ms)?;
         if now_ms < self.body.not_before_ms {

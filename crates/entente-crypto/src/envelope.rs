@@ -137,6 +137,9 @@ pub enum OpenError {
     /// The envelope claims to be issued in the future beyond the allowed clock skew.
     #[error("the envelope is issued in the future")]
     NotYetValid,
+    /// The sender was forgotten ([`Opener::forget_sender`]); its epochs are refused.
+    #[error("the sender was forgotten; its sender-key epochs are refused")]
+    Forgotten,
     /// The opener holds as many epochs as allowed.
     #[error("too many sender-key epochs held ({0})")]
     TooManyEpochs(usize),
@@ -215,7 +218,7 @@ impl Sealer {
             scratch: Canon::default(),
             rng,
         };
-        let sender_key = sealer.sender_key(&secret, recipients, now_ms)?;
+        let sender_key = sealer.sender_key(epoch, &secret, recipients, now_ms)?;
         Ok((sealer, sender_key))
     }
 
@@ -228,13 +231,18 @@ impl Sealer {
     ) -> Result<wire::SenderKey, SealError> {
         let secret = random_secret(&self.rng)?;
         let epoch = now_ms.max(self.epoch.saturating_add(1));
-        self.payload =
+        let payload =
             PayloadKey::derive(&secret, self.sender.as_str(), self.channel.as_str(), epoch)
                 .map_err(|_| SealError::Crypto("key derivation"))?;
+        // Build the sender key first: if it fails (a recipient's bundle expired, too many
+        // recipients), the sealer stays on its current epoch instead of switching to a secret
+        // that nobody received.
+        let sender_key = self.sender_key(epoch, &secret, recipients, now_ms)?;
+        self.payload = payload;
         self.epoch = epoch;
         self.next_seq = 0;
         self.epoch_started_ms = now_ms;
-        self.sender_key(&secret, recipients, now_ms)
+        Ok(sender_key)
     }
 
     /// Whether the current epoch must be rotated before sealing at `now_ms`.
@@ -404,6 +412,7 @@ impl Sealer {
 
     fn sender_key(
         &self,
+        epoch: u64,
         secret: &[u8; KEY_LEN],
         recipients: &[VerifiedKeyBundle],
         now_ms: u64,
@@ -418,7 +427,7 @@ impl Sealer {
         NewSenderKey {
             sender: self.sender.as_str(),
             channel: self.channel.as_str(),
-            epoch: self.epoch,
+            epoch,
             issued_at_ms: now_ms,
             expires_at_ms: now_ms
                 .saturating_add(self.options.epoch_max_age_ms)
@@ -706,7 +715,9 @@ pub struct Opener {
 #[derive(Debug)]
 struct EpochState {
     secret_hash: [u8; 32],
-    payload: PayloadKey,
+    /// `None` once the sender was forgotten: the entry stays, refusing the epoch's sender key
+    /// and envelopes, until it expires and [`Opener::purge_expired`] drops it.
+    payload: Option<PayloadKey>,
     issued_at_ms: u64,
     expires_at_ms: u64,
     window: ReplayWindow,
@@ -747,7 +758,9 @@ impl Opener {
         let channel = sender_key.channel().as_str();
         let epoch = sender_key.epoch();
         if let Some(existing) = self.state(sender, channel, epoch) {
-            return if existing.secret_hash == secret_hash {
+            return if existing.payload.is_none() {
+                Err(OpenError::Forgotten)
+            } else if existing.secret_hash == secret_hash {
                 Ok(())
             } else {
                 Err(OpenError::EpochConflict)
@@ -770,7 +783,7 @@ impl Opener {
                 epoch,
                 EpochState {
                     secret_hash,
-                    payload,
+                    payload: Some(payload),
                     issued_at_ms: sender_key.issued_at_ms(),
                     expires_at_ms: sender_key.expires_at_ms(),
                     window: ReplayWindow::new(),
@@ -851,10 +864,17 @@ impl Opener {
         Ok(opened)
     }
 
-    /// Drops every epoch of `sender` (revoked, or left the channel).
+    /// Drops the keys of every epoch of `sender` (revoked, or left the channel): its envelopes
+    /// are refused from now on ([`OpenError::Forgotten`]).
+    ///
+    /// Each epoch stays recorded, without its key, until it expires, so that a replayed sender
+    /// key can't bring it back with a fresh replay window; [`Opener::purge_expired`] then frees
+    /// it. A sender that comes back does so with a new epoch.
     pub fn forget_sender(&mut self, sender: &Principal) {
-        if let Some(channels) = self.epochs.remove(sender.as_str()) {
-            self.held -= channels.values().map(HashMap::len).sum::<usize>();
+        if let Some(channels) = self.epochs.get_mut(sender.as_str()) {
+            for state in channels.values_mut().flat_map(HashMap::values_mut) {
+                state.payload = None;
+            }
         }
     }
 
@@ -873,7 +893,7 @@ impl Opener {
         self.held -= removed;
     }
 
-    /// How many sender-key epochs are held.
+    /// How many sender-key epochs are held, counting forgotten ones that have not expired.
     pub fn epochs_held(&self) -> usize {
         self.held
     }
@@ -900,16 +920,16 @@ fn open_one(
     let state = epochs
         .and_then(|c| c.get_mut(&e.epoch))
         .ok_or(OpenError::UnknownEpoch(e.epoch))?;
+    let payload = state.payload.as_ref().ok_or(OpenError::Forgotten)?;
     if e.issued_at_ms > state.expires_at_ms || e.issued_at_ms < state.issued_at_ms {
         return Err(OpenError::EpochExpired);
     }
     state.window.check(e.seq)?;
     let mut ciphertext = std::mem::take(&mut e.ciphertext);
-    let len = state
-        .payload
+    let len = payload
         .key
         .open_in_place(
-            Nonce::assume_unique_for_key(state.payload.nonce(e.seq)),
+            Nonce::assume_unique_for_key(payload.nonce(e.seq)),
             Aad::from(aad),
             &mut ciphertext,
         )

@@ -349,6 +349,106 @@ fn an_exhausted_epoch_must_rotate() {
 }
 
 #[test]
+fn a_forgotten_sender_cannot_be_replayed_back() {
+    let mut p = pair();
+    let mut opener = p.bob.opener();
+    accept_key(&p, &mut opener);
+    let batch = p.sealer.seal_batch(&[b"once"], None, NOW).unwrap();
+    assert_eq!(
+        deliver(&p, &mut opener, batch.clone(), NOW)
+            .unwrap()
+            .delivered
+            .len(),
+        1
+    );
+    opener.forget_sender(&p.alice.id);
+    // A hub replaying the sender key and the batch must not get a fresh replay window.
+    let sk = SenderKeyIn::from_wire(p.sender_key.clone()).unwrap();
+    assert_eq!(
+        opener
+            .accept_sender_key(&sk, &p.alice.bundle, NOW + 1)
+            .unwrap_err(),
+        OpenError::Forgotten
+    );
+    let again = deliver(&p, &mut opener, batch, NOW + 1).unwrap();
+    assert!(again.delivered.is_empty());
+    assert_eq!(again.rejected, [(0, OpenError::Forgotten)]);
+    // Once the epoch has expired the entry is purged; the sender key is then refused as expired.
+    let expires = sk.to_wire().expires_at_ms;
+    assert_eq!(opener.epochs_held(), 1);
+    opener.purge_expired(expires + 1);
+    assert_eq!(opener.epochs_held(), 0);
+    assert_eq!(
+        opener
+            .accept_sender_key(&sk, &p.alice.bundle, expires + 1)
+            .unwrap_err(),
+        OpenError::EpochExpired
+    );
+}
+
+#[test]
+fn the_opener_holds_a_bounded_number_of_epochs() {
+    let ca = TestCa::new();
+    let alice = Agent::new(&ca, "alice");
+    let bob = Agent::new(&ca, "bob");
+    let mut opener = entente_crypto::Opener::new(
+        bob.id.clone(),
+        1,
+        bob.keys.clone(),
+        entente_crypto::OpenerOptions {
+            max_epochs: 1,
+            ..Default::default()
+        },
+    );
+    let (mut sealer, first) = alice.sealer("a", &[&bob]);
+    let first = SenderKeyIn::from_wire(first).unwrap();
+    opener
+        .accept_sender_key(&first, &alice.bundle, NOW)
+        .unwrap();
+    let second = sealer
+        .rotate(std::slice::from_ref(&bob.bundle), NOW + 1)
+        .unwrap();
+    let second = SenderKeyIn::from_wire(second).unwrap();
+    assert_eq!(
+        opener
+            .accept_sender_key(&second, &alice.bundle, NOW + 1)
+            .unwrap_err(),
+        OpenError::TooManyEpochs(1)
+    );
+    // After the first epoch expires, it makes room.
+    let later = first.to_wire().expires_at_ms + 1;
+    assert!(later <= second.to_wire().expires_at_ms);
+    opener
+        .accept_sender_key(&second, &alice.bundle, later)
+        .unwrap();
+    assert_eq!(opener.epochs_held(), 1);
+}
+
+#[test]
+fn a_failed_rotation_keeps_the_current_epoch() {
+    let ca = TestCa::new();
+    let alice = Agent::new(&ca, "alice");
+    let bob = Agent::new(&ca, "bob");
+    let (mut sealer, first) = alice.sealer("a", &[&bob]);
+    let epoch = sealer.epoch();
+    // Bob's bundle has expired by then: the rotation fails and must not switch the sealer to
+    // a secret that no recipient received.
+    let err = sealer
+        .rotate(std::slice::from_ref(&bob.bundle), NOW + 2 * DAY)
+        .unwrap_err();
+    assert!(matches!(err, SealError::RecipientExpired(_)), "{err:?}");
+    assert_eq!(sealer.epoch(), epoch);
+    let mut opener = bob.opener();
+    let sk = SenderKeyIn::from_wire(first).unwrap();
+    opener.accept_sender_key(&sk, &alice.bundle, NOW).unwrap();
+    let batch = sealer.seal_batch(&[b"still readable"], None, NOW).unwrap();
+    let opened = opener
+        .open(SignedBatchIn::from_wire(batch).unwrap(), &alice.bundle, NOW)
+        .unwrap();
+    assert_eq!(opened.delivered.len(), 1);
+}
+
+#[test]
 fn batch_size_and_payload_size_are_bounded() {
     let mut p = pair();
     assert!(matches!(
@@ -395,6 +495,21 @@ fn key_bundle_checks() {
         b.verify(&ca.authority, NOW - 2 * DAY).unwrap_err(),
         BundleError::NotYetValid
     );
+
+    // a principal of another trust domain, validly signed by this CA's key
+    let foreign = KeyBundleBody {
+        principal: "spiffe://other.example/agent/ops/alice".parse().unwrap(),
+        ..alice.bundle.body().clone()
+    };
+    let foreign = KeyBundleIn::from_wire(ca.sign_bundle(foreign)).unwrap();
+    assert_eq!(
+        foreign.clone().verify(&ca.authority, NOW).unwrap_err(),
+        BundleError::ForeignTrustDomain
+    );
+    // an authority bound to no trust domain is a bare key set and vouches for any
+    let mut unbound = entente_crypto::EcdsaAuthority::new();
+    unbound.insert(ca.signer, ca.key_public(), 0, u64::MAX);
+    assert!(foreign.verify(&unbound, NOW).is_ok());
 
     // wrong lengths and versions
     let mut short = wire_bundle.clone();

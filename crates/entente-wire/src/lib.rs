@@ -2,9 +2,12 @@
 //!
 //! Every decode goes through [`decode`], which first walks the protobuf bytes against a schema
 //! of [`Limits`] — total size, the length of every string and byte field, the number of every
-//! repeated field, no duplicate singular fields, no groups — and only then lets `prost` build
-//! values. A hostile frame therefore cannot make the decoder allocate much more than the frame
-//! itself, and never panics it. Semantic checks (exact key lengths, SPIFFE IDs, channel names)
+//! repeated field, no duplicate singular fields, at most one member of a `oneof`, no groups, and
+//! a budget for the memory the decoded values will take (each nested message or repeated
+//! element is charged [`DECODED_ELEMENT_COST`] against [`Limits::max_decoded_overhead`]) — and
+//! only then lets `prost` build values. A hostile frame therefore never panics the decoder and
+//! cannot make it allocate more than its own size plus that budget (8 MiB by default), however
+//! many tiny elements it packs. Semantic checks (exact key lengths, SPIFFE IDs, channel names)
 //! belong to the crates that turn these `*In` values into verified ones.
 #![forbid(unsafe_code)]
 
@@ -28,9 +31,16 @@ pub struct Limits {
     pub max_recipients: usize,
     /// Most signed batches or sender keys in one frame.
     pub max_items_per_frame: usize,
-    /// Most entries (serials plus principals) in a revocation list.
+    /// Most entries in each of a revocation list's `serials` and `principals`.
     pub max_revocations: usize,
+    /// Most memory a decoded message may take beyond its encoded bytes: every nested message
+    /// and repeated element is charged [`DECODED_ELEMENT_COST`] bytes against this budget.
+    pub max_decoded_overhead: usize,
 }
+
+/// What the pre-scan charges for each nested message or repeated element: an upper bound on
+/// the size of the Rust value prost builds for it (the largest, `KeyBundle`, is under 200 bytes).
+pub const DECODED_ELEMENT_COST: usize = 256;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -41,6 +51,7 @@ impl Default for Limits {
             max_recipients: 4096,
             max_items_per_frame: 256,
             max_revocations: 1 << 20,
+            max_decoded_overhead: 8 << 20,
         }
     }
 }
@@ -90,6 +101,15 @@ pub enum WireError {
         /// The limit.
         max: usize,
     },
+    /// The message would decode into more memory than [`Limits::max_decoded_overhead`] allows
+    /// (many tiny elements).
+    #[error("{message} would decode into more than {max} bytes of values")]
+    TooExpensive {
+        /// Message being decoded.
+        message: &'static str,
+        /// The limit.
+        max: usize,
+    },
     /// A repeated field has too many entries, or a singular field appears twice.
     #[error("field `{field}` of {message} occurs more than {max} times")]
     TooMany {
@@ -135,7 +155,7 @@ macro_rules! bounded {
     ($($ty:ident => $schema:path),* $(,)?) => {$(
         impl Bounded for $ty {
             fn scan(bytes: &[u8], limits: &Limits) -> Result<(), WireError> {
-                scan::scan(bytes, &$schema, limits, 0)
+                scan::scan(bytes, &$schema, limits, 0, &mut 0)
             }
         }
     )*};

@@ -7,21 +7,26 @@
 use prost::encoding::decode_varint;
 
 use crate::{
-    Limits, MAX_CHANNEL_BYTES, MAX_ID_BYTES, MAX_KEY_BYTES, MAX_REASON_BYTES, MAX_SERIAL_BYTES,
-    MAX_SIGNATURE_BYTES, WireError,
+    DECODED_ELEMENT_COST, Limits, MAX_CHANNEL_BYTES, MAX_ID_BYTES, MAX_KEY_BYTES, MAX_REASON_BYTES,
+    MAX_SERIAL_BYTES, MAX_SIGNATURE_BYTES, WireError,
 };
 
 /// Checks `bytes` as a message of `schema`.
+///
+/// `cost` accumulates [`DECODED_ELEMENT_COST`] for every nested message and repeated element
+/// across the whole walk; it may not exceed `limits.max_decoded_overhead`.
 pub(crate) fn scan(
     mut bytes: &[u8],
     schema: &Schema,
     limits: &Limits,
     depth: usize,
+    cost: &mut usize,
 ) -> Result<(), WireError> {
     if depth > MAX_DEPTH {
         return Err(malformed(schema, "nested too deeply"));
     }
     let mut counts = [0usize; MAX_FIELDS];
+    let mut oneof_seen = false;
     while !bytes.is_empty() {
         let key = decode_varint(&mut bytes).map_err(|_| malformed(schema, "bad field key"))?;
         let number = u32::try_from(key >> 3).map_err(|_| malformed(schema, "bad field number"))?;
@@ -35,6 +40,21 @@ pub(crate) fn scan(
             skip(&mut bytes, wire_type, schema)?;
             continue;
         };
+        if schema.oneof {
+            if oneof_seen && counts.get(index).is_none_or(|c| *c == 0) {
+                return Err(malformed(schema, "more than one member of a oneof"));
+            }
+            oneof_seen = true;
+        }
+        if matches!(field.kind, Kind::Message(_)) || !matches!(field.count, Count::One) {
+            *cost += DECODED_ELEMENT_COST;
+            if *cost > limits.max_decoded_overhead {
+                return Err(WireError::TooExpensive {
+                    message: schema.name,
+                    max: limits.max_decoded_overhead,
+                });
+            }
+        }
         if let Some(count) = counts.get_mut(index) {
             *count += 1;
             let max = field.count.max(limits);
@@ -67,7 +87,7 @@ pub(crate) fn scan(
             }
             Kind::Message(inner) => {
                 let value = length_delimited(&mut bytes, wire_type, schema)?;
-                scan(value, inner, limits, depth + 1)?;
+                scan(value, inner, limits, depth + 1, cost)?;
             }
         }
     }
@@ -79,6 +99,8 @@ pub(crate) fn scan(
 pub(crate) struct Schema {
     name: &'static str,
     fields: &'static [Field],
+    /// The fields are members of one `oneof`: at most one of them may appear.
+    oneof: bool,
 }
 
 #[derive(Debug)]
@@ -168,6 +190,7 @@ const fn bytes(number: u32, name: &'static str, len: Len) -> Field {
 
 pub(crate) static KEY_BUNDLE: Schema = Schema {
     name: "KeyBundle",
+    oneof: false,
     fields: &[
         varint(1, "version"),
         bytes(2, "principal", Len::Id),
@@ -183,6 +206,7 @@ pub(crate) static KEY_BUNDLE: Schema = Schema {
 
 pub(crate) static ENVELOPE: Schema = Schema {
     name: "Envelope",
+    oneof: false,
     fields: &[
         varint(1, "epoch"),
         varint(2, "seq"),
@@ -196,6 +220,7 @@ pub(crate) static ENVELOPE: Schema = Schema {
 
 pub(crate) static SIGNED_BATCH: Schema = Schema {
     name: "SignedBatch",
+    oneof: false,
     fields: &[
         bytes(1, "sender", Len::Id),
         bytes(2, "channel", Len::Channel),
@@ -207,6 +232,7 @@ pub(crate) static SIGNED_BATCH: Schema = Schema {
 
 pub(crate) static WRAPPED_KEY: Schema = Schema {
     name: "WrappedKey",
+    oneof: false,
     fields: &[
         bytes(1, "recipient", Len::Id),
         varint(2, "recipient_key_epoch"),
@@ -217,6 +243,7 @@ pub(crate) static WRAPPED_KEY: Schema = Schema {
 
 pub(crate) static SENDER_KEY: Schema = Schema {
     name: "SenderKey",
+    oneof: false,
     fields: &[
         varint(1, "version"),
         bytes(2, "sender", Len::Id),
@@ -237,6 +264,7 @@ pub(crate) static SENDER_KEY: Schema = Schema {
 
 pub(crate) static REVOCATION_LIST: Schema = Schema {
     name: "RevocationList",
+    oneof: false,
     fields: &[
         varint(1, "version"),
         varint(2, "issued_at_ms"),
@@ -249,6 +277,7 @@ pub(crate) static REVOCATION_LIST: Schema = Schema {
 
 pub(crate) static PUBLISH: Schema = Schema {
     name: "Publish",
+    oneof: false,
     fields: &[
         varint(1, "request_id"),
         field(2, "sender_keys", Kind::Message(&SENDER_KEY), Count::Items),
@@ -258,6 +287,7 @@ pub(crate) static PUBLISH: Schema = Schema {
 
 pub(crate) static DELIVER: Schema = Schema {
     name: "Deliver",
+    oneof: false,
     fields: &[
         varint(1, "subscription_id"),
         field(2, "sender_keys", Kind::Message(&SENDER_KEY), Count::Items),
@@ -267,6 +297,7 @@ pub(crate) static DELIVER: Schema = Schema {
 
 pub(crate) static SUBSCRIBE: Schema = Schema {
     name: "Subscribe",
+    oneof: false,
     fields: &[
         varint(1, "subscription_id"),
         bytes(2, "pattern", Len::Channel),
@@ -275,21 +306,25 @@ pub(crate) static SUBSCRIBE: Schema = Schema {
 
 static UNSUBSCRIBE: Schema = Schema {
     name: "Unsubscribe",
+    oneof: false,
     fields: &[varint(1, "subscription_id")],
 };
 
 static CREDIT: Schema = Schema {
     name: "Credit",
+    oneof: false,
     fields: &[varint(1, "messages")],
 };
 
 static ACK: Schema = Schema {
     name: "Ack",
+    oneof: false,
     fields: &[varint(1, "request_id")],
 };
 
 static REFUSAL: Schema = Schema {
     name: "Refusal",
+    oneof: false,
     fields: &[
         varint(1, "request_id"),
         varint(2, "code"),
@@ -299,6 +334,7 @@ static REFUSAL: Schema = Schema {
 
 pub(crate) static CLIENT_FRAME: Schema = Schema {
     name: "ClientFrame",
+    oneof: true,
     fields: &[
         field(1, "publish", Kind::Message(&PUBLISH), Count::One),
         field(2, "subscribe", Kind::Message(&SUBSCRIBE), Count::One),
@@ -309,6 +345,7 @@ pub(crate) static CLIENT_FRAME: Schema = Schema {
 
 pub(crate) static SERVER_FRAME: Schema = Schema {
     name: "ServerFrame",
+    oneof: true,
     fields: &[
         field(1, "deliver", Kind::Message(&DELIVER), Count::One),
         field(2, "ack", Kind::Message(&ACK), Count::One),
@@ -382,6 +419,7 @@ pub(crate) fn top_level_numbers(mut bytes: &[u8]) -> Vec<u32> {
     let schema = Schema {
         name: "any",
         fields: &[],
+        oneof: false,
     };
     let mut out = Vec::new();
     while !bytes.is_empty() {

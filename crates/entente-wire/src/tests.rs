@@ -368,3 +368,57 @@ proptest! {
         let _ = decode::<ClientFrame>(&bytes, &Limits::default());
     }
 }
+
+#[test]
+fn many_tiny_elements_are_refused_by_decoded_cost() {
+    // 256 sender keys of 4096 empty recipients each: 2 MiB on the wire, but ~40x that decoded.
+    let empty_recipients: Vec<u8> = [0x42, 0x00].repeat(4096);
+    let mut sender_key = Vec::new();
+    sender_key.extend_from_slice(&empty_recipients);
+    let mut publish = Vec::new();
+    for _ in 0..256 {
+        publish.push(0x12);
+        prost::encoding::encode_varint(sender_key.len() as u64, &mut publish);
+        publish.extend_from_slice(&sender_key);
+    }
+    let mut frame = vec![0x0a];
+    prost::encoding::encode_varint(publish.len() as u64, &mut frame);
+    frame.extend_from_slice(&publish);
+    assert!(frame.len() < Limits::default().max_frame_bytes);
+    let err = decode::<ClientFrame>(&frame, &Limits::default()).unwrap_err();
+    assert!(matches!(err, WireError::TooExpensive { .. }), "{err}");
+}
+
+#[test]
+fn a_realistic_full_frame_is_within_the_decoded_cost() {
+    // 256-byte payloads (272-byte ciphertexts), as many as fit in a default frame.
+    let frame = ClientFrame {
+        kind: Some(client_frame::Kind::Publish(Publish {
+            request_id: 1,
+            sender_keys: vec![sender_key(64)],
+            batches: (0..12).map(|_| batch(1024)).collect(),
+        })),
+    };
+    let bytes = encode(&frame);
+    assert!(
+        bytes.len() <= Limits::default().max_frame_bytes,
+        "{}",
+        bytes.len()
+    );
+    decode::<ClientFrame>(&bytes, &Limits::default()).unwrap();
+}
+
+#[test]
+fn two_members_of_a_oneof_are_refused() {
+    let subscribe = encode(&Subscribe {
+        subscription_id: 1,
+        pattern: "a".into(),
+    });
+    let credit = encode(&Credit { messages: 5 });
+    let mut frame = vec![0x12, subscribe.len() as u8];
+    frame.extend_from_slice(&subscribe);
+    frame.extend_from_slice(&[0x22, credit.len() as u8]);
+    frame.extend_from_slice(&credit);
+    let err = decode::<ClientFrame>(&frame, &Limits::default()).unwrap_err();
+    assert!(matches!(err, WireError::Malformed { .. }), "{err}");
+}

@@ -35,13 +35,17 @@ impl TestCa {
         let public = key.public_key().as_ref().to_vec();
         // The ID is a hash of the key: any stable bytes serve for these tests.
         let signer = signer_id(&public);
-        let mut authority = EcdsaAuthority::new();
+        let mut authority = EcdsaAuthority::for_trust_domain("acme.internal");
         authority.insert(signer, public, 0, u64::MAX);
         Self {
             key,
             signer,
             authority,
         }
+    }
+
+    pub fn key_public(&self) -> Vec<u8> {
+        self.key.public_key().as_ref().to_vec()
     }
 
     pub fn sign_bundle(&self, body: KeyBundleBody) -> wire::KeyBundle {

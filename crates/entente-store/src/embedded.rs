@@ -1,0 +1,629 @@
+//! The embedded backend: one redb file, every write a durable ACID transaction.
+//!
+//! Layout (format version 1, see `docs/STORE.md`):
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `meta` | `&str` | `u64` (`"format_version"` → 1) |
+//! | `agents` | principal `&str` | v1 byte + [`AgentRecord`] JSON |
+//! | `key_bundles` | (principal `&str`, epoch `u64`) | v1 byte + bundle bytes |
+//! | `tokens` | hash `&[u8; 32]` | v1 byte + [`TokenRecord`] JSON |
+//! | `revocations` | `"current"` | v1 byte + version `u64` big-endian + list bytes |
+//! | `config` | key `&str` | v1 byte + value bytes |
+//!
+//! All tables and the `meta` entry are created in the first transaction, so a file either is a
+//! complete store or holds no tables at all.
+//!
+//! The trait methods do their work inline when polled: each is one short transaction over small
+//! values, and a write waits for its fsyncs (about half a millisecond here, see `docs/STORE.md`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
+    WriteTransaction,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{AgentRecord, Store, StoreError, TokenRecord};
+
+/// The on-disk format version this build reads and writes.
+const FORMAT_VERSION: u64 = 1;
+/// The first byte of every stored value.
+const VALUE_V1: u8 = 1;
+/// The key of the format version in `meta`.
+const FORMAT_KEY: &str = "format_version";
+/// The key of the one revocation list in `revocations`.
+const REVOCATIONS_KEY: &str = "current";
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
+const KEY_BUNDLES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("key_bundles");
+const TOKENS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tokens");
+const REVOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revocations");
+const CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
+
+/// A [`Store`] in one redb database file.
+///
+/// Every write is its own transaction, committed with two-phase commit and fsync before the call
+/// returns. One process at a time may open a file: a second open fails with
+/// [`StoreError::Unavailable`].
+pub struct EmbeddedStore {
+    db: Database,
+    path: PathBuf,
+}
+
+impl EmbeddedStore {
+    /// The on-disk format version this build reads and writes.
+    pub const FORMAT_VERSION: u64 = FORMAT_VERSION;
+
+    /// Opens the store at `path`, creating it (mode 0600) if the file does not exist.
+    ///
+    /// An existing file is opened only if it is a complete store of a known format: a file that
+    /// is not a redb database, a database without Entente's `meta` entry or with a missing table
+    /// fails with [`StoreError::Corrupt`], one of another format version with
+    /// [`StoreError::FormatVersion`]. The file's mode is set to 0600 on every open.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let file_err = |e: std::io::Error| {
+            StoreError::Unavailable(format!("cannot open `{}`: {e}", path.display()))
+        };
+        // Create the file ourselves so that it never exists with a wider mode.
+        let mut options = fs::OpenOptions::new();
+        options.read(true).write(true).create(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+            options.mode(0o600);
+            options.open(&path).map_err(file_err)?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(file_err)?;
+        }
+        #[cfg(not(unix))]
+        options.open(&path).map_err(file_err)?;
+
+        // `create` initializes an empty file and opens an existing database.
+        let db = Database::create(&path).map_err(|e| open_error(&path, e))?;
+        let store = Self { db, path };
+        store.init_or_check()?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Closes the database, reporting any error that dropping it would ignore.
+    pub fn close(self) -> Result<(), StoreError> {
+        self.db.close().map_err(engine_error)
+    }
+
+    // === synchronous operations behind the trait ===
+
+    fn put_agent_now(&self, record: &AgentRecord) -> Result<(), StoreError> {
+        let value = encode_json(|| agent_what(&record.principal), record)?;
+        self.write(|tx| {
+            tx.open_table(AGENTS)
+                .map_err(engine_error)?
+                .insert(record.principal.as_str(), value.as_slice())
+                .map_err(engine_error)?;
+            Ok(())
+        })
+    }
+
+    fn agent_now(&self, principal: &str) -> Result<Option<AgentRecord>, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(AGENTS).map_err(engine_error)?;
+        let Some(value) = table.get(principal).map_err(engine_error)? else {
+            return Ok(None);
+        };
+        decode_agent(principal, value.value()).map(Some)
+    }
+
+    fn agents_now(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(AGENTS).map_err(engine_error)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(engine_error)? {
+            let (key, value) = entry.map_err(engine_error)?;
+            out.push(decode_agent(key.value(), value.value())?);
+        }
+        Ok(out)
+    }
+
+    fn put_key_bundle_now(
+        &self,
+        principal: &str,
+        epoch: u64,
+        bundle: &[u8],
+    ) -> Result<(), StoreError> {
+        let value = encode_blob(bundle);
+        self.write(|tx| {
+            tx.open_table(KEY_BUNDLES)
+                .map_err(engine_error)?
+                .insert((principal, epoch), value.as_slice())
+                .map_err(engine_error)?;
+            Ok(())
+        })
+    }
+
+    fn key_bundle_now(&self, principal: &str, epoch: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(KEY_BUNDLES).map_err(engine_error)?;
+        let Some(value) = table.get((principal, epoch)).map_err(engine_error)? else {
+            return Ok(None);
+        };
+        decode_blob(|| bundle_what(principal, epoch), value.value()).map(Some)
+    }
+
+    fn latest_key_bundle_now(&self, principal: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(KEY_BUNDLES).map_err(engine_error)?;
+        let mut range = table
+            .range((principal, 0)..=(principal, u64::MAX))
+            .map_err(engine_error)?;
+        let Some(entry) = range.next_back() else {
+            return Ok(None);
+        };
+        let (key, value) = entry.map_err(engine_error)?;
+        let (_, epoch) = key.value();
+        let bundle = decode_blob(|| bundle_what(principal, epoch), value.value())?;
+        Ok(Some((epoch, bundle)))
+    }
+
+    fn put_token_now(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        let value = encode_json(token_what, token)?;
+        self.write(|tx| {
+            let mut table = tx.open_table(TOKENS).map_err(engine_error)?;
+            if table.get(&token.hash).map_err(engine_error)?.is_some() {
+                return Err(StoreError::AlreadyExists { what: "join token" });
+            }
+            table
+                .insert(&token.hash, value.as_slice())
+                .map_err(engine_error)?;
+            Ok(())
+        })
+    }
+
+    fn redeem_token_now(&self, hash: &[u8; 32], now_ms: u64) -> Result<TokenRecord, StoreError> {
+        // redb runs one write transaction at a time, so the read, the checks and the write below
+        // are one atomic step; an error drops (aborts) the transaction and changes nothing.
+        self.write(|tx| {
+            let mut table = tx.open_table(TOKENS).map_err(engine_error)?;
+            let mut token = {
+                let Some(value) = table.get(hash).map_err(engine_error)? else {
+                    return Err(StoreError::TokenUnknown);
+                };
+                decode_token(hash, value.value())?
+            };
+            if token.used {
+                return Err(StoreError::TokenUsed);
+            }
+            if now_ms >= token.expires_ms {
+                return Err(StoreError::TokenExpired);
+            }
+            token.used = true;
+            let value = encode_json(token_what, &token)?;
+            table.insert(hash, value.as_slice()).map_err(engine_error)?;
+            Ok(token)
+        })
+    }
+
+    fn purge_tokens_now(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.write(|tx| {
+            let mut table = tx.open_table(TOKENS).map_err(engine_error)?;
+            let mut expired = Vec::new();
+            for entry in table.iter().map_err(engine_error)? {
+                let (key, value) = entry.map_err(engine_error)?;
+                let hash = *key.value();
+                if decode_token(&hash, value.value())?.expires_ms <= now_ms {
+                    expired.push(hash);
+                }
+            }
+            for hash in &expired {
+                table.remove(hash).map_err(engine_error)?;
+            }
+            Ok(u64::try_from(expired.len()).unwrap_or(u64::MAX))
+        })
+    }
+
+    fn put_revocations_now(&self, version: u64, list: &[u8]) -> Result<(), StoreError> {
+        let mut value = Vec::with_capacity(9 + list.len());
+        value.push(VALUE_V1);
+        value.extend_from_slice(&version.to_be_bytes());
+        value.extend_from_slice(list);
+        self.write(|tx| {
+            let mut table = tx.open_table(REVOCATIONS).map_err(engine_error)?;
+            let stored = match table.get(REVOCATIONS_KEY).map_err(engine_error)? {
+                Some(current) => Some(decode_revocations(current.value())?.0),
+                None => None,
+            };
+            if let Some(stored) = stored
+                && version <= stored
+            {
+                return Err(StoreError::StaleVersion {
+                    stored,
+                    offered: version,
+                });
+            }
+            table
+                .insert(REVOCATIONS_KEY, value.as_slice())
+                .map_err(engine_error)?;
+            Ok(())
+        })
+    }
+
+    fn revocations_now(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(REVOCATIONS).map_err(engine_error)?;
+        let Some(value) = table.get(REVOCATIONS_KEY).map_err(engine_error)? else {
+            return Ok(None);
+        };
+        decode_revocations(value.value()).map(Some)
+    }
+
+    fn put_config_now(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let value = encode_blob(value);
+        self.write(|tx| {
+            tx.open_table(CONFIG)
+                .map_err(engine_error)?
+                .insert(key, value.as_slice())
+                .map_err(engine_error)?;
+            Ok(())
+        })
+    }
+
+    fn config_now(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(CONFIG).map_err(engine_error)?;
+        let Some(value) = table.get(key).map_err(engine_error)? else {
+            return Ok(None);
+        };
+        decode_blob(
+            || format!("config entry `{}`", key.escape_debug()),
+            value.value(),
+        )
+        .map(Some)
+    }
+
+    // === transactions ===
+
+    /// Runs `f` in one write transaction and commits it durably if `f` succeeds; an error from
+    /// `f` drops the transaction, which aborts it.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut tx = self.db.begin_write().map_err(engine_error)?;
+        // Durability::Immediate (fsync before commit returns) is redb's default; two-phase commit
+        // adds a second fsync so that a crash can never expose a half-written commit slot, even
+        // against an adversary choosing what is written (see `docs/STORE.md`).
+        tx.set_two_phase_commit(true);
+        let out = f(&tx)?;
+        tx.commit().map_err(engine_error)?;
+        Ok(out)
+    }
+
+    fn read(&self) -> Result<ReadTransaction, StoreError> {
+        self.db.begin_read().map_err(engine_error)
+    }
+
+    /// Initializes a database with no tables; checks the format and tables of any other.
+    fn init_or_check(&self) -> Result<(), StoreError> {
+        let tx = self.read()?;
+        let names: Vec<String> = tx
+            .list_tables()
+            .map_err(engine_error)?
+            .map(|t| t.name().to_owned())
+            .collect();
+        if names.is_empty() {
+            drop(tx);
+            return self.write(|tx| {
+                tx.open_table(META)
+                    .map_err(engine_error)?
+                    .insert(FORMAT_KEY, FORMAT_VERSION)
+                    .map_err(engine_error)?;
+                tx.open_table(AGENTS).map_err(engine_error)?;
+                tx.open_table(KEY_BUNDLES).map_err(engine_error)?;
+                tx.open_table(TOKENS).map_err(engine_error)?;
+                tx.open_table(REVOCATIONS).map_err(engine_error)?;
+                tx.open_table(CONFIG).map_err(engine_error)?;
+                Ok(())
+            });
+        }
+
+        let not_a_store = |reason: String| StoreError::Corrupt {
+            what: format!("database file `{}`", self.path.display()),
+            reason,
+        };
+        if !names.iter().any(|n| n == META.name()) {
+            return Err(not_a_store(
+                "not an Entente store (no `meta` table)".to_owned(),
+            ));
+        }
+        let found = tx
+            .open_table(META)
+            .map_err(engine_error)?
+            .get(FORMAT_KEY)
+            .map_err(engine_error)?
+            .map(|v| v.value())
+            .ok_or_else(|| not_a_store("no format version in `meta`".to_owned()))?;
+        if found != FORMAT_VERSION {
+            return Err(StoreError::FormatVersion {
+                found,
+                supported: FORMAT_VERSION,
+            });
+        }
+        // Every table must be there with the expected types.
+        let missing = |e: redb::TableError| not_a_store(redb::Error::from(e).to_string());
+        tx.open_table(AGENTS).map_err(missing)?;
+        tx.open_table(KEY_BUNDLES).map_err(missing)?;
+        tx.open_table(TOKENS).map_err(missing)?;
+        tx.open_table(REVOCATIONS).map_err(missing)?;
+        tx.open_table(CONFIG).map_err(missing)?;
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Store ===
+
+impl Store for EmbeddedStore {
+    async fn put_agent(&self, record: &AgentRecord) -> Result<(), StoreError> {
+        self.put_agent_now(record)
+    }
+
+    async fn agent(&self, principal: &str) -> Result<Option<AgentRecord>, StoreError> {
+        self.agent_now(principal)
+    }
+
+    async fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        self.agents_now()
+    }
+
+    async fn put_key_bundle(
+        &self,
+        principal: &str,
+        epoch: u64,
+        bundle: &[u8],
+    ) -> Result<(), StoreError> {
+        self.put_key_bundle_now(principal, epoch, bundle)
+    }
+
+    async fn key_bundle(&self, principal: &str, epoch: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.key_bundle_now(principal, epoch)
+    }
+
+    async fn latest_key_bundle(
+        &self,
+        principal: &str,
+    ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.latest_key_bundle_now(principal)
+    }
+
+    async fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.put_token_now(token)
+    }
+
+    async fn redeem_token(&self, hash: &[u8; 32], now_ms: u64) -> Result<TokenRecord, StoreError> {
+        self.redeem_token_now(hash, now_ms)
+    }
+
+    async fn purge_tokens(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.purge_tokens_now(now_ms)
+    }
+
+    async fn put_revocations(&self, version: u64, list: &[u8]) -> Result<(), StoreError> {
+        self.put_revocations_now(version, list)
+    }
+
+    async fn revocations(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.revocations_now()
+    }
+
+    async fn put_config(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.put_config_now(key, value)
+    }
+
+    async fn config(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.config_now(key)
+    }
+}
+
+// === value encoding ===
+
+fn encode_json<T: Serialize>(
+    what: impl FnOnce() -> String,
+    record: &T,
+) -> Result<Vec<u8>, StoreError> {
+    let mut out = vec![VALUE_V1];
+    serde_json::to_writer(&mut out, record).map_err(|e| StoreError::Corrupt {
+        what: what(),
+        reason: format!("cannot be encoded: {e}"),
+    })?;
+    Ok(out)
+}
+
+fn decode_json<T: DeserializeOwned>(
+    what: impl Fn() -> String,
+    value: &[u8],
+) -> Result<T, StoreError> {
+    let payload = strip_version(&what, value)?;
+    serde_json::from_slice(payload).map_err(|e| StoreError::Corrupt {
+        what: what(),
+        reason: e.to_string(),
+    })
+}
+
+fn encode_blob(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + bytes.len());
+    out.push(VALUE_V1);
+    out.extend_from_slice(bytes);
+    out
+}
+
+fn decode_blob(what: impl Fn() -> String, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+    strip_version(&what, value).map(<[u8]>::to_vec)
+}
+
+fn strip_version<'v>(what: &impl Fn() -> String, value: &'v [u8]) -> Result<&'v [u8], StoreError> {
+    match value.split_first() {
+        Some((&VALUE_V1, payload)) => Ok(payload),
+        Some((other, _)) => Err(StoreError::Corrupt {
+            what: what(),
+            reason: format!("unknown value version {other}"),
+        }),
+        None => Err(StoreError::Corrupt {
+            what: what(),
+            reason: "empty value".to_owned(),
+        }),
+    }
+}
+
+fn decode_agent(principal: &str, value: &[u8]) -> Result<AgentRecord, StoreError> {
+    let what = || agent_what(principal);
+    let record: AgentRecord = decode_json(what, value)?;
+    if record.principal != principal {
+        return Err(StoreError::Corrupt {
+            what: what(),
+            reason: "record is stored under another principal".to_owned(),
+        });
+    }
+    Ok(record)
+}
+
+fn decode_token(hash: &[u8; 32], value: &[u8]) -> Result<TokenRecord, StoreError> {
+    let record: TokenRecord = decode_json(token_what, value)?;
+    if &record.hash != hash {
+        return Err(StoreError::Corrupt {
+            what: token_what(),
+            reason: "record is stored under another hash".to_owned(),
+        });
+    }
+    Ok(record)
+}
+
+fn decode_revocations(value: &[u8]) -> Result<(u64, Vec<u8>), StoreError> {
+    let what = || "revocation list".to_owned();
+    let payload = strip_version(&what, value)?;
+    let Some((version, list)) = payload.split_first_chunk::<8>() else {
+        return Err(StoreError::Corrupt {
+            what: what(),
+            reason: "shorter than its version".to_owned(),
+        });
+    };
+    Ok((u64::from_be_bytes(*version), list.to_vec()))
+}
+
+fn agent_what(principal: &str) -> String {
+    format!("agent `{}`", principal.escape_debug())
+}
+
+fn bundle_what(principal: &str, epoch: u64) -> String {
+    format!("key bundle `{}` epoch {epoch}", principal.escape_debug())
+}
+
+/// Token hashes stay out of messages: they are the lookup key for a secret.
+fn token_what() -> String {
+    "join token".to_owned()
+}
+
+// === engine errors ===
+
+/// Maps an error from opening the file: a file that is not a redb database is corrupt, not
+/// unavailable.
+fn open_error(path: &Path, err: redb::DatabaseError) -> StoreError {
+    if let redb::DatabaseError::Storage(redb::StorageError::Io(io)) = &err
+        && matches!(
+            io.kind(),
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+        )
+    {
+        return StoreError::Corrupt {
+            what: format!("database file `{}`", path.display()),
+            reason: io.to_string(),
+        };
+    }
+    match engine_error(err) {
+        StoreError::Corrupt { reason, .. } => StoreError::Corrupt {
+            what: format!("database file `{}`", path.display()),
+            reason,
+        },
+        other => other,
+    }
+}
+
+/// The one mapping from redb's errors: damaged data is [`StoreError::Corrupt`], anything else
+/// [`StoreError::Unavailable`] with redb's message.
+fn engine_error(err: impl Into<redb::Error>) -> StoreError {
+    match err.into() {
+        redb::Error::Corrupted(reason) => StoreError::Corrupt {
+            what: "database".to_owned(),
+            reason,
+        },
+        redb::Error::UpgradeRequired(version) => StoreError::Corrupt {
+            what: "database".to_owned(),
+            reason: format!("written in redb file format {version}, which needs an upgrade"),
+        },
+        e @ (redb::Error::TableTypeMismatch { .. }
+        | redb::Error::TableDoesNotExist(_)
+        | redb::Error::TypeDefinitionChanged { .. }
+        | redb::Error::TableIsMultimap(_)) => StoreError::Corrupt {
+            what: "database".to_owned(),
+            reason: e.to_string(),
+        },
+        redb::Error::DatabaseAlreadyOpen => {
+            StoreError::Unavailable("database file is already open".to_owned())
+        }
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
+
+    use super::{decode_blob, decode_revocations, encode_blob};
+    use crate::StoreError;
+
+    #[test]
+    fn blob_round_trip_and_version_byte() {
+        assert_eq!(encode_blob(b"abc"), b"\x01abc");
+        assert_eq!(decode_blob(String::new, b"\x01abc").unwrap(), b"abc");
+        assert_eq!(decode_blob(String::new, b"\x01").unwrap(), b"");
+        assert!(matches!(
+            decode_blob(|| "x".to_owned(), b"\x02abc"),
+            Err(StoreError::Corrupt { what, reason }) if what == "x" && reason.contains("version 2")
+        ));
+        assert!(matches!(
+            decode_blob(String::new, b""),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn revocations_need_a_whole_version() {
+        assert_eq!(
+            decode_revocations(b"\x01\0\0\0\0\0\0\0\x05list").unwrap(),
+            (5, b"list".to_vec())
+        );
+        assert!(matches!(
+            decode_revocations(b"\x01\0\0\0\x05"),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+}
