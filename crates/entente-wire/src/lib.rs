@@ -68,6 +68,16 @@ pub const MAX_SIGNATURE_BYTES: usize = 80;
 pub const MAX_KEY_BYTES: usize = 64;
 /// Longest certificate serial number (RFC 5280: 20 octets, plus a sign byte).
 pub const MAX_SERIAL_BYTES: usize = 21;
+/// Longest join token text.
+pub const MAX_TOKEN_BYTES: usize = 128;
+/// Longest certificate signing request (DER).
+pub const MAX_CSR_BYTES: usize = 4096;
+/// Longest certificate (DER).
+pub const MAX_CERTIFICATE_BYTES: usize = 8192;
+/// Most certificates in a chain.
+pub const MAX_CHAIN_CERTIFICATES: usize = 4;
+/// Longest trust bundle (PEM).
+pub const MAX_TRUST_BUNDLE_BYTES: usize = 64 * 1024;
 
 /// Why bytes were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -173,6 +183,12 @@ bounded! {
     Publish => scan::PUBLISH,
     Deliver => scan::DELIVER,
     Subscribe => scan::SUBSCRIBE,
+    EnrollRequest => scan::ENROLL_REQUEST,
+    EnrollResponse => scan::ENROLL_RESPONSE,
+    RenewRequest => scan::RENEW_REQUEST,
+    RenewResponse => scan::RENEW_RESPONSE,
+    DirectoryRequest => scan::DIRECTORY_REQUEST,
+    DirectoryResponse => scan::DIRECTORY_RESPONSE,
 }
 
 #[cfg(test)]

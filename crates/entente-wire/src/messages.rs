@@ -285,3 +285,72 @@ pub struct Refusal {
     #[prost(string, tag = "3")]
     pub reason: String,
 }
+
+/// A join token, a CSR and message keys, exchanged for a certificate and a key bundle.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct EnrollRequest {
+    /// The one-time join token.
+    #[prost(string, tag = "1")]
+    pub token: String,
+    /// PKCS#10 DER, ECDSA P-256; the names it requests are ignored.
+    #[prost(bytes = "vec", tag = "2")]
+    pub csr: Vec<u8>,
+    /// Ed25519 public key, 32 bytes.
+    #[prost(bytes = "vec", tag = "3")]
+    pub ed25519_public: Vec<u8>,
+    /// X25519 public key, 32 bytes.
+    #[prost(bytes = "vec", tag = "4")]
+    pub x25519_public: Vec<u8>,
+}
+
+/// The credentials an enrolled agent receives.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct EnrollResponse {
+    /// DER certificates: the SVID, then the intermediate.
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    pub certificate_chain: Vec<Vec<u8>>,
+    /// The CA-signed key bundle.
+    #[prost(message, optional, tag = "2")]
+    pub key_bundle: Option<KeyBundle>,
+    /// The CA certificates agents verify against, PEM.
+    #[prost(string, tag = "3")]
+    pub trust_bundle_pem: String,
+    /// The current revocation list, if any.
+    #[prost(message, optional, tag = "4")]
+    pub revocations: Option<RevocationList>,
+}
+
+/// A CSR for a new certificate of the connection's principal.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RenewRequest {
+    /// PKCS#10 DER, ECDSA P-256.
+    #[prost(bytes = "vec", tag = "1")]
+    pub csr: Vec<u8>,
+}
+
+/// A renewed certificate.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RenewResponse {
+    /// DER certificates: the SVID, then the intermediate.
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    pub certificate_chain: Vec<Vec<u8>>,
+}
+
+/// Key bundles wanted: named principals, or the members of a channel.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct DirectoryRequest {
+    /// Principals whose bundles are wanted.
+    #[prost(string, repeated, tag = "1")]
+    pub principals: Vec<String>,
+    /// A channel whose addressable members are wanted; empty if none.
+    #[prost(string, tag = "2")]
+    pub channel: String,
+}
+
+/// Key bundles, each to be verified against the trust bundle by the receiver.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct DirectoryResponse {
+    /// The bundles.
+    #[prost(message, repeated, tag = "1")]
+    pub bundles: Vec<KeyBundle>,
+}

@@ -7,8 +7,9 @@
 use prost::encoding::decode_varint;
 
 use crate::{
-    DECODED_ELEMENT_COST, Limits, MAX_CHANNEL_BYTES, MAX_ID_BYTES, MAX_KEY_BYTES, MAX_REASON_BYTES,
-    MAX_SERIAL_BYTES, MAX_SIGNATURE_BYTES, WireError,
+    DECODED_ELEMENT_COST, Limits, MAX_CERTIFICATE_BYTES, MAX_CHAIN_CERTIFICATES, MAX_CHANNEL_BYTES,
+    MAX_CSR_BYTES, MAX_ID_BYTES, MAX_KEY_BYTES, MAX_REASON_BYTES, MAX_SERIAL_BYTES,
+    MAX_SIGNATURE_BYTES, MAX_TOKEN_BYTES, MAX_TRUST_BUNDLE_BYTES, WireError,
 };
 
 /// Checks `bytes` as a message of `schema`.
@@ -120,6 +121,10 @@ enum Kind {
 
 #[derive(Debug, Clone, Copy)]
 enum Len {
+    Token,
+    Csr,
+    Certificate,
+    TrustBundle,
     Id,
     Channel,
     Key,
@@ -132,6 +137,10 @@ enum Len {
 impl Len {
     fn max(self, limits: &Limits) -> usize {
         match self {
+            Self::Token => MAX_TOKEN_BYTES,
+            Self::Csr => MAX_CSR_BYTES,
+            Self::Certificate => MAX_CERTIFICATE_BYTES,
+            Self::TrustBundle => MAX_TRUST_BUNDLE_BYTES,
             Self::Id => MAX_ID_BYTES,
             Self::Channel => MAX_CHANNEL_BYTES,
             Self::Key => MAX_KEY_BYTES,
@@ -146,6 +155,7 @@ impl Len {
 #[derive(Debug, Clone, Copy)]
 enum Count {
     One,
+    Chain,
     Envelopes,
     Recipients,
     Items,
@@ -156,6 +166,7 @@ impl Count {
     fn max(self, limits: &Limits) -> usize {
         match self {
             Self::One => 1,
+            Self::Chain => MAX_CHAIN_CERTIFICATES,
             Self::Envelopes => limits.max_batch_envelopes,
             Self::Recipients => limits.max_recipients,
             Self::Items => limits.max_items_per_frame,
@@ -352,6 +363,75 @@ pub(crate) static SERVER_FRAME: Schema = Schema {
         field(3, "refusal", Kind::Message(&REFUSAL), Count::One),
         field(4, "credit", Kind::Message(&CREDIT), Count::One),
     ],
+};
+
+pub(crate) static ENROLL_REQUEST: Schema = Schema {
+    name: "EnrollRequest",
+    oneof: false,
+    fields: &[
+        bytes(1, "token", Len::Token),
+        bytes(2, "csr", Len::Csr),
+        bytes(3, "ed25519_public", Len::Key),
+        bytes(4, "x25519_public", Len::Key),
+    ],
+};
+
+pub(crate) static ENROLL_RESPONSE: Schema = Schema {
+    name: "EnrollResponse",
+    oneof: false,
+    fields: &[
+        field(
+            1,
+            "certificate_chain",
+            Kind::Bytes(Len::Certificate),
+            Count::Chain,
+        ),
+        field(2, "key_bundle", Kind::Message(&KEY_BUNDLE), Count::One),
+        bytes(3, "trust_bundle_pem", Len::TrustBundle),
+        field(
+            4,
+            "revocations",
+            Kind::Message(&REVOCATION_LIST),
+            Count::One,
+        ),
+    ],
+};
+
+pub(crate) static RENEW_REQUEST: Schema = Schema {
+    name: "RenewRequest",
+    oneof: false,
+    fields: &[bytes(1, "csr", Len::Csr)],
+};
+
+pub(crate) static RENEW_RESPONSE: Schema = Schema {
+    name: "RenewResponse",
+    oneof: false,
+    fields: &[field(
+        1,
+        "certificate_chain",
+        Kind::Bytes(Len::Certificate),
+        Count::Chain,
+    )],
+};
+
+pub(crate) static DIRECTORY_REQUEST: Schema = Schema {
+    name: "DirectoryRequest",
+    oneof: false,
+    fields: &[
+        field(1, "principals", Kind::Bytes(Len::Id), Count::Recipients),
+        bytes(2, "channel", Len::Channel),
+    ],
+};
+
+pub(crate) static DIRECTORY_RESPONSE: Schema = Schema {
+    name: "DirectoryResponse",
+    oneof: false,
+    fields: &[field(
+        1,
+        "bundles",
+        Kind::Message(&KEY_BUNDLE),
+        Count::Recipients,
+    )],
 };
 
 fn malformed(schema: &Schema, reason: &str) -> WireError {

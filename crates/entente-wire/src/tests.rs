@@ -310,7 +310,13 @@ fn invalid_utf8_is_malformed() {
 #[test]
 fn field_numbers_match_proto() {
     let proto = include_str!("../../../proto/entente/v1/entente.proto");
-    let schemas: [&Schema; 6] = [
+    let schemas: [&Schema; 12] = [
+        &scan::ENROLL_REQUEST,
+        &scan::ENROLL_RESPONSE,
+        &scan::RENEW_REQUEST,
+        &scan::RENEW_RESPONSE,
+        &scan::DIRECTORY_REQUEST,
+        &scan::DIRECTORY_RESPONSE,
         &scan::KEY_BUNDLE,
         &scan::ENVELOPE,
         &scan::SIGNED_BATCH,
@@ -421,4 +427,54 @@ fn two_members_of_a_oneof_are_refused() {
     frame.extend_from_slice(&credit);
     let err = decode::<ClientFrame>(&frame, &Limits::default()).unwrap_err();
     assert!(matches!(err, WireError::Malformed { .. }), "{err}");
+}
+
+#[test]
+fn enrollment_messages_round_trip_and_are_bounded() {
+    let limits = Limits::default();
+    let request = EnrollRequest {
+        token: format!("ent_{}", "ab".repeat(32)),
+        csr: vec![0x30; 300],
+        ed25519_public: vec![1; 32],
+        x25519_public: vec![2; 32],
+    };
+    assert_eq!(
+        decode::<EnrollRequest>(&encode(&request), &limits).unwrap(),
+        request
+    );
+    let response = EnrollResponse {
+        certificate_chain: vec![vec![0x30; 600], vec![0x30; 700]],
+        key_bundle: None,
+        trust_bundle_pem: "-----BEGIN CERTIFICATE-----".into(),
+        revocations: None,
+    };
+    assert_eq!(
+        decode::<EnrollResponse>(&encode(&response), &limits).unwrap(),
+        response
+    );
+
+    let long_csr = EnrollRequest {
+        csr: vec![0x30; MAX_CSR_BYTES + 1],
+        ..request
+    };
+    let err = decode::<EnrollRequest>(&encode(&long_csr), &limits).unwrap_err();
+    assert!(
+        matches!(err, WireError::FieldTooLong { field: "csr", .. }),
+        "{err}"
+    );
+    let long_chain = EnrollResponse {
+        certificate_chain: vec![vec![1]; MAX_CHAIN_CERTIFICATES + 1],
+        ..response
+    };
+    let err = decode::<EnrollResponse>(&encode(&long_chain), &limits).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::TooMany {
+                field: "certificate_chain",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
