@@ -63,7 +63,7 @@
 //! group or others can access in any way, and the two directories if group or others can write
 //! to them. Symbolic links to key or metadata files are refused as corrupt.
 
-mod files;
+pub mod files;
 mod format;
 
 use std::collections::BTreeMap;
