@@ -62,5 +62,5 @@ mod trust;
 
 pub use ca::{Ca, CaError, CaOptions, CaPem, INTERMEDIATE_KEY, IssueError, IssuedSvid, ROOT_KEY};
 pub use revocation::{RevocationError, Revocations, VerifiedRevocationList};
-pub use token::{JoinToken, JoinTokens, TOKEN_PREFIX, TokenError, TokenInfo};
+pub use token::{JoinToken, JoinTokens, RESERVED_SEGMENT, TOKEN_PREFIX, TokenError, TokenInfo};
 pub use trust::{SvidError, TrustBundle, TrustBundleError, VerifiedSvid};

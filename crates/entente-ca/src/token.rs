@@ -19,6 +19,10 @@ pub const TOKEN_PREFIX: &str = "ent_";
 /// Hex digits after the prefix.
 const TOKEN_HEX_LEN: usize = 64;
 
+/// The segment of Entente's own services (`spiffe://TD/agent/system/hub`): no join token
+/// enrolls an agent into it, so no agent can hold a certificate naming the hub.
+pub const RESERVED_SEGMENT: &str = "system";
+
 /// A join token: the secret an operator hands to an agent. `Debug` does not show it, and it is
 /// wiped from memory when dropped. It has no `PartialEq`: compare tokens only through their
 /// hash, never their text.
@@ -65,6 +69,9 @@ pub enum TokenError {
     /// `now + ttl` is not a representable time.
     #[error("join token lifetime is out of range")]
     InvalidTtl,
+    /// The agent's segment is reserved for Entente's own services (the hub).
+    #[error("segment `{0}` is reserved and cannot be enrolled into")]
+    ReservedSegment(String),
     /// The system random number generator failed.
     #[error("the system random number generator failed")]
     Random,
@@ -148,6 +155,9 @@ impl JoinTokens {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<(JoinToken, TokenInfo), TokenError> {
+        if agent.segment() == RESERVED_SEGMENT {
+            return Err(TokenError::ReservedSegment(RESERVED_SEGMENT.to_owned()));
+        }
         let expires = now.checked_add(ttl).ok_or(TokenError::InvalidTtl)?;
         let token = JoinToken::generate()?;
         let info = TokenInfo {
@@ -376,5 +386,15 @@ mod tests {
             Err(TokenError::InvalidTtl)
         );
         assert!(tokens.is_empty());
+    }
+
+    #[test]
+    fn the_reserved_segment_cannot_be_enrolled_into() {
+        let td = entente_types::TrustDomain::new("example.org").unwrap();
+        let hub = AgentId::new(&td, RESERVED_SEGMENT, "hub").unwrap();
+        let err = JoinTokens::new()
+            .create(hub, Duration::from_secs(60), SystemTime::now())
+            .unwrap_err();
+        assert_eq!(err, TokenError::ReservedSegment("system".into()));
     }
 }

@@ -1,0 +1,68 @@
+//! The hub's configuration.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use entente_wire::Limits;
+
+use crate::{AllowList, HubError};
+
+/// Everything [`Hub::start`](crate::Hub::start) needs besides the CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubConfig {
+    /// Address to listen on. Default `127.0.0.1:0` (an ephemeral loopback port).
+    pub listen: SocketAddr,
+    /// Decoding bounds for every inbound frame; `max_frame_bytes` also caps each gRPC message.
+    pub limits: Limits,
+    /// Who may publish and subscribe where (interim, until policies).
+    pub allow: AllowList,
+    /// Frames each session's outbound queue holds before publishers wait. Default 1024.
+    pub queue_capacity: usize,
+    /// How long a publisher waits on a full subscriber queue before that subscriber is
+    /// disconnected as a slow consumer. Default 5 s.
+    pub slow_consumer_timeout: Duration,
+    /// Time allowed for the TLS handshake of a new connection. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Most subscriptions one session may hold. Default 1024.
+    pub max_subscriptions: usize,
+    /// Most concurrent gRPC streams (sessions) on one connection. Default 4.
+    pub max_streams_per_connection: u32,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            limits: Limits::default(),
+            allow: AllowList::default(),
+            queue_capacity: 1024,
+            slow_consumer_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            max_subscriptions: 1024,
+            max_streams_per_connection: 4,
+        }
+    }
+}
+
+impl HubConfig {
+    /// Refuses values the hub can't run with.
+    pub(crate) fn check(&self) -> Result<(), HubError> {
+        if self.queue_capacity == 0 {
+            return Err(HubError::Config("queue_capacity must be at least 1"));
+        }
+        if self.max_streams_per_connection == 0 {
+            return Err(HubError::Config(
+                "max_streams_per_connection must be at least 1",
+            ));
+        }
+        if self.limits.max_frame_bytes == 0 {
+            return Err(HubError::Config(
+                "limits.max_frame_bytes must be at least 1",
+            ));
+        }
+        if self.handshake_timeout.is_zero() || self.slow_consumer_timeout.is_zero() {
+            return Err(HubError::Config("timeouts must not be zero"));
+        }
+        Ok(())
+    }
+}

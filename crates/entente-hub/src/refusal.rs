@@ -1,0 +1,97 @@
+//! Stable numeric codes of `Refusal` frames.
+//!
+//! The SDK needs these too; they belong in `entente-wire` next to the frames once the protocol
+//! document specifies session semantics.
+
+use std::fmt;
+
+/// Why the hub refused a publish, subscribe or unsubscribe (`Refusal.code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+#[non_exhaustive]
+pub enum RefusalCode {
+    /// A field is malformed: a bad channel or pattern, a sender key or batch whose fields don't
+    /// parse, an empty publish.
+    Malformed = 1,
+    /// A batch or sender key names a sender other than the connection's identity.
+    ForgedSender = 2,
+    /// The allow list denies it.
+    Denied = 3,
+    /// An envelope's sequence number was seen before (or is older than the replay window) for
+    /// its (sender, channel, epoch). The whole publish is refused.
+    Replay = 4,
+    /// Some deliveries failed: a subscriber's queue stayed full past the slow-consumer timeout
+    /// (that subscriber is disconnected) or its session was closing. The publish reached every
+    /// other subscriber, so resending it would be a replay.
+    DeliveryFailed = 5,
+    /// The subscription ID is already in use on this session.
+    DuplicateSubscription = 6,
+    /// The session holds as many subscriptions as allowed.
+    TooManySubscriptions = 7,
+    /// The frame to deliver would exceed the frame size limit.
+    TooLarge = 8,
+    /// Unsubscribe of an ID that is not subscribed.
+    UnknownSubscription = 9,
+}
+
+impl RefusalCode {
+    /// The code on the wire.
+    pub fn as_u32(self) -> u32 {
+        self as u32
+    }
+
+    /// The code for a wire value, if known.
+    pub fn from_u32(code: u32) -> Option<Self> {
+        Some(match code {
+            1 => Self::Malformed,
+            2 => Self::ForgedSender,
+            3 => Self::Denied,
+            4 => Self::Replay,
+            5 => Self::DeliveryFailed,
+            6 => Self::DuplicateSubscription,
+            7 => Self::TooManySubscriptions,
+            8 => Self::TooLarge,
+            9 => Self::UnknownSubscription,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for RefusalCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Malformed => "MALFORMED",
+            Self::ForgedSender => "FORGED_SENDER",
+            Self::Denied => "DENIED",
+            Self::Replay => "REPLAY",
+            Self::DeliveryFailed => "DELIVERY_FAILED",
+            Self::DuplicateSubscription => "DUPLICATE_SUBSCRIPTION",
+            Self::TooManySubscriptions => "TOO_MANY_SUBSCRIPTIONS",
+            Self::TooLarge => "TOO_LARGE",
+            Self::UnknownSubscription => "UNKNOWN_SUBSCRIPTION",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
+
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for n in 0..20 {
+            if let Some(code) = RefusalCode::from_u32(n) {
+                assert_eq!(code.as_u32(), n);
+            }
+        }
+        assert_eq!(RefusalCode::from_u32(0), None);
+        assert_eq!(RefusalCode::from_u32(2), Some(RefusalCode::ForgedSender));
+    }
+}

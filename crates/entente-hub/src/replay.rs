@@ -1,0 +1,240 @@
+//! Hub-side replay windows on envelope headers (PROTOCOL.md §7).
+//!
+//! Per (sender, channel, epoch) the hub keeps an [`entente_crypto::ReplayWindow`] of the
+//! envelopes' `seq`. A publish is checked as a whole: if any envelope was seen before (also
+//! twice within the publish) or is too old, the whole publish is refused and nothing is
+//! recorded; otherwise every envelope is recorded. Sender and channel come from a batch whose
+//! sender was already bound to the connection's identity, so one sender can't disturb another's
+//! windows.
+//!
+//! Memory is bounded: per (sender, channel) the newest [`MAX_EPOCHS`] epochs are kept, and an
+//! epoch older than those (or than any evicted one) is refused as a replay; per sender at most
+//! [`MAX_CHANNELS`] channels are tracked, the least recently used evicted first (a replay on an
+//! evicted channel then reaches receivers, whose own windows refuse it). Windows are shared by
+//! every connection of the same principal.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use entente_crypto::{ReplayError, ReplayWindow};
+use entente_types::Principal;
+
+/// Epochs tracked per (sender, channel).
+pub(crate) const MAX_EPOCHS: usize = 4;
+/// Channels tracked per sender.
+pub(crate) const MAX_CHANNELS: usize = 1024;
+
+/// The replay windows of every sender, each behind its own lock.
+#[derive(Debug, Default)]
+pub(crate) struct ReplayGuard {
+    senders: Mutex<HashMap<Principal, Arc<Mutex<SenderWindows>>>>,
+}
+
+/// The windows of one sender.
+#[derive(Debug, Default)]
+pub(crate) struct SenderWindows {
+    channels: HashMap<String, ChannelWindows>,
+    clock: u64,
+}
+
+#[derive(Debug, Default)]
+struct ChannelWindows {
+    /// Epochs below this were evicted and are refused.
+    floor: u64,
+    epochs: BTreeMap<u64, ReplayWindow>,
+    last_used: u64,
+}
+
+/// One envelope header to check: channel, sender-key epoch, sequence number.
+pub(crate) type Header<'a> = (&'a str, u64, u64);
+
+/// Why a publish was refused as a replay.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ReplayRefusal {
+    /// The window refused a sequence number.
+    #[error("channel `{channel}` epoch {epoch}: {error}")]
+    Window {
+        channel: String,
+        epoch: u64,
+        error: ReplayError,
+    },
+    /// The same envelope occurs twice in the publish.
+    #[error("channel `{channel}` epoch {epoch}: sequence number {seq} occurs twice")]
+    Repeated {
+        channel: String,
+        epoch: u64,
+        seq: u64,
+    },
+    /// The epoch is older than the epochs tracked.
+    #[error("channel `{channel}`: epoch {epoch} is older than the epochs tracked")]
+    StaleEpoch { channel: String, epoch: u64 },
+}
+
+// === impl ReplayGuard ===
+
+impl ReplayGuard {
+    /// The windows of `sender`, created on first use.
+    pub(crate) fn sender(&self, sender: &Principal) -> Arc<Mutex<SenderWindows>> {
+        self.senders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(sender.clone())
+            .or_default()
+            .clone()
+    }
+}
+
+/// Checks and records `headers` under `windows`' lock.
+pub(crate) fn check_and_record(
+    windows: &Mutex<SenderWindows>,
+    headers: &[Header<'_>],
+) -> Result<(), ReplayRefusal> {
+    windows
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .check_and_record(headers)
+}
+
+// === impl SenderWindows ===
+
+impl SenderWindows {
+    /// Refuses the whole set if any header is a replay; records all of them otherwise.
+    pub(crate) fn check_and_record(&mut self, headers: &[Header<'_>]) -> Result<(), ReplayRefusal> {
+        let mut seen = HashSet::with_capacity(headers.len());
+        for &(channel, epoch, seq) in headers {
+            if !seen.insert((channel, epoch, seq)) {
+                return Err(ReplayRefusal::Repeated {
+                    channel: channel.to_owned(),
+                    epoch,
+                    seq,
+                });
+            }
+            self.check(channel, epoch, seq)?;
+        }
+        for &(channel, epoch, seq) in headers {
+            self.record(channel, epoch, seq);
+        }
+        Ok(())
+    }
+
+    fn check(&self, channel: &str, epoch: u64, seq: u64) -> Result<(), ReplayRefusal> {
+        let Some(windows) = self.channels.get(channel) else {
+            return Ok(());
+        };
+        let stale = || ReplayRefusal::StaleEpoch {
+            channel: channel.to_owned(),
+            epoch,
+        };
+        if epoch < windows.floor {
+            return Err(stale());
+        }
+        match windows.epochs.get(&epoch) {
+            Some(window) => window.check(seq).map_err(|error| ReplayRefusal::Window {
+                channel: channel.to_owned(),
+                epoch,
+                error,
+            }),
+            None if windows.epochs.len() >= MAX_EPOCHS
+                && windows.epochs.keys().next().is_some_and(|&min| epoch < min) =>
+            {
+                Err(stale())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn record(&mut self, channel: &str, epoch: u64, seq: u64) {
+        self.clock += 1;
+        if !self.channels.contains_key(channel) && self.channels.len() >= MAX_CHANNELS {
+            self.evict_least_recently_used();
+        }
+        let windows = self.channels.entry(channel.to_owned()).or_default();
+        windows.last_used = self.clock;
+        windows.epochs.entry(epoch).or_default().accept(seq);
+        while windows.epochs.len() > MAX_EPOCHS {
+            if let Some((oldest, _)) = windows.epochs.pop_first() {
+                windows.floor = windows.floor.max(oldest.saturating_add(1));
+            }
+        }
+    }
+
+    fn evict_least_recently_used(&mut self) {
+        let oldest = self
+            .channels
+            .iter()
+            .min_by_key(|(_, w)| w.last_used)
+            .map(|(channel, _)| channel.clone());
+        if let Some(channel) = oldest {
+            self.channels.remove(&channel);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
+
+    use super::*;
+
+    #[test]
+    fn a_replay_refuses_the_whole_set_and_records_nothing() {
+        let mut w = SenderWindows::default();
+        w.check_and_record(&[("a", 1, 0), ("a", 1, 1)]).unwrap();
+        let err = w.check_and_record(&[("a", 1, 2), ("a", 1, 1)]).unwrap_err();
+        assert!(matches!(
+            err,
+            ReplayRefusal::Window {
+                error: ReplayError::Duplicate(1),
+                ..
+            }
+        ));
+        // 2 was not recorded by the refused set.
+        w.check_and_record(&[("a", 1, 2)]).unwrap();
+        // Other channels and epochs have their own windows.
+        w.check_and_record(&[("b", 1, 0), ("a", 2, 0)]).unwrap();
+    }
+
+    #[test]
+    fn duplicates_within_one_set_are_refused() {
+        let mut w = SenderWindows::default();
+        assert!(matches!(
+            w.check_and_record(&[("a", 1, 5), ("a", 1, 5)]),
+            Err(ReplayRefusal::Repeated { seq: 5, .. })
+        ));
+        w.check_and_record(&[("a", 1, 5)]).unwrap();
+    }
+
+    #[test]
+    fn old_epochs_are_evicted_and_then_refused() {
+        let mut w = SenderWindows::default();
+        for epoch in 10..10 + MAX_EPOCHS as u64 + 1 {
+            w.check_and_record(&[("a", epoch, 0)]).unwrap();
+        }
+        // Epoch 10 was evicted: refused rather than given a fresh window.
+        assert!(matches!(
+            w.check_and_record(&[("a", 10, 1)]),
+            Err(ReplayRefusal::StaleEpoch { epoch: 10, .. })
+        ));
+        assert!(matches!(
+            w.check_and_record(&[("a", 3, 0)]),
+            Err(ReplayRefusal::StaleEpoch { .. })
+        ));
+        w.check_and_record(&[("a", 11, 1)]).unwrap();
+    }
+
+    #[test]
+    fn channels_are_bounded() {
+        let mut w = SenderWindows::default();
+        for i in 0..MAX_CHANNELS + 10 {
+            w.check_and_record(&[(&format!("c{i}"), 1, 0)]).unwrap();
+        }
+        assert_eq!(w.channels.len(), MAX_CHANNELS);
+        assert!(w.channels.contains_key(&format!("c{}", MAX_CHANNELS + 9)));
+        assert!(!w.channels.contains_key("c0"));
+    }
+}

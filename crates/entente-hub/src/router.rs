@@ -1,0 +1,355 @@
+//! Routing: which sessions receive what is published on a channel.
+//!
+//! Sessions talk to a [`Router`] only, so a router that forwards between hubs (NATS) can replace
+//! [`LocalRouter`] without touching session code. What is routed is a pre-encoded `Deliver`
+//! body (sender keys and signed batches, exactly as the publisher sent them, encoded once and
+//! shared by every subscriber); the hub never decrypts.
+//!
+//! Backpressure, nothing dropped silently: each session's outbound queue is bounded. Routing
+//! first tries every matching queue without waiting; for the full ones it waits, concurrently,
+//! up to the slow-consumer timeout. A subscriber still full then is disconnected
+//! ([`CloseReason::SlowConsumer`]) and the delivery counts as failed in the [`RouteOutcome`],
+//! which the session reports to the publisher.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{PoisonError, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use entente_types::{Channel, ChannelPattern};
+use futures_util::future::join_all;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::allow;
+use crate::codec::Outbound;
+use crate::control::{CloseReason, ConnectionControl};
+
+/// Identifies one session (one gRPC stream) for the life of the hub.
+pub type SessionId = u64;
+
+/// Where a session's deliveries go.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    /// The session.
+    pub session: SessionId,
+    /// Its bounded outbound queue.
+    pub outbound: mpsc::Sender<Outbound>,
+    /// Its connection, closed if the queue stays full.
+    pub connection: ConnectionControl,
+}
+
+/// What became of one routed publish.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteOutcome {
+    /// Deliveries queued.
+    pub delivered: usize,
+    /// Deliveries that failed (subscriber too slow, or its session closing).
+    pub failed: usize,
+    /// Subscribers disconnected by this publish as slow consumers.
+    pub slow_consumers: usize,
+}
+
+/// Routes published channels to subscriptions.
+pub trait Router: Send + Sync + 'static {
+    /// Adds a subscription of `subscriber` (the session checked authorization and uniqueness).
+    fn subscribe(&self, subscriber: &Subscriber, subscription_id: u64, pattern: ChannelPattern);
+
+    /// Removes a subscription; returns whether it existed.
+    fn unsubscribe(&self, session: SessionId, subscription_id: u64) -> bool;
+
+    /// Removes every subscription of a session.
+    fn remove_session(&self, session: SessionId);
+
+    /// Delivers `body` (encoded `Deliver` fields 2 and 3) to every subscription matching
+    /// `channel`, waiting on full queues up to the slow-consumer timeout.
+    fn route(&self, channel: &Channel, body: Bytes) -> impl Future<Output = RouteOutcome> + Send;
+}
+
+/// Routes between the sessions of this hub.
+#[derive(Debug)]
+pub struct LocalRouter {
+    table: RwLock<Table>,
+    slow_consumer_timeout: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    /// Subscriptions to literal patterns, by channel name.
+    literal: HashMap<String, Vec<Entry>>,
+    /// Subscriptions with wildcards, matched one by one.
+    wildcard: Vec<Entry>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    subscription_id: u64,
+    pattern: ChannelPattern,
+    subscriber: Subscriber,
+}
+
+// === impl LocalRouter ===
+
+impl LocalRouter {
+    /// A router that waits up to `slow_consumer_timeout` on a full queue.
+    pub fn new(slow_consumer_timeout: Duration) -> Self {
+        Self {
+            table: RwLock::new(Table::default()),
+            slow_consumer_timeout,
+        }
+    }
+
+    /// How many subscriptions are registered.
+    pub fn subscriptions(&self) -> usize {
+        let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
+        table.literal.values().map(Vec::len).sum::<usize>() + table.wildcard.len()
+    }
+
+    fn targets(&self, channel: &Channel) -> Vec<(u64, Subscriber)> {
+        let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
+        let literal = table.literal.get(channel.as_str()).into_iter().flatten();
+        let wildcard = table
+            .wildcard
+            .iter()
+            .filter(|entry| allow::matches(&entry.pattern, channel));
+        literal
+            .chain(wildcard)
+            .map(|entry| (entry.subscription_id, entry.subscriber.clone()))
+            .collect()
+    }
+}
+
+impl Router for LocalRouter {
+    fn subscribe(&self, subscriber: &Subscriber, subscription_id: u64, pattern: ChannelPattern) {
+        let entry = Entry {
+            subscription_id,
+            pattern,
+            subscriber: subscriber.clone(),
+        };
+        let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
+        if entry.pattern.is_literal() {
+            table
+                .literal
+                .entry(entry.pattern.as_str().to_owned())
+                .or_default()
+                .push(entry);
+        } else {
+            table.wildcard.push(entry);
+        }
+    }
+
+    fn unsubscribe(&self, session: SessionId, subscription_id: u64) -> bool {
+        let is_it =
+            |e: &Entry| e.subscriber.session == session && e.subscription_id == subscription_id;
+        let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
+        let before = table.wildcard.len();
+        table.wildcard.retain(|e| !is_it(e));
+        if table.wildcard.len() != before {
+            return true;
+        }
+        let mut found = false;
+        table.literal.retain(|_, entries| {
+            let before = entries.len();
+            entries.retain(|e| !is_it(e));
+            found |= entries.len() != before;
+            !entries.is_empty()
+        });
+        found
+    }
+
+    fn remove_session(&self, session: SessionId) {
+        let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
+        table.wildcard.retain(|e| e.subscriber.session != session);
+        table.literal.retain(|_, entries| {
+            entries.retain(|e| e.subscriber.session != session);
+            !entries.is_empty()
+        });
+    }
+
+    async fn route(&self, channel: &Channel, body: Bytes) -> RouteOutcome {
+        let mut outcome = RouteOutcome::default();
+        let mut waiting = Vec::new();
+        for (subscription_id, subscriber) in self.targets(channel) {
+            if subscriber.connection.is_closed() {
+                outcome.failed += 1;
+                continue;
+            }
+            let frame = Outbound::Deliver {
+                subscription_id,
+                body: body.clone(),
+            };
+            match subscriber.outbound.try_send(frame) {
+                Ok(()) => outcome.delivered += 1,
+                Err(TrySendError::Full(frame)) => waiting.push((subscriber, frame)),
+                Err(TrySendError::Closed(_)) => outcome.failed += 1,
+            }
+        }
+        if waiting.is_empty() {
+            return outcome;
+        }
+        let timeout = self.slow_consumer_timeout;
+        let waits = waiting.into_iter().map(|(subscriber, frame)| async move {
+            match tokio::time::timeout(timeout, subscriber.outbound.send(frame)).await {
+                Ok(Ok(())) => Delivery::Queued,
+                Ok(Err(_)) => Delivery::Closed,
+                Err(_) if subscriber.connection.close(CloseReason::SlowConsumer) => {
+                    Delivery::Disconnected
+                }
+                Err(_) => Delivery::Closed,
+            }
+        });
+        for delivery in join_all(waits).await {
+            match delivery {
+                Delivery::Queued => outcome.delivered += 1,
+                Delivery::Closed => outcome.failed += 1,
+                Delivery::Disconnected => {
+                    outcome.failed += 1;
+                    outcome.slow_consumers += 1;
+                }
+            }
+        }
+        outcome
+    }
+}
+
+enum Delivery {
+    Queued,
+    Closed,
+    Disconnected,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
+
+    use super::*;
+
+    fn subscriber(session: SessionId, capacity: usize) -> (Subscriber, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (
+            Subscriber {
+                session,
+                outbound: tx,
+                connection: ConnectionControl::new(),
+            },
+            rx,
+        )
+    }
+
+    fn p(s: &str) -> ChannelPattern {
+        ChannelPattern::parse(s).unwrap()
+    }
+
+    fn c(s: &str) -> Channel {
+        Channel::parse(s).unwrap()
+    }
+
+    fn ids(rx: &mut mpsc::Receiver<Outbound>) -> Vec<u64> {
+        let mut out = Vec::new();
+        while let Ok(frame) = rx.try_recv() {
+            match frame {
+                Outbound::Deliver {
+                    subscription_id, ..
+                } => out.push(subscription_id),
+                Outbound::Frame(_) => panic!("unexpected frame"),
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn routes_to_literal_and_wildcard_subscriptions() {
+        let router = LocalRouter::new(Duration::from_millis(50));
+        let (a, mut a_rx) = subscriber(1, 8);
+        let (b, mut b_rx) = subscriber(2, 8);
+        router.subscribe(&a, 10, p("orders.eu"));
+        router.subscribe(&a, 11, p("orders.*"));
+        router.subscribe(&b, 20, p("orders.>"));
+        router.subscribe(&b, 21, p("other"));
+        router.subscribe(&b, 22, p(">"));
+
+        let outcome = router
+            .route(&c("orders.eu"), Bytes::from_static(b"x"))
+            .await;
+        assert_eq!(outcome.delivered, 4);
+        assert_eq!(outcome.failed, 0);
+        let mut got = ids(&mut a_rx);
+        got.sort_unstable();
+        assert_eq!(got, [10, 11]);
+        let mut got = ids(&mut b_rx);
+        got.sort_unstable();
+        assert_eq!(got, [20, 22]);
+
+        // `>` does not reach system channels.
+        router.subscribe(&a, 12, p("_direct.s.a"));
+        let outcome = router.route(&c("_direct.s.a"), Bytes::new()).await;
+        assert_eq!(outcome.delivered, 1);
+        assert_eq!(ids(&mut a_rx), [12]);
+        assert!(ids(&mut b_rx).is_empty());
+
+        assert!(router.unsubscribe(1, 10));
+        assert!(!router.unsubscribe(1, 10));
+        assert!(router.unsubscribe(2, 22));
+        router.remove_session(2);
+        assert_eq!(router.subscriptions(), 2);
+        let outcome = router.route(&c("orders.eu"), Bytes::new()).await;
+        assert_eq!(outcome.delivered, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_disconnects_the_slow_consumer_and_reports_failure() {
+        let router = LocalRouter::new(Duration::from_secs(5));
+        let (slow, mut slow_rx) = subscriber(1, 1);
+        let (fast, mut fast_rx) = subscriber(2, 8);
+        router.subscribe(&slow, 1, p("x"));
+        router.subscribe(&fast, 2, p("x"));
+
+        let first = router.route(&c("x"), Bytes::new()).await;
+        assert_eq!(first.delivered, 2);
+        let second = router.route(&c("x"), Bytes::new()).await;
+        assert_eq!(
+            second,
+            RouteOutcome {
+                delivered: 1,
+                failed: 1,
+                slow_consumers: 1
+            }
+        );
+        assert_eq!(slow.connection.reason(), Some(CloseReason::SlowConsumer));
+        // Once closed, deliveries fail at once instead of waiting again.
+        let third = router.route(&c("x"), Bytes::new()).await;
+        assert_eq!(third.failed, 1);
+        assert_eq!(third.slow_consumers, 0);
+        assert_eq!(ids(&mut slow_rx).len(), 1);
+        assert_eq!(ids(&mut fast_rx).len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queue_that_drains_in_time_is_not_a_slow_consumer() {
+        let router = LocalRouter::new(Duration::from_secs(5));
+        let (sub, mut rx) = subscriber(1, 1);
+        router.subscribe(&sub, 1, p("x"));
+        router.route(&c("x"), Bytes::new()).await;
+        let reader = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let mut n = 0;
+            while rx.recv().await.is_some() {
+                n += 1;
+                if n == 2 {
+                    break;
+                }
+            }
+            n
+        });
+        let outcome = router.route(&c("x"), Bytes::new()).await;
+        assert_eq!(outcome.delivered, 1);
+        assert_eq!(reader.await.unwrap(), 2);
+        assert!(!sub.connection.is_closed());
+    }
+}

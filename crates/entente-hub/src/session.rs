@@ -1,0 +1,757 @@
+//! One session: the state machine behind one `Session` stream of one authenticated connection.
+//!
+//! [`Session::handle`] takes a decoded [`ClientFrame`] and answers on the session's outbound
+//! queue; it touches no socket, so it is tested with frames and a [`LocalRouter`].
+//! [`run`] is the thin adapter between a gRPC stream and the state machine.
+//!
+//! The semantics it implements are documented in the crate docs ("Session semantics").
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use entente_crypto::{SenderKeyIn, SignedBatchIn};
+use entente_types::{Channel, ChannelPattern, Principal};
+use entente_wire::{
+    Ack, ClientFrame, Limits, Publish, Refusal, ServerFrame, Subscribe, Unsubscribe, client_frame,
+    server_frame,
+};
+use tokio::sync::{mpsc, watch};
+use tonic::{Code, Status, Streaming};
+
+use crate::allow::{AllowList, Decision};
+use crate::codec::{Outbound, max_deliver_len};
+use crate::control::{self, ConnectionControl};
+use crate::refusal::RefusalCode;
+use crate::replay::{self, Header, SenderWindows};
+use crate::router::{Router, SessionId, Subscriber};
+use crate::stats::{self, Stats};
+
+/// Field numbers of `sender_keys` and `batches`, the same in `Publish` and `Deliver`.
+const SENDER_KEYS_TAG: u32 = 2;
+const BATCHES_TAG: u32 = 3;
+
+/// What a session needs from the hub.
+#[derive(Debug)]
+pub(crate) struct SessionContext<R> {
+    pub(crate) router: Arc<R>,
+    pub(crate) allow: Arc<AllowList>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) limits: Limits,
+    pub(crate) max_subscriptions: usize,
+}
+
+impl<R> Clone for SessionContext<R> {
+    fn clone(&self) -> Self {
+        Self {
+            router: self.router.clone(),
+            allow: self.allow.clone(),
+            stats: self.stats.clone(),
+            limits: self.limits,
+            max_subscriptions: self.max_subscriptions,
+        }
+    }
+}
+
+/// The state of one session.
+#[derive(Debug)]
+pub(crate) struct Session<R: Router> {
+    id: SessionId,
+    principal: Principal,
+    context: SessionContext<R>,
+    replay: Arc<Mutex<SenderWindows>>,
+    outbound: mpsc::Sender<Outbound>,
+    connection: ConnectionControl,
+    subscriptions: HashSet<u64>,
+}
+
+/// A refusal about to be sent.
+#[derive(Debug)]
+struct Refused {
+    code: RefusalCode,
+    reason: String,
+}
+
+/// One channel's share of a publish, encoded as `Deliver` fields 2 and 3.
+#[derive(Debug)]
+struct Group {
+    channel: Channel,
+    sender_keys: BytesMut,
+    batches: BytesMut,
+}
+
+// === impl Session ===
+
+impl<R: Router> Session<R> {
+    pub(crate) fn new(
+        id: SessionId,
+        principal: Principal,
+        context: SessionContext<R>,
+        replay: Arc<Mutex<SenderWindows>>,
+        outbound: mpsc::Sender<Outbound>,
+        connection: ConnectionControl,
+    ) -> Self {
+        Self {
+            id,
+            principal,
+            context,
+            replay,
+            outbound,
+            connection,
+            subscriptions: HashSet::new(),
+        }
+    }
+
+    /// Handles one frame. An `Err` ends the stream with that status.
+    pub(crate) async fn handle(&mut self, frame: ClientFrame) -> Result<(), Status> {
+        match frame.kind {
+            Some(client_frame::Kind::Publish(publish)) => self.publish(publish).await,
+            Some(client_frame::Kind::Subscribe(subscribe)) => self.subscribe(subscribe).await,
+            Some(client_frame::Kind::Unsubscribe(unsubscribe)) => {
+                self.unsubscribe(unsubscribe).await
+            }
+            Some(client_frame::Kind::Credit(_)) => Ok(()),
+            None => {
+                stats::bump(&self.context.stats.malformed_frames);
+                Err(Status::invalid_argument("unknown or empty client frame"))
+            }
+        }
+    }
+
+    /// Removes the session's subscriptions from the router.
+    pub(crate) fn finish(&mut self) {
+        self.context.router.remove_session(self.id);
+        self.subscriptions.clear();
+    }
+
+    async fn subscribe(&mut self, subscribe: Subscribe) -> Result<(), Status> {
+        let id = subscribe.subscription_id;
+        match self.check_subscribe(&subscribe) {
+            Ok(pattern) => {
+                let subscriber = Subscriber {
+                    session: self.id,
+                    outbound: self.outbound.clone(),
+                    connection: self.connection.clone(),
+                };
+                self.context.router.subscribe(&subscriber, id, pattern);
+                self.subscriptions.insert(id);
+                self.ack(id).await
+            }
+            Err(refused) => self.refuse(id, refused).await,
+        }
+    }
+
+    fn check_subscribe(&self, subscribe: &Subscribe) -> Result<ChannelPattern, Refused> {
+        if self.subscriptions.contains(&subscribe.subscription_id) {
+            return Err(Refused::new(
+                RefusalCode::DuplicateSubscription,
+                "the subscription id is in use",
+            ));
+        }
+        if self.subscriptions.len() >= self.context.max_subscriptions {
+            return Err(Refused::new(
+                RefusalCode::TooManySubscriptions,
+                format!(
+                    "the session holds the maximum of {} subscriptions",
+                    self.context.max_subscriptions
+                ),
+            ));
+        }
+        let pattern = ChannelPattern::parse(&subscribe.pattern)
+            .map_err(|e| Refused::new(RefusalCode::Malformed, e))?;
+        if let Decision::Deny(reason) = self.context.allow.may_subscribe(&self.principal, &pattern)
+        {
+            stats::bump(&self.context.stats.denials);
+            return Err(Refused::new(
+                RefusalCode::Denied,
+                format!("subscribing to `{pattern}` is denied: {reason}"),
+            ));
+        }
+        Ok(pattern)
+    }
+
+    async fn unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Result<(), Status> {
+        let id = unsubscribe.subscription_id;
+        if self.subscriptions.remove(&id) {
+            self.context.router.unsubscribe(self.id, id);
+            self.ack(id).await
+        } else {
+            let refused = Refused::new(RefusalCode::UnknownSubscription, "no such subscription");
+            self.refuse(id, refused).await
+        }
+    }
+
+    async fn publish(&mut self, publish: Publish) -> Result<(), Status> {
+        let request_id = publish.request_id;
+        let groups = match self.check_publish(publish) {
+            Ok(groups) => groups,
+            Err(refused) => return self.refuse(request_id, refused).await,
+        };
+        let mut attempted = 0;
+        let mut failed = 0;
+        let mut slow = 0;
+        for (channel, body) in groups {
+            let outcome = self.context.router.route(&channel, body).await;
+            attempted += outcome.delivered + outcome.failed;
+            failed += outcome.failed;
+            slow += outcome.slow_consumers;
+        }
+        let stats = &self.context.stats;
+        stats::add(&stats.delivery_failures, failed as u64);
+        stats::add(&stats.slow_consumer_disconnects, slow as u64);
+        if failed == 0 {
+            self.ack(request_id).await
+        } else {
+            let reason = format!(
+                "{failed} of {attempted} deliveries failed; {slow} slow subscriber(s) disconnected"
+            );
+            self.refuse(
+                request_id,
+                Refused::new(RefusalCode::DeliveryFailed, reason),
+            )
+            .await
+        }
+    }
+
+    /// Checks a publish and encodes each channel's share; refuses all of it on any failure.
+    fn check_publish(&self, publish: Publish) -> Result<Vec<(Channel, Bytes)>, Refused> {
+        if publish.sender_keys.is_empty() && publish.batches.is_empty() {
+            return Err(Refused::new(RefusalCode::Malformed, "empty publish"));
+        }
+        let mut groups: Vec<Group> = Vec::new();
+        // The sender is bound to the connection's identity before anything else is looked at.
+        for sender in publish
+            .sender_keys
+            .iter()
+            .map(|k| &k.sender)
+            .chain(publish.batches.iter().map(|b| &b.sender))
+        {
+            self.check_sender(sender)?;
+        }
+        for sender_key in publish.sender_keys {
+            let group = self.group(&mut groups, &sender_key.channel)?;
+            prost::encoding::message::encode(SENDER_KEYS_TAG, &sender_key, &mut group.sender_keys);
+            SenderKeyIn::from_wire(sender_key)
+                .map_err(|e| Refused::new(RefusalCode::Malformed, format!("sender key: {e}")))?;
+        }
+        let mut batches = Vec::with_capacity(publish.batches.len());
+        for batch in publish.batches {
+            let group = self.group(&mut groups, &batch.channel)?;
+            prost::encoding::message::encode(BATCHES_TAG, &batch, &mut group.batches);
+            let batch = SignedBatchIn::from_wire(batch)
+                .map_err(|e| Refused::new(RefusalCode::Malformed, format!("batch: {e}")))?;
+            batches.push(batch);
+        }
+        let headers: Vec<Header<'_>> = batches
+            .iter()
+            .flat_map(|batch| {
+                let channel = batch.channel().as_str();
+                batch
+                    .envelopes()
+                    .iter()
+                    .map(move |e| (channel, e.epoch(), e.seq()))
+            })
+            .collect();
+        if let Err(replay) = replay::check_and_record(&self.replay, &headers) {
+            stats::bump(&self.context.stats.replays);
+            return Err(Refused::new(RefusalCode::Replay, replay));
+        }
+        groups
+            .into_iter()
+            .map(|group| {
+                let mut body = group.sender_keys;
+                body.extend_from_slice(&group.batches);
+                if max_deliver_len(body.len()) > self.context.limits.max_frame_bytes {
+                    return Err(Refused::new(
+                        RefusalCode::TooLarge,
+                        "the delivery would exceed the frame size limit",
+                    ));
+                }
+                Ok((group.channel, body.freeze()))
+            })
+            .collect()
+    }
+
+    /// The group of `channel`, created (after parsing and the publish check) on first use.
+    fn group<'g>(
+        &self,
+        groups: &'g mut Vec<Group>,
+        channel: &str,
+    ) -> Result<&'g mut Group, Refused> {
+        if let Some(index) = groups.iter().position(|g| g.channel.as_str() == channel) {
+            return groups
+                .get_mut(index)
+                .ok_or_else(|| Refused::new(RefusalCode::Malformed, "internal error"));
+        }
+        let channel = Channel::parse(channel)
+            .map_err(|e| Refused::new(RefusalCode::Malformed, format!("channel: {e}")))?;
+        if let Decision::Deny(reason) = self.context.allow.may_publish(&self.principal, &channel) {
+            stats::bump(&self.context.stats.denials);
+            return Err(Refused::new(
+                RefusalCode::Denied,
+                format!("publishing to `{channel}` is denied: {reason}"),
+            ));
+        }
+        groups.push(Group {
+            channel,
+            sender_keys: BytesMut::new(),
+            batches: BytesMut::new(),
+        });
+        groups
+            .last_mut()
+            .ok_or_else(|| Refused::new(RefusalCode::Malformed, "internal error"))
+    }
+
+    /// A sender field must be the connection's identity, byte for byte (IDs are canonical).
+    fn check_sender(&self, sender: &str) -> Result<(), Refused> {
+        if sender == self.principal.as_str() {
+            return Ok(());
+        }
+        stats::bump(&self.context.stats.forged_senders);
+        let shown: String = sender.chars().take(256).collect();
+        Err(Refused::new(
+            RefusalCode::ForgedSender,
+            format!(
+                "sender `{}` is not the connection's identity `{}`",
+                shown.escape_debug(),
+                self.principal
+            ),
+        ))
+    }
+
+    async fn ack(&self, request_id: u64) -> Result<(), Status> {
+        self.send(server_frame::Kind::Ack(Ack { request_id })).await
+    }
+
+    async fn refuse(&self, request_id: u64, refused: Refused) -> Result<(), Status> {
+        self.send(server_frame::Kind::Refusal(Refusal {
+            request_id,
+            code: refused.code.as_u32(),
+            reason: refused.reason,
+        }))
+        .await
+    }
+
+    async fn send(&self, kind: server_frame::Kind) -> Result<(), Status> {
+        let frame = Outbound::Frame(ServerFrame { kind: Some(kind) });
+        self.outbound
+            .send(frame)
+            .await
+            .map_err(|_| Status::cancelled("the session's stream is closed"))
+    }
+}
+
+// === impl Refused ===
+
+impl Refused {
+    fn new(code: RefusalCode, reason: impl ToString) -> Self {
+        Self {
+            code,
+            reason: bounded(reason.to_string()),
+        }
+    }
+}
+
+/// Cuts a reason to the wire limit, at a character boundary.
+fn bounded(mut reason: String) -> String {
+    if reason.len() > entente_wire::MAX_REASON_BYTES {
+        let mut end = entente_wire::MAX_REASON_BYTES;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
+}
+
+// === the stream adapter ===
+
+/// Drives `session` from the inbound stream until the client ends it, the stream fails, or the
+/// connection is closed. A status in `end` ends the response stream (after what is queued).
+pub(crate) async fn run<R: Router>(
+    mut session: Session<R>,
+    mut inbound: Streaming<ClientFrame>,
+    end: watch::Sender<Option<Status>>,
+) {
+    let mut closed = session.connection.watch();
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = control::closed(&mut closed) => break,
+            next = inbound.message() => next,
+        };
+        match next {
+            Ok(Some(frame)) => {
+                let handled = tokio::select! {
+                    biased;
+                    _ = control::closed(&mut closed) => break,
+                    handled = session.handle(frame) => handled,
+                };
+                if let Err(status) = handled {
+                    end.send_replace(Some(status));
+                    break;
+                }
+            }
+            Ok(None) => {
+                // The client is done sending; its subscriptions live until it goes away.
+                tokio::select! {
+                    _ = control::closed(&mut closed) => {}
+                    () = session.outbound.closed() => {}
+                }
+                break;
+            }
+            Err(status) => {
+                if matches!(status.code(), Code::InvalidArgument | Code::OutOfRange) {
+                    stats::bump(&session.context.stats.malformed_frames);
+                }
+                end.send_replace(Some(status));
+                break;
+            }
+        }
+    }
+    session.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
+
+    use std::time::Duration;
+
+    use entente_crypto::{MessageKeys, Sealer, SealerOptions};
+    use entente_types::{AgentId, TrustDomain};
+    use entente_wire::{Deliver, SignedBatch};
+
+    use super::*;
+    use crate::allow::{AllowRule, Who};
+    use crate::replay::ReplayGuard;
+    use crate::router::LocalRouter;
+
+    const NOW: u64 = 1_760_000_000_000;
+
+    struct Hub {
+        context: SessionContext<LocalRouter>,
+        replay: ReplayGuard,
+        next: SessionId,
+    }
+
+    struct Client {
+        session: Session<LocalRouter>,
+        rx: mpsc::Receiver<Outbound>,
+        principal: Principal,
+    }
+
+    fn agent(segment: &str, name: &str) -> Principal {
+        let td = TrustDomain::new("example.org").unwrap();
+        Principal::from(AgentId::new(&td, segment, name).unwrap())
+    }
+
+    fn hub(allow: AllowList) -> Hub {
+        Hub {
+            context: SessionContext {
+                router: Arc::new(LocalRouter::new(Duration::from_millis(100))),
+                allow: Arc::new(allow),
+                stats: Arc::new(Stats::default()),
+                limits: Limits::default(),
+                max_subscriptions: 3,
+            },
+            replay: ReplayGuard::default(),
+            next: 0,
+        }
+    }
+
+    fn shop_rules() -> AllowList {
+        AllowList::new().with(AllowRule {
+            who: Who::Segment("shop".into()),
+            publish: vec![
+                ChannelPattern::parse("orders.>").unwrap(),
+                ChannelPattern::parse("_direct.shop.*").unwrap(),
+            ],
+            subscribe: vec![ChannelPattern::parse("orders.>").unwrap()],
+        })
+    }
+
+    impl Hub {
+        fn connect(&mut self, principal: Principal) -> Client {
+            self.next += 1;
+            let (tx, rx) = mpsc::channel(16);
+            Client {
+                session: Session::new(
+                    self.next,
+                    principal.clone(),
+                    self.context.clone(),
+                    self.replay.sender(&principal),
+                    tx,
+                    ConnectionControl::new(),
+                ),
+                rx,
+                principal,
+            }
+        }
+    }
+
+    impl Client {
+        async fn send(&mut self, kind: client_frame::Kind) -> Result<(), Status> {
+            self.session.handle(ClientFrame { kind: Some(kind) }).await
+        }
+
+        async fn subscribe(&mut self, id: u64, pattern: &str) -> server_frame::Kind {
+            self.send(client_frame::Kind::Subscribe(Subscribe {
+                subscription_id: id,
+                pattern: pattern.into(),
+            }))
+            .await
+            .unwrap();
+            self.next()
+        }
+
+        async fn publish(&mut self, id: u64, batches: Vec<SignedBatch>) -> server_frame::Kind {
+            self.send(client_frame::Kind::Publish(Publish {
+                request_id: id,
+                sender_keys: vec![],
+                batches,
+            }))
+            .await
+            .unwrap();
+            self.next()
+        }
+
+        fn next(&mut self) -> server_frame::Kind {
+            match self.rx.try_recv().unwrap() {
+                Outbound::Frame(frame) => frame.kind.unwrap(),
+                Outbound::Deliver {
+                    subscription_id,
+                    body,
+                } => {
+                    let mut bytes = Vec::new();
+                    crate::codec::encode_deliver(subscription_id, &body, &mut bytes);
+                    let frame: ServerFrame =
+                        entente_wire::decode(&bytes, &Limits::default()).unwrap();
+                    frame.kind.unwrap()
+                }
+            }
+        }
+
+        fn sealer(&self, channel: &str) -> Sealer {
+            let keys = Arc::new(MessageKeys::generate().unwrap());
+            let channel = Channel::parse(channel).unwrap();
+            let (sealer, _) = Sealer::new(
+                self.principal.clone(),
+                1,
+                keys,
+                channel,
+                &[],
+                SealerOptions::default(),
+                NOW,
+            )
+            .unwrap();
+            sealer
+        }
+    }
+
+    fn refusal(kind: server_frame::Kind) -> (u64, Option<RefusalCode>) {
+        match kind {
+            server_frame::Kind::Refusal(r) => (r.request_id, RefusalCode::from_u32(r.code)),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn ack(id: u64) -> server_frame::Kind {
+        server_frame::Kind::Ack(Ack { request_id: id })
+    }
+
+    #[tokio::test]
+    async fn publish_reaches_matching_subscribers_then_acks() {
+        let mut hub = hub(shop_rules());
+        let mut alice = hub.connect(agent("shop", "alice"));
+        let mut bob = hub.connect(agent("shop", "bob"));
+        assert_eq!(alice.subscribe(1, "orders.*").await, ack(1));
+        assert_eq!(alice.subscribe(2, "orders.eu").await, ack(2));
+
+        let mut sealer = bob.sealer("orders.eu");
+        let batch = sealer.seal_batch(&[b"hi"], None, NOW).unwrap();
+        assert_eq!(bob.publish(7, vec![batch.clone()]).await, ack(7));
+        let mut got = vec![alice.next(), alice.next()];
+        got.sort_by_key(|k| match k {
+            server_frame::Kind::Deliver(d) => d.subscription_id,
+            _ => 0,
+        });
+        for (kind, id) in got.into_iter().zip([1, 2]) {
+            assert_eq!(
+                kind,
+                server_frame::Kind::Deliver(Deliver {
+                    subscription_id: id,
+                    sender_keys: vec![],
+                    batches: vec![batch.clone()],
+                })
+            );
+        }
+        assert_eq!(hub.context.stats.snapshot().denials, 0);
+    }
+
+    #[tokio::test]
+    async fn subscription_refusals() {
+        let mut hub = hub(shop_rules());
+        let mut alice = hub.connect(agent("shop", "alice"));
+        let mut eve = hub.connect(agent("lab", "eve"));
+        assert_eq!(
+            refusal(eve.subscribe(1, "orders.>").await),
+            (1, Some(RefusalCode::Denied))
+        );
+        assert_eq!(
+            refusal(alice.subscribe(2, "_reply.shop.bob.>").await),
+            (2, Some(RefusalCode::Denied))
+        );
+        assert_eq!(alice.subscribe(3, "_reply.shop.alice.>").await, ack(3));
+        assert_eq!(
+            refusal(alice.subscribe(3, "orders.x").await),
+            (3, Some(RefusalCode::DuplicateSubscription))
+        );
+        assert_eq!(
+            refusal(alice.subscribe(4, "bad..pattern").await),
+            (4, Some(RefusalCode::Malformed))
+        );
+        assert_eq!(alice.subscribe(5, "orders.a").await, ack(5));
+        assert_eq!(alice.subscribe(6, "orders.b").await, ack(6));
+        assert_eq!(
+            refusal(alice.subscribe(7, "orders.c").await),
+            (7, Some(RefusalCode::TooManySubscriptions))
+        );
+        alice
+            .send(client_frame::Kind::Unsubscribe(Unsubscribe {
+                subscription_id: 5,
+            }))
+            .await
+            .unwrap();
+        assert_eq!(alice.next(), ack(5));
+        alice
+            .send(client_frame::Kind::Unsubscribe(Unsubscribe {
+                subscription_id: 5,
+            }))
+            .await
+            .unwrap();
+        assert_eq!(
+            refusal(alice.next()),
+            (5, Some(RefusalCode::UnknownSubscription))
+        );
+        assert_eq!(hub.context.stats.snapshot().denials, 2);
+    }
+
+    #[tokio::test]
+    async fn forged_denied_replayed_and_malformed_publishes_are_refused_whole() {
+        let mut hub = hub(shop_rules());
+        let mut alice = hub.connect(agent("shop", "alice"));
+        let mut bob = hub.connect(agent("shop", "bob"));
+        assert_eq!(alice.subscribe(1, "orders.>").await, ack(1));
+
+        let mut bobs = bob.sealer("orders.eu");
+        let bobs_batch = bobs.seal_batch(&[b"x"], None, NOW).unwrap();
+        let mut alices = alice.sealer("orders.eu");
+        let alices_batch = alices.seal_batch(&[b"y"], None, NOW).unwrap();
+
+        // Alice relays Bob's batch: forged.
+        assert_eq!(
+            refusal(alice.publish(1, vec![bobs_batch.clone()]).await),
+            (1, Some(RefusalCode::ForgedSender))
+        );
+        // Bob publishes his own batch with a forged one: all refused, nothing delivered.
+        assert_eq!(
+            refusal(bob.publish(2, vec![bobs_batch.clone(), alices_batch]).await),
+            (2, Some(RefusalCode::ForgedSender))
+        );
+        assert!(alice.rx.try_recv().is_err());
+        assert_eq!(bob.publish(3, vec![bobs_batch.clone()]).await, ack(3));
+        assert!(matches!(alice.next(), server_frame::Kind::Deliver(_)));
+        // The same batch again is a replay, on any connection of Bob.
+        assert_eq!(
+            refusal(bob.publish(4, vec![bobs_batch.clone()]).await),
+            (4, Some(RefusalCode::Replay))
+        );
+        let mut bob2 = hub.connect(agent("shop", "bob"));
+        assert_eq!(
+            refusal(bob2.publish(5, vec![bobs_batch]).await),
+            (5, Some(RefusalCode::Replay))
+        );
+        // A channel outside the allow list.
+        let mut secret = bob.sealer("secret.x");
+        let batch = secret.seal_batch(&[b"z"], None, NOW).unwrap();
+        assert_eq!(
+            refusal(bob.publish(6, vec![batch]).await),
+            (6, Some(RefusalCode::Denied))
+        );
+        // Malformed: a bad signature length.
+        let mut bad = bobs.seal_batch(&[b"w"], None, NOW).unwrap();
+        bad.signature.truncate(10);
+        assert_eq!(
+            refusal(bob.publish(7, vec![bad]).await),
+            (7, Some(RefusalCode::Malformed))
+        );
+        assert_eq!(
+            refusal(bob.publish(8, vec![]).await),
+            (8, Some(RefusalCode::Malformed))
+        );
+        assert!(alice.rx.try_recv().is_err());
+
+        let stats = hub.context.stats.snapshot();
+        assert_eq!(stats.forged_senders, 2);
+        assert_eq!(stats.replays, 2);
+        assert_eq!(stats.denials, 1);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_frame_ends_the_stream() {
+        let mut hub = hub(shop_rules());
+        let mut alice = hub.connect(agent("shop", "alice"));
+        let status = alice
+            .session
+            .handle(ClientFrame { kind: None })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(hub.context.stats.snapshot().malformed_frames, 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_subscriber_is_disconnected_and_the_publisher_told() {
+        let mut hub = hub(shop_rules());
+        let mut alice = hub.connect(agent("shop", "alice"));
+        let mut bob = hub.connect(agent("shop", "bob"));
+        assert_eq!(alice.subscribe(1, "orders.eu").await, ack(1));
+        let mut sealer = bob.sealer("orders.eu");
+        // Alice never reads: her queue of 16 fills, then the publisher waits and gives up.
+        let mut refused = None;
+        for id in 0..40 {
+            let batch = sealer.seal_batch(&[b"m"], None, NOW).unwrap();
+            if let server_frame::Kind::Refusal(r) = bob.publish(id, vec![batch]).await {
+                refused = Some(r);
+                break;
+            }
+        }
+        let refused = refused.expect("a refusal");
+        assert_eq!(
+            RefusalCode::from_u32(refused.code),
+            Some(RefusalCode::DeliveryFailed)
+        );
+        assert!(refused.reason.contains("1 of 1"), "{}", refused.reason);
+        assert_eq!(
+            alice.session.connection.reason(),
+            Some(crate::CloseReason::SlowConsumer)
+        );
+        let stats = hub.context.stats.snapshot();
+        assert_eq!(stats.slow_consumer_disconnects, 1);
+        assert_eq!(stats.delivery_failures, 1);
+    }
+
+    #[test]
+    fn reasons_are_bounded_at_char_boundaries() {
+        let long = "é".repeat(2000);
+        let cut = bounded(long);
+        assert!(cut.len() <= entente_wire::MAX_REASON_BYTES);
+        assert!(cut.chars().all(|c| c == 'é'));
+    }
+}

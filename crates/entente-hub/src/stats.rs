@@ -1,0 +1,69 @@
+//! Counters of what the hub refused and dropped.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of the hub's counters ([`HubHandle::stats`](crate::HubHandle::stats)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HubStats {
+    /// Connections whose TLS handshake completed.
+    pub connections: u64,
+    /// Connections refused or dropped during the TLS handshake (bad or missing certificate,
+    /// TLS 1.2, timeout, not TLS).
+    pub handshakes_failed: u64,
+    /// Streams ended for an undecodable, oversized or unknown frame.
+    pub malformed_frames: u64,
+    /// Publishes refused because a batch or sender key named another sender.
+    pub forged_senders: u64,
+    /// Publishes refused because an envelope was a replay.
+    pub replays: u64,
+    /// Publishes and subscriptions denied by the allow list.
+    pub denials: u64,
+    /// Deliveries that failed (each reported to its publisher as `DELIVERY_FAILED`).
+    pub delivery_failures: u64,
+    /// Connections closed because their outbound queue stayed full.
+    pub slow_consumer_disconnects: u64,
+    /// Connections closed because their certificate or principal was revoked.
+    pub revoked_disconnects: u64,
+}
+
+/// The live counters.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) connections: AtomicU64,
+    pub(crate) handshakes_failed: AtomicU64,
+    pub(crate) malformed_frames: AtomicU64,
+    pub(crate) forged_senders: AtomicU64,
+    pub(crate) replays: AtomicU64,
+    pub(crate) denials: AtomicU64,
+    pub(crate) delivery_failures: AtomicU64,
+    pub(crate) slow_consumer_disconnects: AtomicU64,
+    pub(crate) revoked_disconnects: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn snapshot(&self) -> HubStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        HubStats {
+            connections: get(&self.connections),
+            handshakes_failed: get(&self.handshakes_failed),
+            malformed_frames: get(&self.malformed_frames),
+            forged_senders: get(&self.forged_senders),
+            replays: get(&self.replays),
+            denials: get(&self.denials),
+            delivery_failures: get(&self.delivery_failures),
+            slow_consumer_disconnects: get(&self.slow_consumer_disconnects),
+            revoked_disconnects: get(&self.revoked_disconnects),
+        }
+    }
+}
+
+/// Adds `n` to a counter.
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Adds one to a counter.
+pub(crate) fn bump(counter: &AtomicU64) {
+    add(counter, 1);
+}

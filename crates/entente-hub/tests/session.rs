@@ -1,0 +1,411 @@
+//! Sessions through a real hub on 127.0.0.1:0: sealed pub/sub, refusals, bad frames,
+//! backpressure and live revocation.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use entente_ca::{Revocations, VerifiedRevocationList};
+use entente_crypto::{SenderKeyIn, SignedBatchIn};
+use entente_hub::{HubConfig, RefusalCode};
+use entente_wire::{Limits, Unsubscribe, client_frame, server_frame};
+use prost::Message;
+use support::{Agent, TestCa, ack, config, eventually, frame, now_ms, probe, refusal, start};
+use tonic::Code;
+
+/// Opens what `receiver` got in a `Deliver`, verifying against the sender's bundle.
+fn open_delivery(receiver: &Agent, sender: &Agent, kind: server_frame::Kind) -> Vec<Vec<u8>> {
+    let server_frame::Kind::Deliver(deliver) = kind else {
+        panic!("expected a delivery, got {kind:?}");
+    };
+    let mut opener = receiver.opener();
+    let limits = Limits::default();
+    for sender_key in deliver.sender_keys {
+        let sender_key = SenderKeyIn::from_wire(sender_key).unwrap();
+        opener
+            .accept_sender_key(&sender_key, &sender.bundle, now_ms())
+            .unwrap();
+    }
+    let mut payloads = Vec::new();
+    for batch in deliver.batches {
+        let batch = SignedBatchIn::decode(&batch.encode_to_vec(), &limits).unwrap();
+        let opened = opener.open(batch, &sender.bundle, now_ms()).unwrap();
+        assert!(opened.rejected.is_empty(), "{:?}", opened.rejected);
+        for envelope in opened.delivered {
+            assert_eq!(envelope.sender(), &sender.principal);
+            payloads.push(envelope.into_payload());
+        }
+    }
+    payloads
+}
+
+#[tokio::test]
+async fn two_agents_exchange_a_sealed_message_through_the_hub() {
+    let ca = TestCa::new();
+    let hub = start(&ca, config()).await;
+    let alice = ca.agent("shop", "alice");
+    let bob = ca.agent("shop", "bob");
+
+    let mut alice_session = alice.session(&hub).await;
+    assert_eq!(alice_session.subscribe(1, "orders.*").await, ack(1));
+
+    let mut bob_session = bob.session(&hub).await;
+    let (mut sealer, sender_key) = bob.sealer("orders.eu", &[&alice.bundle]);
+    let batch = sealer
+        .seal_batch(&[b"two espressos", b"one croissant"], None, now_ms())
+        .unwrap();
+    assert_eq!(
+        bob_session.publish(10, vec![sender_key], vec![batch]).await,
+        ack(10)
+    );
+
+    let kind = alice_session.next_kind().await;
+    match &kind {
+        server_frame::Kind::Deliver(d) => assert_eq!(d.subscription_id, 1),
+        other => panic!("expected a delivery, got {other:?}"),
+    }
+    let payloads = open_delivery(&alice, &bob, kind);
+    assert_eq!(
+        payloads,
+        [b"two espressos".to_vec(), b"one croissant".to_vec()]
+    );
+
+    // Alice unsubscribes; the next publish reaches nobody and is still acknowledged.
+    alice_session
+        .send(frame(client_frame::Kind::Unsubscribe(Unsubscribe {
+            subscription_id: 1,
+        })))
+        .await;
+    assert_eq!(alice_session.next_kind().await, ack(1));
+    let batch = sealer.seal_batch(&[b"more"], None, now_ms()).unwrap();
+    assert_eq!(bob_session.publish(11, vec![], vec![batch]).await, ack(11));
+
+    let stats = hub.stats();
+    assert_eq!(stats.connections, 2);
+    assert_eq!(stats.delivery_failures, 0);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_malformed_frame_ends_that_stream_and_the_hub_keeps_serving() {
+    let ca = TestCa::new();
+    let hub = start(&ca, config()).await;
+    let alice = ca.agent("shop", "alice");
+    let client = alice.connect(&hub).await;
+
+    let mut broken = client.session().await.unwrap();
+    broken
+        .send_raw(Bytes::from_static(&[
+            0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01,
+        ]))
+        .await;
+    let status = broken.status().await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    // A wrong wire type for a known field.
+    let mut broken = client.session().await.unwrap();
+    broken.send_raw(Bytes::from_static(&[0x08, 0x01])).await;
+    assert_eq!(broken.status().await.code(), Code::InvalidArgument);
+
+    // The same connection and another one still work.
+    let mut fine = client.session().await.unwrap();
+    assert_eq!(fine.subscribe(1, "orders.eu").await, ack(1));
+    let mut other = ca.agent("shop", "bob").session(&hub).await;
+    assert_eq!(other.subscribe(1, "orders.eu").await, ack(1));
+    assert_eq!(hub.stats().malformed_frames, 2);
+}
+
+#[tokio::test]
+async fn an_unknown_frame_kind_ends_the_stream() {
+    let ca = TestCa::new();
+    let hub = start(&ca, config()).await;
+    let mut session = ca.agent("shop", "alice").session(&hub).await;
+    // Field 9 (unknown), length-delimited, two bytes: decodes to a frame with no kind.
+    session
+        .send_raw(Bytes::from_static(&[0x4a, 0x02, 0x01, 0x02]))
+        .await;
+    assert_eq!(session.status().await.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn an_oversized_frame_is_refused_and_the_hub_keeps_serving() {
+    let ca = TestCa::new();
+    let limits = Limits {
+        max_frame_bytes: 64 * 1024,
+        ..Limits::default()
+    };
+    let hub = start(&ca, HubConfig { limits, ..config() }).await;
+    let alice = ca.agent("shop", "alice");
+    let mut session = alice.session(&hub).await;
+    session
+        .send_raw(Bytes::from(vec![0u8; limits.max_frame_bytes + 1]))
+        .await;
+    let status = session.status().await;
+    assert!(
+        matches!(
+            status.code(),
+            Code::OutOfRange | Code::InvalidArgument | Code::ResourceExhausted
+        ),
+        "{status:?}"
+    );
+    let mut again = alice.session(&hub).await;
+    assert_eq!(again.subscribe(1, "orders.eu").await, ack(1));
+}
+
+#[tokio::test]
+async fn an_unknown_method_is_unimplemented() {
+    let ca = TestCa::new();
+    let hub = start(&ca, config()).await;
+    let client = ca.agent("shop", "alice").connect(&hub).await;
+    let err = client
+        .open("/entente.v1.Hub/Nope")
+        .await
+        .err()
+        .expect("no such method");
+    assert_eq!(err.code(), Code::Unimplemented);
+    let mut session = client.session().await.unwrap();
+    assert_eq!(session.subscribe(1, "orders.eu").await, ack(1));
+}
+
+#[tokio::test]
+async fn a_forged_sender_is_refused_and_counted() {
+    let ca = TestCa::new();
+    let hub = start(&ca, config()).await;
+    let alice = ca.agent("shop", "alice");
+    let bob = ca.agent("shop", "bob");
+    let mut watcher = ca.agent("shop", "carol").session(&hub).await;
+    assert_eq!(watcher.subscribe(1, "orders.>").await, ack(1));
+
+    // Mallory holds Alice's connection and relays a batch Bob signed, claiming it as Bob's.
+    let (mut bobs_sealer, bobs_key) = bob.sealer("orders.eu", &[]);
+    let bobs_batch = bobs_sealer
+        .seal_batch(&[b"pay 100"], None, now_ms())
+        .unwrap();
+    let mut session = alice.session(&hub).await;
+    assert_eq!(
+        refusal(session.publish(1, vec![], vec![bobs_batch]).await),
+        (1, RefusalCode::ForgedSender)
+    );
+    // A sender key claiming Bob, too.
+    assert_eq!(
+        refusal(session.publish(2, vec![bobs_key], vec![]).await),
+        (2, RefusalCode::ForgedSender)
+    );
+    assert_eq!(hub.stats().forged_senders, 2);
+
+    // Nothing reached the watcher; its next frame is Alice's honest publish.
+    let (mut sealer, _) = alice.sealer("orders.eu", &[]);
+    let batch = sealer.seal_batch(&[b"hello"], None, now_ms()).unwrap();
+    assert_eq!(session.publish(3, vec![], vec![batch]).await, ack(3));
+    match watcher.next_kind().await {
+        server_frame::Kind::Deliver(d) => assert_eq!(d.batches[0].sender, alice.principal.as_str()),
+        other => panic!("expected a delivery, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_replayed_batch_is_refused_and_counted() {
+    let ca = TestCa::new();
+    let hub = start(&ca, config()).await;
+    let alice = ca.agent("shop", "alice");
+    let (mut sealer, _) = alice.sealer("orders.eu", &[]);
+    let batch = sealer.seal_batch(&[b"once"], None, now_ms()).unwrap();
+
+    let mut session = alice.session(&hub).await;
+    assert_eq!(
+        session.publish(1, vec![], vec![batch.clone()]).await,
+        ack(1)
+    );
+    assert_eq!(
+        refusal(session.publish(2, vec![], vec![batch.clone()]).await),
+        (2, RefusalCode::Replay)
+    );
+    // From a second connection of the same agent as well.
+    let mut second = alice.session(&hub).await;
+    assert_eq!(
+        refusal(second.publish(3, vec![], vec![batch]).await),
+        (3, RefusalCode::Replay)
+    );
+    assert_eq!(hub.stats().replays, 2);
+}
+
+#[tokio::test]
+async fn a_subscription_outside_the_allow_list_is_refused() {
+    let ca = TestCa::new();
+    let hub = start(&ca, config()).await;
+    let mut shop = ca.agent("shop", "alice").session(&hub).await;
+    assert_eq!(
+        refusal(shop.subscribe(1, "payroll.>").await),
+        (1, RefusalCode::Denied)
+    );
+    assert_eq!(
+        refusal(shop.subscribe(2, ">").await),
+        (2, RefusalCode::Denied)
+    );
+    // Cross-segment: the shop rule does not grant the lab segment.
+    let mut lab = ca.agent("lab", "eve").session(&hub).await;
+    assert_eq!(
+        refusal(lab.subscribe(3, "orders.eu").await),
+        (3, RefusalCode::Denied)
+    );
+    // Publishing outside the list is refused too.
+    let eve = ca.agent("lab", "eve2");
+    let (mut sealer, _) = eve.sealer("orders.eu", &[]);
+    let batch = sealer.seal_batch(&[b"x"], None, now_ms()).unwrap();
+    let mut session = eve.session(&hub).await;
+    assert_eq!(
+        refusal(session.publish(4, vec![], vec![batch]).await),
+        (4, RefusalCode::Denied)
+    );
+    assert_eq!(hub.stats().denials, 4);
+}
+
+#[tokio::test]
+async fn only_the_owner_may_subscribe_to_its_reply_and_direct_namespaces() {
+    let ca = TestCa::new();
+    let hub = start(&ca, config()).await;
+    let mut alice = ca.agent("shop", "alice").session(&hub).await;
+    assert_eq!(
+        refusal(alice.subscribe(1, "_reply.shop.bob.>").await),
+        (1, RefusalCode::Denied)
+    );
+    assert_eq!(
+        refusal(alice.subscribe(2, "_direct.shop.bob").await),
+        (2, RefusalCode::Denied)
+    );
+    assert_eq!(
+        refusal(alice.subscribe(3, "_reply.>").await),
+        (3, RefusalCode::Denied)
+    );
+    assert_eq!(alice.subscribe(4, "_reply.shop.alice.>").await, ack(4));
+    assert_eq!(alice.subscribe(5, "_direct.shop.alice").await, ack(5));
+    assert_eq!(hub.stats().denials, 3);
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_disconnected_and_the_publisher_gets_delivery_failed() {
+    let ca = TestCa::new();
+    let hub = start(
+        &ca,
+        HubConfig {
+            queue_capacity: 2,
+            slow_consumer_timeout: Duration::from_millis(300),
+            ..config()
+        },
+    )
+    .await;
+    let alice = ca.agent("shop", "alice");
+    let bob = ca.agent("shop", "bob");
+
+    // Alice subscribes, then never reads: HTTP/2 windows and her queue fill up.
+    let mut slow = alice.session(&hub).await;
+    assert_eq!(slow.subscribe(1, "orders.eu").await, ack(1));
+    // A healthy subscriber keeps receiving throughout.
+    let mut healthy = ca.agent("shop", "carol").session(&hub).await;
+    assert_eq!(healthy.subscribe(1, "orders.eu").await, ack(1));
+
+    let mut publisher = bob.session(&hub).await;
+    let (mut sealer, _) = bob.sealer("orders.eu", &[]);
+    let payload = vec![7u8; 256 * 1024];
+    let mut failure = None;
+    for id in 0..400 {
+        let batch = sealer.seal_batch(&[&payload], None, now_ms()).unwrap();
+        let answer = publisher.publish(id, vec![], vec![batch]).await;
+        assert!(matches!(
+            healthy.next_kind().await,
+            server_frame::Kind::Deliver(_)
+        ));
+        match answer {
+            server_frame::Kind::Ack(_) => {}
+            server_frame::Kind::Refusal(r) => {
+                failure = Some(r);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let failure = failure.expect("the publisher was told about the failed delivery");
+    assert_eq!(
+        RefusalCode::from_u32(failure.code),
+        Some(RefusalCode::DeliveryFailed)
+    );
+    assert!(failure.reason.contains("1 of 2"), "{}", failure.reason);
+    assert_eq!(hub.stats().slow_consumer_disconnects, 1);
+    assert!(hub.stats().delivery_failures >= 1);
+
+    // The slow consumer's connection is closed: reading on, it finds the end, not silence.
+    let status = slow.status().await;
+    assert_ne!(status.code(), Code::Ok);
+    eventually("the slow connection is gone", || hub.connections() == 2).await;
+
+    // The publisher and the healthy subscriber carry on.
+    let batch = sealer.seal_batch(&[b"after"], None, now_ms()).unwrap();
+    assert!(matches!(
+        publisher.publish(1000, vec![], vec![batch]).await,
+        server_frame::Kind::Ack(_)
+    ));
+    assert!(matches!(
+        healthy.next_kind().await,
+        server_frame::Kind::Deliver(_)
+    ));
+}
+
+#[tokio::test]
+async fn revocation_closes_live_connections_and_refuses_reconnects() {
+    let ca = TestCa::new();
+    let hub = start(&ca, config()).await;
+    let alice = ca.agent("shop", "alice");
+    let bob = ca.agent("shop", "bob");
+    let mut alice_session = alice.session(&hub).await;
+    assert_eq!(alice_session.subscribe(1, "orders.eu").await, ack(1));
+    let mut bob_session = bob.session(&hub).await;
+    assert_eq!(bob_session.subscribe(1, "orders.eu").await, ack(1));
+
+    // Revoke Alice by principal.
+    let mut revocations = Revocations::new();
+    revocations.revoke_principal(&alice.principal);
+    let now = std::time::SystemTime::now();
+    let list = ca.ca.sign_revocations(&revocations, now).unwrap();
+    let list = VerifiedRevocationList::verify(list, ca.trust(), now).unwrap();
+    assert_eq!(hub.revoke(list.clone()).unwrap(), 1);
+
+    let status = alice_session.status().await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    eventually("alice's connection is gone", || hub.connections() == 1).await;
+    assert_eq!(hub.stats().revoked_disconnects, 1);
+
+    // Reconnecting with the same certificate is refused at the handshake.
+    let name = format!("hub.{}", support::TD);
+    let err = probe(hub.local_addr(), alice.client_config(ca.trust()), &name)
+        .await
+        .unwrap_err();
+    assert!(err.contains("CertificateRevoked"), "{err}");
+
+    // A stale list is refused; a newer one revoking Bob's certificate by serial closes him too.
+    assert!(hub.revoke(list).is_err());
+    revocations.revoke_serial(&bob.svid.serial).unwrap();
+    let list = ca.ca.sign_revocations(&revocations, now).unwrap();
+    let list = VerifiedRevocationList::verify(list, ca.trust(), now).unwrap();
+    assert_eq!(hub.revoke(list).unwrap(), 1);
+    assert_eq!(bob_session.status().await.code(), Code::PermissionDenied);
+    assert_eq!(hub.stats().revoked_disconnects, 2);
+}
+
+#[tokio::test]
+async fn shutdown_ends_sessions_with_unavailable() {
+    let ca = TestCa::new();
+    let hub = start(&ca, config()).await;
+    let mut session = ca.agent("shop", "alice").session(&hub).await;
+    assert_eq!(session.subscribe(1, "orders.eu").await, ack(1));
+    let addr = hub.local_addr();
+    hub.shutdown().await;
+    assert_eq!(session.status().await.code(), Code::Unavailable);
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}

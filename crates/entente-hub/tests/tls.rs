@@ -1,0 +1,208 @@
+//! The handshake: who gets in and who is refused, against a real hub on 127.0.0.1:0.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use entente_hub::client_tls::{self, HubServerVerifier};
+use entente_hub::{HUB_NAME, HUB_SEGMENT};
+use rustls::ClientConfig;
+use rustls::client::danger::ServerCertVerifier;
+use rustls_pki_types::{ServerName, UnixTime};
+use support::{TD, TestCa, config, eventually, probe, start};
+
+fn hub_name() -> String {
+    format!("hub.{TD}")
+}
+
+#[tokio::test]
+async fn an_agent_with_a_valid_svid_gets_in() {
+    let ca = TestCa::new();
+    let hub = start(&ca, config()).await;
+    let alice = ca.agent("shop", "alice");
+    probe(
+        hub.local_addr(),
+        alice.client_config(ca.trust()),
+        &hub_name(),
+    )
+    .await
+    .unwrap();
+    eventually("the connection is registered", || hub.connections() == 1).await;
+    assert_eq!(hub.stats().connections, 1);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn no_client_certificate_is_refused_at_the_handshake() {
+    let ca = TestCa::new();
+    let hub = start(&ca, config()).await;
+    // A TLS 1.3 client that trusts the hub but has no certificate, dialing the main name.
+    let config = client_tls::enroll_client_config(ca.trust()).unwrap();
+    let err = probe(hub.local_addr(), config, &hub_name())
+        .await
+        .unwrap_err();
+    assert!(err.contains("CertificateRequired"), "{err}");
+    eventually("the failure is counted", || {
+        hub.stats().handshakes_failed == 1
+    })
+    .await;
+    assert_eq!(hub.stats().connections, 0);
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_is_refused() {
+    let ca = TestCa::new();
+    let other = TestCa::new(); // same trust domain, different keys
+    let hub = start(&ca, config()).await;
+    let mallory = other.agent("shop", "alice");
+    // Mallory trusts our hub (so the client side is not what fails) but shows a foreign SVID.
+    let config = client_tls::client_config(ca.trust(), mallory.chain(), mallory.key()).unwrap();
+    let err = probe(hub.local_addr(), config, &hub_name())
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("UnknownCA") || err.contains("BadCertificate"),
+        "{err}"
+    );
+    eventually("the failure is counted", || {
+        hub.stats().handshakes_failed == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_refused() {
+    let ca = TestCa::new();
+    let hub = start(&ca, config()).await;
+    // Issued three hours ago with the default one-hour TTL.
+    let old = ca.agent_issued_at(
+        "shop",
+        "alice",
+        SystemTime::now() - Duration::from_secs(3 * 3600),
+    );
+    assert!(old.svid.not_after < SystemTime::now());
+    let err = probe(hub.local_addr(), old.client_config(ca.trust()), &hub_name())
+        .await
+        .unwrap_err();
+    assert!(err.contains("CertificateExpired"), "{err}");
+    eventually("the failure is counted", || {
+        hub.stats().handshakes_failed == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_tls12_only_client_is_refused() {
+    let ca = TestCa::new();
+    let hub = start(&ca, config()).await;
+    let alice = ca.agent("shop", "alice");
+    let verifier = HubServerVerifier::new(ca.trust().clone()).unwrap();
+    let config = ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(verifier))
+    .with_client_auth_cert(alice.chain(), alice.key())
+    .unwrap();
+    let err = probe(hub.local_addr(), config, &hub_name())
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("handshake") && err.contains("ProtocolVersion"),
+        "{err}"
+    );
+    eventually("the failure is counted", || {
+        hub.stats().handshakes_failed == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_certificate_naming_the_hub_is_refused() {
+    let ca = TestCa::new();
+    let hub = start(&ca, config()).await;
+    let impostor = ca.identity(ca.principal(HUB_SEGMENT, HUB_NAME), SystemTime::now());
+    let err = probe(
+        hub.local_addr(),
+        impostor.client_config(ca.trust()),
+        &hub_name(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("alert"), "{err}");
+}
+
+#[tokio::test]
+async fn garbage_instead_of_a_client_hello_is_counted_and_harmless() {
+    use tokio::io::AsyncWriteExt;
+    let ca = TestCa::new();
+    let hub = start(&ca, config()).await;
+    let mut tcp = tokio::net::TcpStream::connect(hub.local_addr())
+        .await
+        .unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    eventually("the failure is counted", || {
+        hub.stats().handshakes_failed == 1
+    })
+    .await;
+    let alice = ca.agent("shop", "alice");
+    probe(
+        hub.local_addr(),
+        alice.client_config(ca.trust()),
+        &hub_name(),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn the_enroll_name_is_reachable_without_a_certificate_and_serves_nothing_yet() {
+    let ca = TestCa::new();
+    let hub = start(&ca, config()).await;
+    let name = entente_hub::enroll_server_name(&ca.td);
+    let config = client_tls::enroll_client_config(ca.trust()).unwrap();
+    let client = support::Client::connect_as(hub.local_addr(), config, &name)
+        .await
+        .unwrap();
+    let err = client
+        .session()
+        .await
+        .err()
+        .expect("no session without identity");
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    // An enrollment connection is not an authenticated one.
+    assert_eq!(hub.connections(), 0);
+}
+
+#[tokio::test]
+async fn clients_accept_only_the_hub_of_their_trust_domain() {
+    let ca = TestCa::new();
+    let alice = ca.agent("shop", "alice");
+    let hub_cert = ca.identity(ca.principal(HUB_SEGMENT, HUB_NAME), SystemTime::now());
+    let verifier = HubServerVerifier::new(ca.trust().clone()).unwrap();
+    let name = ServerName::try_from("hub.example.org").unwrap();
+    let now = UnixTime::now();
+    let verify = |chain: &[rustls_pki_types::CertificateDer<'static>]| {
+        verifier.verify_server_cert(&chain[0], &chain[1..], &name, &[], now)
+    };
+    verify(&hub_cert.chain()).unwrap();
+    // An agent's SVID, valid but not the hub's: refused.
+    let err = verify(&alice.chain()).unwrap_err();
+    assert_eq!(
+        err,
+        rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+    );
+    // The hub of another CA: refused.
+    let other = TestCa::new();
+    let foreign = other.identity(other.principal(HUB_SEGMENT, HUB_NAME), SystemTime::now());
+    assert!(verify(&foreign.chain()).is_err());
+}
