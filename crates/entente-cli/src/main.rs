@@ -2,8 +2,9 @@
 #![forbid(unsafe_code)]
 
 mod commands;
+mod data;
 
-use std::process::ExitCode;
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
@@ -23,12 +24,37 @@ enum Command {
     /// Run a narrated scenario that shows Entente's security properties; exits 0 only if
     /// every property held.
     Demo,
+    /// Run a hub.
+    #[command(subcommand)]
+    Hub(HubCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum HubCommand {
+    /// Start a hub on a data directory; the first start initializes it (CA, admin identity,
+    /// trust bundle, registry, config) and says what it created.
+    Start {
+        /// The data directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// Address to listen on (default 127.0.0.1:7443, or the config file's).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Trust domain of a new data directory (default entente.local).
+        #[arg(long)]
+        trust_domain: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo => commands::demo::run(cli.json),
+        Command::Hub(HubCommand::Start {
+            data,
+            listen,
+            trust_domain,
+        }) => commands::hub::start(&data, listen, trust_domain.as_deref(), cli.json),
     };
     match result {
         Ok(code) => code,

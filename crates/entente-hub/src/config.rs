@@ -7,7 +7,7 @@ use entente_wire::Limits;
 
 use crate::{AllowList, HubError};
 
-/// Everything [`Hub::start`](crate::Hub::start) needs besides the CA.
+/// Everything [`Hub::start`](crate::Hub::start) needs besides the CA and the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubConfig {
     /// Address to listen on. Default `127.0.0.1:0` (an ephemeral loopback port).
@@ -27,6 +27,9 @@ pub struct HubConfig {
     pub max_subscriptions: usize,
     /// Most concurrent gRPC streams (sessions) on one connection. Default 4.
     pub max_streams_per_connection: u32,
+    /// How long the key bundle signed at enrollment is valid (cut to the intermediate CA's
+    /// validity). Default 30 days.
+    pub key_bundle_ttl: Duration,
 }
 
 impl Default for HubConfig {
@@ -40,6 +43,7 @@ impl Default for HubConfig {
             handshake_timeout: Duration::from_secs(10),
             max_subscriptions: 1024,
             max_streams_per_connection: 4,
+            key_bundle_ttl: Duration::from_secs(30 * 24 * 60 * 60),
         }
     }
 }
@@ -62,6 +66,9 @@ impl HubConfig {
         }
         if self.handshake_timeout.is_zero() || self.slow_consumer_timeout.is_zero() {
             return Err(HubError::Config("timeouts must not be zero"));
+        }
+        if self.key_bundle_ttl.is_zero() {
+            return Err(HubError::Config("key_bundle_ttl must not be zero"));
         }
         Ok(())
     }

@@ -3,8 +3,15 @@
 //! Each connection has one [`ConnectionControl`]. Whoever closes it first sets the
 //! [`CloseReason`]; the connection's sessions end their streams with the matching status, and
 //! the connection task sends GOAWAY and drops the connection after a short grace period.
+//!
+//! The control also carries when the connection's credential expires. It starts as the
+//! presented certificate's `not_after`; a renewal over the connection
+//! ([`extend_expiry`](ConnectionControl::extend_expiry)) moves it to the renewed certificate's,
+//! so the session stays up across renewals. The connection task closes the connection
+//! ([`CloseReason::CertificateExpired`]) once the time in force has passed.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 use tokio::sync::watch;
 use tonic::Status;
@@ -23,10 +30,11 @@ pub enum CloseReason {
     Shutdown,
 }
 
-/// The close signal of one connection; cheap to clone.
+/// The close signal and credential expiry of one connection; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ConnectionControl {
     tx: Arc<watch::Sender<Option<CloseReason>>>,
+    expiry: Arc<Mutex<Option<SystemTime>>>,
 }
 
 // === impl CloseReason ===
@@ -48,11 +56,37 @@ impl CloseReason {
 // === impl ConnectionControl ===
 
 impl ConnectionControl {
-    /// An open connection's control.
+    /// An open connection's control, without a credential expiry.
     pub fn new() -> Self {
         Self {
             tx: Arc::new(watch::Sender::new(None)),
+            expiry: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// An open connection's control whose credential expires at `not_after`.
+    pub fn expiring_at(not_after: SystemTime) -> Self {
+        let control = Self::new();
+        *control.lock_expiry() = Some(not_after);
+        control
+    }
+
+    /// When the connection's credential expires, if it does.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        *self.lock_expiry()
+    }
+
+    /// Moves the credential expiry to `not_after` if that is later than the time in force
+    /// (a renewal never shortens the life of the connection it was made on). A control without
+    /// an expiry keeps none. Returns the expiry in force afterwards.
+    pub fn extend_expiry(&self, not_after: SystemTime) -> Option<SystemTime> {
+        let mut expiry = self.lock_expiry();
+        if let Some(current) = expiry.as_mut()
+            && not_after > *current
+        {
+            *current = not_after;
+        }
+        *expiry
     }
 
     /// Closes the connection for `reason`. Returns `false` if it was already closed (the first
@@ -82,6 +116,10 @@ impl ConnectionControl {
     pub fn watch(&self) -> watch::Receiver<Option<CloseReason>> {
         self.tx.subscribe()
     }
+
+    fn lock_expiry(&self) -> std::sync::MutexGuard<'_, Option<SystemTime>> {
+        self.expiry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl Default for ConnectionControl {
@@ -101,5 +139,41 @@ pub(crate) async fn closed(rx: &mut watch::Receiver<Option<CloseReason>>) -> Clo
     match reason {
         Some(reason) => reason,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
+
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn expiry_only_moves_later() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let control = ConnectionControl::expiring_at(t0);
+        let clone = control.clone();
+        assert_eq!(
+            clone.extend_expiry(t0 + Duration::from_secs(5)),
+            Some(t0 + Duration::from_secs(5))
+        );
+        assert_eq!(control.extend_expiry(t0), Some(t0 + Duration::from_secs(5)));
+        assert_eq!(control.expires_at(), Some(t0 + Duration::from_secs(5)));
+        assert_eq!(ConnectionControl::new().extend_expiry(t0), None);
+    }
+
+    #[test]
+    fn the_first_close_reason_stays() {
+        let control = ConnectionControl::new();
+        assert!(control.close(CloseReason::Revoked));
+        assert!(!control.close(CloseReason::Shutdown));
+        assert_eq!(control.reason(), Some(CloseReason::Revoked));
     }
 }

@@ -3,6 +3,9 @@
 use std::io;
 use std::net::SocketAddr;
 
+use entente_ca::TokenError;
+use entente_store::StoreError;
+
 /// Why the hub could not start, or refused an operator's request.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -24,6 +27,18 @@ pub enum HubError {
     /// The hub's own certificate could not be issued.
     #[error("issuing the hub certificate: {0}")]
     Certificate(String),
+    /// A join token could not be created: the reserved segment, or a lifetime out of range.
+    #[error("join token: {0}")]
+    Token(#[from] TokenError),
+    /// The agent of a join token is not in the hub's trust domain.
+    #[error("agent `{0}` is not in this hub's trust domain")]
+    ForeignAgent(String),
+    /// The store failed or refused.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The revocation list in the store does not verify against the trust bundle.
+    #[error("the stored revocation list does not verify: {0}")]
+    StoredRevocations(String),
     /// A revocation list is not newer than the one in force.
     #[error("revocation list version {got} is not newer than version {held} in force")]
     StaleRevocations {

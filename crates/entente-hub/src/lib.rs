@@ -8,7 +8,7 @@
 //!    revocation list: a certificate from another CA, expired, revoked, or without exactly one
 //!    SPIFFE ID of the trust domain never completes a handshake. Only the SNI name
 //!    [`enroll_server_name`] gets a configuration without client certificates, and serves
-//!    nothing but enrollment (not implemented yet: `UNIMPLEMENTED`).
+//!    nothing but enrollment ([`ENROLL_PATH`]; every other path `UNIMPLEMENTED`).
 //! 2. **Authenticate**: the certificate's principal becomes the connection's identity, captured
 //!    by its service; nothing in a frame can change it.
 //! 3. **Decode (bounded)** ([`codec`]): every inbound gRPC message goes through
@@ -22,8 +22,80 @@
 //!    disconnected (`RESOURCE_EXHAUSTED`, "slow consumer") and the publisher told
 //!    (`DELIVERY_FAILED`): nothing is dropped silently.
 //!
-//! Revocation takes effect live ([`HubHandle::revoke`]): new handshakes check the list, and every
-//! live connection of a revoked principal or certificate is closed at once (`PERMISSION_DENIED`).
+//! Revocation takes effect live ([`HubHandle::revoke`]): the list is stored, new handshakes check
+//! it, and every live connection of a revoked principal or certificate is closed at once
+//! (`PERMISSION_DENIED`). The stored list is in force again after a restart.
+//!
+//! # The registry
+//!
+//! [`Hub::start`] takes an [`entente_store::Store`]: join tokens (their hashes), agent records,
+//! key bundles and the revocation list live there. `Hub::start` is generic over the store; the
+//! hub erases its type once inside, so [`HubHandle`] is one type whatever the backend.
+//! Operators create join tokens with [`HubHandle::create_token`].
+//!
+//! # Enroll, Renew, Directory
+//!
+//! Three unary RPCs accompany the session (messages in `entente.proto`, decoded under the same
+//! bounds). Statuses are coarse: a store or CA failure says only that the registry or the CA is
+//! unavailable (`UNAVAILABLE`; a corrupt record `INTERNAL`).
+//!
+//! **Enroll** ([`ENROLL_PATH`], only under [`enroll_server_name`], no client certificate;
+//! `UNIMPLEMENTED` over mutual TLS). `EnrollRequest{token, csr, ed25519_public,
+//! x25519_public}` → `EnrollResponse{certificate_chain, key_bundle, trust_bundle_pem,
+//! revocations}`.
+//!
+//! 1. Checked before the token is spent, so that an agent with a bad request keeps its token:
+//!    the token's format (`INVALID_ARGUMENT`, "malformed join token"), both keys 32 bytes
+//!    (`INVALID_ARGUMENT`), and the CSR as the CA will check it: PKCS#10 DER, ECDSA P-256,
+//!    `ecdsa-with-SHA256`, valid self-signature (`INVALID_ARGUMENT`, "bad csr: …").
+//! 2. The token is redeemed atomically, once: unknown (never issued, or purged after expiry),
+//!    already used, or expired → `UNAUTHENTICATED` with "join token unknown", "join token
+//!    already used", "join token expired". The token decides the principal; the CSR's names
+//!    are ignored.
+//! 3. Then the CA issues the X509-SVID and signs the key bundle (epoch 1, or one above the
+//!    agent's latest; valid from one minute ago for [`HubConfig::key_bundle_ttl`], cut to the
+//!    intermediate CA's validity); the bundle and the agent record (segment, serial, epoch) are
+//!    stored; the response carries the chain (SVID, intermediate), the bundle, the trust bundle
+//!    as PEM and the revocation list in force, if any.
+//!
+//!    **A failure in step 3 leaves the token spent**: a revoked principal
+//!    (`PERMISSION_DENIED`), a suspended agent (`PERMISSION_DENIED`), a token naming an agent
+//!    the hub does not enroll (`PERMISSION_DENIED`), the CA or the store failing
+//!    (`UNAVAILABLE`). The status says "the join token is spent: ask the operator for a new
+//!    one"; the operator issues a new token. Nothing reaches the agent unless both records
+//!    were stored; a key bundle stored before a failed agent-record write is superseded by the
+//!    next enrollment's.
+//!
+//! Enrollments and refusals are counted ([`HubStats::enrollments`],
+//! [`HubStats::enroll_refusals`]).
+//!
+//! **Renew** ([`RENEW_PATH`], over mutual TLS). `RenewRequest{csr}` →
+//! `RenewResponse{certificate_chain}`: a new X509-SVID for the *connection's* principal (the
+//! CSR's names are ignored). Its serial is recorded in the agent record (created if there is
+//! none, e.g. for an identity the operator issued directly; the newest 256 serials are kept)
+//! and on the connection; the connection's credential expiry moves to the new certificate's
+//! `not_after`, so the connection and its sessions stay up across renewals. A connection
+//! whose credential expires unrenewed is closed (`UNAUTHENTICATED`,
+//! [`HubStats::expired_disconnects`]). A revoked principal or suspended agent cannot renew
+//! (`PERMISSION_DENIED`); a bad CSR is `INVALID_ARGUMENT`. Revoking a certificate renewed over
+//! a connection closes that connection too.
+//!
+//! **Directory** ([`DIRECTORY_PATH`], over mutual TLS). `DirectoryRequest{principals |
+//! channel}` → `DirectoryResponse{bundles}`, exactly one of the two asked (else
+//! `INVALID_ARGUMENT`):
+//!
+//! - `principals`: the latest key bundle of each, in the order asked, each once; unknown
+//!   principals, those of another trust domain, and expired bundles are omitted; a malformed
+//!   ID is `INVALID_ARGUMENT`. Key bundles are public keys signed by the CA: any connected
+//!   principal may look any up.
+//! - `channel`: the caller must be allowed to publish to the channel (else
+//!   `PERMISSION_DENIED`, counted in [`HubStats::denials`]); the answer is the latest bundle
+//!   of every principal holding a subscription whose pattern matches the channel — on this
+//!   hub, through [`Router::subscribers`](router::Router::subscribers).
+//!
+//! Revoked principals are omitted. At most `limits.max_recipients` principals are asked or
+//! answered and the answer must fit in one frame (else `RESOURCE_EXHAUSTED`; nothing is cut
+//! silently). Receivers verify every bundle against their trust bundle.
 //!
 //! # Session semantics
 //!
@@ -59,18 +131,30 @@
 //! to tell them apart draws both from one counter.
 //!
 //! Connection-level ends: revocation (`PERMISSION_DENIED`), slow consumer
-//! (`RESOURCE_EXHAUSTED`), certificate expiry (`UNAUTHENTICATED`), hub shutdown
+//! (`RESOURCE_EXHAUSTED`), certificate expiry unrenewed (`UNAUTHENTICATED`), hub shutdown
 //! (`UNAVAILABLE`); after the statuses the hub sends GOAWAY and closes the connection.
 //!
 //! The hub's own identity is `spiffe://TD/agent/system/hub` ([`hub_id`]): the CA issues SVIDs to
 //! principals only. Clients verify it with [`client_tls`].
 //!
 //! ```no_run
-//! # async fn example(ca: std::sync::Arc<entente_ca::Ca>) -> Result<(), entente_hub::HubError> {
-//! use entente_hub::{Hub, HubConfig};
+//! # async fn example(ca: std::sync::Arc<entente_ca::Ca>) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use std::time::Duration;
 //!
-//! let hub = Hub::start(HubConfig::default(), ca).await?;
+//! use entente_hub::{Hub, HubConfig};
+//! use entente_store::EmbeddedStore;
+//! use entente_types::AgentId;
+//!
+//! let store = Arc::new(EmbeddedStore::open("/var/lib/entente/registry.redb")?);
+//! let hub = Hub::start(HubConfig::default(), ca, store).await?;
 //! println!("listening on {}", hub.local_addr());
+//!
+//! // A one-time join token for an agent, to hand to it out of band.
+//! let agent = AgentId::parse("spiffe://example.org/agent/shop/alice")?;
+//! let token = hub.create_token(agent, Duration::from_secs(600)).await?;
+//! println!("{}", token.as_str());
+//!
 //! hub.shutdown().await;
 //! # Ok(())
 //! # }
@@ -81,12 +165,19 @@ pub mod allow;
 pub mod client_tls;
 pub mod codec;
 mod config;
+mod connections;
 mod control;
+mod csr;
+mod directory;
+mod enroll;
 mod error;
 mod identity;
 mod refusal;
+mod registry;
+mod renew;
 mod replay;
 pub mod router;
+mod rpc;
 mod server;
 mod session;
 mod stats;
@@ -99,5 +190,6 @@ pub use control::{CloseReason, ConnectionControl};
 pub use error::HubError;
 pub use identity::{HUB_NAME, HUB_SEGMENT, enroll_server_name, hub_id, hub_server_name};
 pub use refusal::RefusalCode;
+pub use rpc::{DIRECTORY_PATH, ENROLL_PATH, RENEW_PATH};
 pub use server::{Hub, HubHandle, SESSION_PATH};
 pub use stats::HubStats;

@@ -10,14 +10,17 @@
 //! up to the slow-consumer timeout. A subscriber still full then is disconnected
 //! ([`CloseReason::SlowConsumer`]) and the delivery counts as failed in the [`RouteOutcome`],
 //! which the session reports to the publisher.
+//!
+//! The directory asks the router who is subscribed to a channel
+//! ([`Router::subscribers`]): the principals whose subscription patterns match it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use entente_types::{Channel, ChannelPattern};
+use entente_types::{Channel, ChannelPattern, Principal};
 use futures_util::future::join_all;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -34,6 +37,8 @@ pub type SessionId = u64;
 pub struct Subscriber {
     /// The session.
     pub session: SessionId,
+    /// The session's principal (its connection's identity).
+    pub principal: Principal,
     /// Its bounded outbound queue.
     pub outbound: mpsc::Sender<Outbound>,
     /// Its connection, closed if the queue stays full.
@@ -65,6 +70,10 @@ pub trait Router: Send + Sync + 'static {
     /// Delivers `body` (encoded `Deliver` fields 2 and 3) to every subscription matching
     /// `channel`, waiting on full queues up to the slow-consumer timeout.
     fn route(&self, channel: &Channel, body: Bytes) -> impl Future<Output = RouteOutcome> + Send;
+
+    /// The principals holding at least one subscription whose pattern matches `channel`,
+    /// each once, sorted. A router spanning hubs answers for all of them.
+    fn subscribers(&self, channel: &Channel) -> impl Future<Output = Vec<Principal>> + Send;
 }
 
 /// Routes between the sessions of this hub.
@@ -108,15 +117,22 @@ impl LocalRouter {
 
     fn targets(&self, channel: &Channel) -> Vec<(u64, Subscriber)> {
         let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
-        let literal = table.literal.get(channel.as_str()).into_iter().flatten();
-        let wildcard = table
+        table
+            .matching(channel)
+            .map(|entry| (entry.subscription_id, entry.subscriber.clone()))
+            .collect()
+    }
+}
+
+impl Table {
+    /// The entries whose pattern matches `channel`.
+    fn matching<'t>(&'t self, channel: &'t Channel) -> impl Iterator<Item = &'t Entry> + 't {
+        let literal = self.literal.get(channel.as_str()).into_iter().flatten();
+        let wildcard = self
             .wildcard
             .iter()
             .filter(|entry| allow::matches(&entry.pattern, channel));
-        literal
-            .chain(wildcard)
-            .map(|entry| (entry.subscription_id, entry.subscriber.clone()))
-            .collect()
+        literal.chain(wildcard)
     }
 }
 
@@ -211,6 +227,16 @@ impl Router for LocalRouter {
         }
         outcome
     }
+
+    async fn subscribers(&self, channel: &Channel) -> Vec<Principal> {
+        let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
+        let principals: BTreeSet<&Principal> = table
+            .matching(channel)
+            .filter(|entry| !entry.subscriber.connection.is_closed())
+            .map(|entry| &entry.subscriber.principal)
+            .collect();
+        principals.into_iter().cloned().collect()
+    }
 }
 
 enum Delivery {
@@ -235,11 +261,16 @@ mod tests {
         (
             Subscriber {
                 session,
+                principal: principal(&format!("agent{session}")),
                 outbound: tx,
                 connection: ConnectionControl::new(),
             },
             rx,
         )
+    }
+
+    fn principal(name: &str) -> Principal {
+        Principal::parse(&format!("spiffe://example.org/agent/shop/{name}")).unwrap()
     }
 
     fn p(s: &str) -> ChannelPattern {
@@ -300,6 +331,32 @@ mod tests {
         assert_eq!(router.subscriptions(), 2);
         let outcome = router.route(&c("orders.eu"), Bytes::new()).await;
         assert_eq!(outcome.delivered, 1);
+    }
+
+    #[tokio::test]
+    async fn subscribers_are_the_principals_of_matching_open_subscriptions() {
+        let router = LocalRouter::new(Duration::from_millis(50));
+        let (a, _a_rx) = subscriber(1, 8);
+        let (a2, _a2_rx) = subscriber(1, 8);
+        let (b, _b_rx) = subscriber(2, 8);
+        let (other, _other_rx) = subscriber(3, 8);
+        let (closed, _closed_rx) = subscriber(4, 8);
+        router.subscribe(&a, 1, p("orders.eu"));
+        router.subscribe(&a2, 2, p("orders.*"));
+        router.subscribe(&b, 1, p("orders.>"));
+        router.subscribe(&other, 1, p("other"));
+        router.subscribe(&closed, 1, p(">"));
+        closed.connection.close(CloseReason::SlowConsumer);
+        assert_eq!(
+            router.subscribers(&c("orders.eu")).await,
+            [principal("agent1"), principal("agent2")]
+        );
+        assert!(router.subscribers(&c("nothing")).await.is_empty());
+        router.remove_session(2);
+        assert_eq!(
+            router.subscribers(&c("orders.eu")).await,
+            [principal("agent1")]
+        );
     }
 
     #[tokio::test(start_paused = true)]

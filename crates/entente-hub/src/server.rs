@@ -2,23 +2,32 @@
 //!
 //! `TcpListener` → `LazyConfigAcceptor` (pick the TLS configuration by SNI) → handshake under a
 //! timeout → re-check the client's SVID and register the connection → hyper's HTTP/2 server,
-//! whose service routes by path: [`SESSION_PATH`] to the session, anything else `UNIMPLEMENTED`.
+//! whose service routes by path:
+//!
+//! - on a mutual-TLS connection: [`SESSION_PATH`] to a session, [`RENEW_PATH`] and
+//!   [`DIRECTORY_PATH`] to their unary services, anything else (enrollment included)
+//!   `UNIMPLEMENTED`;
+//! - on an enrollment connection: [`ENROLL_PATH`] only, anything else `UNIMPLEMENTED`.
+//!
 //! The connection's verified principal is captured by the service; nothing the client sends
 //! can change it.
+//!
+//! The store is type-erased once at [`Hub::start`] ([`Registry`]), so that [`HubHandle`] and
+//! the connection tasks are not generic over it.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::future::{Ready, ready};
+use std::future::{Future, Ready, ready};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use entente_ca::{Ca, TrustBundle, VerifiedRevocationList};
-use entente_types::Principal;
-use entente_wire::ClientFrame;
+use entente_ca::{Ca, JoinToken, TrustBundle, VerifiedRevocationList};
+use entente_store::{Store, StoreError};
+use entente_types::{AgentId, Principal};
+use entente_wire::{Bounded, ClientFrame, Limits};
 use futures_util::Stream;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
@@ -33,15 +42,19 @@ use tonic::server::Grpc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::allow::AllowList;
-use crate::codec::{Outbound, SessionCodec};
+use crate::codec::{BoundedCodec, Outbound, SessionCodec};
+use crate::connections::Connections;
 use crate::control::{self, CloseReason, ConnectionControl};
+use crate::registry::Registry;
+use crate::renew::Caller;
 use crate::replay::ReplayGuard;
 use crate::router::{LocalRouter, SessionId};
+use crate::rpc::{DIRECTORY_PATH, ENROLL_PATH, RENEW_PATH, Services, Unary};
 use crate::session::{self, Session, SessionContext};
 use crate::stats::{self, HubStats, Stats};
 use crate::tls::{self, HubCertResolver, Listener, TlsConfigs};
 use crate::verifier::{RevocationState, SvidClientVerifier};
-use crate::{HubConfig, HubError};
+use crate::{HubConfig, HubError, directory, enroll, renew};
 
 /// The gRPC path of the session stream.
 pub const SESSION_PATH: &str = "/entente.v1.Hub/Session";
@@ -82,29 +95,35 @@ struct Shared {
     verifier: Arc<SvidClientVerifier>,
     revocations: Arc<RevocationState>,
     context: SessionContext<LocalRouter>,
+    services: Arc<Services<LocalRouter>>,
     replay: ReplayGuard,
     stats: Arc<Stats>,
-    connections: Mutex<HashMap<u64, LiveConnection>>,
+    connections: Arc<Connections>,
+    /// Serializes [`HubHandle::revoke`]: store, then put in force.
+    revoking: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
     shutdown: watch::Receiver<bool>,
-}
-
-/// What the hub knows of a live mTLS connection.
-#[derive(Debug)]
-struct LiveConnection {
-    principal: Principal,
-    serial: Vec<u8>,
-    control: ConnectionControl,
 }
 
 // === impl Hub ===
 
 impl Hub {
-    /// Issues the hub's certificate with `ca`, binds `config.listen` and starts serving.
-    pub async fn start(config: HubConfig, ca: Arc<Ca>) -> Result<HubHandle, HubError> {
+    /// Issues the hub's certificate with `ca`, puts the revocation list kept in `store` (if
+    /// any) in force, binds `config.listen` and starts serving.
+    ///
+    /// The hub keeps join tokens, agent records, key bundles and the revocation list in
+    /// `store`. It is generic over the store here only: the store is type-erased inside, so
+    /// [`HubHandle`] is one type whatever the backend.
+    pub async fn start<S: Store>(
+        config: HubConfig,
+        ca: Arc<Ca>,
+        store: Arc<S>,
+    ) -> Result<HubHandle, HubError> {
         config.check()?;
+        let registry = Registry::new(store);
         let provider = tls::provider();
         let trust = ca.trust_bundle().clone();
+        let ca_not_after = intermediate_not_after(&ca)?;
         let hub = Principal::from(
             crate::hub_id(trust.trust_domain())
                 .map_err(|e| HubError::Certificate(e.to_string()))?,
@@ -112,6 +131,12 @@ impl Hub {
         let (key, not_after) = tls::issue_hub_cert(&ca, &hub, &provider, SystemTime::now())?;
         let resolver = Arc::new(HubCertResolver::new(key));
         let revocations = Arc::new(RevocationState::default());
+        if let Some((_, bytes)) = registry.revocations().await? {
+            let list =
+                VerifiedRevocationList::decode(&bytes, &config.limits, &trust, SystemTime::now())
+                    .map_err(|e| HubError::StoredRevocations(e.to_string()))?;
+            revocations.replace(list)?;
+        }
         let verifier = Arc::new(SvidClientVerifier::new(
             trust.clone(),
             revocations.clone(),
@@ -137,6 +162,7 @@ impl Hub {
         })?;
 
         let stats = Arc::new(Stats::default());
+        let connections = Arc::new(Connections::new(revocations.clone(), stats.clone()));
         let context = SessionContext {
             router: Arc::new(LocalRouter::new(config.slow_consumer_timeout)),
             allow: Arc::new(config.allow.clone()),
@@ -144,6 +170,20 @@ impl Hub {
             limits: config.limits,
             max_subscriptions: config.max_subscriptions,
         };
+        let services = Arc::new(Services {
+            ca: ca.clone(),
+            registry,
+            revocations: revocations.clone(),
+            connections: connections.clone(),
+            router: context.router.clone(),
+            allow: context.allow.clone(),
+            stats: stats.clone(),
+            limits: config.limits,
+            key_bundle_ttl: config.key_bundle_ttl,
+            ca_not_after,
+            trust_pem: trust.to_pem(),
+            agents: tokio::sync::Mutex::new(()),
+        });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             config,
@@ -152,9 +192,11 @@ impl Hub {
             verifier,
             revocations,
             context,
+            services,
             replay: ReplayGuard::default(),
             stats,
-            connections: Mutex::new(HashMap::new()),
+            connections,
+            revoking: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
             shutdown: shutdown_rx.clone(),
         });
@@ -195,24 +237,53 @@ impl HubHandle {
 
     /// How many mTLS connections are open.
     pub fn connections(&self) -> usize {
-        self.shared.lock_connections().len()
+        self.shared.connections.len()
     }
 
-    /// Puts a revocation list in force: new handshakes check it, and every live connection
-    /// whose principal or certificate serial it revokes is closed at once (its streams end with
-    /// `PERMISSION_DENIED`). Returns how many connections were closed. A list whose version is
-    /// not above the one in force is refused.
-    pub fn revoke(&self, list: VerifiedRevocationList) -> Result<usize, HubError> {
-        let list = self.shared.revocations.replace(list)?;
-        let closed = self
-            .shared
-            .lock_connections()
-            .values()
-            .filter(|c| list.is_revoked(&c.serial, &c.principal))
-            .filter(|c| c.control.close(CloseReason::Revoked))
-            .count();
-        stats::add(&self.shared.stats.revoked_disconnects, closed as u64);
-        Ok(closed)
+    /// Creates a one-time join token for `agent`, valid for `ttl`, and stores its SHA-256
+    /// (never the token). The token is returned once, to hand to the agent.
+    ///
+    /// Refuses an agent of the reserved segment [`HUB_SEGMENT`](crate::HUB_SEGMENT)
+    /// ([`HubError::Token`]), of another trust domain ([`HubError::ForeignAgent`]), and a zero
+    /// or unrepresentable `ttl`. Tokens that have expired are purged from the store on the way.
+    pub async fn create_token(&self, agent: AgentId, ttl: Duration) -> Result<JoinToken, HubError> {
+        enroll::create_token(&self.shared.services, agent, ttl, SystemTime::now()).await
+    }
+
+    /// Stores a revocation list and puts it in force: new handshakes check it, enrollment,
+    /// renewal and the directory refuse or omit what it revokes, and every live connection
+    /// whose principal or certificate serial (presented or renewed over it) it revokes is
+    /// closed at once (its streams end with `PERMISSION_DENIED`). Returns how many connections
+    /// were closed.
+    ///
+    /// A list whose version is not above the one in force (or stored) is refused
+    /// ([`HubError::StaleRevocations`]); if the store fails, nothing changes. The list in the
+    /// store is put in force again when the hub restarts.
+    pub async fn revoke(&self, list: VerifiedRevocationList) -> Result<usize, HubError> {
+        let shared = &self.shared;
+        let _revoking = shared.revoking.lock().await;
+        if let Some(held) = shared.revocations.current()
+            && list.version() <= held.version()
+        {
+            return Err(HubError::StaleRevocations {
+                held: held.version(),
+                got: list.version(),
+            });
+        }
+        shared
+            .services
+            .registry
+            .put_revocations(list.version(), &list.encode())
+            .await
+            .map_err(|e| match e {
+                StoreError::StaleVersion { stored, offered } => HubError::StaleRevocations {
+                    held: stored,
+                    got: offered,
+                },
+                other => HubError::Store(other),
+            })?;
+        let list = shared.revocations.replace(list)?;
+        Ok(shared.connections.close_revoked(&list))
     }
 
     /// Stops accepting, closes every connection (`UNAVAILABLE`), and waits for them to end.
@@ -234,34 +305,23 @@ impl Drop for HubHandle {
 // === impl Shared ===
 
 impl Shared {
-    fn lock_connections(&self) -> std::sync::MutexGuard<'_, HashMap<u64, LiveConnection>> {
-        self.connections
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Registers a connection, then re-checks it against the list in force and the shutdown
     /// flag, so that a revocation or shutdown racing with the handshake is never missed.
     /// Returns whether the connection may be served.
-    fn register(&self, id: u64, connection: LiveConnection) -> bool {
-        let control = connection.control.clone();
-        let (serial, principal) = (connection.serial.clone(), connection.principal.clone());
-        self.lock_connections().insert(id, connection);
-        let revoked = self
-            .revocations
-            .current()
-            .is_some_and(|list| list.is_revoked(&serial, &principal));
-        if revoked && control.close(CloseReason::Revoked) {
-            stats::bump(&self.stats.revoked_disconnects);
-        }
+    fn register(
+        &self,
+        id: u64,
+        principal: Principal,
+        serial: Vec<u8>,
+        control: &ConnectionControl,
+    ) -> bool {
+        let open = self
+            .connections
+            .register(id, principal, serial, control.clone());
         if *self.shutdown.borrow() {
             control.close(CloseReason::Shutdown);
         }
-        !control.is_closed()
-    }
-
-    fn unregister(&self, id: u64) {
-        self.lock_connections().remove(&id);
+        open && !control.is_closed()
     }
 
     fn next_id(&self) -> u64 {
@@ -293,9 +353,7 @@ async fn accept_loop(
         }
     }
     drop(listener);
-    for connection in shared.lock_connections().values() {
-        connection.control.close(CloseReason::Shutdown);
-    }
+    shared.connections.close_all(CloseReason::Shutdown);
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
         tasks.abort_all();
@@ -374,14 +432,31 @@ async fn serve_tcp(shared: Arc<Shared>, tcp: TcpStream) {
     }
 }
 
-/// An enrollment connection: no client identity. Enrollment is not served yet; every request
-/// is `UNIMPLEMENTED`. It lives at most [`ENROLL_LIFETIME`], and not past shutdown.
+/// An enrollment connection: no client identity, so [`ENROLL_PATH`] is all it serves; every
+/// other request is `UNIMPLEMENTED`. It lives at most [`ENROLL_LIFETIME`], and not past
+/// shutdown.
 async fn serve_enroll(shared: &Shared, stream: tokio_rustls::server::TlsStream<TcpStream>) {
     stats::bump(&shared.stats.connections);
-    let service = service_fn(|_request: http::Request<Incoming>| async {
-        Ok::<_, Infallible>(
-            Status::unimplemented("enrollment is not served yet").into_http::<Body>(),
-        )
+    let service = service_fn(|request: http::Request<Incoming>| {
+        let services = shared.services.clone();
+        let limits = shared.config.limits;
+        async move {
+            if request.uri().path() != ENROLL_PATH {
+                return Ok::<_, Infallible>(
+                    Status::unimplemented("only enrollment is served without a certificate")
+                        .into_http::<Body>(),
+                );
+            }
+            Ok(unary(limits, request, move |enroll_request| {
+                let services = services.clone();
+                async move {
+                    enroll::enroll(&services, enroll_request, SystemTime::now())
+                        .await
+                        .map_err(|e| e.status())
+                }
+            })
+            .await)
+        }
     });
     let builder = h2_builder(&shared.config);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -403,38 +478,43 @@ async fn serve_mtls(shared: Arc<Shared>, stream: tokio_rustls::server::TlsStream
     };
     stats::bump(&shared.stats.connections);
     let id = shared.next_id();
-    let control = ConnectionControl::new();
+    let control = ConnectionControl::expiring_at(svid.not_after());
     let principal = svid.principal().clone();
-    let registered = shared.register(
-        id,
-        LiveConnection {
-            principal: principal.clone(),
-            serial: svid.serial().to_vec(),
-            control: control.clone(),
-        },
-    );
-    if registered {
+    if shared.register(id, principal.clone(), svid.serial().to_vec(), &control) {
         let service = {
             let shared = shared.clone();
-            let control = control.clone();
-            service_fn(move |request| {
-                route_request(shared.clone(), principal.clone(), control.clone(), request)
-            })
+            let caller = Caller {
+                connection: id,
+                principal,
+                control: control.clone(),
+            };
+            service_fn(move |request| route_request(shared.clone(), caller.clone(), request))
         };
         let builder = h2_builder(&shared.config);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(connection);
         let mut closed = control.watch();
-        let expiry = svid
-            .not_after()
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
-        let ended = tokio::select! {
-            _ = connection.as_mut() => true,
-            _ = control::closed(&mut closed) => false,
-            () = tokio::time::sleep(expiry) => {
-                control.close(CloseReason::CertificateExpired);
-                false
+        // The expiry moves when the connection renews; sleep to the time in force, then look
+        // again.
+        let ended = loop {
+            let expires_at = control.expires_at().unwrap_or(svid.not_after());
+            let wait = expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            tokio::select! {
+                _ = connection.as_mut() => break true,
+                _ = control::closed(&mut closed) => break false,
+                () = tokio::time::sleep(wait) => {
+                    let expired = control
+                        .expires_at()
+                        .is_none_or(|at| at <= SystemTime::now());
+                    if expired {
+                        if control.close(CloseReason::CertificateExpired) {
+                            stats::bump(&shared.stats.expired_disconnects);
+                        }
+                        break false;
+                    }
+                }
             }
         };
         if !ended {
@@ -443,7 +523,7 @@ async fn serve_mtls(shared: Arc<Shared>, stream: tokio_rustls::server::TlsStream
             let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
         }
     }
-    shared.unregister(id);
+    shared.connections.unregister(id);
 }
 
 fn h2_builder(config: &HubConfig) -> http2::Builder<TokioExecutor> {
@@ -456,25 +536,85 @@ fn h2_builder(config: &HubConfig) -> http2::Builder<TokioExecutor> {
 
 // === gRPC routing ===
 
+/// Routes one request of a mutual-TLS connection by its path.
 async fn route_request(
     shared: Arc<Shared>,
-    principal: Principal,
-    control: ConnectionControl,
+    caller: Caller,
     request: http::Request<Incoming>,
 ) -> Result<http::Response<Body>, Infallible> {
-    if request.uri().path() != SESSION_PATH {
-        return Ok(Status::unimplemented("unknown method").into_http());
-    }
     let limits = shared.config.limits;
-    let service = SessionService {
-        shared,
-        principal,
-        control,
+    let response = match request.uri().path() {
+        SESSION_PATH => {
+            let service = SessionService {
+                shared,
+                principal: caller.principal,
+                control: caller.control,
+            };
+            let mut grpc = Grpc::new(SessionCodec::new(limits))
+                .max_decoding_message_size(limits.max_frame_bytes)
+                .max_encoding_message_size(limits.max_frame_bytes);
+            grpc.streaming(service, request).await
+        }
+        RENEW_PATH => {
+            unary(limits, request, move |renew_request| {
+                let (services, caller) = (shared.services.clone(), caller.clone());
+                async move {
+                    renew::renew(&services, &caller, renew_request, SystemTime::now())
+                        .await
+                        .map_err(|e| e.status())
+                }
+            })
+            .await
+        }
+        DIRECTORY_PATH => {
+            unary(limits, request, move |directory_request| {
+                let services = shared.services.clone();
+                let principal = caller.principal.clone();
+                async move {
+                    directory::directory(
+                        &services,
+                        &principal,
+                        directory_request,
+                        SystemTime::now(),
+                    )
+                    .await
+                    .map_err(|e| e.status())
+                }
+            })
+            .await
+        }
+        _ => Status::unimplemented("unknown method").into_http(),
     };
-    let mut grpc = Grpc::new(SessionCodec::new(limits))
+    Ok(response)
+}
+
+/// Serves a unary request: decodes `Req` under `limits`, answers with `handler`'s response.
+async fn unary<Req, Resp, F, Fut>(
+    limits: Limits,
+    request: http::Request<Incoming>,
+    handler: F,
+) -> http::Response<Body>
+where
+    Req: Bounded + Send + 'static,
+    Resp: prost::Message + Send + 'static,
+    F: FnMut(Req) -> Fut + Send,
+    Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+{
+    let mut grpc = Grpc::new(BoundedCodec::<Resp, Req>::new(limits))
         .max_decoding_message_size(limits.max_frame_bytes)
         .max_encoding_message_size(limits.max_frame_bytes);
-    Ok(grpc.streaming(service, request).await)
+    grpc.unary(Unary(handler), request).await
+}
+
+/// When the CA's intermediate certificate expires.
+fn intermediate_not_after(ca: &Ca) -> Result<SystemTime, HubError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(ca.intermediate_cert())
+        .map_err(|e| HubError::Certificate(format!("the intermediate certificate: {e}")))?;
+    let secs = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
+    Ok(UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs))
+        .unwrap_or(UNIX_EPOCH))
 }
 
 /// Starts a session for one `Session` stream.

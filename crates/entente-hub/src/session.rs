@@ -130,6 +130,7 @@ impl<R: Router> Session<R> {
             Ok(pattern) => {
                 let subscriber = Subscriber {
                     session: self.id,
+                    principal: self.principal.clone(),
                     outbound: self.outbound.clone(),
                     connection: self.connection.clone(),
                 };

@@ -1,4 +1,4 @@
-//! Counters of what the hub refused and dropped.
+//! Counters of what the hub served, refused and dropped.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -17,7 +17,7 @@ pub struct HubStats {
     pub forged_senders: u64,
     /// Publishes refused because an envelope was a replay.
     pub replays: u64,
-    /// Publishes and subscriptions denied by the allow list.
+    /// Publishes, subscriptions and directory lookups by channel denied by the allow list.
     pub denials: u64,
     /// Deliveries that failed (each reported to its publisher as `DELIVERY_FAILED`).
     pub delivery_failures: u64,
@@ -25,6 +25,16 @@ pub struct HubStats {
     pub slow_consumer_disconnects: u64,
     /// Connections closed because their certificate or principal was revoked.
     pub revoked_disconnects: u64,
+    /// Connections closed because their credential expired unrenewed.
+    pub expired_disconnects: u64,
+    /// Agents enrolled.
+    pub enrollments: u64,
+    /// Enrollments refused (bad token, bad request, or a failure after the token was spent).
+    pub enroll_refusals: u64,
+    /// Certificates renewed.
+    pub renewals: u64,
+    /// Renewals refused.
+    pub renew_refusals: u64,
 }
 
 /// The live counters.
@@ -39,6 +49,11 @@ pub(crate) struct Stats {
     pub(crate) delivery_failures: AtomicU64,
     pub(crate) slow_consumer_disconnects: AtomicU64,
     pub(crate) revoked_disconnects: AtomicU64,
+    pub(crate) expired_disconnects: AtomicU64,
+    pub(crate) enrollments: AtomicU64,
+    pub(crate) enroll_refusals: AtomicU64,
+    pub(crate) renewals: AtomicU64,
+    pub(crate) renew_refusals: AtomicU64,
 }
 
 impl Stats {
@@ -54,6 +69,11 @@ impl Stats {
             delivery_failures: get(&self.delivery_failures),
             slow_consumer_disconnects: get(&self.slow_consumer_disconnects),
             revoked_disconnects: get(&self.revoked_disconnects),
+            expired_disconnects: get(&self.expired_disconnects),
+            enrollments: get(&self.enrollments),
+            enroll_refusals: get(&self.enroll_refusals),
+            renewals: get(&self.renewals),
+            renew_refusals: get(&self.renew_refusals),
         }
     }
 }

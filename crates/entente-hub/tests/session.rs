@@ -374,7 +374,7 @@ async fn revocation_closes_live_connections_and_refuses_reconnects() {
     let now = std::time::SystemTime::now();
     let list = ca.ca.sign_revocations(&revocations, now).unwrap();
     let list = VerifiedRevocationList::verify(list, ca.trust(), now).unwrap();
-    assert_eq!(hub.revoke(list.clone()).unwrap(), 1);
+    assert_eq!(hub.revoke(list.clone()).await.unwrap(), 1);
 
     let status = alice_session.status().await;
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
@@ -389,11 +389,11 @@ async fn revocation_closes_live_connections_and_refuses_reconnects() {
     assert!(err.contains("CertificateRevoked"), "{err}");
 
     // A stale list is refused; a newer one revoking Bob's certificate by serial closes him too.
-    assert!(hub.revoke(list).is_err());
+    assert!(hub.revoke(list).await.is_err());
     revocations.revoke_serial(&bob.svid.serial).unwrap();
     let list = ca.ca.sign_revocations(&revocations, now).unwrap();
     let list = VerifiedRevocationList::verify(list, ca.trust(), now).unwrap();
-    assert_eq!(hub.revoke(list).unwrap(), 1);
+    assert_eq!(hub.revoke(list).await.unwrap(), 1);
     assert_eq!(bob_session.status().await.code(), Code::PermissionDenied);
     assert_eq!(hub.stats().revoked_disconnects, 2);
 }

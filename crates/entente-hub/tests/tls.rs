@@ -165,22 +165,40 @@ async fn garbage_instead_of_a_client_hello_is_counted_and_harmless() {
 }
 
 #[tokio::test]
-async fn the_enroll_name_is_reachable_without_a_certificate_and_serves_nothing_yet() {
+async fn the_enroll_name_is_reachable_without_a_certificate_and_serves_only_enrollment() {
     let ca = TestCa::new();
     let hub = start(&ca, config()).await;
-    let name = entente_hub::enroll_server_name(&ca.td);
-    let config = client_tls::enroll_client_config(ca.trust()).unwrap();
-    let client = support::Client::connect_as(hub.local_addr(), config, &name)
-        .await
-        .unwrap();
+    let client = support::enroll_client(&hub).await;
     let err = client
         .session()
         .await
         .err()
         .expect("no session without identity");
     assert_eq!(err.code(), tonic::Code::Unimplemented);
+    for path in [entente_hub::RENEW_PATH, entente_hub::DIRECTORY_PATH] {
+        let err = client
+            .open(path)
+            .await
+            .err()
+            .expect("no renewal or directory without identity");
+        assert_eq!(err.code(), tonic::Code::Unimplemented, "{path}");
+    }
     // An enrollment connection is not an authenticated one.
     assert_eq!(hub.connections(), 0);
+}
+
+#[tokio::test]
+async fn enrollment_is_not_served_over_mutual_tls() {
+    let ca = TestCa::new();
+    let hub = start(&ca, config()).await;
+    let client = ca.agent("shop", "alice").connect(&hub).await;
+    let request = support::Enrollment::new().request(&format!("ent_{}", "ab".repeat(32)));
+    let err = client
+        .unary::<_, entente_wire::EnrollResponse>(entente_hub::ENROLL_PATH, request)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert_eq!(hub.stats().enroll_refusals, 0);
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! A real CA in a temporary key store, agents with X509-SVIDs and message keys, a hub on
-//! `127.0.0.1:0`, and a small gRPC client: tonic's client over hyper's HTTP/2 client over
-//! tokio-rustls, with a codec that sends raw bytes (so tests can send malformed frames) and
-//! decodes `ServerFrame`s through the bounded decoder.
+//! `127.0.0.1:0` over an `EmbeddedStore` in a temporary directory, and a small gRPC client:
+//! tonic's client over hyper's HTTP/2 client over tokio-rustls, with a codec that sends raw
+//! bytes (so tests can send malformed frames) and decodes `ServerFrame`s through the bounded
+//! decoder, and a unary call for Enroll, Renew and Directory.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -14,7 +15,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,13 +25,14 @@ use entente_crypto::{
     KeyBundleBody, KeyBundleIn, MessageKeys, Opener, OpenerOptions, Sealer, SealerOptions,
     VerifiedKeyBundle,
 };
-use entente_hub::codec::BoundedDecoder;
+use entente_hub::codec::{BoundedCodec, BoundedDecoder};
 use entente_hub::{AllowList, AllowRule, Hub, HubConfig, HubHandle, RefusalCode, Who};
 use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock};
+use entente_store::EmbeddedStore;
 use entente_types::{AgentId, Channel, ChannelPattern, Principal, TrustDomain};
 use entente_wire::{
-    Ack, ClientFrame, Limits, Publish, SenderKey, ServerFrame, SignedBatch, Subscribe,
-    client_frame, server_frame,
+    Ack, Bounded, ClientFrame, EnrollRequest, EnrollResponse, Limits, Publish, SenderKey,
+    ServerFrame, SignedBatch, Subscribe, client_frame, server_frame,
 };
 use http::uri::PathAndQuery;
 use hyper::body::Incoming;
@@ -64,14 +66,21 @@ pub fn now_ms() -> u64 {
 // === CA and agents ===
 
 /// A CA whose validity started a day ago, over a real `LocalKeyStore` in a temporary directory.
+/// It also keeps the temporary directories of the stores of the hubs started with it.
 pub struct TestCa {
     pub ca: Arc<Ca>,
     pub td: TrustDomain,
     _dir: TempDir,
+    store_dirs: Mutex<Vec<TempDir>>,
 }
 
 impl TestCa {
     pub fn new() -> Self {
+        Self::with_options(CaOptions::default())
+    }
+
+    /// A CA with `options` (e.g. a short `svid_ttl`).
+    pub fn with_options(options: CaOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let keystore = LocalKeyStore::create(
             &dir.path().join("keystore"),
@@ -81,12 +90,21 @@ impl TestCa {
         .unwrap();
         let td = TrustDomain::new(TD).unwrap();
         let started = SystemTime::now() - Duration::from_secs(24 * 3600);
-        let ca = Ca::init(Arc::new(keystore), &td, CaOptions::default(), started).unwrap();
+        let ca = Ca::init(Arc::new(keystore), &td, options, started).unwrap();
         Self {
             ca: Arc::new(ca),
             td,
             _dir: dir,
+            store_dirs: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A fresh store in a temporary directory that lives as long as this CA.
+    pub fn store(&self) -> Arc<EmbeddedStore> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path().join("registry.redb")).unwrap();
+        self.store_dirs.lock().unwrap().push(dir);
+        Arc::new(store)
     }
 
     pub fn trust(&self) -> &TrustBundle {
@@ -219,7 +237,110 @@ pub fn config() -> HubConfig {
 }
 
 pub async fn start(ca: &TestCa, config: HubConfig) -> HubHandle {
-    Hub::start(config, ca.ca.clone()).await.unwrap()
+    start_with_store(ca, config).await.0
+}
+
+/// Starts a hub over a fresh store, and returns the store too.
+pub async fn start_with_store(ca: &TestCa, config: HubConfig) -> (HubHandle, Arc<EmbeddedStore>) {
+    let store = ca.store();
+    let hub = Hub::start(config, ca.ca.clone(), store.clone())
+        .await
+        .unwrap();
+    (hub, store)
+}
+
+// === enrollment ===
+
+/// What an agent sends to enroll: its TLS key (for the CSR) and message keys.
+pub struct Enrollment {
+    pub tls_key: rcgen::KeyPair,
+    pub keys: Arc<MessageKeys>,
+}
+
+impl Enrollment {
+    pub fn new() -> Self {
+        Self {
+            tls_key: rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+            keys: Arc::new(MessageKeys::generate().unwrap()),
+        }
+    }
+
+    pub fn csr(&self) -> Vec<u8> {
+        rcgen::CertificateParams::default()
+            .serialize_request(&self.tls_key)
+            .unwrap()
+            .der()
+            .to_vec()
+    }
+
+    pub fn request(&self, token: &str) -> EnrollRequest {
+        EnrollRequest {
+            token: token.to_owned(),
+            csr: self.csr(),
+            ed25519_public: self.keys.ed25519_public().to_vec(),
+            x25519_public: self.keys.x25519_public().to_vec(),
+        }
+    }
+
+    /// The agent these credentials make, checked against `trust` as an agent would.
+    pub fn into_agent(self, response: &EnrollResponse, trust: &TrustBundle) -> Agent {
+        let chain: Vec<CertificateDer<'static>> = response
+            .certificate_chain
+            .iter()
+            .map(|der| CertificateDer::from(der.clone()))
+            .collect();
+        let verified = trust.verify_svid(&chain, SystemTime::now(), None).unwrap();
+        let bundle = KeyBundleIn::from_wire(response.key_bundle.clone().unwrap())
+            .unwrap()
+            .verify(trust, now_ms())
+            .unwrap();
+        assert_eq!(bundle.principal(), verified.principal());
+        assert_eq!(bundle.body().ed25519_public, self.keys.ed25519_public());
+        assert_eq!(bundle.body().x25519_public, self.keys.x25519_public());
+        Agent {
+            principal: verified.principal().clone(),
+            svid: IssuedSvid {
+                cert_der: chain[0].clone(),
+                chain_der: chain,
+                serial: verified.serial().to_vec(),
+                not_after: verified.not_after(),
+            },
+            key_der: self.tls_key.serialize_der(),
+            keys: self.keys,
+            bundle,
+        }
+    }
+}
+
+/// A connection to the hub's enrollment name, without a client certificate.
+pub async fn enroll_client(hub: &HubHandle) -> Client {
+    let name = entente_hub::enroll_server_name(hub.trust_bundle().trust_domain());
+    let config = entente_hub::client_tls::enroll_client_config(hub.trust_bundle()).unwrap();
+    Client::connect_as(hub.local_addr(), config, &name)
+        .await
+        .unwrap()
+}
+
+/// Sends one enrollment request.
+pub async fn enroll_raw(hub: &HubHandle, request: EnrollRequest) -> Result<EnrollResponse, Status> {
+    enroll_client(hub)
+        .await
+        .unary(entente_hub::ENROLL_PATH, request)
+        .await
+}
+
+/// Creates a token for `segment/name` and enrolls with it, as an agent would.
+pub async fn enroll(hub: &HubHandle, segment: &str, name: &str) -> Agent {
+    let agent = AgentId::new(hub.trust_bundle().trust_domain(), segment, name).unwrap();
+    let token = hub
+        .create_token(agent, Duration::from_secs(600))
+        .await
+        .unwrap();
+    let enrollment = Enrollment::new();
+    let response = enroll_raw(hub, enrollment.request(token.as_str()))
+        .await
+        .unwrap();
+    enrollment.into_agent(&response, hub.trust_bundle())
 }
 
 /// Waits (bounded) until `condition` holds.
@@ -325,6 +446,27 @@ impl Client {
 
     pub async fn session(&self) -> Result<Session, Status> {
         self.open(entente_hub::SESSION_PATH).await
+    }
+
+    /// One unary call on `path`; the response is decoded through the bounded decoder.
+    pub async fn unary<Req, Resp>(&self, path: &'static str, request: Req) -> Result<Resp, Status>
+    where
+        Req: Message + Send + Sync + 'static,
+        Resp: Bounded + Send + Sync + 'static,
+    {
+        let mut grpc = self.grpc();
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let call = grpc.unary(
+            tonic::Request::new(request),
+            PathAndQuery::from_static(path),
+            BoundedCodec::<Req, Resp>::new(Limits::default()),
+        );
+        tokio::time::timeout(WAIT, call)
+            .await
+            .expect("no answer from the hub in time")
+            .map(tonic::Response::into_inner)
     }
 }
 

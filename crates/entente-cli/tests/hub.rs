@@ -1,0 +1,127 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    os::unix::fs::PermissionsExt,
+    process::{Child, Command, Stdio},
+};
+
+fn start(dir: &std::path::Path) -> (Child, serde_json::Value) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_entente"))
+        .args([
+            "hub",
+            "start",
+            "--json",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(dir)
+        .env_remove("ENTENTE_KEYSTORE_KEY")
+        .env_remove("ENTENTE_KEYSTORE_PASSPHRASE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    (child, v)
+}
+
+fn stop(mut child: Child) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn the_first_start_initializes_and_later_starts_reuse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hub");
+    let (child, first) = start(&dir);
+    assert!(
+        first["listening"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert_eq!(first["trust_domain"], "entente.local");
+    let created = first["created"].as_array().unwrap();
+    assert!(created.len() >= 6, "{created:?}");
+    for name in [
+        "config.toml",
+        "keystore.key",
+        "ca.pem",
+        "store.redb",
+        "admin/chain.pem",
+        "keys",
+    ] {
+        let path = dir.join(name);
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o077;
+        assert_eq!(mode, 0, "{name} is readable by others");
+    }
+    let config = fs::read_to_string(dir.join("config.toml")).unwrap();
+    assert!(config.contains("trust_domain = \"entente.local\""));
+    stop(child);
+
+    let (child, second) = start(&dir);
+    assert!(second["created"].as_array().unwrap().is_empty(), "{second}");
+    stop(child);
+}
+
+#[test]
+fn another_trust_domain_for_an_existing_directory_is_one_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hub");
+    let (child, _) = start(&dir);
+    stop(child);
+    let out = Command::new(env!("CARGO_BIN_EXE_entente"))
+        .args([
+            "hub",
+            "start",
+            "--listen",
+            "127.0.0.1:0",
+            "--trust-domain",
+            "other.org",
+            "--data",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("other.org"), "{stderr}");
+}
+
+#[test]
+fn a_missing_keystore_key_is_one_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hub");
+    let (child, _) = start(&dir);
+    stop(child);
+    fs::remove_file(dir.join("keystore.key")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_entente"))
+        .args(["hub", "start", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&dir)
+        .env_remove("ENTENTE_KEYSTORE_KEY")
+        .env_remove("ENTENTE_KEYSTORE_PASSPHRASE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ENTENTE_KEYSTORE_KEY"), "{stderr}");
+}

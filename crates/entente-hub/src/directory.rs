@@ -1,0 +1,115 @@
+//! The directory: CA-signed key bundles, by principal or by channel.
+//!
+//! - `principals`: the latest key bundle of each (malformed IDs refused; duplicates answered
+//!   once; unknown principals, principals of another trust domain, and expired bundles
+//!   omitted). Key bundles are public keys signed by the CA, so any connected principal may
+//!   look any up.
+//! - `channel`: the caller must be allowed to publish to the channel (else
+//!   `PERMISSION_DENIED`); the answer is the latest bundle of every principal holding a
+//!   subscription whose pattern matches the channel ([`Router::subscribers`]) — the members a
+//!   sender seals to.
+//!
+//! Exactly one of the two is given. Revoked principals are omitted either way. At most
+//! [`Limits::max_recipients`](entente_wire::Limits) principals are asked for or answered, and
+//! the answer must fit in one frame (else `RESOURCE_EXHAUSTED`: nothing is cut silently).
+//! Receivers verify every bundle against their trust bundle; the hub's word is not enough.
+
+use std::collections::HashSet;
+use std::time::SystemTime;
+
+use entente_types::{Channel, Principal};
+use entente_wire::{DirectoryRequest, DirectoryResponse, KeyBundle};
+use prost::Message;
+
+use crate::allow::Decision;
+use crate::router::Router;
+use crate::rpc::{self, RpcError, Services};
+use crate::stats;
+
+/// Serves one `Directory` request for `caller`.
+pub(crate) async fn directory<R: Router>(
+    services: &Services<R>,
+    caller: &Principal,
+    request: DirectoryRequest,
+    now: SystemTime,
+) -> Result<DirectoryResponse, RpcError> {
+    let principals = match (request.principals.is_empty(), request.channel.is_empty()) {
+        (false, true) => named(services, request.principals)?,
+        (true, false) => members(services, caller, &request.channel).await?,
+        _ => {
+            return Err(RpcError::BadRequest(
+                "give either principals or a channel".into(),
+            ));
+        }
+    };
+    let max = services.limits.max_recipients;
+    if principals.len() > max {
+        return Err(RpcError::TooMany(format!(
+            "more than {max} principals; ask for fewer"
+        )));
+    }
+
+    let revocations = services.revocations.current();
+    let now_ms = rpc::unix_ms(now);
+    let mut bundles = Vec::with_capacity(principals.len());
+    for principal in principals {
+        if revocations
+            .as_ref()
+            .is_some_and(|list| list.is_principal_revoked(&principal))
+        {
+            continue;
+        }
+        let Some((_, bytes)) = services
+            .registry
+            .latest_key_bundle(principal.as_str())
+            .await?
+        else {
+            continue;
+        };
+        let bundle: KeyBundle = entente_wire::decode(&bytes, &services.limits)
+            .map_err(|e| RpcError::Corrupt(format!("key bundle of `{principal}`: {e}")))?;
+        if bundle.not_after_ms >= now_ms {
+            bundles.push(bundle);
+        }
+    }
+    let response = DirectoryResponse { bundles };
+    if response.encoded_len() > services.limits.max_frame_bytes {
+        return Err(RpcError::TooMany(
+            "the key bundles do not fit in one frame; ask for fewer".into(),
+        ));
+    }
+    Ok(response)
+}
+
+/// The principals named in a request, parsed and deduplicated, in the order given; those of
+/// another trust domain are left out.
+fn named<R>(services: &Services<R>, names: Vec<String>) -> Result<Vec<Principal>, RpcError> {
+    let trust_domain = services.ca.trust_domain().as_str();
+    let mut seen = HashSet::with_capacity(names.len());
+    let mut principals = Vec::with_capacity(names.len());
+    for name in names {
+        let principal =
+            Principal::parse(&name).map_err(|e| RpcError::BadRequest(format!("principal: {e}")))?;
+        if principal.trust_domain() == trust_domain && seen.insert(name) {
+            principals.push(principal);
+        }
+    }
+    Ok(principals)
+}
+
+/// The principals subscribed to `channel`, if `caller` may publish to it.
+async fn members<R: Router>(
+    services: &Services<R>,
+    caller: &Principal,
+    channel: &str,
+) -> Result<Vec<Principal>, RpcError> {
+    let channel =
+        Channel::parse(channel).map_err(|e| RpcError::BadRequest(format!("channel: {e}")))?;
+    if let Decision::Deny(reason) = services.allow.may_publish(caller, &channel) {
+        stats::bump(&services.stats.denials);
+        return Err(RpcError::Denied(format!(
+            "publishing to `{channel}` is denied: {reason}"
+        )));
+    }
+    Ok(services.router.subscribers(&channel).await)
+}

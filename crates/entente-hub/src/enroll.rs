@@ -1,0 +1,209 @@
+//! Join tokens and enrollment: an agent without a certificate presents a one-time join token,
+//! a CSR and its message public keys, and receives an X509-SVID and a CA-signed key bundle.
+//!
+//! Order of work, so that a refusal spends the token only when it must:
+//!
+//! 1. Checks that need no token: the token's format, the key lengths, the CSR (as the CA will
+//!    check it, [`crate::csr`]). A refusal here leaves the token unspent.
+//! 2. The token is redeemed, atomically and once ([`entente_store::Store::redeem_token`]).
+//! 3. Everything after — the agent is revoked or suspended, the CA fails, the store fails — is
+//!    refused with the token **spent**: it stays used, and the status says to ask the operator
+//!    for a new token. Nothing is half-enrolled in a way that matters: the certificate and key
+//!    bundle reach the agent only in the response, after both records are stored.
+
+use std::time::{Duration, SystemTime};
+
+use entente_ca::{JoinToken, JoinTokens, RESERVED_SEGMENT, TokenError};
+use entente_crypto::KeyBundleBody;
+use entente_store::{AgentRecord, StoreError, TokenRecord};
+use entente_types::{AgentId, Principal};
+use entente_wire::{EnrollRequest, EnrollResponse};
+
+use crate::HubError;
+use crate::rpc::{self, RpcError, Services};
+use crate::stats;
+
+/// How far a key bundle's validity is backdated, for clock skew.
+const CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// Creates a join token for `agent`, valid for `ttl` from `now`, and stores its hash.
+///
+/// Refuses the reserved segment ([`RESERVED_SEGMENT`]), an agent of another trust domain, and
+/// a zero or unrepresentable lifetime. Expired tokens are purged from the store first.
+pub(crate) async fn create_token<R>(
+    services: &Services<R>,
+    agent: AgentId,
+    ttl: Duration,
+    now: SystemTime,
+) -> Result<JoinToken, HubError> {
+    if agent.trust_domain() != services.ca.trust_domain().as_str() {
+        return Err(HubError::ForeignAgent(agent.to_string()));
+    }
+    if ttl.is_zero() {
+        return Err(HubError::Token(TokenError::InvalidTtl));
+    }
+    // `JoinTokens` refuses the reserved segment and generates the secret; only the record
+    // (the hash) is kept, in the store.
+    let (token, info) = JoinTokens::new().create(agent, ttl, now)?;
+    let record = TokenRecord {
+        hash: info.hash,
+        agent: info.agent.to_string(),
+        created_ms: rpc::unix_ms(info.created),
+        expires_ms: rpc::unix_ms(info.expires),
+        used: false,
+    };
+    services.registry.purge_tokens(rpc::unix_ms(now)).await?;
+    services.registry.put_token(&record).await?;
+    Ok(token)
+}
+
+/// Serves one `Enroll` request, counting it.
+pub(crate) async fn enroll<R>(
+    services: &Services<R>,
+    request: EnrollRequest,
+    now: SystemTime,
+) -> Result<EnrollResponse, RpcError> {
+    let result = enroll_inner(services, request, now).await;
+    match &result {
+        Ok(_) => stats::bump(&services.stats.enrollments),
+        Err(_) => stats::bump(&services.stats.enroll_refusals),
+    }
+    result
+}
+
+async fn enroll_inner<R>(
+    services: &Services<R>,
+    request: EnrollRequest,
+    now: SystemTime,
+) -> Result<EnrollResponse, RpcError> {
+    // 1. Everything that can be checked without spending the token.
+    let token = JoinToken::parse(&request.token).map_err(|_| RpcError::MalformedToken)?;
+    let keys = MessageKeys {
+        ed25519: key(&request.ed25519_public, "ed25519_public")?,
+        x25519: key(&request.x25519_public, "x25519_public")?,
+    };
+    crate::csr::precheck(&request.csr).map_err(|e| RpcError::BadCsr(e.to_string()))?;
+
+    // 2. Spend the token.
+    let redeemed = services
+        .registry
+        .redeem_token(&token.hash(), rpc::unix_ms(now))
+        .await
+        .map_err(|e| match e {
+            StoreError::TokenUnknown => RpcError::UnknownToken,
+            StoreError::TokenUsed => RpcError::UsedToken,
+            StoreError::TokenExpired => RpcError::ExpiredToken,
+            other => RpcError::Store(other),
+        })?;
+
+    // 3. The token is spent: whatever fails now, it stays used.
+    issue(services, &redeemed.agent, request.csr, keys, now)
+        .await
+        .map_err(RpcError::after_redeem)
+}
+
+/// The message public keys of an enrolling agent.
+struct MessageKeys {
+    ed25519: [u8; 32],
+    x25519: [u8; 32],
+}
+
+/// Issues the credentials of the agent a redeemed token names, and records them.
+async fn issue<R>(
+    services: &Services<R>,
+    agent: &str,
+    csr: Vec<u8>,
+    keys: MessageKeys,
+    now: SystemTime,
+) -> Result<EnrollResponse, RpcError> {
+    let agent = AgentId::parse(agent).map_err(|_| RpcError::NotEnrollable)?;
+    if agent.trust_domain() != services.ca.trust_domain().as_str()
+        || agent.segment() == RESERVED_SEGMENT
+    {
+        return Err(RpcError::NotEnrollable);
+    }
+    let segment = agent.segment().to_owned();
+    let principal = Principal::from(agent);
+    if services
+        .revocations
+        .current()
+        .is_some_and(|list| list.is_principal_revoked(&principal))
+    {
+        return Err(RpcError::Revoked);
+    }
+
+    let _agents = services.agents.lock().await;
+    let existing = services.registry.agent(principal.as_str()).await?;
+    if existing.as_ref().is_some_and(|a| a.suspended) {
+        return Err(RpcError::Suspended);
+    }
+    let latest = services
+        .registry
+        .latest_key_bundle(principal.as_str())
+        .await?
+        .map_or(0, |(epoch, _)| epoch);
+    let epoch = existing
+        .as_ref()
+        .map_or(0, |a| a.key_epoch)
+        .max(latest)
+        .checked_add(1)
+        .ok_or_else(|| RpcError::Ca("key epochs exhausted".into()))?;
+
+    let now_ms = rpc::unix_ms(now);
+    let body = KeyBundleBody {
+        principal: principal.clone(),
+        ed25519_public: keys.ed25519,
+        x25519_public: keys.x25519,
+        epoch,
+        not_before_ms: rpc::unix_ms(now.checked_sub(CLOCK_SKEW).unwrap_or(now)),
+        not_after_ms: rpc::unix_ms(
+            now.checked_add(services.key_bundle_ttl)
+                .unwrap_or(services.ca_not_after)
+                .min(services.ca_not_after),
+        ),
+    };
+    let (svid, bundle) = {
+        let (ca, principal) = (services.ca.clone(), principal.clone());
+        rpc::blocking(move || {
+            let svid = ca
+                .issue_svid(&csr, &principal, now)
+                .map_err(rpc::issue_error)?;
+            let bundle = ca
+                .sign_key_bundle(body)
+                .map_err(|e| RpcError::Ca(e.to_string()))?;
+            Ok((svid, bundle))
+        })
+        .await?
+    };
+
+    services
+        .registry
+        .put_key_bundle(principal.as_str(), epoch, &entente_wire::encode(&bundle))
+        .await?;
+    let mut serials = existing.map(|a| a.certificate_serials).unwrap_or_default();
+    rpc::record_serial(&mut serials, svid.serial.clone());
+    let record = AgentRecord {
+        principal: principal.to_string(),
+        segment: Some(segment),
+        enrolled_at_ms: now_ms,
+        certificate_serials: serials,
+        key_epoch: epoch,
+        suspended: false,
+    };
+    services.registry.put_agent(&record).await?;
+
+    Ok(EnrollResponse {
+        certificate_chain: svid.chain_der.iter().map(|c| c.to_vec()).collect(),
+        key_bundle: Some(bundle),
+        trust_bundle_pem: services.trust_pem.clone(),
+        revocations: services
+            .revocations
+            .current()
+            .map(|list| list.to_wire().clone()),
+    })
+}
+
+/// A 32-byte public key.
+fn key(bytes: &[u8], field: &'static str) -> Result<[u8; 32], RpcError> {
+    bytes.try_into().map_err(|_| RpcError::BadKey(field))
+}

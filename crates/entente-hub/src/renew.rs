@@ -1,0 +1,109 @@
+//! Renewal: a new X509-SVID for the principal of a live mTLS connection, requested over that
+//! connection, before its certificate expires.
+//!
+//! The certificate names the connection's principal whatever the CSR asks for. Its serial is
+//! recorded in the agent record (created if the principal has none, e.g. an identity the
+//! operator issued directly) and on the connection, whose credential expiry moves to the new
+//! certificate's `not_after`: the connection, and its sessions, stay up across renewals. A
+//! revoked principal, a suspended agent, or a connection closing cannot renew.
+
+use std::time::SystemTime;
+
+use entente_store::AgentRecord;
+use entente_types::Principal;
+use entente_wire::{RenewRequest, RenewResponse};
+
+use crate::control::ConnectionControl;
+use crate::rpc::{self, RpcError, Services};
+use crate::stats;
+
+/// The connection a renewal arrives on.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    /// The connection's ID in [`Connections`](crate::connections::Connections).
+    pub(crate) connection: u64,
+    pub(crate) principal: Principal,
+    pub(crate) control: ConnectionControl,
+}
+
+/// Serves one `Renew` request, counting it.
+pub(crate) async fn renew<R>(
+    services: &Services<R>,
+    caller: &Caller,
+    request: RenewRequest,
+    now: SystemTime,
+) -> Result<RenewResponse, RpcError> {
+    let result = renew_inner(services, caller, request, now).await;
+    match &result {
+        Ok(_) => stats::bump(&services.stats.renewals),
+        Err(_) => stats::bump(&services.stats.renew_refusals),
+    }
+    result
+}
+
+async fn renew_inner<R>(
+    services: &Services<R>,
+    caller: &Caller,
+    request: RenewRequest,
+    now: SystemTime,
+) -> Result<RenewResponse, RpcError> {
+    if let Some(reason) = caller.control.reason() {
+        return Err(RpcError::Closed(reason));
+    }
+    let principal = &caller.principal;
+    if services
+        .revocations
+        .current()
+        .is_some_and(|list| list.is_principal_revoked(principal))
+    {
+        return Err(RpcError::Revoked);
+    }
+
+    if services
+        .registry
+        .agent(principal.as_str())
+        .await?
+        .is_some_and(|a| a.suspended)
+    {
+        return Err(RpcError::Suspended);
+    }
+    let svid = {
+        let (ca, principal) = (services.ca.clone(), principal.clone());
+        rpc::blocking(move || {
+            ca.issue_svid(&request.csr, &principal, now)
+                .map_err(rpc::issue_error)
+        })
+        .await?
+    };
+
+    // Record the serial: read-modify-write under the agents lock (the certificate was issued
+    // outside it, so a slow key store does not hold up other renewals and enrollments).
+    {
+        let _agents = services.agents.lock().await;
+        let existing = services.registry.agent(principal.as_str()).await?;
+        if existing.as_ref().is_some_and(|a| a.suspended) {
+            return Err(RpcError::Suspended);
+        }
+        let mut record = existing.unwrap_or_else(|| AgentRecord {
+            principal: principal.to_string(),
+            segment: match principal {
+                Principal::Agent(agent) => Some(agent.segment().to_owned()),
+                Principal::Human(_) => None,
+            },
+            enrolled_at_ms: rpc::unix_ms(now),
+            certificate_serials: Vec::new(),
+            key_epoch: 0,
+            suspended: false,
+        });
+        rpc::record_serial(&mut record.certificate_serials, svid.serial.clone());
+        services.registry.put_agent(&record).await?;
+    }
+
+    services
+        .connections
+        .renewed(caller.connection, svid.serial, svid.not_after)
+        .map_err(RpcError::Closed)?;
+    Ok(RenewResponse {
+        certificate_chain: svid.chain_der.iter().map(|c| c.to_vec()).collect(),
+    })
+}

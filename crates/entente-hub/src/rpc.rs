@@ -1,0 +1,278 @@
+//! The unary services (Enroll, Renew, Directory): what they share, why they refuse, and the one
+//! mapping from a refusal to the gRPC status the peer sees.
+//!
+//! Statuses are coarse and leak nothing internal: a store or CA failure says only that the
+//! registry or the CA is unavailable. The handlers live in [`crate::enroll`],
+//! [`crate::renew`] and [`crate::directory`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use entente_ca::{Ca, IssueError};
+use entente_store::StoreError;
+use entente_wire::Limits;
+use tonic::{Request, Response, Status};
+
+use crate::allow::AllowList;
+use crate::connections::Connections;
+use crate::control::CloseReason;
+use crate::registry::Registry;
+use crate::stats::Stats;
+use crate::verifier::RevocationState;
+
+/// The gRPC path of enrollment, served only under the enrollment server name.
+pub const ENROLL_PATH: &str = "/entente.v1.Enroll/Enroll";
+
+/// The gRPC path of certificate renewal, served over mutual TLS.
+pub const RENEW_PATH: &str = "/entente.v1.Hub/Renew";
+
+/// The gRPC path of the key-bundle directory, served over mutual TLS.
+pub const DIRECTORY_PATH: &str = "/entente.v1.Hub/Directory";
+
+/// How many certificate serials an agent record keeps, newest last.
+pub(crate) const MAX_RECORDED_SERIALS: usize = 256;
+
+/// What the unary services need from the hub.
+#[derive(Debug)]
+pub(crate) struct Services<R> {
+    pub(crate) ca: Arc<Ca>,
+    pub(crate) registry: Registry,
+    pub(crate) revocations: Arc<RevocationState>,
+    pub(crate) connections: Arc<Connections>,
+    pub(crate) router: Arc<R>,
+    pub(crate) allow: Arc<AllowList>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) limits: Limits,
+    pub(crate) key_bundle_ttl: Duration,
+    /// When the intermediate CA certificate expires: no key bundle outlives it.
+    pub(crate) ca_not_after: SystemTime,
+    /// The trust bundle as PEM, handed to enrolling agents.
+    pub(crate) trust_pem: String,
+    /// Serializes read-modify-write of agent records on this hub (enrollment and renewal).
+    pub(crate) agents: tokio::sync::Mutex<()>,
+}
+
+/// Why a unary request was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RpcError {
+    /// The join token is not `ent_` and 64 lowercase hex digits.
+    #[error("malformed join token")]
+    MalformedToken,
+    /// No such join token (never issued, or purged after expiry).
+    #[error("unknown join token")]
+    UnknownToken,
+    /// The join token was redeemed before.
+    #[error("join token already used")]
+    UsedToken,
+    /// The join token has expired.
+    #[error("join token expired")]
+    ExpiredToken,
+    /// A message public key is not 32 bytes.
+    #[error("`{0}` must be 32 bytes")]
+    BadKey(&'static str),
+    /// The CSR is unusable.
+    #[error("bad csr: {0}")]
+    BadCsr(String),
+    /// The join token names an agent this hub does not enroll (reserved segment, other trust
+    /// domain, not an agent ID).
+    #[error("the join token names an agent this hub does not enroll")]
+    NotEnrollable,
+    /// The principal is revoked.
+    #[error("the principal is revoked")]
+    Revoked,
+    /// The agent is suspended.
+    #[error("the agent is suspended")]
+    Suspended,
+    /// The connection the request came on was closed.
+    #[error("the connection is closed")]
+    Closed(CloseReason),
+    /// A request field is malformed or the request is inconsistent.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The allow list denies it.
+    #[error("{0}")]
+    Denied(String),
+    /// The answer would exceed a bound.
+    #[error("{0}")]
+    TooMany(String),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A stored value does not decode.
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
+    /// The CA could not issue or sign (its keys, its validity, our bug).
+    #[error("ca: {0}")]
+    Ca(String),
+    /// Something failed after the join token was spent; the token stays used.
+    #[error("{0} (after the join token was spent)")]
+    AfterRedeem(Box<RpcError>),
+}
+
+// === impl RpcError ===
+
+impl RpcError {
+    /// The one mapping from a refusal to the status the peer sees.
+    pub(crate) fn status(&self) -> Status {
+        match self {
+            Self::MalformedToken => Status::invalid_argument(
+                "malformed join token: expected `ent_` and 64 lowercase hex digits",
+            ),
+            Self::UnknownToken => Status::unauthenticated("join token unknown"),
+            Self::UsedToken => Status::unauthenticated("join token already used"),
+            Self::ExpiredToken => Status::unauthenticated("join token expired"),
+            Self::BadKey(field) => Status::invalid_argument(format!("`{field}` must be 32 bytes")),
+            Self::BadCsr(reason) => Status::invalid_argument(format!("bad csr: {reason}")),
+            Self::NotEnrollable => {
+                Status::permission_denied("the join token names an agent this hub does not enroll")
+            }
+            Self::Revoked => Status::permission_denied("the principal is revoked"),
+            Self::Suspended => Status::permission_denied("the agent is suspended"),
+            Self::Closed(reason) => reason.status(),
+            Self::BadRequest(reason) => Status::invalid_argument(reason.clone()),
+            Self::Denied(reason) => Status::permission_denied(reason.clone()),
+            Self::TooMany(reason) => Status::resource_exhausted(reason.clone()),
+            Self::Store(StoreError::Corrupt { .. } | StoreError::FormatVersion { .. })
+            | Self::Corrupt(_) => Status::internal("the registry holds a corrupt record"),
+            Self::Store(_) => Status::unavailable("the registry is unavailable"),
+            Self::Ca(_) => Status::unavailable("the ca could not issue the credential"),
+            Self::AfterRedeem(inner) => {
+                let status = inner.status();
+                Status::new(
+                    status.code(),
+                    format!(
+                        "{}; the join token is spent: ask the operator for a new one",
+                        status.message()
+                    ),
+                )
+            }
+        }
+    }
+
+    /// A failure after the join token was spent.
+    pub(crate) fn after_redeem(self) -> Self {
+        Self::AfterRedeem(Box::new(self))
+    }
+}
+
+/// What an [`IssueError`] means for the peer: its CSR, or our CA.
+pub(crate) fn issue_error(error: IssueError) -> RpcError {
+    match error {
+        IssueError::MalformedCsr
+        | IssueError::BadCsrSignature
+        | IssueError::UnsupportedKey
+        | IssueError::UnsupportedSignatureAlgorithm => RpcError::BadCsr(error.to_string()),
+        other => RpcError::Ca(other.to_string()),
+    }
+}
+
+// === the tonic adapter ===
+
+/// A unary gRPC service from a function of the decoded request.
+pub(crate) struct Unary<F>(pub(crate) F);
+
+impl<F, Fut, Req, Resp> tower_service::Service<Request<Req>> for Unary<F>
+where
+    F: FnMut(Req) -> Fut,
+    Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+{
+    type Response = Response<Resp>;
+    type Error = Status;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Resp>, Status>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Req>) -> Self::Future {
+        let answer = (self.0)(request.into_inner());
+        Box::pin(async move { answer.await.map(Response::new) })
+    }
+}
+
+// === helpers ===
+
+/// Unix milliseconds of `t` (0 before the epoch, saturating far after).
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Appends `serial` to `serials`, keeping the newest [`MAX_RECORDED_SERIALS`].
+pub(crate) fn record_serial(serials: &mut Vec<Vec<u8>>, serial: Vec<u8>) {
+    serials.push(serial);
+    let excess = serials.len().saturating_sub(MAX_RECORDED_SERIALS);
+    serials.drain(..excess);
+}
+
+/// Runs CA work (which signs through the key store, possibly doing file I/O) off the async
+/// workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RpcError> + Send + 'static,
+) -> Result<T, RpcError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| RpcError::Ca(format!("signing task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
+
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn token_refusals_are_distinct_and_say_nothing_more() {
+        let statuses = [
+            RpcError::MalformedToken.status(),
+            RpcError::UnknownToken.status(),
+            RpcError::UsedToken.status(),
+            RpcError::ExpiredToken.status(),
+        ];
+        assert_eq!(statuses[0].code(), Code::InvalidArgument);
+        for status in &statuses[1..] {
+            assert_eq!(status.code(), Code::Unauthenticated);
+        }
+        let mut messages: Vec<&str> = statuses.iter().map(Status::message).collect();
+        messages.dedup();
+        assert_eq!(messages.len(), 4);
+    }
+
+    #[test]
+    fn internal_failures_are_coarse() {
+        let store = RpcError::Store(StoreError::Unavailable("disk /dev/sda1 failed".into()));
+        assert_eq!(store.status().code(), Code::Unavailable);
+        assert!(!store.status().message().contains("sda1"));
+        let corrupt = RpcError::Store(StoreError::Corrupt {
+            what: "agent `x`".into(),
+            reason: "bad json".into(),
+        });
+        assert_eq!(corrupt.status().code(), Code::Internal);
+        assert!(!corrupt.status().message().contains("json"));
+        let ca = RpcError::Ca("keystore: /secret/path".into()).after_redeem();
+        assert_eq!(ca.status().code(), Code::Unavailable);
+        assert!(!ca.status().message().contains("secret"));
+        assert!(ca.status().message().contains("token is spent"));
+    }
+
+    #[test]
+    fn serials_keep_the_newest() {
+        let mut serials = Vec::new();
+        for n in 0..(MAX_RECORDED_SERIALS as u32 + 10) {
+            record_serial(&mut serials, n.to_be_bytes().to_vec());
+        }
+        assert_eq!(serials.len(), MAX_RECORDED_SERIALS);
+        assert_eq!(serials[0], 10u32.to_be_bytes());
+    }
+}

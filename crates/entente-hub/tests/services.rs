@@ -1,0 +1,592 @@
+//! Enroll, Renew and Directory through a real hub on 127.0.0.1:0 over real TLS, with an
+//! `EmbeddedStore` in a temporary directory.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod support;
+
+use std::time::{Duration, SystemTime};
+
+use entente_ca::{CaOptions, Revocations, TokenError, TrustBundle, VerifiedRevocationList};
+use entente_crypto::KeyBundleIn;
+use entente_hub::{DIRECTORY_PATH, Hub, HubError, RENEW_PATH};
+use entente_store::Store;
+use entente_types::{AgentId, Principal};
+use entente_wire::{
+    DirectoryRequest, DirectoryResponse, KeyBundle, Limits, RenewRequest, RenewResponse,
+};
+use rustls_pki_types::CertificateDer;
+use support::{
+    Client, Enrollment, TestCa, ack, config, enroll, enroll_raw, eventually, now_ms, probe,
+    start_with_store,
+};
+use tonic::{Code, Status};
+
+const TTL: Duration = Duration::from_secs(600);
+
+fn agent_id(ca: &TestCa, segment: &str, name: &str) -> AgentId {
+    AgentId::new(&ca.td, segment, name).unwrap()
+}
+
+/// A revocation list signed now, verified as the hub needs it.
+fn signed(ca: &TestCa, revocations: &Revocations) -> VerifiedRevocationList {
+    let now = SystemTime::now();
+    let list = ca.ca.sign_revocations(revocations, now).unwrap();
+    VerifiedRevocationList::verify(list, ca.trust(), now).unwrap()
+}
+
+fn assert_refused(result: Result<impl std::fmt::Debug, Status>, code: Code, says: &str) {
+    let status = result.expect_err("refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(status.message().contains(says), "{status:?}");
+}
+
+// === enrollment ===
+
+#[tokio::test]
+async fn an_agent_enrolls_end_to_end_then_connects() {
+    let ca = TestCa::new();
+    let (hub, store) = start_with_store(&ca, config()).await;
+    let id = agent_id(&ca, "shop", "alice");
+    let token = hub.create_token(id.clone(), TTL).await.unwrap();
+
+    let enrollment = Enrollment::new();
+    let response = enroll_raw(&hub, enrollment.request(token.as_str()))
+        .await
+        .unwrap();
+    // The trust bundle handed over is the CA's; there is no revocation list yet.
+    let trust = TrustBundle::from_pem(&response.trust_bundle_pem).unwrap();
+    assert_eq!(trust.roots(), ca.trust().roots());
+    assert_eq!(trust.intermediates(), ca.trust().intermediates());
+    assert!(response.revocations.is_none());
+    assert_eq!(response.certificate_chain.len(), 2);
+
+    // The chain verifies against it and names the token's agent; so does the key bundle.
+    let alice = enrollment.into_agent(&response, &trust);
+    assert_eq!(alice.principal, Principal::from(id));
+    assert_eq!(alice.bundle.epoch(), 1);
+    let body = alice.bundle.body();
+    let thirty_days_ms = 30 * 24 * 3600 * 1000;
+    assert!(body.not_before_ms <= now_ms() - 59_000);
+    assert!(body.not_after_ms >= now_ms() + thirty_days_ms - 60_000);
+    assert!(body.not_after_ms <= now_ms() + thirty_days_ms);
+
+    // The agent record and key bundle are stored.
+    let record = store
+        .agent(alice.principal.as_str())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.segment.as_deref(), Some("shop"));
+    assert_eq!(record.certificate_serials, vec![alice.svid.serial.clone()]);
+    assert_eq!(record.key_epoch, 1);
+    assert!(!record.suspended);
+    let (epoch, stored) = store
+        .latest_key_bundle(alice.principal.as_str())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(epoch, 1);
+    let stored: KeyBundle = entente_wire::decode(&stored, &Limits::default()).unwrap();
+    assert_eq!(&stored, alice.bundle.to_wire());
+
+    // The new identity connects over mutual TLS and works.
+    let mut session = alice.session(&hub).await;
+    assert_eq!(session.subscribe(1, "orders.eu").await, ack(1));
+    assert_eq!(hub.stats().enrollments, 1);
+    assert_eq!(hub.stats().enroll_refusals, 0);
+
+    // Enrolling again (a new token) moves to the next key epoch and keeps the old serial.
+    let again = enroll(&hub, "shop", "alice").await;
+    assert_eq!(again.bundle.epoch(), 2);
+    let record = store
+        .agent(alice.principal.as_str())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        record.certificate_serials,
+        [alice.svid.serial.clone(), again.svid.serial.clone()]
+    );
+    assert_eq!(record.key_epoch, 2);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_join_token_is_accepted_once() {
+    let ca = TestCa::new();
+    let (hub, _store) = start_with_store(&ca, config()).await;
+    let token = hub
+        .create_token(agent_id(&ca, "shop", "alice"), TTL)
+        .await
+        .unwrap();
+    enroll_raw(&hub, Enrollment::new().request(token.as_str()))
+        .await
+        .unwrap();
+    assert_refused(
+        enroll_raw(&hub, Enrollment::new().request(token.as_str())).await,
+        Code::Unauthenticated,
+        "join token already used",
+    );
+    assert_eq!(hub.stats().enrollments, 1);
+    assert_eq!(hub.stats().enroll_refusals, 1);
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused() {
+    let ca = TestCa::new();
+    let (hub, _store) = start_with_store(&ca, config()).await;
+    let token = hub
+        .create_token(agent_id(&ca, "shop", "alice"), Duration::from_millis(20))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_refused(
+        enroll_raw(&hub, Enrollment::new().request(token.as_str())).await,
+        Code::Unauthenticated,
+        "join token expired",
+    );
+    assert_eq!(hub.stats().enroll_refusals, 1);
+}
+
+#[tokio::test]
+async fn unknown_and_malformed_tokens_are_refused() {
+    let ca = TestCa::new();
+    let (hub, _store) = start_with_store(&ca, config()).await;
+    let unknown = format!("ent_{}", "ab".repeat(32));
+    assert_refused(
+        enroll_raw(&hub, Enrollment::new().request(&unknown)).await,
+        Code::Unauthenticated,
+        "join token unknown",
+    );
+    for malformed in [
+        "",
+        "ent_nope",
+        &format!("ent_{}", "AB".repeat(32)),
+        &format!("tok_{}", "ab".repeat(32)),
+    ] {
+        assert_refused(
+            enroll_raw(&hub, Enrollment::new().request(malformed)).await,
+            Code::InvalidArgument,
+            "malformed join token",
+        );
+    }
+    assert_eq!(hub.stats().enroll_refusals, 5);
+}
+
+#[tokio::test]
+async fn a_bad_csr_or_bad_keys_are_refused_without_spending_the_token() {
+    let ca = TestCa::new();
+    let (hub, _store) = start_with_store(&ca, config()).await;
+    let token = hub
+        .create_token(agent_id(&ca, "shop", "alice"), TTL)
+        .await
+        .unwrap();
+    let enrollment = Enrollment::new();
+
+    let mut garbage = enrollment.request(token.as_str());
+    garbage.csr = b"not a csr".to_vec();
+    assert_refused(
+        enroll_raw(&hub, garbage).await,
+        Code::InvalidArgument,
+        "bad csr",
+    );
+
+    let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let mut wrong_curve = enrollment.request(token.as_str());
+    wrong_curve.csr = rcgen::CertificateParams::default()
+        .serialize_request(&p384)
+        .unwrap()
+        .der()
+        .to_vec();
+    assert_refused(
+        enroll_raw(&hub, wrong_curve).await,
+        Code::InvalidArgument,
+        "p-256",
+    );
+
+    let mut tampered = enrollment.request(token.as_str());
+    let last = tampered.csr.len() - 1;
+    tampered.csr[last] ^= 1;
+    assert_refused(
+        enroll_raw(&hub, tampered).await,
+        Code::InvalidArgument,
+        "signature",
+    );
+
+    let mut short_key = enrollment.request(token.as_str());
+    short_key.ed25519_public.pop();
+    assert_refused(
+        enroll_raw(&hub, short_key).await,
+        Code::InvalidArgument,
+        "ed25519_public",
+    );
+    let mut long_key = enrollment.request(token.as_str());
+    long_key.x25519_public.push(0);
+    assert_refused(
+        enroll_raw(&hub, long_key).await,
+        Code::InvalidArgument,
+        "x25519_public",
+    );
+    assert_eq!(hub.stats().enroll_refusals, 5);
+
+    // The token is still good.
+    let response = enroll_raw(&hub, enrollment.request(token.as_str()))
+        .await
+        .unwrap();
+    enrollment.into_agent(&response, ca.trust());
+    assert_eq!(hub.stats().enrollments, 1);
+}
+
+#[tokio::test]
+async fn create_token_refuses_the_reserved_segment_other_trust_domains_and_zero_ttl() {
+    let ca = TestCa::new();
+    let (hub, _store) = start_with_store(&ca, config()).await;
+    let err = hub
+        .create_token(agent_id(&ca, entente_hub::HUB_SEGMENT, "hub"), TTL)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, HubError::Token(TokenError::ReservedSegment(_))),
+        "{err:?}"
+    );
+    let err = hub
+        .create_token(agent_id(&ca, entente_hub::HUB_SEGMENT, "other"), TTL)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        HubError::Token(TokenError::ReservedSegment(_))
+    ));
+
+    let foreign = entente_types::TrustDomain::new("elsewhere.org").unwrap();
+    let err = hub
+        .create_token(AgentId::new(&foreign, "shop", "alice").unwrap(), TTL)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HubError::ForeignAgent(_)), "{err:?}");
+
+    let err = hub
+        .create_token(agent_id(&ca, "shop", "alice"), Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HubError::Token(TokenError::InvalidTtl)));
+}
+
+#[tokio::test]
+async fn a_revoked_principal_cannot_enroll_and_its_token_stays_spent() {
+    let ca = TestCa::new();
+    let (hub, _store) = start_with_store(&ca, config()).await;
+    let alice = ca.principal("shop", "alice");
+    let mut revocations = Revocations::new();
+    revocations.revoke_principal(&alice);
+    let list = signed(&ca, &revocations);
+    hub.revoke(list.clone()).await.unwrap();
+
+    let token = hub
+        .create_token(agent_id(&ca, "shop", "alice"), TTL)
+        .await
+        .unwrap();
+    assert_refused(
+        enroll_raw(&hub, Enrollment::new().request(token.as_str())).await,
+        Code::PermissionDenied,
+        "token is spent",
+    );
+    assert_refused(
+        enroll_raw(&hub, Enrollment::new().request(token.as_str())).await,
+        Code::Unauthenticated,
+        "already used",
+    );
+
+    // Others enroll, and receive the list in force.
+    let token = hub
+        .create_token(agent_id(&ca, "shop", "bob"), TTL)
+        .await
+        .unwrap();
+    let response = enroll_raw(&hub, Enrollment::new().request(token.as_str()))
+        .await
+        .unwrap();
+    assert_eq!(response.revocations.as_ref(), Some(list.to_wire()));
+}
+
+#[tokio::test]
+async fn the_revocation_list_is_stored_and_in_force_after_a_restart() {
+    let ca = TestCa::new();
+    let (hub, store) = start_with_store(&ca, config()).await;
+    let alice = ca.agent("shop", "alice");
+    let mut revocations = Revocations::new();
+    revocations.revoke_principal(&alice.principal);
+    let list = signed(&ca, &revocations);
+    hub.revoke(list.clone()).await.unwrap();
+    hub.shutdown().await;
+
+    let hub = Hub::start(config(), ca.ca.clone(), store.clone())
+        .await
+        .unwrap();
+    let name = format!("hub.{}", support::TD);
+    let err = probe(hub.local_addr(), alice.client_config(ca.trust()), &name)
+        .await
+        .unwrap_err();
+    assert!(err.contains("CertificateRevoked"), "{err}");
+    // The stored version counts: the same list again is stale.
+    assert!(matches!(
+        hub.revoke(list).await,
+        Err(HubError::StaleRevocations { held: 1, got: 1 })
+    ));
+}
+
+// === renewal ===
+
+fn chain(der: &[Vec<u8>]) -> Vec<CertificateDer<'static>> {
+    der.iter()
+        .map(|c| CertificateDer::from(c.clone()))
+        .collect()
+}
+
+/// A CSR for a fresh P-256 key that asks for `name` as its URI SAN.
+fn csr_asking_for(name: &Principal) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(name.as_str().try_into().unwrap())];
+    params.serialize_request(&key).unwrap().der().to_vec()
+}
+
+async fn renew(client: &Client, csr: Vec<u8>) -> Result<RenewResponse, Status> {
+    client.unary(RENEW_PATH, RenewRequest { csr }).await
+}
+
+#[tokio::test]
+async fn renewal_keeps_a_session_up_past_the_first_certificate_and_an_unrenewed_one_expires() {
+    // Six-second certificates.
+    let ca = TestCa::with_options(CaOptions {
+        svid_ttl: Duration::from_secs(6),
+        ..CaOptions::default()
+    });
+    let (hub, store) = start_with_store(&ca, config()).await;
+    let alice = ca.agent("shop", "alice");
+    let bob = ca.agent("shop", "bob");
+    let first_expiry = alice.svid.not_after.max(bob.svid.not_after);
+
+    let alice_client = alice.connect(&hub).await;
+    let mut alice_session = alice_client.session().await.unwrap();
+    assert_eq!(alice_session.subscribe(1, "orders.eu").await, ack(1));
+    let mut bob_session = bob.session(&hub).await;
+    assert_eq!(bob_session.subscribe(1, "orders.eu").await, ack(1));
+
+    // Halfway through, Alice renews over her live connection. Her CSR asks for Bob's name;
+    // the certificate names the connection's principal.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let renewed = renew(&alice_client, csr_asking_for(&bob.principal))
+        .await
+        .unwrap();
+    let renewed = ca
+        .trust()
+        .verify_svid(&chain(&renewed.certificate_chain), SystemTime::now(), None)
+        .unwrap();
+    assert_eq!(renewed.principal(), &alice.principal);
+    assert!(renewed.not_after() >= alice.svid.not_after + Duration::from_secs(2));
+    let record = store
+        .agent(alice.principal.as_str())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.certificate_serials, [renewed.serial().to_vec()]);
+    assert_eq!(hub.stats().renewals, 1);
+
+    // Past the first certificates' expiry: Bob, who did not renew, is closed; Alice is not.
+    let past = first_expiry + Duration::from_millis(1000);
+    tokio::time::sleep(past.duration_since(SystemTime::now()).unwrap_or_default()).await;
+    let status = bob_session.status().await;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(SystemTime::now() < renewed.not_after());
+    assert_eq!(alice_session.subscribe(2, "orders.us").await, ack(2));
+    assert_eq!(hub.stats().expired_disconnects, 1);
+    eventually("bob's connection is gone", || hub.connections() == 1).await;
+}
+
+#[tokio::test]
+async fn a_bad_renewal_csr_is_refused_and_the_session_carries_on() {
+    let ca = TestCa::new();
+    let (hub, _store) = start_with_store(&ca, config()).await;
+    let alice = ca.agent("shop", "alice");
+    let client = alice.connect(&hub).await;
+    let mut session = client.session().await.unwrap();
+    assert_refused(
+        renew(&client, b"garbage".to_vec()).await,
+        Code::InvalidArgument,
+        "csr",
+    );
+    assert_eq!(session.subscribe(1, "orders.eu").await, ack(1));
+    assert_eq!(hub.stats().renew_refusals, 1);
+}
+
+#[tokio::test]
+async fn revoking_a_certificate_renewed_over_a_connection_closes_it() {
+    let ca = TestCa::new();
+    let (hub, _store) = start_with_store(&ca, config()).await;
+    let alice = ca.agent("shop", "alice");
+    let client = alice.connect(&hub).await;
+    let mut session = client.session().await.unwrap();
+    assert_eq!(session.subscribe(1, "orders.eu").await, ack(1));
+    let renewed = renew(&client, csr_asking_for(&alice.principal))
+        .await
+        .unwrap();
+    let renewed = ca
+        .trust()
+        .verify_svid(&chain(&renewed.certificate_chain), SystemTime::now(), None)
+        .unwrap();
+
+    // Revoke the renewed certificate only (not the presented one, not the principal).
+    let mut revocations = Revocations::new();
+    revocations.revoke_serial(renewed.serial()).unwrap();
+    assert_eq!(hub.revoke(signed(&ca, &revocations)).await.unwrap(), 1);
+    assert_eq!(session.status().await.code(), Code::PermissionDenied);
+}
+
+// === directory ===
+
+async fn directory(client: &Client, request: DirectoryRequest) -> Result<Vec<KeyBundle>, Status> {
+    client
+        .unary::<_, DirectoryResponse>(DIRECTORY_PATH, request)
+        .await
+        .map(|r| r.bundles)
+}
+
+/// The principals of `bundles`, each verified against `ca`'s trust bundle.
+fn verified(ca: &TestCa, bundles: Vec<KeyBundle>) -> Vec<Principal> {
+    bundles
+        .into_iter()
+        .map(|b| {
+            KeyBundleIn::from_wire(b)
+                .unwrap()
+                .verify(ca.trust(), now_ms())
+                .unwrap()
+                .principal()
+                .clone()
+        })
+        .collect()
+}
+
+fn by_principals(principals: &[&str]) -> DirectoryRequest {
+    DirectoryRequest {
+        principals: principals.iter().map(|p| (*p).to_owned()).collect(),
+        channel: String::new(),
+    }
+}
+
+fn by_channel(channel: &str) -> DirectoryRequest {
+    DirectoryRequest {
+        principals: Vec::new(),
+        channel: channel.to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn the_directory_answers_by_principal() {
+    let ca = TestCa::new();
+    let (hub, _store) = start_with_store(&ca, config()).await;
+    let alice = enroll(&hub, "shop", "alice").await;
+    let bob = enroll(&hub, "shop", "bob").await;
+    let carol = ca.agent("shop", "carol").connect(&hub).await;
+
+    let unknown = ca.principal("shop", "zed");
+    let bundles = directory(
+        &carol,
+        by_principals(&[
+            alice.principal.as_str(),
+            unknown.as_str(),
+            bob.principal.as_str(),
+            alice.principal.as_str(),
+            "spiffe://elsewhere.org/agent/shop/alice",
+        ]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        verified(&ca, bundles),
+        [alice.principal.clone(), bob.principal.clone()]
+    );
+
+    assert_refused(
+        directory(&carol, by_principals(&["not an id"])).await,
+        Code::InvalidArgument,
+        "principal",
+    );
+    assert_refused(
+        directory(&carol, DirectoryRequest::default()).await,
+        Code::InvalidArgument,
+        "either",
+    );
+    let mut both = by_principals(&[alice.principal.as_str()]);
+    both.channel = "orders.eu".into();
+    assert_refused(
+        directory(&carol, both).await,
+        Code::InvalidArgument,
+        "either",
+    );
+
+    // A revoked principal is omitted.
+    let mut revocations = Revocations::new();
+    revocations.revoke_principal(&bob.principal);
+    hub.revoke(signed(&ca, &revocations)).await.unwrap();
+    let bundles = directory(
+        &carol,
+        by_principals(&[alice.principal.as_str(), bob.principal.as_str()]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(verified(&ca, bundles), vec![alice.principal.clone()]);
+}
+
+#[tokio::test]
+async fn the_directory_answers_by_channel_for_callers_who_may_publish_there() {
+    let ca = TestCa::new();
+    let (hub, _store) = start_with_store(&ca, config()).await;
+    let alice = enroll(&hub, "shop", "alice").await;
+    let bob = enroll(&hub, "shop", "bob").await;
+    let dave = enroll(&hub, "shop", "dave").await;
+    let mut sessions = Vec::new();
+    for (agent, pattern) in [
+        (&alice, "orders.eu"),
+        (&bob, "orders.>"),
+        (&dave, "orders.us"),
+    ] {
+        let mut session = agent.session(&hub).await;
+        assert_eq!(session.subscribe(1, pattern).await, ack(1));
+        sessions.push(session);
+    }
+    // Alice subscribes a second time, on another connection: she is listed once.
+    let mut second = alice.session(&hub).await;
+    assert_eq!(second.subscribe(7, "orders.*").await, ack(7));
+
+    let carol = ca.agent("shop", "carol").connect(&hub).await;
+    let bundles = directory(&carol, by_channel("orders.eu")).await.unwrap();
+    let mut members = verified(&ca, bundles);
+    members.sort();
+    let mut expected = vec![alice.principal.clone(), bob.principal.clone()];
+    expected.sort();
+    assert_eq!(members, expected);
+    let bundles = directory(&carol, by_channel("orders.nobody.here"))
+        .await
+        .unwrap();
+    assert_eq!(verified(&ca, bundles), vec![bob.principal.clone()]);
+
+    // A caller without the right to publish on the channel learns nothing.
+    let denials = hub.stats().denials;
+    let eve = ca.agent("lab", "eve").connect(&hub).await;
+    assert_refused(
+        directory(&eve, by_channel("orders.eu")).await,
+        Code::PermissionDenied,
+        "denied",
+    );
+    assert_eq!(hub.stats().denials, denials + 1);
+    assert_refused(
+        directory(&carol, by_channel("bad..channel")).await,
+        Code::InvalidArgument,
+        "channel",
+    );
+}
