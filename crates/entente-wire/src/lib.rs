@@ -189,6 +189,10 @@ bounded! {
     RenewResponse => scan::RENEW_RESPONSE,
     DirectoryRequest => scan::DIRECTORY_REQUEST,
     DirectoryResponse => scan::DIRECTORY_RESPONSE,
+    CreateTokenRequest => scan::CREATE_TOKEN_REQUEST,
+    CreateTokenResponse => scan::CREATE_TOKEN_RESPONSE,
+    RevokeRequest => scan::REVOKE_REQUEST,
+    RevokeResponse => scan::REVOKE_RESPONSE,
 }
 
 #[cfg(test)]

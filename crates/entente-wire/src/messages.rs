@@ -354,3 +354,47 @@ pub struct DirectoryResponse {
     #[prost(message, repeated, tag = "1")]
     pub bundles: Vec<KeyBundle>,
 }
+
+/// Asks the hub for a one-time join token for an agent.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct CreateTokenRequest {
+    /// The agent's SPIFFE ID.
+    #[prost(string, tag = "1")]
+    pub agent: String,
+    /// Lifetime in seconds; 0 for the hub's default.
+    #[prost(uint64, tag = "2")]
+    pub ttl_seconds: u64,
+}
+
+/// A join token, shown once.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct CreateTokenResponse {
+    /// The token; the hub keeps only its hash.
+    #[prost(string, tag = "1")]
+    pub token: String,
+    /// When it expires, Unix milliseconds.
+    #[prost(uint64, tag = "2")]
+    pub expires_at_ms: u64,
+}
+
+/// Revokes principals and certificates.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RevokeRequest {
+    /// SPIFFE IDs to revoke.
+    #[prost(string, repeated, tag = "1")]
+    pub principals: Vec<String>,
+    /// Certificate serial numbers to revoke, big-endian.
+    #[prost(bytes = "vec", repeated, tag = "2")]
+    pub serials: Vec<Vec<u8>>,
+}
+
+/// The revocation list now in force.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RevokeResponse {
+    /// The signed list.
+    #[prost(message, optional, tag = "1")]
+    pub revocations: Option<RevocationList>,
+    /// Live connections closed by it.
+    #[prost(uint32, tag = "2")]
+    pub closed_connections: u32,
+}

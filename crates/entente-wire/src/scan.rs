@@ -434,6 +434,41 @@ pub(crate) static DIRECTORY_RESPONSE: Schema = Schema {
     )],
 };
 
+pub(crate) static CREATE_TOKEN_REQUEST: Schema = Schema {
+    name: "CreateTokenRequest",
+    oneof: false,
+    fields: &[bytes(1, "agent", Len::Id), varint(2, "ttl_seconds")],
+};
+
+pub(crate) static CREATE_TOKEN_RESPONSE: Schema = Schema {
+    name: "CreateTokenResponse",
+    oneof: false,
+    fields: &[bytes(1, "token", Len::Token), varint(2, "expires_at_ms")],
+};
+
+pub(crate) static REVOKE_REQUEST: Schema = Schema {
+    name: "RevokeRequest",
+    oneof: false,
+    fields: &[
+        field(1, "principals", Kind::Bytes(Len::Id), Count::Recipients),
+        field(2, "serials", Kind::Bytes(Len::Serial), Count::Recipients),
+    ],
+};
+
+pub(crate) static REVOKE_RESPONSE: Schema = Schema {
+    name: "RevokeResponse",
+    oneof: false,
+    fields: &[
+        field(
+            1,
+            "revocations",
+            Kind::Message(&REVOCATION_LIST),
+            Count::One,
+        ),
+        varint(2, "closed_connections"),
+    ],
+};
+
 fn malformed(schema: &Schema, reason: &str) -> WireError {
     WireError::Malformed {
         message: schema.name,

@@ -310,7 +310,11 @@ fn invalid_utf8_is_malformed() {
 #[test]
 fn field_numbers_match_proto() {
     let proto = include_str!("../../../proto/entente/v1/entente.proto");
-    let schemas: [&Schema; 12] = [
+    let schemas: [&Schema; 16] = [
+        &scan::CREATE_TOKEN_REQUEST,
+        &scan::CREATE_TOKEN_RESPONSE,
+        &scan::REVOKE_REQUEST,
+        &scan::REVOKE_RESPONSE,
         &scan::ENROLL_REQUEST,
         &scan::ENROLL_RESPONSE,
         &scan::RENEW_REQUEST,
@@ -476,5 +480,41 @@ fn enrollment_messages_round_trip_and_are_bounded() {
             }
         ),
         "{err}"
+    );
+}
+
+#[test]
+fn admin_messages_round_trip_and_are_bounded() {
+    let limits = Limits::default();
+    let request = RevokeRequest {
+        principals: vec!["spiffe://acme.internal/agent/ops/x".into()],
+        serials: vec![vec![1, 2, 3]],
+    };
+    assert_eq!(
+        decode::<RevokeRequest>(&encode(&request), &limits).unwrap(),
+        request
+    );
+    let long_serial = RevokeRequest {
+        principals: vec![],
+        serials: vec![vec![1; MAX_SERIAL_BYTES + 1]],
+    };
+    let err = decode::<RevokeRequest>(&encode(&long_serial), &limits).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::FieldTooLong {
+                field: "serials",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let token = CreateTokenRequest {
+        agent: "spiffe://acme.internal/agent/ops/x".into(),
+        ttl_seconds: 600,
+    };
+    assert_eq!(
+        decode::<CreateTokenRequest>(&encode(&token), &limits).unwrap(),
+        token
     );
 }
