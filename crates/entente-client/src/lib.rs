@@ -1,10 +1,59 @@
-//! Entente's Rust SDK.
+//! Entente's Rust SDK: connect to a hub as an enrolled principal, publish and subscribe to
+//! sealed messages that the hub routes but cannot read.
 //!
 //! - [`Identity`]: an enrolled principal's credentials — its X509-SVID chain and TLS key, its
 //!   message keys, its CA-signed key bundle and the trust bundle — checked for consistency when
 //!   made or loaded, and kept in an identity directory (private files 0600, written atomically).
+//! - [`Client`]: a cheap-to-clone handle on one mutual-TLS connection and session to the hub,
+//!   made by [`Client::connect`] with [`ClientOptions`]. [`Client::publish`] and
+//!   [`Client::publish_to`] seal, batch and sign, and wait for the hub's ack;
+//!   [`Client::enqueue`] returns once queued, with a [`PublishAck`] to await later;
+//!   [`Client::subscribe`] returns a
+//!   [`Subscription`], a `Stream` of verified [`Message`]s — and of errors for what did not
+//!   verify, which is reported, never silently dropped.
+//! - [`Error`]: one error type with a small [`ErrorKind`] to match on.
+//!
+//! Key bundles of other principals are verified against the identity's trust bundle, never
+//! taken on the hub's word: pre-fill them with [`Client::trust_key_bundle`], or let the client
+//! fetch them from the hub's directory.
+//!
+//! ```no_run
+//! use std::{path::Path, time::SystemTime};
+//!
+//! use entente_client::{Client, ClientOptions, Identity, Principal};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let identity = Identity::load(Path::new("bob"), SystemTime::now())?;
+//! let bob = Client::connect(identity, "127.0.0.1:7443", ClientOptions::new()).await?;
+//!
+//! // Seal for Alice only: her key bundle is verified against Bob's trust bundle.
+//! let alice = Principal::parse("spiffe://example.org/agent/shop/alice")?;
+//! let alice_bundle = bob.key_bundle(&alice).await?;
+//! bob.publish_to("orders.eu", "two espressos", &[alice_bundle]).await?;
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 
+mod bundles;
+mod client;
+mod error;
 mod identity;
+mod inbox;
+mod options;
+mod outbox;
+mod stats;
+mod subscription;
+mod transport;
 
+pub use client::{Client, PublishAck};
+pub use error::{Error, ErrorKind};
 pub use identity::{IDENTITY_VERSION, Identity, IdentityError};
+pub use inbox::Message;
+pub use options::ClientOptions;
+pub use stats::ClientStats;
+pub use subscription::Subscription;
+
+pub use entente_crypto::VerifiedKeyBundle;
+pub use entente_hub::RefusalCode;
+pub use entente_types::{Channel, ChannelPattern, MessageId, Principal};

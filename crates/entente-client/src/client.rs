@@ -1,0 +1,1069 @@
+//! [`Client`]: the handle, and the two tasks behind it.
+//!
+//! One HTTP/2 connection carries one `Session` stream. Two tasks drive it:
+//!
+//! - the **writer** takes commands from the handles (publishes, subscribe and unsubscribe
+//!   frames), seals queued publishes into batches with the [`Outbox`], registers what each
+//!   frame waits for, and sends the frames;
+//! - the **reader** takes the hub's frames: `Ack`/`Refusal` answer what is waiting, `Deliver`
+//!   is opened by the subscription's [`Inbox`] (after fetching missing key bundles) and its
+//!   messages and rejections are handed to the subscription.
+//!
+//! When the session ends — the hub closes it (revocation, expiry, shutdown), the connection
+//! drops, [`Client::close`] is called, or every handle and subscription is dropped — everything
+//! waiting fails with [`ErrorKind::Closed`], and every subscription gets that error as its last
+//! item (except when this client closed the session: then the streams just end).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::mem;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use entente_crypto::{SealerOptions, TAG_LEN, VerifiedKeyBundle};
+use entente_types::{Channel, ChannelPattern, Principal};
+use entente_wire::{
+    ClientFrame, Deliver, DirectoryRequest, KeyBundle, ServerFrame, Subscribe, Unsubscribe,
+    client_frame, server_frame,
+};
+use tokio::net::ToSocketAddrs;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tonic::Streaming;
+
+use crate::bundles::KeyBundleCache;
+use crate::inbox::Inbox;
+use crate::outbox::{Outbox, OutboxOptions, Outgoing, Recipients, Sealed};
+use crate::stats::{self, ClientStats, Stats};
+use crate::transport::{Transport, status_text};
+use crate::{ClientOptions, Error, ErrorKind, Identity, Message, Subscription};
+
+/// Frames the writer may have queued for the HTTP/2 stream.
+const OUTBOUND_FRAMES: usize = 64;
+
+/// A connection to an Entente hub, as one principal.
+///
+/// Cheap to clone: every clone is a handle to the same connection and session. The session
+/// ends when [`close`](Self::close) is called, when the hub ends it, or when the last handle
+/// and [`Subscription`] are dropped.
+///
+/// Messages are sealed and signed before they leave and opened and verified when they arrive:
+/// the hub routes them without being able to read them. Publishing seals for the channel's
+/// recipients — from the hub's directory ([`publish`](Self::publish)) or named by the caller
+/// ([`publish_to`](Self::publish_to)) — and batches under load: messages queued together on
+/// one channel share one signature.
+///
+/// Needs a Tokio runtime.
+///
+/// ```no_run
+/// use std::{path::Path, time::SystemTime};
+///
+/// use entente_client::{Client, ClientOptions, Identity};
+/// use tokio_stream::StreamExt;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let identity = Identity::load(Path::new("alice"), SystemTime::now())?;
+/// let client = Client::connect(identity, "127.0.0.1:7443", ClientOptions::new()).await?;
+///
+/// let mut orders = client.subscribe("orders.>").await?;
+/// client.publish("orders.eu", "two espressos").await?;
+/// while let Some(message) = orders.next().await {
+///     match message {
+///         Ok(m) => println!("{} on {}: {:?}", m.sender, m.channel, m.payload),
+///         // A message that did not verify or open: reported, never shown.
+///         Err(e) => eprintln!("{e}"),
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+/// The hub's answer to one queued message ([`Client::enqueue`]): a future that resolves to
+/// `Ok(())` on the hub's `Ack`, or to the error (refusal, closed session, timeout).
+///
+/// Dropping it does not cancel the publish.
+#[derive(Debug)]
+#[must_use = "a publish is only known to have succeeded once its ack resolves"]
+pub struct PublishAck {
+    answer: oneshot::Receiver<Result<(), Error>>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    client: Client,
+}
+
+#[derive(Debug)]
+struct Inner {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+    transport: Transport,
+    /// Recipients of channels, from the directory, with when they were fetched.
+    members: tokio::sync::Mutex<HashMap<Channel, (Instant, Arc<Recipients>)>>,
+}
+
+/// What the handles and both tasks share.
+#[derive(Debug)]
+struct Shared {
+    identity: Identity,
+    options: ClientOptions,
+    bundles: KeyBundleCache,
+    stats: Stats,
+    state: Mutex<State>,
+    next_id: AtomicU64,
+    /// Set to stop both tasks.
+    shutdown: watch::Sender<bool>,
+    /// Set by the reader once the session is over.
+    ended: watch::Sender<bool>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    pending: HashMap<u64, Pending>,
+    subscriptions: HashMap<u64, Arc<SubscriptionEntry>>,
+    /// Why the session ended, once it has.
+    closed: Option<String>,
+    /// Channels whose sealer must start a new epoch (the hub refused a frame).
+    resets: Vec<Channel>,
+}
+
+/// What an `Ack` or `Refusal` answers.
+#[derive(Debug)]
+enum Pending {
+    Subscribe {
+        pattern: ChannelPattern,
+        done: Waiter,
+    },
+    Unsubscribe {
+        done: Option<Waiter>,
+    },
+    Publish {
+        channel: Channel,
+        waiters: Vec<Waiter>,
+    },
+}
+
+type Waiter = oneshot::Sender<Result<(), Error>>;
+
+#[derive(Debug)]
+struct SubscriptionEntry {
+    items: mpsc::Sender<Result<Message, Error>>,
+    inbox: Mutex<Inbox>,
+}
+
+#[derive(Debug)]
+enum Command {
+    Publish(Outgoing<Waiter>),
+    /// A subscribe or unsubscribe frame, already registered as pending.
+    Frame(client_frame::Kind),
+}
+
+/// How the session ended.
+#[derive(Debug)]
+enum End {
+    ByClient,
+    Hub(String),
+}
+
+// === impl Client ===
+
+impl Client {
+    /// Connects to the hub at `hub` (`"host:port"` or a `SocketAddr`) as `identity`: TLS 1.3
+    /// with the identity's certificate, verifying that the server is the hub of the
+    /// identity's trust domain; then one HTTP/2 connection and one session.
+    pub async fn connect(
+        identity: Identity,
+        hub: impl ToSocketAddrs,
+        options: ClientOptions,
+    ) -> Result<Self, Error> {
+        let limit = options.connect_timeout;
+        tokio::time::timeout(limit, Self::connect_now(identity, hub, options))
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!("connecting to the hub took longer than {limit:?}"),
+                )
+            })?
+    }
+
+    async fn connect_now(
+        identity: Identity,
+        hub: impl ToSocketAddrs,
+        options: ClientOptions,
+    ) -> Result<Self, Error> {
+        let bundles = KeyBundleCache::new(identity.trust().clone());
+        bundles.admit(identity.key_bundle(), now_ms())?;
+        let (transport, driver) = Transport::connect(&identity, hub, options.limits).await?;
+        let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_FRAMES);
+        let stream = match transport.session(outbound_rx).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                driver.abort();
+                return Err(e);
+            }
+        };
+        let (commands, commands_rx) = mpsc::channel(options.publish_queue);
+        let shared = Arc::new(Shared {
+            identity,
+            options,
+            bundles,
+            stats: Stats::default(),
+            state: Mutex::new(State::default()),
+            next_id: AtomicU64::new(1),
+            shutdown: watch::channel(false).0,
+            ended: watch::channel(false).0,
+        });
+        tokio::spawn(write(shared.clone(), commands_rx, outbound));
+        tokio::spawn(read(shared.clone(), transport.clone(), stream, driver));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shared,
+                commands,
+                transport,
+                members: tokio::sync::Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Who this client is.
+    pub fn principal(&self) -> &Principal {
+        self.inner.shared.identity.principal()
+    }
+
+    /// Subscribes to `pattern` (a channel, or a pattern with `*` for one token and a final `>`
+    /// for one or more) and waits for the hub's answer.
+    ///
+    /// A refusal is an error carrying the hub's code ([`Error::refusal_code`]): kind
+    /// [`ErrorKind::Denied`] when the principal may not subscribe there.
+    ///
+    /// The subscription yields every message that arrives for it, opened and verified, in the
+    /// order the hub delivered them (so in order per sender). Envelopes that fail to verify or
+    /// open are **not** dropped silently: each becomes an `Err` item of kind
+    /// [`ErrorKind::Rejected`] (or the directory's error kind when the sender's key bundle
+    /// could not be obtained — one item per batch then) and is counted in
+    /// [`ClientStats::rejected`]. The stream goes on after them; it ends after an
+    /// [`ErrorKind::Closed`] item when the hub ends the session.
+    pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, Error> {
+        let pattern = ChannelPattern::parse(pattern).map_err(|e| {
+            Error::new(ErrorKind::InvalidInput, format!("bad channel pattern: {e}")).with_source(e)
+        })?;
+        let shared = &self.inner.shared;
+        let id = shared.next_id();
+        let (items, items_rx) = mpsc::channel(shared.options.subscription_queue);
+        let identity = &shared.identity;
+        let entry = Arc::new(SubscriptionEntry {
+            items,
+            inbox: Mutex::new(Inbox::new(
+                identity.principal().clone(),
+                identity.key_bundle().epoch(),
+                identity.message_keys().clone(),
+            )),
+        });
+        let (done, answer) = oneshot::channel();
+        shared.register(
+            id,
+            Pending::Subscribe {
+                pattern: pattern.clone(),
+                done,
+            },
+            Some(entry),
+        )?;
+        let frame = client_frame::Kind::Subscribe(Subscribe {
+            subscription_id: id,
+            pattern: pattern.to_string(),
+        });
+        match self.request(Command::Frame(frame), answer).await {
+            Ok(()) => Ok(Subscription::new(id, pattern, items_rx, self.clone())),
+            // The hub may still take the subscription: undo it there too.
+            Err(e) if e.kind() == ErrorKind::Timeout => {
+                self.detach(id);
+                Err(e)
+            }
+            // Refused (the hub forgot it already) or closed.
+            Err(e) => {
+                let mut state = shared.lock();
+                state.subscriptions.remove(&id);
+                state.pending.remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Publishes `payload` on `channel`, sealed for the channel's members as listed by the
+    /// hub's directory (every principal subscribed to it; each key bundle verified against the
+    /// trust bundle, and the list cached for the directory TTL), and waits for the hub's `Ack`.
+    ///
+    /// A refusal is an error carrying the hub's code: kind [`ErrorKind::Denied`] when the
+    /// principal may not publish there, [`ErrorKind::Refused`] otherwise. A hub without a
+    /// directory makes this fail with [`ErrorKind::Unsupported`]: use
+    /// [`publish_to`](Self::publish_to) then.
+    ///
+    /// Concurrent publishes are batched: messages queued while a batch is sealed and sent go
+    /// out together under one signature. Their order on a channel is the order in which they
+    /// were queued; to publish many messages in a fixed order without waiting for each ack,
+    /// use [`enqueue`](Self::enqueue).
+    pub async fn publish(&self, channel: &str, payload: impl Into<Vec<u8>>) -> Result<(), Error> {
+        self.enqueue(channel, payload).await?.await
+    }
+
+    /// Publishes `payload` on `channel`, sealed for `recipients` (and this client's own
+    /// principal, so that its other sessions can read it), and waits for the hub's `Ack`.
+    ///
+    /// Each bundle is checked against this client's trust bundle (bundles already held are
+    /// not verified again). When the recipients differ from the previous publish on the
+    /// channel, a new sender-key epoch starts: removed recipients can't read what follows.
+    ///
+    /// Refusals and batching as for [`publish`](Self::publish).
+    pub async fn publish_to(
+        &self,
+        channel: &str,
+        payload: impl Into<Vec<u8>>,
+        recipients: &[VerifiedKeyBundle],
+    ) -> Result<(), Error> {
+        self.enqueue_to(channel, payload, recipients).await?.await
+    }
+
+    /// Queues `payload` for `channel`'s members, like [`publish`](Self::publish), but returns
+    /// once it is queued: the returned [`PublishAck`] resolves when the hub answers. Messages
+    /// queued one after the other are published in that order, batched.
+    ///
+    /// ```no_run
+    /// # async fn run(client: entente_client::Client) -> Result<(), entente_client::Error> {
+    /// let mut acks = Vec::new();
+    /// for i in 0..100u32 {
+    ///     acks.push(client.enqueue("metrics.cpu", i.to_be_bytes()).await?);
+    /// }
+    /// for ack in acks {
+    ///     ack.await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn enqueue(
+        &self,
+        channel: &str,
+        payload: impl Into<Vec<u8>>,
+    ) -> Result<PublishAck, Error> {
+        let deadline = self.deadline();
+        let channel = parse_channel(channel)?;
+        let payload = self.check_payload(payload.into())?;
+        let recipients = self.members(&channel).await?;
+        self.queue(channel, payload, recipients, deadline).await
+    }
+
+    /// Queues `payload` for `recipients`, like [`publish_to`](Self::publish_to), but returns
+    /// once it is queued (see [`enqueue`](Self::enqueue)).
+    pub async fn enqueue_to(
+        &self,
+        channel: &str,
+        payload: impl Into<Vec<u8>>,
+        recipients: &[VerifiedKeyBundle],
+    ) -> Result<PublishAck, Error> {
+        let deadline = self.deadline();
+        let channel = parse_channel(channel)?;
+        let payload = self.check_payload(payload.into())?;
+        let shared = &self.inner.shared;
+        let now = now_ms();
+        let bundles = recipients
+            .iter()
+            .map(|b| shared.bundles.admit(b, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        let recipients = Arc::new(Recipients::new(shared.identity.key_bundle(), bundles));
+        self.queue(channel, payload, recipients, deadline).await
+    }
+
+    /// Verifies `bundle` against the identity's trust bundle and keeps it, so that messages
+    /// from its principal can be verified (and it can be a recipient) without asking the
+    /// hub's directory.
+    pub fn trust_key_bundle(&self, bundle: KeyBundle) -> Result<VerifiedKeyBundle, Error> {
+        self.inner.shared.bundles.trust(bundle, now_ms())
+    }
+
+    /// The verified key bundle of `principal`: a trusted one if held, otherwise from the
+    /// hub's directory.
+    pub async fn key_bundle(&self, principal: &Principal) -> Result<VerifiedKeyBundle, Error> {
+        let shared = &self.inner.shared;
+        if let Some(bundle) = shared.bundles.latest(principal, now_ms()) {
+            return Ok(bundle);
+        }
+        let failures = lookup_bundles(
+            shared,
+            &self.inner.transport,
+            std::slice::from_ref(principal),
+        )
+        .await;
+        if let Some(bundle) = shared.bundles.latest(principal, now_ms()) {
+            return Ok(bundle);
+        }
+        Err(failures
+            .get(principal.as_str())
+            .map(Error::duplicate)
+            .unwrap_or_else(|| no_bundle(principal, None)))
+    }
+
+    /// The client's counters.
+    pub fn stats(&self) -> ClientStats {
+        self.inner.shared.stats.snapshot()
+    }
+
+    /// Whether the session is over.
+    pub fn is_closed(&self) -> bool {
+        self.inner.shared.lock().closed.is_some()
+    }
+
+    /// Ends the session and waits until it is over. Waiting publishes and subscriptions fail
+    /// with [`ErrorKind::Closed`]; subscription streams end.
+    pub async fn close(&self) {
+        let shared = &self.inner.shared;
+        shared.shutdown.send_replace(true);
+        let mut ended = shared.ended.subscribe();
+        let _ = ended.wait_for(|ended| *ended).await;
+    }
+
+    /// Unsubscribes `id` and waits for the hub's answer.
+    pub(crate) async fn unsubscribe(&self, id: u64) -> Result<(), Error> {
+        let shared = &self.inner.shared;
+        shared.lock().subscriptions.remove(&id);
+        let (done, answer) = oneshot::channel();
+        shared.register(id, Pending::Unsubscribe { done: Some(done) }, None)?;
+        let frame = client_frame::Kind::Unsubscribe(Unsubscribe {
+            subscription_id: id,
+        });
+        self.request(Command::Frame(frame), answer).await
+    }
+
+    /// Forgets subscription `id` and tells the hub, without waiting (a dropped
+    /// [`Subscription`]).
+    pub(crate) fn detach(&self, id: u64) {
+        let shared = &self.inner.shared;
+        shared.lock().subscriptions.remove(&id);
+        if shared
+            .register(id, Pending::Unsubscribe { done: None }, None)
+            .is_err()
+        {
+            return;
+        }
+        let frame = Command::Frame(client_frame::Kind::Unsubscribe(Unsubscribe {
+            subscription_id: id,
+        }));
+        if let Err(mpsc::error::TrySendError::Full(frame)) = self.inner.commands.try_send(frame)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let commands = self.inner.commands.clone();
+            runtime.spawn(async move {
+                let _ = commands.send(frame).await;
+            });
+        }
+    }
+
+    /// Sends `command` and waits for `answer`, both within the request timeout.
+    async fn request(
+        &self,
+        command: Command,
+        answer: oneshot::Receiver<Result<(), Error>>,
+    ) -> Result<(), Error> {
+        let shared = &self.inner.shared;
+        let limit = shared.options.request_timeout;
+        let exchange = async {
+            self.inner
+                .commands
+                .send(command)
+                .await
+                .map_err(|_| shared.closed_error())?;
+            answer.await.map_err(|_| shared.closed_error())?
+        };
+        tokio::time::timeout(limit, exchange)
+            .await
+            .map_err(|_| self.timeout_error())?
+    }
+
+    /// Queues one message for the writer, waiting for room until `deadline`.
+    async fn queue(
+        &self,
+        channel: Channel,
+        payload: Vec<u8>,
+        recipients: Arc<Recipients>,
+        deadline: tokio::time::Instant,
+    ) -> Result<PublishAck, Error> {
+        let (ticket, answer) = oneshot::channel();
+        let command = Command::Publish(Outgoing {
+            channel,
+            payload,
+            recipients,
+            ticket,
+        });
+        match tokio::time::timeout_at(deadline, self.inner.commands.send(command)).await {
+            Ok(Ok(())) => Ok(PublishAck {
+                answer,
+                deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                client: self.clone(),
+            }),
+            Ok(Err(_)) => Err(self.inner.shared.closed_error()),
+            Err(_) => Err(self.timeout_error()),
+        }
+    }
+
+    fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.inner.shared.options.request_timeout
+    }
+
+    fn timeout_error(&self) -> Error {
+        let limit = self.inner.shared.options.request_timeout;
+        Error::new(
+            ErrorKind::Timeout,
+            format!("the hub did not answer within {limit:?}"),
+        )
+    }
+
+    /// The recipients of `channel` from the directory, cached for the directory TTL.
+    async fn members(&self, channel: &Channel) -> Result<Arc<Recipients>, Error> {
+        let shared = &self.inner.shared;
+        let mut members = self.inner.members.lock().await;
+        if let Some((at, recipients)) = members.get(channel)
+            && at.elapsed() < shared.options.directory_ttl
+        {
+            return Ok(recipients.clone());
+        }
+        let response = self
+            .inner
+            .transport
+            .directory(
+                DirectoryRequest {
+                    principals: Vec::new(),
+                    channel: channel.to_string(),
+                },
+                shared.options.request_timeout,
+            )
+            .await?;
+        let now = now_ms();
+        let bundles = response
+            .bundles
+            .into_iter()
+            .map(|b| shared.bundles.trust(b, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        let recipients = Arc::new(Recipients::new(shared.identity.key_bundle(), bundles));
+        members.insert(channel.clone(), (Instant::now(), recipients.clone()));
+        Ok(recipients)
+    }
+
+    fn check_payload(&self, payload: Vec<u8>) -> Result<Vec<u8>, Error> {
+        let max = self
+            .inner
+            .shared
+            .options
+            .limits
+            .max_ciphertext_bytes
+            .saturating_sub(TAG_LEN);
+        if payload.len() > max {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "a payload of {} bytes exceeds the limit of {max}",
+                    payload.len()
+                ),
+            ));
+        }
+        Ok(payload)
+    }
+}
+
+// === impl PublishAck ===
+
+impl Future for PublishAck {
+    type Output = Result<(), Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Poll::Ready(answer) = Pin::new(&mut this.answer).poll(cx) {
+            return Poll::Ready(
+                answer.unwrap_or_else(|_| Err(this.client.inner.shared.closed_error())),
+            );
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(this.client.timeout_error()));
+        }
+        Poll::Pending
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Records what request `id` waits for (and the subscription it creates), unless the
+    /// session is over.
+    fn register(
+        &self,
+        id: u64,
+        pending: Pending,
+        subscription: Option<Arc<SubscriptionEntry>>,
+    ) -> Result<(), Error> {
+        let mut state = self.lock();
+        if let Some(reason) = &state.closed {
+            return Err(Error::new(ErrorKind::Closed, reason.clone()));
+        }
+        state.pending.insert(id, pending);
+        if let Some(entry) = subscription {
+            state.subscriptions.insert(id, entry);
+        }
+        Ok(())
+    }
+
+    fn closed_error(&self) -> Error {
+        let reason = self.lock().closed.clone();
+        Error::new(
+            ErrorKind::Closed,
+            reason.unwrap_or_else(|| "the session is closed".to_owned()),
+        )
+    }
+
+    /// Handles the hub's `Ack` (`refusal` is `None`) or `Refusal` for request `id`.
+    fn answer(&self, id: u64, refusal: Option<(u32, String)>) {
+        let pending = {
+            let mut state = self.lock();
+            let pending = state.pending.remove(&id);
+            match (&pending, &refusal) {
+                (Some(Pending::Subscribe { .. }), Some(_)) => {
+                    state.subscriptions.remove(&id);
+                }
+                (Some(Pending::Publish { channel, .. }), Some(_)) => {
+                    state.resets.push(channel.clone());
+                }
+                _ => {}
+            }
+            pending
+        };
+        let refused = |what: String| {
+            refusal
+                .as_ref()
+                .map(|(code, reason)| Error::refusal(&what, *code, reason))
+        };
+        match pending {
+            None => {}
+            Some(Pending::Subscribe { pattern, done }) => {
+                let _ = done.send(match refused(format!("the subscription to `{pattern}`")) {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                });
+            }
+            Some(Pending::Unsubscribe { done: Some(done) }) => {
+                let _ = done.send(match refused("the unsubscription".to_owned()) {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                });
+            }
+            Some(Pending::Unsubscribe { done: None }) => {}
+            Some(Pending::Publish { channel, waiters }) => {
+                let count = waiters.len() as u64;
+                match refused(format!("the publish to `{channel}`")) {
+                    Some(e) => {
+                        stats::add(&self.stats.publish_refused, count);
+                        for waiter in waiters {
+                            let _ = waiter.send(Err(e.duplicate()));
+                        }
+                    }
+                    None => {
+                        stats::add(&self.stats.published, count);
+                        for waiter in waiters {
+                            let _ = waiter.send(Ok(()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends the session: everything waiting fails, every subscription is told (unless this
+    /// client closed it), and both tasks stop.
+    fn end(&self, end: End) {
+        let (reason, by_client) = match end {
+            End::ByClient => ("the session was closed by this client".to_owned(), true),
+            End::Hub(reason) => (reason, false),
+        };
+        let (pending, subscriptions) = {
+            let mut state = self.lock();
+            state.closed.get_or_insert(reason.clone());
+            (
+                mem::take(&mut state.pending),
+                mem::take(&mut state.subscriptions),
+            )
+        };
+        self.shutdown.send_replace(true);
+        let error = Error::new(ErrorKind::Closed, reason);
+        for pending in pending.into_values() {
+            match pending {
+                Pending::Subscribe { done, .. } => {
+                    let _ = done.send(Err(error.duplicate()));
+                }
+                Pending::Unsubscribe { done } => {
+                    if let Some(done) = done {
+                        let _ = done.send(Err(error.duplicate()));
+                    }
+                }
+                Pending::Publish { waiters, .. } => {
+                    for waiter in waiters {
+                        let _ = waiter.send(Err(error.duplicate()));
+                    }
+                }
+            }
+        }
+        if !by_client {
+            for entry in subscriptions.into_values() {
+                // Without blocking on a subscription nobody reads.
+                let items = entry.items.clone();
+                let error = error.duplicate();
+                tokio::spawn(async move {
+                    let _ = items.send(Err(error)).await;
+                });
+            }
+        }
+    }
+}
+
+// === the writer ===
+
+/// Seals and sends what the handles ask for, until shutdown or every handle is gone.
+async fn write(
+    shared: Arc<Shared>,
+    mut commands: mpsc::Receiver<Command>,
+    outbound: mpsc::Sender<ClientFrame>,
+) {
+    let identity = &shared.identity;
+    let options = &shared.options;
+    let mut outbox = Outbox::new(
+        identity.principal().clone(),
+        identity.key_bundle().epoch(),
+        identity.message_keys().clone(),
+        OutboxOptions {
+            batch_max: options.batch_max,
+            batch_max_bytes: options.batch_max_bytes,
+            sender_key_resend_ms: millis(options.sender_key_resend),
+            sealer: SealerOptions {
+                message_ttl_ms: millis(options.message_ttl),
+                limits: options.limits,
+                ..SealerOptions::default()
+            },
+        },
+    );
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            command = commands.recv() => match command {
+                Some(command) => command,
+                None => break,
+            },
+        };
+        let mut batch = vec![first];
+        gather(&mut commands, &mut batch, options.batch_max, options.linger).await;
+        let mut writer = Writer {
+            shared: &shared,
+            outbox: &mut outbox,
+            outbound: &outbound,
+            shutdown: &mut shutdown,
+        };
+        if !writer.send_all(batch).await {
+            break;
+        }
+    }
+    shared.shutdown.send_replace(true);
+}
+
+/// Adds what is already queued to `batch`, up to `max` commands, waiting up to `linger` for
+/// more.
+async fn gather(
+    commands: &mut mpsc::Receiver<Command>,
+    batch: &mut Vec<Command>,
+    max: usize,
+    linger: Duration,
+) {
+    while batch.len() < max {
+        match commands.try_recv() {
+            Ok(command) => batch.push(command),
+            Err(_) => break,
+        }
+    }
+    if linger.is_zero() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + linger;
+    while batch.len() < max {
+        match tokio::time::timeout_at(deadline, commands.recv()).await {
+            Ok(Some(command)) => batch.push(command),
+            Ok(None) | Err(_) => break,
+        }
+    }
+}
+
+struct Writer<'a> {
+    shared: &'a Shared,
+    outbox: &'a mut Outbox,
+    outbound: &'a mpsc::Sender<ClientFrame>,
+    shutdown: &'a mut watch::Receiver<bool>,
+}
+
+impl Writer<'_> {
+    /// Sends `batch` in order: runs of publishes sealed together, other frames as they come.
+    /// `false` once the session is over.
+    async fn send_all(&mut self, batch: Vec<Command>) -> bool {
+        let mut publishes = Vec::new();
+        for command in batch {
+            match command {
+                Command::Publish(message) => publishes.push(message),
+                Command::Frame(kind) => {
+                    if !self.flush(mem::take(&mut publishes)).await
+                        || !self.send(ClientFrame { kind: Some(kind) }).await
+                    {
+                        return false;
+                    }
+                }
+            }
+        }
+        self.flush(publishes).await
+    }
+
+    async fn flush(&mut self, publishes: Vec<Outgoing<Waiter>>) -> bool {
+        if publishes.is_empty() {
+            return true;
+        }
+        let shared = self.shared;
+        for channel in mem::take(&mut shared.lock().resets) {
+            self.outbox.reset(&channel);
+        }
+        let sealed = self
+            .outbox
+            .seal(publishes, now_ms(), &mut || shared.next_id());
+        let mut open = true;
+        for item in sealed {
+            match item {
+                Sealed::Failed { tickets, error } => {
+                    for ticket in tickets {
+                        let _ = ticket.send(Err(error.duplicate()));
+                    }
+                }
+                Sealed::Frame {
+                    channel,
+                    publish,
+                    tickets,
+                } if open => {
+                    let id = publish.request_id;
+                    let keys = publish.sender_keys.len() as u64;
+                    let batches = publish.batches.len() as u64;
+                    let pending = Pending::Publish {
+                        channel,
+                        waiters: tickets,
+                    };
+                    if shared.register(id, pending, None).is_err() {
+                        // The session is over. The waiters were dropped with `pending`: they
+                        // see their answer channel closed and report the session's end.
+                        open = false;
+                        continue;
+                    }
+                    stats::add(&shared.stats.publish_frames, 1);
+                    stats::add(&shared.stats.batches_sent, batches);
+                    stats::add(&shared.stats.sender_keys_sent, keys);
+                    let frame = ClientFrame {
+                        kind: Some(client_frame::Kind::Publish(publish)),
+                    };
+                    open = self.send(frame).await;
+                }
+                Sealed::Frame { tickets, .. } => {
+                    let error = shared.closed_error();
+                    for ticket in tickets {
+                        let _ = ticket.send(Err(error.duplicate()));
+                    }
+                }
+            }
+        }
+        open
+    }
+
+    async fn send(&mut self, frame: ClientFrame) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.shutdown.wait_for(|stop| *stop) => false,
+            sent = self.outbound.send(frame) => sent.is_ok(),
+        }
+    }
+}
+
+// === the reader ===
+
+/// Reads the hub's frames until the session ends, then ends it for everyone.
+async fn read(
+    shared: Arc<Shared>,
+    transport: Transport,
+    mut stream: Streaming<ServerFrame>,
+    driver: JoinHandle<()>,
+) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let end = loop {
+        let next = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => break End::ByClient,
+            next = stream.message() => next,
+        };
+        match next {
+            Ok(Some(frame)) => {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|stop| *stop) => break End::ByClient,
+                    () = handle(&shared, &transport, frame) => {}
+                }
+            }
+            Ok(None) => break End::Hub("the hub ended the session".to_owned()),
+            Err(status) => {
+                let mut reason = format!("the hub closed the session: {}", status_text(&status));
+                if let Some(tls) = transport.tls_alert() {
+                    reason.push_str(&format!(" ({tls})"));
+                }
+                break End::Hub(reason);
+            }
+        }
+    };
+    shared.end(end);
+    drop(stream);
+    driver.abort();
+    shared.ended.send_replace(true);
+}
+
+async fn handle(shared: &Shared, transport: &Transport, frame: ServerFrame) {
+    match frame.kind {
+        Some(server_frame::Kind::Ack(ack)) => shared.answer(ack.request_id, None),
+        Some(server_frame::Kind::Refusal(refusal)) => {
+            shared.answer(refusal.request_id, Some((refusal.code, refusal.reason)));
+        }
+        Some(server_frame::Kind::Deliver(deliver)) => {
+            self::deliver(shared, transport, deliver).await;
+        }
+        // Flow control is the hub's queues and HTTP/2 windows for now.
+        Some(server_frame::Kind::Credit(_)) | None => {}
+    }
+}
+
+/// Opens a delivery with its subscription's inbox and hands over the result, waiting for
+/// room in the subscription's queue (which holds up the session: backpressure to the hub).
+async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) {
+    let id = deliver.subscription_id;
+    // A subscription that was just dropped: the application asked for nothing more.
+    let Some(entry) = shared.lock().subscriptions.get(&id).cloned() else {
+        return;
+    };
+    let now = now_ms();
+    let missing: Vec<Principal> = Inbox::needs(&deliver)
+        .into_iter()
+        .filter_map(|(sender, epoch)| {
+            let sender = Principal::parse(&sender).ok()?;
+            shared
+                .bundles
+                .epoch(&sender, epoch, now)
+                .is_none()
+                .then_some(sender)
+        })
+        .collect();
+    let failures = if missing.is_empty() {
+        HashMap::new()
+    } else {
+        lookup_bundles(shared, transport, &missing).await
+    };
+    let lookup = |sender: &Principal, epoch: u64| {
+        shared.bundles.epoch(sender, epoch, now).ok_or_else(|| {
+            failures
+                .get(sender.as_str())
+                .map(Error::duplicate)
+                .unwrap_or_else(|| no_bundle(sender, Some(epoch)))
+        })
+    };
+    let opened = entry
+        .inbox
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .open(deliver, &lookup, now);
+    let s = &shared.stats;
+    stats::add(&s.received, opened.received);
+    stats::add(&s.rejected, opened.rejected);
+    stats::add(&s.batches_received, opened.batches);
+    stats::add(&s.sender_keys_accepted, opened.keys_accepted);
+    stats::add(&s.sender_keys_rejected, opened.keys_rejected);
+    for item in opened.items {
+        if entry.items.send(item).await.is_err() {
+            shared.lock().subscriptions.remove(&id);
+            break;
+        }
+    }
+}
+
+/// Fetches the key bundles of `principals` from the directory into the cache; returns why
+/// each one that could not be had is missing.
+async fn lookup_bundles(
+    shared: &Shared,
+    transport: &Transport,
+    principals: &[Principal],
+) -> HashMap<String, Error> {
+    let request = DirectoryRequest {
+        principals: principals.iter().map(|p| p.to_string()).collect(),
+        channel: String::new(),
+    };
+    let mut failures = HashMap::new();
+    match transport
+        .directory(request, shared.options.request_timeout)
+        .await
+    {
+        Ok(response) => {
+            let now = now_ms();
+            for bundle in response.bundles {
+                let principal = bundle.principal.clone();
+                // Only what was asked for.
+                if !principals.iter().any(|p| p.as_str() == principal) {
+                    continue;
+                }
+                if let Err(e) = shared.bundles.trust(bundle, now) {
+                    failures.insert(principal, e);
+                }
+            }
+        }
+        Err(e) => {
+            for p in principals {
+                failures.insert(p.to_string(), e.duplicate());
+            }
+        }
+    }
+    failures
+}
+
+fn no_bundle(principal: &Principal, epoch: Option<u64>) -> Error {
+    let epoch = epoch.map_or_else(String::new, |e| format!(" for key epoch {e}"));
+    Error::new(
+        ErrorKind::Rejected,
+        format!("no valid key bundle of `{principal}`{epoch} is known"),
+    )
+}
+
+fn parse_channel(channel: &str) -> Result<Channel, Error> {
+    Channel::parse(channel).map_err(|e| {
+        Error::new(ErrorKind::InvalidInput, format!("bad channel: {e}")).with_source(e)
+    })
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, millis)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

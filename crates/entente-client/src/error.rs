@@ -1,0 +1,220 @@
+//! The SDK's one error type: a small kind to match on, a sentence to show, and the underlying
+//! error (if any) as [`std::error::Error::source`].
+
+use std::fmt;
+
+use entente_hub::RefusalCode;
+
+/// What went wrong, coarsely: what a caller matches on to decide what to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The hub could not be reached (TCP, HTTP/2), or the session could not be opened.
+    Connect,
+    /// The TLS handshake failed, or the hub refused our certificate (revoked, expired, from
+    /// another CA).
+    Tls,
+    /// The hub's authorization refused it (`Refusal` code `DENIED`, or a gRPC
+    /// `PERMISSION_DENIED` answer to a unary call).
+    Denied,
+    /// The hub refused it with another code ([`Error::refusal_code`] says which).
+    Refused,
+    /// An incoming envelope, batch or sender key did not verify or open (bad signature,
+    /// not a recipient, replay, expired, unknown sender key, …). Its plaintext is never shown.
+    Rejected,
+    /// No answer within the configured time.
+    Timeout,
+    /// The session is over: closed by the hub (revoked, certificate expired, shutdown; the
+    /// gRPC status is in the message) or by this client.
+    Closed,
+    /// The hub sent something the SDK did not expect.
+    Protocol,
+    /// Sealing failed, or a key bundle did not verify against the trust bundle.
+    Crypto,
+    /// The caller passed something unusable: a malformed channel or pattern, an oversized
+    /// payload.
+    InvalidInput,
+    /// The hub does not offer a service the call needs (it answered `UNIMPLEMENTED`), such as
+    /// the directory of key bundles.
+    Unsupported,
+}
+
+/// An SDK error: [`Error::kind`] to match on, a lowercase message, and the cause as `source`.
+#[derive(Debug)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    refusal: Option<(u32, String)>,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+// === impl ErrorKind ===
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Connect => "connect",
+            Self::Tls => "tls",
+            Self::Denied => "denied",
+            Self::Refused => "refused",
+            Self::Rejected => "rejected",
+            Self::Timeout => "timeout",
+            Self::Closed => "closed",
+            Self::Protocol => "protocol",
+            Self::Crypto => "crypto",
+            Self::InvalidInput => "invalid input",
+            Self::Unsupported => "unsupported",
+        })
+    }
+}
+
+// === impl Error ===
+
+impl Error {
+    /// An error of `kind` saying `message`.
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            refusal: None,
+            source: None,
+        }
+    }
+
+    /// Attaches the underlying error.
+    pub(crate) fn with_source(
+        mut self,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// A `Refusal{code, reason}` from the hub about `what` (for example "publish to
+    /// `orders.eu`"): kind [`ErrorKind::Denied`] for `DENIED`, [`ErrorKind::Refused`] otherwise.
+    pub(crate) fn refusal(what: &str, code: u32, reason: &str) -> Self {
+        let known = RefusalCode::from_u32(code);
+        let kind = if known == Some(RefusalCode::Denied) {
+            ErrorKind::Denied
+        } else {
+            ErrorKind::Refused
+        };
+        let name = known.map_or_else(|| format!("code {code}"), |c| c.to_string());
+        let message = if reason.is_empty() {
+            format!("the hub refused {what} ({name})")
+        } else {
+            format!("the hub refused {what} ({name}): {reason}")
+        };
+        Self {
+            kind,
+            message,
+            refusal: Some((code, reason.to_owned())),
+            source: None,
+        }
+    }
+
+    /// What kind of error this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The hub's refusal code, when the hub refused a publish or subscription.
+    pub fn refusal_code(&self) -> Option<RefusalCode> {
+        self.refusal
+            .as_ref()
+            .and_then(|(code, _)| RefusalCode::from_u32(*code))
+    }
+
+    /// The hub's reason for a refusal, as it sent it.
+    pub fn refusal_reason(&self) -> Option<&str> {
+        self.refusal.as_ref().map(|(_, reason)| reason.as_str())
+    }
+
+    /// Another error of the same kind and message, without the source (which can't be
+    /// cloned): for telling several waiters about one failure.
+    pub(crate) fn duplicate(&self) -> Self {
+        Self {
+            kind: self.kind,
+            message: self.message.clone(),
+            refusal: self.refusal.clone(),
+            source: None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn refusals_carry_their_code_and_reason() {
+        let e = Error::refusal("publish to `payments.eu`", 3, "not in the allow list");
+        assert_eq!(e.kind(), ErrorKind::Denied);
+        assert_eq!(e.refusal_code(), Some(RefusalCode::Denied));
+        assert_eq!(e.refusal_reason(), Some("not in the allow list"));
+        assert_eq!(
+            e.to_string(),
+            "the hub refused publish to `payments.eu` (DENIED): not in the allow list"
+        );
+
+        let e = Error::refusal("publish to `a`", 4, "");
+        assert_eq!(e.kind(), ErrorKind::Refused);
+        assert_eq!(e.refusal_code(), Some(RefusalCode::Replay));
+        assert_eq!(e.to_string(), "the hub refused publish to `a` (REPLAY)");
+
+        let e = Error::refusal("publish to `a`", 99, "new");
+        assert_eq!(e.kind(), ErrorKind::Refused);
+        assert_eq!(e.refusal_code(), None);
+        assert!(e.to_string().contains("code 99"));
+    }
+
+    #[test]
+    fn the_source_is_kept_and_duplicates_drop_it() {
+        let io = std::io::Error::other("boom");
+        let e = Error::new(ErrorKind::Connect, "cannot reach the hub").with_source(io);
+        assert_eq!(
+            std::error::Error::source(&e).unwrap().to_string(),
+            "boom".to_owned()
+        );
+        let d = e.duplicate();
+        assert_eq!(d.kind(), ErrorKind::Connect);
+        assert_eq!(d.to_string(), "cannot reach the hub");
+        assert!(std::error::Error::source(&d).is_none());
+    }
+
+    #[test]
+    fn kinds_display_lowercase() {
+        for kind in [
+            ErrorKind::Connect,
+            ErrorKind::Tls,
+            ErrorKind::Denied,
+            ErrorKind::Refused,
+            ErrorKind::Rejected,
+            ErrorKind::Timeout,
+            ErrorKind::Closed,
+            ErrorKind::Protocol,
+            ErrorKind::Crypto,
+            ErrorKind::InvalidInput,
+            ErrorKind::Unsupported,
+        ] {
+            let text = kind.to_string();
+            assert_eq!(text, text.to_lowercase());
+        }
+    }
+}

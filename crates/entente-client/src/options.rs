@@ -1,0 +1,172 @@
+//! [`ClientOptions`]: timeouts, batching and queue sizes.
+
+use std::time::Duration;
+
+use entente_wire::Limits;
+
+/// How a [`Client`](crate::Client) behaves. Every setting has a default; setters clamp values
+/// to what works (a queue of at least one entry, a batch within the wire limit).
+///
+/// ```
+/// use std::time::Duration;
+/// use entente_client::ClientOptions;
+///
+/// let options = ClientOptions::new()
+///     .request_timeout(Duration::from_secs(5))
+///     .batch_max(128)
+///     .linger(Duration::from_micros(200));
+/// assert_eq!(options.batch_max_value(), 128);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientOptions {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) batch_max: usize,
+    pub(crate) batch_max_bytes: usize,
+    pub(crate) linger: Duration,
+    pub(crate) publish_queue: usize,
+    pub(crate) subscription_queue: usize,
+    pub(crate) sender_key_resend: Duration,
+    pub(crate) message_ttl: Duration,
+    pub(crate) directory_ttl: Duration,
+    pub(crate) limits: Limits,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            batch_max: 256,
+            batch_max_bytes: 1 << 20,
+            linger: Duration::ZERO,
+            publish_queue: 4096,
+            subscription_queue: 4096,
+            sender_key_resend: Duration::from_secs(1),
+            message_ttl: Duration::from_secs(600),
+            directory_ttl: Duration::from_secs(30),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl ClientOptions {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Time allowed for TCP, TLS and HTTP/2 setup and opening the session. Default 10 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Time a publish, subscription or directory lookup may wait for the hub's answer,
+    /// queueing included. Default 10 s.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Most messages sealed into one signed batch (one Ed25519 signature). Default 256;
+    /// clamped to 1 ..= the wire limit (1024).
+    pub fn batch_max(mut self, messages: usize) -> Self {
+        self.batch_max = messages.clamp(1, self.limits.max_batch_envelopes.max(1));
+        self
+    }
+
+    /// Most payload bytes in one batch (a single larger message still goes alone).
+    /// Default 1 MiB; at least 1.
+    pub fn batch_max_bytes(mut self, bytes: usize) -> Self {
+        self.batch_max_bytes = bytes.max(1);
+        self
+    }
+
+    /// How long the publisher waits for more messages before sealing a batch that is not
+    /// full. Default zero: a batch holds whatever queued up while the previous one was being
+    /// sealed and sent, so a lone message goes out at once and batches grow only under load.
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// Messages that may wait to be sealed before `publish` waits for room. Default 4096.
+    pub fn publish_queue(mut self, messages: usize) -> Self {
+        self.publish_queue = messages.max(1);
+        self
+    }
+
+    /// Messages each subscription buffers before the session stops reading from the hub.
+    /// Default 4096. A subscription that is not read holds up the whole session — acks
+    /// included — and the hub disconnects a consumer that stays stuck (`RESOURCE_EXHAUSTED`).
+    pub fn subscription_queue(mut self, messages: usize) -> Self {
+        self.subscription_queue = messages.max(1);
+        self
+    }
+
+    /// How often the current sender key of a channel is sent again with a publish, so that
+    /// recipients who subscribed after it was first sent can read the channel. Default 1 s;
+    /// zero sends it with every publish frame. A new epoch's key is always sent at once.
+    pub fn sender_key_resend(mut self, interval: Duration) -> Self {
+        self.sender_key_resend = interval;
+        self
+    }
+
+    /// Lifetime of each sealed message (`expires_at - issued_at`). Default 10 minutes.
+    pub fn message_ttl(mut self, ttl: Duration) -> Self {
+        self.message_ttl = ttl;
+        self
+    }
+
+    /// How long a channel's recipients, looked up in the directory, are reused. Default 30 s.
+    pub fn directory_ttl(mut self, ttl: Duration) -> Self {
+        self.directory_ttl = ttl;
+        self
+    }
+
+    /// Decoding bounds for everything the hub sends. Default [`Limits::default`], which is
+    /// what the hub uses. `batch_max` is clamped to the new limit.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self.batch_max = self
+            .batch_max
+            .clamp(1, self.limits.max_batch_envelopes.max(1));
+        self
+    }
+
+    /// The batch size in force.
+    pub fn batch_max_value(&self) -> usize {
+        self.batch_max
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setters_clamp_to_usable_values() {
+        let o = ClientOptions::new()
+            .batch_max(0)
+            .publish_queue(0)
+            .subscription_queue(0)
+            .batch_max_bytes(0);
+        assert_eq!(o.batch_max, 1);
+        assert_eq!(o.publish_queue, 1);
+        assert_eq!(o.subscription_queue, 1);
+        assert_eq!(o.batch_max_bytes, 1);
+        assert_eq!(ClientOptions::new().batch_max(1_000_000).batch_max, 1024);
+        let small = Limits {
+            max_batch_envelopes: 8,
+            ..Limits::default()
+        };
+        assert_eq!(
+            ClientOptions::new()
+                .batch_max(512)
+                .limits(small)
+                .batch_max_value(),
+            8
+        );
+    }
+}

@@ -1,0 +1,573 @@
+//! The publishing side as a state machine: messages in, `Publish` frames out. No I/O.
+//!
+//! One [`Sealer`] per channel. A channel's first frame, and the first after every rotation,
+//! carries the new epoch's sender key; a rotation happens when the recipients differ from the
+//! epoch's, when the sealer says so ([`Sealer::needs_rotation`]: message count or age), or
+//! after [`Outbox::reset`] (the hub refused a frame, so some recipients may lack the key).
+//! The current key is also sent again once per resend interval, for recipients who subscribed
+//! after it was first sent.
+//!
+//! Messages of one channel with the same recipients are sealed together, up to `batch_max`
+//! messages or `batch_max_bytes` payload bytes, as one signed batch (one Ed25519 signature):
+//! one `Publish` frame per batch, so that a refusal only fails the messages it carried.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use entente_crypto::{MessageKeys, SealError, Sealer, SealerOptions, VerifiedKeyBundle};
+use entente_types::{Channel, Principal};
+use entente_wire as wire;
+
+use crate::{Error, ErrorKind};
+
+/// The recipients of a channel's sender keys: verified key bundles, the sender's own
+/// included (so that its other sessions, and its own subscriptions, can read the channel),
+/// one per principal, in a canonical order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Recipients {
+    bundles: Vec<VerifiedKeyBundle>,
+}
+
+/// One message waiting to be sealed, with `T` to hand back with its frame (the publisher's
+/// waiter).
+#[derive(Debug)]
+pub(crate) struct Outgoing<T> {
+    pub(crate) channel: Channel,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) recipients: Arc<Recipients>,
+    pub(crate) ticket: T,
+}
+
+/// What sealing produced for some messages.
+#[derive(Debug)]
+pub(crate) enum Sealed<T> {
+    /// A frame to send; its `Ack` or `Refusal` answers every ticket.
+    Frame {
+        channel: Channel,
+        publish: wire::Publish,
+        tickets: Vec<T>,
+    },
+    /// These messages could not be sealed.
+    Failed { tickets: Vec<T>, error: Error },
+}
+
+/// How the outbox seals.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OutboxOptions {
+    pub(crate) batch_max: usize,
+    pub(crate) batch_max_bytes: usize,
+    pub(crate) sender_key_resend_ms: u64,
+    pub(crate) sealer: SealerOptions,
+}
+
+/// The sealers of one client.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    me: Principal,
+    key_epoch: u64,
+    keys: Arc<MessageKeys>,
+    options: OutboxOptions,
+    channels: HashMap<Channel, ChannelState>,
+}
+
+#[derive(Debug)]
+struct ChannelState {
+    sealer: Sealer,
+    recipients: Arc<Recipients>,
+    sender_key: wire::SenderKey,
+    key_sent_ms: u64,
+}
+
+// === impl Recipients ===
+
+impl Recipients {
+    /// `others` plus `own`, one bundle per principal (the newest epoch), sorted by principal.
+    pub(crate) fn new(own: &VerifiedKeyBundle, others: Vec<VerifiedKeyBundle>) -> Self {
+        let mut bundles = others;
+        bundles.push(own.clone());
+        bundles.sort_by(|a, b| {
+            a.principal()
+                .as_str()
+                .cmp(b.principal().as_str())
+                .then(b.epoch().cmp(&a.epoch()))
+        });
+        bundles.dedup_by(|later, earlier| later.principal() == earlier.principal());
+        Self { bundles }
+    }
+
+    /// The bundles.
+    pub(crate) fn bundles(&self) -> &[VerifiedKeyBundle] {
+        &self.bundles
+    }
+}
+
+// === impl Outbox ===
+
+impl Outbox {
+    pub(crate) fn new(
+        me: Principal,
+        key_epoch: u64,
+        keys: Arc<MessageKeys>,
+        options: OutboxOptions,
+    ) -> Self {
+        Self {
+            me,
+            key_epoch,
+            keys,
+            options,
+            channels: HashMap::new(),
+        }
+    }
+
+    /// Forgets `channel`'s sealer: its next message starts a new epoch with a new sender key.
+    pub(crate) fn reset(&mut self, channel: &Channel) {
+        self.channels.remove(channel);
+    }
+
+    /// Seals `messages` into frames, in order within each channel. `next_id` draws request IDs.
+    pub(crate) fn seal<T>(
+        &mut self,
+        messages: Vec<Outgoing<T>>,
+        now_ms: u64,
+        next_id: &mut impl FnMut() -> u64,
+    ) -> Vec<Sealed<T>> {
+        let mut out = Vec::new();
+        for run in runs(messages, &self.options) {
+            out.push(self.seal_run(run, now_ms, next_id));
+        }
+        out
+    }
+
+    /// Seals one run: messages of one channel and one recipient set, within the batch limits.
+    fn seal_run<T>(
+        &mut self,
+        run: Vec<Outgoing<T>>,
+        now_ms: u64,
+        next_id: &mut impl FnMut() -> u64,
+    ) -> Sealed<T> {
+        let Some(first) = run.first() else {
+            return Sealed::Failed {
+                tickets: Vec::new(),
+                error: Error::new(ErrorKind::Protocol, "an empty batch"),
+            };
+        };
+        let channel = first.channel.clone();
+        let recipients = first.recipients.clone();
+        let (payloads, tickets): (Vec<Vec<u8>>, Vec<T>) =
+            run.into_iter().map(|m| (m.payload, m.ticket)).unzip();
+        let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        match self.seal_batch(&channel, &recipients, &payloads, now_ms) {
+            Ok((sender_key, batch)) => Sealed::Frame {
+                channel,
+                publish: wire::Publish {
+                    request_id: next_id(),
+                    sender_keys: sender_key.into_iter().collect(),
+                    batches: vec![batch],
+                },
+                tickets,
+            },
+            Err(error) => Sealed::Failed { tickets, error },
+        }
+    }
+
+    fn seal_batch(
+        &mut self,
+        channel: &Channel,
+        recipients: &Arc<Recipients>,
+        payloads: &[&[u8]],
+        now_ms: u64,
+    ) -> Result<(Option<wire::SenderKey>, wire::SignedBatch), Error> {
+        let sender_key = self.prepare(channel, recipients, now_ms)?;
+        let state = self
+            .channels
+            .get_mut(channel)
+            .ok_or_else(|| Error::new(ErrorKind::Crypto, "no sealer for the channel"))?;
+        match state.sealer.seal_batch(payloads, None, now_ms) {
+            Ok(batch) => Ok((sender_key, batch)),
+            // The epoch ran out inside this batch: start a new one and seal it all there.
+            Err(SealError::EpochExhausted) => {
+                let sender_key = state
+                    .sealer
+                    .rotate(recipients.bundles(), now_ms)
+                    .map_err(|e| seal_error(channel, e))?;
+                state.sender_key = sender_key.clone();
+                state.key_sent_ms = now_ms;
+                let batch = state
+                    .sealer
+                    .seal_batch(payloads, None, now_ms)
+                    .map_err(|e| seal_error(channel, e))?;
+                Ok((Some(sender_key), batch))
+            }
+            Err(e) => Err(seal_error(channel, e)),
+        }
+    }
+
+    /// Makes sure `channel` has a sealer for `recipients` and returns the sender key to send
+    /// with the next batch, if any.
+    fn prepare(
+        &mut self,
+        channel: &Channel,
+        recipients: &Arc<Recipients>,
+        now_ms: u64,
+    ) -> Result<Option<wire::SenderKey>, Error> {
+        let resend = self.options.sender_key_resend_ms;
+        if let Some(state) = self.channels.get_mut(channel) {
+            let same = Arc::ptr_eq(&state.recipients, recipients)
+                || state.recipients.as_ref() == recipients.as_ref();
+            if same && !state.sealer.needs_rotation(now_ms) {
+                if now_ms.saturating_sub(state.key_sent_ms) >= resend {
+                    state.key_sent_ms = now_ms;
+                    return Ok(Some(state.sender_key.clone()));
+                }
+                return Ok(None);
+            }
+            let sender_key = state
+                .sealer
+                .rotate(recipients.bundles(), now_ms)
+                .map_err(|e| seal_error(channel, e))?;
+            state.recipients = recipients.clone();
+            state.sender_key = sender_key.clone();
+            state.key_sent_ms = now_ms;
+            return Ok(Some(sender_key));
+        }
+        let (sealer, sender_key) = Sealer::new(
+            self.me.clone(),
+            self.key_epoch,
+            self.keys.clone(),
+            channel.clone(),
+            recipients.bundles(),
+            self.options.sealer,
+            now_ms,
+        )
+        .map_err(|e| seal_error(channel, e))?;
+        self.channels.insert(
+            channel.clone(),
+            ChannelState {
+                sealer,
+                recipients: recipients.clone(),
+                sender_key: sender_key.clone(),
+                key_sent_ms: now_ms,
+            },
+        );
+        Ok(Some(sender_key))
+    }
+}
+
+/// Splits messages into runs to seal as one batch each: grouped by channel (in order of first
+/// appearance, order kept within a channel), then cut where the recipients change or a batch
+/// limit is reached.
+fn runs<T>(messages: Vec<Outgoing<T>>, options: &OutboxOptions) -> Vec<Vec<Outgoing<T>>> {
+    let mut by_channel: Vec<Vec<Outgoing<T>>> = Vec::new();
+    for m in messages {
+        match by_channel
+            .iter_mut()
+            .find(|group| group.first().is_some_and(|g| g.channel == m.channel))
+        {
+            Some(group) => group.push(m),
+            None => by_channel.push(vec![m]),
+        }
+    }
+    let mut runs = Vec::new();
+    for group in by_channel {
+        let mut run: Vec<Outgoing<T>> = Vec::new();
+        let mut bytes = 0usize;
+        for m in group {
+            let fits = run.first().is_some_and(|first| {
+                (Arc::ptr_eq(&first.recipients, &m.recipients)
+                    || first.recipients.as_ref() == m.recipients.as_ref())
+                    && run.len() < options.batch_max
+                    && bytes.saturating_add(m.payload.len()) <= options.batch_max_bytes
+            });
+            if !fits && !run.is_empty() {
+                runs.push(std::mem::take(&mut run));
+                bytes = 0;
+            }
+            bytes = bytes.saturating_add(m.payload.len());
+            run.push(m);
+        }
+        if !run.is_empty() {
+            runs.push(run);
+        }
+    }
+    runs
+}
+
+fn seal_error(channel: &Channel, e: SealError) -> Error {
+    let kind = match e {
+        SealError::PayloadTooLarge { .. } | SealError::TooManyRecipients { .. } => {
+            ErrorKind::InvalidInput
+        }
+        _ => ErrorKind::Crypto,
+    };
+    Error::new(kind, format!("sealing for `{channel}` failed: {e}")).with_source(e)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
+
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+    use entente_crypto::{EcdsaAuthority, KeyBundleBody, KeyBundleIn};
+    use entente_types::{AgentId, TrustDomain};
+
+    use super::*;
+
+    pub(crate) const NOW: u64 = 1_760_000_000_000;
+
+    /// A CA key, as a bare authority, that signs key bundles.
+    pub(crate) struct TestCa {
+        key: EcdsaKeyPair,
+        pub(crate) authority: EcdsaAuthority,
+    }
+
+    pub(crate) struct Agent {
+        pub(crate) principal: Principal,
+        pub(crate) keys: Arc<MessageKeys>,
+        pub(crate) bundle: VerifiedKeyBundle,
+    }
+
+    impl TestCa {
+        pub(crate) fn new() -> Self {
+            let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).unwrap();
+            let mut authority = EcdsaAuthority::for_trust_domain("example.org");
+            authority.insert([7; 32], key.public_key().as_ref().to_vec(), 0, u64::MAX);
+            Self { key, authority }
+        }
+
+        pub(crate) fn agent(&self, name: &str) -> Agent {
+            let td = TrustDomain::new("example.org").unwrap();
+            let principal = Principal::from(AgentId::new(&td, "shop", name).unwrap());
+            let keys = Arc::new(MessageKeys::generate().unwrap());
+            let wire = KeyBundleBody {
+                principal: principal.clone(),
+                ed25519_public: keys.ed25519_public(),
+                x25519_public: keys.x25519_public(),
+                epoch: 1,
+                not_before_ms: NOW - 60_000,
+                not_after_ms: NOW + 3_600_000,
+            }
+            .sign([7; 32], |m| {
+                self.key
+                    .sign(&SystemRandom::new(), m)
+                    .map(|s| s.as_ref().to_vec())
+            })
+            .unwrap();
+            let bundle = KeyBundleIn::from_wire(wire)
+                .unwrap()
+                .verify(&self.authority, NOW)
+                .unwrap();
+            Agent {
+                principal,
+                keys,
+                bundle,
+            }
+        }
+    }
+
+    pub(crate) fn outbox(agent: &Agent, batch_max: usize, resend_ms: u64) -> Outbox {
+        Outbox::new(
+            agent.principal.clone(),
+            agent.bundle.epoch(),
+            agent.keys.clone(),
+            OutboxOptions {
+                batch_max,
+                batch_max_bytes: 1 << 20,
+                sender_key_resend_ms: resend_ms,
+                sealer: SealerOptions::default(),
+            },
+        )
+    }
+
+    pub(crate) fn message(
+        channel: &str,
+        payload: &[u8],
+        recipients: &Arc<Recipients>,
+        ticket: u32,
+    ) -> Outgoing<u32> {
+        Outgoing {
+            channel: Channel::parse(channel).unwrap(),
+            payload: payload.to_vec(),
+            recipients: recipients.clone(),
+            ticket,
+        }
+    }
+
+    fn frames(sealed: Vec<Sealed<u32>>) -> Vec<(Channel, wire::Publish, Vec<u32>)> {
+        sealed
+            .into_iter()
+            .map(|s| match s {
+                Sealed::Frame {
+                    channel,
+                    publish,
+                    tickets,
+                } => (channel, publish, tickets),
+                Sealed::Failed { error, .. } => panic!("sealing failed: {error}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn recipients_include_the_sender_once_and_are_canonical() {
+        let ca = TestCa::new();
+        let (alice, bob) = (ca.agent("alice"), ca.agent("bob"));
+        let a = Recipients::new(
+            &alice.bundle,
+            vec![bob.bundle.clone(), alice.bundle.clone()],
+        );
+        let b = Recipients::new(&alice.bundle, vec![bob.bundle.clone()]);
+        assert_eq!(a, b);
+        assert_eq!(a.bundles().len(), 2);
+    }
+
+    #[test]
+    fn the_first_frame_carries_the_sender_key_and_later_ones_do_not() {
+        let ca = TestCa::new();
+        let (alice, bob) = (ca.agent("alice"), ca.agent("bob"));
+        let recipients = Arc::new(Recipients::new(&alice.bundle, vec![bob.bundle.clone()]));
+        let mut outbox = outbox(&alice, 4, 1_000);
+        let mut ids = 0;
+        let mut next = || {
+            ids += 1;
+            ids
+        };
+
+        let first = frames(outbox.seal(
+            vec![message("orders.eu", b"a", &recipients, 1)],
+            NOW,
+            &mut next,
+        ));
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].1.sender_keys.len(), 1);
+        assert_eq!(first[0].1.request_id, 1);
+        let epoch = first[0].1.sender_keys[0].epoch;
+
+        let second = frames(outbox.seal(
+            vec![message("orders.eu", b"b", &recipients, 2)],
+            NOW + 10,
+            &mut next,
+        ));
+        assert!(second[0].1.sender_keys.is_empty());
+        assert_eq!(second[0].1.batches[0].envelopes[0].epoch, epoch);
+
+        // After the resend interval the same key goes out again.
+        let third = frames(outbox.seal(
+            vec![message("orders.eu", b"c", &recipients, 3)],
+            NOW + 1_010,
+            &mut next,
+        ));
+        assert_eq!(third[0].1.sender_keys.len(), 1);
+        assert_eq!(third[0].1.sender_keys[0].epoch, epoch);
+    }
+
+    #[test]
+    fn a_new_recipient_set_or_a_reset_starts_a_new_epoch() {
+        let ca = TestCa::new();
+        let (alice, bob, carol) = (ca.agent("alice"), ca.agent("bob"), ca.agent("carol"));
+        let with_bob = Arc::new(Recipients::new(&alice.bundle, vec![bob.bundle.clone()]));
+        let with_carol = Arc::new(Recipients::new(&alice.bundle, vec![carol.bundle.clone()]));
+        let mut outbox = outbox(&alice, 4, 60_000);
+        let mut ids = 0;
+        let mut next = || {
+            ids += 1;
+            ids
+        };
+        let out = frames(outbox.seal(
+            vec![
+                message("orders.eu", b"1", &with_bob, 1),
+                message("orders.eu", b"2", &with_bob, 2),
+                message("orders.eu", b"3", &with_carol, 3),
+            ],
+            NOW,
+            &mut next,
+        ));
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].2, [1, 2]);
+        assert_eq!(out[1].2, [3]);
+        let (k1, k2) = (&out[0].1.sender_keys[0], &out[1].1.sender_keys[0]);
+        assert!(k2.epoch > k1.epoch);
+        let names = |k: &wire::SenderKey| {
+            k.recipients
+                .iter()
+                .map(|r| r.recipient.clone())
+                .collect::<Vec<_>>()
+        };
+        assert!(names(k2).contains(&carol.principal.to_string()));
+        assert!(!names(k2).contains(&bob.principal.to_string()));
+
+        outbox.reset(&Channel::parse("orders.eu").unwrap());
+        let out = frames(outbox.seal(
+            vec![message("orders.eu", b"4", &with_carol, 4)],
+            NOW + 5,
+            &mut next,
+        ));
+        assert!(out[0].1.sender_keys[0].epoch > k2.epoch);
+    }
+
+    #[test]
+    fn batches_are_cut_by_count_and_channel_and_keep_order() {
+        let ca = TestCa::new();
+        let alice = ca.agent("alice");
+        let recipients = Arc::new(Recipients::new(&alice.bundle, Vec::new()));
+        let mut outbox = outbox(&alice, 3, 60_000);
+        let mut ids = 0;
+        let mut next = || {
+            ids += 1;
+            ids
+        };
+        let mut messages = Vec::new();
+        for i in 0..7 {
+            let channel = if i % 4 == 3 { "orders.us" } else { "orders.eu" };
+            messages.push(message(channel, &[i as u8], &recipients, i));
+        }
+        let out = frames(outbox.seal(messages, NOW, &mut next));
+        let summary: Vec<(String, Vec<u32>, usize)> = out
+            .iter()
+            .map(|(c, p, t)| (c.to_string(), t.clone(), p.batches[0].envelopes.len()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("orders.eu".to_owned(), vec![0, 1, 2], 3),
+                ("orders.eu".to_owned(), vec![4, 5, 6], 3),
+                ("orders.us".to_owned(), vec![3], 1),
+            ]
+        );
+        // Sequence numbers continue across batches of one epoch.
+        let seqs: Vec<u64> = out[..2]
+            .iter()
+            .flat_map(|(_, p, _)| p.batches[0].envelopes.iter().map(|e| e.seq))
+            .collect();
+        assert_eq!(seqs, [0, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn an_oversized_payload_fails_alone() {
+        let ca = TestCa::new();
+        let alice = ca.agent("alice");
+        let recipients = Arc::new(Recipients::new(&alice.bundle, Vec::new()));
+        let mut outbox = outbox(&alice, 8, 60_000);
+        let huge = vec![0u8; wire::Limits::default().max_ciphertext_bytes];
+        let sealed = outbox.seal(
+            vec![
+                message("orders.eu", b"fine", &recipients, 1),
+                message("orders.us", &huge, &recipients, 2),
+            ],
+            NOW,
+            &mut || 1,
+        );
+        assert!(matches!(&sealed[0], Sealed::Frame { tickets, .. } if tickets == &[1]));
+        match &sealed[1] {
+            Sealed::Failed { tickets, error } => {
+                assert_eq!(tickets, &[2]);
+                assert_eq!(error.kind(), ErrorKind::InvalidInput);
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Counters of one client, read with [`Client::stats`](crate::Client::stats).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of a client's counters since it connected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientStats {
+    /// Messages the hub acknowledged.
+    pub published: u64,
+    /// Messages the hub refused (their publishes failed with the refusal).
+    pub publish_refused: u64,
+    /// Signed batches sent (each one Ed25519 signature over up to `batch_max` messages).
+    pub batches_sent: u64,
+    /// `Publish` frames sent.
+    pub publish_frames: u64,
+    /// Sender keys sent (new epochs and periodic resends).
+    pub sender_keys_sent: u64,
+    /// Messages opened and handed to subscriptions.
+    pub received: u64,
+    /// Signed batches received.
+    pub batches_received: u64,
+    /// Incoming envelopes refused — by the opener (bad signature, replay, expired, no sender
+    /// key, …) or because the sender's key bundle could not be obtained. Each is also an
+    /// [`ErrorKind::Rejected`](crate::ErrorKind::Rejected) (or directory) error on its
+    /// subscription.
+    pub rejected: u64,
+    /// Incoming sender keys accepted (new epochs; resends of a known key are not counted).
+    pub sender_keys_accepted: u64,
+    /// Incoming sender keys refused (not a recipient, bad signature, conflict, …).
+    pub sender_keys_rejected: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) published: AtomicU64,
+    pub(crate) publish_refused: AtomicU64,
+    pub(crate) batches_sent: AtomicU64,
+    pub(crate) publish_frames: AtomicU64,
+    pub(crate) sender_keys_sent: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) batches_received: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) sender_keys_accepted: AtomicU64,
+    pub(crate) sender_keys_rejected: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn snapshot(&self) -> ClientStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ClientStats {
+            published: get(&self.published),
+            publish_refused: get(&self.publish_refused),
+            batches_sent: get(&self.batches_sent),
+            publish_frames: get(&self.publish_frames),
+            sender_keys_sent: get(&self.sender_keys_sent),
+            received: get(&self.received),
+            batches_received: get(&self.batches_received),
+            rejected: get(&self.rejected),
+            sender_keys_accepted: get(&self.sender_keys_accepted),
+            sender_keys_rejected: get(&self.sender_keys_rejected),
+        }
+    }
+}
+
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}

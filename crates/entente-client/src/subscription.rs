@@ -1,0 +1,79 @@
+//! [`Subscription`]: a stream of the messages (and rejections) of one subscription.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use entente_types::ChannelPattern;
+use futures_core::Stream;
+use tokio::sync::mpsc;
+
+use crate::{Client, Error, Message};
+
+/// The messages arriving for one subscription, as a [`Stream`].
+///
+/// Items are `Ok(Message)` for every message that verified and opened, and `Err` for every
+/// one that did not (see [`Client::subscribe`]): nothing that reaches the client is dropped
+/// without a trace. After the session ends the stream yields an
+/// [`ErrorKind::Closed`](crate::ErrorKind::Closed) error (unless this client closed it) and
+/// then ends.
+///
+/// Dropping it unsubscribes without waiting; [`unsubscribe`](Self::unsubscribe) waits for the
+/// hub's answer. It keeps its [`Client`]'s session alive.
+#[derive(Debug)]
+pub struct Subscription {
+    id: u64,
+    pattern: ChannelPattern,
+    items: mpsc::Receiver<Result<Message, Error>>,
+    client: Client,
+    active: bool,
+}
+
+impl Subscription {
+    pub(crate) fn new(
+        id: u64,
+        pattern: ChannelPattern,
+        items: mpsc::Receiver<Result<Message, Error>>,
+        client: Client,
+    ) -> Self {
+        Self {
+            id,
+            pattern,
+            items,
+            client,
+            active: true,
+        }
+    }
+
+    /// The subscription's ID on the session.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The pattern subscribed to.
+    pub fn pattern(&self) -> &ChannelPattern {
+        &self.pattern
+    }
+
+    /// Ends the subscription and waits for the hub's answer. Messages already queued for it
+    /// are discarded.
+    pub async fn unsubscribe(mut self) -> Result<(), Error> {
+        self.active = false;
+        self.client.unsubscribe(self.id).await
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Result<Message, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().items.poll_recv(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if self.active {
+            self.client.detach(self.id);
+        }
+    }
+}

@@ -1,0 +1,452 @@
+//! The connection to the hub: TCP, TLS 1.3 with the agent's X509-SVID (verifying the hub's
+//! SVID, [`entente_hub::client_tls`]), one HTTP/2 connection (hyper), and tonic's gRPC client
+//! with the bounded codec on top. gRPC statuses and connection failures become [`Error`]s here,
+//! in one place.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use entente_hub::client_tls;
+use entente_hub::codec::BoundedCodec;
+use entente_wire::{ClientFrame, DirectoryRequest, DirectoryResponse, Limits, ServerFrame};
+use http::uri::PathAndQuery;
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::body::Body;
+use tonic::client::Grpc;
+use tonic::{Code, Status, Streaming};
+
+use crate::{Error, ErrorKind, Identity};
+
+/// The gRPC path of the directory of key bundles.
+pub(crate) const DIRECTORY_PATH: &str = "/entente.v1.Hub/Directory";
+
+/// An HTTP/2 connection to the hub, to open gRPC calls on.
+#[derive(Debug, Clone)]
+pub(crate) struct Transport {
+    send: SendRequest<Body>,
+    origin: http::Uri,
+    limits: Limits,
+    alert: TlsAlert,
+}
+
+/// The first TLS error seen on the connection. HTTP/2 keeps only the text of I/O errors, so
+/// the TLS layer's own error (a refused certificate arrives as an alert after the client's
+/// side of the TLS 1.3 handshake is done) is caught on its way up, by [`Watched`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TlsAlert(Arc<Mutex<Option<rustls::Error>>>);
+
+impl Transport {
+    /// Connects to the hub at `addr` as `identity`, and returns the transport with the task
+    /// driving the HTTP/2 connection.
+    pub(crate) async fn connect(
+        identity: &Identity,
+        addr: impl ToSocketAddrs,
+        limits: Limits,
+    ) -> Result<(Self, JoinHandle<()>), Error> {
+        let trust = identity.trust();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.tls_key_pkcs8().to_vec()));
+        let config =
+            client_tls::client_config(trust, identity.chain().to_vec(), key).map_err(|e| {
+                Error::new(ErrorKind::Tls, format!("tls setup failed: {e}")).with_source(e)
+            })?;
+        let server_name = client_tls::server_name(trust).map_err(|e| {
+            Error::new(ErrorKind::Tls, format!("tls setup failed: {e}")).with_source(e)
+        })?;
+        let origin =
+            http::Uri::try_from(format!("https://{}", server_name.to_str())).map_err(|e| {
+                Error::new(ErrorKind::InvalidInput, format!("bad hub name: {e}")).with_source(e)
+            })?;
+
+        let tcp = dial(addr).await?;
+        let peer = tcp.peer_addr().ok();
+        let at = peer.map_or_else(String::new, |p| format!(" at {p}"));
+        let tls = TlsConnector::from(Arc::new(config))
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| {
+                Error::new(
+                    classify(&e),
+                    format!("the tls handshake with the hub{at} failed: {e}"),
+                )
+                .with_source(e)
+            })?;
+        let alert = TlsAlert::default();
+        let io = Watched {
+            io: tls,
+            alert: alert.clone(),
+        };
+        let (send, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                .await
+                .map_err(|e| {
+                    Error::new(
+                        classify(&e),
+                        format!("the http/2 handshake with the hub{at} failed: {e}"),
+                    )
+                    .with_source(e)
+                })?;
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok((
+            Self {
+                send,
+                origin,
+                limits,
+                alert,
+            },
+            driver,
+        ))
+    }
+
+    /// Opens the session stream; frames sent on `outbound` go to the hub.
+    pub(crate) async fn session(
+        &self,
+        outbound: mpsc::Receiver<ClientFrame>,
+    ) -> Result<Streaming<ServerFrame>, Error> {
+        let mut grpc = self.grpc().await?;
+        let response = grpc
+            .streaming(
+                tonic::Request::new(ReceiverStream::new(outbound)),
+                PathAndQuery::from_static(entente_hub::SESSION_PATH),
+                BoundedCodec::<ClientFrame, ServerFrame>::new(self.limits),
+            )
+            .await
+            .map_err(|status| match self.alert.seen() {
+                Some(tls) => Error::new(
+                    ErrorKind::Tls,
+                    format!("the hub refused the connection: {tls}"),
+                )
+                .with_source(tls),
+                None => Error::new(
+                    ErrorKind::Connect,
+                    status_error("opening the session", &status).to_string(),
+                )
+                .with_source(status),
+            })?;
+        Ok(response.into_inner())
+    }
+
+    /// Asks the directory for key bundles, within `timeout`.
+    pub(crate) async fn directory(
+        &self,
+        request: DirectoryRequest,
+        timeout: Duration,
+    ) -> Result<DirectoryResponse, Error> {
+        let call = async {
+            let mut grpc = self.grpc().await?;
+            grpc.unary(
+                tonic::Request::new(request),
+                PathAndQuery::from_static(DIRECTORY_PATH),
+                BoundedCodec::<DirectoryRequest, DirectoryResponse>::new(self.limits),
+            )
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| {
+                if status.code() == Code::Unimplemented {
+                    Error::new(
+                        ErrorKind::Unsupported,
+                        "the hub has no directory of key bundles yet (UNIMPLEMENTED): \
+                         trust key bundles with `Client::trust_key_bundle`, and name \
+                         recipients with `Client::publish_to`",
+                    )
+                    .with_source(status)
+                } else {
+                    status_error("the directory lookup", &status).with_source(status)
+                }
+            })
+        };
+        tokio::time::timeout(timeout, call).await.map_err(|_| {
+            Error::new(
+                ErrorKind::Timeout,
+                format!("the directory did not answer within {timeout:?}"),
+            )
+        })?
+    }
+
+    /// The TLS error that broke the connection, if one did.
+    pub(crate) fn tls_alert(&self) -> Option<rustls::Error> {
+        self.alert.seen()
+    }
+
+    async fn grpc(&self) -> Result<Grpc<H2>, Error> {
+        let mut grpc = Grpc::with_origin(H2(self.send.clone()), self.origin.clone())
+            .max_decoding_message_size(self.limits.max_frame_bytes)
+            .max_encoding_message_size(self.limits.max_frame_bytes);
+        grpc.ready().await.map_err(|e| {
+            Error::new(
+                ErrorKind::Closed,
+                format!("the connection to the hub is closed: {e}"),
+            )
+            .with_source(e)
+        })?;
+        Ok(grpc)
+    }
+}
+
+/// Resolves `addr` and connects to the first address that answers.
+async fn dial(addr: impl ToSocketAddrs) -> Result<TcpStream, Error> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Connect,
+                format!("cannot resolve the hub's address: {e}"),
+            )
+            .with_source(e)
+        })?
+        .collect();
+    let mut last = None;
+    for addr in &addrs {
+        match TcpStream::connect(addr).await {
+            Ok(tcp) => {
+                let _ = tcp.set_nodelay(true);
+                return Ok(tcp);
+            }
+            Err(e) => last = Some((*addr, e)),
+        }
+    }
+    Err(match last {
+        Some((addr, e)) => Error::new(
+            ErrorKind::Connect,
+            format!("cannot reach the hub at {addr}: {e}"),
+        )
+        .with_source(e),
+        None => Error::new(ErrorKind::Connect, "the hub's address resolved to nothing"),
+    })
+}
+
+/// The error for a gRPC status ending `what` (a session or a call).
+pub(crate) fn status_error(what: &str, status: &Status) -> Error {
+    let kind = if classify(status) == ErrorKind::Tls {
+        ErrorKind::Tls
+    } else {
+        match status.code() {
+            Code::Unimplemented => ErrorKind::Unsupported,
+            Code::PermissionDenied | Code::Unauthenticated => ErrorKind::Denied,
+            Code::DeadlineExceeded => ErrorKind::Timeout,
+            Code::Unavailable | Code::Cancelled | Code::Aborted => ErrorKind::Closed,
+            _ => ErrorKind::Protocol,
+        }
+    };
+    Error::new(kind, format!("{what} failed: {}", status_text(status)))
+}
+
+/// `CODE: message`, as the hub meant it (`PERMISSION_DENIED: certificate revoked`).
+pub(crate) fn status_text(status: &Status) -> String {
+    let code = code_name(status.code());
+    if status.message().is_empty() {
+        code.to_owned()
+    } else {
+        format!("{code}: {}", status.message())
+    }
+}
+
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// [`ErrorKind::Tls`] if a TLS error is anywhere in the chain (the hub refuses a client
+/// certificate after the client's side of the TLS 1.3 handshake is done, so the refusal
+/// surfaces as an alert on the first read), [`ErrorKind::Connect`] otherwise.
+fn classify(error: &(dyn std::error::Error + 'static)) -> ErrorKind {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return ErrorKind::Tls;
+        }
+        // `io::Error::source` skips the wrapped error itself; look at it directly.
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            && inner.downcast_ref::<rustls::Error>().is_some()
+        {
+            return ErrorKind::Tls;
+        }
+        next = e.source();
+    }
+    ErrorKind::Connect
+}
+
+// === impl TlsAlert ===
+
+impl TlsAlert {
+    fn record(&self, error: &std::io::Error) {
+        if let Some(tls) = error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+        {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert_with(|| tls.clone());
+        }
+    }
+
+    fn seen(&self) -> Option<rustls::Error> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The TLS stream, recording TLS errors in a [`TlsAlert`] as they pass.
+#[derive(Debug)]
+struct Watched<T> {
+    io: T,
+    alert: TlsAlert,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Poll::Ready(Err(e)) = &result {
+            this.alert.record(e);
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Err(e)) = &result {
+            this.alert.record(e);
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Err(e)) = &result {
+            this.alert.record(e);
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_flush(cx);
+        if let Poll::Ready(Err(e)) = &result {
+            this.alert.record(e);
+        }
+        result
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// hyper's HTTP/2 client as the tower service tonic's client wants.
+#[derive(Debug, Clone)]
+struct H2(SendRequest<Body>);
+
+impl tower_service::Service<http::Request<Body>> for H2 {
+    type Response = http::Response<Incoming>;
+    type Error = hyper::Error;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<http::Response<Incoming>, hyper::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        Box::pin(self.0.send_request(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_kinds_with_the_code_name() {
+        let e = status_error(
+            "the session",
+            &Status::permission_denied("certificate revoked"),
+        );
+        assert_eq!(e.kind(), ErrorKind::Denied);
+        assert_eq!(
+            e.to_string(),
+            "the session failed: PERMISSION_DENIED: certificate revoked"
+        );
+        assert_eq!(
+            status_error("x", &Status::unavailable("")).kind(),
+            ErrorKind::Closed
+        );
+        assert_eq!(
+            status_error("x", &Status::unimplemented("")).kind(),
+            ErrorKind::Unsupported
+        );
+        assert_eq!(
+            status_error("x", &Status::internal("")).kind(),
+            ErrorKind::Protocol
+        );
+    }
+
+    #[test]
+    fn tls_errors_are_found_through_io_errors() {
+        let tls = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked),
+        );
+        assert_eq!(classify(&tls), ErrorKind::Tls);
+        assert_eq!(
+            classify(&std::io::Error::other("refused")),
+            ErrorKind::Connect
+        );
+    }
+}

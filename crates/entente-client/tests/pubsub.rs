@@ -1,0 +1,426 @@
+//! The SDK against a real hub on 127.0.0.1:0: sealed publish/subscribe, batching under load,
+//! wildcards, refusals, rejections of what a client may not read, the directory, and live
+//! revocation.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod support;
+
+use std::time::Duration;
+
+use entente_client::{Client, ErrorKind, RefusalCode};
+use futures_util::future::join_all;
+use support::{TestHub, message, next, options, quiet};
+
+#[tokio::test]
+async fn one_message_is_sealed_routed_and_opened() {
+    let hub = TestHub::start().await;
+    let alice = hub.agent("shop", "alice").await;
+    let bob = hub.agent("shop", "bob").await;
+    let (alice_bundle, bob_principal) = (alice.bundle.clone(), bob.principal.clone());
+    let bob_wire = bob.bundle.to_wire().clone();
+
+    let alice = hub.connect(alice.identity).await;
+    alice.trust_key_bundle(bob_wire).unwrap();
+    let mut orders = alice.subscribe("orders.eu").await.unwrap();
+    assert_eq!(orders.pattern().as_str(), "orders.eu");
+
+    let bob = hub.connect(bob.identity).await;
+    bob.publish_to("orders.eu", "two espressos", &[alice_bundle])
+        .await
+        .unwrap();
+
+    let m = message(&mut orders).await;
+    assert_eq!(m.sender, bob_principal);
+    assert_eq!(m.channel.as_str(), "orders.eu");
+    assert_eq!(m.payload, b"two espressos");
+    assert_eq!(m.reply_to, None);
+
+    let sent = bob.stats();
+    assert_eq!(
+        (sent.published, sent.batches_sent, sent.sender_keys_sent),
+        (1, 1, 1)
+    );
+    let got = alice.stats();
+    assert_eq!(
+        (got.received, got.rejected, got.sender_keys_accepted),
+        (1, 0, 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_messages_arrive_in_order_in_fewer_batches() {
+    const N: u32 = 1_000;
+    let hub = TestHub::start().await;
+    let alice = hub.agent("shop", "alice").await;
+    let bob = hub.agent("shop", "bob").await;
+    let alice_bundle = alice.bundle.clone();
+    let bob_wire = bob.bundle.to_wire().clone();
+
+    let alice = hub.connect(alice.identity).await;
+    alice.trust_key_bundle(bob_wire).unwrap();
+    let mut orders = alice.subscribe("orders.>").await.unwrap();
+    let bob = hub.connect(bob.identity).await;
+
+    // Queued one after the other without waiting for acks: published in that order, batched.
+    let recipients = [alice_bundle];
+    let mut acks = Vec::new();
+    for i in 0..N {
+        acks.push(
+            bob.enqueue_to("orders.eu", i.to_be_bytes(), &recipients)
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in join_all(acks).await {
+        ack.unwrap();
+    }
+
+    for i in 0..N {
+        let m = message(&mut orders).await;
+        assert_eq!(m.payload, i.to_be_bytes(), "message {i} out of order");
+    }
+    let sent = bob.stats();
+    assert_eq!(sent.published, u64::from(N));
+    assert!(
+        sent.batches_sent < u64::from(N) / 4,
+        "expected batching, got {} batches for {N} messages",
+        sent.batches_sent
+    );
+    assert_eq!(sent.batches_sent, sent.publish_frames);
+    let got = alice.stats();
+    assert_eq!(got.received, u64::from(N));
+    assert_eq!(got.rejected, 0);
+    assert_eq!(got.batches_received, sent.batches_sent);
+    assert_eq!(hub.hub.stats().delivery_failures, 0);
+}
+
+#[tokio::test]
+async fn concurrent_publishers_are_batched_and_each_gets_its_ack() {
+    const N: u32 = 300;
+    let hub = TestHub::start().await;
+    let alice = hub.agent("shop", "alice").await;
+    let bob = hub.agent("shop", "bob").await;
+    let alice_bundle = alice.bundle.clone();
+    let bob_wire = bob.bundle.to_wire().clone();
+    let alice = hub.connect(alice.identity).await;
+    alice.trust_key_bundle(bob_wire).unwrap();
+    let mut orders = alice.subscribe("orders.>").await.unwrap();
+    let bob = hub.connect(bob.identity).await;
+
+    // Each call waits for the ack of the frame that carried its message; their relative
+    // order is whatever order they were queued in.
+    let recipients = [alice_bundle];
+    let results =
+        join_all((0..N).map(|i| bob.publish_to("orders.eu", i.to_be_bytes(), &recipients))).await;
+    assert!(results.iter().all(Result::is_ok));
+    let mut seen = Vec::new();
+    for _ in 0..N {
+        let m = message(&mut orders).await;
+        seen.push(u32::from_be_bytes(m.payload.try_into().unwrap()));
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..N).collect::<Vec<_>>());
+    assert!(bob.stats().batches_sent < u64::from(N), "{:?}", bob.stats());
+}
+
+#[tokio::test]
+async fn a_wildcard_subscription_receives_every_matching_channel() {
+    let hub = TestHub::start().await;
+    let alice = hub.agent("shop", "alice").await;
+    let bob = hub.agent("shop", "bob").await;
+    let alice_bundle = alice.bundle.clone();
+    let bob_wire = bob.bundle.to_wire().clone();
+    let alice = hub.connect(alice.identity).await;
+    alice.trust_key_bundle(bob_wire).unwrap();
+    let mut star = alice.subscribe("orders.*").await.unwrap();
+    let bob = hub.connect(bob.identity).await;
+
+    for channel in ["orders.eu", "orders.us", "orders.eu.late", "orders.zz"] {
+        bob.publish_to(channel, channel, std::slice::from_ref(&alice_bundle))
+            .await
+            .unwrap();
+    }
+    // `*` is one token: `orders.eu.late` is not delivered.
+    for expected in ["orders.eu", "orders.us", "orders.zz"] {
+        let m = message(&mut star).await;
+        assert_eq!(m.channel.as_str(), expected);
+        assert_eq!(m.payload, expected.as_bytes());
+    }
+    quiet(&mut star).await;
+}
+
+#[tokio::test]
+async fn overlapping_subscriptions_each_get_their_own_copy() {
+    let hub = TestHub::start().await;
+    let alice = hub.agent("shop", "alice").await;
+    let bob = hub.agent("shop", "bob").await;
+    let alice_bundle = alice.bundle.clone();
+    let bob_wire = bob.bundle.to_wire().clone();
+    let alice = hub.connect(alice.identity).await;
+    alice.trust_key_bundle(bob_wire).unwrap();
+    let mut exact = alice.subscribe("orders.eu").await.unwrap();
+    let mut all = alice.subscribe("orders.>").await.unwrap();
+    let bob = hub.connect(bob.identity).await;
+
+    bob.publish_to("orders.eu", "once", &[alice_bundle])
+        .await
+        .unwrap();
+    assert_eq!(message(&mut exact).await.payload, b"once");
+    assert_eq!(message(&mut all).await.payload, b"once");
+    assert_eq!(alice.stats().rejected, 0);
+}
+
+#[tokio::test]
+async fn a_denied_subscription_is_an_error_with_the_hubs_code() {
+    let hub = TestHub::start().await;
+    let alice = hub.connect(hub.agent("shop", "alice").await.identity).await;
+
+    let e = alice.subscribe("payments.eu").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Denied, "{e}");
+    assert_eq!(e.refusal_code(), Some(RefusalCode::Denied));
+    assert!(e.to_string().contains("payments.eu"), "{e}");
+
+    let e = alice.subscribe("orders..eu").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+
+    // The session goes on.
+    alice.subscribe("orders.eu").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_publish_returns_the_code_and_the_session_goes_on() {
+    let hub = TestHub::start().await;
+    let alice = hub.agent("shop", "alice").await;
+    let bob = hub.agent("shop", "bob").await;
+    let alice_bundle = alice.bundle.clone();
+    let bob_wire = bob.bundle.to_wire().clone();
+    let alice = hub.connect(alice.identity).await;
+    alice.trust_key_bundle(bob_wire).unwrap();
+    let mut orders = alice.subscribe("orders.eu").await.unwrap();
+    let bob = hub.connect(bob.identity).await;
+
+    let e = bob
+        .publish_to("payments.eu", "refund", std::slice::from_ref(&alice_bundle))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Denied, "{e}");
+    assert_eq!(e.refusal_code(), Some(RefusalCode::Denied));
+    assert!(e.to_string().contains("payments.eu"), "{e}");
+    assert_eq!(bob.stats().publish_refused, 1);
+
+    bob.publish_to("orders.eu", "fine", &[alice_bundle])
+        .await
+        .unwrap();
+    assert_eq!(message(&mut orders).await.payload, b"fine");
+}
+
+#[tokio::test]
+async fn a_subscriber_that_is_not_a_recipient_gets_rejections_not_plaintext() {
+    let hub = TestHub::start().await;
+    let alice = hub.agent("shop", "alice").await;
+    let bob = hub.agent("shop", "bob").await;
+    let carol = hub.agent("shop", "carol").await;
+    let alice_bundle = alice.bundle.clone();
+    let bob_wire = bob.bundle.to_wire().clone();
+
+    let alice = hub.connect(alice.identity).await;
+    alice.trust_key_bundle(bob_wire.clone()).unwrap();
+    let mut alice_orders = alice.subscribe("orders.eu").await.unwrap();
+    let carol = hub.connect(carol.identity).await;
+    carol.trust_key_bundle(bob_wire).unwrap();
+    let mut carol_orders = carol.subscribe("orders.eu").await.unwrap();
+
+    let bob = hub.connect(bob.identity).await;
+    for text in ["for alice 1", "for alice 2"] {
+        bob.publish_to("orders.eu", text, std::slice::from_ref(&alice_bundle))
+            .await
+            .unwrap();
+    }
+    assert_eq!(message(&mut alice_orders).await.payload, b"for alice 1");
+    assert_eq!(message(&mut alice_orders).await.payload, b"for alice 2");
+
+    for _ in 0..2 {
+        let e = match next(&mut carol_orders).await {
+            Some(Err(e)) => e,
+            other => panic!("expected a rejection, got {other:?}"),
+        };
+        assert_eq!(e.kind(), ErrorKind::Rejected, "{e}");
+        assert!(
+            e.to_string().contains("not addressed to this client"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("for alice"), "{e}");
+    }
+    let stats = carol.stats();
+    assert_eq!((stats.received, stats.rejected), (0, 2));
+    assert_eq!(stats.sender_keys_rejected, 1);
+}
+
+#[tokio::test]
+async fn publish_seals_for_the_channels_members_from_the_directory() {
+    let hub = TestHub::start().await;
+    let alice = hub.agent("shop", "alice").await;
+    let carol = hub.agent("shop", "carol").await;
+    let bob = hub.agent("shop", "bob").await;
+
+    // Nobody pre-trusts anybody: recipients and senders' bundles come from the directory,
+    // each verified against the trust bundle.
+    let alice = hub.connect(alice.identity).await;
+    let mut alice_orders = alice.subscribe("orders.*").await.unwrap();
+    let carol = hub.connect(carol.identity).await;
+    let mut carol_orders = carol.subscribe("orders.eu").await.unwrap();
+    let bob = hub.connect(bob.identity).await;
+
+    bob.publish("orders.eu", "for every member").await.unwrap();
+    assert_eq!(
+        message(&mut alice_orders).await.payload,
+        b"for every member"
+    );
+    assert_eq!(
+        message(&mut carol_orders).await.payload,
+        b"for every member"
+    );
+
+    // Not a channel Bob may publish to: the directory refuses to list its members.
+    let e = bob.publish("payments.eu", "x").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Denied, "{e}");
+}
+
+#[tokio::test]
+async fn a_sender_unknown_to_the_directory_is_rejected() {
+    let hub = TestHub::start().await;
+    let alice = hub.agent("shop", "alice").await;
+    let mallory = hub.unregistered_agent("shop", "mallory");
+    let alice_bundle = alice.bundle.clone();
+    let alice = hub.connect(alice.identity).await;
+    let mut orders = alice.subscribe("orders.eu").await.unwrap();
+
+    let mallory = hub.connect(mallory.identity).await;
+    mallory
+        .publish_to("orders.eu", "trust me", &[alice_bundle])
+        .await
+        .unwrap();
+    // One error for the sender key, one for the batch: neither could be verified.
+    let mut errors = Vec::new();
+    for _ in 0..2 {
+        match next(&mut orders).await {
+            Some(Err(e)) => errors.push(e),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+    assert!(
+        errors.iter().all(|e| e.kind() == ErrorKind::Rejected),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].to_string().contains("can't be verified"),
+        "{}",
+        errors[1]
+    );
+    assert_eq!(alice.stats().received, 0);
+}
+
+#[tokio::test]
+async fn a_late_subscriber_reads_once_the_sender_key_is_resent() {
+    let hub = TestHub::start().await;
+    let alice = hub.agent("shop", "alice").await;
+    let bob = hub.agent("shop", "bob").await;
+    let alice_bundle = alice.bundle.clone();
+    let bob_wire = bob.bundle.to_wire().clone();
+    let bob = hub
+        .connect_with(bob.identity, options().sender_key_resend(Duration::ZERO))
+        .await;
+    bob.publish_to("orders.eu", "before", std::slice::from_ref(&alice_bundle))
+        .await
+        .unwrap();
+
+    let alice = hub.connect(alice.identity).await;
+    alice.trust_key_bundle(bob_wire).unwrap();
+    let mut orders = alice.subscribe("orders.eu").await.unwrap();
+    bob.publish_to("orders.eu", "after", &[alice_bundle])
+        .await
+        .unwrap();
+    assert_eq!(message(&mut orders).await.payload, b"after");
+    assert_eq!(bob.stats().sender_keys_sent, 2);
+}
+
+#[tokio::test]
+async fn revocation_ends_the_subscription_with_closed_and_reconnecting_fails() {
+    let hub = TestHub::start().await;
+    let alice = hub.agent("shop", "alice").await;
+    let alice_principal = alice.principal.clone();
+    let alice_client = hub.connect(alice.identity).await;
+    let mut orders = alice_client.subscribe("orders.eu").await.unwrap();
+
+    assert_eq!(hub.revoke(&alice_principal).await, 1);
+
+    let e = match next(&mut orders).await {
+        Some(Err(e)) => e,
+        other => panic!("expected the session's end, got {other:?}"),
+    };
+    assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+    assert!(e.to_string().contains("PERMISSION_DENIED"), "{e}");
+    assert!(
+        next(&mut orders).await.is_none(),
+        "the stream ends after the error"
+    );
+    assert!(alice_client.is_closed());
+
+    let e = alice_client.subscribe("orders.us").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+    assert!(e.to_string().contains("PERMISSION_DENIED"), "{e}");
+
+    // The same certificate is refused at the handshake now. The hub refuses it after the
+    // client's side of the TLS 1.3 handshake is done, so it surfaces as a TLS alert.
+    let again = hub.unregistered_agent("shop", "alice");
+    let e = Client::connect(again.identity, hub.hub.local_addr(), options())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
+}
+
+#[tokio::test]
+async fn closing_ends_streams_and_fails_later_calls() {
+    let hub = TestHub::start().await;
+    let alice = hub.connect(hub.agent("shop", "alice").await.identity).await;
+    let mut orders = alice.subscribe("orders.eu").await.unwrap();
+    let other = alice.clone();
+    other.close().await;
+    assert!(alice.is_closed());
+    assert!(next(&mut orders).await.is_none());
+    let e = alice
+        .publish_to("orders.eu", "late", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+}
+
+#[tokio::test]
+async fn unsubscribing_waits_for_the_hub() {
+    let hub = TestHub::start().await;
+    let alice = hub.connect(hub.agent("shop", "alice").await.identity).await;
+    let orders = alice.subscribe("orders.eu").await.unwrap();
+    orders.unsubscribe().await.unwrap();
+    // Dropping a subscription unsubscribes too; the session carries on.
+    drop(alice.subscribe("orders.us").await.unwrap());
+    alice.subscribe("orders.us").await.unwrap();
+}
+
+#[tokio::test]
+async fn connecting_where_no_hub_listens_is_a_connect_error() {
+    let hub = TestHub::start().await;
+    let alice = hub.agent("shop", "alice").await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let e = Client::connect(alice.identity, addr, options())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Connect, "{e}");
+    assert!(e.to_string().contains(&addr.to_string()), "{e}");
+}
