@@ -319,9 +319,12 @@ impl ConfigFile {
                     .with_context(|| format!("[[allow]] #{}", i + 1))?,
             );
         }
+        // The data directory's admin identity administers this hub remotely.
+        let admin = Principal::from(HumanId::new(&td, "admin")?);
         Ok(HubConfig {
             listen,
             allow,
+            admins: vec![admin],
             ..HubConfig::default()
         })
     }

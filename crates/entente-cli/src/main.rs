@@ -27,6 +27,81 @@ enum Command {
     /// Run a hub.
     #[command(subcommand)]
     Hub(HubCommand),
+    /// Manage join tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Enroll with a join token: create keys, get a certificate, write an identity directory.
+    Enroll {
+        /// The hub's address.
+        #[arg(long)]
+        hub: String,
+        /// The trust bundle (the hub's `ca.pem`), obtained from the operator.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The one-time join token.
+        #[arg(long)]
+        token: String,
+        /// Where to write the identity directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Seal, sign and publish one message.
+    Send {
+        /// The identity directory.
+        #[arg(long)]
+        identity: PathBuf,
+        /// The hub's address.
+        #[arg(long)]
+        hub: String,
+        /// The channel.
+        channel: String,
+        /// The message.
+        message: String,
+    },
+    /// Print verified messages from a channel pattern.
+    Listen {
+        /// The identity directory.
+        #[arg(long)]
+        identity: PathBuf,
+        /// The hub's address.
+        #[arg(long)]
+        hub: String,
+        /// The channel or pattern (`*`, `>` wildcards).
+        channel: String,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Revoke an agent: its live connections end at once and its certificate is refused.
+    Revoke {
+        /// An administrator's identity directory.
+        #[arg(long)]
+        identity: PathBuf,
+        /// The hub's address.
+        #[arg(long)]
+        hub: String,
+        /// The agent's SPIFFE ID.
+        agent: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a one-time join token for an agent; prints the token alone.
+    Create {
+        /// An administrator's identity directory.
+        #[arg(long)]
+        identity: PathBuf,
+        /// The hub's address.
+        #[arg(long)]
+        hub: String,
+        /// The agent, as SEGMENT/NAME.
+        #[arg(long)]
+        agent: String,
+        /// How long the token is valid (90s, 15m, 2h, 7d; default: the hub's).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,6 +130,35 @@ fn main() -> ExitCode {
             listen,
             trust_domain,
         }) => commands::hub::start(&data, listen, trust_domain.as_deref(), cli.json),
+        Command::Token(TokenCommand::Create {
+            identity,
+            hub,
+            agent,
+            ttl,
+        }) => commands::agent::token_create(&identity, &hub, &agent, ttl.as_deref(), cli.json),
+        Command::Enroll {
+            hub,
+            ca,
+            token,
+            out,
+        } => commands::agent::enroll(&hub, &ca, &token, &out, cli.json),
+        Command::Send {
+            identity,
+            hub,
+            channel,
+            message,
+        } => commands::agent::send(&identity, &hub, &channel, &message, cli.json),
+        Command::Listen {
+            identity,
+            hub,
+            channel,
+            count,
+        } => commands::agent::listen(&identity, &hub, &channel, count, cli.json),
+        Command::Revoke {
+            identity,
+            hub,
+            agent,
+        } => commands::agent::revoke(&identity, &hub, &agent, cli.json),
     };
     match result {
         Ok(code) => code,

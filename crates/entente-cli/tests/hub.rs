@@ -5,47 +5,11 @@
     clippy::panic
 )]
 
-use std::{
-    fs,
-    io::{BufRead, BufReader},
-    os::unix::fs::PermissionsExt,
-    process::{Child, Command, Stdio},
-};
+mod support;
 
-fn start(dir: &std::path::Path) -> (Child, serde_json::Value) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_entente"))
-        .args([
-            "hub",
-            "start",
-            "--json",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-        ])
-        .arg(dir)
-        .env_remove("ENTENTE_KEYSTORE_KEY")
-        .env_remove("ENTENTE_KEYSTORE_PASSPHRASE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: serde_json::Value =
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-    (child, v)
-}
+use std::{fs, os::unix::fs::PermissionsExt, process::Command};
 
-fn stop(mut child: Child) {
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(child.wait().unwrap().success());
-}
+use support::{start, stop};
 
 #[test]
 fn the_first_start_initializes_and_later_starts_reuse() {

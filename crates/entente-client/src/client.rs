@@ -406,6 +406,58 @@ impl Client {
             .unwrap_or_else(|| no_bundle(principal, None)))
     }
 
+    /// Asks the hub for a one-time join token for `agent` (administrators only). `ttl` of
+    /// zero takes the hub's default. Returns the token and its expiry (Unix milliseconds).
+    pub async fn create_token(
+        &self,
+        agent: &entente_types::AgentId,
+        ttl: Duration,
+    ) -> Result<(String, u64), Error> {
+        if ttl.as_secs() == 0 && !ttl.is_zero() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "a join token lives at least one second",
+            ));
+        }
+        let response: entente_wire::CreateTokenResponse = self
+            .inner
+            .transport
+            .unary(
+                "/entente.v1.Admin/CreateToken",
+                entente_wire::CreateTokenRequest {
+                    agent: agent.to_string(),
+                    ttl_seconds: ttl.as_secs(),
+                },
+                self.inner.shared.options.request_timeout,
+                "creating a join token",
+            )
+            .await?;
+        Ok((response.token, response.expires_at_ms))
+    }
+
+    /// Revokes principals and certificate serials (administrators only); returns how many live
+    /// connections the hub closed.
+    pub async fn revoke(
+        &self,
+        principals: &[Principal],
+        serials: &[Vec<u8>],
+    ) -> Result<u32, Error> {
+        let response: entente_wire::RevokeResponse = self
+            .inner
+            .transport
+            .unary(
+                "/entente.v1.Admin/Revoke",
+                entente_wire::RevokeRequest {
+                    principals: principals.iter().map(ToString::to_string).collect(),
+                    serials: serials.to_vec(),
+                },
+                self.inner.shared.options.request_timeout,
+                "revoking",
+            )
+            .await?;
+        Ok(response.closed_connections)
+    }
+
     /// The client's counters.
     pub fn stats(&self) -> ClientStats {
         self.inner.shared.stats.snapshot()

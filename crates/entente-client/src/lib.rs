@@ -37,6 +37,7 @@
 
 mod bundles;
 mod client;
+mod enroll;
 mod error;
 mod identity;
 mod inbox;
@@ -47,6 +48,7 @@ mod subscription;
 mod transport;
 
 pub use client::{Client, PublishAck};
+pub use enroll::enroll;
 pub use error::{Error, ErrorKind};
 pub use identity::{IDENTITY_VERSION, Identity, IdentityError};
 pub use inbox::Message;

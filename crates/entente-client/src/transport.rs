@@ -65,6 +65,32 @@ impl Transport {
         let server_name = client_tls::server_name(trust).map_err(|e| {
             Error::new(ErrorKind::Tls, format!("tls setup failed: {e}")).with_source(e)
         })?;
+        Self::open(config, server_name, addr, limits).await
+    }
+
+    /// Connects to the hub's enrollment name, without a client certificate, verifying the hub
+    /// against `trust`.
+    pub(crate) async fn connect_enroll(
+        trust: &entente_ca::TrustBundle,
+        addr: impl ToSocketAddrs,
+        limits: Limits,
+    ) -> Result<(Self, JoinHandle<()>), Error> {
+        let config = client_tls::enroll_client_config(trust).map_err(|e| {
+            Error::new(ErrorKind::Tls, format!("tls setup failed: {e}")).with_source(e)
+        })?;
+        let name = entente_hub::enroll_server_name(trust.trust_domain());
+        let server_name = rustls_pki_types::ServerName::try_from(name).map_err(|e| {
+            Error::new(ErrorKind::Tls, format!("tls setup failed: {e}")).with_source(e)
+        })?;
+        Self::open(config, server_name, addr, limits).await
+    }
+
+    async fn open(
+        config: rustls::ClientConfig,
+        server_name: rustls_pki_types::ServerName<'static>,
+        addr: impl ToSocketAddrs,
+        limits: Limits,
+    ) -> Result<(Self, JoinHandle<()>), Error> {
         let origin =
             http::Uri::try_from(format!("https://{}", server_name.to_str())).map_err(|e| {
                 Error::new(ErrorKind::InvalidInput, format!("bad hub name: {e}")).with_source(e)
@@ -173,6 +199,44 @@ impl Transport {
             Error::new(
                 ErrorKind::Timeout,
                 format!("the directory did not answer within {timeout:?}"),
+            )
+        })?
+    }
+
+    /// One unary call on `path`, within `timeout`; `what` names it in errors.
+    pub(crate) async fn unary<Req, Resp>(
+        &self,
+        path: &'static str,
+        request: Req,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<Resp, Error>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: entente_wire::Bounded + Send + 'static,
+    {
+        let call = async {
+            let mut grpc = self.grpc().await?;
+            grpc.unary(
+                tonic::Request::new(request),
+                PathAndQuery::from_static(path),
+                BoundedCodec::<Req, Resp>::new(self.limits),
+            )
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| match self.alert.seen() {
+                Some(tls) => Error::new(
+                    ErrorKind::Tls,
+                    format!("the hub refused the connection: {tls}"),
+                )
+                .with_source(tls),
+                None => status_error(what, &status).with_source(status),
+            })
+        };
+        tokio::time::timeout(timeout, call).await.map_err(|_| {
+            Error::new(
+                ErrorKind::Timeout,
+                format!("{what}: the hub did not answer within {timeout:?}"),
             )
         })?
     }

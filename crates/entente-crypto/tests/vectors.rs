@@ -43,22 +43,12 @@ use hpke::{
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-const KEY_BUNDLE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../test-vectors/key-bundle.json"
-);
-const ENVELOPE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../test-vectors/envelope.json"
-);
-const BATCH: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../test-vectors/batch-signature.json"
-);
-const HPKE_RFC9180: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../test-vectors/hpke-rfc9180-base-x25519-sha256-aes256gcm.json"
-);
+// Relative to the package root, where cargo runs tests: a path fixed at compile time would go
+// stale when a build directory is shared between checkouts.
+const KEY_BUNDLE: &str = "../../test-vectors/key-bundle.json";
+const ENVELOPE: &str = "../../test-vectors/envelope.json";
+const BATCH: &str = "../../test-vectors/batch-signature.json";
+const HPKE_RFC9180: &str = "../../test-vectors/hpke-rfc9180-base-x25519-sha256-aes256gcm.json";
 
 // === fixed inputs ===
 

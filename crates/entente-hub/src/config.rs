@@ -3,6 +3,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use entente_types::Principal;
 use entente_wire::Limits;
 
 use crate::{AllowList, HubError};
@@ -30,6 +31,15 @@ pub struct HubConfig {
     /// How long the key bundle signed at enrollment is valid (cut to the intermediate CA's
     /// validity). Default 30 days.
     pub key_bundle_ttl: Duration,
+    /// Who may administer the hub remotely: create join tokens
+    /// ([`CREATE_TOKEN_PATH`](crate::CREATE_TOKEN_PATH)) and revoke
+    /// ([`REVOKE_PATH`](crate::REVOKE_PATH)) over their mutual-TLS connection. Each must be a
+    /// principal of the CA's trust domain ([`Hub::start`](crate::Hub::start) refuses others).
+    ///
+    /// Default empty: nobody administers remotely, and only the operator holding the
+    /// [`HubHandle`](crate::HubHandle) can create tokens and revoke. `entente hub start` puts
+    /// the admin human identity it creates, `spiffe://TD/human/admin`, here.
+    pub admins: Vec<Principal>,
 }
 
 impl Default for HubConfig {
@@ -44,13 +54,14 @@ impl Default for HubConfig {
             max_subscriptions: 1024,
             max_streams_per_connection: 4,
             key_bundle_ttl: Duration::from_secs(30 * 24 * 60 * 60),
+            admins: Vec::new(),
         }
     }
 }
 
 impl HubConfig {
-    /// Refuses values the hub can't run with.
-    pub(crate) fn check(&self) -> Result<(), HubError> {
+    /// Refuses values the hub can't run with; `trust_domain` is the CA's.
+    pub(crate) fn check(&self, trust_domain: &str) -> Result<(), HubError> {
         if self.queue_capacity == 0 {
             return Err(HubError::Config("queue_capacity must be at least 1"));
         }
@@ -69,6 +80,15 @@ impl HubConfig {
         }
         if self.key_bundle_ttl.is_zero() {
             return Err(HubError::Config("key_bundle_ttl must not be zero"));
+        }
+        if self
+            .admins
+            .iter()
+            .any(|admin| admin.trust_domain() != trust_domain)
+        {
+            return Err(HubError::Config(
+                "admins must be principals of the hub's trust domain",
+            ));
         }
         Ok(())
     }

@@ -86,6 +86,16 @@ impl Connections {
         closed
     }
 
+    /// The certificate serials held by the live connections of `principal` (presented or
+    /// renewed over them).
+    pub(crate) fn serials_of(&self, principal: &Principal) -> Vec<Vec<u8>> {
+        self.lock()
+            .values()
+            .filter(|c| &c.principal == principal)
+            .flat_map(|c| c.serials.iter().cloned())
+            .collect()
+    }
+
     /// Closes every connection for `reason`.
     pub(crate) fn close_all(&self, reason: CloseReason) {
         for connection in self.lock().values() {

@@ -26,7 +26,14 @@ use crate::stats;
 /// How far a key bundle's validity is backdated, for clock skew.
 const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
-/// Creates a join token for `agent`, valid for `ttl` from `now`, and stores its hash.
+/// A join token just created, with its expiry.
+pub(crate) struct IssuedToken {
+    pub(crate) token: JoinToken,
+    pub(crate) expires: SystemTime,
+}
+
+/// Creates a join token for `agent`, valid for `ttl` from `now`, and stores its hash. The one
+/// path of token creation, for the operator's handle and for remote administrators.
 ///
 /// Refuses the reserved segment ([`RESERVED_SEGMENT`]), an agent of another trust domain, and
 /// a zero or unrepresentable lifetime. Expired tokens are purged from the store first.
@@ -35,7 +42,7 @@ pub(crate) async fn create_token<R>(
     agent: AgentId,
     ttl: Duration,
     now: SystemTime,
-) -> Result<JoinToken, HubError> {
+) -> Result<IssuedToken, HubError> {
     if agent.trust_domain() != services.ca.trust_domain().as_str() {
         return Err(HubError::ForeignAgent(agent.to_string()));
     }
@@ -54,7 +61,10 @@ pub(crate) async fn create_token<R>(
     };
     services.registry.purge_tokens(rpc::unix_ms(now)).await?;
     services.registry.put_token(&record).await?;
-    Ok(token)
+    Ok(IssuedToken {
+        token,
+        expires: info.expires,
+    })
 }
 
 /// Serves one `Enroll` request, counting it.

@@ -22,16 +22,18 @@
 //!    disconnected (`RESOURCE_EXHAUSTED`, "slow consumer") and the publisher told
 //!    (`DELIVERY_FAILED`): nothing is dropped silently.
 //!
-//! Revocation takes effect live ([`HubHandle::revoke`]): the list is stored, new handshakes check
-//! it, and every live connection of a revoked principal or certificate is closed at once
-//! (`PERMISSION_DENIED`). The stored list is in force again after a restart.
+//! Revocation takes effect live ([`HubHandle::revoke`], or an administrator's [`REVOKE_PATH`]):
+//! the list is stored, new handshakes check it, and every live connection of a revoked
+//! principal or certificate is closed at once (`PERMISSION_DENIED`). The stored list is in
+//! force again after a restart.
 //!
 //! # The registry
 //!
 //! [`Hub::start`] takes an [`entente_store::Store`]: join tokens (their hashes), agent records,
 //! key bundles and the revocation list live there. `Hub::start` is generic over the store; the
 //! hub erases its type once inside, so [`HubHandle`] is one type whatever the backend.
-//! Operators create join tokens with [`HubHandle::create_token`].
+//! Operators create join tokens with [`HubHandle::create_token`]; remote administrators with
+//! [`CREATE_TOKEN_PATH`] (see [Administration](#administration)).
 //!
 //! # Enroll, Renew, Directory
 //!
@@ -97,6 +99,39 @@
 //! answered and the answer must fit in one frame (else `RESOURCE_EXHAUSTED`; nothing is cut
 //! silently). Receivers verify every bundle against their trust bundle.
 //!
+//! # Administration
+//!
+//! Two unary RPCs over mutual TLS, for the principals listed in [`HubConfig::admins`] (default
+//! none; `entente hub start` lists its admin human, `spiffe://TD/human/admin`). The caller is
+//! the connection's principal; anyone else is refused with `PERMISSION_DENIED`, "not an
+//! administrator". Under [`enroll_server_name`] both are `UNIMPLEMENTED`. Each answer is
+//! counted ([`HubStats::admin_actions`], [`HubStats::admin_refusals`]).
+//!
+//! **CreateToken** ([`CREATE_TOKEN_PATH`]). `CreateTokenRequest{agent, ttl_seconds}` →
+//! `CreateTokenResponse{token, expires_at_ms}`. `agent` must be an agent ID
+//! (`spiffe://TD/agent/SEGMENT/NAME`) of the hub's trust domain, not of the reserved segment
+//! [`HUB_SEGMENT`]; `ttl_seconds` 0 means [`DEFAULT_TOKEN_TTL`] (10 minutes), and more than
+//! [`MAX_TOKEN_TTL`] (7 days) is refused. Any of these is `INVALID_ARGUMENT` with a message
+//! naming the field. The token is made and stored (its hash only) exactly as by
+//! [`HubHandle::create_token`]; it appears in the response and nowhere else.
+//!
+//! **Revoke** ([`REVOKE_PATH`]). `RevokeRequest{principals, serials}` →
+//! `RevokeResponse{revocations, closed_connections}`. At least one entry; each principal an
+//! agent or human ID of the hub's trust domain, not of the reserved segment (revoking the
+//! hub's own identity would make every client refuse the hub); each serial 1 to 21 bytes
+//! (else `INVALID_ARGUMENT`). An administrator may not revoke itself — its principal, or a
+//! serial of its live connections or agent record — so that the last administrator can't lock
+//! everyone out by mistake (`FAILED_PRECONDITION`; another administrator may). Then, one
+//! revocation at a time: the entries are added to the list in force, the CA signs the next
+//! version, and the list goes through the same path as [`HubHandle::revoke`] — stored, put in
+//! force, live connections it revokes closed. A remote revocation only ever adds: the second
+//! never un-revokes the first, whether the list in force came from a remote revocation, the
+//! operator's handle or the store at start. The response carries the signed list and how
+//! many connections were closed. If everything asked is revoked already, nothing is signed:
+//! the answer is the list in force and 0. A store holding a newer list than the one in force
+//! (another writer) refuses the write: `ABORTED`, retry. A list that would exceed the decoding
+//! bounds is `RESOURCE_EXHAUSTED`; a store or CA failure `UNAVAILABLE`.
+//!
 //! # Session semantics
 //!
 //! One `Session` stream ([`SESSION_PATH`]) carries `ClientFrame`s in and `ServerFrame`s out.
@@ -161,6 +196,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod admin;
 pub mod allow;
 pub mod client_tls;
 pub mod codec;
@@ -184,6 +220,7 @@ mod stats;
 mod tls;
 mod verifier;
 
+pub use admin::{CREATE_TOKEN_PATH, DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL, REVOKE_PATH};
 pub use allow::{AllowList, AllowRule, Who};
 pub use config::HubConfig;
 pub use control::{CloseReason, ConnectionControl};

@@ -1,10 +1,12 @@
-//! The unary services (Enroll, Renew, Directory): what they share, why they refuse, and the one
-//! mapping from a refusal to the gRPC status the peer sees.
+//! The unary services (Enroll, Renew, Directory, and the administrators' CreateToken and
+//! Revoke): what they share, why they refuse, and the one mapping from a refusal to the gRPC
+//! status the peer sees.
 //!
 //! Statuses are coarse and leak nothing internal: a store or CA failure says only that the
 //! registry or the CA is unavailable. The handlers live in [`crate::enroll`],
-//! [`crate::renew`] and [`crate::directory`].
+//! [`crate::renew`], [`crate::directory`] and [`crate::admin`].
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use entente_ca::{Ca, IssueError};
 use entente_store::StoreError;
+use entente_types::Principal;
 use entente_wire::Limits;
 use tonic::{Request, Response, Status};
 
@@ -53,6 +56,11 @@ pub(crate) struct Services<R> {
     pub(crate) trust_pem: String,
     /// Serializes read-modify-write of agent records on this hub (enrollment and renewal).
     pub(crate) agents: tokio::sync::Mutex<()>,
+    /// Who may administer the hub remotely ([`HubConfig::admins`](crate::HubConfig::admins)).
+    pub(crate) admins: HashSet<Principal>,
+    /// Serializes revocation, local and remote: read the list in force, store the next one,
+    /// put it in force ([`crate::admin::put_in_force`]).
+    pub(crate) revoking: tokio::sync::Mutex<()>,
 }
 
 /// Why a unary request was refused.
@@ -64,6 +72,15 @@ pub(crate) enum RpcError {
     /// No such join token (never issued, or purged after expiry).
     #[error("unknown join token")]
     UnknownToken,
+    /// The caller is not in the hub's administrators.
+    #[error("not an administrator")]
+    NotAdmin,
+    /// An administrator asked to revoke its own principal or certificate.
+    #[error("an administrator cannot revoke itself")]
+    SelfRevocation,
+    /// The revocation list changed between reading it and storing the next one.
+    #[error("the revocation list changed meanwhile")]
+    Conflict,
     /// The join token was redeemed before.
     #[error("join token already used")]
     UsedToken,
@@ -107,6 +124,9 @@ pub(crate) enum RpcError {
     /// The CA could not issue or sign (its keys, its validity, our bug).
     #[error("ca: {0}")]
     Ca(String),
+    /// The CA could not sign a revocation list (its keys, its validity, our bug).
+    #[error("ca signing the revocation list: {0}")]
+    CaSign(String),
     /// Something failed after the join token was spent; the token stays used.
     #[error("{0} (after the join token was spent)")]
     AfterRedeem(Box<RpcError>),
@@ -139,6 +159,14 @@ impl RpcError {
             | Self::Corrupt(_) => Status::internal("the registry holds a corrupt record"),
             Self::Store(_) => Status::unavailable("the registry is unavailable"),
             Self::Ca(_) => Status::unavailable("the ca could not issue the credential"),
+            Self::CaSign(_) => Status::unavailable("the ca could not sign the revocation list"),
+            Self::NotAdmin => Status::permission_denied("not an administrator"),
+            Self::SelfRevocation => Status::failed_precondition(
+                "an administrator cannot revoke itself: another administrator must",
+            ),
+            Self::Conflict => {
+                Status::aborted("the revocation list changed meanwhile: send the request again")
+            }
             Self::AfterRedeem(inner) => {
                 let status = inner.status();
                 Status::new(
@@ -264,6 +292,19 @@ mod tests {
         assert_eq!(ca.status().code(), Code::Unavailable);
         assert!(!ca.status().message().contains("secret"));
         assert!(ca.status().message().contains("token is spent"));
+    }
+
+    #[test]
+    fn admin_refusals_have_their_own_statuses() {
+        assert_eq!(RpcError::NotAdmin.status().code(), Code::PermissionDenied);
+        assert_eq!(
+            RpcError::SelfRevocation.status().code(),
+            Code::FailedPrecondition
+        );
+        assert_eq!(RpcError::Conflict.status().code(), Code::Aborted);
+        let sign = RpcError::CaSign("keystore: /secret/path".into()).status();
+        assert_eq!(sign.code(), Code::Unavailable);
+        assert!(!sign.message().contains("secret"));
     }
 
     #[test]

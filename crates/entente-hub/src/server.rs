@@ -4,8 +4,9 @@
 //! timeout → re-check the client's SVID and register the connection → hyper's HTTP/2 server,
 //! whose service routes by path:
 //!
-//! - on a mutual-TLS connection: [`SESSION_PATH`] to a session, [`RENEW_PATH`] and
-//!   [`DIRECTORY_PATH`] to their unary services, anything else (enrollment included)
+//! - on a mutual-TLS connection: [`SESSION_PATH`] to a session, [`RENEW_PATH`],
+//!   [`DIRECTORY_PATH`], [`CREATE_TOKEN_PATH`] and [`REVOKE_PATH`] to their unary services
+//!   (the last two for administrators only), anything else (enrollment included)
 //!   `UNIMPLEMENTED`;
 //! - on an enrollment connection: [`ENROLL_PATH`] only, anything else `UNIMPLEMENTED`.
 //!
@@ -15,6 +16,7 @@
 //! The store is type-erased once at [`Hub::start`] ([`Registry`]), so that [`HubHandle`] and
 //! the connection tasks are not generic over it.
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
 use std::net::SocketAddr;
@@ -25,7 +27,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use entente_ca::{Ca, JoinToken, TrustBundle, VerifiedRevocationList};
-use entente_store::{Store, StoreError};
+use entente_store::Store;
 use entente_types::{AgentId, Principal};
 use entente_wire::{Bounded, ClientFrame, Limits};
 use futures_util::Stream;
@@ -41,6 +43,7 @@ use tonic::body::Body;
 use tonic::server::Grpc;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::admin::{self, CREATE_TOKEN_PATH, REVOKE_PATH};
 use crate::allow::AllowList;
 use crate::codec::{BoundedCodec, Outbound, SessionCodec};
 use crate::connections::Connections;
@@ -99,8 +102,6 @@ struct Shared {
     replay: ReplayGuard,
     stats: Arc<Stats>,
     connections: Arc<Connections>,
-    /// Serializes [`HubHandle::revoke`]: store, then put in force.
-    revoking: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
     shutdown: watch::Receiver<bool>,
 }
@@ -119,7 +120,7 @@ impl Hub {
         ca: Arc<Ca>,
         store: Arc<S>,
     ) -> Result<HubHandle, HubError> {
-        config.check()?;
+        config.check(ca.trust_domain().as_str())?;
         let registry = Registry::new(store);
         let provider = tls::provider();
         let trust = ca.trust_bundle().clone();
@@ -183,6 +184,8 @@ impl Hub {
             ca_not_after,
             trust_pem: trust.to_pem(),
             agents: tokio::sync::Mutex::new(()),
+            admins: config.admins.iter().cloned().collect::<HashSet<_>>(),
+            revoking: tokio::sync::Mutex::new(()),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -196,7 +199,6 @@ impl Hub {
             replay: ReplayGuard::default(),
             stats,
             connections,
-            revoking: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
             shutdown: shutdown_rx.clone(),
         });
@@ -246,8 +248,21 @@ impl HubHandle {
     /// Refuses an agent of the reserved segment [`HUB_SEGMENT`](crate::HUB_SEGMENT)
     /// ([`HubError::Token`]), of another trust domain ([`HubError::ForeignAgent`]), and a zero
     /// or unrepresentable `ttl`. Tokens that have expired are purged from the store on the way.
+    /// Remote administrators reach the same code through [`CREATE_TOKEN_PATH`], which also
+    /// caps `ttl` at [`MAX_TOKEN_TTL`](crate::MAX_TOKEN_TTL).
     pub async fn create_token(&self, agent: AgentId, ttl: Duration) -> Result<JoinToken, HubError> {
-        enroll::create_token(&self.shared.services, agent, ttl, SystemTime::now()).await
+        enroll::create_token(&self.shared.services, agent, ttl, SystemTime::now())
+            .await
+            .map(|issued| issued.token)
+    }
+
+    /// The revocation list in force, if any. A list for [`revoke`](Self::revoke) must have a
+    /// higher version: build it from this one to add to what is revoked.
+    pub fn revocations(&self) -> Option<VerifiedRevocationList> {
+        self.shared
+            .revocations
+            .current()
+            .map(std::sync::Arc::unwrap_or_clone)
     }
 
     /// Stores a revocation list and puts it in force: new handshakes check it, enrollment,
@@ -258,32 +273,13 @@ impl HubHandle {
     ///
     /// A list whose version is not above the one in force (or stored) is refused
     /// ([`HubError::StaleRevocations`]); if the store fails, nothing changes. The list in the
-    /// store is put in force again when the hub restarts.
+    /// store is put in force again when the hub restarts. `list` replaces the list in force
+    /// (it may drop entries, to reinstate); remote administrators ([`REVOKE_PATH`]) only ever
+    /// add to it, through the same code.
     pub async fn revoke(&self, list: VerifiedRevocationList) -> Result<usize, HubError> {
-        let shared = &self.shared;
-        let _revoking = shared.revoking.lock().await;
-        if let Some(held) = shared.revocations.current()
-            && list.version() <= held.version()
-        {
-            return Err(HubError::StaleRevocations {
-                held: held.version(),
-                got: list.version(),
-            });
-        }
-        shared
-            .services
-            .registry
-            .put_revocations(list.version(), &list.encode())
-            .await
-            .map_err(|e| match e {
-                StoreError::StaleVersion { stored, offered } => HubError::StaleRevocations {
-                    held: stored,
-                    got: offered,
-                },
-                other => HubError::Store(other),
-            })?;
-        let list = shared.revocations.replace(list)?;
-        Ok(shared.connections.close_revoked(&list))
+        let services = &self.shared.services;
+        let revoking = services.revoking.lock().await;
+        admin::put_in_force(services, &revoking, list).await
     }
 
     /// Stops accepting, closes every connection (`UNAVAILABLE`), and waits for them to end.
@@ -579,6 +575,28 @@ async fn route_request(
                     )
                     .await
                     .map_err(|e| e.status())
+                }
+            })
+            .await
+        }
+        CREATE_TOKEN_PATH => {
+            unary(limits, request, move |token_request| {
+                let (services, caller) = (shared.services.clone(), caller.clone());
+                async move {
+                    admin::create_token(&services, &caller, token_request, SystemTime::now())
+                        .await
+                        .map_err(|e| e.status())
+                }
+            })
+            .await
+        }
+        REVOKE_PATH => {
+            unary(limits, request, move |revoke_request| {
+                let (services, caller) = (shared.services.clone(), caller.clone());
+                async move {
+                    admin::revoke(&services, &caller, revoke_request, SystemTime::now())
+                        .await
+                        .map_err(|e| e.status())
                 }
             })
             .await

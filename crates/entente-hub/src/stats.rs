@@ -35,6 +35,12 @@ pub struct HubStats {
     pub renewals: u64,
     /// Renewals refused.
     pub renew_refusals: u64,
+    /// Administrative requests served: join tokens created and revocations made by remote
+    /// administrators (the operator's [`HubHandle`](crate::HubHandle) calls are not counted).
+    pub admin_actions: u64,
+    /// Administrative requests refused: callers not administrators, bad requests, an
+    /// administrator revoking itself, store or CA failures.
+    pub admin_refusals: u64,
 }
 
 /// The live counters.
@@ -54,6 +60,8 @@ pub(crate) struct Stats {
     pub(crate) enroll_refusals: AtomicU64,
     pub(crate) renewals: AtomicU64,
     pub(crate) renew_refusals: AtomicU64,
+    pub(crate) admin_actions: AtomicU64,
+    pub(crate) admin_refusals: AtomicU64,
 }
 
 impl Stats {
@@ -74,6 +82,8 @@ impl Stats {
             enroll_refusals: get(&self.enroll_refusals),
             renewals: get(&self.renewals),
             renew_refusals: get(&self.renew_refusals),
+            admin_actions: get(&self.admin_actions),
+            admin_refusals: get(&self.admin_refusals),
         }
     }
 }

@@ -22,11 +22,11 @@ const PASSPHRASE: &str = "entente test vector";
 const MESSAGE: &[u8] = b"entente test vector message";
 
 fn vector_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/keystore-v1")
+    Path::new("tests/vectors/keystore-v1").to_path_buf()
 }
 
 fn expected_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/keystore-v1.expected.json")
+    Path::new("tests/vectors/keystore-v1.expected.json").to_path_buf()
 }
 
 /// Copies the committed store to a private temporary directory (git does not keep modes).

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use entente_store::{AgentRecord, EmbeddedStore, Store, StoreError, TokenRecord};
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v1.redb")
+    Path::new("tests/fixtures/store-v1.redb").to_path_buf()
 }
 
 const ALICE: &str = "spiffe://entente.test/agent/ops/alice";

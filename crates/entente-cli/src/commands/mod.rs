@@ -1,2 +1,3 @@
+pub(crate) mod agent;
 pub(crate) mod demo;
 pub(crate) mod hub;

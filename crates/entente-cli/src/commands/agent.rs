@@ -1,0 +1,249 @@
+//! Commands of agents and administrators talking to a running hub: `token create`, `enroll`,
+//! `send`, `listen`, `revoke`.
+
+use std::{
+    io::Write as _,
+    path::Path,
+    process::ExitCode,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use entente_ca::TrustBundle;
+use entente_client::{Client, ClientOptions, Identity};
+use entente_types::{AgentId, Principal, TrustDomain};
+use futures_util::StreamExt as _;
+
+/// `entente token create`: prints the token alone on standard output.
+pub(crate) fn token_create(
+    identity: &Path,
+    hub: &str,
+    agent: &str,
+    ttl: Option<&str>,
+    json: bool,
+) -> Result<ExitCode> {
+    let ttl = ttl.map(parse_duration).transpose()?.unwrap_or_default();
+    run(async {
+        let client = connect(identity, hub).await?;
+        let td = TrustDomain::new(client.principal().trust_domain())?;
+        let agent = agent_id(&td, agent)?;
+        let (token, expires_at_ms) = client.create_token(&agent, ttl).await?;
+        client.close().await;
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({ "token": token, "agent": agent.to_string(), "expires_at_ms": expires_at_ms })
+            );
+        } else {
+            println!("{token}");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `entente enroll`: creates keys, enrolls, writes the identity directory.
+pub(crate) fn enroll(
+    hub: &str,
+    ca: &Path,
+    token: &str,
+    out: &Path,
+    json: bool,
+) -> Result<ExitCode> {
+    if out.join("identity.json").exists() {
+        bail!(
+            "`{}` already holds an identity; choose another directory",
+            out.display()
+        );
+    }
+    let pem = std::fs::read_to_string(ca)
+        .with_context(|| format!("reading the trust bundle `{}`", ca.display()))?;
+    let trust = TrustBundle::from_pem(&pem)
+        .with_context(|| format!("`{}` is not a trust bundle", ca.display()))?;
+    run(async {
+        let identity = entente_client::enroll(hub, &trust, token).await?;
+        identity.save(out)?;
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({ "principal": identity.principal().to_string(), "identity": out.display().to_string() })
+            );
+        } else {
+            println!(
+                "enrolled `{}`; identity written to {}",
+                identity.principal(),
+                out.display()
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `entente send`: seals, signs and publishes one message.
+pub(crate) fn send(
+    identity: &Path,
+    hub: &str,
+    channel: &str,
+    message: &str,
+    json: bool,
+) -> Result<ExitCode> {
+    run(async {
+        let client = connect(identity, hub).await?;
+        client
+            .publish(channel, message.as_bytes().to_vec())
+            .await
+            .with_context(|| format!("sending to `{channel}`"))?;
+        client.close().await;
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({ "sent": channel, "bytes": message.len() })
+            );
+        } else {
+            println!("sent to `{channel}`");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `entente listen`: prints verified messages as they arrive.
+pub(crate) fn listen(
+    identity: &Path,
+    hub: &str,
+    channel: &str,
+    count: Option<u64>,
+    json: bool,
+) -> Result<ExitCode> {
+    run(async {
+        let client = connect(identity, hub).await?;
+        let mut subscription = client
+            .subscribe(channel)
+            .await
+            .with_context(|| format!("subscribing to `{channel}`"))?;
+        if !json {
+            eprintln!("listening on `{channel}` as `{}`", client.principal());
+        }
+        let mut seen = 0u64;
+        while count.is_none_or(|n| seen < n) {
+            let Some(item) = subscription.next().await else {
+                bail!("the subscription ended");
+            };
+            match item {
+                Ok(message) => {
+                    seen += 1;
+                    let text = String::from_utf8_lossy(&message.payload);
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({
+                                "sender": message.sender.to_string(),
+                                "channel": message.channel.to_string(),
+                                "message_id": message.message_id.to_string(),
+                                "payload": text,
+                            })
+                        );
+                    } else {
+                        println!("{} on {}: {text}", message.sender, message.channel);
+                    }
+                    let _ = std::io::stdout().flush();
+                }
+                Err(err) if err.kind() == entente_client::ErrorKind::Rejected => {
+                    eprintln!("rejected a message: {err}");
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        client.close().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `entente revoke`: revokes an agent; its live connections end at once.
+pub(crate) fn revoke(identity: &Path, hub: &str, agent: &str, json: bool) -> Result<ExitCode> {
+    let principal = Principal::parse(agent)
+        .with_context(|| format!("`{agent}` is not an agent or human ID"))?;
+    run(async {
+        let client = connect(identity, hub).await?;
+        let closed = client.revoke(std::slice::from_ref(&principal), &[]).await?;
+        client.close().await;
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({ "revoked": principal.to_string(), "closed_connections": closed })
+            );
+        } else {
+            println!("revoked `{principal}`; {closed} live connection(s) closed");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn connect(identity: &Path, hub: &str) -> Result<Client> {
+    let identity = Identity::load(identity, SystemTime::now())
+        .with_context(|| format!("loading the identity in `{}`", identity.display()))?;
+    Client::connect(identity, hub.to_owned(), ClientOptions::default())
+        .await
+        .with_context(|| format!("connecting to the hub at `{hub}`"))
+}
+
+fn run(future: impl std::future::Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
+    tokio::runtime::Runtime::new()
+        .context("starting the async runtime")?
+        .block_on(future)
+}
+
+/// `SEGMENT/NAME` or a full agent ID.
+fn agent_id(td: &TrustDomain, text: &str) -> Result<AgentId> {
+    if text.starts_with("spiffe://") {
+        return Ok(AgentId::parse(text)?);
+    }
+    let (segment, name) = text
+        .split_once('/')
+        .ok_or_else(|| anyhow!("`{text}` is not SEGMENT/NAME"))?;
+    Ok(AgentId::new(td, segment, name)?)
+}
+
+/// `90s`, `15m`, `2h`, `7d`.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration> {
+    let bad = || anyhow!("`{text}` is not a duration like 90s, 15m, 2h or 7d");
+    let split = text.len().checked_sub(1).ok_or_else(bad)?;
+    let (number, unit) = text.split_at_checked(split).ok_or_else(bad)?;
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => None,
+    }
+    .ok_or_else(bad)?;
+    Ok(Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn durations_parse_or_fail_clearly() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
+        for bad in ["", "m", "15", "15x", "-1m", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn agents_are_segment_slash_name_or_full_ids() {
+        let td = TrustDomain::new("acme.internal").unwrap();
+        assert_eq!(
+            agent_id(&td, "ops/alpha").unwrap().to_string(),
+            "spiffe://acme.internal/agent/ops/alpha"
+        );
+        assert!(agent_id(&td, "spiffe://acme.internal/agent/ops/alpha").is_ok());
+        assert!(agent_id(&td, "alpha").is_err());
+    }
+}

@@ -1,0 +1,341 @@
+//! Remote administration: join tokens and revocation, asked over mutual TLS by a principal
+//! the hub lists in [`HubConfig::admins`](crate::HubConfig::admins).
+//!
+//! Both exchanges go through the same code as the operator's
+//! [`HubHandle::create_token`](crate::HubHandle::create_token) and
+//! [`HubHandle::revoke`](crate::HubHandle::revoke): [`crate::enroll::create_token`] and
+//! [`put_in_force`]. A remote revocation never replaces what was revoked before: under the
+//! revocation lock it takes the list in force (the stored one, put in force at start, or a
+//! later one put in force by either path), adds the request's entries, has the CA sign the
+//! next version, and stores and puts that in force. The store refuses a version not above the
+//! one it holds, so a list written meanwhile by another writer of a shared store is never
+//! overwritten either (`ABORTED`: retry).
+//!
+//! The caller's identity is the connection's, as everywhere: nothing in the request names the
+//! administrator. The token is in the response only; no error or counter carries it.
+
+use std::time::{Duration, SystemTime};
+
+use entente_ca::{RESERVED_SEGMENT, Revocations, TokenError, VerifiedRevocationList};
+use entente_store::StoreError;
+use entente_types::{AgentId, Principal};
+use entente_wire::{
+    CreateTokenRequest, CreateTokenResponse, MAX_SERIAL_BYTES, RevokeRequest, RevokeResponse,
+};
+use tokio::sync::MutexGuard;
+
+use crate::HubError;
+use crate::renew::Caller;
+use crate::rpc::{self, RpcError, Services};
+use crate::stats;
+
+/// The gRPC path of join-token creation, served over mutual TLS to administrators.
+pub const CREATE_TOKEN_PATH: &str = "/entente.v1.Admin/CreateToken";
+
+/// The gRPC path of revocation, served over mutual TLS to administrators.
+pub const REVOKE_PATH: &str = "/entente.v1.Admin/Revoke";
+
+/// The lifetime of a join token created with `ttl_seconds` 0: 10 minutes.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(10 * 60);
+
+/// The longest lifetime a remote administrator may give a join token: 7 days.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// Serves one `CreateToken` request, counting it.
+pub(crate) async fn create_token<R>(
+    services: &Services<R>,
+    caller: &Caller,
+    request: CreateTokenRequest,
+    now: SystemTime,
+) -> Result<CreateTokenResponse, RpcError> {
+    counted(
+        services,
+        create_token_inner(services, caller, request, now).await,
+    )
+}
+
+/// Serves one `Revoke` request, counting it.
+pub(crate) async fn revoke<R>(
+    services: &Services<R>,
+    caller: &Caller,
+    request: RevokeRequest,
+    now: SystemTime,
+) -> Result<RevokeResponse, RpcError> {
+    counted(services, revoke_inner(services, caller, request, now).await)
+}
+
+/// Stores `list` and puts it in force, then closes every live connection it revokes; returns
+/// how many were closed. The one path of every revocation, local or remote. `_revoking` is the
+/// guard of [`Services::revoking`]: store, then put in force, one list at a time.
+///
+/// A list whose version is not above the one in force or stored is refused
+/// ([`HubError::StaleRevocations`]); if the store fails, nothing changes.
+pub(crate) async fn put_in_force<R>(
+    services: &Services<R>,
+    _revoking: &MutexGuard<'_, ()>,
+    list: VerifiedRevocationList,
+) -> Result<usize, HubError> {
+    if let Some(held) = services.revocations.current()
+        && list.version() <= held.version()
+    {
+        return Err(HubError::StaleRevocations {
+            held: held.version(),
+            got: list.version(),
+        });
+    }
+    services
+        .registry
+        .put_revocations(list.version(), &list.encode())
+        .await
+        .map_err(|e| match e {
+            StoreError::StaleVersion { stored, offered } => HubError::StaleRevocations {
+                held: stored,
+                got: offered,
+            },
+            other => HubError::Store(other),
+        })?;
+    let list = services.revocations.replace(list)?;
+    Ok(services.connections.close_revoked(&list))
+}
+
+// === CreateToken ===
+
+async fn create_token_inner<R>(
+    services: &Services<R>,
+    caller: &Caller,
+    request: CreateTokenRequest,
+    now: SystemTime,
+) -> Result<CreateTokenResponse, RpcError> {
+    authorize(services, caller)?;
+    let agent = AgentId::parse(&request.agent)
+        .map_err(|e| RpcError::BadRequest(format!("`agent` is not an agent id: {e}")))?;
+    let trust_domain = services.ca.trust_domain();
+    if agent.trust_domain() != trust_domain.as_str() {
+        return Err(RpcError::BadRequest(format!(
+            "`agent` is not in this hub's trust domain `{trust_domain}`"
+        )));
+    }
+    if agent.segment() == RESERVED_SEGMENT {
+        return Err(reserved_segment());
+    }
+    let ttl = match request.ttl_seconds {
+        0 => DEFAULT_TOKEN_TTL,
+        secs if secs > MAX_TOKEN_TTL.as_secs() => {
+            return Err(RpcError::BadRequest(format!(
+                "`ttl_seconds` must be at most {} (7 days)",
+                MAX_TOKEN_TTL.as_secs()
+            )));
+        }
+        secs => Duration::from_secs(secs),
+    };
+    let issued = crate::enroll::create_token(services, agent, ttl, now)
+        .await
+        .map_err(token_error)?;
+    Ok(CreateTokenResponse {
+        token: issued.token.as_str().to_owned(),
+        expires_at_ms: rpc::unix_ms(issued.expires),
+    })
+}
+
+/// What a failure of [`crate::enroll::create_token`] means for the administrator.
+fn token_error(error: HubError) -> RpcError {
+    match error {
+        HubError::Token(TokenError::ReservedSegment(_)) => reserved_segment(),
+        HubError::Token(TokenError::InvalidTtl) => {
+            RpcError::BadRequest("`ttl_seconds` is out of range".into())
+        }
+        HubError::ForeignAgent(_) => {
+            RpcError::BadRequest("`agent` is not in this hub's trust domain".into())
+        }
+        HubError::Store(e) => RpcError::Store(e),
+        other => RpcError::Ca(other.to_string()),
+    }
+}
+
+fn reserved_segment() -> RpcError {
+    RpcError::BadRequest(format!(
+        "segment `{RESERVED_SEGMENT}` is reserved for the hub's own services: no join token \
+         enrolls into it"
+    ))
+}
+
+// === Revoke ===
+
+async fn revoke_inner<R>(
+    services: &Services<R>,
+    caller: &Caller,
+    request: RevokeRequest,
+    now: SystemTime,
+) -> Result<RevokeResponse, RpcError> {
+    authorize(services, caller)?;
+    if request.principals.is_empty() && request.serials.is_empty() {
+        return Err(RpcError::BadRequest(
+            "nothing to revoke: name at least one principal or serial".into(),
+        ));
+    }
+    let principals = request
+        .principals
+        .iter()
+        .map(|p| revocable_principal(services, caller, p))
+        .collect::<Result<Vec<_>, _>>()?;
+    for serial in &request.serials {
+        if serial.is_empty() || serial.len() > MAX_SERIAL_BYTES {
+            return Err(RpcError::BadRequest(format!(
+                "a certificate serial must be 1 to {MAX_SERIAL_BYTES} bytes, not {}",
+                serial.len()
+            )));
+        }
+    }
+    if !request.serials.is_empty() {
+        let own = own_serials(services, &caller.principal).await?;
+        if request.serials.iter().any(|s| own.contains(s)) {
+            return Err(RpcError::SelfRevocation);
+        }
+    }
+
+    let revoking = services.revoking.lock().await;
+    let base = services.revocations.current();
+    let mut next = match &base {
+        Some(list) => revocations_of(list)?,
+        None => Revocations::new(),
+    };
+    let mut changed = false;
+    for principal in &principals {
+        changed |= next.revoke_principal(principal);
+    }
+    for serial in &request.serials {
+        changed |= next
+            .revoke_serial(serial)
+            .map_err(|e| RpcError::BadRequest(e.to_string()))?;
+    }
+    match base {
+        // Everything asked is revoked already: nothing to sign, and whatever the list in force
+        // revokes was closed when it came into force.
+        Some(list) if !changed => Ok(response(&list, 0)),
+        _ => {
+            let list = sign(services, &next, now).await?;
+            let closed = put_in_force(services, &revoking, list.clone())
+                .await
+                .map_err(put_error)?;
+            Ok(response(&list, closed))
+        }
+    }
+}
+
+/// Parses one principal to revoke: an agent or human ID of this trust domain, not of the
+/// reserved segment, not the caller.
+fn revocable_principal<R>(
+    services: &Services<R>,
+    caller: &Caller,
+    principal: &str,
+) -> Result<Principal, RpcError> {
+    let parsed = Principal::parse(principal)
+        .map_err(|e| RpcError::BadRequest(format!("`principals`: {e}")))?;
+    let trust_domain = services.ca.trust_domain();
+    if parsed.trust_domain() != trust_domain.as_str() {
+        return Err(RpcError::BadRequest(format!(
+            "`principals`: `{parsed}` is not in this hub's trust domain `{trust_domain}`"
+        )));
+    }
+    if let Principal::Agent(agent) = &parsed
+        && agent.segment() == RESERVED_SEGMENT
+    {
+        return Err(RpcError::BadRequest(format!(
+            "`principals`: segment `{RESERVED_SEGMENT}` is the hub's own and cannot be revoked"
+        )));
+    }
+    if parsed == caller.principal {
+        return Err(RpcError::SelfRevocation);
+    }
+    Ok(parsed)
+}
+
+/// The certificate serials the hub knows for `principal`: those of its live connections
+/// (presented or renewed) and those in its agent record.
+async fn own_serials<R>(
+    services: &Services<R>,
+    principal: &Principal,
+) -> Result<Vec<Vec<u8>>, RpcError> {
+    let mut serials = services.connections.serials_of(principal);
+    if let Some(record) = services.registry.agent(principal.as_str()).await? {
+        serials.extend(record.certificate_serials);
+    }
+    Ok(serials)
+}
+
+/// The CA's state that `list` is a signature of, to add to.
+fn revocations_of(list: &VerifiedRevocationList) -> Result<Revocations, RpcError> {
+    let wire = list.to_wire();
+    let principals = wire
+        .principals
+        .iter()
+        .map(|p| Principal::parse(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| RpcError::Corrupt(format!("revocation list principal: {e}")))?;
+    Revocations::from_parts(wire.version, wire.serials.iter().cloned(), principals)
+        .map_err(|e| RpcError::Corrupt(e.to_string()))
+}
+
+/// Signs `next` with the CA, and checks the list as every receiver will: its signature, and
+/// that it decodes within the hub's bounds (else the stored list would not load at the next
+/// start).
+async fn sign<R>(
+    services: &Services<R>,
+    next: &Revocations,
+    now: SystemTime,
+) -> Result<VerifiedRevocationList, RpcError> {
+    let signed = {
+        let (ca, next) = (services.ca.clone(), next.clone());
+        rpc::blocking(move || {
+            ca.sign_revocations(&next, now)
+                .map_err(|e| RpcError::CaSign(e.to_string()))
+        })
+        .await?
+    };
+    let encoded = entente_wire::encode(&signed);
+    VerifiedRevocationList::decode(&encoded, &services.limits, services.ca.trust_bundle(), now)
+        .map_err(|e| match e {
+            entente_ca::RevocationError::Wire(_) => RpcError::TooMany(
+                "the revocation list would exceed the hub's decoding bounds".into(),
+            ),
+            other => RpcError::CaSign(other.to_string()),
+        })
+}
+
+/// What a failure of [`put_in_force`] means for the administrator.
+fn put_error(error: HubError) -> RpcError {
+    match error {
+        HubError::StaleRevocations { .. } => RpcError::Conflict,
+        HubError::Store(e) => RpcError::Store(e),
+        other => RpcError::CaSign(other.to_string()),
+    }
+}
+
+fn response(list: &VerifiedRevocationList, closed: usize) -> RevokeResponse {
+    RevokeResponse {
+        revocations: Some(list.to_wire().clone()),
+        closed_connections: u32::try_from(closed).unwrap_or(u32::MAX),
+    }
+}
+
+// === helpers ===
+
+/// Refuses a caller that is not an administrator, or whose connection is closing.
+fn authorize<R>(services: &Services<R>, caller: &Caller) -> Result<(), RpcError> {
+    if let Some(reason) = caller.control.reason() {
+        return Err(RpcError::Closed(reason));
+    }
+    if !services.admins.contains(&caller.principal) {
+        return Err(RpcError::NotAdmin);
+    }
+    Ok(())
+}
+
+/// Counts an answer as an administrative action or a refusal.
+fn counted<T>(services: &Services<impl Sized>, result: Result<T, RpcError>) -> Result<T, RpcError> {
+    match &result {
+        Ok(_) => stats::bump(&services.stats.admin_actions),
+        Err(_) => stats::bump(&services.stats.admin_refusals),
+    }
+    result
+}

@@ -1,0 +1,510 @@
+//! Remote administration (CreateToken, Revoke) through a real hub on 127.0.0.1:0 over real
+//! mutual TLS, with an `EmbeddedStore` in a temporary directory.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod support;
+
+use std::time::SystemTime;
+
+use entente_ca::{Revocations, VerifiedRevocationList};
+use entente_hub::{
+    CREATE_TOKEN_PATH, DEFAULT_TOKEN_TTL, Hub, HubConfig, HubError, MAX_TOKEN_TTL, REVOKE_PATH,
+};
+use entente_types::{HumanId, Principal, TrustDomain};
+use entente_wire::{CreateTokenRequest, CreateTokenResponse, RevokeRequest, RevokeResponse};
+use support::{
+    Agent, Client, Enrollment, TestCa, ack, enroll_raw, eventually, now_ms, probe, start_with_store,
+};
+use tonic::{Code, Status};
+
+/// The admin human identity `entente hub start` creates.
+fn admin_principal(ca: &TestCa, name: &str) -> Principal {
+    Principal::from(HumanId::new(&ca.td, name).unwrap())
+}
+
+fn admin(ca: &TestCa, name: &str) -> Agent {
+    ca.identity(admin_principal(ca, name), SystemTime::now())
+}
+
+/// The tests' usual config, with `admins`.
+fn config_with_admins(admins: Vec<Principal>) -> HubConfig {
+    HubConfig {
+        admins,
+        ..support::config()
+    }
+}
+
+async fn create_token(
+    client: &Client,
+    agent: &str,
+    ttl_seconds: u64,
+) -> Result<CreateTokenResponse, Status> {
+    client
+        .unary(
+            CREATE_TOKEN_PATH,
+            CreateTokenRequest {
+                agent: agent.to_owned(),
+                ttl_seconds,
+            },
+        )
+        .await
+}
+
+async fn revoke(
+    client: &Client,
+    principals: &[&Principal],
+    serials: &[&[u8]],
+) -> Result<RevokeResponse, Status> {
+    client
+        .unary(
+            REVOKE_PATH,
+            RevokeRequest {
+                principals: principals.iter().map(|p| p.to_string()).collect(),
+                serials: serials.iter().map(|s| s.to_vec()).collect(),
+            },
+        )
+        .await
+}
+
+/// The list of a `RevokeResponse`, verified against the CA as any receiver would.
+fn verified(ca: &TestCa, response: &RevokeResponse) -> VerifiedRevocationList {
+    VerifiedRevocationList::verify(
+        response.revocations.clone().unwrap(),
+        ca.trust(),
+        SystemTime::now(),
+    )
+    .unwrap()
+}
+
+fn assert_refused(result: Result<impl std::fmt::Debug, Status>, code: Code, says: &str) {
+    let status = result.expect_err("refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(status.message().contains(says), "{status:?}");
+}
+
+/// Whether `agent` is refused at the handshake as revoked.
+async fn refused_as_revoked(ca: &TestCa, hub: &entente_hub::HubHandle, agent: &Agent) -> bool {
+    let name = format!("hub.{}", support::TD);
+    match probe(hub.local_addr(), agent.client_config(ca.trust()), &name).await {
+        Ok(()) => false,
+        Err(err) => err.contains("CertificateRevoked"),
+    }
+}
+
+// === CreateToken ===
+
+#[tokio::test]
+async fn an_admin_creates_a_token_and_an_agent_enrolls_with_it() {
+    let ca = TestCa::new();
+    let root = admin(&ca, "admin");
+    let (hub, _store) =
+        start_with_store(&ca, config_with_admins(vec![root.principal.clone()])).await;
+    let client = root.connect(&hub).await;
+    let alice = ca.principal("shop", "alice");
+
+    // ttl 0: the default, ten minutes.
+    let before = now_ms();
+    let response = create_token(&client, alice.as_str(), 0).await.unwrap();
+    let default_ms = u64::try_from(DEFAULT_TOKEN_TTL.as_millis()).unwrap();
+    assert!(response.expires_at_ms >= before + default_ms - 1000);
+    assert!(response.expires_at_ms <= now_ms() + default_ms);
+
+    // The agent enrolls with it and connects.
+    let enrollment = Enrollment::new();
+    let enrolled = enroll_raw(&hub, enrollment.request(&response.token))
+        .await
+        .unwrap();
+    let agent = enrollment.into_agent(&enrolled, ca.trust());
+    assert_eq!(agent.principal, alice);
+    let mut session = agent.session(&hub).await;
+    assert_eq!(session.subscribe(1, "orders.eu").await, ack(1));
+
+    // A chosen lifetime, and the longest one allowed.
+    let before = now_ms();
+    let response = create_token(&client, ca.principal("shop", "bob").as_str(), 120)
+        .await
+        .unwrap();
+    assert!(response.expires_at_ms >= before + 119_000);
+    assert!(response.expires_at_ms <= now_ms() + 120_000);
+    create_token(
+        &client,
+        ca.principal("shop", "carol").as_str(),
+        MAX_TOKEN_TTL.as_secs(),
+    )
+    .await
+    .unwrap();
+
+    let stats = hub.stats();
+    assert_eq!((stats.admin_actions, stats.admin_refusals), (3, 0));
+    assert_eq!(stats.enrollments, 1);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_principal_not_listed_as_admin_is_refused() {
+    let ca = TestCa::new();
+    let root = admin(&ca, "admin");
+    let (hub, _store) =
+        start_with_store(&ca, config_with_admins(vec![root.principal.clone()])).await;
+    let alice = ca.agent("shop", "alice");
+    let bob = ca.agent("shop", "bob");
+    let mut bob_session = bob.session(&hub).await;
+    assert_eq!(bob_session.subscribe(1, "orders.eu").await, ack(1));
+
+    // An agent, even one that could name itself anything in a request, is not an admin.
+    let client = alice.connect(&hub).await;
+    assert_refused(
+        create_token(&client, ca.principal("shop", "mallory").as_str(), 0).await,
+        Code::PermissionDenied,
+        "not an administrator",
+    );
+    assert_refused(
+        revoke(&client, &[&bob.principal], &[]).await,
+        Code::PermissionDenied,
+        "not an administrator",
+    );
+    // Another human is not either.
+    let other = admin(&ca, "eve").connect(&hub).await;
+    assert_refused(
+        revoke(&other, &[&bob.principal], &[]).await,
+        Code::PermissionDenied,
+        "not an administrator",
+    );
+    // Nothing was revoked; Bob carries on.
+    assert!(hub.revocations().is_none());
+    assert_eq!(bob_session.subscribe(2, "orders.us").await, ack(2));
+    let stats = hub.stats();
+    assert_eq!((stats.admin_actions, stats.admin_refusals), (0, 3));
+    hub.shutdown().await;
+
+    // With no admins configured (the default), nobody administers remotely.
+    let (hub, _store) = start_with_store(&ca, support::config()).await;
+    let client = root.connect(&hub).await;
+    assert_refused(
+        create_token(&client, ca.principal("shop", "alice").as_str(), 0).await,
+        Code::PermissionDenied,
+        "not an administrator",
+    );
+}
+
+#[tokio::test]
+async fn bad_token_requests_are_refused() {
+    let ca = TestCa::new();
+    let root = admin(&ca, "admin");
+    let (hub, _store) =
+        start_with_store(&ca, config_with_admins(vec![root.principal.clone()])).await;
+    let client = root.connect(&hub).await;
+
+    for (agent, says) in [
+        ("alice", "not an agent id"),
+        ("spiffe://example.org/agent/shop", "not an agent id"),
+        ("spiffe://example.org/human/alice", "not an agent id"),
+        ("spiffe://elsewhere.org/agent/shop/alice", "trust domain"),
+        ("spiffe://example.org/agent/system/hub", "reserved"),
+        ("spiffe://example.org/agent/system/backup", "reserved"),
+    ] {
+        assert_refused(
+            create_token(&client, agent, 60).await,
+            Code::InvalidArgument,
+            says,
+        );
+    }
+    assert_refused(
+        create_token(
+            &client,
+            ca.principal("shop", "alice").as_str(),
+            MAX_TOKEN_TTL.as_secs() + 1,
+        )
+        .await,
+        Code::InvalidArgument,
+        "ttl_seconds",
+    );
+    assert_refused(
+        create_token(&client, ca.principal("shop", "alice").as_str(), u64::MAX).await,
+        Code::InvalidArgument,
+        "ttl_seconds",
+    );
+    let stats = hub.stats();
+    assert_eq!((stats.admin_actions, stats.admin_refusals), (0, 8));
+    // The connection is unaffected.
+    create_token(&client, ca.principal("shop", "alice").as_str(), 60)
+        .await
+        .unwrap();
+}
+
+// === Revoke ===
+
+#[tokio::test]
+async fn an_admin_revokes_an_agent_by_principal_and_its_live_session_ends() {
+    let ca = TestCa::new();
+    let root = admin(&ca, "admin");
+    let (hub, _store) =
+        start_with_store(&ca, config_with_admins(vec![root.principal.clone()])).await;
+    let client = root.connect(&hub).await;
+    let alice = ca.agent("shop", "alice");
+    let bob = ca.agent("shop", "bob");
+    let mut alice_session = alice.session(&hub).await;
+    assert_eq!(alice_session.subscribe(1, "orders.eu").await, ack(1));
+    let mut bob_session = bob.session(&hub).await;
+    assert_eq!(bob_session.subscribe(1, "orders.eu").await, ack(1));
+
+    let response = revoke(&client, &[&alice.principal], &[]).await.unwrap();
+    assert_eq!(response.closed_connections, 1);
+    let list = verified(&ca, &response);
+    assert!(list.is_principal_revoked(&alice.principal));
+    assert!(!list.is_principal_revoked(&bob.principal));
+    assert_eq!(hub.revocations().as_ref(), Some(&list));
+
+    // Alice's live session ends; she cannot come back.
+    let status = alice_session.status().await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(refused_as_revoked(&ca, &hub, &alice).await);
+    // Bob is untouched.
+    assert_eq!(bob_session.subscribe(2, "orders.us").await, ack(2));
+
+    let stats = hub.stats();
+    assert_eq!((stats.admin_actions, stats.admin_refusals), (1, 0));
+    assert_eq!(stats.revoked_disconnects, 1);
+    eventually("alice's connection is gone", || hub.connections() == 2).await;
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_admin_revokes_a_certificate_by_serial() {
+    let ca = TestCa::new();
+    let root = admin(&ca, "admin");
+    let (hub, _store) =
+        start_with_store(&ca, config_with_admins(vec![root.principal.clone()])).await;
+    let client = root.connect(&hub).await;
+    let alice = ca.agent("shop", "alice");
+    let mut session = alice.session(&hub).await;
+    assert_eq!(session.subscribe(1, "orders.eu").await, ack(1));
+
+    let response = revoke(&client, &[], &[&alice.svid.serial]).await.unwrap();
+    assert_eq!(response.closed_connections, 1);
+    let list = verified(&ca, &response);
+    assert!(list.is_serial_revoked(&alice.svid.serial));
+    assert!(!list.is_principal_revoked(&alice.principal));
+    assert_eq!(session.status().await.code(), Code::PermissionDenied);
+    assert!(refused_as_revoked(&ca, &hub, &alice).await);
+
+    // Only that certificate: a new one for the same principal gets in.
+    let renewed = ca.agent("shop", "alice");
+    let mut session = renewed.session(&hub).await;
+    assert_eq!(session.subscribe(1, "orders.eu").await, ack(1));
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn successive_revocations_add_to_what_is_in_force() {
+    let ca = TestCa::new();
+    let root = admin(&ca, "admin");
+    let config = config_with_admins(vec![root.principal.clone()]);
+    let (hub, store) = start_with_store(&ca, config.clone()).await;
+    let client = root.connect(&hub).await;
+    let [alice, bob, carol] = ["alice", "bob", "carol"].map(|name| ca.agent("shop", name));
+
+    // The operator revokes Carol through the handle, with a list of its own.
+    let mut operator = Revocations::new();
+    operator.revoke_principal(&carol.principal);
+    let first = ca
+        .ca
+        .sign_revocations(&operator, SystemTime::now())
+        .unwrap();
+    let first = VerifiedRevocationList::verify(first, ca.trust(), SystemTime::now()).unwrap();
+    hub.revoke(first.clone()).await.unwrap();
+
+    // Two remote revocations: each adds to the list in force, none replaces it.
+    let second = verified(
+        &ca,
+        &revoke(&client, &[&alice.principal], &[]).await.unwrap(),
+    );
+    let third = verified(
+        &ca,
+        &revoke(&client, &[], &[&bob.svid.serial]).await.unwrap(),
+    );
+    assert!(first.version() < second.version() && second.version() < third.version());
+    for list in [&second, &third] {
+        assert!(list.is_principal_revoked(&carol.principal));
+        assert!(list.is_principal_revoked(&alice.principal));
+    }
+    assert!(third.is_serial_revoked(&bob.svid.serial));
+    for agent in [&alice, &bob, &carol] {
+        assert!(
+            refused_as_revoked(&ca, &hub, agent).await,
+            "{}",
+            agent.principal
+        );
+    }
+
+    // Revoking what is revoked already changes nothing and signs nothing new.
+    let again = revoke(&client, &[&alice.principal], &[&bob.svid.serial])
+        .await
+        .unwrap();
+    assert_eq!(again.closed_connections, 0);
+    assert_eq!(again.revocations.as_ref(), Some(third.to_wire()));
+
+    // The operator's own list is now stale: the hub refuses to go back.
+    let mut stale = operator.clone();
+    stale.revoke_principal(&ca.principal("shop", "dave"));
+    let stale = ca.ca.sign_revocations(&stale, SystemTime::now()).unwrap();
+    let stale = VerifiedRevocationList::verify(stale, ca.trust(), SystemTime::now()).unwrap();
+    assert!(matches!(
+        hub.revoke(stale).await,
+        Err(HubError::StaleRevocations { .. })
+    ));
+    hub.shutdown().await;
+
+    // After a restart, the whole list is in force, and the next remote revocation builds on it.
+    let hub = Hub::start(config, ca.ca.clone(), store).await.unwrap();
+    assert_eq!(hub.revocations().as_ref(), Some(&third));
+    let client = root.connect(&hub).await;
+    let dave = ca.agent("shop", "dave");
+    let fourth = verified(
+        &ca,
+        &revoke(&client, &[&dave.principal], &[]).await.unwrap(),
+    );
+    assert!(fourth.version() > third.version());
+    for agent in [&alice, &bob, &carol, &dave] {
+        assert!(
+            refused_as_revoked(&ca, &hub, agent).await,
+            "{}",
+            agent.principal
+        );
+    }
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_admin_cannot_revoke_itself_but_another_admin_can() {
+    let ca = TestCa::new();
+    let root = admin(&ca, "admin");
+    let deputy = admin(&ca, "deputy");
+    let (hub, _store) = start_with_store(
+        &ca,
+        config_with_admins(vec![root.principal.clone(), deputy.principal.clone()]),
+    )
+    .await;
+    let client = root.connect(&hub).await;
+    let alice = ca.principal("shop", "alice");
+
+    // By principal, by the serial of this connection's certificate, or within a larger
+    // request: refused, and nothing is revoked.
+    assert_refused(
+        revoke(&client, &[&root.principal], &[]).await,
+        Code::FailedPrecondition,
+        "cannot revoke itself",
+    );
+    assert_refused(
+        revoke(&client, &[], &[&root.svid.serial]).await,
+        Code::FailedPrecondition,
+        "cannot revoke itself",
+    );
+    assert_refused(
+        revoke(&client, &[&alice, &root.principal], &[]).await,
+        Code::FailedPrecondition,
+        "cannot revoke itself",
+    );
+    assert!(hub.revocations().is_none());
+    let stats = hub.stats();
+    assert_eq!((stats.admin_actions, stats.admin_refusals), (0, 3));
+
+    // Still an admin, still connected.
+    create_token(&client, alice.as_str(), 0).await.unwrap();
+
+    // Another admin may revoke it, deliberately: its connection is closed.
+    let deputy_client = deputy.connect(&hub).await;
+    let response = revoke(&deputy_client, &[&root.principal], &[])
+        .await
+        .unwrap();
+    assert_eq!(response.closed_connections, 1);
+    assert!(create_token(&client, alice.as_str(), 0).await.is_err());
+    assert!(refused_as_revoked(&ca, &hub, &root).await);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_revoke_requests_are_refused() {
+    let ca = TestCa::new();
+    let root = admin(&ca, "admin");
+    let (hub, _store) =
+        start_with_store(&ca, config_with_admins(vec![root.principal.clone()])).await;
+    let client = root.connect(&hub).await;
+    let raw = |principals: &[&str], serials: &[&[u8]]| RevokeRequest {
+        principals: principals.iter().map(|p| (*p).to_owned()).collect(),
+        serials: serials.iter().map(|s| s.to_vec()).collect(),
+    };
+    let cases: [(RevokeRequest, &str); 6] = [
+        (raw(&[], &[]), "nothing to revoke"),
+        (raw(&["alice"], &[]), "principals"),
+        (raw(&["spiffe://example.org/shop/alice"], &[]), "principals"),
+        (
+            raw(&["spiffe://elsewhere.org/agent/shop/alice"], &[]),
+            "trust domain",
+        ),
+        (
+            raw(&["spiffe://example.org/agent/system/hub"], &[]),
+            "cannot be revoked",
+        ),
+        (raw(&[], &[&[]]), "serial"),
+    ];
+    for (request, says) in cases {
+        assert_refused(
+            client
+                .unary::<_, RevokeResponse>(REVOKE_PATH, request)
+                .await,
+            Code::InvalidArgument,
+            says,
+        );
+    }
+    // A serial over 21 bytes fails bounded decoding.
+    assert_refused(
+        client
+            .unary::<_, RevokeResponse>(REVOKE_PATH, raw(&[], &[&[7; 22]]))
+            .await,
+        Code::InvalidArgument,
+        "serials",
+    );
+    assert!(hub.revocations().is_none());
+    assert_eq!(hub.stats().admin_refusals, 6);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_paths_are_not_served_on_the_enroll_name() {
+    let ca = TestCa::new();
+    let root = admin(&ca, "admin");
+    let (hub, _store) =
+        start_with_store(&ca, config_with_admins(vec![root.principal.clone()])).await;
+    let client = support::enroll_client(&hub).await;
+    assert_refused(
+        create_token(&client, ca.principal("shop", "alice").as_str(), 0).await,
+        Code::Unimplemented,
+        "",
+    );
+    assert_refused(
+        revoke(&client, &[&ca.principal("shop", "alice")], &[]).await,
+        Code::Unimplemented,
+        "",
+    );
+    let stats = hub.stats();
+    assert_eq!((stats.admin_actions, stats.admin_refusals), (0, 0));
+}
+
+#[tokio::test]
+async fn admins_of_another_trust_domain_are_refused_at_start() {
+    let ca = TestCa::new();
+    let foreign = TrustDomain::new("elsewhere.org").unwrap();
+    let config = config_with_admins(vec![Principal::from(
+        HumanId::new(&foreign, "admin").unwrap(),
+    )]);
+    let err = Hub::start(config, ca.ca.clone(), ca.store())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HubError::Config(_)), "{err:?}");
+}
