@@ -5,14 +5,11 @@
     clippy::panic
 )]
 
-use std::process::Command;
+mod support;
 
 #[test]
 fn the_demo_holds_every_property() {
-    let out = Command::new(env!("CARGO_BIN_EXE_entente"))
-        .arg("demo")
-        .output()
-        .unwrap();
+    let out = support::entente(&["demo"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -25,23 +22,44 @@ fn the_demo_holds_every_property() {
 
 #[test]
 fn the_demo_speaks_json() {
-    let out = Command::new(env!("CARGO_BIN_EXE_entente"))
-        .args(["demo", "--json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = support::entente(&["demo", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], true);
     assert_eq!(v["failed"], 0);
-    assert!(v["passed"].as_u64().unwrap() >= 13);
+    let checks: Vec<&serde_json::Value> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["checks"].as_array().unwrap())
+        .collect();
+    assert_eq!(checks.len() as u64, v["passed"].as_u64().unwrap());
+    assert!(checks.iter().all(|c| c["held"] == true), "{v:#}");
+    for property in [
+        "exchange",
+        "no_plaintext",
+        "denied",
+        "forged_sender",
+        "replay",
+        "tamper",
+        "token_reuse",
+        "foreign_bundle",
+        "revoked",
+    ] {
+        assert!(
+            checks.iter().any(|c| c["property"] == property),
+            "no `{property}` check in {v:#}"
+        );
+    }
 }
 
 #[test]
 fn an_unknown_command_is_one_clear_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_entente"))
-        .arg("frobnicate")
-        .output()
-        .unwrap();
+    let out = support::entente(&["frobnicate"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("frobnicate"));
 }

@@ -105,7 +105,7 @@ fn enroll_two_agents_and_exchange_a_sealed_message() {
         "hello bob",
     ]);
     assert!(sent.contains("sent"), "{sent}");
-    let out = listener.wait_with_output().unwrap();
+    let out = support::wait(listener, support::LIMIT);
     assert!(out.status.success());
     let heard = String::from_utf8(out.stdout).unwrap();
     assert!(heard.contains("hello bob"), "{heard}");

@@ -23,8 +23,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use entente_crypto::{SealerOptions, TAG_LEN, VerifiedKeyBundle};
-use entente_types::{Channel, ChannelPattern, Principal};
+use entente_types::{Channel, ChannelPattern, Principal, namespace};
 use entente_wire::{
     ClientFrame, Deliver, DirectoryRequest, KeyBundle, ServerFrame, Subscribe, Unsubscribe,
     client_frame, server_frame,
@@ -39,7 +40,7 @@ use crate::inbox::Inbox;
 use crate::outbox::{Outbox, OutboxOptions, Outgoing, Recipients, Sealed};
 use crate::stats::{self, ClientStats, Stats};
 use crate::transport::{Transport, status_text};
-use crate::{ClientOptions, Error, ErrorKind, Identity, Message, Subscription};
+use crate::{ClientOptions, Error, ErrorKind, Identity, Message, Requests, Subscription};
 
 /// Frames the writer may have queued for the HTTP/2 stream.
 const OUTBOUND_FRAMES: usize = 64;
@@ -104,6 +105,9 @@ struct Inner {
     transport: Transport,
     /// Recipients of channels, from the directory, with when they were fetched.
     members: tokio::sync::Mutex<HashMap<Channel, (Instant, Arc<Recipients>)>>,
+    /// Whether the session subscribed to this principal's reply namespace (on the first
+    /// request).
+    replies: tokio::sync::Mutex<bool>,
 }
 
 /// What the handles and both tasks share.
@@ -129,6 +133,22 @@ struct State {
     closed: Option<String>,
     /// Channels whose sealer must start a new epoch (the hub refused a frame).
     resets: Vec<Channel>,
+    /// Requests waiting for their reply, by reply channel.
+    replies: HashMap<Channel, ReplyWaiter>,
+}
+
+/// A request waiting for the one reply it accepts.
+#[derive(Debug)]
+struct ReplyWaiter {
+    /// The request's target: a reply from anyone else is not the answer.
+    from: Principal,
+    done: oneshot::Sender<Message>,
+}
+
+/// Removes a request's waiter however the request ends.
+struct AwaitingReply<'a> {
+    shared: &'a Shared,
+    channel: Channel,
 }
 
 /// What an `Ack` or `Refusal` answers.
@@ -226,6 +246,7 @@ impl Client {
                 commands,
                 transport,
                 members: tokio::sync::Mutex::new(HashMap::new()),
+                replies: tokio::sync::Mutex::new(false),
             }),
         })
     }
@@ -252,6 +273,15 @@ impl Client {
         let pattern = ChannelPattern::parse(pattern).map_err(|e| {
             Error::new(ErrorKind::InvalidInput, format!("bad channel pattern: {e}")).with_source(e)
         })?;
+        let (id, items) = self.open_subscription(&pattern).await?;
+        Ok(Subscription::new(id, pattern, items, self.clone()))
+    }
+
+    /// Subscribes to `pattern` and returns the subscription's ID and items.
+    async fn open_subscription(
+        &self,
+        pattern: &ChannelPattern,
+    ) -> Result<(u64, mpsc::Receiver<Result<Message, Error>>), Error> {
         let shared = &self.inner.shared;
         let id = shared.next_id();
         let (items, items_rx) = mpsc::channel(shared.options.subscription_queue);
@@ -277,8 +307,8 @@ impl Client {
             subscription_id: id,
             pattern: pattern.to_string(),
         });
-        match self.request(Command::Frame(frame), answer).await {
-            Ok(()) => Ok(Subscription::new(id, pattern, items_rx, self.clone())),
+        match self.exchange(Command::Frame(frame), answer).await {
+            Ok(()) => Ok((id, items_rx)),
             // The hub may still take the subscription: undo it there too.
             Err(e) if e.kind() == ErrorKind::Timeout => {
                 self.detach(id);
@@ -353,7 +383,8 @@ impl Client {
         let channel = parse_channel(channel)?;
         let payload = self.check_payload(payload.into())?;
         let recipients = self.members(&channel).await?;
-        self.queue(channel, payload, recipients, deadline).await
+        self.queue(channel, payload, recipients, None, deadline)
+            .await
     }
 
     /// Queues `payload` for `recipients`, like [`publish_to`](Self::publish_to), but returns
@@ -374,7 +405,8 @@ impl Client {
             .map(|b| shared.bundles.admit(b, now))
             .collect::<Result<Vec<_>, _>>()?;
         let recipients = Arc::new(Recipients::new(shared.identity.key_bundle(), bundles));
-        self.queue(channel, payload, recipients, deadline).await
+        self.queue(channel, payload, recipients, None, deadline)
+            .await
     }
 
     /// Verifies `bundle` against the identity's trust bundle and keeps it, so that messages
@@ -463,6 +495,16 @@ impl Client {
         self.inner.shared.stats.snapshot()
     }
 
+    /// The connection, for [`crate::danger`].
+    pub(crate) fn transport(&self) -> &Transport {
+        &self.inner.transport
+    }
+
+    /// How long a request may wait for the hub's answer, for [`crate::danger`].
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.shared.options.request_timeout
+    }
+
     /// Whether the session is over.
     pub fn is_closed(&self) -> bool {
         self.inner.shared.lock().closed.is_some()
@@ -486,7 +528,7 @@ impl Client {
         let frame = client_frame::Kind::Unsubscribe(Unsubscribe {
             subscription_id: id,
         });
-        self.request(Command::Frame(frame), answer).await
+        self.exchange(Command::Frame(frame), answer).await
     }
 
     /// Forgets subscription `id` and tells the hub, without waiting (a dropped
@@ -514,7 +556,7 @@ impl Client {
     }
 
     /// Sends `command` and waits for `answer`, both within the request timeout.
-    async fn request(
+    async fn exchange(
         &self,
         command: Command,
         answer: oneshot::Receiver<Result<(), Error>>,
@@ -540,6 +582,7 @@ impl Client {
         channel: Channel,
         payload: Vec<u8>,
         recipients: Arc<Recipients>,
+        reply_to: Option<Channel>,
         deadline: tokio::time::Instant,
     ) -> Result<PublishAck, Error> {
         let (ticket, answer) = oneshot::channel();
@@ -547,6 +590,7 @@ impl Client {
             channel,
             payload,
             recipients,
+            reply_to,
             ticket,
         });
         match tokio::time::timeout_at(deadline, self.inner.commands.send(command)).await {
@@ -624,6 +668,233 @@ impl Client {
     }
 }
 
+// === direct messages and request/reply ===
+
+impl Client {
+    /// Sends `payload` to `target` alone and waits for the hub's `Ack`.
+    ///
+    /// It goes on the target's direct channel ([`namespace::direct_channel`]: `_direct.S.N`
+    /// for an agent, `_direct.human:N` for a human), sealed for exactly the target's key
+    /// bundle (from the hub's directory, verified against the trust bundle). The target
+    /// receives it through [`subscribe_direct`](Self::subscribe_direct) or
+    /// [`serve_direct`](Self::serve_direct).
+    ///
+    /// The hub lets an agent message any agent of its own segment; anything else needs an
+    /// allow rule granting publish on the direct channel ([`ErrorKind::Denied`] otherwise).
+    /// A target with no session listening is refused with
+    /// [`RefusalCode::NoRecipient`](crate::RefusalCode::NoRecipient).
+    ///
+    /// ```no_run
+    /// # async fn run(client: entente_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// use entente_client::Principal;
+    ///
+    /// let bob = Principal::parse("spiffe://example.org/agent/shop/bob")?;
+    /// client.direct(&bob, "are you there?").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn direct(
+        &self,
+        target: &Principal,
+        payload: impl Into<Vec<u8>>,
+    ) -> Result<(), Error> {
+        let deadline = self.deadline();
+        let payload = self.check_payload(payload.into())?;
+        self.send_direct(target, payload, None, deadline).await
+    }
+
+    /// Subscribes to this principal's own direct channel: every [`direct`](Self::direct)
+    /// message and request addressed to it. Only its owner may subscribe there.
+    pub async fn subscribe_direct(&self) -> Result<Subscription, Error> {
+        self.subscribe(namespace::direct_channel(self.principal()).as_str())
+            .await
+    }
+
+    /// Sends `payload` to `target` as a request and waits up to `timeout` for its reply.
+    ///
+    /// On the first request the session subscribes to this principal's reply namespace
+    /// (`_reply.S.N.>`); each request then goes out as a [`direct`](Self::direct) message
+    /// whose `reply_to` is a fresh channel `_reply.S.N.<random>` of that namespace. The hub
+    /// grants the target, and only the target, one reply there, for at most
+    /// [`MAX_REPLY_WAIT`](entente_hub::MAX_REPLY_WAIT) (60 s); this client accepts only a
+    /// verified reply from the target on that exact channel. Anything else arriving there is
+    /// dropped and counted ([`ClientStats::replies_dropped`]).
+    ///
+    /// Errors: [`ErrorKind::Timeout`] when no reply came in time (the request may still have
+    /// been delivered), the hub's refusals as for [`direct`](Self::direct), and
+    /// [`RefusalCode::TooManyReplyGrants`](crate::RefusalCode::TooManyReplyGrants) when the
+    /// session has too many requests outstanding.
+    ///
+    /// ```no_run
+    /// # async fn run(client: entente_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    ///
+    /// use entente_client::Principal;
+    ///
+    /// let bob = Principal::parse("spiffe://example.org/agent/shop/bob")?;
+    /// let reply = client.request(&bob, "ping", Duration::from_secs(5)).await?;
+    /// assert_eq!(reply.sender, bob);
+    /// println!("{}", String::from_utf8_lossy(&reply.payload));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn request(
+        &self,
+        target: &Principal,
+        payload: impl Into<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Message, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let payload = self.check_payload(payload.into())?;
+        let shared = &self.inner.shared;
+        let exchange = async {
+            self.listen_for_replies().await?;
+            let reply_to = namespace::reply_channel(self.principal(), &unique_token()?)
+                .map_err(|e| Error::new(ErrorKind::Protocol, format!("reply channel: {e}")))?;
+            let (done, reply) = oneshot::channel();
+            let _waiting = shared.await_reply(reply_to.clone(), target.clone(), done)?;
+            let send_by = deadline.min(self.deadline());
+            self.send_direct(target, payload, Some(reply_to), send_by)
+                .await?;
+            reply.await.map_err(|_| shared.closed_error())
+        };
+        tokio::time::timeout_at(deadline, exchange)
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!("no reply from `{target}` within {timeout:?}"),
+                )
+            })?
+    }
+
+    /// Serves requests arriving on `pattern` (a channel or a pattern): a stream of
+    /// [`Request`](crate::Request)s, each answered with its
+    /// [`Responder`](crate::Responder).
+    pub async fn serve(&self, pattern: &str) -> Result<Requests, Error> {
+        Ok(Requests::new(self.subscribe(pattern).await?))
+    }
+
+    /// Serves requests addressed to this principal: [`serve`](Self::serve) on its own direct
+    /// channel.
+    ///
+    /// ```no_run
+    /// # async fn run(client: entente_client::Client) -> Result<(), entente_client::Error> {
+    /// use tokio_stream::StreamExt;
+    ///
+    /// let mut requests = client.serve_direct().await?;
+    /// while let Some(request) = requests.next().await {
+    ///     let request = request?;
+    ///     let answer = request.message.payload.to_ascii_uppercase();
+    ///     request.responder.reply(answer).await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn serve_direct(&self) -> Result<Requests, Error> {
+        Ok(Requests::new(self.subscribe_direct().await?))
+    }
+
+    /// Sends `payload` on `reply_to`, sealed for exactly `requester`, and waits for the
+    /// hub's `Ack`. `reply_to` must lie in the requester's reply namespace.
+    pub(crate) async fn reply(
+        &self,
+        requester: &Principal,
+        reply_to: &Channel,
+        payload: Vec<u8>,
+    ) -> Result<(), Error> {
+        if !namespace::is_reply_channel_of(requester, reply_to) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("`{reply_to}` is not in the reply namespace of `{requester}`"),
+            ));
+        }
+        let deadline = self.deadline();
+        let payload = self.check_payload(payload)?;
+        let bundle = self.key_bundle(requester).await?;
+        let recipients = Arc::new(Recipients::exactly(vec![bundle]));
+        self.queue(reply_to.clone(), payload, recipients, None, deadline)
+            .await?
+            .await
+    }
+
+    async fn send_direct(
+        &self,
+        target: &Principal,
+        payload: Vec<u8>,
+        reply_to: Option<Channel>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Error> {
+        let bundle = self.key_bundle(target).await?;
+        let recipients = Arc::new(Recipients::exactly(vec![bundle]));
+        let channel = namespace::direct_channel(target);
+        self.queue(channel, payload, recipients, reply_to, deadline)
+            .await?
+            .await
+    }
+
+    /// Subscribes to this principal's reply namespace, once per session, and hands what
+    /// arrives there to the waiting requests.
+    async fn listen_for_replies(&self) -> Result<(), Error> {
+        let mut listening = self.inner.replies.lock().await;
+        if !*listening {
+            let pattern = namespace::reply_pattern(self.principal());
+            let (_, items) = self.open_subscription(&pattern).await?;
+            tokio::spawn(dispatch_replies(self.inner.shared.clone(), items));
+            *listening = true;
+        }
+        Ok(())
+    }
+}
+
+/// Hands each verified message of the reply namespace to the request waiting on its channel,
+/// if it came from that request's target; drops and counts the rest. Rejections were counted
+/// when opened. Ends with the session (the subscription's queue closes).
+async fn dispatch_replies(shared: Arc<Shared>, mut items: mpsc::Receiver<Result<Message, Error>>) {
+    while let Some(item) = items.recv().await {
+        let Ok(message) = item else {
+            continue;
+        };
+        let waiter = shared.lock().take_reply_waiter(&message);
+        match waiter {
+            Some(waiter) => {
+                let _ = waiter.done.send(message);
+            }
+            None => stats::add(&shared.stats.replies_dropped, 1),
+        }
+    }
+}
+
+/// 128 random bits in hex: the last token of a reply channel.
+fn unique_token() -> Result<String, Error> {
+    let mut bytes = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| Error::new(ErrorKind::Crypto, "no randomness for a reply channel"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+// === impl State ===
+
+impl State {
+    /// The request `message` answers: one waiting on its channel for a reply from its
+    /// sender. A message from anyone else answers nothing (the request keeps waiting).
+    fn take_reply_waiter(&mut self, message: &Message) -> Option<ReplyWaiter> {
+        match self.replies.get(&message.channel) {
+            Some(waiter) if waiter.from == message.sender => self.replies.remove(&message.channel),
+            _ => None,
+        }
+    }
+}
+
+// === impl AwaitingReply ===
+
+impl Drop for AwaitingReply<'_> {
+    fn drop(&mut self) {
+        self.shared.lock().replies.remove(&self.channel);
+    }
+}
+
 // === impl PublishAck ===
 
 impl Future for PublishAck {
@@ -671,6 +942,27 @@ impl Shared {
             state.subscriptions.insert(id, entry);
         }
         Ok(())
+    }
+
+    /// Registers a request waiting on `channel` for a reply from `from`, unless the session
+    /// is over; the guard unregisters it.
+    fn await_reply(
+        &self,
+        channel: Channel,
+        from: Principal,
+        done: oneshot::Sender<Message>,
+    ) -> Result<AwaitingReply<'_>, Error> {
+        let mut state = self.lock();
+        if let Some(reason) = &state.closed {
+            return Err(Error::new(ErrorKind::Closed, reason.clone()));
+        }
+        state
+            .replies
+            .insert(channel.clone(), ReplyWaiter { from, done });
+        Ok(AwaitingReply {
+            shared: self,
+            channel,
+        })
     }
 
     fn closed_error(&self) -> Error {
@@ -747,6 +1039,8 @@ impl Shared {
         let (pending, subscriptions) = {
             let mut state = self.lock();
             state.closed.get_or_insert(reason.clone());
+            // Waiting requests see their reply channel close and report the end.
+            state.replies.clear();
             (
                 mem::take(&mut state.pending),
                 mem::take(&mut state.subscriptions),
@@ -1118,4 +1412,58 @@ fn now_ms() -> u64 {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use entente_types::MessageId;
+
+    use super::*;
+
+    fn reply(from: &str, channel: &str) -> Message {
+        Message {
+            sender: Principal::parse(from).unwrap(),
+            channel: Channel::parse(channel).unwrap(),
+            payload: b"answer".to_vec(),
+            message_id: MessageId::from_parts(1, [0; 10]),
+            reply_to: None,
+        }
+    }
+
+    #[test]
+    fn only_the_target_answers_a_request_on_its_channel() {
+        let bob = "spiffe://example.org/agent/shop/bob";
+        let carol = "spiffe://example.org/agent/shop/carol";
+        let mut state = State::default();
+        let (done, _answer) = oneshot::channel();
+        state.replies.insert(
+            Channel::parse("_reply.shop.alice.r1").unwrap(),
+            ReplyWaiter {
+                from: Principal::parse(bob).unwrap(),
+                done,
+            },
+        );
+        assert!(
+            state
+                .take_reply_waiter(&reply(carol, "_reply.shop.alice.r1"))
+                .is_none()
+        );
+        assert!(
+            state
+                .take_reply_waiter(&reply(bob, "_reply.shop.alice.r2"))
+                .is_none()
+        );
+        assert!(
+            state
+                .take_reply_waiter(&reply(bob, "_reply.shop.alice.r1"))
+                .is_some()
+        );
+        assert!(
+            state
+                .take_reply_waiter(&reply(bob, "_reply.shop.alice.r1"))
+                .is_none()
+        );
+    }
 }

@@ -11,6 +11,13 @@
 //!   [`Client::subscribe`] returns a
 //!   [`Subscription`], a `Stream` of verified [`Message`]s — and of errors for what did not
 //!   verify, which is reported, never silently dropped.
+//! - Direct messages and request/reply: [`Client::direct`] seals for one principal alone and
+//!   sends on its direct channel (`_direct.S.N`), read with [`Client::subscribe_direct`];
+//!   [`Client::request`] sends a direct whose `reply_to` is a fresh channel of the requester's
+//!   own reply namespace (`_reply.S.N.…`) and waits for the target's one reply, which the
+//!   target sends with the [`Responder`] of a [`Request`] from [`Client::serve_direct`] or
+//!   [`Client::serve`]. Never a shared `_INBOX`: only the requester can read its namespace,
+//!   and the hub lets only the request's recipient answer, once.
 //! - [`Error`]: one error type with a small [`ErrorKind`] to match on.
 //!
 //! Key bundles of other principals are verified against the identity's trust bundle, never
@@ -37,12 +44,14 @@
 
 mod bundles;
 mod client;
+pub mod danger;
 mod enroll;
 mod error;
 mod identity;
 mod inbox;
 mod options;
 mod outbox;
+mod request;
 mod stats;
 mod subscription;
 mod transport;
@@ -53,6 +62,7 @@ pub use error::{Error, ErrorKind};
 pub use identity::{IDENTITY_VERSION, Identity, IdentityError};
 pub use inbox::Message;
 pub use options::ClientOptions;
+pub use request::{Request, Requests, Responder};
 pub use stats::ClientStats;
 pub use subscription::Subscription;
 

@@ -7,18 +7,27 @@
 //! The current key is also sent again once per resend interval, for recipients who subscribed
 //! after it was first sent.
 //!
-//! Messages of one channel with the same recipients are sealed together, up to `batch_max`
-//! messages or `batch_max_bytes` payload bytes, as one signed batch (one Ed25519 signature):
-//! one `Publish` frame per batch, so that a refusal only fails the messages it carried.
+//! Messages of one channel with the same recipients and `reply_to` are sealed together, up to
+//! `batch_max` messages or `batch_max_bytes` payload bytes, as one signed batch (one Ed25519
+//! signature): one `Publish` frame per batch, so that a refusal only fails the messages it
+//! carried.
+//!
+//! A reply channel (`_reply.…`) takes one batch, once: its sealer is dropped after sealing,
+//! so that answering many requests keeps no state per request.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use entente_crypto::{MessageKeys, SealError, Sealer, SealerOptions, VerifiedKeyBundle};
+use entente_hub::MAX_REPLY_WAIT;
+use entente_types::namespace::REPLY_PREFIX;
 use entente_types::{Channel, Principal};
 use entente_wire as wire;
 
 use crate::{Error, ErrorKind};
+
+/// Age of a reply channel's epoch: it seals one batch, at once.
+const REPLY_EPOCH_MAX_AGE_MS: u64 = 1_000;
 
 /// The recipients of a channel's sender keys: verified key bundles, the sender's own
 /// included (so that its other sessions, and its own subscriptions, can read the channel),
@@ -35,6 +44,8 @@ pub(crate) struct Outgoing<T> {
     pub(crate) channel: Channel,
     pub(crate) payload: Vec<u8>,
     pub(crate) recipients: Arc<Recipients>,
+    /// Where the recipients should reply, if anywhere (a request).
+    pub(crate) reply_to: Option<Channel>,
     pub(crate) ticket: T,
 }
 
@@ -85,6 +96,12 @@ impl Recipients {
     pub(crate) fn new(own: &VerifiedKeyBundle, others: Vec<VerifiedKeyBundle>) -> Self {
         let mut bundles = others;
         bundles.push(own.clone());
+        Self::exactly(bundles)
+    }
+
+    /// Exactly `bundles` (one per principal, the newest epoch, sorted), without the sender:
+    /// for direct messages and replies.
+    pub(crate) fn exactly(mut bundles: Vec<VerifiedKeyBundle>) -> Self {
         bundles.sort_by(|a, b| {
             a.principal()
                 .as_str()
@@ -153,10 +170,15 @@ impl Outbox {
         };
         let channel = first.channel.clone();
         let recipients = first.recipients.clone();
+        let reply_to = first.reply_to.clone();
         let (payloads, tickets): (Vec<Vec<u8>>, Vec<T>) =
             run.into_iter().map(|m| (m.payload, m.ticket)).unzip();
         let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-        match self.seal_batch(&channel, &recipients, &payloads, now_ms) {
+        let sealed = self.seal_batch(&channel, &recipients, &payloads, reply_to.as_ref(), now_ms);
+        if channel.tokens().next() == Some(REPLY_PREFIX) {
+            self.channels.remove(&channel);
+        }
+        match sealed {
             Ok((sender_key, batch)) => Sealed::Frame {
                 channel,
                 publish: wire::Publish {
@@ -175,6 +197,7 @@ impl Outbox {
         channel: &Channel,
         recipients: &Arc<Recipients>,
         payloads: &[&[u8]],
+        reply_to: Option<&Channel>,
         now_ms: u64,
     ) -> Result<(Option<wire::SenderKey>, wire::SignedBatch), Error> {
         let sender_key = self.prepare(channel, recipients, now_ms)?;
@@ -182,7 +205,7 @@ impl Outbox {
             .channels
             .get_mut(channel)
             .ok_or_else(|| Error::new(ErrorKind::Crypto, "no sealer for the channel"))?;
-        match state.sealer.seal_batch(payloads, None, now_ms) {
+        match state.sealer.seal_batch(payloads, reply_to, now_ms) {
             Ok(batch) => Ok((sender_key, batch)),
             // The epoch ran out inside this batch: start a new one and seal it all there.
             Err(SealError::EpochExhausted) => {
@@ -194,7 +217,7 @@ impl Outbox {
                 state.key_sent_ms = now_ms;
                 let batch = state
                     .sealer
-                    .seal_batch(payloads, None, now_ms)
+                    .seal_batch(payloads, reply_to, now_ms)
                     .map_err(|e| seal_error(channel, e))?;
                 Ok((Some(sender_key), batch))
             }
@@ -236,7 +259,7 @@ impl Outbox {
             self.keys.clone(),
             channel.clone(),
             recipients.bundles(),
-            self.options.sealer,
+            self.sealer_options(channel),
             now_ms,
         )
         .map_err(|e| seal_error(channel, e))?;
@@ -253,9 +276,24 @@ impl Outbox {
     }
 }
 
+impl Outbox {
+    /// The sealer options of `channel`. A reply's sender key and envelopes live no longer
+    /// than the hub lets a reply wait ([`MAX_REPLY_WAIT`]): the requester holds one epoch per
+    /// reply, and short-lived ones are freed soon.
+    fn sealer_options(&self, channel: &Channel) -> SealerOptions {
+        let mut options = self.options.sealer;
+        if channel.tokens().next() == Some(REPLY_PREFIX) {
+            let wait = u64::try_from(MAX_REPLY_WAIT.as_millis()).unwrap_or(u64::MAX);
+            options.message_ttl_ms = options.message_ttl_ms.min(wait);
+            options.epoch_max_age_ms = options.epoch_max_age_ms.min(REPLY_EPOCH_MAX_AGE_MS);
+        }
+        options
+    }
+}
+
 /// Splits messages into runs to seal as one batch each: grouped by channel (in order of first
-/// appearance, order kept within a channel), then cut where the recipients change or a batch
-/// limit is reached.
+/// appearance, order kept within a channel), then cut where the recipients or `reply_to`
+/// change or a batch limit is reached.
 fn runs<T>(messages: Vec<Outgoing<T>>, options: &OutboxOptions) -> Vec<Vec<Outgoing<T>>> {
     let mut by_channel: Vec<Vec<Outgoing<T>>> = Vec::new();
     for m in messages {
@@ -275,6 +313,7 @@ fn runs<T>(messages: Vec<Outgoing<T>>, options: &OutboxOptions) -> Vec<Vec<Outgo
             let fits = run.first().is_some_and(|first| {
                 (Arc::ptr_eq(&first.recipients, &m.recipients)
                     || first.recipients.as_ref() == m.recipients.as_ref())
+                    && first.reply_to == m.reply_to
                     && run.len() < options.batch_max
                     && bytes.saturating_add(m.payload.len()) <= options.batch_max_bytes
             });
@@ -394,6 +433,7 @@ pub(crate) mod tests {
             channel: Channel::parse(channel).unwrap(),
             payload: payload.to_vec(),
             recipients: recipients.clone(),
+            reply_to: None,
             ticket,
         }
     }
@@ -544,6 +584,66 @@ pub(crate) mod tests {
             .flat_map(|(_, p, _)| p.batches[0].envelopes.iter().map(|e| e.seq))
             .collect();
         assert_eq!(seqs, [0, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn requests_are_cut_by_reply_to_and_reply_channels_keep_no_sealer() {
+        let ca = TestCa::new();
+        let (alice, bob) = (ca.agent("alice"), ca.agent("bob"));
+        let recipients = Arc::new(Recipients::new(&alice.bundle, vec![bob.bundle.clone()]));
+        let mut outbox = outbox(&alice, 8, 60_000);
+        let mut ids = 0;
+        let mut next = || {
+            ids += 1;
+            ids
+        };
+        let r1 = Channel::parse("_reply.shop.alice.r1").unwrap();
+        let mut messages = vec![
+            message("_direct.shop.bob", b"1", &recipients, 1),
+            message("_direct.shop.bob", b"2", &recipients, 2),
+            message("_direct.shop.bob", b"3", &recipients, 3),
+        ];
+        messages[0].reply_to = Some(r1.clone());
+        messages[1].reply_to = Some(r1.clone());
+        let out = frames(outbox.seal(messages, NOW, &mut next));
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].2, [1, 2]);
+        let reply_tos = |p: &wire::Publish| {
+            p.batches[0]
+                .envelopes
+                .iter()
+                .map(|e| e.reply_to.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(reply_tos(&out[0].1), ["_reply.shop.alice.r1"; 2]);
+        assert_eq!(reply_tos(&out[1].1), [""]);
+        assert!(
+            outbox
+                .channels
+                .contains_key(&Channel::parse("_direct.shop.bob").unwrap())
+        );
+
+        // A reply: one batch with its sender key, and no sealer kept for the channel.
+        let reply = frames(outbox.seal(
+            vec![message("_reply.shop.bob.x1", b"r", &recipients, 4)],
+            NOW,
+            &mut next,
+        ));
+        assert_eq!(reply[0].1.sender_keys.len(), 1);
+        assert_eq!(reply[0].1.batches.len(), 1);
+        // Short-lived: the requester holds its epoch no longer than a reply may wait.
+        let key = &reply[0].1.sender_keys[0];
+        assert!(
+            key.expires_at_ms <= NOW + 61_000,
+            "{}",
+            key.expires_at_ms - NOW
+        );
+        assert!(reply[0].1.batches[0].envelopes[0].expires_at_ms <= NOW + 60_000);
+        assert!(
+            !outbox
+                .channels
+                .contains_key(&Channel::parse("_reply.shop.bob.x1").unwrap())
+        );
     }
 
     #[test]

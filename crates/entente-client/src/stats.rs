@@ -29,6 +29,9 @@ pub struct ClientStats {
     pub sender_keys_accepted: u64,
     /// Incoming sender keys refused (not a recipient, bad signature, conflict, …).
     pub sender_keys_rejected: u64,
+    /// Verified messages in this client's reply namespace that answered no waiting request:
+    /// late (after the request timed out) or from a principal other than the request's target.
+    pub replies_dropped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +46,7 @@ pub(crate) struct Stats {
     pub(crate) rejected: AtomicU64,
     pub(crate) sender_keys_accepted: AtomicU64,
     pub(crate) sender_keys_rejected: AtomicU64,
+    pub(crate) replies_dropped: AtomicU64,
 }
 
 impl Stats {
@@ -59,6 +63,7 @@ impl Stats {
             rejected: get(&self.rejected),
             sender_keys_accepted: get(&self.sender_keys_accepted),
             sender_keys_rejected: get(&self.sender_keys_rejected),
+            replies_dropped: get(&self.replies_dropped),
         }
     }
 }

@@ -49,6 +49,11 @@ impl Subscription {
         self.id
     }
 
+    /// The client this subscription belongs to.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// The pattern subscribed to.
     pub fn pattern(&self) -> &ChannelPattern {
         &self.pattern

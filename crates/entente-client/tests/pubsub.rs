@@ -375,13 +375,15 @@ async fn revocation_ends_the_subscription_with_closed_and_reconnecting_fails() {
     assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
     assert!(e.to_string().contains("PERMISSION_DENIED"), "{e}");
 
-    // The same certificate is refused at the handshake now. The hub refuses it after the
-    // client's side of the TLS 1.3 handshake is done, so it surfaces as a TLS alert.
+    // The same identity is refused at the handshake now. The hub refuses it after the client's
+    // side of the TLS 1.3 handshake is done, so it surfaces as a TLS alert, which the hub makes
+    // sure arrives (it closes gracefully rather than resetting).
     let again = hub.unregistered_agent("shop", "alice");
     let e = Client::connect(again.identity, hub.hub.local_addr(), options())
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
+    assert!(e.to_string().contains("CertificateRevoked"), "{e}");
 }
 
 #[tokio::test]

@@ -15,20 +15,25 @@
 //!   first token: `>` and `*.x` match no `_direct…` or `_reply…` channel, in rules and in
 //!   subscriptions alike. A rule or subscription reaches a system channel only by naming its
 //!   first token literally.
-//! - **Own namespaces.** An agent `spiffe://TD/agent/S/N` may always subscribe to
-//!   `_direct.S.N` (exactly) and to patterns under `_reply.S.N.` (e.g. `_reply.S.N.>`), and
-//!   nobody else may subscribe to them, whatever the rules say: a subscription pattern whose
-//!   first token is `_direct` or `_reply` is judged by this rule alone. Humans have no own
-//!   namespace yet. Publishing to these channels needs a rule like any other channel.
+//! - **Own namespaces** ([`entente_types::namespace`]). A principal may always subscribe to its
+//!   direct channel (`_direct.S.N` for agent `S/N`, `_direct.human:N` for human `N`; exactly)
+//!   and to patterns under its reply namespace (`_reply.S.N.>`, `_reply.human:N.>`), and nobody
+//!   else may subscribe to them, whatever the rules say: a subscription pattern whose first
+//!   token is `_direct` or `_reply` is judged by this rule alone.
+//! - **Direct messages.** An agent may publish to the direct channel `_direct.S.N` of any agent
+//!   of its own segment S. Any other direct channel — another segment's agent, a human's
+//!   `_direct.human:N`, or a direct from a human — needs a rule granting publish on it (e.g.
+//!   `_direct.shop.*` for segment `lab`).
+//! - **Replies.** Nobody may publish into a `_reply` namespace by rule: only a reply grant,
+//!   which the hub issues when it routes a request (crate docs, "Direct messages and
+//!   request/reply"), allows it. `may_publish` denies every `_reply` channel
+//!   ([`DenyReason::NeedsReplyGrant`]); the session checks grants first.
 
 use std::fmt;
 
-use entente_types::{AgentId, Channel, ChannelPattern, Principal};
+use entente_types::{AgentId, Channel, ChannelPattern, Principal, namespace};
 
-/// First token of an agent's direct-message channel `_direct.<segment>.<name>`.
-pub const DIRECT_PREFIX: &str = "_direct";
-/// First token of an agent's reply namespace `_reply.<segment>.<name>.…`.
-pub const REPLY_PREFIX: &str = "_reply";
+pub use entente_types::namespace::{DIRECT_PREFIX, REPLY_PREFIX};
 
 /// The hub's allow list. The default is empty: everything but own namespaces is denied.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -75,6 +80,8 @@ pub enum DenyReason {
     NoRule,
     /// The pattern reaches into another principal's `_direct` or `_reply` namespace.
     OthersNamespace,
+    /// A `_reply` channel, which only a reply grant opens to publishing.
+    NeedsReplyGrant,
 }
 
 // === impl AllowList ===
@@ -91,8 +98,22 @@ impl AllowList {
         self
     }
 
-    /// May `who` publish to `channel`?
+    /// May `who` publish to `channel`? (Reply grants are not the allow list's: every `_reply`
+    /// channel is denied here.)
     pub fn may_publish(&self, who: &Principal, channel: &Channel) -> Decision {
+        let mut tokens = channel.tokens();
+        match tokens.next() {
+            Some(REPLY_PREFIX) => return Decision::Deny(DenyReason::NeedsReplyGrant),
+            Some(DIRECT_PREFIX) => {
+                if let (Principal::Agent(agent), Some(segment)) =
+                    (who, namespace::direct_segment(channel))
+                    && agent.segment() == segment
+                {
+                    return Decision::Allow;
+                }
+            }
+            _ => {}
+        }
         let granted = self
             .rules_for(who)
             .flat_map(|rule| &rule.publish)
@@ -104,7 +125,10 @@ impl AllowList {
     pub fn may_subscribe(&self, who: &Principal, pattern: &ChannelPattern) -> Decision {
         let first = pattern.tokens().next().unwrap_or_default();
         if first == DIRECT_PREFIX || first == REPLY_PREFIX {
-            return decide(is_own_namespace(who, pattern), DenyReason::OthersNamespace);
+            return decide(
+                namespace::is_own_pattern(who, pattern),
+                DenyReason::OthersNamespace,
+            );
         }
         let granted = self
             .rules_for(who)
@@ -140,6 +164,9 @@ impl fmt::Display for DenyReason {
             DenyReason::NoRule => "no allow rule grants it",
             DenyReason::OthersNamespace => {
                 "only its owner may subscribe to a `_direct` or `_reply` namespace"
+            }
+            DenyReason::NeedsReplyGrant => {
+                "only the recipient of a request may publish its reply, once, into a `_reply` namespace"
             }
         })
     }
@@ -182,28 +209,6 @@ pub fn covers(outer: &ChannelPattern, inner: &ChannelPattern) -> bool {
             }
         }
         first = false;
-    }
-}
-
-/// `_direct.S.N` exactly, or a pattern of at least four tokens under `_reply.S.N`, for the
-/// agent `S/N`.
-fn is_own_namespace(who: &Principal, pattern: &ChannelPattern) -> bool {
-    let Principal::Agent(agent) = who else {
-        return false;
-    };
-    let mut tokens = pattern.tokens();
-    let (Some(prefix), Some(segment), Some(name)) = (tokens.next(), tokens.next(), tokens.next())
-    else {
-        return false;
-    };
-    if segment != agent.segment() || name != agent.name() {
-        return false;
-    }
-    let rest = tokens.count();
-    match prefix {
-        DIRECT_PREFIX => rest == 0,
-        REPLY_PREFIX => rest >= 1,
-        _ => false,
     }
 }
 
@@ -310,13 +315,72 @@ mod tests {
     }
 
     #[test]
-    fn humans_have_no_own_namespace() {
+    fn humans_own_their_human_namespace_only() {
         let list = AllowList::new();
         let human = Principal::from(HumanId::new(&td(), "ops").unwrap());
+        // `_direct.human.ops` is the agent `human/ops`'s.
         assert!(matches!(
             list.may_subscribe(&human, &p("_direct.human.ops")),
             Decision::Deny(_)
         ));
+        assert_eq!(
+            list.may_subscribe(&human, &p("_direct.human:ops")),
+            Decision::Allow
+        );
+        assert_eq!(
+            list.may_subscribe(&human, &p("_reply.human:ops.>")),
+            Decision::Allow
+        );
+        assert!(matches!(
+            list.may_subscribe(&agent("human", "ops"), &p("_direct.human:ops")),
+            Decision::Deny(_)
+        ));
+    }
+
+    #[test]
+    fn directs_within_a_segment_are_allowed_across_only_by_rule() {
+        let list = AllowList::new();
+        let alice = agent("shop", "alice");
+        let eve = agent("lab", "eve");
+        let human = Principal::from(HumanId::new(&td(), "ops").unwrap());
+        assert_eq!(
+            list.may_publish(&alice, &c("_direct.shop.bob")),
+            Decision::Allow
+        );
+        assert_eq!(
+            list.may_publish(&alice, &c("_direct.shop.alice")),
+            Decision::Allow
+        );
+        for (who, channel) in [
+            (&eve, "_direct.shop.bob"),
+            (&alice, "_direct.lab.eve"),
+            (&alice, "_direct.human:ops"),
+            (&human, "_direct.shop.bob"),
+            (&alice, "_direct.shop.bob.x"),
+        ] {
+            assert_eq!(
+                list.may_publish(who, &c(channel)),
+                Decision::Deny(DenyReason::NoRule),
+                "{who} {channel}"
+            );
+        }
+        let list = list.with(rule(Who::Segment("lab".into()), &["_direct.shop.*"], &[]));
+        assert_eq!(
+            list.may_publish(&eve, &c("_direct.shop.bob")),
+            Decision::Allow
+        );
+    }
+
+    #[test]
+    fn reply_namespaces_are_never_granted_by_rule() {
+        let list = AllowList::new().with(rule(Who::Any, &["_reply.>", "_reply.shop.alice.x"], &[]));
+        let alice = agent("shop", "alice");
+        for channel in ["_reply.shop.alice.x", "_reply.shop.bob.x"] {
+            assert_eq!(
+                list.may_publish(&alice, &c(channel)),
+                Decision::Deny(DenyReason::NeedsReplyGrant)
+            );
+        }
     }
 
     #[test]
@@ -367,7 +431,7 @@ mod tests {
         let bob = agent("shop", "bob");
         assert_eq!(list.may_publish(&bob, &c("a.b")), Decision::Allow);
         assert!(matches!(
-            list.may_publish(&bob, &c("_direct.shop.alice")),
+            list.may_publish(&bob, &c("_direct.lab.alice")),
             Decision::Deny(_)
         ));
         assert!(matches!(
@@ -378,9 +442,9 @@ mod tests {
             list.may_subscribe(&bob, &p("_sys.>")),
             Decision::Deny(_)
         ));
-        let literal = AllowList::new().with(rule(Who::Any, &["_direct.shop.*"], &["_sys.>"]));
+        let literal = AllowList::new().with(rule(Who::Any, &["_direct.lab.*"], &["_sys.>"]));
         assert_eq!(
-            literal.may_publish(&bob, &c("_direct.shop.alice")),
+            literal.may_publish(&bob, &c("_direct.lab.alice")),
             Decision::Allow
         );
         assert_eq!(literal.may_subscribe(&bob, &p("_sys.a")), Decision::Allow);

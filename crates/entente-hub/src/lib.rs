@@ -165,6 +165,34 @@
 //! Request and subscription IDs share the ID space of `Ack` and `Refusal`: a client that wants
 //! to tell them apart draws both from one counter.
 //!
+//! # Direct messages and request/reply
+//!
+//! No shared `_INBOX`: every principal owns a direct channel and a reply namespace
+//! ([`entente_types::namespace`]) — `_direct.S.N` and `_reply.S.N.…` for agent `S/N`,
+//! `_direct.human:N` and `_reply.human:N.…` for human `N` — to which only it may subscribe.
+//!
+//! - **Direct.** A publish on a direct channel is authorized like any other
+//!   ([`crate::allow`]), except that an agent may always message agents of its own segment;
+//!   across segments, from or to a human, an allow rule must grant publish on the `_direct`
+//!   channel. A direct channel no session is subscribed to refuses the publish
+//!   (`NO_RECIPIENT`, nothing routed) instead of dropping it.
+//! - **Request.** An envelope whose header carries `reply_to` R is a request. R must lie in
+//!   the sender's own reply namespace (else `DENIED`: nobody can aim replies at someone
+//!   else). Before routing, the hub grants every principal subscribed to the request's
+//!   channel — for a direct, its one target — the right to publish one batch on R, until
+//!   the envelope's `expires_at` or [`MAX_REPLY_WAIT`] (60 s) from now, whichever is first.
+//!   A session holds at most [`MAX_REPLY_GRANTS`] (1024) outstanding grants; a request beyond
+//!   is refused (`TOO_MANY_REPLY_GRANTS`, nothing routed). Grants end with the requesting
+//!   session.
+//! - **Reply.** Publishing on a `_reply` channel needs a live grant for the connection's
+//!   principal on that exact channel; allow rules never open one. The publish must carry
+//!   exactly one batch there (sender keys optional); it takes the grant, so a second reply, a
+//!   late one, or one from anyone else is refused (`DENIED`, counted in
+//!   [`HubStats::denials`]).
+//!
+//! The hub learns who talks to whom, as for any channel; it never reads requests or replies,
+//! which are sealed for their one recipient.
+//!
 //! Connection-level ends: revocation (`PERMISSION_DENIED`), slow consumer
 //! (`RESOURCE_EXHAUSTED`), certificate expiry unrenewed (`UNAUTHENTICATED`), hub shutdown
 //! (`UNAVAILABLE`); after the statuses the hub sends GOAWAY and closes the connection.
@@ -212,6 +240,7 @@ mod refusal;
 mod registry;
 mod renew;
 mod replay;
+mod reply;
 pub mod router;
 mod rpc;
 mod server;
@@ -227,6 +256,7 @@ pub use control::{CloseReason, ConnectionControl};
 pub use error::HubError;
 pub use identity::{HUB_NAME, HUB_SEGMENT, enroll_server_name, hub_id, hub_server_name};
 pub use refusal::RefusalCode;
+pub use reply::{MAX_REPLY_GRANTS, MAX_REPLY_WAIT};
 pub use rpc::{DIRECTORY_PATH, ENROLL_PATH, RENEW_PATH};
 pub use server::{Hub, HubHandle, SESSION_PATH};
 pub use stats::HubStats;

@@ -32,6 +32,13 @@ pub enum RefusalCode {
     TooLarge = 8,
     /// Unsubscribe of an ID that is not subscribed.
     UnknownSubscription = 9,
+    /// A request (an envelope with `reply_to`) from a session that already holds the maximum
+    /// of outstanding reply grants ([`MAX_REPLY_GRANTS`](crate::MAX_REPLY_GRANTS)). Nothing
+    /// was routed; retry once replies arrive or requests expire.
+    TooManyReplyGrants = 10,
+    /// A direct message to a principal with no session subscribed to its direct channel.
+    /// Nothing was routed.
+    NoRecipient = 11,
 }
 
 impl RefusalCode {
@@ -52,6 +59,8 @@ impl RefusalCode {
             7 => Self::TooManySubscriptions,
             8 => Self::TooLarge,
             9 => Self::UnknownSubscription,
+            10 => Self::TooManyReplyGrants,
+            11 => Self::NoRecipient,
             _ => return None,
         })
     }
@@ -69,6 +78,8 @@ impl fmt::Display for RefusalCode {
             Self::TooManySubscriptions => "TOO_MANY_SUBSCRIPTIONS",
             Self::TooLarge => "TOO_LARGE",
             Self::UnknownSubscription => "UNKNOWN_SUBSCRIPTION",
+            Self::TooManyReplyGrants => "TOO_MANY_REPLY_GRANTS",
+            Self::NoRecipient => "NO_RECIPIENT",
         })
     }
 }

@@ -74,6 +74,12 @@ const RENEW_RETRY: Duration = Duration::from_secs(10);
 /// How long an enrollment connection may stay open.
 const ENROLL_LIFETIME: Duration = Duration::from_secs(60);
 
+/// How long a connection refused at the handshake is kept to deliver its alert.
+const REFUSED_LINGER: Duration = Duration::from_secs(1);
+
+/// How much a client refused at the handshake may still send (and have discarded).
+const REFUSED_DRAIN_BYTES: usize = 64 * 1024;
+
 /// Starts hubs.
 #[derive(Debug)]
 pub struct Hub;
@@ -168,6 +174,7 @@ impl Hub {
             router: Arc::new(LocalRouter::new(config.slow_consumer_timeout)),
             allow: Arc::new(config.allow.clone()),
             stats: stats.clone(),
+            grants: Arc::default(),
             limits: config.limits,
             max_subscriptions: config.max_subscriptions,
         };
@@ -409,15 +416,28 @@ fn half_life(not_after: SystemTime) -> Duration {
 
 async fn serve_tcp(shared: Arc<Shared>, tcp: TcpStream) {
     let handshake = async {
-        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
+            .await
+            .map_err(|_| None)?;
         let (listener, config) = shared.tls.select(start.client_hello().server_name());
-        let stream = start.into_stream(config).await?;
-        Ok::<_, std::io::Error>((listener, stream))
+        let stream = start
+            .into_stream(config)
+            .into_fallible()
+            .await
+            .map_err(|(_, tcp)| Some(tcp))?;
+        Ok((listener, stream))
     };
     let (listener, stream) =
         match tokio::time::timeout(shared.config.handshake_timeout, handshake).await {
             Ok(Ok(accepted)) => accepted,
-            Ok(Err(_)) | Err(_) => {
+            Ok(Err(refused)) => {
+                stats::bump(&shared.stats.handshakes_failed);
+                if let Some(tcp) = refused {
+                    close_after_alert(tcp).await;
+                }
+                return;
+            }
+            Err(_) => {
                 stats::bump(&shared.stats.handshakes_failed);
                 return;
             }
@@ -426,6 +446,30 @@ async fn serve_tcp(shared: Arc<Shared>, tcp: TcpStream) {
         Listener::Enroll => serve_enroll(&shared, stream).await,
         Listener::Mtls => serve_mtls(shared, stream).await,
     }
+}
+
+/// Closes a connection whose handshake was refused so that the client reads the TLS alert
+/// (say, `certificate_revoked`) that explains it. A TLS 1.3 client sends its first request
+/// before it learns the verdict on its certificate; closing a socket with that request unread
+/// resets the connection, and the reset can destroy the alert before the client reads it. So:
+/// send FIN after the alert, and read (and discard) what the client had in flight, for at most
+/// [`REFUSED_LINGER`] and [`REFUSED_DRAIN_BYTES`].
+async fn close_after_alert(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    if tcp.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut left = REFUSED_DRAIN_BYTES;
+        while left > 0 {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSED_LINGER, drain).await;
 }
 
 /// An enrollment connection: no client identity, so [`ENROLL_PATH`] is all it serves; every

@@ -6,11 +6,13 @@
 //!
 //! The semantics it implements are documented in the crate docs ("Session semantics").
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use entente_crypto::{SenderKeyIn, SignedBatchIn};
+use entente_types::namespace::{self, DIRECT_PREFIX, REPLY_PREFIX};
 use entente_types::{Channel, ChannelPattern, Principal};
 use entente_wire::{
     Ack, ClientFrame, Limits, Publish, Refusal, ServerFrame, Subscribe, Unsubscribe, client_frame,
@@ -24,6 +26,7 @@ use crate::codec::{Outbound, max_deliver_len};
 use crate::control::{self, ConnectionControl};
 use crate::refusal::RefusalCode;
 use crate::replay::{self, Header, SenderWindows};
+use crate::reply::ReplyGrants;
 use crate::router::{Router, SessionId, Subscriber};
 use crate::stats::{self, Stats};
 
@@ -37,6 +40,7 @@ pub(crate) struct SessionContext<R> {
     pub(crate) router: Arc<R>,
     pub(crate) allow: Arc<AllowList>,
     pub(crate) stats: Arc<Stats>,
+    pub(crate) grants: Arc<ReplyGrants>,
     pub(crate) limits: Limits,
     pub(crate) max_subscriptions: usize,
 }
@@ -47,6 +51,7 @@ impl<R> Clone for SessionContext<R> {
             router: self.router.clone(),
             allow: self.allow.clone(),
             stats: self.stats.clone(),
+            grants: self.grants.clone(),
             limits: self.limits,
             max_subscriptions: self.max_subscriptions,
         }
@@ -70,6 +75,17 @@ pub(crate) struct Session<R: Router> {
 struct Refused {
     code: RefusalCode,
     reason: String,
+}
+
+/// A publish that passed its checks: what to route, and what it asks of the reply grants.
+#[derive(Debug)]
+struct Checked {
+    /// Each channel's encoded `Deliver` body.
+    groups: Vec<(Channel, Bytes)>,
+    /// Requests: (channel routed on, `reply_to`, latest `expires_at` of its envelopes).
+    requests: Vec<(Channel, Channel, u64)>,
+    /// Reply channels this publish answers on, one batch each.
+    replies: Vec<Channel>,
 }
 
 /// One channel's share of a publish, encoded as `Deliver` fields 2 and 3.
@@ -121,6 +137,7 @@ impl<R: Router> Session<R> {
     /// Removes the session's subscriptions from the router.
     pub(crate) fn finish(&mut self) {
         self.context.router.remove_session(self.id);
+        self.context.grants.forget_session(self.id);
         self.subscriptions.clear();
     }
 
@@ -184,10 +201,14 @@ impl<R: Router> Session<R> {
 
     async fn publish(&mut self, publish: Publish) -> Result<(), Status> {
         let request_id = publish.request_id;
-        let groups = match self.check_publish(publish) {
-            Ok(groups) => groups,
+        let checked = match self.check_publish(publish) {
+            Ok(checked) => checked,
             Err(refused) => return self.refuse(request_id, refused).await,
         };
+        if let Err(refused) = self.check_replies_and_requests(&checked).await {
+            return self.refuse(request_id, refused).await;
+        }
+        let groups = checked.groups;
         let mut attempted = 0;
         let mut failed = 0;
         let mut slow = 0;
@@ -214,8 +235,42 @@ impl<R: Router> Session<R> {
         }
     }
 
+    /// Takes the reply grants a publish answers on, refuses a direct nobody would receive, and
+    /// grants the recipients of each request one reply (before routing, so that no reply can
+    /// overtake its grant).
+    async fn check_replies_and_requests(&self, checked: &Checked) -> Result<(), Refused> {
+        let now = now_ms();
+        let grants = &self.context.grants;
+        for reply in &checked.replies {
+            if !grants.take(&self.principal, reply, now) {
+                stats::bump(&self.context.stats.denials);
+                return Err(Refused::new(
+                    RefusalCode::Denied,
+                    format!("the reply grant on `{reply}` was used or has expired"),
+                ));
+            }
+        }
+        for (channel, _) in &checked.groups {
+            if channel.tokens().next() == Some(DIRECT_PREFIX)
+                && self.context.router.subscribers(channel).await.is_empty()
+            {
+                return Err(Refused::new(
+                    RefusalCode::NoRecipient,
+                    format!("nobody is subscribed to the direct channel `{channel}`"),
+                ));
+            }
+        }
+        for (channel, reply_to, expires_at_ms) in &checked.requests {
+            let grantees = self.context.router.subscribers(channel).await;
+            grants
+                .issue(self.id, reply_to, &grantees, *expires_at_ms, now)
+                .map_err(|e| Refused::new(RefusalCode::TooManyReplyGrants, e))?;
+        }
+        Ok(())
+    }
+
     /// Checks a publish and encodes each channel's share; refuses all of it on any failure.
-    fn check_publish(&self, publish: Publish) -> Result<Vec<(Channel, Bytes)>, Refused> {
+    fn check_publish(&self, publish: Publish) -> Result<Checked, Refused> {
         if publish.sender_keys.is_empty() && publish.batches.is_empty() {
             return Err(Refused::new(RefusalCode::Malformed, "empty publish"));
         }
@@ -243,6 +298,7 @@ impl<R: Router> Session<R> {
                 .map_err(|e| Refused::new(RefusalCode::Malformed, format!("batch: {e}")))?;
             batches.push(batch);
         }
+        let (requests, replies) = self.check_reply_fields(&batches, &groups)?;
         let headers: Vec<Header<'_>> = batches
             .iter()
             .flat_map(|batch| {
@@ -257,7 +313,7 @@ impl<R: Router> Session<R> {
             stats::bump(&self.context.stats.replays);
             return Err(Refused::new(RefusalCode::Replay, replay));
         }
-        groups
+        let groups = groups
             .into_iter()
             .map(|group| {
                 let mut body = group.sender_keys;
@@ -270,7 +326,66 @@ impl<R: Router> Session<R> {
                 }
                 Ok((group.channel, body.freeze()))
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok(Checked {
+            groups,
+            requests,
+            replies,
+        })
+    }
+
+    /// A `reply_to` must lie in the sender's own reply namespace; a publish on a reply
+    /// channel carries exactly one batch there. Returns the requests (channel, `reply_to`,
+    /// latest expiry) and the reply channels.
+    #[expect(clippy::type_complexity, reason = "a private pair of lists")]
+    fn check_reply_fields(
+        &self,
+        batches: &[SignedBatchIn],
+        groups: &[Group],
+    ) -> Result<(Vec<(Channel, Channel, u64)>, Vec<Channel>), Refused> {
+        let mut requests: HashMap<(&Channel, &Channel), u64> = HashMap::new();
+        let mut replies: Vec<Channel> = Vec::new();
+        for batch in batches {
+            let channel = batch.channel();
+            if channel.tokens().next() == Some(REPLY_PREFIX) {
+                if replies.contains(channel) {
+                    return Err(self.deny(format!("a reply grant covers one batch on `{channel}`")));
+                }
+                replies.push(channel.clone());
+            }
+            for envelope in batch.envelopes() {
+                let Some(reply_to) = envelope.reply_to() else {
+                    continue;
+                };
+                if !namespace::is_reply_channel_of(&self.principal, reply_to) {
+                    return Err(self.deny(format!(
+                        "reply_to `{reply_to}` is outside the sender's reply namespace `{}`",
+                        namespace::reply_pattern(&self.principal)
+                    )));
+                }
+                let latest = requests.entry((channel, reply_to)).or_default();
+                *latest = (*latest).max(envelope.expires_at_ms());
+            }
+        }
+        if let Some(group) = groups.iter().find(|g| {
+            g.channel.tokens().next() == Some(REPLY_PREFIX) && !replies.contains(&g.channel)
+        }) {
+            return Err(self.deny(format!(
+                "a publish on the reply channel `{}` must carry its reply batch",
+                group.channel
+            )));
+        }
+        let requests = requests
+            .into_iter()
+            .map(|((channel, reply_to), expires)| (channel.clone(), reply_to.clone(), expires))
+            .collect();
+        Ok((requests, replies))
+    }
+
+    /// A `DENIED` refusal, counted.
+    fn deny(&self, reason: String) -> Refused {
+        stats::bump(&self.context.stats.denials);
+        Refused::new(RefusalCode::Denied, reason)
     }
 
     /// The group of `channel`, created (after parsing and the publish check) on first use.
@@ -286,7 +401,22 @@ impl<R: Router> Session<R> {
         }
         let channel = Channel::parse(channel)
             .map_err(|e| Refused::new(RefusalCode::Malformed, format!("channel: {e}")))?;
-        if let Decision::Deny(reason) = self.context.allow.may_publish(&self.principal, &channel) {
+        if channel.tokens().next() == Some(REPLY_PREFIX) {
+            // Only a reply grant opens a `_reply` channel; the allow list has no say.
+            if !self
+                .context
+                .grants
+                .may_reply(&self.principal, &channel, now_ms())
+            {
+                return Err(self.deny(format!(
+                    "no reply grant lets `{}` publish on `{channel}`: only the recipient of a \
+                     request may reply, once, before it expires",
+                    self.principal
+                )));
+            }
+        } else if let Decision::Deny(reason) =
+            self.context.allow.may_publish(&self.principal, &channel)
+        {
             stats::bump(&self.context.stats.denials);
             return Err(Refused::new(
                 RefusalCode::Denied,
@@ -340,6 +470,12 @@ impl<R: Router> Session<R> {
             .await
             .map_err(|_| Status::cancelled("the session's stream is closed"))
     }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 // === impl Refused ===
@@ -458,6 +594,7 @@ mod tests {
                 router: Arc::new(LocalRouter::new(Duration::from_millis(100))),
                 allow: Arc::new(allow),
                 stats: Arc::new(Stats::default()),
+                grants: Arc::new(ReplyGrants::new(2, Duration::from_secs(60))),
                 limits: Limits::default(),
                 max_subscriptions: 3,
             },
@@ -539,6 +676,10 @@ mod tests {
         }
 
         fn sealer(&self, channel: &str) -> Sealer {
+            self.sealer_at(channel, NOW)
+        }
+
+        fn sealer_at(&self, channel: &str, now: u64) -> Sealer {
             let keys = Arc::new(MessageKeys::generate().unwrap());
             let channel = Channel::parse(channel).unwrap();
             let (sealer, _) = Sealer::new(
@@ -548,7 +689,7 @@ mod tests {
                 channel,
                 &[],
                 SealerOptions::default(),
-                NOW,
+                now,
             )
             .unwrap();
             sealer
@@ -746,6 +887,116 @@ mod tests {
         let stats = hub.context.stats.snapshot();
         assert_eq!(stats.slow_consumer_disconnects, 1);
         assert_eq!(stats.delivery_failures, 1);
+    }
+
+    fn is_deliver(kind: &server_frame::Kind) -> bool {
+        matches!(kind, server_frame::Kind::Deliver(_))
+    }
+
+    #[tokio::test]
+    async fn a_request_grants_its_target_one_reply() {
+        let mut hub = hub(AllowList::new());
+        let mut alice = hub.connect(agent("shop", "alice"));
+        let mut bob = hub.connect(agent("shop", "bob"));
+        let mut carol = hub.connect(agent("shop", "carol"));
+        assert_eq!(alice.subscribe(1, "_reply.shop.alice.>").await, ack(1));
+        assert_eq!(bob.subscribe(1, "_direct.shop.bob").await, ack(1));
+        let now = now_ms();
+        let reply_to = Channel::parse("_reply.shop.alice.r1").unwrap();
+
+        // Nobody may publish into Alice's reply namespace before she asks.
+        let mut bobs = bob.sealer_at("_reply.shop.alice.r1", now);
+        let early = bobs.seal_batch(&[b"early"], None, now).unwrap();
+        assert_eq!(
+            refusal(bob.publish(2, vec![early]).await),
+            (2, Some(RefusalCode::Denied))
+        );
+
+        let mut direct = alice.sealer_at("_direct.shop.bob", now);
+        let request = direct.seal_batch(&[b"ping"], Some(&reply_to), now).unwrap();
+        assert_eq!(alice.publish(2, vec![request]).await, ack(2));
+        assert!(is_deliver(&bob.next()));
+
+        // Carol did not receive the request: she may not answer it.
+        let mut carols = carol.sealer_at("_reply.shop.alice.r1", now);
+        let forged = carols.seal_batch(&[b"me"], None, now).unwrap();
+        assert_eq!(
+            refusal(carol.publish(3, vec![forged]).await),
+            (3, Some(RefusalCode::Denied))
+        );
+        // Bob answers, once.
+        let reply = bobs.seal_batch(&[b"pong"], None, now).unwrap();
+        assert_eq!(bob.publish(4, vec![reply]).await, ack(4));
+        assert!(is_deliver(&alice.next()));
+        let again = bobs.seal_batch(&[b"pong again"], None, now).unwrap();
+        assert_eq!(
+            refusal(bob.publish(5, vec![again]).await),
+            (5, Some(RefusalCode::Denied))
+        );
+        assert!(alice.rx.try_recv().is_err());
+        assert_eq!(hub.context.stats.snapshot().denials, 3);
+    }
+
+    #[tokio::test]
+    async fn request_and_direct_refusals() {
+        let mut hub = hub(AllowList::new());
+        let mut alice = hub.connect(agent("shop", "alice"));
+        let mut bob = hub.connect(agent("shop", "bob"));
+        let mut eve = hub.connect(agent("lab", "eve"));
+        assert_eq!(bob.subscribe(1, "_direct.shop.bob").await, ack(1));
+        let now = now_ms();
+        let mut direct = alice.sealer_at("_direct.shop.bob", now);
+
+        // A reply_to in someone else's namespace, or outside any.
+        for (id, other) in [(10, "_reply.shop.bob.r1"), (11, "orders.eu")] {
+            let other = Channel::parse(other).unwrap();
+            let batch = direct.seal_batch(&[b"x"], Some(&other), now).unwrap();
+            assert_eq!(
+                refusal(alice.publish(id, vec![batch]).await),
+                (id, Some(RefusalCode::Denied))
+            );
+        }
+        // A direct to nobody.
+        let mut nobody = alice.sealer_at("_direct.shop.carol", now);
+        let batch = nobody.seal_batch(&[b"x"], None, now).unwrap();
+        assert_eq!(
+            refusal(alice.publish(12, vec![batch]).await),
+            (12, Some(RefusalCode::NoRecipient))
+        );
+        // Across segments, without a rule.
+        let mut cross = eve.sealer_at("_direct.shop.bob", now);
+        let batch = cross.seal_batch(&[b"x"], None, now).unwrap();
+        assert_eq!(
+            refusal(eve.publish(13, vec![batch]).await),
+            (13, Some(RefusalCode::Denied))
+        );
+        // At most two outstanding requests here (the test hub's bound).
+        for id in 0..3u64 {
+            let reply_to = Channel::parse(&format!("_reply.shop.alice.r{id}")).unwrap();
+            let batch = direct.seal_batch(&[b"q"], Some(&reply_to), now).unwrap();
+            let answer = alice.publish(20 + id, vec![batch]).await;
+            if id < 2 {
+                assert_eq!(answer, ack(20 + id));
+                assert!(is_deliver(&bob.next()));
+            } else {
+                assert_eq!(refusal(answer), (22, Some(RefusalCode::TooManyReplyGrants)));
+            }
+        }
+        assert!(bob.rx.try_recv().is_err());
+        // Bob may answer r0 but not twice in one publish; the grants end with Alice's session.
+        let mut bobs = bob.sealer_at("_reply.shop.alice.r0", now);
+        let one = bobs.seal_batch(&[b"a"], None, now).unwrap();
+        let two = bobs.seal_batch(&[b"b"], None, now).unwrap();
+        assert_eq!(
+            refusal(bob.publish(30, vec![one, two]).await),
+            (30, Some(RefusalCode::Denied))
+        );
+        alice.session.finish();
+        let late = bobs.seal_batch(&[b"c"], None, now).unwrap();
+        assert_eq!(
+            refusal(bob.publish(31, vec![late]).await),
+            (31, Some(RefusalCode::Denied))
+        );
     }
 
     #[test]

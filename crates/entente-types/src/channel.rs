@@ -94,6 +94,12 @@ impl Channel {
         Self::parse(s)
     }
 
+    /// A name this crate built from validated parts (see [`crate::namespace`]).
+    pub(crate) fn from_valid(s: String) -> Self {
+        debug_assert!(validate(&s, Wildcards::Reject).is_ok(), "{s}");
+        Self(s)
+    }
+
     /// The channel name as a string.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -144,6 +150,16 @@ impl fmt::Display for Channel {
 // === impl ChannelPattern ===
 
 impl ChannelPattern {
+    /// A pattern this crate built from validated parts (see [`crate::namespace`]).
+    pub(crate) fn from_valid(s: String) -> Self {
+        let literal = validate(&s, Wildcards::Allow);
+        debug_assert!(literal.is_ok(), "{s}");
+        Self {
+            literal: literal.unwrap_or(false),
+            pattern: s,
+        }
+    }
+
     /// Parses and validates a channel pattern.
     pub fn parse(s: &str) -> Result<Self, ChannelError> {
         let literal = validate(s, Wildcards::Allow)?;

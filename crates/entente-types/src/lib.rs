@@ -4,6 +4,8 @@
 //!   (`spiffe://<td>/agent/<segment>/<name>`) and [`HumanId`] (`spiffe://<td>/human/<name>`).
 //! - [`channel`]: channel names and subscription patterns with NATS subject semantics
 //!   ([`Channel`], [`ChannelPattern`]).
+//! - [`namespace`]: a principal's own system channels, its direct channel (`_direct.S.N`) and
+//!   reply namespace (`_reply.S.N.…`).
 //! - [`message_id`]: UUIDv7 message IDs that sort by creation time ([`MessageId`]).
 //!
 //! Every type here is a validated newtype: holding one means its string or bytes already passed
@@ -37,6 +39,7 @@
 
 pub mod channel;
 pub mod message_id;
+pub mod namespace;
 pub mod spiffe;
 
 pub use channel::{Channel, ChannelError, ChannelPattern, MAX_CHANNEL_LEN, MAX_TOKENS};

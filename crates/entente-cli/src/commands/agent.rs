@@ -177,7 +177,7 @@ pub(crate) fn revoke(identity: &Path, hub: &str, agent: &str, json: bool) -> Res
     })
 }
 
-async fn connect(identity: &Path, hub: &str) -> Result<Client> {
+pub(crate) async fn connect(identity: &Path, hub: &str) -> Result<Client> {
     let identity = Identity::load(identity, SystemTime::now())
         .with_context(|| format!("loading the identity in `{}`", identity.display()))?;
     Client::connect(identity, hub.to_owned(), ClientOptions::default())
@@ -185,14 +185,14 @@ async fn connect(identity: &Path, hub: &str) -> Result<Client> {
         .with_context(|| format!("connecting to the hub at `{hub}`"))
 }
 
-fn run(future: impl std::future::Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
+pub(crate) fn run(future: impl std::future::Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
     tokio::runtime::Runtime::new()
         .context("starting the async runtime")?
         .block_on(future)
 }
 
 /// `SEGMENT/NAME` or a full agent ID.
-fn agent_id(td: &TrustDomain, text: &str) -> Result<AgentId> {
+pub(crate) fn agent_id(td: &TrustDomain, text: &str) -> Result<AgentId> {
     if text.starts_with("spiffe://") {
         return Ok(AgentId::parse(text)?);
     }

@@ -1,309 +1,540 @@
-//! `entente demo`: a narrated walk through the security properties, on a throwaway CA.
+//! `entente demo`: a narrated scenario over a real hub, on a temporary data directory.
 //!
-//! Every step does the real thing — a CA whose keys sit in an encrypted key store, join tokens,
-//! CSRs and X509-SVIDs, CA-signed key bundles, HPKE-wrapped sender keys, sealed and signed
-//! batches — and checks the outcome. The demo exits 0 only if every property held.
+//! Everything is the real thing: a hub listening on `127.0.0.1:0` with mutual TLS 1.3, join
+//! tokens, agents enrolling over the network, the SDK sealing and signing, the hub routing
+//! what it cannot read. The attacks go through [`entente_client::danger`], which puts frames
+//! on the wire as a misbehaving agent would. Each property is checked, and the demo exits 0
+//! only if every one held.
 
 use std::{
+    path::{Path, PathBuf},
     process::ExitCode,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context as _, Result, anyhow};
-use entente_ca::{Ca, CaOptions, IssuedSvid, JoinTokens, Revocations};
-use entente_crypto::{
-    EcdsaAuthority, KeyBundleBody, KeyBundleIn, MessageKeys, Opener, Sealer, SenderKeyIn,
-    SignedBatchIn, VerifiedKeyBundle,
+use anyhow::{Context as _, Result, anyhow, bail};
+use entente_ca::{Ca, CaOptions, TrustBundle};
+use entente_client::{
+    Client, ClientOptions, ErrorKind, Identity, Message, RefusalCode, Subscription, danger,
 };
+use entente_crypto::{KeyBundleBody, Sealer, SealerOptions, VerifiedKeyBundle};
+use entente_hub::Hub;
 use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock};
 use entente_types::{AgentId, Principal, TrustDomain};
 use entente_wire as wire;
+use futures_util::StreamExt as _;
+use zeroize::Zeroizing;
+
+use crate::data::DataDir;
+
+/// How long the demo waits for anything the hub should do at once.
+const PATIENCE: Duration = Duration::from_secs(5);
+const TRUST_DOMAIN: &str = "demo.entente.local";
 
 pub(crate) fn run(json: bool) -> Result<ExitCode> {
     let mut story = Story::new(json);
-    let outcome = scenario(&mut story);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let outcome = runtime.block_on(scenario(&mut story));
     if let Err(err) = &outcome {
-        story.check(false, &format!("the scenario stopped: {err:#}"));
+        story.check("scenario", false, &format!("the scenario stopped: {err:#}"));
     }
     Ok(story.finish())
 }
 
-/// Agent identity as enrolled: certificate, message keys, verified key bundle.
-struct Enrolled {
-    id: Principal,
-    svid: IssuedSvid,
-    keys: Arc<MessageKeys>,
-    bundle: VerifiedKeyBundle,
-}
-
-fn scenario(story: &mut Story) -> Result<()> {
-    let now = SystemTime::now();
-    let now_ms = unix_ms(now)?;
+async fn scenario(story: &mut Story) -> Result<()> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let td = TrustDomain::new("demo.entente.local")?;
+    let hub_dir = dir.path().join("hub");
 
-    story.step("An operator creates a trust domain: a root and an intermediate CA.");
-    let passphrase = hex::encode(random_bytes::<16>()?);
-    let keystore = LocalKeyStore::create(
-        &dir.path().join("keys"),
-        &Unlock::passphrase(&passphrase),
-        Argon2Params::default(),
-    )?;
-    let ca = Ca::init(Arc::new(keystore), &td, CaOptions::default(), now)?;
-    let trust = ca.trust_bundle();
-    let authority = trust.authority();
+    story.step("An operator starts a hub on a fresh data directory.");
+    let listen = "127.0.0.1:0".parse().ok();
+    let data = DataDir::open_or_init(&hub_dir, listen, Some(TRUST_DOMAIN), SystemTime::now())?;
+    let hub = Hub::start(data.hub_config()?, data.ca.clone(), data.store.clone())
+        .await
+        .context("starting the hub")?;
+    let addr = hub.local_addr();
+    let td = TrustDomain::new(TRUST_DOMAIN)?;
     story.check(
+        "hub",
         true,
-        "CA keys live in an Argon2id-encrypted key store (files 0600); certificates are ECDSA P-256",
+        &format!(
+            "the hub listens on {addr}, mutual TLS 1.3 only; authorization is default deny: \
+             agents of segment `demo` may use `demo.>`, nobody else anything"
+        ),
     );
 
     story.step(
-        "The operator creates one-time join tokens; agents enroll with a CSR and message keys.",
+        "The operator hands out one-time join tokens; alice and bob (segment `demo`) and eve \
+         (segment `ops`) enroll over the network with the hub's trust bundle.",
     );
-    let mut tokens = JoinTokens::new();
-    let alice = enroll(&ca, &mut tokens, &td, "alice", now)?;
-    let bob = enroll(&ca, &mut tokens, &td, "bob", now)?;
-    let eve = enroll(&ca, &mut tokens, &td, "eve", now)?;
-    for agent in [&alice, &bob, &eve] {
-        let verified = trust.verify_svid(&agent.svid.chain_der, now, None)?;
+    // What an agent receives out of band: the trust bundle file.
+    let trust = TrustBundle::from_pem(&std::fs::read_to_string(hub_dir.join("ca.pem"))?)?;
+    let agents = dir.path().join("agents");
+    let mut alice_token = String::new();
+    for (segment, name) in [("demo", "alice"), ("demo", "bob"), ("ops", "eve")] {
+        let agent = AgentId::new(&td, segment, name)?;
+        let token = hub
+            .create_token(agent.clone(), Duration::from_secs(600))
+            .await?;
+        let identity = entente_client::enroll(addr, &trust, token.as_str()).await?;
+        identity.save(&agents.join(name))?;
         story.check(
-            verified.principal() == &agent.id,
+            "enrolled",
+            identity.principal() == &Principal::from(agent),
             &format!(
-                "{} holds an X509-SVID that verifies against the trust bundle",
-                agent.id
+                "{} enrolled: its keys never left it; it holds an X509-SVID and a CA-signed key bundle",
+                identity.principal()
             ),
         );
+        if name == "alice" {
+            alice_token = token.as_str().to_owned();
+        }
     }
-    let (token, _) = tokens.create(agent_id(&td, "mallory")?, Duration::from_secs(600), now)?;
-    tokens.redeem(token.as_str(), now)?;
-    let reuse = tokens.redeem(token.as_str(), now);
+    let reuse = entente_client::enroll(addr, &trust, &alice_token).await;
     story.check(
+        "token_reuse",
         reuse.is_err(),
         &format!(
-            "a join token used twice is refused: {}",
-            reuse.err().map(|e| e.to_string()).unwrap_or_default()
+            "alice's join token used a second time is refused: {}",
+            describe(reuse.err())
         ),
     );
 
-    story.step("Alice seals three messages on `orders.eu` for Bob only.");
-    let (mut sealer, sender_key) = Sealer::new(
-        alice.id.clone(),
-        alice.bundle.epoch(),
-        alice.keys.clone(),
-        "orders.eu".parse()?,
-        std::slice::from_ref(&bob.bundle),
-        Default::default(),
-        now_ms,
-    )?;
-    let messages: [&[u8]; 3] = [
-        b"refund order 1042",
-        b"ship order 1043 to Lyon",
-        b"{\"order\":1044,\"status\":\"held\"}",
+    let alice = connect(&agents, "alice", addr).await?;
+    let bob = connect(&agents, "bob", addr).await?;
+    let eve = connect(&agents, "eve", addr).await?;
+
+    story.step("Bob listens on `demo.orders.*`; alice publishes three orders; bob answers.");
+    let mut bob_orders = bob.subscribe("demo.orders.*").await?;
+    let mut alice_receipts = alice.subscribe("demo.receipts").await?;
+    let orders = [
+        "refund order 1042",
+        "ship order 1043 to Lyon",
+        "{\"order\":1044,\"status\":\"held\"}",
     ];
-    let batch = sealer.seal_batch(&messages, None, now_ms)?;
-    let bytes = wire::encode(&batch);
-    story.check(
-        messages.iter().all(|m| !contains(&bytes, m)) && !contains(&bytes, b"Lyon"),
-        &format!(
-            "the {} bytes on the wire carry headers and ciphertext only: no payload text",
-            bytes.len()
-        ),
-    );
-
-    let mut bob_opener = opener(&bob);
-    let sk = SenderKeyIn::from_wire(sender_key.clone())?;
-    bob_opener.accept_sender_key(&sk, &fetch_bundle(&alice, &authority, now_ms)?, now_ms)?;
-    let opened = bob_opener.open(decode_batch(&bytes)?, &alice.bundle, now_ms)?;
-    let texts: Vec<String> = opened
-        .delivered
-        .iter()
-        .map(|e| String::from_utf8_lossy(e.payload()).into_owned())
-        .collect();
-    story.check(
-        texts.len() == 3 && opened.rejected.is_empty(),
-        &format!("Bob verifies Alice's signature and reads: {texts:?}"),
-    );
-
-    story.step("Eve, a valid agent of the same trust domain but not a recipient, tries to read.");
-    let mut eve_opener = opener(&eve);
-    let unwrap = eve_opener.accept_sender_key(&sk, &alice.bundle, now_ms);
-    let read = eve_opener.open(decode_batch(&bytes)?, &alice.bundle, now_ms)?;
-    story.check(
-        unwrap.is_err() && read.delivered.is_empty(),
-        &format!(
-            "Eve cannot unwrap the sender key ({}) nor open a single envelope",
-            unwrap.err().map(|e| e.to_string()).unwrap_or_default()
-        ),
-    );
-
-    story.step("Mallory forges a message claiming to be Alice, with keys of her own.");
-    let forger_keys = Arc::new(MessageKeys::generate()?);
-    let (mut forger, _) = Sealer::new(
-        alice.id.clone(),
-        alice.bundle.epoch(),
-        forger_keys,
-        "orders.eu".parse()?,
-        std::slice::from_ref(&bob.bundle),
-        Default::default(),
-        now_ms,
-    )?;
-    let forged = wire::encode(&forger.seal_batch(&[b"pay mallory 10000 EUR"], None, now_ms)?);
-    let verdict = bob_opener.open(decode_batch(&forged)?, &alice.bundle, now_ms);
-    story.check(
-        verdict.is_err(),
-        &format!("Bob refuses it: {}", describe(verdict.err())),
-    );
-
-    story.step("An attacker on the path replays Alice's batch, then flips one bit of it.");
-    let replay = bob_opener.open(decode_batch(&bytes)?, &alice.bundle, now_ms)?;
-    story.check(
-        replay.delivered.is_empty() && replay.rejected.len() == 3,
-        &format!(
-            "the replay is refused, envelope by envelope: {}",
-            describe(replay.rejected.first().map(|(_, e)| e.clone()))
-        ),
-    );
-    let mut tampered = bytes.clone();
-    if let Some(last) = tampered.last_mut() {
-        *last ^= 1;
+    let mut acks = Vec::new();
+    for order in orders {
+        acks.push(alice.enqueue("demo.orders.eu", order).await?);
     }
-    let verdict =
-        decode_batch(&tampered).and_then(|b| Ok(bob_opener.open(b, &alice.bundle, now_ms)?));
+    for ack in acks {
+        ack.await?;
+    }
+    let mut read = Vec::new();
+    for _ in orders {
+        read.push(next_message(&mut bob_orders).await?);
+    }
+    let texts: Vec<String> = read.iter().map(text).collect();
     story.check(
-        verdict.is_err(),
+        "exchange",
+        texts == orders && read.iter().all(|m| &m.sender == alice.principal()),
         &format!(
-            "the tampered batch is refused: {}",
-            describe_anyhow(verdict.err())
+            "bob verified alice's signature and read, in order: {}",
+            texts.join(" | ")
+        ),
+    );
+    bob.publish("demo.receipts", "orders 1042-1044 received")
+        .await?;
+    let receipt = next_message(&mut alice_receipts).await?;
+    story.check(
+        "exchange",
+        text(&receipt) == "orders 1042-1044 received" && &receipt.sender == bob.principal(),
+        &format!("alice read bob's answer: {}", text(&receipt)),
+    );
+
+    story.step("What the hub sees: alice seals a batch herself, exactly as the SDK does.");
+    let bob_bundle = alice.key_bundle(bob.principal()).await?;
+    let alice_identity = load(&agents, "alice")?;
+    let mut sealer = sealer_for(&alice_identity, "demo.orders.us", &bob_bundle)?;
+    let secret: [&[u8]; 2] = [b"wire 20000 EUR to ACME", b"pin code 4711"];
+    let (sender_key, batch) = sealer.seal(&secret)?;
+    let publish = wire::Publish {
+        request_id: 1,
+        sender_keys: vec![sender_key],
+        batches: vec![batch.clone()],
+    };
+    let frame = wire::encode(&publish);
+    let payload_bytes: usize = secret.iter().map(|m| m.len()).sum();
+    story.check(
+        "no_plaintext",
+        secret.iter().all(|m| !contains(&frame, m)) && !contains(&frame, b"ACME"),
+        &format!(
+            "the {} bytes of the frame (for {payload_bytes} bytes of payload) carry headers, \
+             a sender key wrapped for bob, ciphertext and one signature: no payload text",
+            frame.len()
+        ),
+    );
+    danger::danger_publish_raw(&alice, publish.clone()).await?;
+    let first = next_message(&mut bob_orders).await?;
+    let second = next_message(&mut bob_orders).await?;
+    story.check(
+        "exchange",
+        first.payload == secret[0] && second.payload == secret[1],
+        &format!(
+            "the hub routed it unchanged and bob opened it: {} | {}",
+            text(&first),
+            text(&second)
+        ),
+    );
+    let on_disk = scan_for(&hub_dir, &secret)?;
+    story.check(
+        "no_plaintext",
+        on_disk.is_empty(),
+        &format!(
+            "the hub holds no message key: nothing it wrote to disk contains the messages{}",
+            if on_disk.is_empty() {
+                String::new()
+            } else {
+                format!(" (found in {on_disk:?})")
+            }
         ),
     );
 
-    story.step("Key bundles come from the CA, not from whoever serves them.");
-    let rogue_dir = dir.path().join("rogue");
-    let rogue_store = LocalKeyStore::create(
-        &rogue_dir,
-        &Unlock::passphrase(&passphrase),
-        Argon2Params::default(),
+    story.step("Eve, of segment `ops`, has no rights on `demo.>`.");
+    let denied = eve.subscribe("demo.>").await.err();
+    story.check(
+        "denied",
+        denied
+            .as_ref()
+            .is_some_and(|e| e.refusal_code() == Some(RefusalCode::Denied)),
+        &format!(
+            "eve's subscription to `demo.>` is refused: {}",
+            describe(denied)
+        ),
+    );
+    let denied = eve
+        .publish_to(
+            "demo.orders.eu",
+            "cancel every order",
+            std::slice::from_ref(&bob_bundle),
+        )
+        .await
+        .err();
+    story.check(
+        "denied",
+        denied
+            .as_ref()
+            .is_some_and(|e| e.refusal_code() == Some(RefusalCode::Denied)),
+        &format!(
+            "eve's publish to `demo.orders.eu` is refused: {}",
+            describe(denied)
+        ),
+    );
+
+    story.step(
+        "Eve turns forger: she seals an order with her own keys and signs it as alice, \
+         sending it over her own connection.",
+    );
+    let eve_identity = load(&agents, "eve")?;
+    let (mut forger, forged_key) = Sealer::new(
+        alice.principal().clone(),
+        alice_identity.key_bundle().epoch(),
+        eve_identity.message_keys().clone(),
+        "demo.orders.eu".parse()?,
+        std::slice::from_ref(&bob_bundle),
+        SealerOptions::default(),
+        now_ms(),
     )?;
-    let rogue = Ca::init(Arc::new(rogue_store), &td, CaOptions::default(), now)?;
-    let fake = rogue.sign_key_bundle(KeyBundleBody {
-        principal: alice.id.clone(),
-        ..alice.bundle.body().clone()
-    })?;
-    let verdict = KeyBundleIn::from_wire(fake)?.verify(&authority, now_ms);
+    let forged = forger.seal_batch(&[b"pay eve 10000 EUR"], None, now_ms())?;
+    let before = hub.stats().forged_senders;
+    let verdict = danger::danger_publish_raw(
+        &eve,
+        wire::Publish {
+            request_id: 1,
+            sender_keys: vec![forged_key],
+            batches: vec![forged],
+        },
+    )
+    .await
+    .err();
     story.check(
-        verdict.is_err(),
+        "forged_sender",
+        verdict
+            .as_ref()
+            .is_some_and(|e| e.refusal_code() == Some(RefusalCode::ForgedSender))
+            && hub.stats().forged_senders > before,
         &format!(
-            "a key bundle for Alice signed by another CA is refused: {}",
-            describe(verdict.err())
+            "the hub refuses it — the sender must be the connection's certified identity — \
+             and counts it: {}",
+            describe(verdict)
         ),
     );
 
-    story.step("The operator revokes Bob's certificate.");
-    let mut revocations = Revocations::new();
-    revocations.revoke_serial(&bob.svid.serial)?;
-    let list = ca.sign_revocations(&revocations, now)?;
-    let list = entente_ca::VerifiedRevocationList::verify(list, trust, now)?;
-    let verdict = trust.verify_svid(&bob.svid.chain_der, now, Some(&list));
-    let still_alice = trust.verify_svid(&alice.svid.chain_der, now, Some(&list));
+    story.step("An attacker replays alice's batch, then alters one bit of a new one.");
+    let before = hub.stats().replays;
+    let verdict = danger::danger_publish_raw(
+        &alice,
+        wire::Publish {
+            request_id: 2,
+            sender_keys: Vec::new(),
+            batches: vec![batch],
+        },
+    )
+    .await
+    .err();
     story.check(
-        verdict.is_err() && still_alice.is_ok(),
+        "replay",
+        verdict
+            .as_ref()
+            .is_some_and(|e| e.refusal_code() == Some(RefusalCode::Replay))
+            && hub.stats().replays > before,
         &format!(
-            "Bob's certificate is refused ({}); Alice's still verifies",
-            describe(verdict.err())
+            "the already-delivered batch sent again is refused and counted: {}",
+            describe(verdict)
         ),
     );
+    let (_, mut tampered) = sealer.seal(&[b"refund order 1045"])?;
+    if let Some(envelope) = tampered.envelopes.first_mut()
+        && let Some(byte) = envelope.ciphertext.first_mut()
+    {
+        *byte ^= 1;
+    }
+    let routed = danger::danger_publish_raw(
+        &alice,
+        wire::Publish {
+            request_id: 3,
+            sender_keys: Vec::new(),
+            batches: vec![tampered],
+        },
+    )
+    .await;
+    alice
+        .publish("demo.orders.eu", "all orders for today are in")
+        .await?;
+    let (rejected, next) = skip_rejections(&mut bob_orders).await?;
+    story.check(
+        "tamper",
+        (routed.is_err() || rejected.is_some()) && text(&next) == "all orders for today are in",
+        &format!(
+            "the altered batch never reaches bob's application: {}; bob's next message is \
+             alice's genuine one",
+            match (&routed, &rejected) {
+                (Err(e), _) => format!("the hub refused it ({e})"),
+                (Ok(()), Some(e)) => format!("the hub cannot tell, bob's SDK rejects it ({e})"),
+                (Ok(()), None) => "it was accepted".to_owned(),
+            }
+        ),
+    );
+
+    story.step("Key bundles are trusted for their CA signature, not for whoever serves them.");
+    let fake = rogue_bundle(dir.path(), &td, alice_identity.key_bundle())?;
+    let verdict = bob.trust_key_bundle(fake).err();
+    story.check(
+        "foreign_bundle",
+        verdict.is_some(),
+        &format!(
+            "a key bundle for alice signed by another CA is refused: {}",
+            describe(verdict)
+        ),
+    );
+
+    story.step("The operator revokes bob while he is connected and listening.");
+    let admin = Identity::load(&data.admin_dir(), SystemTime::now())
+        .context("loading the hub's admin identity")?;
+    let admin = Client::connect(admin, addr, ClientOptions::default()).await?;
+    let closed = admin
+        .revoke(std::slice::from_ref(bob.principal()), &[])
+        .await?;
+    admin.close().await;
+    let end = tokio::time::timeout(PATIENCE, bob_orders.next())
+        .await
+        .ok()
+        .flatten();
+    let ended = match &end {
+        Some(Err(e))
+            if e.kind() == ErrorKind::Closed && e.to_string().contains("PERMISSION_DENIED") =>
+        {
+            Some(e.to_string())
+        }
+        _ => None,
+    };
+    story.check(
+        "revoked",
+        closed >= 1 && ended.is_some(),
+        &format!(
+            "{closed} live connection(s) closed; bob's subscription ends at once: {}",
+            ended.unwrap_or_else(|| format!("{end:?}"))
+        ),
+    );
+    let before = hub.stats().handshakes_failed;
+    let again = Client::connect(load(&agents, "bob")?, addr, ClientOptions::default())
+        .await
+        .err();
+    // The hub counts the refused handshake on its side, possibly just after bob sees it.
+    let refused_at_handshake = eventually(|| hub.stats().handshakes_failed > before).await;
+    story.check(
+        "revoked",
+        again.as_ref().is_some_and(|e| {
+            e.kind() == ErrorKind::Tls && e.to_string().contains("CertificateRevoked")
+        }) && refused_at_handshake,
+        &format!(
+            "bob's reconnection is refused at the TLS handshake: {}",
+            describe(again)
+        ),
+    );
+    let still = alice.publish("demo.receipts", "alice is still here").await;
+    let echo = match still {
+        Ok(()) => next_message(&mut alice_receipts).await.map(|m| text(&m)),
+        Err(e) => Err(e.into()),
+    };
+    story.check(
+        "revoked",
+        echo.as_ref()
+            .is_ok_and(|t| t.as_str() == "alice is still here"),
+        &format!(
+            "alice is unaffected and goes on publishing{}",
+            echo.err().map(|e| format!(": {e:#}")).unwrap_or_default()
+        ),
+    );
+
+    for client in [&alice, &bob, &eve] {
+        client.close().await;
+    }
+    hub.shutdown().await;
     Ok(())
 }
 
-fn enroll(
-    ca: &Ca,
-    tokens: &mut JoinTokens,
+/// The channel sealer alice's SDK would hold, and the sender key it would send first.
+struct RawSealer {
+    sealer: Sealer,
+    sender_key: wire::SenderKey,
+}
+
+impl RawSealer {
+    /// Seals `payloads` as one signed batch, with the channel's sender key to send along.
+    fn seal(&mut self, payloads: &[&[u8]]) -> Result<(wire::SenderKey, wire::SignedBatch)> {
+        let batch = self.sealer.seal_batch(payloads, None, now_ms())?;
+        Ok((self.sender_key.clone(), batch))
+    }
+}
+
+fn sealer_for(
+    identity: &Identity,
+    channel: &str,
+    recipient: &VerifiedKeyBundle,
+) -> Result<RawSealer> {
+    let (sealer, sender_key) = Sealer::new(
+        identity.principal().clone(),
+        identity.key_bundle().epoch(),
+        identity.message_keys().clone(),
+        channel.parse()?,
+        &[recipient.clone(), identity.key_bundle().clone()],
+        SealerOptions::default(),
+        now_ms(),
+    )?;
+    Ok(RawSealer { sealer, sender_key })
+}
+
+/// A key bundle for `genuine`'s principal with its keys, signed by a CA of the same trust
+/// domain name that the hub's agents don't trust.
+fn rogue_bundle(
+    dir: &Path,
     td: &TrustDomain,
-    name: &str,
-    now: SystemTime,
-) -> Result<Enrolled> {
-    let agent = agent_id(td, name)?;
-    let (token, _) = tokens.create(agent, Duration::from_secs(600), now)?;
-    // The agent's side: a TLS key pair and CSR, and message keys.
-    let tls_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let csr = rcgen::CertificateParams::default().serialize_request(&tls_key)?;
-    let keys = Arc::new(MessageKeys::generate()?);
-    // The CA's side: redeem the token, issue the certificate and the key bundle.
-    let agent = tokens.redeem(token.as_str(), now)?;
-    let id = Principal::from(agent);
-    let svid = ca.issue_svid(csr.der(), &id, now)?;
-    let now_ms = unix_ms(now)?;
-    let bundle = ca.sign_key_bundle(KeyBundleBody {
-        principal: id.clone(),
-        ed25519_public: keys.ed25519_public(),
-        x25519_public: keys.x25519_public(),
-        epoch: 1,
-        not_before_ms: now_ms.saturating_sub(60_000),
-        not_after_ms: now_ms + 24 * 3_600_000,
-    })?;
-    let bundle = KeyBundleIn::from_wire(bundle)?.verify(&ca.trust_bundle().authority(), now_ms)?;
-    Ok(Enrolled {
-        id,
-        svid,
-        keys,
-        bundle,
-    })
+    genuine: &VerifiedKeyBundle,
+) -> Result<wire::KeyBundle> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    fill_random(&mut *key)?;
+    let store = LocalKeyStore::create(
+        &dir.join("rogue"),
+        &Unlock::Key(key),
+        Argon2Params::default(),
+    )?;
+    let rogue = Ca::init(Arc::new(store), td, CaOptions::default(), SystemTime::now())?;
+    let body: KeyBundleBody = genuine.body().clone();
+    Ok(rogue.sign_key_bundle(body)?)
 }
 
-fn agent_id(td: &TrustDomain, name: &str) -> Result<AgentId> {
-    Ok(AgentId::new(td, "ops", name)?)
+async fn connect(agents: &Path, name: &str, addr: std::net::SocketAddr) -> Result<Client> {
+    Client::connect(load(agents, name)?, addr, ClientOptions::default())
+        .await
+        .with_context(|| format!("connecting {name}"))
 }
 
-fn opener(agent: &Enrolled) -> Opener {
-    Opener::new(
-        agent.id.clone(),
-        agent.bundle.epoch(),
-        agent.keys.clone(),
-        Default::default(),
-    )
+fn load(agents: &Path, name: &str) -> Result<Identity> {
+    Identity::load(&agents.join(name), SystemTime::now())
+        .with_context(|| format!("loading {name}'s identity"))
 }
 
-/// What a receiver does with a bundle it fetched: decode it and verify it against the CA.
-fn fetch_bundle(
-    agent: &Enrolled,
-    authority: &EcdsaAuthority,
-    now_ms: u64,
-) -> Result<VerifiedKeyBundle> {
-    let bytes = wire::encode(agent.bundle.to_wire());
-    Ok(KeyBundleIn::decode(&bytes, &wire::Limits::default())?.verify(authority, now_ms)?)
+/// Whether `condition` holds within [`PATIENCE`].
+async fn eventually(condition: impl Fn() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
 }
 
-fn decode_batch(bytes: &[u8]) -> Result<SignedBatchIn> {
-    Ok(SignedBatchIn::decode(bytes, &wire::Limits::default())?)
+/// The next message of `subscription`, which must come within [`PATIENCE`] and verify.
+async fn next_message(subscription: &mut Subscription) -> Result<Message> {
+    match tokio::time::timeout(PATIENCE, subscription.next()).await {
+        Err(_) => bail!("no message arrived within {PATIENCE:?}"),
+        Ok(None) => bail!("the subscription ended"),
+        Ok(Some(item)) => Ok(item?),
+    }
+}
+
+/// The next verified message, and the first rejection reported before it, if any.
+async fn skip_rejections(
+    subscription: &mut Subscription,
+) -> Result<(Option<entente_client::Error>, Message)> {
+    let mut rejected = None;
+    loop {
+        match tokio::time::timeout(PATIENCE, subscription.next()).await {
+            Err(_) => bail!("no message arrived within {PATIENCE:?}"),
+            Ok(None) => bail!("the subscription ended"),
+            Ok(Some(Ok(message))) => return Ok((rejected, message)),
+            Ok(Some(Err(e))) if e.kind() == ErrorKind::Rejected => {
+                rejected.get_or_insert(e);
+            }
+            Ok(Some(Err(e))) => return Err(e.into()),
+        }
+    }
+}
+
+/// Files under `root` that contain any of `needles`.
+fn scan_for(root: &Path, needles: &[&[u8]]) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path)
+                && needles.iter().any(|n| contains(&bytes, n))
+            {
+                found.push(path);
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn text(message: &Message) -> String {
+    String::from_utf8_lossy(&message.payload).into_owned()
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 fn describe<E: std::fmt::Display>(err: Option<E>) -> String {
     err.map_or_else(|| "no error".to_owned(), |e| e.to_string())
 }
 
-fn describe_anyhow(err: Option<anyhow::Error>) -> String {
-    err.map_or_else(|| "no error".to_owned(), |e| format!("{e:#}"))
-}
-
-fn unix_ms(t: SystemTime) -> Result<u64> {
-    let d = t
+fn now_ms() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_err(|_| anyhow!("the clock is before 1970"))?;
-    u64::try_from(d.as_millis()).map_err(|_| anyhow!("the clock is out of range"))
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+fn fill_random(out: &mut [u8]) -> Result<()> {
     use aws_lc_rs::rand::SecureRandom as _;
-    let mut out = [0u8; N];
     aws_lc_rs::rand::SystemRandom::new()
-        .fill(&mut out)
-        .map_err(|_| anyhow!("the system random source failed"))?;
-    Ok(out)
+        .fill(out)
+        .map_err(|_| anyhow!("the system random source failed"))
 }
 
 /// The narration: steps, checks, and the final verdict.
@@ -318,7 +549,7 @@ impl Story {
     fn new(json: bool) -> Self {
         if !json {
             println!(
-                "Entente demo: agents' identities, sealed messages and what an attacker can't do.\n"
+                "Entente demo: a real hub on 127.0.0.1, three agents, and what an attacker can't do."
             );
         }
         Self {
@@ -338,14 +569,15 @@ impl Story {
         }
     }
 
-    fn check(&mut self, held: bool, text: &str) {
+    /// Records whether a property held; `property` names it for scripts.
+    fn check(&mut self, property: &str, held: bool, text: &str) {
         if held {
             self.passed += 1;
         } else {
             self.failed += 1;
         }
         if self.json {
-            let check = serde_json::json!({ "held": held, "what": text });
+            let check = serde_json::json!({ "property": property, "held": held, "what": text });
             match self
                 .steps
                 .last_mut()

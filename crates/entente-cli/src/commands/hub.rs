@@ -20,6 +20,9 @@ pub(crate) fn start(
         let hub = Hub::start(config, data.ca.clone(), data.store.clone())
             .await
             .context("starting the hub")?;
+        // Listen for the stop signals before announcing the hub: a supervisor may signal as
+        // soon as it reads the first line.
+        let stop = stop_signal().context("listening for stop signals")?;
         let addr = hub.local_addr();
         if json {
             println!(
@@ -41,17 +44,28 @@ pub(crate) fn start(
                 }
             }
             println!(
-                "hub listening on {addr} for trust domain `{}` (Ctrl-C to stop)",
+                "hub listening on {addr} for trust domain `{}` (Ctrl-C or SIGTERM to stop)",
                 data.config.trust_domain
             );
         }
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
+        stop.await;
         hub.shutdown().await;
         if !json {
             println!("hub stopped");
         }
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Registers for SIGINT and SIGTERM at once; the future resolves on the first of them.
+fn stop_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
     })
 }

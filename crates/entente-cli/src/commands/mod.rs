@@ -1,3 +1,5 @@
 pub(crate) mod agent;
+pub(crate) mod bench;
 pub(crate) mod demo;
 pub(crate) mod hub;
+pub(crate) mod rpc;

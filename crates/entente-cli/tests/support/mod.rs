@@ -8,10 +8,15 @@
 )]
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read},
     path::Path,
     process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
 };
+
+/// The longest any one command of a test may run: a hang fails the test instead of stalling it.
+pub const LIMIT: Duration = Duration::from_secs(120);
 
 /// Starts `entente hub start --json` on `dir` and returns it with its first line of output.
 pub fn start(dir: &std::path::Path) -> (Child, serde_json::Value) {
@@ -40,23 +45,63 @@ pub fn start(dir: &std::path::Path) -> (Child, serde_json::Value) {
     (child, v)
 }
 
-pub fn stop(mut child: Child) {
+pub fn stop(child: Child) {
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    assert!(child.wait().unwrap().success());
+    assert!(wait(child, LIMIT).status.success());
 }
 
-/// Runs `entente ARGS` to completion.
+/// Waits for `child` to exit, at most `limit`, collecting whatever of its standard output and
+/// error was piped; a child still running then is killed and the test fails with its output.
+pub fn wait(mut child: Child, limit: Duration) -> Output {
+    fn drain(from: Option<impl Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>> {
+        thread::spawn(move || {
+            let mut out = Vec::new();
+            if let Some(mut from) = from {
+                let _ = from.read_to_end(&mut out);
+            }
+            out
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "still running after {limit:?}; stderr: {}",
+                String::from_utf8_lossy(&stderr.join().unwrap())
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+/// Runs `entente ARGS` to completion (at most [`LIMIT`]).
 pub fn entente(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_entente"))
+    let child = Command::new(env!("CARGO_BIN_EXE_entente"))
         .args(args)
         .env_remove("ENTENTE_KEYSTORE_KEY")
         .env_remove("ENTENTE_KEYSTORE_PASSPHRASE")
-        .output()
-        .unwrap()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait(child, LIMIT)
 }
 
 /// Runs `entente ARGS`, which must succeed; returns its standard output.

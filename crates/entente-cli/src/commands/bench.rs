@@ -1,0 +1,317 @@
+//! `entente bench`: pub→sub of sealed messages through a real hub over loopback mutual TLS.
+//!
+//! A hub starts in-process on a temporary data directory (as `entente demo` does), two agents
+//! enroll over the network, and two [`Client`]s — each on its own mTLS connection — drive the
+//! SDK's normal path: the publisher [`Client::enqueue`]s every message without waiting for its
+//! ack (the SDK seals them into signed batches), the subscriber opens and verifies each one.
+//! Each payload starts with its send time and sequence number; the subscriber measures
+//! publish-to-deliver latency and checks that every message arrived exactly once.
+//!
+//! Without `--rate` the publisher runs flat out: the figures are the saturated throughput, and
+//! the latency is mostly time spent in the queues of a saturated pipeline. With `--rate` it
+//! publishes on a fixed schedule (open loop), which measures latency below saturation.
+//!
+//! Figures come from one process on one machine: the hub, both clients and the crypto share
+//! the cores. See `docs/BENCHMARKS.md`.
+
+use std::{
+    process::ExitCode,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, Result, bail};
+use entente_ca::TrustBundle;
+use entente_client::{Client, ClientOptions, ErrorKind, Subscription};
+use entente_hub::Hub;
+use entente_types::{AgentId, TrustDomain};
+use futures_util::StreamExt as _;
+use tokio::sync::mpsc;
+
+use crate::data::DataDir;
+
+const TRUST_DOMAIN: &str = "bench.entente.local";
+const CHANNEL: &str = "demo.bench";
+/// Send time (ns since the start) and sequence number at the head of every payload.
+const HEADER: usize = 16;
+/// How long the subscriber waits for the next message before declaring the rest lost.
+const IDLE: Duration = Duration::from_secs(10);
+
+/// What one run measured.
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    messages: u64,
+    /// Offered rate in messages per second; 0 for as fast as the publisher can.
+    rate: u64,
+    payload_bytes: usize,
+    sent: u64,
+    acked: u64,
+    publish_errors: u64,
+    delivered: u64,
+    duplicates: u64,
+    rejected: u64,
+    lost: u64,
+    seconds: f64,
+    /// When the last message was queued by the publisher (the rest of the run is draining).
+    publish_seconds: f64,
+    msgs_per_sec: f64,
+    mb_per_sec: f64,
+    latency_us: Latency,
+    batches_sent: u64,
+    hub_delivery_failures: u64,
+    hub_slow_consumer_disconnects: u64,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Latency {
+    p50: u64,
+    p90: u64,
+    p99: u64,
+    max: u64,
+}
+
+pub(crate) fn run(messages: u64, payload: usize, rate: u64, json: bool) -> Result<ExitCode> {
+    if payload < HEADER {
+        bail!("`--payload` must be at least {HEADER} bytes (send time and sequence number)");
+    }
+    if messages == 0 {
+        bail!("`--messages` must be at least 1");
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let report = runtime.block_on(bench(messages, payload, rate))?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let l = &report.latency_us;
+        let offered = if report.rate == 0 {
+            "as fast as possible".to_owned()
+        } else {
+            format!("offered at {} msgs/s", report.rate)
+        };
+        println!(
+            "{} messages of {} B through the hub (loopback mTLS), {offered}, in {:.2} s",
+            report.messages, report.payload_bytes, report.seconds
+        );
+        println!(
+            "  throughput  {:.0} msgs/s, {:.1} MB/s of payload ({} signed batches)",
+            report.msgs_per_sec, report.mb_per_sec, report.batches_sent
+        );
+        println!(
+            "  latency     p50 {} µs, p90 {} µs, p99 {} µs, max {} µs (publish to delivery)",
+            l.p50, l.p90, l.p99, l.max
+        );
+        println!(
+            "  delivered   {} of {} sent, {} lost, {} duplicates, {} rejected, {} publish errors",
+            report.delivered,
+            report.sent,
+            report.lost,
+            report.duplicates,
+            report.rejected,
+            report.publish_errors
+        );
+    }
+    let clean = report.lost == 0
+        && report.duplicates == 0
+        && report.rejected == 0
+        && report.publish_errors == 0;
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn bench(messages: u64, payload: usize, rate: u64) -> Result<Report> {
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let hub_dir = dir.path().join("hub");
+    let listen = "127.0.0.1:0".parse().ok();
+    let data = DataDir::open_or_init(&hub_dir, listen, Some(TRUST_DOMAIN), SystemTime::now())?;
+    let hub = Hub::start(data.hub_config()?, data.ca.clone(), data.store.clone())
+        .await
+        .context("starting the hub")?;
+    let addr = hub.local_addr();
+    let td = TrustDomain::new(TRUST_DOMAIN)?;
+    let trust = TrustBundle::from_pem(&std::fs::read_to_string(hub_dir.join("ca.pem"))?)?;
+    let mut clients = Vec::new();
+    for name in ["publisher", "subscriber"] {
+        let agent = AgentId::new(&td, "demo", name)?;
+        let token = hub.create_token(agent, Duration::from_secs(600)).await?;
+        let identity = entente_client::enroll(addr, &trust, token.as_str()).await?;
+        clients.push(Client::connect(identity, addr, ClientOptions::default()).await?);
+    }
+    let (Some(publisher), Some(subscriber)) = (clients.first(), clients.get(1)) else {
+        bail!("the clients did not connect");
+    };
+    let mut subscription = subscriber.subscribe(CHANNEL).await?;
+    // Warm up: the directory lookup and the first sender key are not part of the measure.
+    publisher.publish(CHANNEL, vec![0u8; payload]).await?;
+    match tokio::time::timeout(IDLE, subscription.next()).await {
+        Ok(Some(Ok(_))) => {}
+        other => bail!("the warm-up message did not arrive: {other:?}"),
+    }
+
+    let start = Instant::now();
+    let receiver = tokio::spawn(receive(subscription, messages, start));
+    let (acks_tx, mut acks_rx) = mpsc::unbounded_channel::<entente_client::PublishAck>();
+    let acker = tokio::spawn(async move {
+        let (mut ok, mut failed) = (0u64, 0u64);
+        while let Some(ack) = acks_rx.recv().await {
+            match ack.await {
+                Ok(()) => ok += 1,
+                Err(_) => failed += 1,
+            }
+        }
+        (ok, failed)
+    });
+    let mut sent = 0u64;
+    let mut publish_errors = 0u64;
+    let mut buffer = vec![0xA5u8; payload];
+    for seq in 0..messages {
+        if rate > 0 {
+            // Open loop at `rate`: message `seq` is due at seq/rate seconds.
+            let due = start + Duration::from_secs_f64(seq as f64 / rate as f64);
+            if due > Instant::now() {
+                tokio::time::sleep_until(due.into()).await;
+            }
+        }
+        let at = nanos(start.elapsed());
+        if let Some(head) = buffer.get_mut(..HEADER) {
+            let (time, number) = head.split_at_mut(8);
+            time.copy_from_slice(&at.to_be_bytes());
+            number.copy_from_slice(&seq.to_be_bytes());
+        }
+        match publisher.enqueue(CHANNEL, buffer.clone()).await {
+            Ok(ack) => {
+                sent += 1;
+                if acks_tx.send(ack).is_err() {
+                    bail!("the ack task ended early");
+                }
+            }
+            Err(_) => publish_errors += 1,
+        }
+    }
+    drop(acks_tx);
+    let enqueued = start.elapsed();
+    let received = receiver.await.context("the subscriber task failed")?;
+    let elapsed = start.elapsed();
+    let (acked, ack_errors) = acker.await.context("the ack task failed")?;
+    let publisher_stats = publisher.stats();
+    let hub_stats = hub.stats();
+    for client in &clients {
+        client.close().await;
+    }
+    hub.shutdown().await;
+
+    let mut latencies = received.latencies_ns;
+    latencies.sort_unstable();
+    let seconds = elapsed.as_secs_f64();
+    let delivered = received.delivered;
+    Ok(Report {
+        messages,
+        rate,
+        payload_bytes: payload,
+        sent,
+        acked,
+        publish_errors: publish_errors + ack_errors,
+        delivered,
+        duplicates: received.duplicates,
+        rejected: received.rejected,
+        lost: messages.saturating_sub(delivered),
+        seconds,
+        publish_seconds: enqueued.as_secs_f64(),
+        msgs_per_sec: delivered as f64 / seconds,
+        mb_per_sec: (delivered as f64 * payload as f64) / seconds / 1e6,
+        latency_us: Latency {
+            p50: percentile(&latencies, 50.0) / 1000,
+            p90: percentile(&latencies, 90.0) / 1000,
+            p99: percentile(&latencies, 99.0) / 1000,
+            max: latencies.last().copied().unwrap_or(0) / 1000,
+        },
+        batches_sent: publisher_stats.batches_sent,
+        hub_delivery_failures: hub_stats.delivery_failures,
+        hub_slow_consumer_disconnects: hub_stats.slow_consumer_disconnects,
+    })
+}
+
+/// What the subscriber saw.
+#[derive(Debug, Default)]
+struct Received {
+    delivered: u64,
+    duplicates: u64,
+    rejected: u64,
+    latencies_ns: Vec<u64>,
+}
+
+/// Reads until every message arrived once, or nothing arrives for [`IDLE`].
+async fn receive(mut subscription: Subscription, messages: u64, start: Instant) -> Received {
+    let mut seen = vec![false; usize::try_from(messages).unwrap_or(usize::MAX)];
+    let mut out = Received {
+        latencies_ns: Vec::with_capacity(seen.len()),
+        ..Received::default()
+    };
+    while out.delivered < messages {
+        let item = match tokio::time::timeout(IDLE, subscription.next()).await {
+            Ok(Some(item)) => item,
+            Ok(None) | Err(_) => break,
+        };
+        let message = match item {
+            Ok(message) => message,
+            Err(e) if e.kind() == ErrorKind::Rejected => {
+                out.rejected += 1;
+                continue;
+            }
+            Err(_) => break,
+        };
+        let now = nanos(start.elapsed());
+        let field = |range: std::ops::Range<usize>| {
+            message
+                .payload
+                .get(range)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+        };
+        let (Some(sent_at), Some(seq)) = (field(0..8), field(8..16)) else {
+            out.rejected += 1;
+            continue;
+        };
+        match usize::try_from(seq).ok().and_then(|i| seen.get_mut(i)) {
+            Some(slot) if !*slot => {
+                *slot = true;
+                out.delivered += 1;
+                out.latencies_ns.push(now.saturating_sub(sent_at));
+            }
+            _ => out.duplicates += 1,
+        }
+    }
+    out
+}
+
+/// The `p`th percentile (nearest rank) of sorted `values`; 0 when empty.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted
+        .get(rank.saturating_sub(1).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0)
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let values: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&values, 50.0), 50);
+        assert_eq!(percentile(&values, 99.0), 99);
+        assert_eq!(percentile(&values, 100.0), 100);
+        assert_eq!(percentile(&[], 50.0), 0);
+        assert_eq!(percentile(&[7], 99.0), 7);
+    }
+}

@@ -1,0 +1,36 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod support;
+
+/// The bench runs end to end and loses nothing. Timings are not asserted.
+#[test]
+fn the_bench_delivers_every_message() {
+    let out = support::entente(&["bench", "--messages", "2000", "--json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["messages"], 2000);
+    assert_eq!(v["payload_bytes"], 256);
+    assert_eq!(v["delivered"], 2000, "{v:#}");
+    assert_eq!(v["lost"], 0, "{v:#}");
+    assert_eq!(v["duplicates"], 0, "{v:#}");
+    assert_eq!(v["rejected"], 0, "{v:#}");
+    assert_eq!(v["publish_errors"], 0, "{v:#}");
+    assert!(v["latency_us"]["p99"].is_u64());
+}
+
+#[test]
+fn the_bench_refuses_a_payload_too_small_for_its_header() {
+    let out = support::entente(&["bench", "--messages", "10", "--payload", "8"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--payload"));
+}

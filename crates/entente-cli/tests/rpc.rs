@@ -1,0 +1,141 @@
+//! `entente serve` and `entente request` with the real binary: a request answered by a shell
+//! command, a timeout, and a direct to nobody.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+};
+
+use support::{entente, ok, s, start, stop};
+
+/// Enrolls `name` (SEGMENT/NAME) through the admin identity of the hub in `data`.
+fn enroll(data: &Path, addr: &str, name: &str, out: &Path) -> PathBuf {
+    let token = ok(&[
+        "token",
+        "create",
+        "--identity",
+        s(&data.join("admin")),
+        "--hub",
+        addr,
+        "--agent",
+        name,
+    ]);
+    let dir = out.join(name.replace('/', "-"));
+    ok(&[
+        "enroll",
+        "--hub",
+        addr,
+        "--ca",
+        s(&data.join("ca.pem")),
+        "--token",
+        token.trim(),
+        "--out",
+        s(&dir),
+    ]);
+    dir
+}
+
+/// Starts `entente serve … direct --exec EXEC --count 1` and waits until it serves.
+fn serve(identity: &Path, addr: &str, exec: &str) -> Child {
+    let mut server = Command::new(env!("CARGO_BIN_EXE_entente"))
+        .args([
+            "serve",
+            "--identity",
+            s(identity),
+            "--hub",
+            addr,
+            "direct",
+            "--exec",
+            exec,
+            "--count",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(server.stderr.as_mut().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert!(ready.contains("serving `_direct.demo.bob`"), "{ready}");
+    server
+}
+
+#[test]
+fn serve_answers_a_request_with_the_commands_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("hub");
+    let (hub, info) = start(&data);
+    let addr = info["listening"].as_str().unwrap().to_owned();
+    let alice = enroll(&data, &addr, "demo/alice", tmp.path());
+    let bob = enroll(&data, &addr, "demo/bob", tmp.path());
+
+    let server = serve(&bob, &addr, "tr a-z A-Z");
+    let reply = ok(&[
+        "request",
+        "--identity",
+        s(&alice),
+        "--hub",
+        &addr,
+        "demo/bob",
+        "hello bob",
+        "--timeout",
+        "10s",
+    ]);
+    assert_eq!(reply, "HELLO BOB\n");
+    let out = support::wait(server, support::LIMIT);
+    assert!(out.status.success());
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        said.contains("answered `spiffe://entente.local/agent/demo/alice`"),
+        "{said}"
+    );
+
+    // Bob is gone: the request is refused at once, in one line.
+    let refused = entente(&[
+        "request",
+        "--identity",
+        s(&alice),
+        "--hub",
+        &addr,
+        "spiffe://entente.local/agent/demo/bob",
+        "anyone?",
+    ]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("NO_RECIPIENT"), "{stderr}");
+
+    // A server too slow for the requester's timeout.
+    let server = serve(&bob, &addr, "sleep 3; cat");
+    let late = entente(&[
+        "request",
+        "--identity",
+        s(&alice),
+        "--hub",
+        &addr,
+        "demo/bob",
+        "quick?",
+        "--timeout",
+        "1s",
+    ]);
+    assert!(!late.status.success());
+    let stderr = String::from_utf8_lossy(&late.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("no reply from `spiffe://entente.local/agent/demo/bob` within 1s"),
+        "{stderr}"
+    );
+    assert!(support::wait(server, support::LIMIT).status.success());
+    stop(hub);
+}

@@ -1,0 +1,114 @@
+//! Serving requests: [`Requests`], a stream of [`Request`]s, each with the [`Responder`] that
+//! answers it.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use entente_types::{Channel, ChannelPattern, Principal};
+use futures_core::Stream;
+
+use crate::{Client, Error, ErrorKind, Message, Subscription};
+
+/// The requests arriving on a channel, pattern or this principal's direct channel
+/// ([`Client::serve`], [`Client::serve_direct`]), as a [`Stream`].
+///
+/// Items and their end are those of the underlying [`Subscription`]: `Ok` for every message
+/// that verified and opened — a request if it carries `reply_to`, a plain message otherwise —
+/// and `Err` for what did not.
+#[derive(Debug)]
+pub struct Requests {
+    subscription: Subscription,
+}
+
+/// One message that arrived for a [`Requests`] stream, and how to answer it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Request {
+    /// The verified message.
+    pub message: Message,
+    /// Answers it, once.
+    pub responder: Responder,
+}
+
+/// Answers one request: its reply goes on the request's `reply_to`, sealed for the requester
+/// alone. The hub accepts one reply per request and recipient, within the request's life
+/// (at most [`MAX_REPLY_WAIT`](entente_hub::MAX_REPLY_WAIT)).
+#[derive(Debug)]
+pub struct Responder {
+    client: Client,
+    requester: Principal,
+    reply_to: Option<Channel>,
+}
+
+// === impl Requests ===
+
+impl Requests {
+    pub(crate) fn new(subscription: Subscription) -> Self {
+        Self { subscription }
+    }
+
+    /// The pattern served.
+    pub fn pattern(&self) -> &ChannelPattern {
+        self.subscription.pattern()
+    }
+
+    /// Stops serving and waits for the hub's answer.
+    pub async fn unsubscribe(self) -> Result<(), Error> {
+        self.subscription.unsubscribe().await
+    }
+}
+
+impl Stream for Requests {
+    type Item = Result<Request, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Poll::Ready(item) = Pin::new(&mut this.subscription).poll_next(cx) else {
+            return Poll::Pending;
+        };
+        let client = this.subscription.client();
+        Poll::Ready(item.map(|result| {
+            result.map(|message| Request {
+                responder: Responder {
+                    client: client.clone(),
+                    requester: message.sender.clone(),
+                    reply_to: message.reply_to.clone(),
+                },
+                message,
+            })
+        }))
+    }
+}
+
+// === impl Responder ===
+
+impl Responder {
+    /// Where the reply goes; `None` for a message that asked for none.
+    pub fn reply_to(&self) -> Option<&Channel> {
+        self.reply_to.as_ref()
+    }
+
+    /// Who asked.
+    pub fn requester(&self) -> &Principal {
+        &self.requester
+    }
+
+    /// Sends `payload` as the reply, sealed for the requester alone, and waits for the hub's
+    /// `Ack`. A message without `reply_to` can't be answered ([`ErrorKind::InvalidInput`]);
+    /// nor can one whose `reply_to` lies outside its sender's reply namespace. A second reply,
+    /// or one after the request expired, is refused by the hub ([`ErrorKind::Denied`]).
+    pub async fn reply(self, payload: impl Into<Vec<u8>>) -> Result<(), Error> {
+        let Some(reply_to) = &self.reply_to else {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "the message from `{}` asked for no reply (it has no reply_to)",
+                    self.requester
+                ),
+            ));
+        };
+        self.client
+            .reply(&self.requester, reply_to, payload.into())
+            .await
+    }
+}

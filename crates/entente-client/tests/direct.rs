@@ -1,0 +1,217 @@
+//! Direct messages and request/reply against a real hub on 127.0.0.1:0: directs within a
+//! segment, refused across segments and to nobody; request/reply round trips; timeouts and
+//! late replies; nobody but the target may answer into a requester's reply namespace.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod support;
+
+use std::time::Duration;
+
+use entente_client::{ErrorKind, RefusalCode, Requests};
+use support::{TestHub, WAIT, message};
+use tokio_stream::StreamExt;
+
+async fn next_request(requests: &mut Requests) -> entente_client::Request {
+    tokio::time::timeout(WAIT, requests.next())
+        .await
+        .expect("no request in time")
+        .expect("the stream ended")
+        .expect("an error item")
+}
+
+#[tokio::test]
+async fn a_direct_reaches_its_target_alone() {
+    let hub = TestHub::start().await;
+    let (alice, bob, carol) = (
+        hub.agent("shop", "alice").await,
+        hub.agent("shop", "bob").await,
+        hub.agent("shop", "carol").await,
+    );
+    let (alice_id, bob_id) = (alice.principal.clone(), bob.principal.clone());
+    let alice = hub.connect(alice.identity).await;
+    let bob = hub.connect(bob.identity).await;
+    let carol = hub.connect(carol.identity).await;
+
+    let mut inbox = bob.subscribe_direct().await.unwrap();
+    assert_eq!(inbox.pattern().as_str(), "_direct.shop.bob");
+    // Nobody else may listen there.
+    let err = carol.subscribe("_direct.shop.bob").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Denied);
+
+    alice.direct(&bob_id, "just for you").await.unwrap();
+    let m = message(&mut inbox).await;
+    assert_eq!(m.sender, alice_id);
+    assert_eq!(m.channel.as_str(), "_direct.shop.bob");
+    assert_eq!(m.payload, b"just for you");
+    assert_eq!(m.reply_to, None);
+
+    // A direct to an agent nobody listens for is refused, not silently dropped.
+    let carol_id = carol.principal().clone();
+    let err = alice.direct(&carol_id, "anyone?").await.unwrap_err();
+    assert_eq!(err.refusal_code(), Some(RefusalCode::NoRecipient));
+}
+
+#[tokio::test]
+async fn a_direct_across_segments_is_denied_by_default() {
+    let hub = TestHub::start().await;
+    let (bob, eve) = (
+        hub.agent("shop", "bob").await,
+        hub.agent("lab", "eve").await,
+    );
+    let bob_id = bob.principal.clone();
+    let bob = hub.connect(bob.identity).await;
+    let eve = hub.connect(eve.identity).await;
+    let _inbox = bob.subscribe_direct().await.unwrap();
+
+    let err = eve.direct(&bob_id, "hello from the lab").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Denied);
+    let err = eve
+        .request(&bob_id, "hello?", Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Denied);
+}
+
+#[tokio::test]
+async fn requests_get_their_replies() {
+    let hub = TestHub::start().await;
+    let (alice, bob) = (
+        hub.agent("shop", "alice").await,
+        hub.agent("shop", "bob").await,
+    );
+    let (alice_id, bob_id) = (alice.principal.clone(), bob.principal.clone());
+    let alice = hub.connect(alice.identity).await;
+    let bob = hub.connect(bob.identity).await;
+
+    let mut requests = bob.serve_direct().await.unwrap();
+    let server = tokio::spawn(async move {
+        for _ in 0..3 {
+            let request = next_request(&mut requests).await;
+            assert_eq!(request.responder.requester(), &alice_id);
+            let reply_to = request.responder.reply_to().unwrap().as_str().to_owned();
+            assert!(reply_to.starts_with("_reply.shop.alice."), "{reply_to}");
+            let answer = request.message.payload.to_ascii_uppercase();
+            request.responder.reply(answer).await.unwrap();
+        }
+        // A plain direct is delivered, but can't be answered.
+        let plain = next_request(&mut requests).await;
+        assert_eq!(plain.message.payload, b"no answer needed");
+        let err = plain.responder.reply("x").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    });
+
+    let mut channels = Vec::new();
+    for word in ["ping", "pong", "again"] {
+        let reply = alice
+            .request(&bob_id, word, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(reply.sender, bob_id);
+        assert_eq!(reply.payload, word.to_ascii_uppercase().as_bytes());
+        channels.push(reply.channel.to_string());
+    }
+    // One reply channel per request.
+    channels.sort();
+    channels.dedup();
+    assert_eq!(channels.len(), 3);
+    alice.direct(&bob_id, "no answer needed").await.unwrap();
+    server.await.unwrap();
+    assert_eq!(alice.stats().replies_dropped, 0);
+}
+
+#[tokio::test]
+async fn a_request_times_out_and_its_late_reply_is_dropped() {
+    let hub = TestHub::start().await;
+    let (alice, bob) = (
+        hub.agent("shop", "alice").await,
+        hub.agent("shop", "bob").await,
+    );
+    let bob_id = bob.principal.clone();
+    let alice = hub.connect(alice.identity).await;
+    let bob = hub.connect(bob.identity).await;
+    let mut requests = bob.serve_direct().await.unwrap();
+
+    let err = alice
+        .request(&bob_id, "slow?", Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(err.to_string().contains("no reply"), "{err}");
+
+    // Bob answers late: the hub still accepts it (the grant lives on), Alice drops it.
+    let request = next_request(&mut requests).await;
+    request.responder.reply("too late").await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while alice.stats().replies_dropped == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the late reply never came"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn only_the_target_may_answer_once() {
+    let hub = TestHub::start().await;
+    let (alice, bob, carol) = (
+        hub.agent("shop", "alice").await,
+        hub.agent("shop", "bob").await,
+        hub.agent("shop", "carol").await,
+    );
+    let (alice_bundle, bob_id) = (alice.bundle.clone(), bob.principal.clone());
+    let alice = hub.connect(alice.identity).await;
+    let bob = hub.connect(bob.identity).await;
+    let carol = hub.connect(carol.identity).await;
+    let mut requests = bob.serve_direct().await.unwrap();
+
+    let asking = {
+        let alice = alice.clone();
+        let bob_id = bob_id.clone();
+        tokio::spawn(async move {
+            alice
+                .request(&bob_id, "who?", Duration::from_secs(10))
+                .await
+        })
+    };
+    let request = next_request(&mut requests).await;
+    let reply_to = request.responder.reply_to().unwrap().to_string();
+
+    // Carol knows the reply channel, but received no request: the hub refuses her.
+    let err = carol
+        .publish_to(
+            &reply_to,
+            "it's me, bob",
+            std::slice::from_ref(&alice_bundle),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Denied, "{err}");
+    let err = carol
+        .publish_to(
+            "_reply.shop.alice.guess",
+            "anything",
+            std::slice::from_ref(&alice_bundle),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Denied, "{err}");
+
+    request.responder.reply("bob here").await.unwrap();
+    let reply = asking.await.unwrap().unwrap();
+    assert_eq!(reply.sender, bob_id);
+    assert_eq!(reply.payload, b"bob here");
+
+    // A second answer to the same request is refused: the grant was used.
+    let err = bob
+        .publish_to(&reply_to, "and again", std::slice::from_ref(&alice_bundle))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Denied, "{err}");
+    assert_eq!(alice.stats().replies_dropped, 0);
+}

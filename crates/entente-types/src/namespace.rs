@@ -1,0 +1,207 @@
+//! The system channels that belong to one principal: its direct channel and its reply
+//! namespace (PROTOCOL.md §9).
+//!
+//! | principal | direct channel | reply namespace |
+//! |---|---|---|
+//! | agent `spiffe://TD/agent/S/N` | `_direct.S.N` | `_reply.S.N.<token>…` |
+//! | human `spiffe://TD/human/N` | `_direct.human:N` | `_reply.human:N.<token>…` |
+//!
+//! A human's owner token `human:N` can't be confused with an agent's: agent segments and names
+//! never contain `:`. The trust domain is not part of the name: a hub serves one trust domain.
+//!
+//! Only the owner may subscribe to these channels. Who may publish to a direct channel is the
+//! hub's authorization; a reply namespace can be published to only under a reply grant, which
+//! the hub issues when it routes a request carrying `reply_to`.
+//!
+//! ```
+//! use entente_types::{namespace, Channel, Principal};
+//!
+//! let alice = Principal::parse("spiffe://example.org/agent/shop/alice")?;
+//! assert_eq!(namespace::direct_channel(&alice).as_str(), "_direct.shop.alice");
+//! let reply = namespace::reply_channel(&alice, "r1f3")?;
+//! assert_eq!(reply.as_str(), "_reply.shop.alice.r1f3");
+//! assert!(namespace::is_reply_channel_of(&alice, &reply));
+//! assert_eq!(namespace::reply_pattern(&alice).as_str(), "_reply.shop.alice.>");
+//!
+//! let ops = Principal::parse("spiffe://example.org/human/ops")?;
+//! assert_eq!(namespace::direct_channel(&ops).as_str(), "_direct.human:ops");
+//! assert!(!namespace::is_reply_channel_of(&ops, &reply));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use crate::{Channel, ChannelError, ChannelPattern, Principal};
+
+/// First token of a direct channel.
+pub const DIRECT_PREFIX: &str = "_direct";
+/// First token of a reply namespace.
+pub const REPLY_PREFIX: &str = "_reply";
+/// How a human's owner token starts: `human:<name>`.
+pub const HUMAN_OWNER_PREFIX: &str = "human:";
+
+/// The principal's direct channel: `_direct.S.N`, or `_direct.human:N`.
+pub fn direct_channel(principal: &Principal) -> Channel {
+    Channel::from_valid(format!("{DIRECT_PREFIX}.{}", owner(principal)))
+}
+
+/// The pattern covering the principal's reply namespace: `_reply.S.N.>`, or
+/// `_reply.human:N.>`.
+pub fn reply_pattern(principal: &Principal) -> ChannelPattern {
+    ChannelPattern::from_valid(format!("{REPLY_PREFIX}.{}.>", owner(principal)))
+}
+
+/// A channel of the principal's reply namespace: `_reply.S.N.<token>`. `token` must be one
+/// channel token (letters, digits, `_`, `:`, `-`).
+pub fn reply_channel(principal: &Principal, token: &str) -> Result<Channel, ChannelError> {
+    if token.contains('.') {
+        return Err(ChannelError::InvalidChar { ch: '.' });
+    }
+    Channel::parse(&format!("{REPLY_PREFIX}.{}.{token}", owner(principal)))
+}
+
+/// Whether `channel` is the principal's direct channel.
+pub fn is_direct_channel_of(principal: &Principal, channel: &Channel) -> bool {
+    let mut tokens = channel.tokens();
+    tokens.next() == Some(DIRECT_PREFIX) && owned_by(principal, tokens, false)
+}
+
+/// Whether `channel` lies in the principal's reply namespace (at least one token after the
+/// owner's).
+pub fn is_reply_channel_of(principal: &Principal, channel: &Channel) -> bool {
+    let mut tokens = channel.tokens();
+    tokens.next() == Some(REPLY_PREFIX) && owned_by(principal, tokens, true)
+}
+
+/// Whether `pattern` stays inside the principal's own `_direct` channel (exactly) or reply
+/// namespace (any pattern under it). Wildcards in the owner's tokens never qualify.
+pub fn is_own_pattern(principal: &Principal, pattern: &ChannelPattern) -> bool {
+    let mut tokens = pattern.tokens();
+    match tokens.next() {
+        Some(DIRECT_PREFIX) => owned_by(principal, tokens, false),
+        Some(REPLY_PREFIX) => owned_by(principal, tokens, true),
+        _ => false,
+    }
+}
+
+/// The segment of the agent whose direct channel `channel` is (`_direct.S.N` → `S`); `None`
+/// for a human's direct channel or any other channel.
+pub fn direct_segment(channel: &Channel) -> Option<&str> {
+    let mut tokens = channel.tokens();
+    let (Some(DIRECT_PREFIX), Some(segment), Some(_name), None) =
+        (tokens.next(), tokens.next(), tokens.next(), tokens.next())
+    else {
+        return None;
+    };
+    (!segment.contains(':')).then_some(segment)
+}
+
+/// `S.N` for an agent, `human:N` for a human.
+fn owner(principal: &Principal) -> String {
+    match principal {
+        Principal::Agent(agent) => format!("{}.{}", agent.segment(), agent.name()),
+        Principal::Human(human) => format!("{HUMAN_OWNER_PREFIX}{}", human.name()),
+    }
+}
+
+/// Whether `rest` (the tokens after the prefix) are the owner's tokens, followed by nothing
+/// (`more` false) or by at least one token (`more` true).
+fn owned_by<'a>(
+    principal: &Principal,
+    mut rest: impl Iterator<Item = &'a str>,
+    more: bool,
+) -> bool {
+    let owner_matches = match principal {
+        Principal::Agent(agent) => {
+            rest.next() == Some(agent.segment()) && rest.next() == Some(agent.name())
+        }
+        Principal::Human(human) => rest
+            .next()
+            .and_then(|t| t.strip_prefix(HUMAN_OWNER_PREFIX))
+            .is_some_and(|name| name == human.name()),
+    };
+    owner_matches && (rest.count() > 0) == more
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn p(s: &str) -> Principal {
+        Principal::parse(s).unwrap()
+    }
+
+    fn c(s: &str) -> Channel {
+        Channel::parse(s).unwrap()
+    }
+
+    fn pat(s: &str) -> ChannelPattern {
+        ChannelPattern::parse(s).unwrap()
+    }
+
+    #[test]
+    fn agents_and_humans_have_distinct_namespaces() {
+        let alice = p("spiffe://td/agent/shop/alice");
+        let human = p("spiffe://td/human/shop");
+        let agent_named_human = p("spiffe://td/agent/human/shop");
+        assert_eq!(direct_channel(&alice).as_str(), "_direct.shop.alice");
+        assert_eq!(direct_channel(&human).as_str(), "_direct.human:shop");
+        assert_eq!(
+            direct_channel(&agent_named_human).as_str(),
+            "_direct.human.shop"
+        );
+        assert!(is_direct_channel_of(&alice, &c("_direct.shop.alice")));
+        assert!(!is_direct_channel_of(&alice, &c("_direct.shop.alice.x")));
+        assert!(!is_direct_channel_of(&alice, &c("_direct.shop")));
+        assert!(is_direct_channel_of(&human, &c("_direct.human:shop")));
+        assert!(!is_direct_channel_of(&human, &c("_direct.human.shop")));
+        assert!(!is_direct_channel_of(
+            &agent_named_human,
+            &c("_direct.human:shop")
+        ));
+
+        assert!(is_reply_channel_of(&alice, &c("_reply.shop.alice.r1")));
+        assert!(is_reply_channel_of(&alice, &c("_reply.shop.alice.r1.x")));
+        assert!(!is_reply_channel_of(&alice, &c("_reply.shop.alice")));
+        assert!(!is_reply_channel_of(&alice, &c("_reply.shop.alicex.r1")));
+        assert!(!is_reply_channel_of(&alice, &c("_direct.shop.alice.r1")));
+        assert!(is_reply_channel_of(&human, &c("_reply.human:shop.r1")));
+        assert!(!is_reply_channel_of(&human, &c("_reply.human.shop.r1")));
+        assert_eq!(reply_pattern(&human).as_str(), "_reply.human:shop.>");
+        assert!(reply_channel(&alice, "a.b").is_err());
+        assert!(reply_channel(&alice, "").is_err());
+    }
+
+    #[test]
+    fn own_patterns() {
+        let alice = p("spiffe://td/agent/shop/alice");
+        for yes in [
+            "_direct.shop.alice",
+            "_reply.shop.alice.>",
+            "_reply.shop.alice.*",
+            "_reply.shop.alice.r1",
+        ] {
+            assert!(is_own_pattern(&alice, &pat(yes)), "{yes}");
+        }
+        for no in [
+            "_direct.shop.*",
+            "_direct.shop.alice.x",
+            "_direct.>",
+            "_reply.shop.alice",
+            "_reply.shop.*.>",
+            "_reply.>",
+            "_reply.shop.bob.>",
+            "orders.x",
+        ] {
+            assert!(!is_own_pattern(&alice, &pat(no)), "{no}");
+        }
+    }
+
+    #[test]
+    fn direct_segments() {
+        assert_eq!(direct_segment(&c("_direct.shop.alice")), Some("shop"));
+        assert_eq!(direct_segment(&c("_direct.human:ops")), None);
+        assert_eq!(direct_segment(&c("_direct.shop.alice.x")), None);
+        assert_eq!(direct_segment(&c("orders.shop.alice")), None);
+    }
+}
