@@ -6,7 +6,7 @@ mod data;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// Entente: a zero-trust communication hub for AI agents.
 #[derive(Debug, Parser)]
@@ -17,6 +17,17 @@ struct Cli {
     json: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Who acts, and at which hub: the options of every command that connects as an identity.
+#[derive(Debug, Args)]
+struct At {
+    /// The identity directory (an administrator's, for administrative commands).
+    #[arg(long)]
+    identity: PathBuf,
+    /// The hub's address.
+    #[arg(long)]
+    hub: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,12 +71,8 @@ enum Command {
     },
     /// Seal, sign and publish one message.
     Send {
-        /// The identity directory.
-        #[arg(long)]
-        identity: PathBuf,
-        /// The hub's address.
-        #[arg(long)]
-        hub: String,
+        #[command(flatten)]
+        at: At,
         /// The channel.
         channel: String,
         /// The message.
@@ -73,12 +80,8 @@ enum Command {
     },
     /// Print verified messages from a channel pattern.
     Listen {
-        /// The identity directory.
-        #[arg(long)]
-        identity: PathBuf,
-        /// The hub's address.
-        #[arg(long)]
-        hub: String,
+        #[command(flatten)]
+        at: At,
         /// The channel or pattern (`*`, `>` wildcards).
         channel: String,
         /// Exit after this many messages.
@@ -87,12 +90,8 @@ enum Command {
     },
     /// Send a request to one agent or human and print its reply.
     Request {
-        /// The identity directory.
-        #[arg(long)]
-        identity: PathBuf,
-        /// The hub's address.
-        #[arg(long)]
-        hub: String,
+        #[command(flatten)]
+        at: At,
         /// Whom to ask: SEGMENT/NAME, or a full agent or human ID.
         target: String,
         /// The request.
@@ -104,12 +103,8 @@ enum Command {
     /// Answer requests with a command's output: CMD runs under `sh -c` with the request on
     /// standard input, and its standard output is the reply.
     Serve {
-        /// The identity directory.
-        #[arg(long)]
-        identity: PathBuf,
-        /// The hub's address.
-        #[arg(long)]
-        hub: String,
+        #[command(flatten)]
+        at: At,
         /// `direct` for requests addressed to this identity, or a channel or pattern.
         channel: String,
         /// The command answering each request.
@@ -121,12 +116,8 @@ enum Command {
     },
     /// Revoke an agent: its live connections end at once and its certificate is refused.
     Revoke {
-        /// An administrator's identity directory.
-        #[arg(long)]
-        identity: PathBuf,
-        /// The hub's address.
-        #[arg(long)]
-        hub: String,
+        #[command(flatten)]
+        at: At,
         /// The agent's SPIFFE ID.
         agent: String,
     },
@@ -136,12 +127,8 @@ enum Command {
 enum TokenCommand {
     /// Create a one-time join token for an agent; prints the token alone.
     Create {
-        /// An administrator's identity directory.
-        #[arg(long)]
-        identity: PathBuf,
-        /// The hub's address.
-        #[arg(long)]
-        hub: String,
+        #[command(flatten)]
+        at: At,
         /// The agent, as SEGMENT/NAME.
         #[arg(long)]
         agent: String,
@@ -182,12 +169,9 @@ fn main() -> ExitCode {
             listen,
             trust_domain,
         }) => commands::hub::start(&data, listen, trust_domain.as_deref(), cli.json),
-        Command::Token(TokenCommand::Create {
-            identity,
-            hub,
-            agent,
-            ttl,
-        }) => commands::agent::token_create(&identity, &hub, &agent, ttl.as_deref(), cli.json),
+        Command::Token(TokenCommand::Create { at, agent, ttl }) => {
+            commands::agent::token_create(&at.identity, &at.hub, &agent, ttl.as_deref(), cli.json)
+        }
         Command::Enroll {
             hub,
             ca,
@@ -195,43 +179,35 @@ fn main() -> ExitCode {
             out,
         } => commands::agent::enroll(&hub, &ca, &token, &out, cli.json),
         Command::Send {
-            identity,
-            hub,
+            at,
             channel,
             message,
-        } => commands::agent::send(&identity, &hub, &channel, &message, cli.json),
-        Command::Listen {
-            identity,
-            hub,
-            channel,
-            count,
-        } => commands::agent::listen(&identity, &hub, &channel, count, cli.json),
+        } => commands::agent::send(&at.identity, &at.hub, &channel, &message, cli.json),
+        Command::Listen { at, channel, count } => {
+            commands::agent::listen(&at.identity, &at.hub, &channel, count, cli.json)
+        }
         Command::Request {
-            identity,
-            hub,
+            at,
             target,
             message,
             timeout,
         } => commands::rpc::request(
-            &identity,
-            &hub,
+            &at.identity,
+            &at.hub,
             &target,
             &message,
             timeout.as_deref(),
             cli.json,
         ),
         Command::Serve {
-            identity,
-            hub,
+            at,
             channel,
             exec,
             count,
-        } => commands::rpc::serve(&identity, &hub, &channel, &exec, count, cli.json),
-        Command::Revoke {
-            identity,
-            hub,
-            agent,
-        } => commands::agent::revoke(&identity, &hub, &agent, cli.json),
+        } => commands::rpc::serve(&at.identity, &at.hub, &channel, &exec, count, cli.json),
+        Command::Revoke { at, agent } => {
+            commands::agent::revoke(&at.identity, &at.hub, &agent, cli.json)
+        }
     };
     match result {
         Ok(code) => code,

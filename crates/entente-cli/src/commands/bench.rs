@@ -16,18 +16,15 @@
 
 use std::{
     process::ExitCode,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-use entente_ca::TrustBundle;
 use entente_client::{Client, ClientOptions, ErrorKind, Subscription};
-use entente_hub::Hub;
-use entente_types::{AgentId, TrustDomain};
 use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 
-use crate::data::DataDir;
+use crate::commands::scratch::ScratchHub;
 
 const TRUST_DOMAIN: &str = "bench.entente.local";
 const CHANNEL: &str = "demo.bench";
@@ -121,21 +118,12 @@ pub(crate) fn run(messages: u64, payload: usize, rate: u64, json: bool) -> Resul
 }
 
 async fn bench(messages: u64, payload: usize, rate: u64) -> Result<Report> {
-    let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let hub_dir = dir.path().join("hub");
-    let listen = "127.0.0.1:0".parse().ok();
-    let data = DataDir::open_or_init(&hub_dir, listen, Some(TRUST_DOMAIN), SystemTime::now())?;
-    let hub = Hub::start(data.hub_config()?, data.ca.clone(), data.store.clone())
-        .await
-        .context("starting the hub")?;
-    let addr = hub.local_addr();
-    let td = TrustDomain::new(TRUST_DOMAIN)?;
-    let trust = TrustBundle::from_pem(&std::fs::read_to_string(hub_dir.join("ca.pem"))?)?;
+    let scratch = ScratchHub::start(TRUST_DOMAIN).await?;
+    let addr = scratch.addr();
     let mut clients = Vec::new();
     for name in ["publisher", "subscriber"] {
-        let agent = AgentId::new(&td, "demo", name)?;
-        let token = hub.create_token(agent, Duration::from_secs(600)).await?;
-        let identity = entente_client::enroll(addr, &trust, token.as_str()).await?;
+        let (_, token) = scratch.token("demo", name).await?;
+        let identity = entente_client::enroll(addr, &scratch.trust, token.as_str()).await?;
         clients.push(Client::connect(identity, addr, ClientOptions::default()).await?);
     }
     let (Some(publisher), Some(subscriber)) = (clients.first(), clients.get(1)) else {
@@ -195,11 +183,11 @@ async fn bench(messages: u64, payload: usize, rate: u64) -> Result<Report> {
     let elapsed = start.elapsed();
     let (acked, ack_errors) = acker.await.context("the ack task failed")?;
     let publisher_stats = publisher.stats();
-    let hub_stats = hub.stats();
+    let hub_stats = scratch.hub.stats();
     for client in &clients {
         client.close().await;
     }
-    hub.shutdown().await;
+    scratch.shutdown().await;
 
     let mut latencies = received.latencies_ns;
     latencies.sort_unstable();

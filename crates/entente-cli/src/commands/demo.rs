@@ -14,19 +14,18 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use entente_ca::{Ca, CaOptions, TrustBundle};
+use entente_ca::{Ca, CaOptions};
 use entente_client::{
     Client, ClientOptions, ErrorKind, Identity, Message, RefusalCode, Subscription, danger,
 };
 use entente_crypto::{KeyBundleBody, Sealer, SealerOptions, VerifiedKeyBundle};
-use entente_hub::Hub;
 use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock};
-use entente_types::{AgentId, Principal, TrustDomain};
+use entente_types::{Principal, TrustDomain};
 use entente_wire as wire;
 use futures_util::StreamExt as _;
 use zeroize::Zeroizing;
 
-use crate::data::DataDir;
+use crate::commands::scratch::ScratchHub;
 
 /// How long the demo waits for anything the hub should do at once.
 const PATIENCE: Duration = Duration::from_secs(5);
@@ -43,16 +42,10 @@ pub(crate) fn run(json: bool) -> Result<ExitCode> {
 }
 
 async fn scenario(story: &mut Story) -> Result<()> {
-    let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let hub_dir = dir.path().join("hub");
-
     story.step("An operator starts a hub on a fresh data directory.");
-    let listen = "127.0.0.1:0".parse().ok();
-    let data = DataDir::open_or_init(&hub_dir, listen, Some(TRUST_DOMAIN), SystemTime::now())?;
-    let hub = Hub::start(data.hub_config()?, data.ca.clone(), data.store.clone())
-        .await
-        .context("starting the hub")?;
-    let addr = hub.local_addr();
+    let scratch = ScratchHub::start(TRUST_DOMAIN).await?;
+    let (hub, data, trust) = (&scratch.hub, &scratch.data, &scratch.trust);
+    let addr = scratch.addr();
     let td = TrustDomain::new(TRUST_DOMAIN)?;
     story.check(
         "hub",
@@ -67,16 +60,11 @@ async fn scenario(story: &mut Story) -> Result<()> {
         "The operator hands out one-time join tokens; alice and bob (segment `demo`) and eve \
          (segment `ops`) enroll over the network with the hub's trust bundle.",
     );
-    // What an agent receives out of band: the trust bundle file.
-    let trust = TrustBundle::from_pem(&std::fs::read_to_string(hub_dir.join("ca.pem"))?)?;
-    let agents = dir.path().join("agents");
+    let agents = scratch.dir().join("agents");
     let mut alice_token = String::new();
     for (segment, name) in [("demo", "alice"), ("demo", "bob"), ("ops", "eve")] {
-        let agent = AgentId::new(&td, segment, name)?;
-        let token = hub
-            .create_token(agent.clone(), Duration::from_secs(600))
-            .await?;
-        let identity = entente_client::enroll(addr, &trust, token.as_str()).await?;
+        let (agent, token) = scratch.token(segment, name).await?;
+        let identity = entente_client::enroll(addr, trust, token.as_str()).await?;
         identity.save(&agents.join(name))?;
         story.check(
             "enrolled",
@@ -90,7 +78,7 @@ async fn scenario(story: &mut Story) -> Result<()> {
             alice_token = token.as_str().to_owned();
         }
     }
-    let reuse = entente_client::enroll(addr, &trust, &alice_token).await;
+    let reuse = entente_client::enroll(addr, trust, &alice_token).await;
     story.check(
         "token_reuse",
         reuse.is_err(),
@@ -175,7 +163,7 @@ async fn scenario(story: &mut Story) -> Result<()> {
             text(&second)
         ),
     );
-    let on_disk = scan_for(&hub_dir, &secret)?;
+    let on_disk = scan_for(&data.root, &secret)?;
     story.check(
         "no_plaintext",
         on_disk.is_empty(),
@@ -316,7 +304,7 @@ async fn scenario(story: &mut Story) -> Result<()> {
     );
 
     story.step("Key bundles are trusted for their CA signature, not for whoever serves them.");
-    let fake = rogue_bundle(dir.path(), &td, alice_identity.key_bundle())?;
+    let fake = rogue_bundle(scratch.dir(), &td, alice_identity.key_bundle())?;
     let verdict = bob.trust_key_bundle(fake).err();
     story.check(
         "foreign_bundle",
@@ -389,7 +377,7 @@ async fn scenario(story: &mut Story) -> Result<()> {
     for client in [&alice, &bob, &eve] {
         client.close().await;
     }
-    hub.shutdown().await;
+    scratch.shutdown().await;
     Ok(())
 }
 

@@ -3,3 +3,4 @@ pub(crate) mod bench;
 pub(crate) mod demo;
 pub(crate) mod hub;
 pub(crate) mod rpc;
+pub(crate) mod scratch;

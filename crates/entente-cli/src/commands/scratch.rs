@@ -1,0 +1,68 @@
+//! A hub on a fresh temporary data directory and a loopback port: what `demo` and `bench` run
+//! on. The directory, with everything the hub wrote, is deleted when the [`ScratchHub`] drops.
+
+use std::{net::SocketAddr, path::Path, time::Duration, time::SystemTime};
+
+use anyhow::{Context as _, Result};
+use entente_ca::{JoinToken, TrustBundle};
+use entente_hub::{Hub, HubHandle};
+use entente_types::{AgentId, TrustDomain};
+
+use crate::data::DataDir;
+
+/// How long the join tokens of a scratch hub live.
+const TOKEN_TTL: Duration = Duration::from_secs(600);
+
+pub(crate) struct ScratchHub {
+    /// The running hub.
+    pub(crate) hub: HubHandle,
+    /// Its data directory.
+    pub(crate) data: DataDir,
+    /// What an agent receives out of band: the trust bundle, read from the hub's `ca.pem`.
+    pub(crate) trust: TrustBundle,
+    trust_domain: TrustDomain,
+    dir: tempfile::TempDir,
+}
+
+impl ScratchHub {
+    /// Initializes a data directory for `trust_domain` and starts a hub on `127.0.0.1:0`.
+    pub(crate) async fn start(trust_domain: &str) -> Result<Self> {
+        let dir = tempfile::tempdir().context("creating a temporary directory")?;
+        let hub_dir = dir.path().join("hub");
+        let listen = "127.0.0.1:0".parse().ok();
+        let data = DataDir::open_or_init(&hub_dir, listen, Some(trust_domain), SystemTime::now())?;
+        let hub = Hub::start(data.hub_config()?, data.ca.clone(), data.store.clone())
+            .await
+            .context("starting the hub")?;
+        let trust = TrustBundle::from_pem(
+            &std::fs::read_to_string(hub_dir.join("ca.pem")).context("reading ca.pem")?,
+        )?;
+        Ok(Self {
+            hub,
+            data,
+            trust,
+            trust_domain: TrustDomain::new(trust_domain)?,
+            dir,
+        })
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.hub.local_addr()
+    }
+
+    /// The temporary directory: the hub's data is in `hub/` below it, the rest is free.
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A one-time join token for the agent `segment/name`.
+    pub(crate) async fn token(&self, segment: &str, name: &str) -> Result<(AgentId, JoinToken)> {
+        let agent = AgentId::new(&self.trust_domain, segment, name)?;
+        let token = self.hub.create_token(agent.clone(), TOKEN_TTL).await?;
+        Ok((agent, token))
+    }
+
+    pub(crate) async fn shutdown(self) {
+        self.hub.shutdown().await;
+    }
+}
