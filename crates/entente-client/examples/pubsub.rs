@@ -1,135 +1,71 @@
-//! Two agents exchange sealed messages through a hub.
+//! Publish and subscribe between two enrolled agents.
 //!
-//! To run on its own, the example starts a throwaway hub in-process (a new CA in a temporary
-//! directory) and makes both identities on the spot. A real agent loads the identity that
-//! `entente enroll` wrote, and dials a running hub:
+//! Start a hub and enroll `demo/alice` and `demo/bob` as the README's quickstart shows, then:
 //!
-//! ```text
-//! let identity = Identity::load(Path::new("alice"), SystemTime::now())?;
-//! let client = Client::connect(identity, "hub.example.org:7443", ClientOptions::new()).await?;
+//! ```sh
+//! cargo run -p entente-client --example pubsub -- 127.0.0.1:7443 ./alice ./bob
 //! ```
 //!
-//! Run it with `cargo run -p entente-client --example pubsub`.
+//! Bob subscribes to `demo.examples.>`; Alice publishes three messages there, sealed for the
+//! subscribers the hub's directory names (each key bundle verified against Alice's trust
+//! bundle). Bob's SDK verifies Alice's batch signature and opens each message; anything that
+//! does not verify arrives as an error item, never silently dropped.
 
-use std::error::Error;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{path::Path, time::Duration, time::SystemTime};
 
-use entente_ca::{Ca, CaOptions};
 use entente_client::{Client, ClientOptions, Identity};
-use entente_crypto::{KeyBundleBody, MessageKeys};
-use entente_hub::{AllowList, AllowRule, Hub, HubConfig, Who};
-use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock};
-use entente_store::{EmbeddedStore, Store};
-use entente_types::{AgentId, ChannelPattern, Principal, TrustDomain};
-use tokio_stream::StreamExt;
-use zeroize::Zeroizing;
+use futures_util::StreamExt as _;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn Error>> {
-    // --- a throwaway hub: CA, registry, allow list (segment `shop` may use `orders.>`) ---
-    let dir = tempfile::tempdir()?;
-    let keystore = LocalKeyStore::create(
-        &dir.path().join("keystore"),
-        &Unlock::passphrase("example"),
-        // Weak key derivation keeps the example quick; never do this with real keys.
-        Argon2Params::danger_fast_for_tests(),
-    )?;
-    let td = TrustDomain::new("example.org")?;
-    let ca = Arc::new(Ca::init(
-        Arc::new(keystore),
-        &td,
-        CaOptions::default(),
-        SystemTime::now(),
-    )?);
-    let store = Arc::new(EmbeddedStore::open(dir.path().join("registry.redb"))?);
-    let orders = ChannelPattern::parse("orders.>")?;
-    let config = HubConfig {
-        allow: AllowList::new().with(AllowRule {
-            who: Who::Segment("shop".into()),
-            publish: vec![orders.clone()],
-            subscribe: vec![orders],
-        }),
-        ..HubConfig::default()
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [hub, alice_dir, bob_dir] = args.as_slice() else {
+        return Err("usage: pubsub HUB_ADDR ALICE_IDENTITY_DIR BOB_IDENTITY_DIR".into());
     };
-    let hub = Hub::start(config, ca.clone(), store.clone()).await?;
-    println!("hub listening on {}", hub.local_addr());
+    let now = SystemTime::now();
+    let alice = Client::connect(
+        Identity::load(Path::new(alice_dir), now)?,
+        hub.as_str(),
+        ClientOptions::new(),
+    )
+    .await?;
+    let bob = Client::connect(
+        Identity::load(Path::new(bob_dir), now)?,
+        hub.as_str(),
+        ClientOptions::new(),
+    )
+    .await?;
 
-    // --- two agents ---
-    let alice = enroll(&ca, &store, &td, "alice").await?;
-    let bob = enroll(&ca, &store, &td, "bob").await?;
-    let alice = Client::connect(alice, hub.local_addr(), ClientOptions::new()).await?;
-    let bob = Client::connect(bob, hub.local_addr(), ClientOptions::new()).await?;
+    // Subscribing is acknowledged by the hub before `subscribe` returns, so what Alice
+    // publishes next reaches Bob.
+    let mut inbox = bob.subscribe("demo.examples.>").await?;
 
-    // Alice listens; Bob publishes to every member of the channel (from the hub's directory,
-    // each key bundle verified against the CA). The hub routes what it cannot read.
-    let mut inbox = alice.subscribe("orders.*").await?;
-    for order in ["two espressos", "one croissant", "the bill, please"] {
-        bob.publish("orders.eu", order).await?;
+    for (channel, text) in [
+        ("demo.examples.greetings", "hello bob"),
+        ("demo.examples.orders", "two espressos"),
+        ("demo.examples.orders", "and a croissant"),
+    ] {
+        // Sealed for the channel's subscribers, signed, and acknowledged by the hub.
+        alice.publish(channel, text).await?;
     }
+
     for _ in 0..3 {
-        match tokio::time::timeout(Duration::from_secs(10), inbox.next()).await? {
-            Some(Ok(m)) => println!(
-                "{} got from {} on {}: {}",
-                alice.principal(),
-                m.sender,
-                m.channel,
-                String::from_utf8_lossy(&m.payload)
-            ),
-            Some(Err(e)) => println!("refused: {e}"),
-            None => break,
-        }
+        let item = tokio::time::timeout(Duration::from_secs(10), inbox.next())
+            .await
+            .map_err(|_| "no message within 10 s")?
+            .ok_or("the subscription ended")?;
+        let message = item?;
+        println!(
+            "{} on {}: {}",
+            message.sender,
+            message.channel,
+            String::from_utf8_lossy(&message.payload)
+        );
     }
 
-    // Not on the allow list: the hub refuses, with its code.
-    if let Err(e) = bob.publish_to("payments.eu", "refund", &[]).await {
-        println!("as expected: {e} (code {:?})", e.refusal_code());
-    }
-
-    println!("bob: {:?}", bob.stats());
-    println!("alice: {:?}", alice.stats());
     alice.close().await;
     bob.close().await;
-    hub.shutdown().await;
     Ok(())
-}
-
-/// What enrollment produces, made in-process: an X509-SVID for a fresh TLS key, fresh message
-/// keys and their CA-signed key bundle (registered with the hub, as enrollment does).
-async fn enroll(
-    ca: &Ca,
-    store: &EmbeddedStore,
-    td: &TrustDomain,
-    name: &str,
-) -> Result<Identity, Box<dyn Error>> {
-    let principal = Principal::from(AgentId::new(td, "shop", name)?);
-    let tls_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let csr = rcgen::CertificateParams::default().serialize_request(&tls_key)?;
-    let svid = ca.issue_svid(csr.der(), &principal, SystemTime::now())?;
-    let keys = MessageKeys::generate()?;
-    let now = u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis())?;
-    let bundle = ca.sign_key_bundle(KeyBundleBody {
-        principal: principal.clone(),
-        ed25519_public: keys.ed25519_public(),
-        x25519_public: keys.x25519_public(),
-        epoch: 1,
-        not_before_ms: now.saturating_sub(60_000),
-        not_after_ms: now + 3_600_000,
-    })?;
-    store
-        .put_key_bundle(
-            principal.as_str(),
-            bundle.epoch,
-            &entente_wire::encode(&bundle),
-        )
-        .await?;
-    Ok(Identity::new(
-        principal,
-        svid.chain_der,
-        Zeroizing::new(tls_key.serialize_der()),
-        keys,
-        bundle,
-        ca.trust_bundle().clone(),
-        SystemTime::now(),
-    )?)
 }
