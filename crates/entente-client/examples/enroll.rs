@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use entente_ca::TrustBundle;
+use entente_client::TrustBundle;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 

@@ -9,6 +9,9 @@
 //!   is opened by the subscription's [`Inbox`] (after fetching missing key bundles) and its
 //!   messages and rejections are handed to the subscription.
 //!
+//! A third task, unless [`ClientOptions::renew`] turned it off, renews the certificate over
+//! the connection at half-life ([`crate::renew`]).
+//!
 //! When the session ends — the hub closes it (revocation, expiry, shutdown), the connection
 //! drops, [`Client::close`] is called, or every handle and subscription is dropped — everything
 //! waiting fails with [`ErrorKind::Closed`], and every subscription gets that error as its last
@@ -38,6 +41,7 @@ use tonic::Streaming;
 use crate::bundles::KeyBundleCache;
 use crate::inbox::Inbox;
 use crate::outbox::{Outbox, OutboxOptions, Outgoing, Recipients, Sealed};
+use crate::renew::{self, Credential};
 use crate::stats::{self, ClientStats, Stats};
 use crate::transport::{Transport, status_text};
 use crate::{ClientOptions, Error, ErrorKind, Identity, Message, Requests, Subscription};
@@ -110,10 +114,13 @@ struct Inner {
     replies: tokio::sync::Mutex<bool>,
 }
 
-/// What the handles and both tasks share.
+/// What the handles and the tasks share.
 #[derive(Debug)]
 struct Shared {
-    identity: Identity,
+    /// The identity connected with. Its principal, message keys, key bundle and trust bundle
+    /// never change; the certificate in use is `credential`'s.
+    identity: Arc<Identity>,
+    credential: Credential,
     options: ClientOptions,
     bundles: KeyBundleCache,
     stats: Stats,
@@ -228,7 +235,9 @@ impl Client {
             }
         };
         let (commands, commands_rx) = mpsc::channel(options.publish_queue);
+        let identity = Arc::new(identity);
         let shared = Arc::new(Shared {
+            credential: Credential::new(identity.clone()),
             identity,
             options,
             bundles,
@@ -240,6 +249,21 @@ impl Client {
         });
         tokio::spawn(write(shared.clone(), commands_rx, outbound));
         tokio::spawn(read(shared.clone(), transport.clone(), stream, driver));
+        if shared.options.renew {
+            let (shared, transport) = (shared.clone(), transport.clone());
+            tokio::spawn(async move {
+                let shutdown = shared.shutdown.subscribe();
+                let timeout = shared.options.request_timeout;
+                renew::run(
+                    &shared.credential,
+                    &shared.stats,
+                    &transport,
+                    timeout,
+                    shutdown,
+                )
+                .await;
+            });
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 shared,
@@ -254,6 +278,53 @@ impl Client {
     /// Who this client is.
     pub fn principal(&self) -> &Principal {
         self.inner.shared.identity.principal()
+    }
+
+    /// The credentials in use: the identity connected with, or — once the client renewed its
+    /// certificate ([`ClientOptions::renew`]) — the same identity with the latest certificate
+    /// and TLS key. Connect again with this, not the original, which expires sooner.
+    ///
+    /// ```no_run
+    /// # async fn run(client: entente_client::Client) -> Result<(), entente_client::Error> {
+    /// use entente_client::{Client, ClientOptions};
+    ///
+    /// client.close().await;
+    /// let identity = client.identity();
+    /// let again = Client::connect(identity, "127.0.0.1:7443", ClientOptions::new()).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn identity(&self) -> Identity {
+        Identity::clone(&self.inner.shared.credential.current())
+    }
+
+    /// When the certificate in use expires. With renewal on, this moves later at each
+    /// renewal; the hub closes the session (`UNAUTHENTICATED`) once it has passed.
+    ///
+    /// ```no_run
+    /// # fn run(client: entente_client::Client) {
+    /// use std::time::SystemTime;
+    ///
+    /// let left = client.certificate_not_after().duration_since(SystemTime::now());
+    /// println!("the certificate is valid for another {left:?}");
+    /// let stats = client.stats();
+    /// println!("{} renewals, {} failed", stats.renewals, stats.renewal_failures);
+    /// if let Some(e) = client.renewal_error() {
+    ///     eprintln!("the last renewal failed: {e}");
+    /// }
+    /// # }
+    /// ```
+    pub fn certificate_not_after(&self) -> SystemTime {
+        self.inner.shared.credential.current().not_after()
+    }
+
+    /// Why the latest renewal of the certificate failed (the hub refused it or did not
+    /// answer, its certificate did not check out, or it could not be written to the identity
+    /// directory); `None` when none failed since the last one that succeeded. Failures are
+    /// retried with backoff until the certificate expires, and counted in
+    /// [`ClientStats::renewal_failures`].
+    pub fn renewal_error(&self) -> Option<Error> {
+        self.inner.shared.credential.failure()
     }
 
     /// Subscribes to `pattern` (a channel, or a pattern with `*` for one token and a final `>`
@@ -432,10 +503,12 @@ impl Client {
         if let Some(bundle) = shared.bundles.latest(principal, now_ms()) {
             return Ok(bundle);
         }
-        Err(failures
-            .get(principal.as_str())
-            .map(Error::duplicate)
-            .unwrap_or_else(|| no_bundle(principal, None)))
+        Err(shared.after_end(
+            failures
+                .get(principal.as_str())
+                .map(Error::duplicate)
+                .unwrap_or_else(|| no_bundle(principal, None)),
+        ))
     }
 
     /// Asks the hub for a one-time join token for `agent` (administrators only). `ttl` of
@@ -463,7 +536,8 @@ impl Client {
                 self.inner.shared.options.request_timeout,
                 "creating a join token",
             )
-            .await?;
+            .await
+            .map_err(|e| self.inner.shared.after_end(e))?;
         Ok((response.token, response.expires_at_ms))
     }
 
@@ -486,7 +560,8 @@ impl Client {
                 self.inner.shared.options.request_timeout,
                 "revoking",
             )
-            .await?;
+            .await
+            .map_err(|e| self.inner.shared.after_end(e))?;
         Ok(response.closed_connections)
     }
 
@@ -635,7 +710,8 @@ impl Client {
                 },
                 shared.options.request_timeout,
             )
-            .await?;
+            .await
+            .map_err(|e| shared.after_end(e))?;
         let now = now_ms();
         let bundles = response
             .bundles
@@ -965,6 +1041,40 @@ impl Shared {
         })
     }
 
+    /// `reason` for the session's end, saying so when the certificate expired: the hub
+    /// closes the session with `UNAUTHENTICATED` then, but the connection may drop before the
+    /// status arrives.
+    fn with_expiry(&self, reason: String, code: Option<tonic::Code>) -> String {
+        let unauthenticated = code == Some(tonic::Code::Unauthenticated);
+        if !unauthenticated && SystemTime::now() < self.credential.current().not_after() {
+            return reason;
+        }
+        let why = if !self.options.renew {
+            "renewal is off".to_owned()
+        } else {
+            match self.credential.failure() {
+                Some(e) => format!("the last renewal failed: {e}"),
+                None => "it was not renewed in time".to_owned(),
+            }
+        };
+        let status = if unauthenticated {
+            ""
+        } else {
+            "UNAUTHENTICATED: "
+        };
+        format!("{reason} ({status}the client's certificate expired; {why})")
+    }
+
+    /// `error` from the connection, or — when it failed because the session is over — the
+    /// session's end, which says why.
+    fn after_end(&self, error: Error) -> Error {
+        if error.kind() == ErrorKind::Closed && self.lock().closed.is_some() {
+            self.closed_error()
+        } else {
+            error
+        }
+    }
+
     fn closed_error(&self) -> Error {
         let reason = self.lock().closed.clone();
         Error::new(
@@ -1270,13 +1380,16 @@ async fn read(
                     () = handle(&shared, &transport, frame) => {}
                 }
             }
-            Ok(None) => break End::Hub("the hub ended the session".to_owned()),
+            Ok(None) => {
+                let reason = shared.with_expiry("the hub ended the session".to_owned(), None);
+                break End::Hub(reason);
+            }
             Err(status) => {
                 let mut reason = format!("the hub closed the session: {}", status_text(&status));
                 if let Some(tls) = transport.tls_alert() {
                     reason.push_str(&format!(" ({tls})"));
                 }
-                break End::Hub(reason);
+                break End::Hub(shared.with_expiry(reason, Some(status.code())));
             }
         }
     };

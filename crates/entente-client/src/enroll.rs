@@ -39,16 +39,12 @@ pub async fn enroll(
     trust: &TrustBundle,
     token: &str,
 ) -> Result<Identity, Error> {
-    let tls_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| Error::new(ErrorKind::Crypto, format!("key generation failed: {e}")))?;
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&tls_key)
-        .map_err(|e| Error::new(ErrorKind::Crypto, format!("csr creation failed: {e}")))?;
+    let tls_key = TlsKeyRequest::generate()?;
     let message_keys = MessageKeys::generate()
         .map_err(|e| Error::new(ErrorKind::Crypto, format!("key generation failed: {e}")))?;
     let request = EnrollRequest {
         token: token.trim().to_owned(),
-        csr: csr.der().to_vec(),
+        csr: tls_key.csr,
         ed25519_public: message_keys.ed25519_public().to_vec(),
         x25519_public: message_keys.x25519_public().to_vec(),
     };
@@ -78,7 +74,7 @@ pub async fn enroll(
     Identity::new(
         principal,
         chain,
-        Zeroizing::new(tls_key.serialize_der()),
+        tls_key.pkcs8,
         message_keys,
         bundle,
         trust.clone(),
@@ -90,4 +86,27 @@ pub async fn enroll(
             format!("the credentials the hub issued do not check out: {e}"),
         )
     })
+}
+
+/// A fresh ECDSA P-256 TLS key and a certificate signing request for it, for enrollment and
+/// renewal. The CSR names nothing: the hub decides the certificate's name.
+pub(crate) struct TlsKeyRequest {
+    /// The CSR, DER.
+    pub(crate) csr: Vec<u8>,
+    /// The private key, PKCS#8 DER.
+    pub(crate) pkcs8: Zeroizing<Vec<u8>>,
+}
+
+impl TlsKeyRequest {
+    pub(crate) fn generate() -> Result<Self, Error> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| Error::new(ErrorKind::Crypto, format!("key generation failed: {e}")))?;
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .map_err(|e| Error::new(ErrorKind::Crypto, format!("csr creation failed: {e}")))?;
+        Ok(Self {
+            csr: csr.der().to_vec(),
+            pkcs8: Zeroizing::new(key.serialize_der()),
+        })
+    }
 }

@@ -37,6 +37,9 @@ pub enum ErrorKind {
     /// The hub does not offer a service the call needs (it answered `UNIMPLEMENTED`), such as
     /// the directory of key bundles.
     Unsupported,
+    /// A local file could not be written, such as a renewed certificate to the identity
+    /// directory.
+    Io,
 }
 
 /// An SDK error: [`Error::kind`] to match on, a lowercase message, and the cause as `source`.
@@ -64,6 +67,7 @@ impl fmt::Display for ErrorKind {
             Self::Crypto => "crypto",
             Self::InvalidInput => "invalid input",
             Self::Unsupported => "unsupported",
+            Self::Io => "i/o",
         })
     }
 }
@@ -212,6 +216,7 @@ mod tests {
             ErrorKind::Crypto,
             ErrorKind::InvalidInput,
             ErrorKind::Unsupported,
+            ErrorKind::Io,
         ] {
             let text = kind.to_string();
             assert_eq!(text, text.to_lowercase());

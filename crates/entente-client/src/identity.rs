@@ -10,16 +10,24 @@
 //! | `message-keys.bin` | 64 bytes: the Ed25519 seed, then the X25519 secret |
 //! | `key-bundle.pb` | the CA-signed key bundle (protobuf `KeyBundle`) |
 //! | `ca.pem` | the trust bundle: the CA certificates to verify against |
+//! | `tls-key.next.pem` | only while a renewal is being written: the new TLS key |
 //!
-//! The directory is created 0700 and every file 0600; files are replaced atomically, so a crash
-//! during a renewal leaves the old certificate or the new one. Loading checks everything
-//! fits together: the chain verifies against the trust bundle for the recorded principal, the
-//! TLS key is the certificate's key, and the key bundle verifies and carries the message keys.
+//! The directory is created 0700 and every file 0600, and each file is replaced atomically.
+//! The certificate and its TLS key live in two files, so writing a renewed pair takes four
+//! steps: the new key goes to `tls-key.next.pem`, then `chain.pem` is replaced (the moment the
+//! renewal takes effect on disk), then `tls-key.pem`, and `tls-key.next.pem` is removed.
+//! Loading takes `tls-key.next.pem` when it, and not `tls-key.pem`, is the chain's key. A crash
+//! at any step leaves the old certificate with its key or the new one with its key, never a
+//! mix.
+//!
+//! Loading checks everything fits together: the chain verifies against the trust bundle for
+//! the recorded principal, the TLS key is the certificate's key, and the key bundle verifies
+//! and carries the message keys.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use aws_lc_rs::{
@@ -43,6 +51,7 @@ const TLS_KEY: &str = "tls-key.pem";
 const MESSAGE_KEYS: &str = "message-keys.bin";
 const KEY_BUNDLE: &str = "key-bundle.pb";
 const TRUST: &str = "ca.pem";
+const TLS_KEY_NEXT: &str = "tls-key.next.pem";
 
 /// Why an identity could not be made, loaded or saved.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +91,9 @@ pub enum IdentityError {
 }
 
 /// An enrolled principal's credentials.
+///
+/// Cloning copies the credentials (the private keys included, each copy zeroized on drop).
+#[derive(Clone)]
 pub struct Identity {
     principal: Principal,
     chain: Vec<CertificateDer<'static>>,
@@ -89,6 +101,11 @@ pub struct Identity {
     message_keys: Arc<MessageKeys>,
     key_bundle: VerifiedKeyBundle,
     trust: TrustBundle,
+    /// The certificate's validity.
+    not_before: SystemTime,
+    not_after: SystemTime,
+    /// The identity directory renewed certificates are written to.
+    dir: Option<PathBuf>,
 }
 
 impl Identity {
@@ -109,7 +126,7 @@ impl Identity {
                 found: verified.principal().to_string(),
             });
         }
-        check_tls_key(&chain, &tls_key_pkcs8)?;
+        let (not_before, not_after) = check_leaf(&chain, &tls_key_pkcs8)?;
         let key_bundle = KeyBundleIn::from_wire(key_bundle)
             .and_then(|b| b.verify(&trust, unix_ms(now)))
             .map_err(|e| IdentityError::KeyBundle(e.to_string()))?;
@@ -129,10 +146,26 @@ impl Identity {
             message_keys: Arc::new(message_keys),
             key_bundle,
             trust,
+            not_before,
+            not_after,
+            dir: None,
         })
     }
 
-    /// Loads and checks the identity in `dir`.
+    /// Loads and checks the identity in `dir`, and remembers `dir`: a
+    /// [`Client`](crate::Client) connected with this identity writes its renewed certificates
+    /// there (see [`Identity::dir`]).
+    ///
+    /// ```no_run
+    /// use std::{path::Path, time::SystemTime};
+    ///
+    /// # fn run() -> Result<(), entente_client::IdentityError> {
+    /// let identity = entente_client::Identity::load(Path::new("alice"), SystemTime::now())?;
+    /// assert!(identity.dir().is_some_and(|dir| dir.ends_with("alice")));
+    /// println!("{} until {:?}", identity.principal(), identity.not_after());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn load(dir: &Path, now: SystemTime) -> Result<Self, IdentityError> {
         files::check_dir(dir)?;
         let meta: Meta = serde_json::from_slice(&files::read_private(&dir.join(META))?)
@@ -144,13 +177,7 @@ impl Identity {
         let chain = CertificateDer::pem_slice_iter(&files::read_private(&dir.join(CHAIN))?)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| malformed(CHAIN, e))?;
-        let key_pem = Zeroizing::new(files::read_private(&dir.join(TLS_KEY))?);
-        let tls_key = Zeroizing::new(
-            rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(&key_pem)
-                .map_err(|e| malformed(TLS_KEY, e))?
-                .secret_pkcs8_der()
-                .to_vec(),
-        );
+        let tls_key = load_tls_key(dir, &chain)?;
         let secret = Zeroizing::new(files::read_private(&dir.join(MESSAGE_KEYS))?);
         let message_keys =
             MessageKeys::from_secret_bytes(&secret).map_err(|e| malformed(MESSAGE_KEYS, e))?;
@@ -163,7 +190,7 @@ impl Identity {
         let trust = std::str::from_utf8(&trust_pem)
             .map_err(|e| malformed(TRUST, e))
             .and_then(|pem| TrustBundle::from_pem(pem).map_err(|e| malformed(TRUST, e)))?;
-        Self::new(
+        let identity = Self::new(
             principal,
             chain,
             tls_key,
@@ -171,7 +198,10 @@ impl Identity {
             key_bundle,
             trust,
             now,
-        )
+        )?;
+        // Absolute, so that renewals land here whatever the working directory becomes.
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
+        Ok(identity.with_dir(Some(dir)))
     }
 
     /// Writes the identity to `dir` (created 0700 if missing), each file atomically.
@@ -183,12 +213,7 @@ impl Identity {
             principal: self.principal.to_string(),
         })
         .map_err(|e| malformed(META, e))?;
-        files::replace(dir, CHAIN, self.chain_pem().as_bytes(), &rng)?;
-        let key_pem = Zeroizing::new(pem::encode_config(
-            &pem::Pem::new("PRIVATE KEY", self.tls_key.to_vec()),
-            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-        ));
-        files::replace(dir, TLS_KEY, key_pem.as_bytes(), &rng)?;
+        self.write_certificate(dir, &rng)?;
         let secret = self
             .message_keys
             .to_secret_bytes()
@@ -206,7 +231,28 @@ impl Identity {
         Ok(())
     }
 
-    /// Replaces the certificate chain and TLS key after a renewal (checked like [`Identity::new`]).
+    /// Writes the certificate chain and TLS key to the identity directory `dir`, which must
+    /// hold this principal's identity: what a renewal changes, as one step (see the module
+    /// documentation).
+    pub(crate) fn save_certificate(&self, dir: &Path) -> Result<(), IdentityError> {
+        files::check_dir(dir)?;
+        let meta: Meta = serde_json::from_slice(&files::read_private(&dir.join(META))?)
+            .map_err(|e| malformed(META, e))?;
+        if meta.version != IDENTITY_VERSION {
+            return Err(IdentityError::UnsupportedVersion(meta.version));
+        }
+        if meta.principal != self.principal.as_str() {
+            return Err(IdentityError::WrongPrincipal {
+                expected: self.principal.to_string(),
+                found: meta.principal,
+            });
+        }
+        self.write_certificate(dir, &SystemRandom::new())
+    }
+
+    /// Replaces the certificate chain and TLS key after a renewal (checked like
+    /// [`Identity::new`]: the chain verifies against the trust bundle at `now`, names this
+    /// principal, and carries the public key of `tls_key_pkcs8`). The directory is kept.
     pub fn renewed(
         &self,
         chain: Vec<CertificateDer<'static>>,
@@ -228,6 +274,42 @@ impl Identity {
             self.trust.clone(),
             now,
         )
+        .map(|renewed| renewed.with_dir(self.dir.clone()))
+    }
+
+    /// Sets the identity directory a [`Client`](crate::Client) writes renewed certificates to:
+    /// `None` keeps them in memory only. [`Identity::load`] sets the directory it loaded from;
+    /// after [`Identity::save`], set it here to keep that directory current.
+    ///
+    /// ```no_run
+    /// # async fn run(trust: entente_ca::TrustBundle) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::path::Path;
+    ///
+    /// let identity = entente_client::enroll("127.0.0.1:7443", &trust, "ent_…").await?;
+    /// identity.save(Path::new("alice"))?;
+    /// let identity = identity.with_dir(Some(Path::new("alice").to_owned()));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.dir = dir;
+        self
+    }
+
+    /// The identity directory a [`Client`](crate::Client) writes renewed certificates to, if
+    /// any (see [`Identity::with_dir`]).
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// When the certificate became valid.
+    pub fn not_before(&self) -> SystemTime {
+        self.not_before
+    }
+
+    /// When the certificate expires.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
     }
 
     /// Whose identity this is.
@@ -260,6 +342,19 @@ impl Identity {
         &self.trust
     }
 
+    /// Writes the chain and TLS key so that a crash leaves the old pair or the new one.
+    fn write_certificate(&self, dir: &Path, rng: &SystemRandom) -> Result<(), IdentityError> {
+        let key_pem = Zeroizing::new(pem::encode_config(
+            &pem::Pem::new("PRIVATE KEY", self.tls_key.to_vec()),
+            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+        ));
+        files::replace(dir, TLS_KEY_NEXT, key_pem.as_bytes(), rng)?;
+        files::replace(dir, CHAIN, self.chain_pem().as_bytes(), rng)?;
+        files::replace(dir, TLS_KEY, key_pem.as_bytes(), rng)?;
+        files::remove(&dir.join(TLS_KEY_NEXT))?;
+        Ok(())
+    }
+
     fn chain_pem(&self) -> String {
         self.chain
             .iter()
@@ -278,6 +373,8 @@ impl std::fmt::Debug for Identity {
         f.debug_struct("Identity")
             .field("principal", &self.principal)
             .field("key_epoch", &self.key_bundle.epoch())
+            .field("not_after", &self.not_after)
+            .field("dir", &self.dir)
             .finish_non_exhaustive()
     }
 }
@@ -288,7 +385,11 @@ struct Meta {
     principal: String,
 }
 
-fn check_tls_key(chain: &[CertificateDer<'static>], pkcs8: &[u8]) -> Result<(), IdentityError> {
+/// Checks that `pkcs8` is the key of the chain's leaf certificate; returns the leaf's validity.
+fn check_leaf(
+    chain: &[CertificateDer<'static>],
+    pkcs8: &[u8],
+) -> Result<(SystemTime, SystemTime), IdentityError> {
     let leaf = chain
         .first()
         .ok_or_else(|| malformed(CHAIN, "no certificate"))?;
@@ -299,7 +400,43 @@ fn check_tls_key(chain: &[CertificateDer<'static>], pkcs8: &[u8]) -> Result<(), 
     if cert.public_key().subject_public_key.data.as_ref() != key.public_key().as_ref() {
         return Err(IdentityError::KeyMismatch);
     }
-    Ok(())
+    let validity = cert.validity();
+    Ok((
+        unix_time(validity.not_before.timestamp()),
+        unix_time(validity.not_after.timestamp()),
+    ))
+}
+
+/// The TLS key of `chain` in `dir`: `tls-key.pem`, or `tls-key.next.pem` when a renewal was
+/// interrupted after its chain was written. A mismatch is left for [`Identity::new`] to report.
+fn load_tls_key(
+    dir: &Path,
+    chain: &[CertificateDer<'static>],
+) -> Result<Zeroizing<Vec<u8>>, IdentityError> {
+    let key = read_tls_key(dir, TLS_KEY)?;
+    if !matches!(check_leaf(chain, &key), Err(IdentityError::KeyMismatch)) {
+        return Ok(key);
+    }
+    match read_tls_key(dir, TLS_KEY_NEXT) {
+        Ok(next) if check_leaf(chain, &next).is_ok() => Ok(next),
+        _ => Ok(key),
+    }
+}
+
+fn read_tls_key(dir: &Path, file: &'static str) -> Result<Zeroizing<Vec<u8>>, IdentityError> {
+    let pem = Zeroizing::new(files::read_private(&dir.join(file))?);
+    Ok(Zeroizing::new(
+        rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(&pem)
+            .map_err(|e| malformed(file, e))?
+            .secret_pkcs8_der()
+            .to_vec(),
+    ))
+}
+
+/// Certificate times are years 1950 to 9999; earlier counts as the epoch.
+fn unix_time(seconds: i64) -> SystemTime {
+    let since = Duration::from_secs(u64::try_from(seconds).unwrap_or(0));
+    UNIX_EPOCH.checked_add(since).unwrap_or(UNIX_EPOCH)
 }
 
 fn malformed(file: &'static str, reason: impl std::fmt::Display) -> IdentityError {
@@ -312,4 +449,168 @@ fn malformed(file: &'static str, reason: impl std::fmt::Display) -> IdentityErro
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use entente_ca::{Ca, CaOptions};
+    use entente_crypto::KeyBundleBody;
+    use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock};
+    use entente_types::{AgentId, TrustDomain};
+
+    use super::*;
+
+    /// A CA in `tmp`, an identity it issued, and the same identity renewed.
+    fn identity_and_renewal(tmp: &Path) -> (Identity, Identity) {
+        let keystore = LocalKeyStore::create(
+            &tmp.join("keys"),
+            &Unlock::passphrase("pw"),
+            Argon2Params::danger_fast_for_tests(),
+        )
+        .unwrap();
+        let td = TrustDomain::new("acme.internal").unwrap();
+        let now = SystemTime::now();
+        let ca = Ca::init(Arc::new(keystore), &td, CaOptions::default(), now).unwrap();
+        let principal = Principal::from(AgentId::new(&td, "ops", "alice").unwrap());
+        let issue = || {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let csr = rcgen::CertificateParams::default()
+                .serialize_request(&key)
+                .unwrap();
+            let svid = ca.issue_svid(csr.der(), &principal, now).unwrap();
+            (svid.chain_der, Zeroizing::new(key.serialize_der()))
+        };
+        let keys = MessageKeys::generate().unwrap();
+        let ms = unix_ms(now);
+        let bundle = ca
+            .sign_key_bundle(KeyBundleBody {
+                principal: principal.clone(),
+                ed25519_public: keys.ed25519_public(),
+                x25519_public: keys.x25519_public(),
+                epoch: 1,
+                not_before_ms: ms - 60_000,
+                not_after_ms: ms + 3_600_000,
+            })
+            .unwrap();
+        let (chain, key) = issue();
+        let first = Identity::new(
+            principal.clone(),
+            chain,
+            key,
+            keys,
+            bundle,
+            ca.trust_bundle().clone(),
+            now,
+        )
+        .unwrap();
+        let (chain, key) = issue();
+        let renewed = first.renewed(chain, key, now).unwrap();
+        (first, renewed)
+    }
+
+    fn key_pem(identity: &Identity) -> String {
+        pem::encode(&pem::Pem::new("PRIVATE KEY", identity.tls_key.to_vec()))
+    }
+
+    #[test]
+    fn an_interrupted_renewal_leaves_the_old_certificate_or_the_new_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (old, new) = identity_and_renewal(tmp.path());
+        let dir = tmp.path().join("alice");
+        let rng = SystemRandom::new();
+        let loaded_chain = || Identity::load(&dir, SystemTime::now()).unwrap().chain;
+
+        // Interrupted after the new key was staged: the old pair.
+        old.save(&dir).unwrap();
+        files::replace(&dir, TLS_KEY_NEXT, key_pem(&new).as_bytes(), &rng).unwrap();
+        assert_eq!(loaded_chain(), old.chain);
+
+        // After the chain: the new pair, its key from the staged file.
+        files::replace(&dir, CHAIN, new.chain_pem().as_bytes(), &rng).unwrap();
+        assert_eq!(loaded_chain(), new.chain);
+
+        // After the key, before the staged file was removed: the new pair.
+        files::replace(&dir, TLS_KEY, key_pem(&new).as_bytes(), &rng).unwrap();
+        assert_eq!(loaded_chain(), new.chain);
+
+        // A stale staged key (an earlier attempt stopped before its chain) is ignored.
+        old.save(&dir).unwrap();
+        files::replace(&dir, TLS_KEY_NEXT, key_pem(&new).as_bytes(), &rng).unwrap();
+        assert_eq!(loaded_chain(), old.chain);
+
+        // A mismatched pair without a staged key that fits is still refused.
+        files::remove(&dir.join(TLS_KEY_NEXT)).unwrap();
+        files::replace(&dir, CHAIN, new.chain_pem().as_bytes(), &rng).unwrap();
+        assert!(matches!(
+            Identity::load(&dir, SystemTime::now()).unwrap_err(),
+            IdentityError::KeyMismatch
+        ));
+    }
+
+    #[test]
+    fn a_saved_renewal_replaces_the_pair_and_keeps_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (old, new) = identity_and_renewal(tmp.path());
+        let dir = tmp.path().join("alice");
+        old.save(&dir).unwrap();
+        let loaded = Identity::load(&dir, SystemTime::now()).unwrap();
+        assert!(
+            loaded
+                .dir()
+                .is_some_and(|d| d.is_absolute() && d.ends_with("alice"))
+        );
+        let renewed = loaded
+            .renewed(new.chain.clone(), new.tls_key.clone(), SystemTime::now())
+            .unwrap();
+        assert_eq!(renewed.dir(), loaded.dir());
+        renewed.save_certificate(&dir).unwrap();
+        let again = Identity::load(&dir, SystemTime::now()).unwrap();
+        assert_eq!(again.chain, new.chain);
+        assert_eq!(again.tls_key_pkcs8(), new.tls_key_pkcs8());
+        assert_eq!(again.key_bundle(), old.key_bundle());
+        assert!(!dir.join(TLS_KEY_NEXT).exists());
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [TRUST, CHAIN, META, KEY_BUNDLE, MESSAGE_KEYS, TLS_KEY]
+        );
+    }
+
+    #[test]
+    fn a_renewal_is_not_written_over_another_principals_identity() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (old, new) = identity_and_renewal(tmp.path());
+        let dir = tmp.path().join("alice");
+        old.save(&dir).unwrap();
+        files::replace(
+            &dir,
+            META,
+            br#"{"version": 1, "principal": "spiffe://acme.internal/agent/ops/bob"}"#,
+            &SystemRandom::new(),
+        )
+        .unwrap();
+        assert!(matches!(
+            new.save_certificate(&dir).unwrap_err(),
+            IdentityError::WrongPrincipal { .. }
+        ));
+        assert_eq!(
+            files::read_private(&dir.join(CHAIN)).unwrap(),
+            old.chain_pem().into_bytes()
+        );
+    }
+
+    #[test]
+    fn validity_is_the_leaf_certificates() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (old, _) = identity_and_renewal(tmp.path());
+        let lifetime = old.not_after().duration_since(old.not_before()).unwrap();
+        // One hour, backdated one minute.
+        assert_eq!(lifetime, Duration::from_secs(3660));
+    }
 }

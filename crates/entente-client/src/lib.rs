@@ -20,6 +20,11 @@
 //!   and the hub lets only the request's recipient answer, once.
 //! - [`Error`]: one error type with a small [`ErrorKind`] to match on.
 //!
+//! Certificates are short-lived (an hour by default). A connected client renews its own over
+//! the connection at half-life, with a fresh TLS key, and the session stays up; an identity
+//! loaded from a directory gets the renewed certificate written back there
+//! ([`ClientOptions::renew`], [`Client::certificate_not_after`]).
+//!
 //! Key bundles of other principals are verified against the identity's trust bundle, never
 //! taken on the hub's word: pre-fill them with [`Client::trust_key_bundle`], or let the client
 //! fetch them from the hub's directory.
@@ -51,6 +56,7 @@ mod identity;
 mod inbox;
 mod options;
 mod outbox;
+mod renew;
 mod request;
 mod stats;
 mod subscription;
@@ -66,6 +72,7 @@ pub use request::{Request, Requests, Responder};
 pub use stats::ClientStats;
 pub use subscription::Subscription;
 
+pub use entente_ca::TrustBundle;
 pub use entente_crypto::VerifiedKeyBundle;
 pub use entente_hub::RefusalCode;
 pub use entente_types::{Channel, ChannelPattern, MessageId, Principal};

@@ -1,4 +1,4 @@
-//! [`ClientOptions`]: timeouts, batching and queue sizes.
+//! [`ClientOptions`]: timeouts, batching, queue sizes and certificate renewal.
 
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ pub struct ClientOptions {
     pub(crate) message_ttl: Duration,
     pub(crate) directory_ttl: Duration,
     pub(crate) limits: Limits,
+    pub(crate) renew: bool,
 }
 
 impl Default for ClientOptions {
@@ -46,6 +47,7 @@ impl Default for ClientOptions {
             message_ttl: Duration::from_secs(600),
             directory_ttl: Duration::from_secs(30),
             limits: Limits::default(),
+            renew: true,
         }
     }
 }
@@ -133,6 +135,34 @@ impl ClientOptions {
             .batch_max
             .clamp(1, self.limits.max_batch_envelopes.max(1));
         self
+    }
+
+    /// Whether the client renews its certificate by itself. Default on.
+    ///
+    /// When on, a connected client asks the hub for a new certificate over its connection at
+    /// half-life — at the midpoint of the certificate's validity, or after half of what
+    /// remains when that has passed — with a fresh TLS key, checks it against the trust bundle,
+    /// and uses it from then on ([`Client::identity`](crate::Client::identity)); the session
+    /// stays up. An identity loaded from a directory has the renewed certificate and key
+    /// written back there ([`Identity::dir`](crate::Identity::dir)). A failed renewal is
+    /// retried with backoff until the certificate expires, and counted
+    /// ([`ClientStats::renewal_failures`](crate::ClientStats::renewal_failures)).
+    ///
+    /// When off, the hub closes the session once the certificate expires (`UNAUTHENTICATED`).
+    ///
+    /// ```
+    /// let options = entente_client::ClientOptions::new().renew(false);
+    /// assert!(!options.renew_value());
+    /// assert!(entente_client::ClientOptions::new().renew_value());
+    /// ```
+    pub fn renew(mut self, renew: bool) -> Self {
+        self.renew = renew;
+        self
+    }
+
+    /// Whether automatic renewal is on.
+    pub fn renew_value(&self) -> bool {
+        self.renew
     }
 
     /// The batch size in force.

@@ -32,6 +32,14 @@ pub struct ClientStats {
     /// Verified messages in this client's reply namespace that answered no waiting request:
     /// late (after the request timed out) or from a principal other than the request's target.
     pub replies_dropped: u64,
+    /// Certificates renewed over the connection and put in use
+    /// ([`ClientOptions::renew`](crate::ClientOptions::renew)).
+    pub renewals: u64,
+    /// Renewal attempts that failed — the hub refused or did not answer, or its certificate
+    /// did not check out — and renewed certificates that could not be written to the identity
+    /// directory (the renewal itself took effect then).
+    /// [`Client::renewal_error`](crate::Client::renewal_error) says why the latest failed.
+    pub renewal_failures: u64,
 }
 
 #[derive(Debug, Default)]
@@ -47,6 +55,8 @@ pub(crate) struct Stats {
     pub(crate) sender_keys_accepted: AtomicU64,
     pub(crate) sender_keys_rejected: AtomicU64,
     pub(crate) replies_dropped: AtomicU64,
+    pub(crate) renewals: AtomicU64,
+    pub(crate) renewal_failures: AtomicU64,
 }
 
 impl Stats {
@@ -64,6 +74,8 @@ impl Stats {
             sender_keys_accepted: get(&self.sender_keys_accepted),
             sender_keys_rejected: get(&self.sender_keys_rejected),
             replies_dropped: get(&self.replies_dropped),
+            renewals: get(&self.renewals),
+            renewal_failures: get(&self.renewal_failures),
         }
     }
 }
