@@ -1,6 +1,7 @@
 //! The SDK's examples (`crates/entente-client/examples`) run against a real hub, as the README
-//! tells a newcomer to run them. They are built with the workspace's other targets
-//! (`cargo test --workspace --all-targets`); this test runs the binaries.
+//! tells a newcomer to run them. `cargo test --all-targets` builds examples only as test
+//! harnesses, so the test command builds the example binaries first
+//! (`cargo build --workspace --examples`); this test runs them.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -18,7 +18,8 @@ use entente_hub::{
 use entente_types::{HumanId, Principal, TrustDomain};
 use entente_wire::{CreateTokenRequest, CreateTokenResponse, RevokeRequest, RevokeResponse};
 use support::{
-    Agent, Client, Enrollment, TestCa, ack, enroll_raw, eventually, now_ms, probe, start_with_store,
+    Agent, Client, Enrollment, SessionExt, TestCa, ack, enroll_raw, eventually, now_ms, probe,
+    start_with_store,
 };
 use tonic::{Code, Status};
 

@@ -21,8 +21,8 @@ use entente_wire::{
 };
 use rustls_pki_types::CertificateDer;
 use support::{
-    Client, Enrollment, TestCa, ack, config, enroll, enroll_raw, eventually, now_ms, probe,
-    start_with_store,
+    Client, Enrollment, SessionExt, TestCa, ack, config, enroll, enroll_raw, eventually, now_ms,
+    probe, start_with_store,
 };
 use tonic::{Code, Status};
 

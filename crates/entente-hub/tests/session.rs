@@ -1,5 +1,6 @@
-//! Sessions through a real hub on 127.0.0.1:0: sealed pub/sub, refusals, bad frames,
-//! backpressure and live revocation.
+//! Sessions through a real hub on 127.0.0.1:0: sealed pub/sub, own namespaces, backpressure,
+//! live revocation and shutdown. Bad frames, forged senders, replays and the allow list's
+//! refusals are in `entente-testkit`'s `tests/bad_input.rs`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -11,13 +12,14 @@ mod support;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use entente_ca::{Revocations, VerifiedRevocationList};
 use entente_crypto::{SenderKeyIn, SignedBatchIn};
 use entente_hub::{HubConfig, RefusalCode};
 use entente_wire::{Limits, Unsubscribe, client_frame, server_frame};
 use prost::Message;
-use support::{Agent, TestCa, ack, config, eventually, frame, now_ms, probe, refusal, start};
+use support::{
+    Agent, SessionExt, TestCa, ack, config, eventually, frame, now_ms, probe, refusal, start,
+};
 use tonic::Code;
 
 /// Opens what `receiver` got in a `Deliver`, verifying against the sender's bundle.
@@ -82,7 +84,8 @@ async fn two_agents_exchange_a_sealed_message_through_the_hub() {
         .send(frame(client_frame::Kind::Unsubscribe(Unsubscribe {
             subscription_id: 1,
         })))
-        .await;
+        .await
+        .unwrap();
     assert_eq!(alice_session.next_kind().await, ack(1));
     let batch = sealer.seal_batch(&[b"more"], None, now_ms()).unwrap();
     assert_eq!(bob_session.publish(11, vec![], vec![batch]).await, ack(11));
@@ -91,180 +94,6 @@ async fn two_agents_exchange_a_sealed_message_through_the_hub() {
     assert_eq!(stats.connections, 2);
     assert_eq!(stats.delivery_failures, 0);
     hub.shutdown().await;
-}
-
-#[tokio::test]
-async fn a_malformed_frame_ends_that_stream_and_the_hub_keeps_serving() {
-    let ca = TestCa::new();
-    let hub = start(&ca, config()).await;
-    let alice = ca.agent("shop", "alice");
-    let client = alice.connect(&hub).await;
-
-    let mut broken = client.session().await.unwrap();
-    broken
-        .send_raw(Bytes::from_static(&[
-            0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01,
-        ]))
-        .await;
-    let status = broken.status().await;
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-
-    // A wrong wire type for a known field.
-    let mut broken = client.session().await.unwrap();
-    broken.send_raw(Bytes::from_static(&[0x08, 0x01])).await;
-    assert_eq!(broken.status().await.code(), Code::InvalidArgument);
-
-    // The same connection and another one still work.
-    let mut fine = client.session().await.unwrap();
-    assert_eq!(fine.subscribe(1, "orders.eu").await, ack(1));
-    let mut other = ca.agent("shop", "bob").session(&hub).await;
-    assert_eq!(other.subscribe(1, "orders.eu").await, ack(1));
-    assert_eq!(hub.stats().malformed_frames, 2);
-}
-
-#[tokio::test]
-async fn an_unknown_frame_kind_ends_the_stream() {
-    let ca = TestCa::new();
-    let hub = start(&ca, config()).await;
-    let mut session = ca.agent("shop", "alice").session(&hub).await;
-    // Field 9 (unknown), length-delimited, two bytes: decodes to a frame with no kind.
-    session
-        .send_raw(Bytes::from_static(&[0x4a, 0x02, 0x01, 0x02]))
-        .await;
-    assert_eq!(session.status().await.code(), Code::InvalidArgument);
-}
-
-#[tokio::test]
-async fn an_oversized_frame_is_refused_and_the_hub_keeps_serving() {
-    let ca = TestCa::new();
-    let limits = Limits {
-        max_frame_bytes: 64 * 1024,
-        ..Limits::default()
-    };
-    let hub = start(&ca, HubConfig { limits, ..config() }).await;
-    let alice = ca.agent("shop", "alice");
-    let mut session = alice.session(&hub).await;
-    session
-        .send_raw(Bytes::from(vec![0u8; limits.max_frame_bytes + 1]))
-        .await;
-    let status = session.status().await;
-    assert!(
-        matches!(
-            status.code(),
-            Code::OutOfRange | Code::InvalidArgument | Code::ResourceExhausted
-        ),
-        "{status:?}"
-    );
-    let mut again = alice.session(&hub).await;
-    assert_eq!(again.subscribe(1, "orders.eu").await, ack(1));
-}
-
-#[tokio::test]
-async fn an_unknown_method_is_unimplemented() {
-    let ca = TestCa::new();
-    let hub = start(&ca, config()).await;
-    let client = ca.agent("shop", "alice").connect(&hub).await;
-    let err = client
-        .open("/entente.v1.Hub/Nope")
-        .await
-        .err()
-        .expect("no such method");
-    assert_eq!(err.code(), Code::Unimplemented);
-    let mut session = client.session().await.unwrap();
-    assert_eq!(session.subscribe(1, "orders.eu").await, ack(1));
-}
-
-#[tokio::test]
-async fn a_forged_sender_is_refused_and_counted() {
-    let ca = TestCa::new();
-    let hub = start(&ca, config()).await;
-    let alice = ca.agent("shop", "alice");
-    let bob = ca.agent("shop", "bob");
-    let mut watcher = ca.agent("shop", "carol").session(&hub).await;
-    assert_eq!(watcher.subscribe(1, "orders.>").await, ack(1));
-
-    // Mallory holds Alice's connection and relays a batch Bob signed, claiming it as Bob's.
-    let (mut bobs_sealer, bobs_key) = bob.sealer("orders.eu", &[]);
-    let bobs_batch = bobs_sealer
-        .seal_batch(&[b"pay 100"], None, now_ms())
-        .unwrap();
-    let mut session = alice.session(&hub).await;
-    assert_eq!(
-        refusal(session.publish(1, vec![], vec![bobs_batch]).await),
-        (1, RefusalCode::ForgedSender)
-    );
-    // A sender key claiming Bob, too.
-    assert_eq!(
-        refusal(session.publish(2, vec![bobs_key], vec![]).await),
-        (2, RefusalCode::ForgedSender)
-    );
-    assert_eq!(hub.stats().forged_senders, 2);
-
-    // Nothing reached the watcher; its next frame is Alice's honest publish.
-    let (mut sealer, _) = alice.sealer("orders.eu", &[]);
-    let batch = sealer.seal_batch(&[b"hello"], None, now_ms()).unwrap();
-    assert_eq!(session.publish(3, vec![], vec![batch]).await, ack(3));
-    match watcher.next_kind().await {
-        server_frame::Kind::Deliver(d) => assert_eq!(d.batches[0].sender, alice.principal.as_str()),
-        other => panic!("expected a delivery, got {other:?}"),
-    }
-}
-
-#[tokio::test]
-async fn a_replayed_batch_is_refused_and_counted() {
-    let ca = TestCa::new();
-    let hub = start(&ca, config()).await;
-    let alice = ca.agent("shop", "alice");
-    let (mut sealer, _) = alice.sealer("orders.eu", &[]);
-    let batch = sealer.seal_batch(&[b"once"], None, now_ms()).unwrap();
-
-    let mut session = alice.session(&hub).await;
-    assert_eq!(
-        session.publish(1, vec![], vec![batch.clone()]).await,
-        ack(1)
-    );
-    assert_eq!(
-        refusal(session.publish(2, vec![], vec![batch.clone()]).await),
-        (2, RefusalCode::Replay)
-    );
-    // From a second connection of the same agent as well.
-    let mut second = alice.session(&hub).await;
-    assert_eq!(
-        refusal(second.publish(3, vec![], vec![batch]).await),
-        (3, RefusalCode::Replay)
-    );
-    assert_eq!(hub.stats().replays, 2);
-}
-
-#[tokio::test]
-async fn a_subscription_outside_the_allow_list_is_refused() {
-    let ca = TestCa::new();
-    let hub = start(&ca, config()).await;
-    let mut shop = ca.agent("shop", "alice").session(&hub).await;
-    assert_eq!(
-        refusal(shop.subscribe(1, "payroll.>").await),
-        (1, RefusalCode::Denied)
-    );
-    assert_eq!(
-        refusal(shop.subscribe(2, ">").await),
-        (2, RefusalCode::Denied)
-    );
-    // Cross-segment: the shop rule does not grant the lab segment.
-    let mut lab = ca.agent("lab", "eve").session(&hub).await;
-    assert_eq!(
-        refusal(lab.subscribe(3, "orders.eu").await),
-        (3, RefusalCode::Denied)
-    );
-    // Publishing outside the list is refused too.
-    let eve = ca.agent("lab", "eve2");
-    let (mut sealer, _) = eve.sealer("orders.eu", &[]);
-    let batch = sealer.seal_batch(&[b"x"], None, now_ms()).unwrap();
-    let mut session = eve.session(&hub).await;
-    assert_eq!(
-        refusal(session.publish(4, vec![], vec![batch]).await),
-        (4, RefusalCode::Denied)
-    );
-    assert_eq!(hub.stats().denials, 4);
 }
 
 #[tokio::test]

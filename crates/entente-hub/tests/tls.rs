@@ -1,4 +1,6 @@
-//! The handshake: who gets in and who is refused, against a real hub on 127.0.0.1:0.
+//! The handshake: who gets in and who is refused, against a real hub on 127.0.0.1:0. The
+//! refusals every hub must make (no certificate, another CA's, expired, revoked, TLS 1.2) are
+//! in `entente-testkit`'s `tests/bad_input.rs`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -8,12 +10,10 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use entente_hub::client_tls::{self, HubServerVerifier};
+use entente_hub::client_tls::HubServerVerifier;
 use entente_hub::{HUB_NAME, HUB_SEGMENT};
-use rustls::ClientConfig;
 use rustls::client::danger::ServerCertVerifier;
 use rustls_pki_types::{ServerName, UnixTime};
 use support::{TD, TestCa, config, eventually, probe, start};
@@ -37,93 +37,6 @@ async fn an_agent_with_a_valid_svid_gets_in() {
     eventually("the connection is registered", || hub.connections() == 1).await;
     assert_eq!(hub.stats().connections, 1);
     hub.shutdown().await;
-}
-
-#[tokio::test]
-async fn no_client_certificate_is_refused_at_the_handshake() {
-    let ca = TestCa::new();
-    let hub = start(&ca, config()).await;
-    // A TLS 1.3 client that trusts the hub but has no certificate, dialing the main name.
-    let config = client_tls::enroll_client_config(ca.trust()).unwrap();
-    let err = probe(hub.local_addr(), config, &hub_name())
-        .await
-        .unwrap_err();
-    assert!(err.contains("CertificateRequired"), "{err}");
-    eventually("the failure is counted", || {
-        hub.stats().handshakes_failed == 1
-    })
-    .await;
-    assert_eq!(hub.stats().connections, 0);
-}
-
-#[tokio::test]
-async fn a_certificate_from_another_ca_is_refused() {
-    let ca = TestCa::new();
-    let other = TestCa::new(); // same trust domain, different keys
-    let hub = start(&ca, config()).await;
-    let mallory = other.agent("shop", "alice");
-    // Mallory trusts our hub (so the client side is not what fails) but shows a foreign SVID.
-    let config = client_tls::client_config(ca.trust(), mallory.chain(), mallory.key()).unwrap();
-    let err = probe(hub.local_addr(), config, &hub_name())
-        .await
-        .unwrap_err();
-    assert!(
-        err.contains("UnknownCA") || err.contains("BadCertificate"),
-        "{err}"
-    );
-    eventually("the failure is counted", || {
-        hub.stats().handshakes_failed == 1
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn an_expired_certificate_is_refused() {
-    let ca = TestCa::new();
-    let hub = start(&ca, config()).await;
-    // Issued three hours ago with the default one-hour TTL.
-    let old = ca.agent_issued_at(
-        "shop",
-        "alice",
-        SystemTime::now() - Duration::from_secs(3 * 3600),
-    );
-    assert!(old.svid.not_after < SystemTime::now());
-    let err = probe(hub.local_addr(), old.client_config(ca.trust()), &hub_name())
-        .await
-        .unwrap_err();
-    assert!(err.contains("CertificateExpired"), "{err}");
-    eventually("the failure is counted", || {
-        hub.stats().handshakes_failed == 1
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn a_tls12_only_client_is_refused() {
-    let ca = TestCa::new();
-    let hub = start(&ca, config()).await;
-    let alice = ca.agent("shop", "alice");
-    let verifier = HubServerVerifier::new(ca.trust().clone()).unwrap();
-    let config = ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS12])
-    .unwrap()
-    .dangerous()
-    .with_custom_certificate_verifier(Arc::new(verifier))
-    .with_client_auth_cert(alice.chain(), alice.key())
-    .unwrap();
-    let err = probe(hub.local_addr(), config, &hub_name())
-        .await
-        .unwrap_err();
-    assert!(
-        err.contains("handshake") && err.contains("ProtocolVersion"),
-        "{err}"
-    );
-    eventually("the failure is counted", || {
-        hub.stats().handshakes_failed == 1
-    })
-    .await;
 }
 
 #[tokio::test]
@@ -172,15 +85,13 @@ async fn the_enroll_name_is_reachable_without_a_certificate_and_serves_only_enro
     let err = client
         .session()
         .await
-        .err()
-        .expect("no session without identity");
+        .expect_err("no session without identity");
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     for path in [entente_hub::RENEW_PATH, entente_hub::DIRECTORY_PATH] {
         let err = client
             .open(path)
             .await
-            .err()
-            .expect("no renewal or directory without identity");
+            .expect_err("no renewal or directory without identity");
         assert_eq!(err.code(), tonic::Code::Unimplemented, "{path}");
     }
     // An enrollment connection is not an authenticated one.

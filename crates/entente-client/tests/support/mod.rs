@@ -1,7 +1,7 @@
-//! A real hub on `127.0.0.1:0` — a real CA over a `LocalKeyStore` and an `EmbeddedStore`, each
-//! in a temporary directory — and identities built in-process: an rcgen CSR issued by the CA,
-//! fresh message keys, a CA-signed key bundle (registered in the hub's store, as enrollment
-//! does, so that the directory knows it).
+//! A real hub on `127.0.0.1:0` over `entente-testkit` — its test CA (a real CA over a local key
+//! store in a temporary directory) and an `EmbeddedStore` in a temporary directory — whose
+//! agents enroll over the network as any agent does, or get an identity straight from the CA
+//! that the hub's registry never saw.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,32 +12,25 @@
 )]
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use entente_ca::{Ca, CaOptions, Revocations, VerifiedRevocationList};
+use entente_ca::{Ca, CaOptions};
 use entente_client::{Client, ClientOptions, Error, Identity, Message, Subscription};
-use entente_crypto::{KeyBundleBody, MessageKeys, VerifiedKeyBundle};
+use entente_crypto::VerifiedKeyBundle;
 use entente_hub::{AllowList, AllowRule, Hub, HubConfig, HubHandle, Who};
-use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock};
-use entente_store::{EmbeddedStore, Store};
-use entente_types::{AgentId, ChannelPattern, Principal, TrustDomain};
+use entente_store::EmbeddedStore;
+use entente_testkit::TestCa;
+use entente_types::{ChannelPattern, Principal};
 use tempfile::TempDir;
 use tokio_stream::StreamExt;
-use zeroize::Zeroizing;
 
-pub const TD: &str = "example.org";
+pub const TD: &str = entente_testkit::TRUST_DOMAIN;
 
 /// How long a test waits for any one item before failing.
-pub const WAIT: Duration = Duration::from_secs(15);
+pub const WAIT: Duration = entente_testkit::WAIT;
 
 pub fn now_ms() -> u64 {
-    u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
+    entente_testkit::now_ms()
 }
 
 /// A hub whose allow list lets segment `shop` publish and subscribe under `orders.>` (and
@@ -46,8 +39,8 @@ pub struct TestHub {
     pub ca: Arc<Ca>,
     pub hub: HubHandle,
     pub store: Arc<EmbeddedStore>,
-    revocations: std::sync::Mutex<Revocations>,
-    _dirs: Vec<TempDir>,
+    kit: Arc<TestCa>,
+    _dir: TempDir,
 }
 
 /// An identity with the parts tests need after `Identity` is moved into a client.
@@ -59,90 +52,57 @@ pub struct Agent {
 
 impl TestHub {
     pub async fn start() -> Self {
-        let keys = tempfile::tempdir().unwrap();
-        let keystore = LocalKeyStore::create(
-            &keys.path().join("keystore"),
-            &Unlock::passphrase("client tests"),
-            Argon2Params::danger_fast_for_tests(),
-        )
-        .unwrap();
-        let td = TrustDomain::new(TD).unwrap();
-        let started = SystemTime::now() - Duration::from_secs(24 * 3600);
-        let ca =
-            Arc::new(Ca::init(Arc::new(keystore), &td, CaOptions::default(), started).unwrap());
-        let data = tempfile::tempdir().unwrap();
-        let store = Arc::new(EmbeddedStore::open(data.path().join("registry.redb")).unwrap());
-        let p = |s: &str| ChannelPattern::parse(s).unwrap();
-        let config = HubConfig {
+        Self::start_with(CaOptions::default(), |_| {}).await
+    }
+
+    /// A hub whose CA has `options` (e.g. a short `svid_ttl`) and whose configuration `change`
+    /// edits after the `shop` allow rule is in.
+    pub async fn start_with(options: CaOptions, change: impl FnOnce(&mut HubConfig)) -> Self {
+        let kit = Arc::new(TestCa::with_options(options).unwrap());
+        let orders = ChannelPattern::parse("orders.>").unwrap();
+        let mut config = HubConfig {
             allow: AllowList::new().with(AllowRule {
                 who: Who::Segment("shop".into()),
-                publish: vec![p("orders.>")],
-                subscribe: vec![p("orders.>")],
+                publish: vec![orders.clone()],
+                subscribe: vec![orders],
             }),
             ..HubConfig::default()
         };
-        let hub = Hub::start(config, ca.clone(), store.clone()).await.unwrap();
-        Self {
-            ca,
-            hub,
-            store,
-            revocations: std::sync::Mutex::new(Revocations::new()),
-            _dirs: vec![keys, data],
-        }
-    }
-
-    /// A new agent of `segment`, its key bundle registered with the hub.
-    pub async fn agent(&self, segment: &str, name: &str) -> Agent {
-        let agent = self.unregistered_agent(segment, name);
-        let wire = agent.bundle.to_wire();
-        self.store
-            .put_key_bundle(&wire.principal, wire.epoch, &entente_wire::encode(wire))
+        change(&mut config);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path().join("registry.redb")).unwrap());
+        let hub = Hub::start(config, kit.ca().clone(), store.clone())
             .await
             .unwrap();
-        agent
+        Self {
+            ca: kit.ca().clone(),
+            hub,
+            store,
+            kit,
+            _dir: dir,
+        }
     }
 
-    /// A new agent whose key bundle the hub's directory does not know.
-    pub fn unregistered_agent(&self, segment: &str, name: &str) -> Agent {
-        let td = TrustDomain::new(TD).unwrap();
-        let principal = Principal::from(AgentId::new(&td, segment, name).unwrap());
-        let tls = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let csr = rcgen::CertificateParams::default()
-            .serialize_request(&tls)
-            .unwrap();
-        let svid = self
-            .ca
-            .issue_svid(csr.der(), &principal, SystemTime::now())
-            .unwrap();
-        let keys = MessageKeys::generate().unwrap();
-        let now = now_ms();
-        let bundle = self
-            .ca
-            .sign_key_bundle(KeyBundleBody {
-                principal: principal.clone(),
-                ed25519_public: keys.ed25519_public(),
-                x25519_public: keys.x25519_public(),
-                epoch: 1,
-                not_before_ms: now - 60_000,
-                not_after_ms: now + 3_600_000,
-            })
-            .unwrap();
-        let identity = Identity::new(
-            principal.clone(),
-            svid.chain_der.clone(),
-            Zeroizing::new(tls.serialize_der()),
-            keys,
-            bundle,
-            self.ca.trust_bundle().clone(),
-            SystemTime::now(),
+    /// The test CA, to issue identities at any time or sign revocation lists.
+    pub fn test_ca(&self) -> &TestCa {
+        &self.kit
+    }
+
+    /// A new agent of `segment`, enrolled over the network with a join token as any agent
+    /// enrolls: the hub knows its key bundle.
+    pub async fn agent(&self, segment: &str, name: &str) -> Agent {
+        Self::parts(
+            entente_testkit::enroll(&self.hub, segment, name)
+                .await
+                .unwrap(),
         )
-        .unwrap();
-        let bundle = identity.key_bundle().clone();
-        Agent {
-            identity,
-            principal,
-            bundle,
-        }
+    }
+
+    /// A new agent whose key bundle the hub's directory does not know: its certificate comes
+    /// straight from the CA.
+    pub fn unregistered_agent(&self, segment: &str, name: &str) -> Agent {
+        let principal = self.kit.principal(segment, name).unwrap();
+        Self::parts(self.kit.identity(&principal).unwrap())
     }
 
     pub async fn connect(&self, identity: Identity) -> Client {
@@ -157,14 +117,15 @@ impl TestHub {
 
     /// Revokes `principal` on the live hub; returns how many connections it closed.
     pub async fn revoke(&self, principal: &Principal) -> usize {
-        let now = SystemTime::now();
-        let list = {
-            let mut revocations = self.revocations.lock().unwrap();
-            revocations.revoke_principal(principal);
-            self.ca.sign_revocations(&revocations, now).unwrap()
-        };
-        let list = VerifiedRevocationList::verify(list, self.ca.trust_bundle(), now).unwrap();
-        self.hub.revoke(list).await.unwrap()
+        self.kit.revoke(&self.hub, principal).await.unwrap()
+    }
+
+    fn parts(identity: Identity) -> Agent {
+        Agent {
+            principal: identity.principal().clone(),
+            bundle: identity.key_bundle().clone(),
+            identity,
+        }
     }
 }
 

@@ -1,8 +1,9 @@
-//! A real CA in a temporary key store, agents with X509-SVIDs and message keys, a hub on
-//! `127.0.0.1:0` over an `EmbeddedStore` in a temporary directory, and a small gRPC client:
-//! tonic's client over hyper's HTTP/2 client over tokio-rustls, with a codec that sends raw
-//! bytes (so tests can send malformed frames) and decodes `ServerFrame`s through the bounded
-//! decoder, and a unary call for Enroll, Renew and Directory.
+//! The hub tests' support, over `entente-testkit`: its test CA (a real CA over a local key
+//! store in a temporary directory) and its raw gRPC client (raw bytes out, `ServerFrame`s in
+//! through the bounded decoder). Here: agents whose TLS key and message keys stay at hand so
+//! that tests can seal, sign and open frames by hand, a hub on `127.0.0.1:0` over an
+//! `EmbeddedStore` in a temporary directory, enrollment by raw request, and helpers on raw
+//! sessions that fail the test instead of returning errors.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,65 +13,47 @@
     unreachable_pub
 )]
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use bytes::{BufMut, Bytes};
 use entente_ca::{Ca, CaOptions, IssuedSvid, TrustBundle};
+use entente_client::Identity;
 use entente_crypto::{
-    KeyBundleBody, KeyBundleIn, MessageKeys, Opener, OpenerOptions, Sealer, SealerOptions,
-    VerifiedKeyBundle,
+    KeyBundleIn, MessageKeys, Opener, OpenerOptions, Sealer, SealerOptions, VerifiedKeyBundle,
 };
-use entente_hub::codec::{BoundedCodec, BoundedDecoder};
 use entente_hub::{AllowList, AllowRule, Hub, HubConfig, HubHandle, RefusalCode, Who};
-use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock};
 use entente_store::EmbeddedStore;
 use entente_types::{AgentId, Channel, ChannelPattern, Principal, TrustDomain};
 use entente_wire::{
-    Ack, Bounded, ClientFrame, EnrollRequest, EnrollResponse, Limits, Publish, SenderKey,
-    ServerFrame, SignedBatch, Subscribe, client_frame, server_frame,
+    Ack, ClientFrame, EnrollRequest, EnrollResponse, Publish, SenderKey, SignedBatch, Subscribe,
+    client_frame, server_frame,
 };
-use http::uri::PathAndQuery;
-use hyper::body::Incoming;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use prost::Message;
 use rustls::ClientConfig;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tokio_rustls::TlsConnector;
-use tonic::body::Body;
-use tonic::codec::{Codec, EncodeBuf, Encoder};
-use tonic::{Status, Streaming};
+use tonic::Status;
 
-pub const TD: &str = "example.org";
+pub use entente_testkit::raw::{Client, Session};
 
-/// How long a test waits for any one frame before failing.
-const WAIT: Duration = Duration::from_secs(15);
+pub const TD: &str = entente_testkit::TRUST_DOMAIN;
 
 pub fn unix_ms(t: SystemTime) -> u64 {
-    u64::try_from(t.duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap()
+    entente_testkit::unix_ms(t)
 }
 
 pub fn now_ms() -> u64 {
-    unix_ms(SystemTime::now())
+    entente_testkit::now_ms()
 }
 
 // === CA and agents ===
 
-/// A CA whose validity started a day ago, over a real `LocalKeyStore` in a temporary directory.
-/// It also keeps the temporary directories of the stores of the hubs started with it.
+/// A CA whose validity started a day ago (`entente_testkit::TestCa`). It also keeps the
+/// temporary directories of the stores of the hubs started with it.
 pub struct TestCa {
     pub ca: Arc<Ca>,
     pub td: TrustDomain,
-    _dir: TempDir,
+    kit: entente_testkit::TestCa,
     store_dirs: Mutex<Vec<TempDir>>,
 }
 
@@ -81,20 +64,11 @@ impl TestCa {
 
     /// A CA with `options` (e.g. a short `svid_ttl`).
     pub fn with_options(options: CaOptions) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let keystore = LocalKeyStore::create(
-            &dir.path().join("keystore"),
-            &Unlock::passphrase("hub tests"),
-            Argon2Params::danger_fast_for_tests(),
-        )
-        .unwrap();
-        let td = TrustDomain::new(TD).unwrap();
-        let started = SystemTime::now() - Duration::from_secs(24 * 3600);
-        let ca = Ca::init(Arc::new(keystore), &td, options, started).unwrap();
+        let kit = entente_testkit::TestCa::with_options(options).unwrap();
         Self {
-            ca: Arc::new(ca),
-            td,
-            _dir: dir,
+            ca: kit.ca().clone(),
+            td: kit.trust_domain().clone(),
+            kit,
             store_dirs: Mutex::new(Vec::new()),
         }
     }
@@ -108,11 +82,11 @@ impl TestCa {
     }
 
     pub fn trust(&self) -> &TrustBundle {
-        self.ca.trust_bundle()
+        self.kit.trust()
     }
 
     pub fn principal(&self, segment: &str, name: &str) -> Principal {
-        Principal::from(AgentId::new(&self.td, segment, name).unwrap())
+        self.kit.principal(segment, name).unwrap()
     }
 
     /// An agent with a certificate issued now.
@@ -125,37 +99,9 @@ impl TestCa {
         self.identity(self.principal(segment, name), at)
     }
 
+    /// Any principal's credentials, issued at `at` directly by the CA.
     pub fn identity(&self, principal: Principal, at: SystemTime) -> Agent {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let csr = rcgen::CertificateParams::default()
-            .serialize_request(&key)
-            .unwrap();
-        let svid = self.ca.issue_svid(csr.der(), &principal, at).unwrap();
-
-        let keys = Arc::new(MessageKeys::generate().unwrap());
-        let now = now_ms();
-        let signed = self
-            .ca
-            .sign_key_bundle(KeyBundleBody {
-                principal: principal.clone(),
-                ed25519_public: keys.ed25519_public(),
-                x25519_public: keys.x25519_public(),
-                epoch: 1,
-                not_before_ms: now - 60_000,
-                not_after_ms: now + 3_600_000,
-            })
-            .unwrap();
-        let bundle = KeyBundleIn::from_wire(signed)
-            .unwrap()
-            .verify(self.ca.trust_bundle(), now)
-            .unwrap();
-        Agent {
-            principal,
-            svid,
-            key_der: key.serialize_der(),
-            keys,
-            bundle,
-        }
+        Agent::from_identity(&self.kit.identity_at(&principal, at).unwrap())
     }
 }
 
@@ -169,6 +115,22 @@ pub struct Agent {
 }
 
 impl Agent {
+    fn from_identity(identity: &Identity) -> Self {
+        let chain = identity.chain().to_vec();
+        Self {
+            principal: identity.principal().clone(),
+            svid: IssuedSvid {
+                cert_der: chain[0].clone(),
+                chain_der: chain,
+                serial: entente_testkit::certificate_serial(identity).unwrap(),
+                not_after: identity.not_after(),
+            },
+            key_der: identity.tls_key_pkcs8().to_vec(),
+            keys: identity.message_keys().clone(),
+            bundle: identity.key_bundle().clone(),
+        }
+    }
+
     pub fn chain(&self) -> Vec<CertificateDer<'static>> {
         self.svid.chain_der.clone()
     }
@@ -183,9 +145,14 @@ impl Agent {
 
     /// Connects to `hub` over mTLS and HTTP/2.
     pub async fn connect(&self, hub: &HubHandle) -> Client {
-        Client::connect(hub.local_addr(), self.client_config(hub.trust_bundle()))
-            .await
-            .unwrap()
+        let name = entente_hub::hub_server_name(hub.trust_bundle().trust_domain());
+        Client::connect(
+            hub.local_addr(),
+            self.client_config(hub.trust_bundle()),
+            &name,
+        )
+        .await
+        .unwrap()
     }
 
     /// Connects and opens a session stream.
@@ -316,7 +283,7 @@ impl Enrollment {
 pub async fn enroll_client(hub: &HubHandle) -> Client {
     let name = entente_hub::enroll_server_name(hub.trust_bundle().trust_domain());
     let config = entente_hub::client_tls::enroll_client_config(hub.trust_bundle()).unwrap();
-    Client::connect_as(hub.local_addr(), config, &name)
+    Client::connect(hub.local_addr(), config, &name)
         .await
         .unwrap()
 }
@@ -344,15 +311,11 @@ pub async fn enroll(hub: &HubHandle, segment: &str, name: &str) -> Agent {
 }
 
 /// Waits (bounded) until `condition` holds.
-pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !condition() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+pub async fn eventually(what: &str, condition: impl FnMut() -> bool) {
+    entente_testkit::eventually(what, condition)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 }
-
-// === raw TLS probe ===
 
 /// Connects with `config`, sends the HTTP/2 preface and waits for the hub's first bytes.
 /// `Ok` means the hub accepted the connection; `Err` carries the TLS or I/O error.
@@ -361,158 +324,46 @@ pub async fn probe(
     config: ClientConfig,
     server_name: &str,
 ) -> Result<(), String> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let name = ServerName::try_from(server_name.to_owned()).unwrap();
-    let mut tls = TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
+    entente_testkit::raw::probe(addr, config, server_name)
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
-    tls.write_all(preface)
-        .await
-        .map_err(|e| format!("write: {e}"))?;
-    let mut buf = [0u8; 64];
-    match tokio::time::timeout(WAIT, tls.read(&mut buf)).await {
-        Ok(Ok(0)) => Err("closed".into()),
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!("read: {e}")),
-        Err(_) => Err("timeout".into()),
-    }
+        .map_err(|e| e.to_string())
 }
 
-// === gRPC client ===
+// === raw sessions ===
 
-/// An HTTP/2 connection to the hub.
-pub struct Client {
-    send: SendRequest<Body>,
+/// What tests do on a raw session, failing the test on any error.
+pub trait SessionExt {
+    /// The kind of the next frame.
+    async fn next_kind(&mut self) -> server_frame::Kind;
+
+    /// Subscribes and returns the answer.
+    async fn subscribe(&mut self, id: u64, pattern: &str) -> server_frame::Kind;
+
+    /// Publishes and returns the answer (the next frame).
+    async fn publish(
+        &mut self,
+        id: u64,
+        sender_keys: Vec<SenderKey>,
+        batches: Vec<SignedBatch>,
+    ) -> server_frame::Kind;
 }
 
-/// One session stream.
-pub struct Session {
-    tx: mpsc::Sender<Bytes>,
-    rx: Streaming<ServerFrame>,
-}
-
-impl Client {
-    pub async fn connect(addr: SocketAddr, config: ClientConfig) -> Result<Self, String> {
-        Self::connect_as(addr, config, &format!("hub.{TD}")).await
-    }
-
-    pub async fn connect_as(
-        addr: SocketAddr,
-        config: ClientConfig,
-        server_name: &str,
-    ) -> Result<Self, String> {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let name = ServerName::try_from(server_name.to_owned()).unwrap();
-        let tls = TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        let (send, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                .await
-                .map_err(|e| format!("http2: {e}"))?;
-        tokio::spawn(connection);
-        Ok(Self { send })
-    }
-
-    fn grpc(&self) -> tonic::client::Grpc<H2> {
-        tonic::client::Grpc::with_origin(
-            H2(self.send.clone()),
-            http::Uri::from_static("https://hub.example.org"),
-        )
-    }
-
-    /// Opens a stream on `path` (normally the session).
-    pub async fn open(&self, path: &'static str) -> Result<Session, Status> {
-        let (tx, rx) = mpsc::channel::<Bytes>(64);
-        let mut grpc = self.grpc();
-        grpc.ready()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let response = grpc
-            .streaming(
-                tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
-                PathAndQuery::from_static(path),
-                RawCodec,
-            )
-            .await?;
-        Ok(Session {
-            tx,
-            rx: response.into_inner(),
-        })
-    }
-
-    pub async fn session(&self) -> Result<Session, Status> {
-        self.open(entente_hub::SESSION_PATH).await
-    }
-
-    /// One unary call on `path`; the response is decoded through the bounded decoder.
-    pub async fn unary<Req, Resp>(&self, path: &'static str, request: Req) -> Result<Resp, Status>
-    where
-        Req: Message + Send + Sync + 'static,
-        Resp: Bounded + Send + Sync + 'static,
-    {
-        let mut grpc = self.grpc();
-        grpc.ready()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let call = grpc.unary(
-            tonic::Request::new(request),
-            PathAndQuery::from_static(path),
-            BoundedCodec::<Req, Resp>::new(Limits::default()),
-        );
-        tokio::time::timeout(WAIT, call)
-            .await
-            .expect("no answer from the hub in time")
-            .map(tonic::Response::into_inner)
-    }
-}
-
-impl Session {
-    pub async fn send(&self, frame: ClientFrame) {
-        self.send_raw(Bytes::from(frame.encode_to_vec())).await;
-    }
-
-    /// Sends bytes as one gRPC message, whatever they are.
-    pub async fn send_raw(&self, bytes: Bytes) {
-        self.tx.send(bytes).await.unwrap();
-    }
-
-    /// The next frame, `Ok(None)` when the stream ended with OK, `Err` with its status.
-    pub async fn next(&mut self) -> Result<Option<ServerFrame>, Status> {
-        tokio::time::timeout(WAIT, self.rx.message())
-            .await
-            .expect("no frame from the hub in time")
-    }
-
-    pub async fn next_kind(&mut self) -> server_frame::Kind {
+impl SessionExt for Session {
+    async fn next_kind(&mut self) -> server_frame::Kind {
         self.next().await.unwrap().unwrap().kind.unwrap()
     }
 
-    /// Reads until the stream ends and returns its status.
-    pub async fn status(&mut self) -> Status {
-        loop {
-            match self.next().await {
-                Ok(Some(_)) => {}
-                Ok(None) => return Status::ok(""),
-                Err(status) => return status,
-            }
-        }
-    }
-
-    pub async fn subscribe(&mut self, id: u64, pattern: &str) -> server_frame::Kind {
+    async fn subscribe(&mut self, id: u64, pattern: &str) -> server_frame::Kind {
         self.send(frame(client_frame::Kind::Subscribe(Subscribe {
             subscription_id: id,
             pattern: pattern.into(),
         })))
-        .await;
+        .await
+        .unwrap();
         self.next_kind().await
     }
 
-    /// Publishes and returns the answer (the next frame).
-    pub async fn publish(
+    async fn publish(
         &mut self,
         id: u64,
         sender_keys: Vec<SenderKey>,
@@ -523,7 +374,8 @@ impl Session {
             sender_keys,
             batches,
         })))
-        .await;
+        .await
+        .unwrap();
         self.next_kind().await
     }
 }
@@ -541,54 +393,5 @@ pub fn refusal(kind: server_frame::Kind) -> (u64, RefusalCode) {
     match kind {
         server_frame::Kind::Refusal(r) => (r.request_id, RefusalCode::from_u32(r.code).unwrap()),
         other => panic!("expected a refusal, got {other:?}"),
-    }
-}
-
-/// hyper's HTTP/2 client as the tower service tonic's client wants.
-#[derive(Clone)]
-struct H2(SendRequest<Body>);
-
-impl tower_service::Service<http::Request<Body>> for H2 {
-    type Response = http::Response<Incoming>;
-    type Error = hyper::Error;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<http::Response<Incoming>, hyper::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        Box::pin(self.0.send_request(request))
-    }
-}
-
-/// Sends raw bytes as messages; decodes `ServerFrame`s through the bounded decoder.
-struct RawCodec;
-
-struct RawEncoder;
-
-impl Codec for RawCodec {
-    type Encode = Bytes;
-    type Decode = ServerFrame;
-    type Encoder = RawEncoder;
-    type Decoder = BoundedDecoder<ServerFrame>;
-
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        BoundedDecoder::new(Limits::default())
-    }
-}
-
-impl Encoder for RawEncoder {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
     }
 }

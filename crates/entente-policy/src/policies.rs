@@ -1,0 +1,894 @@
+//! Loading policies: parsing, naming, validating against the schema, and slicing by
+//! (action, namespace) so that a decision evaluates only the policies that could apply.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::LazyLock;
+
+use cedar_policy::{
+    ActionConstraint, AuthorizationError, Authorizer, Entities, EntityUid, Request,
+    ResourceConstraint, ValidationMode, Validator,
+};
+use miette::Diagnostic;
+
+use crate::decision::{Decision, PolicyError, PolicyId, Reason};
+use crate::request::{Action, ContextMemo, Facts, Resource, Subject};
+use crate::schema;
+
+/// Which segment owns each namespace that is not owned by the segment of the same name.
+pub(crate) type Owners = HashMap<String, String>;
+
+/// A validated, sliced set of policies. Build one with [`PolicySet::builder`]; it never
+/// exists unvalidated.
+pub struct PolicySet {
+    policies: Vec<PolicyInfo>,
+    index: HashMap<String, usize>,
+    owners: Owners,
+    slices: Vec<Slice>,
+    slicing: bool,
+    authorizer: Authorizer,
+}
+
+/// One loaded policy, for explanations and the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyInfo {
+    /// Its ID.
+    pub id: PolicyId,
+    /// Permit or forbid.
+    pub effect: Effect,
+    /// The name of the source it came from (a file name, or a name given with the text).
+    pub source: String,
+    /// Where it starts in that source, 1-based.
+    pub line: u32,
+    /// The column it starts at, 1-based.
+    pub column: u32,
+    /// Its text as written.
+    pub text: String,
+    /// Whether it carries `@cross_segment`.
+    pub cross_segment: bool,
+}
+
+/// A policy's effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// `permit`.
+    Permit,
+    /// `forbid`.
+    Forbid,
+}
+
+/// Collects policy sources and options, then builds a [`PolicySet`].
+#[derive(Debug, Clone)]
+pub struct PolicySetBuilder {
+    sources: Vec<(String, String)>,
+    owners: Owners,
+    slicing: bool,
+}
+
+/// Why a set of policies was refused. Whatever the error, nothing was loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A policy file could not be read.
+    #[error("cannot read policy file `{path}`: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The text is not Cedar.
+    #[error("policy syntax error: {}", Problems(.0))]
+    Syntax(Vec<Problem>),
+    /// The policies parse but do not fit Entente's schema (unknown entity types, attributes
+    /// or actions, wrong types, an action applied to a resource it does not take, …).
+    #[error("policies do not match the schema: {}", Problems(.0))]
+    Invalid(Vec<Problem>),
+    /// The policies break one of Entente's own rules (duplicate IDs, templates,
+    /// `@cross_segment` misuse, namespace owners).
+    #[error("policies break Entente's rules: {}", Problems(.0))]
+    Rules(Vec<Problem>),
+    /// Our own schema does not load: a bug in this crate.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// One problem found while loading, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The source (file) name.
+    pub source: String,
+    /// 1-based line and column in the source, when known.
+    pub location: Option<(u32, u32)>,
+    /// The policy concerned, when known.
+    pub policy: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Policies for one (action, tier) pair: a set per channel named by some policy's scope
+/// (`resource == Channel::"…"`), a set per namespace (first token) named by some scope, and
+/// the policies that pin neither, for every other resource.
+struct Slice {
+    by_channel: HashMap<Box<str>, cedar_policy::PolicySet>,
+    by_namespace: HashMap<Box<str>, cedar_policy::PolicySet>,
+    rest: cedar_policy::PolicySet,
+}
+
+/// What a policy's resource scope pins.
+enum Pin {
+    /// Nothing we slice on.
+    None,
+    /// Channels whose first token is this.
+    Namespace(String),
+    /// This one channel (or pattern) name.
+    Channel(String),
+}
+
+const CROSS_SEGMENT: &str = "cross_segment";
+
+// === impl PolicySet ===
+
+impl PolicySet {
+    /// A builder with no sources, slicing on.
+    pub fn builder() -> PolicySetBuilder {
+        PolicySetBuilder {
+            sources: Vec::new(),
+            owners: Owners::new(),
+            slicing: true,
+        }
+    }
+
+    /// One source's policies, named `name` in errors and IDs.
+    pub fn parse(name: &str, text: &str) -> Result<Self, LoadError> {
+        Self::builder().source(name, text).build()
+    }
+
+    /// The empty set: everything is denied.
+    pub fn empty() -> Self {
+        Self {
+            policies: Vec::new(),
+            index: HashMap::new(),
+            owners: Owners::new(),
+            slices: Vec::new(),
+            slicing: true,
+            authorizer: Authorizer::new(),
+        }
+    }
+
+    /// The policies, in load order.
+    pub fn policies(&self) -> &[PolicyInfo] {
+        &self.policies
+    }
+
+    /// The policy with this ID.
+    pub fn policy(&self, id: &str) -> Option<&PolicyInfo> {
+        self.index.get(id).and_then(|&i| self.policies.get(i))
+    }
+
+    /// How many policies there are.
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// The segment owning channels of `namespace` (its first token).
+    pub fn namespace_owner<'a>(&'a self, namespace: &'a str) -> &'a str {
+        crate::request::channel_segment(namespace, &self.owners)
+    }
+
+    /// Decides, uncached, with epoch 0 in the decision (an [`Engine`](crate::Engine) puts its
+    /// own).
+    pub fn decide(
+        &self,
+        subject: &Subject,
+        action: Action,
+        resource: &Resource<'_>,
+        facts: &Facts,
+        now_ms: u64,
+    ) -> Decision {
+        self.decide_at(0, subject, action, resource, facts, now_ms, None)
+    }
+
+    /// Decides and explains the decision in words, for `entente policy check`.
+    pub fn explain(
+        &self,
+        subject: &Subject,
+        action: Action,
+        resource: &Resource<'_>,
+        facts: &Facts,
+        now_ms: u64,
+    ) -> String {
+        let decision = self.decide(subject, action, resource, facts, now_ms);
+        self.explain_decision(subject, action, resource, &decision)
+    }
+
+    /// Explains a decision made earlier on this set.
+    pub fn explain_decision(
+        &self,
+        subject: &Subject,
+        action: Action,
+        resource: &Resource<'_>,
+        decision: &Decision,
+    ) -> String {
+        crate::explain::explain(self, subject, action, resource, decision)
+    }
+
+    /// Decides at `epoch`, reusing the context in `memo` when it can.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the request's parts, kept apart to avoid copies"
+    )]
+    pub(crate) fn decide_at(
+        &self,
+        epoch: u64,
+        subject: &Subject,
+        action: Action,
+        resource: &Resource<'_>,
+        facts: &Facts,
+        now_ms: u64,
+        memo: Option<&mut ContextMemo>,
+    ) -> Decision {
+        let segment = resource.segment(&self.owners);
+        let cross = subject.segment().is_some_and(|own| own != segment);
+        let Some(policies) = self.slice(action, cross, resource) else {
+            return self.finish(epoch, cross, None);
+        };
+        let principal = match subject.entity() {
+            Ok(entity) => entity.clone(),
+            Err(e) => return Decision::bad_request(e.to_owned(), cross, epoch),
+        };
+        let resource_uid = crate::request::uid(resource.type_name(), resource.name());
+        let mut entities = vec![principal];
+        if &resource_uid != subject.uid() {
+            match resource.entity(&self.owners) {
+                Ok(entity) => entities.push(entity),
+                Err(e) => return Decision::bad_request(e, cross, epoch),
+            }
+        }
+        let context = match memo {
+            Some(memo) => memo.context(epoch, facts, now_ms, cross),
+            None => facts.context(now_ms, cross),
+        };
+        let context = match context {
+            Ok(context) => context,
+            Err(e) => return Decision::bad_request(e, cross, epoch),
+        };
+        let entities = match Entities::from_entities(entities, None) {
+            Ok(entities) => entities,
+            Err(e) => return Decision::bad_request(e.to_string(), cross, epoch),
+        };
+        let request = match Request::new(
+            subject.uid().clone(),
+            action_uid(action),
+            resource_uid,
+            context,
+            None,
+        ) {
+            Ok(request) => request,
+            Err(e) => return Decision::bad_request(e.to_string(), cross, epoch),
+        };
+        let response = self.authorizer.is_authorized(&request, policies, &entities);
+        self.finish(epoch, cross, Some(&response))
+    }
+
+    /// The Cedar set to evaluate for this request.
+    fn slice(
+        &self,
+        action: Action,
+        cross: bool,
+        resource: &Resource<'_>,
+    ) -> Option<&cedar_policy::PolicySet> {
+        let slice = self.slices.get(slice_index(action, cross))?;
+        let Some(namespace) = resource.namespace().filter(|_| self.slicing) else {
+            return Some(&slice.rest);
+        };
+        Some(
+            slice
+                .by_channel
+                .get(resource.name())
+                .or_else(|| slice.by_namespace.get(namespace))
+                .unwrap_or(&slice.rest),
+        )
+    }
+
+    fn finish(
+        &self,
+        epoch: u64,
+        cross: bool,
+        response: Option<&cedar_policy::Response>,
+    ) -> Decision {
+        let mut decision = Decision {
+            allowed: false,
+            reason: Reason::NoPermit,
+            policies: Vec::new(),
+            errors: Vec::new(),
+            cross_segment: cross,
+            epoch,
+        };
+        let Some(response) = response else {
+            return decision;
+        };
+        let mut failed_forbids = Vec::new();
+        for error in response.diagnostics().errors() {
+            let AuthorizationError::PolicyEvaluationError(error) = error;
+            let id = self.id_of(error.policy_id().as_ref());
+            if self.effect_of(id.as_str()) == Some(Effect::Forbid) {
+                failed_forbids.push(id.clone());
+            }
+            decision.errors.push(PolicyError {
+                policy: id,
+                message: error.inner().to_string(),
+            });
+        }
+        let mut determining: Vec<PolicyId> = response
+            .diagnostics()
+            .reason()
+            .map(|id| self.id_of(id.as_ref()))
+            .collect();
+        determining.sort();
+        failed_forbids.sort();
+        match response.decision() {
+            _ if !failed_forbids.is_empty() => {
+                decision.reason = Reason::ForbidFailed;
+                decision.policies = failed_forbids;
+            }
+            cedar_policy::Decision::Allow => {
+                decision.allowed = true;
+                decision.reason = Reason::Permit;
+                decision.policies = determining;
+            }
+            cedar_policy::Decision::Deny if !determining.is_empty() => {
+                decision.reason = Reason::Forbid;
+                decision.policies = determining;
+            }
+            cedar_policy::Decision::Deny => {}
+        }
+        decision
+    }
+
+    fn id_of(&self, cedar_id: &str) -> PolicyId {
+        self.index
+            .get(cedar_id)
+            .and_then(|&i| self.policies.get(i))
+            .map_or_else(|| PolicyId::new(cedar_id), |info| info.id.clone())
+    }
+
+    fn effect_of(&self, id: &str) -> Option<Effect> {
+        self.policy(id).map(|info| info.effect)
+    }
+}
+
+impl Default for PolicySet {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl fmt::Debug for PolicySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicySet")
+            .field("policies", &self.policies.len())
+            .field("owners", &self.owners)
+            .field("slicing", &self.slicing)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl PolicySetBuilder ===
+
+impl PolicySetBuilder {
+    /// Adds policies in Cedar syntax. `name` names the source in errors and in the IDs of
+    /// policies without `@id`.
+    pub fn source(mut self, name: impl Into<String>, text: impl Into<String>) -> Self {
+        self.sources.push((name.into(), text.into()));
+        self
+    }
+
+    /// Adds a policy file; its path (as given) names it.
+    pub fn file(self, path: impl AsRef<Path>) -> Result<Self, LoadError> {
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        Ok(self.source(name, text))
+    }
+
+    /// Declares that channels of `namespace` belong to `segment` (by default a namespace
+    /// belongs to the segment of the same name).
+    pub fn namespace_owner(
+        mut self,
+        namespace: impl Into<String>,
+        segment: impl Into<String>,
+    ) -> Self {
+        self.owners.insert(namespace.into(), segment.into());
+        self
+    }
+
+    /// Turns slicing by (action, namespace) on or off (on by default). Off, every decision
+    /// evaluates every policy; decisions are the same either way.
+    pub fn slicing(mut self, on: bool) -> Self {
+        self.slicing = on;
+        self
+    }
+
+    /// Parses, names, validates and slices the policies.
+    pub fn build(self) -> Result<PolicySet, LoadError> {
+        let schema = schema::schema().map_err(LoadError::Internal)?;
+        check_owners(&self.owners)?;
+
+        let mut syntax = Vec::new();
+        let mut rules = Vec::new();
+        let mut parsed: Vec<Parsed> = Vec::new();
+        for (source_index, (name, text)) in self.sources.iter().enumerate() {
+            match cedar_policy::PolicySet::from_str(text) {
+                Err(errors) => {
+                    for error in errors.iter() {
+                        syntax.push(Problem::from_diagnostic(name, text, None, error));
+                    }
+                }
+                Ok(set) => split(source_index, name, text, &set, &mut parsed, &mut rules),
+            }
+        }
+        if !syntax.is_empty() {
+            return Err(LoadError::Syntax(syntax));
+        }
+
+        let mut index = HashMap::new();
+        for (i, p) in parsed.iter().enumerate() {
+            if let Some(&first) = index.get(p.info.id.as_str()) {
+                let first: &Parsed = match parsed.get(first) {
+                    Some(first) => first,
+                    None => continue,
+                };
+                rules.push(p.problem(format!(
+                    "duplicate policy ID `{}` (first used at {}:{})",
+                    p.info.id, first.info.source, first.info.line
+                )));
+            } else {
+                index.insert(p.info.id.as_str().to_owned(), i);
+            }
+            if p.info.cross_segment
+                && let Some(message) = cross_segment_misuse(p)
+            {
+                rules.push(p.problem(message));
+            }
+        }
+        if !rules.is_empty() {
+            return Err(LoadError::Rules(rules));
+        }
+
+        let all = cedar_policy::PolicySet::from_policies(parsed.iter().map(|p| p.policy.clone()))
+            .map_err(|e| LoadError::Internal(e.to_string()))?;
+        let result = Validator::new(schema.clone()).validate(&all, ValidationMode::Strict);
+        let mut invalid = Vec::new();
+        let errors = result
+            .validation_errors()
+            .map(|e| (e.policy_id(), e as &dyn Diagnostic));
+        let warnings = result
+            .validation_warnings()
+            .map(|w| (w.policy_id(), w as &dyn Diagnostic));
+        for (policy_id, diagnostic) in errors.chain(warnings) {
+            let policy_id: &str = policy_id.as_ref();
+            let p = index.get(policy_id).and_then(|&i| parsed.get(i));
+            let (name, text) = p
+                .and_then(|p| self.sources.get(p.source_index))
+                .map_or(("?", ""), |(n, t)| (n.as_str(), t.as_str()));
+            invalid.push(Problem::from_diagnostic(
+                name,
+                text,
+                Some(policy_id),
+                diagnostic,
+            ));
+        }
+        if !invalid.is_empty() {
+            return Err(LoadError::Invalid(invalid));
+        }
+
+        let slices = slice_all(&parsed, self.slicing)?;
+        Ok(PolicySet {
+            policies: parsed.into_iter().map(|p| p.info).collect(),
+            index,
+            owners: self.owners,
+            slices,
+            slicing: self.slicing,
+            authorizer: Authorizer::new(),
+        })
+    }
+}
+
+// === loading helpers ===
+
+/// A policy parsed from a source, renamed to its Entente ID.
+struct Parsed {
+    source_index: usize,
+    info: PolicyInfo,
+    policy: cedar_policy::Policy,
+}
+
+impl Parsed {
+    fn problem(&self, message: String) -> Problem {
+        Problem {
+            source: self.info.source.clone(),
+            location: Some((self.info.line, self.info.column)),
+            policy: Some(self.info.id.to_string()),
+            message,
+        }
+    }
+}
+
+/// Splits a parsed source into named policies, in source order. Cedar names the n-th
+/// policy or template of a text `policy<n>`.
+fn split(
+    source_index: usize,
+    name: &str,
+    text: &str,
+    set: &cedar_policy::PolicySet,
+    parsed: &mut Vec<Parsed>,
+    rules: &mut Vec<Problem>,
+) {
+    let total = set.num_of_policies() + set.num_of_templates();
+    let mut cursor = Cursor::new(text);
+    for n in 0..total {
+        let cedar_id = cedar_policy::PolicyId::new(format!("policy{n}"));
+        if let Some(template) = set.template(&cedar_id) {
+            let (line, column) = cursor.locate(&template.to_cedar());
+            rules.push(Problem {
+                source: name.to_owned(),
+                location: Some((line, column)),
+                policy: Some(format!("{name}#{n}")),
+                message:
+                    "templates (`?principal`, `?resource`) are not supported: write a static policy"
+                        .to_owned(),
+            });
+            continue;
+        }
+        let Some(policy) = set.policy(&cedar_id) else {
+            continue;
+        };
+        let written = policy.to_cedar().unwrap_or_default();
+        let (line, column) = cursor.locate(&written);
+        let id = policy
+            .annotation("id")
+            .map_or_else(|| format!("{name}#{n}"), str::to_owned);
+        let effect = match policy.effect() {
+            cedar_policy::Effect::Permit => Effect::Permit,
+            cedar_policy::Effect::Forbid => Effect::Forbid,
+        };
+        parsed.push(Parsed {
+            source_index,
+            policy: policy.new_id(cedar_policy::PolicyId::new(&id)),
+            info: PolicyInfo {
+                id: PolicyId::new(&id),
+                effect,
+                source: name.to_owned(),
+                line,
+                column,
+                text: written,
+                cross_segment: policy.annotation(CROSS_SEGMENT).is_some(),
+            },
+        });
+    }
+}
+
+/// Walks a source forward, finding each policy's text and keeping the line and column
+/// count as it goes (so a large file is scanned once).
+struct Cursor<'a> {
+    text: &'a str,
+    offset: usize,
+    line: u32,
+    column: u32,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(text: &'a str) -> Self {
+        Self {
+            text,
+            offset: 0,
+            line: 1,
+            column: 1,
+        }
+    }
+
+    /// Finds `written` from the cursor on, returns its 1-based line and column, and moves
+    /// past it; `(0, 0)` if it is not found.
+    fn locate(&mut self, written: &str) -> (u32, u32) {
+        let Some(at) = self
+            .text
+            .get(self.offset..)
+            .and_then(|rest| rest.find(written))
+            .map(|at| at + self.offset)
+        else {
+            return (0, 0);
+        };
+        self.advance(at);
+        let found = (self.line, self.column);
+        self.advance(at + written.len());
+        found
+    }
+
+    fn advance(&mut self, to: usize) {
+        for c in self.text.get(self.offset..to).unwrap_or_default().chars() {
+            if c == '\n' {
+                self.line = self.line.saturating_add(1);
+                self.column = 1;
+            } else {
+                self.column = self.column.saturating_add(1);
+            }
+        }
+        self.offset = to;
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset`.
+fn line_column(text: &str, offset: usize) -> (u32, u32) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (
+        u32::try_from(line).unwrap_or(u32::MAX),
+        u32::try_from(column).unwrap_or(u32::MAX),
+    )
+}
+
+/// Why a `@cross_segment` policy is refused, if it is: it must be a permit, and its scope must
+/// name the resource (`resource == Channel::"…"`, `resource in Namespace::"…"`), so that
+/// only named channels are opened between segments.
+fn cross_segment_misuse(p: &Parsed) -> Option<String> {
+    if p.info.effect == Effect::Forbid {
+        return Some(
+            "`@cross_segment` is for permits: a forbid applies across segments anyway".to_owned(),
+        );
+    }
+    match p.policy.resource_constraint() {
+        ResourceConstraint::Eq(_) | ResourceConstraint::In(_) | ResourceConstraint::IsIn(_, _) => {
+            None
+        }
+        ResourceConstraint::Any | ResourceConstraint::Is(_) => Some(
+            "a `@cross_segment` permit must name what it opens in its scope, e.g. `resource == Channel::\"b.results\"` or `resource in Namespace::\"shared\"`"
+                .to_owned(),
+        ),
+    }
+}
+
+/// Namespace names are single channel tokens; segment names are 1 to 64 of `[A-Za-z0-9_-]`.
+fn check_owners(owners: &Owners) -> Result<(), LoadError> {
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':'))
+    };
+    let segment = |s: &str| {
+        (1..=64).contains(&s.len())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+    };
+    let problems: Vec<Problem> = owners
+        .iter()
+        .filter(|(ns, seg)| !token(ns) || !segment(seg))
+        .map(|(ns, seg)| Problem {
+            source: "namespace owners".to_owned(),
+            location: None,
+            policy: None,
+            message: format!(
+                "`{}` → `{}`: a namespace is one channel token and a segment 1 to 64 of [A-Za-z0-9_-]",
+                ns.escape_debug(),
+                seg.escape_debug()
+            ),
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(LoadError::Rules(problems))
+    }
+}
+
+// === slicing ===
+
+fn slice_index(action: Action, cross: bool) -> usize {
+    action.index() * 2 + usize::from(cross)
+}
+
+/// Builds the slices. A policy goes into the slice of every action its scope allows
+/// (`action` unconstrained: all of them), for every tier it applies to (forbids and
+/// `@cross_segment` permits: both; other permits: same-segment only). Within a slice, a
+/// policy pinned to one channel is in that channel's set only; one pinned to a namespace is in
+/// that namespace's set and in the sets of its channels; one pinned to neither is in every
+/// set. A request evaluates the set of its channel, else of its namespace, else the rest.
+fn slice_all(parsed: &[Parsed], slicing: bool) -> Result<Vec<Slice>, LoadError> {
+    let pins: Vec<Pin> = parsed
+        .iter()
+        .map(|p| if slicing { pin(&p.policy) } else { Pin::None })
+        .collect();
+    let set_of = |indices: &mut Vec<usize>| {
+        indices.sort_unstable();
+        cedar_policy::PolicySet::from_policies(
+            indices
+                .iter()
+                .filter_map(|&i| parsed.get(i))
+                .map(|p| p.policy.clone()),
+        )
+        .map_err(|e| LoadError::Internal(e.to_string()))
+    };
+    let mut slices = Vec::new();
+    for action in Action::ALL {
+        for cross in [false, true] {
+            let mut rest = Vec::new();
+            let mut namespaces: HashMap<&str, Vec<usize>> = HashMap::new();
+            let mut channels: HashMap<&str, Vec<usize>> = HashMap::new();
+            for ((i, p), pin) in parsed.iter().enumerate().zip(&pins) {
+                let tier_ok = !cross || p.info.effect == Effect::Forbid || p.info.cross_segment;
+                if !tier_ok || (slicing && !applies_to(&p.policy, action)) {
+                    continue;
+                }
+                match pin {
+                    Pin::None => rest.push(i),
+                    Pin::Namespace(ns) => namespaces.entry(ns).or_default().push(i),
+                    Pin::Channel(name) => channels.entry(name).or_default().push(i),
+                }
+            }
+            let mut by_channel = HashMap::new();
+            for (name, mut indices) in channels {
+                let ns = name.split('.').next().unwrap_or_default();
+                indices.extend(namespaces.get(ns).into_iter().flatten());
+                indices.extend_from_slice(&rest);
+                by_channel.insert(Box::from(name), set_of(&mut indices)?);
+            }
+            let mut by_namespace = HashMap::new();
+            for (ns, mut indices) in namespaces {
+                indices.extend_from_slice(&rest);
+                by_namespace.insert(Box::from(ns), set_of(&mut indices)?);
+            }
+            slices.push(Slice {
+                by_channel,
+                by_namespace,
+                rest: set_of(&mut rest)?,
+            });
+        }
+    }
+    Ok(slices)
+}
+
+/// Whether the policy's action scope admits `action`.
+fn applies_to(policy: &cedar_policy::Policy, action: Action) -> bool {
+    let is = |uid: &EntityUid| uid.id().unescaped() == action.name();
+    match policy.action_constraint() {
+        ActionConstraint::Any => true,
+        ActionConstraint::Eq(uid) => is(&uid),
+        ActionConstraint::In(uids) => uids.iter().any(is),
+    }
+}
+
+/// What the resource scope pins: `resource == Channel::"a.b"` (or `in`, since a channel has
+/// no descendants) one channel; `resource in Namespace::"a.b"` the namespace `a`.
+fn pin(policy: &cedar_policy::Policy) -> Pin {
+    let uid = match policy.resource_constraint() {
+        ResourceConstraint::Eq(uid)
+        | ResourceConstraint::In(uid)
+        | ResourceConstraint::IsIn(_, uid) => uid,
+        ResourceConstraint::Any | ResourceConstraint::Is(_) => return Pin::None,
+    };
+    let name = uid.id().unescaped();
+    match uid.type_name().to_string().as_str() {
+        "Channel" => Pin::Channel(name.to_owned()),
+        "Namespace" => Pin::Namespace(name.split('.').next().unwrap_or_default().to_owned()),
+        _ => Pin::None,
+    }
+}
+
+// === impl Problem ===
+
+impl Problem {
+    fn from_diagnostic(
+        source: &str,
+        text: &str,
+        policy: Option<&str>,
+        diagnostic: &dyn Diagnostic,
+    ) -> Self {
+        let offset = diagnostic
+            .labels()
+            .and_then(|mut labels| labels.next())
+            .map(|label| label.offset());
+        let mut message = diagnostic.to_string();
+        // Cedar starts validation messages with the policy, which `Display` shows already.
+        if let Some(rest) =
+            policy.and_then(|id| message.strip_prefix(&format!("for policy `{id}`, ")))
+        {
+            message = rest.to_owned();
+        }
+        if let Some(help) = diagnostic.help() {
+            message = format!("{message} ({help})");
+        }
+        Self {
+            source: source.to_owned(),
+            location: offset.map(|offset| line_column(text, offset)),
+            policy: policy.map(str::to_owned),
+            message,
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)?;
+        if let Some((line, column)) = self.location {
+            write!(f, ":{line}:{column}")?;
+        }
+        f.write_str(": ")?;
+        if let Some(policy) = &self.policy {
+            write!(f, "policy `{policy}`: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Displays problems separated by `; `.
+struct Problems<'a>(&'a [Problem]);
+
+impl fmt::Display for Problems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl LoadError {
+    /// The problems found, for listing one per line (empty for `Read` and `Internal`).
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            LoadError::Syntax(p) | LoadError::Invalid(p) | LoadError::Rules(p) => p,
+            LoadError::Read { .. } | LoadError::Internal(_) => &[],
+        }
+    }
+}
+
+fn action_uid(action: Action) -> EntityUid {
+    static UIDS: LazyLock<Vec<EntityUid>> =
+        LazyLock::new(|| Action::ALL.iter().map(|a| a.uid()).collect());
+    UIDS.get(action.index())
+        .cloned()
+        .unwrap_or_else(|| action.uid())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
+
+    use super::*;
+
+    #[test]
+    fn the_cursor_counts_lines_and_columns() {
+        let text = "a;\n  \u{e9}b;\nc;";
+        let mut cursor = Cursor::new(text);
+        assert_eq!(cursor.locate("a;"), (1, 1));
+        assert_eq!(cursor.locate("b;"), (2, 4));
+        assert_eq!(cursor.locate("a;"), (0, 0));
+        assert_eq!(cursor.locate("c;"), (3, 1));
+    }
+
+    #[test]
+    fn line_columns() {
+        let text = "ab\ncd\n\u{e9}x";
+        assert_eq!(line_column(text, 0), (1, 1));
+        assert_eq!(line_column(text, 4), (2, 2));
+        assert_eq!(line_column(text, 8), (3, 2));
+    }
+}

@@ -1,0 +1,218 @@
+//! Loading policies: every kind of bad input is refused with a clear error, and the running
+//! set and epoch stay as they were.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use entente_policy::{BASE_POLICIES, Effect, Engine, LoadError, PolicySet, Problem};
+
+const GOOD: &str = r#"
+@id("research-publishes")
+permit (principal in Segment::"research", action == Action::"publish",
+        resource in Namespace::"research");
+"#;
+
+fn problems(result: Result<PolicySet, LoadError>) -> (LoadError, Vec<Problem>) {
+    let error = result.expect_err("should be refused");
+    let problems = error.problems().to_vec();
+    assert!(!problems.is_empty(), "{error}");
+    (error, problems)
+}
+
+#[test]
+fn good_policies_load_with_ids_and_locations() {
+    let set = PolicySet::builder()
+        .source("research.cedar", GOOD)
+        .source(
+            "misc.cedar",
+            "\n\n  forbid (principal, action, resource) when { context.risk > 90 };\n",
+        )
+        .build()
+        .unwrap();
+    assert_eq!(set.len(), 2);
+    let research = set.policy("research-publishes").unwrap();
+    assert_eq!(
+        (research.source.as_str(), research.line, research.column),
+        ("research.cedar", 2, 1)
+    );
+    assert_eq!(research.effect, Effect::Permit);
+    let unnamed = set.policy("misc.cedar#0").unwrap();
+    assert_eq!((unnamed.line, unnamed.column), (3, 3));
+    assert_eq!(unnamed.effect, Effect::Forbid);
+    assert!(unnamed.text.starts_with("forbid"));
+}
+
+#[test]
+fn the_base_policies_load() {
+    let set = PolicySet::parse("base", BASE_POLICIES).unwrap();
+    assert!(set.policy("entente.direct-within-segment").is_some());
+}
+
+#[test]
+fn malformed_syntax_is_a_syntax_error_with_its_location() {
+    let text = "permit (principal, action, resource);\n\npermit (principal action, resource);\n";
+    let (error, problems) = problems(PolicySet::parse("bad.cedar", text));
+    assert!(matches!(error, LoadError::Syntax(_)), "{error}");
+    let first = &problems[0];
+    assert_eq!(first.source, "bad.cedar");
+    assert_eq!(first.location.map(|(line, _)| line), Some(3), "{first}");
+    assert!(
+        error
+            .to_string()
+            .starts_with("policy syntax error: bad.cedar:3:"),
+        "{error}"
+    );
+}
+
+#[test]
+fn an_unknown_entity_type_is_invalid() {
+    let text = r#"@id("p") permit (principal == User::"alice", action, resource);"#;
+    let (error, problems) = problems(PolicySet::parse("p.cedar", text));
+    assert!(matches!(error, LoadError::Invalid(_)), "{error}");
+    assert_eq!(problems[0].policy.as_deref(), Some("p"));
+    assert_eq!(problems[0].location, Some((1, 31)), "{}", problems[0]);
+    assert!(problems[0].message.contains("User"), "{}", problems[0]);
+}
+
+#[test]
+fn an_unknown_attribute_is_invalid() {
+    let text = "permit (principal is Agent, action, resource)\n  when { principal.clearance > 3 };";
+    let (error, problems) = problems(PolicySet::parse("p.cedar", text));
+    assert!(matches!(error, LoadError::Invalid(_)), "{error}");
+    assert_eq!(problems[0].policy.as_deref(), Some("p.cedar#0"));
+    assert_eq!(
+        problems[0].location.map(|(line, _)| line),
+        Some(2),
+        "{}",
+        problems[0]
+    );
+    assert!(problems[0].message.contains("clearance"), "{}", problems[0]);
+}
+
+#[test]
+fn an_unknown_action_is_invalid() {
+    let text = r#"permit (principal, action == Action::"delete", resource);"#;
+    let (error, problems) = problems(PolicySet::parse("p.cedar", text));
+    assert!(matches!(error, LoadError::Invalid(_)), "{error}");
+    assert!(problems[0].message.contains("delete"), "{}", problems[0]);
+}
+
+#[test]
+fn an_action_on_a_resource_it_does_not_take_is_invalid() {
+    // `publish` applies to channels only; cedar reports an impossible policy as a warning,
+    // which Entente refuses like an error.
+    let text = r#"permit (principal, action == Action::"publish", resource is Agent);"#;
+    let (error, problems) = problems(PolicySet::parse("p.cedar", text));
+    assert!(matches!(error, LoadError::Invalid(_)), "{error}");
+    assert_eq!(problems[0].policy.as_deref(), Some("p.cedar#0"));
+}
+
+#[test]
+fn a_type_error_in_a_condition_is_invalid() {
+    let text = r#"permit (principal, action, resource) when { context.risk == "high" };"#;
+    let (error, _) = problems(PolicySet::parse("p.cedar", text));
+    assert!(matches!(error, LoadError::Invalid(_)), "{error}");
+}
+
+#[test]
+fn duplicate_ids_are_refused() {
+    let (error, problems) = problems(
+        PolicySet::builder()
+            .source("a.cedar", GOOD)
+            .source("b.cedar", GOOD)
+            .build(),
+    );
+    assert!(matches!(error, LoadError::Rules(_)), "{error}");
+    assert_eq!(problems[0].source, "b.cedar");
+    assert!(problems[0].message.contains("a.cedar:2"), "{}", problems[0]);
+}
+
+#[test]
+fn templates_are_refused() {
+    let text = r#"permit (principal == ?principal, action, resource);"#;
+    let (error, _) = problems(PolicySet::parse("t.cedar", text));
+    assert!(matches!(error, LoadError::Rules(_)), "{error}");
+    assert!(error.to_string().contains("templates"), "{error}");
+}
+
+#[test]
+fn cross_segment_must_be_a_permit_naming_its_resource() {
+    for text in [
+        r#"@cross_segment permit (principal in Segment::"a", action == Action::"publish", resource);"#,
+        r#"@cross_segment permit (principal, action, resource is Channel) when { resource.name like "b.*" };"#,
+        r#"@cross_segment forbid (principal, action, resource == Channel::"b.x");"#,
+    ] {
+        let (error, problems) = problems(PolicySet::parse("x.cedar", text));
+        assert!(matches!(error, LoadError::Rules(_)), "{error}");
+        assert_eq!(problems[0].location, Some((1, 1)));
+    }
+}
+
+#[test]
+fn namespace_owners_are_checked() {
+    for (namespace, segment) in [("a.b", "s"), ("", "s"), ("a", "s.t"), ("a", "")] {
+        let result = PolicySet::builder()
+            .namespace_owner(namespace, segment)
+            .build();
+        assert!(
+            matches!(result, Err(LoadError::Rules(_))),
+            "{namespace} {segment}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_file_is_a_read_error() {
+    let error = PolicySet::builder()
+        .file("/nonexistent/entente/policies.cedar")
+        .unwrap_err();
+    assert!(matches!(error, LoadError::Read { .. }), "{error}");
+    assert!(error.to_string().contains("policies.cedar"));
+}
+
+#[test]
+fn files_load() {
+    let dir = std::env::temp_dir().join(format!("entente-policy-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("research.cedar");
+    std::fs::write(&path, GOOD).unwrap();
+    let set = PolicySet::builder().file(&path).unwrap().build().unwrap();
+    assert_eq!(
+        set.policy("research-publishes").unwrap().source,
+        path.display().to_string()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_failed_load_leaves_the_running_set_and_epoch_unchanged() {
+    let engine = Engine::new(PolicySet::parse("good.cedar", GOOD).unwrap());
+    assert_eq!(engine.epoch(), 1);
+    for bad in [
+        "permit (principal, action resource);",
+        r#"permit (principal == User::"x", action, resource);"#,
+        r#"@cross_segment permit (principal, action, resource);"#,
+    ] {
+        let result = engine.load(PolicySet::builder().source("new.cedar", bad));
+        assert!(result.is_err());
+        assert_eq!(engine.epoch(), 1);
+        let running = engine.policies();
+        assert_eq!(running.len(), 1);
+        assert!(running.policy("research-publishes").is_some());
+    }
+    // A good load swaps and bumps.
+    let epoch = engine
+        .load(PolicySet::builder().source("new.cedar", "forbid (principal, action, resource);"))
+        .unwrap();
+    assert_eq!(epoch, 2);
+    assert_eq!(engine.epoch(), 2);
+    assert!(engine.policies().policy("new.cedar#0").is_some());
+    // So do other changes.
+    assert_eq!(engine.bump_epoch(), 3);
+    assert_eq!(engine.replace(PolicySet::empty()), 4);
+    assert!(engine.policies().is_empty());
+}

@@ -1,0 +1,358 @@
+//! A running hub on `127.0.0.1:0` over a test CA and a registry in a temporary directory.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use entente_ca::{CaOptions, JoinToken, TrustBundle};
+use entente_client::{Client, ClientOptions, Identity};
+use entente_hub::{AllowRule, Hub, HubConfig, HubHandle, HubStats, Who};
+use entente_store::EmbeddedStore;
+use entente_types::{AgentId, ChannelPattern, Principal, TrustDomain};
+use tempfile::TempDir;
+
+use crate::{TRUST_DOMAIN, TestCa};
+
+/// How long the join tokens of [`TestHub::token`] and [`TestHub::enroll`] live.
+pub const TOKEN_TTL: Duration = Duration::from_secs(600);
+
+/// The human a test hub lists as its administrator unless told otherwise
+/// ([`TestHubBuilder::without_admin`]): `spiffe://TD/human/admin`, as `entente hub start` does.
+pub const ADMIN_NAME: &str = "admin";
+
+/// A real hub on `127.0.0.1:0`: [`Hub::start`] over a [`TestCa`] and an [`EmbeddedStore`] in a
+/// temporary directory. Both directories are deleted when the `TestHub` drops (the CA's only
+/// when no other hub shares it); dropping also stops the hub, without waiting — prefer
+/// [`TestHub::shutdown`].
+#[derive(Debug)]
+pub struct TestHub {
+    hub: HubHandle,
+    ca: Arc<TestCa>,
+    store: Arc<EmbeddedStore>,
+    config: HubConfig,
+    _dir: TempDir,
+}
+
+/// How to start a [`TestHub`]: [`TestHub::builder`], settings, then
+/// [`start`](Self::start).
+///
+/// ```
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> anyhow::Result<()> {
+/// let hub = entente_testkit::TestHub::builder()
+///     .allow_segment("shop", ["orders.>"])
+///     .svid_ttl(Duration::from_secs(30))
+///     .config(|c| c.max_subscriptions = 8)
+///     .start()
+///     .await?;
+/// assert_eq!(hub.config().max_subscriptions, 8);
+/// assert_eq!(hub.ca().ca().options().svid_ttl, Duration::from_secs(30));
+/// hub.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct TestHubBuilder {
+    ca: Option<Arc<TestCa>>,
+    trust_domain: String,
+    ca_options: CaOptions,
+    config: HubConfig,
+    segments: Vec<(String, Vec<String>)>,
+    admin: bool,
+}
+
+/// Enrolls the agent `segment/name` with `hub` — any running hub, not only a [`TestHub`]'s —
+/// as any agent enrolls: a join token ([`token`]), then [`entente_client::enroll`] over the
+/// network with fresh keys, the hub verified against its trust bundle.
+pub async fn enroll(hub: &HubHandle, segment: &str, name: &str) -> Result<Identity> {
+    let token = token(hub, segment, name).await?;
+    entente_client::enroll(hub.local_addr(), hub.trust_bundle(), token.as_str())
+        .await
+        .with_context(|| format!("enrolling `{segment}/{name}`"))
+}
+
+/// A one-time join token for the agent `segment/name` of `hub`'s trust domain, valid for
+/// [`TOKEN_TTL`], made and stored as the hub's operator or a remote administrator makes it.
+pub async fn token(hub: &HubHandle, segment: &str, name: &str) -> Result<JoinToken> {
+    let agent = AgentId::new(hub.trust_bundle().trust_domain(), segment, name)
+        .with_context(|| format!("`{segment}/{name}` is not an agent name"))?;
+    hub.create_token(agent, TOKEN_TTL)
+        .await
+        .with_context(|| format!("creating a join token for `{segment}/{name}`"))
+}
+
+// === impl TestHub ===
+
+impl TestHub {
+    /// Starts a hub with the defaults: a new CA for [`TRUST_DOMAIN`], [`HubConfig::default`]
+    /// (nothing allowed but each principal's own namespaces and direct messages within a
+    /// segment) and [`ADMIN_NAME`] as administrator.
+    pub async fn start() -> Result<Self> {
+        Self::builder().start().await
+    }
+
+    /// A builder, to set allow rules, the CA or any of the hub's settings.
+    pub fn builder() -> TestHubBuilder {
+        TestHubBuilder {
+            ca: None,
+            trust_domain: TRUST_DOMAIN.to_owned(),
+            ca_options: CaOptions::default(),
+            config: HubConfig::default(),
+            segments: Vec::new(),
+            admin: true,
+        }
+    }
+
+    /// The address the hub listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.hub.local_addr()
+    }
+
+    /// The trust bundle: what agents get out of band to verify the hub.
+    pub fn trust(&self) -> &TrustBundle {
+        self.ca.trust()
+    }
+
+    /// The hub's trust domain.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        self.ca.trust_domain()
+    }
+
+    /// The name clients expect in the hub's certificate (TLS SNI), `hub.TD`.
+    pub fn server_name(&self) -> String {
+        entente_hub::hub_server_name(self.trust_domain())
+    }
+
+    /// The CA that issued the hub's certificate and issues its agents'.
+    pub fn ca(&self) -> &Arc<TestCa> {
+        &self.ca
+    }
+
+    /// The hub's registry: join tokens, agents, key bundles, the revocation list.
+    pub fn store(&self) -> &Arc<EmbeddedStore> {
+        &self.store
+    }
+
+    /// The running hub, as its operator holds it.
+    pub fn hub(&self) -> &HubHandle {
+        &self.hub
+    }
+
+    /// The configuration the hub was started with.
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// The hub's counters.
+    pub fn stats(&self) -> HubStats {
+        self.hub.stats()
+    }
+
+    /// The agent `segment/name` of the hub's trust domain.
+    pub fn agent_id(&self, segment: &str, name: &str) -> Result<AgentId> {
+        self.ca.agent_id(segment, name)
+    }
+
+    /// A one-time join token for the agent `segment/name`, valid for [`TOKEN_TTL`] ([`token`]).
+    pub async fn token(&self, segment: &str, name: &str) -> Result<JoinToken> {
+        token(&self.hub, segment, name).await
+    }
+
+    /// Enrolls the agent `segment/name` as any agent enrolls ([`enroll`]). The hub records the
+    /// agent and its key bundle, so its directory serves the bundle.
+    pub async fn enroll(&self, segment: &str, name: &str) -> Result<Identity> {
+        enroll(&self.hub, segment, name).await
+    }
+
+    /// An identity for the agent `segment/name` issued directly by the CA, now: its
+    /// certificate gets it through the handshake, but the hub's registry has never seen it
+    /// (its directory does not know its key bundle).
+    pub fn identity_without_enrollment(&self, segment: &str, name: &str) -> Result<Identity> {
+        self.ca.identity(&self.ca.principal(segment, name)?)
+    }
+
+    /// The administrator [`ADMIN_NAME`] (listed in the hub's `admins` unless the builder said
+    /// [`without_admin`](TestHubBuilder::without_admin)).
+    pub fn admin_principal(&self) -> Result<Principal> {
+        self.ca.human(ADMIN_NAME)
+    }
+
+    /// A fresh identity for the administrator [`ADMIN_NAME`], issued directly by the CA as
+    /// `entente hub start` issues its own; connect it to call the admin RPCs
+    /// ([`Client::create_token`], [`Client::revoke`]).
+    pub fn admin(&self) -> Result<Identity> {
+        self.ca.identity(&self.admin_principal()?)
+    }
+
+    /// Connects `identity` to the hub with the default [`ClientOptions`].
+    pub async fn connect(&self, identity: Identity) -> Result<Client> {
+        self.connect_with(identity, ClientOptions::new()).await
+    }
+
+    /// Connects `identity` to the hub with `options`.
+    pub async fn connect_with(&self, identity: Identity, options: ClientOptions) -> Result<Client> {
+        let principal = identity.principal().clone();
+        Client::connect(identity, self.addr(), options)
+            .await
+            .with_context(|| format!("connecting `{principal}` to the hub"))
+    }
+
+    /// Revokes every certificate of `principal`, live: the hub closes its connections and
+    /// refuses its handshakes. Returns how many connections were closed (0 if it was revoked
+    /// already).
+    pub async fn revoke(&self, principal: &Principal) -> Result<usize> {
+        self.ca.revoke(&self.hub, principal).await
+    }
+
+    /// Revokes the certificate of `identity` (by serial number), live; other certificates of
+    /// its principal stay valid. Returns how many connections were closed.
+    pub async fn revoke_certificate(&self, identity: &Identity) -> Result<usize> {
+        self.ca.revoke_certificate(&self.hub, identity).await
+    }
+
+    /// Shuts the hub down and starts it again on a new port with the same CA, registry and
+    /// configuration: what a hub keeps across restarts (agents, key bundles, the revocation
+    /// list) is there, connections and sessions are not.
+    pub async fn restart(self) -> Result<Self> {
+        let Self {
+            hub,
+            ca,
+            store,
+            config,
+            _dir,
+        } = self;
+        hub.shutdown().await;
+        let hub = Hub::start(config.clone(), ca.ca().clone(), store.clone())
+            .await
+            .context("restarting the hub")?;
+        Ok(Self {
+            hub,
+            ca,
+            store,
+            config,
+            _dir,
+        })
+    }
+
+    /// Stops accepting, closes every connection (`UNAVAILABLE`) and waits for them to end.
+    pub async fn shutdown(self) {
+        self.hub.shutdown().await;
+    }
+}
+
+// === impl TestHubBuilder ===
+
+impl TestHubBuilder {
+    /// Runs the hub with `ca` instead of a new CA: several hubs of one CA, or a CA the test
+    /// also issues from directly. The builder's trust domain and CA options are then unused.
+    pub fn ca(mut self, ca: Arc<TestCa>) -> Self {
+        self.ca = Some(ca);
+        self
+    }
+
+    /// The trust domain of the new CA. Default [`TRUST_DOMAIN`].
+    pub fn trust_domain(mut self, trust_domain: &str) -> Self {
+        trust_domain.clone_into(&mut self.trust_domain);
+        self
+    }
+
+    /// The validity periods of the new CA. Default [`CaOptions::default`].
+    pub fn ca_options(mut self, options: CaOptions) -> Self {
+        self.ca_options = options;
+        self
+    }
+
+    /// The lifetime of the certificates the new CA issues — agents', renewals', the hub's
+    /// own. Default one hour.
+    pub fn svid_ttl(mut self, ttl: Duration) -> Self {
+        self.ca_options.svid_ttl = ttl;
+        self
+    }
+
+    /// Adds an allow rule.
+    pub fn allow(mut self, rule: AllowRule) -> Self {
+        self.config.allow.rules.push(rule);
+        self
+    }
+
+    /// Adds an allow rule letting every agent of `segment` publish and subscribe to
+    /// `patterns` (NATS-style, e.g. `orders.>`; checked at [`start`](Self::start)).
+    pub fn allow_segment(
+        mut self,
+        segment: &str,
+        patterns: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.segments.push((
+            segment.to_owned(),
+            patterns.into_iter().map(Into::into).collect(),
+        ));
+        self
+    }
+
+    /// Changes the hub's configuration: anything of [`HubConfig`]. Rules added by
+    /// [`allow`](Self::allow) before are in `config.allow`; the `listen` address should stay
+    /// on the loopback.
+    pub fn config(mut self, change: impl FnOnce(&mut HubConfig)) -> Self {
+        change(&mut self.config);
+        self
+    }
+
+    /// Lists no administrator of its own: `admins` is what [`config`](Self::config) sets
+    /// (empty by default), and [`TestHub::admin`] is refused by the admin RPCs.
+    pub fn without_admin(mut self) -> Self {
+        self.admin = false;
+        self
+    }
+
+    /// Creates what is missing (the CA, a registry in a temporary directory) and starts the
+    /// hub.
+    pub async fn start(self) -> Result<TestHub> {
+        let Self {
+            ca,
+            trust_domain,
+            ca_options,
+            mut config,
+            segments,
+            admin,
+        } = self;
+        let ca = match ca {
+            Some(ca) => ca,
+            None => Arc::new(TestCa::with_trust_domain(&trust_domain, ca_options)?),
+        };
+        for (segment, patterns) in segments {
+            let patterns = patterns
+                .iter()
+                .map(|p| ChannelPattern::parse(p).with_context(|| format!("allow pattern `{p}`")))
+                .collect::<Result<Vec<_>>>()?;
+            config.allow.rules.push(AllowRule {
+                who: Who::Segment(segment),
+                publish: patterns.clone(),
+                subscribe: patterns,
+            });
+        }
+        if admin {
+            let admin = ca.human(ADMIN_NAME)?;
+            if !config.admins.contains(&admin) {
+                config.admins.push(admin);
+            }
+        }
+        let dir = tempfile::tempdir().context("creating the hub's temporary directory")?;
+        let store = Arc::new(
+            EmbeddedStore::open(dir.path().join("registry.redb"))
+                .context("opening the hub's registry")?,
+        );
+        let hub = Hub::start(config.clone(), ca.ca().clone(), store.clone())
+            .await
+            .context("starting the hub")?;
+        Ok(TestHub {
+            hub,
+            ca,
+            store,
+            config,
+            _dir: dir,
+        })
+    }
+}
