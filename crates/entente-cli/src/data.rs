@@ -2,15 +2,21 @@
 //!
 //! ```text
 //! DIR/
-//!   config.toml      listen address, trust domain, allow rules (edit and restart)
+//!   config.toml      listen address and trust domain (edit and restart)
+//!   policies/        Cedar policies: the initial set the first start stores (default.cedar)
 //!   keystore.key     the key-store key, only if none was given through the environment
 //!   keys/            the CA keys (Argon2id/AES-256-GCM key store, files 0600)
 //!   ca/root.pem      the root CA certificate
 //!   ca/intermediate.pem
 //!   ca.pem           the trust bundle agents need (`entente enroll --ca DIR/ca.pem`)
-//!   store.redb       agents, key bundles, join tokens, revocations
+//!   store.redb       agents, key bundles, join tokens, revocations, the running policy set
 //!   admin/           the identity directory of `spiffe://TD/human/admin`
 //! ```
+//!
+//! Policies: the first start writes `policies/default.cedar` and runs `policies/*.cedar` (the
+//! hub stores them). Later starts run the set the store holds — the last one loaded with
+//! `entente policy load` — and do not read `policies/` again, unless started with
+//! `--reload-policies`.
 //!
 //! The key store is unlocked by `ENTENTE_KEYSTORE_KEY` (64 hex characters) or
 //! `ENTENTE_KEYSTORE_PASSPHRASE`; without either, the first start draws a random key and keeps
@@ -29,10 +35,10 @@ use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 use entente_ca::{Ca, CaOptions};
 use entente_client::Identity;
 use entente_crypto::{KeyBundleBody, MessageKeys};
-use entente_hub::{AllowList, AllowRule, HubConfig, Who};
+use entente_hub::HubConfig;
 use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock, files};
 use entente_store::EmbeddedStore;
-use entente_types::{AgentId, ChannelPattern, HumanId, Principal, TrustDomain};
+use entente_types::{HumanId, Principal, TrustDomain};
 use zeroize::Zeroizing;
 
 /// Where a hub listens unless told otherwise.
@@ -82,9 +88,41 @@ impl DataDir {
         Self::init(root, listen, trust_domain, now)
     }
 
-    /// The hub configuration the config file describes.
-    pub(crate) fn hub_config(&self) -> Result<HubConfig> {
-        self.config.to_hub_config()
+    /// The hub configuration the config file describes, with `policies/*.cedar` as the
+    /// initial policy set (run only when the store holds none, or with `reload_policies`).
+    pub(crate) fn hub_config(&self, reload_policies: bool) -> Result<HubConfig> {
+        let mut config = self.config.to_hub_config()?;
+        config.policies = self.policy_files()?;
+        config.replace_stored_policies = reload_policies;
+        Ok(config)
+    }
+
+    /// The policy directory.
+    pub(crate) fn policies_dir(&self) -> PathBuf {
+        self.root.join(POLICIES)
+    }
+
+    /// `policies/*.cedar`, sorted by name, as `(file name, text)`; none if the directory is
+    /// missing.
+    pub(crate) fn policy_files(&self) -> Result<Vec<(String, String)>> {
+        let dir = self.policies_dir();
+        if !dir.exists() {
+            return Ok(Vec::new());
+        }
+        let mut files = Vec::new();
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading `{}`", dir.display()))?
+        {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "cedar") && path.is_file() {
+                let name = file_name(&path)?;
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading `{}`", path.display()))?;
+                files.push((name, text));
+            }
+        }
+        files.sort();
+        Ok(files)
     }
 
     /// The admin identity directory.
@@ -139,10 +177,19 @@ impl DataDir {
         let config = ConfigFile::new(
             listen.map_or_else(|| DEFAULT_LISTEN.to_owned(), |l| l.to_string()),
             &td,
-        )?;
+        );
         files::replace(root, CONFIG, config.render()?.as_bytes(), &rng)?;
+        created.push(format!("{CONFIG}: listen address and trust domain"));
+        let policies = root.join(POLICIES);
+        files::create_private_dir_all(&policies)?;
+        files::replace(
+            &policies,
+            DEFAULT_POLICIES,
+            DEFAULT_POLICY_TEXT.as_bytes(),
+            &rng,
+        )?;
         created.push(format!(
-            "{CONFIG}: listen address, trust domain and allow rules"
+            "{POLICIES}/{DEFAULT_POLICIES}: Cedar policies, the hub's initial set: agents of segment `demo` may use `demo.>`"
         ));
         Ok(Self {
             root: root.to_owned(),
@@ -154,10 +201,19 @@ impl DataDir {
     }
 
     fn open(root: &Path, now: SystemTime) -> Result<Self> {
-        let config = ConfigFile::parse(&String::from_utf8(files::read_private(
-            &root.join(CONFIG),
-        )?)?)
-        .with_context(|| format!("reading `{}`", root.join(CONFIG).display()))?;
+        let config_path = root.join(CONFIG);
+        let text = String::from_utf8(files::read_private(&config_path)?)?;
+        if has_allow_rules(&text) {
+            bail!(
+                "`{}` has [[allow]] rules, which Entente no longer reads: write them as Cedar \
+                 policies in `{}/*.cedar` (docs/POLICY.md), remove the [[allow]] tables, start \
+                 the hub and run `entente policy load`",
+                config_path.display(),
+                root.join(POLICIES).display()
+            );
+        }
+        let config = ConfigFile::parse(&text)
+            .with_context(|| format!("reading `{}`", config_path.display()))?;
         let unlock = match Unlock::from_env()? {
             Some(unlock) => unlock,
             None => {
@@ -251,40 +307,14 @@ pub(crate) struct ConfigFile {
     pub(crate) listen: String,
     /// The trust domain (fixed when the directory is created).
     pub(crate) trust_domain: String,
-    /// Allow rules; none means nothing is allowed.
-    #[serde(default)]
-    pub(crate) allow: Vec<RuleFile>,
-}
-
-/// One `[[allow]]` table: exactly one of `agent`, `segment`, `any`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RuleFile {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) agent: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) segment: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) any: Option<bool>,
-    #[serde(default)]
-    pub(crate) publish: Vec<String>,
-    #[serde(default)]
-    pub(crate) subscribe: Vec<String>,
 }
 
 impl ConfigFile {
-    fn new(listen: String, td: &TrustDomain) -> Result<Self> {
-        Ok(Self {
+    fn new(listen: String, td: &TrustDomain) -> Self {
+        Self {
             listen,
             trust_domain: td.to_string(),
-            allow: vec![RuleFile {
-                agent: None,
-                segment: Some("demo".to_owned()),
-                any: None,
-                publish: vec!["demo.>".to_owned()],
-                subscribe: vec!["demo.>".to_owned()],
-            }],
-        })
+        }
     }
 
     pub(crate) fn parse(text: &str) -> Result<Self> {
@@ -297,11 +327,9 @@ impl ConfigFile {
         Ok(format!(
             "# Entente hub configuration. Edit, then restart the hub.\n\
              #\n\
-             # Authorization is default deny. Each [[allow]] table grants channel patterns to\n\
-             # one agent (agent = \"spiffe://TD/agent/SEGMENT/NAME\"), to every agent of a\n\
-             # segment (segment = \"NAME\"), or to everyone (any = true). Cross-segment traffic\n\
-             # needs a rule. Every principal may always use its own _direct and _reply channels.\n\
-             # The starter rule lets agents of segment `demo` talk on `demo.>`.\n\n{}",
+             # Authorization is Cedar policies, default deny: see policies/ and docs/POLICY.md.\n\
+             # The hub keeps the running set in its registry; change it with\n\
+             # `entente policy load`.\n\n{}",
             toml::to_string(self)?
         ))
     }
@@ -312,54 +340,55 @@ impl ConfigFile {
             .parse()
             .with_context(|| format!("`listen`: `{}` is not an address:port", self.listen))?;
         let td = TrustDomain::new(&self.trust_domain).context("`trust_domain`")?;
-        let mut allow = AllowList::new();
-        for (i, rule) in self.allow.iter().enumerate() {
-            allow = allow.with(
-                rule.to_rule(&td)
-                    .with_context(|| format!("[[allow]] #{}", i + 1))?,
-            );
-        }
         // The data directory's admin identity administers this hub remotely.
         let admin = Principal::from(HumanId::new(&td, "admin")?);
         Ok(HubConfig {
             listen,
-            allow,
             admins: vec![admin],
             ..HubConfig::default()
         })
     }
 }
 
-impl RuleFile {
-    fn to_rule(&self, td: &TrustDomain) -> Result<AllowRule> {
-        let who = match (&self.agent, &self.segment, self.any) {
-            (Some(agent), None, None) => {
-                let id = AgentId::parse(agent)?;
-                if id.trust_domain() != td.as_str() {
-                    bail!("agent `{agent}` is not of trust domain `{td}`");
-                }
-                Who::Agent(id)
-            }
-            (None, Some(segment), None) => {
-                // Validate the segment as agent IDs do.
-                AgentId::new(td, segment, "x")?;
-                Who::Segment(segment.clone())
-            }
-            (None, None, Some(true)) => Who::Any,
-            _ => bail!("give exactly one of `agent`, `segment` or `any = true`"),
-        };
-        let patterns = |list: &[String]| -> Result<Vec<ChannelPattern>> {
-            list.iter()
-                .map(|p| ChannelPattern::parse(p).with_context(|| format!("pattern `{p}`")))
-                .collect()
-        };
-        Ok(AllowRule {
-            who,
-            publish: patterns(&self.publish)?,
-            subscribe: patterns(&self.subscribe)?,
-        })
-    }
+/// Whether a config file still holds `[[allow]]` tables (the allow list Cedar replaced).
+fn has_allow_rules(text: &str) -> bool {
+    toml::from_str::<toml::Table>(text).is_ok_and(|table| table.contains_key("allow"))
 }
+
+/// The file name of `path`, as a policy source name.
+pub(crate) fn file_name(path: &Path) -> Result<String> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("`{}` has no usable file name", path.display()))
+}
+
+/// What the first start writes to `policies/default.cedar`: the starter rule of the old
+/// `config.toml`, in Cedar.
+pub(crate) const DEFAULT_POLICY_TEXT: &str = r#"// Entente policies, in Cedar (https://www.cedarpolicy.com); docs/POLICY.md explains the
+// schema, segments and how to write them.
+//
+// Everything is denied unless a permit matches and no forbid does. The hub always adds its
+// base policies (agents may send direct messages and requests to agents of their own
+// segment) and its structural rules: every principal may subscribe to its own _direct and
+// _reply channels, and a reply needs the hub's reply grant.
+//
+// The first `entente hub start` ran this file (and every *.cedar file here) and stored the
+// set. Later starts run the stored set. After editing, load the files into the running hub:
+//
+//   entente policy load --identity DATA/admin --hub ADDR DATA/policies/*.cedar
+//
+// and ask how a request is decided with `entente policy check`.
+
+// Agents of segment `demo` may publish, subscribe and send requests on `demo.>` (every
+// channel under `demo.`).
+@id("demo-traffic")
+permit (
+  principal in Segment::"demo",
+  action in [Action::"publish", Action::"subscribe", Action::"request"],
+  resource in Namespace::"demo"
+);
+"#;
 
 const CONFIG: &str = "config.toml";
 const KEYSTORE_KEY: &str = "keystore.key";
@@ -370,6 +399,8 @@ const INTERMEDIATE_PEM: &str = "intermediate.pem";
 const TRUST_PEM: &str = "ca.pem";
 const STORE: &str = "store.redb";
 const ADMIN: &str = "admin";
+const POLICIES: &str = "policies";
+const DEFAULT_POLICIES: &str = "default.cedar";
 
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -387,24 +418,59 @@ mod tests {
     }
 
     #[test]
-    fn the_default_config_round_trips_and_grants_only_the_demo_segment() {
-        let config = ConfigFile::new(DEFAULT_LISTEN.to_owned(), &td()).unwrap();
+    fn the_default_config_round_trips() {
+        let config = ConfigFile::new(DEFAULT_LISTEN.to_owned(), &td());
         let text = config.render().unwrap();
         assert!(text.starts_with("# Entente hub configuration"));
         let parsed = ConfigFile::parse(&text).unwrap();
         assert_eq!(parsed, config);
         let hub = parsed.to_hub_config().unwrap();
-        let demo = Principal::parse("spiffe://acme.internal/agent/demo/a").unwrap();
-        let ops = Principal::parse("spiffe://acme.internal/agent/ops/a").unwrap();
+        assert_eq!(
+            hub.admins,
+            [Principal::parse("spiffe://acme.internal/human/admin").unwrap()]
+        );
+        assert!(!has_allow_rules(&text));
+    }
+
+    #[test]
+    fn the_default_policies_let_the_demo_segment_use_demo_and_nobody_else() {
+        use entente_policy::{Action, Facts, PolicySet, Resource, Subject};
+        let set = PolicySet::builder()
+            .source("base", entente_policy::BASE_POLICIES)
+            .source(DEFAULT_POLICIES, DEFAULT_POLICY_TEXT)
+            .build()
+            .unwrap();
+        let subject = |id: &str| Subject::new(Principal::parse(id).unwrap(), Vec::<String>::new());
+        let demo = subject("spiffe://acme.internal/agent/demo/a");
+        let ops = subject("spiffe://acme.internal/agent/ops/a");
         let channel = "demo.greetings".parse().unwrap();
-        assert!(matches!(
-            hub.allow.may_publish(&demo, &channel),
-            entente_hub::allow::Decision::Allow
+        let pattern = "demo.>".parse().unwrap();
+        let bob = "_direct.demo.bob".parse().unwrap();
+        let decide = |who: &Subject, action, resource| {
+            set.decide(who, action, &resource, &Facts::default(), 0)
+                .allowed
+        };
+        assert!(decide(&demo, Action::Publish, Resource::Channel(&channel)));
+        assert!(decide(
+            &demo,
+            Action::Subscribe,
+            Resource::Pattern(&pattern)
         ));
-        assert!(!matches!(
-            hub.allow.may_publish(&ops, &channel),
-            entente_hub::allow::Decision::Allow
+        assert!(decide(&demo, Action::Request, Resource::Channel(&bob)));
+        assert!(!decide(&ops, Action::Publish, Resource::Channel(&channel)));
+        assert!(!decide(
+            &ops,
+            Action::Subscribe,
+            Resource::Pattern(&pattern)
         ));
+        assert!(!decide(&ops, Action::Request, Resource::Channel(&bob)));
+    }
+
+    #[test]
+    fn allow_rules_are_noticed() {
+        let old = "listen = \"127.0.0.1:1\"\ntrust_domain = \"acme.internal\"\n[[allow]]\nsegment = \"demo\"\npublish = [\"demo.>\"]\n";
+        assert!(has_allow_rules(old));
+        assert!(ConfigFile::parse(old).is_err());
     }
 
     #[test]
@@ -421,18 +487,6 @@ mod tests {
             (
                 "listen = \"127.0.0.1:1\"\ntrust_domain = \"acme.internal\"\ncolour = 1\n",
                 "colour",
-            ),
-            (
-                "listen = \"127.0.0.1:1\"\ntrust_domain = \"acme.internal\"\n[[allow]]\nsegment = \"a\"\nany = true\n",
-                "exactly one",
-            ),
-            (
-                "listen = \"127.0.0.1:1\"\ntrust_domain = \"acme.internal\"\n[[allow]]\nsegment = \"a\"\npublish = [\"a.>.b\"]\n",
-                "pattern",
-            ),
-            (
-                "listen = \"127.0.0.1:1\"\ntrust_domain = \"acme.internal\"\n[[allow]]\nagent = \"spiffe://other.org/agent/a/b\"\n",
-                "trust domain",
             ),
         ];
         for (text, needle) in cases {

@@ -54,6 +54,9 @@ enum Command {
     /// Manage join tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The running hub's Cedar policies: load, show, check a decision (administrators).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Enroll with a join token: create keys, get a certificate, write an identity directory.
     Enroll {
         /// The hub's address.
@@ -139,6 +142,41 @@ enum TokenCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Replace the running policy set with FILEs (each file's name is its source name) and
+    /// the base policies; prints the new policy epoch. All or nothing: on invalid policies
+    /// prints every problem, exits non-zero, and the running set is unchanged.
+    Load {
+        #[command(flatten)]
+        at: At,
+        /// Cedar policy files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Show the running policy set: its sources, each policy's ID and place, the epoch.
+    Show {
+        #[command(flatten)]
+        at: At,
+    },
+    /// Explain how the hub decides a request; exits 0 if allowed, 2 if denied.
+    Check {
+        #[command(flatten)]
+        at: At,
+        /// Who: a SPIFFE ID, or SEGMENT/NAME for an agent.
+        #[arg(long)]
+        principal: String,
+        /// What: publish, subscribe, direct, request, reply, enroll, grant, approve, revoke,
+        /// admin.
+        #[arg(long)]
+        action: String,
+        /// On what: a channel (a pattern for subscribe), `channel:NAME`, `agent:ID` (or
+        /// `agent:SEGMENT/NAME`), or `segment:NAME`.
+        #[arg(long)]
+        resource: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum HubCommand {
     /// Start a hub on a data directory; the first start initializes it (CA, admin identity,
     /// trust bundle, registry, config) and says what it created.
@@ -152,6 +190,10 @@ enum HubCommand {
         /// Trust domain of a new data directory (default entente.local).
         #[arg(long)]
         trust_domain: Option<String>,
+        /// Run DATA/policies/*.cedar (and store them) instead of the policy set the hub
+        /// stored: the way out when the stored set no longer loads.
+        #[arg(long)]
+        reload_policies: bool,
     },
 }
 
@@ -168,7 +210,24 @@ fn main() -> ExitCode {
             data,
             listen,
             trust_domain,
-        }) => commands::hub::start(&data, listen, trust_domain.as_deref(), cli.json),
+            reload_policies,
+        }) => commands::hub::start(
+            &data,
+            listen,
+            trust_domain.as_deref(),
+            reload_policies,
+            cli.json,
+        ),
+        Command::Policy(PolicyCommand::Load { at, files }) => {
+            commands::policy::load(&at, &files, cli.json)
+        }
+        Command::Policy(PolicyCommand::Show { at }) => commands::policy::show(&at, cli.json),
+        Command::Policy(PolicyCommand::Check {
+            at,
+            principal,
+            action,
+            resource,
+        }) => commands::policy::check(&at, &principal, &action, &resource, cli.json),
         Command::Token(TokenCommand::Create { at, agent, ttl }) => {
             commands::agent::token_create(&at.identity, &at.hub, &agent, ttl.as_deref(), cli.json)
         }

@@ -32,6 +32,8 @@ fn the_first_start_initializes_and_later_starts_reuse() {
         "store.redb",
         "admin/chain.pem",
         "keys",
+        "policies",
+        "policies/default.cedar",
     ] {
         let path = dir.join(name);
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o077;
@@ -39,10 +41,13 @@ fn the_first_start_initializes_and_later_starts_reuse() {
     }
     let config = fs::read_to_string(dir.join("config.toml")).unwrap();
     assert!(config.contains("trust_domain = \"entente.local\""));
+    assert!(!config.contains("[[allow]]"), "{config}");
+    assert_eq!(first["policies"]["origin"], "files", "{first}");
     stop(child);
 
     let (child, second) = start(&dir);
     assert!(second["created"].as_array().unwrap().is_empty(), "{second}");
+    assert_eq!(second["policies"]["origin"], "stored", "{second}");
     stop(child);
 }
 

@@ -15,7 +15,9 @@
 //! When the session ends — the hub closes it (revocation, expiry, shutdown), the connection
 //! drops, [`Client::close`] is called, or every handle and subscription is dropped — everything
 //! waiting fails with [`ErrorKind::Closed`], and every subscription gets that error as its last
-//! item (except when this client closed the session: then the streams just end).
+//! item (except when this client closed the session: then the streams just end). When the hub
+//! ends one subscription (`SubscriptionEnded`: a policy change no longer allows it), that
+//! subscription gets an error carrying the hub's code and reason as its last item.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -178,6 +180,7 @@ type Waiter = oneshot::Sender<Result<(), Error>>;
 
 #[derive(Debug)]
 struct SubscriptionEntry {
+    pattern: ChannelPattern,
     items: mpsc::Sender<Result<Message, Error>>,
     inbox: Mutex<Inbox>,
 }
@@ -339,7 +342,9 @@ impl Client {
     /// [`ErrorKind::Rejected`] (or the directory's error kind when the sender's key bundle
     /// could not be obtained — one item per batch then) and is counted in
     /// [`ClientStats::rejected`]. The stream goes on after them; it ends after an
-    /// [`ErrorKind::Closed`] item when the hub ends the session.
+    /// [`ErrorKind::Closed`] item when the hub ends the session, and after an
+    /// [`ErrorKind::Denied`] item (code and reason from the hub) when the hub ends the
+    /// subscription because a policy change no longer allows it.
     pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, Error> {
         let pattern = ChannelPattern::parse(pattern).map_err(|e| {
             Error::new(ErrorKind::InvalidInput, format!("bad channel pattern: {e}")).with_source(e)
@@ -358,6 +363,7 @@ impl Client {
         let (items, items_rx) = mpsc::channel(shared.options.subscription_queue);
         let identity = &shared.identity;
         let entry = Arc::new(SubscriptionEntry {
+            pattern: pattern.clone(),
             items,
             inbox: Mutex::new(Inbox::new(
                 identity.principal().clone(),
@@ -565,6 +571,86 @@ impl Client {
         Ok(response.closed_connections)
     }
 
+    /// Replaces the hub's running policy set with `sources` — `(name, text)` pairs of Cedar
+    /// policies, such as file names and contents — and the hub's base policies
+    /// (administrators only). Returns the new policy epoch and how many policies run, the
+    /// base policies included.
+    ///
+    /// All or nothing: a set the hub refuses (invalid Cedar, a policy that does not fit the
+    /// schema or Entente's rules, a source named `base`, bounds) is an error of kind
+    /// [`ErrorKind::InvalidInput`] whose [`Error::details`] lists each problem,
+    /// `file:line:col: …`; the running set is unchanged then. Subscriptions the new set no
+    /// longer allows are ended by the hub (see [`Client::subscribe`]).
+    pub async fn load_policies(&self, sources: &[(String, String)]) -> Result<(u64, u32), Error> {
+        let request = entente_wire::LoadPoliciesRequest {
+            sources: sources
+                .iter()
+                .map(|(name, text)| entente_wire::PolicySource {
+                    name: name.clone(),
+                    text: text.clone(),
+                })
+                .collect(),
+        };
+        let response: entente_wire::LoadPoliciesResponse = self
+            .inner
+            .transport
+            .unary(
+                "/entente.v1.Admin/LoadPolicies",
+                request,
+                self.inner.shared.options.request_timeout,
+                "loading policies",
+            )
+            .await
+            .map_err(|e| match refused_policies(&e) {
+                Some(refused) => refused,
+                None => self.inner.shared.after_end(e),
+            })?;
+        Ok((response.epoch, response.policies))
+    }
+
+    /// The hub's running policy set (administrators only): its epoch, its sources (`base`
+    /// first) and each policy's ID and place.
+    pub async fn policies(&self) -> Result<entente_wire::ShowPoliciesResponse, Error> {
+        self.inner
+            .transport
+            .unary(
+                "/entente.v1.Admin/ShowPolicies",
+                entente_wire::ShowPoliciesRequest {},
+                self.inner.shared.options.request_timeout,
+                "showing the policies",
+            )
+            .await
+            .map_err(|e| self.inner.shared.after_end(e))
+    }
+
+    /// How the hub would decide `principal` doing `action` (`publish`, `subscribe`, `direct`,
+    /// `request`, …) on a resource (administrators only): `resource_type` is `channel` (a
+    /// pattern for `subscribe`), `agent` (a SPIFFE ID) or `segment` (a name). The answer says
+    /// whether it is allowed, which policies decided, and explains it in words.
+    pub async fn check_policy(
+        &self,
+        principal: &Principal,
+        action: &str,
+        resource_type: &str,
+        resource: &str,
+    ) -> Result<entente_wire::CheckPolicyResponse, Error> {
+        self.inner
+            .transport
+            .unary(
+                "/entente.v1.Admin/CheckPolicy",
+                entente_wire::CheckPolicyRequest {
+                    principal: principal.to_string(),
+                    action: action.to_owned(),
+                    resource_type: resource_type.to_owned(),
+                    resource: resource.to_owned(),
+                },
+                self.inner.shared.options.request_timeout,
+                "checking a policy decision",
+            )
+            .await
+            .map_err(|e| self.inner.shared.after_end(e))
+    }
+
     /// The client's counters.
     pub fn stats(&self) -> ClientStats {
         self.inner.shared.stats.snapshot()
@@ -594,10 +680,16 @@ impl Client {
         let _ = ended.wait_for(|ended| *ended).await;
     }
 
-    /// Unsubscribes `id` and waits for the hub's answer.
+    /// Unsubscribes `id` and waits for the hub's answer. A subscription the hub ended already
+    /// is over: nothing to ask.
     pub(crate) async fn unsubscribe(&self, id: u64) -> Result<(), Error> {
         let shared = &self.inner.shared;
-        shared.lock().subscriptions.remove(&id);
+        {
+            let mut state = shared.lock();
+            if state.closed.is_none() && state.subscriptions.remove(&id).is_none() {
+                return Ok(());
+            }
+        }
         let (done, answer) = oneshot::channel();
         shared.register(id, Pending::Unsubscribe { done: Some(done) }, None)?;
         let frame = client_frame::Kind::Unsubscribe(Unsubscribe {
@@ -610,7 +702,10 @@ impl Client {
     /// [`Subscription`]).
     pub(crate) fn detach(&self, id: u64) {
         let shared = &self.inner.shared;
-        shared.lock().subscriptions.remove(&id);
+        // A subscription the hub ended is gone there already.
+        if shared.lock().subscriptions.remove(&id).is_none() {
+            return;
+        }
         if shared
             .register(id, Pending::Unsubscribe { done: None }, None)
             .is_err()
@@ -755,8 +850,9 @@ impl Client {
     /// receives it through [`subscribe_direct`](Self::subscribe_direct) or
     /// [`serve_direct`](Self::serve_direct).
     ///
-    /// The hub lets an agent message any agent of its own segment; anything else needs an
-    /// allow rule granting publish on the direct channel ([`ErrorKind::Denied`] otherwise).
+    /// The hub's base policies let an agent message any agent of its own segment; anything
+    /// else needs a policy permitting the action `direct` on the direct channel
+    /// ([`ErrorKind::Denied`] otherwise).
     /// A target with no session listening is refused with
     /// [`RefusalCode::NoRecipient`](crate::RefusalCode::NoRecipient).
     ///
@@ -795,6 +891,9 @@ impl Client {
     /// [`MAX_REPLY_WAIT`](entente_hub::MAX_REPLY_WAIT) (60 s); this client accepts only a
     /// verified reply from the target on that exact channel. Anything else arriving there is
     /// dropped and counted ([`ClientStats::replies_dropped`]).
+    ///
+    /// The hub authorizes a request as the action `request` on the target's direct channel,
+    /// which the base policies do not permit: a policy must (docs/POLICY.md, "In the hub").
     ///
     /// Errors: [`ErrorKind::Timeout`] when no reply came in time (the request may still have
     /// been delivered), the hub's refusals as for [`direct`](Self::direct), and
@@ -1188,6 +1287,25 @@ impl Shared {
     }
 }
 
+/// A policy set the hub refused (`INVALID_ARGUMENT` to a load): its summary line as the
+/// message, each further line of the status message as a detail.
+fn refused_policies(error: &Error) -> Option<Error> {
+    let status = std::error::Error::source(error)?.downcast_ref::<tonic::Status>()?;
+    if status.code() != tonic::Code::InvalidArgument {
+        return None;
+    }
+    let mut lines = status.message().lines();
+    let summary = lines.next().unwrap_or("invalid policies");
+    let details = lines.map(str::to_owned).collect();
+    Some(
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("the hub refused the policies: {summary}"),
+        )
+        .with_details(details),
+    )
+}
+
 // === the writer ===
 
 /// Seals and sends what the handles ask for, until shutdown or every handle is gone.
@@ -1407,6 +1525,15 @@ async fn handle(shared: &Shared, transport: &Transport, frame: ServerFrame) {
         }
         Some(server_frame::Kind::Deliver(deliver)) => {
             self::deliver(shared, transport, deliver).await;
+        }
+        Some(server_frame::Kind::SubscriptionEnded(ended)) => {
+            // The subscription is over: its stream gets the hub's reason, then ends.
+            let entry = shared.lock().subscriptions.remove(&ended.subscription_id);
+            if let Some(entry) = entry {
+                let what = format!("the subscription to `{}`", entry.pattern);
+                let error = Error::ended(&what, ended.code, &ended.reason);
+                let _ = entry.items.send(Err(error)).await;
+            }
         }
         // Flow control is the hub's queues and HTTP/2 windows for now.
         Some(server_frame::Kind::Credit(_)) | None => {}

@@ -15,7 +15,8 @@ pub enum ErrorKind {
     /// another CA).
     Tls,
     /// The hub's authorization refused it (`Refusal` code `DENIED`, or a gRPC
-    /// `PERMISSION_DENIED` answer to a unary call).
+    /// `PERMISSION_DENIED` answer to a unary call), or ended a subscription it no longer
+    /// allows (`SubscriptionEnded` with code `DENIED`).
     Denied,
     /// The hub refused it with another code ([`Error::refusal_code`] says which).
     Refused,
@@ -48,6 +49,7 @@ pub struct Error {
     kind: ErrorKind,
     message: String,
     refusal: Option<(u32, String)>,
+    details: Vec<String>,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
@@ -81,8 +83,15 @@ impl Error {
             kind,
             message: message.into(),
             refusal: None,
+            details: Vec::new(),
             source: None,
         }
+    }
+
+    /// Attaches lines of detail (each problem of a refused policy set).
+    pub(crate) fn with_details(mut self, details: Vec<String>) -> Self {
+        self.details = details;
+        self
     }
 
     /// Attaches the underlying error.
@@ -97,6 +106,16 @@ impl Error {
     /// A `Refusal{code, reason}` from the hub about `what` (for example "publish to
     /// `orders.eu`"): kind [`ErrorKind::Denied`] for `DENIED`, [`ErrorKind::Refused`] otherwise.
     pub(crate) fn refusal(what: &str, code: u32, reason: &str) -> Self {
+        Self::coded("refused", what, code, reason)
+    }
+
+    /// A `SubscriptionEnded{code, reason}` from the hub about `what` (the subscription): kinds
+    /// as for [`refusal`](Self::refusal).
+    pub(crate) fn ended(what: &str, code: u32, reason: &str) -> Self {
+        Self::coded("ended", what, code, reason)
+    }
+
+    fn coded(verb: &str, what: &str, code: u32, reason: &str) -> Self {
         let known = RefusalCode::from_u32(code);
         let kind = if known == Some(RefusalCode::Denied) {
             ErrorKind::Denied
@@ -105,14 +124,15 @@ impl Error {
         };
         let name = known.map_or_else(|| format!("code {code}"), |c| c.to_string());
         let message = if reason.is_empty() {
-            format!("the hub refused {what} ({name})")
+            format!("the hub {verb} {what} ({name})")
         } else {
-            format!("the hub refused {what} ({name}): {reason}")
+            format!("the hub {verb} {what} ({name}): {reason}")
         };
         Self {
             kind,
             message,
             refusal: Some((code, reason.to_owned())),
+            details: Vec::new(),
             source: None,
         }
     }
@@ -122,16 +142,24 @@ impl Error {
         self.kind
     }
 
-    /// The hub's refusal code, when the hub refused a publish or subscription.
+    /// The hub's refusal code, when the hub refused a publish or subscription, or ended a
+    /// subscription.
     pub fn refusal_code(&self) -> Option<RefusalCode> {
         self.refusal
             .as_ref()
             .and_then(|(code, _)| RefusalCode::from_u32(*code))
     }
 
-    /// The hub's reason for a refusal, as it sent it.
+    /// The hub's reason for a refusal (or for ending a subscription), as it sent it.
     pub fn refusal_reason(&self) -> Option<&str> {
         self.refusal.as_ref().map(|(_, reason)| reason.as_str())
+    }
+
+    /// Lines of detail the hub sent with the error, one per item: each problem of a refused
+    /// policy set ([`Client::load_policies`](crate::Client::load_policies)), `file:line:col: …`.
+    /// Empty for other errors.
+    pub fn details(&self) -> &[String] {
+        &self.details
     }
 
     /// Another error of the same kind and message, without the source (which can't be
@@ -141,6 +169,7 @@ impl Error {
             kind: self.kind,
             message: self.message.clone(),
             refusal: self.refusal.clone(),
+            details: self.details.clone(),
             source: None,
         }
     }
@@ -168,13 +197,13 @@ mod tests {
 
     #[test]
     fn refusals_carry_their_code_and_reason() {
-        let e = Error::refusal("publish to `payments.eu`", 3, "not in the allow list");
+        let e = Error::refusal("publish to `payments.eu`", 3, "no policy permits it");
         assert_eq!(e.kind(), ErrorKind::Denied);
         assert_eq!(e.refusal_code(), Some(RefusalCode::Denied));
-        assert_eq!(e.refusal_reason(), Some("not in the allow list"));
+        assert_eq!(e.refusal_reason(), Some("no policy permits it"));
         assert_eq!(
             e.to_string(),
-            "the hub refused publish to `payments.eu` (DENIED): not in the allow list"
+            "the hub refused publish to `payments.eu` (DENIED): no policy permits it"
         );
 
         let e = Error::refusal("publish to `a`", 4, "");
@@ -186,6 +215,19 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::Refused);
         assert_eq!(e.refusal_code(), None);
         assert!(e.to_string().contains("code 99"));
+    }
+
+    #[test]
+    fn an_ended_subscription_carries_the_code_and_reason() {
+        let e = Error::ended("the subscription to `orders.>`", 3, "no policy permits it");
+        assert_eq!(e.kind(), ErrorKind::Denied);
+        assert_eq!(e.refusal_code(), Some(RefusalCode::Denied));
+        assert_eq!(e.refusal_reason(), Some("no policy permits it"));
+        assert_eq!(
+            e.to_string(),
+            "the hub ended the subscription to `orders.>` (DENIED): no policy permits it"
+        );
+        assert!(e.details().is_empty());
     }
 
     #[test]

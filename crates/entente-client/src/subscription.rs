@@ -15,7 +15,11 @@ use crate::{Client, Error, Message};
 /// one that did not (see [`Client::subscribe`]): nothing that reaches the client is dropped
 /// without a trace. After the session ends the stream yields an
 /// [`ErrorKind::Closed`](crate::ErrorKind::Closed) error (unless this client closed it) and
-/// then ends.
+/// then ends. When the hub ends the subscription alone — a policy change no longer allows it
+/// — the stream yields an error carrying the hub's code and reason
+/// ([`Error::refusal_code`](crate::Error::refusal_code), kind
+/// [`ErrorKind::Denied`](crate::ErrorKind::Denied) for `DENIED`) and then ends; the session
+/// and its other subscriptions go on.
 ///
 /// Dropping it unsubscribes without waiting; [`unsubscribe`](Self::unsubscribe) waits for the
 /// hub's answer. It keeps its [`Client`]'s session alive.
@@ -60,7 +64,7 @@ impl Subscription {
     }
 
     /// Ends the subscription and waits for the hub's answer. Messages already queued for it
-    /// are discarded.
+    /// are discarded. A subscription the hub has ended already is simply dropped.
     pub async fn unsubscribe(mut self) -> Result<(), Error> {
         self.active = false;
         self.client.unsubscribe(self.id).await

@@ -118,11 +118,13 @@ impl Transport {
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
                 .await
                 .map_err(|e| {
-                    Error::new(
-                        classify(&e),
-                        format!("the http/2 handshake with the hub{at} failed: {e}"),
-                    )
-                    .with_source(e)
+                    alert.refused().unwrap_or_else(|| {
+                        Error::new(
+                            classify(&e),
+                            format!("the http/2 handshake with the hub{at} failed: {e}"),
+                        )
+                        .with_source(e)
+                    })
                 })?;
         let driver = tokio::spawn(async move {
             let _ = connection.await;
@@ -151,17 +153,14 @@ impl Transport {
                 BoundedCodec::<ClientFrame, ServerFrame>::new(self.limits),
             )
             .await
-            .map_err(|status| match self.alert.seen() {
-                Some(tls) => Error::new(
-                    ErrorKind::Tls,
-                    format!("the hub refused the connection: {tls}"),
-                )
-                .with_source(tls),
-                None => Error::new(
-                    ErrorKind::Connect,
-                    status_error("opening the session", &status).to_string(),
-                )
-                .with_source(status),
+            .map_err(|status| {
+                self.alert.refused().unwrap_or_else(|| {
+                    Error::new(
+                        ErrorKind::Connect,
+                        status_error("opening the session", &status).to_string(),
+                    )
+                    .with_source(status)
+                })
             })?;
         Ok(response.into_inner())
     }
@@ -224,13 +223,10 @@ impl Transport {
             )
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|status| match self.alert.seen() {
-                Some(tls) => Error::new(
-                    ErrorKind::Tls,
-                    format!("the hub refused the connection: {tls}"),
-                )
-                .with_source(tls),
-                None => status_error(what, &status).with_source(status),
+            .map_err(|status| {
+                self.alert
+                    .refused()
+                    .unwrap_or_else(|| status_error(what, &status).with_source(status))
             })
         };
         tokio::time::timeout(timeout, call).await.map_err(|_| {
@@ -251,11 +247,13 @@ impl Transport {
             .max_decoding_message_size(self.limits.max_frame_bytes)
             .max_encoding_message_size(self.limits.max_frame_bytes);
         grpc.ready().await.map_err(|e| {
-            Error::new(
-                ErrorKind::Closed,
-                format!("the connection to the hub is closed: {e}"),
-            )
-            .with_source(e)
+            self.alert.refused().unwrap_or_else(|| {
+                Error::new(
+                    ErrorKind::Closed,
+                    format!("the connection to the hub is closed: {e}"),
+                )
+                .with_source(e)
+            })
         })?;
         Ok(grpc)
     }
@@ -378,6 +376,19 @@ impl TlsAlert {
         }
     }
 
+    /// The error to report when the hub refused the connection with a TLS alert — after the
+    /// client's side of the TLS 1.3 handshake, so the alert, not whatever HTTP/2 or gRPC saw
+    /// of the broken connection, says why.
+    fn refused(&self) -> Option<Error> {
+        self.seen().map(|tls| {
+            Error::new(
+                ErrorKind::Tls,
+                format!("the hub refused the connection: {tls}"),
+            )
+            .with_source(tls)
+        })
+    }
+
     fn seen(&self) -> Option<rustls::Error> {
         self.0
             .lock()
@@ -474,6 +485,8 @@ impl tower_service::Service<http::Request<Body>> for H2 {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
     use super::*;
 
     #[test]
@@ -512,5 +525,115 @@ mod tests {
             classify(&std::io::Error::other("refused")),
             ErrorKind::Connect
         );
+    }
+
+    /// A server that refuses every client certificate as revoked, the way the hub refuses a
+    /// revoked agent: the alert comes after the client's side of the TLS 1.3 handshake.
+    #[derive(Debug)]
+    struct RefuseAsRevoked(Arc<rustls::crypto::CryptoProvider>);
+
+    impl rustls::server::danger::ClientCertVerifier for RefuseAsRevoked {
+        fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+            &[]
+        }
+
+        fn verify_client_cert(
+            &self,
+            _: &rustls_pki_types::CertificateDer<'_>,
+            _: &[rustls_pki_types::CertificateDer<'_>],
+            _: rustls_pki_types::UnixTime,
+        ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked,
+            ))
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &rustls_pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Err(rustls::Error::PeerIncompatible(
+                rustls::PeerIncompatible::Tls12NotOffered,
+            ))
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls_pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    /// The race behind "the connection to the hub is closed: channel closed": the connection
+    /// task reads the hub's alert and ends before the session asks whether the connection is
+    /// ready. The refusal must still be what the caller sees.
+    #[tokio::test]
+    async fn a_refusal_read_before_the_first_call_is_reported_as_the_refusal() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let hub = rcgen::generate_simple_self_signed(vec!["hub.test".to_owned()]).unwrap();
+        let agent = rcgen::generate_simple_self_signed(vec!["agent.test".to_owned()]).unwrap();
+        let key =
+            |k: &rcgen::KeyPair| PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(k.serialize_der()));
+
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_client_cert_verifier(Arc::new(RefuseAsRevoked(provider.clone())))
+            .with_single_cert(vec![hub.cert.der().clone()], key(&hub.signing_key))
+            .unwrap();
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(hub.cert.der().clone()).unwrap();
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![agent.cert.der().clone()], key(&agent.signing_key))
+            .unwrap();
+        client.alpn_protocols = vec![b"h2".to_vec()];
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let accept = tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(tcp);
+            let Err((_, mut tcp)) = accept.into_fallible().await else {
+                panic!("the server accepted the certificate");
+            };
+            // As the hub does: FIN after the alert, and read until the client goes.
+            tcp.shutdown().await.unwrap();
+            let _ = tcp.read_to_end(&mut Vec::new()).await;
+        });
+
+        let name = rustls_pki_types::ServerName::try_from("hub.test").unwrap();
+        let (transport, driver) = Transport::open(client, name, addr, Limits::default())
+            .await
+            .expect("the client's side of the handshake completes");
+        // The connection task ends once it has read the alert.
+        driver.await.unwrap();
+        let (_outbound, rx) = mpsc::channel(1);
+        let e = transport.session(rx).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
+        assert_eq!(
+            e.to_string(),
+            "the hub refused the connection: received fatal alert: CertificateRevoked"
+        );
+        server.await.unwrap();
     }
 }

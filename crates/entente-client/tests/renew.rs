@@ -17,11 +17,11 @@ use std::time::{Duration, SystemTime};
 use entente_ca::{Ca, CaOptions, Revocations, VerifiedRevocationList};
 use entente_client::{Client, Error, ErrorKind, Identity, Subscription};
 use entente_crypto::{KeyBundleBody, MessageKeys};
-use entente_hub::{AllowList, AllowRule, Hub, HubConfig, HubHandle, Who};
+use entente_hub::{Hub, HubConfig, HubHandle};
 use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock};
 use entente_store::{AgentRecord, EmbeddedStore, Store};
-use entente_types::{AgentId, ChannelPattern, Principal, TrustDomain};
-use support::{TD, message, next, now_ms, options};
+use entente_types::{AgentId, Principal, TrustDomain};
+use support::{SHOP_POLICIES, TD, message, next, now_ms, options};
 use tempfile::TempDir;
 use zeroize::Zeroizing;
 
@@ -54,13 +54,8 @@ impl ShortHub {
         let started = SystemTime::now() - Duration::from_secs(24 * 3600);
         let ca = Arc::new(Ca::init(Arc::new(keystore), &td, options, started).unwrap());
         let store = Arc::new(EmbeddedStore::open(tmp.path().join("registry.redb")).unwrap());
-        let orders = ChannelPattern::parse("orders.>").unwrap();
         let config = HubConfig {
-            allow: AllowList::new().with(AllowRule {
-                who: Who::Segment("shop".into()),
-                publish: vec![orders.clone()],
-                subscribe: vec![orders],
-            }),
+            policies: vec![("shop.cedar".to_owned(), SHOP_POLICIES.to_owned())],
             ..HubConfig::default()
         };
         let hub = Hub::start(config, ca.clone(), store.clone()).await.unwrap();

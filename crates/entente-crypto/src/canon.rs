@@ -87,6 +87,8 @@ pub(crate) mod label {
     pub(crate) const PAYLOAD_KEY: &str = "entente/v1/payload-key";
     pub(crate) const PAYLOAD_IV: &str = "entente/v1/payload-iv";
     pub(crate) const REVOCATION_LIST: &str = "entente/v1/revocation-list";
+    pub(crate) const APPROVAL: &str = "entente/v1/approval";
+    pub(crate) const GRANT_REQUEST: &str = "entente/v1/grant-request";
 }
 
 #[cfg(test)]

@@ -8,10 +8,13 @@
 //! - [`Opener`]: the receiving side — verifies signatures, unwraps sender keys, opens payloads,
 //!   enforces replay windows and expiry. Only it makes a [`VerifiedEnvelope`].
 //! - [`ReplayWindow`]: the sliding window, also usable by the hub on headers alone.
+//! - [`approval`]: signed approval statements; only [`ApprovalIn::verify`] makes a
+//!   [`VerifiedApproval`].
 //!
 //! Primitives come from aws-lc-rs and the `hpke` crate; nothing is hand-rolled. No I/O.
 #![forbid(unsafe_code)]
 
+pub mod approval;
 pub mod bundle;
 mod canon;
 pub mod danger;
@@ -21,6 +24,10 @@ mod replay;
 pub mod revocation;
 mod sender_key;
 
+pub use approval::{
+    ApprovalError, ApprovalIn, ApprovalStatement, GrantRequestBody, ObjectKind, SignedApproval,
+    Verdict, VerifiedApproval,
+};
 pub use bundle::{
     BundleAuthority, BundleError, EcdsaAuthority, KeyBundleBody, KeyBundleIn, VerifiedKeyBundle,
 };

@@ -65,7 +65,8 @@ pub(crate) async fn revoke<R>(
 }
 
 /// Stores `list` and puts it in force, then closes every live connection it revokes; returns
-/// how many were closed. The one path of every revocation, local or remote. `_revoking` is the
+/// how many were closed, and bumps the policy epoch. The one path of every revocation, local
+/// or remote. `_revoking` is the
 /// guard of [`Services::revoking`]: store, then put in force, one list at a time.
 ///
 /// A list whose version is not above the one in force or stored is refused
@@ -95,7 +96,10 @@ pub(crate) async fn put_in_force<R>(
             other => HubError::Store(other),
         })?;
     let list = services.revocations.replace(list)?;
-    Ok(services.connections.close_revoked(&list))
+    let closed = services.connections.close_revoked(&list);
+    // What decisions may depend on changed: no cached decision outlives it.
+    services.authz.bump();
+    Ok(closed)
 }
 
 // === CreateToken ===
@@ -321,7 +325,7 @@ fn response(list: &VerifiedRevocationList, closed: usize) -> RevokeResponse {
 // === helpers ===
 
 /// Refuses a caller that is not an administrator, or whose connection is closing.
-fn authorize<R>(services: &Services<R>, caller: &Caller) -> Result<(), RpcError> {
+pub(crate) fn authorize<R>(services: &Services<R>, caller: &Caller) -> Result<(), RpcError> {
     if let Some(reason) = caller.control.reason() {
         return Err(RpcError::Closed(reason));
     }
@@ -332,7 +336,10 @@ fn authorize<R>(services: &Services<R>, caller: &Caller) -> Result<(), RpcError>
 }
 
 /// Counts an answer as an administrative action or a refusal.
-fn counted<T>(services: &Services<impl Sized>, result: Result<T, RpcError>) -> Result<T, RpcError> {
+pub(crate) fn counted<T>(
+    services: &Services<impl Sized>,
+    result: Result<T, RpcError>,
+) -> Result<T, RpcError> {
     match &result {
         Ok(_) => stats::bump(&services.stats.admin_actions),
         Err(_) => stats::bump(&services.stats.admin_refusals),

@@ -6,7 +6,7 @@ use std::time::Duration;
 use entente_types::Principal;
 use entente_wire::Limits;
 
-use crate::{AllowList, HubError};
+use crate::HubError;
 
 /// Everything [`Hub::start`](crate::Hub::start) needs besides the CA and the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,8 +15,16 @@ pub struct HubConfig {
     pub listen: SocketAddr,
     /// Decoding bounds for every inbound frame; `max_frame_bytes` also caps each gRPC message.
     pub limits: Limits,
-    /// Who may publish and subscribe where (interim, until policies).
-    pub allow: AllowList,
+    /// The initial policy set: Cedar sources, `(name, text)` (docs/POLICY.md). The hub runs
+    /// them, with its base policies ([`entente_policy::BASE_POLICIES`], source `base`), when
+    /// the store holds no policy set, and stores them; otherwise the stored set (the last one
+    /// loaded) runs and these are not read. Default none: only the base policies (agents may
+    /// send direct messages within their segment) and the structural rules (own `_direct`
+    /// and `_reply` namespaces) allow anything.
+    pub policies: Vec<(String, String)>,
+    /// Run [`policies`](Self::policies) (and store them) even if the store holds a policy
+    /// set: the way out when the stored set no longer loads. Default false.
+    pub replace_stored_policies: bool,
     /// Frames each session's outbound queue holds before publishers wait. Default 1024.
     pub queue_capacity: usize,
     /// How long a publisher waits on a full subscriber queue before that subscriber is
@@ -47,7 +55,8 @@ impl Default for HubConfig {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             limits: Limits::default(),
-            allow: AllowList::default(),
+            policies: Vec::new(),
+            replace_stored_policies: false,
             queue_capacity: 1024,
             slow_consumer_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),

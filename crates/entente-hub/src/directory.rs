@@ -4,8 +4,9 @@
 //!   once; unknown principals, principals of another trust domain, and expired bundles
 //!   omitted). Key bundles are public keys signed by the CA, so any connected principal may
 //!   look any up.
-//! - `channel`: the caller must be allowed to publish to the channel (else
-//!   `PERMISSION_DENIED`); the answer is the latest bundle of every principal holding a
+//! - `channel`: the policies must allow the caller to publish to the channel — `direct` on a
+//!   `_direct` channel, `publish` on any other, or `request` on either (else
+//!   `PERMISSION_DENIED`; a `_reply` channel's members are never listed); the answer is the latest bundle of every principal holding a
 //!   subscription whose pattern matches the channel ([`Router::subscribers`]) — the members a
 //!   sender seals to.
 //!
@@ -17,11 +18,12 @@
 use std::collections::HashSet;
 use std::time::SystemTime;
 
-use entente_types::{Channel, Principal};
+use entente_policy::{Action, Resource, Subject};
+use entente_types::{Channel, Principal, namespace};
 use entente_wire::{DirectoryRequest, DirectoryResponse, KeyBundle};
 use prost::Message;
 
-use crate::allow::Decision;
+use crate::authz::{self, Denied};
 use crate::router::Router;
 use crate::rpc::{self, RpcError, Services};
 use crate::stats;
@@ -35,7 +37,7 @@ pub(crate) async fn directory<R: Router>(
 ) -> Result<DirectoryResponse, RpcError> {
     let principals = match (request.principals.is_empty(), request.channel.is_empty()) {
         (false, true) => named(services, request.principals)?,
-        (true, false) => members(services, caller, &request.channel).await?,
+        (true, false) => members(services, caller, &request.channel, now).await?,
         _ => {
             return Err(RpcError::BadRequest(
                 "give either principals or a channel".into(),
@@ -97,18 +99,34 @@ fn named<R>(services: &Services<R>, names: Vec<String>) -> Result<Vec<Principal>
     Ok(principals)
 }
 
-/// The principals subscribed to `channel`, if `caller` may publish to it.
+/// The principals subscribed to `channel`, if `caller` may publish to it (or send requests on
+/// it). A `_reply` channel is never looked up: reply grants name their one recipient.
 async fn members<R: Router>(
     services: &Services<R>,
     caller: &Principal,
     channel: &str,
+    now: SystemTime,
 ) -> Result<Vec<Principal>, RpcError> {
     let channel =
         Channel::parse(channel).map_err(|e| RpcError::BadRequest(format!("channel: {e}")))?;
-    if let Decision::Deny(reason) = services.allow.may_publish(caller, &channel) {
+    if channel.tokens().next() == Some(namespace::REPLY_PREFIX) {
         stats::bump(&services.stats.denials);
         return Err(RpcError::Denied(format!(
-            "publishing to `{channel}` is denied: {reason}"
+            "the members of `{channel}` are not listed: a reply goes to its requester alone"
+        )));
+    }
+    let subject = Subject::new(caller.clone(), Vec::<String>::new());
+    let resource = Resource::Channel(&channel);
+    let now_ms = rpc::unix_ms(now);
+    let decide = |action| services.authz.decide(&subject, action, &resource, now_ms);
+    let allowed = match decide(authz::transport_action(&channel)) {
+        Ok(()) => Ok(()),
+        Err(transport) => decide(Action::Request).map_err(|_| transport),
+    };
+    if let Err(Denied(why)) = allowed {
+        stats::bump(&services.stats.denials);
+        return Err(RpcError::Denied(format!(
+            "publishing to `{channel}` is denied: {why}"
         )));
     }
     Ok(services.router.subscribers(&channel).await)

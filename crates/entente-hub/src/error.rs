@@ -39,6 +39,14 @@ pub enum HubError {
     /// The revocation list in the store does not verify against the trust bundle.
     #[error("the stored revocation list does not verify: {0}")]
     StoredRevocations(String),
+    /// The policy set in the store no longer loads (it does not decode, or no longer
+    /// validates against this hub's schema and rules). The hub does not fall back to another
+    /// set: replace it ([`HubConfig::replace_stored_policies`](crate::HubConfig)).
+    #[error("the policy set in the store does not load: {0}")]
+    StoredPolicies(String),
+    /// The initial policy set ([`HubConfig::policies`](crate::HubConfig)) does not load.
+    #[error("the initial policy set does not load: {0}")]
+    InitialPolicies(String),
     /// A revocation list is not newer than the one in force.
     #[error("revocation list version {got} is not newer than version {held} in force")]
     StaleRevocations {

@@ -14,7 +14,9 @@
 //! 3. **Decode (bounded)** ([`codec`]): every inbound gRPC message goes through
 //!    [`entente_wire::decode`] under [`Limits`](entente_wire::Limits); a bad frame ends that
 //!    stream with a status, the hub is unaffected.
-//! 4. **Authorize** ([`allow`]): the interim allow list, default deny.
+//! 4. **Authorize** (`authz`, [Authorization](#authorization)): the hub's structural rules,
+//!    then Cedar policies ([`entente_policy`]) through a per-session decision cache, default
+//!    deny.
 //! 5. **Bind the sender, check replays, route** (`session`, [`router`]): a
 //!    batch or sender key naming another sender is refused (`FORGED_SENDER`), a replayed
 //!    envelope refuses its publish (`REPLAY`), and what passes is fanned out, unchanged, to the
@@ -27,10 +29,44 @@
 //! principal or certificate is closed at once (`PERMISSION_DENIED`). The stored list is in
 //! force again after a restart.
 //!
+//! # Authorization
+//!
+//! Structural rules, in code, come first: a principal may always subscribe to its own
+//! `_direct` channel and `_reply` namespace and nobody else may; publishing into a `_reply`
+//! namespace needs a reply grant (below); a wildcard first token never matches a system
+//! channel. Everything else is decided by the running Cedar policy set, default deny
+//! (docs/POLICY.md):
+//!
+//! | what | action | resource |
+//! |---|---|---|
+//! | `Subscribe{pattern}` | `subscribe` | `Channel::"<pattern>"` |
+//! | a publish group on a `_direct` channel | `direct` | `Channel::"<channel>"` |
+//! | a publish group on any other channel | `publish` | `Channel::"<channel>"` |
+//! | a publish group carrying a request (`reply_to`) | `request` (and `direct`/`publish` if it also carries envelopes that are not requests) | `Channel::"<channel>"` |
+//! | a directory lookup by channel | `publish`/`direct`, or else `request` | `Channel::"<channel>"` |
+//!
+//! A publish is decided once per channel group of its frame; each session keeps one
+//! `Subject` (its principal, no roles yet) and one decision cache, so a repeated decision is
+//! a hash lookup. A denial is `DENIED` (`PERMISSION_DENIED` for the directory) whose reason
+//! names the deciding policies, or says that no policy permits it (and when the request
+//! crossed segments). Decisions are counted ([`HubStats::policy_allows`],
+//! [`HubStats::policy_denials`]).
+//!
+//! The running set is the base policies ([`entente_policy::BASE_POLICIES`], source `base`)
+//! plus the loaded sources. At start it is the set the store holds, or else
+//! [`HubConfig::policies`] (then stored); a stored set that no longer loads is a start error
+//! ([`HubError::StoredPolicies`]), never a silent fallback. [`HubHandle::load_policies`] and
+//! the administrators' [`LOAD_POLICIES_PATH`] replace it all or nothing: validated, stored,
+//! put in force, the policy epoch bumped. A revocation bumps the epoch too. **Whenever the
+//! epoch changes, every session decides its subscriptions again** and ends each one no longer
+//! allowed with `SubscriptionEnded{subscription_id, code: DENIED, reason}`
+//! ([`HubStats::subscriptions_ended`]).
+//!
 //! # The registry
 //!
 //! [`Hub::start`] takes an [`entente_store::Store`]: join tokens (their hashes), agent records,
-//! key bundles and the revocation list live there. `Hub::start` is generic over the store; the
+//! key bundles, the revocation list and the policy sources (config key `policies`) live
+//! there. `Hub::start` is generic over the store; the
 //! hub erases its type once inside, so [`HubHandle`] is one type whatever the backend.
 //! Operators create join tokens with [`HubHandle::create_token`]; remote administrators with
 //! [`CREATE_TOKEN_PATH`] (see [Administration](#administration)).
@@ -101,10 +137,10 @@
 //!
 //! # Administration
 //!
-//! Two unary RPCs over mutual TLS, for the principals listed in [`HubConfig::admins`] (default
-//! none; `entente hub start` lists its admin human, `spiffe://TD/human/admin`). The caller is
-//! the connection's principal; anyone else is refused with `PERMISSION_DENIED`, "not an
-//! administrator". Under [`enroll_server_name`] both are `UNIMPLEMENTED`. Each answer is
+//! Five unary RPCs over mutual TLS, for the principals listed in [`HubConfig::admins`]
+//! (default none; `entente hub start` lists its admin human, `spiffe://TD/human/admin`). The
+//! caller is the connection's principal; anyone else is refused with `PERMISSION_DENIED`,
+//! "not an administrator". Under [`enroll_server_name`] all are `UNIMPLEMENTED`. Each answer is
 //! counted ([`HubStats::admin_actions`], [`HubStats::admin_refusals`]).
 //!
 //! **CreateToken** ([`CREATE_TOKEN_PATH`]). `CreateTokenRequest{agent, ttl_seconds}` →
@@ -130,21 +166,40 @@
 //! many connections were closed. If everything asked is revoked already, nothing is signed:
 //! the answer is the list in force and 0. A store holding a newer list than the one in force
 //! (another writer) refuses the write: `ABORTED`, retry. A list that would exceed the decoding
-//! bounds is `RESOURCE_EXHAUSTED`; a store or CA failure `UNAVAILABLE`.
+//! bounds is `RESOURCE_EXHAUSTED`; a store or CA failure `UNAVAILABLE`. Every revocation
+//! bumps the policy epoch.
+//!
+//! **LoadPolicies** ([`LOAD_POLICIES_PATH`]). `LoadPoliciesRequest{sources}` →
+//! `LoadPoliciesResponse{epoch, policies}`: the same path as [`HubHandle::load_policies`].
+//! Invalid policies, a source named `base`, two sources of one name, or a set outside the
+//! bounds are `INVALID_ARGUMENT` with a message whose first line sums up and each further line
+//! is one problem, `file:line:col: …` (at most 64 listed); the running set and epoch are
+//! unchanged. A store failure is `UNAVAILABLE`.
+//!
+//! **ShowPolicies** ([`SHOW_POLICIES_PATH`]). `ShowPoliciesRequest{}` →
+//! `ShowPoliciesResponse{epoch, sources, policies}`: the running sources (`base` first) and
+//! each policy's ID, source, line, column, effect and `@cross_segment` mark.
+//!
+//! **CheckPolicy** ([`CHECK_POLICY_PATH`]). `CheckPolicyRequest{principal, action,
+//! resource_type, resource}` → `CheckPolicyResponse{allowed, policies, reason,
+//! cross_segment, epoch, explanation}`: how the hub would decide, structural rules first, with
+//! the facts of a new session. `resource_type` is `channel` (a pattern for `subscribe`),
+//! `agent` or `segment`; a malformed field or an action that does not apply to the resource
+//! is `INVALID_ARGUMENT`.
 //!
 //! # Session semantics
 //!
 //! One `Session` stream ([`SESSION_PATH`]) carries `ClientFrame`s in and `ServerFrame`s out.
 //! Refusal codes are [`RefusalCode`].
 //!
-//! - `Subscribe{subscription_id, pattern}`: the pattern must parse and the allow list must grant
-//!   it ([`crate::allow`]); the ID must be unused on this session and the session under its
+//! - `Subscribe{subscription_id, pattern}`: the pattern must parse and be authorized
+//!   ([Authorization](#authorization)); the ID must be unused on this session and the session under its
 //!   subscription limit. Answer: `Ack{request_id: subscription_id}` or
 //!   `Refusal{request_id: subscription_id, ..}`.
 //! - `Unsubscribe{subscription_id}`: `Ack` or `Refusal(UNKNOWN_SUBSCRIPTION)`.
 //! - `Publish{request_id, sender_keys, batches}`: every sender key and batch must parse, name
-//!   the connection's principal as sender (else `FORGED_SENDER`), and be on a channel the
-//!   allow list lets the principal publish to (else `DENIED`); no envelope may be a replay of
+//!   the connection's principal as sender (else `FORGED_SENDER`), and each channel group must
+//!   be authorized (else `DENIED`); no envelope may be a replay of
 //!   its (sender, channel, epoch) (else `REPLAY`, the whole publish refused, nothing routed).
 //!   Then the sender keys and batches of each channel are delivered, unchanged, as one
 //!   `Deliver{subscription_id, ..}` to every subscription matching the channel (other
@@ -159,6 +214,9 @@
 //!   recorded (the publish reached the other subscribers), so resending them is a replay.
 //! - `Credit` is accepted and ignored for now: flow control is the bounded queues and HTTP/2
 //!   windows.
+//! - `SubscriptionEnded{subscription_id, code, reason}` (hub to client): the hub ended a
+//!   subscription it had accepted, because authorization changed; nothing more is delivered
+//!   for it and the ID is free again.
 //! - A frame with no known kind ends the stream with `INVALID_ARGUMENT`; so does a frame that
 //!   fails bounded decoding (by the codec).
 //!
@@ -171,21 +229,20 @@
 //! ([`entente_types::namespace`]) — `_direct.S.N` and `_reply.S.N.…` for agent `S/N`,
 //! `_direct.human:N` and `_reply.human:N.…` for human `N` — to which only it may subscribe.
 //!
-//! - **Direct.** A publish on a direct channel is authorized like any other
-//!   ([`crate::allow`]), except that an agent may always message agents of its own segment;
-//!   across segments, from or to a human, an allow rule must grant publish on the `_direct`
-//!   channel. A direct channel no session is subscribed to refuses the publish
+//! - **Direct.** A publish on a direct channel is the action `direct`; the base policies let
+//!   an agent message the agents of its own segment; across segments, from or to a human, a
+//!   policy must permit it. A direct channel no session is subscribed to refuses the publish
 //!   (`NO_RECIPIENT`, nothing routed) instead of dropping it.
 //! - **Request.** An envelope whose header carries `reply_to` R is a request. R must lie in
 //!   the sender's own reply namespace (else `DENIED`: nobody can aim replies at someone
-//!   else). Before routing, the hub grants every principal subscribed to the request's
+//!   else), and the policies must permit `request` on its channel. Before routing, the hub grants every principal subscribed to the request's
 //!   channel — for a direct, its one target — the right to publish one batch on R, until
 //!   the envelope's `expires_at` or [`MAX_REPLY_WAIT`] (60 s) from now, whichever is first.
 //!   A session holds at most [`MAX_REPLY_GRANTS`] (1024) outstanding grants; a request beyond
 //!   is refused (`TOO_MANY_REPLY_GRANTS`, nothing routed). Grants end with the requesting
 //!   session.
 //! - **Reply.** Publishing on a `_reply` channel needs a live grant for the connection's
-//!   principal on that exact channel; allow rules never open one. The publish must carry
+//!   principal on that exact channel; policies never open one. The publish must carry
 //!   exactly one batch there (sender keys optional); it takes the grant, so a second reply, a
 //!   late one, or one from anyone else is refused (`DENIED`, counted in
 //!   [`HubStats::denials`]).
@@ -225,7 +282,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
-pub mod allow;
+mod authz;
 pub mod client_tls;
 pub mod codec;
 mod config;
@@ -236,6 +293,7 @@ mod directory;
 mod enroll;
 mod error;
 mod identity;
+mod policies;
 mod refusal;
 mod registry;
 mod renew;
@@ -250,11 +308,12 @@ mod tls;
 mod verifier;
 
 pub use admin::{CREATE_TOKEN_PATH, DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL, REVOKE_PATH};
-pub use allow::{AllowList, AllowRule, Who};
+pub use authz::{BASE_SOURCE, LoadPoliciesError, PolicyOrigin, RunningPolicies};
 pub use config::HubConfig;
 pub use control::{CloseReason, ConnectionControl};
 pub use error::HubError;
 pub use identity::{HUB_NAME, HUB_SEGMENT, enroll_server_name, hub_id, hub_server_name};
+pub use policies::{CHECK_POLICY_PATH, LOAD_POLICIES_PATH, SHOW_POLICIES_PATH};
 pub use refusal::RefusalCode;
 pub use reply::{MAX_REPLY_GRANTS, MAX_REPLY_WAIT};
 pub use rpc::{DIRECTORY_PATH, ENROLL_PATH, RENEW_PATH};

@@ -5,7 +5,8 @@
 
 use std::fmt;
 
-/// Why the hub refused a publish, subscribe or unsubscribe (`Refusal.code`).
+/// Why the hub refused a publish, subscribe or unsubscribe (`Refusal.code`), or ended a
+/// subscription (`SubscriptionEnded.code`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 #[non_exhaustive]
@@ -15,7 +16,9 @@ pub enum RefusalCode {
     Malformed = 1,
     /// A batch or sender key names a sender other than the connection's identity.
     ForgedSender = 2,
-    /// The allow list denies it.
+    /// Authorization denies it: the policies (the reason names the deciding policies, or says
+    /// that none permits it), the structural rules of own namespaces, or the lack of a reply
+    /// grant. Also the code of a `SubscriptionEnded` whose subscription is no longer allowed.
     Denied = 3,
     /// An envelope's sequence number was seen before (or is older than the replay window) for
     /// its (sender, channel, epoch). The whole publish is refused.

@@ -52,6 +52,12 @@ trait DynStore: Send + Sync + 'static {
         list: &'a [u8],
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     fn revocations(&self) -> BoxFuture<'_, Result<Versioned, StoreError>>;
+    fn put_config<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn config<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>>;
 }
 
 // === impl Registry ===
@@ -121,6 +127,21 @@ impl Registry {
     pub(crate) fn revocations(&self) -> BoxFuture<'_, Result<Versioned, StoreError>> {
         self.0.revocations()
     }
+
+    pub(crate) fn put_config<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.0.put_config(key, value)
+    }
+
+    pub(crate) fn config<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        self.0.config(key)
+    }
 }
 
 impl fmt::Debug for Registry {
@@ -188,5 +209,17 @@ impl<S: Store> DynStore for Erased<S> {
 
     fn revocations(&self) -> BoxFuture<'_, Result<Versioned, StoreError>> {
         Box::pin(self.0.revocations())
+    }
+
+    fn put_config<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.0.put_config(key, value))
+    }
+
+    fn config<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
+        Box::pin(self.0.config(key))
     }
 }

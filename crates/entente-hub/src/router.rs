@@ -25,7 +25,7 @@ use futures_util::future::join_all;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
-use crate::allow;
+use crate::authz;
 use crate::codec::Outbound;
 use crate::control::{CloseReason, ConnectionControl};
 
@@ -131,7 +131,7 @@ impl Table {
         let wildcard = self
             .wildcard
             .iter()
-            .filter(|entry| allow::matches(&entry.pattern, channel));
+            .filter(|entry| authz::matches(&entry.pattern, channel));
         literal.chain(wildcard)
     }
 }

@@ -1,10 +1,10 @@
-//! The unary services (Enroll, Renew, Directory, and the administrators' CreateToken and
-//! Revoke): what they share, why they refuse, and the one mapping from a refusal to the gRPC
+//! The unary services (Enroll, Renew, Directory, and the administrators' CreateToken, Revoke,
+//! LoadPolicies, ShowPolicies and CheckPolicy): what they share, why they refuse, and the one mapping from a refusal to the gRPC
 //! status the peer sees.
 //!
 //! Statuses are coarse and leak nothing internal: a store or CA failure says only that the
 //! registry or the CA is unavailable. The handlers live in [`crate::enroll`],
-//! [`crate::renew`], [`crate::directory`] and [`crate::admin`].
+//! [`crate::renew`], [`crate::directory`], [`crate::admin`] and [`crate::policies`].
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -19,7 +19,7 @@ use entente_types::Principal;
 use entente_wire::Limits;
 use tonic::{Request, Response, Status};
 
-use crate::allow::AllowList;
+use crate::authz::Authz;
 use crate::connections::Connections;
 use crate::control::CloseReason;
 use crate::registry::Registry;
@@ -46,7 +46,7 @@ pub(crate) struct Services<R> {
     pub(crate) revocations: Arc<RevocationState>,
     pub(crate) connections: Arc<Connections>,
     pub(crate) router: Arc<R>,
-    pub(crate) allow: Arc<AllowList>,
+    pub(crate) authz: Arc<Authz>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) limits: Limits,
     pub(crate) key_bundle_ttl: Duration,
@@ -109,9 +109,12 @@ pub(crate) enum RpcError {
     /// A request field is malformed or the request is inconsistent.
     #[error("{0}")]
     BadRequest(String),
-    /// The allow list denies it.
+    /// Authorization denies it.
     #[error("{0}")]
     Denied(String),
+    /// A policy set was refused: each problem, in words (the running set is unchanged).
+    #[error("invalid policies: {}", .0.join("; "))]
+    InvalidPolicies(Vec<String>),
     /// The answer would exceed a bound.
     #[error("{0}")]
     TooMany(String),
@@ -154,6 +157,9 @@ impl RpcError {
             Self::Closed(reason) => reason.status(),
             Self::BadRequest(reason) => Status::invalid_argument(reason.clone()),
             Self::Denied(reason) => Status::permission_denied(reason.clone()),
+            Self::InvalidPolicies(problems) => {
+                Status::invalid_argument(crate::policies::problems_message(problems))
+            }
             Self::TooMany(reason) => Status::resource_exhausted(reason.clone()),
             Self::Store(StoreError::Corrupt { .. } | StoreError::FormatVersion { .. })
             | Self::Corrupt(_) => Status::internal("the registry holds a corrupt record"),

@@ -5,8 +5,9 @@
 //! whose service routes by path:
 //!
 //! - on a mutual-TLS connection: [`SESSION_PATH`] to a session, [`RENEW_PATH`],
-//!   [`DIRECTORY_PATH`], [`CREATE_TOKEN_PATH`] and [`REVOKE_PATH`] to their unary services
-//!   (the last two for administrators only), anything else (enrollment included)
+//!   [`DIRECTORY_PATH`], [`CREATE_TOKEN_PATH`], [`REVOKE_PATH`], [`LOAD_POLICIES_PATH`],
+//!   [`SHOW_POLICIES_PATH`] and [`CHECK_POLICY_PATH`] to their unary services (all but the
+//!   first two for administrators only), anything else (enrollment included)
 //!   `UNIMPLEMENTED`;
 //! - on an enrollment connection: [`ENROLL_PATH`] only, anything else `UNIMPLEMENTED`.
 //!
@@ -44,10 +45,11 @@ use tonic::server::Grpc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::admin::{self, CREATE_TOKEN_PATH, REVOKE_PATH};
-use crate::allow::AllowList;
+use crate::authz::{Authz, LoadPoliciesError, PolicyOrigin, RunningPolicies};
 use crate::codec::{BoundedCodec, Outbound, SessionCodec};
 use crate::connections::Connections;
 use crate::control::{self, CloseReason, ConnectionControl};
+use crate::policies::{CHECK_POLICY_PATH, LOAD_POLICIES_PATH, SHOW_POLICIES_PATH};
 use crate::registry::Registry;
 use crate::renew::Caller;
 use crate::replay::ReplayGuard;
@@ -57,7 +59,7 @@ use crate::session::{self, Session, SessionContext};
 use crate::stats::{self, HubStats, Stats};
 use crate::tls::{self, HubCertResolver, Listener, TlsConfigs};
 use crate::verifier::{RevocationState, SvidClientVerifier};
-use crate::{HubConfig, HubError, directory, enroll, renew};
+use crate::{HubConfig, HubError, directory, enroll, policies, renew};
 
 /// The gRPC path of the session stream.
 pub const SESSION_PATH: &str = "/entente.v1.Hub/Session";
@@ -118,8 +120,11 @@ impl Hub {
     /// Issues the hub's certificate with `ca`, puts the revocation list kept in `store` (if
     /// any) in force, binds `config.listen` and starts serving.
     ///
-    /// The hub keeps join tokens, agent records, key bundles and the revocation list in
-    /// `store`. It is generic over the store here only: the store is type-erased inside, so
+    /// The hub keeps join tokens, agent records, key bundles, the revocation list and the
+    /// policy sources in `store`. The policy set is the stored one if the store holds one
+    /// ([`HubError::StoredPolicies`] if it no longer loads), else `config.policies` (then
+    /// stored; [`HubError::InitialPolicies`] if they do not load), always with the base
+    /// policies. It is generic over the store here only: the store is type-erased inside, so
     /// [`HubHandle`] is one type whatever the backend.
     pub async fn start<S: Store>(
         config: HubConfig,
@@ -169,10 +174,20 @@ impl Hub {
         })?;
 
         let stats = Arc::new(Stats::default());
+        let authz = Arc::new(
+            Authz::start(
+                &registry,
+                &config.policies,
+                config.replace_stored_policies,
+                config.limits,
+                stats.clone(),
+            )
+            .await?,
+        );
         let connections = Arc::new(Connections::new(revocations.clone(), stats.clone()));
         let context = SessionContext {
             router: Arc::new(LocalRouter::new(config.slow_consumer_timeout)),
-            allow: Arc::new(config.allow.clone()),
+            authz,
             stats: stats.clone(),
             grants: Arc::default(),
             limits: config.limits,
@@ -184,7 +199,7 @@ impl Hub {
             revocations: revocations.clone(),
             connections: connections.clone(),
             router: context.router.clone(),
-            allow: context.allow.clone(),
+            authz: context.authz.clone(),
             stats: stats.clone(),
             limits: config.limits,
             key_bundle_ttl: config.key_bundle_ttl,
@@ -239,9 +254,39 @@ impl HubHandle {
         &self.shared.trust
     }
 
-    /// The allow list in force.
-    pub fn allow_list(&self) -> &AllowList {
-        &self.shared.context.allow
+    /// The running policy set, its sources and the policy epoch.
+    pub fn policies(&self) -> RunningPolicies {
+        self.shared.context.authz.running()
+    }
+
+    /// The policy epoch: it starts at 1 and goes up with every policy load and every change
+    /// decisions may depend on (a revocation).
+    pub fn policy_epoch(&self) -> u64 {
+        self.shared.context.authz.engine().epoch()
+    }
+
+    /// Where the policy set the hub started with came from: the store, or
+    /// [`HubConfig::policies`].
+    pub fn policy_origin(&self) -> PolicyOrigin {
+        self.shared.context.authz.origin()
+    }
+
+    /// Replaces the running policy set with the base policies and `sources` (`(name, text)`,
+    /// Cedar), all or nothing: the set is validated, stored, then put in force, and the new
+    /// policy epoch returned. Every session then decides its subscriptions again and ends,
+    /// with `SubscriptionEnded` (`DENIED`), those no longer allowed. On any error (invalid
+    /// policies, bounds, the store) the running set and the epoch are unchanged. Remote
+    /// administrators reach the same code through [`LOAD_POLICIES_PATH`].
+    pub async fn load_policies(
+        &self,
+        sources: Vec<(String, String)>,
+    ) -> Result<u64, LoadPoliciesError> {
+        let services = &self.shared.services;
+        services
+            .authz
+            .load(&services.registry, sources)
+            .await
+            .map(|(epoch, _)| epoch)
     }
 
     /// How many mTLS connections are open.
@@ -275,8 +320,9 @@ impl HubHandle {
     /// Stores a revocation list and puts it in force: new handshakes check it, enrollment,
     /// renewal and the directory refuse or omit what it revokes, and every live connection
     /// whose principal or certificate serial (presented or renewed over it) it revokes is
-    /// closed at once (its streams end with `PERMISSION_DENIED`). Returns how many connections
-    /// were closed.
+    /// closed at once (its streams end with `PERMISSION_DENIED`), and the policy epoch is
+    /// bumped (cached decisions are dropped; sessions decide their subscriptions again).
+    /// Returns how many connections were closed.
     ///
     /// A list whose version is not above the one in force (or stored) is refused
     /// ([`HubError::StaleRevocations`]); if the store fails, nothing changes. The list in the
@@ -634,6 +680,32 @@ async fn route_request(
             })
             .await
         }
+        LOAD_POLICIES_PATH => {
+            unary(limits, request, move |load_request| {
+                let (services, caller) = (shared.services.clone(), caller.clone());
+                async move {
+                    policies::load(&services, &caller, load_request)
+                        .await
+                        .map_err(|e| e.status())
+                }
+            })
+            .await
+        }
+        SHOW_POLICIES_PATH => unary(limits, request, move |show_request| {
+            let (services, caller) = (shared.services.clone(), caller.clone());
+            async move { policies::show(&services, &caller, show_request).map_err(|e| e.status()) }
+        })
+        .await,
+        CHECK_POLICY_PATH => {
+            unary(limits, request, move |check_request| {
+                let (services, caller) = (shared.services.clone(), caller.clone());
+                async move {
+                    policies::check(&services, &caller, check_request, SystemTime::now())
+                        .map_err(|e| e.status())
+                }
+            })
+            .await
+        }
         REVOKE_PATH => {
             unary(limits, request, move |revoke_request| {
                 let (services, caller) = (shared.services.clone(), caller.clone());
@@ -756,7 +828,20 @@ fn outbound_stream(
                         return Some((Err(reason.status()), None));
                     }
                     status = ended(&mut state.end) => state.draining = Some(status),
-                    frame = state.rx.recv() => return frame.map(|frame| (Ok(frame), Some(state))),
+                    frame = state.rx.recv() => match frame {
+                        Some(frame) => return Some((Ok(frame), Some(state))),
+                        // Every sender is gone: the session has ended, usually because the
+                        // connection was closed or with a status. Their watches may not have
+                        // woken this task yet (a pending wait resolves on its own notification,
+                        // which can come after the session saw the close and dropped its
+                        // senders), so read them now rather than end with `OK`.
+                        None => {
+                            let status = (*state.closed.borrow())
+                                .map(CloseReason::status)
+                                .or_else(|| (*state.end.borrow()).clone());
+                            return status.map(|status| (Err(status), None));
+                        }
+                    },
                 }
             }
         },

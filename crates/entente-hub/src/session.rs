@@ -6,22 +6,23 @@
 //!
 //! The semantics it implements are documented in the crate docs ("Session semantics").
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use entente_crypto::{SenderKeyIn, SignedBatchIn};
+use entente_policy::Action;
 use entente_types::namespace::{self, DIRECT_PREFIX, REPLY_PREFIX};
 use entente_types::{Channel, ChannelPattern, Principal};
 use entente_wire::{
-    Ack, ClientFrame, Limits, Publish, Refusal, ServerFrame, Subscribe, Unsubscribe, client_frame,
-    server_frame,
+    Ack, ClientFrame, Limits, Publish, Refusal, ServerFrame, Subscribe, SubscriptionEnded,
+    Unsubscribe, client_frame, server_frame,
 };
 use tokio::sync::{mpsc, watch};
 use tonic::{Code, Status, Streaming};
 
-use crate::allow::{AllowList, Decision};
+use crate::authz::{self, Authz, Denied, SessionAuthz};
 use crate::codec::{Outbound, max_deliver_len};
 use crate::control::{self, ConnectionControl};
 use crate::refusal::RefusalCode;
@@ -38,7 +39,7 @@ const BATCHES_TAG: u32 = 3;
 #[derive(Debug)]
 pub(crate) struct SessionContext<R> {
     pub(crate) router: Arc<R>,
-    pub(crate) allow: Arc<AllowList>,
+    pub(crate) authz: Arc<Authz>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) grants: Arc<ReplyGrants>,
     pub(crate) limits: Limits,
@@ -49,7 +50,7 @@ impl<R> Clone for SessionContext<R> {
     fn clone(&self) -> Self {
         Self {
             router: self.router.clone(),
-            allow: self.allow.clone(),
+            authz: self.authz.clone(),
             stats: self.stats.clone(),
             grants: self.grants.clone(),
             limits: self.limits,
@@ -67,7 +68,13 @@ pub(crate) struct Session<R: Router> {
     replay: Arc<Mutex<SenderWindows>>,
     outbound: mpsc::Sender<Outbound>,
     connection: ConnectionControl,
-    subscriptions: HashSet<u64>,
+    /// The session's subscriptions, by ID, with their patterns (decided again when the policy
+    /// epoch changes).
+    subscriptions: HashMap<u64, ChannelPattern>,
+    /// The principal's decision cache.
+    authz: SessionAuthz,
+    /// The policy epoch this session has decided its subscriptions at.
+    epoch: watch::Receiver<u64>,
 }
 
 /// A refusal about to be sent.
@@ -94,6 +101,10 @@ struct Group {
     channel: Channel,
     sender_keys: BytesMut,
     batches: BytesMut,
+    /// Whether an envelope of the group is a request (carries `reply_to`).
+    requests: bool,
+    /// Whether an envelope of the group is not a request.
+    plain: bool,
 }
 
 // === impl Session ===
@@ -107,6 +118,8 @@ impl<R: Router> Session<R> {
         outbound: mpsc::Sender<Outbound>,
         connection: ConnectionControl,
     ) -> Self {
+        let authz = SessionAuthz::new(&principal);
+        let epoch = context.authz.watch();
         Self {
             id,
             principal,
@@ -114,7 +127,9 @@ impl<R: Router> Session<R> {
             replay,
             outbound,
             connection,
-            subscriptions: HashSet::new(),
+            subscriptions: HashMap::new(),
+            authz,
+            epoch,
         }
     }
 
@@ -151,16 +166,18 @@ impl<R: Router> Session<R> {
                     outbound: self.outbound.clone(),
                     connection: self.connection.clone(),
                 };
-                self.context.router.subscribe(&subscriber, id, pattern);
-                self.subscriptions.insert(id);
+                self.context
+                    .router
+                    .subscribe(&subscriber, id, pattern.clone());
+                self.subscriptions.insert(id, pattern);
                 self.ack(id).await
             }
             Err(refused) => self.refuse(id, refused).await,
         }
     }
 
-    fn check_subscribe(&self, subscribe: &Subscribe) -> Result<ChannelPattern, Refused> {
-        if self.subscriptions.contains(&subscribe.subscription_id) {
+    fn check_subscribe(&mut self, subscribe: &Subscribe) -> Result<ChannelPattern, Refused> {
+        if self.subscriptions.contains_key(&subscribe.subscription_id) {
             return Err(Refused::new(
                 RefusalCode::DuplicateSubscription,
                 "the subscription id is in use",
@@ -177,20 +194,52 @@ impl<R: Router> Session<R> {
         }
         let pattern = ChannelPattern::parse(&subscribe.pattern)
             .map_err(|e| Refused::new(RefusalCode::Malformed, e))?;
-        if let Decision::Deny(reason) = self.context.allow.may_subscribe(&self.principal, &pattern)
+        if let Err(Denied(why)) = self
+            .authz
+            .subscribe(&self.context.authz, &pattern, now_ms())
         {
             stats::bump(&self.context.stats.denials);
             return Err(Refused::new(
                 RefusalCode::Denied,
-                format!("subscribing to `{pattern}` is denied: {reason}"),
+                format!("subscribing to `{pattern}` is denied: {why}"),
             ));
         }
         Ok(pattern)
     }
 
+    /// Decides every subscription again at the current policy epoch, and ends (with
+    /// `SubscriptionEnded`) each one no longer allowed.
+    pub(crate) async fn redecide(&mut self) -> Result<(), Status> {
+        self.epoch.borrow_and_update();
+        let now = now_ms();
+        let mut ended = Vec::new();
+        for (&id, pattern) in &self.subscriptions {
+            if let Err(Denied(why)) = self.authz.subscribe(&self.context.authz, pattern, now) {
+                ended.push((
+                    id,
+                    format!("the subscription to `{pattern}` is no longer allowed: {why}"),
+                ));
+            }
+        }
+        ended.sort_unstable_by_key(|(id, _)| *id);
+        for (id, reason) in ended {
+            self.subscriptions.remove(&id);
+            self.context.router.unsubscribe(self.id, id);
+            stats::bump(&self.context.stats.subscriptions_ended);
+            let refused = Refused::new(RefusalCode::Denied, reason);
+            self.send(server_frame::Kind::SubscriptionEnded(SubscriptionEnded {
+                subscription_id: id,
+                code: refused.code.as_u32(),
+                reason: refused.reason,
+            }))
+            .await?;
+        }
+        Ok(())
+    }
+
     async fn unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Result<(), Status> {
         let id = unsubscribe.subscription_id;
-        if self.subscriptions.remove(&id) {
+        if self.subscriptions.remove(&id).is_some() {
             self.context.router.unsubscribe(self.id, id);
             self.ack(id).await
         } else {
@@ -270,7 +319,7 @@ impl<R: Router> Session<R> {
     }
 
     /// Checks a publish and encodes each channel's share; refuses all of it on any failure.
-    fn check_publish(&self, publish: Publish) -> Result<Checked, Refused> {
+    fn check_publish(&mut self, publish: Publish) -> Result<Checked, Refused> {
         if publish.sender_keys.is_empty() && publish.batches.is_empty() {
             return Err(Refused::new(RefusalCode::Malformed, "empty publish"));
         }
@@ -293,12 +342,20 @@ impl<R: Router> Session<R> {
         let mut batches = Vec::with_capacity(publish.batches.len());
         for batch in publish.batches {
             let group = self.group(&mut groups, &batch.channel)?;
+            for envelope in &batch.envelopes {
+                if envelope.reply_to.is_empty() {
+                    group.plain = true;
+                } else {
+                    group.requests = true;
+                }
+            }
             prost::encoding::message::encode(BATCHES_TAG, &batch, &mut group.batches);
             let batch = SignedBatchIn::from_wire(batch)
                 .map_err(|e| Refused::new(RefusalCode::Malformed, format!("batch: {e}")))?;
             batches.push(batch);
         }
         let (requests, replies) = self.check_reply_fields(&batches, &groups)?;
+        self.authorize(&groups)?;
         let headers: Vec<Header<'_>> = batches
             .iter()
             .flat_map(|batch| {
@@ -382,13 +439,48 @@ impl<R: Router> Session<R> {
         Ok((requests, replies))
     }
 
+    /// Asks the policies about each channel group (`_reply` groups are the reply grants'):
+    /// `request` for a group carrying a request, `direct` or `publish` for one carrying
+    /// anything else. Each decision is made once per group of the frame.
+    fn authorize(&mut self, groups: &[Group]) -> Result<(), Refused> {
+        let now = now_ms();
+        for group in groups {
+            let channel = &group.channel;
+            if channel.tokens().next() == Some(REPLY_PREFIX) {
+                continue;
+            }
+            let request = group.requests.then_some(Action::Request);
+            let transport =
+                (group.plain || !group.requests).then(|| authz::transport_action(channel));
+            for action in [request, transport].into_iter().flatten() {
+                if let Err(Denied(why)) =
+                    self.authz
+                        .publish(&self.context.authz, action, channel, now)
+                {
+                    let what = match action {
+                        Action::Request => format!("a request on `{channel}`"),
+                        Action::Direct => format!("a direct message on `{channel}`"),
+                        _ => format!("publishing to `{channel}`"),
+                    };
+                    stats::bump(&self.context.stats.denials);
+                    return Err(Refused::new(
+                        RefusalCode::Denied,
+                        format!("{what} is denied: {why}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A `DENIED` refusal, counted.
     fn deny(&self, reason: String) -> Refused {
         stats::bump(&self.context.stats.denials);
         Refused::new(RefusalCode::Denied, reason)
     }
 
-    /// The group of `channel`, created (after parsing and the publish check) on first use.
+    /// The group of `channel`, created on first use after parsing (and, for a `_reply`
+    /// channel, the reply-grant check; policies are asked once the groups are complete).
     fn group<'g>(
         &self,
         groups: &'g mut Vec<Group>,
@@ -402,7 +494,7 @@ impl<R: Router> Session<R> {
         let channel = Channel::parse(channel)
             .map_err(|e| Refused::new(RefusalCode::Malformed, format!("channel: {e}")))?;
         if channel.tokens().next() == Some(REPLY_PREFIX) {
-            // Only a reply grant opens a `_reply` channel; the allow list has no say.
+            // Only a reply grant opens a `_reply` channel; policies have no say.
             if !self
                 .context
                 .grants
@@ -414,19 +506,13 @@ impl<R: Router> Session<R> {
                     self.principal
                 )));
             }
-        } else if let Decision::Deny(reason) =
-            self.context.allow.may_publish(&self.principal, &channel)
-        {
-            stats::bump(&self.context.stats.denials);
-            return Err(Refused::new(
-                RefusalCode::Denied,
-                format!("publishing to `{channel}` is denied: {reason}"),
-            ));
         }
         groups.push(Group {
             channel,
             sender_keys: BytesMut::new(),
             batches: BytesMut::new(),
+            requests: false,
+            plain: false,
         });
         groups
             .last_mut()
@@ -505,45 +591,62 @@ fn bounded(mut reason: String) -> String {
 
 /// Drives `session` from the inbound stream until the client ends it, the stream fails, or the
 /// connection is closed. A status in `end` ends the response stream (after what is queued).
+/// Whenever the policy epoch changes, the session decides its subscriptions again, also after
+/// the client is done sending.
 pub(crate) async fn run<R: Router>(
     mut session: Session<R>,
     mut inbound: Streaming<ClientFrame>,
     end: watch::Sender<Option<Status>>,
 ) {
+    /// What woke the session.
+    enum Event {
+        Closed,
+        /// The policy epoch changed (`false`: the hub dropped the watch, stop watching).
+        Epoch(bool),
+        Inbound(Result<Option<ClientFrame>, Status>),
+        /// The client is done sending and the session's outbound stream is gone.
+        Gone,
+    }
     let mut closed = session.connection.watch();
+    let mut watching = true;
+    let mut sending = true;
     loop {
-        let next = tokio::select! {
+        let event = tokio::select! {
             biased;
-            _ = control::closed(&mut closed) => break,
-            next = inbound.message() => next,
+            _ = control::closed(&mut closed) => Event::Closed,
+            changed = session.epoch.changed(), if watching => Event::Epoch(changed.is_ok()),
+            next = inbound.message(), if sending => Event::Inbound(next),
+            // The client is done sending; its subscriptions live until it goes away.
+            () = session.outbound.closed(), if !sending => Event::Gone,
         };
-        match next {
-            Ok(Some(frame)) => {
-                let handled = tokio::select! {
+        let outcome = match event {
+            Event::Closed | Event::Gone => break,
+            Event::Epoch(false) => {
+                watching = false;
+                Ok(())
+            }
+            Event::Epoch(true) => session.redecide().await,
+            Event::Inbound(Ok(Some(frame))) => {
+                tokio::select! {
                     biased;
                     _ = control::closed(&mut closed) => break,
                     handled = session.handle(frame) => handled,
-                };
-                if let Err(status) = handled {
-                    end.send_replace(Some(status));
-                    break;
                 }
             }
-            Ok(None) => {
-                // The client is done sending; its subscriptions live until it goes away.
-                tokio::select! {
-                    _ = control::closed(&mut closed) => {}
-                    () = session.outbound.closed() => {}
-                }
-                break;
+            Event::Inbound(Ok(None)) => {
+                sending = false;
+                Ok(())
             }
-            Err(status) => {
+            Event::Inbound(Err(status)) => {
                 if matches!(status.code(), Code::InvalidArgument | Code::OutOfRange) {
                     stats::bump(&session.context.stats.malformed_frames);
                 }
-                end.send_replace(Some(status));
-                break;
+                Err(status)
             }
+        };
+        if let Err(status) = outcome {
+            end.send_replace(Some(status));
+            break;
         }
     }
     session.finish();
@@ -565,7 +668,6 @@ mod tests {
     use entente_wire::{Deliver, SignedBatch};
 
     use super::*;
-    use crate::allow::{AllowRule, Who};
     use crate::replay::ReplayGuard;
     use crate::router::LocalRouter;
 
@@ -588,12 +690,13 @@ mod tests {
         Principal::from(AgentId::new(&td, segment, name).unwrap())
     }
 
-    fn hub(allow: AllowList) -> Hub {
+    fn hub(policies: &str) -> Hub {
+        let stats = Arc::new(Stats::default());
         Hub {
             context: SessionContext {
                 router: Arc::new(LocalRouter::new(Duration::from_millis(100))),
-                allow: Arc::new(allow),
-                stats: Arc::new(Stats::default()),
+                authz: Arc::new(Authz::with_policies(policies, stats.clone())),
+                stats,
                 grants: Arc::new(ReplyGrants::new(2, Duration::from_secs(60))),
                 limits: Limits::default(),
                 max_subscriptions: 3,
@@ -603,16 +706,23 @@ mod tests {
         }
     }
 
-    fn shop_rules() -> AllowList {
-        AllowList::new().with(AllowRule {
-            who: Who::Segment("shop".into()),
-            publish: vec![
-                ChannelPattern::parse("orders.>").unwrap(),
-                ChannelPattern::parse("_direct.shop.*").unwrap(),
-            ],
-            subscribe: vec![ChannelPattern::parse("orders.>").unwrap()],
-        })
-    }
+    /// Segment `shop` may publish and subscribe under `orders.>`, which belongs to segment
+    /// `orders` (and, by the base policies, send direct messages within the segment).
+    const SHOP: &str = r#"
+        @id("shop-orders")
+        @cross_segment
+        permit (principal in Segment::"shop",
+                action in [Action::"publish", Action::"subscribe"],
+                resource in Namespace::"orders");
+    "#;
+
+    /// Segment `shop` may send requests on `orders.>`.
+    const SHOP_REQUESTS: &str = r#"
+        @id("shop-requests")
+        @cross_segment
+        permit (principal in Segment::"shop", action == Action::"request",
+                resource in Namespace::"orders");
+    "#;
 
     impl Hub {
         fn connect(&mut self, principal: Principal) -> Client {
@@ -709,7 +819,7 @@ mod tests {
 
     #[tokio::test]
     async fn publish_reaches_matching_subscribers_then_acks() {
-        let mut hub = hub(shop_rules());
+        let mut hub = hub(SHOP);
         let mut alice = hub.connect(agent("shop", "alice"));
         let mut bob = hub.connect(agent("shop", "bob"));
         assert_eq!(alice.subscribe(1, "orders.*").await, ack(1));
@@ -738,7 +848,7 @@ mod tests {
 
     #[tokio::test]
     async fn subscription_refusals() {
-        let mut hub = hub(shop_rules());
+        let mut hub = hub(SHOP);
         let mut alice = hub.connect(agent("shop", "alice"));
         let mut eve = hub.connect(agent("lab", "eve"));
         assert_eq!(
@@ -786,7 +896,7 @@ mod tests {
 
     #[tokio::test]
     async fn forged_denied_replayed_and_malformed_publishes_are_refused_whole() {
-        let mut hub = hub(shop_rules());
+        let mut hub = hub(SHOP);
         let mut alice = hub.connect(agent("shop", "alice"));
         let mut bob = hub.connect(agent("shop", "bob"));
         assert_eq!(alice.subscribe(1, "orders.>").await, ack(1));
@@ -819,7 +929,7 @@ mod tests {
             refusal(bob2.publish(5, vec![bobs_batch]).await),
             (5, Some(RefusalCode::Replay))
         );
-        // A channel outside the allow list.
+        // A channel no policy opens.
         let mut secret = bob.sealer("secret.x");
         let batch = secret.seal_batch(&[b"z"], None, NOW).unwrap();
         assert_eq!(
@@ -847,7 +957,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unknown_frame_ends_the_stream() {
-        let mut hub = hub(shop_rules());
+        let mut hub = hub(SHOP);
         let mut alice = hub.connect(agent("shop", "alice"));
         let status = alice
             .session
@@ -860,7 +970,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_subscriber_is_disconnected_and_the_publisher_told() {
-        let mut hub = hub(shop_rules());
+        let mut hub = hub(SHOP);
         let mut alice = hub.connect(agent("shop", "alice"));
         let mut bob = hub.connect(agent("shop", "bob"));
         assert_eq!(alice.subscribe(1, "orders.eu").await, ack(1));
@@ -895,7 +1005,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_grants_its_target_one_reply() {
-        let mut hub = hub(AllowList::new());
+        let mut hub = hub(SHOP_REQUESTS);
         let mut alice = hub.connect(agent("shop", "alice"));
         let mut bob = hub.connect(agent("shop", "bob"));
         let mut carol = hub.connect(agent("shop", "carol"));
@@ -939,7 +1049,7 @@ mod tests {
 
     #[tokio::test]
     async fn request_and_direct_refusals() {
-        let mut hub = hub(AllowList::new());
+        let mut hub = hub(SHOP_REQUESTS);
         let mut alice = hub.connect(agent("shop", "alice"));
         let mut bob = hub.connect(agent("shop", "bob"));
         let mut eve = hub.connect(agent("lab", "eve"));
@@ -997,6 +1107,112 @@ mod tests {
             refusal(bob.publish(31, vec![late]).await),
             (31, Some(RefusalCode::Denied))
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_needs_a_request_permit_and_a_direct_the_direct_one() {
+        // SHOP: publish and subscribe on `orders.>`, no request permit there; the base
+        // policies permit directs and requests within the segment.
+        let mut hub = hub(SHOP);
+        let mut alice = hub.connect(agent("shop", "alice"));
+        let mut bob = hub.connect(agent("shop", "bob"));
+        assert_eq!(bob.subscribe(1, "orders.eu").await, ack(1));
+        assert_eq!(bob.subscribe(2, "_direct.shop.bob").await, ack(2));
+        let now = now_ms();
+        let reply_to = Channel::parse("_reply.shop.alice.r1").unwrap();
+        let mut orders = alice.sealer_at("orders.eu", now);
+        let request = orders.seal_batch(&[b"ping"], Some(&reply_to), now).unwrap();
+        match bob_refusal(alice.publish(2, vec![request]).await) {
+            (RefusalCode::Denied, reason) => {
+                assert!(
+                    reason.starts_with("a request on `orders.eu` is denied: no policy permits it"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(bob.rx.try_recv().is_err());
+        let plain = orders.seal_batch(&[b"hello"], None, now).unwrap();
+        assert_eq!(alice.publish(3, vec![plain]).await, ack(3));
+        assert!(is_deliver(&bob.next()));
+
+        // A request to an agent of the same segment: the base policy permits it.
+        let mut direct = alice.sealer_at("_direct.shop.bob", now);
+        let reply_to = Channel::parse("_reply.shop.alice.r2").unwrap();
+        let request = direct.seal_batch(&[b"ping"], Some(&reply_to), now).unwrap();
+        assert_eq!(alice.publish(4, vec![request]).await, ack(4));
+        assert!(is_deliver(&bob.next()));
+
+        // With a request permit on `orders.>`: a request alone passes; mixed with plain
+        // envelopes on the same channel, both actions are needed (and permitted).
+        let mut hub2 = self::hub(&format!("{SHOP}{SHOP_REQUESTS}"));
+        let mut alice = hub2.connect(agent("shop", "alice"));
+        let mut bob = hub2.connect(agent("shop", "bob"));
+        assert_eq!(bob.subscribe(1, "orders.eu").await, ack(1));
+        let mut orders = alice.sealer_at("orders.eu", now);
+        let reply_to = Channel::parse("_reply.shop.alice.r3").unwrap();
+        let both = [
+            orders.seal_batch(&[b"ping"], Some(&reply_to), now).unwrap(),
+            orders.seal_batch(&[b"fyi"], None, now).unwrap(),
+        ];
+        assert_eq!(alice.publish(4, both.to_vec()).await, ack(4));
+        let stats = hub2.context.stats.snapshot();
+        // bob's subscription and the publish's two actions: three decisions.
+        assert_eq!((stats.policy_allows, stats.policy_denials), (3, 0));
+    }
+
+    fn bob_refusal(kind: server_frame::Kind) -> (RefusalCode, String) {
+        match kind {
+            server_frame::Kind::Refusal(r) => (RefusalCode::from_u32(r.code).unwrap(), r.reason),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_policy_change_ends_the_subscriptions_it_no_longer_allows() {
+        let mut hub = hub(SHOP);
+        let mut alice = hub.connect(agent("shop", "alice"));
+        let mut bob = hub.connect(agent("shop", "bob"));
+        assert_eq!(alice.subscribe(1, "orders.>").await, ack(1));
+        assert_eq!(alice.subscribe(2, "_direct.shop.alice").await, ack(2));
+        assert_eq!(alice.subscribe(3, "orders.eu").await, ack(3));
+
+        // Nothing changed: deciding again ends nothing.
+        alice.session.redecide().await.unwrap();
+        assert!(alice.rx.try_recv().is_err());
+
+        hub.context.authz.replace_for_tests(
+            r#"@cross_segment
+               permit (principal, action == Action::"subscribe", resource == Channel::"orders.eu");"#,
+        );
+        alice.session.redecide().await.unwrap();
+        match alice.next() {
+            server_frame::Kind::SubscriptionEnded(ended) => {
+                assert_eq!(ended.subscription_id, 1);
+                assert_eq!(RefusalCode::from_u32(ended.code), Some(RefusalCode::Denied));
+                assert!(
+                    ended.reason.contains("`orders.>` is no longer allowed"),
+                    "{}",
+                    ended.reason
+                );
+            }
+            other => panic!("expected SubscriptionEnded, got {other:?}"),
+        }
+        assert!(alice.rx.try_recv().is_err());
+        assert_eq!(hub.context.stats.snapshot().subscriptions_ended, 1);
+        // The router no longer delivers to it, even once policies allow it again; `orders.eu`
+        // still gets its delivery.
+        hub.context.authz.replace_for_tests(SHOP);
+        let mut sealer = bob.sealer("orders.eu");
+        let batch = sealer.seal_batch(&[b"x"], None, NOW).unwrap();
+        assert_eq!(bob.publish(9, vec![batch]).await, ack(9));
+        match alice.next() {
+            server_frame::Kind::Deliver(d) => assert_eq!(d.subscription_id, 3),
+            other => panic!("{other:?}"),
+        }
+        assert!(alice.rx.try_recv().is_err());
+        // Its ID is free again.
+        assert_eq!(alice.subscribe(1, "orders.>").await, ack(1));
     }
 
     #[test]

@@ -17,8 +17,19 @@ pub struct HubStats {
     pub forged_senders: u64,
     /// Publishes refused because an envelope was a replay.
     pub replays: u64,
-    /// Publishes, subscriptions and directory lookups by channel denied by the allow list.
+    /// Publishes, subscriptions and directory lookups by channel refused as `DENIED` (or
+    /// `PERMISSION_DENIED`): by the policies, by the structural rules of own namespaces, or
+    /// for lack of a reply grant.
     pub denials: u64,
+    /// Decisions the policy engine allowed (cached or not): one per subscription, per channel
+    /// group of a publish and per action it needs, per directory lookup by channel, and per
+    /// subscription decided again after a policy change.
+    pub policy_allows: u64,
+    /// Decisions the policy engine denied.
+    pub policy_denials: u64,
+    /// Subscriptions the hub ended because a change of policy (or of what policies depend
+    /// on) no longer allows them.
+    pub subscriptions_ended: u64,
     /// Deliveries that failed (each reported to its publisher as `DELIVERY_FAILED`).
     pub delivery_failures: u64,
     /// Connections closed because their outbound queue stayed full.
@@ -35,11 +46,12 @@ pub struct HubStats {
     pub renewals: u64,
     /// Renewals refused.
     pub renew_refusals: u64,
-    /// Administrative requests served: join tokens created and revocations made by remote
-    /// administrators (the operator's [`HubHandle`](crate::HubHandle) calls are not counted).
+    /// Administrative requests served: join tokens created, revocations made, policies
+    /// loaded, shown and checked by remote administrators (the operator's
+    /// [`HubHandle`](crate::HubHandle) calls are not counted).
     pub admin_actions: u64,
-    /// Administrative requests refused: callers not administrators, bad requests, an
-    /// administrator revoking itself, store or CA failures.
+    /// Administrative requests refused: callers not administrators, bad requests (invalid
+    /// policies among them), an administrator revoking itself, store or CA failures.
     pub admin_refusals: u64,
 }
 
@@ -52,6 +64,9 @@ pub(crate) struct Stats {
     pub(crate) forged_senders: AtomicU64,
     pub(crate) replays: AtomicU64,
     pub(crate) denials: AtomicU64,
+    pub(crate) policy_allows: AtomicU64,
+    pub(crate) policy_denials: AtomicU64,
+    pub(crate) subscriptions_ended: AtomicU64,
     pub(crate) delivery_failures: AtomicU64,
     pub(crate) slow_consumer_disconnects: AtomicU64,
     pub(crate) revoked_disconnects: AtomicU64,
@@ -74,6 +89,9 @@ impl Stats {
             forged_senders: get(&self.forged_senders),
             replays: get(&self.replays),
             denials: get(&self.denials),
+            policy_allows: get(&self.policy_allows),
+            policy_denials: get(&self.policy_denials),
+            subscriptions_ended: get(&self.subscriptions_ended),
             delivery_failures: get(&self.delivery_failures),
             slow_consumer_disconnects: get(&self.slow_consumer_disconnects),
             revoked_disconnects: get(&self.revoked_disconnects),

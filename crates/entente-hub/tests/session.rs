@@ -1,5 +1,5 @@
 //! Sessions through a real hub on 127.0.0.1:0: sealed pub/sub, own namespaces, backpressure,
-//! live revocation and shutdown. Bad frames, forged senders, replays and the allow list's
+//! live revocation and shutdown. Bad frames, forged senders, replays and the policies'
 //! refusals are in `entente-testkit`'s `tests/bad_input.rs`.
 #![allow(
     clippy::unwrap_used,

@@ -65,8 +65,13 @@ pub(crate) fn explain(
             Some(info) => {
                 let _ = writeln!(
                     out,
-                    "    {id} ({}:{}:{})",
-                    info.source, info.line, info.column
+                    "    {id} ({}:{}:{}){}",
+                    info.source,
+                    info.line,
+                    info.column,
+                    info.grant
+                        .as_ref()
+                        .map_or_else(String::new, |name| format!(", opened by grant `{name}`")),
                 );
                 for line in info.text.lines() {
                     let _ = writeln!(out, "      {line}");

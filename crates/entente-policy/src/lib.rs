@@ -15,6 +15,10 @@
 //!   epoch, expiring at the TTL or the end of the earliest grant it saw.
 //! - [`Decision`]: allowed or not, the [`Reason`], and the IDs of the policies that decided
 //!   it, for allows and denies alike (empty for the default deny).
+//! - [`GrantBook`]: time-bound grants, given directly or through just-in-time requests that
+//!   M principals other than the requester approve with signed statements
+//!   ([`entente_crypto::VerifiedApproval`]); grant names are defined by the policies that
+//!   consume them (`@grant("name")`, [`GrantDefinition`]).
 //!
 //! **Segments.** A request whose principal is an agent and whose resource belongs to
 //! another segment is decided by the forbids and by the permits marked `@cross_segment`
@@ -62,17 +66,27 @@
 
 #![forbid(unsafe_code)]
 
+mod approvals;
 mod cache;
 mod decision;
 mod engine;
 mod explain;
+mod grants;
 mod policies;
 mod request;
 mod schema;
 
+pub use approvals::ApprovalRecord;
 pub use cache::{CacheOptions, CacheStats, DecisionCache};
 pub use decision::{Decision, PolicyError, PolicyId, Reason};
 pub use engine::Engine;
+pub use grants::{
+    BOOK_VERSION, BookDecodeError, DEFAULT_APPROVALS, DEFAULT_MAX_DURATION_MS, DurationError,
+    Expired, Grant, GrantBook, GrantDefinition, GrantEnd, GrantError, GrantId, GrantLimits,
+    GrantRequest, GrantedBy, HARD_MAX_GRANTS, HARD_MAX_REQUESTS, IdParseError, MAX_APPROVALS,
+    MAX_BOOK_LEN, MAX_GRANT_DURATION_MS, MAX_GRANT_NAME_LEN, MAX_REASON_LEN, NewGrant, NewRequest,
+    Outcome, RequestId, RequestState, format_duration, is_valid_grant_name, parse_duration,
+};
 pub use policies::{Effect, LoadError, PolicyInfo, PolicySet, PolicySetBuilder, Problem};
 pub use request::{
     Action, ActiveGrant, Facts, NO_SEGMENT, Resource, Subject, UnknownAction, namespaces,

@@ -1,7 +1,7 @@
 //! Loading policies: parsing, naming, validating against the schema, and slicing by
 //! (action, namespace) so that a decision evaluates only the policies that could apply.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -14,6 +14,10 @@ use cedar_policy::{
 use miette::Diagnostic;
 
 use crate::decision::{Decision, PolicyError, PolicyId, Reason};
+use crate::grants::{
+    DEFAULT_APPROVALS, DEFAULT_MAX_DURATION_MS, GrantDefinition, MAX_APPROVALS,
+    MAX_GRANT_DURATION_MS, format_duration, is_valid_grant_name, parse_duration,
+};
 use crate::request::{Action, ContextMemo, Facts, Resource, Subject};
 use crate::schema;
 
@@ -29,6 +33,7 @@ pub struct PolicySet {
     slices: Vec<Slice>,
     slicing: bool,
     authorizer: Authorizer,
+    grants: BTreeMap<String, GrantDefinition>,
 }
 
 /// One loaded policy, for explanations and the admin API.
@@ -48,6 +53,8 @@ pub struct PolicyInfo {
     pub text: String,
     /// Whether it carries `@cross_segment`.
     pub cross_segment: bool,
+    /// The grant that opens it, from `@grant("…")`.
+    pub grant: Option<String>,
 }
 
 /// A policy's effect.
@@ -86,7 +93,7 @@ pub enum LoadError {
     #[error("policies do not match the schema: {}", Problems(.0))]
     Invalid(Vec<Problem>),
     /// The policies break one of Entente's own rules (duplicate IDs, templates,
-    /// `@cross_segment` misuse, namespace owners).
+    /// `@cross_segment` misuse, namespace owners, grant annotations).
     #[error("policies break Entente's rules: {}", Problems(.0))]
     Rules(Vec<Problem>),
     /// Our own schema does not load: a bug in this crate.
@@ -127,6 +134,9 @@ enum Pin {
 }
 
 const CROSS_SEGMENT: &str = "cross_segment";
+const GRANT: &str = "grant";
+const APPROVALS: &str = "approvals";
+const MAX_DURATION: &str = "max_duration";
 
 // === impl PolicySet ===
 
@@ -154,6 +164,7 @@ impl PolicySet {
             slices: Vec::new(),
             slicing: true,
             authorizer: Authorizer::new(),
+            grants: BTreeMap::new(),
         }
     }
 
@@ -175,6 +186,16 @@ impl PolicySet {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.policies.is_empty()
+    }
+
+    /// The grants the policies define (`@grant`), by name.
+    pub fn grant_definitions(&self) -> impl Iterator<Item = &GrantDefinition> {
+        self.grants.values()
+    }
+
+    /// The definition of grant `name`, if a policy declares it.
+    pub fn grant_definition(&self, name: &str) -> Option<&GrantDefinition> {
+        self.grants.get(name)
     }
 
     /// The segment owning channels of `namespace` (its first token).
@@ -461,6 +482,7 @@ impl PolicySetBuilder {
                 rules.push(p.problem(message));
             }
         }
+        let grants = collect_grants(&parsed, &mut rules);
         if !rules.is_empty() {
             return Err(LoadError::Rules(rules));
         }
@@ -500,6 +522,7 @@ impl PolicySetBuilder {
             slices,
             slicing: self.slicing,
             authorizer: Authorizer::new(),
+            grants,
         })
     }
 }
@@ -573,6 +596,7 @@ fn split(
                 column,
                 text: written,
                 cross_segment: policy.annotation(CROSS_SEGMENT).is_some(),
+                grant: policy.annotation(GRANT).map(str::to_owned),
             },
         });
     }
@@ -656,6 +680,123 @@ fn cross_segment_misuse(p: &Parsed) -> Option<String> {
                 .to_owned(),
         ),
     }
+}
+
+/// Collects the grant definitions of `@grant`, `@approvals` and `@max_duration`, adding a
+/// problem for each bad value, each `@approvals`/`@max_duration` without `@grant`, each
+/// `@grant` whose policy never tests `context.grants.contains("<name>")`, and each definition
+/// that disagrees with an earlier one of the same name.
+fn collect_grants(
+    parsed: &[Parsed],
+    rules: &mut Vec<Problem>,
+) -> BTreeMap<String, GrantDefinition> {
+    let mut definitions: BTreeMap<String, GrantDefinition> = BTreeMap::new();
+    let mut first_at: HashMap<String, String> = HashMap::new();
+    for p in parsed {
+        let approvals_text = p.policy.annotation(APPROVALS);
+        let max_duration = p.policy.annotation(MAX_DURATION);
+        let Some(name) = p.policy.annotation(GRANT) else {
+            if approvals_text.is_some() || max_duration.is_some() {
+                rules.push(p.problem(
+                    "`@approvals` and `@max_duration` describe a grant: add `@grant(\"<name>\")`"
+                        .to_owned(),
+                ));
+            }
+            continue;
+        };
+        if !is_valid_grant_name(name) {
+            rules.push(p.problem(format!(
+                "`@grant(\"{}\")`: a grant name is 1 to 64 characters of [A-Za-z0-9._:-]",
+                name.escape_debug()
+            )));
+            continue;
+        }
+        let approvals = match approvals_text {
+            None => Some(DEFAULT_APPROVALS),
+            Some(text) => text.parse::<u32>().ok().filter(|n| {
+                text.bytes().all(|b| b.is_ascii_digit()) && (1..=MAX_APPROVALS).contains(n)
+            }),
+        };
+        let Some(approvals) = approvals else {
+            rules.push(p.problem(format!(
+                "`@approvals(\"{}\")`: write a whole number from 1 to {MAX_APPROVALS}",
+                approvals_text.unwrap_or_default().escape_debug()
+            )));
+            continue;
+        };
+        let max_duration_ms = match max_duration {
+            None => Some(DEFAULT_MAX_DURATION_MS),
+            Some(text) => parse_duration(text)
+                .ok()
+                .filter(|&ms| ms > 0 && ms <= MAX_GRANT_DURATION_MS),
+        };
+        let Some(max_duration_ms) = max_duration_ms else {
+            rules.push(p.problem(format!(
+                "`@max_duration(\"{}\")`: write a duration above zero and at most {}, e.g. `30m`, `1h30m`, `7d`",
+                max_duration.unwrap_or_default().escape_debug(),
+                format_duration(MAX_GRANT_DURATION_MS)
+            )));
+            continue;
+        };
+        if !tests_grant(&p.policy, name) {
+            rules.push(p.problem(format!(
+                "`@grant(\"{name}\")` but the policy never tests `context.grants.contains(\"{name}\")`"
+            )));
+            continue;
+        }
+        let here = format!("{}:{}:{}", p.info.source, p.info.line, p.info.column);
+        match definitions.get_mut(name) {
+            None => {
+                first_at.insert(name.to_owned(), here);
+                definitions.insert(
+                    name.to_owned(),
+                    GrantDefinition {
+                        name: name.to_owned(),
+                        approvals,
+                        max_duration_ms,
+                        policies: vec![p.info.id.clone()],
+                    },
+                );
+            }
+            Some(first) if first.approvals == approvals && first.max_duration_ms == max_duration_ms => {
+                first.policies.push(p.info.id.clone());
+            }
+            Some(first) => rules.push(p.problem(format!(
+                "grant `{name}` is defined with @approvals(\"{approvals}\") @max_duration(\"{}\") here but with @approvals(\"{}\") @max_duration(\"{}\") at {}: every policy of one grant must agree",
+                format_duration(max_duration_ms),
+                first.approvals,
+                format_duration(first.max_duration_ms),
+                first_at.get(name).map_or("?", String::as_str),
+            ))),
+        }
+    }
+    definitions
+}
+
+/// Whether the policy's conditions contain `context.grants.contains("<name>")` (also written
+/// `context["grants"].contains("<name>")`), found in Cedar's JSON form of the policy.
+fn tests_grant(policy: &cedar_policy::Policy, name: &str) -> bool {
+    let Ok(json) = policy.to_json() else {
+        return false;
+    };
+    let target = serde_json::json!({
+        "left": { ".": { "left": { "Var": "context" }, "attr": "grants" } },
+        "right": { "Value": name },
+    });
+    let mut stack = vec![&json];
+    while let Some(value) = stack.pop() {
+        match value {
+            serde_json::Value::Object(map) => {
+                if map.get("contains") == Some(&target) {
+                    return true;
+                }
+                stack.extend(map.values());
+            }
+            serde_json::Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Namespace names are single channel tokens; segment names are 1 to 64 of `[A-Za-z0-9_-]`.

@@ -46,10 +46,13 @@ pub async fn run_all<S: Store>(mut fresh: impl AsyncFnMut() -> S) {
     used_token_is_reported_used_after_expiry(&fresh().await).await;
     purge_removes_only_expired_tokens(&fresh().await).await;
     revocations_only_move_forward(&fresh().await).await;
+    grants_only_move_forward(&fresh().await).await;
+    grants_and_revocations_are_apart(&fresh().await).await;
     config_round_trip(&fresh().await).await;
     concurrent_redeem_has_one_winner(Arc::new(fresh().await)).await;
     concurrent_put_token_has_one_winner(Arc::new(fresh().await)).await;
     concurrent_revocations_keep_the_highest(Arc::new(fresh().await)).await;
+    concurrent_grants_keep_the_highest(Arc::new(fresh().await)).await;
 }
 
 /// An agent record with recognisable fields.
@@ -376,6 +379,61 @@ pub async fn revocations_only_move_forward<S: Store>(store: &S) {
     );
 }
 
+// === grants ===
+
+/// The grant book is replaced only by a strictly greater version, and kept byte for byte.
+pub async fn grants_only_move_forward<S: Store>(store: &S) {
+    assert_eq!(store.grants().await.unwrap(), None);
+    // Any version is accepted first, even 0 (an empty book's revision).
+    store.put_grants(0, b"{}").await.unwrap();
+    assert_eq!(store.grants().await.unwrap(), Some((0, b"{}".to_vec())));
+
+    let book: Vec<u8> = (0..=255).cycle().take(100_000).collect();
+    store.put_grants(3, &book).await.unwrap();
+    for offered in [3, 2, 0] {
+        match store.put_grants(offered, b"stale").await {
+            Err(StoreError::StaleVersion { stored, offered: o }) => {
+                assert_eq!((stored, o), (3, offered));
+            }
+            other => panic!("version {offered} after 3: {other:?}"),
+        }
+    }
+    assert_eq!(store.grants().await.unwrap(), Some((3, book)));
+
+    // Versions may skip (a change that failed to persist), but never go back.
+    store.put_grants(10, b"").await.unwrap();
+    assert_eq!(store.grants().await.unwrap(), Some((10, Vec::new())));
+    store.put_grants(u64::MAX, b"last").await.unwrap();
+    assert!(matches!(
+        store.put_grants(u64::MAX, b"again").await,
+        Err(StoreError::StaleVersion {
+            stored: u64::MAX,
+            offered: u64::MAX
+        })
+    ));
+    assert_eq!(
+        store.grants().await.unwrap(),
+        Some((u64::MAX, b"last".to_vec()))
+    );
+}
+
+/// The grant book and the revocation list are separate values with separate versions.
+pub async fn grants_and_revocations_are_apart<S: Store>(store: &S) {
+    store.put_revocations(5, b"crl").await.unwrap();
+    assert_eq!(store.grants().await.unwrap(), None);
+    store.put_grants(1, b"book").await.unwrap();
+    assert_eq!(
+        store.revocations().await.unwrap(),
+        Some((5, b"crl".to_vec()))
+    );
+    assert_eq!(store.grants().await.unwrap(), Some((1, b"book".to_vec())));
+    store.put_revocations(6, b"crl-6").await.unwrap();
+    assert_eq!(store.grants().await.unwrap(), Some((1, b"book".to_vec())));
+    // A config entry named like the value does not touch it either.
+    store.put_config("grants", b"other").await.unwrap();
+    assert_eq!(store.grants().await.unwrap(), Some((1, b"book".to_vec())));
+}
+
 // === config ===
 
 /// Config entries are stored by exact key and replaced by a second put.
@@ -482,6 +540,34 @@ pub async fn concurrent_revocations_keep_the_highest<S: Store>(store: Arc<S>) {
     let top = RACERS as u64;
     assert_eq!(
         store.revocations().await.unwrap(),
+        Some((top, top.to_be_bytes().to_vec()))
+    );
+}
+
+/// Versions 1..=[`RACERS`] of the grant book offered concurrently: the highest always wins.
+pub async fn concurrent_grants_keep_the_highest<S: Store>(store: Arc<S>) {
+    let tasks: Vec<_> = (1..=RACERS as u64)
+        .map(|version| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let book = version.to_be_bytes();
+                (version, store.put_grants(version, &book).await)
+            })
+        })
+        .collect();
+    for task in tasks {
+        match task.await.unwrap() {
+            (_, Ok(())) => {}
+            (version, Err(StoreError::StaleVersion { stored, offered })) => {
+                assert_eq!(offered, version);
+                assert!(stored >= offered);
+            }
+            (_, Err(other)) => panic!("unexpected grants error: {other:?}"),
+        }
+    }
+    let top = RACERS as u64;
+    assert_eq!(
+        store.grants().await.unwrap(),
         Some((top, top.to_be_bytes().to_vec()))
     );
 }

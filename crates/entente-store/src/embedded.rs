@@ -1,18 +1,20 @@
 //! The embedded backend: one redb file, every write a durable ACID transaction.
 //!
-//! Layout (format version 1, see `docs/STORE.md`):
+//! Layout (format version 2, see `docs/STORE.md`):
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `meta` | `&str` | `u64` (`"format_version"` → 1) |
+//! | `meta` | `&str` | `u64` (`"format_version"` → 2) |
 //! | `agents` | principal `&str` | v1 byte + [`AgentRecord`] JSON |
 //! | `key_bundles` | (principal `&str`, epoch `u64`) | v1 byte + bundle bytes |
 //! | `tokens` | hash `&[u8; 32]` | v1 byte + [`TokenRecord`] JSON |
 //! | `revocations` | `"current"` | v1 byte + version `u64` big-endian + list bytes |
+//! | `grants` | `"current"` | v1 byte + version `u64` big-endian + book bytes |
 //! | `config` | key `&str` | v1 byte + value bytes |
 //!
 //! All tables and the `meta` entry are created in the first transaction, so a file either is a
-//! complete store or holds no tables at all.
+//! complete store or holds no tables at all. A version 1 store (without `grants`) is migrated
+//! at open, in one transaction: the table is created and the version set to 2.
 //!
 //! The trait methods do their work inline when polled: each is one short transaction over small
 //! values, and a write waits for its fsyncs (about half a millisecond here, see `docs/STORE.md`).
@@ -30,13 +32,15 @@ use serde::de::DeserializeOwned;
 use crate::{AgentRecord, Store, StoreError, TokenRecord};
 
 /// The on-disk format version this build reads and writes.
-const FORMAT_VERSION: u64 = 1;
+const FORMAT_VERSION: u64 = 2;
+/// The previous format, migrated at open: version 2 added the `grants` table.
+const FORMAT_VERSION_1: u64 = 1;
 /// The first byte of every stored value.
 const VALUE_V1: u8 = 1;
 /// The key of the format version in `meta`.
 const FORMAT_KEY: &str = "format_version";
-/// The key of the one revocation list in `revocations`.
-const REVOCATIONS_KEY: &str = "current";
+/// The key of the one value in `revocations` and in `grants`.
+const CURRENT_KEY: &str = "current";
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
@@ -44,6 +48,7 @@ const KEY_BUNDLES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("k
 const TOKENS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tokens");
 const REVOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revocations");
 const CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
+const GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("grants");
 
 /// A [`Store`] in one redb database file.
 ///
@@ -64,7 +69,8 @@ impl EmbeddedStore {
     /// An existing file is opened only if it is a complete store of a known format: a file that
     /// is not a redb database, a database without Entente's `meta` entry or with a missing table
     /// fails with [`StoreError::Corrupt`], one of another format version with
-    /// [`StoreError::FormatVersion`]. The file's mode is set to 0600 on every open.
+    /// [`StoreError::FormatVersion`]. A complete version 1 store is migrated to version 2. The
+    /// file's mode is set to 0600 on every open.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let file_err = |e: std::io::Error| {
@@ -230,14 +236,38 @@ impl EmbeddedStore {
     }
 
     fn put_revocations_now(&self, version: u64, list: &[u8]) -> Result<(), StoreError> {
-        let mut value = Vec::with_capacity(9 + list.len());
+        self.put_versioned(REVOCATIONS, revocations_what, version, list)
+    }
+
+    fn revocations_now(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.versioned(REVOCATIONS, revocations_what)
+    }
+
+    fn put_grants_now(&self, version: u64, book: &[u8]) -> Result<(), StoreError> {
+        self.put_versioned(GRANTS, grants_what, version, book)
+    }
+
+    fn grants_now(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.versioned(GRANTS, grants_what)
+    }
+
+    /// Replaces the one value of `table` if `version` is above the stored one (or none is
+    /// stored), in one write transaction.
+    fn put_versioned(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        what: fn() -> String,
+        version: u64,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut value = Vec::with_capacity(9 + bytes.len());
         value.push(VALUE_V1);
         value.extend_from_slice(&version.to_be_bytes());
-        value.extend_from_slice(list);
+        value.extend_from_slice(bytes);
         self.write(|tx| {
-            let mut table = tx.open_table(REVOCATIONS).map_err(engine_error)?;
-            let stored = match table.get(REVOCATIONS_KEY).map_err(engine_error)? {
-                Some(current) => Some(decode_revocations(current.value())?.0),
+            let mut table = tx.open_table(table).map_err(engine_error)?;
+            let stored = match table.get(CURRENT_KEY).map_err(engine_error)? {
+                Some(current) => Some(decode_versioned(what, current.value())?.0),
                 None => None,
             };
             if let Some(stored) = stored
@@ -249,19 +279,23 @@ impl EmbeddedStore {
                 });
             }
             table
-                .insert(REVOCATIONS_KEY, value.as_slice())
+                .insert(CURRENT_KEY, value.as_slice())
                 .map_err(engine_error)?;
             Ok(())
         })
     }
 
-    fn revocations_now(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+    fn versioned(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        what: fn() -> String,
+    ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         let tx = self.read()?;
-        let table = tx.open_table(REVOCATIONS).map_err(engine_error)?;
-        let Some(value) = table.get(REVOCATIONS_KEY).map_err(engine_error)? else {
+        let table = tx.open_table(table).map_err(engine_error)?;
+        let Some(value) = table.get(CURRENT_KEY).map_err(engine_error)? else {
             return Ok(None);
         };
-        decode_revocations(value.value()).map(Some)
+        decode_versioned(what, value.value()).map(Some)
     }
 
     fn put_config_now(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
@@ -330,6 +364,7 @@ impl EmbeddedStore {
                 tx.open_table(TOKENS).map_err(engine_error)?;
                 tx.open_table(REVOCATIONS).map_err(engine_error)?;
                 tx.open_table(CONFIG).map_err(engine_error)?;
+                tx.open_table(GRANTS).map_err(engine_error)?;
                 Ok(())
             });
         }
@@ -350,7 +385,7 @@ impl EmbeddedStore {
             .map_err(engine_error)?
             .map(|v| v.value())
             .ok_or_else(|| not_a_store("no format version in `meta`".to_owned()))?;
-        if found != FORMAT_VERSION {
+        if found != FORMAT_VERSION && found != FORMAT_VERSION_1 {
             return Err(StoreError::FormatVersion {
                 found,
                 supported: FORMAT_VERSION,
@@ -363,7 +398,42 @@ impl EmbeddedStore {
         tx.open_table(TOKENS).map_err(missing)?;
         tx.open_table(REVOCATIONS).map_err(missing)?;
         tx.open_table(CONFIG).map_err(missing)?;
-        Ok(())
+        if found == FORMAT_VERSION {
+            tx.open_table(GRANTS).map_err(missing)?;
+            return Ok(());
+        }
+        drop(tx);
+        self.migrate_from_1()
+    }
+
+    /// Version 1 → 2: adds the `grants` table, in one transaction with the version change, so
+    /// a crash leaves a complete store of either version.
+    fn migrate_from_1(&self) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let mut meta = tx.open_table(META).map_err(engine_error)?;
+            // Checked again inside the write transaction: another open may have migrated it.
+            let found = meta
+                .get(FORMAT_KEY)
+                .map_err(engine_error)?
+                .map(|v| v.value());
+            if found == Some(FORMAT_VERSION) {
+                return Ok(());
+            }
+            if tx
+                .list_tables()
+                .map_err(engine_error)?
+                .any(|t| t.name() == GRANTS.name())
+            {
+                return Err(StoreError::Corrupt {
+                    what: format!("database file `{}`", self.path.display()),
+                    reason: "a version 1 store with a `grants` table".to_owned(),
+                });
+            }
+            tx.open_table(GRANTS).map_err(engine_error)?;
+            meta.insert(FORMAT_KEY, FORMAT_VERSION)
+                .map_err(engine_error)?;
+            Ok(())
+        })
     }
 }
 
@@ -428,6 +498,14 @@ impl Store for EmbeddedStore {
 
     async fn revocations(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         self.revocations_now()
+    }
+
+    async fn put_grants(&self, version: u64, book: &[u8]) -> Result<(), StoreError> {
+        self.put_grants_now(version, book)
+    }
+
+    async fn grants(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.grants_now()
     }
 
     async fn put_config(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
@@ -512,8 +590,8 @@ fn decode_token(hash: &[u8; 32], value: &[u8]) -> Result<TokenRecord, StoreError
     Ok(record)
 }
 
-fn decode_revocations(value: &[u8]) -> Result<(u64, Vec<u8>), StoreError> {
-    let what = || "revocation list".to_owned();
+/// A versioned value: the value version byte, a `u64` big-endian version, the bytes.
+fn decode_versioned(what: fn() -> String, value: &[u8]) -> Result<(u64, Vec<u8>), StoreError> {
     let payload = strip_version(&what, value)?;
     let Some((version, list)) = payload.split_first_chunk::<8>() else {
         return Err(StoreError::Corrupt {
@@ -522,6 +600,14 @@ fn decode_revocations(value: &[u8]) -> Result<(u64, Vec<u8>), StoreError> {
         });
     };
     Ok((u64::from_be_bytes(*version), list.to_vec()))
+}
+
+fn revocations_what() -> String {
+    "revocation list".to_owned()
+}
+
+fn grants_what() -> String {
+    "grant book".to_owned()
 }
 
 fn agent_what(principal: &str) -> String {
@@ -597,7 +683,7 @@ mod tests {
         clippy::panic
     )]
 
-    use super::{decode_blob, decode_revocations, encode_blob};
+    use super::{decode_blob, decode_versioned, encode_blob, grants_what, revocations_what};
     use crate::StoreError;
 
     #[test]
@@ -616,14 +702,18 @@ mod tests {
     }
 
     #[test]
-    fn revocations_need_a_whole_version() {
+    fn versioned_values_need_a_whole_version() {
         assert_eq!(
-            decode_revocations(b"\x01\0\0\0\0\0\0\0\x05list").unwrap(),
+            decode_versioned(revocations_what, b"\x01\0\0\0\0\0\0\0\x05list").unwrap(),
             (5, b"list".to_vec())
         );
         assert!(matches!(
-            decode_revocations(b"\x01\0\0\0\x05"),
+            decode_versioned(revocations_what, b"\x01\0\0\0\x05"),
             Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            decode_versioned(grants_what, b"\x02\0\0\0\0\0\0\0\x05"),
+            Err(StoreError::Corrupt { what, .. }) if what == "grant book"
         ));
     }
 }

@@ -1,11 +1,13 @@
 //! The hub's registry: what it must remember across restarts.
 //!
-//! A [`Store`] holds five kinds of state:
+//! A [`Store`] holds six kinds of state:
 //! - agents ([`AgentRecord`]), keyed by principal;
 //! - key bundles, opaque encoded protobuf bytes keyed by (principal, epoch);
 //! - join tokens ([`TokenRecord`]), keyed by the SHA-256 hash of the token, redeemed atomically
 //!   at most once;
 //! - the revocation list, one opaque blob with a version that only goes up;
+//! - the grant book (time-bound grants and pending just-in-time requests), one opaque blob with
+//!   a version that only goes up;
 //! - config entries, opaque bytes by name.
 //!
 //! Backends:
@@ -67,8 +69,9 @@ pub use record::{AgentRecord, TokenRecord};
 /// atomic operation: when its future resolves `Ok`, the change is durable (on disk, or acknowledged
 /// by the cluster), and a failed call changes nothing.
 ///
-/// Writes named `put_*` insert or replace, except [`put_token`](Store::put_token) and
-/// [`put_revocations`](Store::put_revocations), which refuse as documented.
+/// Writes named `put_*` insert or replace, except [`put_token`](Store::put_token),
+/// [`put_revocations`](Store::put_revocations) and [`put_grants`](Store::put_grants), which
+/// refuse as documented.
 pub trait Store: Send + Sync + 'static {
     // === agents ===
 
@@ -151,6 +154,22 @@ pub trait Store: Send + Sync + 'static {
     fn revocations(
         &self,
     ) -> impl Future<Output = Result<Option<(u64, Vec<u8>)>, StoreError>> + Send;
+
+    // === grants ===
+
+    /// Replaces the encoded grant book with `book` at `version` (the book's revision).
+    ///
+    /// Refuses with [`StoreError::StaleVersion`] (and changes nothing) unless `version` is greater
+    /// than the stored version; when none is stored, any version is accepted. The whole book is
+    /// one value, so a crash leaves either the old book or the new one.
+    fn put_grants(
+        &self,
+        version: u64,
+        book: &[u8],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The stored grant book and its version, if any.
+    fn grants(&self) -> impl Future<Output = Result<Option<(u64, Vec<u8>)>, StoreError>> + Send;
 
     // === config ===
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use entente_store::conformance::{self, sample_agent, sample_token};
 use entente_store::{EmbeddedStore, Store, StoreError};
-use redb::TableDefinition;
+use redb::{ReadableDatabase, TableDefinition};
 use tempfile::TempDir;
 
 /// A fresh store in its own temporary directory (kept alive by the returned guard).
@@ -53,6 +53,8 @@ conformance!(
     used_token_is_reported_used_after_expiry,
     purge_removes_only_expired_tokens,
     revocations_only_move_forward,
+    grants_only_move_forward,
+    grants_and_revocations_are_apart,
     config_round_trip,
 );
 
@@ -82,6 +84,14 @@ async fn concurrent_revocations_keep_the_highest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_grants_keep_the_highest() {
+    for _ in 0..10 {
+        let (_tmp, store) = fresh();
+        conformance::concurrent_grants_keep_the_highest(Arc::new(store)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn run_all_passes() {
     let tmp = tempfile::tempdir().unwrap();
     let mut n = 0;
@@ -107,6 +117,7 @@ async fn data_survives_close_and_reopen() {
     store.put_token(&sample_token(2, 0, 100)).await.unwrap();
     store.redeem_token(&[2; 32], 10).await.unwrap();
     store.put_revocations(3, b"crl").await.unwrap();
+    store.put_grants(9, b"book").await.unwrap();
     store.put_config("k", b"v").await.unwrap();
     store.close().unwrap();
 
@@ -125,6 +136,7 @@ async fn data_survives_close_and_reopen() {
         store.revocations().await.unwrap(),
         Some((3, b"crl".to_vec()))
     );
+    assert_eq!(store.grants().await.unwrap(), Some((9, b"book".to_vec())));
     assert_eq!(store.config("k").await.unwrap(), Some(b"v".to_vec()));
 }
 
@@ -210,6 +222,10 @@ fn missing_directory_is_unavailable() {
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 const TOKENS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tokens");
+const KEY_BUNDLES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("key_bundles");
+const REVOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revocations");
+const CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
+const GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("grants");
 
 #[test]
 fn foreign_redb_database_is_refused() {
@@ -240,7 +256,7 @@ fn unknown_format_version_is_refused() {
         let tx = db.begin_write().unwrap();
         tx.open_table(META)
             .unwrap()
-            .insert("format_version", 2)
+            .insert("format_version", 3)
             .unwrap();
         tx.commit().unwrap();
     }
@@ -249,13 +265,83 @@ fn unknown_format_version_is_refused() {
         matches!(
             err,
             StoreError::FormatVersion {
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: 2
             }
         ),
         "{err:?}"
     );
-    assert_eq!(EmbeddedStore::FORMAT_VERSION, 1);
+    assert_eq!(EmbeddedStore::FORMAT_VERSION, 2);
+}
+
+/// A version 1 store made by hand (the tables of version 1, no `grants`) is migrated at open,
+/// once; a version 1 store that already has a `grants` table is not a store we wrote.
+#[tokio::test]
+async fn a_version_1_store_is_migrated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = db_path(&tmp);
+    write_version_1(&path, false);
+    let store = EmbeddedStore::open(&path).unwrap();
+    assert_eq!(store.config("k").await.unwrap(), Some(b"v".to_vec()));
+    assert_eq!(store.grants().await.unwrap(), None);
+    store.put_grants(1, b"book").await.unwrap();
+    store.close().unwrap();
+    assert_eq!(format_version(&path), 2);
+    let store = EmbeddedStore::open(&path).unwrap();
+    assert_eq!(store.grants().await.unwrap(), Some((1, b"book".to_vec())));
+    store.close().unwrap();
+
+    let path = tmp.path().join("odd.redb");
+    write_version_1(&path, true);
+    assert!(matches!(
+        EmbeddedStore::open(&path),
+        Err(StoreError::Corrupt { reason, .. }) if reason.contains("grants")
+    ));
+    assert_eq!(format_version(&path), 1);
+}
+
+#[test]
+fn a_version_2_store_without_grants_is_refused() {
+    let (tmp, store) = fresh();
+    store.close().unwrap();
+    {
+        let db = redb::Database::open(db_path(&tmp)).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.delete_table(GRANTS).unwrap();
+        tx.commit().unwrap();
+    }
+    assert!(matches!(
+        EmbeddedStore::open(db_path(&tmp)),
+        Err(StoreError::Corrupt { .. })
+    ));
+}
+
+fn write_version_1(path: &Path, with_grants: bool) {
+    let db = redb::Database::create(path).unwrap();
+    let tx = db.begin_write().unwrap();
+    tx.open_table(META)
+        .unwrap()
+        .insert("format_version", 1)
+        .unwrap();
+    tx.open_table(AGENTS).unwrap();
+    tx.open_table(KEY_BUNDLES).unwrap();
+    tx.open_table(TOKENS).unwrap();
+    tx.open_table(REVOCATIONS).unwrap();
+    tx.open_table(CONFIG)
+        .unwrap()
+        .insert("k", &b"\x01v"[..])
+        .unwrap();
+    if with_grants {
+        tx.open_table(GRANTS).unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+fn format_version(path: &Path) -> u64 {
+    let db = redb::Database::open(path).unwrap();
+    let tx = db.begin_read().unwrap();
+    let meta = tx.open_table(META).unwrap();
+    meta.get("format_version").unwrap().unwrap().value()
 }
 
 #[test]

@@ -1,8 +1,7 @@
-//! Pins the on-disk format: a store written once and committed as `tests/fixtures/store-v1.redb`
-//! must keep opening with the same contents. A failure here means the format changed (a redb
-//! major version, a table type, the value encoding): bump `EmbeddedStore::FORMAT_VERSION` and add
-//! a migration rather than regenerating. Regenerate only for a deliberate, versioned change with
-//! `cargo test -p entente-store --test format_v1 -- --ignored regenerate`.
+//! Pins format version 1: a store written once by a version 1 build and committed as
+//! `tests/fixtures/store-v1.redb` must keep opening with the same contents, migrated to the
+//! current version (version 2 added the grant book). The fixture is frozen: this build writes
+//! version 2 only (`format_v2.rs` pins that one), so it is never regenerated.
 
 #![allow(
     clippy::unwrap_used,
@@ -55,49 +54,6 @@ fn token(byte: u8, used: bool) -> TokenRecord {
     }
 }
 
-/// Writes the fixture. Run only for a deliberate format change (see the module docs).
-#[tokio::test]
-#[ignore = "regenerates the store fixture"]
-async fn regenerate() {
-    let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("store.redb");
-    let store = EmbeddedStore::open(&path).unwrap();
-    for agent in agents() {
-        store.put_agent(&agent).await.unwrap();
-    }
-    store
-        .put_key_bundle(ALICE, 1, b"alice-bundle-1")
-        .await
-        .unwrap();
-    store
-        .put_key_bundle(ALICE, 2, b"alice-bundle-2")
-        .await
-        .unwrap();
-    store.put_key_bundle(BOB, 0, &[0, 1, 2, 255]).await.unwrap();
-    store.put_token(&token(0xaa, false)).await.unwrap();
-    store.put_token(&token(0xbb, false)).await.unwrap();
-    store
-        .redeem_token(&[0xbb; 32], 1_767_225_600_001)
-        .await
-        .unwrap();
-    store
-        .put_revocations(7, b"revocation-list-7")
-        .await
-        .unwrap();
-    store
-        .put_config("hub.listen", b"127.0.0.1:7222")
-        .await
-        .unwrap();
-    store.close().unwrap();
-
-    // Compact so the committed file is small (tens of KiB instead of a preallocated MiB).
-    let mut db = redb::Database::open(&path).unwrap();
-    while db.compact().unwrap() {}
-    drop(db);
-    fs::create_dir_all(fixture().parent().unwrap()).unwrap();
-    fs::copy(&path, fixture()).unwrap();
-}
-
 #[tokio::test]
 async fn committed_store_opens_with_its_contents() {
     // Work on a copy: opening writes to the file, and git does not keep modes.
@@ -140,6 +96,9 @@ async fn committed_store_opens_with_its_contents() {
             .unwrap(),
         token(0xaa, true)
     );
+    // Migrated: no grant book yet, and one can be stored.
+    assert_eq!(store.grants().await.unwrap(), None);
+    store.put_grants(1, b"book").await.unwrap();
     // And the old file takes new writes.
     store
         .put_config("hub.listen", b"0.0.0.0:7222")
@@ -150,5 +109,10 @@ async fn committed_store_opens_with_its_contents() {
     assert_eq!(
         store.config("hub.listen").await.unwrap(),
         Some(b"0.0.0.0:7222".to_vec())
+    );
+    assert_eq!(store.grants().await.unwrap(), Some((1, b"book".to_vec())));
+    assert_eq!(
+        store.revocations().await.unwrap(),
+        Some((7, b"revocation-list-7".to_vec()))
     );
 }

@@ -7,12 +7,16 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use entente_ca::{CaOptions, JoinToken, TrustBundle};
 use entente_client::{Client, ClientOptions, Identity};
-use entente_hub::{AllowRule, Hub, HubConfig, HubHandle, HubStats, Who};
+use entente_hub::{Hub, HubConfig, HubHandle, HubStats};
 use entente_store::EmbeddedStore;
-use entente_types::{AgentId, ChannelPattern, Principal, TrustDomain};
+use entente_types::{AgentId, Principal, TrustDomain};
 use tempfile::TempDir;
 
 use crate::{TRUST_DOMAIN, TestCa};
+
+/// The source name of the policies given to [`TestHubBuilder::policies`] (the first call) and
+/// [`TestHub::load_policies`].
+pub const TEST_SOURCE: &str = "test.cedar";
 
 /// How long the join tokens of [`TestHub::token`] and [`TestHub::enroll`] live.
 pub const TOKEN_TTL: Duration = Duration::from_secs(600);
@@ -43,7 +47,7 @@ pub struct TestHub {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> anyhow::Result<()> {
 /// let hub = entente_testkit::TestHub::builder()
-///     .allow_segment("shop", ["orders.>"])
+///     .policies(r#"permit (principal in Segment::"shop", action, resource in Namespace::"shop");"#)
 ///     .svid_ttl(Duration::from_secs(30))
 ///     .config(|c| c.max_subscriptions = 8)
 ///     .start()
@@ -60,7 +64,6 @@ pub struct TestHubBuilder {
     trust_domain: String,
     ca_options: CaOptions,
     config: HubConfig,
-    segments: Vec<(String, Vec<String>)>,
     admin: bool,
 }
 
@@ -88,20 +91,19 @@ pub async fn token(hub: &HubHandle, segment: &str, name: &str) -> Result<JoinTok
 
 impl TestHub {
     /// Starts a hub with the defaults: a new CA for [`TRUST_DOMAIN`], [`HubConfig::default`]
-    /// (nothing allowed but each principal's own namespaces and direct messages within a
-    /// segment) and [`ADMIN_NAME`] as administrator.
+    /// (no policies but the base ones: nothing allowed but each principal's own namespaces
+    /// and direct messages within a segment) and [`ADMIN_NAME`] as administrator.
     pub async fn start() -> Result<Self> {
         Self::builder().start().await
     }
 
-    /// A builder, to set allow rules, the CA or any of the hub's settings.
+    /// A builder, to set policies, the CA or any of the hub's settings.
     pub fn builder() -> TestHubBuilder {
         TestHubBuilder {
             ca: None,
             trust_domain: TRUST_DOMAIN.to_owned(),
             ca_options: CaOptions::default(),
             config: HubConfig::default(),
-            segments: Vec::new(),
             admin: true,
         }
     }
@@ -213,9 +215,20 @@ impl TestHub {
         self.ca.revoke_certificate(&self.hub, identity).await
     }
 
+    /// Replaces the hub's running policy set with `policies` (Cedar, one source named
+    /// `test.cedar`) and the base policies, as an administrator's `LoadPolicies` does; returns
+    /// the new policy epoch. Sessions end the subscriptions the new set no longer allows.
+    pub async fn load_policies(&self, policies: &str) -> Result<u64> {
+        self.hub
+            .load_policies(vec![(TEST_SOURCE.to_owned(), policies.to_owned())])
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.problems().join("\n")))
+            .context("loading policies")
+    }
+
     /// Shuts the hub down and starts it again on a new port with the same CA, registry and
     /// configuration: what a hub keeps across restarts (agents, key bundles, the revocation
-    /// list) is there, connections and sessions are not.
+    /// list, the policy set last loaded) is there, connections and sessions are not.
     pub async fn restart(self) -> Result<Self> {
         let Self {
             hub,
@@ -272,29 +285,22 @@ impl TestHubBuilder {
         self
     }
 
-    /// Adds an allow rule.
-    pub fn allow(mut self, rule: AllowRule) -> Self {
-        self.config.allow.rules.push(rule);
+    /// Adds Cedar policies to the hub's initial policy set (docs/POLICY.md), as one source
+    /// named `test.cedar` (`test-2.cedar`, … for later calls); they are checked at
+    /// [`start`](Self::start), which fails naming each problem. The base policies always run
+    /// too.
+    pub fn policies(mut self, text: &str) -> Self {
+        let name = match self.config.policies.len() {
+            0 => TEST_SOURCE.to_owned(),
+            n => format!("test-{}.cedar", n + 1),
+        };
+        self.config.policies.push((name, text.to_owned()));
         self
     }
 
-    /// Adds an allow rule letting every agent of `segment` publish and subscribe to
-    /// `patterns` (NATS-style, e.g. `orders.>`; checked at [`start`](Self::start)).
-    pub fn allow_segment(
-        mut self,
-        segment: &str,
-        patterns: impl IntoIterator<Item = impl Into<String>>,
-    ) -> Self {
-        self.segments.push((
-            segment.to_owned(),
-            patterns.into_iter().map(Into::into).collect(),
-        ));
-        self
-    }
-
-    /// Changes the hub's configuration: anything of [`HubConfig`]. Rules added by
-    /// [`allow`](Self::allow) before are in `config.allow`; the `listen` address should stay
-    /// on the loopback.
+    /// Changes the hub's configuration: anything of [`HubConfig`]. Policies added by
+    /// [`policies`](Self::policies) before are in `config.policies`; the `listen` address
+    /// should stay on the loopback.
     pub fn config(mut self, change: impl FnOnce(&mut HubConfig)) -> Self {
         change(&mut self.config);
         self
@@ -315,24 +321,12 @@ impl TestHubBuilder {
             trust_domain,
             ca_options,
             mut config,
-            segments,
             admin,
         } = self;
         let ca = match ca {
             Some(ca) => ca,
             None => Arc::new(TestCa::with_trust_domain(&trust_domain, ca_options)?),
         };
-        for (segment, patterns) in segments {
-            let patterns = patterns
-                .iter()
-                .map(|p| ChannelPattern::parse(p).with_context(|| format!("allow pattern `{p}`")))
-                .collect::<Result<Vec<_>>>()?;
-            config.allow.rules.push(AllowRule {
-                who: Who::Segment(segment),
-                publish: patterns.clone(),
-                subscribe: patterns,
-            });
-        }
         if admin {
             let admin = ca.human(ADMIN_NAME)?;
             if !config.admins.contains(&admin) {

@@ -8,9 +8,10 @@
 //! shortcut is the key store's fast key derivation, which protects nothing worth the time in a
 //! temporary directory.
 //!
-//! - [`TestHub`]: start one with [`TestHub::start`] or [`TestHub::builder`] (allow rules, the
-//!   certificate lifetime, any [`HubConfig`] setting, a shared [`TestCa`]); enroll agents,
-//!   connect [`Client`]s, revoke, restart over the same registry, shut down.
+//! - [`TestHub`]: start one with [`TestHub::start`] or [`TestHub::builder`] (Cedar policies,
+//!   the certificate lifetime, any [`HubConfig`] setting, a shared [`TestCa`]); enroll agents,
+//!   connect [`Client`]s, load policies live, revoke, restart over the same registry, shut
+//!   down.
 //! - [`TestCa`]: the CA alone, for tests that need certificates without a hub, several hubs
 //!   of one CA, or credentials the hub's registry never saw ([`TestCa::identity_at`] issues
 //!   them at any time, expired ones included). With [`enroll`] and [`TestCa::revoke`] it also
@@ -28,14 +29,18 @@
 //! use tokio_stream::StreamExt as _;
 //!
 //! let hub = TestHub::builder()
-//!     .allow_segment("shop", ["orders.>"])
+//!     .policies(
+//!         r#"permit (principal in Segment::"shop",
+//!                    action in [Action::"publish", Action::"subscribe"],
+//!                    resource in Namespace::"shop");"#,
+//!     )
 //!     .start()
 //!     .await?;
 //! let alice = hub.connect(hub.enroll("shop", "alice").await?).await?;
 //! let bob = hub.connect(hub.enroll("shop", "bob").await?).await?;
 //!
-//! let mut orders = bob.subscribe("orders.>").await?;
-//! alice.publish("orders.eu", "two espressos").await?;
+//! let mut orders = bob.subscribe("shop.orders.>").await?;
+//! alice.publish("shop.orders.eu", "two espressos").await?;
 //!
 //! let message = orders.next().await.context("the subscription ended")??;
 //! assert_eq!(message.sender, *alice.principal());
@@ -58,10 +63,10 @@ pub mod raw;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use ca::{TRUST_DOMAIN, TestCa, certificate_serial};
-pub use hub::{ADMIN_NAME, TOKEN_TTL, TestHub, TestHubBuilder, enroll, token};
+pub use hub::{ADMIN_NAME, TEST_SOURCE, TOKEN_TTL, TestHub, TestHubBuilder, enroll, token};
 
 pub use entente_client::{Client, ClientOptions, Identity};
-pub use entente_hub::{AllowList, AllowRule, HubConfig, HubHandle, HubStats, Who};
+pub use entente_hub::{HubConfig, HubHandle, HubStats};
 pub use entente_store::EmbeddedStore;
 
 /// How long the kit waits for anything a test expects to happen: a frame, an answer, a

@@ -7,8 +7,8 @@
 //!   expired certificate, a revoked certificate, a TLS 1.2-only client.
 //! - That stream ended with a status: an unknown gRPC path, an oversized frame, a malformed
 //!   frame.
-//! - Refused and counted: a forged sender, a replayed batch, a subscription (or publish)
-//!   outside the allow list.
+//! - Refused and counted: a forged sender, a replayed batch, a subscription (or publish) no
+//!   policy permits.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -31,13 +31,19 @@ use entente_wire::{
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-/// A hub whose allow list lets segment `shop` publish and subscribe under `orders.>`.
+/// Segment `shop` may publish and subscribe under `orders.>` (namespace `orders`
+/// belongs to segment `orders`: a `@cross_segment` permit names it).
+const SHOP: &str = r#"
+    @id("shop-orders")
+    @cross_segment
+    permit (principal in Segment::"shop",
+            action in [Action::"publish", Action::"subscribe"],
+            resource in Namespace::"orders");
+"#;
+
+/// A hub whose policies let segment `shop` publish and subscribe under `orders.>`.
 async fn shop_hub() -> TestHub {
-    TestHub::builder()
-        .allow_segment("shop", ["orders.>"])
-        .start()
-        .await
-        .unwrap()
+    TestHub::builder().policies(SHOP).start().await.unwrap()
 }
 
 /// Probes the hub with `config` on its usual name; the error's text, or "accepted".
@@ -252,7 +258,7 @@ async fn an_unknown_grpc_path_ends_that_stream_and_the_hub_serves_on() {
 async fn an_oversized_frame_ends_that_stream_and_the_hub_serves_on() {
     const MAX: usize = 64 * 1024;
     let hub = TestHub::builder()
-        .allow_segment("shop", ["orders.>"])
+        .policies(SHOP)
         .config(|c| c.limits.max_frame_bytes = MAX)
         .start()
         .await
@@ -378,7 +384,7 @@ async fn a_replayed_batch_is_refused_and_counted() {
 }
 
 #[tokio::test]
-async fn a_subscription_outside_the_allow_list_is_refused_and_counted() {
+async fn a_subscription_no_policy_permits_is_refused_and_counted() {
     let hub = shop_hub().await;
     let shop = hub.connect(hub.enroll("shop", "alice").await.unwrap());
     let shop = shop.await.unwrap();
@@ -390,15 +396,16 @@ async fn a_subscription_outside_the_allow_list_is_refused_and_counted() {
             "{pattern}: {e}"
         );
     }
-    // Cross-segment: the shop rule does not grant the lab segment.
+    // Cross-segment: the shop policy does not reach the lab segment.
     let lab = hub.connect(hub.enroll("lab", "eve").await.unwrap());
     let lab = lab.await.unwrap();
     let e = lab.subscribe("orders.eu").await.unwrap_err();
     assert_eq!(e.refusal_code(), Some(RefusalCode::Denied), "{e}");
-    // Publishing outside the list is refused too.
+    // Publishing where no policy permits it is refused too.
     let e = lab.publish_to("orders.eu", "x", &[]).await.unwrap_err();
     assert_eq!(e.refusal_code(), Some(RefusalCode::Denied), "{e}");
     assert_eq!(hub.stats().denials, 4);
+    assert_eq!(hub.stats().policy_denials, 4);
 
     // Both sessions go on.
     shop.subscribe("orders.eu").await.unwrap();

@@ -78,6 +78,20 @@ pub const MAX_CERTIFICATE_BYTES: usize = 8192;
 pub const MAX_CHAIN_CERTIFICATES: usize = 4;
 /// Longest trust bundle (PEM).
 pub const MAX_TRUST_BUNDLE_BYTES: usize = 64 * 1024;
+/// Most policy sources in one policy set.
+pub const MAX_POLICY_SOURCES: usize = 256;
+/// Longest policy source name, in bytes.
+pub const MAX_POLICY_SOURCE_NAME_BYTES: usize = 255;
+/// Longest policy source text, in bytes.
+pub const MAX_POLICY_TEXT_BYTES: usize = 1 << 20;
+/// Most policies in one policy set (and deciding policies in one answer).
+pub const MAX_POLICIES: usize = 16 * 1024;
+/// Longest policy ID, in bytes.
+pub const MAX_POLICY_ID_BYTES: usize = 256;
+/// Longest action name or resource type, in bytes.
+pub const MAX_ACTION_BYTES: usize = 32;
+/// Longest explanation of a policy decision, in bytes.
+pub const MAX_EXPLANATION_BYTES: usize = 64 * 1024;
 
 /// Why bytes were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -193,6 +207,15 @@ bounded! {
     CreateTokenResponse => scan::CREATE_TOKEN_RESPONSE,
     RevokeRequest => scan::REVOKE_REQUEST,
     RevokeResponse => scan::REVOKE_RESPONSE,
+    SubscriptionEnded => scan::SUBSCRIPTION_ENDED,
+    PolicySource => scan::POLICY_SOURCE,
+    LoadPoliciesRequest => scan::LOAD_POLICIES_REQUEST,
+    LoadPoliciesResponse => scan::LOAD_POLICIES_RESPONSE,
+    ShowPoliciesRequest => scan::SHOW_POLICIES_REQUEST,
+    ShowPoliciesResponse => scan::SHOW_POLICIES_RESPONSE,
+    CheckPolicyRequest => scan::CHECK_POLICY_REQUEST,
+    CheckPolicyResponse => scan::CHECK_POLICY_RESPONSE,
+    StoredPolicies => scan::STORED_POLICIES,
 }
 
 #[cfg(test)]

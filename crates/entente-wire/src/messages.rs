@@ -185,7 +185,7 @@ pub mod client_frame {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ServerFrame {
     /// What the frame carries.
-    #[prost(oneof = "server_frame::Kind", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "server_frame::Kind", tags = "1, 2, 3, 4, 5")]
     pub kind: Option<server_frame::Kind>,
 }
 
@@ -206,6 +206,9 @@ pub mod server_frame {
         /// Flow-control credit.
         #[prost(message, tag = "4")]
         Credit(super::Credit),
+        /// The hub ended a subscription it had accepted.
+        #[prost(message, tag = "5")]
+        SubscriptionEnded(super::SubscriptionEnded),
     }
 }
 
@@ -282,6 +285,20 @@ pub struct Refusal {
     #[prost(uint32, tag = "2")]
     pub code: u32,
     /// For humans; never payload or secrets.
+    #[prost(string, tag = "3")]
+    pub reason: String,
+}
+
+/// The hub ended a subscription it had accepted, because authorization changed.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct SubscriptionEnded {
+    /// The subscription ended.
+    #[prost(uint64, tag = "1")]
+    pub subscription_id: u64,
+    /// A refusal code: `DENIED` when the subscription is no longer allowed.
+    #[prost(uint32, tag = "2")]
+    pub code: u32,
+    /// For humans: what decided it.
     #[prost(string, tag = "3")]
     pub reason: String,
 }
@@ -397,4 +414,126 @@ pub struct RevokeResponse {
     /// Live connections closed by it.
     #[prost(uint32, tag = "2")]
     pub closed_connections: u32,
+}
+
+/// One source of Cedar policies: a file's name and its text.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct PolicySource {
+    /// The source's name, e.g. `orders.cedar`.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Cedar policies.
+    #[prost(string, tag = "2")]
+    pub text: String,
+}
+
+/// Replaces the hub's running policy set.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct LoadPoliciesRequest {
+    /// The whole new set; the hub adds its base policies.
+    #[prost(message, repeated, tag = "1")]
+    pub sources: Vec<PolicySource>,
+}
+
+/// The policy set now running.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct LoadPoliciesResponse {
+    /// The policy epoch the new set runs at.
+    #[prost(uint64, tag = "1")]
+    pub epoch: u64,
+    /// How many policies run, the base policies included.
+    #[prost(uint32, tag = "2")]
+    pub policies: u32,
+}
+
+/// Asks for the running policy set.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ShowPoliciesRequest {}
+
+/// One running policy.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct PolicySummary {
+    /// Its ID: `@id`, or `<source>#<n>`.
+    #[prost(string, tag = "1")]
+    pub id: String,
+    /// The source it came from.
+    #[prost(string, tag = "2")]
+    pub source: String,
+    /// Where it starts in its source, 1-based.
+    #[prost(uint32, tag = "3")]
+    pub line: u32,
+    /// The column it starts at, 1-based.
+    #[prost(uint32, tag = "4")]
+    pub column: u32,
+    /// Whether it is a forbid (else a permit).
+    #[prost(bool, tag = "5")]
+    pub forbid: bool,
+    /// Whether it is marked `@cross_segment`.
+    #[prost(bool, tag = "6")]
+    pub cross_segment: bool,
+}
+
+/// The running policy set.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ShowPoliciesResponse {
+    /// The policy epoch.
+    #[prost(uint64, tag = "1")]
+    pub epoch: u64,
+    /// The sources: `base` first, then the loaded ones in load order.
+    #[prost(message, repeated, tag = "2")]
+    pub sources: Vec<PolicySource>,
+    /// The policies, in the same order.
+    #[prost(message, repeated, tag = "3")]
+    pub policies: Vec<PolicySummary>,
+}
+
+/// Asks how the running policies decide one request.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct CheckPolicyRequest {
+    /// The principal's SPIFFE ID.
+    #[prost(string, tag = "1")]
+    pub principal: String,
+    /// The action's name, e.g. `publish`.
+    #[prost(string, tag = "2")]
+    pub action: String,
+    /// `channel`, `agent` or `segment`.
+    #[prost(string, tag = "3")]
+    pub resource_type: String,
+    /// The channel (a pattern for `subscribe`), the agent's SPIFFE ID, or the segment name.
+    #[prost(string, tag = "4")]
+    pub resource: String,
+}
+
+/// How the running policies decide a request.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct CheckPolicyResponse {
+    /// Whether it is allowed.
+    #[prost(bool, tag = "1")]
+    pub allowed: bool,
+    /// The deciding policies (empty for the default deny).
+    #[prost(string, repeated, tag = "2")]
+    pub policies: Vec<String>,
+    /// Why, in words.
+    #[prost(string, tag = "3")]
+    pub reason: String,
+    /// Whether the principal is an agent and the resource belongs to another segment.
+    #[prost(bool, tag = "4")]
+    pub cross_segment: bool,
+    /// The policy epoch decided at.
+    #[prost(uint64, tag = "5")]
+    pub epoch: u64,
+    /// The decision explained, with the text of each deciding policy.
+    #[prost(string, tag = "6")]
+    pub explanation: String,
+}
+
+/// The policy sources a hub runs, as it keeps them in its store. Not sent on the wire.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct StoredPolicies {
+    /// Format version, 1.
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// The loaded sources, without the base policies.
+    #[prost(message, repeated, tag = "2")]
+    pub sources: Vec<PolicySource>,
 }

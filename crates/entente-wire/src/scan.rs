@@ -7,9 +7,11 @@
 use prost::encoding::decode_varint;
 
 use crate::{
-    DECODED_ELEMENT_COST, Limits, MAX_CERTIFICATE_BYTES, MAX_CHAIN_CERTIFICATES, MAX_CHANNEL_BYTES,
-    MAX_CSR_BYTES, MAX_ID_BYTES, MAX_KEY_BYTES, MAX_REASON_BYTES, MAX_SERIAL_BYTES,
-    MAX_SIGNATURE_BYTES, MAX_TOKEN_BYTES, MAX_TRUST_BUNDLE_BYTES, WireError,
+    DECODED_ELEMENT_COST, Limits, MAX_ACTION_BYTES, MAX_CERTIFICATE_BYTES, MAX_CHAIN_CERTIFICATES,
+    MAX_CHANNEL_BYTES, MAX_CSR_BYTES, MAX_EXPLANATION_BYTES, MAX_ID_BYTES, MAX_KEY_BYTES,
+    MAX_POLICIES, MAX_POLICY_ID_BYTES, MAX_POLICY_SOURCE_NAME_BYTES, MAX_POLICY_SOURCES,
+    MAX_POLICY_TEXT_BYTES, MAX_REASON_BYTES, MAX_SERIAL_BYTES, MAX_SIGNATURE_BYTES,
+    MAX_TOKEN_BYTES, MAX_TRUST_BUNDLE_BYTES, WireError,
 };
 
 /// Checks `bytes` as a message of `schema`.
@@ -132,6 +134,11 @@ enum Len {
     Serial,
     Reason,
     Ciphertext,
+    SourceName,
+    PolicyText,
+    PolicyId,
+    Action,
+    Explanation,
 }
 
 impl Len {
@@ -148,6 +155,11 @@ impl Len {
             Self::Serial => MAX_SERIAL_BYTES,
             Self::Reason => MAX_REASON_BYTES,
             Self::Ciphertext => limits.max_ciphertext_bytes,
+            Self::SourceName => MAX_POLICY_SOURCE_NAME_BYTES,
+            Self::PolicyText => MAX_POLICY_TEXT_BYTES,
+            Self::PolicyId => MAX_POLICY_ID_BYTES,
+            Self::Action => MAX_ACTION_BYTES,
+            Self::Explanation => MAX_EXPLANATION_BYTES,
         }
     }
 }
@@ -160,6 +172,8 @@ enum Count {
     Recipients,
     Items,
     Revocations,
+    Sources,
+    Policies,
 }
 
 impl Count {
@@ -171,6 +185,8 @@ impl Count {
             Self::Recipients => limits.max_recipients,
             Self::Items => limits.max_items_per_frame,
             Self::Revocations => limits.max_revocations,
+            Self::Sources => MAX_POLICY_SOURCES,
+            Self::Policies => MAX_POLICIES,
         }
     }
 }
@@ -362,6 +378,22 @@ pub(crate) static SERVER_FRAME: Schema = Schema {
         field(2, "ack", Kind::Message(&ACK), Count::One),
         field(3, "refusal", Kind::Message(&REFUSAL), Count::One),
         field(4, "credit", Kind::Message(&CREDIT), Count::One),
+        field(
+            5,
+            "subscription_ended",
+            Kind::Message(&SUBSCRIPTION_ENDED),
+            Count::One,
+        ),
+    ],
+};
+
+pub(crate) static SUBSCRIPTION_ENDED: Schema = Schema {
+    name: "SubscriptionEnded",
+    oneof: false,
+    fields: &[
+        varint(1, "subscription_id"),
+        varint(2, "code"),
+        bytes(3, "reason", Len::Reason),
     ],
 };
 
@@ -466,6 +498,99 @@ pub(crate) static REVOKE_RESPONSE: Schema = Schema {
             Count::One,
         ),
         varint(2, "closed_connections"),
+    ],
+};
+
+pub(crate) static POLICY_SOURCE: Schema = Schema {
+    name: "PolicySource",
+    oneof: false,
+    fields: &[
+        bytes(1, "name", Len::SourceName),
+        bytes(2, "text", Len::PolicyText),
+    ],
+};
+
+pub(crate) static LOAD_POLICIES_REQUEST: Schema = Schema {
+    name: "LoadPoliciesRequest",
+    oneof: false,
+    fields: &[field(
+        1,
+        "sources",
+        Kind::Message(&POLICY_SOURCE),
+        Count::Sources,
+    )],
+};
+
+pub(crate) static LOAD_POLICIES_RESPONSE: Schema = Schema {
+    name: "LoadPoliciesResponse",
+    oneof: false,
+    fields: &[varint(1, "epoch"), varint(2, "policies")],
+};
+
+pub(crate) static SHOW_POLICIES_REQUEST: Schema = Schema {
+    name: "ShowPoliciesRequest",
+    oneof: false,
+    fields: &[],
+};
+
+pub(crate) static POLICY_SUMMARY: Schema = Schema {
+    name: "PolicySummary",
+    oneof: false,
+    fields: &[
+        bytes(1, "id", Len::PolicyId),
+        bytes(2, "source", Len::SourceName),
+        varint(3, "line"),
+        varint(4, "column"),
+        varint(5, "forbid"),
+        varint(6, "cross_segment"),
+    ],
+};
+
+pub(crate) static SHOW_POLICIES_RESPONSE: Schema = Schema {
+    name: "ShowPoliciesResponse",
+    oneof: false,
+    fields: &[
+        varint(1, "epoch"),
+        field(2, "sources", Kind::Message(&POLICY_SOURCE), Count::Sources),
+        field(
+            3,
+            "policies",
+            Kind::Message(&POLICY_SUMMARY),
+            Count::Policies,
+        ),
+    ],
+};
+
+pub(crate) static CHECK_POLICY_REQUEST: Schema = Schema {
+    name: "CheckPolicyRequest",
+    oneof: false,
+    fields: &[
+        bytes(1, "principal", Len::Id),
+        bytes(2, "action", Len::Action),
+        bytes(3, "resource_type", Len::Action),
+        bytes(4, "resource", Len::Id),
+    ],
+};
+
+pub(crate) static CHECK_POLICY_RESPONSE: Schema = Schema {
+    name: "CheckPolicyResponse",
+    oneof: false,
+    fields: &[
+        varint(1, "allowed"),
+        field(2, "policies", Kind::Bytes(Len::PolicyId), Count::Policies),
+        bytes(3, "reason", Len::Reason),
+        varint(4, "cross_segment"),
+        varint(5, "epoch"),
+        bytes(6, "explanation", Len::Explanation),
+    ],
+};
+
+pub(crate) static STORED_POLICIES: Schema = Schema {
+    name: "StoredPolicies",
+    oneof: false,
+    fields: &[
+        varint(1, "version"),
+        field(2, "sources", Kind::Message(&POLICY_SOURCE), Count::Sources),
     ],
 };
 

@@ -310,7 +310,15 @@ fn invalid_utf8_is_malformed() {
 #[test]
 fn field_numbers_match_proto() {
     let proto = include_str!("../../../proto/entente/v1/entente.proto");
-    let schemas: [&Schema; 16] = [
+    let schemas: [&Schema; 24] = [
+        &scan::SUBSCRIPTION_ENDED,
+        &scan::POLICY_SOURCE,
+        &scan::LOAD_POLICIES_REQUEST,
+        &scan::LOAD_POLICIES_RESPONSE,
+        &scan::POLICY_SUMMARY,
+        &scan::SHOW_POLICIES_RESPONSE,
+        &scan::CHECK_POLICY_REQUEST,
+        &scan::CHECK_POLICY_RESPONSE,
         &scan::CREATE_TOKEN_REQUEST,
         &scan::CREATE_TOKEN_RESPONSE,
         &scan::REVOKE_REQUEST,
@@ -328,6 +336,13 @@ fn field_numbers_match_proto() {
         &scan::REVOCATION_LIST,
         &scan::PUBLISH,
     ];
+    // `ShowPoliciesRequest` has no fields; `StoredPolicies` is checked here too.
+    assert_eq!(
+        proto_fields(proto, "StoredPolicies"),
+        scan::STORED_POLICIES.field_list()
+    );
+    assert!(scan::SHOW_POLICIES_REQUEST.field_list().is_empty());
+    assert!(proto.contains("message ShowPoliciesRequest {\n}"));
     for schema in schemas {
         let declared = proto_fields(proto, schema.name());
         assert!(!declared.is_empty(), "{} missing from proto", schema.name());
@@ -516,5 +531,219 @@ fn admin_messages_round_trip_and_are_bounded() {
     assert_eq!(
         decode::<CreateTokenRequest>(&encode(&token), &limits).unwrap(),
         token
+    );
+}
+
+#[test]
+fn subscription_ended_travels_in_a_server_frame_and_is_bounded() {
+    let limits = Limits::default();
+    let frame = ServerFrame {
+        kind: Some(server_frame::Kind::SubscriptionEnded(SubscriptionEnded {
+            subscription_id: 7,
+            code: 3,
+            reason: "no policy permits it".into(),
+        })),
+    };
+    assert_eq!(
+        decode::<ServerFrame>(&encode(&frame), &limits).unwrap(),
+        frame
+    );
+    let long = ServerFrame {
+        kind: Some(server_frame::Kind::SubscriptionEnded(SubscriptionEnded {
+            subscription_id: 7,
+            code: 3,
+            reason: "x".repeat(MAX_REASON_BYTES + 1),
+        })),
+    };
+    let err = decode::<ServerFrame>(&encode(&long), &limits).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::FieldTooLong {
+                field: "reason",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+fn source(name: &str, text: &str) -> PolicySource {
+    PolicySource {
+        name: name.into(),
+        text: text.into(),
+    }
+}
+
+#[test]
+fn policy_messages_round_trip() {
+    let limits = Limits::default();
+    let load = LoadPoliciesRequest {
+        sources: vec![source("a.cedar", "permit (principal, action, resource);")],
+    };
+    assert_eq!(
+        decode::<LoadPoliciesRequest>(&encode(&load), &limits).unwrap(),
+        load
+    );
+    let show = ShowPoliciesResponse {
+        epoch: 4,
+        sources: load.sources.clone(),
+        policies: vec![PolicySummary {
+            id: "a.cedar#0".into(),
+            source: "a.cedar".into(),
+            line: 1,
+            column: 1,
+            forbid: true,
+            cross_segment: true,
+        }],
+    };
+    assert_eq!(
+        decode::<ShowPoliciesResponse>(&encode(&show), &limits).unwrap(),
+        show
+    );
+    let check = CheckPolicyRequest {
+        principal: "spiffe://acme.internal/agent/ops/x".into(),
+        action: "publish".into(),
+        resource_type: "channel".into(),
+        resource: "orders.eu".into(),
+    };
+    assert_eq!(
+        decode::<CheckPolicyRequest>(&encode(&check), &limits).unwrap(),
+        check
+    );
+    let answer = CheckPolicyResponse {
+        allowed: false,
+        policies: vec!["no-ops".into()],
+        reason: "forbidden".into(),
+        cross_segment: true,
+        epoch: 2,
+        explanation: "DENY: …".into(),
+    };
+    assert_eq!(
+        decode::<CheckPolicyResponse>(&encode(&answer), &limits).unwrap(),
+        answer
+    );
+    let stored = StoredPolicies {
+        version: 1,
+        sources: load.sources,
+    };
+    assert_eq!(
+        decode::<StoredPolicies>(&encode(&stored), &limits).unwrap(),
+        stored
+    );
+    assert_eq!(
+        decode::<ShowPoliciesRequest>(&encode(&ShowPoliciesRequest {}), &limits).unwrap(),
+        ShowPoliciesRequest {}
+    );
+}
+
+#[test]
+fn policy_messages_are_bounded() {
+    let limits = Limits::default();
+    let too_many = LoadPoliciesRequest {
+        sources: (0..=MAX_POLICY_SOURCES)
+            .map(|i| source(&format!("{i}.cedar"), ""))
+            .collect(),
+    };
+    let err = decode::<LoadPoliciesRequest>(&encode(&too_many), &limits).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::TooMany {
+                field: "sources",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    for (bad, field) in [
+        (
+            source(&"n".repeat(MAX_POLICY_SOURCE_NAME_BYTES + 1), ""),
+            "name",
+        ),
+        (
+            source("a.cedar", &"x".repeat(MAX_POLICY_TEXT_BYTES + 1)),
+            "text",
+        ),
+    ] {
+        let request = LoadPoliciesRequest { sources: vec![bad] };
+        let err = decode::<LoadPoliciesRequest>(&encode(&request), &limits).unwrap_err();
+        assert!(
+            matches!(err, WireError::FieldTooLong { field: f, .. } if f == field),
+            "{err}"
+        );
+    }
+    let long_id = ShowPoliciesResponse {
+        epoch: 1,
+        sources: vec![],
+        policies: vec![PolicySummary {
+            id: "i".repeat(MAX_POLICY_ID_BYTES + 1),
+            ..PolicySummary::default()
+        }],
+    };
+    let err = decode::<ShowPoliciesResponse>(&encode(&long_id), &limits).unwrap_err();
+    assert!(
+        matches!(err, WireError::FieldTooLong { field: "id", .. }),
+        "{err}"
+    );
+    let many = CheckPolicyResponse {
+        policies: vec!["p".into(); MAX_POLICIES + 1],
+        ..CheckPolicyResponse::default()
+    };
+    let err = decode::<CheckPolicyResponse>(&encode(&many), &limits).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::TooMany {
+                field: "policies",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let long_explanation = CheckPolicyResponse {
+        explanation: "e".repeat(MAX_EXPLANATION_BYTES + 1),
+        ..CheckPolicyResponse::default()
+    };
+    let err = decode::<CheckPolicyResponse>(&encode(&long_explanation), &limits).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::FieldTooLong {
+                field: "explanation",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let long_action = CheckPolicyRequest {
+        action: "a".repeat(MAX_ACTION_BYTES + 1),
+        ..CheckPolicyRequest::default()
+    };
+    let err = decode::<CheckPolicyRequest>(&encode(&long_action), &limits).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::FieldTooLong {
+                field: "action",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let long_resource = CheckPolicyRequest {
+        resource: "r".repeat(MAX_ID_BYTES + 1),
+        ..CheckPolicyRequest::default()
+    };
+    let err = decode::<CheckPolicyRequest>(&encode(&long_resource), &limits).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::FieldTooLong {
+                field: "resource",
+                ..
+            }
+        ),
+        "{err}"
     );
 }

@@ -51,8 +51,9 @@ async fn scenario(story: &mut Story) -> Result<()> {
         "hub",
         true,
         &format!(
-            "the hub listens on {addr}, mutual TLS 1.3 only; authorization is default deny: \
-             agents of segment `demo` may use `demo.>`, nobody else anything"
+            "the hub listens on {addr}, mutual TLS 1.3 only; authorization is Cedar policy, \
+             default deny: policy `demo-traffic` (policies/default.cedar) lets agents of \
+             segment `demo` use `demo.>`; no policy permits anything else"
         ),
     );
 
@@ -177,15 +178,16 @@ async fn scenario(story: &mut Story) -> Result<()> {
         ),
     );
 
-    story.step("Eve, of segment `ops`, has no rights on `demo.>`.");
+    story.step(
+        "Eve, of segment `ops`, reaches across segments into `demo.>`: only a policy marked \
+         @cross_segment could let her, and none does.",
+    );
     let denied = eve.subscribe("demo.>").await.err();
     story.check(
         "denied",
-        denied
-            .as_ref()
-            .is_some_and(|e| e.refusal_code() == Some(RefusalCode::Denied)),
+        denied.as_ref().is_some_and(refused_across_segments),
         &format!(
-            "eve's subscription to `demo.>` is refused: {}",
+            "eve's subscription to `demo.>` is refused across segments, no policy permits it: {}",
             describe(denied)
         ),
     );
@@ -199,11 +201,9 @@ async fn scenario(story: &mut Story) -> Result<()> {
         .err();
     story.check(
         "denied",
-        denied
-            .as_ref()
-            .is_some_and(|e| e.refusal_code() == Some(RefusalCode::Denied)),
+        denied.as_ref().is_some_and(refused_across_segments),
         &format!(
-            "eve's publish to `demo.orders.eu` is refused: {}",
+            "eve's publish to `demo.orders.eu` is refused across segments, no policy permits it: {}",
             describe(denied)
         ),
     );
@@ -379,6 +379,14 @@ async fn scenario(story: &mut Story) -> Result<()> {
     }
     scratch.shutdown().await;
     Ok(())
+}
+
+/// Whether the hub refused as `DENIED` because no policy permits a cross-segment request.
+fn refused_across_segments(error: &entente_client::Error) -> bool {
+    error.refusal_code() == Some(RefusalCode::Denied)
+        && error.refusal_reason().is_some_and(|reason| {
+            reason.contains("no policy permits it") && reason.contains("across segments")
+        })
 }
 
 /// The channel sealer alice's SDK would hold, and the sender key it would send first.

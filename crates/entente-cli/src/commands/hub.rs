@@ -2,8 +2,8 @@
 
 use std::{net::SocketAddr, path::Path, process::ExitCode, time::SystemTime};
 
-use anyhow::{Context as _, Result};
-use entente_hub::Hub;
+use anyhow::{Context as _, Result, bail};
+use entente_hub::{Hub, HubError, PolicyOrigin};
 
 use crate::data::DataDir;
 
@@ -11,19 +11,37 @@ pub(crate) fn start(
     dir: &Path,
     listen: Option<SocketAddr>,
     trust_domain: Option<&str>,
+    reload_policies: bool,
     json: bool,
 ) -> Result<ExitCode> {
     let data = DataDir::open_or_init(dir, listen, trust_domain, SystemTime::now())?;
-    let config = data.hub_config()?;
+    let config = data.hub_config(reload_policies)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let hub = Hub::start(config, data.ca.clone(), data.store.clone())
-            .await
-            .context("starting the hub")?;
+        let policies_dir = data.policies_dir();
+        let hub = match Hub::start(config, data.ca.clone(), data.store.clone()).await {
+            Ok(hub) => hub,
+            Err(HubError::StoredPolicies(why)) => bail!(
+                "the policy set in the store does not load: {why}; fix the files in `{}` and \
+                 start with `--reload-policies` to run them instead",
+                policies_dir.display()
+            ),
+            Err(HubError::InitialPolicies(why)) => bail!(
+                "the policies in `{}` do not load: {why}",
+                policies_dir.display()
+            ),
+            Err(e) => return Err(e).context("starting the hub"),
+        };
         // Listen for the stop signals before announcing the hub: a supervisor may signal as
         // soon as it reads the first line.
         let stop = stop_signal().context("listening for stop signals")?;
         let addr = hub.local_addr();
+        let running = hub.policies();
+        let origin = match hub.policy_origin() {
+            PolicyOrigin::Stored => "stored",
+            _ => "files",
+        };
+        let names: Vec<&str> = running.sources.iter().map(|(n, _)| n.as_str()).collect();
         if json {
             println!(
                 "{}",
@@ -34,6 +52,12 @@ pub(crate) fn start(
                     "created": data.created,
                     "admin": data.admin_dir().display().to_string(),
                     "ca": data.root.join("ca.pem").display().to_string(),
+                    "policies": {
+                        "origin": origin,
+                        "sources": names,
+                        "policies": running.set.len(),
+                        "epoch": running.epoch,
+                    },
                 })
             );
         } else {
@@ -42,6 +66,28 @@ pub(crate) fn start(
                 for line in &data.created {
                     println!("  {line}");
                 }
+            }
+            let sources = if names.is_empty() {
+                "no sources: only the base policies".to_owned()
+            } else {
+                names.join(", ")
+            };
+            match hub.policy_origin() {
+                PolicyOrigin::Stored => println!(
+                    "policies: the stored set ({sources}; {} policies with the base ones), \
+                     policy epoch {}; `{}` is not read again: change the running set with \
+                     `entente policy load`",
+                    running.set.len(),
+                    running.epoch,
+                    policies_dir.display()
+                ),
+                _ => println!(
+                    "policies: `{}` ({sources}; {} policies with the base ones), now stored, \
+                     policy epoch {}",
+                    policies_dir.display(),
+                    running.set.len(),
+                    running.epoch
+                ),
             }
             println!(
                 "hub listening on {addr} for trust domain `{}` (Ctrl-C or SIGTERM to stop)",

@@ -31,7 +31,7 @@ impl ScratchHub {
         let hub_dir = dir.path().join("hub");
         let listen = "127.0.0.1:0".parse().ok();
         let data = DataDir::open_or_init(&hub_dir, listen, Some(trust_domain), SystemTime::now())?;
-        let hub = Hub::start(data.hub_config()?, data.ca.clone(), data.store.clone())
+        let hub = Hub::start(data.hub_config(false)?, data.ca.clone(), data.store.clone())
             .await
             .context("starting the hub")?;
         let trust = TrustBundle::from_pem(

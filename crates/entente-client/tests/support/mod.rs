@@ -17,14 +17,30 @@ use std::time::Duration;
 use entente_ca::{Ca, CaOptions};
 use entente_client::{Client, ClientOptions, Error, Identity, Message, Subscription};
 use entente_crypto::VerifiedKeyBundle;
-use entente_hub::{AllowList, AllowRule, Hub, HubConfig, HubHandle, Who};
+use entente_hub::{Hub, HubConfig, HubHandle};
 use entente_store::EmbeddedStore;
 use entente_testkit::TestCa;
-use entente_types::{ChannelPattern, Principal};
+use entente_types::Principal;
 use tempfile::TempDir;
 use tokio_stream::StreamExt;
 
 pub const TD: &str = entente_testkit::TRUST_DOMAIN;
+
+/// The tests' policies: segment `shop` may publish, subscribe and send requests under
+/// `orders.>` (namespace `orders` belongs to segment `orders`: a `@cross_segment` permit
+/// names it), and send requests to its agents' direct channels (direct messages within the
+/// segment are the base policies').
+pub const SHOP_POLICIES: &str = r#"
+    @id("shop-orders")
+    @cross_segment
+    permit (principal in Segment::"shop",
+            action in [Action::"publish", Action::"subscribe", Action::"request"],
+            resource in Namespace::"orders");
+
+    @id("shop-direct-requests")
+    permit (principal in Segment::"shop", action == Action::"request",
+            resource in Namespace::"_direct.shop");
+"#;
 
 /// How long a test waits for any one item before failing.
 pub const WAIT: Duration = entente_testkit::WAIT;
@@ -33,8 +49,8 @@ pub fn now_ms() -> u64 {
     entente_testkit::now_ms()
 }
 
-/// A hub whose allow list lets segment `shop` publish and subscribe under `orders.>` (and
-/// nothing else: `payments.>` is denied).
+/// A hub whose policies ([`SHOP_POLICIES`]) let segment `shop` publish, subscribe and send
+/// requests under `orders.>` (and nothing else: `payments.>` is denied).
 pub struct TestHub {
     pub ca: Arc<Ca>,
     pub hub: HubHandle,
@@ -56,16 +72,11 @@ impl TestHub {
     }
 
     /// A hub whose CA has `options` (e.g. a short `svid_ttl`) and whose configuration `change`
-    /// edits after the `shop` allow rule is in.
+    /// edits after the `shop` policies are in.
     pub async fn start_with(options: CaOptions, change: impl FnOnce(&mut HubConfig)) -> Self {
         let kit = Arc::new(TestCa::with_options(options).unwrap());
-        let orders = ChannelPattern::parse("orders.>").unwrap();
         let mut config = HubConfig {
-            allow: AllowList::new().with(AllowRule {
-                who: Who::Segment("shop".into()),
-                publish: vec![orders.clone()],
-                subscribe: vec![orders],
-            }),
+            policies: vec![("shop.cedar".to_owned(), SHOP_POLICIES.to_owned())],
             ..HubConfig::default()
         };
         change(&mut config);

@@ -22,9 +22,9 @@ use entente_client::Identity;
 use entente_crypto::{
     KeyBundleIn, MessageKeys, Opener, OpenerOptions, Sealer, SealerOptions, VerifiedKeyBundle,
 };
-use entente_hub::{AllowList, AllowRule, Hub, HubConfig, HubHandle, RefusalCode, Who};
+use entente_hub::{Hub, HubConfig, HubHandle, RefusalCode};
 use entente_store::EmbeddedStore;
-use entente_types::{AgentId, Channel, ChannelPattern, Principal, TrustDomain};
+use entente_types::{AgentId, Channel, Principal, TrustDomain};
 use entente_wire::{
     Ack, ClientFrame, EnrollRequest, EnrollResponse, Publish, SenderKey, SignedBatch, Subscribe,
     client_frame, server_frame,
@@ -186,19 +186,24 @@ impl Agent {
 
 // === hub ===
 
-/// The allow list of most tests: segment `shop` may publish and subscribe under `orders.>`.
-pub fn shop_allow() -> AllowList {
-    let p = |s: &str| ChannelPattern::parse(s).unwrap();
-    AllowList::new().with(AllowRule {
-        who: Who::Segment("shop".into()),
-        publish: vec![p("orders.>")],
-        subscribe: vec![p("orders.>")],
-    })
+/// The policies of most tests: segment `shop` may publish and subscribe under `orders.>` (namespace `orders`
+/// belongs to segment `orders`: a `@cross_segment` permit names it).
+pub const SHOP: &str = r#"
+    @id("shop-orders")
+    @cross_segment
+    permit (principal in Segment::"shop",
+            action in [Action::"publish", Action::"subscribe"],
+            resource in Namespace::"orders");
+"#;
+
+/// `(name, text)` policy sources of one text, named `test.cedar`.
+pub fn sources(text: &str) -> Vec<(String, String)> {
+    vec![("test.cedar".to_owned(), text.to_owned())]
 }
 
 pub fn config() -> HubConfig {
     HubConfig {
-        allow: shop_allow(),
+        policies: sources(SHOP),
         ..HubConfig::default()
     }
 }

@@ -1,0 +1,429 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+//! The log directory: appends, seals, proofs, reopening, crashes, failed writes.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::{create, decision, key, open, options, signer, verifier};
+use entente_audit::{
+    AuditError, AuditKey, AuditLog, AuditOptions, Checkpoint, Ed25519Signer, NoteSigner,
+    verify_consistency, verify_inclusion,
+};
+
+#[test]
+fn append_seal_prove_and_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let mut log = create(&dir, 1000);
+    assert_eq!(log.size(), 0);
+    assert_eq!(log.checkpoint().size(), 0);
+
+    let records: Vec<_> = (0..2500).map(decision).collect();
+    let mut refs = Vec::new();
+    for r in &records[..1500] {
+        refs.push(log.append(r).unwrap());
+    }
+    refs.extend(log.append_all(&records[1500..]).unwrap());
+    // 2500 records, sealed every 1000: two leaves, 500 pending.
+    assert_eq!(log.size(), 2);
+    assert_eq!(log.pending(), 500);
+    let checkpoint = log.seal().unwrap();
+    assert_eq!(checkpoint.size(), 3);
+    assert_eq!(log.pending(), 0);
+    assert_eq!(
+        log.seal().unwrap(),
+        checkpoint,
+        "nothing pending: same checkpoint"
+    );
+    assert_eq!(log.checkpoints().len(), 4);
+
+    for (i, r) in refs.iter().enumerate().step_by(97) {
+        assert_eq!(r.index, i as u64);
+        assert_eq!(r.hash, records[i].hash().unwrap());
+        for size in 1..=3 {
+            match log.record_proof(r.index, size) {
+                Ok(proof) => {
+                    let cp = &log.checkpoints()[size as usize];
+                    verify_inclusion(&records[i], &proof, cp).unwrap();
+                    assert!(verify_inclusion(&records[i + 1], &proof, cp).is_err());
+                }
+                Err(AuditError::NotSealed { .. }) => assert!(i as u64 >= size * 1000),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    for old in log.checkpoints() {
+        for new in log.checkpoints() {
+            if old.size() <= new.size() {
+                let proof = log.consistency_proof(old.size(), new.size()).unwrap();
+                verify_consistency(old, new, &proof).unwrap();
+            }
+        }
+    }
+    assert_eq!(log.records(990..1010).unwrap(), records[990..1010].to_vec());
+    assert!(log.records(2499..2501).is_err());
+
+    drop(log);
+    let log = open(&dir, 1000).unwrap();
+    assert!(log.recovery().is_none());
+    assert_eq!(log.checkpoint(), &checkpoint);
+    assert_eq!(log.record_count(), 2500);
+    assert_eq!(log.records(0..3).unwrap(), records[..3].to_vec());
+    let reparsed = Checkpoint::parse(checkpoint.as_str(), &verifier()).unwrap();
+    assert_eq!(reparsed, checkpoint);
+}
+
+#[test]
+fn pending_records_survive_reopening_and_are_sealed_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let mut log = create(&dir, 10);
+    log.append_all(&(0..25).map(decision).collect::<Vec<_>>())
+        .unwrap();
+    assert_eq!((log.size(), log.pending()), (2, 5));
+    drop(log);
+    let mut log = open(&dir, 10).unwrap();
+    assert_eq!((log.size(), log.pending()), (2, 5));
+    log.append_all(&(25..30).map(decision).collect::<Vec<_>>())
+        .unwrap();
+    assert_eq!((log.size(), log.pending()), (3, 0));
+    assert_eq!(log.leaf(2).unwrap().records(), 20..30);
+}
+
+#[test]
+fn open_and_create_refuse_misuse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    assert!(matches!(open(&dir, 10), Err(AuditError::NotFound { .. })));
+    let log = create(&dir, 10);
+    assert!(matches!(
+        AuditLog::create(&dir, Box::new(signer()), key(), options(10)),
+        Err(AuditError::Exists { .. })
+    ));
+    assert!(matches!(open(&dir, 10), Err(AuditError::Locked { .. })));
+    drop(log);
+
+    let other_key = AuditKey::from_bytes(&[9; 32]).unwrap();
+    assert!(matches!(
+        AuditLog::open(&dir, Box::new(signer()), other_key, options(10)),
+        Err(AuditError::WrongKey { .. })
+    ));
+    let other_name = Ed25519Signer::generate("hub-2.acme.internal/audit").unwrap();
+    assert!(matches!(
+        AuditLog::open(&dir, Box::new(other_name), key(), options(10)),
+        Err(AuditError::SignerMismatch { .. })
+    ));
+    // The same name with another key: the existing checkpoints do not verify.
+    let impostor = Ed25519Signer::generate(common::ORIGIN).unwrap();
+    assert!(matches!(
+        AuditLog::open(&dir, Box::new(impostor), key(), options(10)),
+        Err(AuditError::BadCheckpoint { size: 0, .. })
+    ));
+    assert!(matches!(
+        AuditLog::open(&dir, Box::new(signer()), key(), options(0)),
+        Err(AuditError::Options(_))
+    ));
+    open(&dir, 10).unwrap();
+}
+
+#[test]
+fn a_rotated_key_is_trusted_through_the_options() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let mut log = create(&dir, 5);
+    log.append_all(&(0..5).map(decision).collect::<Vec<_>>())
+        .unwrap();
+    drop(log);
+    let new_signer = Ed25519Signer::from_seed(common::ORIGIN, &[0x43; 32]).unwrap();
+    let new_key = new_signer.verifier_key().clone();
+    let opts = AuditOptions {
+        seal_after: 5,
+        trusted_keys: vec![signer().verifier_key().clone()],
+        ..AuditOptions::default()
+    };
+    let mut log = AuditLog::open(&dir, Box::new(new_signer), key(), opts).unwrap();
+    log.append_all(&(5..10).map(decision).collect::<Vec<_>>())
+        .unwrap();
+    assert_eq!(log.checkpoint().signed_by(), std::slice::from_ref(&new_key));
+    let export = tmp.path().join("export");
+    log.export(&export).unwrap();
+    let mut both = verifier();
+    both.add(new_key.clone());
+    assert_eq!(
+        entente_audit::verify_export(&export, &both).unwrap().size(),
+        2
+    );
+    assert!(matches!(
+        entente_audit::verify_export(&export, &entente_audit::Verifier::new(new_key)),
+        Err(AuditError::BadCheckpoint { size: 0, .. })
+    ));
+}
+
+/// Truncates each file at every byte offset of the last append (records, then a seal's leaf
+/// and checkpoint): the log opens at the state before or after that append, or is refused
+/// with a clear error — never with another tree.
+#[test]
+fn crash_at_every_byte_of_the_last_append() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let mut log = create(&dir, 3);
+    log.append_all(&(0..7).map(decision).collect::<Vec<_>>())
+        .unwrap();
+    let before = log.checkpoint().clone();
+    let before_count = log.record_count();
+    let records_before = fs::metadata(dir.join("records")).unwrap().len();
+    let tree_before = fs::metadata(dir.join("tree")).unwrap().len();
+    // Two more records: the third of a leaf, so this append also seals.
+    log.append_all(&(7..9).map(decision).collect::<Vec<_>>())
+        .unwrap();
+    let after = log.checkpoint().clone();
+    assert_eq!(after.size(), before.size() + 1);
+    drop(log);
+    let records_after = fs::read(dir.join("records")).unwrap();
+    let tree_after = fs::read(dir.join("tree")).unwrap();
+
+    let copy = tmp.path().join("crash");
+    let setup = |records: &[u8], tree: &[u8]| {
+        let _ = fs::remove_dir_all(&copy);
+        fs::create_dir(&copy).unwrap();
+        fs::copy(dir.join("audit.meta"), copy.join("audit.meta")).unwrap();
+        fs::write(copy.join("records"), records).unwrap();
+        fs::write(copy.join("tree"), tree).unwrap();
+    };
+
+    // The tree file cut inside the seal (records complete): the seal is undone, its records
+    // are pending again.
+    for cut in tree_before..tree_after.len() as u64 {
+        setup(&records_after, &tree_after[..cut as usize]);
+        let log = open(&copy, 3).unwrap();
+        assert_eq!(log.checkpoint(), &before, "tree cut at {cut}");
+        assert_eq!(log.record_count(), before_count + 2);
+        assert!(log.recovery().is_some() || cut == tree_before);
+        drop(log);
+        let log = open(&copy, 3).unwrap();
+        assert!(log.recovery().is_none(), "repaired for good");
+        assert_eq!(log.checkpoint(), &before);
+
+        setup(&records_after, &tree_after[..cut as usize]);
+        let strict = AuditOptions {
+            repair_torn_tail: false,
+            ..options(3)
+        };
+        match AuditLog::open(&copy, Box::new(signer()), key(), strict) {
+            Ok(log) => {
+                assert_eq!(cut, tree_before);
+                assert_eq!(log.checkpoint(), &before);
+            }
+            Err(
+                AuditError::TornTail { file: "tree", .. } | AuditError::MissingCheckpoint { .. },
+            ) => {}
+            Err(e) => panic!("tree cut at {cut}: {e}"),
+        }
+    }
+
+    // The records file cut inside the append, tree as before the seal: the previous state.
+    for cut in records_before..records_after.len() as u64 {
+        setup(
+            &records_after[..cut as usize],
+            &tree_after[..tree_before as usize],
+        );
+        let log = open(&copy, 3).unwrap();
+        assert_eq!(log.checkpoint(), &before, "records cut at {cut}");
+        assert!(log.record_count() >= before_count && log.record_count() <= before_count + 2);
+    }
+
+    // The records file cut with the seal in place: the seal refers to records that are not
+    // there, which no crash can cause (records are synced first): a clear error.
+    for cut in records_before..records_after.len() as u64 {
+        setup(&records_after[..cut as usize], &tree_after);
+        match open(&copy, 3) {
+            Err(AuditError::RecordsMissing { leaf: 2, .. }) => {}
+            Err(e) => panic!("records cut at {cut}: {e}"),
+            Ok(log) => panic!("records cut at {cut} opened at {:?}", log.checkpoint()),
+        }
+    }
+
+    // Both complete: the new state.
+    setup(&records_after, &tree_after);
+    assert_eq!(open(&copy, 3).unwrap().checkpoint(), &after);
+}
+
+#[test]
+fn corruption_is_refused_with_its_position() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let mut log = create(&dir, 4);
+    log.append_all(&(0..10).map(decision).collect::<Vec<_>>())
+        .unwrap();
+    drop(log);
+    let records = fs::read(dir.join("records")).unwrap();
+    let tree = fs::read(dir.join("tree")).unwrap();
+
+    // A flipped bit in record 5's body (its frame check no longer matches).
+    let mut bad = records.clone();
+    let frame = records.len() / 10;
+    bad[5 * frame + 20] ^= 1;
+    fs::write(dir.join("records"), &bad).unwrap();
+    match open(&dir, 4) {
+        Err(AuditError::RecordCorrupt { index: 5, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    fs::write(dir.join("records"), &records).unwrap();
+
+    // A flipped bit in the middle of the tree file.
+    let mut bad = tree.clone();
+    let mid = tree.len() / 2;
+    bad[mid] ^= 1;
+    fs::write(dir.join("tree"), &bad).unwrap();
+    assert!(matches!(
+        open(&dir, 4),
+        Err(AuditError::Corrupt { file: "tree", .. })
+    ));
+    fs::write(dir.join("tree"), &tree).unwrap();
+
+    // Metadata gone or garbled.
+    let meta = fs::read(dir.join("audit.meta")).unwrap();
+    fs::write(dir.join("audit.meta"), b"hello\n").unwrap();
+    assert!(matches!(open(&dir, 4), Err(AuditError::Meta(_))));
+    fs::write(dir.join("audit.meta"), &meta).unwrap();
+    open(&dir, 4).unwrap();
+}
+
+#[test]
+fn unusable_files_fail_closed_at_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    drop(create(&dir, 4));
+    fs::remove_file(dir.join("records")).unwrap();
+    fs::create_dir(dir.join("records")).unwrap();
+    assert!(matches!(open(&dir, 4), Err(AuditError::Io { .. })));
+    fs::remove_dir(dir.join("records")).unwrap();
+    assert!(matches!(open(&dir, 4), Err(AuditError::Io { .. })));
+}
+
+#[test]
+fn a_file_replaced_under_an_open_log_fails_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let mut log = create(&dir, 5);
+    log.append_all(&(0..7).map(decision).collect::<Vec<_>>())
+        .unwrap();
+    let checkpoint = log.checkpoint().clone();
+    let (count, pending) = (log.record_count(), log.pending());
+
+    // The records file swapped for a directory while the log is open.
+    let records = dir.join("records");
+    let aside = dir.join("records.aside");
+    fs::rename(&records, &aside).unwrap();
+    fs::create_dir(&records).unwrap();
+    assert!(matches!(
+        log.append(&decision(7)),
+        Err(AuditError::Replaced { .. })
+    ));
+    assert_eq!(log.record_count(), count);
+    assert_eq!(log.pending(), pending);
+    assert_eq!(log.checkpoint(), &checkpoint);
+    // Putting it back does not reopen the log: it refuses writes until reopened.
+    fs::remove_dir(&records).unwrap();
+    fs::rename(&aside, &records).unwrap();
+    assert!(matches!(
+        log.append(&decision(7)),
+        Err(AuditError::Failed(_))
+    ));
+    drop(log);
+    let mut log = open(&dir, 5).unwrap();
+    assert_eq!(log.record_count(), count);
+
+    // The tree file deleted: the seal is refused, the records stay pending.
+    fs::remove_file(dir.join("tree")).unwrap();
+    assert!(matches!(
+        log.append_all(&(7..10).map(decision).collect::<Vec<_>>()),
+        Err(AuditError::Replaced { .. })
+    ));
+    assert_eq!(log.checkpoint(), &checkpoint);
+}
+
+/// Makes a file immutable (`chattr +i`), which refuses writes even to root and even through
+/// descriptors already open; undone on drop.
+struct Immutable<'a>(&'a Path);
+
+impl<'a> Immutable<'a> {
+    fn set(path: &'a Path) -> Option<Self> {
+        let ok = Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Self(path))
+    }
+}
+
+impl Drop for Immutable<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(self.0).status();
+    }
+}
+
+#[test]
+fn failed_writes_leave_the_state_unchanged_and_the_log_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let mut log = create(&dir, 5);
+    log.append_all(&(0..7).map(decision).collect::<Vec<_>>())
+        .unwrap();
+    let checkpoint = log.checkpoint().clone();
+    let (count, pending) = (log.record_count(), log.pending());
+
+    let records = dir.join("records");
+    let Some(guard) = Immutable::set(&records) else {
+        eprintln!("chattr +i is not available here: the write-failure path is not exercised");
+        return;
+    };
+    // The record cannot be persisted: an error, and nothing changes.
+    assert!(matches!(
+        log.append(&decision(7)),
+        Err(AuditError::Io { .. })
+    ));
+    assert_eq!(log.record_count(), count);
+    assert_eq!(log.pending(), pending);
+    assert_eq!(log.checkpoint(), &checkpoint);
+    drop(guard);
+    // The log now refuses writes until it is reopened, even though the disk is back.
+    assert!(matches!(
+        log.append(&decision(7)),
+        Err(AuditError::Failed(_))
+    ));
+    assert!(matches!(log.seal(), Err(AuditError::Failed(_))));
+    // Reads still work.
+    assert_eq!(log.records(0..1).unwrap()[0], decision(0));
+    drop(log);
+
+    let mut log = open(&dir, 5).unwrap();
+    assert_eq!(log.checkpoint(), &checkpoint);
+    assert_eq!(log.record_count(), count);
+
+    // The seal cannot be persisted: the records are durable (pending), the tree unchanged.
+    let tree = dir.join("tree");
+    let guard = Immutable::set(&tree).unwrap();
+    assert!(matches!(
+        log.append_all(&(7..10).map(decision).collect::<Vec<_>>()),
+        Err(AuditError::Io { .. })
+    ));
+    assert_eq!(log.checkpoint(), &checkpoint);
+    assert_eq!(log.size(), checkpoint.size());
+    drop(guard);
+    assert!(matches!(log.seal(), Err(AuditError::Failed(_))));
+    drop(log);
+    let mut log = open(&dir, 5).unwrap();
+    assert_eq!(log.checkpoint(), &checkpoint);
+    assert_eq!(log.record_count(), count + 3);
+    assert_eq!(log.seal().unwrap().size(), checkpoint.size() + 1);
+}

@@ -1,0 +1,822 @@
+//! Authorization: the hub's structural rules, in code, in front of the Cedar policy engine
+//! ([`entente_policy`]).
+//!
+//! **Structural rules** (no policy can change them):
+//!
+//! - A principal may always subscribe to its own direct channel (exactly) and to patterns under
+//!   its own reply namespace, and nobody else may subscribe to them: a subscription pattern
+//!   whose first token is `_direct` or `_reply` is judged by this rule alone
+//!   ([`entente_types::namespace`]).
+//! - Publishing into a `_reply` namespace is decided by the hub's reply grants alone (the
+//!   session's, [`crate::reply`]); the engine is never asked.
+//! - A wildcard first token never matches a system channel (first token starting with `_`):
+//!   `>` and `*.x` reach no `_direct…` or `_reply…` channel ([`matches`], used by the router).
+//!
+//! **Everything else** goes to the engine, default deny: a subscription is
+//! [`Action::Subscribe`] on [`Resource::Pattern`]; a publish on a `_direct` channel is
+//! [`Action::Direct`], on any other channel [`Action::Publish`]; a publish group that carries
+//! a request (an envelope with `reply_to`) is [`Action::Request`] on its channel, and also
+//! needs `publish`/`direct` if it carries envelopes that are not requests.
+//!
+//! One [`Authz`] per hub holds the [`Engine`] (the running set, base policies included, and
+//! the policy epoch), the sources the set was built from, and a watch of the epoch that every
+//! session follows: when the epoch changes, each session decides its subscriptions again and
+//! ends those no longer allowed. Each session keeps a [`SessionAuthz`]: its principal's
+//! [`DecisionCache`], so that a repeated decision is a hash lookup, allocation-free.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use entente_policy::{
+    Action, BASE_POLICIES, CacheOptions, Decision, DecisionCache, Engine, Facts, LoadError,
+    PolicySet, Reason, Resource, Subject,
+};
+use entente_store::StoreError;
+use entente_types::namespace::{self, DIRECT_PREFIX, REPLY_PREFIX};
+use entente_types::{Channel, ChannelPattern, Principal};
+use entente_wire::{
+    Limits, MAX_POLICIES, MAX_POLICY_ID_BYTES, MAX_POLICY_SOURCE_NAME_BYTES, MAX_POLICY_SOURCES,
+    MAX_POLICY_TEXT_BYTES, PolicySource, StoredPolicies,
+};
+use prost::Message as _;
+use tokio::sync::watch;
+
+use crate::HubError;
+use crate::registry::Registry;
+use crate::stats::{self, Stats};
+
+/// The source name of the base policies ([`BASE_POLICIES`]), always part of the running set.
+/// No loaded source may take it.
+pub const BASE_SOURCE: &str = "base";
+
+/// The store's config key of the running set's sources ([`StoredPolicies`]).
+pub(crate) const POLICIES_KEY: &str = "policies";
+
+/// The version of [`StoredPolicies`] this hub writes and reads.
+const STORED_VERSION: u32 = 1;
+
+/// Why a policy set was not loaded. Whatever the error, the running set and the policy epoch
+/// are unchanged.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadPoliciesError {
+    /// The policies do not parse, do not fit the schema, or break Entente's rules;
+    /// [`LoadError::problems`] lists each with its file, line and column.
+    #[error("{0}")]
+    Invalid(#[from] LoadError),
+    /// The set is outside the hub's bounds: too many sources or policies, a source name
+    /// empty, too long, repeated or reserved, a text or policy ID too long, or too large to
+    /// store and show.
+    #[error("{0}")]
+    Refused(String),
+    /// The new set could not be stored; it was not put in force.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Where the policy set a hub started with came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PolicyOrigin {
+    /// The set the store held, as last loaded.
+    Stored,
+    /// [`HubConfig::policies`](crate::HubConfig::policies): the store held none (or
+    /// [`HubConfig::replace_stored_policies`](crate::HubConfig::replace_stored_policies) was
+    /// set); the hub stored it.
+    Initial,
+}
+
+/// The running policy set and what it was built from.
+#[derive(Debug, Clone)]
+pub struct RunningPolicies {
+    /// The policy epoch.
+    pub epoch: u64,
+    /// The loaded sources, `(name, text)`, in load order; the base policies are not among
+    /// them.
+    pub sources: Vec<(String, String)>,
+    /// The validated set: the base policies (source [`BASE_SOURCE`]), then the sources'.
+    pub set: Arc<PolicySet>,
+}
+
+/// The hub's authorization state: the engine, the running sources, and the epoch watch.
+#[derive(Debug)]
+pub(crate) struct Authz {
+    engine: Engine,
+    /// The loaded sources of the running set. Held while a new set is swapped in, so that
+    /// a reader sees sources and set of the same load.
+    sources: Mutex<Vec<(String, String)>>,
+    /// Serializes loads: build, store, swap.
+    loading: tokio::sync::Mutex<()>,
+    epoch: watch::Sender<u64>,
+    origin: PolicyOrigin,
+    limits: Limits,
+    stats: Arc<Stats>,
+}
+
+/// A denial, in words: what decided it (`no policy permits it`, `forbidden by policy `x``,
+/// …). Made only when a request is denied.
+#[derive(Debug)]
+pub(crate) struct Denied(pub(crate) String);
+
+/// One session's authorizer: its principal's decision cache.
+#[derive(Debug)]
+pub(crate) struct SessionAuthz {
+    cache: DecisionCache,
+    facts: Facts,
+}
+
+// === impl Authz ===
+
+impl Authz {
+    /// The authorization state a hub starts with: the stored set if the store holds one
+    /// (a stored set that no longer loads is an error), otherwise `initial`, which is then
+    /// stored. `replace_stored` runs (and stores) `initial` whatever the store holds.
+    pub(crate) async fn start(
+        registry: &Registry,
+        initial: &[(String, String)],
+        replace_stored: bool,
+        limits: Limits,
+        stats: Arc<Stats>,
+    ) -> Result<Self, HubError> {
+        let stored = if replace_stored {
+            None
+        } else {
+            registry.config(POLICIES_KEY).await?
+        };
+        let (sources, set, origin) = match stored {
+            Some(bytes) => {
+                let sources = decode_stored(&bytes, &limits)
+                    .map_err(|e| HubError::StoredPolicies(e.to_string()))?;
+                let set = build(&sources, &limits)
+                    .map_err(|e| HubError::StoredPolicies(problems_text(&e)))?;
+                (sources, set, PolicyOrigin::Stored)
+            }
+            None => {
+                let set = build(initial, &limits)
+                    .map_err(|e| HubError::InitialPolicies(problems_text(&e)))?;
+                registry
+                    .put_config(POLICIES_KEY, &encode_stored(initial))
+                    .await?;
+                (initial.to_vec(), set, PolicyOrigin::Initial)
+            }
+        };
+        let engine = Engine::new(set);
+        let (epoch, _) = watch::channel(engine.epoch());
+        Ok(Self {
+            engine,
+            sources: Mutex::new(sources),
+            loading: tokio::sync::Mutex::new(()),
+            epoch,
+            origin,
+            limits,
+            stats,
+        })
+    }
+
+    /// The engine.
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Where the set the hub started with came from.
+    pub(crate) fn origin(&self) -> PolicyOrigin {
+        self.origin
+    }
+
+    /// A watch of the policy epoch: it changes with every load and [`bump`](Self::bump).
+    pub(crate) fn watch(&self) -> watch::Receiver<u64> {
+        self.epoch.subscribe()
+    }
+
+    /// Records a change outside the policies that decisions may depend on (a revocation):
+    /// cached decisions are dropped, and every session decides its subscriptions again.
+    pub(crate) fn bump(&self) -> u64 {
+        let epoch = self.engine.bump_epoch();
+        self.epoch.send_replace(epoch);
+        epoch
+    }
+
+    /// Builds a set from the base policies and `sources`, stores the sources, and puts the set
+    /// in force; returns the new epoch and how many policies run. All or nothing: on any
+    /// error the running set, the stored sources and the epoch are unchanged.
+    pub(crate) async fn load(
+        &self,
+        registry: &Registry,
+        sources: Vec<(String, String)>,
+    ) -> Result<(u64, usize), LoadPoliciesError> {
+        let _loading = self.loading.lock().await;
+        let set = build(&sources, &self.limits)?;
+        let count = set.len();
+        registry
+            .put_config(POLICIES_KEY, &encode_stored(&sources))
+            .await?;
+        let epoch = {
+            let mut running = self.lock_sources();
+            let epoch = self.engine.replace(set);
+            *running = sources;
+            epoch
+        };
+        self.epoch.send_replace(epoch);
+        Ok((epoch, count))
+    }
+
+    /// The running set, its sources and its epoch, consistent with one another.
+    pub(crate) fn running(&self) -> RunningPolicies {
+        let sources = self.lock_sources();
+        RunningPolicies {
+            epoch: self.engine.epoch(),
+            sources: sources.clone(),
+            set: self.engine.policies(),
+        }
+    }
+
+    /// Decides uncached, for a principal without a session (the directory); counts the
+    /// decision.
+    pub(crate) fn decide(
+        &self,
+        subject: &Subject,
+        action: Action,
+        resource: &Resource<'_>,
+        now_ms: u64,
+    ) -> Result<(), Denied> {
+        let decision = self
+            .engine
+            .decide(subject, action, resource, &Facts::default(), now_ms);
+        self.judge(subject, resource, &decision)
+    }
+
+    /// Counts `decision` and turns a denial into words.
+    fn judge(
+        &self,
+        subject: &Subject,
+        resource: &Resource<'_>,
+        decision: &Decision,
+    ) -> Result<(), Denied> {
+        if decision.allowed {
+            stats::bump(&self.stats.policy_allows);
+            Ok(())
+        } else {
+            stats::bump(&self.stats.policy_denials);
+            Err(Denied(denial(&self.engine, subject, resource, decision)))
+        }
+    }
+
+    fn lock_sources(&self) -> MutexGuard<'_, Vec<(String, String)>> {
+        self.sources.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+// === impl SessionAuthz ===
+
+impl SessionAuthz {
+    /// The authorizer of a session of `principal` (no roles yet: the registry holds none).
+    pub(crate) fn new(principal: &Principal) -> Self {
+        let subject = Subject::new(principal.clone(), Vec::<String>::new());
+        Self {
+            cache: DecisionCache::new(subject, CacheOptions::default()),
+            facts: Facts::default(),
+        }
+    }
+
+    /// May the session's principal subscribe to `pattern`? Own namespaces by the structural
+    /// rule, everything else by the engine.
+    pub(crate) fn subscribe(
+        &mut self,
+        authz: &Authz,
+        pattern: &ChannelPattern,
+        now_ms: u64,
+    ) -> Result<(), Denied> {
+        let first = pattern.tokens().next().unwrap_or_default();
+        if first == DIRECT_PREFIX || first == REPLY_PREFIX {
+            return if namespace::is_own_pattern(self.cache.subject().principal(), pattern) {
+                Ok(())
+            } else {
+                Err(Denied(
+                    "only its owner may subscribe to a `_direct` or `_reply` namespace".into(),
+                ))
+            };
+        }
+        self.decide(
+            authz,
+            Action::Subscribe,
+            &Resource::Pattern(pattern),
+            now_ms,
+        )
+    }
+
+    /// May the session's principal do `action` (publish, direct or request) on `channel`?
+    /// `_reply` channels are the reply grants', not this.
+    pub(crate) fn publish(
+        &mut self,
+        authz: &Authz,
+        action: Action,
+        channel: &Channel,
+        now_ms: u64,
+    ) -> Result<(), Denied> {
+        self.decide(authz, action, &Resource::Channel(channel), now_ms)
+    }
+
+    fn decide(
+        &mut self,
+        authz: &Authz,
+        action: Action,
+        resource: &Resource<'_>,
+        now_ms: u64,
+    ) -> Result<(), Denied> {
+        let decision = self
+            .cache
+            .decide(&authz.engine, action, resource, &self.facts, now_ms);
+        authz.judge(self.cache.subject(), resource, &decision)
+    }
+}
+
+#[cfg(test)]
+impl Authz {
+    /// An `Authz` running the base policies and `policies` (source `test.cedar`), without a
+    /// store; panics if they do not load.
+    #[expect(clippy::expect_used, reason = "unit tests only")]
+    pub(crate) fn with_policies(policies: &str, stats: Arc<Stats>) -> Self {
+        let sources = vec![("test.cedar".to_owned(), policies.to_owned())];
+        let set = build(&sources, &Limits::default()).expect("test policies load");
+        let engine = Engine::new(set);
+        let (epoch, _) = watch::channel(engine.epoch());
+        Self {
+            engine,
+            sources: Mutex::new(sources),
+            loading: tokio::sync::Mutex::new(()),
+            epoch,
+            origin: PolicyOrigin::Initial,
+            limits: Limits::default(),
+            stats,
+        }
+    }
+
+    /// Replaces the running set with the base policies and `policies`, without a store.
+    #[expect(clippy::expect_used, reason = "unit tests only")]
+    pub(crate) fn replace_for_tests(&self, policies: &str) -> u64 {
+        let sources = vec![("test.cedar".to_owned(), policies.to_owned())];
+        let set = build(&sources, &self.limits).expect("test policies load");
+        let epoch = self.engine.replace(set);
+        self.epoch.send_replace(epoch);
+        epoch
+    }
+}
+
+// === helpers ===
+
+/// The action of a publish on `channel` that is not a request: `direct` on a direct channel,
+/// `publish` on any other.
+pub(crate) fn transport_action(channel: &Channel) -> Action {
+    if channel.tokens().next() == Some(DIRECT_PREFIX) {
+        Action::Direct
+    } else {
+        Action::Publish
+    }
+}
+
+/// Whether `pattern` matches `channel`, where a wildcard first token never matches a system
+/// channel. Routing matches subscriptions with this.
+pub(crate) fn matches(pattern: &ChannelPattern, channel: &Channel) -> bool {
+    if channel.is_system() && matches!(pattern.tokens().next(), Some("*" | ">")) {
+        return false;
+    }
+    pattern.matches(channel)
+}
+
+/// A denial in words: the deciding policies, or the default deny (saying when the request
+/// crossed segments), and the epoch.
+fn denial(engine: &Engine, subject: &Subject, resource: &Resource<'_>, d: &Decision) -> String {
+    let quoted = |ids: &[entente_policy::PolicyId]| {
+        ids.iter()
+            .map(|id| format!("`{id}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let plural = if d.policies.len() == 1 { "y" } else { "ies" };
+    let mut text = match d.reason {
+        Reason::Forbid => format!("forbidden by polic{plural} {}", quoted(&d.policies)),
+        Reason::ForbidFailed => format!(
+            "forbid polic{plural} {} failed to evaluate, which denies",
+            quoted(&d.policies)
+        ),
+        Reason::BadRequest => "the request could not be evaluated".to_owned(),
+        Reason::NoPermit | Reason::Permit => "no policy permits it".to_owned(),
+    };
+    if d.cross_segment {
+        let theirs = match resource {
+            Resource::Channel(_) | Resource::Pattern(_) => engine
+                .policies()
+                .namespace_owner(resource.name())
+                .to_owned(),
+            Resource::Agent(agent) => agent.segment().to_owned(),
+            Resource::Segment(segment) => (*segment).to_owned(),
+        };
+        let theirs = if theirs == entente_policy::NO_SEGMENT {
+            "no segment".to_owned()
+        } else {
+            format!("segment `{theirs}`")
+        };
+        text.push_str(&format!(
+            " across segments (from segment `{}` to {theirs}: only @cross_segment permits apply)",
+            subject.segment().unwrap_or_default()
+        ));
+    }
+    text.push_str(&format!(" (policy epoch {})", d.epoch));
+    text
+}
+
+/// Checks the hub's bounds on `sources`, then builds the set: the base policies first.
+fn build(sources: &[(String, String)], limits: &Limits) -> Result<PolicySet, LoadPoliciesError> {
+    let refused = |message: String| Err(LoadPoliciesError::Refused(message));
+    if sources.len() > MAX_POLICY_SOURCES {
+        return refused(format!(
+            "{} policy sources: at most {MAX_POLICY_SOURCES}",
+            sources.len()
+        ));
+    }
+    for (i, (name, text)) in sources.iter().enumerate() {
+        if name.is_empty() || name.len() > MAX_POLICY_SOURCE_NAME_BYTES {
+            return refused(format!(
+                "policy source #{}: a source name is 1 to {MAX_POLICY_SOURCE_NAME_BYTES} bytes",
+                i + 1
+            ));
+        }
+        if name == BASE_SOURCE {
+            return refused(format!(
+                "the source name `{BASE_SOURCE}` is reserved for the hub's base policies"
+            ));
+        }
+        if sources.iter().take(i).any(|(other, _)| other == name) {
+            return refused(format!("two policy sources are named `{name}`"));
+        }
+        if text.len() > MAX_POLICY_TEXT_BYTES {
+            return refused(format!(
+                "{name}: {} bytes of policies, at most {MAX_POLICY_TEXT_BYTES}",
+                text.len()
+            ));
+        }
+    }
+    if encode_stored(sources).len() > limits.max_frame_bytes {
+        return refused(format!(
+            "the policy sources take more than the frame limit of {} bytes",
+            limits.max_frame_bytes
+        ));
+    }
+    let builder = sources.iter().fold(
+        PolicySet::builder().source(BASE_SOURCE, BASE_POLICIES),
+        |builder, (name, text)| builder.source(name.as_str(), text.as_str()),
+    );
+    let set = builder.build()?;
+    if set.len() > MAX_POLICIES {
+        return refused(format!("{} policies: at most {MAX_POLICIES}", set.len()));
+    }
+    if let Some(long) = set
+        .policies()
+        .iter()
+        .find(|p| p.id.as_str().len() > MAX_POLICY_ID_BYTES)
+    {
+        return refused(format!(
+            "{}:{}:{}: a policy ID is at most {MAX_POLICY_ID_BYTES} bytes",
+            long.source, long.line, long.column
+        ));
+    }
+    Ok(set)
+}
+
+/// The stored form of `sources`.
+fn encode_stored(sources: &[(String, String)]) -> Vec<u8> {
+    StoredPolicies {
+        version: STORED_VERSION,
+        sources: sources
+            .iter()
+            .map(|(name, text)| PolicySource {
+                name: name.clone(),
+                text: text.clone(),
+            })
+            .collect(),
+    }
+    .encode_to_vec()
+}
+
+/// The sources of a stored set, decoded under the hub's bounds.
+fn decode_stored(bytes: &[u8], limits: &Limits) -> Result<Vec<(String, String)>, String> {
+    let stored: StoredPolicies =
+        entente_wire::decode(bytes, limits).map_err(|e| format!("it does not decode: {e}"))?;
+    if stored.version != STORED_VERSION {
+        return Err(format!(
+            "it is of version {}; this hub reads version {STORED_VERSION}",
+            stored.version
+        ));
+    }
+    Ok(stored
+        .sources
+        .into_iter()
+        .map(|source| (source.name, source.text))
+        .collect())
+}
+
+/// Every problem of a refused set, one per line after the error's summary.
+pub(crate) fn problems_text(error: &LoadPoliciesError) -> String {
+    match error {
+        LoadPoliciesError::Invalid(invalid) if !invalid.problems().is_empty() => {
+            let mut text = format!("{} problem(s):", invalid.problems().len());
+            for problem in invalid.problems() {
+                text.push_str(&format!("\n  {problem}"));
+            }
+            text
+        }
+        other => other.to_string(),
+    }
+}
+
+// === impl LoadPoliciesError ===
+
+impl LoadPoliciesError {
+    /// Each problem in one line, `file:line:col: …` where known: what the CLI and the
+    /// administrators' RPC list.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            LoadPoliciesError::Invalid(invalid) if !invalid.problems().is_empty() => {
+                invalid.problems().iter().map(ToString::to_string).collect()
+            }
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
+
+    use entente_types::{AgentId, HumanId, TrustDomain};
+
+    use super::*;
+
+    const NOW: u64 = 1_760_000_000_000;
+
+    fn td() -> TrustDomain {
+        TrustDomain::new("example.org").unwrap()
+    }
+
+    fn agent(segment: &str, name: &str) -> Principal {
+        Principal::from(AgentId::new(&td(), segment, name).unwrap())
+    }
+
+    fn p(s: &str) -> ChannelPattern {
+        ChannelPattern::parse(s).unwrap()
+    }
+
+    fn c(s: &str) -> Channel {
+        Channel::parse(s).unwrap()
+    }
+
+    fn authz(policies: &str) -> Authz {
+        Authz::with_policies(policies, Arc::default())
+    }
+
+    /// Segment `shop` may use its own namespace, `shop.>`.
+    const SHOP: &str = r#"
+        @id("shop-traffic")
+        permit (principal in Segment::"shop",
+                action in [Action::"publish", Action::"subscribe"],
+                resource in Namespace::"shop");
+    "#;
+
+    fn publish(authz: &Authz, who: &Principal, channel: &str) -> Result<(), Denied> {
+        let channel = c(channel);
+        SessionAuthz::new(who).publish(authz, transport_action(&channel), &channel, NOW)
+    }
+
+    fn subscribe(authz: &Authz, who: &Principal, pattern: &str) -> Result<(), Denied> {
+        SessionAuthz::new(who).subscribe(authz, &p(pattern), NOW)
+    }
+
+    #[test]
+    fn no_policies_deny_everything_but_own_namespaces_and_directs_within_a_segment() {
+        let authz = authz("");
+        let alice = agent("shop", "alice");
+        let denied = publish(&authz, &alice, "orders").unwrap_err();
+        assert!(denied.0.starts_with("no policy permits it"), "{}", denied.0);
+        assert!(subscribe(&authz, &alice, "orders.>").is_err());
+        for own in [
+            "_direct.shop.alice",
+            "_reply.shop.alice.>",
+            "_reply.shop.alice.r1",
+        ] {
+            assert!(subscribe(&authz, &alice, own).is_ok(), "{own}");
+        }
+        // The base policy: directs within the segment, nothing across.
+        assert!(publish(&authz, &alice, "_direct.shop.bob").is_ok());
+        let eve = agent("lab", "eve");
+        let denied = publish(&authz, &eve, "_direct.shop.bob").unwrap_err();
+        assert!(denied.0.contains("across segments"), "{}", denied.0);
+        assert!(denied.0.contains("segment `shop`"), "{}", denied.0);
+        let stats = authz.stats.snapshot();
+        assert_eq!((stats.policy_allows, stats.policy_denials), (1, 3));
+    }
+
+    #[test]
+    fn nobody_else_may_subscribe_to_an_agents_namespaces_whatever_policies_say() {
+        let authz = authz(
+            r#"permit (principal, action == Action::"subscribe", resource);
+               @cross_segment
+               permit (principal, action == Action::"subscribe", resource in Namespace::"_reply");
+               @cross_segment
+               permit (principal, action == Action::"subscribe", resource in Namespace::"_direct");"#,
+        );
+        let bob = agent("shop", "bob");
+        for pattern in [
+            "_reply.shop.alice.>",
+            "_reply.shop.*.>",
+            "_reply.>",
+            "_reply.shop.>",
+            "_direct.shop.alice",
+            "_direct.*.*",
+            "_direct.shop.bob.extra",
+            "_reply.shop.bob",
+        ] {
+            let denied = subscribe(&authz, &bob, pattern).unwrap_err();
+            assert!(
+                denied.0.contains("only its owner"),
+                "{pattern}: {}",
+                denied.0
+            );
+        }
+        // `>` never reaches system channels, whoever may subscribe to it.
+        assert!(!matches(&p(">"), &c("_reply.shop.alice.x")));
+        assert!(!matches(&p("*.shop.alice"), &c("_direct.shop.alice")));
+        assert!(matches(&p("_direct.shop.alice"), &c("_direct.shop.alice")));
+        assert!(matches(&p(">"), &c("orders.eu")));
+    }
+
+    #[test]
+    fn humans_own_their_human_namespace_only() {
+        let authz = authz("");
+        let human = Principal::from(HumanId::new(&td(), "ops").unwrap());
+        assert!(subscribe(&authz, &human, "_direct.human.ops").is_err());
+        assert!(subscribe(&authz, &human, "_direct.human:ops").is_ok());
+        assert!(subscribe(&authz, &human, "_reply.human:ops.>").is_ok());
+        assert!(subscribe(&authz, &agent("human", "ops"), "_direct.human:ops").is_err());
+    }
+
+    #[test]
+    fn segment_policies_grant_their_segment_and_namespace_only() {
+        let authz = authz(SHOP);
+        let alice = agent("shop", "alice");
+        let eve = agent("lab", "eve");
+        assert!(publish(&authz, &alice, "shop.eu").is_ok());
+        assert!(publish(&authz, &alice, "shop.eu.x").is_ok());
+        // `resource in Namespace::"shop"` is NATS `shop.>`: not `shop` itself.
+        assert!(publish(&authz, &alice, "shop").is_err());
+        let denied = publish(&authz, &eve, "shop.eu").unwrap_err();
+        assert!(
+            denied
+                .0
+                .contains("across segments (from segment `lab` to segment `shop`"),
+            "{}",
+            denied.0
+        );
+        // Subscriptions the namespace covers, and those it does not.
+        for yes in ["shop.*", "shop.eu.>", "shop.>", "shop.*.created"] {
+            assert!(subscribe(&authz, &alice, yes).is_ok(), "{yes}");
+        }
+        for no in [">", "*.eu", "shop", "audit.>"] {
+            assert!(subscribe(&authz, &alice, no).is_err(), "{no}");
+        }
+        assert!(subscribe(&authz, &eve, "shop.*").is_err());
+        // Another segment's namespace takes a @cross_segment permit, even for a wide one.
+        let wide =
+            super::tests::authz(r#"permit (principal in Segment::"shop", action, resource);"#);
+        assert!(publish(&wide, &alice, "shop.eu").is_ok());
+        assert!(publish(&wide, &alice, "orders.eu").is_err());
+    }
+
+    #[test]
+    fn a_cross_segment_permit_opens_exactly_its_channel_and_a_forbid_wins() {
+        let authz = authz(
+            r#"
+            @id("lab-reads-results")
+            @cross_segment
+            permit (principal in Segment::"lab", action == Action::"subscribe",
+                    resource == Channel::"orders.results");
+            @id("lab-to-bob")
+            @cross_segment
+            permit (principal in Segment::"lab", action == Action::"direct",
+                    resource == Channel::"_direct.orders.bob");
+            @id("no-mallory")
+            forbid (principal == Agent::"spiffe://example.org/agent/lab/mallory", action, resource);
+            "#,
+        );
+        let eve = agent("lab", "eve");
+        assert!(subscribe(&authz, &eve, "orders.results").is_ok());
+        assert!(subscribe(&authz, &eve, "orders.results.x").is_err());
+        assert!(subscribe(&authz, &eve, "orders.>").is_err());
+        assert!(publish(&authz, &eve, "_direct.orders.bob").is_ok());
+        assert!(publish(&authz, &eve, "_direct.orders.carol").is_err());
+        let mallory = agent("lab", "mallory");
+        let denied = subscribe(&authz, &mallory, "orders.results").unwrap_err();
+        assert!(
+            denied.0.starts_with("forbidden by policy `no-mallory`"),
+            "{}",
+            denied.0
+        );
+    }
+
+    #[test]
+    fn requests_and_directs_are_their_own_actions() {
+        let authz = authz(
+            r#"
+            @id("shop-requests")
+            permit (principal in Segment::"shop", action == Action::"request",
+                    resource in Namespace::"_direct.shop");
+            "#,
+        );
+        let alice = agent("shop", "alice");
+        let bob = c("_direct.shop.bob");
+        let mut session = SessionAuthz::new(&alice);
+        assert_eq!(transport_action(&bob), Action::Direct);
+        assert_eq!(transport_action(&c("orders.eu")), Action::Publish);
+        assert!(session.publish(&authz, Action::Request, &bob, NOW).is_ok());
+        assert!(session.publish(&authz, Action::Direct, &bob, NOW).is_ok());
+        assert!(
+            session
+                .publish(&authz, Action::Request, &c("orders.eu"), NOW)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn bounds_and_reserved_names_are_refused_before_cedar() {
+        let limits = Limits::default();
+        let one = |name: &str, text: &str| vec![(name.to_owned(), text.to_owned())];
+        for (sources, needle) in [
+            (one("base", ""), "reserved"),
+            (one("", ""), "1 to"),
+            (one(&"n".repeat(256), ""), "1 to"),
+            (
+                one("a.cedar", &" ".repeat(MAX_POLICY_TEXT_BYTES + 1)),
+                "at most",
+            ),
+            (
+                vec![
+                    ("a.cedar".to_owned(), String::new()),
+                    ("a.cedar".to_owned(), String::new()),
+                ],
+                "two policy sources",
+            ),
+            (
+                one(
+                    "a.cedar",
+                    &format!(
+                        "@id(\"{}\") permit (principal, action, resource);",
+                        "i".repeat(MAX_POLICY_ID_BYTES + 1)
+                    ),
+                ),
+                "policy ID",
+            ),
+        ] {
+            let err = build(&sources, &limits).unwrap_err();
+            assert!(matches!(err, LoadPoliciesError::Refused(_)), "{err}");
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+        }
+        let err = build(&one("bad.cedar", "permit (principal,"), &limits).unwrap_err();
+        let problems = err.problems();
+        assert!(problems[0].starts_with("bad.cedar:1:"), "{problems:?}");
+        assert!(problems_text(&err).contains("\n  bad.cedar:1:"));
+    }
+
+    #[test]
+    fn the_stored_form_round_trips_and_refuses_other_versions() {
+        let limits = Limits::default();
+        let sources = vec![("a.cedar".to_owned(), SHOP.to_owned())];
+        let bytes = encode_stored(&sources);
+        assert_eq!(decode_stored(&bytes, &limits).unwrap(), sources);
+        let other = StoredPolicies {
+            version: 2,
+            sources: vec![],
+        }
+        .encode_to_vec();
+        assert!(
+            decode_stored(&other, &limits)
+                .unwrap_err()
+                .contains("version 2")
+        );
+        assert!(decode_stored(&[0xff, 0xff], &limits).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_bump_changes_the_epoch_and_wakes_watchers() {
+        let authz = authz(SHOP);
+        let mut watch = authz.watch();
+        let before = authz.engine().epoch();
+        assert_eq!(authz.bump(), before + 1);
+        watch.changed().await.unwrap();
+        assert_eq!(*watch.borrow_and_update(), before + 1);
+        assert_eq!(authz.running().epoch, before + 1);
+        assert_eq!(authz.running().sources.len(), 1);
+    }
+}
