@@ -8,8 +8,8 @@
 //! - [`TrustBundle`]: the CA certificates a relying party trusts. It verifies SVID chains with
 //!   rustls-webpki ([`TrustBundle::verify_svid`]) and is the [`BundleAuthority`] that key
 //!   bundles and revocation lists verify against.
-//! - [`JoinTokens`]: one-time enrollment secrets bound to an agent ID; only their SHA-256 is
-//!   stored.
+//! - [`JoinTokens`]: one-time enrollment secrets bound to an agent or human ID; only their
+//!   SHA-256 is stored.
 //! - [`Revocations`] and [`VerifiedRevocationList`]: the CA's list of revoked serials and
 //!   principals, and the signed form every hub and SDK checks.
 //!

@@ -1,7 +1,7 @@
 //! One-time join tokens for enrollment.
 //!
-//! An operator creates a token bound to an agent ID (whose segment is part of it) with an
-//! expiry; the agent presents it once with its CSR. A token is 256 random bits rendered as
+//! An operator creates a token bound to an agent ID (whose segment is part of it) or a human
+//! ID, with an expiry; the agent or human presents it once with its CSR. A token is 256 random bits rendered as
 //! `ent_` and 64 lowercase hex digits. Only its SHA-256 is kept, so the records can be stored
 //! without the secret.
 
@@ -10,7 +10,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::digest;
-use entente_types::AgentId;
+use entente_types::Principal;
 use zeroize::Zeroize;
 
 /// The prefix of every join token.
@@ -23,7 +23,7 @@ const TOKEN_HEX_LEN: usize = 64;
 /// enrolls an agent into it, so no agent can hold a certificate naming the hub.
 pub const RESERVED_SEGMENT: &str = "system";
 
-/// A join token: the secret an operator hands to an agent. `Debug` does not show it, and it is
+/// A join token: the secret an operator hands to an agent or a human. `Debug` does not show it, and it is
 /// wiped from memory when dropped. It has no `PartialEq`: compare tokens only through their
 /// hash, never their text.
 #[derive(Clone)]
@@ -34,8 +34,8 @@ pub struct JoinToken(String);
 pub struct TokenInfo {
     /// SHA-256 of the whole token text, prefix included.
     pub hash: [u8; 32],
-    /// The agent the token enrolls.
-    pub agent: AgentId,
+    /// The agent or human the token enrolls.
+    pub principal: Principal,
     /// When it was created.
     pub created: SystemTime,
     /// When it stops being accepted.
@@ -147,22 +147,26 @@ impl JoinTokens {
         }
     }
 
-    /// Creates a token for `agent`, valid for `ttl` from `now`. Returns the secret (to hand to
-    /// the operator, once) and the stored record.
+    /// Creates a token for `principal` (an agent or a human), valid for `ttl` from `now`.
+    /// Returns the secret (to hand to the operator, once) and the stored record. An agent of
+    /// the reserved segment [`RESERVED_SEGMENT`] is refused.
     pub fn create(
         &mut self,
-        agent: AgentId,
+        principal: impl Into<Principal>,
         ttl: Duration,
         now: SystemTime,
     ) -> Result<(JoinToken, TokenInfo), TokenError> {
-        if agent.segment() == RESERVED_SEGMENT {
+        let principal = principal.into();
+        if let Principal::Agent(agent) = &principal
+            && agent.segment() == RESERVED_SEGMENT
+        {
             return Err(TokenError::ReservedSegment(RESERVED_SEGMENT.to_owned()));
         }
         let expires = now.checked_add(ttl).ok_or(TokenError::InvalidTtl)?;
         let token = JoinToken::generate()?;
         let info = TokenInfo {
             hash: token.hash(),
-            agent,
+            principal,
             created: now,
             expires,
             used: false,
@@ -171,11 +175,11 @@ impl JoinTokens {
         Ok((token, info))
     }
 
-    /// Redeems `token`, marking it used, and returns the agent it enrolls.
+    /// Redeems `token`, marking it used, and returns the agent or human it enrolls.
     ///
     /// A token is accepted once: any later attempt is [`TokenError::AlreadyUsed`], even after
     /// it expires (until it is purged).
-    pub fn redeem(&mut self, token: &str, now: SystemTime) -> Result<AgentId, TokenError> {
+    pub fn redeem(&mut self, token: &str, now: SystemTime) -> Result<Principal, TokenError> {
         let hash = JoinToken::parse(token)?.hash();
         let record = self.records.get_mut(&hash).ok_or(TokenError::Unknown)?;
         if record.used {
@@ -185,7 +189,7 @@ impl JoinTokens {
             return Err(TokenError::Expired);
         }
         record.used = true;
-        Ok(record.agent.clone())
+        Ok(record.principal.clone())
     }
 
     /// The record stored under `hash` (see [`JoinToken::hash`]).
@@ -231,12 +235,14 @@ mod tests {
 
     use std::time::UNIX_EPOCH;
 
-    use entente_types::TrustDomain;
+    use entente_types::{AgentId, HumanId, TrustDomain};
 
     use super::*;
 
-    fn agent() -> AgentId {
-        AgentId::new(&TrustDomain::new("example.org").unwrap(), "ops", "bot").unwrap()
+    fn agent() -> Principal {
+        Principal::from(
+            AgentId::new(&TrustDomain::new("example.org").unwrap(), "ops", "bot").unwrap(),
+        )
     }
 
     fn t(secs: u64) -> SystemTime {
@@ -396,5 +402,17 @@ mod tests {
             .create(hub, Duration::from_secs(60), SystemTime::now())
             .unwrap_err();
         assert_eq!(err, TokenError::ReservedSegment("system".into()));
+    }
+
+    #[test]
+    fn humans_get_tokens_too() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let ann = Principal::from(HumanId::new(&td, "ann").unwrap());
+        let mut tokens = JoinTokens::new();
+        let (token, info) = tokens
+            .create(ann.clone(), Duration::from_secs(60), t(0))
+            .unwrap();
+        assert_eq!(info.principal, ann);
+        assert_eq!(tokens.redeem(token.as_str(), t(1)).unwrap(), ann);
     }
 }

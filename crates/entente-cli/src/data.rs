@@ -185,11 +185,11 @@ impl DataDir {
         files::replace(
             &policies,
             DEFAULT_POLICIES,
-            DEFAULT_POLICY_TEXT.as_bytes(),
+            default_policy_text(&td).as_bytes(),
             &rng,
         )?;
         created.push(format!(
-            "{POLICIES}/{DEFAULT_POLICIES}: Cedar policies, the hub's initial set: agents of segment `demo` may use `demo.>`"
+            "{POLICIES}/{DEFAULT_POLICIES}: Cedar policies, the hub's initial set: agents of segment `demo` may use `demo.>`; `{admin}` may grant and approve; grant `demo-read` opens `demo.>` to segment `ops`"
         ));
         Ok(Self {
             root: root.to_owned(),
@@ -363,10 +363,16 @@ pub(crate) fn file_name(path: &Path) -> Result<String> {
         .ok_or_else(|| anyhow!("`{}` has no usable file name", path.display()))
 }
 
-/// What the first start writes to `policies/default.cedar`: the starter rule of the old
-/// `config.toml`, in Cedar.
-pub(crate) const DEFAULT_POLICY_TEXT: &str = r#"// Entente policies, in Cedar (https://www.cedarpolicy.com); docs/POLICY.md explains the
-// schema, segments and how to write them.
+/// What the first start writes to `policies/default.cedar` for trust domain `td`: the starter
+/// rule of the old `config.toml`, in Cedar, the administrator's right to grant and approve,
+/// and a grant that segment `ops` may ask for just in time.
+pub(crate) fn default_policy_text(td: &TrustDomain) -> String {
+    DEFAULT_POLICY_TEMPLATE.replace("{TD}", td.as_str())
+}
+
+/// [`default_policy_text`] with `{TD}` for the trust domain.
+const DEFAULT_POLICY_TEMPLATE: &str = r#"// Entente policies, in Cedar (https://www.cedarpolicy.com); docs/POLICY.md explains the
+// schema, segments, grants and how to write them.
 //
 // Everything is denied unless a permit matches and no forbid does. The hub always adds its
 // base policies (agents may send direct messages and requests to agents of their own
@@ -388,6 +394,37 @@ permit (
   action in [Action::"publish", Action::"subscribe", Action::"request"],
   resource in Namespace::"demo"
 );
+
+// The hub's administrator may give grants to anyone (`entente grant`), approve or reject
+// anyone's just-in-time requests (`entente approve`, `entente reject`), and see every grant
+// and request (`entente grants`, `entente approvals`). The hub itself refuses anyone granting
+// to itself or approving its own request, whatever a policy says.
+@id("admin-grants-and-approves")
+permit (
+  principal == Human::"spiffe://{TD}/human/admin",
+  action in [Action::"grant", Action::"approve", Action::"admin"],
+  resource
+);
+
+// A grant, consumed: while an agent of segment `ops` holds grant `demo-read`, it may
+// subscribe to `demo.>` (another segment's channels, hence @cross_segment). One approval
+// gives it, for at most an hour. As the ops agent:
+//
+//   entente request-grant demo-read --for 15m --reason "INC-42: read the orders" \
+//       --identity OPS_AGENT --hub ADDR
+//
+// then, as the administrator: `entente approvals`, `entente approve r-1`.
+@id("demo-read")
+@grant("demo-read")
+@approvals("1")
+@max_duration("1h")
+@cross_segment
+permit (
+  principal in Segment::"ops",
+  action == Action::"subscribe",
+  resource in Namespace::"demo"
+)
+when { context.grants.contains("demo-read") };
 "#;
 
 const CONFIG: &str = "config.toml";
@@ -437,7 +474,7 @@ mod tests {
         use entente_policy::{Action, Facts, PolicySet, Resource, Subject};
         let set = PolicySet::builder()
             .source("base", entente_policy::BASE_POLICIES)
-            .source(DEFAULT_POLICIES, DEFAULT_POLICY_TEXT)
+            .source(DEFAULT_POLICIES, default_policy_text(&td()))
             .build()
             .unwrap();
         let subject = |id: &str| Subject::new(Principal::parse(id).unwrap(), Vec::<String>::new());
@@ -464,6 +501,61 @@ mod tests {
             Resource::Pattern(&pattern)
         ));
         assert!(!decide(&ops, Action::Request, Resource::Channel(&bob)));
+    }
+
+    #[test]
+    fn the_default_policies_let_the_admin_grant_and_define_demo_read() {
+        use entente_policy::{
+            Action, ActiveGrant, Facts, PolicySet, Resource, Subject, format_duration,
+        };
+        let text = default_policy_text(&td());
+        assert!(text.contains("Human::\"spiffe://acme.internal/human/admin\""));
+        assert!(!text.contains("{TD}"));
+        let set = PolicySet::builder()
+            .source("base", entente_policy::BASE_POLICIES)
+            .source(DEFAULT_POLICIES, text)
+            .build()
+            .unwrap();
+        let subject = |id: &str| Subject::new(Principal::parse(id).unwrap(), Vec::<String>::new());
+        let admin = subject("spiffe://acme.internal/human/admin");
+        let ann = subject("spiffe://acme.internal/human/ann");
+        let eve_id = Principal::parse("spiffe://acme.internal/agent/ops/eve").unwrap();
+        let eve = subject(eve_id.as_str());
+        let target = Resource::principal(&eve_id);
+        for action in [Action::Grant, Action::Approve, Action::Admin] {
+            let allowed = |who: &Subject| {
+                set.decide(who, action, &target, &Facts::default(), 0)
+                    .allowed
+            };
+            assert!(allowed(&admin), "{action}");
+            assert!(!allowed(&ann), "{action}");
+            assert!(!allowed(&eve), "{action}");
+        }
+        // Grant `demo-read`: one approval, at most an hour; it opens `demo.>` to ops.
+        let demo_read = set.grant_definition("demo-read").unwrap();
+        assert_eq!(demo_read.approvals, 1);
+        assert_eq!(format_duration(demo_read.max_duration_ms), "1h");
+        let pattern = "demo.>".parse().unwrap();
+        let holding = Facts {
+            grants: vec![ActiveGrant {
+                id: "demo-read".into(),
+                not_after_ms: 10_000,
+            }],
+            ..Facts::default()
+        };
+        let subscribe = |facts: &Facts, now_ms| {
+            set.decide(
+                &eve,
+                Action::Subscribe,
+                &Resource::Pattern(&pattern),
+                facts,
+                now_ms,
+            )
+            .allowed
+        };
+        assert!(subscribe(&holding, 0));
+        assert!(!subscribe(&holding, 10_000), "an ended grant opens nothing");
+        assert!(!subscribe(&Facts::default(), 0));
     }
 
     #[test]

@@ -47,6 +47,10 @@ enum Command {
         /// Publish at this many messages per second (default 0: as fast as possible).
         #[arg(long, default_value_t = 0)]
         rate: u64,
+        /// Run ROUNDS rounds with the hub's policy decisions on and off (a setting of the
+        /// hub's `danger` module, for this measurement only) and report the ratio.
+        #[arg(long, value_name = "ROUNDS", num_args = 0..=1, default_missing_value = "3")]
+        compare_authorization: Option<usize>,
     },
     /// Run a hub.
     #[command(subcommand)]
@@ -124,17 +128,75 @@ enum Command {
         /// The agent's SPIFFE ID.
         agent: String,
     },
+    /// Give a principal a time-bound grant, as the hub's policies permit the identity to.
+    Grant {
+        #[command(flatten)]
+        at: At,
+        /// Who receives it: SEGMENT/NAME (an agent), human/NAME, or a SPIFFE ID.
+        principal: String,
+        /// The grant's name, as a policy defines it (`@grant("NAME")`).
+        name: String,
+        /// How long it lasts: 30s, 15m, 1h30m, 7d (at most the grant's @max_duration).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: String,
+        /// Why; kept with the grant.
+        #[arg(long)]
+        reason: String,
+    },
+    /// List the active grants and the just-in-time requests the identity may see.
+    Grants {
+        #[command(flatten)]
+        at: At,
+        /// Only this principal's: SEGMENT/NAME, human/NAME, or a SPIFFE ID.
+        #[arg(long)]
+        principal: Option<String>,
+    },
+    /// Ask for a grant for the identity itself, just in time; other principals approve it.
+    RequestGrant {
+        #[command(flatten)]
+        at: At,
+        /// The grant's name, as a policy defines it.
+        name: String,
+        /// How long it should last once approved: 30s, 15m, 1h30m.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: String,
+        /// Why; the approvers read it.
+        #[arg(long)]
+        reason: String,
+    },
+    /// List the pending requests the identity may approve or reject.
+    Approvals {
+        #[command(flatten)]
+        at: At,
+    },
+    /// Approve a just-in-time request: sign a statement over it with the identity's key.
+    Approve {
+        #[command(flatten)]
+        at: At,
+        /// The request's ID, `r-<n>`.
+        id: String,
+    },
+    /// Reject a just-in-time request (its requester may reject it to withdraw it).
+    Reject {
+        #[command(flatten)]
+        at: At,
+        /// The request's ID, `r-<n>`.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
-    /// Create a one-time join token for an agent; prints the token alone.
+    /// Create a one-time join token for an agent or a human; prints the token alone.
     Create {
         #[command(flatten)]
         at: At,
         /// The agent, as SEGMENT/NAME.
+        #[arg(long, required_unless_present = "human", conflicts_with = "human")]
+        agent: Option<String>,
+        /// Or a human, by name: the token enrolls `spiffe://TD/human/NAME`.
         #[arg(long)]
-        agent: String,
+        human: Option<String>,
         /// How long the token is valid (90s, 15m, 2h, 7d; default: the hub's).
         #[arg(long)]
         ttl: Option<String>,
@@ -162,7 +224,7 @@ enum PolicyCommand {
     Check {
         #[command(flatten)]
         at: At,
-        /// Who: a SPIFFE ID, or SEGMENT/NAME for an agent.
+        /// Who: a SPIFFE ID, SEGMENT/NAME for an agent, or human/NAME.
         #[arg(long)]
         principal: String,
         /// What: publish, subscribe, direct, request, reply, enroll, grant, approve, revoke,
@@ -170,7 +232,7 @@ enum PolicyCommand {
         #[arg(long)]
         action: String,
         /// On what: a channel (a pattern for subscribe), `channel:NAME`, `agent:ID` (or
-        /// `agent:SEGMENT/NAME`), or `segment:NAME`.
+        /// `agent:SEGMENT/NAME`), `human:NAME`, or `segment:NAME`.
         #[arg(long)]
         resource: String,
     },
@@ -205,7 +267,8 @@ fn main() -> ExitCode {
             messages,
             payload,
             rate,
-        } => commands::bench::run(messages, payload, rate, cli.json),
+            compare_authorization,
+        } => commands::bench::run(messages, payload, rate, compare_authorization, cli.json),
         Command::Hub(HubCommand::Start {
             data,
             listen,
@@ -228,9 +291,19 @@ fn main() -> ExitCode {
             action,
             resource,
         }) => commands::policy::check(&at, &principal, &action, &resource, cli.json),
-        Command::Token(TokenCommand::Create { at, agent, ttl }) => {
-            commands::agent::token_create(&at.identity, &at.hub, &agent, ttl.as_deref(), cli.json)
-        }
+        Command::Token(TokenCommand::Create {
+            at,
+            agent,
+            human,
+            ttl,
+        }) => commands::agent::token_create(
+            &at.identity,
+            &at.hub,
+            agent.as_deref(),
+            human.as_deref(),
+            ttl.as_deref(),
+            cli.json,
+        ),
         Command::Enroll {
             hub,
             ca,
@@ -267,6 +340,25 @@ fn main() -> ExitCode {
         Command::Revoke { at, agent } => {
             commands::agent::revoke(&at.identity, &at.hub, &agent, cli.json)
         }
+        Command::Grant {
+            at,
+            principal,
+            name,
+            duration,
+            reason,
+        } => commands::grants::grant(&at, &principal, &name, &duration, &reason, cli.json),
+        Command::Grants { at, principal } => {
+            commands::grants::grants(&at, principal.as_deref(), cli.json)
+        }
+        Command::RequestGrant {
+            at,
+            name,
+            duration,
+            reason,
+        } => commands::grants::request_grant(&at, &name, &duration, &reason, cli.json),
+        Command::Approvals { at } => commands::grants::approvals(&at, cli.json),
+        Command::Approve { at, id } => commands::grants::decide(&at, &id, true, cli.json),
+        Command::Reject { at, id } => commands::grants::decide(&at, &id, false, cli.json),
     };
     match result {
         Ok(code) => code,

@@ -28,6 +28,36 @@ fn the_bench_delivers_every_message() {
     assert!(v["latency_us"]["p99"].is_u64());
 }
 
+/// Authorization on against off: both deliver everything; only "on" makes policy decisions
+/// (the off switch really skips the engine, and "on" really uses it).
+#[test]
+fn the_authorization_comparison_runs_both_ways() {
+    let out = support::entente(&[
+        "bench",
+        "--messages",
+        "500",
+        "--compare-authorization",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rounds"], 1);
+    let (on, off) = (&v["on"][0], &v["off"][0]);
+    for run in [on, off] {
+        assert_eq!(run["delivered"], 500, "{v:#}");
+        assert_eq!(run["lost"], 0, "{v:#}");
+    }
+    assert!(on["hub_policy_decisions"].as_u64().unwrap() > 0, "{v:#}");
+    assert_eq!(off["hub_policy_decisions"], 0, "{v:#}");
+    assert!(v["ratio"].as_f64().unwrap() > 0.0, "{v:#}");
+}
+
 #[test]
 fn the_bench_refuses_a_payload_too_small_for_its_header() {
     let out = support::entente(&["bench", "--messages", "10", "--payload", "8"]);

@@ -49,6 +49,11 @@ fn the_demo_speaks_json() {
         "token_reuse",
         "foreign_bundle",
         "revoked",
+        "jit_request",
+        "separation_of_duties",
+        "jit_approved",
+        "jit_access",
+        "grant_expired",
     ] {
         assert!(
             checks.iter().any(|c| c["property"] == property),

@@ -524,6 +524,22 @@ impl Client {
         agent: &entente_types::AgentId,
         ttl: Duration,
     ) -> Result<(String, u64), Error> {
+        self.token_for(agent.as_str(), ttl).await
+    }
+
+    /// Asks the hub for a one-time join token for the human `human`
+    /// (`spiffe://TD/human/NAME`; administrators only), as [`create_token`](Self::create_token)
+    /// does for an agent. The human enrolls with it like an agent ([`crate::enroll`]) and acts
+    /// with its own identity: approving requests, giving grants, as its policies allow.
+    pub async fn create_human_token(
+        &self,
+        human: &entente_types::HumanId,
+        ttl: Duration,
+    ) -> Result<(String, u64), Error> {
+        self.token_for(human.as_str(), ttl).await
+    }
+
+    async fn token_for(&self, principal: &str, ttl: Duration) -> Result<(String, u64), Error> {
         if ttl.as_secs() == 0 && !ttl.is_zero() {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
@@ -536,7 +552,7 @@ impl Client {
             .unary(
                 "/entente.v1.Admin/CreateToken",
                 entente_wire::CreateTokenRequest {
-                    agent: agent.to_string(),
+                    agent: principal.to_owned(),
                     ttl_seconds: ttl.as_secs(),
                 },
                 self.inner.shared.options.request_timeout,
@@ -664,6 +680,16 @@ impl Client {
     /// How long a request may wait for the hub's answer, for [`crate::danger`].
     pub(crate) fn request_timeout(&self) -> Duration {
         self.inner.shared.options.request_timeout
+    }
+
+    /// The identity connected with: its principal, message keys and key bundle never change.
+    pub(crate) fn connected_identity(&self) -> &Identity {
+        &self.inner.shared.identity
+    }
+
+    /// `error`, or the reason the session ended if it ended meanwhile.
+    pub(crate) fn after_end(&self, error: Error) -> Error {
+        self.inner.shared.after_end(error)
     }
 
     /// Whether the session is over.

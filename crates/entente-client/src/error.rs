@@ -88,6 +88,12 @@ impl Error {
         }
     }
 
+    /// The same error, of another kind.
+    pub(crate) fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
     /// Attaches lines of detail (each problem of a refused policy set).
     pub(crate) fn with_details(mut self, details: Vec<String>) -> Self {
         self.details = details;

@@ -18,6 +18,10 @@
 //!   target sends with the [`Responder`] of a [`Request`] from [`Client::serve_direct`] or
 //!   [`Client::serve`]. Never a shared `_INBOX`: only the requester can read its namespace,
 //!   and the hub lets only the request's recipient answer, once.
+//! - Grants and just-in-time elevation: [`Client::grant`] gives a principal a named, time-bound
+//!   grant its policies test; [`Client::request_grant`] asks for one, which principals other
+//!   than the requester approve with statements they sign ([`Client::approve`],
+//!   [`Client::reject`]); [`Client::grants`] lists what the caller may see.
 //! - [`Error`]: one error type with a small [`ErrorKind`] to match on.
 //!
 //! Certificates are short-lived (an hour by default). A connected client renews its own over
@@ -52,6 +56,7 @@ mod client;
 pub mod danger;
 mod enroll;
 mod error;
+mod grants;
 mod identity;
 mod inbox;
 mod options;
@@ -65,6 +70,7 @@ mod transport;
 pub use client::{Client, PublishAck};
 pub use enroll::enroll;
 pub use error::{Error, ErrorKind};
+pub use grants::{ApprovalOutcome, request_hash};
 pub use identity::{IDENTITY_VERSION, Identity, IdentityError};
 pub use inbox::Message;
 pub use options::ClientOptions;
@@ -76,3 +82,4 @@ pub use entente_ca::TrustBundle;
 pub use entente_crypto::VerifiedKeyBundle;
 pub use entente_hub::RefusalCode;
 pub use entente_types::{Channel, ChannelPattern, MessageId, Principal};
+pub use entente_wire::{ApprovalInfo, GrantInfo, GrantRequestInfo, ListGrantsResponse};

@@ -15,9 +15,8 @@
 
 mod common;
 
-use std::path::Path;
-
 use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use common::vectors::{Hex, read_vector, write};
 use common::{Agent, DAY, NOW, TestCa};
 use entente_crypto::{
     ApprovalError, ApprovalIn, ApprovalStatement, GrantRequestBody, KeyBundleBody, KeyBundleIn,
@@ -275,37 +274,6 @@ fn grant_request_bytes_follow_the_protocol() {
 }
 
 // === the vector ===
-
-/// Bytes, written as lowercase hex.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Hex(Vec<u8>);
-
-impl Hex {
-    fn of(bytes: impl AsRef<[u8]>) -> Self {
-        Self(bytes.as_ref().to_vec())
-    }
-}
-
-impl std::ops::Deref for Hex {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Serialize for Hex {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(&self.0))
-    }
-}
-
-impl<'de> Deserialize<'de> for Hex {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        hex::decode(s).map(Hex).map_err(serde::de::Error::custom)
-    }
-}
 
 /// `approval.json`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -660,21 +628,7 @@ fn approval_vector_tampered_statements_fail() {
 // === helpers ===
 
 fn read<T: DeserializeOwned>(path: &str) -> T {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
-        panic!(
-            "{path}: {e}; regenerate with `cargo test -p entente-crypto --test approval -- --ignored`"
-        )
-    });
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-fn write(path: &str, value: &impl Serialize) {
-    let mut text = serde_json::to_string_pretty(value).unwrap();
-    text.push('\n');
-    std::fs::create_dir_all(Path::new(path).parent().unwrap()).unwrap();
-    let tmp = format!("{path}.tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
+    read_vector(path, "approval")
 }
 
 /// The statement and grant-request bytes written again from PROTOCOL.md §2 and §11, sharing

@@ -16,7 +16,7 @@
 
 mod common;
 
-use std::{collections::HashMap, path::Path};
+use std::collections::HashMap;
 
 use aws_lc_rs::{
     aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey},
@@ -27,6 +27,7 @@ use aws_lc_rs::{
         Ed25519KeyPair, KeyPair, UnparsedPublicKey,
     },
 };
+use common::vectors::{Hex, read_vector, write};
 use common::{Agent, DAY, NOW, TestCa};
 use entente_crypto::{
     BundleError, EcdsaAuthority, KeyBundleBody, KeyBundleIn, MessageKeys, OpenError, Opener,
@@ -124,37 +125,6 @@ fn envelope_inputs() -> Vec<(&'static str, u64, &'static str, Vec<u8>)> {
 }
 
 // === vectors ===
-
-/// Bytes, written as lowercase hex.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Hex(Vec<u8>);
-
-impl Hex {
-    fn of(bytes: impl AsRef<[u8]>) -> Self {
-        Self(bytes.as_ref().to_vec())
-    }
-}
-
-impl std::ops::Deref for Hex {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Serialize for Hex {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(&self.0))
-    }
-}
-
-impl<'de> Deserialize<'de> for Hex {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        hex::decode(s).map(Hex).map_err(serde::de::Error::custom)
-    }
-}
 
 /// `key-bundle.json`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -1142,27 +1112,12 @@ fn hpke_rfc9180_seal_with_a_fixed_ephemeral_key() {
 
 // === helpers ===
 
+fn read<T: DeserializeOwned>(path: &str) -> T {
+    read_vector(path, "vectors")
+}
+
 fn limits() -> wire::Limits {
     wire::Limits::default()
-}
-
-fn read<T: DeserializeOwned>(path: &str) -> T {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
-        panic!(
-            "{path}: {e}; regenerate with `cargo test -p entente-crypto --test vectors -- --ignored`"
-        )
-    });
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-fn write(path: &str, value: &impl Serialize) {
-    let mut text = serde_json::to_string_pretty(value).unwrap();
-    text.push('\n');
-    std::fs::create_dir_all(Path::new(path).parent().unwrap()).unwrap();
-    // Written aside then renamed, so a test reading concurrently never sees half a file.
-    let tmp = format!("{path}.tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// The valid CA signatures of the stored key bundles, by signing input; `None` if a file is

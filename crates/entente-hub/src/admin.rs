@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use entente_ca::{RESERVED_SEGMENT, Revocations, TokenError, VerifiedRevocationList};
 use entente_store::StoreError;
-use entente_types::{AgentId, Principal};
+use entente_types::Principal;
 use entente_wire::{
     CreateTokenRequest, CreateTokenResponse, MAX_SERIAL_BYTES, RevokeRequest, RevokeResponse,
 };
@@ -111,15 +111,17 @@ async fn create_token_inner<R>(
     now: SystemTime,
 ) -> Result<CreateTokenResponse, RpcError> {
     authorize(services, caller)?;
-    let agent = AgentId::parse(&request.agent)
-        .map_err(|e| RpcError::BadRequest(format!("`agent` is not an agent id: {e}")))?;
+    let principal = Principal::parse(&request.agent)
+        .map_err(|e| RpcError::BadRequest(format!("`agent` is not an agent or human id: {e}")))?;
     let trust_domain = services.ca.trust_domain();
-    if agent.trust_domain() != trust_domain.as_str() {
+    if principal.trust_domain() != trust_domain.as_str() {
         return Err(RpcError::BadRequest(format!(
             "`agent` is not in this hub's trust domain `{trust_domain}`"
         )));
     }
-    if agent.segment() == RESERVED_SEGMENT {
+    if let Principal::Agent(agent) = &principal
+        && agent.segment() == RESERVED_SEGMENT
+    {
         return Err(reserved_segment());
     }
     let ttl = match request.ttl_seconds {
@@ -132,7 +134,7 @@ async fn create_token_inner<R>(
         }
         secs => Duration::from_secs(secs),
     };
-    let issued = crate::enroll::create_token(services, agent, ttl, now)
+    let issued = crate::enroll::create_token(services, principal, ttl, now)
         .await
         .map_err(token_error)?;
     Ok(CreateTokenResponse {

@@ -19,16 +19,19 @@
 //! needs `publish`/`direct` if it carries envelopes that are not requests.
 //!
 //! One [`Authz`] per hub holds the [`Engine`] (the running set, base policies included, and
-//! the policy epoch), the sources the set was built from, and a watch of the epoch that every
-//! session follows: when the epoch changes, each session decides its subscriptions again and
-//! ends those no longer allowed. Each session keeps a [`SessionAuthz`]: its principal's
-//! [`DecisionCache`], so that a repeated decision is a hash lookup, allocation-free.
+//! the policy epoch), the sources the set was built from, the grant book
+//! ([`GrantState`]), and a watch of the epoch that every session follows: when the epoch
+//! changes, each session decides its subscriptions again and ends those no longer allowed.
+//! Each session keeps a [`SessionAuthz`]: its principal's [`DecisionCache`], so that a
+//! repeated decision is a hash lookup, allocation-free, and its `Facts` — the grants its
+//! principal holds, read from the book again only when the epoch has changed (every grant
+//! change bumps it).
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use entente_policy::{
-    Action, BASE_POLICIES, CacheOptions, Decision, DecisionCache, Engine, Facts, LoadError,
-    PolicySet, Reason, Resource, Subject,
+    Action, BASE_POLICIES, CacheOptions, Decision, DecisionCache, Engine, Facts, GrantBook,
+    GrantError, GrantLimits, LoadError, PolicySet, Reason, Resource, Subject,
 };
 use entente_store::StoreError;
 use entente_types::namespace::{self, DIRECT_PREFIX, REPLY_PREFIX};
@@ -41,6 +44,8 @@ use prost::Message as _;
 use tokio::sync::watch;
 
 use crate::HubError;
+use crate::danger::Danger;
+use crate::grant_state::{GrantChangeError, GrantState};
 use crate::registry::Registry;
 use crate::stats::{self, Stats};
 
@@ -101,6 +106,8 @@ pub struct RunningPolicies {
 #[derive(Debug)]
 pub(crate) struct Authz {
     engine: Engine,
+    /// The grant book: what `context.grants` holds for each principal.
+    grants: GrantState,
     /// The loaded sources of the running set. Held while a new set is swapped in, so that
     /// a reader sees sources and set of the same load.
     sources: Mutex<Vec<(String, String)>>,
@@ -110,6 +117,8 @@ pub(crate) struct Authz {
     origin: PolicyOrigin,
     limits: Limits,
     stats: Arc<Stats>,
+    /// [`Danger::skip_policy_decisions`]: no decision is made.
+    skip_decisions: bool,
 }
 
 /// A denial, in words: what decided it (`no policy permits it`, `forbidden by policy `x``,
@@ -122,6 +131,9 @@ pub(crate) struct Denied(pub(crate) String);
 pub(crate) struct SessionAuthz {
     cache: DecisionCache,
     facts: Facts,
+    /// The policy epoch `facts` were read at: a grant change bumps the epoch, and the facts
+    /// are read again at the next decision.
+    facts_epoch: u64,
 }
 
 // === impl Authz ===
@@ -129,12 +141,14 @@ pub(crate) struct SessionAuthz {
 impl Authz {
     /// The authorization state a hub starts with: the stored set if the store holds one
     /// (a stored set that no longer loads is an error), otherwise `initial`, which is then
-    /// stored. `replace_stored` runs (and stores) `initial` whatever the store holds.
+    /// stored. `replace_stored` runs (and stores) `initial` whatever the store holds. The
+    /// grant book is the stored one (one that does not decode is an error), or an empty one.
     pub(crate) async fn start(
         registry: &Registry,
         initial: &[(String, String)],
         replace_stored: bool,
         limits: Limits,
+        grant_limits: GrantLimits,
         stats: Arc<Stats>,
     ) -> Result<Self, HubError> {
         let stored = if replace_stored {
@@ -160,21 +174,79 @@ impl Authz {
             }
         };
         let engine = Engine::new(set);
+        let grants = GrantState::load(registry, grant_limits).await?;
         let (epoch, _) = watch::channel(engine.epoch());
         Ok(Self {
             engine,
+            grants,
             sources: Mutex::new(sources),
             loading: tokio::sync::Mutex::new(()),
             epoch,
             origin,
             limits,
             stats,
+            skip_decisions: false,
         })
+    }
+
+    /// Whether [`Danger::skip_policy_decisions`] lets `action` through undecided: traffic
+    /// only, never an administrative act.
+    fn skips(&self, action: Action) -> bool {
+        self.skip_decisions
+            && matches!(
+                action,
+                Action::Publish | Action::Subscribe | Action::Direct | Action::Request
+            )
+    }
+
+    /// Applies the settings of `danger` that concern authorization.
+    pub(crate) fn with_danger(mut self, danger: Danger) -> Self {
+        self.skip_decisions = danger.skip_policy_decisions;
+        self
     }
 
     /// The engine.
     pub(crate) fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The grant book.
+    pub(crate) fn grants(&self) -> &GrantState {
+        &self.grants
+    }
+
+    /// The hub's counters.
+    pub(crate) fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// What decisions about `principal` know at `now_ms`: the grants it holds (no roles, risk
+    /// or approvals yet).
+    pub(crate) fn facts_for(&self, principal: &Principal, now_ms: u64) -> Facts {
+        Facts {
+            grants: self.grants.active_for(principal, now_ms),
+            ..Facts::default()
+        }
+    }
+
+    /// Changes the grant book all or nothing ([`GrantState::change`]) with the running
+    /// policies, bumping the policy epoch if the grants changed.
+    pub(crate) async fn change_grants<T>(
+        &self,
+        registry: &Registry,
+        apply: impl FnOnce(&mut GrantBook, &PolicySet) -> Result<T, GrantError>,
+    ) -> Result<T, GrantChangeError> {
+        let policies = self.engine.policies();
+        self.grants
+            .change(
+                registry,
+                &policies,
+                || {
+                    self.bump();
+                },
+                apply,
+            )
+            .await
     }
 
     /// Where the set the hub started with came from.
@@ -238,9 +310,16 @@ impl Authz {
         resource: &Resource<'_>,
         now_ms: u64,
     ) -> Result<(), Denied> {
-        let decision = self
-            .engine
-            .decide(subject, action, resource, &Facts::default(), now_ms);
+        if self.skips(action) {
+            return Ok(());
+        }
+        let decision = self.engine.decide(
+            subject,
+            action,
+            resource,
+            &self.facts_for(subject.principal(), now_ms),
+            now_ms,
+        );
         self.judge(subject, resource, &decision)
     }
 
@@ -274,6 +353,7 @@ impl SessionAuthz {
         Self {
             cache: DecisionCache::new(subject, CacheOptions::default()),
             facts: Facts::default(),
+            facts_epoch: 0,
         }
     }
 
@@ -322,6 +402,15 @@ impl SessionAuthz {
         resource: &Resource<'_>,
         now_ms: u64,
     ) -> Result<(), Denied> {
+        if authz.skips(action) {
+            return Ok(());
+        }
+        // The epoch first, then the book: a grant change is swapped in before its bump.
+        let epoch = authz.engine.epoch();
+        if epoch != self.facts_epoch {
+            self.facts = authz.facts_for(self.cache.subject().principal(), now_ms);
+            self.facts_epoch = epoch;
+        }
         let decision = self
             .cache
             .decide(&authz.engine, action, resource, &self.facts, now_ms);
@@ -341,12 +430,14 @@ impl Authz {
         let (epoch, _) = watch::channel(engine.epoch());
         Self {
             engine,
+            grants: GrantState::with_book(GrantBook::default()),
             sources: Mutex::new(sources),
             loading: tokio::sync::Mutex::new(()),
             epoch,
             origin: PolicyOrigin::Initial,
             limits: Limits::default(),
             stats,
+            skip_decisions: false,
         }
     }
 
@@ -408,6 +499,7 @@ fn denial(engine: &Engine, subject: &Subject, resource: &Resource<'_>, d: &Decis
                 .namespace_owner(resource.name())
                 .to_owned(),
             Resource::Agent(agent) => agent.segment().to_owned(),
+            Resource::Human(_) => entente_policy::NO_SEGMENT.to_owned(),
             Resource::Segment(segment) => (*segment).to_owned(),
         };
         let theirs = if theirs == entente_policy::NO_SEGMENT {

@@ -3,6 +3,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use entente_policy::GrantLimits;
 use entente_types::Principal;
 use entente_wire::Limits;
 
@@ -25,6 +26,13 @@ pub struct HubConfig {
     /// Run [`policies`](Self::policies) (and store them) even if the store holds a policy
     /// set: the way out when the stored set no longer loads. Default false.
     pub replace_stored_policies: bool,
+    /// Bounds of the grant book: how many grants and requests it holds, how long a
+    /// just-in-time request waits for approvals (default one hour), how long a decided one is
+    /// kept. Default [`GrantLimits::default`].
+    pub grant_limits: GrantLimits,
+    /// Settings that weaken security, for measurement only ([`danger`](crate::danger)).
+    /// Default: none.
+    pub danger: crate::danger::Danger,
     /// Frames each session's outbound queue holds before publishers wait. Default 1024.
     pub queue_capacity: usize,
     /// How long a publisher waits on a full subscriber queue before that subscriber is
@@ -57,6 +65,8 @@ impl Default for HubConfig {
             limits: Limits::default(),
             policies: Vec::new(),
             replace_stored_policies: false,
+            grant_limits: GrantLimits::default(),
+            danger: crate::danger::Danger::default(),
             queue_capacity: 1024,
             slow_consumer_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),

@@ -1,5 +1,6 @@
-//! Join tokens and enrollment: an agent without a certificate presents a one-time join token,
-//! a CSR and its message public keys, and receives an X509-SVID and a CA-signed key bundle.
+//! Join tokens and enrollment: an agent or a human without a certificate presents a one-time
+//! join token, a CSR and its message public keys, and receives an X509-SVID and a CA-signed key
+//! bundle.
 //!
 //! Order of work, so that a refusal spends the token only when it must:
 //!
@@ -16,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use entente_ca::{JoinToken, JoinTokens, RESERVED_SEGMENT, TokenError};
 use entente_crypto::KeyBundleBody;
 use entente_store::{AgentRecord, StoreError, TokenRecord};
-use entente_types::{AgentId, Principal};
+use entente_types::Principal;
 use entente_wire::{EnrollRequest, EnrollResponse};
 
 use crate::HubError;
@@ -32,29 +33,30 @@ pub(crate) struct IssuedToken {
     pub(crate) expires: SystemTime,
 }
 
-/// Creates a join token for `agent`, valid for `ttl` from `now`, and stores its hash. The one
-/// path of token creation, for the operator's handle and for remote administrators.
+/// Creates a join token for `principal` (an agent or a human), valid for `ttl` from `now`, and
+/// stores its hash. The one path of token creation, for the operator's handle and for remote
+/// administrators.
 ///
-/// Refuses the reserved segment ([`RESERVED_SEGMENT`]), an agent of another trust domain, and
-/// a zero or unrepresentable lifetime. Expired tokens are purged from the store first.
+/// Refuses the reserved segment ([`RESERVED_SEGMENT`]), a principal of another trust domain,
+/// and a zero or unrepresentable lifetime. Expired tokens are purged from the store first.
 pub(crate) async fn create_token<R>(
     services: &Services<R>,
-    agent: AgentId,
+    principal: Principal,
     ttl: Duration,
     now: SystemTime,
 ) -> Result<IssuedToken, HubError> {
-    if agent.trust_domain() != services.ca.trust_domain().as_str() {
-        return Err(HubError::ForeignAgent(agent.to_string()));
+    if principal.trust_domain() != services.ca.trust_domain().as_str() {
+        return Err(HubError::ForeignAgent(principal.to_string()));
     }
     if ttl.is_zero() {
         return Err(HubError::Token(TokenError::InvalidTtl));
     }
     // `JoinTokens` refuses the reserved segment and generates the secret; only the record
     // (the hash) is kept, in the store.
-    let (token, info) = JoinTokens::new().create(agent, ttl, now)?;
+    let (token, info) = JoinTokens::new().create(principal, ttl, now)?;
     let record = TokenRecord {
         hash: info.hash,
-        agent: info.agent.to_string(),
+        agent: info.principal.to_string(),
         created_ms: rpc::unix_ms(info.created),
         expires_ms: rpc::unix_ms(info.expires),
         used: false,
@@ -118,7 +120,7 @@ struct MessageKeys {
     x25519: [u8; 32],
 }
 
-/// Issues the credentials of the agent a redeemed token names, and records them.
+/// Issues the credentials of the agent or human a redeemed token names, and records them.
 async fn issue<R>(
     services: &Services<R>,
     agent: &str,
@@ -126,14 +128,17 @@ async fn issue<R>(
     keys: MessageKeys,
     now: SystemTime,
 ) -> Result<EnrollResponse, RpcError> {
-    let agent = AgentId::parse(agent).map_err(|_| RpcError::NotEnrollable)?;
-    if agent.trust_domain() != services.ca.trust_domain().as_str()
-        || agent.segment() == RESERVED_SEGMENT
-    {
+    let principal = Principal::parse(agent).map_err(|_| RpcError::NotEnrollable)?;
+    let segment = match &principal {
+        Principal::Agent(agent) if agent.segment() == RESERVED_SEGMENT => {
+            return Err(RpcError::NotEnrollable);
+        }
+        Principal::Agent(agent) => Some(agent.segment().to_owned()),
+        Principal::Human(_) => None,
+    };
+    if principal.trust_domain() != services.ca.trust_domain().as_str() {
         return Err(RpcError::NotEnrollable);
     }
-    let segment = agent.segment().to_owned();
-    let principal = Principal::from(agent);
     if services
         .revocations
         .current()
@@ -194,7 +199,7 @@ async fn issue<R>(
     rpc::record_serial(&mut serials, svid.serial.clone());
     let record = AgentRecord {
         principal: principal.to_string(),
-        segment: Some(segment),
+        segment,
         enrolled_at_ms: now_ms,
         certificate_serials: serials,
         key_epoch: epoch,

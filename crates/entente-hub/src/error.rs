@@ -30,8 +30,8 @@ pub enum HubError {
     /// A join token could not be created: the reserved segment, or a lifetime out of range.
     #[error("join token: {0}")]
     Token(#[from] TokenError),
-    /// The agent of a join token is not in the hub's trust domain.
-    #[error("agent `{0}` is not in this hub's trust domain")]
+    /// The agent or human of a join token is not in the hub's trust domain.
+    #[error("`{0}` is not in this hub's trust domain")]
     ForeignAgent(String),
     /// The store failed or refused.
     #[error("store: {0}")]
@@ -44,6 +44,10 @@ pub enum HubError {
     /// set: replace it ([`HubConfig::replace_stored_policies`](crate::HubConfig)).
     #[error("the policy set in the store does not load: {0}")]
     StoredPolicies(String),
+    /// The grant book in the store does not decode (another version, or a record that breaks
+    /// the book's rules). The hub does not start with an empty book instead.
+    #[error("the grant book in the store does not load: {0}")]
+    StoredGrants(String),
     /// The initial policy set ([`HubConfig::policies`](crate::HubConfig)) does not load.
     #[error("the initial policy set does not load: {0}")]
     InitialPolicies(String),

@@ -65,8 +65,8 @@
 //! # The registry
 //!
 //! [`Hub::start`] takes an [`entente_store::Store`]: join tokens (their hashes), agent records,
-//! key bundles, the revocation list and the policy sources (config key `policies`) live
-//! there. `Hub::start` is generic over the store; the
+//! key bundles, the revocation list, the policy sources (config key `policies`) and the grant
+//! book live there. `Hub::start` is generic over the store; the
 //! hub erases its type once inside, so [`HubHandle`] is one type whatever the backend.
 //! Operators create join tokens with [`HubHandle::create_token`]; remote administrators with
 //! [`CREATE_TOKEN_PATH`] (see [Administration](#administration)).
@@ -146,7 +146,7 @@
 //! **CreateToken** ([`CREATE_TOKEN_PATH`]). `CreateTokenRequest{agent, ttl_seconds}` →
 //! `CreateTokenResponse{token, expires_at_ms}`. `agent` must be an agent ID
 //! (`spiffe://TD/agent/SEGMENT/NAME`) of the hub's trust domain, not of the reserved segment
-//! [`HUB_SEGMENT`]; `ttl_seconds` 0 means [`DEFAULT_TOKEN_TTL`] (10 minutes), and more than
+//! [`HUB_SEGMENT`], or a human ID (`spiffe://TD/human/NAME`), who enrolls the same way; `ttl_seconds` 0 means [`DEFAULT_TOKEN_TTL`] (10 minutes), and more than
 //! [`MAX_TOKEN_TTL`] (7 days) is refused. Any of these is `INVALID_ARGUMENT` with a message
 //! naming the field. The token is made and stored (its hash only) exactly as by
 //! [`HubHandle::create_token`]; it appears in the response and nowhere else.
@@ -183,9 +183,28 @@
 //! **CheckPolicy** ([`CHECK_POLICY_PATH`]). `CheckPolicyRequest{principal, action,
 //! resource_type, resource}` → `CheckPolicyResponse{allowed, policies, reason,
 //! cross_segment, epoch, explanation}`: how the hub would decide, structural rules first, with
-//! the facts of a new session. `resource_type` is `channel` (a pattern for `subscribe`),
-//! `agent` or `segment`; a malformed field or an action that does not apply to the resource
-//! is `INVALID_ARGUMENT`.
+//! the principal's facts now (its active grants). `resource_type` is `channel` (a pattern for
+//! `subscribe`), `agent`, `human` or `segment`; a malformed field or an action that does not
+//! apply to the resource is `INVALID_ARGUMENT`.
+//!
+//! # Grants and just-in-time elevation
+//!
+//! The hub holds a grant book ([`entente_policy::GrantBook`]; [`HubHandle::grant_book`]):
+//! named, time-bound grants its policies test with `context.grants.contains("NAME")`, and
+//! just-in-time requests that principals other than the requester approve with signed
+//! statements. Four unary RPCs over mutual TLS serve it, **authorized by the policies**, not by
+//! [`HubConfig::admins`]: [`GRANT_PATH`] (`grant` on the receiver), [`REQUEST_GRANT_PATH`]
+//! (for the caller itself; no permit needed), [`APPROVE_PATH`] (a statement signed by the
+//! caller, verified against its CA-signed key bundle; `approve` on the requester) and
+//! [`LIST_GRANTS_PATH`] (its own, and others' with `admin`). The book enforces separation of
+//! duties whatever the policies say. Every change is stored before it is in force and refused
+//! whole if the store fails; a grant change bumps the policy epoch, so sessions read their
+//! grants again and decide their subscriptions again. A task expires grants on time: a
+//! subscription a grant opened ends with `SubscriptionEnded(DENIED)` when it ends, with nobody
+//! acting. A stored book that does not decode is a start error ([`HubError::StoredGrants`]).
+//! docs/POLICY.md ("Grants in the hub") and docs/PROTOCOL.md §9 have the details; counters are
+//! [`HubStats::grant_actions`], [`HubStats::grant_refusals`], [`HubStats::grants_expired`] and
+//! [`HubStats::grant_store_failures`].
 //!
 //! # Session semantics
 //!
@@ -289,9 +308,12 @@ mod config;
 mod connections;
 mod control;
 mod csr;
+pub mod danger;
 mod directory;
 mod enroll;
 mod error;
+mod grant_state;
+mod grants;
 mod identity;
 mod policies;
 mod refusal;
@@ -312,6 +334,7 @@ pub use authz::{BASE_SOURCE, LoadPoliciesError, PolicyOrigin, RunningPolicies};
 pub use config::HubConfig;
 pub use control::{CloseReason, ConnectionControl};
 pub use error::HubError;
+pub use grants::{APPROVE_PATH, GRANT_PATH, LIST_GRANTS_PATH, REQUEST_GRANT_PATH};
 pub use identity::{HUB_NAME, HUB_SEGMENT, enroll_server_name, hub_id, hub_server_name};
 pub use policies::{CHECK_POLICY_PATH, LOAD_POLICIES_PATH, SHOW_POLICIES_PATH};
 pub use refusal::RefusalCode;

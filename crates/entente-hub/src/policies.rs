@@ -9,14 +9,14 @@
 //! `INVALID_ARGUMENT` whose message lists each problem on its own line, `file:line:col: …`.
 //!
 //! CheckPolicy answers as the hub decides: the structural rules first (own `_direct` and
-//! `_reply` namespaces, reply grants), then the running policies, with the facts a new
-//! session has (no roles, no grants, risk 0).
+//! `_reply` namespaces, reply grants), then the running policies, with the facts a session of
+//! the principal has now: its active grants (no roles, risk 0).
 
 use std::time::SystemTime;
 
-use entente_policy::{Action, BASE_POLICIES, Facts, Resource, Subject, UnknownAction};
+use entente_policy::{Action, BASE_POLICIES, Resource, Subject, UnknownAction};
 use entente_types::namespace::{self, DIRECT_PREFIX, REPLY_PREFIX};
-use entente_types::{AgentId, Channel, ChannelPattern, Principal};
+use entente_types::{AgentId, Channel, ChannelPattern, HumanId, Principal};
 use entente_wire::{
     CheckPolicyRequest, CheckPolicyResponse, LoadPoliciesRequest, LoadPoliciesResponse,
     MAX_EXPLANATION_BYTES, PolicySource, PolicySummary, ShowPoliciesRequest, ShowPoliciesResponse,
@@ -171,6 +171,7 @@ enum Target {
     Channel(Channel),
     Pattern(ChannelPattern),
     Agent(AgentId),
+    Human(HumanId),
     Segment(String),
 }
 
@@ -203,6 +204,7 @@ fn check_inner<R>(
         Target::Channel(channel) => Resource::Channel(channel),
         Target::Pattern(pattern) => Resource::Pattern(pattern),
         Target::Agent(agent) => Resource::Agent(agent),
+        Target::Human(human) => Resource::Human(human),
         Target::Segment(segment) => Resource::Segment(segment),
     };
     let engine = services.authz.engine();
@@ -230,13 +232,9 @@ fn check_inner<R>(
     }
     // The epoch first, then a set at least as new: as the engine labels its decisions.
     let set = engine.policies();
-    let mut decision = set.decide(
-        &subject,
-        action,
-        &resource,
-        &Facts::default(),
-        rpc::unix_ms(now),
-    );
+    let now_ms = rpc::unix_ms(now);
+    let facts = services.authz.facts_for(&principal, now_ms);
+    let mut decision = set.decide(&subject, action, &resource, &facts, now_ms);
     decision.epoch = epoch;
     let explanation = set.explain_decision(&subject, action, &resource, &decision);
     Ok(CheckPolicyResponse {
@@ -268,6 +266,9 @@ fn target(
         "agent" => Target::Agent(
             AgentId::parse(name).map_err(|e| bad(format!("`resource`: not an agent ID: {e}")))?,
         ),
+        "human" => Target::Human(
+            HumanId::parse(name).map_err(|e| bad(format!("`resource`: not a human ID: {e}")))?,
+        ),
         "segment" => {
             // A segment name is what an agent ID allows in that place.
             AgentId::new(trust_domain, name, "x")
@@ -277,7 +278,7 @@ fn target(
         other => {
             let shown: String = other.chars().take(32).collect();
             return Err(bad(format!(
-                "`resource_type` is channel, agent or segment, not `{}`",
+                "`resource_type` is channel, agent, human or segment, not `{}`",
                 shown.escape_debug()
             )));
         }
@@ -287,13 +288,18 @@ fn target(
         (
             Action::Publish | Action::Subscribe | Action::Direct | Action::Request | Action::Reply,
             Target::Channel(_) | Target::Pattern(_),
-        ) | (
-            Action::Enroll | Action::Grant | Action::Revoke,
-            Target::Agent(_) | Target::Segment(_),
-        ) | (Action::Approve, Target::Agent(_) | Target::Channel(_))
+        ) | (Action::Enroll, Target::Agent(_) | Target::Segment(_))
+            | (
+                Action::Grant | Action::Revoke,
+                Target::Agent(_) | Target::Human(_) | Target::Segment(_),
+            )
+            | (
+                Action::Approve,
+                Target::Agent(_) | Target::Human(_) | Target::Channel(_)
+            )
             | (
                 Action::Admin,
-                Target::Agent(_) | Target::Segment(_) | Target::Channel(_)
+                Target::Agent(_) | Target::Human(_) | Target::Segment(_) | Target::Channel(_)
             )
     );
     if !applies {

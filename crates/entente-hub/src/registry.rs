@@ -52,6 +52,12 @@ trait DynStore: Send + Sync + 'static {
         list: &'a [u8],
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     fn revocations(&self) -> BoxFuture<'_, Result<Versioned, StoreError>>;
+    fn put_grants<'a>(
+        &'a self,
+        version: u64,
+        book: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn grants(&self) -> BoxFuture<'_, Result<Versioned, StoreError>>;
     fn put_config<'a>(
         &'a self,
         key: &'a str,
@@ -126,6 +132,18 @@ impl Registry {
 
     pub(crate) fn revocations(&self) -> BoxFuture<'_, Result<Versioned, StoreError>> {
         self.0.revocations()
+    }
+
+    pub(crate) fn put_grants<'a>(
+        &'a self,
+        version: u64,
+        book: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.0.put_grants(version, book)
+    }
+
+    pub(crate) fn grants(&self) -> BoxFuture<'_, Result<Versioned, StoreError>> {
+        self.0.grants()
     }
 
     pub(crate) fn put_config<'a>(
@@ -209,6 +227,18 @@ impl<S: Store> DynStore for Erased<S> {
 
     fn revocations(&self) -> BoxFuture<'_, Result<Versioned, StoreError>> {
         Box::pin(self.0.revocations())
+    }
+
+    fn put_grants<'a>(
+        &'a self,
+        version: u64,
+        book: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.0.put_grants(version, book))
+    }
+
+    fn grants(&self) -> BoxFuture<'_, Result<Versioned, StoreError>> {
+        Box::pin(self.0.grants())
     }
 
     fn put_config<'a>(

@@ -1,10 +1,12 @@
-//! The unary services (Enroll, Renew, Directory, and the administrators' CreateToken, Revoke,
-//! LoadPolicies, ShowPolicies and CheckPolicy): what they share, why they refuse, and the one mapping from a refusal to the gRPC
+//! The unary services (Enroll, Renew, Directory, the administrators' CreateToken, Revoke,
+//! LoadPolicies, ShowPolicies and CheckPolicy, and Grant, ListGrants, RequestGrant and
+//! Approve): what they share, why they refuse, and the one mapping from a refusal to the gRPC
 //! status the peer sees.
 //!
 //! Statuses are coarse and leak nothing internal: a store or CA failure says only that the
 //! registry or the CA is unavailable. The handlers live in [`crate::enroll`],
-//! [`crate::renew`], [`crate::directory`], [`crate::admin`] and [`crate::policies`].
+//! [`crate::renew`], [`crate::directory`], [`crate::admin`], [`crate::policies`] and
+//! [`crate::grants`].
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -14,6 +16,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use entente_ca::{Ca, IssueError};
+use entente_policy::GrantError;
 use entente_store::StoreError;
 use entente_types::Principal;
 use entente_wire::Limits;
@@ -112,6 +115,16 @@ pub(crate) enum RpcError {
     /// Authorization denies it.
     #[error("{0}")]
     Denied(String),
+    /// The grant book refused a grant, request, approval or rejection (nothing changed).
+    #[error("{0}")]
+    Grant(GrantError),
+    /// The grant book could not be stored; the change was not made.
+    #[error("storing the grant book: {0}")]
+    GrantStore(StoreError),
+    /// The request cannot be served in the present state (say, no key bundle to verify an
+    /// approval against).
+    #[error("{0}")]
+    Precondition(String),
     /// A policy set was refused: each problem, in words (the running set is unchanged).
     #[error("invalid policies: {}", .0.join("; "))]
     InvalidPolicies(Vec<String>),
@@ -161,6 +174,14 @@ impl RpcError {
                 Status::invalid_argument(crate::policies::problems_message(problems))
             }
             Self::TooMany(reason) => Status::resource_exhausted(reason.clone()),
+            Self::Grant(e) => grant_status(e),
+            Self::GrantStore(StoreError::StaleVersion { .. }) => Status::aborted(
+                "the grant book changed meanwhile: nothing changed, send the request again",
+            ),
+            Self::GrantStore(_) => {
+                Status::unavailable("the grant book could not be stored: nothing changed")
+            }
+            Self::Precondition(reason) => Status::failed_precondition(reason.clone()),
             Self::Store(StoreError::Corrupt { .. } | StoreError::FormatVersion { .. })
             | Self::Corrupt(_) => Status::internal("the registry holds a corrupt record"),
             Self::Store(_) => Status::unavailable("the registry is unavailable"),
@@ -189,6 +210,34 @@ impl RpcError {
     /// A failure after the join token was spent.
     pub(crate) fn after_redeem(self) -> Self {
         Self::AfterRedeem(Box::new(self))
+    }
+}
+
+/// The status of a refusal of the grant book: what the caller asked is wrong
+/// (`INVALID_ARGUMENT`), not permitted by the book's rules (`PERMISSION_DENIED`: granting to
+/// oneself, approving one's own request), unknown (`NOT_FOUND`), no longer possible
+/// (`FAILED_PRECONDITION`: expired or decided, approved twice), a replay (`ALREADY_EXISTS`),
+/// or over a limit (`RESOURCE_EXHAUSTED`). The message is the book's, which names no secret.
+fn grant_status(error: &GrantError) -> Status {
+    let message = error.to_string();
+    match error {
+        GrantError::SelfGrant(_) | GrantError::SelfApproval { .. } => {
+            Status::permission_denied(format!("{message} (separation of duties)"))
+        }
+        GrantError::UnknownRequest(_) | GrantError::UnknownGrantRecord(_) => {
+            Status::not_found(message)
+        }
+        GrantError::RequestExpired(_)
+        | GrantError::AlreadyGranted(_)
+        | GrantError::AlreadyRejected(_)
+        | GrantError::AlreadyApproved { .. }
+        | GrantError::DuplicateRequest { .. } => Status::failed_precondition(message),
+        GrantError::Replayed(_) => Status::already_exists(message),
+        GrantError::TooManyGrants(_)
+        | GrantError::TooManyGrantsFor { .. }
+        | GrantError::TooManyRequests(_)
+        | GrantError::TooManyRequestsFor { .. } => Status::resource_exhausted(message),
+        _ => Status::invalid_argument(message),
     }
 }
 
@@ -311,6 +360,46 @@ mod tests {
         let sign = RpcError::CaSign("keystore: /secret/path".into()).status();
         assert_eq!(sign.code(), Code::Unavailable);
         assert!(!sign.message().contains("secret"));
+    }
+
+    #[test]
+    fn grant_refusals_have_statuses_that_say_why_and_store_failures_say_nothing_more() {
+        use entente_policy::{GrantError, RequestId};
+        let id: RequestId = "r-1".parse().unwrap();
+        for (error, code) in [
+            (GrantError::UnknownGrant("x".into()), Code::InvalidArgument),
+            (GrantError::ZeroDuration, Code::InvalidArgument),
+            (GrantError::HashMismatch(id), Code::InvalidArgument),
+            (
+                GrantError::SelfApproval {
+                    request: id,
+                    approver: "spiffe://example.org/agent/ops/eve".into(),
+                },
+                Code::PermissionDenied,
+            ),
+            (GrantError::SelfGrant("x".into()), Code::PermissionDenied),
+            (GrantError::UnknownRequest(id), Code::NotFound),
+            (GrantError::RequestExpired(id), Code::FailedPrecondition),
+            (GrantError::AlreadyRejected(id), Code::FailedPrecondition),
+            (GrantError::Replayed(id), Code::AlreadyExists),
+            (GrantError::TooManyGrants(1), Code::ResourceExhausted),
+        ] {
+            let status = RpcError::Grant(error.clone()).status();
+            assert_eq!(status.code(), code, "{error}");
+            assert!(
+                status.message().starts_with(&error.to_string()),
+                "{status:?}"
+            );
+        }
+        let store = RpcError::GrantStore(StoreError::Unavailable("disk /dev/sda1 full".into()));
+        assert_eq!(store.status().code(), Code::Unavailable);
+        assert!(store.status().message().contains("nothing changed"));
+        assert!(!store.status().message().contains("sda1"));
+        let stale = RpcError::GrantStore(StoreError::StaleVersion {
+            stored: 2,
+            offered: 1,
+        });
+        assert_eq!(stale.status().code(), Code::Aborted);
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! - on a mutual-TLS connection: [`SESSION_PATH`] to a session, [`RENEW_PATH`],
 //!   [`DIRECTORY_PATH`], [`CREATE_TOKEN_PATH`], [`REVOKE_PATH`], [`LOAD_POLICIES_PATH`],
 //!   [`SHOW_POLICIES_PATH`] and [`CHECK_POLICY_PATH`] to their unary services (all but the
-//!   first two for administrators only), anything else (enrollment included)
-//!   `UNIMPLEMENTED`;
+//!   first two for administrators only), [`GRANT_PATH`], [`LIST_GRANTS_PATH`],
+//!   [`REQUEST_GRANT_PATH`] and [`APPROVE_PATH`] to the grant services (authorized by the
+//!   policies), anything else (enrollment included) `UNIMPLEMENTED`;
 //! - on an enrollment connection: [`ENROLL_PATH`] only, anything else `UNIMPLEMENTED`.
 //!
 //! The connection's verified principal is captured by the service; nothing the client sends
@@ -29,7 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use entente_ca::{Ca, JoinToken, TrustBundle, VerifiedRevocationList};
 use entente_store::Store;
-use entente_types::{AgentId, Principal};
+use entente_types::Principal;
 use entente_wire::{Bounded, ClientFrame, Limits};
 use futures_util::Stream;
 use hyper::body::Incoming;
@@ -49,6 +50,7 @@ use crate::authz::{Authz, LoadPoliciesError, PolicyOrigin, RunningPolicies};
 use crate::codec::{BoundedCodec, Outbound, SessionCodec};
 use crate::connections::Connections;
 use crate::control::{self, CloseReason, ConnectionControl};
+use crate::grants::{APPROVE_PATH, GRANT_PATH, LIST_GRANTS_PATH, REQUEST_GRANT_PATH};
 use crate::policies::{CHECK_POLICY_PATH, LOAD_POLICIES_PATH, SHOW_POLICIES_PATH};
 use crate::registry::Registry;
 use crate::renew::Caller;
@@ -59,7 +61,7 @@ use crate::session::{self, Session, SessionContext};
 use crate::stats::{self, HubStats, Stats};
 use crate::tls::{self, HubCertResolver, Listener, TlsConfigs};
 use crate::verifier::{RevocationState, SvidClientVerifier};
-use crate::{HubConfig, HubError, directory, enroll, policies, renew};
+use crate::{HubConfig, HubError, directory, enroll, grant_state, grants, policies, renew};
 
 /// The gRPC path of the session stream.
 pub const SESSION_PATH: &str = "/entente.v1.Hub/Session";
@@ -95,6 +97,8 @@ pub struct HubHandle {
     shutdown: watch::Sender<bool>,
     accept: Option<JoinHandle<()>>,
     renew: JoinHandle<()>,
+    /// Expires grants on time ([`grant_state::expire_loop`]).
+    expire: JoinHandle<()>,
 }
 
 /// State shared by the accept loop, connections and the handle.
@@ -180,9 +184,11 @@ impl Hub {
                 &config.policies,
                 config.replace_stored_policies,
                 config.limits,
+                config.grant_limits.clone(),
                 stats.clone(),
             )
-            .await?,
+            .await?
+            .with_danger(config.danger),
         );
         let connections = Arc::new(Connections::new(revocations.clone(), stats.clone()));
         let context = SessionContext {
@@ -225,6 +231,11 @@ impl Hub {
             shutdown: shutdown_rx.clone(),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone(), shutdown_rx.clone()));
+        let expire = tokio::spawn(grant_state::expire_loop(
+            shared.context.authz.clone(),
+            shared.services.registry.clone(),
+            shutdown_rx.clone(),
+        ));
         let renew = tokio::spawn(renew_loop(ca, hub, resolver, not_after, shutdown_rx));
         Ok(HubHandle {
             local_addr,
@@ -232,6 +243,7 @@ impl Hub {
             shutdown,
             accept: Some(accept),
             renew,
+            expire,
         })
     }
 }
@@ -260,7 +272,7 @@ impl HubHandle {
     }
 
     /// The policy epoch: it starts at 1 and goes up with every policy load and every change
-    /// decisions may depend on (a revocation).
+    /// decisions may depend on (a revocation; a grant given, approved or ended).
     pub fn policy_epoch(&self) -> u64 {
         self.shared.context.authz.engine().epoch()
     }
@@ -289,23 +301,41 @@ impl HubHandle {
             .map(|(epoch, _)| epoch)
     }
 
+    /// The grant book in force: every grant (ended ones until the hub expires them, which it
+    /// does on time) and every request kept. Give and decide grants through the grant RPCs
+    /// ([`GRANT_PATH`], [`REQUEST_GRANT_PATH`], [`APPROVE_PATH`]).
+    pub fn grant_book(&self) -> Arc<entente_policy::GrantBook> {
+        self.shared.context.authz.grants().book()
+    }
+
     /// How many mTLS connections are open.
     pub fn connections(&self) -> usize {
         self.shared.connections.len()
     }
 
-    /// Creates a one-time join token for `agent`, valid for `ttl`, and stores its SHA-256
-    /// (never the token). The token is returned once, to hand to the agent.
+    /// Creates a one-time join token for `principal` — an agent
+    /// ([`AgentId`](entente_types::AgentId)) or a human ([`HumanId`](entente_types::HumanId)) —
+    /// valid for `ttl`, and stores its SHA-256 (never the token). The token is returned once,
+    /// to hand to the agent or human.
     ///
     /// Refuses an agent of the reserved segment [`HUB_SEGMENT`](crate::HUB_SEGMENT)
-    /// ([`HubError::Token`]), of another trust domain ([`HubError::ForeignAgent`]), and a zero
-    /// or unrepresentable `ttl`. Tokens that have expired are purged from the store on the way.
-    /// Remote administrators reach the same code through [`CREATE_TOKEN_PATH`], which also
-    /// caps `ttl` at [`MAX_TOKEN_TTL`](crate::MAX_TOKEN_TTL).
-    pub async fn create_token(&self, agent: AgentId, ttl: Duration) -> Result<JoinToken, HubError> {
-        enroll::create_token(&self.shared.services, agent, ttl, SystemTime::now())
-            .await
-            .map(|issued| issued.token)
+    /// ([`HubError::Token`]), a principal of another trust domain ([`HubError::ForeignAgent`]),
+    /// and a zero or unrepresentable `ttl`. Tokens that have expired are purged from the store
+    /// on the way. Remote administrators reach the same code through [`CREATE_TOKEN_PATH`],
+    /// which also caps `ttl` at [`MAX_TOKEN_TTL`](crate::MAX_TOKEN_TTL).
+    pub async fn create_token(
+        &self,
+        principal: impl Into<Principal>,
+        ttl: Duration,
+    ) -> Result<JoinToken, HubError> {
+        enroll::create_token(
+            &self.shared.services,
+            principal.into(),
+            ttl,
+            SystemTime::now(),
+        )
+        .await
+        .map(|issued| issued.token)
     }
 
     /// The revocation list in force, if any. A list for [`revoke`](Self::revoke) must have a
@@ -342,6 +372,7 @@ impl HubHandle {
             let _ = accept.await;
         }
         let _ = (&mut self.renew).await;
+        let _ = (&mut self.expire).await;
     }
 }
 
@@ -701,6 +732,49 @@ async fn route_request(
                 let (services, caller) = (shared.services.clone(), caller.clone());
                 async move {
                     policies::check(&services, &caller, check_request, SystemTime::now())
+                        .map_err(|e| e.status())
+                }
+            })
+            .await
+        }
+        GRANT_PATH => {
+            unary(limits, request, move |grant_request| {
+                let (services, caller) = (shared.services.clone(), caller.clone());
+                async move {
+                    grants::grant(&services, &caller, grant_request, SystemTime::now())
+                        .await
+                        .map_err(|e| e.status())
+                }
+            })
+            .await
+        }
+        LIST_GRANTS_PATH => {
+            unary(limits, request, move |list_request| {
+                let (services, caller) = (shared.services.clone(), caller.clone());
+                async move {
+                    grants::list(&services, &caller, list_request, SystemTime::now())
+                        .map_err(|e| e.status())
+                }
+            })
+            .await
+        }
+        REQUEST_GRANT_PATH => {
+            unary(limits, request, move |grant_request| {
+                let (services, caller) = (shared.services.clone(), caller.clone());
+                async move {
+                    grants::request(&services, &caller, grant_request, SystemTime::now())
+                        .await
+                        .map_err(|e| e.status())
+                }
+            })
+            .await
+        }
+        APPROVE_PATH => {
+            unary(limits, request, move |approve_request| {
+                let (services, caller) = (shared.services.clone(), caller.clone());
+                async move {
+                    grants::approve(&services, &caller, approve_request, SystemTime::now())
+                        .await
                         .map_err(|e| e.status())
                 }
             })

@@ -53,6 +53,18 @@ pub struct HubStats {
     /// Administrative requests refused: callers not administrators, bad requests (invalid
     /// policies among them), an administrator revoking itself, store or CA failures.
     pub admin_refusals: u64,
+    /// Grant requests served: grants given, just-in-time requests made, approvals and
+    /// rejections recorded, grant lists shown.
+    pub grant_actions: u64,
+    /// Grant requests refused: not permitted, bad or unknown names and durations, bad or
+    /// replayed statements, self-approval, unknown, expired or decided requests, store
+    /// failures.
+    pub grant_refusals: u64,
+    /// Grants that ended and were removed from the book by the hub, with nobody acting.
+    pub grants_expired: u64,
+    /// Times the grant book could not be stored (the change was refused; an expiry is tried
+    /// again).
+    pub grant_store_failures: u64,
 }
 
 /// The live counters.
@@ -77,6 +89,10 @@ pub(crate) struct Stats {
     pub(crate) renew_refusals: AtomicU64,
     pub(crate) admin_actions: AtomicU64,
     pub(crate) admin_refusals: AtomicU64,
+    pub(crate) grant_actions: AtomicU64,
+    pub(crate) grant_refusals: AtomicU64,
+    pub(crate) grants_expired: AtomicU64,
+    pub(crate) grant_store_failures: AtomicU64,
 }
 
 impl Stats {
@@ -102,6 +118,10 @@ impl Stats {
             renew_refusals: get(&self.renew_refusals),
             admin_actions: get(&self.admin_actions),
             admin_refusals: get(&self.admin_refusals),
+            grant_actions: get(&self.grant_actions),
+            grant_refusals: get(&self.grant_refusals),
+            grants_expired: get(&self.grants_expired),
+            grant_store_failures: get(&self.grant_store_failures),
         }
     }
 }

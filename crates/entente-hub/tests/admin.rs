@@ -15,6 +15,7 @@ use entente_ca::{Revocations, VerifiedRevocationList};
 use entente_hub::{
     CREATE_TOKEN_PATH, DEFAULT_TOKEN_TTL, Hub, HubConfig, HubError, MAX_TOKEN_TTL, REVOKE_PATH,
 };
+use entente_store::Store as _;
 use entente_types::{HumanId, Principal, TrustDomain};
 use entente_wire::{CreateTokenRequest, CreateTokenResponse, RevokeRequest, RevokeResponse};
 use support::{
@@ -147,6 +148,31 @@ async fn an_admin_creates_a_token_and_an_agent_enrolls_with_it() {
 }
 
 #[tokio::test]
+async fn an_admin_creates_a_token_for_a_human_who_enrolls_as_one() {
+    let ca = TestCa::new();
+    let root = admin(&ca, "admin");
+    let (hub, store) =
+        start_with_store(&ca, config_with_admins(vec![root.principal.clone()])).await;
+    let client = root.connect(&hub).await;
+    let ann = "spiffe://example.org/human/ann";
+    let response = create_token(&client, ann, 0).await.unwrap();
+    let enrollment = Enrollment::new();
+    let enrolled = enroll_raw(&hub, enrollment.request(&response.token))
+        .await
+        .unwrap();
+    let human = enrollment.into_agent(&enrolled, ca.trust());
+    assert_eq!(human.principal.as_str(), ann);
+    // Recorded like an agent, without a segment; its key bundle is in the registry.
+    let record = store.agent(ann).await.unwrap().unwrap();
+    assert_eq!(record.segment, None);
+    assert_eq!(store.latest_key_bundle(ann).await.unwrap().unwrap().0, 1);
+    // It connects and owns its direct channel.
+    let mut session = human.session(&hub).await;
+    assert_eq!(session.subscribe(1, "_direct.human:ann").await, ack(1));
+    hub.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_principal_not_listed_as_admin_is_refused() {
     let ca = TestCa::new();
     let root = admin(&ca, "admin");
@@ -202,10 +228,17 @@ async fn bad_token_requests_are_refused() {
     let client = root.connect(&hub).await;
 
     for (agent, says) in [
-        ("alice", "not an agent id"),
-        ("spiffe://example.org/agent/shop", "not an agent id"),
-        ("spiffe://example.org/human/alice", "not an agent id"),
+        ("alice", "not an agent or human id"),
+        (
+            "spiffe://example.org/agent/shop",
+            "not an agent or human id",
+        ),
+        (
+            "spiffe://example.org/robot/alice",
+            "not an agent or human id",
+        ),
         ("spiffe://elsewhere.org/agent/shop/alice", "trust domain"),
+        ("spiffe://elsewhere.org/human/alice", "trust domain"),
         ("spiffe://example.org/agent/system/hub", "reserved"),
         ("spiffe://example.org/agent/system/backup", "reserved"),
     ] {
@@ -231,7 +264,7 @@ async fn bad_token_requests_are_refused() {
         "ttl_seconds",
     );
     let stats = hub.stats();
-    assert_eq!((stats.admin_actions, stats.admin_refusals), (0, 8));
+    assert_eq!((stats.admin_actions, stats.admin_refusals), (0, 9));
     // The connection is unaffected.
     create_token(&client, ca.principal("shop", "alice").as_str(), 60)
         .await

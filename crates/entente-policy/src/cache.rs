@@ -52,7 +52,7 @@ struct Entry {
     expires_ms: u64,
 }
 
-const KINDS: usize = 3;
+const KINDS: usize = 4;
 
 // === impl CacheOptions ===
 

@@ -18,7 +18,7 @@ use crate::grants::{
     DEFAULT_APPROVALS, DEFAULT_MAX_DURATION_MS, GrantDefinition, MAX_APPROVALS,
     MAX_GRANT_DURATION_MS, format_duration, is_valid_grant_name, parse_duration,
 };
-use crate::request::{Action, ContextMemo, Facts, Resource, Subject};
+use crate::request::{Action, ContextMemo, Facts, NO_SEGMENT, Resource, Subject};
 use crate::schema;
 
 /// Which segment owns each namespace that is not owned by the segment of the same name.
@@ -672,14 +672,34 @@ fn cross_segment_misuse(p: &Parsed) -> Option<String> {
         );
     }
     match p.policy.resource_constraint() {
-        ResourceConstraint::Eq(_) | ResourceConstraint::In(_) | ResourceConstraint::IsIn(_, _) => {
-            None
-        }
+        ResourceConstraint::Eq(uid)
+        | ResourceConstraint::In(uid)
+        | ResourceConstraint::IsIn(_, uid) => opens_everything(&uid),
         ResourceConstraint::Any | ResourceConstraint::Is(_) => Some(
             "a `@cross_segment` permit must name what it opens in its scope, e.g. `resource == Channel::\"b.results\"` or `resource in Namespace::\"shared\"`"
                 .to_owned(),
         ),
     }
+}
+
+/// Why the entity a `@cross_segment` scope names opens more than named channels, if it does:
+/// `Segment::"*"` (the segment of humans' system channels and of patterns starting with a
+/// wildcard, which no agent is in) and a channel or pattern whose first token is a wildcard
+/// (`Channel::">"`, `Channel::"*.results"`) would open every segment's traffic at once.
+fn opens_everything(uid: &cedar_policy::EntityUid) -> Option<String> {
+    let id = uid.id().unescaped();
+    let type_name = uid.type_name().to_string();
+    let wide = match type_name.as_str() {
+        "Segment" => id == NO_SEGMENT,
+        "Channel" | "Namespace" => matches!(id.split('.').next(), Some("*" | ">") | None),
+        _ => false,
+    };
+    wide.then(|| {
+        format!(
+            "a `@cross_segment` permit must name what it opens: `{type_name}::\"{}\"` stands for every segment's channels",
+            id.escape_debug()
+        )
+    })
 }
 
 /// Collects the grant definitions of `@grant`, `@approvals` and `@max_duration`, adding a

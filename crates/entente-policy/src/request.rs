@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::sync::LazyLock;
 
 use cedar_policy::{Context, Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
-use entente_types::{AgentId, Channel, ChannelPattern, Principal};
+use entente_types::{AgentId, Channel, ChannelPattern, HumanId, Principal};
 
 use crate::policies::Owners;
 
@@ -51,6 +51,8 @@ pub enum Resource<'a> {
     Pattern(&'a ChannelPattern),
     /// An agent (enroll, grant, revoke, approve, admin).
     Agent(&'a AgentId),
+    /// A human (grant, revoke, approve, admin). Humans belong to no segment.
+    Human(&'a HumanId),
     /// A segment, by name (enroll, grant, revoke, admin).
     Segment(&'a str),
 }
@@ -167,14 +169,23 @@ impl fmt::Display for Action {
 
 // === impl Resource ===
 
-impl Resource<'_> {
-    /// The resource's Cedar entity ID: the channel name or pattern, the agent's SPIFFE ID, or
-    /// the segment name.
+impl<'a> Resource<'a> {
+    /// The resource of a principal: [`Resource::Agent`] or [`Resource::Human`].
+    pub fn principal(principal: &'a Principal) -> Self {
+        match principal {
+            Principal::Agent(agent) => Resource::Agent(agent),
+            Principal::Human(human) => Resource::Human(human),
+        }
+    }
+
+    /// The resource's Cedar entity ID: the channel name or pattern, the agent's or human's
+    /// SPIFFE ID, or the segment name.
     pub fn name(&self) -> &str {
         match self {
             Resource::Channel(channel) => channel.as_str(),
             Resource::Pattern(pattern) => pattern.as_str(),
             Resource::Agent(agent) => agent.as_str(),
+            Resource::Human(human) => human.as_str(),
             Resource::Segment(segment) => segment,
         }
     }
@@ -184,16 +195,19 @@ impl Resource<'_> {
         match self {
             Resource::Channel(_) | Resource::Pattern(_) => "Channel",
             Resource::Agent(_) => "Agent",
+            Resource::Human(_) => "Human",
             Resource::Segment(_) => "Segment",
         }
     }
 
-    /// 0 for channels and patterns, 1 for agents, 2 for segments: part of cache keys.
+    /// 0 for channels and patterns, 1 for agents, 2 for segments, 3 for humans: part of cache
+    /// keys.
     pub(crate) fn kind(&self) -> usize {
         match self {
             Resource::Channel(_) | Resource::Pattern(_) => 0,
             Resource::Agent(_) => 1,
             Resource::Segment(_) => 2,
+            Resource::Human(_) => 3,
         }
     }
 
@@ -202,15 +216,16 @@ impl Resource<'_> {
     pub(crate) fn namespace(&self) -> Option<&str> {
         match self {
             Resource::Channel(_) | Resource::Pattern(_) => self.name().split('.').next(),
-            Resource::Agent(_) | Resource::Segment(_) => None,
+            Resource::Agent(_) | Resource::Human(_) | Resource::Segment(_) => None,
         }
     }
 
-    /// The segment the resource belongs to.
-    pub(crate) fn segment<'a>(&'a self, owners: &'a Owners) -> &'a str {
+    /// The segment the resource belongs to ([`NO_SEGMENT`] for a human).
+    pub(crate) fn segment<'b>(&'b self, owners: &'b Owners) -> &'b str {
         match self {
             Resource::Channel(_) | Resource::Pattern(_) => channel_segment(self.name(), owners),
             Resource::Agent(agent) => agent.segment(),
+            Resource::Human(_) => NO_SEGMENT,
             Resource::Segment(segment) => segment,
         }
     }
@@ -221,6 +236,7 @@ impl Resource<'_> {
         match self {
             Resource::Channel(_) | Resource::Pattern(_) => channel_entity(uid, self.name(), owners),
             Resource::Agent(agent) => agent_entity(uid, agent, &[]),
+            Resource::Human(human) => human_entity(uid, human, &[]),
             Resource::Segment(_) => Ok(Entity::new_no_attrs(uid, Default::default())),
         }
     }
@@ -246,12 +262,7 @@ impl Subject {
             }
             Principal::Human(human) => {
                 let uid = uid("Human", human.as_str());
-                let attrs = HashMap::from([(
-                    "name".to_owned(),
-                    RestrictedExpression::new_string(human.name().to_owned()),
-                )]);
-                let parents = roles.iter().map(|role| self::uid("Role", role)).collect();
-                let entity = Entity::new(uid.clone(), attrs, parents).map_err(|e| e.to_string());
+                let entity = human_entity(uid.clone(), human, &roles);
                 (uid, entity)
             }
         };
@@ -453,6 +464,15 @@ fn agent_entity(uid: EntityUid, agent: &AgentId, roles: &[String]) -> Result<Ent
     let parents = std::iter::once(self::uid("Segment", agent.segment()))
         .chain(roles.iter().map(|role| self::uid("Role", role)))
         .collect();
+    Entity::new(uid, attrs, parents).map_err(|e| e.to_string())
+}
+
+fn human_entity(uid: EntityUid, human: &HumanId, roles: &[String]) -> Result<Entity, String> {
+    let attrs = HashMap::from([(
+        "name".to_owned(),
+        RestrictedExpression::new_string(human.name().to_owned()),
+    )]);
+    let parents = roles.iter().map(|role| self::uid("Role", role)).collect();
     Entity::new(uid, attrs, parents).map_err(|e| e.to_string())
 }
 

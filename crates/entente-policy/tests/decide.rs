@@ -612,3 +612,71 @@ fn a_full_cache_starts_over() {
     cache.clear();
     assert!(cache.is_empty());
 }
+
+#[test]
+fn humans_are_resources_of_grant_approve_and_admin_in_no_segment() {
+    let set = set(r#"
+        @id("admins-grant")
+        permit (principal == Human::"spiffe://example.org/human/admin",
+                action in [Action::"grant", Action::"approve", Action::"admin"], resource);
+        @id("leads-approve-humans")
+        permit (principal in Segment::"ops", action == Action::"approve", resource is Human)
+        when { resource.name == "ann" };
+        "#);
+    let ann = entente_types::HumanId::parse("spiffe://example.org/human/ann").unwrap();
+    let bob = entente_types::HumanId::parse("spiffe://example.org/human/bob").unwrap();
+    let admin = human("admin");
+    for action in [Action::Grant, Action::Approve, Action::Admin] {
+        let decision = set.decide(
+            &admin,
+            action,
+            &Resource::Human(&ann),
+            &Facts::default(),
+            NOW,
+        );
+        assert!(decision.allowed, "{action}");
+        assert_eq!(ids(&decision), ["admins-grant"]);
+    }
+    // A human is in no segment: an agent acting on one crosses segments, and only a
+    // @cross_segment permit could let it.
+    let lead = agent("ops", "lead");
+    let decision = set.decide(
+        &lead,
+        Action::Approve,
+        &Resource::Human(&ann),
+        &Facts::default(),
+        NOW,
+    );
+    assert!(!decision.allowed && decision.cross_segment);
+    let cross = set_with_cross(&lead, &ann, &bob);
+    assert!(cross.0 && !cross.1);
+    // `Resource::principal` picks the entity type.
+    let eve = Principal::parse("spiffe://example.org/agent/ops/eve").unwrap();
+    assert_eq!(Resource::principal(&eve).type_name(), "Agent");
+    let ann = Principal::parse("spiffe://example.org/human/ann").unwrap();
+    assert_eq!(Resource::principal(&ann).type_name(), "Human");
+}
+
+/// With a `@cross_segment` permit naming ann: (may approve ann, may approve bob).
+fn set_with_cross(
+    lead: &Subject,
+    ann: &entente_types::HumanId,
+    bob: &entente_types::HumanId,
+) -> (bool, bool) {
+    let set = set(r#"
+        @cross_segment
+        permit (principal in Segment::"ops", action == Action::"approve",
+                resource == Human::"spiffe://example.org/human/ann");
+        "#);
+    let may = |who| {
+        set.decide(
+            lead,
+            Action::Approve,
+            &Resource::Human(who),
+            &Facts::default(),
+            NOW,
+        )
+        .allowed
+    };
+    (may(ann), may(bob))
+}

@@ -145,10 +145,26 @@ fn cross_segment_must_be_a_permit_naming_its_resource() {
         r#"@cross_segment permit (principal in Segment::"a", action == Action::"publish", resource);"#,
         r#"@cross_segment permit (principal, action, resource is Channel) when { resource.name like "b.*" };"#,
         r#"@cross_segment forbid (principal, action, resource == Channel::"b.x");"#,
+        // Scopes that name every segment's channels at once.
+        r#"@cross_segment permit (principal in Segment::"lab", action == Action::"subscribe", resource in Segment::"*");"#,
+        r#"@cross_segment permit (principal in Segment::"lab", action == Action::"subscribe", resource == Channel::">");"#,
+        r#"@cross_segment permit (principal in Segment::"lab", action == Action::"subscribe", resource == Channel::"*.results");"#,
+        r#"@cross_segment permit (principal in Segment::"lab", action == Action::"subscribe", resource is Channel in Segment::"*");"#,
     ] {
         let (error, problems) = problems(PolicySet::parse("x.cedar", text));
         assert!(matches!(error, LoadError::Rules(_)), "{error}");
-        assert_eq!(problems[0].location, Some((1, 1)));
+        assert_eq!(problems[0].location, Some((1, 1)), "{text}");
+    }
+    // Naming one segment, one namespace or one literal channel is what it is for.
+    for scope in [
+        r#"resource in Segment::"research""#,
+        r#"resource in Namespace::"research.results""#,
+        r#"resource == Channel::"research.results""#,
+    ] {
+        let text = format!(
+            r#"@cross_segment permit (principal in Segment::"lab", action == Action::"subscribe", {scope});"#
+        );
+        assert!(PolicySet::parse("x.cedar", &text).is_ok(), "{text}");
     }
 }
 

@@ -9,7 +9,7 @@ use entente_ca::{CaOptions, JoinToken, TrustBundle};
 use entente_client::{Client, ClientOptions, Identity};
 use entente_hub::{Hub, HubConfig, HubHandle, HubStats};
 use entente_store::EmbeddedStore;
-use entente_types::{AgentId, Principal, TrustDomain};
+use entente_types::{AgentId, HumanId, Principal, TrustDomain};
 use tempfile::TempDir;
 
 use crate::{TRUST_DOMAIN, TestCa};
@@ -75,6 +75,21 @@ pub async fn enroll(hub: &HubHandle, segment: &str, name: &str) -> Result<Identi
     entente_client::enroll(hub.local_addr(), hub.trust_bundle(), token.as_str())
         .await
         .with_context(|| format!("enrolling `{segment}/{name}`"))
+}
+
+/// Enrolls the human `name` with `hub` as a human enrolls: a join token for
+/// `spiffe://TD/human/NAME`, then [`entente_client::enroll`] over the network with fresh keys.
+/// The hub records its key bundle, so its approvals verify against the registry's.
+pub async fn enroll_human(hub: &HubHandle, name: &str) -> Result<Identity> {
+    let human = HumanId::new(hub.trust_bundle().trust_domain(), name)
+        .with_context(|| format!("`{name}` is not a human name"))?;
+    let token = hub
+        .create_token(human, TOKEN_TTL)
+        .await
+        .with_context(|| format!("creating a join token for human `{name}`"))?;
+    entente_client::enroll(hub.local_addr(), hub.trust_bundle(), token.as_str())
+        .await
+        .with_context(|| format!("enrolling human `{name}`"))
 }
 
 /// A one-time join token for the agent `segment/name` of `hub`'s trust domain, valid for
@@ -167,6 +182,12 @@ impl TestHub {
     /// agent and its key bundle, so its directory serves the bundle.
     pub async fn enroll(&self, segment: &str, name: &str) -> Result<Identity> {
         enroll(&self.hub, segment, name).await
+    }
+
+    /// Enrolls the human `name` (`spiffe://TD/human/NAME`) as a human enrolls
+    /// ([`enroll_human`]).
+    pub async fn enroll_human(&self, name: &str) -> Result<Identity> {
+        enroll_human(&self.hub, name).await
     }
 
     /// An identity for the agent `segment/name` issued directly by the CA, now: its

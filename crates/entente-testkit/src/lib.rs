@@ -9,9 +9,9 @@
 //! temporary directory.
 //!
 //! - [`TestHub`]: start one with [`TestHub::start`] or [`TestHub::builder`] (Cedar policies,
-//!   the certificate lifetime, any [`HubConfig`] setting, a shared [`TestCa`]); enroll agents,
-//!   connect [`Client`]s, load policies live, revoke, restart over the same registry, shut
-//!   down.
+//!   the certificate lifetime, any [`HubConfig`] setting, a shared [`TestCa`]); enroll agents
+//!   and humans ([`TestHub::enroll_human`]), connect [`Client`]s, load policies live, revoke,
+//!   restart over the same registry (grants included), shut down.
 //! - [`TestCa`]: the CA alone, for tests that need certificates without a hub, several hubs
 //!   of one CA, or credentials the hub's registry never saw ([`TestCa::identity_at`] issues
 //!   them at any time, expired ones included). With [`enroll`] and [`TestCa::revoke`] it also
@@ -63,7 +63,9 @@ pub mod raw;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use ca::{TRUST_DOMAIN, TestCa, certificate_serial};
-pub use hub::{ADMIN_NAME, TEST_SOURCE, TOKEN_TTL, TestHub, TestHubBuilder, enroll, token};
+pub use hub::{
+    ADMIN_NAME, TEST_SOURCE, TOKEN_TTL, TestHub, TestHubBuilder, enroll, enroll_human, token,
+};
 
 pub use entente_client::{Client, ClientOptions, Identity};
 pub use entente_hub::{HubConfig, HubHandle, HubStats};

@@ -92,6 +92,12 @@ pub const MAX_POLICY_ID_BYTES: usize = 256;
 pub const MAX_ACTION_BYTES: usize = 32;
 /// Longest explanation of a policy decision, in bytes.
 pub const MAX_EXPLANATION_BYTES: usize = 64 * 1024;
+/// Longest grant name, grant or request ID, or approval object ID, in bytes.
+pub const MAX_OBJECT_ID_BYTES: usize = 128;
+/// Most grants, or requests, in one answer.
+pub const MAX_GRANT_RECORDS: usize = 16 * 1024;
+/// Most approvals of one request, or approvers of one grant, in one message.
+pub const MAX_APPROVAL_RECORDS: usize = 32;
 
 /// Why bytes were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -216,6 +222,17 @@ bounded! {
     CheckPolicyRequest => scan::CHECK_POLICY_REQUEST,
     CheckPolicyResponse => scan::CHECK_POLICY_RESPONSE,
     StoredPolicies => scan::STORED_POLICIES,
+    GrantInfo => scan::GRANT_INFO,
+    GrantRequestInfo => scan::GRANT_REQUEST_INFO,
+    GrantRequest => scan::GRANT_REQUEST,
+    GrantResponse => scan::GRANT_RESPONSE,
+    ListGrantsRequest => scan::LIST_GRANTS_REQUEST,
+    ListGrantsResponse => scan::LIST_GRANTS_RESPONSE,
+    RequestGrantRequest => scan::REQUEST_GRANT_REQUEST,
+    RequestGrantResponse => scan::REQUEST_GRANT_RESPONSE,
+    ApprovalStatement => scan::APPROVAL_STATEMENT,
+    ApproveRequest => scan::APPROVE_REQUEST,
+    ApproveResponse => scan::APPROVE_RESPONSE,
 }
 
 #[cfg(test)]

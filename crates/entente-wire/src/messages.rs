@@ -375,7 +375,8 @@ pub struct DirectoryResponse {
 /// Asks the hub for a one-time join token for an agent.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct CreateTokenRequest {
-    /// The agent's SPIFFE ID.
+    /// The SPIFFE ID to enroll: an agent's (`spiffe://TD/agent/SEGMENT/NAME`) or a human's
+    /// (`spiffe://TD/human/NAME`).
     #[prost(string, tag = "1")]
     pub agent: String,
     /// Lifetime in seconds; 0 for the hub's default.
@@ -496,10 +497,11 @@ pub struct CheckPolicyRequest {
     /// The action's name, e.g. `publish`.
     #[prost(string, tag = "2")]
     pub action: String,
-    /// `channel`, `agent` or `segment`.
+    /// `channel`, `agent`, `human` or `segment`.
     #[prost(string, tag = "3")]
     pub resource_type: String,
-    /// The channel (a pattern for `subscribe`), the agent's SPIFFE ID, or the segment name.
+    /// The channel (a pattern for `subscribe`), the agent's or human's SPIFFE ID, or the
+    /// segment name.
     #[prost(string, tag = "4")]
     pub resource: String,
 }
@@ -525,6 +527,222 @@ pub struct CheckPolicyResponse {
     /// The decision explained, with the text of each deciding policy.
     #[prost(string, tag = "6")]
     pub explanation: String,
+}
+
+/// A grant a principal holds: a named entitlement its policies test with
+/// `context.grants.contains("<name>")`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct GrantInfo {
+    /// `g-<n>`.
+    #[prost(string, tag = "1")]
+    pub id: String,
+    /// The grant's name, defined by a policy's `@grant("<name>")`.
+    #[prost(string, tag = "2")]
+    pub name: String,
+    /// Who holds it.
+    #[prost(string, tag = "3")]
+    pub principal: String,
+    /// Start, Unix milliseconds (inclusive).
+    #[prost(uint64, tag = "4")]
+    pub not_before_ms: u64,
+    /// End, Unix milliseconds (exclusive).
+    #[prost(uint64, tag = "5")]
+    pub not_after_ms: u64,
+    /// Why it was given.
+    #[prost(string, tag = "6")]
+    pub reason: String,
+    /// Who gave it directly; empty when a request's approvals made it.
+    #[prost(string, tag = "7")]
+    pub granter: String,
+    /// The just-in-time request it came from (`r-<n>`), or empty.
+    #[prost(string, tag = "8")]
+    pub request: String,
+    /// That request's approvers.
+    #[prost(string, repeated, tag = "9")]
+    pub approvers: Vec<String>,
+}
+
+/// One signed approval or rejection of a just-in-time request, as the hub keeps it.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ApprovalInfo {
+    /// The approver's SPIFFE ID.
+    #[prost(string, tag = "1")]
+    pub approver: String,
+    /// `approve` or `reject`.
+    #[prost(string, tag = "2")]
+    pub verdict: String,
+    /// When the approver signed, Unix milliseconds.
+    #[prost(uint64, tag = "3")]
+    pub signed_at_ms: u64,
+}
+
+/// A just-in-time grant request. Fields 1 to 7 are what an approver hashes (PROTOCOL.md
+/// §11.2).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct GrantRequestInfo {
+    /// `r-<n>`.
+    #[prost(string, tag = "1")]
+    pub id: String,
+    /// Who asks, and will hold the grant.
+    #[prost(string, tag = "2")]
+    pub requester: String,
+    /// The grant asked for.
+    #[prost(string, tag = "3")]
+    pub name: String,
+    /// How long the grant lasts once approved, milliseconds.
+    #[prost(uint64, tag = "4")]
+    pub duration_ms: u64,
+    /// The requester's words.
+    #[prost(string, tag = "5")]
+    pub reason: String,
+    /// When it was made, Unix milliseconds.
+    #[prost(uint64, tag = "6")]
+    pub created_at_ms: u64,
+    /// When it lapses undecided, Unix milliseconds (exclusive).
+    #[prost(uint64, tag = "7")]
+    pub expires_at_ms: u64,
+    /// Approvals it needs.
+    #[prost(uint32, tag = "8")]
+    pub required: u32,
+    /// Approvals and rejection received so far, in order.
+    #[prost(message, repeated, tag = "9")]
+    pub approvals: Vec<ApprovalInfo>,
+    /// `pending`, `granted`, `rejected` or `expired`.
+    #[prost(string, tag = "10")]
+    pub state: String,
+    /// The grant it became (`g-<n>`), once granted.
+    #[prost(string, tag = "11")]
+    pub grant: String,
+}
+
+/// Gives a principal a grant directly, from now until `duration_ms` from now or until
+/// `not_after_ms` (exactly one of the two).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct GrantRequest {
+    /// The agent or human receiving it.
+    #[prost(string, tag = "1")]
+    pub principal: String,
+    /// The grant's name.
+    #[prost(string, tag = "2")]
+    pub name: String,
+    /// How long, milliseconds.
+    #[prost(uint64, tag = "3")]
+    pub duration_ms: u64,
+    /// Or until when, Unix milliseconds.
+    #[prost(uint64, tag = "4")]
+    pub not_after_ms: u64,
+    /// Why.
+    #[prost(string, tag = "5")]
+    pub reason: String,
+}
+
+/// The grant given.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct GrantResponse {
+    /// The grant.
+    #[prost(message, optional, tag = "1")]
+    pub grant: Option<GrantInfo>,
+}
+
+/// Asks for the grants and requests the caller may see.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ListGrantsRequest {
+    /// Only this principal's (holder or requester); empty for all.
+    #[prost(string, tag = "1")]
+    pub principal: String,
+}
+
+/// The grants and requests the caller may see.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ListGrantsResponse {
+    /// Active grants.
+    #[prost(message, repeated, tag = "1")]
+    pub grants: Vec<GrantInfo>,
+    /// Pending, decided and lapsed requests still kept.
+    #[prost(message, repeated, tag = "2")]
+    pub requests: Vec<GrantRequestInfo>,
+    /// The hub's clock when it answered, Unix milliseconds.
+    #[prost(uint64, tag = "3")]
+    pub now_ms: u64,
+}
+
+/// Asks, for the caller, a grant that approvers must approve.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RequestGrantRequest {
+    /// The grant's name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// How long it should last once approved, milliseconds.
+    #[prost(uint64, tag = "2")]
+    pub duration_ms: u64,
+    /// Why.
+    #[prost(string, tag = "3")]
+    pub reason: String,
+}
+
+/// The request made.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RequestGrantResponse {
+    /// The pending request.
+    #[prost(message, optional, tag = "1")]
+    pub request: Option<GrantRequestInfo>,
+}
+
+/// A signed approval statement (PROTOCOL.md §11.1), field for field.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ApprovalStatement {
+    /// `approve` or `reject`.
+    #[prost(string, tag = "1")]
+    pub verdict: String,
+    /// `grant-request`.
+    #[prost(string, tag = "2")]
+    pub kind: String,
+    /// The request's ID, `r-<n>`.
+    #[prost(string, tag = "3")]
+    pub object_id: String,
+    /// SHA-256 of the request's canonical bytes, 32 bytes.
+    #[prost(bytes = "vec", tag = "4")]
+    pub object_hash: Vec<u8>,
+    /// The approver's SPIFFE ID.
+    #[prost(string, tag = "5")]
+    pub approver: String,
+    /// The epoch of the approver's key bundle whose key signed.
+    #[prost(uint64, tag = "6")]
+    pub key_epoch: u64,
+    /// When the approver signed, Unix milliseconds.
+    #[prost(uint64, tag = "7")]
+    pub signed_at_ms: u64,
+}
+
+/// Approves or rejects a just-in-time request with a signed statement.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ApproveRequest {
+    /// The statement.
+    #[prost(message, optional, tag = "1")]
+    pub statement: Option<ApprovalStatement>,
+    /// Ed25519 over the statement's signing input, 64 bytes.
+    #[prost(bytes = "vec", tag = "2")]
+    pub signature: Vec<u8>,
+    /// The approver's own CA-signed key bundle, used only if the hub's registry holds none.
+    #[prost(message, optional, tag = "3")]
+    pub key_bundle: Option<KeyBundle>,
+}
+
+/// What an approval or rejection did.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ApproveResponse {
+    /// `pending`, `granted` or `rejected`.
+    #[prost(string, tag = "1")]
+    pub outcome: String,
+    /// Distinct approvals so far.
+    #[prost(uint32, tag = "2")]
+    pub approvals: u32,
+    /// Approvals needed.
+    #[prost(uint32, tag = "3")]
+    pub required: u32,
+    /// The grant, when granted.
+    #[prost(message, optional, tag = "4")]
+    pub grant: Option<GrantInfo>,
 }
 
 /// The policy sources a hub runs, as it keeps them in its store. Not sent on the wire.

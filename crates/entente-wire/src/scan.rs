@@ -7,11 +7,12 @@
 use prost::encoding::decode_varint;
 
 use crate::{
-    DECODED_ELEMENT_COST, Limits, MAX_ACTION_BYTES, MAX_CERTIFICATE_BYTES, MAX_CHAIN_CERTIFICATES,
-    MAX_CHANNEL_BYTES, MAX_CSR_BYTES, MAX_EXPLANATION_BYTES, MAX_ID_BYTES, MAX_KEY_BYTES,
-    MAX_POLICIES, MAX_POLICY_ID_BYTES, MAX_POLICY_SOURCE_NAME_BYTES, MAX_POLICY_SOURCES,
-    MAX_POLICY_TEXT_BYTES, MAX_REASON_BYTES, MAX_SERIAL_BYTES, MAX_SIGNATURE_BYTES,
-    MAX_TOKEN_BYTES, MAX_TRUST_BUNDLE_BYTES, WireError,
+    DECODED_ELEMENT_COST, Limits, MAX_ACTION_BYTES, MAX_APPROVAL_RECORDS, MAX_CERTIFICATE_BYTES,
+    MAX_CHAIN_CERTIFICATES, MAX_CHANNEL_BYTES, MAX_CSR_BYTES, MAX_EXPLANATION_BYTES,
+    MAX_GRANT_RECORDS, MAX_ID_BYTES, MAX_KEY_BYTES, MAX_OBJECT_ID_BYTES, MAX_POLICIES,
+    MAX_POLICY_ID_BYTES, MAX_POLICY_SOURCE_NAME_BYTES, MAX_POLICY_SOURCES, MAX_POLICY_TEXT_BYTES,
+    MAX_REASON_BYTES, MAX_SERIAL_BYTES, MAX_SIGNATURE_BYTES, MAX_TOKEN_BYTES,
+    MAX_TRUST_BUNDLE_BYTES, WireError,
 };
 
 /// Checks `bytes` as a message of `schema`.
@@ -139,6 +140,7 @@ enum Len {
     PolicyId,
     Action,
     Explanation,
+    ObjectId,
 }
 
 impl Len {
@@ -160,6 +162,7 @@ impl Len {
             Self::PolicyId => MAX_POLICY_ID_BYTES,
             Self::Action => MAX_ACTION_BYTES,
             Self::Explanation => MAX_EXPLANATION_BYTES,
+            Self::ObjectId => MAX_OBJECT_ID_BYTES,
         }
     }
 }
@@ -174,6 +177,8 @@ enum Count {
     Revocations,
     Sources,
     Policies,
+    Grants,
+    Approvals,
 }
 
 impl Count {
@@ -187,6 +192,8 @@ impl Count {
             Self::Revocations => limits.max_revocations,
             Self::Sources => MAX_POLICY_SOURCES,
             Self::Policies => MAX_POLICIES,
+            Self::Grants => MAX_GRANT_RECORDS,
+            Self::Approvals => MAX_APPROVAL_RECORDS,
         }
     }
 }
@@ -591,6 +598,155 @@ pub(crate) static STORED_POLICIES: Schema = Schema {
     fields: &[
         varint(1, "version"),
         field(2, "sources", Kind::Message(&POLICY_SOURCE), Count::Sources),
+    ],
+};
+
+pub(crate) static GRANT_INFO: Schema = Schema {
+    name: "GrantInfo",
+    oneof: false,
+    fields: &[
+        bytes(1, "id", Len::ObjectId),
+        bytes(2, "name", Len::ObjectId),
+        bytes(3, "principal", Len::Id),
+        varint(4, "not_before_ms"),
+        varint(5, "not_after_ms"),
+        bytes(6, "reason", Len::Reason),
+        bytes(7, "granter", Len::Id),
+        bytes(8, "request", Len::ObjectId),
+        field(9, "approvers", Kind::Bytes(Len::Id), Count::Approvals),
+    ],
+};
+
+static APPROVAL_INFO: Schema = Schema {
+    name: "ApprovalInfo",
+    oneof: false,
+    fields: &[
+        bytes(1, "approver", Len::Id),
+        bytes(2, "verdict", Len::Action),
+        varint(3, "signed_at_ms"),
+    ],
+};
+
+pub(crate) static GRANT_REQUEST_INFO: Schema = Schema {
+    name: "GrantRequestInfo",
+    oneof: false,
+    fields: &[
+        bytes(1, "id", Len::ObjectId),
+        bytes(2, "requester", Len::Id),
+        bytes(3, "name", Len::ObjectId),
+        varint(4, "duration_ms"),
+        bytes(5, "reason", Len::Reason),
+        varint(6, "created_at_ms"),
+        varint(7, "expires_at_ms"),
+        varint(8, "required"),
+        field(
+            9,
+            "approvals",
+            Kind::Message(&APPROVAL_INFO),
+            Count::Approvals,
+        ),
+        bytes(10, "state", Len::Action),
+        bytes(11, "grant", Len::ObjectId),
+    ],
+};
+
+pub(crate) static GRANT_REQUEST: Schema = Schema {
+    name: "GrantRequest",
+    oneof: false,
+    fields: &[
+        bytes(1, "principal", Len::Id),
+        bytes(2, "name", Len::ObjectId),
+        varint(3, "duration_ms"),
+        varint(4, "not_after_ms"),
+        bytes(5, "reason", Len::Reason),
+    ],
+};
+
+pub(crate) static GRANT_RESPONSE: Schema = Schema {
+    name: "GrantResponse",
+    oneof: false,
+    fields: &[field(1, "grant", Kind::Message(&GRANT_INFO), Count::One)],
+};
+
+pub(crate) static LIST_GRANTS_REQUEST: Schema = Schema {
+    name: "ListGrantsRequest",
+    oneof: false,
+    fields: &[bytes(1, "principal", Len::Id)],
+};
+
+pub(crate) static LIST_GRANTS_RESPONSE: Schema = Schema {
+    name: "ListGrantsResponse",
+    oneof: false,
+    fields: &[
+        field(1, "grants", Kind::Message(&GRANT_INFO), Count::Grants),
+        field(
+            2,
+            "requests",
+            Kind::Message(&GRANT_REQUEST_INFO),
+            Count::Grants,
+        ),
+        varint(3, "now_ms"),
+    ],
+};
+
+pub(crate) static REQUEST_GRANT_REQUEST: Schema = Schema {
+    name: "RequestGrantRequest",
+    oneof: false,
+    fields: &[
+        bytes(1, "name", Len::ObjectId),
+        varint(2, "duration_ms"),
+        bytes(3, "reason", Len::Reason),
+    ],
+};
+
+pub(crate) static REQUEST_GRANT_RESPONSE: Schema = Schema {
+    name: "RequestGrantResponse",
+    oneof: false,
+    fields: &[field(
+        1,
+        "request",
+        Kind::Message(&GRANT_REQUEST_INFO),
+        Count::One,
+    )],
+};
+
+pub(crate) static APPROVAL_STATEMENT: Schema = Schema {
+    name: "ApprovalStatement",
+    oneof: false,
+    fields: &[
+        bytes(1, "verdict", Len::Action),
+        bytes(2, "kind", Len::Action),
+        bytes(3, "object_id", Len::ObjectId),
+        bytes(4, "object_hash", Len::Key),
+        bytes(5, "approver", Len::Id),
+        varint(6, "key_epoch"),
+        varint(7, "signed_at_ms"),
+    ],
+};
+
+pub(crate) static APPROVE_REQUEST: Schema = Schema {
+    name: "ApproveRequest",
+    oneof: false,
+    fields: &[
+        field(
+            1,
+            "statement",
+            Kind::Message(&APPROVAL_STATEMENT),
+            Count::One,
+        ),
+        bytes(2, "signature", Len::Signature),
+        field(3, "key_bundle", Kind::Message(&KEY_BUNDLE), Count::One),
+    ],
+};
+
+pub(crate) static APPROVE_RESPONSE: Schema = Schema {
+    name: "ApproveResponse",
+    oneof: false,
+    fields: &[
+        bytes(1, "outcome", Len::Action),
+        varint(2, "approvals"),
+        varint(3, "required"),
+        field(4, "grant", Kind::Message(&GRANT_INFO), Count::One),
     ],
 };
 

@@ -310,7 +310,17 @@ fn invalid_utf8_is_malformed() {
 #[test]
 fn field_numbers_match_proto() {
     let proto = include_str!("../../../proto/entente/v1/entente.proto");
-    let schemas: [&Schema; 24] = [
+    let schemas: [&Schema; 34] = [
+        &scan::GRANT_INFO,
+        &scan::GRANT_REQUEST_INFO,
+        &scan::GRANT_REQUEST,
+        &scan::GRANT_RESPONSE,
+        &scan::LIST_GRANTS_REQUEST,
+        &scan::LIST_GRANTS_RESPONSE,
+        &scan::REQUEST_GRANT_REQUEST,
+        &scan::REQUEST_GRANT_RESPONSE,
+        &scan::APPROVAL_STATEMENT,
+        &scan::APPROVE_REQUEST,
         &scan::SUBSCRIPTION_ENDED,
         &scan::POLICY_SOURCE,
         &scan::LOAD_POLICIES_REQUEST,
@@ -336,6 +346,10 @@ fn field_numbers_match_proto() {
         &scan::REVOCATION_LIST,
         &scan::PUBLISH,
     ];
+    assert_eq!(
+        proto_fields(proto, "ApproveResponse"),
+        scan::APPROVE_RESPONSE.field_list()
+    );
     // `ShowPoliciesRequest` has no fields; `StoredPolicies` is checked here too.
     assert_eq!(
         proto_fields(proto, "StoredPolicies"),
@@ -741,6 +755,213 @@ fn policy_messages_are_bounded() {
             err,
             WireError::FieldTooLong {
                 field: "resource",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+fn grant_info() -> GrantInfo {
+    GrantInfo {
+        id: "g-1".into(),
+        name: "demo-read".into(),
+        principal: "spiffe://acme.internal/agent/ops/eve".into(),
+        not_before_ms: 1_000,
+        not_after_ms: 4_000,
+        reason: "INC-42".into(),
+        granter: String::new(),
+        request: "r-1".into(),
+        approvers: vec!["spiffe://acme.internal/human/admin".into()],
+    }
+}
+
+fn request_info() -> GrantRequestInfo {
+    GrantRequestInfo {
+        id: "r-1".into(),
+        requester: "spiffe://acme.internal/agent/ops/eve".into(),
+        name: "demo-read".into(),
+        duration_ms: 3_000,
+        reason: "INC-42: read the orders".into(),
+        created_at_ms: 900,
+        expires_at_ms: 3_600_900,
+        required: 2,
+        approvals: vec![ApprovalInfo {
+            approver: "spiffe://acme.internal/human/ann".into(),
+            verdict: "approve".into(),
+            signed_at_ms: 950,
+        }],
+        state: "pending".into(),
+        grant: String::new(),
+    }
+}
+
+#[test]
+fn grant_messages_round_trip() {
+    let limits = Limits::default();
+    let grant = GrantRequest {
+        principal: "spiffe://acme.internal/agent/ops/eve".into(),
+        name: "demo-read".into(),
+        duration_ms: 60_000,
+        not_after_ms: 0,
+        reason: "INC-42".into(),
+    };
+    assert_eq!(
+        decode::<GrantRequest>(&encode(&grant), &limits).unwrap(),
+        grant
+    );
+    let given = GrantResponse {
+        grant: Some(grant_info()),
+    };
+    assert_eq!(
+        decode::<GrantResponse>(&encode(&given), &limits).unwrap(),
+        given
+    );
+    let list = ListGrantsResponse {
+        grants: vec![grant_info()],
+        requests: vec![request_info()],
+        now_ms: 2_000,
+    };
+    assert_eq!(
+        decode::<ListGrantsResponse>(&encode(&list), &limits).unwrap(),
+        list
+    );
+    let ask = RequestGrantRequest {
+        name: "demo-read".into(),
+        duration_ms: 3_000,
+        reason: "INC-42".into(),
+    };
+    assert_eq!(
+        decode::<RequestGrantRequest>(&encode(&ask), &limits).unwrap(),
+        ask
+    );
+    let asked = RequestGrantResponse {
+        request: Some(request_info()),
+    };
+    assert_eq!(
+        decode::<RequestGrantResponse>(&encode(&asked), &limits).unwrap(),
+        asked
+    );
+    let approve = ApproveRequest {
+        statement: Some(ApprovalStatement {
+            verdict: "approve".into(),
+            kind: "grant-request".into(),
+            object_id: "r-1".into(),
+            object_hash: vec![7; 32],
+            approver: "spiffe://acme.internal/human/admin".into(),
+            key_epoch: 1,
+            signed_at_ms: 1_000,
+        }),
+        signature: vec![9; 64],
+        key_bundle: None,
+    };
+    assert_eq!(
+        decode::<ApproveRequest>(&encode(&approve), &limits).unwrap(),
+        approve
+    );
+    let outcome = ApproveResponse {
+        outcome: "granted".into(),
+        approvals: 1,
+        required: 1,
+        grant: Some(grant_info()),
+    };
+    assert_eq!(
+        decode::<ApproveResponse>(&encode(&outcome), &limits).unwrap(),
+        outcome
+    );
+    assert_eq!(
+        decode::<ListGrantsRequest>(&encode(&ListGrantsRequest::default()), &limits).unwrap(),
+        ListGrantsRequest::default()
+    );
+}
+
+#[test]
+fn grant_messages_are_bounded() {
+    let limits = Limits::default();
+    let long_name = RequestGrantRequest {
+        name: "n".repeat(MAX_OBJECT_ID_BYTES + 1),
+        ..RequestGrantRequest::default()
+    };
+    let err = decode::<RequestGrantRequest>(&encode(&long_name), &limits).unwrap_err();
+    assert!(
+        matches!(err, WireError::FieldTooLong { field: "name", .. }),
+        "{err}"
+    );
+    let long_reason = GrantRequest {
+        reason: "r".repeat(MAX_REASON_BYTES + 1),
+        ..GrantRequest::default()
+    };
+    let err = decode::<GrantRequest>(&encode(&long_reason), &limits).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::FieldTooLong {
+                field: "reason",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let long_signature = ApproveRequest {
+        signature: vec![0; MAX_SIGNATURE_BYTES + 1],
+        ..ApproveRequest::default()
+    };
+    let err = decode::<ApproveRequest>(&encode(&long_signature), &limits).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::FieldTooLong {
+                field: "signature",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let long_hash = ApproveRequest {
+        statement: Some(ApprovalStatement {
+            object_hash: vec![0; MAX_KEY_BYTES + 1],
+            ..ApprovalStatement::default()
+        }),
+        ..ApproveRequest::default()
+    };
+    let err = decode::<ApproveRequest>(&encode(&long_hash), &limits).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::FieldTooLong {
+                field: "object_hash",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let many_approvals = RequestGrantResponse {
+        request: Some(GrantRequestInfo {
+            approvals: vec![ApprovalInfo::default(); MAX_APPROVAL_RECORDS + 1],
+            ..request_info()
+        }),
+    };
+    let err = decode::<RequestGrantResponse>(&encode(&many_approvals), &limits).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::TooMany {
+                field: "approvals",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let many_grants = ListGrantsResponse {
+        grants: vec![GrantInfo::default(); MAX_GRANT_RECORDS + 1],
+        ..ListGrantsResponse::default()
+    };
+    let err = decode::<ListGrantsResponse>(&encode(&many_grants), &limits).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::TooMany {
+                field: "grants",
                 ..
             }
         ),

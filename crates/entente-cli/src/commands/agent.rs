@@ -11,14 +11,16 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use entente_ca::TrustBundle;
 use entente_client::{Client, ClientOptions, Identity};
-use entente_types::{AgentId, Principal, TrustDomain};
+use entente_types::{AgentId, HumanId, Principal, TrustDomain};
 use futures_util::StreamExt as _;
 
-/// `entente token create`: prints the token alone on standard output.
+/// `entente token create`: prints the token alone on standard output. For an agent
+/// (`--agent SEGMENT/NAME`) or a human (`--human NAME`).
 pub(crate) fn token_create(
     identity: &Path,
     hub: &str,
-    agent: &str,
+    agent: Option<&str>,
+    human: Option<&str>,
     ttl: Option<&str>,
     json: bool,
 ) -> Result<ExitCode> {
@@ -26,13 +28,30 @@ pub(crate) fn token_create(
     run(async {
         let client = connect(identity, hub).await?;
         let td = TrustDomain::new(client.principal().trust_domain())?;
-        let agent = agent_id(&td, agent)?;
-        let (token, expires_at_ms) = client.create_token(&agent, ttl).await?;
+        let (principal, (token, expires_at_ms)) = match (agent, human) {
+            (Some(agent), None) => {
+                let agent = agent_id(&td, agent)?;
+                let token = client.create_token(&agent, ttl).await?;
+                (Principal::from(agent), token)
+            }
+            (None, Some(human)) => {
+                let human = HumanId::new(&td, human)
+                    .with_context(|| format!("`{human}` is not a human name"))?;
+                let token = client.create_human_token(&human, ttl).await?;
+                (Principal::from(human), token)
+            }
+            _ => bail!("give `--agent SEGMENT/NAME` or `--human NAME`"),
+        };
         client.close().await;
         if json {
+            let key = if matches!(principal, Principal::Human(_)) {
+                "human"
+            } else {
+                "agent"
+            };
             println!(
                 "{}",
-                serde_json::json!({ "token": token, "agent": agent.to_string(), "expires_at_ms": expires_at_ms })
+                serde_json::json!({ "token": token, key: principal.to_string(), "expires_at_ms": expires_at_ms })
             );
         } else {
             println!("{token}");

@@ -11,6 +11,11 @@
 //! the latency is mostly time spent in the queues of a saturated pipeline. With `--rate` it
 //! publishes on a fixed schedule (open loop), which measures latency below saturation.
 //!
+//! With `--compare-authorization` it runs the same workload in rounds, each with the hub's
+//! policy decisions on (as deployed) and off (`HubConfig::danger`, which skips the policy
+//! engine), on fresh hubs and in alternating order, and reports the throughput of each and
+//! the ratio of the medians: what authorization costs on the hot path.
+//!
 //! Figures come from one process on one machine: the hub, both clients and the crypto share
 //! the cores. See `docs/BENCHMARKS.md`.
 
@@ -56,6 +61,8 @@ struct Report {
     batches_sent: u64,
     hub_delivery_failures: u64,
     hub_slow_consumer_disconnects: u64,
+    /// Policy decisions the hub made (allowed and denied); 0 with authorization off.
+    hub_policy_decisions: u64,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -66,7 +73,27 @@ struct Latency {
     max: u64,
 }
 
-pub(crate) fn run(messages: u64, payload: usize, rate: u64, json: bool) -> Result<ExitCode> {
+/// The rounds of `--compare-authorization`.
+#[derive(Debug, serde::Serialize)]
+struct Comparison {
+    rounds: usize,
+    /// Each round with the policy decisions made, as a deployed hub makes them.
+    on: Vec<Report>,
+    /// Each round with the policy engine skipped.
+    off: Vec<Report>,
+    on_median_msgs_per_sec: f64,
+    off_median_msgs_per_sec: f64,
+    /// `on_median_msgs_per_sec / off_median_msgs_per_sec`.
+    ratio: f64,
+}
+
+pub(crate) fn run(
+    messages: u64,
+    payload: usize,
+    rate: u64,
+    compare_rounds: Option<usize>,
+    json: bool,
+) -> Result<ExitCode> {
     if payload < HEADER {
         bail!("`--payload` must be at least {HEADER} bytes (send time and sequence number)");
     }
@@ -74,7 +101,10 @@ pub(crate) fn run(messages: u64, payload: usize, rate: u64, json: bool) -> Resul
         bail!("`--messages` must be at least 1");
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let report = runtime.block_on(bench(messages, payload, rate))?;
+    if let Some(rounds) = compare_rounds {
+        return compare(&runtime, rounds, messages, payload, rate, json);
+    }
+    let report = runtime.block_on(bench(messages, payload, rate, false))?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -106,10 +136,75 @@ pub(crate) fn run(messages: u64, payload: usize, rate: u64, json: bool) -> Resul
             report.publish_errors
         );
     }
-    let clean = report.lost == 0
-        && report.duplicates == 0
-        && report.rejected == 0
-        && report.publish_errors == 0;
+    Ok(if report.clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `--compare-authorization`: `rounds` rounds of on then off.
+fn compare(
+    runtime: &tokio::runtime::Runtime,
+    rounds: usize,
+    messages: u64,
+    payload: usize,
+    rate: u64,
+    json: bool,
+) -> Result<ExitCode> {
+    if rounds == 0 {
+        bail!("`--compare-authorization` needs at least 1 round");
+    }
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        // Alternate which goes first, so that drift in the machine's load favours neither.
+        let order = if round % 2 == 1 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for skip in order {
+            let report = runtime.block_on(bench(messages, payload, rate, skip))?;
+            if !json {
+                println!(
+                    "round {round}, authorization {}: {:.0} msgs/s, p50 {} µs, p99 {} µs, {} lost",
+                    if skip { "off" } else { "on " },
+                    report.msgs_per_sec,
+                    report.latency_us.p50,
+                    report.latency_us.p99,
+                    report.lost
+                );
+            }
+            if skip { &mut off } else { &mut on }.push(report);
+        }
+    }
+    let on_median = median(on.iter().map(|r| r.msgs_per_sec));
+    let off_median = median(off.iter().map(|r| r.msgs_per_sec));
+    let comparison = Comparison {
+        rounds,
+        on_median_msgs_per_sec: on_median,
+        off_median_msgs_per_sec: off_median,
+        ratio: if off_median > 0.0 {
+            on_median / off_median
+        } else {
+            0.0
+        },
+        on,
+        off,
+    };
+    if json {
+        println!("{}", serde_json::to_string(&comparison)?);
+    } else {
+        println!(
+            "median: authorization on {:.0} msgs/s, off {:.0} msgs/s: on/off = {:.3}",
+            comparison.on_median_msgs_per_sec, comparison.off_median_msgs_per_sec, comparison.ratio
+        );
+    }
+    let clean = comparison
+        .on
+        .iter()
+        .chain(&comparison.off)
+        .all(Report::clean);
     Ok(if clean {
         ExitCode::SUCCESS
     } else {
@@ -117,8 +212,40 @@ pub(crate) fn run(messages: u64, payload: usize, rate: u64, json: bool) -> Resul
     })
 }
 
-async fn bench(messages: u64, payload: usize, rate: u64) -> Result<Report> {
-    let scratch = ScratchHub::start(TRUST_DOMAIN).await?;
+/// The median of `values` (the mean of the middle two for an even count); 0 when empty.
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match (
+        values.get(n / 2),
+        n.checked_sub(1).and_then(|i| values.get(i / 2)),
+    ) {
+        (Some(high), Some(low)) if n.is_multiple_of(2) => (high + low) / 2.0,
+        (Some(middle), _) => *middle,
+        _ => 0.0,
+    }
+}
+
+impl Report {
+    /// Every message arrived once, nothing was refused or failed.
+    fn clean(&self) -> bool {
+        self.lost == 0 && self.duplicates == 0 && self.rejected == 0 && self.publish_errors == 0
+    }
+}
+
+/// One run on a fresh scratch hub; `skip_policy_decisions` sets the hub's
+/// [`entente_hub::danger::Danger`] switch of that name.
+async fn bench(
+    messages: u64,
+    payload: usize,
+    rate: u64,
+    skip_policy_decisions: bool,
+) -> Result<Report> {
+    let scratch = ScratchHub::start_configured(TRUST_DOMAIN, |config| {
+        config.danger.skip_policy_decisions = skip_policy_decisions;
+    })
+    .await?;
     let addr = scratch.addr();
     let mut clients = Vec::new();
     for name in ["publisher", "subscriber"] {
@@ -217,6 +344,7 @@ async fn bench(messages: u64, payload: usize, rate: u64) -> Result<Report> {
         batches_sent: publisher_stats.batches_sent,
         hub_delivery_failures: hub_stats.delivery_failures,
         hub_slow_consumer_disconnects: hub_stats.slow_consumer_disconnects,
+        hub_policy_decisions: hub_stats.policy_allows + hub_stats.policy_denials,
     })
 }
 
@@ -301,5 +429,12 @@ mod tests {
         assert_eq!(percentile(&values, 100.0), 100);
         assert_eq!(percentile(&[], 50.0), 0);
         assert_eq!(percentile(&[7], 99.0), 7);
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.5);
+        assert_eq!(median(std::iter::empty()), 0.0);
     }
 }

@@ -16,7 +16,8 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use entente_ca::{Ca, CaOptions};
 use entente_client::{
-    Client, ClientOptions, ErrorKind, Identity, Message, RefusalCode, Subscription, danger,
+    ApprovalOutcome, Client, ClientOptions, ErrorKind, Identity, Message, RefusalCode,
+    Subscription, danger,
 };
 use entente_crypto::{KeyBundleBody, Sealer, SealerOptions, VerifiedKeyBundle};
 use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock};
@@ -52,8 +53,9 @@ async fn scenario(story: &mut Story) -> Result<()> {
         true,
         &format!(
             "the hub listens on {addr}, mutual TLS 1.3 only; authorization is Cedar policy, \
-             default deny: policy `demo-traffic` (policies/default.cedar) lets agents of \
-             segment `demo` use `demo.>`; no policy permits anything else"
+             default deny: in policies/default.cedar, `demo-traffic` lets agents of segment \
+             `demo` use `demo.>`, `demo-read` lets segment `ops` read it only while holding \
+             grant `demo-read`, and the admin may grant and approve; nothing else is permitted"
         ),
     );
 
@@ -207,6 +209,8 @@ async fn scenario(story: &mut Story) -> Result<()> {
             describe(denied)
         ),
     );
+
+    just_in_time(story, &scratch, &alice, &eve).await?;
 
     story.step(
         "Eve turns forger: she seals an order with her own keys and signs it as alice, \
@@ -378,6 +382,106 @@ async fn scenario(story: &mut Story) -> Result<()> {
         client.close().await;
     }
     scratch.shutdown().await;
+    Ok(())
+}
+
+/// How long eve asks for `demo-read`: short, so that the demo sees it end.
+const JIT_GRANT: Duration = Duration::from_secs(3);
+
+/// Eve asks for `demo-read` just in time; she can't approve it herself; the admin approves
+/// with a signed statement; eve reads `demo.>` until the grant ends, and then her
+/// subscription ends with nobody acting.
+async fn just_in_time(
+    story: &mut Story,
+    scratch: &ScratchHub,
+    alice: &Client,
+    eve: &Client,
+) -> Result<()> {
+    story.step(
+        "Eve needs the orders for an incident. She asks just in time for grant `demo-read`, \
+         for 3 seconds, with a reason; the admin must approve.",
+    );
+    let request = eve
+        .request_grant("demo-read", JIT_GRANT, "INC-7: check order 1043")
+        .await?;
+    story.check(
+        "jit_request",
+        request.state == "pending" && request.required == 1,
+        &format!(
+            "the hub records request {} for `demo-read`, pending, {} approval needed",
+            request.id, request.required
+        ),
+    );
+    let own = eve.approve(&request.id).await.err();
+    story.check(
+        "separation_of_duties",
+        own.as_ref().is_some_and(|e| {
+            e.kind() == ErrorKind::Denied && e.to_string().contains("its own request")
+        }),
+        &format!(
+            "eve's approval of her own request is refused: {}",
+            describe(own)
+        ),
+    );
+    let admin = Identity::load(&scratch.data.admin_dir(), SystemTime::now())
+        .context("loading the hub's admin identity")?;
+    let admin = Client::connect(admin, scratch.addr(), ClientOptions::default()).await?;
+    let approved = admin.approve(&request.id).await;
+    admin.close().await;
+    let grant = match approved {
+        Ok(ApprovalOutcome::Granted(grant)) => Some(grant),
+        _ => None,
+    };
+    story.check(
+        "jit_approved",
+        grant.is_some(),
+        &match &grant {
+            Some(grant) => format!(
+                "the admin signs an approval bound to {} and its hash; the hub verifies it \
+                 against the admin's key bundle and grants `demo-read` to eve for 3 s ({})",
+                request.id, grant.id
+            ),
+            None => "the admin's approval did not grant it".to_owned(),
+        },
+    );
+    let mut eve_orders = eve.subscribe("demo.>").await?;
+    let eve_bundle = alice.key_bundle(eve.principal()).await?;
+    alice
+        .publish_to(
+            "demo.incidents",
+            "order 1043: held at the Lyon depot",
+            std::slice::from_ref(&eve_bundle),
+        )
+        .await?;
+    let read = next_message(&mut eve_orders).await.map(|m| text(&m));
+    story.check(
+        "jit_access",
+        read.as_ref()
+            .is_ok_and(|t| t == "order 1043: held at the Lyon depot"),
+        &format!(
+            "with the grant, eve subscribes to `demo.>` and reads alice's note on `demo.incidents`: {}",
+            match &read {
+                Ok(t) => t.clone(),
+                Err(e) => format!("{e:#}"),
+            }
+        ),
+    );
+    let end = tokio::time::timeout(JIT_GRANT + PATIENCE, eve_orders.next())
+        .await
+        .ok()
+        .flatten();
+    let ended = match &end {
+        Some(Err(e)) if e.kind() == ErrorKind::Denied => Some(e.to_string()),
+        _ => None,
+    };
+    story.check(
+        "grant_expired",
+        ended.is_some(),
+        &format!(
+            "when the grant ends, the hub ends eve's subscription, with nobody acting: {}",
+            ended.unwrap_or_else(|| format!("{end:?}"))
+        ),
+    );
     Ok(())
 }
 

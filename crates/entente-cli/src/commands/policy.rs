@@ -5,10 +5,11 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use entente_client::ErrorKind;
-use entente_types::{Principal, TrustDomain};
+use entente_types::{HumanId, TrustDomain};
 
 use crate::At;
 use crate::commands::agent::{agent_id, connect, run};
+use crate::commands::grants::principal_of;
 use crate::data::file_name;
 
 /// The exit code of `policy check` when the hub would deny (as the Cedar CLI's `authorize`).
@@ -166,26 +167,19 @@ pub(crate) fn check(
     })
 }
 
-/// A full agent or human ID, or `SEGMENT/NAME` for an agent.
-fn principal_of(td: &TrustDomain, text: &str) -> Result<Principal> {
-    if text.starts_with("spiffe://") {
-        return Principal::parse(text).with_context(|| format!("`{text}` is not a principal"));
-    }
-    Ok(Principal::from(agent_id(td, text).with_context(|| {
-        format!("`{text}` is not a principal: give a SPIFFE ID or SEGMENT/NAME")
-    })?))
-}
-
-/// `channel:NAME`, `agent:ID` (or `agent:SEGMENT/NAME`), `segment:NAME`, or a bare channel
-/// name or pattern: the resource type and name the hub expects.
+/// `channel:NAME`, `agent:ID` (or `agent:SEGMENT/NAME`), `human:NAME` (or `human:ID`),
+/// `segment:NAME`, or a bare channel name or pattern: the resource type and name the hub
+/// expects.
 fn resource_of(td: &TrustDomain, text: &str) -> Result<(&'static str, String)> {
     let (kind, name) = match text.split_once(':') {
         Some(("channel", name)) => ("channel", name.to_owned()),
         Some(("agent", name)) => ("agent", agent_id(td, name)?.to_string()),
+        Some(("human", name)) if name.starts_with("spiffe://") => ("human", name.to_owned()),
+        Some(("human", name)) => ("human", HumanId::new(td, name)?.to_string()),
         Some(("segment", name)) => ("segment", name.to_owned()),
         Some((other, _)) if !other.contains('.') => {
             return Err(anyhow!(
-                "`{text}`: the resource is `channel:NAME`, `agent:ID`, `segment:NAME` or a channel name, not `{other}:…`"
+                "`{text}`: the resource is `channel:NAME`, `agent:ID`, `human:NAME`, `segment:NAME` or a channel name, not `{other}:…`"
             ));
         }
         _ => ("channel", text.to_owned()),
@@ -225,6 +219,10 @@ mod tests {
         assert_eq!(
             resource_of(&td, "_direct.human:ops").unwrap(),
             ("channel", "_direct.human:ops".to_owned())
+        );
+        assert_eq!(
+            resource_of(&td, "human:ann").unwrap(),
+            ("human", "spiffe://acme.internal/human/ann".to_owned())
         );
         assert!(resource_of(&td, "queue:x").is_err());
         assert!(resource_of(&td, "segment:").is_err());

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::Path, time::Duration, time::SystemTime};
 
 use anyhow::{Context as _, Result};
 use entente_ca::{JoinToken, TrustBundle};
-use entente_hub::{Hub, HubHandle};
+use entente_hub::{Hub, HubConfig, HubHandle};
 use entente_types::{AgentId, TrustDomain};
 
 use crate::data::DataDir;
@@ -27,11 +27,21 @@ pub(crate) struct ScratchHub {
 impl ScratchHub {
     /// Initializes a data directory for `trust_domain` and starts a hub on `127.0.0.1:0`.
     pub(crate) async fn start(trust_domain: &str) -> Result<Self> {
+        Self::start_configured(trust_domain, |_| {}).await
+    }
+
+    /// As [`start`](Self::start), with `configure` applied to the hub's configuration.
+    pub(crate) async fn start_configured(
+        trust_domain: &str,
+        configure: impl FnOnce(&mut HubConfig),
+    ) -> Result<Self> {
         let dir = tempfile::tempdir().context("creating a temporary directory")?;
         let hub_dir = dir.path().join("hub");
         let listen = "127.0.0.1:0".parse().ok();
         let data = DataDir::open_or_init(&hub_dir, listen, Some(trust_domain), SystemTime::now())?;
-        let hub = Hub::start(data.hub_config(false)?, data.ca.clone(), data.store.clone())
+        let mut config = data.hub_config(false)?;
+        configure(&mut config);
+        let hub = Hub::start(config, data.ca.clone(), data.store.clone())
             .await
             .context("starting the hub")?;
         let trust = TrustBundle::from_pem(

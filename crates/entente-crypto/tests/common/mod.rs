@@ -13,6 +13,8 @@ use entente_crypto::{
 use entente_types::Principal;
 use entente_wire as wire;
 
+pub mod vectors;
+
 pub const NOW: u64 = 1_800_000_000_000;
 pub const DAY: u64 = 86_400_000;
 

@@ -1,0 +1,341 @@
+//! `entente grant`, `grants`, `request-grant`, `approvals`, `approve`, `reject` and
+//! `token create --human` with the real binary against `entente hub start` and its
+//! `default.cedar`: the README's just-in-time walkthrough, each command with a good and a bad
+//! input, and a grant ending a live `listen`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+use support::{entente, ok, s, start, stop};
+
+/// Runs `entente ARGS --identity ID --hub ADDR`.
+fn as_(id: &Path, addr: &str, args: &[&str]) -> Output {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--identity", s(id), "--hub", addr]);
+    entente(&all)
+}
+
+/// As [`as_`], which must succeed; its standard output.
+fn ok_as(id: &Path, addr: &str, args: &[&str]) -> String {
+    let out = as_(id, addr, args);
+    assert!(
+        out.status.success(),
+        "entente {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// As [`as_`], which must fail with one line on standard error containing `says`.
+fn fails_as(id: &Path, addr: &str, args: &[&str], says: &str) {
+    let out = as_(id, addr, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "entente {args:?} succeeded");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains(says), "{says}: {stderr}");
+}
+
+/// Enrolls `--agent SEGMENT/NAME` or `--human NAME` (per `kind`) into `tmp/DIR`.
+fn enroll(tmp: &Path, data: &Path, addr: &str, kind: &str, name: &str) -> PathBuf {
+    let token = ok_as(
+        &data.join("admin"),
+        addr,
+        &["token", "create", kind, name, "--ttl", "10m"],
+    );
+    let dir = tmp.join(name.replace('/', "-"));
+    let said = ok(&[
+        "enroll",
+        "--hub",
+        addr,
+        "--ca",
+        s(&data.join("ca.pem")),
+        "--token",
+        token.trim(),
+        "--out",
+        s(&dir),
+    ]);
+    assert!(said.contains("enrolled"), "{said}");
+    dir
+}
+
+#[test]
+fn just_in_time_from_request_to_approval_and_direct_grants_that_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("hub");
+    let (hub, info) = start(&data);
+    let addr = info["listening"].as_str().unwrap().to_owned();
+    let admin = data.join("admin");
+    let eve = enroll(tmp.path(), &data, &addr, "--agent", "ops/eve");
+    let alice = enroll(tmp.path(), &data, &addr, "--agent", "demo/alice");
+    let dan = enroll(tmp.path(), &data, &addr, "--agent", "ops/dan");
+
+    // request-grant: eve asks for `demo-read` (default.cedar: one approval, at most 1h).
+    let said = ok_as(
+        &eve,
+        &addr,
+        &[
+            "request-grant",
+            "demo-read",
+            "--for",
+            "15m",
+            "--reason",
+            "INC-42: check the orders",
+        ],
+    );
+    assert!(
+        said.starts_with("requested `demo-read` for 15m as r-1"),
+        "{said}"
+    );
+    assert!(said.contains("entente approve r-1"), "{said}");
+    fails_as(
+        &eve,
+        &addr,
+        &["request-grant", "demo-read", "--for", "2h", "--reason", "x"],
+        "exceeds its maximum of 1h",
+    );
+    fails_as(
+        &eve,
+        &addr,
+        &[
+            "request-grant",
+            "demo-read",
+            "--for",
+            "soon",
+            "--reason",
+            "x",
+        ],
+        "invalid duration `soon`",
+    );
+
+    // approvals: the admin sees it; eve has nothing to decide (her own request is not hers to).
+    let pending = ok_as(&admin, &addr, &["approvals"]);
+    assert!(
+        pending.contains("r-1  pending 0/1  `demo-read` for 15m"),
+        "{pending}"
+    );
+    assert!(pending.contains("agent/ops/eve"), "{pending}");
+    assert!(pending.contains("INC-42: check the orders"), "{pending}");
+    let v: serde_json::Value =
+        serde_json::from_str(&ok_as(&admin, &addr, &["approvals", "--json"])).unwrap();
+    assert_eq!(v["requests"][0]["id"], "r-1");
+    assert_eq!(v["requests"][0]["required"], 1);
+    assert!(ok_as(&eve, &addr, &["approvals"]).contains("no pending requests"));
+    fails_as(
+        &tmp.path().join("nobody"),
+        &addr,
+        &["approvals"],
+        "loading the identity",
+    );
+
+    // approve: not by eve herself (separation of duties); by the admin, with a signed
+    // statement.
+    fails_as(
+        &eve,
+        &addr,
+        &["approve", "r-1"],
+        "cannot approve its own request",
+    );
+    fails_as(&admin, &addr, &["approve", "1"], "not a request ID");
+    let said = ok_as(&admin, &addr, &["approve", "r-1"]);
+    assert!(
+        said.starts_with("approved r-1: `spiffe://entente.local/agent/ops/eve` holds `demo-read`"),
+        "{said}"
+    );
+    fails_as(&admin, &addr, &["approve", "r-1"], "already granted");
+
+    // grants: the admin sees eve's grant; eve her own; --json for scripts.
+    let listed = ok_as(&admin, &addr, &["grants"]);
+    assert!(listed.contains("active grants (1):"), "{listed}");
+    assert!(listed.contains("g-1  demo-read"), "{listed}");
+    assert!(
+        listed.contains("approved by spiffe://entente.local/human/admin (r-1)"),
+        "{listed}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&ok_as(&eve, &addr, &["grants", "--json"])).unwrap();
+    assert_eq!(v["grants"][0]["name"], "demo-read");
+    assert_eq!(v["requests"][0]["state"], "granted");
+    fails_as(
+        &admin,
+        &addr,
+        &["grants", "--principal", "eve"],
+        "not a principal",
+    );
+
+    // reject: a second request, rejected; rejecting again is refused.
+    ok_as(
+        &eve,
+        &addr,
+        &[
+            "request-grant",
+            "demo-read",
+            "--for",
+            "5m",
+            "--reason",
+            "more",
+        ],
+    );
+    assert_eq!(
+        ok_as(&admin, &addr, &["reject", "r-2"]).trim(),
+        "rejected r-2: the request is closed"
+    );
+    fails_as(&admin, &addr, &["reject", "r-2"], "already rejected");
+
+    // grant: directly to dan, for a short while; it ends his live `listen` with nobody acting.
+    fails_as(
+        &admin,
+        &addr,
+        &["grant", "ops/eve", "root", "--for", "1m", "--reason", "x"],
+        "unknown grant `root`",
+    );
+    fails_as(
+        &eve,
+        &addr,
+        &[
+            "grant",
+            "demo/alice",
+            "demo-read",
+            "--for",
+            "1m",
+            "--reason",
+            "x",
+        ],
+        "is denied",
+    );
+    let said = ok_as(
+        &admin,
+        &addr,
+        &[
+            "grant",
+            "ops/dan",
+            "demo-read",
+            "--for",
+            "3s",
+            "--reason",
+            "INC-43",
+        ],
+    );
+    assert!(
+        said.starts_with("granted `demo-read` to `spiffe://entente.local/agent/ops/dan` for 3s"),
+        "{said}"
+    );
+    let mut listener = Command::new(env!("CARGO_BIN_EXE_entente"))
+        .args(["listen", "--identity", s(&dan), "--hub", &addr, "demo.>"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(listener.stderr.as_mut().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert!(ready.contains("listening"), "{ready}");
+    ok_as(
+        &alice,
+        &addr,
+        &["send", "demo.incidents", "order 1043 is held"],
+    );
+    let out = support::wait(listener, support::LIMIT);
+    assert!(!out.status.success());
+    let heard = String::from_utf8_lossy(&out.stdout);
+    assert!(heard.contains("order 1043 is held"), "{heard}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("(DENIED)"), "{stderr}");
+    assert!(stderr.contains("no longer allowed"), "{stderr}");
+    stop(hub);
+}
+
+#[test]
+fn humans_enroll_with_their_own_token_and_act_with_their_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("hub");
+    let (hub, info) = start(&data);
+    let addr = info["listening"].as_str().unwrap().to_owned();
+    let admin = data.join("admin");
+
+    let v: serde_json::Value = serde_json::from_str(&ok_as(
+        &admin,
+        &addr,
+        &["token", "create", "--human", "ann", "--json"],
+    ))
+    .unwrap();
+    assert_eq!(v["human"], "spiffe://entente.local/human/ann");
+    fails_as(
+        &admin,
+        &addr,
+        &["token", "create", "--human", "Ann Smith"],
+        "not a human name",
+    );
+    let both = as_(
+        &admin,
+        &addr,
+        &["token", "create", "--human", "ann", "--agent", "ops/eve"],
+    );
+    assert!(!both.status.success());
+    assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
+
+    let ann = enroll(tmp.path(), &data, &addr, "--human", "ann");
+    // Ann is a principal like any: she asks for a grant, the admin approves it; the default
+    // policies let only the admin grant, so her own grant is denied.
+    let said = ok_as(
+        &ann,
+        &addr,
+        &[
+            "request-grant",
+            "demo-read",
+            "--for",
+            "1m",
+            "--reason",
+            "audit",
+        ],
+    );
+    assert!(said.contains("as r-1"), "{said}");
+    assert!(ok_as(&admin, &addr, &["approve", "r-1"]).contains("human/ann"));
+    assert!(ok_as(&ann, &addr, &["grants"]).contains("g-1  demo-read"));
+    fails_as(
+        &ann,
+        &addr,
+        &[
+            "grant",
+            "human/admin",
+            "demo-read",
+            "--for",
+            "1m",
+            "--reason",
+            "x",
+        ],
+        "is denied",
+    );
+    let check = as_(
+        &admin,
+        &addr,
+        &[
+            "policy",
+            "check",
+            "--principal",
+            "human/admin",
+            "--action",
+            "approve",
+            "--resource",
+            "human:ann",
+        ],
+    );
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    stop(hub);
+}
