@@ -518,40 +518,44 @@ pub async fn concurrent_put_token_has_one_winner<S: Store>(store: Arc<S>) {
 /// Versions 1..=[`RACERS`] offered concurrently: the highest always wins, and every refusal names
 /// a stored version at least as high as the one it refused.
 pub async fn concurrent_revocations_keep_the_highest<S: Store>(store: Arc<S>) {
-    let tasks: Vec<_> = (1..=RACERS as u64)
-        .map(|version| {
-            let store = Arc::clone(&store);
-            tokio::spawn(async move {
-                let list = version.to_be_bytes();
-                (version, store.put_revocations(version, &list).await)
-            })
-        })
-        .collect();
-    for task in tasks {
-        match task.await.unwrap() {
-            (_, Ok(())) => {}
-            (version, Err(StoreError::StaleVersion { stored, offered })) => {
-                assert_eq!(offered, version);
-                assert!(stored >= offered);
-            }
-            (_, Err(other)) => panic!("unexpected revocation error: {other:?}"),
-        }
-    }
-    let top = RACERS as u64;
-    assert_eq!(
-        store.revocations().await.unwrap(),
-        Some((top, top.to_be_bytes().to_vec()))
-    );
+    concurrent_versions_keep_the_highest(store, Versioned::Revocations).await;
 }
 
 /// Versions 1..=[`RACERS`] of the grant book offered concurrently: the highest always wins.
 pub async fn concurrent_grants_keep_the_highest<S: Store>(store: Arc<S>) {
+    concurrent_versions_keep_the_highest(store, Versioned::Grants).await;
+}
+
+/// The versioned values of the store: the revocation list and the grant book.
+#[derive(Debug, Clone, Copy)]
+enum Versioned {
+    Revocations,
+    Grants,
+}
+
+impl Versioned {
+    async fn put<S: Store>(self, store: &S, version: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        match self {
+            Versioned::Revocations => store.put_revocations(version, bytes).await,
+            Versioned::Grants => store.put_grants(version, bytes).await,
+        }
+    }
+
+    async fn get<S: Store>(self, store: &S) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        match self {
+            Versioned::Revocations => store.revocations().await,
+            Versioned::Grants => store.grants().await,
+        }
+    }
+}
+
+async fn concurrent_versions_keep_the_highest<S: Store>(store: Arc<S>, which: Versioned) {
     let tasks: Vec<_> = (1..=RACERS as u64)
         .map(|version| {
             let store = Arc::clone(&store);
             tokio::spawn(async move {
-                let book = version.to_be_bytes();
-                (version, store.put_grants(version, &book).await)
+                let bytes = version.to_be_bytes();
+                (version, which.put(&*store, version, &bytes).await)
             })
         })
         .collect();
@@ -562,12 +566,12 @@ pub async fn concurrent_grants_keep_the_highest<S: Store>(store: Arc<S>) {
                 assert_eq!(offered, version);
                 assert!(stored >= offered);
             }
-            (_, Err(other)) => panic!("unexpected grants error: {other:?}"),
+            (_, Err(other)) => panic!("unexpected {which:?} error: {other:?}"),
         }
     }
     let top = RACERS as u64;
     assert_eq!(
-        store.grants().await.unwrap(),
+        which.get(&*store).await.unwrap(),
         Some((top, top.to_be_bytes().to_vec()))
     );
 }

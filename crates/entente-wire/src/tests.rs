@@ -53,6 +53,24 @@ fn sender_key(n: usize) -> SenderKey {
     }
 }
 
+/// `err` is [`WireError::FieldTooLong`] for `field`.
+#[track_caller]
+fn assert_too_long(err: &WireError, field: &str) {
+    assert!(
+        matches!(err, WireError::FieldTooLong { field: f, .. } if *f == field),
+        "{err}"
+    );
+}
+
+/// `err` is [`WireError::TooMany`] for `field`.
+#[track_caller]
+fn assert_too_many(err: &WireError, field: &str) {
+    assert!(
+        matches!(err, WireError::TooMany { field: f, .. } if *f == field),
+        "{err}"
+    );
+}
+
 fn publish_frame() -> ClientFrame {
     ClientFrame {
         kind: Some(client_frame::Kind::Publish(Publish {
@@ -165,16 +183,7 @@ fn items_per_frame_are_bounded() {
         ..Limits::default()
     };
     let err = decode::<ClientFrame>(&encode(&publish_frame()), &limits).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            WireError::TooMany {
-                field: "batches",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_too_many(&err, "batches");
 }
 
 #[test]
@@ -185,16 +194,7 @@ fn empty_repeated_elements_cannot_amplify() {
         bytes.extend_from_slice(&[0x22, 0x00]);
     }
     let err = decode::<SignedBatch>(&bytes, &Limits::default()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            WireError::TooMany {
-                field: "envelopes",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_too_many(&err, "envelopes");
 }
 
 #[test]
@@ -202,30 +202,12 @@ fn string_and_bytes_fields_are_bounded() {
     let mut b = batch(1);
     b.channel = "a".repeat(MAX_CHANNEL_BYTES + 1);
     let err = decode::<SignedBatch>(&encode(&b), &Limits::default()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            WireError::FieldTooLong {
-                field: "channel",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_too_long(&err, "channel");
 
     let mut b = batch(1);
     b.sender = "s".repeat(MAX_ID_BYTES + 1);
     let err = decode::<SignedBatch>(&encode(&b), &Limits::default()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            WireError::FieldTooLong {
-                field: "sender",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_too_long(&err, "sender");
 
     let limits = Limits {
         max_ciphertext_bytes: 100,
@@ -491,25 +473,13 @@ fn enrollment_messages_round_trip_and_are_bounded() {
         ..request
     };
     let err = decode::<EnrollRequest>(&encode(&long_csr), &limits).unwrap_err();
-    assert!(
-        matches!(err, WireError::FieldTooLong { field: "csr", .. }),
-        "{err}"
-    );
+    assert_too_long(&err, "csr");
     let long_chain = EnrollResponse {
         certificate_chain: vec![vec![1]; MAX_CHAIN_CERTIFICATES + 1],
         ..response
     };
     let err = decode::<EnrollResponse>(&encode(&long_chain), &limits).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            WireError::TooMany {
-                field: "certificate_chain",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_too_many(&err, "certificate_chain");
 }
 
 #[test]
@@ -528,16 +498,7 @@ fn admin_messages_round_trip_and_are_bounded() {
         serials: vec![vec![1; MAX_SERIAL_BYTES + 1]],
     };
     let err = decode::<RevokeRequest>(&encode(&long_serial), &limits).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            WireError::FieldTooLong {
-                field: "serials",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_too_long(&err, "serials");
     let token = CreateTokenRequest {
         agent: "spiffe://acme.internal/agent/ops/x".into(),
         ttl_seconds: 600,
@@ -570,16 +531,7 @@ fn subscription_ended_travels_in_a_server_frame_and_is_bounded() {
         })),
     };
     let err = decode::<ServerFrame>(&encode(&long), &limits).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            WireError::FieldTooLong {
-                field: "reason",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_too_long(&err, "reason");
 }
 
 fn source(name: &str, text: &str) -> PolicySource {
@@ -660,16 +612,7 @@ fn policy_messages_are_bounded() {
             .collect(),
     };
     let err = decode::<LoadPoliciesRequest>(&encode(&too_many), &limits).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            WireError::TooMany {
-                field: "sources",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_too_many(&err, "sources");
     for (bad, field) in [
         (
             source(&"n".repeat(MAX_POLICY_SOURCE_NAME_BYTES + 1), ""),
@@ -682,10 +625,7 @@ fn policy_messages_are_bounded() {
     ] {
         let request = LoadPoliciesRequest { sources: vec![bad] };
         let err = decode::<LoadPoliciesRequest>(&encode(&request), &limits).unwrap_err();
-        assert!(
-            matches!(err, WireError::FieldTooLong { field: f, .. } if f == field),
-            "{err}"
-        );
+        assert_too_long(&err, field);
     }
     let long_id = ShowPoliciesResponse {
         epoch: 1,
@@ -696,70 +636,31 @@ fn policy_messages_are_bounded() {
         }],
     };
     let err = decode::<ShowPoliciesResponse>(&encode(&long_id), &limits).unwrap_err();
-    assert!(
-        matches!(err, WireError::FieldTooLong { field: "id", .. }),
-        "{err}"
-    );
+    assert_too_long(&err, "id");
     let many = CheckPolicyResponse {
         policies: vec!["p".into(); MAX_POLICIES + 1],
         ..CheckPolicyResponse::default()
     };
     let err = decode::<CheckPolicyResponse>(&encode(&many), &limits).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            WireError::TooMany {
-                field: "policies",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_too_many(&err, "policies");
     let long_explanation = CheckPolicyResponse {
         explanation: "e".repeat(MAX_EXPLANATION_BYTES + 1),
         ..CheckPolicyResponse::default()
     };
     let err = decode::<CheckPolicyResponse>(&encode(&long_explanation), &limits).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            WireError::FieldTooLong {
-                field: "explanation",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_too_long(&err, "explanation");
     let long_action = CheckPolicyRequest {
         action: "a".repeat(MAX_ACTION_BYTES + 1),
         ..CheckPolicyRequest::default()
     };
     let err = decode::<CheckPolicyRequest>(&encode(&long_action), &limits).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            WireError::FieldTooLong {
-                field: "action",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_too_long(&err, "action");
     let long_resource = CheckPolicyRequest {
         resource: "r".repeat(MAX_ID_BYTES + 1),
         ..CheckPolicyRequest::default()
     };
     let err = decode::<CheckPolicyRequest>(&encode(&long_resource), &limits).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            WireError::FieldTooLong {
-                field: "resource",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_too_long(&err, "resource");
 }
 
 fn grant_info() -> GrantInfo {
@@ -883,40 +784,19 @@ fn grant_messages_are_bounded() {
         ..RequestGrantRequest::default()
     };
     let err = decode::<RequestGrantRequest>(&encode(&long_name), &limits).unwrap_err();
-    assert!(
-        matches!(err, WireError::FieldTooLong { field: "name", .. }),
-        "{err}"
-    );
+    assert_too_long(&err, "name");
     let long_reason = GrantRequest {
         reason: "r".repeat(MAX_REASON_BYTES + 1),
         ..GrantRequest::default()
     };
     let err = decode::<GrantRequest>(&encode(&long_reason), &limits).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            WireError::FieldTooLong {
-                field: "reason",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_too_long(&err, "reason");
     let long_signature = ApproveRequest {
         signature: vec![0; MAX_SIGNATURE_BYTES + 1],
         ..ApproveRequest::default()
     };
     let err = decode::<ApproveRequest>(&encode(&long_signature), &limits).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            WireError::FieldTooLong {
-                field: "signature",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_too_long(&err, "signature");
     let long_hash = ApproveRequest {
         statement: Some(ApprovalStatement {
             object_hash: vec![0; MAX_KEY_BYTES + 1],
@@ -925,16 +805,7 @@ fn grant_messages_are_bounded() {
         ..ApproveRequest::default()
     };
     let err = decode::<ApproveRequest>(&encode(&long_hash), &limits).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            WireError::FieldTooLong {
-                field: "object_hash",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_too_long(&err, "object_hash");
     let many_approvals = RequestGrantResponse {
         request: Some(GrantRequestInfo {
             approvals: vec![ApprovalInfo::default(); MAX_APPROVAL_RECORDS + 1],
@@ -942,29 +813,11 @@ fn grant_messages_are_bounded() {
         }),
     };
     let err = decode::<RequestGrantResponse>(&encode(&many_approvals), &limits).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            WireError::TooMany {
-                field: "approvals",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_too_many(&err, "approvals");
     let many_grants = ListGrantsResponse {
         grants: vec![GrantInfo::default(); MAX_GRANT_RECORDS + 1],
         ..ListGrantsResponse::default()
     };
     let err = decode::<ListGrantsResponse>(&encode(&many_grants), &limits).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            WireError::TooMany {
-                field: "grants",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_too_many(&err, "grants");
 }
