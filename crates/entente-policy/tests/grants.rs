@@ -13,7 +13,7 @@ use entente_crypto::{
     VerifiedApproval,
 };
 use entente_policy::{
-    Action, ActiveGrant, BookDecodeError, Facts, GrantBook, GrantEnd, GrantError, GrantId,
+    Action, ActiveGrant, BookDecodeError, Facts, Grant, GrantBook, GrantEnd, GrantError, GrantId,
     GrantLimits, GrantRequest, GrantedBy, MAX_BOOK_LEN, MAX_REASON_LEN, NewGrant, NewRequest,
     Outcome, PolicySet, RequestId, RequestState, Resource, Subject,
 };
@@ -104,6 +104,25 @@ fn world() -> World {
     }
 }
 
+impl World {
+    /// Ann grants alice `name` until `end`, at `now`.
+    fn grant(&mut self, name: &str, end: GrantEnd, now: u64) -> Result<Grant, GrantError> {
+        let grant = new_grant(self, name, end);
+        self.book.grant(&self.policies, grant, now)
+    }
+
+    /// Alice requests `name` for `duration_ms`, at `now`.
+    fn request(
+        &mut self,
+        name: &str,
+        duration_ms: u64,
+        now: u64,
+    ) -> Result<GrantRequest, GrantError> {
+        let request = new_request(self, name, duration_ms);
+        self.book.request(&self.policies, request, now)
+    }
+}
+
 fn new_grant(w: &World, name: &str, end: GrantEnd) -> NewGrant {
     NewGrant {
         name: name.to_owned(),
@@ -136,12 +155,7 @@ fn active_names(book: &GrantBook, who: &Principal, now: u64) -> Vec<String> {
 fn a_direct_grant_opens_its_policy_until_it_ends() {
     let mut w = world();
     let grant = w
-        .book
-        .grant(
-            &w.policies,
-            new_grant(&w, "demo-read", GrantEnd::After(15 * MINUTE)),
-            NOW,
-        )
+        .grant("demo-read", GrantEnd::After(15 * MINUTE), NOW)
         .unwrap();
     assert_eq!(grant.id.to_string(), "g-1");
     assert_eq!(
@@ -187,14 +201,7 @@ fn a_direct_grant_opens_its_policy_until_it_ends() {
 #[test]
 fn a_direct_grant_until_a_time() {
     let mut w = world();
-    let grant = w
-        .book
-        .grant(
-            &w.policies,
-            new_grant(&w, "demo-read", GrantEnd::At(NOW + HOUR)),
-            NOW,
-        )
-        .unwrap();
+    let grant = w.grant("demo-read", GrantEnd::At(NOW + HOUR), NOW).unwrap();
     assert_eq!(grant.not_after_ms, NOW + HOUR);
 }
 
@@ -284,21 +291,10 @@ fn grants_per_principal_are_bounded() {
         ..GrantLimits::default()
     });
     for _ in 0..2 {
-        w.book
-            .grant(
-                &w.policies,
-                new_grant(&w, "demo-read", GrantEnd::After(MINUTE)),
-                NOW,
-            )
-            .unwrap();
+        w.grant("demo-read", GrantEnd::After(MINUTE), NOW).unwrap();
     }
     let err = w
-        .book
-        .grant(
-            &w.policies,
-            new_grant(&w, "demo-read", GrantEnd::After(MINUTE)),
-            NOW,
-        )
+        .grant("demo-read", GrantEnd::After(MINUTE), NOW)
         .unwrap_err();
     assert!(
         matches!(err, GrantError::TooManyGrantsFor { max: 2, .. }),
@@ -318,20 +314,8 @@ fn grants_per_principal_are_bounded() {
 #[test]
 fn two_grants_of_one_name_show_once_with_the_later_end() {
     let mut w = world();
-    w.book
-        .grant(
-            &w.policies,
-            new_grant(&w, "demo-read", GrantEnd::After(HOUR)),
-            NOW,
-        )
-        .unwrap();
-    w.book
-        .grant(
-            &w.policies,
-            new_grant(&w, "demo-read", GrantEnd::After(MINUTE)),
-            NOW,
-        )
-        .unwrap();
+    w.grant("demo-read", GrantEnd::After(HOUR), NOW).unwrap();
+    w.grant("demo-read", GrantEnd::After(MINUTE), NOW).unwrap();
     let active = w.book.active_for(&w.alice.id, NOW);
     assert_eq!(active.len(), 1);
     assert_eq!(active[0].not_after_ms, NOW + HOUR);
@@ -340,14 +324,7 @@ fn two_grants_of_one_name_show_once_with_the_later_end() {
 #[test]
 fn revoke_ends_a_grant_now() {
     let mut w = world();
-    let grant = w
-        .book
-        .grant(
-            &w.policies,
-            new_grant(&w, "demo-read", GrantEnd::After(HOUR)),
-            NOW,
-        )
-        .unwrap();
+    let grant = w.grant("demo-read", GrantEnd::After(HOUR), NOW).unwrap();
     assert_eq!(w.book.revoke(grant.id).unwrap(), grant);
     assert!(w.book.active_for(&w.alice.id, NOW).is_empty());
     assert_eq!(
@@ -368,10 +345,7 @@ fn revoke_ends_a_grant_now() {
 #[test]
 fn one_approval_grants_a_one_of_n_request_from_that_moment() {
     let mut w = world();
-    let request = w
-        .book
-        .request(&w.policies, new_request(&w, "demo-read", 30 * MINUTE), NOW)
-        .unwrap();
+    let request = w.request("demo-read", 30 * MINUTE, NOW).unwrap();
     assert_eq!(request.id.to_string(), "r-1");
     assert_eq!(request.state, RequestState::Pending);
     assert_eq!(request.required, 1);
@@ -416,10 +390,7 @@ fn one_approval_grants_a_one_of_n_request_from_that_moment() {
 #[test]
 fn m_of_n_grants_exactly_at_the_m_th_distinct_approval() {
     let mut w = world();
-    let request = w
-        .book
-        .request(&w.policies, new_request(&w, "payments-write", HOUR), NOW)
-        .unwrap();
+    let request = w.request("payments-write", HOUR, NOW).unwrap();
     assert_eq!(request.required, 2);
 
     let first = w.ann.approves(&request, NOW + 1);
@@ -501,10 +472,7 @@ fn m_of_n_grants_exactly_at_the_m_th_distinct_approval() {
 #[test]
 fn a_replayed_statement_is_refused() {
     let mut w = world();
-    let request = w
-        .book
-        .request(&w.policies, new_request(&w, "payments-write", HOUR), NOW)
-        .unwrap();
+    let request = w.request("payments-write", HOUR, NOW).unwrap();
     let approval = w.ann.approves(&request, NOW + 1);
     w.book
         .decide(&w.policies, request.id, &approval, NOW + 1)
@@ -534,10 +502,7 @@ fn a_replayed_statement_is_refused() {
 #[test]
 fn a_statement_for_another_request_never_counts() {
     let mut w = world();
-    let a = w
-        .book
-        .request(&w.policies, new_request(&w, "payments-write", HOUR), NOW)
-        .unwrap();
+    let a = w.request("payments-write", HOUR, NOW).unwrap();
     let mut other = new_request(&w, "demo-read", HOUR);
     other.requester = w.cat.id.clone();
     let b = w.book.request(&w.policies, other, NOW).unwrap();
@@ -592,10 +557,7 @@ fn a_statement_for_another_request_never_counts() {
 #[test]
 fn a_statement_dated_before_the_request_is_refused() {
     let mut w = world();
-    let request = w
-        .book
-        .request(&w.policies, new_request(&w, "demo-read", HOUR), NOW)
-        .unwrap();
+    let request = w.request("demo-read", HOUR, NOW).unwrap();
     let early = w.ann.approves(&request, NOW - 2 * MINUTE);
     assert_eq!(
         w.book
@@ -617,10 +579,7 @@ fn a_statement_dated_before_the_request_is_refused() {
 #[test]
 fn one_rejection_ends_a_request() {
     let mut w = world();
-    let request = w
-        .book
-        .request(&w.policies, new_request(&w, "payments-write", HOUR), NOW)
-        .unwrap();
+    let request = w.request("payments-write", HOUR, NOW).unwrap();
     w.book
         .decide(
             &w.policies,
@@ -665,10 +624,7 @@ fn one_rejection_ends_a_request() {
 #[test]
 fn the_requester_may_withdraw_by_rejecting() {
     let mut w = world();
-    let request = w
-        .book
-        .request(&w.policies, new_request(&w, "demo-read", HOUR), NOW)
-        .unwrap();
+    let request = w.request("demo-read", HOUR, NOW).unwrap();
     assert_eq!(
         w.book
             .decide(
@@ -685,10 +641,7 @@ fn the_requester_may_withdraw_by_rejecting() {
 #[test]
 fn deciding_unknown_or_expired_requests_is_an_error() {
     let mut w = world();
-    let request = w
-        .book
-        .request(&w.policies, new_request(&w, "demo-read", HOUR), NOW)
-        .unwrap();
+    let request = w.request("demo-read", HOUR, NOW).unwrap();
     let unknown: RequestId = "r-7".parse().unwrap();
     let mut statement = w.ann.statement(&request, Verdict::Approve, NOW);
     statement.object_id = "r-7".to_owned();
@@ -787,16 +740,11 @@ fn closed_requests_make_room_when_the_book_is_full() {
         max_requests: 2,
         ..GrantLimits::default()
     });
-    let a = w
-        .book
-        .request(&w.policies, new_request(&w, "demo-read", HOUR), NOW)
-        .unwrap();
+    let a = w.request("demo-read", HOUR, NOW).unwrap();
     w.book
         .decide(&w.policies, a.id, &w.ann.rejects(&a, NOW), NOW)
         .unwrap();
-    w.book
-        .request(&w.policies, new_request(&w, "payments-write", HOUR), NOW)
-        .unwrap();
+    w.request("payments-write", HOUR, NOW).unwrap();
     // Full: the rejected request goes to make room; the pending one stays.
     let mut bobs = new_request(&w, "demo-read", HOUR);
     bobs.requester = w.bob.id.clone();
@@ -812,10 +760,7 @@ fn closed_requests_make_room_when_the_book_is_full() {
 #[test]
 fn approvals_follow_the_policies_in_force() {
     let mut w = world();
-    let request = w
-        .book
-        .request(&w.policies, new_request(&w, "demo-read", 2 * HOUR), NOW)
-        .unwrap();
+    let request = w.request("demo-read", 2 * HOUR, NOW).unwrap();
     // The policies now ask for two approvals and allow at most one hour.
     let stricter = PolicySet::parse(
         "grants.cedar",
@@ -932,29 +877,12 @@ fn expiry_as_time_advances() {
     let mut w = world();
     assert_eq!(w.book.next_change_ms(), None);
     let short = w
-        .book
-        .grant(
-            &w.policies,
-            new_grant(&w, "demo-read", GrantEnd::After(10 * MINUTE)),
-            NOW,
-        )
+        .grant("demo-read", GrantEnd::After(10 * MINUTE), NOW)
         .unwrap();
     let long = w
-        .book
-        .grant(
-            &w.policies,
-            new_grant(&w, "payments-write", GrantEnd::After(HOUR)),
-            NOW,
-        )
+        .grant("payments-write", GrantEnd::After(HOUR), NOW)
         .unwrap();
-    let request = w
-        .book
-        .request(
-            &w.policies,
-            new_request(&w, "demo-read", HOUR),
-            NOW + MINUTE,
-        )
-        .unwrap();
+    let request = w.request("demo-read", HOUR, NOW + MINUTE).unwrap();
     assert_eq!(w.book.next_change_ms(), Some(NOW + 10 * MINUTE));
 
     // Nothing to do before the first end.
@@ -996,32 +924,15 @@ fn expiry_as_time_advances() {
 #[test]
 fn a_clock_going_backwards_does_not_panic() {
     let mut w = world();
-    w.book
-        .grant(
-            &w.policies,
-            new_grant(&w, "demo-read", GrantEnd::After(HOUR)),
-            NOW,
-        )
-        .unwrap();
+    w.grant("demo-read", GrantEnd::After(HOUR), NOW).unwrap();
     assert!(w.book.active_for(&w.alice.id, NOW - 1).is_empty());
     assert!(w.book.expire(0).is_empty());
-    w.book
-        .grant(
-            &w.policies,
-            new_grant(&w, "demo-read", GrantEnd::After(HOUR)),
-            u64::MAX - 1,
-        )
+    w.grant("demo-read", GrantEnd::After(HOUR), u64::MAX - 1)
         .unwrap();
-    w.book
-        .request(&w.policies, new_request(&w, "demo-read", HOUR), u64::MAX)
-        .unwrap();
+    w.request("demo-read", HOUR, u64::MAX).unwrap();
     // At the end of time, nothing more can be given.
     assert!(matches!(
-        w.book.grant(
-            &w.policies,
-            new_grant(&w, "demo-read", GrantEnd::After(HOUR)),
-            u64::MAX
-        ),
+        w.grant("demo-read", GrantEnd::After(HOUR), u64::MAX),
         Err(GrantError::AlreadyEnded { .. })
     ));
     w.book.expire(u64::MAX);
