@@ -40,8 +40,22 @@ pub fn create(dir: &Path, seal_after: u32) -> AuditLog {
     AuditLog::create(dir, Box::new(signer()), key(), options(seal_after)).unwrap()
 }
 
+/// Opens the log at `dir`. A `Locked` answer is asked again for up to a second: the lock is
+/// `flock(2)` on the records file, and a test running in parallel that spawns a process
+/// (`chattr`) shares every open descriptor with its child between fork and exec, so a log just
+/// dropped by this test can look locked for that instant.
 pub fn open(dir: &Path, seal_after: u32) -> Result<AuditLog, entente_audit::AuditError> {
-    AuditLog::open(dir, Box::new(signer()), key(), options(seal_after))
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match AuditLog::open(dir, Box::new(signer()), key(), options(seal_after)) {
+            Err(entente_audit::AuditError::Locked { .. })
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            result => return result,
+        }
+    }
 }
 
 pub fn decision(i: u64) -> Record {
