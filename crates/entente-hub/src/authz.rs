@@ -121,6 +121,26 @@ pub(crate) struct Authz {
     skip_decisions: bool,
 }
 
+/// What the wildcard subscriptions of one session may carry, channel by channel.
+///
+/// A subscription is decided on its pattern, and a permit that covers the pattern covers every
+/// channel the pattern matches. A forbid written for a narrower area does not match the wider
+/// pattern, though: `forbid … resource in Namespace::"orders.payroll"` says nothing about
+/// `orders.>`. So each channel a wildcard subscription would carry is decided again —
+/// `subscribe` on that channel, for the session's principal, with its grants — and a forbid
+/// that covers it (or one that fails to evaluate) withholds the delivery. The absence of a
+/// permit on the channel does not: the permit on the pattern stands for the channels it
+/// matches. The directory leaves out members whose only matching subscriptions are withheld
+/// the same way, so senders do not seal to them.
+///
+/// Decisions are cached per channel for the policy epoch (and no longer than the grants they
+/// used), like a session's own; a change of policies or grants decides again.
+#[derive(Debug)]
+pub struct DeliveryGate {
+    authz: Arc<Authz>,
+    decisions: Mutex<SessionAuthz>,
+}
+
 /// A denial, in words: what decided it (`no policy permits it`, `forbidden by policy `x``,
 /// …). Made only when a request is denied.
 #[derive(Debug)]
@@ -405,16 +425,59 @@ impl SessionAuthz {
         if authz.skips(action) {
             return Ok(());
         }
+        let decision = self.decision(authz, action, resource, now_ms);
+        authz.judge(self.cache.subject(), resource, &decision)
+    }
+
+    /// The decision, cached or not, uncounted.
+    fn decision(
+        &mut self,
+        authz: &Authz,
+        action: Action,
+        resource: &Resource<'_>,
+        now_ms: u64,
+    ) -> Arc<Decision> {
         // The epoch first, then the book: a grant change is swapped in before its bump.
         let epoch = authz.engine.epoch();
         if epoch != self.facts_epoch {
             self.facts = authz.facts_for(self.cache.subject().principal(), now_ms);
             self.facts_epoch = epoch;
         }
+        self.cache
+            .decide(&authz.engine, action, resource, &self.facts, now_ms)
+    }
+}
+
+// === impl DeliveryGate ===
+
+impl DeliveryGate {
+    /// The gate of a session of `principal`.
+    pub(crate) fn new(authz: Arc<Authz>, principal: &Principal) -> Self {
+        Self {
+            decisions: Mutex::new(SessionAuthz::new(principal)),
+            authz,
+        }
+    }
+
+    /// Whether a wildcard subscription of the session may carry `channel` at `now_ms`
+    /// (Unix milliseconds): no forbid covers subscribing to `channel` itself, and none failed
+    /// to evaluate. A hash lookup while the policy epoch and the principal's grants are
+    /// unchanged.
+    pub fn carries(&self, channel: &Channel, now_ms: u64) -> bool {
+        if self.authz.skips(Action::Subscribe) {
+            return true;
+        }
         let decision = self
-            .cache
-            .decide(&authz.engine, action, resource, &self.facts, now_ms);
-        authz.judge(self.cache.subject(), resource, &decision)
+            .decisions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .decision(
+                &self.authz,
+                Action::Subscribe,
+                &Resource::Channel(channel),
+                now_ms,
+            );
+        matches!(decision.reason, Reason::Permit | Reason::NoPermit)
     }
 }
 

@@ -11,13 +11,18 @@
 //! ([`CloseReason::SlowConsumer`]) and the delivery counts as failed in the [`RouteOutcome`],
 //! which the session reports to the publisher.
 //!
+//! Wildcard subscriptions pass through their session's [`DeliveryGate`] channel by channel: a
+//! forbid that covers the channel withholds the delivery (counted in
+//! [`RouteOutcome::withheld`], neither delivered nor failed), whatever the pattern's permit.
+//!
 //! The directory asks the router who is subscribed to a channel
-//! ([`Router::subscribers`]): the principals whose subscription patterns match it.
+//! ([`Router::subscribers`]): the principals whose subscription patterns match it and may
+//! carry it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::sync::{PoisonError, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use entente_types::{Channel, ChannelPattern, Principal};
@@ -26,6 +31,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
 use crate::authz;
+pub use crate::authz::DeliveryGate;
 use crate::codec::Outbound;
 use crate::control::{CloseReason, ConnectionControl};
 
@@ -43,6 +49,8 @@ pub struct Subscriber {
     pub outbound: mpsc::Sender<Outbound>,
     /// Its connection, closed if the queue stays full.
     pub connection: ConnectionControl,
+    /// What its wildcard subscriptions may carry.
+    pub gate: Arc<DeliveryGate>,
 }
 
 /// What became of one routed publish.
@@ -54,6 +62,9 @@ pub struct RouteOutcome {
     pub failed: usize,
     /// Subscribers disconnected by this publish as slow consumers.
     pub slow_consumers: usize,
+    /// Wildcard subscriptions matching the channel that a forbid keeps from carrying it
+    /// ([`DeliveryGate`]): not delivered, and not a failure.
+    pub withheld: usize,
 }
 
 /// Routes published channels to subscriptions.
@@ -71,8 +82,8 @@ pub trait Router: Send + Sync + 'static {
     /// `channel`, waiting on full queues up to the slow-consumer timeout.
     fn route(&self, channel: &Channel, body: Bytes) -> impl Future<Output = RouteOutcome> + Send;
 
-    /// The principals holding at least one subscription whose pattern matches `channel`,
-    /// each once, sorted. A router spanning hubs answers for all of them.
+    /// The principals holding at least one subscription whose pattern matches `channel` and
+    /// that may carry it ([`DeliveryGate`]), each once, sorted. A router spanning hubs answers for all of them.
     fn subscribers(&self, channel: &Channel) -> impl Future<Output = Vec<Principal>> + Send;
 }
 
@@ -115,25 +126,47 @@ impl LocalRouter {
         table.literal.values().map(Vec::len).sum::<usize>() + table.wildcard.len()
     }
 
-    fn targets(&self, channel: &Channel) -> Vec<(u64, Subscriber)> {
+    /// The subscriptions matching `channel`, and how many wildcard ones may not carry it.
+    fn targets(&self, channel: &Channel) -> (Vec<(u64, Subscriber)>, usize) {
         let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
-        table
-            .matching(channel)
+        let mut targets: Vec<(u64, Subscriber)> = table
+            .literal
+            .get(channel.as_str())
+            .into_iter()
+            .flatten()
             .map(|entry| (entry.subscription_id, entry.subscriber.clone()))
-            .collect()
+            .collect();
+        let mut withheld = 0;
+        let mut now_ms = None;
+        for entry in table.wildcard_matching(channel) {
+            let now_ms = *now_ms.get_or_insert_with(unix_ms);
+            if entry.subscriber.gate.carries(channel, now_ms) {
+                targets.push((entry.subscription_id, entry.subscriber.clone()));
+            } else {
+                withheld += 1;
+            }
+        }
+        (targets, withheld)
     }
 }
 
 impl Table {
-    /// The entries whose pattern matches `channel`.
-    fn matching<'t>(&'t self, channel: &'t Channel) -> impl Iterator<Item = &'t Entry> + 't {
-        let literal = self.literal.get(channel.as_str()).into_iter().flatten();
-        let wildcard = self
-            .wildcard
+    /// The wildcard entries whose pattern matches `channel`.
+    fn wildcard_matching<'t>(
+        &'t self,
+        channel: &'t Channel,
+    ) -> impl Iterator<Item = &'t Entry> + 't {
+        self.wildcard
             .iter()
-            .filter(|entry| authz::matches(&entry.pattern, channel));
-        literal.chain(wildcard)
+            .filter(|entry| authz::matches(&entry.pattern, channel))
     }
+}
+
+/// The time now, Unix milliseconds.
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Router for LocalRouter {
@@ -184,9 +217,13 @@ impl Router for LocalRouter {
     }
 
     async fn route(&self, channel: &Channel, body: Bytes) -> RouteOutcome {
-        let mut outcome = RouteOutcome::default();
+        let (targets, withheld) = self.targets(channel);
+        let mut outcome = RouteOutcome {
+            withheld,
+            ..RouteOutcome::default()
+        };
         let mut waiting = Vec::new();
-        for (subscription_id, subscriber) in self.targets(channel) {
+        for (subscription_id, subscriber) in targets {
             if subscriber.connection.is_closed() {
                 outcome.failed += 1;
                 continue;
@@ -229,13 +266,13 @@ impl Router for LocalRouter {
     }
 
     async fn subscribers(&self, channel: &Channel) -> Vec<Principal> {
-        let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
-        let principals: BTreeSet<&Principal> = table
-            .matching(channel)
-            .filter(|entry| !entry.subscriber.connection.is_closed())
-            .map(|entry| &entry.subscriber.principal)
+        let (targets, _) = self.targets(channel);
+        let principals: BTreeSet<Principal> = targets
+            .into_iter()
+            .filter(|(_, subscriber)| !subscriber.connection.is_closed())
+            .map(|(_, subscriber)| subscriber.principal)
             .collect();
-        principals.into_iter().cloned().collect()
+        principals.into_iter().collect()
     }
 }
 
@@ -255,13 +292,36 @@ mod tests {
     )]
 
     use super::*;
+    use crate::authz::Authz;
+
+    /// Nobody may subscribe to `orders.payroll.>`. (The router does not decide patterns:
+    /// sessions do before subscribing. Gates only withhold what a forbid covers.)
+    const POLICIES: &str = r#"
+        @id("no-payroll")
+        forbid (principal, action == Action::"subscribe",
+                resource in Namespace::"orders.payroll");
+    "#;
 
     fn subscriber(session: SessionId, capacity: usize) -> (Subscriber, mpsc::Receiver<Outbound>) {
+        subscriber_of(
+            &Arc::new(Authz::with_policies(POLICIES, Arc::default())),
+            session,
+            capacity,
+        )
+    }
+
+    fn subscriber_of(
+        authz: &Arc<Authz>,
+        session: SessionId,
+        capacity: usize,
+    ) -> (Subscriber, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(capacity);
+        let principal = principal(&format!("agent{session}"));
         (
             Subscriber {
                 session,
-                principal: principal(&format!("agent{session}")),
+                gate: Arc::new(DeliveryGate::new(authz.clone(), &principal)),
+                principal,
                 outbound: tx,
                 connection: ConnectionControl::new(),
             },
@@ -359,6 +419,47 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_forbid_on_a_channel_withholds_it_from_wider_wildcard_subscriptions() {
+        let authz = Arc::new(Authz::with_policies(POLICIES, Arc::default()));
+        let router = LocalRouter::new(Duration::from_millis(50));
+        let (a, mut a_rx) = subscriber_of(&authz, 1, 16);
+        let (b, mut b_rx) = subscriber_of(&authz, 2, 16);
+        router.subscribe(&a, 1, p("orders.>"));
+        router.subscribe(&a, 2, p("orders.*"));
+        router.subscribe(&a, 3, p("orders.*.x"));
+        router.subscribe(&a, 4, p(">"));
+        router.subscribe(&b, 5, p("orders.eu"));
+
+        let outcome = router.route(&c("orders.payroll.x"), Bytes::new()).await;
+        assert_eq!((outcome.delivered, outcome.withheld), (0, 3));
+        let outcome = router.route(&c("orders.payroll.y.z"), Bytes::new()).await;
+        assert_eq!((outcome.delivered, outcome.withheld), (0, 2));
+        assert!(ids(&mut a_rx).is_empty());
+        assert!(router.subscribers(&c("orders.payroll.x")).await.is_empty());
+        // `orders.payroll` itself is not in the namespace `orders.payroll`.
+        let outcome = router.route(&c("orders.payroll"), Bytes::new()).await;
+        assert_eq!((outcome.delivered, outcome.withheld), (3, 0));
+        assert_eq!(ids(&mut a_rx).len(), 3);
+
+        // Channels no forbid covers still reach every matching subscription.
+        let outcome = router.route(&c("orders.eu"), Bytes::new()).await;
+        assert_eq!((outcome.delivered, outcome.withheld), (4, 0));
+        let mut got = ids(&mut a_rx);
+        got.sort_unstable();
+        assert_eq!(got, [1, 2, 4]);
+        assert_eq!(ids(&mut b_rx), [5]);
+        assert_eq!(
+            router.subscribers(&c("orders.eu.x")).await,
+            [principal("agent1")]
+        );
+
+        // The gate follows the running policies: without the forbid, payroll flows again.
+        authz.replace_for_tests(&POLICIES.replace("forbid", "permit"));
+        let outcome = router.route(&c("orders.payroll.x"), Bytes::new()).await;
+        assert_eq!((outcome.delivered, outcome.withheld), (3, 0));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_full_queue_disconnects_the_slow_consumer_and_reports_failure() {
         let router = LocalRouter::new(Duration::from_secs(5));
@@ -375,7 +476,8 @@ mod tests {
             RouteOutcome {
                 delivered: 1,
                 failed: 1,
-                slow_consumers: 1
+                slow_consumers: 1,
+                withheld: 0,
             }
         );
         assert_eq!(slow.connection.reason(), Some(CloseReason::SlowConsumer));

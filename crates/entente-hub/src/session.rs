@@ -22,7 +22,7 @@ use entente_wire::{
 use tokio::sync::{mpsc, watch};
 use tonic::{Code, Status, Streaming};
 
-use crate::authz::{self, Authz, Denied, SessionAuthz};
+use crate::authz::{self, Authz, DeliveryGate, Denied, SessionAuthz};
 use crate::codec::{Outbound, max_deliver_len};
 use crate::control::{self, ConnectionControl};
 use crate::refusal::RefusalCode;
@@ -73,6 +73,8 @@ pub(crate) struct Session<R: Router> {
     subscriptions: HashMap<u64, ChannelPattern>,
     /// The principal's decision cache.
     authz: SessionAuthz,
+    /// What the session's wildcard subscriptions may carry, decided by the router's callers.
+    gate: Arc<DeliveryGate>,
     /// The policy epoch this session has decided its subscriptions at.
     epoch: watch::Receiver<u64>,
 }
@@ -119,6 +121,7 @@ impl<R: Router> Session<R> {
         connection: ConnectionControl,
     ) -> Self {
         let authz = SessionAuthz::new(&principal);
+        let gate = Arc::new(DeliveryGate::new(context.authz.clone(), &principal));
         let epoch = context.authz.watch();
         Self {
             id,
@@ -129,6 +132,7 @@ impl<R: Router> Session<R> {
             connection,
             subscriptions: HashMap::new(),
             authz,
+            gate,
             epoch,
         }
     }
@@ -165,6 +169,7 @@ impl<R: Router> Session<R> {
                     principal: self.principal.clone(),
                     outbound: self.outbound.clone(),
                     connection: self.connection.clone(),
+                    gate: self.gate.clone(),
                 };
                 self.context
                     .router
@@ -261,13 +266,16 @@ impl<R: Router> Session<R> {
         let mut attempted = 0;
         let mut failed = 0;
         let mut slow = 0;
+        let mut withheld = 0;
         for (channel, body) in groups {
             let outcome = self.context.router.route(&channel, body).await;
             attempted += outcome.delivered + outcome.failed;
             failed += outcome.failed;
             slow += outcome.slow_consumers;
+            withheld += outcome.withheld;
         }
         let stats = &self.context.stats;
+        stats::add(&stats.withheld_deliveries, withheld as u64);
         stats::add(&stats.delivery_failures, failed as u64);
         stats::add(&stats.slow_consumer_disconnects, slow as u64);
         if failed == 0 {

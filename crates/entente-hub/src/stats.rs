@@ -30,6 +30,10 @@ pub struct HubStats {
     /// Subscriptions the hub ended because a change of policy (or of what policies depend
     /// on) no longer allows them.
     pub subscriptions_ended: u64,
+    /// Deliveries to wildcard subscriptions withheld because a forbid covers the channel
+    /// published on, though the subscription's pattern is permitted (not failures: the
+    /// directory does not list such subscribers as members).
+    pub withheld_deliveries: u64,
     /// Deliveries that failed (each reported to its publisher as `DELIVERY_FAILED`).
     pub delivery_failures: u64,
     /// Connections closed because their outbound queue stayed full.
@@ -79,6 +83,7 @@ pub(crate) struct Stats {
     pub(crate) policy_allows: AtomicU64,
     pub(crate) policy_denials: AtomicU64,
     pub(crate) subscriptions_ended: AtomicU64,
+    pub(crate) withheld_deliveries: AtomicU64,
     pub(crate) delivery_failures: AtomicU64,
     pub(crate) slow_consumer_disconnects: AtomicU64,
     pub(crate) revoked_disconnects: AtomicU64,
@@ -108,6 +113,7 @@ impl Stats {
             policy_allows: get(&self.policy_allows),
             policy_denials: get(&self.policy_denials),
             subscriptions_ended: get(&self.subscriptions_ended),
+            withheld_deliveries: get(&self.withheld_deliveries),
             delivery_failures: get(&self.delivery_failures),
             slow_consumer_disconnects: get(&self.slow_consumer_disconnects),
             revoked_disconnects: get(&self.revoked_disconnects),

@@ -13,16 +13,17 @@ use std::time::{Duration, SystemTime};
 
 use entente_ca::{CaOptions, Revocations, TokenError, TrustBundle, VerifiedRevocationList};
 use entente_crypto::KeyBundleIn;
-use entente_hub::{DIRECTORY_PATH, Hub, HubError, RENEW_PATH};
+use entente_hub::{DIRECTORY_PATH, Hub, HubConfig, HubError, RENEW_PATH, RefusalCode};
 use entente_store::Store;
 use entente_types::{AgentId, Principal};
 use entente_wire::{
-    DirectoryRequest, DirectoryResponse, KeyBundle, Limits, RenewRequest, RenewResponse,
+    Deliver, DirectoryRequest, DirectoryResponse, KeyBundle, Limits, RenewRequest, RenewResponse,
+    server_frame,
 };
 use rustls_pki_types::CertificateDer;
 use support::{
-    Client, Enrollment, SessionExt, TestCa, ack, config, enroll, enroll_raw, eventually, now_ms,
-    probe, start_with_store,
+    Client, Enrollment, SHOP, SessionExt, TestCa, ack, config, enroll, enroll_raw, eventually,
+    now_ms, probe, refusal, sources, start_with_store,
 };
 use tonic::{Code, Status};
 
@@ -589,4 +590,90 @@ async fn the_directory_answers_by_channel_for_callers_who_may_publish_there() {
         Code::InvalidArgument,
         "channel",
     );
+}
+
+#[tokio::test]
+async fn a_forbidden_channel_reaches_no_wider_subscription_and_lists_no_such_member() {
+    let ca = TestCa::new();
+    let dave_id = ca.principal("shop", "dave");
+    let policies = format!(
+        r#"{SHOP}
+        @id("payroll-is-dave-only")
+        forbid (principal, action == Action::"subscribe",
+                resource in Namespace::"orders.payroll")
+        unless {{ principal == Agent::"{dave_id}" }};"#
+    );
+    let config = HubConfig {
+        policies: sources(&policies),
+        ..HubConfig::default()
+    };
+    let (hub, _store) = start_with_store(&ca, config).await;
+    let alice = enroll(&hub, "shop", "alice").await;
+    let bob = enroll(&hub, "shop", "bob").await;
+    let dave = enroll(&hub, "shop", "dave").await;
+    let mut alice_session = alice.session(&hub).await;
+    let mut bob_session = bob.session(&hub).await;
+    let mut dave_session = dave.session(&hub).await;
+    // The wide patterns are allowed: the permit covers them, the forbid is narrower.
+    assert_eq!(alice_session.subscribe(1, "orders.*.q1").await, ack(1));
+    assert_eq!(bob_session.subscribe(1, "orders.>").await, ack(1));
+    assert_eq!(dave_session.subscribe(1, "orders.payroll.>").await, ack(1));
+    assert_eq!(
+        refusal(bob_session.subscribe(2, "orders.payroll.q1").await),
+        (2, RefusalCode::Denied)
+    );
+
+    // The directory lists only the member who may receive the channel...
+    let carol = ca.agent("shop", "carol");
+    let client = carol.connect(&hub).await;
+    let members = directory(&client, by_channel("orders.payroll.q1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        verified(&ca, members),
+        std::slice::from_ref(&dave.principal)
+    );
+
+    // ...and the hub delivers to nobody else.
+    let mut carol_session = carol.session(&hub).await;
+    let (mut payroll, key) = carol.sealer("orders.payroll.q1", &[&dave.bundle]);
+    let secret = payroll.seal_batch(&[b"salaries"], None, now_ms()).unwrap();
+    assert_eq!(
+        carol_session
+            .publish(1, vec![key], vec![secret.clone()])
+            .await,
+        ack(1)
+    );
+    let server_frame::Kind::Deliver(got) = dave_session.next_kind().await else {
+        panic!("dave gets the payroll message");
+    };
+    assert_eq!(got.batches, [secret]);
+    assert_eq!(hub.stats().withheld_deliveries, 2);
+    assert_eq!(hub.stats().delivery_failures, 0);
+
+    // Other channels still reach the wide subscriptions; what alice and bob get next is this,
+    // so the payroll message never reached them.
+    let (mut eu, key) = carol.sealer("orders.eu.q1", &[&alice.bundle, &bob.bundle]);
+    let order = eu.seal_batch(&[b"an order"], None, now_ms()).unwrap();
+    assert_eq!(
+        carol_session
+            .publish(2, vec![key], vec![order.clone()])
+            .await,
+        ack(2)
+    );
+    for session in [&mut alice_session, &mut bob_session] {
+        match session.next_kind().await {
+            server_frame::Kind::Deliver(Deliver { batches, .. }) => {
+                assert_eq!(batches, std::slice::from_ref(&order));
+            }
+            other => panic!("expected the order, got {other:?}"),
+        }
+    }
+    let members = directory(&client, by_channel("orders.eu.q1"))
+        .await
+        .unwrap();
+    let mut members = verified(&ca, members);
+    members.sort();
+    assert_eq!(members, [alice.principal.clone(), bob.principal.clone()]);
+    hub.shutdown().await;
 }

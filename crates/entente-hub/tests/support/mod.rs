@@ -14,6 +14,7 @@
 )]
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -44,6 +45,21 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 
 pub fn now_ms() -> u64 {
     entente_testkit::now_ms()
+}
+
+/// The time now in Unix milliseconds, but later than any earlier answer: a new sealer's epoch
+/// is the time it starts, and tests start several for one sender and channel within one
+/// millisecond.
+fn distinct_now_ms() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now_ms().max(last + 1);
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
 }
 
 // === CA and agents ===
@@ -169,7 +185,7 @@ impl Agent {
             Channel::parse(channel).unwrap(),
             &recipients,
             SealerOptions::default(),
-            now_ms(),
+            distinct_now_ms(),
         )
         .unwrap()
     }
