@@ -167,7 +167,7 @@ fn policies_are_loaded_shown_and_checked_and_survive_a_restart() {
     let bad = tmp.path().join("bad.cedar");
     fs::write(
         &bad,
-        "permit (principal, action == Action::\"fly\", resource);\n\npermit (principal,\n",
+        "permit (principal is Agent, action == Action::\"fly\", resource);\n\npermit (principal,\n",
     )
     .unwrap();
     let out = run(&["policy", "load", s(&default), s(&bad)], &at);

@@ -87,7 +87,8 @@ async fn an_administrator_loads_shows_and_checks_policies() {
         ("ok.cedar".to_owned(), EU_ONLY.to_owned()),
         (
             "bad.cedar".to_owned(),
-            "permit (principal, action == Action::\"fly\", resource);\npermit (".to_owned(),
+            "permit (principal is Agent, action == Action::\"fly\", resource);\npermit ("
+                .to_owned(),
         ),
     ];
     let e = admin.load_policies(&sources).await.unwrap_err();

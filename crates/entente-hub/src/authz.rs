@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use entente_policy::{
     Action, BASE_POLICIES, CacheOptions, Decision, DecisionCache, Engine, Facts, GrantBook,
-    GrantError, GrantLimits, LoadError, PolicySet, Reason, Resource, Subject,
+    GrantError, GrantLimits, LoadError, PolicySet, Problem, Reason, Resource, Subject,
 };
 use entente_store::StoreError;
 use entente_types::namespace::{self, DIRECT_PREFIX, REPLY_PREFIX};
@@ -621,6 +621,7 @@ fn build(sources: &[(String, String)], limits: &Limits) -> Result<PolicySet, Loa
         |builder, (name, text)| builder.source(name.as_str(), text.as_str()),
     );
     let set = builder.build()?;
+    unsupplied(&set)?;
     if set.len() > MAX_POLICIES {
         return refused(format!("{} policies: at most {MAX_POLICIES}", set.len()));
     }
@@ -635,6 +636,47 @@ fn build(sources: &[(String, String)], limits: &Limits) -> Result<PolicySet, Loa
         ));
     }
     Ok(set)
+}
+
+/// The `context` attributes the schema declares that this hub does not supply yet, each with
+/// the value every decision would see instead.
+const UNSUPPLIED_CONTEXT: [(&str, &str); 3] = [
+    ("risk", "0: risk scores come with anomaly detection"),
+    ("tls_resumed", "false"),
+    ("hub", "empty: this hub decides alone"),
+];
+
+/// Refuses a set with policies that read facts this hub does not supply: a `context` attribute
+/// of [`UNSUPPLIED_CONTEXT`], or a role (the registry gives principals none). Such a policy
+/// would decide on a default — a forbid that never fires, a permit that always does — so it
+/// is refused with its location rather than run.
+fn unsupplied(set: &PolicySet) -> Result<(), LoadError> {
+    let mut problems = Vec::new();
+    for policy in set.policies() {
+        let mut say = |message: String| {
+            problems.push(Problem {
+                source: policy.source.clone(),
+                location: Some((policy.line, policy.column)),
+                policy: Some(policy.id.to_string()),
+                message,
+            });
+        };
+        for (attr, instead) in UNSUPPLIED_CONTEXT {
+            if policy.context_read.iter().any(|read| read == attr) {
+                say(format!(
+                    "it reads `context.{attr}`, which this hub does not supply yet (it would always be {instead})"
+                ));
+            }
+        }
+        if policy.names_roles {
+            say("it names a role, and this hub gives principals no roles yet".to_owned());
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(LoadError::Rules(problems))
+    }
 }
 
 /// The stored form of `sources`.
@@ -777,7 +819,7 @@ mod tests {
     #[test]
     fn nobody_else_may_subscribe_to_an_agents_namespaces_whatever_policies_say() {
         let authz = authz(
-            r#"permit (principal, action == Action::"subscribe", resource);
+            r#"permit (principal is Agent, action == Action::"subscribe", resource);
                @cross_segment
                permit (principal, action == Action::"subscribe", resource in Namespace::"_reply");
                @cross_segment
@@ -927,7 +969,7 @@ mod tests {
                 one(
                     "a.cedar",
                     &format!(
-                        "@id(\"{}\") permit (principal, action, resource);",
+                        "@id(\"{}\") permit (principal is Agent, action, resource);",
                         "i".repeat(MAX_POLICY_ID_BYTES + 1)
                     ),
                 ),
@@ -942,6 +984,47 @@ mod tests {
         let problems = err.problems();
         assert!(problems[0].starts_with("bad.cedar:1:"), "{problems:?}");
         assert!(problems_text(&err).contains("\n  bad.cedar:1:"));
+    }
+
+    #[test]
+    fn policies_reading_facts_the_hub_does_not_supply_are_refused_with_their_place() {
+        let limits = Limits::default();
+        for (text, needle) in [
+            (
+                r#"forbid (principal, action, resource) when { context.risk > 70 };"#,
+                "`context.risk`",
+            ),
+            (
+                r#"forbid (principal, action, resource) when { context has tls_resumed && context["tls_resumed"] };"#,
+                "`context.tls_resumed`",
+            ),
+            (
+                r#"permit (principal is Agent, action, resource) when { context.hub == "eu" };"#,
+                "`context.hub`",
+            ),
+            (
+                r#"forbid (principal in Role::"contractor", action, resource);"#,
+                "names a role",
+            ),
+            (
+                r#"permit (principal is Agent, action, resource) when { principal in Role::"ops" };"#,
+                "names a role",
+            ),
+        ] {
+            let sources = vec![("f.cedar".to_owned(), format!("\n  {text}"))];
+            let err = build(&sources, &limits).unwrap_err();
+            let problems = err.problems();
+            assert_eq!(problems.len(), 1, "{text}: {problems:?}");
+            assert!(problems[0].starts_with("f.cedar:2:3:"), "{problems:?}");
+            assert!(problems[0].contains(needle), "{needle}: {problems:?}");
+        }
+        // What the hub supplies: the time, grants, approvals, whether a request crosses
+        // segments.
+        let supplied = r#"
+            permit (principal is Agent, action, resource)
+            when { context.now > 0 && context.grants.contains("g") && context.approvals > 1
+                   && context.approvers.contains("x") && !context.cross_segment };"#;
+        assert!(build(&[("ok.cedar".to_owned(), supplied.to_owned())], &limits).is_ok());
     }
 
     #[test]

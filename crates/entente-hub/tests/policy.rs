@@ -273,7 +273,7 @@ async fn an_invalid_load_changes_nothing() {
 
     let bad = sources(
         "permit (principal in Segment::\"shop\", action, resource)\n\
-         permit (principal, action == Action::\"fly\", resource);",
+         permit (principal is Agent, action == Action::\"fly\", resource);",
     );
     let err = hub.load_policies(bad).await.unwrap_err();
     let problems = err.problems();
@@ -353,7 +353,7 @@ async fn a_stored_set_that_no_longer_loads_is_a_start_error_until_replaced() {
         version: 1,
         sources: vec![PolicySource {
             name: "old.cedar".into(),
-            text: "permit (principal, action == Action::\"teleport\", resource);".into(),
+            text: "permit (principal is Agent, action == Action::\"teleport\", resource);".into(),
         }],
     });
     store.put_config("policies", &stale).await.unwrap();
@@ -440,11 +440,13 @@ async fn an_administrator_loads_shows_and_checks_policies() {
                 sources: vec![
                     PolicySource {
                         name: "a.cedar".into(),
-                        text: "permit (principal, action, resource);".into(),
+                        text: "permit (principal is Agent, action, resource);".into(),
                     },
                     PolicySource {
                         name: "b.cedar".into(),
-                        text: "\n  permit (principal, action == Action::\"fly\", resource);".into(),
+                        text:
+                            "\n  permit (principal is Agent, action == Action::\"fly\", resource);"
+                                .into(),
                     },
                 ],
             },

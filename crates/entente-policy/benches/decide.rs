@@ -78,7 +78,7 @@ fn policies(n: usize) -> String {
     while count < n {
         let _ = writeln!(
             text,
-            "@id(\"pad{padding}\") permit (principal, action == Action::\"admin\", resource is Segment) when {{ context.approvals > {padding} }};"
+            "@id(\"pad{padding}\") permit (principal is Agent, action == Action::\"admin\", resource is Segment) when {{ context.approvals > {padding} }};"
         );
         count += 1;
         padding += 1;

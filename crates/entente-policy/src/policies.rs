@@ -8,8 +8,8 @@ use std::str::FromStr;
 use std::sync::LazyLock;
 
 use cedar_policy::{
-    ActionConstraint, AuthorizationError, Authorizer, Entities, EntityUid, Request,
-    ResourceConstraint, ValidationMode, Validator,
+    ActionConstraint, AuthorizationError, Authorizer, Entities, EntityUid, PrincipalConstraint,
+    Request, ResourceConstraint, ValidationMode, Validator,
 };
 use miette::Diagnostic;
 
@@ -55,6 +55,12 @@ pub struct PolicyInfo {
     pub cross_segment: bool,
     /// The grant that opens it, from `@grant("…")`.
     pub grant: Option<String>,
+    /// The attributes of `context` its conditions read (`context.risk`, `context has risk`),
+    /// sorted, each once: a host that does not supply one can refuse the policy rather than
+    /// let it decide on a default.
+    pub context_read: Vec<String>,
+    /// Whether it names a `Role` entity anywhere (scope or conditions).
+    pub names_roles: bool,
 }
 
 /// A policy's effect.
@@ -481,6 +487,9 @@ impl PolicySetBuilder {
             {
                 rules.push(p.problem(message));
             }
+            if let Some(message) = open_to_humans(p) {
+                rules.push(p.problem(message));
+            }
         }
         let grants = collect_grants(&parsed, &mut rules);
         if !rules.is_empty() {
@@ -581,6 +590,7 @@ fn split(
         let id = policy
             .annotation("id")
             .map_or_else(|| format!("{name}#{n}"), str::to_owned);
+        let reads = reads(policy);
         let effect = match policy.effect() {
             cedar_policy::Effect::Permit => Effect::Permit,
             cedar_policy::Effect::Forbid => Effect::Forbid,
@@ -597,6 +607,8 @@ fn split(
                 text: written,
                 cross_segment: policy.annotation(CROSS_SEGMENT).is_some(),
                 grant: policy.annotation(GRANT).map(str::to_owned),
+                context_read: reads.context,
+                names_roles: reads.roles,
             },
         });
     }
@@ -680,6 +692,21 @@ fn cross_segment_misuse(p: &Parsed) -> Option<String> {
                 .to_owned(),
         ),
     }
+}
+
+/// Why a permit is refused for opening everything to humans, if it is: a permit that names
+/// neither its principal nor its resource in its scope. For agents the segment rule confines
+/// it to their own segment, but humans are in no segment, so it would open every resource of
+/// its actions to every enrolled human. (Conditions are not read: scope the policy.)
+fn open_to_humans(p: &Parsed) -> Option<String> {
+    let open_principal = matches!(p.policy.principal_constraint(), PrincipalConstraint::Any);
+    let open_resource = matches!(
+        p.policy.resource_constraint(),
+        ResourceConstraint::Any | ResourceConstraint::Is(_)
+    );
+    (p.info.effect == Effect::Permit && open_principal && open_resource).then(|| {
+        "a permit naming neither its principal nor its resource opens every resource to every human (humans are in no segment, so the segment rule does not confine them): scope the principal (`principal is Agent` keeps agents to their own segment; or a segment, a role, a principal) or name the resource".to_owned()
+    })
 }
 
 /// Why the entity a `@cross_segment` scope names opens more than named channels, if it does:
@@ -817,6 +844,46 @@ fn tests_grant(policy: &cedar_policy::Policy, name: &str) -> bool {
         }
     }
     false
+}
+
+/// What a policy reads besides principal, action and resource.
+#[derive(Default)]
+struct Reads {
+    context: Vec<String>,
+    roles: bool,
+}
+
+/// The `context` attributes a policy reads and whether it names a role, found in Cedar's JSON
+/// form of the policy: `.` and `has` on `Var: context`, and entity references of type `Role`.
+fn reads(policy: &cedar_policy::Policy) -> Reads {
+    let Ok(json) = policy.to_json() else {
+        return Reads::default();
+    };
+    let mut reads = Reads::default();
+    let mut stack = vec![&json];
+    while let Some(value) = stack.pop() {
+        match value {
+            serde_json::Value::Object(map) => {
+                for access in [".", "has"] {
+                    if let Some(serde_json::Value::Object(on)) = map.get(access)
+                        && on.get("left") == Some(&serde_json::json!({ "Var": "context" }))
+                        && let Some(serde_json::Value::String(attr)) = on.get("attr")
+                    {
+                        reads.context.push(attr.clone());
+                    }
+                }
+                if map.get("type") == Some(&serde_json::json!("Role")) && map.contains_key("id") {
+                    reads.roles = true;
+                }
+                stack.extend(map.values());
+            }
+            serde_json::Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    reads.context.sort_unstable();
+    reads.context.dedup();
+    reads
 }
 
 /// Namespace names are single channel tokens; segment names are 1 to 64 of `[A-Za-z0-9_-]`.

@@ -68,7 +68,9 @@ fn subscribe(set: &PolicySet, who: &Subject, pattern: &str) -> entente_policy::D
 
 #[test]
 fn default_deny_names_no_policy() {
-    let set = set(r#"@id("other") permit (principal, action == Action::"subscribe", resource);"#);
+    let set = set(
+        r#"@id("other") permit (principal is Agent, action == Action::"subscribe", resource);"#,
+    );
     let decision = publish(&set, &agent("research", "alice"), "research.results");
     assert!(!decision.allowed);
     assert_eq!(decision.reason, Reason::NoPermit);
@@ -134,7 +136,7 @@ fn a_forbid_denies_and_is_named() {
 
 #[test]
 fn traffic_across_segments_is_denied_even_by_a_wide_permit() {
-    let set = set(r#"@id("everything") permit (principal, action, resource);"#);
+    let set = set(r#"@id("everything") permit (principal is Agent, action, resource);"#);
     let eve = agent("lab", "eve");
     assert!(publish(&set, &eve, "lab.notes").allowed);
     for channel in [
@@ -163,8 +165,8 @@ fn traffic_across_segments_is_denied_even_by_a_wide_permit() {
         NOW,
     );
     assert!(!decision.allowed && decision.cross_segment);
-    // Humans are in no segment: the rule is for agents.
-    assert!(publish(&set, &human("ops"), "research.results").allowed);
+    // The permit is for agents; humans are in no segment, and need permits that name them.
+    assert!(!publish(&set, &human("ops"), "research.results").allowed);
 }
 
 #[test]
@@ -177,7 +179,7 @@ fn a_cross_segment_permit_opens_a_named_channel() {
             @cross_segment
             permit (principal in Segment::"a", action == Action::"publish", resource == Channel::"shared.results");
 
-            @id("wide") permit (principal, action, resource);
+            @id("wide") permit (principal is Agent, action, resource);
             "#,
         )
         .namespace_owner("shared", "b")
@@ -231,7 +233,7 @@ fn namespaces_match_like_nats_tail_wildcards() {
 #[test]
 fn like_matches_names_across_dots() {
     let set = set(
-        r#"@id("like") permit (principal, action, resource is Channel) when { resource.name like "orders.*.created" };"#,
+        r#"@id("like") permit (principal is Agent, action, resource is Channel) when { resource.name like "orders.*.created" };"#,
     );
     let alice = agent("orders", "alice");
     assert!(publish(&set, &alice, "orders.eu.created").allowed);
@@ -322,7 +324,7 @@ fn context_grants_and_time() {
 #[test]
 fn a_forbid_that_fails_to_evaluate_denies() {
     let set = set(r#"
-        @id("open") permit (principal, action, resource);
+        @id("open") permit (principal is Agent, action, resource);
         @id("overflows") forbid (principal, action, resource) when { context.now * 9223372036854775807 > 0 };
     "#);
     let decision = publish(&set, &agent("a", "x"), "a.b");
@@ -336,8 +338,8 @@ fn a_forbid_that_fails_to_evaluate_denies() {
 #[test]
 fn a_permit_that_fails_to_evaluate_does_not_count() {
     let set = set(r#"
-        @id("open") permit (principal, action, resource);
-        @id("overflows") permit (principal, action, resource) when { context.now * 9223372036854775807 > 0 };
+        @id("open") permit (principal is Agent, action, resource);
+        @id("overflows") permit (principal is Agent, action, resource) when { context.now * 9223372036854775807 > 0 };
     "#);
     let decision = publish(&set, &agent("a", "x"), "a.b");
     assert!(decision.allowed);
@@ -373,7 +375,7 @@ fn slicing_keeps_unpinned_policies_in_every_slice() {
     let text = r#"
         @id("pinned") permit (principal, action == Action::"publish", resource in Namespace::"a");
         @id("any-action") permit (principal, action, resource == Channel::"b.x");
-        @id("any-resource") permit (principal, action in [Action::"publish", Action::"request"], resource) when { resource.name == "c.y" };
+        @id("any-resource") permit (principal is Human, action in [Action::"publish", Action::"request"], resource) when { resource.name == "c.y" };
         @id("global-forbid") forbid (principal, action, resource) when { context.risk > 50 };
     "#;
     for slicing in [true, false] {

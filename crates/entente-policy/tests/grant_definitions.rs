@@ -113,7 +113,7 @@ fn bad_max_durations_are_refused() {
 fn bad_grant_names_are_refused() {
     for name in ["", "has space", "é", &"x".repeat(65), "a\"b"] {
         let text = format!(
-            "@grant(\"{}\")\npermit (principal, action, resource);\n",
+            "@grant(\"{}\")\npermit (principal is Agent, action, resource);\n",
             name.escape_default()
         );
         let p = one_problem(&text);
@@ -131,7 +131,7 @@ fn approvals_or_max_duration_need_a_grant() {
 
 #[test]
 fn a_grant_its_policy_never_tests_is_refused() {
-    let text = "\n\n@id(\"p\")\n@grant(\"demo-read\")\npermit (principal, action == Action::\"subscribe\", resource)\n  when { context.grants.contains(\"other\") || context.grants.containsAny([\"demo-read\"]) };\n";
+    let text = "\n\n@id(\"p\")\n@grant(\"demo-read\")\npermit (principal is Agent, action == Action::\"subscribe\", resource)\n  when { context.grants.contains(\"other\") || context.grants.containsAny([\"demo-read\"]) };\n";
     let p = one_problem(text);
     assert_eq!(p.source, "g.cedar");
     assert_eq!(p.location, Some((3, 1)));
@@ -147,13 +147,13 @@ fn a_grant_its_policy_never_tests_is_refused() {
     );
 
     // No condition at all.
-    let p = one_problem("@grant(\"g\") permit (principal, action, resource);");
+    let p = one_problem("@grant(\"g\") permit (principal is Agent, action, resource);");
     assert!(p.message.contains("never tests"), "{p}");
 
     // The index form is the same test.
     PolicySet::parse(
         "g.cedar",
-        "@grant(\"g\") permit (principal, action, resource) when { context[\"grants\"].contains(\"g\") };",
+        "@grant(\"g\") permit (principal is Agent, action, resource) when { context[\"grants\"].contains(\"g\") };",
     )
     .unwrap();
 }

@@ -54,7 +54,8 @@ fn the_base_policies_load() {
 
 #[test]
 fn malformed_syntax_is_a_syntax_error_with_its_location() {
-    let text = "permit (principal, action, resource);\n\npermit (principal action, resource);\n";
+    let text =
+        "permit (principal is Agent, action, resource);\n\npermit (principal action, resource);\n";
     let (error, problems) = problems(PolicySet::parse("bad.cedar", text));
     assert!(matches!(error, LoadError::Syntax(_)), "{error}");
     let first = &problems[0];
@@ -95,7 +96,7 @@ fn an_unknown_attribute_is_invalid() {
 
 #[test]
 fn an_unknown_action_is_invalid() {
-    let text = r#"permit (principal, action == Action::"delete", resource);"#;
+    let text = r#"permit (principal is Agent, action == Action::"delete", resource);"#;
     let (error, problems) = problems(PolicySet::parse("p.cedar", text));
     assert!(matches!(error, LoadError::Invalid(_)), "{error}");
     assert!(problems[0].message.contains("delete"), "{}", problems[0]);
@@ -105,7 +106,7 @@ fn an_unknown_action_is_invalid() {
 fn an_action_on_a_resource_it_does_not_take_is_invalid() {
     // `publish` applies to channels only; cedar reports an impossible policy as a warning,
     // which Entente refuses like an error.
-    let text = r#"permit (principal, action == Action::"publish", resource is Agent);"#;
+    let text = r#"permit (principal is Agent, action == Action::"publish", resource is Agent);"#;
     let (error, problems) = problems(PolicySet::parse("p.cedar", text));
     assert!(matches!(error, LoadError::Invalid(_)), "{error}");
     assert_eq!(problems[0].policy.as_deref(), Some("p.cedar#0"));
@@ -113,7 +114,7 @@ fn an_action_on_a_resource_it_does_not_take_is_invalid() {
 
 #[test]
 fn a_type_error_in_a_condition_is_invalid() {
-    let text = r#"permit (principal, action, resource) when { context.risk == "high" };"#;
+    let text = r#"permit (principal is Agent, action, resource) when { context.risk == "high" };"#;
     let (error, _) = problems(PolicySet::parse("p.cedar", text));
     assert!(matches!(error, LoadError::Invalid(_)), "{error}");
 }
@@ -143,7 +144,7 @@ fn templates_are_refused() {
 fn cross_segment_must_be_a_permit_naming_its_resource() {
     for text in [
         r#"@cross_segment permit (principal in Segment::"a", action == Action::"publish", resource);"#,
-        r#"@cross_segment permit (principal, action, resource is Channel) when { resource.name like "b.*" };"#,
+        r#"@cross_segment permit (principal is Agent, action, resource is Channel) when { resource.name like "b.*" };"#,
         r#"@cross_segment forbid (principal, action, resource == Channel::"b.x");"#,
         // Scopes that name every segment's channels at once.
         r#"@cross_segment permit (principal in Segment::"lab", action == Action::"subscribe", resource in Segment::"*");"#,
@@ -166,6 +167,51 @@ fn cross_segment_must_be_a_permit_naming_its_resource() {
         );
         assert!(PolicySet::parse("x.cedar", &text).is_ok(), "{text}");
     }
+}
+
+#[test]
+fn a_permit_open_in_principal_and_resource_is_refused_for_opening_everything_to_humans() {
+    for text in [
+        r#"permit (principal, action, resource);"#,
+        r#"permit (principal, action == Action::"subscribe", resource is Channel);"#,
+        r#"permit (principal, action, resource) when { resource.name == "public.news" };"#,
+    ] {
+        let (error, problems) = problems(PolicySet::parse("x.cedar", text));
+        assert!(matches!(error, LoadError::Rules(_)), "{error}");
+        assert!(problems[0].message.contains("every human"), "{text}");
+        assert_eq!(problems[0].location, Some((1, 1)), "{text}");
+    }
+    // Naming either side, or forbidding, is fine.
+    for text in [
+        r#"permit (principal is Agent, action, resource);"#,
+        r#"permit (principal is Human, action == Action::"subscribe", resource is Channel);"#,
+        r#"permit (principal in Role::"ops", action, resource);"#,
+        r#"permit (principal, action == Action::"subscribe", resource == Channel::"public.news");"#,
+        r#"forbid (principal, action, resource) when { context.risk > 80 };"#,
+    ] {
+        assert!(PolicySet::parse("x.cedar", text).is_ok(), "{text}");
+    }
+}
+
+#[test]
+fn what_a_policy_reads_is_recorded() {
+    let set = PolicySet::parse(
+        "x.cedar",
+        r#"
+        @id("reads") permit (principal in Role::"ops", action, resource in Namespace::"a")
+            when { context.risk < 5 && context["now"] > 0 && context has hub && context.risk > 1 };
+        @id("plain") permit (principal is Agent, action, resource in Namespace::"a");
+        @id("role-in-condition") forbid (principal, action, resource)
+            when { principal in Role::"contractor" };
+        "#,
+    )
+    .unwrap();
+    let reads = set.policy("reads").unwrap();
+    assert_eq!(reads.context_read, ["hub", "now", "risk"]);
+    assert!(reads.names_roles);
+    let plain = set.policy("plain").unwrap();
+    assert!(plain.context_read.is_empty() && !plain.names_roles);
+    assert!(set.policy("role-in-condition").unwrap().names_roles);
 }
 
 #[test]
@@ -211,7 +257,7 @@ fn a_failed_load_leaves_the_running_set_and_epoch_unchanged() {
     for bad in [
         "permit (principal, action resource);",
         r#"permit (principal == User::"x", action, resource);"#,
-        r#"@cross_segment permit (principal, action, resource);"#,
+        r#"@cross_segment permit (principal is Agent, action, resource);"#,
     ] {
         let result = engine.load(PolicySet::builder().source("new.cedar", bad));
         assert!(result.is_err());

@@ -21,8 +21,8 @@ const POLICIES: &str = r#"
 @id("role-reader") permit (principal in Role::"reader", action == Action::"subscribe", resource is Channel) when { resource.namespace == "c" };
 @id("bridge") @cross_segment permit (principal in Segment::"a", action == Action::"publish", resource in Namespace::"b.inbox");
 @id("bridge-shared") @cross_segment permit (principal, action == Action::"subscribe", resource == Channel::"shared.news");
-@id("wide") permit (principal, action == Action::"request", resource);
-@id("like") permit (principal, action == Action::"reply", resource is Channel) when { resource.name like "*.x" };
+@id("wide") permit (principal is Agent, action == Action::"request", resource);
+@id("like") permit (principal is Human, action == Action::"reply", resource is Channel) when { resource.name like "*.x" };
 @id("no-secret") forbid (principal, action, resource in Namespace::"a.secret");
 @id("risky") forbid (principal, action, resource) when { context.risk > 70 };
 @id("granted") permit (principal, action == Action::"reply", resource in Namespace::"a") when { context.grants.contains("g1") };

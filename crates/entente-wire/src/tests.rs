@@ -545,7 +545,10 @@ fn source(name: &str, text: &str) -> PolicySource {
 fn policy_messages_round_trip() {
     let limits = Limits::default();
     let load = LoadPoliciesRequest {
-        sources: vec![source("a.cedar", "permit (principal, action, resource);")],
+        sources: vec![source(
+            "a.cedar",
+            "permit (principal is Agent, action, resource);",
+        )],
     };
     assert_eq!(
         decode::<LoadPoliciesRequest>(&encode(&load), &limits).unwrap(),
