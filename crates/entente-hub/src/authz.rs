@@ -27,7 +27,9 @@
 //! principal holds, read from the book again only when the epoch has changed (every grant
 //! change bumps it).
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use entente_policy::{
     Action, BASE_POLICIES, CacheOptions, Decision, DecisionCache, Engine, Facts, GrantBook,
@@ -119,7 +121,15 @@ pub(crate) struct Authz {
     stats: Arc<Stats>,
     /// [`Danger::skip_policy_decisions`]: no decision is made.
     skip_decisions: bool,
+    /// Whether a policy of the running set reads `context.now`: sessions then decide their
+    /// subscriptions again every [`TIME_RECHECK`].
+    reads_time: AtomicBool,
 }
+
+/// How often a session decides its subscriptions again, uncached, while a running policy
+/// reads `context.now`; also the most a cached decision is reused. Conditions on time take
+/// effect within this.
+pub(crate) const TIME_RECHECK: Duration = Duration::from_secs(30);
 
 /// What the wildcard subscriptions of one session may carry, channel by channel.
 ///
@@ -133,12 +143,19 @@ pub(crate) struct Authz {
 /// matches. The directory leaves out members whose only matching subscriptions are withheld
 /// the same way, so senders do not seal to them.
 ///
+/// The gate also closes the moment between a change of policy and the session deciding its
+/// subscriptions again (a session busy in a slow publish may take a while): until the session
+/// has caught up with the epoch, each delivery also needs the subscription's pattern to be
+/// allowed at the new epoch.
+///
 /// Decisions are cached per channel for the policy epoch (and no longer than the grants they
 /// used), like a session's own; a change of policies or grants decides again.
 #[derive(Debug)]
 pub struct DeliveryGate {
     authz: Arc<Authz>,
     decisions: Mutex<SessionAuthz>,
+    /// The policy epoch the session last decided its subscriptions at.
+    decided: AtomicU64,
 }
 
 /// A denial, in words: what decided it (`no policy permits it`, `forbidden by policy `x``,
@@ -193,6 +210,7 @@ impl Authz {
                 (initial.to_vec(), set, PolicyOrigin::Initial)
             }
         };
+        let time = reads_time(&set);
         let engine = Engine::new(set);
         let grants = GrantState::load(registry, grant_limits).await?;
         let (epoch, _) = watch::channel(engine.epoch());
@@ -206,6 +224,7 @@ impl Authz {
             limits,
             stats,
             skip_decisions: false,
+            reads_time: AtomicBool::new(time),
         })
     }
 
@@ -223,6 +242,11 @@ impl Authz {
     pub(crate) fn with_danger(mut self, danger: Danger) -> Self {
         self.skip_decisions = danger.skip_policy_decisions;
         self
+    }
+
+    /// Whether a running policy reads `context.now`.
+    pub(crate) fn reads_time(&self) -> bool {
+        self.reads_time.load(Ordering::Relaxed)
     }
 
     /// The engine.
@@ -301,8 +325,10 @@ impl Authz {
         registry
             .put_config(POLICIES_KEY, &encode_stored(&sources))
             .await?;
+        let time = reads_time(&set);
         let epoch = {
             let mut running = self.lock_sources();
+            self.reads_time.store(time, Ordering::Relaxed);
             let epoch = self.engine.replace(set);
             *running = sources;
             epoch
@@ -370,8 +396,12 @@ impl SessionAuthz {
     /// The authorizer of a session of `principal` (no roles yet: the registry holds none).
     pub(crate) fn new(principal: &Principal) -> Self {
         let subject = Subject::new(principal.clone(), Vec::<String>::new());
+        let options = CacheOptions {
+            ttl_ms: u64::try_from(TIME_RECHECK.as_millis()).unwrap_or(u64::MAX),
+            ..CacheOptions::default()
+        };
         Self {
-            cache: DecisionCache::new(subject, CacheOptions::default()),
+            cache: DecisionCache::new(subject, options),
             facts: Facts::default(),
             facts_epoch: 0,
         }
@@ -401,6 +431,12 @@ impl SessionAuthz {
             &Resource::Pattern(pattern),
             now_ms,
         )
+    }
+
+    /// Forgets every cached decision, so that the next ones are made afresh (time has
+    /// passed, and a policy reads it).
+    pub(crate) fn forget(&mut self) {
+        self.cache.clear();
     }
 
     /// May the session's principal do `action` (publish, direct or request) on `channel`?
@@ -451,32 +487,63 @@ impl SessionAuthz {
 // === impl DeliveryGate ===
 
 impl DeliveryGate {
-    /// The gate of a session of `principal`.
-    pub(crate) fn new(authz: Arc<Authz>, principal: &Principal) -> Self {
+    /// The gate of a session of `principal` that has decided its subscriptions at policy
+    /// epoch `decided`.
+    pub(crate) fn new(authz: Arc<Authz>, principal: &Principal, decided: u64) -> Self {
         Self {
             decisions: Mutex::new(SessionAuthz::new(principal)),
+            decided: AtomicU64::new(decided),
             authz,
         }
     }
 
-    /// Whether a wildcard subscription of the session may carry `channel` at `now_ms`
-    /// (Unix milliseconds): no forbid covers subscribing to `channel` itself, and none failed
-    /// to evaluate. A hash lookup while the policy epoch and the principal's grants are
-    /// unchanged.
-    pub fn carries(&self, channel: &Channel, now_ms: u64) -> bool {
-        if self.authz.skips(Action::Subscribe) {
+    /// Records that the session has decided its subscriptions again at policy epoch `epoch`
+    /// (and ended those no longer allowed).
+    pub(crate) fn decided_at(&self, epoch: u64) {
+        self.decided.store(epoch, Ordering::Release);
+    }
+
+    /// Whether a subscription of the session to `pattern` may carry `channel` at `now_ms`
+    /// (Unix milliseconds):
+    ///
+    /// - if the policy epoch changed since the session last decided its subscriptions (it
+    ///   has not caught up yet), the pattern must still be allowed at the new epoch;
+    /// - for a wildcard pattern, no forbid may cover subscribing to `channel` itself, and
+    ///   none may fail to evaluate.
+    ///
+    /// A literal subscription decided at the current epoch passes with two atomic loads;
+    /// otherwise a hash lookup while the epoch and the principal's grants are unchanged.
+    pub fn carries(&self, pattern: &ChannelPattern, channel: &Channel, now_ms: u64) -> bool {
+        let stale = self.authz.engine.epoch() != self.decided.load(Ordering::Acquire);
+        if (!stale && pattern.is_literal()) || self.authz.skips(Action::Subscribe) {
             return true;
         }
-        let decision = self
+        let mut decisions = self
             .decisions
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .decision(
+            .unwrap_or_else(PoisonError::into_inner);
+        let first = pattern.tokens().next().unwrap_or_default();
+        // Own namespaces are the structural rule's, which no epoch changes.
+        if stale && first != DIRECT_PREFIX && first != REPLY_PREFIX {
+            let decision = decisions.decision(
                 &self.authz,
                 Action::Subscribe,
-                &Resource::Channel(channel),
+                &Resource::Pattern(pattern),
                 now_ms,
             );
+            if !decision.allowed {
+                return false;
+            }
+        }
+        if pattern.is_literal() {
+            return true;
+        }
+        let decision = decisions.decision(
+            &self.authz,
+            Action::Subscribe,
+            &Resource::Channel(channel),
+            now_ms,
+        );
         matches!(decision.reason, Reason::Permit | Reason::NoPermit)
     }
 }
@@ -489,6 +556,7 @@ impl Authz {
     pub(crate) fn with_policies(policies: &str, stats: Arc<Stats>) -> Self {
         let sources = vec![("test.cedar".to_owned(), policies.to_owned())];
         let set = build(&sources, &Limits::default()).expect("test policies load");
+        let time = reads_time(&set);
         let engine = Engine::new(set);
         let (epoch, _) = watch::channel(engine.epoch());
         Self {
@@ -501,6 +569,7 @@ impl Authz {
             limits: Limits::default(),
             stats,
             skip_decisions: false,
+            reads_time: AtomicBool::new(time),
         }
     }
 
@@ -509,6 +578,7 @@ impl Authz {
     pub(crate) fn replace_for_tests(&self, policies: &str) -> u64 {
         let sources = vec![("test.cedar".to_owned(), policies.to_owned())];
         let set = build(&sources, &self.limits).expect("test policies load");
+        self.reads_time.store(reads_time(&set), Ordering::Relaxed);
         let epoch = self.engine.replace(set);
         self.epoch.send_replace(epoch);
         epoch
@@ -636,6 +706,13 @@ fn build(sources: &[(String, String)], limits: &Limits) -> Result<PolicySet, Loa
         ));
     }
     Ok(set)
+}
+
+/// Whether a policy of `set` reads `context.now`.
+fn reads_time(set: &PolicySet) -> bool {
+    set.policies()
+        .iter()
+        .any(|policy| policy.context_read.iter().any(|attr| attr == "now"))
 }
 
 /// The `context` attributes the schema declares that this hub does not supply yet, each with

@@ -62,8 +62,9 @@ pub struct RouteOutcome {
     pub failed: usize,
     /// Subscribers disconnected by this publish as slow consumers.
     pub slow_consumers: usize,
-    /// Wildcard subscriptions matching the channel that a forbid keeps from carrying it
-    /// ([`DeliveryGate`]): not delivered, and not a failure.
+    /// Subscriptions matching the channel that their [`DeliveryGate`] keeps from carrying it
+    /// (a forbid on the channel, or a policy change their session has not caught up with):
+    /// not delivered, and not a failure.
     pub withheld: usize,
 }
 
@@ -126,21 +127,19 @@ impl LocalRouter {
         table.literal.values().map(Vec::len).sum::<usize>() + table.wildcard.len()
     }
 
-    /// The subscriptions matching `channel`, and how many wildcard ones may not carry it.
+    /// The subscriptions matching `channel` that may carry it, and how many may not.
     fn targets(&self, channel: &Channel) -> (Vec<(u64, Subscriber)>, usize) {
         let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
-        let mut targets: Vec<(u64, Subscriber)> = table
-            .literal
-            .get(channel.as_str())
-            .into_iter()
-            .flatten()
-            .map(|entry| (entry.subscription_id, entry.subscriber.clone()))
-            .collect();
+        let literal = table.literal.get(channel.as_str()).into_iter().flatten();
+        let mut targets = Vec::new();
         let mut withheld = 0;
-        let mut now_ms = None;
-        for entry in table.wildcard_matching(channel) {
-            let now_ms = *now_ms.get_or_insert_with(unix_ms);
-            if entry.subscriber.gate.carries(channel, now_ms) {
+        let now_ms = unix_ms();
+        for entry in literal.chain(table.wildcard_matching(channel)) {
+            if entry
+                .subscriber
+                .gate
+                .carries(&entry.pattern, channel, now_ms)
+            {
                 targets.push((entry.subscription_id, entry.subscriber.clone()));
             } else {
                 withheld += 1;
@@ -320,7 +319,11 @@ mod tests {
         (
             Subscriber {
                 session,
-                gate: Arc::new(DeliveryGate::new(authz.clone(), &principal)),
+                gate: Arc::new(DeliveryGate::new(
+                    authz.clone(),
+                    &principal,
+                    authz.engine().epoch(),
+                )),
                 principal,
                 outbound: tx,
                 connection: ConnectionControl::new(),
@@ -455,9 +458,47 @@ mod tests {
         );
 
         // The gate follows the running policies: without the forbid, payroll flows again.
-        authz.replace_for_tests(&POLICIES.replace("forbid", "permit"));
+        let epoch = authz.replace_for_tests(&POLICIES.replace("forbid", "permit"));
+        a.gate.decided_at(epoch);
         let outcome = router.route(&c("orders.payroll.x"), Bytes::new()).await;
         assert_eq!((outcome.delivered, outcome.withheld), (3, 0));
+    }
+
+    #[tokio::test]
+    async fn until_its_session_catches_up_a_subscription_carries_only_what_the_new_epoch_allows() {
+        const ORDERS: &str = r#"
+            @cross_segment
+            permit (principal in Segment::"shop", action == Action::"subscribe",
+                    resource in Namespace::"orders");
+        "#;
+        let authz = Arc::new(Authz::with_policies(ORDERS, Arc::default()));
+        let router = LocalRouter::new(Duration::from_millis(50));
+        let (a, mut a_rx) = subscriber_of(&authz, 1, 16);
+        router.subscribe(&a, 1, p("orders.eu"));
+        router.subscribe(&a, 2, p("orders.*"));
+        router.subscribe(&a, 3, p("_direct.shop.agent1"));
+        let outcome = router.route(&c("orders.eu"), Bytes::new()).await;
+        assert_eq!((outcome.delivered, outcome.withheld), (2, 0));
+
+        // The permit is withdrawn; the session has not decided its subscriptions again yet.
+        authz.replace_for_tests("");
+        let outcome = router.route(&c("orders.eu"), Bytes::new()).await;
+        assert_eq!((outcome.delivered, outcome.withheld), (0, 2));
+        // Its own direct channel is the structural rule's, which no policy changes.
+        let outcome = router.route(&c("_direct.shop.agent1"), Bytes::new()).await;
+        assert_eq!((outcome.delivered, outcome.withheld), (1, 0));
+
+        // Back again: allowed at the newest epoch, so carried even before the session catches
+        // up; and once it has, the literal subscription needs no decision at all.
+        let epoch = authz.replace_for_tests(ORDERS);
+        let outcome = router.route(&c("orders.eu"), Bytes::new()).await;
+        assert_eq!((outcome.delivered, outcome.withheld), (2, 0));
+        a.gate.decided_at(epoch);
+        let outcome = router.route(&c("orders.eu"), Bytes::new()).await;
+        assert_eq!((outcome.delivered, outcome.withheld), (2, 0));
+        let mut got = ids(&mut a_rx);
+        got.sort_unstable();
+        assert_eq!(got, [1, 1, 1, 2, 2, 2, 3]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -121,8 +121,12 @@ impl<R: Router> Session<R> {
         connection: ConnectionControl,
     ) -> Self {
         let authz = SessionAuthz::new(&principal);
-        let gate = Arc::new(DeliveryGate::new(context.authz.clone(), &principal));
         let epoch = context.authz.watch();
+        let gate = Arc::new(DeliveryGate::new(
+            context.authz.clone(),
+            &principal,
+            *epoch.borrow(),
+        ));
         Self {
             id,
             principal,
@@ -215,7 +219,7 @@ impl<R: Router> Session<R> {
     /// Decides every subscription again at the current policy epoch, and ends (with
     /// `SubscriptionEnded`) each one no longer allowed.
     pub(crate) async fn redecide(&mut self) -> Result<(), Status> {
-        self.epoch.borrow_and_update();
+        let epoch = *self.epoch.borrow_and_update();
         let now = now_ms();
         let mut ended = Vec::new();
         for (&id, pattern) in &self.subscriptions {
@@ -239,7 +243,18 @@ impl<R: Router> Session<R> {
             }))
             .await?;
         }
+        self.gate.decided_at(epoch);
         Ok(())
+    }
+
+    /// Decides every subscription again, afresh, if a running policy reads `context.now`: a
+    /// subscription a time window allowed ends within [`authz::TIME_RECHECK`] of its end.
+    pub(crate) async fn recheck_time(&mut self) -> Result<(), Status> {
+        if !self.context.authz.reads_time() || self.subscriptions.is_empty() {
+            return Ok(());
+        }
+        self.authz.forget();
+        self.redecide().await
     }
 
     async fn unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Result<(), Status> {
@@ -614,10 +629,17 @@ pub(crate) async fn run<R: Router>(
         Inbound(Result<Option<ClientFrame>, Status>),
         /// The client is done sending and the session's outbound stream is gone.
         Gone,
+        /// Time to decide the subscriptions again, if a running policy reads the time.
+        Clock,
     }
     let mut closed = session.connection.watch();
     let mut watching = true;
     let mut sending = true;
+    let mut clock = tokio::time::interval_at(
+        tokio::time::Instant::now() + authz::TIME_RECHECK,
+        authz::TIME_RECHECK,
+    );
+    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let event = tokio::select! {
             biased;
@@ -626,6 +648,7 @@ pub(crate) async fn run<R: Router>(
             next = inbound.message(), if sending => Event::Inbound(next),
             // The client is done sending; its subscriptions live until it goes away.
             () = session.outbound.closed(), if !sending => Event::Gone,
+            _ = clock.tick() => Event::Clock,
         };
         let outcome = match event {
             Event::Closed | Event::Gone => break,
@@ -634,6 +657,7 @@ pub(crate) async fn run<R: Router>(
                 Ok(())
             }
             Event::Epoch(true) => session.redecide().await,
+            Event::Clock => session.recheck_time().await,
             Event::Inbound(Ok(Some(frame))) => {
                 tokio::select! {
                     biased;
@@ -1221,6 +1245,41 @@ mod tests {
         assert!(alice.rx.try_recv().is_err());
         // Its ID is free again.
         assert_eq!(alice.subscribe(1, "orders.>").await, ack(1));
+    }
+
+    #[tokio::test]
+    async fn a_time_window_ends_its_subscriptions_at_the_next_recheck() {
+        assert!(!hub(SHOP).context.authz.reads_time());
+        let until_s = now_ms() / 1000 + 2;
+        let mut hub = hub(&format!(
+            r#"@cross_segment
+               permit (principal in Segment::"shop", action == Action::"subscribe",
+                       resource in Namespace::"orders")
+               when {{ context.now < {until_s} }};"#
+        ));
+        assert!(hub.context.authz.reads_time());
+        let mut alice = hub.connect(agent("shop", "alice"));
+        assert_eq!(alice.subscribe(1, "orders.>").await, ack(1));
+        alice.session.recheck_time().await.unwrap();
+        assert!(alice.rx.try_recv().is_err());
+
+        // The window closes; the policy epoch does not change, the next recheck ends it.
+        let left_ms = (until_s * 1000 + 20).saturating_sub(now_ms());
+        tokio::time::sleep(Duration::from_millis(left_ms)).await;
+        let epoch = hub.context.authz.engine().epoch();
+        alice.session.recheck_time().await.unwrap();
+        match alice.next() {
+            server_frame::Kind::SubscriptionEnded(ended) => {
+                assert_eq!(ended.subscription_id, 1);
+                assert!(
+                    ended.reason.contains("no policy permits"),
+                    "{}",
+                    ended.reason
+                );
+            }
+            other => panic!("expected SubscriptionEnded, got {other:?}"),
+        }
+        assert_eq!(hub.context.authz.engine().epoch(), epoch);
     }
 
     #[test]
