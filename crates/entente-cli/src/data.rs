@@ -395,14 +395,15 @@ permit (
   resource in Namespace::"demo"
 );
 
-// The hub's administrator may give grants to anyone (`entente grant`), approve or reject
-// anyone's just-in-time requests (`entente approve`, `entente reject`), and see every grant
-// and request (`entente grants`, `entente approvals`). The hub itself refuses anyone granting
-// to itself or approving its own request, whatever a policy says.
+// The hub's administrator may give grants to anyone (`entente grant`) and end them early
+// (`entente revoke-grant`), approve or reject anyone's just-in-time requests and held
+// messages (`entente approve`, `entente reject`), and see every grant and request
+// (`entente grants`, `entente approvals`). The hub itself refuses anyone granting to itself
+// or approving its own request or message, whatever a policy says.
 @id("admin-grants-and-approves")
 permit (
   principal == Human::"spiffe://{TD}/human/admin",
-  action in [Action::"grant", Action::"approve", Action::"admin"],
+  action in [Action::"grant", Action::"revoke", Action::"approve", Action::"admin"],
   resource
 );
 
@@ -425,6 +426,20 @@ permit (
   resource in Namespace::"demo"
 )
 when { context.grants.contains("demo-read") };
+
+// A high-stakes channel: what an agent publishes under `demo.payments.` is held in the hub,
+// still sealed, until a principal other than its sender approves it (the administrator may:
+// `entente approvals`, `entente approve ID`), or one rejects it. The sender states why:
+//
+//   entente send demo.payments.out "pay invoice 42" --purpose "invoice 42, due today" \
+//       --identity AGENT --hub ADDR
+//
+// Raise the count (`context.approvals >= 2`) or name approvers (`context.approvers`) as the
+// stakes require.
+@id("demo-payments-need-approval")
+@hold
+forbid (principal, action == Action::"publish", resource in Namespace::"demo.payments")
+unless { context.approvals >= 1 };
 "#;
 
 const CONFIG: &str = "config.toml";

@@ -84,6 +84,10 @@ enum Command {
         channel: String,
         /// The message.
         message: String,
+        /// Why, for approvers: send the message alone, and say whether the hub holds it for
+        /// approval (a high-stakes channel).
+        #[arg(long)]
+        purpose: Option<String>,
     },
     /// Print verified messages from a channel pattern.
     Listen {
@@ -164,24 +168,42 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
-    /// List the pending requests the identity may approve or reject.
+    /// End a grant now, before its time: the subscriptions it opened end at once.
+    RevokeGrant {
+        #[command(flatten)]
+        at: At,
+        /// The grant's ID, `g-<n>` (see `entente grants`).
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// List the pending requests and held messages the identity may approve or reject.
     Approvals {
         #[command(flatten)]
         at: At,
     },
-    /// Approve a just-in-time request: sign a statement over it with the identity's key.
+    /// Approve a just-in-time request or a held message: sign a statement over it with the
+    /// identity's key.
     Approve {
         #[command(flatten)]
         at: At,
-        /// The request's ID, `r-<n>`.
+        /// The request's ID, `r-<n>`, or the held message's ID (a UUID).
         id: String,
     },
-    /// Reject a just-in-time request (its requester may reject it to withdraw it).
+    /// Reject a just-in-time request or a held message (its requester or sender may reject
+    /// it to withdraw it).
     Reject {
         #[command(flatten)]
         at: At,
-        /// The request's ID, `r-<n>`.
+        /// The request's ID, `r-<n>`, or the held message's ID (a UUID).
         id: String,
+    },
+    /// List the messages held for approval the identity may see: its own, and those it may
+    /// decide, with what became of them.
+    Held {
+        #[command(flatten)]
+        at: At,
     },
 }
 
@@ -232,7 +254,7 @@ enum PolicyCommand {
         #[arg(long)]
         action: String,
         /// On what: a channel (a pattern for subscribe), `channel:NAME`, `agent:ID` (or
-        /// `agent:SEGMENT/NAME`), `human:NAME`, or `segment:NAME`.
+        /// `agent:SEGMENT/NAME`), `human:NAME`, `segment:NAME`, or `hub:hub` (the hub itself).
         #[arg(long)]
         resource: String,
     },
@@ -314,7 +336,15 @@ fn main() -> ExitCode {
             at,
             channel,
             message,
-        } => commands::agent::send(&at.identity, &at.hub, &channel, &message, cli.json),
+            purpose,
+        } => commands::agent::send(
+            &at.identity,
+            &at.hub,
+            &channel,
+            &message,
+            purpose.as_deref(),
+            cli.json,
+        ),
         Command::Listen { at, channel, count } => {
             commands::agent::listen(&at.identity, &at.hub, &channel, count, cli.json)
         }
@@ -356,9 +386,13 @@ fn main() -> ExitCode {
             duration,
             reason,
         } => commands::grants::request_grant(&at, &name, &duration, &reason, cli.json),
+        Command::RevokeGrant { at, id, reason } => {
+            commands::grants::revoke_grant(&at, &id, &reason, cli.json)
+        }
         Command::Approvals { at } => commands::grants::approvals(&at, cli.json),
         Command::Approve { at, id } => commands::grants::decide(&at, &id, true, cli.json),
         Command::Reject { at, id } => commands::grants::decide(&at, &id, false, cli.json),
+        Command::Held { at } => commands::grants::held(&at, cli.json),
     };
     match result {
         Ok(code) => code,

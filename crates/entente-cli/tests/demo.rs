@@ -54,6 +54,9 @@ fn the_demo_speaks_json() {
         "jit_approved",
         "jit_access",
         "grant_expired",
+        "held",
+        "approver_view",
+        "released",
     ] {
         assert!(
             checks.iter().any(|c| c["property"] == property),

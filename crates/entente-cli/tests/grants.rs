@@ -1,7 +1,7 @@
-//! `entente grant`, `grants`, `request-grant`, `approvals`, `approve`, `reject` and
-//! `token create --human` with the real binary against `entente hub start` and its
-//! `default.cedar`: the README's just-in-time walkthrough, each command with a good and a bad
-//! input, and a grant ending a live `listen`.
+//! `entente grant`, `grants`, `request-grant`, `approvals`, `approve`, `reject`, `held`,
+//! `send --purpose` and `token create --human` with the real binary against `entente hub
+//! start` and its `default.cedar`: the README's just-in-time walkthrough, each command with a
+//! good and a bad input, a grant ending a live `listen`, and a payment held until approved.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -147,7 +147,7 @@ fn just_in_time_from_request_to_approval_and_direct_grants_that_end() {
         &["approve", "r-1"],
         "cannot approve its own request",
     );
-    fails_as(&admin, &addr, &["approve", "1"], "not a request ID");
+    fails_as(&admin, &addr, &["approve", "1"], "neither a request ID");
     let said = ok_as(&admin, &addr, &["approve", "r-1"]);
     assert!(
         said.starts_with("approved r-1: `spiffe://entente.local/agent/ops/eve` holds `demo-read`"),
@@ -254,6 +254,41 @@ fn just_in_time_from_request_to_approval_and_direct_grants_that_end() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("(DENIED)"), "{stderr}");
     assert!(stderr.contains("no longer allowed"), "{stderr}");
+
+    // revoke-grant: a grant ended early, by the admin; eve may not.
+    let said = ok_as(
+        &admin,
+        &addr,
+        &[
+            "grant",
+            "ops/eve",
+            "demo-read",
+            "--for",
+            "1h",
+            "--reason",
+            "INC-44",
+        ],
+    );
+    let id = said.trim().rsplit(' ').next().unwrap().to_owned();
+    assert!(id.starts_with("g-"), "{said}");
+    fails_as(
+        &eve,
+        &addr,
+        &["revoke-grant", &id, "--reason", "mine"],
+        "is denied",
+    );
+    let said = ok_as(
+        &admin,
+        &addr,
+        &["revoke-grant", &id, "--reason", "INC-44 closed"],
+    );
+    assert!(said.starts_with(&format!("ended {id}: ")), "{said}");
+    fails_as(
+        &admin,
+        &addr,
+        &["revoke-grant", &id, "--reason", "again"],
+        "unknown grant",
+    );
     stop(hub);
 }
 
@@ -337,5 +372,83 @@ fn humans_enroll_with_their_own_token_and_act_with_their_identity() {
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
+    stop(hub);
+}
+
+#[test]
+fn a_payment_is_held_until_the_administrator_approves_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("hub");
+    let (hub, info) = start(&data);
+    let addr = info["listening"].as_str().unwrap().to_owned();
+    let admin = data.join("admin");
+    let alice = enroll(tmp.path(), &data, &addr, "--agent", "demo/alice");
+    let bob = enroll(tmp.path(), &data, &addr, "--agent", "demo/bob");
+
+    let mut listener = Command::new(env!("CARGO_BIN_EXE_entente"))
+        .args([
+            "listen",
+            "--identity",
+            s(&bob),
+            "--hub",
+            &addr,
+            "demo.payments.>",
+            "--count",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(listener.stderr.as_mut().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert!(ready.contains("listening"), "{ready}");
+
+    // send --purpose: default.cedar holds `demo.payments.>` for one approval.
+    let said = ok_as(
+        &alice,
+        &addr,
+        &[
+            "send",
+            "demo.payments.out",
+            "pay invoice 42",
+            "--purpose",
+            "invoice 42, due today",
+        ],
+    );
+    assert!(
+        said.starts_with("held for approval on `demo.payments.out`: "),
+        "{said}"
+    );
+    let id = said
+        .trim_start_matches("held for approval on `demo.payments.out`: ")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    fails_as(
+        &alice,
+        &addr,
+        &["send", "demo.payments.out", "pay", "--purpose", ""],
+        "purpose",
+    );
+
+    // The sender never approves its own; the administrator sees it and releases it.
+    fails_as(&alice, &addr, &["approve", &id], "separation of duties");
+    fails_as(&admin, &addr, &["approve", "soon"], "neither a request ID");
+    let pending = ok_as(&admin, &addr, &["approvals"]);
+    assert!(pending.contains(&format!("{id}  pending")), "{pending}");
+    assert!(pending.contains("invoice 42, due today"), "{pending}");
+    let said = ok_as(&admin, &addr, &["approve", &id]);
+    assert!(said.contains("released to its channel"), "{said}");
+    let out = support::wait(listener, support::LIMIT);
+    assert!(out.status.success());
+    let heard = String::from_utf8_lossy(&out.stdout);
+    assert!(heard.contains("pay invoice 42"), "{heard}");
+
+    let mine = ok_as(&alice, &addr, &["held"]);
+    assert!(mine.contains(&format!("{id}  released")), "{mine}");
     stop(hub);
 }

@@ -65,7 +65,7 @@ fn policies_are_loaded_shown_and_checked_and_survive_a_restart() {
     );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
-        text.starts_with("policy epoch 1: 5 policies from 2 source(s)"),
+        text.starts_with("policy epoch 1: 6 policies from 2 source(s)"),
         "{text}"
     );
     for needle in [
@@ -138,7 +138,7 @@ fn policies_are_loaded_shown_and_checked_and_survive_a_restart() {
     );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("policy epoch 2"), "{text}");
-    assert!(text.contains("6 policies"), "{text}");
+    assert!(text.contains("7 policies"), "{text}");
     let out = run(
         &[
             "--json",

@@ -32,7 +32,7 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use entente_crypto::{SealerOptions, TAG_LEN, VerifiedKeyBundle};
 use entente_types::{Channel, ChannelPattern, Principal, namespace};
 use entente_wire::{
-    ClientFrame, Deliver, DirectoryRequest, KeyBundle, ServerFrame, Subscribe, Unsubscribe,
+    ClientFrame, Deliver, DirectoryRequest, Held, KeyBundle, ServerFrame, Subscribe, Unsubscribe,
     client_frame, server_frame,
 };
 use tokio::net::ToSocketAddrs;
@@ -99,7 +99,7 @@ pub struct Client {
 #[derive(Debug)]
 #[must_use = "a publish is only known to have succeeded once its ack resolves"]
 pub struct PublishAck {
-    answer: oneshot::Receiver<Result<(), Error>>,
+    answer: oneshot::Receiver<Result<Vec<Held>, Error>>,
     deadline: Pin<Box<tokio::time::Sleep>>,
     client: Client,
 }
@@ -172,11 +172,14 @@ enum Pending {
     },
     Publish {
         channel: Channel,
-        waiters: Vec<Waiter>,
+        waiters: Vec<PublishWaiter>,
     },
 }
 
 type Waiter = oneshot::Sender<Result<(), Error>>;
+
+/// A publisher waiting for its `Ack` (with what the hub holds for approval) or `Refusal`.
+type PublishWaiter = oneshot::Sender<Result<Vec<Held>, Error>>;
 
 #[derive(Debug)]
 struct SubscriptionEntry {
@@ -187,7 +190,7 @@ struct SubscriptionEntry {
 
 #[derive(Debug)]
 enum Command {
-    Publish(Outgoing<Waiter>),
+    Publish(Outgoing<PublishWaiter>),
     /// A subscribe or unsubscribe frame, already registered as pending.
     Frame(client_frame::Kind),
 }
@@ -435,6 +438,46 @@ impl Client {
         self.enqueue_to(channel, payload, recipients).await?.await
     }
 
+    /// Publishes `payload` on `channel` alone (in a batch and frame of its own) with a
+    /// `purpose` for approvers, sealed for the channel's members like
+    /// [`publish`](Self::publish), and waits for the hub's answer: `Some(held)` when the hub
+    /// holds it for approval (a high-stakes channel: docs/POLICY.md, "Holding messages for
+    /// approval"), `None` when it was routed at once. A held message is delivered once
+    /// approved; see [`held`](Self::held) for what became of it.
+    ///
+    /// `purpose` must not be empty (at most 1024 bytes): approvers see it, never the payload.
+    pub async fn publish_with_purpose(
+        &self,
+        channel: &str,
+        payload: impl Into<Vec<u8>>,
+        purpose: &str,
+    ) -> Result<Option<Held>, Error> {
+        let deadline = self.deadline();
+        let channel = parse_channel(channel)?;
+        if purpose.trim().is_empty() || purpose.len() > entente_wire::MAX_REASON_BYTES {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "a purpose is 1 to {} bytes of text",
+                    entente_wire::MAX_REASON_BYTES
+                ),
+            ));
+        }
+        let payload = self.check_payload(payload.into())?;
+        let recipients = self.members(&channel).await?;
+        let ack = self
+            .queue(
+                channel,
+                payload,
+                recipients,
+                None,
+                Some(purpose.to_owned()),
+                deadline,
+            )
+            .await?;
+        Ok(ack.held().await?.into_iter().next())
+    }
+
     /// Queues `payload` for `channel`'s members, like [`publish`](Self::publish), but returns
     /// once it is queued: the returned [`PublishAck`] resolves when the hub answers. Messages
     /// queued one after the other are published in that order, batched.
@@ -460,7 +503,7 @@ impl Client {
         let channel = parse_channel(channel)?;
         let payload = self.check_payload(payload.into())?;
         let recipients = self.members(&channel).await?;
-        self.queue(channel, payload, recipients, None, deadline)
+        self.queue(channel, payload, recipients, None, None, deadline)
             .await
     }
 
@@ -482,7 +525,7 @@ impl Client {
             .map(|b| shared.bundles.admit(b, now))
             .collect::<Result<Vec<_>, _>>()?;
         let recipients = Arc::new(Recipients::new(shared.identity.key_bundle(), bundles));
-        self.queue(channel, payload, recipients, None, deadline)
+        self.queue(channel, payload, recipients, None, None, deadline)
             .await
     }
 
@@ -517,7 +560,7 @@ impl Client {
         ))
     }
 
-    /// Asks the hub for a one-time join token for `agent` (administrators only). `ttl` of
+    /// Asks the hub for a one-time join token for `agent` (listed administrators, or as the hub's policies permit `enroll` on it). `ttl` of
     /// zero takes the hub's default. Returns the token and its expiry (Unix milliseconds).
     pub async fn create_token(
         &self,
@@ -528,7 +571,7 @@ impl Client {
     }
 
     /// Asks the hub for a one-time join token for the human `human`
-    /// (`spiffe://TD/human/NAME`; administrators only), as [`create_token`](Self::create_token)
+    /// (`spiffe://TD/human/NAME`; listed administrators, or as the policies permit `enroll` on it), as [`create_token`](Self::create_token)
     /// does for an agent. The human enrolls with it like an agent ([`crate::enroll`]) and acts
     /// with its own identity: approving requests, giving grants, as its policies allow.
     pub async fn create_human_token(
@@ -563,7 +606,7 @@ impl Client {
         Ok((response.token, response.expires_at_ms))
     }
 
-    /// Revokes principals and certificate serials (administrators only); returns how many live
+    /// Revokes principals (listed administrators, or as the policies permit `revoke` on each) and certificate serials (listed administrators only); returns how many live
     /// connections the hub closed.
     pub async fn revoke(
         &self,
@@ -589,7 +632,7 @@ impl Client {
 
     /// Replaces the hub's running policy set with `sources` — `(name, text)` pairs of Cedar
     /// policies, such as file names and contents — and the hub's base policies
-    /// (administrators only). Returns the new policy epoch and how many policies run, the
+    /// (listed administrators, or as the policies permit `admin` on `Hub::"hub"`). Returns the new policy epoch and how many policies run, the
     /// base policies included.
     ///
     /// All or nothing: a set the hub refuses (invalid Cedar, a policy that does not fit the
@@ -624,7 +667,7 @@ impl Client {
         Ok((response.epoch, response.policies))
     }
 
-    /// The hub's running policy set (administrators only): its epoch, its sources (`base`
+    /// The hub's running policy set (listed administrators, or `admin` on `Hub::"hub"`): its epoch, its sources (`base`
     /// first) and each policy's ID and place.
     pub async fn policies(&self) -> Result<entente_wire::ShowPoliciesResponse, Error> {
         self.inner
@@ -640,7 +683,7 @@ impl Client {
     }
 
     /// How the hub would decide `principal` doing `action` (`publish`, `subscribe`, `direct`,
-    /// `request`, …) on a resource (administrators only): `resource_type` is `channel` (a
+    /// `request`, …) on a resource (listed administrators, or `admin` on `Hub::"hub"`): `resource_type` is `channel` (a
     /// pattern for `subscribe`), `agent` (a SPIFFE ID) or `segment` (a name). The answer says
     /// whether it is allowed, which policies decided, and explains it in words.
     pub async fn check_policy(
@@ -779,6 +822,7 @@ impl Client {
         payload: Vec<u8>,
         recipients: Arc<Recipients>,
         reply_to: Option<Channel>,
+        purpose: Option<String>,
         deadline: tokio::time::Instant,
     ) -> Result<PublishAck, Error> {
         let (ticket, answer) = oneshot::channel();
@@ -787,6 +831,7 @@ impl Client {
             payload,
             recipients,
             reply_to,
+            purpose,
             ticket,
         });
         match tokio::time::timeout_at(deadline, self.inner.commands.send(command)).await {
@@ -1014,7 +1059,7 @@ impl Client {
         let payload = self.check_payload(payload)?;
         let bundle = self.key_bundle(requester).await?;
         let recipients = Arc::new(Recipients::exactly(vec![bundle]));
-        self.queue(reply_to.clone(), payload, recipients, None, deadline)
+        self.queue(reply_to.clone(), payload, recipients, None, None, deadline)
             .await?
             .await
     }
@@ -1029,7 +1074,7 @@ impl Client {
         let bundle = self.key_bundle(target).await?;
         let recipients = Arc::new(Recipients::exactly(vec![bundle]));
         let channel = namespace::direct_channel(target);
-        self.queue(channel, payload, recipients, reply_to, deadline)
+        self.queue(channel, payload, recipients, reply_to, None, deadline)
             .await?
             .await
     }
@@ -1098,6 +1143,21 @@ impl Drop for AwaitingReply<'_> {
 
 // === impl PublishAck ===
 
+impl PublishAck {
+    /// The hub's answer with what it holds for approval.
+    async fn held(self) -> Result<Vec<Held>, Error> {
+        let PublishAck {
+            answer,
+            deadline,
+            client,
+        } = self;
+        tokio::select! {
+            answer = answer => answer.unwrap_or_else(|_| Err(client.inner.shared.closed_error())),
+            () = deadline => Err(client.timeout_error()),
+        }
+    }
+}
+
 impl Future for PublishAck {
     type Output = Result<(), Error>;
 
@@ -1105,7 +1165,9 @@ impl Future for PublishAck {
         let this = self.get_mut();
         if let Poll::Ready(answer) = Pin::new(&mut this.answer).poll(cx) {
             return Poll::Ready(
-                answer.unwrap_or_else(|_| Err(this.client.inner.shared.closed_error())),
+                answer
+                    .unwrap_or_else(|_| Err(this.client.inner.shared.closed_error()))
+                    .map(drop),
             );
         }
         if this.deadline.as_mut().poll(cx).is_ready() {
@@ -1208,8 +1270,9 @@ impl Shared {
         )
     }
 
-    /// Handles the hub's `Ack` (`refusal` is `None`) or `Refusal` for request `id`.
-    fn answer(&self, id: u64, refusal: Option<(u32, String)>) {
+    /// Handles the hub's `Ack` (`refusal` is `None`; `held`, what it holds for approval) or
+    /// `Refusal` for request `id`.
+    fn answer(&self, id: u64, refusal: Option<(u32, String)>, held: Vec<Held>) {
         let pending = {
             let mut state = self.lock();
             let pending = state.pending.remove(&id);
@@ -1255,8 +1318,10 @@ impl Shared {
                     }
                     None => {
                         stats::add(&self.stats.published, count);
+                        // A frame carrying a held message carries that message alone.
+                        let mut held = Some(held);
                         for waiter in waiters {
-                            let _ = waiter.send(Ok(()));
+                            let _ = waiter.send(Ok(held.take().unwrap_or_default()));
                         }
                     }
                 }
@@ -1435,7 +1500,7 @@ impl Writer<'_> {
         self.flush(publishes).await
     }
 
-    async fn flush(&mut self, publishes: Vec<Outgoing<Waiter>>) -> bool {
+    async fn flush(&mut self, publishes: Vec<Outgoing<PublishWaiter>>) -> bool {
         if publishes.is_empty() {
             return true;
         }
@@ -1545,9 +1610,13 @@ async fn read(
 
 async fn handle(shared: &Shared, transport: &Transport, frame: ServerFrame) {
     match frame.kind {
-        Some(server_frame::Kind::Ack(ack)) => shared.answer(ack.request_id, None),
+        Some(server_frame::Kind::Ack(ack)) => shared.answer(ack.request_id, None, ack.held),
         Some(server_frame::Kind::Refusal(refusal)) => {
-            shared.answer(refusal.request_id, Some((refusal.code, refusal.reason)));
+            shared.answer(
+                refusal.request_id,
+                Some((refusal.code, refusal.reason)),
+                Vec::new(),
+            );
         }
         Some(server_frame::Kind::Deliver(deliver)) => {
             self::deliver(shared, transport, deliver).await;

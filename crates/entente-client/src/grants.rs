@@ -12,10 +12,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use entente_crypto::{ApprovalStatement, GrantRequestBody, ObjectKind, Verdict};
+use entente_crypto::{ApprovalStatement, GrantRequestBody, ObjectKind, Verdict, envelope_digest};
+use entente_types::MessageId;
 use entente_wire::{
     ApproveRequest, ApproveResponse, GrantInfo, GrantRequest, GrantRequestInfo, GrantResponse,
-    ListGrantsRequest, ListGrantsResponse, RequestGrantRequest, RequestGrantResponse,
+    HeldMessage, ListGrantsRequest, ListGrantsResponse, ListHeldRequest, ListHeldResponse,
+    RequestGrantRequest, RequestGrantResponse, RevokeGrantRequest, RevokeGrantResponse,
 };
 
 use crate::{Client, Error, ErrorKind, Principal};
@@ -34,8 +36,13 @@ pub enum ApprovalOutcome {
     },
     /// The last approval needed: the grant is active from now.
     Granted(GrantInfo),
-    /// Rejected: the request is closed.
+    /// Rejected: the request is closed, or the held message will never be delivered.
     Rejected,
+    /// The approval a held message needed: it was delivered to its channel.
+    Released {
+        /// Distinct approvals.
+        approvals: u32,
+    },
 }
 
 // === impl Client ===
@@ -183,15 +190,68 @@ impl Client {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn approve(&self, request_id: &str) -> Result<ApprovalOutcome, Error> {
-        self.decide(request_id, Verdict::Approve).await
+    ///
+    /// An `id` that is a message ID (UUID text) names a message held for approval
+    /// ([`held`](Self::held)): the statement is bound to the hash of its envelope, which the
+    /// SDK computes from the sealed envelope the hub shows; the sender never approves its own.
+    pub async fn approve(&self, id: &str) -> Result<ApprovalOutcome, Error> {
+        if MessageId::parse(id).is_ok() {
+            return self.decide_held(id, Verdict::Approve).await;
+        }
+        self.decide(id, Verdict::Approve).await
     }
 
     /// Rejects the just-in-time request `request_id`, as [`approve`](Self::approve) approves
     /// it: one rejection closes a request. The requester may reject its own request, which
     /// withdraws it.
-    pub async fn reject(&self, request_id: &str) -> Result<ApprovalOutcome, Error> {
-        self.decide(request_id, Verdict::Reject).await
+    ///
+    /// A held message's ID rejects that message; its sender may reject (withdraw) it too.
+    pub async fn reject(&self, id: &str) -> Result<ApprovalOutcome, Error> {
+        if MessageId::parse(id).is_ok() {
+            return self.decide_held(id, Verdict::Reject).await;
+        }
+        self.decide(id, Verdict::Reject).await
+    }
+
+    /// Ends grant `id` (`g-<n>`) now, before its time, with a `reason` (required). Returns
+    /// the grant as it was. The hub's policies must permit this client's principal `revoke`
+    /// on the grant's holder; the subscriptions the grant opened end at once (`DENIED`).
+    /// Errors: [`ErrorKind::Denied`] when not permitted, [`ErrorKind::Refused`] for a grant
+    /// that is unknown or already ended, [`ErrorKind::InvalidInput`] for a bad ID or reason.
+    pub async fn revoke_grant(&self, id: &str, reason: &str) -> Result<GrantInfo, Error> {
+        let response: RevokeGrantResponse = self
+            .transport()
+            .unary(
+                entente_hub::REVOKE_GRANT_PATH,
+                RevokeGrantRequest {
+                    id: id.to_owned(),
+                    reason: reason.to_owned(),
+                },
+                self.request_timeout(),
+                "ending a grant",
+            )
+            .await
+            .map_err(|e| self.grant_error(e))?;
+        response
+            .grant
+            .ok_or_else(|| Error::new(ErrorKind::Protocol, "the hub answered without the grant"))
+    }
+
+    /// The messages held for approval that this principal may see: its own, and those on
+    /// channels it may approve for, pending or decided within the hour, in the order the hub
+    /// received them. The payloads stay sealed.
+    pub async fn held(&self) -> Result<Vec<HeldMessage>, Error> {
+        let response: ListHeldResponse = self
+            .transport()
+            .unary(
+                entente_hub::LIST_HELD_PATH,
+                ListHeldRequest::default(),
+                self.request_timeout(),
+                "listing held messages",
+            )
+            .await
+            .map_err(|e| self.grant_error(e))?;
+        Ok(response.held)
     }
 
     // --- helpers ---
@@ -237,6 +297,19 @@ impl Client {
             .map_err(|e| self.grant_error(e))
     }
 
+    async fn decide_held(&self, id: &str, verdict: Verdict) -> Result<ApprovalOutcome, Error> {
+        let held = self.held().await?;
+        let message = held.iter().find(|h| h.message_id == id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Refused,
+                format!("the hub shows no held message `{id}` to this principal"),
+            )
+        })?;
+        let hash = held_hash(message)?;
+        self.sign_and_send(id, ObjectKind::Envelope, hash, verdict)
+            .await
+    }
+
     async fn decide(&self, request_id: &str, verdict: Verdict) -> Result<ApprovalOutcome, Error> {
         let listed = self.grants().await?;
         let request = listed
@@ -249,12 +322,27 @@ impl Client {
                     format!("the hub shows no request `{request_id}` to this principal"),
                 )
             })?;
+        let hash = request_hash(request);
+        self.sign_and_send(request_id, ObjectKind::GrantRequest, hash, verdict)
+            .await
+    }
+
+    /// Signs a statement about object `id` of `kind` with `hash`, sends it and reads the
+    /// outcome.
+    async fn sign_and_send(
+        &self,
+        id: &str,
+        kind: ObjectKind,
+        hash: [u8; 32],
+        verdict: Verdict,
+    ) -> Result<ApprovalOutcome, Error> {
+        let request_id = id;
         let identity = self.connected_identity();
         let statement = ApprovalStatement {
             verdict,
-            kind: ObjectKind::GrantRequest,
-            object_id: request.id.clone(),
-            object_hash: request_hash(request),
+            kind,
+            object_id: id.to_owned(),
+            object_hash: hash,
             approver: identity.principal().clone(),
             key_epoch: identity.key_bundle().epoch(),
             signed_at_ms: millis(
@@ -303,6 +391,9 @@ impl Client {
                 .map(ApprovalOutcome::Granted)
                 .ok_or_else(|| Error::new(ErrorKind::Protocol, "granted, without the grant")),
             "rejected" => Ok(ApprovalOutcome::Rejected),
+            "released" => Ok(ApprovalOutcome::Released {
+                approvals: response.approvals,
+            }),
             other => Err(Error::new(
                 ErrorKind::Protocol,
                 format!(
@@ -332,6 +423,28 @@ impl Client {
         };
         self.after_end(error)
     }
+}
+
+/// The hash of a held message's envelope (PROTOCOL.md §4.4), computed from the sealed batch
+/// the hub shows, which must be the one envelope of the message's sender on its channel.
+pub fn held_hash(held: &HeldMessage) -> Result<[u8; 32], Error> {
+    let protocol = |what: &str| Error::new(ErrorKind::Protocol, format!("held message: {what}"));
+    let batch = held
+        .batch
+        .as_ref()
+        .ok_or_else(|| protocol("no batch shown"))?;
+    if batch.sender != held.sender || batch.channel != held.channel {
+        return Err(protocol("the batch shown is of another sender or channel"));
+    }
+    let [envelope] = batch.envelopes.as_slice() else {
+        return Err(protocol("the batch shown is not one envelope"));
+    };
+    let id = MessageId::from_slice(&envelope.message_id)
+        .map_err(|e| protocol(&format!("message id: {e}")))?;
+    if id.to_string() != held.message_id {
+        return Err(protocol("the envelope shown is another message"));
+    }
+    Ok(envelope_digest(&batch.sender, &batch.channel, envelope))
 }
 
 /// SHA-256 of a request's canonical bytes, from the fields as shown (PROTOCOL.md §11.2).

@@ -22,6 +22,10 @@
 //!   grant its policies test; [`Client::request_grant`] asks for one, which principals other
 //!   than the requester approve with statements they sign ([`Client::approve`],
 //!   [`Client::reject`]); [`Client::grants`] lists what the caller may see.
+//! - Messages held for approval: [`Client::publish_with_purpose`] publishes one message with
+//!   a purpose and says whether the hub holds it; approvers list held messages with
+//!   [`Client::held`] (sealed) and decide them with [`Client::approve`] and
+//!   [`Client::reject`], signing over the envelope's hash ([`held_hash`]).
 //! - [`Error`]: one error type with a small [`ErrorKind`] to match on.
 //!
 //! Certificates are short-lived (an hour by default). A connected client renews its own over
@@ -70,7 +74,7 @@ mod transport;
 pub use client::{Client, PublishAck};
 pub use enroll::enroll;
 pub use error::{Error, ErrorKind};
-pub use grants::{ApprovalOutcome, request_hash};
+pub use grants::{ApprovalOutcome, held_hash, request_hash};
 pub use identity::{IDENTITY_VERSION, Identity, IdentityError};
 pub use inbox::Message;
 pub use options::ClientOptions;
@@ -82,4 +86,6 @@ pub use entente_ca::TrustBundle;
 pub use entente_crypto::VerifiedKeyBundle;
 pub use entente_hub::RefusalCode;
 pub use entente_types::{Channel, ChannelPattern, MessageId, Principal};
-pub use entente_wire::{ApprovalInfo, GrantInfo, GrantRequestInfo, ListGrantsResponse};
+pub use entente_wire::{
+    ApprovalInfo, GrantInfo, GrantRequestInfo, Held, HeldMessage, ListGrantsResponse,
+};

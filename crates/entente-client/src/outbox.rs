@@ -12,6 +12,9 @@
 //! signature): one `Publish` frame per batch, so that a refusal only fails the messages it
 //! carried.
 //!
+//! A message with a purpose (for the approvers of a channel that holds messages) is sealed
+//! alone, in a batch and frame of its own, carrying the purpose.
+//!
 //! A reply channel (`_reply.…`) takes one batch, once: its sealer is dropped after sealing,
 //! so that answering many requests keeps no state per request.
 
@@ -46,6 +49,8 @@ pub(crate) struct Outgoing<T> {
     pub(crate) recipients: Arc<Recipients>,
     /// Where the recipients should reply, if anywhere (a request).
     pub(crate) reply_to: Option<Channel>,
+    /// Why, for approvers: a message with a purpose is sealed and sent alone.
+    pub(crate) purpose: Option<String>,
     pub(crate) ticket: T,
 }
 
@@ -171,6 +176,7 @@ impl Outbox {
         let channel = first.channel.clone();
         let recipients = first.recipients.clone();
         let reply_to = first.reply_to.clone();
+        let purpose = first.purpose.clone().unwrap_or_default();
         let (payloads, tickets): (Vec<Vec<u8>>, Vec<T>) =
             run.into_iter().map(|m| (m.payload, m.ticket)).unzip();
         let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
@@ -185,6 +191,7 @@ impl Outbox {
                     request_id: next_id(),
                     sender_keys: sender_key.into_iter().collect(),
                     batches: vec![batch],
+                    purpose,
                 },
                 tickets,
             },
@@ -314,6 +321,8 @@ fn runs<T>(messages: Vec<Outgoing<T>>, options: &OutboxOptions) -> Vec<Vec<Outgo
                 (Arc::ptr_eq(&first.recipients, &m.recipients)
                     || first.recipients.as_ref() == m.recipients.as_ref())
                     && first.reply_to == m.reply_to
+                    && first.purpose.is_none()
+                    && m.purpose.is_none()
                     && run.len() < options.batch_max
                     && bytes.saturating_add(m.payload.len()) <= options.batch_max_bytes
             });
@@ -434,6 +443,7 @@ pub(crate) mod tests {
             payload: payload.to_vec(),
             recipients: recipients.clone(),
             reply_to: None,
+            purpose: None,
             ticket,
         }
     }

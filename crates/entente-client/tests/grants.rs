@@ -45,7 +45,8 @@ const POLICIES: &str = r#"
     when { context.grants.contains("payments-write") };
 
     @id("humans-grant")
-    permit (principal is Human, action in [Action::"grant", Action::"approve", Action::"admin"],
+    permit (principal is Human,
+            action in [Action::"grant", Action::"approve", Action::"admin", Action::"revoke"],
             resource);
 "#;
 
@@ -450,4 +451,37 @@ async fn grants_and_requests_survive_a_restart() {
         }
     );
     hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_grant_ended_early_ends_the_subscription_it_opened() {
+    let hub = hub().await;
+    let admin = admin(&hub).await;
+    let eve = agent(&hub, "ops", "eve").await;
+    let dan = agent(&hub, "ops", "dan").await;
+    let grant = admin
+        .grant(
+            eve.principal(),
+            "orders-read",
+            Duration::from_secs(3600),
+            "INC-9",
+        )
+        .await
+        .unwrap();
+    let mut orders = eve.subscribe("orders.>").await.unwrap();
+
+    let bad = admin.revoke_grant(&grant.id, " ").await.unwrap_err();
+    assert_eq!(bad.kind(), ErrorKind::InvalidInput, "{bad}");
+    let bad = admin.revoke_grant("x-1", "done").await.unwrap_err();
+    assert_eq!(bad.kind(), ErrorKind::InvalidInput, "{bad}");
+    let denied = dan.revoke_grant(&grant.id, "mine now").await.unwrap_err();
+    assert_eq!(denied.kind(), ErrorKind::Denied, "{denied}");
+
+    let gone = admin.revoke_grant(&grant.id, "INC-9 closed").await.unwrap();
+    assert_eq!(gone.id, grant.id);
+    let error = ended(&mut orders, WAIT).await;
+    assert_eq!(error.refusal_code(), Some(RefusalCode::Denied), "{error}");
+    assert!(admin.grants().await.unwrap().grants.is_empty());
+    let again = admin.revoke_grant(&grant.id, "twice").await.unwrap_err();
+    assert_eq!(again.kind(), ErrorKind::Refused, "{again}");
 }

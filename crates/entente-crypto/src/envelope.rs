@@ -949,6 +949,14 @@ pub fn envelope_aad(sender: &str, channel: &str, envelope: &wire::Envelope) -> V
     c.into_bytes()
 }
 
+/// An envelope's hash, `hash_i` of PROTOCOL.md §4.4: what the batch signature covers, and what
+/// an approval of an envelope held for approval names (§11).
+pub fn envelope_digest(sender: &str, channel: &str, envelope: &wire::Envelope) -> [u8; 32] {
+    let mut c = Canon::default();
+    write_aad(&mut c, sender, channel, envelope);
+    envelope_hash(c.as_bytes(), &envelope.ciphertext)
+}
+
 /// The bytes a sender signs for a batch (PROTOCOL.md §4.4).
 pub fn batch_signing_input(batch: &wire::SignedBatch) -> Vec<u8> {
     let mut c = Canon::default();

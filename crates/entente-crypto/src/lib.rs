@@ -33,7 +33,7 @@ pub use bundle::{
 };
 pub use envelope::{
     EnvelopeIn, OpenError, OpenedBatch, Opener, OpenerOptions, SealError, Sealer, SealerOptions,
-    SignedBatchIn, VerifiedEnvelope, batch_signing_input, envelope_aad,
+    SignedBatchIn, VerifiedEnvelope, batch_signing_input, envelope_aad, envelope_digest,
 };
 pub use envelope::{SUITE_V1, TAG_LEN};
 pub use keys::{KEY_LEN, KeyError, MessageKeys};

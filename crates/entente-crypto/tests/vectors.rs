@@ -873,6 +873,10 @@ fn batch_vector_signing_input_and_signature() {
     for (got, want) in hashes.iter().zip(&b.envelope_hashes) {
         assert_eq!(got, &**want);
     }
+    for (envelope, want) in batch.envelopes.iter().zip(&b.envelope_hashes) {
+        let digest = entente_crypto::envelope_digest(&batch.sender, &batch.channel, envelope);
+        assert_eq!(&digest[..], &**want);
+    }
     assert_eq!(batch_signing_input(&batch), &*b.signing_input);
     assert_eq!(spec::batch_input(&batch), &*b.signing_input);
 

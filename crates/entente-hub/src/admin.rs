@@ -1,5 +1,22 @@
-//! Remote administration: join tokens and revocation, asked over mutual TLS by a principal
-//! the hub lists in [`HubConfig::admins`](crate::HubConfig::admins).
+//! Remote administration: join tokens and revocation over mutual TLS, and how every
+//! administrative act (these and the policy RPCs of [`crate::policies`]) is authorized.
+//!
+//! | act | a principal in [`HubConfig::admins`](crate::HubConfig::admins) | anyone else, as the running policies decide |
+//! |---|---|---|
+//! | `CreateToken` for `P` | always | `enroll` on `P` (`Agent::"…"`, in its segment, or `Human::"…"`) |
+//! | `Revoke` of principal `P` | always | `revoke` on `P`, for every principal named: all or nothing |
+//! | `Revoke` of a serial | always | never: a serial names no principal a policy could scope |
+//! | `LoadPolicies`, `ShowPolicies`, `CheckPolicy` | always | `admin` on `Hub::"hub"` ([`HUB_NAME`]) |
+//!
+//! The listed principals are the break-glass: they may do every administrative act whatever
+//! the policies say, so that no policy load can lock every administrator out. For the same
+//! reason only they may create a join token for, or revoke, a listed principal (a token for
+//! `P` is the power to act as `P`). Whoever asks, an administrator cannot revoke itself. A
+//! policy decision is made afresh at each call, uncached: a load that withdraws a permit
+//! takes effect at the caller's next call. A denial is `PERMISSION_DENIED` naming the
+//! deciding policies (or saying that none permits it, and when the request crossed
+//! segments); every answer is counted ([`admin_actions`](crate::HubStats::admin_actions),
+//! [`admin_refusals`](crate::HubStats::admin_refusals)).
 //!
 //! Both exchanges go through the same code as the operator's
 //! [`HubHandle::create_token`](crate::HubHandle::create_token) and
@@ -17,6 +34,7 @@
 use std::time::{Duration, SystemTime};
 
 use entente_ca::{RESERVED_SEGMENT, Revocations, TokenError, VerifiedRevocationList};
+use entente_policy::{Action, Resource, Subject};
 use entente_store::StoreError;
 use entente_types::Principal;
 use entente_wire::{
@@ -24,15 +42,18 @@ use entente_wire::{
 };
 use tokio::sync::MutexGuard;
 
-use crate::HubError;
+use crate::authz::Denied;
 use crate::renew::Caller;
 use crate::rpc::{self, RpcError, Services};
 use crate::stats;
+use crate::{HUB_NAME, HubError};
 
-/// The gRPC path of join-token creation, served over mutual TLS to administrators.
+/// The gRPC path of join-token creation, served over mutual TLS to the listed administrators
+/// and to whoever the policies permit `enroll` on the principal.
 pub const CREATE_TOKEN_PATH: &str = "/entente.v1.Admin/CreateToken";
 
-/// The gRPC path of revocation, served over mutual TLS to administrators.
+/// The gRPC path of revocation, served over mutual TLS to the listed administrators and to
+/// whoever the policies permit `revoke` on each principal.
 pub const REVOKE_PATH: &str = "/entente.v1.Admin/Revoke";
 
 /// The lifetime of a join token created with `ttl_seconds` 0: 10 minutes.
@@ -110,7 +131,7 @@ async fn create_token_inner<R>(
     request: CreateTokenRequest,
     now: SystemTime,
 ) -> Result<CreateTokenResponse, RpcError> {
-    authorize(services, caller)?;
+    open(caller)?;
     let principal = Principal::parse(&request.agent)
         .map_err(|e| RpcError::BadRequest(format!("`agent` is not an agent or human id: {e}")))?;
     let trust_domain = services.ca.trust_domain();
@@ -134,6 +155,14 @@ async fn create_token_inner<R>(
         }
         secs => Duration::from_secs(secs),
     };
+    permit(
+        services,
+        caller,
+        Action::Enroll,
+        &principal,
+        rpc::unix_ms(now),
+        &format!("creating a join token for `{principal}`"),
+    )?;
     let issued = crate::enroll::create_token(services, principal, ttl, now)
         .await
         .map_err(token_error)?;
@@ -173,7 +202,7 @@ async fn revoke_inner<R>(
     request: RevokeRequest,
     now: SystemTime,
 ) -> Result<RevokeResponse, RpcError> {
-    authorize(services, caller)?;
+    open(caller)?;
     if request.principals.is_empty() && request.serials.is_empty() {
         return Err(RpcError::BadRequest(
             "nothing to revoke: name at least one principal or serial".into(),
@@ -193,10 +222,30 @@ async fn revoke_inner<R>(
         }
     }
     if !request.serials.is_empty() {
+        if !listed(services, caller) {
+            return Err(RpcError::Denied(
+                "revoking by certificate serial is reserved to the administrators the hub's \
+                 configuration lists: a serial names no principal a policy could scope; \
+                 revoke the principal instead"
+                    .into(),
+            ));
+        }
         let own = own_serials(services, &caller.principal).await?;
         if request.serials.iter().any(|s| own.contains(s)) {
             return Err(RpcError::SelfRevocation);
         }
+    }
+    // All or nothing: every principal is decided before anything is revoked.
+    let now_ms = rpc::unix_ms(now);
+    for principal in &principals {
+        permit(
+            services,
+            caller,
+            Action::Revoke,
+            principal,
+            now_ms,
+            &format!("revoking `{principal}`"),
+        )?;
     }
 
     let revoking = services.revoking.lock().await;
@@ -324,18 +373,92 @@ fn response(list: &VerifiedRevocationList, closed: usize) -> RevokeResponse {
     }
 }
 
-// === helpers ===
+// === authorization ===
 
-/// Refuses a caller that is not an administrator, or whose connection is closing.
-pub(crate) fn authorize<R>(services: &Services<R>, caller: &Caller) -> Result<(), RpcError> {
-    if let Some(reason) = caller.control.reason() {
-        return Err(RpcError::Closed(reason));
+/// Authorizes the caller's administrative act on the hub itself (the policy RPCs): `admin`
+/// on `Hub::"hub"` for whoever [`HubConfig::admins`](crate::HubConfig::admins) does not list.
+/// `what` names the act in a refusal.
+pub(crate) fn authorize_on_hub<R>(
+    services: &Services<R>,
+    caller: &Caller,
+    now: SystemTime,
+    what: &str,
+) -> Result<(), RpcError> {
+    open(caller)?;
+    if listed(services, caller) {
+        return Ok(());
     }
-    if !services.admins.contains(&caller.principal) {
-        return Err(RpcError::NotAdmin);
-    }
-    Ok(())
+    decide(
+        services,
+        caller,
+        Action::Admin,
+        &Resource::Hub(HUB_NAME),
+        rpc::unix_ms(now),
+        what,
+    )
 }
+
+/// Authorizes the caller to do `action` (`enroll`, `revoke`) on `target`: a listed
+/// administrator always; anyone else as the running policies decide, and never on a listed
+/// administrator (whose powers no policy gives or takes).
+fn permit<R>(
+    services: &Services<R>,
+    caller: &Caller,
+    action: Action,
+    target: &Principal,
+    now_ms: u64,
+    what: &str,
+) -> Result<(), RpcError> {
+    if listed(services, caller) {
+        return Ok(());
+    }
+    if services.admins.contains(target) {
+        return Err(RpcError::Denied(format!(
+            "{what} is denied: `{target}` is an administrator the hub's configuration lists, \
+             whom only another listed administrator may enroll or revoke"
+        )));
+    }
+    decide(
+        services,
+        caller,
+        action,
+        &Resource::principal(target),
+        now_ms,
+        what,
+    )
+}
+
+/// Asks the running policies, uncached, with the caller's grants.
+fn decide<R>(
+    services: &Services<R>,
+    caller: &Caller,
+    action: Action,
+    resource: &Resource<'_>,
+    now_ms: u64,
+    what: &str,
+) -> Result<(), RpcError> {
+    let subject = Subject::new(caller.principal.clone(), Vec::<String>::new());
+    services
+        .authz
+        .decide(&subject, action, resource, now_ms)
+        .map_err(|Denied(why)| RpcError::Denied(format!("{what} is denied: {why}")))
+}
+
+/// Whether the caller is listed in [`HubConfig::admins`](crate::HubConfig::admins): the
+/// break-glass administrators.
+fn listed<R>(services: &Services<R>, caller: &Caller) -> bool {
+    services.admins.contains(&caller.principal)
+}
+
+/// Refuses a caller whose connection is closing.
+fn open(caller: &Caller) -> Result<(), RpcError> {
+    match caller.control.reason() {
+        Some(reason) => Err(RpcError::Closed(reason)),
+        None => Ok(()),
+    }
+}
+
+// === helpers ===
 
 /// Counts an answer as an administrative action or a refusal.
 pub(crate) fn counted<T>(

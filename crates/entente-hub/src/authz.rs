@@ -48,6 +48,7 @@ use tokio::sync::watch;
 use crate::HubError;
 use crate::danger::Danger;
 use crate::grant_state::{GrantChangeError, GrantState};
+use crate::held::{Holds, Verdicts};
 use crate::registry::Registry;
 use crate::stats::{self, Stats};
 
@@ -110,6 +111,8 @@ pub(crate) struct Authz {
     engine: Engine,
     /// The grant book: what `context.grants` holds for each principal.
     grants: GrantState,
+    /// The messages held for approval.
+    holds: Holds,
     /// The loaded sources of the running set. Held while a new set is swapped in, so that
     /// a reader sees sources and set of the same load.
     sources: Mutex<Vec<(String, String)>>,
@@ -156,6 +159,15 @@ pub struct DeliveryGate {
     decisions: Mutex<SessionAuthz>,
     /// The policy epoch the session last decided its subscriptions at.
     decided: AtomicU64,
+}
+
+/// Whether a publish goes through or waits for approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Publishing {
+    /// Route it.
+    Allowed,
+    /// Hold it for approval ([`crate::held`]).
+    Held,
 }
 
 /// A denial, in words: what decided it (`no policy permits it`, `forbidden by policy `x``,
@@ -217,6 +229,7 @@ impl Authz {
         Ok(Self {
             engine,
             grants,
+            holds: Holds::default(),
             sources: Mutex::new(sources),
             loading: tokio::sync::Mutex::new(()),
             epoch,
@@ -252,6 +265,40 @@ impl Authz {
     /// The engine.
     pub(crate) fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The messages held for approval.
+    pub(crate) fn holds(&self) -> &Holds {
+        &self.holds
+    }
+
+    /// What the policies say about `sender` publishing on `channel` with `approvers`'
+    /// approvals (a held message): allowed, still held by `@hold` forbids alone, or denied.
+    /// Uncached: approvals are facts of this one message.
+    pub(crate) fn decide_held(
+        &self,
+        sender: &Principal,
+        channel: &Channel,
+        approvers: &[Principal],
+        now_ms: u64,
+    ) -> Verdicts {
+        let subject = Subject::new(sender.clone(), Vec::<String>::new());
+        let resource = Resource::Channel(channel);
+        let facts = Facts {
+            approvals: u32::try_from(approvers.len()).unwrap_or(u32::MAX),
+            approvers: approvers.iter().map(ToString::to_string).collect(),
+            ..self.facts_for(sender, now_ms)
+        };
+        let decision = self
+            .engine
+            .decide(&subject, Action::Publish, &resource, &facts, now_ms);
+        if decision.allowed {
+            Verdicts::Allowed
+        } else if self.engine.policies().holds(&decision) {
+            Verdicts::StillHeld
+        } else {
+            Verdicts::Denied(denial(&self.engine, &subject, &resource, &decision))
+        }
     }
 
     /// The grant book.
@@ -369,6 +416,35 @@ impl Authz {
         self.judge(subject, resource, &decision)
     }
 
+    /// Like [`decide`](Self::decide) for `publish` on `channel`, but a publish the policies
+    /// would hold for approval counts as allowed (the directory lists a held channel's members
+    /// to its senders: they seal to them).
+    pub(crate) fn decide_publish_or_hold(
+        &self,
+        subject: &Subject,
+        channel: &Channel,
+        now_ms: u64,
+    ) -> Result<Publishing, Denied> {
+        if self.skips(Action::Publish) {
+            return Ok(Publishing::Allowed);
+        }
+        let resource = Resource::Channel(channel);
+        let facts = self.facts_for(subject.principal(), now_ms);
+        let decision = self
+            .engine
+            .decide(subject, Action::Publish, &resource, &facts, now_ms);
+        if !decision.allowed {
+            let set = self.engine.policies();
+            if set.holds(&decision) && set.allowed_once_approved(subject, &resource, &facts, now_ms)
+            {
+                stats::bump(&self.stats.policy_allows);
+                return Ok(Publishing::Held);
+            }
+        }
+        self.judge(subject, &resource, &decision)
+            .map(|()| Publishing::Allowed)
+    }
+
     /// Counts `decision` and turns a denial into words.
     fn judge(
         &self,
@@ -431,6 +507,34 @@ impl SessionAuthz {
             &Resource::Pattern(pattern),
             now_ms,
         )
+    }
+
+    /// May the session's principal publish (the `publish` action) on `channel`, and if not,
+    /// would it be allowed once approved? [`Publishing::Held`] when the running policies deny
+    /// it by `@hold` forbids alone and allow it with them lifted.
+    pub(crate) fn publish_or_hold(
+        &mut self,
+        authz: &Authz,
+        channel: &Channel,
+        now_ms: u64,
+    ) -> Result<Publishing, Denied> {
+        if authz.skips(Action::Publish) {
+            return Ok(Publishing::Allowed);
+        }
+        let resource = Resource::Channel(channel);
+        let decision = self.decision(authz, Action::Publish, &resource, now_ms);
+        if !decision.allowed {
+            let set = authz.engine.policies();
+            if set.holds(&decision)
+                && set.allowed_once_approved(self.cache.subject(), &resource, &self.facts, now_ms)
+            {
+                stats::bump(&authz.stats.policy_allows);
+                return Ok(Publishing::Held);
+            }
+        }
+        authz
+            .judge(self.cache.subject(), &resource, &decision)
+            .map(|()| Publishing::Allowed)
     }
 
     /// Forgets every cached decision, so that the next ones are made afresh (time has
@@ -562,6 +666,7 @@ impl Authz {
         Self {
             engine,
             grants: GrantState::with_book(GrantBook::default()),
+            holds: Holds::default(),
             sources: Mutex::new(sources),
             loading: tokio::sync::Mutex::new(()),
             epoch,
@@ -632,7 +737,7 @@ fn denial(engine: &Engine, subject: &Subject, resource: &Resource<'_>, d: &Decis
                 .namespace_owner(resource.name())
                 .to_owned(),
             Resource::Agent(agent) => agent.segment().to_owned(),
-            Resource::Human(_) => entente_policy::NO_SEGMENT.to_owned(),
+            Resource::Human(_) | Resource::Hub(_) => entente_policy::NO_SEGMENT.to_owned(),
             Resource::Segment(segment) => (*segment).to_owned(),
         };
         let theirs = if theirs == entente_policy::NO_SEGMENT {

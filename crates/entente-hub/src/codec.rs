@@ -249,6 +249,7 @@ mod tests {
             request_id: 0,
             sender_keys: sender_keys.clone(),
             batches: batches.clone(),
+            purpose: String::new(),
         }
         .encode_to_vec();
         for subscription_id in [0, 1, 300, u64::MAX] {

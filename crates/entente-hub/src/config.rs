@@ -47,14 +47,22 @@ pub struct HubConfig {
     /// How long the key bundle signed at enrollment is valid (cut to the intermediate CA's
     /// validity). Default 30 days.
     pub key_bundle_ttl: Duration,
-    /// Who may administer the hub remotely: create join tokens
-    /// ([`CREATE_TOKEN_PATH`](crate::CREATE_TOKEN_PATH)) and revoke
-    /// ([`REVOKE_PATH`](crate::REVOKE_PATH)) over their mutual-TLS connection. Each must be a
+    /// The break-glass administrators: principals that may do every administrative act over
+    /// their mutual-TLS connection — create join tokens
+    /// ([`CREATE_TOKEN_PATH`](crate::CREATE_TOKEN_PATH)), revoke
+    /// ([`REVOKE_PATH`](crate::REVOKE_PATH)), load, show and check the policies
+    /// ([`LOAD_POLICIES_PATH`](crate::LOAD_POLICIES_PATH) and the others) — **whatever the
+    /// policies say**, so that no policy load can lock every administrator out. Each must be a
     /// principal of the CA's trust domain ([`Hub::start`](crate::Hub::start) refuses others).
     ///
-    /// Default empty: nobody administers remotely, and only the operator holding the
-    /// [`HubHandle`](crate::HubHandle) can create tokens and revoke. `entente hub start` puts
-    /// the admin human identity it creates, `spiffe://TD/human/admin`, here.
+    /// Anyone else may do what the running policies permit (`enroll` on the principal of a
+    /// token, `revoke` on each principal revoked, `admin` on `Hub::"hub"` for the policy
+    /// RPCs), but never revoke by certificate serial, nor create a token for or revoke a
+    /// principal listed here: only a listed administrator may. Nobody may revoke itself.
+    ///
+    /// Default empty: only the policies grant administrative acts, and the operator holding
+    /// the [`HubHandle`](crate::HubHandle) can always create tokens and revoke. `entente hub
+    /// start` puts the admin human identity it creates, `spiffe://TD/human/admin`, here.
     pub admins: Vec<Principal>,
 }
 

@@ -5,7 +5,8 @@
 //!   omitted). Key bundles are public keys signed by the CA, so any connected principal may
 //!   look any up.
 //! - `channel`: the policies must allow the caller to publish to the channel — `direct` on a
-//!   `_direct` channel, `publish` on any other, or `request` on either (else
+//!   `_direct` channel, `publish` on any other (or hold its publishes for approval), or
+//!   `request` on either (else
 //!   `PERMISSION_DENIED`; a `_reply` channel's members are never listed); the answer is the latest bundle of every principal holding a
 //!   subscription whose pattern matches the channel ([`Router::subscribers`]) — the members a
 //!   sender seals to.
@@ -118,7 +119,13 @@ async fn members<R: Router>(
     let subject = Subject::new(caller.clone(), Vec::<String>::new());
     let resource = Resource::Channel(&channel);
     let now_ms = rpc::unix_ms(now);
-    let decide = |action| services.authz.decide(&subject, action, &resource, now_ms);
+    let decide = |action| match action {
+        Action::Publish => services
+            .authz
+            .decide_publish_or_hold(&subject, &channel, now_ms)
+            .map(drop),
+        _ => services.authz.decide(&subject, action, &resource, now_ms),
+    };
     let allowed = match decide(authz::transport_action(&channel)) {
         Ok(()) => Ok(()),
         Err(transport) => decide(Action::Request).map_err(|_| transport),

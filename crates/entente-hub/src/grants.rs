@@ -7,6 +7,7 @@
 //! | `Grant{principal, name, duration_ms or not_after_ms, reason}` | a principal permitted to grant to `principal` | `grant` on the receiver (`Agent` or `Human`) |
 //! | `RequestGrant{name, duration_ms, reason}` | any authenticated principal, for itself only (the request names no one else) | none: the approvals gate it |
 //! | `Approve{statement, signature}` | a principal permitted to approve for the requester; the requester itself only to reject (withdraw) | `approve` on the requester |
+//! | `RevokeGrant{id, reason}` | a principal permitted to revoke the holder's grants | `revoke` on the holder |
 //! | `ListGrants{principal}` | anyone: its own grants and requests, and others' where permitted | `admin` on the holder or requester (for requests, `approve` also shows them) |
 //!
 //! Separation of duties is the grant book's, whatever the policies say: nobody grants to
@@ -26,20 +27,23 @@ use std::time::SystemTime;
 
 use entente_crypto::{ApprovalError, ApprovalIn, KeyBundleIn, ObjectKind, Verdict};
 use entente_policy::{
-    Action, Facts, Grant, GrantEnd, GrantError, GrantRequest as BookRequest, GrantedBy, NewGrant,
-    NewRequest, Outcome, RequestId, RequestState, Resource, Subject,
+    Action, Facts, Grant, GrantEnd, GrantError, GrantId, GrantRequest as BookRequest, GrantedBy,
+    NewGrant, NewRequest, Outcome, RequestId, RequestState, Resource, Subject,
 };
 use entente_types::Principal;
 use entente_wire::{
     ApprovalInfo, ApproveRequest, ApproveResponse, GrantInfo, GrantRequest, GrantRequestInfo,
     GrantResponse, KeyBundle, ListGrantsRequest, ListGrantsResponse, RequestGrantRequest,
-    RequestGrantResponse,
+    RequestGrantResponse, RevokeGrantRequest, RevokeGrantResponse,
 };
 use prost::Message as _;
+use tonic::Status;
 
 use crate::authz::Denied;
 use crate::grant_state::GrantChangeError;
+use crate::held::{self, HoldError};
 use crate::renew::Caller;
+use crate::router::Router;
 use crate::rpc::{self, RpcError, Services};
 use crate::stats;
 
@@ -51,6 +55,9 @@ pub const LIST_GRANTS_PATH: &str = "/entente.v1.Grants/ListGrants";
 
 /// The gRPC path of requesting a grant just in time, served over mutual TLS.
 pub const REQUEST_GRANT_PATH: &str = "/entente.v1.Grants/RequestGrant";
+
+/// The gRPC path of ending a grant before its time, served over mutual TLS.
+pub const REVOKE_GRANT_PATH: &str = "/entente.v1.Grants/RevokeGrant";
 
 /// The gRPC path of approving or rejecting a request, served over mutual TLS.
 pub const APPROVE_PATH: &str = "/entente.v1.Grants/Approve";
@@ -88,17 +95,117 @@ pub(crate) async fn request<R>(
     )
 }
 
-/// Serves one `Approve` request, counting it.
-pub(crate) async fn approve<R>(
+/// Serves one `Approve` request, counting it: of a grant request, or (statement kind
+/// `envelope`) of a message held for approval ([`held::approve`]).
+pub(crate) async fn approve<R: Router>(
     services: &Services<R>,
     caller: &Caller,
     request: ApproveRequest,
     now: SystemTime,
-) -> Result<ApproveResponse, RpcError> {
+) -> Result<ApproveResponse, ApproveError> {
+    let envelope = request
+        .statement
+        .as_ref()
+        .is_some_and(|s| s.kind == ObjectKind::Envelope.as_str());
+    if envelope {
+        let result = held::approve(services, caller, request, now).await;
+        match &result {
+            Ok(_) => stats::bump(&services.stats.grant_actions),
+            Err(_) => stats::bump(&services.stats.grant_refusals),
+        }
+        return result;
+    }
     counted(
         services,
         approve_inner(services, caller, request, now).await,
     )
+    .map_err(ApproveError::Rpc)
+}
+
+/// Why an `Approve` was refused.
+#[derive(Debug)]
+pub(crate) enum ApproveError {
+    /// Refused as any RPC.
+    Rpc(RpcError),
+    /// Refused by the held messages ([`crate::held`]).
+    Hold(HoldError),
+}
+
+impl ApproveError {
+    /// The gRPC status of the refusal.
+    pub(crate) fn status(&self) -> Status {
+        match self {
+            ApproveError::Rpc(e) => e.status(),
+            ApproveError::Hold(e) => e.status(),
+        }
+    }
+}
+
+impl From<RpcError> for ApproveError {
+    fn from(e: RpcError) -> Self {
+        ApproveError::Rpc(e)
+    }
+}
+
+impl From<HoldError> for ApproveError {
+    fn from(e: HoldError) -> Self {
+        ApproveError::Hold(e)
+    }
+}
+
+/// Serves one `RevokeGrant` request, counting it.
+pub(crate) async fn revoke_grant<R>(
+    services: &Services<R>,
+    caller: &Caller,
+    request: RevokeGrantRequest,
+    now: SystemTime,
+) -> Result<RevokeGrantResponse, RpcError> {
+    counted(
+        services,
+        revoke_grant_inner(services, caller, request, now).await,
+    )
+}
+
+async fn revoke_grant_inner<R>(
+    services: &Services<R>,
+    caller: &Caller,
+    request: RevokeGrantRequest,
+    now: SystemTime,
+) -> Result<RevokeGrantResponse, RpcError> {
+    open(caller)?;
+    let id: GrantId = request
+        .id
+        .parse()
+        .map_err(|e| RpcError::BadRequest(format!("`id`: {e}")))?;
+    if request.reason.trim().is_empty() {
+        return Err(RpcError::BadRequest(
+            "give a reason for ending the grant".into(),
+        ));
+    }
+    let now_ms = rpc::unix_ms(now);
+    let holder = services
+        .authz
+        .grants()
+        .book()
+        .grant_record(id)
+        .map(|g| g.principal.clone())
+        .ok_or(RpcError::Grant(GrantError::UnknownGrantRecord(id)))?;
+    permit(
+        services,
+        caller,
+        Action::Revoke,
+        &holder,
+        now_ms,
+        &format!("ending grant {id} of `{holder}`"),
+    )?;
+    let grant = services
+        .authz
+        .change_grants(&services.registry, |book, _| book.revoke(id))
+        .await
+        .map_err(change_error)?;
+    Ok(RevokeGrantResponse {
+        grant: Some(grant_info(&grant)),
+    })
 }
 
 // === Grant ===
@@ -269,7 +376,7 @@ async fn approve_inner<R>(
 }
 
 /// The statement of an `Approve`, parsed.
-fn statement_of(
+pub(crate) fn statement_of(
     wire: entente_wire::ApprovalStatement,
 ) -> Result<entente_crypto::ApprovalStatement, RpcError> {
     let bad = |field: &str, why: String| RpcError::BadRequest(format!("`{field}`: {why}"));
@@ -315,7 +422,7 @@ fn statement_of(
 
 /// The approver's CA-signed key bundle: the latest the registry holds, or else the one sent
 /// along, verified against the trust bundle.
-async fn approver_bundle<R>(
+pub(crate) async fn approver_bundle<R>(
     services: &Services<R>,
     approver: &Principal,
     presented: Option<KeyBundle>,
@@ -503,7 +610,7 @@ pub(crate) fn request_info(request: &BookRequest, now_ms: u64) -> GrantRequestIn
 // === helpers ===
 
 /// Refuses a caller whose connection is closing.
-fn open(caller: &Caller) -> Result<(), RpcError> {
+pub(crate) fn open(caller: &Caller) -> Result<(), RpcError> {
     match caller.control.reason() {
         Some(reason) => Err(RpcError::Closed(reason)),
         None => Ok(()),
@@ -560,7 +667,7 @@ fn change_error(error: GrantChangeError) -> RpcError {
 }
 
 /// What a statement that does not verify means for the caller.
-fn approval_error(error: ApprovalError) -> RpcError {
+pub(crate) fn approval_error(error: ApprovalError) -> RpcError {
     match error {
         ApprovalError::BadObjectId | ApprovalError::SignatureLength(_) => {
             RpcError::BadRequest(format!("the approval is malformed: {error}"))

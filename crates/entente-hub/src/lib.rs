@@ -137,11 +137,22 @@
 //!
 //! # Administration
 //!
-//! Five unary RPCs over mutual TLS, for the principals listed in [`HubConfig::admins`]
-//! (default none; `entente hub start` lists its admin human, `spiffe://TD/human/admin`). The
-//! caller is the connection's principal; anyone else is refused with `PERMISSION_DENIED`,
-//! "not an administrator". Under [`enroll_server_name`] all are `UNIMPLEMENTED`. Each answer is
-//! counted ([`HubStats::admin_actions`], [`HubStats::admin_refusals`]).
+//! Five unary RPCs over mutual TLS. The caller is the connection's principal. The principals
+//! listed in [`HubConfig::admins`] (default none; `entente hub start` lists its admin human,
+//! `spiffe://TD/human/admin`) are the break-glass: they may do every administrative act
+//! whatever the policies say, so no policy load can lock every administrator out. Anyone else
+//! is **authorized by the running policies**, decided at each call:
+//!
+//! | RPC | Cedar |
+//! |---|---|
+//! | [`CREATE_TOKEN_PATH`] for `P` | `enroll` on `P` (`Agent::"…"`, in its segment, or `Human::"…"`) |
+//! | [`REVOKE_PATH`] | `revoke` on each principal named, all or nothing; serials: listed administrators only |
+//! | [`LOAD_POLICIES_PATH`], [`SHOW_POLICIES_PATH`], [`CHECK_POLICY_PATH`] | `admin` on `Hub::"hub"`, which is in no segment (an agent needs a `@cross_segment` permit naming it) |
+//!
+//! Only a listed administrator may create a token for, or revoke, a listed administrator. A
+//! refusal is `PERMISSION_DENIED` naming the deciding policies, or saying that none permits
+//! it. Under [`enroll_server_name`] all are `UNIMPLEMENTED`. Each answer is counted
+//! ([`HubStats::admin_actions`], [`HubStats::admin_refusals`]).
 //!
 //! **CreateToken** ([`CREATE_TOKEN_PATH`]). `CreateTokenRequest{agent, ttl_seconds}` →
 //! `CreateTokenResponse{token, expires_at_ms}`. `agent` must be an agent ID
@@ -157,7 +168,8 @@
 //! hub's own identity would make every client refuse the hub); each serial 1 to 21 bytes
 //! (else `INVALID_ARGUMENT`). An administrator may not revoke itself — its principal, or a
 //! serial of its live connections or agent record — so that the last administrator can't lock
-//! everyone out by mistake (`FAILED_PRECONDITION`; another administrator may). Then, one
+//! everyone out by mistake (`FAILED_PRECONDITION`; another administrator may). Every entry is
+//! authorized before anything is revoked: one refused, none revoked. Then, one
 //! revocation at a time: the entries are added to the list in force, the CA signs the next
 //! version, and the list goes through the same path as [`HubHandle::revoke`] — stored, put in
 //! force, live connections it revokes closed. A remote revocation only ever adds: the second
@@ -184,8 +196,9 @@
 //! resource_type, resource}` → `CheckPolicyResponse{allowed, policies, reason,
 //! cross_segment, epoch, explanation}`: how the hub would decide, structural rules first, with
 //! the principal's facts now (its active grants). `resource_type` is `channel` (a pattern for
-//! `subscribe`), `agent`, `human` or `segment`; a malformed field or an action that does not
-//! apply to the resource is `INVALID_ARGUMENT`.
+//! `subscribe`), `agent`, `human`, `segment` or `hub` (the resource then [`HUB_NAME`]), in any
+//! case; a malformed field or an action that does not apply to the resource is
+//! `INVALID_ARGUMENT`.
 //!
 //! # Grants and just-in-time elevation
 //!
@@ -314,6 +327,7 @@ mod enroll;
 mod error;
 mod grant_state;
 mod grants;
+mod held;
 mod identity;
 mod policies;
 mod refusal;
@@ -334,7 +348,12 @@ pub use authz::{BASE_SOURCE, LoadPoliciesError, PolicyOrigin, RunningPolicies};
 pub use config::HubConfig;
 pub use control::{CloseReason, ConnectionControl};
 pub use error::HubError;
-pub use grants::{APPROVE_PATH, GRANT_PATH, LIST_GRANTS_PATH, REQUEST_GRANT_PATH};
+pub use grants::{
+    APPROVE_PATH, GRANT_PATH, LIST_GRANTS_PATH, REQUEST_GRANT_PATH, REVOKE_GRANT_PATH,
+};
+pub use held::{
+    KEEP_DECIDED, LIST_HELD_PATH, MAX_HOLD, MAX_KEPT, MAX_PENDING, MAX_PENDING_PER_SENDER,
+};
 pub use identity::{HUB_NAME, HUB_SEGMENT, enroll_server_name, hub_id, hub_server_name};
 pub use policies::{CHECK_POLICY_PATH, LOAD_POLICIES_PATH, SHOW_POLICIES_PATH};
 pub use refusal::RefusalCode;

@@ -1,7 +1,9 @@
 //! The administrators' policy RPCs: load a new policy set, show the running one, and check
-//! how it decides one request. Authorized like CreateToken and Revoke: the caller must be in
-//! [`HubConfig::admins`](crate::HubConfig::admins) ([`admin::authorize`]), and each answer is
-//! counted.
+//! how it decides one request. Authorized like CreateToken and Revoke ([`crate::admin`]): a
+//! principal in [`HubConfig::admins`](crate::HubConfig::admins) always, anyone else if the
+//! running policies permit it `admin` on the hub itself, `Hub::"hub"`
+//! ([`admin::authorize_on_hub`]); each answer is counted. The decision is made at each call,
+//! so a load that withdraws the caller's own permit takes effect at its next call.
 //!
 //! LoadPolicies goes through the same code as the operator's
 //! [`HubHandle::load_policies`](crate::HubHandle::load_policies): validate with the base
@@ -23,18 +25,22 @@ use entente_wire::{
 };
 use prost::Message as _;
 
+use crate::HUB_NAME;
 use crate::admin;
 use crate::authz::{BASE_SOURCE, LoadPoliciesError};
 use crate::renew::Caller;
 use crate::rpc::{self, RpcError, Services};
 
-/// The gRPC path of loading a policy set, served over mutual TLS to administrators.
+/// The gRPC path of loading a policy set, served over mutual TLS to administrators (listed,
+/// or permitted `admin` on `Hub::"hub"`).
 pub const LOAD_POLICIES_PATH: &str = "/entente.v1.Admin/LoadPolicies";
 
-/// The gRPC path of showing the running policy set, served over mutual TLS to administrators.
+/// The gRPC path of showing the running policy set, served over mutual TLS to administrators
+/// (listed, or permitted `admin` on `Hub::"hub"`).
 pub const SHOW_POLICIES_PATH: &str = "/entente.v1.Admin/ShowPolicies";
 
-/// The gRPC path of checking a policy decision, served over mutual TLS to administrators.
+/// The gRPC path of checking a policy decision, served over mutual TLS to administrators
+/// (listed, or permitted `admin` on `Hub::"hub"`).
 pub const CHECK_POLICY_PATH: &str = "/entente.v1.Admin/CheckPolicy";
 
 /// Most problems a refused load lists; the rest are counted.
@@ -98,7 +104,7 @@ async fn load_inner<R>(
     caller: &Caller,
     request: LoadPoliciesRequest,
 ) -> Result<LoadPoliciesResponse, RpcError> {
-    admin::authorize(services, caller)?;
+    admin::authorize_on_hub(services, caller, SystemTime::now(), "loading policies")?;
     let sources = request
         .sources
         .into_iter()
@@ -124,7 +130,12 @@ fn show_inner<R>(
     services: &Services<R>,
     caller: &Caller,
 ) -> Result<ShowPoliciesResponse, RpcError> {
-    admin::authorize(services, caller)?;
+    admin::authorize_on_hub(
+        services,
+        caller,
+        SystemTime::now(),
+        "showing the running policies",
+    )?;
     let running = services.authz.running();
     let base = PolicySource {
         name: BASE_SOURCE.to_owned(),
@@ -173,6 +184,7 @@ enum Target {
     Agent(AgentId),
     Human(HumanId),
     Segment(String),
+    Hub,
 }
 
 fn check_inner<R>(
@@ -181,7 +193,7 @@ fn check_inner<R>(
     request: CheckPolicyRequest,
     now: SystemTime,
 ) -> Result<CheckPolicyResponse, RpcError> {
-    admin::authorize(services, caller)?;
+    admin::authorize_on_hub(services, caller, now, "checking a policy decision")?;
     let trust_domain = services.ca.trust_domain();
     let principal = Principal::parse(&request.principal)
         .map_err(|e| RpcError::BadRequest(format!("`principal`: {e}")))?;
@@ -206,6 +218,7 @@ fn check_inner<R>(
         Target::Agent(agent) => Resource::Agent(agent),
         Target::Human(human) => Resource::Human(human),
         Target::Segment(segment) => Resource::Segment(segment),
+        Target::Hub => Resource::Hub(HUB_NAME),
     };
     let engine = services.authz.engine();
     let epoch = engine.epoch();
@@ -255,7 +268,8 @@ fn target(
     name: &str,
 ) -> Result<Target, RpcError> {
     let bad = |message: String| RpcError::BadRequest(message);
-    let target = match kind {
+    // The Cedar type names (`Channel`, `Hub`, …) are accepted too.
+    let target = match kind.to_ascii_lowercase().as_str() {
         "channel" if action == Action::Subscribe => Target::Pattern(
             ChannelPattern::parse(name)
                 .map_err(|e| bad(format!("`resource`: not a channel pattern: {e}")))?,
@@ -275,10 +289,18 @@ fn target(
                 .map_err(|e| bad(format!("`resource`: not a segment name: {e}")))?;
             Target::Segment(name.to_owned())
         }
-        other => {
-            let shown: String = other.chars().take(32).collect();
+        "hub" if name == HUB_NAME => Target::Hub,
+        "hub" => {
+            let shown: String = name.chars().take(32).collect();
             return Err(bad(format!(
-                "`resource_type` is channel, agent, human or segment, not `{}`",
+                "`resource`: the hub is `{HUB_NAME}`, not `{}`",
+                shown.escape_debug()
+            )));
+        }
+        _ => {
+            let shown: String = kind.chars().take(32).collect();
+            return Err(bad(format!(
+                "`resource_type` is channel, agent, human, segment or hub, not `{}`",
                 shown.escape_debug()
             )));
         }
@@ -288,19 +310,23 @@ fn target(
         (
             Action::Publish | Action::Subscribe | Action::Direct | Action::Request | Action::Reply,
             Target::Channel(_) | Target::Pattern(_),
-        ) | (Action::Enroll, Target::Agent(_) | Target::Segment(_))
-            | (
-                Action::Grant | Action::Revoke,
-                Target::Agent(_) | Target::Human(_) | Target::Segment(_),
-            )
-            | (
-                Action::Approve,
-                Target::Agent(_) | Target::Human(_) | Target::Channel(_)
-            )
-            | (
-                Action::Admin,
-                Target::Agent(_) | Target::Human(_) | Target::Segment(_) | Target::Channel(_)
-            )
+        ) | (
+            Action::Enroll,
+            Target::Agent(_) | Target::Human(_) | Target::Segment(_)
+        ) | (
+            Action::Grant | Action::Revoke,
+            Target::Agent(_) | Target::Human(_) | Target::Segment(_),
+        ) | (
+            Action::Approve,
+            Target::Agent(_) | Target::Human(_) | Target::Channel(_)
+        ) | (
+            Action::Admin,
+            Target::Agent(_)
+                | Target::Human(_)
+                | Target::Segment(_)
+                | Target::Channel(_)
+                | Target::Hub
+        )
     );
     if !applies {
         return Err(bad(format!("`{action}` does not apply to a {kind}")));
@@ -405,6 +431,31 @@ mod tests {
         ));
         assert!(target(&td, Action::Publish, "segment", "ops").is_err());
         assert!(target(&td, Action::Publish, "queue", "x").is_err());
+        // The hub itself: `admin` only, by its one name; the Cedar type name works too.
+        for kind in ["hub", "Hub"] {
+            assert!(matches!(
+                target(&td, Action::Admin, kind, HUB_NAME).unwrap(),
+                Target::Hub
+            ));
+        }
+        assert!(matches!(
+            target(&td, Action::Admin, "Segment", "ops").unwrap(),
+            Target::Segment(_)
+        ));
+        assert!(target(&td, Action::Admin, "hub", "other").is_err());
+        assert!(target(&td, Action::Enroll, "hub", HUB_NAME).is_err());
+        assert!(target(&td, Action::Publish, "hub", HUB_NAME).is_err());
+        // `enroll` applies to humans, whom CreateToken enrolls too.
+        assert!(matches!(
+            target(
+                &td,
+                Action::Enroll,
+                "human",
+                "spiffe://example.org/human/ann"
+            )
+            .unwrap(),
+            Target::Human(_)
+        ));
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub enum RefusalCode {
     /// A direct message to a principal with no session subscribed to its direct channel.
     /// Nothing was routed.
     NoRecipient = 11,
+    /// The publish would be held for approval, but too many messages already wait (of the
+    /// sender, or in the hub).
+    TooManyHeld = 12,
 }
 
 impl RefusalCode {
@@ -64,6 +67,7 @@ impl RefusalCode {
             9 => Self::UnknownSubscription,
             10 => Self::TooManyReplyGrants,
             11 => Self::NoRecipient,
+            12 => Self::TooManyHeld,
             _ => return None,
         })
     }
@@ -83,6 +87,7 @@ impl fmt::Display for RefusalCode {
             Self::UnknownSubscription => "UNKNOWN_SUBSCRIPTION",
             Self::TooManyReplyGrants => "TOO_MANY_REPLY_GRANTS",
             Self::NoRecipient => "NO_RECIPIENT",
+            Self::TooManyHeld => "TOO_MANY_HELD",
         })
     }
 }

@@ -59,7 +59,8 @@ pub(crate) struct Services<R> {
     pub(crate) trust_pem: String,
     /// Serializes read-modify-write of agent records on this hub (enrollment and renewal).
     pub(crate) agents: tokio::sync::Mutex<()>,
-    /// Who may administer the hub remotely ([`HubConfig::admins`](crate::HubConfig::admins)).
+    /// The break-glass administrators ([`HubConfig::admins`](crate::HubConfig::admins)): they
+    /// may do every administrative act whatever the policies say.
     pub(crate) admins: HashSet<Principal>,
     /// Serializes revocation, local and remote: read the list in force, store the next one,
     /// put it in force ([`crate::admin::put_in_force`]).
@@ -75,9 +76,6 @@ pub(crate) enum RpcError {
     /// No such join token (never issued, or purged after expiry).
     #[error("unknown join token")]
     UnknownToken,
-    /// The caller is not in the hub's administrators.
-    #[error("not an administrator")]
-    NotAdmin,
     /// An administrator asked to revoke its own principal or certificate.
     #[error("an administrator cannot revoke itself")]
     SelfRevocation,
@@ -187,7 +185,6 @@ impl RpcError {
             Self::Store(_) => Status::unavailable("the registry is unavailable"),
             Self::Ca(_) => Status::unavailable("the ca could not issue the credential"),
             Self::CaSign(_) => Status::unavailable("the ca could not sign the revocation list"),
-            Self::NotAdmin => Status::permission_denied("not an administrator"),
             Self::SelfRevocation => Status::failed_precondition(
                 "an administrator cannot revoke itself: another administrator must",
             ),
@@ -351,7 +348,9 @@ mod tests {
 
     #[test]
     fn admin_refusals_have_their_own_statuses() {
-        assert_eq!(RpcError::NotAdmin.status().code(), Code::PermissionDenied);
+        let denied = RpcError::Denied("loading policies is denied: no policy permits it".into());
+        assert_eq!(denied.status().code(), Code::PermissionDenied);
+        assert!(denied.status().message().contains("no policy permits it"));
         assert_eq!(
             RpcError::SelfRevocation.status().code(),
             Code::FailedPrecondition

@@ -7,9 +7,10 @@
 //! - on a mutual-TLS connection: [`SESSION_PATH`] to a session, [`RENEW_PATH`],
 //!   [`DIRECTORY_PATH`], [`CREATE_TOKEN_PATH`], [`REVOKE_PATH`], [`LOAD_POLICIES_PATH`],
 //!   [`SHOW_POLICIES_PATH`] and [`CHECK_POLICY_PATH`] to their unary services (all but the
-//!   first two for administrators only), [`GRANT_PATH`], [`LIST_GRANTS_PATH`],
-//!   [`REQUEST_GRANT_PATH`] and [`APPROVE_PATH`] to the grant services (authorized by the
-//!   policies), anything else (enrollment included) `UNIMPLEMENTED`;
+//!   first two for listed administrators, or as the policies permit), [`GRANT_PATH`],
+//!   [`LIST_GRANTS_PATH`], [`REQUEST_GRANT_PATH`], [`REVOKE_GRANT_PATH`] and [`APPROVE_PATH`]
+//!   to the grant services (authorized by the policies), [`LIST_HELD_PATH`] to the held
+//!   messages, anything else (enrollment included) `UNIMPLEMENTED`;
 //! - on an enrollment connection: [`ENROLL_PATH`] only, anything else `UNIMPLEMENTED`.
 //!
 //! The connection's verified principal is captured by the service; nothing the client sends
@@ -50,7 +51,10 @@ use crate::authz::{Authz, LoadPoliciesError, PolicyOrigin, RunningPolicies};
 use crate::codec::{BoundedCodec, Outbound, SessionCodec};
 use crate::connections::Connections;
 use crate::control::{self, CloseReason, ConnectionControl};
-use crate::grants::{APPROVE_PATH, GRANT_PATH, LIST_GRANTS_PATH, REQUEST_GRANT_PATH};
+use crate::grants::{
+    APPROVE_PATH, GRANT_PATH, LIST_GRANTS_PATH, REQUEST_GRANT_PATH, REVOKE_GRANT_PATH,
+};
+use crate::held::{self, LIST_HELD_PATH};
 use crate::policies::{CHECK_POLICY_PATH, LOAD_POLICIES_PATH, SHOW_POLICIES_PATH};
 use crate::registry::Registry;
 use crate::renew::Caller;
@@ -764,6 +768,27 @@ async fn route_request(
                 async move {
                     grants::request(&services, &caller, grant_request, SystemTime::now())
                         .await
+                        .map_err(|e| e.status())
+                }
+            })
+            .await
+        }
+        REVOKE_GRANT_PATH => {
+            unary(limits, request, move |revoke_request| {
+                let (services, caller) = (shared.services.clone(), caller.clone());
+                async move {
+                    grants::revoke_grant(&services, &caller, revoke_request, SystemTime::now())
+                        .await
+                        .map_err(|e| e.status())
+                }
+            })
+            .await
+        }
+        LIST_HELD_PATH => {
+            unary(limits, request, move |list_request| {
+                let (services, caller) = (shared.services.clone(), caller.clone());
+                async move {
+                    held::list(&services, &caller, list_request, SystemTime::now())
                         .map_err(|e| e.status())
                 }
             })

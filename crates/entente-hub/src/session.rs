@@ -14,17 +14,19 @@ use bytes::{Bytes, BytesMut};
 use entente_crypto::{SenderKeyIn, SignedBatchIn};
 use entente_policy::Action;
 use entente_types::namespace::{self, DIRECT_PREFIX, REPLY_PREFIX};
-use entente_types::{Channel, ChannelPattern, Principal};
+use entente_types::{Channel, ChannelPattern, MessageId, Principal};
 use entente_wire::{
-    Ack, ClientFrame, Limits, Publish, Refusal, ServerFrame, Subscribe, SubscriptionEnded,
-    Unsubscribe, client_frame, server_frame,
+    Ack, ClientFrame, Deliver, Held, Limits, Publish, Refusal, ServerFrame, SignedBatch, Subscribe,
+    SubscriptionEnded, Unsubscribe, client_frame, server_frame,
 };
+use prost::Message as _;
 use tokio::sync::{mpsc, watch};
 use tonic::{Code, Status, Streaming};
 
-use crate::authz::{self, Authz, DeliveryGate, Denied, SessionAuthz};
+use crate::authz::{self, Authz, DeliveryGate, Denied, Publishing, SessionAuthz};
 use crate::codec::{Outbound, max_deliver_len};
 use crate::control::{self, ConnectionControl};
+use crate::held::NewHold;
 use crate::refusal::RefusalCode;
 use crate::replay::{self, Header, SenderWindows};
 use crate::reply::ReplyGrants;
@@ -95,6 +97,8 @@ struct Checked {
     requests: Vec<(Channel, Channel, u64)>,
     /// Reply channels this publish answers on, one batch each.
     replies: Vec<Channel>,
+    /// The message to hold for approval instead of routing, if any.
+    held: Option<NewHold>,
 }
 
 /// One channel's share of a publish, encoded as `Deliver` fields 2 and 3.
@@ -107,6 +111,8 @@ struct Group {
     requests: bool,
     /// Whether an envelope of the group is not a request.
     plain: bool,
+    /// Whether the policies hold it for approval ([`crate::held`]).
+    held: bool,
 }
 
 // === impl Session ===
@@ -277,6 +283,24 @@ impl<R: Router> Session<R> {
         if let Err(refused) = self.check_replies_and_requests(&checked).await {
             return self.refuse(request_id, refused).await;
         }
+        let mut held = Vec::new();
+        if let Some(new) = checked.held {
+            let (message_id, channel) = (new.id.clone(), new.channel.to_string());
+            match self.context.authz.holds().hold(new, now_ms()) {
+                Ok(expires_at_ms) => {
+                    stats::bump(&self.context.stats.held_messages);
+                    held.push(Held {
+                        message_id,
+                        channel,
+                        expires_at_ms,
+                    });
+                }
+                Err(e) => {
+                    let refused = Refused::new(RefusalCode::TooManyHeld, e.to_string());
+                    return self.refuse(request_id, refused).await;
+                }
+            }
+        }
         let groups = checked.groups;
         let mut attempted = 0;
         let mut failed = 0;
@@ -294,7 +318,8 @@ impl<R: Router> Session<R> {
         stats::add(&stats.delivery_failures, failed as u64);
         stats::add(&stats.slow_consumer_disconnects, slow as u64);
         if failed == 0 {
-            self.ack(request_id).await
+            self.send(server_frame::Kind::Ack(Ack { request_id, held }))
+                .await
         } else {
             let reason = format!(
                 "{failed} of {attempted} deliveries failed; {slow} slow subscriber(s) disconnected"
@@ -342,7 +367,8 @@ impl<R: Router> Session<R> {
     }
 
     /// Checks a publish and encodes each channel's share; refuses all of it on any failure.
-    fn check_publish(&mut self, publish: Publish) -> Result<Checked, Refused> {
+    fn check_publish(&mut self, mut publish: Publish) -> Result<Checked, Refused> {
+        let purpose = std::mem::take(&mut publish.purpose);
         if publish.sender_keys.is_empty() && publish.batches.is_empty() {
             return Err(Refused::new(RefusalCode::Malformed, "empty publish"));
         }
@@ -378,7 +404,7 @@ impl<R: Router> Session<R> {
             batches.push(batch);
         }
         let (requests, replies) = self.check_reply_fields(&batches, &groups)?;
-        self.authorize(&groups)?;
+        self.authorize(&mut groups)?;
         let headers: Vec<Header<'_>> = batches
             .iter()
             .flat_map(|batch| {
@@ -393,6 +419,7 @@ impl<R: Router> Session<R> {
             stats::bump(&self.context.stats.replays);
             return Err(Refused::new(RefusalCode::Replay, replay));
         }
+        let held = self.check_held(&mut groups, purpose)?;
         let groups = groups
             .into_iter()
             .map(|group| {
@@ -411,7 +438,63 @@ impl<R: Router> Session<R> {
             groups,
             requests,
             replies,
+            held,
         })
+    }
+
+    /// Takes the group held for approval out of `groups`, if there is one: it must be one
+    /// batch of one envelope, not a request, the only held group of the frame, and come with
+    /// a purpose.
+    fn check_held(
+        &self,
+        groups: &mut Vec<Group>,
+        purpose: String,
+    ) -> Result<Option<NewHold>, Refused> {
+        let held: Vec<usize> = (0..groups.len())
+            .filter(|&i| groups.get(i).is_some_and(|g| g.held))
+            .collect();
+        let index = match held.as_slice() {
+            [] => return Ok(None),
+            [one] => *one,
+            _ => {
+                return Err(self.deny(
+                    "several channels of this publish hold messages for approval: publish one held message per frame".to_owned(),
+                ));
+            }
+        };
+        let group = groups.remove(index);
+        let channel = group.channel;
+        let refuse = |why: &str| {
+            Refused::new(
+                RefusalCode::Denied,
+                format!("`{channel}` holds messages for approval: {why}"),
+            )
+        };
+        if purpose.trim().is_empty() {
+            return Err(refuse("state a purpose for the approvers"));
+        }
+        let deliver = Deliver::decode(&group.batches[..])
+            .map_err(|e| Refused::new(RefusalCode::Malformed, format!("batch: {e}")))?;
+        let [batch] = <[SignedBatch; 1]>::try_from(deliver.batches)
+            .map_err(|_| refuse("publish one message per batch and per frame on it"))?;
+        let [envelope] = batch.envelopes.as_slice() else {
+            return Err(refuse("publish one message per batch and per frame on it"));
+        };
+        let id = MessageId::from_slice(&envelope.message_id)
+            .map_err(|e| Refused::new(RefusalCode::Malformed, format!("message id: {e}")))?;
+        let mut body = group.sender_keys;
+        body.extend_from_slice(&group.batches);
+        Ok(Some(NewHold {
+            id: id.to_string(),
+            sender: self.principal.clone(),
+            hash: entente_crypto::envelope_digest(&batch.sender, &batch.channel, envelope),
+            size: u32::try_from(envelope.ciphertext.len()).unwrap_or(u32::MAX),
+            envelope_expires_at_ms: envelope.expires_at_ms,
+            channel,
+            body: body.freeze(),
+            batch,
+            purpose,
+        }))
     }
 
     /// A `reply_to` must lie in the sender's own reply namespace; a publish on a reply
@@ -465,7 +548,7 @@ impl<R: Router> Session<R> {
     /// Asks the policies about each channel group (`_reply` groups are the reply grants'):
     /// `request` for a group carrying a request, `direct` or `publish` for one carrying
     /// anything else. Each decision is made once per group of the frame.
-    fn authorize(&mut self, groups: &[Group]) -> Result<(), Refused> {
+    fn authorize(&mut self, groups: &mut [Group]) -> Result<(), Refused> {
         let now = now_ms();
         for group in groups {
             let channel = &group.channel;
@@ -476,10 +559,16 @@ impl<R: Router> Session<R> {
             let transport =
                 (group.plain || !group.requests).then(|| authz::transport_action(channel));
             for action in [request, transport].into_iter().flatten() {
-                if let Err(Denied(why)) =
+                let decided = if action == Action::Publish && !group.requests {
+                    // Only plain publishes can be held for approval.
+                    self.authz
+                        .publish_or_hold(&self.context.authz, channel, now)
+                        .map(|publishing| group.held = publishing == Publishing::Held)
+                } else {
                     self.authz
                         .publish(&self.context.authz, action, channel, now)
-                {
+                };
+                if let Err(Denied(why)) = decided {
                     let what = match action {
                         Action::Request => format!("a request on `{channel}`"),
                         Action::Direct => format!("a direct message on `{channel}`"),
@@ -536,6 +625,7 @@ impl<R: Router> Session<R> {
             batches: BytesMut::new(),
             requests: false,
             plain: false,
+            held: false,
         });
         groups
             .last_mut()
@@ -560,7 +650,11 @@ impl<R: Router> Session<R> {
     }
 
     async fn ack(&self, request_id: u64) -> Result<(), Status> {
-        self.send(server_frame::Kind::Ack(Ack { request_id })).await
+        self.send(server_frame::Kind::Ack(Ack {
+            request_id,
+            held: Vec::new(),
+        }))
+        .await
     }
 
     async fn refuse(&self, request_id: u64, refused: Refused) -> Result<(), Status> {
@@ -795,6 +889,7 @@ mod tests {
                 request_id: id,
                 sender_keys: vec![],
                 batches,
+                purpose: String::new(),
             }))
             .await
             .unwrap();
@@ -846,7 +941,10 @@ mod tests {
     }
 
     fn ack(id: u64) -> server_frame::Kind {
-        server_frame::Kind::Ack(Ack { request_id: id })
+        server_frame::Kind::Ack(Ack {
+            request_id: id,
+            held: Vec::new(),
+        })
     }
 
     #[tokio::test]

@@ -34,6 +34,8 @@ pub struct HubStats {
     /// published on, though the subscription's pattern is permitted (not failures: the
     /// directory does not list such subscribers as members).
     pub withheld_deliveries: u64,
+    /// Messages held for approval (acknowledged to their publisher as held).
+    pub held_messages: u64,
     /// Deliveries that failed (each reported to its publisher as `DELIVERY_FAILED`).
     pub delivery_failures: u64,
     /// Connections closed because their outbound queue stayed full.
@@ -54,7 +56,7 @@ pub struct HubStats {
     /// loaded, shown and checked by remote administrators (the operator's
     /// [`HubHandle`](crate::HubHandle) calls are not counted).
     pub admin_actions: u64,
-    /// Administrative requests refused: callers not administrators, bad requests (invalid
+    /// Administrative requests refused: callers neither listed administrators nor permitted by the policies, bad requests (invalid
     /// policies among them), an administrator revoking itself, store or CA failures.
     pub admin_refusals: u64,
     /// Grant requests served: grants given, just-in-time requests made, approvals and
@@ -84,6 +86,7 @@ pub(crate) struct Stats {
     pub(crate) policy_denials: AtomicU64,
     pub(crate) subscriptions_ended: AtomicU64,
     pub(crate) withheld_deliveries: AtomicU64,
+    pub(crate) held_messages: AtomicU64,
     pub(crate) delivery_failures: AtomicU64,
     pub(crate) slow_consumer_disconnects: AtomicU64,
     pub(crate) revoked_disconnects: AtomicU64,
@@ -114,6 +117,7 @@ impl Stats {
             policy_denials: get(&self.policy_denials),
             subscriptions_ended: get(&self.subscriptions_ended),
             withheld_deliveries: get(&self.withheld_deliveries),
+            held_messages: get(&self.held_messages),
             delivery_failures: get(&self.delivery_failures),
             slow_consumer_disconnects: get(&self.slow_consumer_disconnects),
             revoked_disconnects: get(&self.revoked_disconnects),

@@ -1,5 +1,6 @@
 //! Remote administration (CreateToken, Revoke) through a real hub on 127.0.0.1:0 over real
-//! mutual TLS, with an `EmbeddedStore` in a temporary directory.
+//! mutual TLS, with an `EmbeddedStore` in a temporary directory: by the administrators the
+//! config lists, and by principals the policies permit `enroll` and `revoke`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -13,11 +14,16 @@ use std::time::SystemTime;
 
 use entente_ca::{Revocations, VerifiedRevocationList};
 use entente_hub::{
-    CREATE_TOKEN_PATH, DEFAULT_TOKEN_TTL, Hub, HubConfig, HubError, MAX_TOKEN_TTL, REVOKE_PATH,
+    CHECK_POLICY_PATH, CREATE_TOKEN_PATH, DEFAULT_TOKEN_TTL, Hub, HubConfig, HubError,
+    LOAD_POLICIES_PATH, MAX_TOKEN_TTL, REVOKE_PATH, SHOW_POLICIES_PATH,
 };
 use entente_store::Store as _;
 use entente_types::{HumanId, Principal, TrustDomain};
-use entente_wire::{CreateTokenRequest, CreateTokenResponse, RevokeRequest, RevokeResponse};
+use entente_wire::{
+    CheckPolicyRequest, CheckPolicyResponse, CreateTokenRequest, CreateTokenResponse,
+    LoadPoliciesRequest, LoadPoliciesResponse, PolicySource, RevokeRequest, RevokeResponse,
+    ShowPoliciesRequest, ShowPoliciesResponse,
+};
 use support::{
     Agent, Client, Enrollment, SessionExt, TestCa, ack, enroll_raw, eventually, now_ms, probe,
     start_with_store,
@@ -183,24 +189,25 @@ async fn a_principal_not_listed_as_admin_is_refused() {
     let mut bob_session = bob.session(&hub).await;
     assert_eq!(bob_session.subscribe(1, "orders.eu").await, ack(1));
 
-    // An agent, even one that could name itself anything in a request, is not an admin.
+    // An agent, even one that could name itself anything in a request, is not an admin, and
+    // no policy permits it anything administrative.
     let client = alice.connect(&hub).await;
     assert_refused(
         create_token(&client, ca.principal("shop", "mallory").as_str(), 0).await,
         Code::PermissionDenied,
-        "not an administrator",
+        "creating a join token for `spiffe://example.org/agent/shop/mallory` is denied: no policy permits it",
     );
     assert_refused(
         revoke(&client, &[&bob.principal], &[]).await,
         Code::PermissionDenied,
-        "not an administrator",
+        "revoking `spiffe://example.org/agent/shop/bob` is denied: no policy permits it",
     );
     // Another human is not either.
     let other = admin(&ca, "eve").connect(&hub).await;
     assert_refused(
         revoke(&other, &[&bob.principal], &[]).await,
         Code::PermissionDenied,
-        "not an administrator",
+        "no policy permits it",
     );
     // Nothing was revoked; Bob carries on.
     assert!(hub.revocations().is_none());
@@ -209,13 +216,13 @@ async fn a_principal_not_listed_as_admin_is_refused() {
     assert_eq!((stats.admin_actions, stats.admin_refusals), (0, 3));
     hub.shutdown().await;
 
-    // With no admins configured (the default), nobody administers remotely.
+    // With no admins configured (the default), only the policies could let anyone.
     let (hub, _store) = start_with_store(&ca, support::config()).await;
     let client = root.connect(&hub).await;
     assert_refused(
         create_token(&client, ca.principal("shop", "alice").as_str(), 0).await,
         Code::PermissionDenied,
-        "not an administrator",
+        "no policy permits it",
     );
 }
 
@@ -541,4 +548,219 @@ async fn admins_of_another_trust_domain_are_refused_at_start() {
         .await
         .unwrap_err();
     assert!(matches!(err, HubError::Config(_)), "{err:?}");
+}
+
+// === authorized by the policies ===
+
+/// `spiffe://example.org/human/ann`, whom the tests below permit administrative acts by
+/// policy; she is not in `HubConfig::admins`.
+const ANN: &str = "spiffe://example.org/human/ann";
+
+/// The tests' usual config, with `root` listed and `policies` added to the usual ones.
+fn config_with_policies(root: &Agent, policies: &str) -> HubConfig {
+    HubConfig {
+        admins: vec![root.principal.clone()],
+        policies: vec![
+            ("shop.cedar".to_owned(), support::SHOP.to_owned()),
+            ("admin.cedar".to_owned(), policies.to_owned()),
+        ],
+        ..HubConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn a_human_permitted_enroll_on_a_segment_creates_tokens_for_its_agents_only() {
+    let ca = TestCa::new();
+    let root = admin(&ca, "admin");
+    let policies = format!(
+        r#"
+        @id("ann-enrolls-shop")
+        permit (principal == Human::"{ANN}", action == Action::"enroll",
+                resource in Segment::"shop");
+        @id("ann-enrolls-humans")
+        permit (principal == Human::"{ANN}", action == Action::"enroll", resource is Human);
+        "#
+    );
+    let (hub, _store) = start_with_store(&ca, config_with_policies(&root, &policies)).await;
+    let ann = admin(&ca, "ann");
+    assert_eq!(ann.principal.as_str(), ANN);
+    let client = ann.connect(&hub).await;
+
+    // An agent of segment shop: a token, with which it enrolls.
+    let response = create_token(&client, ca.principal("shop", "alice").as_str(), 0)
+        .await
+        .unwrap();
+    let enrollment = Enrollment::new();
+    let enrolled = enroll_raw(&hub, enrollment.request(&response.token))
+        .await
+        .unwrap();
+    let alice = enrollment.into_agent(&enrolled, ca.trust());
+    assert_eq!(alice.principal, ca.principal("shop", "alice"));
+
+    // An agent of segment lab: no policy permits it.
+    assert_refused(
+        create_token(&client, ca.principal("lab", "eve").as_str(), 0).await,
+        Code::PermissionDenied,
+        "creating a join token for `spiffe://example.org/agent/lab/eve` is denied: no policy permits it",
+    );
+    // A human the policies name: yes; a listed administrator: never by policy (a token for
+    // it would be its powers).
+    create_token(&client, "spiffe://example.org/human/carol", 0)
+        .await
+        .unwrap();
+    assert_refused(
+        create_token(&client, root.principal.as_str(), 0).await,
+        Code::PermissionDenied,
+        "is an administrator the hub's configuration lists",
+    );
+    // Bad input is still bad input, before any decision.
+    assert_refused(
+        create_token(&client, "spiffe://example.org/agent/system/x", 0).await,
+        Code::InvalidArgument,
+        "reserved",
+    );
+    let stats = hub.stats();
+    assert_eq!((stats.admin_actions, stats.admin_refusals), (2, 3));
+    assert_eq!(stats.enrollments, 1);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_human_permitted_revoke_on_an_agent_revokes_it_and_nothing_else() {
+    let ca = TestCa::new();
+    let root = admin(&ca, "admin");
+    let policies = format!(
+        r#"
+        @id("ann-revokes-bob-and-dave")
+        permit (principal == Human::"{ANN}", action == Action::"revoke", resource is Agent)
+        when {{ resource == Agent::"spiffe://example.org/agent/shop/bob"
+                || resource == Agent::"spiffe://example.org/agent/shop/dave" }};
+        @id("ann-revokes-humans")
+        permit (principal == Human::"{ANN}", action == Action::"revoke", resource is Human);
+        "#
+    );
+    let (hub, _store) = start_with_store(&ca, config_with_policies(&root, &policies)).await;
+    let ann = admin(&ca, "ann");
+    let client = ann.connect(&hub).await;
+    let [alice, bob, dave] = ["alice", "bob", "dave"].map(|name| ca.agent("shop", name));
+    let mut alice_session = alice.session(&hub).await;
+    assert_eq!(alice_session.subscribe(1, "orders.eu").await, ack(1));
+    let mut bob_session = bob.session(&hub).await;
+    assert_eq!(bob_session.subscribe(1, "orders.eu").await, ack(1));
+
+    // All or nothing: dave is permitted, alice is not, so neither is revoked.
+    assert_refused(
+        revoke(&client, &[&dave.principal, &alice.principal], &[]).await,
+        Code::PermissionDenied,
+        "revoking `spiffe://example.org/agent/shop/alice` is denied: no policy permits it",
+    );
+    assert!(hub.revocations().is_none());
+    // A serial names no principal a policy could scope: the listed administrators' alone,
+    // even for a serial of a principal she may revoke.
+    assert_refused(
+        revoke(&client, &[], &[&bob.svid.serial]).await,
+        Code::PermissionDenied,
+        "reserved to the administrators the hub's configuration lists",
+    );
+    assert_refused(
+        revoke(&client, &[&bob.principal], &[&bob.svid.serial]).await,
+        Code::PermissionDenied,
+        "revoking by certificate serial is reserved",
+    );
+    // A listed administrator is not hers to revoke, whatever the policies say; and she
+    // cannot revoke herself either.
+    assert_refused(
+        revoke(&client, &[&root.principal], &[]).await,
+        Code::PermissionDenied,
+        "is an administrator the hub's configuration lists",
+    );
+    assert_refused(
+        revoke(&client, &[&ann.principal], &[]).await,
+        Code::FailedPrecondition,
+        "cannot revoke itself",
+    );
+    assert!(hub.revocations().is_none());
+
+    // Bob, by principal: revoked, his session ends.
+    let response = revoke(&client, &[&bob.principal], &[]).await.unwrap();
+    assert_eq!(response.closed_connections, 1);
+    let list = verified(&ca, &response);
+    assert!(list.is_principal_revoked(&bob.principal));
+    assert!(!list.is_principal_revoked(&alice.principal));
+    assert_eq!(bob_session.status().await.code(), Code::PermissionDenied);
+    assert!(refused_as_revoked(&ca, &hub, &bob).await);
+    // Alice carries on.
+    assert_eq!(alice_session.subscribe(2, "orders.us").await, ack(2));
+
+    let stats = hub.stats();
+    assert_eq!((stats.admin_actions, stats.admin_refusals), (1, 5));
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn listed_admins_do_everything_with_no_policy_at_all() {
+    let ca = TestCa::new();
+    let root = admin(&ca, "admin");
+    let config = HubConfig {
+        admins: vec![root.principal.clone()],
+        policies: Vec::new(),
+        ..HubConfig::default()
+    };
+    let (hub, _store) = start_with_store(&ca, config).await;
+    let client = root.connect(&hub).await;
+    let alice = ca.agent("shop", "alice");
+    let bob = ca.agent("shop", "bob");
+
+    create_token(&client, ca.principal("lab", "eve").as_str(), 0)
+        .await
+        .unwrap();
+    create_token(&client, "spiffe://example.org/human/carol", 0)
+        .await
+        .unwrap();
+    let list = verified(
+        &ca,
+        &revoke(&client, &[&alice.principal], &[&bob.svid.serial])
+            .await
+            .unwrap(),
+    );
+    assert!(list.is_principal_revoked(&alice.principal));
+    assert!(list.is_serial_revoked(&bob.svid.serial));
+
+    let shown: ShowPoliciesResponse = client
+        .unary(SHOW_POLICIES_PATH, ShowPoliciesRequest {})
+        .await
+        .unwrap();
+    assert_eq!(shown.sources.len(), 1, "only the base policies run");
+    let check: CheckPolicyResponse = client
+        .unary(
+            CHECK_POLICY_PATH,
+            CheckPolicyRequest {
+                principal: root.principal.to_string(),
+                action: "admin".into(),
+                resource_type: "hub".into(),
+                resource: "hub".into(),
+            },
+        )
+        .await
+        .unwrap();
+    // No policy permits the listed administrator anything: it needs none.
+    assert!(!check.allowed, "{}", check.explanation);
+    let loaded: LoadPoliciesResponse = client
+        .unary(
+            LOAD_POLICIES_PATH,
+            LoadPoliciesRequest {
+                sources: vec![PolicySource {
+                    name: "shop.cedar".into(),
+                    text: support::SHOP.into(),
+                }],
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(loaded.policies, 3);
+    let stats = hub.stats();
+    assert_eq!((stats.admin_actions, stats.admin_refusals), (6, 0));
+    // No policy was asked on its behalf.
+    assert_eq!(stats.policy_allows + stats.policy_denials, 0);
+    hub.shutdown().await;
 }

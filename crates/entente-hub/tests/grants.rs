@@ -26,7 +26,9 @@ use entente_wire::{
     ApproveRequest, ApproveResponse, GrantInfo, GrantRequest, GrantRequestInfo, GrantResponse,
     ListGrantsRequest, ListGrantsResponse, RequestGrantRequest, RequestGrantResponse, server_frame,
 };
-use support::{Agent, Enrollment, SessionExt, TestCa, ack, enroll, enroll_raw, now_ms, sources};
+use support::{
+    Agent, Enrollment, SessionExt, TestCa, ack, enroll, enroll_raw, now_ms, signed, sources,
+};
 use tonic::{Code, Status};
 
 /// Segment `ops` reads `orders.>` while holding `orders-read` (two approvals); humans grant,
@@ -140,25 +142,6 @@ fn statement(approver: &Agent, request: &GrantRequestInfo, verdict: Verdict) -> 
             signed_at_ms: now_ms(),
         },
     )
-}
-
-/// `statement` signed with `signer`'s message key.
-fn signed(signer: &Agent, statement: ApprovalStatement) -> ApproveRequest {
-    let signed = statement.sign(&signer.keys).unwrap();
-    let s = signed.statement();
-    ApproveRequest {
-        statement: Some(entente_wire::ApprovalStatement {
-            verdict: s.verdict.as_str().into(),
-            kind: s.kind.as_str().into(),
-            object_id: s.object_id.clone(),
-            object_hash: s.object_hash.to_vec(),
-            approver: s.approver.to_string(),
-            key_epoch: s.key_epoch,
-            signed_at_ms: s.signed_at_ms,
-        }),
-        signature: signed.signature().to_vec(),
-        key_bundle: Some(signer.bundle.to_wire().clone()),
-    }
 }
 
 async fn approve(

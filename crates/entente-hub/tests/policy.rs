@@ -567,3 +567,213 @@ async fn an_administrator_loads_shows_and_checks_policies() {
         assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}: {status:?}");
     }
 }
+
+// === the policy RPCs for principals the config does not list ===
+
+fn human(ca: &TestCa, name: &str) -> Agent {
+    ca.identity(
+        Principal::from(HumanId::new(&ca.td, name).unwrap()),
+        SystemTime::now(),
+    )
+}
+
+async fn show(client: &support::Client) -> Result<ShowPoliciesResponse, tonic::Status> {
+    client
+        .unary(SHOW_POLICIES_PATH, ShowPoliciesRequest {})
+        .await
+}
+
+async fn load(
+    client: &support::Client,
+    sources: &[(&str, &str)],
+) -> Result<LoadPoliciesResponse, tonic::Status> {
+    client
+        .unary(
+            LOAD_POLICIES_PATH,
+            LoadPoliciesRequest {
+                sources: sources
+                    .iter()
+                    .map(|(name, text)| PolicySource {
+                        name: (*name).into(),
+                        text: (*text).into(),
+                    })
+                    .collect(),
+            },
+        )
+        .await
+}
+
+fn check_request(principal: &str, action: &str, kind: &str, resource: &str) -> CheckPolicyRequest {
+    CheckPolicyRequest {
+        principal: principal.into(),
+        action: action.into(),
+        resource_type: kind.into(),
+        resource: resource.into(),
+    }
+}
+
+fn assert_denied(result: Result<impl std::fmt::Debug, tonic::Status>, says: &str) {
+    let status = result.expect_err("denied");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains(says), "{says}: {status:?}");
+}
+
+/// Ann may administer the hub; bob is forbidden to; carol has no permit.
+const HUB_ADMINS: &str = r#"
+    @id("ann-administers-the-hub")
+    permit (principal == Human::"spiffe://example.org/human/ann",
+            action == Action::"admin", resource == Hub::"hub");
+    @id("humans-administer-the-hub")
+    permit (principal is Human, action == Action::"admin", resource == Hub::"hub")
+    when { principal.name == "bob" };
+    @id("no-bob")
+    forbid (principal == Human::"spiffe://example.org/human/bob",
+            action == Action::"admin", resource == Hub::"hub");
+"#;
+
+#[tokio::test]
+async fn a_principal_permitted_admin_on_the_hub_shows_checks_and_loads_policies() {
+    let ca = TestCa::new();
+    let policies = format!("{SHOP}\n{HUB_ADMINS}");
+    let hub = start(&ca, with_admin(&ca, &policies)).await;
+    let ann = human(&ca, "ann").connect(&hub).await;
+    let bob = human(&ca, "bob").connect(&hub).await;
+    let carol = human(&ca, "carol").connect(&hub).await;
+
+    // Ann: shows, checks (the hub as a resource too, by its type's name in any case), loads.
+    let shown = show(&ann).await.unwrap();
+    assert_eq!(shown.sources[1].text, policies);
+    let ann_id = "spiffe://example.org/human/ann";
+    for kind in ["hub", "Hub"] {
+        let check: CheckPolicyResponse = ann
+            .unary(
+                CHECK_POLICY_PATH,
+                check_request(ann_id, "admin", kind, "hub"),
+            )
+            .await
+            .unwrap();
+        assert!(
+            check.allowed && !check.cross_segment,
+            "{}",
+            check.explanation
+        );
+        assert_eq!(check.policies, ["ann-administers-the-hub"]);
+        assert!(
+            check.explanation.contains(r#"admin Hub::"hub""#),
+            "{}",
+            check.explanation
+        );
+    }
+    let check = ann
+        .unary::<_, CheckPolicyResponse>(
+            CHECK_POLICY_PATH,
+            check_request(ann_id, "admin", "hub", "other"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(check.code(), Code::InvalidArgument, "{check:?}");
+    let bob_check: CheckPolicyResponse = ann
+        .unary(
+            CHECK_POLICY_PATH,
+            check_request("spiffe://example.org/human/bob", "admin", "hub", "hub"),
+        )
+        .await
+        .unwrap();
+    assert!(!bob_check.allowed);
+    assert_eq!(bob_check.policies, ["no-bob"]);
+    let epoch = hub.policy_epoch();
+    let loaded = load(&ann, &[("test.cedar", &policies), ("extra.cedar", "")])
+        .await
+        .unwrap();
+    assert_eq!(loaded.epoch, epoch + 1);
+
+    // Bob: a forbid decides, and is named. Carol: no policy permits it.
+    assert_denied(
+        show(&bob).await,
+        "showing the running policies is denied: forbidden by policy `no-bob`",
+    );
+    assert_denied(
+        load(&carol, &[("test.cedar", SHOP)]).await,
+        "loading policies is denied: no policy permits it",
+    );
+    assert_denied(
+        carol
+            .unary::<_, CheckPolicyResponse>(
+                CHECK_POLICY_PATH,
+                check_request(ann_id, "admin", "hub", "hub"),
+            )
+            .await,
+        "checking a policy decision is denied: no policy permits it",
+    );
+    assert_eq!(hub.policy_epoch(), epoch + 1);
+    assert_eq!(hub.policies().sources.len(), 2);
+    let stats = hub.stats();
+    assert_eq!((stats.admin_actions, stats.admin_refusals), (5, 4));
+}
+
+#[tokio::test]
+async fn an_agent_needs_a_cross_segment_permit_to_administer_the_hub() {
+    let ca = TestCa::new();
+    let policies = r#"
+        @id("ops-administers-its-segment")
+        permit (principal in Segment::"ops", action == Action::"admin", resource);
+        @id("lead-administers-the-hub")
+        @cross_segment
+        permit (principal == Agent::"spiffe://example.org/agent/ops/lead",
+                action == Action::"admin", resource == Hub::"hub");
+    "#;
+    let hub = start(&ca, with_admin(&ca, policies)).await;
+
+    // A wide permit of its own segment does not reach the hub, which is in no segment.
+    let eve = ca.agent("ops", "eve").connect(&hub).await;
+    assert_denied(
+        show(&eve).await,
+        "no policy permits it across segments (from segment `ops` to no segment",
+    );
+    // A @cross_segment permit naming the hub does.
+    let lead = ca.agent("ops", "lead").connect(&hub).await;
+    assert_eq!(show(&lead).await.unwrap().policies.len(), 4);
+
+    // CheckPolicy says the same.
+    let root = admin(&ca).connect(&hub).await;
+    let check: CheckPolicyResponse = root
+        .unary(
+            CHECK_POLICY_PATH,
+            check_request("spiffe://example.org/agent/ops/eve", "admin", "hub", "hub"),
+        )
+        .await
+        .unwrap();
+    assert!(!check.allowed && check.cross_segment);
+    assert!(
+        check.explanation.contains("the resource in no segment"),
+        "{}",
+        check.explanation
+    );
+}
+
+#[tokio::test]
+async fn a_load_that_withdraws_a_permit_takes_effect_at_the_next_call() {
+    let ca = TestCa::new();
+    let policies = format!("{SHOP}\n{HUB_ADMINS}");
+    let hub = start(&ca, with_admin(&ca, &policies)).await;
+    let ann = human(&ca, "ann").connect(&hub).await;
+    show(&ann).await.unwrap();
+
+    // Ann loads a set without her permit: it is in force for her very next call.
+    load(&ann, &[("test.cedar", SHOP)]).await.unwrap();
+    assert_denied(
+        show(&ann).await,
+        "showing the running policies is denied: no policy permits it",
+    );
+    assert_denied(
+        load(&ann, &[("test.cedar", &policies)]).await,
+        "no policy permits it",
+    );
+
+    // Even a set with no policy at all locks out no listed administrator, who puts hers back.
+    let root = admin(&ca).connect(&hub).await;
+    load(&root, &[]).await.unwrap();
+    assert_eq!(show(&root).await.unwrap().sources.len(), 1);
+    load(&root, &[("test.cedar", &policies)]).await.unwrap();
+    show(&ann).await.unwrap();
+}

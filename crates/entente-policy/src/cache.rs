@@ -52,7 +52,7 @@ struct Entry {
     expires_ms: u64,
 }
 
-const KINDS: usize = 4;
+const KINDS: usize = crate::request::RESOURCE_KINDS;
 
 // === impl CacheOptions ===
 

@@ -31,7 +31,7 @@ pub(crate) fn explain(
         let theirs = match resource {
             Resource::Channel(_) | Resource::Pattern(_) => set.namespace_owner(resource.name()),
             Resource::Agent(agent) => agent.segment(),
-            Resource::Human(_) => NO_SEGMENT,
+            Resource::Human(_) | Resource::Hub(_) => NO_SEGMENT,
             Resource::Segment(segment) => segment,
         };
         let theirs = if theirs == NO_SEGMENT {

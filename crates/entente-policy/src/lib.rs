@@ -5,7 +5,8 @@
 //!   Agents are `Agent::"spiffe://…/agent/<segment>/<name>"` in their `Segment` and `Role`s;
 //!   channels are `Channel::"orders.eu.created"` in `Namespace::"orders"`,
 //!   `Namespace::"orders.eu"` and their owning segment, so `resource in Namespace::"orders"`
-//!   is the NATS pattern `orders.>`.
+//!   is the NATS pattern `orders.>`. The hub itself is `Hub::"hub"`, the resource of `admin`
+//!   for its policy administration ([`Resource::Hub`]), in no segment.
 //! - [`PolicySet`]: policies parsed from text or files, named (`@id`, or `<source>#<n>`),
 //!   validated, and sliced by (action, namespace). Building one either succeeds or returns
 //!   a [`LoadError`] naming each problem's file, line, column and policy.

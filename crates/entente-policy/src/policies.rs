@@ -34,6 +34,9 @@ pub struct PolicySet {
     slicing: bool,
     authorizer: Authorizer,
     grants: BTreeMap<String, GrantDefinition>,
+    /// The same set without its `@hold` forbids, if it has any: what decides whether a
+    /// publish they deny would be allowed once approved.
+    lifted: Option<Box<PolicySet>>,
 }
 
 /// One loaded policy, for explanations and the admin API.
@@ -61,6 +64,10 @@ pub struct PolicyInfo {
     pub context_read: Vec<String>,
     /// Whether it names a `Role` entity anywhere (scope or conditions).
     pub names_roles: bool,
+    /// Whether it carries `@hold`: a forbid on `publish` that approvals lift. A publish
+    /// denied by such forbids alone is held for approval rather than refused
+    /// ([`PolicySet::holds`]).
+    pub hold: bool,
 }
 
 /// A policy's effect.
@@ -141,6 +148,7 @@ enum Pin {
 
 const CROSS_SEGMENT: &str = "cross_segment";
 const GRANT: &str = "grant";
+const HOLD: &str = "hold";
 const APPROVALS: &str = "approvals";
 const MAX_DURATION: &str = "max_duration";
 
@@ -171,6 +179,7 @@ impl PolicySet {
             slicing: true,
             authorizer: Authorizer::new(),
             grants: BTreeMap::new(),
+            lifted: None,
         }
     }
 
@@ -220,6 +229,34 @@ impl PolicySet {
         now_ms: u64,
     ) -> Decision {
         self.decide_at(0, subject, action, resource, facts, now_ms, None)
+    }
+
+    /// Whether `decision` (made on this set) is a denial by `@hold` forbids alone: what the
+    /// hub holds for approval instead of refusing. A forbid without `@hold`, a forbid that
+    /// failed to evaluate, or the lack of a permit is a plain denial.
+    pub fn holds(&self, decision: &Decision) -> bool {
+        decision.reason == Reason::Forbid
+            && !decision.policies.is_empty()
+            && decision
+                .policies
+                .iter()
+                .all(|id| self.policy(id.as_str()).is_some_and(|p| p.hold))
+    }
+
+    /// Whether the publish `decision` denied would be allowed with its `@hold` forbids lifted:
+    /// decided again on this set without them. `false` when the set has none.
+    pub fn allowed_once_approved(
+        &self,
+        subject: &Subject,
+        resource: &Resource<'_>,
+        facts: &Facts,
+        now_ms: u64,
+    ) -> bool {
+        self.lifted.as_ref().is_some_and(|lifted| {
+            lifted
+                .decide(subject, Action::Publish, resource, facts, now_ms)
+                .allowed
+        })
     }
 
     /// Decides and explains the decision in words, for `entente policy check`.
@@ -490,6 +527,11 @@ impl PolicySetBuilder {
             if let Some(message) = open_to_humans(p) {
                 rules.push(p.problem(message));
             }
+            if p.info.hold
+                && let Some(message) = hold_misuse(p)
+            {
+                rules.push(p.problem(message));
+            }
         }
         let grants = collect_grants(&parsed, &mut rules);
         if !rules.is_empty() {
@@ -524,6 +566,34 @@ impl PolicySetBuilder {
         }
 
         let slices = slice_all(&parsed, self.slicing)?;
+        let lifted = if parsed.iter().any(|p| p.info.hold) {
+            let kept: Vec<Parsed> = parsed
+                .iter()
+                .filter(|p| !p.info.hold)
+                .map(|p| Parsed {
+                    source_index: p.source_index,
+                    info: p.info.clone(),
+                    policy: p.policy.clone(),
+                })
+                .collect();
+            let index = kept
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.info.id.as_str().to_owned(), i))
+                .collect();
+            Some(Box::new(PolicySet {
+                slices: slice_all(&kept, self.slicing)?,
+                policies: kept.into_iter().map(|p| p.info).collect(),
+                index,
+                owners: self.owners.clone(),
+                slicing: self.slicing,
+                authorizer: Authorizer::new(),
+                grants: grants.clone(),
+                lifted: None,
+            }))
+        } else {
+            None
+        };
         Ok(PolicySet {
             policies: parsed.into_iter().map(|p| p.info).collect(),
             index,
@@ -532,6 +602,7 @@ impl PolicySetBuilder {
             slicing: self.slicing,
             authorizer: Authorizer::new(),
             grants,
+            lifted,
         })
     }
 }
@@ -609,6 +680,7 @@ fn split(
                 grant: policy.annotation(GRANT).map(str::to_owned),
                 context_read: reads.context,
                 names_roles: reads.roles,
+                hold: policy.annotation(HOLD).is_some(),
             },
         });
     }
@@ -706,6 +778,33 @@ fn open_to_humans(p: &Parsed) -> Option<String> {
     );
     (p.info.effect == Effect::Permit && open_principal && open_resource).then(|| {
         "a permit naming neither its principal nor its resource opens every resource to every human (humans are in no segment, so the segment rule does not confine them): scope the principal (`principal is Agent` keeps agents to their own segment; or a segment, a role, a principal) or name the resource".to_owned()
+    })
+}
+
+/// Why a `@hold` policy is refused, if it is: it must be a forbid on exactly
+/// `Action::"publish"` whose conditions read `context.approvals` or `context.approvers`, so
+/// that approvals can lift it.
+fn hold_misuse(p: &Parsed) -> Option<String> {
+    if p.info.effect != Effect::Forbid {
+        return Some(
+            "`@hold` is for forbids that approvals lift, e.g. `unless { context.approvals >= 2 }`"
+                .to_owned(),
+        );
+    }
+    let publish = action_uid(Action::Publish);
+    if !matches!(p.policy.action_constraint(), ActionConstraint::Eq(uid) if uid == publish) {
+        return Some(
+            "a `@hold` forbid holds published messages: its scope must be `action == Action::\"publish\"`"
+                .to_owned(),
+        );
+    }
+    let reads_approvals = p
+        .info
+        .context_read
+        .iter()
+        .any(|attr| attr == "approvals" || attr == "approvers");
+    (!reads_approvals).then(|| {
+        "a `@hold` forbid must read `context.approvals` or `context.approvers`, or no approval could ever lift it".to_owned()
     })
 }
 

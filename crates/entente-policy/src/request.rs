@@ -11,10 +11,14 @@ use entente_types::{AgentId, Channel, ChannelPattern, HumanId, Principal};
 
 use crate::policies::Owners;
 
-/// The segment ID given to channels that belong to no segment: humans' system channels and
-/// patterns whose first token is a wildcard. No agent is in it (segment names never contain
-/// `*`), so for every agent such a resource is in another segment.
+/// The segment ID given to resources that belong to no segment: humans, the hub itself,
+/// humans' system channels and patterns whose first token is a wildcard. No agent is in it
+/// (segment names never contain `*`), so for every agent such a resource is in another
+/// segment.
 pub const NO_SEGMENT: &str = "*";
+
+/// How many kinds of resource [`Resource::kind`] tells apart.
+pub(crate) const RESOURCE_KINDS: usize = 5;
 
 /// An action of the schema (`Action::"publish"` and so on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,10 +55,14 @@ pub enum Resource<'a> {
     Pattern(&'a ChannelPattern),
     /// An agent (enroll, grant, revoke, approve, admin).
     Agent(&'a AgentId),
-    /// A human (grant, revoke, approve, admin). Humans belong to no segment.
+    /// A human (enroll, grant, revoke, approve, admin). Humans belong to no segment.
     Human(&'a HumanId),
     /// A segment, by name (enroll, grant, revoke, admin).
     Segment(&'a str),
+    /// The hub itself, by its name (admin: loading, showing and checking its policies). A hub
+    /// belongs to no segment ([`NO_SEGMENT`]): an agent needs a `@cross_segment` permit that
+    /// names it.
+    Hub(&'a str),
 }
 
 /// The principal of a connection, with the roles the registry gives it, turned into a Cedar
@@ -179,7 +187,7 @@ impl<'a> Resource<'a> {
     }
 
     /// The resource's Cedar entity ID: the channel name or pattern, the agent's or human's
-    /// SPIFFE ID, or the segment name.
+    /// SPIFFE ID, the segment name, or the hub's name.
     pub fn name(&self) -> &str {
         match self {
             Resource::Channel(channel) => channel.as_str(),
@@ -187,6 +195,7 @@ impl<'a> Resource<'a> {
             Resource::Agent(agent) => agent.as_str(),
             Resource::Human(human) => human.as_str(),
             Resource::Segment(segment) => segment,
+            Resource::Hub(hub) => hub,
         }
     }
 
@@ -197,17 +206,19 @@ impl<'a> Resource<'a> {
             Resource::Agent(_) => "Agent",
             Resource::Human(_) => "Human",
             Resource::Segment(_) => "Segment",
+            Resource::Hub(_) => "Hub",
         }
     }
 
-    /// 0 for channels and patterns, 1 for agents, 2 for segments, 3 for humans: part of cache
-    /// keys.
+    /// 0 for channels and patterns, 1 for agents, 2 for segments, 3 for humans, 4 for hubs
+    /// (below [`RESOURCE_KINDS`]): part of cache keys.
     pub(crate) fn kind(&self) -> usize {
         match self {
             Resource::Channel(_) | Resource::Pattern(_) => 0,
             Resource::Agent(_) => 1,
             Resource::Segment(_) => 2,
             Resource::Human(_) => 3,
+            Resource::Hub(_) => 4,
         }
     }
 
@@ -216,16 +227,18 @@ impl<'a> Resource<'a> {
     pub(crate) fn namespace(&self) -> Option<&str> {
         match self {
             Resource::Channel(_) | Resource::Pattern(_) => self.name().split('.').next(),
-            Resource::Agent(_) | Resource::Human(_) | Resource::Segment(_) => None,
+            Resource::Agent(_) | Resource::Human(_) | Resource::Segment(_) | Resource::Hub(_) => {
+                None
+            }
         }
     }
 
-    /// The segment the resource belongs to ([`NO_SEGMENT`] for a human).
+    /// The segment the resource belongs to ([`NO_SEGMENT`] for a human or a hub).
     pub(crate) fn segment<'b>(&'b self, owners: &'b Owners) -> &'b str {
         match self {
             Resource::Channel(_) | Resource::Pattern(_) => channel_segment(self.name(), owners),
             Resource::Agent(agent) => agent.segment(),
-            Resource::Human(_) => NO_SEGMENT,
+            Resource::Human(_) | Resource::Hub(_) => NO_SEGMENT,
             Resource::Segment(segment) => segment,
         }
     }
@@ -237,7 +250,9 @@ impl<'a> Resource<'a> {
             Resource::Channel(_) | Resource::Pattern(_) => channel_entity(uid, self.name(), owners),
             Resource::Agent(agent) => agent_entity(uid, agent, &[]),
             Resource::Human(human) => human_entity(uid, human, &[]),
-            Resource::Segment(_) => Ok(Entity::new_no_attrs(uid, Default::default())),
+            Resource::Segment(_) | Resource::Hub(_) => {
+                Ok(Entity::new_no_attrs(uid, Default::default()))
+            }
         }
     }
 }
@@ -422,11 +437,12 @@ pub(crate) fn uid(type_name: &str, id: &str) -> EntityUid {
 }
 
 /// The schema's type names, parsed once (Cedar parses a name with its full grammar).
-static TYPE_NAMES: LazyLock<[(&str, EntityTypeName); 7]> = LazyLock::new(|| {
+static TYPE_NAMES: LazyLock<[(&str, EntityTypeName); 8]> = LazyLock::new(|| {
     [
         "Agent",
         "Human",
         "Segment",
+        "Hub",
         "Role",
         "Namespace",
         "Channel",
@@ -587,6 +603,28 @@ mod tests {
         ] {
             assert_eq!(channel_segment(name, &owners), segment, "{name}");
         }
+    }
+
+    #[test]
+    fn the_hub_is_an_entity_of_its_own_in_no_segment() {
+        let owners = Owners::from([("hub".to_owned(), "hub".to_owned())]);
+        let hub = Resource::Hub("hub");
+        assert_eq!(hub.segment(&owners), NO_SEGMENT);
+        assert_eq!(hub.namespace(), None);
+        let entity = hub.entity(&owners).unwrap();
+        assert_eq!(entity.uid().to_string(), r#"Hub::"hub""#);
+        assert_eq!(entity.uid(), uid("Hub", "hub"));
+        // No parent, no attribute: `resource in Segment::"…"` never matches the hub.
+        assert_eq!(entity.to_string().matches("Segment").count(), 0, "{entity}");
+        // Each kind has its own cache maps.
+        let channel = Channel::parse("hub").unwrap();
+        let kinds = [
+            Resource::Channel(&channel).kind(),
+            Resource::Segment("hub").kind(),
+            hub.kind(),
+        ];
+        assert!(kinds.iter().all(|&kind| kind < RESOURCE_KINDS));
+        assert!(kinds[0] != kinds[1] && kinds[1] != kinds[2] && kinds[0] != kinds[2]);
     }
 
     #[test]

@@ -682,3 +682,101 @@ fn set_with_cross(
     };
     (may(ann), may(bob))
 }
+
+#[test]
+fn the_hub_is_a_resource_of_admin_in_no_segment() {
+    let set = set(r#"
+        @id("ann-administers")
+        permit (principal == Human::"spiffe://example.org/human/ann",
+                action == Action::"admin", resource == Hub::"hub");
+        @id("ops-administers-everything")
+        permit (principal in Segment::"ops", action == Action::"admin", resource);
+        @id("lead-administers-the-hub")
+        @cross_segment
+        permit (principal == Agent::"spiffe://example.org/agent/ops/lead",
+                action == Action::"admin", resource == Hub::"hub");
+        "#);
+    let hub = Resource::Hub("hub");
+    assert_eq!((hub.type_name(), hub.name()), ("Hub", "hub"));
+    assert_eq!(hub.to_string(), r#"Hub::"hub""#);
+    let admin = |who: &Subject| set.decide(who, Action::Admin, &hub, &Facts::default(), NOW);
+
+    // A human is in no segment, as the hub: a permit naming it decides.
+    let decision = admin(&human("ann"));
+    assert!(decision.allowed && !decision.cross_segment);
+    assert_eq!(ids(&decision), ["ann-administers"]);
+    let decision = admin(&human("bob"));
+    assert!(!decision.allowed && decision.policies.is_empty());
+
+    // For every agent the hub is in another segment: a wide permit of its segment does not
+    // reach it; a @cross_segment permit naming the hub does.
+    let decision = admin(&agent("ops", "eve"));
+    assert!(!decision.allowed && decision.cross_segment);
+    assert_eq!(decision.reason, Reason::NoPermit);
+    let decision = admin(&agent("ops", "lead"));
+    assert!(decision.allowed && decision.cross_segment);
+    assert_eq!(ids(&decision), ["lead-administers-the-hub"]);
+    // Nor is an agent of a segment named `hub`: the hub is in no segment.
+    assert!(!admin(&agent("hub", "x")).allowed);
+
+    let explained = set.explain(
+        &agent("ops", "eve"),
+        Action::Admin,
+        &hub,
+        &Facts::default(),
+        NOW,
+    );
+    assert!(
+        explained.contains("the resource in no segment"),
+        "{explained}"
+    );
+}
+
+#[test]
+fn the_hub_and_a_segment_of_the_same_name_are_cached_apart() {
+    let engine = Engine::new(set(r#"
+        @id("bob-administers-segment-hub")
+        permit (principal == Human::"spiffe://example.org/human/bob",
+                action == Action::"admin", resource == Segment::"hub");
+        "#));
+    let mut cache = DecisionCache::new(human("bob"), CacheOptions::default());
+    let decide = |cache: &mut DecisionCache, resource: &Resource<'_>| {
+        cache
+            .decide(&engine, Action::Admin, resource, &Facts::default(), NOW)
+            .allowed
+    };
+    assert!(decide(&mut cache, &Resource::Segment("hub")));
+    assert!(!decide(&mut cache, &Resource::Hub("hub")));
+    assert_eq!(cache.len(), 2);
+    assert_eq!(cache.stats().misses, 2);
+}
+
+#[test]
+fn enroll_and_revoke_apply_to_agents_by_segment_and_to_humans() {
+    let set = set(r#"
+        @id("ann-enrolls-shop")
+        permit (principal == Human::"spiffe://example.org/human/ann",
+                action == Action::"enroll", resource in Segment::"shop");
+        @id("ann-enrolls-humans")
+        permit (principal == Human::"spiffe://example.org/human/ann",
+                action == Action::"enroll", resource is Human);
+        @id("ann-revokes-bob")
+        permit (principal == Human::"spiffe://example.org/human/ann",
+                action == Action::"revoke", resource == Agent::"spiffe://example.org/agent/shop/bob");
+        "#);
+    let ann = human("ann");
+    let decide = |action, resource: &Resource<'_>| {
+        set.decide(&ann, action, resource, &Facts::default(), NOW)
+            .allowed
+    };
+    let shop = AgentId::parse("spiffe://example.org/agent/shop/alice").unwrap();
+    let lab = AgentId::parse("spiffe://example.org/agent/lab/eve").unwrap();
+    let bob = AgentId::parse("spiffe://example.org/agent/shop/bob").unwrap();
+    let carol = entente_types::HumanId::parse("spiffe://example.org/human/carol").unwrap();
+    assert!(decide(Action::Enroll, &Resource::Agent(&shop)));
+    assert!(!decide(Action::Enroll, &Resource::Agent(&lab)));
+    assert!(decide(Action::Enroll, &Resource::Human(&carol)));
+    assert!(decide(Action::Revoke, &Resource::Agent(&bob)));
+    assert!(!decide(Action::Revoke, &Resource::Agent(&shop)));
+    assert!(!decide(Action::Revoke, &Resource::Human(&carol)));
+}

@@ -278,3 +278,46 @@ fn a_failed_load_leaves_the_running_set_and_epoch_unchanged() {
     assert_eq!(engine.replace(PolicySet::empty()), 4);
     assert!(engine.policies().is_empty());
 }
+
+#[test]
+fn the_hub_is_named_by_admin_policies_only_and_opened_to_agents_only_by_name() {
+    // `admin` takes the hub; a @cross_segment permit naming it opens it to agents.
+    for text in [
+        r#"permit (principal == Human::"spiffe://example.org/human/ann", action == Action::"admin", resource == Hub::"hub");"#,
+        r#"permit (principal is Human, action == Action::"admin", resource == Hub::"hub");"#,
+        r#"@cross_segment permit (principal in Segment::"ops", action == Action::"admin", resource == Hub::"hub");"#,
+        r#"@cross_segment permit (principal in Segment::"ops", action == Action::"admin", resource in Hub::"hub");"#,
+        r#"permit (principal == Human::"spiffe://example.org/human/ann", action == Action::"enroll", resource is Human);"#,
+    ] {
+        assert!(PolicySet::parse("x.cedar", text).is_ok(), "{text}");
+    }
+    // No other action takes it.
+    for text in [
+        r#"permit (principal is Human, action == Action::"publish", resource == Hub::"hub");"#,
+        r#"permit (principal is Human, action == Action::"enroll", resource == Hub::"hub");"#,
+        r#"permit (principal is Human, action == Action::"revoke", resource is Hub);"#,
+    ] {
+        let (error, _) = problems(PolicySet::parse("x.cedar", text));
+        assert!(matches!(error, LoadError::Invalid(_)), "{text}: {error}");
+    }
+    // A @cross_segment permit must name the hub, not every hub; and the hub is no exception
+    // to the rule that a permit must scope its principal or its resource.
+    for (text, says) in [
+        (
+            r#"@cross_segment permit (principal in Segment::"ops", action == Action::"admin", resource is Hub);"#,
+            "must name what it opens",
+        ),
+        (
+            r#"permit (principal, action == Action::"admin", resource is Hub);"#,
+            "every human",
+        ),
+    ] {
+        let (error, problems) = problems(PolicySet::parse("x.cedar", text));
+        assert!(matches!(error, LoadError::Rules(_)), "{text}: {error}");
+        assert!(
+            problems[0].message.contains(says),
+            "{text}: {}",
+            problems[0]
+        );
+    }
+}

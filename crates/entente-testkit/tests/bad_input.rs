@@ -99,6 +99,7 @@ fn publish(request_id: u64, sender_keys: Vec<SenderKey>, batches: Vec<SignedBatc
         request_id,
         sender_keys,
         batches,
+        purpose: String::new(),
     }
 }
 
@@ -129,7 +130,10 @@ async fn raw_subscribe(session: &mut raw::Session, id: u64, pattern: &str) -> se
 }
 
 fn ack(request_id: u64) -> server_frame::Kind {
-    server_frame::Kind::Ack(Ack { request_id })
+    server_frame::Kind::Ack(Ack {
+        request_id,
+        held: Vec::new(),
+    })
 }
 
 /// A raw mutual-TLS connection of a newly enrolled agent of `shop`.

@@ -233,6 +233,11 @@ bounded! {
     ApprovalStatement => scan::APPROVAL_STATEMENT,
     ApproveRequest => scan::APPROVE_REQUEST,
     ApproveResponse => scan::APPROVE_RESPONSE,
+    HeldMessage => scan::HELD_MESSAGE,
+    ListHeldRequest => scan::LIST_HELD_REQUEST,
+    ListHeldResponse => scan::LIST_HELD_RESPONSE,
+    RevokeGrantRequest => scan::REVOKE_GRANT_REQUEST,
+    RevokeGrantResponse => scan::REVOKE_GRANT_RESPONSE,
 }
 
 #[cfg(test)]

@@ -224,6 +224,10 @@ pub struct Publish {
     /// Signed batches.
     #[prost(message, repeated, tag = "3")]
     pub batches: Vec<SignedBatch>,
+    /// Why, for the approvers of a channel that holds messages; at most
+    /// [`MAX_REASON_BYTES`](crate::MAX_REASON_BYTES) bytes.
+    #[prost(string, tag = "4")]
+    pub purpose: String,
 }
 
 /// Start a subscription.
@@ -273,6 +277,23 @@ pub struct Ack {
     /// The publish's request ID.
     #[prost(uint64, tag = "1")]
     pub request_id: u64,
+    /// The messages of the publish the hub holds for approval.
+    #[prost(message, repeated, tag = "2")]
+    pub held: Vec<Held>,
+}
+
+/// A message the hub holds for approval instead of routing it.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Held {
+    /// The envelope's message ID as UUID text: the hold's ID.
+    #[prost(string, tag = "1")]
+    pub message_id: String,
+    /// Its channel.
+    #[prost(string, tag = "2")]
+    pub channel: String,
+    /// When the hold lapses undecided, Unix milliseconds.
+    #[prost(uint64, tag = "3")]
+    pub expires_at_ms: u64,
 }
 
 /// A publish or subscription was refused.
@@ -754,4 +775,73 @@ pub struct StoredPolicies {
     /// The loaded sources, without the base policies.
     #[prost(message, repeated, tag = "2")]
     pub sources: Vec<PolicySource>,
+}
+
+/// A held message as approvers see it: everything but the payload, which stays sealed.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct HeldMessage {
+    /// UUID text: the hold's ID, and an approval statement's `object_id`.
+    #[prost(string, tag = "1")]
+    pub message_id: String,
+    /// The sender's SPIFFE ID.
+    #[prost(string, tag = "2")]
+    pub sender: String,
+    /// The channel.
+    #[prost(string, tag = "3")]
+    pub channel: String,
+    /// Ciphertext bytes.
+    #[prost(uint32, tag = "4")]
+    pub size: u32,
+    /// When the hub received it, Unix milliseconds.
+    #[prost(uint64, tag = "5")]
+    pub published_at_ms: u64,
+    /// When the hold lapses undecided, Unix milliseconds.
+    #[prost(uint64, tag = "6")]
+    pub expires_at_ms: u64,
+    /// The sender's stated purpose.
+    #[prost(string, tag = "7")]
+    pub purpose: String,
+    /// The sender's signed batch of one envelope: approvers hash it themselves.
+    #[prost(message, optional, tag = "8")]
+    pub batch: Option<SignedBatch>,
+    /// `pending`, `released`, `rejected` or `expired`.
+    #[prost(string, tag = "9")]
+    pub state: String,
+    /// Approvals and rejections received so far, in order.
+    #[prost(message, repeated, tag = "10")]
+    pub approvals: Vec<ApprovalInfo>,
+    /// Why it was rejected or expired, for humans.
+    #[prost(string, tag = "11")]
+    pub reason: String,
+}
+
+/// Asks for the held messages the caller may see.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ListHeldRequest {}
+
+/// The held messages the caller may see: its own, and those it may approve.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ListHeldResponse {
+    /// Newest last.
+    #[prost(message, repeated, tag = "1")]
+    pub held: Vec<HeldMessage>,
+}
+
+/// Ends a grant now, before its time.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RevokeGrantRequest {
+    /// The grant's ID, `g-<n>`.
+    #[prost(string, tag = "1")]
+    pub id: String,
+    /// Why; required.
+    #[prost(string, tag = "2")]
+    pub reason: String,
+}
+
+/// The grant a `RevokeGrant` ended, as it was.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RevokeGrantResponse {
+    /// The grant.
+    #[prost(message, optional, tag = "1")]
+    pub grant: Option<GrantInfo>,
 }

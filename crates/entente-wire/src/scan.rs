@@ -316,6 +316,7 @@ pub(crate) static PUBLISH: Schema = Schema {
         varint(1, "request_id"),
         field(2, "sender_keys", Kind::Message(&SENDER_KEY), Count::Items),
         field(3, "batches", Kind::Message(&SIGNED_BATCH), Count::Items),
+        bytes(4, "purpose", Len::Reason),
     ],
 };
 
@@ -353,7 +354,60 @@ static CREDIT: Schema = Schema {
 static ACK: Schema = Schema {
     name: "Ack",
     oneof: false,
-    fields: &[varint(1, "request_id")],
+    fields: &[
+        varint(1, "request_id"),
+        field(2, "held", Kind::Message(&HELD), Count::Items),
+    ],
+};
+
+static HELD: Schema = Schema {
+    name: "Held",
+    oneof: false,
+    fields: &[
+        bytes(1, "message_id", Len::ObjectId),
+        bytes(2, "channel", Len::Channel),
+        varint(3, "expires_at_ms"),
+    ],
+};
+
+pub(crate) static HELD_MESSAGE: Schema = Schema {
+    name: "HeldMessage",
+    oneof: false,
+    fields: &[
+        bytes(1, "message_id", Len::ObjectId),
+        bytes(2, "sender", Len::Id),
+        bytes(3, "channel", Len::Channel),
+        varint(4, "size"),
+        varint(5, "published_at_ms"),
+        varint(6, "expires_at_ms"),
+        bytes(7, "purpose", Len::Reason),
+        field(8, "batch", Kind::Message(&SIGNED_BATCH), Count::One),
+        bytes(9, "state", Len::Action),
+        field(
+            10,
+            "approvals",
+            Kind::Message(&APPROVAL_INFO),
+            Count::Approvals,
+        ),
+        bytes(11, "reason", Len::Reason),
+    ],
+};
+
+pub(crate) static LIST_HELD_REQUEST: Schema = Schema {
+    name: "ListHeldRequest",
+    oneof: false,
+    fields: &[],
+};
+
+pub(crate) static LIST_HELD_RESPONSE: Schema = Schema {
+    name: "ListHeldResponse",
+    oneof: false,
+    fields: &[field(
+        1,
+        "held",
+        Kind::Message(&HELD_MESSAGE),
+        Count::Grants,
+    )],
 };
 
 static REFUSAL: Schema = Schema {
@@ -697,6 +751,21 @@ pub(crate) static REQUEST_GRANT_REQUEST: Schema = Schema {
         varint(2, "duration_ms"),
         bytes(3, "reason", Len::Reason),
     ],
+};
+
+pub(crate) static REVOKE_GRANT_REQUEST: Schema = Schema {
+    name: "RevokeGrantRequest",
+    oneof: false,
+    fields: &[
+        bytes(1, "id", Len::ObjectId),
+        bytes(2, "reason", Len::Reason),
+    ],
+};
+
+pub(crate) static REVOKE_GRANT_RESPONSE: Schema = Schema {
+    name: "RevokeGrantResponse",
+    oneof: false,
+    fields: &[field(1, "grant", Kind::Message(&GRANT_INFO), Count::One)],
 };
 
 pub(crate) static REQUEST_GRANT_RESPONSE: Schema = Schema {

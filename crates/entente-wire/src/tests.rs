@@ -77,6 +77,7 @@ fn publish_frame() -> ClientFrame {
             request_id: 42,
             sender_keys: vec![sender_key(3)],
             batches: vec![batch(4), batch(1)],
+            purpose: String::new(),
         })),
     }
 }
@@ -418,6 +419,7 @@ fn a_realistic_full_frame_is_within_the_decoded_cost() {
             request_id: 1,
             sender_keys: vec![sender_key(64)],
             batches: (0..12).map(|_| batch(1024)).collect(),
+            purpose: String::new(),
         })),
     };
     let bytes = encode(&frame);

@@ -103,15 +103,44 @@ pub(crate) fn send(
     hub: &str,
     channel: &str,
     message: &str,
+    purpose: Option<&str>,
     json: bool,
 ) -> Result<ExitCode> {
     run(async {
         let client = connect(identity, hub).await?;
-        client
-            .publish(channel, message.as_bytes().to_vec())
-            .await
-            .with_context(|| format!("sending to `{channel}`"))?;
+        let held = match purpose {
+            Some(purpose) => client
+                .publish_with_purpose(channel, message.as_bytes().to_vec(), purpose)
+                .await
+                .with_context(|| format!("sending to `{channel}`"))?,
+            None => {
+                client
+                    .publish(channel, message.as_bytes().to_vec())
+                    .await
+                    .with_context(|| format!("sending to `{channel}`"))?;
+                None
+            }
+        };
         client.close().await;
+        if let Some(held) = held {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "held": held.message_id,
+                        "channel": channel,
+                        "expires_at_ms": held.expires_at_ms,
+                    })
+                );
+            } else {
+                println!(
+                    "held for approval on `{channel}`: {} (until {}); see `entente held`",
+                    held.message_id,
+                    crate::commands::grants::utc(held.expires_at_ms)
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         if json {
             println!(
                 "{}",

@@ -142,6 +142,7 @@ async fn scenario(story: &mut Story) -> Result<()> {
         request_id: 1,
         sender_keys: vec![sender_key],
         batches: vec![batch.clone()],
+        purpose: String::new(),
     };
     let frame = wire::encode(&publish);
     let payload_bytes: usize = secret.iter().map(|m| m.len()).sum();
@@ -211,6 +212,7 @@ async fn scenario(story: &mut Story) -> Result<()> {
     );
 
     just_in_time(story, &scratch, &alice, &eve).await?;
+    held_for_approval(story, &scratch, &alice, &bob).await?;
 
     story.step(
         "Eve turns forger: she seals an order with her own keys and signs it as alice, \
@@ -234,6 +236,7 @@ async fn scenario(story: &mut Story) -> Result<()> {
             request_id: 1,
             sender_keys: vec![forged_key],
             batches: vec![forged],
+            purpose: String::new(),
         },
     )
     .await
@@ -259,6 +262,7 @@ async fn scenario(story: &mut Story) -> Result<()> {
             request_id: 2,
             sender_keys: Vec::new(),
             batches: vec![batch],
+            purpose: String::new(),
         },
     )
     .await
@@ -286,6 +290,7 @@ async fn scenario(story: &mut Story) -> Result<()> {
             request_id: 3,
             sender_keys: Vec::new(),
             batches: vec![tampered],
+            purpose: String::new(),
         },
     )
     .await;
@@ -480,6 +485,87 @@ async fn just_in_time(
         &format!(
             "when the grant ends, the hub ends eve's subscription, with nobody acting: {}",
             ended.unwrap_or_else(|| format!("{end:?}"))
+        ),
+    );
+    Ok(())
+}
+
+/// Alice pays on `demo.payments.out`, which `default.cedar` holds for one approval: the hub
+/// keeps the sealed message; alice can't approve it herself; the admin sees who, where, how
+/// big and why, never the payload, and approves with a signed statement; then bob reads it.
+async fn held_for_approval(
+    story: &mut Story,
+    scratch: &ScratchHub,
+    alice: &Client,
+    bob: &Client,
+) -> Result<()> {
+    story.step(
+        "Alice pays an invoice on `demo.payments.out`, a high-stakes channel: the hub holds \
+         each message there, sealed, until someone other than its sender approves it.",
+    );
+    let mut bob_payments = bob.subscribe("demo.payments.>").await?;
+    let payment = "pay invoice 42: 1200 EUR to ACME";
+    let held = alice
+        .publish_with_purpose("demo.payments.out", payment, "invoice 42, due today")
+        .await?;
+    let id = held
+        .as_ref()
+        .map(|h| h.message_id.clone())
+        .unwrap_or_default();
+    story.check(
+        "held",
+        held.is_some(),
+        &format!(
+            "the hub acknowledges alice's payment as held for approval ({id}); bob gets nothing yet"
+        ),
+    );
+    let own = alice.approve(&id).await.err();
+    story.check(
+        "separation_of_duties",
+        own.as_ref()
+            .is_some_and(|e| e.kind() == ErrorKind::Denied && e.to_string().contains("separation")),
+        &format!(
+            "alice's approval of her own payment is refused: {}",
+            describe(own)
+        ),
+    );
+    let admin = Identity::load(&scratch.data.admin_dir(), SystemTime::now())
+        .context("loading the hub's admin identity")?;
+    let admin = Client::connect(admin, scratch.addr(), ClientOptions::default()).await?;
+    let shown = admin.held().await?;
+    let listed = shown.iter().find(|h| h.message_id == id);
+    let sealed = listed.is_some_and(|h| {
+        h.purpose == "invoice 42, due today" && !contains(&wire::encode(h), payment.as_bytes())
+    });
+    story.check(
+        "approver_view",
+        sealed,
+        &match listed {
+            Some(h) => format!(
+                "the admin sees sender {}, channel {}, {} bytes and the purpose `{}`, not the payload",
+                h.sender, h.channel, h.size, h.purpose
+            ),
+            None => "the admin does not see the held payment".to_owned(),
+        },
+    );
+    let approved = admin.approve(&id).await;
+    admin.close().await;
+    let released = matches!(approved, Ok(ApprovalOutcome::Released { .. }));
+    let read = if released {
+        next_message(&mut bob_payments).await.map(|m| text(&m))
+    } else {
+        Err(anyhow!("not released: {approved:?}"))
+    };
+    story.check(
+        "released",
+        read.as_ref().is_ok_and(|t| t == payment),
+        &format!(
+            "the admin signs an approval bound to the envelope's hash; the hub releases it and \
+             bob reads: {}",
+            match &read {
+                Ok(t) => t.clone(),
+                Err(e) => format!("{e:#}"),
+            }
         ),
     );
     Ok(())

@@ -1,12 +1,14 @@
-//! `entente grant`, `grants`, `request-grant`, `approvals`, `approve`, `reject`: time-bound
-//! grants and just-in-time elevation, through the hub's grant RPCs. Who may do what is the
+//! `entente grant`, `grants`, `revoke-grant`, `request-grant`, `approvals`, `approve`,
+//! `reject`, `held`:
+//! time-bound grants, just-in-time elevation and messages held for approval, through the
+//! hub's grant and hold RPCs. Who may do what is the
 //! hub's policies' business (docs/POLICY.md, "Grants in the hub"); these commands act as the
 //! identity they are given.
 
 use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use entente_client::{ApprovalOutcome, GrantInfo, GrantRequestInfo};
+use entente_client::{ApprovalOutcome, GrantInfo, GrantRequestInfo, HeldMessage, MessageId};
 use entente_policy::{format_duration, parse_duration};
 use entente_types::{HumanId, Principal, TrustDomain};
 
@@ -142,8 +144,14 @@ pub(crate) fn approvals(at: &At, json: bool) -> Result<ExitCode> {
     run(async {
         let client = connect(&at.identity, &at.hub).await?;
         let listed = client.grants().await.context("listing the requests")?;
+        let held = client.held().await.context("listing held messages")?;
         client.close().await;
         let me = client.principal().as_str();
+        let to_decide: Vec<&HeldMessage> = held
+            .iter()
+            .filter(|h| h.state == "pending" && h.sender != me)
+            .filter(|h| !h.approvals.iter().any(|a| a.approver == me))
+            .collect();
         let now = listed.now_ms;
         let open: Vec<&GrantRequestInfo> = listed
             .requests
@@ -157,9 +165,10 @@ pub(crate) fn approvals(at: &At, json: bool) -> Result<ExitCode> {
             .collect();
         if json {
             let requests: Vec<_> = open.iter().map(|r| request_json(r)).collect();
+            let held: Vec<_> = to_decide.iter().map(|h| held_json(h)).collect();
             println!(
                 "{}",
-                serde_json::json!({ "requests": requests, "now_ms": now })
+                serde_json::json!({ "requests": requests, "held": held, "now_ms": now })
             );
             return Ok(ExitCode::SUCCESS);
         }
@@ -170,8 +179,16 @@ pub(crate) fn approvals(at: &At, json: bool) -> Result<ExitCode> {
             for r in open {
                 println!("  {}", request_line(r, now));
             }
-            println!("decide with `entente approve ID` or `entente reject ID`");
         }
+        if to_decide.is_empty() {
+            println!("no held messages to decide");
+        } else {
+            println!("held messages ({}):", to_decide.len());
+            for h in to_decide {
+                println!("  {}", held_line(h));
+            }
+        }
+        println!("decide with `entente approve ID` or `entente reject ID`");
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -179,8 +196,10 @@ pub(crate) fn approvals(at: &At, json: bool) -> Result<ExitCode> {
 /// `entente approve ID` (`approve`) or `entente reject ID`: signs a statement over the request
 /// as the hub shows it, with the identity's message key.
 pub(crate) fn decide(at: &At, id: &str, approve: bool, json: bool) -> Result<ExitCode> {
-    if !id.starts_with("r-") {
-        bail!("`{id}` is not a request ID: they read `r-<n>` (see `entente approvals`)");
+    if !id.starts_with("r-") && MessageId::parse(id).is_err() {
+        bail!(
+            "`{id}` is neither a request ID (`r-<n>`) nor a held message's ID (a UUID): see `entente approvals`"
+        );
     }
     run(async {
         let client = connect(&at.identity, &at.hub).await?;
@@ -223,17 +242,110 @@ pub(crate) fn decide(at: &At, id: &str, approve: bool, json: bool) -> Result<Exi
                 "approved {id}: {approvals} of {required} approvals; it waits for {} more",
                 required.saturating_sub(*approvals)
             ),
+            (ApprovalOutcome::Released { approvals }, true) => println!(
+                "{}",
+                serde_json::json!({ "held": id, "outcome": "released", "approvals": approvals })
+            ),
+            (ApprovalOutcome::Released { approvals }, false) => {
+                println!("approved {id}: released to its channel after {approvals} approvals")
+            }
             (_, true) => println!(
                 "{}",
                 serde_json::json!({ "request": id, "outcome": "rejected" })
             ),
-            (_, false) => println!("rejected {id}: the request is closed"),
+            (_, false) if id.starts_with("r-") => println!("rejected {id}: the request is closed"),
+            (_, false) => println!("rejected {id}: the message will not be delivered"),
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `entente revoke-grant ID --reason R`: ends a grant now.
+pub(crate) fn revoke_grant(at: &At, id: &str, reason: &str, json: bool) -> Result<ExitCode> {
+    run(async {
+        let client = connect(&at.identity, &at.hub).await?;
+        let grant = client
+            .revoke_grant(id, reason)
+            .await
+            .with_context(|| format!("ending grant `{id}`"))?;
+        client.close().await;
+        if json {
+            println!("{}", serde_json::json!({ "ended": grant_json(&grant) }));
+        } else {
+            println!(
+                "ended {}: `{}` no longer holds `{}`",
+                grant.id, grant.principal, grant.name
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `entente held`: the held messages the caller may see, with their state.
+pub(crate) fn held(at: &At, json: bool) -> Result<ExitCode> {
+    run(async {
+        let client = connect(&at.identity, &at.hub).await?;
+        let held = client.held().await.context("listing held messages")?;
+        client.close().await;
+        if json {
+            let held: Vec<_> = held.iter().map(held_json).collect();
+            println!("{}", serde_json::json!({ "held": held }));
+        } else if held.is_empty() {
+            println!("no held messages");
+        } else {
+            for h in &held {
+                println!("{}", held_line(h));
+            }
         }
         Ok(ExitCode::SUCCESS)
     })
 }
 
 // === helpers ===
+
+/// One held message in a line: ID, state and approvals, channel, sender, size, purpose.
+fn held_line(h: &HeldMessage) -> String {
+    let approvals = h
+        .approvals
+        .iter()
+        .filter(|a| a.verdict == "approve")
+        .count();
+    let reason = if h.reason.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", h.reason)
+    };
+    format!(
+        "{}  {}{reason} {approvals} approval(s)  on `{}` by {}  {} bytes  until {}: {}",
+        h.message_id,
+        h.state,
+        h.channel,
+        h.sender,
+        h.size,
+        utc(h.expires_at_ms),
+        h.purpose
+    )
+}
+
+fn held_json(h: &HeldMessage) -> serde_json::Value {
+    let approvals: Vec<_> = h
+        .approvals
+        .iter()
+        .map(|a| serde_json::json!({ "approver": a.approver, "verdict": a.verdict, "signed_at_ms": a.signed_at_ms }))
+        .collect();
+    serde_json::json!({
+        "id": h.message_id,
+        "state": h.state,
+        "reason": h.reason,
+        "channel": h.channel,
+        "sender": h.sender,
+        "size": h.size,
+        "purpose": h.purpose,
+        "published_at_ms": h.published_at_ms,
+        "expires_at_ms": h.expires_at_ms,
+        "approvals": approvals,
+    })
+}
 
 /// `SEGMENT/NAME` for an agent, `human/NAME` for a human, or a full SPIFFE ID. (An agent of a
 /// segment named `human` is written with its full ID.)

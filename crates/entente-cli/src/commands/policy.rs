@@ -168,8 +168,8 @@ pub(crate) fn check(
 }
 
 /// `channel:NAME`, `agent:ID` (or `agent:SEGMENT/NAME`), `human:NAME` (or `human:ID`),
-/// `segment:NAME`, or a bare channel name or pattern: the resource type and name the hub
-/// expects.
+/// `segment:NAME`, `hub:hub` (the hub itself, resource of `admin` for its policy RPCs), or a
+/// bare channel name or pattern: the resource type and name the hub expects.
 fn resource_of(td: &TrustDomain, text: &str) -> Result<(&'static str, String)> {
     let (kind, name) = match text.split_once(':') {
         Some(("channel", name)) => ("channel", name.to_owned()),
@@ -177,9 +177,10 @@ fn resource_of(td: &TrustDomain, text: &str) -> Result<(&'static str, String)> {
         Some(("human", name)) if name.starts_with("spiffe://") => ("human", name.to_owned()),
         Some(("human", name)) => ("human", HumanId::new(td, name)?.to_string()),
         Some(("segment", name)) => ("segment", name.to_owned()),
+        Some(("hub", name)) => ("hub", name.to_owned()),
         Some((other, _)) if !other.contains('.') => {
             return Err(anyhow!(
-                "`{text}`: the resource is `channel:NAME`, `agent:ID`, `human:NAME`, `segment:NAME` or a channel name, not `{other}:…`"
+                "`{text}`: the resource is `channel:NAME`, `agent:ID`, `human:NAME`, `segment:NAME`, `hub:hub` or a channel name, not `{other}:…`"
             ));
         }
         _ => ("channel", text.to_owned()),
@@ -224,8 +225,13 @@ mod tests {
             resource_of(&td, "human:ann").unwrap(),
             ("human", "spiffe://acme.internal/human/ann".to_owned())
         );
+        assert_eq!(
+            resource_of(&td, "hub:hub").unwrap(),
+            ("hub", "hub".to_owned())
+        );
         assert!(resource_of(&td, "queue:x").is_err());
         assert!(resource_of(&td, "segment:").is_err());
+        assert!(resource_of(&td, "hub:").is_err());
     }
 
     #[test]

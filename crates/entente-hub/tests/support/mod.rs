@@ -394,6 +394,7 @@ impl SessionExt for Session {
             request_id: id,
             sender_keys,
             batches,
+            purpose: String::new(),
         })))
         .await
         .unwrap();
@@ -406,7 +407,10 @@ pub fn frame(kind: client_frame::Kind) -> ClientFrame {
 }
 
 pub fn ack(id: u64) -> server_frame::Kind {
-    server_frame::Kind::Ack(Ack { request_id: id })
+    server_frame::Kind::Ack(Ack {
+        request_id: id,
+        held: Vec::new(),
+    })
 }
 
 /// The ID and code of a refusal; panics on anything else.
@@ -414,5 +418,30 @@ pub fn refusal(kind: server_frame::Kind) -> (u64, RefusalCode) {
     match kind {
         server_frame::Kind::Refusal(r) => (r.request_id, RefusalCode::from_u32(r.code).unwrap()),
         other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+// === approvals ===
+
+/// `statement` signed with `signer`'s message key, as an `Approve` request carrying the
+/// signer's key bundle.
+pub fn signed(
+    signer: &Agent,
+    statement: entente_crypto::ApprovalStatement,
+) -> entente_wire::ApproveRequest {
+    let signed = statement.sign(&signer.keys).unwrap();
+    let s = signed.statement();
+    entente_wire::ApproveRequest {
+        statement: Some(entente_wire::ApprovalStatement {
+            verdict: s.verdict.as_str().into(),
+            kind: s.kind.as_str().into(),
+            object_id: s.object_id.clone(),
+            object_hash: s.object_hash.to_vec(),
+            approver: s.approver.to_string(),
+            key_epoch: s.key_epoch,
+            signed_at_ms: s.signed_at_ms,
+        }),
+        signature: signed.signature().to_vec(),
+        key_bundle: Some(signer.bundle.to_wire().clone()),
     }
 }

@@ -1,0 +1,126 @@
+//! Messages held for approval through the SDK, against a real hub on 127.0.0.1:0
+//! (`entente-testkit`): a publish with a purpose on a high-stakes channel is held, approvers
+//! see it sealed and approve it with statements bound to its envelope's hash, and the
+//! subscriber reads it once the second approval releases it; the sender never approves its
+//! own; a rejection means it is never delivered.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::time::Duration;
+
+use entente_client::{ApprovalOutcome, Client, ErrorKind};
+use entente_testkit::TestHub;
+use tokio_stream::StreamExt as _;
+
+/// Segment `shop` uses `orders.>`; wires (`orders.wire.>`) wait for two approvals by humans.
+const POLICIES: &str = r#"
+    @id("shop-orders")
+    @cross_segment
+    permit (principal in Segment::"shop", action in [Action::"publish", Action::"subscribe"],
+            resource in Namespace::"orders");
+
+    @id("wires-need-two")
+    @hold
+    forbid (principal, action == Action::"publish", resource in Namespace::"orders.wire")
+    unless { context.approvals >= 2 };
+
+    @id("humans-approve-wires")
+    permit (principal is Human, action == Action::"approve", resource in Namespace::"orders.wire");
+"#;
+
+async fn agent(hub: &TestHub, segment: &str, name: &str) -> Client {
+    hub.connect(hub.enroll(segment, name).await.unwrap())
+        .await
+        .unwrap()
+}
+
+async fn human(hub: &TestHub, name: &str) -> Client {
+    hub.connect(hub.enroll_human(name).await.unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_held_message_is_delivered_after_two_approvals_and_never_after_a_rejection() {
+    let hub = TestHub::builder().policies(POLICIES).start().await.unwrap();
+    let alice = agent(&hub, "shop", "alice").await;
+    let bob = agent(&hub, "shop", "bob").await;
+    let (ops1, ops2) = (human(&hub, "ops1").await, human(&hub, "ops2").await);
+    let mut wires = bob.subscribe("orders.>").await.unwrap();
+
+    // A channel that holds nothing routes at once.
+    assert_eq!(
+        alice
+            .publish_with_purpose("orders.eu", "an order", "restock")
+            .await
+            .unwrap(),
+        None
+    );
+    let first = wires.next().await.unwrap().unwrap();
+    assert_eq!(first.payload, b"an order");
+
+    let held = alice
+        .publish_with_purpose("orders.wire.eu", "pay 10k to ACME", "invoice 42")
+        .await
+        .unwrap()
+        .expect("held for approval");
+    assert_eq!(held.channel, "orders.wire.eu");
+    let empty = alice
+        .publish_with_purpose("orders.wire.eu", "x", " ")
+        .await
+        .unwrap_err();
+    assert_eq!(empty.kind(), ErrorKind::InvalidInput, "{empty}");
+
+    // The approvers see it, sealed, with its purpose.
+    let shown = ops1.held().await.unwrap();
+    assert_eq!(shown.len(), 1);
+    assert_eq!(shown[0].purpose, "invoice 42");
+    assert_eq!(shown[0].sender, alice.principal().to_string());
+
+    let own = alice.approve(&held.message_id).await.unwrap_err();
+    assert_eq!(own.kind(), ErrorKind::Denied, "{own}");
+    assert_eq!(
+        ops1.approve(&held.message_id).await.unwrap(),
+        ApprovalOutcome::Pending {
+            approvals: 1,
+            required: 0
+        }
+    );
+    assert_eq!(
+        ops2.approve(&held.message_id).await.unwrap(),
+        ApprovalOutcome::Released { approvals: 2 }
+    );
+    let released = tokio::time::timeout(Duration::from_secs(10), wires.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(released.payload, b"pay 10k to ACME");
+    assert_eq!(released.channel.as_str(), "orders.wire.eu");
+
+    // Rejected: never delivered; bob's next message is the later order.
+    let held = alice
+        .publish_with_purpose("orders.wire.eu", "pay 1M", "urgent")
+        .await
+        .unwrap()
+        .expect("held");
+    assert_eq!(
+        ops1.reject(&held.message_id).await.unwrap(),
+        ApprovalOutcome::Rejected
+    );
+    let late = ops2.approve(&held.message_id).await.unwrap_err();
+    assert_eq!(late.kind(), ErrorKind::Refused, "{late}");
+    let state = alice.held().await.unwrap();
+    let rejected = state
+        .iter()
+        .find(|h| h.message_id == held.message_id)
+        .unwrap();
+    assert_eq!(rejected.state, "rejected");
+    alice.publish("orders.eu", "next order").await.unwrap();
+    let next = wires.next().await.unwrap().unwrap();
+    assert_eq!(next.payload, b"next order");
+}

@@ -1,0 +1,301 @@
+//! Messages held for approval, through a real hub on 127.0.0.1:0: a publish that `@hold`
+//! forbids deny is acknowledged as held and routed to nobody; approvers list it (sealed),
+//! approve it with statements bound to the envelope's hash, and it is delivered once the
+//! policies allow it; rejections, withdrawals, separation of duties, replays, wrong hashes and
+//! callers without the right are refused or end it, each with its status.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod support;
+
+use entente_crypto::{ApprovalStatement, ObjectKind, Verdict, envelope_digest};
+use entente_hub::{APPROVE_PATH, HubConfig, HubHandle, LIST_HELD_PATH, RefusalCode};
+use entente_types::{HumanId, Principal};
+use entente_wire::{
+    ApproveRequest, ApproveResponse, HeldMessage, ListHeldRequest, ListHeldResponse, Publish,
+    SenderKey, SignedBatch, client_frame, server_frame,
+};
+use support::{Agent, SessionExt, TestCa, ack, frame, now_ms, refusal, signed, sources, start};
+use tonic::{Code, Status};
+
+/// Segment `shop` publishes and reads `orders.>`; a wire transfer (`orders.wire.>`) waits for
+/// two approvals; humans approve them.
+const POLICIES: &str = r#"
+    @id("shop-orders")
+    @cross_segment
+    permit (principal in Segment::"shop",
+            action in [Action::"publish", Action::"subscribe"],
+            resource in Namespace::"orders");
+
+    @id("wires-need-two")
+    @hold
+    forbid (principal, action == Action::"publish", resource in Namespace::"orders.wire")
+    unless { context.approvals >= 2 };
+
+    @id("humans-approve-wires")
+    permit (principal is Human, action == Action::"approve", resource in Namespace::"orders.wire");
+"#;
+
+fn human(ca: &TestCa, name: &str) -> Agent {
+    ca.identity(
+        Principal::from(HumanId::new(&ca.td, name).unwrap()),
+        std::time::SystemTime::now(),
+    )
+}
+
+async fn publish(
+    session: &mut support::Session,
+    id: u64,
+    sender_keys: Vec<SenderKey>,
+    batches: Vec<SignedBatch>,
+    purpose: &str,
+) -> server_frame::Kind {
+    session
+        .send(frame(client_frame::Kind::Publish(Publish {
+            request_id: id,
+            sender_keys,
+            batches,
+            purpose: purpose.to_owned(),
+        })))
+        .await
+        .unwrap();
+    session.next_kind().await
+}
+
+async fn list(hub: &HubHandle, who: &Agent) -> Vec<HeldMessage> {
+    let response: ListHeldResponse = who
+        .connect(hub)
+        .await
+        .unary(LIST_HELD_PATH, ListHeldRequest::default())
+        .await
+        .unwrap();
+    response.held
+}
+
+/// `approver`'s statement about `held` as shown: it hashes the envelope itself.
+fn statement(approver: &Agent, held: &HeldMessage, verdict: Verdict) -> ApproveRequest {
+    let batch = held.batch.as_ref().unwrap();
+    let hash = envelope_digest(&batch.sender, &batch.channel, &batch.envelopes[0]);
+    signed(
+        approver,
+        ApprovalStatement {
+            verdict,
+            kind: ObjectKind::Envelope,
+            object_id: held.message_id.clone(),
+            object_hash: hash,
+            approver: approver.principal.clone(),
+            key_epoch: approver.bundle.epoch(),
+            signed_at_ms: now_ms(),
+        },
+    )
+}
+
+async fn approve(
+    hub: &HubHandle,
+    caller: &Agent,
+    request: ApproveRequest,
+) -> Result<ApproveResponse, Status> {
+    caller.connect(hub).await.unary(APPROVE_PATH, request).await
+}
+
+fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, says: &str) {
+    let status = result.unwrap_err();
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(status.message().contains(says), "{says}: {status:?}");
+}
+
+#[tokio::test]
+async fn a_held_message_waits_for_two_approvals_then_reaches_the_channel() {
+    let ca = TestCa::new();
+    let hub = start(
+        &ca,
+        HubConfig {
+            policies: sources(POLICIES),
+            ..HubConfig::default()
+        },
+    )
+    .await;
+    let alice = ca.agent("shop", "alice");
+    let bob = ca.agent("shop", "bob");
+    let carol = ca.agent("shop", "carol");
+    let (ops1, ops2) = (human(&ca, "ops1"), human(&ca, "ops2"));
+    let mut bob_session = bob.session(&hub).await;
+    assert_eq!(bob_session.subscribe(1, "orders.>").await, ack(1));
+    let mut alice_session = alice.session(&hub).await;
+
+    // Held: acknowledged as held, routed to nobody.
+    let (mut sealer, key) = alice.sealer("orders.wire.eu", &[&bob.bundle]);
+    let wire = sealer
+        .seal_batch(&[b"pay 10k to ACME"], None, now_ms())
+        .unwrap();
+    let answer = publish(
+        &mut alice_session,
+        1,
+        vec![key],
+        vec![wire.clone()],
+        "supplier invoice 42",
+    )
+    .await;
+    let server_frame::Kind::Ack(acked) = answer else {
+        panic!("expected an ack, got {answer:?}");
+    };
+    assert_eq!(acked.held.len(), 1);
+    let id = acked.held[0].message_id.clone();
+    assert_eq!(acked.held[0].channel, "orders.wire.eu");
+    assert_eq!(hub.stats().held_messages, 1);
+
+    // Approvers see it sealed, with its purpose; so does its sender; others do not.
+    let shown = list(&hub, &ops1).await;
+    assert_eq!(shown.len(), 1);
+    let held = &shown[0];
+    assert_eq!(
+        (
+            held.message_id.as_str(),
+            held.sender.as_str(),
+            held.state.as_str()
+        ),
+        (id.as_str(), alice.principal.as_str(), "pending")
+    );
+    assert_eq!(held.purpose, "supplier invoice 42");
+    assert_eq!(held.batch.as_ref(), Some(&wire));
+    assert_eq!(list(&hub, &alice).await.len(), 1);
+    assert!(list(&hub, &carol).await.is_empty());
+
+    // Refusals: the sender approving, an agent without the right, a wrong hash.
+    refused(
+        approve(&hub, &alice, statement(&alice, held, Verdict::Approve)).await,
+        Code::PermissionDenied,
+        "separation of duties",
+    );
+    refused(
+        approve(&hub, &carol, statement(&carol, held, Verdict::Approve)).await,
+        Code::PermissionDenied,
+        "denied",
+    );
+    let mut other = held.clone();
+    other.batch.as_mut().unwrap().envelopes[0].ciphertext[0] ^= 1;
+    refused(
+        approve(&hub, &ops1, statement(&ops1, &other, Verdict::Approve)).await,
+        Code::InvalidArgument,
+        "hash",
+    );
+
+    // One approval: still held. The same statement again, or a second approval by the same
+    // approver: refused.
+    let first = statement(&ops1, held, Verdict::Approve);
+    let answer = approve(&hub, &ops1, first.clone()).await.unwrap();
+    assert_eq!((answer.outcome.as_str(), answer.approvals), ("pending", 1));
+    refused(
+        approve(&hub, &ops1, first).await,
+        Code::AlreadyExists,
+        "applied before",
+    );
+    refused(
+        approve(&hub, &ops1, statement(&ops1, held, Verdict::Approve)).await,
+        Code::AlreadyExists,
+        "counts once",
+    );
+
+    // The second: released, and delivered to the channel's subscriber.
+    let answer = approve(&hub, &ops2, statement(&ops2, held, Verdict::Approve))
+        .await
+        .unwrap();
+    assert_eq!((answer.outcome.as_str(), answer.approvals), ("released", 2));
+    let server_frame::Kind::Deliver(delivered) = bob_session.next_kind().await else {
+        panic!("bob gets the released message");
+    };
+    assert_eq!(delivered.batches, [wire]);
+    refused(
+        approve(&hub, &ops2, statement(&ops2, held, Verdict::Reject)).await,
+        Code::FailedPrecondition,
+        "released",
+    );
+    assert_eq!(list(&hub, &ops1).await[0].approvals.len(), 2);
+
+    // A second message, rejected: never delivered (bob's next frame is the later order).
+    let next = sealer.seal_batch(&[b"pay 1M"], None, now_ms()).unwrap();
+    let answer = publish(&mut alice_session, 2, vec![], vec![next], "urgent").await;
+    let server_frame::Kind::Ack(acked) = answer else {
+        panic!("expected an ack, got {answer:?}");
+    };
+    let shown = list(&hub, &ops1).await;
+    let second = shown
+        .iter()
+        .find(|h| h.message_id == acked.held[0].message_id)
+        .unwrap();
+    let answer = approve(&hub, &ops1, statement(&ops1, second, Verdict::Reject))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, "rejected");
+    let shown = list(&hub, &alice).await;
+    let second = shown
+        .iter()
+        .find(|h| h.message_id == acked.held[0].message_id)
+        .unwrap();
+    assert_eq!(second.state, "rejected");
+    assert!(second.reason.contains("ops1"), "{}", second.reason);
+
+    let (mut orders, key) = alice.sealer("orders.eu", &[&bob.bundle]);
+    let order = orders.seal_batch(&[b"an order"], None, now_ms()).unwrap();
+    assert_eq!(
+        publish(&mut alice_session, 3, vec![key], vec![order.clone()], "").await,
+        ack(3)
+    );
+    let server_frame::Kind::Deliver(delivered) = bob_session.next_kind().await else {
+        panic!("bob gets the order");
+    };
+    assert_eq!(delivered.batches, [order]);
+
+    // Unknown messages.
+    let mut unknown = held.clone();
+    unknown.message_id = "0190c2a4-0000-7000-8000-000000000000".into();
+    refused(
+        approve(&hub, &ops1, statement(&ops1, &unknown, Verdict::Approve)).await,
+        Code::NotFound,
+        "no held message",
+    );
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_held_publish_needs_a_purpose_and_one_message_and_the_sender_may_withdraw_it() {
+    let ca = TestCa::new();
+    let hub = start(
+        &ca,
+        HubConfig {
+            policies: sources(POLICIES),
+            ..HubConfig::default()
+        },
+    )
+    .await;
+    let alice = ca.agent("shop", "alice");
+    let mut session = alice.session(&hub).await;
+    let (mut sealer, key) = alice.sealer("orders.wire.eu", &[]);
+
+    let one = sealer.seal_batch(&[b"a"], None, now_ms()).unwrap();
+    let answer = publish(&mut session, 1, vec![key.clone()], vec![one], "").await;
+    assert_eq!(refusal(answer), (1, RefusalCode::Denied));
+
+    let two = sealer.seal_batch(&[b"a", b"b"], None, now_ms()).unwrap();
+    let answer = publish(&mut session, 2, vec![key.clone()], vec![two], "why").await;
+    assert_eq!(refusal(answer), (2, RefusalCode::Denied));
+    assert_eq!(hub.stats().held_messages, 0);
+
+    let one = sealer.seal_batch(&[b"c"], None, now_ms()).unwrap();
+    let answer = publish(&mut session, 3, vec![key], vec![one], "why").await;
+    let server_frame::Kind::Ack(acked) = answer else {
+        panic!("expected an ack, got {answer:?}");
+    };
+    // The sender withdraws it: a rejection by the sender needs no permit.
+    let shown = list(&hub, &alice).await;
+    assert_eq!(shown[0].message_id, acked.held[0].message_id);
+    let answer = approve(&hub, &alice, statement(&alice, &shown[0], Verdict::Reject))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, "rejected");
+    hub.shutdown().await;
+}
