@@ -12,7 +12,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use entente_crypto::{ApprovalStatement, GrantRequestBody, ObjectKind, Verdict, envelope_digest};
+use entente_crypto::{
+    ApprovalStatement, GrantRequestBody, ObjectKind, SignedBatchIn, Verdict, envelope_digest,
+};
 use entente_types::MessageId;
 use entente_wire::{
     ApproveRequest, ApproveResponse, GrantInfo, GrantRequest, GrantRequestInfo, GrantResponse,
@@ -306,8 +308,43 @@ impl Client {
             )
         })?;
         let hash = held_hash(message)?;
+        if verdict == Verdict::Approve {
+            self.check_sender_signed(message).await?;
+        }
         self.sign_and_send(id, ObjectKind::Envelope, hash, verdict)
             .await
+    }
+
+    /// Verifies, before approving, that the held message's sender signed it: its batch
+    /// signature against the sender's key bundle (from the directory, verified against the
+    /// trust bundle). The hub's word on who sent it is not enough.
+    async fn check_sender_signed(&self, held: &HeldMessage) -> Result<(), Error> {
+        let refuse = |what: String| {
+            Error::new(
+                ErrorKind::Crypto,
+                format!(
+                    "held message `{}`: {what}; not approving it",
+                    held.message_id
+                ),
+            )
+        };
+        let sender = Principal::parse(&held.sender)
+            .map_err(|e| refuse(format!("its sender is not a principal: {e}")))?;
+        let batch = held
+            .batch
+            .clone()
+            .ok_or_else(|| refuse("no batch shown".to_owned()))?;
+        let batch = SignedBatchIn::from_wire(batch)
+            .map_err(|e| refuse(format!("its batch is malformed: {e}")))?;
+        let bundle = self.key_bundle(&sender).await?;
+        let now_ms = millis(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+        );
+        batch
+            .verify_signature(&bundle, now_ms)
+            .map_err(|e| refuse(format!("its sender's signature does not verify: {e}")))
     }
 
     async fn decide(&self, request_id: &str, verdict: Verdict) -> Result<ApprovalOutcome, Error> {

@@ -124,3 +124,57 @@ async fn a_held_message_is_delivered_after_two_approvals_and_never_after_a_rejec
     let next = wires.next().await.unwrap().unwrap();
     assert_eq!(next.payload, b"next order");
 }
+
+#[tokio::test]
+async fn an_approver_refuses_a_held_message_its_sender_did_not_sign() {
+    use entente_crypto::{Sealer, SealerOptions};
+    use entente_testkit::raw;
+    use entente_wire::{ClientFrame, Publish, client_frame, server_frame};
+
+    let hub = TestHub::builder().policies(POLICIES).start().await.unwrap();
+    let alice = hub.enroll("shop", "alice").await.unwrap();
+    let ops1 = human(&hub, "ops1").await;
+
+    // Alice's connection sends a batch whose signature does not cover its envelope: the hub
+    // cannot tell (it holds no keys), approvers can.
+    let config = raw::client_config(&alice, hub.trust()).unwrap();
+    let raw = raw::Client::connect(hub.addr(), config, &hub.server_name())
+        .await
+        .unwrap();
+    let mut session = raw.session().await.unwrap();
+    let now = entente_testkit::now_ms();
+    let (mut sealer, key) = Sealer::new(
+        alice.principal().clone(),
+        alice.key_bundle().epoch(),
+        alice.message_keys().clone(),
+        entente_types::Channel::parse("orders.wire.eu").unwrap(),
+        std::slice::from_ref(alice.key_bundle()),
+        SealerOptions::default(),
+        now,
+    )
+    .unwrap();
+    let mut batch = sealer.seal_batch(&[b"pay mallory"], None, now).unwrap();
+    batch.signature[0] ^= 1;
+    session
+        .send(ClientFrame {
+            kind: Some(client_frame::Kind::Publish(Publish {
+                request_id: 1,
+                sender_keys: vec![key],
+                batches: vec![batch],
+                purpose: "looks routine".into(),
+            })),
+        })
+        .await
+        .unwrap();
+    let answer = session.next().await.unwrap().unwrap().kind.unwrap();
+    let server_frame::Kind::Ack(acked) = answer else {
+        panic!("expected an ack, got {answer:?}");
+    };
+    let id = &acked.held[0].message_id;
+
+    let refused = ops1.approve(id).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Crypto, "{refused}");
+    assert!(refused.to_string().contains("does not verify"), "{refused}");
+    // Rejecting it needs no signature check.
+    assert_eq!(ops1.reject(id).await.unwrap(), ApprovalOutcome::Rejected);
+}

@@ -513,6 +513,34 @@ impl SignedBatchIn {
         &self.envelopes
     }
 
+    /// Checks the batch signature against the sender's key bundle without opening anything:
+    /// the bundle must be the sender's, of the signing key epoch, valid at `now_ms`, and the
+    /// signature must cover exactly these envelopes (PROTOCOL.md §4.4). For who sees sealed
+    /// envelopes without their keys, such as the approvers of a held message.
+    pub fn verify_signature(
+        &self,
+        sender_bundle: &VerifiedKeyBundle,
+        now_ms: u64,
+    ) -> Result<(), OpenError> {
+        check_signer(sender_bundle, &self.sender, self.key_epoch, now_ms)?;
+        let mut aad = Canon::default();
+        let mut hashes = Vec::with_capacity(self.envelopes.len() * 32);
+        for e in &self.envelopes {
+            aad.clear();
+            write_aad_in(&mut aad, self.sender.as_str(), self.channel.as_str(), e);
+            hashes.extend_from_slice(&envelope_hash(aad.as_bytes(), &e.ciphertext));
+        }
+        let input = batch_input(
+            self.sender.as_str(),
+            self.channel.as_str(),
+            self.key_epoch,
+            self.envelopes.len(),
+            &hashes,
+        );
+        verify_ed25519(sender_bundle, &input, &self.signature)
+            .map_err(|()| OpenError::BadBatchSignature)
+    }
+
     /// Re-encodes to the wire form.
     pub fn to_wire(&self) -> wire::SignedBatch {
         wire::SignedBatch {

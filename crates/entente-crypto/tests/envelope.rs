@@ -172,6 +172,32 @@ fn a_forged_sender_is_refused() {
 }
 
 #[test]
+fn a_batch_signature_verifies_without_opening_and_not_once_changed() {
+    let mut p = pair();
+    let batch = p.sealer.seal_batch(&[b"pay 42"], None, NOW).unwrap();
+    let genuine = SignedBatchIn::from_wire(batch.clone()).unwrap();
+    genuine.verify_signature(&p.alice.bundle, NOW).unwrap();
+    assert_eq!(
+        genuine.verify_signature(&p.bob.bundle, NOW).unwrap_err(),
+        OpenError::WrongSenderBundle
+    );
+    let mut changed = batch.clone();
+    changed.envelopes[0].ciphertext[0] ^= 1;
+    let changed = SignedBatchIn::from_wire(changed).unwrap();
+    assert_eq!(
+        changed.verify_signature(&p.alice.bundle, NOW).unwrap_err(),
+        OpenError::BadBatchSignature
+    );
+    let mut later = batch;
+    later.envelopes[0].expires_at_ms += 1;
+    let later = SignedBatchIn::from_wire(later).unwrap();
+    assert_eq!(
+        later.verify_signature(&p.alice.bundle, NOW).unwrap_err(),
+        OpenError::BadBatchSignature
+    );
+}
+
+#[test]
 fn a_replayed_sequence_is_refused() {
     let mut p = pair();
     let mut opener = p.bob.opener();
