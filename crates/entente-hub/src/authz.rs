@@ -225,11 +225,12 @@ impl Authz {
         let time = reads_time(&set);
         let engine = Engine::new(set);
         let grants = GrantState::load(registry, grant_limits).await?;
+        let holds = Holds::load(registry, &limits).await?;
         let (epoch, _) = watch::channel(engine.epoch());
         Ok(Self {
             engine,
             grants,
-            holds: Holds::default(),
+            holds,
             sources: Mutex::new(sources),
             loading: tokio::sync::Mutex::new(()),
             epoch,

@@ -48,6 +48,10 @@ pub enum HubError {
     /// the book's rules). The hub does not start with an empty book instead.
     #[error("the grant book in the store does not load: {0}")]
     StoredGrants(String),
+    /// A message held for approval in the store does not decode. The hub does not start
+    /// without it.
+    #[error("a held message in the store does not load: {0}")]
+    StoredHeld(String),
     /// The initial policy set ([`HubConfig::policies`](crate::HubConfig)) does not load.
     #[error("the initial policy set does not load: {0}")]
     InitialPolicies(String),

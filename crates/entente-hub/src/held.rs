@@ -14,8 +14,11 @@
 //!
 //! Bounded: at most [`MAX_PENDING`] messages wait at once, [`MAX_PENDING_PER_SENDER`] per
 //! sender, each at most [`MAX_HOLD`]; decided ones are kept [`KEEP_DECIDED`] so that the
-//! sender can see what became of them, at most [`MAX_KEPT`]. Holds live in the hub's memory:
-//! a restart ends them, and their senders must publish again.
+//! sender can see what became of them, at most [`MAX_KEPT`]. Every pending hold is in the
+//! store (table `held`) before the publisher's `Ack` says it is held, and every approval before
+//! its answer: a restart loses none. A store failure refuses the hold (`UNAVAILABLE`) or the
+//! approval, and nothing changes. Decided ones are deleted from the store; the hub remembers
+//! them, for listing, until it restarts.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, PoisonError};
@@ -26,13 +29,16 @@ use entente_crypto::{ApprovalIn, Verdict, VerifiedApproval};
 use entente_policy::{Action, Resource, Subject};
 use entente_types::{Channel, Principal};
 use entente_wire::{
-    ApprovalInfo, ApproveRequest, ApproveResponse, HeldMessage, ListHeldRequest, ListHeldResponse,
-    SignedBatch,
+    ApprovalInfo, ApproveRequest, ApproveResponse, HeldMessage, Limits, ListHeldRequest,
+    ListHeldResponse, SignedBatch, StoredHold,
 };
+use prost::Message as _;
 use tonic::Status;
 
+use crate::HubError;
 use crate::authz::Denied;
 use crate::grants::{self, ApproveError};
+use crate::registry::Registry;
 use crate::renew::Caller;
 use crate::router::Router;
 use crate::rpc::{self, RpcError, Services};
@@ -58,6 +64,9 @@ pub const MAX_KEPT: usize = 1024;
 
 /// A statement may be signed at most this long before the message was received (clock skew).
 const SKEW_MS: u64 = 60_000;
+
+/// The version of [`StoredHold`] this hub writes and reads.
+const STORED_VERSION: u32 = 1;
 
 /// Why a hold or an approval was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,6 +99,9 @@ pub(crate) enum HoldError {
     /// The statement is dated before the message was received.
     #[error("the statement is signed before the message was received")]
     TooOld,
+    /// The hold could not be stored: nothing changed.
+    #[error("the hub could not store the held message; nothing changed, try again: {0}")]
+    Store(String),
 }
 
 /// What an approval did.
@@ -125,7 +137,7 @@ pub(crate) enum Verdicts {
 }
 
 /// A message to hold.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct NewHold {
     /// The envelope's message ID, UUID text.
     pub(crate) id: String,
@@ -143,10 +155,14 @@ pub(crate) struct NewHold {
     pub(crate) envelope_expires_at_ms: u64,
 }
 
-/// The held messages of one hub.
+/// The held messages of one hub: in memory, and each pending one in the store.
 #[derive(Debug, Default)]
 pub(crate) struct Holds {
     book: Mutex<Book>,
+    /// Serializes changes: decide on a copy, store, then put in force.
+    writing: tokio::sync::Mutex<()>,
+    /// Where pending holds are kept ([`Holds::load`]); none in unit tests.
+    registry: Option<Registry>,
 }
 
 #[derive(Debug, Default)]
@@ -154,9 +170,11 @@ struct Book {
     holds: HashMap<String, Hold>,
     /// IDs in the order received, for listing and forgetting.
     order: VecDeque<String>,
+    /// Expired holds whose deletion from the store failed, to try again.
+    undeleted: Vec<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Hold {
     new: NewHold,
     published_at_ms: u64,
@@ -230,9 +248,11 @@ pub(crate) async fn approve<R: Router>(
         .verify(&bundle, now_ms)
         .map_err(grants::approval_error)?;
     let authz = &services.authz;
-    let outcome = holds.decide(&id, &approval, now_ms, |sender, channel, approvers| {
-        authz.decide_held(sender, channel, approvers, now_ms)
-    })?;
+    let outcome = holds
+        .decide(&id, &approval, now_ms, |sender, channel, approvers| {
+            authz.decide_held(sender, channel, approvers, now_ms)
+        })
+        .await?;
     let response = |outcome: &str, approvals| ApproveResponse {
         outcome: outcome.to_owned(),
         approvals,
@@ -247,6 +267,11 @@ pub(crate) async fn approve<R: Router>(
             body,
         } => {
             let routed = services.router.route(&channel, body).await;
+            if holds.forget(&id).await.is_err() {
+                // Kept as pending in the store: released again after a restart at worst, and
+                // its receivers refuse the second copy as a replay.
+                stats::bump(&services.stats.held_store_failures);
+            }
             stats::add(&services.stats.delivery_failures, routed.failed as u64);
             stats::add(&services.stats.withheld_deliveries, routed.withheld as u64);
             response("released", approvals)
@@ -295,52 +320,84 @@ fn permitted_approver<R>(
 // === impl Holds ===
 
 impl Holds {
-    /// Holds `new`, received at `now_ms`; returns when the hold lapses.
-    pub(crate) fn hold(&self, new: NewHold, now_ms: u64) -> Result<u64, HoldError> {
-        let mut book = self.lock();
-        book.expire(now_ms);
-        let pending = book.pending().count();
-        if pending >= MAX_PENDING {
-            return Err(HoldError::Full(format!(
-                "{MAX_PENDING} messages already wait for approval in this hub"
-            )));
+    /// The pending holds in the store; those expired meanwhile are deleted. A record that does
+    /// not decode is an error: the hub does not start without it.
+    pub(crate) async fn load(registry: &Registry, limits: &Limits) -> Result<Self, HubError> {
+        let now_ms = rpc::unix_ms(SystemTime::now());
+        let mut book = Book::default();
+        let mut expired = Vec::new();
+        for (id, bytes) in registry.held().await? {
+            let hold = Hold::decode(&id, &bytes, limits).map_err(HubError::StoredHeld)?;
+            if now_ms >= hold.expires_at_ms {
+                expired.push(id);
+                continue;
+            }
+            book.order.push_back(id.clone());
+            book.holds.insert(id, hold);
         }
-        let mine = book
-            .pending()
-            .filter(|h| h.new.sender == new.sender)
-            .count();
-        if mine >= MAX_PENDING_PER_SENDER {
-            return Err(HoldError::Full(format!(
-                "{MAX_PENDING_PER_SENDER} messages of `{}` already wait for approval",
-                new.sender
-            )));
+        for id in expired {
+            registry.delete_held(&id).await?;
         }
-        if book.holds.contains_key(&new.id) {
-            return Err(HoldError::Replayed(format!(
-                "a message `{}` is already held",
-                new.id
-            )));
-        }
-        let hold_ms = u64::try_from(MAX_HOLD.as_millis()).unwrap_or(u64::MAX);
-        let expires_at_ms = new
-            .envelope_expires_at_ms
-            .min(now_ms.saturating_add(hold_ms));
-        let id = new.id.clone();
-        book.order.push_back(id.clone());
-        book.holds.insert(
-            id,
+        // In the order received.
+        let mut order: Vec<String> = book.order.drain(..).collect();
+        order.sort_by_key(|id| book.holds.get(id).map_or(0, |h| h.published_at_ms));
+        book.order = order.into();
+        Ok(Self {
+            book: Mutex::new(book),
+            writing: tokio::sync::Mutex::new(()),
+            registry: Some(registry.clone()),
+        })
+    }
+
+    /// Holds `new`, received at `now_ms`, stored before it is in force; returns when the hold
+    /// lapses.
+    pub(crate) async fn hold(&self, new: NewHold, now_ms: u64) -> Result<u64, HoldError> {
+        let _writing = self.writing.lock().await;
+        self.forget_expired(now_ms).await;
+        let hold = {
+            let book = self.lock();
+            let pending = book.pending().count();
+            if pending >= MAX_PENDING {
+                return Err(HoldError::Full(format!(
+                    "{MAX_PENDING} messages already wait for approval in this hub"
+                )));
+            }
+            let mine = book
+                .pending()
+                .filter(|h| h.new.sender == new.sender)
+                .count();
+            if mine >= MAX_PENDING_PER_SENDER {
+                return Err(HoldError::Full(format!(
+                    "{MAX_PENDING_PER_SENDER} messages of `{}` already wait for approval",
+                    new.sender
+                )));
+            }
+            if book.holds.contains_key(&new.id) {
+                return Err(HoldError::Replayed(format!(
+                    "a message `{}` is already held",
+                    new.id
+                )));
+            }
+            let hold_ms = u64::try_from(MAX_HOLD.as_millis()).unwrap_or(u64::MAX);
             Hold {
+                expires_at_ms: new
+                    .envelope_expires_at_ms
+                    .min(now_ms.saturating_add(hold_ms)),
                 new,
                 published_at_ms: now_ms,
-                expires_at_ms,
                 state: State::Pending,
                 reason: String::new(),
                 decided_at_ms: 0,
                 approvals: Vec::new(),
                 approvers: Vec::new(),
                 seen: HashSet::new(),
-            },
-        );
+            }
+        };
+        self.put(&hold).await?;
+        let expires_at_ms = hold.expires_at_ms;
+        let mut book = self.lock();
+        book.order.push_back(hold.new.id.clone());
+        book.holds.insert(hold.new.id.clone(), hold);
         Ok(expires_at_ms)
     }
 
@@ -354,84 +411,63 @@ impl Holds {
 
     /// Applies a verified statement about held message `id` by `approval.approver()`:
     /// separation of duties, replays and the hash first; then, for an approval, `decide`
-    /// (the sender, the channel, the approvers so far) says whether it is released.
-    pub(crate) fn decide(
+    /// (the sender, the channel, the approvers so far) says whether it is released. The new
+    /// state is stored before it is in force (a pending one is updated, a rejected one deleted;
+    /// a released one is deleted by [`forget`](Self::forget) once routed), so a store failure
+    /// changes nothing.
+    pub(crate) async fn decide(
         &self,
         id: &str,
         approval: &VerifiedApproval,
         now_ms: u64,
         decide: impl FnOnce(&Principal, &Channel, &[Principal]) -> Verdicts,
     ) -> Result<Outcome, HoldError> {
-        let mut book = self.lock();
-        book.expire(now_ms);
-        let hold = book
+        let _writing = self.writing.lock().await;
+        self.forget_expired(now_ms).await;
+        let mut hold = self
+            .lock()
             .holds
-            .get_mut(id)
+            .get(id)
+            .cloned()
             .ok_or_else(|| HoldError::Unknown(id.to_owned()))?;
-        if hold.state != State::Pending {
-            return Err(HoldError::Decided {
-                id: id.to_owned(),
-                state: hold.state.name(),
-            });
+        let outcome = hold.apply(id, approval, now_ms, decide)?;
+        match &outcome {
+            Outcome::Pending { .. } => self.put(&hold).await?,
+            Outcome::Rejected => self.delete(id).await?,
+            Outcome::Released { .. } => {}
         }
-        let statement = approval.statement();
-        if statement.object_hash != hold.new.hash {
-            return Err(HoldError::WrongHash(id.to_owned()));
+        self.lock().holds.insert(id.to_owned(), hold);
+        Ok(outcome)
+    }
+
+    /// Deletes released message `id` from the store, once routed. A failure leaves it stored
+    /// as pending, with its approvals: after a restart it can be released again, and its
+    /// receivers refuse the second copy as a replay.
+    pub(crate) async fn forget(&self, id: &str) -> Result<(), HoldError> {
+        let _writing = self.writing.lock().await;
+        self.delete(id).await
+    }
+
+    /// Stores a pending hold.
+    async fn put(&self, hold: &Hold) -> Result<(), HoldError> {
+        match &self.registry {
+            Some(registry) => registry
+                .put_held(&hold.new.id, &hold.encode())
+                .await
+                .map_err(|e| HoldError::Store(e.to_string())),
+            None => Ok(()),
         }
-        if statement.signed_at_ms.saturating_add(SKEW_MS) < hold.published_at_ms {
-            return Err(HoldError::TooOld);
-        }
-        if hold.seen.contains(approval.digest()) {
-            return Err(HoldError::Replayed(
-                "this statement was applied before".to_owned(),
-            ));
-        }
-        let approver = approval.approver();
-        let info = ApprovalInfo {
-            approver: approver.to_string(),
-            verdict: approval.verdict().as_str().to_owned(),
-            signed_at_ms: statement.signed_at_ms,
-        };
-        match approval.verdict() {
-            Verdict::Reject => {
-                hold.seen.insert(*approval.digest());
-                hold.approvals.push(info);
-                hold.end(State::Rejected, format!("rejected by `{approver}`"), now_ms);
-                Ok(Outcome::Rejected)
-            }
-            Verdict::Approve => {
-                if *approver == hold.new.sender {
-                    return Err(HoldError::OwnMessage(approver.to_string()));
-                }
-                if hold.approvers.contains(approver) {
-                    return Err(HoldError::Replayed(format!(
-                        "`{approver}` approved this message before; an approver counts once"
-                    )));
-                }
-                hold.seen.insert(*approval.digest());
-                hold.approvals.push(info);
-                hold.approvers.push(approver.clone());
-                let approvals = u32::try_from(hold.approvers.len()).unwrap_or(u32::MAX);
-                match decide(&hold.new.sender, &hold.new.channel, &hold.approvers) {
-                    Verdicts::Allowed => {
-                        hold.end(State::Released, String::new(), now_ms);
-                        Ok(Outcome::Released {
-                            approvals,
-                            channel: hold.new.channel.clone(),
-                            body: hold.new.body.clone(),
-                        })
-                    }
-                    Verdicts::StillHeld => Ok(Outcome::Pending { approvals }),
-                    Verdicts::Denied(why) => {
-                        hold.end(
-                            State::Rejected,
-                            format!("the policies no longer allow it: {why}"),
-                            now_ms,
-                        );
-                        Ok(Outcome::Rejected)
-                    }
-                }
-            }
+    }
+
+    /// Deletes a hold from the store.
+    async fn delete(&self, id: &str) -> Result<(), HoldError> {
+        match &self.registry {
+            Some(registry) => registry
+                .delete_held(id)
+                .await
+                .map(drop)
+                .map_err(|e| HoldError::Store(e.to_string())),
+            None => Ok(()),
         }
     }
 
@@ -443,13 +479,30 @@ impl Holds {
         mut visible: impl FnMut(&Principal, &Channel) -> bool,
     ) -> Vec<HeldMessage> {
         let mut book = self.lock();
-        book.expire(now_ms);
+        let expired = book.expire(now_ms);
+        // Deleted from the store at the next change.
+        book.undeleted.extend(expired);
         book.order
             .iter()
             .filter_map(|id| book.holds.get(id))
             .filter(|h| visible(&h.new.sender, &h.new.channel))
             .map(Hold::info)
             .collect()
+    }
+
+    /// Expires pending holds past their time and deletes them from the store (a failure is
+    /// tried again at the next change, and at start).
+    async fn forget_expired(&self, now_ms: u64) {
+        let expired = self.lock().expire(now_ms);
+        let mut failed = Vec::new();
+        for id in expired {
+            if self.delete(&id).await.is_err() {
+                failed.push(id);
+            }
+        }
+        if !failed.is_empty() {
+            self.lock().undeleted.extend(failed);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
@@ -465,15 +518,18 @@ impl Book {
     }
 
     /// Expires pending holds past their time, and forgets decided ones kept long enough (or
-    /// beyond [`MAX_KEPT`], oldest first).
-    fn expire(&mut self, now_ms: u64) {
-        for hold in self.holds.values_mut() {
+    /// beyond [`MAX_KEPT`], oldest first). Returns the IDs to delete from the store: those
+    /// expired now, and those whose deletion failed before.
+    fn expire(&mut self, now_ms: u64) -> Vec<String> {
+        let mut expired = std::mem::take(&mut self.undeleted);
+        for (id, hold) in &mut self.holds {
             if hold.state == State::Pending && now_ms >= hold.expires_at_ms {
                 hold.end(
                     State::Expired,
                     "no decision before it expired".to_owned(),
                     hold.expires_at_ms,
                 );
+                expired.push(id.clone());
             }
         }
         let keep_ms = u64::try_from(KEEP_DECIDED.as_millis()).unwrap_or(u64::MAX);
@@ -495,12 +551,165 @@ impl Book {
             }
             !stale
         });
+        expired
     }
 }
 
 // === impl Hold ===
 
 impl Hold {
+    /// Applies a verified statement to this (pending) hold; see [`Holds::decide`].
+    fn apply(
+        &mut self,
+        id: &str,
+        approval: &VerifiedApproval,
+        now_ms: u64,
+        decide: impl FnOnce(&Principal, &Channel, &[Principal]) -> Verdicts,
+    ) -> Result<Outcome, HoldError> {
+        if self.state != State::Pending {
+            return Err(HoldError::Decided {
+                id: id.to_owned(),
+                state: self.state.name(),
+            });
+        }
+        let statement = approval.statement();
+        if statement.object_hash != self.new.hash {
+            return Err(HoldError::WrongHash(id.to_owned()));
+        }
+        if statement.signed_at_ms.saturating_add(SKEW_MS) < self.published_at_ms {
+            return Err(HoldError::TooOld);
+        }
+        if self.seen.contains(approval.digest()) {
+            return Err(HoldError::Replayed(
+                "this statement was applied before".to_owned(),
+            ));
+        }
+        let approver = approval.approver();
+        let info = ApprovalInfo {
+            approver: approver.to_string(),
+            verdict: approval.verdict().as_str().to_owned(),
+            signed_at_ms: statement.signed_at_ms,
+        };
+        match approval.verdict() {
+            Verdict::Reject => {
+                self.seen.insert(*approval.digest());
+                self.approvals.push(info);
+                self.end(State::Rejected, format!("rejected by `{approver}`"), now_ms);
+                Ok(Outcome::Rejected)
+            }
+            Verdict::Approve => {
+                if *approver == self.new.sender {
+                    return Err(HoldError::OwnMessage(approver.to_string()));
+                }
+                if self.approvers.contains(approver) {
+                    return Err(HoldError::Replayed(format!(
+                        "`{approver}` approved this message before; an approver counts once"
+                    )));
+                }
+                self.seen.insert(*approval.digest());
+                self.approvals.push(info);
+                self.approvers.push(approver.clone());
+                let approvals = u32::try_from(self.approvers.len()).unwrap_or(u32::MAX);
+                match decide(&self.new.sender, &self.new.channel, &self.approvers) {
+                    Verdicts::Allowed => {
+                        self.end(State::Released, String::new(), now_ms);
+                        Ok(Outcome::Released {
+                            approvals,
+                            channel: self.new.channel.clone(),
+                            body: self.new.body.clone(),
+                        })
+                    }
+                    Verdicts::StillHeld => Ok(Outcome::Pending { approvals }),
+                    Verdicts::Denied(why) => {
+                        self.end(
+                            State::Rejected,
+                            format!("the policies no longer allow it: {why}"),
+                            now_ms,
+                        );
+                        Ok(Outcome::Rejected)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The stored form of a pending hold.
+    fn encode(&self) -> Vec<u8> {
+        StoredHold {
+            version: STORED_VERSION,
+            message_id: self.new.id.clone(),
+            sender: self.new.sender.to_string(),
+            channel: self.new.channel.to_string(),
+            body: self.new.body.to_vec(),
+            batch: Some(self.new.batch.clone()),
+            hash: self.new.hash.to_vec(),
+            purpose: self.new.purpose.clone(),
+            size: self.new.size,
+            envelope_expires_at_ms: self.new.envelope_expires_at_ms,
+            published_at_ms: self.published_at_ms,
+            expires_at_ms: self.expires_at_ms,
+            approvals: self.approvals.clone(),
+            approvers: self.approvers.iter().map(ToString::to_string).collect(),
+            seen: self.seen.iter().map(|d| d.to_vec()).collect(),
+        }
+        .encode_to_vec()
+    }
+
+    /// A stored hold, checked: stored under its own ID, of this version, with well-formed
+    /// principals, channel and digests.
+    fn decode(id: &str, bytes: &[u8], limits: &Limits) -> Result<Self, String> {
+        let bad = |why: String| format!("held message `{}`: {why}", id.escape_debug());
+        let stored: StoredHold = entente_wire::decode(bytes, limits)
+            .map_err(|e| bad(format!("does not decode: {e}")))?;
+        if stored.version != STORED_VERSION {
+            return Err(bad(format!(
+                "version {}; this hub reads version {STORED_VERSION}",
+                stored.version
+            )));
+        }
+        if stored.message_id != id {
+            return Err(bad("stored under another ID".to_owned()));
+        }
+        let principal = |text: &str| {
+            Principal::parse(text).map_err(|e| bad(format!("`{}`: {e}", text.escape_debug())))
+        };
+        let digest = |bytes: &[u8]| {
+            <[u8; 32]>::try_from(bytes).map_err(|_| bad("a digest is not 32 bytes".to_owned()))
+        };
+        let approvers = stored
+            .approvers
+            .iter()
+            .map(|a| principal(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let seen = stored
+            .seen
+            .iter()
+            .map(|d| digest(d))
+            .collect::<Result<HashSet<_>, _>>()?;
+        Ok(Self {
+            new: NewHold {
+                id: stored.message_id,
+                sender: principal(&stored.sender)?,
+                channel: Channel::parse(&stored.channel)
+                    .map_err(|e| bad(format!("channel: {e}")))?,
+                body: Bytes::from(stored.body),
+                batch: stored.batch.ok_or_else(|| bad("no batch".to_owned()))?,
+                hash: digest(&stored.hash)?,
+                purpose: stored.purpose,
+                size: stored.size,
+                envelope_expires_at_ms: stored.envelope_expires_at_ms,
+            },
+            published_at_ms: stored.published_at_ms,
+            expires_at_ms: stored.expires_at_ms,
+            state: State::Pending,
+            reason: String::new(),
+            decided_at_ms: 0,
+            approvals: stored.approvals,
+            approvers,
+            seen,
+        })
+    }
+
     fn end(&mut self, state: State, reason: String, at_ms: u64) {
         self.state = state;
         self.reason = reason;
@@ -550,6 +759,7 @@ impl HoldError {
             HoldError::WrongHash(_) | HoldError::TooOld => Status::invalid_argument(message),
             HoldError::OwnMessage(_) => Status::permission_denied(message),
             HoldError::Replayed(_) => Status::already_exists(message),
+            HoldError::Store(_) => Status::unavailable(message),
         }
     }
 }
@@ -581,22 +791,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn holds_are_bounded_per_sender_and_expire() {
+    #[tokio::test]
+    async fn holds_are_bounded_per_sender_and_expire() {
         let holds = Holds::default();
         let far = NOW + 10 * 3_600_000;
         for n in 0..MAX_PENDING_PER_SENDER {
             // At most an hour, whatever the envelope says.
             assert_eq!(
-                holds.hold(new("alice", n, far), NOW).unwrap(),
+                holds.hold(new("alice", n, far), NOW).await.unwrap(),
                 NOW + 3_600_000
             );
         }
-        let full = holds.hold(new("alice", 999, far), NOW).unwrap_err();
+        let full = holds.hold(new("alice", 999, far), NOW).await.unwrap_err();
         assert!(matches!(full, HoldError::Full(_)), "{full}");
         assert_eq!(full.status().code(), tonic::Code::ResourceExhausted);
-        assert!(holds.hold(new("bob", 0, NOW + 1000), NOW).is_ok());
-        let again = holds.hold(new("bob", 0, NOW + 1000), NOW).unwrap_err();
+        assert!(holds.hold(new("bob", 0, NOW + 1000), NOW).await.is_ok());
+        let again = holds
+            .hold(new("bob", 0, NOW + 1000), NOW)
+            .await
+            .unwrap_err();
         assert!(matches!(again, HoldError::Replayed(_)), "{again}");
 
         // Bob's envelope expires first; expired holds stay listed, then are forgotten.
@@ -616,7 +829,12 @@ mod tests {
         assert_eq!(later.len(), MAX_PENDING_PER_SENDER + 1);
         // Alice may hold again once hers expire, and expired ones go after an hour.
         assert_eq!(states(NOW + 3_600_000 + 1000).len(), MAX_PENDING_PER_SENDER);
-        assert!(holds.hold(new("alice", 1000, far), NOW + 3_600_000).is_ok());
+        assert!(
+            holds
+                .hold(new("alice", 1000, far), NOW + 3_600_000)
+                .await
+                .is_ok()
+        );
         assert_eq!(states(NOW + 2 * 3_600_000 + 1).len(), 1);
     }
 }

@@ -45,6 +45,9 @@ pub enum RefusalCode {
     /// The publish would be held for approval, but too many messages already wait (of the
     /// sender, or in the hub).
     TooManyHeld = 12,
+    /// The hub could not store what the publish needed (a message held for approval): nothing
+    /// was routed or held; try again.
+    Unavailable = 13,
 }
 
 impl RefusalCode {
@@ -68,6 +71,7 @@ impl RefusalCode {
             10 => Self::TooManyReplyGrants,
             11 => Self::NoRecipient,
             12 => Self::TooManyHeld,
+            13 => Self::Unavailable,
             _ => return None,
         })
     }
@@ -88,6 +92,7 @@ impl fmt::Display for RefusalCode {
             Self::TooManyReplyGrants => "TOO_MANY_REPLY_GRANTS",
             Self::NoRecipient => "NO_RECIPIENT",
             Self::TooManyHeld => "TOO_MANY_HELD",
+            Self::Unavailable => "UNAVAILABLE",
         })
     }
 }

@@ -18,6 +18,9 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A stored blob with its version or epoch.
 pub(crate) type Versioned = Option<(u64, Vec<u8>)>;
 
+/// Records by key, as `Store::held` lists them.
+type Records = Vec<(String, Vec<u8>)>;
+
 /// The store, type-erased.
 #[derive(Clone)]
 pub(crate) struct Registry(Arc<dyn DynStore>);
@@ -64,6 +67,13 @@ trait DynStore: Send + Sync + 'static {
         value: &'a [u8],
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     fn config<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>>;
+    fn put_held<'a>(
+        &'a self,
+        id: &'a str,
+        record: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn delete_held<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+    fn held(&self) -> BoxFuture<'_, Result<Records, StoreError>>;
 }
 
 // === impl Registry ===
@@ -160,6 +170,25 @@ impl Registry {
     ) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
         self.0.config(key)
     }
+
+    pub(crate) fn put_held<'a>(
+        &'a self,
+        id: &'a str,
+        record: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.0.put_held(id, record)
+    }
+
+    pub(crate) fn delete_held<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.0.delete_held(id)
+    }
+
+    pub(crate) fn held(&self) -> BoxFuture<'_, Result<Records, StoreError>> {
+        self.0.held()
+    }
 }
 
 impl fmt::Debug for Registry {
@@ -251,5 +280,21 @@ impl<S: Store> DynStore for Erased<S> {
 
     fn config<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, StoreError>> {
         Box::pin(self.0.config(key))
+    }
+
+    fn put_held<'a>(
+        &'a self,
+        id: &'a str,
+        record: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.0.put_held(id, record))
+    }
+
+    fn delete_held<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(self.0.delete_held(id))
+    }
+
+    fn held(&self) -> BoxFuture<'_, Result<Records, StoreError>> {
+        Box::pin(self.0.held())
     }
 }

@@ -26,7 +26,7 @@ use tonic::{Code, Status, Streaming};
 use crate::authz::{self, Authz, DeliveryGate, Denied, Publishing, SessionAuthz};
 use crate::codec::{Outbound, max_deliver_len};
 use crate::control::{self, ConnectionControl};
-use crate::held::NewHold;
+use crate::held::{HoldError, NewHold};
 use crate::refusal::RefusalCode;
 use crate::replay::{self, Header, SenderWindows};
 use crate::reply::ReplyGrants;
@@ -286,7 +286,7 @@ impl<R: Router> Session<R> {
         let mut held = Vec::new();
         if let Some(new) = checked.held {
             let (message_id, channel) = (new.id.clone(), new.channel.to_string());
-            match self.context.authz.holds().hold(new, now_ms()) {
+            match self.context.authz.holds().hold(new, now_ms()).await {
                 Ok(expires_at_ms) => {
                     stats::bump(&self.context.stats.held_messages);
                     held.push(Held {
@@ -296,8 +296,16 @@ impl<R: Router> Session<R> {
                     });
                 }
                 Err(e) => {
-                    let refused = Refused::new(RefusalCode::TooManyHeld, e.to_string());
-                    return self.refuse(request_id, refused).await;
+                    let code = match e {
+                        HoldError::Store(_) => {
+                            stats::bump(&self.context.stats.held_store_failures);
+                            RefusalCode::Unavailable
+                        }
+                        _ => RefusalCode::TooManyHeld,
+                    };
+                    return self
+                        .refuse(request_id, Refused::new(code, e.to_string()))
+                        .await;
                 }
             }
         }

@@ -36,6 +36,9 @@ pub struct HubStats {
     pub withheld_deliveries: u64,
     /// Messages held for approval (acknowledged to their publisher as held).
     pub held_messages: u64,
+    /// Times a held message could not be stored or deleted (a hold refused, or a released
+    /// one left stored as pending).
+    pub held_store_failures: u64,
     /// Deliveries that failed (each reported to its publisher as `DELIVERY_FAILED`).
     pub delivery_failures: u64,
     /// Connections closed because their outbound queue stayed full.
@@ -87,6 +90,7 @@ pub(crate) struct Stats {
     pub(crate) subscriptions_ended: AtomicU64,
     pub(crate) withheld_deliveries: AtomicU64,
     pub(crate) held_messages: AtomicU64,
+    pub(crate) held_store_failures: AtomicU64,
     pub(crate) delivery_failures: AtomicU64,
     pub(crate) slow_consumer_disconnects: AtomicU64,
     pub(crate) revoked_disconnects: AtomicU64,
@@ -118,6 +122,7 @@ impl Stats {
             subscriptions_ended: get(&self.subscriptions_ended),
             withheld_deliveries: get(&self.withheld_deliveries),
             held_messages: get(&self.held_messages),
+            held_store_failures: get(&self.held_store_failures),
             delivery_failures: get(&self.delivery_failures),
             slow_consumer_disconnects: get(&self.slow_consumer_disconnects),
             revoked_disconnects: get(&self.revoked_disconnects),

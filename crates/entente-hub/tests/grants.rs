@@ -20,14 +20,15 @@ use entente_hub::{
     APPROVE_PATH, GRANT_PATH, Hub, HubConfig, HubError, HubHandle, LIST_GRANTS_PATH,
     REQUEST_GRANT_PATH, RefusalCode,
 };
-use entente_store::{AgentRecord, EmbeddedStore, Store, StoreError, TokenRecord};
+use entente_store::{EmbeddedStore, Store};
 use entente_types::{HumanId, Principal};
 use entente_wire::{
     ApproveRequest, ApproveResponse, GrantInfo, GrantRequest, GrantRequestInfo, GrantResponse,
     ListGrantsRequest, ListGrantsResponse, RequestGrantRequest, RequestGrantResponse, server_frame,
 };
 use support::{
-    Agent, Enrollment, SessionExt, TestCa, ack, enroll, enroll_raw, now_ms, signed, sources,
+    Agent, Enrollment, FlakyStore, SessionExt, TestCa, ack, enroll, enroll_raw, now_ms, signed,
+    sources,
 };
 use tonic::{Code, Status};
 
@@ -367,71 +368,6 @@ async fn approvers_need_a_permit_a_key_bundle_and_a_well_formed_statement() {
     let stats = hub.stats();
     assert!(stats.grant_refusals >= 9, "{stats:?}");
     hub.shutdown().await;
-}
-
-/// An [`EmbeddedStore`] whose grant writes fail while `fail` is set: a real store with a switch.
-struct FlakyStore {
-    inner: EmbeddedStore,
-    fail: AtomicBool,
-}
-
-impl Store for FlakyStore {
-    async fn put_agent(&self, record: &AgentRecord) -> Result<(), StoreError> {
-        self.inner.put_agent(record).await
-    }
-    async fn agent(&self, principal: &str) -> Result<Option<AgentRecord>, StoreError> {
-        self.inner.agent(principal).await
-    }
-    async fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        self.inner.agents().await
-    }
-    async fn put_key_bundle(
-        &self,
-        principal: &str,
-        epoch: u64,
-        bundle: &[u8],
-    ) -> Result<(), StoreError> {
-        self.inner.put_key_bundle(principal, epoch, bundle).await
-    }
-    async fn key_bundle(&self, principal: &str, epoch: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.key_bundle(principal, epoch).await
-    }
-    async fn latest_key_bundle(
-        &self,
-        principal: &str,
-    ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        self.inner.latest_key_bundle(principal).await
-    }
-    async fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
-        self.inner.put_token(token).await
-    }
-    async fn redeem_token(&self, hash: &[u8; 32], now_ms: u64) -> Result<TokenRecord, StoreError> {
-        self.inner.redeem_token(hash, now_ms).await
-    }
-    async fn purge_tokens(&self, now_ms: u64) -> Result<u64, StoreError> {
-        self.inner.purge_tokens(now_ms).await
-    }
-    async fn put_revocations(&self, version: u64, list: &[u8]) -> Result<(), StoreError> {
-        self.inner.put_revocations(version, list).await
-    }
-    async fn revocations(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        self.inner.revocations().await
-    }
-    async fn put_grants(&self, version: u64, book: &[u8]) -> Result<(), StoreError> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("the disk is full".into()));
-        }
-        self.inner.put_grants(version, book).await
-    }
-    async fn grants(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        self.inner.grants().await
-    }
-    async fn put_config(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.inner.put_config(key, value).await
-    }
-    async fn config(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.config(key).await
-    }
 }
 
 #[tokio::test]

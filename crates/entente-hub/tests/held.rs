@@ -13,13 +13,20 @@
 mod support;
 
 use entente_crypto::{ApprovalStatement, ObjectKind, Verdict, envelope_digest};
-use entente_hub::{APPROVE_PATH, HubConfig, HubHandle, LIST_HELD_PATH, RefusalCode};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use entente_hub::{APPROVE_PATH, Hub, HubConfig, HubError, HubHandle, LIST_HELD_PATH, RefusalCode};
+use entente_store::{EmbeddedStore, Store as _};
 use entente_types::{HumanId, Principal};
 use entente_wire::{
     ApproveRequest, ApproveResponse, HeldMessage, ListHeldRequest, ListHeldResponse, Publish,
     SenderKey, SignedBatch, client_frame, server_frame,
 };
-use support::{Agent, SessionExt, TestCa, ack, frame, now_ms, refusal, signed, sources, start};
+use support::{
+    Agent, FlakyStore, SessionExt, TestCa, ack, frame, now_ms, refusal, signed, sources, start,
+    start_with_store,
+};
 use tonic::{Code, Status};
 
 /// Segment `shop` publishes and reads `orders.>`; a wire transfer (`orders.wire.>`) waits for
@@ -298,4 +305,131 @@ async fn a_held_publish_needs_a_purpose_and_one_message_and_the_sender_may_withd
         .unwrap();
     assert_eq!(answer.outcome, "rejected");
     hub.shutdown().await;
+}
+
+fn held_config() -> HubConfig {
+    HubConfig {
+        policies: sources(POLICIES),
+        ..HubConfig::default()
+    }
+}
+
+/// Alice publishes one wire on `session`: the hold's ID.
+async fn hold_one(
+    session: &mut support::Session,
+    alice: &Agent,
+    id: u64,
+    payload: &[u8],
+) -> String {
+    let (mut sealer, key) = alice.sealer("orders.wire.eu", &[]);
+    let batch = sealer.seal_batch(&[payload], None, now_ms()).unwrap();
+    let answer = publish(session, id, vec![key], vec![batch], "invoice").await;
+    let server_frame::Kind::Ack(acked) = answer else {
+        panic!("expected an ack, got {answer:?}");
+    };
+    acked.held[0].message_id.clone()
+}
+
+#[tokio::test]
+async fn a_held_message_and_its_approvals_survive_a_restart() {
+    let ca = TestCa::new();
+    let (hub, store) = start_with_store(&ca, held_config()).await;
+    let alice = ca.agent("shop", "alice");
+    let bob = ca.agent("shop", "bob");
+    let (ops1, ops2) = (human(&ca, "ops1"), human(&ca, "ops2"));
+    let mut session = alice.session(&hub).await;
+    let id = hold_one(&mut session, &alice, 1, b"pay 10k").await;
+    let shown = list(&hub, &ops1).await;
+    let answer = approve(&hub, &ops1, statement(&ops1, &shown[0], Verdict::Approve))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, "pending");
+    drop(session);
+    hub.shutdown().await;
+
+    let hub = Hub::start(held_config(), ca.ca.clone(), store.clone())
+        .await
+        .unwrap();
+    let shown = list(&hub, &ops2).await;
+    assert_eq!(shown.len(), 1);
+    assert_eq!(
+        (shown[0].message_id.as_str(), shown[0].state.as_str()),
+        (id.as_str(), "pending")
+    );
+    assert_eq!(shown[0].approvals.len(), 1);
+    // The first approval still counts once, after the restart too.
+    refused(
+        approve(&hub, &ops1, statement(&ops1, &shown[0], Verdict::Approve)).await,
+        Code::AlreadyExists,
+        "counts once",
+    );
+    let mut bob_session = bob.session(&hub).await;
+    assert_eq!(bob_session.subscribe(1, "orders.>").await, ack(1));
+    let answer = approve(&hub, &ops2, statement(&ops2, &shown[0], Verdict::Approve))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, "released");
+    let server_frame::Kind::Deliver(delivered) = bob_session.next_kind().await else {
+        panic!("bob gets the released message");
+    };
+    assert_eq!(delivered.batches.len(), 1);
+    // Released: no longer in the store.
+    assert!(store.held().await.unwrap().is_empty());
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_store_failure_refuses_the_hold_or_the_approval_and_changes_nothing() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FlakyStore {
+        inner: EmbeddedStore::open(dir.path().join("registry.redb")).unwrap(),
+        fail: AtomicBool::new(false),
+    });
+    let hub = Hub::start(held_config(), ca.ca.clone(), store.clone())
+        .await
+        .unwrap();
+    let alice = ca.agent("shop", "alice");
+    let ops1 = human(&ca, "ops1");
+    let mut session = alice.session(&hub).await;
+
+    store.fail.store(true, Ordering::SeqCst);
+    let (mut sealer, key) = alice.sealer("orders.wire.eu", &[]);
+    let batch = sealer.seal_batch(&[b"pay"], None, now_ms()).unwrap();
+    let answer = publish(&mut session, 1, vec![key], vec![batch], "invoice").await;
+    assert_eq!(refusal(answer), (1, RefusalCode::Unavailable));
+    assert!(list(&hub, &ops1).await.is_empty());
+    assert_eq!(hub.stats().held_store_failures, 1);
+
+    store.fail.store(false, Ordering::SeqCst);
+    let id = hold_one(&mut session, &alice, 2, b"pay again").await;
+    let shown = list(&hub, &ops1).await;
+    assert_eq!(shown[0].message_id, id);
+    let request = statement(&ops1, &shown[0], Verdict::Approve);
+    store.fail.store(true, Ordering::SeqCst);
+    refused(
+        approve(&hub, &ops1, request.clone()).await,
+        Code::Unavailable,
+        "could not store",
+    );
+    assert!(list(&hub, &ops1).await[0].approvals.is_empty());
+    store.fail.store(false, Ordering::SeqCst);
+    let answer = approve(&hub, &ops1, request).await.unwrap();
+    assert_eq!((answer.outcome.as_str(), answer.approvals), ("pending", 1));
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stored_held_message_that_does_not_decode_is_a_start_error() {
+    let ca = TestCa::new();
+    let store = ca.store();
+    store
+        .put_held("0190c2a4-0000-7000-8000-000000000000", b"\xff\xff")
+        .await
+        .unwrap();
+    let err = Hub::start(held_config(), ca.ca.clone(), store)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HubError::StoredHeld(_)), "{err}");
+    assert!(err.to_string().contains("does not decode"), "{err}");
 }

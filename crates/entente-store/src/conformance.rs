@@ -49,6 +49,7 @@ pub async fn run_all<S: Store>(mut fresh: impl AsyncFnMut() -> S) {
     grants_only_move_forward(&fresh().await).await;
     grants_and_revocations_are_apart(&fresh().await).await;
     config_round_trip(&fresh().await).await;
+    held_messages_are_put_replaced_listed_and_deleted(&fresh().await).await;
     concurrent_redeem_has_one_winner(Arc::new(fresh().await)).await;
     concurrent_put_token_has_one_winner(Arc::new(fresh().await)).await;
     concurrent_revocations_keep_the_highest(Arc::new(fresh().await)).await;
@@ -457,6 +458,35 @@ pub async fn config_round_trip<S: Store>(store: &S) {
     );
     assert_eq!(store.config("").await.unwrap(), Some(b"empty key".to_vec()));
     assert_eq!(store.config("hub").await.unwrap(), None);
+}
+
+// === held messages ===
+
+/// Held messages are stored by ID, replaced by a second put, listed in ID order and deleted
+/// once; they are apart from every other table.
+pub async fn held_messages_are_put_replaced_listed_and_deleted<S: Store>(store: &S) {
+    assert!(store.held().await.unwrap().is_empty());
+    store.put_held("b-2", b"second").await.unwrap();
+    store.put_held("a-1", b"first").await.unwrap();
+    store
+        .put_held("b-2", b"second, approved once")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.held().await.unwrap(),
+        [
+            ("a-1".to_owned(), b"first".to_vec()),
+            ("b-2".to_owned(), b"second, approved once".to_vec()),
+        ]
+    );
+    assert_eq!(store.config("a-1").await.unwrap(), None);
+    assert!(store.delete_held("a-1").await.unwrap());
+    assert!(!store.delete_held("a-1").await.unwrap());
+    assert!(!store.delete_held("never").await.unwrap());
+    assert_eq!(
+        store.held().await.unwrap(),
+        [("b-2".to_owned(), b"second, approved once".to_vec())]
+    );
 }
 
 // === concurrency ===

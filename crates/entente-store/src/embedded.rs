@@ -1,20 +1,22 @@
 //! The embedded backend: one redb file, every write a durable ACID transaction.
 //!
-//! Layout (format version 2, see `docs/STORE.md`):
+//! Layout (format version 3, see `docs/STORE.md`):
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `meta` | `&str` | `u64` (`"format_version"` → 2) |
+//! | `meta` | `&str` | `u64` (`"format_version"` → 3) |
 //! | `agents` | principal `&str` | v1 byte + [`AgentRecord`] JSON |
 //! | `key_bundles` | (principal `&str`, epoch `u64`) | v1 byte + bundle bytes |
 //! | `tokens` | hash `&[u8; 32]` | v1 byte + [`TokenRecord`] JSON |
 //! | `revocations` | `"current"` | v1 byte + version `u64` big-endian + list bytes |
 //! | `grants` | `"current"` | v1 byte + version `u64` big-endian + book bytes |
 //! | `config` | key `&str` | v1 byte + value bytes |
+//! | `held` | message ID `&str` | v1 byte + record bytes |
 //!
 //! All tables and the `meta` entry are created in the first transaction, so a file either is a
-//! complete store or holds no tables at all. A version 1 store (without `grants`) is migrated
-//! at open, in one transaction: the table is created and the version set to 2.
+//! complete store or holds no tables at all. An older store is migrated at open, in one
+//! transaction: version 1 lacks `grants` and `held`, version 2 lacks `held`; the missing tables
+//! are created and the version set to 3.
 //!
 //! The trait methods do their work inline when polled: each is one short transaction over small
 //! values, and a write waits for its fsyncs (about half a millisecond here, see `docs/STORE.md`).
@@ -32,9 +34,10 @@ use serde::de::DeserializeOwned;
 use crate::{AgentRecord, Store, StoreError, TokenRecord};
 
 /// The on-disk format version this build reads and writes.
-const FORMAT_VERSION: u64 = 2;
-/// The previous format, migrated at open: version 2 added the `grants` table.
+const FORMAT_VERSION: u64 = 3;
+/// Older formats, migrated at open: version 2 added the `grants` table, version 3 `held`.
 const FORMAT_VERSION_1: u64 = 1;
+const FORMAT_VERSION_2: u64 = 2;
 /// The first byte of every stored value.
 const VALUE_V1: u8 = 1;
 /// The key of the format version in `meta`.
@@ -49,6 +52,7 @@ const TOKENS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tokens")
 const REVOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revocations");
 const CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
 const GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("grants");
+const HELD: TableDefinition<&str, &[u8]> = TableDefinition::new("held");
 
 /// A [`Store`] in one redb database file.
 ///
@@ -309,6 +313,45 @@ impl EmbeddedStore {
         })
     }
 
+    fn put_held_now(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {
+        let value = encode_blob(record);
+        self.write(|tx| {
+            tx.open_table(HELD)
+                .map_err(engine_error)?
+                .insert(id, value.as_slice())
+                .map_err(engine_error)?;
+            Ok(())
+        })
+    }
+
+    fn delete_held_now(&self, id: &str) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let removed = tx
+                .open_table(HELD)
+                .map_err(engine_error)?
+                .remove(id)
+                .map_err(engine_error)?
+                .is_some();
+            Ok(removed)
+        })
+    }
+
+    fn held_now(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(HELD).map_err(engine_error)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(engine_error)? {
+            let (key, value) = entry.map_err(engine_error)?;
+            let id = key.value();
+            let record = decode_blob(
+                || format!("held message `{}`", id.escape_debug()),
+                value.value(),
+            )?;
+            out.push((id.to_owned(), record));
+        }
+        Ok(out)
+    }
+
     fn config_now(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let tx = self.read()?;
         let table = tx.open_table(CONFIG).map_err(engine_error)?;
@@ -365,6 +408,7 @@ impl EmbeddedStore {
                 tx.open_table(REVOCATIONS).map_err(engine_error)?;
                 tx.open_table(CONFIG).map_err(engine_error)?;
                 tx.open_table(GRANTS).map_err(engine_error)?;
+                tx.open_table(HELD).map_err(engine_error)?;
                 Ok(())
             });
         }
@@ -385,7 +429,7 @@ impl EmbeddedStore {
             .map_err(engine_error)?
             .map(|v| v.value())
             .ok_or_else(|| not_a_store("no format version in `meta`".to_owned()))?;
-        if found != FORMAT_VERSION && found != FORMAT_VERSION_1 {
+        if ![FORMAT_VERSION, FORMAT_VERSION_2, FORMAT_VERSION_1].contains(&found) {
             return Err(StoreError::FormatVersion {
                 found,
                 supported: FORMAT_VERSION,
@@ -398,17 +442,21 @@ impl EmbeddedStore {
         tx.open_table(TOKENS).map_err(missing)?;
         tx.open_table(REVOCATIONS).map_err(missing)?;
         tx.open_table(CONFIG).map_err(missing)?;
-        if found == FORMAT_VERSION {
+        if found != FORMAT_VERSION_1 {
             tx.open_table(GRANTS).map_err(missing)?;
+        }
+        if found == FORMAT_VERSION {
+            tx.open_table(HELD).map_err(missing)?;
             return Ok(());
         }
         drop(tx);
-        self.migrate_from_1()
+        self.migrate(found)
     }
 
-    /// Version 1 → 2: adds the `grants` table, in one transaction with the version change, so
-    /// a crash leaves a complete store of either version.
-    fn migrate_from_1(&self) -> Result<(), StoreError> {
+    /// Version 1 or 2 → 3: adds the tables the version lacks (`grants` for version 1, `held`
+    /// for both), in one transaction with the version change, so a crash leaves a complete
+    /// store of either version.
+    fn migrate(&self, from: u64) -> Result<(), StoreError> {
         self.write(|tx| {
             let mut meta = tx.open_table(META).map_err(engine_error)?;
             // Checked again inside the write transaction: another open may have migrated it.
@@ -419,17 +467,24 @@ impl EmbeddedStore {
             if found == Some(FORMAT_VERSION) {
                 return Ok(());
             }
-            if tx
+            let names: Vec<String> = tx
                 .list_tables()
                 .map_err(engine_error)?
-                .any(|t| t.name() == GRANTS.name())
-            {
+                .map(|t| t.name().to_owned())
+                .collect();
+            let newer: &[&str] = if from == FORMAT_VERSION_1 {
+                &["grants", "held"]
+            } else {
+                &["held"]
+            };
+            if let Some(table) = newer.iter().find(|t| names.iter().any(|n| n == *t)) {
                 return Err(StoreError::Corrupt {
                     what: format!("database file `{}`", self.path.display()),
-                    reason: "a version 1 store with a `grants` table".to_owned(),
+                    reason: format!("a version {from} store with a `{table}` table"),
                 });
             }
             tx.open_table(GRANTS).map_err(engine_error)?;
+            tx.open_table(HELD).map_err(engine_error)?;
             meta.insert(FORMAT_KEY, FORMAT_VERSION)
                 .map_err(engine_error)?;
             Ok(())
@@ -506,6 +561,18 @@ impl Store for EmbeddedStore {
 
     async fn grants(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         self.grants_now()
+    }
+
+    async fn put_held(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {
+        self.put_held_now(id, record)
+    }
+
+    async fn delete_held(&self, id: &str) -> Result<bool, StoreError> {
+        self.delete_held_now(id)
+    }
+
+    async fn held(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.held_now()
     }
 
     async fn put_config(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {

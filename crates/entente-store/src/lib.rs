@@ -171,6 +171,22 @@ pub trait Store: Send + Sync + 'static {
     /// The stored grant book and its version, if any.
     fn grants(&self) -> impl Future<Output = Result<Option<(u64, Vec<u8>)>, StoreError>> + Send;
 
+    // === held messages ===
+
+    /// Stores held message `id` (UTF-8, at most 128 bytes): a new one, or a new state of one,
+    /// replacing what was stored under `id`.
+    fn put_held(
+        &self,
+        id: &str,
+        record: &[u8],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Deletes held message `id`; returns whether it was stored.
+    fn delete_held(&self, id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Every held message stored, `(id, record)`, by ID.
+    fn held(&self) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>, StoreError>> + Send;
+
     // === config ===
 
     /// Inserts or replaces the config entry `key`.

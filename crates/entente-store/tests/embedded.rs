@@ -226,6 +226,7 @@ const KEY_BUNDLES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("k
 const REVOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revocations");
 const CONFIG: TableDefinition<&str, &[u8]> = TableDefinition::new("config");
 const GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("grants");
+const HELD: TableDefinition<&str, &[u8]> = TableDefinition::new("held");
 
 #[test]
 fn foreign_redb_database_is_refused() {
@@ -256,7 +257,7 @@ fn unknown_format_version_is_refused() {
         let tx = db.begin_write().unwrap();
         tx.open_table(META)
             .unwrap()
-            .insert("format_version", 3)
+            .insert("format_version", 4)
             .unwrap();
         tx.commit().unwrap();
     }
@@ -265,17 +266,17 @@ fn unknown_format_version_is_refused() {
         matches!(
             err,
             StoreError::FormatVersion {
-                found: 3,
-                supported: 2
+                found: 4,
+                supported: 3
             }
         ),
         "{err:?}"
     );
-    assert_eq!(EmbeddedStore::FORMAT_VERSION, 2);
+    assert_eq!(EmbeddedStore::FORMAT_VERSION, 3);
 }
 
-/// A version 1 store made by hand (the tables of version 1, no `grants`) is migrated at open,
-/// once; a version 1 store that already has a `grants` table is not a store we wrote.
+/// A version 1 store made by hand (the tables of version 1, no `grants`, no `held`) is migrated
+/// at open, once; a version 1 store that already has a `grants` table is not a store we wrote.
 #[tokio::test]
 async fn a_version_1_store_is_migrated() {
     let tmp = tempfile::tempdir().unwrap();
@@ -284,9 +285,10 @@ async fn a_version_1_store_is_migrated() {
     let store = EmbeddedStore::open(&path).unwrap();
     assert_eq!(store.config("k").await.unwrap(), Some(b"v".to_vec()));
     assert_eq!(store.grants().await.unwrap(), None);
+    assert!(store.held().await.unwrap().is_empty());
     store.put_grants(1, b"book").await.unwrap();
     store.close().unwrap();
-    assert_eq!(format_version(&path), 2);
+    assert_eq!(format_version(&path), 3);
     let store = EmbeddedStore::open(&path).unwrap();
     assert_eq!(store.grants().await.unwrap(), Some((1, b"book".to_vec())));
     store.close().unwrap();
@@ -298,6 +300,56 @@ async fn a_version_1_store_is_migrated() {
         Err(StoreError::Corrupt { reason, .. }) if reason.contains("grants")
     ));
     assert_eq!(format_version(&path), 1);
+}
+
+/// A version 2 store made by hand (no `held`) is migrated at open, keeping its grants; one that
+/// already has a `held` table is not a store we wrote.
+#[tokio::test]
+async fn a_version_2_store_is_migrated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = db_path(&tmp);
+    write_version_2(&path, false);
+    let store = EmbeddedStore::open(&path).unwrap();
+    assert_eq!(store.grants().await.unwrap(), Some((7, b"book".to_vec())));
+    assert!(store.held().await.unwrap().is_empty());
+    store.put_held("m-1", b"held").await.unwrap();
+    store.close().unwrap();
+    assert_eq!(format_version(&path), 3);
+    let store = EmbeddedStore::open(&path).unwrap();
+    assert_eq!(
+        store.held().await.unwrap(),
+        [("m-1".to_owned(), b"held".to_vec())]
+    );
+    store.close().unwrap();
+
+    let path = tmp.path().join("odd.redb");
+    write_version_2(&path, true);
+    assert!(matches!(
+        EmbeddedStore::open(&path),
+        Err(StoreError::Corrupt { reason, .. }) if reason.contains("held")
+    ));
+    assert_eq!(format_version(&path), 2);
+}
+
+fn write_version_2(path: &Path, with_held: bool) {
+    write_version_1(path, false);
+    let db = redb::Database::open(path).unwrap();
+    let tx = db.begin_write().unwrap();
+    tx.open_table(META)
+        .unwrap()
+        .insert("format_version", 2)
+        .unwrap();
+    let mut version = 7u64.to_be_bytes().to_vec();
+    version.insert(0, 1);
+    version.extend_from_slice(b"book");
+    tx.open_table(GRANTS)
+        .unwrap()
+        .insert("current", version.as_slice())
+        .unwrap();
+    if with_held {
+        tx.open_table(HELD).unwrap();
+    }
+    tx.commit().unwrap();
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Pins format version 1: a store written once by a version 1 build and committed as
 //! `tests/fixtures/store-v1.redb` must keep opening with the same contents, migrated to the
-//! current version (version 2 added the grant book). The fixture is frozen: this build writes
-//! version 2 only (`format_v2.rs` pins that one), so it is never regenerated.
+//! current version (version 2 added the grant book, version 3 the held messages). The fixture
+//! is frozen: this build writes version 3 only (`format_v3.rs` pins that one), so it is never
+//! regenerated.
 
 #![allow(
     clippy::unwrap_used,

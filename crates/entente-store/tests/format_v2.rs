@@ -1,9 +1,7 @@
-//! Pins the on-disk format, version 2: a store written once and committed as
-//! `tests/fixtures/store-v2.redb` must keep opening with the same contents. A failure here means
-//! the format changed (a redb major version, a table type, the value encoding): bump
-//! `EmbeddedStore::FORMAT_VERSION` and add a migration rather than regenerating. Regenerate only
-//! for a deliberate, versioned change with
-//! `cargo test -p entente-store --test format_v2 -- --ignored regenerate`.
+//! Pins format version 2: a store written once by a version 2 build and committed as
+//! `tests/fixtures/store-v2.redb` must keep opening with the same contents, migrated to the
+//! current version (version 3 added the held messages). The fixture is frozen: this build
+//! writes version 3 only (`format_v3.rs` pins that one), so it is never regenerated.
 
 #![allow(
     clippy::unwrap_used,
@@ -57,50 +55,6 @@ fn token(byte: u8, used: bool) -> TokenRecord {
         expires_ms: 1_767_229_200_000,
         used,
     }
-}
-
-/// Writes the fixture. Run only for a deliberate format change (see the module docs).
-#[tokio::test]
-#[ignore = "regenerates the store fixture"]
-async fn regenerate() {
-    let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("store.redb");
-    let store = EmbeddedStore::open(&path).unwrap();
-    for agent in agents() {
-        store.put_agent(&agent).await.unwrap();
-    }
-    store
-        .put_key_bundle(ALICE, 1, b"alice-bundle-1")
-        .await
-        .unwrap();
-    store
-        .put_key_bundle(ALICE, 2, b"alice-bundle-2")
-        .await
-        .unwrap();
-    store.put_key_bundle(BOB, 0, &[0, 1, 2, 255]).await.unwrap();
-    store.put_token(&token(0xaa, false)).await.unwrap();
-    store.put_token(&token(0xbb, false)).await.unwrap();
-    store
-        .redeem_token(&[0xbb; 32], 1_767_225_600_001)
-        .await
-        .unwrap();
-    store
-        .put_revocations(7, b"revocation-list-7")
-        .await
-        .unwrap();
-    store.put_grants(12, BOOK).await.unwrap();
-    store
-        .put_config("hub.listen", b"127.0.0.1:7222")
-        .await
-        .unwrap();
-    store.close().unwrap();
-
-    // Compact so the committed file is small (tens of KiB instead of a preallocated MiB).
-    let mut db = redb::Database::open(&path).unwrap();
-    while db.compact().unwrap() {}
-    drop(db);
-    fs::create_dir_all(fixture().parent().unwrap()).unwrap();
-    fs::copy(&path, fixture()).unwrap();
 }
 
 #[tokio::test]

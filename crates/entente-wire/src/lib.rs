@@ -238,6 +238,7 @@ bounded! {
     ListHeldResponse => scan::LIST_HELD_RESPONSE,
     RevokeGrantRequest => scan::REVOKE_GRANT_REQUEST,
     RevokeGrantResponse => scan::REVOKE_GRANT_RESPONSE,
+    StoredHold => scan::STORED_HOLD,
 }
 
 #[cfg(test)]

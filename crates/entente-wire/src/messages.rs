@@ -845,3 +845,53 @@ pub struct RevokeGrantResponse {
     #[prost(message, optional, tag = "1")]
     pub grant: Option<GrantInfo>,
 }
+
+/// A message held for approval, as the hub keeps it in its store so that a restart loses none.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct StoredHold {
+    /// The record's version: 1.
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// The envelope's message ID, UUID text.
+    #[prost(string, tag = "2")]
+    pub message_id: String,
+    /// The sender's SPIFFE ID.
+    #[prost(string, tag = "3")]
+    pub sender: String,
+    /// The channel.
+    #[prost(string, tag = "4")]
+    pub channel: String,
+    /// The `Deliver` body to route once released: sender keys and the batch.
+    #[prost(bytes = "vec", tag = "5")]
+    pub body: Vec<u8>,
+    /// The sender's signed batch of one envelope.
+    #[prost(message, optional, tag = "6")]
+    pub batch: Option<SignedBatch>,
+    /// The envelope's hash, 32 bytes.
+    #[prost(bytes = "vec", tag = "7")]
+    pub hash: Vec<u8>,
+    /// The sender's stated purpose.
+    #[prost(string, tag = "8")]
+    pub purpose: String,
+    /// Ciphertext bytes.
+    #[prost(uint32, tag = "9")]
+    pub size: u32,
+    /// The envelope's own expiry, Unix milliseconds.
+    #[prost(uint64, tag = "10")]
+    pub envelope_expires_at_ms: u64,
+    /// When the hub received it, Unix milliseconds.
+    #[prost(uint64, tag = "11")]
+    pub published_at_ms: u64,
+    /// When the hold lapses, Unix milliseconds.
+    #[prost(uint64, tag = "12")]
+    pub expires_at_ms: u64,
+    /// Approvals and rejections received, in order.
+    #[prost(message, repeated, tag = "13")]
+    pub approvals: Vec<ApprovalInfo>,
+    /// The distinct approvers so far.
+    #[prost(string, repeated, tag = "14")]
+    pub approvers: Vec<String>,
+    /// Digests of the statements applied, 32 bytes each.
+    #[prost(bytes = "vec", repeated, tag = "15")]
+    pub seen: Vec<Vec<u8>>,
+}

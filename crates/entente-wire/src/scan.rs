@@ -141,6 +141,7 @@ enum Len {
     Action,
     Explanation,
     ObjectId,
+    Frame,
 }
 
 impl Len {
@@ -163,6 +164,7 @@ impl Len {
             Self::Action => MAX_ACTION_BYTES,
             Self::Explanation => MAX_EXPLANATION_BYTES,
             Self::ObjectId => MAX_OBJECT_ID_BYTES,
+            Self::Frame => limits.max_frame_bytes,
         }
     }
 }
@@ -390,6 +392,33 @@ pub(crate) static HELD_MESSAGE: Schema = Schema {
             Count::Approvals,
         ),
         bytes(11, "reason", Len::Reason),
+    ],
+};
+
+pub(crate) static STORED_HOLD: Schema = Schema {
+    name: "StoredHold",
+    oneof: false,
+    fields: &[
+        varint(1, "version"),
+        bytes(2, "message_id", Len::ObjectId),
+        bytes(3, "sender", Len::Id),
+        bytes(4, "channel", Len::Channel),
+        bytes(5, "body", Len::Frame),
+        field(6, "batch", Kind::Message(&SIGNED_BATCH), Count::One),
+        bytes(7, "hash", Len::Key),
+        bytes(8, "purpose", Len::Reason),
+        varint(9, "size"),
+        varint(10, "envelope_expires_at_ms"),
+        varint(11, "published_at_ms"),
+        varint(12, "expires_at_ms"),
+        field(
+            13,
+            "approvals",
+            Kind::Message(&APPROVAL_INFO),
+            Count::Approvals,
+        ),
+        field(14, "approvers", Kind::Bytes(Len::Id), Count::Approvals),
+        field(15, "seen", Kind::Bytes(Len::Key), Count::Approvals),
     ],
 };
 

@@ -14,7 +14,7 @@
 )]
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -24,7 +24,7 @@ use entente_crypto::{
     KeyBundleIn, MessageKeys, Opener, OpenerOptions, Sealer, SealerOptions, VerifiedKeyBundle,
 };
 use entente_hub::{Hub, HubConfig, HubHandle, RefusalCode};
-use entente_store::EmbeddedStore;
+use entente_store::{AgentRecord, EmbeddedStore, Store, StoreError, TokenRecord};
 use entente_types::{AgentId, Channel, Principal, TrustDomain};
 use entente_wire::{
     Ack, ClientFrame, EnrollRequest, EnrollResponse, Publish, SenderKey, SignedBatch, Subscribe,
@@ -443,5 +443,95 @@ pub fn signed(
         }),
         signature: signed.signature().to_vec(),
         key_bundle: Some(signer.bundle.to_wire().clone()),
+    }
+}
+
+// === a store that fails on demand ===
+
+/// An [`EmbeddedStore`] whose grant and held-message writes fail while `fail` is set: a real
+/// store with a switch.
+pub struct FlakyStore {
+    pub inner: EmbeddedStore,
+    pub fail: AtomicBool,
+}
+
+impl FlakyStore {
+    /// The error while failing.
+    fn failing(&self) -> Result<(), StoreError> {
+        if self.fail.load(Ordering::SeqCst) {
+            Err(StoreError::Unavailable("the disk is full".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Store for FlakyStore {
+    async fn put_agent(&self, record: &AgentRecord) -> Result<(), StoreError> {
+        self.inner.put_agent(record).await
+    }
+    async fn agent(&self, principal: &str) -> Result<Option<AgentRecord>, StoreError> {
+        self.inner.agent(principal).await
+    }
+    async fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        self.inner.agents().await
+    }
+    async fn put_key_bundle(
+        &self,
+        principal: &str,
+        epoch: u64,
+        bundle: &[u8],
+    ) -> Result<(), StoreError> {
+        self.inner.put_key_bundle(principal, epoch, bundle).await
+    }
+    async fn key_bundle(&self, principal: &str, epoch: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.key_bundle(principal, epoch).await
+    }
+    async fn latest_key_bundle(
+        &self,
+        principal: &str,
+    ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.inner.latest_key_bundle(principal).await
+    }
+    async fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.inner.put_token(token).await
+    }
+    async fn redeem_token(&self, hash: &[u8; 32], now_ms: u64) -> Result<TokenRecord, StoreError> {
+        self.inner.redeem_token(hash, now_ms).await
+    }
+    async fn purge_tokens(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.inner.purge_tokens(now_ms).await
+    }
+    async fn put_revocations(&self, version: u64, list: &[u8]) -> Result<(), StoreError> {
+        self.inner.put_revocations(version, list).await
+    }
+    async fn revocations(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.inner.revocations().await
+    }
+    async fn put_grants(&self, version: u64, book: &[u8]) -> Result<(), StoreError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("the disk is full".into()));
+        }
+        self.inner.put_grants(version, book).await
+    }
+    async fn grants(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.inner.grants().await
+    }
+    async fn put_held(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {
+        self.failing()?;
+        self.inner.put_held(id, record).await
+    }
+    async fn delete_held(&self, id: &str) -> Result<bool, StoreError> {
+        self.failing()?;
+        self.inner.delete_held(id).await
+    }
+    async fn held(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.inner.held().await
+    }
+    async fn put_config(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.inner.put_config(key, value).await
+    }
+    async fn config(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.config(key).await
     }
 }
