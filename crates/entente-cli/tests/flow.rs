@@ -10,12 +10,7 @@
 
 mod support;
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-};
-
-use support::{entente, ok, s, start, stop};
+use support::{entente, ok, s, spawn_ready, start, stop};
 
 #[test]
 fn enroll_two_agents_and_exchange_a_sealed_message() {
@@ -75,8 +70,8 @@ fn enroll_two_agents_and_exchange_a_sealed_message() {
     let (alice, bob, eve) = (&ids[0], &ids[1], &ids[2]);
 
     // Bob listens; once subscribed, Alice sends.
-    let mut listener = Command::new(env!("CARGO_BIN_EXE_entente"))
-        .args([
+    let listener = spawn_ready(
+        &[
             "listen",
             "--identity",
             s(bob),
@@ -85,16 +80,9 @@ fn enroll_two_agents_and_exchange_a_sealed_message() {
             "demo.greetings",
             "--count",
             "1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    BufReader::new(listener.stderr.as_mut().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    assert!(ready.contains("listening"), "{ready}");
+        ],
+        "listening",
+    );
     let sent = ok(&[
         "send",
         "--identity",

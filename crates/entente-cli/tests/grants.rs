@@ -12,12 +12,11 @@
 mod support;
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::Output,
 };
 
-use support::{entente, ok, s, start, stop};
+use support::{entente, ok, s, spawn_ready, start, stop};
 
 /// Runs `entente ARGS --identity ID --hub ADDR`.
 fn as_(id: &Path, addr: &str, args: &[&str]) -> Output {
@@ -231,17 +230,10 @@ fn just_in_time_from_request_to_approval_and_direct_grants_that_end() {
         said.starts_with("granted `demo-read` to `spiffe://entente.local/agent/ops/dan` for 3s"),
         "{said}"
     );
-    let mut listener = Command::new(env!("CARGO_BIN_EXE_entente"))
-        .args(["listen", "--identity", s(&dan), "--hub", &addr, "demo.>"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    BufReader::new(listener.stderr.as_mut().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    assert!(ready.contains("listening"), "{ready}");
+    let listener = spawn_ready(
+        &["listen", "--identity", s(&dan), "--hub", &addr, "demo.>"],
+        "listening",
+    );
     ok_as(
         &alice,
         &addr,
@@ -385,8 +377,8 @@ fn a_payment_is_held_until_the_administrator_approves_it() {
     let alice = enroll(tmp.path(), &data, &addr, "--agent", "demo/alice");
     let bob = enroll(tmp.path(), &data, &addr, "--agent", "demo/bob");
 
-    let mut listener = Command::new(env!("CARGO_BIN_EXE_entente"))
-        .args([
+    let listener = spawn_ready(
+        &[
             "listen",
             "--identity",
             s(&bob),
@@ -395,16 +387,9 @@ fn a_payment_is_held_until_the_administrator_approves_it() {
             "demo.payments.>",
             "--count",
             "1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    BufReader::new(listener.stderr.as_mut().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    assert!(ready.contains("listening"), "{ready}");
+        ],
+        "listening",
+    );
 
     // send --purpose: default.cedar holds `demo.payments.>` for one approval.
     let said = ok_as(

@@ -10,12 +10,11 @@
 mod support;
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Child,
 };
 
-use support::{entente, ok, s, start, stop};
+use support::{entente, ok, s, spawn_ready, start, stop};
 
 /// Enrolls `name` (SEGMENT/NAME) through the admin identity of the hub in `data`.
 fn enroll(data: &Path, addr: &str, name: &str, out: &Path) -> PathBuf {
@@ -46,8 +45,8 @@ fn enroll(data: &Path, addr: &str, name: &str, out: &Path) -> PathBuf {
 
 /// Starts `entente serve … direct --exec EXEC --count 1` and waits until it serves.
 fn serve(identity: &Path, addr: &str, exec: &str) -> Child {
-    let mut server = Command::new(env!("CARGO_BIN_EXE_entente"))
-        .args([
+    spawn_ready(
+        &[
             "serve",
             "--identity",
             s(identity),
@@ -58,17 +57,9 @@ fn serve(identity: &Path, addr: &str, exec: &str) -> Child {
             exec,
             "--count",
             "1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    BufReader::new(server.stderr.as_mut().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    assert!(ready.contains("serving `_direct.demo.bob`"), "{ready}");
-    server
+        ],
+        "serving `_direct.demo.bob`",
+    )
 }
 
 #[test]

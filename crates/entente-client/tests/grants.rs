@@ -58,18 +58,6 @@ async fn admin(hub: &TestHub) -> Client {
     hub.connect(hub.admin().unwrap()).await.unwrap()
 }
 
-async fn agent(hub: &TestHub, segment: &str, name: &str) -> Client {
-    hub.connect(hub.enroll(segment, name).await.unwrap())
-        .await
-        .unwrap()
-}
-
-async fn human(hub: &TestHub, name: &str) -> Client {
-    hub.connect(hub.enroll_human(name).await.unwrap())
-        .await
-        .unwrap()
-}
-
 /// The error that ends `subscription`, within `limit`.
 async fn ended(subscription: &mut Subscription, limit: Duration) -> entente_client::Error {
     match tokio::time::timeout(limit, subscription.next()).await {
@@ -82,8 +70,8 @@ async fn ended(subscription: &mut Subscription, limit: Duration) -> entente_clie
 async fn a_direct_grant_opens_exactly_its_policy_and_ends_on_time() {
     let hub = hub().await;
     let admin = admin(&hub).await;
-    let eve = agent(&hub, "ops", "eve").await;
-    let alice = agent(&hub, "shop", "alice").await;
+    let eve = hub.connect_agent("ops", "eve").await.unwrap();
+    let alice = hub.connect_agent("shop", "alice").await.unwrap();
 
     let before = eve.subscribe("orders.>").await.unwrap_err();
     assert_eq!(before.refusal_code(), Some(RefusalCode::Denied), "{before}");
@@ -156,7 +144,7 @@ async fn a_direct_grant_opens_exactly_its_policy_and_ends_on_time() {
 async fn one_approval_grants_a_request_and_nobody_approves_their_own() {
     let hub = hub().await;
     let admin = admin(&hub).await;
-    let eve = agent(&hub, "ops", "eve").await;
+    let eve = hub.connect_agent("ops", "eve").await.unwrap();
 
     let request = eve
         .request_grant("orders-read", Duration::from_secs(60), "INC-2: a look")
@@ -197,9 +185,9 @@ async fn one_approval_grants_a_request_and_nobody_approves_their_own() {
 #[tokio::test]
 async fn two_approvals_by_two_humans_grant_and_the_same_approver_counts_once() {
     let hub = hub().await;
-    let eve = agent(&hub, "ops", "eve").await;
-    let ann = human(&hub, "ann").await;
-    let bob = human(&hub, "bob").await;
+    let eve = hub.connect_agent("ops", "eve").await.unwrap();
+    let ann = hub.connect_human("ann").await.unwrap();
+    let bob = hub.connect_human("bob").await.unwrap();
 
     let request = eve
         .request_grant(
@@ -246,7 +234,7 @@ async fn two_approvals_by_two_humans_grant_and_the_same_approver_counts_once() {
 async fn a_rejection_closes_a_request_and_the_requester_may_withdraw() {
     let hub = hub().await;
     let admin = admin(&hub).await;
-    let eve = agent(&hub, "ops", "eve").await;
+    let eve = hub.connect_agent("ops", "eve").await.unwrap();
 
     let first = eve
         .request_grant("orders-read", Duration::from_secs(60), "INC-3")
@@ -295,7 +283,7 @@ async fn unknown_and_expired_requests_are_refused() {
         .await
         .unwrap();
     let admin = admin(&hub).await;
-    let eve = agent(&hub, "ops", "eve").await;
+    let eve = hub.connect_agent("ops", "eve").await.unwrap();
 
     let e = admin.approve("r-99").await.unwrap_err();
     assert!(e.to_string().contains("no request `r-99`"), "{e}");
@@ -323,8 +311,8 @@ async fn unknown_and_expired_requests_are_refused() {
 async fn grants_are_refused_for_unknown_names_long_durations_and_without_a_permit() {
     let hub = hub().await;
     let admin = admin(&hub).await;
-    let eve = agent(&hub, "ops", "eve").await;
-    let alice = agent(&hub, "shop", "alice").await;
+    let eve = hub.connect_agent("ops", "eve").await.unwrap();
+    let alice = hub.connect_agent("shop", "alice").await.unwrap();
     let minute = Duration::from_secs(60);
 
     let e = admin
@@ -386,8 +374,8 @@ async fn grants_are_refused_for_unknown_names_long_durations_and_without_a_permi
 async fn principals_see_their_own_grants_and_administrators_see_all() {
     let hub = hub().await;
     let admin = admin(&hub).await;
-    let eve = agent(&hub, "ops", "eve").await;
-    let alice = agent(&hub, "shop", "alice").await;
+    let eve = hub.connect_agent("ops", "eve").await.unwrap();
+    let alice = hub.connect_agent("shop", "alice").await.unwrap();
     admin
         .grant(
             eve.principal(),
@@ -457,8 +445,8 @@ async fn grants_and_requests_survive_a_restart() {
 async fn a_grant_ended_early_ends_the_subscription_it_opened() {
     let hub = hub().await;
     let admin = admin(&hub).await;
-    let eve = agent(&hub, "ops", "eve").await;
-    let dan = agent(&hub, "ops", "dan").await;
+    let eve = hub.connect_agent("ops", "eve").await.unwrap();
+    let dan = hub.connect_agent("ops", "dan").await.unwrap();
     let grant = admin
         .grant(
             eve.principal(),

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use entente_client::{ApprovalOutcome, Client, ErrorKind};
+use entente_client::{ApprovalOutcome, ErrorKind};
 use entente_testkit::TestHub;
 use tokio_stream::StreamExt as _;
 
@@ -32,24 +32,15 @@ const POLICIES: &str = r#"
     permit (principal is Human, action == Action::"approve", resource in Namespace::"orders.wire");
 "#;
 
-async fn agent(hub: &TestHub, segment: &str, name: &str) -> Client {
-    hub.connect(hub.enroll(segment, name).await.unwrap())
-        .await
-        .unwrap()
-}
-
-async fn human(hub: &TestHub, name: &str) -> Client {
-    hub.connect(hub.enroll_human(name).await.unwrap())
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_held_message_is_delivered_after_two_approvals_and_never_after_a_rejection() {
     let hub = TestHub::builder().policies(POLICIES).start().await.unwrap();
-    let alice = agent(&hub, "shop", "alice").await;
-    let bob = agent(&hub, "shop", "bob").await;
-    let (ops1, ops2) = (human(&hub, "ops1").await, human(&hub, "ops2").await);
+    let alice = hub.connect_agent("shop", "alice").await.unwrap();
+    let bob = hub.connect_agent("shop", "bob").await.unwrap();
+    let (ops1, ops2) = (
+        hub.connect_human("ops1").await.unwrap(),
+        hub.connect_human("ops2").await.unwrap(),
+    );
     let mut wires = bob.subscribe("orders.>").await.unwrap();
 
     // A channel that holds nothing routes at once.
@@ -133,7 +124,7 @@ async fn an_approver_refuses_a_held_message_its_sender_did_not_sign() {
 
     let hub = TestHub::builder().policies(POLICIES).start().await.unwrap();
     let alice = hub.enroll("shop", "alice").await.unwrap();
-    let ops1 = human(&hub, "ops1").await;
+    let ops1 = hub.connect_human("ops1").await.unwrap();
 
     // Alice's connection sends a batch whose signature does not cover its envelope: the hub
     // cannot tell (it holds no keys), approvers can.

@@ -34,7 +34,7 @@
 use std::time::{Duration, SystemTime};
 
 use entente_ca::{RESERVED_SEGMENT, Revocations, TokenError, VerifiedRevocationList};
-use entente_policy::{Action, Resource, Subject};
+use entente_policy::{Action, Resource};
 use entente_store::StoreError;
 use entente_types::Principal;
 use entente_wire::{
@@ -42,7 +42,6 @@ use entente_wire::{
 };
 use tokio::sync::MutexGuard;
 
-use crate::authz::Denied;
 use crate::renew::Caller;
 use crate::rpc::{self, RpcError, Services};
 use crate::stats;
@@ -131,7 +130,7 @@ async fn create_token_inner<R>(
     request: CreateTokenRequest,
     now: SystemTime,
 ) -> Result<CreateTokenResponse, RpcError> {
-    open(caller)?;
+    rpc::open(caller)?;
     let principal = Principal::parse(&request.agent)
         .map_err(|e| RpcError::BadRequest(format!("`agent` is not an agent or human id: {e}")))?;
     let trust_domain = services.ca.trust_domain();
@@ -202,7 +201,7 @@ async fn revoke_inner<R>(
     request: RevokeRequest,
     now: SystemTime,
 ) -> Result<RevokeResponse, RpcError> {
-    open(caller)?;
+    rpc::open(caller)?;
     if request.principals.is_empty() && request.serials.is_empty() {
         return Err(RpcError::BadRequest(
             "nothing to revoke: name at least one principal or serial".into(),
@@ -384,11 +383,11 @@ pub(crate) fn authorize_on_hub<R>(
     now: SystemTime,
     what: &str,
 ) -> Result<(), RpcError> {
-    open(caller)?;
+    rpc::open(caller)?;
     if listed(services, caller) {
         return Ok(());
     }
-    decide(
+    rpc::decide_for(
         services,
         caller,
         Action::Admin,
@@ -418,7 +417,7 @@ fn permit<R>(
              whom only another listed administrator may enroll or revoke"
         )));
     }
-    decide(
+    rpc::decide_for(
         services,
         caller,
         action,
@@ -428,34 +427,10 @@ fn permit<R>(
     )
 }
 
-/// Asks the running policies, uncached, with the caller's grants.
-fn decide<R>(
-    services: &Services<R>,
-    caller: &Caller,
-    action: Action,
-    resource: &Resource<'_>,
-    now_ms: u64,
-    what: &str,
-) -> Result<(), RpcError> {
-    let subject = Subject::new(caller.principal.clone(), Vec::<String>::new());
-    services
-        .authz
-        .decide(&subject, action, resource, now_ms)
-        .map_err(|Denied(why)| RpcError::Denied(format!("{what} is denied: {why}")))
-}
-
 /// Whether the caller is listed in [`HubConfig::admins`](crate::HubConfig::admins): the
 /// break-glass administrators.
 fn listed<R>(services: &Services<R>, caller: &Caller) -> bool {
     services.admins.contains(&caller.principal)
-}
-
-/// Refuses a caller whose connection is closing.
-fn open(caller: &Caller) -> Result<(), RpcError> {
-    match caller.control.reason() {
-        Some(reason) => Err(RpcError::Closed(reason)),
-        None => Ok(()),
-    }
 }
 
 // === helpers ===

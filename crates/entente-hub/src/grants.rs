@@ -39,7 +39,6 @@ use entente_wire::{
 use prost::Message as _;
 use tonic::Status;
 
-use crate::authz::Denied;
 use crate::grant_state::GrantChangeError;
 use crate::held::{self, HoldError};
 use crate::renew::Caller;
@@ -172,7 +171,7 @@ async fn revoke_grant_inner<R>(
     request: RevokeGrantRequest,
     now: SystemTime,
 ) -> Result<RevokeGrantResponse, RpcError> {
-    open(caller)?;
+    rpc::open(caller)?;
     let id: GrantId = request
         .id
         .parse()
@@ -216,7 +215,7 @@ async fn grant_inner<R>(
     request: GrantRequest,
     now: SystemTime,
 ) -> Result<GrantResponse, RpcError> {
-    open(caller)?;
+    rpc::open(caller)?;
     let principal = principal_of(services, "principal", &request.principal)?;
     let end = match (request.duration_ms, request.not_after_ms) {
         (0, 0) => {
@@ -268,7 +267,7 @@ async fn request_inner<R>(
     request: RequestGrantRequest,
     now: SystemTime,
 ) -> Result<RequestGrantResponse, RpcError> {
-    open(caller)?;
+    rpc::open(caller)?;
     let now_ms = rpc::unix_ms(now);
     let new = NewRequest {
         requester: caller.principal.clone(),
@@ -296,18 +295,9 @@ async fn approve_inner<R>(
     request: ApproveRequest,
     now: SystemTime,
 ) -> Result<ApproveResponse, RpcError> {
-    open(caller)?;
+    rpc::open(caller)?;
     let now_ms = rpc::unix_ms(now);
-    let wire = request
-        .statement
-        .ok_or_else(|| RpcError::BadRequest("`statement` is missing".into()))?;
-    let statement = statement_of(wire)?;
-    if statement.approver != caller.principal {
-        return Err(RpcError::Denied(format!(
-            "the statement is signed as `{}`, not as the caller `{}`: approve as yourself",
-            statement.approver, caller.principal
-        )));
-    }
+    let statement = callers_statement(caller, request.statement)?;
     if statement.kind != ObjectKind::GrantRequest {
         return Err(RpcError::Grant(GrantError::WrongKind(statement.kind)));
     }
@@ -375,8 +365,24 @@ async fn approve_inner<R>(
     })
 }
 
+/// The statement of an `Approve`, parsed, which must be signed as the caller.
+pub(crate) fn callers_statement(
+    caller: &Caller,
+    wire: Option<entente_wire::ApprovalStatement>,
+) -> Result<entente_crypto::ApprovalStatement, RpcError> {
+    let wire = wire.ok_or_else(|| RpcError::BadRequest("`statement` is missing".into()))?;
+    let statement = statement_of(wire)?;
+    if statement.approver != caller.principal {
+        return Err(RpcError::Denied(format!(
+            "the statement is signed as `{}`, not as the caller `{}`: approve as yourself",
+            statement.approver, caller.principal
+        )));
+    }
+    Ok(statement)
+}
+
 /// The statement of an `Approve`, parsed.
-pub(crate) fn statement_of(
+fn statement_of(
     wire: entente_wire::ApprovalStatement,
 ) -> Result<entente_crypto::ApprovalStatement, RpcError> {
     let bad = |field: &str, why: String| RpcError::BadRequest(format!("`{field}`: {why}"));
@@ -471,7 +477,7 @@ fn list_inner<R>(
     request: ListGrantsRequest,
     now: SystemTime,
 ) -> Result<ListGrantsResponse, RpcError> {
-    open(caller)?;
+    rpc::open(caller)?;
     let filter = match request.principal.as_str() {
         "" => None,
         text => Some(principal_of(services, "principal", text)?),
@@ -609,14 +615,6 @@ pub(crate) fn request_info(request: &BookRequest, now_ms: u64) -> GrantRequestIn
 
 // === helpers ===
 
-/// Refuses a caller whose connection is closing.
-pub(crate) fn open(caller: &Caller) -> Result<(), RpcError> {
-    match caller.control.reason() {
-        Some(reason) => Err(RpcError::Closed(reason)),
-        None => Ok(()),
-    }
-}
-
 /// Asks the policies whether the caller may do `action` on `target`, with the caller's
 /// grants; `what` names the act in a refusal.
 fn permit<R>(
@@ -627,14 +625,18 @@ fn permit<R>(
     now_ms: u64,
     what: &str,
 ) -> Result<(), RpcError> {
-    let subject = Subject::new(caller.principal.clone(), Vec::<String>::new());
-    services
-        .authz
-        .decide(&subject, action, &Resource::principal(target), now_ms)
-        .map_err(|Denied(why)| {
-            stats::bump(&services.stats.denials);
-            RpcError::Denied(format!("{what} is denied: {why}"))
-        })
+    let decided = rpc::decide_for(
+        services,
+        caller,
+        action,
+        &Resource::principal(target),
+        now_ms,
+        what,
+    );
+    if decided.is_err() {
+        stats::bump(&services.stats.denials);
+    }
+    decided
 }
 
 /// An agent or human of this hub's trust domain, not of the reserved segment.

@@ -207,19 +207,9 @@ pub(crate) async fn approve<R: Router>(
     request: ApproveRequest,
     now: SystemTime,
 ) -> Result<ApproveResponse, ApproveError> {
-    grants::open(caller)?;
+    rpc::open(caller)?;
     let now_ms = rpc::unix_ms(now);
-    let wire = request
-        .statement
-        .ok_or_else(|| RpcError::BadRequest("`statement` is missing".into()))?;
-    let statement = grants::statement_of(wire)?;
-    if statement.approver != caller.principal {
-        return Err(RpcError::Denied(format!(
-            "the statement is signed as `{}`, not as the caller `{}`: approve as yourself",
-            statement.approver, caller.principal
-        ))
-        .into());
-    }
+    let statement = grants::callers_statement(caller, request.statement)?;
     let id = statement.object_id.clone();
     let holds = services.authz.holds();
     let (sender, channel) = holds
@@ -288,7 +278,7 @@ pub(crate) fn list<R>(
     _request: ListHeldRequest,
     now: SystemTime,
 ) -> Result<ListHeldResponse, RpcError> {
-    grants::open(caller)?;
+    rpc::open(caller)?;
     let now_ms = rpc::unix_ms(now);
     let mut approver_of: HashMap<Channel, bool> = HashMap::new();
     let held = services.authz.holds().list(now_ms, |sender, channel| {

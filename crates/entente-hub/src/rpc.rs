@@ -16,16 +16,17 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use entente_ca::{Ca, IssueError};
-use entente_policy::GrantError;
+use entente_policy::{Action, GrantError, Resource, Subject};
 use entente_store::StoreError;
 use entente_types::Principal;
 use entente_wire::Limits;
 use tonic::{Request, Response, Status};
 
-use crate::authz::Authz;
+use crate::authz::{Authz, Denied};
 use crate::connections::Connections;
 use crate::control::CloseReason;
 use crate::registry::Registry;
+use crate::renew::Caller;
 use crate::stats::Stats;
 use crate::verifier::RevocationState;
 
@@ -276,6 +277,31 @@ where
 // === helpers ===
 
 /// Unix milliseconds of `t` (0 before the epoch, saturating far after).
+/// Refuses a caller whose connection is closing.
+pub(crate) fn open(caller: &Caller) -> Result<(), RpcError> {
+    match caller.control.reason() {
+        Some(reason) => Err(RpcError::Closed(reason)),
+        None => Ok(()),
+    }
+}
+
+/// Asks the running policies, uncached and with the caller's grants, whether the caller may
+/// do `action` on `resource`; `what` names the act in a refusal.
+pub(crate) fn decide_for<R>(
+    services: &Services<R>,
+    caller: &Caller,
+    action: Action,
+    resource: &Resource<'_>,
+    now_ms: u64,
+    what: &str,
+) -> Result<(), RpcError> {
+    let subject = Subject::new(caller.principal.clone(), Vec::<String>::new());
+    services
+        .authz
+        .decide(&subject, action, resource, now_ms)
+        .map_err(|Denied(why)| RpcError::Denied(format!("{what} is denied: {why}")))
+}
+
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -17,18 +17,18 @@ use std::time::{Duration, SystemTime};
 
 use entente_crypto::{ApprovalStatement, GrantRequestBody, ObjectKind, Verdict};
 use entente_hub::{
-    APPROVE_PATH, GRANT_PATH, Hub, HubConfig, HubError, HubHandle, LIST_GRANTS_PATH,
-    REQUEST_GRANT_PATH, RefusalCode,
+    GRANT_PATH, Hub, HubConfig, HubError, HubHandle, LIST_GRANTS_PATH, REQUEST_GRANT_PATH,
+    RefusalCode,
 };
 use entente_store::{EmbeddedStore, Store};
 use entente_types::{HumanId, Principal};
 use entente_wire::{
-    ApproveRequest, ApproveResponse, GrantInfo, GrantRequest, GrantRequestInfo, GrantResponse,
-    ListGrantsRequest, ListGrantsResponse, RequestGrantRequest, RequestGrantResponse, server_frame,
+    ApproveRequest, GrantInfo, GrantRequest, GrantRequestInfo, GrantResponse, ListGrantsRequest,
+    ListGrantsResponse, RequestGrantRequest, RequestGrantResponse, server_frame,
 };
 use support::{
-    Agent, Enrollment, FlakyStore, SessionExt, TestCa, ack, enroll, enroll_raw, now_ms, signed,
-    sources,
+    Agent, Enrollment, FlakyStore, SessionExt, TestCa, ack, approve, enroll, enroll_raw, now_ms,
+    refused, signed, sources,
 };
 use tonic::{Code, Status};
 
@@ -143,20 +143,6 @@ fn statement(approver: &Agent, request: &GrantRequestInfo, verdict: Verdict) -> 
             signed_at_ms: now_ms(),
         },
     )
-}
-
-async fn approve(
-    hub: &HubHandle,
-    caller: &Agent,
-    request: ApproveRequest,
-) -> Result<ApproveResponse, Status> {
-    caller.connect(hub).await.unary(APPROVE_PATH, request).await
-}
-
-fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, says: &str) {
-    let status = result.unwrap_err();
-    assert_eq!(status.code(), code, "{status:?}");
-    assert!(status.message().contains(says), "{says}: {status:?}");
 }
 
 #[tokio::test]

@@ -16,18 +16,18 @@ use entente_crypto::{ApprovalStatement, ObjectKind, Verdict, envelope_digest};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use entente_hub::{APPROVE_PATH, Hub, HubConfig, HubError, HubHandle, LIST_HELD_PATH, RefusalCode};
+use entente_hub::{Hub, HubConfig, HubError, HubHandle, LIST_HELD_PATH, RefusalCode};
 use entente_store::{EmbeddedStore, Store as _};
 use entente_types::{HumanId, Principal};
 use entente_wire::{
-    ApproveRequest, ApproveResponse, HeldMessage, ListHeldRequest, ListHeldResponse, Publish,
-    SenderKey, SignedBatch, client_frame, server_frame,
+    ApproveRequest, HeldMessage, ListHeldRequest, ListHeldResponse, Publish, SenderKey,
+    SignedBatch, client_frame, server_frame,
 };
 use support::{
-    Agent, FlakyStore, SessionExt, TestCa, ack, frame, now_ms, refusal, signed, sources, start,
-    start_with_store,
+    Agent, FlakyStore, SessionExt, TestCa, ack, approve, frame, now_ms, refusal, refused, signed,
+    sources, start, start_with_store,
 };
-use tonic::{Code, Status};
+use tonic::Code;
 
 /// Segment `shop` publishes and reads `orders.>`; a wire transfer (`orders.wire.>`) waits for
 /// two approvals; humans approve them.
@@ -99,20 +99,6 @@ fn statement(approver: &Agent, held: &HeldMessage, verdict: Verdict) -> ApproveR
             signed_at_ms: now_ms(),
         },
     )
-}
-
-async fn approve(
-    hub: &HubHandle,
-    caller: &Agent,
-    request: ApproveRequest,
-) -> Result<ApproveResponse, Status> {
-    caller.connect(hub).await.unary(APPROVE_PATH, request).await
-}
-
-fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, says: &str) {
-    let status = result.unwrap_err();
-    assert_eq!(status.code(), code, "{status:?}");
-    assert!(status.message().contains(says), "{says}: {status:?}");
 }
 
 #[tokio::test]

@@ -11,95 +11,22 @@
     clippy::panic
 )]
 
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+mod common;
 
-use entente_store::{AgentRecord, EmbeddedStore, Store, StoreError, TokenRecord};
-
-fn fixture() -> PathBuf {
-    Path::new("tests/fixtures/store-v1.redb").to_path_buf()
-}
-
-const ALICE: &str = "spiffe://entente.test/agent/ops/alice";
-const BOB: &str = "spiffe://entente.test/agent/research/bob";
-
-fn agents() -> Vec<AgentRecord> {
-    vec![
-        AgentRecord {
-            principal: ALICE.to_owned(),
-            segment: Some("ops".to_owned()),
-            enrolled_at_ms: 1_767_225_600_000,
-            certificate_serials: vec![vec![0x01, 0x23, 0x45], vec![0xfe; 20]],
-            key_epoch: 2,
-            suspended: false,
-        },
-        AgentRecord {
-            principal: BOB.to_owned(),
-            segment: None,
-            enrolled_at_ms: 1_767_225_700_000,
-            certificate_serials: vec![],
-            key_epoch: 0,
-            suspended: true,
-        },
-    ]
-}
-
-fn token(byte: u8, used: bool) -> TokenRecord {
-    TokenRecord {
-        hash: [byte; 32],
-        agent: ALICE.to_owned(),
-        created_ms: 1_767_225_600_000,
-        expires_ms: 1_767_229_200_000,
-        used,
-    }
-}
+use common::{check_common, copy_of};
+use entente_store::{EmbeddedStore, Store};
 
 #[tokio::test]
 async fn committed_store_opens_with_its_contents() {
-    // Work on a copy: opening writes to the file, and git does not keep modes.
     let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("store.redb");
-    fs::copy(fixture(), &path).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-
+    let path = copy_of(1, &tmp);
     let store = EmbeddedStore::open(&path).unwrap();
-    assert_eq!(store.agents().await.unwrap(), agents());
-    assert_eq!(store.agent(BOB).await.unwrap(), Some(agents()[1].clone()));
-    assert_eq!(
-        store.key_bundle(ALICE, 1).await.unwrap(),
-        Some(b"alice-bundle-1".to_vec())
-    );
-    assert_eq!(
-        store.latest_key_bundle(ALICE).await.unwrap(),
-        Some((2, b"alice-bundle-2".to_vec()))
-    );
-    assert_eq!(
-        store.latest_key_bundle(BOB).await.unwrap(),
-        Some((0, vec![0, 1, 2, 255]))
-    );
-    assert_eq!(
-        store.revocations().await.unwrap(),
-        Some((7, b"revocation-list-7".to_vec()))
-    );
-    assert_eq!(
-        store.config("hub.listen").await.unwrap(),
-        Some(b"127.0.0.1:7222".to_vec())
-    );
-    assert!(matches!(
-        store.redeem_token(&[0xbb; 32], 1_767_225_600_002).await,
-        Err(StoreError::TokenUsed)
-    ));
-    assert_eq!(
-        store
-            .redeem_token(&[0xaa; 32], 1_767_225_600_002)
-            .await
-            .unwrap(),
-        token(0xaa, true)
-    );
-    // Migrated: no grant book yet, and one can be stored.
+    check_common(&store).await;
+    // Migrated: no grant book and no held message yet, and both can be stored.
     assert_eq!(store.grants().await.unwrap(), None);
+    assert!(store.held().await.unwrap().is_empty());
     store.put_grants(1, b"book").await.unwrap();
+    store.put_held("m-1", b"held").await.unwrap();
     // And the old file takes new writes.
     store
         .put_config("hub.listen", b"0.0.0.0:7222")
@@ -112,6 +39,7 @@ async fn committed_store_opens_with_its_contents() {
         Some(b"0.0.0.0:7222".to_vec())
     );
     assert_eq!(store.grants().await.unwrap(), Some((1, b"book".to_vec())));
+    assert_eq!(store.held().await.unwrap().len(), 1);
     assert_eq!(
         store.revocations().await.unwrap(),
         Some((7, b"revocation-list-7".to_vec()))

@@ -10,108 +10,21 @@
     clippy::panic
 )]
 
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+mod common;
 
-use entente_store::{AgentRecord, EmbeddedStore, Store, StoreError, TokenRecord};
-use redb::{ReadableDatabase, TableDefinition};
-
-fn fixture() -> PathBuf {
-    Path::new("tests/fixtures/store-v2.redb").to_path_buf()
-}
-
-const ALICE: &str = "spiffe://entente.test/agent/ops/alice";
-const BOB: &str = "spiffe://entente.test/agent/research/bob";
-/// Opaque to the store: the bytes of an encoded grant book at revision 12.
-const BOOK: &[u8] = br#"{"version":1,"revision":12}"#;
-
-fn agents() -> Vec<AgentRecord> {
-    vec![
-        AgentRecord {
-            principal: ALICE.to_owned(),
-            segment: Some("ops".to_owned()),
-            enrolled_at_ms: 1_767_225_600_000,
-            certificate_serials: vec![vec![0x01, 0x23, 0x45], vec![0xfe; 20]],
-            key_epoch: 2,
-            suspended: false,
-        },
-        AgentRecord {
-            principal: BOB.to_owned(),
-            segment: None,
-            enrolled_at_ms: 1_767_225_700_000,
-            certificate_serials: vec![],
-            key_epoch: 0,
-            suspended: true,
-        },
-    ]
-}
-
-fn token(byte: u8, used: bool) -> TokenRecord {
-    TokenRecord {
-        hash: [byte; 32],
-        agent: ALICE.to_owned(),
-        created_ms: 1_767_225_600_000,
-        expires_ms: 1_767_229_200_000,
-        used,
-    }
-}
+use common::{BOOK, check_common, copy_of};
+use entente_store::{EmbeddedStore, Store, StoreError};
 
 #[tokio::test]
 async fn committed_store_opens_with_its_contents() {
-    // Work on a copy: opening writes to the file, and git does not keep modes.
     let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("store.redb");
-    fs::copy(fixture(), &path).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-
-    // Written as version 2, by the table itself.
-    {
-        const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-        let db = redb::Database::open(&path).unwrap();
-        let tx = db.begin_read().unwrap();
-        let meta = tx.open_table(META).unwrap();
-        assert_eq!(
-            meta.get("format_version").unwrap().map(|v| v.value()),
-            Some(2)
-        );
-    }
-
+    let path = copy_of(2, &tmp);
     let store = EmbeddedStore::open(&path).unwrap();
-    assert_eq!(store.agents().await.unwrap(), agents());
-    assert_eq!(store.agent(BOB).await.unwrap(), Some(agents()[1].clone()));
-    assert_eq!(
-        store.key_bundle(ALICE, 1).await.unwrap(),
-        Some(b"alice-bundle-1".to_vec())
-    );
-    assert_eq!(
-        store.latest_key_bundle(ALICE).await.unwrap(),
-        Some((2, b"alice-bundle-2".to_vec()))
-    );
-    assert_eq!(
-        store.latest_key_bundle(BOB).await.unwrap(),
-        Some((0, vec![0, 1, 2, 255]))
-    );
-    assert_eq!(
-        store.revocations().await.unwrap(),
-        Some((7, b"revocation-list-7".to_vec()))
-    );
+    check_common(&store).await;
     assert_eq!(store.grants().await.unwrap(), Some((12, BOOK.to_vec())));
-    assert_eq!(
-        store.config("hub.listen").await.unwrap(),
-        Some(b"127.0.0.1:7222".to_vec())
-    );
-    assert!(matches!(
-        store.redeem_token(&[0xbb; 32], 1_767_225_600_002).await,
-        Err(StoreError::TokenUsed)
-    ));
-    assert_eq!(
-        store
-            .redeem_token(&[0xaa; 32], 1_767_225_600_002)
-            .await
-            .unwrap(),
-        token(0xaa, true)
-    );
+    // Migrated: no held message yet, and one can be stored.
+    assert!(store.held().await.unwrap().is_empty());
+    store.put_held("m-1", b"held").await.unwrap();
     // Versions still only move forward, and the file takes new writes.
     assert!(matches!(
         store.put_grants(12, b"stale").await,
@@ -124,4 +37,5 @@ async fn committed_store_opens_with_its_contents() {
     store.close().unwrap();
     let store = EmbeddedStore::open(&path).unwrap();
     assert_eq!(store.grants().await.unwrap(), Some((13, b"next".to_vec())));
+    assert_eq!(store.held().await.unwrap().len(), 1);
 }

@@ -215,6 +215,16 @@ impl TestHub {
         self.connect_with(identity, ClientOptions::new()).await
     }
 
+    /// Enrolls the agent `segment/name` and connects it.
+    pub async fn connect_agent(&self, segment: &str, name: &str) -> Result<Client> {
+        self.connect(self.enroll(segment, name).await?).await
+    }
+
+    /// Enrolls the human `name` and connects it.
+    pub async fn connect_human(&self, name: &str) -> Result<Client> {
+        self.connect(self.enroll_human(name).await?).await
+    }
+
     /// Connects `identity` to the hub with `options`.
     pub async fn connect_with(&self, identity: Identity, options: ClientOptions) -> Result<Client> {
         let principal = identity.principal().clone();

@@ -119,3 +119,20 @@ pub fn ok(args: &[&str]) -> String {
 pub fn s(path: &Path) -> &str {
     path.to_str().unwrap()
 }
+
+/// Starts `entente ARGS` in the background and waits for its first line on standard error,
+/// which must contain `ready` (`listening`, `serving …`).
+pub fn spawn_ready(args: &[&str], ready: &str) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_entente"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains(ready), "{line}");
+    child
+}

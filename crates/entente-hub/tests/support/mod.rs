@@ -423,6 +423,30 @@ pub fn refusal(kind: server_frame::Kind) -> (u64, RefusalCode) {
 
 // === approvals ===
 
+/// Sends `request` to the hub's `Approve` as `caller`.
+pub async fn approve(
+    hub: &HubHandle,
+    caller: &Agent,
+    request: entente_wire::ApproveRequest,
+) -> Result<entente_wire::ApproveResponse, tonic::Status> {
+    caller
+        .connect(hub)
+        .await
+        .unary(entente_hub::APPROVE_PATH, request)
+        .await
+}
+
+/// Fails the test unless `result` is a refusal with `code` whose message contains `says`.
+pub fn refused<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    says: &str,
+) {
+    let status = result.unwrap_err();
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(status.message().contains(says), "{says}: {status:?}");
+}
+
 /// `statement` signed with `signer`'s message key, as an `Approve` request carrying the
 /// signer's key bundle.
 pub fn signed(
