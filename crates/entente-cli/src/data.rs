@@ -427,9 +427,10 @@ permit (
 )
 when { context.grants.contains("demo-read") };
 
-// A high-stakes channel: what an agent publishes under `demo.payments.` is held in the hub,
-// still sealed, until a principal other than its sender approves it (the administrator may:
-// `entente approvals`, `entente approve ID`), or one rejects it. The sender states why:
+// A high-stakes channel: what an agent publishes on `demo.payments` or under it is held in
+// the hub, still sealed, until a principal other than its sender approves it (the
+// administrator may: `entente approvals`, `entente approve ID`), or one rejects it. The sender
+// states why:
 //
 //   entente send demo.payments.out "pay invoice 42" --purpose "invoice 42, due today" \
 //       --identity AGENT --hub ADDR
@@ -438,7 +439,8 @@ when { context.grants.contains("demo-read") };
 // stakes require.
 @id("demo-payments-need-approval")
 @hold
-forbid (principal, action == Action::"publish", resource in Namespace::"demo.payments")
+forbid (principal, action == Action::"publish", resource)
+when { resource == Channel::"demo.payments" || resource in Namespace::"demo.payments" }
 unless { context.approvals >= 1 };
 "#;
 

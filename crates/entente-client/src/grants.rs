@@ -242,12 +242,19 @@ impl Client {
     /// The messages held for approval that this principal may see: its own, and those on
     /// channels it may approve for, pending or decided within the hour, in the order the hub
     /// received them. The payloads stay sealed.
+    ///
+    /// The list leaves out each message's sealed batch; [`approve`](Self::approve) fetches the
+    /// one it decides, with its batch.
     pub async fn held(&self) -> Result<Vec<HeldMessage>, Error> {
+        self.list_held(String::new()).await
+    }
+
+    async fn list_held(&self, message_id: String) -> Result<Vec<HeldMessage>, Error> {
         let response: ListHeldResponse = self
             .transport()
             .unary(
                 entente_hub::LIST_HELD_PATH,
-                ListHeldRequest::default(),
+                ListHeldRequest { message_id },
                 self.request_timeout(),
                 "listing held messages",
             )
@@ -300,13 +307,19 @@ impl Client {
     }
 
     async fn decide_held(&self, id: &str, verdict: Verdict) -> Result<ApprovalOutcome, Error> {
-        let held = self.held().await?;
+        let held = self.list_held(id.to_owned()).await?;
         let message = held.iter().find(|h| h.message_id == id).ok_or_else(|| {
             Error::new(
                 ErrorKind::Refused,
                 format!("the hub shows no held message `{id}` to this principal"),
             )
         })?;
+        if message.state != "pending" {
+            return Err(Error::new(
+                ErrorKind::Refused,
+                format!("held message `{id}` is {}", message.state.escape_debug()),
+            ));
+        }
         let hash = held_hash(message)?;
         if verdict == Verdict::Approve {
             self.check_sender_signed(message).await?;

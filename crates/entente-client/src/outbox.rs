@@ -180,7 +180,15 @@ impl Outbox {
         let (payloads, tickets): (Vec<Vec<u8>>, Vec<T>) =
             run.into_iter().map(|m| (m.payload, m.ticket)).unzip();
         let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-        let sealed = self.seal_batch(&channel, &recipients, &payloads, reply_to.as_ref(), now_ms);
+        let mut sealed =
+            self.seal_batch(&channel, &recipients, &payloads, reply_to.as_ref(), now_ms);
+        // A message held for approval may be released long after, or alone of its epoch (the
+        // frames before it rejected): it carries the sender key with it, always.
+        if !purpose.is_empty()
+            && let Ok((sender_key @ None, _)) = &mut sealed
+        {
+            *sender_key = self.channels.get(&channel).map(|c| c.sender_key.clone());
+        }
         if channel.tokens().next() == Some(REPLY_PREFIX) {
             self.channels.remove(&channel);
         }
@@ -513,6 +521,45 @@ pub(crate) mod tests {
         ));
         assert_eq!(third[0].1.sender_keys.len(), 1);
         assert_eq!(third[0].1.sender_keys[0].epoch, epoch);
+    }
+
+    #[test]
+    fn messages_with_a_purpose_go_alone_and_always_carry_the_sender_key() {
+        let ca = TestCa::new();
+        let (alice, bob) = (ca.agent("alice"), ca.agent("bob"));
+        let recipients = Arc::new(Recipients::new(&alice.bundle, vec![bob.bundle.clone()]));
+        let mut outbox = outbox(&alice, 4, 1_000);
+        let mut ids = 0;
+        let mut next = || {
+            ids += 1;
+            ids
+        };
+        let with_purpose = |payload: &[u8], ticket| Outgoing {
+            purpose: Some("invoice 42".to_owned()),
+            ..message("pay.wire", payload, &recipients, ticket)
+        };
+        let sealed = frames(outbox.seal(
+            vec![
+                with_purpose(b"a", 1),
+                with_purpose(b"b", 2),
+                message("pay.wire", b"c", &recipients, 3),
+                message("pay.wire", b"d", &recipients, 4),
+            ],
+            NOW,
+            &mut next,
+        ));
+        // Each message with a purpose is a frame of its own, with the purpose and the key.
+        assert_eq!(sealed.len(), 3);
+        for (frame, ticket) in sealed.iter().take(2).zip([1, 2]) {
+            assert_eq!(frame.2, [ticket]);
+            assert_eq!(frame.1.purpose, "invoice 42");
+            assert_eq!(frame.1.sender_keys.len(), 1);
+            assert_eq!(frame.1.batches[0].envelopes.len(), 1);
+        }
+        // The rest batch as usual, without the key already sent.
+        assert_eq!(sealed[2].2, [3, 4]);
+        assert!(sealed[2].1.purpose.is_empty());
+        assert!(sealed[2].1.sender_keys.is_empty());
     }
 
     #[test]

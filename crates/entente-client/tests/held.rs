@@ -25,11 +25,13 @@ const POLICIES: &str = r#"
 
     @id("wires-need-two")
     @hold
-    forbid (principal, action == Action::"publish", resource in Namespace::"orders.wire")
+    forbid (principal, action == Action::"publish", resource)
+    when { resource == Channel::"orders.wire" || resource in Namespace::"orders.wire" }
     unless { context.approvals >= 2 };
 
     @id("humans-approve-wires")
-    permit (principal is Human, action == Action::"approve", resource in Namespace::"orders.wire");
+    permit (principal is Human, action == Action::"approve", resource)
+    when { resource == Channel::"orders.wire" || resource in Namespace::"orders.wire" };
 "#;
 
 #[tokio::test]

@@ -538,6 +538,20 @@ impl SessionAuthz {
             .map(|()| Publishing::Allowed)
     }
 
+    /// Whether the running policies would hold a publish of the session's principal on
+    /// `channel` for approval (uncounted: for refusing what can't be held).
+    pub(crate) fn would_hold(&mut self, authz: &Authz, channel: &Channel, now_ms: u64) -> bool {
+        if authz.skips(Action::Publish) {
+            return false;
+        }
+        let resource = Resource::Channel(channel);
+        let decision = self.decision(authz, Action::Publish, &resource, now_ms);
+        let set = authz.engine.policies();
+        !decision.allowed
+            && set.holds(&decision)
+            && set.allowed_once_approved(self.cache.subject(), &resource, &self.facts, now_ms)
+    }
+
     /// Forgets every cached decision, so that the next ones are made afresh (time has
     /// passed, and a policy reads it).
     pub(crate) fn forget(&mut self) {

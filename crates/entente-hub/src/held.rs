@@ -29,7 +29,7 @@ use entente_crypto::{ApprovalIn, Verdict, VerifiedApproval};
 use entente_policy::{Action, Resource, Subject};
 use entente_types::{Channel, Principal};
 use entente_wire::{
-    ApprovalInfo, ApproveRequest, ApproveResponse, HeldMessage, Limits, ListHeldRequest,
+    ApprovalInfo, ApproveRequest, ApproveResponse, Deliver, HeldMessage, Limits, ListHeldRequest,
     ListHeldResponse, SignedBatch, StoredHold,
 };
 use prost::Message as _;
@@ -61,6 +61,15 @@ pub const KEEP_DECIDED: Duration = Duration::from_secs(60 * 60);
 
 /// At most this many decided holds are kept.
 pub const MAX_KEPT: usize = 1024;
+
+/// At most this many bytes of held messages wait in one hub.
+pub const MAX_HELD_BYTES: usize = 256 * 1024 * 1024;
+
+/// At most this many bytes of one sender's held messages wait.
+pub const MAX_HELD_BYTES_PER_SENDER: usize = 16 * 1024 * 1024;
+
+/// A hold keeps at most this many statements (approvals and the one rejection).
+pub const MAX_STATEMENTS: usize = entente_wire::MAX_APPROVAL_RECORDS;
 
 /// A statement may be signed at most this long before the message was received (clock skew).
 const SKEW_MS: u64 = 60_000;
@@ -238,9 +247,24 @@ pub(crate) async fn approve<R: Router>(
         .verify(&bundle, now_ms)
         .map_err(grants::approval_error)?;
     let authz = &services.authz;
+    let revocations = services.revocations.current();
+    let revoked = |p: &Principal| {
+        revocations
+            .as_ref()
+            .is_some_and(|list| list.is_principal_revoked(p))
+    };
     let outcome = holds
         .decide(&id, &approval, now_ms, |sender, channel, approvers| {
-            authz.decide_held(sender, channel, approvers, now_ms)
+            if revoked(sender) {
+                return Verdicts::Denied(format!("its sender `{sender}` is revoked"));
+            }
+            // Only approvals of principals still permitted, and not revoked, count.
+            let standing: Vec<Principal> = approvers
+                .iter()
+                .filter(|a| !revoked(a) && permitted_approver(services, a, channel, now_ms).is_ok())
+                .cloned()
+                .collect();
+            authz.decide_held(sender, channel, &standing, now_ms)
         })
         .await?;
     let response = |outcome: &str, approvals| ApproveResponse {
@@ -258,8 +282,7 @@ pub(crate) async fn approve<R: Router>(
         } => {
             let routed = services.router.route(&channel, body).await;
             if holds.forget(&id).await.is_err() {
-                // Kept as pending in the store: released again after a restart at worst, and
-                // its receivers refuse the second copy as a replay.
+                // Kept in the store as released: listed after a restart, never routed again.
                 stats::bump(&services.stats.held_store_failures);
             }
             stats::add(&services.stats.delivery_failures, routed.failed as u64);
@@ -275,20 +298,30 @@ pub(crate) async fn approve<R: Router>(
 pub(crate) fn list<R>(
     services: &Services<R>,
     caller: &Caller,
-    _request: ListHeldRequest,
+    request: ListHeldRequest,
     now: SystemTime,
 ) -> Result<ListHeldResponse, RpcError> {
     rpc::open(caller)?;
     let now_ms = rpc::unix_ms(now);
     let mut approver_of: HashMap<Channel, bool> = HashMap::new();
-    let held = services.authz.holds().list(now_ms, |sender, channel| {
-        *sender == caller.principal
-            || *approver_of.entry(channel.clone()).or_insert_with(|| {
-                permitted_approver(services, &caller.principal, channel, now_ms).is_ok()
-            })
-    });
+    let only = (!request.message_id.is_empty()).then_some(request.message_id.as_str());
+    let held = services
+        .authz
+        .holds()
+        .list(now_ms, only, |sender, channel| {
+            *sender == caller.principal
+                || *approver_of.entry(channel.clone()).or_insert_with(|| {
+                    permitted_approver(services, &caller.principal, channel, now_ms).is_ok()
+                })
+        });
+    let response = ListHeldResponse { held };
+    if response.encoded_len() > services.limits.max_frame_bytes {
+        return Err(RpcError::TooMany(
+            "the held messages do not fit in one frame; ask for one by its ID".into(),
+        ));
+    }
     stats::bump(&services.stats.grant_actions);
-    Ok(ListHeldResponse { held })
+    Ok(response)
 }
 
 /// Whether `approver` may decide messages held on `channel`: `approve` on the channel.
@@ -317,10 +350,17 @@ impl Holds {
         let mut book = Book::default();
         let mut expired = Vec::new();
         for (id, bytes) in registry.held().await? {
-            let hold = Hold::decode(&id, &bytes, limits).map_err(HubError::StoredHeld)?;
-            if now_ms >= hold.expires_at_ms {
-                expired.push(id);
-                continue;
+            let mut hold = Hold::decode(&id, &bytes, limits).map_err(HubError::StoredHeld)?;
+            if hold.state == State::Released {
+                // Listed for another hour from now.
+                hold.decided_at_ms = now_ms;
+            }
+            if hold.state == State::Released || now_ms >= hold.expires_at_ms {
+                // Released ones stay listed until the next restart, never routed again.
+                expired.push(id.clone());
+                if hold.state != State::Released {
+                    continue;
+                }
             }
             book.order.push_back(id.clone());
             book.holds.insert(id, hold);
@@ -350,6 +390,23 @@ impl Holds {
             if pending >= MAX_PENDING {
                 return Err(HoldError::Full(format!(
                     "{MAX_PENDING} messages already wait for approval in this hub"
+                )));
+            }
+            let bytes: usize = book.pending().map(|h| h.new.body.len()).sum();
+            let my_bytes: usize = book
+                .pending()
+                .filter(|h| h.new.sender == new.sender)
+                .map(|h| h.new.body.len())
+                .sum();
+            if bytes.saturating_add(new.body.len()) > MAX_HELD_BYTES {
+                return Err(HoldError::Full(format!(
+                    "held messages take {bytes} bytes in this hub, at most {MAX_HELD_BYTES}"
+                )));
+            }
+            if my_bytes.saturating_add(new.body.len()) > MAX_HELD_BYTES_PER_SENDER {
+                return Err(HoldError::Full(format!(
+                    "held messages of `{}` take {my_bytes} bytes, at most {MAX_HELD_BYTES_PER_SENDER}",
+                    new.sender
                 )));
             }
             let mine = book
@@ -422,17 +479,18 @@ impl Holds {
             .ok_or_else(|| HoldError::Unknown(id.to_owned()))?;
         let outcome = hold.apply(id, approval, now_ms, decide)?;
         match &outcome {
-            Outcome::Pending { .. } => self.put(&hold).await?,
+            // A released one is stored as released before it is routed: a crash between the
+            // two loses that delivery (the sender sees it listed) rather than ever sending it
+            // twice.
+            Outcome::Pending { .. } | Outcome::Released { .. } => self.put(&hold).await?,
             Outcome::Rejected => self.delete(id).await?,
-            Outcome::Released { .. } => {}
         }
         self.lock().holds.insert(id.to_owned(), hold);
         Ok(outcome)
     }
 
     /// Deletes released message `id` from the store, once routed. A failure leaves it stored
-    /// as pending, with its approvals: after a restart it can be released again, and its
-    /// receivers refuse the second copy as a replay.
+    /// as released: listed after a restart, never routed again.
     pub(crate) async fn forget(&self, id: &str) -> Result<(), HoldError> {
         let _writing = self.writing.lock().await;
         self.delete(id).await
@@ -462,21 +520,43 @@ impl Holds {
     }
 
     /// The held messages (pending and recently decided) for which `visible` says yes, in the
-    /// order received.
+    /// order received; only `only` if given, then with its signed batch. `visible` runs
+    /// outside the book's lock.
     pub(crate) fn list(
         &self,
         now_ms: u64,
+        only: Option<&str>,
         mut visible: impl FnMut(&Principal, &Channel) -> bool,
     ) -> Vec<HeldMessage> {
-        let mut book = self.lock();
-        let expired = book.expire(now_ms);
-        // Deleted from the store at the next change.
-        book.undeleted.extend(expired);
+        let candidates: Vec<(String, Principal, Channel)> = {
+            let mut book = self.lock();
+            let expired = book.expire(now_ms);
+            // Deleted from the store at the next change.
+            book.undeleted.extend(expired);
+            book.order
+                .iter()
+                .filter(|id| only.is_none_or(|only| only == id.as_str()))
+                .filter_map(|id| book.holds.get(id))
+                .map(|h| {
+                    (
+                        h.new.id.clone(),
+                        h.new.sender.clone(),
+                        h.new.channel.clone(),
+                    )
+                })
+                .collect()
+        };
+        let shown: HashSet<String> = candidates
+            .into_iter()
+            .filter(|(_, sender, channel)| visible(sender, channel))
+            .map(|(id, _, _)| id)
+            .collect();
+        let book = self.lock();
         book.order
             .iter()
+            .filter(|id| shown.contains(id.as_str()))
             .filter_map(|id| book.holds.get(id))
-            .filter(|h| visible(&h.new.sender, &h.new.channel))
-            .map(Hold::info)
+            .map(|h| h.info(only.is_some()))
             .collect()
     }
 
@@ -574,6 +654,13 @@ impl Hold {
                 "this statement was applied before".to_owned(),
             ));
         }
+        // Room is always left for the one rejection that ends it.
+        if approval.verdict() == Verdict::Approve && self.approvals.len() + 1 >= MAX_STATEMENTS {
+            return Err(HoldError::Full(format!(
+                "held message `{id}` has the most approvals a hold keeps ({}); reject it, or let it expire",
+                MAX_STATEMENTS - 1
+            )));
+        }
         let approver = approval.approver();
         let info = ApprovalInfo {
             approver: approver.to_string(),
@@ -602,11 +689,12 @@ impl Hold {
                 let approvals = u32::try_from(self.approvers.len()).unwrap_or(u32::MAX);
                 match decide(&self.new.sender, &self.new.channel, &self.approvers) {
                     Verdicts::Allowed => {
+                        let body = self.new.body.clone();
                         self.end(State::Released, String::new(), now_ms);
                         Ok(Outcome::Released {
                             approvals,
                             channel: self.new.channel.clone(),
-                            body: self.new.body.clone(),
+                            body,
                         })
                     }
                     Verdicts::StillHeld => Ok(Outcome::Pending { approvals }),
@@ -631,7 +719,7 @@ impl Hold {
             sender: self.new.sender.to_string(),
             channel: self.new.channel.to_string(),
             body: self.new.body.to_vec(),
-            batch: Some(self.new.batch.clone()),
+            batch: None,
             hash: self.new.hash.to_vec(),
             purpose: self.new.purpose.clone(),
             size: self.new.size,
@@ -641,6 +729,7 @@ impl Hold {
             approvals: self.approvals.clone(),
             approvers: self.approvers.iter().map(ToString::to_string).collect(),
             seen: self.seen.iter().map(|d| d.to_vec()).collect(),
+            state: self.state.name().to_owned(),
         }
         .encode_to_vec()
     }
@@ -649,8 +738,29 @@ impl Hold {
     /// principals, channel and digests.
     fn decode(id: &str, bytes: &[u8], limits: &Limits) -> Result<Self, String> {
         let bad = |why: String| format!("held message `{}`: {why}", id.escape_debug());
-        let stored: StoredHold = entente_wire::decode(bytes, limits)
+        // A record is a held body (at most a frame) and its bookkeeping.
+        let limits = Limits {
+            max_frame_bytes: limits.max_frame_bytes.saturating_mul(2),
+            ..*limits
+        };
+        let stored: StoredHold = entente_wire::decode(bytes, &limits)
             .map_err(|e| bad(format!("does not decode: {e}")))?;
+        let state = match stored.state.as_str() {
+            "pending" | "" => State::Pending,
+            "released" => State::Released,
+            other => return Err(bad(format!("state `{}`", other.escape_debug()))),
+        };
+        let batch = if state == State::Pending {
+            let deliver: Deliver = entente_wire::decode(&stored.body, &limits)
+                .map_err(|e| bad(format!("its body does not decode: {e}")))?;
+            deliver
+                .batches
+                .into_iter()
+                .next()
+                .ok_or_else(|| bad("no batch".to_owned()))?
+        } else {
+            SignedBatch::default()
+        };
         if stored.version != STORED_VERSION {
             return Err(bad(format!(
                 "version {}; this hub reads version {STORED_VERSION}",
@@ -683,7 +793,7 @@ impl Hold {
                 channel: Channel::parse(&stored.channel)
                     .map_err(|e| bad(format!("channel: {e}")))?,
                 body: Bytes::from(stored.body),
-                batch: stored.batch.ok_or_else(|| bad("no batch".to_owned()))?,
+                batch,
                 hash: digest(&stored.hash)?,
                 purpose: stored.purpose,
                 size: stored.size,
@@ -691,8 +801,12 @@ impl Hold {
             },
             published_at_ms: stored.published_at_ms,
             expires_at_ms: stored.expires_at_ms,
-            state: State::Pending,
-            reason: String::new(),
+            reason: if state == State::Released {
+                "released as the hub stopped: its delivery is not confirmed".to_owned()
+            } else {
+                String::new()
+            },
+            state,
             decided_at_ms: 0,
             approvals: stored.approvals,
             approvers,
@@ -704,9 +818,12 @@ impl Hold {
         self.state = state;
         self.reason = reason;
         self.decided_at_ms = at_ms;
+        // Decided: the sealed message is no longer needed.
+        self.new.body = Bytes::new();
+        self.new.batch = SignedBatch::default();
     }
 
-    fn info(&self) -> HeldMessage {
+    fn info(&self, with_batch: bool) -> HeldMessage {
         HeldMessage {
             message_id: self.new.id.clone(),
             sender: self.new.sender.to_string(),
@@ -715,7 +832,7 @@ impl Hold {
             published_at_ms: self.published_at_ms,
             expires_at_ms: self.expires_at_ms,
             purpose: self.new.purpose.clone(),
-            batch: Some(self.new.batch.clone()),
+            batch: (with_batch && self.state == State::Pending).then(|| self.new.batch.clone()),
             state: self.state.name().to_owned(),
             approvals: self.approvals.clone(),
             reason: self.reason.clone(),
@@ -805,7 +922,7 @@ mod tests {
         // Bob's envelope expires first; expired holds stay listed, then are forgotten.
         let states = |at| {
             holds
-                .list(at, |_, _| true)
+                .list(at, None, |_, _| true)
                 .into_iter()
                 .map(|h| h.state)
                 .collect::<Vec<_>>()

@@ -413,6 +413,8 @@ impl<R: Router> Session<R> {
         }
         let (requests, replies) = self.check_reply_fields(&batches, &groups)?;
         self.authorize(&mut groups)?;
+        // Before anything is recorded: a refused held group leaves no trace.
+        let held = self.check_held(&mut groups, purpose)?;
         let headers: Vec<Header<'_>> = batches
             .iter()
             .flat_map(|batch| {
@@ -427,7 +429,6 @@ impl<R: Router> Session<R> {
             stats::bump(&self.context.stats.replays);
             return Err(Refused::new(RefusalCode::Replay, replay));
         }
-        let held = self.check_held(&mut groups, purpose)?;
         let groups = groups
             .into_iter()
             .map(|group| {
@@ -492,6 +493,12 @@ impl<R: Router> Session<R> {
             .map_err(|e| Refused::new(RefusalCode::Malformed, format!("message id: {e}")))?;
         let mut body = group.sender_keys;
         body.extend_from_slice(&group.batches);
+        if max_deliver_len(body.len()) > self.context.limits.max_frame_bytes {
+            return Err(Refused::new(
+                RefusalCode::TooLarge,
+                "the delivery would exceed the frame size limit",
+            ));
+        }
         Ok(Some(NewHold {
             id: id.to_string(),
             sender: self.principal.clone(),
@@ -566,6 +573,17 @@ impl<R: Router> Session<R> {
             let request = group.requests.then_some(Action::Request);
             let transport =
                 (group.plain || !group.requests).then(|| authz::transport_action(channel));
+            // A request can't wait for approval: on a channel that holds what is published,
+            // it is refused rather than let through on its `request` permit.
+            if group.requests
+                && authz::transport_action(channel) == Action::Publish
+                && self.authz.would_hold(&self.context.authz, channel, now)
+            {
+                return Err(self.deny(format!(
+                    "`{channel}` holds messages for approval, and a request can't be held: \
+                     publish the message with a purpose instead"
+                )));
+            }
             for action in [request, transport].into_iter().flatten() {
                 let decided = if action == Action::Publish && !group.requests {
                     // Only plain publishes can be held for approval.

@@ -12,7 +12,7 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use entente_crypto::{ApprovalStatement, GrantRequestBody, ObjectKind, Verdict};
@@ -20,7 +20,7 @@ use entente_hub::{
     GRANT_PATH, Hub, HubConfig, HubError, HubHandle, LIST_GRANTS_PATH, REQUEST_GRANT_PATH,
     RefusalCode,
 };
-use entente_store::{EmbeddedStore, Store};
+use entente_store::Store;
 use entente_types::{HumanId, Principal};
 use entente_wire::{
     ApproveRequest, GrantInfo, GrantRequest, GrantRequestInfo, GrantResponse, ListGrantsRequest,
@@ -360,10 +360,7 @@ async fn approvers_need_a_permit_a_key_bundle_and_a_well_formed_statement() {
 async fn a_store_failure_refuses_the_change_and_a_grant_still_ends_on_time() {
     let ca = TestCa::new();
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FlakyStore {
-        inner: EmbeddedStore::open(dir.path().join("registry.redb")).unwrap(),
-        fail: AtomicBool::new(false),
-    });
+    let store = Arc::new(FlakyStore::new(dir.path()));
     let hub = Hub::start(config(), ca.ca.clone(), store.clone())
         .await
         .unwrap();

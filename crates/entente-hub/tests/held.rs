@@ -14,10 +14,10 @@ mod support;
 
 use entente_crypto::{ApprovalStatement, ObjectKind, Verdict, envelope_digest};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use entente_hub::{Hub, HubConfig, HubError, HubHandle, LIST_HELD_PATH, RefusalCode};
-use entente_store::{EmbeddedStore, Store as _};
+use entente_store::Store as _;
 use entente_types::{HumanId, Principal};
 use entente_wire::{
     ApproveRequest, HeldMessage, ListHeldRequest, ListHeldResponse, Publish, SenderKey,
@@ -40,11 +40,13 @@ const POLICIES: &str = r#"
 
     @id("wires-need-two")
     @hold
-    forbid (principal, action == Action::"publish", resource in Namespace::"orders.wire")
+    forbid (principal, action == Action::"publish", resource)
+    when { resource == Channel::"orders.wire" || resource in Namespace::"orders.wire" }
     unless { context.approvals >= 2 };
 
     @id("humans-approve-wires")
-    permit (principal is Human, action == Action::"approve", resource in Namespace::"orders.wire");
+    permit (principal is Human, action == Action::"approve", resource)
+    when { resource == Channel::"orders.wire" || resource in Namespace::"orders.wire" };
 "#;
 
 fn human(ca: &TestCa, name: &str) -> Agent {
@@ -73,14 +75,30 @@ async fn publish(
     session.next_kind().await
 }
 
+/// What `who` is shown, each message fetched again by its ID so that it comes with its batch
+/// (a list of all leaves batches out).
 async fn list(hub: &HubHandle, who: &Agent) -> Vec<HeldMessage> {
-    let response: ListHeldResponse = who
-        .connect(hub)
-        .await
+    let client = who.connect(hub).await;
+    let all: ListHeldResponse = client
         .unary(LIST_HELD_PATH, ListHeldRequest::default())
         .await
         .unwrap();
-    response.held
+    let mut shown = Vec::new();
+    for held in all.held {
+        assert!(held.batch.is_none(), "a list of all leaves batches out");
+        let one: ListHeldResponse = client
+            .unary(
+                LIST_HELD_PATH,
+                ListHeldRequest {
+                    message_id: held.message_id.clone(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(one.held.len(), 1);
+        shown.extend(one.held);
+    }
+    shown
 }
 
 /// `approver`'s statement about `held` as shown: it hashes the envelope itself.
@@ -368,10 +386,7 @@ async fn a_held_message_and_its_approvals_survive_a_restart() {
 async fn a_store_failure_refuses_the_hold_or_the_approval_and_changes_nothing() {
     let ca = TestCa::new();
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FlakyStore {
-        inner: EmbeddedStore::open(dir.path().join("registry.redb")).unwrap(),
-        fail: AtomicBool::new(false),
-    });
+    let store = Arc::new(FlakyStore::new(dir.path()));
     let hub = Hub::start(held_config(), ca.ca.clone(), store.clone())
         .await
         .unwrap();
@@ -418,4 +433,196 @@ async fn a_stored_held_message_that_does_not_decode_is_a_start_error() {
         .unwrap_err();
     assert!(matches!(err, HubError::StoredHeld(_)), "{err}");
     assert!(err.to_string().contains("does not decode"), "{err}");
+}
+
+#[tokio::test]
+async fn requests_are_never_held_and_the_namespace_channel_itself_is() {
+    let ca = TestCa::new();
+    let policies = POLICIES.replace(
+        r#"action in [Action::"publish", Action::"subscribe"],"#,
+        r#"action in [Action::"publish", Action::"subscribe", Action::"request"],"#,
+    );
+    let hub = start(
+        &ca,
+        HubConfig {
+            policies: sources(&policies),
+            ..HubConfig::default()
+        },
+    )
+    .await;
+    let alice = ca.agent("shop", "alice");
+    let mut session = alice.session(&hub).await;
+
+    // A request on a held channel can't wait for approval: refused, not let through.
+    let (mut sealer, key) = alice.sealer("orders.wire.eu", &[]);
+    let pattern = entente_types::namespace::reply_pattern(&alice.principal);
+    let reply_to =
+        entente_types::Channel::parse(&format!("{}.r1", pattern.as_str().trim_end_matches(".>")))
+            .unwrap();
+    let request = sealer
+        .seal_batch(&[b"pay?"], Some(&reply_to), now_ms())
+        .unwrap();
+    let answer = publish(&mut session, 1, vec![key.clone()], vec![request], "").await;
+    let server_frame::Kind::Refusal(refused_request) = answer else {
+        panic!("expected a refusal, got {answer:?}");
+    };
+    assert!(
+        refused_request.reason.contains("can't be held"),
+        "{}",
+        refused_request.reason
+    );
+
+    // `orders.wire` itself is held too (the policy names it along with its namespace).
+    let (mut exact, key) = alice.sealer("orders.wire", &[]);
+    let batch = exact.seal_batch(&[b"pay"], None, now_ms()).unwrap();
+    let answer = publish(&mut session, 2, vec![key], vec![batch], "invoice").await;
+    let server_frame::Kind::Ack(acked) = answer else {
+        panic!("expected an ack, got {answer:?}");
+    };
+    assert_eq!(acked.held.len(), 1);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_hold_keeps_a_bounded_number_of_approvals_and_can_still_be_rejected() {
+    let ca = TestCa::new();
+    // Only the CFO's approval lifts it: everyone else's pile up.
+    let policies = POLICIES.replace(
+        "unless { context.approvals >= 2 };",
+        &format!(
+            r#"unless {{ context.approvers.contains("spiffe://{}/human/cfo") }};"#,
+            ca.td
+        ),
+    );
+    let hub = start(
+        &ca,
+        HubConfig {
+            policies: sources(&policies),
+            ..HubConfig::default()
+        },
+    )
+    .await;
+    let alice = ca.agent("shop", "alice");
+    let mut session = alice.session(&hub).await;
+    hold_one(&mut session, &alice, 1, b"pay").await;
+    let shown = list(&hub, &human(&ca, "ops0")).await;
+    for n in 1..entente_hub::MAX_STATEMENTS {
+        let ops = human(&ca, &format!("ops{n}"));
+        let answer = approve(&hub, &ops, statement(&ops, &shown[0], Verdict::Approve)).await;
+        assert_eq!(answer.unwrap().outcome, "pending", "approval {n}");
+    }
+    let last = human(&ca, "ops-last");
+    refused(
+        approve(&hub, &last, statement(&last, &shown[0], Verdict::Approve)).await,
+        Code::ResourceExhausted,
+        "most approvals",
+    );
+    // It is still listed, and one rejection still ends it.
+    assert_eq!(
+        list(&hub, &last).await[0].approvals.len(),
+        entente_hub::MAX_STATEMENTS - 1
+    );
+    let answer = approve(&hub, &last, statement(&last, &shown[0], Verdict::Reject))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, "rejected");
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_released_message_is_never_sent_twice_even_if_its_hub_stops_before_forgetting_it() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FlakyStore::new(dir.path()));
+    let hub = Hub::start(held_config(), ca.ca.clone(), store.clone())
+        .await
+        .unwrap();
+    let alice = ca.agent("shop", "alice");
+    let bob = ca.agent("shop", "bob");
+    let (ops1, ops2, ops3) = (human(&ca, "ops1"), human(&ca, "ops2"), human(&ca, "ops3"));
+    let mut session = alice.session(&hub).await;
+    let mut bob_session = bob.session(&hub).await;
+    assert_eq!(bob_session.subscribe(1, "orders.>").await, ack(1));
+    let id = hold_one(&mut session, &alice, 1, b"pay once").await;
+    let shown = list(&hub, &ops1).await;
+    approve(&hub, &ops1, statement(&ops1, &shown[0], Verdict::Approve))
+        .await
+        .unwrap();
+
+    // The release is stored, routed, and then its deletion fails (as if the hub stopped).
+    store.fail_deletes.store(true, Ordering::SeqCst);
+    let answer = approve(&hub, &ops2, statement(&ops2, &shown[0], Verdict::Approve))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, "released");
+    assert!(matches!(
+        bob_session.next_kind().await,
+        server_frame::Kind::Deliver(_)
+    ));
+    assert_eq!(hub.stats().held_store_failures, 1);
+    drop((session, bob_session));
+    hub.shutdown().await;
+
+    // After a restart it is listed as released, and no approval routes it again.
+    store.fail_deletes.store(false, Ordering::SeqCst);
+    let hub = Hub::start(held_config(), ca.ca.clone(), store.clone())
+        .await
+        .unwrap();
+    let all: ListHeldResponse = ops3
+        .connect(&hub)
+        .await
+        .unary(LIST_HELD_PATH, ListHeldRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(all.held.len(), 1);
+    assert_eq!(
+        (all.held[0].message_id.as_str(), all.held[0].state.as_str()),
+        (id.as_str(), "released")
+    );
+    assert!(
+        all.held[0].reason.contains("not confirmed"),
+        "{:?}",
+        all.held[0]
+    );
+    refused(
+        approve(&hub, &ops3, statement(&ops3, &shown[0], Verdict::Approve)).await,
+        Code::FailedPrecondition,
+        "released",
+    );
+    assert!(store.inner.held().await.unwrap().is_empty());
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_approval_by_a_principal_revoked_since_no_longer_counts() {
+    let ca = TestCa::new();
+    let hub = start(&ca, held_config()).await;
+    let alice = ca.agent("shop", "alice");
+    let (ops1, ops2, ops3) = (human(&ca, "ops1"), human(&ca, "ops2"), human(&ca, "ops3"));
+    let mut session = alice.session(&hub).await;
+    hold_one(&mut session, &alice, 1, b"pay").await;
+    let shown = list(&hub, &ops1).await;
+    let answer = approve(&hub, &ops1, statement(&ops1, &shown[0], Verdict::Approve))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, "pending");
+
+    let mut revocations = entente_ca::Revocations::new();
+    revocations.revoke_principal(&ops1.principal);
+    let now = std::time::SystemTime::now();
+    let list_signed = ca.ca.sign_revocations(&revocations, now).unwrap();
+    let verified =
+        entente_ca::VerifiedRevocationList::verify(list_signed, ca.trust(), now).unwrap();
+    hub.revoke(verified).await.unwrap();
+
+    // ops1's approval no longer stands: two approvals recorded, one counts.
+    let answer = approve(&hub, &ops2, statement(&ops2, &shown[0], Verdict::Approve))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, "pending");
+    let answer = approve(&hub, &ops3, statement(&ops3, &shown[0], Verdict::Approve))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, "released");
+    hub.shutdown().await;
 }

@@ -19,7 +19,8 @@ const PAYMENTS: &str = r#"
             resource in Namespace::"pay");
     @id("wires-need-two")
     @hold
-    forbid (principal, action == Action::"publish", resource in Namespace::"pay.wire")
+    forbid (principal, action == Action::"publish", resource)
+    when { resource == Channel::"pay.wire" || resource in Namespace::"pay.wire" }
     unless { context.approvals >= 2 };
     @id("cfo-for-big")
     @hold

@@ -817,7 +817,11 @@ pub struct HeldMessage {
 
 /// Asks for the held messages the caller may see.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
-pub struct ListHeldRequest {}
+pub struct ListHeldRequest {
+    /// Only this one (UUID text), with its signed batch; empty for every one, without batches.
+    #[prost(string, tag = "1")]
+    pub message_id: String,
+}
 
 /// The held messages the caller may see: its own, and those it may approve.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
@@ -864,7 +868,7 @@ pub struct StoredHold {
     /// The `Deliver` body to route once released: sender keys and the batch.
     #[prost(bytes = "vec", tag = "5")]
     pub body: Vec<u8>,
-    /// The sender's signed batch of one envelope.
+    /// Unused: the batch is in `body`.
     #[prost(message, optional, tag = "6")]
     pub batch: Option<SignedBatch>,
     /// The envelope's hash, 32 bytes.
@@ -894,4 +898,7 @@ pub struct StoredHold {
     /// Digests of the statements applied, 32 bytes each.
     #[prost(bytes = "vec", repeated, tag = "15")]
     pub seen: Vec<Vec<u8>>,
+    /// `pending`, or `released`: stored before it is routed, and never routed again.
+    #[prost(string, tag = "16")]
+    pub state: String,
 }

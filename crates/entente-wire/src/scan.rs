@@ -419,13 +419,14 @@ pub(crate) static STORED_HOLD: Schema = Schema {
         ),
         field(14, "approvers", Kind::Bytes(Len::Id), Count::Approvals),
         field(15, "seen", Kind::Bytes(Len::Key), Count::Approvals),
+        bytes(16, "state", Len::Action),
     ],
 };
 
 pub(crate) static LIST_HELD_REQUEST: Schema = Schema {
     name: "ListHeldRequest",
     oneof: false,
-    fields: &[],
+    fields: &[bytes(1, "message_id", Len::ObjectId)],
 };
 
 pub(crate) static LIST_HELD_RESPONSE: Schema = Schema {

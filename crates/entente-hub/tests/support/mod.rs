@@ -477,9 +477,20 @@ pub fn signed(
 pub struct FlakyStore {
     pub inner: EmbeddedStore,
     pub fail: AtomicBool,
+    /// Fail deletions of held messages only.
+    pub fail_deletes: AtomicBool,
 }
 
 impl FlakyStore {
+    /// A flaky store over a fresh store in `dir`, not failing yet.
+    pub fn new(dir: &std::path::Path) -> Self {
+        Self {
+            inner: EmbeddedStore::open(dir.join("registry.redb")).unwrap(),
+            fail: AtomicBool::new(false),
+            fail_deletes: AtomicBool::new(false),
+        }
+    }
+
     /// The error while failing.
     fn failing(&self) -> Result<(), StoreError> {
         if self.fail.load(Ordering::SeqCst) {
@@ -547,6 +558,9 @@ impl Store for FlakyStore {
     }
     async fn delete_held(&self, id: &str) -> Result<bool, StoreError> {
         self.failing()?;
+        if self.fail_deletes.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("the disk is read-only".into()));
+        }
         self.inner.delete_held(id).await
     }
     async fn held(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
