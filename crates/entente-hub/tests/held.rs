@@ -122,14 +122,7 @@ fn statement(approver: &Agent, held: &HeldMessage, verdict: Verdict) -> ApproveR
 #[tokio::test]
 async fn a_held_message_waits_for_two_approvals_then_reaches_the_channel() {
     let ca = TestCa::new();
-    let hub = start(
-        &ca,
-        HubConfig {
-            policies: sources(POLICIES),
-            ..HubConfig::default()
-        },
-    )
-    .await;
+    let hub = start(&ca, held_config()).await;
     let alice = ca.agent("shop", "alice");
     let bob = ca.agent("shop", "bob");
     let carol = ca.agent("shop", "carol");
@@ -275,14 +268,7 @@ async fn a_held_message_waits_for_two_approvals_then_reaches_the_channel() {
 #[tokio::test]
 async fn a_held_publish_needs_a_purpose_and_one_message_and_the_sender_may_withdraw_it() {
     let ca = TestCa::new();
-    let hub = start(
-        &ca,
-        HubConfig {
-            policies: sources(POLICIES),
-            ..HubConfig::default()
-        },
-    )
-    .await;
+    let hub = start(&ca, held_config()).await;
     let alice = ca.agent("shop", "alice");
     let mut session = alice.session(&hub).await;
     let (mut sealer, key) = alice.sealer("orders.wire.eu", &[]);
