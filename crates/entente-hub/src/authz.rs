@@ -223,7 +223,7 @@ impl Authz {
             }
         };
         let time = reads_time(&set);
-        let engine = Engine::new(set);
+        let engine = Engine::starting_at(set, next_epoch_floor(registry).await?);
         let grants = GrantState::load(registry, grant_limits).await?;
         let holds = Holds::load(registry, &limits).await?;
         let (epoch, _) = watch::channel(engine.epoch());
@@ -826,6 +826,32 @@ fn build(sources: &[(String, String)], limits: &Limits) -> Result<PolicySet, Loa
         ));
     }
     Ok(set)
+}
+
+/// How many policy epochs one run of the hub may use before its epochs could meet the next
+/// run's: each run starts this far above the previous run's start.
+const EPOCH_SPAN: u64 = 1 << 20;
+
+/// The store's config key of the epoch the last run started at.
+const EPOCH_FLOOR_KEY: &str = "policy_epoch_floor";
+
+/// The epoch this run starts at, stored before it is used: 1 on a fresh store, then
+/// [`EPOCH_SPAN`] above the previous run's start, so that a policy epoch (in a denial, in an
+/// audit record) names one state of one run.
+async fn next_epoch_floor(registry: &Registry) -> Result<u64, HubError> {
+    let floor = match registry.config(EPOCH_FLOOR_KEY).await? {
+        None => 1,
+        Some(bytes) => {
+            let stored = <[u8; 8]>::try_from(bytes.as_slice()).map_err(|_| {
+                HubError::StoredPolicies("the stored policy epoch floor is not 8 bytes".into())
+            })?;
+            u64::from_be_bytes(stored).saturating_add(EPOCH_SPAN)
+        }
+    };
+    registry
+        .put_config(EPOCH_FLOOR_KEY, &floor.to_be_bytes())
+        .await?;
+    Ok(floor)
 }
 
 /// Whether a policy of `set` reads `context.now`.

@@ -309,13 +309,21 @@ async fn the_stored_set_survives_a_restart_and_wins_over_the_initial_one() {
         permit (principal in Segment::"lab", action in [Action::"publish", Action::"subscribe"],
                 resource in Namespace::"lab");
     "#;
+    assert_eq!(hub.policy_epoch(), 1);
     hub.load_policies(sources(lab)).await.unwrap();
+    let last = hub.policy_epoch();
     hub.shutdown().await;
 
-    // The config still says SHOP; the store's LAB set runs.
+    // The config still says SHOP; the store's LAB set runs, at epochs no earlier run used.
     let hub = Hub::start(config(), ca.ca.clone(), store.clone())
         .await
         .unwrap();
+    assert!(
+        hub.policy_epoch() > last,
+        "{} after {last}",
+        hub.policy_epoch()
+    );
+    assert_eq!(hub.policy_epoch(), 1 + (1 << 20));
     assert_eq!(hub.policy_origin(), PolicyOrigin::Stored);
     assert_eq!(hub.policies().sources, sources(lab));
     let ids: Vec<String> = hub

@@ -32,6 +32,15 @@ impl Engine {
         }
     }
 
+    /// An engine running `policies`, at epoch `epoch` (a host that keeps epochs unique
+    /// across restarts starts each run above the last).
+    pub fn starting_at(policies: PolicySet, epoch: u64) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(policies)),
+            epoch: AtomicU64::new(epoch),
+        }
+    }
+
     /// The current epoch.
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
