@@ -622,8 +622,7 @@ impl DeliveryGate {
         self.decided.store(epoch, Ordering::Release);
     }
 
-    /// Whether a subscription of the session to `pattern` may carry `channel` at `now_ms`
-    /// (Unix milliseconds):
+    /// Whether a subscription of the session to `pattern` may carry `channel` now:
     ///
     /// - if the policy epoch changed since the session last decided its subscriptions (it
     ///   has not caught up yet), the pattern must still be allowed at the new epoch;
@@ -632,11 +631,19 @@ impl DeliveryGate {
     ///
     /// A literal subscription decided at the current epoch passes with two atomic loads;
     /// otherwise a hash lookup while the epoch and the principal's grants are unchanged.
-    pub fn carries(&self, pattern: &ChannelPattern, channel: &Channel, now_ms: u64) -> bool {
+    ///
+    /// `now_ms` (Unix milliseconds) is asked only when a decision is needed.
+    pub fn carries(
+        &self,
+        pattern: &ChannelPattern,
+        channel: &Channel,
+        now_ms: impl FnOnce() -> u64,
+    ) -> bool {
         let stale = self.authz.engine.epoch() != self.decided.load(Ordering::Acquire);
         if (!stale && pattern.is_literal()) || self.authz.skips(Action::Subscribe) {
             return true;
         }
+        let now_ms = now_ms();
         let mut decisions = self
             .decisions
             .lock()

@@ -108,9 +108,10 @@ pub(crate) enum HoldError {
     /// The statement is dated before the message was received.
     #[error("the statement is signed before the message was received")]
     TooOld,
-    /// The hold could not be stored: nothing changed.
-    #[error("the hub could not store the held message; nothing changed, try again: {0}")]
-    Store(String),
+    /// The hold could not be stored: nothing changed. (What the store said stays in the
+    /// hub: it may name files.)
+    #[error("the hub could not store the held message; nothing changed, try again")]
+    Store,
 }
 
 /// What an approval did.
@@ -502,7 +503,7 @@ impl Holds {
             Some(registry) => registry
                 .put_held(&hold.new.id, &hold.encode())
                 .await
-                .map_err(|e| HoldError::Store(e.to_string())),
+                .map_err(|_| HoldError::Store),
             None => Ok(()),
         }
     }
@@ -514,7 +515,7 @@ impl Holds {
                 .delete_held(id)
                 .await
                 .map(drop)
-                .map_err(|e| HoldError::Store(e.to_string())),
+                .map_err(|_| HoldError::Store),
             None => Ok(()),
         }
     }
@@ -866,7 +867,7 @@ impl HoldError {
             HoldError::WrongHash(_) | HoldError::TooOld => Status::invalid_argument(message),
             HoldError::OwnMessage(_) => Status::permission_denied(message),
             HoldError::Replayed(_) => Status::already_exists(message),
-            HoldError::Store(_) => Status::unavailable(message),
+            HoldError::Store => Status::unavailable(message),
         }
     }
 }
@@ -896,6 +897,31 @@ mod tests {
             size: 1,
             envelope_expires_at_ms: expires_at_ms,
         }
+    }
+
+    #[tokio::test]
+    async fn holds_are_bounded_in_bytes_per_sender() {
+        let holds = Holds::default();
+        let far = NOW + 3_600_000;
+        let mib = Bytes::from(vec![0u8; 1 << 20]);
+        let sized = |n| NewHold {
+            body: mib.clone(),
+            ..new("alice", n, far)
+        };
+        for n in 0..MAX_HELD_BYTES_PER_SENDER >> 20 {
+            holds.hold(sized(n), NOW).await.unwrap();
+        }
+        let full = holds.hold(sized(99), NOW).await.unwrap_err();
+        assert!(
+            matches!(&full, HoldError::Full(why) if why.contains("bytes")),
+            "{full}"
+        );
+        // Another sender still may.
+        let bob = NewHold {
+            body: mib.clone(),
+            ..new("bob", 0, far)
+        };
+        assert!(holds.hold(bob, NOW).await.is_ok());
     }
 
     #[tokio::test]

@@ -133,13 +133,11 @@ impl LocalRouter {
         let literal = table.literal.get(channel.as_str()).into_iter().flatten();
         let mut targets = Vec::new();
         let mut withheld = 0;
-        let now_ms = unix_ms();
+        // The clock is read once, and only if a gate has to decide.
+        let mut now_ms = None;
         for entry in literal.chain(table.wildcard_matching(channel)) {
-            if entry
-                .subscriber
-                .gate
-                .carries(&entry.pattern, channel, now_ms)
-            {
+            let now = || *now_ms.get_or_insert_with(unix_ms);
+            if entry.subscriber.gate.carries(&entry.pattern, channel, now) {
                 targets.push((entry.subscription_id, entry.subscriber.clone()));
             } else {
                 withheld += 1;

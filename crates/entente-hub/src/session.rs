@@ -297,7 +297,7 @@ impl<R: Router> Session<R> {
                 }
                 Err(e) => {
                     let code = match e {
-                        HoldError::Store(_) => {
+                        HoldError::Store => {
                             stats::bump(&self.context.stats.held_store_failures);
                             RefusalCode::Unavailable
                         }

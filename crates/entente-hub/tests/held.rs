@@ -187,6 +187,25 @@ async fn a_held_message_waits_for_two_approvals_then_reaches_the_channel() {
         Code::InvalidArgument,
         "hash",
     );
+    // A statement dated well before the message was received is not about it.
+    let batch = held.batch.as_ref().unwrap();
+    let old = signed(
+        &ops1,
+        ApprovalStatement {
+            verdict: Verdict::Approve,
+            kind: ObjectKind::Envelope,
+            object_id: held.message_id.clone(),
+            object_hash: envelope_digest(&batch.sender, &batch.channel, &batch.envelopes[0]),
+            approver: ops1.principal.clone(),
+            key_epoch: ops1.bundle.epoch(),
+            signed_at_ms: held.published_at_ms - 120_000,
+        },
+    );
+    refused(
+        approve(&hub, &ops1, old).await,
+        Code::InvalidArgument,
+        "before the message was received",
+    );
 
     // One approval: still held. The same statement again, or a second approval by the same
     // approver: refused.
@@ -280,6 +299,28 @@ async fn a_held_publish_needs_a_purpose_and_one_message_and_the_sender_may_withd
     let two = sealer.seal_batch(&[b"a", b"b"], None, now_ms()).unwrap();
     let answer = publish(&mut session, 2, vec![key.clone()], vec![two], "why").await;
     assert_eq!(refusal(answer), (2, RefusalCode::Denied));
+    assert_eq!(hub.stats().held_messages, 0);
+
+    // Two held channels in one frame: refused whole.
+    let (mut us, us_key) = alice.sealer("orders.wire.us", &[]);
+    let eu_batch = sealer.seal_batch(&[b"eu"], None, now_ms()).unwrap();
+    let us_batch = us.seal_batch(&[b"us"], None, now_ms()).unwrap();
+    let answer = publish(
+        &mut session,
+        4,
+        vec![key.clone(), us_key],
+        vec![eu_batch, us_batch],
+        "why",
+    )
+    .await;
+    let server_frame::Kind::Refusal(both) = answer else {
+        panic!("expected a refusal, got {answer:?}");
+    };
+    assert!(
+        both.reason.contains("one held message per frame"),
+        "{}",
+        both.reason
+    );
     assert_eq!(hub.stats().held_messages, 0);
 
     let one = sealer.seal_batch(&[b"c"], None, now_ms()).unwrap();
@@ -394,11 +435,11 @@ async fn a_store_failure_refuses_the_hold_or_the_approval_and_changes_nothing() 
     assert_eq!(shown[0].message_id, id);
     let request = statement(&ops1, &shown[0], Verdict::Approve);
     store.fail.store(true, Ordering::SeqCst);
-    refused(
-        approve(&hub, &ops1, request.clone()).await,
-        Code::Unavailable,
-        "could not store",
-    );
+    let status = approve(&hub, &ops1, request.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("could not store"), "{status:?}");
+    // What the store said stays in the hub.
+    assert!(!status.message().contains("disk"), "{status:?}");
     assert!(list(&hub, &ops1).await[0].approvals.is_empty());
     store.fail.store(false, Ordering::SeqCst);
     let answer = approve(&hub, &ops1, request).await.unwrap();
