@@ -277,6 +277,12 @@ impl Ca {
         self.trust.trust_domain()
     }
 
+    /// The key store holding the CA's keys. The hub keeps its other keys (the audit
+    /// checkpoint key, key-encryption keys) in the same store.
+    pub fn keystore(&self) -> &Arc<dyn KeyStore> {
+        &self.keystore
+    }
+
     /// The options in force.
     pub fn options(&self) -> &CaOptions {
         &self.options

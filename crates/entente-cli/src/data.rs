@@ -9,7 +9,12 @@
 //!   ca/root.pem      the root CA certificate
 //!   ca/intermediate.pem
 //!   ca.pem           the trust bundle agents need (`entente enroll --ca DIR/ca.pem`)
-//!   store.redb       agents, key bundles, join tokens, revocations, the running policy set
+//!   store.redb       agents, key bundles, join tokens, revocations, the running policy set,
+//!                    the audit log's HMAC key (wrapped by the key store's `audit-kek`)
+//!   audit/           the tamper-evident audit log (docs/AUDIT.md); its checkpoint key is the
+//!                    key store's `audit-checkpoint`
+//!   streams/         durable channels (`[[durable]]` in config.toml): their entries,
+//!                    encrypted under data keys the key store's `data-kek` wraps
 //!   admin/           the identity directory of `spiffe://TD/human/admin`
 //! ```
 //!
@@ -35,7 +40,10 @@ use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 use entente_ca::{Ca, CaOptions};
 use entente_client::Identity;
 use entente_crypto::{KeyBundleBody, MessageKeys};
-use entente_hub::HubConfig;
+use entente_hub::{AuditConfig, HubConfig, StreamConfig};
+use entente_types::ChannelPattern;
+
+use crate::commands::agent::parse_duration;
 use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock, files};
 use entente_store::EmbeddedStore;
 use entente_types::{HumanId, Principal, TrustDomain};
@@ -93,8 +101,21 @@ impl DataDir {
     pub(crate) fn hub_config(&self, reload_policies: bool) -> Result<HubConfig> {
         let mut config = self.config.to_hub_config()?;
         config.policies = self.policy_files()?;
+        config.audit = Some(AuditConfig::new(self.audit_dir()));
+        config.streams = self
+            .config
+            .durable
+            .iter()
+            .map(DurableChannel::to_stream)
+            .collect::<Result<_>>()?;
+        config.streams_dir = Some(self.root.join(STREAMS));
         config.replace_stored_policies = reload_policies;
         Ok(config)
+    }
+
+    /// The audit log's directory.
+    pub(crate) fn audit_dir(&self) -> PathBuf {
+        self.root.join(AUDIT)
     }
 
     /// The policy directory.
@@ -307,6 +328,61 @@ pub(crate) struct ConfigFile {
     pub(crate) listen: String,
     /// The trust domain (fixed when the directory is created).
     pub(crate) trust_domain: String,
+    /// Durable channels (docs/DURABLE.md), kept in `streams/`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) durable: Vec<DurableChannel>,
+}
+
+/// One `[[durable]]` table of `config.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DurableChannel {
+    /// The stream's name: `a-z`, `0-9`, `-`, `_`.
+    pub(crate) name: String,
+    /// The channels it keeps: a pattern (`orders.>`).
+    pub(crate) channels: String,
+    /// Most messages kept (default 1 000 000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_messages: Option<u64>,
+    /// Most bytes kept (default 1 GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_bytes: Option<u64>,
+    /// How long a message is kept at most (`7d`, the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_age: Option<String>,
+    /// How long a delivery may stay unacknowledged (`30s`, the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) ack_wait: Option<String>,
+    /// Deliveries before the dead-letter log (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_deliver: Option<u32>,
+}
+
+impl DurableChannel {
+    fn to_stream(&self) -> Result<StreamConfig> {
+        let what = || format!("`[[durable]]` `{}`", self.name);
+        let channels = ChannelPattern::parse(&self.channels)
+            .with_context(|| format!("{}: `channels`", what()))?;
+        let mut stream = StreamConfig::new(self.name.clone(), channels);
+        if let Some(n) = self.max_messages {
+            stream.max_messages = n;
+        }
+        if let Some(n) = self.max_bytes {
+            stream.max_bytes = n;
+        }
+        if let Some(age) = &self.max_age {
+            stream.max_age =
+                parse_duration(age).with_context(|| format!("{}: `max_age`", what()))?;
+        }
+        if let Some(wait) = &self.ack_wait {
+            stream.ack_wait =
+                parse_duration(wait).with_context(|| format!("{}: `ack_wait`", what()))?;
+        }
+        if let Some(n) = self.max_deliver {
+            stream.max_deliver = n;
+        }
+        Ok(stream)
+    }
 }
 
 impl ConfigFile {
@@ -314,12 +390,16 @@ impl ConfigFile {
         Self {
             listen,
             trust_domain: td.to_string(),
+            durable: Vec::new(),
         }
     }
 
     pub(crate) fn parse(text: &str) -> Result<Self> {
         let config: Self = toml::from_str(text)?;
         config.to_hub_config()?;
+        for durable in &config.durable {
+            durable.to_stream()?;
+        }
         Ok(config)
     }
 
@@ -329,7 +409,15 @@ impl ConfigFile {
              #\n\
              # Authorization is Cedar policies, default deny: see policies/ and docs/POLICY.md.\n\
              # The hub keeps the running set in its registry; change it with\n\
-             # `entente policy load`.\n\n{}",
+             # `entente policy load`.\n\
+             #\n\
+             # Durable channels (docs/DURABLE.md) keep what is published until every durable\n\
+             # consumer has acknowledged it, for example:\n\
+             #   [[durable]]\n\
+             #   name = \"orders\"\n\
+             #   channels = \"orders.>\"\n\
+             #   max_messages = 1000000\n\
+             #   ack_wait = \"30s\"\n\n{}",
             toml::to_string(self)?
         ))
     }
@@ -454,6 +542,8 @@ const TRUST_PEM: &str = "ca.pem";
 const STORE: &str = "store.redb";
 const ADMIN: &str = "admin";
 const POLICIES: &str = "policies";
+const AUDIT: &str = "audit";
+const STREAMS: &str = "streams";
 const DEFAULT_POLICIES: &str = "default.cedar";
 
 fn unix_ms(t: SystemTime) -> u64 {

@@ -51,10 +51,23 @@ enum Command {
         /// hub's `danger` module, for this measurement only) and report the ratio.
         #[arg(long, value_name = "ROUNDS", num_args = 0..=1, default_missing_value = "3")]
         compare_authorization: Option<usize>,
+        /// Run ROUNDS rounds with the hub's audit log on and off, and report the ratio.
+        #[arg(
+            long,
+            value_name = "ROUNDS",
+            num_args = 0..=1,
+            default_missing_value = "3",
+            conflicts_with = "compare_authorization"
+        )]
+        compare_audit: Option<usize>,
     },
     /// Run a hub.
     #[command(subcommand)]
     Hub(HubCommand),
+    /// The hub's audit log: read, export and prove records (administrators); verify an export
+    /// offline.
+    #[command(subcommand)]
+    Audit(commands::audit::AuditCommand),
     /// Manage join tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -98,6 +111,10 @@ enum Command {
         /// Exit after this many messages.
         #[arg(long)]
         count: Option<u64>,
+        /// Read a durable channel as the durable consumer NAME: what was published while it
+        /// was away comes first; each message is acknowledged once printed.
+        #[arg(long, value_name = "NAME")]
+        durable: Option<String>,
     },
     /// Send a request to one agent or human and print its reply.
     Request {
@@ -290,7 +307,14 @@ fn main() -> ExitCode {
             payload,
             rate,
             compare_authorization,
-        } => commands::bench::run(messages, payload, rate, compare_authorization, cli.json),
+            compare_audit,
+        } => {
+            use commands::bench::Switch;
+            let compare = compare_authorization
+                .map(|rounds| (Switch::Authorization, rounds))
+                .or(compare_audit.map(|rounds| (Switch::Audit, rounds)));
+            commands::bench::run(messages, payload, rate, compare, cli.json)
+        }
         Command::Hub(HubCommand::Start {
             data,
             listen,
@@ -303,6 +327,7 @@ fn main() -> ExitCode {
             reload_policies,
             cli.json,
         ),
+        Command::Audit(command) => commands::audit::run(command, cli.json),
         Command::Policy(PolicyCommand::Load { at, files }) => {
             commands::policy::load(&at, &files, cli.json)
         }
@@ -345,9 +370,19 @@ fn main() -> ExitCode {
             purpose.as_deref(),
             cli.json,
         ),
-        Command::Listen { at, channel, count } => {
-            commands::agent::listen(&at.identity, &at.hub, &channel, count, cli.json)
-        }
+        Command::Listen {
+            at,
+            channel,
+            count,
+            durable,
+        } => commands::agent::listen(
+            &at.identity,
+            &at.hub,
+            &channel,
+            count,
+            durable.as_deref(),
+            cli.json,
+        ),
         Command::Request {
             at,
             target,

@@ -32,8 +32,8 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use entente_crypto::{SealerOptions, TAG_LEN, VerifiedKeyBundle};
 use entente_types::{Channel, ChannelPattern, Principal, namespace};
 use entente_wire::{
-    ClientFrame, Deliver, DirectoryRequest, Held, KeyBundle, ServerFrame, Subscribe, Unsubscribe,
-    client_frame, server_frame,
+    ClientFrame, Deliver, DirectoryRequest, DurableAck, Held, KeyBundle, ServerFrame, Subscribe,
+    Unsubscribe, client_frame, server_frame,
 };
 use tokio::net::ToSocketAddrs;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -41,7 +41,7 @@ use tokio::task::JoinHandle;
 use tonic::Streaming;
 
 use crate::bundles::KeyBundleCache;
-use crate::inbox::Inbox;
+use crate::inbox::{DurableDelivery, Inbox};
 use crate::outbox::{Outbox, OutboxOptions, Outgoing, Recipients, Sealed};
 use crate::renew::{self, Credential};
 use crate::stats::{self, ClientStats, Stats};
@@ -186,6 +186,8 @@ struct SubscriptionEntry {
     pattern: ChannelPattern,
     items: mpsc::Sender<Result<Message, Error>>,
     inbox: Mutex<Inbox>,
+    /// Durable subscriptions: messages of each stored entry not yet acknowledged.
+    unacked: Option<Mutex<HashMap<u64, usize>>>,
 }
 
 #[derive(Debug)]
@@ -352,14 +354,95 @@ impl Client {
         let pattern = ChannelPattern::parse(pattern).map_err(|e| {
             Error::new(ErrorKind::InvalidInput, format!("bad channel pattern: {e}")).with_source(e)
         })?;
-        let (id, items) = self.open_subscription(&pattern).await?;
+        let (id, items) = self.open_subscription(&pattern, None).await?;
         Ok(Subscription::new(id, pattern, items, self.clone()))
     }
 
-    /// Subscribes to `pattern` and returns the subscription's ID and items.
+    /// Subscribes to a durable channel (docs/DURABLE.md) as the durable consumer `consumer`,
+    /// made at the first subscription and kept by the hub while this client is away: it reads
+    /// from where it left off everything published on `pattern` since it was made, at least
+    /// once. `pattern` is the durable channel's pattern, or one channel it captures; the
+    /// consumer belongs to this client's principal.
+    ///
+    /// Each message carries [`Message::durable`]; acknowledge it with
+    /// [`ack`](Self::ack) once it is handled. What is not acknowledged within the channel's
+    /// `ack_wait` (or when the subscription ends) is delivered again, with a higher
+    /// `attempt`; after the channel's `max_deliver` attempts it goes to a dead-letter log.
+    /// A refusal is [`ErrorKind::Refused`] with code `NO_STREAM` when no durable channel
+    /// captures `pattern`, `DUPLICATE_SUBSCRIPTION` when another session holds the consumer.
+    pub async fn subscribe_durable(
+        &self,
+        pattern: &str,
+        consumer: &str,
+    ) -> Result<Subscription, Error> {
+        let pattern = ChannelPattern::parse(pattern).map_err(|e| {
+            Error::new(ErrorKind::InvalidInput, format!("bad channel pattern: {e}")).with_source(e)
+        })?;
+        let (id, items) = self.open_subscription(&pattern, Some(consumer)).await?;
+        Ok(Subscription::new(id, pattern, items, self.clone()))
+    }
+
+    /// Acknowledges `message` of a durable subscription: once every message of the stored
+    /// entry it came in is acknowledged, the hub is told and does not deliver the entry to
+    /// this consumer again. Does nothing for a message of a live subscription, or of a
+    /// subscription that has ended.
+    ///
+    /// The acknowledgement is queued in order with this client's other frames, without
+    /// waiting for the hub; one still queued when the client closes is lost, and the entry
+    /// comes again (delivery is at least once).
+    pub async fn ack(&self, message: &Message) -> Result<(), Error> {
+        let Some(durable) = message.durable else {
+            return Ok(());
+        };
+        let entry = self
+            .inner
+            .shared
+            .lock()
+            .subscriptions
+            .get(&durable.subscription)
+            .cloned();
+        let Some(entry) = entry else {
+            return Ok(());
+        };
+        let done = entry.unacked.as_ref().is_some_and(|unacked| {
+            let mut unacked = unacked.lock().unwrap_or_else(PoisonError::into_inner);
+            match unacked.get_mut(&durable.sequence) {
+                Some(left) if *left > 1 => {
+                    *left -= 1;
+                    false
+                }
+                Some(_) => {
+                    unacked.remove(&durable.sequence);
+                    true
+                }
+                None => false,
+            }
+        });
+        if done {
+            self.send_ack(durable.subscription, vec![durable.sequence])
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn send_ack(&self, subscription_id: u64, sequences: Vec<u64>) -> Result<(), Error> {
+        let frame = Command::Frame(client_frame::Kind::DurableAck(DurableAck {
+            subscription_id,
+            sequences,
+        }));
+        self.inner
+            .commands
+            .send(frame)
+            .await
+            .map_err(|_| self.inner.shared.closed_error())
+    }
+
+    /// Subscribes to `pattern` (as durable consumer `durable`, if given) and returns the
+    /// subscription's ID and items.
     async fn open_subscription(
         &self,
         pattern: &ChannelPattern,
+        durable: Option<&str>,
     ) -> Result<(u64, mpsc::Receiver<Result<Message, Error>>), Error> {
         let shared = &self.inner.shared;
         let id = shared.next_id();
@@ -373,6 +456,7 @@ impl Client {
                 identity.key_bundle().epoch(),
                 identity.message_keys().clone(),
             )),
+            unacked: durable.map(|_| Mutex::default()),
         });
         let (done, answer) = oneshot::channel();
         shared.register(
@@ -386,6 +470,7 @@ impl Client {
         let frame = client_frame::Kind::Subscribe(Subscribe {
             subscription_id: id,
             pattern: pattern.to_string(),
+            durable: durable.unwrap_or_default().to_owned(),
         });
         match self.exchange(Command::Frame(frame), answer).await {
             Ok(()) => Ok((id, items_rx)),
@@ -1085,7 +1170,7 @@ impl Client {
         let mut listening = self.inner.replies.lock().await;
         if !*listening {
             let pattern = namespace::reply_pattern(self.principal());
-            let (_, items) = self.open_subscription(&pattern).await?;
+            let (_, items) = self.open_subscription(&pattern, None).await?;
             tokio::spawn(dispatch_replies(self.inner.shared.clone(), items));
             *listening = true;
         }
@@ -1668,11 +1753,44 @@ async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) {
                 .unwrap_or_else(|| no_bundle(sender, Some(epoch)))
         })
     };
-    let opened = entry
-        .inbox
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .open(deliver, &lookup, now);
+    let (sequence, attempt) = (deliver.sequence, deliver.attempt);
+    let durable = entry.unacked.is_some() && sequence > 0;
+    let mut opened = if durable && attempt > 1 {
+        // A redelivery: the subscription's replay window has seen these envelopes, so they
+        // open in a window of their own (the hub redelivers what was not acknowledged).
+        let identity = &shared.identity;
+        Inbox::new(
+            identity.principal().clone(),
+            identity.key_bundle().epoch(),
+            identity.message_keys().clone(),
+        )
+        .open(deliver, &lookup, now)
+    } else {
+        entry
+            .inbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .open(deliver, &lookup, now)
+    };
+    if durable && let Some(unacked) = &entry.unacked {
+        let mut count = 0;
+        for message in opened.items.iter_mut().flatten() {
+            message.durable = Some(DurableDelivery {
+                subscription: id,
+                sequence,
+                attempt,
+            });
+            count += 1;
+        }
+        // An entry none of whose messages open is not acknowledged: it is delivered again,
+        // then goes to the dead-letter log, where the operator sees it.
+        if count > 0 {
+            unacked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(sequence, count);
+        }
+    }
     let s = &shared.stats;
     stats::add(&s.received, opened.received);
     stats::add(&s.rejected, opened.rejected);
@@ -1764,6 +1882,7 @@ mod tests {
             payload: b"answer".to_vec(),
             message_id: MessageId::from_parts(1, [0; 10]),
             reply_to: None,
+            durable: None,
         }
     }
 

@@ -457,7 +457,7 @@ impl Client {
     /// A grant RPC's error with a kind to match on: what the caller asked is unusable
     /// (`INVALID_ARGUMENT`: [`ErrorKind::InvalidInput`]); the hub refused it in its state
     /// (unknown, expired or decided requests, replays, limits: [`ErrorKind::Refused`]).
-    fn grant_error(&self, error: Error) -> Error {
+    pub(crate) fn grant_error(&self, error: Error) -> Error {
         let code = std::error::Error::source(&error)
             .and_then(|s| s.downcast_ref::<tonic::Status>())
             .map(tonic::Status::code);

@@ -35,6 +35,22 @@ pub struct Message {
     pub message_id: MessageId,
     /// Where the sender wants replies, if anywhere.
     pub reply_to: Option<Channel>,
+    /// Where a message of a durable subscription was stored, and which delivery this is:
+    /// acknowledge it with [`Client::ack`](crate::Client::ack). `None` for live subscriptions.
+    pub durable: Option<DurableDelivery>,
+}
+
+/// A message's place in a durable channel ([`Client::subscribe_durable`](crate::Client::subscribe_durable)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DurableDelivery {
+    /// The subscription it came on.
+    pub subscription: u64,
+    /// The stored entry's sequence in its channel (all messages of one publish batch share
+    /// it).
+    pub sequence: u64,
+    /// 1 for the first delivery, then 2, 3, … for each redelivery.
+    pub attempt: u32,
 }
 
 /// What opening one `Deliver` produced, in the order of the frame.
@@ -267,6 +283,7 @@ fn message(envelope: VerifiedEnvelope) -> Message {
         payload: envelope.into_payload(),
         message_id,
         reply_to,
+        durable: None,
     }
 }
 
@@ -302,6 +319,7 @@ mod tests {
                     subscription_id: 1,
                     sender_keys: publish.sender_keys,
                     batches: publish.batches,
+                    ..wire::Deliver::default()
                 },
                 Sealed::Failed { error, .. } => panic!("{error}"),
             })

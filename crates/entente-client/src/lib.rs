@@ -55,6 +55,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod audit;
 mod bundles;
 mod client;
 pub mod danger;
@@ -71,12 +72,13 @@ mod stats;
 mod subscription;
 mod transport;
 
+pub use audit::AuditExport;
 pub use client::{Client, PublishAck};
 pub use enroll::enroll;
 pub use error::{Error, ErrorKind};
 pub use grants::{ApprovalOutcome, held_hash, request_hash};
 pub use identity::{IDENTITY_VERSION, Identity, IdentityError};
-pub use inbox::Message;
+pub use inbox::{DurableDelivery, Message};
 pub use options::ClientOptions;
 pub use request::{Request, Requests, Responder};
 pub use stats::ClientStats;

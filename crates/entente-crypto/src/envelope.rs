@@ -523,13 +523,7 @@ impl SignedBatchIn {
         now_ms: u64,
     ) -> Result<(), OpenError> {
         check_signer(sender_bundle, &self.sender, self.key_epoch, now_ms)?;
-        let mut aad = Canon::default();
-        let mut hashes = Vec::with_capacity(self.envelopes.len() * 32);
-        for e in &self.envelopes {
-            aad.clear();
-            write_aad_in(&mut aad, self.sender.as_str(), self.channel.as_str(), e);
-            hashes.extend_from_slice(&envelope_hash(aad.as_bytes(), &e.ciphertext));
-        }
+        let hashes = self.envelope_hashes().concat();
         let input = batch_input(
             self.sender.as_str(),
             self.channel.as_str(),
@@ -539,6 +533,20 @@ impl SignedBatchIn {
         );
         verify_ed25519(sender_bundle, &input, &self.signature)
             .map_err(|()| OpenError::BadBatchSignature)
+    }
+
+    /// Each envelope's hash, `hash_i` of PROTOCOL.md §4.4, in batch order: what the batch
+    /// signature covers, and what the hub's audit record of a delivered batch commits to.
+    pub fn envelope_hashes(&self) -> Vec<[u8; 32]> {
+        let mut aad = Canon::default();
+        self.envelopes
+            .iter()
+            .map(|e| {
+                aad.clear();
+                write_aad_in(&mut aad, self.sender.as_str(), self.channel.as_str(), e);
+                envelope_hash(aad.as_bytes(), &e.ciphertext)
+            })
+            .collect()
     }
 
     /// Re-encodes to the wire form.

@@ -33,6 +33,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use entente_audit::{Event, Outcome, Revocation};
 use entente_ca::{RESERVED_SEGMENT, Revocations, TokenError, VerifiedRevocationList};
 use entente_policy::{Action, Resource};
 use entente_store::StoreError;
@@ -42,6 +43,7 @@ use entente_wire::{
 };
 use tokio::sync::MutexGuard;
 
+use crate::audit;
 use crate::renew::Caller;
 use crate::rpc::{self, RpcError, Services};
 use crate::stats;
@@ -95,8 +97,10 @@ pub(crate) async fn put_in_force<R>(
     services: &Services<R>,
     _revoking: &MutexGuard<'_, ()>,
     list: VerifiedRevocationList,
+    actor: &str,
 ) -> Result<usize, HubError> {
-    if let Some(held) = services.revocations.current()
+    let before = services.revocations.current();
+    if let Some(held) = &before
         && list.version() <= held.version()
     {
         return Err(HubError::StaleRevocations {
@@ -119,7 +123,44 @@ pub(crate) async fn put_in_force<R>(
     let closed = services.connections.close_revoked(&list);
     // What decisions may depend on changed: no cached decision outlives it.
     services.authz.bump();
+    record_revocations(services, before.as_deref(), &list, actor);
     Ok(closed)
+}
+
+/// Submits a revocation record of each principal and certificate serial `list` revokes that
+/// `before` did not (a serial as `serial:<hex>`); the caller waits for them to be durable.
+/// In force whatever the audit log says: a failed log fails the caller's wait.
+fn record_revocations<R>(
+    services: &Services<R>,
+    before: Option<&VerifiedRevocationList>,
+    list: &VerifiedRevocationList,
+    actor: &str,
+) {
+    let wire = list.to_wire();
+    let principals = wire
+        .principals
+        .iter()
+        .filter(|p| before.is_none_or(|b| !b.to_wire().principals.contains(p)))
+        .cloned();
+    let serials = wire
+        .serials
+        .iter()
+        .filter(|s| before.is_none_or(|b| !b.is_serial_revoked(s)))
+        .map(|s| {
+            format!(
+                "serial:{}",
+                s.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            )
+        });
+    let auditor = services.authz.auditor();
+    for revoked in principals.chain(serials) {
+        let event = Event::Revocation(Revocation {
+            principal: audit::clear(&revoked),
+            list_version: list.version(),
+            reason: audit::clear(""),
+        });
+        let _ = auditor.submit(actor, Outcome::Success, event);
+    }
 }
 
 // === CreateToken ===
@@ -268,7 +309,7 @@ async fn revoke_inner<R>(
         Some(list) if !changed => Ok(response(&list, 0)),
         _ => {
             let list = sign(services, &next, now).await?;
-            let closed = put_in_force(services, &revoking, list.clone())
+            let closed = put_in_force(services, &revoking, list.clone(), caller.principal.as_str())
                 .await
                 .map_err(put_error)?;
             Ok(response(&list, closed))

@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use entente_audit::{Event, Outcome};
 use entente_policy::{
     Action, BASE_POLICIES, CacheOptions, Decision, DecisionCache, Engine, Facts, GrantBook,
     GrantError, GrantLimits, LoadError, PolicySet, Problem, Reason, Resource, Subject,
@@ -46,6 +47,7 @@ use prost::Message as _;
 use tokio::sync::watch;
 
 use crate::HubError;
+use crate::audit::{self, AuditUnavailable, Auditor};
 use crate::danger::Danger;
 use crate::grant_state::{GrantChangeError, GrantState};
 use crate::held::{Holds, Verdicts};
@@ -127,6 +129,8 @@ pub(crate) struct Authz {
     /// Whether a policy of the running set reads `context.now`: sessions then decide their
     /// subscriptions again every [`TIME_RECHECK`].
     reads_time: AtomicBool,
+    /// Where decisions are recorded: each one the engine makes, and each denial.
+    auditor: Auditor,
 }
 
 /// How often a session decides its subscriptions again, uncached, while a running policy
@@ -174,6 +178,18 @@ pub(crate) enum Publishing {
 /// …). Made only when a request is denied.
 #[derive(Debug)]
 pub(crate) struct Denied(pub(crate) String);
+
+/// Whether a decision was made by the engine now (and recorded) or came from a cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Made {
+    Fresh,
+    Cached,
+}
+
+/// Everything is denied while the audit log is failed.
+fn unavailable(e: AuditUnavailable) -> Denied {
+    Denied(e.to_string())
+}
 
 /// One session's authorizer: its principal's decision cache.
 #[derive(Debug)]
@@ -239,6 +255,7 @@ impl Authz {
             stats,
             skip_decisions: false,
             reads_time: AtomicBool::new(time),
+            auditor: Auditor::off(),
         })
     }
 
@@ -256,6 +273,18 @@ impl Authz {
     pub(crate) fn with_danger(mut self, danger: Danger) -> Self {
         self.skip_decisions = danger.skip_policy_decisions;
         self
+    }
+
+    /// Records decisions (and the acts the unary services record) in `auditor`.
+    pub(crate) fn with_auditor(mut self, auditor: Auditor) -> Self {
+        self.holds.set_auditor(auditor.clone());
+        self.auditor = auditor;
+        self
+    }
+
+    /// Where decisions and acts are recorded.
+    pub(crate) fn auditor(&self) -> &Auditor {
+        &self.auditor
     }
 
     /// Whether a running policy reads `context.now`.
@@ -293,6 +322,7 @@ impl Authz {
         let decision = self
             .engine
             .decide(&subject, Action::Publish, &resource, &facts, now_ms);
+        self.record(&subject, Action::Publish, &resource, &decision);
         if decision.allowed {
             Verdicts::Allowed
         } else if self.engine.policies().holds(&decision) {
@@ -414,7 +444,7 @@ impl Authz {
             &self.facts_for(subject.principal(), now_ms),
             now_ms,
         );
-        self.judge(subject, resource, &decision)
+        self.judge(subject, action, resource, &decision, Made::Fresh)
     }
 
     /// Like [`decide`](Self::decide) for `publish` on `channel`, but a publish the policies
@@ -438,21 +468,31 @@ impl Authz {
             let set = self.engine.policies();
             if set.holds(&decision) && set.allowed_once_approved(subject, &resource, &facts, now_ms)
             {
+                self.record(subject, Action::Publish, &resource, &decision);
+                self.auditor.check().map_err(unavailable)?;
                 stats::bump(&self.stats.policy_allows);
                 return Ok(Publishing::Held);
             }
         }
-        self.judge(subject, &resource, &decision)
+        self.judge(subject, Action::Publish, &resource, &decision, Made::Fresh)
             .map(|()| Publishing::Allowed)
     }
 
-    /// Counts `decision` and turns a denial into words.
+    /// Counts `decision`, turns a denial into words, and records it: a decision `made`
+    /// fresh now, and every denial (a cached one again, as a refusal). While the audit log is
+    /// failed, everything is denied.
     fn judge(
         &self,
         subject: &Subject,
+        action: Action,
         resource: &Resource<'_>,
         decision: &Decision,
+        made: Made,
     ) -> Result<(), Denied> {
+        if made == Made::Fresh || !decision.allowed {
+            self.record(subject, action, resource, decision);
+        }
+        self.auditor.check().map_err(unavailable)?;
         if decision.allowed {
             stats::bump(&self.stats.policy_allows);
             Ok(())
@@ -460,6 +500,48 @@ impl Authz {
             stats::bump(&self.stats.policy_denials);
             Err(Denied(denial(&self.engine, subject, resource, decision)))
         }
+    }
+
+    /// Submits the record of `decision` (without waiting: what it allows is answered only
+    /// once it is durable, see [`crate::audit`]). A failed log is caught by the caller's
+    /// [`Auditor::check`].
+    fn record(
+        &self,
+        subject: &Subject,
+        action: Action,
+        resource: &Resource<'_>,
+        decision: &Decision,
+    ) {
+        if !self.auditor.is_on() {
+            return;
+        }
+        let reason = if decision.allowed {
+            decision.reason.to_string()
+        } else {
+            denial(&self.engine, subject, resource, decision)
+        };
+        let principal = subject.principal().as_str();
+        let event = Event::Decision(entente_audit::Decision {
+            principal: audit::clear(principal),
+            action: audit::clear(action.name()),
+            resource: audit::clear(&resource.to_string()),
+            allowed: decision.allowed,
+            policies: decision
+                .policies
+                .iter()
+                .take(entente_audit::MAX_POLICIES)
+                .map(|id| audit::bounded(id.as_str()))
+                .collect(),
+            reason: audit::clear(&reason),
+            policy_epoch: decision.epoch,
+        });
+        let outcome = match (decision.allowed, decision.reason) {
+            (true, _) => Outcome::Success,
+            (false, Reason::BadRequest | Reason::ForbidFailed) => Outcome::Failed,
+            (false, _) => Outcome::Denied,
+        };
+        // A failure shows in `check`, which every caller asks next.
+        let _ = self.auditor.submit(principal, outcome, event);
     }
 
     fn lock_sources(&self) -> MutexGuard<'_, Vec<(String, String)>> {
@@ -523,18 +605,25 @@ impl SessionAuthz {
             return Ok(Publishing::Allowed);
         }
         let resource = Resource::Channel(channel);
-        let decision = self.decision(authz, Action::Publish, &resource, now_ms);
+        let (decision, made) = self.decision(authz, Action::Publish, &resource, now_ms);
         if !decision.allowed {
             let set = authz.engine.policies();
             if set.holds(&decision)
                 && set.allowed_once_approved(self.cache.subject(), &resource, &self.facts, now_ms)
             {
+                authz.auditor.check().map_err(unavailable)?;
                 stats::bump(&authz.stats.policy_allows);
                 return Ok(Publishing::Held);
             }
         }
         authz
-            .judge(self.cache.subject(), &resource, &decision)
+            .judge(
+                self.cache.subject(),
+                Action::Publish,
+                &resource,
+                &decision,
+                made,
+            )
             .map(|()| Publishing::Allowed)
     }
 
@@ -545,7 +634,7 @@ impl SessionAuthz {
             return false;
         }
         let resource = Resource::Channel(channel);
-        let decision = self.decision(authz, Action::Publish, &resource, now_ms);
+        let (decision, _) = self.decision(authz, Action::Publish, &resource, now_ms);
         let set = authz.engine.policies();
         !decision.allowed
             && set.holds(&decision)
@@ -580,26 +669,33 @@ impl SessionAuthz {
         if authz.skips(action) {
             return Ok(());
         }
-        let decision = self.decision(authz, action, resource, now_ms);
-        authz.judge(self.cache.subject(), resource, &decision)
+        let (decision, made) = self.decision(authz, action, resource, now_ms);
+        authz.judge(self.cache.subject(), action, resource, &decision, made)
     }
 
-    /// The decision, cached or not, uncounted.
+    /// The decision, cached or not, uncounted; one made fresh is recorded.
     fn decision(
         &mut self,
         authz: &Authz,
         action: Action,
         resource: &Resource<'_>,
         now_ms: u64,
-    ) -> Arc<Decision> {
+    ) -> (Arc<Decision>, Made) {
         // The epoch first, then the book: a grant change is swapped in before its bump.
         let epoch = authz.engine.epoch();
         if epoch != self.facts_epoch {
             self.facts = authz.facts_for(self.cache.subject().principal(), now_ms);
             self.facts_epoch = epoch;
         }
-        self.cache
-            .decide(&authz.engine, action, resource, &self.facts, now_ms)
+        let misses = self.cache.stats().misses;
+        let decision = self
+            .cache
+            .decide(&authz.engine, action, resource, &self.facts, now_ms);
+        if self.cache.stats().misses == misses {
+            return (decision, Made::Cached);
+        }
+        authz.record(self.cache.subject(), action, resource, &decision);
+        (decision, Made::Fresh)
     }
 }
 
@@ -650,8 +746,11 @@ impl DeliveryGate {
             .unwrap_or_else(PoisonError::into_inner);
         let first = pattern.tokens().next().unwrap_or_default();
         // Own namespaces are the structural rule's, which no epoch changes.
+        if self.authz.auditor.check().is_err() {
+            return false;
+        }
         if stale && first != DIRECT_PREFIX && first != REPLY_PREFIX {
-            let decision = decisions.decision(
+            let (decision, _) = decisions.decision(
                 &self.authz,
                 Action::Subscribe,
                 &Resource::Pattern(pattern),
@@ -664,7 +763,7 @@ impl DeliveryGate {
         if pattern.is_literal() {
             return true;
         }
-        let decision = decisions.decision(
+        let (decision, _) = decisions.decision(
             &self.authz,
             Action::Subscribe,
             &Resource::Channel(channel),
@@ -697,6 +796,7 @@ impl Authz {
             stats,
             skip_decisions: false,
             reads_time: AtomicBool::new(time),
+            auditor: Auditor::off(),
         }
     }
 

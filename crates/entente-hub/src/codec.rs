@@ -263,6 +263,7 @@ mod tests {
                     subscription_id,
                     sender_keys: sender_keys.clone(),
                     batches: batches.clone(),
+                    ..Deliver::default()
                 }))
             );
         }

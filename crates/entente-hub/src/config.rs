@@ -1,6 +1,7 @@
 //! The hub's configuration.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use entente_policy::GrantLimits;
@@ -8,6 +9,8 @@ use entente_types::Principal;
 use entente_wire::Limits;
 
 use crate::HubError;
+use crate::audit::AuditConfig;
+use crate::durable::StreamConfig;
 
 /// Everything [`Hub::start`](crate::Hub::start) needs besides the CA and the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +67,20 @@ pub struct HubConfig {
     /// the [`HubHandle`](crate::HubHandle) can always create tokens and revoke. `entente hub
     /// start` puts the admin human identity it creates, `spiffe://TD/human/admin`, here.
     pub admins: Vec<Principal>,
+    /// The audit log ([`AuditConfig`]): every decision, every administrative and
+    /// security-relevant act and every routed batch is recorded, and what can't be recorded
+    /// is refused. Its keys live in the CA's key store. Default `None`: nothing is recorded
+    /// (`entente hub start` always keeps one).
+    pub audit: Option<AuditConfig>,
+    /// How long a data key encrypts before the hub makes a new one
+    /// ([`datakeys`](crate::datakeys)); older versions are retired once nothing kept at rest
+    /// needs them. Default one day.
+    pub data_key_rotation: Duration,
+    /// The durable channels ([`StreamConfig`], docs/DURABLE.md). Default none.
+    pub streams: Vec<StreamConfig>,
+    /// Where durable channels are kept (a directory per channel); required with
+    /// [`streams`](Self::streams). `entente hub start` uses `DATA/streams`.
+    pub streams_dir: Option<PathBuf>,
 }
 
 impl Default for HubConfig {
@@ -82,6 +99,10 @@ impl Default for HubConfig {
             max_streams_per_connection: 4,
             key_bundle_ttl: Duration::from_secs(30 * 24 * 60 * 60),
             admins: Vec::new(),
+            audit: None,
+            data_key_rotation: Duration::from_secs(24 * 60 * 60),
+            streams: Vec::new(),
+            streams_dir: None,
         }
     }
 }
@@ -104,6 +125,11 @@ impl HubConfig {
         }
         if self.handshake_timeout.is_zero() || self.slow_consumer_timeout.is_zero() {
             return Err(HubError::Config("timeouts must not be zero"));
+        }
+        if self.data_key_rotation < Duration::from_secs(1) {
+            return Err(HubError::Config(
+                "data_key_rotation must be at least a second",
+            ));
         }
         if self.key_bundle_ttl.is_zero() {
             return Err(HubError::Config("key_bundle_ttl must not be zero"));

@@ -136,5 +136,13 @@ async fn members<R: Router>(
             "publishing to `{channel}` is denied: {why}"
         )));
     }
-    Ok(services.router.subscribers(&channel).await)
+    let mut members = services.router.subscribers(&channel).await;
+    // Durable consumers are members even while offline: what is sealed now is stored for
+    // them.
+    for owner in services.streams.members(&channel) {
+        if !members.contains(&owner) {
+            members.push(owner);
+        }
+    }
+    Ok(members)
 }

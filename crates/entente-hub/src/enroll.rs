@@ -14,6 +14,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use entente_audit::{Admin, Enrollment, Event, Outcome};
 use entente_ca::{JoinToken, JoinTokens, RESERVED_SEGMENT, TokenError};
 use entente_crypto::KeyBundleBody;
 use entente_store::{AgentRecord, StoreError, TokenRecord};
@@ -21,7 +22,8 @@ use entente_types::Principal;
 use entente_wire::{EnrollRequest, EnrollResponse};
 
 use crate::HubError;
-use crate::rpc::{self, RpcError, Services};
+use crate::audit;
+use crate::rpc::{self, Refusal as _, RpcError, Services};
 use crate::stats;
 
 /// How far a key bundle's validity is backdated, for clock skew.
@@ -75,19 +77,58 @@ pub(crate) async fn enroll<R>(
     request: EnrollRequest,
     now: SystemTime,
 ) -> Result<EnrollResponse, RpcError> {
+    let auditor = services.authz.auditor();
+    auditor.check().map_err(RpcError::Unaudited)?;
     let result = enroll_inner(services, request, now).await;
     match &result {
         Ok(_) => stats::bump(&services.stats.enrollments),
         Err(_) => stats::bump(&services.stats.enroll_refusals),
     }
-    result
+    if !auditor.is_on() {
+        return result.map(|(response, _)| response);
+    }
+    // Recorded before the agent gets its credentials: what can't be recorded is refused.
+    let (actor, outcome, event) = match &result {
+        Ok((response, enrolled)) => {
+            let leaf = response.certificate_chain.first().map(Vec::as_slice);
+            let event = Event::Enrollment(Enrollment {
+                principal: audit::clear(&enrolled.principal),
+                segment: audit::clear(&enrolled.segment),
+                token_id: audit::clear(&enrolled.token_id),
+                certificate: audit::certificate_hash(leaf.unwrap_or_default()),
+                not_after_ms: leaf.map_or(0, audit::not_after_ms),
+            });
+            (enrolled.principal.clone(), Outcome::Success, event)
+        }
+        Err(e) => {
+            let event = Event::Admin(Admin {
+                operation: audit::clear("enroll"),
+                target: audit::clear(""),
+                detail: audit::clear(&e.to_string()),
+            });
+            (audit::ANONYMOUS.to_owned(), e.outcome(), event)
+        }
+    };
+    auditor
+        .record(&actor, outcome, event)
+        .await
+        .map_err(RpcError::Unaudited)?;
+    result.map(|(response, _)| response)
+}
+
+/// Who enrolled, for the audit record.
+struct Enrolled {
+    principal: String,
+    segment: String,
+    /// The first 16 hex digits of the token's SHA-256: names the token, reveals nothing.
+    token_id: String,
 }
 
 async fn enroll_inner<R>(
     services: &Services<R>,
     request: EnrollRequest,
     now: SystemTime,
-) -> Result<EnrollResponse, RpcError> {
+) -> Result<(EnrollResponse, Enrolled), RpcError> {
     // 1. Everything that can be checked without spending the token.
     let token = JoinToken::parse(&request.token).map_err(|_| RpcError::MalformedToken)?;
     let keys = MessageKeys {
@@ -109,9 +150,22 @@ async fn enroll_inner<R>(
         })?;
 
     // 3. The token is spent: whatever fails now, it stays used.
-    issue(services, &redeemed.agent, request.csr, keys, now)
+    let response = issue(services, &redeemed.agent, request.csr, keys, now)
         .await
-        .map_err(RpcError::after_redeem)
+        .map_err(RpcError::after_redeem)?;
+    let hash = token.hash();
+    let enrolled = Enrolled {
+        segment: Principal::parse(&redeemed.agent)
+            .ok()
+            .and_then(|p| match p {
+                Principal::Agent(agent) => Some(agent.segment().to_owned()),
+                Principal::Human(_) => None,
+            })
+            .unwrap_or_default(),
+        principal: redeemed.agent,
+        token_id: hash.iter().take(8).map(|b| format!("{b:02x}")).collect(),
+    };
+    Ok((response, enrolled))
 }
 
 /// The message public keys of an enrolling agent.

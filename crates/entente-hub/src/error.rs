@@ -52,6 +52,18 @@ pub enum HubError {
     /// without it.
     #[error("a held message in the store does not load: {0}")]
     StoredHeld(String),
+    /// The audit log could not be opened or created: its keys, its directory, or a log that
+    /// does not verify (the error names the position). The hub does not run unaudited.
+    #[error("audit log: {0}")]
+    Audit(String),
+    /// A durable channel could not be opened: its stream or a consumer's state is damaged,
+    /// or its directory can't be used. The hub does not start without it.
+    #[error("durable channels: {0}")]
+    Durable(String),
+    /// The data keys (what the hub encrypts at rest with) could not be made, stored or
+    /// unwrapped.
+    #[error("data keys: {0}")]
+    Keys(String),
     /// The initial policy set ([`HubConfig::policies`](crate::HubConfig)) does not load.
     #[error("the initial policy set does not load: {0}")]
     InitialPolicies(String),

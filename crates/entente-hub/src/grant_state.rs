@@ -24,12 +24,14 @@
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use entente_policy::{ActiveGrant, GrantBook, GrantError, GrantLimits, PolicySet};
+use entente_audit::{Event, FieldMac, Grant as AuditGrant, GrantStage, Outcome};
+use entente_policy::{ActiveGrant, Expired, GrantBook, GrantError, GrantLimits, PolicySet};
 use entente_store::StoreError;
 use entente_types::Principal;
 use tokio::sync::{Notify, watch};
 
 use crate::HubError;
+use crate::audit::{self, Auditor};
 use crate::authz::Authz;
 use crate::registry::Registry;
 use crate::stats;
@@ -166,6 +168,7 @@ pub(crate) async fn expire_loop(
             .await;
         match expired {
             Ok(expired) => {
+                record_expired(authz.auditor(), &expired);
                 let ended = expired.grants.len() as u64;
                 stats::add(&authz.stats().grants_expired, ended);
                 if let Some(last) = expired.grants.iter().map(|g| g.not_after_ms).max() {
@@ -193,6 +196,56 @@ pub(crate) async fn expire_loop(
             }
         }
     }
+}
+
+/// Records the grants that ended and the requests that lapsed (a failed log shows in the
+/// next act's check).
+fn record_expired(auditor: &Auditor, expired: &Expired) {
+    let grants = expired.grants.iter().map(|g| {
+        grant_event(
+            g.id.to_string(),
+            GrantStage::Expired,
+            g.principal.as_str(),
+            &g.name,
+            g.not_after_ms,
+            None,
+        )
+    });
+    let requests = expired.requests.iter().map(|r| {
+        grant_event(
+            r.id.to_string(),
+            GrantStage::Expired,
+            r.requester.as_str(),
+            &r.name,
+            r.expires_at_ms,
+            None,
+        )
+    });
+    for event in grants.chain(requests) {
+        let _ = auditor.submit(audit::HUB_ACTOR, Outcome::Success, event);
+    }
+}
+
+/// The audit record of a grant (or a just-in-time request) at `stage`. A grant is named: its
+/// name is the record's `action`; the policies that read `context.grants` say what it allows.
+/// `reason` is the HMAC of the reason given ([`Auditor::mac`]).
+pub(crate) fn grant_event(
+    id: String,
+    stage: GrantStage,
+    principal: &str,
+    name: &str,
+    not_after_ms: u64,
+    reason: Option<FieldMac>,
+) -> Event {
+    Event::Grant(AuditGrant {
+        grant_id: audit::clear(&id),
+        stage,
+        principal: audit::clear(principal),
+        action: audit::clear(name),
+        resource: audit::clear(""),
+        not_after_ms,
+        reason,
+    })
 }
 
 #[cfg(test)]

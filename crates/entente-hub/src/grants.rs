@@ -25,6 +25,7 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
+use entente_audit::{GrantStage, Outcome as AuditOutcome};
 use entente_crypto::{ApprovalError, ApprovalIn, KeyBundleIn, ObjectKind, Verdict};
 use entente_policy::{
     Action, Facts, Grant, GrantEnd, GrantError, GrantId, GrantRequest as BookRequest, GrantedBy,
@@ -39,7 +40,7 @@ use entente_wire::{
 use prost::Message as _;
 use tonic::Status;
 
-use crate::grant_state::GrantChangeError;
+use crate::grant_state::{GrantChangeError, grant_event};
 use crate::held::{self, HoldError};
 use crate::renew::Caller;
 use crate::router::Router;
@@ -140,6 +141,29 @@ impl ApproveError {
     }
 }
 
+impl std::fmt::Display for ApproveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApproveError::Rpc(e) => e.fmt(f),
+            ApproveError::Hold(e) => e.fmt(f),
+        }
+    }
+}
+
+impl rpc::Refusal for ApproveError {
+    fn outcome(&self) -> entente_audit::Outcome {
+        match self {
+            ApproveError::Rpc(e) => e.outcome(),
+            ApproveError::Hold(HoldError::Store) => entente_audit::Outcome::Failed,
+            ApproveError::Hold(_) => entente_audit::Outcome::Denied,
+        }
+    }
+
+    fn unaudited(e: crate::audit::AuditUnavailable) -> Self {
+        ApproveError::Rpc(RpcError::Unaudited(e))
+    }
+}
+
 impl From<RpcError> for ApproveError {
     fn from(e: RpcError) -> Self {
         ApproveError::Rpc(e)
@@ -202,6 +226,13 @@ async fn revoke_grant_inner<R>(
         .change_grants(&services.registry, |book, _| book.revoke(id))
         .await
         .map_err(change_error)?;
+    record(
+        services,
+        caller,
+        &grant,
+        GrantStage::Revoked,
+        &request.reason,
+    );
     Ok(RevokeGrantResponse {
         grant: Some(grant_info(&grant)),
     })
@@ -240,6 +271,7 @@ async fn grant_inner<R>(
         now_ms,
         &format!("granting to `{principal}`"),
     )?;
+    let reason = request.reason.clone();
     let new = NewGrant {
         name: request.name,
         principal,
@@ -254,6 +286,7 @@ async fn grant_inner<R>(
         })
         .await
         .map_err(change_error)?;
+    record(services, caller, &grant, GrantStage::Given, &reason);
     Ok(GrantResponse {
         grant: Some(grant_info(&grant)),
     })
@@ -282,6 +315,17 @@ async fn request_inner<R>(
         })
         .await
         .map_err(change_error)?;
+    let auditor = services.authz.auditor();
+    let event = grant_event(
+        request.id.to_string(),
+        GrantStage::Requested,
+        request.requester.as_str(),
+        &request.name,
+        request.expires_at_ms,
+        auditor.mac(&request.reason),
+    );
+    // Answered once durable, by the RPC's own record; a failed log fails that.
+    let _ = auditor.submit(caller.principal.as_str(), AuditOutcome::Success, event);
     Ok(RequestGrantResponse {
         request: Some(request_info(&request, now_ms)),
     })
@@ -344,6 +388,13 @@ async fn approve_inner<R>(
             grant: None,
         },
         Outcome::Granted(grant) => {
+            record(
+                services,
+                caller,
+                &grant,
+                GrantStage::Approved,
+                &grant.reason,
+            );
             let approvers = match &grant.granted_by {
                 GrantedBy::Request { approvers, .. } => approvers.len(),
                 GrantedBy::Granter(_) => 0,
@@ -356,13 +407,49 @@ async fn approve_inner<R>(
                 grant: Some(grant_info(&grant)),
             }
         }
-        Outcome::Rejected => ApproveResponse {
-            outcome: "rejected".into(),
-            approvals: 0,
-            required: 0,
-            grant: None,
-        },
+        Outcome::Rejected => {
+            let event = grant_event(
+                id.to_string(),
+                GrantStage::Rejected,
+                requester.as_str(),
+                "",
+                now_ms,
+                None,
+            );
+            let _ = services.authz.auditor().submit(
+                caller.principal.as_str(),
+                AuditOutcome::Success,
+                event,
+            );
+            ApproveResponse {
+                outcome: "rejected".into(),
+                approvals: 0,
+                required: 0,
+                grant: None,
+            }
+        }
     })
+}
+
+/// Submits the record of `grant` at `stage` by the caller, with the HMAC of `reason`; the RPC
+/// is answered once it is durable (by its own record: a failed log fails that).
+fn record<R>(
+    services: &Services<R>,
+    caller: &Caller,
+    grant: &Grant,
+    stage: GrantStage,
+    reason: &str,
+) {
+    let auditor = services.authz.auditor();
+    let event = grant_event(
+        grant.id.to_string(),
+        stage,
+        grant.principal.as_str(),
+        &grant.name,
+        grant.not_after_ms,
+        auditor.mac(reason),
+    );
+    let _ = auditor.submit(caller.principal.as_str(), AuditOutcome::Success, event);
 }
 
 /// The statement of an `Approve`, parsed, which must be signed as the caller.

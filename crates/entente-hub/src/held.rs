@@ -25,7 +25,8 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use entente_crypto::{ApprovalIn, Verdict, VerifiedApproval};
+use entente_audit::{Approval, Event, Hash, Outcome as AuditOutcome, Verdict as AuditVerdict};
+use entente_crypto::{ApprovalIn, SignedBatchIn, Verdict, VerifiedApproval};
 use entente_policy::{Action, Resource, Subject};
 use entente_types::{Channel, Principal};
 use entente_wire::{
@@ -36,6 +37,7 @@ use prost::Message as _;
 use tonic::Status;
 
 use crate::HubError;
+use crate::audit::{self, Auditor};
 use crate::authz::Denied;
 use crate::grants::{self, ApproveError};
 use crate::registry::Registry;
@@ -130,6 +132,8 @@ pub(crate) enum Outcome {
         channel: Channel,
         /// The `Deliver` body to route.
         body: Bytes,
+        /// The batch in it, for the audit record of its delivery.
+        batch: SignedBatch,
     },
     /// Rejected (by an approver, by the sender, or because the policies now deny it).
     Rejected,
@@ -173,6 +177,8 @@ pub(crate) struct Holds {
     writing: tokio::sync::Mutex<()>,
     /// Where pending holds are kept ([`Holds::load`]); none in unit tests.
     registry: Option<Registry>,
+    /// Where expirations are recorded (decisions on holds are recorded by [`approve`]).
+    auditor: Auditor,
 }
 
 #[derive(Debug, Default)]
@@ -254,6 +260,7 @@ pub(crate) async fn approve<R: Router>(
             .as_ref()
             .is_some_and(|list| list.is_principal_revoked(p))
     };
+    let (envelope, statement) = (approval.statement().object_hash, *approval.digest());
     let outcome = holds
         .decide(&id, &approval, now_ms, |sender, channel, approvers| {
             if revoked(sender) {
@@ -274,13 +281,36 @@ pub(crate) async fn approve<R: Router>(
         required: 0,
         grant: None,
     };
+    // Recorded before anything is routed; the RPC is answered once the records are durable.
+    let auditor = authz.auditor();
+    let verdict = match &outcome {
+        Outcome::Rejected => AuditVerdict::Rejected,
+        Outcome::Pending { .. } | Outcome::Released { .. } => AuditVerdict::Approved,
+    };
+    let event = approval_event(&id, &sender, &channel, verdict, envelope, Some(statement));
+    let mut recorded = auditor.submit(caller.principal.as_str(), AuditOutcome::Success, event);
+    if let Outcome::Released { batch, .. } = &outcome
+        && recorded.is_ok()
+        && let Ok(batch) = SignedBatchIn::from_wire(batch.clone())
+    {
+        let event = Event::DeliveredBatch(crate::session::delivered(&batch));
+        recorded = auditor.submit(batch.sender().as_str(), AuditOutcome::Success, event);
+    }
+    if let Err(e) = recorded {
+        // Stored as decided: after a restart it is listed, and never routed.
+        return Err(RpcError::Unaudited(e).into());
+    }
     Ok(match outcome {
         Outcome::Pending { approvals } => response("pending", approvals),
         Outcome::Released {
             approvals,
             channel,
             body,
+            batch,
         } => {
+            // Released is released: if its durable channel can't take it, it still reaches
+            // the live subscribers, and the approver is told.
+            let stored = store_released(services, &channel, &batch, &body).await;
             let routed = services.router.route(&channel, body).await;
             if holds.forget(&id).await.is_err() {
                 // Kept in the store as released: listed after a restart, never routed again.
@@ -288,6 +318,13 @@ pub(crate) async fn approve<R: Router>(
             }
             stats::add(&services.stats.delivery_failures, routed.failed as u64);
             stats::add(&services.stats.withheld_deliveries, routed.withheld as u64);
+            if let Err(e) = stored {
+                return Err(RpcError::Precondition(format!(
+                    "held message `{id}` was released to the live subscribers of `{channel}`, \
+                     but not stored for its durable consumers: {e}"
+                ))
+                .into());
+            }
             response("released", approvals)
         }
         Outcome::Rejected => response("rejected", 0),
@@ -341,6 +378,48 @@ fn permitted_approver<R>(
     )
 }
 
+/// Stores a released message in its durable channel, if one captures it, before it is
+/// routed; the approval is answered once it is durable.
+async fn store_released<R>(
+    services: &Services<R>,
+    channel: &Channel,
+    batch: &SignedBatch,
+    body: &Bytes,
+) -> Result<(), crate::durable::DurableError> {
+    let streams = &services.streams;
+    let Some(stream) = streams.for_channel(channel) else {
+        return Ok(());
+    };
+    let mut epochs: Vec<u64> = batch.envelopes.iter().map(|e| e.epoch).collect();
+    epochs.sort_unstable();
+    epochs.dedup();
+    // The held body carries the sender keys it was published with.
+    let entry = streams.entry(channel, &batch.sender, &epochs, &epochs, body);
+    match stream.submit(entry) {
+        Ok(ticket) => stream.durable(ticket).await,
+        Err(e) => Err(e),
+    }
+}
+
+/// The audit record of a decision on held message `id`.
+fn approval_event(
+    id: &str,
+    sender: &Principal,
+    channel: &Channel,
+    verdict: AuditVerdict,
+    envelope: [u8; 32],
+    statement: Option<[u8; 32]>,
+) -> Event {
+    Event::Approval(Approval {
+        message_id: audit::clear(id),
+        sender: audit::clear(sender.as_str()),
+        channel: audit::clear(channel.as_str()),
+        verdict,
+        envelope: Hash(envelope),
+        statement: statement.map(Hash),
+    })
+}
+
 // === impl Holds ===
 
 impl Holds {
@@ -377,7 +456,13 @@ impl Holds {
             book: Mutex::new(book),
             writing: tokio::sync::Mutex::new(()),
             registry: Some(registry.clone()),
+            auditor: Auditor::off(),
         })
+    }
+
+    /// Records expirations in `auditor`.
+    pub(crate) fn set_auditor(&mut self, auditor: Auditor) {
+        self.auditor = auditor;
     }
 
     /// Holds `new`, received at `now_ms`, stored before it is in force; returns when the hold
@@ -531,7 +616,12 @@ impl Holds {
     ) -> Vec<HeldMessage> {
         let candidates: Vec<(String, Principal, Channel)> = {
             let mut book = self.lock();
-            let expired = book.expire(now_ms);
+            let (expired, lapsed) = book.expire(now_ms);
+            for event in lapsed {
+                let _ = self
+                    .auditor
+                    .submit(audit::HUB_ACTOR, AuditOutcome::Success, event);
+            }
             // Deleted from the store at the next change.
             book.undeleted.extend(expired);
             book.order
@@ -564,7 +654,13 @@ impl Holds {
     /// Expires pending holds past their time and deletes them from the store (a failure is
     /// tried again at the next change, and at start).
     async fn forget_expired(&self, now_ms: u64) {
-        let expired = self.lock().expire(now_ms);
+        let (expired, lapsed) = self.lock().expire(now_ms);
+        for event in lapsed {
+            // A failed log shows in the next act's check.
+            let _ = self
+                .auditor
+                .submit(audit::HUB_ACTOR, AuditOutcome::Success, event);
+        }
         let mut failed = Vec::new();
         for id in expired {
             if self.delete(&id).await.is_err() {
@@ -591,8 +687,9 @@ impl Book {
     /// Expires pending holds past their time, and forgets decided ones kept long enough (or
     /// beyond [`MAX_KEPT`], oldest first). Returns the IDs to delete from the store: those
     /// expired now, and those whose deletion failed before.
-    fn expire(&mut self, now_ms: u64) -> Vec<String> {
+    fn expire(&mut self, now_ms: u64) -> (Vec<String>, Vec<Event>) {
         let mut expired = std::mem::take(&mut self.undeleted);
+        let mut lapsed = Vec::new();
         for (id, hold) in &mut self.holds {
             if hold.state == State::Pending && now_ms >= hold.expires_at_ms {
                 hold.end(
@@ -601,6 +698,14 @@ impl Book {
                     hold.expires_at_ms,
                 );
                 expired.push(id.clone());
+                lapsed.push(approval_event(
+                    id,
+                    &hold.new.sender,
+                    &hold.new.channel,
+                    AuditVerdict::Expired,
+                    hold.new.hash,
+                    None,
+                ));
             }
         }
         let keep_ms = u64::try_from(KEEP_DECIDED.as_millis()).unwrap_or(u64::MAX);
@@ -622,7 +727,7 @@ impl Book {
             }
             !stale
         });
-        expired
+        (expired, lapsed)
     }
 }
 
@@ -696,6 +801,7 @@ impl Hold {
                             approvals,
                             channel: self.new.channel.clone(),
                             body,
+                            batch: self.new.batch.clone(),
                         })
                     }
                     Verdicts::StillHeld => Ok(Outcome::Pending { approvals }),

@@ -314,15 +314,20 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod audit;
+mod audit_rpc;
 mod authz;
 pub mod client_tls;
 pub mod codec;
+mod commit;
 mod config;
 mod connections;
 mod control;
 mod csr;
 pub mod danger;
+pub mod datakeys;
 mod directory;
+mod durable;
 mod enroll;
 mod error;
 mod grant_state;
@@ -344,9 +349,12 @@ mod tls;
 mod verifier;
 
 pub use admin::{CREATE_TOKEN_PATH, DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL, REVOKE_PATH};
+pub use audit::{AUDIT_KEK, AUDIT_SIGNING_KEY, AuditConfig};
+pub use audit_rpc::{AUDIT_EXPORT_PATH, AUDIT_PROOF_PATH, AUDIT_RECORDS_PATH};
 pub use authz::{BASE_SOURCE, LoadPoliciesError, PolicyOrigin, RunningPolicies};
 pub use config::HubConfig;
 pub use control::{CloseReason, ConnectionControl};
+pub use durable::StreamConfig;
 pub use error::HubError;
 pub use grants::{
     APPROVE_PATH, GRANT_PATH, LIST_GRANTS_PATH, REQUEST_GRANT_PATH, REVOKE_GRANT_PATH,

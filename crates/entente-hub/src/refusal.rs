@@ -48,6 +48,11 @@ pub enum RefusalCode {
     /// The hub could not store what the publish needed (a message held for approval): nothing
     /// was routed or held; try again.
     Unavailable = 13,
+    /// A durable channel holds as much as its limits allow: nothing was stored or routed; try
+    /// again once its consumers catch up (docs/DURABLE.md).
+    Full = 14,
+    /// A durable subscription names a pattern no durable channel captures.
+    NoStream = 15,
 }
 
 impl RefusalCode {
@@ -72,6 +77,8 @@ impl RefusalCode {
             11 => Self::NoRecipient,
             12 => Self::TooManyHeld,
             13 => Self::Unavailable,
+            14 => Self::Full,
+            15 => Self::NoStream,
             _ => return None,
         })
     }
@@ -93,6 +100,8 @@ impl fmt::Display for RefusalCode {
             Self::NoRecipient => "NO_RECIPIENT",
             Self::TooManyHeld => "TOO_MANY_HELD",
             Self::Unavailable => "UNAVAILABLE",
+            Self::Full => "FULL",
+            Self::NoStream => "NO_STREAM",
         })
     }
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use entente_audit::{Admin, Event, Outcome};
 use entente_ca::{Ca, IssueError};
 use entente_policy::{Action, GrantError, Resource, Subject};
 use entente_store::StoreError;
@@ -22,6 +23,7 @@ use entente_types::Principal;
 use entente_wire::Limits;
 use tonic::{Request, Response, Status};
 
+use crate::audit::{self, AuditUnavailable};
 use crate::authz::{Authz, Denied};
 use crate::connections::Connections;
 use crate::control::CloseReason;
@@ -66,6 +68,8 @@ pub(crate) struct Services<R> {
     /// Serializes revocation, local and remote: read the list in force, store the next one,
     /// put it in force ([`crate::admin::put_in_force`]).
     pub(crate) revoking: tokio::sync::Mutex<()>,
+    /// The durable channels: their consumers' owners are members of what they read.
+    pub(crate) streams: Arc<crate::durable::Streams>,
 }
 
 /// Why a unary request was refused.
@@ -145,6 +149,12 @@ pub(crate) enum RpcError {
     /// Something failed after the join token was spent; the token stays used.
     #[error("{0} (after the join token was spent)")]
     AfterRedeem(Box<RpcError>),
+    /// The act could not be recorded in the audit log, so it is refused.
+    #[error("{0}")]
+    Unaudited(AuditUnavailable),
+    /// The audit log could not be read or sealed.
+    #[error("audit log: {0}")]
+    Audit(String),
 }
 
 // === impl RpcError ===
@@ -192,6 +202,8 @@ impl RpcError {
             Self::Conflict => {
                 Status::aborted("the revocation list changed meanwhile: send the request again")
             }
+            Self::Unaudited(e) => Status::unavailable(e.to_string()),
+            Self::Audit(_) => Status::unavailable("the audit log is unavailable"),
             Self::AfterRedeem(inner) => {
                 let status = inner.status();
                 Status::new(
@@ -208,6 +220,68 @@ impl RpcError {
     /// A failure after the join token was spent.
     pub(crate) fn after_redeem(self) -> Self {
         Self::AfterRedeem(Box::new(self))
+    }
+}
+
+/// Serves an act that is recorded: refused at once while the audit log is failed, otherwise
+/// done, then recorded (an `admin` record of `operation` on `target` by `actor`, with the
+/// outcome and, for a refusal, its reason in detail) and answered only once the record is
+/// durable. An act whose record can't be made durable is answered `UNAVAILABLE`.
+pub(crate) async fn audited<R, T, E: Refusal>(
+    services: &Services<R>,
+    actor: &str,
+    operation: &str,
+    target: String,
+    act: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let auditor = services.authz.auditor();
+    if !auditor.is_on() {
+        return act.await;
+    }
+    auditor.check().map_err(E::unaudited)?;
+    let result = act.await;
+    let (outcome, detail) = match &result {
+        Ok(_) => (Outcome::Success, String::new()),
+        Err(e) => (e.outcome(), e.to_string()),
+    };
+    let event = Event::Admin(Admin {
+        operation: audit::clear(operation),
+        target: audit::clear(&target),
+        detail: audit::clear(&detail),
+    });
+    auditor
+        .record(actor, outcome, event)
+        .await
+        .map_err(E::unaudited)?;
+    result
+}
+
+/// A refusal of a recorded act, as the audit log sees it.
+pub(crate) trait Refusal: std::fmt::Display {
+    /// The hub's own failure ([`Outcome::Failed`]), or a refusal of the request.
+    fn outcome(&self) -> Outcome;
+
+    /// The refusal of an act that could not be recorded.
+    fn unaudited(e: AuditUnavailable) -> Self;
+}
+
+impl Refusal for RpcError {
+    fn outcome(&self) -> Outcome {
+        match self {
+            Self::Store(_)
+            | Self::GrantStore(_)
+            | Self::Corrupt(_)
+            | Self::Ca(_)
+            | Self::CaSign(_)
+            | Self::Audit(_)
+            | Self::Unaudited(_) => Outcome::Failed,
+            Self::AfterRedeem(inner) => inner.outcome(),
+            _ => Outcome::Denied,
+        }
+    }
+
+    fn unaudited(e: AuditUnavailable) -> Self {
+        Self::Unaudited(e)
     }
 }
 

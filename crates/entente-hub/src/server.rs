@@ -32,7 +32,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use entente_ca::{Ca, JoinToken, TrustBundle, VerifiedRevocationList};
 use entente_store::Store;
 use entente_types::Principal;
-use entente_wire::{Bounded, ClientFrame, Limits};
+use entente_wire::{
+    ApproveRequest, Bounded, ClientFrame, CreateTokenRequest, GrantRequest, Limits,
+    LoadPoliciesRequest, RequestGrantRequest, RevokeGrantRequest, RevokeRequest,
+};
 use futures_util::Stream;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
@@ -47,10 +50,14 @@ use tonic::server::Grpc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::admin::{self, CREATE_TOKEN_PATH, REVOKE_PATH};
+use crate::audit::{AuditWriter, Auditor};
+use crate::audit_rpc::{self, AUDIT_EXPORT_PATH, AUDIT_PROOF_PATH, AUDIT_RECORDS_PATH};
 use crate::authz::{Authz, LoadPoliciesError, PolicyOrigin, RunningPolicies};
 use crate::codec::{BoundedCodec, Outbound, SessionCodec};
 use crate::connections::Connections;
 use crate::control::{self, CloseReason, ConnectionControl};
+use crate::datakeys::{self, DataKeys};
+use crate::durable::{StreamWriters, Streams};
 use crate::grants::{
     APPROVE_PATH, GRANT_PATH, LIST_GRANTS_PATH, REQUEST_GRANT_PATH, REVOKE_GRANT_PATH,
 };
@@ -60,7 +67,7 @@ use crate::registry::Registry;
 use crate::renew::Caller;
 use crate::replay::ReplayGuard;
 use crate::router::{LocalRouter, SessionId};
-use crate::rpc::{DIRECTORY_PATH, ENROLL_PATH, RENEW_PATH, Services, Unary};
+use crate::rpc::{self, DIRECTORY_PATH, ENROLL_PATH, RENEW_PATH, Services, Unary};
 use crate::session::{self, Session, SessionContext};
 use crate::stats::{self, HubStats, Stats};
 use crate::tls::{self, HubCertResolver, Listener, TlsConfigs};
@@ -103,6 +110,13 @@ pub struct HubHandle {
     renew: JoinHandle<()>,
     /// Expires grants on time ([`grant_state::expire_loop`]).
     expire: JoinHandle<()>,
+    /// Rotates the data key on time ([`datakeys::rotate_loop`]).
+    rotate: JoinHandle<()>,
+    data_keys: Arc<DataKeys>,
+    /// The durable channels' writer threads, closed and joined at shutdown.
+    stream_writers: Option<StreamWriters>,
+    /// The audit log's writer thread, closed and joined last.
+    audit_writer: Option<AuditWriter>,
 }
 
 /// State shared by the accept loop, connections and the handle.
@@ -182,6 +196,27 @@ impl Hub {
         })?;
 
         let stats = Arc::new(Stats::default());
+        let (auditor, audit_writer) = match &config.audit {
+            Some(audit) => {
+                Auditor::open(
+                    audit,
+                    trust.trust_domain().as_str(),
+                    ca.keystore(),
+                    &registry,
+                    stats.clone(),
+                )
+                .await?
+            }
+            None => (Auditor::off(), AuditWriter::none()),
+        };
+        let data_keys = Arc::new(
+            DataKeys::load(
+                ca.keystore().clone(),
+                &registry,
+                rpc::unix_ms(SystemTime::now()),
+            )
+            .await?,
+        );
         let authz = Arc::new(
             Authz::start(
                 &registry,
@@ -192,8 +227,17 @@ impl Hub {
                 stats.clone(),
             )
             .await?
-            .with_danger(config.danger),
+            .with_danger(config.danger)
+            .with_auditor(auditor),
         );
+        let (streams, stream_writers) = Streams::open(
+            &config.streams,
+            config.streams_dir.as_deref(),
+            &data_keys,
+            &stats,
+            authz.auditor(),
+        )?;
+        let streams = Arc::new(streams);
         let connections = Arc::new(Connections::new(revocations.clone(), stats.clone()));
         let context = SessionContext {
             router: Arc::new(LocalRouter::new(config.slow_consumer_timeout)),
@@ -202,6 +246,7 @@ impl Hub {
             grants: Arc::default(),
             limits: config.limits,
             max_subscriptions: config.max_subscriptions,
+            streams: streams.clone(),
         };
         let services = Arc::new(Services {
             ca: ca.clone(),
@@ -218,6 +263,7 @@ impl Hub {
             agents: tokio::sync::Mutex::new(()),
             admins: config.admins.iter().cloned().collect::<HashSet<_>>(),
             revoking: tokio::sync::Mutex::new(()),
+            streams: streams.clone(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -240,6 +286,15 @@ impl Hub {
             shared.services.registry.clone(),
             shutdown_rx.clone(),
         ));
+        let rotate = tokio::spawn(datakeys::rotate_loop(
+            data_keys.clone(),
+            shared.services.registry.clone(),
+            shared.context.authz.auditor().clone(),
+            shared.config.data_key_rotation,
+            // The oldest version an entry kept in a durable channel names.
+            move |keys: &DataKeys| streams.oldest_key_version(keys),
+            shutdown_rx.clone(),
+        ));
         let renew = tokio::spawn(renew_loop(ca, hub, resolver, not_after, shutdown_rx));
         Ok(HubHandle {
             local_addr,
@@ -248,6 +303,10 @@ impl Hub {
             accept: Some(accept),
             renew,
             expire,
+            rotate,
+            data_keys,
+            stream_writers: Some(stream_writers),
+            audit_writer: Some(audit_writer),
         })
     }
 }
@@ -366,7 +425,118 @@ impl HubHandle {
     pub async fn revoke(&self, list: VerifiedRevocationList) -> Result<usize, HubError> {
         let services = &self.shared.services;
         let revoking = services.revoking.lock().await;
-        admin::put_in_force(services, &revoking, list).await
+        let closed =
+            admin::put_in_force(services, &revoking, list, crate::audit::HUB_ACTOR).await?;
+        let auditor = services.authz.auditor();
+        auditor
+            .durable(auditor.ticket())
+            .await
+            .map_err(|e| HubError::Audit(e.to_string()))?;
+        Ok(closed)
+    }
+
+    /// The hub's data keys ([`datakeys`](crate::datakeys)): their versions, and sealing at
+    /// rest.
+    pub fn data_keys(&self) -> &DataKeys {
+        &self.data_keys
+    }
+
+    /// Makes a new data key now (`entente keys rotate data`), recorded in the audit log as
+    /// the operator's; returns its version.
+    pub async fn rotate_data_key(&self) -> Result<u32, HubError> {
+        let services = &self.shared.services;
+        let auditor = services.authz.auditor();
+        auditor
+            .check()
+            .map_err(|e| HubError::Audit(e.to_string()))?;
+        let now = rpc::unix_ms(SystemTime::now());
+        let version = self.data_keys.rotate(&services.registry, now).await?;
+        let event = entente_audit::Event::Admin(entente_audit::Admin {
+            operation: crate::audit::clear("rotate-data-key"),
+            target: crate::audit::clear(datakeys::DATA_KEK),
+            detail: crate::audit::clear(&format!("version {version}")),
+        });
+        auditor
+            .record(
+                crate::audit::HUB_ACTOR,
+                entente_audit::Outcome::Success,
+                event,
+            )
+            .await
+            .map_err(|e| HubError::Audit(e.to_string()))?;
+        Ok(version)
+    }
+
+    /// The verifier key of the audit log's checkpoints (`<origin>+<key id>+<key>`), if the
+    /// hub keeps one ([`HubConfig::audit`]): what `entente audit verify` and auditors trust.
+    pub fn audit_verifier_key(&self) -> Option<String> {
+        let log = self.shared.context.authz.auditor().log()?;
+        let log = log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(log.verifier().keys().first()?.to_string())
+    }
+
+    /// Up to `max` records of the audit log from index `from` (fewer at its end), with the
+    /// number of records it holds, once every record submitted so far is durable; `None` if
+    /// the hub keeps no audit log.
+    pub async fn audit_records(
+        &self,
+        from: u64,
+        max: u64,
+    ) -> Result<Option<(Vec<entente_audit::Record>, u64)>, HubError> {
+        let auditor = self.shared.context.authz.auditor();
+        let Some(log) = auditor.log().cloned() else {
+            return Ok(None);
+        };
+        auditor
+            .durable(auditor.ticket())
+            .await
+            .map_err(|e| HubError::Audit(e.to_string()))?;
+        tokio::task::spawn_blocking(move || {
+            let log = log
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let count = log.record_count();
+            let end = from
+                .saturating_add(max.min(entente_audit::MAX_READ))
+                .min(count);
+            let records = log.records(from.min(end)..end)?;
+            Ok::<_, entente_audit::AuditError>(Some((records, count)))
+        })
+        .await
+        .map_err(|_| HubError::Audit("reading the log panicked".into()))?
+        .map_err(|e| HubError::Audit(e.to_string()))
+    }
+
+    /// Seals what the audit log holds (after every record submitted so far is durable) and
+    /// writes it to `path` as an export (docs/AUDIT.md §6), for offline verification; returns
+    /// the checkpoint it ends with (a signed note). `None` if the hub keeps no audit log.
+    pub async fn export_audit(
+        &self,
+        path: impl Into<std::path::PathBuf>,
+    ) -> Result<Option<String>, HubError> {
+        let auditor = self.shared.context.authz.auditor();
+        let Some(log) = auditor.log().cloned() else {
+            return Ok(None);
+        };
+        auditor
+            .durable(auditor.ticket())
+            .await
+            .map_err(|e| HubError::Audit(e.to_string()))?;
+        let path = path.into();
+        tokio::task::spawn_blocking(move || {
+            let mut log = log
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let checkpoint = log.seal()?;
+            log.export(&path)?;
+            Ok::<_, entente_audit::AuditError>(checkpoint.as_str().to_owned())
+        })
+        .await
+        .map_err(|_| HubError::Audit("exporting the log panicked".into()))?
+        .map(Some)
+        .map_err(|e| HubError::Audit(e.to_string()))
     }
 
     /// Stops accepting, closes every connection (`UNAVAILABLE`), and waits for them to end.
@@ -377,12 +547,24 @@ impl HubHandle {
         }
         let _ = (&mut self.renew).await;
         let _ = (&mut self.expire).await;
+        let _ = (&mut self.rotate).await;
+        self.shared.context.streams.close();
+        if let Some(writers) = self.stream_writers.take() {
+            writers.join().await;
+        }
+        self.shared.context.authz.auditor().close();
+        if let Some(writer) = self.audit_writer.take() {
+            writer.join().await;
+        }
     }
 }
 
 impl Drop for HubHandle {
     fn drop(&mut self) {
         self.shutdown.send_replace(true);
+        // The writers write what is queued, save or seal, and end on their own.
+        self.shared.context.streams.close();
+        self.shared.context.authz.auditor().close();
     }
 }
 
@@ -680,9 +862,15 @@ async fn route_request(
             unary(limits, request, move |renew_request| {
                 let (services, caller) = (shared.services.clone(), caller.clone());
                 async move {
-                    renew::renew(&services, &caller, renew_request, SystemTime::now())
-                        .await
-                        .map_err(|e| e.status())
+                    rpc::audited(
+                        &services,
+                        caller.principal.as_str(),
+                        "renew",
+                        String::new(),
+                        renew::renew(&services, &caller, renew_request, SystemTime::now()),
+                    )
+                    .await
+                    .map_err(|e| e.status())
                 }
             })
             .await
@@ -705,23 +893,40 @@ async fn route_request(
             .await
         }
         CREATE_TOKEN_PATH => {
-            unary(limits, request, move |token_request| {
+            unary(limits, request, move |token_request: CreateTokenRequest| {
                 let (services, caller) = (shared.services.clone(), caller.clone());
                 async move {
-                    admin::create_token(&services, &caller, token_request, SystemTime::now())
-                        .await
-                        .map_err(|e| e.status())
+                    rpc::audited(
+                        &services,
+                        caller.principal.as_str(),
+                        "create-token",
+                        token_request.agent.clone(),
+                        admin::create_token(&services, &caller, token_request, SystemTime::now()),
+                    )
+                    .await
+                    .map_err(|e| e.status())
                 }
             })
             .await
         }
         LOAD_POLICIES_PATH => {
-            unary(limits, request, move |load_request| {
+            unary(limits, request, move |load_request: LoadPoliciesRequest| {
                 let (services, caller) = (shared.services.clone(), caller.clone());
                 async move {
-                    policies::load(&services, &caller, load_request)
-                        .await
-                        .map_err(|e| e.status())
+                    rpc::audited(
+                        &services,
+                        caller.principal.as_str(),
+                        "load-policies",
+                        load_request
+                            .sources
+                            .iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        policies::load(&services, &caller, load_request),
+                    )
+                    .await
+                    .map_err(|e| e.status())
                 }
             })
             .await
@@ -742,12 +947,18 @@ async fn route_request(
             .await
         }
         GRANT_PATH => {
-            unary(limits, request, move |grant_request| {
+            unary(limits, request, move |grant_request: GrantRequest| {
                 let (services, caller) = (shared.services.clone(), caller.clone());
                 async move {
-                    grants::grant(&services, &caller, grant_request, SystemTime::now())
-                        .await
-                        .map_err(|e| e.status())
+                    rpc::audited(
+                        &services,
+                        caller.principal.as_str(),
+                        "grant",
+                        format!("{} {}", grant_request.principal, grant_request.name),
+                        grants::grant(&services, &caller, grant_request, SystemTime::now()),
+                    )
+                    .await
+                    .map_err(|e| e.status())
                 }
             })
             .await
@@ -763,25 +974,50 @@ async fn route_request(
             .await
         }
         REQUEST_GRANT_PATH => {
-            unary(limits, request, move |grant_request| {
-                let (services, caller) = (shared.services.clone(), caller.clone());
-                async move {
-                    grants::request(&services, &caller, grant_request, SystemTime::now())
+            unary(
+                limits,
+                request,
+                move |grant_request: RequestGrantRequest| {
+                    let (services, caller) = (shared.services.clone(), caller.clone());
+                    async move {
+                        rpc::audited(
+                            &services,
+                            caller.principal.as_str(),
+                            "request-grant",
+                            grant_request.name.clone(),
+                            grants::request(&services, &caller, grant_request, SystemTime::now()),
+                        )
                         .await
                         .map_err(|e| e.status())
-                }
-            })
+                    }
+                },
+            )
             .await
         }
         REVOKE_GRANT_PATH => {
-            unary(limits, request, move |revoke_request| {
-                let (services, caller) = (shared.services.clone(), caller.clone());
-                async move {
-                    grants::revoke_grant(&services, &caller, revoke_request, SystemTime::now())
+            unary(
+                limits,
+                request,
+                move |revoke_request: RevokeGrantRequest| {
+                    let (services, caller) = (shared.services.clone(), caller.clone());
+                    async move {
+                        rpc::audited(
+                            &services,
+                            caller.principal.as_str(),
+                            "revoke-grant",
+                            revoke_request.id.clone(),
+                            grants::revoke_grant(
+                                &services,
+                                &caller,
+                                revoke_request,
+                                SystemTime::now(),
+                            ),
+                        )
                         .await
                         .map_err(|e| e.status())
-                }
-            })
+                    }
+                },
+            )
             .await
         }
         LIST_HELD_PATH => {
@@ -795,21 +1031,70 @@ async fn route_request(
             .await
         }
         APPROVE_PATH => {
-            unary(limits, request, move |approve_request| {
+            unary(limits, request, move |approve_request: ApproveRequest| {
                 let (services, caller) = (shared.services.clone(), caller.clone());
                 async move {
-                    grants::approve(&services, &caller, approve_request, SystemTime::now())
+                    rpc::audited(
+                        &services,
+                        caller.principal.as_str(),
+                        "approve",
+                        approve_request
+                            .statement
+                            .as_ref()
+                            .map(|st| format!("{} {} {}", st.verdict, st.kind, st.object_id))
+                            .unwrap_or_default(),
+                        grants::approve(&services, &caller, approve_request, SystemTime::now()),
+                    )
+                    .await
+                    .map_err(|e| e.status())
+                }
+            })
+            .await
+        }
+        REVOKE_PATH => {
+            unary(limits, request, move |revoke_request: RevokeRequest| {
+                let (services, caller) = (shared.services.clone(), caller.clone());
+                async move {
+                    rpc::audited(
+                        &services,
+                        caller.principal.as_str(),
+                        "revoke",
+                        revoke_request.principals.join(", "),
+                        admin::revoke(&services, &caller, revoke_request, SystemTime::now()),
+                    )
+                    .await
+                    .map_err(|e| e.status())
+                }
+            })
+            .await
+        }
+        AUDIT_RECORDS_PATH => {
+            unary(limits, request, move |records_request| {
+                let (services, caller) = (shared.services.clone(), caller.clone());
+                async move {
+                    audit_rpc::records(&services, &caller, records_request)
                         .await
                         .map_err(|e| e.status())
                 }
             })
             .await
         }
-        REVOKE_PATH => {
-            unary(limits, request, move |revoke_request| {
+        AUDIT_EXPORT_PATH => {
+            unary(limits, request, move |export_request| {
                 let (services, caller) = (shared.services.clone(), caller.clone());
                 async move {
-                    admin::revoke(&services, &caller, revoke_request, SystemTime::now())
+                    audit_rpc::export(&services, &caller, export_request)
+                        .await
+                        .map_err(|e| e.status())
+                }
+            })
+            .await
+        }
+        AUDIT_PROOF_PATH => {
+            unary(limits, request, move |proof_request| {
+                let (services, caller) = (shared.services.clone(), caller.clone());
+                async move {
+                    audit_rpc::proof(&services, &caller, proof_request)
                         .await
                         .map_err(|e| e.status())
                 }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
+use entente_audit::{DeliveredBatch, Event, Hash, Outcome};
 use entente_crypto::{SenderKeyIn, SignedBatchIn};
 use entente_policy::Action;
 use entente_types::namespace::{self, DIRECT_PREFIX, REPLY_PREFIX};
@@ -23,9 +24,11 @@ use prost::Message as _;
 use tokio::sync::{mpsc, watch};
 use tonic::{Code, Status, Streaming};
 
+use crate::audit::{self, Auditor};
 use crate::authz::{self, Authz, DeliveryGate, Denied, Publishing, SessionAuthz};
 use crate::codec::{Outbound, max_deliver_len};
 use crate::control::{self, ConnectionControl};
+use crate::durable::{self, DurableError, Stream, Streams};
 use crate::held::{HoldError, NewHold};
 use crate::refusal::RefusalCode;
 use crate::replay::{self, Header, SenderWindows};
@@ -46,6 +49,8 @@ pub(crate) struct SessionContext<R> {
     pub(crate) grants: Arc<ReplyGrants>,
     pub(crate) limits: Limits,
     pub(crate) max_subscriptions: usize,
+    /// The durable channels.
+    pub(crate) streams: Arc<Streams>,
 }
 
 impl<R> Clone for SessionContext<R> {
@@ -57,6 +62,7 @@ impl<R> Clone for SessionContext<R> {
             grants: self.grants.clone(),
             limits: self.limits,
             max_subscriptions: self.max_subscriptions,
+            streams: self.streams.clone(),
         }
     }
 }
@@ -79,7 +85,19 @@ pub(crate) struct Session<R: Router> {
     gate: Arc<DeliveryGate>,
     /// The policy epoch this session has decided its subscriptions at.
     epoch: watch::Receiver<u64>,
+    /// While auditing is on or channels are durable, every answer (`Ack`, `Refusal`) goes out
+    /// through [`forward_answers`] once what it answers is recorded and stored durably.
+    answers: Option<mpsc::Sender<Answer>>,
+    /// The durable consumers this session holds, by subscription (their patterns are in
+    /// `subscriptions` too).
+    durables: HashMap<u64, durable::Held>,
 }
+
+/// An answer waiting for the audit log (up to a ticket) and for durable channels.
+type Answer = (u64, Vec<(Arc<Stream>, u64)>, server_frame::Kind);
+
+/// How many answers may wait for the audit log before the session waits for room.
+const ANSWERS_WAITING: usize = 1024;
 
 /// A refusal about to be sent.
 #[derive(Debug)]
@@ -99,6 +117,13 @@ struct Checked {
     replies: Vec<Channel>,
     /// The message to hold for approval instead of routing, if any.
     held: Option<NewHold>,
+    /// The audit records of the batches to route (none while auditing is off).
+    audited: Vec<DeliveredBatch>,
+    /// The entries to store in durable channels, with their streams.
+    durable: Vec<(Arc<Stream>, Vec<u8>)>,
+    /// The publish's sender keys, `(sender, channel, epoch, encoded)`, for durable entries
+    /// that follow (only while channels are durable).
+    keys: Vec<(String, String, u64, Bytes)>,
 }
 
 /// One channel's share of a publish, encoded as `Deliver` fields 2 and 3.
@@ -133,6 +158,12 @@ impl<R: Router> Session<R> {
             &principal,
             *epoch.borrow(),
         ));
+        let auditor = context.authz.auditor();
+        let answers = (auditor.is_on() || !context.streams.is_empty()).then(|| {
+            let (answers, waiting) = mpsc::channel(ANSWERS_WAITING);
+            tokio::spawn(forward_answers(auditor.clone(), waiting, outbound.clone()));
+            answers
+        });
         Self {
             id,
             principal,
@@ -144,6 +175,8 @@ impl<R: Router> Session<R> {
             authz,
             gate,
             epoch,
+            answers,
+            durables: HashMap::new(),
         }
     }
 
@@ -156,6 +189,14 @@ impl<R: Router> Session<R> {
                 self.unsubscribe(unsubscribe).await
             }
             Some(client_frame::Kind::Credit(_)) => Ok(()),
+            Some(client_frame::Kind::DurableAck(ack)) => {
+                // Acknowledgements of a subscription that is gone (or never was durable) are
+                // moot: its entries are delivered again to the consumer's next holder.
+                if let Some(held) = self.durables.get(&ack.subscription_id) {
+                    held.consumer.ack(&ack.sequences);
+                }
+                Ok(())
+            }
             None => {
                 stats::bump(&self.context.stats.malformed_frames);
                 Err(Status::invalid_argument("unknown or empty client frame"))
@@ -163,8 +204,22 @@ impl<R: Router> Session<R> {
         }
     }
 
+    /// Ends subscription `id`: a durable consumer is released, a live subscription leaves
+    /// the router.
+    fn end_subscription(&mut self, id: u64) {
+        match self.durables.remove(&id) {
+            Some(held) => held.release(),
+            None => {
+                self.context.router.unsubscribe(self.id, id);
+            }
+        }
+    }
+
     /// Removes the session's subscriptions from the router.
     pub(crate) fn finish(&mut self) {
+        for (_, held) in self.durables.drain() {
+            held.release();
+        }
         self.context.router.remove_session(self.id);
         self.context.grants.forget_session(self.id);
         self.subscriptions.clear();
@@ -172,6 +227,15 @@ impl<R: Router> Session<R> {
 
     async fn subscribe(&mut self, subscribe: Subscribe) -> Result<(), Status> {
         let id = subscribe.subscription_id;
+        if let Err(refused) = self.audit_available().await {
+            return self.refuse(id, refused).await;
+        }
+        if !subscribe.durable.is_empty() {
+            return match self.subscribe_durable(&subscribe) {
+                Ok(()) => self.ack(id).await,
+                Err(refused) => self.refuse(id, refused).await,
+            };
+        }
         match self.check_subscribe(&subscribe) {
             Ok(pattern) => {
                 let subscriber = Subscriber {
@@ -189,6 +253,39 @@ impl<R: Router> Session<R> {
             }
             Err(refused) => self.refuse(id, refused).await,
         }
+    }
+
+    /// Takes hold of a durable consumer (made at the first subscription) and starts its
+    /// deliveries; the pattern is authorized as any subscription's.
+    fn subscribe_durable(&mut self, subscribe: &Subscribe) -> Result<(), Refused> {
+        let pattern = self.check_subscribe(subscribe)?;
+        let stream = self
+            .context
+            .streams
+            .for_pattern(&pattern)
+            .cloned()
+            .ok_or_else(|| {
+                Refused::new(
+                    RefusalCode::NoStream,
+                    DurableError::NoStream(pattern.to_string()).to_string(),
+                )
+            })?;
+        let consumer = stream
+            .hold(&subscribe.durable, &self.principal, &pattern, self.id)
+            .map_err(|e| {
+                let code = match e {
+                    DurableError::BadName => RefusalCode::Malformed,
+                    DurableError::NotYours(_) => RefusalCode::Denied,
+                    DurableError::InUse(_) => RefusalCode::DuplicateSubscription,
+                    _ => RefusalCode::Unavailable,
+                };
+                Refused::new(code, e.to_string())
+            })?;
+        let id = subscribe.subscription_id;
+        let held = stream.deliver(consumer, id, self.outbound.clone(), self.gate.clone());
+        self.durables.insert(id, held);
+        self.subscriptions.insert(id, pattern);
+        Ok(())
     }
 
     fn check_subscribe(&mut self, subscribe: &Subscribe) -> Result<ChannelPattern, Refused> {
@@ -239,7 +336,7 @@ impl<R: Router> Session<R> {
         ended.sort_unstable_by_key(|(id, _)| *id);
         for (id, reason) in ended {
             self.subscriptions.remove(&id);
-            self.context.router.unsubscribe(self.id, id);
+            self.end_subscription(id);
             stats::bump(&self.context.stats.subscriptions_ended);
             let refused = Refused::new(RefusalCode::Denied, reason);
             self.send(server_frame::Kind::SubscriptionEnded(SubscriptionEnded {
@@ -266,7 +363,7 @@ impl<R: Router> Session<R> {
     async fn unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Result<(), Status> {
         let id = unsubscribe.subscription_id;
         if self.subscriptions.remove(&id).is_some() {
-            self.context.router.unsubscribe(self.id, id);
+            self.end_subscription(id);
             self.ack(id).await
         } else {
             let refused = Refused::new(RefusalCode::UnknownSubscription, "no such subscription");
@@ -276,6 +373,9 @@ impl<R: Router> Session<R> {
 
     async fn publish(&mut self, publish: Publish) -> Result<(), Status> {
         let request_id = publish.request_id;
+        if let Err(refused) = self.audit_available().await {
+            return self.refuse(request_id, refused).await;
+        }
         let checked = match self.check_publish(publish) {
             Ok(checked) => checked,
             Err(refused) => return self.refuse(request_id, refused).await,
@@ -288,6 +388,7 @@ impl<R: Router> Session<R> {
             let (message_id, channel) = (new.id.clone(), new.channel.to_string());
             match self.context.authz.holds().hold(new, now_ms()).await {
                 Ok(expires_at_ms) => {
+                    self.record_held(&message_id, &channel, expires_at_ms);
                     stats::bump(&self.context.stats.held_messages);
                     held.push(Held {
                         message_id,
@@ -309,6 +410,35 @@ impl<R: Router> Session<R> {
                 }
             }
         }
+        let auditor = self.context.authz.auditor();
+        if !checked.audited.is_empty() {
+            for batch in checked.audited {
+                let event = Event::DeliveredBatch(batch);
+                if let Err(e) = auditor.submit(self.principal.as_str(), Outcome::Success, event) {
+                    let refused = Refused::new(RefusalCode::Unavailable, e.to_string());
+                    return self.refuse(request_id, refused).await;
+                }
+            }
+        }
+        let mut stored = Vec::with_capacity(checked.durable.len());
+        for (stream, entry) in checked.durable {
+            stream.room().await;
+            match stream.submit(entry) {
+                Ok(ticket) => stored.push((stream, ticket)),
+                Err(e) => {
+                    let code = match e {
+                        DurableError::Full { .. } => RefusalCode::Full,
+                        _ => RefusalCode::Unavailable,
+                    };
+                    return self
+                        .refuse(request_id, Refused::new(code, e.to_string()))
+                        .await;
+                }
+            }
+        }
+        if !checked.keys.is_empty() {
+            self.context.streams.remember(checked.keys);
+        }
         let groups = checked.groups;
         let mut attempted = 0;
         let mut failed = 0;
@@ -326,7 +456,7 @@ impl<R: Router> Session<R> {
         stats::add(&stats.delivery_failures, failed as u64);
         stats::add(&stats.slow_consumer_disconnects, slow as u64);
         if failed == 0 {
-            self.send(server_frame::Kind::Ack(Ack { request_id, held }))
+            self.answer_stored(server_frame::Kind::Ack(Ack { request_id, held }), stored)
                 .await
         } else {
             let reason = format!(
@@ -390,7 +520,17 @@ impl<R: Router> Session<R> {
         {
             self.check_sender(sender)?;
         }
+        let durable_on = !self.context.streams.is_empty();
+        let mut keys = Vec::new();
         for sender_key in publish.sender_keys {
+            if durable_on {
+                keys.push((
+                    sender_key.sender.clone(),
+                    sender_key.channel.clone(),
+                    sender_key.epoch,
+                    Bytes::from(sender_key.encode_to_vec()),
+                ));
+            }
             let group = self.group(&mut groups, &sender_key.channel)?;
             prost::encoding::message::encode(SENDER_KEYS_TAG, &sender_key, &mut group.sender_keys);
             SenderKeyIn::from_wire(sender_key)
@@ -429,7 +569,16 @@ impl<R: Router> Session<R> {
             stats::bump(&self.context.stats.replays);
             return Err(Refused::new(RefusalCode::Replay, replay));
         }
-        let groups = groups
+        let audited = if self.context.authz.auditor().is_on() {
+            batches
+                .iter()
+                .filter(|batch| groups.iter().any(|g| &g.channel == batch.channel()))
+                .map(delivered)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let groups: Vec<(Channel, Bytes)> = groups
             .into_iter()
             .map(|group| {
                 let mut body = group.sender_keys;
@@ -443,12 +592,52 @@ impl<R: Router> Session<R> {
                 Ok((group.channel, body.freeze()))
             })
             .collect::<Result<_, _>>()?;
+        let durable = if durable_on {
+            self.durable_entries(&groups, &batches, &keys)
+        } else {
+            Vec::new()
+        };
         Ok(Checked {
             groups,
             requests,
             replies,
             held,
+            audited,
+            durable,
+            keys,
         })
+    }
+
+    /// The entries to store for the groups captured by durable channels: each group's body
+    /// with the sender keys its batches need that it does not carry.
+    fn durable_entries(
+        &self,
+        groups: &[(Channel, Bytes)],
+        batches: &[SignedBatchIn],
+        keys: &[(String, String, u64, Bytes)],
+    ) -> Vec<(Arc<Stream>, Vec<u8>)> {
+        let streams = &self.context.streams;
+        groups
+            .iter()
+            .filter_map(|(channel, body)| {
+                let stream = streams.for_channel(channel)?;
+                let mut epochs: Vec<u64> = batches
+                    .iter()
+                    .filter(|b| b.channel() == channel)
+                    .flat_map(|b| b.envelopes().iter().map(|e| e.epoch()))
+                    .collect();
+                epochs.sort_unstable();
+                epochs.dedup();
+                let carried: Vec<u64> = keys
+                    .iter()
+                    .filter(|k| k.1 == channel.as_str())
+                    .map(|k| k.2)
+                    .collect();
+                let entry =
+                    streams.entry(channel, self.principal.as_str(), &epochs, &carried, body);
+                Some((stream.clone(), entry))
+            })
+            .collect()
     }
 
     /// Takes the group held for approval out of `groups`, if there is one: it must be one
@@ -611,6 +800,41 @@ impl<R: Router> Session<R> {
         Ok(())
     }
 
+    /// Waits while the audit log's writer is behind (what bounds the records a flood of
+    /// requests, even refused ones, can queue), and refuses everything while the log is
+    /// failed: the hub does nothing it can't record.
+    async fn audit_available(&self) -> Result<(), Refused> {
+        let auditor = self.context.authz.auditor();
+        if !auditor.is_on() {
+            return Ok(());
+        }
+        auditor.room().await;
+        auditor
+            .check()
+            .map_err(|e| Refused::new(RefusalCode::Unavailable, e.to_string()))
+    }
+
+    /// Records that a publish is held for approval (a decision that denies it for now), so
+    /// that every held message is in the log from its start.
+    fn record_held(&self, message_id: &str, channel: &str, expires_at_ms: u64) {
+        let authz = &self.context.authz;
+        let event = Event::Decision(entente_audit::Decision {
+            principal: audit::clear(self.principal.as_str()),
+            action: audit::clear(Action::Publish.name()),
+            resource: audit::clear(&format!("Channel::{channel:?}")),
+            allowed: false,
+            policies: Vec::new(),
+            reason: audit::clear(&format!(
+                "held for approval as message `{message_id}` until {expires_at_ms} (Unix ms)"
+            )),
+            policy_epoch: authz.engine().epoch(),
+        });
+        // Answered once durable, like every answer; a failed log fails that.
+        let _ = authz
+            .auditor()
+            .submit(self.principal.as_str(), Outcome::Denied, event);
+    }
+
     /// A `DENIED` refusal, counted.
     fn deny(&self, reason: String) -> Refused {
         stats::bump(&self.context.stats.denials);
@@ -676,7 +900,7 @@ impl<R: Router> Session<R> {
     }
 
     async fn ack(&self, request_id: u64) -> Result<(), Status> {
-        self.send(server_frame::Kind::Ack(Ack {
+        self.answer(server_frame::Kind::Ack(Ack {
             request_id,
             held: Vec::new(),
         }))
@@ -684,12 +908,35 @@ impl<R: Router> Session<R> {
     }
 
     async fn refuse(&self, request_id: u64, refused: Refused) -> Result<(), Status> {
-        self.send(server_frame::Kind::Refusal(Refusal {
+        self.answer(server_frame::Kind::Refusal(Refusal {
             request_id,
             code: refused.code.as_u32(),
             reason: refused.reason,
         }))
         .await
+    }
+
+    /// Sends an answer: at once, or, while auditing is on, once everything recorded so far
+    /// is durable (in order with the session's other answers).
+    async fn answer(&self, kind: server_frame::Kind) -> Result<(), Status> {
+        self.answer_stored(kind, Vec::new()).await
+    }
+
+    /// As [`answer`](Self::answer), once the entries `stored` in durable channels are durable
+    /// too.
+    async fn answer_stored(
+        &self,
+        kind: server_frame::Kind,
+        stored: Vec<(Arc<Stream>, u64)>,
+    ) -> Result<(), Status> {
+        let Some(answers) = &self.answers else {
+            return self.send(kind).await;
+        };
+        let ticket = self.context.authz.auditor().ticket();
+        answers
+            .send((ticket, stored, kind))
+            .await
+            .map_err(|_| Status::cancelled("the session's stream is closed"))
     }
 
     async fn send(&self, kind: server_frame::Kind) -> Result<(), Status> {
@@ -731,6 +978,59 @@ fn bounded(mut reason: String) -> String {
 }
 
 // === the stream adapter ===
+
+/// Sends each answer once the records up to its ticket are durable. An `Ack` whose records
+/// could not be made durable becomes an `UNAVAILABLE` refusal; nothing waits forever, since a
+/// failed log fails every wait.
+async fn forward_answers(
+    auditor: Auditor,
+    mut waiting: mpsc::Receiver<Answer>,
+    outbound: mpsc::Sender<Outbound>,
+) {
+    while let Some((ticket, stored, kind)) = waiting.recv().await {
+        let mut failed = auditor.durable(ticket).await.err().map(|e| {
+            format!("{e}; what this request sent may have been delivered, but is not recorded")
+        });
+        for (stream, entries) in stored {
+            if let Err(e) = stream.durable(entries).await {
+                failed.get_or_insert_with(|| {
+                    format!(
+                        "{e}; what this request sent may have been delivered, but is not stored"
+                    )
+                });
+            }
+        }
+        let kind = match (failed, kind) {
+            (Some(reason), server_frame::Kind::Ack(ack)) => server_frame::Kind::Refusal(Refusal {
+                request_id: ack.request_id,
+                code: RefusalCode::Unavailable.as_u32(),
+                reason,
+            }),
+            (_, kind) => kind,
+        };
+        let frame = Outbound::Frame(ServerFrame { kind: Some(kind) });
+        if outbound.send(frame).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The audit record of a batch about to be routed: its sender, channel, size and the root
+/// over its envelopes' hashes (docs/AUDIT.md §2, delivered batches).
+pub(crate) fn delivered(batch: &SignedBatchIn) -> DeliveredBatch {
+    let hashes: Vec<Hash> = batch.envelope_hashes().into_iter().map(Hash).collect();
+    DeliveredBatch {
+        sender: audit::clear(batch.sender().as_str()),
+        channel: audit::clear(batch.channel().as_str()),
+        count: u32::try_from(hashes.len()).unwrap_or(u32::MAX),
+        bytes: batch
+            .envelopes()
+            .iter()
+            .map(|e| e.ciphertext_len() as u64)
+            .sum(),
+        envelopes_root: DeliveredBatch::envelopes_root(&hashes),
+    }
+}
 
 /// Drives `session` from the inbound stream until the client ends it, the stream fails, or the
 /// connection is closed. A status in `end` ends the response stream (after what is queued).
@@ -852,6 +1152,7 @@ mod tests {
                 grants: Arc::new(ReplyGrants::new(2, Duration::from_secs(60))),
                 limits: Limits::default(),
                 max_subscriptions: 3,
+                streams: Arc::default(),
             },
             replay: ReplayGuard::default(),
             next: 0,
@@ -904,6 +1205,7 @@ mod tests {
             self.send(client_frame::Kind::Subscribe(Subscribe {
                 subscription_id: id,
                 pattern: pattern.into(),
+                durable: String::new(),
             }))
             .await
             .unwrap();
@@ -996,6 +1298,7 @@ mod tests {
                     subscription_id: id,
                     sender_keys: vec![],
                     batches: vec![batch.clone()],
+                    ..Deliver::default()
                 })
             );
         }

@@ -39,6 +39,23 @@ pub struct HubStats {
     /// Times a held message could not be stored or deleted (a hold refused, or a released
     /// one left stored as pending).
     pub held_store_failures: u64,
+    /// Audit records made durable ([`HubConfig::audit`](crate::HubConfig::audit)).
+    pub audit_records: u64,
+    /// Times the audit log failed (a write, `fdatasync` or seal); after the first, the hub
+    /// refuses everything it would record until restarted.
+    pub audit_failures: u64,
+    /// Entries stored in durable channels.
+    pub durable_stored: u64,
+    /// Entries of durable channels delivered to consumers (redeliveries included).
+    pub durable_delivered: u64,
+    /// Publishes refused because a durable channel was full.
+    pub durable_full: u64,
+    /// Entries moved to a dead-letter log after too many deliveries.
+    pub durable_dead_letters: u64,
+    /// Entries dropped for age before every consumer acknowledged them.
+    pub durable_expired: u64,
+    /// Times a durable channel's storage failed (a write, or an entry that does not open).
+    pub durable_failures: u64,
     /// Deliveries that failed (each reported to its publisher as `DELIVERY_FAILED`).
     pub delivery_failures: u64,
     /// Connections closed because their outbound queue stayed full.
@@ -91,6 +108,14 @@ pub(crate) struct Stats {
     pub(crate) withheld_deliveries: AtomicU64,
     pub(crate) held_messages: AtomicU64,
     pub(crate) held_store_failures: AtomicU64,
+    pub(crate) audit_records: AtomicU64,
+    pub(crate) audit_failures: AtomicU64,
+    pub(crate) durable_stored: AtomicU64,
+    pub(crate) durable_delivered: AtomicU64,
+    pub(crate) durable_full: AtomicU64,
+    pub(crate) durable_dead_letters: AtomicU64,
+    pub(crate) durable_expired: AtomicU64,
+    pub(crate) durable_failures: AtomicU64,
     pub(crate) delivery_failures: AtomicU64,
     pub(crate) slow_consumer_disconnects: AtomicU64,
     pub(crate) revoked_disconnects: AtomicU64,
@@ -123,6 +148,14 @@ impl Stats {
             withheld_deliveries: get(&self.withheld_deliveries),
             held_messages: get(&self.held_messages),
             held_store_failures: get(&self.held_store_failures),
+            audit_records: get(&self.audit_records),
+            audit_failures: get(&self.audit_failures),
+            durable_stored: get(&self.durable_stored),
+            durable_delivered: get(&self.durable_delivered),
+            durable_full: get(&self.durable_full),
+            durable_dead_letters: get(&self.durable_dead_letters),
+            durable_expired: get(&self.durable_expired),
+            durable_failures: get(&self.durable_failures),
             delivery_failures: get(&self.delivery_failures),
             slow_consumer_disconnects: get(&self.slow_consumer_disconnects),
             revoked_disconnects: get(&self.revoked_disconnects),

@@ -1,4 +1,5 @@
-//! What a key store hands out: algorithms, key names and public keys. No private key material.
+//! What a key store hands out: algorithms, key names and public keys. No private or secret key
+//! material.
 
 use std::fmt;
 use std::str::FromStr;
@@ -7,24 +8,43 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, ED25519, UnparsedPublicKey};
 
 use crate::KeyStoreError;
 
-/// The signature algorithm of a stored key.
+/// The algorithm of a stored key: one of two signature algorithms, or a symmetric cipher.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KeyAlgorithm {
     /// ECDSA on P-256 with SHA-256; signatures are ASN.1 DER. Used for X.509 (the CA keys).
     EcdsaP256Sha256,
     /// Ed25519; signatures are 64 raw bytes. Used for key bundles and audit checkpoints.
     Ed25519,
+    /// AES-256-GCM with a 32-byte key, 96-bit nonces and 128-bit tags: a key-encryption key
+    /// (KEK) that wraps data keys with [`KeyStore::encrypt`](crate::KeyStore::encrypt). A
+    /// symmetric key has no public part and can't sign.
+    Aes256Gcm,
 }
 
 impl KeyAlgorithm {
     /// Every algorithm, in a fixed order.
-    pub const ALL: [KeyAlgorithm; 2] = [KeyAlgorithm::EcdsaP256Sha256, KeyAlgorithm::Ed25519];
+    pub const ALL: [KeyAlgorithm; 3] = [
+        KeyAlgorithm::EcdsaP256Sha256,
+        KeyAlgorithm::Ed25519,
+        KeyAlgorithm::Aes256Gcm,
+    ];
 
-    /// The stable name used in files and messages: `ecdsa-p256-sha256` or `ed25519`.
+    /// The stable name used in files and messages: `ecdsa-p256-sha256`, `ed25519` or
+    /// `aes256-gcm`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::EcdsaP256Sha256 => "ecdsa-p256-sha256",
             Self::Ed25519 => "ed25519",
+            Self::Aes256Gcm => "aes256-gcm",
+        }
+    }
+
+    /// Whether keys of this algorithm sign (and have a public key): true for
+    /// [`EcdsaP256Sha256`](Self::EcdsaP256Sha256) and [`Ed25519`](Self::Ed25519).
+    pub fn is_signing(self) -> bool {
+        match self {
+            Self::EcdsaP256Sha256 | Self::Ed25519 => true,
+            Self::Aes256Gcm => false,
         }
     }
 
@@ -95,7 +115,8 @@ impl FromStr for KeyName {
 /// The public half of a stored key.
 ///
 /// `bytes` is the uncompressed SEC1 point (65 bytes, `0x04 || X || Y`) for ECDSA P-256 and the 32
-/// raw bytes for Ed25519.
+/// raw bytes for Ed25519. For AES-256-GCM it is empty: a symmetric key has no public part, and
+/// this value only names the algorithm.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct PublicKey {
     /// Which algorithm the key is for.
@@ -107,13 +128,19 @@ pub struct PublicKey {
 impl PublicKey {
     /// Verifies `sig` over `msg`: an ASN.1 DER signature for ECDSA, 64 bytes for Ed25519.
     ///
-    /// Fails with [`KeyStoreError::BadSignature`] for a wrong signature or a malformed key.
+    /// Fails with [`KeyStoreError::BadSignature`] for a wrong signature or a malformed key, and
+    /// with [`KeyStoreError::NoPublicKey`] for a symmetric (AES-256-GCM) key.
     pub fn verify(&self, msg: &[u8], sig: &[u8]) -> Result<(), KeyStoreError> {
         let result = match self.algorithm {
             KeyAlgorithm::EcdsaP256Sha256 => {
                 UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &self.bytes).verify(msg, sig)
             }
             KeyAlgorithm::Ed25519 => UnparsedPublicKey::new(&ED25519, &self.bytes).verify(msg, sig),
+            KeyAlgorithm::Aes256Gcm => {
+                return Err(KeyStoreError::NoPublicKey {
+                    algorithm: self.algorithm,
+                });
+            }
         };
         result.map_err(|_| KeyStoreError::BadSignature)
     }
@@ -149,7 +176,30 @@ mod tests {
         }
         assert_eq!(KeyAlgorithm::EcdsaP256Sha256.as_str(), "ecdsa-p256-sha256");
         assert_eq!(KeyAlgorithm::Ed25519.as_str(), "ed25519");
+        assert_eq!(KeyAlgorithm::Aes256Gcm.as_str(), "aes256-gcm");
         assert_eq!(KeyAlgorithm::from_name("ED25519"), None);
+        assert_eq!(KeyAlgorithm::from_name("aes-256-gcm"), None);
+    }
+
+    #[test]
+    fn only_the_signature_algorithms_sign() {
+        assert!(KeyAlgorithm::EcdsaP256Sha256.is_signing());
+        assert!(KeyAlgorithm::Ed25519.is_signing());
+        assert!(!KeyAlgorithm::Aes256Gcm.is_signing());
+    }
+
+    #[test]
+    fn a_symmetric_key_verifies_nothing() {
+        let public = PublicKey {
+            algorithm: KeyAlgorithm::Aes256Gcm,
+            bytes: Vec::new(),
+        };
+        let err = public.verify(b"msg", &[0; 64]).unwrap_err();
+        assert!(matches!(err, KeyStoreError::NoPublicKey { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "`aes256-gcm` keys are symmetric: there is no public key to verify a signature with"
+        );
     }
 
     #[test]

@@ -1,9 +1,17 @@
-//! The `local` backend: private keys in files, encrypted under a key-encryption key (KEK) that
-//! comes from a passphrase (through Argon2id) or directly from the environment.
+//! The `local` backend: private and secret keys in files, encrypted under the store's
+//! key-encryption key (the store KEK) that comes from a passphrase (through Argon2id) or directly
+//! from the environment.
 //!
 //! Keys are decrypted once, when the store is opened, and kept in memory as parsed aws-lc-rs key
-//! pairs, so [`KeyStore::sign`] does no decryption. A store directory belongs to one process at
-//! a time: keys another process adds after [`LocalKeyStore::open`] are not seen until reopening.
+//! pairs and AES-256-GCM keys, so [`KeyStore::sign`], [`KeyStore::encrypt`] and
+//! [`KeyStore::decrypt`] read no files; the decrypted key bytes are zeroized once loaded. A
+//! store directory belongs to one process at a time: keys another process adds after
+//! [`LocalKeyStore::open`] are not seen until reopening.
+//!
+//! AES-256-GCM keys ([`KeyAlgorithm::Aes256Gcm`]) are key-encryption keys held for callers:
+//! [`KeyStore::encrypt`] seals with aws-lc-rs under a nonce of 12 random bytes from the system
+//! generator, with the caller's associated data as the AAD, and returns
+//! `nonce || ciphertext || 16-byte tag`.
 //!
 //! # Unlocking
 //!
@@ -45,12 +53,14 @@
 //!   "ciphertext": "<ciphertext || 16-byte tag>" }
 //! ```
 //!
-//! - `algorithm` is `ecdsa-p256-sha256` or `ed25519` ([`KeyAlgorithm::as_str`]).
-//! - The plaintext is the key's PKCS#8 document as aws-lc-rs writes it (v1 for ECDSA P-256, v2
-//!   with the public key for Ed25519), encrypted with AES-256-GCM under the KEK with a random
-//!   nonce and AAD `entente-keystore/v1 || 0x00 || <name> || 0x00 || <algorithm>`. A file that is
-//!   altered, renamed, copied from another store, or whose `algorithm` is changed fails to decrypt
-//!   and the store refuses to open ([`KeyStoreError::Corrupt`]).
+//! - `algorithm` is `ecdsa-p256-sha256`, `ed25519` or `aes256-gcm` ([`KeyAlgorithm::as_str`]).
+//! - The plaintext is, for a signing key, its PKCS#8 document as aws-lc-rs writes it (v1 for
+//!   ECDSA P-256, v2 with the public key for Ed25519), and for an `aes256-gcm` key the 32 raw key
+//!   bytes. It is encrypted with AES-256-GCM under the store KEK with a random nonce and AAD
+//!   `entente-keystore/v1 || 0x00 || <name> || 0x00 || <algorithm>`. A file that is altered,
+//!   renamed, copied from another store, or whose `algorithm` is changed fails to decrypt and the
+//!   store refuses to open ([`KeyStoreError::Corrupt`]), as does a decrypted key that is not a
+//!   valid PKCS#8 key or not 32 bytes.
 //! - Key names can't start with `.`, so entries of `keys/` starting with `.` are ignored (they
 //!   are temporary files left by an interrupted write); any other entry must be a valid key file.
 //!
@@ -72,6 +82,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _,
@@ -80,7 +91,7 @@ use zeroize::Zeroizing;
 
 use self::files::Written;
 use self::format::{Kdf, Kek};
-use crate::{KeyAlgorithm, KeyName, KeyStore, KeyStoreError, PublicKey};
+use crate::{KeyAlgorithm, KeyName, KeyStore, KeyStoreError, PublicKey, SEALED_OVERHEAD};
 
 /// The environment variable holding a 32-byte KEK as 64 hex characters; wins over
 /// [`PASSPHRASE_ENV`].
@@ -336,11 +347,15 @@ impl LocalKeyStore {
         let mut keys = BTreeMap::new();
         for (name, path) in key_entries(&keys_dir)? {
             let bytes = files::read_private(&path)?;
-            let (alg, pkcs8) = format::decode_key_file(&kek, &path, &name, &bytes)?;
-            let pair = KeyPair::from_pkcs8(alg, &pkcs8).ok_or_else(|| {
-                KeyStoreError::corrupt(&path, "the decrypted key is not a valid PKCS#8 key")
+            let (alg, secret) = format::decode_key_file(&kek, &path, &name, &bytes)?;
+            // `secret` is zeroized when dropped, at the end of this iteration.
+            let key = SecretKey::from_stored(alg, &secret).ok_or_else(|| {
+                KeyStoreError::corrupt(
+                    &path,
+                    format!("the decrypted key is not a valid `{alg}` key"),
+                )
             })?;
-            keys.insert(name, LoadedKey::new(pair));
+            keys.insert(name, LoadedKey::new(key));
         }
         Ok(Self {
             dir: dir.to_owned(),
@@ -413,17 +428,18 @@ impl KeyStore for LocalKeyStore {
         if self.read_keys()?.contains_key(name) {
             return Err(exists());
         }
-        let pkcs8 = KeyPair::generate_pkcs8(alg, &self.rng)?;
-        let pair = KeyPair::from_pkcs8(alg, pkcs8.as_ref())
+        let secret = SecretKey::generate(alg, &self.rng)?;
+        let key = SecretKey::from_stored(alg, &secret)
             .ok_or(KeyStoreError::Crypto("a generated key failed to parse"))?;
-        let file = format::encode_key_file(&self.kek, &self.rng, name, alg, pkcs8.as_ref())?;
+        let file = format::encode_key_file(&self.kek, &self.rng, name, alg, &secret)?;
+        drop(secret);
         let keys_dir = self.dir.join(KEYS_DIR);
         let file_name = format!("{name}.{KEY_FILE_EXTENSION}");
         // The no-clobber write settles races between threads and processes alike.
         if files::write_new(&keys_dir, &file_name, &file, &self.rng)? == Written::AlreadyExists {
             return Err(exists());
         }
-        let key = LoadedKey::new(pair);
+        let key = LoadedKey::new(key);
         let public = key.public.clone();
         self.write_keys()?.insert(name.clone(), key);
         Ok(public)
@@ -439,7 +455,33 @@ impl KeyStore for LocalKeyStore {
     fn sign(&self, name: &KeyName, msg: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
         let keys = self.read_keys()?;
         let key = keys.get(name).ok_or_else(|| Self::not_found(name))?;
-        key.pair.sign(&self.rng, msg)
+        key.secret.sign(name, &self.rng, msg)
+    }
+
+    fn encrypt(
+        &self,
+        name: &KeyName,
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, KeyStoreError> {
+        let keys = self.read_keys()?;
+        let key = keys.get(name).ok_or_else(|| Self::not_found(name))?;
+        let aes = key.secret.aes(name)?;
+        crate::check_encrypt_input(plaintext, aad)?;
+        seal(aes, &self.rng, plaintext, aad)
+    }
+
+    fn decrypt(
+        &self,
+        name: &KeyName,
+        sealed: &[u8],
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeyStoreError> {
+        let keys = self.read_keys()?;
+        let key = keys.get(name).ok_or_else(|| Self::not_found(name))?;
+        let aes = key.secret.aes(name)?;
+        crate::check_decrypt_input(sealed, aad)?;
+        open(aes, sealed, aad)
     }
 
     fn contains(&self, name: &KeyName) -> Result<bool, KeyStoreError> {
@@ -482,65 +524,106 @@ impl fmt::Debug for LocalKeyStore {
 
 // === helpers ===
 
-/// A decrypted key, ready to sign.
+/// A decrypted key, ready to use.
 struct LoadedKey {
-    pair: KeyPair,
+    secret: SecretKey,
     public: PublicKey,
 }
 
 impl LoadedKey {
-    fn new(pair: KeyPair) -> Self {
-        let public = pair.public_key();
-        Self { pair, public }
+    fn new(secret: SecretKey) -> Self {
+        let public = secret.public_key();
+        Self { secret, public }
     }
 }
 
-/// A parsed aws-lc-rs key pair of either algorithm.
-enum KeyPair {
+/// A parsed aws-lc-rs key of any algorithm.
+enum SecretKey {
     Ecdsa(EcdsaKeyPair),
     Ed25519(Ed25519KeyPair),
+    Aes256Gcm(LessSafeKey),
 }
 
-impl KeyPair {
-    /// A fresh key as a PKCS#8 document (which zeroizes itself on drop).
-    fn generate_pkcs8(
+/// The length of an AES-256-GCM key.
+const AES_KEY_LEN: usize = 32;
+
+// The output format of `KeyStore::encrypt` is aws-lc-rs's nonce and tag, unchanged.
+const _: () = assert!(aws_lc_rs::aead::NONCE_LEN == crate::NONCE_LEN);
+const _: () = assert!(aws_lc_rs::aead::MAX_TAG_LEN == crate::TAG_LEN);
+
+impl SecretKey {
+    /// A fresh key, as its key file holds it: a PKCS#8 document for a signing key, 32 random
+    /// bytes for AES-256-GCM.
+    fn generate(
         alg: KeyAlgorithm,
         rng: &SystemRandom,
-    ) -> Result<aws_lc_rs::pkcs8::Document, KeyStoreError> {
+    ) -> Result<Zeroizing<Vec<u8>>, KeyStoreError> {
+        let failed = |_| KeyStoreError::Crypto("key generation failed");
+        // The PKCS#8 documents zeroize themselves on drop.
         match alg {
             KeyAlgorithm::EcdsaP256Sha256 => {
                 EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, rng)
+                    .map(|pkcs8| Zeroizing::new(pkcs8.as_ref().to_vec()))
+                    .map_err(failed)
             }
-            KeyAlgorithm::Ed25519 => Ed25519KeyPair::generate_pkcs8(rng),
+            KeyAlgorithm::Ed25519 => Ed25519KeyPair::generate_pkcs8(rng)
+                .map(|pkcs8| Zeroizing::new(pkcs8.as_ref().to_vec()))
+                .map_err(failed),
+            KeyAlgorithm::Aes256Gcm => {
+                let mut key = Zeroizing::new(vec![0u8; AES_KEY_LEN]);
+                rng.fill(&mut key).map_err(failed)?;
+                Ok(key)
+            }
         }
-        .map_err(|_| KeyStoreError::Crypto("key generation failed"))
     }
 
-    fn from_pkcs8(alg: KeyAlgorithm, pkcs8: &[u8]) -> Option<Self> {
+    /// Parses a key as its key file holds it (see [`generate`](Self::generate)).
+    fn from_stored(alg: KeyAlgorithm, secret: &[u8]) -> Option<Self> {
         match alg {
             KeyAlgorithm::EcdsaP256Sha256 => {
-                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8)
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, secret)
                     .ok()
                     .map(Self::Ecdsa)
             }
-            KeyAlgorithm::Ed25519 => Ed25519KeyPair::from_pkcs8(pkcs8).ok().map(Self::Ed25519),
+            KeyAlgorithm::Ed25519 => Ed25519KeyPair::from_pkcs8(secret).ok().map(Self::Ed25519),
+            KeyAlgorithm::Aes256Gcm => {
+                if secret.len() != AES_KEY_LEN {
+                    return None;
+                }
+                let key = UnboundKey::new(&AES_256_GCM, secret).ok()?;
+                Some(Self::Aes256Gcm(LessSafeKey::new(key)))
+            }
         }
     }
 
-    fn public_key(&self) -> PublicKey {
+    fn algorithm(&self) -> KeyAlgorithm {
         match self {
-            Self::Ecdsa(pair) => PublicKey {
-                algorithm: KeyAlgorithm::EcdsaP256Sha256,
-                bytes: pair.public_key().as_ref().to_vec(),
-            },
-            Self::Ed25519(pair) => PublicKey {
-                algorithm: KeyAlgorithm::Ed25519,
-                bytes: pair.public_key().as_ref().to_vec(),
-            },
+            Self::Ecdsa(_) => KeyAlgorithm::EcdsaP256Sha256,
+            Self::Ed25519(_) => KeyAlgorithm::Ed25519,
+            Self::Aes256Gcm(_) => KeyAlgorithm::Aes256Gcm,
         }
     }
 
-    fn sign(&self, rng: &SystemRandom, msg: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+    /// The public key; empty for AES-256-GCM.
+    fn public_key(&self) -> PublicKey {
+        let bytes = match self {
+            Self::Ecdsa(pair) => pair.public_key().as_ref().to_vec(),
+            Self::Ed25519(pair) => pair.public_key().as_ref().to_vec(),
+            Self::Aes256Gcm(_) => Vec::new(),
+        };
+        PublicKey {
+            algorithm: self.algorithm(),
+            bytes,
+        }
+    }
+
+    /// Signs with the key `name`, which this is.
+    fn sign(
+        &self,
+        name: &KeyName,
+        rng: &SystemRandom,
+        msg: &[u8],
+    ) -> Result<Vec<u8>, KeyStoreError> {
         match self {
             Self::Ecdsa(pair) => pair
                 .sign(rng, msg)
@@ -550,8 +633,68 @@ impl KeyPair {
                 .try_sign(msg)
                 .map(|sig| sig.as_ref().to_vec())
                 .map_err(|_| KeyStoreError::Crypto("ed25519 signing failed")),
+            Self::Aes256Gcm(_) => Err(KeyStoreError::not_signing(name, self.algorithm())),
         }
     }
+
+    /// The AES-256-GCM key, or [`KeyStoreError::WrongAlgorithm`] naming `name`, which this is.
+    fn aes(&self, name: &KeyName) -> Result<&LessSafeKey, KeyStoreError> {
+        match self {
+            Self::Aes256Gcm(key) => Ok(key),
+            Self::Ecdsa(_) | Self::Ed25519(_) => {
+                Err(KeyStoreError::not_aes(name, self.algorithm()))
+            }
+        }
+    }
+}
+
+/// AES-256-GCM under a random nonce: `nonce || ciphertext || tag`, as [`KeyStore::encrypt`]
+/// promises. The caller has checked the lengths.
+fn seal(
+    key: &LessSafeKey,
+    rng: &SystemRandom,
+    plaintext: &[u8],
+    aad: &[u8],
+) -> Result<Vec<u8>, KeyStoreError> {
+    let mut nonce = [0u8; crate::NONCE_LEN];
+    rng.fill(&mut nonce)
+        .map_err(|_| KeyStoreError::Crypto("random number generation failed"))?;
+    // Sized for the tag up front so nothing is reallocated, and zeroized if sealing fails
+    // halfway with plaintext in it.
+    let mut out = Zeroizing::new(Vec::with_capacity(plaintext.len() + SEALED_OVERHEAD));
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plaintext);
+    let in_out = out
+        .split_first_chunk_mut::<{ crate::NONCE_LEN }>()
+        .map(|(_, in_out)| in_out)
+        .ok_or(KeyStoreError::Internal(
+            "sealing buffer shorter than a nonce",
+        ))?;
+    let tag = key
+        .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), in_out)
+        .map_err(|_| KeyStoreError::Crypto("aes-256-gcm encryption failed"))?;
+    out.extend_from_slice(tag.as_ref());
+    Ok(std::mem::take(&mut *out))
+}
+
+/// The inverse of [`seal`]: [`KeyStoreError::Decrypt`] for anything that fails authentication.
+fn open(key: &LessSafeKey, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyStoreError> {
+    let (nonce, _) = sealed
+        .split_first_chunk::<{ crate::NONCE_LEN }>()
+        .ok_or(KeyStoreError::Decrypt)?;
+    // Whatever aws-lc-rs writes here, including output of a failed open, is zeroized on drop.
+    let mut buf = Zeroizing::new(sealed.to_vec());
+    let len = key
+        .open_within(
+            Nonce::assume_unique_for_key(*nonce),
+            Aad::from(aad),
+            &mut buf,
+            crate::NONCE_LEN..,
+        )
+        .map_err(|_| KeyStoreError::Decrypt)?
+        .len();
+    buf.truncate(len);
+    Ok(buf)
 }
 
 fn key_path(keys_dir: &Path, name: &KeyName) -> PathBuf {
@@ -684,6 +827,56 @@ mod tests {
         ));
         Argon2Params::default().to_argon2().unwrap();
         Argon2Params::danger_fast_for_tests().to_argon2().unwrap();
+    }
+
+    #[test]
+    fn stored_aes_keys_must_be_32_bytes() {
+        for len in [0, 16, 24, 31, 33, 64] {
+            assert!(SecretKey::from_stored(KeyAlgorithm::Aes256Gcm, &vec![1; len]).is_none());
+        }
+        let key = SecretKey::from_stored(KeyAlgorithm::Aes256Gcm, &[1; 32]).unwrap();
+        assert_eq!(key.algorithm(), KeyAlgorithm::Aes256Gcm);
+        assert!(key.public_key().bytes.is_empty());
+        // 32 random bytes are no PKCS#8 document.
+        assert!(SecretKey::from_stored(KeyAlgorithm::Ed25519, &[1; 32]).is_none());
+    }
+
+    #[test]
+    fn generated_secrets_have_the_stored_shape() {
+        let rng = SystemRandom::new();
+        for alg in KeyAlgorithm::ALL {
+            let secret = SecretKey::generate(alg, &rng).unwrap();
+            let key = SecretKey::from_stored(alg, &secret).unwrap();
+            assert_eq!(key.algorithm(), alg);
+        }
+        let a = SecretKey::generate(KeyAlgorithm::Aes256Gcm, &rng).unwrap();
+        let b = SecretKey::generate(KeyAlgorithm::Aes256Gcm, &rng).unwrap();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn seal_is_aes_256_gcm_with_the_nonce_in_front() {
+        // Opened with aws-lc-rs directly: the output is plain AES-256-GCM, nonce || ct || tag.
+        let raw = [3u8; 32];
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &raw).unwrap());
+        let sealed = seal(&key, &SystemRandom::new(), b"plaintext", b"aad").unwrap();
+        assert_eq!(sealed.len(), 12 + 9 + 16);
+        let check = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &raw).unwrap());
+        let nonce = Nonce::try_assume_unique_for_key(&sealed[..12]).unwrap();
+        let mut in_out = sealed[12..].to_vec();
+        let opened = check
+            .open_in_place(nonce, Aad::from(b"aad"), &mut in_out)
+            .unwrap();
+        assert_eq!(opened, b"plaintext");
+        assert_eq!(
+            open(&key, &sealed, b"aad").unwrap().as_slice(),
+            b"plaintext"
+        );
+        assert!(matches!(
+            open(&key, &sealed[..11], b"aad"),
+            Err(KeyStoreError::Decrypt)
+        ));
     }
 
     #[test]

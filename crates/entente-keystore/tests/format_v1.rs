@@ -20,6 +20,7 @@ use serde_json::json;
 
 const PASSPHRASE: &str = "entente test vector";
 const MESSAGE: &[u8] = b"entente test vector message";
+const AAD: &[u8] = b"entente test vector aad";
 
 fn vector_dir() -> PathBuf {
     Path::new("tests/vectors/keystore-v1").to_path_buf()
@@ -44,6 +45,7 @@ fn private_copy(tmp: &Path) -> PathBuf {
     copy("keystore.json");
     copy("keys/ca-root.key");
     copy("keys/audit.key");
+    copy("keys/data-kek.key");
     dir
 }
 
@@ -55,15 +57,17 @@ fn committed_store_opens_with_its_keys() {
     let store =
         LocalKeyStore::open(&private_copy(tmp.path()), &Unlock::passphrase(PASSPHRASE)).unwrap();
 
-    let (ca, audit) = (
+    let (ca, audit, kek) = (
         KeyName::new("ca-root").unwrap(),
         KeyName::new("audit").unwrap(),
+        KeyName::new("data-kek").unwrap(),
     );
     assert_eq!(
         store.list().unwrap(),
         vec![
             (audit.clone(), KeyAlgorithm::Ed25519),
             (ca.clone(), KeyAlgorithm::EcdsaP256Sha256),
+            (kek.clone(), KeyAlgorithm::Aes256Gcm),
         ]
     );
     let public = |name: &KeyName| hex::encode(store.public_key(name).unwrap().bytes);
@@ -82,6 +86,12 @@ fn committed_store_opens_with_its_keys() {
     ca_public
         .verify(MESSAGE, &store.sign(&ca, MESSAGE).unwrap())
         .unwrap();
+
+    // The AES-256-GCM key still opens what it sealed when the vector was made.
+    let sealed = hex::decode(expected["data-kek"]["sealed"].as_str().unwrap()).unwrap();
+    let aad = expected["data-kek"]["aad"].as_str().unwrap();
+    assert_eq!(aad.as_bytes(), AAD);
+    assert_eq!(*store.decrypt(&kek, &sealed, AAD).unwrap(), MESSAGE);
 }
 
 #[test]
@@ -99,8 +109,10 @@ fn regenerate() {
     .unwrap();
     let ca = KeyName::new("ca-root").unwrap();
     let audit = KeyName::new("audit").unwrap();
+    let kek = KeyName::new("data-kek").unwrap();
     let ca_public = store.generate(&ca, KeyAlgorithm::EcdsaP256Sha256).unwrap();
     let audit_public = store.generate(&audit, KeyAlgorithm::Ed25519).unwrap();
+    store.generate(&kek, KeyAlgorithm::Aes256Gcm).unwrap();
     let expected = json!({
         "passphrase": PASSPHRASE,
         "message": String::from_utf8(MESSAGE.to_vec()).unwrap(),
@@ -112,6 +124,11 @@ fn regenerate() {
             "algorithm": KeyAlgorithm::Ed25519.as_str(),
             "public_key": hex::encode(&audit_public.bytes),
             "signature": hex::encode(store.sign(&audit, MESSAGE).unwrap()),
+        },
+        "data-kek": {
+            "algorithm": KeyAlgorithm::Aes256Gcm.as_str(),
+            "aad": String::from_utf8(AAD.to_vec()).unwrap(),
+            "sealed": hex::encode(store.encrypt(&kek, MESSAGE, AAD).unwrap()),
         },
     });
     let mut bytes = serde_json::to_vec_pretty(&expected).unwrap();

@@ -127,6 +127,64 @@ fn reopen_signs_with_persisted_keys() {
 }
 
 #[test]
+fn aes_key_survives_reopening() {
+    let (_tmp, dir) = store_dir();
+    let kek = name("data-kek");
+    let sealed = {
+        let store = LocalKeyStore::create(&dir, &passphrase(), fast()).unwrap();
+        let public = store.generate(&kek, KeyAlgorithm::Aes256Gcm).unwrap();
+        assert_eq!(public.algorithm, KeyAlgorithm::Aes256Gcm);
+        assert!(public.bytes.is_empty());
+        store.encrypt(&kek, b"data key", b"blob-1").unwrap()
+    };
+
+    let store = LocalKeyStore::open(&dir, &passphrase()).unwrap();
+    assert_eq!(
+        store.list().unwrap(),
+        vec![(kek.clone(), KeyAlgorithm::Aes256Gcm)]
+    );
+    assert!(store.public_key(&kek).unwrap().bytes.is_empty());
+    assert_eq!(
+        *store.decrypt(&kek, &sealed, b"blob-1").unwrap(),
+        b"data key"
+    );
+    assert!(matches!(
+        store.decrypt(&kek, &sealed, b"blob-2"),
+        Err(KeyStoreError::Decrypt)
+    ));
+    // And the other way round: what the reopened store seals, the next instance opens.
+    let sealed_again = store.encrypt(&kek, b"second", b"").unwrap();
+    drop(store);
+    let store = LocalKeyStore::open(&dir, &passphrase()).unwrap();
+    assert_eq!(*store.decrypt(&kek, &sealed_again, b"").unwrap(), b"second");
+    assert_eq!(
+        *store.decrypt(&kek, &sealed, b"blob-1").unwrap(),
+        b"data key"
+    );
+
+    // A key of the same name in another store is another key.
+    let (_tmp2, other_dir) = store_dir();
+    let other = LocalKeyStore::create(&other_dir, &passphrase(), fast()).unwrap();
+    other.generate(&kek, KeyAlgorithm::Aes256Gcm).unwrap();
+    assert!(matches!(
+        other.decrypt(&kek, &sealed, b"blob-1"),
+        Err(KeyStoreError::Decrypt)
+    ));
+}
+
+#[test]
+fn aes_key_survives_reopening_with_a_raw_key() {
+    let (_tmp, dir) = store_dir();
+    let kek = name("audit-hmac-kek");
+    let store = LocalKeyStore::create(&dir, &raw_key(), fast()).unwrap();
+    store.generate(&kek, KeyAlgorithm::Aes256Gcm).unwrap();
+    let sealed = store.encrypt(&kek, &[7; 32], b"audit").unwrap();
+    drop(store);
+    let store = LocalKeyStore::open(&dir, &raw_key()).unwrap();
+    assert_eq!(*store.decrypt(&kek, &sealed, b"audit").unwrap(), [7; 32]);
+}
+
+#[test]
 fn wrong_passphrase_is_refused() {
     let (_tmp, dir) = store_dir();
     LocalKeyStore::create(&dir, &passphrase(), fast())
@@ -318,7 +376,7 @@ fn files_are_0600_and_directories_0700() {
     entries.sort();
     assert_eq!(
         entries,
-        ["ecdsa-p256-sha256.key", "ed25519.key"],
+        ["aes256-gcm.key", "ecdsa-p256-sha256.key", "ed25519.key"],
         "no temp files left"
     );
     for entry in entries {
@@ -380,6 +438,71 @@ fn tampered_key_file_is_corrupt() {
 
     fs::write(&path, &original).unwrap();
     LocalKeyStore::open(&dir, &passphrase()).unwrap();
+}
+
+#[test]
+fn aes_key_file_has_the_documented_shape() {
+    let (_tmp, dir) = store_dir();
+    let store = LocalKeyStore::create(&dir, &passphrase(), fast()).unwrap();
+    let k = name("data-kek");
+    store.generate(&k, KeyAlgorithm::Aes256Gcm).unwrap();
+    let json = read_json(&store.key_path(&k));
+    assert_eq!(json["version"], 1);
+    assert_eq!(json["algorithm"], "aes256-gcm");
+    assert_eq!(json["nonce"].as_str().unwrap().len(), 24);
+    // The 32 raw key bytes plus the 16-byte tag, hex-encoded.
+    assert_eq!(json["ciphertext"].as_str().unwrap().len(), 2 * (32 + 16));
+    assert_eq!(mode(&store.key_path(&k)), 0o600);
+}
+
+#[test]
+fn tampered_aes_key_file_is_corrupt() {
+    let (_tmp, dir) = store_dir();
+    let store = LocalKeyStore::create(&dir, &passphrase(), fast()).unwrap();
+    let kek = name("kek");
+    let path = store.key_path(&kek);
+    store.generate(&kek, KeyAlgorithm::Aes256Gcm).unwrap();
+    let sealed = store.encrypt(&kek, b"data key", b"").unwrap();
+    drop(store);
+
+    let original = fs::read(&path).unwrap();
+    // Every nibble of the ciphertext (key bytes and tag) and of the nonce matters.
+    let ct_len = read_json(&path)["ciphertext"].as_str().unwrap().len();
+    for field in ["ciphertext", "nonce"] {
+        let len = if field == "nonce" { 24 } else { ct_len };
+        for i in 0..len {
+            fs::write(&path, &original).unwrap();
+            edit_json(&path, |json| {
+                let hex_str = json[field].as_str().unwrap();
+                let c = &hex_str[i..=i];
+                let flipped = if c == "0" { "1" } else { "0" };
+                json[field] = format!("{}{flipped}{}", &hex_str[..i], &hex_str[i + 1..]).into();
+            });
+            assert_corrupt(LocalKeyStore::open(&dir, &passphrase()), &path);
+        }
+    }
+
+    // An AES key relabelled as a signing key, and back, is corrupt.
+    for alg in ["ed25519", "ecdsa-p256-sha256"] {
+        fs::write(&path, &original).unwrap();
+        edit_json(&path, |json| json["algorithm"] = alg.into());
+        assert_corrupt(LocalKeyStore::open(&dir, &passphrase()), &path);
+    }
+
+    fs::write(&path, &original).unwrap();
+    let store = LocalKeyStore::open(&dir, &passphrase()).unwrap();
+    assert_eq!(*store.decrypt(&kek, &sealed, b"").unwrap(), b"data key");
+}
+
+#[test]
+fn signing_key_relabelled_as_aes_is_corrupt() {
+    let (_tmp, dir) = store_dir();
+    let store = LocalKeyStore::create(&dir, &passphrase(), fast()).unwrap();
+    let path = store.key_path(&name("k"));
+    store.generate(&name("k"), KeyAlgorithm::Ed25519).unwrap();
+    drop(store);
+    edit_json(&path, |json| json["algorithm"] = "aes256-gcm".into());
+    assert_corrupt(LocalKeyStore::open(&dir, &passphrase()), &path);
 }
 
 #[test]
@@ -540,6 +663,9 @@ fn debug_output_holds_no_secret() {
     store
         .generate(&name("ca-root"), KeyAlgorithm::EcdsaP256Sha256)
         .unwrap();
+    store
+        .generate(&name("data-kek"), KeyAlgorithm::Aes256Gcm)
+        .unwrap();
 
     let debug_unlock = format!("{unlock:?} {unlock:#?}");
     assert!(!debug_unlock.contains(PASSPHRASE));
@@ -555,12 +681,55 @@ fn debug_output_holds_no_secret() {
     let debug_store = format!("{store:?} {store:#?}");
     assert!(!debug_store.contains(PASSPHRASE));
     assert!(debug_store.contains("ca-root"));
+    assert!(debug_store.contains("data-kek"));
     assert!(debug_store.contains("argon2id"));
     // No byte arrays at all: neither the KEK nor key material.
     assert!(!debug_store.contains("[0"), "{debug_store}");
 
     let err = LocalKeyStore::open(&dir, &Unlock::passphrase("hunter2")).unwrap_err();
     assert!(!format!("{err} {err:?}").contains("hunter2"));
+}
+
+#[test]
+fn encryption_errors_are_clear_and_hold_no_data() {
+    let (_tmp, dir) = store_dir();
+    let store = LocalKeyStore::create(&dir, &passphrase(), fast()).unwrap();
+    let (kek, ca) = (name("data-kek"), name("ca-root"));
+    store.generate(&kek, KeyAlgorithm::Aes256Gcm).unwrap();
+    store.generate(&ca, KeyAlgorithm::EcdsaP256Sha256).unwrap();
+
+    let err = store.sign(&kek, b"m").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "key `data-kek` has algorithm `aes256-gcm`; this operation needs a signing key"
+    );
+    let err = store.encrypt(&ca, b"m", b"").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "key `ca-root` has algorithm `ecdsa-p256-sha256`; this operation needs an `aes256-gcm` key"
+    );
+
+    let secret = b"top secret plaintext";
+    let sealed = store.encrypt(&kek, secret, b"ctx").unwrap();
+    let err = store.decrypt(&kek, &sealed, b"other ctx").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "decryption failed: the data was altered, or made under another key or context"
+    );
+    assert!(!format!("{err:?}").contains("secret"));
+
+    let long = vec![b's'; entente_keystore::MAX_ENCRYPT_LEN + 1];
+    let err = store.encrypt(&kek, &long, b"").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the plaintext is 65537 bytes, more than the 65536 allowed"
+    );
+    let err = store.encrypt(&kek, b"", &long).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the aad is 65537 bytes, more than the 65536 allowed"
+    );
+    assert!(!format!("{err:?}").contains("sss"));
 }
 
 // === Unlock::from_env, in a child process with its own environment ===

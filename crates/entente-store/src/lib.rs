@@ -52,6 +52,7 @@
 mod embedded;
 mod error;
 mod record;
+pub mod stream;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;

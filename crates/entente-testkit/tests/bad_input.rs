@@ -119,6 +119,7 @@ async fn raw_subscribe(session: &mut raw::Session, id: u64, pattern: &str) -> se
     let subscribe = client_frame::Kind::Subscribe(Subscribe {
         subscription_id: id,
         pattern: pattern.into(),
+        durable: String::new(),
     });
     session
         .send(ClientFrame {

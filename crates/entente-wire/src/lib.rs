@@ -98,6 +98,15 @@ pub const MAX_OBJECT_ID_BYTES: usize = 128;
 pub const MAX_GRANT_RECORDS: usize = 16 * 1024;
 /// Most approvals of one request, or approvers of one grant, in one message.
 pub const MAX_APPROVAL_RECORDS: usize = 32;
+/// Most audit records in one answer.
+pub const MAX_AUDIT_RECORDS: usize = 1000;
+/// Longest audit record, in bytes (as `entente-audit` encodes them).
+pub const MAX_AUDIT_RECORD_BYTES: usize = 64 * 1024;
+/// Longest signed checkpoint note, or verifier key, in bytes.
+pub const MAX_AUDIT_NOTE_BYTES: usize = 16 * 1024;
+/// Most hashes in one Merkle proof (a path in a tree of up to 2^64 leaves, or a consistency
+/// proof between two such trees).
+pub const MAX_PROOF_HASHES: usize = 128;
 
 /// Why bytes were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -239,6 +248,12 @@ bounded! {
     RevokeGrantRequest => scan::REVOKE_GRANT_REQUEST,
     RevokeGrantResponse => scan::REVOKE_GRANT_RESPONSE,
     StoredHold => scan::STORED_HOLD,
+    AuditRecordsRequest => scan::AUDIT_RECORDS_REQUEST,
+    AuditRecordsResponse => scan::AUDIT_RECORDS_RESPONSE,
+    AuditExportRequest => scan::AUDIT_EXPORT_REQUEST,
+    AuditExportResponse => scan::AUDIT_EXPORT_RESPONSE,
+    AuditProofRequest => scan::AUDIT_PROOF_REQUEST,
+    AuditProofResponse => scan::AUDIT_PROOF_RESPONSE,
 }
 
 #[cfg(test)]

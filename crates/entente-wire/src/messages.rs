@@ -157,7 +157,7 @@ pub struct RevocationList {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ClientFrame {
     /// What the frame carries.
-    #[prost(oneof = "client_frame::Kind", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "client_frame::Kind", tags = "1, 2, 3, 4, 5")]
     pub kind: Option<client_frame::Kind>,
 }
 
@@ -178,6 +178,9 @@ pub mod client_frame {
         /// Flow-control credit.
         #[prost(message, tag = "4")]
         Credit(super::Credit),
+        /// Entries of a durable subscription the client is done with.
+        #[prost(message, tag = "5")]
+        DurableAck(super::DurableAck),
     }
 }
 
@@ -239,6 +242,20 @@ pub struct Subscribe {
     /// Channel pattern with `*` and `>` wildcards.
     #[prost(string, tag = "2")]
     pub pattern: String,
+    /// A durable consumer's name (docs/DURABLE.md); empty for a live subscription.
+    #[prost(string, tag = "3")]
+    pub durable: String,
+}
+
+/// Entries of a durable subscription the client is done with.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct DurableAck {
+    /// The durable subscription.
+    #[prost(uint64, tag = "1")]
+    pub subscription_id: u64,
+    /// The entries' sequences (not packed: each is bounded as it is read).
+    #[prost(uint64, repeated, packed = "false", tag = "2")]
+    pub sequences: Vec<u64>,
 }
 
 /// End a subscription.
@@ -269,6 +286,12 @@ pub struct Deliver {
     /// Signed batches.
     #[prost(message, repeated, tag = "3")]
     pub batches: Vec<SignedBatch>,
+    /// Durable subscriptions: the entry's sequence in its stream; 0 otherwise.
+    #[prost(uint64, tag = "4")]
+    pub sequence: u64,
+    /// Durable subscriptions: which delivery of the entry this is, from 1; 0 otherwise.
+    #[prost(uint32, tag = "5")]
+    pub attempt: u32,
 }
 
 /// A publish was accepted.
@@ -848,6 +871,103 @@ pub struct RevokeGrantResponse {
     /// The grant.
     #[prost(message, optional, tag = "1")]
     pub grant: Option<GrantInfo>,
+}
+
+/// Asks for records of the hub's audit log.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AuditRecordsRequest {
+    /// The index of the first record.
+    #[prost(uint64, tag = "1")]
+    pub from: u64,
+    /// At most this many, 1 to [`MAX_AUDIT_RECORDS`](crate::MAX_AUDIT_RECORDS).
+    #[prost(uint32, tag = "2")]
+    pub max: u32,
+}
+
+/// Records of the hub's audit log.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AuditRecordsResponse {
+    /// Each record in its canonical encoding (docs/AUDIT.md §2).
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    pub records: Vec<Vec<u8>>,
+    /// The index of the first one.
+    #[prost(uint64, tag = "2")]
+    pub from: u64,
+    /// How many records the log holds.
+    #[prost(uint64, tag = "3")]
+    pub total: u64,
+    /// The latest signed checkpoint.
+    #[prost(string, tag = "4")]
+    pub checkpoint: String,
+    /// The checkpoint key, `<origin>+<key id>+<base64>`.
+    #[prost(string, tag = "5")]
+    pub verifier_key: String,
+}
+
+/// Asks for a chunk of an export of the audit log.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AuditExportRequest {
+    /// The export's number; 0 for a new one.
+    #[prost(uint64, tag = "1")]
+    pub snapshot: u64,
+    /// The offset of the chunk.
+    #[prost(uint64, tag = "2")]
+    pub offset: u64,
+}
+
+/// A chunk of an export of the audit log.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AuditExportResponse {
+    /// The export's number.
+    #[prost(uint64, tag = "1")]
+    pub snapshot: u64,
+    /// The export's size in bytes.
+    #[prost(uint64, tag = "2")]
+    pub total: u64,
+    /// Its bytes from the offset asked for; empty at the end.
+    #[prost(bytes = "vec", tag = "3")]
+    pub chunk: Vec<u8>,
+    /// The checkpoint the export ends with.
+    #[prost(string, tag = "4")]
+    pub checkpoint: String,
+}
+
+/// Asks for the proof that a record is in the audit log.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AuditProofRequest {
+    /// The record's index.
+    #[prost(uint64, tag = "1")]
+    pub index: u64,
+    /// The tree size of an earlier checkpoint to prove consistency with; 0 for none.
+    #[prost(uint64, tag = "2")]
+    pub old_size: u64,
+}
+
+/// The proof that a record is in the audit log, and that the log is consistent with an
+/// earlier checkpoint.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AuditProofResponse {
+    /// The checkpoint the proofs lead to.
+    #[prost(string, tag = "1")]
+    pub checkpoint: String,
+    /// The record.
+    #[prost(bytes = "vec", tag = "2")]
+    pub record: Vec<u8>,
+    /// The index of the leaf that seals it.
+    #[prost(uint64, tag = "3")]
+    pub leaf_index: u64,
+    /// That leaf.
+    #[prost(bytes = "vec", tag = "4")]
+    pub leaf: Vec<u8>,
+    /// The record's path in the leaf's tree of records: 32-byte hashes.
+    #[prost(bytes = "vec", repeated, tag = "5")]
+    pub record_path: Vec<Vec<u8>>,
+    /// The leaf's path in the log's tree.
+    #[prost(bytes = "vec", repeated, tag = "6")]
+    pub log_path: Vec<Vec<u8>>,
+    /// The consistency proof from the earlier checkpoint's size.
+    #[prost(bytes = "vec", repeated, tag = "7")]
+    pub consistency: Vec<Vec<u8>>,
 }
 
 /// A message held for approval, as the hub keeps it in its store so that a restart loses none.

@@ -7,10 +7,11 @@
 use prost::encoding::decode_varint;
 
 use crate::{
-    DECODED_ELEMENT_COST, Limits, MAX_ACTION_BYTES, MAX_APPROVAL_RECORDS, MAX_CERTIFICATE_BYTES,
-    MAX_CHAIN_CERTIFICATES, MAX_CHANNEL_BYTES, MAX_CSR_BYTES, MAX_EXPLANATION_BYTES,
-    MAX_GRANT_RECORDS, MAX_ID_BYTES, MAX_KEY_BYTES, MAX_OBJECT_ID_BYTES, MAX_POLICIES,
-    MAX_POLICY_ID_BYTES, MAX_POLICY_SOURCE_NAME_BYTES, MAX_POLICY_SOURCES, MAX_POLICY_TEXT_BYTES,
+    DECODED_ELEMENT_COST, Limits, MAX_ACTION_BYTES, MAX_APPROVAL_RECORDS, MAX_AUDIT_NOTE_BYTES,
+    MAX_AUDIT_RECORD_BYTES, MAX_AUDIT_RECORDS, MAX_CERTIFICATE_BYTES, MAX_CHAIN_CERTIFICATES,
+    MAX_CHANNEL_BYTES, MAX_CSR_BYTES, MAX_EXPLANATION_BYTES, MAX_GRANT_RECORDS, MAX_ID_BYTES,
+    MAX_KEY_BYTES, MAX_OBJECT_ID_BYTES, MAX_POLICIES, MAX_POLICY_ID_BYTES,
+    MAX_POLICY_SOURCE_NAME_BYTES, MAX_POLICY_SOURCES, MAX_POLICY_TEXT_BYTES, MAX_PROOF_HASHES,
     MAX_REASON_BYTES, MAX_SERIAL_BYTES, MAX_SIGNATURE_BYTES, MAX_TOKEN_BYTES,
     MAX_TRUST_BUNDLE_BYTES, WireError,
 };
@@ -142,6 +143,8 @@ enum Len {
     Explanation,
     ObjectId,
     Frame,
+    AuditRecord,
+    AuditNote,
 }
 
 impl Len {
@@ -165,6 +168,8 @@ impl Len {
             Self::Explanation => MAX_EXPLANATION_BYTES,
             Self::ObjectId => MAX_OBJECT_ID_BYTES,
             Self::Frame => limits.max_frame_bytes,
+            Self::AuditRecord => MAX_AUDIT_RECORD_BYTES,
+            Self::AuditNote => MAX_AUDIT_NOTE_BYTES,
         }
     }
 }
@@ -181,6 +186,8 @@ enum Count {
     Policies,
     Grants,
     Approvals,
+    AuditRecords,
+    ProofHashes,
 }
 
 impl Count {
@@ -196,6 +203,8 @@ impl Count {
             Self::Policies => MAX_POLICIES,
             Self::Grants => MAX_GRANT_RECORDS,
             Self::Approvals => MAX_APPROVAL_RECORDS,
+            Self::AuditRecords => MAX_AUDIT_RECORDS,
+            Self::ProofHashes => MAX_PROOF_HASHES,
         }
     }
 }
@@ -329,6 +338,8 @@ pub(crate) static DELIVER: Schema = Schema {
         varint(1, "subscription_id"),
         field(2, "sender_keys", Kind::Message(&SENDER_KEY), Count::Items),
         field(3, "batches", Kind::Message(&SIGNED_BATCH), Count::Items),
+        varint(4, "sequence"),
+        varint(5, "attempt"),
     ],
 };
 
@@ -338,6 +349,16 @@ pub(crate) static SUBSCRIBE: Schema = Schema {
     fields: &[
         varint(1, "subscription_id"),
         bytes(2, "pattern", Len::Channel),
+        bytes(3, "durable", Len::ObjectId),
+    ],
+};
+
+static DURABLE_ACK: Schema = Schema {
+    name: "DurableAck",
+    oneof: false,
+    fields: &[
+        varint(1, "subscription_id"),
+        field(2, "sequences", Kind::Varint, Count::Items),
     ],
 };
 
@@ -423,6 +444,66 @@ pub(crate) static STORED_HOLD: Schema = Schema {
     ],
 };
 
+pub(crate) static AUDIT_RECORDS_REQUEST: Schema = Schema {
+    name: "AuditRecordsRequest",
+    oneof: false,
+    fields: &[varint(1, "from"), varint(2, "max")],
+};
+
+pub(crate) static AUDIT_RECORDS_RESPONSE: Schema = Schema {
+    name: "AuditRecordsResponse",
+    oneof: false,
+    fields: &[
+        field(
+            1,
+            "records",
+            Kind::Bytes(Len::AuditRecord),
+            Count::AuditRecords,
+        ),
+        varint(2, "from"),
+        varint(3, "total"),
+        bytes(4, "checkpoint", Len::AuditNote),
+        bytes(5, "verifier_key", Len::AuditNote),
+    ],
+};
+
+pub(crate) static AUDIT_EXPORT_REQUEST: Schema = Schema {
+    name: "AuditExportRequest",
+    oneof: false,
+    fields: &[varint(1, "snapshot"), varint(2, "offset")],
+};
+
+pub(crate) static AUDIT_EXPORT_RESPONSE: Schema = Schema {
+    name: "AuditExportResponse",
+    oneof: false,
+    fields: &[
+        varint(1, "snapshot"),
+        varint(2, "total"),
+        bytes(3, "chunk", Len::Frame),
+        bytes(4, "checkpoint", Len::AuditNote),
+    ],
+};
+
+pub(crate) static AUDIT_PROOF_REQUEST: Schema = Schema {
+    name: "AuditProofRequest",
+    oneof: false,
+    fields: &[varint(1, "index"), varint(2, "old_size")],
+};
+
+pub(crate) static AUDIT_PROOF_RESPONSE: Schema = Schema {
+    name: "AuditProofResponse",
+    oneof: false,
+    fields: &[
+        bytes(1, "checkpoint", Len::AuditNote),
+        bytes(2, "record", Len::AuditRecord),
+        varint(3, "leaf_index"),
+        bytes(4, "leaf", Len::AuditNote),
+        field(5, "record_path", Kind::Bytes(Len::Key), Count::ProofHashes),
+        field(6, "log_path", Kind::Bytes(Len::Key), Count::ProofHashes),
+        field(7, "consistency", Kind::Bytes(Len::Key), Count::ProofHashes),
+    ],
+};
+
 pub(crate) static LIST_HELD_REQUEST: Schema = Schema {
     name: "ListHeldRequest",
     oneof: false,
@@ -458,6 +539,7 @@ pub(crate) static CLIENT_FRAME: Schema = Schema {
         field(2, "subscribe", Kind::Message(&SUBSCRIBE), Count::One),
         field(3, "unsubscribe", Kind::Message(&UNSUBSCRIBE), Count::One),
         field(4, "credit", Kind::Message(&CREDIT), Count::One),
+        field(5, "durable_ack", Kind::Message(&DURABLE_ACK), Count::One),
     ],
 };
 

@@ -231,6 +231,7 @@ fn string_and_bytes_fields_are_bounded() {
 #[test]
 fn duplicate_singular_field_is_refused() {
     let mut bytes = encode(&Subscribe {
+        durable: String::new(),
         subscription_id: 1,
         pattern: "a.b".into(),
     });
@@ -434,6 +435,7 @@ fn a_realistic_full_frame_is_within_the_decoded_cost() {
 #[test]
 fn two_members_of_a_oneof_are_refused() {
     let subscribe = encode(&Subscribe {
+        durable: String::new(),
         subscription_id: 1,
         pattern: "a".into(),
     });
@@ -825,4 +827,54 @@ fn grant_messages_are_bounded() {
     };
     let err = decode::<ListGrantsResponse>(&encode(&many_grants), &limits).unwrap_err();
     assert_too_many(&err, "grants");
+}
+
+#[test]
+fn audit_messages_are_bounded() {
+    let limits = Limits::default();
+    let ok = AuditRecordsResponse {
+        records: vec![vec![1; 100]; MAX_AUDIT_RECORDS],
+        from: 7,
+        total: 2000,
+        checkpoint: "origin\n1\nAA==\n\n— k AAAA\n".into(),
+        verifier_key: "k+00000000+AQ==".into(),
+    };
+    assert_eq!(
+        decode::<AuditRecordsResponse>(&encode(&ok), &limits).unwrap(),
+        ok
+    );
+    let many = AuditRecordsResponse {
+        records: vec![vec![1]; MAX_AUDIT_RECORDS + 1],
+        ..AuditRecordsResponse::default()
+    };
+    let err = decode::<AuditRecordsResponse>(&encode(&many), &limits).unwrap_err();
+    assert_too_many(&err, "records");
+    let long_record = AuditRecordsResponse {
+        records: vec![vec![1; MAX_AUDIT_RECORD_BYTES + 1]],
+        ..AuditRecordsResponse::default()
+    };
+    let limits_big = Limits {
+        max_frame_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let err = decode::<AuditRecordsResponse>(&encode(&long_record), &limits_big).unwrap_err();
+    assert_too_long(&err, "records");
+    let long_note = AuditExportResponse {
+        checkpoint: "n".repeat(MAX_AUDIT_NOTE_BYTES + 1),
+        ..AuditExportResponse::default()
+    };
+    let err = decode::<AuditExportResponse>(&encode(&long_note), &limits).unwrap_err();
+    assert_too_long(&err, "checkpoint");
+    let long_path = AuditProofResponse {
+        log_path: vec![vec![0; 32]; MAX_PROOF_HASHES + 1],
+        ..AuditProofResponse::default()
+    };
+    let err = decode::<AuditProofResponse>(&encode(&long_path), &limits).unwrap_err();
+    assert_too_many(&err, "log_path");
+    let long_hash = AuditProofResponse {
+        consistency: vec![vec![0; MAX_KEY_BYTES + 1]],
+        ..AuditProofResponse::default()
+    };
+    let err = decode::<AuditProofResponse>(&encode(&long_hash), &limits).unwrap_err();
+    assert_too_long(&err, "consistency");
 }

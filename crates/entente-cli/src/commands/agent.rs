@@ -159,16 +159,24 @@ pub(crate) fn listen(
     hub: &str,
     channel: &str,
     count: Option<u64>,
+    durable: Option<&str>,
     json: bool,
 ) -> Result<ExitCode> {
     run(async {
         let client = connect(identity, hub).await?;
-        let mut subscription = client
-            .subscribe(channel)
-            .await
-            .with_context(|| format!("subscribing to `{channel}`"))?;
+        let mut subscription = match durable {
+            Some(name) => client.subscribe_durable(channel, name).await,
+            None => client.subscribe(channel).await,
+        }
+        .with_context(|| format!("subscribing to `{channel}`"))?;
         if !json {
-            eprintln!("listening on `{channel}` as `{}`", client.principal());
+            match durable {
+                Some(name) => eprintln!(
+                    "listening on `{channel}` as `{}`, durable consumer `{name}`",
+                    client.principal()
+                ),
+                None => eprintln!("listening on `{channel}` as `{}`", client.principal()),
+            }
         }
         let mut seen = 0u64;
         while count.is_none_or(|n| seen < n) {
@@ -187,12 +195,18 @@ pub(crate) fn listen(
                                 "channel": message.channel.to_string(),
                                 "message_id": message.message_id.to_string(),
                                 "payload": text,
+                                "sequence": message.durable.map(|d| d.sequence),
+                                "attempt": message.durable.map(|d| d.attempt),
                             })
                         );
                     } else {
                         println!("{} on {}: {text}", message.sender, message.channel);
                     }
                     let _ = std::io::stdout().flush();
+                    client
+                        .ack(&message)
+                        .await
+                        .context("acknowledging the message")?;
                 }
                 Err(err) if err.kind() == entente_client::ErrorKind::Rejected => {
                     eprintln!("rejected a message: {err}");
@@ -200,6 +214,8 @@ pub(crate) fn listen(
                 Err(err) => return Err(err.into()),
             }
         }
+        // A round trip after the last acknowledgement, so that the hub has it before we go.
+        let _ = subscription.unsubscribe().await;
         client.close().await;
         Ok(ExitCode::SUCCESS)
     })

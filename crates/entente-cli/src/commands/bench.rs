@@ -14,7 +14,9 @@
 //! With `--compare-authorization` it runs the same workload in rounds, each with the hub's
 //! policy decisions on (as deployed) and off (`HubConfig::danger`, which skips the policy
 //! engine), on fresh hubs and in alternating order, and reports the throughput of each and
-//! the ratio of the medians: what authorization costs on the hot path.
+//! the ratio of the medians: what authorization costs on the hot path. `--compare-audit`
+//! does the same with the hub's audit log on (as deployed) and off (`HubConfig::audit`
+//! unset).
 //!
 //! Figures come from one process on one machine: the hub, both clients and the crypto share
 //! the cores. See `docs/BENCHMARKS.md`.
@@ -63,6 +65,8 @@ struct Report {
     hub_slow_consumer_disconnects: u64,
     /// Policy decisions the hub made (allowed and denied); 0 with authorization off.
     hub_policy_decisions: u64,
+    /// Records the hub's audit log made durable; 0 with the audit log off.
+    hub_audit_records: u64,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -73,13 +77,24 @@ struct Latency {
     max: u64,
 }
 
-/// The rounds of `--compare-authorization`.
+/// What a comparison switches off in half of its runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Switch {
+    /// The policy engine (`HubConfig::danger.skip_policy_decisions`).
+    Authorization,
+    /// The audit log (`HubConfig::audit`).
+    Audit,
+}
+
+/// The rounds of `--compare-authorization` or `--compare-audit`.
 #[derive(Debug, serde::Serialize)]
 struct Comparison {
+    switch: Switch,
     rounds: usize,
-    /// Each round with the policy decisions made, as a deployed hub makes them.
+    /// Each round with everything on, as a deployed hub runs.
     on: Vec<Report>,
-    /// Each round with the policy engine skipped.
+    /// Each round with the switch off.
     off: Vec<Report>,
     on_median_msgs_per_sec: f64,
     off_median_msgs_per_sec: f64,
@@ -91,7 +106,7 @@ pub(crate) fn run(
     messages: u64,
     payload: usize,
     rate: u64,
-    compare_rounds: Option<usize>,
+    compare: Option<(Switch, usize)>,
     json: bool,
 ) -> Result<ExitCode> {
     if payload < HEADER {
@@ -101,10 +116,10 @@ pub(crate) fn run(
         bail!("`--messages` must be at least 1");
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    if let Some(rounds) = compare_rounds {
-        return compare(&runtime, rounds, messages, payload, rate, json);
+    if let Some((switch, rounds)) = compare {
+        return self::compare(&runtime, switch, rounds, messages, payload, rate, json);
     }
-    let report = runtime.block_on(bench(messages, payload, rate, false))?;
+    let report = runtime.block_on(bench(messages, payload, rate, None))?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -143,17 +158,22 @@ pub(crate) fn run(
     })
 }
 
-/// `--compare-authorization`: `rounds` rounds of on then off.
+/// `--compare-authorization` or `--compare-audit`: `rounds` rounds of on then off.
 fn compare(
     runtime: &tokio::runtime::Runtime,
+    switch: Switch,
     rounds: usize,
     messages: u64,
     payload: usize,
     rate: u64,
     json: bool,
 ) -> Result<ExitCode> {
+    let name = match switch {
+        Switch::Authorization => "authorization",
+        Switch::Audit => "audit",
+    };
     if rounds == 0 {
-        bail!("`--compare-authorization` needs at least 1 round");
+        bail!("`--compare-{name}` needs at least 1 round");
     }
     let (mut on, mut off) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
@@ -164,10 +184,11 @@ fn compare(
             [true, false]
         };
         for skip in order {
-            let report = runtime.block_on(bench(messages, payload, rate, skip))?;
+            let report =
+                runtime.block_on(bench(messages, payload, rate, skip.then_some(switch)))?;
             if !json {
                 println!(
-                    "round {round}, authorization {}: {:.0} msgs/s, p50 {} µs, p99 {} µs, {} lost",
+                    "round {round}, {name} {}: {:.0} msgs/s, p50 {} µs, p99 {} µs, {} lost",
                     if skip { "off" } else { "on " },
                     report.msgs_per_sec,
                     report.latency_us.p50,
@@ -181,6 +202,7 @@ fn compare(
     let on_median = median(on.iter().map(|r| r.msgs_per_sec));
     let off_median = median(off.iter().map(|r| r.msgs_per_sec));
     let comparison = Comparison {
+        switch,
         rounds,
         on_median_msgs_per_sec: on_median,
         off_median_msgs_per_sec: off_median,
@@ -196,7 +218,7 @@ fn compare(
         println!("{}", serde_json::to_string(&comparison)?);
     } else {
         println!(
-            "median: authorization on {:.0} msgs/s, off {:.0} msgs/s: on/off = {:.3}",
+            "median: {name} on {:.0} msgs/s, off {:.0} msgs/s: on/off = {:.3}",
             comparison.on_median_msgs_per_sec, comparison.off_median_msgs_per_sec, comparison.ratio
         );
     }
@@ -234,16 +256,13 @@ impl Report {
     }
 }
 
-/// One run on a fresh scratch hub; `skip_policy_decisions` sets the hub's
-/// [`entente_hub::danger::Danger`] switch of that name.
-async fn bench(
-    messages: u64,
-    payload: usize,
-    rate: u64,
-    skip_policy_decisions: bool,
-) -> Result<Report> {
-    let scratch = ScratchHub::start_configured(TRUST_DOMAIN, |config| {
-        config.danger.skip_policy_decisions = skip_policy_decisions;
+/// One run on a fresh scratch hub, with `off` switched off: the policy engine (the hub's
+/// [`entente_hub::danger::Danger`] switch `skip_policy_decisions`) or the audit log.
+async fn bench(messages: u64, payload: usize, rate: u64, off: Option<Switch>) -> Result<Report> {
+    let scratch = ScratchHub::start_configured(TRUST_DOMAIN, |config| match off {
+        Some(Switch::Authorization) => config.danger.skip_policy_decisions = true,
+        Some(Switch::Audit) => config.audit = None,
+        None => {}
     })
     .await?;
     let addr = scratch.addr();
@@ -345,6 +364,7 @@ async fn bench(
         hub_delivery_failures: hub_stats.delivery_failures,
         hub_slow_consumer_disconnects: hub_stats.slow_consumer_disconnects,
         hub_policy_decisions: hub_stats.policy_allows + hub_stats.policy_denials,
+        hub_audit_records: hub_stats.audit_records,
     })
 }
 

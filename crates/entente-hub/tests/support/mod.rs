@@ -378,6 +378,7 @@ impl SessionExt for Session {
         self.send(frame(client_frame::Kind::Subscribe(Subscribe {
             subscription_id: id,
             pattern: pattern.into(),
+            durable: String::new(),
         })))
         .await
         .unwrap();

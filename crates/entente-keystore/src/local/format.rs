@@ -158,15 +158,16 @@ pub(super) fn verify_check(
     Ok(())
 }
 
-/// Encodes a key file holding `pkcs8` encrypted under `kek`, bound to `name` and `alg`.
+/// Encodes a key file holding `secret` (a PKCS#8 document, or the raw bytes of an AES-256-GCM
+/// key) encrypted under `kek`, bound to `name` and `alg`.
 pub(super) fn encode_key_file(
     kek: &Kek,
     rng: &SystemRandom,
     name: &KeyName,
     alg: KeyAlgorithm,
-    pkcs8: &[u8],
+    secret: &[u8],
 ) -> Result<Vec<u8>, KeyStoreError> {
-    let sealed = kek.seal(rng, &key_aad(name, alg), pkcs8)?;
+    let sealed = kek.seal(rng, &key_aad(name, alg), secret)?;
     let sealed = SealedJson::from(&sealed);
     to_json(&KeyFileJson {
         version: VERSION,
@@ -176,7 +177,8 @@ pub(super) fn encode_key_file(
     })
 }
 
-/// Decodes and decrypts the key file of `name`, returning its algorithm and PKCS#8 document.
+/// Decodes and decrypts the key file of `name`, returning its algorithm and secret (a PKCS#8
+/// document, or the raw bytes of an AES-256-GCM key), which the caller parses.
 ///
 /// Any failure, including a failed decryption (the file was altered, renamed, or its algorithm
 /// changed), is [`KeyStoreError::Corrupt`]: the key-encryption key was already checked.
@@ -196,13 +198,13 @@ pub(super) fn decode_key_file(
             ciphertext: json.ciphertext,
         },
     )?;
-    let pkcs8 = kek.open(&key_aad(name, alg), &sealed).ok_or_else(|| {
+    let secret = kek.open(&key_aad(name, alg), &sealed).ok_or_else(|| {
         KeyStoreError::corrupt(
             path,
             "key failed to decrypt (the file was altered, renamed or copied from another keystore)",
         )
     })?;
-    Ok((alg, pkcs8))
+    Ok((alg, secret))
 }
 
 /// `"entente-keystore/v1" || 0x00 || name || 0x00 || algorithm`.
@@ -399,6 +401,10 @@ mod tests {
         assert_eq!(
             key_aad(&name, KeyAlgorithm::EcdsaP256Sha256),
             b"entente-keystore/v1\0ca-root\0ecdsa-p256-sha256"
+        );
+        assert_eq!(
+            key_aad(&name, KeyAlgorithm::Aes256Gcm),
+            b"entente-keystore/v1\0ca-root\0aes256-gcm"
         );
         assert_eq!(check_aad(), b"entente-keystore/v1\0check");
     }

@@ -1,0 +1,157 @@
+//! The hub's audit log, for administrators (docs/AUDIT.md §8): [`Client::audit_records`],
+//! [`Client::audit_export`] and [`Client::audit_proof`]. What comes back is as the hub sent
+//! it; verify it with `entente-audit` (`Record::from_bytes`, `verify_export`,
+//! `RecordProof::verify`) against a checkpoint key obtained out of band.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use entente_wire::{
+    AuditExportRequest, AuditExportResponse, AuditProofRequest, AuditProofResponse,
+    AuditRecordsRequest, AuditRecordsResponse,
+};
+
+use crate::{Client, Error, ErrorKind};
+
+/// An export written by [`Client::audit_export`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuditExport {
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// The signed checkpoint it ends with.
+    pub checkpoint: String,
+}
+
+/// The most chunks one export may take: a bound on a hub that never ends one.
+const MAX_CHUNKS: u64 = 1 << 20;
+
+impl Client {
+    /// Records of the hub's audit log from index `from`, at most `max` (1 to 1000; the hub
+    /// may return fewer to fit its frame limit), each in its canonical encoding, with the
+    /// log's size, its latest checkpoint and its checkpoint key.
+    pub async fn audit_records(&self, from: u64, max: u32) -> Result<AuditRecordsResponse, Error> {
+        self.audit_call(
+            entente_hub::AUDIT_RECORDS_PATH,
+            AuditRecordsRequest { from, max },
+            "reading the audit log",
+        )
+        .await
+    }
+
+    /// Has the hub seal its audit log and export it (docs/AUDIT.md §6), and writes the export
+    /// to `out` (through a temporary file beside it, renamed into place once complete).
+    pub async fn audit_export(&self, out: impl AsRef<Path>) -> Result<AuditExport, Error> {
+        let out = out.as_ref();
+        let mut temp = out.as_os_str().to_owned();
+        temp.push(".part");
+        let temp = std::path::PathBuf::from(temp);
+        let mut file = None;
+        let result = self.export_into(&temp, &mut file).await;
+        drop(file);
+        match result {
+            Ok(export) => {
+                std::fs::rename(&temp, out).map_err(|e| io_error(out, e))?;
+                Ok(export)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&temp);
+                Err(e)
+            }
+        }
+    }
+
+    /// The proof that record `index` is in the hub's audit log, against the checkpoint the
+    /// hub returns (sealing first, so any durable record can be proven), and, if `old_size`
+    /// is not 0, the proof that the log is consistent with its checkpoint of that tree size.
+    pub async fn audit_proof(
+        &self,
+        index: u64,
+        old_size: u64,
+    ) -> Result<AuditProofResponse, Error> {
+        self.audit_call(
+            entente_hub::AUDIT_PROOF_PATH,
+            AuditProofRequest { index, old_size },
+            "proving from the audit log",
+        )
+        .await
+    }
+
+    /// Fetches the export chunk by chunk into `temp` (created at the first chunk, so that a
+    /// refusal leaves no file).
+    async fn export_into(
+        &self,
+        temp: &Path,
+        file: &mut Option<std::fs::File>,
+    ) -> Result<AuditExport, Error> {
+        let (mut snapshot, mut offset) = (0, 0u64);
+        let mut chunks = 0u64;
+        let (total, checkpoint) = loop {
+            chunks += 1;
+            if chunks > MAX_CHUNKS {
+                return Err(Error::new(
+                    ErrorKind::Protocol,
+                    "the hub's audit export does not end",
+                ));
+            }
+            let chunk: AuditExportResponse = self
+                .audit_call(
+                    entente_hub::AUDIT_EXPORT_PATH,
+                    AuditExportRequest { snapshot, offset },
+                    "exporting the audit log",
+                )
+                .await?;
+            if chunk.snapshot == 0 || (snapshot != 0 && chunk.snapshot != snapshot) {
+                return Err(Error::new(
+                    ErrorKind::Protocol,
+                    "the hub answered with another audit export",
+                ));
+            }
+            snapshot = chunk.snapshot;
+            let writer = match file {
+                Some(writer) => writer,
+                None => file.insert(std::fs::File::create(temp).map_err(|e| io_error(temp, e))?),
+            };
+            writer
+                .write_all(&chunk.chunk)
+                .map_err(|e| io_error(temp, e))?;
+            offset += chunk.chunk.len() as u64;
+            if offset >= chunk.total || chunk.chunk.is_empty() {
+                break (chunk.total, chunk.checkpoint);
+            }
+        };
+        if offset != total {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                format!("the hub's audit export ended at {offset} of {total} bytes"),
+            ));
+        }
+        if let Some(writer) = file {
+            writer.sync_all().map_err(|e| io_error(temp, e))?;
+        }
+        Ok(AuditExport {
+            bytes: total,
+            checkpoint,
+        })
+    }
+
+    async fn audit_call<Req, Resp>(
+        &self,
+        path: &'static str,
+        request: Req,
+        what: &str,
+    ) -> Result<Resp, Error>
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: entente_wire::Bounded + Send + 'static,
+    {
+        self.transport()
+            .unary(path, request, self.request_timeout(), what)
+            .await
+            .map_err(|e| self.grant_error(e))
+    }
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> Error {
+    Error::new(ErrorKind::Io, format!("writing `{}`", path.display())).with_source(e)
+}

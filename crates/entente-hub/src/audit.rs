@@ -1,0 +1,494 @@
+//! The hub's audit trail: every authorization decision and every security-relevant act
+//! becomes a record of the tamper-evident log ([`entente_audit`], docs/AUDIT.md).
+//!
+//! One thread writes the log. Callers submit records (a cheap push under a lock) and get a
+//! *ticket*, the number of records submitted so far; the thread takes everything queued,
+//! appends it with one write and one `fdatasync` (group commit), and publishes how many
+//! records are durable. A caller that must not answer before its record is durable waits for
+//! its ticket ([`Auditor::durable`]). Pending records are sealed into a leaf, with a signed
+//! checkpoint, every [`AuditConfig::seal_interval`] (and whenever `seal_after` are pending).
+//!
+//! **Fail closed.** When a write, an `fdatasync` or a seal fails, the log refuses every
+//! later write until the hub restarts (reopening verifies what is durable), and so does the
+//! auditor: every submit fails, every wait for a record not yet durable fails, and the
+//! operations behind them are refused with a clear status ([`AuditUnavailable`]).
+//!
+//! Keys: the checkpoint key is the Ed25519 key [`AUDIT_SIGNING_KEY`] of the CA's key store
+//! (signing happens inside the store); the log's HMAC key is generated once, wrapped with the
+//! key store's AES-256-GCM key-encryption key [`AUDIT_KEK`], and kept wrapped in the hub's
+//! store (config key `audit_hmac_key`). Neither leaves the hub in clear.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use entente_audit::{
+    AuditError, AuditKey, AuditLog, AuditOptions, Event, FieldMac, Hash, MAX_FIELD_LEN, NoteError,
+    NoteSigner, Outcome, Record, Text, VerifierKey,
+};
+use entente_keystore::{KeyAlgorithm, KeyName, KeyStore, KeyStoreError};
+
+use crate::HubError;
+use crate::audit_rpc::{self, Exports};
+use crate::commit::Committer;
+use crate::registry::Registry;
+use crate::stats::{self, Stats};
+
+/// The name of the checkpoint signing key (Ed25519) in the CA's key store.
+pub const AUDIT_SIGNING_KEY: &str = "audit-checkpoint";
+
+/// The name of the key-encryption key (AES-256-GCM) that wraps the log's HMAC key.
+pub const AUDIT_KEK: &str = "audit-kek";
+
+/// The hub store's config key of the wrapped HMAC key.
+const HMAC_KEY_CONFIG: &str = "audit_hmac_key";
+
+/// The associated data the HMAC key is wrapped with.
+const HMAC_KEY_AAD: &[u8] = b"entente/v1/audit-hmac-key\0";
+
+/// Where and how the hub keeps its audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// The log directory; created (with the keys) at the first start.
+    pub dir: PathBuf,
+    /// How often pending records are sealed into a leaf and a checkpoint signed. Default 1 s.
+    pub seal_interval: Duration,
+    /// Seal as soon as this many records are pending (1 to 65 536). Default 1000.
+    pub seal_after: u32,
+    /// Records queued for the writer beyond which publishers wait before routing more.
+    /// Default 65 536.
+    pub max_backlog: usize,
+}
+
+impl AuditConfig {
+    /// The defaults, with the log in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            seal_interval: Duration::from_secs(1),
+            seal_after: 1000,
+            max_backlog: 65_536,
+        }
+    }
+}
+
+/// A record could not be made durable, so the operation it records is refused. The hub
+/// accepts nothing it must record until it is restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the audit log is unavailable: the hub refuses what it cannot record (the operator must \
+     restart it)"
+)]
+pub(crate) struct AuditUnavailable;
+
+/// The hub's handle on its audit log; cheap to clone. [`Auditor::off`] records nothing.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Auditor(Option<Arc<Inner>>);
+
+#[derive(Debug)]
+struct Inner {
+    /// The `hub` field of every record.
+    hub: String,
+    /// The log's HMAC key, for protected fields.
+    key: AuditKey,
+    /// Records on their way to the writer.
+    queue: Committer<Record>,
+    log: Arc<Mutex<AuditLog>>,
+    seal_interval: Duration,
+    stats: Arc<Stats>,
+    /// The latest export served over RPC, and where exports are written.
+    exports: Arc<Exports>,
+    export_dir: PathBuf,
+}
+
+/// The writer thread; joined at shutdown.
+#[derive(Debug)]
+pub(crate) struct AuditWriter(Option<JoinHandle<()>>);
+
+// === impl Auditor ===
+
+impl Auditor {
+    /// An auditor that records nothing (no [`AuditConfig`]).
+    pub(crate) fn off() -> Self {
+        Self(None)
+    }
+
+    /// Opens (or creates, with its keys) the log of `config` and starts its writer.
+    pub(crate) async fn open(
+        config: &AuditConfig,
+        hub: &str,
+        keystore: &Arc<dyn KeyStore>,
+        registry: &Registry,
+        stats: Arc<Stats>,
+    ) -> Result<(Self, AuditWriter), HubError> {
+        if config.seal_interval.is_zero() || config.max_backlog == 0 {
+            return Err(HubError::Config(
+                "audit.seal_interval and audit.max_backlog must not be zero",
+            ));
+        }
+        let origin = format!("{hub}/audit");
+        let exists = config.dir.join("audit.meta").exists();
+        let key = hmac_key(keystore, registry, exists).await?;
+        let signer = KeyStoreSigner::open(keystore.clone(), &origin)?;
+        let options = AuditOptions {
+            seal_after: config.seal_after,
+            ..AuditOptions::default()
+        };
+        let dir = config.dir.clone();
+        let key_copy = AuditKey::from_bytes(key.to_bytes().as_slice())
+            .map_err(|e| HubError::Audit(e.to_string()))?;
+        let log = tokio::task::spawn_blocking(move || {
+            if exists {
+                AuditLog::open(&dir, Box::new(signer), key_copy, options)
+            } else {
+                if let Some(parent) = dir.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| AuditError::Io {
+                        op: "create",
+                        path: parent.to_path_buf(),
+                        source: e,
+                    })?;
+                }
+                AuditLog::create(&dir, Box::new(signer), key_copy, options)
+            }
+        })
+        .await
+        .map_err(|_| HubError::Audit("opening the log panicked".into()))?
+        .map_err(|e| HubError::Audit(e.to_string()))?;
+        let inner = Arc::new(Inner {
+            hub: hub.to_owned(),
+            key,
+            queue: Committer::new(config.max_backlog),
+            log: Arc::new(Mutex::new(log)),
+            seal_interval: config.seal_interval,
+            stats,
+            exports: Arc::default(),
+            export_dir: audit_rpc::export_dir(&config.dir),
+        });
+        let writer = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("entente-audit".into())
+                .spawn(move || inner.run())
+                .map_err(|e| HubError::Audit(format!("starting the writer: {e}")))?
+        };
+        Ok((Self(Some(inner)), AuditWriter(Some(writer))))
+    }
+
+    /// Whether records are kept.
+    pub(crate) fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The log, for reads and proofs; `None` when auditing is off.
+    pub(crate) fn log(&self) -> Option<&Arc<Mutex<AuditLog>>> {
+        self.0.as_ref().map(|inner| &inner.log)
+    }
+
+    /// The exports served over RPC, and their directory; `None` when auditing is off.
+    pub(crate) fn exports(&self) -> Option<(Arc<Exports>, PathBuf)> {
+        self.0
+            .as_ref()
+            .map(|inner| (inner.exports.clone(), inner.export_dir.clone()))
+    }
+
+    /// The HMAC of `value` under the log's key, for a field that must not be in clear (a
+    /// free-text reason); `None` when auditing is off.
+    pub(crate) fn mac(&self, value: &str) -> Option<FieldMac> {
+        self.0.as_ref().map(|inner| inner.key.mac(value))
+    }
+
+    /// Queues a record of `event` by `actor` and returns its ticket (0 when auditing is off).
+    /// Fails once the log has failed.
+    pub(crate) fn submit(
+        &self,
+        actor: &str,
+        outcome: Outcome,
+        event: Event,
+    ) -> Result<u64, AuditUnavailable> {
+        let Some(inner) = &self.0 else {
+            return Ok(0);
+        };
+        let record = Record {
+            time_ms: now_ms(),
+            hub: inner.hub.clone(),
+            actor: bounded(actor),
+            event,
+            outcome,
+        };
+        inner.queue.submit(record).map_err(|_| AuditUnavailable)
+    }
+
+    /// The ticket of everything submitted so far (0 when auditing is off).
+    pub(crate) fn ticket(&self) -> u64 {
+        self.0.as_ref().map_or(0, |inner| inner.queue.ticket())
+    }
+
+    /// Waits until the records up to `ticket` are durable.
+    pub(crate) async fn durable(&self, ticket: u64) -> Result<(), AuditUnavailable> {
+        match &self.0 {
+            Some(inner) => inner
+                .queue
+                .durable(ticket)
+                .await
+                .map_err(|_| AuditUnavailable),
+            None => Ok(()),
+        }
+    }
+
+    /// Submits a record and waits until it is durable: for acts answered only once recorded.
+    pub(crate) async fn record(
+        &self,
+        actor: &str,
+        outcome: Outcome,
+        event: Event,
+    ) -> Result<(), AuditUnavailable> {
+        let ticket = self.submit(actor, outcome, event)?;
+        self.durable(ticket).await
+    }
+
+    /// Fails if the log has failed: checked before an act that is recorded after it happens,
+    /// so that a hub whose log is gone does not act at all.
+    pub(crate) fn check(&self) -> Result<(), AuditUnavailable> {
+        match &self.0 {
+            Some(inner) => inner.queue.check().map_err(|_| AuditUnavailable),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits while more than [`AuditConfig::max_backlog`] records wait for the writer: what
+    /// keeps a flood of traffic from growing the queue without bound.
+    pub(crate) async fn room(&self) {
+        if let Some(inner) = &self.0 {
+            inner.queue.room().await;
+        }
+    }
+
+    /// Stops taking records; the writer writes what is queued, seals and ends.
+    pub(crate) fn close(&self) {
+        if let Some(inner) = &self.0 {
+            inner.queue.close();
+        }
+    }
+}
+
+// === impl Inner ===
+
+impl Inner {
+    fn lock_log(&self) -> MutexGuard<'_, AuditLog> {
+        self.log.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The writer: group commit, periodic seals, fail closed.
+    fn run(&self) {
+        let mut last_seal = Instant::now();
+        loop {
+            let wait = self.seal_interval.saturating_sub(last_seal.elapsed());
+            let (records, closed) = self.queue.take(wait);
+            let mut ok = true;
+            if !records.is_empty() {
+                ok = self.append(&records);
+            }
+            if ok && (closed || last_seal.elapsed() >= self.seal_interval) {
+                ok = self.seal();
+                last_seal = Instant::now();
+            }
+            if !ok || closed {
+                return;
+            }
+        }
+    }
+
+    /// Appends `records` durably and reports them; on failure fails the queue. Returns
+    /// whether it succeeded.
+    fn append(&self, records: &[Record]) -> bool {
+        let mut log = self.lock_log();
+        let before = log.record_count();
+        let result = log.append_all(records);
+        // A seal that fails after the records were written leaves them durable (pending).
+        let written = log.record_count().saturating_sub(before);
+        drop(log);
+        stats::add(&self.stats.audit_records, written);
+        self.queue.committed(written);
+        if result.is_err() {
+            self.fail();
+        }
+        result.is_ok()
+    }
+
+    fn seal(&self) -> bool {
+        let result = self.lock_log().seal();
+        if result.is_err() {
+            self.fail();
+        }
+        result.is_ok()
+    }
+
+    fn fail(&self) {
+        stats::bump(&self.stats.audit_failures);
+        self.queue.fail();
+    }
+}
+
+// === impl AuditWriter ===
+
+impl AuditWriter {
+    /// A writer that never ran (auditing off).
+    pub(crate) fn none() -> Self {
+        Self(None)
+    }
+
+    /// Waits for the writer to end (after [`Auditor::close`]).
+    pub(crate) async fn join(mut self) {
+        if let Some(handle) = self.0.take() {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+// === the checkpoint signer ===
+
+/// Signs checkpoints with an Ed25519 key that stays in the key store.
+#[derive(Debug)]
+struct KeyStoreSigner {
+    keystore: Arc<dyn KeyStore>,
+    name: KeyName,
+    key: VerifierKey,
+}
+
+impl KeyStoreSigner {
+    /// The signer of [`AUDIT_SIGNING_KEY`], generated in the store if it is not there yet.
+    fn open(keystore: Arc<dyn KeyStore>, origin: &str) -> Result<Self, HubError> {
+        let name = key_name(AUDIT_SIGNING_KEY)?;
+        let public = match keystore.public_key(&name) {
+            Ok(public) => public,
+            Err(KeyStoreError::KeyNotFound { .. }) => keystore
+                .generate(&name, KeyAlgorithm::Ed25519)
+                .map_err(keystore_error)?,
+            Err(e) => return Err(keystore_error(e)),
+        };
+        if public.algorithm != KeyAlgorithm::Ed25519 {
+            return Err(HubError::Audit(format!(
+                "the key store's `{AUDIT_SIGNING_KEY}` is not an Ed25519 key"
+            )));
+        }
+        let bytes: [u8; 32] = public.bytes.as_slice().try_into().map_err(|_| {
+            HubError::Audit(format!(
+                "the key store's `{AUDIT_SIGNING_KEY}` public key is not 32 bytes"
+            ))
+        })?;
+        let key = VerifierKey::ed25519(origin, bytes)
+            .map_err(|e| HubError::Audit(format!("the audit log's origin `{origin}`: {e}")))?;
+        Ok(Self {
+            keystore,
+            name,
+            key,
+        })
+    }
+}
+
+impl NoteSigner for KeyStoreSigner {
+    fn verifier_key(&self) -> &VerifierKey {
+        &self.key
+    }
+
+    fn sign(&self, msg: &[u8]) -> Result<[u8; 64], NoteError> {
+        let signature = self
+            .keystore
+            .sign(&self.name, msg)
+            .map_err(|e| NoteError::Signer(e.to_string()))?;
+        signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| NoteError::Signer("the key store's signature is not 64 bytes".into()))
+    }
+}
+
+// === helpers ===
+
+/// The log's HMAC key: unwrapped from the hub's store, or, for a new log, generated, wrapped
+/// with [`AUDIT_KEK`] (created if needed) and stored.
+async fn hmac_key(
+    keystore: &Arc<dyn KeyStore>,
+    registry: &Registry,
+    log_exists: bool,
+) -> Result<AuditKey, HubError> {
+    let kek = key_name(AUDIT_KEK)?;
+    if let Some(wrapped) = registry.config(HMAC_KEY_CONFIG).await? {
+        let bytes = keystore
+            .decrypt(&kek, &wrapped, HMAC_KEY_AAD)
+            .map_err(|e| HubError::Audit(format!("unwrapping the audit HMAC key: {e}")))?;
+        return AuditKey::from_bytes(&bytes).map_err(|e| HubError::Audit(e.to_string()));
+    }
+    if log_exists {
+        return Err(HubError::Audit(
+            "the audit log exists but the hub's store holds no HMAC key for it: restore the \
+             store, or move the log aside to start a new one"
+                .into(),
+        ));
+    }
+    if !keystore.contains(&kek).map_err(keystore_error)? {
+        keystore
+            .generate(&kek, KeyAlgorithm::Aes256Gcm)
+            .map_err(keystore_error)?;
+    }
+    let key = AuditKey::generate().map_err(|e| HubError::Audit(e.to_string()))?;
+    let wrapped = keystore
+        .encrypt(&kek, key.to_bytes().as_slice(), HMAC_KEY_AAD)
+        .map_err(keystore_error)?;
+    registry.put_config(HMAC_KEY_CONFIG, &wrapped).await?;
+    Ok(key)
+}
+
+fn key_name(name: &str) -> Result<KeyName, HubError> {
+    KeyName::new(name).map_err(keystore_error)
+}
+
+fn keystore_error(e: KeyStoreError) -> HubError {
+    HubError::Audit(format!("key store: {e}"))
+}
+
+/// `s` cut to what a record's string field may hold, at a character boundary.
+pub(crate) fn bounded(s: &str) -> String {
+    if s.len() <= MAX_FIELD_LEN {
+        return s.to_owned();
+    }
+    let mut end = MAX_FIELD_LEN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or_default().to_owned()
+}
+
+/// The actor of what the hub does by itself (expirations).
+pub(crate) const HUB_ACTOR: &str = "hub";
+
+/// The actor of a record of someone not yet identified (an enrollment refused).
+pub(crate) const ANONYMOUS: &str = "anonymous";
+
+/// SHA-256 of a certificate's DER, as records name certificates.
+pub(crate) fn certificate_hash(der: &[u8]) -> Hash {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    Hash(<[u8; 32]>::try_from(digest.as_ref()).unwrap_or_default())
+}
+
+/// When a certificate expires, in Unix milliseconds (0 if it doesn't parse).
+pub(crate) fn not_after_ms(der: &[u8]) -> u64 {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    X509Certificate::from_der(der).map_or(0, |(_, cert)| {
+        u64::try_from(cert.validity().not_after.timestamp())
+            .unwrap_or(0)
+            .saturating_mul(1000)
+    })
+}
+
+/// A clear text field, bounded.
+pub(crate) fn clear(s: &str) -> Text {
+    Text::Clear(bounded(s))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

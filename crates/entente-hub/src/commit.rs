@@ -1,0 +1,247 @@
+//! Group commit: many callers hand items to one writer thread, which makes them durable
+//! together (one `fdatasync` for all queued), and each caller waits for its own.
+//!
+//! A caller [`submit`](Committer::submit)s an item (a push under a lock) and gets a *ticket*:
+//! the number of items submitted so far. The writer [`take`](Committer::take)s everything
+//! queued, writes it, and reports it [`committed`](Committer::committed); a caller that must not
+//! go on before its item is durable waits for its ticket ([`durable`](Committer::durable)).
+//! When the writer [`fail`](Committer::fail)s, every later submit and every wait for an item
+//! not yet durable fails: the committer fails closed, for good.
+
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+/// The writer failed: nothing more becomes durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Failed;
+
+/// A submit refused by the caller's admission check, or because the committer failed.
+#[derive(Debug)]
+pub(crate) enum Refused<E> {
+    /// The committer failed or was closed.
+    Failed,
+    /// The admission check refused.
+    Admission(E),
+}
+
+/// The queue between callers and one writer.
+#[derive(Debug)]
+pub(crate) struct Committer<T> {
+    queue: Mutex<Queue<T>>,
+    wake: Condvar,
+    progress: watch::Sender<Progress>,
+    room: Notify,
+    max_backlog: usize,
+}
+
+#[derive(Debug)]
+struct Queue<T> {
+    items: Vec<T>,
+    /// What the queued items weigh (the caller's unit, e.g. bytes).
+    weight: u64,
+    submitted: u64,
+    closed: bool,
+    failed: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    durable: u64,
+    failed: bool,
+}
+
+// === impl Committer ===
+
+impl<T> Committer<T> {
+    /// A committer whose callers wait for [`room`](Self::room) while more than `max_backlog`
+    /// items are queued.
+    pub(crate) fn new(max_backlog: usize) -> Self {
+        Self {
+            queue: Mutex::new(Queue {
+                items: Vec::new(),
+                weight: 0,
+                submitted: 0,
+                closed: false,
+                failed: false,
+            }),
+            wake: Condvar::new(),
+            progress: watch::Sender::new(Progress::default()),
+            room: Notify::new(),
+            max_backlog,
+        }
+    }
+
+    /// Queues `item` and returns its ticket.
+    pub(crate) fn submit(&self, item: T) -> Result<u64, Failed> {
+        self.submit_checked(item, 0, |_, _| Ok::<(), ()>(()))
+            .map_err(|_| Failed)
+    }
+
+    /// Queues `item`, weighing `weight`, if `admit(queued items, queued weight)` allows it
+    /// (checked under the queue's lock, so that limits hold under concurrency).
+    pub(crate) fn submit_checked<E>(
+        &self,
+        item: T,
+        weight: u64,
+        admit: impl FnOnce(u64, u64) -> Result<(), E>,
+    ) -> Result<u64, Refused<E>> {
+        let mut queue = self.lock();
+        if queue.failed || queue.closed {
+            return Err(Refused::Failed);
+        }
+        admit(queue.items.len() as u64, queue.weight).map_err(Refused::Admission)?;
+        queue.items.push(item);
+        queue.weight += weight;
+        queue.submitted += 1;
+        let ticket = queue.submitted;
+        drop(queue);
+        self.wake.notify_one();
+        Ok(ticket)
+    }
+
+    /// The ticket of everything submitted so far.
+    pub(crate) fn ticket(&self) -> u64 {
+        self.lock().submitted
+    }
+
+    /// Waits until the items up to `ticket` are durable.
+    pub(crate) async fn durable(&self, ticket: u64) -> Result<(), Failed> {
+        let mut progress = self.progress.subscribe();
+        let reached = progress
+            .wait_for(|p| p.durable >= ticket || p.failed)
+            .await
+            .map_err(|_| Failed)?;
+        if reached.durable >= ticket {
+            Ok(())
+        } else {
+            Err(Failed)
+        }
+    }
+
+    /// Fails if the writer has failed.
+    pub(crate) fn check(&self) -> Result<(), Failed> {
+        if self.lock().failed {
+            Err(Failed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Waits while more than the backlog bound of items is queued.
+    pub(crate) async fn room(&self) {
+        loop {
+            let mut notified = std::pin::pin!(self.room.notified());
+            notified.as_mut().enable();
+            {
+                let queue = self.lock();
+                if queue.items.len() <= self.max_backlog || queue.failed || queue.closed {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Takes no more items; the writer takes what is queued and then sees the close.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_one();
+        self.room.notify_waiters();
+    }
+
+    // --- the writer's side ---
+
+    /// Waits up to `wait` for items; returns what is queued and whether the committer is
+    /// closed.
+    pub(crate) fn take(&self, wait: Duration) -> (Vec<T>, bool) {
+        let mut queue = self.lock();
+        if queue.items.is_empty() && !queue.closed && !wait.is_zero() {
+            queue = self
+                .wake
+                .wait_timeout_while(queue, wait, |q| q.items.is_empty() && !q.closed)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        queue.weight = 0;
+        let items = std::mem::take(&mut queue.items);
+        let closed = queue.closed;
+        drop(queue);
+        self.room.notify_waiters();
+        (items, closed)
+    }
+
+    /// Reports `n` more items durable, in submission order.
+    pub(crate) fn committed(&self, n: u64) {
+        if n > 0 {
+            self.progress.send_modify(|p| p.durable += n);
+        }
+    }
+
+    /// The writer failed: refuse everything from now on.
+    pub(crate) fn fail(&self) {
+        let mut queue = self.lock();
+        queue.failed = true;
+        queue.items.clear();
+        queue.weight = 0;
+        drop(queue);
+        self.progress.send_modify(|p| p.failed = true);
+        self.room.notify_waiters();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue<T>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn tickets_become_durable_in_order_and_a_failure_fails_what_is_left() {
+        let c = Arc::new(Committer::<u32>::new(10));
+        let (a, b) = (c.submit(1).unwrap(), c.submit(2).unwrap());
+        assert_eq!((a, b, c.ticket()), (1, 2, 2));
+        let (items, closed) = c.take(Duration::ZERO);
+        assert_eq!((items, closed), (vec![1, 2], false));
+        c.committed(1);
+        c.durable(a).await.unwrap();
+        let waiter = {
+            let c = c.clone();
+            tokio::spawn(async move { c.durable(b).await })
+        };
+        c.fail();
+        assert_eq!(waiter.await.unwrap(), Err(Failed));
+        c.durable(a).await.unwrap();
+        assert_eq!(c.submit(3), Err(Failed));
+        assert_eq!(c.check(), Err(Failed));
+    }
+
+    #[tokio::test]
+    async fn admission_is_checked_under_the_lock_and_take_waits() {
+        let c = Arc::new(Committer::<u32>::new(10));
+        let refused = c.submit_checked(1, 5, |n, w| if n + w > 0 { Err("full") } else { Ok(()) });
+        assert!(refused.is_ok());
+        let refused = c.submit_checked(2, 5, |_, w| if w >= 5 { Err("full") } else { Ok(()) });
+        assert!(matches!(refused, Err(Refused::Admission("full"))));
+        let writer = {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let first = c.take(Duration::from_secs(5));
+                let second = c.take(Duration::from_secs(5));
+                (first, second)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.close();
+        let ((first, _), (second, closed)) = writer.join().unwrap();
+        assert_eq!(first, vec![1]);
+        assert!(second.is_empty() && closed);
+    }
+}

@@ -1,0 +1,615 @@
+//! Data keys: the AES-256-GCM keys the hub encrypts what it keeps at rest with (the entries of
+//! durable channels), wrapped by a key-encryption key of the key store, versioned and rotated.
+//!
+//! Each data key has a version (1, 2, …); the newest active one encrypts. A sealed value names
+//! its key's version, so older versions keep decrypting what they sealed until they are
+//! retired. Keys are stored only wrapped (AES-256-GCM under the key store's [`DATA_KEK`], with
+//! the version in the associated data) in the hub's store, config key `data_keys`; the key
+//! store never hands out the key-encryption key, and an HSM keeps it inside.
+//!
+//! Sealed value: `u32(version) ‖ nonce (12 bytes) ‖ AES-256-GCM(data key, nonce, aad, value)
+//! ‖ tag (16 bytes)`, where `aad` is the caller's context (a durable entry's stream and
+//! sequence), so that a sealed value moved elsewhere does not open.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use entente_keystore::{KeyAlgorithm, KeyName, KeyStore, KeyStoreError};
+use zeroize::Zeroizing;
+
+use crate::HubError;
+use crate::registry::Registry;
+
+/// The key store's key-encryption key that wraps the data keys.
+pub const DATA_KEK: &str = "data-kek";
+
+/// The hub store's config key of the wrapped data keys.
+const DATA_KEYS_CONFIG: &str = "data_keys";
+
+/// The stored list's format version.
+const STORED_VERSION: u8 = 1;
+
+/// Bytes a sealed value adds: version, nonce and tag.
+pub const SEAL_OVERHEAD: usize = 4 + NONCE_LEN + 16;
+
+/// Why a sealed value did not open, or keys could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataKeyError {
+    /// The value names a key version this hub does not hold (retired, or never made).
+    #[error("no data key of version {0}")]
+    UnknownVersion(u32),
+    /// The value was altered, or sealed for another context.
+    #[error("a sealed value does not open: altered, or sealed for another place")]
+    Open,
+    /// The value is too short to be sealed.
+    #[error("a sealed value is truncated")]
+    Truncated,
+    /// The key store failed.
+    #[error("key store: {0}")]
+    KeyStore(#[from] KeyStoreError),
+    /// The random source or the cipher failed.
+    #[error("crypto: {0}")]
+    Crypto(&'static str),
+}
+
+/// What `entente keys status` shows of one data key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataKeyInfo {
+    /// Its version.
+    pub version: u32,
+    /// When it was made, Unix milliseconds.
+    pub created_ms: u64,
+    /// Whether it is the one that encrypts now.
+    pub current: bool,
+}
+
+/// The hub's data keys, unwrapped in memory.
+#[derive(Debug)]
+pub struct DataKeys {
+    keystore: Arc<dyn KeyStore>,
+    keys: RwLock<Keys>,
+    rng: SystemRandom,
+}
+
+#[derive(Debug, Default)]
+struct Keys {
+    /// Active keys by version.
+    by_version: BTreeMap<u32, Key>,
+    /// The newest version made (retired ones included).
+    latest: u32,
+}
+
+struct Key {
+    cipher: LessSafeKey,
+    wrapped: Vec<u8>,
+    created_ms: u64,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("created_ms", &self.created_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl DataKeys ===
+
+impl DataKeys {
+    /// The data keys in the hub's store, unwrapped; with none stored, a first one is made (and
+    /// the key-encryption key, if the key store lacks it).
+    pub(crate) async fn load(
+        keystore: Arc<dyn KeyStore>,
+        registry: &Registry,
+        now_ms: u64,
+    ) -> Result<Self, HubError> {
+        let kek = kek_name()?;
+        let keys = Self {
+            keystore,
+            keys: RwLock::default(),
+            rng: SystemRandom::new(),
+        };
+        match registry.config(DATA_KEYS_CONFIG).await? {
+            Some(bytes) => {
+                let stored = decode(&bytes).map_err(|e| HubError::Keys(e.to_owned()))?;
+                let mut loaded = Keys::default();
+                for (version, created_ms, wrapped) in stored.keys {
+                    let cipher = keys.unwrap(&kek, version, &wrapped).map_err(|e| {
+                        HubError::Keys(format!("unwrapping data key {version}: {e}"))
+                    })?;
+                    loaded.by_version.insert(
+                        version,
+                        Key {
+                            cipher,
+                            wrapped,
+                            created_ms,
+                        },
+                    );
+                }
+                loaded.latest = stored.latest;
+                *keys.write() = loaded;
+            }
+            None => {
+                if !keys
+                    .keystore
+                    .contains(&kek)
+                    .map_err(|e| HubError::Keys(format!("key store: {e}")))?
+                {
+                    keys.keystore
+                        .generate(&kek, KeyAlgorithm::Aes256Gcm)
+                        .map_err(|e| HubError::Keys(format!("key store: {e}")))?;
+                }
+                keys.rotate(registry, now_ms)
+                    .await
+                    .map_err(|e| HubError::Keys(format!("making the first data key: {e}")))?;
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Makes a new data key, stores it (wrapped) with the others, and encrypts with it from
+    /// now on; returns its version.
+    pub(crate) async fn rotate(&self, registry: &Registry, now_ms: u64) -> Result<u32, HubError> {
+        let kek = kek_name()?;
+        let mut raw = Zeroizing::new([0u8; 32]);
+        self.rng
+            .fill(raw.as_mut())
+            .map_err(|_| HubError::Keys("the random source failed".into()))?;
+        let version = self.read().latest + 1;
+        let wrapped = self
+            .keystore
+            .encrypt(&kek, raw.as_ref(), &wrap_aad(version))
+            .map_err(|e| HubError::Keys(format!("wrapping data key {version}: {e}")))?;
+        let cipher =
+            cipher(raw.as_ref()).map_err(|e| HubError::Keys(format!("data key {version}: {e}")))?;
+        let mut next = self.snapshot();
+        next.keys.push((version, now_ms, wrapped.clone()));
+        next.latest = version;
+        registry
+            .put_config(DATA_KEYS_CONFIG, &encode(&next))
+            .await?;
+        let mut keys = self.write();
+        keys.by_version.insert(
+            version,
+            Key {
+                cipher,
+                wrapped,
+                created_ms: now_ms,
+            },
+        );
+        keys.latest = version;
+        Ok(version)
+    }
+
+    /// Retires every version below `keep_from` (nothing sealed under them is kept any more),
+    /// never the current one; returns the versions retired.
+    pub(crate) async fn retire_below(
+        &self,
+        registry: &Registry,
+        keep_from: u32,
+    ) -> Result<Vec<u32>, HubError> {
+        let current = self.current_version();
+        let retired: Vec<u32> = self
+            .read()
+            .by_version
+            .keys()
+            .copied()
+            .filter(|&v| v < keep_from && v != current)
+            .collect();
+        if retired.is_empty() {
+            return Ok(retired);
+        }
+        let mut next = self.snapshot();
+        next.keys.retain(|(v, _, _)| !retired.contains(v));
+        registry
+            .put_config(DATA_KEYS_CONFIG, &encode(&next))
+            .await?;
+        let mut keys = self.write();
+        for v in &retired {
+            keys.by_version.remove(v);
+        }
+        Ok(retired)
+    }
+
+    /// The version that encrypts now.
+    pub fn current_version(&self) -> u32 {
+        let keys = self.read();
+        keys.by_version.keys().next_back().copied().unwrap_or(0)
+    }
+
+    /// The active keys, oldest first.
+    pub fn status(&self) -> Vec<DataKeyInfo> {
+        let keys = self.read();
+        let current = keys.by_version.keys().next_back().copied();
+        keys.by_version
+            .iter()
+            .map(|(&version, key)| DataKeyInfo {
+                version,
+                created_ms: key.created_ms,
+                current: Some(version) == current,
+            })
+            .collect()
+    }
+
+    /// Seals `value` under the current key, bound to `aad`.
+    pub fn seal(&self, aad: &[u8], value: &[u8]) -> Result<Vec<u8>, DataKeyError> {
+        let keys = self.read();
+        let (&version, key) = keys
+            .by_version
+            .iter()
+            .next_back()
+            .ok_or(DataKeyError::UnknownVersion(0))?;
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng
+            .fill(&mut nonce)
+            .map_err(|_| DataKeyError::Crypto("the random source failed"))?;
+        let mut out = Vec::with_capacity(SEAL_OVERHEAD + value.len());
+        out.extend_from_slice(&version.to_be_bytes());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(value);
+        let mut body = out.split_off(4 + NONCE_LEN);
+        key.cipher
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut body,
+            )
+            .map_err(|_| DataKeyError::Crypto("sealing failed"))?;
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// Opens a value [`seal`](Self::seal) made, with the same `aad`.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, DataKeyError> {
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(DataKeyError::Truncated);
+        }
+        let (version, rest) = sealed.split_at(4);
+        let (nonce, body) = rest.split_at(NONCE_LEN);
+        let version = u32::from_be_bytes(version.try_into().map_err(|_| DataKeyError::Truncated)?);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| DataKeyError::Truncated)?;
+        let keys = self.read();
+        let key = keys
+            .by_version
+            .get(&version)
+            .ok_or(DataKeyError::UnknownVersion(version))?;
+        let mut body = body.to_vec();
+        let plain = key
+            .cipher
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut body,
+            )
+            .map_err(|_| DataKeyError::Open)?;
+        let len = plain.len();
+        body.truncate(len);
+        Ok(body)
+    }
+
+    /// The version a sealed value names, if it is long enough to name one.
+    pub fn version_of(sealed: &[u8]) -> Option<u32> {
+        sealed
+            .get(..4)
+            .and_then(|v| v.try_into().ok())
+            .map(u32::from_be_bytes)
+    }
+
+    // --- helpers ---
+
+    fn unwrap(
+        &self,
+        kek: &KeyName,
+        version: u32,
+        wrapped: &[u8],
+    ) -> Result<LessSafeKey, DataKeyError> {
+        let raw = self.keystore.decrypt(kek, wrapped, &wrap_aad(version))?;
+        cipher(&raw)
+    }
+
+    fn snapshot(&self) -> Stored {
+        let keys = self.read();
+        Stored {
+            latest: keys.latest,
+            keys: keys
+                .by_version
+                .iter()
+                .map(|(&v, k)| (v, k.created_ms, k.wrapped.clone()))
+                .collect(),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
+        self.keys.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Keys> {
+        self.keys.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Rotates the data key whenever the current one is older than `every`, until `shutdown`
+/// is set, and retires the versions nothing kept needs any more: below `in_use()`, the oldest
+/// version a value kept at rest was sealed under. Each rotation is recorded in the audit log
+/// (by `hub`). A failure is tried again a minute later; the current key keeps encrypting
+/// meanwhile.
+pub(crate) async fn rotate_loop(
+    keys: Arc<DataKeys>,
+    registry: Registry,
+    auditor: crate::audit::Auditor,
+    every: std::time::Duration,
+    in_use: impl Fn(&DataKeys) -> u32 + Send,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    const RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+    loop {
+        let now = crate::rpc::unix_ms(std::time::SystemTime::now());
+        let created = keys
+            .status()
+            .into_iter()
+            .find(|k| k.current)
+            .map_or(0, |k| k.created_ms);
+        let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+        let due =
+            std::time::Duration::from_millis(created.saturating_add(every_ms).saturating_sub(now));
+        tokio::select! {
+            () = tokio::time::sleep(due) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let now = crate::rpc::unix_ms(std::time::SystemTime::now());
+        let outcome = match keys.rotate(&registry, now).await {
+            Ok(version) => keys
+                .retire_below(&registry, in_use(&keys))
+                .await
+                .map(|retired| (version, retired)),
+            Err(e) => Err(e),
+        };
+        let (result, detail, wait) = match &outcome {
+            Ok((version, retired)) => (
+                entente_audit::Outcome::Success,
+                format!("version {version}; retired {retired:?}"),
+                None,
+            ),
+            Err(e) => (entente_audit::Outcome::Failed, e.to_string(), Some(RETRY)),
+        };
+        let event = entente_audit::Event::Admin(entente_audit::Admin {
+            operation: crate::audit::clear("rotate-data-key"),
+            target: crate::audit::clear(DATA_KEK),
+            detail: crate::audit::clear(&detail),
+        });
+        let _ = auditor.submit(crate::audit::HUB_ACTOR, result, event);
+        if let Some(wait) = wait {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+}
+
+// === the stored form ===
+
+/// The wrapped keys as stored: `u8(1) ‖ u32(latest) ‖ u32(n) ‖ n × (u32(version) ‖
+/// u64(created_ms) ‖ u32(len) ‖ wrapped)`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Stored {
+    latest: u32,
+    keys: Vec<(u32, u64, Vec<u8>)>,
+}
+
+fn encode(stored: &Stored) -> Vec<u8> {
+    let mut out = vec![STORED_VERSION];
+    out.extend_from_slice(&stored.latest.to_be_bytes());
+    out.extend_from_slice(
+        &u32::try_from(stored.keys.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    for (version, created_ms, wrapped) in &stored.keys {
+        out.extend_from_slice(&version.to_be_bytes());
+        out.extend_from_slice(&created_ms.to_be_bytes());
+        out.extend_from_slice(
+            &u32::try_from(wrapped.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
+        out.extend_from_slice(wrapped);
+    }
+    out
+}
+
+fn decode(bytes: &[u8]) -> Result<Stored, &'static str> {
+    const BAD: &str = "the stored data keys do not decode";
+    let mut r = bytes;
+    let mut take = |n: usize| -> Result<&[u8], &'static str> {
+        let (head, tail) = r.split_at_checked(n).ok_or(BAD)?;
+        r = tail;
+        Ok(head)
+    };
+    if take(1)? != [STORED_VERSION] {
+        return Err("the stored data keys are of an unknown format version");
+    }
+    let u32_of = |b: &[u8]| b.try_into().map(u32::from_be_bytes).map_err(|_| BAD);
+    let latest = u32_of(take(4)?)?;
+    let n = u32_of(take(4)?)?;
+    let mut keys = Vec::new();
+    for _ in 0..n.min(1 << 16) {
+        let version = u32_of(take(4)?)?;
+        let created_ms = take(8)?
+            .try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|_| BAD)?;
+        let len = u32_of(take(4)?)? as usize;
+        if len > 4096 {
+            return Err(BAD);
+        }
+        keys.push((version, created_ms, take(len)?.to_vec()));
+    }
+    if !r.is_empty() || keys.len() != n as usize {
+        return Err(BAD);
+    }
+    Ok(Stored { latest, keys })
+}
+
+fn kek_name() -> Result<KeyName, HubError> {
+    KeyName::new(DATA_KEK).map_err(|e| HubError::Keys(format!("key store: {e}")))
+}
+
+/// What a data key is wrapped with, besides the key-encryption key: its purpose and version.
+fn wrap_aad(version: u32) -> Vec<u8> {
+    let mut aad = b"entente/v1/data-key\0".to_vec();
+    aad.extend_from_slice(&version.to_be_bytes());
+    aad
+}
+
+fn cipher(raw: &[u8]) -> Result<LessSafeKey, DataKeyError> {
+    UnboundKey::new(&AES_256_GCM, raw)
+        .map(LessSafeKey::new)
+        .map_err(|_| DataKeyError::Crypto("a data key is not 32 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
+
+    use std::sync::Arc;
+
+    use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock};
+    use entente_store::EmbeddedStore;
+
+    use super::*;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        keystore: Arc<dyn KeyStore>,
+        registry: Registry,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let keystore = LocalKeyStore::create(
+            &dir.path().join("keys"),
+            &Unlock::passphrase("p"),
+            Argon2Params::danger_fast_for_tests(),
+        )
+        .unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path().join("store.redb")).unwrap());
+        Fixture {
+            _dir: dir,
+            keystore: Arc::new(keystore),
+            registry: Registry::new(store),
+        }
+    }
+
+    #[tokio::test]
+    async fn values_seal_under_the_current_key_and_open_only_in_their_place() {
+        let f = fixture();
+        let keys = DataKeys::load(f.keystore.clone(), &f.registry, 1)
+            .await
+            .unwrap();
+        assert_eq!(keys.current_version(), 1);
+        let sealed = keys.seal(b"stream orders #7", b"envelope bytes").unwrap();
+        assert_eq!(DataKeys::version_of(&sealed), Some(1));
+        assert_eq!(sealed.len(), SEAL_OVERHEAD + 14);
+        assert_eq!(
+            keys.open(b"stream orders #7", &sealed).unwrap(),
+            b"envelope bytes"
+        );
+        assert!(matches!(
+            keys.open(b"stream orders #8", &sealed),
+            Err(DataKeyError::Open)
+        ));
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 1;
+            assert!(keys.open(b"stream orders #7", &bad).is_err(), "byte {i}");
+        }
+        assert!(matches!(
+            keys.open(b"", &sealed[..SEAL_OVERHEAD - 1]),
+            Err(DataKeyError::Truncated)
+        ));
+        // Two seals of one value differ: fresh nonces.
+        assert_ne!(
+            sealed,
+            keys.seal(b"stream orders #7", b"envelope bytes").unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_old_versions_opening_until_retired_and_survives_a_reload() {
+        let f = fixture();
+        let keys = DataKeys::load(f.keystore.clone(), &f.registry, 1)
+            .await
+            .unwrap();
+        let old = keys.seal(b"a", b"old").unwrap();
+        assert_eq!(keys.rotate(&f.registry, 2).await.unwrap(), 2);
+        let new = keys.seal(b"a", b"new").unwrap();
+        assert_eq!(DataKeys::version_of(&new), Some(2));
+
+        // Another hub process: the same keys, unwrapped from the store.
+        let again = DataKeys::load(f.keystore.clone(), &f.registry, 3)
+            .await
+            .unwrap();
+        assert_eq!(again.current_version(), 2);
+        assert_eq!(again.open(b"a", &old).unwrap(), b"old");
+        assert_eq!(again.open(b"a", &new).unwrap(), b"new");
+        let status = again.status();
+        assert_eq!(
+            status
+                .iter()
+                .map(|k| (k.version, k.current))
+                .collect::<Vec<_>>(),
+            [(1, false), (2, true)]
+        );
+
+        // Retiring never takes the current key, and what the old one sealed no longer opens.
+        assert_eq!(again.retire_below(&f.registry, 99).await.unwrap(), [1]);
+        assert!(matches!(
+            again.open(b"a", &old),
+            Err(DataKeyError::UnknownVersion(1))
+        ));
+        assert_eq!(again.open(b"a", &new).unwrap(), b"new");
+        let reloaded = DataKeys::load(f.keystore.clone(), &f.registry, 4)
+            .await
+            .unwrap();
+        assert_eq!(reloaded.status().len(), 1);
+        // Versions are never reused.
+        assert_eq!(reloaded.rotate(&f.registry, 5).await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn keys_do_not_load_under_another_key_encryption_key_or_from_garbage() {
+        let f = fixture();
+        DataKeys::load(f.keystore.clone(), &f.registry, 1)
+            .await
+            .unwrap();
+        let other = fixture();
+        other
+            .keystore
+            .generate(&kek_name().unwrap(), KeyAlgorithm::Aes256Gcm)
+            .unwrap();
+        let stored = f.registry.config(DATA_KEYS_CONFIG).await.unwrap().unwrap();
+        other
+            .registry
+            .put_config(DATA_KEYS_CONFIG, &stored)
+            .await
+            .unwrap();
+        let err = DataKeys::load(other.keystore.clone(), &other.registry, 1)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unwrapping data key 1"), "{err}");
+        for garbage in [&b""[..], b"\x02", &stored[..stored.len() - 1]] {
+            assert!(decode(garbage).is_err());
+        }
+        assert_eq!(encode(&decode(&stored).unwrap()), stored);
+    }
+}

@@ -1,0 +1,984 @@
+//! Durable channels (docs/DURABLE.md): streams that keep what is published on them until every
+//! durable consumer has acknowledged it, encrypted again at rest.
+//!
+//! - [`Streams`]: the hub's configured streams, each capturing the channels of its pattern,
+//!   and the latest sender key of each (sender, channel, epoch) routed, so that every stored
+//!   entry opens on its own.
+//! - A stream's writer thread takes the entries publishes submit (a [`Committer`]), seals each
+//!   under the current data key (the stream's name and the entry's sequence as associated
+//!   data), appends them with one `fdatasync`, and once a second purges what every consumer
+//!   acknowledged or what is older than the stream's `max_age`, and writes the consumers'
+//!   states. A publish is answered only once its entries are durable.
+//! - A [`Consumer`] is named, owned by the principal that created it, and held by one session
+//!   at a time; its delivery task sends kept entries in order, at most [`MAX_IN_FLIGHT`]
+//!   unacknowledged, redelivers what stays unacknowledged past `ack_wait`, and moves an entry
+//!   delivered `max_deliver` times to the stream's dead-letter log.
+//!
+//! Entry (before sealing): `u16(len) ‖ channel ‖ the Deliver body` (fields 2 and 3: sender
+//! keys, then signed batches).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut as _, Bytes, BytesMut};
+use entente_store::stream::{StreamLog, StreamOptions};
+use entente_types::{Channel, ChannelPattern, Principal};
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::HubError;
+use crate::audit::Auditor;
+use crate::authz::DeliveryGate;
+use crate::codec::Outbound;
+use crate::commit::{Committer, Refused};
+use crate::datakeys::DataKeys;
+use crate::stats::{self, Stats};
+
+/// Most entries delivered to one consumer and not yet acknowledged.
+pub(crate) const MAX_IN_FLIGHT: usize = 1024;
+
+/// How often a stream purges what is done and writes its consumers' states.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Entries queued for a stream's writer beyond which publishers wait.
+const MAX_BACKLOG: usize = 16_384;
+
+/// Field numbers of `Deliver` (PROTOCOL.md): sender keys, sequence, attempt.
+const SENDER_KEYS_TAG: u32 = 2;
+const SEQUENCE_TAG: u32 = 4;
+const ATTEMPT_TAG: u32 = 5;
+
+/// A durable channel's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamConfig {
+    /// The stream's name: 1 to 64 of `a-z`, `0-9`, `-`, `_`; its directory's name.
+    pub name: String,
+    /// The channels it captures.
+    pub channels: ChannelPattern,
+    /// Most entries kept; a publish beyond is refused `FULL`. Default 1 000 000.
+    pub max_messages: u64,
+    /// Most bytes kept (stored frames); a publish beyond is refused `FULL`. Default 1 GiB.
+    pub max_bytes: u64,
+    /// Entries older than this are dropped, acknowledged or not. Default 7 days.
+    pub max_age: Duration,
+    /// How long a delivery may stay unacknowledged before it is delivered again. Default 30 s.
+    pub ack_wait: Duration,
+    /// Deliveries of one entry to one consumer before it goes to the dead-letter log.
+    /// Default 5.
+    pub max_deliver: u32,
+}
+
+impl StreamConfig {
+    /// A stream named `name` capturing `channels`, with the defaults.
+    pub fn new(name: impl Into<String>, channels: ChannelPattern) -> Self {
+        Self {
+            name: name.into(),
+            channels,
+            max_messages: 1_000_000,
+            max_bytes: 1 << 30,
+            max_age: Duration::from_secs(7 * 24 * 60 * 60),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+        }
+    }
+}
+
+/// Why a durable publish or subscription was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DurableError {
+    /// The stream holds as much as it may.
+    #[error(
+        "the durable channel `{stream}` is full ({what}): nothing was stored or routed; try \
+         again once its consumers catch up"
+    )]
+    Full {
+        /// The stream.
+        stream: String,
+        /// Which limit, with its value.
+        what: String,
+    },
+    /// The stream's writer failed; it takes nothing until the hub restarts.
+    #[error(
+        "the durable channel `{0}` is unavailable: the hub refuses to take what it can't store"
+    )]
+    Unavailable(String),
+    /// No stream captures the pattern of a durable subscription.
+    #[error("no durable channel captures `{0}`")]
+    NoStream(String),
+    /// The consumer's name breaks the rules.
+    #[error("a durable consumer's name is 1 to 64 of `a-z`, `0-9`, `-`, `_`")]
+    BadName,
+    /// The consumer belongs to another principal, or was made for another pattern.
+    #[error("{0}")]
+    NotYours(String),
+    /// Another session holds the consumer.
+    #[error("the durable consumer `{0}` is held by another session")]
+    InUse(String),
+}
+
+/// The hub's streams.
+#[derive(Debug, Default)]
+pub(crate) struct Streams {
+    streams: Vec<Arc<Stream>>,
+    /// The latest sender key (encoded `SenderKey`) of each (sender, channel, epoch) routed.
+    sender_keys: Mutex<HashMap<(String, String, u64), Bytes>>,
+}
+
+/// One stream.
+#[derive(Debug)]
+pub(crate) struct Stream {
+    config: StreamConfig,
+    dir: PathBuf,
+    log: Arc<Mutex<StreamLog>>,
+    dead: Arc<Mutex<StreamLog>>,
+    keys: Arc<DataKeys>,
+    queue: Committer<Vec<u8>>,
+    /// What the log keeps, for admission without taking its lock.
+    kept_entries: AtomicU64,
+    kept_bytes: AtomicU64,
+    /// The next sequence the log hands out: consumers wait for it to move.
+    appended: watch::Sender<u64>,
+    consumers: Mutex<BTreeMap<String, Arc<Consumer>>>,
+    stats: Arc<Stats>,
+    auditor: Auditor,
+}
+
+/// A durable consumer.
+#[derive(Debug)]
+pub(crate) struct Consumer {
+    name: String,
+    owner: Principal,
+    pattern: ChannelPattern,
+    state: Mutex<ConsumerState>,
+    /// Wakes the delivery task: acknowledgements, detaching.
+    wake: Notify,
+    /// The session holding it, if any.
+    holder: Mutex<Option<u64>>,
+}
+
+#[derive(Debug, Default)]
+struct ConsumerState {
+    /// Every entry below is done (acknowledged, dead-lettered, purged or not for it).
+    floor: u64,
+    /// Entries at or above the floor that are done.
+    done: BTreeSet<u64>,
+    /// Deliveries so far of entries not done.
+    attempts: BTreeMap<u64, u32>,
+    /// Entries delivered and awaiting acknowledgement, with their redelivery time.
+    in_flight: BTreeMap<u64, Instant>,
+    /// The next entry never delivered in this run.
+    next: u64,
+    /// Changed since last written.
+    dirty: bool,
+}
+
+/// A consumer held by a session: its delivery task ends when this drops.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub(crate) consumer: Arc<Consumer>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The writer threads, joined at shutdown.
+#[derive(Debug, Default)]
+pub(crate) struct StreamWriters(Vec<JoinHandle<()>>);
+
+// === impl Streams ===
+
+impl Streams {
+    /// Opens (or creates) each configured stream under `dir`, with its consumers, and starts
+    /// their writers.
+    pub(crate) fn open(
+        configs: &[StreamConfig],
+        dir: Option<&Path>,
+        keys: &Arc<DataKeys>,
+        stats: &Arc<Stats>,
+        auditor: &Auditor,
+    ) -> Result<(Self, StreamWriters), HubError> {
+        let mut streams = Vec::new();
+        let mut writers = StreamWriters::default();
+        if configs.is_empty() {
+            return Ok((Self::default(), writers));
+        }
+        let dir = dir.ok_or(HubError::Config(
+            "durable channels need `streams_dir`, where they are kept",
+        ))?;
+        let mut names = std::collections::HashSet::new();
+        for config in configs {
+            if !valid_name(&config.name) || !names.insert(config.name.clone()) {
+                return Err(HubError::Config(
+                    "each durable channel needs a unique name of 1 to 64 of `a-z`, `0-9`, `-`, `_`",
+                ));
+            }
+            if config.max_messages == 0
+                || config.max_bytes == 0
+                || config.max_deliver == 0
+                || config.ack_wait.is_zero()
+                || config.max_age.is_zero()
+            {
+                return Err(HubError::Config(
+                    "a durable channel's limits, `ack_wait` and `max_deliver` must not be zero",
+                ));
+            }
+            let stream = Arc::new(Stream::open(config.clone(), dir, keys, stats, auditor)?);
+            let writer = {
+                let stream = stream.clone();
+                std::thread::Builder::new()
+                    .name(format!("entente-stream-{}", config.name))
+                    .spawn(move || stream.run())
+                    .map_err(|e| HubError::Durable(format!("starting a stream writer: {e}")))?
+            };
+            writers.0.push(writer);
+            streams.push(stream);
+        }
+        Ok((
+            Self {
+                streams,
+                sender_keys: Mutex::default(),
+            },
+            writers,
+        ))
+    }
+
+    /// Whether any channel is durable.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    /// The stream capturing `channel`, if any (the first configured).
+    pub(crate) fn for_channel(&self, channel: &Channel) -> Option<&Arc<Stream>> {
+        self.streams
+            .iter()
+            .find(|s| s.config.channels.matches(channel))
+    }
+
+    /// The stream a durable subscription to `pattern` reads: one whose pattern is `pattern`
+    /// or, for a literal channel, captures it.
+    pub(crate) fn for_pattern(&self, pattern: &ChannelPattern) -> Option<&Arc<Stream>> {
+        self.streams.iter().find(|s| {
+            s.config.channels == *pattern
+                || (pattern.is_literal()
+                    && Channel::parse(pattern.as_str())
+                        .is_ok_and(|c| s.config.channels.matches(&c)))
+        })
+    }
+
+    /// Remembers the sender keys of a publish that was accepted: `(sender, channel, epoch,
+    /// encoded SenderKey)`.
+    pub(crate) fn remember(&self, keys: impl IntoIterator<Item = (String, String, u64, Bytes)>) {
+        let mut cache = lock(&self.sender_keys);
+        for (sender, channel, epoch, key) in keys {
+            if cache.len() >= 65_536 {
+                cache.clear();
+            }
+            cache.insert((sender, channel, epoch), key);
+        }
+    }
+
+    /// The entry to store for a channel group: its channel, the sender keys its batches need
+    /// that the group does not carry (from what was routed before), and the group's body.
+    pub(crate) fn entry(
+        &self,
+        channel: &Channel,
+        sender: &str,
+        epochs: &[u64],
+        carried: &[u64],
+        body: &[u8],
+    ) -> Vec<u8> {
+        let cache = lock(&self.sender_keys);
+        let mut entry = Vec::with_capacity(2 + channel.as_str().len() + body.len() + 256);
+        let name = channel.as_str().as_bytes();
+        entry.extend_from_slice(&u16::try_from(name.len()).unwrap_or(u16::MAX).to_be_bytes());
+        entry.extend_from_slice(name);
+        let mut buf = BytesMut::new();
+        for epoch in epochs.iter().filter(|e| !carried.contains(e)) {
+            if let Some(key) = cache.get(&(sender.to_owned(), channel.as_str().to_owned(), *epoch))
+            {
+                prost::encoding::encode_key(
+                    SENDER_KEYS_TAG,
+                    prost::encoding::WireType::LengthDelimited,
+                    &mut buf,
+                );
+                prost::encoding::encode_varint(key.len() as u64, &mut buf);
+                buf.put_slice(key);
+            }
+        }
+        entry.extend_from_slice(&buf);
+        entry.extend_from_slice(body);
+        entry
+    }
+
+    /// The owners of consumers whose pattern matches `channel`: members of it even while
+    /// offline, so that publishers seal to them.
+    pub(crate) fn members(&self, channel: &Channel) -> Vec<Principal> {
+        let mut members = Vec::new();
+        for stream in self
+            .streams
+            .iter()
+            .filter(|s| s.config.channels.matches(channel))
+        {
+            for consumer in lock(&stream.consumers).values() {
+                if consumer.pattern.matches(channel) && !members.contains(&consumer.owner) {
+                    members.push(consumer.owner.clone());
+                }
+            }
+        }
+        members
+    }
+
+    /// The oldest data-key version an entry kept at rest was sealed under (the current one if
+    /// nothing is kept).
+    pub(crate) fn oldest_key_version(&self, keys: &DataKeys) -> u32 {
+        let mut oldest = keys.current_version();
+        for stream in &self.streams {
+            for log in [&stream.log, &stream.dead] {
+                let log = lock(log);
+                if let Ok(Some(entry)) = log.read(log.first_seq()) {
+                    let version = DataKeys::version_of(&entry.payload).unwrap_or(oldest);
+                    oldest = oldest.min(version);
+                }
+            }
+        }
+        oldest
+    }
+
+    /// Stops taking entries; each writer writes what is queued, saves its consumers and ends.
+    pub(crate) fn close(&self) {
+        for stream in &self.streams {
+            stream.queue.close();
+        }
+    }
+}
+
+// === impl StreamWriters ===
+
+impl StreamWriters {
+    /// Waits for every writer to end (after [`Streams::close`]).
+    pub(crate) async fn join(self) {
+        for writer in self.0 {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+    }
+}
+
+// === impl Stream ===
+
+impl Stream {
+    fn open(
+        config: StreamConfig,
+        root: &Path,
+        keys: &Arc<DataKeys>,
+        stats: &Arc<Stats>,
+        auditor: &Auditor,
+    ) -> Result<Self, HubError> {
+        let dir = root.join(&config.name);
+        let stream_error = |e: entente_store::stream::StreamError| HubError::Durable(e.to_string());
+        let log =
+            StreamLog::open(dir.join("entries"), StreamOptions::default()).map_err(stream_error)?;
+        let dead =
+            StreamLog::open(dir.join("dead"), StreamOptions::default()).map_err(stream_error)?;
+        let consumers = load_consumers(&dir.join("consumers"), log.first_seq())?;
+        let stream = Self {
+            kept_entries: AtomicU64::new(log.len()),
+            kept_bytes: AtomicU64::new(log.bytes()),
+            appended: watch::Sender::new(log.next_seq()),
+            log: Arc::new(Mutex::new(log)),
+            dead: Arc::new(Mutex::new(dead)),
+            keys: keys.clone(),
+            queue: Committer::new(MAX_BACKLOG),
+            consumers: Mutex::new(consumers),
+            stats: stats.clone(),
+            auditor: auditor.clone(),
+            config,
+            dir,
+        };
+        Ok(stream)
+    }
+
+    /// Queues `entry` for storing, if the stream's limits allow it; returns its ticket.
+    pub(crate) fn submit(&self, entry: Vec<u8>) -> Result<u64, DurableError> {
+        let size = entry.len() as u64
+            + entente_store::stream::FRAME_OVERHEAD
+            + crate::datakeys::SEAL_OVERHEAD as u64;
+        let (max_messages, max_bytes) = (self.config.max_messages, self.config.max_bytes);
+        let kept = self.kept_entries.load(Ordering::Acquire);
+        let bytes = self.kept_bytes.load(Ordering::Acquire);
+        self.queue
+            .submit_checked(entry, size, |queued, queued_bytes| {
+                if kept + queued + 1 > max_messages {
+                    Err(format!("{max_messages} messages"))
+                } else if bytes + queued_bytes + size > max_bytes {
+                    Err(format!("{max_bytes} bytes"))
+                } else {
+                    Ok(())
+                }
+            })
+            .map_err(|e| match e {
+                Refused::Failed => DurableError::Unavailable(self.config.name.clone()),
+                Refused::Admission(what) => {
+                    stats::bump(&self.stats.durable_full);
+                    DurableError::Full {
+                        stream: self.config.name.clone(),
+                        what,
+                    }
+                }
+            })
+    }
+
+    /// Waits until the entries up to `ticket` are durable.
+    pub(crate) async fn durable(&self, ticket: u64) -> Result<(), DurableError> {
+        self.queue
+            .durable(ticket)
+            .await
+            .map_err(|_| DurableError::Unavailable(self.config.name.clone()))
+    }
+
+    /// Waits while the writer is behind.
+    pub(crate) async fn room(&self) {
+        self.queue.room().await;
+    }
+
+    /// The consumer `name` for `owner` reading `pattern`, made (and saved) if it is new;
+    /// held by `session` until [`release`](Self::release).
+    pub(crate) fn hold(
+        &self,
+        name: &str,
+        owner: &Principal,
+        pattern: &ChannelPattern,
+        session: u64,
+    ) -> Result<Arc<Consumer>, DurableError> {
+        if !valid_name(name) {
+            return Err(DurableError::BadName);
+        }
+        let consumer = {
+            let mut consumers = lock(&self.consumers);
+            match consumers.get(name) {
+                Some(c) => c.clone(),
+                None => {
+                    let first = lock(&self.log).first_seq();
+                    let consumer = Arc::new(Consumer::new(name, owner, pattern, first));
+                    save_consumer(&self.dir.join("consumers"), &consumer)
+                        .map_err(|_| DurableError::Unavailable(self.config.name.clone()))?;
+                    consumers.insert(name.to_owned(), consumer.clone());
+                    consumer
+                }
+            }
+        };
+        if consumer.owner != *owner {
+            return Err(DurableError::NotYours(format!(
+                "the durable consumer `{name}` belongs to `{}`",
+                consumer.owner
+            )));
+        }
+        if consumer.pattern != *pattern {
+            return Err(DurableError::NotYours(format!(
+                "the durable consumer `{name}` reads `{}`, not `{pattern}`",
+                consumer.pattern
+            )));
+        }
+        let mut holder = lock(&consumer.holder);
+        if holder.is_some() {
+            return Err(DurableError::InUse(name.to_owned()));
+        }
+        *holder = Some(session);
+        drop(holder);
+        Ok(consumer)
+    }
+
+    /// Starts delivering `consumer`'s entries to a session's `outbound` as subscription
+    /// `subscription_id`, through `gate` (what the session's principal may read now).
+    pub(crate) fn deliver(
+        self: &Arc<Self>,
+        consumer: Arc<Consumer>,
+        subscription_id: u64,
+        outbound: mpsc::Sender<Outbound>,
+        gate: Arc<DeliveryGate>,
+    ) -> Held {
+        let task = tokio::spawn(delivery(
+            self.clone(),
+            consumer.clone(),
+            subscription_id,
+            outbound,
+            gate,
+        ));
+        Held { consumer, task }
+    }
+
+    /// The writer: seal, append with one `fdatasync`, report; once a second, purge and save.
+    fn run(&self) {
+        let mut last_tick = Instant::now();
+        loop {
+            let wait = TICK.saturating_sub(last_tick.elapsed());
+            let (entries, closed) = self.queue.take(wait);
+            if !entries.is_empty() && !self.append(&entries) {
+                return;
+            }
+            if closed || last_tick.elapsed() >= TICK {
+                self.tick();
+                last_tick = Instant::now();
+            }
+            if closed {
+                return;
+            }
+        }
+    }
+
+    fn append(&self, entries: &[Vec<u8>]) -> bool {
+        let mut log = lock(&self.log);
+        let first = log.next_seq();
+        let sealed: Result<Vec<Vec<u8>>, _> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| {
+                self.keys
+                    .seal(&aad(&self.config.name, first + i as u64), entry)
+            })
+            .collect();
+        let appended = sealed.ok().and_then(|sealed| {
+            let refs: Vec<&[u8]> = sealed.iter().map(Vec::as_slice).collect();
+            log.append_all(&refs, now_ms()).ok()
+        });
+        if appended.is_none() {
+            drop(log);
+            stats::bump(&self.stats.durable_failures);
+            self.queue.fail();
+            return false;
+        }
+        self.kept_entries.store(log.len(), Ordering::Release);
+        self.kept_bytes.store(log.bytes(), Ordering::Release);
+        let next = log.next_seq();
+        drop(log);
+        stats::add(&self.stats.durable_stored, entries.len() as u64);
+        self.queue.committed(entries.len() as u64);
+        self.appended.send_replace(next);
+        true
+    }
+
+    /// Purges what every consumer is done with and what is too old, and saves the consumers
+    /// that changed.
+    fn tick(&self) {
+        let consumers: Vec<Arc<Consumer>> = lock(&self.consumers).values().cloned().collect();
+        let mut log = lock(&self.log);
+        let max_age_ms = u64::try_from(self.config.max_age.as_millis()).unwrap_or(u64::MAX);
+        let too_old = log.first_since(now_ms().saturating_sub(max_age_ms));
+        let done = consumers
+            .iter()
+            .map(|c| lock(&c.state).floor)
+            .min()
+            .unwrap_or(log.first_seq());
+        let purge = too_old.max(if consumers.is_empty() {
+            log.first_seq()
+        } else {
+            done
+        });
+        if purge > log.first_seq() {
+            let dropped_unread = too_old.saturating_sub(done.max(log.first_seq()));
+            if log.purge_to(purge).is_ok() {
+                stats::add(&self.stats.durable_expired, dropped_unread);
+                self.kept_entries.store(log.len(), Ordering::Release);
+                self.kept_bytes.store(log.bytes(), Ordering::Release);
+            }
+        }
+        let first = log.first_seq();
+        drop(log);
+        let dir = self.dir.join("consumers");
+        for consumer in consumers {
+            let changed = {
+                let mut state = lock(&consumer.state);
+                state.advance_to(first);
+                std::mem::take(&mut state.dirty)
+            };
+            if changed && save_consumer(&dir, &consumer).is_err() {
+                // Kept dirty: written at the next tick. Acknowledgements lost in a crash
+                // meanwhile are delivered again (at least once).
+                lock(&consumer.state).dirty = true;
+            }
+        }
+    }
+
+    /// Reads and opens entry `seq`: its channel and `Deliver` body. `None` if it is gone.
+    fn read(&self, seq: u64) -> Result<Option<(Channel, Bytes)>, String> {
+        let entry = match lock(&self.log).read(seq) {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let plain = self
+            .keys
+            .open(&aad(&self.config.name, seq), &entry.payload)
+            .map_err(|e| format!("entry {seq}: {e}"))?;
+        let (len, rest) = plain.split_at_checked(2).ok_or("a truncated entry")?;
+        let len = usize::from(u16::from_be_bytes([
+            len.first().copied().unwrap_or_default(),
+            len.get(1).copied().unwrap_or_default(),
+        ]));
+        let (channel, body) = rest.split_at_checked(len).ok_or("a truncated entry")?;
+        let channel = std::str::from_utf8(channel)
+            .ok()
+            .and_then(|c| Channel::parse(c).ok())
+            .ok_or("an entry with a bad channel")?;
+        Ok(Some((channel, Bytes::copy_from_slice(body))))
+    }
+
+    /// Moves entry `seq` to the dead-letter log (as stored, with its sequence) and records it.
+    fn dead_letter(&self, seq: u64, consumer: &Consumer, attempts: u32) {
+        let sealed = lock(&self.log).read(seq).ok().flatten();
+        if let Some(entry) = sealed {
+            let mut payload = seq.to_be_bytes().to_vec();
+            payload.extend_from_slice(&entry.payload);
+            let _ = lock(&self.dead).append_all(&[&payload], now_ms());
+        }
+        stats::bump(&self.stats.durable_dead_letters);
+        let event = entente_audit::Event::Admin(entente_audit::Admin {
+            operation: crate::audit::clear("dead-letter"),
+            target: crate::audit::clear(&format!(
+                "{}#{seq} for consumer `{}`",
+                self.config.name, consumer.name
+            )),
+            detail: crate::audit::clear(&format!("not acknowledged after {attempts} deliveries")),
+        });
+        let _ = self.auditor.submit(
+            crate::audit::HUB_ACTOR,
+            entente_audit::Outcome::Failed,
+            event,
+        );
+    }
+}
+
+// === impl Consumer ===
+
+impl Consumer {
+    fn new(name: &str, owner: &Principal, pattern: &ChannelPattern, first: u64) -> Self {
+        Self {
+            name: name.to_owned(),
+            owner: owner.clone(),
+            pattern: pattern.clone(),
+            state: Mutex::new(ConsumerState {
+                floor: first,
+                next: first,
+                dirty: true,
+                ..ConsumerState::default()
+            }),
+            wake: Notify::new(),
+            holder: Mutex::new(None),
+        }
+    }
+
+    /// Marks `sequences` acknowledged.
+    pub(crate) fn ack(&self, sequences: &[u64]) {
+        let mut state = lock(&self.state);
+        for &seq in sequences {
+            // Whatever was delivered may be acknowledged, also once it is due again.
+            if state.in_flight.contains_key(&seq) || state.attempts.contains_key(&seq) {
+                state.finish(seq);
+            }
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+}
+
+// === impl ConsumerState ===
+
+impl ConsumerState {
+    /// `seq` is done: it advances the floor if it can.
+    fn finish(&mut self, seq: u64) {
+        self.attempts.remove(&seq);
+        self.in_flight.remove(&seq);
+        if seq >= self.floor {
+            self.done.insert(seq);
+        }
+        while self.done.remove(&self.floor) {
+            self.floor += 1;
+        }
+        self.dirty = true;
+    }
+
+    /// Everything below `first` is gone from the stream: done.
+    fn advance_to(&mut self, first: u64) {
+        if first > self.floor {
+            self.floor = first;
+            self.done = self.done.split_off(&first);
+            self.attempts = self.attempts.split_off(&first);
+            self.in_flight = self.in_flight.split_off(&first);
+            while self.done.remove(&self.floor) {
+                self.floor += 1;
+            }
+            self.dirty = true;
+        }
+        self.next = self.next.max(self.floor);
+    }
+}
+
+// === impl Held ===
+
+impl Held {
+    /// Ends the delivery task and frees the consumer for another session.
+    pub(crate) fn release(self) {
+        self.task.abort();
+        let mut state = lock(&self.consumer.state);
+        // What was in flight is delivered again to the next holder.
+        state.in_flight.clear();
+        state.next = state.floor;
+        drop(state);
+        *lock(&self.consumer.holder) = None;
+    }
+}
+
+// === delivery ===
+
+/// Delivers `consumer`'s entries in order until the session ends or the task is aborted.
+async fn delivery(
+    stream: Arc<Stream>,
+    consumer: Arc<Consumer>,
+    subscription_id: u64,
+    outbound: mpsc::Sender<Outbound>,
+    gate: Arc<DeliveryGate>,
+) {
+    let mut appended = stream.appended.subscribe();
+    loop {
+        let now = Instant::now();
+        // What to send now: redeliveries first (oldest first), then new entries.
+        let (due, fresh, next_deadline) = {
+            let mut state = lock(&consumer.state);
+            let first = lock(&stream.log).first_seq();
+            state.advance_to(first);
+            let due: Vec<u64> = state
+                .in_flight
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(seq, _)| *seq)
+                .collect();
+            let room = MAX_IN_FLIGHT.saturating_sub(state.in_flight.len());
+            let end = *appended.borrow_and_update();
+            let mut fresh = Vec::new();
+            while fresh.len() < room.min(64) && state.next < end {
+                if !state.done.contains(&state.next) {
+                    fresh.push(state.next);
+                }
+                state.next += 1;
+            }
+            let next_deadline = state.in_flight.values().min().copied();
+            (due, fresh, next_deadline)
+        };
+        for seq in due.into_iter().chain(fresh) {
+            if !send(&stream, &consumer, subscription_id, &outbound, &gate, seq).await {
+                return;
+            }
+        }
+        let busy = {
+            let state = lock(&consumer.state);
+            state.next < *appended.borrow() && state.in_flight.len() < MAX_IN_FLIGHT
+        };
+        if busy {
+            continue;
+        }
+        let sleep = next_deadline.map_or(TICK, |at| at.saturating_duration_since(Instant::now()));
+        tokio::select! {
+            () = consumer.wake.notified() => {}
+            changed = appended.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(sleep) => {}
+            () = outbound.closed() => return,
+        }
+    }
+}
+
+/// Sends entry `seq` to the consumer (or finishes it when it is gone, not for this
+/// consumer, or delivered too often); `false` when the session is gone.
+async fn send(
+    stream: &Arc<Stream>,
+    consumer: &Consumer,
+    subscription_id: u64,
+    outbound: &mpsc::Sender<Outbound>,
+    gate: &DeliveryGate,
+    seq: u64,
+) -> bool {
+    let attempt = {
+        let mut state = lock(&consumer.state);
+        let attempts = state.attempts.entry(seq).or_insert(0);
+        *attempts += 1;
+        let attempt = *attempts;
+        state.dirty = true;
+        attempt
+    };
+    if attempt > stream.config.max_deliver {
+        stream.dead_letter(seq, consumer, attempt - 1);
+        lock(&consumer.state).finish(seq);
+        return true;
+    }
+    let read = {
+        let stream = stream.clone();
+        tokio::task::spawn_blocking(move || stream.read(seq)).await
+    };
+    let (channel, body) = match read {
+        Ok(Ok(Some(entry))) => entry,
+        Ok(Ok(None)) => {
+            lock(&consumer.state).finish(seq);
+            return true;
+        }
+        Ok(Err(_)) | Err(_) => {
+            // An entry that does not open is no delivery: counted, and finished so that the
+            // consumer moves on (the stream was checked at open; this is damage since).
+            stats::bump(&stream.stats.durable_failures);
+            lock(&consumer.state).finish(seq);
+            return true;
+        }
+    };
+    if !consumer.pattern.matches(&channel) || !gate.carries(&consumer.pattern, &channel, now_ms) {
+        lock(&consumer.state).finish(seq);
+        return true;
+    }
+    let mut body = BytesMut::from(body.as_ref());
+    prost::encoding::encode_key(SEQUENCE_TAG, prost::encoding::WireType::Varint, &mut body);
+    prost::encoding::encode_varint(seq, &mut body);
+    prost::encoding::encode_key(ATTEMPT_TAG, prost::encoding::WireType::Varint, &mut body);
+    prost::encoding::encode_varint(u64::from(attempt), &mut body);
+    lock(&consumer.state)
+        .in_flight
+        .insert(seq, Instant::now() + stream.config.ack_wait);
+    let frame = Outbound::Deliver {
+        subscription_id,
+        body: body.freeze(),
+    };
+    if outbound.send(frame).await.is_err() {
+        return false;
+    }
+    stats::bump(&stream.stats.durable_delivered);
+    true
+}
+
+// === consumers on disk ===
+
+/// Loads the consumers saved in `dir`; a file that does not parse stops the hub.
+fn load_consumers(dir: &Path, first: u64) -> Result<BTreeMap<String, Arc<Consumer>>, HubError> {
+    let mut consumers = BTreeMap::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(consumers),
+        Err(e) => {
+            return Err(HubError::Durable(format!(
+                "reading `{}`: {e}",
+                dir.display()
+            )));
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("state") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| HubError::Durable(format!("reading `{}`: {e}", path.display())))?;
+        let consumer = parse_consumer(&text, first).ok_or_else(|| {
+            HubError::Durable(format!(
+                "the durable consumer state `{}` is corrupt",
+                path.display()
+            ))
+        })?;
+        consumers.insert(consumer.name.clone(), Arc::new(consumer));
+    }
+    Ok(consumers)
+}
+
+/// `entente-consumer v1`, then `name`, `owner`, `pattern`, `floor`, `done` (sequences) and
+/// `attempts` (`seq:n`) lines.
+fn parse_consumer(text: &str, first: u64) -> Option<Consumer> {
+    let mut lines = text.lines();
+    if lines.next()? != "entente-consumer v1" {
+        return None;
+    }
+    let mut field = |name: &str| {
+        lines
+            .next()
+            .and_then(|l| l.strip_prefix(name))
+            .map(|l| l.trim_start().to_owned())
+    };
+    let name = field("name")?;
+    let owner = Principal::parse(&field("owner")?).ok()?;
+    let pattern = ChannelPattern::parse(&field("pattern")?).ok()?;
+    let floor: u64 = field("floor")?.parse().ok()?;
+    let numbers =
+        |s: String| -> Option<Vec<u64>> { s.split_whitespace().map(|n| n.parse().ok()).collect() };
+    let done = numbers(field("done")?)?;
+    let attempts: Option<BTreeMap<u64, u32>> = field("attempts")?
+        .split_whitespace()
+        .map(|pair| {
+            let (seq, n) = pair.split_once(':')?;
+            Some((seq.parse().ok()?, n.parse().ok()?))
+        })
+        .collect();
+    if !valid_name(&name) {
+        return None;
+    }
+    let consumer = Consumer::new(&name, &owner, &pattern, floor);
+    {
+        let mut state = lock(&consumer.state);
+        state.done = done.into_iter().filter(|&s| s >= floor).collect();
+        state.attempts = attempts?;
+        state.dirty = false;
+        state.advance_to(first);
+    }
+    Some(consumer)
+}
+
+/// Writes `consumer`'s state atomically (a temporary file, synced, renamed).
+fn save_consumer(dir: &Path, consumer: &Consumer) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let text = {
+        let state = lock(&consumer.state);
+        let mut text = format!(
+            "entente-consumer v1\nname {}\nowner {}\npattern {}\nfloor {}\ndone",
+            consumer.name, consumer.owner, consumer.pattern, state.floor
+        );
+        for seq in &state.done {
+            let _ = write!(text, " {seq}");
+        }
+        text.push_str("\nattempts");
+        for (seq, n) in &state.attempts {
+            let _ = write!(text, " {seq}:{n}");
+        }
+        text.push('\n');
+        text
+    };
+    let path = dir.join(format!("{}.state", consumer.name));
+    let temp = dir.join(format!(".{}.state.tmp", consumer.name));
+    {
+        let mut file = std::fs::File::create(&temp)?;
+        std::io::Write::write_all(&mut file, text.as_bytes())?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temp, &path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+// === helpers ===
+
+/// What an entry is sealed with besides the data key: its stream and sequence.
+fn aad(stream: &str, seq: u64) -> Vec<u8> {
+    let mut aad = b"entente/v1/stream-entry\0".to_vec();
+    aad.extend_from_slice(stream.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(&seq.to_be_bytes());
+    aad
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

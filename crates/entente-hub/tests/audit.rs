@@ -1,0 +1,470 @@
+//! The audit log of a real hub on 127.0.0.1:0: decisions, enrollments, administrative acts
+//! and routed batches are recorded, the export verifies offline, the log carries on across a
+//! restart, a tampered log stops the hub at start, and a hub whose log fails refuses what it
+//! can't record.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use entente_audit::{Event, Outcome, Record, Verifier, VerifierKey, verify_export};
+use entente_client::{Client, ErrorKind, RefusalCode};
+use entente_hub::AuditConfig;
+use entente_testkit::TestHub;
+use futures_util::StreamExt as _;
+use tempfile::TempDir;
+
+const POLICIES: &str = r#"
+    @id("shop-orders")
+    @cross_segment
+    permit (principal in Segment::"shop",
+            action in [Action::"publish", Action::"subscribe"],
+            resource in Namespace::"orders");
+"#;
+
+async fn start(dir: &TempDir) -> TestHub {
+    let audit = audit_dir(dir);
+    TestHub::builder()
+        .policies(POLICIES)
+        .config(move |c| {
+            c.audit = Some(AuditConfig {
+                seal_interval: Duration::from_millis(50),
+                ..AuditConfig::new(audit)
+            });
+        })
+        .start()
+        .await
+        .unwrap()
+}
+
+fn audit_dir(dir: &TempDir) -> PathBuf {
+    dir.path().join("audit")
+}
+
+async fn records(hub: &TestHub) -> Vec<Record> {
+    let (records, count) = hub.hub().audit_records(0, 100_000).await.unwrap().unwrap();
+    assert_eq!(records.len() as u64, count);
+    records
+}
+
+async fn receive(subscription: &mut entente_client::Subscription) -> Vec<u8> {
+    tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("a message in time")
+        .expect("the subscription is open")
+        .expect("a verified message")
+        .payload
+}
+
+/// `alice` subscribes to `orders.eu`, `bob` publishes `n` messages there.
+async fn traffic(hub: &TestHub, n: usize) -> (Client, Client) {
+    let alice = hub.connect_agent("shop", "alice").await.unwrap();
+    let mut orders = alice.subscribe("orders.eu").await.unwrap();
+    let bob = hub.connect_agent("shop", "bob").await.unwrap();
+    for i in 0..n {
+        bob.publish("orders.eu", format!("order {i}"))
+            .await
+            .unwrap();
+    }
+    for i in 0..n {
+        assert_eq!(
+            receive(&mut orders).await,
+            format!("order {i}").into_bytes()
+        );
+    }
+    (alice, bob)
+}
+
+fn decisions<'r>(
+    records: &'r [Record],
+    principal: &str,
+    action: &str,
+) -> impl Iterator<Item = (&'r entente_audit::Decision, Outcome)> {
+    let (principal, action) = (principal.to_owned(), action.to_owned());
+    records.iter().filter_map(move |r| match &r.event {
+        Event::Decision(d)
+            if d.principal.as_clear() == Some(principal.as_str())
+                && d.action.as_clear() == Some(action.as_str()) =>
+        {
+            Some((d, r.outcome))
+        }
+        _ => None,
+    })
+}
+
+#[tokio::test]
+async fn decisions_enrollments_and_routed_batches_are_recorded_and_the_export_verifies() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir).await;
+    let (_alice, bob) = traffic(&hub, 3).await;
+    let alice_id = hub.agent_id("shop", "alice").unwrap().to_string();
+    let bob_id = hub.agent_id("shop", "bob").unwrap().to_string();
+
+    // A denial, answered only once recorded.
+    let denied = bob.publish("payments.eu", "no").await.unwrap_err();
+    assert_eq!(denied.kind(), ErrorKind::Denied);
+
+    let records = records(&hub).await;
+    // Each agent's enrollment, with the certificate it got.
+    for id in [&alice_id, &bob_id] {
+        assert!(
+            records.iter().any(|r| matches!(&r.event,
+                Event::Enrollment(e) if e.principal.as_clear() == Some(id.as_str())
+                    && e.segment.as_clear() == Some("shop")
+                    && e.not_after_ms > 0)
+                && r.outcome == Outcome::Success
+                && r.actor == *id),
+            "no enrollment record of {id}"
+        );
+    }
+    // The subscription's decision (the session's, and the directory's when it listed alice
+    // as a member to bob).
+    let subscribes: Vec<_> = decisions(&records, &alice_id, "subscribe").collect();
+    assert!(!subscribes.is_empty());
+    for (subscribe, outcome) in subscribes {
+        assert!(subscribe.allowed && outcome == Outcome::Success);
+        assert_eq!(
+            subscribe.resource.as_clear(),
+            Some("Channel::\"orders.eu\"")
+        );
+        assert!(subscribe.policies.iter().any(|p| p == "shop-orders"));
+        assert!(subscribe.policy_epoch >= 1);
+    }
+    // Bob's publish decided (by his session, then cached, and by the directory when it
+    // listed the members to seal to), and its denial on `payments.eu`.
+    let publishes: Vec<_> = decisions(&records, &bob_id, "publish").collect();
+    assert!(
+        publishes
+            .iter()
+            .any(|(d, _)| d.allowed && d.resource.as_clear() == Some("Channel::\"orders.eu\"")),
+        "{publishes:?}"
+    );
+    assert!(publishes.iter().any(|(d, outcome)| {
+        !d.allowed
+            && *outcome == Outcome::Denied
+            && d.resource.as_clear() == Some("Channel::\"payments.eu\"")
+            && d.reason
+                .as_clear()
+                .unwrap()
+                .contains("no policy permits it")
+    }));
+    // Every routed message is in a batch record of its sender and channel.
+    let routed: u32 = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::DeliveredBatch(b)
+                if b.sender.as_clear() == Some(bob_id.as_str())
+                    && b.channel.as_clear() == Some("orders.eu") =>
+            {
+                assert_eq!(r.actor, bob_id);
+                assert!(b.bytes > 0);
+                Some(b.count)
+            }
+            _ => None,
+        })
+        .sum();
+    assert_eq!(routed, 3);
+    assert!(hub.stats().audit_records >= records.len() as u64);
+
+    // The export verifies offline under the hub's checkpoint key, every record in it.
+    let export = dir.path().join("audit.export");
+    let checkpoint = hub.hub().export_audit(&export).await.unwrap().unwrap();
+    let key = VerifierKey::parse(&hub.hub().audit_verifier_key().unwrap()).unwrap();
+    assert_eq!(key.name(), format!("{}/audit", hub.trust_domain()));
+    let verified = verify_export(&export, &Verifier::new(key)).unwrap();
+    assert!(verified.record_count() >= records.len() as u64);
+    assert_eq!(verified.checkpoint().unwrap().as_str(), checkpoint);
+    for record in &records {
+        assert!(verified.find_record(record).unwrap().is_some());
+    }
+}
+
+#[tokio::test]
+async fn the_log_goes_on_across_a_restart_and_a_tampered_log_stops_the_hub() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir).await;
+    drop(traffic(&hub, 2).await);
+    let before = records(&hub).await;
+    let hub = hub.restart().await.unwrap();
+    let bob = hub.connect_agent("shop", "carol").await.unwrap();
+    drop(bob);
+    let after = records(&hub).await;
+    assert!(after.len() > before.len());
+    assert_eq!(&after[..before.len()], &before[..]);
+    let (ca, config, store) = (
+        hub.ca().ca().clone(),
+        hub.config().clone(),
+        hub.store().clone(),
+    );
+    hub.shutdown().await;
+
+    // One byte of one record changed: the hub refuses to start, naming where.
+    let records_file = audit_dir(&dir).join("records");
+    let mut bytes = std::fs::read(&records_file).unwrap();
+    bytes[20] ^= 0x01;
+    std::fs::write(&records_file, bytes).unwrap();
+    let err = entente_hub::Hub::start(config, ca, store)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("audit log: "), "{err}");
+    assert!(err.contains("record 0"), "{err}");
+}
+
+#[tokio::test]
+async fn a_hub_whose_log_fails_refuses_what_it_cannot_record() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir).await;
+    let (alice, bob) = traffic(&hub, 1).await;
+
+    // The log's records file disappears under the running hub: the next write fails.
+    std::fs::remove_file(audit_dir(&dir).join("records")).unwrap();
+    let refused = bob.publish("orders.eu", "unrecorded").await.unwrap_err();
+    assert_eq!(
+        refused.refusal_code(),
+        Some(RefusalCode::Unavailable),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("audit log"), "{refused}");
+    assert_eq!(hub.stats().audit_failures, 1);
+
+    // From then on, nothing that would be recorded is done.
+    let refused = bob.publish("orders.eu", "again").await.unwrap_err();
+    assert_eq!(
+        refused.refusal_code(),
+        Some(RefusalCode::Unavailable),
+        "{refused}"
+    );
+    let refused = alice.subscribe("orders.us").await.unwrap_err();
+    assert!(refused.to_string().contains("audit log"), "{refused}");
+    let admin = hub.connect(hub.admin().unwrap()).await;
+    let refused = match admin {
+        Ok(admin) => admin
+            .create_token(
+                &hub.agent_id("shop", "dave").unwrap(),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap_err()
+            .to_string(),
+        // Enrollment of the admin itself is refused: the same refusal, one step earlier.
+        Err(e) => e.to_string(),
+    };
+    assert!(refused.contains("audit log"), "{refused}");
+}
+
+#[tokio::test]
+async fn administrative_acts_and_revocations_are_recorded_with_their_actor() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir).await;
+    let admin = hub.connect(hub.admin().unwrap()).await.unwrap();
+    let admin_id = hub.admin_principal().unwrap().to_string();
+    let dave = hub.agent_id("shop", "dave").unwrap();
+    admin
+        .create_token(&dave, Duration::from_secs(60))
+        .await
+        .unwrap();
+    // A refused act is recorded too, with its reason.
+    let eve = hub.connect_agent("shop", "eve").await.unwrap();
+    let refused = eve
+        .create_token(
+            &hub.agent_id("shop", "mallory").unwrap(),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("denied"), "{refused}");
+    let revoked = hub.agent_id("shop", "eve").unwrap();
+    hub.revoke(&revoked.clone().into()).await.unwrap();
+
+    let records = records(&hub).await;
+    let admin_acts: Vec<_> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Admin(a) if a.operation.as_clear() == Some("create-token") => {
+                Some((r.actor.as_str(), r.outcome, a))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        admin_acts
+            .iter()
+            .any(|(actor, outcome, a)| *actor == admin_id
+                && *outcome == Outcome::Success
+                && a.target.as_clear() == Some(dave.as_str()))
+    );
+    assert!(
+        admin_acts
+            .iter()
+            .any(|(actor, outcome, a)| *actor == revoked.as_str()
+                && *outcome == Outcome::Denied
+                && a.detail.as_clear().unwrap().contains("denied"))
+    );
+    assert!(records.iter().any(|r| matches!(&r.event,
+        Event::Revocation(v) if v.principal.as_clear() == Some(revoked.as_str()) && v.list_version >= 1)
+        && r.actor == "hub"));
+}
+
+/// A record proof as the hub's `Proof` RPC sends it, rebuilt and checked against the
+/// checkpoint it came with.
+fn check_proof(
+    proof: &entente_wire::AuditProofResponse,
+    index: u64,
+    verifier: &Verifier,
+) -> entente_audit::Checkpoint {
+    use entente_audit::{Checkpoint, Hash, InclusionProof, Leaf, RecordProof};
+    let checkpoint = Checkpoint::parse(&proof.checkpoint, verifier).unwrap();
+    let leaf = Leaf::from_bytes(&proof.leaf).unwrap();
+    let hashes = |path: &[Vec<u8>]| -> Vec<Hash> {
+        path.iter()
+            .map(|h| Hash(h.as_slice().try_into().unwrap()))
+            .collect()
+    };
+    let record = Record::from_bytes(&proof.record).unwrap();
+    let rebuilt = RecordProof {
+        index,
+        leaf_index: proof.leaf_index,
+        record_path: InclusionProof {
+            index: index - leaf.first_record,
+            size: u64::from(leaf.count),
+            path: hashes(&proof.record_path),
+        },
+        log_path: InclusionProof {
+            index: proof.leaf_index,
+            size: checkpoint.size(),
+            path: hashes(&proof.log_path),
+        },
+        leaf,
+    };
+    rebuilt
+        .verify(&record.hash().unwrap(), &checkpoint)
+        .unwrap();
+    checkpoint
+}
+
+#[tokio::test]
+async fn administrators_read_export_and_prove_the_log_over_rpc_and_others_may_not() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir).await;
+    let (_alice, bob) = traffic(&hub, 2).await;
+    let admin = hub.connect(hub.admin().unwrap()).await.unwrap();
+
+    // Records, page by page, as the hub holds them.
+    let first = admin.audit_records(0, 3).await.unwrap();
+    assert_eq!(first.from, 0);
+    assert_eq!(first.records.len(), 3);
+    assert!(first.total >= 3);
+    let key = VerifierKey::parse(&first.verifier_key).unwrap();
+    assert_eq!(first.verifier_key, hub.hub().audit_verifier_key().unwrap());
+    let verifier = Verifier::new(key);
+    let local = records(&hub).await;
+    for (i, bytes) in first.records.iter().enumerate() {
+        assert_eq!(Record::from_bytes(bytes).unwrap(), local[i]);
+    }
+    let past_end = admin.audit_records(first.total + 10, 5).await.unwrap();
+    assert!(past_end.records.is_empty());
+
+    // A proof of the first record, then, after more traffic, of the newest one together
+    // with the log's consistency with the first checkpoint.
+    let proof = admin.audit_proof(0, 0).await.unwrap();
+    let old = check_proof(&proof, 0, &verifier);
+    assert!(proof.consistency.is_empty());
+    bob.publish("orders.eu", "more").await.unwrap();
+    let newest = admin.audit_records(0, 1).await.unwrap().total - 1;
+    let proof = admin.audit_proof(newest, old.size()).await.unwrap();
+    let new = check_proof(&proof, newest, &verifier);
+    assert!(new.size() > old.size());
+    let consistency = entente_audit::ConsistencyProof {
+        old: old.size(),
+        new: new.size(),
+        path: proof
+            .consistency
+            .iter()
+            .map(|h| entente_audit::Hash(h.as_slice().try_into().unwrap()))
+            .collect(),
+    };
+    entente_audit::verify_consistency(&old, &new, &consistency).unwrap();
+    let bad = admin.audit_proof(newest + 1_000, 0).await.unwrap_err();
+    assert_eq!(bad.kind(), ErrorKind::InvalidInput, "{bad}");
+
+    // An export over the network verifies offline, and is the hub's.
+    let out = dir.path().join("over-rpc.export");
+    let exported = admin.audit_export(&out).await.unwrap();
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), exported.bytes);
+    let verified = verify_export(&out, &verifier).unwrap();
+    assert_eq!(verified.checkpoint().unwrap().as_str(), exported.checkpoint);
+    assert!(verified.record_count() > newest);
+
+    // Agents are no administrators.
+    let denied = bob.audit_records(0, 10).await.unwrap_err();
+    assert_eq!(denied.kind(), ErrorKind::Denied, "{denied}");
+    let denied = bob.audit_export(dir.path().join("nope")).await.unwrap_err();
+    assert_eq!(denied.kind(), ErrorKind::Denied, "{denied}");
+    assert!(!dir.path().join("nope").exists());
+    assert!(!dir.path().join("nope.part").exists());
+}
+
+#[tokio::test]
+async fn data_keys_rotate_on_time_and_on_demand_and_each_rotation_is_recorded() {
+    let dir = TempDir::new().unwrap();
+    let audit = audit_dir(&dir);
+    let hub = TestHub::builder()
+        .config(move |c| {
+            c.audit = Some(AuditConfig::new(audit));
+            c.data_key_rotation = Duration::from_secs(1);
+        })
+        .start()
+        .await
+        .unwrap();
+    let keys = hub.hub().data_keys();
+    let first = keys.current_version();
+    let sealed = keys.seal(b"context", b"kept at rest").unwrap();
+    assert_eq!(keys.open(b"context", &sealed).unwrap(), b"kept at rest");
+
+    // On demand: a new version encrypts from now on.
+    let manual = hub.hub().rotate_data_key().await.unwrap();
+    assert_eq!(manual, first + 1);
+    assert_eq!(
+        entente_hub::datakeys::DataKeys::version_of(&keys.seal(b"c", b"v").unwrap()),
+        Some(manual)
+    );
+
+    // On time: within a couple of seconds another one, and the older ones (nothing kept at
+    // rest needs them) are retired.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while keys.current_version() <= manual {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no rotation on time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = keys.status();
+    assert_eq!(status.len(), 1, "{status:?}");
+    assert!(status[0].current);
+    assert!(matches!(
+        keys.open(b"context", &sealed),
+        Err(entente_hub::datakeys::DataKeyError::UnknownVersion(v)) if v == first
+    ));
+
+    let rotations: Vec<_> = records(&hub)
+        .await
+        .into_iter()
+        .filter(|r| {
+            matches!(&r.event,
+            Event::Admin(a) if a.operation.as_clear() == Some("rotate-data-key"))
+        })
+        .collect();
+    assert!(rotations.len() >= 2, "{rotations:?}");
+    assert!(
+        rotations
+            .iter()
+            .all(|r| r.actor == "hub" && r.outcome == Outcome::Success)
+    );
+}

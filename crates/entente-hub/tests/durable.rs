@@ -1,0 +1,257 @@
+//! Durable channels through a real hub on 127.0.0.1:0 and the SDK: what is published while a
+//! durable consumer is away is kept (encrypted at rest) and delivered when it comes back,
+//! unacknowledged entries come again and end in the dead-letter log, a full channel refuses
+//! publishers, and everything survives a restart.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use entente_client::{ErrorKind, Message, RefusalCode, Subscription};
+use entente_hub::StreamConfig;
+use entente_testkit::TestHub;
+use entente_types::ChannelPattern;
+use futures_util::StreamExt as _;
+use tempfile::TempDir;
+
+const POLICIES: &str = r#"
+    @id("shop-orders")
+    @cross_segment
+    permit (principal in Segment::"shop",
+            action in [Action::"publish", Action::"subscribe"],
+            resource in Namespace::"orders");
+"#;
+
+fn orders(change: impl FnOnce(&mut StreamConfig)) -> StreamConfig {
+    let mut config = StreamConfig::new("orders", ChannelPattern::parse("orders.>").unwrap());
+    change(&mut config);
+    config
+}
+
+async fn start(dir: &TempDir, stream: StreamConfig) -> TestHub {
+    let streams = dir.path().join("streams");
+    TestHub::builder()
+        .policies(POLICIES)
+        .config(move |c| {
+            c.streams = vec![stream];
+            c.streams_dir = Some(streams);
+        })
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn next(subscription: &mut Subscription) -> Message {
+    tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("a message in time")
+        .expect("the subscription is open")
+        .expect("a verified message")
+}
+
+async fn nothing_within(subscription: &mut Subscription, wait: Duration) {
+    if let Ok(item) = tokio::time::timeout(wait, subscription.next()).await {
+        panic!("expected nothing, got {item:?}");
+    }
+}
+
+fn contains(root: &Path, needle: &[u8]) -> bool {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path)
+                .unwrap()
+                .windows(needle.len())
+                .any(|w| w == needle)
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_durable_consumer_reads_what_was_published_while_it_was_away_once_acknowledged() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir, orders(|_| {})).await;
+    let alice_id = hub.enroll("shop", "alice").await.unwrap();
+    let alice = hub.connect(alice_id.clone()).await.unwrap();
+    // The first subscription makes the consumer; then alice goes away.
+    let first = alice.subscribe_durable("orders.>", "alice").await.unwrap();
+    drop(first);
+    alice.close().await;
+
+    // Bob seals for the channel's members, alice among them while she is away.
+    let bob = hub.connect_agent("shop", "bob").await.unwrap();
+    for i in 0..5 {
+        bob.publish("orders.eu", format!("order {i}"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(hub.stats().durable_stored, 5);
+
+    // Stored encrypted at rest: neither the channel nor the sender is readable on disk.
+    let streams = dir.path().join("streams");
+    assert!(!contains(&streams, b"orders.eu"));
+    assert!(!contains(&streams, b"agent/shop/bob"));
+
+    let alice = hub.connect(alice_id.clone()).await.unwrap();
+    let mut orders = alice.subscribe_durable("orders.>", "alice").await.unwrap();
+    let mut sequences = Vec::new();
+    for i in 0..5 {
+        let m = next(&mut orders).await;
+        assert_eq!(m.payload, format!("order {i}").into_bytes());
+        let durable = m.durable.unwrap();
+        assert_eq!(durable.attempt, 1);
+        sequences.push(durable.sequence);
+        alice.ack(&m).await.unwrap();
+    }
+    assert!(sequences.windows(2).all(|w| w[0] < w[1]), "{sequences:?}");
+    // Published now: delivered live through the consumer.
+    bob.publish("orders.us", "order 5").await.unwrap();
+    let m = next(&mut orders).await;
+    assert_eq!(m.payload, b"order 5");
+    alice.ack(&m).await.unwrap();
+    // A round trip after the acknowledgement: the hub has taken it when this is answered.
+    drop(alice.subscribe("orders.round-trip").await.unwrap());
+    drop(orders);
+    alice.close().await;
+
+    // Everything was acknowledged: nothing comes again, and the stream lets it go.
+    let alice = hub.connect(alice_id).await.unwrap();
+    let mut orders = alice.subscribe_durable("orders.>", "alice").await.unwrap();
+    nothing_within(&mut orders, Duration::from_millis(1500)).await;
+}
+
+#[tokio::test]
+async fn unacknowledged_entries_come_again_then_go_to_the_dead_letter_log() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(
+        &dir,
+        orders(|c| {
+            c.ack_wait = Duration::from_millis(300);
+            c.max_deliver = 2;
+        }),
+    )
+    .await;
+    let alice = hub.connect_agent("shop", "alice").await.unwrap();
+    let mut orders = alice.subscribe_durable("orders.eu", "alice").await.unwrap();
+    let bob = hub.connect_agent("shop", "bob").await.unwrap();
+    bob.publish("orders.eu", "unhandled").await.unwrap();
+    bob.publish("orders.eu", "handled").await.unwrap();
+
+    let first = next(&mut orders).await;
+    let second = next(&mut orders).await;
+    assert_eq!(second.payload, b"handled");
+    alice.ack(&second).await.unwrap();
+    // Not acknowledged within `ack_wait`: delivered again, through a window of its own.
+    let again = next(&mut orders).await;
+    assert_eq!(again.payload, first.payload);
+    assert_eq!(again.durable.unwrap().attempt, 2);
+    assert_eq!(
+        again.durable.unwrap().sequence,
+        first.durable.unwrap().sequence
+    );
+    // After `max_deliver` deliveries it goes to the dead-letter log instead.
+    nothing_within(&mut orders, Duration::from_millis(1200)).await;
+    assert_eq!(hub.stats().durable_dead_letters, 1);
+    let err = alice
+        .subscribe_durable("orders.eu", "alice")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.refusal_code(),
+        Some(RefusalCode::DuplicateSubscription),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_full_channel_refuses_publishers_and_consumers_are_bound_to_their_owner() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir, orders(|c| c.max_messages = 3)).await;
+    let alice = hub.connect_agent("shop", "alice").await.unwrap();
+    drop(alice.subscribe_durable("orders.>", "alice").await.unwrap());
+    let bob = hub.connect_agent("shop", "bob").await.unwrap();
+    for i in 0..3 {
+        bob.publish("orders.eu", format!("order {i}"))
+            .await
+            .unwrap();
+    }
+    let full = bob.publish("orders.eu", "one too many").await.unwrap_err();
+    assert_eq!(full.refusal_code(), Some(RefusalCode::Full), "{full}");
+    assert!(
+        full.to_string().contains("`orders` is full (3 messages)"),
+        "{full}"
+    );
+    assert_eq!(hub.stats().durable_full, 1);
+    // Channels no stream captures are live as ever.
+    let live = bob.publish("orders", "not durable").await;
+    assert!(live.is_ok() || live.unwrap_err().kind() == ErrorKind::Denied);
+
+    // The consumer is alice's: bob can't read it, and nobody reads what no stream keeps.
+    let err = bob
+        .subscribe_durable("orders.>", "alice")
+        .await
+        .unwrap_err();
+    assert_eq!(err.refusal_code(), Some(RefusalCode::Denied), "{err}");
+    assert!(err.to_string().contains("belongs to"), "{err}");
+    let err = bob
+        .subscribe_durable("payments.>", "bob")
+        .await
+        .unwrap_err();
+    assert!(
+        err.refusal_code() == Some(RefusalCode::Denied)
+            || err.refusal_code() == Some(RefusalCode::NoStream),
+        "{err}"
+    );
+    let err = alice
+        .subscribe_durable("orders.>", "Bad Name")
+        .await
+        .unwrap_err();
+    assert_eq!(err.refusal_code(), Some(RefusalCode::Malformed), "{err}");
+}
+
+#[tokio::test]
+async fn entries_and_consumers_survive_a_restart() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir, orders(|_| {})).await;
+    let alice_id = hub.enroll("shop", "alice").await.unwrap();
+    let alice = hub.connect(alice_id.clone()).await.unwrap();
+    let mut orders = alice.subscribe_durable("orders.>", "alice").await.unwrap();
+    let bob = hub.connect_agent("shop", "bob").await.unwrap();
+    for i in 0..4 {
+        bob.publish("orders.eu", format!("order {i}"))
+            .await
+            .unwrap();
+    }
+    // Two handled before the hub stops; the consumer's state is written within a second.
+    for _ in 0..2 {
+        let m = next(&mut orders).await;
+        alice.ack(&m).await.unwrap();
+    }
+    drop(alice.subscribe("orders.round-trip").await.unwrap());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(orders);
+    alice.close().await;
+    bob.close().await;
+    let hub = hub.restart().await.unwrap();
+
+    let alice = hub.connect(alice_id).await.unwrap();
+    let mut orders = alice.subscribe_durable("orders.>", "alice").await.unwrap();
+    for i in 2..4 {
+        let m = next(&mut orders).await;
+        assert_eq!(m.payload, format!("order {i}").into_bytes());
+        alice.ack(&m).await.unwrap();
+    }
+    nothing_within(&mut orders, Duration::from_millis(800)).await;
+}

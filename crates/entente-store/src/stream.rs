@@ -1,0 +1,812 @@
+//! Streams: the append-only, crash-safe logs a hub keeps a durable channel's messages in.
+//!
+//! A [`StreamLog`] is a directory of segment files. Each append writes its entries with one
+//! `write` and one `fdatasync` ([`StreamLog::append_all`] is the group commit): when it returns,
+//! the entries are on disk. Entries are numbered from 1 by a sequence that never goes back;
+//! [`StreamLog::purge_to`] drops the oldest (whole segment files once none of their entries is
+//! kept). What an entry holds is the caller's: the hub stores envelopes encrypted again at rest.
+//!
+//! # Format, version 1
+//!
+//! ```text
+//! <dir>/
+//!   stream.meta            "entente-stream v1\nfirst <seq>\n": the first sequence kept
+//!   <seq, 20 digits>.seg   segments, named by their first sequence
+//! ```
+//!
+//! A segment is a run of frames:
+//!
+//! ```text
+//! frame = u32(len) ‖ u64(seq) ‖ u64(time_ms) ‖ payload (len bytes) ‖ check (8 bytes)
+//! check = the first 8 bytes of SHA-256(u32(len) ‖ u64(seq) ‖ u64(time_ms) ‖ payload)
+//! ```
+//!
+//! Integers are big-endian. Sequences are consecutive within and across segments.
+//!
+//! **Opening** reads every frame and checks it. After a crash the last segment may end in an
+//! incomplete or unchecked frame that was never reported durable (an append returns only after
+//! its `fdatasync`); it is cut off and reported ([`StreamLog::recovery`]). A bad frame anywhere
+//! else, a gap in the sequence, or a segment whose name disagrees with its first frame is
+//! corruption: the stream is refused, never half-loaded ([`StreamError::Corrupt`]).
+//!
+//! **Fail closed.** If a write or `fdatasync` fails, the file is cut back to its last good
+//! length (as far as the disk allows), the error is returned, and the stream refuses every later
+//! append until it is reopened.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+
+use aws_lc_rs::digest::{SHA256, digest};
+
+/// The stream format version this build writes and reads.
+pub const STREAM_FORMAT: u32 = 1;
+
+/// The largest payload of one entry, in bytes.
+pub const MAX_ENTRY_LEN: usize = 64 << 20;
+
+/// Bytes a frame adds to its payload: length, sequence, time, check.
+pub const FRAME_OVERHEAD: u64 = 4 + 8 + 8 + 8;
+
+const META_FILE: &str = "stream.meta";
+const SEGMENT_EXT: &str = "seg";
+const HEADER_LEN: usize = 4 + 8 + 8;
+const CHECK_LEN: usize = 8;
+
+/// How a stream is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamOptions {
+    /// A new segment is started once the current one holds this many bytes. Default 64 MiB.
+    pub segment_bytes: u64,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 64 << 20,
+        }
+    }
+}
+
+/// What went wrong with a stream.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// A file operation failed.
+    #[error("cannot {op} `{}`: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The stream's files are damaged or inconsistent; nothing was loaded.
+    #[error("stream `{}` is corrupt: {reason}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with its place.
+        reason: String,
+    },
+    /// An earlier write failed; the stream takes no more until reopened.
+    #[error("the stream refuses writes after an earlier failure: {0}")]
+    Failed(String),
+    /// An entry is larger than [`MAX_ENTRY_LEN`].
+    #[error("an entry of {0} bytes is larger than the {MAX_ENTRY_LEN} a stream takes")]
+    TooLarge(usize),
+}
+
+/// What opening cut off after a crash.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamRecovery {
+    /// The segment whose tail was cut, and the offset where it was cut.
+    pub cut: Option<(PathBuf, u64)>,
+}
+
+/// One entry read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Its sequence.
+    pub seq: u64,
+    /// When it was appended, Unix milliseconds (the caller's clock).
+    pub time_ms: u64,
+    /// What was appended.
+    pub payload: Vec<u8>,
+}
+
+/// An open stream. One writer per directory; reads may go on beside appends (`&self`).
+#[derive(Debug)]
+pub struct StreamLog {
+    dir: PathBuf,
+    options: StreamOptions,
+    /// Segments in order; the last is the one appended to.
+    segments: Vec<Segment>,
+    /// The first sequence kept (everything below was purged).
+    first: u64,
+    /// The next sequence to hand out.
+    next: u64,
+    /// Bytes of the entries kept (payloads and frames).
+    bytes: u64,
+    failed: Option<String>,
+    recovery: StreamRecovery,
+}
+
+#[derive(Debug)]
+struct Segment {
+    path: PathBuf,
+    file: File,
+    /// The sequence of its first frame.
+    first: u64,
+    /// Each frame's offset, in sequence order.
+    offsets: Vec<u64>,
+    /// Each frame's time, in sequence order.
+    times: Vec<u64>,
+    len: u64,
+}
+
+// === impl StreamLog ===
+
+impl StreamLog {
+    /// Opens the stream in `dir`, creating it if the directory holds none; every frame is
+    /// checked (module docs).
+    pub fn open(dir: impl AsRef<Path>, options: StreamOptions) -> Result<Self, StreamError> {
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(|e| io("create", &dir, e))?;
+        let meta = dir.join(META_FILE);
+        let first = match fs::read(&meta) {
+            Ok(bytes) => parse_meta(&meta, &bytes)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                write_meta(&dir, 1)?;
+                1
+            }
+            Err(e) => return Err(io("read", &meta, e)),
+        };
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| io("list", &dir, e))? {
+            let entry = entry.map_err(|e| io("list", &dir, e))?;
+            let path = entry.path();
+            if path.extension().and_then(|x| x.to_str()) != Some(SEGMENT_EXT) {
+                continue;
+            }
+            let seq = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .filter(|s| s.len() == 20)
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| corrupt(&path, "a segment name is not 20 digits"))?;
+            names.push((seq, path));
+        }
+        names.sort();
+        let mut log = Self {
+            dir,
+            options,
+            segments: Vec::new(),
+            first,
+            next: first,
+            bytes: 0,
+            failed: None,
+            recovery: StreamRecovery::default(),
+        };
+        let count = names.len();
+        for (i, (seq, path)) in names.into_iter().enumerate() {
+            let last = i + 1 == count;
+            let segment = log.load_segment(seq, path, last)?;
+            // Segments wholly below the floor were purged but not yet deleted.
+            if segment.first + segment.offsets.len() as u64 <= first && !last {
+                let _ = fs::remove_file(&segment.path);
+                continue;
+            }
+            if log.segments.is_empty() {
+                if segment.first > first && !segment.offsets.is_empty() {
+                    return Err(corrupt(
+                        &segment.path,
+                        &format!("entries {first} to {} are missing", segment.first - 1),
+                    ));
+                }
+                log.next = segment.first;
+            } else if segment.first != log.next {
+                return Err(corrupt(
+                    &segment.path,
+                    &format!(
+                        "starts at {} where {} was expected",
+                        segment.first, log.next
+                    ),
+                ));
+            }
+            log.next = segment.first + segment.offsets.len() as u64;
+            log.segments.push(segment);
+        }
+        log.next = log.next.max(first);
+        log.bytes = log.kept_bytes();
+        Ok(log)
+    }
+
+    /// What opening cut off after a crash, if anything.
+    pub fn recovery(&self) -> &StreamRecovery {
+        &self.recovery
+    }
+
+    /// The first sequence kept; equal to [`next_seq`](Self::next_seq) when the stream is empty.
+    pub fn first_seq(&self) -> u64 {
+        self.first
+    }
+
+    /// The sequence the next append gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next
+    }
+
+    /// How many entries are kept.
+    pub fn len(&self) -> u64 {
+        self.next - self.first
+    }
+
+    /// Whether no entry is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of the entries kept, frames included.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// When the oldest entry kept was appended, if any.
+    pub fn oldest_time_ms(&self) -> Option<u64> {
+        self.locate(self.first)
+            .and_then(|(segment, index)| segment.times.get(index).copied())
+    }
+
+    /// The first kept sequence appended at or after `time_ms` ([`next_seq`](Self::next_seq)
+    /// if none is): what to purge below to drop what is older. Times are the appenders'
+    /// clocks, taken to go forward.
+    pub fn first_since(&self, time_ms: u64) -> u64 {
+        for segment in &self.segments {
+            let skip =
+                usize::try_from(self.first.saturating_sub(segment.first)).unwrap_or(usize::MAX);
+            let times = segment.times.get(skip..).unwrap_or_default();
+            let at = times.partition_point(|&t| t < time_ms);
+            if at < times.len() {
+                return segment.first + (skip + at) as u64;
+            }
+        }
+        self.next
+    }
+
+    /// Appends `payloads` at `time_ms` with one write and one `fdatasync`; returns the
+    /// sequence of the first. Either all are appended or none is.
+    pub fn append_all(&mut self, payloads: &[&[u8]], time_ms: u64) -> Result<u64, StreamError> {
+        if let Some(why) = &self.failed {
+            return Err(StreamError::Failed(why.clone()));
+        }
+        if let Some(big) = payloads.iter().find(|p| p.len() > MAX_ENTRY_LEN) {
+            return Err(StreamError::TooLarge(big.len()));
+        }
+        let first = self.next;
+        if payloads.is_empty() {
+            return Ok(first);
+        }
+        let needs_new = self
+            .segments
+            .last()
+            .is_none_or(|s| s.len >= self.options.segment_bytes);
+        if needs_new {
+            self.start_segment(first)?;
+        }
+        let mut buf = Vec::with_capacity(
+            payloads
+                .iter()
+                .map(|p| p.len() + FRAME_OVERHEAD as usize)
+                .sum(),
+        );
+        let mut frames = Vec::with_capacity(payloads.len());
+        for (i, payload) in payloads.iter().enumerate() {
+            frames.push(buf.len() as u64);
+            push_frame(&mut buf, first + i as u64, time_ms, payload);
+        }
+        let segment = self
+            .segments
+            .last_mut()
+            .ok_or_else(|| StreamError::Failed("no segment to append to".into()))?;
+        let start = segment.len;
+        let written = segment
+            .file
+            .write_all_at(&buf, start)
+            .and_then(|()| segment.file.sync_data());
+        if let Err(e) = written {
+            let _ = segment.file.set_len(start);
+            let why = format!("appending to `{}`: {e}", segment.path.display());
+            self.failed = Some(why.clone());
+            return Err(StreamError::Failed(why));
+        }
+        segment.len += buf.len() as u64;
+        segment.offsets.extend(frames.iter().map(|o| start + o));
+        segment
+            .times
+            .extend(std::iter::repeat_n(time_ms, payloads.len()));
+        self.next += payloads.len() as u64;
+        self.bytes += buf.len() as u64;
+        Ok(first)
+    }
+
+    /// The entry `seq`, if it is kept.
+    pub fn read(&self, seq: u64) -> Result<Option<Entry>, StreamError> {
+        if seq < self.first || seq >= self.next {
+            return Ok(None);
+        }
+        let Some((segment, index)) = self.locate(seq) else {
+            return Ok(None);
+        };
+        let offset = segment.offsets.get(index).copied().unwrap_or_default();
+        let mut header = [0u8; HEADER_LEN];
+        segment
+            .file
+            .read_exact_at(&mut header, offset)
+            .map_err(|e| io("read", &segment.path, e))?;
+        let (len, frame_seq, time_ms) = parse_header(&header);
+        if frame_seq != seq || len as usize > MAX_ENTRY_LEN {
+            return Err(corrupt(
+                &segment.path,
+                &format!("the frame of entry {seq} at byte {offset} changed on disk"),
+            ));
+        }
+        let mut rest = vec![0u8; len as usize + CHECK_LEN];
+        segment
+            .file
+            .read_exact_at(&mut rest, offset + HEADER_LEN as u64)
+            .map_err(|e| io("read", &segment.path, e))?;
+        let (payload, check) = rest.split_at(len as usize);
+        if check != frame_check(&header, payload) {
+            return Err(corrupt(
+                &segment.path,
+                &format!("entry {seq} at byte {offset} fails its check"),
+            ));
+        }
+        Ok(Some(Entry {
+            seq,
+            time_ms,
+            payload: payload.to_vec(),
+        }))
+    }
+
+    /// Drops every entry below `seq` (at most up to the next sequence): the first sequence
+    /// kept becomes `seq`, durably; segment files with nothing kept are deleted.
+    pub fn purge_to(&mut self, seq: u64) -> Result<(), StreamError> {
+        let seq = seq.min(self.next);
+        if seq <= self.first {
+            return Ok(());
+        }
+        write_meta(&self.dir, seq)?;
+        self.first = seq;
+        let keep_from = self
+            .segments
+            .iter()
+            .position(|s| s.first + s.offsets.len() as u64 > seq)
+            .unwrap_or(self.segments.len().saturating_sub(1));
+        for segment in self.segments.drain(..keep_from) {
+            let _ = fs::remove_file(&segment.path);
+        }
+        self.bytes = self.kept_bytes();
+        Ok(())
+    }
+
+    // --- helpers ---
+
+    fn locate(&self, seq: u64) -> Option<(&Segment, usize)> {
+        let i = self
+            .segments
+            .partition_point(|s| s.first <= seq)
+            .checked_sub(1)?;
+        let segment = self.segments.get(i)?;
+        let index = usize::try_from(seq - segment.first).ok()?;
+        (index < segment.offsets.len()).then_some((segment, index))
+    }
+
+    fn kept_bytes(&self) -> u64 {
+        let mut bytes = 0;
+        for segment in &self.segments {
+            let skip = self.first.saturating_sub(segment.first);
+            let from = usize::try_from(skip).unwrap_or(usize::MAX);
+            if let Some(offset) = segment.offsets.get(from) {
+                bytes += segment.len - offset;
+            }
+        }
+        bytes
+    }
+
+    fn start_segment(&mut self, first: u64) -> Result<(), StreamError> {
+        let path = self.dir.join(format!("{first:020}.{SEGMENT_EXT}"));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io("create", &path, e))?;
+        sync_dir(&self.dir)?;
+        self.segments.push(Segment {
+            path,
+            file,
+            first,
+            offsets: Vec::new(),
+            times: Vec::new(),
+            len: 0,
+        });
+        Ok(())
+    }
+
+    /// Reads and checks a segment; the last may lose an unchecked tail.
+    fn load_segment(
+        &mut self,
+        first: u64,
+        path: PathBuf,
+        last: bool,
+    ) -> Result<Segment, StreamError> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io("open", &path, e))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|e| io("read", &path, e))?;
+        let mut offsets = Vec::new();
+        let mut times = Vec::new();
+        let mut at = 0usize;
+        let mut expected = first;
+        while at < bytes.len() {
+            match check_frame(bytes.get(at..).unwrap_or_default(), expected) {
+                Ok((time_ms, frame_len)) => {
+                    offsets.push(at as u64);
+                    times.push(time_ms);
+                    at += frame_len;
+                    expected += 1;
+                }
+                Err(_) if last && torn(bytes.get(at..).unwrap_or_default()) => {
+                    // Never reported durable: an append returns after its fdatasync.
+                    file.set_len(at as u64)
+                        .and_then(|()| file.sync_all())
+                        .map_err(|e| io("cut the torn tail of", &path, e))?;
+                    self.recovery.cut = Some((path.clone(), at as u64));
+                    break;
+                }
+                Err(reason) => {
+                    return Err(corrupt(
+                        &path,
+                        &format!("entry {expected} at byte {at}: {reason}"),
+                    ));
+                }
+            }
+        }
+        let len = at as u64;
+        Ok(Segment {
+            path,
+            file,
+            first,
+            offsets,
+            times,
+            len,
+        })
+    }
+}
+
+// === frames ===
+
+/// Whether the bad bytes at the end of the last segment look like an append cut short by a
+/// crash: a frame running past the end of the file, a last frame ending exactly at it, or
+/// zeros to the end. Anything else (a bad frame followed by more frames) is corruption.
+fn torn(rest: &[u8]) -> bool {
+    if rest.iter().all(|&b| b == 0) {
+        return true;
+    }
+    let Some(header) = rest
+        .get(..HEADER_LEN)
+        .and_then(|h| <[u8; HEADER_LEN]>::try_from(h).ok())
+    else {
+        return true;
+    };
+    let (len, _, _) = parse_header(&header);
+    let end = HEADER_LEN as u64 + u64::from(len) + CHECK_LEN as u64;
+    end >= rest.len() as u64
+}
+
+fn push_frame(buf: &mut Vec<u8>, seq: u64, time_ms: u64, payload: &[u8]) {
+    let start = buf.len();
+    buf.extend_from_slice(
+        &u32::try_from(payload.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    buf.extend_from_slice(&seq.to_be_bytes());
+    buf.extend_from_slice(&time_ms.to_be_bytes());
+    buf.extend_from_slice(payload);
+    let check = digest(&SHA256, buf.get(start..).unwrap_or_default());
+    buf.extend_from_slice(check.as_ref().get(..CHECK_LEN).unwrap_or_default());
+}
+
+fn parse_header(header: &[u8; HEADER_LEN]) -> (u32, u64, u64) {
+    let (len, rest) = header.split_at(4);
+    let (seq, time) = rest.split_at(8);
+    (
+        u32::from_be_bytes(len.try_into().unwrap_or_default()),
+        u64::from_be_bytes(seq.try_into().unwrap_or_default()),
+        u64::from_be_bytes(time.try_into().unwrap_or_default()),
+    )
+}
+
+fn frame_check(header: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut ctx = aws_lc_rs::digest::Context::new(&SHA256);
+    ctx.update(header);
+    ctx.update(payload);
+    ctx.finish()
+        .as_ref()
+        .get(..CHECK_LEN)
+        .unwrap_or_default()
+        .to_vec()
+}
+
+/// Checks the frame at the start of `bytes`, which must carry sequence `expected`; returns
+/// its time and length.
+fn check_frame(bytes: &[u8], expected: u64) -> Result<(u64, usize), String> {
+    let header: [u8; HEADER_LEN] = bytes
+        .get(..HEADER_LEN)
+        .and_then(|h| h.try_into().ok())
+        .ok_or("an incomplete frame header")?;
+    let (len, seq, time_ms) = parse_header(&header);
+    if len as usize > MAX_ENTRY_LEN {
+        return Err(format!("a length of {len} bytes"));
+    }
+    let end = HEADER_LEN + len as usize;
+    let payload = bytes.get(HEADER_LEN..end).ok_or("an incomplete payload")?;
+    let check = bytes
+        .get(end..end + CHECK_LEN)
+        .ok_or("an incomplete check")?;
+    if check != frame_check(&header, payload) {
+        return Err("the check does not match".into());
+    }
+    if seq != expected {
+        return Err(format!("sequence {seq} where {expected} was expected"));
+    }
+    Ok((time_ms, end + CHECK_LEN))
+}
+
+// === metadata ===
+
+fn parse_meta(path: &Path, bytes: &[u8]) -> Result<u64, StreamError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| corrupt(path, "not UTF-8"))?;
+    let mut lines = text.lines();
+    if lines.next() != Some("entente-stream v1") {
+        return Err(corrupt(path, "not an entente stream of format version 1"));
+    }
+    lines
+        .next()
+        .and_then(|l| l.strip_prefix("first "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|&n| n >= 1)
+        .ok_or_else(|| corrupt(path, "no valid `first` line"))
+}
+
+/// Writes `stream.meta` atomically: a temporary file, synced, renamed over it.
+fn write_meta(dir: &Path, first: u64) -> Result<(), StreamError> {
+    let path = dir.join(META_FILE);
+    let temp = dir.join(".stream.meta.tmp");
+    let mut file = File::create(&temp).map_err(|e| io("create", &temp, e))?;
+    file.write_all(format!("entente-stream v{STREAM_FORMAT}\nfirst {first}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io("write", &temp, e))?;
+    fs::rename(&temp, &path).map_err(|e| io("rename", &path, e))?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StreamError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("sync", dir, e))
+}
+
+fn io(op: &'static str, path: &Path, source: std::io::Error) -> StreamError {
+    StreamError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn corrupt(path: &Path, reason: &str) -> StreamError {
+    StreamError::Corrupt {
+        path: path.to_path_buf(),
+        reason: reason.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
+
+    use super::*;
+
+    fn small() -> StreamOptions {
+        StreamOptions { segment_bytes: 200 }
+    }
+
+    fn payloads(n: usize, tag: &str) -> Vec<Vec<u8>> {
+        (0..n).map(|i| format!("{tag}-{i}").into_bytes()).collect()
+    }
+
+    fn append(log: &mut StreamLog, items: &[Vec<u8>], time: u64) -> u64 {
+        let refs: Vec<&[u8]> = items.iter().map(Vec::as_slice).collect();
+        log.append_all(&refs, time).unwrap()
+    }
+
+    #[test]
+    fn entries_are_numbered_read_back_and_survive_reopening() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = StreamLog::open(tmp.path(), small()).unwrap();
+        assert!(log.is_empty());
+        assert_eq!(append(&mut log, &payloads(3, "a"), 10), 1);
+        for item in payloads(20, "b") {
+            append(&mut log, &[item], 20);
+        }
+        assert_eq!((log.first_seq(), log.next_seq(), log.len()), (1, 24, 23));
+        let bytes = log.bytes();
+        drop(log);
+        let log = StreamLog::open(tmp.path(), small()).unwrap();
+        assert_eq!(
+            (log.first_seq(), log.next_seq(), log.bytes()),
+            (1, 24, bytes)
+        );
+        assert!(log.segments.len() > 1, "small segments roll over");
+        let e = log.read(5).unwrap().unwrap();
+        assert_eq!((e.seq, e.time_ms, e.payload), (5, 20, b"b-1".to_vec()));
+        assert_eq!(log.read(0).unwrap(), None);
+        assert_eq!(log.read(24).unwrap(), None);
+        assert_eq!(log.oldest_time_ms(), Some(10));
+        assert_eq!(*log.recovery(), StreamRecovery::default());
+    }
+
+    fn one_by_one(log: &mut StreamLog, n: usize, tag: &str) {
+        for item in payloads(n, tag) {
+            append(log, &[item], 1);
+        }
+    }
+
+    #[test]
+    fn the_first_entry_since_a_time_is_found_across_segments() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = StreamLog::open(tmp.path(), small()).unwrap();
+        for (i, item) in payloads(20, "t").into_iter().enumerate() {
+            append(&mut log, &[item], 100 + i as u64 * 10);
+        }
+        assert_eq!(log.first_since(0), 1);
+        assert_eq!(log.first_since(100), 1);
+        assert_eq!(log.first_since(101), 2);
+        assert_eq!(log.first_since(250), 16);
+        assert_eq!(log.first_since(10_000), log.next_seq());
+        log.purge_to(5).unwrap();
+        assert_eq!(log.first_since(0), 5);
+    }
+
+    #[test]
+    fn purging_drops_old_entries_and_segments_and_is_durable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = StreamLog::open(tmp.path(), small()).unwrap();
+        one_by_one(&mut log, 30, "x");
+        let segments = log.segments.len();
+        log.purge_to(20).unwrap();
+        assert_eq!((log.first_seq(), log.len()), (20, 11));
+        assert!(log.segments.len() < segments);
+        assert_eq!(log.read(19).unwrap(), None);
+        assert_eq!(log.read(20).unwrap().unwrap().payload, b"x-19");
+        drop(log);
+        let mut log = StreamLog::open(tmp.path(), small()).unwrap();
+        assert_eq!((log.first_seq(), log.next_seq()), (20, 31));
+        // Everything purged: the sequence still goes on.
+        log.purge_to(u64::MAX).unwrap();
+        assert!(log.is_empty());
+        assert_eq!(append(&mut log, &payloads(1, "y"), 2), 31);
+        drop(log);
+        let log = StreamLog::open(tmp.path(), small()).unwrap();
+        assert_eq!((log.first_seq(), log.next_seq()), (31, 32));
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_at_every_offset_and_nothing_before_it_is_lost() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        let mut log = StreamLog::open(&dir, StreamOptions::default()).unwrap();
+        append(&mut log, &payloads(3, "keep"), 1);
+        let durable = log.segments[0].len;
+        append(&mut log, &payloads(2, "torn"), 2);
+        let full = fs::read(&log.segments[0].path).unwrap();
+        let path = log.segments[0].path.clone();
+        drop(log);
+        for cut in durable..full.len() as u64 {
+            fs::write(&path, &full[..cut as usize]).unwrap();
+            let log = StreamLog::open(&dir, StreamOptions::default()).unwrap();
+            assert!(
+                log.next_seq() == 4 || log.next_seq() == 5,
+                "cut at {cut}: next {}",
+                log.next_seq()
+            );
+            assert_eq!(log.read(3).unwrap().unwrap().payload, b"keep-2");
+            if cut > durable && log.next_seq() == 4 {
+                assert_eq!(log.recovery().cut, Some((path.clone(), durable)));
+            }
+        }
+    }
+
+    #[test]
+    fn zeros_after_the_last_frame_are_cut() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = StreamLog::open(tmp.path(), StreamOptions::default()).unwrap();
+        append(&mut log, &payloads(2, "k"), 1);
+        let (path, len) = (log.segments[0].path.clone(), log.segments[0].len);
+        drop(log);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[0; 4096]);
+        fs::write(&path, bytes).unwrap();
+        let mut log = StreamLog::open(tmp.path(), StreamOptions::default()).unwrap();
+        assert_eq!(log.recovery().cut, Some((path, len)));
+        assert_eq!(append(&mut log, &payloads(1, "after"), 2), 3);
+        assert_eq!(log.read(3).unwrap().unwrap().payload, b"after-0");
+    }
+
+    #[test]
+    fn damage_before_the_tail_is_refused_with_its_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        let mut log = StreamLog::open(&dir, StreamOptions::default()).unwrap();
+        append(&mut log, &payloads(30, "z"), 1);
+        let first = log.segments[0].path.clone();
+        drop(log);
+        let mut bytes = fs::read(&first).unwrap();
+        bytes[HEADER_LEN + 1] ^= 1;
+        fs::write(&first, bytes).unwrap();
+        // Damage in the only (so the last) segment, with frames after it, is no torn tail.
+        let err = StreamLog::open(&dir, StreamOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("corrupt") && err.contains("entry 1 at byte 0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_segment_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        let mut log = StreamLog::open(&dir, small()).unwrap();
+        one_by_one(&mut log, 30, "m");
+        let middle = log.segments[1].path.clone();
+        drop(log);
+        fs::remove_file(middle).unwrap();
+        let err = StreamLog::open(&dir, small()).unwrap_err().to_string();
+        assert!(err.contains("expected"), "{err}");
+    }
+
+    #[test]
+    fn oversized_entries_are_refused_and_a_failed_stream_takes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = StreamLog::open(tmp.path(), small()).unwrap();
+        let big = vec![0u8; MAX_ENTRY_LEN + 1];
+        assert!(matches!(
+            log.append_all(&[&big], 1),
+            Err(StreamError::TooLarge(_))
+        ));
+        log.failed = Some("the disk went away".into());
+        assert!(matches!(
+            log.append_all(&[b"x"], 1),
+            Err(StreamError::Failed(_))
+        ));
+    }
+}
