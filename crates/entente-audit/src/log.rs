@@ -368,6 +368,30 @@ impl AuditLog {
         Ok(self.latest.clone())
     }
 
+    /// Rotates the checkpoint key: seals what is pending under the current key, then signs
+    /// every later checkpoint with `signer`, whose key must have the log's origin as its name.
+    /// The old key stays trusted (this log's [`verifier`](Self::verifier) lists the new key
+    /// first, then the earlier ones); reopen the log with the old keys in
+    /// [`AuditOptions::trusted_keys`]. Returns the checkpoint the old key signed last.
+    pub fn rotate_signer(&mut self, signer: Box<dyn NoteSigner>) -> Result<Checkpoint, AuditError> {
+        self.writable()?;
+        let name = signer.verifier_key().name();
+        if name != self.meta.origin {
+            return Err(AuditError::SignerMismatch {
+                signer: name.to_owned(),
+                origin: self.meta.origin.clone(),
+            });
+        }
+        let last = self.seal()?;
+        let mut verifier = Verifier::new(signer.verifier_key().clone());
+        for key in self.verifier.keys() {
+            verifier.add(key.clone());
+        }
+        self.verifier = verifier;
+        self.signer = signer;
+        Ok(last)
+    }
+
     /// The latest checkpoint.
     pub fn checkpoint(&self) -> &Checkpoint {
         &self.latest

@@ -167,6 +167,53 @@ fn a_rotated_key_is_trusted_through_the_options() {
     ));
 }
 
+#[test]
+fn a_running_log_rotates_its_key_and_stays_verifiable_with_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let mut log = create(&dir, 1000);
+    log.append_all(&(0..3).map(decision).collect::<Vec<_>>())
+        .unwrap();
+    // Another name is refused: the origin is the log's.
+    let stranger = Ed25519Signer::from_seed("elsewhere/audit", &[0x44; 32]).unwrap();
+    assert!(matches!(
+        log.rotate_signer(Box::new(stranger)),
+        Err(AuditError::SignerMismatch { .. })
+    ));
+    let new_signer = Ed25519Signer::from_seed(common::ORIGIN, &[0x43; 32]).unwrap();
+    let new_key = new_signer.verifier_key().clone();
+    // What was pending is sealed under the old key first.
+    let last_old = log.rotate_signer(Box::new(new_signer)).unwrap();
+    assert_eq!(last_old.size(), 1);
+    assert_eq!(last_old.signed_by(), [signer().verifier_key().clone()]);
+    assert_eq!(log.verifier().keys().first(), Some(&new_key));
+    log.append_all(&(3..6).map(decision).collect::<Vec<_>>())
+        .unwrap();
+    let after = log.seal().unwrap();
+    assert_eq!(after.signed_by(), std::slice::from_ref(&new_key));
+    // The log's own verifier takes both, and so does a reopened log told of the old key.
+    let export = tmp.path().join("export");
+    log.export(&export).unwrap();
+    assert_eq!(
+        entente_audit::verify_export(&export, log.verifier())
+            .unwrap()
+            .size(),
+        2
+    );
+    drop(log);
+    let opts = AuditOptions {
+        trusted_keys: vec![signer().verifier_key().clone()],
+        ..options(1000)
+    };
+    let new_signer = Ed25519Signer::from_seed(common::ORIGIN, &[0x43; 32]).unwrap();
+    AuditLog::open(&dir, Box::new(new_signer), key(), opts).unwrap();
+    let new_signer = Ed25519Signer::from_seed(common::ORIGIN, &[0x43; 32]).unwrap();
+    assert!(matches!(
+        AuditLog::open(&dir, Box::new(new_signer), key(), options(1000)),
+        Err(AuditError::BadCheckpoint { size: 0, .. })
+    ));
+}
+
 /// Truncates each file at every byte offset of the last append (records, then a seal's leaf
 /// and checkpoint): the log opens at the state before or after that append, or is refused
 /// with a clear error — never with another tree.

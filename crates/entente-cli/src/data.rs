@@ -40,7 +40,7 @@ use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 use entente_ca::{Ca, CaOptions};
 use entente_client::Identity;
 use entente_crypto::{KeyBundleBody, MessageKeys};
-use entente_hub::{AuditConfig, HubConfig, StreamConfig};
+use entente_hub::{AuditConfig, HubConfig, StreamConfig, StreamSync};
 use entente_types::ChannelPattern;
 
 use crate::commands::agent::parse_duration;
@@ -356,6 +356,9 @@ pub(crate) struct DurableChannel {
     /// Deliveries before the dead-letter log (default 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) max_deliver: Option<u32>,
+    /// When entries reach the disk: `always` (the default) or an interval (`2m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) sync: Option<String>,
 }
 
 impl DurableChannel {
@@ -381,6 +384,13 @@ impl DurableChannel {
         if let Some(n) = self.max_deliver {
             stream.max_deliver = n;
         }
+        stream.sync = match self.sync.as_deref() {
+            None | Some("always") => StreamSync::Always,
+            Some(every) => StreamSync::Every(
+                parse_duration(every)
+                    .with_context(|| format!("{}: `sync` is `always` or an interval", what()))?,
+            ),
+        };
         Ok(stream)
     }
 }

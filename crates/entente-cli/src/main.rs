@@ -60,6 +60,17 @@ enum Command {
             conflicts_with = "compare_authorization"
         )]
         compare_audit: Option<usize>,
+        /// Run ROUNDS rounds of durable publishes (`--messages`, nobody subscribed) through
+        /// Entente and through nats-server with JetStream file storage (`nats-server` must be
+        /// installed), and report the ratio.
+        #[arg(
+            long,
+            value_name = "ROUNDS",
+            num_args = 0..=1,
+            default_missing_value = "3",
+            conflicts_with_all = ["compare_authorization", "compare_audit"]
+        )]
+        compare_jetstream: Option<usize>,
     },
     /// Run a hub.
     #[command(subcommand)]
@@ -68,6 +79,10 @@ enum Command {
     /// offline.
     #[command(subcommand)]
     Audit(commands::audit::AuditCommand),
+    /// The hub's data keys and audit checkpoint keys: show them, rotate one now
+    /// (administrators).
+    #[command(subcommand)]
+    Keys(commands::keys::KeysCommand),
     /// Manage join tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -308,12 +323,17 @@ fn main() -> ExitCode {
             rate,
             compare_authorization,
             compare_audit,
+            compare_jetstream,
         } => {
             use commands::bench::Switch;
-            let compare = compare_authorization
-                .map(|rounds| (Switch::Authorization, rounds))
-                .or(compare_audit.map(|rounds| (Switch::Audit, rounds)));
-            commands::bench::run(messages, payload, rate, compare, cli.json)
+            if let Some(rounds) = compare_jetstream {
+                commands::bench::compare_jetstream(rounds, messages, payload, cli.json)
+            } else {
+                let compare = compare_authorization
+                    .map(|rounds| (Switch::Authorization, rounds))
+                    .or(compare_audit.map(|rounds| (Switch::Audit, rounds)));
+                commands::bench::run(messages, payload, rate, compare, cli.json)
+            }
         }
         Command::Hub(HubCommand::Start {
             data,
@@ -328,6 +348,7 @@ fn main() -> ExitCode {
             cli.json,
         ),
         Command::Audit(command) => commands::audit::run(command, cli.json),
+        Command::Keys(command) => commands::keys::run_command(command, cli.json),
         Command::Policy(PolicyCommand::Load { at, files }) => {
             commands::policy::load(&at, &files, cli.json)
         }

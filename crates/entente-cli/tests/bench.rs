@@ -64,3 +64,62 @@ fn the_bench_refuses_a_payload_too_small_for_its_header() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--payload"));
 }
+
+/// Audit on against off: both deliver everything; only "on" writes audit records.
+#[test]
+fn the_audit_comparison_runs_both_ways() {
+    let out = support::entente(&[
+        "bench",
+        "--messages",
+        "500",
+        "--compare-audit",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["switch"], "audit");
+    let (on, off) = (&v["on"][0], &v["off"][0]);
+    for run in [on, off] {
+        assert_eq!(run["delivered"], 500, "{v:#}");
+        assert_eq!(run["lost"], 0, "{v:#}");
+    }
+    assert!(on["hub_audit_records"].as_u64().unwrap() > 0, "{v:#}");
+    assert_eq!(off["hub_audit_records"], 0, "{v:#}");
+}
+
+/// Durable publishes through Entente (both sync policies) and through a real nats-server
+/// with JetStream file storage, in one run: every run completes with every publish
+/// acknowledged. Timings are not asserted.
+#[test]
+fn durable_publishes_run_beside_jetstream() {
+    let out = support::entente(&[
+        "bench",
+        "--messages",
+        "400",
+        "--compare-jetstream",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let round = &v["rounds"][0];
+    for key in [
+        "entente_interval_msgs_per_sec",
+        "entente_always_msgs_per_sec",
+        "jetstream_msgs_per_sec",
+    ] {
+        assert!(round[key].as_f64().unwrap() > 0.0, "{v:#}");
+    }
+    assert!(v["ratio_same_sync"].as_f64().unwrap() > 0.0, "{v:#}");
+}

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use entente_wire::{
     AuditExportRequest, AuditExportResponse, AuditProofRequest, AuditProofResponse,
-    AuditRecordsRequest, AuditRecordsResponse,
+    AuditRecordsRequest, AuditRecordsResponse, KeysRequest, KeysResponse,
 };
 
 use crate::{Client, Error, ErrorKind};
@@ -133,6 +133,19 @@ impl Client {
             bytes: total,
             checkpoint,
         })
+    }
+
+    /// The hub's keys (administrators): the data keys' versions and the audit checkpoint
+    /// keys, after rotating `rotate` (`"data"` or `"audit"`) if given.
+    pub async fn keys(&self, rotate: Option<&str>) -> Result<KeysResponse, Error> {
+        self.audit_call(
+            entente_hub::KEYS_PATH,
+            KeysRequest {
+                rotate: rotate.unwrap_or_default().to_owned(),
+            },
+            "the hub's keys",
+        )
+        .await
     }
 
     async fn audit_call<Req, Resp>(

@@ -44,6 +44,14 @@ pub const AUDIT_KEK: &str = "audit-kek";
 /// The hub store's config key of the wrapped HMAC key.
 const HMAC_KEY_CONFIG: &str = "audit_hmac_key";
 
+/// The hub store's config key of the checkpoint key's name in the key store, once rotated
+/// ([`AUDIT_SIGNING_KEY`] before).
+const SIGNING_KEY_CONFIG: &str = "audit_signing_key";
+
+/// The hub store's config key of the earlier checkpoint keys (verifier keys, one a line),
+/// trusted when the log is opened.
+const TRUSTED_KEYS_CONFIG: &str = "audit_trusted_keys";
+
 /// The associated data the HMAC key is wrapped with.
 const HMAC_KEY_AAD: &[u8] = b"entente/v1/audit-hmac-key\0";
 
@@ -130,9 +138,16 @@ impl Auditor {
         let origin = format!("{hub}/audit");
         let exists = config.dir.join("audit.meta").exists();
         let key = hmac_key(keystore, registry, exists).await?;
-        let signer = KeyStoreSigner::open(keystore.clone(), &origin)?;
+        let signing_key = match registry.config(SIGNING_KEY_CONFIG).await? {
+            Some(name) => String::from_utf8(name).map_err(|_| {
+                HubError::Audit("the stored checkpoint key name is not UTF-8".into())
+            })?,
+            None => AUDIT_SIGNING_KEY.to_owned(),
+        };
+        let signer = KeyStoreSigner::open(keystore.clone(), &signing_key, &origin)?;
         let options = AuditOptions {
             seal_after: config.seal_after,
+            trusted_keys: trusted_keys(registry).await?,
             ..AuditOptions::default()
         };
         let dir = config.dir.clone();
@@ -264,6 +279,66 @@ impl Auditor {
         }
     }
 
+    /// Rotates the checkpoint key (`entente keys rotate audit`): a new Ed25519 key is made in
+    /// the key store; the rotation is recorded (naming both keys) and sealed under the old
+    /// key; the store is told to trust the old key and sign with the new one; then every
+    /// later checkpoint is signed with the new key. Returns the new verifier key.
+    pub(crate) async fn rotate_key(
+        &self,
+        keystore: &Arc<dyn KeyStore>,
+        registry: &Registry,
+    ) -> Result<String, HubError> {
+        let Some(inner) = &self.0 else {
+            return Err(HubError::Audit("this hub keeps no audit log".into()));
+        };
+        let (origin, old) = {
+            let log = inner.lock_log();
+            let old = log
+                .verifier()
+                .keys()
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            (log.origin().to_owned(), old)
+        };
+        let name = format!("{AUDIT_SIGNING_KEY}-{}", now_ms());
+        let signer = KeyStoreSigner::open(keystore.clone(), &name, &origin)?;
+        let new = signer.verifier_key().to_string();
+        let event = Event::Admin(entente_audit::Admin {
+            operation: clear("rotate-audit-key"),
+            target: clear(&new),
+            detail: clear(&format!("after {old}")),
+        });
+        self.record(HUB_ACTOR, Outcome::Success, event)
+            .await
+            .map_err(|e| HubError::Audit(e.to_string()))?;
+        // Stored before the switch: a crash in between restarts with the new key signing and
+        // the old one trusted, which verifies everything.
+        let mut trusted = trusted_keys(registry).await?;
+        let old_key = VerifierKey::parse(&old).map_err(|e| HubError::Audit(e.to_string()))?;
+        trusted.push(old_key);
+        let text: String = trusted.iter().map(|k| format!("{k}\n")).collect();
+        registry
+            .put_config(TRUSTED_KEYS_CONFIG, text.as_bytes())
+            .await?;
+        registry
+            .put_config(SIGNING_KEY_CONFIG, name.as_bytes())
+            .await?;
+        let log = inner.log.clone();
+        tokio::task::spawn_blocking(move || {
+            log.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .rotate_signer(Box::new(signer))
+        })
+        .await
+        .map_err(|_| HubError::Audit("rotating the checkpoint key panicked".into()))?
+        .map_err(|e| {
+            inner.queue.fail();
+            HubError::Audit(e.to_string())
+        })?;
+        Ok(new)
+    }
+
     /// Stops taking records; the writer writes what is queued, seals and ends.
     pub(crate) fn close(&self) {
         if let Some(inner) = &self.0 {
@@ -358,8 +433,8 @@ struct KeyStoreSigner {
 
 impl KeyStoreSigner {
     /// The signer of [`AUDIT_SIGNING_KEY`], generated in the store if it is not there yet.
-    fn open(keystore: Arc<dyn KeyStore>, origin: &str) -> Result<Self, HubError> {
-        let name = key_name(AUDIT_SIGNING_KEY)?;
+    fn open(keystore: Arc<dyn KeyStore>, name: &str, origin: &str) -> Result<Self, HubError> {
+        let name = key_name(name)?;
         let public = match keystore.public_key(&name) {
             Ok(public) => public,
             Err(KeyStoreError::KeyNotFound { .. }) => keystore
@@ -369,12 +444,12 @@ impl KeyStoreSigner {
         };
         if public.algorithm != KeyAlgorithm::Ed25519 {
             return Err(HubError::Audit(format!(
-                "the key store's `{AUDIT_SIGNING_KEY}` is not an Ed25519 key"
+                "the key store's `{name}` is not an Ed25519 key"
             )));
         }
         let bytes: [u8; 32] = public.bytes.as_slice().try_into().map_err(|_| {
             HubError::Audit(format!(
-                "the key store's `{AUDIT_SIGNING_KEY}` public key is not 32 bytes"
+                "the key store's `{name}` public key is not 32 bytes"
             ))
         })?;
         let key = VerifierKey::ed25519(origin, bytes)
@@ -438,6 +513,22 @@ async fn hmac_key(
         .map_err(keystore_error)?;
     registry.put_config(HMAC_KEY_CONFIG, &wrapped).await?;
     Ok(key)
+}
+
+/// The earlier checkpoint keys the store lists.
+async fn trusted_keys(registry: &Registry) -> Result<Vec<VerifierKey>, HubError> {
+    let Some(text) = registry.config(TRUSTED_KEYS_CONFIG).await? else {
+        return Ok(Vec::new());
+    };
+    let text = String::from_utf8(text)
+        .map_err(|_| HubError::Audit("the stored trusted checkpoint keys are not UTF-8".into()))?;
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            VerifierKey::parse(l)
+                .map_err(|e| HubError::Audit(format!("a stored trusted checkpoint key: {e}")))
+        })
+        .collect()
 }
 
 fn key_name(name: &str) -> Result<KeyName, HubError> {

@@ -334,6 +334,7 @@ mod grant_state;
 mod grants;
 mod held;
 mod identity;
+mod keys;
 mod policies;
 mod refusal;
 mod registry;
@@ -354,7 +355,7 @@ pub use audit_rpc::{AUDIT_EXPORT_PATH, AUDIT_PROOF_PATH, AUDIT_RECORDS_PATH};
 pub use authz::{BASE_SOURCE, LoadPoliciesError, PolicyOrigin, RunningPolicies};
 pub use config::HubConfig;
 pub use control::{CloseReason, ConnectionControl};
-pub use durable::StreamConfig;
+pub use durable::{StreamConfig, StreamSync};
 pub use error::HubError;
 pub use grants::{
     APPROVE_PATH, GRANT_PATH, LIST_GRANTS_PATH, REQUEST_GRANT_PATH, REVOKE_GRANT_PATH,
@@ -364,6 +365,7 @@ pub use held::{
     MAX_PENDING, MAX_PENDING_PER_SENDER, MAX_STATEMENTS,
 };
 pub use identity::{HUB_NAME, HUB_SEGMENT, enroll_server_name, hub_id, hub_server_name};
+pub use keys::KEYS_PATH;
 pub use policies::{CHECK_POLICY_PATH, LOAD_POLICIES_PATH, SHOW_POLICIES_PATH};
 pub use refusal::RefusalCode;
 pub use reply::{MAX_REPLY_GRANTS, MAX_REPLY_WAIT};

@@ -70,6 +70,8 @@ pub(crate) struct Services<R> {
     pub(crate) revoking: tokio::sync::Mutex<()>,
     /// The durable channels: their consumers' owners are members of what they read.
     pub(crate) streams: Arc<crate::durable::Streams>,
+    /// The data keys, for the keys RPC.
+    pub(crate) data_keys: Arc<crate::datakeys::DataKeys>,
 }
 
 /// Why a unary request was refused.

@@ -33,7 +33,7 @@ use entente_ca::{Ca, JoinToken, TrustBundle, VerifiedRevocationList};
 use entente_store::Store;
 use entente_types::Principal;
 use entente_wire::{
-    ApproveRequest, Bounded, ClientFrame, CreateTokenRequest, GrantRequest, Limits,
+    ApproveRequest, Bounded, ClientFrame, CreateTokenRequest, GrantRequest, KeysRequest, Limits,
     LoadPoliciesRequest, RequestGrantRequest, RevokeGrantRequest, RevokeRequest,
 };
 use futures_util::Stream;
@@ -62,6 +62,7 @@ use crate::grants::{
     APPROVE_PATH, GRANT_PATH, LIST_GRANTS_PATH, REQUEST_GRANT_PATH, REVOKE_GRANT_PATH,
 };
 use crate::held::{self, LIST_HELD_PATH};
+use crate::keys::{self, KEYS_PATH};
 use crate::policies::{CHECK_POLICY_PATH, LOAD_POLICIES_PATH, SHOW_POLICIES_PATH};
 use crate::registry::Registry;
 use crate::renew::Caller;
@@ -264,6 +265,7 @@ impl Hub {
             admins: config.admins.iter().cloned().collect::<HashSet<_>>(),
             revoking: tokio::sync::Mutex::new(()),
             streams: streams.clone(),
+            data_keys: data_keys.clone(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -465,6 +467,18 @@ impl HubHandle {
             .await
             .map_err(|e| HubError::Audit(e.to_string()))?;
         Ok(version)
+    }
+
+    /// Rotates the audit log's checkpoint key ([`AUDIT_SIGNING_KEY`](crate::AUDIT_SIGNING_KEY)
+    /// and its successors in the CA's key store), with a record of it in the log signed by
+    /// the old key; returns the new verifier key. Auditors trust both from then on.
+    pub async fn rotate_audit_key(&self) -> Result<String, HubError> {
+        let services = &self.shared.services;
+        services
+            .authz
+            .auditor()
+            .rotate_key(services.ca.keystore(), &services.registry)
+            .await
     }
 
     /// The verifier key of the audit log's checkpoints (`<origin>+<key id>+<key>`), if the
@@ -1061,6 +1075,30 @@ async fn route_request(
                         "revoke",
                         revoke_request.principals.join(", "),
                         admin::revoke(&services, &caller, revoke_request, SystemTime::now()),
+                    )
+                    .await
+                    .map_err(|e| e.status())
+                }
+            })
+            .await
+        }
+        KEYS_PATH => {
+            unary(limits, request, move |keys_request: KeysRequest| {
+                let (services, caller) = (shared.services.clone(), caller.clone());
+                async move {
+                    // A rotation is an administrative act, recorded; a status read is not.
+                    if keys_request.rotate.is_empty() {
+                        return keys::keys(&services, &caller, keys_request)
+                            .await
+                            .map_err(|e| e.status());
+                    }
+                    let target = keys_request.rotate.clone();
+                    rpc::audited(
+                        &services,
+                        caller.principal.as_str(),
+                        "rotate-key",
+                        target,
+                        keys::keys(&services, &caller, keys_request),
                     )
                     .await
                     .map_err(|e| e.status())

@@ -468,3 +468,41 @@ async fn data_keys_rotate_on_time_and_on_demand_and_each_rotation_is_recorded() 
             .all(|r| r.actor == "hub" && r.outcome == Outcome::Success)
     );
 }
+
+#[tokio::test]
+async fn the_checkpoint_key_rotates_with_a_record_and_the_log_verifies_across_restarts() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir).await;
+    drop(traffic(&hub, 1).await);
+    let old = hub.hub().audit_verifier_key().unwrap();
+    let new = hub.hub().rotate_audit_key().await.unwrap();
+    assert_ne!(old, new);
+    assert_eq!(hub.hub().audit_verifier_key().unwrap(), new);
+    let old_key = VerifierKey::parse(&old).unwrap();
+    let new_key = VerifierKey::parse(&new).unwrap();
+    assert_eq!(old_key.name(), new_key.name(), "one log, one origin");
+
+    // Sealed and signed with the new key from now on; the rotation is on record.
+    let hub = hub.restart().await.unwrap();
+    assert_eq!(hub.hub().audit_verifier_key().unwrap(), new);
+    drop(hub.connect_agent("shop", "carol").await.unwrap());
+    let records = records(&hub).await;
+    assert!(records.iter().any(|r| matches!(&r.event,
+        Event::Admin(a) if a.operation.as_clear() == Some("rotate-audit-key")
+            && a.target.as_clear() == Some(new.as_str())
+            && a.detail.as_clear() == Some(format!("after {old}").as_str()))));
+    let export = dir.path().join("rotated.export");
+    let checkpoint = hub.hub().export_audit(&export).await.unwrap().unwrap();
+    let mut both = Verifier::new(new_key.clone());
+    both.add(old_key.clone());
+    let verified = verify_export(&export, &both).unwrap();
+    assert_eq!(verified.checkpoint().unwrap().as_str(), checkpoint);
+    assert_eq!(
+        verified.checkpoint().unwrap().signed_by(),
+        std::slice::from_ref(&new_key)
+    );
+    // Either key alone falls short: the old one can't check what the new one signed, and
+    // the other way round.
+    assert!(verify_export(&export, &Verifier::new(old_key)).is_err());
+    assert!(verify_export(&export, &Verifier::new(new_key)).is_err());
+}

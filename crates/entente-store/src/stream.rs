@@ -133,6 +133,8 @@ pub struct StreamLog {
     bytes: u64,
     failed: Option<String>,
     recovery: StreamRecovery,
+    /// Appends written but not yet `fdatasync`ed ([`StreamLog::append_all_buffered`]).
+    unsynced: bool,
 }
 
 #[derive(Debug)]
@@ -190,6 +192,7 @@ impl StreamLog {
             bytes: 0,
             failed: None,
             recovery: StreamRecovery::default(),
+            unsynced: false,
         };
         let count = names.len();
         for (i, (seq, path)) in names.into_iter().enumerate() {
@@ -280,6 +283,19 @@ impl StreamLog {
     /// Appends `payloads` at `time_ms` with one write and one `fdatasync`; returns the
     /// sequence of the first. Either all are appended or none is.
     pub fn append_all(&mut self, payloads: &[&[u8]], time_ms: u64) -> Result<u64, StreamError> {
+        let first = self.append_all_buffered(payloads, time_ms)?;
+        self.sync()?;
+        Ok(first)
+    }
+
+    /// Appends `payloads` with one write and no `fdatasync`: they are in the operating
+    /// system's cache, durable after the next [`sync`](Self::sync) (or a segment roll). A crash
+    /// of the process loses nothing; a crash of the machine may lose what was not synced.
+    pub fn append_all_buffered(
+        &mut self,
+        payloads: &[&[u8]],
+        time_ms: u64,
+    ) -> Result<u64, StreamError> {
         if let Some(why) = &self.failed {
             return Err(StreamError::Failed(why.clone()));
         }
@@ -313,10 +329,7 @@ impl StreamLog {
             .last_mut()
             .ok_or_else(|| StreamError::Failed("no segment to append to".into()))?;
         let start = segment.len;
-        let written = segment
-            .file
-            .write_all_at(&buf, start)
-            .and_then(|()| segment.file.sync_data());
+        let written = segment.file.write_all_at(&buf, start);
         if let Err(e) = written {
             let _ = segment.file.set_len(start);
             let why = format!("appending to `{}`: {e}", segment.path.display());
@@ -330,7 +343,28 @@ impl StreamLog {
             .extend(std::iter::repeat_n(time_ms, payloads.len()));
         self.next += payloads.len() as u64;
         self.bytes += buf.len() as u64;
+        self.unsynced = true;
         Ok(first)
+    }
+
+    /// Makes every append so far durable (`fdatasync` of the segment appended to). A failure
+    /// fails the stream: it takes nothing more until reopened.
+    pub fn sync(&mut self) -> Result<(), StreamError> {
+        if let Some(why) = &self.failed {
+            return Err(StreamError::Failed(why.clone()));
+        }
+        if !self.unsynced {
+            return Ok(());
+        }
+        if let Some(segment) = self.segments.last()
+            && let Err(e) = segment.file.sync_data()
+        {
+            let why = format!("syncing `{}`: {e}", segment.path.display());
+            self.failed = Some(why.clone());
+            return Err(StreamError::Failed(why));
+        }
+        self.unsynced = false;
+        Ok(())
     }
 
     /// The entry `seq`, if it is kept.
@@ -419,6 +453,8 @@ impl StreamLog {
     }
 
     fn start_segment(&mut self, first: u64) -> Result<(), StreamError> {
+        // What the segment being left holds is durable before the next one starts.
+        self.sync()?;
         let path = self.dir.join(format!("{first:020}.{SEGMENT_EXT}"));
         let file = OpenOptions::new()
             .create(true)
@@ -742,6 +778,22 @@ mod tests {
                 assert_eq!(log.recovery().cut, Some((path.clone(), durable)));
             }
         }
+    }
+
+    #[test]
+    fn buffered_appends_are_read_at_once_and_kept_once_synced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = StreamLog::open(tmp.path(), small()).unwrap();
+        for item in payloads(30, "b") {
+            log.append_all_buffered(&[&item], 1).unwrap();
+        }
+        assert!(log.unsynced);
+        assert_eq!(log.read(30).unwrap().unwrap().payload, b"b-29");
+        log.sync().unwrap();
+        assert!(!log.unsynced);
+        drop(log);
+        let log = StreamLog::open(tmp.path(), small()).unwrap();
+        assert_eq!((log.first_seq(), log.next_seq()), (1, 31));
     }
 
     #[test]

@@ -254,6 +254,8 @@ bounded! {
     AuditExportResponse => scan::AUDIT_EXPORT_RESPONSE,
     AuditProofRequest => scan::AUDIT_PROOF_REQUEST,
     AuditProofResponse => scan::AUDIT_PROOF_RESPONSE,
+    KeysRequest => scan::KEYS_REQUEST,
+    KeysResponse => scan::KEYS_RESPONSE,
 }
 
 #[cfg(test)]

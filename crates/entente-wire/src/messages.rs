@@ -970,6 +970,45 @@ pub struct AuditProofResponse {
     pub consistency: Vec<Vec<u8>>,
 }
 
+/// Asks for the hub's keys, and a rotation.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct KeysRequest {
+    /// Empty (status only), `data` or `audit`.
+    #[prost(string, tag = "1")]
+    pub rotate: String,
+}
+
+/// One data key's version.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct DataKeyInfo {
+    /// Its version.
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// When it was made, Unix milliseconds.
+    #[prost(uint64, tag = "2")]
+    pub created_ms: u64,
+    /// Whether it encrypts now.
+    #[prost(bool, tag = "3")]
+    pub current: bool,
+}
+
+/// The hub's keys.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct KeysResponse {
+    /// Active data keys, oldest first.
+    #[prost(message, repeated, tag = "1")]
+    pub data_keys: Vec<DataKeyInfo>,
+    /// The audit checkpoint verifier key in force; empty without an audit log.
+    #[prost(string, tag = "2")]
+    pub audit_key: String,
+    /// Earlier checkpoint keys still trusted.
+    #[prost(string, repeated, tag = "3")]
+    pub audit_trusted: Vec<String>,
+    /// What a rotation made.
+    #[prost(string, tag = "4")]
+    pub rotated: String,
+}
+
 /// A message held for approval, as the hub keeps it in its store so that a restart loses none.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct StoredHold {

@@ -504,6 +504,38 @@ pub(crate) static AUDIT_PROOF_RESPONSE: Schema = Schema {
     ],
 };
 
+pub(crate) static KEYS_REQUEST: Schema = Schema {
+    name: "KeysRequest",
+    oneof: false,
+    fields: &[bytes(1, "rotate", Len::Action)],
+};
+
+static DATA_KEY_INFO: Schema = Schema {
+    name: "DataKeyInfo",
+    oneof: false,
+    fields: &[
+        varint(1, "version"),
+        varint(2, "created_ms"),
+        varint(3, "current"),
+    ],
+};
+
+pub(crate) static KEYS_RESPONSE: Schema = Schema {
+    name: "KeysResponse",
+    oneof: false,
+    fields: &[
+        field(1, "data_keys", Kind::Message(&DATA_KEY_INFO), Count::Grants),
+        bytes(2, "audit_key", Len::AuditNote),
+        field(
+            3,
+            "audit_trusted",
+            Kind::Bytes(Len::AuditNote),
+            Count::Grants,
+        ),
+        bytes(4, "rotated", Len::AuditNote),
+    ],
+};
+
 pub(crate) static LIST_HELD_REQUEST: Schema = Schema {
     name: "ListHeldRequest",
     oneof: false,

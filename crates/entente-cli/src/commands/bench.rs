@@ -31,6 +31,10 @@ use entente_client::{Client, ClientOptions, ErrorKind, Subscription};
 use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 
+use entente_hub::{StreamConfig, StreamSync};
+use entente_types::ChannelPattern;
+
+use crate::commands::nats::{Nats, NatsServer};
 use crate::commands::scratch::ScratchHub;
 
 const TRUST_DOMAIN: &str = "bench.entente.local";
@@ -457,4 +461,152 @@ mod tests {
         assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.5);
         assert_eq!(median(std::iter::empty()), 0.0);
     }
+}
+
+// === durable publish against JetStream ===
+
+/// The durable channel of `--compare-jetstream`, and JetStream's stream and subject.
+const DURABLE_CHANNEL: &str = "demo.durable.bench";
+const JS_STREAM: &str = "bench";
+const JS_SUBJECT: &str = "bench.messages";
+/// Publishes JetStream has unacknowledged at once in its runs.
+const JS_WINDOW: u64 = 1024;
+/// JetStream's file storage `fdatasync`s every two minutes by default (nats-server 2.9).
+const JS_SYNC: Duration = Duration::from_secs(120);
+
+/// One round of `--compare-jetstream`.
+#[derive(Debug, serde::Serialize)]
+struct DurableRound {
+    /// Entente, entries synced at JetStream's interval: the same fsync policy.
+    entente_interval_msgs_per_sec: f64,
+    /// Entente, every group of entries `fdatasync`ed before its publishes are acknowledged.
+    entente_always_msgs_per_sec: f64,
+    /// JetStream, file storage, its default sync.
+    jetstream_msgs_per_sec: f64,
+}
+
+/// `--compare-jetstream ROUNDS`: durable publish throughput through Entente and through
+/// nats-server with JetStream file storage, in alternating order.
+pub(crate) fn compare_jetstream(
+    rounds: usize,
+    messages: u64,
+    payload: usize,
+    json: bool,
+) -> Result<ExitCode> {
+    if rounds == 0 {
+        bail!("`--compare-jetstream` needs at least 1 round");
+    }
+    if messages == 0 {
+        bail!("`--messages` must be at least 1");
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let mut results = Vec::new();
+    for round in 1..=rounds {
+        let js_first = round % 2 == 0;
+        let mut jetstream = 0.0;
+        if js_first {
+            jetstream = runtime.block_on(jetstream_publish(messages, payload))?;
+        }
+        let interval = runtime.block_on(durable_publish(
+            messages,
+            payload,
+            StreamSync::Every(JS_SYNC),
+        ))?;
+        let always = runtime.block_on(durable_publish(messages, payload, StreamSync::Always))?;
+        if !js_first {
+            jetstream = runtime.block_on(jetstream_publish(messages, payload))?;
+        }
+        if !json {
+            println!(
+                "round {round}: Entente durable {interval:.0} msgs/s (sync every 2 min), \
+                 {always:.0} msgs/s (sync always); JetStream file storage {jetstream:.0} msgs/s"
+            );
+        }
+        results.push(DurableRound {
+            entente_interval_msgs_per_sec: interval,
+            entente_always_msgs_per_sec: always,
+            jetstream_msgs_per_sec: jetstream,
+        });
+    }
+    let interval = median(results.iter().map(|r| r.entente_interval_msgs_per_sec));
+    let always = median(results.iter().map(|r| r.entente_always_msgs_per_sec));
+    let jetstream = median(results.iter().map(|r| r.jetstream_msgs_per_sec));
+    let ratio = if jetstream > 0.0 {
+        interval / jetstream
+    } else {
+        0.0
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "rounds": results,
+                "entente_interval_median": interval,
+                "entente_always_median": always,
+                "jetstream_median": jetstream,
+                "ratio_same_sync": ratio,
+                "ratio_always": if jetstream > 0.0 { always / jetstream } else { 0.0 },
+            })
+        );
+    } else {
+        println!(
+            "median: Entente {interval:.0} msgs/s, JetStream {jetstream:.0} msgs/s, same fsync \
+             policy: Entente/JetStream = {ratio:.3}; Entente syncing always {always:.0} msgs/s"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Publishes `messages` to a durable channel of a fresh scratch hub (audit and everything
+/// on, nobody subscribed) as fast as the SDK goes, and returns messages per second until the
+/// last acknowledgement.
+async fn durable_publish(messages: u64, payload: usize, sync: StreamSync) -> Result<f64> {
+    let channels = ChannelPattern::parse(DURABLE_CHANNEL)?;
+    let scratch = ScratchHub::start_configured(TRUST_DOMAIN, move |config| {
+        let mut stream = StreamConfig::new("bench", channels);
+        stream.max_messages = u64::MAX;
+        stream.max_bytes = u64::MAX;
+        stream.sync = sync;
+        config.streams = vec![stream];
+    })
+    .await?;
+    let addr = scratch.addr();
+    let (_, token) = scratch.token("demo", "publisher").await?;
+    let identity = entente_client::enroll(addr, &scratch.trust, token.as_str()).await?;
+    let publisher = Client::connect(identity, addr, ClientOptions::default()).await?;
+    // Warm up: the directory lookup and the first sender key are not part of the measure.
+    publisher
+        .publish(DURABLE_CHANNEL, vec![0u8; payload])
+        .await?;
+    let start = Instant::now();
+    let mut acks = Vec::with_capacity(usize::try_from(messages).unwrap_or(0));
+    let body = vec![0xA5u8; payload];
+    for _ in 0..messages {
+        acks.push(publisher.enqueue(DURABLE_CHANNEL, body.clone()).await?);
+    }
+    for ack in acks {
+        ack.await.context("a durable publish was refused")?;
+    }
+    let elapsed = start.elapsed();
+    // Entries are the publishes' batches, stored before each was acknowledged.
+    if scratch.hub.stats().durable_stored == 0 {
+        bail!("nothing was stored in the durable channel");
+    }
+    publisher.close().await;
+    scratch.shutdown().await;
+    Ok(messages as f64 / elapsed.as_secs_f64())
+}
+
+/// Publishes `messages` to a JetStream file-storage stream of a fresh nats-server, each
+/// acknowledged, at most [`JS_WINDOW`] in flight; returns messages per second.
+async fn jetstream_publish(messages: u64, payload: usize) -> Result<f64> {
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let server = NatsServer::start(dir.path()).await?;
+    let mut nats = Nats::connect(server.addr()).await?;
+    nats.create_stream(JS_STREAM, "bench.>").await?;
+    let elapsed = nats
+        .publish_acked(JS_SUBJECT, &vec![0xA5u8; payload], messages, JS_WINDOW)
+        .await?;
+    server.stop().await;
+    Ok(messages as f64 / elapsed.as_secs_f64())
 }

@@ -1,0 +1,96 @@
+//! `entente keys status` and `entente keys rotate data|audit`: the hub's data keys and audit
+//! checkpoint keys (administrators).
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Subcommand, ValueEnum};
+
+use crate::At;
+use crate::commands::agent::{connect, run};
+use crate::commands::grants::utc;
+
+/// What `entente keys` does.
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Show the data keys' versions and the audit checkpoint keys.
+    Status {
+        #[command(flatten)]
+        at: At,
+    },
+    /// Make a new key of KIND now; it is recorded in the audit log.
+    Rotate {
+        #[command(flatten)]
+        at: At,
+        /// `data`: a new data key encrypts what the hub keeps at rest from now on (older ones
+        /// are retired once nothing kept needs them); `audit`: a new checkpoint key signs the
+        /// audit log from now on (auditors trust both).
+        kind: KeyKind,
+    },
+}
+
+/// A kind of key `entente keys rotate` makes.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum KeyKind {
+    /// The data key.
+    Data,
+    /// The audit log's checkpoint key.
+    Audit,
+}
+
+pub(crate) fn run_command(command: KeysCommand, json: bool) -> Result<ExitCode> {
+    let (at, rotate) = match command {
+        KeysCommand::Status { at } => (at, None),
+        KeysCommand::Rotate { at, kind } => (
+            at,
+            Some(match kind {
+                KeyKind::Data => "data",
+                KeyKind::Audit => "audit",
+            }),
+        ),
+    };
+    run(async move {
+        let client = connect(&at.identity, &at.hub).await?;
+        let keys = client.keys(rotate).await.context(match rotate {
+            Some(_) => "rotating the key",
+            None => "reading the hub's keys",
+        })?;
+        client.close().await;
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "data_keys": keys.data_keys.iter().map(|k| serde_json::json!({
+                        "version": k.version,
+                        "created_ms": k.created_ms,
+                        "current": k.current,
+                    })).collect::<Vec<_>>(),
+                    "audit_key": keys.audit_key,
+                    "audit_trusted": keys.audit_trusted,
+                    "rotated": keys.rotated,
+                })
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if !keys.rotated.is_empty() {
+            println!("rotated: {}", keys.rotated);
+        }
+        for key in &keys.data_keys {
+            println!(
+                "data key v{}  made {}{}",
+                key.version,
+                utc(key.created_ms),
+                if key.current { "  (encrypts now)" } else { "" }
+            );
+        }
+        if keys.audit_key.is_empty() {
+            println!("no audit log");
+        } else {
+            println!("audit checkpoint key  {}", keys.audit_key);
+            for key in &keys.audit_trusted {
+                println!("  earlier, still trusted  {key}");
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,86 @@
+//! The keys RPC ([`KEYS_PATH`], administrators): the hub's data keys and audit checkpoint keys,
+//! and rotating either (`entente keys status`, `entente keys rotate data|audit`).
+
+use std::time::SystemTime;
+
+use entente_audit::{Admin, Event, Outcome};
+use entente_wire::{DataKeyInfo, KeysRequest, KeysResponse};
+
+use crate::admin;
+use crate::audit;
+use crate::renew::Caller;
+use crate::rpc::{self, RpcError, Services};
+
+/// The gRPC path of the keys RPC.
+pub const KEYS_PATH: &str = "/entente.v1.Admin/Keys";
+
+/// Serves one `Keys` request: the keys, after the rotation asked for, if any.
+pub(crate) async fn keys<R>(
+    services: &Services<R>,
+    caller: &Caller,
+    request: KeysRequest,
+) -> Result<KeysResponse, RpcError> {
+    let what = match request.rotate.as_str() {
+        "" => "showing the hub's keys",
+        "data" | "audit" => "rotating the hub's keys",
+        other => {
+            return Err(RpcError::BadRequest(format!(
+                "`rotate` is `data` or `audit`, not `{}`",
+                other.escape_debug()
+            )));
+        }
+    };
+    admin::authorize_on_hub(services, caller, SystemTime::now(), what)?;
+    let auditor = services.authz.auditor();
+    let rotated = match request.rotate.as_str() {
+        "data" => {
+            auditor.check().map_err(RpcError::Unaudited)?;
+            let now = rpc::unix_ms(SystemTime::now());
+            let version = services
+                .data_keys
+                .rotate(&services.registry, now)
+                .await
+                .map_err(|e| RpcError::Precondition(e.to_string()))?;
+            let event = Event::Admin(Admin {
+                operation: audit::clear("rotate-data-key"),
+                target: audit::clear(crate::datakeys::DATA_KEK),
+                detail: audit::clear(&format!("version {version}")),
+            });
+            auditor
+                .record(caller.principal.as_str(), Outcome::Success, event)
+                .await
+                .map_err(RpcError::Unaudited)?;
+            format!("data v{version}")
+        }
+        "audit" => auditor
+            .rotate_key(services.ca.keystore(), &services.registry)
+            .await
+            .map_err(|e| RpcError::Precondition(e.to_string()))?,
+        _ => String::new(),
+    };
+    let (audit_key, audit_trusted) = match auditor.log() {
+        Some(log) => {
+            let log = log
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut keys = log.verifier().keys().iter().map(ToString::to_string);
+            (keys.next().unwrap_or_default(), keys.collect())
+        }
+        None => (String::new(), Vec::new()),
+    };
+    Ok(KeysResponse {
+        data_keys: services
+            .data_keys
+            .status()
+            .into_iter()
+            .map(|k| DataKeyInfo {
+                version: k.version,
+                created_ms: k.created_ms,
+                current: k.current,
+            })
+            .collect(),
+        audit_key,
+        audit_trusted,
+        rotated,
+    })
+}
