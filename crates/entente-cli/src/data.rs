@@ -27,6 +27,11 @@
 //! `ENTENTE_KEYSTORE_PASSPHRASE`; without either, the first start draws a random key and keeps
 //! it in `DIR/keystore.key` (0600), which protects the CA keys only as well as the directory
 //! itself — production deployments pass the key through the environment or use an HSM.
+//!
+//! With `ENTENTE_PKCS11_MODULE`, `ENTENTE_PKCS11_TOKEN` and `ENTENTE_PKCS11_PIN` set, the first
+//! start makes every key of the hub — the CA's, the audit checkpoint key, the key-encryption
+//! keys — in that PKCS#11 token instead (there is no `keys/` then), and writes the module and
+//! token to `config.toml` (`[keystore]`); later starts need `ENTENTE_PKCS11_PIN`.
 
 use std::{
     net::SocketAddr,
@@ -44,7 +49,9 @@ use entente_hub::{AuditConfig, HubConfig, StreamConfig, StreamSync};
 use entente_types::ChannelPattern;
 
 use crate::commands::agent::parse_duration;
+use entente_keystore::KeyStore;
 use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock, files};
+use entente_keystore::pkcs11::{Pkcs11Config, Pkcs11KeyStore};
 use entente_store::EmbeddedStore;
 use entente_types::{HumanId, Principal, TrustDomain};
 use zeroize::Zeroizing;
@@ -161,24 +168,24 @@ impl DataDir {
             .context("invalid trust domain")?;
         files::create_private_dir_all(root)?;
         let mut created = Vec::new();
-        let unlock = match Unlock::from_env()? {
-            Some(unlock) => unlock,
-            None => {
-                let mut key = Zeroizing::new([0u8; 32]);
-                SystemRandom::new()
-                    .fill(&mut *key)
-                    .map_err(|_| anyhow!("the system random source failed"))?;
-                let text = Zeroizing::new(hex::encode(*key));
-                files::write_new(root, KEYSTORE_KEY, text.as_bytes(), &SystemRandom::new())?;
+        let (keystore, keystore_table) = match Pkcs11Config::from_env()? {
+            Some(pkcs11) => {
+                let table = KeystoreTable {
+                    backend: PKCS11.to_owned(),
+                    module: pkcs11.module.display().to_string(),
+                    token: pkcs11.token_label.clone(),
+                };
+                let store = Pkcs11KeyStore::open(pkcs11)?;
                 created.push(format!(
-                    "{KEYSTORE_KEY}: a random key-store key (set ENTENTE_KEYSTORE_KEY or ENTENTE_KEYSTORE_PASSPHRASE instead for production)"
+                    "the CA keys, and later the audit and data key-encryption keys, in the PKCS#11 \
+                     token `{}` (they never leave it)",
+                    table.token
                 ));
-                Unlock::Key(key)
+                (Arc::new(store) as Arc<dyn KeyStore>, Some(table))
             }
+            None => (Self::init_local(root, &mut created)?, None),
         };
-        let keystore = LocalKeyStore::create(&root.join(KEYS), &unlock, Argon2Params::default())?;
-        created.push(format!("{KEYS}/: the CA keys, encrypted at rest"));
-        let ca = Ca::init(Arc::new(keystore), &td, CaOptions::default(), now)?;
+        let ca = Ca::init(keystore, &td, CaOptions::default(), now)?;
         let pem = ca.to_pem();
         let ca_dir = root.join(CA_DIR);
         files::create_private_dir_all(&ca_dir)?;
@@ -195,10 +202,11 @@ impl DataDir {
         let admin = HumanId::new(&td, "admin")?;
         issue_local_identity(&ca, Principal::from(admin.clone()), now)?.save(&root.join(ADMIN))?;
         created.push(format!("{ADMIN}/: the identity of `{admin}`"));
-        let config = ConfigFile::new(
+        let mut config = ConfigFile::new(
             listen.map_or_else(|| DEFAULT_LISTEN.to_owned(), |l| l.to_string()),
             &td,
         );
+        config.keystore = keystore_table;
         files::replace(root, CONFIG, config.render()?.as_bytes(), &rng)?;
         created.push(format!("{CONFIG}: listen address and trust domain"));
         let policies = root.join(POLICIES);
@@ -221,20 +229,54 @@ impl DataDir {
         })
     }
 
-    fn open(root: &Path, now: SystemTime) -> Result<Self> {
-        let config_path = root.join(CONFIG);
-        let text = String::from_utf8(files::read_private(&config_path)?)?;
-        if has_allow_rules(&text) {
-            bail!(
-                "`{}` has [[allow]] rules, which Entente no longer reads: write them as Cedar \
-                 policies in `{}/*.cedar` (docs/POLICY.md), remove the [[allow]] tables, start \
-                 the hub and run `entente policy load`",
-                config_path.display(),
-                root.join(POLICIES).display()
-            );
+    /// A new local key store in `DIR/keys`, unlocked by the environment's key or passphrase,
+    /// or by a random key kept in `DIR/keystore.key`.
+    fn init_local(root: &Path, created: &mut Vec<String>) -> Result<Arc<dyn KeyStore>> {
+        let unlock = match Unlock::from_env()? {
+            Some(unlock) => unlock,
+            None => {
+                let mut key = Zeroizing::new([0u8; 32]);
+                SystemRandom::new()
+                    .fill(&mut *key)
+                    .map_err(|_| anyhow!("the system random source failed"))?;
+                let text = Zeroizing::new(hex::encode(*key));
+                files::write_new(root, KEYSTORE_KEY, text.as_bytes(), &SystemRandom::new())?;
+                created.push(format!(
+                    "{KEYSTORE_KEY}: a random key-store key (set ENTENTE_KEYSTORE_KEY or ENTENTE_KEYSTORE_PASSPHRASE instead for production)"
+                ));
+                Unlock::Key(key)
+            }
+        };
+        let keystore = LocalKeyStore::create(&root.join(KEYS), &unlock, Argon2Params::default())?;
+        created.push(format!("{KEYS}/: the CA keys, encrypted at rest"));
+        Ok(Arc::new(keystore))
+    }
+
+    /// The key store `config` names: the PKCS#11 token (its PIN from `ENTENTE_PKCS11_PIN`),
+    /// or the local store in `DIR/keys`.
+    fn open_keystore(root: &Path, config: &ConfigFile) -> Result<Arc<dyn KeyStore>> {
+        if let Some(table) = &config.keystore {
+            if table.backend != PKCS11 {
+                bail!(
+                    "`[keystore] backend` is `{}`; this build knows `{PKCS11}` (or no \
+                     [keystore] table for the local store)",
+                    table.backend
+                );
+            }
+            let pin = std::env::var(entente_keystore::pkcs11::PIN_ENV).map_err(|_| {
+                anyhow!(
+                    "the CA keys are in the PKCS#11 token `{}`: set {} to its user PIN",
+                    table.token,
+                    entente_keystore::pkcs11::PIN_ENV
+                )
+            })?;
+            let store = Pkcs11KeyStore::open(Pkcs11Config {
+                module: PathBuf::from(&table.module),
+                token_label: table.token.clone(),
+                pin: Zeroizing::new(pin),
+            })?;
+            return Ok(Arc::new(store));
         }
-        let config = ConfigFile::parse(&text)
-            .with_context(|| format!("reading `{}`", config_path.display()))?;
         let unlock = match Unlock::from_env()? {
             Some(unlock) => unlock,
             None => {
@@ -251,17 +293,29 @@ impl DataDir {
                 Unlock::Key(key)
             }
         };
-        let keystore = LocalKeyStore::open(&root.join(KEYS), &unlock)?;
+        Ok(Arc::new(LocalKeyStore::open(&root.join(KEYS), &unlock)?))
+    }
+
+    fn open(root: &Path, now: SystemTime) -> Result<Self> {
+        let config_path = root.join(CONFIG);
+        let text = String::from_utf8(files::read_private(&config_path)?)?;
+        if has_allow_rules(&text) {
+            bail!(
+                "`{}` has [[allow]] rules, which Entente no longer reads: write them as Cedar \
+                 policies in `{}/*.cedar` (docs/POLICY.md), remove the [[allow]] tables, start \
+                 the hub and run `entente policy load`",
+                config_path.display(),
+                root.join(POLICIES).display()
+            );
+        }
+        let config = ConfigFile::parse(&text)
+            .with_context(|| format!("reading `{}`", config_path.display()))?;
+        let keystore = Self::open_keystore(root, &config)?;
         let ca_dir = root.join(CA_DIR);
         let root_pem = String::from_utf8(files::read_private(&ca_dir.join(ROOT_PEM))?)?;
         let intermediate_pem =
             String::from_utf8(files::read_private(&ca_dir.join(INTERMEDIATE_PEM))?)?;
-        let ca = Ca::load(
-            Arc::new(keystore),
-            &root_pem,
-            &intermediate_pem,
-            CaOptions::default(),
-        )?;
+        let ca = Ca::load(keystore, &root_pem, &intermediate_pem, CaOptions::default())?;
         if ca.trust_domain().as_str() != config.trust_domain {
             bail!(
                 "the CA is for trust domain `{}` but the config says `{}`",
@@ -328,9 +382,26 @@ pub(crate) struct ConfigFile {
     pub(crate) listen: String,
     /// The trust domain (fixed when the directory is created).
     pub(crate) trust_domain: String,
+    /// Where the hub's keys live: no table for the local store in `keys/`, or a PKCS#11
+    /// token (set by the first start when `ENTENTE_PKCS11_MODULE`, `ENTENTE_PKCS11_TOKEN` and
+    /// `ENTENTE_PKCS11_PIN` are given; later starts need the PIN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) keystore: Option<KeystoreTable>,
     /// Durable channels (docs/DURABLE.md), kept in `streams/`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) durable: Vec<DurableChannel>,
+}
+
+/// The `[keystore]` table of `config.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeystoreTable {
+    /// `pkcs11`.
+    pub(crate) backend: String,
+    /// The PKCS#11 module (e.g. SoftHSM2's `libsofthsm2.so`, or the HSM vendor's).
+    pub(crate) module: String,
+    /// The token's label.
+    pub(crate) token: String,
 }
 
 /// One `[[durable]]` table of `config.toml`.
@@ -400,6 +471,7 @@ impl ConfigFile {
         Self {
             listen,
             trust_domain: td.to_string(),
+            keystore: None,
             durable: Vec::new(),
         }
     }
@@ -544,6 +616,7 @@ unless { context.approvals >= 1 };
 
 const CONFIG: &str = "config.toml";
 const KEYSTORE_KEY: &str = "keystore.key";
+const PKCS11: &str = "pkcs11";
 const KEYS: &str = "keys";
 const CA_DIR: &str = "ca";
 const ROOT_PEM: &str = "root.pem";

@@ -517,30 +517,7 @@ impl Hub {
         let (child, info) = start(&data);
         let addr = info["listening"].as_str().unwrap().to_owned();
         let admin = data.join("admin");
-        let token = ok(&[
-            "token",
-            "create",
-            "--identity",
-            s(&admin),
-            "--hub",
-            &addr,
-            "--agent",
-            "demo/alice",
-            "--ttl",
-            "10m",
-        ]);
-        let alice = tmp.join("alice");
-        ok(&[
-            "enroll",
-            "--hub",
-            &addr,
-            "--ca",
-            s(&data.join("ca.pem")),
-            "--token",
-            token.trim(),
-            "--out",
-            s(&alice),
-        ]);
+        let alice = support::enroll(&data, &addr, "demo/alice", tmp);
         let hub = Self {
             child,
             addr,

@@ -11,14 +11,13 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Child;
 use std::time::{Duration, Instant, SystemTime};
 
 use entente_client::{Client, ClientOptions, Identity};
 use futures_util::StreamExt as _;
-use support::{ok, s, start, stop};
+use support::{enroll, start, start_at, stop};
 
 /// Crashes during the stream of publishes.
 const CRASHES: usize = 12;
@@ -28,58 +27,13 @@ const ROUND: Duration = Duration::from_millis(700);
 
 /// Starts `entente hub start` on `data` at `addr` and waits until it listens.
 fn run_hub(data: &Path, addr: &str) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_entente"))
-        .args(["hub", "start", "--json", "--listen", addr, "--data"])
-        .arg(data)
-        .env_remove("ENTENTE_KEYSTORE_KEY")
-        .env_remove("ENTENTE_KEYSTORE_PASSPHRASE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(
-        line.contains("listening"),
-        "the hub did not start: {line:?}"
-    );
-    child
+    start_at(data, addr).0
 }
 
 /// `kill -9`: no shutdown, no flush, nothing but what is on disk.
 fn crash(mut child: Child) {
     child.kill().unwrap();
     child.wait().unwrap();
-}
-
-fn enroll(data: &Path, addr: &str, name: &str, out: &Path) -> PathBuf {
-    let token = ok(&[
-        "token",
-        "create",
-        "--identity",
-        s(&data.join("admin")),
-        "--hub",
-        addr,
-        "--agent",
-        name,
-        "--ttl",
-        "10m",
-    ]);
-    let dir = out.join(name.replace('/', "-"));
-    ok(&[
-        "enroll",
-        "--hub",
-        addr,
-        "--ca",
-        s(&data.join("ca.pem")),
-        "--token",
-        token.trim(),
-        "--out",
-        s(&dir),
-    ]);
-    dir
 }
 
 async fn connect(identity: &Path, addr: &str) -> Client {

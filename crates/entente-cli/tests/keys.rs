@@ -8,7 +8,7 @@
 
 mod support;
 
-use support::{entente, ok, s, start, stop};
+use support::{enroll, entente, ok, s, start, stop};
 
 fn keys(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&ok(args)).unwrap()
@@ -59,28 +59,7 @@ fn administrators_see_and_rotate_the_hubs_keys_and_agents_may_not() {
     );
 
     // An agent is no administrator.
-    let token = ok(&[
-        "token",
-        "create",
-        "--identity",
-        s(&admin),
-        "--hub",
-        &addr,
-        "--agent",
-        "demo/eve",
-    ]);
-    let eve = tmp.path().join("eve");
-    ok(&[
-        "enroll",
-        "--hub",
-        &addr,
-        "--ca",
-        s(&data.join("ca.pem")),
-        "--token",
-        token.trim(),
-        "--out",
-        s(&eve),
-    ]);
+    let eve = enroll(&data, &addr, "demo/eve", tmp.path());
     let refused = entente(&[
         "keys",
         "rotate",

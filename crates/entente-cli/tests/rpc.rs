@@ -9,39 +9,9 @@
 
 mod support;
 
-use std::{
-    path::{Path, PathBuf},
-    process::Child,
-};
+use std::{path::Path, process::Child};
 
-use support::{entente, ok, s, spawn_ready, start, stop};
-
-/// Enrolls `name` (SEGMENT/NAME) through the admin identity of the hub in `data`.
-fn enroll(data: &Path, addr: &str, name: &str, out: &Path) -> PathBuf {
-    let token = ok(&[
-        "token",
-        "create",
-        "--identity",
-        s(&data.join("admin")),
-        "--hub",
-        addr,
-        "--agent",
-        name,
-    ]);
-    let dir = out.join(name.replace('/', "-"));
-    ok(&[
-        "enroll",
-        "--hub",
-        addr,
-        "--ca",
-        s(&data.join("ca.pem")),
-        "--token",
-        token.trim(),
-        "--out",
-        s(&dir),
-    ]);
-    dir
-}
+use support::{enroll, entente, ok, s, spawn_ready, start, stop};
 
 /// Starts `entente serve … direct --exec EXEC --count 1` and waits until it serves.
 fn serve(identity: &Path, addr: &str, exec: &str) -> Child {

@@ -20,15 +20,14 @@ pub const LIMIT: Duration = Duration::from_secs(120);
 
 /// Starts `entente hub start --json` on `dir` and returns it with its first line of output.
 pub fn start(dir: &std::path::Path) -> (Child, serde_json::Value) {
+    start_at(dir, "127.0.0.1:0")
+}
+
+/// As [`start`], listening on `listen` (an address a previous start of `dir` got, to come
+/// back at the same place).
+pub fn start_at(dir: &std::path::Path, listen: &str) -> (Child, serde_json::Value) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_entente"))
-        .args([
-            "hub",
-            "start",
-            "--json",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-        ])
+        .args(["hub", "start", "--json", "--listen", listen, "--data"])
         .arg(dir)
         .env_remove("ENTENTE_KEYSTORE_KEY")
         .env_remove("ENTENTE_KEYSTORE_PASSPHRASE")
@@ -113,6 +112,34 @@ pub fn ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// Enrolls the agent `name` (`segment/name`) with a join token the hub's admin (in
+/// `data/admin`) creates; returns its identity directory, `out/segment-name`.
+pub fn enroll(data: &Path, addr: &str, name: &str, out: &Path) -> std::path::PathBuf {
+    let token = ok(&[
+        "token",
+        "create",
+        "--identity",
+        s(&data.join("admin")),
+        "--hub",
+        addr,
+        "--agent",
+        name,
+    ]);
+    let dir = out.join(name.replace('/', "-"));
+    ok(&[
+        "enroll",
+        "--hub",
+        addr,
+        "--ca",
+        s(&data.join("ca.pem")),
+        "--token",
+        token.trim(),
+        "--out",
+        s(&dir),
+    ]);
+    dir
 }
 
 /// A path as a `&str`.
