@@ -68,7 +68,7 @@ use crate::registry::Registry;
 use crate::renew::Caller;
 use crate::replay::ReplayGuard;
 use crate::router::{LocalRouter, SessionId};
-use crate::rpc::{self, DIRECTORY_PATH, ENROLL_PATH, RENEW_PATH, Services, Unary};
+use crate::rpc::{self, DIRECTORY_PATH, ENROLL_PATH, RENEW_PATH, RpcError, Services, Unary};
 use crate::session::{self, Session, SessionContext};
 use crate::stats::{self, HubStats, Stats};
 use crate::tls::{self, HubCertResolver, Listener, TlsConfigs};
@@ -860,10 +860,11 @@ async fn route_request(
     request: http::Request<Incoming>,
 ) -> Result<http::Response<Body>, Infallible> {
     let limits = shared.config.limits;
+    let (services, now) = (&shared.services, SystemTime::now);
     let response = match request.uri().path() {
         SESSION_PATH => {
             let service = SessionService {
-                shared,
+                shared: shared.clone(),
                 principal: caller.principal,
                 control: caller.control,
             };
@@ -873,275 +874,222 @@ async fn route_request(
             grpc.streaming(service, request).await
         }
         RENEW_PATH => {
-            unary(limits, request, move |renew_request| {
-                let (services, caller) = (shared.services.clone(), caller.clone());
-                async move {
-                    rpc::audited(
-                        &services,
-                        caller.principal.as_str(),
-                        "renew",
-                        String::new(),
-                        renew::renew(&services, &caller, renew_request, SystemTime::now()),
-                    )
-                    .await
-                    .map_err(|e| e.status())
-                }
+            serve(services, &caller, limits, request, |s, c, r| async move {
+                let renew = renew::renew(&s, &c, r, now());
+                let target = String::new();
+                status(rpc::audited(&s, c.principal.as_str(), "renew", target, renew).await)
             })
             .await
         }
         DIRECTORY_PATH => {
-            unary(limits, request, move |directory_request| {
-                let services = shared.services.clone();
-                let principal = caller.principal.clone();
-                async move {
-                    directory::directory(
-                        &services,
-                        &principal,
-                        directory_request,
-                        SystemTime::now(),
-                    )
-                    .await
-                    .map_err(|e| e.status())
-                }
+            serve(services, &caller, limits, request, |s, c, r| async move {
+                status(directory::directory(&s, &c.principal, r, now()).await)
             })
             .await
         }
         CREATE_TOKEN_PATH => {
-            unary(limits, request, move |token_request: CreateTokenRequest| {
-                let (services, caller) = (shared.services.clone(), caller.clone());
-                async move {
-                    rpc::audited(
-                        &services,
-                        caller.principal.as_str(),
-                        "create-token",
-                        token_request.agent.clone(),
-                        admin::create_token(&services, &caller, token_request, SystemTime::now()),
+            serve(
+                services,
+                &caller,
+                limits,
+                request,
+                |s, c, r: CreateTokenRequest| async move {
+                    let target = r.agent.clone();
+                    let act = admin::create_token(&s, &c, r, now());
+                    status(
+                        rpc::audited(&s, c.principal.as_str(), "create-token", target, act).await,
                     )
-                    .await
-                    .map_err(|e| e.status())
-                }
-            })
+                },
+            )
             .await
         }
         LOAD_POLICIES_PATH => {
-            unary(limits, request, move |load_request: LoadPoliciesRequest| {
-                let (services, caller) = (shared.services.clone(), caller.clone());
-                async move {
-                    rpc::audited(
-                        &services,
-                        caller.principal.as_str(),
-                        "load-policies",
-                        load_request
-                            .sources
-                            .iter()
-                            .map(|s| s.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        policies::load(&services, &caller, load_request),
+            serve(
+                services,
+                &caller,
+                limits,
+                request,
+                |s, c, r: LoadPoliciesRequest| async move {
+                    let names: Vec<&str> = r.sources.iter().map(|s| s.name.as_str()).collect();
+                    let target = names.join(", ");
+                    let act = policies::load(&s, &c, r);
+                    status(
+                        rpc::audited(&s, c.principal.as_str(), "load-policies", target, act).await,
                     )
-                    .await
-                    .map_err(|e| e.status())
-                }
+                },
+            )
+            .await
+        }
+        SHOW_POLICIES_PATH => {
+            serve(services, &caller, limits, request, |s, c, r| async move {
+                status(policies::show(&s, &c, r))
             })
             .await
         }
-        SHOW_POLICIES_PATH => unary(limits, request, move |show_request| {
-            let (services, caller) = (shared.services.clone(), caller.clone());
-            async move { policies::show(&services, &caller, show_request).map_err(|e| e.status()) }
-        })
-        .await,
         CHECK_POLICY_PATH => {
-            unary(limits, request, move |check_request| {
-                let (services, caller) = (shared.services.clone(), caller.clone());
-                async move {
-                    policies::check(&services, &caller, check_request, SystemTime::now())
-                        .map_err(|e| e.status())
-                }
+            serve(services, &caller, limits, request, |s, c, r| async move {
+                status(policies::check(&s, &c, r, now()))
             })
             .await
         }
         GRANT_PATH => {
-            unary(limits, request, move |grant_request: GrantRequest| {
-                let (services, caller) = (shared.services.clone(), caller.clone());
-                async move {
-                    rpc::audited(
-                        &services,
-                        caller.principal.as_str(),
-                        "grant",
-                        format!("{} {}", grant_request.principal, grant_request.name),
-                        grants::grant(&services, &caller, grant_request, SystemTime::now()),
-                    )
-                    .await
-                    .map_err(|e| e.status())
-                }
-            })
+            serve(
+                services,
+                &caller,
+                limits,
+                request,
+                |s, c, r: GrantRequest| async move {
+                    let target = format!("{} {}", r.principal, r.name);
+                    let act = grants::grant(&s, &c, r, now());
+                    status(rpc::audited(&s, c.principal.as_str(), "grant", target, act).await)
+                },
+            )
             .await
         }
         LIST_GRANTS_PATH => {
-            unary(limits, request, move |list_request| {
-                let (services, caller) = (shared.services.clone(), caller.clone());
-                async move {
-                    grants::list(&services, &caller, list_request, SystemTime::now())
-                        .map_err(|e| e.status())
-                }
+            serve(services, &caller, limits, request, |s, c, r| async move {
+                status(grants::list(&s, &c, r, now()))
             })
             .await
         }
         REQUEST_GRANT_PATH => {
-            unary(
+            serve(
+                services,
+                &caller,
                 limits,
                 request,
-                move |grant_request: RequestGrantRequest| {
-                    let (services, caller) = (shared.services.clone(), caller.clone());
-                    async move {
-                        rpc::audited(
-                            &services,
-                            caller.principal.as_str(),
-                            "request-grant",
-                            grant_request.name.clone(),
-                            grants::request(&services, &caller, grant_request, SystemTime::now()),
-                        )
-                        .await
-                        .map_err(|e| e.status())
-                    }
+                |s, c, r: RequestGrantRequest| async move {
+                    let target = r.name.clone();
+                    let act = grants::request(&s, &c, r, now());
+                    status(
+                        rpc::audited(&s, c.principal.as_str(), "request-grant", target, act).await,
+                    )
                 },
             )
             .await
         }
         REVOKE_GRANT_PATH => {
-            unary(
+            serve(
+                services,
+                &caller,
                 limits,
                 request,
-                move |revoke_request: RevokeGrantRequest| {
-                    let (services, caller) = (shared.services.clone(), caller.clone());
-                    async move {
-                        rpc::audited(
-                            &services,
-                            caller.principal.as_str(),
-                            "revoke-grant",
-                            revoke_request.id.clone(),
-                            grants::revoke_grant(
-                                &services,
-                                &caller,
-                                revoke_request,
-                                SystemTime::now(),
-                            ),
-                        )
-                        .await
-                        .map_err(|e| e.status())
-                    }
+                |s, c, r: RevokeGrantRequest| async move {
+                    let target = r.id.clone();
+                    let act = grants::revoke_grant(&s, &c, r, now());
+                    status(
+                        rpc::audited(&s, c.principal.as_str(), "revoke-grant", target, act).await,
+                    )
                 },
             )
             .await
         }
         LIST_HELD_PATH => {
-            unary(limits, request, move |list_request| {
-                let (services, caller) = (shared.services.clone(), caller.clone());
-                async move {
-                    held::list(&services, &caller, list_request, SystemTime::now())
-                        .map_err(|e| e.status())
-                }
+            serve(services, &caller, limits, request, |s, c, r| async move {
+                status(held::list(&s, &c, r, now()))
             })
             .await
         }
         APPROVE_PATH => {
-            unary(limits, request, move |approve_request: ApproveRequest| {
-                let (services, caller) = (shared.services.clone(), caller.clone());
-                async move {
-                    rpc::audited(
-                        &services,
-                        caller.principal.as_str(),
-                        "approve",
-                        approve_request
-                            .statement
-                            .as_ref()
-                            .map(|st| format!("{} {} {}", st.verdict, st.kind, st.object_id))
-                            .unwrap_or_default(),
-                        grants::approve(&services, &caller, approve_request, SystemTime::now()),
-                    )
-                    .await
-                    .map_err(|e| e.status())
-                }
-            })
+            serve(
+                services,
+                &caller,
+                limits,
+                request,
+                |s, c, r: ApproveRequest| async move {
+                    let target = r
+                        .statement
+                        .as_ref()
+                        .map(|st| format!("{} {} {}", st.verdict, st.kind, st.object_id))
+                        .unwrap_or_default();
+                    let act = grants::approve(&s, &c, r, now());
+                    let approved =
+                        rpc::audited(&s, c.principal.as_str(), "approve", target, act).await;
+                    approved.map_err(|e| e.status())
+                },
+            )
             .await
         }
         REVOKE_PATH => {
-            unary(limits, request, move |revoke_request: RevokeRequest| {
-                let (services, caller) = (shared.services.clone(), caller.clone());
-                async move {
-                    rpc::audited(
-                        &services,
-                        caller.principal.as_str(),
-                        "revoke",
-                        revoke_request.principals.join(", "),
-                        admin::revoke(&services, &caller, revoke_request, SystemTime::now()),
-                    )
-                    .await
-                    .map_err(|e| e.status())
-                }
-            })
+            serve(
+                services,
+                &caller,
+                limits,
+                request,
+                |s, c, r: RevokeRequest| async move {
+                    let target = r.principals.join(", ");
+                    let act = admin::revoke(&s, &c, r, now());
+                    status(rpc::audited(&s, c.principal.as_str(), "revoke", target, act).await)
+                },
+            )
             .await
         }
         KEYS_PATH => {
-            unary(limits, request, move |keys_request: KeysRequest| {
-                let (services, caller) = (shared.services.clone(), caller.clone());
-                async move {
+            serve(
+                services,
+                &caller,
+                limits,
+                request,
+                |s, c, r: KeysRequest| async move {
                     // A rotation is an administrative act, recorded; a status read is not.
-                    if keys_request.rotate.is_empty() {
-                        return keys::keys(&services, &caller, keys_request)
-                            .await
-                            .map_err(|e| e.status());
+                    if r.rotate.is_empty() {
+                        return status(keys::keys(&s, &c, r).await);
                     }
-                    let target = keys_request.rotate.clone();
-                    rpc::audited(
-                        &services,
-                        caller.principal.as_str(),
-                        "rotate-key",
-                        target,
-                        keys::keys(&services, &caller, keys_request),
-                    )
-                    .await
-                    .map_err(|e| e.status())
-                }
-            })
+                    let target = r.rotate.clone();
+                    let act = keys::keys(&s, &c, r);
+                    status(rpc::audited(&s, c.principal.as_str(), "rotate-key", target, act).await)
+                },
+            )
             .await
         }
         AUDIT_RECORDS_PATH => {
-            unary(limits, request, move |records_request| {
-                let (services, caller) = (shared.services.clone(), caller.clone());
-                async move {
-                    audit_rpc::records(&services, &caller, records_request)
-                        .await
-                        .map_err(|e| e.status())
-                }
+            serve(services, &caller, limits, request, |s, c, r| async move {
+                status(audit_rpc::records(&s, &c, r).await)
             })
             .await
         }
         AUDIT_EXPORT_PATH => {
-            unary(limits, request, move |export_request| {
-                let (services, caller) = (shared.services.clone(), caller.clone());
-                async move {
-                    audit_rpc::export(&services, &caller, export_request)
-                        .await
-                        .map_err(|e| e.status())
-                }
+            serve(services, &caller, limits, request, |s, c, r| async move {
+                status(audit_rpc::export(&s, &c, r).await)
             })
             .await
         }
         AUDIT_PROOF_PATH => {
-            unary(limits, request, move |proof_request| {
-                let (services, caller) = (shared.services.clone(), caller.clone());
-                async move {
-                    audit_rpc::proof(&services, &caller, proof_request)
-                        .await
-                        .map_err(|e| e.status())
-                }
+            serve(services, &caller, limits, request, |s, c, r| async move {
+                status(audit_rpc::proof(&s, &c, r).await)
             })
             .await
         }
         _ => Status::unimplemented("unknown method").into_http(),
     };
     Ok(response)
+}
+
+/// Serves one unary request of the mutual-TLS connection of `caller`: decodes `Req` under
+/// `limits` and answers with what `handler` makes of it, given the services and the caller.
+async fn serve<Req, Resp, F, Fut>(
+    services: &Arc<Services<LocalRouter>>,
+    caller: &Caller,
+    limits: Limits,
+    request: http::Request<Incoming>,
+    handler: F,
+) -> http::Response<Body>
+where
+    Req: Bounded + Send + 'static,
+    Resp: prost::Message + Send + 'static,
+    F: Fn(Arc<Services<LocalRouter>>, Caller, Req) -> Fut + Send,
+    Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+{
+    let (services, caller) = (services.clone(), caller.clone());
+    unary(limits, request, move |req| {
+        handler(services.clone(), caller.clone(), req)
+    })
+    .await
+}
+
+/// An RPC's refusal as the gRPC status the peer sees.
+fn status<T>(result: Result<T, RpcError>) -> Result<T, Status> {
+    result.map_err(|e| e.status())
 }
 
 /// Serves a unary request: decodes `Req` under `limits`, answers with `handler`'s response.
