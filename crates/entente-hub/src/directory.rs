@@ -138,9 +138,17 @@ async fn members<R: Router>(
     }
     let mut members = services.router.subscribers(&channel).await;
     // Durable consumers are members even while offline: what is sealed now is stored for
-    // them.
+    // them, if their owner may still subscribe to the channel.
     for owner in services.streams.members(&channel) {
-        if !members.contains(&owner) {
+        if members.contains(&owner) {
+            continue;
+        }
+        let subject = Subject::new(owner.clone(), Vec::<String>::new());
+        if services
+            .authz
+            .decide(&subject, Action::Subscribe, &resource, now_ms)
+            .is_ok()
+        {
             members.push(owner);
         }
     }

@@ -255,3 +255,48 @@ async fn entries_and_consumers_survive_a_restart() {
     }
     nothing_within(&mut orders, Duration::from_millis(800)).await;
 }
+
+#[tokio::test]
+async fn an_offline_consumer_whose_owner_may_no_longer_subscribe_is_not_sealed_to() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir, orders(|_| {})).await;
+    let alice_id = hub.enroll("shop", "alice").await.unwrap();
+    let alice = hub.connect(alice_id.clone()).await.unwrap();
+    drop(alice.subscribe_durable("orders.>", "alice").await.unwrap());
+    alice.close().await;
+
+    // Only bob may read `orders` now: the directory stops listing alice's consumer.
+    let bob_id = hub.agent_id("shop", "bob").unwrap();
+    hub.load_policies(&format!(
+        r#"
+        @id("shop-publishes")
+        @cross_segment
+        permit (principal in Segment::"shop", action == Action::"publish",
+                resource in Namespace::"orders");
+        @id("bob-reads")
+        @cross_segment
+        permit (principal == Agent::"{bob_id}", action == Action::"subscribe",
+                resource in Namespace::"orders");
+        "#
+    ))
+    .await
+    .unwrap();
+    let bob = hub.connect_agent("shop", "bob").await.unwrap();
+    bob.publish("orders.eu", "not for alice").await.unwrap();
+
+    // Allowed again, alice gets the entry, but it was not sealed to her: she can't open it.
+    hub.load_policies(POLICIES).await.unwrap();
+    let alice = hub.connect(alice_id).await.unwrap();
+    let mut orders = alice.subscribe_durable("orders.>", "alice").await.unwrap();
+    let item = tokio::time::timeout(Duration::from_secs(10), orders.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let err = item.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+    // What is published now is sealed to her again.
+    let carol = hub.connect_agent("shop", "carol").await.unwrap();
+    carol.publish("orders.eu", "for alice").await.unwrap();
+    let m = next(&mut orders).await;
+    assert_eq!(m.payload, b"for alice");
+}
