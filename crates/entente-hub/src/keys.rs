@@ -40,7 +40,7 @@ pub(crate) async fn keys<R>(
                 .data_keys
                 .rotate(&services.registry, now)
                 .await
-                .map_err(|e| RpcError::Precondition(e.to_string()))?;
+                .map_err(|e| RpcError::Keys(e.to_string()))?;
             let event = Event::Admin(Admin {
                 operation: audit::clear("rotate-data-key"),
                 target: audit::clear(crate::datakeys::DATA_KEK),
@@ -55,7 +55,7 @@ pub(crate) async fn keys<R>(
         "audit" => auditor
             .rotate_key(services.ca.keystore(), &services.registry)
             .await
-            .map_err(|e| RpcError::Precondition(e.to_string()))?,
+            .map_err(|e| RpcError::Keys(e.to_string()))?,
         _ => String::new(),
     };
     let (audit_key, audit_trusted) = match auditor.log() {

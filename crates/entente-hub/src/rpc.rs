@@ -157,6 +157,10 @@ pub(crate) enum RpcError {
     /// The audit log could not be read or sealed.
     #[error("audit log: {0}")]
     Audit(String),
+    /// A key could not be rotated (the key store, the hub's store or the audit log failed;
+    /// the detail, which may name files, stays in the hub).
+    #[error("rotating a key: {0}")]
+    Keys(String),
 }
 
 // === impl RpcError ===
@@ -206,6 +210,9 @@ impl RpcError {
             }
             Self::Unaudited(e) => Status::unavailable(e.to_string()),
             Self::Audit(_) => Status::unavailable("the audit log is unavailable"),
+            Self::Keys(_) => {
+                Status::unavailable("the key store or the audit log is unavailable: see the hub")
+            }
             Self::AfterRedeem(inner) => {
                 let status = inner.status();
                 Status::new(
@@ -276,6 +283,7 @@ impl Refusal for RpcError {
             | Self::Ca(_)
             | Self::CaSign(_)
             | Self::Audit(_)
+            | Self::Keys(_)
             | Self::Unaudited(_) => Outcome::Failed,
             Self::AfterRedeem(inner) => inner.outcome(),
             _ => Outcome::Denied,
