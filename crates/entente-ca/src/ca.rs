@@ -1,7 +1,10 @@
 //! The CA: a root and an intermediate, ECDSA P-256, keys only in a [`KeyStore`].
 //!
 //! The root signs the intermediate; the intermediate signs X509-SVIDs, key bundles and
-//! revocation lists. Both certificates carry the URI SAN `spiffe://<trust domain>`, which is
+//! revocation lists. The intermediate is rolled over with overlap
+//! ([`Ca::stage_intermediate`], [`Ca::activate_staged`], [`Ca::retire_previous`]): a new one
+//! is first only trusted (staged), then signs while the old one is still trusted (retiring),
+//! then the old one leaves the trust bundle. Both certificates carry the URI SAN `spiffe://<trust domain>`, which is
 //! how a [`TrustBundle`] learns its trust domain. The intermediate has no URI name constraint:
 //! rustls-webpki refuses every certificate under one (it does not implement URI constraints),
 //! so the trust domain of a leaf is checked by [`TrustBundle::verify_svid`] instead.
@@ -29,7 +32,8 @@ use crate::{Revocations, TrustBundle, TrustBundleError, clock, csr, pem};
 
 /// Name of the root CA key in the key store.
 pub const ROOT_KEY: &str = "ca-root";
-/// Name of the intermediate CA key in the key store.
+/// Name of the first intermediate CA key in the key store. The keys of later intermediates
+/// are named `ca-intermediate-` and 8 random hex digits.
 pub const INTERMEDIATE_KEY: &str = "ca-intermediate";
 
 /// How far `not_before` is backdated, for clock skew between the CA and relying parties.
@@ -51,8 +55,40 @@ pub struct CaOptions {
 pub struct CaPem {
     /// The root certificate.
     pub root: String,
-    /// The intermediate certificate.
+    /// The intermediate certificate that signs (the active one).
     pub intermediate: String,
+    /// A new intermediate, trusted but not signing yet.
+    pub staged: Option<String>,
+    /// The previous intermediate, still trusted, no longer signing.
+    pub retiring: Option<String>,
+}
+
+/// What an intermediate CA does during a rollover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IntermediateRole {
+    /// Signs SVIDs, key bundles and revocation lists.
+    Active,
+    /// In the trust bundle, not signing yet: relying parties learn it before it signs.
+    Staged,
+    /// In the trust bundle, no longer signing: what it signed stays valid until it leaves.
+    Retiring,
+}
+
+/// One intermediate CA of a [`Ca`], as [`Ca::intermediates`] lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntermediateInfo {
+    /// What it does now.
+    pub role: IntermediateRole,
+    /// SHA-256 of its SubjectPublicKeyInfo, which key bundles and revocation lists name.
+    pub signer_id: [u8; 32],
+    /// Its key in the key store (`None`: the key is not there).
+    pub key: Option<KeyName>,
+    /// Start of its validity.
+    pub not_before: SystemTime,
+    /// End of its validity.
+    pub not_after: SystemTime,
+    /// The certificate.
+    pub cert: CertificateDer<'static>,
 }
 
 /// An X509-SVID issued by [`Ca::issue_svid`].
@@ -73,7 +109,10 @@ pub struct IssuedSvid {
 pub struct Ca {
     keystore: Arc<dyn KeyStore>,
     options: CaOptions,
+    /// The active intermediate.
     intermediate: CaCert,
+    staged: Option<CaCert>,
+    retiring: Option<CaCert>,
     root: CaCert,
     trust: TrustBundle,
 }
@@ -100,6 +139,12 @@ pub enum CaError {
     /// The intermediate is not signed by the root, or is not constrained to issue only leaves.
     #[error("the intermediate certificate does not fit the root: {0}")]
     BadIntermediate(&'static str),
+    /// A rollover step is not possible in the CA's present state.
+    #[error("intermediate rollover: {0}")]
+    Rollover(&'static str),
+    /// Issuing a new intermediate needs the root key, which is not in the key store.
+    #[error("the root ca key is not in the key store (kept offline?): a new intermediate needs it")]
+    RootKeyOffline,
     /// A validity period is zero or reaches past the year 9999, or `now` is out of range.
     #[error("invalid ca options: {0}")]
     InvalidOptions(&'static str),
@@ -150,11 +195,13 @@ pub enum IssueError {
     Random,
 }
 
-/// One of the two CA certificates with its key.
-#[derive(Debug)]
+/// A CA certificate with its key.
+#[derive(Debug, Clone)]
 struct CaCert {
     der: CertificateDer<'static>,
     key: KeyName,
+    /// Whether `key` is in the key store.
+    in_store: bool,
     public: PublicKey,
     signer: [u8; 32],
     not_before: SystemTime,
@@ -229,7 +276,14 @@ impl Ca {
                     intermediate_not_after,
                 )
                 .and_then(|(root_der, intermediate_der)| {
-                    Self::from_certs(keystore.clone(), root_der, intermediate_der, options)
+                    Self::from_certs(
+                        keystore.clone(),
+                        root_der,
+                        intermediate_der,
+                        None,
+                        None,
+                        options,
+                    )
                 })
                 .inspect_err(|_| {
                     let _ = keystore.delete(&intermediate_key);
@@ -251,12 +305,45 @@ impl Ca {
         intermediate_pem: &str,
         options: CaOptions,
     ) -> Result<Self, CaError> {
+        Self::from_pem(
+            keystore,
+            &CaPem {
+                root: root_pem.to_owned(),
+                intermediate: intermediate_pem.to_owned(),
+                staged: None,
+                retiring: None,
+            },
+            options,
+        )
+    }
+
+    /// Reopens a CA, possibly mid-rollover, from [`to_pem`](Self::to_pem)'s output and its
+    /// key store.
+    ///
+    /// Each intermediate's key is found in `keystore` by its public key: [`INTERMEDIATE_KEY`]
+    /// or a later `ca-intermediate-*` key. The active and the staged intermediate need theirs;
+    /// the retiring one does not sign and may have none.
+    pub fn from_pem(
+        keystore: Arc<dyn KeyStore>,
+        pem: &CaPem,
+        options: CaOptions,
+    ) -> Result<Self, CaError> {
         if options.svid_ttl.is_zero() {
             return Err(CaError::InvalidOptions("the svid ttl must not be zero"));
         }
-        let root = single_cert(root_pem, "root")?;
-        let intermediate = single_cert(intermediate_pem, "intermediate")?;
-        Self::from_certs(keystore, root, intermediate, options)
+        let root = single_cert(&pem.root, "root")?;
+        let intermediate = single_cert(&pem.intermediate, "intermediate")?;
+        let staged = pem
+            .staged
+            .as_deref()
+            .map(|text| single_cert(text, "staged intermediate"))
+            .transpose()?;
+        let retiring = pem
+            .retiring
+            .as_deref()
+            .map(|text| single_cert(text, "retiring intermediate"))
+            .transpose()?;
+        Self::from_certs(keystore, root, intermediate, staged, retiring, options)
     }
 
     /// The CA certificates as PEM.
@@ -264,7 +351,110 @@ impl Ca {
         CaPem {
             root: pem::encode_cert(&self.root.der),
             intermediate: pem::encode_cert(&self.intermediate.der),
+            staged: self.staged.as_ref().map(|c| pem::encode_cert(&c.der)),
+            retiring: self.retiring.as_ref().map(|c| pem::encode_cert(&c.der)),
         }
+    }
+
+    /// The intermediates: the active one first, then the staged and the retiring one if any.
+    pub fn intermediates(&self) -> Vec<IntermediateInfo> {
+        let info = |role, cert: &CaCert| IntermediateInfo {
+            role,
+            signer_id: cert.signer,
+            key: cert.in_store.then(|| cert.key.clone()),
+            not_before: cert.not_before,
+            not_after: cert.not_after,
+            cert: cert.der.clone(),
+        };
+        std::iter::once(info(IntermediateRole::Active, &self.intermediate))
+            .chain(
+                self.staged
+                    .iter()
+                    .map(|c| info(IntermediateRole::Staged, c)),
+            )
+            .chain(
+                self.retiring
+                    .iter()
+                    .map(|c| info(IntermediateRole::Retiring, c)),
+            )
+            .collect()
+    }
+
+    /// The first step of a rollover: a new intermediate key in the key store and its
+    /// certificate, signed by the root, valid from `now` (backdated one minute) for
+    /// [`CaOptions::intermediate_validity`] (cut to the root's). The CA returned trusts it but
+    /// still signs with the active intermediate: relying parties learn the new certificate
+    /// before anything signed by it reaches them.
+    ///
+    /// Needs the root key in the key store ([`CaError::RootKeyOffline`]) and no rollover in
+    /// progress ([`CaError::Rollover`]). If a step fails, the new key is deleted again.
+    pub fn stage_intermediate(&self, now: SystemTime) -> Result<Self, CaError> {
+        if self.staged.is_some() || self.retiring.is_some() {
+            return Err(CaError::Rollover(
+                "a rollover is in progress: finish it before staging another intermediate",
+            ));
+        }
+        if !self.root.in_store {
+            return Err(CaError::RootKeyOffline);
+        }
+        if self.options.intermediate_validity.is_zero() {
+            return Err(CaError::InvalidOptions(
+                "the intermediate validity must not be zero",
+            ));
+        }
+        let start =
+            clock::to_cert_time(now).ok_or(CaError::InvalidOptions("`now` is out of range"))?;
+        let not_before = clock::sub(start, CLOCK_SKEW)
+            .ok_or(CaError::InvalidOptions("`now` is out of range"))?;
+        let root_not_after = clock::to_cert_time(self.root.not_after)
+            .ok_or(CaError::InvalidOptions("the root validity is out of range"))?;
+        let not_after = clock::add(start, self.options.intermediate_validity)
+            .ok_or(CaError::InvalidOptions(
+                "intermediate validity reaches past 9999",
+            ))?
+            .min(root_not_after);
+        if not_after <= start {
+            return Err(CaError::Rollover("the root certificate has expired"));
+        }
+
+        let key = new_intermediate_key_name()?;
+        let public = self
+            .keystore
+            .generate(&key, KeyAlgorithm::EcdsaP256Sha256)?;
+        let staged = self
+            .issue_intermediate(&key, public, not_before, not_after)
+            .and_then(|der| {
+                let staged = ca_cert(der, key.clone(), Some(self.keystore.public_key(&key)?))?;
+                self.with_roles(self.intermediate.clone(), Some(staged), None)
+            });
+        staged.inspect_err(|_| {
+            let _ = self.keystore.delete(&key);
+        })
+    }
+
+    /// The second step: the staged intermediate signs from now on; the active one becomes
+    /// the retiring one, still trusted, so that what it signed stays valid.
+    pub fn activate_staged(&self) -> Result<Self, CaError> {
+        let Some(staged) = self.staged.clone() else {
+            return Err(CaError::Rollover("no intermediate is staged"));
+        };
+        if self.retiring.is_some() {
+            return Err(CaError::Rollover(
+                "the previous intermediate is still retiring: retire it first",
+            ));
+        }
+        self.with_roles(staged, None, Some(self.intermediate.clone()))
+    }
+
+    /// The last step: the retiring intermediate leaves the trust bundle. Returns the CA
+    /// without it and the name of its key if it is in the key store: the caller deletes that
+    /// key once the new state is persisted.
+    pub fn retire_previous(&self) -> Result<(Self, Option<KeyName>), CaError> {
+        let Some(retiring) = &self.retiring else {
+            return Err(CaError::Rollover("no intermediate is retiring"));
+        };
+        let ca = self.with_roles(self.intermediate.clone(), self.staged.clone(), None)?;
+        Ok((ca, retiring.in_store.then(|| retiring.key.clone())))
     }
 
     /// The trust bundle of this CA (root and intermediate), to hand to relying parties.
@@ -398,9 +588,14 @@ impl Ca {
         keystore: Arc<dyn KeyStore>,
         root_der: CertificateDer<'static>,
         intermediate_der: CertificateDer<'static>,
+        staged_der: Option<CertificateDer<'static>>,
+        retiring_der: Option<CertificateDer<'static>>,
         options: CaOptions,
     ) -> Result<Self, CaError> {
-        let trust = TrustBundle::new(vec![root_der.clone()], vec![intermediate_der.clone()])?;
+        // The certificates are checked as a bundle before any key is looked at.
+        let mut all = vec![intermediate_der.clone()];
+        all.extend(staged_der.iter().chain(&retiring_der).cloned());
+        TrustBundle::new(vec![root_der.clone()], all)?;
 
         let root_key = KeyName::new(ROOT_KEY)?;
         let root_public = if keystore.contains(&root_key)? {
@@ -410,22 +605,73 @@ impl Ca {
         };
         let root = ca_cert(root_der, root_key, root_public)?;
 
-        let intermediate_key = KeyName::new(INTERMEDIATE_KEY)?;
-        let intermediate_public = keystore.public_key(&intermediate_key)?;
-        let intermediate = ca_cert(
-            intermediate_der,
-            intermediate_key,
-            Some(intermediate_public),
-        )?;
-        check_path_len_zero(&intermediate.der)?;
-
-        Ok(Self {
+        let intermediate = intermediate_cert(&*keystore, intermediate_der, true)?;
+        let staged = staged_der
+            .map(|der| intermediate_cert(&*keystore, der, true))
+            .transpose()?;
+        let retiring = retiring_der
+            .map(|der| intermediate_cert(&*keystore, der, false))
+            .transpose()?;
+        let shell = Self {
+            trust: TrustBundle::new(vec![root.der.clone()], vec![intermediate.der.clone()])?,
             keystore,
             options,
-            intermediate,
+            intermediate: intermediate.clone(),
+            staged: None,
+            retiring: None,
             root,
+        };
+        shell.with_roles(intermediate, staged, retiring)
+    }
+
+    /// This CA with other intermediates; the trust bundle is rebuilt from them.
+    fn with_roles(
+        &self,
+        intermediate: CaCert,
+        staged: Option<CaCert>,
+        retiring: Option<CaCert>,
+    ) -> Result<Self, CaError> {
+        let mut intermediates = vec![intermediate.der.clone()];
+        intermediates.extend(staged.iter().chain(&retiring).map(|c| c.der.clone()));
+        for der in &intermediates {
+            check_path_len_zero(der)?;
+        }
+        let trust = TrustBundle::new(vec![self.root.der.clone()], intermediates)?;
+        Ok(Self {
+            keystore: self.keystore.clone(),
+            options: self.options,
+            intermediate,
+            staged,
+            retiring,
+            root: self.root.clone(),
             trust,
         })
+    }
+
+    /// A new intermediate certificate for `key`, signed by the root key.
+    fn issue_intermediate(
+        &self,
+        key: &KeyName,
+        public: PublicKey,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<CertificateDer<'static>, CaError> {
+        let root = self.signer(&self.root);
+        let intermediate = KeyStoreSigner::new(self.keystore.clone(), key.clone(), public);
+        let mut params = ca_params(
+            self.trust_domain(),
+            &format!("Entente Intermediate CA {}", key_tag(&intermediate)),
+            not_before,
+            not_after,
+            BasicConstraints::Constrained(0),
+        )?;
+        params.use_authority_key_identifier_extension = true;
+        let issuer = Issuer::from_ca_cert_der(&self.root.der, &root)
+            .map_err(|e| CaError::Certificate(e.to_string()))?;
+        let cert = params
+            .signed_by(&intermediate, &issuer)
+            .map_err(|e| rcgen_error(&root, e))?;
+        Ok(cert.der().clone())
     }
 
     fn signer(&self, cert: &CaCert) -> KeyStoreSigner {
@@ -513,6 +759,59 @@ fn ca_params(
     Ok(params)
 }
 
+/// A name for a new intermediate key: `ca-intermediate-` and 8 random hex digits.
+fn new_intermediate_key_name() -> Result<KeyName, CaError> {
+    let mut tag = [0u8; 4];
+    aws_lc_rs::rand::fill(&mut tag).map_err(|_| CaError::Random)?;
+    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(KeyName::new(&format!("{INTERMEDIATE_KEY}-{hex}"))?)
+}
+
+/// An intermediate certificate with its key, found in `keystore` by public key among
+/// [`INTERMEDIATE_KEY`] and the `ca-intermediate-*` keys. Without a match, a certificate that
+/// must sign is refused; one that need not (retiring) is kept without a key.
+fn intermediate_cert(
+    keystore: &dyn KeyStore,
+    der: CertificateDer<'static>,
+    must_sign: bool,
+) -> Result<CaCert, CaError> {
+    let first = KeyName::new(INTERMEDIATE_KEY)?;
+    let unmatched = ca_cert(der, first.clone(), None)?;
+    let prefix = format!("{INTERMEDIATE_KEY}-");
+    let mut candidates: Vec<KeyName> = keystore
+        .list()?
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| name == &first || name.as_str().starts_with(&prefix))
+        .collect();
+    // The first intermediate's key is tried first.
+    candidates.sort_by_key(|name| name != &first);
+    for name in &candidates {
+        let public = keystore.public_key(name)?;
+        if public.algorithm == KeyAlgorithm::EcdsaP256Sha256
+            && public.bytes == unmatched.public.bytes
+        {
+            return ca_cert(unmatched.der, name.clone(), Some(public));
+        }
+    }
+    if !must_sign {
+        return Ok(unmatched);
+    }
+    match candidates.first() {
+        // The error the first intermediate key alone would give.
+        Some(name) if name == &first => ca_cert(
+            unmatched.der,
+            first.clone(),
+            Some(keystore.public_key(&first)?),
+        ),
+        Some(name) => Err(CaError::KeyMismatch(name.to_string())),
+        None => Err(keystore
+            .public_key(&first)
+            .err()
+            .map_or(CaError::KeyMismatch(first.to_string()), CaError::KeyStore)),
+    }
+}
+
 /// Checks a CA certificate against its key in the store (`None`: not in the store).
 fn ca_cert(
     der: CertificateDer<'static>,
@@ -533,6 +832,7 @@ fn ca_cert(
             point.to_vec(),
         )
     };
+    let in_store = public.is_some();
     let public = match public {
         Some(public) if public.algorithm != KeyAlgorithm::EcdsaP256Sha256 => {
             return Err(CaError::WrongKeyAlgorithm(key.to_string()));
@@ -549,6 +849,7 @@ fn ca_cert(
     Ok(CaCert {
         der,
         key,
+        in_store,
         public,
         signer,
         not_before,

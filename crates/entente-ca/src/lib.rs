@@ -60,7 +60,10 @@ mod signer;
 mod token;
 mod trust;
 
-pub use ca::{Ca, CaError, CaOptions, CaPem, INTERMEDIATE_KEY, IssueError, IssuedSvid, ROOT_KEY};
+pub use ca::{
+    Ca, CaError, CaOptions, CaPem, INTERMEDIATE_KEY, IntermediateInfo, IntermediateRole,
+    IssueError, IssuedSvid, ROOT_KEY,
+};
 pub use revocation::{RevocationError, Revocations, VerifiedRevocationList};
 pub use token::{JoinToken, JoinTokens, RESERVED_SEGMENT, TOKEN_PREFIX, TokenError, TokenInfo};
 pub use trust::{SvidError, TrustBundle, TrustBundleError, VerifiedSvid};

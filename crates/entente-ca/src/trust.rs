@@ -223,6 +223,46 @@ impl TrustBundle {
             .collect()
     }
 
+    /// This bundle's roots with the intermediates of `offered` that one of these roots
+    /// signed: how a relying party takes an intermediate rollover from a hub without letting
+    /// the hub change what it anchors trust in. Intermediates of `offered` under other roots
+    /// are left out; intermediates of this bundle that `offered` no longer lists are dropped.
+    ///
+    /// Fails, and the caller keeps this bundle, if `offered` is for another trust domain or
+    /// none of its intermediates chains to these roots.
+    pub fn adopt_intermediates(&self, offered: &Self) -> Result<Self, TrustBundleError> {
+        if offered.trust_domain != self.trust_domain {
+            return Err(TrustBundleError::TrustDomainMismatch {
+                found: offered.trust_domain.to_string(),
+            });
+        }
+        let roots = self
+            .roots
+            .iter()
+            .map(|der| {
+                parse(der).map_err(|reason| TrustBundleError::Malformed { index: 0, reason })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let chained: Vec<CertificateDer<'static>> = offered
+            .intermediates
+            .iter()
+            .filter(|der| {
+                parse(der).is_ok_and(|cert| {
+                    roots
+                        .iter()
+                        .any(|root| cert.verify_signature(Some(root.public_key())).is_ok())
+                })
+            })
+            .cloned()
+            .collect();
+        if chained.is_empty() {
+            return Err(TrustBundleError::NotChained {
+                index: self.roots.len(),
+            });
+        }
+        Self::new(self.roots.clone(), chained)
+    }
+
     /// The trust domain the CAs serve.
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain

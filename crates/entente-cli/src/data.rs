@@ -45,7 +45,7 @@ use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 use entente_ca::{Ca, CaOptions};
 use entente_client::Identity;
 use entente_crypto::{KeyBundleBody, MessageKeys};
-use entente_hub::{AuditConfig, HubConfig, StreamConfig, StreamSync};
+use entente_hub::{AuditConfig, CaRollover, HubConfig, StreamConfig, StreamSync};
 use entente_types::ChannelPattern;
 
 use crate::commands::agent::parse_duration;
@@ -315,7 +315,16 @@ impl DataDir {
         let root_pem = String::from_utf8(files::read_private(&ca_dir.join(ROOT_PEM))?)?;
         let intermediate_pem =
             String::from_utf8(files::read_private(&ca_dir.join(INTERMEDIATE_PEM))?)?;
-        let ca = Ca::load(keystore, &root_pem, &intermediate_pem, CaOptions::default())?;
+        let store = EmbeddedStore::open(root.join(STORE))?;
+        // After an intermediate rollover, the store holds the intermediates in use.
+        let rollover = store.config_now(entente_hub::CA_ROLLOVER_KEY)?;
+        let ca = entente_hub::load_ca(
+            keystore,
+            &root_pem,
+            &intermediate_pem,
+            CaOptions::default(),
+            rollover.as_deref(),
+        )?;
         if ca.trust_domain().as_str() != config.trust_domain {
             bail!(
                 "the CA is for trust domain `{}` but the config says `{}`",
@@ -323,7 +332,16 @@ impl DataDir {
                 config.trust_domain
             );
         }
-        let store = EmbeddedStore::open(root.join(STORE))?;
+        // Keep `ca.pem` the bundle in force: after a rollover, the one agents should enroll
+        // with lists the new intermediate (its root, all that enrollment needs, never changes).
+        let trust = ca.trust_bundle().to_pem();
+        if std::fs::read_to_string(root.join(TRUST_PEM))
+            .ok()
+            .as_deref()
+            != Some(trust.as_str())
+        {
+            files::replace(root, TRUST_PEM, trust.as_bytes(), &SystemRandom::new())?;
+        }
         // The admin's certificate is short-lived: refresh it at each start if it is past half
         // its life or unusable.
         let admin_dir = root.join(ADMIN);
@@ -390,6 +408,40 @@ pub(crate) struct ConfigFile {
     /// Durable channels (docs/DURABLE.md), kept in `streams/`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) durable: Vec<DurableChannel>,
+    /// The intermediate CA rollover (docs/KEYS.md); defaults when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) ca_rollover: Option<CaRolloverTable>,
+}
+
+/// The `[ca_rollover]` table of `config.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CaRolloverTable {
+    /// How long each phase lasts (`1d`, the default); at least the certificate lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) overlap: Option<String>,
+    /// Stage a new intermediate when the active one has less than this left (`30d`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) lead: Option<String>,
+    /// Whether the hub stages new intermediates by itself (default `true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) automatic: Option<bool>,
+}
+
+impl CaRolloverTable {
+    fn to_rollover(&self) -> Result<CaRollover> {
+        let mut rollover = CaRollover::default();
+        if let Some(overlap) = &self.overlap {
+            rollover.overlap = parse_duration(overlap).context("`[ca_rollover]` `overlap`")?;
+        }
+        if let Some(lead) = &self.lead {
+            rollover.lead = parse_duration(lead).context("`[ca_rollover]` `lead`")?;
+        }
+        if let Some(automatic) = self.automatic {
+            rollover.automatic = automatic;
+        }
+        Ok(rollover)
+    }
 }
 
 /// The `[keystore]` table of `config.toml`.
@@ -473,6 +525,7 @@ impl ConfigFile {
             trust_domain: td.to_string(),
             keystore: None,
             durable: Vec::new(),
+            ca_rollover: None,
         }
     }
 
@@ -515,6 +568,12 @@ impl ConfigFile {
         Ok(HubConfig {
             listen,
             admins: vec![admin],
+            ca_rollover: self
+                .ca_rollover
+                .as_ref()
+                .map(CaRolloverTable::to_rollover)
+                .transpose()?
+                .unwrap_or_default(),
             ..HubConfig::default()
         })
     }

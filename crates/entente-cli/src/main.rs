@@ -79,8 +79,8 @@ enum Command {
     /// offline.
     #[command(subcommand)]
     Audit(commands::audit::AuditCommand),
-    /// The hub's data keys and audit checkpoint keys: show them, rotate one now
-    /// (administrators).
+    /// The hub's data keys, audit checkpoint keys and intermediate CAs: show them, rotate one
+    /// now (administrators).
     #[command(subcommand)]
     Keys(commands::keys::KeysCommand),
     /// Manage join tokens.

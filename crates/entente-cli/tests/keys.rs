@@ -1,4 +1,4 @@
-//! `entente keys status` and `entente keys rotate data|audit` against a real hub.
+//! `entente keys status` and `entente keys rotate data|audit|intermediate` against a real hub.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -76,4 +76,97 @@ fn administrators_see_and_rotate_the_hubs_keys_and_agents_may_not() {
         String::from_utf8_lossy(&refused.stderr)
     );
     stop(hub);
+}
+
+#[test]
+fn an_intermediate_rollover_is_staged_on_request_and_survives_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("hub");
+    let (hub, info) = start(&data);
+    let addr = info["listening"].as_str().unwrap().to_owned();
+    let admin = data.join("admin");
+    let at = ["--identity", s(&admin), "--hub", &addr, "--json"];
+
+    let before = keys(&[&["keys", "status"][..], &at[..]].concat());
+    let intermediates = before["intermediates"].as_array().unwrap();
+    assert_eq!(intermediates.len(), 1, "{before:#}");
+    assert_eq!(intermediates[0]["role"], "active");
+    assert_eq!(intermediates[0]["key"], "ca-intermediate");
+    let first = intermediates[0]["signer"].as_str().unwrap().to_owned();
+    assert_eq!(before["rollover_next"], "stage", "{before:#}");
+
+    let staged = keys(&[&["keys", "rotate", "intermediate"][..], &at[..]].concat());
+    assert!(
+        staged["rotated"]
+            .as_str()
+            .unwrap()
+            .starts_with("staged intermediate"),
+        "{staged:#}"
+    );
+    let roles: Vec<_> = staged["intermediates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["role"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(roles, ["active", "staged"]);
+    assert_eq!(staged["intermediates"][0]["signer"], first.as_str());
+    let new_key = staged["intermediates"][1]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(new_key.starts_with("ca-intermediate-"), "{staged:#}");
+    assert_eq!(staged["rollover_next"], "activate");
+
+    // A second rollover can't begin before this one ends.
+    let refused = entente(&[
+        "keys",
+        "rotate",
+        "intermediate",
+        "--identity",
+        s(&admin),
+        "--hub",
+        &addr,
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("in progress"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // The staged intermediate is kept: a restarted hub still trusts it and new agents learn
+    // it at enrollment.
+    stop(hub);
+    let (hub, info) = start(&data);
+    let addr = info["listening"].as_str().unwrap().to_owned();
+    let at = ["--identity", s(&admin), "--hub", &addr, "--json"];
+    let after = keys(&[&["keys", "status"][..], &at[..]].concat());
+    assert_eq!(after["intermediates"], staged["intermediates"], "{after:#}");
+    let agent = enroll(&data, &addr, "demo/eve", tmp.path());
+    let trust = std::fs::read_to_string(agent.join("ca.pem")).unwrap();
+    assert_eq!(trust.matches("BEGIN CERTIFICATE").count(), 3, "{trust}");
+
+    let text = ok(&["keys", "status", "--identity", s(&admin), "--hub", &addr]);
+    assert!(
+        text.contains("staged") && text.contains("next rollover step: activate"),
+        "{text}"
+    );
+    stop(hub);
+}
+
+#[test]
+fn an_overlap_shorter_than_the_certificate_lifetime_stops_the_hub_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("hub");
+    let (hub, _) = start(&data);
+    stop(hub);
+    let config = data.join("config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[ca_rollover]\noverlap = \"30m\"\n");
+    std::fs::write(&config, text).unwrap();
+    let out = entente(&["hub", "start", "--data", s(&data)]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("overlap"), "{stderr}");
 }

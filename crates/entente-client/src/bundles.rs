@@ -1,5 +1,10 @@
 //! The key bundles a client trusts: every one verified against the identity's trust bundle
 //! (PROTOCOL.md §3), whoever supplied it — the application or the hub's directory.
+//!
+//! The trust bundle is the latest one the client's identity has: a renewal may adopt the
+//! intermediates of an intermediate CA rollover ([`KeyBundleCache::replace_trust`]), after
+//! which bundles signed by the new intermediate verify, and held bundles whose signer the new
+//! trust bundle dropped are forgotten (the directory serves them re-signed).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -15,19 +20,48 @@ use crate::{Error, ErrorKind};
 /// key change still verify.
 const EPOCHS_KEPT: usize = 4;
 
-/// Verified key bundles by principal and epoch.
+/// Verified key bundles by principal and epoch, and the trust bundle they verified against.
 #[derive(Debug)]
 pub(crate) struct KeyBundleCache {
-    trust: TrustBundle,
-    bundles: Mutex<HashMap<Principal, Vec<VerifiedKeyBundle>>>,
+    /// One lock for both: a bundle is verified and kept under the same trust bundle, never
+    /// kept after a [`KeyBundleCache::replace_trust`] it was not checked against.
+    state: Mutex<State>,
 }
+
+#[derive(Debug)]
+struct State {
+    trust: TrustBundle,
+    bundles: HashMap<Principal, Vec<VerifiedKeyBundle>>,
+}
+
+// === impl KeyBundleCache ===
 
 impl KeyBundleCache {
     pub(crate) fn new(trust: TrustBundle) -> Self {
         Self {
-            trust,
-            bundles: Mutex::new(HashMap::new()),
+            state: Mutex::new(State {
+                trust,
+                bundles: HashMap::new(),
+            }),
         }
+    }
+
+    /// Verifies from now on against `trust` (a renewal adopted new intermediates), and
+    /// forgets held bundles that no longer verify against it at `now_ms`.
+    pub(crate) fn replace_trust(&self, trust: TrustBundle, now_ms: u64) {
+        let mut state = self.lock();
+        if state.trust.to_pem() == trust.to_pem() {
+            return;
+        }
+        for held in state.bundles.values_mut() {
+            held.retain(|b| {
+                KeyBundleIn::from_wire(b.to_wire().clone())
+                    .and_then(|b| b.verify(&trust, now_ms))
+                    .is_ok()
+            });
+        }
+        state.bundles.retain(|_, held| !held.is_empty());
+        state.trust = trust;
     }
 
     /// Verifies `bundle` against the trust bundle at `now_ms` and keeps it.
@@ -37,8 +71,9 @@ impl KeyBundleCache {
         now_ms: u64,
     ) -> Result<VerifiedKeyBundle, Error> {
         let principal = bundle.principal.clone();
+        let mut state = self.lock();
         let verified = KeyBundleIn::from_wire(bundle)
-            .and_then(|b| b.verify(&self.trust, now_ms))
+            .and_then(|b| b.verify(&state.trust, now_ms))
             .map_err(|e| {
                 let who = Principal::parse(&principal)
                     .map_or_else(|_| "a principal".to_owned(), |p| format!("`{p}`"));
@@ -48,7 +83,7 @@ impl KeyBundleCache {
                 )
                 .with_source(e)
             })?;
-        self.insert(verified.clone());
+        state.insert(verified.clone());
         Ok(verified)
     }
 
@@ -62,6 +97,7 @@ impl KeyBundleCache {
     ) -> Result<VerifiedKeyBundle, Error> {
         let known = self
             .lock()
+            .bundles
             .get(bundle.principal())
             .is_some_and(|held| held.iter().any(|b| b.to_wire() == bundle.to_wire()));
         if known && bundle.is_valid_at(now_ms) {
@@ -73,6 +109,7 @@ impl KeyBundleCache {
     /// The newest bundle of `principal` valid at `now_ms`.
     pub(crate) fn latest(&self, principal: &Principal, now_ms: u64) -> Option<VerifiedKeyBundle> {
         self.lock()
+            .bundles
             .get(principal)?
             .iter()
             .rev()
@@ -88,15 +125,23 @@ impl KeyBundleCache {
         now_ms: u64,
     ) -> Option<VerifiedKeyBundle> {
         self.lock()
+            .bundles
             .get(principal)?
             .iter()
             .find(|b| b.epoch() == epoch && b.is_valid_at(now_ms))
             .cloned()
     }
 
-    fn insert(&self, bundle: VerifiedKeyBundle) {
-        let mut bundles = self.lock();
-        let held = bundles.entry(bundle.principal().clone()).or_default();
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+// === impl State ===
+
+impl State {
+    fn insert(&mut self, bundle: VerifiedKeyBundle) {
+        let held = self.bundles.entry(bundle.principal().clone()).or_default();
         // One bundle per epoch: a re-signed bundle for an epoch replaces the old one.
         held.retain(|b| b.epoch() != bundle.epoch());
         held.push(bundle);
@@ -104,8 +149,94 @@ impl KeyBundleCache {
         let excess = held.len().saturating_sub(EPOCHS_KEPT);
         held.drain(..excess);
     }
+}
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Principal, Vec<VerifiedKeyBundle>>> {
-        self.bundles.lock().unwrap_or_else(PoisonError::into_inner)
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use entente_ca::{Ca, CaOptions};
+    use entente_crypto::KeyBundleBody;
+    use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock};
+    use entente_types::{AgentId, TrustDomain};
+
+    use super::*;
+
+    fn now_ms() -> u64 {
+        u64::try_from(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap()
+    }
+
+    fn bundle(ca: &Ca, name: &str) -> wire::KeyBundle {
+        let td = ca.trust_domain();
+        let now = now_ms();
+        ca.sign_key_bundle(KeyBundleBody {
+            principal: Principal::from(AgentId::new(td, "ops", name).unwrap()),
+            ed25519_public: [1; 32],
+            x25519_public: [2; 32],
+            epoch: 1,
+            not_before_ms: now - 60_000,
+            not_after_ms: now + 3_600_000,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_replaced_trust_bundle_verifies_the_new_intermediate_and_forgets_the_retired_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let keystore = LocalKeyStore::create(
+            &tmp.path().join("keys"),
+            &Unlock::passphrase("pw"),
+            Argon2Params::danger_fast_for_tests(),
+        )
+        .unwrap();
+        let td = TrustDomain::new("acme.internal").unwrap();
+        let ca = Ca::init(
+            Arc::new(keystore),
+            &td,
+            CaOptions::default(),
+            SystemTime::now(),
+        )
+        .unwrap();
+        let cache = KeyBundleCache::new(ca.trust_bundle().clone());
+        let old = cache.trust(bundle(&ca, "bob"), now_ms()).unwrap();
+        let active = ca
+            .stage_intermediate(SystemTime::now())
+            .unwrap()
+            .activate_staged()
+            .unwrap();
+
+        // Signed by an intermediate the cache's trust bundle does not list.
+        let carol = bundle(&active, "carol");
+        let e = cache.trust(carol.clone(), now_ms()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Crypto, "{e}");
+        assert!(e.to_string().contains("carol"), "{e}");
+
+        // Once it does, the bundle verifies; what the old intermediate signed is kept.
+        cache.replace_trust(active.trust_bundle().clone(), now_ms());
+        cache.trust(carol, now_ms()).unwrap();
+        assert_eq!(cache.latest(old.principal(), now_ms()), Some(old.clone()));
+
+        // After retirement, bundles the old intermediate signed are forgotten...
+        let (retired, _) = active.retire_previous().unwrap();
+        cache.replace_trust(retired.trust_bundle().clone(), now_ms());
+        assert_eq!(cache.latest(old.principal(), now_ms()), None);
+        assert!(cache.trust(old.to_wire().clone(), now_ms()).is_err());
+        // ...and admitted again only re-signed.
+        let resigned = retired.sign_key_bundle(old.body().clone()).unwrap();
+        assert!(cache.admit(&old, now_ms()).is_err());
+        cache.trust(resigned.clone(), now_ms()).unwrap();
+        assert_eq!(
+            cache.epoch(old.principal(), 1, now_ms()).unwrap().to_wire(),
+            &resigned
+        );
     }
 }

@@ -10,7 +10,9 @@
 //!   messages and rejections are handed to the subscription.
 //!
 //! A third task, unless [`ClientOptions::renew`] turned it off, renews the certificate over
-//! the connection at half-life ([`crate::renew`]).
+//! the connection at half-life ([`crate::renew`]). A renewal may also adopt a new intermediate
+//! CA (an intermediate rollover) and this principal's re-signed key bundle: the key bundle
+//! cache then verifies against the renewed identity's trust bundle.
 //!
 //! When the session ends — the hub closes it (revocation, expiry, shutdown), the connection
 //! drops, [`Client::close`] is called, or every handle and subscription is dropped — everything
@@ -119,8 +121,9 @@ struct Inner {
 /// What the handles and the tasks share.
 #[derive(Debug)]
 struct Shared {
-    /// The identity connected with. Its principal, message keys, key bundle and trust bundle
-    /// never change; the certificate in use is `credential`'s.
+    /// The identity connected with. Its principal, message keys and key epoch never change;
+    /// the certificate in use, the trust bundle and this principal's key bundle (re-signed
+    /// after an intermediate rollover) are `credential`'s.
     identity: Arc<Identity>,
     credential: Credential,
     options: ClientOptions,
@@ -264,6 +267,7 @@ impl Client {
                 let timeout = shared.options.request_timeout;
                 renew::run(
                     &shared.credential,
+                    &shared.bundles,
                     &shared.stats,
                     &transport,
                     timeout,
@@ -290,7 +294,9 @@ impl Client {
 
     /// The credentials in use: the identity connected with, or — once the client renewed its
     /// certificate ([`ClientOptions::renew`]) — the same identity with the latest certificate
-    /// and TLS key. Connect again with this, not the original, which expires sooner.
+    /// and TLS key, and the trust bundle and key bundle as the latest renewal left them (the
+    /// intermediates of a CA rollover adopted, the key bundle re-signed). Connect again with
+    /// this, not the original, which expires sooner.
     ///
     /// ```no_run
     /// # async fn run(client: entente_client::Client) -> Result<(), entente_client::Error> {
@@ -328,8 +334,10 @@ impl Client {
 
     /// Why the latest renewal of the certificate failed (the hub refused it or did not
     /// answer, its certificate did not check out, or it could not be written to the identity
-    /// directory); `None` when none failed since the last one that succeeded. Failures are
-    /// retried with backoff until the certificate expires, and counted in
+    /// directory), or took effect with part of the hub's answer refused (a trust bundle whose
+    /// intermediates are not under this identity's roots, a key bundle for other keys: the
+    /// current one is kept); `None` when none failed since the last one that succeeded.
+    /// Failures are retried with backoff until the certificate expires, and counted in
     /// [`ClientStats::renewal_failures`].
     pub fn renewal_error(&self) -> Option<Error> {
         self.inner.shared.credential.failure()
@@ -810,9 +818,10 @@ impl Client {
         self.inner.shared.options.request_timeout
     }
 
-    /// The identity connected with: its principal, message keys and key bundle never change.
-    pub(crate) fn connected_identity(&self) -> &Identity {
-        &self.inner.shared.identity
+    /// The identity in use: the connected one's principal and message keys, with the latest
+    /// certificate, trust bundle and key bundle.
+    pub(crate) fn current_identity(&self) -> Arc<Identity> {
+        self.inner.shared.credential.current()
     }
 
     /// `error`, or the reason the session ended if it ended meanwhile.
@@ -1857,7 +1866,7 @@ fn parse_channel(channel: &str) -> Result<Channel, Error> {
     })
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, millis)

@@ -1,5 +1,9 @@
 //! Enrollment: a join token, a fresh TLS key and CSR, and fresh message keys, exchanged with the
 //! hub for an X509-SVID and a CA-signed key bundle.
+//!
+//! The trust bundle obtained out of band stays the anchor: from the trust bundle the hub sends
+//! back, only intermediates one of its roots signed are adopted, so that an agent enrolling
+//! during an intermediate CA rollover already knows the staged intermediate.
 
 use std::time::{Duration, SystemTime};
 
@@ -11,6 +15,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::net::ToSocketAddrs;
 use zeroize::Zeroizing;
 
+use crate::identity::enrollment_trust;
 use crate::{Error, ErrorKind, Identity, transport::Transport};
 
 /// The gRPC path of enrollment.
@@ -22,9 +27,12 @@ const ENROLL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Enrolls with the hub at `hub` using a one-time join `token`.
 ///
 /// `trust` is the trust bundle obtained out of band (the hub operator's `ca.pem`): the hub is
-/// verified against it, and the returned identity is checked against it, never against what
-/// the hub sends. The keys are generated here and never leave this process; save the identity
-/// with [`Identity::save`].
+/// verified against it, and the returned identity is checked against its roots, never against
+/// roots the hub sends. The identity's trust bundle is `trust` with the intermediates of the
+/// hub's trust bundle that a root of `trust` signed (during an intermediate rollover, the
+/// staged or new intermediate); if the hub's bundle does not parse, brings none, or would not
+/// verify the issued key bundle, it is `trust` as given. The keys are generated here and never
+/// leave this process; save the identity with [`Identity::save`].
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -71,14 +79,16 @@ pub async fn enroll(
             format!("the hub's key bundle names no valid principal: {e}"),
         )
     })?;
+    let now = SystemTime::now();
+    let trust = enrollment_trust(trust, &response.trust_bundle_pem, &bundle, now);
     Identity::new(
         principal,
         chain,
         tls_key.pkcs8,
         message_keys,
         bundle,
-        trust.clone(),
-        SystemTime::now(),
+        trust,
+        now,
     )
     .map_err(|e| {
         Error::new(

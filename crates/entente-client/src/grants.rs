@@ -387,7 +387,9 @@ impl Client {
         verdict: Verdict,
     ) -> Result<ApprovalOutcome, Error> {
         let request_id = id;
-        let identity = self.connected_identity();
+        // The latest key bundle: the hub verifies it against its trust bundle, which drops a
+        // retired intermediate.
+        let identity = self.current_identity();
         let statement = ApprovalStatement {
             verdict,
             kind,

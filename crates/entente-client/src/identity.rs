@@ -13,12 +13,27 @@
 //! | `tls-key.next.pem` | only while a renewal is being written: the new TLS key |
 //!
 //! The directory is created 0700 and every file 0600, and each file is replaced atomically.
-//! The certificate and its TLS key live in two files, so writing a renewed pair takes four
-//! steps: the new key goes to `tls-key.next.pem`, then `chain.pem` is replaced (the moment the
-//! renewal takes effect on disk), then `tls-key.pem`, and `tls-key.next.pem` is removed.
-//! Loading takes `tls-key.next.pem` when it, and not `tls-key.pem`, is the chain's key. A crash
-//! at any step leaves the old certificate with its key or the new one with its key, never a
-//! mix.
+//!
+//! A renewal ([`Identity::renewed_with`]) brings a new certificate and TLS key, and may bring
+//! what the hub's answer offers during an intermediate CA rollover: the hub's trust bundle,
+//! whose intermediates are adopted only if a root this identity already trusts signed them
+//! ([`TrustBundle::adopt_intermediates`]: the hub never changes the roots), and this
+//! principal's key bundle re-signed by the new intermediate, taken only if it verifies and
+//! carries the same principal, message keys and epoch. What is refused leaves the current
+//! trust bundle or key bundle in place; the certificate is renewed all the same.
+//!
+//! Writing a renewal ([`Identity::save_renewal`]) replaces only what changed, in an order
+//! such that a crash at any step leaves a directory that loads:
+//!
+//! 1. if the trust bundle changed, `ca.pem` first becomes the old and new intermediates
+//!    together, so that the key bundle on disk, old or new, verifies against it;
+//! 2. if the key bundle changed, `key-bundle.pb` is replaced;
+//! 3. the certificate and its TLS key, which live in two files, in four steps: the new key
+//!    goes to `tls-key.next.pem`, then `chain.pem` is replaced (the moment the renewal takes
+//!    effect on disk), then `tls-key.pem`, and `tls-key.next.pem` is removed. Loading takes
+//!    `tls-key.next.pem` when it, and not `tls-key.pem`, is the chain's key, so a crash
+//!    leaves the old certificate with its key or the new one with its key, never a mix;
+//! 4. `ca.pem` becomes the adopted trust bundle (dropping an intermediate the hub retired).
 //!
 //! Loading checks everything fits together: the chain verifies against the trust bundle for
 //! the recorded principal, the TLS key is the certificate's key, and the key bundle verifies
@@ -88,6 +103,26 @@ pub enum IdentityError {
     /// The key bundle does not verify, or does not carry these message keys.
     #[error("the key bundle does not match: {0}")]
     KeyBundle(String),
+    /// An offered trust bundle is not adopted: it is malformed, of another trust domain, has
+    /// no intermediate signed by a root of this identity's trust bundle, or would leave this
+    /// identity's key bundle unverifiable.
+    #[error("the offered trust bundle is not adopted: {0}")]
+    TrustBundle(String),
+}
+
+/// A renewed identity ([`Identity::renewed_with`]), and what of the hub's offer it refused.
+///
+/// A refusal does not stop the renewal: the identity has the new certificate and keeps its
+/// current trust bundle or key bundle in place of the refused one.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Renewed {
+    /// The identity with the new certificate, and the adopted trust bundle and key bundle.
+    pub identity: Identity,
+    /// Why the offered trust bundle was not adopted; `None` when it was, or none was offered.
+    pub trust_refused: Option<IdentityError>,
+    /// Why the offered key bundle was not taken; `None` when it was, or none was offered.
+    pub key_bundle_refused: Option<IdentityError>,
 }
 
 /// An enrolled principal's credentials.
@@ -231,10 +266,34 @@ impl Identity {
         Ok(())
     }
 
-    /// Writes the certificate chain and TLS key to the identity directory `dir`, which must
-    /// hold this principal's identity: what a renewal changes, as one step (see the module
-    /// documentation).
-    pub(crate) fn save_certificate(&self, dir: &Path) -> Result<(), IdentityError> {
+    /// Writes what a renewal changes to the identity directory `dir`, which must hold this
+    /// principal's identity: the trust bundle and the key bundle if they differ from the
+    /// files, and the certificate chain and TLS key, in an order that a crash at any step
+    /// leaves a directory that loads (see the module documentation).
+    ///
+    /// ```no_run
+    /// # fn run(
+    /// #     identity: entente_client::Identity,
+    /// #     chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// #     tls_key: zeroize::Zeroizing<Vec<u8>>,
+    /// #     response: entente_wire::RenewResponse,
+    /// # ) -> Result<(), entente_client::IdentityError> {
+    /// use std::time::SystemTime;
+    ///
+    /// let renewed = identity.renewed_with(
+    ///     chain,
+    ///     tls_key,
+    ///     &response.trust_bundle_pem,
+    ///     response.key_bundle,
+    ///     SystemTime::now(),
+    /// )?;
+    /// if let Some(dir) = renewed.identity.dir() {
+    ///     renewed.identity.save_renewal(dir)?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn save_renewal(&self, dir: &Path) -> Result<(), IdentityError> {
         files::check_dir(dir)?;
         let meta: Meta = serde_json::from_slice(&files::read_private(&dir.join(META))?)
             .map_err(|e| malformed(META, e))?;
@@ -247,34 +306,125 @@ impl Identity {
                 found: meta.principal,
             });
         }
-        self.write_certificate(dir, &SystemRandom::new())
+        let rng = SystemRandom::new();
+        let trust_pem = self.trust.to_pem();
+        let trust_on_disk = files::read_private(&dir.join(TRUST))?;
+        let mut trust_changed = trust_on_disk != trust_pem.as_bytes();
+        if trust_changed {
+            // The key bundle on disk may be signed by an intermediate the new trust bundle
+            // dropped: until it is replaced, the bundle on disk keeps both.
+            let both = std::str::from_utf8(&trust_on_disk)
+                .ok()
+                .and_then(|pem| TrustBundle::from_pem(pem).ok())
+                .and_then(|old| with_intermediates_of(&self.trust, &old))
+                .map(|both| both.to_pem());
+            if let Some(both) = both {
+                files::replace(dir, TRUST, both.as_bytes(), &rng)?;
+                // Nothing was dropped: this is already the new bundle.
+                trust_changed = both != trust_pem;
+            }
+        }
+        let key_bundle = wire::encode(self.key_bundle.to_wire());
+        if files::read_private(&dir.join(KEY_BUNDLE))? != key_bundle {
+            files::replace(dir, KEY_BUNDLE, &key_bundle, &rng)?;
+        }
+        self.write_certificate(dir, &rng)?;
+        if trust_changed {
+            files::replace(dir, TRUST, trust_pem.as_bytes(), &rng)?;
+        }
+        Ok(())
     }
 
     /// Replaces the certificate chain and TLS key after a renewal (checked like
     /// [`Identity::new`]: the chain verifies against the trust bundle at `now`, names this
-    /// principal, and carries the public key of `tls_key_pkcs8`). The directory is kept.
+    /// principal, and carries the public key of `tls_key_pkcs8`), keeping the trust bundle
+    /// and key bundle. The directory is kept. [`Identity::renewed_with`] also takes what the
+    /// hub's renewal answer offers.
     pub fn renewed(
         &self,
         chain: Vec<CertificateDer<'static>>,
         tls_key_pkcs8: Zeroizing<Vec<u8>>,
         now: SystemTime,
     ) -> Result<Self, IdentityError> {
+        self.renewed_with(chain, tls_key_pkcs8, "", None, now)
+            .map(|renewed| renewed.identity)
+    }
+
+    /// Replaces the certificate chain and TLS key after a renewal, and takes what the hub's
+    /// renewal answer offers besides (`RenewResponse`), as far as it checks out:
+    ///
+    /// - `offered_trust_pem` (empty: nothing offered): the hub's trust bundle. Its
+    ///   intermediates signed by a root of this identity's trust bundle replace this
+    ///   bundle's intermediates; the roots never change
+    ///   ([`TrustBundle::adopt_intermediates`]). Refused, keeping the current trust bundle, if
+    ///   it does not parse, is of another trust domain, has no intermediate under these roots,
+    ///   or would leave the key bundle kept unverifiable.
+    /// - `offered_key_bundle`: this principal's key bundle as the hub serves it (re-signed by
+    ///   a new intermediate after a rollover). Taken only if it verifies against the (adopted)
+    ///   trust bundle at `now` and carries the same principal, Ed25519 key, X25519 key and
+    ///   epoch as the current one; refused otherwise, keeping the current one.
+    ///
+    /// The new chain is checked like [`Identity::new`] against the (adopted) trust bundle;
+    /// that failing fails the renewal. A refused offer does not: [`Renewed`] says why it was
+    /// refused. The directory is kept.
+    pub fn renewed_with(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        tls_key_pkcs8: Zeroizing<Vec<u8>>,
+        offered_trust_pem: &str,
+        offered_key_bundle: Option<wire::KeyBundle>,
+        now: SystemTime,
+    ) -> Result<Renewed, IdentityError> {
+        let (mut trust, mut trust_refused) = if offered_trust_pem.trim().is_empty() {
+            (self.trust.clone(), None)
+        } else {
+            match adopt_intermediates(&self.trust, offered_trust_pem) {
+                Ok(adopted) => (adopted, None),
+                Err(e) => (self.trust.clone(), Some(e)),
+            }
+        };
+        let (key_bundle, key_bundle_refused) = match offered_key_bundle {
+            None => (self.key_bundle.to_wire().clone(), None),
+            Some(offered) => match self.check_own_key_bundle(offered, &trust, now) {
+                Ok(offered) => (offered, None),
+                Err(e) => (self.key_bundle.to_wire().clone(), Some(e)),
+            },
+        };
+        // Keeping the current key bundle under an adopted trust bundle that dropped its
+        // signer would leave this identity unable to prove its keys: keep the current one.
+        if trust_refused.is_none()
+            && KeyBundleIn::from_wire(key_bundle.clone())
+                .and_then(|b| b.verify(&trust, unix_ms(now)))
+                .is_err()
+        {
+            trust = self.trust.clone();
+            trust_refused = Some(IdentityError::TrustBundle(
+                "it drops the intermediate that signed this identity's key bundle, and no key \
+                 bundle re-signed under it was taken"
+                    .into(),
+            ));
+        }
         let secret = self
             .message_keys
             .to_secret_bytes()
             .map_err(|e| malformed(MESSAGE_KEYS, e))?;
         let message_keys =
             MessageKeys::from_secret_bytes(&secret).map_err(|e| malformed(MESSAGE_KEYS, e))?;
-        Self::new(
+        let identity = Self::new(
             self.principal.clone(),
             chain,
             tls_key_pkcs8,
             message_keys,
-            self.key_bundle.to_wire().clone(),
-            self.trust.clone(),
+            key_bundle,
+            trust,
             now,
-        )
-        .map(|renewed| renewed.with_dir(self.dir.clone()))
+        )?
+        .with_dir(self.dir.clone());
+        Ok(Renewed {
+            identity,
+            trust_refused,
+            key_bundle_refused,
+        })
     }
 
     /// Sets the identity directory a [`Client`](crate::Client) writes renewed certificates to:
@@ -340,6 +490,37 @@ impl Identity {
     /// The trust bundle.
     pub fn trust(&self) -> &TrustBundle {
         &self.trust
+    }
+
+    /// `offered` if it verifies against `trust` at `now` and differs from this identity's
+    /// key bundle at most in its validity and signature.
+    fn check_own_key_bundle(
+        &self,
+        offered: wire::KeyBundle,
+        trust: &TrustBundle,
+        now: SystemTime,
+    ) -> Result<wire::KeyBundle, IdentityError> {
+        let verified = KeyBundleIn::from_wire(offered)
+            .and_then(|b| b.verify(trust, unix_ms(now)))
+            .map_err(|e| IdentityError::KeyBundle(format!("the offered key bundle: {e}")))?;
+        let (offered, current) = (verified.body(), self.key_bundle.body());
+        if offered.principal != current.principal {
+            return Err(IdentityError::KeyBundle(format!(
+                "the offered key bundle is for `{}`, not `{}`",
+                offered.principal, current.principal
+            )));
+        }
+        if offered.ed25519_public != current.ed25519_public
+            || offered.x25519_public != current.x25519_public
+            || offered.epoch != current.epoch
+        {
+            return Err(IdentityError::KeyBundle(format!(
+                "the offered key bundle carries other message keys (epoch {}) than this \
+                 identity's (epoch {})",
+                offered.epoch, current.epoch
+            )));
+        }
+        Ok(verified.to_wire().clone())
     }
 
     /// Writes the chain and TLS key so that a crash leaves the old pair or the new one.
@@ -431,6 +612,55 @@ fn read_tls_key(dir: &Path, file: &'static str) -> Result<Zeroizing<Vec<u8>>, Id
             .secret_pkcs8_der()
             .to_vec(),
     ))
+}
+
+/// `trust` with the intermediates of `offered_pem` that a root of `trust` signed, instead of
+/// its own.
+fn adopt_intermediates(
+    trust: &TrustBundle,
+    offered_pem: &str,
+) -> Result<TrustBundle, IdentityError> {
+    let offered = TrustBundle::from_pem(offered_pem)
+        .map_err(|e| IdentityError::TrustBundle(format!("it does not parse: {e}")))?;
+    trust
+        .adopt_intermediates(&offered)
+        .map_err(|e| IdentityError::TrustBundle(e.to_string()))
+}
+
+/// `trust` with, besides its own, the intermediates of `other` that a root of `trust` signed;
+/// `None` if `other` has none.
+fn with_intermediates_of(trust: &TrustBundle, other: &TrustBundle) -> Option<TrustBundle> {
+    let adopted = trust.adopt_intermediates(other).ok()?;
+    let mut intermediates = trust.intermediates().to_vec();
+    for cert in adopted.intermediates() {
+        if !intermediates.contains(cert) {
+            intermediates.push(cert.clone());
+        }
+    }
+    TrustBundle::new(trust.roots().to_vec(), intermediates).ok()
+}
+
+/// The trust bundle a freshly enrolled identity uses: `out_of_band` with the intermediates the
+/// hub offered in `offered_pem` adopted (an agent enrolling during a rollover learns the
+/// staged intermediate), as long as `key_bundle` still verifies against it at `now`;
+/// `out_of_band` otherwise.
+pub(crate) fn enrollment_trust(
+    out_of_band: &TrustBundle,
+    offered_pem: &str,
+    key_bundle: &wire::KeyBundle,
+    now: SystemTime,
+) -> TrustBundle {
+    if offered_pem.trim().is_empty() {
+        return out_of_band.clone();
+    }
+    adopt_intermediates(out_of_band, offered_pem)
+        .ok()
+        .filter(|adopted| {
+            KeyBundleIn::from_wire(key_bundle.clone())
+                .and_then(|b| b.verify(adopted, unix_ms(now)))
+                .is_ok()
+        })
+        .unwrap_or_else(|| out_of_band.clone())
 }
 
 /// Certificate times are years 1950 to 9999; earlier counts as the epoch.
@@ -565,7 +795,7 @@ mod tests {
             .renewed(new.chain.clone(), new.tls_key.clone(), SystemTime::now())
             .unwrap();
         assert_eq!(renewed.dir(), loaded.dir());
-        renewed.save_certificate(&dir).unwrap();
+        renewed.save_renewal(&dir).unwrap();
         let again = Identity::load(&dir, SystemTime::now()).unwrap();
         assert_eq!(again.chain, new.chain);
         assert_eq!(again.tls_key_pkcs8(), new.tls_key_pkcs8());
@@ -596,12 +826,126 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            new.save_certificate(&dir).unwrap_err(),
+            new.save_renewal(&dir).unwrap_err(),
             IdentityError::WrongPrincipal { .. }
         ));
         assert_eq!(
             files::read_private(&dir.join(CHAIN)).unwrap(),
             old.chain_pem().into_bytes()
+        );
+    }
+
+    /// A CA in `tmp` and an identity it issued, and the same identity renewed after the CA's
+    /// intermediate was rolled over and the old one retired: new certificate, trust bundle
+    /// without the old intermediate, key bundle re-signed by the new one.
+    fn identity_and_rollover(tmp: &Path) -> (Identity, Identity) {
+        let keystore = LocalKeyStore::create(
+            &tmp.join("keys"),
+            &Unlock::passphrase("pw"),
+            Argon2Params::danger_fast_for_tests(),
+        )
+        .unwrap();
+        let td = TrustDomain::new("acme.internal").unwrap();
+        let now = SystemTime::now();
+        let ca = Ca::init(Arc::new(keystore), &td, CaOptions::default(), now).unwrap();
+        let principal = Principal::from(AgentId::new(&td, "ops", "alice").unwrap());
+        let issue = |ca: &Ca| {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let csr = rcgen::CertificateParams::default()
+                .serialize_request(&key)
+                .unwrap();
+            let svid = ca.issue_svid(csr.der(), &principal, now).unwrap();
+            (svid.chain_der, Zeroizing::new(key.serialize_der()))
+        };
+        let keys = MessageKeys::generate().unwrap();
+        let ms = unix_ms(now);
+        let body = KeyBundleBody {
+            principal: principal.clone(),
+            ed25519_public: keys.ed25519_public(),
+            x25519_public: keys.x25519_public(),
+            epoch: 1,
+            not_before_ms: ms - 60_000,
+            not_after_ms: ms + 3_600_000,
+        };
+        let bundle = ca.sign_key_bundle(body.clone()).unwrap();
+        let (chain, key) = issue(&ca);
+        let old = Identity::new(
+            principal.clone(),
+            chain,
+            key,
+            keys,
+            bundle,
+            ca.trust_bundle().clone(),
+            now,
+        )
+        .unwrap();
+        let (retired, _) = ca
+            .stage_intermediate(now)
+            .unwrap()
+            .activate_staged()
+            .unwrap()
+            .retire_previous()
+            .unwrap();
+        let (chain, key) = issue(&retired);
+        let renewed = old
+            .renewed_with(
+                chain,
+                key,
+                &retired.trust_bundle().to_pem(),
+                Some(retired.sign_key_bundle(body).unwrap()),
+                now,
+            )
+            .unwrap();
+        assert!(renewed.trust_refused.is_none() && renewed.key_bundle_refused.is_none());
+        (old, renewed.identity)
+    }
+
+    #[test]
+    fn an_interrupted_rollover_write_leaves_a_directory_that_loads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (old, new) = identity_and_rollover(tmp.path());
+        let dir = tmp.path().join("alice");
+        let rng = SystemRandom::new();
+        let load = || Identity::load(&dir, SystemTime::now());
+        old.save(&dir).unwrap();
+        let both = with_intermediates_of(&new.trust, &old.trust).unwrap();
+        assert_eq!(both.intermediates().len(), 2);
+        assert_eq!(new.trust.intermediates().len(), 1);
+
+        // Why step 1 exists: the new trust bundle alone does not verify the old key bundle.
+        files::replace(&dir, TRUST, new.trust.to_pem().as_bytes(), &rng).unwrap();
+        assert!(matches!(load().unwrap_err(), IdentityError::KeyBundle(_)));
+
+        // 1. Both intermediates: the old key bundle verifies.
+        files::replace(&dir, TRUST, both.to_pem().as_bytes(), &rng).unwrap();
+        assert_eq!(load().unwrap().key_bundle(), old.key_bundle());
+        // 2. The new key bundle.
+        let bundle = wire::encode(new.key_bundle.to_wire());
+        files::replace(&dir, KEY_BUNDLE, &bundle, &rng).unwrap();
+        assert_eq!(load().unwrap().key_bundle(), new.key_bundle());
+        assert_eq!(load().unwrap().chain, old.chain);
+        // 3. The certificate.
+        new.write_certificate(&dir, &rng).unwrap();
+        assert_eq!(load().unwrap().chain, new.chain);
+        // 4. The new trust bundle.
+        files::replace(&dir, TRUST, new.trust.to_pem().as_bytes(), &rng).unwrap();
+        assert_eq!(load().unwrap().trust.to_pem(), new.trust.to_pem());
+
+        // And `save_renewal` ends there, from the old directory, with no file left over.
+        old.save(&dir).unwrap();
+        new.save_renewal(&dir).unwrap();
+        let loaded = load().unwrap();
+        assert_eq!(loaded.trust.to_pem(), new.trust.to_pem());
+        assert_eq!(loaded.key_bundle(), new.key_bundle());
+        assert_eq!(loaded.chain, new.chain);
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [TRUST, CHAIN, META, KEY_BUNDLE, MESSAGE_KEYS, TLS_KEY]
         );
     }
 

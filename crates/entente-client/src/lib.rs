@@ -31,7 +31,11 @@
 //! Certificates are short-lived (an hour by default). A connected client renews its own over
 //! the connection at half-life, with a fresh TLS key, and the session stays up; an identity
 //! loaded from a directory gets the renewed certificate written back there
-//! ([`ClientOptions::renew`], [`Client::certificate_not_after`]).
+//! ([`ClientOptions::renew`], [`Client::certificate_not_after`]). Renewal and enrollment are
+//! also how an intermediate CA rollover reaches agents: the hub's trust bundle contributes the
+//! intermediates a root the agent already trusts signed — never roots — and the agent's key
+//! bundle re-signed by the new intermediate is taken if it carries the same keys
+//! ([`Identity::renewed_with`]).
 //!
 //! Key bundles of other principals are verified against the identity's trust bundle, never
 //! taken on the hub's word: pre-fill them with [`Client::trust_key_bundle`], or let the client
@@ -77,7 +81,7 @@ pub use client::{Client, PublishAck};
 pub use enroll::enroll;
 pub use error::{Error, ErrorKind};
 pub use grants::{ApprovalOutcome, held_hash, request_hash};
-pub use identity::{IDENTITY_VERSION, Identity, IdentityError};
+pub use identity::{IDENTITY_VERSION, Identity, IdentityError, Renewed};
 pub use inbox::{DurableDelivery, Message};
 pub use options::ClientOptions;
 pub use request::{Request, Requests, Responder};

@@ -2,11 +2,23 @@
 //!
 //! A [`Credential`] holds the identity a client currently uses. The renewal task waits until
 //! the certificate's half-life ([`renew_wait`]), generates a fresh P-256 key and CSR, asks the
-//! hub's `Renew` over the connection, checks the answer with [`Identity::renewed`] (the chain
-//! verifies against the trust bundle, names this principal and carries the new key) and puts
-//! it in use; the hub has moved the connection's credential expiry already, so the session
-//! stays up. Then it writes the new certificate and key to the identity directory, if there is
-//! one, as one step ([`Identity::save_certificate`]).
+//! hub's `Renew` over the connection, checks the answer with [`Identity::renewed_with`] and
+//! puts it in use; the hub has moved the connection's credential expiry already, so the
+//! session stays up.
+//!
+//! The answer also carries the hub's trust bundle and this principal's key bundle as the hub
+//! serves it: that is how an intermediate CA rollover reaches connected agents. The trust
+//! bundle's intermediates are adopted if a root the identity already trusts signed them (the
+//! hub never changes the roots), and the key bundle is taken if it verifies and carries the
+//! same keys and epoch; the new chain is verified against the adopted trust bundle. The key
+//! bundle cache then verifies against the adopted trust bundle
+//! ([`KeyBundleCache::replace_trust`]), so peers' bundles signed by a new intermediate verify.
+//! A refused trust bundle or key bundle keeps the current one and is reported as a failure of
+//! the renewal ([`Credential::failure`]), though the new certificate is in use.
+//!
+//! Then the task writes the renewal to the identity directory, if there is one
+//! ([`Identity::save_renewal`]: the certificate and key as one step, and the trust bundle and
+//! key bundle if they changed), so that a restarted agent loads what was adopted.
 //!
 //! A failure is retried with jittered exponential backoff ([`retry_wait`]), always before the
 //! certificate expires, until it has expired: the hub then closes the session, and the task
@@ -21,10 +33,12 @@ use entente_wire::{RenewRequest, RenewResponse};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
 
+use crate::bundles::KeyBundleCache;
+use crate::client::now_ms;
 use crate::enroll::TlsKeyRequest;
 use crate::stats::{self, Stats};
 use crate::transport::Transport;
-use crate::{Error, ErrorKind, Identity};
+use crate::{Error, ErrorKind, Identity, IdentityError, Renewed};
 
 /// The first retry after a failed renewal comes after about this long (jittered ±25%)...
 const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -77,9 +91,11 @@ impl Credential {
 }
 
 /// Renews `credential`'s certificate over `transport` at each half-life until `shutdown` is
-/// set or the certificate has expired. Each exchange may take `timeout`.
+/// set or the certificate has expired, and keeps `bundles` verifying against the renewed
+/// identity's trust bundle. Each exchange may take `timeout`.
 pub(crate) async fn run(
     credential: &Credential,
+    bundles: &KeyBundleCache,
     stats: &Stats,
     transport: &Transport,
     timeout: Duration,
@@ -110,16 +126,27 @@ pub(crate) async fn run(
             renewed = renew(&identity, transport, timeout) => renewed,
         };
         match renewed {
-            Ok(renewed) => {
+            Ok(Renewed {
+                identity: renewed,
+                trust_refused,
+                key_bundle_refused,
+                ..
+            }) => {
                 failures = 0;
                 let renewed = Arc::new(renewed);
                 credential.replace(renewed.clone());
+                bundles.replace_trust(renewed.trust().clone(), now_ms());
+                // This client's own bundle, possibly re-signed, replaces the one held.
+                let own = bundles.admit(renewed.key_bundle(), now_ms()).err();
                 stats::add(&stats.renewals, 1);
-                let saved = save(renewed).await;
-                if saved.is_err() {
+                let refused = trust_refused
+                    .map(|e| refusal("trust bundle", e))
+                    .or_else(|| key_bundle_refused.map(|e| refusal("key bundle", e)));
+                let failure = save(renewed).await.err().or(refused).or(own);
+                if failure.is_some() {
                     stats::add(&stats.renewal_failures, 1);
                 }
-                credential.set_failure(saved.err());
+                credential.set_failure(failure);
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -178,12 +205,13 @@ pub(crate) fn retry_wait(
 }
 
 /// One renewal: a fresh key and CSR, the hub's `Renew` over the connection, and the answer
-/// checked against `identity`'s trust bundle, principal and the new key.
+/// checked with [`Identity::renewed_with`]: the trust bundle and key bundle it offers taken as
+/// far as they check out, the chain against the (adopted) trust bundle, principal and new key.
 async fn renew(
     identity: &Identity,
     transport: &Transport,
     timeout: Duration,
-) -> Result<Identity, Error> {
+) -> Result<Renewed, Error> {
     let key = TlsKeyRequest::generate()?;
     let response: RenewResponse = transport
         .unary(
@@ -199,7 +227,13 @@ async fn renew(
         .map(CertificateDer::from)
         .collect();
     identity
-        .renewed(chain, key.pkcs8, SystemTime::now())
+        .renewed_with(
+            chain,
+            key.pkcs8,
+            &response.trust_bundle_pem,
+            response.key_bundle,
+            SystemTime::now(),
+        )
         .map_err(|e| {
             Error::new(
                 ErrorKind::Protocol,
@@ -209,14 +243,24 @@ async fn renew(
         })
 }
 
-/// Writes `identity`'s certificate and key to its directory, if it has one.
+/// Why a renewal whose certificate is in use did not take the `what` the hub offered.
+fn refusal(what: &str, e: IdentityError) -> Error {
+    Error::new(
+        ErrorKind::Protocol,
+        format!("the renewed certificate is in use, but the hub's {what} was refused: {e}"),
+    )
+    .with_source(e)
+}
+
+/// Writes `identity`'s renewal (certificate and key; trust bundle and key bundle if they
+/// changed) to its directory, if it has one.
 async fn save(identity: Arc<Identity>) -> Result<(), Error> {
     if identity.dir().is_none() {
         return Ok(());
     }
     // File writes with fsync: off the async workers.
     tokio::task::spawn_blocking(move || match identity.dir() {
-        Some(dir) => identity.save_certificate(dir),
+        Some(dir) => identity.save_renewal(dir),
         None => Ok(()),
     })
     .await

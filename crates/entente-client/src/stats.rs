@@ -37,7 +37,8 @@ pub struct ClientStats {
     pub renewals: u64,
     /// Renewal attempts that failed — the hub refused or did not answer, or its certificate
     /// did not check out — and renewed certificates that could not be written to the identity
-    /// directory (the renewal itself took effect then).
+    /// directory, or whose answer offered a trust bundle or key bundle that was refused (the
+    /// renewal itself took effect then).
     /// [`Client::renewal_error`](crate::Client::renewal_error) says why the latest failed.
     pub renewal_failures: u64,
 }

@@ -317,6 +317,33 @@ async fn revoke_inner<R>(
     }
 }
 
+/// Revokes one certificate serial on the hub's own account (a retired intermediate's): the
+/// next list, signed and put in force like an administrator's revocation.
+pub(crate) async fn revoke_serial<R>(
+    services: &Services<R>,
+    serial: &[u8],
+    actor: &str,
+    now: SystemTime,
+) -> Result<(), RpcError> {
+    let revoking = services.revoking.lock().await;
+    let base = services.revocations.current();
+    let mut next = match &base {
+        Some(list) => revocations_of(list)?,
+        None => Revocations::new(),
+    };
+    let changed = next
+        .revoke_serial(serial)
+        .map_err(|e| RpcError::Corrupt(e.to_string()))?;
+    if !changed && base.is_some() {
+        return Ok(());
+    }
+    let list = sign(services, &next, now).await?;
+    put_in_force(services, &revoking, list, actor)
+        .await
+        .map_err(put_error)?;
+    Ok(())
+}
+
 /// Parses one principal to revoke: an agent or human ID of this trust domain, not of the
 /// reserved segment, not the caller.
 fn revocable_principal<R>(
@@ -380,7 +407,7 @@ async fn sign<R>(
     now: SystemTime,
 ) -> Result<VerifiedRevocationList, RpcError> {
     let signed = {
-        let (ca, next) = (services.ca.clone(), next.clone());
+        let (ca, next) = (services.ca.current(), next.clone());
         rpc::blocking(move || {
             ca.sign_revocations(&next, now)
                 .map_err(|e| RpcError::CaSign(e.to_string()))
@@ -388,13 +415,18 @@ async fn sign<R>(
         .await?
     };
     let encoded = entente_wire::encode(&signed);
-    VerifiedRevocationList::decode(&encoded, &services.limits, services.ca.trust_bundle(), now)
-        .map_err(|e| match e {
-            entente_ca::RevocationError::Wire(_) => RpcError::TooMany(
-                "the revocation list would exceed the hub's decoding bounds".into(),
-            ),
-            other => RpcError::CaSign(other.to_string()),
-        })
+    VerifiedRevocationList::decode(
+        &encoded,
+        &services.limits,
+        services.ca.current().trust_bundle(),
+        now,
+    )
+    .map_err(|e| match e {
+        entente_ca::RevocationError::Wire(_) => {
+            RpcError::TooMany("the revocation list would exceed the hub's decoding bounds".into())
+        }
+        other => RpcError::CaSign(other.to_string()),
+    })
 }
 
 /// What a failure of [`put_in_force`] means for the administrator.

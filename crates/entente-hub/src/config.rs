@@ -76,6 +76,8 @@ pub struct HubConfig {
     /// ([`datakeys`](crate::datakeys)); older versions are retired once nothing kept at rest
     /// needs them. Default one day.
     pub data_key_rotation: Duration,
+    /// The intermediate CA rollover ([`CaRollover`], docs/KEYS.md).
+    pub ca_rollover: CaRollover,
     /// The durable channels ([`StreamConfig`], docs/DURABLE.md). Default none.
     pub streams: Vec<StreamConfig>,
     /// Where durable channels are kept (a directory per channel); required with
@@ -101,15 +103,57 @@ impl Default for HubConfig {
             admins: Vec::new(),
             audit: None,
             data_key_rotation: Duration::from_secs(24 * 60 * 60),
+            ca_rollover: CaRollover::default(),
             streams: Vec::new(),
             streams_dir: None,
         }
     }
 }
 
+/// When the hub rolls its intermediate CA over (docs/KEYS.md): a new intermediate is staged
+/// (trusted, not signing) when the active one has less than [`lead`](Self::lead) left, or on
+/// request; it signs after [`overlap`](Self::overlap); the old one leaves the trust bundle
+/// another `overlap` later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaRollover {
+    /// How long each phase lasts. At least the SVID lifetime: then every agent holding a valid
+    /// certificate when the new intermediate starts signing got that certificate, and with it
+    /// the new trust bundle, after the staging; and nothing the old intermediate signed for
+    /// TLS is still valid when it leaves. Default one day.
+    pub overlap: Duration,
+    /// Stage a new intermediate when the active one has less than this left. More than twice
+    /// the overlap. Default 30 days.
+    pub lead: Duration,
+    /// Whether the hub stages new intermediates by itself ([`lead`](Self::lead)); steps of a
+    /// rollover already begun are always taken. Default on.
+    pub automatic: bool,
+}
+
+impl Default for CaRollover {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 60 * 60;
+        Self {
+            overlap: Duration::from_secs(DAY),
+            lead: Duration::from_secs(30 * DAY),
+            automatic: true,
+        }
+    }
+}
+
 impl HubConfig {
-    /// Refuses values the hub can't run with; `trust_domain` is the CA's.
-    pub(crate) fn check(&self, trust_domain: &str) -> Result<(), HubError> {
+    /// Refuses values the hub can't run with; `trust_domain` is the CA's, `svid_ttl` the
+    /// lifetime of the certificates it issues.
+    pub(crate) fn check(&self, trust_domain: &str, svid_ttl: Duration) -> Result<(), HubError> {
+        if self.ca_rollover.overlap < svid_ttl {
+            return Err(HubError::Config(
+                "ca_rollover.overlap must be at least the svid lifetime",
+            ));
+        }
+        if self.ca_rollover.lead <= self.ca_rollover.overlap.saturating_mul(2) {
+            return Err(HubError::Config(
+                "ca_rollover.lead must be more than twice ca_rollover.overlap",
+            ));
+        }
         if self.queue_capacity == 0 {
             return Err(HubError::Config("queue_capacity must be at least 1"));
         }

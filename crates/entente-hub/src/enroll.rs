@@ -219,6 +219,7 @@ async fn issue<R>(
         .ok_or_else(|| RpcError::Ca("key epochs exhausted".into()))?;
 
     let now_ms = rpc::unix_ms(now);
+    let ca_not_after = services.ca.not_after();
     let body = KeyBundleBody {
         principal: principal.clone(),
         ed25519_public: keys.ed25519,
@@ -227,12 +228,12 @@ async fn issue<R>(
         not_before_ms: rpc::unix_ms(now.checked_sub(CLOCK_SKEW).unwrap_or(now)),
         not_after_ms: rpc::unix_ms(
             now.checked_add(services.key_bundle_ttl)
-                .unwrap_or(services.ca_not_after)
-                .min(services.ca_not_after),
+                .unwrap_or(ca_not_after)
+                .min(ca_not_after),
         ),
     };
     let (svid, bundle) = {
-        let (ca, principal) = (services.ca.clone(), principal.clone());
+        let (ca, principal) = (services.ca.current(), principal.clone());
         rpc::blocking(move || {
             let svid = ca
                 .issue_svid(&csr, &principal, now)
@@ -264,7 +265,7 @@ async fn issue<R>(
     Ok(EnrollResponse {
         certificate_chain: svid.chain_der.iter().map(|c| c.to_vec()).collect(),
         key_bundle: Some(bundle),
-        trust_bundle_pem: services.trust_pem.clone(),
+        trust_bundle_pem: services.ca.trust_pem(),
         revocations: services
             .revocations
             .current()

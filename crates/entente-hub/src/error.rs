@@ -64,6 +64,10 @@ pub enum HubError {
     /// unwrapped.
     #[error("data keys: {0}")]
     Keys(String),
+    /// The CA could not be loaded (its certificates, its keys, or the stored state of an
+    /// intermediate rollover), or a rollover step failed.
+    #[error("ca: {0}")]
+    Ca(String),
     /// The initial policy set ([`HubConfig::policies`](crate::HubConfig)) does not load.
     #[error("the initial policy set does not load: {0}")]
     InitialPolicies(String),

@@ -521,7 +521,8 @@ pub(crate) async fn approver_bundle<R>(
     presented: Option<KeyBundle>,
     now_ms: u64,
 ) -> Result<entente_crypto::VerifiedKeyBundle, RpcError> {
-    let trust = services.ca.trust_bundle();
+    let ca = services.ca.current();
+    let trust = ca.trust_bundle();
     if let Some((_, bytes)) = services
         .registry
         .latest_key_bundle(approver.as_str())

@@ -9,6 +9,7 @@ use entente_wire::{DataKeyInfo, KeysRequest, KeysResponse};
 use crate::admin;
 use crate::audit;
 use crate::renew::Caller;
+use crate::rollover;
 use crate::rpc::{self, RpcError, Services};
 
 /// The gRPC path of the keys RPC.
@@ -22,10 +23,10 @@ pub(crate) async fn keys<R>(
 ) -> Result<KeysResponse, RpcError> {
     let what = match request.rotate.as_str() {
         "" => "showing the hub's keys",
-        "data" | "audit" => "rotating the hub's keys",
+        "data" | "audit" | "intermediate" => "rotating the hub's keys",
         other => {
             return Err(RpcError::BadRequest(format!(
-                "`rotate` is `data` or `audit`, not `{}`",
+                "`rotate` is `data`, `audit` or `intermediate`, not `{}`",
                 other.escape_debug()
             )));
         }
@@ -56,6 +57,15 @@ pub(crate) async fn keys<R>(
             .rotate_key(services.ca.keystore(), &services.registry)
             .await
             .map_err(|e| RpcError::Keys(e.to_string()))?,
+        "intermediate" => {
+            rollover::take_step(
+                services,
+                rollover::Step::Stage,
+                caller.principal.as_str(),
+                SystemTime::now(),
+            )
+            .await?
+        }
         _ => String::new(),
     };
     let (audit_key, audit_trusted) = match auditor.log() {
@@ -68,6 +78,7 @@ pub(crate) async fn keys<R>(
         }
         None => (String::new(), Vec::new()),
     };
+    let (intermediates, rollover_next, rollover_next_ms) = services.ca.status();
     Ok(KeysResponse {
         data_keys: services
             .data_keys
@@ -82,5 +93,8 @@ pub(crate) async fn keys<R>(
         audit_key,
         audit_trusted,
         rotated,
+        intermediates,
+        rollover_next,
+        rollover_next_ms,
     })
 }

@@ -32,6 +32,7 @@ trait DynStore: Send + Sync + 'static {
         &'a self,
         principal: &'a str,
     ) -> BoxFuture<'a, Result<Option<AgentRecord>, StoreError>>;
+    fn agents(&self) -> BoxFuture<'_, Result<Vec<AgentRecord>, StoreError>>;
     fn put_key_bundle<'a>(
         &'a self,
         principal: &'a str,
@@ -95,6 +96,10 @@ impl Registry {
         principal: &'a str,
     ) -> BoxFuture<'a, Result<Option<AgentRecord>, StoreError>> {
         self.0.agent(principal)
+    }
+
+    pub(crate) fn agents(&self) -> BoxFuture<'_, Result<Vec<AgentRecord>, StoreError>> {
+        self.0.agents()
     }
 
     pub(crate) fn put_key_bundle<'a>(
@@ -256,6 +261,10 @@ impl<S: Store> DynStore for Erased<S> {
 
     fn revocations(&self) -> BoxFuture<'_, Result<Versioned, StoreError>> {
         Box::pin(self.0.revocations())
+    }
+
+    fn agents(&self) -> BoxFuture<'_, Result<Vec<AgentRecord>, StoreError>> {
+        Box::pin(self.0.agents())
     }
 
     fn put_grants<'a>(

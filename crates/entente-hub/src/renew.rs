@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use entente_store::AgentRecord;
 use entente_types::Principal;
-use entente_wire::{RenewRequest, RenewResponse};
+use entente_wire::{KeyBundle, RenewRequest, RenewResponse};
 
 use crate::control::ConnectionControl;
 use crate::rpc::{self, RpcError, Services};
@@ -68,7 +68,7 @@ async fn renew_inner<R>(
         return Err(RpcError::Suspended);
     }
     let svid = {
-        let (ca, principal) = (services.ca.clone(), principal.clone());
+        let (ca, principal) = (services.ca.current(), principal.clone());
         rpc::blocking(move || {
             ca.issue_svid(&request.csr, &principal, now)
                 .map_err(rpc::issue_error)
@@ -103,7 +103,20 @@ async fn renew_inner<R>(
         .connections
         .renewed(caller.connection, svid.serial, svid.not_after)
         .map_err(RpcError::Closed)?;
+    let key_bundle = match services
+        .registry
+        .latest_key_bundle(principal.as_str())
+        .await?
+    {
+        Some((_, bytes)) => Some(
+            entente_wire::decode::<KeyBundle>(&bytes, &services.limits)
+                .map_err(|e| RpcError::Corrupt(format!("key bundle of `{principal}`: {e}")))?,
+        ),
+        None => None,
+    };
     Ok(RenewResponse {
         certificate_chain: svid.chain_der.iter().map(|c| c.to_vec()).collect(),
+        trust_bundle_pem: services.ca.trust_pem(),
+        key_bundle,
     })
 }

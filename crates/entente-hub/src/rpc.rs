@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use entente_audit::{Admin, Event, Outcome};
-use entente_ca::{Ca, IssueError};
+use entente_ca::IssueError;
 use entente_policy::{Action, GrantError, Resource, Subject};
 use entente_store::StoreError;
 use entente_types::Principal;
@@ -47,7 +47,8 @@ pub(crate) const MAX_RECORDED_SERIALS: usize = 256;
 /// What the unary services need from the hub.
 #[derive(Debug)]
 pub(crate) struct Services<R> {
-    pub(crate) ca: Arc<Ca>,
+    /// The CA in use, which an intermediate rollover replaces.
+    pub(crate) ca: crate::rollover::CaState,
     pub(crate) registry: Registry,
     pub(crate) revocations: Arc<RevocationState>,
     pub(crate) connections: Arc<Connections>,
@@ -56,10 +57,6 @@ pub(crate) struct Services<R> {
     pub(crate) stats: Arc<Stats>,
     pub(crate) limits: Limits,
     pub(crate) key_bundle_ttl: Duration,
-    /// When the intermediate CA certificate expires: no key bundle outlives it.
-    pub(crate) ca_not_after: SystemTime,
-    /// The trust bundle as PEM, handed to enrolling agents.
-    pub(crate) trust_pem: String,
     /// Serializes read-modify-write of agent records on this hub (enrollment and renewal).
     pub(crate) agents: tokio::sync::Mutex<()>,
     /// The break-glass administrators ([`HubConfig::admins`](crate::HubConfig::admins)): they

@@ -27,7 +27,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use entente_ca::{Ca, JoinToken, TrustBundle, VerifiedRevocationList};
 use entente_store::Store;
@@ -67,6 +67,7 @@ use crate::policies::{CHECK_POLICY_PATH, LOAD_POLICIES_PATH, SHOW_POLICIES_PATH}
 use crate::registry::Registry;
 use crate::renew::Caller;
 use crate::replay::ReplayGuard;
+use crate::rollover::{self, CaState};
 use crate::router::{LocalRouter, SessionId};
 use crate::rpc::{self, DIRECTORY_PATH, ENROLL_PATH, RENEW_PATH, RpcError, Services, Unary};
 use crate::session::{self, Session, SessionContext};
@@ -113,6 +114,8 @@ pub struct HubHandle {
     expire: JoinHandle<()>,
     /// Rotates the data key on time ([`datakeys::rotate_loop`]).
     rotate: JoinHandle<()>,
+    /// Takes the steps of intermediate CA rollovers when due.
+    rollover: JoinHandle<()>,
     data_keys: Arc<DataKeys>,
     /// The durable channels' writer threads, closed and joined at shutdown.
     stream_writers: Option<StreamWriters>,
@@ -154,11 +157,13 @@ impl Hub {
         ca: Arc<Ca>,
         store: Arc<S>,
     ) -> Result<HubHandle, HubError> {
-        config.check(ca.trust_domain().as_str())?;
+        config.check(ca.trust_domain().as_str(), ca.options().svid_ttl)?;
         let registry = Registry::new(store);
         let provider = tls::provider();
+        // The CA as a rollover left it, if one began.
+        let ca_state = CaState::open(ca, &registry, &config.limits, config.ca_rollover).await?;
+        let ca = ca_state.current();
         let trust = ca.trust_bundle().clone();
-        let ca_not_after = intermediate_not_after(&ca)?;
         let hub = Principal::from(
             crate::hub_id(trust.trust_domain())
                 .map_err(|e| HubError::Certificate(e.to_string()))?,
@@ -250,7 +255,7 @@ impl Hub {
             streams: streams.clone(),
         };
         let services = Arc::new(Services {
-            ca: ca.clone(),
+            ca: ca_state,
             registry,
             revocations: revocations.clone(),
             connections: connections.clone(),
@@ -259,8 +264,6 @@ impl Hub {
             stats: stats.clone(),
             limits: config.limits,
             key_bundle_ttl: config.key_bundle_ttl,
-            ca_not_after,
-            trust_pem: trust.to_pem(),
             agents: tokio::sync::Mutex::new(()),
             admins: config.admins.iter().cloned().collect::<HashSet<_>>(),
             revoking: tokio::sync::Mutex::new(()),
@@ -297,7 +300,17 @@ impl Hub {
             move |keys: &DataKeys| streams.oldest_key_version(keys),
             shutdown_rx.clone(),
         ));
-        let renew = tokio::spawn(renew_loop(ca, hub, resolver, not_after, shutdown_rx));
+        let rollover = tokio::spawn(rollover::rollover_loop(
+            shared.services.clone(),
+            shutdown_rx.clone(),
+        ));
+        let renew = tokio::spawn(renew_loop(
+            shared.services.clone(),
+            hub,
+            resolver,
+            not_after,
+            shutdown_rx,
+        ));
         Ok(HubHandle {
             local_addr,
             shared,
@@ -306,6 +319,7 @@ impl Hub {
             renew,
             expire,
             rotate,
+            rollover,
             data_keys,
             stream_writers: Some(stream_writers),
             audit_writer: Some(audit_writer),
@@ -326,7 +340,8 @@ impl HubHandle {
         self.shared.stats.snapshot()
     }
 
-    /// The trust bundle the hub verifies clients against.
+    /// The trust bundle the hub started with: its root is what agents anchor in, and never
+    /// changes; after an intermediate rollover, [`ca`](Self::ca) has the bundle in force.
     pub fn trust_bundle(&self) -> &TrustBundle {
         &self.shared.trust
     }
@@ -441,6 +456,26 @@ impl HubHandle {
     /// rest.
     pub fn data_keys(&self) -> &DataKeys {
         &self.data_keys
+    }
+
+    /// The CA in use: after an intermediate rollover step, another one than the hub started
+    /// with.
+    pub fn ca(&self) -> Arc<Ca> {
+        self.shared.services.ca.current()
+    }
+
+    /// Stages a new intermediate CA now, on the operator's account (`entente keys rotate
+    /// intermediate`); the hub activates it an overlap later and retires the old one another
+    /// overlap after that ([`CaRollover`](crate::CaRollover)). Returns what was staged.
+    pub async fn stage_intermediate(&self) -> Result<String, HubError> {
+        rollover::take_step(
+            &self.shared.services,
+            rollover::Step::Stage,
+            crate::audit::HUB_ACTOR,
+            SystemTime::now(),
+        )
+        .await
+        .map_err(|e| HubError::Ca(e.to_string()))
     }
 
     /// Makes a new data key now (`entente keys rotate data`), recorded in the audit log as
@@ -562,6 +597,7 @@ impl HubHandle {
         let _ = (&mut self.renew).await;
         let _ = (&mut self.expire).await;
         let _ = (&mut self.rotate).await;
+        let _ = (&mut self.rollover).await;
         self.shared.context.streams.close();
         if let Some(writers) = self.stream_writers.take() {
             writers.join().await;
@@ -641,8 +677,8 @@ async fn accept_loop(
 }
 
 /// Re-issues the hub's certificate at half its remaining lifetime.
-async fn renew_loop(
-    ca: Arc<Ca>,
+async fn renew_loop<R: Send + Sync + 'static>(
+    services: Arc<Services<R>>,
     hub: Principal,
     resolver: Arc<HubCertResolver>,
     mut not_after: SystemTime,
@@ -653,10 +689,12 @@ async fn renew_loop(
         tokio::select! {
             () = stopped(&mut shutdown) => return,
             () = tokio::time::sleep(wait) => {}
+            // A new intermediate signs: the hub's certificate comes from it at once.
+            () = services.ca.activated() => {}
         }
         // Signing goes through the key store, which may do file I/O.
         let issued = {
-            let (ca, hub) = (ca.clone(), hub.clone());
+            let (ca, hub) = (services.ca.current(), hub.clone());
             tokio::task::spawn_blocking(move || {
                 tls::issue_hub_cert(&ca, &hub, &tls::provider(), SystemTime::now())
             })
@@ -1108,17 +1146,6 @@ where
         .max_decoding_message_size(limits.max_frame_bytes)
         .max_encoding_message_size(limits.max_frame_bytes);
     grpc.unary(Unary(handler), request).await
-}
-
-/// When the CA's intermediate certificate expires.
-fn intermediate_not_after(ca: &Ca) -> Result<SystemTime, HubError> {
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    let (_, cert) = X509Certificate::from_der(ca.intermediate_cert())
-        .map_err(|e| HubError::Certificate(format!("the intermediate certificate: {e}")))?;
-    let secs = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
-    Ok(UNIX_EPOCH
-        .checked_add(Duration::from_secs(secs))
-        .unwrap_or(UNIX_EPOCH))
 }
 
 /// Starts a session for one `Session` stream.

@@ -401,8 +401,9 @@ async fn administrators_read_export_and_prove_the_log_over_rpc_and_others_may_no
     assert_eq!(verified.checkpoint().unwrap().as_str(), exported.checkpoint);
     assert!(verified.record_count() > newest);
 
-    // Only `data` and `audit` rotate; anything else is refused, and agents may not.
-    let bad = admin.keys(Some("intermediate")).await.unwrap_err();
+    // Only `data`, `audit` and `intermediate` rotate; anything else is refused, and agents
+    // may not.
+    let bad = admin.keys(Some("root")).await.unwrap_err();
     assert_eq!(bad.kind(), ErrorKind::InvalidInput, "{bad}");
     let denied = bob.keys(None).await.unwrap_err();
     assert_eq!(denied.kind(), ErrorKind::Denied, "{denied}");

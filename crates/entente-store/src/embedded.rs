@@ -352,7 +352,9 @@ impl EmbeddedStore {
         Ok(out)
     }
 
-    fn config_now(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    /// [`Store::config`] without a future: for a tool that reads the store before any async
+    /// runtime runs (the hub's CA state, when the CLI opens a data directory).
+    pub fn config_now(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let tx = self.read()?;
         let table = tx.open_table(CONFIG).map_err(engine_error)?;
         let Some(value) = table.get(key).map_err(engine_error)? else {

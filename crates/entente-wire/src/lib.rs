@@ -256,6 +256,7 @@ bounded! {
     AuditProofResponse => scan::AUDIT_PROOF_RESPONSE,
     KeysRequest => scan::KEYS_REQUEST,
     KeysResponse => scan::KEYS_RESPONSE,
+    StoredCaRollover => scan::STORED_CA_ROLLOVER,
 }
 
 #[cfg(test)]

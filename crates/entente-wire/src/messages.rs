@@ -395,6 +395,13 @@ pub struct RenewResponse {
     /// DER certificates: the SVID, then the intermediate.
     #[prost(bytes = "vec", repeated, tag = "1")]
     pub certificate_chain: Vec<Vec<u8>>,
+    /// The CA certificates agents verify against, PEM: during an intermediate rollover, the
+    /// new intermediate reaches connected agents here before it signs anything.
+    #[prost(string, tag = "2")]
+    pub trust_bundle_pem: String,
+    /// The principal's key bundle as the hub now serves it (re-signed after a rollover).
+    #[prost(message, optional, tag = "3")]
+    pub key_bundle: Option<KeyBundle>,
 }
 
 /// Key bundles wanted: named principals, or the members of a channel.
@@ -1007,6 +1014,60 @@ pub struct KeysResponse {
     /// What a rotation made.
     #[prost(string, tag = "4")]
     pub rotated: String,
+    /// The intermediate CAs: the active one first, then a staged or a retiring one.
+    #[prost(message, repeated, tag = "5")]
+    pub intermediates: Vec<IntermediateInfo>,
+    /// The next step of the intermediate rollover: `stage`, `activate` or `retire`.
+    #[prost(string, tag = "6")]
+    pub rollover_next: String,
+    /// When that step is due, Unix milliseconds.
+    #[prost(uint64, tag = "7")]
+    pub rollover_next_ms: u64,
+}
+
+/// One intermediate CA, as the keys RPC lists them.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct IntermediateInfo {
+    /// `active` (signs), `staged` (trusted, not signing yet) or `retiring` (trusted, no longer
+    /// signing).
+    #[prost(string, tag = "1")]
+    pub role: String,
+    /// SHA-256 of its SubjectPublicKeyInfo: the signer ID key bundles name.
+    #[prost(bytes = "vec", tag = "2")]
+    pub signer: Vec<u8>,
+    /// Start of its validity, Unix milliseconds.
+    #[prost(uint64, tag = "3")]
+    pub not_before_ms: u64,
+    /// End of its validity, Unix milliseconds.
+    #[prost(uint64, tag = "4")]
+    pub not_after_ms: u64,
+    /// Its key's name in the key store; empty if the key is not there.
+    #[prost(string, tag = "5")]
+    pub key: String,
+}
+
+/// The intermediate CAs of a rollover in progress or done, as the hub keeps them in its store
+/// (config key `ca_rollover`), with when each step was taken.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct StoredCaRollover {
+    /// The record's version: 1.
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// The active intermediate, PEM.
+    #[prost(string, tag = "2")]
+    pub intermediate: String,
+    /// The staged intermediate, PEM; empty if none.
+    #[prost(string, tag = "3")]
+    pub staged: String,
+    /// The retiring intermediate, PEM; empty if none.
+    #[prost(string, tag = "4")]
+    pub retiring: String,
+    /// When the staged intermediate was staged, Unix milliseconds (0: none staged).
+    #[prost(uint64, tag = "5")]
+    pub staged_at_ms: u64,
+    /// When the active intermediate was activated, Unix milliseconds.
+    #[prost(uint64, tag = "6")]
+    pub activated_at_ms: u64,
 }
 
 /// A message held for approval, as the hub keeps it in its store so that a restart loses none.

@@ -533,6 +533,39 @@ pub(crate) static KEYS_RESPONSE: Schema = Schema {
             Count::Grants,
         ),
         bytes(4, "rotated", Len::AuditNote),
+        field(
+            5,
+            "intermediates",
+            Kind::Message(&INTERMEDIATE_INFO),
+            Count::Chain,
+        ),
+        bytes(6, "rollover_next", Len::Action),
+        varint(7, "rollover_next_ms"),
+    ],
+};
+
+static INTERMEDIATE_INFO: Schema = Schema {
+    name: "IntermediateInfo",
+    oneof: false,
+    fields: &[
+        bytes(1, "role", Len::Action),
+        bytes(2, "signer", Len::Key),
+        varint(3, "not_before_ms"),
+        varint(4, "not_after_ms"),
+        bytes(5, "key", Len::Id),
+    ],
+};
+
+pub(crate) static STORED_CA_ROLLOVER: Schema = Schema {
+    name: "StoredCaRollover",
+    oneof: false,
+    fields: &[
+        varint(1, "version"),
+        bytes(2, "intermediate", Len::TrustBundle),
+        bytes(3, "staged", Len::TrustBundle),
+        bytes(4, "retiring", Len::TrustBundle),
+        varint(5, "staged_at_ms"),
+        varint(6, "activated_at_ms"),
     ],
 };
 
@@ -643,12 +676,16 @@ pub(crate) static RENEW_REQUEST: Schema = Schema {
 pub(crate) static RENEW_RESPONSE: Schema = Schema {
     name: "RenewResponse",
     oneof: false,
-    fields: &[field(
-        1,
-        "certificate_chain",
-        Kind::Bytes(Len::Certificate),
-        Count::Chain,
-    )],
+    fields: &[
+        field(
+            1,
+            "certificate_chain",
+            Kind::Bytes(Len::Certificate),
+            Count::Chain,
+        ),
+        bytes(2, "trust_bundle_pem", Len::TrustBundle),
+        field(3, "key_bundle", Kind::Message(&KEY_BUNDLE), Count::One),
+    ],
 };
 
 pub(crate) static DIRECTORY_REQUEST: Schema = Schema {

@@ -1,5 +1,5 @@
-//! `entente keys status` and `entente keys rotate data|audit`: the hub's data keys and audit
-//! checkpoint keys (administrators).
+//! `entente keys status` and `entente keys rotate data|audit|intermediate`: the hub's data
+//! keys, audit checkpoint keys and intermediate CAs (administrators).
 
 use std::process::ExitCode;
 
@@ -13,7 +13,7 @@ use crate::commands::grants::utc;
 /// What `entente keys` does.
 #[derive(Debug, Subcommand)]
 pub(crate) enum KeysCommand {
-    /// Show the data keys' versions and the audit checkpoint keys.
+    /// Show the data keys' versions, the audit checkpoint keys and the intermediate CAs.
     Status {
         #[command(flatten)]
         at: At,
@@ -24,7 +24,9 @@ pub(crate) enum KeysCommand {
         at: At,
         /// `data`: a new data key encrypts what the hub keeps at rest from now on (older ones
         /// are retired once nothing kept needs them); `audit`: a new checkpoint key signs the
-        /// audit log from now on (auditors trust both).
+        /// audit log from now on (auditors trust both); `intermediate`: a new intermediate CA
+        /// is staged (trusted, not signing), signs an overlap later, and the old one is retired
+        /// another overlap after that — no agent is disconnected.
         kind: KeyKind,
     },
 }
@@ -36,6 +38,8 @@ pub(crate) enum KeyKind {
     Data,
     /// The audit log's checkpoint key.
     Audit,
+    /// The intermediate CA.
+    Intermediate,
 }
 
 pub(crate) fn run_command(command: KeysCommand, json: bool) -> Result<ExitCode> {
@@ -46,6 +50,7 @@ pub(crate) fn run_command(command: KeysCommand, json: bool) -> Result<ExitCode> 
             Some(match kind {
                 KeyKind::Data => "data",
                 KeyKind::Audit => "audit",
+                KeyKind::Intermediate => "intermediate",
             }),
         ),
     };
@@ -68,6 +73,15 @@ pub(crate) fn run_command(command: KeysCommand, json: bool) -> Result<ExitCode> 
                     "audit_key": keys.audit_key,
                     "audit_trusted": keys.audit_trusted,
                     "rotated": keys.rotated,
+                    "intermediates": keys.intermediates.iter().map(|i| serde_json::json!({
+                        "role": i.role,
+                        "signer": hex::encode(&i.signer),
+                        "not_before_ms": i.not_before_ms,
+                        "not_after_ms": i.not_after_ms,
+                        "key": i.key,
+                    })).collect::<Vec<_>>(),
+                    "rollover_next": keys.rollover_next,
+                    "rollover_next_ms": keys.rollover_next_ms,
                 })
             );
             return Ok(ExitCode::SUCCESS);
@@ -90,6 +104,27 @@ pub(crate) fn run_command(command: KeysCommand, json: bool) -> Result<ExitCode> 
             for key in &keys.audit_trusted {
                 println!("  earlier, still trusted  {key}");
             }
+        }
+        for ca in &keys.intermediates {
+            let signer: String = hex::encode(&ca.signer).chars().take(16).collect();
+            println!(
+                "intermediate ca {signer}  {}  valid {} to {}{}",
+                ca.role,
+                utc(ca.not_before_ms),
+                utc(ca.not_after_ms),
+                if ca.key.is_empty() {
+                    "  (key not in the key store)".to_owned()
+                } else {
+                    format!("  key `{}`", ca.key)
+                }
+            );
+        }
+        if !keys.rollover_next.is_empty() {
+            println!(
+                "next rollover step: {} at {}",
+                keys.rollover_next,
+                utc(keys.rollover_next_ms)
+            );
         }
         Ok(ExitCode::SUCCESS)
     })

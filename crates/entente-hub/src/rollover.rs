@@ -1,0 +1,526 @@
+//! The CA in use and the rollover of its intermediate, with overlap (docs/KEYS.md §4).
+//!
+//! [`CaState`] holds the [`Ca`] every issuing and signing path reads. A rollover replaces it
+//! in three steps, each persisted in the store (config key [`CA_ROLLOVER_KEY`]) before it takes
+//! effect and each recorded in the audit log:
+//!
+//! 1. **stage** — a new intermediate, signed by the root, joins the trust bundle. Enrollment
+//!    and renewal answers carry the bundle, so every agent that gets a certificate from now on
+//!    knows the new intermediate. Nothing is signed with it yet.
+//! 2. **activate**, [`CaRollover::overlap`] later — the new intermediate signs certificates,
+//!    key bundles and revocation lists; every stored key bundle is signed again with it; the
+//!    hub's own certificate is reissued. The old intermediate stays trusted. Because the
+//!    overlap is at least the SVID lifetime, every agent holding a valid certificate now got
+//!    it after the staging, so it knows the new intermediate.
+//! 3. **retire**, another overlap later — every certificate the old intermediate signed has
+//!    expired. Key bundles it still signs are signed again, its serial number is revoked (so
+//!    a chain through it is refused even if its key leaked), it leaves the trust bundle and
+//!    its key is deleted from the key store.
+//!
+//! The hub stages by itself when the active intermediate has less than [`CaRollover::lead`]
+//! left, and on request (`entente keys rotate intermediate`); later steps are taken by
+//! [`rollover_loop`] when due. No connection is closed by any step.
+
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
+
+use entente_audit::{Admin, Event, Outcome};
+use entente_ca::{Ca, CaError, CaOptions, CaPem, IntermediateRole};
+use entente_crypto::KeyBundleIn;
+use entente_keystore::KeyStore;
+use entente_types::TrustDomain;
+use entente_wire::{IntermediateInfo, KeyBundle, Limits, StoredCaRollover};
+use tokio::sync::{Notify, watch};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer;
+
+use crate::audit::{self, Auditor};
+use crate::config::CaRollover;
+use crate::error::HubError;
+use crate::registry::Registry;
+use crate::rpc::{self, RpcError, Services};
+
+/// The store's config key under which the hub keeps its intermediates once a rollover began.
+pub const CA_ROLLOVER_KEY: &str = "ca_rollover";
+
+/// The version of [`StoredCaRollover`] this hub writes and reads.
+const STORED_VERSION: u32 = 1;
+
+/// After a failed step, the loop tries again this much later (or after the overlap if
+/// shorter)...
+const RETRY: Duration = Duration::from_secs(60);
+/// ...and after a step refused by the CA's state, this much later.
+const PRECONDITION_RETRY: Duration = Duration::from_secs(60 * 60);
+
+/// The CA in use, and when the rollover steps were taken.
+#[derive(Debug)]
+pub(crate) struct CaState {
+    current: RwLock<Arc<Ca>>,
+    schedule: Mutex<Schedule>,
+    /// One rollover step at a time.
+    steps: tokio::sync::Mutex<()>,
+    /// Signalled when a new intermediate signs: the hub reissues its own certificate.
+    activated: Notify,
+    trust_domain: TrustDomain,
+    keystore: Arc<dyn KeyStore>,
+    config: CaRollover,
+}
+
+/// When the latest steps were taken, Unix milliseconds (0: never).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Schedule {
+    staged_at_ms: u64,
+    activated_at_ms: u64,
+}
+
+/// A rollover step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    Stage,
+    Activate,
+    Retire,
+}
+
+// === impl CaState ===
+
+impl CaState {
+    /// The CA as the store last left it: `ca`'s root with the stored intermediates if a
+    /// rollover began, else `ca` itself.
+    pub(crate) async fn open(
+        ca: Arc<Ca>,
+        registry: &Registry,
+        limits: &Limits,
+        config: CaRollover,
+    ) -> Result<Self, HubError> {
+        let stored = registry.config(CA_ROLLOVER_KEY).await?;
+        let (ca, schedule) = match stored {
+            Some(bytes) => {
+                let (loaded, schedule) = from_stored(
+                    ca.keystore().clone(),
+                    &ca.to_pem().root,
+                    *ca.options(),
+                    &bytes,
+                    limits,
+                )?;
+                (Arc::new(loaded), schedule)
+            }
+            // A CA handed over mid-rollover with no stored schedule: its next step waits a
+            // whole overlap from now, never less.
+            None => {
+                let now_ms = rpc::unix_ms(SystemTime::now());
+                let roles: Vec<IntermediateRole> =
+                    ca.intermediates().iter().map(|i| i.role).collect();
+                let schedule = Schedule {
+                    staged_at_ms: if roles.contains(&IntermediateRole::Staged) {
+                        now_ms
+                    } else {
+                        0
+                    },
+                    activated_at_ms: if roles.contains(&IntermediateRole::Retiring) {
+                        now_ms
+                    } else {
+                        0
+                    },
+                };
+                (ca, schedule)
+            }
+        };
+        Ok(Self {
+            trust_domain: ca.trust_domain().clone(),
+            keystore: ca.keystore().clone(),
+            current: RwLock::new(ca),
+            schedule: Mutex::new(schedule),
+            steps: tokio::sync::Mutex::new(()),
+            activated: Notify::new(),
+            config,
+        })
+    }
+
+    /// The CA in use.
+    pub(crate) fn current(&self) -> Arc<Ca> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The trust domain (never changes).
+    pub(crate) fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The key store the CA's keys, and the hub's other keys, live in.
+    pub(crate) fn keystore(&self) -> &Arc<dyn KeyStore> {
+        &self.keystore
+    }
+
+    /// The trust bundle in force, PEM: what enrollment and renewal answers carry.
+    pub(crate) fn trust_pem(&self) -> String {
+        self.current().trust_bundle().to_pem()
+    }
+
+    /// When the signing intermediate expires: no key bundle outlives it.
+    pub(crate) fn not_after(&self) -> SystemTime {
+        let ca = self.current();
+        ca.intermediates()
+            .first()
+            .map_or(SystemTime::UNIX_EPOCH, |i| i.not_after)
+    }
+
+    /// Resolves when a new intermediate starts signing.
+    pub(crate) async fn activated(&self) {
+        self.activated.notified().await;
+    }
+
+    /// The next step and when it is due: activation an overlap after staging, retirement an
+    /// overlap after activation, staging once the active intermediate has less than the lead
+    /// left (only if automatic).
+    pub(crate) fn next_step(&self) -> Option<(Step, SystemTime)> {
+        let ca = self.current();
+        let schedule = *self.schedule.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms) + self.config.overlap;
+        let roles: Vec<IntermediateRole> = ca.intermediates().iter().map(|i| i.role).collect();
+        if roles.contains(&IntermediateRole::Staged) {
+            return Some((Step::Activate, at(schedule.staged_at_ms)));
+        }
+        if roles.contains(&IntermediateRole::Retiring) {
+            return Some((Step::Retire, at(schedule.activated_at_ms)));
+        }
+        if !self.config.automatic {
+            return None;
+        }
+        let due = self
+            .not_after()
+            .checked_sub(self.config.lead)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        Some((Step::Stage, due))
+    }
+
+    /// The intermediates as the keys RPC lists them, with the next step.
+    pub(crate) fn status(&self) -> (Vec<IntermediateInfo>, String, u64) {
+        let ca = self.current();
+        let list = ca
+            .intermediates()
+            .into_iter()
+            .map(|i| IntermediateInfo {
+                role: role_name(i.role).to_owned(),
+                signer: i.signer_id.to_vec(),
+                not_before_ms: rpc::unix_ms(i.not_before),
+                not_after_ms: rpc::unix_ms(i.not_after),
+                key: i.key.map(|k| k.to_string()).unwrap_or_default(),
+            })
+            .collect();
+        let (next, due) = match self.next_step() {
+            Some((step, due)) => (step_name(step).to_owned(), rpc::unix_ms(due)),
+            None => (String::new(), 0),
+        };
+        (list, next, due)
+    }
+
+    fn replace(&self, ca: Ca, schedule: Schedule) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ca);
+        *self.schedule.lock().unwrap_or_else(PoisonError::into_inner) = schedule;
+    }
+
+    fn schedule(&self) -> Schedule {
+        *self.schedule.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Reopens a CA from its root and first intermediate (as `Ca::load` does) and, if the store
+/// holds the state of a rollover (`stored`, the value of [`CA_ROLLOVER_KEY`]), with the
+/// intermediates of that rollover instead: how a tool that opens the hub's data outside the
+/// hub (the CLI) sees the CA the hub uses.
+pub fn load_ca(
+    keystore: Arc<dyn KeyStore>,
+    root_pem: &str,
+    intermediate_pem: &str,
+    options: CaOptions,
+    stored: Option<&[u8]>,
+) -> Result<Ca, HubError> {
+    match stored {
+        Some(bytes) => {
+            from_stored(keystore, root_pem, options, bytes, &Limits::default()).map(|(ca, _)| ca)
+        }
+        None => Ca::load(keystore, root_pem, intermediate_pem, options)
+            .map_err(|e| HubError::Ca(e.to_string())),
+    }
+}
+
+fn from_stored(
+    keystore: Arc<dyn KeyStore>,
+    root_pem: &str,
+    options: CaOptions,
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<(Ca, Schedule), HubError> {
+    let corrupt = |why: String| HubError::Ca(format!("the stored rollover state: {why}"));
+    let stored: StoredCaRollover =
+        entente_wire::decode(bytes, limits).map_err(|e| corrupt(e.to_string()))?;
+    if stored.version != STORED_VERSION {
+        return Err(corrupt(format!(
+            "version {} is not version {STORED_VERSION}",
+            stored.version
+        )));
+    }
+    let some = |pem: String| (!pem.is_empty()).then_some(pem);
+    let pem = CaPem {
+        root: root_pem.to_owned(),
+        intermediate: stored.intermediate,
+        staged: some(stored.staged),
+        retiring: some(stored.retiring),
+    };
+    let ca = Ca::from_pem(keystore, &pem, options).map_err(|e| corrupt(e.to_string()))?;
+    Ok((
+        ca,
+        Schedule {
+            staged_at_ms: stored.staged_at_ms,
+            activated_at_ms: stored.activated_at_ms,
+        },
+    ))
+}
+
+/// Stores `ca`'s intermediates and `schedule`: the step is taken once this returns.
+async fn persist(registry: &Registry, ca: &Ca, schedule: Schedule) -> Result<(), RpcError> {
+    let pem = ca.to_pem();
+    let stored = StoredCaRollover {
+        version: STORED_VERSION,
+        intermediate: pem.intermediate,
+        staged: pem.staged.unwrap_or_default(),
+        retiring: pem.retiring.unwrap_or_default(),
+        staged_at_ms: schedule.staged_at_ms,
+        activated_at_ms: schedule.activated_at_ms,
+    };
+    registry
+        .put_config(CA_ROLLOVER_KEY, &entente_wire::encode(&stored))
+        .await?;
+    Ok(())
+}
+
+/// Takes one rollover step now, for `actor`, and records it. Returns what was done, for the
+/// keys RPC. Refused with [`RpcError::Precondition`] if the step does not fit the present
+/// state (a rollover in progress, nothing staged, the root key offline).
+pub(crate) async fn take_step<R>(
+    services: &Services<R>,
+    step: Step,
+    actor: &str,
+    now: SystemTime,
+) -> Result<String, RpcError> {
+    let state = &services.ca;
+    let _step = state.steps.lock().await;
+    let auditor = services.authz.auditor();
+    auditor.check().map_err(RpcError::Unaudited)?;
+    let outcome = match step {
+        Step::Stage => stage(services, now).await,
+        Step::Activate => activate(services, now).await,
+        Step::Retire => retire(services, now).await,
+    };
+    let (result, detail) = match &outcome {
+        Ok(done) => (Outcome::Success, done.clone()),
+        Err(RpcError::Precondition(why)) => (Outcome::Denied, why.clone()),
+        Err(e) => (Outcome::Failed, e.to_string()),
+    };
+    let event = Event::Admin(Admin {
+        operation: audit::clear(&format!("{}-intermediate", step_name(step))),
+        target: audit::clear(entente_ca::INTERMEDIATE_KEY),
+        detail: audit::clear(&detail),
+    });
+    record(auditor, actor, result, event).await?;
+    outcome
+}
+
+async fn record(
+    auditor: &Auditor,
+    actor: &str,
+    outcome: Outcome,
+    event: Event,
+) -> Result<(), RpcError> {
+    auditor
+        .record(actor, outcome, event)
+        .await
+        .map_err(RpcError::Unaudited)
+}
+
+async fn stage<R>(services: &Services<R>, now: SystemTime) -> Result<String, RpcError> {
+    let state = &services.ca;
+    let ca = state.current();
+    let staged = rpc::blocking(move || ca.stage_intermediate(now).map_err(ca_error)).await?;
+    let schedule = Schedule {
+        staged_at_ms: rpc::unix_ms(now),
+        ..state.schedule()
+    };
+    let new = staged
+        .intermediates()
+        .into_iter()
+        .find(|i| i.role == IntermediateRole::Staged);
+    if let Err(e) = persist(&services.registry, &staged, schedule).await {
+        // Not staged after all: the new key goes again.
+        if let Some(key) = new.as_ref().and_then(|i| i.key.as_ref()) {
+            let _ = state.keystore.delete(key);
+        }
+        return Err(e);
+    }
+    state.replace(staged, schedule);
+    Ok(match new {
+        Some(i) => format!(
+            "staged intermediate {}, valid until {} ms",
+            short(&i.signer_id),
+            rpc::unix_ms(i.not_after)
+        ),
+        None => "staged".to_owned(),
+    })
+}
+
+async fn activate<R>(services: &Services<R>, now: SystemTime) -> Result<String, RpcError> {
+    let state = &services.ca;
+    let active = state.current().activate_staged().map_err(ca_error)?;
+    let schedule = Schedule {
+        activated_at_ms: rpc::unix_ms(now),
+        ..state.schedule()
+    };
+    persist(&services.registry, &active, schedule).await?;
+    let signer = short(&active.signer_id());
+    state.replace(active, schedule);
+    state.activated.notify_waiters();
+    let resigned = resign_bundles(services, now).await?;
+    Ok(format!(
+        "intermediate {signer} signs; {resigned} key bundles signed again"
+    ))
+}
+
+async fn retire<R>(services: &Services<R>, now: SystemTime) -> Result<String, RpcError> {
+    let state = &services.ca;
+    // Nothing the retiring intermediate signed may stay in use once it is untrusted.
+    let resigned = resign_bundles(services, now).await?;
+    let ca = state.current();
+    let (retired, key) = ca.retire_previous().map_err(ca_error)?;
+    let old = ca
+        .intermediates()
+        .into_iter()
+        .find(|i| i.role == IntermediateRole::Retiring)
+        .ok_or_else(|| RpcError::Precondition("no intermediate is retiring".into()))?;
+    let serial = serial_of(&old.cert)?;
+    crate::admin::revoke_serial(services, &serial, audit::HUB_ACTOR, now).await?;
+    let schedule = state.schedule();
+    persist(&services.registry, &retired, schedule).await?;
+    state.replace(retired, schedule);
+    let mut done = format!(
+        "intermediate {} retired and its serial revoked; {resigned} key bundles signed again",
+        short(&old.signer_id)
+    );
+    if let Some(key) = key {
+        let keystore = state.keystore.clone();
+        let deleted = rpc::blocking(move || {
+            keystore
+                .delete(&key)
+                .map_err(|e| RpcError::Keys(e.to_string()))
+        })
+        .await;
+        if deleted.is_err() {
+            done.push_str("; its key could not be deleted from the key store");
+        }
+    }
+    Ok(done)
+}
+
+/// Signs again, with the active intermediate, every stored latest key bundle another
+/// intermediate signed and that has not expired. Returns how many.
+async fn resign_bundles<R>(services: &Services<R>, now: SystemTime) -> Result<usize, RpcError> {
+    let ca = services.ca.current();
+    let now_ms = rpc::unix_ms(now);
+    let mut count = 0;
+    for agent in services.registry.agents().await? {
+        let Some((epoch, bytes)) = services
+            .registry
+            .latest_key_bundle(&agent.principal)
+            .await?
+        else {
+            continue;
+        };
+        let bundle: KeyBundle = entente_wire::decode(&bytes, &services.limits)
+            .map_err(|e| RpcError::Corrupt(format!("key bundle of `{}`: {e}", agent.principal)))?;
+        if bundle.signer == ca.signer_id() || bundle.not_after_ms < now_ms {
+            continue;
+        }
+        // Only what verifies is signed again: the store is not taken on its word.
+        let Ok(verified) =
+            KeyBundleIn::from_wire(bundle).and_then(|b| b.verify(ca.trust_bundle(), now_ms))
+        else {
+            continue;
+        };
+        let body = verified.body().clone();
+        let signer = ca.clone();
+        let resigned =
+            rpc::blocking(move || signer.sign_key_bundle(body).map_err(ca_error)).await?;
+        services
+            .registry
+            .put_key_bundle(&agent.principal, epoch, &entente_wire::encode(&resigned))
+            .await?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Takes the steps that are due, until shutdown.
+pub(crate) async fn rollover_loop<R: Send + Sync + 'static>(
+    services: Arc<Services<R>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let tick = (services.ca.config.overlap / 8).clamp(Duration::from_millis(100), RETRY);
+    loop {
+        let wait = match services.ca.next_step() {
+            Some((step, due)) => match due.duration_since(SystemTime::now()) {
+                Ok(wait) => wait.min(tick),
+                Err(_) => {
+                    match take_step(&services, step, audit::HUB_ACTOR, SystemTime::now()).await {
+                        Ok(_) => Duration::ZERO,
+                        // E.g. the root key kept offline: an operator must act.
+                        Err(RpcError::Precondition(_)) => PRECONDITION_RETRY,
+                        Err(_) => RETRY.min(services.ca.config.overlap),
+                    }
+                }
+            },
+            None => tick,
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+fn ca_error(error: CaError) -> RpcError {
+    match error {
+        CaError::Rollover(why) => RpcError::Precondition(why.to_owned()),
+        CaError::RootKeyOffline => RpcError::Precondition(error.to_string()),
+        other => RpcError::Keys(other.to_string()),
+    }
+}
+
+/// The serial number of a certificate: the content bytes of its DER INTEGER.
+fn serial_of(der: &[u8]) -> Result<Vec<u8>, RpcError> {
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| RpcError::Corrupt(format!("an intermediate certificate: {e}")))?;
+    Ok(cert.raw_serial().to_vec())
+}
+
+/// The first 8 hex digits of a signer ID, as the CA names its certificates.
+fn short(signer: &[u8; 32]) -> String {
+    signer.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+pub(crate) fn role_name(role: IntermediateRole) -> &'static str {
+    match role {
+        IntermediateRole::Active => "active",
+        IntermediateRole::Staged => "staged",
+        IntermediateRole::Retiring => "retiring",
+    }
+}
+
+pub(crate) fn step_name(step: Step) -> &'static str {
+    match step {
+        Step::Stage => "stage",
+        Step::Activate => "activate",
+        Step::Retire => "retire",
+    }
+}

@@ -1,0 +1,273 @@
+//! Rolling the intermediate CA over on a live hub whose CA issues four-second certificates:
+//! agents connected before the rollover stay connected and keep exchanging sealed messages
+//! through staging, activation and retirement; an agent enrolled after activation talks with
+//! them; the old key is deleted, its serial revoked, every step audited, and a restarted hub
+//! carries on with the new intermediate.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::time::{Duration, Instant};
+
+use entente_audit::Event;
+use entente_ca::{INTERMEDIATE_KEY, IntermediateRole};
+use entente_client::{Client, Subscription};
+use entente_hub::{AuditConfig, CaRollover};
+use entente_keystore::KeyName;
+use entente_store::Store;
+use entente_testkit::TestHub;
+use futures_util::StreamExt as _;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+const POLICIES: &str = r#"
+    @cross_segment
+    permit (principal in Segment::"shop",
+            action in [Action::"publish", Action::"subscribe"],
+            resource in Namespace::"orders");
+"#;
+
+/// Every certificate's lifetime.
+const TTL: Duration = Duration::from_secs(4);
+/// Each rollover phase: at least the certificate lifetime.
+const OVERLAP: Duration = Duration::from_secs(5);
+
+async fn start(dir: &tempfile::TempDir) -> TestHub {
+    let audit = dir.path().join("audit");
+    TestHub::builder()
+        .policies(POLICIES)
+        .svid_ttl(TTL)
+        .config(move |c| {
+            c.ca_rollover = CaRollover {
+                overlap: OVERLAP,
+                lead: Duration::from_secs(30 * 24 * 3600),
+                automatic: false,
+            };
+            c.audit = Some(AuditConfig {
+                seal_interval: Duration::from_millis(50),
+                ..AuditConfig::new(audit)
+            });
+        })
+        .start()
+        .await
+        .unwrap()
+}
+
+fn roles(hub: &TestHub) -> Vec<IntermediateRole> {
+    hub.hub()
+        .ca()
+        .intermediates()
+        .iter()
+        .map(|i| i.role)
+        .collect()
+}
+
+async fn receive(subscription: &mut Subscription) -> Vec<u8> {
+    tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("a message in time")
+        .expect("the subscription is open")
+        .expect("a verified message")
+        .payload
+}
+
+/// `from` publishes on `channel`, `to` receives it: a sealed message whose recipients' key
+/// bundles `from` verified, and whose sender's bundle `to` verified.
+async fn exchange(from: &Client, to: &mut Subscription, channel: &str, text: &str) {
+    from.publish(channel, text.to_owned()).await.unwrap();
+    assert_eq!(receive(to).await, text.as_bytes());
+}
+
+/// Keeps bob → alice traffic going until `done` holds, counting messages; every one arrives.
+async fn traffic_until(
+    bob: &Client,
+    orders: &mut Subscription,
+    sent: &mut u32,
+    deadline: Duration,
+    mut done: impl FnMut() -> bool,
+) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < deadline, "the rollover step did not come");
+        exchange(bob, orders, "orders.eu", &format!("order {sent}")).await;
+        *sent += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollover_disconnects_no_agent_and_loses_no_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start(&dir).await;
+    let first = hub.hub().ca();
+    let old_signer = first.signer_id();
+    let old_serial = {
+        let (_, cert) = X509Certificate::from_der(first.intermediate_cert()).unwrap();
+        cert.raw_serial().to_vec()
+    };
+
+    let alice = hub.connect_agent("shop", "alice").await.unwrap();
+    let bob = hub.connect_agent("shop", "bob").await.unwrap();
+    let mut orders = alice.subscribe("orders.eu").await.unwrap();
+    let mut sent = 0u32;
+    exchange(&bob, &mut orders, "orders.eu", "before").await;
+
+    // Stage: the new intermediate is trusted, the old one still signs.
+    let staged = hub.hub().stage_intermediate().await.unwrap();
+    assert!(staged.starts_with("staged intermediate"), "{staged}");
+    assert_eq!(
+        roles(&hub),
+        [IntermediateRole::Active, IntermediateRole::Staged]
+    );
+    assert_eq!(hub.hub().ca().signer_id(), old_signer);
+    let err = hub.hub().stage_intermediate().await.unwrap_err();
+    assert!(err.to_string().contains("in progress"), "{err}");
+
+    // Activation, an overlap later, while messages flow.
+    traffic_until(&bob, &mut orders, &mut sent, 4 * OVERLAP, || {
+        roles(&hub) == [IntermediateRole::Active, IntermediateRole::Retiring]
+    })
+    .await;
+    let new_signer = hub.hub().ca().signer_id();
+    assert_ne!(new_signer, old_signer);
+    // Every stored key bundle is signed by the new intermediate now.
+    for name in ["alice", "bob"] {
+        let principal = hub.agent_id("shop", name).unwrap().to_string();
+        let (_, bytes) = hub
+            .store()
+            .latest_key_bundle(&principal)
+            .await
+            .unwrap()
+            .unwrap();
+        let bundle: entente_wire::KeyBundle =
+            entente_wire::decode(&bytes, &entente_wire::Limits::default()).unwrap();
+        assert_eq!(bundle.signer, new_signer.to_vec(), "{name}");
+    }
+
+    // Carol enrolls under the new intermediate and talks with agents enrolled under the old.
+    let carol = hub.connect_agent("shop", "carol").await.unwrap();
+    assert_eq!(
+        X509Certificate::from_der(&carol.identity().chain()[1])
+            .unwrap()
+            .1
+            .public_key()
+            .raw,
+        X509Certificate::from_der(&hub.hub().ca().intermediates()[0].cert)
+            .unwrap()
+            .1
+            .public_key()
+            .raw,
+    );
+    let mut carols = carol.subscribe("orders.us").await.unwrap();
+    exchange(&alice, &mut carols, "orders.us", "alice to carol").await;
+    exchange(&carol, &mut orders, "orders.eu", "carol to alice").await;
+
+    // Retirement, another overlap later.
+    traffic_until(&bob, &mut orders, &mut sent, 4 * OVERLAP, || {
+        roles(&hub) == [IntermediateRole::Active]
+    })
+    .await;
+    assert_eq!(
+        hub.hub().trust_bundle().roots(),
+        hub.hub().ca().trust_bundle().roots()
+    );
+    assert_eq!(hub.hub().ca().trust_bundle().intermediates().len(), 1);
+    let old_key = KeyName::new(INTERMEDIATE_KEY).unwrap();
+    assert!(!hub.hub().ca().keystore().contains(&old_key).unwrap());
+    let list = hub.hub().revocations().expect("a revocation list");
+    assert!(list.is_serial_revoked(&old_serial));
+
+    // Nobody was disconnected, nothing was lost, and traffic still flows every way.
+    for client in [&alice, &bob, &carol] {
+        assert!(!client.is_closed());
+        assert_eq!(client.stats().renewal_failures, 0);
+    }
+    assert!(sent > 10, "{sent}");
+    exchange(&bob, &mut orders, "orders.eu", "after").await;
+    exchange(&alice, &mut carols, "orders.us", "after, to carol").await;
+
+    // Every step is in the audit log.
+    let (records, _) = hub.hub().audit_records(0, 100_000).await.unwrap().unwrap();
+    let steps: Vec<String> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Admin(a) => a
+                .operation
+                .as_clear()
+                .filter(|op| op.ends_with("-intermediate"))
+                .map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "stage-intermediate",
+            "stage-intermediate",
+            "activate-intermediate",
+            "retire-intermediate"
+        ]
+    );
+
+    // A restarted hub carries on with the new intermediate; the renewed agents reconnect.
+    let alice_identity = alice.identity();
+    let carol_identity = carol.identity();
+    for client in [alice, bob, carol] {
+        client.close().await;
+    }
+    let hub = hub.restart().await.unwrap();
+    assert_eq!(hub.hub().ca().signer_id(), new_signer);
+    assert_eq!(roles(&hub), [IntermediateRole::Active]);
+    let alice = hub.connect(alice_identity).await.unwrap();
+    let carol = hub.connect(carol_identity).await.unwrap();
+    let mut carols = carol.subscribe("orders.us").await.unwrap();
+    exchange(&alice, &mut carols, "orders.us", "after the restart").await;
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlap_shorter_than_the_certificate_lifetime_is_refused() {
+    let err = TestHub::builder()
+        .svid_ttl(Duration::from_secs(60))
+        .config(|c| {
+            c.ca_rollover.overlap = Duration::from_secs(30);
+        })
+        .start()
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("overlap"), "{err:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_handed_over_mid_rollover_waits_a_whole_overlap() {
+    let ca = entente_testkit::TestCa::with_options(entente_ca::CaOptions {
+        svid_ttl: TTL,
+        ..entente_ca::CaOptions::default()
+    })
+    .unwrap();
+    let staged = std::sync::Arc::new(
+        ca.ca()
+            .stage_intermediate(std::time::SystemTime::now())
+            .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        std::sync::Arc::new(entente_store::EmbeddedStore::open(dir.path().join("r.redb")).unwrap());
+    let config = entente_hub::HubConfig {
+        ca_rollover: CaRollover {
+            overlap: OVERLAP,
+            lead: Duration::from_secs(30 * 24 * 3600),
+            automatic: false,
+        },
+        ..entente_hub::HubConfig::default()
+    };
+    let hub = entente_hub::Hub::start(config, staged, store)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let roles: Vec<_> = hub.ca().intermediates().iter().map(|i| i.role).collect();
+    assert_eq!(roles, [IntermediateRole::Active, IntermediateRole::Staged]);
+    hub.shutdown().await;
+}
