@@ -32,6 +32,8 @@
 //! start makes every key of the hub — the CA's, the audit checkpoint key, the key-encryption
 //! keys — in that PKCS#11 token instead (there is no `keys/` then), and writes the module and
 //! token to `config.toml` (`[keystore]`); later starts need `ENTENTE_PKCS11_PIN`.
+//! `ENTENTE_CA_KEYSTORE`, `ENTENTE_AUDIT_KEYSTORE` and `ENTENTE_DATA_KEYSTORE` (`local` or
+//! `pkcs11`) place each kind of key on its own ([`crate::keystores`]).
 
 use std::{
     net::SocketAddr,
@@ -41,17 +43,16 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
+use aws_lc_rs::rand::SystemRandom;
 use entente_ca::{Ca, CaOptions};
 use entente_client::Identity;
 use entente_crypto::{KeyBundleBody, MessageKeys};
-use entente_hub::{AuditConfig, CaRollover, HubConfig, StreamConfig, StreamSync};
+use entente_hub::{AuditConfig, CaRollover, HubConfig, KeyStores, StreamConfig, StreamSync};
 use entente_types::ChannelPattern;
 
 use crate::commands::agent::parse_duration;
-use entente_keystore::KeyStore;
-use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock, files};
-use entente_keystore::pkcs11::{Pkcs11Config, Pkcs11KeyStore};
+use crate::keystores::{self, KeystoreTable, Stores, Tables};
+use entente_keystore::local::files;
 use entente_store::EmbeddedStore;
 use entente_types::{HumanId, Principal, TrustDomain};
 use zeroize::Zeroizing;
@@ -69,6 +70,8 @@ pub(crate) struct DataDir {
     pub(crate) ca: Arc<Ca>,
     pub(crate) store: Arc<EmbeddedStore>,
     pub(crate) config: ConfigFile,
+    /// The key stores of the CA, audit and data keys.
+    pub(crate) key_stores: Stores,
     /// What the first start created, in words (empty on later starts).
     pub(crate) created: Vec<String>,
 }
@@ -117,6 +120,10 @@ impl DataDir {
             .collect::<Result<_>>()?;
         config.streams_dir = Some(self.root.join(STREAMS));
         config.replace_stored_policies = reload_policies;
+        config.key_stores = KeyStores {
+            audit: Some(self.key_stores.audit.clone()),
+            data: Some(self.key_stores.data.clone()),
+        };
         Ok(config)
     }
 
@@ -168,24 +175,8 @@ impl DataDir {
             .context("invalid trust domain")?;
         files::create_private_dir_all(root)?;
         let mut created = Vec::new();
-        let (keystore, keystore_table) = match Pkcs11Config::from_env()? {
-            Some(pkcs11) => {
-                let table = KeystoreTable {
-                    backend: PKCS11.to_owned(),
-                    module: pkcs11.module.display().to_string(),
-                    token: pkcs11.token_label.clone(),
-                };
-                let store = Pkcs11KeyStore::open(pkcs11)?;
-                created.push(format!(
-                    "the CA keys, and later the audit and data key-encryption keys, in the PKCS#11 \
-                     token `{}` (they never leave it)",
-                    table.token
-                ));
-                (Arc::new(store) as Arc<dyn KeyStore>, Some(table))
-            }
-            None => (Self::init_local(root, &mut created)?, None),
-        };
-        let ca = Ca::init(keystore, &td, CaOptions::default(), now)?;
+        let (stores, tables) = keystores::init(root, &mut created)?;
+        let ca = Ca::init(stores.ca.clone(), &td, CaOptions::default(), now)?;
         let pem = ca.to_pem();
         let ca_dir = root.join(CA_DIR);
         files::create_private_dir_all(&ca_dir)?;
@@ -206,7 +197,9 @@ impl DataDir {
             listen.map_or_else(|| DEFAULT_LISTEN.to_owned(), |l| l.to_string()),
             &td,
         );
-        config.keystore = keystore_table;
+        config.keystore = tables.ca;
+        config.audit_keystore = tables.audit;
+        config.data_keystore = tables.data;
         files::replace(root, CONFIG, config.render()?.as_bytes(), &rng)?;
         created.push(format!("{CONFIG}: listen address and trust domain"));
         let policies = root.join(POLICIES);
@@ -225,75 +218,9 @@ impl DataDir {
             ca: Arc::new(ca),
             store: Arc::new(store),
             config,
+            key_stores: stores,
             created,
         })
-    }
-
-    /// A new local key store in `DIR/keys`, unlocked by the environment's key or passphrase,
-    /// or by a random key kept in `DIR/keystore.key`.
-    fn init_local(root: &Path, created: &mut Vec<String>) -> Result<Arc<dyn KeyStore>> {
-        let unlock = match Unlock::from_env()? {
-            Some(unlock) => unlock,
-            None => {
-                let mut key = Zeroizing::new([0u8; 32]);
-                SystemRandom::new()
-                    .fill(&mut *key)
-                    .map_err(|_| anyhow!("the system random source failed"))?;
-                let text = Zeroizing::new(hex::encode(*key));
-                files::write_new(root, KEYSTORE_KEY, text.as_bytes(), &SystemRandom::new())?;
-                created.push(format!(
-                    "{KEYSTORE_KEY}: a random key-store key (set ENTENTE_KEYSTORE_KEY or ENTENTE_KEYSTORE_PASSPHRASE instead for production)"
-                ));
-                Unlock::Key(key)
-            }
-        };
-        let keystore = LocalKeyStore::create(&root.join(KEYS), &unlock, Argon2Params::default())?;
-        created.push(format!("{KEYS}/: the CA keys, encrypted at rest"));
-        Ok(Arc::new(keystore))
-    }
-
-    /// The key store `config` names: the PKCS#11 token (its PIN from `ENTENTE_PKCS11_PIN`),
-    /// or the local store in `DIR/keys`.
-    fn open_keystore(root: &Path, config: &ConfigFile) -> Result<Arc<dyn KeyStore>> {
-        if let Some(table) = &config.keystore {
-            if table.backend != PKCS11 {
-                bail!(
-                    "`[keystore] backend` is `{}`; this build knows `{PKCS11}` (or no \
-                     [keystore] table for the local store)",
-                    table.backend
-                );
-            }
-            let pin = std::env::var(entente_keystore::pkcs11::PIN_ENV).map_err(|_| {
-                anyhow!(
-                    "the CA keys are in the PKCS#11 token `{}`: set {} to its user PIN",
-                    table.token,
-                    entente_keystore::pkcs11::PIN_ENV
-                )
-            })?;
-            let store = Pkcs11KeyStore::open(Pkcs11Config {
-                module: PathBuf::from(&table.module),
-                token_label: table.token.clone(),
-                pin: Zeroizing::new(pin),
-            })?;
-            return Ok(Arc::new(store));
-        }
-        let unlock = match Unlock::from_env()? {
-            Some(unlock) => unlock,
-            None => {
-                let path = root.join(KEYSTORE_KEY);
-                let text = Zeroizing::new(files::read_private(&path).with_context(|| {
-                    format!(
-                        "no key-store key: set ENTENTE_KEYSTORE_KEY or ENTENTE_KEYSTORE_PASSPHRASE, or restore `{}`",
-                        path.display()
-                    )
-                })?);
-                let mut key = Zeroizing::new([0u8; 32]);
-                hex::decode_to_slice(text.trim_ascii(), &mut *key)
-                    .map_err(|_| anyhow!("`{}` is not a 64-character hex key", path.display()))?;
-                Unlock::Key(key)
-            }
-        };
-        Ok(Arc::new(LocalKeyStore::open(&root.join(KEYS), &unlock)?))
     }
 
     fn open(root: &Path, now: SystemTime) -> Result<Self> {
@@ -310,7 +237,7 @@ impl DataDir {
         }
         let config = ConfigFile::parse(&text)
             .with_context(|| format!("reading `{}`", config_path.display()))?;
-        let keystore = Self::open_keystore(root, &config)?;
+        let stores = keystores::open(root, &config.tables())?;
         let ca_dir = root.join(CA_DIR);
         let root_pem = String::from_utf8(files::read_private(&ca_dir.join(ROOT_PEM))?)?;
         let intermediate_pem =
@@ -319,7 +246,7 @@ impl DataDir {
         // After an intermediate rollover, the store holds the intermediates in use.
         let rollover = store.config_now(entente_hub::CA_ROLLOVER_KEY)?;
         let ca = entente_hub::load_ca(
-            keystore,
+            stores.ca.clone(),
             &root_pem,
             &intermediate_pem,
             CaOptions::default(),
@@ -355,6 +282,7 @@ impl DataDir {
             ca: Arc::new(ca),
             store: Arc::new(store),
             config,
+            key_stores: stores,
             created: Vec::new(),
         })
     }
@@ -405,6 +333,12 @@ pub(crate) struct ConfigFile {
     /// `ENTENTE_PKCS11_PIN` are given; later starts need the PIN).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) keystore: Option<KeystoreTable>,
+    /// Where the audit checkpoint keys live when not with the CA keys (`crate::keystores`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) audit_keystore: Option<KeystoreTable>,
+    /// Where the data keys' wrapping key lives when not with the CA keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) data_keystore: Option<KeystoreTable>,
     /// Durable channels (docs/DURABLE.md), kept in `streams/`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) durable: Vec<DurableChannel>,
@@ -442,18 +376,6 @@ impl CaRolloverTable {
         }
         Ok(rollover)
     }
-}
-
-/// The `[keystore]` table of `config.toml`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct KeystoreTable {
-    /// `pkcs11`.
-    pub(crate) backend: String,
-    /// The PKCS#11 module (e.g. SoftHSM2's `libsofthsm2.so`, or the HSM vendor's).
-    pub(crate) module: String,
-    /// The token's label.
-    pub(crate) token: String,
 }
 
 /// One `[[durable]]` table of `config.toml`.
@@ -524,6 +446,8 @@ impl ConfigFile {
             listen,
             trust_domain: td.to_string(),
             keystore: None,
+            audit_keystore: None,
+            data_keystore: None,
             durable: Vec::new(),
             ca_rollover: None,
         }
@@ -555,6 +479,15 @@ impl ConfigFile {
              #   ack_wait = \"30s\"\n\n{}",
             toml::to_string(self)?
         ))
+    }
+
+    /// The key store tables.
+    fn tables(&self) -> Tables {
+        Tables {
+            ca: self.keystore.clone(),
+            audit: self.audit_keystore.clone(),
+            data: self.data_keystore.clone(),
+        }
     }
 
     fn to_hub_config(&self) -> Result<HubConfig> {
@@ -674,9 +607,6 @@ unless { context.approvals >= 1 };
 "#;
 
 const CONFIG: &str = "config.toml";
-const KEYSTORE_KEY: &str = "keystore.key";
-const PKCS11: &str = "pkcs11";
-const KEYS: &str = "keys";
 const CA_DIR: &str = "ca";
 const ROOT_PEM: &str = "root.pem";
 const INTERMEDIATE_PEM: &str = "intermediate.pem";

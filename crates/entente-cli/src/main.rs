@@ -3,6 +3,7 @@
 
 mod commands;
 mod data;
+mod keystores;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 

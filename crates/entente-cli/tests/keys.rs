@@ -51,6 +51,16 @@ fn administrators_see_and_rotate_the_hubs_keys_and_agents_may_not() {
         "{rotated:#}"
     );
 
+    // The data keys' wrapping key rotates: the data keys stay, wrapped anew.
+    assert_eq!(rotated["data_kek"], "data-kek", "{rotated:#}");
+    let rewrapped = keys(&[&["keys", "rotate", "data-kek"][..], &at[..]].concat());
+    let kek = rewrapped["data_kek"].as_str().unwrap();
+    assert!(kek.starts_with("data-kek-"), "{rewrapped:#}");
+    assert_eq!(rewrapped["rotated"], format!("data-kek {kek}"));
+    assert_eq!(rewrapped["data_keys"], rotated["data_keys"]);
+    assert!(!data.join("keys/keys/data-kek.key").exists());
+    assert!(data.join(format!("keys/keys/{kek}.key")).exists());
+
     // The text form names them too.
     let text = ok(&["keys", "status", "--identity", s(&admin), "--hub", &addr]);
     assert!(

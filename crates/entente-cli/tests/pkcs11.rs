@@ -1,6 +1,7 @@
 //! `entente hub start` with its keys in a PKCS#11 token (SoftHSM2): the CA keys, the audit
 //! checkpoint key and the key-encryption keys are made in the token and never written to the
-//! data directory; later starts need the PIN, and a wrong one is a clear error.
+//! data directory; later starts need the PIN, and a wrong one is a clear error. Each kind of
+//! key (CA, audit, data) may be placed in the token or the local store on its own.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -61,6 +62,11 @@ fn softhsm(dir: &Path) -> PathBuf {
 
 /// `entente hub start` on `data` with the token's settings (`pin`: `None` leaves the PIN out).
 fn hub(data: &Path, conf: &Path, pin: Option<&str>) -> Child {
+    hub_with(data, conf, pin, &[])
+}
+
+/// [`hub`] with more environment variables.
+fn hub_with(data: &Path, conf: &Path, pin: Option<&str>, env: &[(&str, &str)]) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_entente"));
     command
         .args([
@@ -77,6 +83,10 @@ fn hub(data: &Path, conf: &Path, pin: Option<&str>) -> Child {
         .env("SOFTHSM2_CONF", conf)
         .env("ENTENTE_PKCS11_MODULE", module())
         .env("ENTENTE_PKCS11_TOKEN", TOKEN)
+        .env_remove("ENTENTE_CA_KEYSTORE")
+        .env_remove("ENTENTE_AUDIT_KEYSTORE")
+        .env_remove("ENTENTE_DATA_KEYSTORE")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     match pin {
@@ -126,17 +136,7 @@ fn the_hub_keeps_its_keys_in_a_pkcs11_token() {
     // The hub works: enrollment (a certificate signed in the token), the audit log (its
     // checkpoint key there too).
     enroll(&data, &addr, "demo/alice", tmp.path());
-    let admin = data.join("admin");
-    let keys: serde_json::Value = serde_json::from_str(&ok(&[
-        "keys",
-        "status",
-        "--identity",
-        s(&admin),
-        "--hub",
-        &addr,
-        "--json",
-    ]))
-    .unwrap();
+    let keys = keys_status(&data, &addr);
     assert!(
         keys["audit_key"].as_str().unwrap().contains("/audit+"),
         "{keys:#}"
@@ -156,4 +156,98 @@ fn the_hub_keeps_its_keys_in_a_pkcs11_token() {
     let addr = listening(&mut child);
     enroll(&data, &addr, "demo/bob", tmp.path());
     stop(child);
+}
+
+/// The names of the keys in the local store `dir`, sorted.
+fn local_keys(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter_map(|name| name.strip_suffix(".key").map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
+/// `entente keys status --json` as the data directory's admin.
+fn keys_status(data: &Path, addr: &str) -> serde_json::Value {
+    let admin = data.join("admin");
+    serde_json::from_str(&ok(&[
+        "keys",
+        "status",
+        "--identity",
+        s(&admin),
+        "--hub",
+        addr,
+        "--json",
+    ]))
+    .unwrap()
+}
+
+fn key_stores(data: &Path, addr: &str) -> serde_json::Value {
+    keys_status(data, addr)["key_stores"].clone()
+}
+
+#[test]
+fn each_kind_of_key_lives_in_the_store_chosen_for_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = softhsm(tmp.path());
+
+    // The CA keys in the token, the audit and data keys in the local store.
+    let data = tmp.path().join("ca-in-token");
+    let local = [
+        ("ENTENTE_AUDIT_KEYSTORE", "local"),
+        ("ENTENTE_DATA_KEYSTORE", "local"),
+    ];
+    let mut child = hub_with(&data, &conf, Some(PIN), &local);
+    let addr = listening(&mut child);
+    assert_eq!(
+        local_keys(&data.join("keys").join("keys")),
+        ["audit-checkpoint", "audit-kek", "data-kek"]
+    );
+    let expected = serde_json::json!({"ca": "pkcs11", "audit": "local", "data": "local"});
+    assert_eq!(key_stores(&data, &addr), expected);
+    let config = std::fs::read_to_string(data.join("config.toml")).unwrap();
+    assert!(
+        config.contains("[keystore]")
+            && config.contains("[audit_keystore]\nbackend = \"local\"")
+            && config.contains("[data_keystore]\nbackend = \"local\""),
+        "{config}"
+    );
+    enroll(&data, &addr, "demo/alice", tmp.path());
+    stop(child);
+    // Later starts read the placement from config.toml.
+    let mut child = hub(&data, &conf, Some(PIN));
+    let addr = listening(&mut child);
+    assert_eq!(key_stores(&data, &addr), expected);
+    stop(child);
+
+    // The reverse: the CA keys local, the audit and data keys in the token.
+    let data = tmp.path().join("ca-local");
+    let mut child = hub_with(&data, &conf, Some(PIN), &[("ENTENTE_CA_KEYSTORE", "local")]);
+    let addr = listening(&mut child);
+    assert_eq!(
+        local_keys(&data.join("keys").join("keys")),
+        ["ca-intermediate", "ca-root"]
+    );
+    let expected = serde_json::json!({"ca": "local", "audit": "pkcs11", "data": "pkcs11"});
+    assert_eq!(key_stores(&data, &addr), expected);
+    enroll(&data, &addr, "demo/bob", tmp.path());
+    stop(child);
+    // The token's keys still need the PIN.
+    let err = refused(hub(&data, &conf, None));
+    assert!(err.contains("ENTENTE_PKCS11_PIN"), "{err}");
+    let mut child = hub(&data, &conf, Some(PIN));
+    let addr = listening(&mut child);
+    assert_eq!(key_stores(&data, &addr), expected);
+    stop(child);
+
+    // A choice that is neither is refused.
+    let err = refused(hub_with(
+        &tmp.path().join("bad"),
+        &conf,
+        Some(PIN),
+        &[("ENTENTE_AUDIT_KEYSTORE", "tpm")],
+    ));
+    assert!(err.contains("ENTENTE_AUDIT_KEYSTORE"), "{err}");
 }

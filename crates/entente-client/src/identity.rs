@@ -692,8 +692,8 @@ mod tests {
 
     use super::*;
 
-    /// A CA in `tmp`, an identity it issued, and the same identity renewed.
-    fn identity_and_renewal(tmp: &Path) -> (Identity, Identity) {
+    /// A CA in `tmp`, and an identity it issued with the body of its key bundle.
+    fn issued(tmp: &Path) -> (Ca, Identity, KeyBundleBody) {
         let keystore = LocalKeyStore::create(
             &tmp.join("keys"),
             &Unlock::passphrase("pw"),
@@ -704,29 +704,20 @@ mod tests {
         let now = SystemTime::now();
         let ca = Ca::init(Arc::new(keystore), &td, CaOptions::default(), now).unwrap();
         let principal = Principal::from(AgentId::new(&td, "ops", "alice").unwrap());
-        let issue = || {
-            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-            let csr = rcgen::CertificateParams::default()
-                .serialize_request(&key)
-                .unwrap();
-            let svid = ca.issue_svid(csr.der(), &principal, now).unwrap();
-            (svid.chain_der, Zeroizing::new(key.serialize_der()))
-        };
         let keys = MessageKeys::generate().unwrap();
         let ms = unix_ms(now);
-        let bundle = ca
-            .sign_key_bundle(KeyBundleBody {
-                principal: principal.clone(),
-                ed25519_public: keys.ed25519_public(),
-                x25519_public: keys.x25519_public(),
-                epoch: 1,
-                not_before_ms: ms - 60_000,
-                not_after_ms: ms + 3_600_000,
-            })
-            .unwrap();
-        let (chain, key) = issue();
-        let first = Identity::new(
-            principal.clone(),
+        let body = KeyBundleBody {
+            principal: principal.clone(),
+            ed25519_public: keys.ed25519_public(),
+            x25519_public: keys.x25519_public(),
+            epoch: 1,
+            not_before_ms: ms - 60_000,
+            not_after_ms: ms + 3_600_000,
+        };
+        let bundle = ca.sign_key_bundle(body.clone()).unwrap();
+        let (chain, key) = certificate(&ca, &principal);
+        let identity = Identity::new(
+            principal,
             chain,
             key,
             keys,
@@ -735,8 +726,29 @@ mod tests {
             now,
         )
         .unwrap();
-        let (chain, key) = issue();
-        let renewed = first.renewed(chain, key, now).unwrap();
+        (ca, identity, body)
+    }
+
+    /// A fresh certificate chain and TLS key for `principal` from `ca`.
+    fn certificate(
+        ca: &Ca,
+        principal: &Principal,
+    ) -> (Vec<CertificateDer<'static>>, Zeroizing<Vec<u8>>) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap();
+        let svid = ca
+            .issue_svid(csr.der(), principal, SystemTime::now())
+            .unwrap();
+        (svid.chain_der, Zeroizing::new(key.serialize_der()))
+    }
+
+    /// A CA in `tmp`, an identity it issued, and the same identity renewed.
+    fn identity_and_renewal(tmp: &Path) -> (Identity, Identity) {
+        let (ca, first, _) = issued(tmp);
+        let (chain, key) = certificate(&ca, first.principal());
+        let renewed = first.renewed(chain, key, SystemTime::now()).unwrap();
         (first, renewed)
     }
 
@@ -839,46 +851,8 @@ mod tests {
     /// intermediate was rolled over and the old one retired: new certificate, trust bundle
     /// without the old intermediate, key bundle re-signed by the new one.
     fn identity_and_rollover(tmp: &Path) -> (Identity, Identity) {
-        let keystore = LocalKeyStore::create(
-            &tmp.join("keys"),
-            &Unlock::passphrase("pw"),
-            Argon2Params::danger_fast_for_tests(),
-        )
-        .unwrap();
-        let td = TrustDomain::new("acme.internal").unwrap();
+        let (ca, old, body) = issued(tmp);
         let now = SystemTime::now();
-        let ca = Ca::init(Arc::new(keystore), &td, CaOptions::default(), now).unwrap();
-        let principal = Principal::from(AgentId::new(&td, "ops", "alice").unwrap());
-        let issue = |ca: &Ca| {
-            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-            let csr = rcgen::CertificateParams::default()
-                .serialize_request(&key)
-                .unwrap();
-            let svid = ca.issue_svid(csr.der(), &principal, now).unwrap();
-            (svid.chain_der, Zeroizing::new(key.serialize_der()))
-        };
-        let keys = MessageKeys::generate().unwrap();
-        let ms = unix_ms(now);
-        let body = KeyBundleBody {
-            principal: principal.clone(),
-            ed25519_public: keys.ed25519_public(),
-            x25519_public: keys.x25519_public(),
-            epoch: 1,
-            not_before_ms: ms - 60_000,
-            not_after_ms: ms + 3_600_000,
-        };
-        let bundle = ca.sign_key_bundle(body.clone()).unwrap();
-        let (chain, key) = issue(&ca);
-        let old = Identity::new(
-            principal.clone(),
-            chain,
-            key,
-            keys,
-            bundle,
-            ca.trust_bundle().clone(),
-            now,
-        )
-        .unwrap();
         let (retired, _) = ca
             .stage_intermediate(now)
             .unwrap()
@@ -886,7 +860,7 @@ mod tests {
             .unwrap()
             .retire_previous()
             .unwrap();
-        let (chain, key) = issue(&retired);
+        let (chain, key) = certificate(&retired, old.principal());
         let renewed = old
             .renewed_with(
                 chain,

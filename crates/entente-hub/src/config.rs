@@ -2,8 +2,10 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use entente_keystore::KeyStore;
 use entente_policy::GrantLimits;
 use entente_types::Principal;
 use entente_wire::Limits;
@@ -78,6 +80,8 @@ pub struct HubConfig {
     pub data_key_rotation: Duration,
     /// The intermediate CA rollover ([`CaRollover`], docs/KEYS.md).
     pub ca_rollover: CaRollover,
+    /// Where the hub's own keys live when not in the CA's key store ([`KeyStores`]).
+    pub key_stores: KeyStores,
     /// The durable channels ([`StreamConfig`], docs/DURABLE.md). Default none.
     pub streams: Vec<StreamConfig>,
     /// Where durable channels are kept (a directory per channel); required with
@@ -104,6 +108,7 @@ impl Default for HubConfig {
             audit: None,
             data_key_rotation: Duration::from_secs(24 * 60 * 60),
             ca_rollover: CaRollover::default(),
+            key_stores: KeyStores::default(),
             streams: Vec::new(),
             streams_dir: None,
         }
@@ -128,6 +133,35 @@ pub struct CaRollover {
     /// rollover already begun are always taken. Default on.
     pub automatic: bool,
 }
+
+/// The key stores of the hub's own keys; `None` is the CA's key store. Each kind may live in
+/// a store of its own — e.g. the CA keys in an HSM and the audit checkpoint key in the local
+/// store, or the reverse (docs/KEYS.md §1).
+#[derive(Debug, Clone, Default)]
+pub struct KeyStores {
+    /// The audit checkpoint keys and the key wrapping the audit HMAC key
+    /// ([`AUDIT_SIGNING_KEY`](crate::AUDIT_SIGNING_KEY), [`AUDIT_KEK`](crate::AUDIT_KEK)).
+    pub audit: Option<Arc<dyn KeyStore>>,
+    /// The key wrapping the data keys ([`DATA_KEK`](crate::datakeys::DATA_KEK)).
+    pub data: Option<Arc<dyn KeyStore>>,
+}
+
+/// Two settings are equal when they name the same stores.
+impl PartialEq for KeyStores {
+    fn eq(&self, other: &Self) -> bool {
+        fn same(a: Option<&Arc<dyn KeyStore>>, b: Option<&Arc<dyn KeyStore>>) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+        }
+        same(self.audit.as_ref(), other.audit.as_ref())
+            && same(self.data.as_ref(), other.data.as_ref())
+    }
+}
+
+impl Eq for KeyStores {}
 
 impl Default for CaRollover {
     fn default() -> Self {

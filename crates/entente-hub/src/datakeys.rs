@@ -10,6 +10,11 @@
 //! Sealed value: `u32(version) ‖ nonce (12 bytes) ‖ AES-256-GCM(data key, nonce, aad, value)
 //! ‖ tag (16 bytes)`, where `aad` is the caller's context (a durable entry's stream and
 //! sequence), so that a sealed value moved elsewhere does not open.
+//!
+//! The key-encryption key rotates too ([`DataKeys::rotate_kek`], `entente keys rotate
+//! data-kek`): a new one (`data-kek-` and 8 hex digits) is made in the key store, every data
+//! key is unwrapped and wrapped again under it, the list is stored naming it, and the old one
+//! is deleted. What the data keys sealed is not touched: nothing kept at rest is decrypted.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -28,8 +33,10 @@ pub const DATA_KEK: &str = "data-kek";
 /// The hub store's config key of the wrapped data keys.
 const DATA_KEYS_CONFIG: &str = "data_keys";
 
-/// The stored list's format version.
+/// The stored list's format version, wrapped under [`DATA_KEK`]...
 const STORED_VERSION: u8 = 1;
+/// ...and naming its key-encryption key.
+const STORED_VERSION_KEK: u8 = 2;
 
 /// Bytes a sealed value adds: version, nonce and tag.
 pub const SEAL_OVERHEAD: usize = 4 + NONCE_LEN + 16;
@@ -71,11 +78,15 @@ pub struct DataKeyInfo {
 pub struct DataKeys {
     keystore: Arc<dyn KeyStore>,
     keys: RwLock<Keys>,
+    /// One change of the stored list at a time (rotation, retirement, rewrapping).
+    changing: tokio::sync::Mutex<()>,
     rng: SystemRandom,
 }
 
 #[derive(Debug, Default)]
 struct Keys {
+    /// The key-encryption key the stored keys are wrapped with (`None`: [`DATA_KEK`]).
+    kek: Option<KeyName>,
     /// Active keys by version.
     by_version: BTreeMap<u32, Key>,
     /// The newest version made (retired ones included).
@@ -106,16 +117,24 @@ impl DataKeys {
         registry: &Registry,
         now_ms: u64,
     ) -> Result<Self, HubError> {
-        let kek = kek_name()?;
         let keys = Self {
             keystore,
             keys: RwLock::default(),
+            changing: tokio::sync::Mutex::new(()),
             rng: SystemRandom::new(),
         };
         match registry.config(DATA_KEYS_CONFIG).await? {
             Some(bytes) => {
                 let stored = decode(&bytes).map_err(|e| HubError::Keys(e.to_owned()))?;
-                let mut loaded = Keys::default();
+                let kek = match &stored.kek {
+                    Some(name) => KeyName::new(name)
+                        .map_err(|e| HubError::Keys(format!("the stored data keys: {e}")))?,
+                    None => kek_name()?,
+                };
+                let mut loaded = Keys {
+                    kek: stored.kek.is_some().then(|| kek.clone()),
+                    ..Keys::default()
+                };
                 for (version, created_ms, wrapped) in stored.keys {
                     let cipher = keys.unwrap(&kek, version, &wrapped).map_err(|e| {
                         HubError::Keys(format!("unwrapping data key {version}: {e}"))
@@ -133,6 +152,7 @@ impl DataKeys {
                 *keys.write() = loaded;
             }
             None => {
+                let kek = kek_name()?;
                 if !keys
                     .keystore
                     .contains(&kek)
@@ -153,7 +173,8 @@ impl DataKeys {
     /// Makes a new data key, stores it (wrapped) with the others, and encrypts with it from
     /// now on; returns its version.
     pub(crate) async fn rotate(&self, registry: &Registry, now_ms: u64) -> Result<u32, HubError> {
-        let kek = kek_name()?;
+        let _changing = self.changing.lock().await;
+        let kek = self.kek()?;
         let mut raw = Zeroizing::new([0u8; 32]);
         self.rng
             .fill(raw.as_mut())
@@ -191,6 +212,7 @@ impl DataKeys {
         registry: &Registry,
         keep_from: u32,
     ) -> Result<Vec<u32>, HubError> {
+        let _changing = self.changing.lock().await;
         let current = self.current_version();
         let retired: Vec<u32> = self
             .read()
@@ -214,10 +236,79 @@ impl DataKeys {
         Ok(retired)
     }
 
+    /// Wraps every data key again under a new key-encryption key, made now in the key store;
+    /// stores the list naming it, then deletes the old one. Returns the old and the new name.
+    /// The data keys themselves, and what they sealed, do not change.
+    pub(crate) async fn rotate_kek(
+        &self,
+        registry: &Registry,
+    ) -> Result<(String, String), HubError> {
+        let _changing = self.changing.lock().await;
+        let old = self.kek()?;
+        let mut tag = [0u8; 4];
+        self.rng
+            .fill(&mut tag)
+            .map_err(|_| HubError::Keys("the random source failed".into()))?;
+        let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+        let new = KeyName::new(&format!("{DATA_KEK}-{hex}"))
+            .map_err(|e| HubError::Keys(format!("key store: {e}")))?;
+        self.keystore
+            .generate(&new, KeyAlgorithm::Aes256Gcm)
+            .map_err(|e| HubError::Keys(format!("key store: {e}")))?;
+        let rewrapped = self.rewrap(&old, &new);
+        let stored = match rewrapped {
+            Ok(keys) => {
+                let mut next = self.snapshot();
+                next.kek = Some(new.to_string());
+                next.keys = keys;
+                registry
+                    .put_config(DATA_KEYS_CONFIG, &encode(&next))
+                    .await
+                    .map(|()| next)
+                    .map_err(HubError::from)
+            }
+            Err(e) => Err(e),
+        };
+        let stored = match stored {
+            Ok(stored) => stored,
+            Err(e) => {
+                // Nothing changed: the new key goes again.
+                let _ = self.keystore.delete(&new);
+                return Err(e);
+            }
+        };
+        {
+            let mut keys = self.write();
+            for (version, _, wrapped) in stored.keys {
+                if let Some(key) = keys.by_version.get_mut(&version) {
+                    key.wrapped = wrapped;
+                }
+            }
+            keys.kek = Some(new.clone());
+        }
+        self.keystore
+            .delete(&old)
+            .map_err(|e| HubError::Keys(format!("deleting the old key-encryption key: {e}")))?;
+        Ok((old.to_string(), new.to_string()))
+    }
+
+    /// The name of the key-encryption key in use.
+    pub fn wrapping_key_name(&self) -> String {
+        self.read()
+            .kek
+            .as_ref()
+            .map_or_else(|| DATA_KEK.to_owned(), ToString::to_string)
+    }
+
     /// The version that encrypts now.
     pub fn current_version(&self) -> u32 {
         let keys = self.read();
         keys.by_version.keys().next_back().copied().unwrap_or(0)
+    }
+
+    /// The backend of the key store holding the wrapping key (`local`, `pkcs11`).
+    pub fn backend(&self) -> &'static str {
+        self.keystore.backend()
     }
 
     /// The active keys, oldest first.
@@ -300,6 +391,36 @@ impl DataKeys {
 
     // --- helpers ---
 
+    fn kek(&self) -> Result<KeyName, HubError> {
+        match &self.read().kek {
+            Some(name) => Ok(name.clone()),
+            None => kek_name(),
+        }
+    }
+
+    /// Every held key's wrapped form under `new`, unwrapped from under `old` (in the key
+    /// store; the plain key is wiped after).
+    fn rewrap(&self, old: &KeyName, new: &KeyName) -> Result<Vec<(u32, u64, Vec<u8>)>, HubError> {
+        self.snapshot()
+            .keys
+            .into_iter()
+            .map(|(version, created_ms, wrapped)| {
+                let raw = Zeroizing::new(
+                    self.keystore
+                        .decrypt(old, &wrapped, &wrap_aad(version))
+                        .map_err(|e| {
+                            HubError::Keys(format!("unwrapping data key {version}: {e}"))
+                        })?,
+                );
+                let again = self
+                    .keystore
+                    .encrypt(new, &raw, &wrap_aad(version))
+                    .map_err(|e| HubError::Keys(format!("wrapping data key {version}: {e}")))?;
+                Ok((version, created_ms, again))
+            })
+            .collect()
+    }
+
     fn unwrap(
         &self,
         kek: &KeyName,
@@ -313,6 +434,7 @@ impl DataKeys {
     fn snapshot(&self) -> Stored {
         let keys = self.read();
         Stored {
+            kek: keys.kek.as_ref().map(ToString::to_string),
             latest: keys.latest,
             keys: keys
                 .by_version
@@ -393,15 +515,26 @@ pub(crate) async fn rotate_loop(
 // === the stored form ===
 
 /// The wrapped keys as stored: `u8(1) ‖ u32(latest) ‖ u32(n) ‖ n × (u32(version) ‖
-/// u64(created_ms) ‖ u32(len) ‖ wrapped)`.
+/// u64(created_ms) ‖ u32(len) ‖ wrapped)`, wrapped under [`DATA_KEK`]; or, once the
+/// key-encryption key has rotated, `u8(2) ‖ u8(len) ‖ kek name ‖` the same from `latest` on.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Stored {
+    /// The key-encryption key (`None`: [`DATA_KEK`], format 1).
+    kek: Option<String>,
     latest: u32,
     keys: Vec<(u32, u64, Vec<u8>)>,
 }
 
 fn encode(stored: &Stored) -> Vec<u8> {
-    let mut out = vec![STORED_VERSION];
+    let mut out = match &stored.kek {
+        None => vec![STORED_VERSION],
+        Some(kek) => {
+            let mut out = vec![STORED_VERSION_KEK];
+            out.push(u8::try_from(kek.len()).unwrap_or(u8::MAX));
+            out.extend_from_slice(kek.as_bytes());
+            out
+        }
+    };
     out.extend_from_slice(&stored.latest.to_be_bytes());
     out.extend_from_slice(
         &u32::try_from(stored.keys.len())
@@ -429,9 +562,15 @@ fn decode(bytes: &[u8]) -> Result<Stored, &'static str> {
         r = tail;
         Ok(head)
     };
-    if take(1)? != [STORED_VERSION] {
-        return Err("the stored data keys are of an unknown format version");
-    }
+    let kek = match take(1)? {
+        [STORED_VERSION] => None,
+        [STORED_VERSION_KEK] => {
+            let len = take(1)?.first().copied().ok_or(BAD)?;
+            let name = std::str::from_utf8(take(usize::from(len))?).map_err(|_| BAD)?;
+            Some(name.to_owned())
+        }
+        _ => return Err("the stored data keys are of an unknown format version"),
+    };
     let u32_of = |b: &[u8]| b.try_into().map(u32::from_be_bytes).map_err(|_| BAD);
     let latest = u32_of(take(4)?)?;
     let n = u32_of(take(4)?)?;
@@ -451,7 +590,7 @@ fn decode(bytes: &[u8]) -> Result<Stored, &'static str> {
     if !r.is_empty() || keys.len() != n as usize {
         return Err(BAD);
     }
-    Ok(Stored { latest, keys })
+    Ok(Stored { kek, latest, keys })
 }
 
 fn kek_name() -> Result<KeyName, HubError> {
@@ -583,6 +722,43 @@ mod tests {
         assert_eq!(reloaded.status().len(), 1);
         // Versions are never reused.
         assert_eq!(reloaded.rotate(&f.registry, 5).await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_key_encryption_key_rotates_without_touching_what_the_data_keys_sealed() {
+        let f = fixture();
+        let keys = DataKeys::load(f.keystore.clone(), &f.registry, 1)
+            .await
+            .unwrap();
+        let first = keys.seal(b"a", b"first").unwrap();
+        keys.rotate(&f.registry, 2).await.unwrap();
+        let second = keys.seal(b"a", b"second").unwrap();
+        assert_eq!(keys.wrapping_key_name(), DATA_KEK);
+
+        let (old, new) = keys.rotate_kek(&f.registry).await.unwrap();
+        assert_eq!(old, DATA_KEK);
+        assert!(new.starts_with("data-kek-"), "{new}");
+        assert_eq!(keys.wrapping_key_name(), new);
+        // The old key-encryption key is gone; the new one is in the store.
+        assert!(!f.keystore.contains(&kek_name().unwrap()).unwrap());
+        assert!(f.keystore.contains(&KeyName::new(&new).unwrap()).unwrap());
+        // Sealed values are untouched and open, here and in another process.
+        assert_eq!(keys.open(b"a", &first).unwrap(), b"first");
+        let again = DataKeys::load(f.keystore.clone(), &f.registry, 3)
+            .await
+            .unwrap();
+        assert_eq!(again.wrapping_key_name(), new);
+        assert_eq!(again.open(b"a", &first).unwrap(), b"first");
+        assert_eq!(again.open(b"a", &second).unwrap(), b"second");
+        // New data keys are wrapped under the new key, and it rotates again.
+        assert_eq!(again.rotate(&f.registry, 4).await.unwrap(), 3);
+        let (_, third) = again.rotate_kek(&f.registry).await.unwrap();
+        assert_ne!(third, new);
+        let last = DataKeys::load(f.keystore.clone(), &f.registry, 5)
+            .await
+            .unwrap();
+        assert_eq!(last.current_version(), 3);
+        assert_eq!(last.open(b"a", &second).unwrap(), b"second");
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
-//! The keys RPC ([`KEYS_PATH`], administrators): the hub's data keys and audit checkpoint keys,
-//! and rotating either (`entente keys status`, `entente keys rotate data|audit`).
+//! The keys RPC ([`KEYS_PATH`], administrators): the hub's data keys, audit checkpoint keys and
+//! intermediate CAs, and rotating any (`entente keys status`, `entente keys rotate
+//! data|data-kek|audit|intermediate`).
 
 use std::time::SystemTime;
 
@@ -23,10 +24,10 @@ pub(crate) async fn keys<R>(
 ) -> Result<KeysResponse, RpcError> {
     let what = match request.rotate.as_str() {
         "" => "showing the hub's keys",
-        "data" | "audit" | "intermediate" => "rotating the hub's keys",
+        "data" | "data-kek" | "audit" | "intermediate" => "rotating the hub's keys",
         other => {
             return Err(RpcError::BadRequest(format!(
-                "`rotate` is `data`, `audit` or `intermediate`, not `{}`",
+                "`rotate` is `data`, `data-kek`, `audit` or `intermediate`, not `{}`",
                 other.escape_debug()
             )));
         }
@@ -53,8 +54,31 @@ pub(crate) async fn keys<R>(
                 .map_err(RpcError::Unaudited)?;
             format!("data v{version}")
         }
+        "data-kek" => {
+            auditor.check().map_err(RpcError::Unaudited)?;
+            let rotated = services.data_keys.rotate_kek(&services.registry).await;
+            let (outcome, target, detail) = match &rotated {
+                Ok((old, new)) => (Outcome::Success, new.clone(), format!("after {old}")),
+                Err(e) => (
+                    Outcome::Failed,
+                    services.data_keys.wrapping_key_name(),
+                    e.to_string(),
+                ),
+            };
+            let event = Event::Admin(Admin {
+                operation: audit::clear("rotate-data-kek"),
+                target: audit::clear(&target),
+                detail: audit::clear(&detail),
+            });
+            auditor
+                .record(caller.principal.as_str(), outcome, event)
+                .await
+                .map_err(RpcError::Unaudited)?;
+            let (_, new) = rotated.map_err(|e| RpcError::Keys(e.to_string()))?;
+            format!("data-kek {new}")
+        }
         "audit" => auditor
-            .rotate_key(services.ca.keystore(), &services.registry)
+            .rotate_key(&services.audit_keystore, &services.registry)
             .await
             .map_err(|e| RpcError::Keys(e.to_string()))?,
         "intermediate" => {
@@ -96,5 +120,9 @@ pub(crate) async fn keys<R>(
         intermediates,
         rollover_next,
         rollover_next_ms,
+        ca_key_store: services.ca.backend().to_owned(),
+        audit_key_store: services.audit_keystore.backend().to_owned(),
+        data_key_store: services.data_keys.backend().to_owned(),
+        data_kek: services.data_keys.wrapping_key_name(),
     })
 }

@@ -354,7 +354,7 @@ pub use admin::{CREATE_TOKEN_PATH, DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL, REVOKE_PATH
 pub use audit::{AUDIT_KEK, AUDIT_SIGNING_KEY, AuditConfig};
 pub use audit_rpc::{AUDIT_EXPORT_PATH, AUDIT_PROOF_PATH, AUDIT_RECORDS_PATH};
 pub use authz::{BASE_SOURCE, LoadPoliciesError, PolicyOrigin, RunningPolicies};
-pub use config::{CaRollover, HubConfig};
+pub use config::{CaRollover, HubConfig, KeyStores};
 pub use control::{CloseReason, ConnectionControl};
 pub use durable::{StreamConfig, StreamSync};
 pub use error::HubError;

@@ -149,9 +149,9 @@ impl CaState {
         &self.trust_domain
     }
 
-    /// The key store the CA's keys, and the hub's other keys, live in.
-    pub(crate) fn keystore(&self) -> &Arc<dyn KeyStore> {
-        &self.keystore
+    /// The backend of the key store the CA's keys live in (`local`, `pkcs11`).
+    pub(crate) fn backend(&self) -> &'static str {
+        self.keystore.backend()
     }
 
     /// The trust bundle in force, PEM: what enrollment and renewal answers carry.

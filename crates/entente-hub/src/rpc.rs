@@ -49,6 +49,8 @@ pub(crate) const MAX_RECORDED_SERIALS: usize = 256;
 pub(crate) struct Services<R> {
     /// The CA in use, which an intermediate rollover replaces.
     pub(crate) ca: crate::rollover::CaState,
+    /// The key store of the audit checkpoint keys ([`HubConfig::key_stores`](crate::HubConfig)).
+    pub(crate) audit_keystore: Arc<dyn entente_keystore::KeyStore>,
     pub(crate) registry: Registry,
     pub(crate) revocations: Arc<RevocationState>,
     pub(crate) connections: Arc<Connections>,

@@ -202,12 +202,17 @@ impl Hub {
         })?;
 
         let stats = Arc::new(Stats::default());
+        let audit_keystore = config
+            .key_stores
+            .audit
+            .clone()
+            .unwrap_or_else(|| ca.keystore().clone());
         let (auditor, audit_writer) = match &config.audit {
             Some(audit) => {
                 Auditor::open(
                     audit,
                     trust.trust_domain().as_str(),
-                    ca.keystore(),
+                    &audit_keystore,
                     &registry,
                     stats.clone(),
                 )
@@ -217,7 +222,11 @@ impl Hub {
         };
         let data_keys = Arc::new(
             DataKeys::load(
-                ca.keystore().clone(),
+                config
+                    .key_stores
+                    .data
+                    .clone()
+                    .unwrap_or_else(|| ca.keystore().clone()),
                 &registry,
                 rpc::unix_ms(SystemTime::now()),
             )
@@ -256,6 +265,7 @@ impl Hub {
         };
         let services = Arc::new(Services {
             ca: ca_state,
+            audit_keystore,
             registry,
             revocations: revocations.clone(),
             connections: connections.clone(),
@@ -505,14 +515,14 @@ impl HubHandle {
     }
 
     /// Rotates the audit log's checkpoint key ([`AUDIT_SIGNING_KEY`](crate::AUDIT_SIGNING_KEY)
-    /// and its successors in the CA's key store), with a record of it in the log signed by
+    /// and its successors in its key store), with a record of it in the log signed by
     /// the old key; returns the new verifier key. Auditors trust both from then on.
     pub async fn rotate_audit_key(&self) -> Result<String, HubError> {
         let services = &self.shared.services;
         services
             .authz
             .auditor()
-            .rotate_key(services.ca.keystore(), &services.registry)
+            .rotate_key(&services.audit_keystore, &services.registry)
             .await
     }
 

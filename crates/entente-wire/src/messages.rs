@@ -1023,6 +1023,18 @@ pub struct KeysResponse {
     /// When that step is due, Unix milliseconds.
     #[prost(uint64, tag = "7")]
     pub rollover_next_ms: u64,
+    /// The backend of the key store holding the CA keys: `local` or `pkcs11`.
+    #[prost(string, tag = "8")]
+    pub ca_key_store: String,
+    /// The backend of the key store holding the audit checkpoint keys.
+    #[prost(string, tag = "9")]
+    pub audit_key_store: String,
+    /// The backend of the key store holding the data keys' wrapping key.
+    #[prost(string, tag = "10")]
+    pub data_key_store: String,
+    /// The name of the data keys' wrapping key in its key store.
+    #[prost(string, tag = "11")]
+    pub data_kek: String,
 }
 
 /// One intermediate CA, as the keys RPC lists them.

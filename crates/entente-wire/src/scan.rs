@@ -541,6 +541,10 @@ pub(crate) static KEYS_RESPONSE: Schema = Schema {
         ),
         bytes(6, "rollover_next", Len::Action),
         varint(7, "rollover_next_ms"),
+        bytes(8, "ca_key_store", Len::Action),
+        bytes(9, "audit_key_store", Len::Action),
+        bytes(10, "data_key_store", Len::Action),
+        bytes(11, "data_kek", Len::Id),
     ],
 };
 

@@ -1,5 +1,5 @@
-//! `entente keys status` and `entente keys rotate data|audit|intermediate`: the hub's data
-//! keys, audit checkpoint keys and intermediate CAs (administrators).
+//! `entente keys status` and `entente keys rotate data|data-kek|audit|intermediate`: the hub's
+//! data keys, audit checkpoint keys and intermediate CAs (administrators).
 
 use std::process::ExitCode;
 
@@ -23,7 +23,9 @@ pub(crate) enum KeysCommand {
         #[command(flatten)]
         at: At,
         /// `data`: a new data key encrypts what the hub keeps at rest from now on (older ones
-        /// are retired once nothing kept needs them); `audit`: a new checkpoint key signs the
+        /// are retired once nothing kept needs them); `data-kek`: every data key is wrapped again
+        /// under a new key-encryption key and the old one is deleted (nothing kept at rest is
+        /// decrypted); `audit`: a new checkpoint key signs the
         /// audit log from now on (auditors trust both); `intermediate`: a new intermediate CA
         /// is staged (trusted, not signing), signs an overlap later, and the old one is retired
         /// another overlap after that — no agent is disconnected.
@@ -36,6 +38,9 @@ pub(crate) enum KeysCommand {
 pub(crate) enum KeyKind {
     /// The data key.
     Data,
+    /// The key-encryption key that wraps the data keys.
+    #[value(name = "data-kek")]
+    DataKek,
     /// The audit log's checkpoint key.
     Audit,
     /// The intermediate CA.
@@ -49,6 +54,7 @@ pub(crate) fn run_command(command: KeysCommand, json: bool) -> Result<ExitCode> 
             at,
             Some(match kind {
                 KeyKind::Data => "data",
+                KeyKind::DataKek => "data-kek",
                 KeyKind::Audit => "audit",
                 KeyKind::Intermediate => "intermediate",
             }),
@@ -82,6 +88,12 @@ pub(crate) fn run_command(command: KeysCommand, json: bool) -> Result<ExitCode> 
                     })).collect::<Vec<_>>(),
                     "rollover_next": keys.rollover_next,
                     "rollover_next_ms": keys.rollover_next_ms,
+                    "data_kek": keys.data_kek,
+                    "key_stores": {
+                        "ca": keys.ca_key_store,
+                        "audit": keys.audit_key_store,
+                        "data": keys.data_key_store,
+                    },
                 })
             );
             return Ok(ExitCode::SUCCESS);
@@ -89,6 +101,11 @@ pub(crate) fn run_command(command: KeysCommand, json: bool) -> Result<ExitCode> 
         if !keys.rotated.is_empty() {
             println!("rotated: {}", keys.rotated);
         }
+        println!(
+            "key stores: ca keys {}, audit keys {}, data keys {}",
+            keys.ca_key_store, keys.audit_key_store, keys.data_key_store
+        );
+        println!("data keys wrapped by `{}`", keys.data_kek);
         for key in &keys.data_keys {
             println!(
                 "data key v{}  made {}{}",
