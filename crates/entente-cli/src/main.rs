@@ -72,6 +72,17 @@ enum Command {
             conflicts_with_all = ["compare_authorization", "compare_audit"]
         )]
         compare_jetstream: Option<usize>,
+        /// Run ROUNDS rounds of the same 1 → 1 pub/sub workload through Entente and through
+        /// nats-server, plain and with TLS (`nats-server` must be installed), and report the
+        /// ratios.
+        #[arg(
+            long,
+            value_name = "ROUNDS",
+            num_args = 0..=1,
+            default_missing_value = "3",
+            conflicts_with_all = ["compare_authorization", "compare_audit", "compare_jetstream"]
+        )]
+        compare_nats: Option<usize>,
     },
     /// Run a hub.
     #[command(subcommand)]
@@ -325,10 +336,13 @@ fn main() -> ExitCode {
             compare_authorization,
             compare_audit,
             compare_jetstream,
+            compare_nats,
         } => {
             use commands::bench::Switch;
             if let Some(rounds) = compare_jetstream {
                 commands::bench::compare_jetstream(rounds, messages, payload, cli.json)
+            } else if let Some(rounds) = compare_nats {
+                commands::bench::compare_nats(rounds, messages, payload, cli.json)
             } else {
                 let compare = compare_authorization
                     .map(|rounds| (Switch::Authorization, rounds))

@@ -123,3 +123,38 @@ fn durable_publishes_run_beside_jetstream() {
     }
     assert!(v["ratio_same_sync"].as_f64().unwrap() > 0.0, "{v:#}");
 }
+
+#[test]
+fn pub_sub_runs_beside_nats_plain_and_with_tls() {
+    let out = support::entente(&[
+        "bench",
+        "--messages",
+        "400",
+        "--compare-nats",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let round = &v["rounds"][0];
+    assert_eq!(round["entente"]["delivered"], 400, "{v:#}");
+    assert_eq!(round["entente"]["lost"], 0, "{v:#}");
+    for run in ["nats_plain", "nats_tls"] {
+        let delivered = round[run]["delivered"].as_u64().unwrap();
+        assert_eq!(
+            delivered + round[run]["lost"].as_u64().unwrap(),
+            400,
+            "{v:#}"
+        );
+        assert!(delivered > 0, "{v:#}");
+        assert!(round[run]["msgs_per_sec"].as_f64().unwrap() > 0.0, "{v:#}");
+    }
+    for ratio in ["ratio_to_nats_plain", "ratio_to_nats_tls"] {
+        assert!(v[ratio].as_f64().unwrap() > 0.0, "{v:#}");
+    }
+}

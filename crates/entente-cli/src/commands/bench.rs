@@ -18,6 +18,9 @@
 //! does the same with the hub's audit log on (as deployed) and off (`HubConfig::audit`
 //! unset).
 //!
+//! With `--compare-nats` it runs the same 1 → 1 workload through nats-server (the Debian
+//! package), plain and with TLS, in the same invocation, and reports the ratios.
+//!
 //! Figures come from one process on one machine: the hub, both clients and the crypto share
 //! the cores. See `docs/BENCHMARKS.md`.
 
@@ -34,7 +37,7 @@ use tokio::sync::mpsc;
 use entente_hub::{StreamConfig, StreamSync};
 use entente_types::ChannelPattern;
 
-use crate::commands::nats::{Nats, NatsServer};
+use crate::commands::nats::{self, Nats, NatsServer};
 use crate::commands::scratch::ScratchHub;
 
 const TRUST_DOMAIN: &str = "bench.entente.local";
@@ -555,6 +558,163 @@ pub(crate) fn compare_jetstream(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One core-NATS run as the comparison reports it.
+#[derive(Debug, serde::Serialize)]
+struct NatsReport {
+    sent: u64,
+    delivered: u64,
+    lost: u64,
+    seconds: f64,
+    msgs_per_sec: f64,
+    mb_per_sec: f64,
+    latency_us: Latency,
+}
+
+/// One round of `--compare-nats`.
+#[derive(Debug, serde::Serialize)]
+struct NatsRound {
+    entente: Report,
+    nats_plain: NatsReport,
+    nats_tls: NatsReport,
+}
+
+/// `--compare-nats`: `rounds` rounds of the same 1 → 1 pub/sub workload through Entente
+/// (everything on) and through nats-server, plain and with TLS, in rotating order; reports
+/// each and the ratios of the medians.
+pub(crate) fn compare_nats(
+    rounds: usize,
+    messages: u64,
+    payload: usize,
+    json: bool,
+) -> Result<ExitCode> {
+    if rounds == 0 {
+        bail!("`--compare-nats` needs at least 1 round");
+    }
+    if messages == 0 || payload < HEADER {
+        bail!("`--messages` must be at least 1 and `--payload` at least {HEADER} bytes");
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let dir = tempfile::tempdir().context("a temporary directory for nats-server")?;
+    let (files, tls) = nats::tls_setup(dir.path())?;
+    let (plain_server, tls_server) = runtime.block_on(async {
+        Ok::<_, anyhow::Error>((
+            NatsServer::start_core(None).await?,
+            NatsServer::start_core(Some(&files)).await?,
+        ))
+    })?;
+    let nats_run = |server: &NatsServer, tls: Option<&nats::TlsClient>| {
+        runtime
+            .block_on(nats::pubsub(
+                server.addr(),
+                tls,
+                CHANNEL,
+                messages,
+                payload,
+                Duration::from_secs(2),
+            ))
+            .map(|run| nats_report(&run, payload))
+    };
+    let mut results = Vec::new();
+    for round in 1..=rounds {
+        // Rotate who goes first, so that drift in the machine's load favours no one.
+        let mut entente = None;
+        let mut plain = None;
+        let mut secure = None;
+        for turn in 0..3 {
+            match (round + turn) % 3 {
+                0 => entente = Some(runtime.block_on(bench(messages, payload, 0, None))?),
+                1 => plain = Some(nats_run(&plain_server, None)?),
+                _ => secure = Some(nats_run(&tls_server, Some(&tls))?),
+            }
+        }
+        let (Some(entente), Some(nats_plain), Some(nats_tls)) = (entente, plain, secure) else {
+            bail!("a run of round {round} did not happen");
+        };
+        if !json {
+            println!(
+                "round {round}: Entente {:.0} msgs/s (p50 {} µs, {} lost); nats {:.0} msgs/s \
+                 (p50 {} µs, {} lost); nats+TLS {:.0} msgs/s (p50 {} µs, {} lost)",
+                entente.msgs_per_sec,
+                entente.latency_us.p50,
+                entente.lost,
+                nats_plain.msgs_per_sec,
+                nats_plain.latency_us.p50,
+                nats_plain.lost,
+                nats_tls.msgs_per_sec,
+                nats_tls.latency_us.p50,
+                nats_tls.lost,
+            );
+        }
+        results.push(NatsRound {
+            entente,
+            nats_plain,
+            nats_tls,
+        });
+    }
+    runtime.block_on(async {
+        plain_server.stop().await;
+        tls_server.stop().await;
+    });
+    let entente = median(results.iter().map(|r| r.entente.msgs_per_sec));
+    let plain = median(results.iter().map(|r| r.nats_plain.msgs_per_sec));
+    let secure = median(results.iter().map(|r| r.nats_tls.msgs_per_sec));
+    let ratio = |other: f64| if other > 0.0 { entente / other } else { 0.0 };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "workload": "1 publisher -> 1 subscriber",
+                "messages": messages,
+                "payload_bytes": payload,
+                "rounds": results,
+                "entente_median": entente,
+                "nats_plain_median": plain,
+                "nats_tls_median": secure,
+                "ratio_to_nats_plain": ratio(plain),
+                "ratio_to_nats_tls": ratio(secure),
+            })
+        );
+    } else {
+        println!(
+            "median: Entente {entente:.0} msgs/s, nats {plain:.0} msgs/s, nats+TLS {secure:.0} \
+             msgs/s: Entente/nats = {:.3}, Entente/nats+TLS = {:.3}",
+            ratio(plain),
+            ratio(secure)
+        );
+    }
+    let clean = results.iter().all(|r| r.entente.clean());
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn nats_report(run: &nats::PubSubRun, payload: usize) -> NatsReport {
+    let per_sec = |n: f64| {
+        if run.seconds > 0.0 {
+            n / run.seconds
+        } else {
+            0.0
+        }
+    };
+    let l = &run.latencies_us;
+    NatsReport {
+        sent: run.sent,
+        delivered: run.delivered,
+        lost: run.lost,
+        seconds: run.seconds,
+        msgs_per_sec: per_sec(run.delivered as f64),
+        mb_per_sec: per_sec(run.delivered as f64 * payload as f64) / 1e6,
+        latency_us: Latency {
+            p50: percentile(l, 50.0),
+            p90: percentile(l, 90.0),
+            p99: percentile(l, 99.0),
+            max: l.last().copied().unwrap_or(0),
+        },
+    }
 }
 
 /// Publishes `messages` to a durable channel of a fresh scratch hub (audit and everything
