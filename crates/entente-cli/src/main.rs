@@ -48,6 +48,9 @@ enum Command {
         /// Publish at this many messages per second (default 0: as fast as possible).
         #[arg(long, default_value_t = 0)]
         rate: u64,
+        /// Subscribers, each on its own connection and receiving every message (fan-out).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        subscribers: u16,
         /// Run ROUNDS rounds with the hub's policy decisions on and off (a setting of the
         /// hub's `danger` module, for this measurement only) and report the ratio.
         #[arg(long, value_name = "ROUNDS", num_args = 0..=1, default_missing_value = "3")]
@@ -72,7 +75,7 @@ enum Command {
             conflicts_with_all = ["compare_authorization", "compare_audit"]
         )]
         compare_jetstream: Option<usize>,
-        /// Run ROUNDS rounds of the same 1 → 1 pub/sub workload through Entente and through
+        /// Run ROUNDS rounds of the same pub/sub workload through Entente and through
         /// nats-server, plain and with TLS (`nats-server` must be installed), and report the
         /// ratios.
         #[arg(
@@ -333,6 +336,7 @@ fn main() -> ExitCode {
             messages,
             payload,
             rate,
+            subscribers,
             compare_authorization,
             compare_audit,
             compare_jetstream,
@@ -342,12 +346,25 @@ fn main() -> ExitCode {
             if let Some(rounds) = compare_jetstream {
                 commands::bench::compare_jetstream(rounds, messages, payload, cli.json)
             } else if let Some(rounds) = compare_nats {
-                commands::bench::compare_nats(rounds, messages, payload, cli.json)
+                commands::bench::compare_nats(
+                    rounds,
+                    messages,
+                    payload,
+                    usize::from(subscribers),
+                    cli.json,
+                )
             } else {
                 let compare = compare_authorization
                     .map(|rounds| (Switch::Authorization, rounds))
                     .or(compare_audit.map(|rounds| (Switch::Audit, rounds)));
-                commands::bench::run(messages, payload, rate, compare, cli.json)
+                commands::bench::run(
+                    messages,
+                    payload,
+                    rate,
+                    usize::from(subscribers),
+                    compare,
+                    cli.json,
+                )
             }
         }
         Command::Hub(HubCommand::Start {

@@ -125,11 +125,13 @@ fn durable_publishes_run_beside_jetstream() {
 }
 
 #[test]
-fn pub_sub_runs_beside_nats_plain_and_with_tls() {
+fn fan_out_runs_beside_nats_plain_and_with_tls() {
     let out = support::entente(&[
         "bench",
         "--messages",
         "400",
+        "--subscribers",
+        "2",
         "--compare-nats",
         "1",
         "--json",
@@ -142,13 +144,15 @@ fn pub_sub_runs_beside_nats_plain_and_with_tls() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let round = &v["rounds"][0];
-    assert_eq!(round["entente"]["delivered"], 400, "{v:#}");
+    // Every subscriber gets every message.
+    assert_eq!(round["entente"]["subscribers"], 2, "{v:#}");
+    assert_eq!(round["entente"]["delivered"], 800, "{v:#}");
     assert_eq!(round["entente"]["lost"], 0, "{v:#}");
     for run in ["nats_plain", "nats_tls"] {
         let delivered = round[run]["delivered"].as_u64().unwrap();
         assert_eq!(
             delivered + round[run]["lost"].as_u64().unwrap(),
-            400,
+            800,
             "{v:#}"
         );
         assert!(delivered > 0, "{v:#}");

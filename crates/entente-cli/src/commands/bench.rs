@@ -18,8 +18,9 @@
 //! does the same with the hub's audit log on (as deployed) and off (`HubConfig::audit`
 //! unset).
 //!
-//! With `--compare-nats` it runs the same 1 → 1 workload through nats-server (the Debian
-//! package), plain and with TLS, in the same invocation, and reports the ratios.
+//! `--subscribers N` fans every message out to N subscribers, each on its own connection.
+//! With `--compare-nats` it runs the same workload through nats-server (the Debian package),
+//! plain and with TLS, in the same invocation, and reports the ratios.
 //!
 //! Figures come from one process on one machine: the hub, both clients and the crypto share
 //! the cores. See `docs/BENCHMARKS.md`.
@@ -51,6 +52,8 @@ const IDLE: Duration = Duration::from_secs(10);
 #[derive(Debug, serde::Serialize)]
 struct Report {
     messages: u64,
+    /// Subscribers, each receiving every message; delivery figures count every copy.
+    subscribers: usize,
     /// Offered rate in messages per second; 0 for as fast as the publisher can.
     rate: u64,
     payload_bytes: usize,
@@ -113,6 +116,7 @@ pub(crate) fn run(
     messages: u64,
     payload: usize,
     rate: u64,
+    subscribers: usize,
     compare: Option<(Switch, usize)>,
     json: bool,
 ) -> Result<ExitCode> {
@@ -124,9 +128,15 @@ pub(crate) fn run(
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     if let Some((switch, rounds)) = compare {
-        return self::compare(&runtime, switch, rounds, messages, payload, rate, json);
+        return self::compare(
+            &runtime,
+            switch,
+            rounds,
+            (messages, payload, rate, subscribers),
+            json,
+        );
     }
-    let report = runtime.block_on(bench(messages, payload, rate, None))?;
+    let report = runtime.block_on(bench(messages, payload, rate, None, subscribers))?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -136,8 +146,13 @@ pub(crate) fn run(
         } else {
             format!("offered at {} msgs/s", report.rate)
         };
+        let fan_out = if report.subscribers > 1 {
+            format!(" to {} subscribers each", report.subscribers)
+        } else {
+            String::new()
+        };
         println!(
-            "{} messages of {} B through the hub (loopback mTLS), {offered}, in {:.2} s",
+            "{} messages of {} B{fan_out} through the hub (loopback mTLS), {offered}, in {:.2} s",
             report.messages, report.payload_bytes, report.seconds
         );
         println!(
@@ -149,7 +164,8 @@ pub(crate) fn run(
             l.p50, l.p90, l.p99, l.max
         );
         println!(
-            "  delivered   {} of {} sent, {} lost, {} duplicates, {} rejected, {} publish errors",
+            "  delivered   {} (of {} sent, to each subscriber), {} lost, {} duplicates, {} rejected, \
+             {} publish errors",
             report.delivered,
             report.sent,
             report.lost,
@@ -170,9 +186,7 @@ fn compare(
     runtime: &tokio::runtime::Runtime,
     switch: Switch,
     rounds: usize,
-    messages: u64,
-    payload: usize,
-    rate: u64,
+    (messages, payload, rate, subscribers): (u64, usize, u64, usize),
     json: bool,
 ) -> Result<ExitCode> {
     let name = match switch {
@@ -191,8 +205,13 @@ fn compare(
             [true, false]
         };
         for skip in order {
-            let report =
-                runtime.block_on(bench(messages, payload, rate, skip.then_some(switch)))?;
+            let report = runtime.block_on(bench(
+                messages,
+                payload,
+                rate,
+                skip.then_some(switch),
+                subscribers,
+            ))?;
             if !json {
                 println!(
                     "round {round}, {name} {}: {:.0} msgs/s, p50 {} µs, p99 {} µs, {} lost",
@@ -265,7 +284,13 @@ impl Report {
 
 /// One run on a fresh scratch hub, with `off` switched off: the policy engine (the hub's
 /// [`entente_hub::danger::Danger`] switch `skip_policy_decisions`) or the audit log.
-async fn bench(messages: u64, payload: usize, rate: u64, off: Option<Switch>) -> Result<Report> {
+async fn bench(
+    messages: u64,
+    payload: usize,
+    rate: u64,
+    off: Option<Switch>,
+    subscribers: usize,
+) -> Result<Report> {
     let scratch = ScratchHub::start_configured(TRUST_DOMAIN, |config| match off {
         Some(Switch::Authorization) => config.danger.skip_policy_decisions = true,
         Some(Switch::Audit) => config.audit = None,
@@ -274,24 +299,34 @@ async fn bench(messages: u64, payload: usize, rate: u64, off: Option<Switch>) ->
     .await?;
     let addr = scratch.addr();
     let mut clients = Vec::new();
-    for name in ["publisher", "subscriber"] {
-        let (_, token) = scratch.token("demo", name).await?;
+    let names = std::iter::once("publisher".to_owned())
+        .chain((1..=subscribers.max(1)).map(|i| format!("subscriber-{i}")));
+    for name in names {
+        let (_, token) = scratch.token("demo", &name).await?;
         let identity = entente_client::enroll(addr, &scratch.trust, token.as_str()).await?;
         clients.push(Client::connect(identity, addr, ClientOptions::default()).await?);
     }
-    let (Some(publisher), Some(subscriber)) = (clients.first(), clients.get(1)) else {
+    let Some((publisher, receivers)) = clients.split_first() else {
         bail!("the clients did not connect");
     };
-    let mut subscription = subscriber.subscribe(CHANNEL).await?;
+    let mut subscriptions = Vec::with_capacity(receivers.len());
+    for subscriber in receivers {
+        subscriptions.push(subscriber.subscribe(CHANNEL).await?);
+    }
     // Warm up: the directory lookup and the first sender key are not part of the measure.
     publisher.publish(CHANNEL, vec![0u8; payload]).await?;
-    match tokio::time::timeout(IDLE, subscription.next()).await {
-        Ok(Some(Ok(_))) => {}
-        other => bail!("the warm-up message did not arrive: {other:?}"),
+    for subscription in &mut subscriptions {
+        match tokio::time::timeout(IDLE, subscription.next()).await {
+            Ok(Some(Ok(_))) => {}
+            other => bail!("the warm-up message did not arrive: {other:?}"),
+        }
     }
 
     let start = Instant::now();
-    let receiver = tokio::spawn(receive(subscription, messages, start));
+    let receivers: Vec<_> = subscriptions
+        .into_iter()
+        .map(|subscription| tokio::spawn(receive(subscription, messages, start)))
+        .collect();
     let (acks_tx, mut acks_rx) = mpsc::unbounded_channel::<entente_client::PublishAck>();
     let acker = tokio::spawn(async move {
         let (mut ok, mut failed) = (0u64, 0u64);
@@ -332,7 +367,14 @@ async fn bench(messages: u64, payload: usize, rate: u64, off: Option<Switch>) ->
     }
     drop(acks_tx);
     let enqueued = start.elapsed();
-    let received = receiver.await.context("the subscriber task failed")?;
+    let mut received = Received::default();
+    for receiver in receivers {
+        let one = receiver.await.context("a subscriber task failed")?;
+        received.delivered += one.delivered;
+        received.duplicates += one.duplicates;
+        received.rejected += one.rejected;
+        received.latencies_ns.extend(one.latencies_ns);
+    }
     let elapsed = start.elapsed();
     let (acked, ack_errors) = acker.await.context("the ack task failed")?;
     let publisher_stats = publisher.stats();
@@ -346,8 +388,10 @@ async fn bench(messages: u64, payload: usize, rate: u64, off: Option<Switch>) ->
     latencies.sort_unstable();
     let seconds = elapsed.as_secs_f64();
     let delivered = received.delivered;
+    let expected = messages.saturating_mul(subscribers.max(1) as u64);
     Ok(Report {
         messages,
+        subscribers: subscribers.max(1),
         rate,
         payload_bytes: payload,
         sent,
@@ -356,7 +400,7 @@ async fn bench(messages: u64, payload: usize, rate: u64, off: Option<Switch>) ->
         delivered,
         duplicates: received.duplicates,
         rejected: received.rejected,
-        lost: messages.saturating_sub(delivered),
+        lost: expected.saturating_sub(delivered),
         seconds,
         publish_seconds: enqueued.as_secs_f64(),
         msgs_per_sec: delivered as f64 / seconds,
@@ -566,6 +610,8 @@ struct NatsReport {
     sent: u64,
     delivered: u64,
     lost: u64,
+    /// Subscriber connections the server closed as slow consumers.
+    disconnected: u64,
     seconds: f64,
     msgs_per_sec: f64,
     mb_per_sec: f64,
@@ -580,13 +626,14 @@ struct NatsRound {
     nats_tls: NatsReport,
 }
 
-/// `--compare-nats`: `rounds` rounds of the same 1 → 1 pub/sub workload through Entente
+/// `--compare-nats`: `rounds` rounds of the same 1 → N pub/sub workload through Entente
 /// (everything on) and through nats-server, plain and with TLS, in rotating order; reports
 /// each and the ratios of the medians.
 pub(crate) fn compare_nats(
     rounds: usize,
     messages: u64,
     payload: usize,
+    subscribers: usize,
     json: bool,
 ) -> Result<ExitCode> {
     if rounds == 0 {
@@ -610,8 +657,7 @@ pub(crate) fn compare_nats(
                 server.addr(),
                 tls,
                 CHANNEL,
-                messages,
-                payload,
+                (messages, payload, subscribers.max(1)),
                 Duration::from_secs(2),
             ))
             .map(|run| nats_report(&run, payload))
@@ -624,7 +670,10 @@ pub(crate) fn compare_nats(
         let mut secure = None;
         for turn in 0..3 {
             match (round + turn) % 3 {
-                0 => entente = Some(runtime.block_on(bench(messages, payload, 0, None))?),
+                0 => {
+                    entente =
+                        Some(runtime.block_on(bench(messages, payload, 0, None, subscribers))?)
+                }
                 1 => plain = Some(nats_run(&plain_server, None)?),
                 _ => secure = Some(nats_run(&tls_server, Some(&tls))?),
             }
@@ -665,7 +714,7 @@ pub(crate) fn compare_nats(
         println!(
             "{}",
             serde_json::json!({
-                "workload": "1 publisher -> 1 subscriber",
+                "workload": format!("1 publisher -> {} subscribers", subscribers.max(1)),
                 "messages": messages,
                 "payload_bytes": payload,
                 "rounds": results,
@@ -705,6 +754,7 @@ fn nats_report(run: &nats::PubSubRun, payload: usize) -> NatsReport {
         sent: run.sent,
         delivered: run.delivered,
         lost: run.lost,
+        disconnected: run.disconnected,
         seconds: run.seconds,
         msgs_per_sec: per_sec(run.delivered as f64),
         mb_per_sec: per_sec(run.delivered as f64 * payload as f64) / 1e6,

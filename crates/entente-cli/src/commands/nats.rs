@@ -400,6 +400,8 @@ pub(crate) struct PubSubRun {
     pub(crate) sent: u64,
     pub(crate) delivered: u64,
     pub(crate) lost: u64,
+    /// Subscriber connections the server closed (slow consumers).
+    pub(crate) disconnected: u64,
     pub(crate) seconds: f64,
     /// Publish-to-delivery latency of every delivered message, in microseconds, sorted.
     #[serde(skip)]
@@ -407,43 +409,30 @@ pub(crate) struct PubSubRun {
 }
 
 /// Publishes `count` messages of `payload_len` bytes to `subject` on one connection, flat out,
-/// while one other connection subscribed to it receives them; each payload starts with its
-/// send time (ns since the start) and sequence number, as Entente's bench does. Messages not
-/// received within `idle` of the previous one are counted lost (core NATS drops what a slow
-/// consumer can't take).
+/// while `subscribers` other connections subscribed to it receive them; each payload starts
+/// with its send time (ns since the start) and sequence number, as Entente's bench does.
+/// Messages a subscriber does not receive within `idle` of its previous one are counted lost
+/// (core NATS drops what a slow consumer can't take).
 pub(crate) async fn pubsub(
     addr: &str,
     tls: Option<&TlsClient>,
     subject: &str,
-    count: u64,
-    payload_len: usize,
+    (count, payload_len, subscribers): (u64, usize, usize),
     idle: Duration,
 ) -> Result<PubSubRun> {
-    let mut subscriber = Nats::open(addr, tls).await?;
-    let sid = subscriber.subscribe(subject).await?;
-    subscriber.ping().await?;
+    let mut readers = Vec::with_capacity(subscribers);
+    for _ in 0..subscribers {
+        let mut subscriber = Nats::open(addr, tls).await?;
+        let sid = subscriber.subscribe(subject).await?;
+        subscriber.ping().await?;
+        readers.push((subscriber, sid));
+    }
     let mut publisher = Nats::open(addr, tls).await?;
     let start = Instant::now();
-    let Nats { mut reader, .. } = subscriber;
-    let receiver = tokio::spawn(async move {
-        let mut latencies = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
-        let mut last = start;
-        while (latencies.len() as u64) < count {
-            let msg = match tokio::time::timeout(idle, next_msg(&mut reader, sid)).await {
-                Ok(msg) => msg?,
-                Err(_) => break,
-            };
-            last = Instant::now();
-            let sent_ns = msg
-                .payload
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u64::from_be_bytes);
-            let now_ns = u64::try_from(last.duration_since(start).as_nanos()).unwrap_or(u64::MAX);
-            latencies.push(now_ns.saturating_sub(sent_ns) / 1000);
-        }
-        Ok::<_, anyhow::Error>((latencies, last))
-    });
+    let receivers: Vec<_> = readers
+        .into_iter()
+        .map(|(subscriber, sid)| tokio::spawn(receive(subscriber, sid, count, start, idle)))
+        .collect();
     let mut payload = vec![0xA5u8; payload_len.max(16)];
     let mut buf = Vec::with_capacity(64 * 1024);
     let head = format!("PUB {subject} {}\r\n", payload.len());
@@ -464,14 +453,60 @@ pub(crate) async fn pubsub(
     }
     publisher.writer.write_all(&buf).await?;
     publisher.ping().await?;
-    let (mut latencies, last) = receiver.await.context("the subscriber task")??;
+    let mut latencies = Vec::new();
+    let mut last = start;
+    let mut disconnected = 0;
+    for receiver in receivers {
+        let (one, at, closed) = receiver.await.context("a subscriber task")??;
+        latencies.extend(one);
+        last = last.max(at);
+        disconnected += u64::from(closed);
+    }
     latencies.sort_unstable();
     let delivered = latencies.len() as u64;
+    let expected = count.saturating_mul(subscribers as u64);
     Ok(PubSubRun {
         sent: count,
         delivered,
-        lost: count.saturating_sub(delivered),
+        lost: expected.saturating_sub(delivered),
+        disconnected,
         seconds: last.duration_since(start).as_secs_f64(),
         latencies_us: latencies,
     })
+}
+
+/// One subscriber's side of [`pubsub`]: the latency of each message received, in
+/// microseconds, when the last one arrived, and whether the server closed the connection.
+async fn receive(
+    subscriber: Nats,
+    sid: u64,
+    count: u64,
+    start: Instant,
+    idle: Duration,
+) -> Result<(Vec<u64>, Instant, bool)> {
+    // The writing half stays open to the end: closing it would end the connection.
+    let Nats {
+        mut reader,
+        writer: _writer,
+        ..
+    } = subscriber;
+    let mut latencies = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    let mut last = start;
+    while (latencies.len() as u64) < count {
+        let msg = match tokio::time::timeout(idle, next_msg(&mut reader, sid)).await {
+            Ok(Ok(msg)) => msg,
+            // The server closes a consumer too slow for it: the rest is lost.
+            Ok(Err(_)) => return Ok((latencies, last, true)),
+            Err(_) => break,
+        };
+        last = Instant::now();
+        let sent_ns = msg
+            .payload
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_be_bytes);
+        let now_ns = u64::try_from(last.duration_since(start).as_nanos()).unwrap_or(u64::MAX);
+        latencies.push(now_ns.saturating_sub(sent_ns) / 1000);
+    }
+    Ok((latencies, last, false))
 }
