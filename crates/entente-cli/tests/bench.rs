@@ -7,17 +7,25 @@
 
 mod support;
 
+/// `entente bench ARGS --json`, which must succeed, as JSON.
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let out = support::entente(&all);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// The bench runs end to end and loses nothing. Timings are not asserted.
 #[test]
 fn the_bench_delivers_every_message() {
-    let out = support::entente(&["bench", "--messages", "2000", "--json"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = bench_json(&["--messages", "2000"]);
     assert_eq!(v["messages"], 2000);
     assert_eq!(v["payload_bytes"], 256);
     assert_eq!(v["delivered"], 2000, "{v:#}");
@@ -32,21 +40,7 @@ fn the_bench_delivers_every_message() {
 /// (the off switch really skips the engine, and "on" really uses it).
 #[test]
 fn the_authorization_comparison_runs_both_ways() {
-    let out = support::entente(&[
-        "bench",
-        "--messages",
-        "500",
-        "--compare-authorization",
-        "1",
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = bench_json(&["--messages", "500", "--compare-authorization", "1"]);
     assert_eq!(v["rounds"], 1);
     let (on, off) = (&v["on"][0], &v["off"][0]);
     for run in [on, off] {
@@ -68,21 +62,7 @@ fn the_bench_refuses_a_payload_too_small_for_its_header() {
 /// Audit on against off: both deliver everything; only "on" writes audit records.
 #[test]
 fn the_audit_comparison_runs_both_ways() {
-    let out = support::entente(&[
-        "bench",
-        "--messages",
-        "500",
-        "--compare-audit",
-        "1",
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = bench_json(&["--messages", "500", "--compare-audit", "1"]);
     assert_eq!(v["switch"], "audit");
     let (on, off) = (&v["on"][0], &v["off"][0]);
     for run in [on, off] {
@@ -98,21 +78,7 @@ fn the_audit_comparison_runs_both_ways() {
 /// acknowledged. Timings are not asserted.
 #[test]
 fn durable_publishes_run_beside_jetstream() {
-    let out = support::entente(&[
-        "bench",
-        "--messages",
-        "400",
-        "--compare-jetstream",
-        "1",
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = bench_json(&["--messages", "400", "--compare-jetstream", "1"]);
     let round = &v["rounds"][0];
     for key in [
         "entente_interval_msgs_per_sec",
@@ -126,23 +92,14 @@ fn durable_publishes_run_beside_jetstream() {
 
 #[test]
 fn fan_out_runs_beside_nats_plain_and_with_tls() {
-    let out = support::entente(&[
-        "bench",
+    let v = bench_json(&[
         "--messages",
         "400",
         "--subscribers",
         "2",
         "--compare-nats",
         "1",
-        "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let round = &v["rounds"][0];
     // Every subscriber gets every message.
     assert_eq!(round["entente"]["subscribers"], 2, "{v:#}");
