@@ -165,18 +165,33 @@ fn an_intermediate_rollover_is_staged_on_request_and_survives_a_restart() {
     stop(hub);
 }
 
-#[test]
-fn an_overlap_shorter_than_the_certificate_lifetime_stops_the_hub_at_start() {
+/// What `entente hub start` says when a started and stopped data directory's config.toml
+/// gets `extra` appended: it must refuse to start.
+fn refused_with_config(extra: &str) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("hub");
     let (hub, _) = start(&data);
     stop(hub);
     let config = data.join("config.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("\n[ca_rollover]\noverlap = \"30m\"\n");
+    text.push_str(extra);
     std::fs::write(&config, text).unwrap();
     let out = entente(&["hub", "start", "--data", s(&data)]);
     assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn an_overlap_shorter_than_the_certificate_lifetime_stops_the_hub_at_start() {
+    let stderr = refused_with_config("\n[ca_rollover]\noverlap = \"30m\"\n");
     assert!(stderr.contains("overlap"), "{stderr}");
+}
+
+#[test]
+fn an_unknown_key_store_backend_stops_the_hub_at_start() {
+    let stderr = refused_with_config("\n[audit_keystore]\nbackend = \"tpm\"\n");
+    assert!(
+        stderr.contains("[audit_keystore] backend") && stderr.contains("tpm"),
+        "{stderr}"
+    );
 }

@@ -237,12 +237,13 @@ impl DataKeys {
     }
 
     /// Wraps every data key again under a new key-encryption key, made now in the key store;
-    /// stores the list naming it, then deletes the old one. Returns the old and the new name.
-    /// The data keys themselves, and what they sealed, do not change.
+    /// stores the list naming it, then deletes the old one. Returns the old and the new name,
+    /// and whether the old one was deleted (the rotation stands either way). The data keys
+    /// themselves, and what they sealed, do not change.
     pub(crate) async fn rotate_kek(
         &self,
         registry: &Registry,
-    ) -> Result<(String, String), HubError> {
+    ) -> Result<(String, String, bool), HubError> {
         let _changing = self.changing.lock().await;
         let old = self.kek()?;
         let mut tag = [0u8; 4];
@@ -286,10 +287,8 @@ impl DataKeys {
             }
             keys.kek = Some(new.clone());
         }
-        self.keystore
-            .delete(&old)
-            .map_err(|e| HubError::Keys(format!("deleting the old key-encryption key: {e}")))?;
-        Ok((old.to_string(), new.to_string()))
+        let deleted = self.keystore.delete(&old).is_ok();
+        Ok((old.to_string(), new.to_string(), deleted))
     }
 
     /// The name of the key-encryption key in use.
@@ -735,7 +734,8 @@ mod tests {
         let second = keys.seal(b"a", b"second").unwrap();
         assert_eq!(keys.wrapping_key_name(), DATA_KEK);
 
-        let (old, new) = keys.rotate_kek(&f.registry).await.unwrap();
+        let (old, new, deleted) = keys.rotate_kek(&f.registry).await.unwrap();
+        assert!(deleted);
         assert_eq!(old, DATA_KEK);
         assert!(new.starts_with("data-kek-"), "{new}");
         assert_eq!(keys.wrapping_key_name(), new);
@@ -752,7 +752,7 @@ mod tests {
         assert_eq!(again.open(b"a", &second).unwrap(), b"second");
         // New data keys are wrapped under the new key, and it rotates again.
         assert_eq!(again.rotate(&f.registry, 4).await.unwrap(), 3);
-        let (_, third) = again.rotate_kek(&f.registry).await.unwrap();
+        let (_, third, _) = again.rotate_kek(&f.registry).await.unwrap();
         assert_ne!(third, new);
         let last = DataKeys::load(f.keystore.clone(), &f.registry, 5)
             .await

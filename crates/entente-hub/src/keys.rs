@@ -58,7 +58,12 @@ pub(crate) async fn keys<R>(
             auditor.check().map_err(RpcError::Unaudited)?;
             let rotated = services.data_keys.rotate_kek(&services.registry).await;
             let (outcome, target, detail) = match &rotated {
-                Ok((old, new)) => (Outcome::Success, new.clone(), format!("after {old}")),
+                Ok((old, new, true)) => (Outcome::Success, new.clone(), format!("after {old}")),
+                Ok((old, new, false)) => (
+                    Outcome::Success,
+                    new.clone(),
+                    format!("after {old}, which could not be deleted from the key store"),
+                ),
                 Err(e) => (
                     Outcome::Failed,
                     services.data_keys.wrapping_key_name(),
@@ -74,7 +79,7 @@ pub(crate) async fn keys<R>(
                 .record(caller.principal.as_str(), outcome, event)
                 .await
                 .map_err(RpcError::Unaudited)?;
-            let (_, new) = rotated.map_err(|e| RpcError::Keys(e.to_string()))?;
+            let (_, new, _) = rotated.map_err(|e| RpcError::Keys(e.to_string()))?;
             format!("data-kek {new}")
         }
         "audit" => auditor

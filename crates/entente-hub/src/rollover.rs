@@ -217,8 +217,8 @@ impl CaState {
         (list, next, due)
     }
 
-    fn replace(&self, ca: Ca, schedule: Schedule) {
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ca);
+    fn replace(&self, ca: impl Into<Arc<Ca>>, schedule: Schedule) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = ca.into();
         *self.schedule.lock().unwrap_or_else(PoisonError::into_inner) = schedule;
     }
 
@@ -373,26 +373,33 @@ async fn stage<R>(services: &Services<R>, now: SystemTime) -> Result<String, Rpc
 
 async fn activate<R>(services: &Services<R>, now: SystemTime) -> Result<String, RpcError> {
     let state = &services.ca;
-    let active = state.current().activate_staged().map_err(ca_error)?;
+    let active = Arc::new(state.current().activate_staged().map_err(ca_error)?);
     let schedule = Schedule {
         activated_at_ms: rpc::unix_ms(now),
         ..state.schedule()
     };
     persist(&services.registry, &active, schedule).await?;
     let signer = short(&active.signer_id());
+    // The step is taken (stored): bundles are re-signed before the new intermediate is put
+    // in use, so that once it signs, the directory already serves what it signed. A failure
+    // here is reported, and the retirement re-signs first.
+    let resigned = resign_bundles(services, &active, now).await;
     state.replace(active, schedule);
     state.activated.notify_waiters();
-    let resigned = resign_bundles(services, now).await?;
-    Ok(format!(
-        "intermediate {signer} signs; {resigned} key bundles signed again"
-    ))
+    Ok(match resigned {
+        Ok(resigned) => format!("intermediate {signer} signs; {resigned} key bundles signed again"),
+        Err(e) => format!(
+            "intermediate {signer} signs; re-signing the key bundles failed ({e}), the \
+             retirement does it"
+        ),
+    })
 }
 
 async fn retire<R>(services: &Services<R>, now: SystemTime) -> Result<String, RpcError> {
     let state = &services.ca;
     // Nothing the retiring intermediate signed may stay in use once it is untrusted.
-    let resigned = resign_bundles(services, now).await?;
     let ca = state.current();
+    let resigned = resign_bundles(services, &ca, now).await?;
     let (retired, key) = ca.retire_previous().map_err(ca_error)?;
     let old = ca
         .intermediates()
@@ -423,10 +430,13 @@ async fn retire<R>(services: &Services<R>, now: SystemTime) -> Result<String, Rp
     Ok(done)
 }
 
-/// Signs again, with the active intermediate, every stored latest key bundle another
+/// Signs again, with `ca`'s active intermediate, every stored latest key bundle another
 /// intermediate signed and that has not expired. Returns how many.
-async fn resign_bundles<R>(services: &Services<R>, now: SystemTime) -> Result<usize, RpcError> {
-    let ca = services.ca.current();
+async fn resign_bundles<R>(
+    services: &Services<R>,
+    ca: &Arc<Ca>,
+    now: SystemTime,
+) -> Result<usize, RpcError> {
     let now_ms = rpc::unix_ms(now);
     let mut count = 0;
     for agent in services.registry.agents().await? {

@@ -228,6 +228,22 @@ async fn a_rollover_disconnects_no_agent_and_loses_no_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_stored_rollover_state_stops_the_hub_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start(&dir).await;
+    hub.hub().stage_intermediate().await.unwrap();
+    hub.store()
+        .put_config(entente_hub::CA_ROLLOVER_KEY, b"\x08\x01\x12\xff garbage")
+        .await
+        .unwrap();
+    let err = hub.restart().await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("stored rollover state"),
+        "{err:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overlap_shorter_than_the_certificate_lifetime_is_refused() {
     let err = TestHub::builder()
         .svid_ttl(Duration::from_secs(60))
