@@ -39,18 +39,33 @@ enum Command {
     /// Measure pub→sub of sealed messages through an in-process hub over loopback mutual TLS:
     /// msgs/s, MB/s, publish-to-delivery latency; exits non-zero if any message was lost.
     Bench {
-        /// How many messages to publish.
-        #[arg(long, default_value_t = 200_000)]
-        messages: u64,
+        /// How many messages each publisher publishes (default 200000), or requests with
+        /// `--request-reply`; with `--suite`, replaces every workload's own count.
+        #[arg(long)]
+        messages: Option<u64>,
         /// Payload size in bytes (at least 16).
         #[arg(long, default_value_t = 256)]
         payload: usize,
-        /// Publish at this many messages per second (default 0: as fast as possible).
+        /// Each publisher publishes at this many messages per second (default 0: as fast as
+        /// possible).
         #[arg(long, default_value_t = 0)]
         rate: u64,
+        /// Publishers, each on its own connection; `--messages` is per publisher.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        publishers: u16,
         /// Subscribers, each on its own connection and receiving every message (fan-out).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
         subscribers: u16,
+        /// Request/reply instead of pub/sub: one requester keeps INFLIGHT requests
+        /// outstanding to one responder, `--messages` requests in all; with `--compare-nats`,
+        /// through nats-server too.
+        #[arg(
+            long,
+            value_name = "INFLIGHT",
+            value_parser = clap::value_parser!(u16).range(1..=1024),
+            conflicts_with_all = ["compare_authorization", "compare_audit", "compare_jetstream", "publishers", "subscribers", "rate"]
+        )]
+        request_reply: Option<u16>,
         /// Run ROUNDS rounds with the hub's policy decisions on and off (a setting of the
         /// hub's `danger` module, for this measurement only) and report the ratio.
         #[arg(long, value_name = "ROUNDS", num_args = 0..=1, default_missing_value = "3")]
@@ -75,9 +90,9 @@ enum Command {
             conflicts_with_all = ["compare_authorization", "compare_audit"]
         )]
         compare_jetstream: Option<usize>,
-        /// Run ROUNDS rounds of the same pub/sub workload through Entente and through
-        /// nats-server, plain and with TLS (`nats-server` must be installed), and report the
-        /// ratios.
+        /// Run ROUNDS rounds of the same pub/sub (or request/reply) workload through Entente
+        /// and through nats-server, plain and with TLS (`nats-server` must be installed), and
+        /// report the ratios.
         #[arg(
             long,
             value_name = "ROUNDS",
@@ -86,6 +101,43 @@ enum Command {
             conflicts_with_all = ["compare_authorization", "compare_audit", "compare_jetstream"]
         )]
         compare_nats: Option<usize>,
+        /// Run every workload of the comparison with nats-server, ROUNDS rounds, and print
+        /// one table: pub/sub 1→1, 1→10 and 10→10; request/reply with 1 and 64 in flight;
+        /// durable publish against JetStream; 1 KiB and 16 KiB payloads. Each with
+        /// throughput, latency, CPU seconds per million and peak memory (`nats-server` must
+        /// be installed).
+        #[arg(
+            long,
+            value_name = "ROUNDS",
+            num_args = 0..=1,
+            default_missing_value = "3",
+            conflicts_with_all = ["compare_authorization", "compare_audit", "compare_jetstream", "compare_nats", "request_reply", "publishers", "subscribers", "rate", "payload"]
+        )]
+        suite: Option<usize>,
+        /// Measure the crypto floor alone: what the cryptography the design requires costs per
+        /// message on this machine (for `--payload`-byte messages in full batches), and the
+        /// throughput ceiling it sets. `--suite` prints it too.
+        #[arg(
+            long,
+            conflicts_with_all = ["suite", "compare_authorization", "compare_audit", "compare_jetstream", "compare_nats", "request_reply"]
+        )]
+        crypto_floor: bool,
+    },
+    /// Open many idle mutual-TLS sessions on a hub run in its own process and report its
+    /// memory per connection; then measure handshakes/s with and without session resumption.
+    BenchScale {
+        /// Idle connections open at once, each with its own session.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Agents to enroll; the connections use their identities in turn.
+        #[arg(long, default_value_t = 100)]
+        agents: usize,
+        /// Handshakes to time in each mode (full, resumed).
+        #[arg(long, default_value_t = 2_000)]
+        handshakes: u64,
+        /// Handshakes in flight at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
     },
     /// Run a hub.
     #[command(subcommand)]
@@ -336,37 +388,67 @@ fn main() -> ExitCode {
             messages,
             payload,
             rate,
+            publishers,
             subscribers,
+            request_reply,
             compare_authorization,
             compare_audit,
             compare_jetstream,
             compare_nats,
+            suite,
+            crypto_floor,
         } => {
-            use commands::bench::Switch;
-            if let Some(rounds) = compare_jetstream {
-                commands::bench::compare_jetstream(rounds, messages, payload, cli.json)
-            } else if let Some(rounds) = compare_nats {
-                commands::bench::compare_nats(
-                    rounds,
-                    messages,
+            use commands::bench::{PubSub, Switch};
+            let count = messages.unwrap_or(200_000);
+            let shape = PubSub {
+                messages: count,
+                payload,
+                publishers: usize::from(publishers),
+                subscribers: usize::from(subscribers),
+            };
+            if crypto_floor {
+                commands::bench_suite::floor_only(payload, cli.json)
+            } else if let Some(rounds) = suite {
+                commands::bench_suite::run(rounds, messages, cli.json)
+            } else if let Some(inflight) = request_reply {
+                let shape = commands::bench_rpc::Rpc {
+                    requests: count,
                     payload,
-                    usize::from(subscribers),
-                    cli.json,
-                )
+                    inflight: usize::from(inflight),
+                };
+                commands::bench_rpc::run(shape, compare_nats, cli.json)
+            } else if let Some(rounds) = compare_jetstream {
+                commands::bench::compare_jetstream(rounds, count, payload, cli.json)
+            } else if let Some(rounds) = compare_nats {
+                commands::bench::compare_nats(rounds, shape, cli.json)
             } else {
                 let compare = compare_authorization
                     .map(|rounds| (Switch::Authorization, rounds))
                     .or(compare_audit.map(|rounds| (Switch::Audit, rounds)));
                 commands::bench::run(
-                    messages,
+                    count,
                     payload,
                     rate,
-                    usize::from(subscribers),
+                    (shape.publishers, shape.subscribers),
                     compare,
                     cli.json,
                 )
             }
         }
+        Command::BenchScale {
+            connections,
+            agents,
+            handshakes,
+            concurrency,
+        } => commands::scale::run(
+            commands::scale::Scale {
+                connections,
+                agents,
+                handshakes,
+                concurrency,
+            },
+            cli.json,
+        ),
         Command::Hub(HubCommand::Start {
             data,
             listen,

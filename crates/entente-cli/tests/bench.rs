@@ -119,3 +119,151 @@ fn fan_out_runs_beside_nats_plain_and_with_tls() {
         assert!(v[ratio].as_f64().unwrap() > 0.0, "{v:#}");
     }
 }
+
+/// Several publishers, each on its own connection: every subscriber gets every message of
+/// every publisher, through Entente and through nats-server; what the runs cost is reported.
+#[test]
+fn publishers_fan_in_beside_nats() {
+    let v = bench_json(&[
+        "--messages",
+        "200",
+        "--publishers",
+        "3",
+        "--subscribers",
+        "2",
+        "--compare-nats",
+        "1",
+    ]);
+    assert_eq!(v["publishers"], 3, "{v:#}");
+    let round = &v["rounds"][0];
+    let entente = &round["entente"];
+    assert_eq!(entente["publishers"], 3, "{v:#}");
+    assert_eq!(entente["delivered"], 1200, "{v:#}");
+    assert_eq!(entente["lost"], 0, "{v:#}");
+    assert_eq!(entente["duplicates"], 0, "{v:#}");
+    assert!(
+        entente["cost"]["cpu_seconds_per_million"].is_number(),
+        "{v:#}"
+    );
+    assert!(
+        entente["cost"]["peak_rss_bytes"].as_u64().unwrap() > 0,
+        "{v:#}"
+    );
+    for run in ["nats_plain", "nats_tls"] {
+        let delivered = round[run]["delivered"].as_u64().unwrap();
+        assert_eq!(
+            delivered + round[run]["lost"].as_u64().unwrap(),
+            1200,
+            "{v:#}"
+        );
+        assert!(delivered > 0, "{v:#}");
+        assert_eq!(round[run]["duplicates"], 0, "{v:#}");
+        // nats-server's memory, and CPU counted for the server and the clients.
+        assert!(
+            round[run]["cost"]["peak_rss_bytes"].as_u64().unwrap() > 0,
+            "{v:#}"
+        );
+        assert!(
+            round[run]["cost"]["server"]["cpu_seconds"].is_number(),
+            "{v:#}"
+        );
+    }
+}
+
+/// Request/reply with one and with many requests in flight: every request is answered,
+/// through Entente and through nats-server, plain and with TLS.
+#[test]
+fn request_reply_runs_beside_nats() {
+    for inflight in ["1", "16"] {
+        let v = bench_json(&[
+            "--messages",
+            "100",
+            "--request-reply",
+            inflight,
+            "--compare-nats",
+            "1",
+        ]);
+        let round = &v["rounds"][0];
+        assert_eq!(round["entente"]["answered"], 100, "{v:#}");
+        assert_eq!(round["entente"]["lost"], 0, "{v:#}");
+        assert_eq!(round["entente"]["failed"], 0, "{v:#}");
+        assert_eq!(round["entente"]["mismatched"], 0, "{v:#}");
+        for run in ["entente", "nats_plain", "nats_tls"] {
+            assert!(round[run]["answered"].as_u64().unwrap() > 0, "{v:#}");
+            assert!(
+                round[run]["requests_per_sec"].as_f64().unwrap() > 0.0,
+                "{v:#}"
+            );
+            assert!(round[run]["latency_us"]["p99"].is_u64(), "{v:#}");
+        }
+        assert!(v["ratio_to_nats_plain"].as_f64().unwrap() > 0.0, "{v:#}");
+    }
+}
+
+/// The whole suite with tiny counts: every workload ran on every side, Entente lost
+/// nothing, and each line carries throughput, latency, CPU and memory. Timings are not
+/// asserted.
+#[test]
+fn the_suite_runs_every_workload() {
+    let v = bench_json(&["--suite", "1", "--messages", "100"]);
+    assert_eq!(v["clean"], true, "{v:#}");
+    assert_eq!(v["entente_lost"], 0, "{v:#}");
+    let workloads = v["workloads"].as_array().unwrap();
+    let ids: Vec<&str> = workloads
+        .iter()
+        .map(|w| w["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["a", "b", "c", "d1", "d64", "e", "e-always", "f1k", "f16k"],
+        "{v:#}"
+    );
+    for w in workloads {
+        assert_eq!(w["rounds"].as_array().unwrap().len(), 1, "{w:#}");
+        assert_eq!(w["entente"]["lost"], 0, "{w:#}");
+        let mut sides = vec!["entente", "nats"];
+        if w["compared_with"] == "nats-server" {
+            sides.push("nats_tls");
+            assert!(w["ratio_to_nats_tls"].as_f64().unwrap() > 0.0, "{w:#}");
+        } else {
+            assert!(w["nats_tls"].is_null(), "{w:#}");
+        }
+        for side in sides {
+            let s = &w[side];
+            assert!(s["per_sec"].as_f64().unwrap() > 0.0, "{w:#}");
+            assert!(s["cpu_seconds_per_million"].is_number(), "{w:#}");
+            assert!(s["peak_rss_bytes"].as_u64().unwrap() > 0, "{w:#}");
+            assert!(s["p99_us"].is_u64(), "{w:#}");
+        }
+        assert!(w["ratio_to_nats"].as_f64().unwrap() > 0.0, "{w:#}");
+    }
+    let f16k = workloads.iter().find(|w| w["id"] == "f16k").unwrap();
+    assert_eq!(f16k["payload_bytes"], 16384, "{f16k:#}");
+    // The crypto floor comes with the suite, its parts adding up to its total.
+    let floor = &v["crypto_floor"];
+    let parts: f64 = ["publisher_ns", "hub_ns", "subscriber_ns", "tls_ns"]
+        .iter()
+        .map(|k| floor[*k].as_f64().unwrap())
+        .sum();
+    let total = floor["total_ns"].as_f64().unwrap();
+    assert!(total > 0.0 && (parts - total).abs() < 1e-6, "{floor:#}");
+    assert!(
+        floor["ceiling_msgs_per_sec"].as_f64().unwrap() > 0.0,
+        "{floor:#}"
+    );
+}
+
+#[test]
+fn the_crypto_floor_runs_alone() {
+    let v = bench_json(&["--crypto-floor", "--payload", "1024"]);
+    assert_eq!(v["payload_bytes"], 1024, "{v:#}");
+    assert!(v["ceiling_msgs_per_sec"].as_f64().unwrap() > 0.0, "{v:#}");
+    assert!(
+        v["wire_bytes_per_message"].as_f64().unwrap() > 1024.0,
+        "{v:#}"
+    );
+    assert!(
+        v["request_reply_rtt_floor_ns"].as_f64().unwrap() > 0.0,
+        "{v:#}"
+    );
+}

@@ -52,6 +52,8 @@ use crate::{ClientOptions, Error, ErrorKind, Identity, Message, Requests, Subscr
 
 /// Frames the writer may have queued for the HTTP/2 stream.
 const OUTBOUND_FRAMES: usize = 64;
+/// Most commands room is made for at once when gathering a batch.
+const MAX_GATHER: usize = 1024;
 
 /// A connection to an Entente hub, as one principal.
 ///
@@ -102,7 +104,10 @@ pub struct Client {
 #[must_use = "a publish is only known to have succeeded once its ack resolves"]
 pub struct PublishAck {
     answer: oneshot::Receiver<Result<Vec<Held>, Error>>,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    deadline: tokio::time::Instant,
+    /// Armed only if the answer is not there when first polled: most acks of a batch are
+    /// answered by then, and need no timer.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     client: Client,
 }
 
@@ -931,7 +936,8 @@ impl Client {
         match tokio::time::timeout_at(deadline, self.inner.commands.send(command)).await {
             Ok(Ok(())) => Ok(PublishAck {
                 answer,
-                deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                deadline,
+                timer: None,
                 client: self.clone(),
             }),
             Ok(Err(_)) => Err(self.inner.shared.closed_error()),
@@ -1091,11 +1097,20 @@ impl Client {
             self.listen_for_replies().await?;
             let reply_to = namespace::reply_channel(self.principal(), &unique_token()?)
                 .map_err(|e| Error::new(ErrorKind::Protocol, format!("reply channel: {e}")))?;
-            let (done, reply) = oneshot::channel();
+            let (done, mut reply) = oneshot::channel();
             let _waiting = shared.await_reply(reply_to.clone(), target.clone(), done)?;
             let send_by = deadline.min(self.deadline());
-            self.send_direct(target, payload, Some(reply_to), send_by)
+            let ack = self
+                .queue_direct(target, payload, Some(reply_to), send_by)
                 .await?;
+            // The reply proves the request was delivered: it is not held up by the hub's
+            // acknowledgement (which waits for the audit log to be durable). A refusal that
+            // comes first ends the request with the hub's reason.
+            tokio::select! {
+                biased;
+                answer = &mut reply => return answer.map_err(|_| shared.closed_error()),
+                acked = ack => acked?,
+            }
             reply.await.map_err(|_| shared.closed_error())
         };
         tokio::time::timeout_at(deadline, exchange)
@@ -1165,11 +1180,23 @@ impl Client {
         reply_to: Option<Channel>,
         deadline: tokio::time::Instant,
     ) -> Result<(), Error> {
+        self.queue_direct(target, payload, reply_to, deadline)
+            .await?
+            .await
+    }
+
+    /// Queues `payload` on `target`'s direct channel, sealed for `target` alone.
+    async fn queue_direct(
+        &self,
+        target: &Principal,
+        payload: Vec<u8>,
+        reply_to: Option<Channel>,
+        deadline: tokio::time::Instant,
+    ) -> Result<PublishAck, Error> {
         let bundle = self.key_bundle(target).await?;
         let recipients = Arc::new(Recipients::exactly(vec![bundle]));
         let channel = namespace::direct_channel(target);
         self.queue(channel, payload, recipients, reply_to, None, deadline)
-            .await?
             .await
     }
 
@@ -1244,10 +1271,11 @@ impl PublishAck {
             answer,
             deadline,
             client,
+            ..
         } = self;
         tokio::select! {
             answer = answer => answer.unwrap_or_else(|_| Err(client.inner.shared.closed_error())),
-            () = deadline => Err(client.timeout_error()),
+            () = tokio::time::sleep_until(deadline) => Err(client.timeout_error()),
         }
     }
 }
@@ -1264,7 +1292,11 @@ impl Future for PublishAck {
                     .map(drop),
             );
         }
-        if this.deadline.as_mut().poll(cx).is_ready() {
+        let deadline = this.deadline;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(this.client.timeout_error()));
         }
         Poll::Pending
@@ -1518,15 +1550,17 @@ async fn write(
     );
     let mut shutdown = shared.shutdown.subscribe();
     loop {
-        let first = tokio::select! {
+        // What is queued is taken at once (up to a batch), which also gives the queue's room
+        // back at once rather than one message at a time.
+        let mut batch = Vec::with_capacity(options.batch_max.min(MAX_GATHER));
+        let taken = tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break,
-            command = commands.recv() => match command {
-                Some(command) => command,
-                None => break,
-            },
+            taken = commands.recv_many(&mut batch, options.batch_max) => taken,
         };
-        let mut batch = vec![first];
+        if taken == 0 {
+            break;
+        }
         gather(&mut commands, &mut batch, options.batch_max, options.linger).await;
         let mut writer = Writer {
             shared: &shared,
@@ -1541,28 +1575,22 @@ async fn write(
     shared.shutdown.send_replace(true);
 }
 
-/// Adds what is already queued to `batch`, up to `max` commands, waiting up to `linger` for
-/// more.
+/// Waits up to `linger` for more commands to add to `batch`, up to `max` in all.
 async fn gather(
     commands: &mut mpsc::Receiver<Command>,
     batch: &mut Vec<Command>,
     max: usize,
     linger: Duration,
 ) {
-    while batch.len() < max {
-        match commands.try_recv() {
-            Ok(command) => batch.push(command),
-            Err(_) => break,
-        }
-    }
     if linger.is_zero() {
         return;
     }
     let deadline = tokio::time::Instant::now() + linger;
     while batch.len() < max {
-        match tokio::time::timeout_at(deadline, commands.recv()).await {
-            Ok(Some(command)) => batch.push(command),
-            Ok(None) | Err(_) => break,
+        let room = max - batch.len();
+        match tokio::time::timeout_at(deadline, commands.recv_many(batch, room)).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
         }
     }
 }
@@ -1806,10 +1834,16 @@ async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) {
     stats::add(&s.batches_received, opened.batches);
     stats::add(&s.sender_keys_accepted, opened.keys_accepted);
     stats::add(&s.sender_keys_rejected, opened.keys_rejected);
-    for item in opened.items {
-        if entry.items.send(item).await.is_err() {
+    // Room for the batch is taken at once (up to the queue's size), not item by item.
+    let room = entry.items.max_capacity();
+    let mut items = opened.items.into_iter();
+    while items.len() > 0 {
+        let Ok(permits) = entry.items.reserve_many(items.len().min(room)).await else {
             shared.lock().subscriptions.remove(&id);
             break;
+        };
+        for (permit, item) in permits.zip(&mut items) {
+            permit.send(item);
         }
     }
 }

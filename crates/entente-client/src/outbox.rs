@@ -175,13 +175,14 @@ impl Outbox {
         };
         let channel = first.channel.clone();
         let recipients = first.recipients.clone();
-        let reply_to = first.reply_to.clone();
         let purpose = first.purpose.clone().unwrap_or_default();
-        let (payloads, tickets): (Vec<Vec<u8>>, Vec<T>) =
-            run.into_iter().map(|m| (m.payload, m.ticket)).unzip();
-        let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-        let mut sealed =
-            self.seal_batch(&channel, &recipients, &payloads, reply_to.as_ref(), now_ms);
+        let mut messages = Vec::with_capacity(run.len());
+        let mut tickets = Vec::with_capacity(run.len());
+        for m in run {
+            messages.push((m.payload, m.reply_to));
+            tickets.push(m.ticket);
+        }
+        let mut sealed = self.seal_batch(&channel, &recipients, &messages, now_ms);
         // A message held for approval may be released long after, or alone of its epoch (the
         // frames before it rejected): it carries the sender key with it, always.
         if !purpose.is_empty()
@@ -207,20 +208,25 @@ impl Outbox {
         }
     }
 
+    /// Seals `messages` (payload and `reply_to` each) as one signed batch.
     fn seal_batch(
         &mut self,
         channel: &Channel,
         recipients: &Arc<Recipients>,
-        payloads: &[&[u8]],
-        reply_to: Option<&Channel>,
+        messages: &[(Vec<u8>, Option<Channel>)],
         now_ms: u64,
     ) -> Result<(Option<wire::SenderKey>, wire::SignedBatch), Error> {
+        let each = || {
+            messages
+                .iter()
+                .map(|(payload, reply_to)| (payload.as_slice(), reply_to.as_ref()))
+        };
         let sender_key = self.prepare(channel, recipients, now_ms)?;
         let state = self
             .channels
             .get_mut(channel)
             .ok_or_else(|| Error::new(ErrorKind::Crypto, "no sealer for the channel"))?;
-        match state.sealer.seal_batch(payloads, reply_to, now_ms) {
+        match state.sealer.seal_batch_each(each(), now_ms) {
             Ok(batch) => Ok((sender_key, batch)),
             // The epoch ran out inside this batch: start a new one and seal it all there.
             Err(SealError::EpochExhausted) => {
@@ -232,7 +238,7 @@ impl Outbox {
                 state.key_sent_ms = now_ms;
                 let batch = state
                     .sealer
-                    .seal_batch(payloads, reply_to, now_ms)
+                    .seal_batch_each(each(), now_ms)
                     .map_err(|e| seal_error(channel, e))?;
                 Ok((Some(sender_key), batch))
             }
@@ -307,13 +313,16 @@ impl Outbox {
 }
 
 /// Splits messages into runs to seal as one batch each: grouped by channel (in order of first
-/// appearance, order kept within a channel), then cut where the recipients or `reply_to`
-/// change or a batch limit is reached.
+/// appearance, order kept within a channel), then cut where the recipients change, a message
+/// has a purpose, or a batch limit is reached. `reply_to` is each envelope's own, so requests
+/// with different reply channels share a batch and its signature.
 fn runs<T>(messages: Vec<Outgoing<T>>, options: &OutboxOptions) -> Vec<Vec<Outgoing<T>>> {
     let mut by_channel: Vec<Vec<Outgoing<T>>> = Vec::new();
     for m in messages {
+        // Most often the channel of the message before: look there first.
         match by_channel
             .iter_mut()
+            .rev()
             .find(|group| group.first().is_some_and(|g| g.channel == m.channel))
         {
             Some(group) => group.push(m),
@@ -326,9 +335,10 @@ fn runs<T>(messages: Vec<Outgoing<T>>, options: &OutboxOptions) -> Vec<Vec<Outgo
         let mut bytes = 0usize;
         for m in group {
             let fits = run.first().is_some_and(|first| {
+                // `reply_to` is each envelope's own: requests with different reply channels
+                // share a batch.
                 (Arc::ptr_eq(&first.recipients, &m.recipients)
                     || first.recipients.as_ref() == m.recipients.as_ref())
-                    && first.reply_to == m.reply_to
                     && first.purpose.is_none()
                     && m.purpose.is_none()
                     && run.len() < options.batch_max
@@ -644,7 +654,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn requests_are_cut_by_reply_to_and_reply_channels_keep_no_sealer() {
+    fn requests_share_a_batch_whatever_their_reply_to_and_reply_channels_keep_no_sealer() {
         let ca = TestCa::new();
         let (alice, bob) = (ca.agent("alice"), ca.agent("bob"));
         let recipients = Arc::new(Recipients::new(&alice.bundle, vec![bob.bundle.clone()]));
@@ -655,16 +665,17 @@ pub(crate) mod tests {
             ids
         };
         let r1 = Channel::parse("_reply.shop.alice.r1").unwrap();
+        let r2 = Channel::parse("_reply.shop.alice.r2").unwrap();
         let mut messages = vec![
             message("_direct.shop.bob", b"1", &recipients, 1),
             message("_direct.shop.bob", b"2", &recipients, 2),
             message("_direct.shop.bob", b"3", &recipients, 3),
         ];
         messages[0].reply_to = Some(r1.clone());
-        messages[1].reply_to = Some(r1.clone());
+        messages[1].reply_to = Some(r2.clone());
         let out = frames(outbox.seal(messages, NOW, &mut next));
-        assert_eq!(out.len(), 2);
-        assert_eq!(out[0].2, [1, 2]);
+        assert_eq!(out.len(), 1, "one batch, one signature");
+        assert_eq!(out[0].2, [1, 2, 3]);
         let reply_tos = |p: &wire::Publish| {
             p.batches[0]
                 .envelopes
@@ -672,8 +683,10 @@ pub(crate) mod tests {
                 .map(|e| e.reply_to.clone())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(reply_tos(&out[0].1), ["_reply.shop.alice.r1"; 2]);
-        assert_eq!(reply_tos(&out[1].1), [""]);
+        assert_eq!(
+            reply_tos(&out[0].1),
+            ["_reply.shop.alice.r1", "_reply.shop.alice.r2", ""]
+        );
         assert!(
             outbox
                 .channels

@@ -1,5 +1,6 @@
 //! [`Subscription`]: a stream of the messages (and rejections) of one subscription.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -28,9 +29,14 @@ pub struct Subscription {
     id: u64,
     pattern: ChannelPattern,
     items: mpsc::Receiver<Result<Message, Error>>,
+    /// Items taken from `items` at once and not yet yielded.
+    taken: VecDeque<Result<Message, Error>>,
     client: Client,
     active: bool,
 }
+
+/// Most items taken from the queue at once.
+const TAKE: usize = 256;
 
 impl Subscription {
     pub(crate) fn new(
@@ -43,6 +49,7 @@ impl Subscription {
             id,
             pattern,
             items,
+            taken: VecDeque::new(),
             client,
             active: true,
         }
@@ -75,7 +82,20 @@ impl Stream for Subscription {
     type Item = Result<Message, Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().items.poll_recv(cx)
+        let this = self.get_mut();
+        if let Some(item) = this.taken.pop_front() {
+            return Poll::Ready(Some(item));
+        }
+        // What is queued is taken at once (which also gives the queue's room back at once),
+        // then yielded one by one.
+        let mut taken = Vec::from(std::mem::take(&mut this.taken));
+        let polled = this.items.poll_recv_many(cx, &mut taken, TAKE);
+        this.taken = VecDeque::from(taken);
+        match polled {
+            Poll::Ready(0) => Poll::Ready(None),
+            Poll::Ready(_) => Poll::Ready(this.taken.pop_front()),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 

@@ -58,10 +58,17 @@ impl Transport {
     ) -> Result<(Self, JoinHandle<()>), Error> {
         let trust = identity.trust();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.tls_key_pkcs8().to_vec()));
-        let config =
+        let mut config =
             client_tls::client_config(trust, identity.chain().to_vec(), key).map_err(|e| {
                 Error::new(ErrorKind::Tls, format!("tls setup failed: {e}")).with_source(e)
             })?;
+        // A configuration serves one connection, so a ticket could never be used: keep none,
+        // and ask the hub to issue none (RFC 9149).
+        config.resumption = rustls::client::Resumption::disabled();
+        config.send_ticket_request = Some(rustls::client::TicketRequest {
+            new_session_count: 0,
+            resumption_count: 0,
+        });
         let server_name = client_tls::server_name(trust).map_err(|e| {
             Error::new(ErrorKind::Tls, format!("tls setup failed: {e}")).with_source(e)
         })?;

@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use aws_lc_rs::{
     aead::{Aad, Nonce},
-    digest::{Context, SHA256, digest},
+    digest::{SHA256, digest},
     rand::{SecureRandom, SystemRandom},
 };
 use entente_types::{Channel, ChannelError, IdError, MessageId, MessageIdError, Principal};
@@ -268,21 +268,29 @@ impl Sealer {
         reply_to: Option<&Channel>,
         now_ms: u64,
     ) -> Result<wire::SignedBatch, SealError> {
+        self.seal_batch_each(payloads.iter().map(|&p| (p, reply_to)), now_ms)
+    }
+
+    /// Seals `messages`, each with its own `reply_to`, and signs them as one batch: requests
+    /// to one channel, each naming its own reply channel, share one signature.
+    pub fn seal_batch_each<'m>(
+        &mut self,
+        messages: impl ExactSizeIterator<Item = (&'m [u8], Option<&'m Channel>)>,
+        now_ms: u64,
+    ) -> Result<wire::SignedBatch, SealError> {
         let max = self.options.limits.max_batch_envelopes;
-        if payloads.is_empty() || payloads.len() > max {
-            return Err(SealError::BatchSize {
-                len: payloads.len(),
-                max,
-            });
+        let count = messages.len();
+        if count == 0 || count > max {
+            return Err(SealError::BatchSize { len: count, max });
         }
         // One draw of randomness for every message ID of the batch.
-        let mut random = vec![0u8; payloads.len() * ID_RANDOM_LEN];
+        let mut random = vec![0u8; count * ID_RANDOM_LEN];
         self.rng
             .fill(&mut random)
             .map_err(|_| SealError::Crypto("random"))?;
-        let mut envelopes = Vec::with_capacity(payloads.len());
-        let mut hashes = Vec::with_capacity(payloads.len() * 32);
-        for (payload, random) in payloads.iter().zip(random.chunks_exact(ID_RANDOM_LEN)) {
+        let mut envelopes = Vec::with_capacity(count);
+        let mut hashes = Vec::with_capacity(count * 32);
+        for ((payload, reply_to), random) in messages.zip(random.chunks_exact(ID_RANDOM_LEN)) {
             let (envelope, hash) = self.seal_one(payload, reply_to, now_ms, random)?;
             hashes.extend_from_slice(&hash);
             envelopes.push(envelope);
@@ -1070,17 +1078,16 @@ fn write_aad_in(c: &mut Canon, sender: &str, channel: &str, e: &EnvelopeIn) {
 
 /// SHA-256(AAD || u32(len(ciphertext)) || ciphertext), streamed: nothing is copied.
 fn envelope_hash(aad: &[u8], ciphertext: &[u8]) -> [u8; 32] {
-    let mut ctx = Context::new(&SHA256);
+    use sha2::Digest as _;
+    let mut ctx = sha2::Sha256::new();
     ctx.update(aad);
     ctx.update(
-        &u32::try_from(ciphertext.len())
+        u32::try_from(ciphertext.len())
             .unwrap_or(u32::MAX)
             .to_be_bytes(),
     );
     ctx.update(ciphertext);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
-    out
+    ctx.finalize().into()
 }
 
 fn batch_input(

@@ -760,7 +760,9 @@ impl DeliveryGate {
                 return false;
             }
         }
-        if pattern.is_literal() {
+        // Own namespaces are judged by the structural rule alone (docs/POLICY.md): a new reply
+        // channel under one's own reply namespace asks the engine nothing.
+        if pattern.is_literal() || first == DIRECT_PREFIX || first == REPLY_PREFIX {
             return true;
         }
         let (decision, _) = decisions.decision(

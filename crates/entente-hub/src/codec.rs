@@ -14,6 +14,8 @@ use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, k
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
+pub use crate::queue::Budget;
+
 /// A codec that encodes `E` with prost and decodes `D` through the bounded decoder: what a
 /// client uses (`BoundedCodec<ClientFrame, ServerFrame>`).
 #[derive(Debug, Clone, Copy)]
@@ -48,7 +50,28 @@ pub enum Outbound {
         /// Encoded `Deliver` fields 2 and 3 (sender keys and batches), shared between
         /// subscribers.
         body: Bytes,
+        /// What it holds of its queue's byte budget while queued.
+        budget: Budget,
     },
+}
+
+impl Outbound {
+    /// A delivery built from `body` for `subscription_id`, holding nothing of a budget yet.
+    pub fn deliver(subscription_id: u64, body: Bytes) -> Self {
+        Self::Deliver {
+            subscription_id,
+            body,
+            budget: Budget::default(),
+        }
+    }
+
+    /// Makes a delivery hold `held` of its queue's budget (what it held before is given
+    /// back); other frames hold nothing.
+    pub(crate) fn hold(&mut self, held: Budget) {
+        if let Self::Deliver { budget, .. } = self {
+            *budget = held;
+        }
+    }
 }
 
 /// The hub's session codec: encodes [`Outbound`], decodes bounded [`ClientFrame`]s.
@@ -173,6 +196,7 @@ impl Encoder for OutboundEncoder {
             Outbound::Deliver {
                 subscription_id,
                 body,
+                budget: _,
             } => {
                 encode_deliver(subscription_id, &body, dst);
                 Ok(())

@@ -40,6 +40,10 @@ pub struct HubConfig {
     pub danger: crate::danger::Danger,
     /// Frames each session's outbound queue holds before publishers wait. Default 1024.
     pub queue_capacity: usize,
+    /// Bytes of delivered batches each session's outbound queue holds before publishers
+    /// wait (a batch larger than this still goes, alone). What a subscriber's messages wait
+    /// behind is this, the HTTP/2 window and the subscriber's own buffer. Default 1 MiB.
+    pub queue_bytes: usize,
     /// How long a publisher waits on a full subscriber queue before that subscriber is
     /// disconnected as a slow consumer. Default 5 s.
     pub slow_consumer_timeout: Duration,
@@ -99,6 +103,7 @@ impl Default for HubConfig {
             grant_limits: GrantLimits::default(),
             danger: crate::danger::Danger::default(),
             queue_capacity: 1024,
+            queue_bytes: 1 << 20,
             slow_consumer_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             max_subscriptions: 1024,
@@ -190,6 +195,11 @@ impl HubConfig {
         }
         if self.queue_capacity == 0 {
             return Err(HubError::Config("queue_capacity must be at least 1"));
+        }
+        if self.queue_bytes == 0 || u32::try_from(self.queue_bytes).is_err() {
+            return Err(HubError::Config(
+                "queue_bytes must be at least 1 and below 4 GiB",
+            ));
         }
         if self.max_streams_per_connection == 0 {
             return Err(HubError::Config(

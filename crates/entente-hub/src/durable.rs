@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{BufMut as _, Bytes, BytesMut};
 use entente_store::stream::{StreamLog, StreamOptions};
 use entente_types::{Channel, ChannelPattern, Principal};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 
 use crate::HubError;
 use crate::audit::Auditor;
@@ -36,6 +36,7 @@ use crate::authz::DeliveryGate;
 use crate::codec::Outbound;
 use crate::commit::{Committer, Refused};
 use crate::datakeys::DataKeys;
+use crate::queue::OutboundTx;
 use crate::stats::{self, Stats};
 
 /// Most entries delivered to one consumer and not yet acknowledged.
@@ -511,7 +512,7 @@ impl Stream {
         self: &Arc<Self>,
         consumer: Arc<Consumer>,
         subscription_id: u64,
-        outbound: mpsc::Sender<Outbound>,
+        outbound: OutboundTx,
         gate: Arc<DeliveryGate>,
     ) -> Held {
         let task = tokio::spawn(delivery(
@@ -769,7 +770,7 @@ async fn delivery(
     stream: Arc<Stream>,
     consumer: Arc<Consumer>,
     subscription_id: u64,
-    outbound: mpsc::Sender<Outbound>,
+    outbound: OutboundTx,
     gate: Arc<DeliveryGate>,
 ) {
     let mut appended = stream.appended.subscribe();
@@ -826,7 +827,7 @@ async fn send(
     stream: &Arc<Stream>,
     consumer: &Consumer,
     subscription_id: u64,
-    outbound: &mpsc::Sender<Outbound>,
+    outbound: &OutboundTx,
     gate: &DeliveryGate,
     seq: u64,
 ) -> bool {
@@ -873,10 +874,7 @@ async fn send(
     lock(&consumer.state)
         .in_flight
         .insert(seq, Instant::now() + stream.config.ack_wait);
-    let frame = Outbound::Deliver {
-        subscription_id,
-        body: body.freeze(),
-    };
+    let frame = Outbound::deliver(subscription_id, body.freeze());
     if outbound.send(frame).await.is_err() {
         return false;
     }

@@ -336,6 +336,7 @@ mod held;
 mod identity;
 mod keys;
 mod policies;
+pub mod queue;
 mod refusal;
 mod registry;
 mod renew;

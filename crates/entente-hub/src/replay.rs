@@ -100,6 +100,26 @@ pub(crate) fn check_and_record(
 impl SenderWindows {
     /// Refuses the whole set if any header is a replay; records all of them otherwise.
     pub(crate) fn check_and_record(&mut self, headers: &[Header<'_>]) -> Result<(), ReplayRefusal> {
+        // The usual publish: one channel, one epoch, sequence numbers rising. Nothing in it
+        // can repeat, and one window decides it all.
+        if let Some(&(channel, epoch, _)) = headers.first()
+            && headers.iter().all(|&(c, e, _)| e == epoch && c == channel)
+            && headers
+                .windows(2)
+                .all(|pair| matches!(pair, [a, b] if a.2 < b.2))
+        {
+            if let Some(window) = self.window(channel, epoch)? {
+                for &(_, _, seq) in headers {
+                    window.check(seq).map_err(|error| ReplayRefusal::Window {
+                        channel: channel.to_owned(),
+                        epoch,
+                        error,
+                    })?;
+                }
+            }
+            self.record(channel, epoch, headers.iter().map(|&(_, _, seq)| seq));
+            return Ok(());
+        }
         let mut seen = HashSet::with_capacity(headers.len());
         for &(channel, epoch, seq) in headers {
             if !seen.insert((channel, epoch, seq)) {
@@ -112,14 +132,27 @@ impl SenderWindows {
             self.check(channel, epoch, seq)?;
         }
         for &(channel, epoch, seq) in headers {
-            self.record(channel, epoch, seq);
+            self.record(channel, epoch, std::iter::once(seq));
         }
         Ok(())
     }
 
     fn check(&self, channel: &str, epoch: u64, seq: u64) -> Result<(), ReplayRefusal> {
+        match self.window(channel, epoch)? {
+            Some(window) => window.check(seq).map_err(|error| ReplayRefusal::Window {
+                channel: channel.to_owned(),
+                epoch,
+                error,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The window tracking `epoch` of `channel`: `None` if none does yet (every sequence
+    /// number is new), an error if the epoch is older than those tracked.
+    fn window(&self, channel: &str, epoch: u64) -> Result<Option<&ReplayWindow>, ReplayRefusal> {
         let Some(windows) = self.channels.get(channel) else {
-            return Ok(());
+            return Ok(None);
         };
         let stale = || ReplayRefusal::StaleEpoch {
             channel: channel.to_owned(),
@@ -129,28 +162,34 @@ impl SenderWindows {
             return Err(stale());
         }
         match windows.epochs.get(&epoch) {
-            Some(window) => window.check(seq).map_err(|error| ReplayRefusal::Window {
-                channel: channel.to_owned(),
-                epoch,
-                error,
-            }),
+            Some(window) => Ok(Some(window)),
             None if windows.epochs.len() >= MAX_EPOCHS
                 && windows.epochs.keys().next().is_some_and(|&min| epoch < min) =>
             {
                 Err(stale())
             }
-            None => Ok(()),
+            None => Ok(None),
         }
     }
 
-    fn record(&mut self, channel: &str, epoch: u64, seq: u64) {
+    /// Records `seqs` of `epoch` on `channel` (checked before).
+    fn record(&mut self, channel: &str, epoch: u64, seqs: impl Iterator<Item = u64>) {
         self.clock += 1;
-        if !self.channels.contains_key(channel) && self.channels.len() >= MAX_CHANNELS {
-            self.evict_least_recently_used();
+        if !self.channels.contains_key(channel) {
+            if self.channels.len() >= MAX_CHANNELS {
+                self.evict_least_recently_used();
+            }
+            self.channels
+                .insert(channel.to_owned(), ChannelWindows::default());
         }
-        let windows = self.channels.entry(channel.to_owned()).or_default();
+        let Some(windows) = self.channels.get_mut(channel) else {
+            return;
+        };
         windows.last_used = self.clock;
-        windows.epochs.entry(epoch).or_default().accept(seq);
+        let window = windows.epochs.entry(epoch).or_default();
+        for seq in seqs {
+            window.accept(seq);
+        }
         while windows.epochs.len() > MAX_EPOCHS {
             if let Some((oldest, _)) = windows.epochs.pop_first() {
                 windows.floor = windows.floor.max(oldest.saturating_add(1));
@@ -197,6 +236,31 @@ mod tests {
         w.check_and_record(&[("a", 1, 2)]).unwrap();
         // Other channels and epochs have their own windows.
         w.check_and_record(&[("b", 1, 0), ("a", 2, 0)]).unwrap();
+    }
+
+    #[test]
+    fn a_rising_run_of_one_channel_and_epoch_is_checked_whole_against_its_window() {
+        let mut w = SenderWindows::default();
+        w.check_and_record(&[("a", 1, 0), ("a", 1, 1), ("a", 1, 2)])
+            .unwrap();
+        // Rising, one channel and epoch, but 2 was seen: refused whole, 3 not recorded.
+        assert!(matches!(
+            w.check_and_record(&[("a", 1, 2), ("a", 1, 3)]),
+            Err(ReplayRefusal::Window {
+                error: ReplayError::Duplicate(2),
+                ..
+            })
+        ));
+        w.check_and_record(&[("a", 1, 3), ("a", 1, 4)]).unwrap();
+        // The same numbers out of order take the general path and meet the same window.
+        assert!(matches!(
+            w.check_and_record(&[("a", 1, 6), ("a", 1, 4)]),
+            Err(ReplayRefusal::Window {
+                error: ReplayError::Duplicate(4),
+                ..
+            })
+        ));
+        w.check_and_record(&[("a", 1, 6), ("a", 1, 5)]).unwrap();
     }
 
     #[test]

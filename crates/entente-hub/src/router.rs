@@ -27,13 +27,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use entente_types::{Channel, ChannelPattern, Principal};
 use futures_util::future::join_all;
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
 use crate::authz;
 pub use crate::authz::DeliveryGate;
 use crate::codec::Outbound;
 use crate::control::{CloseReason, ConnectionControl};
+use crate::queue::OutboundTx;
 
 /// Identifies one session (one gRPC stream) for the life of the hub.
 pub type SessionId = u64;
@@ -45,8 +45,8 @@ pub struct Subscriber {
     pub session: SessionId,
     /// The session's principal (its connection's identity).
     pub principal: Principal,
-    /// Its bounded outbound queue.
-    pub outbound: mpsc::Sender<Outbound>,
+    /// Its outbound queue, bounded in frames and bytes.
+    pub outbound: OutboundTx,
     /// Its connection, closed if the queue stays full.
     pub connection: ConnectionControl,
     /// What its wildcard subscriptions may carry.
@@ -225,10 +225,7 @@ impl Router for LocalRouter {
                 outcome.failed += 1;
                 continue;
             }
-            let frame = Outbound::Deliver {
-                subscription_id,
-                body: body.clone(),
-            };
+            let frame = Outbound::deliver(subscription_id, body.clone());
             match subscriber.outbound.try_send(frame) {
                 Ok(()) => outcome.delivered += 1,
                 Err(TrySendError::Full(frame)) => waiting.push((subscriber, frame)),
@@ -290,6 +287,7 @@ mod tests {
 
     use super::*;
     use crate::authz::Authz;
+    use tokio::sync::mpsc;
 
     /// Nobody may subscribe to `orders.payroll.>`. (The router does not decide patterns:
     /// sessions do before subscribing. Gates only withhold what a forbid covers.)
@@ -312,7 +310,7 @@ mod tests {
         session: SessionId,
         capacity: usize,
     ) -> (Subscriber, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(capacity);
+        let (tx, rx) = OutboundTx::channel(capacity, 1 << 20);
         let principal = principal(&format!("agent{session}"));
         (
             Subscriber {

@@ -64,6 +64,7 @@ use crate::grants::{
 use crate::held::{self, LIST_HELD_PATH};
 use crate::keys::{self, KEYS_PATH};
 use crate::policies::{CHECK_POLICY_PATH, LOAD_POLICIES_PATH, SHOW_POLICIES_PATH};
+use crate::queue::OutboundTx;
 use crate::registry::Registry;
 use crate::renew::Caller;
 use crate::replay::ReplayGuard;
@@ -834,8 +835,9 @@ async fn serve_enroll(shared: &Shared, stream: tokio_rustls::server::TlsStream<T
 }
 
 async fn serve_mtls(shared: Arc<Shared>, stream: tokio_rustls::server::TlsStream<TcpStream>) {
-    // The verifier passed the chain during the handshake; verify again to learn the identity
-    // (and with the revocation list in force now).
+    // The verifier passed the chain during a full handshake; a resumed one carries the chain
+    // of the full handshake its ticket came from, and skipped the verifier (`tls`). Verify
+    // again, always: to learn the identity, and against the revocation list in force now.
     let chain = stream.get_ref().1.peer_certificates().unwrap_or_default();
     let Ok(svid) = shared.verifier.verify_chain(chain, SystemTime::now()) else {
         stats::bump(&shared.stats.handshakes_failed);
@@ -1178,7 +1180,7 @@ impl tower_service::Service<Request<Streaming<ClientFrame>>> for SessionService 
 
     fn call(&mut self, request: Request<Streaming<ClientFrame>>) -> Self::Future {
         let shared = &self.shared;
-        let (tx, rx) = mpsc::channel(shared.config.queue_capacity);
+        let (tx, rx) = OutboundTx::channel(shared.config.queue_capacity, shared.config.queue_bytes);
         let (end_tx, end_rx) = watch::channel(None);
         let id: SessionId = shared.next_id();
         let session = Session::new(

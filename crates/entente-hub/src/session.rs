@@ -30,6 +30,7 @@ use crate::codec::{Outbound, max_deliver_len};
 use crate::control::{self, ConnectionControl};
 use crate::durable::{self, DurableError, Stream, Streams};
 use crate::held::{HoldError, NewHold};
+use crate::queue::OutboundTx;
 use crate::refusal::RefusalCode;
 use crate::replay::{self, Header, SenderWindows};
 use crate::reply::ReplyGrants;
@@ -74,7 +75,7 @@ pub(crate) struct Session<R: Router> {
     principal: Principal,
     context: SessionContext<R>,
     replay: Arc<Mutex<SenderWindows>>,
-    outbound: mpsc::Sender<Outbound>,
+    outbound: OutboundTx,
     connection: ConnectionControl,
     /// The session's subscriptions, by ID, with their patterns (decided again when the policy
     /// epoch changes).
@@ -148,7 +149,7 @@ impl<R: Router> Session<R> {
         principal: Principal,
         context: SessionContext<R>,
         replay: Arc<Mutex<SenderWindows>>,
-        outbound: mpsc::Sender<Outbound>,
+        outbound: OutboundTx,
         connection: ConnectionControl,
     ) -> Self {
         let authz = SessionAuthz::new(&principal);
@@ -581,8 +582,15 @@ impl<R: Router> Session<R> {
         let groups: Vec<(Channel, Bytes)> = groups
             .into_iter()
             .map(|group| {
-                let mut body = group.sender_keys;
-                body.extend_from_slice(&group.batches);
+                // Sender keys go with the first batches of an epoch only: most bodies are
+                // the batches alone, and need no copy.
+                let body = if group.sender_keys.is_empty() {
+                    group.batches
+                } else {
+                    let mut body = group.sender_keys;
+                    body.extend_from_slice(&group.batches);
+                    body
+                };
                 if max_deliver_len(body.len()) > self.context.limits.max_frame_bytes {
                     return Err(Refused::new(
                         RefusalCode::TooLarge,
@@ -985,7 +993,7 @@ fn bounded(mut reason: String) -> String {
 async fn forward_answers(
     auditor: Auditor,
     mut waiting: mpsc::Receiver<Answer>,
-    outbound: mpsc::Sender<Outbound>,
+    outbound: OutboundTx,
 ) {
     while let Some((ticket, stored, kind)) = waiting.recv().await {
         let mut failed = auditor.durable(ticket).await.err().map(|e| {
@@ -1180,7 +1188,7 @@ mod tests {
     impl Hub {
         fn connect(&mut self, principal: Principal) -> Client {
             self.next += 1;
-            let (tx, rx) = mpsc::channel(16);
+            let (tx, rx) = OutboundTx::channel(16, 1 << 20);
             Client {
                 session: Session::new(
                     self.next,
@@ -1230,6 +1238,7 @@ mod tests {
                 Outbound::Deliver {
                     subscription_id,
                     body,
+                    ..
                 } => {
                     let mut bytes = Vec::new();
                     crate::codec::encode_deliver(subscription_id, &body, &mut bytes);

@@ -6,6 +6,10 @@
 //! another CA, expired, revoked (by serial or principal), or without exactly one Entente SPIFFE
 //! ID of our trust domain never completes a handshake. A certificate naming the hub itself is
 //! refused too. Every [`SvidError`] becomes a TLS alert through one function, [`svid_error`].
+//!
+//! A resumed TLS 1.3 session does not come through the verifier: the hub runs
+//! [`SvidClientVerifier::verify_chain`] again on the chain every connection carries, resumed
+//! or not, before serving it (see [`crate::tls`] for how tickets are bound).
 
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -91,6 +95,11 @@ impl SvidClientVerifier {
             revocations,
             hub,
         })
+    }
+
+    /// The revocation list in force, as this verifier reads it.
+    pub(crate) fn revocations(&self) -> &Arc<RevocationState> {
+        &self.revocations
     }
 
     /// The SVID checks on top of webpki's: chain, validity, SPIFFE ID, revocation, not the hub.

@@ -120,16 +120,30 @@ async fn only_the_owner_may_subscribe_to_its_reply_and_direct_namespaces() {
 
 #[tokio::test]
 async fn a_slow_consumer_is_disconnected_and_the_publisher_gets_delivery_failed() {
-    let ca = TestCa::new();
-    let hub = start(
-        &ca,
-        HubConfig {
-            queue_capacity: 2,
-            slow_consumer_timeout: Duration::from_millis(300),
-            ..config()
-        },
-    )
+    slow_consumer(HubConfig {
+        queue_capacity: 2,
+        slow_consumer_timeout: Duration::from_millis(300),
+        ..config()
+    })
     .await;
+}
+
+/// The same with a queue bounded in bytes only: 1024 frames would hold 256 MiB of these
+/// batches, the byte bound holds one.
+#[tokio::test]
+async fn a_queue_bounded_in_bytes_disconnects_a_slow_consumer_as_one_bounded_in_frames() {
+    slow_consumer(HubConfig {
+        queue_capacity: 1024,
+        queue_bytes: 64 * 1024,
+        slow_consumer_timeout: Duration::from_millis(300),
+        ..config()
+    })
+    .await;
+}
+
+async fn slow_consumer(config: HubConfig) {
+    let ca = TestCa::new();
+    let hub = start(&ca, config).await;
     let alice = ca.agent("shop", "alice");
     let bob = ca.agent("shop", "bob");
 

@@ -157,4 +157,10 @@ async fn bad_settings_fail_at_start_with_a_reason() {
         .await
         .unwrap_err();
     assert!(format!("{e:#}").contains("queue_capacity"), "{e:#}");
+    let e = TestHub::builder()
+        .config(|c| c.queue_bytes = 0)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("queue_bytes"), "{e:#}");
 }

@@ -18,9 +18,14 @@
 //! does the same with the hub's audit log on (as deployed) and off (`HubConfig::audit`
 //! unset).
 //!
-//! `--subscribers N` fans every message out to N subscribers, each on its own connection.
-//! With `--compare-nats` it runs the same workload through nats-server (the Debian package),
-//! plain and with TLS, in the same invocation, and reports the ratios.
+//! `--subscribers N` fans every message out to N subscribers, each on its own connection;
+//! `--publishers N` has N publishers, each on its own connection, publish `--messages` each
+//! (every subscriber receives every publisher's messages; a payload's number is
+//! `publisher × messages + sequence`). With `--compare-nats` it runs the same workload
+//! through nats-server (the Debian package), plain and with TLS, in the same invocation, and
+//! reports the ratios. Every run reports the CPU seconds per million deliveries and the peak
+//! memory over its window ([`crate::commands::usage`]). Request/reply is in
+//! [`crate::commands::bench_rpc`], the whole suite in [`crate::commands::bench_suite`].
 //!
 //! Figures come from one process on one machine: the hub, both clients and the crypto share
 //! the cores. See `docs/BENCHMARKS.md`.
@@ -40,6 +45,7 @@ use entente_types::ChannelPattern;
 
 use crate::commands::nats::{self, Nats, NatsServer};
 use crate::commands::scratch::ScratchHub;
+use crate::commands::usage::{Cost, Meter};
 
 const TRUST_DOMAIN: &str = "bench.entente.local";
 const CHANNEL: &str = "demo.bench";
@@ -50,26 +56,32 @@ const IDLE: Duration = Duration::from_secs(10);
 
 /// What one run measured.
 #[derive(Debug, serde::Serialize)]
-struct Report {
+pub(crate) struct Report {
+    /// Messages each publisher published.
     messages: u64,
-    /// Subscribers, each receiving every message; delivery figures count every copy.
+    /// Publishers, each on its own connection.
+    publishers: usize,
+    /// Subscribers, each receiving every message of every publisher; delivery figures count
+    /// every copy.
     subscribers: usize,
     /// Offered rate in messages per second; 0 for as fast as the publisher can.
     rate: u64,
     payload_bytes: usize,
     sent: u64,
     acked: u64,
-    publish_errors: u64,
-    delivered: u64,
-    duplicates: u64,
-    rejected: u64,
-    lost: u64,
+    pub(crate) publish_errors: u64,
+    pub(crate) delivered: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) rejected: u64,
+    pub(crate) lost: u64,
     seconds: f64,
-    /// When the last message was queued by the publisher (the rest of the run is draining).
+    /// When the last message was queued by the publishers (the rest of the run is draining).
     publish_seconds: f64,
-    msgs_per_sec: f64,
+    pub(crate) msgs_per_sec: f64,
     mb_per_sec: f64,
-    latency_us: Latency,
+    pub(crate) latency_us: Latency,
+    /// CPU and memory over the run, per million deliveries.
+    pub(crate) cost: Cost,
     batches_sent: u64,
     hub_delivery_failures: u64,
     hub_slow_consumer_disconnects: u64,
@@ -79,12 +91,35 @@ struct Report {
     hub_audit_records: u64,
 }
 
-#[derive(Debug, serde::Serialize)]
-struct Latency {
-    p50: u64,
-    p90: u64,
-    p99: u64,
-    max: u64,
+/// Percentiles of a run's latencies, in microseconds.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub(crate) struct Latency {
+    pub(crate) p50: u64,
+    pub(crate) p90: u64,
+    pub(crate) p99: u64,
+    pub(crate) max: u64,
+}
+
+impl Latency {
+    /// Of `sorted` latencies in nanoseconds.
+    pub(crate) fn of_nanos(sorted: &[u64]) -> Self {
+        Self {
+            p50: percentile(sorted, 50.0) / 1000,
+            p90: percentile(sorted, 90.0) / 1000,
+            p99: percentile(sorted, 99.0) / 1000,
+            max: sorted.last().copied().unwrap_or(0) / 1000,
+        }
+    }
+
+    /// Of `sorted` latencies in microseconds.
+    pub(crate) fn of_micros(sorted: &[u64]) -> Self {
+        Self {
+            p50: percentile(sorted, 50.0),
+            p90: percentile(sorted, 90.0),
+            p99: percentile(sorted, 99.0),
+            max: sorted.last().copied().unwrap_or(0),
+        }
+    }
 }
 
 /// What a comparison switches off in half of its runs.
@@ -116,7 +151,7 @@ pub(crate) fn run(
     messages: u64,
     payload: usize,
     rate: u64,
-    subscribers: usize,
+    (publishers, subscribers): (usize, usize),
     compare: Option<(Switch, usize)>,
     json: bool,
 ) -> Result<ExitCode> {
@@ -132,11 +167,17 @@ pub(crate) fn run(
             &runtime,
             switch,
             rounds,
-            (messages, payload, rate, subscribers),
+            (messages, payload, rate, publishers, subscribers),
             json,
         );
     }
-    let report = runtime.block_on(bench(messages, payload, rate, None, subscribers))?;
+    let shape = PubSub {
+        messages,
+        payload,
+        publishers,
+        subscribers,
+    };
+    let report = runtime.block_on(bench(shape, rate, None))?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -146,13 +187,19 @@ pub(crate) fn run(
         } else {
             format!("offered at {} msgs/s", report.rate)
         };
+        let fan_in = if report.publishers > 1 {
+            format!(" from each of {} publishers", report.publishers)
+        } else {
+            String::new()
+        };
         let fan_out = if report.subscribers > 1 {
             format!(" to {} subscribers each", report.subscribers)
         } else {
             String::new()
         };
         println!(
-            "{} messages of {} B{fan_out} through the hub (loopback mTLS), {offered}, in {:.2} s",
+            "{} messages of {} B{fan_in}{fan_out} through the hub (loopback mTLS), {offered}, \
+             in {:.2} s",
             report.messages, report.payload_bytes, report.seconds
         );
         println!(
@@ -173,6 +220,13 @@ pub(crate) fn run(
             report.rejected,
             report.publish_errors
         );
+        println!(
+            "  cost        {:.2} CPU s ({:.2} per million deliveries), peak RSS {} (hub and \
+             clients, one process)",
+            report.cost.cpu_seconds,
+            report.cost.cpu_seconds_per_million,
+            mebibytes(report.cost.peak_rss_bytes)
+        );
     }
     Ok(if report.clean() {
         ExitCode::SUCCESS
@@ -186,7 +240,7 @@ fn compare(
     runtime: &tokio::runtime::Runtime,
     switch: Switch,
     rounds: usize,
-    (messages, payload, rate, subscribers): (u64, usize, u64, usize),
+    (messages, payload, rate, publishers, subscribers): (u64, usize, u64, usize, usize),
     json: bool,
 ) -> Result<ExitCode> {
     let name = match switch {
@@ -205,13 +259,13 @@ fn compare(
             [true, false]
         };
         for skip in order {
-            let report = runtime.block_on(bench(
+            let shape = PubSub {
                 messages,
                 payload,
-                rate,
-                skip.then_some(switch),
+                publishers,
                 subscribers,
-            ))?;
+            };
+            let report = runtime.block_on(bench(shape, rate, skip.then_some(switch)))?;
             if !json {
                 println!(
                     "round {round}, {name} {}: {:.0} msgs/s, p50 {} µs, p99 {} µs, {} lost",
@@ -261,7 +315,7 @@ fn compare(
 }
 
 /// The median of `values` (the mean of the middle two for an even count); 0 when empty.
-fn median(values: impl Iterator<Item = f64>) -> f64 {
+pub(crate) fn median(values: impl Iterator<Item = f64>) -> f64 {
     let mut values: Vec<f64> = values.collect();
     values.sort_by(f64::total_cmp);
     let n = values.len();
@@ -275,22 +329,28 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
+/// `bytes` in MiB, for people.
+pub(crate) fn mebibytes(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / f64::from(1u32 << 20))
+}
+
 impl Report {
     /// Every message arrived once, nothing was refused or failed.
-    fn clean(&self) -> bool {
+    pub(crate) fn clean(&self) -> bool {
         self.lost == 0 && self.duplicates == 0 && self.rejected == 0 && self.publish_errors == 0
     }
 }
 
 /// One run on a fresh scratch hub, with `off` switched off: the policy engine (the hub's
 /// [`entente_hub::danger::Danger`] switch `skip_policy_decisions`) or the audit log.
-async fn bench(
-    messages: u64,
-    payload: usize,
-    rate: u64,
-    off: Option<Switch>,
-    subscribers: usize,
-) -> Result<Report> {
+pub(crate) async fn bench(shape: PubSub, rate: u64, off: Option<Switch>) -> Result<Report> {
+    let PubSub {
+        messages,
+        payload,
+        publishers,
+        subscribers,
+    } = shape;
+    let (publishers, subscribers) = (publishers.max(1), subscribers.max(1));
     let scratch = ScratchHub::start_configured(TRUST_DOMAIN, |config| match off {
         Some(Switch::Authorization) => config.danger.skip_policy_decisions = true,
         Some(Switch::Audit) => config.audit = None,
@@ -299,33 +359,38 @@ async fn bench(
     .await?;
     let addr = scratch.addr();
     let mut clients = Vec::new();
-    let names = std::iter::once("publisher".to_owned())
-        .chain((1..=subscribers.max(1)).map(|i| format!("subscriber-{i}")));
+    let names = (1..=publishers)
+        .map(|i| format!("publisher-{i}"))
+        .chain((1..=subscribers).map(|i| format!("subscriber-{i}")));
     for name in names {
         let (_, token) = scratch.token("demo", &name).await?;
         let identity = entente_client::enroll(addr, &scratch.trust, token.as_str()).await?;
         clients.push(Client::connect(identity, addr, ClientOptions::default()).await?);
     }
-    let Some((publisher, receivers)) = clients.split_first() else {
-        bail!("the clients did not connect");
-    };
+    let (senders, receivers) = clients.split_at(publishers);
     let mut subscriptions = Vec::with_capacity(receivers.len());
     for subscriber in receivers {
         subscriptions.push(subscriber.subscribe(CHANNEL).await?);
     }
-    // Warm up: the directory lookup and the first sender key are not part of the measure.
-    publisher.publish(CHANNEL, vec![0u8; payload]).await?;
+    // Warm up: the directory lookups and the first sender keys are not part of the measure.
+    for publisher in senders {
+        publisher.publish(CHANNEL, vec![0u8; payload]).await?;
+    }
     for subscription in &mut subscriptions {
-        match tokio::time::timeout(IDLE, subscription.next()).await {
-            Ok(Some(Ok(_))) => {}
-            other => bail!("the warm-up message did not arrive: {other:?}"),
+        for _ in senders {
+            match tokio::time::timeout(IDLE, subscription.next()).await {
+                Ok(Some(Ok(_))) => {}
+                other => bail!("a warm-up message did not arrive: {other:?}"),
+            }
         }
     }
 
+    let total = messages.saturating_mul(publishers as u64);
+    let meter = Meter::start(&[std::process::id()]);
     let start = Instant::now();
-    let receivers: Vec<_> = subscriptions
+    let receiving: Vec<_> = subscriptions
         .into_iter()
-        .map(|subscription| tokio::spawn(receive(subscription, messages, start)))
+        .map(|subscription| tokio::spawn(receive(subscription, total, start)))
         .collect();
     let (acks_tx, mut acks_rx) = mpsc::unbounded_channel::<entente_client::PublishAck>();
     let acker = tokio::spawn(async move {
@@ -338,37 +403,35 @@ async fn bench(
         }
         (ok, failed)
     });
-    let mut sent = 0u64;
-    let mut publish_errors = 0u64;
-    let mut buffer = vec![0xA5u8; payload];
-    for seq in 0..messages {
-        if rate > 0 {
-            // Open loop at `rate`: message `seq` is due at seq/rate seconds.
-            let due = start + Duration::from_secs_f64(seq as f64 / rate as f64);
-            if due > Instant::now() {
-                tokio::time::sleep_until(due.into()).await;
-            }
-        }
-        let at = nanos(start.elapsed());
-        if let Some(head) = buffer.get_mut(..HEADER) {
-            let (time, number) = head.split_at_mut(8);
-            time.copy_from_slice(&at.to_be_bytes());
-            number.copy_from_slice(&seq.to_be_bytes());
-        }
-        match publisher.enqueue(CHANNEL, buffer.clone()).await {
-            Ok(ack) => {
-                sent += 1;
-                if acks_tx.send(ack).is_err() {
-                    bail!("the ack task ended early");
-                }
-            }
-            Err(_) => publish_errors += 1,
-        }
-    }
+    let publishing: Vec<_> = senders
+        .iter()
+        .zip(0u64..)
+        .map(|(publisher, index)| {
+            let (publisher, acks) = (publisher.clone(), acks_tx.clone());
+            let first = index * messages;
+            tokio::spawn(async move {
+                publish(
+                    &publisher,
+                    first..first + messages,
+                    payload,
+                    rate,
+                    start,
+                    acks,
+                )
+                .await
+            })
+        })
+        .collect();
     drop(acks_tx);
+    let (mut sent, mut publish_errors) = (0u64, 0u64);
+    for one in publishing {
+        let (ok, failed) = one.await.context("a publisher task failed")??;
+        sent += ok;
+        publish_errors += failed;
+    }
     let enqueued = start.elapsed();
     let mut received = Received::default();
-    for receiver in receivers {
+    for receiver in receiving {
         let one = receiver.await.context("a subscriber task failed")?;
         received.delivered += one.delivered;
         received.duplicates += one.duplicates;
@@ -376,8 +439,9 @@ async fn bench(
         received.latencies_ns.extend(one.latencies_ns);
     }
     let elapsed = start.elapsed();
+    let usage = meter.stop().first().copied().unwrap_or_default();
     let (acked, ack_errors) = acker.await.context("the ack task failed")?;
-    let publisher_stats = publisher.stats();
+    let batches_sent = senders.iter().map(|p| p.stats().batches_sent).sum();
     let hub_stats = scratch.hub.stats();
     for client in &clients {
         client.close().await;
@@ -388,10 +452,11 @@ async fn bench(
     latencies.sort_unstable();
     let seconds = elapsed.as_secs_f64();
     let delivered = received.delivered;
-    let expected = messages.saturating_mul(subscribers.max(1) as u64);
+    let expected = total.saturating_mul(subscribers as u64);
     Ok(Report {
         messages,
-        subscribers: subscribers.max(1),
+        publishers,
+        subscribers,
         rate,
         payload_bytes: payload,
         sent,
@@ -405,18 +470,57 @@ async fn bench(
         publish_seconds: enqueued.as_secs_f64(),
         msgs_per_sec: delivered as f64 / seconds,
         mb_per_sec: (delivered as f64 * payload as f64) / seconds / 1e6,
-        latency_us: Latency {
-            p50: percentile(&latencies, 50.0) / 1000,
-            p90: percentile(&latencies, 90.0) / 1000,
-            p99: percentile(&latencies, 99.0) / 1000,
-            max: latencies.last().copied().unwrap_or(0) / 1000,
-        },
-        batches_sent: publisher_stats.batches_sent,
+        latency_us: Latency::of_nanos(&latencies),
+        cost: Cost::in_process(usage, delivered),
+        batches_sent,
         hub_delivery_failures: hub_stats.delivery_failures,
         hub_slow_consumer_disconnects: hub_stats.slow_consumer_disconnects,
         hub_policy_decisions: hub_stats.policy_allows + hub_stats.policy_denials,
         hub_audit_records: hub_stats.audit_records,
     })
+}
+
+/// One publisher's messages `numbers` (its index times `--messages` and on, so that each
+/// number names a publisher and its sequence), each stamped with its send time, queued
+/// without waiting for their acks, which go to `acks`. Returns how many were queued and how
+/// many failed.
+async fn publish(
+    publisher: &Client,
+    numbers: std::ops::Range<u64>,
+    payload: usize,
+    rate: u64,
+    start: Instant,
+    acks: mpsc::UnboundedSender<entente_client::PublishAck>,
+) -> Result<(u64, u64)> {
+    let (mut sent, mut errors) = (0u64, 0u64);
+    let first = numbers.start;
+    let mut buffer = vec![0xA5u8; payload];
+    for number in numbers {
+        if rate > 0 {
+            // Open loop at `rate`: the publisher's message `seq` is due at seq/rate seconds.
+            let seq = number - first;
+            let due = start + Duration::from_secs_f64(seq as f64 / rate as f64);
+            if due > Instant::now() {
+                tokio::time::sleep_until(due.into()).await;
+            }
+        }
+        let at = nanos(start.elapsed());
+        if let Some(head) = buffer.get_mut(..HEADER) {
+            let (time, seq) = head.split_at_mut(8);
+            time.copy_from_slice(&at.to_be_bytes());
+            seq.copy_from_slice(&number.to_be_bytes());
+        }
+        match publisher.enqueue(CHANNEL, buffer.clone()).await {
+            Ok(ack) => {
+                sent += 1;
+                if acks.send(ack).is_err() {
+                    bail!("the ack task ended early");
+                }
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    Ok((sent, errors))
 }
 
 /// What the subscriber saw.
@@ -428,14 +532,15 @@ struct Received {
     latencies_ns: Vec<u64>,
 }
 
-/// Reads until every message arrived once, or nothing arrives for [`IDLE`].
-async fn receive(mut subscription: Subscription, messages: u64, start: Instant) -> Received {
-    let mut seen = vec![false; usize::try_from(messages).unwrap_or(usize::MAX)];
+/// Reads until each of `total` messages (every publisher's) arrived once, or nothing arrives
+/// for [`IDLE`].
+async fn receive(mut subscription: Subscription, total: u64, start: Instant) -> Received {
+    let mut seen = vec![false; usize::try_from(total).unwrap_or(usize::MAX)];
     let mut out = Received {
         latencies_ns: Vec::with_capacity(seen.len()),
         ..Received::default()
     };
-    while out.delivered < messages {
+    while out.delivered < total {
         let item = match tokio::time::timeout(IDLE, subscription.next()).await {
             Ok(Some(item)) => item,
             Ok(None) | Err(_) => break,
@@ -473,7 +578,7 @@ async fn receive(mut subscription: Subscription, messages: u64, start: Instant) 
 }
 
 /// The `p`th percentile (nearest rank) of sorted `values`; 0 when empty.
-fn percentile(sorted: &[u64], p: f64) -> u64 {
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -484,30 +589,8 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
         .unwrap_or(0)
 }
 
-fn nanos(d: Duration) -> u64 {
+pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_are_nearest_rank() {
-        let values: Vec<u64> = (1..=100).collect();
-        assert_eq!(percentile(&values, 50.0), 50);
-        assert_eq!(percentile(&values, 99.0), 99);
-        assert_eq!(percentile(&values, 100.0), 100);
-        assert_eq!(percentile(&[], 50.0), 0);
-        assert_eq!(percentile(&[7], 99.0), 7);
-    }
-
-    #[test]
-    fn medians() {
-        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
-        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.5);
-        assert_eq!(median(std::iter::empty()), 0.0);
-    }
 }
 
 // === durable publish against JetStream ===
@@ -519,7 +602,7 @@ const JS_SUBJECT: &str = "bench.messages";
 /// Publishes JetStream has unacknowledged at once in its runs.
 const JS_WINDOW: u64 = 1024;
 /// JetStream's file storage `fdatasync`s every two minutes by default (nats-server 2.9).
-const JS_SYNC: Duration = Duration::from_secs(120);
+pub(crate) const JS_SYNC: Duration = Duration::from_secs(120);
 
 /// One round of `--compare-jetstream`.
 #[derive(Debug, serde::Serialize)]
@@ -530,6 +613,17 @@ struct DurableRound {
     entente_always_msgs_per_sec: f64,
     /// JetStream, file storage, its default sync.
     jetstream_msgs_per_sec: f64,
+}
+
+/// One durable publish run, through Entente or JetStream.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct DurableRun {
+    /// Publishes, each acknowledged.
+    pub(crate) messages: u64,
+    pub(crate) seconds: f64,
+    pub(crate) msgs_per_sec: f64,
+    /// CPU and memory over the run, per million acknowledged publishes.
+    pub(crate) cost: Cost,
 }
 
 /// `--compare-jetstream ROUNDS`: durable publish throughput through Entente and through
@@ -552,16 +646,24 @@ pub(crate) fn compare_jetstream(
         let js_first = round % 2 == 0;
         let mut jetstream = 0.0;
         if js_first {
-            jetstream = runtime.block_on(jetstream_publish(messages, payload))?;
+            jetstream = runtime
+                .block_on(jetstream_publish(messages, payload))?
+                .msgs_per_sec;
         }
-        let interval = runtime.block_on(durable_publish(
-            messages,
-            payload,
-            StreamSync::Every(JS_SYNC),
-        ))?;
-        let always = runtime.block_on(durable_publish(messages, payload, StreamSync::Always))?;
+        let interval = runtime
+            .block_on(durable_publish(
+                messages,
+                payload,
+                StreamSync::Every(JS_SYNC),
+            ))?
+            .msgs_per_sec;
+        let always = runtime
+            .block_on(durable_publish(messages, payload, StreamSync::Always))?
+            .msgs_per_sec;
         if !js_first {
-            jetstream = runtime.block_on(jetstream_publish(messages, payload))?;
+            jetstream = runtime
+                .block_on(jetstream_publish(messages, payload))?
+                .msgs_per_sec;
         }
         if !json {
             println!(
@@ -604,96 +706,246 @@ pub(crate) fn compare_jetstream(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Publishes `messages` to a durable channel of a fresh scratch hub (audit and everything
+/// on, nobody subscribed) as fast as the SDK goes, until the last acknowledgement.
+pub(crate) async fn durable_publish(
+    messages: u64,
+    payload: usize,
+    sync: StreamSync,
+) -> Result<DurableRun> {
+    let channels = ChannelPattern::parse(DURABLE_CHANNEL)?;
+    let scratch = ScratchHub::start_configured(TRUST_DOMAIN, move |config| {
+        let mut stream = StreamConfig::new("bench", channels);
+        stream.max_messages = u64::MAX;
+        stream.max_bytes = u64::MAX;
+        stream.sync = sync;
+        config.streams = vec![stream];
+    })
+    .await?;
+    let addr = scratch.addr();
+    let (_, token) = scratch.token("demo", "publisher").await?;
+    let identity = entente_client::enroll(addr, &scratch.trust, token.as_str()).await?;
+    let publisher = Client::connect(identity, addr, ClientOptions::default()).await?;
+    // Warm up: the directory lookup and the first sender key are not part of the measure.
+    publisher
+        .publish(DURABLE_CHANNEL, vec![0u8; payload])
+        .await?;
+    let meter = Meter::start(&[std::process::id()]);
+    let start = Instant::now();
+    let mut acks = Vec::with_capacity(usize::try_from(messages).unwrap_or(0));
+    let body = vec![0xA5u8; payload];
+    for _ in 0..messages {
+        acks.push(publisher.enqueue(DURABLE_CHANNEL, body.clone()).await?);
+    }
+    for ack in acks {
+        ack.await.context("a durable publish was refused")?;
+    }
+    let elapsed = start.elapsed();
+    let usage = meter.stop().first().copied().unwrap_or_default();
+    // Entries are the publishes' batches, stored before each was acknowledged.
+    if scratch.hub.stats().durable_stored == 0 {
+        bail!("nothing was stored in the durable channel");
+    }
+    publisher.close().await;
+    scratch.shutdown().await;
+    Ok(DurableRun {
+        messages,
+        seconds: elapsed.as_secs_f64(),
+        msgs_per_sec: messages as f64 / elapsed.as_secs_f64(),
+        cost: Cost::in_process(usage, messages),
+    })
+}
+
+/// Publishes `messages` to a JetStream file-storage stream of a fresh nats-server, each
+/// acknowledged, at most [`JS_WINDOW`] in flight.
+pub(crate) async fn jetstream_publish(messages: u64, payload: usize) -> Result<DurableRun> {
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let server = NatsServer::start(dir.path()).await?;
+    let mut nats = Nats::connect(server.addr()).await?;
+    nats.create_stream(JS_STREAM, "bench.>").await?;
+    let meter = Meter::start(&[server.pid(), std::process::id()]);
+    let elapsed = nats
+        .publish_acked(JS_SUBJECT, &vec![0xA5u8; payload], messages, JS_WINDOW)
+        .await?;
+    let mut usage = meter.stop().into_iter();
+    let (server_usage, client_usage) = (
+        usage.next().unwrap_or_default(),
+        usage.next().unwrap_or_default(),
+    );
+    server.stop().await;
+    Ok(DurableRun {
+        messages,
+        seconds: elapsed.as_secs_f64(),
+        msgs_per_sec: messages as f64 / elapsed.as_secs_f64(),
+        cost: Cost::server_and_clients(server_usage, client_usage, messages),
+    })
+}
+
+// === pub→sub against nats-server ===
+
 /// One core-NATS run as the comparison reports it.
 #[derive(Debug, serde::Serialize)]
-struct NatsReport {
+pub(crate) struct NatsReport {
     sent: u64,
-    delivered: u64,
-    lost: u64,
+    pub(crate) delivered: u64,
+    duplicates: u64,
+    pub(crate) lost: u64,
     /// Subscriber connections the server closed as slow consumers.
     disconnected: u64,
     seconds: f64,
-    msgs_per_sec: f64,
+    pub(crate) msgs_per_sec: f64,
     mb_per_sec: f64,
-    latency_us: Latency,
+    pub(crate) latency_us: Latency,
+    /// CPU (nats-server and the clients) and nats-server's memory over the run, per million
+    /// deliveries.
+    pub(crate) cost: Cost,
 }
 
 /// One round of `--compare-nats`.
 #[derive(Debug, serde::Serialize)]
-struct NatsRound {
-    entente: Report,
-    nats_plain: NatsReport,
-    nats_tls: NatsReport,
+pub(crate) struct NatsRound {
+    pub(crate) entente: Report,
+    pub(crate) nats_plain: NatsReport,
+    pub(crate) nats_tls: NatsReport,
 }
 
-/// `--compare-nats`: `rounds` rounds of the same 1 → N pub/sub workload through Entente
+/// nats-server twice, plain and with TLS, each on a free loopback port, for a comparison's
+/// rounds.
+pub(crate) struct NatsPair {
+    plain: NatsServer,
+    secure: NatsServer,
+    tls: nats::TlsClient,
+    /// Holds the TLS server's certificate and key.
+    _dir: tempfile::TempDir,
+}
+
+impl NatsPair {
+    pub(crate) async fn start() -> Result<Self> {
+        let dir = tempfile::tempdir().context("a temporary directory for nats-server")?;
+        let (files, tls) = nats::tls_setup(dir.path())?;
+        Ok(Self {
+            plain: NatsServer::start_core(None).await?,
+            secure: NatsServer::start_core(Some(&files)).await?,
+            tls,
+            _dir: dir,
+        })
+    }
+
+    /// The plain server, or the TLS one with the client configuration that trusts it.
+    pub(crate) fn server(&self, tls: bool) -> (&NatsServer, Option<&nats::TlsClient>) {
+        if tls {
+            (&self.secure, Some(&self.tls))
+        } else {
+            (&self.plain, None)
+        }
+    }
+
+    pub(crate) async fn stop(self) {
+        self.plain.stop().await;
+        self.secure.stop().await;
+    }
+}
+
+/// The pub/sub workload: `publishers` → `subscribers`, `messages` from each publisher.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub(crate) struct PubSub {
+    pub(crate) messages: u64,
+    pub(crate) payload: usize,
+    pub(crate) publishers: usize,
+    pub(crate) subscribers: usize,
+}
+
+impl PubSub {
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "{} publisher{} -> {} subscriber{}",
+            self.publishers,
+            if self.publishers == 1 { "" } else { "s" },
+            self.subscribers,
+            if self.subscribers == 1 { "" } else { "s" },
+        )
+    }
+}
+
+/// One round of `shape` through Entente, nats and nats+TLS; who goes first rotates with
+/// `round`, so that drift in the machine's load favours no one.
+pub(crate) fn pubsub_round(
+    runtime: &tokio::runtime::Runtime,
+    servers: &NatsPair,
+    shape: PubSub,
+    round: usize,
+) -> Result<NatsRound> {
+    let nats_run = |tls: bool| {
+        let (server, client) = servers.server(tls);
+        runtime
+            .block_on(nats::pubsub(
+                server,
+                client,
+                CHANNEL,
+                (
+                    shape.messages,
+                    shape.payload,
+                    shape.publishers.max(1),
+                    shape.subscribers.max(1),
+                ),
+                Duration::from_secs(2),
+            ))
+            .map(|run| nats_report(&run, shape.payload))
+    };
+    let (mut entente, mut plain, mut secure) = (None, None, None);
+    for turn in 0..3 {
+        match (round + turn) % 3 {
+            0 => entente = Some(runtime.block_on(bench(shape, 0, None))?),
+            1 => plain = Some(nats_run(false)?),
+            _ => secure = Some(nats_run(true)?),
+        }
+    }
+    let (Some(entente), Some(nats_plain), Some(nats_tls)) = (entente, plain, secure) else {
+        bail!("a run of round {round} did not happen");
+    };
+    Ok(NatsRound {
+        entente,
+        nats_plain,
+        nats_tls,
+    })
+}
+
+/// `--compare-nats`: `rounds` rounds of the same pub/sub workload through Entente
 /// (everything on) and through nats-server, plain and with TLS, in rotating order; reports
 /// each and the ratios of the medians.
-pub(crate) fn compare_nats(
-    rounds: usize,
-    messages: u64,
-    payload: usize,
-    subscribers: usize,
-    json: bool,
-) -> Result<ExitCode> {
+pub(crate) fn compare_nats(rounds: usize, shape: PubSub, json: bool) -> Result<ExitCode> {
     if rounds == 0 {
         bail!("`--compare-nats` needs at least 1 round");
     }
-    if messages == 0 || payload < HEADER {
+    if shape.messages == 0 || shape.payload < HEADER {
         bail!("`--messages` must be at least 1 and `--payload` at least {HEADER} bytes");
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let dir = tempfile::tempdir().context("a temporary directory for nats-server")?;
-    let (files, tls) = nats::tls_setup(dir.path())?;
-    let (plain_server, tls_server) = runtime.block_on(async {
-        Ok::<_, anyhow::Error>((
-            NatsServer::start_core(None).await?,
-            NatsServer::start_core(Some(&files)).await?,
-        ))
-    })?;
-    let nats_run = |server: &NatsServer, tls: Option<&nats::TlsClient>| {
-        runtime
-            .block_on(nats::pubsub(
-                server.addr(),
-                tls,
-                CHANNEL,
-                (messages, payload, subscribers.max(1)),
-                Duration::from_secs(2),
-            ))
-            .map(|run| nats_report(&run, payload))
-    };
+    let servers = runtime.block_on(NatsPair::start())?;
     let mut results = Vec::new();
     for round in 1..=rounds {
-        // Rotate who goes first, so that drift in the machine's load favours no one.
-        let mut entente = None;
-        let mut plain = None;
-        let mut secure = None;
-        for turn in 0..3 {
-            match (round + turn) % 3 {
-                0 => {
-                    entente =
-                        Some(runtime.block_on(bench(messages, payload, 0, None, subscribers))?)
-                }
-                1 => plain = Some(nats_run(&plain_server, None)?),
-                _ => secure = Some(nats_run(&tls_server, Some(&tls))?),
-            }
-        }
-        let (Some(entente), Some(nats_plain), Some(nats_tls)) = (entente, plain, secure) else {
-            bail!("a run of round {round} did not happen");
-        };
+        let NatsRound {
+            entente,
+            nats_plain,
+            nats_tls,
+        } = pubsub_round(&runtime, &servers, shape, round)?;
         if !json {
             println!(
-                "round {round}: Entente {:.0} msgs/s (p50 {} µs, {} lost); nats {:.0} msgs/s \
-                 (p50 {} µs, {} lost); nats+TLS {:.0} msgs/s (p50 {} µs, {} lost)",
+                "round {round}: Entente {:.0} msgs/s (p50 {} µs, {} lost, {:.2} CPU s/M); nats \
+                 {:.0} msgs/s (p50 {} µs, {} lost, {:.2} CPU s/M); nats+TLS {:.0} msgs/s (p50 \
+                 {} µs, {} lost, {:.2} CPU s/M)",
                 entente.msgs_per_sec,
                 entente.latency_us.p50,
                 entente.lost,
+                entente.cost.cpu_seconds_per_million,
                 nats_plain.msgs_per_sec,
                 nats_plain.latency_us.p50,
                 nats_plain.lost,
+                nats_plain.cost.cpu_seconds_per_million,
                 nats_tls.msgs_per_sec,
                 nats_tls.latency_us.p50,
                 nats_tls.lost,
+                nats_tls.cost.cpu_seconds_per_million,
             );
         }
         results.push(NatsRound {
@@ -702,10 +954,7 @@ pub(crate) fn compare_nats(
             nats_tls,
         });
     }
-    runtime.block_on(async {
-        plain_server.stop().await;
-        tls_server.stop().await;
-    });
+    runtime.block_on(servers.stop());
     let entente = median(results.iter().map(|r| r.entente.msgs_per_sec));
     let plain = median(results.iter().map(|r| r.nats_plain.msgs_per_sec));
     let secure = median(results.iter().map(|r| r.nats_tls.msgs_per_sec));
@@ -714,9 +963,11 @@ pub(crate) fn compare_nats(
         println!(
             "{}",
             serde_json::json!({
-                "workload": format!("1 publisher -> {} subscribers", subscribers.max(1)),
-                "messages": messages,
-                "payload_bytes": payload,
+                "workload": shape.describe(),
+                "messages": shape.messages,
+                "publishers": shape.publishers,
+                "subscribers": shape.subscribers,
+                "payload_bytes": shape.payload,
                 "rounds": results,
                 "entente_median": entente,
                 "nats_plain_median": plain,
@@ -749,74 +1000,38 @@ fn nats_report(run: &nats::PubSubRun, payload: usize) -> NatsReport {
             0.0
         }
     };
-    let l = &run.latencies_us;
     NatsReport {
         sent: run.sent,
         delivered: run.delivered,
+        duplicates: run.duplicates,
         lost: run.lost,
         disconnected: run.disconnected,
         seconds: run.seconds,
         msgs_per_sec: per_sec(run.delivered as f64),
         mb_per_sec: per_sec(run.delivered as f64 * payload as f64) / 1e6,
-        latency_us: Latency {
-            p50: percentile(l, 50.0),
-            p90: percentile(l, 90.0),
-            p99: percentile(l, 99.0),
-            max: l.last().copied().unwrap_or(0),
-        },
+        latency_us: Latency::of_micros(&run.latencies_us),
+        cost: Cost::server_and_clients(run.server, run.client, run.delivered),
     }
 }
 
-/// Publishes `messages` to a durable channel of a fresh scratch hub (audit and everything
-/// on, nobody subscribed) as fast as the SDK goes, and returns messages per second until the
-/// last acknowledgement.
-async fn durable_publish(messages: u64, payload: usize, sync: StreamSync) -> Result<f64> {
-    let channels = ChannelPattern::parse(DURABLE_CHANNEL)?;
-    let scratch = ScratchHub::start_configured(TRUST_DOMAIN, move |config| {
-        let mut stream = StreamConfig::new("bench", channels);
-        stream.max_messages = u64::MAX;
-        stream.max_bytes = u64::MAX;
-        stream.sync = sync;
-        config.streams = vec![stream];
-    })
-    .await?;
-    let addr = scratch.addr();
-    let (_, token) = scratch.token("demo", "publisher").await?;
-    let identity = entente_client::enroll(addr, &scratch.trust, token.as_str()).await?;
-    let publisher = Client::connect(identity, addr, ClientOptions::default()).await?;
-    // Warm up: the directory lookup and the first sender key are not part of the measure.
-    publisher
-        .publish(DURABLE_CHANNEL, vec![0u8; payload])
-        .await?;
-    let start = Instant::now();
-    let mut acks = Vec::with_capacity(usize::try_from(messages).unwrap_or(0));
-    let body = vec![0xA5u8; payload];
-    for _ in 0..messages {
-        acks.push(publisher.enqueue(DURABLE_CHANNEL, body.clone()).await?);
-    }
-    for ack in acks {
-        ack.await.context("a durable publish was refused")?;
-    }
-    let elapsed = start.elapsed();
-    // Entries are the publishes' batches, stored before each was acknowledged.
-    if scratch.hub.stats().durable_stored == 0 {
-        bail!("nothing was stored in the durable channel");
-    }
-    publisher.close().await;
-    scratch.shutdown().await;
-    Ok(messages as f64 / elapsed.as_secs_f64())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Publishes `messages` to a JetStream file-storage stream of a fresh nats-server, each
-/// acknowledged, at most [`JS_WINDOW`] in flight; returns messages per second.
-async fn jetstream_publish(messages: u64, payload: usize) -> Result<f64> {
-    let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let server = NatsServer::start(dir.path()).await?;
-    let mut nats = Nats::connect(server.addr()).await?;
-    nats.create_stream(JS_STREAM, "bench.>").await?;
-    let elapsed = nats
-        .publish_acked(JS_SUBJECT, &vec![0xA5u8; payload], messages, JS_WINDOW)
-        .await?;
-    server.stop().await;
-    Ok(messages as f64 / elapsed.as_secs_f64())
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let values: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&values, 50.0), 50);
+        assert_eq!(percentile(&values, 99.0), 99);
+        assert_eq!(percentile(&values, 100.0), 100);
+        assert_eq!(percentile(&[], 50.0), 0);
+        assert_eq!(percentile(&[7], 99.0), 7);
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.5);
+        assert_eq!(median(std::iter::empty()), 0.0);
+    }
 }

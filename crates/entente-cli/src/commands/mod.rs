@@ -1,11 +1,16 @@
 pub(crate) mod agent;
 pub(crate) mod audit;
 pub(crate) mod bench;
+pub(crate) mod bench_rpc;
+pub(crate) mod bench_suite;
 pub(crate) mod demo;
+pub(crate) mod floor;
 pub(crate) mod grants;
 pub(crate) mod hub;
 pub(crate) mod keys;
 pub(crate) mod nats;
 pub(crate) mod policy;
 pub(crate) mod rpc;
+pub(crate) mod scale;
 pub(crate) mod scratch;
+pub(crate) mod usage;

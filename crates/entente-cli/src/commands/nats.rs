@@ -1,7 +1,9 @@
 //! Just enough of NATS to measure it beside Entente in one run: start `nats-server` (the
 //! Debian package) on a free loopback port — with JetStream file storage, or plain, or with
 //! TLS under a CA made for the run — and drive it: a JetStream stream published to with
-//! acknowledgements, pipelined; or core pub→sub flat out. The text protocol is the one NATS
+//! acknowledgements, pipelined; core pub→sub flat out, from one or several publishers to one
+//! or several subscribers; or request/reply with a number of requests in flight. Each run
+//! measures the CPU and memory nats-server and its clients used ([`Meter`]). The text protocol is the one NATS
 //! documents (`INFO`, `CONNECT`, `PUB`, `SUB`, `MSG`, `PING`/`PONG`; with TLS, the handshake
 //! follows the server's `INFO`); JetStream's API is requests to `$JS.API.*` subjects with JSON
 //! bodies.
@@ -21,8 +23,12 @@ use tokio::io::{
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
+use crate::commands::usage::{Meter, Usage};
+
 /// The longest line of the protocol we accept (an `INFO` line is a few hundred bytes).
 const MAX_LINE: usize = 64 * 1024;
+/// The largest message payload we accept: nats-server's default `max_payload` (1 MiB).
+const MAX_PAYLOAD: usize = 1 << 20;
 
 /// A `nats-server` child, killed on drop.
 pub(crate) struct NatsServer {
@@ -136,6 +142,11 @@ impl NatsServer {
         &self.addr
     }
 
+    /// Its process id, to measure what it uses; 0 once it exited.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
     /// Stops it.
     pub(crate) async fn stop(mut self) {
         let _ = self.child.kill().await;
@@ -154,6 +165,8 @@ pub(crate) struct Nats {
 
 /// A message received on a subscription.
 struct Msg {
+    /// Where to answer, if the publisher asked for an answer.
+    reply_to: Option<String>,
     payload: Vec<u8>,
 }
 
@@ -363,18 +376,23 @@ async fn next_msg(reader: &mut Reader, sid: u64) -> Result<Msg> {
             continue;
         };
         let parts: Vec<&str> = rest.split_whitespace().collect();
-        let (msg_sid, size) = match parts.as_slice() {
-            [_, sid, size] | [_, sid, _, size] => (sid.parse::<u64>()?, size.parse::<usize>()?),
+        let (msg_sid, reply_to, size) = match parts.as_slice() {
+            [_, sid, size] => (sid.parse::<u64>()?, None, size.parse::<usize>()?),
+            [_, sid, reply, size] => (
+                sid.parse::<u64>()?,
+                Some((*reply).to_owned()),
+                size.parse::<usize>()?,
+            ),
             _ => bail!("a malformed MSG line: {line:?}"),
         };
-        if size > MAX_LINE {
+        if size > MAX_PAYLOAD {
             bail!("a MSG of {size} bytes");
         }
         let mut payload = vec![0; size + 2];
         reader.read_exact(&mut payload).await?;
         payload.truncate(size);
         if msg_sid == sid {
-            return Ok(Msg { payload });
+            return Ok(Msg { reply_to, payload });
         }
     }
 }
@@ -394,11 +412,17 @@ async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<String> {
     String::from_utf8(line).context("a line from nats that is not UTF-8")
 }
 
+// === core pub→sub ===
+
 /// What one core-NATS pub→sub run measured.
 #[derive(Debug, serde::Serialize)]
 pub(crate) struct PubSubRun {
+    /// Messages published, all publishers together.
     pub(crate) sent: u64,
+    /// Messages received once, all subscribers together.
     pub(crate) delivered: u64,
+    /// Messages received again.
+    pub(crate) duplicates: u64,
     pub(crate) lost: u64,
     /// Subscriber connections the server closed (slow consumers).
     pub(crate) disconnected: u64,
@@ -406,20 +430,26 @@ pub(crate) struct PubSubRun {
     /// Publish-to-delivery latency of every delivered message, in microseconds, sorted.
     #[serde(skip)]
     pub(crate) latencies_us: Vec<u64>,
+    /// What nats-server used over the run.
+    pub(crate) server: Usage,
+    /// What this process (the clients) used over the run.
+    pub(crate) client: Usage,
 }
 
-/// Publishes `count` messages of `payload_len` bytes to `subject` on one connection, flat out,
-/// while `subscribers` other connections subscribed to it receive them; each payload starts
-/// with its send time (ns since the start) and sequence number, as Entente's bench does.
-/// Messages a subscriber does not receive within `idle` of its previous one are counted lost
-/// (core NATS drops what a slow consumer can't take).
+/// Each of `publishers` connections publishes `count` messages of `payload_len` bytes to
+/// `subject`, flat out, while `subscribers` other connections subscribed to it receive them
+/// all; each payload starts with its send time (ns since the start) and its number
+/// (`publisher * count + sequence`), as Entente's bench does. Messages a subscriber does not
+/// receive within `idle` of its previous one are counted lost (core NATS drops what a slow
+/// consumer can't take).
 pub(crate) async fn pubsub(
-    addr: &str,
+    server: &NatsServer,
     tls: Option<&TlsClient>,
     subject: &str,
-    (count, payload_len, subscribers): (u64, usize, usize),
+    (count, payload_len, publishers, subscribers): (u64, usize, usize, usize),
     idle: Duration,
 ) -> Result<PubSubRun> {
+    let addr = server.addr();
     let mut readers = Vec::with_capacity(subscribers);
     for _ in 0..subscribers {
         let mut subscriber = Nats::open(addr, tls).await?;
@@ -427,22 +457,81 @@ pub(crate) async fn pubsub(
         subscriber.ping().await?;
         readers.push((subscriber, sid));
     }
-    let mut publisher = Nats::open(addr, tls).await?;
+    let mut writers = Vec::with_capacity(publishers);
+    for _ in 0..publishers {
+        writers.push(Nats::open(addr, tls).await?);
+    }
+    let total = count.saturating_mul(publishers as u64);
+    let meter = Meter::start(&[server.pid(), std::process::id()]);
     let start = Instant::now();
     let receivers: Vec<_> = readers
         .into_iter()
-        .map(|(subscriber, sid)| tokio::spawn(receive(subscriber, sid, count, start, idle)))
+        .map(|(subscriber, sid)| tokio::spawn(receive(subscriber, sid, total, start, idle)))
         .collect();
+    let senders: Vec<_> = writers
+        .into_iter()
+        .zip(0u64..)
+        .map(|(publisher, index)| {
+            let subject = subject.to_owned();
+            tokio::spawn(async move {
+                publish(
+                    publisher,
+                    &subject,
+                    index * count,
+                    count,
+                    payload_len,
+                    start,
+                )
+                .await
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.context("a publisher task")??;
+    }
+    let mut latencies = Vec::new();
+    let mut duplicates = 0;
+    let mut last = start;
+    let mut disconnected = 0;
+    for receiver in receivers {
+        let one = receiver.await.context("a subscriber task")??;
+        latencies.extend(one.latencies_us);
+        duplicates += one.duplicates;
+        last = last.max(one.last);
+        disconnected += u64::from(one.closed);
+    }
+    let (server_usage, client_usage) = split_usage(meter.stop());
+    latencies.sort_unstable();
+    let delivered = latencies.len() as u64;
+    let expected = total.saturating_mul(subscribers as u64);
+    Ok(PubSubRun {
+        sent: total,
+        delivered,
+        duplicates,
+        lost: expected.saturating_sub(delivered),
+        disconnected,
+        seconds: last.duration_since(start).as_secs_f64(),
+        latencies_us: latencies,
+        server: server_usage,
+        client: client_usage,
+    })
+}
+
+/// One publisher's side of [`pubsub`]: messages `first..first + count`, in 32 KiB writes,
+/// then a `PING` so that the server has taken them all.
+async fn publish(
+    mut publisher: Nats,
+    subject: &str,
+    first: u64,
+    count: u64,
+    payload_len: usize,
+    start: Instant,
+) -> Result<()> {
     let mut payload = vec![0xA5u8; payload_len.max(16)];
     let mut buf = Vec::with_capacity(64 * 1024);
     let head = format!("PUB {subject} {}\r\n", payload.len());
-    for seq in 0..count {
-        let at = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        if let Some(h) = payload.get_mut(..16) {
-            let (time, number) = h.split_at_mut(8);
-            time.copy_from_slice(&at.to_be_bytes());
-            number.copy_from_slice(&seq.to_be_bytes());
-        }
+    for number in first..first + count {
+        stamp(&mut payload, start, number);
         buf.extend_from_slice(head.as_bytes());
         buf.extend_from_slice(&payload);
         buf.extend_from_slice(b"\r\n");
@@ -452,61 +541,232 @@ pub(crate) async fn pubsub(
         }
     }
     publisher.writer.write_all(&buf).await?;
-    publisher.ping().await?;
-    let mut latencies = Vec::new();
-    let mut last = start;
-    let mut disconnected = 0;
-    for receiver in receivers {
-        let (one, at, closed) = receiver.await.context("a subscriber task")??;
-        latencies.extend(one);
-        last = last.max(at);
-        disconnected += u64::from(closed);
-    }
-    latencies.sort_unstable();
-    let delivered = latencies.len() as u64;
-    let expected = count.saturating_mul(subscribers as u64);
-    Ok(PubSubRun {
-        sent: count,
-        delivered,
-        lost: expected.saturating_sub(delivered),
-        disconnected,
-        seconds: last.duration_since(start).as_secs_f64(),
-        latencies_us: latencies,
-    })
+    publisher.ping().await
 }
 
-/// One subscriber's side of [`pubsub`]: the latency of each message received, in
-/// microseconds, when the last one arrived, and whether the server closed the connection.
+/// What one subscriber of [`pubsub`] saw.
+struct Received {
+    /// The latency of each message received once, in microseconds.
+    latencies_us: Vec<u64>,
+    duplicates: u64,
+    /// When the last message arrived.
+    last: Instant,
+    /// Whether the server closed the connection.
+    closed: bool,
+}
+
+/// One subscriber's side of [`pubsub`]: reads until each of `total` messages arrived once,
+/// nothing arrives for `idle`, or the server closes the connection.
 async fn receive(
     subscriber: Nats,
     sid: u64,
-    count: u64,
+    total: u64,
     start: Instant,
     idle: Duration,
-) -> Result<(Vec<u64>, Instant, bool)> {
+) -> Result<Received> {
     // The writing half stays open to the end: closing it would end the connection.
     let Nats {
         mut reader,
         writer: _writer,
         ..
     } = subscriber;
-    let mut latencies = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
-    let mut last = start;
-    while (latencies.len() as u64) < count {
+    let mut seen = vec![false; usize::try_from(total).unwrap_or(0)];
+    let mut out = Received {
+        latencies_us: Vec::with_capacity(seen.len()),
+        duplicates: 0,
+        last: start,
+        closed: false,
+    };
+    while (out.latencies_us.len() as u64) < total {
         let msg = match tokio::time::timeout(idle, next_msg(&mut reader, sid)).await {
             Ok(Ok(msg)) => msg,
             // The server closes a consumer too slow for it: the rest is lost.
-            Ok(Err(_)) => return Ok((latencies, last, true)),
+            Ok(Err(_)) => {
+                out.closed = true;
+                break;
+            }
             Err(_) => break,
         };
-        last = Instant::now();
-        let sent_ns = msg
-            .payload
-            .get(..8)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u64::from_be_bytes);
-        let now_ns = u64::try_from(last.duration_since(start).as_nanos()).unwrap_or(u64::MAX);
-        latencies.push(now_ns.saturating_sub(sent_ns) / 1000);
+        out.last = Instant::now();
+        let (sent_ns, number) = stamped(&msg.payload);
+        match usize::try_from(number).ok().and_then(|i| seen.get_mut(i)) {
+            Some(slot) if !*slot => {
+                *slot = true;
+                let now_ns = nanos(out.last.duration_since(start));
+                out.latencies_us.push(now_ns.saturating_sub(sent_ns) / 1000);
+            }
+            _ => out.duplicates += 1,
+        }
     }
-    Ok((latencies, last, false))
+    Ok(out)
+}
+
+// === core request/reply ===
+
+/// What one core-NATS request/reply run measured.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct RequestRun {
+    pub(crate) requests: u64,
+    /// Requests answered with their own payload.
+    pub(crate) answered: u64,
+    /// Answers that were not a request's payload, or came twice.
+    pub(crate) mismatched: u64,
+    pub(crate) seconds: f64,
+    /// Round trip of every answered request, in microseconds, sorted.
+    #[serde(skip)]
+    pub(crate) latencies_us: Vec<u64>,
+    /// What nats-server used over the run.
+    pub(crate) server: Usage,
+    /// What this process (both clients) used over the run.
+    pub(crate) client: Usage,
+}
+
+/// `count` requests of `payload_len` bytes on `subject`, at most `inflight` outstanding, from
+/// one connection to a responder on another that answers each with its payload, as NATS
+/// clients do it: the requester subscribes to `_INBOX.bench.*` and gives each request a
+/// reply subject under it. A request not answered within `idle` of the previous answer ends
+/// the run; the rest are counted unanswered.
+pub(crate) async fn request_reply(
+    server: &NatsServer,
+    tls: Option<&TlsClient>,
+    subject: &str,
+    (count, payload_len, inflight): (u64, usize, usize),
+    idle: Duration,
+) -> Result<RequestRun> {
+    let addr = server.addr();
+    let mut responder = Nats::open(addr, tls).await?;
+    let served = responder.subscribe(subject).await?;
+    responder.ping().await?;
+    let mut requester = Nats::open(addr, tls).await?;
+    let inbox = requester.subscribe("_INBOX.bench.*").await?;
+    requester.ping().await?;
+    let inflight = inflight.max(1);
+    let meter = Meter::start(&[server.pid(), std::process::id()]);
+    let start = Instant::now();
+    let answering = tokio::spawn(answer(responder, served));
+    let Nats {
+        mut reader,
+        mut writer,
+        ..
+    } = requester;
+    let (room_tx, mut room_rx) = tokio::sync::mpsc::channel::<()>(inflight);
+    for _ in 0..inflight {
+        room_tx.send(()).await?;
+    }
+    let answers = tokio::spawn(async move {
+        let mut seen = vec![false; usize::try_from(count).unwrap_or(0)];
+        let mut latencies = Vec::with_capacity(seen.len());
+        let mut mismatched = 0u64;
+        let mut last = start;
+        while (latencies.len() as u64) < count {
+            let Ok(Ok(msg)) = tokio::time::timeout(idle, next_msg(&mut reader, inbox)).await else {
+                break;
+            };
+            last = Instant::now();
+            let (sent_ns, number) = stamped(&msg.payload);
+            match usize::try_from(number).ok().and_then(|i| seen.get_mut(i)) {
+                Some(slot) if !*slot && msg.payload.len() == payload_len.max(16) => {
+                    *slot = true;
+                    latencies
+                        .push(nanos(last.duration_since(start)).saturating_sub(sent_ns) / 1000);
+                }
+                _ => mismatched += 1,
+            }
+            let _ = room_tx.try_send(());
+        }
+        (latencies, mismatched, last)
+    });
+    let mut payload = vec![0xA5u8; payload_len.max(16)];
+    let mut buf = Vec::with_capacity(64 * 1024);
+    for number in 0..count {
+        if room_rx.recv().await.is_none() {
+            // The answer reader stopped: what is left is unanswered.
+            break;
+        }
+        stamp(&mut payload, start, number);
+        buf.extend_from_slice(
+            format!("PUB {subject} _INBOX.bench.{number} {}\r\n", payload.len()).as_bytes(),
+        );
+        buf.extend_from_slice(&payload);
+        buf.extend_from_slice(b"\r\n");
+        // Write what is ready as one segment once nothing more may be sent now.
+        if room_rx.is_empty() || buf.len() >= 32 * 1024 {
+            writer.write_all(&buf).await?;
+            buf.clear();
+        }
+    }
+    if !buf.is_empty() {
+        writer.write_all(&buf).await?;
+    }
+    let (mut latencies, mismatched, last) = answers.await.context("the answer reader")?;
+    answering.abort();
+    let (server_usage, client_usage) = split_usage(meter.stop());
+    latencies.sort_unstable();
+    Ok(RequestRun {
+        requests: count,
+        answered: latencies.len() as u64,
+        mismatched,
+        seconds: last.duration_since(start).as_secs_f64(),
+        latencies_us: latencies,
+        server: server_usage,
+        client: client_usage,
+    })
+}
+
+/// The responder of [`request_reply`]: answers each request on `sid` with its payload,
+/// writing the answers once nothing more is buffered to read.
+async fn answer(responder: Nats, sid: u64) -> Result<()> {
+    let Nats {
+        mut reader,
+        mut writer,
+        ..
+    } = responder;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    loop {
+        let msg = next_msg(&mut reader, sid).await?;
+        if let Some(reply_to) = msg.reply_to {
+            buf.extend_from_slice(format!("PUB {reply_to} {}\r\n", msg.payload.len()).as_bytes());
+            buf.extend_from_slice(&msg.payload);
+            buf.extend_from_slice(b"\r\n");
+        }
+        if reader.buffer().is_empty() || buf.len() >= 32 * 1024 {
+            writer.write_all(&buf).await?;
+            buf.clear();
+        }
+    }
+}
+
+// --- helpers of the runs ---
+
+/// Writes the send time (ns since `start`) and `number` at the head of `payload`.
+fn stamp(payload: &mut [u8], start: Instant, number: u64) {
+    if let Some(head) = payload.get_mut(..16) {
+        let (time, seq) = head.split_at_mut(8);
+        time.copy_from_slice(&nanos(start.elapsed()).to_be_bytes());
+        seq.copy_from_slice(&number.to_be_bytes());
+    }
+}
+
+/// The send time and number [`stamp`] wrote; `u64::MAX` for a number that isn't there.
+fn stamped(payload: &[u8]) -> (u64, u64) {
+    let field = |range: std::ops::Range<usize>| {
+        payload
+            .get(range)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+    };
+    (field(0..8).unwrap_or(0), field(8..16).unwrap_or(u64::MAX))
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The usage of nats-server and of this process, measured in that order.
+fn split_usage(usage: Vec<Usage>) -> (Usage, Usage) {
+    let mut usage = usage.into_iter();
+    (
+        usage.next().unwrap_or_default(),
+        usage.next().unwrap_or_default(),
+    )
 }

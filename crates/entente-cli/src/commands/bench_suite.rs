@@ -1,0 +1,533 @@
+//! `entente bench --suite [ROUNDS]`: every workload of the performance comparison in one
+//! run, through Entente and through nats-server, and one table.
+//!
+//! | id | workload | compared with |
+//! |---|---|---|
+//! | a | 1 publisher → 1 subscriber, 256 B | nats, nats+TLS |
+//! | b | 1 → 10, 256 B | nats, nats+TLS |
+//! | c | 10 → 10, 256 B (every subscriber gets every publisher's messages) | nats, nats+TLS |
+//! | d1, d64 | request/reply, 1 and 64 requests in flight, 256 B | nats, nats+TLS |
+//! | e, e-always | durable publish, 256 B, synced every 2 min and always | JetStream file storage |
+//! | f1k, f16k | 1 → 1 with 1 KiB and 16 KiB payloads | nats, nats+TLS |
+//!
+//! Each round runs every workload once on each side, who goes first rotating from round to
+//! round, on nats-servers started afresh for each workload; the table has the medians over the rounds (lost: the sum, peak memory: the
+//! largest). Throughput counts deliveries for pub/sub (a message to ten subscribers is
+//! ten), requests answered for request/reply, acknowledged publishes for durable publish;
+//! CPU seconds are per million of those. What CPU and memory measure is in
+//! [`usage`](crate::commands::usage) and docs/BENCHMARKS.md. The run fails if Entente lost,
+//! duplicated or failed anything.
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use entente_hub::StreamSync;
+
+use crate::commands::bench::{self, JS_SYNC, NatsPair, PubSub, median};
+use crate::commands::bench_rpc::{self, Rpc};
+use crate::commands::floor::{self, Floor};
+use crate::commands::usage::Cost;
+
+/// Payload of every workload but (f).
+const PAYLOAD: usize = 256;
+/// Messages under one signature when a publisher runs flat out (the SDK's `batch_max`).
+const BATCH: usize = 256;
+
+/// One workload of the suite.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    PubSub(PubSub),
+    Rpc(Rpc),
+    Durable {
+        messages: u64,
+        payload: usize,
+        sync: StreamSync,
+    },
+}
+
+/// What one side of one run measured, in the suite's terms.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+struct Side {
+    /// Deliveries, requests answered or acknowledged publishes per second.
+    per_sec: f64,
+    /// Latency percentiles in microseconds: publish to delivery, or the round trip; 0 for
+    /// durable publish (not measured per message).
+    p50_us: u64,
+    p99_us: u64,
+    /// Messages or requests lost (for Entente: also duplicated, refused or failed).
+    lost: u64,
+    cpu_seconds_per_million: f64,
+    /// Entente's whole process, nats-server alone.
+    peak_rss_bytes: u64,
+}
+
+/// One round of one workload.
+#[derive(Debug, serde::Serialize)]
+struct Sides {
+    entente: Side,
+    nats: Side,
+    /// Absent where the comparison is JetStream.
+    nats_tls: Option<Side>,
+}
+
+/// One workload's line of the table, with its rounds.
+#[derive(Debug, serde::Serialize)]
+struct Line {
+    id: &'static str,
+    name: String,
+    /// What `per_sec` counts.
+    unit: &'static str,
+    /// What `nats` is: core nats-server, or JetStream file storage.
+    compared_with: &'static str,
+    /// Messages per publisher, or requests.
+    messages: u64,
+    payload_bytes: usize,
+    rounds: Vec<Sides>,
+    /// Medians over the rounds; `lost` summed, `peak_rss_bytes` the largest.
+    entente: Side,
+    nats: Side,
+    nats_tls: Option<Side>,
+    ratio_to_nats: f64,
+    ratio_to_nats_tls: Option<f64>,
+}
+
+/// `--suite ROUNDS`: every workload, `rounds` times. `messages`, when given, replaces each
+/// workload's own count (per publisher; requests for request/reply).
+pub(crate) fn run(rounds: usize, messages: Option<u64>, json: bool) -> Result<ExitCode> {
+    if rounds == 0 {
+        bail!("`--suite` needs at least 1 round");
+    }
+    if messages == Some(0) {
+        bail!("`--messages` must be at least 1");
+    }
+    let workloads = workloads(messages);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let mut results: Vec<Vec<Sides>> = workloads.iter().map(|_| Vec::new()).collect();
+    let mut clean = true;
+    for round in 1..=rounds {
+        for ((id, name, shape), done) in workloads.iter().zip(&mut results) {
+            if !json {
+                eprintln!("round {round}/{rounds}: ({id}) {name}");
+            }
+            // Fresh servers for each run, so that nats-server's memory is this workload's.
+            let servers = runtime.block_on(NatsPair::start())?;
+            let (sides, ok) = run_one(&runtime, &servers, *shape, round)?;
+            runtime.block_on(servers.stop());
+            clean &= ok;
+            done.push(sides);
+        }
+    }
+    let lines: Vec<Line> = workloads
+        .into_iter()
+        .zip(results)
+        .map(|((id, name, shape), rounds)| line(id, name, shape, rounds))
+        .collect();
+    // What the design's cryptography alone allows on these cores (see `floor`).
+    let floor = floor::measure(PAYLOAD, BATCH).context("measuring the crypto floor")?;
+    if json {
+        let entente_lost: u64 = lines.iter().map(|l| l.entente.lost).sum();
+        println!(
+            "{}",
+            serde_json::json!({
+                "rounds": rounds,
+                "workloads": lines,
+                "entente_lost": entente_lost,
+                "clean": clean,
+                "crypto_floor": floor,
+            })
+        );
+    } else {
+        print_table(&lines, rounds);
+        print_floor(&floor, &lines);
+    }
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The suite's workloads: id, name, shape.
+fn workloads(messages: Option<u64>) -> Vec<(&'static str, String, Shape)> {
+    let count = |default: u64| messages.unwrap_or(default);
+    let pubsub = |messages, payload, publishers, subscribers| {
+        Shape::PubSub(PubSub {
+            messages,
+            payload,
+            publishers,
+            subscribers,
+        })
+    };
+    let rpc = |requests, inflight| {
+        Shape::Rpc(Rpc {
+            requests,
+            payload: PAYLOAD,
+            inflight,
+        })
+    };
+    let durable = |sync| Shape::Durable {
+        messages: count(100_000),
+        payload: PAYLOAD,
+        sync,
+    };
+    vec![
+        (
+            "a",
+            "pub/sub 1 -> 1, 256 B".to_owned(),
+            pubsub(count(200_000), PAYLOAD, 1, 1),
+        ),
+        (
+            "b",
+            "pub/sub 1 -> 10, 256 B".to_owned(),
+            pubsub(count(50_000), PAYLOAD, 1, 10),
+        ),
+        (
+            "c",
+            "pub/sub 10 -> 10, 256 B".to_owned(),
+            pubsub(count(10_000), PAYLOAD, 10, 10),
+        ),
+        (
+            "d1",
+            "request/reply, 1 in flight, 256 B".to_owned(),
+            rpc(count(2_000), 1),
+        ),
+        (
+            "d64",
+            "request/reply, 64 in flight, 256 B".to_owned(),
+            rpc(count(20_000), 64),
+        ),
+        (
+            "e",
+            "durable publish, sync every 2 min".to_owned(),
+            durable(StreamSync::Every(JS_SYNC)),
+        ),
+        (
+            "e-always",
+            "durable publish, sync always".to_owned(),
+            durable(StreamSync::Always),
+        ),
+        (
+            "f1k",
+            "pub/sub 1 -> 1, 1 KiB".to_owned(),
+            pubsub(count(100_000), 1024, 1, 1),
+        ),
+        (
+            "f16k",
+            "pub/sub 1 -> 1, 16 KiB".to_owned(),
+            pubsub(count(20_000), 16 * 1024, 1, 1),
+        ),
+    ]
+}
+
+/// One round of one workload on every side; and whether Entente's run was clean.
+fn run_one(
+    runtime: &tokio::runtime::Runtime,
+    servers: &NatsPair,
+    shape: Shape,
+    round: usize,
+) -> Result<(Sides, bool)> {
+    Ok(match shape {
+        Shape::PubSub(shape) => {
+            let r = bench::pubsub_round(runtime, servers, shape, round)?;
+            let side = |per_sec, latency: bench::Latency, lost, cost: Cost| Side {
+                per_sec,
+                p50_us: latency.p50,
+                p99_us: latency.p99,
+                lost,
+                cpu_seconds_per_million: cost.cpu_seconds_per_million,
+                peak_rss_bytes: cost.peak_rss_bytes,
+            };
+            let (e, p, t) = (&r.entente, &r.nats_plain, &r.nats_tls);
+            let entente_lost = e.lost + e.duplicates + e.rejected + e.publish_errors;
+            (
+                Sides {
+                    entente: side(e.msgs_per_sec, e.latency_us, entente_lost, e.cost),
+                    nats: side(p.msgs_per_sec, p.latency_us, p.lost, p.cost),
+                    nats_tls: Some(side(t.msgs_per_sec, t.latency_us, t.lost, t.cost)),
+                },
+                e.clean(),
+            )
+        }
+        Shape::Rpc(shape) => {
+            let r = bench_rpc::rpc_round(runtime, servers, shape, round)?;
+            let side = |one: &bench_rpc::RpcReport| Side {
+                per_sec: one.requests_per_sec,
+                p50_us: one.latency_us.p50,
+                p99_us: one.latency_us.p99,
+                lost: one.lost + one.failed + one.mismatched,
+                cpu_seconds_per_million: one.cost.cpu_seconds_per_million,
+                peak_rss_bytes: one.cost.peak_rss_bytes,
+            };
+            (
+                Sides {
+                    entente: side(&r.entente),
+                    nats: side(&r.nats_plain),
+                    nats_tls: Some(side(&r.nats_tls)),
+                },
+                r.entente.clean(),
+            )
+        }
+        Shape::Durable {
+            messages,
+            payload,
+            sync,
+        } => {
+            let side = |one: &bench::DurableRun| Side {
+                per_sec: one.msgs_per_sec,
+                cpu_seconds_per_million: one.cost.cpu_seconds_per_million,
+                peak_rss_bytes: one.cost.peak_rss_bytes,
+                ..Side::default()
+            };
+            let entente = || runtime.block_on(bench::durable_publish(messages, payload, sync));
+            let jetstream = || runtime.block_on(bench::jetstream_publish(messages, payload));
+            // A refused publish fails the run: what returns was all acknowledged.
+            let (e, j) = if round.is_multiple_of(2) {
+                let j = jetstream()?;
+                (entente()?, j)
+            } else {
+                let e = entente()?;
+                (e, jetstream()?)
+            };
+            (
+                Sides {
+                    entente: side(&e),
+                    nats: side(&j),
+                    nats_tls: None,
+                },
+                true,
+            )
+        }
+    })
+}
+
+fn line(id: &'static str, name: String, shape: Shape, rounds: Vec<Sides>) -> Line {
+    let summary = |sides: Vec<Side>| Side {
+        per_sec: median(sides.iter().map(|s| s.per_sec)),
+        p50_us: median(sides.iter().map(|s| s.p50_us as f64)) as u64,
+        p99_us: median(sides.iter().map(|s| s.p99_us as f64)) as u64,
+        lost: sides.iter().map(|s| s.lost).sum(),
+        cpu_seconds_per_million: median(sides.iter().map(|s| s.cpu_seconds_per_million)),
+        peak_rss_bytes: sides.iter().map(|s| s.peak_rss_bytes).max().unwrap_or(0),
+    };
+    let entente = summary(rounds.iter().map(|r| r.entente).collect());
+    let nats = summary(rounds.iter().map(|r| r.nats).collect());
+    let nats_tls = rounds
+        .iter()
+        .map(|r| r.nats_tls)
+        .collect::<Option<Vec<Side>>>()
+        .map(summary);
+    let ratio = |other: &Side| {
+        if other.per_sec > 0.0 {
+            entente.per_sec / other.per_sec
+        } else {
+            0.0
+        }
+    };
+    let (unit, compared_with, messages, payload_bytes) = match shape {
+        Shape::PubSub(s) => ("deliveries", "nats-server", s.messages, s.payload),
+        Shape::Rpc(s) => ("requests", "nats-server", s.requests, s.payload),
+        Shape::Durable {
+            messages, payload, ..
+        } => ("publishes", "JetStream file storage", messages, payload),
+    };
+    Line {
+        id,
+        name,
+        unit,
+        compared_with,
+        messages,
+        payload_bytes,
+        ratio_to_nats: ratio(&nats),
+        ratio_to_nats_tls: nats_tls.as_ref().map(ratio),
+        rounds,
+        entente,
+        nats,
+        nats_tls,
+    }
+}
+
+fn print_table(lines: &[Line], rounds: usize) {
+    println!(
+        "Medians of {rounds} round{} (lost: sum; peak RSS: largest). Throughput per second: \
+         deliveries (pub/sub), requests (request/reply), acknowledged publishes (durable, \
+         against JetStream in the nats column).",
+        if rounds == 1 { "" } else { "s" }
+    );
+    println!(
+        "{:<9} {:<35} {:>10} {:>10} {:>10} {:>7} {:>7} {:>19} {:>24} {:>20} {:>11}",
+        "workload",
+        "",
+        "Entente/s",
+        "nats/s",
+        "nats+TLS/s",
+        "E/nats",
+        "E/TLS",
+        "Entente p50 / p99",
+        "CPU s/M: E / nats / TLS",
+        "RSS MiB: E / n / TLS",
+        "lost: E/n/T"
+    );
+    for l in lines {
+        let tls = l.nats_tls.unwrap_or_default();
+        let dash = |s: String| if l.nats_tls.is_some() { s } else { "-".into() };
+        let latency = if l.entente.p99_us == 0 {
+            "-".to_owned()
+        } else {
+            format!(
+                "{} / {}",
+                human_us(l.entente.p50_us),
+                human_us(l.entente.p99_us)
+            )
+        };
+        println!(
+            "{:<9} {:<35} {:>10} {:>10} {:>10} {:>7.3} {:>7} {:>19} {:>24} {:>20} {:>11}",
+            l.id,
+            l.name,
+            thousands(l.entente.per_sec),
+            thousands(l.nats.per_sec),
+            dash(thousands(tls.per_sec)),
+            l.ratio_to_nats,
+            dash(format!("{:.3}", l.ratio_to_nats_tls.unwrap_or(0.0))),
+            latency,
+            format!(
+                "{} / {} / {}",
+                cpu(l.entente.cpu_seconds_per_million),
+                cpu(l.nats.cpu_seconds_per_million),
+                dash(cpu(tls.cpu_seconds_per_million))
+            ),
+            format!(
+                "{} / {} / {}",
+                mib(l.entente.peak_rss_bytes),
+                mib(l.nats.peak_rss_bytes),
+                dash(mib(tls.peak_rss_bytes))
+            ),
+            format!(
+                "{}/{}/{}",
+                l.entente.lost,
+                l.nats.lost,
+                dash(tls.lost.to_string())
+            ),
+        );
+    }
+}
+
+/// `--crypto-floor`: the floor alone, for `payload`-byte messages, with its primitives.
+pub(crate) fn floor_only(payload: usize, json: bool) -> Result<ExitCode> {
+    let floor = floor::measure(payload, BATCH).context("measuring the crypto floor")?;
+    if json {
+        println!("{}", serde_json::to_string(&floor)?);
+    } else {
+        print_floor(&floor, &[]);
+        let p = &floor.primitives;
+        println!(
+            "  primitives (ns): AES-256-GCM seal {:.0}, open {:.0} ({} B); envelope hash {:.0}; \
+             audit root per envelope {:.0}; Ed25519 sign {:.0}, verify {:.0}; TLS record seal \
+             {:.2}/B, open {:.2}/B; {:.0} B on the wire per message",
+            p.aes_gcm_seal_payload,
+            p.aes_gcm_open_payload,
+            floor.payload_bytes,
+            p.envelope_hash,
+            p.merkle_root_per_envelope,
+            p.ed25519_sign,
+            p.ed25519_verify,
+            p.tls_record_seal_per_byte,
+            p.tls_record_open_per_byte,
+            floor.wire_bytes_per_message,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The crypto floor, and each workload's nats figure against the ceiling it sets.
+fn print_floor(floor: &Floor, lines: &[Line]) {
+    println!(
+        "Crypto floor, {} B messages in batches of {} on {} cores (the design's cryptography \
+         alone, per message): publisher {:.0} ns, hub {:.0} ns, subscriber {:.0} ns, TLS \
+         both hops {:.0} ns; {:.0} ns in all: at most {} msgs/s 1 -> 1. Request/reply: a \
+         round trip takes at least {:.1} µs; at most {} round trips/s with many in flight \
+         (each reply signed alone).",
+        floor.payload_bytes,
+        floor.batch,
+        floor.cores,
+        floor.publisher_ns,
+        floor.hub_ns,
+        floor.subscriber_ns,
+        floor.tls_ns,
+        floor.total_ns,
+        thousands(floor.ceiling_msgs_per_sec),
+        floor.request_reply_rtt_floor_ns / 1000.0,
+        thousands(floor.request_reply_ceiling_per_sec),
+    );
+    for l in lines.iter().filter(|l| l.id == "a") {
+        if l.nats.per_sec > 0.0 {
+            println!(
+                "  (a): ceiling / nats = {:.3}, ceiling / nats+TLS = {:.3}",
+                floor.ceiling_msgs_per_sec / l.nats.per_sec,
+                l.nats_tls
+                    .map_or(0.0, |t| floor.ceiling_msgs_per_sec / t.per_sec.max(1.0))
+            );
+        }
+    }
+}
+
+/// `1234567.0` as `1235 k`.
+fn thousands(per_sec: f64) -> String {
+    format!("{:.1} k", per_sec / 1000.0)
+}
+
+/// CPU seconds per million, to three significant digits or so.
+fn cpu(seconds: f64) -> String {
+    if seconds < 10.0 {
+        format!("{seconds:.2}")
+    } else {
+        format!("{seconds:.0}")
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0}", bytes as f64 / f64::from(1u32 << 20))
+}
+
+/// Microseconds below a millisecond, milliseconds below a second, seconds above.
+fn human_us(us: u64) -> String {
+    if us < 1000 {
+        format!("{us} µs")
+    } else if us < 1_000_000 {
+        format!("{:.1} ms", us as f64 / 1000.0)
+    } else {
+        format!("{:.2} s", us as f64 / 1e6)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_workload_of_the_issue_is_in_the_suite() {
+        let ids: Vec<&str> = workloads(None).iter().map(|w| w.0).collect();
+        assert_eq!(
+            ids,
+            ["a", "b", "c", "d1", "d64", "e", "e-always", "f1k", "f16k"]
+        );
+    }
+
+    #[test]
+    fn a_message_count_replaces_every_workloads_own() {
+        for (_, _, shape) in workloads(Some(7)) {
+            let messages = match shape {
+                Shape::PubSub(s) => s.messages,
+                Shape::Rpc(s) => s.requests,
+                Shape::Durable { messages, .. } => messages,
+            };
+            assert_eq!(messages, 7);
+        }
+    }
+
+    #[test]
+    fn latencies_read_in_their_unit() {
+        assert_eq!(human_us(250), "250 µs");
+        assert_eq!(human_us(12_345), "12.3 ms");
+        assert_eq!(human_us(3_761_200), "3.76 s");
+    }
+}
