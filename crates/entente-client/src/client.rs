@@ -1071,6 +1071,14 @@ impl Client {
     /// [`RefusalCode::TooManyReplyGrants`](crate::RefusalCode::TooManyReplyGrants) when the
     /// session has too many requests outstanding.
     ///
+    /// A request's outcome is its reply: the verified reply, signed by the target, proves the
+    /// request was delivered, so it is returned as soon as it arrives, without waiting for
+    /// the hub's acknowledgement of the request (which waits until the hub's audit log holds
+    /// it durably). Should that acknowledgement then turn out to be a refusal — the audit log
+    /// failed after the request was routed — it is counted in
+    /// [`ClientStats::publish_refused`], and the hub refuses what follows until its log
+    /// works again.
+    ///
     /// ```no_run
     /// # async fn run(client: entente_client::Client) -> Result<(), Box<dyn std::error::Error>> {
     /// use std::time::Duration;
@@ -1100,7 +1108,7 @@ impl Client {
             let (done, mut reply) = oneshot::channel();
             let _waiting = shared.await_reply(reply_to.clone(), target.clone(), done)?;
             let send_by = deadline.min(self.deadline());
-            let ack = self
+            let mut ack = self
                 .queue_direct(target, payload, Some(reply_to), send_by)
                 .await?;
             // The reply proves the request was delivered: it is not held up by the hub's
@@ -1108,8 +1116,15 @@ impl Client {
             // comes first ends the request with the hub's reason.
             tokio::select! {
                 biased;
-                answer = &mut reply => return answer.map_err(|_| shared.closed_error()),
-                acked = ack => acked?,
+                answer = &mut reply => {
+                    return match answer {
+                        Ok(message) => Ok(message),
+                        // No reply will come (the session ended): the hub's answer to the
+                        // request, if it gave one, says why better than the end does.
+                        Err(_) => Err(ack.await.err().unwrap_or_else(|| shared.closed_error())),
+                    };
+                }
+                acked = &mut ack => acked?,
             }
             reply.await.map_err(|_| shared.closed_error())
         };

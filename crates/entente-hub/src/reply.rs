@@ -73,6 +73,7 @@ impl ReplyGrants {
     /// Grants each of `grantees` one reply on `reply_to`, for `requester`'s request expiring
     /// at `expires_at_ms`; all or none. A request already expired grants nothing. Returns
     /// how many grants were added (a grant already held is renewed, not added).
+    #[cfg(test)]
     pub(crate) fn issue(
         &self,
         requester: SessionId,
@@ -81,20 +82,53 @@ impl ReplyGrants {
         expires_at_ms: u64,
         now_ms: u64,
     ) -> Result<usize, TooManyGrants> {
-        let until = expires_at_ms.min(now_ms.saturating_add(self.max_wait_ms));
-        if until <= now_ms || grantees.is_empty() {
+        self.issue_all(
+            requester,
+            &[(reply_to.clone(), grantees.to_vec(), expires_at_ms)],
+            now_ms,
+        )
+    }
+
+    /// Issues the grants of every request of one publish, `(reply_to, grantees,
+    /// expires_at_ms)` each: all of them or, if together they would pass the session's
+    /// bound, none (the publish is refused whole, so no grant may outlive it). Returns how
+    /// many grants were added.
+    pub(crate) fn issue_all(
+        &self,
+        requester: SessionId,
+        requests: &[(Channel, Vec<Principal>, u64)],
+        now_ms: u64,
+    ) -> Result<usize, TooManyGrants> {
+        let live: Vec<(&Channel, &[Principal], u64)> = requests
+            .iter()
+            .filter_map(|(reply_to, grantees, expires_at_ms)| {
+                let until = (*expires_at_ms).min(now_ms.saturating_add(self.max_wait_ms));
+                (until > now_ms && !grantees.is_empty()).then_some((
+                    reply_to,
+                    grantees.as_slice(),
+                    until,
+                ))
+            })
+            .collect();
+        if live.is_empty() {
             return Ok(0);
         }
         let mut state = self.lock();
-        let new = grantees
+        // Counted generously: a grantee named twice for one channel counts twice here.
+        let new: usize = live
             .iter()
-            .filter(|g| {
-                state
-                    .grants
-                    .get(&((*g).clone(), reply_to.clone()))
-                    .is_none_or(|grant| grant.requester != requester)
+            .map(|(reply_to, grantees, _)| {
+                grantees
+                    .iter()
+                    .filter(|g| {
+                        state
+                            .grants
+                            .get(&((*g).clone(), (*reply_to).clone()))
+                            .is_none_or(|grant| grant.requester != requester)
+                    })
+                    .count()
             })
-            .count();
+            .sum();
         let held = |state: &State| state.outstanding.get(&requester).copied().unwrap_or(0);
         if held(&state).saturating_add(new) > self.max_per_session {
             state.sweep(now_ms);
@@ -104,20 +138,27 @@ impl ReplyGrants {
                 });
             }
         }
-        for grantee in grantees {
-            let grant = Grant {
-                requester,
-                expires_at_ms: until,
-            };
-            if let Some(old) = state
-                .grants
-                .insert((grantee.clone(), reply_to.clone()), grant)
-            {
-                state.release(old.requester);
+        let mut added = 0;
+        for (reply_to, grantees, until) in live {
+            for grantee in grantees {
+                let grant = Grant {
+                    requester,
+                    expires_at_ms: until,
+                };
+                let old = state
+                    .grants
+                    .insert((grantee.clone(), reply_to.clone()), grant);
+                if let Some(old) = old {
+                    state.release(old.requester);
+                }
+                // A grant this session held already is renewed, not added.
+                if old.is_none_or(|old| old.requester != requester) {
+                    added += 1;
+                }
+                *state.outstanding.entry(requester).or_default() += 1;
             }
-            *state.outstanding.entry(requester).or_default() += 1;
         }
-        Ok(new)
+        Ok(added)
     }
 
     /// Whether `grantee` holds a live grant on `channel`.
@@ -282,6 +323,31 @@ mod tests {
             Ok(1)
         );
         assert_eq!(grants.outstanding(1), 1);
+    }
+
+    #[test]
+    fn the_grants_of_one_publish_are_issued_all_or_none() {
+        let grants = ReplyGrants::new(3, Duration::from_secs(60));
+        grants
+            .issue(1, &c("_reply.shop.alice.r0"), &[p("bob")], NOW + 1_000, NOW)
+            .unwrap();
+        let requests: Vec<(Channel, Vec<Principal>, u64)> = (1..=3)
+            .map(|i| {
+                (
+                    c(&format!("_reply.shop.alice.r{i}")),
+                    vec![p("bob")],
+                    NOW + 1_000,
+                )
+            })
+            .collect();
+        // Three more would make four: none is issued.
+        assert!(grants.issue_all(1, &requests, NOW).is_err());
+        assert_eq!(grants.outstanding(1), 1);
+        assert!(!grants.may_reply(&p("bob"), &c("_reply.shop.alice.r1"), NOW));
+        // Two fit, together.
+        assert_eq!(grants.issue_all(1, &requests[..2], NOW), Ok(2));
+        assert_eq!(grants.outstanding(1), 3);
+        assert!(grants.may_reply(&p("bob"), &c("_reply.shop.alice.r2"), NOW));
     }
 
     #[test]

@@ -496,12 +496,15 @@ impl<R: Router> Session<R> {
                 ));
             }
         }
+        // Every grant of the publish, or none: it is refused whole.
+        let mut issues = Vec::with_capacity(checked.requests.len());
         for (channel, reply_to, expires_at_ms) in &checked.requests {
             let grantees = self.context.router.subscribers(channel).await;
-            grants
-                .issue(self.id, reply_to, &grantees, *expires_at_ms, now)
-                .map_err(|e| Refused::new(RefusalCode::TooManyReplyGrants, e))?;
+            issues.push((reply_to.clone(), grantees, *expires_at_ms));
         }
+        grants
+            .issue_all(self.id, &issues, now)
+            .map_err(|e| Refused::new(RefusalCode::TooManyReplyGrants, e))?;
         Ok(())
     }
 
