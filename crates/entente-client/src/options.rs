@@ -100,7 +100,8 @@ impl ClientOptions {
     }
 
     /// Messages each subscription buffers before the session stops reading from the hub.
-    /// Default 4096. A subscription that is not read holds up the whole session — acks
+    /// Default 4096 (a [`Subscription`](crate::Subscription) being read also holds up to 256
+    /// it has taken from that buffer at once). A subscription that is not read holds up the whole session — acks
     /// included — and the hub disconnects a consumer that stays stuck (`RESOURCE_EXHAUSTED`).
     pub fn subscription_queue(mut self, messages: usize) -> Self {
         self.subscription_queue = messages.max(1);

@@ -955,41 +955,62 @@ pub(crate) fn compare_nats(rounds: usize, shape: PubSub, json: bool) -> Result<E
         });
     }
     runtime.block_on(servers.stop());
-    let entente = median(results.iter().map(|r| r.entente.msgs_per_sec));
-    let plain = median(results.iter().map(|r| r.nats_plain.msgs_per_sec));
-    let secure = median(results.iter().map(|r| r.nats_tls.msgs_per_sec));
+    let medians = (
+        median(results.iter().map(|r| r.entente.msgs_per_sec)),
+        median(results.iter().map(|r| r.nats_plain.msgs_per_sec)),
+        median(results.iter().map(|r| r.nats_tls.msgs_per_sec)),
+    );
+    let head = serde_json::json!({
+        "workload": shape.describe(),
+        "messages": shape.messages,
+        "publishers": shape.publishers,
+        "subscribers": shape.subscribers,
+        "payload_bytes": shape.payload,
+    });
+    print_medians(json, head, &results, medians, "msgs")?;
+    Ok(exit_code(results.iter().all(|r| r.entente.clean())))
+}
+
+/// Prints what a comparison with nats-server found: with `json` one object of `head`'s
+/// fields, the rounds, the medians (Entente, nats, nats+TLS) and Entente's ratios to each;
+/// else one line, in `unit`s per second.
+pub(crate) fn print_medians(
+    json: bool,
+    head: serde_json::Value,
+    rounds: &impl serde::Serialize,
+    (entente, plain, secure): (f64, f64, f64),
+    unit: &str,
+) -> Result<()> {
     let ratio = |other: f64| if other > 0.0 { entente / other } else { 0.0 };
     if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "workload": shape.describe(),
-                "messages": shape.messages,
-                "publishers": shape.publishers,
-                "subscribers": shape.subscribers,
-                "payload_bytes": shape.payload,
-                "rounds": results,
-                "entente_median": entente,
-                "nats_plain_median": plain,
-                "nats_tls_median": secure,
-                "ratio_to_nats_plain": ratio(plain),
-                "ratio_to_nats_tls": ratio(secure),
-            })
-        );
+        let mut out = head;
+        if let Some(fields) = out.as_object_mut() {
+            fields.insert("rounds".into(), serde_json::to_value(rounds)?);
+            fields.insert("entente_median".into(), entente.into());
+            fields.insert("nats_plain_median".into(), plain.into());
+            fields.insert("nats_tls_median".into(), secure.into());
+            fields.insert("ratio_to_nats_plain".into(), ratio(plain).into());
+            fields.insert("ratio_to_nats_tls".into(), ratio(secure).into());
+        }
+        println!("{out}");
     } else {
         println!(
-            "median: Entente {entente:.0} msgs/s, nats {plain:.0} msgs/s, nats+TLS {secure:.0} \
-             msgs/s: Entente/nats = {:.3}, Entente/nats+TLS = {:.3}",
+            "median: Entente {entente:.0} {unit}/s, nats {plain:.0} {unit}/s, nats+TLS \
+             {secure:.0} {unit}/s: Entente/nats = {:.3}, Entente/nats+TLS = {:.3}",
             ratio(plain),
             ratio(secure)
         );
     }
-    let clean = results.iter().all(|r| r.entente.clean());
-    Ok(if clean {
+    Ok(())
+}
+
+/// Success if every Entente run was clean.
+pub(crate) fn exit_code(clean: bool) -> ExitCode {
+    if clean {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
+    }
 }
 
 fn nats_report(run: &nats::PubSubRun, payload: usize) -> NatsReport {

@@ -26,7 +26,9 @@ use anyhow::{Context as _, Result, bail};
 use entente_client::{Client, ClientOptions, Request};
 use futures_util::StreamExt as _;
 
-use crate::commands::bench::{Latency, NatsPair, mebibytes, median, nanos};
+use crate::commands::bench::{
+    Latency, NatsPair, exit_code, mebibytes, median, nanos, print_medians,
+};
 use crate::commands::nats;
 use crate::commands::scratch::ScratchHub;
 use crate::commands::usage::{Cost, Meter};
@@ -94,7 +96,7 @@ pub(crate) fn run(shape: Rpc, compare: Option<usize>, json: bool) -> Result<Exit
         } else {
             print_one("Entente", &report);
         }
-        return Ok(exit(report.clean()));
+        return Ok(exit_code(report.clean()));
     };
     if rounds == 0 {
         bail!("`--compare-nats` needs at least 1 round");
@@ -112,35 +114,19 @@ pub(crate) fn run(shape: Rpc, compare: Option<usize>, json: bool) -> Result<Exit
         results.push(one);
     }
     runtime.block_on(servers.stop());
-    let entente = median(results.iter().map(|r| r.entente.requests_per_sec));
-    let plain = median(results.iter().map(|r| r.nats_plain.requests_per_sec));
-    let secure = median(results.iter().map(|r| r.nats_tls.requests_per_sec));
-    let ratio = |other: f64| if other > 0.0 { entente / other } else { 0.0 };
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "workload": format!("request/reply, {} in flight", shape.inflight),
-                "requests": shape.requests,
-                "inflight": shape.inflight,
-                "payload_bytes": shape.payload,
-                "rounds": results,
-                "entente_median": entente,
-                "nats_plain_median": plain,
-                "nats_tls_median": secure,
-                "ratio_to_nats_plain": ratio(plain),
-                "ratio_to_nats_tls": ratio(secure),
-            })
-        );
-    } else {
-        println!(
-            "median: Entente {entente:.0} req/s, nats {plain:.0} req/s, nats+TLS {secure:.0} \
-             req/s: Entente/nats = {:.3}, Entente/nats+TLS = {:.3}",
-            ratio(plain),
-            ratio(secure)
-        );
-    }
-    Ok(exit(results.iter().all(|r| r.entente.clean())))
+    let medians = (
+        median(results.iter().map(|r| r.entente.requests_per_sec)),
+        median(results.iter().map(|r| r.nats_plain.requests_per_sec)),
+        median(results.iter().map(|r| r.nats_tls.requests_per_sec)),
+    );
+    let head = serde_json::json!({
+        "workload": format!("request/reply, {} in flight", shape.inflight),
+        "requests": shape.requests,
+        "inflight": shape.inflight,
+        "payload_bytes": shape.payload,
+    });
+    print_medians(json, head, &results, medians, "req")?;
+    Ok(exit_code(results.iter().all(|r| r.entente.clean())))
 }
 
 /// One round of `shape` through Entente, nats and nats+TLS; who goes first rotates with
@@ -354,12 +340,4 @@ fn print_one(who: &str, r: &RpcReport) {
         r.cost.cpu_seconds_per_million,
         mebibytes(r.cost.peak_rss_bytes)
     );
-}
-
-fn exit(clean: bool) -> ExitCode {
-    if clean {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
 }
