@@ -82,6 +82,6 @@ pub use merkle::{ConsistencyProof, Hash, InclusionProof, MerkleTree, ProofError}
 pub use note::{Ed25519Signer, NoteError, NoteSigner, Verifier, VerifierKey};
 pub use record::{
     Admin, Approval, Decision, DeliveredBatch, Enrollment, Event, FieldMac, Grant, GrantStage,
-    Kind, MAX_FIELD_LEN, MAX_POLICIES, MAX_RECORD_LEN, Outcome, Quarantine, QuarantineAction,
-    RECORD_VERSION, Record, RecordError, Renewal, Revocation, Text, Verdict,
+    Kind, LimitHit, MAX_FIELD_LEN, MAX_POLICIES, MAX_RECORD_LEN, Outcome, Quarantine,
+    QuarantineAction, RECORD_VERSION, Record, RecordError, Renewal, Revocation, Text, Verdict,
 };

@@ -140,6 +140,8 @@ pub enum Event {
     Admin(Admin),
     /// The hub delivered a batch of envelopes.
     DeliveredBatch(DeliveredBatch),
+    /// A limit refused what a principal asked (a rate limit, a connection limit).
+    Limit(LimitHit),
 }
 
 /// The record kinds, with their code in the encoding.
@@ -164,11 +166,13 @@ pub enum Kind {
     Admin = 8,
     /// [`Event::DeliveredBatch`].
     DeliveredBatch = 9,
+    /// [`Event::Limit`].
+    Limit = 10,
 }
 
 impl Kind {
     /// Every kind, in code order.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Decision,
         Kind::Enrollment,
         Kind::Renewal,
@@ -178,6 +182,7 @@ impl Kind {
         Kind::Quarantine,
         Kind::Admin,
         Kind::DeliveredBatch,
+        Kind::Limit,
     ];
 
     /// The stable name, e.g. `delivered-batch`.
@@ -192,6 +197,7 @@ impl Kind {
             Kind::Quarantine => "quarantine",
             Kind::Admin => "admin",
             Kind::DeliveredBatch => "delivered-batch",
+            Kind::Limit => "limit",
         }
     }
 
@@ -411,6 +417,22 @@ pub struct Quarantine {
     pub evidence: Text,
 }
 
+/// Refusals by one limit of what one principal asked. Hits in quick succession share a
+/// record: `count` is how many it stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitHit {
+    /// Who was refused.
+    pub principal: Text,
+    /// The limit's name, e.g. `agent-messages` or `connections-per-agent`.
+    pub limit: Text,
+    /// What the limit applies to beyond the principal (a channel class), or empty.
+    pub scope: Text,
+    /// How many refusals the record stands for (at least one).
+    pub count: u64,
+    /// The wait the last refusal told the principal, in milliseconds (0: none).
+    pub retry_after_ms: u64,
+}
+
 /// An administrative action.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Admin {
@@ -549,6 +571,12 @@ impl Record {
                 text(&mut w, &b.sender);
                 text(&mut w, &b.channel);
                 w.u32(b.count).u64(b.bytes).raw(&b.envelopes_root.0);
+            }
+            Event::Limit(l) => {
+                text(&mut w, &l.principal);
+                text(&mut w, &l.limit);
+                text(&mut w, &l.scope);
+                w.u64(l.count).u64(l.retry_after_ms);
             }
         }
         let bytes = w.into_bytes();
@@ -694,6 +722,13 @@ impl Record {
                 bytes: r.u64("bytes")?,
                 envelopes_root: Hash(r.array("envelopes root")?),
             }),
+            Kind::Limit => Event::Limit(LimitHit {
+                principal: read_text(&mut r, "principal")?,
+                limit: read_text(&mut r, "limit")?,
+                scope: read_text(&mut r, "scope")?,
+                count: r.u64("count")?,
+                retry_after_ms: r.u64("retry after")?,
+            }),
         };
         r.finish("record")?;
         let record = Self {
@@ -781,6 +816,16 @@ impl Record {
                 }
                 texts.extend([("sender", &b.sender), ("channel", &b.channel)]);
             }
+            Event::Limit(l) => {
+                if l.count == 0 {
+                    return Err(RecordError::Invalid("a limit record stands for no refusal"));
+                }
+                texts.extend([
+                    ("principal", &l.principal),
+                    ("limit", &l.limit),
+                    ("scope", &l.scope),
+                ]);
+            }
         }
         strings.extend(
             texts
@@ -814,6 +859,7 @@ impl Event {
             Event::Quarantine(_) => Kind::Quarantine,
             Event::Admin(_) => Kind::Admin,
             Event::DeliveredBatch(_) => Kind::DeliveredBatch,
+            Event::Limit(_) => Kind::Limit,
         }
     }
 }
@@ -1083,7 +1129,7 @@ pub(crate) mod tests {
                 1u32..,
                 any::<u64>(),
                 arb_hash(),
-                outcome
+                outcome.clone()
             )
                 .prop_map(|(sender, channel, count, bytes, envelopes_root, o)| (
                     Event::DeliveredBatch(DeliveredBatch {
@@ -1092,6 +1138,24 @@ pub(crate) mod tests {
                         count,
                         bytes,
                         envelopes_root
+                    }),
+                    o
+                )),
+            (
+                arb_text(),
+                arb_text(),
+                arb_text(),
+                1u64..,
+                any::<u64>(),
+                outcome
+            )
+                .prop_map(|(principal, limit, scope, count, retry_after_ms, o)| (
+                    Event::Limit(LimitHit {
+                        principal,
+                        limit,
+                        scope,
+                        count,
+                        retry_after_ms
                     }),
                     o
                 )),

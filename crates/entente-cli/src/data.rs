@@ -47,7 +47,9 @@ use aws_lc_rs::rand::SystemRandom;
 use entente_ca::{Ca, CaOptions};
 use entente_client::Identity;
 use entente_crypto::{KeyBundleBody, MessageKeys};
-use entente_hub::{AuditConfig, CaRollover, HubConfig, KeyStores, StreamConfig, StreamSync};
+use entente_hub::{
+    AuditConfig, CaRollover, ChannelRate, HubConfig, KeyStores, Rate, StreamConfig, StreamSync,
+};
 use entente_types::ChannelPattern;
 
 use crate::commands::agent::parse_duration;
@@ -345,6 +347,110 @@ pub(crate) struct ConfigFile {
     /// The intermediate CA rollover (docs/KEYS.md); defaults when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) ca_rollover: Option<CaRolloverTable>,
+    /// Rate and connection limits (docs/THREAT_MODEL.md); defaults when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) limits: Option<LimitsTable>,
+}
+
+/// The `[limits]` table of `config.toml`. Each field left out keeps the hub's default.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsTable {
+    /// Messages each agent may publish per second, over all its connections (100 000);
+    /// 0 is no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) agent_messages_per_second: Option<u32>,
+    /// The burst of that limit (twice the rate by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) agent_messages_burst: Option<u32>,
+    /// Bytes of ciphertext each agent may publish per second (64 MiB); 0 is no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) agent_bytes_per_second: Option<u32>,
+    /// The burst of that limit (twice the rate by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) agent_bytes_burst: Option<u32>,
+    /// Most connections the hub serves at once (20 000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_connections: Option<usize>,
+    /// Most connections of one agent at once (256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_connections_per_agent: Option<usize>,
+    /// Channel classes, each limited in messages per second from all agents together; a
+    /// channel counts against the first class that matches it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) channel: Vec<ChannelLimitTable>,
+}
+
+/// One `[[limits.channel]]` table of `config.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChannelLimitTable {
+    /// The channel class: a pattern (`tasks.>`).
+    pub(crate) channels: String,
+    /// Messages per second into the class.
+    pub(crate) per_second: u32,
+    /// The burst (the rate by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) burst: Option<u32>,
+}
+
+impl LimitsTable {
+    /// Sets what the table sets in `config`.
+    fn apply(&self, config: &mut HubConfig) -> Result<()> {
+        let rate = |per_second: Option<u32>, burst: Option<u32>, default: Option<Rate>, what| {
+            Ok::<_, anyhow::Error>(match per_second {
+                None if burst.is_some() => {
+                    return Err(anyhow!(
+                        "`[limits]` `{what}_burst` needs `{what}_per_second`"
+                    ));
+                }
+                None => default,
+                Some(0) => None,
+                Some(per_second) => Some(Rate {
+                    per_second,
+                    burst: burst.unwrap_or(per_second.saturating_mul(2)),
+                }),
+            })
+        };
+        let limits = &mut config.rate_limits;
+        limits.agent_messages = rate(
+            self.agent_messages_per_second,
+            self.agent_messages_burst,
+            limits.agent_messages,
+            "agent_messages",
+        )?;
+        limits.agent_bytes = rate(
+            self.agent_bytes_per_second,
+            self.agent_bytes_burst,
+            limits.agent_bytes,
+            "agent_bytes",
+        )?;
+        for class in &self.channel {
+            let pattern = ChannelPattern::parse(&class.channels).with_context(|| {
+                format!("`[[limits.channel]]` `channels`: `{}`", class.channels)
+            })?;
+            if class.per_second == 0 || class.burst == Some(0) {
+                return Err(anyhow!(
+                    "`[[limits.channel]]` `{}`: `per_second` and `burst` must be at least 1",
+                    class.channels
+                ));
+            }
+            limits.channels.push(ChannelRate {
+                pattern,
+                rate: Rate {
+                    per_second: class.per_second,
+                    burst: class.burst.unwrap_or(class.per_second),
+                },
+            });
+        }
+        if let Some(max) = self.max_connections {
+            config.max_connections = max;
+        }
+        if let Some(max) = self.max_connections_per_agent {
+            config.max_connections_per_agent = max;
+        }
+        Ok(())
+    }
 }
 
 /// The `[ca_rollover]` table of `config.toml`.
@@ -450,6 +556,7 @@ impl ConfigFile {
             data_keystore: None,
             durable: Vec::new(),
             ca_rollover: None,
+            limits: None,
         }
     }
 
@@ -498,7 +605,7 @@ impl ConfigFile {
         let td = TrustDomain::new(&self.trust_domain).context("`trust_domain`")?;
         // The data directory's admin identity administers this hub remotely.
         let admin = Principal::from(HumanId::new(&td, "admin")?);
-        Ok(HubConfig {
+        let mut config = HubConfig {
             listen,
             admins: vec![admin],
             ca_rollover: self
@@ -508,7 +615,11 @@ impl ConfigFile {
                 .transpose()?
                 .unwrap_or_default(),
             ..HubConfig::default()
-        })
+        };
+        if let Some(limits) = &self.limits {
+            limits.apply(&mut config)?;
+        }
+        Ok(config)
     }
 }
 
@@ -625,7 +736,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
 
@@ -742,6 +853,62 @@ mod tests {
         let old = "listen = \"127.0.0.1:1\"\ntrust_domain = \"acme.internal\"\n[[allow]]\nsegment = \"demo\"\npublish = [\"demo.>\"]\n";
         assert!(has_allow_rules(old));
         assert!(ConfigFile::parse(old).is_err());
+    }
+
+    #[test]
+    fn the_limits_table_sets_the_hubs_limits_and_keeps_defaults_for_the_rest() {
+        let head = "listen = \"127.0.0.1:1\"\ntrust_domain = \"acme.internal\"\n";
+        let text = format!(
+            "{head}[limits]\nagent_messages_per_second = 500\nagent_bytes_per_second = 0\n\
+             max_connections_per_agent = 4\n[[limits.channel]]\nchannels = \"bulk.>\"\n\
+             per_second = 10\n"
+        );
+        let hub = ConfigFile::parse(&text).unwrap().to_hub_config().unwrap();
+        let limits = &hub.rate_limits;
+        assert_eq!(
+            limits.agent_messages,
+            Some(Rate {
+                per_second: 500,
+                burst: 1000
+            })
+        );
+        assert_eq!(limits.agent_bytes, None);
+        let [class] = limits.channels.as_slice() else {
+            panic!("one class: {:?}", limits.channels);
+        };
+        assert_eq!(class.pattern.as_str(), "bulk.>");
+        assert_eq!(
+            class.rate,
+            Rate {
+                per_second: 10,
+                burst: 10
+            }
+        );
+        assert_eq!(hub.max_connections_per_agent, 4);
+        assert_eq!(hub.max_connections, HubConfig::default().max_connections);
+
+        for (table, needle) in [
+            (
+                "[limits]\nagent_messages_burst = 5\n",
+                "agent_messages_per_second",
+            ),
+            (
+                "[[limits.channel]]\nchannels = \"a..b\"\nper_second = 1\n",
+                "a..b",
+            ),
+            (
+                "[[limits.channel]]\nchannels = \"a\"\nper_second = 0\n",
+                "at least 1",
+            ),
+            ("[limits]\nagent_rate = 5\n", "agent_rate"),
+        ] {
+            let err = ConfigFile::parse(&format!("{head}{table}"))
+                .and_then(|c| c.to_hub_config())
+                .map(|_| ())
+                .unwrap_err();
+            let err = format!("{err:#}");
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
     }
 
     #[test]

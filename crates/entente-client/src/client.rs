@@ -48,7 +48,9 @@ use crate::outbox::{Outbox, OutboxOptions, Outgoing, Recipients, Sealed};
 use crate::renew::{self, Credential};
 use crate::stats::{self, ClientStats, Stats};
 use crate::transport::{Transport, status_text};
-use crate::{ClientOptions, Error, ErrorKind, Identity, Message, Requests, Subscription};
+use crate::{
+    ClientOptions, Error, ErrorKind, Identity, Message, RefusalCode, Requests, Subscription,
+};
 
 /// Frames the writer may have queued for the HTTP/2 stream.
 const OUTBOUND_FRAMES: usize = 64;
@@ -1413,7 +1415,7 @@ impl Shared {
 
     /// Handles the hub's `Ack` (`refusal` is `None`; `held`, what it holds for approval) or
     /// `Refusal` for request `id`.
-    fn answer(&self, id: u64, refusal: Option<(u32, String)>, held: Vec<Held>) {
+    fn answer(&self, id: u64, refusal: Option<(u32, String, u64)>, held: Vec<Held>) {
         let pending = {
             let mut state = self.lock();
             let pending = state.pending.remove(&id);
@@ -1429,9 +1431,14 @@ impl Shared {
             pending
         };
         let refused = |what: String| {
-            refusal
-                .as_ref()
-                .map(|(code, reason)| Error::refusal(&what, *code, reason))
+            refusal.as_ref().map(|(code, reason, retry_after_ms)| {
+                let error = Error::refusal(&what, *code, reason);
+                if RefusalCode::from_u32(*code) == Some(RefusalCode::RateLimited) {
+                    error.with_retry_after(Duration::from_millis(*retry_after_ms))
+                } else {
+                    error
+                }
+            })
         };
         match pending {
             None => {}
@@ -1751,7 +1758,7 @@ async fn handle(shared: &Shared, transport: &Transport, frame: ServerFrame) {
         Some(server_frame::Kind::Refusal(refusal)) => {
             shared.answer(
                 refusal.request_id,
-                Some((refusal.code, refusal.reason)),
+                Some((refusal.code, refusal.reason, refusal.retry_after_ms)),
                 Vec::new(),
             );
         }

@@ -2,6 +2,7 @@
 //! error (if any) as [`std::error::Error::source`].
 
 use std::fmt;
+use std::time::Duration;
 
 use entente_hub::RefusalCode;
 
@@ -20,6 +21,11 @@ pub enum ErrorKind {
     Denied,
     /// The hub refused it with another code ([`Error::refusal_code`] says which).
     Refused,
+    /// A limit of the hub refused it: a rate limit (`Refusal` code `RATE_LIMITED`;
+    /// [`Error::retry_after`] says when the same publish would pass), or a connection limit
+    /// (too many connections of this identity, or of the hub, when the session opened).
+    /// Nothing was sent.
+    Limited,
     /// An incoming envelope, batch or sender key did not verify or open (bad signature,
     /// not a recipient, replay, expired, unknown sender key, …). Its plaintext is never shown.
     Rejected,
@@ -49,6 +55,7 @@ pub struct Error {
     kind: ErrorKind,
     message: String,
     refusal: Option<(u32, String)>,
+    retry_after: Option<Duration>,
     details: Vec<String>,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
@@ -62,6 +69,7 @@ impl fmt::Display for ErrorKind {
             Self::Tls => "tls",
             Self::Denied => "denied",
             Self::Refused => "refused",
+            Self::Limited => "limited",
             Self::Rejected => "rejected",
             Self::Timeout => "timeout",
             Self::Closed => "closed",
@@ -83,6 +91,7 @@ impl Error {
             kind,
             message: message.into(),
             refusal: None,
+            retry_after: None,
             details: Vec::new(),
             source: None,
         }
@@ -110,9 +119,16 @@ impl Error {
     }
 
     /// A `Refusal{code, reason}` from the hub about `what` (for example "publish to
-    /// `orders.eu`"): kind [`ErrorKind::Denied`] for `DENIED`, [`ErrorKind::Refused`] otherwise.
+    /// `orders.eu`"): kind [`ErrorKind::Denied`] for `DENIED`, [`ErrorKind::Limited`] for
+    /// `RATE_LIMITED`, [`ErrorKind::Refused`] otherwise.
     pub(crate) fn refusal(what: &str, code: u32, reason: &str) -> Self {
         Self::coded("refused", what, code, reason)
+    }
+
+    /// The same error, telling when to retry (a `RATE_LIMITED` refusal's `retry_after_ms`).
+    pub(crate) fn with_retry_after(mut self, retry_after: Duration) -> Self {
+        self.retry_after = Some(retry_after);
+        self
     }
 
     /// A `SubscriptionEnded{code, reason}` from the hub about `what` (the subscription): kinds
@@ -123,10 +139,10 @@ impl Error {
 
     fn coded(verb: &str, what: &str, code: u32, reason: &str) -> Self {
         let known = RefusalCode::from_u32(code);
-        let kind = if known == Some(RefusalCode::Denied) {
-            ErrorKind::Denied
-        } else {
-            ErrorKind::Refused
+        let kind = match known {
+            Some(RefusalCode::Denied) => ErrorKind::Denied,
+            Some(RefusalCode::RateLimited) => ErrorKind::Limited,
+            _ => ErrorKind::Refused,
         };
         let name = known.map_or_else(|| format!("code {code}"), |c| c.to_string());
         let message = if reason.is_empty() {
@@ -138,6 +154,7 @@ impl Error {
             kind,
             message,
             refusal: Some((code, reason.to_owned())),
+            retry_after: None,
             details: Vec::new(),
             source: None,
         }
@@ -154,6 +171,13 @@ impl Error {
         self.refusal
             .as_ref()
             .and_then(|(code, _)| RefusalCode::from_u32(*code))
+    }
+
+    /// When the same publish would pass, for a rate limit's refusal ([`ErrorKind::Limited`]);
+    /// `Some(Duration::ZERO)` when it never would (it is larger than the limit's burst: send
+    /// fewer messages at once). `None` for other errors.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     /// The hub's reason for a refusal (or for ending a subscription), as it sent it.
@@ -175,6 +199,7 @@ impl Error {
             kind: self.kind,
             message: self.message.clone(),
             refusal: self.refusal.clone(),
+            retry_after: self.retry_after,
             details: self.details.clone(),
             source: None,
         }
@@ -200,6 +225,25 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn a_rate_limit_refusal_is_limited_and_says_when_to_retry() {
+        let e = Error::refusal(
+            "publish to `a`",
+            16,
+            "1 messages exceed the agent-messages limit",
+        )
+        .with_retry_after(Duration::from_millis(250));
+        assert_eq!(e.kind(), ErrorKind::Limited);
+        assert_eq!(e.refusal_code(), Some(RefusalCode::RateLimited));
+        assert_eq!(e.retry_after(), Some(Duration::from_millis(250)));
+        assert_eq!(
+            e.duplicate().retry_after(),
+            Some(Duration::from_millis(250))
+        );
+        assert!(e.to_string().contains("(RATE_LIMITED)"), "{e}");
+        assert_eq!(Error::refusal("x", 3, "").retry_after(), None);
+    }
 
     #[test]
     fn refusals_carry_their_code_and_reason() {

@@ -162,8 +162,14 @@ impl Transport {
             .await
             .map_err(|status| {
                 self.alert.refused().unwrap_or_else(|| {
+                    // A connection limit answers every request `RESOURCE_EXHAUSTED`.
+                    let kind = if status.code() == Code::ResourceExhausted {
+                        ErrorKind::Limited
+                    } else {
+                        ErrorKind::Connect
+                    };
                     Error::new(
-                        ErrorKind::Connect,
+                        kind,
                         status_error("opening the session", &status).to_string(),
                     )
                     .with_source(status)

@@ -13,6 +13,7 @@ use entente_wire::Limits;
 use crate::HubError;
 use crate::audit::AuditConfig;
 use crate::durable::StreamConfig;
+use crate::limits::RateLimits;
 
 /// Everything [`Hub::start`](crate::Hub::start) needs besides the CA and the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,10 +50,24 @@ pub struct HubConfig {
     pub slow_consumer_timeout: Duration,
     /// Time allowed for the TLS handshake of a new connection. Default 10 s.
     pub handshake_timeout: Duration,
+    /// How long a mutual-TLS connection may stay idle (no session open, no call under way)
+    /// before the hub closes it. The SDK opens its session as it connects, so only a client
+    /// that holds a connection without using it meets this. Default 60 s.
+    pub idle_timeout: Duration,
     /// Most subscriptions one session may hold. Default 1024.
     pub max_subscriptions: usize,
     /// Most concurrent gRPC streams (sessions) on one connection. Default 4.
     pub max_streams_per_connection: u32,
+    /// Rate limits per agent and per channel class ([`RateLimits`]). Default: 100 000
+    /// messages and 64 MiB per second per agent.
+    pub rate_limits: RateLimits,
+    /// Most mutual-TLS connections the hub serves at once; one more is answered
+    /// `RESOURCE_EXHAUSTED` and closed. Default 20 000.
+    pub max_connections: usize,
+    /// Most mutual-TLS connections of one agent at once (so that connections can't multiply
+    /// what one agent may hold); one more is answered `RESOURCE_EXHAUSTED` and closed.
+    /// Default 256.
+    pub max_connections_per_agent: usize,
     /// How long the key bundle signed at enrollment is valid (cut to the intermediate CA's
     /// validity). Default 30 days.
     pub key_bundle_ttl: Duration,
@@ -106,8 +121,12 @@ impl Default for HubConfig {
             queue_bytes: 1 << 20,
             slow_consumer_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             max_subscriptions: 1024,
             max_streams_per_connection: 4,
+            rate_limits: RateLimits::default(),
+            max_connections: 20_000,
+            max_connections_per_agent: 256,
             key_bundle_ttl: Duration::from_secs(30 * 24 * 60 * 60),
             admins: Vec::new(),
             audit: None,
@@ -206,12 +225,21 @@ impl HubConfig {
                 "max_streams_per_connection must be at least 1",
             ));
         }
+        if self.max_connections == 0 || self.max_connections_per_agent == 0 {
+            return Err(HubError::Config(
+                "max_connections and max_connections_per_agent must be at least 1",
+            ));
+        }
+        self.rate_limits.check().map_err(HubError::Config)?;
         if self.limits.max_frame_bytes == 0 {
             return Err(HubError::Config(
                 "limits.max_frame_bytes must be at least 1",
             ));
         }
-        if self.handshake_timeout.is_zero() || self.slow_consumer_timeout.is_zero() {
+        if self.handshake_timeout.is_zero()
+            || self.slow_consumer_timeout.is_zero()
+            || self.idle_timeout.is_zero()
+        {
             return Err(HubError::Config("timeouts must not be zero"));
         }
         if self.data_key_rotation < Duration::from_secs(1) {

@@ -23,8 +23,49 @@ pub(crate) const MAX_RENEWED_SERIALS: usize = 8;
 #[derive(Debug)]
 pub(crate) struct Connections {
     live: Mutex<HashMap<u64, LiveConnection>>,
+    /// How many live connections each principal has. Locked only with `live` held.
+    per_agent: Mutex<HashMap<Principal, usize>>,
+    caps: Caps,
     revocations: Arc<RevocationState>,
     stats: Arc<Stats>,
+}
+
+/// The most connections the hub serves, in all and per principal.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Caps {
+    pub(crate) total: usize,
+    pub(crate) per_agent: usize,
+}
+
+/// A connection refused by a connection limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnectionLimit {
+    /// The hub serves as many connections as it may.
+    Hub(usize),
+    /// The principal has as many connections as it may.
+    Agent(usize),
+}
+
+impl ConnectionLimit {
+    /// The limit's name in audit records.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Hub(_) => "connections",
+            Self::Agent(_) => "connections-per-agent",
+        }
+    }
+
+    /// What the refused client is told.
+    pub(crate) fn reason(self) -> String {
+        match self {
+            Self::Hub(max) => {
+                format!("the hub serves {max} connections, its limit; try again later")
+            }
+            Self::Agent(max) => format!(
+                "this identity already has {max} connections to the hub, its limit; close one"
+            ),
+        }
+    }
 }
 
 /// What the hub knows of a live mTLS connection.
@@ -39,35 +80,66 @@ struct LiveConnection {
 // === impl Connections ===
 
 impl Connections {
-    pub(crate) fn new(revocations: Arc<RevocationState>, stats: Arc<Stats>) -> Self {
+    pub(crate) fn new(revocations: Arc<RevocationState>, stats: Arc<Stats>, caps: Caps) -> Self {
         Self {
             live: Mutex::new(HashMap::new()),
+            per_agent: Mutex::new(HashMap::new()),
+            caps,
             revocations,
             stats,
         }
     }
 
-    /// Registers a connection, then re-checks it against the list in force, so that a
-    /// revocation racing with the handshake is never missed. Returns whether it is open.
+    /// Registers a connection unless a connection limit refuses it, then re-checks it
+    /// against the list in force, so that a revocation racing with the handshake is never
+    /// missed. Returns whether it is open.
     pub(crate) fn register(
         &self,
         id: u64,
         principal: Principal,
         serial: Vec<u8>,
         control: ConnectionControl,
-    ) -> bool {
-        let connection = LiveConnection {
-            principal,
-            serials: vec![serial],
-            control: control.clone(),
-        };
-        self.lock().insert(id, connection);
+    ) -> Result<bool, ConnectionLimit> {
+        {
+            let mut live = self.lock();
+            let mut per_agent = self
+                .per_agent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if live.len() >= self.caps.total {
+                return Err(ConnectionLimit::Hub(self.caps.total));
+            }
+            let held = per_agent.entry(principal.clone()).or_insert(0);
+            if *held >= self.caps.per_agent {
+                return Err(ConnectionLimit::Agent(self.caps.per_agent));
+            }
+            *held += 1;
+            let connection = LiveConnection {
+                principal,
+                serials: vec![serial],
+                control: control.clone(),
+            };
+            live.insert(id, connection);
+        }
         self.recheck(id);
-        !control.is_closed()
+        Ok(!control.is_closed())
     }
 
     pub(crate) fn unregister(&self, id: u64) {
-        self.lock().remove(&id);
+        let mut live = self.lock();
+        let Some(gone) = live.remove(&id) else {
+            return;
+        };
+        let mut per_agent = self
+            .per_agent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = per_agent.get_mut(&gone.principal) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                per_agent.remove(&gone.principal);
+            }
+        }
     }
 
     pub(crate) fn len(&self) -> usize {

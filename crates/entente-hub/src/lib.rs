@@ -335,6 +335,7 @@ mod grants;
 mod held;
 mod identity;
 mod keys;
+mod limits;
 mod policies;
 pub mod queue;
 mod refusal;
@@ -368,6 +369,7 @@ pub use held::{
 };
 pub use identity::{HUB_NAME, HUB_SEGMENT, enroll_server_name, hub_id, hub_server_name};
 pub use keys::KEYS_PATH;
+pub use limits::{ChannelRate, Limit, Rate, RateLimits};
 pub use policies::{CHECK_POLICY_PATH, LOAD_POLICIES_PATH, SHOW_POLICIES_PATH};
 pub use refusal::RefusalCode;
 pub use reply::{MAX_REPLY_GRANTS, MAX_REPLY_WAIT};

@@ -53,6 +53,11 @@ pub enum RefusalCode {
     Full = 14,
     /// A durable subscription names a pattern no durable channel captures.
     NoStream = 15,
+    /// A rate limit refused the whole publish (the agent's messages or bytes per second, or a
+    /// channel class's messages per second): nothing was routed. `Refusal.retry_after_ms`
+    /// says when the same publish would pass; zero means it never would (it is larger than
+    /// the limit's burst: send fewer at once).
+    RateLimited = 16,
 }
 
 impl RefusalCode {
@@ -79,6 +84,7 @@ impl RefusalCode {
             13 => Self::Unavailable,
             14 => Self::Full,
             15 => Self::NoStream,
+            16 => Self::RateLimited,
             _ => return None,
         })
     }
@@ -102,6 +108,7 @@ impl fmt::Display for RefusalCode {
             Self::Unavailable => "UNAVAILABLE",
             Self::Full => "FULL",
             Self::NoStream => "NO_STREAM",
+            Self::RateLimited => "RATE_LIMITED",
         })
     }
 }

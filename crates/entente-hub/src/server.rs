@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use entente_audit::{Event, Outcome};
 use entente_ca::{Ca, JoinToken, TrustBundle, VerifiedRevocationList};
 use entente_store::Store;
 use entente_types::Principal;
@@ -40,7 +41,7 @@ use futures_util::Stream;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -50,11 +51,11 @@ use tonic::server::Grpc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::admin::{self, CREATE_TOKEN_PATH, REVOKE_PATH};
-use crate::audit::{AuditWriter, Auditor};
+use crate::audit::{self, AuditWriter, Auditor};
 use crate::audit_rpc::{self, AUDIT_EXPORT_PATH, AUDIT_PROOF_PATH, AUDIT_RECORDS_PATH};
 use crate::authz::{Authz, LoadPoliciesError, PolicyOrigin, RunningPolicies};
 use crate::codec::{BoundedCodec, Outbound, SessionCodec};
-use crate::connections::Connections;
+use crate::connections::{Caps, ConnectionLimit, Connections};
 use crate::control::{self, CloseReason, ConnectionControl};
 use crate::datakeys::{self, DataKeys};
 use crate::durable::{StreamWriters, Streams};
@@ -63,6 +64,7 @@ use crate::grants::{
 };
 use crate::held::{self, LIST_HELD_PATH};
 use crate::keys::{self, KEYS_PATH};
+use crate::limits::Limiters;
 use crate::policies::{CHECK_POLICY_PATH, LOAD_POLICIES_PATH, SHOW_POLICIES_PATH};
 use crate::queue::OutboundTx;
 use crate::registry::Registry;
@@ -97,6 +99,17 @@ const REFUSED_LINGER: Duration = Duration::from_secs(1);
 
 /// How much a client refused at the handshake may still send (and have discarded).
 const REFUSED_DRAIN_BYTES: usize = 64 * 1024;
+
+/// How long a connection refused by a connection limit is kept, answering every request
+/// `RESOURCE_EXHAUSTED` with the reason, before it is closed.
+const LIMITED_LIFETIME: Duration = Duration::from_secs(5);
+
+/// How often the hub pings each connection, and how long it waits for the answer.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How often the rate limits' buckets that are full again are dropped.
+const LIMITS_PURGE: Duration = Duration::from_secs(60);
 
 /// Starts hubs.
 #[derive(Debug)]
@@ -254,7 +267,11 @@ impl Hub {
             authz.auditor(),
         )?;
         let streams = Arc::new(streams);
-        let connections = Arc::new(Connections::new(revocations.clone(), stats.clone()));
+        let caps = Caps {
+            total: config.max_connections,
+            per_agent: config.max_connections_per_agent,
+        };
+        let connections = Arc::new(Connections::new(revocations.clone(), stats.clone(), caps));
         let context = SessionContext {
             router: Arc::new(LocalRouter::new(config.slow_consumer_timeout)),
             authz,
@@ -263,6 +280,7 @@ impl Hub {
             limits: config.limits,
             max_subscriptions: config.max_subscriptions,
             streams: streams.clone(),
+            limiters: Arc::new(Limiters::new(&config.rate_limits)),
         };
         let services = Arc::new(Services {
             ca: ca_state,
@@ -297,6 +315,10 @@ impl Hub {
             shutdown: shutdown_rx.clone(),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone(), shutdown_rx.clone()));
+        tokio::spawn(purge_loop(
+            shared.context.limiters.clone(),
+            shutdown_rx.clone(),
+        ));
         let expire = tokio::spawn(grant_state::expire_loop(
             shared.context.authz.clone(),
             shared.services.registry.clone(),
@@ -632,23 +654,24 @@ impl Drop for HubHandle {
 // === impl Shared ===
 
 impl Shared {
-    /// Registers a connection, then re-checks it against the list in force and the shutdown
-    /// flag, so that a revocation or shutdown racing with the handshake is never missed.
-    /// Returns whether the connection may be served.
+    /// Registers a connection unless a connection limit refuses it, then re-checks it
+    /// against the list in force and the shutdown flag, so that a revocation or shutdown
+    /// racing with the handshake is never missed. Returns whether the connection may be
+    /// served.
     fn register(
         &self,
         id: u64,
         principal: Principal,
         serial: Vec<u8>,
         control: &ConnectionControl,
-    ) -> bool {
+    ) -> Result<bool, ConnectionLimit> {
         let open = self
             .connections
-            .register(id, principal, serial, control.clone());
+            .register(id, principal, serial, control.clone())?;
         if *self.shutdown.borrow() {
             control.close(CloseReason::Shutdown);
         }
-        open && !control.is_closed()
+        Ok(open && !control.is_closed())
     }
 
     fn next_id(&self) -> u64 {
@@ -847,15 +870,32 @@ async fn serve_mtls(shared: Arc<Shared>, stream: tokio_rustls::server::TlsStream
     let id = shared.next_id();
     let control = ConnectionControl::expiring_at(svid.not_after());
     let principal = svid.principal().clone();
-    if shared.register(id, principal.clone(), svid.serial().to_vec(), &control) {
+    let registered = shared.register(id, principal.clone(), svid.serial().to_vec(), &control);
+    let registered = match registered {
+        Ok(open) => open,
+        Err(limit) => return serve_limited(&shared, &principal, limit, stream).await,
+    };
+    if registered {
+        let activity = Arc::new(Activity::new());
         let service = {
             let shared = shared.clone();
+            let activity = activity.clone();
             let caller = Caller {
                 connection: id,
                 principal,
                 control: control.clone(),
             };
-            service_fn(move |request| route_request(shared.clone(), caller.clone(), request))
+            service_fn(move |request| {
+                // Busy while the request is routed (and a session, while it runs).
+                let busy = activity.enter();
+                let routed =
+                    route_request(shared.clone(), caller.clone(), activity.clone(), request);
+                async move {
+                    let response = routed.await;
+                    drop(busy);
+                    response
+                }
+            })
         };
         let builder = h2_builder(&shared.config);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -868,9 +908,22 @@ async fn serve_mtls(shared: Arc<Shared>, stream: tokio_rustls::server::TlsStream
             let wait = expires_at
                 .duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO);
+            let idle_timeout = shared.config.idle_timeout;
+            let idle_at = activity
+                .idle_until(idle_timeout)
+                .unwrap_or_else(|| tokio::time::Instant::now() + idle_timeout);
             tokio::select! {
                 _ = connection.as_mut() => break true,
                 _ = control::closed(&mut closed) => break false,
+                () = tokio::time::sleep_until(idle_at) => {
+                    let idle = activity
+                        .idle_until(idle_timeout)
+                        .is_some_and(|at| at <= tokio::time::Instant::now());
+                    if idle {
+                        stats::bump(&shared.stats.idle_disconnects);
+                        break false;
+                    }
+                }
                 () = tokio::time::sleep(wait) => {
                     let expired = control
                         .expires_at()
@@ -893,11 +946,111 @@ async fn serve_mtls(shared: Arc<Shared>, stream: tokio_rustls::server::TlsStream
     shared.connections.unregister(id);
 }
 
+/// A connection a connection limit refused: counted and recorded; every request on it is
+/// answered `RESOURCE_EXHAUSTED` with the reason, for at most [`LIMITED_LIFETIME`].
+async fn serve_limited(
+    shared: &Shared,
+    principal: &Principal,
+    limit: ConnectionLimit,
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+) {
+    stats::bump(&shared.stats.connection_limit_hits);
+    let event = Event::Limit(entente_audit::LimitHit {
+        principal: audit::clear(principal.as_str()),
+        limit: audit::clear(limit.name()),
+        scope: audit::clear(""),
+        count: 1,
+        retry_after_ms: 0,
+    });
+    let _ = shared
+        .context
+        .authz
+        .auditor()
+        .submit(principal.as_str(), Outcome::Denied, event);
+    let reason = limit.reason();
+    let service = service_fn(move |_: http::Request<Incoming>| {
+        let status = Status::resource_exhausted(reason.clone());
+        async move { Ok::<_, Infallible>(status.into_http::<Body>()) }
+    });
+    let connection = h2_builder(&shared.config).serve_connection(TokioIo::new(stream), service);
+    let mut shutdown = shared.shutdown.clone();
+    tokio::select! {
+        _ = connection => {}
+        () = tokio::time::sleep(LIMITED_LIFETIME) => {}
+        () = stopped(&mut shutdown) => {}
+    }
+}
+
+/// Whether a mutual-TLS connection is in use (requests being routed, sessions running), and
+/// since when it has not been.
+#[derive(Debug)]
+struct Activity {
+    /// Requests and sessions under way, and when the last one ended (or the connection
+    /// started).
+    state: std::sync::Mutex<(usize, tokio::time::Instant)>,
+}
+
+/// One request or session under way on a connection; the connection is idle again once
+/// none is left.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            state: std::sync::Mutex::new((0, tokio::time::Instant::now())),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, tokio::time::Instant)> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn enter(self: &Arc<Self>) -> Busy {
+        self.lock().0 += 1;
+        Busy(self.clone())
+    }
+
+    /// When the connection will have been idle for `timeout` if nothing starts; `None` while
+    /// it is in use.
+    fn idle_until(&self, timeout: Duration) -> Option<tokio::time::Instant> {
+        let (busy, since) = *self.lock();
+        (busy == 0).then(|| since + timeout)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.0 = state.0.saturating_sub(1);
+        if state.0 == 0 {
+            state.1 = tokio::time::Instant::now();
+        }
+    }
+}
+
+/// Drops the rate limits' buckets that are full again, every [`LIMITS_PURGE`], until
+/// shutdown.
+async fn purge_loop(limiters: Arc<Limiters>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(LIMITS_PURGE) => limiters.purge(),
+            () = stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// The HTTP/2 settings of every connection. A peer that stops answering pings (gone without
+/// closing) is dropped after [`KEEPALIVE_INTERVAL`] and [`KEEPALIVE_TIMEOUT`].
 fn h2_builder(config: &HubConfig) -> http2::Builder<TokioExecutor> {
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .max_concurrent_streams(config.max_streams_per_connection)
-        .max_header_list_size(16 * 1024);
+        .max_header_list_size(16 * 1024)
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(KEEPALIVE_INTERVAL))
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
     builder
 }
 
@@ -907,6 +1060,7 @@ fn h2_builder(config: &HubConfig) -> http2::Builder<TokioExecutor> {
 async fn route_request(
     shared: Arc<Shared>,
     caller: Caller,
+    activity: Arc<Activity>,
     request: http::Request<Incoming>,
 ) -> Result<http::Response<Body>, Infallible> {
     let limits = shared.config.limits;
@@ -917,6 +1071,7 @@ async fn route_request(
                 shared: shared.clone(),
                 principal: caller.principal,
                 control: caller.control,
+                activity,
             };
             let mut grpc = Grpc::new(SessionCodec::new(limits))
                 .max_decoding_message_size(limits.max_frame_bytes)
@@ -1165,6 +1320,8 @@ struct SessionService {
     shared: Arc<Shared>,
     principal: Principal,
     control: ConnectionControl,
+    /// The connection's activity: a running session keeps it busy.
+    activity: Arc<Activity>,
 }
 
 type OutboundStream = Pin<Box<dyn Stream<Item = Result<Outbound, Status>> + Send>>;
@@ -1191,7 +1348,12 @@ impl tower_service::Service<Request<Streaming<ClientFrame>>> for SessionService 
             tx,
             self.control.clone(),
         );
-        tokio::spawn(session::run(session, request.into_inner(), end_tx));
+        let busy = self.activity.enter();
+        let inbound = request.into_inner();
+        tokio::spawn(async move {
+            session::run(session, inbound, end_tx).await;
+            drop(busy);
+        });
         ready(Ok(Response::new(outbound_stream(
             rx,
             end_rx,

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use entente_audit::{DeliveredBatch, Event, Hash, Outcome};
@@ -30,6 +30,7 @@ use crate::codec::{Outbound, max_deliver_len};
 use crate::control::{self, ConnectionControl};
 use crate::durable::{self, DurableError, Stream, Streams};
 use crate::held::{HoldError, NewHold};
+use crate::limits::{Hit, Limiters};
 use crate::queue::OutboundTx;
 use crate::refusal::RefusalCode;
 use crate::replay::{self, Header, SenderWindows};
@@ -52,6 +53,8 @@ pub(crate) struct SessionContext<R> {
     pub(crate) max_subscriptions: usize,
     /// The durable channels.
     pub(crate) streams: Arc<Streams>,
+    /// The rate limits' buckets, shared by every session.
+    pub(crate) limiters: Arc<Limiters>,
 }
 
 impl<R> Clone for SessionContext<R> {
@@ -64,6 +67,7 @@ impl<R> Clone for SessionContext<R> {
             limits: self.limits,
             max_subscriptions: self.max_subscriptions,
             streams: self.streams.clone(),
+            limiters: self.limiters.clone(),
         }
     }
 }
@@ -92,6 +96,20 @@ pub(crate) struct Session<R: Router> {
     /// The durable consumers this session holds, by subscription (their patterns are in
     /// `subscriptions` too).
     durables: HashMap<u64, durable::Held>,
+    /// Limit refusals not yet in the audit log.
+    limit_hits: LimitHits,
+}
+
+/// How often, at most, a session records a run of refusals by the same limit: the first
+/// refusal is recorded at once, the ones after it together, at most once per interval and
+/// when the session ends, each record saying how many it stands for.
+const LIMIT_RECORD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Refusals by one limit since the last record.
+#[derive(Debug, Default)]
+struct LimitHits {
+    pending: Option<(Hit, u64)>,
+    last_record: Option<Instant>,
 }
 
 /// An answer waiting for the audit log (up to a ticket) and for durable channels.
@@ -105,6 +123,8 @@ const ANSWERS_WAITING: usize = 1024;
 struct Refused {
     code: RefusalCode,
     reason: String,
+    /// `RATE_LIMITED`: when the same publish would pass, in milliseconds.
+    retry_after_ms: u64,
 }
 
 /// A publish that passed its checks: what to route, and what it asks of the reply grants.
@@ -178,6 +198,7 @@ impl<R: Router> Session<R> {
             epoch,
             answers,
             durables: HashMap::new(),
+            limit_hits: LimitHits::default(),
         }
     }
 
@@ -218,6 +239,7 @@ impl<R: Router> Session<R> {
 
     /// Removes the session's subscriptions from the router.
     pub(crate) fn finish(&mut self) {
+        self.record_limit_hits();
         for (_, held) in self.durables.drain() {
             held.release();
         }
@@ -374,6 +396,10 @@ impl<R: Router> Session<R> {
 
     async fn publish(&mut self, publish: Publish) -> Result<(), Status> {
         let request_id = publish.request_id;
+        if let Err(hit) = self.check_limits(&publish) {
+            let refused = self.limited(hit);
+            return self.refuse(request_id, refused).await;
+        }
         if let Err(refused) = self.audit_available().await {
             return self.refuse(request_id, refused).await;
         }
@@ -846,6 +872,87 @@ impl<R: Router> Session<R> {
             .submit(self.principal.as_str(), Outcome::Denied, event);
     }
 
+    /// Checks a publish against the rate limits (docs/THREAT_MODEL.md, abuse), before anything
+    /// else is done with it. Every publish counts as one message at least, so that frames
+    /// without envelopes can't flood either.
+    fn check_limits(&self, publish: &Publish) -> Result<(), Hit> {
+        let mut messages = 0u64;
+        let mut bytes = 0u64;
+        for batch in &publish.batches {
+            messages = messages.saturating_add(batch.envelopes.len() as u64);
+            for envelope in &batch.envelopes {
+                bytes = bytes.saturating_add(envelope.ciphertext.len() as u64);
+            }
+        }
+        let limiters = &self.context.limiters;
+        // Channels that don't parse are refused later, whole, as malformed.
+        let channels: Vec<(Channel, u64)> = if limiters.has_channel_classes() {
+            publish
+                .batches
+                .iter()
+                .filter_map(|b| Some((Channel::parse(&b.channel).ok()?, b.envelopes.len() as u64)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        limiters.check_publish(
+            &self.principal,
+            messages.max(1),
+            bytes,
+            channels.iter().map(|(c, n)| (c, *n)),
+        )
+    }
+
+    /// The refusal of a publish a limit refused: counted, and recorded (runs of the same
+    /// limit's refusals together, [`LIMIT_RECORD_INTERVAL`]).
+    fn limited(&mut self, hit: Hit) -> Refused {
+        stats::bump(&self.context.stats.rate_limited);
+        let refused = Refused {
+            code: RefusalCode::RateLimited,
+            reason: bounded(hit.reason.clone()),
+            retry_after_ms: u64::try_from(hit.retry_after.as_millis()).unwrap_or(u64::MAX),
+        };
+        let same = self
+            .limit_hits
+            .pending
+            .as_ref()
+            .is_some_and(|(p, _)| p.limit == hit.limit && p.scope == hit.scope);
+        if !same {
+            self.record_limit_hits();
+        }
+        let count = self.limit_hits.pending.take().map_or(0, |(_, n)| n);
+        self.limit_hits.pending = Some((hit, count + 1));
+        let due = self
+            .limit_hits
+            .last_record
+            .is_none_or(|at| at.elapsed() >= LIMIT_RECORD_INTERVAL);
+        if due {
+            self.record_limit_hits();
+        }
+        refused
+    }
+
+    /// Records the limit refusals not yet recorded, if any.
+    fn record_limit_hits(&mut self) {
+        let Some((hit, count)) = self.limit_hits.pending.take() else {
+            return;
+        };
+        self.limit_hits.last_record = Some(Instant::now());
+        let event = Event::Limit(entente_audit::LimitHit {
+            principal: audit::clear(self.principal.as_str()),
+            limit: audit::clear(hit.limit.as_str()),
+            scope: audit::clear(&hit.scope),
+            count,
+            retry_after_ms: u64::try_from(hit.retry_after.as_millis()).unwrap_or(u64::MAX),
+        });
+        // A failed log refuses everything after it anyway.
+        let _ =
+            self.context
+                .authz
+                .auditor()
+                .submit(self.principal.as_str(), Outcome::Denied, event);
+    }
+
     /// A `DENIED` refusal, counted.
     fn deny(&self, reason: String) -> Refused {
         stats::bump(&self.context.stats.denials);
@@ -923,6 +1030,7 @@ impl<R: Router> Session<R> {
             request_id,
             code: refused.code.as_u32(),
             reason: refused.reason,
+            retry_after_ms: refused.retry_after_ms,
         }))
         .await
     }
@@ -972,6 +1080,7 @@ impl Refused {
         Self {
             code,
             reason: bounded(reason.to_string()),
+            retry_after_ms: 0,
         }
     }
 }
@@ -1016,6 +1125,7 @@ async fn forward_answers(
                 request_id: ack.request_id,
                 code: RefusalCode::Unavailable.as_u32(),
                 reason,
+                retry_after_ms: 0,
             }),
             (_, kind) => kind,
         };
@@ -1164,6 +1274,7 @@ mod tests {
                 limits: Limits::default(),
                 max_subscriptions: 3,
                 streams: Arc::default(),
+                limiters: Arc::new(Limiters::new(&crate::RateLimits::default())),
             },
             replay: ReplayGuard::default(),
             next: 0,

@@ -91,6 +91,12 @@ pub struct HubStats {
     /// Times the grant book could not be stored (the change was refused; an expiry is tried
     /// again).
     pub grant_store_failures: u64,
+    /// Publishes refused by a rate limit (`RATE_LIMITED`).
+    pub rate_limited: u64,
+    /// Connections refused by a connection limit (the hub's or an agent's).
+    pub connection_limit_hits: u64,
+    /// Connections closed after staying idle past the idle timeout.
+    pub idle_disconnects: u64,
 }
 
 /// The live counters.
@@ -130,6 +136,9 @@ pub(crate) struct Stats {
     pub(crate) grant_refusals: AtomicU64,
     pub(crate) grants_expired: AtomicU64,
     pub(crate) grant_store_failures: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
+    pub(crate) connection_limit_hits: AtomicU64,
+    pub(crate) idle_disconnects: AtomicU64,
 }
 
 impl Stats {
@@ -170,6 +179,9 @@ impl Stats {
             grant_refusals: get(&self.grant_refusals),
             grants_expired: get(&self.grants_expired),
             grant_store_failures: get(&self.grant_store_failures),
+            rate_limited: get(&self.rate_limited),
+            connection_limit_hits: get(&self.connection_limit_hits),
+            idle_disconnects: get(&self.idle_disconnects),
         }
     }
 }

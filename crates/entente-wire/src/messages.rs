@@ -331,6 +331,10 @@ pub struct Refusal {
     /// For humans; never payload or secrets.
     #[prost(string, tag = "3")]
     pub reason: String,
+    /// `RATE_LIMITED`: milliseconds after which the same request would pass; zero when it
+    /// never would, and for every other code.
+    #[prost(uint64, tag = "4")]
+    pub retry_after_ms: u64,
 }
 
 /// The hub ended a subscription it had accepted, because authorization changed.

@@ -597,6 +597,7 @@ static REFUSAL: Schema = Schema {
         varint(1, "request_id"),
         varint(2, "code"),
         bytes(3, "reason", Len::Reason),
+        varint(4, "retry_after_ms"),
     ],
 };
 

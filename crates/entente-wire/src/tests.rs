@@ -107,8 +107,9 @@ fn round_trips() {
     let server = ServerFrame {
         kind: Some(server_frame::Kind::Refusal(Refusal {
             request_id: 1,
-            code: 7,
-            reason: "denied".into(),
+            code: 16,
+            reason: "rate limited".into(),
+            retry_after_ms: 250,
         })),
     };
     assert_eq!(

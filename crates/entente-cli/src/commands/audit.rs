@@ -612,6 +612,19 @@ fn summary(event: &Event, actor: &str) -> String {
             q.risk,
             t(&q.evidence)
         ),
+        Event::Limit(l) => {
+            let scope = match &l.scope {
+                Text::Clear(s) if s.is_empty() => String::new(),
+                other => format!(" of {}", t(other)),
+            };
+            format!(
+                "limit {} {}{scope}: {} refusal(s), retry after {} ms",
+                t(&l.limit),
+                t(&l.principal),
+                l.count,
+                l.retry_after_ms
+            )
+        }
         Event::Admin(a) => {
             let detail = match &a.detail {
                 Text::Clear(d) if d.is_empty() => String::new(),
@@ -685,6 +698,13 @@ fn record_json(index: u64, record: &Record, hash: &Hash) -> Value {
             "action": quarantine(q.action),
             "risk": q.risk,
             "evidence": t(&q.evidence),
+        }),
+        Event::Limit(l) => json!({
+            "principal": t(&l.principal),
+            "limit": t(&l.limit),
+            "scope": t(&l.scope),
+            "count": l.count,
+            "retry_after_ms": l.retry_after_ms,
         }),
         Event::Admin(a) => json!({
             "operation": t(&a.operation),

@@ -351,7 +351,7 @@ pub(crate) async fn bench(shape: PubSub, rate: u64, off: Option<Switch>) -> Resu
         subscribers,
     } = shape;
     let (publishers, subscribers) = (publishers.max(1), subscribers.max(1));
-    let scratch = ScratchHub::start_configured(TRUST_DOMAIN, |config| match off {
+    let scratch = ScratchHub::start_for_bench(TRUST_DOMAIN, |config| match off {
         Some(Switch::Authorization) => config.danger.skip_policy_decisions = true,
         Some(Switch::Audit) => config.audit = None,
         None => {}
@@ -714,7 +714,7 @@ pub(crate) async fn durable_publish(
     sync: StreamSync,
 ) -> Result<DurableRun> {
     let channels = ChannelPattern::parse(DURABLE_CHANNEL)?;
-    let scratch = ScratchHub::start_configured(TRUST_DOMAIN, move |config| {
+    let scratch = ScratchHub::start_for_bench(TRUST_DOMAIN, move |config| {
         let mut stream = StreamConfig::new("bench", channels);
         stream.max_messages = u64::MAX;
         stream.max_bytes = u64::MAX;

@@ -174,7 +174,7 @@ pub(crate) async fn entente(shape: Rpc) -> Result<RpcReport> {
         payload,
         inflight,
     } = shape;
-    let scratch = ScratchHub::start(TRUST_DOMAIN).await?;
+    let scratch = ScratchHub::start_for_bench(TRUST_DOMAIN, |_| {}).await?;
     let addr = scratch.addr();
     let mut clients = Vec::new();
     for name in ["requester", "responder"] {

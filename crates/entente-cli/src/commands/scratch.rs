@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::Path, time::Duration, time::SystemTime};
 
 use anyhow::{Context as _, Result};
 use entente_ca::{JoinToken, TrustBundle};
-use entente_hub::{Hub, HubConfig, HubHandle};
+use entente_hub::{Hub, HubConfig, HubHandle, Rate};
 use entente_types::{AgentId, TrustDomain};
 
 use crate::data::DataDir;
@@ -28,6 +28,25 @@ impl ScratchHub {
     /// Initializes a data directory for `trust_domain` and starts a hub on `127.0.0.1:0`.
     pub(crate) async fn start(trust_domain: &str) -> Result<Self> {
         Self::start_configured(trust_domain, |_| {}).await
+    }
+
+    /// A hub for measurement: as [`start_configured`](Self::start_configured), with the rate
+    /// limits set far above what this hub can route, so that they are checked on every
+    /// publish but never refuse one.
+    pub(crate) async fn start_for_bench(
+        trust_domain: &str,
+        configure: impl FnOnce(&mut HubConfig),
+    ) -> Result<Self> {
+        Self::start_configured(trust_domain, |config| {
+            let rate = |per_second| Rate {
+                per_second,
+                burst: u32::MAX,
+            };
+            config.rate_limits.agent_messages = Some(rate(1_000_000_000));
+            config.rate_limits.agent_bytes = Some(rate(u32::MAX));
+            configure(config);
+        })
+        .await
     }
 
     /// As [`start`](Self::start), with `configure` applied to the hub's configuration.

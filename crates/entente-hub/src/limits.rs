@@ -1,0 +1,452 @@
+//! Rate limits (GCRA, through `governor`): per agent, over all its connections, in messages
+//! and in bytes per second; and per channel class, in messages per second.
+//!
+//! A publish is checked whole, before anything else is done with it: the agent's message
+//! limit, then its byte limit, then the limit of each channel class its batches go to. The
+//! first limit it would exceed refuses all of it (`RATE_LIMITED`, with the time after which
+//! the same publish would pass). What a publish took of the limits checked before the one that
+//! refused it stays taken: refused attempts cost the agent as sent ones do, so a flood does not
+//! get cheaper by being refused.
+//!
+//! Each agent's buckets outlive its connections (reconnecting does not refill them); buckets
+//! that are full again are dropped by [`Limiters::purge`].
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use entente_types::{Channel, ChannelPattern, Principal};
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+
+/// A rate: so many per second on average, with bursts of up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// The sustained rate, per second (at least 1).
+    pub per_second: u32,
+    /// The most taken at once after a quiet period (at least 1). A publish larger than this
+    /// never passes.
+    pub burst: u32,
+}
+
+/// A rate for the channels a pattern matches, all of them together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelRate {
+    /// The channel class, e.g. `tasks.>`.
+    pub pattern: ChannelPattern,
+    /// Messages per second into the class, from every agent together.
+    pub rate: Rate,
+}
+
+/// The hub's rate limits (docs/THREAT_MODEL.md, abuse). `None` is no limit of that kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Messages (envelopes) each agent may publish, over all its connections. Default
+    /// 100 000/s, bursts of 200 000.
+    pub agent_messages: Option<Rate>,
+    /// Bytes of ciphertext each agent may publish, over all its connections. Default
+    /// 64 MiB/s, bursts of 128 MiB.
+    pub agent_bytes: Option<Rate>,
+    /// Messages per second into channel classes; a channel counts against the first class
+    /// whose pattern matches it. Default none.
+    pub channels: Vec<ChannelRate>,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            agent_messages: Some(Rate {
+                per_second: 100_000,
+                burst: 200_000,
+            }),
+            agent_bytes: Some(Rate {
+                per_second: 64 << 20,
+                burst: 128 << 20,
+            }),
+            channels: Vec::new(),
+        }
+    }
+}
+
+/// Which limit a publish hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// [`RateLimits::agent_messages`].
+    AgentMessages,
+    /// [`RateLimits::agent_bytes`].
+    AgentBytes,
+    /// A [`ChannelRate`].
+    ChannelMessages,
+}
+
+impl Limit {
+    /// The limit's stable name, as audit records and metrics give it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AgentMessages => "agent-messages",
+            Self::AgentBytes => "agent-bytes",
+            Self::ChannelMessages => "channel-messages",
+        }
+    }
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A publish refused by a limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Hit {
+    pub(crate) limit: Limit,
+    /// The channel class (its pattern) for a channel limit; empty for an agent's.
+    pub(crate) scope: String,
+    /// When the same publish would pass; zero when it never would (larger than the burst).
+    pub(crate) retry_after: Duration,
+    /// What was asked and what the limit allows, for the refusal's reason.
+    pub(crate) reason: String,
+}
+
+type Keyed<C> = RateLimiter<
+    Principal,
+    DefaultKeyedStateStore<Principal>,
+    C,
+    NoOpMiddleware<<C as Clock>::Instant>,
+>;
+type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// What a bucket said: `None` when nothing was asked of it.
+type Outcome<C> =
+    Result<Result<(), governor::NotUntil<<C as Clock>::Instant>>, governor::InsufficientCapacity>;
+
+/// The live buckets of [`RateLimits`].
+pub(crate) struct Limiters<C: Clock = DefaultClock> {
+    agent_messages: Option<(Rate, Keyed<C>)>,
+    agent_bytes: Option<(Rate, Keyed<C>)>,
+    channels: Vec<(ChannelRate, Direct<C>)>,
+    clock: C,
+}
+
+impl<C: Clock> fmt::Debug for Limiters<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Limiters")
+            .field("agent_messages", &self.agent_messages.as_ref().map(|l| l.0))
+            .field("agent_bytes", &self.agent_bytes.as_ref().map(|l| l.0))
+            .field("channels", &self.channels.len())
+            .finish()
+    }
+}
+
+impl RateLimits {
+    /// Refuses a rate of zero.
+    pub(crate) fn check(&self) -> Result<(), &'static str> {
+        let rates = self
+            .agent_messages
+            .iter()
+            .chain(&self.agent_bytes)
+            .chain(self.channels.iter().map(|c| &c.rate));
+        for rate in rates {
+            if rate.per_second == 0 || rate.burst == 0 {
+                return Err("rate limits need a rate and a burst of at least 1");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Limiters<DefaultClock> {
+    pub(crate) fn new(limits: &RateLimits) -> Self {
+        Self::with_clock(limits, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> Limiters<C> {
+    pub(crate) fn with_clock(limits: &RateLimits, clock: C) -> Self {
+        let keyed = |rate: &Rate| {
+            let limiter = RateLimiter::new(
+                quota(*rate),
+                DefaultKeyedStateStore::default(),
+                clock.clone(),
+            );
+            (*rate, limiter)
+        };
+        Self {
+            agent_messages: limits.agent_messages.as_ref().map(keyed),
+            agent_bytes: limits.agent_bytes.as_ref().map(keyed),
+            channels: limits
+                .channels
+                .iter()
+                .map(|c| {
+                    let limiter =
+                        RateLimiter::new(quota(c.rate), InMemoryState::default(), clock.clone());
+                    (c.clone(), limiter)
+                })
+                .collect(),
+            clock,
+        }
+    }
+
+    /// Checks (and takes from) the limits for a publish by `agent` of `messages` envelopes
+    /// and `bytes` of ciphertext, sent to `channels` (each with its envelope count).
+    pub(crate) fn check_publish<'c>(
+        &self,
+        agent: &Principal,
+        messages: u64,
+        bytes: u64,
+        channels: impl IntoIterator<Item = (&'c Channel, u64)>,
+    ) -> Result<(), Hit> {
+        if let Some((rate, limiter)) = &self.agent_messages {
+            let outcome = amount(messages).map(|n| limiter.check_key_n(agent, n));
+            self.verdict(
+                outcome,
+                Limit::AgentMessages,
+                "",
+                *rate,
+                messages,
+                "messages",
+            )?;
+        }
+        if let Some((rate, limiter)) = &self.agent_bytes {
+            let outcome = amount(bytes).map(|n| limiter.check_key_n(agent, n));
+            self.verdict(outcome, Limit::AgentBytes, "", *rate, bytes, "bytes")?;
+        }
+        if self.channels.is_empty() {
+            return Ok(());
+        }
+        // Envelopes per channel class, in the order of the classes.
+        let mut per_class = vec![0u64; self.channels.len()];
+        for (channel, count) in channels {
+            let class = self
+                .channels
+                .iter()
+                .position(|(c, _)| c.pattern.matches(channel));
+            if let Some(total) = class.and_then(|class| per_class.get_mut(class)) {
+                *total = total.saturating_add(count);
+            }
+        }
+        for ((class, limiter), count) in self.channels.iter().zip(per_class) {
+            if count == 0 {
+                continue;
+            }
+            let outcome = amount(count).map(|n| limiter.check_n(n));
+            let scope = class.pattern.as_str();
+            self.verdict(
+                outcome,
+                Limit::ChannelMessages,
+                scope,
+                class.rate,
+                count,
+                "messages",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Whether any channel class is limited (else a publish's channels need not be read).
+    pub(crate) fn has_channel_classes(&self) -> bool {
+        !self.channels.is_empty()
+    }
+
+    /// Drops the agents' buckets that are full again (as good as new).
+    pub(crate) fn purge(&self) {
+        for (_, limiter) in self.agent_messages.iter().chain(&self.agent_bytes) {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+
+    fn verdict(
+        &self,
+        outcome: Option<Outcome<C>>,
+        limit: Limit,
+        scope: &str,
+        rate: Rate,
+        asked: u64,
+        unit: &str,
+    ) -> Result<(), Hit> {
+        let allows = format!("{} {unit}/s, bursts of {}", rate.per_second, rate.burst);
+        let named = if scope.is_empty() {
+            format!("the {limit} limit ({allows})")
+        } else {
+            format!("the {limit} limit of `{scope}` ({allows})")
+        };
+        let (retry_after, reason) = match outcome {
+            // Nothing to count: nothing to limit.
+            None | Some(Ok(Ok(()))) => return Ok(()),
+            Some(Ok(Err(not_until))) => {
+                let wait = not_until.wait_time_from(self.clock.now());
+                // Whole milliseconds, rounded up: retrying after the time given passes.
+                let wait = Duration::from_millis(
+                    u64::try_from(wait.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX),
+                );
+                (
+                    wait,
+                    format!(
+                        "{asked} {unit} exceed {named}; retry after {} ms",
+                        wait.as_millis()
+                    ),
+                )
+            }
+            Some(Err(_)) => (
+                Duration::ZERO,
+                format!(
+                    "{asked} {unit} in one publish exceed the burst of {named}; send fewer at once"
+                ),
+            ),
+        };
+        Err(Hit {
+            limit,
+            scope: scope.to_owned(),
+            retry_after,
+            reason,
+        })
+    }
+}
+
+fn quota(rate: Rate) -> Quota {
+    let per_second = NonZeroU32::new(rate.per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(per_second).allow_burst(burst)
+}
+
+/// `n` as a bucket amount: `None` for zero (nothing to take); above `u32::MAX`, `u32::MAX`
+/// (more than any burst, so refused as too large).
+fn amount(n: u64) -> Option<NonZeroU32> {
+    NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use governor::clock::FakeRelativeClock;
+
+    use super::*;
+
+    fn agent(name: &str) -> Principal {
+        Principal::parse(&format!("spiffe://example.org/agent/demo/{name}")).unwrap()
+    }
+
+    fn limits(messages: Rate, channels: Vec<ChannelRate>) -> RateLimits {
+        RateLimits {
+            agent_messages: Some(messages),
+            agent_bytes: Some(Rate {
+                per_second: 1000,
+                burst: 2000,
+            }),
+            channels,
+        }
+    }
+
+    #[test]
+    fn an_agent_gets_its_burst_then_its_rate_and_others_are_untouched() {
+        let clock = FakeRelativeClock::default();
+        let rate = Rate {
+            per_second: 10,
+            burst: 20,
+        };
+        let limiters = Limiters::with_clock(&limits(rate, Vec::new()), clock.clone());
+        let (alice, bob) = (agent("alice"), agent("bob"));
+        let none: [(&Channel, u64); 0] = [];
+        limiters.check_publish(&alice, 20, 20, none).unwrap();
+        let hit = limiters.check_publish(&alice, 1, 1, none).unwrap_err();
+        assert_eq!(hit.limit, Limit::AgentMessages);
+        // One message every 100 ms.
+        assert_eq!(hit.retry_after, Duration::from_millis(100));
+        assert!(hit.reason.contains("retry after 100 ms"), "{}", hit.reason);
+        // Bob has his own bucket.
+        limiters.check_publish(&bob, 20, 20, none).unwrap();
+        clock.advance(Duration::from_millis(100));
+        limiters.check_publish(&alice, 1, 1, none).unwrap();
+        // More than the burst never passes.
+        let hit = limiters.check_publish(&bob, 21, 1, none).unwrap_err();
+        assert_eq!(hit.retry_after, Duration::ZERO);
+        assert!(hit.reason.contains("send fewer at once"), "{}", hit.reason);
+    }
+
+    #[test]
+    fn bytes_are_limited_too() {
+        let clock = FakeRelativeClock::default();
+        let rate = Rate {
+            per_second: 1_000_000,
+            burst: 1_000_000,
+        };
+        let limiters = Limiters::with_clock(&limits(rate, Vec::new()), clock);
+        let none: [(&Channel, u64); 0] = [];
+        limiters.check_publish(&agent("a"), 1, 2000, none).unwrap();
+        let hit = limiters
+            .check_publish(&agent("a"), 1, 500, none)
+            .unwrap_err();
+        assert_eq!(hit.limit, Limit::AgentBytes);
+        assert_eq!(hit.retry_after, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_channel_class_is_shared_and_the_first_matching_class_counts() {
+        let clock = FakeRelativeClock::default();
+        let class = |pattern: &str, per_second| ChannelRate {
+            pattern: ChannelPattern::parse(pattern).unwrap(),
+            rate: Rate {
+                per_second,
+                burst: per_second,
+            },
+        };
+        let generous = Rate {
+            per_second: 1_000_000,
+            burst: 1_000_000,
+        };
+        let mut limits = limits(generous, vec![class("tasks.>", 5), class(">", 1000)]);
+        limits.agent_bytes = None;
+        let limiters = Limiters::with_clock(&limits, clock);
+        let tasks = Channel::parse("tasks.eu").unwrap();
+        let other = Channel::parse("news.eu").unwrap();
+        limiters
+            .check_publish(&agent("a"), 3, 0, [(&tasks, 3)])
+            .unwrap();
+        // Another agent shares the class's bucket.
+        let hit = limiters
+            .check_publish(&agent("b"), 3, 0, [(&tasks, 3), (&other, 0)])
+            .unwrap_err();
+        assert_eq!(hit.limit, Limit::ChannelMessages);
+        assert_eq!(hit.scope, "tasks.>");
+        assert!(hit.retry_after > Duration::ZERO);
+        // `news.eu` counts against `>` only.
+        limiters
+            .check_publish(&agent("b"), 500, 0, [(&other, 500)])
+            .unwrap();
+    }
+
+    #[test]
+    fn purged_buckets_are_the_full_ones() {
+        let clock = FakeRelativeClock::default();
+        let rate = Rate {
+            per_second: 10,
+            burst: 10,
+        };
+        let limiters = Limiters::with_clock(&limits(rate, Vec::new()), clock.clone());
+        let none: [(&Channel, u64); 0] = [];
+        limiters.check_publish(&agent("a"), 10, 1, none).unwrap();
+        limiters.purge();
+        // Still empty after the purge: the bucket was kept.
+        assert!(limiters.check_publish(&agent("a"), 1, 1, none).is_err());
+        clock.advance(Duration::from_secs(10));
+        limiters.purge();
+        let (_, keyed) = limiters.agent_messages.as_ref().unwrap();
+        assert!(keyed.is_empty());
+    }
+
+    #[test]
+    fn zero_rates_are_refused() {
+        let mut limits = RateLimits::default();
+        assert!(limits.check().is_ok());
+        limits.agent_bytes = Some(Rate {
+            per_second: 0,
+            burst: 1,
+        });
+        assert!(limits.check().is_err());
+    }
+}

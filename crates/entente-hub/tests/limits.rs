@@ -1,0 +1,270 @@
+//! Rate and connection limits of a real hub on 127.0.0.1:0, through the SDK: an agent over
+//! its rate is refused whole with `RATE_LIMITED` and a retry-after while other agents go on,
+//! nothing refused is delivered and nothing passed is lost; a channel class is shared by
+//! every agent; connections beyond an agent's or the hub's limit are refused with a clear
+//! error; every limit hit is counted and recorded in the audit log.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::time::{Duration, Instant};
+
+use entente_audit::{Event, Outcome, Record};
+use entente_client::{Client, ClientOptions, ErrorKind, Identity, RefusalCode, Subscription};
+use entente_hub::{AuditConfig, ChannelRate, Rate};
+use entente_testkit::{TestHub, raw};
+use entente_types::ChannelPattern;
+use futures_util::StreamExt as _;
+use tempfile::TempDir;
+
+const POLICIES: &str = r#"
+    @id("shop-orders")
+    @cross_segment
+    permit (principal in Segment::"shop",
+            action in [Action::"publish", Action::"subscribe"],
+            resource in Namespace::"orders");
+"#;
+
+async fn start(dir: &TempDir, change: impl FnOnce(&mut entente_hub::HubConfig)) -> TestHub {
+    let audit = dir.path().join("audit");
+    TestHub::builder()
+        .policies(POLICIES)
+        .config(move |c| {
+            c.audit = Some(AuditConfig {
+                seal_interval: Duration::from_millis(50),
+                ..AuditConfig::new(audit)
+            });
+            change(c);
+        })
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn records(hub: &TestHub) -> Vec<Record> {
+    let (records, _) = hub.hub().audit_records(0, 100_000).await.unwrap().unwrap();
+    records
+}
+
+/// The limit records of the log: (principal, limit, scope, count).
+async fn limit_records(hub: &TestHub) -> Vec<(String, String, String, u64)> {
+    let text = |t: &entente_audit::Text| t.as_clear().unwrap_or_default().to_owned();
+    records(hub)
+        .await
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::Limit(l) => {
+                assert_eq!(r.outcome, Outcome::Denied);
+                Some((text(&l.principal), text(&l.limit), text(&l.scope), l.count))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Reads what `subscription` has until it has been quiet for a moment.
+async fn drain(subscription: &mut Subscription) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_millis(500), subscription.next()).await
+    {
+        got.push(message.unwrap().payload);
+    }
+    got
+}
+
+#[tokio::test]
+async fn an_agent_over_its_rate_is_refused_with_a_retry_after_and_others_go_on() {
+    let dir = TempDir::new().unwrap();
+    // Bursts of 10, then one message a second.
+    let hub = start(&dir, |c| {
+        c.rate_limits.agent_messages = Some(Rate {
+            per_second: 1,
+            burst: 10,
+        });
+    })
+    .await;
+    let alice = hub.connect_agent("shop", "alice").await.unwrap();
+    let bob = hub.connect_agent("shop", "bob").await.unwrap();
+    let carol = hub.connect_agent("shop", "carol").await.unwrap();
+    let mut orders = carol.subscribe("orders.>").await.unwrap();
+
+    let start = Instant::now();
+    let mut passed = Vec::new();
+    let refused = loop {
+        let payload = format!("alice {}", passed.len());
+        match alice.publish("orders.eu", payload.clone()).await {
+            Ok(()) => passed.push(payload.into_bytes()),
+            Err(e) => break e,
+        }
+        assert!(passed.len() < 100, "alice was never limited");
+    };
+    // The burst, and what the rate gave back meanwhile.
+    let allowed = 10 + start.elapsed().as_secs() as usize + 1;
+    assert!(
+        (10..=allowed).contains(&passed.len()),
+        "{} passed",
+        passed.len()
+    );
+    assert_eq!(refused.kind(), ErrorKind::Limited, "{refused}");
+    assert_eq!(refused.refusal_code(), Some(RefusalCode::RateLimited));
+    let retry_after = refused.retry_after().expect("a retry-after");
+    assert!(
+        retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1),
+        "{retry_after:?}"
+    );
+    assert!(refused.to_string().contains("agent-messages"), "{refused}");
+
+    // Bob has a bucket of his own.
+    for i in 0..10 {
+        bob.publish("orders.eu", format!("bob {i}")).await.unwrap();
+    }
+    // Alice passes again once the time she was given is over.
+    tokio::time::sleep(retry_after).await;
+    alice.publish("orders.eu", "alice again").await.unwrap();
+
+    // Everything that passed arrives, once; nothing refused does.
+    let got = drain(&mut orders).await;
+    let mut expected = passed.clone();
+    expected.extend((0..10).map(|i| format!("bob {i}").into_bytes()));
+    expected.push(b"alice again".to_vec());
+    let (mut got_sorted, mut expected_sorted) = (got.clone(), expected.clone());
+    got_sorted.sort();
+    expected_sorted.sort();
+    assert_eq!(got_sorted, expected_sorted);
+
+    assert!(hub.stats().rate_limited >= 1);
+    let limits = limit_records(&hub).await;
+    let alice_id = alice.principal().to_string();
+    let recorded: u64 = limits
+        .iter()
+        .filter(|(p, l, s, _)| *p == alice_id && l == "agent-messages" && s.is_empty())
+        .map(|(.., count)| count)
+        .sum();
+    assert!(recorded >= 1, "{limits:?}");
+    assert!(limits.iter().all(|(p, ..)| *p == alice_id), "{limits:?}");
+}
+
+#[tokio::test]
+async fn a_channel_class_is_shared_by_every_agent_and_other_channels_are_free() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir, |c| {
+        c.rate_limits.channels = vec![ChannelRate {
+            pattern: ChannelPattern::parse("orders.bulk.>").unwrap(),
+            rate: Rate {
+                per_second: 1,
+                burst: 5,
+            },
+        }];
+    })
+    .await;
+    let alice = hub.connect_agent("shop", "alice").await.unwrap();
+    let bob = hub.connect_agent("shop", "bob").await.unwrap();
+    let mut sent = 0;
+    let refused = loop {
+        match alice.publish("orders.bulk.eu", "bulk").await {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(sent < 50, "the class never limited");
+    };
+    assert!(sent >= 5, "{sent}");
+    assert_eq!(refused.kind(), ErrorKind::Limited, "{refused}");
+    assert!(refused.to_string().contains("`orders.bulk.>`"), "{refused}");
+    // Bob shares the class's bucket.
+    let shared = bob.publish("orders.bulk.us", "bulk").await.unwrap_err();
+    assert_eq!(shared.refusal_code(), Some(RefusalCode::RateLimited));
+    // Other channels are not in the class.
+    for _ in 0..20 {
+        alice.publish("orders.eu", "plain").await.unwrap();
+    }
+    let limits = limit_records(&hub).await;
+    assert!(
+        limits
+            .iter()
+            .any(|(_, l, s, _)| l == "channel-messages" && s == "orders.bulk.>"),
+        "{limits:?}"
+    );
+}
+
+/// Connects `identity` through the SDK, with the SDK's error.
+async fn connect(hub: &TestHub, identity: &Identity) -> Result<Client, entente_client::Error> {
+    Client::connect(identity.clone(), hub.addr(), ClientOptions::new()).await
+}
+
+#[tokio::test]
+async fn connections_beyond_an_agents_or_the_hubs_limit_are_refused_clearly() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir, |c| {
+        c.max_connections_per_agent = 2;
+        c.max_connections = 3;
+    })
+    .await;
+    let alice = hub.enroll("shop", "alice").await.unwrap();
+    let first = hub.connect(alice.clone()).await.unwrap();
+    let _second = hub.connect(alice.clone()).await.unwrap();
+    let third = connect(&hub, &alice).await.unwrap_err();
+    assert_eq!(third.kind(), ErrorKind::Limited, "{third}");
+    assert!(
+        third.to_string().contains("already has 2 connections"),
+        "{third}"
+    );
+    // The third connection of the hub is bob's; carol's would be a fourth.
+    let _bob = hub.connect_agent("shop", "bob").await.unwrap();
+    let carol = hub.enroll("shop", "carol").await.unwrap();
+    let refused = connect(&hub, &carol).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Limited, "{refused}");
+    assert!(
+        refused.to_string().contains("serves 3 connections"),
+        "{refused}"
+    );
+    assert_eq!(hub.stats().connection_limit_hits, 2);
+
+    // A closed connection makes room again.
+    first.close().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match connect(&hub, &carol).await {
+            Ok(_) => break,
+            Err(e) if e.kind() == ErrorKind::Limited && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    let limits = limit_records(&hub).await;
+    let named = |name: &str, who: &str| {
+        limits
+            .iter()
+            .any(|(p, l, _, n)| l == name && p.ends_with(who) && *n == 1)
+    };
+    assert!(named("connections-per-agent", "/alice"), "{limits:?}");
+    assert!(named("connections", "/carol"), "{limits:?}");
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_and_one_with_a_session_is_not() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir, |c| c.idle_timeout = Duration::from_millis(300)).await;
+    // The SDK opens its session as it connects: never idle.
+    let alice = hub.connect_agent("shop", "alice").await.unwrap();
+    // A raw connection that opens nothing.
+    let bob = hub.enroll("shop", "bob").await.unwrap();
+    let config = raw::client_config(&bob, hub.trust()).unwrap();
+    let idle = raw::Client::connect(hub.addr(), config, &hub.server_name())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hub.stats().idle_disconnects == 0 {
+        assert!(Instant::now() < deadline, "the idle connection was kept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(idle.session().await.is_err());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    alice.publish("orders.eu", "still here").await.unwrap();
+    assert_eq!(hub.stats().idle_disconnects, 1);
+}
