@@ -350,6 +350,18 @@ pub(crate) struct ConfigFile {
     /// Rate and connection limits (docs/THREAT_MODEL.md); defaults when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) limits: Option<LimitsTable>,
+    /// The Prometheus metrics endpoint; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) metrics: Option<MetricsTable>,
+}
+
+/// The `[metrics]` table of `config.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MetricsTable {
+    /// Address and port to serve `GET /metrics` on, plain HTTP (`127.0.0.1:9464`): keep it on
+    /// loopback or behind a scraper that authenticates.
+    pub(crate) listen: String,
 }
 
 /// The `[limits]` table of `config.toml`. Each field left out keeps the hub's default.
@@ -557,6 +569,7 @@ impl ConfigFile {
             durable: Vec::new(),
             ca_rollover: None,
             limits: None,
+            metrics: None,
         }
     }
 
@@ -618,6 +631,15 @@ impl ConfigFile {
         };
         if let Some(limits) = &self.limits {
             limits.apply(&mut config)?;
+        }
+        if let Some(metrics) = &self.metrics {
+            let addr: SocketAddr = metrics.listen.parse().with_context(|| {
+                format!(
+                    "`[metrics]` `listen`: `{}` is not an address:port",
+                    metrics.listen
+                )
+            })?;
+            config.metrics_listen = Some(addr);
         }
         Ok(config)
     }
@@ -886,6 +908,10 @@ mod tests {
         );
         assert_eq!(hub.max_connections_per_agent, 4);
         assert_eq!(hub.max_connections, HubConfig::default().max_connections);
+        assert_eq!(hub.metrics_listen, None);
+        let text = format!("{head}[metrics]\nlisten = \"127.0.0.1:9464\"\n");
+        let hub = ConfigFile::parse(&text).unwrap().to_hub_config().unwrap();
+        assert_eq!(hub.metrics_listen, "127.0.0.1:9464".parse().ok());
 
         for (table, needle) in [
             (
@@ -901,6 +927,7 @@ mod tests {
                 "at least 1",
             ),
             ("[limits]\nagent_rate = 5\n", "agent_rate"),
+            ("[metrics]\nlisten = \"localhost\"\n", "[metrics]"),
         ] {
             let err = ConfigFile::parse(&format!("{head}{table}"))
                 .and_then(|c| c.to_hub_config())

@@ -58,6 +58,10 @@ pub struct HubConfig {
     pub max_subscriptions: usize,
     /// Most concurrent gRPC streams (sessions) on one connection. Default 4.
     pub max_streams_per_connection: u32,
+    /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP; docs/THREAT_MODEL.md):
+    /// counts by channel class and limit, never a principal or a channel. Default `None`: not
+    /// served. Keep it on loopback or behind an authenticating scraper.
+    pub metrics_listen: Option<SocketAddr>,
     /// Rate limits per agent and per channel class ([`RateLimits`]). Default: 100 000
     /// messages and 64 MiB per second per agent.
     pub rate_limits: RateLimits,
@@ -124,6 +128,7 @@ impl Default for HubConfig {
             idle_timeout: Duration::from_secs(60),
             max_subscriptions: 1024,
             max_streams_per_connection: 4,
+            metrics_listen: None,
             rate_limits: RateLimits::default(),
             max_connections: 20_000,
             max_connections_per_agent: 256,

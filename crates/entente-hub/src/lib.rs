@@ -336,6 +336,7 @@ mod held;
 mod identity;
 mod keys;
 mod limits;
+mod metrics;
 mod policies;
 pub mod queue;
 mod refusal;

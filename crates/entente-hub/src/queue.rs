@@ -111,6 +111,13 @@ impl OutboundTx {
     pub fn free_bytes(&self) -> usize {
         self.bytes.available_permits()
     }
+
+    /// Frames and bytes of deliveries waiting in the queue now.
+    pub fn queued(&self) -> (usize, usize) {
+        let frames = self.frames.max_capacity() - self.frames.capacity();
+        let bytes = (self.max_bytes as usize).saturating_sub(self.free_bytes());
+        (frames, bytes)
+    }
 }
 
 impl Clone for Budget {

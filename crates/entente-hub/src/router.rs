@@ -121,6 +121,24 @@ impl LocalRouter {
         }
     }
 
+    /// Frames and bytes waiting in the outbound queues of the sessions holding subscriptions:
+    /// `((frames in all, most in one queue), (bytes in all, most in one queue))`.
+    pub fn queued(&self) -> ((usize, usize), (usize, usize)) {
+        let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = std::collections::HashSet::new();
+        let (mut frames, mut bytes) = ((0, 0), (0, 0));
+        let entries = table.literal.values().flatten().chain(&table.wildcard);
+        for entry in entries {
+            if !seen.insert(entry.subscriber.session) {
+                continue;
+            }
+            let (f, b) = entry.subscriber.outbound.queued();
+            frames = (frames.0 + f, frames.1.max(f));
+            bytes = (bytes.0 + b, bytes.1.max(b));
+        }
+        (frames, bytes)
+    }
+
     /// How many subscriptions are registered.
     pub fn subscriptions(&self) -> usize {
         let table = self.table.read().unwrap_or_else(PoisonError::into_inner);

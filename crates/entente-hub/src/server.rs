@@ -65,6 +65,7 @@ use crate::grants::{
 use crate::held::{self, LIST_HELD_PATH};
 use crate::keys::{self, KEYS_PATH};
 use crate::limits::Limiters;
+use crate::metrics;
 use crate::policies::{CHECK_POLICY_PATH, LOAD_POLICIES_PATH, SHOW_POLICIES_PATH};
 use crate::queue::OutboundTx;
 use crate::registry::Registry;
@@ -120,6 +121,8 @@ pub struct Hub;
 #[derive(Debug)]
 pub struct HubHandle {
     local_addr: SocketAddr,
+    /// Where the metrics endpoint listens, if it is on.
+    metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     accept: Option<JoinHandle<()>>,
@@ -141,6 +144,8 @@ pub struct HubHandle {
 #[derive(Debug)]
 struct Shared {
     config: HubConfig,
+    /// The hub's own certificate in use.
+    resolver: Arc<HubCertResolver>,
     trust: TrustBundle,
     tls: TlsConfigs,
     verifier: Arc<SvidClientVerifier>,
@@ -183,7 +188,7 @@ impl Hub {
                 .map_err(|e| HubError::Certificate(e.to_string()))?,
         );
         let (key, not_after) = tls::issue_hub_cert(&ca, &hub, &provider, SystemTime::now())?;
-        let resolver = Arc::new(HubCertResolver::new(key));
+        let resolver = Arc::new(HubCertResolver::new(key, not_after));
         let revocations = Arc::new(RevocationState::default());
         if let Some((_, bytes)) = registry.revocations().await? {
             let list =
@@ -214,6 +219,15 @@ impl Hub {
             addr: config.listen,
             source,
         })?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| HubError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().and_then(metrics::bound);
 
         let stats = Arc::new(Stats::default());
         let audit_keystore = config
@@ -302,6 +316,7 @@ impl Hub {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             config,
+            resolver: resolver.clone(),
             trust,
             tls,
             verifier,
@@ -315,6 +330,12 @@ impl Hub {
             shutdown: shutdown_rx.clone(),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone(), shutdown_rx.clone()));
+        if let Some(listener) = metrics_listener {
+            // The endpoint holds the hub weakly: it never keeps a stopped hub alive.
+            let weak = Arc::downgrade(&shared);
+            let scrape = move || weak.upgrade().map(|s| s.metrics()).unwrap_or_default();
+            tokio::spawn(metrics::serve(listener, scrape, shutdown_rx.clone()));
+        }
         tokio::spawn(purge_loop(
             shared.context.limiters.clone(),
             shutdown_rx.clone(),
@@ -346,6 +367,7 @@ impl Hub {
         ));
         Ok(HubHandle {
             local_addr,
+            metrics_addr,
             shared,
             shutdown,
             accept: Some(accept),
@@ -366,6 +388,17 @@ impl HubHandle {
     /// The address the hub listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the Prometheus metrics endpoint listens on (`HubConfig::metrics_listen`),
+    /// if it is on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The metrics as the endpoint serves them (the Prometheus text format).
+    pub fn metrics(&self) -> String {
+        self.shared.metrics()
     }
 
     /// The hub's counters.
@@ -677,6 +710,39 @@ impl Shared {
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
+
+    /// The metrics endpoint's page, read now.
+    fn metrics(&self) -> String {
+        let now = SystemTime::now();
+        let since = |ms: u64| {
+            let made = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+            -metrics::seconds_until(made, now)
+        };
+        let data_key_age = self
+            .services
+            .data_keys
+            .status()
+            .into_iter()
+            .find(|k| k.current)
+            .map(|k| since(k.created_ms));
+        let (intermediates, _, _) = self.services.ca.status();
+        let intermediates = intermediates
+            .iter()
+            .map(|i| (i.role.clone(), -since(i.not_after_ms)))
+            .collect();
+        let (queued_frames, queued_bytes) = self.context.router.queued();
+        let snapshot = metrics::Snapshot {
+            connections: self.connections.len(),
+            subscriptions: self.context.router.subscriptions(),
+            queued_frames,
+            queued_bytes,
+            stats: self.stats.snapshot(),
+            data_key_age,
+            intermediates,
+            hub_certificate_expiry: Some(metrics::seconds_until(self.resolver.not_after(), now)),
+        };
+        metrics::render(&snapshot, &self.stats.traffic)
+    }
 }
 
 // === accept loop ===
@@ -736,7 +802,7 @@ async fn renew_loop<R: Send + Sync + 'static>(
         };
         match issued {
             Ok(Ok((key, expires))) => {
-                resolver.replace(key);
+                resolver.replace(key, expires);
                 not_after = expires;
                 wait = half_life(not_after);
             }
@@ -955,6 +1021,7 @@ async fn serve_limited(
     stream: tokio_rustls::server::TlsStream<TcpStream>,
 ) {
     stats::bump(&shared.stats.connection_limit_hits);
+    shared.stats.traffic.limit_hit(limit.name());
     let event = Event::Limit(entente_audit::LimitHit {
         principal: audit::clear(principal.as_str()),
         limit: audit::clear(limit.name()),

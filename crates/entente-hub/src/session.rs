@@ -31,6 +31,7 @@ use crate::control::{self, ConnectionControl};
 use crate::durable::{self, DurableError, Stream, Streams};
 use crate::held::{HoldError, NewHold};
 use crate::limits::{Hit, Limiters};
+use crate::metrics::Class;
 use crate::queue::OutboundTx;
 use crate::refusal::RefusalCode;
 use crate::replay::{self, Header, SenderWindows};
@@ -104,6 +105,9 @@ pub(crate) struct Session<R: Router> {
 /// refusal is recorded at once, the ones after it together, at most once per interval and
 /// when the session ends, each record saying how many it stands for.
 const LIMIT_RECORD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Envelopes and bytes of a publish by channel class ([`Class`] order).
+type Traffic = [(u64, u64); 4];
 
 /// Refusals by one limit since the last record.
 #[derive(Debug, Default)]
@@ -395,8 +399,20 @@ impl<R: Router> Session<R> {
     }
 
     async fn publish(&mut self, publish: Publish) -> Result<(), Status> {
+        let started = Instant::now();
+        let answered = self.publish_timed(publish).await;
+        self.context
+            .stats
+            .traffic
+            .publish
+            .observe(started.elapsed());
+        answered
+    }
+
+    async fn publish_timed(&mut self, publish: Publish) -> Result<(), Status> {
         let request_id = publish.request_id;
-        if let Err(hit) = self.check_limits(&publish) {
+        let mut traffic = Traffic::default();
+        if let Err(hit) = self.check_limits(&publish, &mut traffic) {
             let refused = self.limited(hit);
             return self.refuse(request_id, refused).await;
         }
@@ -479,6 +495,11 @@ impl<R: Router> Session<R> {
             withheld += outcome.withheld;
         }
         let stats = &self.context.stats;
+        for (class, (messages, bytes)) in Class::ALL.into_iter().zip(traffic) {
+            if messages > 0 {
+                stats.traffic.routed(class, messages, bytes);
+            }
+        }
         stats::add(&stats.withheld_deliveries, withheld as u64);
         stats::add(&stats.delivery_failures, failed as u64);
         stats::add(&stats.slow_consumer_disconnects, slow as u64);
@@ -875,13 +896,25 @@ impl<R: Router> Session<R> {
     /// Checks a publish against the rate limits (docs/THREAT_MODEL.md, abuse), before anything
     /// else is done with it. Every publish counts as one message at least, so that frames
     /// without envelopes can't flood either.
-    fn check_limits(&self, publish: &Publish) -> Result<(), Hit> {
+    fn check_limits(&self, publish: &Publish, traffic: &mut Traffic) -> Result<(), Hit> {
         let mut messages = 0u64;
         let mut bytes = 0u64;
         for batch in &publish.batches {
             messages = messages.saturating_add(batch.envelopes.len() as u64);
+            let kind = batch.channel.split('.').next();
             for envelope in &batch.envelopes {
-                bytes = bytes.saturating_add(envelope.ciphertext.len() as u64);
+                let size = envelope.ciphertext.len() as u64;
+                bytes = bytes.saturating_add(size);
+                let class = match kind {
+                    Some(REPLY_PREFIX) => Class::Reply,
+                    Some(DIRECT_PREFIX) => Class::Direct,
+                    _ if !envelope.reply_to.is_empty() => Class::Request,
+                    _ => Class::PubSub,
+                };
+                if let Some((m, b)) = traffic.get_mut(class as usize) {
+                    *m += 1;
+                    *b += size;
+                }
             }
         }
         let limiters = &self.context.limiters;
@@ -907,6 +940,7 @@ impl<R: Router> Session<R> {
     /// limit's refusals together, [`LIMIT_RECORD_INTERVAL`]).
     fn limited(&mut self, hit: Hit) -> Refused {
         stats::bump(&self.context.stats.rate_limited);
+        self.context.stats.traffic.rate_limited(hit.limit);
         let refused = Refused {
             code: RefusalCode::RateLimited,
             reason: bounded(hit.reason.clone()),

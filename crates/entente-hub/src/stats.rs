@@ -139,6 +139,8 @@ pub(crate) struct Stats {
     pub(crate) rate_limited: AtomicU64,
     pub(crate) connection_limit_hits: AtomicU64,
     pub(crate) idle_disconnects: AtomicU64,
+    /// Traffic by channel class, limit hits by limit, publish latency (the metrics endpoint).
+    pub(crate) traffic: crate::metrics::Traffic,
 }
 
 impl Stats {

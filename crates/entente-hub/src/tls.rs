@@ -70,6 +70,8 @@ pub(crate) enum Listener {
 #[derive(Debug)]
 pub(crate) struct HubCertResolver {
     current: RwLock<Arc<CertifiedKey>>,
+    /// When the certificate in use expires.
+    not_after: RwLock<SystemTime>,
 }
 
 /// The crypto provider of every hub and client configuration: aws-lc-rs.
@@ -128,14 +130,27 @@ impl TlsConfigs {
 // === impl HubCertResolver ===
 
 impl HubCertResolver {
-    pub(crate) fn new(key: Arc<CertifiedKey>) -> Self {
+    pub(crate) fn new(key: Arc<CertifiedKey>, not_after: SystemTime) -> Self {
         Self {
             current: RwLock::new(key),
+            not_after: RwLock::new(not_after),
         }
     }
 
-    pub(crate) fn replace(&self, key: Arc<CertifiedKey>) {
+    pub(crate) fn replace(&self, key: Arc<CertifiedKey>, not_after: SystemTime) {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = key;
+        *self
+            .not_after
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = not_after;
+    }
+
+    /// When the certificate in use expires.
+    pub(crate) fn not_after(&self) -> SystemTime {
+        *self
+            .not_after
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 

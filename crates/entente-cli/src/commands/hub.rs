@@ -47,6 +47,7 @@ pub(crate) fn start(
                 "{}",
                 serde_json::json!({
                     "listening": addr.to_string(),
+                    "metrics": hub.metrics_addr().map(|a| format!("http://{a}/metrics")),
                     "trust_domain": data.config.trust_domain,
                     "data": data.root.display().to_string(),
                     "created": data.created,
@@ -88,6 +89,9 @@ pub(crate) fn start(
                     running.set.len(),
                     running.epoch
                 ),
+            }
+            if let Some(metrics) = hub.metrics_addr() {
+                println!("metrics: http://{metrics}/metrics");
             }
             println!(
                 "hub listening on {addr} for trust domain `{}` (Ctrl-C or SIGTERM to stop)",

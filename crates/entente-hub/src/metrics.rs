@@ -1,0 +1,537 @@
+//! The Prometheus metrics endpoint (`HubConfig::metrics_listen`): `GET /metrics` over plain
+//! HTTP/1.1, in the text exposition format 0.0.4.
+//!
+//! What it shows is counts, gauges and latencies, never a principal, a channel name, a key or a
+//! reason: traffic is counted by channel class (`pubsub`, `request`, `reply`, `direct`), limit
+//! hits by limit, decisions by result. Keep it on loopback (the default address) or behind a
+//! scraper that authenticates: the counters tell how busy the hub is.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::limits::Limit;
+
+/// Scrapes served at once; more wait for their turn in the accept queue.
+const MAX_SCRAPERS: usize = 16;
+/// Time a scraper has to send its request's head, and to finish its connection.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The channel classes traffic is counted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// Publish/subscribe.
+    PubSub = 0,
+    /// Requests (envelopes with a `reply_to`).
+    Request = 1,
+    /// Replies, on `_reply` channels.
+    Reply = 2,
+    /// Direct messages, on `_direct` channels.
+    Direct = 3,
+}
+
+impl Class {
+    pub(crate) const ALL: [Class; 4] = [Class::PubSub, Class::Request, Class::Reply, Class::Direct];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::PubSub => "pubsub",
+            Self::Request => "request",
+            Self::Reply => "reply",
+            Self::Direct => "direct",
+        }
+    }
+}
+
+/// Every limit counted, in a fixed order.
+const LIMITS: [&str; 5] = [
+    "agent-messages",
+    "agent-bytes",
+    "channel-messages",
+    "connections",
+    "connections-per-agent",
+];
+
+/// The upper bounds of the latency histograms' buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A latency histogram with fixed buckets: lock-free, cumulative only when rendered.
+#[derive(Debug, Default)]
+pub(crate) struct Histogram {
+    /// Observations per bucket (not cumulative), and one past the last bound.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_ns: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub(crate) fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(BUCKETS.len());
+        if let Some(b) = self.buckets.get(bucket) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        header(out, name, "histogram", help);
+        let mut cumulative = 0u64;
+        for (bound, count) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        if let Some(last) = self.buckets.last() {
+            cumulative += last.load(Ordering::Relaxed);
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {}", self.count.load(Ordering::Relaxed));
+    }
+}
+
+/// Traffic counters by class, limit hits by limit, and the latency of publishes.
+#[derive(Debug, Default)]
+pub(crate) struct Traffic {
+    messages: [AtomicU64; 4],
+    bytes: [AtomicU64; 4],
+    limit_hits: [AtomicU64; LIMITS.len()],
+    /// From a publish frame's arrival to its answer queued (routed, recorded, stored).
+    pub(crate) publish: Histogram,
+}
+
+impl Traffic {
+    /// Counts `messages` envelopes of `bytes` bytes of ciphertext routed in `class`.
+    pub(crate) fn routed(&self, class: Class, messages: u64, bytes: u64) {
+        if let Some(m) = self.messages.get(class as usize) {
+            m.fetch_add(messages, Ordering::Relaxed);
+        }
+        if let Some(b) = self.bytes.get(class as usize) {
+            b.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a hit of the limit named `limit` (`Limit::as_str`, or a connection limit's).
+    pub(crate) fn limit_hit(&self, limit: &str) {
+        if let Some(i) = LIMITS.iter().position(|l| *l == limit)
+            && let Some(c) = self.limit_hits.get(i)
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a rate limit's hit.
+    pub(crate) fn rate_limited(&self, limit: Limit) {
+        self.limit_hit(limit.as_str());
+    }
+}
+
+/// What the endpoint shows besides the counters: values read when scraped.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    /// Live mutual-TLS connections.
+    pub(crate) connections: usize,
+    /// Subscriptions in the router.
+    pub(crate) subscriptions: usize,
+    /// Frames and bytes waiting in the outbound queues of subscribed sessions: in all, and the
+    /// fullest queue's.
+    pub(crate) queued_frames: (usize, usize),
+    pub(crate) queued_bytes: (usize, usize),
+    /// The hub's counters.
+    pub(crate) stats: crate::HubStats,
+    /// Seconds since the current data key was made, if there is one.
+    pub(crate) data_key_age: Option<f64>,
+    /// Seconds until each intermediate CA expires, by role.
+    pub(crate) intermediates: Vec<(String, f64)>,
+    /// Seconds until the hub's own certificate expires.
+    pub(crate) hub_certificate_expiry: Option<f64>,
+}
+
+/// The exposition of `snapshot` and `traffic`.
+pub(crate) fn render(snapshot: &Snapshot, traffic: &Traffic) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    let s = &snapshot.stats;
+    gauge(
+        &mut out,
+        "entente_connections",
+        "Live mutual-TLS connections.",
+        snapshot.connections as f64,
+    );
+    gauge(
+        &mut out,
+        "entente_subscriptions",
+        "Subscriptions held by sessions.",
+        snapshot.subscriptions as f64,
+    );
+    counter(
+        &mut out,
+        "entente_connections_opened_total",
+        "Mutual-TLS connections served since start.",
+        s.connections,
+    );
+    counter(
+        &mut out,
+        "entente_handshakes_failed_total",
+        "TLS handshakes refused or failed.",
+        s.handshakes_failed,
+    );
+
+    header(
+        &mut out,
+        "entente_messages_total",
+        "counter",
+        "Envelopes routed, by channel class.",
+    );
+    for class in Class::ALL {
+        let n = traffic
+            .messages
+            .get(class as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "entente_messages_total{{class=\"{}\"}} {n}",
+            class.name()
+        );
+    }
+    header(
+        &mut out,
+        "entente_bytes_total",
+        "counter",
+        "Ciphertext bytes routed, by channel class.",
+    );
+    for class in Class::ALL {
+        let n = traffic
+            .bytes
+            .get(class as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed));
+        let _ = writeln!(out, "entente_bytes_total{{class=\"{}\"}} {n}", class.name());
+    }
+
+    header(
+        &mut out,
+        "entente_decisions_total",
+        "counter",
+        "Policy decisions, by result.",
+    );
+    let _ = writeln!(
+        out,
+        "entente_decisions_total{{result=\"allow\"}} {}",
+        s.policy_allows
+    );
+    let _ = writeln!(
+        out,
+        "entente_decisions_total{{result=\"deny\"}} {}",
+        s.policy_denials
+    );
+    counter(
+        &mut out,
+        "entente_denials_total",
+        "Requests refused by authorization (policies, structural rules, reply grants).",
+        s.denials,
+    );
+
+    header(
+        &mut out,
+        "entente_limit_hits_total",
+        "counter",
+        "Refusals by a limit, by limit.",
+    );
+    for (limit, hits) in LIMITS.iter().zip(&traffic.limit_hits) {
+        let _ = writeln!(
+            out,
+            "entente_limit_hits_total{{limit=\"{limit}\"}} {}",
+            hits.load(Ordering::Relaxed)
+        );
+    }
+    header(
+        &mut out,
+        "entente_refusals_total",
+        "counter",
+        "Frames and publishes refused as hostile or broken, by reason.",
+    );
+    for (reason, n) in [
+        ("malformed", s.malformed_frames),
+        ("forged-sender", s.forged_senders),
+        ("replay", s.replays),
+    ] {
+        let _ = writeln!(out, "entente_refusals_total{{reason=\"{reason}\"}} {n}");
+    }
+    header(
+        &mut out,
+        "entente_disconnects_total",
+        "counter",
+        "Connections the hub closed, by reason.",
+    );
+    for (reason, n) in [
+        ("slow-consumer", s.slow_consumer_disconnects),
+        ("revoked", s.revoked_disconnects),
+        ("expired", s.expired_disconnects),
+        ("idle", s.idle_disconnects),
+    ] {
+        let _ = writeln!(out, "entente_disconnects_total{{reason=\"{reason}\"}} {n}");
+    }
+    counter(
+        &mut out,
+        "entente_delivery_failures_total",
+        "Deliveries that failed (the publisher was told).",
+        s.delivery_failures,
+    );
+    counter(
+        &mut out,
+        "entente_audit_records_total",
+        "Records submitted to the audit log.",
+        s.audit_records,
+    );
+    counter(
+        &mut out,
+        "entente_audit_failures_total",
+        "Audit log failures.",
+        s.audit_failures,
+    );
+
+    gauge(
+        &mut out,
+        "entente_queued_frames",
+        "Frames waiting in subscribed sessions' outbound queues.",
+        snapshot.queued_frames.0 as f64,
+    );
+    gauge(
+        &mut out,
+        "entente_queued_frames_max",
+        "Frames waiting in the fullest outbound queue.",
+        snapshot.queued_frames.1 as f64,
+    );
+    gauge(
+        &mut out,
+        "entente_queued_bytes",
+        "Bytes of deliveries waiting in subscribed sessions' outbound queues.",
+        snapshot.queued_bytes.0 as f64,
+    );
+    gauge(
+        &mut out,
+        "entente_queued_bytes_max",
+        "Bytes of deliveries waiting in the fullest outbound queue.",
+        snapshot.queued_bytes.1 as f64,
+    );
+
+    traffic.publish.render(
+        &mut out,
+        "entente_publish_seconds",
+        "Time from a publish's arrival to its answer.",
+    );
+
+    if let Some(age) = snapshot.data_key_age {
+        gauge(
+            &mut out,
+            "entente_data_key_age_seconds",
+            "Age of the data key in use.",
+            age,
+        );
+    }
+    if !snapshot.intermediates.is_empty() {
+        header(
+            &mut out,
+            "entente_intermediate_ca_expiry_seconds",
+            "gauge",
+            "Seconds until each intermediate CA expires, by role.",
+        );
+        for (role, seconds) in &snapshot.intermediates {
+            let _ = writeln!(
+                out,
+                "entente_intermediate_ca_expiry_seconds{{role=\"{role}\"}} {seconds}"
+            );
+        }
+    }
+    if let Some(seconds) = snapshot.hub_certificate_expiry {
+        gauge(
+            &mut out,
+            "entente_hub_certificate_expiry_seconds",
+            "Seconds until the hub's own certificate expires.",
+            seconds,
+        );
+    }
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    header(out, name, "counter", help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
+    header(out, name, "gauge", help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// Seconds from `now` to `at` (negative once past).
+pub(crate) fn seconds_until(at: SystemTime, now: SystemTime) -> f64 {
+    match at.duration_since(now) {
+        Ok(left) => left.as_secs_f64(),
+        Err(past) => -past.duration().as_secs_f64(),
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until shutdown, with what `scrape` renders; anything
+/// else is `404`, a method other than `GET` (or `HEAD`) `405`.
+pub(crate) async fn serve<F>(listener: TcpListener, scrape: F, mut shutdown: watch::Receiver<bool>)
+where
+    F: Fn() -> String + Send + Sync + 'static,
+{
+    let scrape = Arc::new(scrape);
+    let scrapers = Arc::new(Semaphore::new(MAX_SCRAPERS));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        let Ok((tcp, _)) = accepted else {
+            // Out of descriptors, say: wait a moment rather than spin.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = scrapers.clone().acquire_owned().await else {
+            return;
+        };
+        let scrape = scrape.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: hyper::Request<Incoming>| {
+                let scrape = scrape.clone();
+                async move { Ok::<_, Infallible>(answer(&request, || scrape())) }
+            });
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(SCRAPE_TIMEOUT)
+                .keep_alive(false)
+                .max_buf_size(16 * 1024);
+            let connection = builder.serve_connection(TokioIo::new(tcp), service);
+            let _ = tokio::time::timeout(SCRAPE_TIMEOUT, connection).await;
+            drop(permit);
+        });
+    }
+}
+
+fn answer(
+    request: &hyper::Request<Incoming>,
+    scrape: impl FnOnce() -> String,
+) -> hyper::Response<Full<Bytes>> {
+    let status = if request.uri().path() != "/metrics" {
+        hyper::StatusCode::NOT_FOUND
+    } else if request.method() != hyper::Method::GET && request.method() != hyper::Method::HEAD {
+        hyper::StatusCode::METHOD_NOT_ALLOWED
+    } else {
+        hyper::StatusCode::OK
+    };
+    let body = if status == hyper::StatusCode::OK {
+        scrape()
+    } else {
+        format!("{status}\n")
+    };
+    let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let content_type = if status == hyper::StatusCode::OK {
+        "text/plain; version=0.0.4; charset=utf-8"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+/// The address a metrics listener is bound to, for `entente hub start` to print.
+pub(crate) fn bound(listener: &TcpListener) -> Option<SocketAddr> {
+    listener.local_addr().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_histogram_is_cumulative_with_a_sum_and_a_count() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(50));
+        h.observe(Duration::from_micros(700));
+        h.observe(Duration::from_secs(10));
+        let mut out = String::new();
+        h.render(&mut out, "x", "help");
+        assert!(out.contains("x_bucket{le=\"0.0001\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.001\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"2.5\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_count 3\n"), "{out}");
+        assert!(out.contains("x_sum 10.00075\n"), "{out}");
+    }
+
+    #[test]
+    fn traffic_and_limits_are_counted_by_class_and_name() {
+        let traffic = Traffic::default();
+        traffic.routed(Class::Reply, 2, 600);
+        traffic.rate_limited(Limit::AgentBytes);
+        traffic.limit_hit("connections-per-agent");
+        traffic.limit_hit("no such limit");
+        let out = render(&Snapshot::default(), &traffic);
+        assert!(
+            out.contains("entente_messages_total{class=\"reply\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("entente_bytes_total{class=\"reply\"} 600\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("entente_messages_total{class=\"pubsub\"} 0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("entente_limit_hits_total{limit=\"agent-bytes\"} 1\n"),
+            "{out}"
+        );
+        assert!(out.contains("entente_limit_hits_total{limit=\"connections-per-agent\"} 1\n"));
+        // Every sample line belongs to a declared metric.
+        let declared: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        for line in out.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(
+                declared.iter().any(|d| name == *d
+                    || name
+                        .strip_prefix(d)
+                        .is_some_and(|s| ["_bucket", "_sum", "_count"].contains(&s))),
+                "{line}"
+            );
+        }
+    }
+}
