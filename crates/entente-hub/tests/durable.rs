@@ -19,13 +19,7 @@ use entente_types::ChannelPattern;
 use futures_util::StreamExt as _;
 use tempfile::TempDir;
 
-const POLICIES: &str = r#"
-    @id("shop-orders")
-    @cross_segment
-    permit (principal in Segment::"shop",
-            action in [Action::"publish", Action::"subscribe"],
-            resource in Namespace::"orders");
-"#;
+const POLICIES: &str = entente_testkit::SHOP_ORDERS;
 
 fn orders(change: impl FnOnce(&mut StreamConfig)) -> StreamConfig {
     let mut config = StreamConfig::new("orders", ChannelPattern::parse("orders.>").unwrap());

@@ -20,13 +20,7 @@ use entente_types::ChannelPattern;
 use futures_util::StreamExt as _;
 use tempfile::TempDir;
 
-const POLICIES: &str = r#"
-    @id("shop-orders")
-    @cross_segment
-    permit (principal in Segment::"shop",
-            action in [Action::"publish", Action::"subscribe"],
-            resource in Namespace::"orders");
-"#;
+const POLICIES: &str = entente_testkit::SHOP_ORDERS;
 
 async fn start(dir: &TempDir, change: impl FnOnce(&mut entente_hub::HubConfig)) -> TestHub {
     let audit = dir.path().join("audit");

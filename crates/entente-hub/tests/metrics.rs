@@ -17,13 +17,7 @@ use futures_util::StreamExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-const POLICIES: &str = r#"
-    @id("shop-orders")
-    @cross_segment
-    permit (principal in Segment::"shop",
-            action in [Action::"publish", Action::"subscribe"],
-            resource in Namespace::"orders");
-"#;
+const POLICIES: &str = entente_testkit::SHOP_ORDERS;
 
 /// `GET path` with HTTP/1.1: the status line and the body.
 async fn get(addr: SocketAddr, path: &str) -> (String, String) {

@@ -75,6 +75,16 @@ pub use entente_store::EmbeddedStore;
 /// condition of [`eventually`].
 pub const WAIT: Duration = Duration::from_secs(15);
 
+/// A policy for tests: segment `shop` may publish and subscribe under `orders.>`, which belongs
+/// to segment `orders`.
+pub const SHOP_ORDERS: &str = r#"
+    @id("shop-orders")
+    @cross_segment
+    permit (principal in Segment::"shop",
+            action in [Action::"publish", Action::"subscribe"],
+            resource in Namespace::"orders");
+"#;
+
 /// `t` in Unix milliseconds (0 before 1970, saturating far in the future).
 pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
