@@ -53,8 +53,11 @@ fn the_scale_bench_opens_every_connection_and_reports() {
     assert_eq!(full["resumed"], 0, "{v:#}");
     assert!(full["per_second"].as_f64().unwrap() > 0.0, "{v:#}");
     assert_eq!(resumed["handshakes"], 20, "{v:#}");
-    // Every timed handshake had a ticket from an earlier one to resume.
-    assert_eq!(resumed["resumed"], 20, "{v:#}");
+    // Each timed handshake had a ticket from an earlier one to resume, but a connection is
+    // closed as soon as the hub's first frame arrives, and on a loaded machine the ticket can
+    // come after it: then the next handshake of that worker has none. At most one per worker.
+    let count = resumed["resumed"].as_u64().unwrap();
+    assert!((18..=20).contains(&count), "{v:#}");
 
     // The hub's process was killed and reaped.
     let pid = v["hub_pid"].as_u64().unwrap();
