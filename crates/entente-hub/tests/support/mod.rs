@@ -204,13 +204,7 @@ impl Agent {
 
 /// The policies of most tests: segment `shop` may publish and subscribe under `orders.>` (namespace `orders`
 /// belongs to segment `orders`: a `@cross_segment` permit names it).
-pub const SHOP: &str = r#"
-    @id("shop-orders")
-    @cross_segment
-    permit (principal in Segment::"shop",
-            action in [Action::"publish", Action::"subscribe"],
-            resource in Namespace::"orders");
-"#;
+pub const SHOP: &str = entente_testkit::SHOP_ORDERS;
 
 /// `(name, text)` policy sources of one text, named `test.cedar`.
 pub fn sources(text: &str) -> Vec<(String, String)> {
