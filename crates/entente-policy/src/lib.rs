@@ -68,6 +68,7 @@
 #![forbid(unsafe_code)]
 
 mod approvals;
+mod bounds;
 mod cache;
 mod decision;
 mod engine;
@@ -78,6 +79,7 @@ mod request;
 mod schema;
 
 pub use approvals::ApprovalRecord;
+pub use bounds::{MAX_EXPRESSION_DEPTH, MAX_NESTING, MAX_OPERATORS};
 pub use cache::{CacheOptions, CacheStats, DecisionCache};
 pub use decision::{Decision, PolicyError, PolicyId, Reason};
 pub use engine::Engine;

@@ -13,6 +13,7 @@ use cedar_policy::{
 };
 use miette::Diagnostic;
 
+use crate::bounds;
 use crate::decision::{Decision, PolicyError, PolicyId, Reason};
 use crate::grants::{
     DEFAULT_APPROVALS, DEFAULT_MAX_DURATION_MS, GrantDefinition, MAX_APPROVALS,
@@ -484,7 +485,29 @@ impl PolicySetBuilder {
     }
 
     /// Parses, names, validates and slices the policies.
+    ///
+    /// Cedar parses and validates on a thread of its own with a large stack, after a scan
+    /// that bounds how deep and how long each policy is (see [`MAX_NESTING`],
+    /// [`MAX_OPERATORS`] and [`MAX_EXPRESSION_DEPTH`]): no source, however hostile, can
+    /// exhaust a stack, and every policy loaded can be decided on an ordinary thread.
+    ///
+    /// [`MAX_NESTING`]: crate::MAX_NESTING
+    /// [`MAX_OPERATORS`]: crate::MAX_OPERATORS
+    /// [`MAX_EXPRESSION_DEPTH`]: crate::MAX_EXPRESSION_DEPTH
     pub fn build(self) -> Result<PolicySet, LoadError> {
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("policy-load".to_owned())
+                .stack_size(bounds::LOAD_STACK)
+                .spawn_scoped(scope, move || self.build_here())
+                .map_err(|e| LoadError::Internal(format!("cannot start the policy loader: {e}")))?
+                .join()
+                .map_err(|_| LoadError::Internal("the policy loader panicked".to_owned()))?
+        })
+    }
+
+    /// [`Self::build`] on the calling thread.
+    fn build_here(self) -> Result<PolicySet, LoadError> {
         let schema = schema::schema().map_err(LoadError::Internal)?;
         check_owners(&self.owners)?;
 
@@ -492,6 +515,10 @@ impl PolicySetBuilder {
         let mut rules = Vec::new();
         let mut parsed: Vec<Parsed> = Vec::new();
         for (source_index, (name, text)) in self.sources.iter().enumerate() {
+            if let Some(problem) = bounds::scan(name, text) {
+                rules.push(problem);
+                continue;
+            }
             match cedar_policy::PolicySet::from_str(text) {
                 Err(errors) => {
                     for error in errors.iter() {
@@ -662,6 +689,14 @@ fn split(
             .annotation("id")
             .map_or_else(|| format!("{name}#{n}"), str::to_owned);
         let reads = reads(policy);
+        if let Some(message) = bounds::too_deep(reads.json_depth) {
+            rules.push(Problem {
+                source: name.to_owned(),
+                location: Some((line, column)),
+                policy: Some(id.clone()),
+                message,
+            });
+        }
         let effect = match policy.effect() {
             cedar_policy::Effect::Permit => Effect::Permit,
             cedar_policy::Effect::Forbid => Effect::Forbid,
@@ -736,7 +771,7 @@ impl<'a> Cursor<'a> {
 }
 
 /// 1-based line and column (in characters) of byte `offset`.
-fn line_column(text: &str, offset: usize) -> (u32, u32) {
+pub(crate) fn line_column(text: &str, offset: usize) -> (u32, u32) {
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
@@ -950,6 +985,8 @@ fn tests_grant(policy: &cedar_policy::Policy, name: &str) -> bool {
 struct Reads {
     context: Vec<String>,
     roles: bool,
+    /// How deep the JSON form nests, for [`bounds::too_deep`].
+    json_depth: usize,
 }
 
 /// The `context` attributes a policy reads and whether it names a role, found in Cedar's JSON
@@ -959,8 +996,9 @@ fn reads(policy: &cedar_policy::Policy) -> Reads {
         return Reads::default();
     };
     let mut reads = Reads::default();
-    let mut stack = vec![&json];
-    while let Some(value) = stack.pop() {
+    let mut stack = vec![(&json, 1)];
+    while let Some((value, depth)) = stack.pop() {
+        reads.json_depth = reads.json_depth.max(depth);
         match value {
             serde_json::Value::Object(map) => {
                 for access in [".", "has"] {
@@ -974,9 +1012,9 @@ fn reads(policy: &cedar_policy::Policy) -> Reads {
                 if map.get("type") == Some(&serde_json::json!("Role")) && map.contains_key("id") {
                     reads.roles = true;
                 }
-                stack.extend(map.values());
+                stack.extend(map.values().map(|v| (v, depth + 1)));
             }
-            serde_json::Value::Array(items) => stack.extend(items),
+            serde_json::Value::Array(items) => stack.extend(items.iter().map(|v| (v, depth + 1))),
             _ => {}
         }
     }

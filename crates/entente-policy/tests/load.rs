@@ -321,3 +321,92 @@ fn the_hub_is_named_by_admin_policies_only_and_opened_to_agents_only_by_name() {
         );
     }
 }
+
+/// A policy with `n` nested `if`s in its condition.
+fn nested_ifs(n: usize) -> String {
+    format!(
+        "permit (principal in Segment::\"research\", action, resource) when {{ {}true{} }};",
+        "if true then ".repeat(n),
+        " else false".repeat(n)
+    )
+}
+
+#[test]
+fn hostile_nesting_is_refused_without_exhausting_the_stack() {
+    // Found by the `policy_load` fuzz target: it used to overflow the parser's stack.
+    let found = include_str!(
+        "../../../fuzz/regressions/policy_load/stack-overflow-nested-parentheses.cedar"
+    );
+    let (error, found) = problems(PolicySet::parse("found.cedar", found));
+    assert!(matches!(error, LoadError::Rules(_)), "{error}");
+    assert_eq!(found[0].location, Some((1, 73)), "{error}");
+    assert!(
+        found[0].message.contains("nested more than 32 deep"),
+        "{error}"
+    );
+
+    for (text, expected) in [
+        (
+            format!(
+                "permit (principal, action, resource) when {{ {}1]].isEmpty() }};",
+                "[".repeat(10_000)
+            ),
+            "nested more than 32 deep",
+        ),
+        (
+            format!(
+                "permit (principal, action, resource) when {{ 1{} == 2 }};",
+                " + 1".repeat(200_000)
+            ),
+            "more than 1024 operators",
+        ),
+        (
+            format!(
+                "permit (principal, action, resource) when {{ context{} }};",
+                ".a".repeat(100_000)
+            ),
+            "more than 1024 operators",
+        ),
+    ] {
+        let (error, _) = problems(PolicySet::parse("deep.cedar", &text));
+        assert!(matches!(error, LoadError::Rules(_)), "{error}");
+        assert!(error.to_string().contains(expected), "{error}");
+    }
+}
+
+#[test]
+fn expressions_are_bounded_in_depth_and_the_deepest_allowed_decides_on_an_ordinary_stack() {
+    use entente_policy::{Action, Facts, MAX_EXPRESSION_DEPTH, Resource, Subject};
+    use entente_types::{Channel, Principal};
+
+    // Within the scan's bounds (one bracket level, few operators per `if`), but too deep once
+    // parsed.
+    let (error, problems) = problems(PolicySet::parse(
+        "deep.cedar",
+        &nested_ifs(MAX_EXPRESSION_DEPTH),
+    ));
+    assert!(matches!(error, LoadError::Rules(_)), "{error}");
+    assert_eq!(problems[0].policy.as_deref(), Some("deep.cedar#0"));
+    assert_eq!(problems[0].location, Some((1, 1)));
+    assert!(
+        problems[0].message.contains("nested more than 32 deep"),
+        "{error}"
+    );
+
+    // The deepest allowed loads and decides on this thread's stack: 2 MiB for a test thread,
+    // as on the hub's runtime.
+    let set = PolicySet::parse("deep.cedar", &nested_ifs(MAX_EXPRESSION_DEPTH - 1)).unwrap();
+    let alice = Subject::new(
+        Principal::parse("spiffe://example.org/agent/research/alice").unwrap(),
+        Vec::<String>::new(),
+    );
+    let channel = Channel::parse("research.results").unwrap();
+    let decision = set.decide(
+        &alice,
+        Action::Publish,
+        &Resource::Channel(&channel),
+        &Facts::default(),
+        1,
+    );
+    assert!(decision.allowed, "{decision:?}");
+}
