@@ -381,6 +381,13 @@ pub(crate) struct LimitsTable {
     /// The burst of that limit (twice the rate by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) agent_bytes_burst: Option<u32>,
+    /// Subscribe and unsubscribe frames each agent may send per second (1 000); 0 is no
+    /// limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) agent_subscriptions_per_second: Option<u32>,
+    /// The burst of that limit (twice the rate by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) agent_subscriptions_burst: Option<u32>,
     /// Most connections the hub serves at once (20 000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) max_connections: Option<usize>,
@@ -436,6 +443,12 @@ impl LimitsTable {
             self.agent_bytes_burst,
             limits.agent_bytes,
             "agent_bytes",
+        )?;
+        limits.agent_subscriptions = rate(
+            self.agent_subscriptions_per_second,
+            self.agent_subscriptions_burst,
+            limits.agent_subscriptions,
+            "agent_subscriptions",
         )?;
         for class in &self.channel {
             let pattern = ChannelPattern::parse(&class.channels).with_context(|| {
@@ -882,6 +895,7 @@ mod tests {
         let head = "listen = \"127.0.0.1:1\"\ntrust_domain = \"acme.internal\"\n";
         let text = format!(
             "{head}[limits]\nagent_messages_per_second = 500\nagent_bytes_per_second = 0\n\
+             agent_subscriptions_per_second = 20\nagent_subscriptions_burst = 30\n\
              max_connections_per_agent = 4\n[[limits.channel]]\nchannels = \"bulk.>\"\n\
              per_second = 10\n"
         );
@@ -895,6 +909,13 @@ mod tests {
             })
         );
         assert_eq!(limits.agent_bytes, None);
+        assert_eq!(
+            limits.agent_subscriptions,
+            Some(Rate {
+                per_second: 20,
+                burst: 30
+            })
+        );
         let [class] = limits.channels.as_slice() else {
             panic!("one class: {:?}", limits.channels);
         };

@@ -15,22 +15,29 @@
 //! A message with a purpose (for the approvers of a channel that holds messages) is sealed
 //! alone, in a batch and frame of its own, carrying the purpose.
 //!
-//! A reply channel (`_reply.…`) takes one batch, once: its sealer is dropped after sealing,
-//! so that answering many requests keeps no state per request.
+//! Replies to one requester share one sealer, scoped to the requester's reply namespace root
+//! (`_reply.S.N`, PROTOCOL.md §5.4): its epoch's sender key is wrapped once for the requester
+//! and carried by every reply (a requester's session may not have seen it, and its inbox skips
+//! a key it has already accepted without verifying it again), and each reply channel gets its
+//! own payload key derived from the epoch secret. So a reply costs a signature and AES-GCM,
+//! not an HPKE wrap and a second signature. A requester's sealer is dropped once it has gone
+//! unused for [`REPLY_SCOPE_IDLE_MS`], so answering many requesters keeps no state for long.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use entente_crypto::{MessageKeys, SealError, Sealer, SealerOptions, VerifiedKeyBundle};
 use entente_hub::MAX_REPLY_WAIT;
-use entente_types::namespace::REPLY_PREFIX;
-use entente_types::{Channel, Principal};
+use entente_types::{Channel, Principal, namespace};
 use entente_wire as wire;
 
 use crate::{Error, ErrorKind};
 
-/// Age of a reply channel's epoch: it seals one batch, at once.
-const REPLY_EPOCH_MAX_AGE_MS: u64 = 1_000;
+/// How long a sealer for a requester's reply namespace is kept unused.
+pub(crate) const REPLY_SCOPE_IDLE_MS: u64 = 60_000;
+
+/// Age of a reply namespace sealer's epoch: the requester holds it until it expires.
+const REPLY_EPOCH_MAX_AGE_MS: u64 = 10 * 60_000;
 
 /// The recipients of a channel's sender keys: verified key bundles, the sender's own
 /// included (so that its other sessions, and its own subscriptions, can read the channel),
@@ -83,7 +90,10 @@ pub(crate) struct Outbox {
     key_epoch: u64,
     keys: Arc<MessageKeys>,
     options: OutboxOptions,
+    /// Sealers by channel, or by reply namespace root for replies.
     channels: HashMap<Channel, ChannelState>,
+    /// When idle reply namespace sealers were last dropped.
+    replies_purged_ms: u64,
 }
 
 #[derive(Debug)]
@@ -92,6 +102,7 @@ struct ChannelState {
     recipients: Arc<Recipients>,
     sender_key: wire::SenderKey,
     key_sent_ms: u64,
+    used_ms: u64,
 }
 
 // === impl Recipients ===
@@ -138,12 +149,14 @@ impl Outbox {
             keys,
             options,
             channels: HashMap::new(),
+            replies_purged_ms: 0,
         }
     }
 
-    /// Forgets `channel`'s sealer: its next message starts a new epoch with a new sender key.
+    /// Forgets `channel`'s sealer (for a reply channel, its requester's): its next message
+    /// starts a new epoch with a new sender key.
     pub(crate) fn reset(&mut self, channel: &Channel) {
-        self.channels.remove(channel);
+        self.channels.remove(&scope(channel));
     }
 
     /// Seals `messages` into frames, in order within each channel. `next_id` draws request IDs.
@@ -174,6 +187,7 @@ impl Outbox {
             };
         };
         let channel = first.channel.clone();
+        let scope = scope(&channel);
         let recipients = first.recipients.clone();
         let purpose = first.purpose.clone().unwrap_or_default();
         let mut messages = Vec::with_capacity(run.len());
@@ -182,16 +196,17 @@ impl Outbox {
             messages.push((m.payload, m.reply_to));
             tickets.push(m.ticket);
         }
-        let mut sealed = self.seal_batch(&channel, &recipients, &messages, now_ms);
+        let mut sealed = self.seal_batch(&scope, &channel, &recipients, &messages, now_ms);
         // A message held for approval may be released long after, or alone of its epoch (the
-        // frames before it rejected): it carries the sender key with it, always.
-        if !purpose.is_empty()
+        // frames before it rejected): it carries the sender key with it, always. So does a
+        // reply, for whichever session of the requester asked.
+        if (!purpose.is_empty() || scope != channel)
             && let Ok((sender_key @ None, _)) = &mut sealed
         {
-            *sender_key = self.channels.get(&channel).map(|c| c.sender_key.clone());
+            *sender_key = self.channels.get(&scope).map(|c| c.sender_key.clone());
         }
-        if channel.tokens().next() == Some(REPLY_PREFIX) {
-            self.channels.remove(&channel);
+        if scope != channel {
+            self.purge_idle_replies(now_ms);
         }
         match sealed {
             Ok((sender_key, batch)) => Sealed::Frame {
@@ -208,9 +223,11 @@ impl Outbox {
         }
     }
 
-    /// Seals `messages` (payload and `reply_to` each) as one signed batch.
+    /// Seals `messages` (payload and `reply_to` each) as one signed batch on `channel`, with
+    /// the sealer of `scope` (the channel, or the reply namespace root above it).
     fn seal_batch(
         &mut self,
+        scope: &Channel,
         channel: &Channel,
         recipients: &Arc<Recipients>,
         messages: &[(Vec<u8>, Option<Channel>)],
@@ -221,12 +238,13 @@ impl Outbox {
                 .iter()
                 .map(|(payload, reply_to)| (payload.as_slice(), reply_to.as_ref()))
         };
-        let sender_key = self.prepare(channel, recipients, now_ms)?;
+        let sender_key = self.prepare(scope, recipients, now_ms)?;
         let state = self
             .channels
-            .get_mut(channel)
+            .get_mut(scope)
             .ok_or_else(|| Error::new(ErrorKind::Crypto, "no sealer for the channel"))?;
-        match state.sealer.seal_batch_each(each(), now_ms) {
+        state.used_ms = now_ms;
+        match state.sealer.seal_batch_on(channel, each(), now_ms) {
             Ok(batch) => Ok((sender_key, batch)),
             // The epoch ran out inside this batch: start a new one and seal it all there.
             Err(SealError::EpochExhausted) => {
@@ -238,7 +256,7 @@ impl Outbox {
                 state.key_sent_ms = now_ms;
                 let batch = state
                     .sealer
-                    .seal_batch_each(each(), now_ms)
+                    .seal_batch_on(channel, each(), now_ms)
                     .map_err(|e| seal_error(channel, e))?;
                 Ok((Some(sender_key), batch))
             }
@@ -291,6 +309,7 @@ impl Outbox {
                 recipients: recipients.clone(),
                 sender_key: sender_key.clone(),
                 key_sent_ms: now_ms,
+                used_ms: now_ms,
             },
         );
         Ok(Some(sender_key))
@@ -298,18 +317,37 @@ impl Outbox {
 }
 
 impl Outbox {
-    /// The sealer options of `channel`. A reply's sender key and envelopes live no longer
-    /// than the hub lets a reply wait ([`MAX_REPLY_WAIT`]): the requester holds one epoch per
-    /// reply, and short-lived ones are freed soon.
-    fn sealer_options(&self, channel: &Channel) -> SealerOptions {
+    /// Drops the reply namespace sealers unused for [`REPLY_SCOPE_IDLE_MS`], at most once per
+    /// that interval.
+    fn purge_idle_replies(&mut self, now_ms: u64) {
+        if now_ms.saturating_sub(self.replies_purged_ms) < REPLY_SCOPE_IDLE_MS {
+            return;
+        }
+        self.replies_purged_ms = now_ms;
+        self.channels.retain(|channel, state| {
+            !namespace::is_reply_root(channel)
+                || now_ms.saturating_sub(state.used_ms) < REPLY_SCOPE_IDLE_MS
+        });
+    }
+
+    /// The sealer options of `scope`. A reply's envelopes live no longer than the hub lets a
+    /// reply wait ([`MAX_REPLY_WAIT`]), and a requester's epoch no longer than
+    /// [`REPLY_EPOCH_MAX_AGE_MS`].
+    fn sealer_options(&self, scope: &Channel) -> SealerOptions {
         let mut options = self.options.sealer;
-        if channel.tokens().next() == Some(REPLY_PREFIX) {
+        if namespace::is_reply_root(scope) {
             let wait = u64::try_from(MAX_REPLY_WAIT.as_millis()).unwrap_or(u64::MAX);
             options.message_ttl_ms = options.message_ttl_ms.min(wait);
             options.epoch_max_age_ms = options.epoch_max_age_ms.min(REPLY_EPOCH_MAX_AGE_MS);
         }
         options
     }
+}
+
+/// What a sealer for `channel` is scoped to: the reply namespace root above a reply channel,
+/// or the channel itself.
+fn scope(channel: &Channel) -> Channel {
+    namespace::reply_root_of(channel).unwrap_or_else(|| channel.clone())
 }
 
 /// Splits messages into runs to seal as one batch each: grouped by channel (in order of first
@@ -654,7 +692,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn requests_share_a_batch_whatever_their_reply_to_and_reply_channels_keep_no_sealer() {
+    fn requests_share_a_batch_whatever_their_reply_to_and_replies_share_their_requesters_sealer() {
         let ca = TestCa::new();
         let (alice, bob) = (ca.agent("alice"), ca.agent("bob"));
         let recipients = Arc::new(Recipients::new(&alice.bundle, vec![bob.bundle.clone()]));
@@ -693,7 +731,7 @@ pub(crate) mod tests {
                 .contains_key(&Channel::parse("_direct.shop.bob").unwrap())
         );
 
-        // A reply: one batch with its sender key, and no sealer kept for the channel.
+        // A reply: one batch with its sender key, sealed by the requester's sealer.
         let reply = frames(outbox.seal(
             vec![message("_reply.shop.bob.x1", b"r", &recipients, 4)],
             NOW,
@@ -701,18 +739,42 @@ pub(crate) mod tests {
         ));
         assert_eq!(reply[0].1.sender_keys.len(), 1);
         assert_eq!(reply[0].1.batches.len(), 1);
-        // Short-lived: the requester holds its epoch no longer than a reply may wait.
         let key = &reply[0].1.sender_keys[0];
-        assert!(
-            key.expires_at_ms <= NOW + 61_000,
-            "{}",
-            key.expires_at_ms - NOW
-        );
+        assert_eq!(key.channel, "_reply.shop.bob");
+        assert_eq!(reply[0].1.batches[0].channel, "_reply.shop.bob.x1");
+        // The requester holds the epoch for a while, not the envelopes.
+        assert!(key.expires_at_ms <= NOW + REPLY_EPOCH_MAX_AGE_MS + 60_000);
         assert!(reply[0].1.batches[0].envelopes[0].expires_at_ms <= NOW + 60_000);
+        let root = Channel::parse("_reply.shop.bob").unwrap();
+        assert!(outbox.channels.contains_key(&root));
         assert!(
             !outbox
                 .channels
                 .contains_key(&Channel::parse("_reply.shop.bob.x1").unwrap())
+        );
+
+        // The next reply to the same requester: the same epoch, its key carried again.
+        let again = frames(outbox.seal(
+            vec![message("_reply.shop.bob.x2", b"s", &recipients, 5)],
+            NOW + 1,
+            &mut next,
+        ));
+        assert_eq!(&again[0].1.sender_keys[..], std::slice::from_ref(key));
+        let envelope = &again[0].1.batches[0].envelopes[0];
+        assert_eq!((envelope.epoch, envelope.seq), (key.epoch, 1));
+
+        // A requester not answered for a while is forgotten when others are answered.
+        let later = NOW + 1 + REPLY_SCOPE_IDLE_MS;
+        frames(outbox.seal(
+            vec![message("_reply.shop.carol.y1", b"t", &recipients, 6)],
+            later,
+            &mut next,
+        ));
+        assert!(!outbox.channels.contains_key(&root));
+        assert!(
+            outbox
+                .channels
+                .contains_key(&Channel::parse("_reply.shop.carol").unwrap())
         );
     }
 

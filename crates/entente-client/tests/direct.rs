@@ -121,7 +121,13 @@ async fn requests_get_their_replies() {
     assert_eq!(channels.len(), 3);
     alice.direct(&bob_id, "no answer needed").await.unwrap();
     server.await.unwrap();
-    assert_eq!(alice.stats().replies_dropped, 0);
+    let stats = alice.stats();
+    assert_eq!(stats.replies_dropped, 0);
+    // Bob's replies to Alice share one sender key for her reply namespace: each reply carried
+    // it, and she unwrapped it once.
+    assert_eq!(stats.sender_keys_accepted, 1);
+    assert_eq!(stats.sender_keys_rejected, 0);
+    assert_eq!(bob.stats().sender_keys_sent, 3);
 }
 
 #[tokio::test]

@@ -8,7 +8,9 @@ use aws_lc_rs::{
     digest::{SHA256, digest},
     rand::{SecureRandom, SystemRandom},
 };
-use entente_types::{Channel, ChannelError, IdError, MessageId, MessageIdError, Principal};
+use entente_types::{
+    Channel, ChannelError, IdError, MessageId, MessageIdError, Principal, namespace,
+};
 use entente_wire as wire;
 use zeroize::Zeroizing;
 
@@ -63,6 +65,15 @@ pub enum SealError {
     /// A recipient's key bundle is outside its validity period.
     #[error("the key bundle of `{0}` is not valid now")]
     RecipientExpired(String),
+    /// The channel is outside what the sealer's sender key covers: its own channel, and for
+    /// a sealer of a reply namespace root, the reply channels under it.
+    #[error("`{channel}` is outside what the sender key of `{scope}` covers")]
+    OutOfScope {
+        /// The channel asked for.
+        channel: String,
+        /// The sealer's channel.
+        scope: String,
+    },
     /// The random source or a primitive failed.
     #[error("cryptographic failure: {0}")]
     Crypto(&'static str),
@@ -116,6 +127,9 @@ pub enum OpenError {
     /// HPKE could not unwrap the epoch secret.
     #[error("the sender key could not be unwrapped")]
     Unwrap,
+    /// A sender key for a reply namespace root other than the recipient's own.
+    #[error("a sender key for another principal's reply namespace")]
+    ForeignReplyNamespace,
     /// A different secret was already accepted for this (sender, channel, epoch).
     #[error("a different sender key exists for this epoch")]
     EpochConflict,
@@ -180,6 +194,9 @@ pub struct Sealer {
     keys: Arc<MessageKeys>,
     options: SealerOptions,
     epoch: u64,
+    /// The epoch secret: kept only by a sealer of a reply namespace root, which derives a
+    /// payload key per reply channel from it.
+    secret: Option<EpochSecret>,
     payload: PayloadKey,
     next_seq: u64,
     epoch_started_ms: u64,
@@ -206,6 +223,7 @@ impl Sealer {
         let payload = PayloadKey::derive(&secret, sender.as_str(), channel.as_str(), epoch)
             .map_err(|_| SealError::Crypto("key derivation"))?;
         let sealer = Self {
+            secret: namespace::is_reply_root(&channel).then(|| secret.clone()),
             sender,
             channel,
             key_epoch,
@@ -238,6 +256,9 @@ impl Sealer {
         // recipients), the sealer stays on its current epoch instead of switching to a secret
         // that nobody received.
         let sender_key = self.sender_key(epoch, &secret, recipients, now_ms)?;
+        if self.secret.is_some() {
+            self.secret = Some(secret);
+        }
         self.payload = payload;
         self.epoch = epoch;
         self.next_seq = 0;
@@ -278,6 +299,42 @@ impl Sealer {
         messages: impl ExactSizeIterator<Item = (&'m [u8], Option<&'m Channel>)>,
         now_ms: u64,
     ) -> Result<wire::SignedBatch, SealError> {
+        self.seal_batch_with(None, messages, now_ms)
+    }
+
+    /// Seals `messages` as one batch on `channel`: the sealer's own channel, or, for a sealer
+    /// of a reply namespace root (`_reply.S.N`), any reply channel under it, with the payload
+    /// key derived for that channel from the epoch secret (PROTOCOL.md §5.4). One sender key
+    /// then serves every reply to one requester; sequence numbers run across all of them.
+    pub fn seal_batch_on<'m>(
+        &mut self,
+        channel: &Channel,
+        messages: impl ExactSizeIterator<Item = (&'m [u8], Option<&'m Channel>)>,
+        now_ms: u64,
+    ) -> Result<wire::SignedBatch, SealError> {
+        if *channel == self.channel {
+            return self.seal_batch_with(None, messages, now_ms);
+        }
+        let out_of_scope = || SealError::OutOfScope {
+            channel: channel.as_str().to_owned(),
+            scope: self.channel.as_str().to_owned(),
+        };
+        let secret = self.secret.as_ref().ok_or_else(out_of_scope)?;
+        if namespace::reply_root_of(channel).as_ref() != Some(&self.channel) {
+            return Err(out_of_scope());
+        }
+        let key = PayloadKey::derive(secret, self.sender.as_str(), channel.as_str(), self.epoch)
+            .map_err(|_| SealError::Crypto("key derivation"))?;
+        self.seal_batch_with(Some((channel, &key)), messages, now_ms)
+    }
+
+    /// Seals and signs on the sealer's channel with its payload key, or on `target`'s.
+    fn seal_batch_with<'m>(
+        &mut self,
+        target: Option<(&Channel, &PayloadKey)>,
+        messages: impl ExactSizeIterator<Item = (&'m [u8], Option<&'m Channel>)>,
+        now_ms: u64,
+    ) -> Result<wire::SignedBatch, SealError> {
         let max = self.options.limits.max_batch_envelopes;
         let count = messages.len();
         if count == 0 || count > max {
@@ -291,14 +348,15 @@ impl Sealer {
         let mut envelopes = Vec::with_capacity(count);
         let mut hashes = Vec::with_capacity(count * 32);
         for ((payload, reply_to), random) in messages.zip(random.chunks_exact(ID_RANDOM_LEN)) {
-            let (envelope, hash) = self.seal_one(payload, reply_to, now_ms, random)?;
+            let (envelope, hash) = self.seal_one(target, payload, reply_to, now_ms, random)?;
             hashes.extend_from_slice(&hash);
             envelopes.push(envelope);
         }
-        let signature = self.sign_hashes(&hashes, envelopes.len());
+        let channel = target.map_or(&self.channel, |(c, _)| c);
+        let signature = self.sign_hashes(channel, &hashes, envelopes.len());
         Ok(wire::SignedBatch {
             sender: self.sender.as_str().to_owned(),
-            channel: self.channel.as_str().to_owned(),
+            channel: channel.as_str().to_owned(),
             key_epoch: self.key_epoch,
             envelopes,
             signature,
@@ -316,7 +374,7 @@ impl Sealer {
         self.rng
             .fill(&mut random)
             .map_err(|_| SealError::Crypto("random"))?;
-        Ok(self.seal_one(payload, reply_to, now_ms, &random)?.0)
+        Ok(self.seal_one(None, payload, reply_to, now_ms, &random)?.0)
     }
 
     /// Signs envelopes sealed by this sealer as one batch.
@@ -332,7 +390,7 @@ impl Sealer {
         for envelope in &envelopes {
             hashes.extend_from_slice(&self.hash_current(envelope));
         }
-        let signature = self.sign_hashes(&hashes, envelopes.len());
+        let signature = self.sign_hashes(&self.channel, &hashes, envelopes.len());
         Ok(wire::SignedBatch {
             sender: self.sender.as_str().to_owned(),
             channel: self.channel.as_str().to_owned(),
@@ -342,9 +400,11 @@ impl Sealer {
         })
     }
 
-    /// Seals one envelope and returns it with its hash (PROTOCOL.md §4.4).
+    /// Seals one envelope on the sealer's channel, or on `target`'s with its key, and returns
+    /// it with its hash (PROTOCOL.md §4.4).
     fn seal_one(
         &mut self,
+        target: Option<(&Channel, &PayloadKey)>,
         payload: &[u8],
         reply_to: Option<&Channel>,
         now_ms: u64,
@@ -377,17 +437,17 @@ impl Sealer {
             reply_to: reply_to.map(|c| c.as_str().to_owned()).unwrap_or_default(),
             ciphertext: Vec::with_capacity(payload.len() + TAG_LEN),
         };
+        let (channel, key) = target.unwrap_or((&self.channel, &self.payload));
         write_aad(
             &mut self.scratch,
             self.sender.as_str(),
-            self.channel.as_str(),
+            channel.as_str(),
             &envelope,
         );
         envelope.ciphertext.extend_from_slice(payload);
-        self.payload
-            .key
+        key.key
             .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(self.payload.nonce(seq)),
+                Nonce::assume_unique_for_key(key.nonce(seq)),
                 Aad::from(self.scratch.as_bytes()),
                 &mut envelope.ciphertext,
             )
@@ -407,10 +467,10 @@ impl Sealer {
         envelope_hash(self.scratch.as_bytes(), &envelope.ciphertext)
     }
 
-    fn sign_hashes(&self, hashes: &[u8], count: usize) -> Vec<u8> {
+    fn sign_hashes(&self, channel: &Channel, hashes: &[u8], count: usize) -> Vec<u8> {
         let input = batch_input(
             self.sender.as_str(),
-            self.channel.as_str(),
+            channel.as_str(),
             self.key_epoch,
             count,
             hashes,
@@ -762,6 +822,9 @@ struct EpochState {
     /// `None` once the sender was forgotten: the entry stays, refusing the epoch's sender key
     /// and envelopes, until it expires and [`Opener::purge_expired`] drops it.
     payload: Option<PayloadKey>,
+    /// For an epoch of our reply namespace root: the secret, from which each reply channel's
+    /// payload key is derived. `None` otherwise, and once the sender was forgotten.
+    secret: Option<EpochSecret>,
     issued_at_ms: u64,
     expires_at_ms: u64,
     window: ReplayWindow,
@@ -795,6 +858,11 @@ impl Opener {
         sender_bundle: &VerifiedKeyBundle,
         now_ms: u64,
     ) -> Result<(), OpenError> {
+        // A reply namespace root's key serves only its owner, who reads every reply under it.
+        let root = namespace::is_reply_root(sender_key.channel());
+        if root && *sender_key.channel() != namespace::reply_root(&self.me) {
+            return Err(OpenError::ForeignReplyNamespace);
+        }
         let secret: EpochSecret =
             sender_key.open(sender_bundle, &self.me, self.key_epoch, &self.keys, now_ms)?;
         let secret_hash = sha256(&*secret);
@@ -828,6 +896,7 @@ impl Opener {
                 EpochState {
                     secret_hash,
                     payload: Some(payload),
+                    secret: root.then_some(secret),
                     issued_at_ms: sender_key.issued_at_ms(),
                     expires_at_ms: sender_key.expires_at_ms(),
                     window: ReplayWindow::new(),
@@ -882,15 +951,44 @@ impl Opener {
             rejected: Vec::new(),
         };
         let max_issued = now_ms.saturating_add(self.options.max_clock_skew_ms);
-        let mut epochs = self
-            .epochs
-            .get_mut(sender.as_str())
-            .and_then(|c| c.get_mut(channel.as_str()));
         let sender = Arc::new(sender);
         let channel = Arc::new(channel);
+        // A reply channel of ours without epochs of its own is read under the sender's key
+        // for our reply namespace root, if it sent one.
+        let held = self.epochs.get_mut(sender.as_str());
+        let scope = match namespace::reply_root_of(&channel) {
+            Some(root)
+                if namespace::is_reply_channel_of(&self.me, &channel)
+                    && !held
+                        .as_ref()
+                        .is_some_and(|c| c.contains_key(channel.as_str())) =>
+            {
+                Scope::Root(root)
+            }
+            _ => Scope::Channel,
+        };
+        let mut epochs = held.and_then(|c| match &scope {
+            Scope::Channel => c.get_mut(channel.as_str()),
+            Scope::Root(root) => c.get_mut(root.as_str()),
+        });
+        let target = Target {
+            sender: sender.as_str(),
+            channel: channel.as_str(),
+            root: matches!(scope, Scope::Root(_)),
+        };
+        let mut derived = None;
         for (index, (e, span)) in envelopes.into_iter().zip(spans).enumerate() {
             let aad = self.scratch.as_bytes().get(span).unwrap_or_default();
-            match open_one(epochs.as_deref_mut(), aad, e, now_ms, max_issued) {
+            let outcome = open_one(
+                epochs.as_deref_mut(),
+                &target,
+                &mut derived,
+                aad,
+                e,
+                now_ms,
+                max_issued,
+            );
+            match outcome {
                 Ok((e, payload)) => opened.delivered.push(VerifiedEnvelope {
                     sender: Arc::clone(&sender),
                     channel: Arc::clone(&channel),
@@ -918,6 +1016,7 @@ impl Opener {
         if let Some(channels) = self.epochs.get_mut(sender.as_str()) {
             for state in channels.values_mut().flat_map(HashMap::values_mut) {
                 state.payload = None;
+                state.secret = None;
             }
         }
     }
@@ -947,9 +1046,27 @@ impl Opener {
     }
 }
 
-/// Opens one envelope of a verified batch, whose header bytes are `aad`.
+/// Where a batch's epochs were found: under its own channel, or under our reply namespace
+/// root.
+enum Scope {
+    Channel,
+    Root(Channel),
+}
+
+/// The batch being opened.
+struct Target<'a> {
+    sender: &'a str,
+    channel: &'a str,
+    /// Its epochs are the root's: payload keys are derived for the channel from their secret.
+    root: bool,
+}
+
+/// Opens one envelope of a verified batch, whose header bytes are `aad`. `derived` keeps the
+/// last payload key derived for a reply channel, by epoch.
 fn open_one(
     epochs: Option<&mut HashMap<u64, EpochState>>,
+    target: &Target<'_>,
+    derived: &mut Option<(u64, PayloadKey)>,
     aad: &[u8],
     mut e: EnvelopeIn,
     now_ms: u64,
@@ -964,11 +1081,23 @@ fn open_one(
     let state = epochs
         .and_then(|c| c.get_mut(&e.epoch))
         .ok_or(OpenError::UnknownEpoch(e.epoch))?;
-    let payload = state.payload.as_ref().ok_or(OpenError::Forgotten)?;
+    let mut payload = state.payload.as_ref().ok_or(OpenError::Forgotten)?;
     if e.issued_at_ms > state.expires_at_ms || e.issued_at_ms < state.issued_at_ms {
         return Err(OpenError::EpochExpired);
     }
     state.window.check(e.seq)?;
+    if target.root {
+        let secret = state.secret.as_ref().ok_or(OpenError::Forgotten)?;
+        if derived.as_ref().is_none_or(|(epoch, _)| *epoch != e.epoch) {
+            let key = PayloadKey::derive(secret, target.sender, target.channel, e.epoch)
+                .map_err(|_| OpenError::Decrypt)?;
+            *derived = Some((e.epoch, key));
+        }
+        payload = derived
+            .as_ref()
+            .map(|(_, key)| key)
+            .ok_or(OpenError::Decrypt)?;
+    }
     let mut ciphertext = std::mem::take(&mut e.ciphertext);
     let len = payload
         .key

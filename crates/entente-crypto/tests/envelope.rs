@@ -667,3 +667,160 @@ fn every_single_bit_flip_of_a_sender_key_is_rejected() {
         );
     }
 }
+
+fn channel(s: &str) -> entente_types::Channel {
+    s.parse().unwrap()
+}
+
+fn open_from(
+    sender: &Agent,
+    opener: &mut entente_crypto::Opener,
+    batch: wire::SignedBatch,
+) -> Result<entente_crypto::OpenedBatch, OpenError> {
+    let bytes = wire::encode(&batch);
+    let batch = SignedBatchIn::decode(&bytes, &wire::Limits::default())?;
+    opener.open(batch, &sender.bundle, NOW)
+}
+
+#[test]
+fn one_reply_namespace_key_serves_every_reply_to_its_requester() {
+    let ca = TestCa::new();
+    let alice = Agent::new(&ca, "alice");
+    let bob = Agent::new(&ca, "bob");
+    // Bob answers Alice's requests under one sender key for her reply namespace root.
+    let (mut sealer, sender_key) = bob.sealer("_reply.ops.alice", &[&alice]);
+    let mut opener = alice.opener();
+    let sk = SenderKeyIn::from_wire(sender_key).unwrap();
+    opener.accept_sender_key(&sk, &bob.bundle, NOW).unwrap();
+
+    let (r1, r2) = (
+        channel("_reply.ops.alice.r1"),
+        channel("_reply.ops.alice.r2"),
+    );
+    let one = sealer
+        .seal_batch_on(&r1, [(&b"first"[..], None)].into_iter(), NOW)
+        .unwrap();
+    let two = sealer
+        .seal_batch_on(&r2, [(&b"second"[..], None)].into_iter(), NOW)
+        .unwrap();
+    assert_eq!(
+        (one.channel.as_str(), two.channel.as_str()),
+        (r1.as_str(), r2.as_str())
+    );
+    // Sequence numbers run across the epoch; each channel has its own payload key.
+    assert_eq!((one.envelopes[0].seq, two.envelopes[0].seq), (0, 1));
+
+    for (batch, reply, payload) in [(one.clone(), &r1, &b"first"[..]), (two, &r2, b"second")] {
+        let opened = open_from(&bob, &mut opener, batch).unwrap();
+        assert!(opened.rejected.is_empty(), "{:?}", opened.rejected);
+        let message = &opened.delivered[0];
+        assert_eq!(message.channel(), reply);
+        assert_eq!(message.sender(), &bob.id);
+        assert_eq!(message.payload(), payload);
+    }
+    // The replay window is the epoch's, across channels.
+    let opened = open_from(&bob, &mut opener, one.clone()).unwrap();
+    assert!(matches!(opened.rejected[..], [(0, OpenError::Replay(_))]));
+
+    // A reply moved to another reply channel: the signature covers the channel, and the
+    // payload key is the channel's.
+    let mut moved = one;
+    moved.channel = "_reply.ops.alice.r3".to_owned();
+    assert_eq!(
+        open_from(&bob, &mut opener, moved.clone()).unwrap_err(),
+        OpenError::BadBatchSignature
+    );
+    moved.signature = sealer
+        .seal_batch_on(
+            &channel("_reply.ops.alice.r3"),
+            [(&b"x"[..], None)].into_iter(),
+            NOW,
+        )
+        .unwrap()
+        .signature;
+    assert!(open_from(&bob, &mut opener, moved).is_err());
+
+    // Forgetting the sender forgets its root keys too.
+    opener.forget_sender(&bob.id);
+    let three = sealer
+        .seal_batch_on(
+            &channel("_reply.ops.alice.r4"),
+            [(&b"late"[..], None)].into_iter(),
+            NOW,
+        )
+        .unwrap();
+    let opened = open_from(&bob, &mut opener, three).unwrap();
+    assert!(matches!(opened.rejected[..], [(0, OpenError::Forgotten)]));
+}
+
+#[test]
+fn a_reply_namespace_key_is_scoped_to_its_namespace_and_owner() {
+    let ca = TestCa::new();
+    let alice = Agent::new(&ca, "alice");
+    let bob = Agent::new(&ca, "bob");
+    let carol = Agent::new(&ca, "carol");
+    let (mut sealer, sender_key) = bob.sealer("_reply.ops.alice", &[&alice, &carol]);
+    for outside in ["_reply.ops.carol.r1", "orders.eu", "_reply.ops.alicex.r1"] {
+        let err = sealer
+            .seal_batch_on(&channel(outside), [(&b"x"[..], None)].into_iter(), NOW)
+            .unwrap_err();
+        assert!(
+            matches!(err, SealError::OutOfScope { .. }),
+            "{outside}: {err}"
+        );
+    }
+    // An ordinary channel's sealer seals on its own channel only.
+    let (mut plain, _) = bob.sealer("orders.eu", &[&alice]);
+    assert!(matches!(
+        plain
+            .seal_batch_on(
+                &channel("orders.eu.x"),
+                [(&b"x"[..], None)].into_iter(),
+                NOW
+            )
+            .unwrap_err(),
+        SealError::OutOfScope { .. }
+    ));
+
+    // Only the owner of the namespace takes the key, even when it is wrapped for others.
+    let sk = SenderKeyIn::from_wire(sender_key.clone()).unwrap();
+    assert_eq!(
+        carol
+            .opener()
+            .accept_sender_key(&sk, &bob.bundle, NOW)
+            .unwrap_err(),
+        OpenError::ForeignReplyNamespace
+    );
+    // Nor does a reply channel of someone else open under a root key: Alice's opener, given
+    // a batch on Carol's reply channel, finds no epoch for it.
+    let mut opener = alice.opener();
+    opener.accept_sender_key(&sk, &bob.bundle, NOW).unwrap();
+    let (mut to_carol, _) = bob.sealer("_reply.ops.carol", &[&carol]);
+    let batch = to_carol
+        .seal_batch_on(
+            &channel("_reply.ops.carol.r1"),
+            [(&b"x"[..], None)].into_iter(),
+            NOW,
+        )
+        .unwrap();
+    let opened = open_from(&bob, &mut opener, batch).unwrap();
+    assert!(matches!(
+        opened.rejected[..],
+        [(0, OpenError::UnknownEpoch(_))]
+    ));
+    // Another secret claiming the same epoch of the root fails to authenticate.
+    let (mut other, _) = bob.sealer("_reply.ops.alice", &[&alice]);
+    let batch = other
+        .seal_batch_on(
+            &channel("_reply.ops.alice.r1"),
+            [(&b"x"[..], None)].into_iter(),
+            NOW + 1,
+        )
+        .unwrap();
+    let opened = open_from(&bob, &mut opener, batch).unwrap();
+    assert!(
+        matches!(opened.rejected[..], [(0, OpenError::Decrypt)]),
+        "{:?}",
+        opened.rejected
+    );
+}

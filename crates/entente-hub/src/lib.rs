@@ -233,6 +233,9 @@
 //!   the connection's principal as sender (else `FORGED_SENDER`), and each channel group must
 //!   be authorized (else `DENIED`); no envelope may be a replay of
 //!   its (sender, channel, epoch) (else `REPLAY`, the whole publish refused, nothing routed).
+//!   A sender key for a reply namespace root (`_reply.S.N`, one key for every reply to one
+//!   requester) travels only with a reply into that namespace, and is delivered with it (else
+//!   `DENIED`).
 //!   Then the sender keys and batches of each channel are delivered, unchanged, as one
 //!   `Deliver{subscription_id, ..}` to every subscription matching the channel (other
 //!   connections of the same agent included, and this session's own subscriptions), and the

@@ -1,5 +1,6 @@
 //! Rate limits (GCRA, through `governor`): per agent, over all its connections, in messages
-//! and in bytes per second; and per channel class, in messages per second.
+//! and in bytes per second, and in subscribe and unsubscribe frames per second; and per
+//! channel class, in messages per second.
 //!
 //! A publish is checked whole, before anything else is done with it: the agent's message
 //! limit, then its byte limit, then the limit of each channel class its batches go to. The
@@ -50,6 +51,9 @@ pub struct RateLimits {
     /// Bytes of ciphertext each agent may publish, over all its connections. Default
     /// 64 MiB/s, bursts of 128 MiB.
     pub agent_bytes: Option<Rate>,
+    /// Subscribe and unsubscribe frames each agent may send, over all its connections: each
+    /// one is a policy decision and a change of the router. Default 1 000/s, bursts of 2 000.
+    pub agent_subscriptions: Option<Rate>,
     /// Messages per second into channel classes; a channel counts against the first class
     /// whose pattern matches it. Default none.
     pub channels: Vec<ChannelRate>,
@@ -66,12 +70,16 @@ impl Default for RateLimits {
                 per_second: 64 << 20,
                 burst: 128 << 20,
             }),
+            agent_subscriptions: Some(Rate {
+                per_second: 1_000,
+                burst: 2_000,
+            }),
             channels: Vec::new(),
         }
     }
 }
 
-/// Which limit a publish hit.
+/// Which limit a publish, subscribe or unsubscribe hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Limit {
     /// [`RateLimits::agent_messages`].
@@ -80,6 +88,8 @@ pub enum Limit {
     AgentBytes,
     /// A [`ChannelRate`].
     ChannelMessages,
+    /// [`RateLimits::agent_subscriptions`].
+    AgentSubscriptions,
 }
 
 impl Limit {
@@ -89,6 +99,7 @@ impl Limit {
             Self::AgentMessages => "agent-messages",
             Self::AgentBytes => "agent-bytes",
             Self::ChannelMessages => "channel-messages",
+            Self::AgentSubscriptions => "agent-subscriptions",
         }
     }
 }
@@ -127,6 +138,7 @@ type Outcome<C> =
 pub(crate) struct Limiters<C: Clock = DefaultClock> {
     agent_messages: Option<(Rate, Keyed<C>)>,
     agent_bytes: Option<(Rate, Keyed<C>)>,
+    agent_subscriptions: Option<(Rate, Keyed<C>)>,
     channels: Vec<(ChannelRate, Direct<C>)>,
     clock: C,
 }
@@ -136,6 +148,10 @@ impl<C: Clock> fmt::Debug for Limiters<C> {
         f.debug_struct("Limiters")
             .field("agent_messages", &self.agent_messages.as_ref().map(|l| l.0))
             .field("agent_bytes", &self.agent_bytes.as_ref().map(|l| l.0))
+            .field(
+                "agent_subscriptions",
+                &self.agent_subscriptions.as_ref().map(|l| l.0),
+            )
             .field("channels", &self.channels.len())
             .finish()
     }
@@ -148,6 +164,7 @@ impl RateLimits {
             .agent_messages
             .iter()
             .chain(&self.agent_bytes)
+            .chain(&self.agent_subscriptions)
             .chain(self.channels.iter().map(|c| &c.rate));
         for rate in rates {
             if rate.per_second == 0 || rate.burst == 0 {
@@ -177,6 +194,7 @@ impl<C: Clock + Clone> Limiters<C> {
         Self {
             agent_messages: limits.agent_messages.as_ref().map(keyed),
             agent_bytes: limits.agent_bytes.as_ref().map(keyed),
+            agent_subscriptions: limits.agent_subscriptions.as_ref().map(keyed),
             channels: limits
                 .channels
                 .iter()
@@ -246,6 +264,22 @@ impl<C: Clock + Clone> Limiters<C> {
         Ok(())
     }
 
+    /// Checks (and takes from) `agent`'s limit of subscribe and unsubscribe frames, for one.
+    pub(crate) fn check_subscription(&self, agent: &Principal) -> Result<(), Hit> {
+        let Some((rate, limiter)) = &self.agent_subscriptions else {
+            return Ok(());
+        };
+        let outcome = amount(1).map(|n| limiter.check_key_n(agent, n));
+        self.verdict(
+            outcome,
+            Limit::AgentSubscriptions,
+            "",
+            *rate,
+            1,
+            "subscribe/unsubscribe frame(s)",
+        )
+    }
+
     /// Whether any channel class is limited (else a publish's channels need not be read).
     pub(crate) fn has_channel_classes(&self) -> bool {
         !self.channels.is_empty()
@@ -253,7 +287,12 @@ impl<C: Clock + Clone> Limiters<C> {
 
     /// Drops the agents' buckets that are full again (as good as new).
     pub(crate) fn purge(&self) {
-        for (_, limiter) in self.agent_messages.iter().chain(&self.agent_bytes) {
+        let keyed = self
+            .agent_messages
+            .iter()
+            .chain(&self.agent_bytes)
+            .chain(&self.agent_subscriptions);
+        for (_, limiter) in keyed {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
@@ -338,7 +377,42 @@ mod tests {
                 per_second: 1000,
                 burst: 2000,
             }),
+            agent_subscriptions: Some(Rate {
+                per_second: 2,
+                burst: 3,
+            }),
             channels,
+        }
+    }
+
+    #[test]
+    fn subscribe_and_unsubscribe_frames_are_limited_per_agent() {
+        let clock = FakeRelativeClock::default();
+        let generous = Rate {
+            per_second: 1_000_000,
+            burst: 1_000_000,
+        };
+        let limiters = Limiters::with_clock(&limits(generous, Vec::new()), clock.clone());
+        let (alice, bob) = (agent("alice"), agent("bob"));
+        for _ in 0..3 {
+            limiters.check_subscription(&alice).unwrap();
+        }
+        let hit = limiters.check_subscription(&alice).unwrap_err();
+        assert_eq!(hit.limit, Limit::AgentSubscriptions);
+        assert_eq!(hit.retry_after, Duration::from_millis(500));
+        assert!(hit.reason.contains("agent-subscriptions"), "{}", hit.reason);
+        limiters.check_subscription(&bob).unwrap();
+        // Publishing is a bucket of its own.
+        let none: [(&Channel, u64); 0] = [];
+        limiters.check_publish(&alice, 1, 1, none).unwrap();
+        clock.advance(Duration::from_millis(500));
+        limiters.check_subscription(&alice).unwrap();
+        // No limit set: nothing is refused.
+        let mut off = limits(generous, Vec::new());
+        off.agent_subscriptions = None;
+        let limiters = Limiters::with_clock(&off, clock);
+        for _ in 0..100 {
+            limiters.check_subscription(&alice).unwrap();
         }
     }
 

@@ -55,10 +55,11 @@ impl Class {
 }
 
 /// Every limit counted, in a fixed order.
-const LIMITS: [&str; 5] = [
+const LIMITS: [&str; 6] = [
     "agent-messages",
     "agent-bytes",
     "channel-messages",
+    "agent-subscriptions",
     "connections",
     "connections-per-agent",
 ];

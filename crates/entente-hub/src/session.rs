@@ -254,6 +254,9 @@ impl<R: Router> Session<R> {
 
     async fn subscribe(&mut self, subscribe: Subscribe) -> Result<(), Status> {
         let id = subscribe.subscription_id;
+        if let Err(refused) = self.check_subscription_rate() {
+            return self.refuse(id, refused).await;
+        }
         if let Err(refused) = self.audit_available().await {
             return self.refuse(id, refused).await;
         }
@@ -389,6 +392,9 @@ impl<R: Router> Session<R> {
 
     async fn unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Result<(), Status> {
         let id = unsubscribe.subscription_id;
+        if let Err(refused) = self.check_subscription_rate() {
+            return self.refuse(id, refused).await;
+        }
         if self.subscriptions.remove(&id).is_some() {
             self.end_subscription(id);
             self.ack(id).await
@@ -573,7 +579,15 @@ impl<R: Router> Session<R> {
         }
         let durable_on = !self.context.streams.is_empty();
         let mut keys = Vec::new();
+        let mut root_keys = Vec::new();
         for sender_key in publish.sender_keys {
+            if let Some(root) = reply_root(&sender_key.channel) {
+                let parsed = SenderKeyIn::from_wire(sender_key).map_err(|e| {
+                    Refused::new(RefusalCode::Malformed, format!("sender key: {e}"))
+                })?;
+                root_keys.push((root, parsed));
+                continue;
+            }
             if durable_on {
                 keys.push((
                     sender_key.sender.clone(),
@@ -601,6 +615,27 @@ impl<R: Router> Session<R> {
             let batch = SignedBatchIn::from_wire(batch)
                 .map_err(|e| Refused::new(RefusalCode::Malformed, format!("batch: {e}")))?;
             batches.push(batch);
+        }
+        // A responder's sender key for a requester's reply namespace goes with the replies
+        // into it (each under its own reply grant), and nowhere else.
+        for (root, key) in root_keys {
+            let mut carried = false;
+            for group in groups
+                .iter_mut()
+                .filter(|g| namespace::reply_root_of(&g.channel).as_ref() == Some(&root))
+            {
+                prost::encoding::message::encode(
+                    SENDER_KEYS_TAG,
+                    key.to_wire(),
+                    &mut group.sender_keys,
+                );
+                carried = true;
+            }
+            if !carried {
+                return Err(self.deny(format!(
+                    "a sender key for the reply namespace `{root}` must come with a reply into it"
+                )));
+            }
         }
         let (requests, replies) = self.check_reply_fields(&batches, &groups)?;
         self.authorize(&mut groups)?;
@@ -936,7 +971,15 @@ impl<R: Router> Session<R> {
         )
     }
 
-    /// The refusal of a publish a limit refused: counted, and recorded (runs of the same
+    /// The agent's limit of subscribe and unsubscribe frames, checked first on each.
+    fn check_subscription_rate(&mut self) -> Result<(), Refused> {
+        self.context
+            .limiters
+            .check_subscription(&self.principal)
+            .map_err(|hit| self.limited(hit))
+    }
+
+    /// The refusal of a publish, subscribe or unsubscribe a limit refused: counted, and recorded (runs of the same
     /// limit's refusals together, [`LIMIT_RECORD_INTERVAL`]).
     fn limited(&mut self, hit: Hit) -> Refused {
         stats::bump(&self.context.stats.rate_limited);
@@ -1099,6 +1142,16 @@ impl<R: Router> Session<R> {
             .await
             .map_err(|_| Status::cancelled("the session's stream is closed"))
     }
+}
+
+/// The reply namespace root (`_reply.S.N`) a sender key's channel names, if it names one.
+fn reply_root(channel: &str) -> Option<Channel> {
+    if !channel.starts_with(REPLY_PREFIX) {
+        return None;
+    }
+    Channel::parse(channel)
+        .ok()
+        .filter(namespace::is_reply_root)
 }
 
 fn now_ms() -> u64 {
@@ -1272,7 +1325,7 @@ mod tests {
 
     use entente_crypto::{MessageKeys, Sealer, SealerOptions};
     use entente_types::{AgentId, TrustDomain};
-    use entente_wire::{Deliver, SignedBatch};
+    use entente_wire::{Deliver, SenderKey, SignedBatch};
 
     use super::*;
     use crate::replay::ReplayGuard;
@@ -1369,9 +1422,18 @@ mod tests {
         }
 
         async fn publish(&mut self, id: u64, batches: Vec<SignedBatch>) -> server_frame::Kind {
+            self.publish_with_keys(id, vec![], batches).await
+        }
+
+        async fn publish_with_keys(
+            &mut self,
+            id: u64,
+            sender_keys: Vec<SenderKey>,
+            batches: Vec<SignedBatch>,
+        ) -> server_frame::Kind {
             self.send(client_frame::Kind::Publish(Publish {
                 request_id: id,
-                sender_keys: vec![],
+                sender_keys,
                 batches,
                 purpose: String::new(),
             }))
@@ -1402,19 +1464,21 @@ mod tests {
         }
 
         fn sealer_at(&self, channel: &str, now: u64) -> Sealer {
-            let keys = Arc::new(MessageKeys::generate().unwrap());
-            let channel = Channel::parse(channel).unwrap();
-            let (sealer, _) = Sealer::new(
+            self.sealer_and_key(channel, now).0
+        }
+
+        /// A sealer of this client's for `channel`, with its sender key (for no recipient).
+        fn sealer_and_key(&self, channel: &str, now: u64) -> (Sealer, SenderKey) {
+            Sealer::new(
                 self.principal.clone(),
                 1,
-                keys,
-                channel,
+                Arc::new(MessageKeys::generate().unwrap()),
+                Channel::parse(channel).unwrap(),
                 &[],
                 SealerOptions::default(),
                 now,
             )
-            .unwrap();
-            sealer
+            .unwrap()
         }
     }
 
@@ -1661,6 +1725,161 @@ mod tests {
         );
         assert!(alice.rx.try_recv().is_err());
         assert_eq!(hub.context.stats.snapshot().denials, 3);
+    }
+
+    #[tokio::test]
+    async fn a_reply_namespace_sender_key_goes_only_with_a_reply_into_it() {
+        let mut hub = hub(SHOP_REQUESTS);
+        let mut alice = hub.connect(agent("shop", "alice"));
+        let mut bob = hub.connect(agent("shop", "bob"));
+        assert_eq!(alice.subscribe(1, "_reply.shop.alice.>").await, ack(1));
+        assert_eq!(alice.subscribe(2, "_direct.shop.alice").await, ack(2));
+        assert_eq!(bob.subscribe(1, "_direct.shop.bob").await, ack(1));
+        let now = now_ms();
+        let (mut bobs, key) = bob.sealer_and_key("_reply.shop.alice", now);
+
+        // Alone, or beside something other than a reply into the namespace: refused.
+        let answer = bob.publish_with_keys(2, vec![key.clone()], vec![]).await;
+        assert_eq!(refusal(answer), (2, Some(RefusalCode::Denied)));
+        let mut direct = bob.sealer_at("_direct.shop.alice", now);
+        let plain = direct.seal_batch(&[b"hi"], None, now).unwrap();
+        let answer = bob
+            .publish_with_keys(3, vec![key.clone()], vec![plain])
+            .await;
+        assert_eq!(refusal(answer), (3, Some(RefusalCode::Denied)));
+        assert!(alice.rx.try_recv().is_err());
+
+        // With the reply it was granted: delivered together.
+        let mut requests = alice.sealer_at("_direct.shop.bob", now);
+        for token in ["r1", "r2"] {
+            let reply_to = Channel::parse(&format!("_reply.shop.alice.{token}")).unwrap();
+            let request = requests
+                .seal_batch(&[b"ping"], Some(&reply_to), now)
+                .unwrap();
+            assert_eq!(alice.publish(10, vec![request]).await, ack(10));
+            assert!(is_deliver(&bob.next()));
+        }
+        let r1 = Channel::parse("_reply.shop.alice.r1").unwrap();
+        let reply = bobs
+            .seal_batch_on(&r1, [(&b"pong"[..], None)].into_iter(), now)
+            .unwrap();
+        let answer = bob
+            .publish_with_keys(4, vec![key.clone()], vec![reply])
+            .await;
+        assert_eq!(answer, ack(4));
+        match alice.next() {
+            server_frame::Kind::Deliver(Deliver {
+                sender_keys,
+                batches,
+                ..
+            }) => {
+                assert_eq!(sender_keys, std::slice::from_ref(&key));
+                assert_eq!(batches.len(), 1);
+                assert_eq!(batches[0].channel, "_reply.shop.alice.r1");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // A key for another requester's namespace does not ride along with Alice's reply.
+        let (_, carols) = bob.sealer_and_key("_reply.shop.carol", now);
+        let r2 = Channel::parse("_reply.shop.alice.r2").unwrap();
+        let reply = bobs
+            .seal_batch_on(&r2, [(&b"pong"[..], None)].into_iter(), now)
+            .unwrap();
+        let answer = bob.publish_with_keys(5, vec![carols], vec![reply]).await;
+        assert_eq!(refusal(answer), (5, Some(RefusalCode::Denied)));
+        // Nor may anyone send a key in someone else's name.
+        let (_, forged) = alice.sealer_and_key("_reply.shop.alice", now);
+        let reply = bobs
+            .seal_batch_on(&r2, [(&b"pong"[..], None)].into_iter(), now)
+            .unwrap();
+        let answer = bob.publish_with_keys(6, vec![forged], vec![reply]).await;
+        assert_eq!(refusal(answer), (6, Some(RefusalCode::ForgedSender)));
+        assert!(alice.rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn subscribe_and_unsubscribe_frames_count_against_their_own_rate() {
+        let mut hub = hub(SHOP);
+        hub.context.limiters = Arc::new(Limiters::new(&crate::RateLimits {
+            agent_messages: None,
+            agent_bytes: None,
+            agent_subscriptions: Some(crate::Rate {
+                per_second: 1,
+                burst: 2,
+            }),
+            channels: Vec::new(),
+        }));
+        let mut alice = hub.connect(agent("shop", "alice"));
+        assert_eq!(alice.subscribe(1, "orders.eu").await, ack(1));
+        alice
+            .send(client_frame::Kind::Unsubscribe(Unsubscribe {
+                subscription_id: 1,
+            }))
+            .await
+            .unwrap();
+        assert_eq!(alice.next(), ack(1));
+        for kind in [
+            client_frame::Kind::Subscribe(Subscribe {
+                subscription_id: 2,
+                pattern: "orders.eu".into(),
+                durable: String::new(),
+            }),
+            client_frame::Kind::Unsubscribe(Unsubscribe { subscription_id: 2 }),
+        ] {
+            alice.send(kind).await.unwrap();
+            match alice.next() {
+                server_frame::Kind::Refusal(r) => {
+                    assert_eq!(r.request_id, 2);
+                    assert_eq!(
+                        RefusalCode::from_u32(r.code),
+                        Some(RefusalCode::RateLimited)
+                    );
+                    assert!(r.retry_after_ms > 0, "{r:?}");
+                    assert!(r.reason.contains("agent-subscriptions"), "{}", r.reason);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Refused, so not subscribed; and another agent has its own bucket.
+        assert_eq!(hub.context.router.subscriptions(), 0);
+        let mut bob = hub.connect(agent("shop", "bob"));
+        assert_eq!(bob.subscribe(1, "orders.eu").await, ack(1));
+        assert_eq!(hub.context.stats.snapshot().rate_limited, 2);
+    }
+
+    #[tokio::test]
+    async fn frames_without_envelopes_count_against_the_message_rate() {
+        let mut hub = hub(SHOP);
+        hub.context.limiters = Arc::new(Limiters::new(&crate::RateLimits {
+            agent_messages: Some(crate::Rate {
+                per_second: 1,
+                burst: 3,
+            }),
+            agent_bytes: None,
+            agent_subscriptions: None,
+            channels: Vec::new(),
+        }));
+        let mut alice = hub.connect(agent("shop", "alice"));
+        let (_, key) = alice.sealer_and_key("orders.eu", now_ms());
+        // A frame with no envelope at all, and one with a sender key alone: each costs one.
+        let answer = alice.publish_with_keys(1, vec![], vec![]).await;
+        assert_eq!(refusal(answer), (1, Some(RefusalCode::Malformed)));
+        for id in 2..=3 {
+            let answer = alice.publish_with_keys(id, vec![key.clone()], vec![]).await;
+            assert_eq!(answer, ack(id));
+        }
+        match alice.publish_with_keys(4, vec![key.clone()], vec![]).await {
+            server_frame::Kind::Refusal(r) => {
+                assert_eq!(
+                    RefusalCode::from_u32(r.code),
+                    Some(RefusalCode::RateLimited)
+                );
+                assert!(r.retry_after_ms > 0 && r.retry_after_ms <= 1_000, "{r:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(hub.context.stats.snapshot().rate_limited, 1);
     }
 
     #[tokio::test]

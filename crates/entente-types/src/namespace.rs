@@ -58,6 +58,45 @@ pub fn reply_channel(principal: &Principal, token: &str) -> Result<Channel, Chan
     Channel::parse(&format!("{REPLY_PREFIX}.{}.{token}", owner(principal)))
 }
 
+/// The root of the principal's reply namespace, `_reply.S.N` or `_reply.human:N`: not a reply
+/// channel itself, but what a responder's reply sender key is scoped to (PROTOCOL.md §5.4).
+pub fn reply_root(principal: &Principal) -> Channel {
+    Channel::from_valid(format!("{REPLY_PREFIX}.{}", owner(principal)))
+}
+
+/// The root of the reply namespace `channel` lies in (`_reply.S.N.t` → `_reply.S.N`,
+/// `_reply.human:N.t` → `_reply.human:N`); `None` unless `channel` is a reply channel, with at
+/// least one token after its owner's.
+pub fn reply_root_of(channel: &Channel) -> Option<Channel> {
+    let mut tokens = channel.tokens();
+    if tokens.next() != Some(REPLY_PREFIX) {
+        return None;
+    }
+    let first = tokens.next()?;
+    let owner_tokens = if first.starts_with(HUMAN_OWNER_PREFIX) {
+        1
+    } else {
+        2
+    };
+    let root_tokens = 1 + owner_tokens;
+    if channel.tokens().count() <= root_tokens {
+        return None;
+    }
+    let root: Vec<&str> = channel.tokens().take(root_tokens).collect();
+    Some(Channel::from_valid(root.join(".")))
+}
+
+/// Whether `channel` is the root of some principal's reply namespace: `_reply.S.N` (two
+/// owner tokens, neither starting `human:`) or `_reply.human:N`.
+pub fn is_reply_root(channel: &Channel) -> bool {
+    let tokens: Vec<&str> = channel.tokens().collect();
+    match tokens.as_slice() {
+        [REPLY_PREFIX, human] => human.starts_with(HUMAN_OWNER_PREFIX),
+        [REPLY_PREFIX, segment, _name] => !segment.starts_with(HUMAN_OWNER_PREFIX),
+        _ => false,
+    }
+}
+
 /// Whether `channel` is the principal's direct channel.
 pub fn is_direct_channel_of(principal: &Principal, channel: &Channel) -> bool {
     let mut tokens = channel.tokens();
@@ -170,6 +209,47 @@ mod tests {
         assert_eq!(reply_pattern(&human).as_str(), "_reply.human:shop.>");
         assert!(reply_channel(&alice, "a.b").is_err());
         assert!(reply_channel(&alice, "").is_err());
+    }
+
+    #[test]
+    fn reply_roots() {
+        let alice = p("spiffe://td/agent/shop/alice");
+        let human = p("spiffe://td/human/ops");
+        assert_eq!(reply_root(&alice).as_str(), "_reply.shop.alice");
+        assert_eq!(reply_root(&human).as_str(), "_reply.human:ops");
+        for (channel, root) in [
+            ("_reply.shop.alice.r1", Some("_reply.shop.alice")),
+            ("_reply.shop.alice.r1.x", Some("_reply.shop.alice")),
+            ("_reply.human:ops.r1", Some("_reply.human:ops")),
+            ("_reply.shop.alice", None),
+            ("_reply.human:ops", None),
+            ("_reply.shop", None),
+            ("_direct.shop.alice.r1", None),
+            ("orders.shop.alice.r1", None),
+        ] {
+            let got = reply_root_of(&c(channel));
+            assert_eq!(got.as_ref().map(Channel::as_str), root, "{channel}");
+            if let Some(root) = got {
+                assert!(is_reply_root(&root));
+                let owner = if root.as_str().contains("human:") {
+                    &human
+                } else {
+                    &alice
+                };
+                assert_eq!(root, reply_root(owner));
+                assert!(is_reply_channel_of(owner, &c(channel)));
+            }
+        }
+        for no in [
+            "_reply.shop.alice.r1",
+            "_reply.shop",
+            "_reply.human:ops.x",
+            "_reply.human:x.y.z",
+            "_direct.shop.alice",
+            "shop.alice",
+        ] {
+            assert!(!is_reply_root(&c(no)), "{no}");
+        }
     }
 
     #[test]
