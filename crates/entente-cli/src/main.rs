@@ -377,6 +377,15 @@ enum HubCommand {
         /// stored: the way out when the stored set no longer loads.
         #[arg(long)]
         reload_policies: bool,
+        /// How the hub's log events go to standard error: `text`, or `json` (one object per
+        /// line; the default with `--json`). They carry no payload, key, token or secret.
+        #[arg(long, value_parser = ["text", "json"])]
+        log_format: Option<String>,
+        /// The least severe log events shown: `off`, `error`, `warn`, `info` or `debug`
+        /// (refused handshakes and connections are `debug`: counted in the metrics, and only
+        /// logged on request, so that a flood of them is no flood of log lines).
+        #[arg(long, default_value = "info", value_parser = ["off", "error", "warn", "info", "debug"])]
+        log_level: String,
     },
 }
 
@@ -454,13 +463,19 @@ fn main() -> ExitCode {
             listen,
             trust_domain,
             reload_policies,
-        }) => commands::hub::start(
-            &data,
-            listen,
-            trust_domain.as_deref(),
-            reload_policies,
-            cli.json,
-        ),
+            log_format,
+            log_level,
+        }) => {
+            let json_logs = log_format.map_or(cli.json, |f| f == "json");
+            commands::hub::init_logs(json_logs, &log_level);
+            commands::hub::start(
+                &data,
+                listen,
+                trust_domain.as_deref(),
+                reload_policies,
+                cli.json,
+            )
+        }
         Command::Audit(command) => commands::audit::run(command, cli.json),
         Command::Keys(command) => commands::keys::run_command(command, cli.json),
         Command::Policy(PolicyCommand::Load { at, files }) => {

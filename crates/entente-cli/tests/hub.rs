@@ -9,7 +9,7 @@ mod support;
 
 use std::{fs, os::unix::fs::PermissionsExt, process::Command};
 
-use support::{start, stop};
+use support::{ok, s, start, start_with, stop, stop_with_output};
 
 #[test]
 fn the_first_start_initializes_and_later_starts_reuse() {
@@ -93,4 +93,61 @@ fn a_missing_keystore_key_is_one_clear_error() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("ENTENTE_KEYSTORE_KEY"), "{stderr}");
+}
+
+#[test]
+fn the_hub_logs_one_json_object_per_line_and_no_secret() {
+    use std::io::{Read as _, Write as _};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hub");
+    let (child, first) = start_with(&dir, "127.0.0.1:0", &["--log-level", "debug"]);
+    let addr = first["listening"].as_str().unwrap().to_owned();
+
+    // Not TLS at all: refused at the handshake, and logged (at debug level).
+    let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let _ = tcp.read_to_end(&mut Vec::new());
+    // A join token and a policy load: the token is a secret, the load an event.
+    let admin = dir.join("admin");
+    let at = ["--identity", s(&admin), "--hub", &addr];
+    let token = ok(&[&["token", "create", "--agent", "demo/alice"][..], &at[..]].concat());
+    let default = dir.join("policies/default.cedar");
+    ok(&[&["policy", "load", s(&default)][..], &at[..]].concat());
+
+    let out = stop_with_output(child);
+    let logs = String::from_utf8(out.stderr).unwrap();
+    let events: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let find = |message: &str| {
+        events
+            .iter()
+            .find(|e| e["fields"]["message"] == message)
+            .unwrap_or_else(|| panic!("no `{message}` in {logs}"))
+    };
+    let serving = find("hub serving");
+    assert_eq!(serving["level"], "INFO");
+    assert_eq!(serving["fields"]["listen"], addr.as_str());
+    assert_eq!(serving["target"], "entente_hub::server");
+    let refused = find("TLS handshake refused");
+    assert_eq!(refused["level"], "DEBUG");
+    assert!(refused["fields"]["error"].as_str().is_some(), "{refused}");
+    let loaded = find("policies loaded");
+    assert!(
+        loaded["fields"]["by"]
+            .as_str()
+            .is_some_and(|by| by.starts_with("spiffe://entente.local/")),
+        "{loaded}"
+    );
+    for e in &events {
+        assert!(e["timestamp"].is_string() && e["level"].is_string(), "{e}");
+    }
+    // No secret: the token, the key store's key.
+    assert!(!logs.contains(token.trim()), "{logs}");
+    let key = fs::read_to_string(dir.join("keystore.key")).unwrap();
+    assert!(!logs.contains(key.trim()), "{logs}");
 }

@@ -14,7 +14,7 @@ pub struct ClientStats {
     pub batches_sent: u64,
     /// `Publish` frames sent.
     pub publish_frames: u64,
-    /// Sender keys sent (new epochs and periodic resends).
+    /// Sender keys sent (new epochs, periodic resends, and the one every reply carries).
     pub sender_keys_sent: u64,
     /// Messages opened and handed to subscriptions.
     pub received: u64,

@@ -121,6 +121,12 @@ pub(crate) async fn put_in_force<R>(
         })?;
     let list = services.revocations.replace(list)?;
     let closed = services.connections.close_revoked(&list);
+    tracing::info!(
+        version = list.version(),
+        closed,
+        actor,
+        "revocation list in force"
+    );
     // What decisions may depend on changed: no cached decision outlives it.
     services.authz.bump();
     record_revocations(services, before.as_deref(), &list, actor);

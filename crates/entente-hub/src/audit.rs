@@ -400,6 +400,7 @@ impl Inner {
     }
 
     fn fail(&self) {
+        tracing::error!("the audit log failed: everything it would record is refused");
         stats::bump(&self.stats.audit_failures);
         self.queue.fail();
     }

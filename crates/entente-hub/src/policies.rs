@@ -118,6 +118,7 @@ async fn load_inner<R>(
             LoadPoliciesError::Store(e) => RpcError::Store(e),
             other => RpcError::InvalidPolicies(other.problems()),
         })?;
+    tracing::info!(epoch, policies, by = %caller.principal, "policies loaded");
     Ok(LoadPoliciesResponse {
         epoch,
         policies: u32::try_from(policies).unwrap_or(u32::MAX),

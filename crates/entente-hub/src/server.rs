@@ -365,6 +365,12 @@ impl Hub {
             not_after,
             shutdown_rx,
         ));
+        tracing::info!(
+            listen = %local_addr,
+            trust_domain = %ca.trust_domain(),
+            metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            "hub serving"
+        );
         Ok(HubHandle {
             local_addr,
             metrics_addr,
@@ -830,23 +836,29 @@ fn half_life(not_after: SystemTime) -> Duration {
 // === one connection ===
 
 async fn serve_tcp(shared: Arc<Shared>, tcp: TcpStream) {
+    let peer = tcp
+        .peer_addr()
+        .map_or_else(|_| "unknown".to_owned(), |a| a.to_string());
     let handshake = async {
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
             .await
-            .map_err(|_| None)?;
+            .map_err(|e| (e, None))?;
         let (listener, config) = shared.tls.select(start.client_hello().server_name());
         let stream = start
             .into_stream(config)
             .into_fallible()
             .await
-            .map_err(|(_, tcp)| Some(tcp))?;
+            .map_err(|(e, tcp)| (e, Some(tcp)))?;
         Ok((listener, stream))
     };
+    // Refused handshakes are counted; their log events are debug-level, so that a flood of
+    // them does not become a flood of log lines.
     let (listener, stream) =
         match tokio::time::timeout(shared.config.handshake_timeout, handshake).await {
             Ok(Ok(accepted)) => accepted,
-            Ok(Err(refused)) => {
+            Ok(Err((error, refused))) => {
                 stats::bump(&shared.stats.handshakes_failed);
+                tracing::debug!(%peer, %error, "TLS handshake refused");
                 if let Some(tcp) = refused {
                     close_after_alert(tcp).await;
                 }
@@ -854,6 +866,7 @@ async fn serve_tcp(shared: Arc<Shared>, tcp: TcpStream) {
             }
             Err(_) => {
                 stats::bump(&shared.stats.handshakes_failed);
+                tracing::debug!(%peer, "TLS handshake timed out");
                 return;
             }
         };
@@ -1003,6 +1016,15 @@ async fn serve_mtls(shared: Arc<Shared>, stream: tokio_rustls::server::TlsStream
                 }
             }
         };
+        match control.reason() {
+            Some(reason @ (CloseReason::Revoked | CloseReason::SlowConsumer)) => {
+                tracing::warn!(principal = %svid.principal(), ?reason, "connection closed");
+            }
+            Some(reason @ CloseReason::CertificateExpired) => {
+                tracing::info!(principal = %svid.principal(), ?reason, "connection closed");
+            }
+            Some(CloseReason::Shutdown) | None => {}
+        }
         if !ended {
             // The streams end with the close reason's status; then GOAWAY, then the socket.
             connection.as_mut().graceful_shutdown();
@@ -1022,6 +1044,7 @@ async fn serve_limited(
 ) {
     stats::bump(&shared.stats.connection_limit_hits);
     shared.stats.traffic.limit_hit(limit.name());
+    tracing::debug!(%principal, limit = limit.name(), "connection refused by a limit");
     let event = Event::Limit(entente_audit::LimitHit {
         principal: audit::clear(principal.as_str()),
         limit: audit::clear(limit.name()),

@@ -1015,6 +1015,13 @@ impl<R: Router> Session<R> {
             return;
         };
         self.limit_hits.last_record = Some(Instant::now());
+        tracing::warn!(
+            principal = %self.principal,
+            limit = hit.limit.as_str(),
+            scope = %hit.scope,
+            count,
+            "refused by a rate limit"
+        );
         let event = Event::Limit(entente_audit::LimitHit {
             principal: audit::clear(self.principal.as_str()),
             limit: audit::clear(hit.limit.as_str()),

@@ -7,6 +7,36 @@ use entente_hub::{Hub, HubError, PolicyOrigin};
 
 use crate::data::DataDir;
 
+/// Sends the hub's log events (`tracing`) to standard error at `level` and above: as text,
+/// or with `json` as one JSON object per line (`timestamp`, `level`, `target`, and `fields`
+/// with the `message` and the event's own fields). `off` shows none. Only Entente's own
+/// events go down to `level`; the libraries' (HTTP/2, TLS) show from `warn` at most.
+pub(crate) fn init_logs(json: bool, level: &str) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    let level = match level {
+        "off" => return,
+        "error" => LevelFilter::ERROR,
+        "warn" => LevelFilter::WARN,
+        "debug" => LevelFilter::DEBUG,
+        _ => LevelFilter::INFO,
+    };
+    let filter = Targets::new()
+        .with_target("entente", level)
+        .with_default(level.min(LevelFilter::WARN));
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    let registry = tracing_subscriber::registry().with(filter);
+    // Another subscriber already set (none is, in the binary) keeps its place.
+    let _ = if json {
+        tracing::subscriber::set_global_default(registry.with(layer.json()))
+    } else {
+        tracing::subscriber::set_global_default(registry.with(layer))
+    };
+}
+
 pub(crate) fn start(
     dir: &Path,
     listen: Option<SocketAddr>,

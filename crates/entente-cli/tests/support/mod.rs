@@ -26,8 +26,19 @@ pub fn start(dir: &std::path::Path) -> (Child, serde_json::Value) {
 /// As [`start`], listening on `listen` (an address a previous start of `dir` got, to come
 /// back at the same place).
 pub fn start_at(dir: &std::path::Path, listen: &str) -> (Child, serde_json::Value) {
+    start_with(dir, listen, &[])
+}
+
+/// As [`start_at`], with more arguments for `hub start`.
+pub fn start_with(
+    dir: &std::path::Path,
+    listen: &str,
+    more: &[&str],
+) -> (Child, serde_json::Value) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_entente"))
-        .args(["hub", "start", "--json", "--listen", listen, "--data"])
+        .args(["hub", "start", "--json", "--listen", listen])
+        .args(more)
+        .arg("--data")
         .arg(dir)
         .env_remove("ENTENTE_KEYSTORE_KEY")
         .env_remove("ENTENTE_KEYSTORE_PASSPHRASE")
@@ -45,12 +56,19 @@ pub fn start_at(dir: &std::path::Path, listen: &str) -> (Child, serde_json::Valu
 }
 
 pub fn stop(child: Child) {
+    stop_with_output(child);
+}
+
+/// As [`stop`], returning what the hub wrote.
+pub fn stop_with_output(child: Child) -> Output {
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    assert!(wait(child, LIMIT).status.success());
+    let out = wait(child, LIMIT);
+    assert!(out.status.success());
+    out
 }
 
 /// Waits for `child` to exit, at most `limit`, collecting whatever of its standard output and
