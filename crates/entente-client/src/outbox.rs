@@ -156,7 +156,10 @@ impl Outbox {
     /// Forgets `channel`'s sealer (for a reply channel, its requester's): its next message
     /// starts a new epoch with a new sender key.
     pub(crate) fn reset(&mut self, channel: &Channel) {
-        self.channels.remove(&scope(channel));
+        match namespace::reply_root_of(channel) {
+            Some(root) => self.channels.remove(&root),
+            None => self.channels.remove(channel),
+        };
     }
 
     /// Seals `messages` into frames, in order within each channel. `next_id` draws request IDs.
@@ -187,7 +190,9 @@ impl Outbox {
             };
         };
         let channel = first.channel.clone();
-        let scope = scope(&channel);
+        // Replies are sealed by their requester's sealer; other channels by their own.
+        let root = namespace::reply_root_of(&channel);
+        let scope = root.as_ref().unwrap_or(&channel);
         let recipients = first.recipients.clone();
         let purpose = first.purpose.clone().unwrap_or_default();
         let mut messages = Vec::with_capacity(run.len());
@@ -196,16 +201,16 @@ impl Outbox {
             messages.push((m.payload, m.reply_to));
             tickets.push(m.ticket);
         }
-        let mut sealed = self.seal_batch(&scope, &channel, &recipients, &messages, now_ms);
+        let mut sealed = self.seal_batch(scope, &channel, &recipients, &messages, now_ms);
         // A message held for approval may be released long after, or alone of its epoch (the
         // frames before it rejected): it carries the sender key with it, always. So does a
         // reply, for whichever session of the requester asked.
-        if (!purpose.is_empty() || scope != channel)
+        if (!purpose.is_empty() || root.is_some())
             && let Ok((sender_key @ None, _)) = &mut sealed
         {
-            *sender_key = self.channels.get(&scope).map(|c| c.sender_key.clone());
+            *sender_key = self.channels.get(scope).map(|c| c.sender_key.clone());
         }
-        if scope != channel {
+        if root.is_some() {
             self.purge_idle_replies(now_ms);
         }
         match sealed {
@@ -342,12 +347,6 @@ impl Outbox {
         }
         options
     }
-}
-
-/// What a sealer for `channel` is scoped to: the reply namespace root above a reply channel,
-/// or the channel itself.
-fn scope(channel: &Channel) -> Channel {
-    namespace::reply_root_of(channel).unwrap_or_else(|| channel.clone())
 }
 
 /// Splits messages into runs to seal as one batch each: grouped by channel (in order of first

@@ -836,9 +836,10 @@ fn half_life(not_after: SystemTime) -> Duration {
 // === one connection ===
 
 async fn serve_tcp(shared: Arc<Shared>, tcp: TcpStream) {
-    let peer = tcp
-        .peer_addr()
-        .map_or_else(|_| "unknown".to_owned(), |a| a.to_string());
+    let peer = tcp.peer_addr().ok();
+    // Formatted only if the event is logged.
+    let shown =
+        |peer: Option<SocketAddr>| peer.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
     let handshake = async {
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
             .await
@@ -858,7 +859,7 @@ async fn serve_tcp(shared: Arc<Shared>, tcp: TcpStream) {
             Ok(Ok(accepted)) => accepted,
             Ok(Err((error, refused))) => {
                 stats::bump(&shared.stats.handshakes_failed);
-                tracing::debug!(%peer, %error, "TLS handshake refused");
+                tracing::debug!(peer = %shown(peer), %error, "TLS handshake refused");
                 if let Some(tcp) = refused {
                     close_after_alert(tcp).await;
                 }
@@ -866,7 +867,7 @@ async fn serve_tcp(shared: Arc<Shared>, tcp: TcpStream) {
             }
             Err(_) => {
                 stats::bump(&shared.stats.handshakes_failed);
-                tracing::debug!(%peer, "TLS handshake timed out");
+                tracing::debug!(peer = %shown(peer), "TLS handshake timed out");
                 return;
             }
         };

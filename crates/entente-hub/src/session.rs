@@ -1376,7 +1376,9 @@ mod tests {
     }
 
     /// Segment `shop` may publish and subscribe under `orders.>`, which belongs to segment
-    /// `orders` (and, by the base policies, send direct messages within the segment).
+    /// `orders` (and, by the base policies, send direct messages within the segment). The
+    /// testkit's `SHOP_ORDERS`, written again: a unit test can't use the testkit without
+    /// linking a second copy of this crate.
     const SHOP: &str = r#"
         @id("shop-orders")
         @cross_segment

@@ -31,15 +31,8 @@ use entente_wire::{
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-/// Segment `shop` may publish and subscribe under `orders.>` (namespace `orders`
-/// belongs to segment `orders`: a `@cross_segment` permit names it).
-const SHOP: &str = r#"
-    @id("shop-orders")
-    @cross_segment
-    permit (principal in Segment::"shop",
-            action in [Action::"publish", Action::"subscribe"],
-            resource in Namespace::"orders");
-"#;
+/// Segment `shop` may publish and subscribe under `orders.>`.
+const SHOP: &str = entente_testkit::SHOP_ORDERS;
 
 /// A hub whose policies let segment `shop` publish and subscribe under `orders.>`.
 async fn shop_hub() -> TestHub {
