@@ -305,7 +305,8 @@ wire_messages! {
     ApprovalStatement, ApproveRequest, ApproveResponse, HeldMessage, ListHeldRequest,
     ListHeldResponse, RevokeGrantRequest, RevokeGrantResponse, StoredHold, AuditRecordsRequest,
     AuditRecordsResponse, AuditExportRequest, AuditExportResponse, AuditProofRequest,
-    AuditProofResponse, KeysRequest, KeysResponse, StoredCaRollover,
+    AuditProofResponse, KeysRequest, KeysResponse, StoredCaRollover, QuarantineRequest,
+    QuarantinedAgent, QuarantineResponse, StoredQuarantine,
 }
 
 /// Decodes `bytes` as the message type `selector` picks (modulo the number of types) with

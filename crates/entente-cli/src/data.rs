@@ -353,6 +353,83 @@ pub(crate) struct ConfigFile {
     /// The Prometheus metrics endpoint; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) metrics: Option<MetricsTable>,
+    /// Anomaly detection, throttling and quarantine (docs/ANOMALY.md); defaults when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) anomaly: Option<AnomalyTable>,
+}
+
+/// The `[anomaly]` table of `config.toml`. Each field left out keeps the hub's default.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AnomalyTable {
+    /// How long a window of counted traffic is, in milliseconds (10 000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) window_ms: Option<u64>,
+    /// Active windows each agent's baseline learns from before deviations count (30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) warmup_windows: Option<u32>,
+    /// The risk score (1–100) at which an agent is throttled (60); 0 is never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) throttle_at: Option<u8>,
+    /// The risk score (1–100) at which an agent is quarantined (85); 0 is never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) quarantine_at: Option<u8>,
+    /// Messages and frames per second a throttled agent may send (10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) throttled_per_second: Option<u32>,
+    /// The burst of that rate (twice the rate by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) throttled_burst: Option<u32>,
+    /// Where each quarantine imposed or lifted is POSTed as JSON: `http://…` or `https://…`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) webhook: Option<String>,
+    /// For an `https` webhook: a PEM file of the certificates its server's must chain to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) webhook_ca: Option<String>,
+}
+
+impl AnomalyTable {
+    /// Sets what the table sets in `config`; the hub checks the result when it starts.
+    fn apply(&self, config: &mut HubConfig) -> Result<()> {
+        if let Some(url) = &self.webhook {
+            let roots_pem = match &self.webhook_ca {
+                Some(path) => Some(
+                    std::fs::read(path)
+                        .with_context(|| format!("`[anomaly]` `webhook_ca`: reading `{path}`"))?,
+                ),
+                None => None,
+            };
+            config.quarantine_webhook = Some(entente_hub::Webhook {
+                url: url.clone(),
+                roots_pem,
+            });
+        } else if self.webhook_ca.is_some() {
+            bail!("`[anomaly]` `webhook_ca` needs `webhook`");
+        }
+        let anomaly = &mut config.anomaly;
+        if let Some(ms) = self.window_ms {
+            anomaly.window = Duration::from_millis(ms);
+        }
+        if let Some(windows) = self.warmup_windows {
+            anomaly.warmup = windows;
+        }
+        let risk = |at: u8| (at > 0).then_some(at);
+        if let Some(at) = self.throttle_at {
+            anomaly.throttle_at = risk(at);
+        }
+        if let Some(at) = self.quarantine_at {
+            anomaly.quarantine_at = risk(at);
+        }
+        if let Some(per_second) = self.throttled_per_second {
+            anomaly.throttled = Rate {
+                per_second,
+                burst: self.throttled_burst.unwrap_or(per_second.saturating_mul(2)),
+            };
+        } else if let Some(burst) = self.throttled_burst {
+            anomaly.throttled.burst = burst;
+        }
+        Ok(())
+    }
 }
 
 /// The `[metrics]` table of `config.toml`.
@@ -583,6 +660,7 @@ impl ConfigFile {
             ca_rollover: None,
             limits: None,
             metrics: None,
+            anomaly: None,
         }
     }
 
@@ -644,6 +722,9 @@ impl ConfigFile {
         };
         if let Some(limits) = &self.limits {
             limits.apply(&mut config)?;
+        }
+        if let Some(anomaly) = &self.anomaly {
+            anomaly.apply(&mut config)?;
         }
         if let Some(metrics) = &self.metrics {
             let addr: SocketAddr = metrics.listen.parse().with_context(|| {
@@ -928,6 +1009,27 @@ mod tests {
             }
         );
         assert_eq!(hub.max_connections_per_agent, 4);
+        // `[anomaly]`: 0 turns a threshold off.
+        let text = format!(
+            "{head}[anomaly]\nwindow_ms = 500\nwarmup_windows = 3\nthrottle_at = 0\n\
+             quarantine_at = 70\nthrottled_per_second = 5\n"
+        );
+        let anomaly = ConfigFile::parse(&text)
+            .unwrap()
+            .to_hub_config()
+            .unwrap()
+            .anomaly;
+        assert_eq!(anomaly.window, Duration::from_millis(500));
+        assert_eq!(anomaly.warmup, 3);
+        assert_eq!(anomaly.throttle_at, None);
+        assert_eq!(anomaly.quarantine_at, Some(70));
+        assert_eq!(
+            anomaly.throttled,
+            Rate {
+                per_second: 5,
+                burst: 10
+            }
+        );
         assert_eq!(hub.max_connections, HubConfig::default().max_connections);
         assert_eq!(hub.metrics_listen, None);
         let text = format!("{head}[metrics]\nlisten = \"127.0.0.1:9464\"\n");

@@ -63,7 +63,7 @@ enum Command {
             long,
             value_name = "INFLIGHT",
             value_parser = clap::value_parser!(u16).range(1..=1024),
-            conflicts_with_all = ["compare_authorization", "compare_audit", "compare_jetstream", "publishers", "subscribers", "rate"]
+            conflicts_with_all = ["compare_authorization", "compare_audit", "compare_attack", "compare_jetstream", "publishers", "subscribers", "rate"]
         )]
         request_reply: Option<u16>,
         /// Run ROUNDS rounds with the hub's policy decisions on and off (a setting of the
@@ -90,6 +90,19 @@ enum Command {
             conflicts_with_all = ["compare_authorization", "compare_audit"]
         )]
         compare_jetstream: Option<usize>,
+        /// Run ROUNDS rounds of the pub/sub workload alone and with attackers against the hub
+        /// (floods over their rate limit, a replay storm, probes of another segment, stalled
+        /// and garbage connections), every agent limited to 5 000 messages/s, the publisher
+        /// offered `--rate` (default 4 000/s); report the honest throughput of each and the
+        /// ratio.
+        #[arg(
+            long,
+            value_name = "ROUNDS",
+            num_args = 0..=1,
+            default_missing_value = "3",
+            conflicts_with_all = ["compare_authorization", "compare_audit", "compare_jetstream"]
+        )]
+        compare_attack: Option<usize>,
         /// Run ROUNDS rounds of the same pub/sub (or request/reply) workload through Entente
         /// and through nats-server, plain and with TLS (`nats-server` must be installed), and
         /// report the ratios.
@@ -98,7 +111,7 @@ enum Command {
             value_name = "ROUNDS",
             num_args = 0..=1,
             default_missing_value = "3",
-            conflicts_with_all = ["compare_authorization", "compare_audit", "compare_jetstream"]
+            conflicts_with_all = ["compare_authorization", "compare_audit", "compare_jetstream", "compare_attack"]
         )]
         compare_nats: Option<usize>,
         /// Run every workload of the comparison with nats-server, ROUNDS rounds, and print
@@ -111,7 +124,7 @@ enum Command {
             value_name = "ROUNDS",
             num_args = 0..=1,
             default_missing_value = "3",
-            conflicts_with_all = ["compare_authorization", "compare_audit", "compare_jetstream", "compare_nats", "request_reply", "publishers", "subscribers", "rate", "payload"]
+            conflicts_with_all = ["compare_authorization", "compare_audit", "compare_attack", "compare_jetstream", "compare_nats", "request_reply", "publishers", "subscribers", "rate", "payload"]
         )]
         suite: Option<usize>,
         /// Measure the crypto floor alone: what the cryptography the design requires costs per
@@ -119,7 +132,7 @@ enum Command {
         /// throughput ceiling it sets. `--suite` prints it too.
         #[arg(
             long,
-            conflicts_with_all = ["suite", "compare_authorization", "compare_audit", "compare_jetstream", "compare_nats", "request_reply"]
+            conflicts_with_all = ["suite", "compare_authorization", "compare_audit", "compare_attack", "compare_jetstream", "compare_nats", "request_reply"]
         )]
         crypto_floor: bool,
     },
@@ -150,6 +163,10 @@ enum Command {
     /// now (administrators).
     #[command(subcommand)]
     Keys(commands::keys::KeysCommand),
+    /// The agents quarantined for their risk score or by an administrator: list them, lift a
+    /// quarantine, impose one (administrators).
+    #[command(subcommand)]
+    Quarantine(commands::quarantine::QuarantineCommand),
     /// Manage join tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -403,6 +420,7 @@ fn main() -> ExitCode {
             compare_authorization,
             compare_audit,
             compare_jetstream,
+            compare_attack,
             compare_nats,
             suite,
             crypto_floor,
@@ -433,7 +451,12 @@ fn main() -> ExitCode {
             } else {
                 let compare = compare_authorization
                     .map(|rounds| (Switch::Authorization, rounds))
-                    .or(compare_audit.map(|rounds| (Switch::Audit, rounds)));
+                    .or(compare_audit.map(|rounds| (Switch::Audit, rounds)))
+                    .or(compare_attack.map(|rounds| (Switch::Attack, rounds)));
+                let rate = match compare_attack {
+                    Some(_) if rate == 0 => commands::attack::HONEST_RATE,
+                    _ => rate,
+                };
                 commands::bench::run(
                     count,
                     payload,
@@ -478,6 +501,7 @@ fn main() -> ExitCode {
         }
         Command::Audit(command) => commands::audit::run(command, cli.json),
         Command::Keys(command) => commands::keys::run_command(command, cli.json),
+        Command::Quarantine(command) => commands::quarantine::run_command(command, cli.json),
         Command::Policy(PolicyCommand::Load { at, files }) => {
             commands::policy::load(&at, &files, cli.json)
         }

@@ -57,6 +57,8 @@ fn the_demo_speaks_json() {
         "held",
         "approver_view",
         "released",
+        "throttled",
+        "quarantined",
         "audit_verified",
         "audit_tamper_caught",
     ] {

@@ -8,7 +8,8 @@ use std::path::Path;
 
 use entente_wire::{
     AuditExportRequest, AuditExportResponse, AuditProofRequest, AuditProofResponse,
-    AuditRecordsRequest, AuditRecordsResponse, KeysRequest, KeysResponse,
+    AuditRecordsRequest, AuditRecordsResponse, KeysRequest, KeysResponse, QuarantineRequest,
+    QuarantineResponse,
 };
 
 use crate::{Client, Error, ErrorKind};
@@ -144,6 +145,21 @@ impl Client {
                 rotate: rotate.unwrap_or_default().to_owned(),
             },
             "the hub's keys",
+        )
+        .await
+    }
+
+    /// The quarantined agents (administrators; docs/ANOMALY.md), after the change `request`
+    /// asks for: none (`QuarantineRequest::default()`), lifting the quarantine of
+    /// `release`, or quarantining `impose` (either with a `reason`).
+    pub async fn quarantine(
+        &self,
+        request: QuarantineRequest,
+    ) -> Result<QuarantineResponse, Error> {
+        self.audit_call(
+            entente_hub::QUARANTINE_PATH,
+            request,
+            "the quarantined agents",
         )
         .await
     }

@@ -47,6 +47,7 @@ use prost::Message as _;
 use tokio::sync::watch;
 
 use crate::HubError;
+use crate::anomaly::{Anomaly, AnomalyConfig};
 use crate::audit::{self, AuditUnavailable, Auditor};
 use crate::danger::Danger;
 use crate::grant_state::{GrantChangeError, GrantState};
@@ -129,6 +130,11 @@ pub(crate) struct Authz {
     /// Whether a policy of the running set reads `context.now`: sessions then decide their
     /// subscriptions again every [`TIME_RECHECK`].
     reads_time: AtomicBool,
+    /// Whether a policy of the running set reads `context.risk`: a change of any agent's
+    /// risk then bumps the epoch ([`crate::quarantine`]).
+    reads_risk: AtomicBool,
+    /// The risk scores `context.risk` gives.
+    anomaly: Arc<Anomaly>,
     /// Where decisions are recorded: each one the engine makes, and each denial.
     auditor: Auditor,
 }
@@ -239,6 +245,7 @@ impl Authz {
             }
         };
         let time = reads_time(&set);
+        let set_risk = reads_context(&set, "risk");
         let engine = Engine::starting_at(set, next_epoch_floor(registry).await?);
         let grants = GrantState::load(registry, grant_limits).await?;
         let holds = Holds::load(registry, &limits).await?;
@@ -255,6 +262,8 @@ impl Authz {
             stats,
             skip_decisions: false,
             reads_time: AtomicBool::new(time),
+            reads_risk: AtomicBool::new(set_risk),
+            anomaly: Arc::new(Anomaly::new(AnomalyConfig::default())),
             auditor: Auditor::off(),
         })
     }
@@ -290,6 +299,17 @@ impl Authz {
     /// Whether a running policy reads `context.now`.
     pub(crate) fn reads_time(&self) -> bool {
         self.reads_time.load(Ordering::Relaxed)
+    }
+
+    /// Whether a running policy reads `context.risk`.
+    pub(crate) fn reads_risk(&self) -> bool {
+        self.reads_risk.load(Ordering::Relaxed)
+    }
+
+    /// Takes the risk scores `context.risk` gives from `anomaly`.
+    pub(crate) fn with_anomaly(mut self, anomaly: Arc<Anomaly>) -> Self {
+        self.anomaly = anomaly;
+        self
     }
 
     /// The engine.
@@ -342,11 +362,12 @@ impl Authz {
         &self.stats
     }
 
-    /// What decisions about `principal` know at `now_ms`: the grants it holds (no roles, risk
-    /// or approvals yet).
+    /// What decisions about `principal` know at `now_ms`: the grants it holds and its risk
+    /// score (no roles or approvals).
     pub(crate) fn facts_for(&self, principal: &Principal, now_ms: u64) -> Facts {
         Facts {
             grants: self.grants.active_for(principal, now_ms),
+            risk: self.anomaly.risk(principal),
             ..Facts::default()
         }
     }
@@ -404,9 +425,11 @@ impl Authz {
             .put_config(POLICIES_KEY, &encode_stored(&sources))
             .await?;
         let time = reads_time(&set);
+        let risk = reads_context(&set, "risk");
         let epoch = {
             let mut running = self.lock_sources();
             self.reads_time.store(time, Ordering::Relaxed);
+            self.reads_risk.store(risk, Ordering::Relaxed);
             let epoch = self.engine.replace(set);
             *running = sources;
             epoch
@@ -502,6 +525,34 @@ impl Authz {
         }
     }
 
+    /// Submits the record of a refusal that no policy decided (a structural rule, a forged
+    /// sender, a replay, a malformed or oversized frame …): a denied decision naming no
+    /// policy, `reason` saying what was refused and why.
+    pub(crate) fn record_refusal(
+        &self,
+        principal: &Principal,
+        action: &str,
+        resource: &str,
+        reason: &str,
+    ) {
+        if !self.auditor.is_on() {
+            return;
+        }
+        let event = Event::Decision(entente_audit::Decision {
+            principal: audit::clear(principal.as_str()),
+            action: audit::clear(action),
+            resource: audit::clear(resource),
+            allowed: false,
+            policies: Vec::new(),
+            reason: audit::clear(reason),
+            policy_epoch: self.engine.epoch(),
+        });
+        // A failed log refuses everything after it anyway.
+        let _ = self
+            .auditor
+            .submit(principal.as_str(), Outcome::Denied, event);
+    }
+
     /// Submits the record of `decision` (without waiting: what it allows is answered only
     /// once it is durable, see [`crate::audit`]). A failed log is caught by the caller's
     /// [`Auditor::check`].
@@ -576,12 +627,18 @@ impl SessionAuthz {
     ) -> Result<(), Denied> {
         let first = pattern.tokens().next().unwrap_or_default();
         if first == DIRECT_PREFIX || first == REPLY_PREFIX {
-            return if namespace::is_own_pattern(self.cache.subject().principal(), pattern) {
+            let principal = self.cache.subject().principal();
+            return if namespace::is_own_pattern(principal, pattern) {
                 Ok(())
             } else {
-                Err(Denied(
-                    "only its owner may subscribe to a `_direct` or `_reply` namespace".into(),
-                ))
+                let why = "only its owner may subscribe to a `_direct` or `_reply` namespace";
+                authz.record_refusal(
+                    principal,
+                    Action::Subscribe.name(),
+                    &Resource::Pattern(pattern).to_string(),
+                    why,
+                );
+                Err(Denied(why.into()))
             };
         }
         self.decide(
@@ -784,6 +841,7 @@ impl Authz {
         let sources = vec![("test.cedar".to_owned(), policies.to_owned())];
         let set = build(&sources, &Limits::default()).expect("test policies load");
         let time = reads_time(&set);
+        let set_risk = reads_context(&set, "risk");
         let engine = Engine::new(set);
         let (epoch, _) = watch::channel(engine.epoch());
         Self {
@@ -798,6 +856,8 @@ impl Authz {
             stats,
             skip_decisions: false,
             reads_time: AtomicBool::new(time),
+            reads_risk: AtomicBool::new(set_risk),
+            anomaly: Arc::new(Anomaly::new(AnomalyConfig::default())),
             auditor: Auditor::off(),
         }
     }
@@ -808,6 +868,8 @@ impl Authz {
         let sources = vec![("test.cedar".to_owned(), policies.to_owned())];
         let set = build(&sources, &self.limits).expect("test policies load");
         self.reads_time.store(reads_time(&set), Ordering::Relaxed);
+        self.reads_risk
+            .store(reads_context(&set, "risk"), Ordering::Relaxed);
         let epoch = self.engine.replace(set);
         self.epoch.send_replace(epoch);
         epoch
@@ -965,15 +1027,19 @@ async fn next_epoch_floor(registry: &Registry) -> Result<u64, HubError> {
 
 /// Whether a policy of `set` reads `context.now`.
 fn reads_time(set: &PolicySet) -> bool {
+    reads_context(set, "now")
+}
+
+/// Whether a policy of `set` reads `context.<attr>`.
+fn reads_context(set: &PolicySet, attr: &str) -> bool {
     set.policies()
         .iter()
-        .any(|policy| policy.context_read.iter().any(|attr| attr == "now"))
+        .any(|policy| policy.context_read.iter().any(|read| read == attr))
 }
 
 /// The `context` attributes the schema declares that this hub does not supply yet, each with
 /// the value every decision would see instead.
-const UNSUPPLIED_CONTEXT: [(&str, &str); 3] = [
-    ("risk", "0: risk scores come with anomaly detection"),
+const UNSUPPLIED_CONTEXT: [(&str, &str); 2] = [
     ("tls_resumed", "false"),
     ("hub", "empty: this hub decides alone"),
 ];
@@ -1323,10 +1389,6 @@ mod tests {
         let limits = Limits::default();
         for (text, needle) in [
             (
-                r#"forbid (principal, action, resource) when { context.risk > 70 };"#,
-                "`context.risk`",
-            ),
-            (
                 r#"forbid (principal, action, resource) when { context has tls_resumed && context["tls_resumed"] };"#,
                 "`context.tls_resumed`",
             ),
@@ -1351,11 +1413,12 @@ mod tests {
             assert!(problems[0].contains(needle), "{needle}: {problems:?}");
         }
         // What the hub supplies: the time, grants, approvals, whether a request crosses
-        // segments.
+        // segments, the risk score.
         let supplied = r#"
             permit (principal is Agent, action, resource)
             when { context.now > 0 && context.grants.contains("g") && context.approvals > 1
-                   && context.approvers.contains("x") && !context.cross_segment };"#;
+                   && context.approvers.contains("x") && !context.cross_segment
+                   && context.risk < 50 };"#;
         assert!(build(&[("ok.cedar".to_owned(), supplied.to_owned())], &limits).is_ok());
     }
 

@@ -11,9 +11,11 @@ use entente_types::Principal;
 use entente_wire::Limits;
 
 use crate::HubError;
+use crate::anomaly::AnomalyConfig;
 use crate::audit::AuditConfig;
 use crate::durable::StreamConfig;
 use crate::limits::RateLimits;
+use crate::notify::Webhook;
 
 /// Everything [`Hub::start`](crate::Hub::start) needs besides the CA and the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +67,11 @@ pub struct HubConfig {
     /// Rate limits per agent and per channel class ([`RateLimits`]). Default: 100 000
     /// messages and 64 MiB per second per agent.
     pub rate_limits: RateLimits,
+    /// Anomaly detection, throttling and quarantine (docs/ANOMALY.md).
+    pub anomaly: AnomalyConfig,
+    /// Where each quarantine imposed or lifted is announced, as a JSON POST. Default `None`:
+    /// logged and audited only.
+    pub quarantine_webhook: Option<Webhook>,
     /// Most mutual-TLS connections the hub serves at once; one more is answered
     /// `RESOURCE_EXHAUSTED` and closed. Default 20 000.
     pub max_connections: usize,
@@ -130,6 +137,8 @@ impl Default for HubConfig {
             max_streams_per_connection: 4,
             metrics_listen: None,
             rate_limits: RateLimits::default(),
+            anomaly: AnomalyConfig::default(),
+            quarantine_webhook: None,
             max_connections: 20_000,
             max_connections_per_agent: 256,
             key_bundle_ttl: Duration::from_secs(30 * 24 * 60 * 60),
@@ -236,6 +245,7 @@ impl HubConfig {
             ));
         }
         self.rate_limits.check().map_err(HubError::Config)?;
+        self.anomaly.check().map_err(HubError::Config)?;
         if self.limits.max_frame_bytes == 0 {
             return Err(HubError::Config(
                 "limits.max_frame_bytes must be at least 1",

@@ -168,6 +168,15 @@ impl Connections {
             .collect()
     }
 
+    /// Closes every connection of `principal` for `reason`; returns how many it closed.
+    pub(crate) fn close_principal(&self, principal: &Principal, reason: CloseReason) -> usize {
+        self.lock()
+            .values()
+            .filter(|c| &c.principal == principal)
+            .filter(|c| c.control.close(reason))
+            .count()
+    }
+
     /// Closes every connection for `reason`.
     pub(crate) fn close_all(&self, reason: CloseReason) {
         for connection in self.lock().values() {

@@ -22,6 +22,8 @@ use tonic::Status;
 pub enum CloseReason {
     /// Its certificate or principal was revoked.
     Revoked,
+    /// Its principal was quarantined (docs/ANOMALY.md).
+    Quarantined,
     /// Its outbound queue stayed full past the slow-consumer timeout.
     SlowConsumer,
     /// Its certificate expired.
@@ -37,6 +39,10 @@ pub struct ConnectionControl {
     expiry: Arc<Mutex<Option<SystemTime>>>,
 }
 
+/// What a quarantined agent is told, on its open streams and when it connects.
+pub(crate) const QUARANTINED: &str = "quarantined: this agent's credential is suspended \
+     until an administrator lifts the quarantine (`entente quarantine release`)";
+
 // === impl CloseReason ===
 
 impl CloseReason {
@@ -44,6 +50,7 @@ impl CloseReason {
     pub fn status(self) -> Status {
         match self {
             CloseReason::Revoked => Status::permission_denied("credential revoked"),
+            CloseReason::Quarantined => Status::permission_denied(QUARANTINED),
             CloseReason::SlowConsumer => {
                 Status::resource_exhausted("slow consumer: the outbound queue stayed full")
             }

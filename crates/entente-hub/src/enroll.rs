@@ -201,6 +201,9 @@ async fn issue<R>(
         return Err(RpcError::Revoked);
     }
 
+    if services.anomaly.quarantined(&principal).is_some() {
+        return Err(RpcError::Quarantined);
+    }
     let _agents = services.agents.lock().await;
     let existing = services.registry.agent(principal.as_str()).await?;
     if existing.as_ref().is_some_and(|a| a.suspended) {

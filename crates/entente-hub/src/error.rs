@@ -36,6 +36,12 @@ pub enum HubError {
     /// The store failed or refused.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The quarantine webhook is unusable (its address, its certificates).
+    #[error("{0}")]
+    Webhook(String),
+    /// The quarantine list in the store does not decode.
+    #[error("the stored quarantine list does not decode: {0}")]
+    StoredQuarantine(String),
     /// The revocation list in the store does not verify against the trust bundle.
     #[error("the stored revocation list does not verify: {0}")]
     StoredRevocations(String),

@@ -137,7 +137,7 @@
 //!
 //! # Administration
 //!
-//! Five unary RPCs over mutual TLS. The caller is the connection's principal. The principals
+//! Six unary RPCs over mutual TLS. The caller is the connection's principal. The principals
 //! listed in [`HubConfig::admins`] (default none; `entente hub start` lists its admin human,
 //! `spiffe://TD/human/admin`) are the break-glass: they may do every administrative act
 //! whatever the policies say, so no policy load can lock every administrator out. Anyone else
@@ -147,7 +147,7 @@
 //! |---|---|
 //! | [`CREATE_TOKEN_PATH`] for `P` | `enroll` on `P` (`Agent::"…"`, in its segment, or `Human::"…"`) |
 //! | [`REVOKE_PATH`] | `revoke` on each principal named, all or nothing; serials: listed administrators only |
-//! | [`LOAD_POLICIES_PATH`], [`SHOW_POLICIES_PATH`], [`CHECK_POLICY_PATH`] | `admin` on `Hub::"hub"`, which is in no segment (an agent needs a `@cross_segment` permit naming it) |
+//! | [`LOAD_POLICIES_PATH`], [`SHOW_POLICIES_PATH`], [`CHECK_POLICY_PATH`], [`QUARANTINE_PATH`] | `admin` on `Hub::"hub"`, which is in no segment (an agent needs a `@cross_segment` permit naming it) |
 //!
 //! Only a listed administrator may create a token for, or revoke, a listed administrator. A
 //! refusal is `PERMISSION_DENIED` naming the deciding policies, or saying that none permits
@@ -199,6 +199,21 @@
 //! `subscribe`), `agent`, `human`, `segment` or `hub` (the resource then [`HUB_NAME`]), in any
 //! case; a malformed field or an action that does not apply to the resource is
 //! `INVALID_ARGUMENT`.
+//!
+//! **Quarantine** ([`QUARANTINE_PATH`]; `admin` on `Hub::"hub"`). `QuarantineRequest{release,
+//! impose, reason}` → `QuarantineResponse{quarantined, closed_connections, released}`: the
+//! quarantined agents, after lifting or imposing one quarantine (docs/ANOMALY.md).
+//!
+//! # Anomaly detection and quarantine
+//!
+//! The hub counts each agent's traffic in windows ([`AnomalyConfig::window`]) and scores it
+//! against a baseline learned online into a risk score, 0 to 100, that policies read as
+//! `context.risk`. At [`AnomalyConfig::throttle_at`] the agent is held to
+//! [`AnomalyConfig::throttled`] (limit `anomaly-throttle`); at
+//! [`AnomalyConfig::quarantine_at`] it is quarantined: its connections close with
+//! [`CloseReason::Quarantined`], it can't reconnect, renew or enroll until an administrator
+//! lifts it, the quarantine is stored and audited, and [`HubConfig::quarantine_webhook`] is
+//! told. docs/ANOMALY.md has the scoring.
 //!
 //! # Grants and just-in-time elevation
 //!
@@ -317,6 +332,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod anomaly;
 mod audit;
 mod audit_rpc;
 mod authz;
@@ -340,7 +356,9 @@ mod identity;
 mod keys;
 mod limits;
 mod metrics;
+mod notify;
 mod policies;
+mod quarantine;
 pub mod queue;
 mod refusal;
 mod registry;
@@ -357,6 +375,7 @@ mod tls;
 mod verifier;
 
 pub use admin::{CREATE_TOKEN_PATH, DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL, REVOKE_PATH};
+pub use anomaly::AnomalyConfig;
 pub use audit::{AUDIT_KEK, AUDIT_SIGNING_KEY, AuditConfig};
 pub use audit_rpc::{AUDIT_EXPORT_PATH, AUDIT_PROOF_PATH, AUDIT_RECORDS_PATH};
 pub use authz::{BASE_SOURCE, LoadPoliciesError, PolicyOrigin, RunningPolicies};
@@ -374,7 +393,9 @@ pub use held::{
 pub use identity::{HUB_NAME, HUB_SEGMENT, enroll_server_name, hub_id, hub_server_name};
 pub use keys::KEYS_PATH;
 pub use limits::{ChannelRate, Limit, Rate, RateLimits};
+pub use notify::Webhook;
 pub use policies::{CHECK_POLICY_PATH, LOAD_POLICIES_PATH, SHOW_POLICIES_PATH};
+pub use quarantine::{MAX_QUARANTINED, QUARANTINE_KEY, QUARANTINE_PATH};
 pub use refusal::RefusalCode;
 pub use reply::{MAX_REPLY_GRANTS, MAX_REPLY_WAIT};
 pub use rollover::{CA_ROLLOVER_KEY, load_ca};

@@ -90,6 +90,9 @@ pub enum Limit {
     ChannelMessages,
     /// [`RateLimits::agent_subscriptions`].
     AgentSubscriptions,
+    /// The rate an agent throttled for its risk score is held to
+    /// ([`AnomalyConfig::throttled`](crate::AnomalyConfig::throttled)).
+    AnomalyThrottle,
 }
 
 impl Limit {
@@ -100,6 +103,7 @@ impl Limit {
             Self::AgentBytes => "agent-bytes",
             Self::ChannelMessages => "channel-messages",
             Self::AgentSubscriptions => "agent-subscriptions",
+            Self::AnomalyThrottle => "anomaly-throttle",
         }
     }
 }
@@ -140,6 +144,8 @@ pub(crate) struct Limiters<C: Clock = DefaultClock> {
     agent_bytes: Option<(Rate, Keyed<C>)>,
     agent_subscriptions: Option<(Rate, Keyed<C>)>,
     channels: Vec<(ChannelRate, Direct<C>)>,
+    /// What throttled agents may send.
+    throttled: Option<(Rate, Keyed<C>)>,
     clock: C,
 }
 
@@ -204,8 +210,37 @@ impl<C: Clock + Clone> Limiters<C> {
                     (c.clone(), limiter)
                 })
                 .collect(),
+            throttled: None,
             clock,
         }
+    }
+
+    /// Holds throttled agents to `rate` ([`check_throttled`](Self::check_throttled)).
+    pub(crate) fn with_throttle(mut self, rate: Rate) -> Self {
+        let limiter = RateLimiter::new(
+            quota(rate),
+            DefaultKeyedStateStore::default(),
+            self.clock.clone(),
+        );
+        self.throttled = Some((rate, limiter));
+        self
+    }
+
+    /// Checks (and takes from) the throttled rate of `agent` (an agent its risk score
+    /// throttles), for `n` messages or frames.
+    pub(crate) fn check_throttled(&self, agent: &Principal, n: u64) -> Result<(), Hit> {
+        let Some((rate, limiter)) = &self.throttled else {
+            return Ok(());
+        };
+        let outcome = amount(n).map(|n| limiter.check_key_n(agent, n));
+        self.verdict(
+            outcome,
+            Limit::AnomalyThrottle,
+            "",
+            *rate,
+            n,
+            "messages and frames",
+        )
     }
 
     /// Checks (and takes from) the limits for a publish by `agent` of `messages` envelopes
@@ -291,7 +326,8 @@ impl<C: Clock + Clone> Limiters<C> {
             .agent_messages
             .iter()
             .chain(&self.agent_bytes)
-            .chain(&self.agent_subscriptions);
+            .chain(&self.agent_subscriptions)
+            .chain(&self.throttled);
         for (_, limiter) in keyed {
             limiter.retain_recent();
             limiter.shrink_to_fit();

@@ -55,11 +55,12 @@ impl Class {
 }
 
 /// Every limit counted, in a fixed order.
-const LIMITS: [&str; 6] = [
+const LIMITS: [&str; 7] = [
     "agent-messages",
     "agent-bytes",
     "channel-messages",
     "agent-subscriptions",
+    "anomaly-throttle",
     "connections",
     "connections-per-agent",
 ];
@@ -287,8 +288,39 @@ pub(crate) fn render(snapshot: &Snapshot, traffic: &Traffic) -> String {
         ("revoked", s.revoked_disconnects),
         ("expired", s.expired_disconnects),
         ("idle", s.idle_disconnects),
+        ("quarantined", s.quarantined_disconnects),
     ] {
         let _ = writeln!(out, "entente_disconnects_total{{reason=\"{reason}\"}} {n}");
+    }
+    counter(
+        &mut out,
+        "entente_quarantines_total",
+        "Agents quarantined, by the anomaly detector or an administrator.",
+        s.quarantines,
+    );
+    counter(
+        &mut out,
+        "entente_quarantined_connections_refused_total",
+        "Connections refused after the handshake because their agent is quarantined.",
+        s.quarantined_refusals,
+    );
+    counter(
+        &mut out,
+        "entente_throttles_total",
+        "Times an agent's risk score made the hub throttle it.",
+        s.throttled_agents,
+    );
+    header(
+        &mut out,
+        "entente_webhook_notices_total",
+        "counter",
+        "Quarantine notices to the webhook, by result.",
+    );
+    for (result, n) in [("sent", s.webhook_sent), ("failed", s.webhook_failures)] {
+        let _ = writeln!(
+            out,
+            "entente_webhook_notices_total{{result=\"{result}\"}} {n}"
+        );
     }
     counter(
         &mut out,

@@ -58,7 +58,9 @@ async fn renew_inner<R>(
     {
         return Err(RpcError::Revoked);
     }
-
+    if services.anomaly.quarantined(principal).is_some() {
+        return Err(RpcError::Quarantined);
+    }
     if services
         .registry
         .agent(principal.as_str())

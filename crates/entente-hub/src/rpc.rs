@@ -71,6 +71,10 @@ pub(crate) struct Services<R> {
     pub(crate) streams: Arc<crate::durable::Streams>,
     /// The data keys, for the keys RPC.
     pub(crate) data_keys: Arc<crate::datakeys::DataKeys>,
+    /// Risk scores and the quarantined agents.
+    pub(crate) anomaly: Arc<crate::anomaly::Anomaly>,
+    /// Where quarantines are announced.
+    pub(crate) notifier: crate::notify::Notifier,
 }
 
 /// Why a unary request was refused.
@@ -110,6 +114,9 @@ pub(crate) enum RpcError {
     /// The agent is suspended.
     #[error("the agent is suspended")]
     Suspended,
+    /// The agent is quarantined.
+    #[error("the agent is quarantined")]
+    Quarantined,
     /// The connection the request came on was closed.
     #[error("the connection is closed")]
     Closed(CloseReason),
@@ -181,6 +188,7 @@ impl RpcError {
             }
             Self::Revoked => Status::permission_denied("the principal is revoked"),
             Self::Suspended => Status::permission_denied("the agent is suspended"),
+            Self::Quarantined => Status::permission_denied(crate::control::QUARANTINED),
             Self::Closed(reason) => reason.status(),
             Self::BadRequest(reason) => Status::invalid_argument(reason.clone()),
             Self::Denied(reason) => Status::permission_denied(reason.clone()),

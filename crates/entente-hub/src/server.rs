@@ -35,7 +35,7 @@ use entente_store::Store;
 use entente_types::Principal;
 use entente_wire::{
     ApproveRequest, Bounded, ClientFrame, CreateTokenRequest, GrantRequest, KeysRequest, Limits,
-    LoadPoliciesRequest, RequestGrantRequest, RevokeGrantRequest, RevokeRequest,
+    LoadPoliciesRequest, QuarantineRequest, RequestGrantRequest, RevokeGrantRequest, RevokeRequest,
 };
 use futures_util::Stream;
 use hyper::body::Incoming;
@@ -51,6 +51,7 @@ use tonic::server::Grpc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::admin::{self, CREATE_TOKEN_PATH, REVOKE_PATH};
+use crate::anomaly::Anomaly;
 use crate::audit::{self, AuditWriter, Auditor};
 use crate::audit_rpc::{self, AUDIT_EXPORT_PATH, AUDIT_PROOF_PATH, AUDIT_RECORDS_PATH};
 use crate::authz::{Authz, LoadPoliciesError, PolicyOrigin, RunningPolicies};
@@ -66,7 +67,9 @@ use crate::held::{self, LIST_HELD_PATH};
 use crate::keys::{self, KEYS_PATH};
 use crate::limits::Limiters;
 use crate::metrics;
+use crate::notify::Notifier;
 use crate::policies::{CHECK_POLICY_PATH, LOAD_POLICIES_PATH, SHOW_POLICIES_PATH};
+use crate::quarantine::{self, QUARANTINE_PATH};
 use crate::queue::OutboundTx;
 use crate::registry::Registry;
 use crate::renew::Caller;
@@ -260,6 +263,9 @@ impl Hub {
             )
             .await?,
         );
+        config.anomaly.check().map_err(HubError::Config)?;
+        let anomaly = Arc::new(Anomaly::new(config.anomaly));
+        quarantine::restore(&anomaly, &registry, &config.limits).await?;
         let authz = Arc::new(
             Authz::start(
                 &registry,
@@ -271,7 +277,8 @@ impl Hub {
             )
             .await?
             .with_danger(config.danger)
-            .with_auditor(auditor),
+            .with_auditor(auditor)
+            .with_anomaly(anomaly.clone()),
         );
         let (streams, stream_writers) = Streams::open(
             &config.streams,
@@ -294,7 +301,10 @@ impl Hub {
             limits: config.limits,
             max_subscriptions: config.max_subscriptions,
             streams: streams.clone(),
-            limiters: Arc::new(Limiters::new(&config.rate_limits)),
+            limiters: Arc::new(
+                Limiters::new(&config.rate_limits).with_throttle(config.anomaly.throttled),
+            ),
+            anomaly: anomaly.clone(),
         };
         let services = Arc::new(Services {
             ca: ca_state,
@@ -312,6 +322,8 @@ impl Hub {
             revoking: tokio::sync::Mutex::new(()),
             streams: streams.clone(),
             data_keys: data_keys.clone(),
+            anomaly,
+            notifier: Notifier::start(config.quarantine_webhook.as_ref(), stats.clone())?,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -352,6 +364,10 @@ impl Hub {
             shared.config.data_key_rotation,
             // The oldest version an entry kept in a durable channel names.
             move |keys: &DataKeys| streams.oldest_key_version(keys),
+            shutdown_rx.clone(),
+        ));
+        tokio::spawn(quarantine::watch_loop(
+            shared.services.clone(),
             shutdown_rx.clone(),
         ));
         let rollover = tokio::spawn(rollover::rollover_loop(
@@ -955,6 +971,12 @@ async fn serve_mtls(shared: Arc<Shared>, stream: tokio_rustls::server::TlsStream
         Ok(open) => open,
         Err(limit) => return serve_limited(&shared, &principal, limit, stream).await,
     };
+    // After registering: a quarantine imposed meanwhile either sees this connection and
+    // closes it, or is seen here.
+    if shared.services.anomaly.quarantined(&principal).is_some() {
+        shared.connections.unregister(id);
+        return serve_quarantined(&shared, &principal, stream).await;
+    }
     if registered {
         let activity = Arc::new(Activity::new());
         let service = {
@@ -1018,7 +1040,11 @@ async fn serve_mtls(shared: Arc<Shared>, stream: tokio_rustls::server::TlsStream
             }
         };
         match control.reason() {
-            Some(reason @ (CloseReason::Revoked | CloseReason::SlowConsumer)) => {
+            Some(
+                reason @ (CloseReason::Revoked
+                | CloseReason::SlowConsumer
+                | CloseReason::Quarantined),
+            ) => {
                 tracing::warn!(principal = %svid.principal(), ?reason, "connection closed");
             }
             Some(reason @ CloseReason::CertificateExpired) => {
@@ -1058,9 +1084,35 @@ async fn serve_limited(
         .authz
         .auditor()
         .submit(principal.as_str(), Outcome::Denied, event);
-    let reason = limit.reason();
+    refuse_requests(shared, stream, Status::resource_exhausted(limit.reason())).await;
+}
+
+/// A connection of a quarantined agent: counted; every request on it is answered
+/// `PERMISSION_DENIED` saying so, for at most [`LIMITED_LIFETIME`]. Not audited: the agent
+/// was quarantined by a recorded act, and its retries would flood the log.
+async fn serve_quarantined(
+    shared: &Shared,
+    principal: &Principal,
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+) {
+    stats::bump(&shared.stats.quarantined_refusals);
+    tracing::debug!(%principal, "connection of a quarantined agent refused");
+    refuse_requests(
+        shared,
+        stream,
+        Status::permission_denied(control::QUARANTINED),
+    )
+    .await;
+}
+
+/// Answers every request of `stream` with `status` for at most [`LIMITED_LIFETIME`].
+async fn refuse_requests(
+    shared: &Shared,
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    status: Status,
+) {
     let service = service_fn(move |_: http::Request<Incoming>| {
-        let status = Status::resource_exhausted(reason.clone());
+        let status = status.clone();
         async move { Ok::<_, Infallible>(status.into_http::<Body>()) }
     });
     let connection = h2_builder(&shared.config).serve_connection(TokioIo::new(stream), service);
@@ -1316,6 +1368,27 @@ async fn route_request(
                     let target = r.principals.join(", ");
                     let act = admin::revoke(&s, &c, r, now());
                     status(rpc::audited(&s, c.principal.as_str(), "revoke", target, act).await)
+                },
+            )
+            .await
+        }
+        QUARANTINE_PATH => {
+            serve(
+                services,
+                &caller,
+                limits,
+                request,
+                |s, c, r: QuarantineRequest| async move {
+                    // A change is an administrative act, recorded; a list is not.
+                    let (operation, target) = match (r.release.is_empty(), r.impose.is_empty()) {
+                        (true, true) => {
+                            return status(quarantine::quarantine(&s, &c, r, now()).await);
+                        }
+                        (false, _) => ("quarantine-release", r.release.clone()),
+                        (true, false) => ("quarantine-impose", r.impose.clone()),
+                    };
+                    let act = quarantine::quarantine(&s, &c, r, now());
+                    status(rpc::audited(&s, c.principal.as_str(), operation, target, act).await)
                 },
             )
             .await

@@ -24,6 +24,7 @@ use prost::Message as _;
 use tokio::sync::{mpsc, watch};
 use tonic::{Code, Status, Streaming};
 
+use crate::anomaly::{Anomaly, Watch};
 use crate::audit::{self, Auditor};
 use crate::authz::{self, Authz, DeliveryGate, Denied, Publishing, SessionAuthz};
 use crate::codec::{Outbound, max_deliver_len};
@@ -56,6 +57,8 @@ pub(crate) struct SessionContext<R> {
     pub(crate) streams: Arc<Streams>,
     /// The rate limits' buckets, shared by every session.
     pub(crate) limiters: Arc<Limiters>,
+    /// Every agent's traffic counts and risk.
+    pub(crate) anomaly: Arc<Anomaly>,
 }
 
 impl<R> Clone for SessionContext<R> {
@@ -69,6 +72,7 @@ impl<R> Clone for SessionContext<R> {
             max_subscriptions: self.max_subscriptions,
             streams: self.streams.clone(),
             limiters: self.limiters.clone(),
+            anomaly: self.anomaly.clone(),
         }
     }
 }
@@ -99,6 +103,11 @@ pub(crate) struct Session<R: Router> {
     durables: HashMap<u64, durable::Held>,
     /// Limit refusals not yet in the audit log.
     limit_hits: LimitHits,
+    /// The principal's traffic counts and risk.
+    watch: Arc<Watch>,
+    /// What the frame being handled asks (`publish`, `subscribe`, `unsubscribe`), for the
+    /// audit records of its refusals.
+    asking: &'static str,
 }
 
 /// How often, at most, a session records a run of refusals by the same limit: the first
@@ -129,6 +138,9 @@ struct Refused {
     reason: String,
     /// `RATE_LIMITED`: when the same publish would pass, in milliseconds.
     retry_after_ms: u64,
+    /// Whether the audit log has it already (a policy decision, a limit hit); any other
+    /// refusal is recorded when it is sent.
+    recorded: bool,
 }
 
 /// A publish that passed its checks: what to route, and what it asks of the reply grants.
@@ -183,6 +195,7 @@ impl<R: Router> Session<R> {
             &principal,
             *epoch.borrow(),
         ));
+        let watch = context.anomaly.watch(&principal);
         let auditor = context.authz.auditor();
         let answers = (auditor.is_on() || !context.streams.is_empty()).then(|| {
             let (answers, waiting) = mpsc::channel(ANSWERS_WAITING);
@@ -203,15 +216,24 @@ impl<R: Router> Session<R> {
             answers,
             durables: HashMap::new(),
             limit_hits: LimitHits::default(),
+            watch,
+            asking: "session",
         }
     }
 
     /// Handles one frame. An `Err` ends the stream with that status.
     pub(crate) async fn handle(&mut self, frame: ClientFrame) -> Result<(), Status> {
         match frame.kind {
-            Some(client_frame::Kind::Publish(publish)) => self.publish(publish).await,
-            Some(client_frame::Kind::Subscribe(subscribe)) => self.subscribe(subscribe).await,
+            Some(client_frame::Kind::Publish(publish)) => {
+                self.asking = "publish";
+                self.publish(publish).await
+            }
+            Some(client_frame::Kind::Subscribe(subscribe)) => {
+                self.asking = "subscribe";
+                self.subscribe(subscribe).await
+            }
             Some(client_frame::Kind::Unsubscribe(unsubscribe)) => {
+                self.asking = "unsubscribe";
                 self.unsubscribe(unsubscribe).await
             }
             Some(client_frame::Kind::Credit(_)) => Ok(()),
@@ -225,9 +247,23 @@ impl<R: Router> Session<R> {
             }
             None => {
                 stats::bump(&self.context.stats.malformed_frames);
-                Err(Status::invalid_argument("unknown or empty client frame"))
+                let status = Status::invalid_argument("unknown or empty client frame");
+                self.ended_by_frame(&status);
+                Err(status)
             }
         }
+    }
+
+    /// Records that a frame (malformed, oversized, unknown) ends the stream with `status`,
+    /// and counts it against the agent's risk.
+    fn ended_by_frame(&self, status: &Status) {
+        self.watch.refused();
+        self.context.authz.record_refusal(
+            &self.principal,
+            "session",
+            "Session",
+            &format!("a frame ended the stream: {}", status.message()),
+        );
     }
 
     /// Ends subscription `id`: a durable consumer is released, a live subscription leaves
@@ -257,6 +293,7 @@ impl<R: Router> Session<R> {
         if let Err(refused) = self.check_subscription_rate() {
             return self.refuse(id, refused).await;
         }
+        self.watch.subscribed(Some(&subscribe.pattern));
         if let Err(refused) = self.audit_available().await {
             return self.refuse(id, refused).await;
         }
@@ -344,7 +381,8 @@ impl<R: Router> Session<R> {
             return Err(Refused::new(
                 RefusalCode::Denied,
                 format!("subscribing to `{pattern}` is denied: {why}"),
-            ));
+            )
+            .recorded());
         }
         Ok(pattern)
     }
@@ -395,6 +433,7 @@ impl<R: Router> Session<R> {
         if let Err(refused) = self.check_subscription_rate() {
             return self.refuse(id, refused).await;
         }
+        self.watch.subscribed(None);
         if self.subscriptions.remove(&id).is_some() {
             self.end_subscription(id);
             self.ack(id).await
@@ -886,7 +925,8 @@ impl<R: Router> Session<R> {
                     return Err(Refused::new(
                         RefusalCode::Denied,
                         format!("{what} is denied: {why}"),
-                    ));
+                    )
+                    .recorded());
                 }
             }
         }
@@ -902,9 +942,10 @@ impl<R: Router> Session<R> {
             return Ok(());
         }
         auditor.room().await;
+        // The log is failed: the refusal can't be recorded either.
         auditor
             .check()
-            .map_err(|e| Refused::new(RefusalCode::Unavailable, e.to_string()))
+            .map_err(|e| Refused::new(RefusalCode::Unavailable, e.to_string()).recorded())
     }
 
     /// Records that a publish is held for approval (a decision that denies it for now), so
@@ -953,6 +994,9 @@ impl<R: Router> Session<R> {
             }
         }
         let limiters = &self.context.limiters;
+        if self.watch.throttled() {
+            limiters.check_throttled(&self.principal, messages.max(1))?;
+        }
         // Channels that don't parse are refused later, whole, as malformed.
         let channels: Vec<(Channel, u64)> = if limiters.has_channel_classes() {
             publish
@@ -968,26 +1012,40 @@ impl<R: Router> Session<R> {
             messages.max(1),
             bytes,
             channels.iter().map(|(c, n)| (c, *n)),
-        )
+        )?;
+        self.watch.published(
+            messages,
+            bytes,
+            publish.batches.iter().map(|b| b.channel.as_str()),
+        );
+        Ok(())
     }
 
-    /// The agent's limit of subscribe and unsubscribe frames, checked first on each.
+    /// The agent's limit of subscribe and unsubscribe frames (and its throttled rate, while
+    /// its risk score throttles it), checked first on each.
     fn check_subscription_rate(&mut self) -> Result<(), Refused> {
-        self.context
-            .limiters
-            .check_subscription(&self.principal)
+        let limiters = &self.context.limiters;
+        let checked = if self.watch.throttled() {
+            limiters.check_throttled(&self.principal, 1)
+        } else {
+            Ok(())
+        };
+        checked
+            .and_then(|()| limiters.check_subscription(&self.principal))
             .map_err(|hit| self.limited(hit))
     }
 
     /// The refusal of a publish, subscribe or unsubscribe a limit refused: counted, and recorded (runs of the same
     /// limit's refusals together, [`LIMIT_RECORD_INTERVAL`]).
     fn limited(&mut self, hit: Hit) -> Refused {
+        self.watch.limited();
         stats::bump(&self.context.stats.rate_limited);
         self.context.stats.traffic.rate_limited(hit.limit);
         let refused = Refused {
             code: RefusalCode::RateLimited,
             reason: bounded(hit.reason.clone()),
             retry_after_ms: u64::try_from(hit.retry_after.as_millis()).unwrap_or(u64::MAX),
+            recorded: true,
         };
         let same = self
             .limit_hits
@@ -1110,6 +1168,23 @@ impl<R: Router> Session<R> {
     }
 
     async fn refuse(&self, request_id: u64, refused: Refused) -> Result<(), Status> {
+        if matches!(
+            refused.code,
+            RefusalCode::Denied
+                | RefusalCode::Replay
+                | RefusalCode::Malformed
+                | RefusalCode::ForgedSender
+        ) {
+            self.watch.refused();
+        }
+        if !refused.recorded {
+            self.context.authz.record_refusal(
+                &self.principal,
+                self.asking,
+                &format!("Request::\"{request_id}\""),
+                &format!("{}: {}", refused.code, refused.reason),
+            );
+        }
         self.answer(server_frame::Kind::Refusal(Refusal {
             request_id,
             code: refused.code.as_u32(),
@@ -1175,7 +1250,14 @@ impl Refused {
             code,
             reason: bounded(reason.to_string()),
             retry_after_ms: 0,
+            recorded: false,
         }
+    }
+
+    /// A refusal the audit log has already.
+    fn recorded(mut self) -> Self {
+        self.recorded = true;
+        self
     }
 }
 
@@ -1305,8 +1387,12 @@ pub(crate) async fn run<R: Router>(
                 Ok(())
             }
             Event::Inbound(Err(status)) => {
-                if matches!(status.code(), Code::InvalidArgument | Code::OutOfRange) {
+                if matches!(
+                    status.code(),
+                    Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted
+                ) {
                     stats::bump(&session.context.stats.malformed_frames);
+                    session.ended_by_frame(&status);
                 }
                 Err(status)
             }
@@ -1369,6 +1455,7 @@ mod tests {
                 max_subscriptions: 3,
                 streams: Arc::default(),
                 limiters: Arc::new(Limiters::new(&crate::RateLimits::default())),
+                anomaly: Arc::new(Anomaly::new(crate::AnomalyConfig::default())),
             },
             replay: ReplayGuard::default(),
             next: 0,

@@ -64,6 +64,18 @@ pub struct HubStats {
     pub revoked_disconnects: u64,
     /// Connections closed because their credential expired unrenewed.
     pub expired_disconnects: u64,
+    /// Connections closed because their principal was quarantined.
+    pub quarantined_disconnects: u64,
+    /// Connections refused after the handshake because their principal is quarantined.
+    pub quarantined_refusals: u64,
+    /// Agents quarantined (by the detector or an administrator).
+    pub quarantines: u64,
+    /// Times an agent's risk made the hub throttle it.
+    pub throttled_agents: u64,
+    /// Quarantine notices the webhook accepted.
+    pub webhook_sent: u64,
+    /// Quarantine notices that could not be queued or sent.
+    pub webhook_failures: u64,
     /// Agents enrolled.
     pub enrollments: u64,
     /// Enrollments refused (bad token, bad request, or a failure after the token was spent).
@@ -126,6 +138,12 @@ pub(crate) struct Stats {
     pub(crate) slow_consumer_disconnects: AtomicU64,
     pub(crate) revoked_disconnects: AtomicU64,
     pub(crate) expired_disconnects: AtomicU64,
+    pub(crate) quarantined_disconnects: AtomicU64,
+    pub(crate) quarantined_refusals: AtomicU64,
+    pub(crate) quarantines: AtomicU64,
+    pub(crate) throttled_agents: AtomicU64,
+    pub(crate) webhook_sent: AtomicU64,
+    pub(crate) webhook_failures: AtomicU64,
     pub(crate) enrollments: AtomicU64,
     pub(crate) enroll_refusals: AtomicU64,
     pub(crate) renewals: AtomicU64,
@@ -171,6 +189,12 @@ impl Stats {
             slow_consumer_disconnects: get(&self.slow_consumer_disconnects),
             revoked_disconnects: get(&self.revoked_disconnects),
             expired_disconnects: get(&self.expired_disconnects),
+            quarantined_disconnects: get(&self.quarantined_disconnects),
+            quarantined_refusals: get(&self.quarantined_refusals),
+            quarantines: get(&self.quarantines),
+            throttled_agents: get(&self.throttled_agents),
+            webhook_sent: get(&self.webhook_sent),
+            webhook_failures: get(&self.webhook_failures),
             enrollments: get(&self.enrollments),
             enroll_refusals: get(&self.enroll_refusals),
             renewals: get(&self.renewals),

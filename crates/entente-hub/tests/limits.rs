@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use entente_audit::{Event, Outcome, Record};
 use entente_client::{Client, ClientOptions, ErrorKind, Identity, RefusalCode, Subscription};
-use entente_hub::{AuditConfig, ChannelRate, Rate};
+use entente_hub::{ChannelRate, Rate};
 use entente_testkit::{TestHub, raw};
 use entente_types::ChannelPattern;
 use futures_util::StreamExt as _;
@@ -23,16 +23,10 @@ use tempfile::TempDir;
 const POLICIES: &str = entente_testkit::SHOP_ORDERS;
 
 async fn start(dir: &TempDir, change: impl FnOnce(&mut entente_hub::HubConfig)) -> TestHub {
-    let audit = dir.path().join("audit");
     TestHub::builder()
         .policies(POLICIES)
-        .config(move |c| {
-            c.audit = Some(AuditConfig {
-                seal_interval: Duration::from_millis(50),
-                ..AuditConfig::new(audit)
-            });
-            change(c);
-        })
+        .audited(&dir.path().join("audit"))
+        .config(change)
         .start()
         .await
         .unwrap()

@@ -1,13 +1,14 @@
 //! A running hub on `127.0.0.1:0` over a test CA and a registry in a temporary directory.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use entente_ca::{CaOptions, JoinToken, TrustBundle};
 use entente_client::{Client, ClientOptions, Identity};
-use entente_hub::{Hub, HubConfig, HubHandle, HubStats};
+use entente_hub::{AuditConfig, Hub, HubConfig, HubHandle, HubStats};
 use entente_store::EmbeddedStore;
 use entente_types::{AgentId, HumanId, Principal, TrustDomain};
 use tempfile::TempDir;
@@ -335,6 +336,16 @@ impl TestHubBuilder {
     pub fn config(mut self, change: impl FnOnce(&mut HubConfig)) -> Self {
         change(&mut self.config);
         self
+    }
+
+    /// Keeps the hub's audit log in `dir`, sealed every 50 ms so that a test soon reads what
+    /// was recorded ([`HubHandle::audit_records`]).
+    pub fn audited(self, dir: &Path) -> Self {
+        let audit = AuditConfig {
+            seal_interval: Duration::from_millis(50),
+            ..AuditConfig::new(dir.to_owned())
+        };
+        self.config(move |c| c.audit = Some(audit))
     }
 
     /// Lists no administrator of its own: `admins` is what [`config`](Self::config) sets

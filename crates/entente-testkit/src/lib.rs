@@ -96,6 +96,24 @@ pub fn now_ms() -> u64 {
     unix_ms(SystemTime::now())
 }
 
+/// A sealer of `identity` on `channel` for no recipients, and its sender key: batches the hub
+/// checks and routes as any (it never reads payloads), for tests that send them raw.
+pub fn sealer(
+    identity: &Identity,
+    channel: &str,
+) -> anyhow::Result<(entente_crypto::Sealer, entente_wire::SenderKey)> {
+    let channel = entente_types::Channel::parse(channel)?;
+    Ok(entente_crypto::Sealer::new(
+        identity.principal().clone(),
+        identity.key_bundle().epoch(),
+        identity.message_keys().clone(),
+        channel,
+        &[],
+        entente_crypto::SealerOptions::default(),
+        now_ms(),
+    )?)
+}
+
 /// Waits until `condition` holds, polling every 10 ms; fails after [`WAIT`] with `what`.
 ///
 /// For what the hub does after answering, such as counting a refused handshake.

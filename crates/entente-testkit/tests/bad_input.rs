@@ -20,11 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use entente_client::danger::danger_publish_raw;
-use entente_client::{Client, ErrorKind, Identity, RefusalCode};
-use entente_crypto::{Sealer, SealerOptions};
+use entente_client::{Client, ErrorKind, RefusalCode};
 use entente_hub::client_tls::HubServerVerifier;
-use entente_testkit::{TestCa, TestHub, WAIT, eventually, now_ms, raw};
-use entente_types::Channel;
+use entente_testkit::{TestCa, TestHub, WAIT, eventually, now_ms, raw, sealer};
 use entente_wire::{
     Ack, ClientFrame, Publish, SenderKey, SignedBatch, Subscribe, client_frame, server_frame,
 };
@@ -71,20 +69,6 @@ async fn still_serves(hub: &TestHub) {
         .expect("the subscription is open")
         .unwrap();
     assert_eq!(message.payload, b"still here");
-}
-
-/// A sealer for `identity` on `channel`, for no recipients (the hub never reads payloads).
-fn sealer(identity: &Identity, channel: &str) -> (Sealer, SenderKey) {
-    Sealer::new(
-        identity.principal().clone(),
-        identity.key_bundle().epoch(),
-        identity.message_keys().clone(),
-        Channel::parse(channel).unwrap(),
-        &[],
-        SealerOptions::default(),
-        now_ms(),
-    )
-    .unwrap()
 }
 
 fn publish(request_id: u64, sender_keys: Vec<SenderKey>, batches: Vec<SignedBatch>) -> Publish {
@@ -324,7 +308,7 @@ async fn a_forged_sender_is_refused_and_counted() {
     let mut watched = carol.subscribe("orders.>").await.unwrap();
 
     // Mallory holds Alice's connection and relays a batch Bob signed, claiming it as Bob's.
-    let (mut bobs_sealer, bobs_key) = sealer(&bob, "orders.eu");
+    let (mut bobs_sealer, bobs_key) = sealer(&bob, "orders.eu").unwrap();
     let bobs_batch = bobs_sealer
         .seal_batch(&[b"pay 100"], None, now_ms())
         .unwrap();
@@ -359,7 +343,7 @@ async fn a_forged_sender_is_refused_and_counted() {
 async fn a_replayed_batch_is_refused_and_counted() {
     let hub = shop_hub().await;
     let alice = hub.enroll("shop", "alice").await.unwrap();
-    let (mut sealer, _) = sealer(&alice, "orders.eu");
+    let (mut sealer, _) = sealer(&alice, "orders.eu").unwrap();
     let batch = sealer.seal_batch(&[b"once"], None, now_ms()).unwrap();
 
     let first = hub.connect(alice.clone()).await.unwrap();

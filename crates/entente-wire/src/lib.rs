@@ -255,6 +255,10 @@ bounded! {
     AuditProofRequest => scan::AUDIT_PROOF_REQUEST,
     AuditProofResponse => scan::AUDIT_PROOF_RESPONSE,
     KeysRequest => scan::KEYS_REQUEST,
+    QuarantineRequest => scan::QUARANTINE_REQUEST,
+    QuarantinedAgent => scan::QUARANTINED_AGENT,
+    QuarantineResponse => scan::QUARANTINE_RESPONSE,
+    StoredQuarantine => scan::STORED_QUARANTINE,
     KeysResponse => scan::KEYS_RESPONSE,
     StoredCaRollover => scan::STORED_CA_ROLLOVER,
 }

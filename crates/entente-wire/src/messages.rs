@@ -981,6 +981,63 @@ pub struct AuditProofResponse {
     pub consistency: Vec<Vec<u8>>,
 }
 
+/// Lists the quarantined agents, after lifting or imposing one quarantine (at most one of
+/// the two, with a reason).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct QuarantineRequest {
+    /// The SPIFFE ID of an agent whose quarantine to lift.
+    #[prost(string, tag = "1")]
+    pub release: String,
+    /// The SPIFFE ID of an agent to quarantine.
+    #[prost(string, tag = "2")]
+    pub impose: String,
+    /// Why; required with `release` or `impose`.
+    #[prost(string, tag = "3")]
+    pub reason: String,
+}
+
+/// A quarantined agent.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct QuarantinedAgent {
+    /// Its SPIFFE ID.
+    #[prost(string, tag = "1")]
+    pub principal: String,
+    /// Since when, Unix milliseconds.
+    #[prost(uint64, tag = "2")]
+    pub since_ms: u64,
+    /// Its risk score then, 0 to 100.
+    #[prost(uint32, tag = "3")]
+    pub risk: u32,
+    /// What the detector saw, or the administrator's reason.
+    #[prost(string, tag = "4")]
+    pub evidence: String,
+    /// `hub` (the detector) or the administrator's SPIFFE ID.
+    #[prost(string, tag = "5")]
+    pub by: String,
+}
+
+/// The quarantined agents, after the change asked for.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct QuarantineResponse {
+    /// Oldest first.
+    #[prost(message, repeated, tag = "1")]
+    pub quarantined: Vec<QuarantinedAgent>,
+    /// The connections `impose` closed.
+    #[prost(uint32, tag = "2")]
+    pub closed_connections: u32,
+    /// What `release` lifted.
+    #[prost(message, optional, tag = "3")]
+    pub released: Option<QuarantinedAgent>,
+}
+
+/// The quarantined agents as the hub stores them.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct StoredQuarantine {
+    /// Oldest first.
+    #[prost(message, repeated, tag = "1")]
+    pub quarantined: Vec<QuarantinedAgent>,
+}
+
 /// Asks for the hub's keys, and a rotation.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct KeysRequest {

@@ -504,6 +504,54 @@ pub(crate) static AUDIT_PROOF_RESPONSE: Schema = Schema {
     ],
 };
 
+pub(crate) static QUARANTINE_REQUEST: Schema = Schema {
+    name: "QuarantineRequest",
+    oneof: false,
+    fields: &[
+        bytes(1, "release", Len::Id),
+        bytes(2, "impose", Len::Id),
+        bytes(3, "reason", Len::Reason),
+    ],
+};
+
+pub(crate) static QUARANTINED_AGENT: Schema = Schema {
+    name: "QuarantinedAgent",
+    oneof: false,
+    fields: &[
+        bytes(1, "principal", Len::Id),
+        varint(2, "since_ms"),
+        varint(3, "risk"),
+        bytes(4, "evidence", Len::Explanation),
+        bytes(5, "by", Len::Id),
+    ],
+};
+
+pub(crate) static QUARANTINE_RESPONSE: Schema = Schema {
+    name: "QuarantineResponse",
+    oneof: false,
+    fields: &[
+        field(
+            1,
+            "quarantined",
+            Kind::Message(&QUARANTINED_AGENT),
+            Count::Grants,
+        ),
+        varint(2, "closed_connections"),
+        field(3, "released", Kind::Message(&QUARANTINED_AGENT), Count::One),
+    ],
+};
+
+pub(crate) static STORED_QUARANTINE: Schema = Schema {
+    name: "StoredQuarantine",
+    oneof: false,
+    fields: &[field(
+        1,
+        "quarantined",
+        Kind::Message(&QUARANTINED_AGENT),
+        Count::Grants,
+    )],
+};
+
 pub(crate) static KEYS_REQUEST: Schema = Schema {
     name: "KeysRequest",
     oneof: false,

@@ -295,7 +295,11 @@ fn invalid_utf8_is_malformed() {
 #[test]
 fn field_numbers_match_proto() {
     let proto = include_str!("../../../proto/entente/v1/entente.proto");
-    let schemas: [&Schema; 34] = [
+    let schemas: [&Schema; 38] = [
+        &scan::QUARANTINE_REQUEST,
+        &scan::QUARANTINED_AGENT,
+        &scan::QUARANTINE_RESPONSE,
+        &scan::STORED_QUARANTINE,
         &scan::GRANT_INFO,
         &scan::GRANT_REQUEST_INFO,
         &scan::GRANT_REQUEST,

@@ -43,6 +43,7 @@ use tokio::sync::mpsc;
 use entente_hub::{StreamConfig, StreamSync};
 use entente_types::ChannelPattern;
 
+use crate::commands::attack::{self, Attacked, Attackers};
 use crate::commands::nats::{self, Nats, NatsServer};
 use crate::commands::scratch::ScratchHub;
 use crate::commands::usage::{Cost, Meter};
@@ -130,6 +131,11 @@ pub(crate) enum Switch {
     Authorization,
     /// The audit log (`HubConfig::audit`).
     Audit,
+    /// Not a switch: attackers run against the hub during the measurement
+    /// ([`crate::commands::attack`]), on a hub with every agent limited to
+    /// [`AGENT_RATE`](crate::commands::attack::AGENT_RATE) and the anomaly detector acting on
+    /// windows of a second.
+    Attack,
 }
 
 /// The rounds of `--compare-authorization` or `--compare-audit`.
@@ -143,8 +149,12 @@ struct Comparison {
     off: Vec<Report>,
     on_median_msgs_per_sec: f64,
     off_median_msgs_per_sec: f64,
-    /// `on_median_msgs_per_sec / off_median_msgs_per_sec`.
+    /// `on_median_msgs_per_sec / off_median_msgs_per_sec`; for `attack`, the throughput
+    /// under attack over the throughput alone.
     ratio: f64,
+    /// `attack`: what the attackers of each attacked round did.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    attacks: Vec<Attacked>,
 }
 
 pub(crate) fn run(
@@ -246,7 +256,14 @@ fn compare(
     let name = match switch {
         Switch::Authorization => "authorization",
         Switch::Audit => "audit",
+        Switch::Attack => "attack",
     };
+    // An attack round is the "off" one: the honest agents alone are the "on" ones.
+    let (label_on, label_off) = match switch {
+        Switch::Attack => ("alone", "under attack"),
+        _ => ("on", "off"),
+    };
+    let mut attacks = Vec::new();
     if rounds == 0 {
         bail!("`--compare-{name}` needs at least 1 round");
     }
@@ -265,17 +282,33 @@ fn compare(
                 publishers,
                 subscribers,
             };
-            let report = runtime.block_on(bench(shape, rate, skip.then_some(switch)))?;
+            let (report, attacked) =
+                runtime.block_on(bench_with(shape, rate, skip.then_some(switch)))?;
             if !json {
                 println!(
-                    "round {round}, {name} {}: {:.0} msgs/s, p50 {} µs, p99 {} µs, {} lost",
-                    if skip { "off" } else { "on " },
+                    "round {round}, {}: {:.0} msgs/s, p50 {} µs, p99 {} µs, {} lost",
+                    if skip { label_off } else { label_on },
                     report.msgs_per_sec,
                     report.latency_us.p50,
                     report.latency_us.p99,
                     report.lost
                 );
+                if let Some(a) = &attacked {
+                    println!(
+                        "  attackers: flood {} published, {} refused; {} replays refused; {} \
+                         probes refused; {} stalled and {} garbage connections; {} agent(s) \
+                         quarantined",
+                        a.flood_published,
+                        a.flood_refused,
+                        a.replays_refused,
+                        a.probes_refused,
+                        a.stalled_connections,
+                        a.garbage_connections,
+                        a.quarantined
+                    );
+                }
             }
+            attacks.extend(attacked);
             if skip { &mut off } else { &mut on }.push(report);
         }
     }
@@ -286,19 +319,24 @@ fn compare(
         rounds,
         on_median_msgs_per_sec: on_median,
         off_median_msgs_per_sec: off_median,
-        ratio: if off_median > 0.0 {
-            on_median / off_median
-        } else {
-            0.0
+        ratio: match switch {
+            Switch::Attack if on_median > 0.0 => off_median / on_median,
+            _ if off_median > 0.0 => on_median / off_median,
+            _ => 0.0,
         },
         on,
         off,
+        attacks,
     };
     if json {
         println!("{}", serde_json::to_string(&comparison)?);
     } else {
+        let ratio_of = match switch {
+            Switch::Attack => "under attack/alone",
+            _ => "on/off",
+        };
         println!(
-            "median: {name} on {:.0} msgs/s, off {:.0} msgs/s: on/off = {:.3}",
+            "median: {name} {label_on} {:.0} msgs/s, {label_off} {:.0} msgs/s: {ratio_of} = {:.3}",
             comparison.on_median_msgs_per_sec, comparison.off_median_msgs_per_sec, comparison.ratio
         );
     }
@@ -344,6 +382,15 @@ impl Report {
 /// One run on a fresh scratch hub, with `off` switched off: the policy engine (the hub's
 /// [`entente_hub::danger::Danger`] switch `skip_policy_decisions`) or the audit log.
 pub(crate) async fn bench(shape: PubSub, rate: u64, off: Option<Switch>) -> Result<Report> {
+    bench_with(shape, rate, off).await.map(|(report, _)| report)
+}
+
+/// [`bench`], and with [`Switch::Attack`] what the attackers did.
+async fn bench_with(
+    shape: PubSub,
+    rate: u64,
+    off: Option<Switch>,
+) -> Result<(Report, Option<Attacked>)> {
     let PubSub {
         messages,
         payload,
@@ -354,6 +401,13 @@ pub(crate) async fn bench(shape: PubSub, rate: u64, off: Option<Switch>) -> Resu
     let scratch = ScratchHub::start_for_bench(TRUST_DOMAIN, |config| match off {
         Some(Switch::Authorization) => config.danger.skip_policy_decisions = true,
         Some(Switch::Audit) => config.audit = None,
+        Some(Switch::Attack) => {
+            config.rate_limits.agent_messages = Some(attack::AGENT_RATE);
+            config.anomaly = entente_hub::AnomalyConfig {
+                window: Duration::from_secs(1),
+                ..entente_hub::AnomalyConfig::default()
+            };
+        }
         None => {}
     })
     .await?;
@@ -385,6 +439,10 @@ pub(crate) async fn bench(shape: PubSub, rate: u64, off: Option<Switch>) -> Resu
         }
     }
 
+    let attackers = match off {
+        Some(Switch::Attack) => Some(Attackers::start(&scratch).await?),
+        _ => None,
+    };
     let total = messages.saturating_mul(publishers as u64);
     let meter = Meter::start(&[std::process::id()]);
     let start = Instant::now();
@@ -442,6 +500,10 @@ pub(crate) async fn bench(shape: PubSub, rate: u64, off: Option<Switch>) -> Resu
     let usage = meter.stop().first().copied().unwrap_or_default();
     let (acked, ack_errors) = acker.await.context("the ack task failed")?;
     let batches_sent = senders.iter().map(|p| p.stats().batches_sent).sum();
+    let attacked = match attackers {
+        Some(attackers) => Some(attackers.stop(&scratch).await),
+        None => None,
+    };
     let hub_stats = scratch.hub.stats();
     for client in &clients {
         client.close().await;
@@ -453,7 +515,7 @@ pub(crate) async fn bench(shape: PubSub, rate: u64, off: Option<Switch>) -> Resu
     let seconds = elapsed.as_secs_f64();
     let delivered = received.delivered;
     let expected = total.saturating_mul(subscribers as u64);
-    Ok(Report {
+    let report = Report {
         messages,
         publishers,
         subscribers,
@@ -477,7 +539,8 @@ pub(crate) async fn bench(shape: PubSub, rate: u64, off: Option<Switch>) -> Resu
         hub_slow_consumer_disconnects: hub_stats.slow_consumer_disconnects,
         hub_policy_decisions: hub_stats.policy_allows + hub_stats.policy_denials,
         hub_audit_records: hub_stats.audit_records,
-    })
+    };
+    Ok((report, attacked))
 }
 
 /// One publisher's messages `numbers` (its index times `--messages` and on, so that each

@@ -32,6 +32,8 @@ use crate::commands::scratch::ScratchHub;
 /// How long the demo waits for anything the hub should do at once.
 const PATIENCE: Duration = Duration::from_secs(5);
 const TRUST_DOMAIN: &str = "demo.entente.local";
+/// The demo hub's anomaly window (10 s by default).
+const ANOMALY_WINDOW: Duration = Duration::from_millis(500);
 
 pub(crate) fn run(json: bool) -> Result<ExitCode> {
     let mut story = Story::new(json);
@@ -45,7 +47,11 @@ pub(crate) fn run(json: bool) -> Result<ExitCode> {
 
 async fn scenario(story: &mut Story) -> Result<()> {
     story.step("An operator starts a hub on a fresh data directory.");
-    let scratch = ScratchHub::start(TRUST_DOMAIN).await?;
+    // Anomaly windows of half a second, so that the demo sees the detector act.
+    let scratch = ScratchHub::start_configured(TRUST_DOMAIN, |config| {
+        config.anomaly.window = ANOMALY_WINDOW;
+    })
+    .await?;
     let (hub, data, trust) = (&scratch.hub, &scratch.data, &scratch.trust);
     let addr = scratch.addr();
     let td = TrustDomain::new(TRUST_DOMAIN)?;
@@ -326,9 +332,7 @@ async fn scenario(story: &mut Story) -> Result<()> {
     );
 
     story.step("The operator revokes bob while he is connected and listening.");
-    let admin = Identity::load(&data.admin_dir(), SystemTime::now())
-        .context("loading the hub's admin identity")?;
-    let admin = Client::connect(admin, addr, ClientOptions::default()).await?;
+    let admin = admin(&scratch).await?;
     let closed = admin
         .revoke(std::slice::from_ref(bob.principal()), &[])
         .await?;
@@ -384,11 +388,102 @@ async fn scenario(story: &mut Story) -> Result<()> {
         ),
     );
 
+    quarantined(story, &scratch, &alice, &eve).await?;
+
     for client in [&alice, &bob, &eve] {
         client.close().await;
     }
     audit_trail(story, hub, scratch.dir(), bob.principal()).await?;
     scratch.shutdown().await;
+    Ok(())
+}
+
+/// Eve's credential, stolen, probes channels it was never given: the hub throttles her, then
+/// quarantines her, and tells the administrator why; alice goes on.
+async fn quarantined(
+    story: &mut Story,
+    scratch: &ScratchHub,
+    alice: &Client,
+    eve: &Client,
+) -> Result<()> {
+    story.step(
+        "Eve's credential is stolen: the thief probes channels eve was never given, one \
+         after another. The hub scores every agent's traffic against what it usually does.",
+    );
+    let started = std::time::Instant::now();
+    let (mut probes, mut throttled) = (0u32, None);
+    let ended = loop {
+        if started.elapsed() > PATIENCE * 4 {
+            break None;
+        }
+        match eve.subscribe(&format!("demo.payroll.p{probes}")).await {
+            Err(e) if e.kind() == ErrorKind::Limited && throttled.is_none() => {
+                throttled = Some((probes, e.to_string()));
+            }
+            Err(e) if e.kind() == ErrorKind::Closed || e.to_string().contains("quarantined") => {
+                break Some(e.to_string());
+            }
+            Err(_) => {}
+            Ok(_) => bail!("a probe of `demo.payroll` was allowed"),
+        }
+        probes += 1;
+    };
+    story.check(
+        "throttled",
+        throttled
+            .as_ref()
+            .is_some_and(|(_, e)| e.contains("anomaly-throttle")),
+        &match &throttled {
+            Some((n, e)) => format!("after {n} refused probes her risk score throttles her: {e}"),
+            None => "she was never throttled".to_owned(),
+        },
+    );
+    let admin = admin(scratch).await?;
+    let listed = admin.quarantine(wire::QuarantineRequest::default()).await?;
+    admin.close().await;
+    let entry = listed
+        .quarantined
+        .iter()
+        .find(|q| q.principal == eve.principal().as_str());
+    story.check(
+        "quarantined",
+        ended.as_ref().is_some_and(|e| e.contains("quarantined")) && entry.is_some(),
+        &format!(
+            "then quarantines her: her connection is closed ({}); the administrator's \
+             `entente quarantine list` shows why: {}",
+            ended.unwrap_or_else(|| "it was not".to_owned()),
+            entry.map_or_else(
+                || "she is not listed".to_owned(),
+                |q| format!("risk {}, {}", q.risk, q.evidence)
+            )
+        ),
+    );
+    let again = Client::connect(
+        load(&scratch.dir().join("agents"), "eve")?,
+        scratch.addr(),
+        ClientOptions::default(),
+    )
+    .await
+    .err();
+    story.check(
+        "quarantined",
+        again
+            .as_ref()
+            .is_some_and(|e| e.to_string().contains("quarantined")),
+        &format!(
+            "eve can't come back until an administrator lifts it: {}",
+            describe(again)
+        ),
+    );
+    let still = alice.publish("demo.receipts", "alice again").await;
+    story.check(
+        "quarantined",
+        still.is_ok(),
+        &format!(
+            "alice, who behaves as usual, is untouched{}",
+            still.err().map(|e| format!(": {e}")).unwrap_or_default()
+        ),
+    );
     Ok(())
 }
 
@@ -511,9 +606,7 @@ async fn just_in_time(
             describe(own)
         ),
     );
-    let admin = Identity::load(&scratch.data.admin_dir(), SystemTime::now())
-        .context("loading the hub's admin identity")?;
-    let admin = Client::connect(admin, scratch.addr(), ClientOptions::default()).await?;
+    let admin = admin(scratch).await?;
     let approved = admin.approve(&request.id).await;
     admin.close().await;
     let grant = match approved {
@@ -612,9 +705,7 @@ async fn held_for_approval(
             describe(own)
         ),
     );
-    let admin = Identity::load(&scratch.data.admin_dir(), SystemTime::now())
-        .context("loading the hub's admin identity")?;
-    let admin = Client::connect(admin, scratch.addr(), ClientOptions::default()).await?;
+    let admin = admin(scratch).await?;
     let shown = admin.held().await?;
     let listed = shown.iter().find(|h| h.message_id == id);
     let sealed = listed.is_some_and(|h| {
@@ -712,6 +803,13 @@ fn rogue_bundle(
     Ok(rogue.sign_key_bundle(body)?)
 }
 
+/// The hub's administrator, connected.
+async fn admin(scratch: &ScratchHub) -> Result<Client> {
+    let admin = Identity::load(&scratch.data.admin_dir(), SystemTime::now())
+        .context("loading the hub's admin identity")?;
+    Ok(Client::connect(admin, scratch.addr(), ClientOptions::default()).await?)
+}
+
 async fn connect(agents: &Path, name: &str, addr: std::net::SocketAddr) -> Result<Client> {
     Client::connect(load(agents, name)?, addr, ClientOptions::default())
         .await
@@ -793,7 +891,7 @@ fn describe<E: std::fmt::Display>(err: Option<E>) -> String {
     err.map_or_else(|| "no error".to_owned(), |e| e.to_string())
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -1,4 +1,5 @@
 pub(crate) mod agent;
+pub(crate) mod attack;
 pub(crate) mod audit;
 pub(crate) mod bench;
 pub(crate) mod bench_rpc;
@@ -10,6 +11,7 @@ pub(crate) mod hub;
 pub(crate) mod keys;
 pub(crate) mod nats;
 pub(crate) mod policy;
+pub(crate) mod quarantine;
 pub(crate) mod rpc;
 pub(crate) mod scale;
 pub(crate) mod scratch;

@@ -25,14 +25,10 @@ pub(crate) struct ScratchHub {
 }
 
 impl ScratchHub {
-    /// Initializes a data directory for `trust_domain` and starts a hub on `127.0.0.1:0`.
-    pub(crate) async fn start(trust_domain: &str) -> Result<Self> {
-        Self::start_configured(trust_domain, |_| {}).await
-    }
-
     /// A hub for measurement: as [`start_configured`](Self::start_configured), with the rate
     /// limits set far above what this hub can route, so that they are checked on every
-    /// publish but never refuse one.
+    /// publish but never refuse one, and the anomaly detector counting every publish but never
+    /// throttling or quarantining (a benchmark changing its workload is not an attack).
     pub(crate) async fn start_for_bench(
         trust_domain: &str,
         configure: impl FnOnce(&mut HubConfig),
@@ -44,12 +40,15 @@ impl ScratchHub {
             };
             config.rate_limits.agent_messages = Some(rate(1_000_000_000));
             config.rate_limits.agent_bytes = Some(rate(u32::MAX));
+            config.anomaly.throttle_at = None;
+            config.anomaly.quarantine_at = None;
             configure(config);
         })
         .await
     }
 
-    /// As [`start`](Self::start), with `configure` applied to the hub's configuration.
+    /// Initializes a data directory for `trust_domain` and starts a hub on `127.0.0.1:0`, with
+    /// `configure` applied to the hub's configuration.
     pub(crate) async fn start_configured(
         trust_domain: &str,
         configure: impl FnOnce(&mut HubConfig),

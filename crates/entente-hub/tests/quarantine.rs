@@ -1,0 +1,409 @@
+//! Anomaly-driven throttling and quarantine on a real hub on 127.0.0.1:0, through the SDK
+//! (docs/ANOMALY.md): an administrator quarantines and releases an agent, and the quarantine
+//! outlives a restart; the detector throttles then quarantines a scanning agent while a
+//! normal agent goes on losing nothing; a policy reading `context.risk` denies a risky agent
+//! until its risk falls.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use entente_audit::{Event, Outcome, QuarantineAction};
+use entente_client::{Client, ErrorKind};
+use entente_hub::{HubConfig, Webhook};
+use entente_testkit::TestHub;
+use entente_wire::{QuarantineRequest, QuarantineResponse};
+use futures_util::StreamExt as _;
+use http_body_util::BodyExt as _;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tempfile::TempDir;
+use tokio::sync::mpsc;
+
+const POLICIES: &str = entente_testkit::SHOP_ORDERS;
+
+async fn start(dir: &TempDir, policies: &str, change: impl FnOnce(&mut HubConfig)) -> TestHub {
+    TestHub::builder()
+        .policies(policies)
+        .audited(&dir.path().join("audit"))
+        .config(change)
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Windows of 200 ms, a baseline after three.
+fn quick(c: &mut HubConfig) {
+    c.anomaly.window = Duration::from_millis(200);
+    c.anomaly.warmup = 3;
+}
+
+/// A real HTTPS webhook on 127.0.0.1 (a certificate for `localhost`): it answers its first
+/// request 503 and every later one 200, and hands over each body with its path. Returns its
+/// [`Webhook`] (with a secret in the path) and the bodies.
+async fn webhook() -> (
+    Webhook,
+    mpsc::UnboundedReceiver<(String, serde_json::Value)>,
+) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let served = Arc::new(AtomicU64::new(0));
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (acceptor, tx, served) = (acceptor.clone(), tx.clone(), served.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let (tx, served) = (tx.clone(), served.clone());
+                        async move {
+                            let path = request.uri().path().to_owned();
+                            let body = request.into_body().collect().await.unwrap().to_bytes();
+                            let status = if served.fetch_add(1, Ordering::Relaxed) == 0 {
+                                503
+                            } else {
+                                let _ = tx.send((path, serde_json::from_slice(&body).unwrap()));
+                                200
+                            };
+                            let response = http::Response::builder()
+                                .status(status)
+                                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                                .unwrap();
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    let hook = Webhook {
+        url: format!("https://localhost:{port}/hooks/s3cret"),
+        roots_pem: Some(cert.cert.pem().into_bytes()),
+    };
+    (hook, rx)
+}
+
+async fn list(admin: &Client) -> QuarantineResponse {
+    admin
+        .quarantine(QuarantineRequest::default())
+        .await
+        .unwrap()
+}
+
+/// The quarantine records of the log: (actor, principal, action, risk, evidence).
+async fn quarantine_records(hub: &TestHub) -> Vec<(String, String, QuarantineAction, u32, String)> {
+    let (records, _) = hub.hub().audit_records(0, 100_000).await.unwrap().unwrap();
+    let text = |t: &entente_audit::Text| t.as_clear().unwrap_or_default().to_owned();
+    records
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::Quarantine(q) => {
+                assert_eq!(r.outcome, Outcome::Success);
+                Some((
+                    r.actor.clone(),
+                    text(&q.principal),
+                    q.action,
+                    q.risk,
+                    text(&q.evidence),
+                ))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_administrator_quarantines_an_agent_and_only_an_administrator_lifts_it() {
+    let dir = TempDir::new().unwrap();
+    let (hook, mut notices) = webhook().await;
+    let hub = start(&dir, POLICIES, |c| c.quarantine_webhook = Some(hook)).await;
+    let alice_identity = hub.enroll("shop", "alice").await.unwrap();
+    let alice_id = alice_identity.principal().to_string();
+    let alice = hub.connect(alice_identity.clone()).await.unwrap();
+    let bob = hub.connect_agent("shop", "bob").await.unwrap();
+    let mut orders = bob.subscribe("orders.>").await.unwrap();
+    let admin = hub.connect(hub.admin().unwrap()).await.unwrap();
+    assert!(list(&admin).await.quarantined.is_empty());
+
+    // A reason is required; agents are not administrators.
+    let request = |impose: &str, release: &str, reason: &str| QuarantineRequest {
+        impose: impose.to_owned(),
+        release: release.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let err = admin
+        .quarantine(request(&alice_id, "", "  "))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("reason"), "{err}");
+    let err = bob
+        .quarantine(QuarantineRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Denied, "{err}");
+
+    let imposed = admin
+        .quarantine(request(&alice_id, "", "its key was seen on a paste site"))
+        .await
+        .unwrap();
+    assert_eq!(imposed.closed_connections, 1);
+    let [entry] = imposed.quarantined.as_slice() else {
+        panic!("{imposed:?}");
+    };
+    assert_eq!(entry.principal, alice_id);
+    assert_eq!(entry.by, hub.admin_principal().unwrap().to_string());
+    assert_eq!(entry.evidence, "its key was seen on a paste site");
+    assert_eq!(hub.stats().quarantines, 1);
+    // The webhook is told (after a refused first try).
+    let (path, notice) = notices.recv().await.unwrap();
+    assert_eq!(path, "/hooks/s3cret");
+    assert_eq!(notice["event"], "quarantine");
+    assert_eq!(notice["action"], "imposed");
+    assert_eq!(notice["principal"], alice_id.as_str());
+    assert_eq!(notice["evidence"], "its key was seen on a paste site");
+    assert_eq!(notice["by"], entry.by.as_str());
+    entente_testkit::eventually("the webhook's answer", || hub.stats().webhook_sent == 1)
+        .await
+        .unwrap();
+    assert_eq!(hub.stats().webhook_failures, 0);
+
+    // Alice's connection is closed, saying why; she can't come back.
+    let err = alice.publish("orders.eu", "after").await.unwrap_err();
+    assert!(err.to_string().contains("quarantined"), "{err}");
+    let err = hub.connect(alice_identity.clone()).await.unwrap_err();
+    assert!(format!("{err:#}").contains("quarantined"), "{err:#}");
+    assert!(hub.stats().quarantined_refusals >= 1);
+    // Others go on.
+    bob.publish("orders.eu", "bob").await.unwrap();
+    let got = orders.next().await.unwrap().unwrap();
+    assert_eq!(got.payload, b"bob");
+    // Twice is refused.
+    let err = admin
+        .quarantine(request(&alice_id, "", "again"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("quarantined already"), "{err}");
+
+    // The quarantine outlives a restart.
+    drop((admin, bob));
+    let hub = hub.restart().await.unwrap();
+    let admin = hub.connect(hub.admin().unwrap()).await.unwrap();
+    assert_eq!(list(&admin).await.quarantined.len(), 1);
+    let err = hub.connect(alice_identity.clone()).await.unwrap_err();
+    assert!(format!("{err:#}").contains("quarantined"), "{err:#}");
+
+    let released = admin
+        .quarantine(request("", &alice_id, "the key was rotated"))
+        .await
+        .unwrap();
+    assert_eq!(released.released.unwrap().principal, alice_id);
+    assert!(released.quarantined.is_empty());
+    let (_, notice) = notices.recv().await.unwrap();
+    assert_eq!(notice["action"], "lifted");
+    assert_eq!(notice["evidence"], "the key was rotated");
+    let alice = hub.connect(alice_identity).await.unwrap();
+    alice.publish("orders.eu", "back").await.unwrap();
+    let err = admin
+        .quarantine(request("", &alice_id, "again"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not quarantined"), "{err}");
+
+    let admin_id = hub.admin_principal().unwrap().to_string();
+    let records = quarantine_records(&hub).await;
+    assert_eq!(
+        records,
+        vec![
+            (
+                admin_id.clone(),
+                alice_id.clone(),
+                QuarantineAction::Imposed,
+                0,
+                "its key was seen on a paste site".to_owned()
+            ),
+            (
+                admin_id,
+                alice_id,
+                QuarantineAction::Lifted,
+                0,
+                "the key was rotated".to_owned()
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_detector_throttles_then_quarantines_a_scanner_and_a_normal_agent_loses_nothing() {
+    let dir = TempDir::new().unwrap();
+    // Windows of a second: however fast this machine lets the scanner go, a throttled window
+    // still holds enough refusals to quarantine it.
+    let hub = start(&dir, POLICIES, |c| {
+        c.anomaly.window = Duration::from_secs(1);
+        c.anomaly.warmup = 3;
+    })
+    .await;
+    let normal = hub.connect_agent("shop", "normal").await.unwrap();
+    let scanner = hub.connect_agent("shop", "scanner").await.unwrap();
+    let scanner_id = scanner.principal().to_string();
+    let carol = hub.connect_agent("shop", "carol").await.unwrap();
+    let mut orders = carol.subscribe("orders.>").await.unwrap();
+
+    // The normal agent publishes steadily throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let steady = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let n = sent.load(Ordering::Relaxed);
+                normal
+                    .publish("orders.eu", format!("order {n}"))
+                    .await
+                    .unwrap();
+                sent.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            normal
+        })
+    };
+    // The scanner behaves for the warm-up, then probes channels it may not read.
+    const ORDINARY: usize = 35;
+    for _ in 0..ORDINARY {
+        scanner.publish("orders.us", "ordinary").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = Instant::now();
+    let mut probes = 0u32;
+    let mut throttled = false;
+    let closed = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the scanner was never quarantined"
+        );
+        match scanner.subscribe(&format!("pay.secrets.p{probes}")).await {
+            Ok(_) => panic!("a probe was allowed"),
+            Err(e) if e.kind() == ErrorKind::Denied && !e.to_string().contains("quarantined") => {}
+            Err(e) if e.kind() == ErrorKind::Limited => {
+                assert!(e.to_string().contains("anomaly-throttle"), "{e}");
+                throttled = true;
+            }
+            Err(e) => break e,
+        }
+        probes += 1;
+    };
+    assert!(closed.to_string().contains("quarantined"), "{closed}");
+    assert!(throttled, "the scanner was not throttled first");
+    stop.store(true, Ordering::Relaxed);
+    let _normal = steady.await.unwrap();
+
+    let admin = hub.connect(hub.admin().unwrap()).await.unwrap();
+    let quarantined = list(&admin).await.quarantined;
+    let [entry] = quarantined.as_slice() else {
+        panic!("only the scanner: {quarantined:?}");
+    };
+    assert_eq!(entry.principal, scanner_id);
+    assert_eq!(entry.by, "hub");
+    assert!(entry.risk >= 85, "{entry:?}");
+    assert!(entry.evidence.contains("refused requests"), "{entry:?}");
+    let stats = hub.stats();
+    assert_eq!(stats.quarantines, 1);
+    assert!(stats.throttled_agents >= 1);
+
+    // Every order of the normal agent arrived, once, in order.
+    let sent = sent.load(Ordering::Relaxed);
+    assert!(sent > 50, "{sent}");
+    let mut got = Vec::new();
+    while got.len() < sent as usize + ORDINARY {
+        match tokio::time::timeout(Duration::from_secs(2), orders.next()).await {
+            Ok(Some(message)) => got.push(String::from_utf8(message.unwrap().payload).unwrap()),
+            _ => break,
+        }
+    }
+    let normal_orders: Vec<String> = got
+        .iter()
+        .filter(|p| p.starts_with("order "))
+        .cloned()
+        .collect();
+    let expected: Vec<String> = (0..sent).map(|n| format!("order {n}")).collect();
+    assert_eq!(normal_orders, expected);
+
+    let records = quarantine_records(&hub).await;
+    let [(actor, principal, action, risk, evidence)] = records.as_slice() else {
+        panic!("{records:?}");
+    };
+    assert_eq!(actor, "hub");
+    assert_eq!(principal, &scanner_id);
+    assert_eq!(*action, QuarantineAction::Imposed);
+    assert!(*risk >= 85);
+    assert_eq!(evidence, &entry.evidence);
+}
+
+#[tokio::test]
+async fn a_policy_reading_the_risk_score_denies_a_risky_agent_until_it_falls() {
+    let dir = TempDir::new().unwrap();
+    let policies = format!(
+        "{POLICIES}\n@id(\"no-risky-publishers\")\n\
+         forbid (principal, action == Action::\"publish\", resource) when {{ context.risk >= 40 }};\n"
+    );
+    let hub = start(&dir, &policies, quick).await;
+    let eve = hub.connect_agent("shop", "eve").await.unwrap();
+    eve.publish("orders.eu", "before").await.unwrap();
+    // 25 refused probes: a risk from 40 to 59 (over at most two windows), under the throttle.
+    for k in 0..25 {
+        let err = eve
+            .subscribe(&format!("pay.secrets.k{k}"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Denied);
+    }
+    let started = Instant::now();
+    let denied = loop {
+        assert!(started.elapsed() < Duration::from_secs(5), "never denied");
+        match eve.publish("orders.eu", "risky").await {
+            Ok(()) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(denied.kind(), ErrorKind::Denied, "{denied}");
+    assert!(
+        denied.to_string().contains("no-risky-publishers"),
+        "{denied}"
+    );
+    // Quiet windows halve the risk: she may publish again soon.
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never allowed again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if eve.publish("orders.eu", "calm").await.is_ok() {
+            break;
+        }
+    }
+    assert_eq!(hub.stats().quarantines, 0);
+}
