@@ -17,6 +17,8 @@
 //! - is recorded in the audit log (a `quarantine` record with the risk and the evidence) and
 //!   logged at `warn`.
 //!
+//! A store that refuses an imposed quarantine leaves it in force on this hub (the caller is
+//! told it is not kept); one that refuses a lift leaves the quarantine in force everywhere.
 //! Only an administrator lifts it ([`release`]), with a reason, recorded the same way; the
 //! agent's risk starts again from zero, its baseline kept.
 
@@ -169,7 +171,7 @@ pub(crate) async fn impose<R>(
         closed_connections = closed,
         "agent quarantined"
     );
-    let stored = store(services).await;
+    let stored = store(services, None).await;
     let suspended = suspend(services, &principal, true).await;
     let event = Event::Quarantine(Quarantine {
         principal: audit::clear(principal.as_str()),
@@ -200,6 +202,13 @@ pub(crate) async fn release<R>(
     actor: &str,
 ) -> Result<Quarantined, RpcError> {
     let _storing = services.anomaly.storing.lock().await;
+    if services.anomaly.quarantined(principal).is_none() {
+        return Err(RpcError::Precondition(format!(
+            "`{principal}` is not quarantined"
+        )));
+    }
+    // Stored without it first: a store that refuses leaves the quarantine in force.
+    store(services, Some(principal)).await?;
     let lifted = services
         .anomaly
         .release(principal)
@@ -216,7 +225,6 @@ pub(crate) async fn release<R>(
         },
         "lifted",
     );
-    store(services).await?;
     suspend(services, principal, false).await?;
     let event = Event::Quarantine(Quarantine {
         principal: audit::clear(principal.as_str()),
@@ -300,13 +308,14 @@ pub(crate) async fn quarantine<R>(
     Ok(response)
 }
 
-/// Stores the quarantine list in force.
-async fn store<R>(services: &Services<R>) -> Result<(), RpcError> {
+/// Stores the quarantine list in force, without `lifting` if given.
+async fn store<R>(services: &Services<R>, lifting: Option<&Principal>) -> Result<(), RpcError> {
     let stored = StoredQuarantine {
         quarantined: services
             .anomaly
             .quarantine_list()
             .iter()
+            .filter(|q| Some(&q.principal) != lifting)
             .map(to_wire)
             .collect(),
     };

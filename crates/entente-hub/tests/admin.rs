@@ -10,23 +10,25 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use entente_ca::{Revocations, VerifiedRevocationList};
 use entente_hub::{
     CHECK_POLICY_PATH, CREATE_TOKEN_PATH, DEFAULT_TOKEN_TTL, Hub, HubConfig, HubError,
-    LOAD_POLICIES_PATH, MAX_TOKEN_TTL, REVOKE_PATH, SHOW_POLICIES_PATH,
+    LOAD_POLICIES_PATH, MAX_TOKEN_TTL, QUARANTINE_PATH, REVOKE_PATH, SHOW_POLICIES_PATH,
 };
 use entente_store::Store as _;
 use entente_types::{HumanId, Principal, TrustDomain};
 use entente_wire::{
     CheckPolicyRequest, CheckPolicyResponse, CreateTokenRequest, CreateTokenResponse,
-    LoadPoliciesRequest, LoadPoliciesResponse, PolicySource, RevokeRequest, RevokeResponse,
-    ShowPoliciesRequest, ShowPoliciesResponse,
+    LoadPoliciesRequest, LoadPoliciesResponse, PolicySource, QuarantineRequest, QuarantineResponse,
+    RevokeRequest, RevokeResponse, ShowPoliciesRequest, ShowPoliciesResponse,
 };
 use support::{
-    Agent, Client, Enrollment, SessionExt, TestCa, ack, enroll_raw, eventually, now_ms, probe,
-    start_with_store,
+    Agent, Client, Enrollment, FlakyStore, SessionExt, TestCa, ack, enroll_raw, eventually, now_ms,
+    probe, start_with_store,
 };
 use tonic::{Code, Status};
 
@@ -762,5 +764,73 @@ async fn listed_admins_do_everything_with_no_policy_at_all() {
     assert_eq!((stats.admin_actions, stats.admin_refusals), (6, 0));
     // No policy was asked on its behalf.
     assert_eq!(stats.policy_allows + stats.policy_denials, 0);
+    hub.shutdown().await;
+}
+
+// === Quarantine ===
+
+async fn quarantine(
+    client: &Client,
+    impose: &str,
+    release: &str,
+) -> Result<QuarantineResponse, Status> {
+    client
+        .unary(
+            QUARANTINE_PATH,
+            QuarantineRequest {
+                impose: impose.to_owned(),
+                release: release.to_owned(),
+                reason: "a test".to_owned(),
+            },
+        )
+        .await
+}
+
+#[tokio::test]
+async fn a_quarantine_the_store_refuses_stays_in_force_until_it_can_be_lifted() {
+    let ca = TestCa::new();
+    let root = admin(&ca, "admin");
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FlakyStore::new(dir.path()));
+    let config = config_with_admins(vec![root.principal.clone()]);
+    let hub = Hub::start(config, ca.ca.clone(), store.clone())
+        .await
+        .unwrap();
+    let client = root.connect(&hub).await;
+    let eve = ca.principal("shop", "eve").to_string();
+
+    // Imposed while the store fails: in force here (the hub fails closed), the caller told
+    // that it is not kept.
+    store.fail_config.store(true, Ordering::SeqCst);
+    assert_refused(quarantine(&client, &eve, "").await, Code::Unavailable, "");
+    let listed = quarantine(&client, "", "").await.unwrap();
+    assert_eq!(listed.quarantined.len(), 1);
+    // Lifted while the store fails: refused, and still in force.
+    assert_refused(quarantine(&client, "", &eve).await, Code::Unavailable, "");
+    assert_eq!(
+        quarantine(&client, "", "").await.unwrap().quarantined.len(),
+        1
+    );
+    // The store is back: it is lifted, and stays lifted across a restart.
+    store.fail_config.store(false, Ordering::SeqCst);
+    let lifted = quarantine(&client, "", &eve).await.unwrap();
+    assert!(lifted.quarantined.is_empty());
+    assert_eq!(lifted.released.unwrap().principal, eve);
+    hub.shutdown().await;
+    let hub = Hub::start(
+        config_with_admins(vec![root.principal.clone()]),
+        ca.ca.clone(),
+        store,
+    )
+    .await
+    .unwrap();
+    let client = root.connect(&hub).await;
+    assert!(
+        quarantine(&client, "", "")
+            .await
+            .unwrap()
+            .quarantined
+            .is_empty()
+    );
     hub.shutdown().await;
 }

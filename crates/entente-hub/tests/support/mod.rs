@@ -474,6 +474,8 @@ pub struct FlakyStore {
     pub fail: AtomicBool,
     /// Fail deletions of held messages only.
     pub fail_deletes: AtomicBool,
+    /// Fail writes of config values (the policies, the quarantine list …) only.
+    pub fail_config: AtomicBool,
 }
 
 impl FlakyStore {
@@ -483,6 +485,7 @@ impl FlakyStore {
             inner: EmbeddedStore::open(dir.join("registry.redb")).unwrap(),
             fail: AtomicBool::new(false),
             fail_deletes: AtomicBool::new(false),
+            fail_config: AtomicBool::new(false),
         }
     }
 
@@ -562,6 +565,9 @@ impl Store for FlakyStore {
         self.inner.held().await
     }
     async fn put_config(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        if self.fail_config.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("the disk is full".into()));
+        }
         self.inner.put_config(key, value).await
     }
     async fn config(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
