@@ -1,7 +1,7 @@
 //! Policy loading: Cedar text as an administrator loads it (`LoadPolicies`, `entente policy
 //! load`, or the hub's first policy files), through `entente-policy`'s loader: parsed, named,
 //! validated against Entente's schema (strict), checked against Entente's rules (IDs,
-//! `@cross_segment`, `@hold`, grant annotations) and sliced. NUL bytes split the input into
+//! `@cross_segment`, `@hold`, grant annotations, `@rate`) and sliced. NUL bytes split the input into
 //! sources (a load carries several), so that what spans sources — duplicate IDs, grant
 //! definitions, where each problem is — is reached too. A refused set's problems are
 //! formatted (with their line and column); a set that loads is asked a few decisions and an
@@ -43,6 +43,9 @@ fuzz_target!(|data: &[u8]| {
 fn decide(set: PolicySet) {
     let _ = set.grant_definitions().count();
     let _ = set.namespace_owner("orders");
+    for (_, rate) in set.rated() {
+        let _ = (rate.interval(), rate.to_string());
+    }
     let Some(requests) = Requests::new() else {
         return;
     };

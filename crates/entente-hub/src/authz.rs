@@ -28,7 +28,7 @@
 //! change bumps it).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use entente_audit::{Event, Outcome};
@@ -52,6 +52,7 @@ use crate::audit::{self, AuditUnavailable, Auditor};
 use crate::danger::Danger;
 use crate::grant_state::{GrantChangeError, GrantState};
 use crate::held::{Holds, Verdicts};
+use crate::limits::{Hit, PolicyRates};
 use crate::registry::Registry;
 use crate::stats::{self, Stats};
 
@@ -137,6 +138,8 @@ pub(crate) struct Authz {
     anomaly: Arc<Anomaly>,
     /// Where decisions are recorded: each one the engine makes, and each denial.
     auditor: Auditor,
+    /// The buckets of the running permits' `@rate`s, replaced with the set.
+    rates: RwLock<PolicyRates>,
 }
 
 /// How often a session decides its subscriptions again, uncached, while a running policy
@@ -179,6 +182,12 @@ pub(crate) enum Publishing {
     /// Hold it for approval ([`crate::held`]).
     Held,
 }
+
+/// What a session's request was allowed by: the engine's decision (`None` when no policy
+/// was asked: a structural rule, or decisions skipped), to charge to the `@rate`s of its
+/// permits ([`Authz::charge`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Allowed(Option<Arc<Decision>>);
 
 /// A denial, in words: what decided it (`no policy permits it`, `forbidden by policy `x``,
 /// …). Made only when a request is denied.
@@ -246,6 +255,7 @@ impl Authz {
         };
         let time = reads_time(&set);
         let set_risk = reads_context(&set, "risk");
+        let rates = PolicyRates::of(&set, &PolicyRates::default());
         let engine = Engine::starting_at(set, next_epoch_floor(registry).await?);
         let grants = GrantState::load(registry, grant_limits).await?;
         let holds = Holds::load(registry, &limits).await?;
@@ -265,6 +275,7 @@ impl Authz {
             reads_risk: AtomicBool::new(set_risk),
             anomaly: Arc::new(Anomaly::new(AnomalyConfig::default())),
             auditor: Auditor::off(),
+            rates: RwLock::new(rates),
         })
     }
 
@@ -430,6 +441,7 @@ impl Authz {
             let mut running = self.lock_sources();
             self.reads_time.store(time, Ordering::Relaxed);
             self.reads_risk.store(risk, Ordering::Relaxed);
+            self.replace_rates(&set);
             let epoch = self.engine.replace(set);
             *running = sources;
             epoch
@@ -595,6 +607,42 @@ impl Authz {
         let _ = self.auditor.submit(principal, outcome, event);
     }
 
+    /// Charges what `allowed` allowed — `n` of `unit` by `principal` — to the `@rate` of
+    /// each of its determining permits that has one ([`PolicyRates`]).
+    pub(crate) fn charge(
+        &self,
+        principal: &Principal,
+        allowed: &Allowed,
+        n: u64,
+        unit: &str,
+    ) -> Result<(), Hit> {
+        let Some(decision) = &allowed.0 else {
+            return Ok(());
+        };
+        if decision.policies.is_empty() {
+            return Ok(());
+        }
+        let rates = self.rates.read().unwrap_or_else(PoisonError::into_inner);
+        if rates.is_empty() {
+            return Ok(());
+        }
+        rates.charge(principal, &decision.policies, n, unit)
+    }
+
+    /// Drops the `@rate` buckets that are full again.
+    pub(crate) fn purge_rates(&self) {
+        self.rates
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .purge();
+    }
+
+    /// Puts the buckets of `set`'s rated permits in place (those of unchanged rates kept).
+    fn replace_rates(&self, set: &PolicySet) {
+        let mut rates = self.rates.write().unwrap_or_else(PoisonError::into_inner);
+        *rates = PolicyRates::of(set, &rates);
+    }
+
     fn lock_sources(&self) -> MutexGuard<'_, Vec<(String, String)>> {
         self.sources.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -625,11 +673,22 @@ impl SessionAuthz {
         pattern: &ChannelPattern,
         now_ms: u64,
     ) -> Result<(), Denied> {
+        self.subscribe_allowed(authz, pattern, now_ms).map(drop)
+    }
+
+    /// Like [`subscribe`](Self::subscribe), for a new subscription: what allowed it, to
+    /// charge.
+    pub(crate) fn subscribe_allowed(
+        &mut self,
+        authz: &Authz,
+        pattern: &ChannelPattern,
+        now_ms: u64,
+    ) -> Result<Allowed, Denied> {
         let first = pattern.tokens().next().unwrap_or_default();
         if first == DIRECT_PREFIX || first == REPLY_PREFIX {
             let principal = self.cache.subject().principal();
             return if namespace::is_own_pattern(principal, pattern) {
-                Ok(())
+                Ok(Allowed::default())
             } else {
                 let why = "only its owner may subscribe to a `_direct` or `_reply` namespace";
                 authz.record_refusal(
@@ -651,15 +710,16 @@ impl SessionAuthz {
 
     /// May the session's principal publish (the `publish` action) on `channel`, and if not,
     /// would it be allowed once approved? [`Publishing::Held`] when the running policies deny
-    /// it by `@hold` forbids alone and allow it with them lifted.
+    /// it by `@hold` forbids alone and allow it with them lifted. An allowed publish comes
+    /// with what allowed it, to charge.
     pub(crate) fn publish_or_hold(
         &mut self,
         authz: &Authz,
         channel: &Channel,
         now_ms: u64,
-    ) -> Result<Publishing, Denied> {
+    ) -> Result<(Publishing, Allowed), Denied> {
         if authz.skips(Action::Publish) {
-            return Ok(Publishing::Allowed);
+            return Ok((Publishing::Allowed, Allowed::default()));
         }
         let resource = Resource::Channel(channel);
         let (decision, made) = self.decision(authz, Action::Publish, &resource, now_ms);
@@ -670,18 +730,17 @@ impl SessionAuthz {
             {
                 authz.auditor.check().map_err(unavailable)?;
                 stats::bump(&authz.stats.policy_allows);
-                return Ok(Publishing::Held);
+                return Ok((Publishing::Held, Allowed::default()));
             }
         }
-        authz
-            .judge(
-                self.cache.subject(),
-                Action::Publish,
-                &resource,
-                &decision,
-                made,
-            )
-            .map(|()| Publishing::Allowed)
+        authz.judge(
+            self.cache.subject(),
+            Action::Publish,
+            &resource,
+            &decision,
+            made,
+        )?;
+        Ok((Publishing::Allowed, Allowed(Some(decision))))
     }
 
     /// Whether the running policies would hold a publish of the session's principal on
@@ -712,7 +771,7 @@ impl SessionAuthz {
         action: Action,
         channel: &Channel,
         now_ms: u64,
-    ) -> Result<(), Denied> {
+    ) -> Result<Allowed, Denied> {
         self.decide(authz, action, &Resource::Channel(channel), now_ms)
     }
 
@@ -722,12 +781,13 @@ impl SessionAuthz {
         action: Action,
         resource: &Resource<'_>,
         now_ms: u64,
-    ) -> Result<(), Denied> {
+    ) -> Result<Allowed, Denied> {
         if authz.skips(action) {
-            return Ok(());
+            return Ok(Allowed::default());
         }
         let (decision, made) = self.decision(authz, action, resource, now_ms);
-        authz.judge(self.cache.subject(), action, resource, &decision, made)
+        authz.judge(self.cache.subject(), action, resource, &decision, made)?;
+        Ok(Allowed(Some(decision)))
     }
 
     /// The decision, cached or not, uncounted; one made fresh is recorded.
@@ -842,6 +902,7 @@ impl Authz {
         let set = build(&sources, &Limits::default()).expect("test policies load");
         let time = reads_time(&set);
         let set_risk = reads_context(&set, "risk");
+        let rates = PolicyRates::of(&set, &PolicyRates::default());
         let engine = Engine::new(set);
         let (epoch, _) = watch::channel(engine.epoch());
         Self {
@@ -859,6 +920,7 @@ impl Authz {
             reads_risk: AtomicBool::new(set_risk),
             anomaly: Arc::new(Anomaly::new(AnomalyConfig::default())),
             auditor: Auditor::off(),
+            rates: RwLock::new(rates),
         }
     }
 
@@ -870,6 +932,7 @@ impl Authz {
         self.reads_time.store(reads_time(&set), Ordering::Relaxed);
         self.reads_risk
             .store(reads_context(&set, "risk"), Ordering::Relaxed);
+        self.replace_rates(&set);
         let epoch = self.engine.replace(set);
         self.epoch.send_replace(epoch);
         epoch
@@ -1183,7 +1246,9 @@ mod tests {
 
     fn publish(authz: &Authz, who: &Principal, channel: &str) -> Result<(), Denied> {
         let channel = c(channel);
-        SessionAuthz::new(who).publish(authz, transport_action(&channel), &channel, NOW)
+        SessionAuthz::new(who)
+            .publish(authz, transport_action(&channel), &channel, NOW)
+            .map(drop)
     }
 
     fn subscribe(authz: &Authz, who: &Principal, pattern: &str) -> Result<(), Denied> {

@@ -11,11 +11,18 @@
 //!
 //! Each agent's buckets outlive its connections (reconnecting does not refill them); buckets
 //! that are full again are dropped by [`Limiters::purge`].
+//!
+//! Policies set rates too: a permit's `@rate` caps, per agent, what that permit allows
+//! ([`PolicyRates`], docs/POLICY.md "Rates"). Those are checked after the decision, each
+//! determining permit's in turn.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
+use entente_policy::{PolicyId, PolicyRate, PolicySet};
 use entente_types::{Channel, ChannelPattern, Principal};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
@@ -93,6 +100,8 @@ pub enum Limit {
     /// The rate an agent throttled for its risk score is held to
     /// ([`AnomalyConfig::throttled`](crate::AnomalyConfig::throttled)).
     AnomalyThrottle,
+    /// A permit's `@rate` ([`PolicyRates`]); the hit's scope is the policy's ID.
+    PolicyRate,
 }
 
 impl Limit {
@@ -104,6 +113,7 @@ impl Limit {
             Self::ChannelMessages => "channel-messages",
             Self::AgentSubscriptions => "agent-subscriptions",
             Self::AnomalyThrottle => "anomaly-throttle",
+            Self::PolicyRate => "policy-rate",
         }
     }
 }
@@ -343,43 +353,167 @@ impl<C: Clock + Clone> Limiters<C> {
         asked: u64,
         unit: &str,
     ) -> Result<(), Hit> {
-        let allows = format!("{} {unit}/s, bursts of {}", rate.per_second, rate.burst);
-        let named = if scope.is_empty() {
+        verdict(&self.clock, outcome, limit, scope, asked, unit, || {
+            format!("{} {unit}/s, bursts of {}", rate.per_second, rate.burst)
+        })
+    }
+}
+
+/// The buckets of the running policies' `@rate`s: one per (permit, agent).
+///
+/// A request is charged to every determining permit that has a rate, in the order of the
+/// decision's policies, and refused by the first that is empty: a rate only ever restricts,
+/// even when another permit also allows the request. What the permits charged before the one
+/// that refused took stays taken, as with [`Limiters`].
+pub(crate) struct PolicyRates<C: Clock = DefaultClock> {
+    rates: HashMap<PolicyId, (PolicyRate, Arc<Keyed<C>>)>,
+    clock: C,
+}
+
+impl<C: Clock> fmt::Debug for PolicyRates<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyRates")
+            .field("rated", &self.rates.len())
+            .finish()
+    }
+}
+
+impl Default for PolicyRates<DefaultClock> {
+    fn default() -> Self {
+        Self::empty(DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> PolicyRates<C> {
+    /// No rates, on `clock`.
+    pub(crate) fn empty(clock: C) -> Self {
+        Self {
+            rates: HashMap::new(),
+            clock,
+        }
+    }
+
+    /// The buckets of `set`'s rated permits. A permit `previous` had with the same ID and
+    /// rate keeps its buckets: loading policies again does not refill them.
+    pub(crate) fn of(set: &PolicySet, previous: &Self) -> Self {
+        let rates = set
+            .rated()
+            .map(|(id, rate)| {
+                let limiter = match previous.rates.get(id) {
+                    Some((old, limiter)) if *old == rate => limiter.clone(),
+                    _ => Arc::new(RateLimiter::new(
+                        policy_quota(rate),
+                        DefaultKeyedStateStore::default(),
+                        previous.clock.clone(),
+                    )),
+                };
+                (id.clone(), (rate, limiter))
+            })
+            .collect();
+        Self {
+            rates,
+            clock: previous.clock.clone(),
+        }
+    }
+
+    /// Whether no running permit has a rate (then nothing need be charged).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rates.is_empty()
+    }
+
+    /// Charges `n` requests (messages, or one subscription) of `agent` to each of `policies`
+    /// that has a rate.
+    pub(crate) fn charge(
+        &self,
+        agent: &Principal,
+        policies: &[PolicyId],
+        n: u64,
+        unit: &str,
+    ) -> Result<(), Hit> {
+        for id in policies {
+            let Some((rate, limiter)) = self.rates.get(id) else {
+                continue;
+            };
+            let outcome = amount(n).map(|n| limiter.check_key_n(agent, n));
+            verdict(
+                &self.clock,
+                outcome,
+                Limit::PolicyRate,
+                id.as_str(),
+                n,
+                unit,
+                || rate.to_string(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Drops the buckets that are full again.
+    pub(crate) fn purge(&self) {
+        for (_, limiter) in self.rates.values() {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+}
+
+/// A bucket's answer as a [`Hit`] (the reason in words, made only for a refusal), or `Ok`.
+fn verdict<C: Clock>(
+    clock: &C,
+    outcome: Option<Outcome<C>>,
+    limit: Limit,
+    scope: &str,
+    asked: u64,
+    unit: &str,
+    allows: impl FnOnce() -> String,
+) -> Result<(), Hit> {
+    let named = || {
+        let allows = allows();
+        if scope.is_empty() {
             format!("the {limit} limit ({allows})")
         } else {
             format!("the {limit} limit of `{scope}` ({allows})")
-        };
-        let (retry_after, reason) = match outcome {
-            // Nothing to count: nothing to limit.
-            None | Some(Ok(Ok(()))) => return Ok(()),
-            Some(Ok(Err(not_until))) => {
-                let wait = not_until.wait_time_from(self.clock.now());
-                // Whole milliseconds, rounded up: retrying after the time given passes.
-                let wait = Duration::from_millis(
-                    u64::try_from(wait.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX),
-                );
-                (
-                    wait,
-                    format!(
-                        "{asked} {unit} exceed {named}; retry after {} ms",
-                        wait.as_millis()
-                    ),
-                )
-            }
-            Some(Err(_)) => (
-                Duration::ZERO,
+        }
+    };
+    let (retry_after, reason) = match outcome {
+        // Nothing to count: nothing to limit.
+        None | Some(Ok(Ok(()))) => return Ok(()),
+        Some(Ok(Err(not_until))) => {
+            let wait = not_until.wait_time_from(clock.now());
+            // Whole milliseconds, rounded up: retrying after the time given passes.
+            let wait = Duration::from_millis(
+                u64::try_from(wait.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX),
+            );
+            (
+                wait,
                 format!(
-                    "{asked} {unit} in one publish exceed the burst of {named}; send fewer at once"
+                    "{asked} {unit} exceed {}; retry after {} ms",
+                    named(),
+                    wait.as_millis()
                 ),
+            )
+        }
+        Some(Err(_)) => (
+            Duration::ZERO,
+            format!(
+                "{asked} {unit} at once exceed the burst of {}; send fewer at once",
+                named()
             ),
-        };
-        Err(Hit {
-            limit,
-            scope: scope.to_owned(),
-            retry_after,
-            reason,
-        })
-    }
+        ),
+    };
+    Err(Hit {
+        limit,
+        scope: scope.to_owned(),
+        retry_after,
+        reason,
+    })
+}
+
+fn policy_quota(rate: PolicyRate) -> Quota {
+    let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(rate.interval())
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+        .allow_burst(burst)
 }
 
 fn quota(rate: Rate) -> Quota {
@@ -547,6 +681,82 @@ mod tests {
         limiters.purge();
         let (_, keyed) = limiters.agent_messages.as_ref().unwrap();
         assert!(keyed.is_empty());
+    }
+
+    #[test]
+    fn every_rated_permit_of_a_decision_is_charged_per_agent_and_reloads_keep_buckets() {
+        let clock = FakeRelativeClock::default();
+        let set = |text: &str| PolicySet::parse("p.cedar", text).unwrap();
+        let first = set(r#"
+            @id("wide") @rate("10/s")
+            permit (principal, action == Action::"publish", resource in Namespace::"a");
+            @id("narrow") @rate("2/s") @burst("1")
+            permit (principal, action == Action::"publish", resource == Channel::"a.b");
+            @id("free")
+            permit (principal, action == Action::"publish", resource in Namespace::"c");
+        "#);
+        let rates = PolicyRates::of(&first, &PolicyRates::empty(clock.clone()));
+        assert!(!rates.is_empty());
+        let ids = |names: &[&str]| -> Vec<PolicyId> {
+            names
+                .iter()
+                .map(|n| first.policy(n).unwrap().id.clone())
+                .collect()
+        };
+        let (a, b) = (agent("a"), agent("b"));
+        // `narrow` allows one at once, then one every 500 ms, whatever `wide` allows.
+        rates
+            .charge(&a, &ids(&["narrow", "wide"]), 1, "messages")
+            .unwrap();
+        let hit = rates
+            .charge(&a, &ids(&["narrow", "wide"]), 1, "messages")
+            .unwrap_err();
+        assert_eq!(
+            (hit.limit, hit.scope.as_str()),
+            (Limit::PolicyRate, "narrow")
+        );
+        assert_eq!(hit.retry_after, Duration::from_millis(500));
+        assert!(
+            hit.reason
+                .contains("the policy-rate limit of `narrow` (2/s, bursts of 1)"),
+            "{}",
+            hit.reason
+        );
+        // Another agent has its own bucket; a permit without a rate charges nothing.
+        rates.charge(&b, &ids(&["narrow"]), 1, "messages").unwrap();
+        rates
+            .charge(&a, &ids(&["free"]), 1_000, "messages")
+            .unwrap();
+        let hit = rates
+            .charge(&a, &ids(&["wide"]), 11, "messages")
+            .unwrap_err();
+        assert!(hit.reason.contains("send fewer at once"), "{}", hit.reason);
+        assert_eq!(hit.retry_after, Duration::ZERO);
+
+        // Loading again keeps the buckets of unchanged rates; a changed rate starts afresh.
+        let second = set(r#"
+            @id("wide") @rate("10/s")
+            permit (principal, action == Action::"publish", resource in Namespace::"a");
+            @id("narrow") @rate("3/s") @burst("1")
+            permit (principal, action == Action::"publish", resource == Channel::"a.b");
+        "#);
+        rates.charge(&a, &ids(&["wide"]), 8, "messages").unwrap();
+        let reloaded = PolicyRates::of(&second, &rates);
+        assert!(reloaded.charge(&a, &ids(&["wide"]), 2, "messages").is_err());
+        reloaded
+            .charge(&a, &ids(&["narrow"]), 1, "messages")
+            .unwrap();
+        // Buckets full again are purged.
+        clock.advance(Duration::from_secs(10));
+        reloaded.purge();
+        assert!(reloaded.rates.values().all(|(_, l)| l.is_empty()));
+        assert!(
+            PolicyRates::of(
+                &set("permit (principal, action, resource in Namespace::\"z\");"),
+                &reloaded
+            )
+            .is_empty()
+        );
     }
 
     #[test]

@@ -55,12 +55,13 @@ impl Class {
 }
 
 /// Every limit counted, in a fixed order.
-const LIMITS: [&str; 7] = [
+const LIMITS: [&str; 8] = [
     "agent-messages",
     "agent-bytes",
     "channel-messages",
     "agent-subscriptions",
     "anomaly-throttle",
+    "policy-rate",
     "connections",
     "connections-per-agent",
 ];
@@ -508,6 +509,37 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn every_rate_limit_has_a_counter() {
+        let all = [
+            Limit::AgentMessages,
+            Limit::AgentBytes,
+            Limit::ChannelMessages,
+            Limit::AgentSubscriptions,
+            Limit::AnomalyThrottle,
+            Limit::PolicyRate,
+        ];
+        for limit in all {
+            // A new limit fails to compile here until it is listed above.
+            match limit {
+                Limit::AgentMessages
+                | Limit::AgentBytes
+                | Limit::ChannelMessages
+                | Limit::AgentSubscriptions
+                | Limit::AnomalyThrottle
+                | Limit::PolicyRate => {}
+            }
+            assert!(LIMITS.contains(&limit.as_str()), "{limit}");
+            let traffic = Traffic::default();
+            traffic.rate_limited(limit);
+            let i = LIMITS.iter().position(|l| *l == limit.as_str()).unwrap();
+            assert_eq!(
+                traffic.limit_hits.get(i).unwrap().load(Ordering::Relaxed),
+                1
+            );
+        }
+    }
 
     #[test]
     fn the_histogram_is_cumulative_with_a_sum_and_a_count() {

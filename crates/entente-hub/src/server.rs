@@ -350,6 +350,7 @@ impl Hub {
         }
         tokio::spawn(purge_loop(
             shared.context.limiters.clone(),
+            shared.context.authz.clone(),
             shutdown_rx.clone(),
         ));
         let expire = tokio::spawn(grant_state::expire_loop(
@@ -1173,12 +1174,19 @@ impl Drop for Busy {
     }
 }
 
-/// Drops the rate limits' buckets that are full again, every [`LIMITS_PURGE`], until
-/// shutdown.
-async fn purge_loop(limiters: Arc<Limiters>, mut shutdown: watch::Receiver<bool>) {
+/// Drops the rate limits' buckets (the policies' `@rate`s too) that are full again, every
+/// [`LIMITS_PURGE`], until shutdown.
+async fn purge_loop(
+    limiters: Arc<Limiters>,
+    authz: Arc<Authz>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
-            () = tokio::time::sleep(LIMITS_PURGE) => limiters.purge(),
+            () = tokio::time::sleep(LIMITS_PURGE) => {
+                limiters.purge();
+                authz.purge_rates();
+            }
             () = stopped(&mut shutdown) => return,
         }
     }

@@ -169,10 +169,10 @@ struct Group {
     channel: Channel,
     sender_keys: BytesMut,
     batches: BytesMut,
-    /// Whether an envelope of the group is a request (carries `reply_to`).
-    requests: bool,
-    /// Whether an envelope of the group is not a request.
-    plain: bool,
+    /// How many envelopes of the group are requests (carry `reply_to`).
+    requests: u64,
+    /// How many envelopes of the group are not requests.
+    plain: u64,
     /// Whether the policies hold it for approval ([`crate::held`]).
     held: bool,
 }
@@ -373,17 +373,24 @@ impl<R: Router> Session<R> {
         }
         let pattern = ChannelPattern::parse(&subscribe.pattern)
             .map_err(|e| Refused::new(RefusalCode::Malformed, e))?;
-        if let Err(Denied(why)) = self
+        let allowed = match self
             .authz
-            .subscribe(&self.context.authz, &pattern, now_ms())
+            .subscribe_allowed(&self.context.authz, &pattern, now_ms())
         {
-            stats::bump(&self.context.stats.denials);
-            return Err(Refused::new(
-                RefusalCode::Denied,
-                format!("subscribing to `{pattern}` is denied: {why}"),
-            )
-            .recorded());
-        }
+            Ok(allowed) => allowed,
+            Err(Denied(why)) => {
+                stats::bump(&self.context.stats.denials);
+                return Err(Refused::new(
+                    RefusalCode::Denied,
+                    format!("subscribing to `{pattern}` is denied: {why}"),
+                )
+                .recorded());
+            }
+        };
+        self.context
+            .authz
+            .charge(&self.principal, &allowed, 1, "subscriptions")
+            .map_err(|hit| self.limited(hit))?;
         Ok(pattern)
     }
 
@@ -645,9 +652,9 @@ impl<R: Router> Session<R> {
             let group = self.group(&mut groups, &batch.channel)?;
             for envelope in &batch.envelopes {
                 if envelope.reply_to.is_empty() {
-                    group.plain = true;
+                    group.plain += 1;
                 } else {
-                    group.requests = true;
+                    group.requests += 1;
                 }
             }
             prost::encoding::message::encode(BATCHES_TAG, &batch, &mut group.batches);
@@ -883,7 +890,9 @@ impl<R: Router> Session<R> {
 
     /// Asks the policies about each channel group (`_reply` groups are the reply grants'):
     /// `request` for a group carrying a request, `direct` or `publish` for one carrying
-    /// anything else. Each decision is made once per group of the frame.
+    /// anything else. Each decision is made once per group of the frame; what it allows is
+    /// charged to its permits' `@rate`s (the requests to the `request` decision, the rest
+    /// to the other).
     fn authorize(&mut self, groups: &mut [Group]) -> Result<(), Refused> {
         let now = now_ms();
         for group in groups {
@@ -891,12 +900,12 @@ impl<R: Router> Session<R> {
             if channel.tokens().next() == Some(REPLY_PREFIX) {
                 continue;
             }
-            let request = group.requests.then_some(Action::Request);
-            let transport =
-                (group.plain || !group.requests).then(|| authz::transport_action(channel));
+            let request = (group.requests > 0).then_some((Action::Request, group.requests));
+            let transport = (group.plain > 0 || group.requests == 0)
+                .then(|| (authz::transport_action(channel), group.plain));
             // A request can't wait for approval: on a channel that holds what is published,
             // it is refused rather than let through on its `request` permit.
-            if group.requests
+            if group.requests > 0
                 && authz::transport_action(channel) == Action::Publish
                 && self.authz.would_hold(&self.context.authz, channel, now)
             {
@@ -905,28 +914,41 @@ impl<R: Router> Session<R> {
                      publish the message with a purpose instead"
                 )));
             }
-            for action in [request, transport].into_iter().flatten() {
-                let decided = if action == Action::Publish && !group.requests {
+            for (action, count) in [request, transport].into_iter().flatten() {
+                let decided = if action == Action::Publish && group.requests == 0 {
                     // Only plain publishes can be held for approval.
                     self.authz
                         .publish_or_hold(&self.context.authz, channel, now)
-                        .map(|publishing| group.held = publishing == Publishing::Held)
+                        .map(|(publishing, allowed)| {
+                            group.held = publishing == Publishing::Held;
+                            allowed
+                        })
                 } else {
                     self.authz
                         .publish(&self.context.authz, action, channel, now)
                 };
-                if let Err(Denied(why)) = decided {
-                    let what = match action {
-                        Action::Request => format!("a request on `{channel}`"),
-                        Action::Direct => format!("a direct message on `{channel}`"),
-                        _ => format!("publishing to `{channel}`"),
-                    };
-                    stats::bump(&self.context.stats.denials);
-                    return Err(Refused::new(
-                        RefusalCode::Denied,
-                        format!("{what} is denied: {why}"),
-                    )
-                    .recorded());
+                let allowed = match decided {
+                    Ok(allowed) => allowed,
+                    Err(Denied(why)) => {
+                        let what = match action {
+                            Action::Request => format!("a request on `{channel}`"),
+                            Action::Direct => format!("a direct message on `{channel}`"),
+                            _ => format!("publishing to `{channel}`"),
+                        };
+                        stats::bump(&self.context.stats.denials);
+                        return Err(Refused::new(
+                            RefusalCode::Denied,
+                            format!("{what} is denied: {why}"),
+                        )
+                        .recorded());
+                    }
+                };
+                if let Err(hit) =
+                    self.context
+                        .authz
+                        .charge(&self.principal, &allowed, count, "messages")
+                {
+                    return Err(self.limited(hit));
                 }
             }
         }
@@ -1133,8 +1155,8 @@ impl<R: Router> Session<R> {
             channel,
             sender_keys: BytesMut::new(),
             batches: BytesMut::new(),
-            requests: false,
-            plain: false,
+            requests: 0,
+            plain: 0,
             held: false,
         });
         groups

@@ -256,3 +256,138 @@ async fn an_idle_connection_is_closed_and_one_with_a_session_is_not() {
     alice.publish("orders.eu", "still here").await.unwrap();
     assert_eq!(hub.stats().idle_disconnects, 1);
 }
+
+#[tokio::test]
+async fn a_permits_rate_caps_what_it_allows_per_agent_and_survives_a_reload() {
+    let dir = TempDir::new().unwrap();
+    // Both permits allow publishing on `orders.eu`; the rated one caps it (a rate only ever
+    // restricts). Subscriptions to `orders.>` are rated too.
+    let policies = format!(
+        r#"{POLICIES}
+        @id("orders-eu-capped")
+        @rate("1/min") @burst("5")
+        @cross_segment
+        permit (principal in Segment::"shop", action == Action::"publish",
+                resource == Channel::"orders.eu");
+        @id("orders-subscribe-capped")
+        @rate("1/h") @burst("2")
+        @cross_segment
+        permit (principal in Segment::"shop", action == Action::"subscribe",
+                resource == Channel::"orders.>");
+        "#
+    );
+    let hub = TestHub::builder()
+        .policies(&policies)
+        .audited(&dir.path().join("audit"))
+        .start()
+        .await
+        .unwrap();
+    let alice = hub.connect_agent("shop", "alice").await.unwrap();
+    let bob = hub.connect_agent("shop", "bob").await.unwrap();
+    let carol = hub.connect_agent("shop", "carol").await.unwrap();
+    let mut orders = carol.subscribe("orders.>").await.unwrap();
+
+    for i in 0..5 {
+        alice
+            .publish("orders.eu", format!("alice {i}"))
+            .await
+            .unwrap();
+    }
+    let refused = alice.publish("orders.eu", "alice 5").await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Limited, "{refused}");
+    assert_eq!(refused.refusal_code(), Some(RefusalCode::RateLimited));
+    let retry_after = refused.retry_after().expect("a retry-after");
+    assert!(
+        retry_after > Duration::from_secs(50) && retry_after <= Duration::from_secs(60),
+        "{retry_after:?}"
+    );
+    let said = refused.to_string();
+    assert!(
+        said.contains("policy-rate") && said.contains("`orders-eu-capped` (1/min, bursts of 5)"),
+        "{said}"
+    );
+    // Another channel the rated permit does not cover is free; another agent has its own
+    // bucket.
+    alice.publish("orders.us", "alice us").await.unwrap();
+    for i in 0..5 {
+        bob.publish("orders.eu", format!("bob {i}")).await.unwrap();
+    }
+
+    // Loading the same rate again keeps the bucket; taking the rate away frees alice.
+    hub.hub()
+        .load_policies(vec![("p.cedar".to_owned(), policies.clone())])
+        .await
+        .unwrap();
+    let again = alice.publish("orders.eu", "alice 6").await.unwrap_err();
+    assert_eq!(again.refusal_code(), Some(RefusalCode::RateLimited));
+    hub.hub()
+        .load_policies(vec![("p.cedar".to_owned(), POLICIES.to_owned())])
+        .await
+        .unwrap();
+    alice.publish("orders.eu", "alice 7").await.unwrap();
+
+    // Carol used one subscription of two; the third is refused, another agent's is not.
+    hub.hub()
+        .load_policies(vec![("p.cedar".to_owned(), policies.clone())])
+        .await
+        .unwrap();
+    let _second = carol.subscribe("orders.>").await.unwrap();
+    let _third = carol.subscribe("orders.>").await.unwrap();
+    let refused = carol.subscribe("orders.>").await.unwrap_err();
+    assert_eq!(
+        refused.refusal_code(),
+        Some(RefusalCode::RateLimited),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("orders-subscribe-capped"),
+        "{refused}"
+    );
+    bob.subscribe("orders.>").await.unwrap();
+
+    // What passed arrived, once; what was refused did not.
+    let mut got: Vec<String> = drain(&mut orders)
+        .await
+        .into_iter()
+        .map(|p| String::from_utf8(p).unwrap())
+        .collect();
+    got.sort();
+    let mut expected: Vec<String> = (0..5)
+        .map(|i| format!("alice {i}"))
+        .chain((0..5).map(|i| format!("bob {i}")))
+        .chain(["alice us".to_owned(), "alice 7".to_owned()])
+        .collect();
+    expected.sort();
+    assert_eq!(got, expected);
+
+    // Every hit is recorded (a run of them at the latest when the session ends), under the
+    // permit's ID, and nothing else was limited.
+    assert_eq!(hub.stats().rate_limited, 3);
+    let (alice_id, carol_id) = (alice.principal().to_string(), carol.principal().to_string());
+    alice.close().await;
+    carol.close().await;
+    let expected = vec![
+        (alice_id, "orders-eu-capped".to_owned(), 2),
+        (carol_id, "orders-subscribe-capped".to_owned(), 1),
+    ];
+    let deadline = Instant::now() + entente_testkit::WAIT;
+    loop {
+        let mut recorded: Vec<(String, String, u64)> = Vec::new();
+        for (who, limit, scope, n) in limit_records(&hub).await {
+            assert_eq!(limit, "policy-rate");
+            match recorded
+                .iter_mut()
+                .find(|(p, s, _)| *p == who && *s == scope)
+            {
+                Some((.., total)) => *total += n,
+                None => recorded.push((who, scope, n)),
+            }
+        }
+        recorded.sort();
+        if recorded == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{recorded:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

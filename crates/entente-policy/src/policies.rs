@@ -19,6 +19,7 @@ use crate::grants::{
     DEFAULT_APPROVALS, DEFAULT_MAX_DURATION_MS, GrantDefinition, MAX_APPROVALS,
     MAX_GRANT_DURATION_MS, format_duration, is_valid_grant_name, parse_duration,
 };
+use crate::rate::PolicyRate;
 use crate::request::{Action, ContextMemo, Facts, NO_SEGMENT, Resource, Subject};
 use crate::schema;
 
@@ -69,6 +70,10 @@ pub struct PolicyInfo {
     /// denied by such forbids alone is held for approval rather than refused
     /// ([`PolicySet::holds`]).
     pub hold: bool,
+    /// Its `@rate` (with `@burst`): how often each principal may do what it allows. Only
+    /// permits carry one; the host charges every determining permit's
+    /// ([`PolicySet::rated`]).
+    pub rate: Option<PolicyRate>,
 }
 
 /// A policy's effect.
@@ -107,7 +112,7 @@ pub enum LoadError {
     #[error("policies do not match the schema: {}", Problems(.0))]
     Invalid(Vec<Problem>),
     /// The policies break one of Entente's own rules (duplicate IDs, templates,
-    /// `@cross_segment` misuse, namespace owners, grant annotations).
+    /// `@cross_segment` misuse, namespace owners, grant annotations, rates).
     #[error("policies break Entente's rules: {}", Problems(.0))]
     Rules(Vec<Problem>),
     /// Our own schema does not load: a bug in this crate.
@@ -152,6 +157,8 @@ const GRANT: &str = "grant";
 const HOLD: &str = "hold";
 const APPROVALS: &str = "approvals";
 const MAX_DURATION: &str = "max_duration";
+const RATE: &str = "rate";
+const BURST: &str = "burst";
 
 // === impl PolicySet ===
 
@@ -192,6 +199,13 @@ impl PolicySet {
     /// The policy with this ID.
     pub fn policy(&self, id: &str) -> Option<&PolicyInfo> {
         self.index.get(id).and_then(|&i| self.policies.get(i))
+    }
+
+    /// The policies that carry a `@rate`, with it, in load order.
+    pub fn rated(&self) -> impl Iterator<Item = (&PolicyId, PolicyRate)> {
+        self.policies
+            .iter()
+            .filter_map(|p| p.rate.map(|rate| (&p.id, rate)))
     }
 
     /// How many policies there are.
@@ -701,6 +715,18 @@ fn split(
             cedar_policy::Effect::Permit => Effect::Permit,
             cedar_policy::Effect::Forbid => Effect::Forbid,
         };
+        let rate = match rate_of(policy, effect) {
+            Ok(rate) => rate,
+            Err(message) => {
+                rules.push(Problem {
+                    source: name.to_owned(),
+                    location: Some((line, column)),
+                    policy: Some(id.clone()),
+                    message,
+                });
+                None
+            }
+        };
         parsed.push(Parsed {
             source_index,
             policy: policy.new_id(cedar_policy::PolicyId::new(&id)),
@@ -716,6 +742,7 @@ fn split(
                 context_read: reads.context,
                 names_roles: reads.roles,
                 hold: policy.annotation(HOLD).is_some(),
+                rate,
             },
         });
     }
@@ -819,6 +846,24 @@ fn open_to_humans(p: &Parsed) -> Option<String> {
 /// Why a `@hold` policy is refused, if it is: it must be a forbid on exactly
 /// `Action::"publish"` whose conditions read `context.approvals` or `context.approvers`, so
 /// that approvals can lift it.
+/// A policy's `@rate` and `@burst`: none without `@rate`; an error for a bad value, for
+/// `@burst` alone, and for a rate on a forbid (a rate caps what a permit allows).
+fn rate_of(policy: &cedar_policy::Policy, effect: Effect) -> Result<Option<PolicyRate>, String> {
+    let burst = policy.annotation(BURST);
+    let Some(rate) = policy.annotation(RATE) else {
+        return match burst {
+            Some(_) => Err(
+                "`@burst` goes with a `@rate`, e.g. `@rate(\"10/s\") @burst(\"20\")`".to_owned(),
+            ),
+            None => Ok(None),
+        };
+    };
+    if effect == Effect::Forbid {
+        return Err("`@rate` caps what a permit allows; a forbid allows nothing to cap".to_owned());
+    }
+    PolicyRate::parse(rate, burst).map(Some)
+}
+
 fn hold_misuse(p: &Parsed) -> Option<String> {
     if p.info.effect != Effect::Forbid {
         return Some(
