@@ -356,6 +356,74 @@ pub(crate) struct ConfigFile {
     /// Anomaly detection, throttling and quarantine (docs/ANOMALY.md); defaults when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) anomaly: Option<AnomalyTable>,
+    /// Pushing metrics to an OpenTelemetry collector; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) otlp: Option<OtlpTable>,
+}
+
+/// The `[otlp]` table of `config.toml`: the hub pushes its metrics to an OpenTelemetry
+/// collector with OTLP/HTTP. Headers (an API key, say) come from the environment, never from
+/// the file: `OTEL_EXPORTER_OTLP_HEADERS`, as `name=value,name=value`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OtlpTable {
+    /// The collector's OTLP/HTTP address, e.g. `http://127.0.0.1:4318` (metrics go to
+    /// `/v1/metrics` under it).
+    pub(crate) endpoint: String,
+    /// How often to export, in milliseconds (10 000; at least 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) interval_ms: Option<u64>,
+    /// For an `https` endpoint: a PEM file of the certificates the collector's must chain to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) ca: Option<String>,
+}
+
+/// The environment variable the `[otlp]` headers come from (OpenTelemetry's own).
+pub(crate) const OTLP_HEADERS_ENV: &str = "OTEL_EXPORTER_OTLP_HEADERS";
+
+impl OtlpTable {
+    /// The export the table describes, with the headers of `headers` (the value of
+    /// [`OTLP_HEADERS_ENV`], if set).
+    fn to_export(&self, headers: Option<&str>) -> Result<entente_hub::OtlpExport> {
+        let roots_pem = match &self.ca {
+            Some(path) => Some(
+                std::fs::read(path).with_context(|| format!("`[otlp]` `ca`: reading `{path}`"))?,
+            ),
+            None => None,
+        };
+        Ok(entente_hub::OtlpExport {
+            endpoint: self.endpoint.clone(),
+            roots_pem,
+            headers: headers.map(otlp_headers).transpose()?.unwrap_or_default(),
+            interval: self
+                .interval_ms
+                .map_or(entente_hub::OTLP_DEFAULT_INTERVAL, Duration::from_millis),
+        })
+    }
+}
+
+/// `name=value,name=value` (values percent-decoded, as OpenTelemetry's variable has them).
+/// An error names the entry by position only: values are secrets.
+fn otlp_headers(text: &str) -> Result<Vec<(String, String)>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .enumerate()
+        .map(|(i, entry)| {
+            let (name, value) = entry.split_once('=').with_context(|| {
+                format!("`{OTLP_HEADERS_ENV}`: entry {} is not `name=value`", i + 1)
+            })?;
+            let value = percent_encoding::percent_decode_str(value.trim())
+                .decode_utf8()
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "`{OTLP_HEADERS_ENV}`: the value of entry {} is not UTF-8 once decoded",
+                        i + 1
+                    )
+                })?;
+            Ok((name.trim().to_owned(), value.into_owned()))
+        })
+        .collect()
 }
 
 /// The `[anomaly]` table of `config.toml`. Each field left out keeps the hub's default.
@@ -661,6 +729,7 @@ impl ConfigFile {
             limits: None,
             metrics: None,
             anomaly: None,
+            otlp: None,
         }
     }
 
@@ -734,6 +803,10 @@ impl ConfigFile {
                 )
             })?;
             config.metrics_listen = Some(addr);
+        }
+        if let Some(otlp) = &self.otlp {
+            let headers = std::env::var(OTLP_HEADERS_ENV).ok();
+            config.otlp = Some(otlp.to_export(headers.as_deref())?);
         }
         Ok(config)
     }
@@ -1035,6 +1108,26 @@ mod tests {
         let text = format!("{head}[metrics]\nlisten = \"127.0.0.1:9464\"\n");
         let hub = ConfigFile::parse(&text).unwrap().to_hub_config().unwrap();
         assert_eq!(hub.metrics_listen, "127.0.0.1:9464".parse().ok());
+        assert_eq!(hub.otlp, None);
+        // `[otlp]`, its headers from the environment's value.
+        let text =
+            format!("{head}[otlp]\nendpoint = \"http://127.0.0.1:4318\"\ninterval_ms = 500\n");
+        let table = ConfigFile::parse(&text).unwrap().otlp.unwrap();
+        let otlp = table
+            .to_export(Some("authorization=Bearer%20s3cret, x-tenant = acme"))
+            .unwrap();
+        assert_eq!(otlp.endpoint, "http://127.0.0.1:4318");
+        assert_eq!(otlp.interval, Duration::from_millis(500));
+        assert_eq!(
+            otlp.headers,
+            vec![
+                ("authorization".to_owned(), "Bearer s3cret".to_owned()),
+                ("x-tenant".to_owned(), "acme".to_owned())
+            ]
+        );
+        assert!(table.to_export(None).unwrap().headers.is_empty());
+        let e = table.to_export(Some("a=b,s3cret")).unwrap_err().to_string();
+        assert!(e.contains("entry 2") && !e.contains("s3cret"), "{e}");
 
         for (table, needle) in [
             (

@@ -140,6 +140,9 @@ pub(crate) struct Authz {
     auditor: Auditor,
     /// The buckets of the running permits' `@rate`s, replaced with the set.
     rates: RwLock<PolicyRates>,
+    /// Whether a running permit has a rate: without one, nothing is charged and the lock is
+    /// not taken.
+    rated: AtomicBool,
 }
 
 /// How often a session decides its subscriptions again, uncached, while a running policy
@@ -275,6 +278,7 @@ impl Authz {
             reads_risk: AtomicBool::new(set_risk),
             anomaly: Arc::new(Anomaly::new(AnomalyConfig::default())),
             auditor: Auditor::off(),
+            rated: AtomicBool::new(!rates.is_empty()),
             rates: RwLock::new(rates),
         })
     }
@@ -619,13 +623,10 @@ impl Authz {
         let Some(decision) = &allowed.0 else {
             return Ok(());
         };
-        if decision.policies.is_empty() {
+        if decision.policies.is_empty() || !self.rated.load(Ordering::Relaxed) {
             return Ok(());
         }
         let rates = self.rates.read().unwrap_or_else(PoisonError::into_inner);
-        if rates.is_empty() {
-            return Ok(());
-        }
         rates.charge(principal, &decision.policies, n, unit)
     }
 
@@ -641,6 +642,7 @@ impl Authz {
     fn replace_rates(&self, set: &PolicySet) {
         let mut rates = self.rates.write().unwrap_or_else(PoisonError::into_inner);
         *rates = PolicyRates::of(set, &rates);
+        self.rated.store(!rates.is_empty(), Ordering::Relaxed);
     }
 
     fn lock_sources(&self) -> MutexGuard<'_, Vec<(String, String)>> {
@@ -920,6 +922,7 @@ impl Authz {
             reads_risk: AtomicBool::new(set_risk),
             anomaly: Arc::new(Anomaly::new(AnomalyConfig::default())),
             auditor: Auditor::off(),
+            rated: AtomicBool::new(!rates.is_empty()),
             rates: RwLock::new(rates),
         }
     }

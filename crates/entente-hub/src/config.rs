@@ -16,6 +16,7 @@ use crate::audit::AuditConfig;
 use crate::durable::StreamConfig;
 use crate::limits::RateLimits;
 use crate::notify::Webhook;
+use crate::otlp::OtlpExport;
 
 /// Everything [`Hub::start`](crate::Hub::start) needs besides the CA and the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +73,10 @@ pub struct HubConfig {
     /// Where each quarantine imposed or lifted is announced, as a JSON POST. Default `None`:
     /// logged and audited only.
     pub quarantine_webhook: Option<Webhook>,
+    /// Where to push the hub's metrics with OpenTelemetry's OTLP/HTTP ([`OtlpExport`]): the
+    /// same counts as the Prometheus endpoint, never a principal or a channel. Default
+    /// `None`: no export.
+    pub otlp: Option<OtlpExport>,
     /// Most mutual-TLS connections the hub serves at once; one more is answered
     /// `RESOURCE_EXHAUSTED` and closed. Default 20 000.
     pub max_connections: usize,
@@ -139,6 +144,7 @@ impl Default for HubConfig {
             rate_limits: RateLimits::default(),
             anomaly: AnomalyConfig::default(),
             quarantine_webhook: None,
+            otlp: None,
             max_connections: 20_000,
             max_connections_per_agent: 256,
             key_bundle_ttl: Duration::from_secs(30 * 24 * 60 * 60),

@@ -39,6 +39,10 @@ pub enum HubError {
     /// The quarantine webhook is unusable (its address, its certificates).
     #[error("{0}")]
     Webhook(String),
+    /// The OpenTelemetry export is unusable (its address, certificates, headers or
+    /// interval).
+    #[error("{0}")]
+    Otlp(String),
     /// The quarantine list in the store does not decode.
     #[error("the stored quarantine list does not decode: {0}")]
     StoredQuarantine(String),

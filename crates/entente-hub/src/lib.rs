@@ -357,7 +357,9 @@ mod keys;
 mod limits;
 mod metrics;
 mod notify;
+mod otlp;
 mod policies;
+mod post;
 mod quarantine;
 pub mod queue;
 mod refusal;
@@ -394,6 +396,10 @@ pub use identity::{HUB_NAME, HUB_SEGMENT, enroll_server_name, hub_id, hub_server
 pub use keys::KEYS_PATH;
 pub use limits::{ChannelRate, Limit, Rate, RateLimits};
 pub use notify::Webhook;
+pub use otlp::{
+    DEFAULT_INTERVAL as OTLP_DEFAULT_INTERVAL, MAX_HEADERS as OTLP_MAX_HEADERS,
+    MIN_INTERVAL as OTLP_MIN_INTERVAL, OtlpExport,
+};
 pub use policies::{CHECK_POLICY_PATH, LOAD_POLICIES_PATH, SHOW_POLICIES_PATH};
 pub use quarantine::{MAX_QUARANTINED, QUARANTINE_KEY, QUARANTINE_PATH};
 pub use refusal::RefusalCode;

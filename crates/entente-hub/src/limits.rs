@@ -434,7 +434,13 @@ impl<C: Clock + Clone> PolicyRates<C> {
             let Some((rate, limiter)) = self.rates.get(id) else {
                 continue;
             };
-            let outcome = amount(n).map(|n| limiter.check_key_n(agent, n));
+            // More than the burst never passes, and is not asked of the bucket (whose
+            // arithmetic is bounded by the burst, `PolicyRate::parse`).
+            let outcome = if n > u64::from(rate.burst) {
+                Some(Err(governor::InsufficientCapacity(rate.burst)))
+            } else {
+                amount(n).map(|n| limiter.check_key_n(agent, n))
+            };
             verdict(
                 &self.clock,
                 outcome,
@@ -757,6 +763,20 @@ mod tests {
             )
             .is_empty()
         );
+        // The slowest rate with the largest burst the loader takes: any amount is answered.
+        let slow = set(r#"
+            @id("slow") @rate("1/h") @burst("744")
+            permit (principal, action == Action::"publish", resource in Namespace::"a");
+        "#);
+        let rates = PolicyRates::of(&slow, &PolicyRates::empty(clock.clone()));
+        let slow_id = vec![slow.policy("slow").unwrap().id.clone()];
+        for n in [u64::MAX, u64::from(u32::MAX), 745] {
+            let hit = rates.charge(&a, &slow_id, n, "messages").unwrap_err();
+            assert!(hit.reason.contains("send fewer at once"), "{}", hit.reason);
+        }
+        rates.charge(&a, &slow_id, 744, "messages").unwrap();
+        let hit = rates.charge(&a, &slow_id, 1, "messages").unwrap_err();
+        assert_eq!(hit.retry_after, Duration::from_secs(3600));
     }
 
     #[test]

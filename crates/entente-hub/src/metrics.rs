@@ -7,7 +7,7 @@
 //! scraper that authenticates: the counters tell how busy the hub is.
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,7 +77,6 @@ pub(crate) struct Histogram {
     /// Observations per bucket (not cumulative), and one past the last bound.
     buckets: [AtomicU64; BUCKETS.len() + 1],
     sum_ns: AtomicU64,
-    count: AtomicU64,
 }
 
 impl Histogram {
@@ -92,23 +91,22 @@ impl Histogram {
         }
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        header(out, name, "histogram", help);
-        let mut cumulative = 0u64;
-        for (bound, count) in BUCKETS.iter().zip(&self.buckets) {
-            cumulative += count.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    /// The histogram as it is now. Its count is its buckets' sum, so that the two agree
+    /// even while observations are being made.
+    pub(crate) fn read(&self) -> HistogramPoint {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        HistogramPoint {
+            bounds: &BUCKETS,
+            count: counts.iter().sum(),
+            counts,
+            sum: self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
         }
-        if let Some(last) = self.buckets.last() {
-            cumulative += last.load(Ordering::Relaxed);
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {}", self.count.load(Ordering::Relaxed));
     }
 }
 
@@ -169,256 +167,317 @@ pub(crate) struct Snapshot {
     pub(crate) hub_certificate_expiry: Option<f64>,
 }
 
-/// The exposition of `snapshot` and `traffic`.
-pub(crate) fn render(snapshot: &Snapshot, traffic: &Traffic) -> String {
-    let mut out = String::with_capacity(8 * 1024);
+/// A label: its name and value.
+pub(crate) type Label = (&'static str, String);
+
+/// One metric and its points: what both the endpoint (Prometheus text) and the OTLP export
+/// ([`crate::otlp`]) show.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Family {
+    /// Its name, as the endpoint gives it (`entente_…`, counters ending in `_total`).
+    pub(crate) name: &'static str,
+    /// What it counts or measures.
+    pub(crate) help: &'static str,
+    /// Its points.
+    pub(crate) points: Points,
+}
+
+/// The points of a [`Family`], by kind.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Points {
+    /// Counts since the hub started, each with at most one label.
+    Counter(Vec<(Option<Label>, u64)>),
+    /// Values read now, each with at most one label.
+    Gauge(Vec<(Option<Label>, f64)>),
+    /// A latency histogram.
+    Histogram(HistogramPoint),
+}
+
+/// A histogram read now.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct HistogramPoint {
+    /// The buckets' upper bounds, in seconds.
+    pub(crate) bounds: &'static [f64],
+    /// Observations per bucket (not cumulative), one more than `bounds`: the last is above
+    /// every bound.
+    pub(crate) counts: Vec<u64>,
+    /// The sum of the observations, in seconds.
+    pub(crate) sum: f64,
+    /// How many observations.
+    pub(crate) count: u64,
+}
+
+/// Every metric of `snapshot` and `traffic`, in the endpoint's order.
+pub(crate) fn families(snapshot: &Snapshot, traffic: &Traffic) -> Vec<Family> {
     let s = &snapshot.stats;
+    let mut out = Vec::with_capacity(32);
+    let mut counter = |name, help, points: Vec<(Option<Label>, u64)>| {
+        out.push(Family {
+            name,
+            help,
+            points: Points::Counter(points),
+        });
+    };
+    let one = |n: u64| vec![(None, n)];
+    let by = |key: &'static str, points: &[(&str, u64)]| -> Vec<(Option<Label>, u64)> {
+        points
+            .iter()
+            .map(|(value, n)| (Some((key, (*value).to_owned())), *n))
+            .collect()
+    };
+    let load =
+        |counters: &[AtomicU64], i: usize| counters.get(i).map_or(0, |c| c.load(Ordering::Relaxed));
+    let by_class = |counters: &[AtomicU64]| -> Vec<(Option<Label>, u64)> {
+        Class::ALL
+            .into_iter()
+            .map(|class| {
+                (
+                    Some(("class", class.name().to_owned())),
+                    load(counters, class as usize),
+                )
+            })
+            .collect()
+    };
+    counter(
+        "entente_connections_opened_total",
+        "Mutual-TLS connections served since start.",
+        one(s.connections),
+    );
+    counter(
+        "entente_handshakes_failed_total",
+        "TLS handshakes refused or failed.",
+        one(s.handshakes_failed),
+    );
+    counter(
+        "entente_messages_total",
+        "Envelopes routed, by channel class.",
+        by_class(&traffic.messages),
+    );
+    counter(
+        "entente_bytes_total",
+        "Ciphertext bytes routed, by channel class.",
+        by_class(&traffic.bytes),
+    );
+    counter(
+        "entente_decisions_total",
+        "Policy decisions, by result.",
+        by(
+            "result",
+            &[("allow", s.policy_allows), ("deny", s.policy_denials)],
+        ),
+    );
+    counter(
+        "entente_denials_total",
+        "Requests refused by authorization (policies, structural rules, reply grants).",
+        one(s.denials),
+    );
+    counter(
+        "entente_limit_hits_total",
+        "Refusals by a limit, by limit.",
+        LIMITS
+            .iter()
+            .enumerate()
+            .map(|(i, limit)| {
+                (
+                    Some(("limit", (*limit).to_owned())),
+                    load(&traffic.limit_hits, i),
+                )
+            })
+            .collect(),
+    );
+    counter(
+        "entente_refusals_total",
+        "Frames and publishes refused as hostile or broken, by reason.",
+        by(
+            "reason",
+            &[
+                ("malformed", s.malformed_frames),
+                ("forged-sender", s.forged_senders),
+                ("replay", s.replays),
+            ],
+        ),
+    );
+    counter(
+        "entente_disconnects_total",
+        "Connections the hub closed, by reason.",
+        by(
+            "reason",
+            &[
+                ("slow-consumer", s.slow_consumer_disconnects),
+                ("revoked", s.revoked_disconnects),
+                ("expired", s.expired_disconnects),
+                ("idle", s.idle_disconnects),
+                ("quarantined", s.quarantined_disconnects),
+            ],
+        ),
+    );
+    counter(
+        "entente_quarantines_total",
+        "Agents quarantined, by the anomaly detector or an administrator.",
+        one(s.quarantines),
+    );
+    counter(
+        "entente_quarantined_connections_refused_total",
+        "Connections refused after the handshake because their agent is quarantined.",
+        one(s.quarantined_refusals),
+    );
+    counter(
+        "entente_throttles_total",
+        "Times an agent's risk score made the hub throttle it.",
+        one(s.throttled_agents),
+    );
+    counter(
+        "entente_webhook_notices_total",
+        "Quarantine notices to the webhook, by result.",
+        by(
+            "result",
+            &[("sent", s.webhook_sent), ("failed", s.webhook_failures)],
+        ),
+    );
+    counter(
+        "entente_otlp_exports_total",
+        "Metric exports to the OpenTelemetry collector, by result.",
+        by(
+            "result",
+            &[("sent", s.otlp_exports), ("failed", s.otlp_failures)],
+        ),
+    );
+    counter(
+        "entente_delivery_failures_total",
+        "Deliveries that failed (the publisher was told).",
+        one(s.delivery_failures),
+    );
+    counter(
+        "entente_audit_records_total",
+        "Records submitted to the audit log.",
+        one(s.audit_records),
+    );
+    counter(
+        "entente_audit_failures_total",
+        "Audit log failures.",
+        one(s.audit_failures),
+    );
+
+    let mut gauge = |name, help, value: f64| {
+        out.push(Family {
+            name,
+            help,
+            points: Points::Gauge(vec![(None, value)]),
+        });
+    };
     gauge(
-        &mut out,
         "entente_connections",
         "Live mutual-TLS connections.",
         snapshot.connections as f64,
     );
     gauge(
-        &mut out,
         "entente_subscriptions",
         "Subscriptions held by sessions.",
         snapshot.subscriptions as f64,
     );
-    counter(
-        &mut out,
-        "entente_connections_opened_total",
-        "Mutual-TLS connections served since start.",
-        s.connections,
-    );
-    counter(
-        &mut out,
-        "entente_handshakes_failed_total",
-        "TLS handshakes refused or failed.",
-        s.handshakes_failed,
-    );
-
-    header(
-        &mut out,
-        "entente_messages_total",
-        "counter",
-        "Envelopes routed, by channel class.",
-    );
-    for class in Class::ALL {
-        let n = traffic
-            .messages
-            .get(class as usize)
-            .map_or(0, |c| c.load(Ordering::Relaxed));
-        let _ = writeln!(
-            out,
-            "entente_messages_total{{class=\"{}\"}} {n}",
-            class.name()
-        );
-    }
-    header(
-        &mut out,
-        "entente_bytes_total",
-        "counter",
-        "Ciphertext bytes routed, by channel class.",
-    );
-    for class in Class::ALL {
-        let n = traffic
-            .bytes
-            .get(class as usize)
-            .map_or(0, |c| c.load(Ordering::Relaxed));
-        let _ = writeln!(out, "entente_bytes_total{{class=\"{}\"}} {n}", class.name());
-    }
-
-    header(
-        &mut out,
-        "entente_decisions_total",
-        "counter",
-        "Policy decisions, by result.",
-    );
-    let _ = writeln!(
-        out,
-        "entente_decisions_total{{result=\"allow\"}} {}",
-        s.policy_allows
-    );
-    let _ = writeln!(
-        out,
-        "entente_decisions_total{{result=\"deny\"}} {}",
-        s.policy_denials
-    );
-    counter(
-        &mut out,
-        "entente_denials_total",
-        "Requests refused by authorization (policies, structural rules, reply grants).",
-        s.denials,
-    );
-
-    header(
-        &mut out,
-        "entente_limit_hits_total",
-        "counter",
-        "Refusals by a limit, by limit.",
-    );
-    for (limit, hits) in LIMITS.iter().zip(&traffic.limit_hits) {
-        let _ = writeln!(
-            out,
-            "entente_limit_hits_total{{limit=\"{limit}\"}} {}",
-            hits.load(Ordering::Relaxed)
-        );
-    }
-    header(
-        &mut out,
-        "entente_refusals_total",
-        "counter",
-        "Frames and publishes refused as hostile or broken, by reason.",
-    );
-    for (reason, n) in [
-        ("malformed", s.malformed_frames),
-        ("forged-sender", s.forged_senders),
-        ("replay", s.replays),
-    ] {
-        let _ = writeln!(out, "entente_refusals_total{{reason=\"{reason}\"}} {n}");
-    }
-    header(
-        &mut out,
-        "entente_disconnects_total",
-        "counter",
-        "Connections the hub closed, by reason.",
-    );
-    for (reason, n) in [
-        ("slow-consumer", s.slow_consumer_disconnects),
-        ("revoked", s.revoked_disconnects),
-        ("expired", s.expired_disconnects),
-        ("idle", s.idle_disconnects),
-        ("quarantined", s.quarantined_disconnects),
-    ] {
-        let _ = writeln!(out, "entente_disconnects_total{{reason=\"{reason}\"}} {n}");
-    }
-    counter(
-        &mut out,
-        "entente_quarantines_total",
-        "Agents quarantined, by the anomaly detector or an administrator.",
-        s.quarantines,
-    );
-    counter(
-        &mut out,
-        "entente_quarantined_connections_refused_total",
-        "Connections refused after the handshake because their agent is quarantined.",
-        s.quarantined_refusals,
-    );
-    counter(
-        &mut out,
-        "entente_throttles_total",
-        "Times an agent's risk score made the hub throttle it.",
-        s.throttled_agents,
-    );
-    header(
-        &mut out,
-        "entente_webhook_notices_total",
-        "counter",
-        "Quarantine notices to the webhook, by result.",
-    );
-    for (result, n) in [("sent", s.webhook_sent), ("failed", s.webhook_failures)] {
-        let _ = writeln!(
-            out,
-            "entente_webhook_notices_total{{result=\"{result}\"}} {n}"
-        );
-    }
-    counter(
-        &mut out,
-        "entente_delivery_failures_total",
-        "Deliveries that failed (the publisher was told).",
-        s.delivery_failures,
-    );
-    counter(
-        &mut out,
-        "entente_audit_records_total",
-        "Records submitted to the audit log.",
-        s.audit_records,
-    );
-    counter(
-        &mut out,
-        "entente_audit_failures_total",
-        "Audit log failures.",
-        s.audit_failures,
-    );
-
     gauge(
-        &mut out,
         "entente_queued_frames",
         "Frames waiting in subscribed sessions' outbound queues.",
         snapshot.queued_frames.0 as f64,
     );
     gauge(
-        &mut out,
         "entente_queued_frames_max",
         "Frames waiting in the fullest outbound queue.",
         snapshot.queued_frames.1 as f64,
     );
     gauge(
-        &mut out,
         "entente_queued_bytes",
         "Bytes of deliveries waiting in subscribed sessions' outbound queues.",
         snapshot.queued_bytes.0 as f64,
     );
     gauge(
-        &mut out,
         "entente_queued_bytes_max",
         "Bytes of deliveries waiting in the fullest outbound queue.",
         snapshot.queued_bytes.1 as f64,
     );
-
-    traffic.publish.render(
-        &mut out,
-        "entente_publish_seconds",
-        "Time from a publish's arrival to its answer.",
-    );
-
     if let Some(age) = snapshot.data_key_age {
         gauge(
-            &mut out,
             "entente_data_key_age_seconds",
             "Age of the data key in use.",
             age,
         );
     }
-    if !snapshot.intermediates.is_empty() {
-        header(
-            &mut out,
-            "entente_intermediate_ca_expiry_seconds",
-            "gauge",
-            "Seconds until each intermediate CA expires, by role.",
-        );
-        for (role, seconds) in &snapshot.intermediates {
-            let _ = writeln!(
-                out,
-                "entente_intermediate_ca_expiry_seconds{{role=\"{role}\"}} {seconds}"
-            );
-        }
-    }
     if let Some(seconds) = snapshot.hub_certificate_expiry {
         gauge(
-            &mut out,
             "entente_hub_certificate_expiry_seconds",
             "Seconds until the hub's own certificate expires.",
             seconds,
         );
     }
+    if !snapshot.intermediates.is_empty() {
+        out.push(Family {
+            name: "entente_intermediate_ca_expiry_seconds",
+            help: "Seconds until each intermediate CA expires, by role.",
+            points: Points::Gauge(
+                snapshot
+                    .intermediates
+                    .iter()
+                    .map(|(role, seconds)| (Some(("role", role.clone())), *seconds))
+                    .collect(),
+            ),
+        });
+    }
+    out.push(Family {
+        name: "entente_publish_seconds",
+        help: "Time from a publish's arrival to its answer.",
+        points: Points::Histogram(traffic.publish.read()),
+    });
     out
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+/// `families` in the text exposition format 0.0.4.
+pub(crate) fn text(families: &[Family]) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    for family in families {
+        let name = family.name;
+        let kind = match family.points {
+            Points::Counter(_) => "counter",
+            Points::Gauge(_) => "gauge",
+            Points::Histogram(_) => "histogram",
+        };
+        let _ = writeln!(out, "# HELP {name} {}", family.help);
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        match &family.points {
+            Points::Counter(points) => {
+                for (label, n) in points {
+                    sample(&mut out, name, label.as_ref(), n);
+                }
+            }
+            Points::Gauge(points) => {
+                for (label, value) in points {
+                    sample(&mut out, name, label.as_ref(), value);
+                }
+            }
+            Points::Histogram(h) => {
+                let mut cumulative = 0u64;
+                for (bound, count) in h.bounds.iter().zip(&h.counts) {
+                    cumulative += count;
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+                }
+                cumulative += h.counts.get(h.bounds.len()).copied().unwrap_or(0);
+                let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                let _ = writeln!(out, "{name}_sum {}", h.sum);
+                let _ = writeln!(out, "{name}_count {}", h.count);
+            }
+        }
+    }
+    out
 }
 
-fn counter(out: &mut String, name: &str, help: &str, value: u64) {
-    header(out, name, "counter", help);
-    let _ = writeln!(out, "{name} {value}");
-}
-
-fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
-    header(out, name, "gauge", help);
-    let _ = writeln!(out, "{name} {value}");
+fn sample(out: &mut String, name: &str, label: Option<&Label>, value: impl fmt::Display) {
+    match label {
+        None => {
+            let _ = writeln!(out, "{name} {value}");
+        }
+        Some((key, label)) => {
+            let _ = writeln!(out, "{name}{{{key}=\"{label}\"}} {value}");
+        }
+    }
 }
 
 /// Seconds from `now` to `at` (negative once past).
@@ -547,8 +606,15 @@ mod tests {
         h.observe(Duration::from_micros(50));
         h.observe(Duration::from_micros(700));
         h.observe(Duration::from_secs(10));
-        let mut out = String::new();
-        h.render(&mut out, "x", "help");
+        let out = text(&[Family {
+            name: "x",
+            help: "help",
+            points: Points::Histogram(h.read()),
+        }]);
+        assert!(
+            out.starts_with("# HELP x help\n# TYPE x histogram\n"),
+            "{out}"
+        );
         assert!(out.contains("x_bucket{le=\"0.0001\"} 1\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"0.001\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"2.5\"} 2\n"), "{out}");
@@ -564,7 +630,7 @@ mod tests {
         traffic.rate_limited(Limit::AgentBytes);
         traffic.limit_hit("connections-per-agent");
         traffic.limit_hit("no such limit");
-        let out = render(&Snapshot::default(), &traffic);
+        let out = text(&families(&Snapshot::default(), &traffic));
         assert!(
             out.contains("entente_messages_total{class=\"reply\"} 2\n"),
             "{out}"

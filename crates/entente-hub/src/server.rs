@@ -136,6 +136,9 @@ pub struct HubHandle {
     rotate: JoinHandle<()>,
     /// Takes the steps of intermediate CA rollovers when due.
     rollover: JoinHandle<()>,
+    /// Pushes the metrics to an OpenTelemetry collector, if configured: told to stop once the
+    /// connections are closed, and its last export waited for.
+    otlp: Option<(tokio::sync::oneshot::Sender<()>, JoinHandle<()>)>,
     data_keys: Arc<DataKeys>,
     /// The durable channels' writer threads, closed and joined at shutdown.
     stream_writers: Option<StreamWriters>,
@@ -233,6 +236,14 @@ impl Hub {
         let metrics_addr = metrics_listener.as_ref().and_then(metrics::bound);
 
         let stats = Arc::new(Stats::default());
+        // Checked before anything starts: a bad address, certificate or header stops the hub.
+        let otlp_exporter = config
+            .otlp
+            .as_ref()
+            .map(|otlp| {
+                crate::otlp::Exporter::new(otlp, &format!("{hub}@{local_addr}"), stats.clone())
+            })
+            .transpose()?;
         let audit_keystore = config
             .key_stores
             .audit
@@ -348,6 +359,17 @@ impl Hub {
             let scrape = move || weak.upgrade().map(|s| s.metrics()).unwrap_or_default();
             tokio::spawn(metrics::serve(listener, scrape, shutdown_rx.clone()));
         }
+        // Held weakly too; `shutdown` waits for the last export, made while the hub is whole.
+        let otlp = otlp_exporter.map(|exporter| {
+            let weak = Arc::downgrade(&shared);
+            let scrape = move || {
+                weak.upgrade()
+                    .map(|s| s.metric_families())
+                    .unwrap_or_default()
+            };
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            (stop, tokio::spawn(exporter.run(scrape, stopped)))
+        });
         tokio::spawn(purge_loop(
             shared.context.limiters.clone(),
             shared.context.authz.clone(),
@@ -398,6 +420,7 @@ impl Hub {
             expire,
             rotate,
             rollover,
+            otlp,
             data_keys,
             stream_writers: Some(stream_writers),
             audit_writer: Some(audit_writer),
@@ -687,6 +710,10 @@ impl HubHandle {
         let _ = (&mut self.expire).await;
         let _ = (&mut self.rotate).await;
         let _ = (&mut self.rollover).await;
+        if let Some((stop, exporter)) = self.otlp.take() {
+            let _ = stop.send(());
+            let _ = exporter.await;
+        }
         self.shared.context.streams.close();
         if let Some(writers) = self.stream_writers.take() {
             writers.join().await;
@@ -736,6 +763,11 @@ impl Shared {
 
     /// The metrics endpoint's page, read now.
     fn metrics(&self) -> String {
+        metrics::text(&self.metric_families())
+    }
+
+    /// Every metric, read now: what the endpoint and the OpenTelemetry export show.
+    fn metric_families(&self) -> Vec<metrics::Family> {
         let now = SystemTime::now();
         let since = |ms: u64| {
             let made = std::time::UNIX_EPOCH + Duration::from_millis(ms);
@@ -764,7 +796,7 @@ impl Shared {
             intermediates,
             hub_certificate_expiry: Some(metrics::seconds_until(self.resolver.not_after(), now)),
         };
-        metrics::render(&snapshot, &self.stats.traffic)
+        metrics::families(&snapshot, &self.stats.traffic)
     }
 }
 

@@ -76,6 +76,10 @@ pub struct HubStats {
     pub webhook_sent: u64,
     /// Quarantine notices that could not be queued or sent.
     pub webhook_failures: u64,
+    /// Metric exports the OpenTelemetry collector accepted.
+    pub otlp_exports: u64,
+    /// Metric exports that failed (not sent, or refused).
+    pub otlp_failures: u64,
     /// Agents enrolled.
     pub enrollments: u64,
     /// Enrollments refused (bad token, bad request, or a failure after the token was spent).
@@ -144,6 +148,8 @@ pub(crate) struct Stats {
     pub(crate) throttled_agents: AtomicU64,
     pub(crate) webhook_sent: AtomicU64,
     pub(crate) webhook_failures: AtomicU64,
+    pub(crate) otlp_exports: AtomicU64,
+    pub(crate) otlp_failures: AtomicU64,
     pub(crate) enrollments: AtomicU64,
     pub(crate) enroll_refusals: AtomicU64,
     pub(crate) renewals: AtomicU64,
@@ -195,6 +201,8 @@ impl Stats {
             throttled_agents: get(&self.throttled_agents),
             webhook_sent: get(&self.webhook_sent),
             webhook_failures: get(&self.webhook_failures),
+            otlp_exports: get(&self.otlp_exports),
+            otlp_failures: get(&self.otlp_failures),
             enrollments: get(&self.enrollments),
             enroll_refusals: get(&self.enroll_refusals),
             renewals: get(&self.renewals),

@@ -326,7 +326,8 @@ async fn a_permits_rate_caps_what_it_allows_per_agent_and_survives_a_reload() {
         .unwrap();
     alice.publish("orders.eu", "alice 7").await.unwrap();
 
-    // Carol used one subscription of two; the third is refused, another agent's is not.
+    // The rate came back with a full bucket (it was gone meanwhile): carol's two
+    // subscriptions pass, a third is refused, another agent's is not.
     hub.hub()
         .load_policies(vec![("p.cedar".to_owned(), policies.clone())])
         .await

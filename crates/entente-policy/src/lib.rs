@@ -92,7 +92,7 @@ pub use grants::{
     Outcome, RequestId, RequestState, format_duration, is_valid_grant_name, parse_duration,
 };
 pub use policies::{Effect, LoadError, PolicyInfo, PolicySet, PolicySetBuilder, Problem};
-pub use rate::{MAX_RATE_COUNT, Period, PolicyRate};
+pub use rate::{MAX_RATE_COUNT, MAX_REFILL, Period, PolicyRate};
 pub use request::{
     Action, ActiveGrant, Facts, NO_SEGMENT, Resource, Subject, UnknownAction, namespaces,
 };

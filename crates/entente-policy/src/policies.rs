@@ -843,9 +843,6 @@ fn open_to_humans(p: &Parsed) -> Option<String> {
     })
 }
 
-/// Why a `@hold` policy is refused, if it is: it must be a forbid on exactly
-/// `Action::"publish"` whose conditions read `context.approvals` or `context.approvers`, so
-/// that approvals can lift it.
 /// A policy's `@rate` and `@burst`: none without `@rate`; an error for a bad value, for
 /// `@burst` alone, and for a rate on a forbid (a rate caps what a permit allows).
 fn rate_of(policy: &cedar_policy::Policy, effect: Effect) -> Result<Option<PolicyRate>, String> {
@@ -864,6 +861,9 @@ fn rate_of(policy: &cedar_policy::Policy, effect: Effect) -> Result<Option<Polic
     PolicyRate::parse(rate, burst).map(Some)
 }
 
+/// Why a `@hold` policy is refused, if it is: it must be a forbid on exactly
+/// `Action::"publish"` whose conditions read `context.approvals` or `context.approvers`, so
+/// that approvals can lift it.
 fn hold_misuse(p: &Parsed) -> Option<String> {
     if p.info.effect != Effect::Forbid {
         return Some(

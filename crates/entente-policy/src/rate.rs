@@ -11,6 +11,10 @@ use std::time::Duration;
 /// The largest count a `@rate` may give per period, and the largest `@burst`.
 pub const MAX_RATE_COUNT: u32 = 1_000_000_000;
 
+/// The longest an empty bucket may take to fill again (the interval times the burst): 31
+/// days. Longer is refused, so that no bucket's arithmetic can overflow.
+pub const MAX_REFILL: Duration = Duration::from_secs(31 * 24 * 3600);
+
 /// A rate from `@rate("<count>/<period>")` and `@burst("<n>")`: `count` requests per
 /// `period`, up to `burst` at once (by default `count`, the bucket of one period).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,11 +67,20 @@ impl PolicyRate {
                 )
             })?,
         };
-        Ok(Self {
+        let rate = Self {
             count,
             period,
             burst,
-        })
+        };
+        let refill = rate.interval().checked_mul(burst);
+        if refill.is_none_or(|refill| refill > MAX_REFILL) {
+            return Err(format!(
+                "`@rate(\"{}\")` with a burst of {burst}: an empty bucket would take longer than {} days to fill again; give a smaller `@burst`",
+                rate_text(count, period),
+                MAX_REFILL.as_secs() / 86_400
+            ));
+        }
+        Ok(rate)
     }
 
     /// The time one request's share of the bucket takes to come back: the period divided by
@@ -100,6 +113,10 @@ impl fmt::Display for Period {
             Self::Hour => "h",
         })
     }
+}
+
+fn rate_text(count: u32, period: Period) -> String {
+    format!("{count}/{period}")
 }
 
 /// A whole number from 1 to [`MAX_RATE_COUNT`], digits only.
@@ -167,6 +184,17 @@ mod tests {
         for bad in ["", "0", "x", "1000000001", "-3", "2.0"] {
             let e = PolicyRate::parse("10/s", Some(bad)).unwrap_err();
             assert!(e.contains("@burst"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_bucket_must_fill_again_within_31_days() {
+        // 744 hours is 31 days: the longest refill.
+        assert!(PolicyRate::parse("1/h", Some("744")).is_ok());
+        assert!(PolicyRate::parse("1000000000/s", Some("1000000000")).is_ok());
+        for (rate, burst) in [("1/h", "745"), ("1/min", "1000000000"), ("1/h", "6000000")] {
+            let e = PolicyRate::parse(rate, Some(burst)).unwrap_err();
+            assert!(e.contains("longer than 31 days"), "{rate} {burst}: {e}");
         }
     }
 }
