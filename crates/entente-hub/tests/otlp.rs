@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use entente_hub::OtlpExport;
 use entente_testkit::{TestHub, WAIT, eventually};
+use futures_util::StreamExt as _;
 use http_body_util::BodyExt as _;
 use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::metrics::v1::{
@@ -114,30 +115,38 @@ fn sum(export: &ExportMetricsServiceRequest, name: &str, key: &str, value: &str)
     })
 }
 
-#[tokio::test]
-async fn the_hub_pushes_its_metrics_to_a_collector_and_counts_a_refused_export() {
-    let (endpoint, mut exports) = collector(true).await;
+/// A hub exporting with `otlp`, where `count` messages have gone from one agent to another.
+async fn hub_with_traffic(otlp: OtlpExport, count: usize) -> TestHub {
     let hub = TestHub::builder()
         .policies(entente_testkit::SHOP_ORDERS)
-        .config(|c| {
-            c.otlp = Some(OtlpExport {
-                headers: vec![("authorization".to_owned(), "Bearer t0ken".to_owned())],
-                interval: Duration::from_millis(200),
-                ..OtlpExport::to(endpoint)
-            });
-        })
+        .config(|c| c.otlp = Some(otlp))
         .start()
         .await
         .unwrap();
     let alice = hub.connect_agent("shop", "alice").await.unwrap();
     let bob = hub.connect_agent("shop", "bob").await.unwrap();
-    let _orders = bob.subscribe("orders.>").await.unwrap();
-    for i in 0..25 {
+    let mut orders = bob.subscribe("orders.>").await.unwrap();
+    for i in 0..count {
         alice
             .publish("orders.eu", format!("order {i}"))
             .await
             .unwrap();
     }
+    for _ in 0..count {
+        orders.next().await.unwrap().unwrap();
+    }
+    hub
+}
+
+#[tokio::test]
+async fn the_hub_pushes_its_metrics_to_a_collector_and_counts_a_refused_export() {
+    let (endpoint, mut exports) = collector(true).await;
+    let otlp = OtlpExport {
+        headers: vec![("authorization".to_owned(), "Bearer t0ken".to_owned())],
+        interval: Duration::from_millis(200),
+        ..OtlpExport::to(endpoint)
+    };
+    let hub = hub_with_traffic(otlp, 25).await;
 
     // Exports come until one shows the 25 messages; the first was refused and counted.
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -208,27 +217,12 @@ async fn the_hub_pushes_its_metrics_to_a_collector_and_counts_a_refused_export()
 #[tokio::test]
 async fn a_stopping_hub_exports_once_more() {
     let (endpoint, mut exports) = collector(false).await;
-    let hub = TestHub::builder()
-        .policies(entente_testkit::SHOP_ORDERS)
-        .config(|c| {
-            // No export comes on time during the test: only the last one.
-            c.otlp = Some(OtlpExport {
-                interval: Duration::from_secs(3600),
-                ..OtlpExport::to(format!("{endpoint}/v1/metrics"))
-            });
-        })
-        .start()
-        .await
-        .unwrap();
-    let alice = hub.connect_agent("shop", "alice").await.unwrap();
-    let bob = hub.connect_agent("shop", "bob").await.unwrap();
-    let _orders = bob.subscribe("orders.>").await.unwrap();
-    for i in 0..3 {
-        alice
-            .publish("orders.eu", format!("order {i}"))
-            .await
-            .unwrap();
-    }
+    // No export comes on time during the test: only the last one.
+    let otlp = OtlpExport {
+        interval: Duration::from_secs(3600),
+        ..OtlpExport::to(format!("{endpoint}/v1/metrics"))
+    };
+    let hub = hub_with_traffic(otlp, 3).await;
     assert!(exports.try_recv().is_err());
     hub.shutdown().await;
     let last = exports
