@@ -182,6 +182,9 @@ struct Sealed {
     one: wire::SignedBatch,
     requests: wire::SignedBatch,
     after_rotation: wire::SignedBatch,
+    /// Alice's sender key for Bob's reply namespace root, and a batch of replies under it.
+    reply_key: wire::SenderKey,
+    replies: wire::SignedBatch,
 }
 
 impl Sealed {
@@ -205,12 +208,35 @@ impl Sealed {
         )?;
         let second_key = sealer.rotate(std::slice::from_ref(&f.bob.bundle), now + 1)?;
         let after_rotation = sealer.seal_batch(&[b"new epoch"], None, now + 1)?;
+        let (mut replying, reply_key) = Sealer::new(
+            f.alice.principal.clone(),
+            f.alice.bundle.epoch(),
+            Arc::clone(&f.alice.keys),
+            Channel::parse("_reply.ops.bob")?,
+            std::slice::from_ref(&f.bob.bundle),
+            SealerOptions::default(),
+            now,
+        )?;
+        let (r1, r2) = (
+            Channel::parse("_reply.ops.bob.r1")?,
+            Channel::parse("_reply.ops.bob.r2")?,
+        );
+        let replies = replying.seal_replies(
+            [
+                (&r1, &b"42 orders"[..], None),
+                (&r2, &b"none"[..], Some(&reply)),
+            ]
+            .into_iter(),
+            now,
+        )?;
         Ok(Self {
             first_key,
             second_key,
             one,
             requests,
             after_rotation,
+            reply_key,
+            replies,
         })
     }
 
@@ -228,6 +254,10 @@ impl Sealed {
         seeds.write(
             "requests",
             &deliver(&[&self.first_key], &[&self.requests, &self.one]),
+        )?;
+        seeds.write(
+            "replies",
+            &deliver(&[&self.reply_key], &[&self.replies]),
         )?;
         seeds.write(
             "two-epochs",
@@ -476,6 +506,24 @@ permit (principal == Human::"spiffe://acme.internal/human/admin",
 forbid (principal, action == Action::"publish", resource)
 when { resource == Channel::"demo.payments" || resource in Namespace::"demo.payments" }
 unless { context.approvals >= 1 };
+"#,
+    ),
+    (
+        "rates.cedar",
+        r#"@id("sandbox-publishes")
+@rate("10/s")
+permit (principal in Segment::"sandbox", action == Action::"publish",
+        resource in Namespace::"sandbox");
+
+@id("sandbox-reports")
+@rate("60/min") @burst("5")
+permit (principal in Segment::"sandbox", action in [Action::"publish", Action::"request"],
+        resource == Channel::"sandbox.reports");
+
+@id("sandbox-listens")
+@rate("100/h")
+permit (principal in Segment::"sandbox", action == Action::"subscribe",
+        resource in Namespace::"sandbox");
 "#,
     ),
 ];

@@ -142,6 +142,9 @@ struct Shared {
     shutdown: watch::Sender<bool>,
     /// Set by the reader once the session is over.
     ended: watch::Sender<bool>,
+    /// Replies for the writer to send again, each alone (the hub refused the batch of
+    /// replies they shared). Unbounded, but never more than the replies awaiting an answer.
+    resend: mpsc::UnboundedSender<Outgoing<PublishWaiter>>,
 }
 
 #[derive(Debug, Default)]
@@ -183,6 +186,9 @@ enum Pending {
     Publish {
         channel: Channel,
         waiters: Vec<PublishWaiter>,
+        /// A batch of replies: its messages, in waiter order, to send again one by one if the
+        /// hub refuses the batch for one of them.
+        replies: Vec<Outgoing<()>>,
     },
 }
 
@@ -253,6 +259,7 @@ impl Client {
             }
         };
         let (commands, commands_rx) = mpsc::channel(options.publish_queue);
+        let (resend, resend_rx) = mpsc::unbounded_channel();
         let identity = Arc::new(identity);
         let shared = Arc::new(Shared {
             credential: Credential::new(identity.clone()),
@@ -264,8 +271,9 @@ impl Client {
             next_id: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
             ended: watch::channel(false).0,
+            resend,
         });
-        tokio::spawn(write(shared.clone(), commands_rx, outbound));
+        tokio::spawn(write(shared.clone(), commands_rx, resend_rx, outbound));
         tokio::spawn(read(shared.clone(), transport.clone(), stream, driver));
         if shared.options.renew {
             let (shared, transport) = (shared.clone(), transport.clone());
@@ -933,6 +941,7 @@ impl Client {
             recipients,
             reply_to,
             purpose,
+            alone: false,
             ticket,
         });
         match tokio::time::timeout_at(deadline, self.inner.commands.send(command)).await {
@@ -1455,9 +1464,35 @@ impl Shared {
                 });
             }
             Some(Pending::Unsubscribe { done: None }) => {}
-            Some(Pending::Publish { channel, waiters }) => {
+            Some(Pending::Publish {
+                channel,
+                waiters,
+                replies,
+            }) => {
                 let count = waiters.len() as u64;
+                let denied = refusal.as_ref().is_some_and(|(code, ..)| {
+                    RefusalCode::from_u32(*code) == Some(RefusalCode::Denied)
+                });
                 match refused(format!("the publish to `{channel}`")) {
+                    // A batch of replies refused for one of them (its grant used or expired):
+                    // each is sent again alone, to be answered on its own.
+                    Some(_) if denied && !replies.is_empty() && replies.len() == waiters.len() => {
+                        stats::add(&self.stats.replies_resent, count);
+                        for (waiter, reply) in waiters.into_iter().zip(replies) {
+                            let again = Outgoing {
+                                channel: reply.channel,
+                                payload: reply.payload,
+                                recipients: reply.recipients,
+                                reply_to: reply.reply_to,
+                                purpose: None,
+                                alone: true,
+                                ticket: waiter,
+                            };
+                            // Should the writer be gone, the waiter is dropped with the
+                            // message and reports the session's end.
+                            let _ = self.resend.send(again);
+                        }
+                    }
                     Some(e) => {
                         stats::add(&self.stats.publish_refused, count);
                         for waiter in waiters {
@@ -1551,6 +1586,7 @@ fn refused_policies(error: &Error) -> Option<Error> {
 async fn write(
     shared: Arc<Shared>,
     mut commands: mpsc::Receiver<Command>,
+    mut resend: mpsc::UnboundedReceiver<Outgoing<PublishWaiter>>,
     outbound: mpsc::Sender<ClientFrame>,
 ) {
     let identity = &shared.identity;
@@ -1561,6 +1597,7 @@ async fn write(
         identity.message_keys().clone(),
         OutboxOptions {
             batch_max: options.batch_max,
+            reply_batches: options.reply_batches,
             batch_max_bytes: options.batch_max_bytes,
             sender_key_resend_ms: millis(options.sender_key_resend),
             sealer: SealerOptions {
@@ -1578,6 +1615,13 @@ async fn write(
         let taken = tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break,
+            Some(again) = resend.recv() => {
+                batch.push(Command::Publish(again));
+                while let Ok(again) = resend.try_recv() {
+                    batch.push(Command::Publish(again));
+                }
+                batch.len()
+            }
             taken = commands.recv_many(&mut batch, options.batch_max) => taken,
         };
         if taken == 0 {
@@ -1667,6 +1711,7 @@ impl Writer<'_> {
                     channel,
                     publish,
                     tickets,
+                    replies,
                 } if open => {
                     let id = publish.request_id;
                     let keys = publish.sender_keys.len() as u64;
@@ -1674,6 +1719,7 @@ impl Writer<'_> {
                     let pending = Pending::Publish {
                         channel,
                         waiters: tickets,
+                        replies,
                     };
                     if shared.register(id, pending, None).is_err() {
                         // The session is over. The waiters were dropped with `pending`: they
@@ -1850,8 +1896,23 @@ async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) {
                 .insert(sequence, count);
         }
     }
+    // A batch of replies reaches every subscription matching one of its replies: each one
+    // gets only the replies its pattern matches.
+    let before = opened.items.len();
+    opened.items.retain(|item| match item {
+        Ok(message) => {
+            !message
+                .channel
+                .as_str()
+                .starts_with(namespace::REPLY_PREFIX)
+                || entry.pattern.matches(&message.channel)
+        }
+        Err(_) => true,
+    });
+    let unmatched = (before - opened.items.len()) as u64;
     let s = &shared.stats;
-    stats::add(&s.received, opened.received);
+    stats::add(&s.replies_unmatched, unmatched);
+    stats::add(&s.received, opened.received.saturating_sub(unmatched));
     stats::add(&s.rejected, opened.rejected);
     stats::add(&s.batches_received, opened.batches);
     stats::add(&s.sender_keys_accepted, opened.keys_accepted);

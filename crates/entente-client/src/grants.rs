@@ -491,6 +491,10 @@ pub fn held_hash(held: &HeldMessage) -> Result<[u8; 32], Error> {
     let [envelope] = batch.envelopes.as_slice() else {
         return Err(protocol("the batch shown is not one envelope"));
     };
+    // Only a batch of replies names channels per envelope, and replies are never held.
+    if !envelope.channel.is_empty() {
+        return Err(protocol("the envelope shown names a channel of its own"));
+    }
     let id = MessageId::from_slice(&envelope.message_id)
         .map_err(|e| protocol(&format!("message id: {e}")))?;
     if id.to_string() != held.message_id {

@@ -23,6 +23,7 @@ pub struct ClientOptions {
     pub(crate) request_timeout: Duration,
     pub(crate) batch_max: usize,
     pub(crate) batch_max_bytes: usize,
+    pub(crate) reply_batches: bool,
     pub(crate) linger: Duration,
     pub(crate) publish_queue: usize,
     pub(crate) subscription_queue: usize,
@@ -40,6 +41,7 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(10),
             batch_max: 256,
             batch_max_bytes: 1 << 20,
+            reply_batches: true,
             linger: Duration::ZERO,
             publish_queue: 4096,
             subscription_queue: 4096,
@@ -75,6 +77,15 @@ impl ClientOptions {
     /// clamped to 1 ..= the wire limit (1024).
     pub fn batch_max(mut self, messages: usize) -> Self {
         self.batch_max = messages.clamp(1, self.limits.max_batch_envelopes.max(1));
+        self
+    }
+
+    /// Whether replies queued together to one requester go as one batch of replies on its
+    /// reply namespace root, under one signature (PROTOCOL.md §5.5). Default on; turn it off
+    /// to answer requesters whose SDK predates batches of replies (they refuse them as badly
+    /// signed), so that each reply goes as a batch on its own channel.
+    pub fn reply_batches(mut self, on: bool) -> Self {
+        self.reply_batches = on;
         self
     }
 

@@ -58,6 +58,9 @@ pub(crate) struct Outgoing<T> {
     pub(crate) reply_to: Option<Channel>,
     /// Why, for approvers: a message with a purpose is sealed and sent alone.
     pub(crate) purpose: Option<String>,
+    /// Sealed and sent alone: a reply sent again after the hub refused the batch of replies
+    /// it shared.
+    pub(crate) alone: bool,
     pub(crate) ticket: T,
 }
 
@@ -66,9 +69,13 @@ pub(crate) struct Outgoing<T> {
 pub(crate) enum Sealed<T> {
     /// A frame to send; its `Ack` or `Refusal` answers every ticket.
     Frame {
+        /// The channel (a batch of replies: the reply namespace root) the frame is for.
         channel: Channel,
         publish: wire::Publish,
         tickets: Vec<T>,
+        /// For a batch of replies, its messages in ticket order, to be sent again one by
+        /// one if the hub refuses the batch for one of them; empty otherwise.
+        replies: Vec<Outgoing<()>>,
     },
     /// These messages could not be sealed.
     Failed { tickets: Vec<T>, error: Error },
@@ -78,6 +85,8 @@ pub(crate) enum Sealed<T> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct OutboxOptions {
     pub(crate) batch_max: usize,
+    /// Whether replies to one requester may share a batch of replies.
+    pub(crate) reply_batches: bool,
     pub(crate) batch_max_bytes: usize,
     pub(crate) sender_key_resend_ms: u64,
     pub(crate) sealer: SealerOptions,
@@ -195,13 +204,17 @@ impl Outbox {
         let scope = root.as_ref().unwrap_or(&channel);
         let recipients = first.recipients.clone();
         let purpose = first.purpose.clone().unwrap_or_default();
+        // Replies to one requester written together go as one batch of replies on its reply
+        // namespace root, under one signature (PROTOCOL.md §5.5); a lone reply, or replies on
+        // one channel, as a batch on that channel.
+        let replies = root.is_some() && run.iter().any(|m| m.channel != channel);
         let mut messages = Vec::with_capacity(run.len());
         let mut tickets = Vec::with_capacity(run.len());
         for m in run {
-            messages.push((m.payload, m.reply_to));
+            messages.push((m.channel, m.payload, m.reply_to));
             tickets.push(m.ticket);
         }
-        let mut sealed = self.seal_batch(scope, &channel, &recipients, &messages, now_ms);
+        let mut sealed = self.seal_batch(scope, &channel, replies, &recipients, &messages, now_ms);
         // A message held for approval may be released long after, or alone of its epoch (the
         // frames before it rejected): it carries the sender key with it, always. So does a
         // reply, for whichever session of the requester asked.
@@ -213,6 +226,23 @@ impl Outbox {
         if root.is_some() {
             self.purge_idle_replies(now_ms);
         }
+        let (channel, replies) = if replies {
+            let again = messages
+                .into_iter()
+                .map(|(channel, payload, reply_to)| Outgoing {
+                    channel,
+                    payload,
+                    recipients: recipients.clone(),
+                    reply_to,
+                    purpose: None,
+                    alone: true,
+                    ticket: (),
+                })
+                .collect();
+            (scope.clone(), again)
+        } else {
+            (channel, Vec::new())
+        };
         match sealed {
             Ok((sender_key, batch)) => Sealed::Frame {
                 channel,
@@ -223,25 +253,42 @@ impl Outbox {
                     purpose,
                 },
                 tickets,
+                replies,
             },
             Err(error) => Sealed::Failed { tickets, error },
         }
     }
 
-    /// Seals `messages` (payload and `reply_to` each) as one signed batch on `channel`, with
-    /// the sealer of `scope` (the channel, or the reply namespace root above it).
+    /// Seals `messages` (channel, payload and `reply_to` each) as one signed batch on
+    /// `channel` with the sealer of `scope` (the channel, or the reply namespace root above
+    /// it), or, if `replies`, as a batch of replies on `scope`, a reply namespace root, each
+    /// on its own channel.
     fn seal_batch(
         &mut self,
         scope: &Channel,
         channel: &Channel,
+        replies: bool,
         recipients: &Arc<Recipients>,
-        messages: &[(Vec<u8>, Option<Channel>)],
+        messages: &[(Channel, Vec<u8>, Option<Channel>)],
         now_ms: u64,
     ) -> Result<(Option<wire::SenderKey>, wire::SignedBatch), Error> {
-        let each = || {
-            messages
-                .iter()
-                .map(|(payload, reply_to)| (payload.as_slice(), reply_to.as_ref()))
+        let seal = |sealer: &mut Sealer| {
+            if replies {
+                sealer.seal_replies(
+                    messages
+                        .iter()
+                        .map(|(on, payload, reply_to)| (on, payload.as_slice(), reply_to.as_ref())),
+                    now_ms,
+                )
+            } else {
+                sealer.seal_batch_on(
+                    channel,
+                    messages
+                        .iter()
+                        .map(|(_, payload, reply_to)| (payload.as_slice(), reply_to.as_ref())),
+                    now_ms,
+                )
+            }
         };
         let sender_key = self.prepare(scope, recipients, now_ms)?;
         let state = self
@@ -249,7 +296,7 @@ impl Outbox {
             .get_mut(scope)
             .ok_or_else(|| Error::new(ErrorKind::Crypto, "no sealer for the channel"))?;
         state.used_ms = now_ms;
-        match state.sealer.seal_batch_on(channel, each(), now_ms) {
+        match seal(&mut state.sealer) {
             Ok(batch) => Ok((sender_key, batch)),
             // The epoch ran out inside this batch: start a new one and seal it all there.
             Err(SealError::EpochExhausted) => {
@@ -259,10 +306,7 @@ impl Outbox {
                     .map_err(|e| seal_error(channel, e))?;
                 state.sender_key = sender_key.clone();
                 state.key_sent_ms = now_ms;
-                let batch = state
-                    .sealer
-                    .seal_batch_on(channel, each(), now_ms)
-                    .map_err(|e| seal_error(channel, e))?;
+                let batch = seal(&mut state.sealer).map_err(|e| seal_error(channel, e))?;
                 Ok((Some(sender_key), batch))
             }
             Err(e) => Err(seal_error(channel, e)),
@@ -349,28 +393,47 @@ impl Outbox {
     }
 }
 
-/// Splits messages into runs to seal as one batch each: grouped by channel (in order of first
-/// appearance, order kept within a channel), then cut where the recipients change, a message
-/// has a purpose, or a batch limit is reached. `reply_to` is each envelope's own, so requests
-/// with different reply channels share a batch and its signature.
+/// Splits messages into runs to seal as one batch each: grouped by channel, replies by their
+/// requester's reply namespace root (in order of first appearance, order kept within a
+/// group), then cut where the recipients change, a message has a purpose, or a batch limit is
+/// reached. `reply_to` is each envelope's own, so requests with different reply channels share
+/// a batch and its signature, and so do replies to one requester.
 fn runs<T>(messages: Vec<Outgoing<T>>, options: &OutboxOptions) -> Vec<Vec<Outgoing<T>>> {
-    let mut by_channel: Vec<Vec<Outgoing<T>>> = Vec::new();
+    let mut by_channel: Vec<(Option<Channel>, Vec<Outgoing<T>>)> = Vec::new();
     for m in messages {
-        // Most often the channel of the message before: look there first.
-        match by_channel
+        let root = if options.reply_batches {
+            namespace::reply_root_of(&m.channel)
+        } else {
+            None
+        };
+        // Most often the group of the message before: look there first.
+        let group = by_channel
             .iter_mut()
             .rev()
-            .find(|group| group.first().is_some_and(|g| g.channel == m.channel))
-        {
-            Some(group) => group.push(m),
-            None => by_channel.push(vec![m]),
+            .find(|(r, group)| match (&root, r) {
+                (Some(root), Some(r)) => root == r,
+                (None, None) => group.first().is_some_and(|g| g.channel == m.channel),
+                _ => false,
+            });
+        match group {
+            Some((_, group)) => group.push(m),
+            None => by_channel.push((root, vec![m])),
         }
     }
     let mut runs = Vec::new();
-    for group in by_channel {
+    for (root, group) in by_channel {
         let mut run: Vec<Outgoing<T>> = Vec::new();
         let mut bytes = 0usize;
         for m in group {
+            // A run of replies is either on one channel (a batch there) or on as many
+            // channels as messages (a batch of replies: the hub grants each channel one).
+            let shape = || {
+                let on_first =
+                    |r: &Outgoing<T>| run.first().is_some_and(|f| f.channel == r.channel);
+                run.len() < 2
+                    || run.iter().all(|r| r.channel == m.channel)
+                    || (!run.iter().all(on_first) && run.iter().all(|r| r.channel != m.channel))
+            };
             let fits = run.first().is_some_and(|first| {
                 // `reply_to` is each envelope's own: requests with different reply channels
                 // share a batch.
@@ -378,8 +441,11 @@ fn runs<T>(messages: Vec<Outgoing<T>>, options: &OutboxOptions) -> Vec<Vec<Outgo
                     || first.recipients.as_ref() == m.recipients.as_ref())
                     && first.purpose.is_none()
                     && m.purpose.is_none()
+                    && !first.alone
+                    && !m.alone
                     && run.len() < options.batch_max
                     && bytes.saturating_add(m.payload.len()) <= options.batch_max_bytes
+                    && (root.is_none() || shape())
             });
             if !fits && !run.is_empty() {
                 runs.push(std::mem::take(&mut run));
@@ -480,6 +546,7 @@ pub(crate) mod tests {
             agent.keys.clone(),
             OutboxOptions {
                 batch_max,
+                reply_batches: true,
                 batch_max_bytes: 1 << 20,
                 sender_key_resend_ms: resend_ms,
                 sealer: SealerOptions::default(),
@@ -499,6 +566,7 @@ pub(crate) mod tests {
             recipients: recipients.clone(),
             reply_to: None,
             purpose: None,
+            alone: false,
             ticket,
         }
     }
@@ -511,6 +579,7 @@ pub(crate) mod tests {
                     channel,
                     publish,
                     tickets,
+                    ..
                 } => (channel, publish, tickets),
                 Sealed::Failed { error, .. } => panic!("sealing failed: {error}"),
             })
@@ -688,6 +757,122 @@ pub(crate) mod tests {
             .flat_map(|(_, p, _)| p.batches[0].envelopes.iter().map(|e| e.seq))
             .collect();
         assert_eq!(seqs, [0, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn replies_written_together_to_one_requester_share_one_batch_on_its_root() {
+        let ca = TestCa::new();
+        let (alice, bob, carol) = (ca.agent("alice"), ca.agent("bob"), ca.agent("carol"));
+        let to_bob = Arc::new(Recipients::exactly(vec![bob.bundle.clone()]));
+        let to_carol = Arc::new(Recipients::exactly(vec![carol.bundle.clone()]));
+        let mut outbox = outbox(&alice, 2, 60_000);
+        let mut ids = 0;
+        let mut next = || {
+            ids += 1;
+            ids
+        };
+        let out = frames(outbox.seal(
+            vec![
+                message("_reply.shop.bob.x1", b"1", &to_bob, 1),
+                message("_reply.shop.carol.y1", b"2", &to_carol, 2),
+                message("_reply.shop.bob.x2", b"3", &to_bob, 3),
+                message("_reply.shop.bob.x3", b"4", &to_bob, 4),
+            ],
+            NOW,
+            &mut next,
+        ));
+        // Bob's first two replies share a batch on his root (batch_max is 2), the third goes
+        // alone on its channel; Carol's is alone on hers. Each frame carries its root's key.
+        let shape: Vec<(&str, Vec<&str>, Vec<u32>)> = out
+            .iter()
+            .map(|(_, publish, tickets)| {
+                let batch = &publish.batches[0];
+                let named = batch.envelopes.iter().map(|e| e.channel.as_str()).collect();
+                (batch.channel.as_str(), named, tickets.clone())
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (
+                    "_reply.shop.bob",
+                    vec!["_reply.shop.bob.x1", "_reply.shop.bob.x2"],
+                    vec![1, 3]
+                ),
+                ("_reply.shop.bob.x3", vec![""], vec![4]),
+                ("_reply.shop.carol.y1", vec![""], vec![2]),
+            ]
+        );
+        for (_, publish, _) in &out {
+            assert_eq!(publish.batches.len(), 1);
+            assert_eq!(publish.sender_keys.len(), 1);
+        }
+        assert_eq!(out[0].1.sender_keys[0].channel, "_reply.shop.bob");
+        // One epoch for Bob's replies, numbered across the batches.
+        let seqs: Vec<u64> = out[..2]
+            .iter()
+            .flat_map(|(_, p, _)| p.batches[0].envelopes.iter().map(|e| e.seq))
+            .collect();
+        assert_eq!(seqs, [0, 1, 2]);
+        // Two messages on one reply channel never share a batch of replies (the hub grants
+        // each channel once): a run on one channel is a batch on that channel.
+        let mut wide = super::tests::outbox(&alice, 8, 60_000);
+        let shapes = |sealed: Vec<Sealed<u32>>| -> Vec<(String, Vec<String>)> {
+            frames(sealed)
+                .into_iter()
+                .map(|(_, p, _)| {
+                    let b = &p.batches[0];
+                    let named = b.envelopes.iter().map(|e| e.channel.clone()).collect();
+                    (b.channel.clone(), named)
+                })
+                .collect()
+        };
+        let on = |c: &str, t| message(c, b"x", &to_bob, t);
+        let got = shapes(wide.seal(
+            vec![
+                on("_reply.shop.bob.x1", 1),
+                on("_reply.shop.bob.x1", 2),
+                on("_reply.shop.bob.x2", 3),
+                on("_reply.shop.bob.x3", 4),
+                on("_reply.shop.bob.x2", 5),
+            ],
+            NOW,
+            &mut next,
+        ));
+        let (none, x2, x3) = (String::new(), "_reply.shop.bob.x2", "_reply.shop.bob.x3");
+        assert_eq!(
+            got,
+            [
+                (
+                    "_reply.shop.bob.x1".to_owned(),
+                    vec![none.clone(), none.clone()]
+                ),
+                (
+                    "_reply.shop.bob".to_owned(),
+                    vec![x2.to_owned(), x3.to_owned()]
+                ),
+                (x2.to_owned(), vec![none.clone()]),
+            ]
+        );
+        // Turned off, every reply goes on its own channel.
+        let mut alone = super::tests::outbox(&alice, 8, 60_000);
+        alone.options.reply_batches = false;
+        let got = shapes(alone.seal(vec![on("_reply.shop.bob.x1", 1), on(x2, 2)], NOW, &mut next));
+        assert_eq!(
+            got,
+            [
+                ("_reply.shop.bob.x1".to_owned(), vec![none.clone()]),
+                (x2.to_owned(), vec![none]),
+            ]
+        );
+
+        // A reset on any reply channel forgets the requester's sealer.
+        outbox.reset(&out[0].0);
+        assert!(
+            !outbox
+                .channels
+                .contains_key(&Channel::parse("_reply.shop.bob").unwrap())
+        );
     }
 
     #[test]

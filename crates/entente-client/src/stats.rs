@@ -16,6 +16,10 @@ pub struct ClientStats {
     pub publish_frames: u64,
     /// Sender keys sent (new epochs, periodic resends, and the one every reply carries).
     pub sender_keys_sent: u64,
+    /// Replies sent again, each alone, after the hub refused the batch of replies they shared
+    /// because of one of them (its request's grant was used or had expired). Each is then
+    /// answered on its own.
+    pub replies_resent: u64,
     /// Messages opened and handed to subscriptions.
     pub received: u64,
     /// Signed batches received.
@@ -29,6 +33,10 @@ pub struct ClientStats {
     pub sender_keys_accepted: u64,
     /// Incoming sender keys refused (not a recipient, bad signature, conflict, …).
     pub sender_keys_rejected: u64,
+    /// Verified replies a subscription was not given because its pattern does not match their
+    /// channel: a batch of replies (PROTOCOL.md §5.5) reaches every subscription that matches
+    /// one of its replies, and each takes its own.
+    pub replies_unmatched: u64,
     /// Verified messages in this client's reply namespace that answered no waiting request:
     /// late (after the request timed out) or from a principal other than the request's target.
     pub replies_dropped: u64,
@@ -50,11 +58,13 @@ pub(crate) struct Stats {
     pub(crate) batches_sent: AtomicU64,
     pub(crate) publish_frames: AtomicU64,
     pub(crate) sender_keys_sent: AtomicU64,
+    pub(crate) replies_resent: AtomicU64,
     pub(crate) received: AtomicU64,
     pub(crate) batches_received: AtomicU64,
     pub(crate) rejected: AtomicU64,
     pub(crate) sender_keys_accepted: AtomicU64,
     pub(crate) sender_keys_rejected: AtomicU64,
+    pub(crate) replies_unmatched: AtomicU64,
     pub(crate) replies_dropped: AtomicU64,
     pub(crate) renewals: AtomicU64,
     pub(crate) renewal_failures: AtomicU64,
@@ -69,11 +79,13 @@ impl Stats {
             batches_sent: get(&self.batches_sent),
             publish_frames: get(&self.publish_frames),
             sender_keys_sent: get(&self.sender_keys_sent),
+            replies_resent: get(&self.replies_resent),
             received: get(&self.received),
             batches_received: get(&self.batches_received),
             rejected: get(&self.rejected),
             sender_keys_accepted: get(&self.sender_keys_accepted),
             sender_keys_rejected: get(&self.sender_keys_rejected),
+            replies_unmatched: get(&self.replies_unmatched),
             replies_dropped: get(&self.replies_dropped),
             renewals: get(&self.renewals),
             renewal_failures: get(&self.renewal_failures),

@@ -13,7 +13,7 @@ mod support;
 use std::time::Duration;
 
 use entente_client::{ErrorKind, RefusalCode, Requests};
-use support::{TestHub, WAIT, message};
+use support::{TestHub, WAIT, message, options, quiet};
 use tokio_stream::StreamExt;
 
 async fn next_request(requests: &mut Requests) -> entente_client::Request {
@@ -220,4 +220,91 @@ async fn only_the_target_may_answer_once() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Denied, "{err}");
     assert_eq!(alice.stats().replies_dropped, 0);
+}
+
+#[tokio::test]
+async fn replies_written_together_share_a_batch_and_a_refused_batch_is_sent_again_reply_by_reply() {
+    let hub = TestHub::start().await;
+    let (alice, bob) = (
+        hub.agent("shop", "alice").await,
+        hub.agent("shop", "bob").await,
+    );
+    let bob_id = bob.principal.clone();
+    let first = hub.connect(alice.identity.clone()).await;
+    // Alice's second session sends messages that expire after a second.
+    let hasty = options().message_ttl(Duration::from_secs(1));
+    let second = hub.connect_with(alice.identity, hasty).await;
+    let bob = hub.connect(bob.identity).await;
+    let mut requests = bob.serve_direct().await.unwrap();
+    let ask = |client: &entente_client::Client, word: &str, wait: Duration| {
+        let (client, bob_id, word) = (client.clone(), bob_id.clone(), word.to_owned());
+        tokio::spawn(async move { client.request(&bob_id, word, wait).await })
+    };
+
+    // Three requests in flight, answered together: one batch of replies, one signature.
+    let asked: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|w| ask(&first, w, WAIT))
+        .collect();
+    let (r1, r2, r3) = (
+        next_request(&mut requests).await,
+        next_request(&mut requests).await,
+        next_request(&mut requests).await,
+    );
+    let upper = |r: &entente_client::Request| r.message.payload.to_ascii_uppercase();
+    let (u1, u2, u3) = (upper(&r1), upper(&r2), upper(&r3));
+    // Alice also listens on the second request's reply channel alone: of the batch, that
+    // subscription gets its own reply only.
+    let only = r2.responder.reply_to().unwrap().clone();
+    let mut literal = first.subscribe(only.as_str()).await.unwrap();
+    let before = bob.stats();
+    let u2_copy = u2.clone();
+    let (a, b, c) = tokio::join!(
+        r1.responder.reply(u1),
+        r2.responder.reply(u2),
+        r3.responder.reply(u3)
+    );
+    for answered in [a, b, c] {
+        answered.unwrap();
+    }
+    let after = bob.stats();
+    assert_eq!(after.batches_sent - before.batches_sent, 1);
+    assert_eq!(after.publish_frames - before.publish_frames, 1);
+    for (asked, word) in asked.into_iter().zip(["A", "B", "C"]) {
+        let reply = asked.await.unwrap().unwrap();
+        assert_eq!(reply.payload, word.as_bytes());
+        assert_eq!(reply.sender, bob_id);
+    }
+    let got = message(&mut literal).await;
+    assert_eq!((got.channel, got.payload), (only, u2_copy));
+    quiet(&mut literal).await;
+    let got = first.stats();
+    assert_eq!((got.replies_dropped, got.rejected), (0, 0));
+    assert_eq!(got.replies_unmatched, 2);
+
+    // One request of each of Alice's sessions; the second's expires after a second, and its
+    // reply grant with it. The batch answering both is refused for that one; each reply is
+    // then sent again alone: the first session's arrives, the other is refused.
+    let kept = ask(&first, "kept", WAIT);
+    let lost = ask(&second, "lost", Duration::from_secs(2));
+    let (r1, r2) = (
+        next_request(&mut requests).await,
+        next_request(&mut requests).await,
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (u1, u2) = (upper(&r1), upper(&r2));
+    let lost_first = r1.message.payload == b"lost";
+    let (a, b) = tokio::join!(r1.responder.reply(u1), r2.responder.reply(u2));
+    let (lost_reply, kept_reply) = if lost_first { (a, b) } else { (b, a) };
+    assert_eq!(
+        lost_reply.unwrap_err().refusal_code(),
+        Some(RefusalCode::Denied)
+    );
+    kept_reply.unwrap();
+    assert_eq!(kept.await.unwrap().unwrap().payload, b"KEPT");
+    let err = lost.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    let stats = bob.stats();
+    assert_eq!(stats.replies_resent, 2);
+    assert_eq!(stats.publish_refused, 1);
 }

@@ -335,32 +335,69 @@ impl Sealer {
         messages: impl ExactSizeIterator<Item = (&'m [u8], Option<&'m Channel>)>,
         now_ms: u64,
     ) -> Result<wire::SignedBatch, SealError> {
-        let max = self.options.limits.max_batch_envelopes;
         let count = messages.len();
-        if count == 0 || count > max {
-            return Err(SealError::BatchSize { len: count, max });
-        }
-        // One draw of randomness for every message ID of the batch.
-        let mut random = vec![0u8; count * ID_RANDOM_LEN];
-        self.rng
-            .fill(&mut random)
-            .map_err(|_| SealError::Crypto("random"))?;
+        let random = self.batch_randomness(count)?;
         let mut envelopes = Vec::with_capacity(count);
         let mut hashes = Vec::with_capacity(count * 32);
         for ((payload, reply_to), random) in messages.zip(random.chunks_exact(ID_RANDOM_LEN)) {
-            let (envelope, hash) = self.seal_one(target, payload, reply_to, now_ms, random)?;
+            let (envelope, hash) =
+                self.seal_one(target, false, payload, reply_to, now_ms, random)?;
             hashes.extend_from_slice(&hash);
             envelopes.push(envelope);
         }
         let channel = target.map_or(&self.channel, |(c, _)| c);
-        let signature = self.sign_hashes(channel, &hashes, envelopes.len());
-        Ok(wire::SignedBatch {
-            sender: self.sender.as_str().to_owned(),
-            channel: channel.as_str().to_owned(),
-            key_epoch: self.key_epoch,
-            envelopes,
-            signature,
-        })
+        Ok(self.signed(channel, envelopes, &hashes))
+    }
+
+    /// Seals replies to one requester as one batch on the sealer's channel, the requester's
+    /// reply namespace root (`_reply.S.N`): each message goes on its own reply channel under
+    /// the root, named in its envelope and sealed under that channel's payload key (PROTOCOL.md
+    /// §5.5), and one signature covers them all. `messages` are (reply channel, payload,
+    /// `reply_to`).
+    pub fn seal_replies<'m>(
+        &mut self,
+        messages: impl ExactSizeIterator<Item = (&'m Channel, &'m [u8], Option<&'m Channel>)>,
+        now_ms: u64,
+    ) -> Result<wire::SignedBatch, SealError> {
+        let count = messages.len();
+        let random = self.batch_randomness(count)?;
+        // Only a sealer of a reply namespace root keeps the secret to derive from.
+        let secret = self.secret.clone();
+        let mut envelopes = Vec::with_capacity(count);
+        let mut hashes = Vec::with_capacity(count * 32);
+        // Replies are most often each on a channel of its own; a run on one channel derives
+        // its key once.
+        let mut derived: Option<(&Channel, PayloadKey)> = None;
+        for ((channel, payload, reply_to), random) in
+            messages.zip(random.chunks_exact(ID_RANDOM_LEN))
+        {
+            let (Some(secret), true) = (
+                secret.as_ref(),
+                namespace::reply_root_of(channel).as_ref() == Some(&self.channel),
+            ) else {
+                return Err(SealError::OutOfScope {
+                    channel: channel.as_str().to_owned(),
+                    scope: self.channel.as_str().to_owned(),
+                });
+            };
+            let key = match derived.take() {
+                Some((c, key)) if c == channel => key,
+                _ => PayloadKey::derive(secret, self.sender.as_str(), channel.as_str(), self.epoch)
+                    .map_err(|_| SealError::Crypto("key derivation"))?,
+            };
+            let (envelope, hash) = self.seal_one(
+                Some((channel, &key)),
+                true,
+                payload,
+                reply_to,
+                now_ms,
+                random,
+            )?;
+            derived = Some((channel, key));
+            hashes.extend_from_slice(&hash);
+            envelopes.push(envelope);
+        }
+        Ok(self.signed(&self.channel, envelopes, &hashes))
     }
 
     /// Seals one envelope, to be signed with others by [`Sealer::sign`].
@@ -374,7 +411,9 @@ impl Sealer {
         self.rng
             .fill(&mut random)
             .map_err(|_| SealError::Crypto("random"))?;
-        Ok(self.seal_one(None, payload, reply_to, now_ms, &random)?.0)
+        Ok(self
+            .seal_one(None, false, payload, reply_to, now_ms, &random)?
+            .0)
     }
 
     /// Signs envelopes sealed by this sealer as one batch.
@@ -390,21 +429,16 @@ impl Sealer {
         for envelope in &envelopes {
             hashes.extend_from_slice(&self.hash_current(envelope));
         }
-        let signature = self.sign_hashes(&self.channel, &hashes, envelopes.len());
-        Ok(wire::SignedBatch {
-            sender: self.sender.as_str().to_owned(),
-            channel: self.channel.as_str().to_owned(),
-            key_epoch: self.key_epoch,
-            envelopes,
-            signature,
-        })
+        Ok(self.signed(&self.channel, envelopes, &hashes))
     }
 
-    /// Seals one envelope on the sealer's channel, or on `target`'s with its key, and returns
-    /// it with its hash (PROTOCOL.md §4.4).
+    /// Seals one envelope on the sealer's channel, or on `target`'s with its key (naming the
+    /// channel in the envelope if `named`: a reply in a batch on the root), and returns it
+    /// with its hash (PROTOCOL.md §4.4).
     fn seal_one(
         &mut self,
         target: Option<(&Channel, &PayloadKey)>,
+        named: bool,
         payload: &[u8],
         reply_to: Option<&Channel>,
         now_ms: u64,
@@ -436,8 +470,12 @@ impl Sealer {
             expires_at_ms: now_ms.saturating_add(self.options.message_ttl_ms),
             reply_to: reply_to.map(|c| c.as_str().to_owned()).unwrap_or_default(),
             ciphertext: Vec::with_capacity(payload.len() + TAG_LEN),
+            channel: String::new(),
         };
         let (channel, key) = target.unwrap_or((&self.channel, &self.payload));
+        if named {
+            channel.as_str().clone_into(&mut envelope.channel);
+        }
         write_aad(
             &mut self.scratch,
             self.sender.as_str(),
@@ -465,6 +503,36 @@ impl Sealer {
             envelope,
         );
         envelope_hash(self.scratch.as_bytes(), &envelope.ciphertext)
+    }
+
+    /// Checks a batch's size and draws the randomness of all its message IDs at once.
+    fn batch_randomness(&self, count: usize) -> Result<Vec<u8>, SealError> {
+        let max = self.options.limits.max_batch_envelopes;
+        if count == 0 || count > max {
+            return Err(SealError::BatchSize { len: count, max });
+        }
+        let mut random = vec![0u8; count * ID_RANDOM_LEN];
+        self.rng
+            .fill(&mut random)
+            .map_err(|_| SealError::Crypto("random"))?;
+        Ok(random)
+    }
+
+    /// `envelopes`, whose hashes are `hashes`, as a batch on `channel` signed by this sender.
+    fn signed(
+        &self,
+        channel: &Channel,
+        envelopes: Vec<wire::Envelope>,
+        hashes: &[u8],
+    ) -> wire::SignedBatch {
+        let signature = self.sign_hashes(channel, hashes, envelopes.len());
+        wire::SignedBatch {
+            sender: self.sender.as_str().to_owned(),
+            channel: channel.as_str().to_owned(),
+            key_epoch: self.key_epoch,
+            envelopes,
+            signature,
+        }
     }
 
     fn sign_hashes(&self, channel: &Channel, hashes: &[u8], count: usize) -> Vec<u8> {
@@ -529,6 +597,8 @@ pub struct EnvelopeIn {
     expires_at_ms: u64,
     reply_to: Option<Channel>,
     ciphertext: Vec<u8>,
+    /// Its own reply channel, in a batch on a reply namespace root; `None` otherwise.
+    channel: Option<Channel>,
 }
 
 impl SignedBatchIn {
@@ -547,14 +617,39 @@ impl SignedBatchIn {
             .as_slice()
             .try_into()
             .map_err(|_| OpenError::Malformed("signature length"))?;
-        let envelopes = batch
+        let envelopes: Vec<EnvelopeIn> = batch
             .envelopes
             .into_iter()
             .map(EnvelopeIn::from_wire)
             .collect::<Result<_, _>>()?;
+        let channel = Channel::parse(&batch.channel)?;
+        // A batch on a reply namespace root carries replies, each naming its reply channel
+        // under the root; any other batch's envelopes are on its channel.
+        let root = namespace::is_reply_root(&channel);
+        for e in &envelopes {
+            match (&e.channel, root) {
+                (None, false) => {}
+                (Some(own), true) if namespace::reply_root_of(own).as_ref() == Some(&channel) => {}
+                (None, true) => {
+                    return Err(OpenError::Malformed(
+                        "an envelope of a batch on a reply namespace root names no reply channel",
+                    ));
+                }
+                (Some(_), true) => {
+                    return Err(OpenError::Malformed(
+                        "an envelope's channel is not under its batch's reply namespace root",
+                    ));
+                }
+                (Some(_), false) => {
+                    return Err(OpenError::Malformed(
+                        "an envelope names a channel outside a batch on a reply namespace root",
+                    ));
+                }
+            }
+        }
         Ok(Self {
             sender: Principal::parse(&batch.sender)?,
-            channel: Channel::parse(&batch.channel)?,
+            channel,
             key_epoch: batch.key_epoch,
             envelopes,
             signature,
@@ -566,9 +661,16 @@ impl SignedBatchIn {
         &self.sender
     }
 
-    /// The channel of every envelope.
+    /// The channel of every envelope, or, for a batch of replies, the reply namespace root
+    /// above each envelope's own channel ([`EnvelopeIn::channel`]).
     pub fn channel(&self) -> &Channel {
         &self.channel
+    }
+
+    /// Whether this is a batch of replies on a reply namespace root, each envelope naming its
+    /// own reply channel (PROTOCOL.md §5.5).
+    pub fn is_replies(&self) -> bool {
+        self.envelopes.first().is_some_and(|e| e.channel.is_some())
     }
 
     /// The sender's key epoch that signed.
@@ -642,6 +744,11 @@ impl EnvelopeIn {
         } else {
             Some(Channel::parse(&e.reply_to)?)
         };
+        let channel = if e.channel.is_empty() {
+            None
+        } else {
+            Some(Channel::parse(&e.channel)?)
+        };
         Ok(Self {
             epoch: e.epoch,
             seq: e.seq,
@@ -650,6 +757,7 @@ impl EnvelopeIn {
             expires_at_ms: e.expires_at_ms,
             reply_to,
             ciphertext: e.ciphertext,
+            channel,
         })
     }
 
@@ -666,6 +774,11 @@ impl EnvelopeIn {
                 .map(|c| c.as_str().to_owned())
                 .unwrap_or_default(),
             ciphertext: self.ciphertext.clone(),
+            channel: self
+                .channel
+                .as_ref()
+                .map(|c| c.as_str().to_owned())
+                .unwrap_or_default(),
         }
     }
 
@@ -697,6 +810,12 @@ impl EnvelopeIn {
     /// Where replies go, if anywhere.
     pub fn reply_to(&self) -> Option<&Channel> {
         self.reply_to.as_ref()
+    }
+
+    /// Its own reply channel, in a batch of replies on a reply namespace root (PROTOCOL.md
+    /// §5.5); `None` in any other batch, whose envelopes are all on its channel.
+    pub fn channel(&self) -> Option<&Channel> {
+        self.channel.as_ref()
     }
 
     /// Ciphertext length including the tag.
@@ -917,6 +1036,11 @@ impl Opener {
         now_ms: u64,
     ) -> Result<OpenedBatch, OpenError> {
         check_signer(sender_bundle, &batch.sender, batch.key_epoch, now_ms)?;
+        // A batch of replies (on a reply namespace root) is only ever ours to read.
+        let replies = batch.is_replies();
+        if replies && batch.channel != namespace::reply_root(&self.me) {
+            return Err(OpenError::ForeignReplyNamespace);
+        }
         let SignedBatchIn {
             sender,
             channel,
@@ -953,10 +1077,12 @@ impl Opener {
         let max_issued = now_ms.saturating_add(self.options.max_clock_skew_ms);
         let sender = Arc::new(sender);
         let channel = Arc::new(channel);
-        // A reply channel of ours without epochs of its own is read under the sender's key
-        // for our reply namespace root, if it sent one.
+        // A batch of replies on our reply namespace root is read under the root's epochs, and
+        // so is a reply channel of ours without epochs of its own, if the sender sent a key for
+        // the root.
         let held = self.epochs.get_mut(sender.as_str());
         let scope = match namespace::reply_root_of(&channel) {
+            _ if replies => Scope::Root(Channel::clone(&channel)),
             Some(root)
                 if namespace::is_reply_channel_of(&self.me, &channel)
                     && !held
@@ -971,14 +1097,17 @@ impl Opener {
             Scope::Channel => c.get_mut(channel.as_str()),
             Scope::Root(root) => c.get_mut(root.as_str()),
         });
-        let target = Target {
-            sender: sender.as_str(),
-            channel: channel.as_str(),
-            root: matches!(scope, Scope::Root(_)),
-        };
+        let root = matches!(scope, Scope::Root(_));
         let mut derived = None;
-        for (index, (e, span)) in envelopes.into_iter().zip(spans).enumerate() {
+        for (index, (mut e, span)) in envelopes.into_iter().zip(spans).enumerate() {
             let aad = self.scratch.as_bytes().get(span).unwrap_or_default();
+            // A reply in a batch of replies is on the channel it names.
+            let own = e.channel.take();
+            let target = Target {
+                sender: sender.as_str(),
+                channel: own.as_ref().map_or(channel.as_str(), Channel::as_str),
+                root,
+            };
             let outcome = open_one(
                 epochs.as_deref_mut(),
                 &target,
@@ -991,7 +1120,7 @@ impl Opener {
             match outcome {
                 Ok((e, payload)) => opened.delivered.push(VerifiedEnvelope {
                     sender: Arc::clone(&sender),
-                    channel: Arc::clone(&channel),
+                    channel: own.map_or_else(|| Arc::clone(&channel), Arc::new),
                     epoch: e.epoch,
                     seq: e.seq,
                     message_id: e.message_id,
@@ -1062,11 +1191,11 @@ struct Target<'a> {
 }
 
 /// Opens one envelope of a verified batch, whose header bytes are `aad`. `derived` keeps the
-/// last payload key derived for a reply channel, by epoch.
+/// last payload key derived for a reply channel, with its epoch and channel.
 fn open_one(
     epochs: Option<&mut HashMap<u64, EpochState>>,
     target: &Target<'_>,
-    derived: &mut Option<(u64, PayloadKey)>,
+    derived: &mut Option<(u64, String, PayloadKey)>,
     aad: &[u8],
     mut e: EnvelopeIn,
     now_ms: u64,
@@ -1088,14 +1217,17 @@ fn open_one(
     state.window.check(e.seq)?;
     if target.root {
         let secret = state.secret.as_ref().ok_or(OpenError::Forgotten)?;
-        if derived.as_ref().is_none_or(|(epoch, _)| *epoch != e.epoch) {
+        if derived
+            .as_ref()
+            .is_none_or(|(epoch, channel, _)| *epoch != e.epoch || channel != target.channel)
+        {
             let key = PayloadKey::derive(secret, target.sender, target.channel, e.epoch)
                 .map_err(|_| OpenError::Decrypt)?;
-            *derived = Some((e.epoch, key));
+            *derived = Some((e.epoch, target.channel.to_owned(), key));
         }
         payload = derived
             .as_ref()
-            .map(|(_, key)| key)
+            .map(|(_, _, key)| key)
             .ok_or(OpenError::Decrypt)?;
     }
     let mut ciphertext = std::mem::take(&mut e.ciphertext);
@@ -1115,7 +1247,8 @@ fn open_one(
 
 // === canonical inputs ===
 
-/// The associated data of an envelope: its header in canonical form (PROTOCOL.md §4.2).
+/// The associated data of an envelope: its header in canonical form (PROTOCOL.md §4.2), on
+/// `channel` or, if the envelope names one (a reply in a batch of replies, §5.5), on its own.
 pub fn envelope_aad(sender: &str, channel: &str, envelope: &wire::Envelope) -> Vec<u8> {
     let mut c = Canon::default();
     write_aad(&mut c, sender, channel, envelope);
@@ -1123,7 +1256,8 @@ pub fn envelope_aad(sender: &str, channel: &str, envelope: &wire::Envelope) -> V
 }
 
 /// An envelope's hash, `hash_i` of PROTOCOL.md §4.4: what the batch signature covers, and what
-/// an approval of an envelope held for approval names (§11).
+/// an approval of an envelope held for approval names (§11). Like [`envelope_aad`], on the
+/// envelope's own channel if it names one.
 pub fn envelope_digest(sender: &str, channel: &str, envelope: &wire::Envelope) -> [u8; 32] {
     let mut c = Canon::default();
     write_aad(&mut c, sender, channel, envelope);
@@ -1174,13 +1308,18 @@ fn write_header(
         .str(reply_to);
 }
 
-/// Replaces the buffer's content with the header of `e`.
+/// Replaces the buffer's content with the header of `e`, on `channel` (its batch's) or the
+/// reply channel it names.
 fn write_aad(c: &mut Canon, sender: &str, channel: &str, e: &wire::Envelope) {
     c.clear();
     write_header(
         c,
         sender,
-        channel,
+        if e.channel.is_empty() {
+            channel
+        } else {
+            &e.channel
+        },
         e.epoch,
         e.seq,
         &e.message_id,
@@ -1190,12 +1329,13 @@ fn write_aad(c: &mut Canon, sender: &str, channel: &str, e: &wire::Envelope) {
     );
 }
 
-/// Appends the header of `e` to the buffer.
+/// Appends the header of `e` to the buffer, on `channel` (its batch's) or the reply channel it
+/// names.
 fn write_aad_in(c: &mut Canon, sender: &str, channel: &str, e: &EnvelopeIn) {
     write_header(
         c,
         sender,
-        channel,
+        e.channel.as_ref().map_or(channel, Channel::as_str),
         e.epoch,
         e.seq,
         e.message_id.as_bytes(),

@@ -824,3 +824,126 @@ fn a_reply_namespace_key_is_scoped_to_its_namespace_and_owner() {
         opened.rejected
     );
 }
+
+#[test]
+fn replies_to_one_requester_share_one_signed_batch_on_its_reply_namespace_root() {
+    let ca = TestCa::new();
+    let alice = Agent::new(&ca, "alice");
+    let bob = Agent::new(&ca, "bob");
+    let carol = Agent::new(&ca, "carol");
+    let (mut sealer, sender_key) = bob.sealer("_reply.ops.alice", &[&alice]);
+    let mut opener = alice.opener();
+    let sk = SenderKeyIn::from_wire(sender_key).unwrap();
+    opener.accept_sender_key(&sk, &bob.bundle, NOW).unwrap();
+    let (r1, r2, r3) = (
+        channel("_reply.ops.alice.r1"),
+        channel("_reply.ops.alice.r2"),
+        channel("_reply.ops.alice.r3"),
+    );
+    let asks = channel("_reply.ops.bob.q");
+    let batch = sealer
+        .seal_replies(
+            [
+                (&r1, &b"one"[..], None),
+                (&r2, &b"two"[..], Some(&asks)),
+                (&r3, &b"three"[..], None),
+            ]
+            .into_iter(),
+            NOW,
+        )
+        .unwrap();
+    // One signature on the root; each envelope names its reply channel.
+    assert_eq!(batch.channel, "_reply.ops.alice");
+    let named: Vec<&str> = batch.envelopes.iter().map(|e| e.channel.as_str()).collect();
+    assert_eq!(named, [r1.as_str(), r2.as_str(), r3.as_str()]);
+    let parsed = SignedBatchIn::from_wire(batch.clone()).unwrap();
+    assert!(parsed.is_replies());
+    assert_eq!(parsed.envelopes()[1].channel(), Some(&r2));
+    parsed.verify_signature(&bob.bundle, NOW).unwrap();
+
+    let opened = open_from(&bob, &mut opener, batch.clone()).unwrap();
+    assert!(opened.rejected.is_empty(), "{:?}", opened.rejected);
+    let got: Vec<(&str, &[u8])> = opened
+        .delivered
+        .iter()
+        .map(|m| (m.channel().as_str(), m.payload()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (r1.as_str(), &b"one"[..]),
+            (r2.as_str(), b"two"),
+            (r3.as_str(), b"three")
+        ]
+    );
+    assert_eq!(opened.delivered[1].reply_to(), Some(&asks));
+    // The root's window: the batch again is a replay, envelope by envelope.
+    let again = open_from(&bob, &mut opener, batch.clone()).unwrap();
+    assert_eq!(again.rejected.len(), 3);
+    assert!(matches!(again.rejected[0], (0, OpenError::Replay(_))));
+
+    // An envelope moved to another reply channel, or two swapped: the signature covers each
+    // envelope's channel.
+    let mut moved = batch.clone();
+    moved.envelopes[0].channel = "_reply.ops.alice.r9".to_owned();
+    assert_eq!(
+        open_from(&bob, &mut opener, moved).unwrap_err(),
+        OpenError::BadBatchSignature
+    );
+    let mut swapped = batch.clone();
+    swapped.envelopes[0].channel = r2.as_str().to_owned();
+    swapped.envelopes[1].channel = r1.as_str().to_owned();
+    assert_eq!(
+        open_from(&bob, &mut opener, swapped).unwrap_err(),
+        OpenError::BadBatchSignature
+    );
+
+    // Malformed: an envelope without its channel, one outside the root, a channel named in a
+    // batch that is not on a root.
+    let mut unnamed = batch.clone();
+    unnamed.envelopes[2].channel.clear();
+    let mut outside = batch.clone();
+    outside.envelopes[2].channel = "_reply.ops.carol.r1".to_owned();
+    let (mut plain, _) = bob.sealer("orders.eu", &[&alice]);
+    let mut named_plain = plain.seal_batch(&[b"x"], None, NOW).unwrap();
+    named_plain.envelopes[0].channel = "orders.eu".to_owned();
+    for bad in [unnamed, outside, named_plain] {
+        assert!(
+            matches!(
+                SignedBatchIn::from_wire(bad.clone()),
+                Err(OpenError::Malformed(_))
+            ),
+            "{bad:?}"
+        );
+    }
+
+    // Only the namespace's owner opens a batch of replies, and only a root's sealer seals one.
+    let (mut to_carol, carols) = bob.sealer("_reply.ops.carol", &[&carol]);
+    let for_carol = to_carol
+        .seal_replies(
+            [(&channel("_reply.ops.carol.r1"), &b"x"[..], None)].into_iter(),
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(
+        open_from(&bob, &mut opener, for_carol.clone()).unwrap_err(),
+        OpenError::ForeignReplyNamespace
+    );
+    let mut carols_opener = carol.opener();
+    carols_opener
+        .accept_sender_key(&SenderKeyIn::from_wire(carols).unwrap(), &bob.bundle, NOW)
+        .unwrap();
+    let opened = open_from(&bob, &mut carols_opener, for_carol).unwrap();
+    assert_eq!(opened.delivered[0].payload(), b"x");
+    for (sealer, reply) in [
+        (&mut plain, &r1),
+        (&mut sealer, &channel("_reply.ops.carol.r2")),
+    ] {
+        assert!(matches!(
+            sealer
+                .seal_replies([(reply, &b"x"[..], None)].into_iter(), NOW)
+                .unwrap_err(),
+            SealError::OutOfScope { .. }
+        ));
+    }
+}

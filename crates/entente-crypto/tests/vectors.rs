@@ -5,7 +5,8 @@
     clippy::panic
 )]
 //! Test vectors in `test-vectors/*.json`: key bundles (PROTOCOL.md §3), envelopes (§4), batch
-//! signatures (§4.4) and sender keys (§5), and the RFC 9180 vectors of our HPKE suite.
+//! signatures (§4.4), sender keys (§5) and batches of replies (§5.5), and the RFC 9180 vectors
+//! of our HPKE suite.
 //!
 //! [`build`] makes every vector from fixed inputs and `regenerate_vectors` (ignored) writes
 //! them. The checks read the files and recompute each output twice: with this crate, and with
@@ -49,6 +50,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 const KEY_BUNDLE: &str = "../../test-vectors/key-bundle.json";
 const ENVELOPE: &str = "../../test-vectors/envelope.json";
 const BATCH: &str = "../../test-vectors/batch-signature.json";
+const REPLIES: &str = "../../test-vectors/reply-batch.json";
 const HPKE_RFC9180: &str = "../../test-vectors/hpke-rfc9180-base-x25519-sha256-aes256gcm.json";
 
 // === fixed inputs ===
@@ -63,6 +65,8 @@ const CA_PUBLIC: &str = concat!(
 const ALICE: &str = "spiffe://acme.internal/agent/ops/alice";
 const BOB: &str = "spiffe://acme.internal/agent/ops/bob";
 const CHANNEL: &str = "orders.eu";
+/// Bob's reply namespace root, which Alice's batch of replies is on.
+const BOB_ROOT: &str = "_reply.ops.bob";
 /// Both agents' key-bundle epoch (as in `common::Agent`).
 const KEY_EPOCH: u64 = 1;
 /// The sender-key epoch: a `Sealer` started at `NOW` numbers its first epoch `NOW`.
@@ -211,6 +215,7 @@ impl EnvelopeCase {
             expires_at_ms: self.expires_at_ms,
             reply_to: self.reply_to.clone(),
             ciphertext: Vec::new(),
+            channel: String::new(),
         }
     }
 
@@ -265,6 +270,41 @@ struct BatchCase {
     encoded: Hex,
 }
 
+/// `reply-batch.json`.
+#[derive(Debug, Serialize, Deserialize)]
+struct ReplyBatchVector {
+    description: String,
+    ca_public_key: Hex,
+    ca_signer: Hex,
+    sender: Party,
+    recipient: Party,
+    root: String,
+    epoch: u64,
+    epoch_secret: Hex,
+    open_at_ms: u64,
+    sender_key: SenderKeyVector,
+    replies: Vec<ReplyCase>,
+    batch: BatchCase,
+}
+
+/// One envelope of a batch of replies, on its own reply channel.
+#[derive(Debug, Serialize, Deserialize)]
+struct ReplyCase {
+    channel: String,
+    payload_key: Hex,
+    payload_iv: Hex,
+    envelope: EnvelopeCase,
+}
+
+impl ReplyCase {
+    fn sealed(&self, epoch: u64) -> wire::Envelope {
+        wire::Envelope {
+            channel: self.channel.clone(),
+            ..self.envelope.sealed(epoch)
+        }
+    }
+}
+
 /// The RFC 9180 vector file (CFRG format).
 #[derive(Debug, Deserialize)]
 struct Rfc9180 {
@@ -313,6 +353,7 @@ struct Vectors {
     key_bundle: KeyBundleVector,
     envelope: EnvelopeVector,
     batch: BatchVector,
+    replies: ReplyBatchVector,
 }
 
 #[test]
@@ -332,6 +373,7 @@ fn regenerate_vectors() {
     write(KEY_BUNDLE, &vectors.key_bundle);
     write(ENVELOPE, &vectors.envelope);
     write(BATCH, &vectors.batch);
+    write(REPLIES, &vectors.replies);
 }
 
 /// Builds every vector; `sign` makes the CA's ECDSA signatures.
@@ -353,6 +395,7 @@ fn build(sign: &mut dyn FnMut(&[u8]) -> Vec<u8>) -> Vectors {
     let envelope = envelope_vector();
     Vectors {
         key_bundle: key_bundle_vector(ca_key.clone(), alice.clone()),
+        replies: reply_batch_vector(&ca_key, alice.clone(), bob.clone()),
         batch: batch_vector(&ca_key, alice, bob, &envelope),
         envelope,
     }
@@ -480,6 +523,7 @@ fn envelope_vector() -> EnvelopeVector {
                 expires_at_ms: issued_at_ms + MESSAGE_TTL_MS,
                 reply_to: reply_to.to_owned(),
                 ciphertext: Vec::new(),
+                channel: String::new(),
             };
             let aad = envelope_aad(ALICE, CHANNEL, &e);
             danger::danger_seal_with_secret(&secret, ALICE, CHANNEL, &mut e, &payload).unwrap();
@@ -517,41 +561,17 @@ fn envelope_vector() -> EnvelopeVector {
 
 fn batch_vector(ca: &CaKey, sender: Party, recipient: Party, env: &EnvelopeVector) -> BatchVector {
     let secret = epoch_secret();
-    let sender_key = SenderKeySpec {
-        sender_secret: &sender.message_keys_secret,
-        sender: &sender.principal,
-        channel: CHANNEL,
-        epoch: EPOCH,
-        issued_at_ms: NOW,
-        expires_at_ms: SENDER_KEY_EXPIRES_MS,
-        key_epoch: sender.epoch,
-        epoch_secret: &secret,
-        recipient: &recipient.principal,
-        recipient_key_epoch: recipient.epoch,
-        recipient_x25519: &recipient.x25519_public,
-        ikm_e: &ikm_e(),
-    }
-    .seal();
-    let wrapped = &sender_key.recipients[0];
-    let sender_key_vector = SenderKeyVector {
-        description: "Alice's epoch secret wrapped to Bob (PROTOCOL.md §5): HPKE base mode, \
-                      DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM, with hpke_info and \
-                      hpke_aad as given; the ephemeral key is DeriveKeyPair(ikm_e), so enc and \
-                      wrapped_secret are reproducible. signing_input (§5.3) is signed with \
-                      Alice's Ed25519 key. Check by re-sealing, and by accepting `encoded` with \
-                      Bob's keys."
-            .into(),
-        issued_at_ms: sender_key.issued_at_ms,
-        expires_at_ms: sender_key.expires_at_ms,
-        ikm_e: Hex::of(ikm_e()),
-        hpke_info: Hex(spec::hpke_info(&sender.principal, CHANNEL, EPOCH)),
-        hpke_aad: Hex(spec::wrap_aad(&recipient.principal, recipient.epoch)),
-        enc: Hex(wrapped.enc.clone()),
-        wrapped_secret: Hex(wrapped.ciphertext.clone()),
-        signing_input: Hex(sender_key_signing_input(&sender_key)),
-        signature: Hex(sender_key.signature.clone()),
-        encoded: Hex(wire::encode(&sender_key)),
-    };
+    let sender_key_vector = sender_key_vector(
+        &sender,
+        &recipient,
+        CHANNEL,
+        "Alice's epoch secret wrapped to Bob (PROTOCOL.md §5): HPKE base mode, \
+         DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM, with hpke_info and \
+         hpke_aad as given; the ephemeral key is DeriveKeyPair(ikm_e), so enc and \
+         wrapped_secret are reproducible. signing_input (§5.3) is signed with \
+         Alice's Ed25519 key. Check by re-sealing, and by accepting `encoded` with \
+         Bob's keys.",
+    );
 
     let keys = MessageKeys::from_secret_bytes(&sender.message_keys_secret).unwrap();
     let mut batch = wire::SignedBatch {
@@ -594,6 +614,163 @@ fn batch_vector(ca: &CaKey, sender: Party, recipient: Party, env: &EnvelopeVecto
         epoch_secret: Hex::of(secret),
         open_at_ms: OPEN_AT_MS,
         sender_key: sender_key_vector,
+        batch: batch_case,
+    }
+}
+
+/// Alice's sender key of epoch [`EPOCH`] for `channel`, wrapped to the recipient, as a vector.
+fn sender_key_vector(
+    sender: &Party,
+    recipient: &Party,
+    channel: &str,
+    description: &str,
+) -> SenderKeyVector {
+    let sender_key = SenderKeySpec {
+        sender_secret: &sender.message_keys_secret,
+        sender: &sender.principal,
+        channel,
+        epoch: EPOCH,
+        issued_at_ms: NOW,
+        expires_at_ms: SENDER_KEY_EXPIRES_MS,
+        key_epoch: sender.epoch,
+        epoch_secret: &epoch_secret(),
+        recipient: &recipient.principal,
+        recipient_key_epoch: recipient.epoch,
+        recipient_x25519: &recipient.x25519_public,
+        ikm_e: &ikm_e(),
+    }
+    .seal();
+    let wrapped = &sender_key.recipients[0];
+    SenderKeyVector {
+        description: description.into(),
+        issued_at_ms: sender_key.issued_at_ms,
+        expires_at_ms: sender_key.expires_at_ms,
+        ikm_e: Hex::of(ikm_e()),
+        hpke_info: Hex(spec::hpke_info(&sender.principal, channel, EPOCH)),
+        hpke_aad: Hex(spec::wrap_aad(&recipient.principal, recipient.epoch)),
+        enc: Hex(wrapped.enc.clone()),
+        wrapped_secret: Hex(wrapped.ciphertext.clone()),
+        signing_input: Hex(sender_key_signing_input(&sender_key)),
+        signature: Hex(sender_key.signature.clone()),
+        encoded: Hex(wire::encode(&sender_key)),
+    }
+}
+
+/// Alice's replies to three of Bob's requests, as one batch of replies on his reply namespace
+/// root (PROTOCOL.md §5.5).
+fn reply_batch_vector(ca: &CaKey, sender: Party, recipient: Party) -> ReplyBatchVector {
+    let secret = epoch_secret();
+    let sender_key = sender_key_vector(
+        &sender,
+        &recipient,
+        BOB_ROOT,
+        "Alice's sender key for Bob's reply namespace root (PROTOCOL.md §5.4), wrapped to \
+         Bob as in batch-signature.json; its epoch secret seals every reply channel under \
+         the root, each with its own payload key.",
+    );
+    let inputs: [(&str, &str, &str, &[u8]); 3] = [
+        (
+            "a reply on its reply channel",
+            "_reply.ops.bob.k7Qx",
+            "",
+            b"42 orders shipped",
+        ),
+        (
+            "a reply on another reply channel that asks back (reply_to in Alice's namespace)",
+            "_reply.ops.bob.m2Zp",
+            "_reply.ops.alice.q1",
+            b"which region?",
+        ),
+        (
+            "an empty reply on a third channel",
+            "_reply.ops.bob.k7Qy",
+            "",
+            b"",
+        ),
+    ];
+    let replies: Vec<ReplyCase> = inputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (description, channel, reply_to, payload))| {
+            let seq = i as u64;
+            let (key, iv) =
+                danger::danger_payload_key_and_iv(&secret, ALICE, channel, EPOCH).unwrap();
+            let issued_at_ms = NOW + 1_000 * (seq + 1);
+            let id = MessageId::from_parts(issued_at_ms, counting(0x40 + 0x10 * i as u8));
+            let mut e = wire::Envelope {
+                epoch: EPOCH,
+                seq,
+                message_id: id.as_bytes().to_vec(),
+                issued_at_ms,
+                expires_at_ms: issued_at_ms + MESSAGE_TTL_MS,
+                reply_to: reply_to.to_owned(),
+                ciphertext: Vec::new(),
+                channel: channel.to_owned(),
+            };
+            let aad = envelope_aad(ALICE, channel, &e);
+            danger::danger_seal_with_secret(&secret, ALICE, channel, &mut e, payload).unwrap();
+            ReplyCase {
+                channel: channel.to_owned(),
+                payload_key: Hex::of(key),
+                payload_iv: Hex::of(iv),
+                envelope: EnvelopeCase {
+                    description: description.into(),
+                    seq,
+                    message_id: Hex(e.message_id.clone()),
+                    issued_at_ms,
+                    expires_at_ms: e.expires_at_ms,
+                    reply_to: e.reply_to.clone(),
+                    payload: Hex::of(payload),
+                    nonce: Hex::of(spec::nonce(&iv, seq)),
+                    aad: Hex(aad),
+                    ciphertext: Hex(e.ciphertext.clone()),
+                    encoded: Hex(wire::encode(&e)),
+                },
+            }
+        })
+        .collect();
+
+    let keys = MessageKeys::from_secret_bytes(&sender.message_keys_secret).unwrap();
+    let mut batch = wire::SignedBatch {
+        sender: sender.principal.clone(),
+        channel: BOB_ROOT.into(),
+        key_epoch: sender.epoch,
+        envelopes: replies.iter().map(|r| r.sealed(EPOCH)).collect(),
+        signature: Vec::new(),
+    };
+    danger::danger_sign_batch(&keys, &mut batch);
+    let batch_case = BatchCase {
+        description: "The replies in one batch signed by Alice (PROTOCOL.md §5.5): the batch's \
+                      channel is the root, which the signing input names; each envelope names \
+                      its reply channel (field 8), which its aad and so its envelope hash name."
+            .into(),
+        payloads: replies.iter().map(|r| r.envelope.payload.clone()).collect(),
+        envelope_hashes: batch
+            .envelopes
+            .iter()
+            .map(|e| Hex::of(spec::envelope_hash(&batch.sender, &e.channel, e)))
+            .collect(),
+        signing_input: Hex(batch_signing_input(&batch)),
+        signature: Hex(batch.signature.clone()),
+        encoded: Hex(wire::encode(&batch)),
+    };
+    ReplyBatchVector {
+        description: "A batch of replies and the sender key that opens it (PROTOCOL.md §5.5): \
+                      Bob accepts sender_key with Alice's bundle, then opens batch at \
+                      open_at_ms and reads each reply on its channel. Each reply's payload_key \
+                      and payload_iv come from epoch_secret with its own channel in the HKDF \
+                      context (§4.1)."
+            .into(),
+        ca_public_key: ca.public_key.clone(),
+        ca_signer: ca.signer.clone(),
+        sender,
+        recipient,
+        root: BOB_ROOT.into(),
+        epoch: EPOCH,
+        epoch_secret: Hex::of(secret),
+        open_at_ms: OPEN_AT_MS,
+        sender_key,
+        replies,
         batch: batch_case,
     }
 }
@@ -1013,6 +1190,122 @@ fn batch_vector_opens_through_the_opener() {
     assert_eq!(err, OpenError::BadBatchSignature);
 }
 
+// === reply-batch.json ===
+
+#[test]
+fn reply_batch_vector_keys_ciphertexts_and_signature() {
+    let v: ReplyBatchVector = read(REPLIES);
+    check_keys(&v.sender);
+    let secret: [u8; 32] = v.epoch_secret.to_vec().try_into().unwrap();
+    let sender = &v.sender.principal;
+    for r in &v.replies {
+        let what = &r.envelope.description;
+        let (key, iv) =
+            danger::danger_payload_key_and_iv(&secret, sender, &r.channel, v.epoch).unwrap();
+        assert_eq!(
+            (&key[..], &iv[..]),
+            (&*r.payload_key, &*r.payload_iv),
+            "{what}"
+        );
+        assert_eq!(
+            spec::payload_key_and_iv(&secret, sender, &r.channel, v.epoch),
+            (key, iv)
+        );
+        let mut e = r.sealed(v.epoch);
+        // The envelope's own channel is its header's, whatever channel the batch is on.
+        assert_eq!(
+            envelope_aad(sender, &v.root, &e),
+            &*r.envelope.aad,
+            "{what}"
+        );
+        assert_eq!(
+            spec::envelope_aad(sender, &r.channel, &e),
+            &*r.envelope.aad,
+            "{what}"
+        );
+        e.ciphertext.clear();
+        danger::danger_seal_with_secret(&secret, sender, &r.channel, &mut e, &r.envelope.payload)
+            .unwrap();
+        assert_eq!(e.ciphertext, &*r.envelope.ciphertext, "{what}");
+        assert_eq!(wire::encode(&e), &*r.envelope.encoded, "{what}");
+    }
+
+    let b = &v.batch;
+    let batch: wire::SignedBatch = wire::decode(&b.encoded, &limits()).unwrap();
+    assert_eq!(wire::encode(&batch), &*b.encoded);
+    assert_eq!(batch.channel, v.root);
+    let named: Vec<&str> = batch.envelopes.iter().map(|e| e.channel.as_str()).collect();
+    let want: Vec<&str> = v.replies.iter().map(|r| r.channel.as_str()).collect();
+    assert_eq!(named, want);
+    for (e, hash) in batch.envelopes.iter().zip(&b.envelope_hashes) {
+        assert_eq!(spec::envelope_hash(sender, &e.channel, e), &**hash);
+        assert_eq!(entente_crypto::envelope_digest(sender, &v.root, e), &**hash);
+    }
+    assert_eq!(batch_signing_input(&batch), &*b.signing_input);
+    assert_eq!(spec::batch_input(&batch), &*b.signing_input);
+    let keys = MessageKeys::from_secret_bytes(&v.sender.message_keys_secret).unwrap();
+    let mut resigned = batch.clone();
+    danger::danger_sign_batch(&keys, &mut resigned);
+    assert_eq!(resigned.signature, &*b.signature);
+    UnparsedPublicKey::new(&ED25519, &*v.sender.ed25519_public)
+        .verify(&b.signing_input, &b.signature)
+        .unwrap();
+    let sender_key: wire::SenderKey = wire::decode(&v.sender_key.encoded, &limits()).unwrap();
+    assert_eq!(sender_key.channel, v.root);
+    assert_eq!(
+        spec::sender_key_input(&sender_key),
+        &*v.sender_key.signing_input
+    );
+}
+
+#[test]
+fn reply_batch_vector_opens_through_the_opener() {
+    let v: ReplyBatchVector = read(REPLIES);
+    let authority = authority(&v.ca_public_key, &v.ca_signer);
+    let at = v.open_at_ms;
+    let alice = verify_party(&v.sender, &authority, at);
+    let bob = verify_party(&v.recipient, &authority, at);
+    let opener = || {
+        let keys = MessageKeys::from_secret_bytes(&v.recipient.message_keys_secret).unwrap();
+        let me = Principal::parse(&v.recipient.principal).unwrap();
+        let mut opener = Opener::new(me, bob.epoch(), keys.into(), OpenerOptions::default());
+        let sender_key = SenderKeyIn::decode(&v.sender_key.encoded, &limits()).unwrap();
+        opener.accept_sender_key(&sender_key, &alice, at).unwrap();
+        opener
+    };
+    let batch = SignedBatchIn::decode(&v.batch.encoded, &limits()).unwrap();
+    assert!(batch.is_replies());
+    let opened = opener().open(batch, &alice, at).unwrap();
+    assert!(opened.rejected.is_empty(), "{:?}", opened.rejected);
+    let got: Vec<(&str, &[u8], &str)> = opened
+        .delivered
+        .iter()
+        .map(|e| {
+            let reply_to = e.reply_to().map_or("", |r| r.as_str());
+            (e.channel().as_str(), e.payload(), reply_to)
+        })
+        .collect();
+    let want: Vec<(&str, &[u8], &str)> = v
+        .replies
+        .iter()
+        .map(|r| {
+            let e = &r.envelope;
+            (r.channel.as_str(), &*e.payload, e.reply_to.as_str())
+        })
+        .collect();
+    assert_eq!(got, want);
+
+    // Two envelopes' channels swapped: the signature no longer holds.
+    let mut swapped: wire::SignedBatch = wire::decode(&v.batch.encoded, &limits()).unwrap();
+    let first = swapped.envelopes[0].channel.clone();
+    swapped.envelopes[0].channel = swapped.envelopes[1].channel.clone();
+    swapped.envelopes[1].channel = first;
+    let err = opener()
+        .open(SignedBatchIn::from_wire(swapped).unwrap(), &alice, at)
+        .unwrap_err();
+    assert_eq!(err, OpenError::BadBatchSignature);
+}
+
 /// The files hold exactly what [`build`] makes today, given their CA signatures: change the
 /// protocol or the fixed inputs and this fails until the vectors are regenerated.
 #[test]
@@ -1028,6 +1321,7 @@ fn stored_vectors_match_their_generator() {
         (KEY_BUNDLE, serde_json::to_value(&built.key_bundle).unwrap()),
         (ENVELOPE, serde_json::to_value(&built.envelope).unwrap()),
         (BATCH, serde_json::to_value(&built.batch).unwrap()),
+        (REPLIES, serde_json::to_value(&built.replies).unwrap()),
     ] {
         let stored: serde_json::Value = read(path);
         assert!(
@@ -1328,7 +1622,15 @@ mod spec {
         let hashes: Vec<u8> = b
             .envelopes
             .iter()
-            .flat_map(|e| envelope_hash(&b.sender, &b.channel, e))
+            // §4.2, §5.5: an envelope of a batch of replies is on the channel it names.
+            .flat_map(|e| {
+                let channel = if e.channel.is_empty() {
+                    &b.channel
+                } else {
+                    &e.channel
+                };
+                envelope_hash(&b.sender, channel, e)
+            })
             .collect();
         Canon::new("entente/v1/batch")
             .str(&b.sender)

@@ -254,6 +254,7 @@ mod tests {
                 expires_at_ms: 6,
                 reply_to: String::new(),
                 ciphertext: vec![9; 40],
+                channel: String::new(),
             }],
             signature: vec![1; 64],
         }

@@ -53,6 +53,20 @@ struct Grant {
     expires_at_ms: u64,
 }
 
+/// Grants taken by one publish, to give back if it is refused after all.
+#[derive(Debug, Default)]
+#[must_use = "grants taken for a refused publish go back with `undo`"]
+pub(crate) struct Taken(Vec<((Principal, Channel), Grant)>);
+
+/// Grants issued by one publish (with those they replaced), to undo if it is refused after all.
+#[derive(Debug, Default)]
+#[must_use = "grants issued for a refused publish go with `undo`"]
+pub(crate) struct Issued {
+    requester: SessionId,
+    added: usize,
+    grants: Vec<((Principal, Channel), Option<Grant>)>,
+}
+
 // === impl ReplyGrants ===
 
 impl Default for ReplyGrants {
@@ -87,18 +101,20 @@ impl ReplyGrants {
             &[(reply_to.clone(), grantees.to_vec(), expires_at_ms)],
             now_ms,
         )
+        .map(|issued| issued.added)
     }
 
     /// Issues the grants of every request of one publish, `(reply_to, grantees,
     /// expires_at_ms)` each: all of them or, if together they would pass the session's
-    /// bound, none (the publish is refused whole, so no grant may outlive it). Returns how
+    /// bound, none (the publish is refused whole, so no grant may outlive it: a refusal that
+    /// comes after undoes them with [`undo`](Self::undo)). Returns what was issued, with how
     /// many grants were added.
     pub(crate) fn issue_all(
         &self,
         requester: SessionId,
         requests: &[(Channel, Vec<Principal>, u64)],
         now_ms: u64,
-    ) -> Result<usize, TooManyGrants> {
+    ) -> Result<Issued, TooManyGrants> {
         let live: Vec<(&Channel, &[Principal], u64)> = requests
             .iter()
             .filter_map(|(reply_to, grantees, expires_at_ms)| {
@@ -111,7 +127,7 @@ impl ReplyGrants {
             })
             .collect();
         if live.is_empty() {
-            return Ok(0);
+            return Ok(Issued::default());
         }
         let mut state = self.lock();
         // Counted generously: a grantee named twice for one channel counts twice here.
@@ -138,27 +154,78 @@ impl ReplyGrants {
                 });
             }
         }
-        let mut added = 0;
+        let mut issued = Issued {
+            requester,
+            added: 0,
+            grants: Vec::new(),
+        };
         for (reply_to, grantees, until) in live {
             for grantee in grantees {
                 let grant = Grant {
                     requester,
                     expires_at_ms: until,
                 };
-                let old = state
-                    .grants
-                    .insert((grantee.clone(), reply_to.clone()), grant);
+                let key = (grantee.clone(), reply_to.clone());
+                let old = state.grants.insert(key.clone(), grant);
                 if let Some(old) = old {
                     state.release(old.requester);
                 }
                 // A grant this session held already is renewed, not added.
                 if old.is_none_or(|old| old.requester != requester) {
-                    added += 1;
+                    issued.added += 1;
                 }
                 *state.outstanding.entry(requester).or_default() += 1;
+                issued.grants.push((key, old));
             }
         }
-        Ok(added)
+        Ok(issued)
+    }
+
+    /// Undoes what one publish did to the grants, for a publish refused before it routed
+    /// anything: the grants it issued go (those they replaced come back), and the grants it
+    /// took come back, unless issued again meanwhile or their requester's session ended.
+    pub(crate) fn undo(&self, taken: Taken, issued: Issued) {
+        if taken.0.is_empty() && issued.grants.is_empty() {
+            return;
+        }
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        for (key, old) in issued.grants.into_iter().rev() {
+            if state
+                .grants
+                .get(&key)
+                .is_some_and(|g| g.requester == issued.requester)
+            {
+                state.grants.remove(&key);
+                state.release(issued.requester);
+            }
+            if let Some(old) = old {
+                state.restore(key, old);
+            }
+        }
+        for (key, grant) in taken.0 {
+            state.restore(key, grant);
+        }
+    }
+
+    /// Whether `grantee` holds a live grant on every one of `channels`; the first it lacks
+    /// otherwise.
+    pub(crate) fn may_reply_all<'c>(
+        &self,
+        grantee: &Principal,
+        channels: &'c [Channel],
+        now_ms: u64,
+    ) -> Result<(), &'c Channel> {
+        let state = self.lock();
+        match channels.iter().find(|channel| {
+            state
+                .grants
+                .get(&(grantee.clone(), (*channel).clone()))
+                .is_none_or(|grant| grant.expires_at_ms <= now_ms)
+        }) {
+            Some(missing) => Err(missing),
+            None => Ok(()),
+        }
     }
 
     /// Whether `grantee` holds a live grant on `channel`.
@@ -170,7 +237,38 @@ impl ReplyGrants {
             .is_some_and(|grant| grant.expires_at_ms > now_ms)
     }
 
+    /// Takes `grantee`'s grants on every one of `channels` (one publish's replies), all or
+    /// none: if one is missing or expired, it is returned and the others stay. What was taken
+    /// goes back with [`undo`](Self::undo) if the publish is refused after all.
+    pub(crate) fn take_all<'c>(
+        &self,
+        grantee: &Principal,
+        channels: &'c [Channel],
+        now_ms: u64,
+    ) -> Result<Taken, &'c Channel> {
+        let mut state = self.lock();
+        let key = |channel: &Channel| (grantee.clone(), channel.clone());
+        if let Some(missing) = channels.iter().find(|channel| {
+            state
+                .grants
+                .get(&key(channel))
+                .is_none_or(|grant| grant.expires_at_ms <= now_ms)
+        }) {
+            return Err(missing);
+        }
+        let mut taken = Vec::with_capacity(channels.len());
+        for channel in channels {
+            let key = key(channel);
+            if let Some(grant) = state.grants.remove(&key) {
+                state.release(grant.requester);
+                taken.push((key, grant));
+            }
+        }
+        Ok(Taken(taken))
+    }
+
     /// Takes `grantee`'s grant on `channel`: `true` once, if it is live.
+    #[cfg(test)]
     pub(crate) fn take(&self, grantee: &Principal, channel: &Channel, now_ms: u64) -> bool {
         let mut state = self.lock();
         match state.grants.remove(&(grantee.clone(), channel.clone())) {
@@ -223,12 +321,23 @@ impl State {
         }
     }
 
+    /// One grant of `requester` less. Its count stays (at zero) until its session ends
+    /// ([`ReplyGrants::forget_session`]): a live session is one with a count.
     fn release(&mut self, requester: SessionId) {
         if let Some(count) = self.outstanding.get_mut(&requester) {
             *count = count.saturating_sub(1);
-            if *count == 0 {
-                self.outstanding.remove(&requester);
-            }
+        }
+    }
+
+    /// Puts back a grant a refused publish took or replaced, if its place is free and its
+    /// requester's session is still there.
+    fn restore(&mut self, key: (Principal, Channel), grant: Grant) {
+        let Some(count) = self.outstanding.get_mut(&grant.requester) else {
+            return;
+        };
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.grants.entry(key) {
+            *count += 1;
+            slot.insert(grant);
         }
     }
 }
@@ -262,6 +371,90 @@ mod tests {
         assert!(!grants.may_reply(&p("bob"), &r, NOW + 1));
         assert!(!grants.take(&p("bob"), &r, NOW + 1));
         assert_eq!(grants.outstanding(1), 0);
+    }
+
+    #[test]
+    fn the_grants_of_a_batch_of_replies_are_taken_all_or_none() {
+        let grants = ReplyGrants::default();
+        let (r1, r2, r3) = (
+            c("_reply.shop.alice.r1"),
+            c("_reply.shop.alice.r2"),
+            c("_reply.shop.alice.r3"),
+        );
+        for (r, until) in [(&r1, NOW + 10_000), (&r2, NOW + 10_000), (&r3, NOW + 5)] {
+            grants.issue(1, r, &[p("bob")], until, NOW).unwrap();
+        }
+        let missing = c("_reply.shop.alice.r9");
+        let with_missing = [r1.clone(), missing.clone()];
+        let bob = p("bob");
+        assert_eq!(
+            grants.take_all(&bob, &with_missing, NOW).err(),
+            Some(&missing)
+        );
+        assert_eq!(
+            grants.may_reply_all(&bob, &with_missing, NOW),
+            Err(&missing)
+        );
+        // r3 has expired by then: nothing is taken, r1 and r2 stay.
+        let with_expired = [r1.clone(), r2.clone(), r3.clone()];
+        assert_eq!(
+            grants.take_all(&bob, &with_expired, NOW + 5).err(),
+            Some(&r3)
+        );
+        assert_eq!(grants.may_reply_all(&bob, &with_expired, NOW + 5), Err(&r3));
+        assert_eq!(grants.outstanding(1), 3);
+        let r1_alone = std::slice::from_ref(&r1);
+        assert_eq!(grants.take_all(&p("eve"), r1_alone, NOW).err(), Some(&r1));
+        let live = [r1.clone(), r2.clone()];
+        assert_eq!(grants.may_reply_all(&bob, &live, NOW + 5), Ok(()));
+        let taken = grants.take_all(&bob, &live, NOW + 5).unwrap();
+        assert!(!grants.may_reply(&bob, &r1, NOW + 5));
+        assert!(!grants.may_reply(&bob, &r2, NOW + 5));
+        assert_eq!(grants.take_all(&bob, &live, NOW + 5).err(), Some(&r1));
+        assert_eq!(grants.outstanding(1), 1);
+        // The publish was refused after all: the grants come back, once.
+        grants.undo(taken, Issued::default());
+        assert_eq!(grants.outstanding(1), 3);
+        assert_eq!(grants.may_reply_all(&bob, &live, NOW + 5), Ok(()));
+        let taken = grants.take_all(&bob, &live, NOW + 5).unwrap();
+        assert!(grants.take_all(&bob, &[], NOW).is_ok());
+        // A grant issued again meanwhile is kept, not overwritten.
+        grants
+            .issue(2, &r1, std::slice::from_ref(&bob), NOW + 20_000, NOW)
+            .unwrap();
+        grants.undo(taken, Issued::default());
+        assert_eq!((grants.outstanding(1), grants.outstanding(2)), (2, 1));
+        // Nor does a grant come back to a requester whose session ended.
+        let taken = grants
+            .take_all(&bob, std::slice::from_ref(&r2), NOW)
+            .unwrap();
+        grants.forget_session(1);
+        grants.undo(taken, Issued::default());
+        assert!(!grants.may_reply(&bob, &r2, NOW));
+        assert_eq!(grants.outstanding(1), 0);
+    }
+
+    #[test]
+    fn the_grants_a_refused_publish_issued_are_undone_and_those_they_replaced_restored() {
+        let grants = ReplyGrants::default();
+        let (r1, r2) = (c("_reply.shop.alice.r1"), c("_reply.shop.alice.r2"));
+        // Session 1 granted Bob a reply on r1; session 2's publish re-grants r1 and grants r2.
+        grants
+            .issue(1, &r1, &[p("bob")], NOW + 10_000, NOW)
+            .unwrap();
+        let requests = [
+            (r1.clone(), vec![p("bob")], NOW + 20_000),
+            (r2.clone(), vec![p("bob"), p("carol")], NOW + 20_000),
+        ];
+        let issued = grants.issue_all(2, &requests, NOW).unwrap();
+        assert_eq!(issued.added, 3);
+        assert_eq!((grants.outstanding(1), grants.outstanding(2)), (0, 3));
+        grants.undo(Taken::default(), issued);
+        assert_eq!((grants.outstanding(1), grants.outstanding(2)), (1, 0));
+        assert!(grants.may_reply(&p("bob"), &r1, NOW + 9_999));
+        assert!(!grants.may_reply(&p("bob"), &r1, NOW + 10_000));
+        assert!(!grants.may_reply(&p("bob"), &r2, NOW));
+        assert!(!grants.may_reply(&p("carol"), &r2, NOW));
     }
 
     #[test]
@@ -345,7 +538,7 @@ mod tests {
         assert_eq!(grants.outstanding(1), 1);
         assert!(!grants.may_reply(&p("bob"), &c("_reply.shop.alice.r1"), NOW));
         // Two fit, together.
-        assert_eq!(grants.issue_all(1, &requests[..2], NOW), Ok(2));
+        assert_eq!(grants.issue_all(1, &requests[..2], NOW).unwrap().added, 2);
         assert_eq!(grants.outstanding(1), 3);
         assert!(grants.may_reply(&p("bob"), &c("_reply.shop.alice.r2"), NOW));
     }

@@ -83,6 +83,14 @@ pub trait Router: Send + Sync + 'static {
     /// `channel`, waiting on full queues up to the slow-consumer timeout.
     fn route(&self, channel: &Channel, body: Bytes) -> impl Future<Output = RouteOutcome> + Send;
 
+    /// Delivers `body` once to every subscription matching at least one of `channels` (a
+    /// batch of replies, each on its own reply channel), as [`route`](Self::route) does.
+    fn route_any(
+        &self,
+        channels: &[Channel],
+        body: Bytes,
+    ) -> impl Future<Output = RouteOutcome> + Send;
+
     /// The principals holding at least one subscription whose pattern matches `channel` and
     /// that may carry it ([`DeliveryGate`]), each once, sorted. A router spanning hubs answers for all of them.
     fn subscribers(&self, channel: &Channel) -> impl Future<Output = Vec<Principal>> + Send;
@@ -145,6 +153,58 @@ impl LocalRouter {
         table.literal.values().map(Vec::len).sum::<usize>() + table.wildcard.len()
     }
 
+    /// Queues `body` for each of `targets`, waiting on full queues up to the slow-consumer
+    /// timeout.
+    async fn deliver(
+        &self,
+        targets: Vec<(u64, Subscriber)>,
+        withheld: usize,
+        body: Bytes,
+    ) -> RouteOutcome {
+        let mut outcome = RouteOutcome {
+            withheld,
+            ..RouteOutcome::default()
+        };
+        let mut waiting = Vec::new();
+        for (subscription_id, subscriber) in targets {
+            if subscriber.connection.is_closed() {
+                outcome.failed += 1;
+                continue;
+            }
+            let frame = Outbound::deliver(subscription_id, body.clone());
+            match subscriber.outbound.try_send(frame) {
+                Ok(()) => outcome.delivered += 1,
+                Err(TrySendError::Full(frame)) => waiting.push((subscriber, frame)),
+                Err(TrySendError::Closed(_)) => outcome.failed += 1,
+            }
+        }
+        if waiting.is_empty() {
+            return outcome;
+        }
+        let timeout = self.slow_consumer_timeout;
+        let waits = waiting.into_iter().map(|(subscriber, frame)| async move {
+            match tokio::time::timeout(timeout, subscriber.outbound.send(frame)).await {
+                Ok(Ok(())) => Delivery::Queued,
+                Ok(Err(_)) => Delivery::Closed,
+                Err(_) if subscriber.connection.close(CloseReason::SlowConsumer) => {
+                    Delivery::Disconnected
+                }
+                Err(_) => Delivery::Closed,
+            }
+        });
+        for delivery in join_all(waits).await {
+            match delivery {
+                Delivery::Queued => outcome.delivered += 1,
+                Delivery::Closed => outcome.failed += 1,
+                Delivery::Disconnected => {
+                    outcome.failed += 1;
+                    outcome.slow_consumers += 1;
+                }
+            }
+        }
+        outcome
+    }
+
     /// The subscriptions matching `channel` that may carry it, and how many may not.
     fn targets(&self, channel: &Channel) -> (Vec<(u64, Subscriber)>, usize) {
         let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
@@ -158,6 +218,51 @@ impl LocalRouter {
             if entry.subscriber.gate.carries(&entry.pattern, channel, now) {
                 targets.push((entry.subscription_id, entry.subscriber.clone()));
             } else {
+                withheld += 1;
+            }
+        }
+        (targets, withheld)
+    }
+}
+
+impl LocalRouter {
+    /// The subscriptions matching at least one of `channels` (distinct) that may carry one of
+    /// them, each once, and how many match but may carry none. (One delivery carries every
+    /// channel's envelope: a batch of replies is one signed whole, for one principal's own
+    /// reply namespace, which the gates judge by the structural rule alone.)
+    fn targets_any(&self, channels: &[Channel]) -> (Vec<(u64, Subscriber)>, usize) {
+        let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
+        let mut targets = Vec::new();
+        let mut withheld = 0;
+        let mut now_ms = None;
+        // A literal subscription matches one channel, found under its name.
+        for channel in channels {
+            for entry in table.literal.get(channel.as_str()).into_iter().flatten() {
+                let now = || *now_ms.get_or_insert_with(unix_ms);
+                if entry.subscriber.gate.carries(&entry.pattern, channel, now) {
+                    targets.push((entry.subscription_id, entry.subscriber.clone()));
+                } else {
+                    withheld += 1;
+                }
+            }
+        }
+        for entry in &table.wildcard {
+            let mut matched = false;
+            let mut carried = false;
+            for channel in channels
+                .iter()
+                .filter(|c| authz::matches(&entry.pattern, c))
+            {
+                matched = true;
+                let now = || *now_ms.get_or_insert_with(unix_ms);
+                if entry.subscriber.gate.carries(&entry.pattern, channel, now) {
+                    carried = true;
+                    break;
+                }
+            }
+            if carried {
+                targets.push((entry.subscription_id, entry.subscriber.clone()));
+            } else if matched {
                 withheld += 1;
             }
         }
@@ -233,48 +338,12 @@ impl Router for LocalRouter {
 
     async fn route(&self, channel: &Channel, body: Bytes) -> RouteOutcome {
         let (targets, withheld) = self.targets(channel);
-        let mut outcome = RouteOutcome {
-            withheld,
-            ..RouteOutcome::default()
-        };
-        let mut waiting = Vec::new();
-        for (subscription_id, subscriber) in targets {
-            if subscriber.connection.is_closed() {
-                outcome.failed += 1;
-                continue;
-            }
-            let frame = Outbound::deliver(subscription_id, body.clone());
-            match subscriber.outbound.try_send(frame) {
-                Ok(()) => outcome.delivered += 1,
-                Err(TrySendError::Full(frame)) => waiting.push((subscriber, frame)),
-                Err(TrySendError::Closed(_)) => outcome.failed += 1,
-            }
-        }
-        if waiting.is_empty() {
-            return outcome;
-        }
-        let timeout = self.slow_consumer_timeout;
-        let waits = waiting.into_iter().map(|(subscriber, frame)| async move {
-            match tokio::time::timeout(timeout, subscriber.outbound.send(frame)).await {
-                Ok(Ok(())) => Delivery::Queued,
-                Ok(Err(_)) => Delivery::Closed,
-                Err(_) if subscriber.connection.close(CloseReason::SlowConsumer) => {
-                    Delivery::Disconnected
-                }
-                Err(_) => Delivery::Closed,
-            }
-        });
-        for delivery in join_all(waits).await {
-            match delivery {
-                Delivery::Queued => outcome.delivered += 1,
-                Delivery::Closed => outcome.failed += 1,
-                Delivery::Disconnected => {
-                    outcome.failed += 1;
-                    outcome.slow_consumers += 1;
-                }
-            }
-        }
-        outcome
+        self.deliver(targets, withheld, body).await
+    }
+
+    async fn route_any(&self, channels: &[Channel], body: Bytes) -> RouteOutcome {
+        let (targets, withheld) = self.targets_any(channels);
+        self.deliver(targets, withheld, body).await
     }
 
     async fn subscribers(&self, channel: &Channel) -> Vec<Principal> {
@@ -408,6 +477,38 @@ mod tests {
         assert_eq!(router.subscriptions(), 2);
         let outcome = router.route(&c("orders.eu"), Bytes::new()).await;
         assert_eq!(outcome.delivered, 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_for_several_channels_reaches_each_matching_subscription_once() {
+        let authz = Arc::new(Authz::with_policies(POLICIES, Arc::default()));
+        let router = LocalRouter::new(Duration::from_millis(50));
+        let (a, mut a_rx) = subscriber_of(&authz, 1, 16);
+        let (b, mut b_rx) = subscriber_of(&authz, 2, 16);
+        router.subscribe(&a, 1, p("orders.>"));
+        router.subscribe(&a, 2, p("orders.eu"));
+        router.subscribe(&a, 3, p("orders.us"));
+        router.subscribe(&b, 4, p("orders.*"));
+        router.subscribe(&b, 5, p("other"));
+
+        let channels = [c("orders.eu"), c("orders.us"), c("orders.eu.x")];
+        let outcome = router.route_any(&channels, Bytes::new()).await;
+        assert_eq!((outcome.delivered, outcome.withheld), (4, 0));
+        let mut got = ids(&mut a_rx);
+        got.sort_unstable();
+        assert_eq!(got, [1, 2, 3]);
+        assert_eq!(ids(&mut b_rx), [4]);
+
+        // A subscription that may carry none of the channels is withheld once; one that may
+        // carry any of them gets the body.
+        let channels = [c("orders.payroll.x"), c("orders.payroll.y")];
+        let outcome = router.route_any(&channels, Bytes::new()).await;
+        assert_eq!((outcome.delivered, outcome.withheld), (0, 1));
+        let channels = [c("orders.payroll.x"), c("orders.eu.y")];
+        let outcome = router.route_any(&channels, Bytes::new()).await;
+        assert_eq!((outcome.delivered, outcome.withheld), (1, 0));
+        assert_eq!(ids(&mut a_rx), [1]);
+        assert!(ids(&mut b_rx).is_empty());
     }
 
     #[tokio::test]

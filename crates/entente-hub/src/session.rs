@@ -6,13 +6,13 @@
 //!
 //! The semantics it implements are documented in the crate docs ("Session semantics").
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use entente_audit::{DeliveredBatch, Event, Hash, Outcome};
-use entente_crypto::{SenderKeyIn, SignedBatchIn};
+use entente_crypto::{EnvelopeIn, SenderKeyIn, SignedBatchIn};
 use entente_policy::Action;
 use entente_types::namespace::{self, DIRECT_PREFIX, REPLY_PREFIX};
 use entente_types::{Channel, ChannelPattern, MessageId, Principal};
@@ -36,7 +36,7 @@ use crate::metrics::Class;
 use crate::queue::OutboundTx;
 use crate::refusal::RefusalCode;
 use crate::replay::{self, Header, SenderWindows};
-use crate::reply::ReplyGrants;
+use crate::reply::{Issued, ReplyGrants, Taken};
 use crate::router::{Router, SessionId, Subscriber};
 use crate::stats::{self, Stats};
 
@@ -150,8 +150,12 @@ struct Checked {
     groups: Vec<(Channel, Bytes)>,
     /// Requests: (channel routed on, `reply_to`, latest `expires_at` of its envelopes).
     requests: Vec<(Channel, Channel, u64)>,
-    /// Reply channels this publish answers on, one batch each.
+    /// Reply channels this publish answers on, one batch (or envelope of a batch of
+    /// replies) each.
     replies: Vec<Channel>,
+    /// The groups of batches of replies: each reply namespace root with the reply channels
+    /// its group is routed on.
+    roots: Vec<(Channel, Vec<Channel>)>,
     /// The message to hold for approval instead of routing, if any.
     held: Option<NewHold>,
     /// The audit records of the batches to route (none while auditing is off).
@@ -175,6 +179,21 @@ struct Group {
     plain: u64,
     /// Whether the policies hold it for approval ([`crate::held`]).
     held: bool,
+}
+
+// === impl Group ===
+
+impl Group {
+    fn new(channel: Channel) -> Self {
+        Self {
+            channel,
+            sender_keys: BytesMut::new(),
+            batches: BytesMut::new(),
+            requests: 0,
+            plain: 0,
+            held: false,
+        }
+    }
 }
 
 // === impl Session ===
@@ -475,9 +494,14 @@ impl<R: Router> Session<R> {
             Ok(checked) => checked,
             Err(refused) => return self.refuse(request_id, refused).await,
         };
-        if let Err(refused) = self.check_replies_and_requests(&checked).await {
-            return self.refuse(request_id, refused).await;
-        }
+        let (taken, issued) = match self.check_replies_and_requests(&checked).await {
+            Ok(changes) => changes,
+            Err(refused) => return self.refuse(request_id, refused).await,
+        };
+        // Refused from here on, before anything is routed or stored, the publish undoes what
+        // it did to the reply grants: the ones it took come back (a reply refused with others
+        // may be sent again), the ones it issued go.
+        let grants = &self.context.grants;
         let mut held = Vec::new();
         if let Some(new) = checked.held {
             let (message_id, channel) = (new.id.clone(), new.channel.to_string());
@@ -499,6 +523,7 @@ impl<R: Router> Session<R> {
                         }
                         _ => RefusalCode::TooManyHeld,
                     };
+                    grants.undo(taken, issued);
                     return self
                         .refuse(request_id, Refused::new(code, e.to_string()))
                         .await;
@@ -510,6 +535,7 @@ impl<R: Router> Session<R> {
             for batch in checked.audited {
                 let event = Event::DeliveredBatch(batch);
                 if let Err(e) = auditor.submit(self.principal.as_str(), Outcome::Success, event) {
+                    grants.undo(taken, issued);
                     let refused = Refused::new(RefusalCode::Unavailable, e.to_string());
                     return self.refuse(request_id, refused).await;
                 }
@@ -525,6 +551,10 @@ impl<R: Router> Session<R> {
                         DurableError::Full { .. } => RefusalCode::Full,
                         _ => RefusalCode::Unavailable,
                     };
+                    // Entries already queued are stored: their grants stay used.
+                    if stored.is_empty() {
+                        grants.undo(taken, issued);
+                    }
                     return self
                         .refuse(request_id, Refused::new(code, e.to_string()))
                         .await;
@@ -540,7 +570,11 @@ impl<R: Router> Session<R> {
         let mut slow = 0;
         let mut withheld = 0;
         for (channel, body) in groups {
-            let outcome = self.context.router.route(&channel, body).await;
+            let router = &self.context.router;
+            let outcome = match checked.roots.iter().find(|(root, _)| *root == channel) {
+                Some((_, replies)) => router.route_any(replies, body).await,
+                None => router.route(&channel, body).await,
+            };
             attempted += outcome.delivered + outcome.failed;
             failed += outcome.failed;
             slow += outcome.slow_consumers;
@@ -570,21 +604,16 @@ impl<R: Router> Session<R> {
         }
     }
 
-    /// Takes the reply grants a publish answers on, refuses a direct nobody would receive, and
-    /// grants the recipients of each request one reply (before routing, so that no reply can
-    /// overtake its grant).
-    async fn check_replies_and_requests(&self, checked: &Checked) -> Result<(), Refused> {
+    /// Refuses a direct nobody would receive, takes the reply grants a publish answers on,
+    /// and grants the recipients of each request one reply (before routing, so that no reply
+    /// can overtake its grant). The grants taken are returned, to give back should the
+    /// publish be refused before it is routed; refused here, it keeps none.
+    async fn check_replies_and_requests(
+        &self,
+        checked: &Checked,
+    ) -> Result<(Taken, Issued), Refused> {
         let now = now_ms();
         let grants = &self.context.grants;
-        for reply in &checked.replies {
-            if !grants.take(&self.principal, reply, now) {
-                stats::bump(&self.context.stats.denials);
-                return Err(Refused::new(
-                    RefusalCode::Denied,
-                    format!("the reply grant on `{reply}` was used or has expired"),
-                ));
-            }
-        }
         for (channel, _) in &checked.groups {
             if channel.tokens().next() == Some(DIRECT_PREFIX)
                 && self.context.router.subscribers(channel).await.is_empty()
@@ -601,10 +630,25 @@ impl<R: Router> Session<R> {
             let grantees = self.context.router.subscribers(channel).await;
             issues.push((reply_to.clone(), grantees, *expires_at_ms));
         }
-        grants
-            .issue_all(self.id, &issues, now)
-            .map_err(|e| Refused::new(RefusalCode::TooManyReplyGrants, e))?;
-        Ok(())
+        // All the publish's grants or none: it is refused whole, and a reply it carried may
+        // be sent again.
+        let taken = match grants.take_all(&self.principal, &checked.replies, now) {
+            Ok(taken) => taken,
+            Err(reply) => {
+                stats::bump(&self.context.stats.denials);
+                return Err(Refused::new(
+                    RefusalCode::Denied,
+                    format!("the reply grant on `{reply}` was used or has expired"),
+                ));
+            }
+        };
+        match grants.issue_all(self.id, &issues, now) {
+            Ok(issued) => Ok((taken, issued)),
+            Err(e) => {
+                grants.undo(taken, Issued::default());
+                Err(Refused::new(RefusalCode::TooManyReplyGrants, e))
+            }
+        }
     }
 
     /// Checks a publish and encodes each channel's share; refuses all of it on any failure.
@@ -649,7 +693,24 @@ impl<R: Router> Session<R> {
         }
         let mut batches = Vec::with_capacity(publish.batches.len());
         for batch in publish.batches {
-            let group = self.group(&mut groups, &batch.channel)?;
+            // A batch of replies names its envelopes' channels, and is on a reply namespace
+            // root; no other batch may do either (checked before any grant).
+            let group = if batch.envelopes.iter().any(|e| !e.channel.is_empty()) {
+                self.replies_group(&mut groups, &batch)?
+            } else if batch.channel.starts_with(REPLY_PREFIX)
+                && Channel::parse(&batch.channel).is_ok_and(|c| namespace::is_reply_root(&c))
+            {
+                return Err(Refused::new(
+                    RefusalCode::Malformed,
+                    format!(
+                        "batch: a batch on the reply namespace root `{}` must name each \
+                         envelope's reply channel",
+                        batch.channel
+                    ),
+                ));
+            } else {
+                self.group(&mut groups, &batch.channel)?
+            };
             for envelope in &batch.envelopes {
                 if envelope.reply_to.is_empty() {
                     group.plain += 1;
@@ -666,10 +727,9 @@ impl<R: Router> Session<R> {
         // into it (each under its own reply grant), and nowhere else.
         for (root, key) in root_keys {
             let mut carried = false;
-            for group in groups
-                .iter_mut()
-                .filter(|g| namespace::reply_root_of(&g.channel).as_ref() == Some(&root))
-            {
+            for group in groups.iter_mut().filter(|g| {
+                g.channel == root || namespace::reply_root_of(&g.channel).as_ref() == Some(&root)
+            }) {
                 prost::encoding::message::encode(
                     SENDER_KEYS_TAG,
                     key.to_wire(),
@@ -684,6 +744,14 @@ impl<R: Router> Session<R> {
             }
         }
         let (requests, replies) = self.check_reply_fields(&batches, &groups)?;
+        let mut roots: Vec<(Channel, Vec<Channel>)> = Vec::new();
+        for batch in batches.iter().filter(|b| b.is_replies()) {
+            let channels = batch.envelopes().iter().filter_map(EnvelopeIn::channel);
+            match roots.iter_mut().find(|(root, _)| root == batch.channel()) {
+                Some((_, routed)) => routed.extend(channels.cloned()),
+                None => roots.push((batch.channel().clone(), channels.cloned().collect())),
+            }
+        }
         self.authorize(&mut groups)?;
         // Before anything is recorded: a refused held group leaves no trace.
         let held = self.check_held(&mut groups, purpose)?;
@@ -691,10 +759,13 @@ impl<R: Router> Session<R> {
             .iter()
             .flat_map(|batch| {
                 let channel = batch.channel().as_str();
-                batch
-                    .envelopes()
-                    .iter()
-                    .map(move |e| (channel, e.epoch(), e.seq()))
+                // A reply of a batch of replies is numbered on its own channel here, as when
+                // it goes alone: each responder session's epochs would otherwise compete for
+                // the root's few windows (receivers keep the root's, PROTOCOL.md §7).
+                batch.envelopes().iter().map(move |e| {
+                    let on = e.channel().map_or(channel, Channel::as_str);
+                    (on, e.epoch(), e.seq())
+                })
             })
             .collect();
         if let Err(replay) = replay::check_and_record(&self.replay, &headers) {
@@ -740,6 +811,7 @@ impl<R: Router> Session<R> {
             groups,
             requests,
             replies,
+            roots,
             held,
             audited,
             durable,
@@ -851,18 +923,35 @@ impl<R: Router> Session<R> {
     ) -> Result<(Vec<(Channel, Channel, u64)>, Vec<Channel>), Refused> {
         let mut requests: HashMap<(&Channel, &Channel), u64> = HashMap::new();
         let mut replies: Vec<Channel> = Vec::new();
+        let mut answered_once: HashSet<&Channel> = HashSet::new();
         for batch in batches {
             let channel = batch.channel();
-            if channel.tokens().next() == Some(REPLY_PREFIX) {
-                if replies.contains(channel) {
-                    return Err(self.deny(format!("a reply grant covers one batch on `{channel}`")));
+            // A batch of replies (on a reply namespace root) answers on each envelope's
+            // channel, one envelope per grant; any other batch on a reply channel is that
+            // channel's one reply batch.
+            let answered: Vec<&Channel> = if batch.is_replies() {
+                batch
+                    .envelopes()
+                    .iter()
+                    .filter_map(EnvelopeIn::channel)
+                    .collect()
+            } else if channel.tokens().next() == Some(REPLY_PREFIX) {
+                vec![channel]
+            } else {
+                Vec::new()
+            };
+            for reply in answered {
+                if !answered_once.insert(reply) {
+                    return Err(self.deny(format!("a reply grant covers one batch on `{reply}`")));
                 }
-                replies.push(channel.clone());
+                replies.push(reply.clone());
             }
             for envelope in batch.envelopes() {
                 let Some(reply_to) = envelope.reply_to() else {
                     continue;
                 };
+                // A reply that asks in turn is routed on its own reply channel.
+                let channel = envelope.channel().unwrap_or(channel);
                 if !namespace::is_reply_channel_of(&self.principal, reply_to) {
                     return Err(self.deny(format!(
                         "reply_to `{reply_to}` is outside the sender's reply namespace `{}`",
@@ -873,8 +962,12 @@ impl<R: Router> Session<R> {
                 *latest = (*latest).max(envelope.expires_at_ms());
             }
         }
+        // (A reply channel's group must hold its batch, not just a sender key, whatever a
+        // batch of replies answers on it.)
         if let Some(group) = groups.iter().find(|g| {
-            g.channel.tokens().next() == Some(REPLY_PREFIX) && !replies.contains(&g.channel)
+            g.channel.tokens().next() == Some(REPLY_PREFIX)
+                && !namespace::is_reply_root(&g.channel)
+                && (!answered_once.contains(&g.channel) || g.batches.is_empty())
         }) {
             return Err(self.deny(format!(
                 "a publish on the reply channel `{}` must carry its reply batch",
@@ -1020,12 +1113,21 @@ impl<R: Router> Session<R> {
             limiters.check_throttled(&self.principal, messages.max(1))?;
         }
         // Channels that don't parse are refused later, whole, as malformed.
+        // A batch of replies counts on each reply's own channel.
         let channels: Vec<(Channel, u64)> = if limiters.has_channel_classes() {
-            publish
-                .batches
-                .iter()
-                .filter_map(|b| Some((Channel::parse(&b.channel).ok()?, b.envelopes.len() as u64)))
-                .collect()
+            let mut channels = Vec::new();
+            for b in &publish.batches {
+                if b.envelopes.first().is_some_and(|e| !e.channel.is_empty()) {
+                    channels.extend(
+                        b.envelopes
+                            .iter()
+                            .filter_map(|e| Some((Channel::parse(&e.channel).ok()?, 1))),
+                    );
+                } else if let Ok(channel) = Channel::parse(&b.channel) {
+                    channels.push((channel, b.envelopes.len() as u64));
+                }
+            }
+            channels
         } else {
             Vec::new()
         };
@@ -1151,14 +1253,80 @@ impl<R: Router> Session<R> {
                 )));
             }
         }
-        groups.push(Group {
-            channel,
-            sender_keys: BytesMut::new(),
-            batches: BytesMut::new(),
-            requests: 0,
-            plain: 0,
-            held: false,
-        });
+        groups.push(Group::new(channel));
+        groups
+            .last_mut()
+            .ok_or_else(|| Refused::new(RefusalCode::Malformed, "internal error"))
+    }
+
+    /// The group of a batch of replies on a reply namespace root, created on first use: the
+    /// root must be one, and every envelope's reply channel under it open to the sender by
+    /// a reply grant (the batch's structure is checked when it is parsed).
+    fn replies_group<'g>(
+        &self,
+        groups: &'g mut Vec<Group>,
+        batch: &SignedBatch,
+    ) -> Result<&'g mut Group, Refused> {
+        let root = Channel::parse(&batch.channel)
+            .map_err(|e| Refused::new(RefusalCode::Malformed, format!("channel: {e}")))?;
+        if !namespace::is_reply_root(&root) {
+            return Err(Refused::new(
+                RefusalCode::Malformed,
+                format!(
+                    "batch: envelopes name their channels outside a reply namespace root (`{root}`)"
+                ),
+            ));
+        }
+        // The structure first, then what may refuse it, then the grants under one lock.
+        let mut channels: Vec<Channel> = Vec::with_capacity(batch.envelopes.len());
+        for envelope in &batch.envelopes {
+            let channel = Channel::parse(&envelope.channel)
+                .ok()
+                .filter(|c| namespace::reply_root_of(c).as_ref() == Some(&root))
+                .ok_or_else(|| {
+                    Refused::new(
+                        RefusalCode::Malformed,
+                        format!(
+                            "batch: an envelope of a batch of replies on `{root}` names no reply \
+                             channel under it"
+                        ),
+                    )
+                })?;
+            channels.push(channel);
+        }
+        let streams = &self.context.streams;
+        let mut seen = std::collections::HashSet::with_capacity(channels.len());
+        for channel in &channels {
+            if !seen.insert(channel) {
+                return Err(self.deny(format!("a reply grant covers one batch on `{channel}`")));
+            }
+            // What a durable channel captures is stored per channel: such a reply goes alone.
+            if !streams.is_empty()
+                && (streams.for_channel(channel).is_some() || streams.for_channel(&root).is_some())
+            {
+                return Err(self.deny(format!(
+                    "`{channel}` is captured by a durable channel: its reply must be sent alone, \
+                     not in a batch of replies"
+                )));
+            }
+        }
+        if let Err(channel) =
+            self.context
+                .grants
+                .may_reply_all(&self.principal, &channels, now_ms())
+        {
+            return Err(self.deny(format!(
+                "no reply grant lets `{}` publish on `{channel}`: only the recipient of a \
+                 request may reply, once, before it expires",
+                self.principal
+            )));
+        }
+        if let Some(index) = groups.iter().position(|g| g.channel == root) {
+            return groups
+                .get_mut(index)
+                .ok_or_else(|| Refused::new(RefusalCode::Malformed, "internal error"));
+        }
+        groups.push(Group::new(root));
         groups
             .last_mut()
             .ok_or_else(|| Refused::new(RefusalCode::Malformed, "internal error"))
@@ -1843,6 +2011,117 @@ mod tests {
         );
         assert!(alice.rx.try_recv().is_err());
         assert_eq!(hub.context.stats.snapshot().denials, 3);
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_replies_takes_every_grant_it_answers_or_none() {
+        let mut hub = hub(SHOP_REQUESTS);
+        let mut alice = hub.connect(agent("shop", "alice"));
+        let mut bob = hub.connect(agent("shop", "bob"));
+        assert_eq!(alice.subscribe(1, "_reply.shop.alice.>").await, ack(1));
+        assert_eq!(alice.subscribe(2, "_direct.shop.alice").await, ack(2));
+        assert_eq!(bob.subscribe(1, "_direct.shop.bob").await, ack(1));
+        let now = now_ms();
+        let (mut bobs, key) = bob.sealer_and_key("_reply.shop.alice", now);
+        let mut requests = alice.sealer_at("_direct.shop.bob", now);
+        let reply = |t: &str| Channel::parse(&format!("_reply.shop.alice.{t}")).unwrap();
+        // (The test hub lets a session wait for two replies at most.)
+        for token in ["r1", "r2"] {
+            let request = requests
+                .seal_batch(&[b"ping"], Some(&reply(token)), now)
+                .unwrap();
+            assert_eq!(alice.publish(10, vec![request]).await, ack(10));
+            assert!(is_deliver(&bob.next()));
+        }
+        let (r1, r2, r3, r9) = (reply("r1"), reply("r2"), reply("r3"), reply("r9"));
+        let batch_of = |sealer: &mut Sealer, on: &[&Channel]| {
+            sealer
+                .seal_replies(on.iter().map(|c| (*c, &b"pong"[..], None)), now)
+                .unwrap()
+        };
+
+        // One reply without a grant (r9) refuses the batch, and takes no grant.
+        let refused = batch_of(&mut bobs, &[&r1, &r9]);
+        let answer = bob
+            .publish_with_keys(2, vec![key.clone()], vec![refused])
+            .await;
+        assert_eq!(refusal(answer), (2, Some(RefusalCode::Denied)));
+        // Two replies on one channel in one publish: refused, no grant taken.
+        let twice = vec![batch_of(&mut bobs, &[&r1]), batch_of(&mut bobs, &[&r1])];
+        let answer = bob.publish_with_keys(3, vec![key.clone()], twice).await;
+        assert_eq!(refusal(answer), (3, Some(RefusalCode::Denied)));
+        let answer = bob
+            .publish_with_keys(3, vec![key.clone()], vec![batch_of(&mut bobs, &[&r1, &r1])])
+            .await;
+        assert_eq!(refusal(answer), (3, Some(RefusalCode::Denied)));
+        // A batch on the root whose envelopes name no channel: malformed, not a grant matter.
+        let unnamed = bobs.seal_batch(&[b"pong"], None, now).unwrap();
+        assert_eq!(unnamed.channel, "_reply.shop.alice");
+        let answer = bob
+            .publish_with_keys(3, vec![key.clone()], vec![unnamed])
+            .await;
+        assert_eq!(refusal(answer), (3, Some(RefusalCode::Malformed)));
+        // An envelope on a channel outside the root: malformed.
+        let mut outside = batch_of(&mut bobs, &[&r1, &r2]);
+        outside.envelopes[1].channel = "_reply.shop.carol.r2".to_owned();
+        let answer = bob
+            .publish_with_keys(3, vec![key.clone()], vec![outside])
+            .await;
+        assert_eq!(refusal(answer), (3, Some(RefusalCode::Malformed)));
+        // Refused after its grants were taken (its requests would pass Bob's bound of
+        // outstanding grants): the grants come back.
+        let mut asks = bob.sealer_at("_direct.shop.alice", now);
+        let (q1, q2, q3) = (
+            Channel::parse("_reply.shop.bob.q1").unwrap(),
+            Channel::parse("_reply.shop.bob.q2").unwrap(),
+            Channel::parse("_reply.shop.bob.q3").unwrap(),
+        );
+        let three = asks
+            .seal_batch_each(
+                [(&b"?"[..], Some(&q1)), (b"?", Some(&q2)), (b"?", Some(&q3))].into_iter(),
+                now,
+            )
+            .unwrap();
+        let answer = bob
+            .publish_with_keys(
+                3,
+                vec![key.clone()],
+                vec![batch_of(&mut bobs, &[&r1, &r2]), three],
+            )
+            .await;
+        assert_eq!(refusal(answer), (3, Some(RefusalCode::TooManyReplyGrants)));
+        assert!(alice.rx.try_recv().is_err());
+
+        // Granted: delivered once, whole, with the root's key, to the namespace's subscriber.
+        let both = batch_of(&mut bobs, &[&r1, &r2]);
+        let answer = bob
+            .publish_with_keys(4, vec![key.clone()], vec![both.clone()])
+            .await;
+        assert_eq!(answer, ack(4));
+        match alice.next() {
+            server_frame::Kind::Deliver(Deliver {
+                sender_keys,
+                batches,
+                ..
+            }) => {
+                assert_eq!(sender_keys, std::slice::from_ref(&key));
+                assert_eq!(batches, [both]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(alice.rx.try_recv().is_err());
+        // Each grant answered once: r2 again is refused with r3, whose grant stays.
+        let request = requests.seal_batch(&[b"ping"], Some(&r3), now).unwrap();
+        assert_eq!(alice.publish(11, vec![request]).await, ack(11));
+        assert!(is_deliver(&bob.next()));
+        let again = batch_of(&mut bobs, &[&r2, &r3]);
+        let answer = bob
+            .publish_with_keys(5, vec![key.clone()], vec![again])
+            .await;
+        assert_eq!(refusal(answer), (5, Some(RefusalCode::Denied)));
+        let last = batch_of(&mut bobs, &[&r3]);
+        assert_eq!(bob.publish(6, vec![last]).await, ack(6));
+        assert!(is_deliver(&alice.next()));
     }
 
     #[tokio::test]

@@ -35,7 +35,8 @@ pub struct KeyBundle {
     pub signature: Vec<u8>,
 }
 
-/// One sealed message; sender and channel are carried by its batch.
+/// One sealed message; sender and channel are carried by its batch (the channel by the
+/// envelope itself in a batch of replies, PROTOCOL.md §5.5).
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct Envelope {
     /// Sender-key epoch.
@@ -59,6 +60,10 @@ pub struct Envelope {
     /// AES-256-GCM ciphertext followed by the 16-byte tag.
     #[prost(bytes = "vec", tag = "7")]
     pub ciphertext: Vec<u8>,
+    /// Empty, except in a batch on a reply namespace root (`_reply.S.N`), where it names this
+    /// envelope's reply channel under the root (PROTOCOL.md §5.5).
+    #[prost(string, tag = "8")]
+    pub channel: String,
 }
 
 /// Envelopes of one sender on one channel under one Ed25519 signature.

@@ -260,6 +260,7 @@ pub(crate) static ENVELOPE: Schema = Schema {
         varint(5, "expires_at_ms"),
         bytes(6, "reply_to", Len::Channel),
         bytes(7, "ciphertext", Len::Ciphertext),
+        bytes(8, "channel", Len::Channel),
     ],
 };
 

@@ -19,6 +19,7 @@ fn envelope(n: u64) -> Envelope {
         expires_at_ms: 1_700_000_060_000,
         reply_to: "_reply.a.b".into(),
         ciphertext: vec![9; 272],
+        channel: String::new(),
     }
 }
 

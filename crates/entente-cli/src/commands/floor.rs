@@ -296,6 +296,7 @@ fn batch_of(rng: &SystemRandom, payload: usize, count: usize) -> Result<wire::Si
             expires_at_ms: 1_800_000_600_000,
             reply_to: String::new(),
             ciphertext,
+            channel: String::new(),
         });
     }
     let mut signature = vec![0u8; 64];
