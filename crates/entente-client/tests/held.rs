@@ -171,3 +171,40 @@ async fn an_approver_refuses_a_held_message_its_sender_did_not_sign() {
     // Rejecting it needs no signature check.
     assert_eq!(ops1.reject(id).await.unwrap(), ApprovalOutcome::Rejected);
 }
+
+/// An envelope shown naming a channel of its own (only a reply in a batch of replies does,
+/// and replies are never held) is refused, not hashed as if on another channel.
+#[test]
+fn a_held_envelope_naming_its_own_channel_is_refused() {
+    let id = entente_client::MessageId::from_parts(1_800_000_000_000, [7; 10]);
+    let envelope = entente_wire::Envelope {
+        epoch: 1,
+        seq: 0,
+        message_id: id.as_bytes().to_vec(),
+        issued_at_ms: 1_800_000_000_000,
+        expires_at_ms: 1_800_000_060_000,
+        reply_to: String::new(),
+        ciphertext: vec![9; 32],
+        channel: String::new(),
+    };
+    let held = |envelope: entente_wire::Envelope| entente_client::HeldMessage {
+        message_id: id.to_string(),
+        sender: "spiffe://example.org/agent/shop/alice".to_owned(),
+        channel: "orders.wire".to_owned(),
+        batch: Some(entente_wire::SignedBatch {
+            sender: "spiffe://example.org/agent/shop/alice".to_owned(),
+            channel: "orders.wire".to_owned(),
+            key_epoch: 1,
+            envelopes: vec![envelope],
+            signature: vec![0; 64],
+        }),
+        ..entente_client::HeldMessage::default()
+    };
+    entente_client::held_hash(&held(envelope.clone())).unwrap();
+    let renamed = entente_wire::Envelope {
+        channel: "orders.wire.x".to_owned(),
+        ..envelope
+    };
+    let err = entente_client::held_hash(&held(renamed)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+}
