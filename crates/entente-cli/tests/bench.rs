@@ -188,6 +188,14 @@ fn request_reply_runs_beside_nats() {
         assert_eq!(round["entente"]["lost"], 0, "{v:#}");
         assert_eq!(round["entente"]["failed"], 0, "{v:#}");
         assert_eq!(round["entente"]["mismatched"], 0, "{v:#}");
+        // Each signed batch carried one message at least, and no more than were in flight;
+        // nats has no such figure.
+        let most: f64 = inflight.parse().unwrap();
+        for side in ["requests", "replies"] {
+            let per_batch = round["entente"]["per_batch"][side].as_f64().unwrap();
+            assert!((1.0..=most).contains(&per_batch), "{v:#}");
+        }
+        assert!(round["nats_plain"]["per_batch"].is_null(), "{v:#}");
         for run in ["entente", "nats_plain", "nats_tls"] {
             assert!(round[run]["answered"].as_u64().unwrap() > 0, "{v:#}");
             assert!(

@@ -22,6 +22,7 @@
 //! subscription gets an error carrying the hub's code and reason as its last item.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::mem;
 use std::pin::Pin;
@@ -1264,7 +1265,12 @@ fn unique_token() -> Result<String, Error> {
     SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| Error::new(ErrorKind::Crypto, "no randomness for a reply channel"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    let mut token = String::with_capacity(2 * bytes.len());
+    for byte in bytes {
+        // Writing to a `String` does not fail.
+        let _ = write!(token, "{byte:02x}");
+    }
+    Ok(token)
 }
 
 // === impl State ===
@@ -1641,7 +1647,9 @@ async fn write(
     shared.shutdown.send_replace(true);
 }
 
-/// Waits up to `linger` for more commands to add to `batch`, up to `max` in all.
+/// Waits up to `linger` for more commands to add to `batch`, up to `max` in all. With no
+/// `linger`, yields to the scheduler and takes what tasks ready to run queued meanwhile, as
+/// long as that adds something.
 async fn gather(
     commands: &mut mpsc::Receiver<Command>,
     batch: &mut Vec<Command>,
@@ -1649,6 +1657,20 @@ async fn gather(
     linger: Duration,
 ) {
     if linger.is_zero() {
+        // Let the tasks that are ready to run add what they are about to send.
+        while batch.len() < max {
+            tokio::task::yield_now().await;
+            let before = batch.len();
+            while batch.len() < max {
+                match commands.try_recv() {
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
+                }
+            }
+            if batch.len() == before {
+                break;
+            }
+        }
         return;
     }
     let deadline = tokio::time::Instant::now() + linger;

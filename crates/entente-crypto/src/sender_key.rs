@@ -4,7 +4,8 @@
 
 use aws_lc_rs::{
     aead::{AES_256_GCM, LessSafeKey, UnboundKey},
-    hkdf::{HKDF_SHA256, KeyType, Salt},
+    hkdf::{HKDF_SHA256, KeyType, Prk},
+    hmac,
 };
 use entente_types::{Channel, Principal};
 use entente_wire as wire;
@@ -57,7 +58,11 @@ impl PayloadKey {
         channel: &str,
         epoch: u64,
     ) -> Result<([u8; 32], [u8; 12]), aws_lc_rs::error::Unspecified> {
-        let prk = Salt::new(HKDF_SHA256, &[]).extract(secret);
+        // Extract once (HMAC with the empty salt, RFC 5869 §2.2) and expand twice from that
+        // PRK: `Salt::extract` would extract again for each expansion.
+        let mut prk = Zeroizing::new([0u8; KEY_LEN]);
+        hmac::sign_to_buffer(&hmac::Key::new(hmac::HMAC_SHA256, &[]), secret, &mut *prk)?;
+        let prk = Prk::new_less_safe(HKDF_SHA256, &*prk);
         let mut key = [0u8; 32];
         let info = context(label::PAYLOAD_KEY, sender, channel, epoch);
         prk.expand(&[info.as_bytes()], Len(32))?.fill(&mut key)?;
@@ -338,5 +343,36 @@ struct Len(usize);
 impl KeyType for Len {
     fn len(&self) -> usize {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use aws_lc_rs::hkdf::Salt;
+
+    use super::*;
+
+    #[test]
+    fn the_payload_key_is_hkdf_with_an_empty_salt_extracted_once() {
+        let secret = [7u8; KEY_LEN];
+        let (sender, channel, epoch) = ("spiffe://td/agent/s/a", "_reply.s.a.x", 9);
+        let (key, iv) = PayloadKey::derive_raw(&secret, sender, channel, epoch).unwrap();
+        // The textbook form: extract and expand per output, through aws-lc-rs' HKDF.
+        let prk = Salt::new(HKDF_SHA256, &[]).extract(&secret);
+        let expand = |label: &str, out: &mut [u8]| {
+            let info = context(label, sender, channel, epoch);
+            prk.expand(&[info.as_bytes()], Len(out.len()))
+                .unwrap()
+                .fill(out)
+                .unwrap();
+        };
+        let (mut want_key, mut want_iv) = ([0u8; 32], [0u8; 12]);
+        expand(label::PAYLOAD_KEY, &mut want_key);
+        expand(label::PAYLOAD_IV, &mut want_iv);
+        assert_eq!((key, iv), (want_key, want_iv));
+        let other = PayloadKey::derive_raw(&secret, sender, "_reply.s.a.y", epoch).unwrap();
+        assert_ne!(other.0, key);
     }
 }

@@ -9,9 +9,9 @@
 //!
 //! Memory is bounded: per (sender, channel) the newest [`MAX_EPOCHS`] epochs are kept, and an
 //! epoch older than those (or than any evicted one) is refused as a replay; per sender at most
-//! [`MAX_CHANNELS`] channels are tracked, the least recently used evicted first (a replay on an
-//! evicted channel then reaches receivers, whose own windows refuse it). Windows are shared by
-//! every connection of the same principal.
+//! [`MAX_CHANNELS`] channels are tracked, the least recently used evicted first, an eighth at a
+//! time (a replay on an evicted channel then reaches receivers, whose own windows refuse it).
+//! Windows are shared by every connection of the same principal.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,6 +23,10 @@ use entente_types::Principal;
 pub(crate) const MAX_EPOCHS: usize = 4;
 /// Channels tracked per sender.
 pub(crate) const MAX_CHANNELS: usize = 1024;
+/// Channels evicted at once when a sender's are all taken: the least recently used eighth,
+/// so that a sender using a new channel per message (a responder: one per reply) costs one
+/// pass over its channels per [`EVICTED_AT_ONCE`] new ones, not one per channel.
+const EVICTED_AT_ONCE: usize = MAX_CHANNELS / 8;
 
 /// The replay windows of every sender, each behind its own lock.
 #[derive(Debug, Default)]
@@ -177,7 +181,7 @@ impl SenderWindows {
         self.clock += 1;
         if !self.channels.contains_key(channel) {
             if self.channels.len() >= MAX_CHANNELS {
-                self.evict_least_recently_used();
+                self.evict_least_recently_used(EVICTED_AT_ONCE);
             }
             self.channels
                 .insert(channel.to_owned(), ChannelWindows::default());
@@ -197,15 +201,19 @@ impl SenderWindows {
         }
     }
 
-    fn evict_least_recently_used(&mut self) {
-        let oldest = self
-            .channels
-            .iter()
-            .min_by_key(|(_, w)| w.last_used)
-            .map(|(channel, _)| channel.clone());
-        if let Some(channel) = oldest {
-            self.channels.remove(&channel);
+    /// Evicts the `count` least recently used channels (or all, if there are fewer).
+    fn evict_least_recently_used(&mut self, count: usize) {
+        if count == 0 {
+            return;
         }
+        if count >= self.channels.len() {
+            self.channels.clear();
+            return;
+        }
+        let mut uses: Vec<u64> = self.channels.values().map(|w| w.last_used).collect();
+        // Uses are distinct (one clock tick per record), so exactly `count` are at or below.
+        let (_, &mut newest_evicted, _) = uses.select_nth_unstable(count - 1);
+        self.channels.retain(|_, w| w.last_used > newest_evicted);
     }
 }
 
@@ -292,13 +300,31 @@ mod tests {
     }
 
     #[test]
-    fn channels_are_bounded() {
+    fn channels_are_bounded_and_the_least_recently_used_go_first() {
         let mut w = SenderWindows::default();
-        for i in 0..MAX_CHANNELS + 10 {
+        for i in 0..MAX_CHANNELS {
             w.check_and_record(&[(&format!("c{i}"), 1, 0)]).unwrap();
         }
         assert_eq!(w.channels.len(), MAX_CHANNELS);
-        assert!(w.channels.contains_key(&format!("c{}", MAX_CHANNELS + 9)));
-        assert!(!w.channels.contains_key("c0"));
+        // c0 used again: now the most recently used.
+        w.check_and_record(&[("c0", 1, 1)]).unwrap();
+        w.check_and_record(&[("new", 1, 0)]).unwrap();
+        // An eighth went at once, the oldest: c1 ..= c128, not c0.
+        assert_eq!(w.channels.len(), MAX_CHANNELS - EVICTED_AT_ONCE + 1);
+        assert!(w.channels.contains_key("c0"));
+        assert!(w.channels.contains_key("new"));
+        for i in 1..=EVICTED_AT_ONCE {
+            assert!(!w.channels.contains_key(&format!("c{i}")), "c{i}");
+        }
+        assert!(
+            w.channels
+                .contains_key(&format!("c{}", EVICTED_AT_ONCE + 1))
+        );
+        // c0's window survived: its sequence numbers are still refused.
+        assert!(w.check_and_record(&[("c0", 1, 1)]).is_err());
+        for i in 0..10 * MAX_CHANNELS {
+            w.check_and_record(&[(&format!("d{i}"), 1, 0)]).unwrap();
+            assert!(w.channels.len() <= MAX_CHANNELS);
+        }
     }
 }

@@ -294,3 +294,48 @@ async fn an_offline_consumer_whose_owner_may_no_longer_subscribe_is_not_sealed_t
     let m = next(&mut orders).await;
     assert_eq!(m.payload, b"for alice");
 }
+
+/// A durable channel keeps what it captures per channel, so the hub refuses a batch of
+/// replies (PROTOCOL.md §5.5) whose reply channels one captures, `DENIED`, before taking any
+/// grant; the SDK sends each reply again alone, and every request is answered.
+#[tokio::test]
+async fn replies_a_durable_channel_captures_are_refused_as_a_batch_and_go_alone() {
+    let dir = TempDir::new().unwrap();
+    let replies = StreamConfig::new("replies", ChannelPattern::parse("_reply.>").unwrap());
+    let hub = start(&dir, replies).await;
+    let alice = hub.connect_agent("shop", "alice").await.unwrap();
+    let bob = hub.connect_agent("shop", "bob").await.unwrap();
+    let bob_id = bob.principal().clone();
+    let mut requests = bob.serve_direct().await.unwrap();
+    let asked: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|word| {
+            let (alice, bob_id) = (alice.clone(), bob_id.clone());
+            tokio::spawn(async move { alice.request(&bob_id, word, Duration::from_secs(10)).await })
+        })
+        .collect();
+    let mut take = async || {
+        tokio::time::timeout(Duration::from_secs(10), requests.next())
+            .await
+            .expect("a request in time")
+            .expect("the stream is open")
+            .expect("a verified request")
+    };
+    let (r1, r2) = (take().await, take().await);
+    let before = bob.stats();
+    let upper = |r: &entente_client::Request| r.message.payload.to_ascii_uppercase();
+    let (u1, u2) = (upper(&r1), upper(&r2));
+    let (a, b) = tokio::join!(r1.responder.reply(u1), r2.responder.reply(u2));
+    a.unwrap();
+    b.unwrap();
+    for (asked, word) in asked.into_iter().zip(["A", "B"]) {
+        assert_eq!(asked.await.unwrap().unwrap().payload, word.as_bytes());
+    }
+    let after = bob.stats();
+    // The batch of both, refused; then each reply alone.
+    assert_eq!(after.replies_resent - before.replies_resent, 2);
+    assert_eq!(after.batches_sent - before.batches_sent, 3);
+    assert_eq!(after.publish_refused, 0);
+    // Each reply, alone, was kept by the durable channel.
+    assert_eq!(hub.stats().durable_stored, 2);
+}

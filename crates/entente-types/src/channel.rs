@@ -280,6 +280,14 @@ fn validate(s: &str, wildcards: Wildcards) -> Result<bool, ChannelError> {
             max: MAX_CHANNEL_LEN,
         });
     }
+    if is_plain_literal(s) {
+        return Ok(true);
+    }
+    validate_tokens(s, wildcards)
+}
+
+/// [`validate`] token by token, for what is not a plain literal name: finds the error.
+fn validate_tokens(s: &str, wildcards: Wildcards) -> Result<bool, ChannelError> {
     let count = s.split('.').count();
     if count > MAX_TOKENS {
         return Err(ChannelError::TooManyTokens {
@@ -315,6 +323,26 @@ fn validate(s: &str, wildcards: Wildcards) -> Result<bool, ChannelError> {
 
 fn is_token_char(ch: char) -> bool {
     ch.is_ascii_alphanumeric() || matches!(ch, '_' | ':' | '-')
+}
+
+/// The usual name, in one pass over its bytes: non-empty tokens of token characters, at most
+/// [`MAX_TOKENS`] of them. `false` leaves the verdict (and the error) to [`validate`]'s
+/// token-by-token checks.
+fn is_plain_literal(s: &str) -> bool {
+    let mut dots = 0usize;
+    let mut previous = b'.';
+    for &byte in s.as_bytes() {
+        if byte == b'.' {
+            if previous == b'.' {
+                return false;
+            }
+            dots += 1;
+        } else if !is_token_char(char::from(byte)) {
+            return false;
+        }
+        previous = byte;
+    }
+    previous != b'.' && dots < MAX_TOKENS
 }
 
 #[cfg(test)]
@@ -541,6 +569,23 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn the_one_pass_check_accepts_exactly_the_plain_literal_names(
+            s in "[a._*>:é -]{1,12}",
+            near_limit in proptest::bool::ANY,
+        ) {
+            // Also names at and over the token limit.
+            let s = if near_limit { format!("{}{s}", "t.".repeat(MAX_TOKENS - 2)) } else { s };
+            prop_assert_eq!(
+                is_plain_literal(&s),
+                validate_tokens(&s, Wildcards::Reject) == Ok(true)
+            );
+            prop_assert_eq!(
+                is_plain_literal(&s),
+                validate_tokens(&s, Wildcards::Allow) == Ok(true)
+            );
+        }
+
         #[test]
         fn channel_round_trip(s in channel_string()) {
             let c = Channel::parse(&s).unwrap();

@@ -23,7 +23,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use entente_client::{Client, ClientOptions, Request};
+use entente_client::{Client, ClientOptions, ClientStats, Request};
 use futures_util::StreamExt as _;
 
 use crate::commands::bench::{
@@ -69,6 +69,17 @@ pub(crate) struct RpcReport {
     pub(crate) latency_us: Latency,
     /// CPU and memory over the run, per million requests answered.
     pub(crate) cost: Cost,
+    /// Entente only: requests and replies per signed batch (each batch is one Ed25519
+    /// signature to make and one to verify).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) per_batch: Option<PerBatch>,
+}
+
+/// Messages per signed batch, on each side of an Entente run.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub(crate) struct PerBatch {
+    requests: f64,
+    replies: f64,
 }
 
 /// One round of `--request-reply` with `--compare-nats`.
@@ -215,6 +226,7 @@ pub(crate) async fn entente(shape: Rpc) -> Result<RpcReport> {
         .context("the warm-up request was not answered")?;
 
     let next = Arc::new(AtomicU64::new(0));
+    let before = (requester.stats(), responder.stats());
     let meter = Meter::start(&[std::process::id()]);
     let start = Instant::now();
     let askers: Vec<_> = (0..inflight)
@@ -232,6 +244,7 @@ pub(crate) async fn entente(shape: Rpc) -> Result<RpcReport> {
     }
     let elapsed = start.elapsed();
     let usage = meter.stop().first().copied().unwrap_or_default();
+    let after = (requester.stats(), responder.stats());
     answering.abort();
     for client in &clients {
         client.close().await;
@@ -242,6 +255,13 @@ pub(crate) async fn entente(shape: Rpc) -> Result<RpcReport> {
     round_trips.sort_unstable();
     let answered = round_trips.len() as u64;
     let seconds = elapsed.as_secs_f64();
+    // In a clean run every request was sent and every answered one had its reply sent (a
+    // request that failed waiting for room in the queue would make this a little high).
+    let sent = answered + asked.failed + asked.mismatched;
+    let per_batch = PerBatch {
+        requests: per_batch(sent, &before.0, &after.0),
+        replies: per_batch(answered + asked.mismatched, &before.1, &after.1),
+    };
     Ok(RpcReport {
         requests,
         inflight,
@@ -254,7 +274,18 @@ pub(crate) async fn entente(shape: Rpc) -> Result<RpcReport> {
         requests_per_sec: answered as f64 / seconds,
         latency_us: Latency::of_nanos(&round_trips),
         cost: Cost::in_process(usage, answered),
+        per_batch: Some(per_batch),
     })
+}
+
+/// `messages` per signed batch a client sent between two snapshots of its counters.
+fn per_batch(messages: u64, before: &ClientStats, after: &ClientStats) -> f64 {
+    let batches = after.batches_sent.saturating_sub(before.batches_sent);
+    if batches == 0 {
+        0.0
+    } else {
+        messages as f64 / batches as f64
+    }
 }
 
 // === impl RpcReport ===
@@ -321,6 +352,7 @@ fn nats_report(run: &nats::RequestRun, shape: Rpc) -> RpcReport {
         },
         latency_us: Latency::of_micros(&run.latencies_us),
         cost: Cost::server_and_clients(run.server, run.client, run.answered),
+        per_batch: None,
     }
 }
 
@@ -340,4 +372,10 @@ fn print_one(who: &str, r: &RpcReport) {
         r.cost.cpu_seconds_per_million,
         mebibytes(r.cost.peak_rss_bytes)
     );
+    if let Some(per_batch) = r.per_batch {
+        println!(
+            "    {:.1} requests and {:.1} replies per signed batch",
+            per_batch.requests, per_batch.replies
+        );
+    }
 }
