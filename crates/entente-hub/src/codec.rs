@@ -12,7 +12,7 @@ use entente_wire::{Bounded, ClientFrame, Limits, ServerFrame};
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use tonic::Status;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 pub use crate::queue::Budget;
 
@@ -28,7 +28,19 @@ pub struct BoundedCodec<E, D> {
 #[derive(Debug, Clone, Copy)]
 pub struct BoundedDecoder<D> {
     limits: Limits,
+    buffers: BufferSettings,
     _type: PhantomData<fn() -> D>,
+}
+
+/// The first size of a session stream's encode and decode buffers. They grow to the largest
+/// frame a session carries and keep that size, so a busy session reads and writes as with
+/// tonic's default (8 KiB); an idle one keeps 14 KiB less (BENCHMARKS.md, Scale).
+const SESSION_BUFFER: usize = 1024;
+/// Encoded frames gathered before tonic hands them to HTTP/2 (tonic's default).
+const SESSION_YIELD_THRESHOLD: usize = 32 * 1024;
+
+fn session_buffers() -> BufferSettings {
+    BufferSettings::new(SESSION_BUFFER, SESSION_YIELD_THRESHOLD)
 }
 
 /// Encodes a prost message.
@@ -122,6 +134,7 @@ impl<D> BoundedDecoder<D> {
     pub fn new(limits: Limits) -> Self {
         Self {
             limits,
+            buffers: BufferSettings::default(),
             _type: PhantomData,
         }
     }
@@ -130,6 +143,10 @@ impl<D> BoundedDecoder<D> {
 impl<D: Bounded> Decoder for BoundedDecoder<D> {
     type Item = D;
     type Error = Status;
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.buffers
+    }
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
         let len = src.remaining();
@@ -180,13 +197,20 @@ impl Codec for SessionCodec {
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        BoundedDecoder::new(self.limits)
+        BoundedDecoder {
+            buffers: session_buffers(),
+            ..BoundedDecoder::new(self.limits)
+        }
     }
 }
 
 impl Encoder for OutboundEncoder {
     type Item = Outbound;
     type Error = Status;
+
+    fn buffer_settings(&self) -> BufferSettings {
+        session_buffers()
+    }
 
     fn encode(&mut self, item: Outbound, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         match item {
