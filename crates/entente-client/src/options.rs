@@ -99,8 +99,8 @@ impl ClientOptions {
     /// How long the publisher waits for more messages before sealing a batch that is not
     /// full. Default zero: a batch holds whatever queued up while the previous one was being
     /// sealed and sent, plus what tasks already ready to run add while the writer yields to
-    /// the scheduler (again as long as that adds something) (say, the requests a batch of replies releases), so a lone message
-    /// goes out at once and batches grow only under load.
+    /// the scheduler, again as long as that adds something (say, the requests a batch of
+    /// replies releases). So a lone message goes out at once and batches grow only under load.
     pub fn linger(mut self, linger: Duration) -> Self {
         self.linger = linger;
         self
