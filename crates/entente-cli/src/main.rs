@@ -9,6 +9,12 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 
+/// mimalloc rather than the system allocator: the hub, the SDK's tasks and TLS allocate on one
+/// thread and free on another for every batch, which glibc's malloc serves slowly (about a
+/// fifth of the CPU of `entente bench`; docs/BENCHMARKS.md, "The allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Entente: a zero-trust communication hub for AI agents.
 #[derive(Debug, Parser)]
 #[command(name = "entente", version, about)]
