@@ -654,8 +654,19 @@ impl Authz {
 
 impl SessionAuthz {
     /// The authorizer of a session of `principal` (no roles yet: the registry holds none).
+    #[cfg(test)]
     pub(crate) fn new(principal: &Principal) -> Self {
-        let subject = Subject::new(principal.clone(), Vec::<String>::new());
+        Self::of(Self::subject(principal))
+    }
+
+    /// The policy subject of `principal`'s sessions: one per session, shared by its
+    /// authorizer and its delivery gate.
+    pub(crate) fn subject(principal: &Principal) -> Subject {
+        Subject::new(principal.clone(), Vec::<String>::new())
+    }
+
+    /// The authorizer of a session of `subject`.
+    pub(crate) fn of(subject: Subject) -> Self {
         let options = CacheOptions {
             ttl_ms: u64::try_from(TIME_RECHECK.as_millis()).unwrap_or(u64::MAX),
             ..CacheOptions::default()
@@ -823,9 +834,9 @@ impl SessionAuthz {
 impl DeliveryGate {
     /// The gate of a session of `principal` that has decided its subscriptions at policy
     /// epoch `decided`.
-    pub(crate) fn new(authz: Arc<Authz>, principal: &Principal, decided: u64) -> Self {
+    pub(crate) fn new(authz: Arc<Authz>, subject: Subject, decided: u64) -> Self {
         Self {
-            decisions: Mutex::new(SessionAuthz::new(principal)),
+            decisions: Mutex::new(SessionAuthz::of(subject)),
             decided: AtomicU64::new(decided),
             authz,
         }

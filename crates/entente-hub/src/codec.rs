@@ -173,6 +173,7 @@ impl<E: Message> Encoder for ProstEncoder<E> {
     type Error = Status;
 
     fn encode(&mut self, item: E, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.reserve(item.encoded_len());
         item.encode(dst)
             .map_err(|_| Status::internal("encoding a message failed"))
     }
@@ -215,14 +216,18 @@ impl Encoder for OutboundEncoder {
 
     fn encode(&mut self, item: Outbound, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         match item {
-            Outbound::Frame(frame) => frame
-                .encode(dst)
-                .map_err(|_| Status::internal("encoding a frame failed")),
+            Outbound::Frame(frame) => {
+                dst.reserve(frame.encoded_len());
+                frame
+                    .encode(dst)
+                    .map_err(|_| Status::internal("encoding a frame failed"))
+            }
             Outbound::Deliver {
                 subscription_id,
                 body,
                 budget: _,
             } => {
+                dst.reserve(max_deliver_len(body.len()));
                 encode_deliver(subscription_id, &body, dst);
                 Ok(())
             }

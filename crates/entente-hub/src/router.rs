@@ -373,7 +373,7 @@ mod tests {
     )]
 
     use super::*;
-    use crate::authz::Authz;
+    use crate::authz::{Authz, SessionAuthz};
     use tokio::sync::mpsc;
 
     /// Nobody may subscribe to `orders.payroll.>`. (The router does not decide patterns:
@@ -404,7 +404,7 @@ mod tests {
                 session,
                 gate: Arc::new(DeliveryGate::new(
                     authz.clone(),
-                    &principal,
+                    SessionAuthz::subject(&principal),
                     authz.engine().epoch(),
                 )),
                 principal,

@@ -7,7 +7,7 @@
 //! The semantics it implements are documented in the crate docs ("Session semantics").
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
@@ -97,7 +97,10 @@ pub(crate) struct Session<R: Router> {
     epoch: watch::Receiver<u64>,
     /// While auditing is on or channels are durable, every answer (`Ack`, `Refusal`) goes out
     /// through [`forward_answers`] once what it answers is recorded and stored durably.
-    answers: Option<mpsc::Sender<Answer>>,
+    answers_wait: bool,
+    /// The queue to [`forward_answers`], made with its task at the session's first answer:
+    /// an idle session holds neither.
+    answers: OnceLock<mpsc::Sender<Answer>>,
     /// The durable consumers this session holds, by subscription (their patterns are in
     /// `subscriptions` too).
     durables: HashMap<u64, durable::Held>,
@@ -207,20 +210,16 @@ impl<R: Router> Session<R> {
         outbound: OutboundTx,
         connection: ConnectionControl,
     ) -> Self {
-        let authz = SessionAuthz::new(&principal);
+        let subject = SessionAuthz::subject(&principal);
+        let authz = SessionAuthz::of(subject.clone());
         let epoch = context.authz.watch();
         let gate = Arc::new(DeliveryGate::new(
             context.authz.clone(),
-            &principal,
+            subject,
             *epoch.borrow(),
         ));
         let watch = context.anomaly.watch(&principal);
-        let auditor = context.authz.auditor();
-        let answers = (auditor.is_on() || !context.streams.is_empty()).then(|| {
-            let (answers, waiting) = mpsc::channel(ANSWERS_WAITING);
-            tokio::spawn(forward_answers(auditor.clone(), waiting, outbound.clone()));
-            answers
-        });
+        let answers_wait = context.authz.auditor().is_on() || !context.streams.is_empty();
         Self {
             id,
             principal,
@@ -232,7 +231,8 @@ impl<R: Router> Session<R> {
             authz,
             gate,
             epoch,
-            answers,
+            answers_wait,
+            answers: OnceLock::new(),
             durables: HashMap::new(),
             limit_hits: LimitHits::default(),
             watch,
@@ -1397,9 +1397,15 @@ impl<R: Router> Session<R> {
         kind: server_frame::Kind,
         stored: Vec<(Arc<Stream>, u64)>,
     ) -> Result<(), Status> {
-        let Some(answers) = &self.answers else {
+        if !self.answers_wait {
             return self.send(kind).await;
-        };
+        }
+        let answers = self.answers.get_or_init(|| {
+            let (answers, waiting) = mpsc::channel(ANSWERS_WAITING);
+            let auditor = self.context.authz.auditor().clone();
+            tokio::spawn(forward_answers(auditor, waiting, self.outbound.clone()));
+            answers
+        });
         let ticket = self.context.authz.auditor().ticket();
         answers
             .send((ticket, stored, kind))
@@ -1810,6 +1816,31 @@ mod tests {
             );
         }
         assert_eq!(hub.context.stats.snapshot().denials, 0);
+    }
+
+    #[tokio::test]
+    async fn the_queue_to_the_audit_log_is_made_at_the_first_answer() {
+        let mut hub = hub(SHOP);
+        let mut alice = hub.connect(agent("shop", "alice"));
+        // As when auditing is on: answers wait for the log, through a queue of their own.
+        alice.session.answers_wait = true;
+        assert!(
+            alice.session.answers.get().is_none(),
+            "an idle session has none"
+        );
+        alice
+            .send(client_frame::Kind::Subscribe(Subscribe {
+                subscription_id: 1,
+                pattern: "orders.*".into(),
+                durable: String::new(),
+            }))
+            .await
+            .unwrap();
+        assert!(alice.session.answers.get().is_some());
+        let Some(Outbound::Frame(frame)) = alice.rx.recv().await else {
+            panic!("no answer");
+        };
+        assert_eq!(frame.kind.unwrap(), ack(1));
     }
 
     #[tokio::test]

@@ -38,7 +38,8 @@ pub struct DecisionCache {
     subject: Subject,
     options: CacheOptions,
     /// One map per (action, resource kind), keyed by the resource name, so that lookups
-    /// borrow the name instead of building a key.
+    /// borrow the name instead of building a key. Empty until the first entry: a connection
+    /// that never asks the engine holds none of them (2.4 KiB).
     maps: Vec<HashMap<Box<str>, Entry>>,
     len: usize,
     stats: CacheStats,
@@ -74,9 +75,7 @@ impl DecisionCache {
         Self {
             subject,
             options,
-            maps: (0..Action::ALL.len() * KINDS)
-                .map(|_| HashMap::new())
-                .collect(),
+            maps: Vec::new(),
             len: 0,
             stats: CacheStats::default(),
             context: ContextMemo::default(),
@@ -170,6 +169,11 @@ impl DecisionCache {
 
     fn insert(&mut self, action: Action, resource: &Resource<'_>, entry: Entry) {
         let index = map_index(action, resource);
+        if self.maps.is_empty() {
+            self.maps = (0..Action::ALL.len() * KINDS)
+                .map(|_| HashMap::new())
+                .collect();
+        }
         let present = self
             .maps
             .get(index)

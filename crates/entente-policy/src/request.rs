@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use cedar_policy::{Context, Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
 use entente_types::{AgentId, Channel, ChannelPattern, HumanId, Principal};
@@ -66,13 +66,14 @@ pub enum Resource<'a> {
 }
 
 /// The principal of a connection, with the roles the registry gives it, turned into a Cedar
-/// entity once so that each decision only builds the resource and the context.
+/// entity once so that each decision only builds the resource and the context. Clones share
+/// the entity.
 #[derive(Clone)]
 pub struct Subject {
     principal: Principal,
     roles: Vec<String>,
     uid: EntityUid,
-    entity: Result<Entity, String>,
+    entity: Arc<Result<Entity, String>>,
 }
 
 /// The facts a decision may depend on besides the principal, action and resource: the
@@ -285,7 +286,7 @@ impl Subject {
             principal,
             roles,
             uid,
-            entity,
+            entity: Arc::new(entity),
         }
     }
 
@@ -312,7 +313,7 @@ impl Subject {
     }
 
     pub(crate) fn entity(&self) -> Result<&Entity, &str> {
-        self.entity.as_ref().map_err(String::as_str)
+        self.entity.as_ref().as_ref().map_err(String::as_str)
     }
 }
 
@@ -570,6 +571,15 @@ mod tests {
     )]
 
     use super::*;
+
+    #[test]
+    fn a_subject_and_its_clones_share_one_entity() {
+        let principal = Principal::parse("spiffe://example.org/agent/shop/alice").unwrap();
+        let subject = Subject::new(principal, ["buyer"]);
+        let clone = subject.clone();
+        assert!(Arc::ptr_eq(&subject.entity, &clone.entity));
+        assert_eq!(&clone.entity().unwrap().uid(), subject.uid());
+    }
 
     #[test]
     fn namespaces_are_literal_proper_prefixes() {

@@ -475,6 +475,39 @@ const POLICIES: &str = r#"
 "#;
 
 #[test]
+fn a_new_cache_holds_nothing_until_its_first_decision() {
+    let engine = Engine::new(set(POLICIES));
+    let mut cache = DecisionCache::new(agent("research", "alice"), CacheOptions::default());
+    let channel = c("research.results");
+    let resource = Resource::Channel(&channel);
+    assert!(cache.is_empty());
+    assert!(
+        cache
+            .lookup(engine.epoch(), Action::Publish, &resource, NOW)
+            .is_none()
+    );
+    cache.clear();
+    assert!(
+        cache
+            .decide(&engine, Action::Publish, &resource, &Facts::default(), NOW)
+            .allowed
+    );
+    assert_eq!(cache.len(), 1);
+    assert!(
+        cache
+            .lookup(engine.epoch(), Action::Publish, &resource, NOW)
+            .is_some()
+    );
+    cache.clear();
+    assert!(cache.is_empty());
+    assert!(
+        cache
+            .lookup(engine.epoch(), Action::Publish, &resource, NOW)
+            .is_none()
+    );
+}
+
+#[test]
 fn cache_hits_misses_and_epochs() {
     let engine = Engine::new(set(POLICIES));
     let mut cache = DecisionCache::new(agent("research", "alice"), CacheOptions::default());
