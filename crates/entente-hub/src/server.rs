@@ -910,7 +910,7 @@ async fn serve_tcp(shared: Arc<Shared>, tcp: TcpStream) {
                 stats::bump(&shared.stats.handshakes_failed);
                 tracing::debug!(peer = %shown(peer), %error, "TLS handshake refused");
                 if let Some(tcp) = refused {
-                    close_after_alert(tcp).await;
+                    Box::pin(close_after_alert(tcp)).await;
                 }
                 return;
             }
@@ -920,8 +920,11 @@ async fn serve_tcp(shared: Arc<Shared>, tcp: TcpStream) {
                 return;
             }
         };
+    // A connection task's future is as large as its largest state, for as long as it lives:
+    // the rare paths (refusals, enrollment, limits) are boxed so that an idle agent's
+    // connection holds only what serving it takes (docs/BENCHMARKS.md, Scale).
     match listener {
-        Listener::Enroll => serve_enroll(&shared, stream).await,
+        Listener::Enroll => Box::pin(serve_enroll(&shared, stream)).await,
         Listener::Mtls => serve_mtls(shared, stream).await,
     }
 }
@@ -1002,13 +1005,13 @@ async fn serve_mtls(shared: Arc<Shared>, stream: tokio_rustls::server::TlsStream
     let registered = shared.register(id, principal.clone(), svid.serial().to_vec(), &control);
     let registered = match registered {
         Ok(open) => open,
-        Err(limit) => return serve_limited(&shared, &principal, limit, stream).await,
+        Err(limit) => return Box::pin(serve_limited(&shared, &principal, limit, stream)).await,
     };
     // After registering: a quarantine imposed meanwhile either sees this connection and
     // closes it, or is seen here.
     if shared.services.anomaly.quarantined(&principal).is_some() {
         shared.connections.unregister(id);
-        return serve_quarantined(&shared, &principal, stream).await;
+        return Box::pin(serve_quarantined(&shared, &principal, stream)).await;
     }
     if registered {
         let activity = Arc::new(Activity::new());

@@ -1572,10 +1572,12 @@ pub(crate) async fn run<R: Router>(
             Event::Epoch(true) => session.redecide().await,
             Event::Clock => session.recheck_time().await,
             Event::Inbound(Ok(Some(frame))) => {
+                // Boxed: handling a frame takes a future of ~3 KiB, which an idle session
+                // need not hold (docs/BENCHMARKS.md, Scale).
                 tokio::select! {
                     biased;
                     _ = control::closed(&mut closed) => break,
-                    handled = session.handle(frame) => handled,
+                    handled = Box::pin(session.handle(frame)) => handled,
                 }
             }
             Event::Inbound(Ok(None)) => {
