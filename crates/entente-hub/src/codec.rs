@@ -173,6 +173,9 @@ impl<E: Message> Encoder for ProstEncoder<E> {
     type Error = Status;
 
     fn encode(&mut self, item: E, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        // A client's publish is up to a batch of envelopes (~80 KiB for 256 of 256 B): one
+        // reservation costs a second length walk and saves the growth copies (measured,
+        // docs/BENCHMARKS.md, "The allocator").
         dst.reserve(item.encoded_len());
         item.encode(dst)
             .map_err(|_| Status::internal("encoding a message failed"))
@@ -216,17 +219,16 @@ impl Encoder for OutboundEncoder {
 
     fn encode(&mut self, item: Outbound, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         match item {
-            Outbound::Frame(frame) => {
-                dst.reserve(frame.encoded_len());
-                frame
-                    .encode(dst)
-                    .map_err(|_| Status::internal("encoding a frame failed"))
-            }
+            Outbound::Frame(frame) => frame
+                .encode(dst)
+                .map_err(|_| Status::internal("encoding a frame failed")),
             Outbound::Deliver {
                 subscription_id,
                 body,
                 budget: _,
             } => {
+                // One allocation of the frame's size (known without a walk), not a doubling
+                // from the buffer's first size: tonic froze the previous frame's bytes.
                 dst.reserve(max_deliver_len(body.len()));
                 encode_deliver(subscription_id, &body, dst);
                 Ok(())
