@@ -157,6 +157,10 @@ enum Command {
         /// Handshakes in flight at once.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
+        /// Open framed session connections (length-prefixed frames, no HTTP/2) instead of SDK
+        /// clients.
+        #[arg(long)]
+        framed: bool,
     },
     /// Run a hub.
     #[command(subcommand)]
@@ -478,12 +482,14 @@ fn main() -> ExitCode {
             agents,
             handshakes,
             concurrency,
+            framed,
         } => commands::scale::run(
             commands::scale::Scale {
                 connections,
                 agents,
                 handshakes,
                 concurrency,
+                framed,
             },
             cli.json,
         ),

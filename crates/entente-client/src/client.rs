@@ -1794,6 +1794,15 @@ async fn read(
             next = stream.message() => next,
         };
         match next {
+            // The last frame of a framed session (PROTOCOL.md §9.1): what a gRPC status says
+            // on HTTP/2.
+            Ok(Some(ServerFrame {
+                kind: Some(server_frame::Kind::SessionEnd(end)),
+            })) => {
+                let code = tonic::Code::from(i32::try_from(end.code).unwrap_or(2));
+                let reason = format!("the hub closed the session: {}", end.message);
+                break End::Hub(shared.with_expiry(reason, Some(code)));
+            }
             Ok(Some(frame)) => {
                 tokio::select! {
                     biased;
@@ -1844,6 +1853,8 @@ async fn handle(shared: &Shared, transport: &Transport, frame: ServerFrame) {
         }
         // Flow control is the hub's queues and HTTP/2 windows for now.
         Some(server_frame::Kind::Credit(_)) | None => {}
+        // Handled where the session's frames are read.
+        Some(server_frame::Kind::SessionEnd(_)) => {}
     }
 }
 

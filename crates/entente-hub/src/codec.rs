@@ -253,6 +253,12 @@ pub(crate) fn encode_deliver(subscription_id: u64, body: &[u8], dst: &mut impl B
     dst.put_slice(body);
 }
 
+/// The encoded size of a `Deliver` frame for `subscription_id` with a body of `body_len` bytes.
+pub(crate) fn deliver_len(subscription_id: u64, body_len: usize) -> usize {
+    let inner = key_len(DELIVER_TAG) + encoded_len_varint(subscription_id) + body_len;
+    key_len(DELIVER_TAG) + encoded_len_varint(inner as u64) + inner
+}
+
 /// The largest encoded size of a `Deliver` frame with a body of `body_len` bytes, whatever its
 /// subscription ID.
 pub(crate) fn max_deliver_len(body_len: usize) -> usize {

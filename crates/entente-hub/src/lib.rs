@@ -350,6 +350,7 @@ mod directory;
 mod durable;
 mod enroll;
 mod error;
+pub mod framed;
 mod grant_state;
 mod grants;
 mod held;

@@ -60,6 +60,7 @@ use crate::connections::{Caps, ConnectionLimit, Connections};
 use crate::control::{self, CloseReason, ConnectionControl};
 use crate::datakeys::{self, DataKeys};
 use crate::durable::{StreamWriters, Streams};
+use crate::framed;
 use crate::grants::{
     APPROVE_PATH, GRANT_PATH, LIST_GRANTS_PATH, REQUEST_GRANT_PATH, REVOKE_GRANT_PATH,
 };
@@ -111,6 +112,9 @@ const LIMITED_LIFETIME: Duration = Duration::from_secs(5);
 /// How often the hub pings each connection, and how long it waits for the answer.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// TCP keepalive probes sent within [`KEEPALIVE_TIMEOUT`] before a framed connection's peer is
+/// taken for gone.
+const KEEPALIVE_PROBES: u32 = 4;
 
 /// How often the rate limits' buckets that are full again are dropped.
 const LIMITS_PURGE: Duration = Duration::from_secs(60);
@@ -1013,7 +1017,11 @@ async fn serve_mtls(shared: Arc<Shared>, stream: tokio_rustls::server::TlsStream
         shared.connections.unregister(id);
         return Box::pin(serve_quarantined(&shared, &principal, stream)).await;
     }
-    if registered {
+    let framed = stream.get_ref().1.alpn_protocol() == Some(framed::ALPN);
+    if registered && framed {
+        serve_framed(&shared, stream, principal, &control, svid.not_after()).await;
+        log_close(&control, svid.principal());
+    } else if registered {
         let activity = Arc::new(Activity::new());
         let service = {
             let shared = shared.clone();
@@ -1075,19 +1083,7 @@ async fn serve_mtls(shared: Arc<Shared>, stream: tokio_rustls::server::TlsStream
                 }
             }
         };
-        match control.reason() {
-            Some(
-                reason @ (CloseReason::Revoked
-                | CloseReason::SlowConsumer
-                | CloseReason::Quarantined),
-            ) => {
-                tracing::warn!(principal = %svid.principal(), ?reason, "connection closed");
-            }
-            Some(reason @ CloseReason::CertificateExpired) => {
-                tracing::info!(principal = %svid.principal(), ?reason, "connection closed");
-            }
-            Some(CloseReason::Shutdown) | None => {}
-        }
+        log_close(&control, svid.principal());
         if !ended {
             // The streams end with the close reason's status; then GOAWAY, then the socket.
             connection.as_mut().graceful_shutdown();
@@ -1095,6 +1091,79 @@ async fn serve_mtls(shared: Arc<Shared>, stream: tokio_rustls::server::TlsStream
         }
     }
     shared.connections.unregister(id);
+}
+
+/// Logs why the hub closed a connection, if it did.
+fn log_close(control: &ConnectionControl, principal: &Principal) {
+    match control.reason() {
+        Some(
+            reason @ (CloseReason::Revoked | CloseReason::SlowConsumer | CloseReason::Quarantined),
+        ) => {
+            tracing::warn!(%principal, ?reason, "connection closed");
+        }
+        Some(reason @ CloseReason::CertificateExpired) => {
+            tracing::info!(%principal, ?reason, "connection closed");
+        }
+        Some(CloseReason::Shutdown) | None => {}
+    }
+}
+
+/// Serves a framed session connection ([`framed`], PROTOCOL.md §9.1): its session reads frames
+/// in a task of its own; this task writes the session's outbound frames, and closes the
+/// connection when the certificate expires or the hub closes it (the session's last frame
+/// then says why, [`CloseReason::status`]). The kernel's TCP keepalive finds a peer gone
+/// without closing, as HTTP/2 pings do on the other connections.
+async fn serve_framed(
+    shared: &Arc<Shared>,
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    principal: Principal,
+    control: &ConnectionControl,
+    not_after: SystemTime,
+) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_INTERVAL)
+        .with_interval(KEEPALIVE_TIMEOUT / KEEPALIVE_PROBES)
+        .with_retries(KEEPALIVE_PROBES);
+    let _ = socket2::SockRef::from(stream.get_ref().0).set_tcp_keepalive(&keepalive);
+    let limits = shared.config.limits;
+    let (tx, rx) = OutboundTx::channel(shared.config.queue_capacity, shared.config.queue_bytes);
+    let (end_tx, end_rx) = watch::channel(None);
+    let session = Session::new(
+        shared.next_id(),
+        principal.clone(),
+        shared.context.clone(),
+        shared.replay.sender(&principal),
+        tx,
+        control.clone(),
+    );
+    let (read, write) = tokio::io::split(stream);
+    let (writer_tx, writer_rx) = tokio::sync::oneshot::channel();
+    let inbound = framed::Inbound::new(framed::FrameReader::new(read, limits), writer_rx);
+    tokio::spawn(session::run(session, inbound, end_tx));
+    let outbound = outbound_stream(rx, end_rx, control.watch());
+    let writer = framed::write_session(write, outbound, limits, writer_tx);
+    tokio::pin!(writer);
+    let mut closed = control.watch();
+    loop {
+        // The expiry moves when the certificate is renewed: sleep to the time in force, then
+        // look again.
+        let expires_at = control.expires_at().unwrap_or(not_after);
+        let wait = expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        tokio::select! {
+            () = writer.as_mut() => return,
+            _ = control::closed(&mut closed) => break,
+            () = tokio::time::sleep(wait) => {
+                let expired = control.expires_at().is_none_or(|at| at <= SystemTime::now());
+                if expired && control.close(CloseReason::CertificateExpired) {
+                    stats::bump(&shared.stats.expired_disconnects);
+                }
+            }
+        }
+    }
+    // Closed: the writer sends what was queued before the close, then the reason.
+    let _ = tokio::time::timeout(CLOSE_GRACE, writer).await;
 }
 
 /// A connection a connection limit refused: counted and recorded; every request on it is
@@ -1531,7 +1600,8 @@ struct SessionService {
     activity: Arc<Activity>,
 }
 
-type OutboundStream = Pin<Box<dyn Stream<Item = Result<Outbound, Status>> + Send>>;
+/// A session's outbound frames, then the status it ended with, if any.
+pub(crate) type OutboundStream = Pin<Box<dyn Stream<Item = Result<Outbound, Status>> + Send>>;
 
 impl tower_service::Service<Request<Streaming<ClientFrame>>> for SessionService {
     type Response = Response<OutboundStream>;

@@ -7,6 +7,7 @@
 //! The semantics it implements are documented in the crate docs ("Session semantics").
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -1458,7 +1459,7 @@ impl Refused {
 }
 
 /// Cuts a reason to the wire limit, at a character boundary.
-fn bounded(mut reason: String) -> String {
+pub(crate) fn bounded(mut reason: String) -> String {
     if reason.len() > entente_wire::MAX_REASON_BYTES {
         let mut end = entente_wire::MAX_REASON_BYTES;
         while !reason.is_char_boundary(end) {
@@ -1529,9 +1530,22 @@ pub(crate) fn delivered(batch: &SignedBatchIn) -> DeliveredBatch {
 /// connection is closed. A status in `end` ends the response stream (after what is queued).
 /// Whenever the policy epoch changes, the session decides its subscriptions again, also after
 /// the client is done sending.
+/// A session's inbound frames: a gRPC stream (HTTP/2), or a framed connection's
+/// ([`crate::framed`]).
+pub(crate) trait Inbound: Send {
+    /// The next frame; `None` when the client is done sending; a status ends the session.
+    fn message(&mut self) -> impl Future<Output = Result<Option<ClientFrame>, Status>> + Send;
+}
+
+impl Inbound for Streaming<ClientFrame> {
+    fn message(&mut self) -> impl Future<Output = Result<Option<ClientFrame>, Status>> + Send {
+        Streaming::message(self)
+    }
+}
+
 pub(crate) async fn run<R: Router>(
     mut session: Session<R>,
-    mut inbound: Streaming<ClientFrame>,
+    mut inbound: impl Inbound,
     end: watch::Sender<Option<Status>>,
 ) {
     /// What woke the session.

@@ -95,7 +95,9 @@ impl TlsConfigs {
             .map_err(tls)?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(resolver.clone());
-        mtls.alpn_protocols = vec![b"h2".to_vec()];
+        // HTTP/2 (gRPC) first: a client offering both gets it; a framed session is asked for
+        // alone (PROTOCOL.md §9.1).
+        mtls.alpn_protocols = vec![b"h2".to_vec(), crate::framed::ALPN.to_vec()];
         mtls.ticketer = Arc::new(tickets);
         mtls.session_storage = Arc::new(NoServerSessionStorage {});
         mtls.send_tls13_tickets = TICKETS_PER_HANDSHAKE;

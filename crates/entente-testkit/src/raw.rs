@@ -1,4 +1,5 @@
-//! Below the SDK: a TLS probe and a gRPC client that sends whatever bytes it is given.
+//! Below the SDK: a TLS probe, a gRPC client that sends whatever bytes it is given, and a
+//! framed session connection ([`Framed`]) that does the same.
 //!
 //! The SDK never sends a malformed frame, a frame over the size limit, or a call to a method
 //! the hub does not serve; tests of how a hub treats those need a client that does. [`Client`]
@@ -37,7 +38,8 @@ use bytes::{BufMut, Bytes};
 use entente_ca::TrustBundle;
 use entente_client::Identity;
 use entente_hub::codec::{BoundedCodec, BoundedDecoder};
-use entente_wire::{Bounded, ClientFrame, Limits, ServerFrame};
+use entente_hub::framed::{self, FrameReader};
+use entente_wire::{Bounded, ClientFrame, Limits, ServerFrame, SessionEnd, server_frame};
 use http::uri::PathAndQuery;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
@@ -282,6 +284,88 @@ impl fmt::Debug for Session {
         f.debug_struct("Session")
             .field("closed", &self.tx.is_closed())
             .finish_non_exhaustive()
+    }
+}
+
+// === framed sessions ===
+
+/// A framed session connection (PROTOCOL.md §9.1): length-prefixed frames out, whatever they
+/// hold, and the hub's `ServerFrame`s in through the bounded decoder.
+#[derive(Debug)]
+pub struct Framed {
+    write: tokio::io::WriteHalf<tokio_rustls::client::TlsStream<TcpStream>>,
+    read: FrameReader<tokio::io::ReadHalf<tokio_rustls::client::TlsStream<TcpStream>>, ServerFrame>,
+}
+
+impl Framed {
+    /// Connects to `addr` with `config` (whose ALPN protocols are replaced by the framed
+    /// session's alone), asking for `server_name`; fails unless the hub agreed to a framed
+    /// session.
+    pub async fn connect(
+        addr: SocketAddr,
+        mut config: ClientConfig,
+        server_name: &str,
+    ) -> Result<Self> {
+        config.alpn_protocols = vec![framed::ALPN.to_vec()];
+        let tcp = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        let name = ServerName::try_from(server_name.to_owned())
+            .with_context(|| format!("`{server_name}` is not a server name"))?;
+        let tls = TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .context("handshake")?;
+        let alpn = tls.get_ref().1.alpn_protocol();
+        anyhow::ensure!(
+            alpn == Some(framed::ALPN),
+            "the hub chose ALPN {:?}",
+            alpn.map(String::from_utf8_lossy)
+        );
+        let (read, write) = tokio::io::split(tls);
+        Ok(Self {
+            write,
+            read: FrameReader::new(read, Limits::default()),
+        })
+    }
+
+    /// Sends `frame` with its length prefix.
+    pub async fn send(&mut self, frame: &ClientFrame) -> std::io::Result<()> {
+        let mut bytes = bytes::BytesMut::new();
+        framed::encode_frame(frame, &mut bytes);
+        self.send_raw(&bytes).await
+    }
+
+    /// Sends `bytes` as they are: prefix and frame are the caller's.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.write.write_all(bytes).await?;
+        self.write.flush().await
+    }
+
+    /// The next frame, `Ok(None)` when the hub closed the connection; an error if nothing
+    /// came within [`WAIT`].
+    pub async fn next(&mut self) -> Result<Option<ServerFrame>> {
+        tokio::time::timeout(WAIT, self.read.next())
+            .await
+            .context("no frame from the hub in time")?
+            .context("reading a frame")
+    }
+
+    /// Reads to the session's end and returns its `SessionEnd`; an error if the connection
+    /// closes without one. The connection must then close.
+    pub async fn end(&mut self) -> Result<SessionEnd> {
+        loop {
+            let frame = self.next().await?.context("closed without a SessionEnd")?;
+            if let Some(server_frame::Kind::SessionEnd(end)) = frame.kind {
+                anyhow::ensure!(self.next().await?.is_none(), "a frame after the SessionEnd");
+                return Ok(end);
+            }
+        }
+    }
+
+    /// Closes the connection (TLS close_notify, then FIN): the session is over.
+    pub async fn close(mut self) -> std::io::Result<()> {
+        self.write.shutdown().await
     }
 }
 

@@ -223,6 +223,7 @@ bounded! {
     RevokeRequest => scan::REVOKE_REQUEST,
     RevokeResponse => scan::REVOKE_RESPONSE,
     SubscriptionEnded => scan::SUBSCRIPTION_ENDED,
+    SessionEnd => scan::SESSION_END,
     PolicySource => scan::POLICY_SOURCE,
     LoadPoliciesRequest => scan::LOAD_POLICIES_REQUEST,
     LoadPoliciesResponse => scan::LOAD_POLICIES_RESPONSE,

@@ -193,7 +193,7 @@ pub mod client_frame {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ServerFrame {
     /// What the frame carries.
-    #[prost(oneof = "server_frame::Kind", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "server_frame::Kind", tags = "1, 2, 3, 4, 5, 6")]
     pub kind: Option<server_frame::Kind>,
 }
 
@@ -217,6 +217,9 @@ pub mod server_frame {
         /// The hub ended a subscription it had accepted.
         #[prost(message, tag = "5")]
         SubscriptionEnded(super::SubscriptionEnded),
+        /// Why the hub ended a framed session: its last frame (never sent on HTTP/2).
+        #[prost(message, tag = "6")]
+        SessionEnd(super::SessionEnd),
     }
 }
 
@@ -354,6 +357,17 @@ pub struct SubscriptionEnded {
     /// For humans: what decided it.
     #[prost(string, tag = "3")]
     pub reason: String,
+}
+
+/// Why the hub ended a framed session: the status an HTTP/2 session would end with.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct SessionEnd {
+    /// A gRPC status code (`PERMISSION_DENIED` is 7).
+    #[prost(uint32, tag = "1")]
+    pub code: u32,
+    /// For humans: why.
+    #[prost(string, tag = "2")]
+    pub message: String,
 }
 
 /// A join token, a CSR and message keys, exchanged for a certificate and a key bundle.

@@ -676,7 +676,14 @@ pub(crate) static SERVER_FRAME: Schema = Schema {
             Kind::Message(&SUBSCRIPTION_ENDED),
             Count::One,
         ),
+        field(6, "session_end", Kind::Message(&SESSION_END), Count::One),
     ],
+};
+
+pub(crate) static SESSION_END: Schema = Schema {
+    name: "SessionEnd",
+    oneof: false,
+    fields: &[varint(1, "code"), bytes(2, "message", Len::Reason)],
 };
 
 pub(crate) static SUBSCRIPTION_ENDED: Schema = Schema {

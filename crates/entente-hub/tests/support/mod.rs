@@ -35,7 +35,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tempfile::TempDir;
 use tonic::Status;
 
-pub use entente_testkit::raw::{Client, Session};
+pub use entente_testkit::raw::{Client, Framed, Session};
 
 pub const TD: &str = entente_testkit::TRUST_DOMAIN;
 
@@ -174,6 +174,18 @@ impl Agent {
     /// Connects and opens a session stream.
     pub async fn session(&self, hub: &HubHandle) -> Session {
         self.connect(hub).await.session().await.unwrap()
+    }
+
+    /// Connects for a framed session (PROTOCOL.md §9.1).
+    pub async fn framed(&self, hub: &HubHandle) -> Framed {
+        let name = entente_hub::hub_server_name(hub.trust_bundle().trust_domain());
+        Framed::connect(
+            hub.local_addr(),
+            self.client_config(hub.trust_bundle()),
+            &name,
+        )
+        .await
+        .unwrap()
     }
 
     pub fn sealer(&self, channel: &str, recipients: &[&VerifiedKeyBundle]) -> (Sealer, SenderKey) {
@@ -386,6 +398,40 @@ impl SessionExt for Session {
         batches: Vec<SignedBatch>,
     ) -> server_frame::Kind {
         self.send(frame(client_frame::Kind::Publish(Publish {
+            request_id: id,
+            sender_keys,
+            batches,
+            purpose: String::new(),
+        })))
+        .await
+        .unwrap();
+        self.next_kind().await
+    }
+}
+
+impl SessionExt for Framed {
+    async fn next_kind(&mut self) -> server_frame::Kind {
+        self.next().await.unwrap().unwrap().kind.unwrap()
+    }
+
+    async fn subscribe(&mut self, id: u64, pattern: &str) -> server_frame::Kind {
+        self.send(&frame(client_frame::Kind::Subscribe(Subscribe {
+            subscription_id: id,
+            pattern: pattern.into(),
+            durable: String::new(),
+        })))
+        .await
+        .unwrap();
+        self.next_kind().await
+    }
+
+    async fn publish(
+        &mut self,
+        id: u64,
+        sender_keys: Vec<SenderKey>,
+        batches: Vec<SignedBatch>,
+    ) -> server_frame::Kind {
+        self.send(&frame(client_frame::Kind::Publish(Publish {
             request_id: id,
             sender_keys,
             batches,

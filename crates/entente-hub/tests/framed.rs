@@ -1,0 +1,229 @@
+//! Framed sessions (PROTOCOL.md §9.1) through a real hub on 127.0.0.1:0: the same session as
+//! over HTTP/2, length-prefixed frames over mutual TLS, a `SessionEnd` frame saying why the hub
+//! ended it, bad frames refused and counted, and the connection gone when the client closes.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod support;
+
+use entente_ca::{Revocations, VerifiedRevocationList};
+use entente_crypto::{SenderKeyIn, SignedBatchIn};
+use entente_hub::HubConfig;
+use entente_wire::{Limits, Unsubscribe, client_frame, server_frame};
+use prost::Message;
+use support::{
+    Agent, Framed, SessionExt, TestCa, ack, config, eventually, frame, now_ms, refusal, start,
+};
+use tonic::Code;
+
+fn payloads(receiver: &Agent, sender: &Agent, kind: server_frame::Kind) -> Vec<Vec<u8>> {
+    let server_frame::Kind::Deliver(deliver) = kind else {
+        panic!("expected a delivery, got {kind:?}");
+    };
+    let mut opener = receiver.opener();
+    for sender_key in deliver.sender_keys {
+        let sender_key = SenderKeyIn::from_wire(sender_key).unwrap();
+        opener
+            .accept_sender_key(&sender_key, &sender.bundle, now_ms())
+            .unwrap();
+    }
+    let mut payloads = Vec::new();
+    for batch in deliver.batches {
+        let batch = SignedBatchIn::decode(&batch.encode_to_vec(), &Limits::default()).unwrap();
+        let opened = opener.open(batch, &sender.bundle, now_ms()).unwrap();
+        assert!(opened.rejected.is_empty(), "{:?}", opened.rejected);
+        payloads.extend(opened.delivered.into_iter().map(|e| e.into_payload()));
+    }
+    payloads
+}
+
+fn code(end: &entente_wire::SessionEnd) -> Code {
+    Code::from(i32::try_from(end.code).unwrap())
+}
+
+#[tokio::test]
+async fn framed_and_http2_sessions_exchange_sealed_messages() {
+    let ca = TestCa::new();
+    let hub = start(&ca, config()).await;
+    let alice = ca.agent("shop", "alice");
+    let bob = ca.agent("shop", "bob");
+    let mut alice_framed = alice.framed(&hub).await;
+    assert_eq!(alice_framed.subscribe(1, "orders.*").await, ack(1));
+    // The same rules as over HTTP/2: someone else's namespace is refused.
+    let (id, code) = refusal(alice_framed.subscribe(2, "_direct.shop.bob").await);
+    assert_eq!((id, code), (2, entente_hub::RefusalCode::Denied));
+
+    // Bob publishes over HTTP/2; Alice's framed session gets it, and opens it.
+    let mut bob_session = bob.session(&hub).await;
+    let (mut sealer, sender_key) = bob.sealer("orders.eu", &[&alice.bundle]);
+    let batch = sealer
+        .seal_batch(&[b"two espressos", b"one croissant"], None, now_ms())
+        .unwrap();
+    assert_eq!(
+        bob_session.publish(10, vec![sender_key], vec![batch]).await,
+        ack(10)
+    );
+    let kind = alice_framed.next_kind().await;
+    assert_eq!(
+        payloads(&alice, &bob, kind),
+        [b"two espressos".to_vec(), b"one croissant".to_vec()]
+    );
+
+    // Alice publishes over her framed session; Bob gets it over HTTP/2, and Alice her own
+    // (her acknowledgement and her delivery may come in either order).
+    assert_eq!(bob_session.subscribe(1, "orders.eu").await, ack(1));
+    let (mut sealer, sender_key) = alice.sealer("orders.eu", &[&bob.bundle, &alice.bundle]);
+    let batch = sealer.seal_batch(&[b"one tea"], None, now_ms()).unwrap();
+    alice_framed
+        .send(&frame(client_frame::Kind::Publish(entente_wire::Publish {
+            request_id: 20,
+            sender_keys: vec![sender_key],
+            batches: vec![batch],
+            purpose: String::new(),
+        })))
+        .await
+        .unwrap();
+    let kind = bob_session.next_kind().await;
+    assert_eq!(payloads(&bob, &alice, kind), [b"one tea".to_vec()]);
+    let (first, second) = (
+        alice_framed.next_kind().await,
+        alice_framed.next_kind().await,
+    );
+    let (acked, delivered) = if first == ack(20) {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!(acked, ack(20));
+    assert_eq!(payloads(&alice, &alice, delivered), [b"one tea".to_vec()]);
+
+    alice_framed
+        .send(&frame(client_frame::Kind::Unsubscribe(Unsubscribe {
+            subscription_id: 1,
+        })))
+        .await
+        .unwrap();
+    assert_eq!(alice_framed.next_kind().await, ack(1));
+    assert_eq!(hub.stats().connections, 2);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_framed_session_ends_with_the_reason_when_revoked_or_at_shutdown() {
+    let ca = TestCa::new();
+    let hub = start(&ca, config()).await;
+    let alice = ca.agent("shop", "alice");
+    let bob = ca.agent("shop", "bob");
+    let mut alice_framed = alice.framed(&hub).await;
+    assert_eq!(alice_framed.subscribe(1, "orders.eu").await, ack(1));
+    let mut bob_framed = bob.framed(&hub).await;
+    assert_eq!(bob_framed.subscribe(1, "orders.eu").await, ack(1));
+
+    let mut revocations = Revocations::new();
+    revocations.revoke_principal(&alice.principal);
+    let now = std::time::SystemTime::now();
+    let list = ca.ca.sign_revocations(&revocations, now).unwrap();
+    let list = VerifiedRevocationList::verify(list, ca.trust(), now).unwrap();
+    assert_eq!(hub.revoke(list).await.unwrap(), 1);
+    let end = alice_framed.end().await.unwrap();
+    assert_eq!(code(&end), Code::PermissionDenied, "{end:?}");
+    assert_eq!(end.message, "credential revoked");
+    eventually("alice's connection is gone", || hub.connections() == 1).await;
+    assert_eq!(hub.stats().revoked_disconnects, 1);
+
+    hub.shutdown().await;
+    let end = bob_framed.end().await.unwrap();
+    assert_eq!(code(&end), Code::Unavailable, "{end:?}");
+}
+
+#[tokio::test]
+async fn bad_frames_end_a_framed_session_counted_and_the_hub_serves_on() {
+    const MAX: usize = 64 * 1024;
+    let ca = TestCa::new();
+    let hub = start(
+        &ca,
+        HubConfig {
+            limits: Limits {
+                max_frame_bytes: MAX,
+                ..Limits::default()
+            },
+            ..config()
+        },
+    )
+    .await;
+    let alice = ca.agent("shop", "alice");
+
+    // A length over the limit: refused from the prefix, before anything is read.
+    let mut framed = alice.framed(&hub).await;
+    let over = u32::try_from(MAX + 1).unwrap().to_be_bytes();
+    framed.send_raw(&over).await.unwrap();
+    assert_eq!(code(&framed.end().await.unwrap()), Code::OutOfRange);
+
+    // A frame that does not decode, and a frame with no known kind.
+    let malformed: [&[u8]; 2] = [
+        &[0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01],
+        &[0x4a, 0x02, 0x01, 0x02],
+    ];
+    for bytes in malformed {
+        let mut framed = alice.framed(&hub).await;
+        let mut raw = u32::try_from(bytes.len()).unwrap().to_be_bytes().to_vec();
+        raw.extend_from_slice(bytes);
+        framed.send_raw(&raw).await.unwrap();
+        let end = framed.end().await.unwrap();
+        assert_eq!(code(&end), Code::InvalidArgument, "{bytes:?}: {end:?}");
+    }
+    eventually("the frames are counted", || {
+        hub.stats().malformed_frames == 3
+    })
+    .await;
+    eventually("their connections are gone", || hub.connections() == 0).await;
+
+    let mut framed = alice.framed(&hub).await;
+    assert_eq!(framed.subscribe(1, "orders.eu").await, ack(1));
+}
+
+#[tokio::test]
+async fn closing_the_connection_ends_the_framed_session() {
+    let ca = TestCa::new();
+    let hub = start(&ca, config()).await;
+    let mut framed = ca.agent("shop", "alice").framed(&hub).await;
+    assert_eq!(framed.subscribe(1, "orders.eu").await, ack(1));
+    assert_eq!(hub.connections(), 1);
+    framed.close().await.unwrap();
+    eventually("the connection is gone", || hub.connections() == 0).await;
+    assert_eq!(hub.stats().malformed_frames, 0);
+}
+
+#[tokio::test]
+async fn a_client_offering_both_protocols_gets_http2() {
+    let ca = TestCa::new();
+    let hub = start(&ca, config()).await;
+    let alice = ca.agent("shop", "alice");
+    let mut config = alice.client_config(hub.trust_bundle());
+    config.alpn_protocols = vec![entente_hub::framed::ALPN.to_vec(), b"h2".to_vec()];
+    let name = entente_hub::hub_server_name(hub.trust_bundle().trust_domain());
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls_pki_types::ServerName::try_from(name).unwrap(),
+            tokio::net::TcpStream::connect(hub.local_addr())
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // The enrollment name serves HTTP/2 only.
+    assert!(
+        Framed::connect(
+            hub.local_addr(),
+            entente_hub::client_tls::enroll_client_config(hub.trust_bundle()).unwrap(),
+            &entente_hub::enroll_server_name(hub.trust_bundle().trust_domain()),
+        )
+        .await
+        .is_err()
+    );
+}
