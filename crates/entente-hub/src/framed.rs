@@ -25,16 +25,14 @@ pub const ALPN: &[u8] = b"entente/1";
 /// Bytes of a frame's length prefix (big-endian).
 pub const PREFIX_BYTES: usize = 4;
 
-/// The least a read asks for. An idle session holds a read buffer of this size (or none).
-const READ_MIN: usize = 1024;
+/// The least a read asks for. An idle session holds a read buffer of this size (or none):
+/// enough for the small frames (subscriptions, acknowledgements) in one read.
+const READ_MIN: usize = 512;
 
 /// The most a read asks for at once: a frame's buffer grows as its bytes arrive, not to the
 /// length its prefix announces (a peer announcing large frames and sending nothing holds no
 /// more than this).
 const READ_STEP: usize = 64 * 1024;
-
-/// A read buffer larger than this is given back once it is empty.
-const READ_KEEP: usize = 16 * 1024;
 
 /// Frames gathered into one write (as tonic gathers before handing them to HTTP/2).
 const WRITE_GATHER: usize = 32 * 1024;
@@ -110,7 +108,10 @@ impl<R: AsyncRead + Unpin, D: Bounded> FrameReader<R, D> {
                         .unwrap_or(&[]);
                     let decoded = entente_wire::decode::<D>(frame, &self.limits);
                     self.buf.advance(PREFIX_BYTES + len);
-                    if self.buf.is_empty() && self.buf.capacity() > READ_KEEP {
+                    // Nothing more buffered: a larger buffer is given back, so that an idle
+                    // session holds no more than `READ_MIN` (the allocator makes a new one
+                    // cheaply when the next large frame comes).
+                    if self.buf.is_empty() && self.buf.capacity() > READ_MIN {
                         self.buf = BytesMut::new();
                     }
                     return Ok(Some(decoded?));
@@ -202,6 +203,16 @@ fn session_end(status: &Status) -> ServerFrame {
             code: u32::try_from(i32::from(status.code())).unwrap_or(2),
             message,
         })),
+    }
+}
+
+/// Refuses a framed session connection: its `SessionEnd` frame says why, then the connection
+/// is closed.
+pub(crate) async fn refuse<W: AsyncWrite + Unpin>(mut io: W, status: &Status) {
+    let mut buf = BytesMut::new();
+    encode_frame(&session_end(status), &mut buf);
+    if io.write_all(&buf).await.is_ok() {
+        let _ = io.shutdown().await;
     }
 }
 

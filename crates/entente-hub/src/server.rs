@@ -38,6 +38,7 @@ use entente_wire::{
     LoadPoliciesRequest, QuarantineRequest, RequestGrantRequest, RevokeGrantRequest, RevokeRequest,
 };
 use futures_util::Stream;
+use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
@@ -889,6 +890,28 @@ fn half_life(not_after: SystemTime) -> Duration {
 // === one connection ===
 
 async fn serve_tcp(shared: Arc<Shared>, tcp: TcpStream) {
+    // A connection task's future is as large as its largest state, for as long as it lives:
+    // the handshake and the rare paths (refusals, enrollment, limits) are boxed so that an
+    // idle agent's connection holds only what serving it takes (docs/BENCHMARKS.md, Scale).
+    let Some((listener, stream)) = Box::pin(accept(&shared, tcp)).await else {
+        return;
+    };
+    match listener {
+        Listener::Enroll => Box::pin(serve_enroll(&shared, stream)).await,
+        Listener::Mtls => match serve_mtls(shared, stream) {
+            Some(Either::Left(framed)) => framed.await,
+            Some(Either::Right(other)) => other.await,
+            None => {}
+        },
+    }
+}
+
+/// The TLS handshake of a connection, within the handshake timeout: the listener its server
+/// name chose and the stream, or `None` once a refused handshake is closed.
+async fn accept(
+    shared: &Shared,
+    tcp: TcpStream,
+) -> Option<(Listener, tokio_rustls::server::TlsStream<TcpStream>)> {
     let peer = tcp.peer_addr().ok();
     // Formatted only if the event is logged.
     let shown =
@@ -907,29 +930,21 @@ async fn serve_tcp(shared: Arc<Shared>, tcp: TcpStream) {
     };
     // Refused handshakes are counted; their log events are debug-level, so that a flood of
     // them does not become a flood of log lines.
-    let (listener, stream) =
-        match tokio::time::timeout(shared.config.handshake_timeout, handshake).await {
-            Ok(Ok(accepted)) => accepted,
-            Ok(Err((error, refused))) => {
-                stats::bump(&shared.stats.handshakes_failed);
-                tracing::debug!(peer = %shown(peer), %error, "TLS handshake refused");
-                if let Some(tcp) = refused {
-                    Box::pin(close_after_alert(tcp)).await;
-                }
-                return;
+    match tokio::time::timeout(shared.config.handshake_timeout, handshake).await {
+        Ok(Ok(accepted)) => Some(accepted),
+        Ok(Err((error, refused))) => {
+            stats::bump(&shared.stats.handshakes_failed);
+            tracing::debug!(peer = %shown(peer), %error, "TLS handshake refused");
+            if let Some(tcp) = refused {
+                close_after_alert(tcp).await;
             }
-            Err(_) => {
-                stats::bump(&shared.stats.handshakes_failed);
-                tracing::debug!(peer = %shown(peer), "TLS handshake timed out");
-                return;
-            }
-        };
-    // A connection task's future is as large as its largest state, for as long as it lives:
-    // the rare paths (refusals, enrollment, limits) are boxed so that an idle agent's
-    // connection holds only what serving it takes (docs/BENCHMARKS.md, Scale).
-    match listener {
-        Listener::Enroll => Box::pin(serve_enroll(&shared, stream)).await,
-        Listener::Mtls => serve_mtls(shared, stream).await,
+            None
+        }
+        Err(_) => {
+            stats::bump(&shared.stats.handshakes_failed);
+            tracing::debug!(peer = %shown(peer), "TLS handshake timed out");
+            None
+        }
     }
 }
 
@@ -993,14 +1008,22 @@ async fn serve_enroll(shared: &Shared, stream: tokio_rustls::server::TlsStream<T
     }
 }
 
-async fn serve_mtls(shared: Arc<Shared>, stream: tokio_rustls::server::TlsStream<TcpStream>) {
+/// A mutual-TLS connection, once its handshake is done: its chain verified again, registered,
+/// then served. A plain function, so that the connection task's future holds only what the
+/// serving it chose needs (an `async fn` keeps its arguments for as long as it runs, the TLS
+/// stream among them): a framed session's serving inline (small), HTTP/2's and the rare paths'
+/// boxed.
+fn serve_mtls(
+    shared: Arc<Shared>,
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+) -> Option<Either<impl Future<Output = ()> + Send, Serving>> {
     // The verifier passed the chain during a full handshake; a resumed one carries the chain
     // of the full handshake its ticket came from, and skipped the verifier (`tls`). Verify
     // again, always: to learn the identity, and against the revocation list in force now.
     let chain = stream.get_ref().1.peer_certificates().unwrap_or_default();
     let Ok(svid) = shared.verifier.verify_chain(chain, SystemTime::now()) else {
         stats::bump(&shared.stats.handshakes_failed);
-        return;
+        return None;
     };
     stats::bump(&shared.stats.connections);
     let id = shared.next_id();
@@ -1009,88 +1032,133 @@ async fn serve_mtls(shared: Arc<Shared>, stream: tokio_rustls::server::TlsStream
     let registered = shared.register(id, principal.clone(), svid.serial().to_vec(), &control);
     let registered = match registered {
         Ok(open) => open,
-        Err(limit) => return Box::pin(serve_limited(&shared, &principal, limit, stream)).await,
+        Err(limit) => {
+            return Some(Either::Right(Box::pin(async move {
+                serve_limited(&shared, &principal, limit, stream).await;
+            })));
+        }
     };
     // After registering: a quarantine imposed meanwhile either sees this connection and
     // closes it, or is seen here.
     if shared.services.anomaly.quarantined(&principal).is_some() {
         shared.connections.unregister(id);
-        return Box::pin(serve_quarantined(&shared, &principal, stream)).await;
+        return Some(Either::Right(Box::pin(async move {
+            serve_quarantined(&shared, &principal, stream).await;
+        })));
     }
-    let framed = stream.get_ref().1.alpn_protocol() == Some(framed::ALPN);
-    if registered && framed {
-        serve_framed(&shared, stream, principal, &control, svid.not_after()).await;
-        log_close(&control, svid.principal());
-    } else if registered {
-        let activity = Arc::new(Activity::new());
-        let service = {
-            let shared = shared.clone();
-            let activity = activity.clone();
-            let caller = Caller {
-                connection: id,
-                principal,
-                control: control.clone(),
-            };
-            service_fn(move |request| {
-                // Busy while the request is routed (and a session, while it runs).
-                let busy = activity.enter();
-                let routed =
-                    route_request(shared.clone(), caller.clone(), activity.clone(), request);
-                async move {
-                    let response = routed.await;
-                    drop(busy);
-                    response
-                }
-            })
+    if !registered {
+        shared.connections.unregister(id);
+        return None;
+    }
+    let connection = Connection {
+        shared,
+        id,
+        principal,
+        control,
+        not_after: svid.not_after(),
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(framed::ALPN) {
+        Some(Either::Left(serve_framed(connection, stream)))
+    } else {
+        Some(Either::Right(Box::pin(serve_h2(connection, stream))))
+    }
+}
+
+/// Serving a connection, boxed.
+type Serving = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A registered mutual-TLS connection being served.
+struct Connection {
+    shared: Arc<Shared>,
+    id: u64,
+    principal: Principal,
+    control: ConnectionControl,
+    /// When its certificate expires.
+    not_after: SystemTime,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        log_close(&self.control, &self.principal);
+        self.shared.connections.unregister(self.id);
+    }
+}
+
+/// Serves an HTTP/2 connection: gRPC, the session and the unary services ([`route_request`]).
+async fn serve_h2(connection: Connection, stream: tokio_rustls::server::TlsStream<TcpStream>) {
+    let Connection {
+        ref shared,
+        id,
+        ref principal,
+        ref control,
+        not_after,
+    } = connection;
+    let principal = principal.clone();
+    let activity = Arc::new(Activity::new());
+    let service = {
+        let shared = shared.clone();
+        let activity = activity.clone();
+        let caller = Caller {
+            connection: id,
+            principal,
+            control: control.clone(),
         };
-        let builder = h2_builder(&shared.config);
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        tokio::pin!(connection);
-        let mut closed = control.watch();
-        // The expiry moves when the connection renews; sleep to the time in force, then look
-        // again.
-        let ended = loop {
-            let expires_at = control.expires_at().unwrap_or(svid.not_after());
-            let wait = expires_at
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO);
-            let idle_timeout = shared.config.idle_timeout;
-            let idle_at = activity
-                .idle_until(idle_timeout)
-                .unwrap_or_else(|| tokio::time::Instant::now() + idle_timeout);
-            tokio::select! {
-                _ = connection.as_mut() => break true,
-                _ = control::closed(&mut closed) => break false,
-                () = tokio::time::sleep_until(idle_at) => {
-                    let idle = activity
-                        .idle_until(idle_timeout)
-                        .is_some_and(|at| at <= tokio::time::Instant::now());
-                    if idle {
-                        stats::bump(&shared.stats.idle_disconnects);
-                        break false;
-                    }
-                }
-                () = tokio::time::sleep(wait) => {
-                    let expired = control
-                        .expires_at()
-                        .is_none_or(|at| at <= SystemTime::now());
-                    if expired {
-                        if control.close(CloseReason::CertificateExpired) {
-                            stats::bump(&shared.stats.expired_disconnects);
-                        }
-                        break false;
-                    }
+        service_fn(move |request| {
+            // Busy while the request is routed (and a session, while it runs).
+            let busy = activity.enter();
+            let routed = route_request(shared.clone(), caller.clone(), activity.clone(), request);
+            async move {
+                let response = routed.await;
+                drop(busy);
+                response
+            }
+        })
+    };
+    let builder = h2_builder(&shared.config);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let mut closed = control.watch();
+    // The expiry moves when the connection renews; sleep to the time in force, then look
+    // again.
+    let ended = loop {
+        let expires_at = control.expires_at().unwrap_or(not_after);
+        let wait = expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        let idle_timeout = shared.config.idle_timeout;
+        let idle_at = activity
+            .idle_until(idle_timeout)
+            .unwrap_or_else(|| tokio::time::Instant::now() + idle_timeout);
+        tokio::select! {
+            _ = connection.as_mut() => break true,
+            _ = control::closed(&mut closed) => break false,
+            () = tokio::time::sleep_until(idle_at) => {
+                let idle = activity
+                    .idle_until(idle_timeout)
+                    .is_some_and(|at| at <= tokio::time::Instant::now());
+                if idle {
+                    stats::bump(&shared.stats.idle_disconnects);
+                    break false;
                 }
             }
-        };
-        log_close(&control, svid.principal());
-        if !ended {
-            // The streams end with the close reason's status; then GOAWAY, then the socket.
-            connection.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
+            () = tokio::time::sleep(wait) => {
+                let expired = control
+                    .expires_at()
+                    .is_none_or(|at| at <= SystemTime::now());
+                if expired {
+                    if control.close(CloseReason::CertificateExpired) {
+                        stats::bump(&shared.stats.expired_disconnects);
+                    }
+                    break false;
+                }
+            }
         }
+    };
+    if !ended {
+        // The streams end with the close reason's status; then GOAWAY, then the socket.
+        connection.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
     }
-    shared.connections.unregister(id);
 }
 
 /// Logs why the hub closed a connection, if it did.
@@ -1113,57 +1181,64 @@ fn log_close(control: &ConnectionControl, principal: &Principal) {
 /// connection when the certificate expires or the hub closes it (the session's last frame
 /// then says why, [`CloseReason::status`]). The kernel's TCP keepalive finds a peer gone
 /// without closing, as HTTP/2 pings do on the other connections.
-async fn serve_framed(
-    shared: &Arc<Shared>,
+fn serve_framed(
+    connection: Connection,
     stream: tokio_rustls::server::TlsStream<TcpStream>,
-    principal: Principal,
-    control: &ConnectionControl,
-    not_after: SystemTime,
-) {
+) -> impl Future<Output = ()> + Send {
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(KEEPALIVE_INTERVAL)
         .with_interval(KEEPALIVE_TIMEOUT / KEEPALIVE_PROBES)
         .with_retries(KEEPALIVE_PROBES);
     let _ = socket2::SockRef::from(stream.get_ref().0).set_tcp_keepalive(&keepalive);
+    let shared = &connection.shared;
     let limits = shared.config.limits;
     let (tx, rx) = OutboundTx::channel(shared.config.queue_capacity, shared.config.queue_bytes);
     let (end_tx, end_rx) = watch::channel(None);
+    let principal = connection.principal.clone();
     let session = Session::new(
         shared.next_id(),
         principal.clone(),
         shared.context.clone(),
         shared.replay.sender(&principal),
         tx,
-        control.clone(),
+        connection.control.clone(),
     );
     let (read, write) = tokio::io::split(stream);
     let (writer_tx, writer_rx) = tokio::sync::oneshot::channel();
     let inbound = framed::Inbound::new(framed::FrameReader::new(read, limits), writer_rx);
     tokio::spawn(session::run(session, inbound, end_tx));
-    let outbound = outbound_stream(rx, end_rx, control.watch());
+    let outbound = outbound_stream(rx, end_rx, connection.control.watch());
     let writer = framed::write_session(write, outbound, limits, writer_tx);
-    tokio::pin!(writer);
-    let mut closed = control.watch();
-    loop {
-        // The expiry moves when the certificate is renewed: sleep to the time in force, then
-        // look again.
-        let expires_at = control.expires_at().unwrap_or(not_after);
-        let wait = expires_at
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
-        tokio::select! {
-            () = writer.as_mut() => return,
-            _ = control::closed(&mut closed) => break,
-            () = tokio::time::sleep(wait) => {
-                let expired = control.expires_at().is_none_or(|at| at <= SystemTime::now());
-                if expired && control.close(CloseReason::CertificateExpired) {
-                    stats::bump(&shared.stats.expired_disconnects);
+    async move {
+        let Connection {
+            ref shared,
+            ref control,
+            not_after,
+            ..
+        } = connection;
+        tokio::pin!(writer);
+        let mut closed = control.watch();
+        loop {
+            // The expiry moves when the certificate is renewed: sleep to the time in force,
+            // then look again.
+            let expires_at = control.expires_at().unwrap_or(not_after);
+            let wait = expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            tokio::select! {
+                () = writer.as_mut() => return,
+                _ = control::closed(&mut closed) => break,
+                () = tokio::time::sleep(wait) => {
+                    let expired = control.expires_at().is_none_or(|at| at <= SystemTime::now());
+                    if expired && control.close(CloseReason::CertificateExpired) {
+                        stats::bump(&shared.stats.expired_disconnects);
+                    }
                 }
             }
         }
+        // Closed: the writer sends what was queued before the close, then the reason.
+        let _ = tokio::time::timeout(CLOSE_GRACE, writer).await;
     }
-    // Closed: the writer sends what was queued before the close, then the reason.
-    let _ = tokio::time::timeout(CLOSE_GRACE, writer).await;
 }
 
 /// A connection a connection limit refused: counted and recorded; every request on it is
@@ -1210,12 +1285,17 @@ async fn serve_quarantined(
     .await;
 }
 
-/// Answers every request of `stream` with `status` for at most [`LIMITED_LIFETIME`].
+/// Answers every request of `stream` with `status` for at most [`LIMITED_LIFETIME`]; a framed
+/// session connection gets a `SessionEnd` with `status` at once, then is closed.
 async fn refuse_requests(
     shared: &Shared,
     stream: tokio_rustls::server::TlsStream<TcpStream>,
     status: Status,
 ) {
+    if stream.get_ref().1.alpn_protocol() == Some(framed::ALPN) {
+        let _ = tokio::time::timeout(CLOSE_GRACE, framed::refuse(stream, &status)).await;
+        return;
+    }
     let service = service_fn(move |_: http::Request<Incoming>| {
         let status = status.clone();
         async move { Ok::<_, Infallible>(status.into_http::<Body>()) }

@@ -227,3 +227,26 @@ async fn a_client_offering_both_protocols_gets_http2() {
         .is_err()
     );
 }
+
+#[tokio::test]
+async fn a_framed_connection_over_a_limit_is_told_why_and_closed() {
+    let ca = TestCa::new();
+    let hub = start(
+        &ca,
+        HubConfig {
+            max_connections_per_agent: 1,
+            ..config()
+        },
+    )
+    .await;
+    let alice = ca.agent("shop", "alice");
+    let mut first = alice.framed(&hub).await;
+    assert_eq!(first.subscribe(1, "orders.eu").await, ack(1));
+    let mut second = alice.framed(&hub).await;
+    let end = second.end().await.unwrap();
+    assert_eq!(code(&end), Code::ResourceExhausted, "{end:?}");
+    assert!(end.message.contains("already has 1 connection"), "{end:?}");
+    assert_eq!(hub.stats().connection_limit_hits, 1);
+    // The first session is untouched.
+    assert_eq!(first.subscribe(2, "orders.us").await, ack(2));
+}
