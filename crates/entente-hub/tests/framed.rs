@@ -11,35 +11,13 @@
 mod support;
 
 use entente_ca::{Revocations, VerifiedRevocationList};
-use entente_crypto::{SenderKeyIn, SignedBatchIn};
 use entente_hub::HubConfig;
-use entente_wire::{Limits, Unsubscribe, client_frame, server_frame};
-use prost::Message;
+use entente_wire::{Limits, Unsubscribe, client_frame};
 use support::{
-    Agent, Framed, SessionExt, TestCa, ack, config, eventually, frame, now_ms, refusal, start,
+    Framed, SessionExt, TestCa, ack, config, eventually, frame, now_ms, open_delivery, refusal,
+    start,
 };
 use tonic::Code;
-
-fn payloads(receiver: &Agent, sender: &Agent, kind: server_frame::Kind) -> Vec<Vec<u8>> {
-    let server_frame::Kind::Deliver(deliver) = kind else {
-        panic!("expected a delivery, got {kind:?}");
-    };
-    let mut opener = receiver.opener();
-    for sender_key in deliver.sender_keys {
-        let sender_key = SenderKeyIn::from_wire(sender_key).unwrap();
-        opener
-            .accept_sender_key(&sender_key, &sender.bundle, now_ms())
-            .unwrap();
-    }
-    let mut payloads = Vec::new();
-    for batch in deliver.batches {
-        let batch = SignedBatchIn::decode(&batch.encode_to_vec(), &Limits::default()).unwrap();
-        let opened = opener.open(batch, &sender.bundle, now_ms()).unwrap();
-        assert!(opened.rejected.is_empty(), "{:?}", opened.rejected);
-        payloads.extend(opened.delivered.into_iter().map(|e| e.into_payload()));
-    }
-    payloads
-}
 
 fn code(end: &entente_wire::SessionEnd) -> Code {
     Code::from(i32::try_from(end.code).unwrap())
@@ -69,7 +47,7 @@ async fn framed_and_http2_sessions_exchange_sealed_messages() {
     );
     let kind = alice_framed.next_kind().await;
     assert_eq!(
-        payloads(&alice, &bob, kind),
+        open_delivery(&alice, &bob, kind),
         [b"two espressos".to_vec(), b"one croissant".to_vec()]
     );
 
@@ -88,7 +66,7 @@ async fn framed_and_http2_sessions_exchange_sealed_messages() {
         .await
         .unwrap();
     let kind = bob_session.next_kind().await;
-    assert_eq!(payloads(&bob, &alice, kind), [b"one tea".to_vec()]);
+    assert_eq!(open_delivery(&bob, &alice, kind), [b"one tea".to_vec()]);
     let (first, second) = (
         alice_framed.next_kind().await,
         alice_framed.next_kind().await,
@@ -99,7 +77,10 @@ async fn framed_and_http2_sessions_exchange_sealed_messages() {
         (second, first)
     };
     assert_eq!(acked, ack(20));
-    assert_eq!(payloads(&alice, &alice, delivered), [b"one tea".to_vec()]);
+    assert_eq!(
+        open_delivery(&alice, &alice, delivered),
+        [b"one tea".to_vec()]
+    );
 
     alice_framed
         .send(&frame(client_frame::Kind::Unsubscribe(Unsubscribe {

@@ -13,40 +13,13 @@ mod support;
 use std::time::Duration;
 
 use entente_ca::{Revocations, VerifiedRevocationList};
-use entente_crypto::{SenderKeyIn, SignedBatchIn};
 use entente_hub::{HubConfig, RefusalCode};
-use entente_wire::{Limits, Unsubscribe, client_frame, server_frame};
-use prost::Message;
+use entente_wire::{Unsubscribe, client_frame, server_frame};
 use support::{
-    Agent, SessionExt, TestCa, ack, config, eventually, frame, now_ms, probe, refusal, start,
+    SessionExt, TestCa, ack, config, eventually, frame, now_ms, open_delivery, probe, refusal,
+    start,
 };
 use tonic::Code;
-
-/// Opens what `receiver` got in a `Deliver`, verifying against the sender's bundle.
-fn open_delivery(receiver: &Agent, sender: &Agent, kind: server_frame::Kind) -> Vec<Vec<u8>> {
-    let server_frame::Kind::Deliver(deliver) = kind else {
-        panic!("expected a delivery, got {kind:?}");
-    };
-    let mut opener = receiver.opener();
-    let limits = Limits::default();
-    for sender_key in deliver.sender_keys {
-        let sender_key = SenderKeyIn::from_wire(sender_key).unwrap();
-        opener
-            .accept_sender_key(&sender_key, &sender.bundle, now_ms())
-            .unwrap();
-    }
-    let mut payloads = Vec::new();
-    for batch in deliver.batches {
-        let batch = SignedBatchIn::decode(&batch.encode_to_vec(), &limits).unwrap();
-        let opened = opener.open(batch, &sender.bundle, now_ms()).unwrap();
-        assert!(opened.rejected.is_empty(), "{:?}", opened.rejected);
-        for envelope in opened.delivered {
-            assert_eq!(envelope.sender(), &sender.principal);
-            payloads.push(envelope.into_payload());
-        }
-    }
-    payloads
-}
 
 #[tokio::test]
 async fn two_agents_exchange_a_sealed_message_through_the_hub() {

@@ -171,15 +171,7 @@ impl Client {
         config: ClientConfig,
         server_name: &str,
     ) -> Result<Self> {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        let name = ServerName::try_from(server_name.to_owned())
-            .with_context(|| format!("`{server_name}` is not a server name"))?;
-        let tls = TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .context("handshake")?;
+        let tls = tls_connect(addr, config, server_name).await?;
         let (send, connection) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
                 .await
@@ -307,15 +299,7 @@ impl Framed {
         server_name: &str,
     ) -> Result<Self> {
         config.alpn_protocols = vec![framed::ALPN.to_vec()];
-        let tcp = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        let name = ServerName::try_from(server_name.to_owned())
-            .with_context(|| format!("`{server_name}` is not a server name"))?;
-        let tls = TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .context("handshake")?;
+        let tls = tls_connect(addr, config, server_name).await?;
         let alpn = tls.get_ref().1.alpn_protocol();
         anyhow::ensure!(
             alpn == Some(framed::ALPN),
@@ -370,6 +354,23 @@ impl Framed {
 }
 
 // === transport ===
+
+/// TCP, then TLS with `config`, asking for `server_name`.
+async fn tls_connect(
+    addr: SocketAddr,
+    config: ClientConfig,
+    server_name: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let name = ServerName::try_from(server_name.to_owned())
+        .with_context(|| format!("`{server_name}` is not a server name"))?;
+    TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .context("handshake")
+}
 
 /// hyper's HTTP/2 client as the tower service tonic's client wants.
 #[derive(Clone)]

@@ -21,15 +21,17 @@ use std::time::{Duration, SystemTime};
 use entente_ca::{Ca, CaOptions, IssuedSvid, TrustBundle};
 use entente_client::Identity;
 use entente_crypto::{
-    KeyBundleIn, MessageKeys, Opener, OpenerOptions, Sealer, SealerOptions, VerifiedKeyBundle,
+    KeyBundleIn, MessageKeys, Opener, OpenerOptions, Sealer, SealerOptions, SenderKeyIn,
+    SignedBatchIn, VerifiedKeyBundle,
 };
 use entente_hub::{Hub, HubConfig, HubHandle, RefusalCode};
 use entente_store::{AgentRecord, EmbeddedStore, Store, StoreError, TokenRecord};
 use entente_types::{AgentId, Channel, Principal, TrustDomain};
 use entente_wire::{
-    Ack, ClientFrame, EnrollRequest, EnrollResponse, Publish, SenderKey, SignedBatch, Subscribe,
-    client_frame, server_frame,
+    Ack, ClientFrame, EnrollRequest, EnrollResponse, Limits, Publish, SenderKey, SignedBatch,
+    Subscribe, client_frame, server_frame,
 };
+use prost::Message as _;
 use rustls::ClientConfig;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tempfile::TempDir;
@@ -358,13 +360,24 @@ pub async fn probe(
 
 // === raw sessions ===
 
-/// What tests do on a raw session, failing the test on any error.
+/// What tests do on a raw session (HTTP/2 or framed), failing the test on any error.
 pub trait SessionExt {
+    /// Sends `frame`.
+    async fn send_frame(&mut self, frame: ClientFrame);
+
     /// The kind of the next frame.
     async fn next_kind(&mut self) -> server_frame::Kind;
 
     /// Subscribes and returns the answer.
-    async fn subscribe(&mut self, id: u64, pattern: &str) -> server_frame::Kind;
+    async fn subscribe(&mut self, id: u64, pattern: &str) -> server_frame::Kind {
+        self.send_frame(frame(client_frame::Kind::Subscribe(Subscribe {
+            subscription_id: id,
+            pattern: pattern.into(),
+            durable: String::new(),
+        })))
+        .await;
+        self.next_kind().await
+    }
 
     /// Publishes and returns the answer (the next frame).
     async fn publish(
@@ -372,75 +385,63 @@ pub trait SessionExt {
         id: u64,
         sender_keys: Vec<SenderKey>,
         batches: Vec<SignedBatch>,
-    ) -> server_frame::Kind;
-}
-
-impl SessionExt for Session {
-    async fn next_kind(&mut self) -> server_frame::Kind {
-        self.next().await.unwrap().unwrap().kind.unwrap()
-    }
-
-    async fn subscribe(&mut self, id: u64, pattern: &str) -> server_frame::Kind {
-        self.send(frame(client_frame::Kind::Subscribe(Subscribe {
-            subscription_id: id,
-            pattern: pattern.into(),
-            durable: String::new(),
-        })))
-        .await
-        .unwrap();
-        self.next_kind().await
-    }
-
-    async fn publish(
-        &mut self,
-        id: u64,
-        sender_keys: Vec<SenderKey>,
-        batches: Vec<SignedBatch>,
     ) -> server_frame::Kind {
-        self.send(frame(client_frame::Kind::Publish(Publish {
+        self.send_frame(frame(client_frame::Kind::Publish(Publish {
             request_id: id,
             sender_keys,
             batches,
             purpose: String::new(),
         })))
-        .await
-        .unwrap();
+        .await;
         self.next_kind().await
+    }
+}
+
+impl SessionExt for Session {
+    async fn send_frame(&mut self, frame: ClientFrame) {
+        self.send(frame).await.unwrap();
+    }
+
+    async fn next_kind(&mut self) -> server_frame::Kind {
+        self.next().await.unwrap().unwrap().kind.unwrap()
     }
 }
 
 impl SessionExt for Framed {
+    async fn send_frame(&mut self, frame: ClientFrame) {
+        self.send(&frame).await.unwrap();
+    }
+
     async fn next_kind(&mut self) -> server_frame::Kind {
         self.next().await.unwrap().unwrap().kind.unwrap()
     }
+}
 
-    async fn subscribe(&mut self, id: u64, pattern: &str) -> server_frame::Kind {
-        self.send(&frame(client_frame::Kind::Subscribe(Subscribe {
-            subscription_id: id,
-            pattern: pattern.into(),
-            durable: String::new(),
-        })))
-        .await
-        .unwrap();
-        self.next_kind().await
+/// Opens what `receiver` got in a `Deliver`, verifying against the sender's bundle; every
+/// envelope must open, and be the sender's.
+pub fn open_delivery(receiver: &Agent, sender: &Agent, kind: server_frame::Kind) -> Vec<Vec<u8>> {
+    let server_frame::Kind::Deliver(deliver) = kind else {
+        panic!("expected a delivery, got {kind:?}");
+    };
+    let mut opener = receiver.opener();
+    let limits = Limits::default();
+    for sender_key in deliver.sender_keys {
+        let sender_key = SenderKeyIn::from_wire(sender_key).unwrap();
+        opener
+            .accept_sender_key(&sender_key, &sender.bundle, now_ms())
+            .unwrap();
     }
-
-    async fn publish(
-        &mut self,
-        id: u64,
-        sender_keys: Vec<SenderKey>,
-        batches: Vec<SignedBatch>,
-    ) -> server_frame::Kind {
-        self.send(&frame(client_frame::Kind::Publish(Publish {
-            request_id: id,
-            sender_keys,
-            batches,
-            purpose: String::new(),
-        })))
-        .await
-        .unwrap();
-        self.next_kind().await
+    let mut payloads = Vec::new();
+    for batch in deliver.batches {
+        let batch = SignedBatchIn::decode(&batch.encode_to_vec(), &limits).unwrap();
+        let opened = opener.open(batch, &sender.bundle, now_ms()).unwrap();
+        assert!(opened.rejected.is_empty(), "{:?}", opened.rejected);
+        for envelope in opened.delivered {
+            assert_eq!(envelope.sender(), &sender.principal);
+            payloads.push(envelope.into_payload());
+        }
     }
+    payloads
 }
 
 pub fn frame(kind: client_frame::Kind) -> ClientFrame {
