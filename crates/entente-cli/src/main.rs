@@ -141,6 +141,10 @@ enum Command {
             conflicts_with_all = ["suite", "compare_authorization", "compare_audit", "compare_attack", "compare_jetstream", "compare_nats", "request_reply"]
         )]
         crypto_floor: bool,
+        /// The SDK clients run their sessions over HTTP/2 (a gRPC stream on the connection
+        /// that also carries their calls) instead of framed (PROTOCOL.md §9.1, the default).
+        #[arg(long, conflicts_with = "crypto_floor")]
+        http2: bool,
     },
     /// Open many idle mutual-TLS sessions on a hub run in its own process and report its
     /// memory per connection; then measure handshakes/s with and without session resumption.
@@ -157,10 +161,10 @@ enum Command {
         /// Handshakes in flight at once.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
-        /// Open framed session connections (length-prefixed frames, no HTTP/2) instead of SDK
-        /// clients.
+        /// The clients run their sessions over HTTP/2 instead of framed (PROTOCOL.md §9.1,
+        /// the default).
         #[arg(long)]
-        framed: bool,
+        http2: bool,
     },
     /// Run a hub.
     #[command(subcommand)]
@@ -434,8 +438,12 @@ fn main() -> ExitCode {
             compare_nats,
             suite,
             crypto_floor,
+            http2,
         } => {
             use commands::bench::{PubSub, Switch};
+            if http2 {
+                commands::bench::use_http2_sessions();
+            }
             let count = messages.unwrap_or(200_000);
             let shape = PubSub {
                 messages: count,
@@ -482,14 +490,18 @@ fn main() -> ExitCode {
             agents,
             handshakes,
             concurrency,
-            framed,
+            http2,
         } => commands::scale::run(
             commands::scale::Scale {
                 connections,
                 agents,
                 handshakes,
                 concurrency,
-                framed,
+                transport: if http2 {
+                    entente_client::SessionTransport::Http2
+                } else {
+                    entente_client::SessionTransport::Framed
+                },
             },
             cli.json,
         ),

@@ -40,15 +40,13 @@ use entente_wire::{
 };
 use tokio::net::ToSocketAddrs;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
-use tonic::Streaming;
 
 use crate::bundles::KeyBundleCache;
 use crate::inbox::{DurableDelivery, Inbox};
 use crate::outbox::{Outbox, OutboxOptions, Outgoing, Recipients, Sealed};
 use crate::renew::{self, Credential};
 use crate::stats::{self, ClientStats, Stats};
-use crate::transport::{Transport, status_text};
+use crate::transport::{Driver, SessionStream, Transport, end_status, status_text};
 use crate::{
     ClientOptions, Error, ErrorKind, Identity, Message, RefusalCode, Requests, Subscription,
 };
@@ -133,7 +131,8 @@ struct Shared {
     /// the certificate in use, the trust bundle and this principal's key bundle (re-signed
     /// after an intermediate rollover) are `credential`'s.
     identity: Arc<Identity>,
-    credential: Credential,
+    /// Shared with the transport, which opens connections with the certificate in use.
+    credential: Arc<Credential>,
     options: ClientOptions,
     bundles: KeyBundleCache,
     stats: Stats,
@@ -226,7 +225,12 @@ enum End {
 impl Client {
     /// Connects to the hub at `hub` (`"host:port"` or a `SocketAddr`) as `identity`: TLS 1.3
     /// with the identity's certificate, verifying that the server is the hub of the
-    /// identity's trust domain; then one HTTP/2 connection and one session.
+    /// identity's trust domain; then the session: by default a framed connection of its own,
+    /// the calls going on an HTTP/2 connection opened when one is needed; or a stream of one
+    /// HTTP/2 connection that also carries every call ([`ClientOptions::session_transport`]).
+    /// A hub that refuses the connection or the
+    /// session (a revoked certificate, a connection limit, a quarantine) makes this fail with
+    /// its reason.
     pub async fn connect(
         identity: Identity,
         hub: impl ToSocketAddrs,
@@ -250,20 +254,21 @@ impl Client {
     ) -> Result<Self, Error> {
         let bundles = KeyBundleCache::new(identity.trust().clone());
         bundles.admit(identity.key_bundle(), now_ms())?;
-        let (transport, driver) = Transport::connect(&identity, hub, options.limits).await?;
+        let identity = Arc::new(identity);
+        let credential = Arc::new(Credential::new(identity.clone()));
         let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_FRAMES);
-        let stream = match transport.session(outbound_rx).await {
-            Ok(stream) => stream,
-            Err(e) => {
-                driver.abort();
-                return Err(e);
-            }
-        };
+        let (transport, stream, driver) = Transport::connect(
+            credential.clone(),
+            hub,
+            options.limits,
+            options.session_transport,
+            outbound_rx,
+        )
+        .await?;
         let (commands, commands_rx) = mpsc::channel(options.publish_queue);
         let (resend, resend_rx) = mpsc::unbounded_channel();
-        let identity = Arc::new(identity);
         let shared = Arc::new(Shared {
-            credential: Credential::new(identity.clone()),
+            credential,
             identity,
             options,
             bundles,
@@ -1783,8 +1788,8 @@ impl Writer<'_> {
 async fn read(
     shared: Arc<Shared>,
     transport: Transport,
-    mut stream: Streaming<ServerFrame>,
-    driver: JoinHandle<()>,
+    mut stream: SessionStream,
+    driver: Driver,
 ) {
     let mut shutdown = shared.shutdown.subscribe();
     let end = loop {
@@ -1799,9 +1804,9 @@ async fn read(
             Ok(Some(ServerFrame {
                 kind: Some(server_frame::Kind::SessionEnd(end)),
             })) => {
-                let code = tonic::Code::from(i32::try_from(end.code).unwrap_or(2));
-                let reason = format!("the hub closed the session: {}", end.message);
-                break End::Hub(shared.with_expiry(reason, Some(code)));
+                let status = end_status(end);
+                let reason = format!("the hub closed the session: {}", status_text(&status));
+                break End::Hub(shared.with_expiry(reason, Some(status.code())));
             }
             Ok(Some(frame)) => {
                 tokio::select! {
@@ -1825,7 +1830,8 @@ async fn read(
     };
     shared.end(end);
     drop(stream);
-    driver.abort();
+    driver.stop();
+    transport.close_calls().await;
     shared.ended.send_replace(true);
 }
 

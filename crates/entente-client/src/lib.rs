@@ -4,7 +4,8 @@
 //! - [`Identity`]: an enrolled principal's credentials — its X509-SVID chain and TLS key, its
 //!   message keys, its CA-signed key bundle and the trust bundle — checked for consistency when
 //!   made or loaded, and kept in an identity directory (private files 0600, written atomically).
-//! - [`Client`]: a cheap-to-clone handle on one mutual-TLS connection and session to the hub,
+//! - [`Client`]: a cheap-to-clone handle on one session to the hub over mutual TLS (framed, or
+//!   over HTTP/2: [`SessionTransport`]),
 //!   made by [`Client::connect`] with [`ClientOptions`]. [`Client::publish`] and
 //!   [`Client::publish_to`] seal, batch and sign, and wait for the hub's ack;
 //!   [`Client::enqueue`] returns once queued, with a [`PublishAck`] to await later;
@@ -83,7 +84,7 @@ pub use error::{Error, ErrorKind};
 pub use grants::{ApprovalOutcome, held_hash, request_hash};
 pub use identity::{IDENTITY_VERSION, Identity, IdentityError, Renewed};
 pub use inbox::{DurableDelivery, Message};
-pub use options::ClientOptions;
+pub use options::{ClientOptions, SessionTransport};
 pub use request::{Request, Requests, Responder};
 pub use stats::ClientStats;
 pub use subscription::Subscription;

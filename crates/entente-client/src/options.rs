@@ -1,4 +1,5 @@
-//! [`ClientOptions`]: timeouts, batching, queue sizes and certificate renewal.
+//! [`ClientOptions`]: timeouts, batching, queue sizes, certificate renewal and how the session
+//! travels ([`SessionTransport`]).
 
 use std::time::Duration;
 
@@ -32,6 +33,24 @@ pub struct ClientOptions {
     pub(crate) directory_ttl: Duration,
     pub(crate) limits: Limits,
     pub(crate) renew: bool,
+    pub(crate) session_transport: SessionTransport,
+}
+
+/// How a client's session travels to the hub ([`ClientOptions::session_transport`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionTransport {
+    /// One HTTP/2 connection carries the session (a gRPC stream) and every call: directory
+    /// lookups, renewal, grants, administration.
+    Http2,
+    /// The session on a framed connection of its own (PROTOCOL.md §9.1): length-prefixed
+    /// frames with neither HTTP/2 nor gRPC under them, which costs the hub less than half the
+    /// memory per idle connection and both sides less work per frame. Calls go on an HTTP/2
+    /// connection opened when one is needed, with the certificate then in use, and closed by
+    /// the hub once it has been idle for its idle timeout; renewing over it keeps the framed
+    /// session up too. A client that makes no call holds one connection. The default.
+    #[default]
+    Framed,
 }
 
 impl Default for ClientOptions {
@@ -50,6 +69,7 @@ impl Default for ClientOptions {
             directory_ttl: Duration::from_secs(30),
             limits: Limits::default(),
             renew: true,
+            session_transport: SessionTransport::Framed,
         }
     }
 }
@@ -60,7 +80,7 @@ impl ClientOptions {
         Self::default()
     }
 
-    /// Time allowed for TCP, TLS and HTTP/2 setup and opening the session. Default 10 s.
+    /// Time allowed for TCP and TLS setup (and HTTP/2's) and opening the session. Default 10 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -172,6 +192,26 @@ impl ClientOptions {
     pub fn renew(mut self, renew: bool) -> Self {
         self.renew = renew;
         self
+    }
+
+    /// How the session travels: as a framed session (the default) or over HTTP/2
+    /// ([`SessionTransport`]).
+    ///
+    /// ```
+    /// use entente_client::{ClientOptions, SessionTransport};
+    ///
+    /// assert_eq!(ClientOptions::new().session_transport_value(), SessionTransport::Framed);
+    /// let options = ClientOptions::new().session_transport(SessionTransport::Http2);
+    /// assert_eq!(options.session_transport_value(), SessionTransport::Http2);
+    /// ```
+    pub fn session_transport(mut self, transport: SessionTransport) -> Self {
+        self.session_transport = transport;
+        self
+    }
+
+    /// The session transport in force.
+    pub fn session_transport_value(&self) -> SessionTransport {
+        self.session_transport
     }
 
     /// Whether automatic renewal is on.

@@ -1,7 +1,9 @@
-//! The connection to the hub: TCP, TLS 1.3 with the agent's X509-SVID (verifying the hub's
-//! SVID, [`entente_hub::client_tls`]), one HTTP/2 connection (hyper), and tonic's gRPC client
-//! with the bounded codec on top. gRPC statuses and connection failures become [`Error`]s here,
-//! in one place.
+//! The connections to the hub: TCP, TLS 1.3 with the agent's X509-SVID (verifying the hub's
+//! SVID, [`entente_hub::client_tls`]), then either one HTTP/2 connection (hyper) carrying the
+//! session and every call through tonic's gRPC client with the bounded codec, or a framed
+//! session connection (PROTOCOL.md §9.1) with the calls on an HTTP/2 connection opened when
+//! one is needed ([`SessionTransport`]). gRPC statuses and connection failures become
+//! [`Error`]s here, in one place.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,36 +12,104 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use entente_hub::client_tls;
 use entente_hub::codec::BoundedCodec;
-use entente_wire::{ClientFrame, DirectoryRequest, DirectoryResponse, Limits, ServerFrame};
+use entente_hub::framed::{self, FrameReader};
+use entente_wire::{
+    ClientFrame, DirectoryRequest, DirectoryResponse, Limits, ServerFrame, server_frame,
+};
 use http::uri::PathAndQuery;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf, ReadHalf};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::body::Body;
 use tonic::client::Grpc;
 use tonic::{Code, Status, Streaming};
 
-use crate::{Error, ErrorKind, Identity};
+use crate::renew::Credential;
+use crate::{Error, ErrorKind, Identity, SessionTransport};
 
 /// The gRPC path of the directory of key bundles.
 pub(crate) const DIRECTORY_PATH: &str = "/entente.v1.Hub/Directory";
 
-/// An HTTP/2 connection to the hub, to open gRPC calls on.
+/// Client frames gathered into one write on a framed session.
+const WRITE_GATHER: usize = 32 * 1024;
+
+/// A framed session's write buffer larger than this is given back while nothing waits.
+const WRITE_KEEP: usize = 64 * 1024;
+
+/// How long a framed session's writer may take to send what was queued and close the
+/// connection once the session is over.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The connections to the hub: the session's, and the one calls go on.
 #[derive(Debug, Clone)]
 pub(crate) struct Transport {
+    calls: Calls,
+    /// The first TLS error seen on the session's connection.
+    alert: TlsAlert,
+    limits: Limits,
+}
+
+/// Where calls go.
+#[derive(Debug, Clone)]
+enum Calls {
+    /// On the session's own HTTP/2 connection.
+    Session(H2Connection),
+    /// On an HTTP/2 connection of their own, opened when a call needs one (the session is a
+    /// framed one).
+    OnDemand(Arc<OnDemand>),
+}
+
+/// One HTTP/2 connection to the hub, to open gRPC calls on.
+#[derive(Debug, Clone)]
+struct H2Connection {
     send: SendRequest<Body>,
     origin: http::Uri,
-    limits: Limits,
     alert: TlsAlert,
+}
+
+/// The HTTP/2 connection for the calls of a client whose session is framed: opened at the
+/// first call with the certificate then in use, opened again once the hub has closed it
+/// (idle), closed with the session.
+#[derive(Debug)]
+struct OnDemand {
+    peer: SocketAddr,
+    credential: Arc<Credential>,
+    state: tokio::sync::Mutex<OnDemandState>,
+}
+
+#[derive(Debug, Default)]
+struct OnDemandState {
+    open: Option<(H2Connection, JoinHandle<()>)>,
+    /// The session is over: no connection is opened any more.
+    closed: bool,
+}
+
+/// The session's frames from the hub.
+#[derive(Debug)]
+pub(crate) enum SessionStream {
+    Http2(Box<Streaming<ServerFrame>>),
+    Framed(FrameReader<ReadHalf<Watched<TlsStream<TcpStream>>>, ServerFrame>),
+}
+
+/// The task that carries the session's connection: HTTP/2's connection task, or a framed
+/// session's writer.
+#[derive(Debug)]
+pub(crate) struct Driver {
+    task: JoinHandle<()>,
+    /// A framed session's writer, which ends by itself once the session's outbound frames
+    /// end: it gets [`CLOSE_GRACE`] to send them and close the connection cleanly.
+    graceful: bool,
 }
 
 /// The first TLS error seen on the connection. HTTP/2 keeps only the text of I/O errors, so
@@ -49,30 +119,124 @@ pub(crate) struct Transport {
 pub(crate) struct TlsAlert(Arc<Mutex<Option<rustls::Error>>>);
 
 impl Transport {
-    /// Connects to the hub at `addr` as `identity`, and returns the transport with the task
-    /// driving the HTTP/2 connection.
+    /// Connects to the hub at `addr` as `credential`'s identity and opens the session, whose
+    /// frames come from `outbound`. Returns the transport, the session's frames from the hub,
+    /// and the task carrying the session's connection.
     pub(crate) async fn connect(
-        identity: &Identity,
+        credential: Arc<Credential>,
         addr: impl ToSocketAddrs,
         limits: Limits,
-    ) -> Result<(Self, JoinHandle<()>), Error> {
-        let trust = identity.trust();
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.tls_key_pkcs8().to_vec()));
-        let mut config =
-            client_tls::client_config(trust, identity.chain().to_vec(), key).map_err(|e| {
-                Error::new(ErrorKind::Tls, format!("tls setup failed: {e}")).with_source(e)
-            })?;
-        // A configuration serves one connection, so a ticket could never be used: keep none,
-        // and ask the hub to issue none (RFC 9149).
-        config.resumption = rustls::client::Resumption::disabled();
-        config.send_ticket_request = Some(rustls::client::TicketRequest {
-            new_session_count: 0,
-            resumption_count: 0,
-        });
-        let server_name = client_tls::server_name(trust).map_err(|e| {
-            Error::new(ErrorKind::Tls, format!("tls setup failed: {e}")).with_source(e)
+        kind: SessionTransport,
+        outbound: mpsc::Receiver<ClientFrame>,
+    ) -> Result<(Self, SessionStream, Driver), Error> {
+        let (config, server_name) = mtls_config(&credential.current())?;
+        match kind {
+            SessionTransport::Http2 => {
+                let (connection, task) = H2Connection::open(config, server_name, addr).await?;
+                let transport = Self {
+                    alert: connection.alert.clone(),
+                    calls: Calls::Session(connection),
+                    limits,
+                };
+                match transport.session(outbound).await {
+                    Ok(stream) => Ok((
+                        transport,
+                        SessionStream::Http2(Box::new(stream)),
+                        Driver {
+                            task,
+                            graceful: false,
+                        },
+                    )),
+                    Err(e) => {
+                        task.abort();
+                        Err(e)
+                    }
+                }
+            }
+            SessionTransport::Framed => {
+                Self::connect_framed(credential, config, server_name, addr, limits, outbound).await
+            }
+        }
+    }
+
+    /// Opens a framed session connection, and waits for the hub's first frame: the empty
+    /// frame that accepts the session, or the `SessionEnd` (or TLS alert) that refuses it.
+    async fn connect_framed(
+        credential: Arc<Credential>,
+        mut config: rustls::ClientConfig,
+        server_name: ServerName<'static>,
+        addr: impl ToSocketAddrs,
+        limits: Limits,
+        outbound: mpsc::Receiver<ClientFrame>,
+    ) -> Result<(Self, SessionStream, Driver), Error> {
+        config.alpn_protocols = vec![framed::ALPN.to_vec()];
+        let (tls, at) = tls_connect(config, server_name, addr).await?;
+        if tls.get_ref().1.alpn_protocol() != Some(framed::ALPN) {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("the hub{at} does not serve framed sessions: connect over HTTP/2"),
+            ));
+        }
+        let peer = tls.get_ref().0.peer_addr().map_err(|e| {
+            Error::new(
+                ErrorKind::Connect,
+                format!("the connection to the hub{at} failed: {e}"),
+            )
+            .with_source(e)
         })?;
-        Self::open(config, server_name, addr, limits).await
+        let alert = TlsAlert::default();
+        let (read, write) = tokio::io::split(Watched {
+            io: tls,
+            alert: alert.clone(),
+        });
+        let mut frames = FrameReader::new(read, limits);
+        match frames.next().await {
+            Ok(Some(ServerFrame { kind: None })) => {}
+            Ok(Some(ServerFrame {
+                kind: Some(server_frame::Kind::SessionEnd(end)),
+            })) => return Err(session_refused(&end_status(end))),
+            Ok(Some(_)) => {
+                return Err(Error::new(
+                    ErrorKind::Protocol,
+                    format!("the hub{at} sent a frame before accepting the session"),
+                ));
+            }
+            Ok(None) => {
+                return Err(alert.refused().unwrap_or_else(|| {
+                    Error::new(
+                        ErrorKind::Closed,
+                        format!("the hub{at} closed the connection without a word"),
+                    )
+                }));
+            }
+            Err(e) => {
+                return Err(alert.refused().unwrap_or_else(|| {
+                    Error::new(
+                        ErrorKind::Connect,
+                        format!("opening the session with the hub{at} failed: {e}"),
+                    )
+                    .with_source(e)
+                }));
+            }
+        }
+        let task = tokio::spawn(write_frames(write, outbound));
+        let transport = Self {
+            calls: Calls::OnDemand(Arc::new(OnDemand {
+                peer,
+                credential,
+                state: tokio::sync::Mutex::default(),
+            })),
+            alert,
+            limits,
+        };
+        Ok((
+            transport,
+            SessionStream::Framed(frames),
+            Driver {
+                task,
+                graceful: true,
+            },
+        ))
     }
 
     /// Connects to the hub's enrollment name, without a client certificate, verifying the hub
@@ -86,73 +250,27 @@ impl Transport {
             Error::new(ErrorKind::Tls, format!("tls setup failed: {e}")).with_source(e)
         })?;
         let name = entente_hub::enroll_server_name(trust.trust_domain());
-        let server_name = rustls_pki_types::ServerName::try_from(name).map_err(|e| {
+        let server_name = ServerName::try_from(name).map_err(|e| {
             Error::new(ErrorKind::Tls, format!("tls setup failed: {e}")).with_source(e)
         })?;
-        Self::open(config, server_name, addr, limits).await
-    }
-
-    async fn open(
-        config: rustls::ClientConfig,
-        server_name: rustls_pki_types::ServerName<'static>,
-        addr: impl ToSocketAddrs,
-        limits: Limits,
-    ) -> Result<(Self, JoinHandle<()>), Error> {
-        let origin =
-            http::Uri::try_from(format!("https://{}", server_name.to_str())).map_err(|e| {
-                Error::new(ErrorKind::InvalidInput, format!("bad hub name: {e}")).with_source(e)
-            })?;
-
-        let tcp = dial(addr).await?;
-        let peer = tcp.peer_addr().ok();
-        let at = peer.map_or_else(String::new, |p| format!(" at {p}"));
-        let tls = TlsConnector::from(Arc::new(config))
-            .connect(server_name, tcp)
-            .await
-            .map_err(|e| {
-                Error::new(
-                    classify(&e),
-                    format!("the tls handshake with the hub{at} failed: {e}"),
-                )
-                .with_source(e)
-            })?;
-        let alert = TlsAlert::default();
-        let io = Watched {
-            io: tls,
-            alert: alert.clone(),
-        };
-        let (send, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
-                .await
-                .map_err(|e| {
-                    alert.refused().unwrap_or_else(|| {
-                        Error::new(
-                            classify(&e),
-                            format!("the http/2 handshake with the hub{at} failed: {e}"),
-                        )
-                        .with_source(e)
-                    })
-                })?;
-        let driver = tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let (connection, task) = H2Connection::open(config, server_name, addr).await?;
         Ok((
             Self {
-                send,
-                origin,
+                alert: connection.alert.clone(),
+                calls: Calls::Session(connection),
                 limits,
-                alert,
             },
-            driver,
+            task,
         ))
     }
 
-    /// Opens the session stream; frames sent on `outbound` go to the hub.
+    /// Opens a session stream over HTTP/2 (the calls' connection); frames sent on
+    /// `outbound` go to the hub.
     pub(crate) async fn session(
         &self,
         outbound: mpsc::Receiver<ClientFrame>,
     ) -> Result<Streaming<ServerFrame>, Error> {
-        let mut grpc = self.grpc().await?;
+        let (mut grpc, alert) = self.grpc().await?;
         let response = grpc
             .streaming(
                 tonic::Request::new(ReceiverStream::new(outbound)),
@@ -160,21 +278,7 @@ impl Transport {
                 BoundedCodec::<ClientFrame, ServerFrame>::new(self.limits),
             )
             .await
-            .map_err(|status| {
-                self.alert.refused().unwrap_or_else(|| {
-                    // A connection limit answers every request `RESOURCE_EXHAUSTED`.
-                    let kind = if status.code() == Code::ResourceExhausted {
-                        ErrorKind::Limited
-                    } else {
-                        ErrorKind::Connect
-                    };
-                    Error::new(
-                        kind,
-                        status_error("opening the session", &status).to_string(),
-                    )
-                    .with_source(status)
-                })
-            })?;
+            .map_err(|status| alert.refused().unwrap_or_else(|| session_refused(&status)))?;
         Ok(response.into_inner())
     }
 
@@ -185,7 +289,7 @@ impl Transport {
         timeout: Duration,
     ) -> Result<DirectoryResponse, Error> {
         let call = async {
-            let mut grpc = self.grpc().await?;
+            let (mut grpc, _) = self.grpc().await?;
             grpc.unary(
                 tonic::Request::new(request),
                 PathAndQuery::from_static(DIRECTORY_PATH),
@@ -228,7 +332,7 @@ impl Transport {
         Resp: entente_wire::Bounded + Send + 'static,
     {
         let call = async {
-            let mut grpc = self.grpc().await?;
+            let (mut grpc, alert) = self.grpc().await?;
             grpc.unary(
                 tonic::Request::new(request),
                 PathAndQuery::from_static(path),
@@ -237,7 +341,7 @@ impl Transport {
             .await
             .map(tonic::Response::into_inner)
             .map_err(|status| {
-                self.alert
+                alert
                     .refused()
                     .unwrap_or_else(|| status_error(what, &status).with_source(status))
             })
@@ -250,26 +354,267 @@ impl Transport {
         })?
     }
 
-    /// The TLS error that broke the connection, if one did.
+    /// The TLS error that broke the session's connection, if one did.
     pub(crate) fn tls_alert(&self) -> Option<rustls::Error> {
         self.alert.seen()
     }
 
-    async fn grpc(&self) -> Result<Grpc<H2>, Error> {
-        let mut grpc = Grpc::with_origin(H2(self.send.clone()), self.origin.clone())
-            .max_decoding_message_size(self.limits.max_frame_bytes)
-            .max_encoding_message_size(self.limits.max_frame_bytes);
-        grpc.ready().await.map_err(|e| {
-            self.alert.refused().unwrap_or_else(|| {
-                Error::new(
-                    ErrorKind::Closed,
-                    format!("the connection to the hub is closed: {e}"),
-                )
-                .with_source(e)
-            })
-        })?;
-        Ok(grpc)
+    /// Closes the calls' connection of a framed session, once the session is over: calls
+    /// fail from then on, as they do on the session's HTTP/2 connection once it is closed.
+    pub(crate) async fn close_calls(&self) {
+        if let Calls::OnDemand(on_demand) = &self.calls {
+            let mut state = on_demand.state.lock().await;
+            state.closed = true;
+            if let Some((_, task)) = state.open.take() {
+                task.abort();
+            }
+        }
     }
+
+    /// A gRPC client ready for a call, with the alert of its connection. A connection the hub
+    /// closed (idle) before the call is opened again, once.
+    async fn grpc(&self) -> Result<(Grpc<Service>, TlsAlert), Error> {
+        let mut retried = false;
+        loop {
+            let connection = match &self.calls {
+                Calls::Session(connection) => connection.clone(),
+                Calls::OnDemand(on_demand) => on_demand.connection().await?,
+            };
+            let mut grpc =
+                Grpc::with_origin(Service(connection.send.clone()), connection.origin.clone())
+                    .max_decoding_message_size(self.limits.max_frame_bytes)
+                    .max_encoding_message_size(self.limits.max_frame_bytes);
+            match grpc.ready().await {
+                Ok(()) => return Ok((grpc, connection.alert)),
+                // Closed as the call came: the next connection serves it.
+                Err(_) if !retried && matches!(self.calls, Calls::OnDemand(_)) => {
+                    retried = true;
+                }
+                Err(e) => {
+                    return Err(connection.alert.refused().unwrap_or_else(|| {
+                        Error::new(
+                            ErrorKind::Closed,
+                            format!("the connection to the hub is closed: {e}"),
+                        )
+                        .with_source(e)
+                    }));
+                }
+            }
+        }
+    }
+}
+
+// === impl OnDemand ===
+
+impl OnDemand {
+    /// The open connection, or a new one if there is none or the hub closed it.
+    async fn connection(&self) -> Result<H2Connection, Error> {
+        let mut state = self.state.lock().await;
+        if state.closed {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                "the connection to the hub is closed: the session is over",
+            ));
+        }
+        if let Some((connection, _)) = &state.open
+            && !connection.send.is_closed()
+        {
+            return Ok(connection.clone());
+        }
+        if let Some((_, task)) = state.open.take() {
+            task.abort();
+        }
+        let (config, server_name) = mtls_config(&self.credential.current())?;
+        let (connection, task) = H2Connection::open(config, server_name, self.peer).await?;
+        state.open = Some((connection.clone(), task));
+        Ok(connection)
+    }
+}
+
+impl Drop for OnDemand {
+    fn drop(&mut self) {
+        if let Some((_, task)) = self.state.get_mut().open.take() {
+            task.abort();
+        }
+    }
+}
+
+// === impl H2Connection ===
+
+impl H2Connection {
+    /// Connects with `config`, then the HTTP/2 handshake; returns the connection with the
+    /// task driving it.
+    async fn open(
+        config: rustls::ClientConfig,
+        server_name: ServerName<'static>,
+        addr: impl ToSocketAddrs,
+    ) -> Result<(Self, JoinHandle<()>), Error> {
+        let origin =
+            http::Uri::try_from(format!("https://{}", server_name.to_str())).map_err(|e| {
+                Error::new(ErrorKind::InvalidInput, format!("bad hub name: {e}")).with_source(e)
+            })?;
+        let (tls, at) = tls_connect(config, server_name, addr).await?;
+        let alert = TlsAlert::default();
+        let io = Watched {
+            io: tls,
+            alert: alert.clone(),
+        };
+        // One stream until the hub's SETTINGS say how many it serves at once: calls made
+        // right after connecting then wait for a stream rather than being refused
+        // (`REFUSED_STREAM`) for exceeding a limit not yet known.
+        let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_max_send_streams(1)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| {
+                alert.refused().unwrap_or_else(|| {
+                    Error::new(
+                        classify(&e),
+                        format!("the http/2 handshake with the hub{at} failed: {e}"),
+                    )
+                    .with_source(e)
+                })
+            })?;
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok((
+            Self {
+                send,
+                origin,
+                alert,
+            },
+            driver,
+        ))
+    }
+}
+
+// === impl SessionStream ===
+
+impl SessionStream {
+    /// The next frame from the hub; `None` once the session ended without a status.
+    pub(crate) async fn message(&mut self) -> Result<Option<ServerFrame>, Status> {
+        match self {
+            Self::Http2(stream) => stream.message().await,
+            Self::Framed(frames) => frames.next().await.map_err(|e| e.status()),
+        }
+    }
+}
+
+// === impl Driver ===
+
+impl Driver {
+    /// Stops the connection's task: at once over HTTP/2; a framed session's writer first gets
+    /// [`CLOSE_GRACE`] to send what was queued and close the connection.
+    pub(crate) fn stop(self) {
+        let Self { mut task, graceful } = self;
+        if graceful {
+            tokio::spawn(async move {
+                if tokio::time::timeout(CLOSE_GRACE, &mut task).await.is_err() {
+                    task.abort();
+                }
+            });
+        } else {
+            task.abort();
+        }
+    }
+}
+
+/// The mutual-TLS configuration for `identity`, and the hub's name.
+fn mtls_config(identity: &Identity) -> Result<(rustls::ClientConfig, ServerName<'static>), Error> {
+    let trust = identity.trust();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.tls_key_pkcs8().to_vec()));
+    let mut config = client_tls::client_config(trust, identity.chain().to_vec(), key)
+        .map_err(|e| Error::new(ErrorKind::Tls, format!("tls setup failed: {e}")).with_source(e))?;
+    // A configuration serves one connection, so a ticket could never be used: keep none,
+    // and ask the hub to issue none (RFC 9149).
+    config.resumption = rustls::client::Resumption::disabled();
+    config.send_ticket_request = Some(rustls::client::TicketRequest {
+        new_session_count: 0,
+        resumption_count: 0,
+    });
+    let server_name = client_tls::server_name(trust)
+        .map_err(|e| Error::new(ErrorKind::Tls, format!("tls setup failed: {e}")).with_source(e))?;
+    Ok((config, server_name))
+}
+
+/// TCP to `addr`, then the TLS handshake; returns the stream with ` at ADDR` for errors.
+async fn tls_connect(
+    config: rustls::ClientConfig,
+    server_name: ServerName<'static>,
+    addr: impl ToSocketAddrs,
+) -> Result<(TlsStream<TcpStream>, String), Error> {
+    let tcp = dial(addr).await?;
+    let at = tcp
+        .peer_addr()
+        .map_or_else(|_| String::new(), |p| format!(" at {p}"));
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| {
+            Error::new(
+                classify(&e),
+                format!("the tls handshake with the hub{at} failed: {e}"),
+            )
+            .with_source(e)
+        })?;
+    Ok((tls, at))
+}
+
+/// The status a framed session's `SessionEnd` carries: what an HTTP/2 session ends with.
+pub(crate) fn end_status(end: entente_wire::SessionEnd) -> Status {
+    // An unknown code is UNKNOWN (2), as gRPC reads one.
+    let code = Code::from(i32::try_from(end.code).unwrap_or(2));
+    Status::new(code, end.message)
+}
+
+/// The error for a session the hub refused with `status`.
+fn session_refused(status: &Status) -> Error {
+    // A connection limit answers every request `RESOURCE_EXHAUSTED`.
+    let kind = if status.code() == Code::ResourceExhausted {
+        ErrorKind::Limited
+    } else if status.code() == Code::PermissionDenied {
+        ErrorKind::Denied
+    } else {
+        ErrorKind::Connect
+    };
+    Error::new(
+        kind,
+        status_error("opening the session", status).to_string(),
+    )
+    .with_source(status.clone())
+}
+
+/// Writes a framed session's client frames to `io` until they end, then closes the TLS
+/// connection. Frames waiting together go out in one write.
+async fn write_frames<W: AsyncWrite + Unpin>(mut io: W, mut frames: mpsc::Receiver<ClientFrame>) {
+    let mut buf = BytesMut::new();
+    loop {
+        let first = match frames.try_recv() {
+            Ok(frame) => frame,
+            Err(_) => {
+                if buf.capacity() > WRITE_KEEP {
+                    buf = BytesMut::new();
+                }
+                match frames.recv().await {
+                    Some(frame) => frame,
+                    None => break,
+                }
+            }
+        };
+        framed::encode_frame(&first, &mut buf);
+        while buf.len() < WRITE_GATHER {
+            match frames.try_recv() {
+                Ok(frame) => framed::encode_frame(&frame, &mut buf),
+                Err(_) => break,
+            }
+        }
+        if io.write_all(&buf).await.is_err() || io.flush().await.is_err() {
+            return;
+        }
+        buf.clear();
+    }
+    let _ = io.shutdown().await;
 }
 
 /// Resolves `addr` and connects to the first address that answers.
@@ -412,7 +757,7 @@ impl TlsAlert {
 
 /// The TLS stream, recording TLS errors in a [`TlsAlert`] as they pass.
 #[derive(Debug)]
-struct Watched<T> {
+pub(crate) struct Watched<T> {
     io: T,
     alert: TlsAlert,
 }
@@ -479,9 +824,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 
 /// hyper's HTTP/2 client as the tower service tonic's client wants.
 #[derive(Debug, Clone)]
-struct H2(SendRequest<Body>);
+struct Service(SendRequest<Body>);
 
-impl tower_service::Service<http::Request<Body>> for H2 {
+impl tower_service::Service<http::Request<Body>> for Service {
     type Response = http::Response<Incoming>;
     type Error = hyper::Error;
     type Future =
@@ -635,9 +980,14 @@ mod tests {
         });
 
         let name = rustls_pki_types::ServerName::try_from("hub.test").unwrap();
-        let (transport, driver) = Transport::open(client, name, addr, Limits::default())
+        let (connection, driver) = H2Connection::open(client, name, addr)
             .await
             .expect("the client's side of the handshake completes");
+        let transport = Transport {
+            alert: connection.alert.clone(),
+            calls: Calls::Session(connection),
+            limits: Limits::default(),
+        };
         // The connection task ends once it has read the alert.
         driver.await.unwrap();
         let (_outbound, rx) = mpsc::channel(1);

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use entente_ca::{Ca, CaOptions, Revocations, VerifiedRevocationList};
-use entente_client::{Client, Error, ErrorKind, Identity, Subscription};
+use entente_client::{
+    Client, ClientOptions, Error, ErrorKind, Identity, SessionTransport, Subscription,
+};
 use entente_crypto::{KeyBundleBody, MessageKeys};
 use entente_hub::{Hub, HubConfig, HubHandle};
 use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock};
@@ -109,7 +111,11 @@ impl ShortHub {
     }
 
     async fn connect(&self, identity: Identity, renew: bool) -> Client {
-        Client::connect(identity, self.hub.local_addr(), options().renew(renew))
+        self.connect_with(identity, options().renew(renew)).await
+    }
+
+    async fn connect_with(&self, identity: Identity, options: ClientOptions) -> Client {
+        Client::connect(identity, self.hub.local_addr(), options)
             .await
             .unwrap()
     }
@@ -130,9 +136,13 @@ async fn clients_renew_at_half_life_and_stay_connected_past_three_lifetimes() {
     hub.agent("alice").await.save(&dir).unwrap();
     let alice = Identity::load(&dir, SystemTime::now()).unwrap();
     let first_not_after = alice.not_after();
-    let alice = hub.connect(alice, true).await;
+    // Alice's session is framed: she renews over her calls connection, and the hub extends
+    // her framed session with it. Bob's is over HTTP/2, which carries his calls too.
+    let framed = options().session_transport(SessionTransport::Framed);
+    let alice = hub.connect_with(alice, framed).await;
     // Bob's identity is in memory only.
-    let bob = hub.connect(hub.agent("bob").await, true).await;
+    let http2 = options().session_transport(SessionTransport::Http2);
+    let bob = hub.connect_with(hub.agent("bob").await, http2).await;
     let mut orders = alice.subscribe("orders.>").await.unwrap();
 
     let until = SystemTime::now() + 3 * TTL + Duration::from_secs(1);
@@ -179,6 +189,12 @@ async fn without_renewal_the_session_ends_when_the_certificate_expires() {
     let hub = ShortHub::start().await;
     let alice = hub.connect(hub.agent("alice").await, false).await;
     let mut orders = alice.subscribe("orders.>").await.unwrap();
+    // The same over HTTP/2, where the stream's status ends the session.
+    let http2 = options()
+        .renew(false)
+        .session_transport(SessionTransport::Http2);
+    let bob = hub.connect_with(hub.agent("bob").await, http2).await;
+    let mut bob_orders = bob.subscribe("orders.>").await.unwrap();
 
     let e = end_of(&mut orders).await;
     assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
@@ -191,6 +207,13 @@ async fn without_renewal_the_session_ends_when_the_certificate_expires() {
     let e = alice.publish("orders.eu", "late").await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
     assert!(e.to_string().contains("UNAUTHENTICATED"), "{e}");
+
+    let e = end_of(&mut bob_orders).await;
+    assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+    let text = e.to_string();
+    assert!(text.contains("UNAUTHENTICATED"), "{text}");
+    assert!(text.contains("renewal is off"), "{text}");
+    assert!(bob.is_closed());
 }
 
 #[tokio::test]
@@ -242,7 +265,8 @@ async fn revoking_a_renewing_principal_ends_its_session_and_its_renewed_certific
     revocations.revoke_principal(alice.principal());
     let list = hub.ca.sign_revocations(&revocations, now).unwrap();
     let list = VerifiedRevocationList::verify(list, hub.ca.trust_bundle(), now).unwrap();
-    assert_eq!(hub.hub.revoke(list).await.unwrap(), 1);
+    // Her framed session's connection and the one she renewed over.
+    assert_eq!(hub.hub.revoke(list).await.unwrap(), 2);
 
     let e = end_of(&mut orders).await;
     assert_eq!(e.kind(), ErrorKind::Closed, "{e}");

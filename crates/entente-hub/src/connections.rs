@@ -2,8 +2,9 @@
 //! its control, so that revocation, renewal and shutdown can reach it.
 //!
 //! A connection holds the serial of the certificate it presented and of every certificate
-//! renewed over it (the presented one and the newest [`MAX_RENEWED_SERIALS`]). It is closed
-//! when its principal or any of those serials is revoked.
+//! renewed for it (the presented one and the newest [`MAX_RENEWED_SERIALS`]): renewed over it,
+//! or over another connection of its principal that presented a certificate it holds. It is
+//! closed when its principal or any of those serials is revoked.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -121,7 +122,7 @@ impl Connections {
             };
             live.insert(id, connection);
         }
-        self.recheck(id);
+        self.recheck_current(id);
         Ok(!control.is_closed())
     }
 
@@ -184,44 +185,61 @@ impl Connections {
         }
     }
 
-    /// Records a certificate renewed over connection `id`: its serial joins the connection's,
-    /// and the connection's credential expiry moves to `not_after`. Then re-checks the
-    /// connection against the list in force. Returns why the connection is closed, if it is
-    /// (or gone: [`CloseReason::Shutdown`]).
+    /// Records a certificate renewed over connection `id`: its serial joins the serials of
+    /// every live connection of the same principal that holds the certificate connection `id`
+    /// presented — `id` itself, and the agent's other connections carrying the same credential
+    /// (a framed session, whose connection carries no calls, is renewed over the agent's
+    /// HTTP/2 connection) — and their credential expiry moves to `not_after`. Then re-checks
+    /// them against the list in force. Returns why connection `id` is closed, if it is (or
+    /// gone: [`CloseReason::Shutdown`]).
     pub(crate) fn renewed(
         &self,
         id: u64,
         serial: Vec<u8>,
         not_after: SystemTime,
     ) -> Result<(), CloseReason> {
-        {
+        let renewed: Vec<u64> = {
             let mut live = self.lock();
-            let connection = live.get_mut(&id).ok_or(CloseReason::Shutdown)?;
-            connection.serials.push(serial);
-            let excess = connection
-                .serials
-                .len()
-                .saturating_sub(MAX_RENEWED_SERIALS + 1);
-            // Keep the presented certificate's serial (index 0) and the newest renewed ones.
-            if excess > 0 {
-                connection.serials.drain(1..=excess);
+            let caller = live.get(&id).ok_or(CloseReason::Shutdown)?;
+            let (principal, presented) =
+                (caller.principal.clone(), caller.serials.first().cloned());
+            let mut renewed = Vec::new();
+            for (other, connection) in live.iter_mut() {
+                let holds = *other == id
+                    || (connection.principal == principal
+                        && presented
+                            .as_ref()
+                            .is_some_and(|p| connection.serials.contains(p)));
+                if holds {
+                    connection.add_serial(serial.clone());
+                    connection.control.extend_expiry(not_after);
+                    renewed.push(*other);
+                }
             }
-            connection.control.extend_expiry(not_after);
+            renewed
+        };
+        if let Some(list) = self.revocations.current() {
+            for other in renewed {
+                self.recheck(other, &list);
+            }
         }
-        self.recheck(id);
         let live = self.lock();
         let control = &live.get(&id).ok_or(CloseReason::Shutdown)?.control;
         control.reason().map_or(Ok(()), Err)
     }
 
     /// Closes connection `id` if the list in force revokes it.
-    fn recheck(&self, id: u64) {
-        let Some(list) = self.revocations.current() else {
-            return;
-        };
+    fn recheck_current(&self, id: u64) {
+        if let Some(list) = self.revocations.current() {
+            self.recheck(id, &list);
+        }
+    }
+
+    /// Closes connection `id` if `list` revokes it.
+    fn recheck(&self, id: u64, list: &VerifiedRevocationList) {
         let live = self.lock();
         if let Some(connection) = live.get(&id)
-            && connection.is_revoked(&list)
+            && connection.is_revoked(list)
             && connection.control.close(CloseReason::Revoked)
         {
             stats::bump(&self.stats.revoked_disconnects);
@@ -236,8 +254,84 @@ impl Connections {
 // === impl LiveConnection ===
 
 impl LiveConnection {
+    /// Adds a renewed certificate's serial, keeping the presented certificate's (the first)
+    /// and the newest [`MAX_RENEWED_SERIALS`] renewed ones.
+    fn add_serial(&mut self, serial: Vec<u8>) {
+        self.serials.push(serial);
+        let excess = self.serials.len().saturating_sub(MAX_RENEWED_SERIALS + 1);
+        if excess > 0 {
+            self.serials.drain(1..=excess);
+        }
+    }
+
     fn is_revoked(&self, list: &VerifiedRevocationList) -> bool {
         list.is_principal_revoked(&self.principal)
             || self.serials.iter().any(|s| list.is_serial_revoked(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+
+    fn principal(name: &str) -> Principal {
+        Principal::parse(&format!("spiffe://example.org/agent/shop/{name}")).unwrap()
+    }
+
+    #[test]
+    fn a_renewal_extends_every_connection_holding_the_presented_certificate_and_no_other() {
+        let connections = Connections::new(
+            Arc::new(RevocationState::default()),
+            Arc::new(Stats::default()),
+            Caps {
+                total: 10,
+                per_agent: 10,
+            },
+        );
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let open = |id: u64, who: &str, serial: &[u8]| {
+            let control = ConnectionControl::expiring_at(t0);
+            let registered =
+                connections.register(id, principal(who), serial.to_vec(), control.clone());
+            assert_eq!(registered, Ok(true));
+            control
+        };
+        // Alice's HTTP/2 connection (1) and framed session (2) with certificate A; a later
+        // connection of hers with certificate B (3); Bob's connection presenting A's serial
+        // (4: a serial is the CA's, but the principal must match too).
+        let calls = open(1, "alice", b"A");
+        let framed = open(2, "alice", b"A");
+        let other = open(3, "alice", b"B");
+        let bob = open(4, "bob", b"A");
+
+        let t1 = t0 + Duration::from_secs(3600);
+        connections.renewed(1, b"A2".to_vec(), t1).unwrap();
+        assert_eq!(calls.expires_at(), Some(t1));
+        assert_eq!(framed.expires_at(), Some(t1));
+        assert_eq!(other.expires_at(), Some(t0));
+        assert_eq!(bob.expires_at(), Some(t0));
+
+        // The next renewal over a new connection presenting A2 reaches the framed session,
+        // which holds A2 now.
+        let again = open(5, "alice", b"A2");
+        let t2 = t1 + Duration::from_secs(3600);
+        connections.renewed(5, b"A3".to_vec(), t2).unwrap();
+        assert_eq!(again.expires_at(), Some(t2));
+        assert_eq!(framed.expires_at(), Some(t2));
+        assert_eq!(calls.expires_at(), Some(t2));
+        assert_eq!(other.expires_at(), Some(t0));
+        assert_eq!(
+            connections.serials_of(&principal("alice")).len(),
+            3 + 3 + 1 + 2
+        );
+
+        assert_eq!(
+            connections.renewed(9, b"X".to_vec(), t2),
+            Err(CloseReason::Shutdown)
+        );
     }
 }

@@ -262,8 +262,9 @@ impl<R: AsyncRead + Unpin + Send> crate::session::Inbound for Inbound<R> {
     }
 }
 
-/// Writes a session's outbound frames to `io` until they end, then its [`SessionEnd`] frame
-/// if it ended with a status, then closes the TLS connection. Frames waiting together go out
+/// Writes the empty frame that accepts the session, then the session's outbound frames to
+/// `io` until they end, then its [`SessionEnd`] frame if it ended with a status, then closes
+/// the TLS connection. Frames waiting together go out
 /// in one write; the write buffer is given back whenever nothing waits. Dropping `writer`
 /// (on return) tells the session's [`Inbound`] that the connection is over.
 ///
@@ -275,6 +276,11 @@ pub(crate) async fn write_session<W: AsyncWrite + Unpin>(
     writer: oneshot::Sender<()>,
 ) {
     let max = limits.max_frame_bytes;
+    // The session is accepted: a client waiting to know (the SDK does, so that a refusal is
+    // the connect's error) knows.
+    if io.write_all(&[0; PREFIX_BYTES]).await.is_err() || io.flush().await.is_err() {
+        return;
+    }
     let mut buf = BytesMut::new();
     let mut over = false;
     while !over {
@@ -456,6 +462,8 @@ mod tests {
         .await;
         assert!(gone.try_recv().is_err(), "the writer's end is signalled");
         let mut read = FrameReader::<_, ServerFrame>::new(client, Limits::default());
+        // The empty frame that accepts the session comes first.
+        assert_eq!(read.next().await.unwrap(), Some(ServerFrame::default()));
         assert_eq!(read.next().await.unwrap(), Some(ack(1).into_frame()));
         let Some(server_frame::Kind::Deliver(deliver)) = read.next().await.unwrap().unwrap().kind
         else {

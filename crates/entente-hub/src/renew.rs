@@ -4,8 +4,11 @@
 //! The certificate names the connection's principal whatever the CSR asks for. Its serial is
 //! recorded in the agent record (created if the principal has none, e.g. an identity the
 //! operator issued directly) and on the connection, whose credential expiry moves to the new
-//! certificate's `not_after`: the connection, and its sessions, stay up across renewals. A
-//! revoked principal, a suspended agent, or a connection closing cannot renew.
+//! certificate's `not_after`: the connection, and its sessions, stay up across renewals. The
+//! same goes for the principal's other live connections holding the certificate the renewing
+//! connection presented, such as a framed session's, which carries no calls
+//! ([`Connections::renewed`](crate::connections::Connections::renewed)). A revoked principal,
+//! a suspended agent, or a connection closing cannot renew.
 
 use std::time::SystemTime;
 

@@ -223,8 +223,13 @@ async fn a_framed_connection_over_a_limit_is_told_why_and_closed() {
     let alice = ca.agent("shop", "alice");
     let mut first = alice.framed(&hub).await;
     assert_eq!(first.subscribe(1, "orders.eu").await, ack(1));
-    let mut second = alice.framed(&hub).await;
-    let end = second.end().await.unwrap();
+    // Refused: a SessionEnd in place of the empty frame that accepts a session.
+    let mut second = alice.framed_unchecked(&hub).await;
+    let frame = second.next().await.unwrap().unwrap();
+    let Some(entente_wire::server_frame::Kind::SessionEnd(end)) = frame.kind else {
+        panic!("expected a SessionEnd first, got {frame:?}");
+    };
+    assert!(second.next().await.unwrap().is_none());
     assert_eq!(code(&end), Code::ResourceExhausted, "{end:?}");
     assert!(end.message.contains("already has 1 connection"), "{end:?}");
     assert_eq!(hub.stats().connection_limit_hits, 1);

@@ -82,7 +82,8 @@ async fn the_endpoint_counts_traffic_decisions_and_limits_and_names_nobody() {
 
     let (status, page) = get(addr, "/metrics").await;
     assert!(status.ends_with("200 OK"), "{status}");
-    assert_eq!(value(&page, "entente_connections"), 2.0);
+    // Each client's framed session, and the connection it made its directory lookups on.
+    assert_eq!(value(&page, "entente_connections"), 4.0);
     assert!(value(&page, "entente_subscriptions") >= 1.0);
     assert_eq!(
         value(&page, "entente_messages_total{class=\"pubsub\"}"),

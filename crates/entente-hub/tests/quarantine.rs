@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use entente_audit::{Event, Outcome, QuarantineAction};
-use entente_client::{Client, ErrorKind};
+use entente_client::{Client, ClientOptions, ErrorKind, SessionTransport};
 use entente_hub::{HubConfig, Webhook};
 use entente_testkit::TestHub;
 use entente_wire::{QuarantineRequest, QuarantineResponse};
@@ -197,6 +197,15 @@ async fn an_administrator_quarantines_an_agent_and_only_an_administrator_lifts_i
     let err = hub.connect(alice_identity.clone()).await.unwrap_err();
     assert!(format!("{err:#}").contains("quarantined"), "{err:#}");
     assert!(hub.stats().quarantined_refusals >= 1);
+    // A session over HTTP/2 is refused the same way, its status the connect's error.
+    let before = hub.stats().quarantined_refusals;
+    let http2 = ClientOptions::new().session_transport(SessionTransport::Http2);
+    let err = Client::connect(alice_identity.clone(), hub.addr(), http2)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Denied, "{err}");
+    assert!(err.to_string().contains("quarantined"), "{err}");
+    assert_eq!(hub.stats().quarantined_refusals, before + 1);
     // Others go on.
     bob.publish("orders.eu", "bob").await.unwrap();
     let got = orders.next().await.unwrap().unwrap();

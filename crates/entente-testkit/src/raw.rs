@@ -313,6 +313,20 @@ impl Framed {
         })
     }
 
+    /// Reads the hub's first frame, and fails unless it is the empty frame that accepts the
+    /// session.
+    pub async fn accepted(&mut self) -> Result<()> {
+        let first = self
+            .next()
+            .await?
+            .context("closed before accepting the session")?;
+        anyhow::ensure!(
+            first.kind.is_none(),
+            "the hub did not accept the session: {first:?}"
+        );
+        Ok(())
+    }
+
     /// Sends `frame` with its length prefix.
     pub async fn send(&mut self, frame: &ClientFrame) -> std::io::Result<()> {
         let mut bytes = bytes::BytesMut::new();

@@ -32,11 +32,12 @@
 
 use std::{
     process::ExitCode,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-use entente_client::{Client, ClientOptions, ErrorKind, Subscription};
+use entente_client::{Client, ClientOptions, ErrorKind, SessionTransport, Subscription};
 use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 
@@ -54,6 +55,25 @@ const CHANNEL: &str = "demo.bench";
 const HEADER: usize = 16;
 /// How long the subscriber waits for the next message before declaring the rest lost.
 const IDLE: Duration = Duration::from_secs(10);
+
+/// Whether the benchmarks' SDK clients run their sessions over HTTP/2 (`--http2`).
+static HTTP2: AtomicBool = AtomicBool::new(false);
+
+/// Makes every SDK client of this process's benchmarks run its session over HTTP/2.
+pub(crate) fn use_http2_sessions() {
+    HTTP2.store(true, Ordering::Relaxed);
+}
+
+/// The options the benchmarks' SDK clients connect with: the defaults (framed sessions), with
+/// HTTP/2 sessions under `--http2`.
+pub(crate) fn client_options() -> ClientOptions {
+    let options = ClientOptions::default();
+    if HTTP2.load(Ordering::Relaxed) {
+        options.session_transport(SessionTransport::Http2)
+    } else {
+        options
+    }
+}
 
 /// What one run measured.
 #[derive(Debug, serde::Serialize)]
@@ -419,7 +439,7 @@ async fn bench_with(
     for name in names {
         let (_, token) = scratch.token("demo", &name).await?;
         let identity = entente_client::enroll(addr, &scratch.trust, token.as_str()).await?;
-        clients.push(Client::connect(identity, addr, ClientOptions::default()).await?);
+        clients.push(Client::connect(identity, addr, client_options()).await?);
     }
     let (senders, receivers) = clients.split_at(publishers);
     let mut subscriptions = Vec::with_capacity(receivers.len());
@@ -788,7 +808,7 @@ pub(crate) async fn durable_publish(
     let addr = scratch.addr();
     let (_, token) = scratch.token("demo", "publisher").await?;
     let identity = entente_client::enroll(addr, &scratch.trust, token.as_str()).await?;
-    let publisher = Client::connect(identity, addr, ClientOptions::default()).await?;
+    let publisher = Client::connect(identity, addr, client_options()).await?;
     // Warm up: the directory lookup and the first sender key are not part of the measure.
     publisher
         .publish(DURABLE_CHANNEL, vec![0u8; payload])

@@ -23,7 +23,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use entente_client::{Client, ClientOptions, ClientStats, Request};
+use entente_client::{Client, ClientStats, Request};
 use futures_util::StreamExt as _;
 
 use crate::commands::bench::{
@@ -191,7 +191,8 @@ pub(crate) async fn entente(shape: Rpc) -> Result<RpcReport> {
     for name in ["requester", "responder"] {
         let (_, token) = scratch.token("demo", name).await?;
         let identity = entente_client::enroll(addr, &scratch.trust, token.as_str()).await?;
-        clients.push(Client::connect(identity, addr, ClientOptions::default()).await?);
+        clients
+            .push(Client::connect(identity, addr, crate::commands::bench::client_options()).await?);
     }
     let [requester, responder] = clients.as_slice() else {
         bail!("the clients did not connect");

@@ -4,13 +4,11 @@
 //! and a loopback port), so that its memory can be read alone. The bench enrolls `--agents`
 //! agents over the network with join tokens from the hub's administrator, reads the hub's
 //! resident set (`VmRSS` in `/proc/PID/status`), opens `--connections` SDK [`Client`]s —
-//! each its own TCP connection, TLS 1.3 handshake with the agent's certificate, HTTP/2
-//! connection and session stream; the agents' identities are used in turn, since the hub
-//! allows one principal many connections — leaves them idle, and reads the resident set
-//! again. The difference over the number of connections is the idle memory per connection.
-//! With `--framed` the connections are framed session connections instead (PROTOCOL.md §9.1:
-//! TLS 1.3 with ALPN `entente/1`, one session, no HTTP/2), opened without the SDK and left
-//! without a frame sent.
+//! each its own TCP connection, TLS 1.3 handshake with the agent's certificate and framed
+//! session (PROTOCOL.md §9.1), or with `--http2` HTTP/2 connection and session stream; the
+//! agents' identities are used in turn, since the hub allows one principal many connections
+//! — leaves them idle, and reads the resident set again. The difference over the number of
+//! connections is the idle memory per connection.
 //!
 //! Then it measures handshakes per second on one agent's identity: connect, TLS 1.3 with the
 //! client certificate, an HTTP/2 preface, the hub's first frame (the hub has re-checked the
@@ -35,9 +33,9 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use entente_ca::TrustBundle;
-use entente_client::{Client, ClientOptions, Identity};
+use entente_client::{Client, ClientOptions, Identity, SessionTransport};
 use entente_types::AgentId;
-use futures_util::{FutureExt as _, StreamExt as _};
+use futures_util::StreamExt as _;
 use rustls::client::{Resumption, TicketRequest};
 use rustls::{ClientConfig, HandshakeKind};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
@@ -56,8 +54,8 @@ pub(crate) struct Scale {
     pub(crate) handshakes: u64,
     /// Handshakes in flight at once.
     pub(crate) concurrency: usize,
-    /// Framed session connections (PROTOCOL.md §9.1) instead of SDK clients.
-    pub(crate) framed: bool,
+    /// How the clients' sessions travel.
+    pub(crate) transport: SessionTransport,
 }
 
 /// The issue's target for idle memory per connection.
@@ -79,7 +77,7 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x0
 /// What a run measured.
 #[derive(Debug, serde::Serialize)]
 struct Report {
-    /// `framed` (length-prefixed session frames) or `http2` (SDK clients).
+    /// `framed` (length-prefixed session frames) or `http2` (a gRPC stream over HTTP/2).
     transport: &'static str,
     connections: usize,
     agents: usize,
@@ -163,30 +161,24 @@ async fn measure(hub: &HubProcess, scale: Scale) -> Result<Report> {
 
     let options = ClientOptions::new()
         .renew(false)
-        .connect_timeout(Duration::from_secs(120));
-    let framed_configs = framed_configs(&trust, &identities)?;
+        .connect_timeout(Duration::from_secs(120))
+        .session_transport(scale.transport);
     let started = Instant::now();
-    let opened: Vec<_> = futures_util::stream::iter(0..scale.connections)
-        .map(|i| {
-            let identity = identities
-                .get(i % identities.len())
-                .cloned()
-                .ok_or_else(|| anyhow!("no identity"));
-            let framed = framed_configs.get(i % identities.len()).cloned();
-            let options = options.clone();
-            let trust = &trust;
-            async move {
-                Ok::<_, anyhow::Error>(match framed.filter(|_| scale.framed) {
-                    Some(config) => {
-                        Open::Framed(Box::new(open_framed(hub.addr, trust, config).await?))
-                    }
-                    None => Open::Sdk(Client::connect(identity?, hub.addr, options).await?),
-                })
-            }
-        })
-        .buffer_unordered(OPENING)
-        .collect()
-        .await;
+    let opened: Vec<_> =
+        futures_util::stream::iter(0..scale.connections)
+            .map(|i| {
+                let identity = identities
+                    .get(i % identities.len())
+                    .cloned()
+                    .ok_or_else(|| anyhow!("no identity"));
+                let options = options.clone();
+                async move {
+                    Ok::<_, anyhow::Error>(Client::connect(identity?, hub.addr, options).await?)
+                }
+            })
+            .buffer_unordered(OPENING)
+            .collect()
+            .await;
     let connect_seconds = started.elapsed().as_secs_f64();
     let mut clients = Vec::with_capacity(opened.len());
     let mut first_error = None;
@@ -209,11 +201,8 @@ async fn measure(hub: &HubProcess, scale: Scale) -> Result<Report> {
     tokio::time::sleep(SETTLE).await;
     let idle_rss = rss_kib(hub.pid())?;
     let client_rss = rss_kib(std::process::id())?;
-    let mut idle = 0;
-    for client in &mut clients {
-        idle += usize::from(client.is_open());
-    }
-    futures_util::future::join_all(clients.iter_mut().map(Open::close)).await;
+    let idle = clients.iter().filter(|c| !c.is_closed()).count();
+    futures_util::future::join_all(clients.iter().map(Client::close)).await;
     let connected = clients.len();
     drop(clients);
     tokio::time::sleep(SETTLE).await;
@@ -228,7 +217,10 @@ async fn measure(hub: &HubProcess, scale: Scale) -> Result<Report> {
     let per_connection = idle_rss.saturating_sub(before).saturating_mul(1024)
         / u64::try_from(scale.connections).unwrap_or(u64::MAX);
     Ok(Report {
-        transport: if scale.framed { "framed" } else { "http2" },
+        transport: match scale.transport {
+            SessionTransport::Http2 => "http2",
+            _ => "framed",
+        },
         connections: scale.connections,
         agents: scale.agents,
         connected,
@@ -249,72 +241,6 @@ async fn measure(hub: &HubProcess, scale: Scale) -> Result<Report> {
             resumed,
         },
     })
-}
-
-/// An idle connection of the bench.
-enum Open {
-    /// An SDK client: HTTP/2 and a gRPC session stream.
-    Sdk(Client),
-    /// A framed session connection, nothing sent on it.
-    Framed(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl Open {
-    /// Whether the hub still holds the connection open: the client is not closed, or nothing
-    /// (no `SessionEnd`, no close) came on the framed connection.
-    fn is_open(&mut self) -> bool {
-        match self {
-            Open::Sdk(client) => !client.is_closed(),
-            Open::Framed(tls) => {
-                let mut byte = [0u8; 1];
-                tls.read(&mut byte).now_or_never().is_none()
-            }
-        }
-    }
-
-    async fn close(&mut self) {
-        match self {
-            Open::Sdk(client) => client.close().await,
-            Open::Framed(tls) => {
-                let _ = tls.shutdown().await;
-            }
-        }
-    }
-}
-
-/// One mutual-TLS client configuration per identity, asking for a framed session.
-fn framed_configs(trust: &TrustBundle, identities: &[Identity]) -> Result<Vec<Arc<ClientConfig>>> {
-    identities
-        .iter()
-        .map(|identity| {
-            let key =
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.tls_key_pkcs8().to_vec()));
-            let mut config =
-                entente_hub::client_tls::client_config(trust, identity.chain().to_vec(), key)?;
-            config.alpn_protocols = vec![entente_hub::framed::ALPN.to_vec()];
-            config.resumption = Resumption::disabled();
-            config.send_ticket_request = Some(TicketRequest {
-                new_session_count: 0,
-                resumption_count: 0,
-            });
-            Ok(Arc::new(config))
-        })
-        .collect()
-}
-
-/// Opens a framed session connection and checks the hub agreed to it.
-async fn open_framed(
-    addr: SocketAddr,
-    trust: &TrustBundle,
-    config: Arc<ClientConfig>,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let name = entente_hub::client_tls::server_name(trust)?;
-    let tcp = TcpStream::connect(addr).await?;
-    let tls = TlsConnector::from(config).connect(name, tcp).await?;
-    if tls.get_ref().1.alpn_protocol() != Some(entente_hub::framed::ALPN) {
-        bail!("the hub did not agree to a framed session");
-    }
-    Ok(tls)
 }
 
 /// Enrolls `count` agents `scale/aN` with join tokens from the hub's administrator.

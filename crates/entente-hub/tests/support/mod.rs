@@ -178,8 +178,15 @@ impl Agent {
         self.connect(hub).await.session().await.unwrap()
     }
 
-    /// Connects for a framed session (PROTOCOL.md §9.1).
+    /// Connects for a framed session (PROTOCOL.md §9.1), and checks that the hub accepted it.
     pub async fn framed(&self, hub: &HubHandle) -> Framed {
+        let mut framed = self.framed_unchecked(hub).await;
+        framed.accepted().await.unwrap();
+        framed
+    }
+
+    /// Connects for a framed session, reading nothing yet.
+    pub async fn framed_unchecked(&self, hub: &HubHandle) -> Framed {
         let name = entente_hub::hub_server_name(hub.trust_bundle().trust_domain());
         Framed::connect(
             hub.local_addr(),
