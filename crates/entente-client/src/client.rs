@@ -1831,7 +1831,7 @@ async fn read(
     shared.end(end);
     drop(stream);
     driver.stop();
-    transport.close_calls().await;
+    transport.close_calls();
     shared.ended.send_replace(true);
 }
 

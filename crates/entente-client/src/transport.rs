@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -85,14 +86,11 @@ struct H2Connection {
 struct OnDemand {
     peer: SocketAddr,
     credential: Arc<Credential>,
-    state: tokio::sync::Mutex<OnDemandState>,
-}
-
-#[derive(Debug, Default)]
-struct OnDemandState {
-    open: Option<(H2Connection, JoinHandle<()>)>,
+    /// The connection, with the task driving it. Held across a dial, so that calls made
+    /// meanwhile wait for the one connection.
+    open: tokio::sync::Mutex<Option<(H2Connection, JoinHandle<()>)>>,
     /// The session is over: no connection is opened any more.
-    closed: bool,
+    closed: AtomicBool,
 }
 
 /// The session's frames from the hub.
@@ -224,7 +222,8 @@ impl Transport {
             calls: Calls::OnDemand(Arc::new(OnDemand {
                 peer,
                 credential,
-                state: tokio::sync::Mutex::default(),
+                open: tokio::sync::Mutex::default(),
+                closed: AtomicBool::new(false),
             })),
             alert,
             limits,
@@ -361,13 +360,16 @@ impl Transport {
 
     /// Closes the calls' connection of a framed session, once the session is over: calls
     /// fail from then on, as they do on the session's HTTP/2 connection once it is closed.
-    pub(crate) async fn close_calls(&self) {
+    /// Returns at once: a call dialing meanwhile holds the connection until its dial ends.
+    pub(crate) fn close_calls(&self) {
         if let Calls::OnDemand(on_demand) = &self.calls {
-            let mut state = on_demand.state.lock().await;
-            state.closed = true;
-            if let Some((_, task)) = state.open.take() {
-                task.abort();
-            }
+            on_demand.closed.store(true, Ordering::Release);
+            let on_demand = on_demand.clone();
+            tokio::spawn(async move {
+                if let Some((_, task)) = on_demand.open.lock().await.take() {
+                    task.abort();
+                }
+            });
         }
     }
 
@@ -409,31 +411,31 @@ impl Transport {
 impl OnDemand {
     /// The open connection, or a new one if there is none or the hub closed it.
     async fn connection(&self) -> Result<H2Connection, Error> {
-        let mut state = self.state.lock().await;
-        if state.closed {
+        let mut open = self.open.lock().await;
+        if self.closed.load(Ordering::Acquire) {
             return Err(Error::new(
                 ErrorKind::Closed,
                 "the connection to the hub is closed: the session is over",
             ));
         }
-        if let Some((connection, _)) = &state.open
+        if let Some((connection, _)) = open.as_ref()
             && !connection.send.is_closed()
         {
             return Ok(connection.clone());
         }
-        if let Some((_, task)) = state.open.take() {
+        if let Some((_, task)) = open.take() {
             task.abort();
         }
         let (config, server_name) = mtls_config(&self.credential.current())?;
         let (connection, task) = H2Connection::open(config, server_name, self.peer).await?;
-        state.open = Some((connection.clone(), task));
+        *open = Some((connection.clone(), task));
         Ok(connection)
     }
 }
 
 impl Drop for OnDemand {
     fn drop(&mut self) {
-        if let Some((_, task)) = self.state.get_mut().open.take() {
+        if let Some((_, task)) = self.open.get_mut().take() {
             task.abort();
         }
     }
