@@ -16,8 +16,9 @@ pub enum ErrorKind {
     /// another CA).
     Tls,
     /// The hub's authorization refused it (`Refusal` code `DENIED`, or a gRPC
-    /// `PERMISSION_DENIED` answer to a unary call), or ended a subscription it no longer
-    /// allows (`SubscriptionEnded` with code `DENIED`).
+    /// `PERMISSION_DENIED` answer to a unary call), ended a subscription it no longer
+    /// allows (`SubscriptionEnded` with code `DENIED`), or refused the session at connect
+    /// (`PERMISSION_DENIED`, e.g. a quarantined agent).
     Denied,
     /// The hub refused it with another code ([`Error::refusal_code`] says which).
     Refused,

@@ -173,9 +173,10 @@ impl ClientOptions {
 
     /// Whether the client renews its certificate by itself. Default on.
     ///
-    /// When on, a connected client asks the hub for a new certificate over its connection at
-    /// half-life — at the midpoint of the certificate's validity, or after half of what
-    /// remains when that has passed — with a fresh TLS key, checks it against the trust bundle,
+    /// When on, a connected client asks the hub for a new certificate over its connection for
+    /// calls (the session's own over HTTP/2) at half-life — at the midpoint of the
+    /// certificate's validity, or after half of what remains when that has passed — with a
+    /// fresh TLS key, checks it against the trust bundle,
     /// and uses it from then on ([`Client::identity`](crate::Client::identity)); the session
     /// stays up. An identity loaded from a directory has the renewed certificate and key
     /// written back there ([`Identity::dir`](crate::Identity::dir)). A failed renewal is
