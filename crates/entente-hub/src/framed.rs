@@ -13,7 +13,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use entente_wire::{Bounded, ClientFrame, Limits, ServerFrame, WireError, server_frame};
 use futures_util::{FutureExt as _, StreamExt as _};
 use prost::Message;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::sync::oneshot;
 use tonic::Status;
 
@@ -25,8 +25,9 @@ pub const ALPN: &[u8] = b"entente/1";
 /// Bytes of a frame's length prefix (big-endian).
 pub const PREFIX_BYTES: usize = 4;
 
-/// The least a read asks for. An idle session holds a read buffer of this size (or none):
-/// enough for the small frames (subscriptions, acknowledgements) in one read.
+/// The least a read asks for: enough for the small frames (subscriptions, acknowledgements)
+/// in one read. An idle session holds no read buffer: it waits for bytes with an array of this
+/// size on the stack of the poll, and makes a buffer when they come.
 const READ_MIN: usize = 512;
 
 /// The most a read asks for at once: a frame's buffer grows as its bytes arrive, not to the
@@ -108,18 +109,35 @@ impl<R: AsyncRead + Unpin, D: Bounded> FrameReader<R, D> {
                         .unwrap_or(&[]);
                     let decoded = entente_wire::decode::<D>(frame, &self.limits);
                     self.buf.advance(PREFIX_BYTES + len);
-                    // Nothing more buffered: a larger buffer is given back, so that an idle
-                    // session holds no more than `READ_MIN` (the allocator makes a new one
-                    // cheaply when the next large frame comes).
-                    if self.buf.is_empty() && self.buf.capacity() > READ_MIN {
+                    // Nothing more buffered: the buffer is given back, so that an idle
+                    // session holds none (the allocator makes a new one cheaply when the
+                    // next frame comes).
+                    if self.buf.is_empty() {
                         self.buf = BytesMut::new();
                     }
                     return Ok(Some(decoded?));
                 }
                 Err(want) => want,
             };
-            self.buf.reserve(want.clamp(READ_MIN, READ_STEP));
-            if self.io.read_buf(&mut self.buf).await? == 0 {
+            let read = if self.buf.capacity() == 0 {
+                // No buffer: wait for the first bytes without holding one (the array lives
+                // only while the read is polled, not in this future).
+                let (io, buf) = (&mut self.io, &mut self.buf);
+                std::future::poll_fn(|cx| {
+                    let mut first = [0u8; READ_MIN];
+                    let mut read = ReadBuf::new(&mut first);
+                    std::task::ready!(std::pin::Pin::new(&mut *io).poll_read(cx, &mut read))?;
+                    let got = read.filled();
+                    buf.reserve(want.clamp(READ_MIN, READ_STEP).max(got.len()));
+                    buf.extend_from_slice(got);
+                    std::task::Poll::Ready(Ok::<_, std::io::Error>(got.len()))
+                })
+                .await?
+            } else {
+                self.buf.reserve(want.clamp(READ_MIN, READ_STEP));
+                self.io.read_buf(&mut self.buf).await?
+            };
+            if read == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
@@ -386,6 +404,29 @@ mod tests {
         assert_eq!(frames.next().await.unwrap(), Some(big));
         assert_eq!(frames.next().await.unwrap(), Some(subscribe(1)));
         writer.await.unwrap();
+        assert!(frames.next().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_reader_between_frames_holds_no_buffer() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut frames = FrameReader::<_, ClientFrame>::new(server, Limits::default());
+        for id in 1..=3 {
+            let mut bytes = BytesMut::new();
+            encode_frame(&subscribe(id), &mut bytes);
+            // One frame and the first bytes of the next in one write, then the rest.
+            let split = if id == 2 { 3 } else { bytes.len() };
+            client.write_all(&bytes[..split]).await.unwrap();
+            let rest = bytes[split..].to_vec();
+            let writing = async {
+                tokio::task::yield_now().await;
+                client.write_all(&rest).await.unwrap();
+            };
+            let (read, ()) = tokio::join!(frames.next(), writing);
+            assert_eq!(read.unwrap(), Some(subscribe(id)));
+            assert_eq!(frames.buf.capacity(), 0, "frame {id}");
+        }
+        drop(client);
         assert!(frames.next().await.unwrap().is_none());
     }
 

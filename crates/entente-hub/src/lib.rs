@@ -376,6 +376,7 @@ mod server;
 mod session;
 mod stats;
 mod tls;
+mod tls_stream;
 mod verifier;
 
 pub use admin::{CREATE_TOKEN_PATH, DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL, REVOKE_PATH};

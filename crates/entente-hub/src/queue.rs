@@ -8,20 +8,63 @@
 //! is queued and gives it back when the session's stream takes it from the queue for the
 //! wire. A body larger than the whole budget takes all of it. Acknowledgements and other
 //! small frames are bounded by the frame count only.
+//!
+//! The channel is made when the first frame is queued, not with the session: tokio allocates
+//! a channel's first block of 32 slots when it is made (2 336 bytes here), which an idle
+//! session would hold for nothing (docs/BENCHMARKS.md, Scale). The receiving side takes the
+//! channel's receiver from a hand-off slot at its first wait.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
-use tokio::sync::mpsc::error::{SendError, TrySendError};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc::error::{SendError, TryRecvError, TrySendError};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::codec::Outbound;
 
 /// The sending side of a session's outbound queue; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct OutboundTx {
-    frames: mpsc::Sender<Outbound>,
+    queue: Arc<Queue>,
+}
+
+/// The receiving side of a session's outbound queue.
+#[derive(Debug)]
+pub struct OutboundRx {
+    handoff: Arc<Handoff>,
+    frames: Option<mpsc::Receiver<Outbound>>,
+}
+
+/// What the senders share: the channel once made, and the byte budget. The last sender gone
+/// drops it, and with it the channel's only sender.
+#[derive(Debug)]
+struct Queue {
+    capacity: usize,
+    frames: OnceLock<mpsc::Sender<Outbound>>,
     bytes: Arc<Semaphore>,
     max_bytes: u32,
+    handoff: Arc<Handoff>,
+}
+
+/// Where the receiving side finds the channel once a sender made it.
+#[derive(Debug, Default)]
+struct Handoff {
+    state: Mutex<HandoffState>,
+    /// The channel was made, or every sender is gone (waiters registered first, then the
+    /// state read under the lock: nothing is missed).
+    made: Notify,
+    /// The receiving side is gone.
+    gone: Notify,
+    /// The receiving side is gone (read without the lock).
+    receiver_gone: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct HandoffState {
+    /// The channel's receiver, until the receiving side takes it.
+    waiting: Option<mpsc::Receiver<Outbound>>,
+    senders_gone: bool,
+    receiver_gone: bool,
 }
 
 /// The bytes a queued `Deliver` holds of its queue's budget, given back when it is dropped
@@ -35,17 +78,52 @@ pub struct Budget {
 impl OutboundTx {
     /// A queue of at most `frames` frames and `bytes` bytes of `Deliver` bodies (each at
     /// least 1), and its receiving side.
-    pub fn channel(frames: usize, bytes: usize) -> (Self, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(frames.max(1));
+    pub fn channel(frames: usize, bytes: usize) -> (Self, OutboundRx) {
         let max_bytes = u32::try_from(bytes.clamp(1, Semaphore::MAX_PERMITS))
             .unwrap_or(u32::MAX)
             .max(1);
-        let tx = Self {
-            frames: tx,
+        let handoff = Arc::new(Handoff::default());
+        let queue = Queue {
+            capacity: frames.max(1),
+            frames: OnceLock::new(),
             bytes: Arc::new(Semaphore::new(max_bytes as usize)),
             max_bytes,
+            handoff: handoff.clone(),
         };
-        (tx, rx)
+        let rx = OutboundRx {
+            handoff,
+            frames: None,
+        };
+        (
+            Self {
+                queue: Arc::new(queue),
+            },
+            rx,
+        )
+    }
+
+    /// The channel, made now if this is the first frame; `None` if the receiving side left
+    /// before any was made.
+    fn frames(&self) -> Option<&mpsc::Sender<Outbound>> {
+        let queue = &*self.queue;
+        if let Some(frames) = queue.frames.get() {
+            return Some(frames);
+        }
+        if queue.handoff.receiver_gone.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(queue.frames.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(queue.capacity);
+            let mut state = queue.handoff.lock();
+            // If the receiving side left meanwhile, the receiver is dropped here, which
+            // closes the channel for the senders.
+            if !state.receiver_gone {
+                state.waiting = Some(rx);
+            }
+            drop(state);
+            queue.handoff.made.notify_waiters();
+            tx
+        }))
     }
 
     /// What `frame` takes of the byte budget.
@@ -54,7 +132,7 @@ impl OutboundTx {
             Outbound::Deliver { body, .. } => Some(
                 u32::try_from(body.len())
                     .unwrap_or(u32::MAX)
-                    .clamp(1, self.max_bytes),
+                    .clamp(1, self.queue.max_bytes),
             ),
             Outbound::Frame(_) => None,
         }
@@ -62,16 +140,19 @@ impl OutboundTx {
 
     /// Queues `frame` if the queue has room for it now.
     pub fn try_send(&self, mut frame: Outbound) -> Result<(), TrySendError<Outbound>> {
+        let Some(frames) = self.frames() else {
+            return Err(TrySendError::Closed(frame));
+        };
         if let Some(cost) = self.cost(&frame) {
-            match self.bytes.clone().try_acquire_many_owned(cost) {
+            match self.queue.bytes.clone().try_acquire_many_owned(cost) {
                 Ok(permit) => frame.hold(Budget {
                     _held: Some(permit),
                 }),
-                Err(_) if self.frames.is_closed() => return Err(TrySendError::Closed(frame)),
+                Err(_) if frames.is_closed() => return Err(TrySendError::Closed(frame)),
                 Err(_) => return Err(TrySendError::Full(frame)),
             }
         }
-        self.frames.try_send(frame).map_err(|e| match e {
+        frames.try_send(frame).map_err(|e| match e {
             TrySendError::Full(mut frame) => {
                 frame.hold(Budget::default());
                 TrySendError::Full(frame)
@@ -85,11 +166,14 @@ impl OutboundTx {
 
     /// Queues `frame`, waiting for room; fails only when the receiving side is gone.
     pub async fn send(&self, mut frame: Outbound) -> Result<(), SendError<Outbound>> {
+        let Some(frames) = self.frames() else {
+            return Err(SendError(frame));
+        };
         if let Some(cost) = self.cost(&frame) {
             let permit = tokio::select! {
                 biased;
-                () = self.frames.closed() => return Err(SendError(frame)),
-                permit = self.bytes.clone().acquire_many_owned(cost) => match permit {
+                () = frames.closed() => return Err(SendError(frame)),
+                permit = self.queue.bytes.clone().acquire_many_owned(cost) => match permit {
                     Ok(permit) => permit,
                     // The semaphore is never closed.
                     Err(_) => return Err(SendError(frame)),
@@ -99,24 +183,102 @@ impl OutboundTx {
                 _held: Some(permit),
             });
         }
-        self.frames.send(frame).await
+        frames.send(frame).await
     }
 
     /// Resolves once the receiving side is gone.
     pub async fn closed(&self) {
-        self.frames.closed().await;
+        let handoff = &self.queue.handoff;
+        let gone = handoff.gone.notified();
+        tokio::pin!(gone);
+        gone.as_mut().enable();
+        if !handoff.receiver_gone.load(Ordering::Acquire) {
+            gone.await;
+        }
     }
 
     /// Bytes of the budget free now.
     pub fn free_bytes(&self) -> usize {
-        self.bytes.available_permits()
+        self.queue.bytes.available_permits()
     }
 
     /// Frames and bytes of deliveries waiting in the queue now.
     pub fn queued(&self) -> (usize, usize) {
-        let frames = self.frames.max_capacity() - self.frames.capacity();
-        let bytes = (self.max_bytes as usize).saturating_sub(self.free_bytes());
+        let frames = self
+            .queue
+            .frames
+            .get()
+            .map_or(0, |frames| frames.max_capacity() - frames.capacity());
+        let bytes = (self.queue.max_bytes as usize).saturating_sub(self.free_bytes());
         (frames, bytes)
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        self.handoff.lock().senders_gone = true;
+        self.handoff.made.notify_waiters();
+    }
+}
+
+impl Handoff {
+    fn lock(&self) -> MutexGuard<'_, HandoffState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl OutboundRx {
+    /// The next frame; `None` once every sender is gone and nothing is queued.
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        loop {
+            if let Some(frames) = &mut self.frames {
+                return frames.recv().await;
+            }
+            let made = self.handoff.made.notified();
+            tokio::pin!(made);
+            made.as_mut().enable();
+            {
+                let mut state = self.handoff.lock();
+                if let Some(frames) = state.waiting.take() {
+                    self.frames = Some(frames);
+                    continue;
+                }
+                if state.senders_gone {
+                    return None;
+                }
+            }
+            made.await;
+        }
+    }
+
+    /// The next frame if one is queued now.
+    pub fn try_recv(&mut self) -> Result<Outbound, TryRecvError> {
+        if self.frames.is_none() {
+            let mut state = self.handoff.lock();
+            match state.waiting.take() {
+                Some(frames) => self.frames = Some(frames),
+                None if state.senders_gone => return Err(TryRecvError::Disconnected),
+                None => return Err(TryRecvError::Empty),
+            }
+        }
+        match &mut self.frames {
+            Some(frames) => frames.try_recv(),
+            None => Err(TryRecvError::Empty),
+        }
+    }
+}
+
+impl Drop for OutboundRx {
+    fn drop(&mut self) {
+        let waiting = {
+            let mut state = self.handoff.lock();
+            state.receiver_gone = true;
+            self.handoff.receiver_gone.store(true, Ordering::Release);
+            state.waiting.take()
+        };
+        // Dropping the receiver (taken or waiting) closes the channel for the senders.
+        drop(waiting);
+        self.handoff.gone.notify_waiters();
     }
 }
 
@@ -209,5 +371,80 @@ mod tests {
             Err(TrySendError::Closed(_))
         ));
         assert!(tx.send(deliver(10)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_channel_is_made_by_the_first_frame_and_found_by_a_waiting_receiver() {
+        let (tx, mut rx) = OutboundTx::channel(4, 1000);
+        assert!(
+            tx.queue.frames.get().is_none(),
+            "nothing allocated before a frame"
+        );
+        assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+        assert_eq!(tx.queued(), (0, 0));
+        let waiting = tokio::spawn(async move {
+            let first = rx.recv().await;
+            (first, rx)
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        tx.clone().try_send(deliver(10)).unwrap();
+        let (first, mut rx) = waiting.await.unwrap();
+        assert!(matches!(first, Some(Outbound::Deliver { .. })));
+        drop(first);
+        tx.send(deliver(20)).await.unwrap();
+        assert_eq!(tx.queued(), (1, 20));
+        drop(tx);
+        assert!(
+            rx.recv().await.is_some(),
+            "what was queued outlives the senders"
+        );
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn senders_gone_before_any_frame_end_the_receiver() {
+        let (tx, mut rx) = OutboundTx::channel(4, 1000);
+        let waiting = tokio::spawn(async move { rx.recv().await.is_none() });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(tx.clone());
+        assert!(!waiting.is_finished(), "one sender is left");
+        drop(tx);
+        assert!(waiting.await.unwrap());
+        let (tx, mut rx) = OutboundTx::channel(4, 1000);
+        drop(tx);
+        assert!(matches!(rx.try_recv(), Err(TryRecvError::Disconnected)));
+    }
+
+    #[tokio::test]
+    async fn a_receiver_gone_before_or_after_the_first_frame_closes_the_queue() {
+        // Gone before any frame: nothing is made, and senders learn it.
+        let (tx, rx) = OutboundTx::channel(4, 1000);
+        let closed = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.closed().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!closed.is_finished());
+        drop(rx);
+        closed.await.unwrap();
+        assert!(matches!(
+            tx.try_send(deliver(1)),
+            Err(TrySendError::Closed(_))
+        ));
+        assert!(tx.send(deliver(1)).await.is_err());
+        assert!(tx.queue.frames.get().is_none());
+        tx.closed().await;
+
+        // Gone after the channel was made but before the receiver took it.
+        let (tx, rx) = OutboundTx::channel(4, 1000);
+        tx.try_send(deliver(1)).unwrap();
+        drop(rx);
+        assert!(matches!(
+            tx.try_send(deliver(1)),
+            Err(TrySendError::Closed(_))
+        ));
+        assert_eq!(tx.free_bytes(), 1000, "what was queued gave its bytes back");
+        tx.closed().await;
     }
 }

@@ -374,7 +374,7 @@ mod tests {
 
     use super::*;
     use crate::authz::{Authz, SessionAuthz};
-    use tokio::sync::mpsc;
+    use crate::queue::OutboundRx;
 
     /// Nobody may subscribe to `orders.payroll.>`. (The router does not decide patterns:
     /// sessions do before subscribing. Gates only withhold what a forbid covers.)
@@ -384,7 +384,7 @@ mod tests {
                 resource in Namespace::"orders.payroll");
     "#;
 
-    fn subscriber(session: SessionId, capacity: usize) -> (Subscriber, mpsc::Receiver<Outbound>) {
+    fn subscriber(session: SessionId, capacity: usize) -> (Subscriber, OutboundRx) {
         subscriber_of(
             &Arc::new(Authz::with_policies(POLICIES, Arc::default())),
             session,
@@ -396,7 +396,7 @@ mod tests {
         authz: &Arc<Authz>,
         session: SessionId,
         capacity: usize,
-    ) -> (Subscriber, mpsc::Receiver<Outbound>) {
+    ) -> (Subscriber, OutboundRx) {
         let (tx, rx) = OutboundTx::channel(capacity, 1 << 20);
         let principal = principal(&format!("agent{session}"));
         (
@@ -427,7 +427,7 @@ mod tests {
         Channel::parse(s).unwrap()
     }
 
-    fn ids(rx: &mut mpsc::Receiver<Outbound>) -> Vec<u64> {
+    fn ids(rx: &mut OutboundRx) -> Vec<u64> {
         let mut out = Vec::new();
         while let Ok(frame) = rx.try_recv() {
             match frame {

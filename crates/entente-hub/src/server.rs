@@ -1,6 +1,6 @@
 //! The server: accept loop, TLS, HTTP/2, gRPC routing by path, and the operator's handle.
 //!
-//! `TcpListener` → `LazyConfigAcceptor` (pick the TLS configuration by SNI) → handshake under a
+//! `TcpListener` → [`tls_stream::accept`] (pick the TLS configuration by SNI) → handshake under a
 //! timeout → re-check the client's SVID and register the connection → hyper's HTTP/2 server,
 //! whose service routes by path:
 //!
@@ -44,9 +44,8 @@ use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_rustls::LazyConfigAcceptor;
 use tonic::body::Body;
 use tonic::server::Grpc;
 use tonic::{Request, Response, Status, Streaming};
@@ -72,7 +71,7 @@ use crate::metrics;
 use crate::notify::Notifier;
 use crate::policies::{CHECK_POLICY_PATH, LOAD_POLICIES_PATH, SHOW_POLICIES_PATH};
 use crate::quarantine::{self, QUARANTINE_PATH};
-use crate::queue::OutboundTx;
+use crate::queue::{OutboundRx, OutboundTx};
 use crate::registry::Registry;
 use crate::renew::Caller;
 use crate::replay::ReplayGuard;
@@ -82,6 +81,7 @@ use crate::rpc::{self, DIRECTORY_PATH, ENROLL_PATH, RENEW_PATH, RpcError, Servic
 use crate::session::{self, Session, SessionContext};
 use crate::stats::{self, HubStats, Stats};
 use crate::tls::{self, HubCertResolver, Listener, TlsConfigs};
+use crate::tls_stream::{self, Refused, TlsStream};
 use crate::verifier::{RevocationState, SvidClientVerifier};
 use crate::{HubConfig, HubError, directory, enroll, grant_state, grants, policies, renew};
 
@@ -908,34 +908,20 @@ async fn serve_tcp(shared: Arc<Shared>, tcp: TcpStream) {
 
 /// The TLS handshake of a connection, within the handshake timeout: the listener its server
 /// name chose and the stream, or `None` once a refused handshake is closed.
-async fn accept(
-    shared: &Shared,
-    tcp: TcpStream,
-) -> Option<(Listener, tokio_rustls::server::TlsStream<TcpStream>)> {
+async fn accept(shared: &Shared, tcp: TcpStream) -> Option<(Listener, TlsStream)> {
     let peer = tcp.peer_addr().ok();
     // Formatted only if the event is logged.
     let shown =
         |peer: Option<SocketAddr>| peer.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
-    let handshake = async {
-        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
-            .await
-            .map_err(|e| (e, None))?;
-        let (listener, config) = shared.tls.select(start.client_hello().server_name());
-        let stream = start
-            .into_stream(config)
-            .into_fallible()
-            .await
-            .map_err(|(e, tcp)| (e, Some(tcp)))?;
-        Ok((listener, stream))
-    };
+    let handshake = tls_stream::accept(tcp, |server_name| shared.tls.select(server_name));
     // Refused handshakes are counted; their log events are debug-level, so that a flood of
     // them does not become a flood of log lines.
     match tokio::time::timeout(shared.config.handshake_timeout, handshake).await {
         Ok(Ok(accepted)) => Some(accepted),
-        Ok(Err((error, refused))) => {
+        Ok(Err(Refused { error, tcp })) => {
             stats::bump(&shared.stats.handshakes_failed);
             tracing::debug!(peer = %shown(peer), %error, "TLS handshake refused");
-            if let Some(tcp) = refused {
+            if let Some(tcp) = tcp {
                 close_after_alert(tcp).await;
             }
             None
@@ -975,7 +961,7 @@ async fn close_after_alert(mut tcp: TcpStream) {
 /// An enrollment connection: no client identity, so [`ENROLL_PATH`] is all it serves; every
 /// other request is `UNIMPLEMENTED`. It lives at most [`ENROLL_LIFETIME`], and not past
 /// shutdown.
-async fn serve_enroll(shared: &Shared, stream: tokio_rustls::server::TlsStream<TcpStream>) {
+async fn serve_enroll(shared: &Shared, stream: TlsStream) {
     stats::bump(&shared.stats.connections);
     let service = service_fn(|request: http::Request<Incoming>| {
         let services = shared.services.clone();
@@ -1015,12 +1001,12 @@ async fn serve_enroll(shared: &Shared, stream: tokio_rustls::server::TlsStream<T
 /// boxed.
 fn serve_mtls(
     shared: Arc<Shared>,
-    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    stream: TlsStream,
 ) -> Option<Either<impl Future<Output = ()> + Send, Serving>> {
     // The verifier passed the chain during a full handshake; a resumed one carries the chain
     // of the full handshake its ticket came from, and skipped the verifier (`tls`). Verify
     // again, always: to learn the identity, and against the revocation list in force now.
-    let chain = stream.get_ref().1.peer_certificates().unwrap_or_default();
+    let chain = stream.peer_certificates().unwrap_or_default();
     let Ok(svid) = shared.verifier.verify_chain(chain, SystemTime::now()) else {
         stats::bump(&shared.stats.handshakes_failed);
         return None;
@@ -1057,7 +1043,7 @@ fn serve_mtls(
         control,
         not_after: svid.not_after(),
     };
-    if stream.get_ref().1.alpn_protocol() == Some(framed::ALPN) {
+    if stream.alpn_protocol() == Some(framed::ALPN) {
         Some(Either::Left(serve_framed(connection, stream)))
     } else {
         Some(Either::Right(Box::pin(serve_h2(connection, stream))))
@@ -1085,7 +1071,7 @@ impl Drop for Connection {
 }
 
 /// Serves an HTTP/2 connection: gRPC, the session and the unary services ([`route_request`]).
-async fn serve_h2(connection: Connection, stream: tokio_rustls::server::TlsStream<TcpStream>) {
+async fn serve_h2(connection: Connection, stream: TlsStream) {
     let Connection {
         ref shared,
         id,
@@ -1181,15 +1167,12 @@ fn log_close(control: &ConnectionControl, principal: &Principal) {
 /// connection when the certificate expires or the hub closes it (the session's last frame
 /// then says why, [`CloseReason::status`]). The kernel's TCP keepalive finds a peer gone
 /// without closing, as HTTP/2 pings do on the other connections.
-fn serve_framed(
-    connection: Connection,
-    stream: tokio_rustls::server::TlsStream<TcpStream>,
-) -> impl Future<Output = ()> + Send {
+fn serve_framed(connection: Connection, stream: TlsStream) -> impl Future<Output = ()> + Send {
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(KEEPALIVE_INTERVAL)
         .with_interval(KEEPALIVE_TIMEOUT / KEEPALIVE_PROBES)
         .with_retries(KEEPALIVE_PROBES);
-    let _ = socket2::SockRef::from(stream.get_ref().0).set_tcp_keepalive(&keepalive);
+    let _ = socket2::SockRef::from(stream.tcp()).set_tcp_keepalive(&keepalive);
     let shared = &connection.shared;
     let limits = shared.config.limits;
     let (tx, rx) = OutboundTx::channel(shared.config.queue_capacity, shared.config.queue_bytes);
@@ -1247,7 +1230,7 @@ async fn serve_limited(
     shared: &Shared,
     principal: &Principal,
     limit: ConnectionLimit,
-    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    stream: TlsStream,
 ) {
     stats::bump(&shared.stats.connection_limit_hits);
     shared.stats.traffic.limit_hit(limit.name());
@@ -1270,11 +1253,7 @@ async fn serve_limited(
 /// A connection of a quarantined agent: counted; every request on it is answered
 /// `PERMISSION_DENIED` saying so, for at most [`LIMITED_LIFETIME`]. Not audited: the agent
 /// was quarantined by a recorded act, and its retries would flood the log.
-async fn serve_quarantined(
-    shared: &Shared,
-    principal: &Principal,
-    stream: tokio_rustls::server::TlsStream<TcpStream>,
-) {
+async fn serve_quarantined(shared: &Shared, principal: &Principal, stream: TlsStream) {
     stats::bump(&shared.stats.quarantined_refusals);
     tracing::debug!(%principal, "connection of a quarantined agent refused");
     refuse_requests(
@@ -1287,12 +1266,8 @@ async fn serve_quarantined(
 
 /// Answers every request of `stream` with `status` for at most [`LIMITED_LIFETIME`]; a framed
 /// session connection gets a `SessionEnd` with `status` at once, then is closed.
-async fn refuse_requests(
-    shared: &Shared,
-    stream: tokio_rustls::server::TlsStream<TcpStream>,
-    status: Status,
-) {
-    if stream.get_ref().1.alpn_protocol() == Some(framed::ALPN) {
+async fn refuse_requests(shared: &Shared, stream: TlsStream, status: Status) {
+    if stream.alpn_protocol() == Some(framed::ALPN) {
         let _ = tokio::time::timeout(CLOSE_GRACE, framed::refuse(stream, &status)).await;
         return;
     }
@@ -1723,12 +1698,12 @@ impl tower_service::Service<Request<Streaming<ClientFrame>>> for SessionService 
 /// what is still queued followed by that status; or, if the connection was closed, the close
 /// reason's status at once (a slow consumer's queue is not drained).
 fn outbound_stream(
-    rx: mpsc::Receiver<Outbound>,
+    rx: OutboundRx,
     end: watch::Receiver<Option<Status>>,
     closed: watch::Receiver<Option<CloseReason>>,
 ) -> OutboundStream {
     struct State {
-        rx: mpsc::Receiver<Outbound>,
+        rx: OutboundRx,
         end: watch::Receiver<Option<Status>>,
         closed: watch::Receiver<Option<CloseReason>>,
         draining: Option<Status>,

@@ -1652,7 +1652,7 @@ mod tests {
 
     struct Client {
         session: Session<LocalRouter>,
-        rx: mpsc::Receiver<Outbound>,
+        rx: crate::queue::OutboundRx,
         principal: Principal,
     }
 
