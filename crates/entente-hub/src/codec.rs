@@ -245,12 +245,17 @@ const DELIVER_TAG: u32 = 1;
 /// Writes `ServerFrame { deliver: Deliver { subscription_id, <body> } }`, where `body` holds
 /// encoded `Deliver` fields 2 (sender keys) and 3 (batches).
 pub(crate) fn encode_deliver(subscription_id: u64, body: &[u8], dst: &mut impl BufMut) {
-    let inner = key_len(DELIVER_TAG) + encoded_len_varint(subscription_id) + body.len();
+    encode_deliver_head(subscription_id, body.len(), dst);
+    dst.put_slice(body);
+}
+
+/// Writes what [`encode_deliver`] writes before the body, for a body of `body_len` bytes.
+pub(crate) fn encode_deliver_head(subscription_id: u64, body_len: usize, dst: &mut impl BufMut) {
+    let inner = key_len(DELIVER_TAG) + encoded_len_varint(subscription_id) + body_len;
     encode_key(DELIVER_TAG, WireType::LengthDelimited, dst);
     encode_varint(inner as u64, dst);
     encode_key(DELIVER_TAG, WireType::Varint, dst);
     encode_varint(subscription_id, dst);
-    dst.put_slice(body);
 }
 
 /// The encoded size of a `Deliver` frame for `subscription_id` with a body of `body_len` bytes.

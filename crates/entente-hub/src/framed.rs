@@ -9,7 +9,10 @@
 
 use std::marker::PhantomData;
 
-use bytes::{Buf, BufMut, BytesMut};
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use entente_wire::{Bounded, ClientFrame, Limits, ServerFrame, WireError, server_frame};
 use futures_util::{FutureExt as _, StreamExt as _};
 use prost::Message;
@@ -17,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::sync::oneshot;
 use tonic::Status;
 
-use crate::codec::{Outbound, deliver_len, encode_deliver};
+use crate::codec::{Outbound, deliver_len, encode_deliver, encode_deliver_head};
 
 /// The ALPN protocol of a framed session connection.
 pub const ALPN: &[u8] = b"entente/1";
@@ -37,6 +40,14 @@ const READ_STEP: usize = 64 * 1024;
 
 /// Frames gathered into one write (as tonic gathers before handing them to HTTP/2).
 const WRITE_GATHER: usize = 32 * 1024;
+
+/// A `Deliver` body of at least this many bytes is written from where it is (the body the
+/// router shares between subscribers) rather than copied behind its frame's head: the copy
+/// would cost more than the small TLS record its head then takes alone.
+const BODY_APART: usize = 4 * 1024;
+
+/// Most parts handed to one vectored write.
+const WRITE_PARTS: usize = 16;
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -181,9 +192,16 @@ fn frame_len(len: usize) -> u32 {
     u32::try_from(len).unwrap_or(u32::MAX)
 }
 
-/// Appends an outbound frame with its length prefix; `Err` with the status to end the session
-/// with if it is larger than `max` bytes.
-fn encode_outbound(frame: Outbound, max: usize, dst: &mut BytesMut) -> Result<(), Status> {
+/// Appends an outbound frame with its length prefix to `dst`, or, for a `Deliver` whose body
+/// is large, its head to `dst` and then `dst` and the body to `parts`; `Err` with the status
+/// to end the session with if it is larger than `max` bytes. Returns the frame's length with
+/// its prefix.
+fn encode_outbound(
+    frame: Outbound,
+    max: usize,
+    dst: &mut BytesMut,
+    parts: &mut VecDeque<Bytes>,
+) -> Result<usize, Status> {
     let len = match &frame {
         Outbound::Frame(frame) => frame.encoded_len(),
         Outbound::Deliver {
@@ -203,10 +221,57 @@ fn encode_outbound(frame: Outbound, max: usize, dst: &mut BytesMut) -> Result<()
             subscription_id,
             body,
             ..
+        } if body.len() >= BODY_APART => {
+            dst.put_u32(frame_len(len));
+            encode_deliver_head(subscription_id, body.len(), dst);
+            parts.push_back(dst.split().freeze());
+            parts.push_back(body);
+        }
+        Outbound::Deliver {
+            subscription_id,
+            body,
+            ..
         } => {
             dst.reserve(PREFIX_BYTES + len);
             dst.put_u32(frame_len(len));
             encode_deliver(subscription_id, &body, dst);
+        }
+    }
+    Ok(PREFIX_BYTES + len)
+}
+
+/// Writes `parts` in order, with vectored writes (a TLS stream encrypts each large part from
+/// where it is); they are empty once it returns `Ok`.
+async fn write_parts<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    parts: &mut VecDeque<Bytes>,
+) -> std::io::Result<()> {
+    while !parts.is_empty() {
+        let mut slices = [IoSlice::new(&[]); WRITE_PARTS];
+        for (slice, part) in slices.iter_mut().zip(parts.iter()) {
+            *slice = IoSlice::new(part);
+        }
+        let count = parts.len().min(WRITE_PARTS);
+        let mut n = io
+            .write_vectored(slices.get(..count).unwrap_or_default())
+            .await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let Some(front) = parts.front_mut() else {
+                break;
+            };
+            if n >= front.len() {
+                n -= front.len();
+                parts.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+        while parts.front().is_some_and(Bytes::is_empty) {
+            parts.pop_front();
         }
     }
     Ok(())
@@ -299,7 +364,10 @@ pub(crate) async fn write_session<W: AsyncWrite + Unpin>(
     if io.write_all(&[0; PREFIX_BYTES]).await.is_err() || io.flush().await.is_err() {
         return;
     }
+    // Small frames and the heads of large deliveries are gathered in `buf`; what is ready to
+    // write, in order, is in `parts`.
     let mut buf = BytesMut::new();
+    let mut parts = VecDeque::new();
     let mut over = false;
     while !over {
         let mut next = match frames.next().now_or_never() {
@@ -307,23 +375,31 @@ pub(crate) async fn write_session<W: AsyncWrite + Unpin>(
             None => {
                 // Idle: hold no buffer while waiting.
                 buf = BytesMut::new();
+                parts = VecDeque::new();
                 frames.next().await
             }
         };
+        let mut gathered = 0;
         loop {
             let ended = match next {
                 None => {
                     over = true;
                     None
                 }
-                Some(Ok(frame)) => encode_outbound(frame, max, &mut buf).err(),
+                Some(Ok(frame)) => match encode_outbound(frame, max, &mut buf, &mut parts) {
+                    Ok(len) => {
+                        gathered += len;
+                        None
+                    }
+                    Err(status) => Some(status),
+                },
                 Some(Err(status)) => Some(status),
             };
             if let Some(status) = ended {
                 encode_frame(&session_end(&status), &mut buf);
                 over = true;
             }
-            if over || buf.len() >= WRITE_GATHER {
+            if over || gathered >= WRITE_GATHER {
                 break;
             }
             match frames.next().now_or_never() {
@@ -331,10 +407,12 @@ pub(crate) async fn write_session<W: AsyncWrite + Unpin>(
                 None => break,
             }
         }
-        if io.write_all(&buf).await.is_err() || io.flush().await.is_err() {
+        if !buf.is_empty() {
+            parts.push_back(buf.split().freeze());
+        }
+        if write_parts(&mut io, &mut parts).await.is_err() || io.flush().await.is_err() {
             return;
         }
-        buf.clear();
     }
     let _ = io.shutdown().await;
     drop(writer);
@@ -488,9 +566,23 @@ mod tests {
                 })),
             })
         };
+        // A body this large is written from where it is, apart from its frame's head.
+        let batch = entente_wire::SignedBatch {
+            channel: "a.b".into(),
+            envelopes: vec![entente_wire::Envelope {
+                ciphertext: vec![7; 2 * BODY_APART],
+                ..entente_wire::Envelope::default()
+            }],
+            ..entente_wire::SignedBatch::default()
+        };
+        let mut large = Vec::new();
+        prost::encoding::message::encode(3, &batch, &mut large);
+        assert!(large.len() >= BODY_APART);
         let frames: Vec<Result<Outbound, Status>> = vec![
             Ok(ack(1)),
             Ok(Outbound::deliver(7, bytes::Bytes::from_static(&[]))),
+            Ok(Outbound::deliver(8, large.into())),
+            Ok(ack(2)),
             Err(Status::permission_denied("credential revoked")),
         ];
         let (tx, mut gone) = oneshot::channel();
@@ -511,6 +603,12 @@ mod tests {
             panic!("a delivery")
         };
         assert_eq!(deliver.subscription_id, 7);
+        let Some(server_frame::Kind::Deliver(deliver)) = read.next().await.unwrap().unwrap().kind
+        else {
+            panic!("a delivery")
+        };
+        assert_eq!((deliver.subscription_id, deliver.batches), (8, vec![batch]));
+        assert_eq!(read.next().await.unwrap(), Some(ack(2).into_frame()));
         let Some(server_frame::Kind::SessionEnd(end)) = read.next().await.unwrap().unwrap().kind
         else {
             panic!("the session's end")

@@ -18,6 +18,10 @@
 //! alert) is sent at once if the socket takes it, and otherwise before the next write's data.
 //! A read that finds the socket empty has processed every whole record received, so a write
 //! never leaves decrypted data behind for a reader that is waiting on the socket.
+//!
+//! A vectored write encrypts each part of at least [`APART`] bytes from where it is (a
+//! delivery's body, shared by the sessions it goes to) and gathers the shorter ones between
+//! them into one record, so that a large frame is not copied behind its head first.
 
 use std::io;
 use std::pin::Pin;
@@ -25,8 +29,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use rustls::ServerConfig;
-use rustls::server::{Acceptor, UnbufferedServerConnection};
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, InsufficientSizeError};
+use rustls::server::{Acceptor, ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError,
+};
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
@@ -45,6 +51,10 @@ const MAX_WRITE: usize = 64 * 1024;
 
 /// Unsent TLS bytes beyond which a write first waits for the socket.
 const MAX_UNSENT: usize = 64 * 1024;
+
+/// A part of a vectored write at least this long is encrypted from where it is; shorter
+/// neighbours are gathered into one record.
+const APART: usize = 4 * 1024;
 
 /// A server-side TLS connection over TCP whose buffers live only while they hold bytes.
 pub(crate) struct TlsStream {
@@ -279,25 +289,7 @@ impl TlsStream {
                     }
                 }
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    let at = self.outgoing.len();
-                    let mut room = 512;
-                    loop {
-                        self.outgoing.resize(at + room, 0);
-                        let space = self.outgoing.get_mut(at..).unwrap_or_default();
-                        match encode.encode(space) {
-                            Ok(n) => {
-                                self.outgoing.truncate(at + n);
-                                break;
-                            }
-                            Err(EncodeError::InsufficientSize(InsufficientSizeError {
-                                required_size,
-                            })) if required_size > room => room = required_size,
-                            Err(_) => {
-                                self.outgoing.truncate(at);
-                                break;
-                            }
-                        }
-                    }
+                    encode_tls(&mut encode, &mut self.outgoing);
                 }
                 // What was encoded is in `outgoing`, ahead of anything encrypted later: the
                 // callers send it in order.
@@ -383,11 +375,7 @@ impl TlsStream {
             let discard = status.discard;
             let more = match status.state {
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    let at = self.outgoing.len();
-                    self.outgoing.resize(at + 512, 0);
-                    let space = self.outgoing.get_mut(at..).unwrap_or_default();
-                    let n = encode.encode(space).unwrap_or(0);
-                    self.outgoing.truncate(at + n);
+                    encode_tls(&mut encode, &mut self.outgoing);
                     true
                 }
                 Ok(ConnectionState::TransmitTlsData(transmit)) => {
@@ -534,6 +522,52 @@ impl AsyncRead for TlsStream {
     }
 }
 
+impl TlsStream {
+    /// Whether a write may go on: the connection is not being closed, and what is unsent is
+    /// below [`MAX_UNSENT`] (else it is sent first).
+    fn poll_write_room(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.closing {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the TLS connection is being closed",
+            )));
+        }
+        if self.outgoing.len() - self.sent >= MAX_UNSENT {
+            ready!(self.poll_send(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Encrypts what of `data` one write takes (at most [`MAX_WRITE`]) into `outgoing`, and
+    /// says how much that was.
+    fn encrypt(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self.process(Write::Data(data), None) {
+            Ok(Processed::Traffic(n)) => Ok(n),
+            Ok(Processed::Closed) => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the TLS connection is closed",
+            )),
+            Ok(Processed::Handshaking) => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the TLS handshake is not complete",
+            )),
+            Err(error) => {
+                let _ = self.send_now();
+                Err(invalid(error))
+            }
+        }
+    }
+
+    /// After `written` bytes were encrypted: sent now if the socket takes them, else by the
+    /// next write or flush.
+    fn written(&mut self, cx: &mut Context<'_>, written: usize) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Err(e)) = self.poll_send(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(written))
+    }
+}
+
 impl AsyncWrite for TlsStream {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -544,63 +578,63 @@ impl AsyncWrite for TlsStream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        if this.closing {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the TLS connection is being closed",
-            )));
-        }
-        if this.outgoing.len() - this.sent >= MAX_UNSENT {
-            ready!(this.poll_send(cx))?;
-        }
-        let written = match this.process(Write::Data(buf), None) {
-            Ok(Processed::Traffic(n)) => n,
-            Ok(Processed::Closed) => {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "the TLS connection is closed",
-                )));
-            }
-            Ok(Processed::Handshaking) => {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::NotConnected,
-                    "the TLS handshake is not complete",
-                )));
-            }
-            Err(error) => {
-                let _ = this.send_now();
-                return Poll::Ready(Err(invalid(error)));
-            }
-        };
-        // Sent now if the socket takes it, else by the next write or flush.
-        if let Poll::Ready(Err(e)) = this.poll_send(cx) {
-            return Poll::Ready(Err(e));
-        }
-        Poll::Ready(Ok(written))
+        ready!(this.poll_write_room(cx))?;
+        let written = this.encrypt(buf)?;
+        this.written(cx, written)
     }
 
+    /// Encrypts the parts in order, up to [`MAX_WRITE`] bytes of them: a part of at least
+    /// [`APART`] bytes from where it is, shorter neighbours gathered into one record (a frame's
+    /// head and the small frames around it).
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let mut parts = bufs.iter().filter(|b| !b.is_empty());
-        let (Some(first), second) = (parts.next(), parts.next()) else {
+        let this = self.get_mut();
+        let mut parts = bufs
+            .iter()
+            .map(|b| &**b)
+            .filter(|b| !b.is_empty())
+            .peekable();
+        if parts.peek().is_none() {
             return Poll::Ready(Ok(0));
-        };
-        if second.is_none() {
-            return self.poll_write(cx, first);
         }
-        // One record for all of them rather than one each.
-        let mut gathered = Vec::with_capacity(MAX_WRITE.min(bufs.iter().map(|b| b.len()).sum()));
-        for part in bufs {
-            let room = MAX_WRITE - gathered.len();
-            if room == 0 {
-                break;
+        ready!(this.poll_write_room(cx))?;
+        let mut written = 0;
+        let mut gathered = Vec::new();
+        while let Some(part) = parts.next() {
+            let room = MAX_WRITE - written;
+            let part = part.get(..room).unwrap_or(part);
+            let data = if part.len() >= APART
+                || parts
+                    .peek()
+                    .is_none_or(|next| next.len() >= APART || part.len() + next.len() > room)
+            {
+                part
+            } else {
+                gathered.clear();
+                gathered.extend_from_slice(part);
+                while let Some(next) =
+                    parts.next_if(|next| next.len() < APART && gathered.len() + next.len() <= room)
+                {
+                    gathered.extend_from_slice(next);
+                }
+                gathered.as_slice()
+            };
+            match this.encrypt(data) {
+                Ok(n) => {
+                    written += n;
+                    if n < data.len() || written >= MAX_WRITE {
+                        break;
+                    }
+                }
+                // What was encrypted is written; the error comes again at the next write.
+                Err(_) if written > 0 => break,
+                Err(e) => return Poll::Ready(Err(e)),
             }
-            gathered.extend_from_slice(part.get(..room).unwrap_or(part));
         }
-        self.poll_write(cx, &gathered)
+        this.written(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -625,6 +659,32 @@ impl AsyncWrite for TlsStream {
         match ready!(Pin::new(&mut this.io).poll_shutdown(cx)) {
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Poll::Ready(Ok(())),
             result => Poll::Ready(result),
+        }
+    }
+}
+
+/// Appends the TLS message rustls has to send (a handshake message or an alert) to
+/// `outgoing`, with the room rustls asks for; nothing if it cannot be encoded.
+fn encode_tls(encode: &mut EncodeTlsData<'_, ServerConnectionData>, outgoing: &mut Vec<u8>) {
+    let at = outgoing.len();
+    let mut room = 512;
+    loop {
+        outgoing.resize(at + room, 0);
+        let space = outgoing.get_mut(at..).unwrap_or_default();
+        match encode.encode(space) {
+            Ok(n) => {
+                outgoing.truncate(at + n);
+                return;
+            }
+            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size }))
+                if required_size > room =>
+            {
+                room = required_size;
+            }
+            Err(_) => {
+                outgoing.truncate(at);
+                return;
+            }
         }
     }
 }
@@ -855,6 +915,55 @@ mod tests {
         let (back, got) = tokio::join!(sending, serving);
         assert_eq!(got, up);
         assert_eq!(back, down);
+    }
+
+    #[tokio::test]
+    async fn vectored_writes_of_small_and_large_parts_arrive_whole_and_in_order() {
+        let pki = pki();
+        let ((_, mut server), mut client) = pair(&pki, &pki.client, "hub.test").await;
+        // Heads and small frames around large bodies, parts longer than one write takes, and
+        // small parts that do not all fit what is left of a write.
+        let sizes = [
+            9, 5000, 3, 12, 70_000, 1, 2, 100_000, 4095, 4096, 7, 60_000, 4000, 4000, 30, 0, 65_536,
+        ];
+        let parts: Vec<Vec<u8>> = sizes
+            .iter()
+            .zip(0u8..)
+            .map(|(len, seed)| pattern(*len, seed))
+            .collect();
+        let whole = parts.concat();
+        let reading = async {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let writing = async {
+            let (mut part, mut offset) = (0, 0);
+            while part < parts.len() {
+                let mut slices = vec![io::IoSlice::new(&parts[part][offset..])];
+                slices.extend(parts[part + 1..].iter().map(|p| io::IoSlice::new(p)));
+                let mut n = server.write_vectored(&slices).await.unwrap();
+                assert!(
+                    n > 0 && n <= MAX_WRITE,
+                    "a write takes some and at most {MAX_WRITE}: {n}"
+                );
+                while n > 0 || parts.get(part).is_some_and(|p| p.len() == offset) {
+                    let left = parts[part].len() - offset;
+                    if n >= left {
+                        n -= left;
+                        part += 1;
+                        offset = 0;
+                    } else {
+                        offset += n;
+                        n = 0;
+                    }
+                }
+            }
+            server.shutdown().await.unwrap();
+        };
+        let (got, ()) = tokio::join!(reading, writing);
+        assert_eq!(got.len(), whole.len());
+        assert!(got == whole, "the bytes arrive in order");
     }
 
     #[tokio::test]
