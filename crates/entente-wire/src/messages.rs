@@ -1,4 +1,5 @@
-//! Protobuf messages of `proto/entente/v1/entente.proto`, written out with `prost` derives.
+//! Protobuf messages of `proto/entente/v1/entente.proto`, written out with `prost` derives
+//! (but for [`Envelope`]'s `prost::Message`, written out by hand).
 //!
 //! The `.proto` file is the reference for field numbers; `tests::field_numbers_match_proto`
 //! checks that every field declared there is declared here with the same number.
@@ -37,33 +38,171 @@ pub struct KeyBundle {
 
 /// One sealed message; sender and channel are carried by its batch (the channel by the
 /// envelope itself in a batch of replies, PROTOCOL.md §5.5).
-#[derive(Clone, PartialEq, Eq, prost::Message)]
+///
+/// Its `prost::Message` is written out rather than derived: the derive decodes a `bytes`
+/// field into a `Vec<u8>` through a `Bytes` of its own (every ciphertext allocated and copied
+/// twice on its way in), `merge_vec` here once. The encoding is the derive's (fields in number
+/// order, defaults left out).
+#[derive(Clone, PartialEq, Eq, Default, Debug)]
 pub struct Envelope {
     /// Sender-key epoch.
-    #[prost(uint64, tag = "1")]
     pub epoch: u64,
     /// Sequence number, strictly increasing per (sender, channel, epoch).
-    #[prost(uint64, tag = "2")]
     pub seq: u64,
     /// UUIDv7, 16 bytes.
-    #[prost(bytes = "vec", tag = "3")]
     pub message_id: Vec<u8>,
     /// Unix milliseconds.
-    #[prost(uint64, tag = "4")]
     pub issued_at_ms: u64,
     /// Unix milliseconds.
-    #[prost(uint64, tag = "5")]
     pub expires_at_ms: u64,
     /// Channel for replies; empty if none.
-    #[prost(string, tag = "6")]
     pub reply_to: String,
     /// AES-256-GCM ciphertext followed by the 16-byte tag.
-    #[prost(bytes = "vec", tag = "7")]
     pub ciphertext: Vec<u8>,
     /// Empty, except in a batch on a reply namespace root (`_reply.S.N`), where it names this
     /// envelope's reply channel under the root (PROTOCOL.md §5.5).
-    #[prost(string, tag = "8")]
     pub channel: String,
+}
+
+impl prost::Message for Envelope {
+    fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
+        use prost::encoding::{bytes, string, uint64};
+        if self.epoch != 0 {
+            uint64::encode(1, &self.epoch, buf);
+        }
+        if self.seq != 0 {
+            uint64::encode(2, &self.seq, buf);
+        }
+        if !self.message_id.is_empty() {
+            bytes::encode(3, &self.message_id, buf);
+        }
+        if self.issued_at_ms != 0 {
+            uint64::encode(4, &self.issued_at_ms, buf);
+        }
+        if self.expires_at_ms != 0 {
+            uint64::encode(5, &self.expires_at_ms, buf);
+        }
+        if !self.reply_to.is_empty() {
+            string::encode(6, &self.reply_to, buf);
+        }
+        if !self.ciphertext.is_empty() {
+            bytes::encode(7, &self.ciphertext, buf);
+        }
+        if !self.channel.is_empty() {
+            string::encode(8, &self.channel, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl prost::bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        use prost::encoding::{skip_field, string, uint64};
+        let (result, field) = match tag {
+            1 => (uint64::merge(wire_type, &mut self.epoch, buf, ctx), "epoch"),
+            2 => (uint64::merge(wire_type, &mut self.seq, buf, ctx), "seq"),
+            3 => (
+                merge_vec(wire_type, &mut self.message_id, buf, ctx),
+                "message_id",
+            ),
+            4 => (
+                uint64::merge(wire_type, &mut self.issued_at_ms, buf, ctx),
+                "issued_at_ms",
+            ),
+            5 => (
+                uint64::merge(wire_type, &mut self.expires_at_ms, buf, ctx),
+                "expires_at_ms",
+            ),
+            6 => (
+                string::merge(wire_type, &mut self.reply_to, buf, ctx),
+                "reply_to",
+            ),
+            7 => (
+                merge_vec(wire_type, &mut self.ciphertext, buf, ctx),
+                "ciphertext",
+            ),
+            8 => (
+                string::merge(wire_type, &mut self.channel, buf, ctx),
+                "channel",
+            ),
+            _ => return skip_field(wire_type, tag, buf, ctx),
+        };
+        result.map_err(|mut error| {
+            error.push("Envelope", field);
+            error
+        })
+    }
+
+    fn encoded_len(&self) -> usize {
+        use prost::encoding::{bytes, string, uint64};
+        let scalar = |tag, value: &u64| {
+            if *value == 0 {
+                0
+            } else {
+                uint64::encoded_len(tag, value)
+            }
+        };
+        let vec = |tag, value: &Vec<u8>| {
+            if value.is_empty() {
+                0
+            } else {
+                bytes::encoded_len(tag, value)
+            }
+        };
+        let text = |tag, value: &String| {
+            if value.is_empty() {
+                0
+            } else {
+                string::encoded_len(tag, value)
+            }
+        };
+        scalar(1, &self.epoch)
+            + scalar(2, &self.seq)
+            + vec(3, &self.message_id)
+            + scalar(4, &self.issued_at_ms)
+            + scalar(5, &self.expires_at_ms)
+            + text(6, &self.reply_to)
+            + vec(7, &self.ciphertext)
+            + text(8, &self.channel)
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// Decodes a `bytes` field into `value` with one allocation and one copy (the derive's
+/// decoding copies it into a `Bytes` first, then into the `Vec`). A length prefix that is
+/// malformed, longer than what is left, or not whole in the buffer's first chunk goes to
+/// prost's own decoding, which says what is wrong.
+fn merge_vec(
+    wire_type: prost::encoding::WireType,
+    value: &mut Vec<u8>,
+    buf: &mut impl prost::bytes::Buf,
+    ctx: prost::encoding::DecodeContext,
+) -> Result<(), prost::DecodeError> {
+    use prost::bytes::BufMut as _;
+    let mut chunk = buf.chunk();
+    let whole = chunk.len();
+    if wire_type == prost::encoding::WireType::LengthDelimited
+        && let Ok(len) = prost::encoding::decode_varint(&mut chunk)
+        && let prefix = whole - chunk.len()
+        && let Ok(len) = usize::try_from(len)
+        && len <= buf.remaining() - prefix
+    {
+        buf.advance(prefix);
+        value.clear();
+        value.reserve_exact(len);
+        value.put(prost::bytes::Buf::take(&mut *buf, len));
+        return Ok(());
+    }
+    let mut bytes = prost::bytes::Bytes::new();
+    prost::encoding::bytes::merge(wire_type, &mut bytes, buf, ctx)?;
+    *value = Vec::from(bytes);
+    Ok(())
 }
 
 /// Envelopes of one sender on one channel under one Ed25519 signature.

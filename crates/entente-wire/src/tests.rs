@@ -884,3 +884,78 @@ fn audit_messages_are_bounded() {
     let err = decode::<AuditProofResponse>(&encode(&long_hash), &limits).unwrap_err();
     assert_too_long(&err, "consistency");
 }
+
+/// `Envelope`'s written-out `prost::Message`: the derive's encoding, bytes fields decoded
+/// whole, protobuf's rules for repeated and unknown fields, and prost's errors.
+#[test]
+fn an_envelope_encodes_as_the_derive_did_and_decodes_by_protobuf_rules() {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+
+    let full = Envelope {
+        channel: "_reply.a.b.c".into(),
+        ..envelope(3)
+    };
+    // Fields in number order, each as prost encodes it.
+    let mut expected = Vec::new();
+    prost::encoding::uint64::encode(1, &7, &mut expected);
+    prost::encoding::uint64::encode(2, &3, &mut expected);
+    prost::encoding::bytes::encode(3, &vec![1u8; 16], &mut expected);
+    prost::encoding::uint64::encode(4, &1_700_000_000_000, &mut expected);
+    prost::encoding::uint64::encode(5, &1_700_000_060_000, &mut expected);
+    prost::encoding::string::encode(6, &"_reply.a.b".to_owned(), &mut expected);
+    prost::encoding::bytes::encode(7, &vec![9u8; 272], &mut expected);
+    prost::encoding::string::encode(8, &"_reply.a.b.c".to_owned(), &mut expected);
+    assert_eq!(full.encode_to_vec(), expected);
+    assert_eq!(full.encoded_len(), expected.len());
+    assert_eq!(Envelope::decode(&expected[..]).unwrap(), full);
+    // From a buffer in two pieces, split anywhere (inside a length prefix, inside a field).
+    for at in 0..=expected.len() {
+        let (a, b) = expected.split_at(at);
+        let pieces = prost::bytes::Buf::chain(a, b);
+        assert_eq!(Envelope::decode(pieces).unwrap(), full, "split at {at}");
+    }
+    // Defaults are left out.
+    assert!(Envelope::default().encode_to_vec().is_empty());
+    assert_eq!(Envelope::default().encoded_len(), 0);
+
+    // A field seen twice: the last one wins; an unknown field is skipped.
+    let mut twice = expected.clone();
+    prost::encoding::bytes::encode(7, &vec![5u8; 40], &mut twice);
+    prost::encoding::uint64::encode(99, &1, &mut twice);
+    let decoded = Envelope::decode(&twice[..]).unwrap();
+    assert_eq!(decoded.ciphertext, vec![5u8; 40]);
+    assert_eq!(decoded.message_id, vec![1u8; 16]);
+
+    // A bytes field longer than what is left, and one of the wrong wire type.
+    let mut short = Vec::new();
+    encode_key(7, WireType::LengthDelimited, &mut short);
+    encode_varint(100, &mut short);
+    short.extend_from_slice(&[0; 99]);
+    let error = Envelope::decode(&short[..]).unwrap_err().to_string();
+    assert!(error.contains("Envelope.ciphertext"), "{error}");
+    let mut varint = Vec::new();
+    prost::encoding::uint64::encode(3, &5, &mut varint);
+    let error = Envelope::decode(&varint[..]).unwrap_err().to_string();
+    assert!(error.contains("Envelope.message_id"), "{error}");
+}
+
+proptest! {
+    #[test]
+    fn envelopes_round_trip_with_their_length(
+        epoch: u64,
+        seq: u64,
+        message_id in proptest::collection::vec(any::<u8>(), 0..40),
+        issued_at_ms: u64,
+        expires_at_ms: u64,
+        reply_to in "[a-z._]{0,20}",
+        ciphertext in proptest::collection::vec(any::<u8>(), 0..600),
+        channel in "[a-z._]{0,20}",
+    ) {
+        let envelope = Envelope {
+            epoch, seq, message_id, issued_at_ms, expires_at_ms, reply_to, ciphertext, channel,
+        };
+        let bytes = envelope.encode_to_vec();
+        prop_assert_eq!(bytes.len(), envelope.encoded_len());
+        prop_assert_eq!(Envelope::decode(&bytes[..]).unwrap(), envelope);
+    }
+}
