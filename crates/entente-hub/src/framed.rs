@@ -247,14 +247,18 @@ async fn write_parts<W: AsyncWrite + Unpin>(
     parts: &mut VecDeque<Bytes>,
 ) -> std::io::Result<()> {
     while !parts.is_empty() {
-        let mut slices = [IoSlice::new(&[]); WRITE_PARTS];
-        for (slice, part) in slices.iter_mut().zip(parts.iter()) {
-            *slice = IoSlice::new(part);
-        }
-        let count = parts.len().min(WRITE_PARTS);
-        let mut n = io
-            .write_vectored(slices.get(..count).unwrap_or_default())
-            .await?;
+        // The slices live on the stack of each poll, not in this future: the connection's
+        // task holds the future's state for as long as the connection lives, idle or not.
+        let mut n = std::future::poll_fn(|cx| {
+            let mut slices = [IoSlice::new(&[]); WRITE_PARTS];
+            for (slice, part) in slices.iter_mut().zip(parts.iter()) {
+                *slice = IoSlice::new(part);
+            }
+            let count = parts.len().min(WRITE_PARTS);
+            std::pin::Pin::new(&mut *io)
+                .poll_write_vectored(cx, slices.get(..count).unwrap_or_default())
+        })
+        .await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
