@@ -42,9 +42,10 @@ const READ_STEP: usize = 64 * 1024;
 const WRITE_GATHER: usize = 32 * 1024;
 
 /// A `Deliver` body of at least this many bytes is written from where it is (the body the
-/// router shares between subscribers) rather than copied behind its frame's head: the copy
-/// would cost more than the small TLS record its head then takes alone.
-const BODY_APART: usize = 4 * 1024;
+/// router shares between subscribers) rather than copied behind its frame's head: the size
+/// from which the hub's TLS stream encrypts a part apart, since the copy would cost more than
+/// the small TLS record the head then takes alone.
+const BODY_APART: usize = crate::tls_stream::APART;
 
 /// Most parts handed to one vectored write.
 const WRITE_PARTS: usize = 16;

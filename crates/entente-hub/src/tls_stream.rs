@@ -54,7 +54,7 @@ const MAX_UNSENT: usize = 64 * 1024;
 
 /// A part of a vectored write at least this long is encrypted from where it is; shorter
 /// neighbours are gathered into one record.
-const APART: usize = 4 * 1024;
+pub(crate) const APART: usize = 4 * 1024;
 
 /// A server-side TLS connection over TCP whose buffers live only while they hold bytes.
 pub(crate) struct TlsStream {
