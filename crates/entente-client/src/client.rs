@@ -22,7 +22,6 @@
 //! subscription gets an error carrying the hub's code and reason as its last item.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::mem;
 use std::pin::Pin;
@@ -1238,7 +1237,8 @@ impl Client {
         let mut listening = self.inner.replies.lock().await;
         if !*listening {
             let pattern = namespace::reply_pattern(self.principal());
-            let (_, items) = self.open_subscription(&pattern, None).await?;
+            // Boxed: once per session, kept out of every request's future.
+            let (_, items) = Box::pin(self.open_subscription(&pattern, None)).await?;
             tokio::spawn(dispatch_replies(self.inner.shared.clone(), items));
             *listening = true;
         }
@@ -1272,8 +1272,9 @@ fn unique_token() -> Result<String, Error> {
         .map_err(|_| Error::new(ErrorKind::Crypto, "no randomness for a reply channel"))?;
     let mut token = String::with_capacity(2 * bytes.len());
     for byte in bytes {
-        // Writing to a `String` does not fail.
-        let _ = write!(token, "{byte:02x}");
+        for nibble in [byte >> 4, byte & 0xf] {
+            token.extend(char::from_digit(u32::from(nibble), 16));
+        }
     }
     Ok(token)
 }
@@ -2039,6 +2040,24 @@ mod tests {
     use entente_types::MessageId;
 
     use super::*;
+
+    #[test]
+    fn reply_tokens_are_128_random_bits_in_lowercase_hex() {
+        let tokens: Vec<String> = (0..64).map(|_| unique_token().unwrap()).collect();
+        for token in &tokens {
+            assert_eq!(token.len(), 32, "{token}");
+            assert!(
+                token.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')),
+                "{token}"
+            );
+        }
+        let distinct: std::collections::HashSet<&String> = tokens.iter().collect();
+        assert_eq!(distinct.len(), tokens.len());
+        // Every nibble value shows up somewhere in 64 tokens (2 048 nibbles): neither half of a
+        // byte is lost.
+        let seen: std::collections::HashSet<char> = tokens.iter().flat_map(|t| t.chars()).collect();
+        assert_eq!(seen.len(), 16);
+    }
 
     fn reply(from: &str, channel: &str) -> Message {
         Message {

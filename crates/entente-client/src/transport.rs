@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use entente_hub::client_tls;
 use entente_hub::codec::BoundedCodec;
 use entente_hub::framed::{self, FrameReader};
@@ -310,12 +309,16 @@ impl Transport {
                 }
             })
         };
-        tokio::time::timeout(timeout, call).await.map_err(|_| {
-            Error::new(
-                ErrorKind::Timeout,
-                format!("the directory did not answer within {timeout:?}"),
-            )
-        })?
+        // Boxed: a lookup is rare (bundles are cached), and the gRPC call's state would
+        // otherwise sit in every send's and reply's future (several KiB, moved at each spawn).
+        tokio::time::timeout(timeout, Box::pin(call))
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!("the directory did not answer within {timeout:?}"),
+                )
+            })?
     }
 
     /// One unary call on `path`, within `timeout`; `what` names it in errors.
@@ -590,13 +593,14 @@ fn session_refused(status: &Status) -> Error {
 /// Writes a framed session's client frames to `io` until they end, then closes the TLS
 /// connection. Frames waiting together go out in one write.
 async fn write_frames<W: AsyncWrite + Unpin>(mut io: W, mut frames: mpsc::Receiver<ClientFrame>) {
-    let mut buf = BytesMut::new();
+    // A `Vec`, not a `BytesMut`: it encodes protobuf faster (`framed::FrameBuf`).
+    let mut buf = Vec::new();
     loop {
         let first = match frames.try_recv() {
             Ok(frame) => frame,
             Err(_) => {
                 if buf.capacity() > WRITE_KEEP {
-                    buf = BytesMut::new();
+                    buf = Vec::new();
                 }
                 match frames.recv().await {
                     Some(frame) => frame,

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 use crate::{
     KEY_LEN, MessageKeys, ReplayError, ReplayWindow, SenderKeyIn, VerifiedKeyBundle,
     canon::{Canon, label},
-    sender_key::{EpochSecret, NewSenderKey, PayloadKey, check_signer, verify_ed25519},
+    sender_key::{EpochKdf, EpochSecret, NewSenderKey, PayloadKey, check_signer, verify_ed25519},
 };
 
 /// The envelope suite this crate implements.
@@ -194,9 +194,9 @@ pub struct Sealer {
     keys: Arc<MessageKeys>,
     options: SealerOptions,
     epoch: u64,
-    /// The epoch secret: kept only by a sealer of a reply namespace root, which derives a
-    /// payload key per reply channel from it.
-    secret: Option<EpochSecret>,
+    /// The epoch secret's PRK: kept only by a sealer of a reply namespace root, which derives
+    /// a payload key per reply channel from it.
+    kdf: Option<EpochKdf>,
     payload: PayloadKey,
     next_seq: u64,
     epoch_started_ms: u64,
@@ -220,10 +220,12 @@ impl Sealer {
         let rng = SystemRandom::new();
         let secret = random_secret(&rng)?;
         let epoch = now_ms.max(1);
-        let payload = PayloadKey::derive(&secret, sender.as_str(), channel.as_str(), epoch)
+        let kdf = EpochKdf::new(&secret).map_err(|_| SealError::Crypto("key derivation"))?;
+        let payload = kdf
+            .payload_key(sender.as_str(), channel.as_str(), epoch)
             .map_err(|_| SealError::Crypto("key derivation"))?;
         let sealer = Self {
-            secret: namespace::is_reply_root(&channel).then(|| secret.clone()),
+            kdf: namespace::is_reply_root(&channel).then_some(kdf),
             sender,
             channel,
             key_epoch,
@@ -249,15 +251,16 @@ impl Sealer {
     ) -> Result<wire::SenderKey, SealError> {
         let secret = random_secret(&self.rng)?;
         let epoch = now_ms.max(self.epoch.saturating_add(1));
-        let payload =
-            PayloadKey::derive(&secret, self.sender.as_str(), self.channel.as_str(), epoch)
-                .map_err(|_| SealError::Crypto("key derivation"))?;
+        let kdf = EpochKdf::new(&secret).map_err(|_| SealError::Crypto("key derivation"))?;
+        let payload = kdf
+            .payload_key(self.sender.as_str(), self.channel.as_str(), epoch)
+            .map_err(|_| SealError::Crypto("key derivation"))?;
         // Build the sender key first: if it fails (a recipient's bundle expired, too many
         // recipients), the sealer stays on its current epoch instead of switching to a secret
         // that nobody received.
         let sender_key = self.sender_key(epoch, &secret, recipients, now_ms)?;
-        if self.secret.is_some() {
-            self.secret = Some(secret);
+        if self.kdf.is_some() {
+            self.kdf = Some(kdf);
         }
         self.payload = payload;
         self.epoch = epoch;
@@ -319,11 +322,12 @@ impl Sealer {
             channel: channel.as_str().to_owned(),
             scope: self.channel.as_str().to_owned(),
         };
-        let secret = self.secret.as_ref().ok_or_else(out_of_scope)?;
-        if namespace::reply_root_of(channel).as_ref() != Some(&self.channel) {
+        let kdf = self.kdf.as_ref().ok_or_else(out_of_scope)?;
+        if !namespace::is_reply_channel_under(&self.channel, channel) {
             return Err(out_of_scope());
         }
-        let key = PayloadKey::derive(secret, self.sender.as_str(), channel.as_str(), self.epoch)
+        let key = kdf
+            .payload_key(self.sender.as_str(), channel.as_str(), self.epoch)
             .map_err(|_| SealError::Crypto("key derivation"))?;
         self.seal_batch_with(Some((channel, &key)), messages, now_ms)
     }
@@ -361,8 +365,8 @@ impl Sealer {
     ) -> Result<wire::SignedBatch, SealError> {
         let count = messages.len();
         let random = self.batch_randomness(count)?;
-        // Only a sealer of a reply namespace root keeps the secret to derive from.
-        let secret = self.secret.clone();
+        // Only a sealer of a reply namespace root keeps the PRK to derive from.
+        let kdf = self.kdf.clone();
         let mut envelopes = Vec::with_capacity(count);
         let mut hashes = Vec::with_capacity(count * 32);
         // Replies are most often each on a channel of its own; a run on one channel derives
@@ -371,9 +375,9 @@ impl Sealer {
         for ((channel, payload, reply_to), random) in
             messages.zip(random.chunks_exact(ID_RANDOM_LEN))
         {
-            let (Some(secret), true) = (
-                secret.as_ref(),
-                namespace::reply_root_of(channel).as_ref() == Some(&self.channel),
+            let (Some(kdf), true) = (
+                kdf.as_ref(),
+                namespace::is_reply_channel_under(&self.channel, channel),
             ) else {
                 return Err(SealError::OutOfScope {
                     channel: channel.as_str().to_owned(),
@@ -382,7 +386,8 @@ impl Sealer {
             };
             let key = match derived.take() {
                 Some((c, key)) if c == channel => key,
-                _ => PayloadKey::derive(secret, self.sender.as_str(), channel.as_str(), self.epoch)
+                _ => kdf
+                    .payload_key(self.sender.as_str(), channel.as_str(), self.epoch)
                     .map_err(|_| SealError::Crypto("key derivation"))?,
             };
             let (envelope, hash) = self.seal_one(
@@ -629,7 +634,7 @@ impl SignedBatchIn {
         for e in &envelopes {
             match (&e.channel, root) {
                 (None, false) => {}
-                (Some(own), true) if namespace::reply_root_of(own).as_ref() == Some(&channel) => {}
+                (Some(own), true) if namespace::is_reply_channel_under(&channel, own) => {}
                 (None, true) => {
                     return Err(OpenError::Malformed(
                         "an envelope of a batch on a reply namespace root names no reply channel",
@@ -941,9 +946,9 @@ struct EpochState {
     /// `None` once the sender was forgotten: the entry stays, refusing the epoch's sender key
     /// and envelopes, until it expires and [`Opener::purge_expired`] drops it.
     payload: Option<PayloadKey>,
-    /// For an epoch of our reply namespace root: the secret, from which each reply channel's
-    /// payload key is derived. `None` otherwise, and once the sender was forgotten.
-    secret: Option<EpochSecret>,
+    /// For an epoch of our reply namespace root: the secret's PRK, from which each reply
+    /// channel's payload key is derived. `None` otherwise, and once the sender was forgotten.
+    kdf: Option<EpochKdf>,
     issued_at_ms: u64,
     expires_at_ms: u64,
     window: ReplayWindow,
@@ -1003,8 +1008,10 @@ impl Opener {
                 return Err(OpenError::TooManyEpochs(self.held));
             }
         }
-        let payload =
-            PayloadKey::derive(&secret, sender, channel, epoch).map_err(|_| OpenError::Unwrap)?;
+        let kdf = EpochKdf::new(&secret).map_err(|_| OpenError::Unwrap)?;
+        let payload = kdf
+            .payload_key(sender, channel, epoch)
+            .map_err(|_| OpenError::Unwrap)?;
         self.epochs
             .entry(sender.to_owned())
             .or_default()
@@ -1015,7 +1022,7 @@ impl Opener {
                 EpochState {
                     secret_hash,
                     payload: Some(payload),
-                    secret: root.then_some(secret),
+                    kdf: root.then_some(kdf),
                     issued_at_ms: sender_key.issued_at_ms(),
                     expires_at_ms: sender_key.expires_at_ms(),
                     window: ReplayWindow::new(),
@@ -1145,7 +1152,7 @@ impl Opener {
         if let Some(channels) = self.epochs.get_mut(sender.as_str()) {
             for state in channels.values_mut().flat_map(HashMap::values_mut) {
                 state.payload = None;
-                state.secret = None;
+                state.kdf = None;
             }
         }
     }
@@ -1216,12 +1223,13 @@ fn open_one(
     }
     state.window.check(e.seq)?;
     if target.root {
-        let secret = state.secret.as_ref().ok_or(OpenError::Forgotten)?;
+        let kdf = state.kdf.as_ref().ok_or(OpenError::Forgotten)?;
         if derived
             .as_ref()
             .is_none_or(|(epoch, channel, _)| *epoch != e.epoch || channel != target.channel)
         {
-            let key = PayloadKey::derive(secret, target.sender, target.channel, e.epoch)
+            let key = kdf
+                .payload_key(target.sender, target.channel, e.epoch)
                 .map_err(|_| OpenError::Decrypt)?;
             *derived = Some((e.epoch, target.channel.to_owned(), key));
         }

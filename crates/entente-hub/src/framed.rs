@@ -179,10 +179,32 @@ impl<R: AsyncRead + Unpin, D: Bounded> FrameReader<R, D> {
     }
 }
 
+/// A buffer frames are encoded into.
+///
+/// `Vec<u8>` takes protobuf's varints several times faster than `BytesMut`, through which each
+/// varint byte is an out-of-line copy (~190 against ~55 ns per envelope of a batch): a writer
+/// that needs no `Bytes` of its frames encodes into a `Vec`.
+pub trait FrameBuf: BufMut {
+    /// Makes room for `additional` more bytes.
+    fn reserve_for(&mut self, additional: usize);
+}
+
+impl FrameBuf for BytesMut {
+    fn reserve_for(&mut self, additional: usize) {
+        self.reserve(additional);
+    }
+}
+
+impl FrameBuf for Vec<u8> {
+    fn reserve_for(&mut self, additional: usize) {
+        self.reserve(additional);
+    }
+}
+
 /// Appends `frame` to `dst` with its length prefix.
-pub fn encode_frame(frame: &impl Message, dst: &mut BytesMut) {
+pub fn encode_frame(frame: &impl Message, dst: &mut impl FrameBuf) {
     let len = frame.encoded_len();
-    dst.reserve(PREFIX_BYTES + len);
+    dst.reserve_for(PREFIX_BYTES + len);
     dst.put_u32(frame_len(len));
     // The buffer was reserved for it: encoding cannot run out of room.
     let _ = frame.encode(dst);

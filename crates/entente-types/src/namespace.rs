@@ -68,22 +68,31 @@ pub fn reply_root(principal: &Principal) -> Channel {
 /// `_reply.human:N.t` → `_reply.human:N`); `None` unless `channel` is a reply channel, with at
 /// least one token after its owner's.
 pub fn reply_root_of(channel: &Channel) -> Option<Channel> {
+    reply_root_name(channel).map(|root| Channel::from_valid(root.to_owned()))
+}
+
+/// Whether `channel` is a reply channel under `root` (`reply_root_of(channel)` is `root`),
+/// without building the root.
+pub fn is_reply_channel_under(root: &Channel, channel: &Channel) -> bool {
+    reply_root_name(channel) == Some(root.as_str())
+}
+
+/// The name of [`reply_root_of`]: the start of `channel`'s own name.
+fn reply_root_name(channel: &Channel) -> Option<&str> {
     let mut tokens = channel.tokens();
     if tokens.next() != Some(REPLY_PREFIX) {
         return None;
     }
-    let first = tokens.next()?;
-    let owner_tokens = if first.starts_with(HUMAN_OWNER_PREFIX) {
+    let owner_tokens = if tokens.next()?.starts_with(HUMAN_OWNER_PREFIX) {
         1
     } else {
         2
     };
-    let root_tokens = 1 + owner_tokens;
-    if channel.tokens().count() <= root_tokens {
-        return None;
-    }
-    let root: Vec<&str> = channel.tokens().take(root_tokens).collect();
-    Some(Channel::from_valid(root.join(".")))
+    // The root ends at the dot after its last owner token: a token follows it (tokens are
+    // never empty).
+    let name = channel.as_str();
+    let (end, _) = name.match_indices('.').nth(owner_tokens)?;
+    name.get(..end)
 }
 
 /// Whether `channel` is the root of some principal's reply namespace: `_reply.S.N` (two
@@ -221,6 +230,8 @@ mod tests {
             ("_reply.shop.alice.r1", Some("_reply.shop.alice")),
             ("_reply.shop.alice.r1.x", Some("_reply.shop.alice")),
             ("_reply.human:ops.r1", Some("_reply.human:ops")),
+            ("_reply.human:ops.r1.x", Some("_reply.human:ops")),
+            ("_replyx.shop.alice.r1", None),
             ("_reply.shop.alice", None),
             ("_reply.human:ops", None),
             ("_reply.shop", None),
@@ -229,6 +240,13 @@ mod tests {
         ] {
             let got = reply_root_of(&c(channel));
             assert_eq!(got.as_ref().map(Channel::as_str), root, "{channel}");
+            for other in ["_reply.shop.alice", "_reply.human:ops", "_reply.shop"] {
+                assert_eq!(
+                    is_reply_channel_under(&c(other), &c(channel)),
+                    root == Some(other),
+                    "{channel} under {other}"
+                );
+            }
             if let Some(root) = got {
                 assert!(is_reply_root(&root));
                 let owner = if root.as_str().contains("human:") {
@@ -240,6 +258,16 @@ mod tests {
                 assert!(is_reply_channel_of(owner, &c(channel)));
             }
         }
+        // A root is whole tokens: another owner whose name extends alice's is not under hers.
+        let root = c("_reply.shop.alice");
+        for other in [
+            "_reply.shop.alicex.r1",
+            "_reply.shopx.alice.r1",
+            "_reply.shop.alice",
+        ] {
+            assert!(!is_reply_channel_under(&root, &c(other)), "{other}");
+        }
+        assert!(is_reply_channel_under(&root, &c("_reply.shop.alice.r1")));
         for no in [
             "_reply.shop.alice.r1",
             "_reply.shop",
