@@ -81,7 +81,7 @@ impl Canon {
 pub(crate) mod label {
     pub(crate) const KEY_BUNDLE: &str = "entente/v1/key-bundle";
     pub(crate) const ENVELOPE: &str = "entente/v1/envelope";
-    pub(crate) const BATCH: &str = "entente/v1/batch";
+    pub(crate) const BATCH: &str = "entente/v1/batch-digest";
     pub(crate) const SENDER_KEY: &str = "entente/v1/sender-key";
     pub(crate) const WRAP_AAD: &str = "entente/v1/wrap";
     pub(crate) const PAYLOAD_KEY: &str = "entente/v1/payload-key";

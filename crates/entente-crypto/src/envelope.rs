@@ -1367,6 +1367,9 @@ fn envelope_hash(aad: &[u8], ciphertext: &[u8]) -> [u8; 32] {
     ctx.finalize().into()
 }
 
+/// The batch signing input (PROTOCOL.md §4.4): the envelope hashes enter it through one
+/// SHA-256 over all of them, so Ed25519 (whose SHA-512 hashes its input twice to sign, once to
+/// verify) hashes a short string whatever the batch's length.
 fn batch_input(
     sender: &str,
     channel: &str,
@@ -1374,12 +1377,14 @@ fn batch_input(
     count: usize,
     hashes: &[u8],
 ) -> Vec<u8> {
+    use sha2::Digest as _;
+    let digest: [u8; 32] = sha2::Sha256::digest(hashes).into();
     let mut c = Canon::new(label::BATCH);
     c.str(sender)
         .str(channel)
         .u64(key_epoch)
         .u32(u32::try_from(count).unwrap_or(u32::MAX))
-        .raw(hashes);
+        .raw(&digest);
     c.into_bytes()
 }
 

@@ -1632,12 +1632,12 @@ mod spec {
                 envelope_hash(&b.sender, channel, e)
             })
             .collect();
-        Canon::new("entente/v1/batch")
+        Canon::new("entente/v1/batch-digest")
             .str(&b.sender)
             .str(&b.channel)
             .u64(b.key_epoch)
             .u32(u32::try_from(b.envelopes.len()).unwrap())
-            .raw(&hashes)
+            .raw(digest(&SHA256, &hashes).as_ref())
             .0
     }
 

@@ -421,15 +421,18 @@ pub(crate) fn floor_only(payload: usize, json: bool) -> Result<ExitCode> {
         let p = &floor.primitives;
         println!(
             "  primitives (ns): AES-256-GCM seal {:.0}, open {:.0} ({} B); envelope hash {:.0}; \
-             audit root per envelope {:.0}; Ed25519 sign {:.0}, verify {:.0}; TLS record seal \
-             {:.2}/B, open {:.2}/B; {:.0} B on the wire per message",
+             batch digest per envelope {:.0}; audit root per envelope {:.0}; Ed25519 sign {:.0}, \
+             verify {:.0}; a reply channel's key {:.0}; TLS record seal {:.2}/B, open {:.2}/B; \
+             {:.0} B on the wire per message",
             p.aes_gcm_seal_payload,
             p.aes_gcm_open_payload,
             floor.payload_bytes,
             p.envelope_hash,
+            p.batch_digest_per_envelope,
             p.merkle_root_per_envelope,
             p.ed25519_sign,
             p.ed25519_verify,
+            p.reply_key_derivation,
             p.tls_record_seal_per_byte,
             p.tls_record_open_per_byte,
             floor.wire_bytes_per_message,
@@ -443,9 +446,9 @@ fn print_floor(floor: &Floor, lines: &[Line]) {
     println!(
         "Crypto floor, {} B messages in batches of {} on {} cores (the design's cryptography \
          alone, per message): publisher {:.0} ns, hub {:.0} ns, subscriber {:.0} ns, TLS \
-         both hops {:.0} ns; {:.0} ns in all: at most {} msgs/s 1 -> 1. Request/reply: a \
-         round trip takes at least {:.1} µs; at most {} round trips/s with many in flight \
-         (each reply signed alone).",
+         both hops {:.0} ns; {:.0} ns in all: at most {} msgs/s 1 -> 1, {} deliveries/s to \
+         {} subscribers each. Request/reply: a round trip takes at least {:.1} µs; at most {} \
+         round trips/s with many in flight.",
         floor.payload_bytes,
         floor.batch,
         floor.cores,
@@ -455,16 +458,23 @@ fn print_floor(floor: &Floor, lines: &[Line]) {
         floor.tls_ns,
         floor.total_ns,
         thousands(floor.ceiling_msgs_per_sec),
+        thousands(floor.fanout_ceiling_deliveries_per_sec),
+        floor.fanout,
         floor.request_reply_rtt_floor_ns / 1000.0,
         thousands(floor.request_reply_ceiling_per_sec),
     );
-    for l in lines.iter().filter(|l| l.id == "a") {
+    for l in lines {
+        let ceiling = match l.id {
+            "a" => floor.ceiling_msgs_per_sec,
+            "b" | "c" => floor.fanout_ceiling_deliveries_per_sec,
+            _ => continue,
+        };
         if l.nats.per_sec > 0.0 {
             println!(
-                "  (a): ceiling / nats = {:.3}, ceiling / nats+TLS = {:.3}",
-                floor.ceiling_msgs_per_sec / l.nats.per_sec,
-                l.nats_tls
-                    .map_or(0.0, |t| floor.ceiling_msgs_per_sec / t.per_sec.max(1.0))
+                "  ({}): ceiling / nats = {:.3}, ceiling / nats+TLS = {:.3}",
+                l.id,
+                ceiling / l.nats.per_sec,
+                l.nats_tls.map_or(0.0, |t| ceiling / t.per_sec.max(1.0))
             );
         }
     }

@@ -6,11 +6,11 @@
 //!
 //! - the publisher seals the payload (AES-256-GCM) and hashes the envelope (SHA-256 over the
 //!   canonical header and the ciphertext) for the batch signature, and signs each batch
-//!   (Ed25519, shared by the batch's messages);
+//!   (Ed25519 over a digest of the envelope hashes, shared by the batch's messages);
 //! - the hub hashes every envelope for the audit record of the batch and folds the hashes into
 //!   the batch's Merkle root;
-//! - the subscriber hashes the envelope again to verify the batch signature (Ed25519, shared),
-//!   and opens the payload (AES-256-GCM);
+//! - the subscriber hashes the envelope again, and the hashes' digest, to verify the batch
+//!   signature (Ed25519, shared), and opens the payload (AES-256-GCM);
 //! - both hops are TLS 1.3: every byte on the wire is sealed once and opened once per hop
 //!   (AES-256-GCM in 16 KiB records, the suite rustls negotiates first with aws-lc-rs).
 //!
@@ -36,6 +36,8 @@ const MEASURE: Duration = Duration::from_millis(300);
 const RECORD: usize = 16 * 1024;
 /// Bytes of associated data of an envelope's AEAD (its canonical header).
 const HEADER_AAD: usize = 120;
+/// Subscribers per message in the suite's fan-out workloads, (b) and (c).
+pub(crate) const FANOUT: usize = 10;
 
 /// What the design's cryptography costs per message, in nanoseconds, by party.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -55,13 +57,19 @@ pub(crate) struct Floor {
     /// `cores` seconds divided by `total_ns`: messages per second with nothing but this
     /// cryptography running.
     pub(crate) ceiling_msgs_per_sec: f64,
+    /// Subscribers of each message in the fan-out workloads (1 → N, and N → N).
+    pub(crate) fanout: usize,
+    /// Deliveries per second to `fanout` subscribers with nothing but this cryptography
+    /// running: each delivery costs a subscriber's share and its TLS hop, and a `fanout`-th of
+    /// the publisher's, the hub's and the first hop's.
+    pub(crate) fanout_ceiling_deliveries_per_sec: f64,
     /// Request/reply, one request in flight: the cryptography on the critical path of one
     /// round trip (each of request and reply sealed, hashed three times, signed alone,
     /// verified, opened; four TLS hops). No round trip can be shorter.
     pub(crate) request_reply_rtt_floor_ns: f64,
     /// Request/reply with many in flight: requests share batch signatures (`batch` per
-    /// batch), but each reply goes to its own reply channel, so it is signed and verified
-    /// alone. Round trips per second with nothing but this cryptography running on `cores`.
+    /// batch), and so do the replies to one requester (PROTOCOL.md §5.5). Round trips per
+    /// second with nothing but this cryptography running on `cores`.
     pub(crate) request_reply_ceiling_per_sec: f64,
     /// The primitives, nanoseconds per operation.
     pub(crate) primitives: Primitives,
@@ -73,9 +81,14 @@ pub(crate) struct Primitives {
     pub(crate) aes_gcm_seal_payload: f64,
     pub(crate) aes_gcm_open_payload: f64,
     pub(crate) envelope_hash: f64,
+    /// One envelope's share of the SHA-256 over a batch's envelope hashes (PROTOCOL.md §4.4).
+    pub(crate) batch_digest_per_envelope: f64,
     pub(crate) merkle_root_per_envelope: f64,
     pub(crate) ed25519_sign: f64,
     pub(crate) ed25519_verify: f64,
+    /// A reply channel's payload key from its epoch's PRK (PROTOCOL.md §5.4): two
+    /// HKDF-SHA256 expansions and an AES-256-GCM key schedule, by responder and requester.
+    pub(crate) reply_key_derivation: f64,
     pub(crate) tls_record_seal_per_byte: f64,
     pub(crate) tls_record_open_per_byte: f64,
 }
@@ -123,15 +136,24 @@ pub(crate) fn measure(payload: usize, batch: usize) -> Result<Floor> {
         Ok(())
     })? / batch as f64;
     let hashes: Vec<Hash> = batch_in.envelope_hashes().into_iter().map(Hash).collect();
+    let hash_list: Vec<u8> = hashes.iter().flat_map(|h| h.0).collect();
+    let batch_digest_per_envelope = per_op(|| {
+        black_box(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            &hash_list,
+        ));
+        Ok(())
+    })? / batch as f64;
     let merkle_root_per_envelope = per_op(|| {
         black_box(DeliveredBatch::envelopes_root(&hashes));
         Ok(())
     })? / batch as f64;
 
-    // Ed25519 over the batch signature's input (a hash list's digest: short).
+    // Ed25519 over the batch signing input: label, sender, channel, epoch, count and the
+    // hashes' digest, ~140 bytes whatever the batch's length.
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| anyhow!("Ed25519 key"))?;
     let signer = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| anyhow!("Ed25519"))?;
-    let input = [0x42u8; 96];
+    let input = [0x42u8; 140];
     let ed25519_sign = per_op(|| {
         black_box(signer.sign(&input));
         Ok(())
@@ -142,6 +164,24 @@ pub(crate) fn measure(payload: usize, batch: usize) -> Result<Floor> {
         public
             .verify(&input, signature.as_ref())
             .map_err(|_| anyhow!("Ed25519 verify failed"))
+    })?;
+
+    // A reply channel's payload key: its `info` strings name a sender and a reply channel of
+    // typical lengths (~135 bytes each).
+    let prk = aws_lc_rs::hkdf::Prk::new_less_safe(aws_lc_rs::hkdf::HKDF_SHA256, &[0x17u8; 32]);
+    let info = [0x69u8; 135];
+    let reply_key_derivation = per_op(|| {
+        let mut key = [0u8; 32];
+        prk.expand(&[&info], Bytes(32))
+            .and_then(|okm| okm.fill(&mut key))
+            .map_err(|_| anyhow!("HKDF-Expand failed"))?;
+        let mut iv = [0u8; 12];
+        prk.expand(&[&info], Bytes(12))
+            .and_then(|okm| okm.fill(&mut iv))
+            .map_err(|_| anyhow!("HKDF-Expand failed"))?;
+        let key = UnboundKey::new(&AES_256_GCM, &key).map_err(|_| anyhow!("AES-256-GCM key"))?;
+        black_box((LessSafeKey::new(key), iv));
+        Ok(())
     })?;
 
     // TLS 1.3 records: AES-256-GCM over 16 KiB with the 5-byte record header as AAD.
@@ -174,9 +214,11 @@ pub(crate) fn measure(payload: usize, batch: usize) -> Result<Floor> {
         aes_gcm_seal_payload,
         aes_gcm_open_payload,
         envelope_hash,
+        batch_digest_per_envelope,
         merkle_root_per_envelope,
         ed25519_sign,
         ed25519_verify,
+        reply_key_derivation,
         tls_record_seal_per_byte: tls_record_seal / RECORD as f64,
         tls_record_open_per_byte: tls_record_open / RECORD as f64,
     };
@@ -198,9 +240,14 @@ impl Floor {
         cores: usize,
     ) -> Self {
         let per_batch = batch.max(1) as f64;
-        let publisher_ns = p.aes_gcm_seal_payload + p.envelope_hash + p.ed25519_sign / per_batch;
+        let signature_share = p.batch_digest_per_envelope;
+        let publisher_ns =
+            p.aes_gcm_seal_payload + p.envelope_hash + signature_share + p.ed25519_sign / per_batch;
         let hub_ns = p.envelope_hash + p.merkle_root_per_envelope;
-        let subscriber_ns = p.envelope_hash + p.ed25519_verify / per_batch + p.aes_gcm_open_payload;
+        let subscriber_ns = p.envelope_hash
+            + signature_share
+            + p.ed25519_verify / per_batch
+            + p.aes_gcm_open_payload;
         // Two hops (publisher → hub, hub → subscriber), each sealed and opened once.
         let tls_ns = 2.0
             * wire_bytes_per_message
@@ -214,17 +261,24 @@ impl Floor {
             }
         };
         let ceiling_msgs_per_sec = per_sec(total_ns);
+        let fanout = FANOUT;
+        let delivery_ns =
+            subscriber_ns + tls_ns / 2.0 + (publisher_ns + hub_ns + tls_ns / 2.0) / fanout as f64;
+        let fanout_ceiling_deliveries_per_sec = per_sec(delivery_ns);
         // One message's cryptography with its signature shared by `shared` messages.
         let message = |shared: f64| {
             p.aes_gcm_seal_payload
                 + 3.0 * p.envelope_hash
+                + 2.0 * p.batch_digest_per_envelope
                 + p.merkle_root_per_envelope
                 + (p.ed25519_sign + p.ed25519_verify) / shared
                 + p.aes_gcm_open_payload
                 + tls_ns
         };
-        let request_reply_rtt_floor_ns = 2.0 * message(1.0);
-        let request_reply_ceiling_per_sec = per_sec(message(per_batch) + message(1.0));
+        // A reply's payload key is derived for its own channel by responder and requester.
+        let reply_keys = 2.0 * p.reply_key_derivation;
+        let request_reply_rtt_floor_ns = 2.0 * message(1.0) + reply_keys;
+        let request_reply_ceiling_per_sec = per_sec(2.0 * message(per_batch) + reply_keys);
         Self {
             payload_bytes,
             batch,
@@ -236,10 +290,21 @@ impl Floor {
             total_ns,
             cores,
             ceiling_msgs_per_sec,
+            fanout,
+            fanout_ceiling_deliveries_per_sec,
             request_reply_rtt_floor_ns,
             request_reply_ceiling_per_sec,
             primitives: p,
         }
+    }
+}
+
+/// An HKDF output length.
+struct Bytes(usize);
+
+impl aws_lc_rs::hkdf::KeyType for Bytes {
+    fn len(&self) -> usize {
+        self.0
     }
 }
 
@@ -331,9 +396,11 @@ mod tests {
             p.aes_gcm_seal_payload,
             p.aes_gcm_open_payload,
             p.envelope_hash,
+            p.batch_digest_per_envelope,
             p.merkle_root_per_envelope,
             p.ed25519_sign,
             p.ed25519_verify,
+            p.reply_key_derivation,
             p.tls_record_seal_per_byte,
             p.tls_record_open_per_byte,
         ] {
@@ -347,25 +414,32 @@ mod tests {
             aes_gcm_seal_payload: 100.0,
             aes_gcm_open_payload: 100.0,
             envelope_hash: 200.0,
+            batch_digest_per_envelope: 10.0,
             merkle_root_per_envelope: 50.0,
             ed25519_sign: 25_600.0,
             ed25519_verify: 51_200.0,
+            reply_key_derivation: 1_000.0,
             tls_record_seal_per_byte: 0.25,
             tls_record_open_per_byte: 0.25,
         };
         let one = Floor::from_primitives(256, 256, 400.0, p.clone(), 1);
-        // 100 + 200 + 100 | 200 + 50 | 200 + 200 + 100 | 2 * 400 * 0.5
-        assert_eq!(one.publisher_ns, 400.0);
+        // 100 + 200 + 10 + 100 | 200 + 50 | 200 + 10 + 200 + 100 | 2 * 400 * 0.5
+        assert_eq!(one.publisher_ns, 410.0);
         assert_eq!(one.hub_ns, 250.0);
-        assert_eq!(one.subscriber_ns, 500.0);
+        assert_eq!(one.subscriber_ns, 510.0);
         assert_eq!(one.tls_ns, 400.0);
-        assert_eq!(one.total_ns, 1550.0);
+        assert_eq!(one.total_ns, 1570.0);
         // A round trip: two messages, each signed and verified alone:
-        // 100 + 3 * 200 + 50 + (25 600 + 51 200) + 100 + 400.
-        assert_eq!(one.request_reply_rtt_floor_ns, 2.0 * 78_050.0);
-        // Many in flight: the requests' signatures shared by 256, the replies' not.
-        let rr = 1e9 / (1_550.0 + 78_050.0);
+        // 100 + 3 * 200 + 2 * 10 + 50 + (25 600 + 51 200) + 100 + 400, and the reply's key
+        // derived twice.
+        assert_eq!(one.request_reply_rtt_floor_ns, 2.0 * 78_070.0 + 2_000.0);
+        // Many in flight: requests and replies share their signatures by 256.
+        let rr = 1e9 / (2.0 * 1_570.0 + 2_000.0);
         assert!((one.request_reply_ceiling_per_sec - rr).abs() < 1e-6);
+        // Ten subscribers: 510 + 200 at each, (410 + 250 + 200) / 10 shared.
+        let fanout = 1e9 / (510.0 + 200.0 + 86.0);
+        assert!((one.fanout_ceiling_deliveries_per_sec - fanout).abs() < 1e-6);
+        assert!(one.fanout_ceiling_deliveries_per_sec > one.ceiling_msgs_per_sec);
         let two = Floor::from_primitives(256, 256, 400.0, p, 2);
         assert!((two.ceiling_msgs_per_sec - 2.0 * one.ceiling_msgs_per_sec).abs() < 1e-6);
     }
