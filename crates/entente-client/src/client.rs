@@ -203,6 +203,9 @@ struct SubscriptionEntry {
     inbox: Mutex<Inbox>,
     /// Durable subscriptions: messages of each stored entry not yet acknowledged.
     unacked: Option<Mutex<HashMap<u64, usize>>>,
+    /// The session's subscription to its own reply namespace: the reader hands each reply
+    /// straight to the request waiting for it, with no queue and no task in between.
+    replies: bool,
 }
 
 #[derive(Debug)]
@@ -382,7 +385,7 @@ impl Client {
         let pattern = ChannelPattern::parse(pattern).map_err(|e| {
             Error::new(ErrorKind::InvalidInput, format!("bad channel pattern: {e}")).with_source(e)
         })?;
-        let (id, items) = self.open_subscription(&pattern, None).await?;
+        let (id, items) = self.open_subscription(&pattern, None, false).await?;
         Ok(Subscription::new(id, pattern, items, self.clone()))
     }
 
@@ -406,7 +409,9 @@ impl Client {
         let pattern = ChannelPattern::parse(pattern).map_err(|e| {
             Error::new(ErrorKind::InvalidInput, format!("bad channel pattern: {e}")).with_source(e)
         })?;
-        let (id, items) = self.open_subscription(&pattern, Some(consumer)).await?;
+        let (id, items) = self
+            .open_subscription(&pattern, Some(consumer), false)
+            .await?;
         Ok(Subscription::new(id, pattern, items, self.clone()))
     }
 
@@ -471,6 +476,7 @@ impl Client {
         &self,
         pattern: &ChannelPattern,
         durable: Option<&str>,
+        replies: bool,
     ) -> Result<(u64, mpsc::Receiver<Result<Message, Error>>), Error> {
         let shared = &self.inner.shared;
         let id = shared.next_id();
@@ -485,6 +491,7 @@ impl Client {
                 identity.message_keys().clone(),
             )),
             unacked: durable.map(|_| Mutex::default()),
+            replies,
         });
         let (done, answer) = oneshot::channel();
         shared.register(
@@ -1231,36 +1238,31 @@ impl Client {
             .await
     }
 
-    /// Subscribes to this principal's reply namespace, once per session, and hands what
-    /// arrives there to the waiting requests.
+    /// Subscribes to this principal's reply namespace, once per session: the reader hands
+    /// what arrives there to the waiting requests ([`hand_reply`]).
     async fn listen_for_replies(&self) -> Result<(), Error> {
         let mut listening = self.inner.replies.lock().await;
         if !*listening {
             let pattern = namespace::reply_pattern(self.principal());
-            // Boxed: once per session, kept out of every request's future.
-            let (_, items) = Box::pin(self.open_subscription(&pattern, None)).await?;
-            tokio::spawn(dispatch_replies(self.inner.shared.clone(), items));
+            // Boxed: once per session, kept out of every request's future. Nothing is queued
+            // for this subscription: its queue's receiver is not needed.
+            Box::pin(self.open_subscription(&pattern, None, true)).await?;
             *listening = true;
         }
         Ok(())
     }
 }
 
-/// Hands each verified message of the reply namespace to the request waiting on its channel,
-/// if it came from that request's target; drops and counts the rest. Rejections were counted
-/// when opened. Ends with the session (the subscription's queue closes).
-async fn dispatch_replies(shared: Arc<Shared>, mut items: mpsc::Receiver<Result<Message, Error>>) {
-    while let Some(item) = items.recv().await {
-        let Ok(message) = item else {
-            continue;
-        };
-        let waiter = shared.lock().take_reply_waiter(&message);
-        match waiter {
-            Some(waiter) => {
-                let _ = waiter.done.send(message);
-            }
-            None => stats::add(&shared.stats.replies_dropped, 1),
+/// Hands a verified message of the reply namespace to the request waiting on its channel, if
+/// it came from that request's target; drops and counts the rest (rejections were counted when
+/// opened).
+fn hand_reply(shared: &Shared, message: Message) {
+    let waiter = shared.lock().take_reply_waiter(&message);
+    match waiter {
+        Some(waiter) => {
+            let _ = waiter.done.send(message);
         }
+        None => stats::add(&shared.stats.replies_dropped, 1),
     }
 }
 
@@ -1957,6 +1959,12 @@ async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) {
     stats::add(&s.batches_received, opened.batches);
     stats::add(&s.sender_keys_accepted, opened.keys_accepted);
     stats::add(&s.sender_keys_rejected, opened.keys_rejected);
+    if entry.replies {
+        for message in opened.items.into_iter().flatten() {
+            hand_reply(shared, message);
+        }
+        return;
+    }
     // Room for the batch is taken at once (up to the queue's size), not item by item.
     let room = entry.items.max_capacity();
     let mut items = opened.items.into_iter();

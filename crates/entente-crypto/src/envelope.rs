@@ -973,9 +973,10 @@ impl Opener {
         }
     }
 
-    /// Verifies a sender key against its sender's bundle and keeps the epoch secret.
-    /// Receiving the same sender key twice is harmless; a different secret for a known epoch
-    /// is refused.
+    /// Verifies a sender key against its sender's bundle and keeps the epoch's payload key
+    /// (and, for an epoch of our own reply namespace root, its secret's PRK, from which each
+    /// reply channel's key is derived). Receiving the same sender key twice is harmless; a
+    /// different secret for a known epoch is refused.
     pub fn accept_sender_key(
         &mut self,
         sender_key: &SenderKeyIn,

@@ -264,6 +264,8 @@ struct BatchCase {
     description: String,
     payloads: Vec<Hex>,
     envelope_hashes: Vec<Hex>,
+    /// SHA-256 over the envelope hashes, in order: what the signing input ends with.
+    envelope_hashes_digest: Hex,
     signing_input: Hex,
     signature: Hex,
     /// The `SignedBatch` protobuf.
@@ -584,9 +586,10 @@ fn batch_vector(ca: &CaKey, sender: Party, recipient: Party, env: &EnvelopeVecto
     danger::danger_sign_batch(&keys, &mut batch);
     let batch_case = BatchCase {
         description: "The envelopes of envelope.json in one batch signed by Alice \
-                      (PROTOCOL.md §4.4): signing_input holds, for each envelope, \
-                      SHA-256(aad || u32 length || ciphertext) (envelope_hashes). Ed25519 is \
-                      deterministic: compare the signature byte for byte."
+                      (PROTOCOL.md §4.4): each envelope's hash is SHA-256(aad || u32 length || \
+                      ciphertext) (envelope_hashes); signing_input ends with one SHA-256 over \
+                      them, in order (envelope_hashes_digest). Ed25519 is deterministic: \
+                      compare the signature byte for byte."
             .into(),
         payloads: env.envelopes.iter().map(|c| c.payload.clone()).collect(),
         envelope_hashes: batch
@@ -594,6 +597,7 @@ fn batch_vector(ca: &CaKey, sender: Party, recipient: Party, env: &EnvelopeVecto
             .iter()
             .map(|e| Hex::of(spec::envelope_hash(&batch.sender, &batch.channel, e)))
             .collect(),
+        envelope_hashes_digest: Hex::of(spec::hashes_digest(&batch)),
         signing_input: Hex(batch_signing_input(&batch)),
         signature: Hex(batch.signature.clone()),
         encoded: Hex(wire::encode(&batch)),
@@ -750,6 +754,7 @@ fn reply_batch_vector(ca: &CaKey, sender: Party, recipient: Party) -> ReplyBatch
             .iter()
             .map(|e| Hex::of(spec::envelope_hash(&batch.sender, &e.channel, e)))
             .collect(),
+        envelope_hashes_digest: Hex::of(spec::hashes_digest(&batch)),
         signing_input: Hex(batch_signing_input(&batch)),
         signature: Hex(batch.signature.clone()),
         encoded: Hex(wire::encode(&batch)),
@@ -1054,6 +1059,7 @@ fn batch_vector_signing_input_and_signature() {
         let digest = entente_crypto::envelope_digest(&batch.sender, &batch.channel, envelope);
         assert_eq!(&digest[..], &**want);
     }
+    check_hashes_digest(b);
     assert_eq!(batch_signing_input(&batch), &*b.signing_input);
     assert_eq!(spec::batch_input(&batch), &*b.signing_input);
 
@@ -1241,6 +1247,7 @@ fn reply_batch_vector_keys_ciphertexts_and_signature() {
         assert_eq!(spec::envelope_hash(sender, &e.channel, e), &**hash);
         assert_eq!(entente_crypto::envelope_digest(sender, &v.root, e), &**hash);
     }
+    check_hashes_digest(b);
     assert_eq!(batch_signing_input(&batch), &*b.signing_input);
     assert_eq!(spec::batch_input(&batch), &*b.signing_input);
     let keys = MessageKeys::from_secret_bytes(&v.sender.message_keys_secret).unwrap();
@@ -1502,6 +1509,15 @@ fn verify_party(p: &Party, authority: &EcdsaAuthority, at: u64) -> VerifiedKeyBu
 /// The protocol's byte strings written out again from PROTOCOL.md, sharing no code with the
 /// crate's `canon.rs`: a label, one zero byte, then integers big-endian and byte strings as a
 /// u32 big-endian length followed by the bytes (§2).
+/// A batch case's digest is SHA-256 over its listed envelope hashes, and its signing input
+/// ends with it (PROTOCOL.md §4.4).
+fn check_hashes_digest(b: &BatchCase) {
+    let listed: Vec<u8> = b.envelope_hashes.iter().flat_map(|h| h.to_vec()).collect();
+    let want = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &listed);
+    assert_eq!(want.as_ref(), &*b.envelope_hashes_digest);
+    assert!(b.signing_input.ends_with(&b.envelope_hashes_digest));
+}
+
 mod spec {
     use aws_lc_rs::{
         digest::{SHA256, digest},
@@ -1617,8 +1633,8 @@ mod spec {
         digest(&SHA256, &input).as_ref().try_into().unwrap()
     }
 
-    /// §4.4: what the sender signs for a batch.
-    pub(super) fn batch_input(b: &wire::SignedBatch) -> Vec<u8> {
+    /// §4.4: SHA-256 over the batch's envelope hashes, in order.
+    pub(super) fn hashes_digest(b: &wire::SignedBatch) -> [u8; 32] {
         let hashes: Vec<u8> = b
             .envelopes
             .iter()
@@ -1632,12 +1648,17 @@ mod spec {
                 envelope_hash(&b.sender, channel, e)
             })
             .collect();
+        digest(&SHA256, &hashes).as_ref().try_into().unwrap()
+    }
+
+    /// §4.4: what the sender signs for a batch.
+    pub(super) fn batch_input(b: &wire::SignedBatch) -> Vec<u8> {
         Canon::new("entente/v1/batch-digest")
             .str(&b.sender)
             .str(&b.channel)
             .u64(b.key_epoch)
             .u32(u32::try_from(b.envelopes.len()).unwrap())
-            .raw(digest(&SHA256, &hashes).as_ref())
+            .raw(&hashes_digest(b))
             .0
     }
 

@@ -179,12 +179,12 @@ fn workloads(messages: Option<u64>) -> Vec<(&'static str, String, Shape)> {
         (
             "b",
             "pub/sub 1 -> 10, 256 B".to_owned(),
-            pubsub(count(50_000), PAYLOAD, 1, 10),
+            pubsub(count(50_000), PAYLOAD, 1, floor::FANOUT),
         ),
         (
             "c",
             "pub/sub 10 -> 10, 256 B".to_owned(),
-            pubsub(count(10_000), PAYLOAD, 10, 10),
+            pubsub(count(10_000), PAYLOAD, 10, floor::FANOUT),
         ),
         (
             "d1",
@@ -194,7 +194,7 @@ fn workloads(messages: Option<u64>) -> Vec<(&'static str, String, Shape)> {
         (
             "d64",
             "request/reply, 64 in flight, 256 B".to_owned(),
-            rpc(count(20_000), 64),
+            rpc(count(20_000), floor::REQUESTS_IN_FLIGHT),
         ),
         (
             "e",
