@@ -1062,6 +1062,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn writes_after_a_shutdown_fail_and_both_sides_end_cleanly() {
+        let pki = pki();
+        let ((_, mut server), mut client) = pair(&pki, &pki.client, "hub.test").await;
+        server.write_all(b"last").await.unwrap();
+        server.shutdown().await.unwrap();
+        // Nothing goes out after close_notify, plain or vectored, and nothing is lost before.
+        let error = server.write(b"more").await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
+        let parts = [io::IoSlice::new(b"head"), io::IoSlice::new(&[7; 5000])];
+        let error = server.write_vectored(&parts).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
+        // Empty writes write nothing, even now.
+        assert_eq!(server.write_vectored(&[]).await.unwrap(), 0);
+        // A second shutdown is harmless.
+        server.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last");
+
+        // The client closes too: the server reads the client's last bytes, then a clean end.
+        client.write_all(b"bye").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"bye");
+        assert_eq!(server.read(&mut [0u8; 8]).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
     async fn a_client_hello_larger_than_the_bound_is_refused() {
         let pki = pki();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
