@@ -4,6 +4,7 @@
 //! the hub's word. Only [`KeyBundleIn::verify`] makes a [`VerifiedKeyBundle`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
 use entente_types::{IdError, Principal};
@@ -272,16 +273,21 @@ impl KeyBundleIn {
         if now_ms > self.body.not_after_ms {
             return Err(BundleError::Expired);
         }
-        Ok(VerifiedKeyBundle {
+        Ok(VerifiedKeyBundle(Arc::new(Verified {
             body: self.body,
             wire: self.wire,
-        })
+        })))
     }
 }
 
-/// A key bundle whose CA signature and validity were checked.
+/// A key bundle whose CA signature and validity were checked. Cloning it is cheap (a
+/// reference count): clients hand the bundles of their peers to every message they seal for
+/// them and every batch they open from them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifiedKeyBundle {
+pub struct VerifiedKeyBundle(Arc<Verified>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct Verified {
     body: KeyBundleBody,
     wire: wire::KeyBundle,
 }
@@ -289,27 +295,28 @@ pub struct VerifiedKeyBundle {
 impl VerifiedKeyBundle {
     /// Whose keys these are.
     pub fn principal(&self) -> &Principal {
-        &self.body.principal
+        &self.0.body.principal
     }
 
     /// The verified content.
     pub fn body(&self) -> &KeyBundleBody {
-        &self.body
+        &self.0.body
     }
 
     /// Message-key generation.
     pub fn epoch(&self) -> u64 {
-        self.body.epoch
+        self.0.body.epoch
     }
 
     /// The bundle as signed, to pass on.
     pub fn to_wire(&self) -> &wire::KeyBundle {
-        &self.wire
+        &self.0.wire
     }
 
     /// Whether the bundle is still within its validity period.
     pub fn is_valid_at(&self, now_ms: u64) -> bool {
-        self.body.not_before_ms <= now_ms && now_ms <= self.body.not_after_ms
+        let body = &self.0.body;
+        body.not_before_ms <= now_ms && now_ms <= body.not_after_ms
     }
 }
 

@@ -197,6 +197,63 @@ fn a_batch_signature_verifies_without_opening_and_not_once_changed() {
     );
 }
 
+/// A batch signed the way an earlier draft of version 1 signed batches — over the envelope
+/// hashes themselves, under the label `entente/v1/batch` (PROTOCOL.md §4.4, §10) — is refused
+/// with `BadBatchSignature`, by the signature check alone and by the opener, although its
+/// signature is the sender's own over that input.
+#[test]
+fn a_batch_signed_over_the_hash_list_is_refused() {
+    use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
+
+    let mut p = pair();
+    let sealed = p
+        .sealer
+        .seal_batch(&[b"pay 42", b"pay 43"], None, NOW)
+        .unwrap();
+    // The earlier input: label, sender, channel, key epoch, count, then each envelope's hash.
+    let mut input = b"entente/v1/batch\0".to_vec();
+    for field in [sealed.sender.as_bytes(), sealed.channel.as_bytes()] {
+        input.extend_from_slice(&u32::try_from(field.len()).unwrap().to_be_bytes());
+        input.extend_from_slice(field);
+    }
+    input.extend_from_slice(&sealed.key_epoch.to_be_bytes());
+    input.extend_from_slice(&u32::try_from(sealed.envelopes.len()).unwrap().to_be_bytes());
+    for envelope in &sealed.envelopes {
+        input.extend_from_slice(&entente_crypto::envelope_digest(
+            &sealed.sender,
+            &sealed.channel,
+            envelope,
+        ));
+    }
+    let secret = p.alice.keys.to_secret_bytes().unwrap();
+    let signer = Ed25519KeyPair::from_seed_unchecked(&secret[..32]).unwrap();
+    assert_eq!(
+        signer.public_key().as_ref(),
+        p.alice.keys.ed25519_public().as_slice()
+    );
+    let mut old = sealed.clone();
+    old.signature = signer.sign(&input).as_ref().to_vec();
+    UnparsedPublicKey::new(&ED25519, p.alice.keys.ed25519_public())
+        .verify(&input, &old.signature)
+        .expect("the sender's own signature over the earlier input");
+
+    let checked = SignedBatchIn::from_wire(old.clone()).unwrap();
+    assert_eq!(
+        checked.verify_signature(&p.alice.bundle, NOW).unwrap_err(),
+        OpenError::BadBatchSignature
+    );
+    let mut opener = p.bob.opener();
+    accept_key(&p, &mut opener);
+    assert_eq!(
+        deliver(&p, &mut opener, old, NOW).unwrap_err(),
+        OpenError::BadBatchSignature
+    );
+    // The same envelopes as sealed, signed over the current input, open.
+    let opened = deliver(&p, &mut opener, sealed, NOW).unwrap();
+    assert_eq!(opened.delivered.len(), 2);
+    assert!(opened.rejected.is_empty());
+}
+
 #[test]
 fn a_replayed_sequence_is_refused() {
     let mut p = pair();

@@ -40,13 +40,13 @@ pub const HUMAN_OWNER_PREFIX: &str = "human:";
 
 /// The principal's direct channel: `_direct.S.N`, or `_direct.human:N`.
 pub fn direct_channel(principal: &Principal) -> Channel {
-    Channel::from_valid(format!("{DIRECT_PREFIX}.{}", owner(principal)))
+    Channel::from_valid(owned_name(DIRECT_PREFIX, principal, None))
 }
 
 /// The pattern covering the principal's reply namespace: `_reply.S.N.>`, or
 /// `_reply.human:N.>`.
 pub fn reply_pattern(principal: &Principal) -> ChannelPattern {
-    ChannelPattern::from_valid(format!("{REPLY_PREFIX}.{}.>", owner(principal)))
+    ChannelPattern::from_valid(owned_name(REPLY_PREFIX, principal, Some(">")))
 }
 
 /// A channel of the principal's reply namespace: `_reply.S.N.<token>`. `token` must be one
@@ -55,13 +55,13 @@ pub fn reply_channel(principal: &Principal, token: &str) -> Result<Channel, Chan
     if token.contains('.') {
         return Err(ChannelError::InvalidChar { ch: '.' });
     }
-    Channel::parse(&format!("{REPLY_PREFIX}.{}.{token}", owner(principal)))
+    Channel::parse(&owned_name(REPLY_PREFIX, principal, Some(token)))
 }
 
 /// The root of the principal's reply namespace, `_reply.S.N` or `_reply.human:N`: not a reply
 /// channel itself, but what a responder's reply sender key is scoped to (PROTOCOL.md §5.4).
 pub fn reply_root(principal: &Principal) -> Channel {
-    Channel::from_valid(format!("{REPLY_PREFIX}.{}", owner(principal)))
+    Channel::from_valid(owned_name(REPLY_PREFIX, principal, None))
 }
 
 /// The root of the reply namespace `channel` lies in (`_reply.S.N.t` → `_reply.S.N`,
@@ -142,12 +142,27 @@ pub fn direct_segment(channel: &Channel) -> Option<&str> {
     (!segment.contains(':')).then_some(segment)
 }
 
-/// `S.N` for an agent, `human:N` for a human.
-fn owner(principal: &Principal) -> String {
-    match principal {
-        Principal::Agent(agent) => format!("{}.{}", agent.segment(), agent.name()),
-        Principal::Human(human) => format!("{HUMAN_OWNER_PREFIX}{}", human.name()),
+/// `prefix.S.N` for an agent, `prefix.human:N` for a human, then `.last` if given. Built by
+/// hand rather than with `format!`: a request makes two of these.
+fn owned_name(prefix: &str, principal: &Principal, last: Option<&str>) -> String {
+    let (first, second) = match principal {
+        Principal::Agent(agent) => (agent.segment(), agent.name()),
+        Principal::Human(human) => (HUMAN_OWNER_PREFIX, human.name()),
+    };
+    let last_len = last.map_or(0, |l| l.len() + 1);
+    let mut name = String::with_capacity(prefix.len() + first.len() + second.len() + 2 + last_len);
+    name.push_str(prefix);
+    name.push('.');
+    name.push_str(first);
+    if matches!(principal, Principal::Agent(_)) {
+        name.push('.');
     }
+    name.push_str(second);
+    if let Some(last) = last {
+        name.push('.');
+        name.push_str(last);
+    }
+    name
 }
 
 /// Whether `rest` (the tokens after the prefix) are the owner's tokens, followed by nothing
@@ -216,6 +231,14 @@ mod tests {
         assert!(is_reply_channel_of(&human, &c("_reply.human:shop.r1")));
         assert!(!is_reply_channel_of(&human, &c("_reply.human.shop.r1")));
         assert_eq!(reply_pattern(&human).as_str(), "_reply.human:shop.>");
+        assert_eq!(reply_pattern(&alice).as_str(), "_reply.shop.alice.>");
+        let reply = reply_channel(&alice, "r1").unwrap();
+        assert_eq!(reply.as_str(), "_reply.shop.alice.r1");
+        assert!(is_reply_channel_of(&alice, &reply));
+        let reply = reply_channel(&human, "r1").unwrap();
+        assert_eq!(reply.as_str(), "_reply.human:shop.r1");
+        assert!(is_reply_channel_of(&human, &reply));
+        assert!(!is_reply_channel_of(&agent_named_human, &reply));
         assert!(reply_channel(&alice, "a.b").is_err());
         assert!(reply_channel(&alice, "").is_err());
     }
