@@ -1128,6 +1128,15 @@ mod tests {
         assert!(table.to_export(None).unwrap().headers.is_empty());
         let e = table.to_export(Some("a=b,s3cret")).unwrap_err().to_string();
         assert!(e.contains("entry 2") && !e.contains("s3cret"), "{e}");
+        // A value that is not UTF-8 once percent-decoded: refused, by position, unshown.
+        let e = table
+            .to_export(Some("a=b, c=d, token=s3cret%ff%fe"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("entry 3") && e.contains("not UTF-8") && !e.contains("s3cret"),
+            "{e}"
+        );
 
         for (table, needle) in [
             (

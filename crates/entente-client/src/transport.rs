@@ -187,35 +187,7 @@ impl Transport {
             alert: alert.clone(),
         });
         let mut frames = FrameReader::new(read, limits);
-        match frames.next().await {
-            Ok(Some(ServerFrame { kind: None })) => {}
-            Ok(Some(ServerFrame {
-                kind: Some(server_frame::Kind::SessionEnd(end)),
-            })) => return Err(session_refused(&end_status(end))),
-            Ok(Some(_)) => {
-                return Err(Error::new(
-                    ErrorKind::Protocol,
-                    format!("the hub{at} sent a frame before accepting the session"),
-                ));
-            }
-            Ok(None) => {
-                return Err(alert.refused().unwrap_or_else(|| {
-                    Error::new(
-                        ErrorKind::Closed,
-                        format!("the hub{at} closed the connection without a word"),
-                    )
-                }));
-            }
-            Err(e) => {
-                return Err(alert.refused().unwrap_or_else(|| {
-                    Error::new(
-                        ErrorKind::Connect,
-                        format!("opening the session with the hub{at} failed: {e}"),
-                    )
-                    .with_source(e)
-                }));
-            }
-        }
+        session_accepted(&mut frames, &alert, &at).await?;
         let task = tokio::spawn(write_frames(write, outbound));
         let transport = Self {
             calls: Calls::OnDemand(Arc::new(OnDemand {
@@ -566,6 +538,40 @@ async fn tls_connect(
     Ok((tls, at))
 }
 
+/// Reads the hub's first frame on a framed session (PROTOCOL.md §9.1): the empty frame that
+/// accepts the session, or a `SessionEnd` that refuses it. Anything else, an end of the
+/// connection or a frame that does not decode is the connect's error; a TLS alert seen on the
+/// connection says why better than the end it caused.
+async fn session_accepted<R: AsyncRead + Unpin>(
+    frames: &mut FrameReader<R, ServerFrame>,
+    alert: &TlsAlert,
+    at: &str,
+) -> Result<(), Error> {
+    match frames.next().await {
+        Ok(Some(ServerFrame { kind: None })) => Ok(()),
+        Ok(Some(ServerFrame {
+            kind: Some(server_frame::Kind::SessionEnd(end)),
+        })) => Err(session_refused(&end_status(end))),
+        Ok(Some(_)) => Err(Error::new(
+            ErrorKind::Protocol,
+            format!("the hub{at} sent a frame before accepting the session"),
+        )),
+        Ok(None) => Err(alert.refused().unwrap_or_else(|| {
+            Error::new(
+                ErrorKind::Closed,
+                format!("the hub{at} closed the connection without a word"),
+            )
+        })),
+        Err(e) => Err(alert.refused().unwrap_or_else(|| {
+            Error::new(
+                ErrorKind::Connect,
+                format!("opening the session with the hub{at} failed: {e}"),
+            )
+            .with_source(e)
+        })),
+    }
+}
+
 /// The status a framed session's `SessionEnd` carries: what an HTTP/2 session ends with.
 pub(crate) fn end_status(end: entente_wire::SessionEnd) -> Status {
     // An unknown code is UNKNOWN (2), as gRPC reads one.
@@ -876,6 +882,119 @@ mod tests {
             status_error("x", &Status::internal("")).kind(),
             ErrorKind::Protocol
         );
+    }
+
+    /// What [`session_accepted`] makes of `bytes` as the hub's first words on a framed
+    /// session; the hub's side stays open unless `close`.
+    async fn first_words(bytes: &[u8], close: bool, alert: &TlsAlert) -> Result<(), Error> {
+        use tokio::io::AsyncWriteExt as _;
+
+        let (mut hub, client) = tokio::io::duplex(64 * 1024);
+        hub.write_all(bytes).await.unwrap();
+        let _open = if close {
+            drop(hub);
+            None
+        } else {
+            Some(hub)
+        };
+        let mut frames = FrameReader::new(client, Limits::default());
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            session_accepted(&mut frames, alert, " at 127.0.0.1:1"),
+        )
+        .await
+        .expect("an answer without waiting for more")
+    }
+
+    fn frame(kind: Option<server_frame::Kind>) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        framed::encode_frame(&ServerFrame { kind }, &mut bytes);
+        bytes
+    }
+
+    fn session_end(code: Code, message: &str) -> Vec<u8> {
+        frame(Some(server_frame::Kind::SessionEnd(
+            entente_wire::SessionEnd {
+                code: code as u32,
+                message: message.to_owned(),
+            },
+        )))
+    }
+
+    #[tokio::test]
+    async fn a_framed_session_opens_on_the_empty_frame_only() {
+        let alert = TlsAlert::default();
+        first_words(&frame(None), false, &alert).await.unwrap();
+        first_words(&[0; framed::PREFIX_BYTES], true, &alert)
+            .await
+            .unwrap();
+
+        // Refused, with the hub's reason.
+        for (code, kind) in [
+            (Code::ResourceExhausted, ErrorKind::Limited),
+            (Code::PermissionDenied, ErrorKind::Denied),
+            (Code::Unavailable, ErrorKind::Connect),
+        ] {
+            let e = first_words(&session_end(code, "not now"), false, &alert)
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), kind, "{code:?}");
+            assert!(e.to_string().contains("opening the session"), "{e}");
+            assert!(e.to_string().contains("not now"), "{e}");
+        }
+
+        // Anything else first breaks the protocol.
+        let ack = frame(Some(server_frame::Kind::Ack(entente_wire::Ack {
+            request_id: 1,
+            held: Vec::new(),
+        })));
+        let e = first_words(&ack, false, &alert).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol);
+        assert_eq!(
+            e.to_string(),
+            "the hub at 127.0.0.1:1 sent a frame before accepting the session"
+        );
+
+        // No word at all, part of one, or one over the limit.
+        let e = first_words(&[], true, &alert).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Closed);
+        assert_eq!(
+            e.to_string(),
+            "the hub at 127.0.0.1:1 closed the connection without a word"
+        );
+        let mut torn = frame(None);
+        torn.truncate(framed::PREFIX_BYTES - 1);
+        let mut cut = session_end(Code::Unavailable, "later");
+        cut.truncate(cut.len() - 2);
+        let over = u32::try_from(Limits::default().max_frame_bytes + 1)
+            .unwrap()
+            .to_be_bytes();
+        for (bytes, close) in [(&torn[..], true), (&cut[..], true), (&over[..], false)] {
+            let e = first_words(bytes, close, &alert).await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Connect, "{bytes:?}");
+            assert!(
+                e.to_string()
+                    .starts_with("opening the session with the hub at 127.0.0.1:1 failed: "),
+                "{e}"
+            );
+        }
+        let garbage = [0, 0, 0, 2, 0xff, 0xff];
+        let e = first_words(&garbage, false, &alert).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Connect, "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_tls_alert_before_the_first_frame_is_the_reason() {
+        let alert = TlsAlert::default();
+        alert.record(&std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked),
+        ));
+        let e = first_words(&[], true, &alert).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Tls);
+        assert!(e.to_string().contains("CertificateRevoked"), "{e}");
+        let e = first_words(&[0, 0], true, &alert).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Tls);
     }
 
     #[test]

@@ -455,6 +455,7 @@ mod tests {
     )]
 
     use entente_wire::{Ack, Subscribe, client_frame};
+    use proptest::strategy::Strategy as _;
 
     use super::*;
 
@@ -663,6 +664,151 @@ mod tests {
             let mut buf = BytesMut::new();
             encode_deliver(id, &vec![0u8; body], &mut buf);
             assert_eq!(buf.len(), deliver_len(id, body), "{id} {body}");
+        }
+    }
+
+    /// Reads the bytes it holds in the pieces they were cut into, one piece (or what fits)
+    /// per read, never pending; an empty read once all are read.
+    struct Pieces(VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if let Some(front) = self.0.front_mut() {
+                let n = front.len().min(buf.remaining());
+                buf.put_slice(&front[..n]);
+                front.drain(..n);
+                if front.is_empty() {
+                    self.0.pop_front();
+                }
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// What a stream of frames is made of in the property below.
+    #[derive(Debug, Clone)]
+    enum Item {
+        /// A whole frame.
+        Frame(u64),
+        /// Any bytes.
+        Raw(Vec<u8>),
+        /// A length prefix alone: small, beyond a read step, or any.
+        Prefix(u32),
+    }
+
+    /// How reading `bytes` under `max_frame_bytes` ends.
+    #[derive(Debug, PartialEq, Eq)]
+    enum End {
+        Clean,
+        TooLarge,
+        Truncated,
+        Malformed,
+    }
+
+    /// The frames a reader of `bytes` must return, and how it must end: the framing of
+    /// PROTOCOL.md §9.1 over the whole input at once.
+    fn model(bytes: &[u8], limits: &Limits) -> (Vec<ClientFrame>, End) {
+        let mut frames = Vec::new();
+        let mut rest = bytes;
+        loop {
+            if rest.is_empty() {
+                return (frames, End::Clean);
+            }
+            let Some((prefix, body)) = rest.split_first_chunk::<PREFIX_BYTES>() else {
+                return (frames, End::Truncated);
+            };
+            let len = u32::from_be_bytes(*prefix) as usize;
+            if len > limits.max_frame_bytes {
+                return (frames, End::TooLarge);
+            }
+            let Some((frame, after)) = body.split_at_checked(len) else {
+                return (frames, End::Truncated);
+            };
+            match entente_wire::decode::<ClientFrame>(frame, limits) {
+                Ok(frame) => frames.push(frame),
+                Err(_) => return (frames, End::Malformed),
+            }
+            rest = after;
+        }
+    }
+
+    proptest::proptest! {
+        /// Any bytes, cut into any pieces, read as the framing says they read: the same
+        /// frames and the same end, whatever the pieces; no buffer kept between frames, and
+        /// nothing reserved for what a prefix announces beyond one read step (the buffer
+        /// stays within twice what arrived and one read step, its own growth included).
+        #[test]
+        fn any_bytes_in_any_pieces_read_as_the_framing_says(
+            items in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::prelude::any::<u64>().prop_map(Item::Frame),
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..24)
+                        .prop_map(Item::Raw),
+                    proptest::prop_oneof![
+                        0u32..64,
+                        (READ_STEP as u32)..(8 << 20),
+                        proptest::prelude::any::<u32>(),
+                    ]
+                    .prop_map(Item::Prefix),
+                ],
+                0..12,
+            ),
+            cuts in proptest::collection::vec(1usize..48, 0..32),
+            small in proptest::option::of(0usize..96),
+        ) {
+            let limits = Limits {
+                max_frame_bytes: small.unwrap_or(Limits::default().max_frame_bytes),
+                ..Limits::default()
+            };
+            let mut bytes = Vec::new();
+            for item in items {
+                match item {
+                    Item::Frame(id) => encode_frame(&subscribe(id), &mut bytes),
+                    Item::Raw(raw) => bytes.extend(raw),
+                    Item::Prefix(len) => bytes.extend(len.to_be_bytes()),
+                }
+            }
+            let mut pieces = VecDeque::new();
+            let mut rest = &bytes[..];
+            for cut in cuts {
+                if rest.is_empty() {
+                    break;
+                }
+                let (piece, after) = rest.split_at(cut.min(rest.len()));
+                pieces.push_back(piece.to_vec());
+                rest = after;
+            }
+            if !rest.is_empty() {
+                pieces.push_back(rest.to_vec());
+            }
+
+            let (expected, end) = model(&bytes, &limits);
+            let mut frames = FrameReader::<_, ClientFrame>::new(Pieces(pieces), limits);
+            let mut read = Vec::new();
+            let bound = 2 * (bytes.len() + READ_STEP);
+            let ended = loop {
+                let next = frames.next().now_or_never().expect("never pending");
+                proptest::prop_assert!(frames.buf.capacity() <= bound, "{}", frames.buf.capacity());
+                match next {
+                    Ok(Some(frame)) => {
+                        if frames.buf.is_empty() {
+                            proptest::prop_assert_eq!(frames.buf.capacity(), 0);
+                        }
+                        read.push(frame);
+                    }
+                    Ok(None) => break End::Clean,
+                    Err(FrameError::TooLarge { .. }) => break End::TooLarge,
+                    Err(FrameError::Truncated) => break End::Truncated,
+                    Err(FrameError::Malformed(_)) => break End::Malformed,
+                    Err(FrameError::Io(e)) => proptest::prop_assert!(false, "{e}"),
+                }
+            };
+            proptest::prop_assert_eq!(read, expected);
+            proptest::prop_assert_eq!(ended, end);
         }
     }
 }

@@ -19,7 +19,7 @@
 //! ([`Router::subscribers`]): the principals whose subscription patterns match it and may
 //! carry it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -107,8 +107,15 @@ pub struct LocalRouter {
 struct Table {
     /// Subscriptions to literal patterns, by channel name.
     literal: HashMap<String, Vec<Entry>>,
-    /// Subscriptions with wildcards, matched one by one.
-    wildcard: Vec<Entry>,
+    /// Subscriptions with wildcards, by the literal tokens before their first wildcard
+    /// (`a.b` for `a.b.*.c`, `_reply.shop.alice` for `_reply.shop.alice.>`, the empty string
+    /// for `*.x` or `>`), each then matched one by one. A channel's candidates are those filed
+    /// under its own leading tokens, whatever the others hold: every session that makes
+    /// requests holds a wildcard subscription to its own reply namespace.
+    wildcard: HashMap<String, Vec<Entry>>,
+    /// How many wildcard subscriptions are filed under a prefix of each length in tokens:
+    /// which of a channel's leading tokens are worth looking up.
+    depths: BTreeMap<usize, usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -135,7 +142,11 @@ impl LocalRouter {
         let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
         let mut seen = std::collections::HashSet::new();
         let (mut frames, mut bytes) = ((0, 0), (0, 0));
-        let entries = table.literal.values().flatten().chain(&table.wildcard);
+        let entries = table
+            .literal
+            .values()
+            .flatten()
+            .chain(table.wildcard.values().flatten());
         for entry in entries {
             if !seen.insert(entry.subscriber.session) {
                 continue;
@@ -150,7 +161,9 @@ impl LocalRouter {
     /// How many subscriptions are registered.
     pub fn subscriptions(&self) -> usize {
         let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
-        table.literal.values().map(Vec::len).sum::<usize>() + table.wildcard.len()
+        let count =
+            |entries: &HashMap<String, Vec<Entry>>| entries.values().map(Vec::len).sum::<usize>();
+        count(&table.literal) + count(&table.wildcard)
     }
 
     /// Queues `body` for each of `targets`, waiting on full queues up to the slow-consumer
@@ -246,23 +259,32 @@ impl LocalRouter {
                 }
             }
         }
-        for entry in &table.wildcard {
-            let mut matched = false;
-            let mut carried = false;
-            for channel in channels
-                .iter()
-                .filter(|c| authz::matches(&entry.pattern, c))
-            {
-                matched = true;
+        // A wildcard subscription may match several: each counts once, carried if it may
+        // carry any of those it matches. A linear search: the channels are one principal's
+        // reply channels, which only its own sessions may subscribe to.
+        let mut matched: Vec<(&Entry, bool)> = Vec::new();
+        for channel in channels {
+            for entry in table.wildcard_matching(channel) {
+                let at = match matched.iter().position(|(e, _)| std::ptr::eq(*e, entry)) {
+                    Some(at) => at,
+                    None => {
+                        matched.push((entry, false));
+                        matched.len() - 1
+                    }
+                };
+                let Some((_, carried)) = matched.get_mut(at) else {
+                    continue;
+                };
                 let now = || *now_ms.get_or_insert_with(unix_ms);
-                if entry.subscriber.gate.carries(&entry.pattern, channel, now) {
-                    carried = true;
-                    break;
+                if !*carried && entry.subscriber.gate.carries(&entry.pattern, channel, now) {
+                    *carried = true;
                 }
             }
+        }
+        for (entry, carried) in matched {
             if carried {
                 targets.push((entry.subscription_id, entry.subscriber.clone()));
-            } else if matched {
+            } else {
                 withheld += 1;
             }
         }
@@ -271,15 +293,78 @@ impl LocalRouter {
 }
 
 impl Table {
-    /// The wildcard entries whose pattern matches `channel`.
+    /// The wildcard entries whose pattern matches `channel`: only those filed under one of
+    /// its leading tokens are looked at.
     fn wildcard_matching<'t>(
         &'t self,
         channel: &'t Channel,
     ) -> impl Iterator<Item = &'t Entry> + 't {
-        self.wildcard
-            .iter()
+        self.depths
+            .keys()
+            .filter_map(|&depth| leading_tokens(channel, depth))
+            .filter_map(|prefix| self.wildcard.get(prefix))
+            .flatten()
             .filter(|entry| authz::matches(&entry.pattern, channel))
     }
+
+    fn add_wildcard(&mut self, entry: Entry) {
+        let (prefix, depth) = literal_prefix(&entry.pattern);
+        *self.depths.entry(depth).or_default() += 1;
+        self.wildcard
+            .entry(prefix.to_owned())
+            .or_default()
+            .push(entry);
+    }
+
+    /// Removes the wildcard entries `gone` picks; whether it removed any.
+    fn remove_wildcards(&mut self, mut gone: impl FnMut(&Entry) -> bool) -> bool {
+        let mut removed = false;
+        let depths = &mut self.depths;
+        self.wildcard.retain(|_, entries| {
+            entries.retain(|entry| {
+                if !gone(entry) {
+                    return true;
+                }
+                removed = true;
+                let (_, depth) = literal_prefix(&entry.pattern);
+                let left = depths.get_mut(&depth).map(|n| {
+                    *n = n.saturating_sub(1);
+                    *n
+                });
+                if left == Some(0) {
+                    depths.remove(&depth);
+                }
+                false
+            });
+            !entries.is_empty()
+        });
+        removed
+    }
+}
+
+/// The literal tokens of `pattern` before its first wildcard, and how many they are.
+fn literal_prefix(pattern: &ChannelPattern) -> (&str, usize) {
+    let (mut end, mut depth) = (0, 0);
+    for token in pattern.tokens() {
+        if token == "*" || token == ">" {
+            break;
+        }
+        end += token.len() + usize::from(depth > 0);
+        depth += 1;
+    }
+    (pattern.as_str().get(..end).unwrap_or_default(), depth)
+}
+
+/// The first `depth` tokens of `channel`, if more follow them (a pattern with a wildcard
+/// after those tokens matches only a channel with more).
+fn leading_tokens(channel: &Channel, depth: usize) -> Option<&str> {
+    let name = channel.as_str();
+    if depth == 0 {
+        return Some("");
+    }
+    name.match_indices('.')
+        .nth(depth - 1)
+        .and_then(|(at, _)| name.get(..at))
 }
 
 /// The time now, Unix milliseconds.
@@ -304,7 +389,7 @@ impl Router for LocalRouter {
                 .or_default()
                 .push(entry);
         } else {
-            table.wildcard.push(entry);
+            table.add_wildcard(entry);
         }
     }
 
@@ -312,9 +397,7 @@ impl Router for LocalRouter {
         let is_it =
             |e: &Entry| e.subscriber.session == session && e.subscription_id == subscription_id;
         let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
-        let before = table.wildcard.len();
-        table.wildcard.retain(|e| !is_it(e));
-        if table.wildcard.len() != before {
+        if table.remove_wildcards(&is_it) {
             return true;
         }
         let mut found = false;
@@ -329,7 +412,7 @@ impl Router for LocalRouter {
 
     fn remove_session(&self, session: SessionId) {
         let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
-        table.wildcard.retain(|e| e.subscriber.session != session);
+        table.remove_wildcards(|e| e.subscriber.session == session);
         table.literal.retain(|_, entries| {
             entries.retain(|e| e.subscriber.session != session);
             !entries.is_empty()
@@ -438,6 +521,98 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Wildcard subscriptions are filed under their leading literal tokens: whatever the
+    /// depth of that prefix (none, some, all but the wildcard), a channel reaches exactly the
+    /// subscriptions whose pattern matches it, and unsubscribing or ending a session leaves
+    /// nothing filed behind.
+    #[tokio::test]
+    async fn wildcard_subscriptions_are_found_by_their_leading_tokens() {
+        let router = LocalRouter::new(Duration::from_millis(50));
+        let patterns = [
+            ">",
+            "*",
+            "*.b",
+            "a.>",
+            "a.*",
+            "a.b.>",
+            "a.*.c",
+            "a.b.*",
+            "a.b.c.>",
+            "x.*.>",
+            "_reply.shop.alice.>",
+            "_reply.shop.bob.>",
+            "_reply.shop.>",
+        ];
+        let channels = [
+            "a",
+            "b",
+            "a.b",
+            "x.b",
+            "a.b.c",
+            "a.x.c",
+            "a.b.c.d",
+            "x.y.z",
+            "_reply.shop.alice.t1",
+            "_reply.shop.bob.t2.u",
+            "_reply.shop.alice",
+        ];
+        let mut receivers = Vec::new();
+        for (session, pattern) in (1..).zip(patterns) {
+            let (subscriber, rx) = subscriber(session, 64);
+            router.subscribe(&subscriber, session * 10, p(pattern));
+            receivers.push(rx);
+        }
+        let route_each = async |router: &LocalRouter, receivers: &mut [OutboundRx]| {
+            for channel in channels {
+                let outcome = router.route(&c(channel), Bytes::new()).await;
+                let mut got = Vec::new();
+                for rx in receivers.iter_mut() {
+                    got.extend(ids(rx));
+                }
+                got.sort_unstable();
+                let table = router.table.read().unwrap();
+                let mut expected: Vec<u64> = table
+                    .wildcard
+                    .values()
+                    .flatten()
+                    .filter(|e| authz::matches(&e.pattern, &c(channel)))
+                    .map(|e| e.subscription_id)
+                    .collect();
+                expected.sort_unstable();
+                assert_eq!(got, expected, "{channel}");
+                assert_eq!(outcome.delivered, expected.len(), "{channel}");
+            }
+        };
+        route_each(&router, &mut receivers).await;
+        // The reply namespaces are each found under their own root.
+        let outcome = router.route(&c("_reply.shop.alice.t1"), Bytes::new()).await;
+        assert_eq!(outcome.delivered, 2);
+        for rx in &mut receivers {
+            ids(rx);
+        }
+        let replies = [c("_reply.shop.alice.t1"), c("_reply.shop.bob.t2")];
+        let outcome = router.route_any(&replies, Bytes::new()).await;
+        assert_eq!(
+            outcome.delivered, 3,
+            "alice's, bob's and `_reply.shop.>`, once"
+        );
+        for rx in &mut receivers {
+            ids(rx);
+        }
+
+        // Half unsubscribed, the other half's sessions ended: nothing left anywhere.
+        for (session, _) in (1..).zip(patterns).step_by(2) {
+            assert!(router.unsubscribe(session, session * 10));
+        }
+        route_each(&router, &mut receivers).await;
+        for (session, _) in (1..).zip(patterns).skip(1).step_by(2) {
+            router.remove_session(session);
+        }
+        assert_eq!(router.subscriptions(), 0);
+        let table = router.table.read().unwrap();
+        assert!(table.wildcard.is_empty() && table.depths.is_empty());
     }
 
     #[tokio::test]
@@ -666,5 +841,47 @@ mod tests {
         assert_eq!(outcome.delivered, 1);
         assert_eq!(reader.await.unwrap(), 2);
         assert!(!sub.connection.is_closed());
+    }
+
+    /// What routing costs with many sessions each holding a wildcard subscription to its own
+    /// reply namespace, as every requester does: a measurement (release build, `--ignored
+    /// --nocapture`; docs/BENCHMARKS.md, "Routing with many agents connected"), which also
+    /// checks that each route reaches exactly its one subscription.
+    #[tokio::test]
+    #[ignore = "a measurement: run in a release build with --nocapture"]
+    async fn routing_cost_with_many_reply_subscriptions() {
+        let router = LocalRouter::new(Duration::from_millis(50));
+        let mut receivers = Vec::new();
+        let (orders, mut orders_rx) = subscriber(0, 1 << 16);
+        router.subscribe(&orders, 1, p("orders.eu"));
+        let rounds = 20_000u32;
+        for count in [0u64, 100, 1_000, 10_000] {
+            while (receivers.len() as u64) < count {
+                let session = receivers.len() as u64 + 1;
+                let (s, rx) = subscriber(session, 4);
+                router.subscribe(&s, 1, p(&format!("_reply.shop.agent{session}.>")));
+                receivers.push(rx);
+            }
+            let start = std::time::Instant::now();
+            for _ in 0..rounds {
+                let outcome = router.route(&c("orders.eu"), Bytes::new()).await;
+                assert_eq!(outcome.delivered, 1);
+                while orders_rx.try_recv().is_ok() {}
+            }
+            let route = start.elapsed() / rounds;
+            let reply = [c("_reply.shop.agent1.t")];
+            let start = std::time::Instant::now();
+            for _ in 0..rounds {
+                let outcome = router.route_any(&reply, Bytes::new()).await;
+                assert_eq!(outcome.delivered, usize::from(count > 0));
+                if let Some(rx) = receivers.first_mut() {
+                    while rx.try_recv().is_ok() {}
+                }
+            }
+            let route_any = start.elapsed() / rounds;
+            println!(
+                "{count} reply subscriptions: route {route:?}, route_any of one reply {route_any:?}"
+            );
+        }
     }
 }
