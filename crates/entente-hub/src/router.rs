@@ -116,6 +116,10 @@ struct Table {
     /// How many wildcard subscriptions are filed under a prefix of each length in tokens:
     /// which of a channel's leading tokens are worth looking up.
     depths: BTreeMap<usize, usize>,
+    /// Each session's subscriptions, by id with their patterns: where its entries are filed,
+    /// so that unsubscribing and ending a session look at its own entries only, however many
+    /// others are connected.
+    sessions: HashMap<SessionId, Vec<(u64, ChannelPattern)>>,
 }
 
 #[derive(Debug, Clone)]
@@ -299,15 +303,30 @@ impl Table {
         &'t self,
         channel: &'t Channel,
     ) -> impl Iterator<Item = &'t Entry> + 't {
+        // Patterns filed under no token begin with a wildcard, which never matches a system
+        // channel (`authz::matches`): not even looked at for one.
+        let system = channel.is_system();
         self.depths
             .keys()
+            .filter(move |&&depth| depth > 0 || !system)
             .filter_map(|&depth| leading_tokens(channel, depth))
             .filter_map(|prefix| self.wildcard.get(prefix))
             .flatten()
             .filter(|entry| authz::matches(&entry.pattern, channel))
     }
 
-    fn add_wildcard(&mut self, entry: Entry) {
+    fn add(&mut self, entry: Entry) {
+        self.sessions
+            .entry(entry.subscriber.session)
+            .or_default()
+            .push((entry.subscription_id, entry.pattern.clone()));
+        if entry.pattern.is_literal() {
+            self.literal
+                .entry(entry.pattern.as_str().to_owned())
+                .or_default()
+                .push(entry);
+            return;
+        }
         let (prefix, depth) = literal_prefix(&entry.pattern);
         *self.depths.entry(depth).or_default() += 1;
         self.wildcard
@@ -316,28 +335,33 @@ impl Table {
             .push(entry);
     }
 
-    /// Removes the wildcard entries `gone` picks; whether it removed any.
-    fn remove_wildcards(&mut self, mut gone: impl FnMut(&Entry) -> bool) -> bool {
-        let mut removed = false;
-        let depths = &mut self.depths;
-        self.wildcard.retain(|_, entries| {
-            entries.retain(|entry| {
-                if !gone(entry) {
-                    return true;
-                }
-                removed = true;
-                let (_, depth) = literal_prefix(&entry.pattern);
-                let left = depths.get_mut(&depth).map(|n| {
-                    *n = n.saturating_sub(1);
-                    *n
-                });
-                if left == Some(0) {
-                    depths.remove(&depth);
-                }
-                false
+    /// Removes the entries `gone` picks among those filed where `pattern` is filed; how many
+    /// it removed.
+    fn remove_filed(&mut self, pattern: &ChannelPattern, gone: impl Fn(&Entry) -> bool) -> usize {
+        let (entries, key, depth) = if pattern.is_literal() {
+            (&mut self.literal, pattern.as_str(), None)
+        } else {
+            let (prefix, depth) = literal_prefix(pattern);
+            (&mut self.wildcard, prefix, Some(depth))
+        };
+        let Some(filed) = entries.get_mut(key) else {
+            return 0;
+        };
+        let before = filed.len();
+        filed.retain(|entry| !gone(entry));
+        let removed = before - filed.len();
+        if filed.is_empty() {
+            entries.remove(key);
+        }
+        if let Some(depth) = depth.filter(|_| removed > 0) {
+            let left = self.depths.get_mut(&depth).map(|n| {
+                *n = n.saturating_sub(removed);
+                *n
             });
-            !entries.is_empty()
-        });
+            if left == Some(0) {
+                self.depths.remove(&depth);
+            }
+        }
         removed
     }
 }
@@ -382,41 +406,36 @@ impl Router for LocalRouter {
             subscriber: subscriber.clone(),
         };
         let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
-        if entry.pattern.is_literal() {
-            table
-                .literal
-                .entry(entry.pattern.as_str().to_owned())
-                .or_default()
-                .push(entry);
-        } else {
-            table.add_wildcard(entry);
-        }
+        table.add(entry);
     }
 
     fn unsubscribe(&self, session: SessionId, subscription_id: u64) -> bool {
+        let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(own) = table.sessions.get_mut(&session) else {
+            return false;
+        };
+        let gone: Vec<ChannelPattern> = own
+            .extract_if(.., |(id, _)| *id == subscription_id)
+            .map(|(_, pattern)| pattern)
+            .collect();
+        if own.is_empty() {
+            table.sessions.remove(&session);
+        }
         let is_it =
             |e: &Entry| e.subscriber.session == session && e.subscription_id == subscription_id;
-        let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
-        if table.remove_wildcards(&is_it) {
-            return true;
+        let mut removed = 0;
+        for pattern in &gone {
+            removed += table.remove_filed(pattern, is_it);
         }
-        let mut found = false;
-        table.literal.retain(|_, entries| {
-            let before = entries.len();
-            entries.retain(|e| !is_it(e));
-            found |= entries.len() != before;
-            !entries.is_empty()
-        });
-        found
+        removed > 0
     }
 
     fn remove_session(&self, session: SessionId) {
         let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
-        table.remove_wildcards(|e| e.subscriber.session == session);
-        table.literal.retain(|_, entries| {
-            entries.retain(|e| e.subscriber.session != session);
-            !entries.is_empty()
-        });
+        let own = table.sessions.remove(&session).unwrap_or_default();
+        for (_, pattern) in &own {
+            table.remove_filed(pattern, |e| e.subscriber.session == session);
+        }
     }
 
     async fn route(&self, channel: &Channel, body: Bytes) -> RouteOutcome {
@@ -613,6 +632,60 @@ mod tests {
         assert_eq!(router.subscriptions(), 0);
         let table = router.table.read().unwrap();
         assert!(table.wildcard.is_empty() && table.depths.is_empty());
+        assert!(table.sessions.is_empty());
+    }
+
+    /// Unsubscribing and ending a session find the session's own entries through its index:
+    /// another session's subscription with the same id and pattern stays, an id unknown or
+    /// already gone is not found, and when the last session ends nothing is filed.
+    #[tokio::test]
+    async fn unsubscribing_and_ending_a_session_remove_its_own_subscriptions_only() {
+        let router = LocalRouter::new(Duration::from_millis(50));
+        let patterns = ["orders.eu", "orders.*", "orders.>", ">", "_reply.shop.x.>"];
+        let mut receivers = Vec::new();
+        for session in 1..=3 {
+            let (subscriber, rx) = subscriber(session, 64);
+            for (id, pattern) in (1..).zip(patterns) {
+                router.subscribe(&subscriber, id, p(pattern));
+            }
+            // Two subscriptions of one session to the same pattern are two entries.
+            router.subscribe(&subscriber, 9, p("orders.*"));
+            receivers.push(rx);
+        }
+        assert_eq!(router.subscriptions(), 18);
+        let delivered_to = async |router: &LocalRouter, receivers: &mut [OutboundRx]| {
+            router.route(&c("orders.eu"), Bytes::new()).await;
+            receivers
+                .iter_mut()
+                .map(|rx| ids(rx).len())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(delivered_to(&router, &mut receivers).await, [5, 5, 5]);
+
+        assert!(router.unsubscribe(1, 2), "session 1's `orders.*`");
+        assert!(!router.unsubscribe(1, 2), "already gone");
+        assert!(!router.unsubscribe(1, 7), "never there");
+        assert!(!router.unsubscribe(4, 1), "no such session");
+        assert!(router.unsubscribe(2, 1), "session 2's literal `orders.eu`");
+        assert!(router.unsubscribe(2, 4), "session 2's `>`");
+        assert_eq!(delivered_to(&router, &mut receivers).await, [4, 3, 5]);
+
+        router.remove_session(3);
+        router.remove_session(3);
+        assert_eq!(delivered_to(&router, &mut receivers).await, [4, 3, 0]);
+        assert_eq!(router.subscriptions(), 9);
+        // The reply namespace still reaches the two left.
+        let outcome = router.route(&c("_reply.shop.x.t"), Bytes::new()).await;
+        assert_eq!(outcome.delivered, 2);
+
+        router.remove_session(1);
+        for id in [2, 3, 5, 9] {
+            assert!(router.unsubscribe(2, id));
+        }
+        assert_eq!(router.subscriptions(), 0);
+        let table = router.table.read().unwrap();
+        assert!(table.literal.is_empty() && table.wildcard.is_empty());
+        assert!(table.depths.is_empty() && table.sessions.is_empty());
     }
 
     #[tokio::test]
@@ -879,8 +952,25 @@ mod tests {
                 }
             }
             let route_any = start.elapsed() / rounds;
+            // One more agent comes and goes: it subscribes and unsubscribes, or subscribes and
+            // its session ends.
+            let (churn, _churn_rx) = subscriber(u64::MAX, 4);
+            let start = std::time::Instant::now();
+            for _ in 0..rounds {
+                router.subscribe(&churn, 1, p("_reply.shop.churn.>"));
+                assert!(router.unsubscribe(u64::MAX, 1));
+            }
+            let unsubscribe = start.elapsed() / rounds;
+            let start = std::time::Instant::now();
+            for _ in 0..rounds {
+                router.subscribe(&churn, 1, p("_reply.shop.churn.>"));
+                router.remove_session(u64::MAX);
+            }
+            let session_end = start.elapsed() / rounds;
             println!(
-                "{count} reply subscriptions: route {route:?}, route_any of one reply {route_any:?}"
+                "{count} reply subscriptions: route {route:?}, route_any of one reply \
+                 {route_any:?}, subscribe + unsubscribe {unsubscribe:?}, subscribe + session \
+                 end {session_end:?}"
             );
         }
     }
