@@ -7,6 +7,9 @@
 //! go on before its item is durable waits for its ticket ([`durable`](Committer::durable)).
 //! When the writer [`fail`](Committer::fail)s, every later submit and every wait for an item
 //! not yet durable fails: the committer fails closed, for good.
+//!
+//! Items that go to several committers together, all or none, are decided under each one's
+//! [`Admission`] (its queue's lock), taken in one order by every caller.
 
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -44,6 +47,15 @@ struct Queue<T> {
     submitted: u64,
     closed: bool,
     failed: bool,
+}
+
+/// A committer's queue held locked: what is queued can be weighed and items pushed, with
+/// nothing else submitted meanwhile. Dropped, the writer is woken if anything was pushed.
+#[derive(Debug)]
+pub(crate) struct Admission<'c, T> {
+    queue: MutexGuard<'c, Queue<T>>,
+    wake: &'c Condvar,
+    pushed: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -87,18 +99,25 @@ impl<T> Committer<T> {
         weight: u64,
         admit: impl FnOnce(u64, u64) -> Result<(), E>,
     ) -> Result<u64, Refused<E>> {
-        let mut queue = self.lock();
+        let mut admission = self.admission().map_err(|Failed| Refused::Failed)?;
+        let (items, queued_weight) = admission.queued();
+        admit(items, queued_weight).map_err(Refused::Admission)?;
+        Ok(admission.push(item, weight))
+    }
+
+    /// Locks the queue, unless the committer failed or was closed: submits decided with
+    /// other committers' go through this. Whoever holds several at once takes them in one
+    /// order that every such caller keeps.
+    pub(crate) fn admission(&self) -> Result<Admission<'_, T>, Failed> {
+        let queue = self.lock();
         if queue.failed || queue.closed {
-            return Err(Refused::Failed);
+            return Err(Failed);
         }
-        admit(queue.items.len() as u64, queue.weight).map_err(Refused::Admission)?;
-        queue.items.push(item);
-        queue.weight += weight;
-        queue.submitted += 1;
-        let ticket = queue.submitted;
-        drop(queue);
-        self.wake.notify_one();
-        Ok(ticket)
+        Ok(Admission {
+            queue,
+            wake: &self.wake,
+            pushed: false,
+        })
     }
 
     /// The ticket of everything submitted so far.
@@ -192,6 +211,32 @@ impl<T> Committer<T> {
 
     fn lock(&self) -> MutexGuard<'_, Queue<T>> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+// === impl Admission ===
+
+impl<T> Admission<'_, T> {
+    /// The items queued, and what they weigh.
+    pub(crate) fn queued(&self) -> (u64, u64) {
+        (self.queue.items.len() as u64, self.queue.weight)
+    }
+
+    /// Queues `item`, weighing `weight`; returns its ticket.
+    pub(crate) fn push(&mut self, item: T, weight: u64) -> u64 {
+        self.queue.items.push(item);
+        self.queue.weight += weight;
+        self.queue.submitted += 1;
+        self.pushed = true;
+        self.queue.submitted
+    }
+}
+
+impl<T> Drop for Admission<'_, T> {
+    fn drop(&mut self) {
+        if self.pushed {
+            self.wake.notify_one();
+        }
     }
 }
 

@@ -34,7 +34,7 @@ use crate::HubError;
 use crate::audit::Auditor;
 use crate::authz::DeliveryGate;
 use crate::codec::Outbound;
-use crate::commit::{Committer, Refused};
+use crate::commit::{Admission, Committer, Failed};
 use crate::datakeys::DataKeys;
 use crate::queue::OutboundTx;
 use crate::stats::{self, Stats};
@@ -102,6 +102,55 @@ impl StreamConfig {
             sync: StreamSync::Always,
         }
     }
+}
+
+/// Queues the entries of one publish, each for its stream, all or none, and between deciding
+/// and queuing runs `then`, which may refuse too: each stream's limits are checked against all
+/// the publish's entries for it, under the locks of all their queues at once (taken in the
+/// streams' address order, which every caller keeps). Returns each entry's stream and ticket.
+pub(crate) fn submit_all<E: From<DurableError>>(
+    entries: Vec<(Arc<Stream>, Vec<u8>)>,
+    then: impl FnOnce() -> Result<(), E>,
+) -> Result<Vec<(Arc<Stream>, u64)>, E> {
+    let mut streams: Vec<Arc<Stream>> = entries.iter().map(|(s, _)| s.clone()).collect();
+    streams.sort_unstable_by_key(Arc::as_ptr);
+    streams.dedup_by(|a, b| Arc::ptr_eq(a, b));
+    // Each stream with its queue locked, and what this publish adds to it so far.
+    let mut taking = Vec::with_capacity(streams.len());
+    for stream in &streams {
+        taking.push((stream, stream.admission()?, 0, 0));
+    }
+    let mut sizes = Vec::with_capacity(entries.len());
+    for (stream, entry) in &entries {
+        let (_, admission, count, bytes) = taking
+            .iter_mut()
+            .find(|(s, ..)| Arc::ptr_eq(s, stream))
+            .ok_or_else(|| DurableError::Unavailable(stream.config.name.clone()))?;
+        let size = stored_size(entry);
+        let (queued, queued_bytes) = admission.queued();
+        stream.admit(queued + *count, queued_bytes + *bytes, size)?;
+        *count += 1;
+        *bytes += size;
+        sizes.push(size);
+    }
+    then()?;
+    let mut stored = Vec::with_capacity(entries.len());
+    for ((stream, entry), size) in entries.into_iter().zip(sizes) {
+        let Some((_, admission, ..)) = taking.iter_mut().find(|(s, ..)| Arc::ptr_eq(s, &stream))
+        else {
+            continue;
+        };
+        let ticket = admission.push(entry, size);
+        stored.push((stream, ticket));
+    }
+    Ok(stored)
+}
+
+/// What an entry weighs against a stream's byte limit: its sealed frame in the log.
+fn stored_size(entry: &[u8]) -> u64 {
+    entry.len() as u64
+        + entente_store::stream::FRAME_OVERHEAD
+        + crate::datakeys::SEAL_OVERHEAD as u64
 }
 
 /// Why a durable publish or subscription was refused.
@@ -418,32 +467,38 @@ impl Stream {
 
     /// Queues `entry` for storing, if the stream's limits allow it; returns its ticket.
     pub(crate) fn submit(&self, entry: Vec<u8>) -> Result<u64, DurableError> {
-        let size = entry.len() as u64
-            + entente_store::stream::FRAME_OVERHEAD
-            + crate::datakeys::SEAL_OVERHEAD as u64;
+        let mut admission = self.admission()?;
+        let size = stored_size(&entry);
+        let (queued, queued_bytes) = admission.queued();
+        self.admit(queued, queued_bytes, size)?;
+        Ok(admission.push(entry, size))
+    }
+
+    /// The stream's queue, locked for submits.
+    fn admission(&self) -> Result<Admission<'_, Vec<u8>>, DurableError> {
+        self.queue
+            .admission()
+            .map_err(|Failed| DurableError::Unavailable(self.config.name.clone()))
+    }
+
+    /// Whether one more entry of `size` bytes fits the stream's limits, with `queued`
+    /// entries of `queued_bytes` waiting for the writer.
+    fn admit(&self, queued: u64, queued_bytes: u64, size: u64) -> Result<(), DurableError> {
         let (max_messages, max_bytes) = (self.config.max_messages, self.config.max_bytes);
         let kept = self.kept_entries.load(Ordering::Acquire);
         let bytes = self.kept_bytes.load(Ordering::Acquire);
-        self.queue
-            .submit_checked(entry, size, |queued, queued_bytes| {
-                if kept + queued + 1 > max_messages {
-                    Err(format!("{max_messages} messages"))
-                } else if bytes + queued_bytes + size > max_bytes {
-                    Err(format!("{max_bytes} bytes"))
-                } else {
-                    Ok(())
-                }
-            })
-            .map_err(|e| match e {
-                Refused::Failed => DurableError::Unavailable(self.config.name.clone()),
-                Refused::Admission(what) => {
-                    stats::bump(&self.stats.durable_full);
-                    DurableError::Full {
-                        stream: self.config.name.clone(),
-                        what,
-                    }
-                }
-            })
+        let what = if kept.saturating_add(queued) >= max_messages {
+            format!("{max_messages} messages")
+        } else if bytes.saturating_add(queued_bytes).saturating_add(size) > max_bytes {
+            format!("{max_bytes} bytes")
+        } else {
+            return Ok(());
+        };
+        stats::bump(&self.stats.durable_full);
+        Err(DurableError::Full {
+            stream: self.config.name.clone(),
+            what,
+        })
     }
 
     /// Waits until the entries up to `ticket` are durable.

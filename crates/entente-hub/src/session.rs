@@ -352,23 +352,8 @@ impl<R: Router> Session<R> {
             .streams
             .for_pattern(&pattern)
             .cloned()
-            .ok_or_else(|| {
-                Refused::new(
-                    RefusalCode::NoStream,
-                    DurableError::NoStream(pattern.to_string()).to_string(),
-                )
-            })?;
-        let consumer = stream
-            .hold(&subscribe.durable, &self.principal, &pattern, self.id)
-            .map_err(|e| {
-                let code = match e {
-                    DurableError::BadName => RefusalCode::Malformed,
-                    DurableError::NotYours(_) => RefusalCode::Denied,
-                    DurableError::InUse(_) => RefusalCode::DuplicateSubscription,
-                    _ => RefusalCode::Unavailable,
-                };
-                Refused::new(code, e.to_string())
-            })?;
+            .ok_or_else(|| DurableError::NoStream(pattern.to_string()))?;
+        let consumer = stream.hold(&subscribe.durable, &self.principal, &pattern, self.id)?;
         let id = subscribe.subscription_id;
         let held = stream.deliver(consumer, id, self.outbound.clone(), self.gate.clone());
         self.durables.insert(id, held);
@@ -532,37 +517,29 @@ impl<R: Router> Session<R> {
                 }
             }
         }
-        let auditor = self.context.authz.auditor();
-        if !checked.audited.is_empty() {
-            for batch in checked.audited {
-                let event = Event::DeliveredBatch(batch);
-                if let Err(e) = auditor.submit(self.principal.as_str(), Outcome::Success, event) {
-                    grants.undo(taken, issued);
-                    let refused = Refused::new(RefusalCode::Unavailable, e.to_string());
-                    return self.refuse(request_id, refused).await;
-                }
-            }
-        }
-        let mut stored = Vec::with_capacity(checked.durable.len());
-        for (stream, entry) in checked.durable {
+        for (stream, _) in &checked.durable {
             stream.room().await;
-            match stream.submit(entry) {
-                Ok(ticket) => stored.push((stream, ticket)),
-                Err(e) => {
-                    let code = match e {
-                        DurableError::Full { .. } => RefusalCode::Full,
-                        _ => RefusalCode::Unavailable,
-                    };
-                    // Entries already queued are stored: their grants stay used.
-                    if stored.is_empty() {
-                        grants.undo(taken, issued);
-                    }
-                    return self
-                        .refuse(request_id, Refused::new(code, e.to_string()))
-                        .await;
-                }
-            }
         }
+        // Stored in every durable channel or in none, and recorded as delivered only once the
+        // channels take it: a refusal from here on leaves nothing behind but itself.
+        let auditor = self.context.authz.auditor();
+        let audited = checked.audited;
+        let recorded = || {
+            for batch in audited {
+                let event = Event::DeliveredBatch(batch);
+                auditor
+                    .submit(self.principal.as_str(), Outcome::Success, event)
+                    .map_err(|e| Refused::new(RefusalCode::Unavailable, e.to_string()))?;
+            }
+            Ok(())
+        };
+        let stored = match durable::submit_all(checked.durable, recorded) {
+            Ok(stored) => stored,
+            Err(refused) => {
+                grants.undo(taken, issued);
+                return self.refuse(request_id, refused).await;
+            }
+        };
         if !checked.keys.is_empty() {
             self.context.streams.remember(checked.keys);
         }
@@ -1441,6 +1418,20 @@ fn now_ms() -> u64 {
 }
 
 // === impl Refused ===
+
+impl From<DurableError> for Refused {
+    fn from(e: DurableError) -> Self {
+        let code = match e {
+            DurableError::Full { .. } => RefusalCode::Full,
+            DurableError::NoStream(_) => RefusalCode::NoStream,
+            DurableError::BadName => RefusalCode::Malformed,
+            DurableError::NotYours(_) => RefusalCode::Denied,
+            DurableError::InUse(_) => RefusalCode::DuplicateSubscription,
+            _ => RefusalCode::Unavailable,
+        };
+        Self::new(code, e.to_string())
+    }
+}
 
 impl Refused {
     fn new(code: RefusalCode, reason: impl ToString) -> Self {

@@ -12,10 +12,13 @@
 use std::path::Path;
 use std::time::Duration;
 
+use entente_audit::Event;
+use entente_client::danger::danger_publish_raw;
 use entente_client::{ErrorKind, Message, RefusalCode, Subscription};
 use entente_hub::StreamConfig;
-use entente_testkit::TestHub;
+use entente_testkit::{TestHub, now_ms, sealer};
 use entente_types::ChannelPattern;
+use entente_wire::Publish;
 use futures_util::StreamExt as _;
 use tempfile::TempDir;
 
@@ -338,4 +341,76 @@ async fn replies_a_durable_channel_captures_are_refused_as_a_batch_and_go_alone(
     assert_eq!(after.publish_refused, 0);
     // Each reply, alone, was kept by the durable channel.
     assert_eq!(hub.stats().durable_stored, 2);
+}
+
+/// A publish with groups for two durable channels is stored in both or in neither: when one
+/// is full, the other keeps nothing of it, and the audit log records no delivery of it. The
+/// publish's own entries for one channel count together against its limits.
+#[tokio::test]
+async fn a_publish_one_full_channel_refuses_is_stored_nowhere_and_recorded_as_no_delivery() {
+    let dir = TempDir::new().unwrap();
+    let eu = StreamConfig::new("eu", ChannelPattern::parse("orders.eu").unwrap());
+    let mut us = StreamConfig::new("us", ChannelPattern::parse("orders.us.>").unwrap());
+    us.max_messages = 2;
+    let streams = dir.path().join("streams");
+    let hub = TestHub::builder()
+        .policies(POLICIES)
+        .audited(&dir.path().join("audit"))
+        .config(move |c| {
+            c.streams = vec![eu, us];
+            c.streams_dir = Some(streams);
+        })
+        .start()
+        .await
+        .unwrap();
+    let bob_id = hub.enroll("shop", "bob").await.unwrap();
+    let bob = hub.connect(bob_id.clone()).await.unwrap();
+    bob.publish("orders.us.west", "half fills us")
+        .await
+        .unwrap();
+    assert_eq!(hub.stats().durable_stored, 1);
+
+    // One frame, `orders.eu` first: `eu` has room, `us` has room for one of the two.
+    let batch = |channel: &str, payload: &[u8]| {
+        sealer(&bob_id, channel)
+            .unwrap()
+            .0
+            .seal_batch(&[payload], None, now_ms())
+            .unwrap()
+    };
+    let publish = Publish {
+        request_id: 1_000_000,
+        sender_keys: Vec::new(),
+        batches: vec![
+            batch("orders.eu", b"eu part"),
+            batch("orders.us.east", b"us part"),
+            batch("orders.us.north", b"another us part"),
+        ],
+        purpose: String::new(),
+    };
+    let full = danger_publish_raw(&bob, publish).await.unwrap_err();
+    assert_eq!(full.refusal_code(), Some(RefusalCode::Full), "{full}");
+    assert!(
+        full.to_string().contains("`us` is full (2 messages)"),
+        "{full}"
+    );
+    assert_eq!(hub.stats().durable_full, 1);
+
+    // The next publish on `orders.eu` is the second entry stored, not the third.
+    bob.publish("orders.eu", "after").await.unwrap();
+    assert_eq!(hub.stats().durable_stored, 2);
+    let (records, _) = hub
+        .hub()
+        .audit_records(0, 1_000_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let delivered: Vec<&str> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::DeliveredBatch(b) => b.channel.as_clear(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered, ["orders.us.west", "orders.eu"]);
 }
