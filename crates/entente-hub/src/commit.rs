@@ -9,7 +9,8 @@
 //! not yet durable fails: the committer fails closed, for good.
 //!
 //! Items that go to several committers together, all or none, are decided under each one's
-//! [`Admission`] (its queue's lock), taken in one order by every caller.
+//! [`Admission`] (its queue's lock), taken in one order by every caller: durable streams' in
+//! their address order, the audit log's last; nobody holding the audit log's takes another.
 
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;

@@ -338,11 +338,9 @@ impl Table {
     /// Removes the entries `gone` picks among those filed where `pattern` is filed; how many
     /// it removed.
     fn remove_filed(&mut self, pattern: &ChannelPattern, gone: impl Fn(&Entry) -> bool) -> usize {
-        let (entries, key, depth) = if pattern.is_literal() {
-            (&mut self.literal, pattern.as_str(), None)
-        } else {
-            let (prefix, depth) = literal_prefix(pattern);
-            (&mut self.wildcard, prefix, Some(depth))
+        let (entries, key, depth) = match filed_under(pattern) {
+            (true, name) => (&mut self.literal, name, None),
+            (false, prefix) => (&mut self.wildcard, prefix, Some(literal_prefix(pattern).1)),
         };
         let Some(filed) = entries.get_mut(key) else {
             return 0;
@@ -363,6 +361,15 @@ impl Table {
             }
         }
         removed
+    }
+}
+
+/// Where a subscription to `pattern` is filed: whether among the literal ones, and its key.
+fn filed_under(pattern: &ChannelPattern) -> (bool, &str) {
+    if pattern.is_literal() {
+        (true, pattern.as_str())
+    } else {
+        (false, literal_prefix(pattern).0)
     }
 }
 
@@ -433,8 +440,12 @@ impl Router for LocalRouter {
     fn remove_session(&self, session: SessionId) {
         let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
         let own = table.sessions.remove(&session).unwrap_or_default();
+        // One look at each place its entries are filed, whatever number of them are there.
+        let mut looked = std::collections::HashSet::new();
         for (_, pattern) in &own {
-            table.remove_filed(pattern, |e| e.subscriber.session == session);
+            if looked.insert(filed_under(pattern)) {
+                table.remove_filed(pattern, |e| e.subscriber.session == session);
+            }
         }
     }
 
@@ -635,6 +646,40 @@ mod tests {
         assert!(table.sessions.is_empty());
     }
 
+    /// The table's indexes agree with what is filed: each session's list names exactly its
+    /// entries, each filed where its pattern says, no place empty, and `depths` counts the
+    /// wildcard entries by the depth of their prefix.
+    fn assert_consistent(router: &LocalRouter) {
+        let table = router.table.read().unwrap();
+        let mut filed = Vec::new();
+        let mut depths = BTreeMap::new();
+        let places = [(true, &table.literal), (false, &table.wildcard)];
+        for (literal, place) in places {
+            for (key, entries) in place {
+                assert!(!entries.is_empty(), "`{key}` kept empty");
+                for e in entries {
+                    assert_eq!(filed_under(&e.pattern), (literal, key.as_str()));
+                    if !literal {
+                        *depths.entry(literal_prefix(&e.pattern).1).or_insert(0) += 1;
+                    }
+                    let pattern = e.pattern.as_str().to_owned();
+                    filed.push((e.subscriber.session, e.subscription_id, pattern));
+                }
+            }
+        }
+        assert_eq!(depths, table.depths);
+        let mut listed = Vec::new();
+        for (&session, own) in &table.sessions {
+            assert!(!own.is_empty(), "session {session} listed with nothing");
+            for (id, pattern) in own {
+                listed.push((session, *id, pattern.as_str().to_owned()));
+            }
+        }
+        filed.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(filed, listed);
+    }
+
     /// Unsubscribing and ending a session find the session's own entries through its index:
     /// another session's subscription with the same id and pattern stays, an id unknown or
     /// already gone is not found, and when the last session ends nothing is filed.
@@ -654,6 +699,7 @@ mod tests {
         }
         assert_eq!(router.subscriptions(), 18);
         let delivered_to = async |router: &LocalRouter, receivers: &mut [OutboundRx]| {
+            assert_consistent(router);
             router.route(&c("orders.eu"), Bytes::new()).await;
             receivers
                 .iter_mut()
@@ -679,9 +725,11 @@ mod tests {
         assert_eq!(outcome.delivered, 2);
 
         router.remove_session(1);
+        assert_consistent(&router);
         for id in [2, 3, 5, 9] {
             assert!(router.unsubscribe(2, id));
         }
+        assert_consistent(&router);
         assert_eq!(router.subscriptions(), 0);
         let table = router.table.read().unwrap();
         assert!(table.literal.is_empty() && table.wildcard.is_empty());

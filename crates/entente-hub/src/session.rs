@@ -521,7 +521,7 @@ impl<R: Router> Session<R> {
             stream.room().await;
         }
         // Stored in every durable channel or in none, and recorded as delivered only once the
-        // channels take it: a refusal from here on leaves nothing behind but itself.
+        // channels take it (a publish with a durable entry holds nothing for approval).
         let auditor = self.context.authz.auditor();
         let audited = checked.audited;
         let recorded = || {
@@ -786,6 +786,15 @@ impl<R: Router> Session<R> {
         } else {
             Vec::new()
         };
+        // A hold is stored before the durable channels decide: refused by one of them, the
+        // publish would leave its held message behind.
+        if held.is_some() && !durable.is_empty() {
+            return Err(self.deny(
+                "a publish holding a message for approval can't carry messages for durable \
+                 channels: publish those in frames of their own"
+                    .to_owned(),
+            ));
+        }
         Ok(Checked {
             groups,
             requests,
@@ -1427,7 +1436,7 @@ impl From<DurableError> for Refused {
             DurableError::BadName => RefusalCode::Malformed,
             DurableError::NotYours(_) => RefusalCode::Denied,
             DurableError::InUse(_) => RefusalCode::DuplicateSubscription,
-            _ => RefusalCode::Unavailable,
+            DurableError::Unavailable(_) => RefusalCode::Unavailable,
         };
         Self::new(code, e.to_string())
     }

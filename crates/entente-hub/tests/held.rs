@@ -338,6 +338,62 @@ async fn a_held_publish_needs_a_purpose_and_one_message_and_the_sender_may_withd
     hub.shutdown().await;
 }
 
+/// A frame that holds a message for approval and carries one for a durable channel is refused
+/// whole: the hold is stored before the durable channels decide, so one of them refusing
+/// would leave it behind. Each goes through in a frame of its own.
+#[tokio::test]
+async fn a_held_message_and_a_durable_one_in_one_frame_are_refused_whole() {
+    let ca = TestCa::new();
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = HubConfig {
+        streams: vec![entente_hub::StreamConfig::new(
+            "orders",
+            entente_types::ChannelPattern::parse("orders.eu").unwrap(),
+        )],
+        streams_dir: Some(dir.path().join("streams")),
+        ..held_config()
+    };
+    let hub = start(&ca, config).await;
+    let alice = ca.agent("shop", "alice");
+    let mut session = alice.session(&hub).await;
+    let (mut wire, wire_key) = alice.sealer("orders.wire.eu", &[]);
+    let (mut orders, orders_key) = alice.sealer("orders.eu", &[]);
+
+    let held = wire.seal_batch(&[b"wire"], None, now_ms()).unwrap();
+    let kept = orders.seal_batch(&[b"order"], None, now_ms()).unwrap();
+    let answer = publish(
+        &mut session,
+        1,
+        vec![wire_key.clone(), orders_key.clone()],
+        vec![held, kept],
+        "why",
+    )
+    .await;
+    let server_frame::Kind::Refusal(both) = answer else {
+        panic!("expected a refusal, got {answer:?}");
+    };
+    assert_eq!(both.code, RefusalCode::Denied.as_u32());
+    assert!(both.reason.contains("durable"), "{}", both.reason);
+    assert_eq!(hub.stats().held_messages, 0);
+    assert_eq!(hub.stats().durable_stored, 0);
+
+    let held = wire.seal_batch(&[b"wire"], None, now_ms()).unwrap();
+    let answer = publish(&mut session, 2, vec![wire_key], vec![held], "why").await;
+    assert!(
+        matches!(answer, server_frame::Kind::Ack(ref a) if a.held.len() == 1),
+        "{answer:?}"
+    );
+    let kept = orders.seal_batch(&[b"order"], None, now_ms()).unwrap();
+    let answer = publish(&mut session, 3, vec![orders_key], vec![kept], "").await;
+    assert!(
+        matches!(answer, server_frame::Kind::Ack(ref a) if a.held.is_empty()),
+        "{answer:?}"
+    );
+    assert_eq!(hub.stats().held_messages, 1);
+    assert_eq!(hub.stats().durable_stored, 1);
+    hub.shutdown().await;
+}
+
 fn held_config() -> HubConfig {
     HubConfig {
         policies: sources(POLICIES),
