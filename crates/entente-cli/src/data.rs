@@ -378,6 +378,13 @@ pub(crate) struct OtlpTable {
     pub(crate) ca: Option<String>,
 }
 
+/// The PEM file of trusted certificates at `path`, if set, as the hub takes it (it parses
+/// them when it starts); a file that can't be read is an error naming `setting`.
+fn read_roots(setting: &str, path: Option<&str>) -> Result<Option<Vec<u8>>> {
+    path.map(|path| std::fs::read(path).with_context(|| format!("{setting}: reading `{path}`")))
+        .transpose()
+}
+
 /// The environment variable the `[otlp]` headers come from (OpenTelemetry's own).
 pub(crate) const OTLP_HEADERS_ENV: &str = "OTEL_EXPORTER_OTLP_HEADERS";
 
@@ -385,12 +392,7 @@ impl OtlpTable {
     /// The export the table describes, with the headers of `headers` (the value of
     /// [`OTLP_HEADERS_ENV`], if set).
     fn to_export(&self, headers: Option<&str>) -> Result<entente_hub::OtlpExport> {
-        let roots_pem = match &self.ca {
-            Some(path) => Some(
-                std::fs::read(path).with_context(|| format!("`[otlp]` `ca`: reading `{path}`"))?,
-            ),
-            None => None,
-        };
+        let roots_pem = read_roots("`[otlp]` `ca`", self.ca.as_deref())?;
         Ok(entente_hub::OtlpExport {
             endpoint: self.endpoint.clone(),
             roots_pem,
@@ -460,13 +462,7 @@ impl AnomalyTable {
     /// Sets what the table sets in `config`; the hub checks the result when it starts.
     fn apply(&self, config: &mut HubConfig) -> Result<()> {
         if let Some(url) = &self.webhook {
-            let roots_pem = match &self.webhook_ca {
-                Some(path) => Some(
-                    std::fs::read(path)
-                        .with_context(|| format!("`[anomaly]` `webhook_ca`: reading `{path}`"))?,
-                ),
-                None => None,
-            };
+            let roots_pem = read_roots("`[anomaly]` `webhook_ca`", self.webhook_ca.as_deref())?;
             config.quarantine_webhook = Some(entente_hub::Webhook {
                 url: url.clone(),
                 roots_pem,
@@ -1153,6 +1149,14 @@ mod tests {
             ),
             ("[limits]\nagent_rate = 5\n", "agent_rate"),
             ("[metrics]\nlisten = \"localhost\"\n", "[metrics]"),
+            (
+                "[otlp]\nendpoint = \"https://127.0.0.1:4318\"\nca = \"no-such-dir/roots.pem\"\n",
+                "`[otlp]` `ca`: reading `no-such-dir/roots.pem`",
+            ),
+            (
+                "[anomaly]\nwebhook = \"https://127.0.0.1:1/hook\"\nwebhook_ca = \"no-such-dir/roots.pem\"\n",
+                "`[anomaly]` `webhook_ca`: reading `no-such-dir/roots.pem`",
+            ),
         ] {
             let err = ConfigFile::parse(&format!("{head}{table}"))
                 .and_then(|c| c.to_hub_config())

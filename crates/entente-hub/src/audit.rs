@@ -384,7 +384,7 @@ impl Inner {
         let written = log.record_count().saturating_sub(before);
         drop(log);
         stats::add(&self.stats.audit_records, written);
-        self.queue.committed(written);
+        self.queue.committed(written, || {});
         if result.is_err() {
             self.fail();
         }

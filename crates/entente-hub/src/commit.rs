@@ -45,6 +45,9 @@ struct Queue<T> {
     items: Vec<T>,
     /// What the queued items weigh (the caller's unit, e.g. bytes).
     weight: u64,
+    /// The items the writer took and has not reported yet, and what they weigh: admissions
+    /// count them until the writer settles them ([`Committer::committed`]).
+    writing: (u64, u64),
     submitted: u64,
     closed: bool,
     failed: bool,
@@ -75,6 +78,7 @@ impl<T> Committer<T> {
             queue: Mutex::new(Queue {
                 items: Vec::new(),
                 weight: 0,
+                writing: (0, 0),
                 submitted: 0,
                 closed: false,
                 failed: false,
@@ -184,6 +188,7 @@ impl<T> Committer<T> {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
+        queue.writing = (queue.items.len() as u64, queue.weight);
         queue.weight = 0;
         let items = std::mem::take(&mut queue.items);
         let closed = queue.closed;
@@ -192,8 +197,15 @@ impl<T> Committer<T> {
         (items, closed)
     }
 
-    /// Reports `n` more items durable, in submission order.
-    pub(crate) fn committed(&self, n: u64) {
+    /// Reports `n` more items durable, in submission order, after running `settle` under the
+    /// queue's lock: what the writer took stops counting for admissions at the moment `settle`
+    /// makes it count where the caller's checks see it (a stream's kept entries), never both
+    /// and never neither. The writer reports what it took before it takes more.
+    pub(crate) fn committed(&self, n: u64, settle: impl FnOnce()) {
+        let mut queue = self.lock();
+        settle();
+        queue.writing = (0, 0);
+        drop(queue);
         if n > 0 {
             self.progress.send_modify(|p| p.durable += n);
         }
@@ -218,9 +230,13 @@ impl<T> Committer<T> {
 // === impl Admission ===
 
 impl<T> Admission<'_, T> {
-    /// The items queued, and what they weigh.
+    /// The items queued or being written, and what they weigh.
     pub(crate) fn queued(&self) -> (u64, u64) {
-        (self.queue.items.len() as u64, self.queue.weight)
+        let (writing, writing_weight) = self.queue.writing;
+        (
+            self.queue.items.len() as u64 + writing,
+            self.queue.weight + writing_weight,
+        )
     }
 
     /// Queues `item`, weighing `weight`; returns its ticket.
@@ -256,7 +272,7 @@ mod tests {
         assert_eq!((a, b, c.ticket()), (1, 2, 2));
         let (items, closed) = c.take(Duration::ZERO);
         assert_eq!((items, closed), (vec![1, 2], false));
-        c.committed(1);
+        c.committed(1, || {});
         c.durable(a).await.unwrap();
         let waiter = {
             let c = c.clone();
@@ -267,6 +283,26 @@ mod tests {
         c.durable(a).await.unwrap();
         assert_eq!(c.submit(3), Err(Failed));
         assert_eq!(c.check(), Err(Failed));
+    }
+
+    /// What the writer took counts for admissions until it reports it, and stops counting at
+    /// the moment it settles it.
+    #[test]
+    fn items_being_written_count_until_the_writer_settles_them() {
+        let c = Committer::<u32>::new(10);
+        let admit = |_, _| Ok::<(), ()>(());
+        c.submit_checked(1, 5, admit).unwrap();
+        c.submit_checked(2, 7, admit).unwrap();
+        assert_eq!(c.admission().unwrap().queued(), (2, 12));
+        let (items, _) = c.take(Duration::ZERO);
+        assert_eq!(items, [1, 2]);
+        assert_eq!(c.admission().unwrap().queued(), (2, 12), "being written");
+        c.submit_checked(3, 1, admit).unwrap();
+        assert_eq!(c.admission().unwrap().queued(), (3, 13));
+        let mut settled = false;
+        c.committed(2, || settled = true);
+        assert!(settled);
+        assert_eq!(c.admission().unwrap().queued(), (1, 1));
     }
 
     #[tokio::test]

@@ -482,7 +482,7 @@ impl Stream {
     }
 
     /// Whether one more entry of `size` bytes fits the stream's limits, with `queued`
-    /// entries of `queued_bytes` waiting for the writer.
+    /// entries of `queued_bytes` waiting for the writer or being written.
     fn admit(&self, queued: u64, queued_bytes: u64, size: u64) -> Result<(), DurableError> {
         let (max_messages, max_bytes) = (self.config.max_messages, self.config.max_bytes);
         let kept = self.kept_entries.load(Ordering::Acquire);
@@ -637,12 +637,15 @@ impl Stream {
             self.queue.fail();
             return false;
         }
-        self.kept_entries.store(log.len(), Ordering::Release);
-        self.kept_bytes.store(log.bytes(), Ordering::Release);
+        let (kept, kept_bytes) = (log.len(), log.bytes());
         let next = log.next_seq();
         drop(log);
         stats::add(&self.stats.durable_stored, entries.len() as u64);
-        self.queue.committed(entries.len() as u64);
+        // What was written now counts as kept instead of as being written.
+        self.queue.committed(entries.len() as u64, || {
+            self.kept_entries.store(kept, Ordering::Release);
+            self.kept_bytes.store(kept_bytes, Ordering::Release);
+        });
         self.appended.send_replace(next);
         true
     }
