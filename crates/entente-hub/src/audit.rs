@@ -224,14 +224,36 @@ impl Auditor {
         let Some(inner) = &self.0 else {
             return Ok(0);
         };
-        let record = Record {
-            time_ms: now_ms(),
-            hub: inner.hub.clone(),
-            actor: bounded(actor),
-            event,
-            outcome,
+        inner
+            .queue
+            .submit(inner.record(now_ms(), bounded(actor), outcome, event))
+            .map_err(|_| AuditUnavailable)
+    }
+
+    /// Queues records of `events` by `actor`, all or none. Fails once the log has failed
+    /// (unless there is nothing to queue).
+    pub(crate) fn submit_all(
+        &self,
+        actor: &str,
+        outcome: Outcome,
+        events: impl IntoIterator<Item = Event>,
+    ) -> Result<(), AuditUnavailable> {
+        let Some(inner) = &self.0 else {
+            return Ok(());
         };
-        inner.queue.submit(record).map_err(|_| AuditUnavailable)
+        let (time_ms, actor) = (now_ms(), bounded(actor));
+        let records: Vec<Record> = events
+            .into_iter()
+            .map(|event| inner.record(time_ms, actor.clone(), outcome, event))
+            .collect();
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut admission = inner.queue.admission().map_err(|_| AuditUnavailable)?;
+        for record in records {
+            admission.push(record, 0);
+        }
+        Ok(())
     }
 
     /// The ticket of everything submitted so far (0 when auditing is off).
@@ -350,6 +372,17 @@ impl Auditor {
 // === impl Inner ===
 
 impl Inner {
+    /// A record of this hub: `event` by `actor` (bounded already) at `time_ms`.
+    fn record(&self, time_ms: u64, actor: String, outcome: Outcome, event: Event) -> Record {
+        Record {
+            time_ms,
+            hub: self.hub.clone(),
+            actor,
+            event,
+            outcome,
+        }
+    }
+
     fn lock_log(&self) -> MutexGuard<'_, AuditLog> {
         self.log.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -11,7 +11,9 @@
 //! epoch older than those (or than any evicted one) is refused as a replay; per sender at most
 //! [`MAX_CHANNELS`] channels are tracked, the least recently used evicted first, an eighth at a
 //! time (a replay on an evicted channel then reaches receivers, whose own windows refuse it).
-//! Windows are shared by every connection of the same principal.
+//! Reply channels (`_reply.…`) are tracked apart, at most [`MAX_REPLY_CHANNELS`] of them: a
+//! responder answers each request on a new one, and its replies must not push the windows of
+//! its other channels out. Windows are shared by every connection of the same principal.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,12 +23,12 @@ use entente_types::Principal;
 
 /// Epochs tracked per (sender, channel).
 pub(crate) const MAX_EPOCHS: usize = 4;
-/// Channels tracked per sender.
+/// Channels tracked per sender, reply channels aside.
 pub(crate) const MAX_CHANNELS: usize = 1024;
-/// Channels evicted at once when a sender's are all taken: the least recently used eighth,
-/// so that a sender using a new channel per message (a responder: one per reply) costs one
-/// pass over its channels per [`EVICTED_AT_ONCE`] new ones, not one per channel.
-const EVICTED_AT_ONCE: usize = MAX_CHANNELS / 8;
+/// Reply channels tracked per sender. A reply channel takes one batch per reply grant, so a
+/// replayed reply finds no grant, unless the requester asked on that channel again: then its
+/// window here refuses it while kept, and the requester's own window always does.
+pub(crate) const MAX_REPLY_CHANNELS: usize = 256;
 
 /// The replay windows of every sender, each behind its own lock.
 #[derive(Debug, Default)]
@@ -35,10 +37,18 @@ pub(crate) struct ReplayGuard {
 }
 
 /// The windows of one sender.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct SenderWindows {
-    channels: HashMap<String, ChannelWindows>,
+    channels: Pool,
+    replies: Pool,
     clock: u64,
+}
+
+/// The windows of a bounded number of channels, the least recently used evicted first.
+#[derive(Debug)]
+struct Pool {
+    windows: HashMap<String, ChannelWindows>,
+    max: usize,
 }
 
 #[derive(Debug, Default)]
@@ -101,6 +111,16 @@ pub(crate) fn check_and_record(
 
 // === impl SenderWindows ===
 
+impl Default for SenderWindows {
+    fn default() -> Self {
+        Self {
+            channels: Pool::new(MAX_CHANNELS),
+            replies: Pool::new(MAX_REPLY_CHANNELS),
+            clock: 0,
+        }
+    }
+}
+
 impl SenderWindows {
     /// Refuses the whole set if any header is a replay; records all of them otherwise.
     pub(crate) fn check_and_record(&mut self, headers: &[Header<'_>]) -> Result<(), ReplayRefusal> {
@@ -112,7 +132,7 @@ impl SenderWindows {
                 .windows(2)
                 .all(|pair| matches!(pair, [a, b] if a.2 < b.2))
         {
-            if let Some(window) = self.window(channel, epoch)? {
+            if let Some(window) = self.pool(channel).window(channel, epoch)? {
                 for &(_, _, seq) in headers {
                     window.check(seq).map_err(|error| ReplayRefusal::Window {
                         channel: channel.to_owned(),
@@ -121,7 +141,10 @@ impl SenderWindows {
                     })?;
                 }
             }
-            self.record(channel, epoch, headers.iter().map(|&(_, _, seq)| seq));
+            self.clock += 1;
+            let seqs = headers.iter().map(|&(_, _, seq)| seq);
+            let clock = self.clock;
+            self.pool_mut(channel).record(channel, epoch, seqs, clock);
             return Ok(());
         }
         let mut seen = HashSet::with_capacity(headers.len());
@@ -136,13 +159,33 @@ impl SenderWindows {
             self.check(channel, epoch, seq)?;
         }
         for &(channel, epoch, seq) in headers {
-            self.record(channel, epoch, std::iter::once(seq));
+            self.clock += 1;
+            let clock = self.clock;
+            self.pool_mut(channel)
+                .record(channel, epoch, std::iter::once(seq), clock);
         }
         Ok(())
     }
 
+    /// Where `channel`'s windows are kept.
+    fn pool(&self, channel: &str) -> &Pool {
+        if is_reply(channel) {
+            &self.replies
+        } else {
+            &self.channels
+        }
+    }
+
+    fn pool_mut(&mut self, channel: &str) -> &mut Pool {
+        if is_reply(channel) {
+            &mut self.replies
+        } else {
+            &mut self.channels
+        }
+    }
+
     fn check(&self, channel: &str, epoch: u64, seq: u64) -> Result<(), ReplayRefusal> {
-        match self.window(channel, epoch)? {
+        match self.pool(channel).window(channel, epoch)? {
             Some(window) => window.check(seq).map_err(|error| ReplayRefusal::Window {
                 channel: channel.to_owned(),
                 epoch,
@@ -151,11 +194,29 @@ impl SenderWindows {
             None => Ok(()),
         }
     }
+}
+
+/// Whether `channel` lies in a reply namespace.
+fn is_reply(channel: &str) -> bool {
+    channel
+        .strip_prefix(entente_types::namespace::REPLY_PREFIX)
+        .is_some_and(|rest| rest.starts_with('.'))
+}
+
+// === impl Pool ===
+
+impl Pool {
+    fn new(max: usize) -> Self {
+        Self {
+            windows: HashMap::new(),
+            max,
+        }
+    }
 
     /// The window tracking `epoch` of `channel`: `None` if none does yet (every sequence
     /// number is new), an error if the epoch is older than those tracked.
     fn window(&self, channel: &str, epoch: u64) -> Result<Option<&ReplayWindow>, ReplayRefusal> {
-        let Some(windows) = self.channels.get(channel) else {
+        let Some(windows) = self.windows.get(channel) else {
             return Ok(None);
         };
         let stale = || ReplayRefusal::StaleEpoch {
@@ -176,20 +237,22 @@ impl SenderWindows {
         }
     }
 
-    /// Records `seqs` of `epoch` on `channel` (checked before).
-    fn record(&mut self, channel: &str, epoch: u64, seqs: impl Iterator<Item = u64>) {
-        self.clock += 1;
-        if !self.channels.contains_key(channel) {
-            if self.channels.len() >= MAX_CHANNELS {
-                self.evict_least_recently_used(EVICTED_AT_ONCE);
+    /// Records `seqs` of `epoch` on `channel` (checked before), used at `clock`.
+    fn record(&mut self, channel: &str, epoch: u64, seqs: impl Iterator<Item = u64>, clock: u64) {
+        if !self.windows.contains_key(channel) {
+            if self.windows.len() >= self.max {
+                // The least recently used eighth at once: a sender using a new channel per
+                // message (a responder, one per reply) costs one pass over them per eighth
+                // of new ones, not one per channel.
+                self.evict_least_recently_used((self.max / 8).max(1));
             }
-            self.channels
+            self.windows
                 .insert(channel.to_owned(), ChannelWindows::default());
         }
-        let Some(windows) = self.channels.get_mut(channel) else {
+        let Some(windows) = self.windows.get_mut(channel) else {
             return;
         };
-        windows.last_used = self.clock;
+        windows.last_used = clock;
         let window = windows.epochs.entry(epoch).or_default();
         for seq in seqs {
             window.accept(seq);
@@ -206,14 +269,15 @@ impl SenderWindows {
         if count == 0 {
             return;
         }
-        if count >= self.channels.len() {
-            self.channels.clear();
+        if count >= self.windows.len() {
+            self.windows.clear();
             return;
         }
-        let mut uses: Vec<u64> = self.channels.values().map(|w| w.last_used).collect();
-        // Uses are distinct (one clock tick per record), so exactly `count` are at or below.
+        let mut uses: Vec<u64> = self.windows.values().map(|w| w.last_used).collect();
+        // Uses are distinct (the sender's clock ticks once per record), so exactly `count` are
+        // at or below.
         let (_, &mut newest_evicted, _) = uses.select_nth_unstable(count - 1);
-        self.channels.retain(|_, w| w.last_used > newest_evicted);
+        self.windows.retain(|_, w| w.last_used > newest_evicted);
     }
 }
 
@@ -305,26 +369,56 @@ mod tests {
         for i in 0..MAX_CHANNELS {
             w.check_and_record(&[(&format!("c{i}"), 1, 0)]).unwrap();
         }
-        assert_eq!(w.channels.len(), MAX_CHANNELS);
+        assert_eq!(w.channels.windows.len(), MAX_CHANNELS);
         // c0 used again: now the most recently used.
         w.check_and_record(&[("c0", 1, 1)]).unwrap();
         w.check_and_record(&[("new", 1, 0)]).unwrap();
         // An eighth went at once, the oldest: c1 ..= c128, not c0.
-        assert_eq!(w.channels.len(), MAX_CHANNELS - EVICTED_AT_ONCE + 1);
-        assert!(w.channels.contains_key("c0"));
-        assert!(w.channels.contains_key("new"));
-        for i in 1..=EVICTED_AT_ONCE {
-            assert!(!w.channels.contains_key(&format!("c{i}")), "c{i}");
+        assert_eq!(
+            w.channels.windows.len(),
+            MAX_CHANNELS - MAX_CHANNELS / 8 + 1
+        );
+        assert!(w.channels.windows.contains_key("c0"));
+        assert!(w.channels.windows.contains_key("new"));
+        for i in 1..=MAX_CHANNELS / 8 {
+            assert!(!w.channels.windows.contains_key(&format!("c{i}")), "c{i}");
         }
         assert!(
             w.channels
-                .contains_key(&format!("c{}", EVICTED_AT_ONCE + 1))
+                .windows
+                .contains_key(&format!("c{}", MAX_CHANNELS / 8 + 1))
         );
         // c0's window survived: its sequence numbers are still refused.
         assert!(w.check_and_record(&[("c0", 1, 1)]).is_err());
         for i in 0..10 * MAX_CHANNELS {
             w.check_and_record(&[(&format!("d{i}"), 1, 0)]).unwrap();
-            assert!(w.channels.len() <= MAX_CHANNELS);
+            assert!(w.channels.windows.len() <= MAX_CHANNELS);
         }
+    }
+
+    /// Reply channels are tracked apart: a responder's replies, each on a new reply channel,
+    /// never push its other channels' windows out, and their own stay bounded.
+    #[test]
+    fn reply_channels_do_not_push_other_channels_windows_out() {
+        let mut w = SenderWindows::default();
+        w.check_and_record(&[("orders.eu", 1, 0)]).unwrap();
+        let reply = |i: usize| format!("_reply.shop.alice.r{i}");
+        for i in 0..4 * MAX_CHANNELS {
+            w.check_and_record(&[(&reply(i), 1, 0)]).unwrap();
+            assert!(w.replies.windows.len() <= MAX_REPLY_CHANNELS);
+        }
+        assert_eq!(w.channels.windows.len(), 1);
+        assert!(
+            w.check_and_record(&[("orders.eu", 1, 0)]).is_err(),
+            "still refused as a replay"
+        );
+        // The latest reply channels keep their windows; a channel named like one but outside
+        // the reply namespace is another channel's.
+        assert!(
+            w.check_and_record(&[(&reply(4 * MAX_CHANNELS - 1), 1, 0)])
+                .is_err()
+        );
+        w.check_and_record(&[("_replyx.r1", 1, 0)]).unwrap();
+        assert_eq!(w.channels.windows.len(), 2);
     }
 }

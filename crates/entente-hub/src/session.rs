@@ -523,15 +523,11 @@ impl<R: Router> Session<R> {
         // Stored in every durable channel or in none, and recorded as delivered only once the
         // channels take it (a publish with a durable entry holds nothing for approval).
         let auditor = self.context.authz.auditor();
-        let audited = checked.audited;
+        let audited = checked.audited.into_iter().map(Event::DeliveredBatch);
         let recorded = || {
-            for batch in audited {
-                let event = Event::DeliveredBatch(batch);
-                auditor
-                    .submit(self.principal.as_str(), Outcome::Success, event)
-                    .map_err(|e| Refused::new(RefusalCode::Unavailable, e.to_string()))?;
-            }
-            Ok(())
+            auditor
+                .submit_all(self.principal.as_str(), Outcome::Success, audited)
+                .map_err(|e| Refused::new(RefusalCode::Unavailable, e.to_string()))
         };
         let stored = match durable::submit_all(checked.durable, recorded) {
             Ok(stored) => stored,
@@ -734,6 +730,20 @@ impl<R: Router> Session<R> {
         self.authorize(&mut groups)?;
         // Before anything is recorded: a refused held group leaves no trace.
         let held = self.check_held(&mut groups, purpose)?;
+        // A hold is stored before the durable channels decide: refused by one of them, the
+        // publish would leave its held message behind.
+        if held.is_some()
+            && durable_on
+            && groups
+                .iter()
+                .any(|g| self.context.streams.for_channel(&g.channel).is_some())
+        {
+            return Err(self.deny(
+                "a publish holding a message for approval can't carry messages for durable \
+                 channels: publish those in frames of their own"
+                    .to_owned(),
+            ));
+        }
         let headers: Vec<Header<'_>> = batches
             .iter()
             .flat_map(|batch| {
@@ -786,15 +796,6 @@ impl<R: Router> Session<R> {
         } else {
             Vec::new()
         };
-        // A hold is stored before the durable channels decide: refused by one of them, the
-        // publish would leave its held message behind.
-        if held.is_some() && !durable.is_empty() {
-            return Err(self.deny(
-                "a publish holding a message for approval can't carry messages for durable \
-                 channels: publish those in frames of their own"
-                    .to_owned(),
-            ));
-        }
         Ok(Checked {
             groups,
             requests,
