@@ -465,15 +465,6 @@ impl Stream {
         Ok(stream)
     }
 
-    /// Queues `entry` for storing, if the stream's limits allow it; returns its ticket.
-    pub(crate) fn submit(&self, entry: Vec<u8>) -> Result<u64, DurableError> {
-        let mut admission = self.admission()?;
-        let size = stored_size(&entry);
-        let (queued, queued_bytes) = admission.queued();
-        self.admit(queued, queued_bytes, size)?;
-        Ok(admission.push(entry, size))
-    }
-
     /// The stream's queue, locked for submits.
     fn admission(&self) -> Result<Admission<'_, Vec<u8>>, DurableError> {
         self.queue

@@ -395,10 +395,13 @@ async fn store_released<R>(
     epochs.dedup();
     // The held body carries the sender keys it was published with.
     let entry = streams.entry(channel, &batch.sender, &epochs, &epochs, body);
-    match stream.submit(entry) {
-        Ok(ticket) => stream.durable(ticket).await,
-        Err(e) => Err(e),
+    let stored = crate::durable::submit_all(vec![(stream.clone(), entry)], || {
+        Ok::<(), crate::durable::DurableError>(())
+    })?;
+    for (stream, ticket) in stored {
+        stream.durable(ticket).await?;
     }
+    Ok(())
 }
 
 /// The audit record of a decision on held message `id`.

@@ -341,16 +341,20 @@ async fn a_held_publish_needs_a_purpose_and_one_message_and_the_sender_may_withd
 /// A frame that holds a message for approval and carries one for a durable channel is refused
 /// whole: the hold is stored before the durable channels decide, so one of them refusing
 /// would leave it behind. Refused before anything is recorded, the same batches each go
-/// through in a frame of their own.
+/// through in a frame of their own; once approved, the held one is stored in the durable
+/// channel that captures it before it is routed.
 #[tokio::test]
 async fn a_held_message_and_a_durable_one_in_one_frame_are_refused_whole() {
     let ca = TestCa::new();
     let dir = tempfile::TempDir::new().unwrap();
+    let stream = |name: &str, pattern: &str| {
+        entente_hub::StreamConfig::new(name, entente_types::ChannelPattern::parse(pattern).unwrap())
+    };
     let config = HubConfig {
-        streams: vec![entente_hub::StreamConfig::new(
-            "orders",
-            entente_types::ChannelPattern::parse("orders.eu").unwrap(),
-        )],
+        streams: vec![
+            stream("orders", "orders.eu"),
+            stream("wires", "orders.wire.>"),
+        ],
         streams_dir: Some(dir.path().join("streams")),
         ..held_config()
     };
@@ -383,6 +387,7 @@ async fn a_held_message_and_a_durable_one_in_one_frame_are_refused_whole() {
         matches!(answer, server_frame::Kind::Ack(ref a) if a.held.len() == 1),
         "{answer:?}"
     );
+    assert_eq!(hub.stats().durable_stored, 0, "held, not stored yet");
     let answer = publish(&mut session, 3, vec![orders_key], vec![kept], "").await;
     assert!(
         matches!(answer, server_frame::Kind::Ack(ref a) if a.held.is_empty()),
@@ -390,6 +395,17 @@ async fn a_held_message_and_a_durable_one_in_one_frame_are_refused_whole() {
     );
     assert_eq!(hub.stats().held_messages, 1);
     assert_eq!(hub.stats().durable_stored, 1);
+
+    let (ops1, ops2) = (human(&ca, "ops1"), human(&ca, "ops2"));
+    let shown = list(&hub, &ops1).await;
+    approve(&hub, &ops1, statement(&ops1, &shown[0], Verdict::Approve))
+        .await
+        .unwrap();
+    let answer = approve(&hub, &ops2, statement(&ops2, &shown[0], Verdict::Approve))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, "released");
+    assert_eq!(hub.stats().durable_stored, 2, "stored once released");
     hub.shutdown().await;
 }
 
