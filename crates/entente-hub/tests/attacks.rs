@@ -83,13 +83,7 @@ impl Honest {
 }
 
 async fn records(hub: &TestHub) -> Vec<Record> {
-    let (records, _) = hub
-        .hub()
-        .audit_records(0, 1_000_000)
-        .await
-        .unwrap()
-        .unwrap();
-    records
+    hub.audit_records().await.unwrap()
 }
 
 /// The reasons of the refusals recorded for `principal` that no policy decided.

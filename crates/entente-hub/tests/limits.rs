@@ -33,8 +33,7 @@ async fn start(dir: &TempDir, change: impl FnOnce(&mut entente_hub::HubConfig)) 
 }
 
 async fn records(hub: &TestHub) -> Vec<Record> {
-    let (records, _) = hub.hub().audit_records(0, 100_000).await.unwrap().unwrap();
-    records
+    hub.audit_records().await.unwrap()
 }
 
 /// The limit records of the log: (principal, limit, scope, count).

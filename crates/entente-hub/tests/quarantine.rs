@@ -116,7 +116,7 @@ async fn list(admin: &Client) -> QuarantineResponse {
 
 /// The quarantine records of the log: (actor, principal, action, risk, evidence).
 async fn quarantine_records(hub: &TestHub) -> Vec<(String, String, QuarantineAction, u32, String)> {
-    let (records, _) = hub.hub().audit_records(0, 100_000).await.unwrap().unwrap();
+    let records = hub.audit_records().await.unwrap();
     let text = |t: &entente_audit::Text| t.as_clear().unwrap_or_default().to_owned();
     records
         .into_iter()

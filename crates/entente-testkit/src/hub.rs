@@ -159,6 +159,24 @@ impl TestHub {
         &self.hub
     }
 
+    /// Every record of the hub's audit log, oldest first, once what was submitted so far is
+    /// durable (the hub must keep one: [`TestHubBuilder::audited`]).
+    pub async fn audit_records(&self) -> Result<Vec<entente_audit::Record>> {
+        let mut all = Vec::new();
+        loop {
+            let (records, count) = self
+                .hub
+                .audit_records(all.len() as u64, u64::MAX)
+                .await?
+                .context("the hub keeps no audit log")?;
+            let read = records.len();
+            all.extend(records);
+            if read == 0 || all.len() as u64 >= count {
+                return Ok(all);
+            }
+        }
+    }
+
     /// The configuration the hub was started with.
     pub fn config(&self) -> &HubConfig {
         &self.config
