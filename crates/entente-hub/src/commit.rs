@@ -21,15 +21,6 @@ use tokio::sync::{Notify, watch};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Failed;
 
-/// A submit refused by the caller's admission check, or because the committer failed.
-#[derive(Debug)]
-pub(crate) enum Refused<E> {
-    /// The committer failed or was closed.
-    Failed,
-    /// The admission check refused.
-    Admission(E),
-}
-
 /// The queue between callers and one writer.
 #[derive(Debug)]
 pub(crate) struct Committer<T> {
@@ -92,26 +83,12 @@ impl<T> Committer<T> {
 
     /// Queues `item` and returns its ticket.
     pub(crate) fn submit(&self, item: T) -> Result<u64, Failed> {
-        self.submit_checked(item, 0, |_, _| Ok::<(), ()>(()))
-            .map_err(|_| Failed)
+        Ok(self.admission()?.push(item, 0))
     }
 
-    /// Queues `item`, weighing `weight`, if `admit(queued items, queued weight)` allows it
-    /// (checked under the queue's lock, so that limits hold under concurrency).
-    pub(crate) fn submit_checked<E>(
-        &self,
-        item: T,
-        weight: u64,
-        admit: impl FnOnce(u64, u64) -> Result<(), E>,
-    ) -> Result<u64, Refused<E>> {
-        let mut admission = self.admission().map_err(|Failed| Refused::Failed)?;
-        let (items, queued_weight) = admission.queued();
-        admit(items, queued_weight).map_err(Refused::Admission)?;
-        Ok(admission.push(item, weight))
-    }
-
-    /// Locks the queue, unless the committer failed or was closed: submits decided with
-    /// other committers' go through this. Whoever holds several at once takes them in one
+    /// Locks the queue, unless the committer failed or was closed: a caller with limits
+    /// weighs what is queued and pushes under it, so that they hold under concurrency, and
+    /// submits decided with other committers' go through it too. Whoever holds several at once takes them in one
     /// order that every such caller keeps.
     pub(crate) fn admission(&self) -> Result<Admission<'_, T>, Failed> {
         let queue = self.lock();
@@ -290,14 +267,13 @@ mod tests {
     #[test]
     fn items_being_written_count_until_the_writer_settles_them() {
         let c = Committer::<u32>::new(10);
-        let admit = |_, _| Ok::<(), ()>(());
-        c.submit_checked(1, 5, admit).unwrap();
-        c.submit_checked(2, 7, admit).unwrap();
+        c.admission().unwrap().push(1, 5);
+        c.admission().unwrap().push(2, 7);
         assert_eq!(c.admission().unwrap().queued(), (2, 12));
         let (items, _) = c.take(Duration::ZERO);
         assert_eq!(items, [1, 2]);
         assert_eq!(c.admission().unwrap().queued(), (2, 12), "being written");
-        c.submit_checked(3, 1, admit).unwrap();
+        c.admission().unwrap().push(3, 1);
         assert_eq!(c.admission().unwrap().queued(), (3, 13));
         let mut settled = false;
         c.committed(2, || settled = true);
@@ -306,12 +282,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn admission_is_checked_under_the_lock_and_take_waits() {
+    async fn an_admission_weighs_what_is_queued_and_take_waits() {
         let c = Arc::new(Committer::<u32>::new(10));
-        let refused = c.submit_checked(1, 5, |n, w| if n + w > 0 { Err("full") } else { Ok(()) });
-        assert!(refused.is_ok());
-        let refused = c.submit_checked(2, 5, |_, w| if w >= 5 { Err("full") } else { Ok(()) });
-        assert!(matches!(refused, Err(Refused::Admission("full"))));
+        {
+            let mut admission = c.admission().unwrap();
+            assert_eq!(admission.queued(), (0, 0));
+            assert_eq!(admission.push(1, 5), 1);
+            assert_eq!(admission.queued(), (1, 5));
+        }
+        // Weighed and let go without a push: nothing queued.
+        assert_eq!(c.admission().unwrap().queued(), (1, 5));
         let writer = {
             let c = c.clone();
             std::thread::spawn(move || {
@@ -325,5 +305,6 @@ mod tests {
         let ((first, _), (second, closed)) = writer.join().unwrap();
         assert_eq!(first, vec![1]);
         assert!(second.is_empty() && closed);
+        assert!(c.admission().is_err(), "a closed committer admits nothing");
     }
 }

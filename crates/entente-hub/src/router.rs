@@ -117,8 +117,8 @@ struct Table {
     /// which of a channel's leading tokens are worth looking up.
     depths: BTreeMap<usize, usize>,
     /// Each session's subscriptions, by id with their patterns: where its entries are filed,
-    /// so that unsubscribing and ending a session look at its own entries only, however many
-    /// others are connected.
+    /// so that unsubscribing and ending a session look only where its own are (with whatever
+    /// else is filed there), not at every subscription.
     sessions: HashMap<SessionId, Vec<(u64, ChannelPattern)>>,
 }
 
