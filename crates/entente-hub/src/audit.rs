@@ -4,7 +4,8 @@
 //! One thread writes the log. Callers submit records (a cheap push under a lock) and get a
 //! *ticket*, the number of records submitted so far; the thread takes everything queued,
 //! appends it with one write and one `fdatasync` (group commit), and publishes how many
-//! records are durable. A caller that must not answer before its record is durable waits for
+//! records are durable. Under load, commits are spaced [`AuditConfig::commit_interval`]
+//! apart, so that each `fdatasync` serves what arrived meanwhile. A caller that must not answer before its record is durable waits for
 //! its ticket ([`Auditor::durable`]). Pending records are sealed into a leaf, with a signed
 //! checkpoint, every [`AuditConfig::seal_interval`] (and whenever `seal_after` are pending).
 //!
@@ -41,6 +42,9 @@ pub const AUDIT_SIGNING_KEY: &str = "audit-checkpoint";
 /// The name of the key-encryption key (AES-256-GCM) that wraps the log's HMAC key.
 pub const AUDIT_KEK: &str = "audit-kek";
 
+/// The longest [`AuditConfig::commit_interval`]: an answer waits at most this much more.
+const MAX_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The hub store's config key of the wrapped HMAC key.
 const HMAC_KEY_CONFIG: &str = "audit_hmac_key";
 
@@ -64,6 +68,13 @@ pub struct AuditConfig {
     pub seal_interval: Duration,
     /// Seal as soon as this many records are pending (1 to 65 536). Default 1000.
     pub seal_after: u32,
+    /// The least time from one group commit to the next (at most 1 s). Records that arrive
+    /// sooner wait for the next commit this long after the previous one, which they share;
+    /// a record arriving later than that is committed at once. Under load this bounds the
+    /// `fdatasync`s per second, each of which costs the machine CPU, at the price of at most
+    /// this much more before an answer that waits for the disk. Default 2 ms; zero commits
+    /// whenever anything is queued.
+    pub commit_interval: Duration,
     /// Records queued for the writer beyond which publishers wait before routing more.
     /// Default 65 536.
     pub max_backlog: usize,
@@ -76,6 +87,7 @@ impl AuditConfig {
             dir: dir.into(),
             seal_interval: Duration::from_secs(1),
             seal_after: 1000,
+            commit_interval: Duration::from_millis(2),
             max_backlog: 65_536,
         }
     }
@@ -104,6 +116,7 @@ struct Inner {
     queue: Committer<Record>,
     log: Arc<Mutex<AuditLog>>,
     seal_interval: Duration,
+    commit_interval: Duration,
     stats: Arc<Stats>,
     /// The latest export served over RPC, and where exports are written.
     exports: Arc<Exports>,
@@ -133,6 +146,11 @@ impl Auditor {
         if config.seal_interval.is_zero() || config.max_backlog == 0 {
             return Err(HubError::Config(
                 "audit.seal_interval and audit.max_backlog must not be zero",
+            ));
+        }
+        if config.commit_interval > MAX_COMMIT_INTERVAL {
+            return Err(HubError::Config(
+                "audit.commit_interval must be at most 1 s",
             ));
         }
         let origin = format!("{hub}/audit");
@@ -176,6 +194,7 @@ impl Auditor {
             queue: Committer::new(config.max_backlog),
             log: Arc::new(Mutex::new(log)),
             seal_interval: config.seal_interval,
+            commit_interval: config.commit_interval,
             stats,
             exports: Arc::default(),
             export_dir: audit_rpc::export_dir(&config.dir),
@@ -390,12 +409,22 @@ impl Inner {
     /// The writer: group commit, periodic seals, fail closed.
     fn run(&self) {
         let mut last_seal = Instant::now();
+        let mut last_commit: Option<Instant> = None;
         loop {
+            // Records arriving soon after a commit share the next one, `commit_interval`
+            // after it; after a quiet spell the next is at once.
+            if let Some(rest) =
+                last_commit.and_then(|at| self.commit_interval.checked_sub(at.elapsed()))
+                && !rest.is_zero()
+            {
+                std::thread::sleep(rest);
+            }
             let wait = self.seal_interval.saturating_sub(last_seal.elapsed());
             let (records, closed) = self.queue.take(wait);
             let mut ok = true;
             if !records.is_empty() {
                 ok = self.append(&records);
+                last_commit = Some(Instant::now());
             }
             if ok && (closed || last_seal.elapsed() >= self.seal_interval) {
                 ok = self.seal();
@@ -417,6 +446,9 @@ impl Inner {
         let written = log.record_count().saturating_sub(before);
         drop(log);
         stats::add(&self.stats.audit_records, written);
+        if result.is_ok() {
+            stats::bump(&self.stats.audit_commits);
+        }
         self.queue.committed(written, || {});
         if result.is_err() {
             self.fail();

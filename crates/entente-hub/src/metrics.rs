@@ -353,6 +353,11 @@ pub(crate) fn families(snapshot: &Snapshot, traffic: &Traffic) -> Vec<Family> {
         one(s.audit_records),
     );
     counter(
+        "entente_audit_commits_total",
+        "Group commits of the audit log (one write and one fdatasync each).",
+        one(s.audit_commits),
+    );
+    counter(
         "entente_audit_failures_total",
         "Audit log failures.",
         one(s.audit_failures),

@@ -41,6 +41,9 @@ pub struct HubStats {
     pub held_store_failures: u64,
     /// Audit records made durable ([`HubConfig::audit`](crate::HubConfig::audit)).
     pub audit_records: u64,
+    /// Group commits of the audit log: each one write and one `fdatasync` of every record
+    /// queued since the previous one ([`AuditConfig::commit_interval`](crate::AuditConfig)).
+    pub audit_commits: u64,
     /// Times the audit log failed (a write, `fdatasync` or seal); after the first, the hub
     /// refuses everything it would record until restarted.
     pub audit_failures: u64,
@@ -131,6 +134,7 @@ pub(crate) struct Stats {
     pub(crate) held_messages: AtomicU64,
     pub(crate) held_store_failures: AtomicU64,
     pub(crate) audit_records: AtomicU64,
+    pub(crate) audit_commits: AtomicU64,
     pub(crate) audit_failures: AtomicU64,
     pub(crate) durable_stored: AtomicU64,
     pub(crate) durable_delivered: AtomicU64,
@@ -184,6 +188,7 @@ impl Stats {
             held_messages: get(&self.held_messages),
             held_store_failures: get(&self.held_store_failures),
             audit_records: get(&self.audit_records),
+            audit_commits: get(&self.audit_commits),
             audit_failures: get(&self.audit_failures),
             durable_stored: get(&self.durable_stored),
             durable_delivered: get(&self.durable_delivered),

@@ -211,6 +211,69 @@ async fn the_log_goes_on_across_a_restart_and_a_tampered_log_stops_the_hub() {
 }
 
 #[tokio::test]
+async fn group_commits_under_load_are_spaced_by_the_commit_interval() {
+    const INTERVAL: Duration = Duration::from_millis(25);
+    let dir = TempDir::new().unwrap();
+    let audit = audit_dir(&dir);
+    let hub = TestHub::builder()
+        .policies(POLICIES)
+        .config(move |c| {
+            c.audit = Some(AuditConfig {
+                seal_interval: Duration::from_millis(50),
+                commit_interval: INTERVAL,
+                ..AuditConfig::new(audit)
+            });
+        })
+        .start()
+        .await
+        .unwrap();
+    let (_alice, bob) = traffic(&hub, 1).await;
+
+    // Each publish is acknowledged once its records are durable, so each of these needs a
+    // commit after the previous one's: one commit each, and none sooner than the interval
+    // after the one before.
+    let publishes = 8;
+    let before = hub.stats().audit_commits;
+    let started = std::time::Instant::now();
+    for i in 0..publishes {
+        bob.publish("orders.eu", format!("paced {i}"))
+            .await
+            .unwrap();
+    }
+    let elapsed = started.elapsed();
+    let commits = hub.stats().audit_commits - before;
+    assert!(commits >= publishes, "{commits} commits");
+    let most = u64::try_from(elapsed.as_millis() / INTERVAL.as_millis()).unwrap() + 1;
+    assert!(
+        commits <= most,
+        "{commits} commits in {elapsed:?}: at most {most} with {INTERVAL:?} between them"
+    );
+    // Nothing was lost on the way: every one of them is recorded.
+    let routed = records(&hub)
+        .await
+        .iter()
+        .filter(|r| {
+            matches!(&r.event, Event::DeliveredBatch(_)) && r.actor == bob.principal().as_str()
+        })
+        .count();
+    assert_eq!(routed, 1 + publishes as usize);
+
+    // A commit interval longer than a second would hold answers too long: refused at start.
+    let refused = TestHub::builder()
+        .config(|c| {
+            c.audit = Some(AuditConfig {
+                commit_interval: Duration::from_secs(2),
+                ..AuditConfig::new(dir.path().join("other"))
+            });
+        })
+        .start()
+        .await
+        .expect_err("refused");
+    let refused = format!("{refused:#}");
+    assert!(refused.contains("commit_interval"), "{refused}");
+}
+
+#[tokio::test]
 async fn a_hub_whose_log_fails_refuses_what_it_cannot_record() {
     let dir = TempDir::new().unwrap();
     let hub = start(&dir).await;
