@@ -21,6 +21,7 @@
 //! ends one subscription (`SubscriptionEnded`: a policy change no longer allows it), that
 //! subscription gets an error carrying the hub's code and reason as its last item.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::mem;
@@ -1266,12 +1267,35 @@ fn hand_reply(shared: &Shared, message: Message) {
     }
 }
 
-/// 128 random bits in hex: the last token of a reply channel.
+/// How many random bytes a thread draws at once for reply channels' tokens.
+const TOKEN_POOL_LEN: usize = 512;
+
+thread_local! {
+    /// Random bytes for tokens, and where the unused ones start. Not secret (a token names
+    /// a channel the hub and the responder see), but never used twice.
+    static TOKEN_POOL: RefCell<([u8; TOKEN_POOL_LEN], usize)> =
+        const { RefCell::new(([0; TOKEN_POOL_LEN], TOKEN_POOL_LEN)) };
+}
+
+/// 128 random bits in hex: the last token of a reply channel. The bits come from the
+/// system's generator 512 bytes at a time (each call of it draws fresh hardware entropy
+/// first, more than a request's 16 bytes are worth), each used once.
 fn unique_token() -> Result<String, Error> {
-    let mut bytes = [0u8; 16];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| Error::new(ErrorKind::Crypto, "no randomness for a reply channel"))?;
+    let bytes = TOKEN_POOL.with_borrow_mut(|(pool, used)| {
+        if *used == TOKEN_POOL_LEN {
+            SystemRandom::new()
+                .fill(pool)
+                .map_err(|_| Error::new(ErrorKind::Crypto, "no randomness for a reply channel"))?;
+            *used = 0;
+        }
+        let mut bytes = [0u8; 16];
+        let fresh = pool
+            .get(*used..*used + bytes.len())
+            .ok_or_else(|| Error::new(ErrorKind::Crypto, "the token pool is misaligned"))?;
+        bytes.copy_from_slice(fresh);
+        *used += bytes.len();
+        Ok::<_, Error>(bytes)
+    })?;
     let mut token = String::with_capacity(2 * bytes.len());
     for byte in bytes {
         for nibble in [byte >> 4, byte & 0xf] {
@@ -2051,7 +2075,14 @@ mod tests {
 
     #[test]
     fn reply_tokens_are_128_random_bits_in_lowercase_hex() {
-        let tokens: Vec<String> = (0..64).map(|_| unique_token().unwrap()).collect();
+        // Several pools' worth, on two threads: each token is used once.
+        let mut tokens: Vec<String> = (0..200).map(|_| unique_token().unwrap()).collect();
+        let other = std::thread::spawn(|| {
+            (0..200)
+                .map(|_| unique_token().unwrap())
+                .collect::<Vec<String>>()
+        });
+        tokens.extend(other.join().unwrap());
         for token in &tokens {
             assert_eq!(token.len(), 32, "{token}");
             assert!(
@@ -2061,8 +2092,8 @@ mod tests {
         }
         let distinct: std::collections::HashSet<&String> = tokens.iter().collect();
         assert_eq!(distinct.len(), tokens.len());
-        // Every nibble value shows up somewhere in 64 tokens (2 048 nibbles): neither half of a
-        // byte is lost.
+        // Every nibble value shows up somewhere in the tokens: neither half of a byte is
+        // lost.
         let seen: std::collections::HashSet<char> = tokens.iter().flat_map(|t| t.chars()).collect();
         assert_eq!(seen.len(), 16);
     }
