@@ -1,7 +1,8 @@
 //! Clients whose session is framed (PROTOCOL.md §9.1, the SDK's default) against a real hub
 //! on 127.0.0.1:0: they exchange sealed messages and requests with HTTP/2 clients, make their calls on an
 //! HTTP/2 connection opened when one is needed (and again after the hub closed it idle), are
-//! refused at connect with the hub's reason, and close both connections when they close.
+//! refused at connect with the hub's reason, refuse a server that does not serve framed
+//! sessions, and close both connections when they close.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -11,10 +12,14 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use entente_ca::CaOptions;
 use entente_client::{Client, ClientOptions, ErrorKind, SessionTransport};
+use entente_testkit::TestCa;
+use entente_types::Principal;
+use rustls_pki_types::PrivateKeyDer;
 use support::{TestHub, WAIT, message, next, options};
 use tokio_stream::StreamExt;
 
@@ -159,4 +164,51 @@ async fn a_framed_client_is_refused_at_connect_with_the_hubs_reason() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
     assert!(e.to_string().contains("CertificateRevoked"), "{e}");
+}
+
+#[tokio::test]
+async fn a_framed_client_refuses_a_hub_that_does_not_serve_framed_sessions() {
+    use tokio::io::AsyncReadExt as _;
+
+    // A server with a certificate for the hub's own ID, so the client trusts it, that chooses
+    // no application protocol (as a hub serving HTTP/2 to clients without ALPN would).
+    let ca = TestCa::new().unwrap();
+    let hub_id = entente_hub::hub_id(ca.trust_domain()).unwrap();
+    let hub_identity = ca.identity(&Principal::from(hub_id)).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            hub_identity.chain().to_vec(),
+            PrivateKeyDer::Pkcs8(hub_identity.tls_key_pkcs8().to_vec().into()),
+        )
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = tokio_rustls::TlsAcceptor::from(Arc::new(server))
+            .accept(tcp)
+            .await
+            .expect("the handshake completes");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+        // The client leaves on its own, having sent nothing.
+        let mut sent = Vec::new();
+        let _ = tls.read_to_end(&mut sent).await;
+        assert!(sent.is_empty(), "the client sent {} bytes", sent.len());
+    });
+
+    let alice = ca
+        .identity(&ca.principal("shop", "alice").unwrap())
+        .unwrap();
+    let e = Client::connect(alice, addr, framed()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    assert!(
+        e.to_string()
+            .contains("does not serve framed sessions: connect over HTTP/2"),
+        "{e}"
+    );
+    tokio::time::timeout(WAIT, server).await.unwrap().unwrap();
 }
