@@ -1271,15 +1271,17 @@ fn hand_reply(shared: &Shared, message: Message) {
 const TOKEN_POOL_LEN: usize = 512;
 
 thread_local! {
-    /// Random bytes for tokens, and where the unused ones start. Not secret (a token names
-    /// a channel the hub and the responder see), but never used twice.
+    /// Random bytes for tokens, and where the unused ones start: unpredictable to all but
+    /// the hub and the responder, who see the channel (PROTOCOL.md §9, replies), and never used
+    /// twice. (A process that forks would share them with its child, as it would a client's
+    /// sequence numbers: a client is not used across a fork.)
     static TOKEN_POOL: RefCell<([u8; TOKEN_POOL_LEN], usize)> =
         const { RefCell::new(([0; TOKEN_POOL_LEN], TOKEN_POOL_LEN)) };
 }
 
 /// 128 random bits in hex: the last token of a reply channel. The bits come from the
-/// system's generator 512 bytes at a time (each call of it draws fresh hardware entropy
-/// first, more than a request's 16 bytes are worth), each used once.
+/// system's generator 512 bytes at a time (each call reseeds it from hardware entropy, too
+/// costly for 16 bytes), each used once.
 fn unique_token() -> Result<String, Error> {
     let bytes = TOKEN_POOL.with_borrow_mut(|(pool, used)| {
         if *used == TOKEN_POOL_LEN {

@@ -5,9 +5,10 @@
 //! *ticket*, the number of records submitted so far; the thread takes everything queued,
 //! appends it with one write and one `fdatasync` (group commit), and publishes how many
 //! records are durable. Under load, commits are spaced [`AuditConfig::commit_interval`]
-//! apart, so that each `fdatasync` serves what arrived meanwhile. A caller that must not answer before its record is durable waits for
-//! its ticket ([`Auditor::durable`]). Pending records are sealed into a leaf, with a signed
-//! checkpoint, every [`AuditConfig::seal_interval`] (and whenever `seal_after` are pending).
+//! apart, so that each `fdatasync` serves what arrived meanwhile. A caller that must not
+//! answer before its record is durable waits for its ticket ([`Auditor::durable`]). Pending
+//! records are sealed into a leaf, with a signed checkpoint, every
+//! [`AuditConfig::seal_interval`] (and whenever `seal_after` are pending).
 //!
 //! **Fail closed.** When a write, an `fdatasync` or a seal fails, the log refuses every
 //! later write until the hub restarts (reopening verifies what is durable), and so does the
@@ -68,11 +69,13 @@ pub struct AuditConfig {
     pub seal_interval: Duration,
     /// Seal as soon as this many records are pending (1 to 65 536). Default 1000.
     pub seal_after: u32,
-    /// The least time from one group commit to the next (at most 1 s). Records that arrive
+    /// The least time from one group commit to the next (at most 1 s, and at most
+    /// `seal_interval`: a seal may come this much late). Records that arrive
     /// sooner wait for the next commit this long after the previous one, which they share;
     /// a record arriving later than that is committed at once. Under load this bounds the
     /// `fdatasync`s per second, each of which costs the machine CPU, at the price of at most
-    /// this much more before an answer that waits for the disk. Default 2 ms; zero commits
+    /// this much more before an answer that waits for the disk. The wait ends early at a
+    /// close or with more than `max_backlog` records queued. Default 2 ms; zero commits
     /// whenever anything is queued.
     pub commit_interval: Duration,
     /// Records queued for the writer beyond which publishers wait before routing more.
@@ -148,9 +151,11 @@ impl Auditor {
                 "audit.seal_interval and audit.max_backlog must not be zero",
             ));
         }
-        if config.commit_interval > MAX_COMMIT_INTERVAL {
+        if config.commit_interval > MAX_COMMIT_INTERVAL
+            || config.commit_interval > config.seal_interval
+        {
             return Err(HubError::Config(
-                "audit.commit_interval must be at most 1 s",
+                "audit.commit_interval must be at most 1 s and at most audit.seal_interval",
             ));
         }
         let origin = format!("{hub}/audit");
@@ -412,12 +417,10 @@ impl Inner {
         let mut last_commit: Option<Instant> = None;
         loop {
             // Records arriving soon after a commit share the next one, `commit_interval`
-            // after it; after a quiet spell the next is at once.
-            if let Some(rest) =
-                last_commit.and_then(|at| self.commit_interval.checked_sub(at.elapsed()))
-                && !rest.is_zero()
-            {
-                std::thread::sleep(rest);
+            // after it (sooner at a close or with a full backlog); after a quiet spell the
+            // next is at once.
+            if let Some(next) = last_commit.and_then(|at| at.checked_add(self.commit_interval)) {
+                self.queue.pause_until(next);
             }
             let wait = self.seal_interval.saturating_sub(last_seal.elapsed());
             let (records, closed) = self.queue.take(wait);
@@ -446,7 +449,7 @@ impl Inner {
         let written = log.record_count().saturating_sub(before);
         drop(log);
         stats::add(&self.stats.audit_records, written);
-        if result.is_ok() {
+        if written > 0 {
             stats::bump(&self.stats.audit_commits);
         }
         self.queue.committed(written, || {});

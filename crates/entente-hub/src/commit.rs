@@ -13,7 +13,7 @@
 //! their address order, the audit log's last; nobody holding the audit log's takes another.
 
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 
@@ -42,6 +42,9 @@ struct Queue<T> {
     submitted: u64,
     closed: bool,
     failed: bool,
+    /// The writer waits for items: a push wakes it (otherwise only a close, or a backlog over
+    /// the bound while it [pauses](Committer::pause_until), does).
+    waiting: bool,
 }
 
 /// A committer's queue held locked: what is queued can be weighed and items pushed, with
@@ -50,6 +53,7 @@ struct Queue<T> {
 pub(crate) struct Admission<'c, T> {
     queue: MutexGuard<'c, Queue<T>>,
     wake: &'c Condvar,
+    max_backlog: usize,
     pushed: bool,
 }
 
@@ -73,6 +77,7 @@ impl<T> Committer<T> {
                 submitted: 0,
                 closed: false,
                 failed: false,
+                waiting: false,
             }),
             wake: Condvar::new(),
             progress: watch::Sender::new(Progress::default()),
@@ -98,6 +103,7 @@ impl<T> Committer<T> {
         Ok(Admission {
             queue,
             wake: &self.wake,
+            max_backlog: self.max_backlog,
             pushed: false,
         })
     }
@@ -154,16 +160,38 @@ impl<T> Committer<T> {
 
     // --- the writer's side ---
 
+    /// Waits until `until` before taking more (to space commits), unless the committer is
+    /// closed or more than the backlog bound of items is queued first. Items pushed meanwhile
+    /// do not wake the writer.
+    pub(crate) fn pause_until(&self, until: Instant) {
+        let mut queue = self.lock();
+        while !queue.closed && queue.items.len() <= self.max_backlog {
+            let Some(left) = until.checked_duration_since(Instant::now()) else {
+                return;
+            };
+            if left.is_zero() {
+                return;
+            }
+            queue = self
+                .wake
+                .wait_timeout(queue, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
     /// Waits up to `wait` for items; returns what is queued and whether the committer is
     /// closed.
     pub(crate) fn take(&self, wait: Duration) -> (Vec<T>, bool) {
         let mut queue = self.lock();
         if queue.items.is_empty() && !queue.closed && !wait.is_zero() {
+            queue.waiting = true;
             queue = self
                 .wake
                 .wait_timeout_while(queue, wait, |q| q.items.is_empty() && !q.closed)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            queue.waiting = false;
         }
         queue.writing = (queue.items.len() as u64, queue.weight);
         queue.weight = 0;
@@ -227,8 +255,10 @@ impl<T> Admission<'_, T> {
 }
 
 impl<T> Drop for Admission<'_, T> {
+    /// Wakes the writer if it waits for items, or if it pauses and the backlog is over the
+    /// bound; otherwise it takes what was pushed when it next looks.
     fn drop(&mut self) {
-        if self.pushed {
+        if self.pushed && (self.queue.waiting || self.queue.items.len() > self.max_backlog) {
             self.wake.notify_one();
         }
     }
@@ -306,5 +336,88 @@ mod tests {
         assert_eq!(first, vec![1]);
         assert!(second.is_empty() && closed);
         assert!(c.admission().is_err(), "a closed committer admits nothing");
+    }
+
+    /// Runs `f` on a thread of its own; says whether it ended within 5 s.
+    fn ends(f: impl FnOnce() + Send + 'static) -> bool {
+        let (done, ended) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            f();
+            let _ = done.send(());
+        });
+        ended.recv_timeout(Duration::from_secs(5)).is_ok()
+    }
+
+    #[test]
+    fn a_push_wakes_a_writer_waiting_for_items() {
+        let c = Arc::new(Committer::<u32>::new(10));
+        let writer = {
+            let c = c.clone();
+            move || assert_eq!(c.take(Duration::from_secs(30)).0, [1])
+        };
+        let pushed = {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                c.submit(1).unwrap();
+            })
+        };
+        assert!(ends(writer), "the writer slept through the push");
+        pushed.join().unwrap();
+    }
+
+    #[test]
+    fn a_pause_ends_at_its_time_at_a_close_or_over_the_backlog_only() {
+        // Pushes under the bound do not end it.
+        let c = Arc::new(Committer::<u32>::new(2));
+        let pause = Duration::from_millis(150);
+        let started = Instant::now();
+        let pushes = {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                c.submit(1).unwrap();
+                c.submit(2).unwrap();
+            })
+        };
+        c.pause_until(started + pause);
+        assert!(started.elapsed() >= pause);
+        pushes.join().unwrap();
+        assert_eq!(c.take(Duration::ZERO).0, [1, 2]);
+
+        // More than the bound queued ends it.
+        let pausing = {
+            let c = c.clone();
+            move || c.pause_until(Instant::now() + Duration::from_secs(30))
+        };
+        let pushes = {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                for i in 0..3 {
+                    c.submit(i).unwrap();
+                }
+            })
+        };
+        assert!(
+            ends(pausing),
+            "the pause outlasted a backlog over the bound"
+        );
+        pushes.join().unwrap();
+        assert_eq!(c.take(Duration::ZERO).0.len(), 3);
+
+        // So does a close.
+        let pausing = {
+            let c = c.clone();
+            move || c.pause_until(Instant::now() + Duration::from_secs(30))
+        };
+        let closing = {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                c.close();
+            })
+        };
+        assert!(ends(pausing), "the pause outlasted the close");
+        closing.join().unwrap();
     }
 }

@@ -354,7 +354,7 @@ pub(crate) fn families(snapshot: &Snapshot, traffic: &Traffic) -> Vec<Family> {
     );
     counter(
         "entente_audit_commits_total",
-        "Group commits of the audit log (one write and one fdatasync each).",
+        "Group commits of the audit log that made records durable.",
         one(s.audit_commits),
     );
     counter(

@@ -41,8 +41,9 @@ pub struct HubStats {
     pub held_store_failures: u64,
     /// Audit records made durable ([`HubConfig::audit`](crate::HubConfig::audit)).
     pub audit_records: u64,
-    /// Group commits of the audit log: each one write and one `fdatasync` of every record
-    /// queued since the previous one ([`AuditConfig::commit_interval`](crate::AuditConfig)).
+    /// Group commits of the audit log that made records durable: each one write and one
+    /// `fdatasync` of every record queued since the previous one (and a seal's when one
+    /// falls due, [`AuditConfig::commit_interval`](crate::AuditConfig::commit_interval)).
     pub audit_commits: u64,
     /// Times the audit log failed (a write, `fdatasync` or seal); after the first, the hub
     /// refuses everything it would record until restarted.
