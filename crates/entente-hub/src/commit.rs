@@ -338,32 +338,40 @@ mod tests {
         assert!(c.admission().is_err(), "a closed committer admits nothing");
     }
 
-    /// Runs `f` on a thread of its own; says whether it ended within 5 s.
-    fn ends(f: impl FnOnce() + Send + 'static) -> bool {
+    /// Runs `wait` on a thread of its own and `act` on another 50 ms later; says whether
+    /// `wait` ended within 5 s.
+    fn ends_after(
+        c: &Arc<Committer<u32>>,
+        wait: impl FnOnce(&Committer<u32>) + Send + 'static,
+        act: impl FnOnce(&Committer<u32>) + Send + 'static,
+    ) -> bool {
         let (done, ended) = std::sync::mpsc::channel();
+        let waiting = c.clone();
         std::thread::spawn(move || {
-            f();
+            wait(&waiting);
             let _ = done.send(());
         });
-        ended.recv_timeout(Duration::from_secs(5)).is_ok()
+        let acting = c.clone();
+        let acted = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            act(&acting);
+        });
+        let ended = ended.recv_timeout(Duration::from_secs(5)).is_ok();
+        acted.join().unwrap();
+        ended
     }
 
     #[test]
     fn a_push_wakes_a_writer_waiting_for_items() {
         let c = Arc::new(Committer::<u32>::new(10));
-        let writer = {
-            let c = c.clone();
-            move || assert_eq!(c.take(Duration::from_secs(30)).0, [1])
+        let take = |c: &Committer<u32>| assert_eq!(c.take(Duration::from_secs(30)).0, [1]);
+        let push = |c: &Committer<u32>| {
+            c.submit(1).unwrap();
         };
-        let pushed = {
-            let c = c.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(50));
-                c.submit(1).unwrap();
-            })
-        };
-        assert!(ends(writer), "the writer slept through the push");
-        pushed.join().unwrap();
+        assert!(
+            ends_after(&c, take, push),
+            "the writer slept through the push"
+        );
     }
 
     #[test]
@@ -384,40 +392,21 @@ mod tests {
         pushes.join().unwrap();
         assert_eq!(c.take(Duration::ZERO).0, [1, 2]);
 
-        // More than the bound queued ends it.
-        let pausing = {
-            let c = c.clone();
-            move || c.pause_until(Instant::now() + Duration::from_secs(30))
-        };
-        let pushes = {
-            let c = c.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(50));
-                for i in 0..3 {
-                    c.submit(i).unwrap();
-                }
-            })
+        // More than the bound queued ends it; so does a close.
+        let pause = |c: &Committer<u32>| c.pause_until(Instant::now() + Duration::from_secs(30));
+        let fill = |c: &Committer<u32>| {
+            for i in 0..3 {
+                c.submit(i).unwrap();
+            }
         };
         assert!(
-            ends(pausing),
+            ends_after(&c, pause, fill),
             "the pause outlasted a backlog over the bound"
         );
-        pushes.join().unwrap();
         assert_eq!(c.take(Duration::ZERO).0.len(), 3);
-
-        // So does a close.
-        let pausing = {
-            let c = c.clone();
-            move || c.pause_until(Instant::now() + Duration::from_secs(30))
-        };
-        let closing = {
-            let c = c.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(50));
-                c.close();
-            })
-        };
-        assert!(ends(pausing), "the pause outlasted the close");
-        closing.join().unwrap();
+        assert!(
+            ends_after(&c, pause, Committer::close),
+            "the pause outlasted the close"
+        );
     }
 }
