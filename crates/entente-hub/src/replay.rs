@@ -15,7 +15,7 @@
 //! responder answers each request on a new one, and its replies must not push the windows of
 //! its other channels out. Windows are shared by every connection of the same principal.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use entente_crypto::{ReplayError, ReplayWindow};
@@ -55,7 +55,9 @@ struct Pool {
 struct ChannelWindows {
     /// Epochs below this were evicted and are refused.
     floor: u64,
-    epochs: BTreeMap<u64, ReplayWindow>,
+    /// At most [`MAX_EPOCHS`], oldest first: most channels have one (a `BTreeMap` would
+    /// allocate room for eleven of these 144-byte windows per channel).
+    epochs: Vec<(u64, ReplayWindow)>,
     last_used: u64,
 }
 
@@ -226,10 +228,10 @@ impl Pool {
         if epoch < windows.floor {
             return Err(stale());
         }
-        match windows.epochs.get(&epoch) {
-            Some(window) => Ok(Some(window)),
+        match windows.epochs.iter().find(|(e, _)| *e == epoch) {
+            Some((_, window)) => Ok(Some(window)),
             None if windows.epochs.len() >= MAX_EPOCHS
-                && windows.epochs.keys().next().is_some_and(|&min| epoch < min) =>
+                && windows.epochs.first().is_some_and(|&(min, _)| epoch < min) =>
             {
                 Err(stale())
             }
@@ -246,21 +248,32 @@ impl Pool {
                 // of new ones, not one per channel.
                 self.evict_least_recently_used((self.max / 8).max(1));
             }
-            self.windows
-                .insert(channel.to_owned(), ChannelWindows::default());
+            // Room for one epoch: most channels never see a second.
+            let windows = ChannelWindows {
+                epochs: Vec::with_capacity(1),
+                ..ChannelWindows::default()
+            };
+            self.windows.insert(channel.to_owned(), windows);
         }
         let Some(windows) = self.windows.get_mut(channel) else {
             return;
         };
         windows.last_used = clock;
-        let window = windows.epochs.entry(epoch).or_default();
-        for seq in seqs {
-            window.accept(seq);
+        let at = match windows.epochs.binary_search_by_key(&epoch, |&(e, _)| e) {
+            Ok(at) => at,
+            Err(at) => {
+                windows.epochs.insert(at, (epoch, ReplayWindow::default()));
+                at
+            }
+        };
+        if let Some((_, window)) = windows.epochs.get_mut(at) {
+            for seq in seqs {
+                window.accept(seq);
+            }
         }
         while windows.epochs.len() > MAX_EPOCHS {
-            if let Some((oldest, _)) = windows.epochs.pop_first() {
-                windows.floor = windows.floor.max(oldest.saturating_add(1));
-            }
+            let (oldest, _) = windows.epochs.remove(0);
+            windows.floor = windows.floor.max(oldest.saturating_add(1));
         }
     }
 
@@ -361,6 +374,23 @@ mod tests {
             Err(ReplayRefusal::StaleEpoch { .. })
         ));
         w.check_and_record(&[("a", 11, 1)]).unwrap();
+
+        // Epochs first seen out of order: the oldest goes first, not the first seen.
+        let mut w = SenderWindows::default();
+        for epoch in [12, 10, 11, 13, 14] {
+            w.check_and_record(&[("b", epoch, 0)]).unwrap();
+        }
+        assert!(matches!(
+            w.check_and_record(&[("b", 10, 1)]),
+            Err(ReplayRefusal::StaleEpoch { epoch: 10, .. })
+        ));
+        for epoch in [11, 12, 13, 14] {
+            assert!(matches!(
+                w.check_and_record(&[("b", epoch, 0)]),
+                Err(ReplayRefusal::Window { .. })
+            ));
+        }
+        w.check_and_record(&[("b", 11, 1)]).unwrap();
     }
 
     #[test]
