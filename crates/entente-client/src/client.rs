@@ -97,7 +97,8 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
-/// The hub's answer to one queued message ([`Client::enqueue`]): a future that resolves to
+/// The hub's answer to one queued message ([`Client::enqueue`],
+/// [`Responder::enqueue_reply`](crate::Responder::enqueue_reply)): a future that resolves to
 /// `Ok(())` on the hub's `Ack`, or to the error (refusal, closed session, timeout).
 ///
 /// Dropping it does not cancel the publish.
@@ -109,6 +110,9 @@ pub struct PublishAck {
     /// Armed only if the answer is not there when first polled: most acks of a batch are
     /// answered by then, and need no timer.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether `deadline` is this future's to keep: not when whoever awaits it ends by then
+    /// anyway (a request's own timeout), and no timer is armed.
+    timed: bool,
     client: Client,
 }
 
@@ -962,6 +966,7 @@ impl Client {
                 answer,
                 deadline,
                 timer: None,
+                timed: true,
                 client: self.clone(),
             }),
             Ok(Err(_)) => Err(self.inner.shared.closed_error()),
@@ -1135,6 +1140,8 @@ impl Client {
             let mut ack = self
                 .queue_direct(target, payload, Some(reply_to), send_by)
                 .await?;
+            // This request's timeout ends it by the ack's deadline: the ack keeps no timer.
+            ack.timed = send_by < deadline;
             // The reply proves the request was delivered: it is not held up by the hub's
             // acknowledgement (which waits for the audit log to be durable). A refusal that
             // comes first ends the request with the hub's reason.
@@ -1189,14 +1196,14 @@ impl Client {
         Ok(Requests::new(self.subscribe_direct().await?))
     }
 
-    /// Sends `payload` on `reply_to`, sealed for exactly `requester`, and waits for the
-    /// hub's `Ack`. `reply_to` must lie in the requester's reply namespace.
-    pub(crate) async fn reply(
+    /// Queues `payload` on `reply_to`, sealed for exactly `requester`: the returned ack
+    /// resolves on the hub's answer. `reply_to` must lie in the requester's reply namespace.
+    pub(crate) async fn queue_reply(
         &self,
         requester: &Principal,
         reply_to: &Channel,
         payload: Vec<u8>,
-    ) -> Result<(), Error> {
+    ) -> Result<PublishAck, Error> {
         if !namespace::is_reply_channel_of(requester, reply_to) {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
@@ -1208,7 +1215,6 @@ impl Client {
         let bundle = self.key_bundle(requester).await?;
         let recipients = Arc::new(Recipients::exactly(vec![bundle]));
         self.queue(reply_to.clone(), payload, recipients, None, None, deadline)
-            .await?
             .await
     }
 
@@ -1357,6 +1363,9 @@ impl Future for PublishAck {
                     .unwrap_or_else(|_| Err(this.client.inner.shared.closed_error()))
                     .map(drop),
             );
+        }
+        if !this.timed {
+            return Poll::Pending;
         }
         let deadline = this.deadline;
         let timer = this

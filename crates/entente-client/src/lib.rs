@@ -17,8 +17,10 @@
 //!   [`Client::request`] sends a direct whose `reply_to` is a fresh channel of the requester's
 //!   own reply namespace (`_reply.S.N.…`) and waits for the target's one reply, which the
 //!   target sends with the [`Responder`] of a [`Request`] from [`Client::serve_direct`] or
-//!   [`Client::serve`]. Never a shared `_INBOX`: only the requester can read its namespace,
-//!   and the hub lets only the request's recipient answer, once.
+//!   [`Client::serve`] ([`Responder::reply`] waits for the hub's ack,
+//!   [`Responder::enqueue_reply`] returns a [`PublishAck`] once the reply is queued, so one
+//!   task can answer a stream of requests). Never a shared `_INBOX`: only the requester can
+//!   read its namespace, and the hub lets only the request's recipient answer, once.
 //! - Grants and just-in-time elevation: [`Client::grant`] gives a principal a named, time-bound
 //!   grant its policies test; [`Client::request_grant`] asks for one, which principals other
 //!   than the requester approve with statements they sign ([`Client::approve`],

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use entente_types::{Channel, ChannelPattern, Principal};
 use futures_core::Stream;
 
-use crate::{Client, Error, ErrorKind, Message, Subscription};
+use crate::{Client, Error, ErrorKind, Message, PublishAck, Subscription};
 
 /// The requests arriving on a channel, pattern or this principal's direct channel
 /// ([`Client::serve`], [`Client::serve_direct`]), as a [`Stream`].
@@ -98,6 +98,34 @@ impl Responder {
     /// nor can one whose `reply_to` lies outside its sender's reply namespace. A second reply,
     /// or one after the request expired, is refused by the hub ([`ErrorKind::Denied`]).
     pub async fn reply(self, payload: impl Into<Vec<u8>>) -> Result<(), Error> {
+        self.enqueue_reply(payload).await?.await
+    }
+
+    /// Queues the reply like [`reply`](Self::reply), but returns once it is queued: the
+    /// returned [`PublishAck`] resolves when the hub answers (with the same errors). A
+    /// responder answering a stream of requests can so go on to the next one without a task
+    /// per reply; replies queued one after the other share a batch and its signature.
+    ///
+    /// ```no_run
+    /// # async fn run(client: entente_client::Client) -> Result<(), entente_client::Error> {
+    /// use futures_util::stream::{FuturesUnordered, StreamExt};
+    ///
+    /// let mut requests = client.serve_direct().await?;
+    /// let mut acks = FuturesUnordered::new();
+    /// loop {
+    ///     tokio::select! {
+    ///         request = requests.next() => {
+    ///             let Some(request) = request else { break };
+    ///             let request = request?;
+    ///             acks.push(request.responder.enqueue_reply(request.message.payload).await?);
+    ///         }
+    ///         Some(answer) = acks.next() => answer?,
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn enqueue_reply(self, payload: impl Into<Vec<u8>>) -> Result<PublishAck, Error> {
         let Some(reply_to) = &self.reply_to else {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
@@ -108,7 +136,7 @@ impl Responder {
             ));
         };
         self.client
-            .reply(&self.requester, reply_to, payload.into())
+            .queue_reply(&self.requester, reply_to, payload.into())
             .await
     }
 }

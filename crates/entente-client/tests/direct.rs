@@ -131,6 +131,58 @@ async fn requests_get_their_replies() {
 }
 
 #[tokio::test]
+async fn replies_queued_one_after_the_other_share_a_batch_and_their_acks_resolve() {
+    let hub = TestHub::start().await;
+    let (alice, bob) = (
+        hub.agent("shop", "alice").await,
+        hub.agent("shop", "bob").await,
+    );
+    let bob_id = bob.principal.clone();
+    let alice = hub.connect(alice.identity).await;
+    let bob = hub.connect(bob.identity).await;
+    let mut requests = bob.serve_direct().await.unwrap();
+    let asked: Vec<_> = ["a", "b", "c"]
+        .into_iter()
+        .map(|word| {
+            let (alice, bob_id) = (alice.clone(), bob_id.clone());
+            tokio::spawn(async move { alice.request(&bob_id, word, WAIT).await })
+        })
+        .collect();
+    let mut taken = Vec::new();
+    for _ in 0..3 {
+        taken.push(next_request(&mut requests).await);
+    }
+
+    // Each reply is queued without waiting for the hub: the three go out in one batch.
+    let before = bob.stats();
+    let mut acks = Vec::new();
+    for request in taken {
+        let answer = request.message.payload.to_ascii_uppercase();
+        acks.push(request.responder.enqueue_reply(answer).await.unwrap());
+    }
+    for ack in acks {
+        tokio::time::timeout(WAIT, ack).await.unwrap().unwrap();
+    }
+    let after = bob.stats();
+    assert_eq!(after.batches_sent - before.batches_sent, 1);
+    let mut replies = Vec::new();
+    for asked in asked {
+        let reply = asked.await.unwrap().unwrap();
+        assert_eq!(reply.sender, bob_id);
+        replies.push(reply.payload);
+    }
+    replies.sort();
+    assert_eq!(replies, [b"A", b"B", b"C"]);
+
+    // A message that asked for no reply can't be answered, queued or not.
+    alice.direct(&bob_id, "no answer needed").await.unwrap();
+    let plain = next_request(&mut requests).await;
+    let err = plain.responder.enqueue_reply("x").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert_eq!(bob.stats().batches_sent, after.batches_sent);
+}
+
+#[tokio::test]
 async fn a_request_times_out_and_its_late_reply_is_dropped() {
     let hub = TestHub::start().await;
     let (alice, bob) = (

@@ -25,6 +25,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use entente_client::{Client, ClientStats, Request};
 use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 
 use crate::commands::bench::{
     Latency, NatsPair, exit_code, mebibytes, median, nanos, print_medians,
@@ -203,20 +204,29 @@ pub(crate) async fn entente(shape: Rpc) -> Result<RpcReport> {
     let answering = {
         let reply_errors = Arc::clone(&reply_errors);
         tokio::spawn(async move {
-            while let Some(item) = served.next().await {
-                let Ok(Request {
-                    message, responder, ..
-                }) = item
-                else {
-                    continue;
-                };
-                // Each reply waits for the hub's ack: answer concurrently, as a server would.
-                let reply_errors = Arc::clone(&reply_errors);
-                tokio::spawn(async move {
-                    if responder.reply(message.payload).await.is_err() {
-                        reply_errors.fetch_add(1, Ordering::Relaxed);
+            // Each reply is queued and the next request taken at once, as nats' responder
+            // publishes its replies; the hub's acks are awaited alongside.
+            let mut acks = FuturesUnordered::new();
+            loop {
+                tokio::select! {
+                    item = served.next() => {
+                        let Some(item) = item else { break };
+                        let Ok(Request { message, responder, .. }) = item else {
+                            continue;
+                        };
+                        match responder.enqueue_reply(message.payload).await {
+                            Ok(ack) => acks.push(ack),
+                            Err(_) => {
+                                reply_errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
                     }
-                });
+                    Some(answer) = acks.next() => {
+                        if answer.is_err() {
+                            reply_errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
             }
         })
     };
