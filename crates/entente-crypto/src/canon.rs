@@ -18,6 +18,13 @@ impl Canon {
         canon
     }
 
+    /// An empty buffer with room for `capacity` bytes.
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(capacity),
+        }
+    }
+
     /// Appends `label` (a new canonical string after those already in the buffer).
     pub(crate) fn label(&mut self, label: &str) -> &mut Self {
         self.buf.extend_from_slice(label.as_bytes());

@@ -106,7 +106,8 @@ impl EpochKdf {
     ) -> Result<([u8; 32], [u8; 12]), aws_lc_rs::error::Unspecified> {
         // The two `info` strings differ only in their labels: the context after them is
         // written once.
-        let mut ctx = Canon::default();
+        // Two length prefixes and the epoch: sized once.
+        let mut ctx = Canon::with_capacity(sender.len() + channel.len() + 16);
         ctx.str(sender).str(channel).u64(epoch);
         let info = |label: &'static str| [label.as_bytes(), &[0], ctx.as_bytes()];
         let mut key = [0u8; 32];
