@@ -107,8 +107,8 @@ pub struct Client {
 pub struct PublishAck {
     answer: oneshot::Receiver<Result<Vec<Held>, Error>>,
     deadline: tokio::time::Instant,
-    /// Armed only if the answer is not there when first polled: most acks of a batch are
-    /// answered by then, and need no timer.
+    /// Armed only if the answer is not there when first polled (and `timed`): most acks of
+    /// a batch are answered by then, and need no timer.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Whether `deadline` is this future's to keep: not when whoever awaits it ends by then
     /// anyway (a request's own timeout), and no timer is armed.
@@ -1140,7 +1140,8 @@ impl Client {
             let mut ack = self
                 .queue_direct(target, payload, Some(reply_to), send_by)
                 .await?;
-            // This request's timeout ends it by the ack's deadline: the ack keeps no timer.
+            // When this request's own timeout ends it by the ack's deadline (the usual case),
+            // the ack arms no timer of its own.
             ack.timed = send_by < deadline;
             // The reply proves the request was delivered: it is not held up by the hub's
             // acknowledgement (which waits for the audit log to be durable). A refusal that

@@ -104,7 +104,8 @@ impl Responder {
     /// Queues the reply like [`reply`](Self::reply), but returns once it is queued: the
     /// returned [`PublishAck`] resolves when the hub answers (with the same errors). A
     /// responder answering a stream of requests can so go on to the next one without a task
-    /// per reply; replies queued one after the other share a batch and its signature.
+    /// per reply; replies to one requester queued one after the other can share a batch and
+    /// its signature.
     ///
     /// ```no_run
     /// # async fn run(client: entente_client::Client) -> Result<(), entente_client::Error> {
@@ -112,15 +113,27 @@ impl Responder {
     ///
     /// let mut requests = client.serve_direct().await?;
     /// let mut acks = FuturesUnordered::new();
+    /// let refused = |answer: Result<(), entente_client::Error>| {
+    ///     if let Err(e) = answer {
+    ///         eprintln!("a reply failed: {e}");
+    ///     }
+    /// };
     /// loop {
     ///     tokio::select! {
-    ///         request = requests.next() => {
-    ///             let Some(request) = request else { break };
-    ///             let request = request?;
-    ///             acks.push(request.responder.enqueue_reply(request.message.payload).await?);
-    ///         }
-    ///         Some(answer) = acks.next() => answer?,
+    ///         request = requests.next() => match request {
+    ///             None => break,
+    ///             Some(Ok(request)) => {
+    ///                 let payload = request.message.payload.to_ascii_uppercase();
+    ///                 acks.push(request.responder.enqueue_reply(payload).await?);
+    ///             }
+    ///             Some(Err(e)) => eprintln!("a message was refused: {e}"),
+    ///         },
+    ///         Some(answer) = acks.next() => refused(answer),
     ///     }
+    /// }
+    /// // The replies still waiting for the hub's answer.
+    /// while let Some(answer) = acks.next().await {
+    ///     refused(answer);
     /// }
     /// # Ok(())
     /// # }

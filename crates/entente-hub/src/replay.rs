@@ -261,7 +261,14 @@ impl Pool {
         windows.last_used = clock;
         let at = match windows.epochs.binary_search_by_key(&epoch, |&(e, _)| e) {
             Ok(at) => at,
-            Err(at) => {
+            Err(mut at) => {
+                // The oldest goes before the new one comes: the vector never outgrows
+                // MAX_EPOCHS (nor its capacity of four once grown).
+                if windows.epochs.len() >= MAX_EPOCHS && at > 0 {
+                    let (oldest, _) = windows.epochs.remove(0);
+                    windows.floor = windows.floor.max(oldest.saturating_add(1));
+                    at -= 1;
+                }
                 windows.epochs.insert(at, (epoch, ReplayWindow::default()));
                 at
             }
@@ -375,11 +382,17 @@ mod tests {
         ));
         w.check_and_record(&[("a", 11, 1)]).unwrap();
 
-        // Epochs first seen out of order: the oldest goes first, not the first seen.
+        // Epochs first seen out of order: the oldest goes first, not the first seen. One
+        // older than every epoch tracked is refused before any was evicted.
         let mut w = SenderWindows::default();
-        for epoch in [12, 10, 11, 13, 14] {
+        for epoch in [12, 10, 11, 13] {
             w.check_and_record(&[("b", epoch, 0)]).unwrap();
         }
+        assert!(matches!(
+            w.check_and_record(&[("b", 9, 0)]),
+            Err(ReplayRefusal::StaleEpoch { epoch: 9, .. })
+        ));
+        w.check_and_record(&[("b", 14, 0)]).unwrap();
         assert!(matches!(
             w.check_and_record(&[("b", 10, 1)]),
             Err(ReplayRefusal::StaleEpoch { epoch: 10, .. })
@@ -391,6 +404,13 @@ mod tests {
             ));
         }
         w.check_and_record(&[("b", 11, 1)]).unwrap();
+        // The oldest went before the newest came: the windows never took room for five.
+        let kept = &w.channels.windows["b"].epochs;
+        assert_eq!(
+            kept.iter().map(|(e, _)| *e).collect::<Vec<_>>(),
+            [11, 12, 13, 14]
+        );
+        assert!(kept.capacity() <= MAX_EPOCHS, "{}", kept.capacity());
     }
 
     #[test]

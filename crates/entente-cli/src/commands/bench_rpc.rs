@@ -200,36 +200,26 @@ pub(crate) async fn entente(shape: Rpc) -> Result<RpcReport> {
     };
     let target = responder.principal().clone();
     let mut served = responder.serve_direct().await?;
-    let reply_errors = Arc::new(AtomicU64::new(0));
-    let answering = {
-        let reply_errors = Arc::clone(&reply_errors);
-        tokio::spawn(async move {
-            // Each reply is queued and the next request taken at once, as nats' responder
-            // publishes its replies; the hub's acks are awaited alongside.
-            let mut acks = FuturesUnordered::new();
-            loop {
-                tokio::select! {
-                    item = served.next() => {
-                        let Some(item) = item else { break };
-                        let Ok(Request { message, responder, .. }) = item else {
-                            continue;
-                        };
-                        match responder.enqueue_reply(message.payload).await {
-                            Ok(ack) => acks.push(ack),
-                            Err(_) => {
-                                reply_errors.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                    Some(answer) = acks.next() => {
-                        if answer.is_err() {
-                            reply_errors.fetch_add(1, Ordering::Relaxed);
-                        }
+    // Each reply is queued and the next request taken at once, as nats' responder publishes
+    // its replies; the hub's acks are awaited alongside, as a server would. A reply that
+    // fails or is refused leaves its request unanswered: the requester counts it as failed.
+    let answering = tokio::spawn(async move {
+        let mut acks = FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                item = served.next() => {
+                    let Some(item) = item else { break };
+                    let Ok(Request { message, responder, .. }) = item else {
+                        continue;
+                    };
+                    if let Ok(ack) = responder.enqueue_reply(message.payload).await {
+                        acks.push(ack);
                     }
                 }
+                Some(_answer) = acks.next() => {}
             }
-        })
-    };
+        }
+    });
     // Warm up: directory lookups, sender keys and the reply subscription are not measured.
     requester
         .request(&target, vec![0u8; payload], TIMEOUT)
