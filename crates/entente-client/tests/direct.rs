@@ -12,7 +12,7 @@ mod support;
 
 use std::time::Duration;
 
-use entente_client::{ErrorKind, RefusalCode, Requests};
+use entente_client::{Client, ErrorKind, Principal, RefusalCode, Requests};
 use support::{TestHub, WAIT, message, options, quiet};
 use tokio_stream::StreamExt;
 
@@ -22,6 +22,20 @@ async fn next_request(requests: &mut Requests) -> entente_client::Request {
         .expect("no request in time")
         .expect("the stream ended")
         .expect("an error item")
+}
+
+/// Alice and Bob of segment `shop` connected, Bob serving his direct channel: Alice's
+/// client, Bob's, Bob's principal and his requests.
+async fn alice_asks_bob(hub: &TestHub) -> (Client, Client, Principal, Requests) {
+    let (alice, bob) = (
+        hub.agent("shop", "alice").await,
+        hub.agent("shop", "bob").await,
+    );
+    let bob_id = bob.principal.clone();
+    let alice = hub.connect(alice.identity).await;
+    let bob = hub.connect(bob.identity).await;
+    let requests = bob.serve_direct().await.unwrap();
+    (alice, bob, bob_id, requests)
 }
 
 #[tokio::test]
@@ -80,15 +94,8 @@ async fn a_direct_across_segments_is_denied_by_default() {
 #[tokio::test]
 async fn requests_get_their_replies() {
     let hub = TestHub::start().await;
-    let (alice, bob) = (
-        hub.agent("shop", "alice").await,
-        hub.agent("shop", "bob").await,
-    );
-    let (alice_id, bob_id) = (alice.principal.clone(), bob.principal.clone());
-    let alice = hub.connect(alice.identity).await;
-    let bob = hub.connect(bob.identity).await;
-
-    let mut requests = bob.serve_direct().await.unwrap();
+    let (alice, bob, bob_id, mut requests) = alice_asks_bob(&hub).await;
+    let alice_id = alice.principal().clone();
     let server = tokio::spawn(async move {
         for _ in 0..3 {
             let request = next_request(&mut requests).await;
@@ -133,14 +140,7 @@ async fn requests_get_their_replies() {
 #[tokio::test]
 async fn replies_queued_one_after_the_other_share_a_batch_and_their_acks_resolve() {
     let hub = TestHub::start().await;
-    let (alice, bob) = (
-        hub.agent("shop", "alice").await,
-        hub.agent("shop", "bob").await,
-    );
-    let bob_id = bob.principal.clone();
-    let alice = hub.connect(alice.identity).await;
-    let bob = hub.connect(bob.identity).await;
-    let mut requests = bob.serve_direct().await.unwrap();
+    let (alice, bob, bob_id, mut requests) = alice_asks_bob(&hub).await;
     let asked: Vec<_> = ["a", "b", "c"]
         .into_iter()
         .map(|word| {
@@ -185,14 +185,7 @@ async fn replies_queued_one_after_the_other_share_a_batch_and_their_acks_resolve
 #[tokio::test]
 async fn a_request_times_out_and_its_late_reply_is_dropped() {
     let hub = TestHub::start().await;
-    let (alice, bob) = (
-        hub.agent("shop", "alice").await,
-        hub.agent("shop", "bob").await,
-    );
-    let bob_id = bob.principal.clone();
-    let alice = hub.connect(alice.identity).await;
-    let bob = hub.connect(bob.identity).await;
-    let mut requests = bob.serve_direct().await.unwrap();
+    let (alice, _bob, bob_id, mut requests) = alice_asks_bob(&hub).await;
 
     let err = alice
         .request(&bob_id, "slow?", Duration::from_millis(500))
