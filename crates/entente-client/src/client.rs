@@ -43,7 +43,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::bundles::KeyBundleCache;
 use crate::inbox::{DurableDelivery, Inbox};
-use crate::outbox::{Outbox, OutboxOptions, Outgoing, Recipients, Sealed};
+use crate::outbox::{self, Outbox, OutboxOptions, Outgoing, Recipients, Sealed};
 use crate::renew::{self, Credential};
 use crate::stats::{self, ClientStats, Stats};
 use crate::transport::{Driver, SessionStream, Transport, end_status, status_text};
@@ -218,6 +218,13 @@ enum Command {
     Publish(Outgoing<PublishWaiter>),
     /// A subscribe or unsubscribe frame, already registered as pending.
     Frame(client_frame::Kind),
+}
+
+impl Command {
+    /// A request or a reply.
+    fn is_round_trip(&self) -> bool {
+        matches!(self, Self::Publish(m) if outbox::is_round_trip(m))
+    }
 }
 
 /// How the session ended.
@@ -1647,6 +1654,7 @@ async fn write(
         identity.message_keys().clone(),
         OutboxOptions {
             batch_max: options.batch_max,
+            round_trip_batch_max: options.round_trip_batch_max_value(),
             reply_batches: options.reply_batches,
             batch_max_bytes: options.batch_max_bytes,
             sender_key_resend_ms: millis(options.sender_key_resend),
@@ -1677,7 +1685,11 @@ async fn write(
         if taken == 0 {
             break;
         }
-        gather(&mut commands, &mut batch, options.batch_max, options.linger).await;
+        let limits = GatherLimits {
+            max: options.batch_max,
+            round_trips: options.round_trip_batch_max_value(),
+        };
+        gather(&mut commands, &mut batch, limits, options.linger).await;
         let mut writer = Writer {
             shared: &shared,
             outbox: &mut outbox,
@@ -1691,23 +1703,39 @@ async fn write(
     shared.shutdown.send_replace(true);
 }
 
-/// Waits up to `linger` for more commands to add to `batch`, up to `max` in all. With no
-/// `linger`, yields to the scheduler and takes what tasks ready to run queued meanwhile, as
-/// long as that adds something.
+/// How much [`gather`] waits for.
+#[derive(Debug, Clone, Copy)]
+struct GatherLimits {
+    /// Commands in all.
+    max: usize,
+    /// Requests and replies: once the batch holds a full batch of them, the writer stops
+    /// waiting for more and sends it (`ClientOptions::round_trip_batch_max`).
+    round_trips: usize,
+}
+
+/// Waits up to `linger` for more commands to add to `batch`, up to `limits.max` in all and
+/// until it holds `limits.round_trips` requests or replies. With no `linger`, yields to the
+/// scheduler and takes what tasks ready to run queued meanwhile, as long as that adds
+/// something. What is queued already is taken whatever it is (up to `limits.max`).
 async fn gather(
     commands: &mut mpsc::Receiver<Command>,
     batch: &mut Vec<Command>,
-    max: usize,
+    limits: GatherLimits,
     linger: Duration,
 ) {
+    let max = limits.max;
+    let mut round_trips = batch.iter().filter(|c| c.is_round_trip()).count();
     if linger.is_zero() {
         // Let the tasks that are ready to run add what they are about to send.
-        while batch.len() < max {
+        while batch.len() < max && round_trips < limits.round_trips {
             tokio::task::yield_now().await;
             let before = batch.len();
             while batch.len() < max {
                 match commands.try_recv() {
-                    Ok(command) => batch.push(command),
+                    Ok(command) => {
+                        round_trips += usize::from(command.is_round_trip());
+                        batch.push(command);
+                    }
                     Err(_) => break,
                 }
             }
@@ -1718,12 +1746,18 @@ async fn gather(
         return;
     }
     let deadline = tokio::time::Instant::now() + linger;
-    while batch.len() < max {
+    while batch.len() < max && round_trips < limits.round_trips {
         let room = max - batch.len();
+        let before = batch.len();
         match tokio::time::timeout_at(deadline, commands.recv_many(batch, room)).await {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
+        round_trips += batch
+            .iter()
+            .skip(before)
+            .filter(|c| c.is_round_trip())
+            .count();
     }
 }
 
@@ -1762,12 +1796,12 @@ impl Writer<'_> {
         for channel in mem::take(&mut shared.lock().resets) {
             self.outbox.reset(&channel);
         }
-        let sealed = self
-            .outbox
-            .seal(publishes, now_ms(), &mut || shared.next_id());
+        let now = now_ms();
         let mut open = true;
-        for item in sealed {
-            match item {
+        // Each run is sent as soon as it is sealed: the hub starts on it while the next one
+        // is sealed.
+        for run in self.outbox.runs(publishes) {
+            match self.outbox.seal_run(run, now, &mut || shared.next_id()) {
                 Sealed::Failed { tickets, error } => {
                     for ticket in tickets {
                         let _ = ticket.send(Err(error.duplicate()));
@@ -2084,6 +2118,64 @@ mod tests {
     use entente_types::MessageId;
 
     use super::*;
+
+    fn command(channel: &str, reply_to: Option<&str>) -> Command {
+        let (ticket, _answer) = oneshot::channel();
+        Command::Publish(Outgoing {
+            channel: Channel::parse(channel).unwrap(),
+            payload: b"x".to_vec(),
+            recipients: Arc::new(Recipients::exactly(Vec::new())),
+            reply_to: reply_to.map(|r| Channel::parse(r).unwrap()),
+            purpose: None,
+            alone: false,
+            ticket,
+        })
+    }
+
+    #[tokio::test]
+    async fn gathering_stops_waiting_once_it_holds_a_batch_of_requests_or_replies() {
+        let limits = |round_trips| GatherLimits {
+            max: 8,
+            round_trips,
+        };
+        let request = || command("_direct.shop.bob", Some("_reply.shop.alice.r"));
+        // A task ready to run that is about to queue one more: the writer waits for it
+        // (yields) unless it already holds a batch of requests.
+        let (tx, mut rx) = mpsc::channel(16);
+        let about_to_send = |tx: &mpsc::Sender<Command>| {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.send(command("_reply.shop.bob.x1", None)).await })
+        };
+        let mut batch = vec![request(), request()];
+        let pending = about_to_send(&tx);
+        gather(&mut rx, &mut batch, limits(2), Duration::ZERO).await;
+        assert_eq!(batch.len(), 2, "waited with a batch of requests in hand");
+        pending.await.unwrap().unwrap();
+
+        // One more allowed: it waits, and takes what was queued meanwhile (the reply above)
+        // and what the task adds.
+        let pending = about_to_send(&tx);
+        gather(&mut rx, &mut batch, limits(4), Duration::ZERO).await;
+        assert_eq!(batch.len(), 4);
+        pending.await.unwrap().unwrap();
+
+        // Publishes do not count: the writer waits for more.
+        let mut publishes = vec![command("orders.eu", None), command("orders.eu", None)];
+        let pending = about_to_send(&tx);
+        gather(&mut rx, &mut publishes, limits(2), Duration::ZERO).await;
+        assert_eq!(publishes.len(), 3);
+        pending.await.unwrap().unwrap();
+        assert!(publishes.last().unwrap().is_round_trip());
+        assert!(!publishes.first().unwrap().is_round_trip());
+
+        // With a linger, likewise.
+        let mut batch = vec![request(), request()];
+        tx.send(request()).await.unwrap();
+        gather(&mut rx, &mut batch, limits(2), Duration::from_secs(5)).await;
+        assert_eq!(batch.len(), 2);
+        gather(&mut rx, &mut batch, limits(3), Duration::from_millis(50)).await;
+        assert_eq!(batch.len(), 3);
+    }
 
     #[test]
     fn reply_tokens_are_128_random_bits_in_lowercase_hex() {

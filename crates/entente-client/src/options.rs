@@ -23,6 +23,7 @@ pub struct ClientOptions {
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
     pub(crate) batch_max: usize,
+    pub(crate) round_trip_batch_max: usize,
     pub(crate) batch_max_bytes: usize,
     pub(crate) reply_batches: bool,
     pub(crate) linger: Duration,
@@ -59,6 +60,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             batch_max: 256,
+            round_trip_batch_max: 32,
             batch_max_bytes: 1 << 20,
             reply_batches: true,
             linger: Duration::ZERO,
@@ -100,6 +102,20 @@ impl ClientOptions {
         self
     }
 
+    /// Most requests, or replies, sealed into one signed batch. Default 32; clamped to
+    /// 1 ..= the wire limit (1024), and never more than [`batch_max`](Self::batch_max).
+    ///
+    /// Requests and replies travel a closed loop: a requester with many requests in flight
+    /// sends the next ones as the replies come back. Sealed as one batch, what is in flight
+    /// would move as one wave through each step in turn (seal, the hub's checks, open, answer),
+    /// with one step busy at a time; in batches of a few dozen the steps overlap, on the cores
+    /// of one machine or across machines, at the cost of one signature and its checks more per
+    /// batch. Publishes are not limited by it.
+    pub fn round_trip_batch_max(mut self, messages: usize) -> Self {
+        self.round_trip_batch_max = messages.clamp(1, self.limits.max_batch_envelopes.max(1));
+        self
+    }
+
     /// Whether replies queued together to one requester go as one batch of replies on its
     /// reply namespace root, under one signature (PROTOCOL.md §5.5). Default on; turn it off
     /// to answer requesters whose SDK predates batches of replies (they refuse them as badly
@@ -120,7 +136,9 @@ impl ClientOptions {
     /// full. Default zero: a batch holds whatever queued up while the previous one was being
     /// sealed and sent, plus what tasks already ready to run add while the writer yields to
     /// the scheduler, again as long as that adds something (say, the requests a batch of
-    /// replies releases). So a lone message goes out at once and batches grow only under load.
+    /// replies releases) and until it holds
+    /// [`round_trip_batch_max`](Self::round_trip_batch_max) requests or replies. So a lone
+    /// message goes out at once and batches grow only under load.
     pub fn linger(mut self, linger: Duration) -> Self {
         self.linger = linger;
         self
@@ -167,6 +185,9 @@ impl ClientOptions {
         self.limits = limits;
         self.batch_max = self
             .batch_max
+            .clamp(1, self.limits.max_batch_envelopes.max(1));
+        self.round_trip_batch_max = self
+            .round_trip_batch_max
             .clamp(1, self.limits.max_batch_envelopes.max(1));
         self
     }
@@ -224,6 +245,20 @@ impl ClientOptions {
     pub fn batch_max_value(&self) -> usize {
         self.batch_max
     }
+
+    /// The batch size in force for requests and replies: the smaller of
+    /// [`round_trip_batch_max`](Self::round_trip_batch_max) and
+    /// [`batch_max`](Self::batch_max).
+    ///
+    /// ```
+    /// use entente_client::ClientOptions;
+    ///
+    /// assert_eq!(ClientOptions::new().round_trip_batch_max_value(), 32);
+    /// assert_eq!(ClientOptions::new().batch_max(8).round_trip_batch_max_value(), 8);
+    /// ```
+    pub fn round_trip_batch_max_value(&self) -> usize {
+        self.round_trip_batch_max.min(self.batch_max)
+    }
 }
 
 #[cfg(test)]
@@ -242,6 +277,18 @@ mod tests {
         assert_eq!(o.subscription_queue, 1);
         assert_eq!(o.batch_max_bytes, 1);
         assert_eq!(ClientOptions::new().batch_max(1_000_000).batch_max, 1024);
+        assert_eq!(
+            ClientOptions::new()
+                .round_trip_batch_max(0)
+                .round_trip_batch_max,
+            1
+        );
+        assert_eq!(
+            ClientOptions::new()
+                .round_trip_batch_max(1_000_000)
+                .round_trip_batch_max_value(),
+            256
+        );
         let small = Limits {
             max_batch_envelopes: 8,
             ..Limits::default()
@@ -253,5 +300,11 @@ mod tests {
                 .batch_max_value(),
             8
         );
+        let options = ClientOptions::new()
+            .batch_max(512)
+            .round_trip_batch_max(512)
+            .limits(small);
+        assert_eq!(options.round_trip_batch_max, 8);
+        assert_eq!(options.round_trip_batch_max_value(), 8);
     }
 }

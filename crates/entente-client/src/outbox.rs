@@ -85,6 +85,8 @@ pub(crate) enum Sealed<T> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct OutboxOptions {
     pub(crate) batch_max: usize,
+    /// Most requests or replies in a batch (no more than `batch_max`).
+    pub(crate) round_trip_batch_max: usize,
     /// Whether replies to one requester may share a batch of replies.
     pub(crate) reply_batches: bool,
     pub(crate) batch_max_bytes: usize,
@@ -172,6 +174,7 @@ impl Outbox {
     }
 
     /// Seals `messages` into frames, in order within each channel. `next_id` draws request IDs.
+    #[cfg(test)]
     pub(crate) fn seal<T>(
         &mut self,
         messages: Vec<Outgoing<T>>,
@@ -179,14 +182,22 @@ impl Outbox {
         next_id: &mut impl FnMut() -> u64,
     ) -> Vec<Sealed<T>> {
         let mut out = Vec::new();
-        for run in runs(messages, &self.options) {
+        for run in self.runs(messages) {
             out.push(self.seal_run(run, now_ms, next_id));
         }
         out
     }
 
-    /// Seals one run: messages of one channel and one recipient set, within the batch limits.
-    fn seal_run<T>(
+    /// `messages` split into runs to seal as one batch each, in the order to send them: the
+    /// writer seals and sends one before sealing the next, so that the hub can start on the
+    /// first while the rest are sealed.
+    pub(crate) fn runs<T>(&self, messages: Vec<Outgoing<T>>) -> Vec<Vec<Outgoing<T>>> {
+        runs(messages, &self.options)
+    }
+
+    /// Seals one run of [`runs`](Self::runs): messages of one channel and one recipient set,
+    /// within the batch limits.
+    pub(crate) fn seal_run<T>(
         &mut self,
         run: Vec<Outgoing<T>>,
         now_ms: u64,
@@ -425,6 +436,11 @@ fn runs<T>(messages: Vec<Outgoing<T>>, options: &OutboxOptions) -> Vec<Vec<Outgo
         let mut run: Vec<Outgoing<T>> = Vec::new();
         let mut bytes = 0usize;
         for m in group {
+            let limit = if is_round_trip(&m) {
+                options.round_trip_batch_max.min(options.batch_max)
+            } else {
+                options.batch_max
+            };
             // A run of replies is either on one channel (a batch there) or on as many
             // channels as messages (a batch of replies: the hub grants each channel one).
             let shape = || {
@@ -443,7 +459,7 @@ fn runs<T>(messages: Vec<Outgoing<T>>, options: &OutboxOptions) -> Vec<Vec<Outgo
                     && m.purpose.is_none()
                     && !first.alone
                     && !m.alone
-                    && run.len() < options.batch_max
+                    && run.len() < limit
                     && bytes.saturating_add(m.payload.len()) <= options.batch_max_bytes
                     && (root.is_none() || shape())
             });
@@ -459,6 +475,12 @@ fn runs<T>(messages: Vec<Outgoing<T>>, options: &OutboxOptions) -> Vec<Vec<Outgo
         }
     }
     runs
+}
+
+/// Whether `m` is a request or a reply, whose batches [`OutboxOptions::round_trip_batch_max`]
+/// limits.
+pub(crate) fn is_round_trip<T>(m: &Outgoing<T>) -> bool {
+    m.reply_to.is_some() || namespace::is_reply_channel(&m.channel)
 }
 
 fn seal_error(channel: &Channel, e: SealError) -> Error {
@@ -546,6 +568,7 @@ pub(crate) mod tests {
             agent.keys.clone(),
             OutboxOptions {
                 batch_max,
+                round_trip_batch_max: batch_max,
                 reply_batches: true,
                 batch_max_bytes: 1 << 20,
                 sender_key_resend_ms: resend_ms,
@@ -960,6 +983,69 @@ pub(crate) mod tests {
                 .channels
                 .contains_key(&Channel::parse("_reply.shop.carol").unwrap())
         );
+    }
+
+    #[test]
+    fn requests_and_replies_are_cut_at_their_own_batch_limit_and_publishes_are_not() {
+        let ca = TestCa::new();
+        let (alice, bob) = (ca.agent("alice"), ca.agent("bob"));
+        let to_bob = Arc::new(Recipients::new(&alice.bundle, vec![bob.bundle.clone()]));
+        let mut outbox = outbox(&alice, 8, 60_000);
+        outbox.options.round_trip_batch_max = 2;
+        let mut ids = 0;
+        let mut next = || {
+            ids += 1;
+            ids
+        };
+        let mut messages = Vec::new();
+        // Five publishes, five requests to one channel, five replies to one requester.
+        for t in 1..=5 {
+            messages.push(message("orders.eu", b"p", &to_bob, t));
+        }
+        for t in 6..=10 {
+            let mut request = message("_direct.shop.bob", b"q", &to_bob, t);
+            request.reply_to = Some(Channel::parse(&format!("_reply.shop.alice.r{t}")).unwrap());
+            messages.push(request);
+        }
+        for t in 11..=15 {
+            messages.push(message(&format!("_reply.shop.bob.x{t}"), b"r", &to_bob, t));
+        }
+        let runs: Vec<Vec<u32>> = outbox
+            .runs(messages)
+            .into_iter()
+            .map(|run| run.into_iter().map(|m| m.ticket).collect())
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                vec![1, 2, 3, 4, 5],
+                vec![6, 7],
+                vec![8, 9],
+                vec![10],
+                vec![11, 12],
+                vec![13, 14],
+                vec![15],
+            ]
+        );
+        // Not above `batch_max` either.
+        outbox.options.batch_max = 1;
+        outbox.options.round_trip_batch_max = 2;
+        let mut two = vec![
+            message("_direct.shop.bob", b"q", &to_bob, 1),
+            message("_direct.shop.bob", b"q", &to_bob, 2),
+        ];
+        for request in &mut two {
+            request.reply_to = Some(Channel::parse("_reply.shop.alice.r").unwrap());
+        }
+        assert_eq!(frames(outbox.seal(two, NOW, &mut next)).len(), 2);
+        assert!(is_round_trip(&message(
+            "_reply.shop.bob.x1",
+            b"",
+            &to_bob,
+            0
+        )));
+        assert!(!is_round_trip(&message("_reply.shop.bob", b"", &to_bob, 0)));
+        assert!(!is_round_trip(&message("orders.eu", b"", &to_bob, 0)));
     }
 
     #[test]

@@ -183,6 +183,48 @@ async fn replies_queued_one_after_the_other_share_a_batch_and_their_acks_resolve
 }
 
 #[tokio::test]
+async fn replies_go_in_batches_of_at_most_the_round_trip_limit() {
+    let hub = TestHub::start().await;
+    let (alice, bob) = (
+        hub.agent("shop", "alice").await,
+        hub.agent("shop", "bob").await,
+    );
+    let bob_id = bob.principal.clone();
+    let alice = hub.connect(alice.identity).await;
+    let options = options().round_trip_batch_max(2);
+    let bob = hub.connect_with(bob.identity, options).await;
+    let mut requests = bob.serve_direct().await.unwrap();
+    let asked: Vec<_> = (0..5)
+        .map(|i| {
+            let (alice, bob_id) = (alice.clone(), bob_id.clone());
+            tokio::spawn(async move { alice.request(&bob_id, format!("q{i}"), WAIT).await })
+        })
+        .collect();
+    let mut taken = Vec::new();
+    for _ in 0..5 {
+        taken.push(next_request(&mut requests).await);
+    }
+
+    // Five replies queued in a row (the writer takes them at once): batches of 2, 2 and 1.
+    let before = bob.stats();
+    let mut acks = Vec::new();
+    for request in taken {
+        let answer = request.message.payload.to_ascii_uppercase();
+        acks.push(request.responder.enqueue_reply(answer).await.unwrap());
+    }
+    for ack in acks {
+        tokio::time::timeout(WAIT, ack).await.unwrap().unwrap();
+    }
+    assert_eq!(bob.stats().batches_sent - before.batches_sent, 3);
+    let mut replies = Vec::new();
+    for asked in asked {
+        replies.push(asked.await.unwrap().unwrap().payload);
+    }
+    replies.sort();
+    assert_eq!(replies, [b"Q0", b"Q1", b"Q2", b"Q3", b"Q4"]);
+}
+
+#[tokio::test]
 async fn a_request_times_out_and_its_late_reply_is_dropped() {
     let hub = TestHub::start().await;
     let (alice, _bob, bob_id, mut requests) = alice_asks_bob(&hub).await;

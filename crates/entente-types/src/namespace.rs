@@ -71,6 +71,12 @@ pub fn reply_root_of(channel: &Channel) -> Option<Channel> {
     reply_root_name(channel).map(|root| Channel::from_valid(root.to_owned()))
 }
 
+/// Whether `channel` is a reply channel: in some principal's reply namespace, with at least
+/// one token after its owner's (`reply_root_of(channel)` is `Some`), without building the root.
+pub fn is_reply_channel(channel: &Channel) -> bool {
+    reply_root_name(channel).is_some()
+}
+
 /// Whether `channel` is a reply channel under `root` (`reply_root_of(channel)` is `root`),
 /// without building the root.
 pub fn is_reply_channel_under(root: &Channel, channel: &Channel) -> bool {
