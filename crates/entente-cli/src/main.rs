@@ -145,6 +145,15 @@ enum Command {
         /// that also carries their calls) instead of framed (PROTOCOL.md §9.1, the default).
         #[arg(long, conflicts_with = "crypto_floor")]
         http2: bool,
+        /// Most requests, or replies, in one signed batch: the SDK clients'
+        /// `round_trip_batch_max` (default: the SDK's, 32).
+        #[arg(
+            long,
+            value_name = "MESSAGES",
+            value_parser = clap::value_parser!(u16).range(1..=1024),
+            conflicts_with = "crypto_floor"
+        )]
+        round_trip_batch_max: Option<u16>,
     },
     /// Open many idle mutual-TLS sessions on a hub run in its own process and report its
     /// memory per connection; then measure handshakes/s with and without session resumption.
@@ -439,10 +448,14 @@ fn main() -> ExitCode {
             suite,
             crypto_floor,
             http2,
+            round_trip_batch_max,
         } => {
             use commands::bench::{PubSub, Switch};
             if http2 {
                 commands::bench::use_http2_sessions();
+            }
+            if let Some(limit) = round_trip_batch_max {
+                commands::bench::use_round_trip_batch_max(usize::from(limit));
             }
             let count = messages.unwrap_or(200_000);
             let shape = PubSub {

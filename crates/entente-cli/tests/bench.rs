@@ -208,6 +208,26 @@ fn request_reply_runs_beside_nats() {
     }
 }
 
+/// `--round-trip-batch-max` reaches the SDK clients: no signed batch of requests or replies
+/// holds more, on average or otherwise; and nothing is lost.
+#[test]
+fn the_round_trip_batch_limit_reaches_the_clients() {
+    let v = bench_json(&[
+        "--messages",
+        "400",
+        "--request-reply",
+        "32",
+        "--round-trip-batch-max",
+        "4",
+    ]);
+    assert_eq!(v["answered"], 400, "{v:#}");
+    assert_eq!(v["lost"], 0, "{v:#}");
+    for side in ["requests", "replies"] {
+        let per_batch = v["per_batch"][side].as_f64().unwrap();
+        assert!((1.0..=4.0).contains(&per_batch), "{v:#}");
+    }
+}
+
 /// The whole suite with tiny counts: every workload ran on every side, Entente lost
 /// nothing, and each line carries throughput, latency, CPU and memory. Timings are not
 /// asserted.

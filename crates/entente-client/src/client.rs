@@ -1708,15 +1708,16 @@ async fn write(
 struct GatherLimits {
     /// Commands in all.
     max: usize,
-    /// Requests and replies: once the batch holds a full batch of them, the writer stops
-    /// waiting for more and sends it (`ClientOptions::round_trip_batch_max`).
+    /// Requests and replies, on all channels together: once the batch holds that many, the
+    /// writer stops waiting for more and sends it (`ClientOptions::round_trip_batch_max`).
     round_trips: usize,
 }
 
 /// Waits up to `linger` for more commands to add to `batch`, up to `limits.max` in all and
 /// until it holds `limits.round_trips` requests or replies. With no `linger`, yields to the
 /// scheduler and takes what tasks ready to run queued meanwhile, as long as that adds
-/// something. What is queued already is taken whatever it is (up to `limits.max`).
+/// something. Each time it takes, it takes all that is queued (up to `limits.max`), requests
+/// and replies beyond the limit included: the outbox cuts them into batches.
 async fn gather(
     commands: &mut mpsc::Receiver<Command>,
     batch: &mut Vec<Command>,
@@ -1801,6 +1802,14 @@ impl Writer<'_> {
         // Each run is sent as soon as it is sealed: the hub starts on it while the next one
         // is sealed.
         for run in self.outbox.runs(publishes) {
+            if !open {
+                // The session is over: what is left is not sealed, only answered.
+                let error = shared.closed_error();
+                for m in run {
+                    let _ = m.ticket.send(Err(error.duplicate()));
+                }
+                continue;
+            }
             match self.outbox.seal_run(run, now, &mut || shared.next_id()) {
                 Sealed::Failed { tickets, error } => {
                     for ticket in tickets {
@@ -1812,7 +1821,7 @@ impl Writer<'_> {
                     publish,
                     tickets,
                     replies,
-                } if open => {
+                } => {
                     let id = publish.request_id;
                     let keys = publish.sender_keys.len() as u64;
                     let batches = publish.batches.len() as u64;
@@ -1834,12 +1843,6 @@ impl Writer<'_> {
                         kind: Some(client_frame::Kind::Publish(publish)),
                     };
                     open = self.send(frame).await;
-                }
-                Sealed::Frame { tickets, .. } => {
-                    let error = shared.closed_error();
-                    for ticket in tickets {
-                        let _ = ticket.send(Err(error.duplicate()));
-                    }
                 }
             }
         }
@@ -2132,7 +2135,8 @@ mod tests {
         })
     }
 
-    #[tokio::test]
+    // On one thread: a spawned task runs only when the test yields.
+    #[tokio::test(flavor = "current_thread")]
     async fn gathering_stops_waiting_once_it_holds_a_batch_of_requests_or_replies() {
         let limits = |round_trips| GatherLimits {
             max: 8,
@@ -2152,7 +2156,7 @@ mod tests {
         assert_eq!(batch.len(), 2, "waited with a batch of requests in hand");
         pending.await.unwrap().unwrap();
 
-        // One more allowed: it waits, and takes what was queued meanwhile (the reply above)
+        // Two more allowed: it waits, and takes what was queued meanwhile (the reply above)
         // and what the task adds.
         let pending = about_to_send(&tx);
         gather(&mut rx, &mut batch, limits(4), Duration::ZERO).await;

@@ -7,10 +7,11 @@
 //! The current key is also sent again once per resend interval, for recipients who subscribed
 //! after it was first sent.
 //!
-//! Messages of one channel with the same recipients and `reply_to` are sealed together, up to
-//! `batch_max` messages or `batch_max_bytes` payload bytes, as one signed batch (one Ed25519
-//! signature): one `Publish` frame per batch, so that a refusal only fails the messages it
-//! carried.
+//! Messages of one channel with the same recipients are sealed together (requests whatever
+//! their `reply_to`), up to `batch_max` messages — requests and replies up to the writer's
+//! round-trip limit (`OutboxOptions::round_trip_batch_max`) — or `batch_max_bytes` payload
+//! bytes, as one signed batch (one Ed25519 signature): one `Publish` frame per batch, so that
+//! a refusal only fails the messages it carried.
 //!
 //! A message with a purpose (for the approvers of a channel that holds messages) is sealed
 //! alone, in a batch and frame of its own, carrying the purpose.

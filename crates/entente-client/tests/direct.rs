@@ -12,7 +12,7 @@ mod support;
 
 use std::time::Duration;
 
-use entente_client::{Client, ErrorKind, Principal, RefusalCode, Requests};
+use entente_client::{Client, ClientOptions, ErrorKind, Principal, RefusalCode, Requests};
 use support::{TestHub, WAIT, message, options, quiet};
 use tokio_stream::StreamExt;
 
@@ -27,13 +27,21 @@ async fn next_request(requests: &mut Requests) -> entente_client::Request {
 /// Alice and Bob of segment `shop` connected, Bob serving his direct channel: Alice's
 /// client, Bob's, Bob's principal and his requests.
 async fn alice_asks_bob(hub: &TestHub) -> (Client, Client, Principal, Requests) {
+    alice_asks_bob_with(hub, options()).await
+}
+
+/// [`alice_asks_bob`], Bob's client with `bob_options`.
+async fn alice_asks_bob_with(
+    hub: &TestHub,
+    bob_options: ClientOptions,
+) -> (Client, Client, Principal, Requests) {
     let (alice, bob) = (
         hub.agent("shop", "alice").await,
         hub.agent("shop", "bob").await,
     );
     let bob_id = bob.principal.clone();
     let alice = hub.connect(alice.identity).await;
-    let bob = hub.connect(bob.identity).await;
+    let bob = hub.connect_with(bob.identity, bob_options).await;
     let requests = bob.serve_direct().await.unwrap();
     (alice, bob, bob_id, requests)
 }
@@ -185,15 +193,8 @@ async fn replies_queued_one_after_the_other_share_a_batch_and_their_acks_resolve
 #[tokio::test]
 async fn replies_go_in_batches_of_at_most_the_round_trip_limit() {
     let hub = TestHub::start().await;
-    let (alice, bob) = (
-        hub.agent("shop", "alice").await,
-        hub.agent("shop", "bob").await,
-    );
-    let bob_id = bob.principal.clone();
-    let alice = hub.connect(alice.identity).await;
-    let options = options().round_trip_batch_max(2);
-    let bob = hub.connect_with(bob.identity, options).await;
-    let mut requests = bob.serve_direct().await.unwrap();
+    let bob_options = options().round_trip_batch_max(2);
+    let (alice, bob, bob_id, mut requests) = alice_asks_bob_with(&hub, bob_options).await;
     let asked: Vec<_> = (0..5)
         .map(|i| {
             let (alice, bob_id) = (alice.clone(), bob_id.clone());

@@ -269,6 +269,7 @@ mod tests {
         ] {
             let got = reply_root_of(&c(channel));
             assert_eq!(got.as_ref().map(Channel::as_str), root, "{channel}");
+            assert_eq!(is_reply_channel(&c(channel)), root.is_some(), "{channel}");
             for other in ["_reply.shop.alice", "_reply.human:ops", "_reply.shop"] {
                 assert_eq!(
                     is_reply_channel_under(&c(other), &c(channel)),

@@ -32,7 +32,7 @@
 
 use std::{
     process::ExitCode,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -64,10 +64,23 @@ pub(crate) fn use_http2_sessions() {
     HTTP2.store(true, Ordering::Relaxed);
 }
 
+/// `--round-trip-batch-max`, 0 for the SDK's default.
+static ROUND_TRIP_BATCH_MAX: AtomicUsize = AtomicUsize::new(0);
+
+/// Makes every SDK client of this process's benchmarks seal requests and replies in batches of
+/// at most `limit`.
+pub(crate) fn use_round_trip_batch_max(limit: usize) {
+    ROUND_TRIP_BATCH_MAX.store(limit, Ordering::Relaxed);
+}
+
 /// The options the benchmarks' SDK clients connect with: the defaults (framed sessions), with
-/// HTTP/2 sessions under `--http2`.
+/// HTTP/2 sessions under `--http2` and the limit of `--round-trip-batch-max`.
 pub(crate) fn client_options() -> ClientOptions {
-    let options = ClientOptions::default();
+    let mut options = ClientOptions::default();
+    match ROUND_TRIP_BATCH_MAX.load(Ordering::Relaxed) {
+        0 => {}
+        limit => options = options.round_trip_batch_max(limit),
+    }
     if HTTP2.load(Ordering::Relaxed) {
         options.session_transport(SessionTransport::Http2)
     } else {

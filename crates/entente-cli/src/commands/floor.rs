@@ -42,6 +42,16 @@ pub(crate) const FANOUT: usize = 10;
 /// of replies, holds more.
 pub(crate) const REQUESTS_IN_FLIGHT: usize = 64;
 
+/// Requests, or replies, under one signature with [`REQUESTS_IN_FLIGHT`] in flight: as many as
+/// the SDK puts in one batch by default (`ClientOptions::round_trip_batch_max`), no more than
+/// are in flight, nor than `batch`.
+fn round_trip_batch(batch: usize) -> usize {
+    entente_client::ClientOptions::default()
+        .round_trip_batch_max_value()
+        .min(REQUESTS_IN_FLIGHT)
+        .min(batch)
+}
+
 /// What the design's cryptography costs per message, in nanoseconds, by party.
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct Floor {
@@ -72,8 +82,8 @@ pub(crate) struct Floor {
     /// TLS hops). No round trip can be shorter.
     pub(crate) request_reply_rtt_floor_ns: f64,
     /// Request/reply with [`REQUESTS_IN_FLIGHT`] in flight: requests share batch signatures
-    /// (as many per batch as are in flight, at most `batch`), and so do the replies to one
-    /// requester (PROTOCOL.md §5.5). Round trips per second with nothing but this cryptography
+    /// (as many per batch as the SDK puts in one, [`round_trip_batch`]), and so do the replies
+    /// to one requester (PROTOCOL.md §5.5). Round trips per second with nothing but this cryptography
     /// running on `cores`.
     pub(crate) request_reply_ceiling_per_sec: f64,
     /// The primitives, nanoseconds per operation.
@@ -283,8 +293,8 @@ impl Floor {
         // A reply's payload key is derived for its own channel by responder and requester.
         let reply_keys = 2.0 * p.reply_key_derivation;
         let request_reply_rtt_floor_ns = 2.0 * message(1.0) + reply_keys;
-        let in_flight = per_batch.min(REQUESTS_IN_FLIGHT as f64);
-        let request_reply_ceiling_per_sec = per_sec(2.0 * message(in_flight) + reply_keys);
+        let shared = round_trip_batch(batch) as f64;
+        let request_reply_ceiling_per_sec = per_sec(2.0 * message(shared) + reply_keys);
         Self {
             payload_bytes,
             batch,
@@ -439,9 +449,10 @@ mod tests {
         // 100 + 3 * 200 + 2 * 10 + 50 + (25 600 + 51 200) + 100 + 400, and the reply's key
         // derived twice.
         assert_eq!(one.request_reply_rtt_floor_ns, 2.0 * 78_070.0 + 2_000.0);
-        // 64 in flight: requests and replies share their signatures by 64 (not 256).
+        // 64 in flight: requests and replies share their signatures by what the SDK puts in
+        // one batch of them, 32 (not 256, nor all 64).
         let shared =
-            100.0 + 3.0 * 200.0 + 2.0 * 10.0 + 50.0 + (25_600.0 + 51_200.0) / 64.0 + 100.0 + 400.0;
+            100.0 + 3.0 * 200.0 + 2.0 * 10.0 + 50.0 + (25_600.0 + 51_200.0) / 32.0 + 100.0 + 400.0;
         let rr = 1e9 / (2.0 * shared + 2_000.0);
         assert!((one.request_reply_ceiling_per_sec - rr).abs() < 1e-6);
         // Ten subscribers: 510 + 200 at each, (410 + 250 + 200) / 10 shared.
