@@ -145,13 +145,14 @@ enum Command {
         /// that also carries their calls) instead of framed (PROTOCOL.md §9.1, the default).
         #[arg(long, conflicts_with = "crypto_floor")]
         http2: bool,
-        /// Most requests, or replies, in one signed batch: the SDK clients'
-        /// `round_trip_batch_max` (default: the SDK's, 32).
+        /// The measured SDK clients' `round_trip_batch_max`: how many requests, or replies, a
+        /// signed batch may hold at least (default: the SDK's, 32; the SDK allows more with
+        /// more in flight, and no more than `batch_max`, 256). The crypto floor's
+        /// request/reply ceiling shares signatures as the clients would.
         #[arg(
             long,
             value_name = "MESSAGES",
-            value_parser = clap::value_parser!(u16).range(1..=1024),
-            conflicts_with = "crypto_floor"
+            value_parser = clap::value_parser!(u16).range(1..=256)
         )]
         round_trip_batch_max: Option<u16>,
     },

@@ -208,24 +208,25 @@ fn request_reply_runs_beside_nats() {
     }
 }
 
-/// `--round-trip-batch-max` reaches the SDK clients: no signed batch of requests or replies
-/// holds more, on average or otherwise; and nothing is lost.
+/// `--round-trip-batch-max` reaches the SDK clients: with 64 in flight they would put at most
+/// 32 requests in a batch by default (half of those in flight); with the limit at 64, batches
+/// of requests hold more than 32 on average. The report says which limit was set, and
+/// nothing is lost.
 #[test]
 fn the_round_trip_batch_limit_reaches_the_clients() {
     let v = bench_json(&[
         "--messages",
-        "400",
+        "1280",
         "--request-reply",
-        "32",
+        "64",
         "--round-trip-batch-max",
-        "4",
+        "64",
     ]);
-    assert_eq!(v["answered"], 400, "{v:#}");
+    assert_eq!(v["answered"], 1280, "{v:#}");
     assert_eq!(v["lost"], 0, "{v:#}");
-    for side in ["requests", "replies"] {
-        let per_batch = v["per_batch"][side].as_f64().unwrap();
-        assert!((1.0..=4.0).contains(&per_batch), "{v:#}");
-    }
+    assert_eq!(v["per_batch"]["round_trip_batch_max"], 64, "{v:#}");
+    let requests = v["per_batch"]["requests"].as_f64().unwrap();
+    assert!(requests > 32.0 && requests <= 64.0, "{v:#}");
 }
 
 /// The whole suite with tiny counts: every workload ran on every side, Entente lost
@@ -294,4 +295,8 @@ fn the_crypto_floor_runs_alone() {
         v["request_reply_rtt_floor_ns"].as_f64().unwrap() > 0.0,
         "{v:#}"
     );
+    // Request/reply signatures shared as the SDK batches requests and replies, or as asked.
+    assert_eq!(v["request_reply_shared_by"], 32, "{v:#}");
+    let v = bench_json(&["--crypto-floor", "--round-trip-batch-max", "48"]);
+    assert_eq!(v["request_reply_shared_by"], 48, "{v:#}");
 }

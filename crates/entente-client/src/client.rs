@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::mem;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -149,6 +149,9 @@ struct Shared {
     /// Replies for the writer to send again, each alone (the hub refused the batch of
     /// replies they shared). Unbounded, but never more than the replies awaiting an answer.
     resend: mpsc::UnboundedSender<Outgoing<PublishWaiter>>,
+    /// How many requests the last batch delivered to this client that held any carried
+    /// ([`Shared::round_trip_limit`]).
+    requests_delivered: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -161,6 +164,9 @@ struct State {
     resets: Vec<Channel>,
     /// Requests waiting for their reply, by reply channel.
     replies: HashMap<Channel, ReplyWaiter>,
+    /// The most requests that waited for their replies at once, lately: raised to the count
+    /// whenever a request starts waiting, decayed by the writer ([`Shared::round_trip_limit`]).
+    in_flight_peak: usize,
 }
 
 /// A request waiting for the one reply it accepts.
@@ -292,6 +298,7 @@ impl Client {
             shutdown: watch::channel(false).0,
             ended: watch::channel(false).0,
             resend,
+            requests_delivered: AtomicUsize::new(0),
         });
         tokio::spawn(write(shared.clone(), commands_rx, resend_rx, outbound));
         tokio::spawn(read(shared.clone(), transport.clone(), stream, driver));
@@ -1397,6 +1404,26 @@ impl Shared {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Most requests or replies the writer puts in one batch now (`gather`'s round-trip limit
+    /// and the outbox's): `round_trip_batch_max`, or more with more in flight — half of the
+    /// requests this client has had waiting for their replies at once lately, so that they
+    /// leave in two batches or more whose steps overlap, and as many replies as the last batch
+    /// of requests delivered here held, so that replies go as their requests came — never more
+    /// than `batch_max`. The peak decays by a sixty-fourth at each call (one request at least),
+    /// so it follows the count in flight down within some dozens of batches (from 256 to 64 in
+    /// 69).
+    fn round_trip_limit(&self) -> usize {
+        let options = &self.options;
+        let peak = {
+            let mut state = self.lock();
+            let peak = state.in_flight_peak;
+            state.in_flight_peak = decayed(peak, state.replies.len());
+            peak
+        };
+        let asked = self.requests_delivered.load(Ordering::Relaxed);
+        round_trip_limit(options, peak, asked)
+    }
+
     /// Records what request `id` waits for (and the subscription it creates), unless the
     /// session is over.
     fn register(
@@ -1431,6 +1458,7 @@ impl Shared {
         state
             .replies
             .insert(channel.clone(), ReplyWaiter { from, done });
+        state.in_flight_peak = state.in_flight_peak.max(state.replies.len());
         Ok(AwaitingReply {
             shared: self,
             channel,
@@ -1687,9 +1715,10 @@ async fn write(
         }
         let limits = GatherLimits {
             max: options.batch_max,
-            round_trips: options.round_trip_batch_max_value(),
+            round_trips: shared.round_trip_limit(),
         };
         gather(&mut commands, &mut batch, limits, options.linger).await;
+        outbox.set_round_trip_batch_max(limits.round_trips);
         let mut writer = Writer {
             shared: &shared,
             outbox: &mut outbox,
@@ -1703,13 +1732,29 @@ async fn write(
     shared.shutdown.send_replace(true);
 }
 
+/// [`Shared::round_trip_limit`] for `peak` requests in flight lately and `asked` requests in
+/// the last batch of them delivered.
+fn round_trip_limit(options: &ClientOptions, peak: usize, asked: usize) -> usize {
+    options
+        .round_trip_batch_max
+        .max(peak.div_ceil(2))
+        .max(asked)
+        .min(options.batch_max)
+}
+
+/// The in-flight peak kept after a look at it: a sixty-fourth less (one at least), never below
+/// the requests in flight now.
+fn decayed(peak: usize, in_flight: usize) -> usize {
+    (peak - peak.div_ceil(64)).max(in_flight)
+}
+
 /// How much [`gather`] waits for.
 #[derive(Debug, Clone, Copy)]
 struct GatherLimits {
     /// Commands in all.
     max: usize,
     /// Requests and replies, on all channels together: once the batch holds that many, the
-    /// writer stops waiting for more and sends it (`ClientOptions::round_trip_batch_max`).
+    /// writer stops waiting for more and sends it ([`Shared::round_trip_limit`]).
     round_trips: usize,
 }
 
@@ -1794,11 +1839,14 @@ impl Writer<'_> {
             return true;
         }
         let shared = self.shared;
-        for channel in mem::take(&mut shared.lock().resets) {
+        let (resets, mut open) = {
+            let mut state = shared.lock();
+            (mem::take(&mut state.resets), state.closed.is_none())
+        };
+        for channel in resets {
             self.outbox.reset(&channel);
         }
         let now = now_ms();
-        let mut open = true;
         // Each run is sent as soon as it is sealed: the hub starts on it while the next one
         // is sealed.
         for run in self.outbox.runs(publishes) {
@@ -2011,6 +2059,15 @@ async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) {
                 .insert(sequence, count);
         }
     }
+    let requests = opened
+        .items
+        .iter()
+        .flatten()
+        .filter(|m| m.reply_to.is_some())
+        .count();
+    if requests > 0 {
+        shared.requests_delivered.store(requests, Ordering::Relaxed);
+    }
     // A batch of replies reaches every subscription matching one of its replies: each one
     // gets only the replies its pattern matches.
     let before = opened.items.len();
@@ -2133,6 +2190,40 @@ mod tests {
             alone: false,
             ticket,
         })
+    }
+
+    #[test]
+    fn the_round_trip_limit_follows_the_requests_in_flight_and_the_requests_delivered() {
+        let options = ClientOptions::new();
+        // Few in flight: the option's limit.
+        assert_eq!(round_trip_limit(&options, 0, 0), 32);
+        assert_eq!(round_trip_limit(&options, 64, 0), 32);
+        // More: half of them, up to `batch_max`.
+        assert_eq!(round_trip_limit(&options, 128, 0), 64);
+        assert_eq!(round_trip_limit(&options, 129, 0), 65);
+        assert_eq!(round_trip_limit(&options, 10_000, 0), 256);
+        // Replies as many as the last batch of requests delivered.
+        assert_eq!(round_trip_limit(&options, 0, 100), 100);
+        assert_eq!(round_trip_limit(&options, 128, 100), 100);
+        assert_eq!(round_trip_limit(&options, 0, 1_000), 256);
+        let small = ClientOptions::new().round_trip_batch_max(2).batch_max(16);
+        assert_eq!(round_trip_limit(&small, 0, 0), 2);
+        assert_eq!(round_trip_limit(&small, 12, 0), 6);
+        assert_eq!(round_trip_limit(&small, 100, 0), 16);
+
+        // The peak decays by a sixty-fourth per look, never below what is in flight: from 256
+        // to the option's limit again in 69 looks.
+        assert_eq!(decayed(128, 0), 126);
+        assert_eq!(decayed(128, 127), 127);
+        assert_eq!(decayed(10, 3), 9);
+        assert_eq!(decayed(0, 0), 0);
+        let mut peak = 256;
+        let mut looks = 0;
+        while round_trip_limit(&options, peak, 0) > 32 {
+            peak = decayed(peak, 0);
+            looks += 1;
+        }
+        assert_eq!(looks, 69);
     }
 
     // On one thread: a spawned task runs only when the test yields.

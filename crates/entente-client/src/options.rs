@@ -102,17 +102,20 @@ impl ClientOptions {
         self
     }
 
-    /// Most requests, or replies, sealed into one signed batch. Default 32; clamped to
-    /// 1 ..= the wire limit (1024), and never more than [`batch_max`](Self::batch_max).
+    /// How many requests, or replies, one signed batch may hold at least: the client allows
+    /// more when more are in flight. Default 32; clamped to 1 ..= the wire limit (1024), and
+    /// never more than [`batch_max`](Self::batch_max).
     ///
     /// Requests and replies travel a closed loop: a requester with many requests in flight
     /// sends the next ones as the replies come back. Sealed as one batch, what is in flight
     /// would move as one wave through each step in turn (seal, the hub's checks, open, answer),
-    /// with one step busy at a time; in batches of a few dozen the steps overlap, on the cores
-    /// of one machine or across machines, at the cost of one signature and its checks more per
-    /// batch. About half of the requests a requester keeps in flight works best (measured on
-    /// two cores: 32 with 64 in flight, 64 with 128); fewer than the limit in flight travel
-    /// in one batch as before. Publishes are not limited by it.
+    /// with one step busy at a time; in two batches or more the steps overlap, on the cores of
+    /// one machine or across machines, at the cost of one signature and its checks more per
+    /// batch. So the client's limit is the larger of this, half of the requests it has lately
+    /// had in flight at once, and the number of requests in the last batch of them it was
+    /// delivered (replies go as their requests came), never above `batch_max`: measured on
+    /// two cores, half of what is in flight works best (32 with 64, 64 with 128). Waves of
+    /// this many or fewer travel whole. Publishes are not limited by it.
     pub fn round_trip_batch_max(mut self, messages: usize) -> Self {
         self.round_trip_batch_max = messages.clamp(1, self.limits.max_batch_envelopes.max(1));
         self
@@ -140,7 +143,7 @@ impl ClientOptions {
     /// the scheduler, again as long as that adds something (say, the requests a batch of
     /// replies releases). So a lone message goes out at once and batches grow only under
     /// load. With or without a linger, the writer stops waiting once it holds a batch of
-    /// requests or replies ([`round_trip_batch_max`](Self::round_trip_batch_max)).
+    /// requests or replies (see [`round_trip_batch_max`](Self::round_trip_batch_max)).
     pub fn linger(mut self, linger: Duration) -> Self {
         self.linger = linger;
         self
@@ -249,7 +252,7 @@ impl ClientOptions {
         self.batch_max
     }
 
-    /// The batch size in force for requests and replies: the smaller of
+    /// The least batch size for requests and replies: the smaller of
     /// [`round_trip_batch_max`](Self::round_trip_batch_max) and
     /// [`batch_max`](Self::batch_max).
     ///

@@ -189,6 +189,11 @@ impl Outbox {
         out
     }
 
+    /// Sets the most requests or replies in one batch, from the next [`runs`](Self::runs) on.
+    pub(crate) fn set_round_trip_batch_max(&mut self, messages: usize) {
+        self.options.round_trip_batch_max = messages.max(1);
+    }
+
     /// `messages` split into runs to seal as one batch each, in the order to send them: the
     /// writer seals and sends one before sealing the next, so that the hub can start on the
     /// first while the rest are sealed.

@@ -67,8 +67,8 @@ pub(crate) fn use_http2_sessions() {
 /// `--round-trip-batch-max`, 0 for the SDK's default.
 static ROUND_TRIP_BATCH_MAX: AtomicUsize = AtomicUsize::new(0);
 
-/// Makes every SDK client of this process's benchmarks seal requests and replies in batches of
-/// at most `limit`.
+/// Makes the measured SDK clients of this process's benchmarks seal requests and replies in
+/// batches of at most `limit`.
 pub(crate) fn use_round_trip_batch_max(limit: usize) {
     ROUND_TRIP_BATCH_MAX.store(limit, Ordering::Relaxed);
 }

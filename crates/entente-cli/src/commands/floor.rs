@@ -43,11 +43,13 @@ pub(crate) const FANOUT: usize = 10;
 pub(crate) const REQUESTS_IN_FLIGHT: usize = 64;
 
 /// Requests, or replies, under one signature with [`REQUESTS_IN_FLIGHT`] in flight: as many as
-/// the SDK puts in one batch by default (`ClientOptions::round_trip_batch_max`), no more than
-/// are in flight, nor than `batch`.
+/// the benchmarks' SDK clients put in one batch — half of those in flight, or their
+/// `round_trip_batch_max` if more (32 by default, `--round-trip-batch-max`) — no more than are
+/// in flight, nor than `batch`.
 fn round_trip_batch(batch: usize) -> usize {
-    entente_client::ClientOptions::default()
+    super::bench::client_options()
         .round_trip_batch_max_value()
+        .max(REQUESTS_IN_FLIGHT.div_ceil(2))
         .min(REQUESTS_IN_FLIGHT)
         .min(batch)
 }
@@ -86,6 +88,8 @@ pub(crate) struct Floor {
     /// to one requester (PROTOCOL.md §5.5). Round trips per second with nothing but this cryptography
     /// running on `cores`.
     pub(crate) request_reply_ceiling_per_sec: f64,
+    /// Requests, or replies, under one signature in that ceiling.
+    pub(crate) request_reply_shared_by: usize,
     /// The primitives, nanoseconds per operation.
     pub(crate) primitives: Primitives,
 }
@@ -293,8 +297,9 @@ impl Floor {
         // A reply's payload key is derived for its own channel by responder and requester.
         let reply_keys = 2.0 * p.reply_key_derivation;
         let request_reply_rtt_floor_ns = 2.0 * message(1.0) + reply_keys;
-        let shared = round_trip_batch(batch) as f64;
-        let request_reply_ceiling_per_sec = per_sec(2.0 * message(shared) + reply_keys);
+        let request_reply_shared_by = round_trip_batch(batch);
+        let request_reply_ceiling_per_sec =
+            per_sec(2.0 * message(request_reply_shared_by as f64) + reply_keys);
         Self {
             payload_bytes,
             batch,
@@ -310,6 +315,7 @@ impl Floor {
             fanout_ceiling_deliveries_per_sec,
             request_reply_rtt_floor_ns,
             request_reply_ceiling_per_sec,
+            request_reply_shared_by,
             primitives: p,
         }
     }
