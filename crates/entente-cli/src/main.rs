@@ -145,16 +145,17 @@ enum Command {
         /// that also carries their calls) instead of framed (PROTOCOL.md §9.1, the default).
         #[arg(long, conflicts_with = "crypto_floor")]
         http2: bool,
-        /// The measured SDK clients' `round_trip_batch_max`: how many requests, or replies, a
-        /// signed batch may hold at least (default: the SDK's, 32; the SDK allows more with
-        /// more in flight, and no more than `batch_max`, 256). The crypto floor's
-        /// request/reply ceiling shares signatures as the clients would.
+        /// The measured SDK clients' `round_trip_batch_min`, their least round-trip limit: a
+        /// signed batch may always hold this many requests, or replies (default: the SDK's,
+        /// 32; a client allows more when it has more requests in flight, never above its
+        /// `batch_max`, 256). The crypto floor's request/reply ceiling shares signatures as
+        /// the clients would.
         #[arg(
             long,
             value_name = "MESSAGES",
             value_parser = clap::value_parser!(u16).range(1..=256)
         )]
-        round_trip_batch_max: Option<u16>,
+        round_trip_batch_min: Option<u16>,
     },
     /// Open many idle mutual-TLS sessions on a hub run in its own process and report its
     /// memory per connection; then measure handshakes/s with and without session resumption.
@@ -449,14 +450,14 @@ fn main() -> ExitCode {
             suite,
             crypto_floor,
             http2,
-            round_trip_batch_max,
+            round_trip_batch_min,
         } => {
             use commands::bench::{PubSub, Switch};
             if http2 {
                 commands::bench::use_http2_sessions();
             }
-            if let Some(limit) = round_trip_batch_max {
-                commands::bench::use_round_trip_batch_max(usize::from(limit));
+            if let Some(limit) = round_trip_batch_min {
+                commands::bench::use_round_trip_batch_min(usize::from(limit));
             }
             let count = messages.unwrap_or(200_000);
             let shape = PubSub {

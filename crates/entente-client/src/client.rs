@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::mem;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -149,9 +149,6 @@ struct Shared {
     /// Replies for the writer to send again, each alone (the hub refused the batch of
     /// replies they shared). Unbounded, but never more than the replies awaiting an answer.
     resend: mpsc::UnboundedSender<Outgoing<PublishWaiter>>,
-    /// How many requests the last batch delivered to this client that held any carried
-    /// ([`Shared::round_trip_limit`]).
-    requests_delivered: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -298,7 +295,6 @@ impl Client {
             shutdown: watch::channel(false).0,
             ended: watch::channel(false).0,
             resend,
-            requests_delivered: AtomicUsize::new(0),
         });
         tokio::spawn(write(shared.clone(), commands_rx, resend_rx, outbound));
         tokio::spawn(read(shared.clone(), transport.clone(), stream, driver));
@@ -1405,23 +1401,21 @@ impl Shared {
     }
 
     /// Most requests or replies the writer puts in one batch now (`gather`'s round-trip limit
-    /// and the outbox's): `round_trip_batch_max`, or more with more in flight — half of the
-    /// requests this client has had waiting for their replies at once lately, so that they
-    /// leave in two batches or more whose steps overlap, and as many replies as the last batch
-    /// of requests delivered here held, so that replies go as their requests came — never more
-    /// than `batch_max`. The peak decays by a sixty-fourth at each call (one request at least),
-    /// so it follows the count in flight down within some dozens of batches (from 256 to 64 in
-    /// 69).
+    /// and the outbox's): half of the requests this client has lately had waiting for their
+    /// replies at once, so that they leave in two batches or more whose steps overlap, or
+    /// `round_trip_batch_min` if that is more, never more than `batch_max`. Only this
+    /// client's own requests raise it. The peak decays by a sixty-fourth (one request at
+    /// least) each time the writer looks, once per round it writes, so it follows the count in
+    /// flight down within some dozens of rounds (from 256 to 64 in 69); with nothing to write
+    /// it stays.
     fn round_trip_limit(&self) -> usize {
-        let options = &self.options;
         let peak = {
             let mut state = self.lock();
             let peak = state.in_flight_peak;
             state.in_flight_peak = decayed(peak, state.replies.len());
             peak
         };
-        let asked = self.requests_delivered.load(Ordering::Relaxed);
-        round_trip_limit(options, peak, asked)
+        round_trip_limit(&self.options, peak)
     }
 
     /// Records what request `id` waits for (and the subscription it creates), unless the
@@ -1682,7 +1676,7 @@ async fn write(
         identity.message_keys().clone(),
         OutboxOptions {
             batch_max: options.batch_max,
-            round_trip_batch_max: options.round_trip_batch_max_value(),
+            round_trip_batch_max: options.round_trip_batch_min_value(),
             reply_batches: options.reply_batches,
             batch_max_bytes: options.batch_max_bytes,
             sender_key_resend_ms: millis(options.sender_key_resend),
@@ -1732,13 +1726,11 @@ async fn write(
     shared.shutdown.send_replace(true);
 }
 
-/// [`Shared::round_trip_limit`] for `peak` requests in flight lately and `asked` requests in
-/// the last batch of them delivered.
-fn round_trip_limit(options: &ClientOptions, peak: usize, asked: usize) -> usize {
+/// [`Shared::round_trip_limit`] for `peak` requests in flight lately.
+fn round_trip_limit(options: &ClientOptions, peak: usize) -> usize {
     options
-        .round_trip_batch_max
+        .round_trip_batch_min
         .max(peak.div_ceil(2))
-        .max(asked)
         .min(options.batch_max)
 }
 
@@ -2059,15 +2051,6 @@ async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) {
                 .insert(sequence, count);
         }
     }
-    let requests = opened
-        .items
-        .iter()
-        .flatten()
-        .filter(|m| m.reply_to.is_some())
-        .count();
-    if requests > 0 {
-        shared.requests_delivered.store(requests, Ordering::Relaxed);
-    }
     // A batch of replies reaches every subscription matching one of its replies: each one
     // gets only the replies its pattern matches.
     let before = opened.items.len();
@@ -2193,23 +2176,19 @@ mod tests {
     }
 
     #[test]
-    fn the_round_trip_limit_follows_the_requests_in_flight_and_the_requests_delivered() {
+    fn the_round_trip_limit_follows_the_requests_in_flight() {
         let options = ClientOptions::new();
-        // Few in flight: the option's limit.
-        assert_eq!(round_trip_limit(&options, 0, 0), 32);
-        assert_eq!(round_trip_limit(&options, 64, 0), 32);
+        // Few in flight: the option's least limit.
+        assert_eq!(round_trip_limit(&options, 0), 32);
+        assert_eq!(round_trip_limit(&options, 64), 32);
         // More: half of them, up to `batch_max`.
-        assert_eq!(round_trip_limit(&options, 128, 0), 64);
-        assert_eq!(round_trip_limit(&options, 129, 0), 65);
-        assert_eq!(round_trip_limit(&options, 10_000, 0), 256);
-        // Replies as many as the last batch of requests delivered.
-        assert_eq!(round_trip_limit(&options, 0, 100), 100);
-        assert_eq!(round_trip_limit(&options, 128, 100), 100);
-        assert_eq!(round_trip_limit(&options, 0, 1_000), 256);
-        let small = ClientOptions::new().round_trip_batch_max(2).batch_max(16);
-        assert_eq!(round_trip_limit(&small, 0, 0), 2);
-        assert_eq!(round_trip_limit(&small, 12, 0), 6);
-        assert_eq!(round_trip_limit(&small, 100, 0), 16);
+        assert_eq!(round_trip_limit(&options, 128), 64);
+        assert_eq!(round_trip_limit(&options, 129), 65);
+        assert_eq!(round_trip_limit(&options, 10_000), 256);
+        let small = ClientOptions::new().round_trip_batch_min(2).batch_max(16);
+        assert_eq!(round_trip_limit(&small, 0), 2);
+        assert_eq!(round_trip_limit(&small, 12), 6);
+        assert_eq!(round_trip_limit(&small, 100), 16);
 
         // The peak decays by a sixty-fourth per look, never below what is in flight: from 256
         // to the option's limit again in 69 looks.
@@ -2219,7 +2198,7 @@ mod tests {
         assert_eq!(decayed(0, 0), 0);
         let mut peak = 256;
         let mut looks = 0;
-        while round_trip_limit(&options, peak, 0) > 32 {
+        while round_trip_limit(&options, peak) > 32 {
             peak = decayed(peak, 0);
             looks += 1;
         }

@@ -23,7 +23,7 @@ pub struct ClientOptions {
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
     pub(crate) batch_max: usize,
-    pub(crate) round_trip_batch_max: usize,
+    pub(crate) round_trip_batch_min: usize,
     pub(crate) batch_max_bytes: usize,
     pub(crate) reply_batches: bool,
     pub(crate) linger: Duration,
@@ -60,7 +60,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             batch_max: 256,
-            round_trip_batch_max: 32,
+            round_trip_batch_min: 32,
             batch_max_bytes: 1 << 20,
             reply_batches: true,
             linger: Duration::ZERO,
@@ -102,22 +102,22 @@ impl ClientOptions {
         self
     }
 
-    /// How many requests, or replies, one signed batch may hold at least: the client allows
-    /// more when more are in flight. Default 32; clamped to 1 ..= the wire limit (1024), and
-    /// never more than [`batch_max`](Self::batch_max).
+    /// The least round-trip limit: a signed batch may always hold this many requests, or this
+    /// many replies; the client allows more when it has more requests in flight. Default 32;
+    /// clamped to 1 ..= the wire limit (1024), and never above [`batch_max`](Self::batch_max)
+    /// (which alone caps batches, of any kind).
     ///
     /// Requests and replies travel a closed loop: a requester with many requests in flight
     /// sends the next ones as the replies come back. Sealed as one batch, what is in flight
     /// would move as one wave through each step in turn (seal, the hub's checks, open, answer),
     /// with one step busy at a time; in two batches or more the steps overlap, on the cores of
     /// one machine or across machines, at the cost of one signature and its checks more per
-    /// batch. So the client's limit is the larger of this, half of the requests it has lately
-    /// had in flight at once, and the number of requests in the last batch of them it was
-    /// delivered (replies go as their requests came), never above `batch_max`: measured on
-    /// two cores, half of what is in flight works best (32 with 64, 64 with 128). Waves of
-    /// this many or fewer travel whole. Publishes are not limited by it.
-    pub fn round_trip_batch_max(mut self, messages: usize) -> Self {
-        self.round_trip_batch_max = messages.clamp(1, self.limits.max_batch_envelopes.max(1));
+    /// batch. So the client's round-trip limit is half of the requests it has lately had in
+    /// flight at once, or this if more, never above `batch_max`: measured on two cores, half
+    /// of what is in flight works best (32 with 64, 64 with 128). Waves of this many or fewer
+    /// travel whole. Publishes are not limited by it.
+    pub fn round_trip_batch_min(mut self, messages: usize) -> Self {
+        self.round_trip_batch_min = messages.clamp(1, self.limits.max_batch_envelopes.max(1));
         self
     }
 
@@ -143,7 +143,7 @@ impl ClientOptions {
     /// the scheduler, again as long as that adds something (say, the requests a batch of
     /// replies releases). So a lone message goes out at once and batches grow only under
     /// load. With or without a linger, the writer stops waiting once it holds a batch of
-    /// requests or replies (see [`round_trip_batch_max`](Self::round_trip_batch_max)).
+    /// requests or replies (see [`round_trip_batch_min`](Self::round_trip_batch_min)).
     pub fn linger(mut self, linger: Duration) -> Self {
         self.linger = linger;
         self
@@ -185,15 +185,15 @@ impl ClientOptions {
     }
 
     /// Decoding bounds for everything the hub sends. Default [`Limits::default`], which is
-    /// what the hub uses. `batch_max` and `round_trip_batch_max` are clamped to the new
+    /// what the hub uses. `batch_max` and `round_trip_batch_min` are clamped to the new
     /// limit.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self.batch_max = self
             .batch_max
             .clamp(1, self.limits.max_batch_envelopes.max(1));
-        self.round_trip_batch_max = self
-            .round_trip_batch_max
+        self.round_trip_batch_min = self
+            .round_trip_batch_min
             .clamp(1, self.limits.max_batch_envelopes.max(1));
         self
     }
@@ -252,18 +252,18 @@ impl ClientOptions {
         self.batch_max
     }
 
-    /// The least batch size for requests and replies: the smaller of
-    /// [`round_trip_batch_max`](Self::round_trip_batch_max) and
+    /// The least round-trip limit in force: the smaller of
+    /// [`round_trip_batch_min`](Self::round_trip_batch_min) and
     /// [`batch_max`](Self::batch_max).
     ///
     /// ```
     /// use entente_client::ClientOptions;
     ///
-    /// assert_eq!(ClientOptions::new().round_trip_batch_max_value(), 32);
-    /// assert_eq!(ClientOptions::new().batch_max(8).round_trip_batch_max_value(), 8);
+    /// assert_eq!(ClientOptions::new().round_trip_batch_min_value(), 32);
+    /// assert_eq!(ClientOptions::new().batch_max(8).round_trip_batch_min_value(), 8);
     /// ```
-    pub fn round_trip_batch_max_value(&self) -> usize {
-        self.round_trip_batch_max.min(self.batch_max)
+    pub fn round_trip_batch_min_value(&self) -> usize {
+        self.round_trip_batch_min.min(self.batch_max)
     }
 }
 
@@ -285,14 +285,14 @@ mod tests {
         assert_eq!(ClientOptions::new().batch_max(1_000_000).batch_max, 1024);
         assert_eq!(
             ClientOptions::new()
-                .round_trip_batch_max(0)
-                .round_trip_batch_max,
+                .round_trip_batch_min(0)
+                .round_trip_batch_min,
             1
         );
         assert_eq!(
             ClientOptions::new()
-                .round_trip_batch_max(1_000_000)
-                .round_trip_batch_max_value(),
+                .round_trip_batch_min(1_000_000)
+                .round_trip_batch_min_value(),
             256
         );
         let small = Limits {
@@ -308,9 +308,9 @@ mod tests {
         );
         let options = ClientOptions::new()
             .batch_max(512)
-            .round_trip_batch_max(512)
+            .round_trip_batch_min(512)
             .limits(small);
-        assert_eq!(options.round_trip_batch_max, 8);
-        assert_eq!(options.round_trip_batch_max_value(), 8);
+        assert_eq!(options.round_trip_batch_min, 8);
+        assert_eq!(options.round_trip_batch_min_value(), 8);
     }
 }

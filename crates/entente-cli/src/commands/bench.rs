@@ -64,22 +64,22 @@ pub(crate) fn use_http2_sessions() {
     HTTP2.store(true, Ordering::Relaxed);
 }
 
-/// `--round-trip-batch-max`, 0 for the SDK's default.
+/// `--round-trip-batch-min`, 0 for the SDK's default.
 static ROUND_TRIP_BATCH_MAX: AtomicUsize = AtomicUsize::new(0);
 
-/// Makes the measured SDK clients of this process's benchmarks seal requests and replies in
-/// batches of at most `limit`.
-pub(crate) fn use_round_trip_batch_max(limit: usize) {
+/// Sets the least round-trip limit of the measured SDK clients of this process's benchmarks
+/// (their `round_trip_batch_min`).
+pub(crate) fn use_round_trip_batch_min(limit: usize) {
     ROUND_TRIP_BATCH_MAX.store(limit, Ordering::Relaxed);
 }
 
 /// The options the benchmarks' SDK clients connect with: the defaults (framed sessions), with
-/// HTTP/2 sessions under `--http2` and the limit of `--round-trip-batch-max`.
+/// HTTP/2 sessions under `--http2` and the limit of `--round-trip-batch-min`.
 pub(crate) fn client_options() -> ClientOptions {
     let mut options = ClientOptions::default();
     match ROUND_TRIP_BATCH_MAX.load(Ordering::Relaxed) {
         0 => {}
-        limit => options = options.round_trip_batch_max(limit),
+        limit => options = options.round_trip_batch_min(limit),
     }
     if HTTP2.load(Ordering::Relaxed) {
         options.session_transport(SessionTransport::Http2)

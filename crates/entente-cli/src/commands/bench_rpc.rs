@@ -81,9 +81,9 @@ pub(crate) struct RpcReport {
 pub(crate) struct PerBatch {
     requests: f64,
     replies: f64,
-    /// The clients' `round_trip_batch_max`: the least limit on requests, or replies, per batch
+    /// The clients' `round_trip_batch_min`: the least limit on requests, or replies, per batch
     /// (the SDK allows more with more in flight).
-    round_trip_batch_max: usize,
+    round_trip_batch_min: usize,
 }
 
 /// One round of `--request-reply` with `--compare-nats`.
@@ -265,7 +265,7 @@ pub(crate) async fn entente(shape: Rpc) -> Result<RpcReport> {
     let per_batch = PerBatch {
         requests: per_batch(sent, &before.0, &after.0),
         replies: per_batch(answered + asked.mismatched, &before.1, &after.1),
-        round_trip_batch_max: crate::commands::bench::client_options().round_trip_batch_max_value(),
+        round_trip_batch_min: crate::commands::bench::client_options().round_trip_batch_min_value(),
     };
     Ok(RpcReport {
         requests,
@@ -379,8 +379,8 @@ fn print_one(who: &str, r: &RpcReport) {
     );
     if let Some(per_batch) = r.per_batch {
         println!(
-            "    {:.1} requests and {:.1} replies per signed batch (round_trip_batch_max {})",
-            per_batch.requests, per_batch.replies, per_batch.round_trip_batch_max
+            "    {:.1} requests and {:.1} replies per signed batch (round_trip_batch_min {})",
+            per_batch.requests, per_batch.replies, per_batch.round_trip_batch_min
         );
     }
 }

@@ -44,11 +44,11 @@ pub(crate) const REQUESTS_IN_FLIGHT: usize = 64;
 
 /// Requests, or replies, under one signature with [`REQUESTS_IN_FLIGHT`] in flight: as many as
 /// the benchmarks' SDK clients put in one batch — half of those in flight, or their
-/// `round_trip_batch_max` if more (32 by default, `--round-trip-batch-max`) — no more than are
+/// `round_trip_batch_min` if more (32 by default, `--round-trip-batch-min`) — no more than are
 /// in flight, nor than `batch`.
 fn round_trip_batch(batch: usize) -> usize {
     super::bench::client_options()
-        .round_trip_batch_max_value()
+        .round_trip_batch_min_value()
         .max(REQUESTS_IN_FLIGHT.div_ceil(2))
         .min(REQUESTS_IN_FLIGHT)
         .min(batch)
