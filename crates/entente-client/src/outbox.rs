@@ -19,9 +19,9 @@
 //! Replies to one requester share one sealer, scoped to the requester's reply namespace root
 //! (`_reply.S.N`, PROTOCOL.md §5.4): its epoch's sender key is wrapped once for the requester
 //! and carried by every reply (a requester's session may not have seen it, and its inbox skips
-//! a key it has already accepted without verifying it again), and each reply channel gets its
-//! own payload key derived from the epoch secret. So a reply costs a signature and AES-GCM,
-//! not an HPKE wrap and a second signature. A requester's sealer is dropped once it has gone
+//! a key it has already accepted without verifying it again), and every reply channel under
+//! the root is sealed under the epoch's one payload key, its channel in its header. So a reply
+//! costs a signature and AES-GCM, not an HPKE wrap, a second signature or a key derivation. A requester's sealer is dropped once it has gone
 //! unused for [`REPLY_SCOPE_IDLE_MS`], so answering many requesters keeps no state for long.
 
 use std::collections::HashMap;

@@ -20,16 +20,18 @@ pub fn danger_payload_key_and_iv(
         .map_err(|_| SealError::Crypto("key derivation"))
 }
 
-/// Seals `payload` into `envelope.ciphertext` with the given epoch secret; the envelope's other
-/// fields must already be set.
+/// Seals `payload` into `envelope.ciphertext` on `channel` with the given epoch secret of a
+/// sender key for `scope`: the same channel, or the reply namespace root of a reply channel
+/// (PROTOCOL.md §5.4). The envelope's other fields must already be set.
 pub fn danger_seal_with_secret(
     secret: &[u8; KEY_LEN],
     sender: &str,
+    scope: &str,
     channel: &str,
     envelope: &mut wire::Envelope,
     payload: &[u8],
 ) -> Result<(), SealError> {
-    let key = PayloadKey::derive(secret, sender, channel, envelope.epoch)
+    let key = PayloadKey::derive(secret, sender, scope, envelope.epoch)
         .map_err(|_| SealError::Crypto("key derivation"))?;
     let aad = envelope_aad(sender, channel, envelope);
     envelope.ciphertext = payload.to_vec();

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 use crate::{
     KEY_LEN, MessageKeys, ReplayError, ReplayWindow, SenderKeyIn, VerifiedKeyBundle,
     canon::{Canon, label},
-    sender_key::{EpochKdf, EpochSecret, NewSenderKey, PayloadKey, check_signer, verify_ed25519},
+    sender_key::{EpochSecret, NewSenderKey, PayloadKey, check_signer, verify_ed25519},
 };
 
 /// The envelope suite this crate implements.
@@ -194,9 +194,8 @@ pub struct Sealer {
     keys: Arc<MessageKeys>,
     options: SealerOptions,
     epoch: u64,
-    /// The epoch secret's PRK: kept only by a sealer of a reply namespace root, which derives
-    /// a payload key per reply channel from it.
-    kdf: Option<EpochKdf>,
+    /// The epoch's payload key, for the sealer's channel; a sealer of a reply namespace root
+    /// seals every reply channel under the root with it (PROTOCOL.md §5.4).
     payload: PayloadKey,
     next_seq: u64,
     epoch_started_ms: u64,
@@ -220,12 +219,9 @@ impl Sealer {
         let rng = SystemRandom::new();
         let secret = random_secret(&rng)?;
         let epoch = now_ms.max(1);
-        let kdf = EpochKdf::new(&secret).map_err(|_| SealError::Crypto("key derivation"))?;
-        let payload = kdf
-            .payload_key(sender.as_str(), channel.as_str(), epoch)
+        let payload = PayloadKey::derive(&secret, sender.as_str(), channel.as_str(), epoch)
             .map_err(|_| SealError::Crypto("key derivation"))?;
         let sealer = Self {
-            kdf: namespace::is_reply_root(&channel).then_some(kdf),
             sender,
             channel,
             key_epoch,
@@ -251,17 +247,13 @@ impl Sealer {
     ) -> Result<wire::SenderKey, SealError> {
         let secret = random_secret(&self.rng)?;
         let epoch = now_ms.max(self.epoch.saturating_add(1));
-        let kdf = EpochKdf::new(&secret).map_err(|_| SealError::Crypto("key derivation"))?;
-        let payload = kdf
-            .payload_key(self.sender.as_str(), self.channel.as_str(), epoch)
-            .map_err(|_| SealError::Crypto("key derivation"))?;
+        let payload =
+            PayloadKey::derive(&secret, self.sender.as_str(), self.channel.as_str(), epoch)
+                .map_err(|_| SealError::Crypto("key derivation"))?;
         // Build the sender key first: if it fails (a recipient's bundle expired, too many
         // recipients), the sealer stays on its current epoch instead of switching to a secret
         // that nobody received.
         let sender_key = self.sender_key(epoch, &secret, recipients, now_ms)?;
-        if self.kdf.is_some() {
-            self.kdf = Some(kdf);
-        }
         self.payload = payload;
         self.epoch = epoch;
         self.next_seq = 0;
@@ -306,8 +298,8 @@ impl Sealer {
     }
 
     /// Seals `messages` as one batch on `channel`: the sealer's own channel, or, for a sealer
-    /// of a reply namespace root (`_reply.S.N`), any reply channel under it, with the payload
-    /// key derived for that channel from the epoch secret (PROTOCOL.md §5.4). One sender key
+    /// of a reply namespace root (`_reply.S.N`), any reply channel under it, sealed under the
+    /// root's payload key with the channel in its header (PROTOCOL.md §5.4). One sender key
     /// then serves every reply to one requester; sequence numbers run across all of them.
     pub fn seal_batch_on<'m>(
         &mut self,
@@ -322,20 +314,16 @@ impl Sealer {
             channel: channel.as_str().to_owned(),
             scope: self.channel.as_str().to_owned(),
         };
-        let kdf = self.kdf.as_ref().ok_or_else(out_of_scope)?;
         if !namespace::is_reply_channel_under(&self.channel, channel) {
             return Err(out_of_scope());
         }
-        let key = kdf
-            .payload_key(self.sender.as_str(), channel.as_str(), self.epoch)
-            .map_err(|_| SealError::Crypto("key derivation"))?;
-        self.seal_batch_with(Some((channel, &key)), messages, now_ms)
+        self.seal_batch_with(Some(channel), messages, now_ms)
     }
 
-    /// Seals and signs on the sealer's channel with its payload key, or on `target`'s.
+    /// Seals and signs on the sealer's channel, or on `target` (a reply channel under it).
     fn seal_batch_with<'m>(
         &mut self,
-        target: Option<(&Channel, &PayloadKey)>,
+        target: Option<&Channel>,
         messages: impl ExactSizeIterator<Item = (&'m [u8], Option<&'m Channel>)>,
         now_ms: u64,
     ) -> Result<wire::SignedBatch, SealError> {
@@ -349,14 +337,14 @@ impl Sealer {
             hashes.extend_from_slice(&hash);
             envelopes.push(envelope);
         }
-        let channel = target.map_or(&self.channel, |(c, _)| c);
+        let channel = target.unwrap_or(&self.channel);
         Ok(self.signed(channel, envelopes, &hashes))
     }
 
     /// Seals replies to one requester as one batch on the sealer's channel, the requester's
     /// reply namespace root (`_reply.S.N`): each message goes on its own reply channel under
-    /// the root, named in its envelope and sealed under that channel's payload key (PROTOCOL.md
-    /// §5.5), and one signature covers them all. `messages` are (reply channel, payload,
+    /// the root, named in its envelope and its header, sealed under the root's payload key
+    /// (PROTOCOL.md §5.5), and one signature covers them all. `messages` are (reply channel, payload,
     /// `reply_to`).
     pub fn seal_replies<'m>(
         &mut self,
@@ -365,40 +353,19 @@ impl Sealer {
     ) -> Result<wire::SignedBatch, SealError> {
         let count = messages.len();
         let random = self.batch_randomness(count)?;
-        // Only a sealer of a reply namespace root keeps the PRK to derive from.
-        let kdf = self.kdf.clone();
         let mut envelopes = Vec::with_capacity(count);
         let mut hashes = Vec::with_capacity(count * 32);
-        // Replies are most often each on a channel of its own; a run on one channel derives
-        // its key once.
-        let mut derived: Option<(&Channel, PayloadKey)> = None;
         for ((channel, payload, reply_to), random) in
             messages.zip(random.chunks_exact(ID_RANDOM_LEN))
         {
-            let (Some(kdf), true) = (
-                kdf.as_ref(),
-                namespace::is_reply_channel_under(&self.channel, channel),
-            ) else {
+            if !namespace::is_reply_channel_under(&self.channel, channel) {
                 return Err(SealError::OutOfScope {
                     channel: channel.as_str().to_owned(),
                     scope: self.channel.as_str().to_owned(),
                 });
-            };
-            let key = match derived.take() {
-                Some((c, key)) if c == channel => key,
-                _ => kdf
-                    .payload_key(self.sender.as_str(), channel.as_str(), self.epoch)
-                    .map_err(|_| SealError::Crypto("key derivation"))?,
-            };
-            let (envelope, hash) = self.seal_one(
-                Some((channel, &key)),
-                true,
-                payload,
-                reply_to,
-                now_ms,
-                random,
-            )?;
-            derived = Some((channel, key));
+            }
+            let (envelope, hash) =
+                self.seal_one(Some(channel), true, payload, reply_to, now_ms, random)?;
             hashes.extend_from_slice(&hash);
             envelopes.push(envelope);
         }
@@ -437,12 +404,12 @@ impl Sealer {
         Ok(self.signed(&self.channel, envelopes, &hashes))
     }
 
-    /// Seals one envelope on the sealer's channel, or on `target`'s with its key (naming the
-    /// channel in the envelope if `named`: a reply in a batch on the root), and returns it
-    /// with its hash (PROTOCOL.md §4.4).
+    /// Seals one envelope on the sealer's channel, or on `target` (naming the channel in the
+    /// envelope if `named`: a reply in a batch on the root), and returns it with its hash
+    /// (PROTOCOL.md §4.4).
     fn seal_one(
         &mut self,
-        target: Option<(&Channel, &PayloadKey)>,
+        target: Option<&Channel>,
         named: bool,
         payload: &[u8],
         reply_to: Option<&Channel>,
@@ -477,7 +444,7 @@ impl Sealer {
             ciphertext: Vec::with_capacity(payload.len() + TAG_LEN),
             channel: String::new(),
         };
-        let (channel, key) = target.unwrap_or((&self.channel, &self.payload));
+        let channel = target.unwrap_or(&self.channel);
         if named {
             channel.as_str().clone_into(&mut envelope.channel);
         }
@@ -488,6 +455,7 @@ impl Sealer {
             &envelope,
         );
         envelope.ciphertext.extend_from_slice(payload);
+        let key = &self.payload;
         key.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(key.nonce(seq)),
@@ -946,9 +914,6 @@ struct EpochState {
     /// `None` once the sender was forgotten: the entry stays, refusing the epoch's sender key
     /// and envelopes, until it expires and [`Opener::purge_expired`] drops it.
     payload: Option<PayloadKey>,
-    /// For an epoch of our reply namespace root: the secret's PRK, from which each reply
-    /// channel's payload key is derived. `None` otherwise, and once the sender was forgotten.
-    kdf: Option<EpochKdf>,
     issued_at_ms: u64,
     expires_at_ms: u64,
     window: ReplayWindow,
@@ -974,9 +939,9 @@ impl Opener {
     }
 
     /// Verifies a sender key against its sender's bundle and keeps the epoch's payload key
-    /// (and, for an epoch of our own reply namespace root, its secret's PRK, from which each
-    /// reply channel's key is derived). Receiving the same sender key twice is harmless; a
-    /// different secret for a known epoch is refused.
+    /// (for an epoch of our own reply namespace root, the key of every reply channel under
+    /// it). Receiving the same sender key twice is harmless; a different secret for a known
+    /// epoch is refused.
     pub fn accept_sender_key(
         &mut self,
         sender_key: &SenderKeyIn,
@@ -1009,10 +974,8 @@ impl Opener {
                 return Err(OpenError::TooManyEpochs(self.held));
             }
         }
-        let kdf = EpochKdf::new(&secret).map_err(|_| OpenError::Unwrap)?;
-        let payload = kdf
-            .payload_key(sender, channel, epoch)
-            .map_err(|_| OpenError::Unwrap)?;
+        let payload =
+            PayloadKey::derive(&secret, sender, channel, epoch).map_err(|_| OpenError::Unwrap)?;
         self.epochs
             .entry(sender.to_owned())
             .or_default()
@@ -1023,7 +986,6 @@ impl Opener {
                 EpochState {
                     secret_hash,
                     payload: Some(payload),
-                    kdf: root.then_some(kdf),
                     issued_at_ms: sender_key.issued_at_ms(),
                     expires_at_ms: sender_key.expires_at_ms(),
                     window: ReplayWindow::new(),
@@ -1105,26 +1067,11 @@ impl Opener {
             Scope::Channel => c.get_mut(channel.as_str()),
             Scope::Root(root) => c.get_mut(root.as_str()),
         });
-        let root = matches!(scope, Scope::Root(_));
-        let mut derived = None;
         for (index, (mut e, span)) in envelopes.into_iter().zip(spans).enumerate() {
             let aad = self.scratch.as_bytes().get(span).unwrap_or_default();
             // A reply in a batch of replies is on the channel it names.
             let own = e.channel.take();
-            let target = Target {
-                sender: sender.as_str(),
-                channel: own.as_ref().map_or(channel.as_str(), Channel::as_str),
-                root,
-            };
-            let outcome = open_one(
-                epochs.as_deref_mut(),
-                &target,
-                &mut derived,
-                aad,
-                e,
-                now_ms,
-                max_issued,
-            );
+            let outcome = open_one(epochs.as_deref_mut(), aad, e, now_ms, max_issued);
             match outcome {
                 Ok((e, payload)) => opened.delivered.push(VerifiedEnvelope {
                     sender: Arc::clone(&sender),
@@ -1153,7 +1100,6 @@ impl Opener {
         if let Some(channels) = self.epochs.get_mut(sender.as_str()) {
             for state in channels.values_mut().flat_map(HashMap::values_mut) {
                 state.payload = None;
-                state.kdf = None;
             }
         }
     }
@@ -1190,20 +1136,10 @@ enum Scope {
     Root(Channel),
 }
 
-/// The batch being opened.
-struct Target<'a> {
-    sender: &'a str,
-    channel: &'a str,
-    /// Its epochs are the root's: payload keys are derived for the channel from their secret.
-    root: bool,
-}
-
-/// Opens one envelope of a verified batch, whose header bytes are `aad`. `derived` keeps the
-/// last payload key derived for a reply channel, with its epoch and channel.
+/// Opens one envelope of a verified batch, whose header bytes are `aad`, under its epoch's
+/// payload key (a reply namespace root's, for a reply channel under it).
 fn open_one(
     epochs: Option<&mut HashMap<u64, EpochState>>,
-    target: &Target<'_>,
-    derived: &mut Option<(u64, String, PayloadKey)>,
     aad: &[u8],
     mut e: EnvelopeIn,
     now_ms: u64,
@@ -1218,27 +1154,11 @@ fn open_one(
     let state = epochs
         .and_then(|c| c.get_mut(&e.epoch))
         .ok_or(OpenError::UnknownEpoch(e.epoch))?;
-    let mut payload = state.payload.as_ref().ok_or(OpenError::Forgotten)?;
+    let payload = state.payload.as_ref().ok_or(OpenError::Forgotten)?;
     if e.issued_at_ms > state.expires_at_ms || e.issued_at_ms < state.issued_at_ms {
         return Err(OpenError::EpochExpired);
     }
     state.window.check(e.seq)?;
-    if target.root {
-        let kdf = state.kdf.as_ref().ok_or(OpenError::Forgotten)?;
-        if derived
-            .as_ref()
-            .is_none_or(|(epoch, channel, _)| *epoch != e.epoch || channel != target.channel)
-        {
-            let key = kdf
-                .payload_key(target.sender, target.channel, e.epoch)
-                .map_err(|_| OpenError::Decrypt)?;
-            *derived = Some((e.epoch, target.channel.to_owned(), key));
-        }
-        payload = derived
-            .as_ref()
-            .map(|(_, _, key)| key)
-            .ok_or(OpenError::Decrypt)?;
-    }
     let mut ciphertext = std::mem::take(&mut e.ciphertext);
     let len = payload
         .key

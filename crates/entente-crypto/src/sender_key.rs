@@ -27,7 +27,9 @@ pub(crate) const SENDER_KEY_VERSION: u32 = 1;
 /// An epoch secret, wiped on drop.
 pub(crate) type EpochSecret = Zeroizing<[u8; KEY_LEN]>;
 
-/// The AES-256-GCM key and base IV derived from an epoch secret.
+/// The AES-256-GCM key and base IV derived from an epoch secret, for the channel its sender
+/// key names: one per epoch, which a reply namespace root's epoch uses for every reply channel
+/// under the root (PROTOCOL.md §4.1, §5.4).
 #[derive(Debug)]
 pub(crate) struct PayloadKey {
     pub(crate) key: LessSafeKey,
@@ -43,7 +45,12 @@ impl PayloadKey {
         channel: &str,
         epoch: u64,
     ) -> Result<Self, aws_lc_rs::error::Unspecified> {
-        EpochKdf::new(secret)?.payload_key(sender, channel, epoch)
+        let (key, iv) = Self::derive_raw(secret, sender, channel, epoch)?;
+        let key = Zeroizing::new(key);
+        Ok(Self {
+            key: LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &*key)?),
+            iv,
+        })
     }
 
     /// The raw key and IV (the caller wipes the key).
@@ -53,7 +60,23 @@ impl PayloadKey {
         channel: &str,
         epoch: u64,
     ) -> Result<([u8; 32], [u8; 12]), aws_lc_rs::error::Unspecified> {
-        EpochKdf::new(secret)?.raw(sender, channel, epoch)
+        // Extracted here rather than by `Salt::extract`, whose PRK extracts again at each
+        // expansion. aws-lc-rs' `Prk` is wiped on drop.
+        let mut prk = Zeroizing::new([0u8; KEY_LEN]);
+        hmac::sign_to_buffer(&hmac::Key::new(hmac::HMAC_SHA256, &[]), secret, &mut *prk)?;
+        let prk = Prk::new_less_safe(HKDF_SHA256, &*prk);
+        // The two `info` strings differ only in their labels: the context after them is
+        // written once (two length prefixes and the epoch, sized once).
+        let mut ctx = Canon::with_capacity(sender.len() + channel.len() + 16);
+        ctx.str(sender).str(channel).u64(epoch);
+        let info = |label: &'static str| [label.as_bytes(), &[0], ctx.as_bytes()];
+        let mut key = [0u8; 32];
+        prk.expand(&info(label::PAYLOAD_KEY), Len(32))?
+            .fill(&mut key)?;
+        let mut iv = [0u8; 12];
+        prk.expand(&info(label::PAYLOAD_IV), Len(12))?
+            .fill(&mut iv)?;
+        Ok((key, iv))
     }
 
     /// The nonce of sequence number `seq`: the IV XOR the big-endian seq in its last 8 bytes.
@@ -63,62 +86,6 @@ impl PayloadKey {
             *n ^= s;
         }
         nonce
-    }
-}
-
-/// An epoch secret's HKDF-SHA256 PRK (PROTOCOL.md §4.1), extracted once: a reply namespace
-/// root's epoch gives every reply channel under it a payload key of its own (§5.4), each
-/// derived by the two expansions alone. Wiped on drop (aws-lc-rs' `Prk` is).
-#[derive(Debug, Clone)]
-pub(crate) struct EpochKdf(Prk);
-
-impl EpochKdf {
-    /// Extracts the PRK of `secret` (HMAC-SHA256 with the empty salt, RFC 5869 §2.2).
-    pub(crate) fn new(secret: &[u8; KEY_LEN]) -> Result<Self, aws_lc_rs::error::Unspecified> {
-        // Extracted here rather than by `Salt::extract`, whose PRK extracts again at each
-        // expansion.
-        let mut prk = Zeroizing::new([0u8; KEY_LEN]);
-        hmac::sign_to_buffer(&hmac::Key::new(hmac::HMAC_SHA256, &[]), secret, &mut *prk)?;
-        Ok(Self(Prk::new_less_safe(HKDF_SHA256, &*prk)))
-    }
-
-    /// The payload key of (`sender`, `channel`, `epoch`).
-    pub(crate) fn payload_key(
-        &self,
-        sender: &str,
-        channel: &str,
-        epoch: u64,
-    ) -> Result<PayloadKey, aws_lc_rs::error::Unspecified> {
-        let (key, iv) = self.raw(sender, channel, epoch)?;
-        let key = Zeroizing::new(key);
-        Ok(PayloadKey {
-            key: LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &*key)?),
-            iv,
-        })
-    }
-
-    /// The raw key and IV of (`sender`, `channel`, `epoch`) (the caller wipes the key).
-    fn raw(
-        &self,
-        sender: &str,
-        channel: &str,
-        epoch: u64,
-    ) -> Result<([u8; 32], [u8; 12]), aws_lc_rs::error::Unspecified> {
-        // The two `info` strings differ only in their labels: the context after them is
-        // written once.
-        // Two length prefixes and the epoch: sized once.
-        let mut ctx = Canon::with_capacity(sender.len() + channel.len() + 16);
-        ctx.str(sender).str(channel).u64(epoch);
-        let info = |label: &'static str| [label.as_bytes(), &[0], ctx.as_bytes()];
-        let mut key = [0u8; 32];
-        self.0
-            .expand(&info(label::PAYLOAD_KEY), Len(32))?
-            .fill(&mut key)?;
-        let mut iv = [0u8; 12];
-        self.0
-            .expand(&info(label::PAYLOAD_IV), Len(12))?
-            .fill(&mut iv)?;
-        Ok((key, iv))
     }
 }
 
@@ -414,17 +381,11 @@ mod tests {
         assert_eq!((key, iv), (want_key, want_iv));
         let other = PayloadKey::derive_raw(&secret, sender, "_reply.s.a.y", epoch).unwrap();
         assert_ne!(other.0, key);
-        // One extraction serves every channel of the epoch, in any order.
-        let kdf = EpochKdf::new(&secret).unwrap();
-        for channel in ["_reply.s.a.y", "_reply.s.a.x", "_reply.s.a.y"] {
-            assert_eq!(
-                kdf.raw(sender, channel, epoch).unwrap(),
-                PayloadKey::derive_raw(&secret, sender, channel, epoch).unwrap()
-            );
-        }
-        assert_eq!(
-            kdf.raw(sender, channel, epoch).unwrap(),
-            (want_key, want_iv)
+        assert_ne!(
+            PayloadKey::derive_raw(&secret, sender, channel, epoch + 1)
+                .unwrap()
+                .0,
+            key
         );
     }
 }

@@ -283,6 +283,9 @@ struct ReplyBatchVector {
     root: String,
     epoch: u64,
     epoch_secret: Hex,
+    /// The root's payload key and IV, which seal every reply under it.
+    payload_key: Hex,
+    payload_iv: Hex,
     open_at_ms: u64,
     sender_key: SenderKeyVector,
     replies: Vec<ReplyCase>,
@@ -293,8 +296,6 @@ struct ReplyBatchVector {
 #[derive(Debug, Serialize, Deserialize)]
 struct ReplyCase {
     channel: String,
-    payload_key: Hex,
-    payload_iv: Hex,
     envelope: EnvelopeCase,
 }
 
@@ -528,7 +529,8 @@ fn envelope_vector() -> EnvelopeVector {
                 channel: String::new(),
             };
             let aad = envelope_aad(ALICE, CHANNEL, &e);
-            danger::danger_seal_with_secret(&secret, ALICE, CHANNEL, &mut e, &payload).unwrap();
+            danger::danger_seal_with_secret(&secret, ALICE, CHANNEL, CHANNEL, &mut e, &payload)
+                .unwrap();
             EnvelopeCase {
                 description: description.into(),
                 seq,
@@ -669,8 +671,8 @@ fn reply_batch_vector(ca: &CaKey, sender: Party, recipient: Party) -> ReplyBatch
         &recipient,
         BOB_ROOT,
         "Alice's sender key for Bob's reply namespace root (PROTOCOL.md §5.4), wrapped to \
-         Bob as in batch-signature.json; its epoch secret seals every reply channel under \
-         the root, each with its own payload key.",
+         Bob as in batch-signature.json; its epoch's payload key (the root's) seals every \
+         reply channel under the root.",
     );
     let inputs: [(&str, &str, &str, &[u8]); 3] = [
         (
@@ -692,13 +694,12 @@ fn reply_batch_vector(ca: &CaKey, sender: Party, recipient: Party) -> ReplyBatch
             b"",
         ),
     ];
+    let (key, iv) = danger::danger_payload_key_and_iv(&secret, ALICE, BOB_ROOT, EPOCH).unwrap();
     let replies: Vec<ReplyCase> = inputs
         .into_iter()
         .enumerate()
         .map(|(i, (description, channel, reply_to, payload))| {
             let seq = i as u64;
-            let (key, iv) =
-                danger::danger_payload_key_and_iv(&secret, ALICE, channel, EPOCH).unwrap();
             let issued_at_ms = NOW + 1_000 * (seq + 1);
             let id = MessageId::from_parts(issued_at_ms, counting(0x40 + 0x10 * i as u8));
             let mut e = wire::Envelope {
@@ -712,11 +713,10 @@ fn reply_batch_vector(ca: &CaKey, sender: Party, recipient: Party) -> ReplyBatch
                 channel: channel.to_owned(),
             };
             let aad = envelope_aad(ALICE, channel, &e);
-            danger::danger_seal_with_secret(&secret, ALICE, channel, &mut e, payload).unwrap();
+            danger::danger_seal_with_secret(&secret, ALICE, BOB_ROOT, channel, &mut e, payload)
+                .unwrap();
             ReplyCase {
                 channel: channel.to_owned(),
-                payload_key: Hex::of(key),
-                payload_iv: Hex::of(iv),
                 envelope: EnvelopeCase {
                     description: description.into(),
                     seq,
@@ -762,9 +762,10 @@ fn reply_batch_vector(ca: &CaKey, sender: Party, recipient: Party) -> ReplyBatch
     ReplyBatchVector {
         description: "A batch of replies and the sender key that opens it (PROTOCOL.md §5.5): \
                       Bob accepts sender_key with Alice's bundle, then opens batch at \
-                      open_at_ms and reads each reply on its channel. Each reply's payload_key \
-                      and payload_iv come from epoch_secret with its own channel in the HKDF \
-                      context (§4.1)."
+                      open_at_ms and reads each reply on its channel. payload_key and \
+                      payload_iv come from epoch_secret with the root in the HKDF context \
+                      (§4.1) and seal every reply, each with its own channel in its aad \
+                      (§5.4)."
             .into(),
         ca_public_key: ca.public_key.clone(),
         ca_signer: ca.signer.clone(),
@@ -773,6 +774,8 @@ fn reply_batch_vector(ca: &CaKey, sender: Party, recipient: Party) -> ReplyBatch
         root: BOB_ROOT.into(),
         epoch: EPOCH,
         epoch_secret: Hex::of(secret),
+        payload_key: Hex::of(key),
+        payload_iv: Hex::of(iv),
         open_at_ms: OPEN_AT_MS,
         sender_key,
         replies,
@@ -957,8 +960,10 @@ fn envelope_vector_key_iv_aad_and_ciphertext() {
         let id = MessageId::from_slice(&c.message_id).unwrap();
         assert_eq!(id.unix_millis(), c.issued_at_ms, "{what}");
 
-        danger::danger_seal_with_secret(&secret, &v.sender, &v.channel, &mut e, &c.payload)
-            .unwrap();
+        danger::danger_seal_with_secret(
+            &secret, &v.sender, &v.channel, &v.channel, &mut e, &c.payload,
+        )
+        .unwrap();
         assert_eq!(e.ciphertext, &*c.ciphertext, "{what}");
         assert_eq!(e.ciphertext.len(), c.payload.len() + TAG_LEN, "{what}");
         assert_eq!(wire::encode(&e), &*c.encoded, "{what}");
@@ -1204,19 +1209,27 @@ fn reply_batch_vector_keys_ciphertexts_and_signature() {
     check_keys(&v.sender);
     let secret: [u8; 32] = v.epoch_secret.to_vec().try_into().unwrap();
     let sender = &v.sender.principal;
+    let (key, iv) = danger::danger_payload_key_and_iv(&secret, sender, &v.root, v.epoch).unwrap();
+    assert_eq!((&key[..], &iv[..]), (&*v.payload_key, &*v.payload_iv));
+    assert_eq!(
+        spec::payload_key_and_iv(&secret, sender, &v.root, v.epoch),
+        (key, iv)
+    );
+    // One AES-256-GCM key, the root's, opens every reply, each under its own channel's aad.
+    let aead = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).unwrap());
     for r in &v.replies {
         let what = &r.envelope.description;
-        let (key, iv) =
-            danger::danger_payload_key_and_iv(&secret, sender, &r.channel, v.epoch).unwrap();
-        assert_eq!(
-            (&key[..], &iv[..]),
-            (&*r.payload_key, &*r.payload_iv),
-            "{what}"
-        );
-        assert_eq!(
-            spec::payload_key_and_iv(&secret, sender, &r.channel, v.epoch),
-            (key, iv)
-        );
+        let c = &r.envelope;
+        assert_eq!(&*c.nonce, spec::nonce(&iv, c.seq), "{what}");
+        let mut opened = c.ciphertext.to_vec();
+        let plain = aead
+            .open_in_place(
+                Nonce::try_assume_unique_for_key(&c.nonce).unwrap(),
+                Aad::from(&*c.aad),
+                &mut opened,
+            )
+            .unwrap();
+        assert_eq!(plain, &*c.payload, "{what}");
         let mut e = r.sealed(v.epoch);
         // The envelope's own channel is its header's, whatever channel the batch is on.
         assert_eq!(
@@ -1230,8 +1243,15 @@ fn reply_batch_vector_keys_ciphertexts_and_signature() {
             "{what}"
         );
         e.ciphertext.clear();
-        danger::danger_seal_with_secret(&secret, sender, &r.channel, &mut e, &r.envelope.payload)
-            .unwrap();
+        danger::danger_seal_with_secret(
+            &secret,
+            sender,
+            &v.root,
+            &r.channel,
+            &mut e,
+            &r.envelope.payload,
+        )
+        .unwrap();
         assert_eq!(e.ciphertext, &*r.envelope.ciphertext, "{what}");
         assert_eq!(wire::encode(&e), &*r.envelope.encoded, "{what}");
     }

@@ -422,7 +422,7 @@ pub(crate) fn floor_only(payload: usize, json: bool) -> Result<ExitCode> {
         println!(
             "  primitives (ns): AES-256-GCM seal {:.0}, open {:.0} ({} B); envelope hash {:.0}; \
              batch digest per envelope {:.0}; audit root per envelope {:.0}; Ed25519 sign {:.0}, \
-             verify {:.0}; a reply channel's key {:.0}; TLS record seal {:.2}/B, open {:.2}/B; \
+             verify {:.0}; TLS record seal {:.2}/B, open {:.2}/B; \
              {:.0} B on the wire per message",
             p.aes_gcm_seal_payload,
             p.aes_gcm_open_payload,
@@ -432,7 +432,6 @@ pub(crate) fn floor_only(payload: usize, json: bool) -> Result<ExitCode> {
             p.merkle_root_per_envelope,
             p.ed25519_sign,
             p.ed25519_verify,
-            p.reply_key_derivation,
             p.tls_record_seal_per_byte,
             p.tls_record_open_per_byte,
             floor.wire_bytes_per_message,

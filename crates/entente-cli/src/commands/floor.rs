@@ -80,8 +80,7 @@ pub(crate) struct Floor {
     pub(crate) fanout_ceiling_deliveries_per_sec: f64,
     /// Request/reply, one request in flight: the cryptography on the critical path of one
     /// round trip (each of request and reply sealed, hashed three times, signed alone over its
-    /// digest, verified, opened; the reply's key derived for its channel by both sides; four
-    /// TLS hops). No round trip can be shorter.
+    /// digest, verified, opened; four TLS hops). No round trip can be shorter.
     pub(crate) request_reply_rtt_floor_ns: f64,
     /// Request/reply with [`REQUESTS_IN_FLIGHT`] in flight: requests share batch signatures
     /// (as many per batch as the SDK puts in one, [`round_trip_batch`]), and so do the replies
@@ -105,9 +104,6 @@ pub(crate) struct Primitives {
     pub(crate) merkle_root_per_envelope: f64,
     pub(crate) ed25519_sign: f64,
     pub(crate) ed25519_verify: f64,
-    /// A reply channel's payload key from its epoch's PRK (PROTOCOL.md §5.4): two
-    /// HKDF-SHA256 expansions and an AES-256-GCM key schedule, by responder and requester.
-    pub(crate) reply_key_derivation: f64,
     pub(crate) tls_record_seal_per_byte: f64,
     pub(crate) tls_record_open_per_byte: f64,
 }
@@ -185,24 +181,6 @@ pub(crate) fn measure(payload: usize, batch: usize) -> Result<Floor> {
             .map_err(|_| anyhow!("Ed25519 verify failed"))
     })?;
 
-    // A reply channel's payload key: its `info` strings name a sender and a reply channel of
-    // typical lengths (~135 bytes each).
-    let prk = aws_lc_rs::hkdf::Prk::new_less_safe(aws_lc_rs::hkdf::HKDF_SHA256, &[0x17u8; 32]);
-    let info = [0x69u8; 135];
-    let reply_key_derivation = per_op(|| {
-        let mut key = [0u8; 32];
-        prk.expand(&[&info], Len(32))
-            .and_then(|okm| okm.fill(&mut key))
-            .map_err(|_| anyhow!("HKDF-Expand failed"))?;
-        let mut iv = [0u8; 12];
-        prk.expand(&[&info], Len(12))
-            .and_then(|okm| okm.fill(&mut iv))
-            .map_err(|_| anyhow!("HKDF-Expand failed"))?;
-        let key = UnboundKey::new(&AES_256_GCM, &key).map_err(|_| anyhow!("AES-256-GCM key"))?;
-        black_box((LessSafeKey::new(key), iv));
-        Ok(())
-    })?;
-
     // TLS 1.3 records: AES-256-GCM over 16 KiB with the 5-byte record header as AAD.
     let record = vec![0x17u8; RECORD];
     let record_header = [0x17u8, 0x03, 0x03, 0x40, 0x11];
@@ -237,7 +215,6 @@ pub(crate) fn measure(payload: usize, batch: usize) -> Result<Floor> {
         merkle_root_per_envelope,
         ed25519_sign,
         ed25519_verify,
-        reply_key_derivation,
         tls_record_seal_per_byte: tls_record_seal / RECORD as f64,
         tls_record_open_per_byte: tls_record_open / RECORD as f64,
     };
@@ -294,12 +271,9 @@ impl Floor {
                 + p.aes_gcm_open_payload
                 + tls_ns
         };
-        // A reply's payload key is derived for its own channel by responder and requester.
-        let reply_keys = 2.0 * p.reply_key_derivation;
-        let request_reply_rtt_floor_ns = 2.0 * message(1.0) + reply_keys;
+        let request_reply_rtt_floor_ns = 2.0 * message(1.0);
         let request_reply_shared_by = round_trip_batch(batch);
-        let request_reply_ceiling_per_sec =
-            per_sec(2.0 * message(request_reply_shared_by as f64) + reply_keys);
+        let request_reply_ceiling_per_sec = per_sec(2.0 * message(request_reply_shared_by as f64));
         Self {
             payload_bytes,
             batch,
@@ -318,15 +292,6 @@ impl Floor {
             request_reply_shared_by,
             primitives: p,
         }
-    }
-}
-
-/// An HKDF output length.
-struct Len(usize);
-
-impl aws_lc_rs::hkdf::KeyType for Len {
-    fn len(&self) -> usize {
-        self.0
     }
 }
 
@@ -422,7 +387,6 @@ mod tests {
             p.merkle_root_per_envelope,
             p.ed25519_sign,
             p.ed25519_verify,
-            p.reply_key_derivation,
             p.tls_record_seal_per_byte,
             p.tls_record_open_per_byte,
         ] {
@@ -440,7 +404,6 @@ mod tests {
             merkle_root_per_envelope: 50.0,
             ed25519_sign: 25_600.0,
             ed25519_verify: 51_200.0,
-            reply_key_derivation: 1_000.0,
             tls_record_seal_per_byte: 0.25,
             tls_record_open_per_byte: 0.25,
         };
@@ -452,14 +415,13 @@ mod tests {
         assert_eq!(one.tls_ns, 400.0);
         assert_eq!(one.total_ns, 1570.0);
         // A round trip: two messages, each signed and verified alone:
-        // 100 + 3 * 200 + 2 * 10 + 50 + (25 600 + 51 200) + 100 + 400, and the reply's key
-        // derived twice.
-        assert_eq!(one.request_reply_rtt_floor_ns, 2.0 * 78_070.0 + 2_000.0);
+        // 100 + 3 * 200 + 2 * 10 + 50 + (25 600 + 51 200) + 100 + 400.
+        assert_eq!(one.request_reply_rtt_floor_ns, 2.0 * 78_070.0);
         // 64 in flight: requests and replies share their signatures by what the SDK puts in
         // one batch of them, 32 (not 256, nor all 64).
         let shared =
             100.0 + 3.0 * 200.0 + 2.0 * 10.0 + 50.0 + (25_600.0 + 51_200.0) / 32.0 + 100.0 + 400.0;
-        let rr = 1e9 / (2.0 * shared + 2_000.0);
+        let rr = 1e9 / (2.0 * shared);
         assert!((one.request_reply_ceiling_per_sec - rr).abs() < 1e-6);
         // Ten subscribers: 510 + 200 at each, (410 + 250 + 200) / 10 shared.
         let fanout = 1e9 / (510.0 + 200.0 + 86.0);
