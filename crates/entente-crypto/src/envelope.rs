@@ -344,8 +344,8 @@ impl Sealer {
     /// Seals replies to one requester as one batch on the sealer's channel, the requester's
     /// reply namespace root (`_reply.S.N`): each message goes on its own reply channel under
     /// the root, named in its envelope and its header, sealed under the root's payload key
-    /// (PROTOCOL.md §5.5), and one signature covers them all. `messages` are (reply channel, payload,
-    /// `reply_to`).
+    /// (PROTOCOL.md §5.5), and one signature covers them all. `messages` are (reply channel,
+    /// payload, `reply_to`).
     pub fn seal_replies<'m>(
         &mut self,
         messages: impl ExactSizeIterator<Item = (&'m Channel, &'m [u8], Option<&'m Channel>)>,

@@ -364,7 +364,7 @@ mod tests {
     #[test]
     fn the_payload_key_is_hkdf_with_an_empty_salt_extracted_once() {
         let secret = [7u8; KEY_LEN];
-        let (sender, channel, epoch) = ("spiffe://td/agent/s/a", "_reply.s.a.x", 9);
+        let (sender, channel, epoch) = ("spiffe://td/agent/s/a", "orders.eu", 9);
         let (key, iv) = PayloadKey::derive_raw(&secret, sender, channel, epoch).unwrap();
         // The textbook form: extract and expand per output, through aws-lc-rs' HKDF.
         let prk = Salt::new(HKDF_SHA256, &[]).extract(&secret);
@@ -379,7 +379,7 @@ mod tests {
         expand(label::PAYLOAD_KEY, &mut want_key);
         expand(label::PAYLOAD_IV, &mut want_iv);
         assert_eq!((key, iv), (want_key, want_iv));
-        let other = PayloadKey::derive_raw(&secret, sender, "_reply.s.a.y", epoch).unwrap();
+        let other = PayloadKey::derive_raw(&secret, sender, "orders.us", epoch).unwrap();
         assert_ne!(other.0, key);
         assert_ne!(
             PayloadKey::derive_raw(&secret, sender, channel, epoch + 1)

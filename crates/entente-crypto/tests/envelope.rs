@@ -785,7 +785,7 @@ fn one_reply_namespace_key_serves_every_reply_to_its_requester() {
     let unopened = sealer
         .seal_batch_on(&r1, [(&b"third"[..], None)].into_iter(), NOW)
         .unwrap();
-    let mut moved = unopened;
+    let mut moved = unopened.clone();
     moved.channel = "_reply.ops.alice.r3".to_owned();
     assert_eq!(
         open_from(&bob, &mut opener, moved.clone()).unwrap_err(),
@@ -798,6 +798,10 @@ fn one_reply_namespace_key_serves_every_reply_to_its_requester() {
         "{:?}",
         opened.rejected
     );
+    // On its own channel, the same envelope opens.
+    let opened = open_from(&bob, &mut opener, unopened).unwrap();
+    assert!(opened.rejected.is_empty(), "{:?}", opened.rejected);
+    assert_eq!(opened.delivered[0].payload(), b"third");
 
     // Forgetting the sender forgets its root keys too.
     opener.forget_sender(&bob.id);

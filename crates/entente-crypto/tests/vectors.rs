@@ -1215,7 +1215,12 @@ fn reply_batch_vector_keys_ciphertexts_and_signature() {
         spec::payload_key_and_iv(&secret, sender, &v.root, v.epoch),
         (key, iv)
     );
-    // One AES-256-GCM key, the root's, opens every reply, each under its own channel's aad.
+    // One AES-256-GCM key, the root's, opens every reply, each under its own channel's aad;
+    // sequence numbers, and so nonces, run across the root's epoch: never the same twice.
+    let mut seqs: Vec<u64> = v.replies.iter().map(|r| r.envelope.seq).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), v.replies.len());
     let aead = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).unwrap());
     for r in &v.replies {
         let what = &r.envelope.description;
