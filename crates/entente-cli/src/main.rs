@@ -147,9 +147,10 @@ enum Command {
         http2: bool,
         /// The measured SDK clients' `round_trip_batch_min`, their least round-trip limit: a
         /// signed batch may always hold this many requests, or replies (default: the SDK's,
-        /// 32; a client allows more when it has more requests in flight, never above its
-        /// `batch_max`, 256). The crypto floor's request/reply ceiling shares signatures as
-        /// the clients would.
+        /// 32; a client allows more requests when it has more in flight, and more replies
+        /// when it was delivered more requests in one batch, never above its `batch_max`,
+        /// 256). The crypto floor's request/reply ceiling shares signatures as the clients
+        /// would.
         #[arg(
             long,
             value_name = "MESSAGES",

@@ -43,7 +43,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::bundles::KeyBundleCache;
 use crate::inbox::{DurableDelivery, Inbox};
-use crate::outbox::{self, Outbox, OutboxOptions, Outgoing, Recipients, Sealed};
+use crate::outbox::{
+    self, Outbox, OutboxOptions, Outgoing, Recipients, RoundTrip, RoundTrips, Sealed,
+};
 use crate::renew::{self, Credential};
 use crate::stats::{self, ClientStats, Stats};
 use crate::transport::{Driver, SessionStream, Transport, end_status, status_text};
@@ -162,8 +164,11 @@ struct State {
     /// Requests waiting for their reply, by reply channel.
     replies: HashMap<Channel, ReplyWaiter>,
     /// The most requests that waited for their replies at once, lately: raised to the count
-    /// whenever a request starts waiting, decayed by the writer ([`Shared::round_trip_limit`]).
+    /// whenever a request starts waiting, decayed by the writer ([`Shared::round_trip_limits`]).
     in_flight_peak: usize,
+    /// The most requests one delivery (a `Deliver` frame) held, lately: raised by the reader,
+    /// decayed by the writer ([`Shared::round_trip_limits`]).
+    delivered_peak: usize,
 }
 
 /// A request waiting for the one reply it accepts.
@@ -224,9 +229,12 @@ enum Command {
 }
 
 impl Command {
-    /// A request or a reply.
-    fn is_round_trip(&self) -> bool {
-        matches!(self, Self::Publish(m) if outbox::is_round_trip(m))
+    /// A request or a reply, or neither.
+    fn round_trip(&self) -> Option<RoundTrip> {
+        match self {
+            Self::Publish(m) => outbox::round_trip(m),
+            Self::Frame(_) => None,
+        }
     }
 }
 
@@ -1400,22 +1408,31 @@ impl Shared {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Most requests or replies the writer puts in one batch now (`gather`'s round-trip limit
-    /// and the outbox's): half of the requests this client has lately had waiting for their
-    /// replies at once, so that they leave in two batches or more whose steps overlap, or
-    /// `round_trip_batch_min` if that is more, never more than `batch_max`. Only this
-    /// client's own requests raise it. The peak decays by a sixty-fourth (one request at
-    /// least) each time the writer looks, once per round it writes, so it follows the count in
-    /// flight down within some dozens of rounds (from 256 to 64 in 69); with nothing to write
-    /// it stays.
-    fn round_trip_limit(&self) -> usize {
-        let peak = {
+    /// Most requests, and most replies, the writer puts in one batch now (`gather`'s
+    /// round-trip limits and the outbox's). Requests: half of the requests this client has
+    /// lately had waiting for their replies at once, so that they leave in two batches or more
+    /// whose steps overlap, or `round_trip_batch_min` if that is more, never more than
+    /// `batch_max`; only this client's own requests raise it. Replies: as many as the largest
+    /// delivery of requests to this client lately, so that they go back as their requests
+    /// came, or the requests' limit if that is more, never more than `batch_max`.
+    /// Each peak decays by a sixty-fourth (one at least) each time the writer looks, once per
+    /// round it writes, so it follows the load down within some dozens of rounds (from 256 to
+    /// 64 in 69); with nothing to write it stays.
+    fn round_trip_limits(&self) -> RoundTrips {
+        let (in_flight, delivered) = {
             let mut state = self.lock();
-            let peak = state.in_flight_peak;
-            state.in_flight_peak = decayed(peak, state.replies.len());
-            peak
+            let (in_flight, delivered) = (state.in_flight_peak, state.delivered_peak);
+            state.in_flight_peak = decayed(in_flight, state.replies.len());
+            state.delivered_peak = decayed(delivered, 0);
+            (in_flight, delivered)
         };
-        round_trip_limit(&self.options, peak)
+        round_trip_limits(&self.options, in_flight, delivered)
+    }
+
+    /// Raises the peak of requests delivered at once to `requests`.
+    fn delivered_requests(&self, requests: usize) {
+        let mut state = self.lock();
+        state.delivered_peak = state.delivered_peak.max(requests);
     }
 
     /// Records what request `id` waits for (and the subscription it creates), unless the
@@ -1676,7 +1693,7 @@ async fn write(
         identity.message_keys().clone(),
         OutboxOptions {
             batch_max: options.batch_max,
-            round_trip_batch_max: options.round_trip_batch_min_value(),
+            round_trips: RoundTrips::both(options.round_trip_batch_min_value()),
             reply_batches: options.reply_batches,
             batch_max_bytes: options.batch_max_bytes,
             sender_key_resend_ms: millis(options.sender_key_resend),
@@ -1709,10 +1726,10 @@ async fn write(
         }
         let limits = GatherLimits {
             max: options.batch_max,
-            round_trips: shared.round_trip_limit(),
+            round_trips: shared.round_trip_limits(),
         };
         gather(&mut commands, &mut batch, limits, options.linger).await;
-        outbox.set_round_trip_batch_max(limits.round_trips);
+        outbox.set_round_trips(limits.round_trips);
         let mut writer = Writer {
             shared: &shared,
             outbox: &mut outbox,
@@ -1726,18 +1743,22 @@ async fn write(
     shared.shutdown.send_replace(true);
 }
 
-/// [`Shared::round_trip_limit`] for `peak` requests in flight lately.
-fn round_trip_limit(options: &ClientOptions, peak: usize) -> usize {
-    options
+/// [`Shared::round_trip_limits`] for `in_flight` requests in flight lately and `delivered`
+/// requests in a batch delivered lately.
+fn round_trip_limits(options: &ClientOptions, in_flight: usize, delivered: usize) -> RoundTrips {
+    let requests = options
         .round_trip_batch_min
-        .max(peak.div_ceil(2))
-        .min(options.batch_max)
+        .max(in_flight.div_ceil(2))
+        .min(options.batch_max);
+    RoundTrips {
+        requests,
+        replies: requests.max(delivered.min(options.batch_max)),
+    }
 }
 
-/// The in-flight peak kept after a look at it: a sixty-fourth less (one at least), never below
-/// the requests in flight now.
-fn decayed(peak: usize, in_flight: usize) -> usize {
-    (peak - peak.div_ceil(64)).max(in_flight)
+/// A peak kept after a look at it: a sixty-fourth less (one at least), never below `now`.
+fn decayed(peak: usize, now: usize) -> usize {
+    (peak - peak.div_ceil(64)).max(now)
 }
 
 /// How much [`gather`] waits for.
@@ -1745,16 +1766,43 @@ fn decayed(peak: usize, in_flight: usize) -> usize {
 struct GatherLimits {
     /// Commands in all.
     max: usize,
-    /// Requests and replies, on all channels together: once the batch holds that many, the
-    /// writer stops waiting for more and sends it ([`Shared::round_trip_limit`]).
-    round_trips: usize,
+    /// Requests, and replies, on all channels together: once the batch holds that many
+    /// requests or that many replies, the writer stops waiting for more and sends it
+    /// ([`Shared::round_trip_limits`]).
+    round_trips: RoundTrips,
+}
+
+/// Requests and replies counted into a batch.
+#[derive(Debug, Default)]
+struct RoundTripCount {
+    /// Requests in the batch.
+    requests: usize,
+    /// Replies in the batch.
+    replies: usize,
+}
+
+impl RoundTripCount {
+    /// Counts a command of `kind` (nothing for a publish or another frame).
+    fn add(&mut self, kind: Option<RoundTrip>) {
+        match kind {
+            Some(RoundTrip::Request) => self.requests += 1,
+            Some(RoundTrip::Reply) => self.replies += 1,
+            None => {}
+        }
+    }
+
+    /// Whether the batch holds a batch of requests or one of replies.
+    fn reached(&self, limits: RoundTrips) -> bool {
+        self.requests >= limits.requests || self.replies >= limits.replies
+    }
 }
 
 /// Waits up to `linger` for more commands to add to `batch`, up to `limits.max` in all and
-/// until it holds `limits.round_trips` requests or replies. With no `linger`, yields to the
-/// scheduler and takes what tasks ready to run queued meanwhile, as long as that adds
-/// something. Each time it takes, it takes all that is queued (up to `limits.max`), requests
-/// and replies beyond the limit included: the outbox cuts them into batches.
+/// until it holds a batch of requests or one of replies (`limits.round_trips`). With no
+/// `linger`, yields to the scheduler and takes what tasks ready to run queued meanwhile, as
+/// long as that adds something. Each time it takes, it takes all that is queued (up to
+/// `limits.max`), requests and replies beyond the limits included: the outbox cuts them into
+/// batches.
 async fn gather(
     commands: &mut mpsc::Receiver<Command>,
     batch: &mut Vec<Command>,
@@ -1762,16 +1810,19 @@ async fn gather(
     linger: Duration,
 ) {
     let max = limits.max;
-    let mut round_trips = batch.iter().filter(|c| c.is_round_trip()).count();
+    let mut held = RoundTripCount::default();
+    for command in batch.iter() {
+        held.add(command.round_trip());
+    }
     if linger.is_zero() {
         // Let the tasks that are ready to run add what they are about to send.
-        while batch.len() < max && round_trips < limits.round_trips {
+        while batch.len() < max && !held.reached(limits.round_trips) {
             tokio::task::yield_now().await;
             let before = batch.len();
             while batch.len() < max {
                 match commands.try_recv() {
                     Ok(command) => {
-                        round_trips += usize::from(command.is_round_trip());
+                        held.add(command.round_trip());
                         batch.push(command);
                     }
                     Err(_) => break,
@@ -1784,18 +1835,16 @@ async fn gather(
         return;
     }
     let deadline = tokio::time::Instant::now() + linger;
-    while batch.len() < max && round_trips < limits.round_trips {
+    while batch.len() < max && !held.reached(limits.round_trips) {
         let room = max - batch.len();
         let before = batch.len();
         match tokio::time::timeout_at(deadline, commands.recv_many(batch, room)).await {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        round_trips += batch
-            .iter()
-            .skip(before)
-            .filter(|c| c.is_round_trip())
-            .count();
+        for command in batch.iter().skip(before) {
+            held.add(command.round_trip());
+        }
     }
 }
 
@@ -2078,6 +2127,17 @@ async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) {
         }
         return;
     }
+    // Requests: messages that ask for a reply, other than replies that ask back (those are
+    // counted, and answered, as replies).
+    let requests = opened
+        .items
+        .iter()
+        .flatten()
+        .filter(|m| m.reply_to.is_some() && !namespace::is_reply_channel(&m.channel))
+        .count();
+    if requests > 0 {
+        shared.delivered_requests(requests);
+    }
     // Room for the batch is taken at once (up to the queue's size), not item by item.
     let room = entry.items.max_capacity();
     let mut items = opened.items.into_iter();
@@ -2176,45 +2236,79 @@ mod tests {
     }
 
     #[test]
-    fn the_round_trip_limit_follows_the_requests_in_flight() {
+    fn the_round_trip_limits_follow_the_requests_in_flight_and_delivered() {
+        let requests =
+            |options: &ClientOptions, in_flight| round_trip_limits(options, in_flight, 0).requests;
         let options = ClientOptions::new();
         // Few in flight: the option's least limit.
-        assert_eq!(round_trip_limit(&options, 0), 32);
-        assert_eq!(round_trip_limit(&options, 64), 32);
+        assert_eq!(requests(&options, 0), 32);
+        assert_eq!(requests(&options, 64), 32);
         // More: half of them, up to `batch_max`.
-        assert_eq!(round_trip_limit(&options, 128), 64);
-        assert_eq!(round_trip_limit(&options, 129), 65);
-        assert_eq!(round_trip_limit(&options, 10_000), 256);
+        assert_eq!(requests(&options, 128), 64);
+        assert_eq!(requests(&options, 129), 65);
+        assert_eq!(requests(&options, 10_000), 256);
         let small = ClientOptions::new().round_trip_batch_min(2).batch_max(16);
-        assert_eq!(round_trip_limit(&small, 0), 2);
-        assert_eq!(round_trip_limit(&small, 12), 6);
-        assert_eq!(round_trip_limit(&small, 100), 16);
+        assert_eq!(requests(&small, 0), 2);
+        assert_eq!(requests(&small, 12), 6);
+        assert_eq!(requests(&small, 100), 16);
 
-        // The peak decays by a sixty-fourth per look, never below what is in flight: from 256
+        // Replies go back as their requests came, in batches as large as the largest
+        // delivered lately, never below the requests' limit nor above `batch_max`; the
+        // requests delivered do not change the requests' limit.
+        assert_eq!(round_trip_limits(&options, 0, 0), RoundTrips::both(32));
+        assert_eq!(
+            round_trip_limits(&options, 0, 64),
+            RoundTrips {
+                requests: 32,
+                replies: 64
+            }
+        );
+        assert_eq!(round_trip_limits(&options, 0, 20), RoundTrips::both(32));
+        assert_eq!(round_trip_limits(&options, 200, 64), RoundTrips::both(100));
+        assert_eq!(
+            round_trip_limits(&small, 0, 1_000),
+            RoundTrips {
+                requests: 2,
+                replies: 16
+            }
+        );
+
+        // A peak decays by a sixty-fourth per look, never below what is in flight: from 256
         // to the option's limit again in 69 looks.
         assert_eq!(decayed(128, 0), 126);
         assert_eq!(decayed(128, 127), 127);
         assert_eq!(decayed(10, 3), 9);
+        assert_eq!(decayed(1, 0), 0);
         assert_eq!(decayed(0, 0), 0);
         let mut peak = 256;
         let mut looks = 0;
-        while round_trip_limit(&options, peak) > 32 {
+        while requests(&options, peak) > 32 {
             peak = decayed(peak, 0);
             looks += 1;
         }
         assert_eq!(looks, 69);
+        // The limit for replies is the peak itself, not half of it: from 256 to 32 in 101
+        // looks.
+        let mut peak = 256;
+        let mut looks = 0;
+        while round_trip_limits(&options, 0, peak).replies > 32 {
+            peak = decayed(peak, 0);
+            looks += 1;
+        }
+        assert_eq!(looks, 101);
     }
 
     // On one thread: a spawned task runs only when the test yields.
     #[tokio::test(flavor = "current_thread")]
     async fn gathering_stops_waiting_once_it_holds_a_batch_of_requests_or_replies() {
-        let limits = |round_trips| GatherLimits {
+        let limits = |requests, replies| GatherLimits {
             max: 8,
-            round_trips,
+            round_trips: RoundTrips { requests, replies },
         };
         let request = || command("_direct.shop.bob", Some("_reply.shop.alice.r"));
+        let reply = || command("_reply.shop.bob.x1", None);
         // A task ready to run that is about to queue one more: the writer waits for it
-        // (yields) unless it already holds a batch of requests.
+        // (yields) unless it already holds a batch of requests, or one of replies.
         let (tx, mut rx) = mpsc::channel(16);
         let about_to_send = |tx: &mpsc::Sender<Command>| {
             let tx = tx.clone();
@@ -2222,32 +2316,46 @@ mod tests {
         };
         let mut batch = vec![request(), request()];
         let pending = about_to_send(&tx);
-        gather(&mut rx, &mut batch, limits(2), Duration::ZERO).await;
+        gather(&mut rx, &mut batch, limits(2, 8), Duration::ZERO).await;
         assert_eq!(batch.len(), 2, "waited with a batch of requests in hand");
         pending.await.unwrap().unwrap();
 
         // Two more allowed: it waits, and takes what was queued meanwhile (the reply above)
         // and what the task adds.
         let pending = about_to_send(&tx);
-        gather(&mut rx, &mut batch, limits(4), Duration::ZERO).await;
+        gather(&mut rx, &mut batch, limits(4, 8), Duration::ZERO).await;
         assert_eq!(batch.len(), 4);
+        pending.await.unwrap().unwrap();
+
+        // Replies count against their own limit.
+        let mut replies = vec![reply(), reply()];
+        let pending = about_to_send(&tx);
+        gather(&mut rx, &mut replies, limits(8, 2), Duration::ZERO).await;
+        assert_eq!(replies.len(), 2, "waited with a batch of replies in hand");
+        let mut replies = vec![reply(), reply()];
+        gather(&mut rx, &mut replies, limits(2, 8), Duration::ZERO).await;
+        assert_eq!(replies.len(), 3, "took the reply the task queued");
         pending.await.unwrap().unwrap();
 
         // Publishes do not count: the writer waits for more.
         let mut publishes = vec![command("orders.eu", None), command("orders.eu", None)];
         let pending = about_to_send(&tx);
-        gather(&mut rx, &mut publishes, limits(2), Duration::ZERO).await;
+        gather(&mut rx, &mut publishes, limits(2, 2), Duration::ZERO).await;
         assert_eq!(publishes.len(), 3);
         pending.await.unwrap().unwrap();
-        assert!(publishes.last().unwrap().is_round_trip());
-        assert!(!publishes.first().unwrap().is_round_trip());
+        assert_eq!(
+            publishes.last().unwrap().round_trip(),
+            Some(RoundTrip::Reply)
+        );
+        assert_eq!(publishes.first().unwrap().round_trip(), None);
+        assert_eq!(request().round_trip(), Some(RoundTrip::Request));
 
         // With a linger, likewise.
         let mut batch = vec![request(), request()];
         tx.send(request()).await.unwrap();
-        gather(&mut rx, &mut batch, limits(2), Duration::from_secs(5)).await;
+        gather(&mut rx, &mut batch, limits(2, 8), Duration::from_secs(5)).await;
         assert_eq!(batch.len(), 2);
-        gather(&mut rx, &mut batch, limits(3), Duration::from_millis(50)).await;
+        gather(&mut rx, &mut batch, limits(3, 8), Duration::from_millis(50)).await;
         assert_eq!(batch.len(), 3);
     }
 

@@ -103,9 +103,10 @@ impl ClientOptions {
     }
 
     /// The least round-trip limit: a signed batch may always hold this many requests, or this
-    /// many replies; the client allows more when it has more requests in flight. Default 32;
-    /// clamped to 1 ..= the wire limit (1024), and never above [`batch_max`](Self::batch_max)
-    /// (which alone caps batches, of any kind).
+    /// many replies; the client allows more requests when it has more in flight, and more
+    /// replies when it was delivered more requests at once. Default 32; clamped to 1 ..= the
+    /// wire limit (1024), and never above [`batch_max`](Self::batch_max) (which alone caps
+    /// batches, of any kind).
     ///
     /// Requests and replies travel a closed loop: a requester with many requests in flight
     /// sends the next ones as the replies come back. Sealed as one batch, what is in flight
@@ -115,7 +116,10 @@ impl ClientOptions {
     /// batch. So the client's round-trip limit is half of the requests it has lately had in
     /// flight at once, or this if more, never above `batch_max`: measured on two cores, half
     /// of what is in flight works best (32 with 64, 64 with 128). Waves of this many or fewer
-    /// travel whole. Publishes are not limited by it.
+    /// travel whole. A responder's replies go back as their requests came: its limit for
+    /// replies is the largest delivery of requests to it lately, if more (never above
+    /// `batch_max`), so that a requester's batches are not cut smaller on the way back.
+    /// Publishes are not limited by it.
     pub fn round_trip_batch_min(mut self, messages: usize) -> Self {
         self.round_trip_batch_min = messages.clamp(1, self.limits.max_batch_envelopes.max(1));
         self

@@ -8,8 +8,8 @@
 //! after it was first sent.
 //!
 //! Messages of one channel with the same recipients are sealed together (requests whatever
-//! their `reply_to`), up to `batch_max` messages — requests and replies up to the writer's
-//! round-trip limit (`OutboxOptions::round_trip_batch_max`) — or `batch_max_bytes` payload
+//! their `reply_to`), up to `batch_max` messages — requests and replies each up to the
+//! writer's round-trip limit for their kind ([`RoundTrips`]) — or `batch_max_bytes` payload
 //! bytes, as one signed batch (one Ed25519 signature): one `Publish` frame per batch, so that
 //! a refusal only fails the messages it carried.
 //!
@@ -21,8 +21,9 @@
 //! and carried by every reply (a requester's session may not have seen it, and its inbox skips
 //! a key it has already accepted without verifying it again), and every reply channel under
 //! the root is sealed under the epoch's one payload key, its channel in its header. So a reply
-//! costs a signature and AES-GCM, not an HPKE wrap, a second signature or a key derivation. A requester's sealer is dropped once it has gone
-//! unused for [`REPLY_SCOPE_IDLE_MS`], so answering many requesters keeps no state for long.
+//! costs a signature and AES-GCM, not an HPKE wrap, a second signature or a key derivation. A
+//! requester's sealer is dropped once it has gone unused for [`REPLY_SCOPE_IDLE_MS`], so
+//! answering many requesters keeps no state for long.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -86,13 +87,47 @@ pub(crate) enum Sealed<T> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct OutboxOptions {
     pub(crate) batch_max: usize,
-    /// Most requests or replies in a batch (no more than `batch_max`).
-    pub(crate) round_trip_batch_max: usize,
+    /// Most requests, and most replies, in a batch (no more than `batch_max`).
+    pub(crate) round_trips: RoundTrips,
     /// Whether replies to one requester may share a batch of replies.
     pub(crate) reply_batches: bool,
     pub(crate) batch_max_bytes: usize,
     pub(crate) sender_key_resend_ms: u64,
     pub(crate) sealer: SealerOptions,
+}
+
+/// Most requests, and most replies, that one batch holds: the writer's round-trip limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RoundTrips {
+    pub(crate) requests: usize,
+    pub(crate) replies: usize,
+}
+
+impl RoundTrips {
+    /// The same limit for requests and replies.
+    pub(crate) fn both(limit: usize) -> Self {
+        Self {
+            requests: limit,
+            replies: limit,
+        }
+    }
+
+    /// The limit for messages of `kind`.
+    pub(crate) fn of(&self, kind: RoundTrip) -> usize {
+        match kind {
+            RoundTrip::Request => self.requests,
+            RoundTrip::Reply => self.replies,
+        }
+    }
+}
+
+/// What kind of round-trip message a message is ([`round_trip`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RoundTrip {
+    /// It asks for a reply (a `reply_to`), on any channel but a reply channel.
+    Request,
+    /// It answers, on a reply channel (asking back or not).
+    Reply,
 }
 
 /// The sealers of one client.
@@ -189,9 +224,13 @@ impl Outbox {
         out
     }
 
-    /// Sets the most requests or replies in one batch, from the next [`runs`](Self::runs) on.
-    pub(crate) fn set_round_trip_batch_max(&mut self, messages: usize) {
-        self.options.round_trip_batch_max = messages.max(1);
+    /// Sets the most requests, and replies, in one batch, from the next [`runs`](Self::runs)
+    /// on.
+    pub(crate) fn set_round_trips(&mut self, limits: RoundTrips) {
+        self.options.round_trips = RoundTrips {
+            requests: limits.requests.max(1),
+            replies: limits.replies.max(1),
+        };
     }
 
     /// `messages` split into runs to seal as one batch each, in the order to send them: the
@@ -442,11 +481,9 @@ fn runs<T>(messages: Vec<Outgoing<T>>, options: &OutboxOptions) -> Vec<Vec<Outgo
         let mut run: Vec<Outgoing<T>> = Vec::new();
         let mut bytes = 0usize;
         for m in group {
-            let limit = if is_round_trip(&m) {
-                options.round_trip_batch_max.min(options.batch_max)
-            } else {
-                options.batch_max
-            };
+            let limit = round_trip(&m).map_or(options.batch_max, |kind| {
+                options.round_trips.of(kind).min(options.batch_max)
+            });
             // A run of replies is either on one channel (a batch there) or on as many
             // channels as messages (a batch of replies: the hub grants each channel one).
             let shape = || {
@@ -483,10 +520,17 @@ fn runs<T>(messages: Vec<Outgoing<T>>, options: &OutboxOptions) -> Vec<Vec<Outgo
     runs
 }
 
-/// Whether `m` is a request or a reply, whose batches [`OutboxOptions::round_trip_batch_max`]
-/// limits.
-pub(crate) fn is_round_trip<T>(m: &Outgoing<T>) -> bool {
-    m.reply_to.is_some() || namespace::is_reply_channel(&m.channel)
+/// Whether `m` is a reply (on a reply channel, even one that asks back with a `reply_to`) or
+/// a request (a `reply_to`), whose batches [`OutboxOptions::round_trips`] limits; `None` for
+/// a publish.
+pub(crate) fn round_trip<T>(m: &Outgoing<T>) -> Option<RoundTrip> {
+    if namespace::is_reply_channel(&m.channel) {
+        Some(RoundTrip::Reply)
+    } else if m.reply_to.is_some() {
+        Some(RoundTrip::Request)
+    } else {
+        None
+    }
 }
 
 fn seal_error(channel: &Channel, e: SealError) -> Error {
@@ -574,7 +618,7 @@ pub(crate) mod tests {
             agent.keys.clone(),
             OutboxOptions {
                 batch_max,
-                round_trip_batch_max: batch_max,
+                round_trips: RoundTrips::both(batch_max),
                 reply_batches: true,
                 batch_max_bytes: 1 << 20,
                 sender_key_resend_ms: resend_ms,
@@ -997,7 +1041,10 @@ pub(crate) mod tests {
         let (alice, bob) = (ca.agent("alice"), ca.agent("bob"));
         let to_bob = Arc::new(Recipients::new(&alice.bundle, vec![bob.bundle.clone()]));
         let mut outbox = outbox(&alice, 8, 60_000);
-        outbox.options.round_trip_batch_max = 2;
+        outbox.set_round_trips(RoundTrips {
+            requests: 2,
+            replies: 3,
+        });
         let mut ids = 0;
         let mut next = || {
             ids += 1;
@@ -1028,14 +1075,13 @@ pub(crate) mod tests {
                 vec![6, 7],
                 vec![8, 9],
                 vec![10],
-                vec![11, 12],
-                vec![13, 14],
-                vec![15],
+                vec![11, 12, 13],
+                vec![14, 15],
             ]
         );
         // Not above `batch_max` either.
         outbox.options.batch_max = 1;
-        outbox.options.round_trip_batch_max = 2;
+        outbox.set_round_trips(RoundTrips::both(2));
         let mut two = vec![
             message("_direct.shop.bob", b"q", &to_bob, 1),
             message("_direct.shop.bob", b"q", &to_bob, 2),
@@ -1044,14 +1090,23 @@ pub(crate) mod tests {
             request.reply_to = Some(Channel::parse("_reply.shop.alice.r").unwrap());
         }
         assert_eq!(frames(outbox.seal(two, NOW, &mut next)).len(), 2);
-        assert!(is_round_trip(&message(
-            "_reply.shop.bob.x1",
-            b"",
-            &to_bob,
-            0
-        )));
-        assert!(!is_round_trip(&message("_reply.shop.bob", b"", &to_bob, 0)));
-        assert!(!is_round_trip(&message("orders.eu", b"", &to_bob, 0)));
+        let kind = |channel: &str, reply_to: Option<&str>| {
+            let mut m = message(channel, b"", &to_bob, 0);
+            m.reply_to = reply_to.map(|r| Channel::parse(r).unwrap());
+            round_trip(&m)
+        };
+        assert_eq!(kind("_reply.shop.bob.x1", None), Some(RoundTrip::Reply));
+        // A reply that asks back is a reply.
+        assert_eq!(
+            kind("_reply.shop.bob.x1", Some("_reply.shop.alice.y")),
+            Some(RoundTrip::Reply)
+        );
+        assert_eq!(
+            kind("_direct.shop.bob", Some("_reply.shop.alice.y")),
+            Some(RoundTrip::Request)
+        );
+        assert_eq!(kind("_reply.shop.bob", None), None);
+        assert_eq!(kind("orders.eu", None), None);
     }
 
     #[test]

@@ -27,12 +27,13 @@ async fn next_request(requests: &mut Requests) -> entente_client::Request {
 /// Alice and Bob of segment `shop` connected, Bob serving his direct channel: Alice's
 /// client, Bob's, Bob's principal and his requests.
 async fn alice_asks_bob(hub: &TestHub) -> (Client, Client, Principal, Requests) {
-    alice_asks_bob_with(hub, options()).await
+    alice_asks_bob_with(hub, options(), options()).await
 }
 
-/// [`alice_asks_bob`], Bob's client with `bob_options`.
+/// [`alice_asks_bob`], Alice's client with `alice_options` and Bob's with `bob_options`.
 async fn alice_asks_bob_with(
     hub: &TestHub,
+    alice_options: ClientOptions,
     bob_options: ClientOptions,
 ) -> (Client, Client, Principal, Requests) {
     let (alice, bob) = (
@@ -40,23 +41,30 @@ async fn alice_asks_bob_with(
         hub.agent("shop", "bob").await,
     );
     let bob_id = bob.principal.clone();
-    let alice = hub.connect(alice.identity).await;
+    let alice = hub.connect_with(alice.identity, alice_options).await;
     let bob = hub.connect_with(bob.identity, bob_options).await;
     let requests = bob.serve_direct().await.unwrap();
     (alice, bob, bob_id, requests)
 }
 
+/// Signed batches sent: Alice's of requests, Bob's of replies.
+#[derive(Debug, PartialEq, Eq)]
+struct Batches {
+    requests: u64,
+    replies: u64,
+}
+
 /// Alice sends Bob `count` requests at once (`q0`, `q1`, …); Bob takes them all, then queues
 /// a reply to each (its request upper-cased) one after the other and waits for their acks.
-/// How many signed batches Bob sent for the replies, and the replies Alice got (each from
-/// Bob), sorted.
+/// How many signed batches each sent, and the replies Alice got (each from Bob), sorted.
 async fn bob_answers_in_a_row(
     alice: &Client,
     bob: &Client,
     bob_id: &Principal,
     requests: &mut Requests,
     count: usize,
-) -> (u64, Vec<Vec<u8>>) {
+) -> (Batches, Vec<Vec<u8>>) {
+    let asking = alice.stats();
     let asked: Vec<_> = (0..count)
         .map(|i| {
             let (alice, bob_id) = (alice.clone(), bob_id.clone());
@@ -67,6 +75,7 @@ async fn bob_answers_in_a_row(
     for _ in 0..count {
         taken.push(next_request(requests).await);
     }
+    let requests = alice.stats().batches_sent - asking.batches_sent;
     let before = bob.stats();
     let mut acks = Vec::new();
     for request in taken {
@@ -76,7 +85,10 @@ async fn bob_answers_in_a_row(
     for ack in acks {
         tokio::time::timeout(WAIT, ack).await.unwrap().unwrap();
     }
-    let batches = bob.stats().batches_sent - before.batches_sent;
+    let batches = Batches {
+        requests,
+        replies: bob.stats().batches_sent - before.batches_sent,
+    };
     let mut replies = Vec::new();
     for asked in asked {
         let reply = asked.await.unwrap().unwrap();
@@ -85,6 +97,18 @@ async fn bob_answers_in_a_row(
     }
     replies.sort();
     (batches, replies)
+}
+
+/// One round trip from Alice to Bob: it makes Alice's reply subscription and finds Bob's key
+/// bundle, so that her requests after it are queued without waiting for the hub.
+async fn warm_up(alice: &Client, bob_id: &Principal, requests: &mut Requests) {
+    let first = {
+        let (alice, bob_id) = (alice.clone(), bob_id.clone());
+        tokio::spawn(async move { alice.request(&bob_id, "warm", WAIT).await })
+    };
+    let request = next_request(requests).await;
+    request.responder.reply("up").await.unwrap();
+    first.await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -192,7 +216,7 @@ async fn replies_queued_one_after_the_other_share_a_batch_and_their_acks_resolve
     let (alice, bob, bob_id, mut requests) = alice_asks_bob(&hub).await;
     // Each reply is queued without waiting for the hub: the three go out in one batch.
     let (batches, replies) = bob_answers_in_a_row(&alice, &bob, &bob_id, &mut requests, 3).await;
-    assert_eq!(batches, 1);
+    assert_eq!(batches.replies, 1);
     assert_eq!(replies, [b"Q0", b"Q1", b"Q2"]);
     let after = bob.stats();
 
@@ -207,12 +231,41 @@ async fn replies_queued_one_after_the_other_share_a_batch_and_their_acks_resolve
 #[tokio::test]
 async fn replies_go_in_batches_of_the_round_trip_limit() {
     let hub = TestHub::start().await;
+    // Alice's requests each go alone, and Bob has no requests of his own in flight: his
+    // limit for replies is the least, 2. Five replies queued in a row (the writer takes them
+    // at once): batches of 2, 2 and 1.
+    let alice_options = options().batch_max(1);
     let bob_options = options().round_trip_batch_min(2);
-    let (alice, bob, bob_id, mut requests) = alice_asks_bob_with(&hub, bob_options).await;
-    // Bob has no requests of his own in flight: his limit is the least, 2. Five replies
-    // queued in a row (the writer takes them at once): batches of 2, 2 and 1.
+    let (alice, bob, bob_id, mut requests) =
+        alice_asks_bob_with(&hub, alice_options, bob_options).await;
     let (batches, replies) = bob_answers_in_a_row(&alice, &bob, &bob_id, &mut requests, 5).await;
-    assert_eq!(batches, 3);
+    assert_eq!(
+        batches,
+        Batches {
+            requests: 5,
+            replies: 3
+        }
+    );
+    assert_eq!(replies, [b"Q0", b"Q1", b"Q2", b"Q3", b"Q4"]);
+}
+
+#[tokio::test]
+async fn replies_go_back_in_batches_as_large_as_their_requests_came() {
+    let hub = TestHub::start().await;
+    // Alice's five requests go in one batch; Bob's least limit is 2, but his replies go back
+    // as the requests came: in one batch.
+    let bob_options = options().round_trip_batch_min(2);
+    let (alice, bob, bob_id, mut requests) =
+        alice_asks_bob_with(&hub, options(), bob_options).await;
+    warm_up(&alice, &bob_id, &mut requests).await;
+    let (batches, replies) = bob_answers_in_a_row(&alice, &bob, &bob_id, &mut requests, 5).await;
+    assert_eq!(
+        batches,
+        Batches {
+            requests: 1,
+            replies: 1
+        }
+    );
     assert_eq!(replies, [b"Q0", b"Q1", b"Q2", b"Q3", b"Q4"]);
 }
 

@@ -65,19 +65,19 @@ pub(crate) fn use_http2_sessions() {
 }
 
 /// `--round-trip-batch-min`, 0 for the SDK's default.
-static ROUND_TRIP_BATCH_MAX: AtomicUsize = AtomicUsize::new(0);
+static ROUND_TRIP_BATCH_MIN: AtomicUsize = AtomicUsize::new(0);
 
 /// Sets the least round-trip limit of the measured SDK clients of this process's benchmarks
 /// (their `round_trip_batch_min`).
 pub(crate) fn use_round_trip_batch_min(limit: usize) {
-    ROUND_TRIP_BATCH_MAX.store(limit, Ordering::Relaxed);
+    ROUND_TRIP_BATCH_MIN.store(limit, Ordering::Relaxed);
 }
 
 /// The options the benchmarks' SDK clients connect with: the defaults (framed sessions), with
 /// HTTP/2 sessions under `--http2` and the limit of `--round-trip-batch-min`.
 pub(crate) fn client_options() -> ClientOptions {
     let mut options = ClientOptions::default();
-    match ROUND_TRIP_BATCH_MAX.load(Ordering::Relaxed) {
+    match ROUND_TRIP_BATCH_MIN.load(Ordering::Relaxed) {
         0 => {}
         limit => options = options.round_trip_batch_min(limit),
     }
