@@ -83,22 +83,25 @@ pub fn is_reply_channel_under(root: &Channel, channel: &Channel) -> bool {
     reply_root_name(channel) == Some(root.as_str())
 }
 
-/// The name of [`reply_root_of`]: the start of `channel`'s own name.
+/// The name of [`reply_root_of`]: the start of `channel`'s own name. One scan of the owner's
+/// tokens: the SDK and the hub ask this several times for each reply.
 fn reply_root_name(channel: &Channel) -> Option<&str> {
-    let mut tokens = channel.tokens();
-    if tokens.next() != Some(REPLY_PREFIX) {
-        return None;
-    }
-    let owner_tokens = if tokens.next()?.starts_with(HUMAN_OWNER_PREFIX) {
+    let name = channel.as_str();
+    let owner = after_prefix(name, REPLY_PREFIX)?;
+    let owner_tokens = if owner.starts_with(HUMAN_OWNER_PREFIX) {
         1
     } else {
         2
     };
     // The root ends at the dot after its last owner token: a token follows it (tokens are
     // never empty).
-    let name = channel.as_str();
-    let (end, _) = name.match_indices('.').nth(owner_tokens)?;
-    name.get(..end)
+    let (end, _) = owner.match_indices('.').nth(owner_tokens - 1)?;
+    name.get(..name.len() - owner.len() + end)
+}
+
+/// What follows `prefix.` at the start of `name`, if it starts so.
+fn after_prefix<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
+    name.strip_prefix(prefix)?.strip_prefix('.')
 }
 
 /// Whether `channel` is the root of some principal's reply namespace: `_reply.S.N` (two
@@ -114,25 +117,26 @@ pub fn is_reply_root(channel: &Channel) -> bool {
 
 /// Whether `channel` is the principal's direct channel.
 pub fn is_direct_channel_of(principal: &Principal, channel: &Channel) -> bool {
-    let mut tokens = channel.tokens();
-    tokens.next() == Some(DIRECT_PREFIX) && owned_by(principal, tokens, false)
+    after_prefix(channel.as_str(), DIRECT_PREFIX)
+        .is_some_and(|rest| owned_by(principal, rest, false))
 }
 
 /// Whether `channel` lies in the principal's reply namespace (at least one token after the
 /// owner's).
 pub fn is_reply_channel_of(principal: &Principal, channel: &Channel) -> bool {
-    let mut tokens = channel.tokens();
-    tokens.next() == Some(REPLY_PREFIX) && owned_by(principal, tokens, true)
+    after_prefix(channel.as_str(), REPLY_PREFIX).is_some_and(|rest| owned_by(principal, rest, true))
 }
 
 /// Whether `pattern` stays inside the principal's own `_direct` channel (exactly) or reply
 /// namespace (any pattern under it). Wildcards in the owner's tokens never qualify.
 pub fn is_own_pattern(principal: &Principal, pattern: &ChannelPattern) -> bool {
-    let mut tokens = pattern.tokens();
-    match tokens.next() {
-        Some(DIRECT_PREFIX) => owned_by(principal, tokens, false),
-        Some(REPLY_PREFIX) => owned_by(principal, tokens, true),
-        _ => false,
+    let name = pattern.as_str();
+    if let Some(rest) = after_prefix(name, DIRECT_PREFIX) {
+        owned_by(principal, rest, false)
+    } else if let Some(rest) = after_prefix(name, REPLY_PREFIX) {
+        owned_by(principal, rest, true)
+    } else {
+        false
     }
 }
 
@@ -171,23 +175,26 @@ fn owned_name(prefix: &str, principal: &Principal, last: Option<&str>) -> String
     name
 }
 
-/// Whether `rest` (the tokens after the prefix) are the owner's tokens, followed by nothing
-/// (`more` false) or by at least one token (`more` true).
-fn owned_by<'a>(
-    principal: &Principal,
-    mut rest: impl Iterator<Item = &'a str>,
-    more: bool,
-) -> bool {
-    let owner_matches = match principal {
+/// Whether `rest` (the name after the prefix and its dot) starts with the owner's tokens,
+/// followed by nothing (`more` false) or by at least one token (`more` true). Compared as
+/// text, token by whole token, without splitting the name.
+fn owned_by(principal: &Principal, rest: &str, more: bool) -> bool {
+    let after = match principal {
         Principal::Agent(agent) => {
-            rest.next() == Some(agent.segment()) && rest.next() == Some(agent.name())
+            after_prefix(rest, agent.segment()).and_then(|r| r.strip_prefix(agent.name()))
         }
         Principal::Human(human) => rest
-            .next()
-            .and_then(|t| t.strip_prefix(HUMAN_OWNER_PREFIX))
-            .is_some_and(|name| name == human.name()),
+            .strip_prefix(HUMAN_OWNER_PREFIX)
+            .and_then(|r| r.strip_prefix(human.name())),
     };
-    owner_matches && (rest.count() > 0) == more
+    match after {
+        // The owner's last token ends the name.
+        Some("") => !more,
+        // It ends at a dot, and a token follows (tokens are never empty); anything else means
+        // the name's token only starts like the owner's.
+        Some(tail) => more && tail.starts_with('.'),
+        None => false,
+    }
 }
 
 #[cfg(test)]
@@ -236,6 +243,14 @@ mod tests {
         assert!(!is_reply_channel_of(&alice, &c("_direct.shop.alice.r1")));
         assert!(is_reply_channel_of(&human, &c("_reply.human:shop.r1")));
         assert!(!is_reply_channel_of(&human, &c("_reply.human.shop.r1")));
+        // Owner tokens are whole tokens: a name that only starts like the owner's is not his.
+        assert!(!is_reply_channel_of(&human, &c("_reply.human:shopx.r1")));
+        assert!(!is_reply_channel_of(&human, &c("_reply.human:shop")));
+        assert!(!is_direct_channel_of(&human, &c("_direct.human:shopx")));
+        assert!(!is_direct_channel_of(&alice, &c("_direct.shop.alicex")));
+        assert!(!is_direct_channel_of(&alice, &c("_direct.shopx.alice")));
+        assert!(!is_reply_channel_of(&alice, &c("_replyx.shop.alice.r1")));
+        assert!(!is_direct_channel_of(&alice, &c("_directx.shop.alice")));
         assert_eq!(reply_pattern(&human).as_str(), "_reply.human:shop.>");
         assert_eq!(reply_pattern(&alice).as_str(), "_reply.shop.alice.>");
         let reply = reply_channel(&alice, "r1").unwrap();
@@ -329,6 +344,10 @@ mod tests {
             "_reply.shop.*.>",
             "_reply.>",
             "_reply.shop.bob.>",
+            "_reply.shop.alicex.>",
+            "_reply.shopx.alice.>",
+            "_direct.shop.alicex",
+            "_directx.shop.alice",
             "orders.x",
         ] {
             assert!(!is_own_pattern(&alice, &pat(no)), "{no}");
