@@ -1744,7 +1744,7 @@ async fn write(
 }
 
 /// [`Shared::round_trip_limits`] for `in_flight` requests in flight lately and `delivered`
-/// requests in a batch delivered lately.
+/// requests in one delivery lately.
 fn round_trip_limits(options: &ClientOptions, in_flight: usize, delivered: usize) -> RoundTrips {
     let requests = options
         .round_trip_batch_min
@@ -2255,23 +2255,12 @@ mod tests {
         // Replies go back as their requests came, in batches as large as the largest
         // delivered lately, never below the requests' limit nor above `batch_max`; the
         // requests delivered do not change the requests' limit.
-        assert_eq!(round_trip_limits(&options, 0, 0), RoundTrips::both(32));
-        assert_eq!(
-            round_trip_limits(&options, 0, 64),
-            RoundTrips {
-                requests: 32,
-                replies: 64
-            }
-        );
-        assert_eq!(round_trip_limits(&options, 0, 20), RoundTrips::both(32));
-        assert_eq!(round_trip_limits(&options, 200, 64), RoundTrips::both(100));
-        assert_eq!(
-            round_trip_limits(&small, 0, 1_000),
-            RoundTrips {
-                requests: 2,
-                replies: 16
-            }
-        );
+        let limits = |requests, replies| RoundTrips { requests, replies };
+        assert_eq!(round_trip_limits(&options, 0, 0), limits(32, 32));
+        assert_eq!(round_trip_limits(&options, 0, 64), limits(32, 64));
+        assert_eq!(round_trip_limits(&options, 0, 20), limits(32, 32));
+        assert_eq!(round_trip_limits(&options, 200, 64), limits(100, 100));
+        assert_eq!(round_trip_limits(&small, 0, 1_000), limits(2, 16));
 
         // A peak decays by a sixty-fourth per look, never below what is in flight: from 256
         // to the option's limit again in 69 looks.
