@@ -31,6 +31,7 @@ use crate::authz::{self, Authz, DeliveryGate, Denied, Publishing, SessionAuthz};
 use crate::codec::{Outbound, max_deliver_len};
 use crate::control::{self, ConnectionControl};
 use crate::durable::{self, DurableError, Stream, Streams};
+use crate::handoff;
 use crate::held::{HoldError, NewHold};
 use crate::limits::{Hit, Limiters};
 use crate::metrics::Class;
@@ -1574,12 +1575,19 @@ pub(crate) fn run<R: Router>(
             authz::TIME_RECHECK,
         );
         clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A frame that was already there when the one before it was handled (boxed: the
+        // task of an idle session holds only the pointer).
+        let mut arrived: Option<Box<Result<Option<ClientFrame>, Status>>> = None;
         loop {
+            if arrived.is_some() {
+                handoff::pass_on().await;
+            }
             let event = tokio::select! {
                 biased;
                 _ = control::closed(&mut closed) => Event::Closed,
                 changed = session.epoch.changed(), if watching => Event::Epoch(changed.is_ok()),
-                next = inbound.message(), if sending => Event::Inbound(next),
+                next = handoff::take(&mut arrived), if arrived.is_some() => Event::Inbound(*next),
+                next = inbound.message(), if sending && arrived.is_none() => Event::Inbound(next),
                 // The client is done sending; its subscriptions live until it goes away.
                 () = session.outbound.closed(), if !sending => Event::Gone,
                 _ = clock.tick() => Event::Clock,
@@ -1595,11 +1603,18 @@ pub(crate) fn run<R: Router>(
                 Event::Inbound(Ok(Some(frame))) => {
                     // Boxed: handling a frame takes a future of ~3 KiB, which an idle session
                     // need not hold (docs/BENCHMARKS.md, Scale).
-                    tokio::select! {
+                    let handled = tokio::select! {
                         biased;
                         _ = control::closed(&mut closed) => break,
                         handled = Box::pin(session.handle(frame)) => handled,
+                    };
+                    // The frame's deliveries woke the sessions they go to. If the next frame
+                    // is already here, this session goes on at once (above): those sessions
+                    // are then left to another worker rather than to wait behind it.
+                    if handled.is_ok() {
+                        arrived = handoff::at_once(inbound.message()).map(Box::new);
                     }
+                    handled
                 }
                 Event::Inbound(Ok(None)) => {
                     sending = false;

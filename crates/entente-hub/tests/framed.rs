@@ -10,9 +10,11 @@
 
 mod support;
 
+use bytes::BytesMut;
 use entente_ca::{Revocations, VerifiedRevocationList};
 use entente_hub::HubConfig;
-use entente_wire::{Limits, Unsubscribe, client_frame};
+use entente_hub::framed::encode_frame;
+use entente_wire::{Limits, Subscribe, Unsubscribe, client_frame};
 use support::{
     Framed, SessionExt, TestCa, ack, config, eventually, frame, now_ms, open_delivery, refusal,
     start,
@@ -165,6 +167,41 @@ async fn bad_frames_end_a_framed_session_counted_and_the_hub_serves_on() {
 
     let mut framed = alice.framed(&hub).await;
     assert_eq!(framed.subscribe(1, "orders.eu").await, ack(1));
+}
+
+#[tokio::test]
+async fn frames_that_arrive_together_are_each_answered_in_order() {
+    let ca = TestCa::new();
+    let hub = start(&ca, config()).await;
+    let mut framed = ca.agent("shop", "alice").framed(&hub).await;
+    // Four subscriptions in one write, the second refused: the session finds each frame
+    // after the first already there when it has handled the one before.
+    let mut raw = BytesMut::new();
+    for (id, pattern) in [
+        (1, "orders.eu"),
+        (2, "_direct.shop.bob"),
+        (3, "orders.us"),
+        (4, "orders.*"),
+    ] {
+        let subscribe = client_frame::Kind::Subscribe(Subscribe {
+            subscription_id: id,
+            pattern: pattern.into(),
+            durable: String::new(),
+        });
+        encode_frame(&frame(subscribe), &mut raw);
+    }
+    // Then a frame that does not decode: it ends the session once those are answered.
+    raw.extend_from_slice(&[0, 0, 0, 7, 0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x01]);
+    framed.send_raw(&raw).await.unwrap();
+    assert_eq!(framed.next_kind().await, ack(1));
+    assert_eq!(
+        refusal(framed.next_kind().await),
+        (2, entente_hub::RefusalCode::Denied)
+    );
+    assert_eq!(framed.next_kind().await, ack(3));
+    assert_eq!(framed.next_kind().await, ack(4));
+    assert_eq!(code(&framed.end().await.unwrap()), Code::InvalidArgument);
+    assert_eq!(hub.stats().malformed_frames, 1);
 }
 
 #[tokio::test]

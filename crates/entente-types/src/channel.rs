@@ -15,6 +15,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// Longest accepted channel name or pattern, in bytes.
 pub const MAX_CHANNEL_LEN: usize = 255;
@@ -23,8 +24,11 @@ pub const MAX_CHANNEL_LEN: usize = 255;
 pub const MAX_TOKENS: usize = 16;
 
 /// A concrete channel name, without wildcards, e.g. `team.research.results`.
+///
+/// Shared rather than owned: a clone, as the hub and the SDK make several of for each message
+/// (map keys, routes, reply grants), counts a reference instead of copying the name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Channel(String);
+pub struct Channel(Arc<str>);
 
 /// A channel pattern that may contain the wildcards `*` and `>`, e.g. `team.*.results`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -86,7 +90,7 @@ impl Channel {
     /// Parses and validates a concrete channel name.
     pub fn parse(s: &str) -> Result<Self, ChannelError> {
         validate(s, Wildcards::Reject)?;
-        Ok(Self(s.to_owned()))
+        Ok(Self(Arc::from(s)))
     }
 
     /// Same as [`Channel::parse`].
@@ -95,9 +99,9 @@ impl Channel {
     }
 
     /// A name this crate built from validated parts (see [`crate::namespace`]).
-    pub(crate) fn from_valid(s: String) -> Self {
-        debug_assert!(validate(&s, Wildcards::Reject).is_ok(), "{s}");
-        Self(s)
+    pub(crate) fn from_valid(s: &str) -> Self {
+        debug_assert!(validate(s, Wildcards::Reject).is_ok(), "{s}");
+        Self(Arc::from(s))
     }
 
     /// The channel name as a string.
@@ -137,7 +141,7 @@ impl TryFrom<String> for Channel {
 
     fn try_from(s: String) -> Result<Self, ChannelError> {
         validate(&s, Wildcards::Reject)?;
-        Ok(Self(s))
+        Ok(Self(Arc::from(s)))
     }
 }
 
@@ -182,7 +186,7 @@ impl ChannelPattern {
     /// Whether `channel` matches this pattern. Does not allocate.
     pub fn matches(&self, channel: &Channel) -> bool {
         if self.literal {
-            return self.pattern == channel.0;
+            return self.pattern == channel.as_str();
         }
         let mut names = channel.0.split('.');
         for token in self.pattern.split('.') {
@@ -213,7 +217,7 @@ impl ChannelPattern {
 impl From<Channel> for ChannelPattern {
     fn from(channel: Channel) -> Self {
         Self {
-            pattern: channel.0,
+            pattern: channel.as_str().to_owned(),
             literal: true,
         }
     }
@@ -392,6 +396,14 @@ mod tests {
             assert_eq!(Channel::new(s).unwrap(), c);
             assert_eq!(Channel::try_from(s.to_owned()).unwrap(), c);
         }
+    }
+
+    #[test]
+    fn a_clone_shares_the_name() {
+        let c = ch("team.research.results");
+        let copy = c.clone();
+        assert!(std::ptr::eq(c.as_str(), copy.as_str()));
+        assert_eq!(copy, c);
     }
 
     #[test]

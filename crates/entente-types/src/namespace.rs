@@ -40,7 +40,7 @@ pub const HUMAN_OWNER_PREFIX: &str = "human:";
 
 /// The principal's direct channel: `_direct.S.N`, or `_direct.human:N`.
 pub fn direct_channel(principal: &Principal) -> Channel {
-    Channel::from_valid(owned_name(DIRECT_PREFIX, principal, None))
+    Channel::from_valid(&owned_name(DIRECT_PREFIX, principal, None))
 }
 
 /// The pattern covering the principal's reply namespace: `_reply.S.N.>`, or
@@ -61,14 +61,14 @@ pub fn reply_channel(principal: &Principal, token: &str) -> Result<Channel, Chan
 /// The root of the principal's reply namespace, `_reply.S.N` or `_reply.human:N`: not a reply
 /// channel itself, but what a responder's reply sender key is scoped to (PROTOCOL.md §5.4).
 pub fn reply_root(principal: &Principal) -> Channel {
-    Channel::from_valid(owned_name(REPLY_PREFIX, principal, None))
+    Channel::from_valid(&owned_name(REPLY_PREFIX, principal, None))
 }
 
 /// The root of the reply namespace `channel` lies in (`_reply.S.N.t` → `_reply.S.N`,
 /// `_reply.human:N.t` → `_reply.human:N`); `None` unless `channel` is a reply channel, with at
 /// least one token after its owner's.
 pub fn reply_root_of(channel: &Channel) -> Option<Channel> {
-    reply_root_name(channel).map(|root| Channel::from_valid(root.to_owned()))
+    reply_root_name(channel).map(Channel::from_valid)
 }
 
 /// Whether `channel` is a reply channel: in some principal's reply namespace, with at least

@@ -21,6 +21,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// Longest accepted SPIFFE ID, in bytes (SPIFFE ID standard, section 2.3).
 pub const MAX_SPIFFE_ID_LEN: usize = 2048;
@@ -37,10 +38,11 @@ pub struct TrustDomain(String);
 
 /// A validated SPIFFE ID such as `spiffe://example.org/payments/web`.
 ///
-/// `Display` prints the ID exactly as parsed, which is its canonical form.
+/// `Display` prints the ID exactly as parsed, which is its canonical form. Shared rather than
+/// owned, as [`Channel`](crate::Channel) is: a clone counts a reference.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpiffeId {
-    id: String,
+    id: Arc<str>,
     /// Byte offset where the path starts (equal to `id.len()` when there is no path).
     path_start: usize,
 }
@@ -201,7 +203,7 @@ impl SpiffeId {
     pub fn parse(s: &str) -> Result<Self, IdError> {
         let path_start = validate_spiffe_id(s)?;
         Ok(Self {
-            id: s.to_owned(),
+            id: Arc::from(s),
             path_start,
         })
     }
@@ -250,7 +252,10 @@ impl TryFrom<String> for SpiffeId {
 
     fn try_from(id: String) -> Result<Self, IdError> {
         let path_start = validate_spiffe_id(&id)?;
-        Ok(Self { id, path_start })
+        Ok(Self {
+            id: Arc::from(id),
+            path_start,
+        })
     }
 }
 
@@ -656,6 +661,14 @@ mod tests {
             assert_eq!(id.as_str(), s);
             assert_eq!(id.to_string(), s);
         }
+    }
+
+    #[test]
+    fn a_clone_shares_the_id() {
+        let agent = Principal::parse("spiffe://example.org/agent/shop/alice").unwrap();
+        let copy = agent.clone();
+        assert!(std::ptr::eq(agent.as_str(), copy.as_str()));
+        assert_eq!(copy, agent);
     }
 
     #[test]
