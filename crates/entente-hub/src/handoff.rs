@@ -1,20 +1,23 @@
 //! Handing work from one task to another on Tokio's multi-threaded scheduler, so that a
-//! pipeline of tasks (a session's reader, the sessions it delivers to, their writers) keeps
-//! both workers busy.
+//! pipeline of tasks (a session, the connection writers its deliveries go to) keeps both
+//! workers busy.
 //!
-//! A task woken from a worker waits in that worker's next-task slot, which other workers
-//! can't take from, until the task that woke it yields. When the waker goes on with more
-//! work of its own (the next frame is already there), the two run one after the other on one
-//! worker while the other idles. [`pass_on`] moves the woken task to the worker's queue,
-//! from which an idle worker takes it; a task with nothing more to do yields anyway, and the
-//! woken task then runs next on the same worker, its data still in that core's caches.
+//! A task woken from a worker waits in that worker's next-task (LIFO) slot, which other
+//! workers can't take from, and no idle worker is woken for it: it runs when the task that
+//! woke it yields. When the waker goes on with more work of its own (the next frame is
+//! already there), the two run one after the other on one worker while the other idles.
+//! [`pass_on`] yields instead: the woken task runs at once on this worker, and the task that
+//! passed it on goes to the back of the worker's queue, from which the idle worker, woken for
+//! it, takes it. A task with nothing more to do yields anyway, and the woken task then runs
+//! next on the same worker, its data still in that core's caches.
 
 use std::future::Future;
 use std::task::{Context, Poll, Waker};
 
 /// `future`'s output if it is ready at once; `None`, and `future` dropped, otherwise (it must
-/// be cancel-safe).
-pub fn at_once<F: Future>(future: F) -> Option<F::Output> {
+/// be cancel-safe). It is polled with a waker that does nothing: whatever it waits for must
+/// be polled again with the task's own waker before the task waits.
+pub(crate) fn at_once<F: Future>(future: F) -> Option<F::Output> {
     let mut cx = Context::from_waker(Waker::noop());
     match std::pin::pin!(future).poll(&mut cx) {
         Poll::Ready(output) => Some(output),
@@ -23,14 +26,14 @@ pub fn at_once<F: Future>(future: F) -> Option<F::Output> {
 }
 
 /// What `slot` holds, taking it; never ready when it is empty.
-pub async fn take<T>(slot: &mut Option<T>) -> T {
+pub(crate) async fn take<T>(slot: &mut Option<T>) -> T {
     std::future::poll_fn(|_| slot.take().map_or(Poll::Pending, Poll::Ready)).await
 }
 
-/// Lets the task this one just woke run on another worker while this one goes on: this task
-/// wakes itself and yields once, and so takes the next-task slot, which moves the task there
-/// to the worker's queue.
-pub async fn pass_on() {
+/// Lets the task this one just woke run now, and this one go on on another worker: this task
+/// wakes itself and yields once, which Tokio takes as a yield (to the back of the worker's
+/// queue, an idle worker woken to take it), leaving the woken task in the next-task slot.
+pub(crate) async fn pass_on() {
     let mut woke = false;
     std::future::poll_fn(|cx| {
         if woke {
@@ -74,10 +77,11 @@ mod tests {
     }
 
     /// A task wakes another, passes it on, then works without awaiting anything: the woken
-    /// task runs on the other worker before that work is done. (Without `pass_on`, it waits
-    /// in the waker's next-task slot until the work is over.)
+    /// task runs before that work is done (at once, where the waker yielded, while the waker
+    /// goes on on the other worker). Without `pass_on` it waits in the waker's next-task
+    /// slot until the work is over: this also tells when a Tokio upgrade changes that.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_task_passed_on_runs_on_the_other_worker_while_its_waker_works() {
+    async fn a_task_passed_on_runs_before_its_wakers_work_is_done() {
         let started = Arc::new(AtomicBool::new(false));
         let (wake, woken) = tokio::sync::oneshot::channel::<()>();
         let (parked, is_parked) = tokio::sync::oneshot::channel::<()>();

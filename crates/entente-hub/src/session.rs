@@ -1608,9 +1608,11 @@ pub(crate) fn run<R: Router>(
                         _ = control::closed(&mut closed) => break,
                         handled = Box::pin(session.handle(frame)) => handled,
                     };
-                    // The frame's deliveries woke the sessions they go to. If the next frame
-                    // is already here, this session goes on at once (above): those sessions
-                    // are then left to another worker rather than to wait behind it.
+                    // The frame's deliveries woke the connection writers they go to. If the
+                    // next frame is already here, this session passes them on (above): they
+                    // run now, and the session goes on on the other worker, rather than
+                    // they wait behind it. When it is not, the next `select!` polls the
+                    // inbound again with this task's waker.
                     if handled.is_ok() {
                         arrived = handoff::at_once(inbound.message()).map(Box::new);
                     }
