@@ -3,13 +3,13 @@
 //! workers busy.
 //!
 //! A task woken from a worker waits in that worker's next-task (LIFO) slot, which other
-//! workers can't take from, and no idle worker is woken for it: it runs when the task that
-//! woke it yields. When the waker goes on with more work of its own (the next frame is
-//! already there), the two run one after the other on one worker while the other idles.
-//! [`pass_on`] yields instead: the woken task runs at once on this worker, and the task that
-//! passed it on goes to the back of the worker's queue, from which the idle worker, woken for
-//! it, takes it. A task with nothing more to do yields anyway, and the woken task then runs
-//! next on the same worker, its data still in that core's caches.
+//! workers can't take from, and no idle worker is woken for it: it runs when the poll of the
+//! task that woke it returns. When the waker goes on with more work of its own (the next
+//! frame is already there), the two run one after the other on one worker while the other
+//! idles. [`pass_on`] yields instead: the woken task runs at once on this worker, and the
+//! task that passed it on goes to the back of the worker's queue, left there for the idle
+//! worker, which is woken to take it. A task with nothing more to do waits anyway, and the
+//! woken task then runs next on the same worker, its data still in that core's caches.
 
 use std::future::Future;
 use std::task::{Context, Poll, Waker};
@@ -30,9 +30,10 @@ pub(crate) async fn take<T>(slot: &mut Option<T>) -> T {
     std::future::poll_fn(|_| slot.take().map_or(Poll::Pending, Poll::Ready)).await
 }
 
-/// Lets the task this one just woke run now, and this one go on on another worker: this task
-/// wakes itself and yields once, which Tokio takes as a yield (to the back of the worker's
-/// queue, an idle worker woken to take it), leaving the woken task in the next-task slot.
+/// Lets the task this one woke last run now, and leaves this one to another worker: this task
+/// wakes itself and returns `Pending` once, which Tokio takes as a yield (to the back of the
+/// worker's queue, an idle worker woken to take it), leaving the woken task in the next-task
+/// slot.
 pub(crate) async fn pass_on() {
     let mut woke = false;
     std::future::poll_fn(|cx| {
@@ -77,9 +78,9 @@ mod tests {
     }
 
     /// A task wakes another, passes it on, then works without awaiting anything: the woken
-    /// task runs before that work is done (at once, where the waker yielded, while the waker
-    /// goes on on the other worker). Without `pass_on` it waits in the waker's next-task
-    /// slot until the work is over: this also tells when a Tokio upgrade changes that.
+    /// task runs before that work is done. The test fails if, despite `pass_on`, the woken
+    /// task waits for its waker's work (without `pass_on`, it does: it stays in the waker's
+    /// next-task slot until the work is over).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_task_passed_on_runs_before_its_wakers_work_is_done() {
         let started = Arc::new(AtomicBool::new(false));

@@ -1609,10 +1609,11 @@ pub(crate) fn run<R: Router>(
                         handled = Box::pin(session.handle(frame)) => handled,
                     };
                     // The frame's deliveries woke the connection writers they go to. If the
-                    // next frame is already here, this session passes them on (above): they
-                    // run now, and the session goes on on the other worker, rather than
-                    // they wait behind it. When it is not, the next `select!` polls the
-                    // inbound again with this task's waker.
+                    // next frame is already here, this session passes them on (above): the
+                    // last one woken runs now (the others are already queued ahead of the
+                    // session), and the session is left to the other worker, rather than
+                    // the writers waiting behind it. When it is not, the next `select!` polls
+                    // the inbound again with this task's waker.
                     if handled.is_ok() {
                         arrived = handoff::at_once(inbound.message()).map(Box::new);
                     }
