@@ -33,11 +33,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use entente_crypto::{SealerOptions, TAG_LEN, VerifiedKeyBundle};
+use entente_hub::handoff;
 use entente_types::{Channel, ChannelPattern, Principal, namespace};
 use entente_wire::{
     ClientFrame, Deliver, DirectoryRequest, DurableAck, Held, KeyBundle, ServerFrame, Subscribe,
     Unsubscribe, client_frame, server_frame,
 };
+use futures_util::FutureExt;
 use tokio::net::ToSocketAddrs;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -1957,11 +1959,16 @@ async fn read(
     driver: Driver,
 ) {
     let mut shutdown = shared.shutdown.subscribe();
+    // The next frame, when it was there at once after the last.
+    let mut arrived = None;
     let end = loop {
-        let next = tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|stop| *stop) => break End::ByClient,
-            next = stream.message() => next,
+        let next = match arrived.take() {
+            Some(next) => next,
+            None => tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => break End::ByClient,
+                next = stream.message() => next,
+            },
         };
         match next {
             // The last frame of a framed session (PROTOCOL.md §9.1): what a gRPC status says
@@ -1977,7 +1984,22 @@ async fn read(
                 tokio::select! {
                     biased;
                     _ = shutdown.wait_for(|stop| *stop) => break End::ByClient,
-                    () = handle(&shared, &transport, frame) => {}
+                    awaited = handle(&shared, &transport, frame) => {
+                        // The last task woken for what was just handed over waits in this
+                        // worker's next-task slot until this task waits: if the next frame is
+                        // already here, it is moved where the other worker can run it now
+                        // (`entente_hub::handoff`). When it is not, the next `select!` polls
+                        // the stream again with this task's waker (`message` is cancel-safe).
+                        // Only for requests and replies, which a task awaits to go on: after
+                        // publishes too, 1 → 10 pub/sub lost throughput and its median
+                        // latency doubled (docs/BENCHMARKS.md).
+                        if awaited {
+                            arrived = stream.message().now_or_never();
+                            if arrived.is_some() {
+                                handoff::nudge();
+                            }
+                        }
+                    }
                 }
             }
             Ok(None) => {
@@ -2000,7 +2022,8 @@ async fn read(
     shared.ended.send_replace(true);
 }
 
-async fn handle(shared: &Shared, transport: &Transport, frame: ServerFrame) {
+/// Handles one frame; `true` if it handed requests or replies to tasks awaiting them.
+async fn handle(shared: &Shared, transport: &Transport, frame: ServerFrame) -> bool {
     match frame.kind {
         Some(server_frame::Kind::Ack(ack)) => shared.answer(ack.request_id, None, ack.held),
         Some(server_frame::Kind::Refusal(refusal)) => {
@@ -2011,7 +2034,7 @@ async fn handle(shared: &Shared, transport: &Transport, frame: ServerFrame) {
             );
         }
         Some(server_frame::Kind::Deliver(deliver)) => {
-            self::deliver(shared, transport, deliver).await;
+            return self::deliver(shared, transport, deliver).await;
         }
         Some(server_frame::Kind::SubscriptionEnded(ended)) => {
             // The subscription is over: its stream gets the hub's reason, then ends.
@@ -2027,15 +2050,17 @@ async fn handle(shared: &Shared, transport: &Transport, frame: ServerFrame) {
         // Handled where the session's frames are read.
         Some(server_frame::Kind::SessionEnd(_)) => {}
     }
+    false
 }
 
 /// Opens a delivery with its subscription's inbox and hands over the result, waiting for
-/// room in the subscription's queue (which holds up the session: backpressure to the hub).
-async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) {
+/// room in the subscription's queue (which holds up the session: backpressure to the hub);
+/// `true` if it held requests or replies (a task awaits each).
+async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) -> bool {
     let id = deliver.subscription_id;
     // A subscription that was just dropped: the application asked for nothing more.
     let Some(entry) = shared.lock().subscriptions.get(&id).cloned() else {
-        return;
+        return false;
     };
     let now = now_ms();
     let missing: Vec<Principal> = Inbox::needs(&deliver)
@@ -2125,7 +2150,7 @@ async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) {
         for message in opened.items.into_iter().flatten() {
             hand_reply(shared, message);
         }
-        return;
+        return true;
     }
     // Requests: messages that ask for a reply, other than replies that ask back (those are
     // counted, and answered, as replies).
@@ -2150,6 +2175,7 @@ async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) {
             permit.send(item);
         }
     }
+    requests > 0
 }
 
 /// Fetches the key bundles of `principals` from the directory into the cache; returns why

@@ -1,29 +1,23 @@
 //! Handing work from one task to another on Tokio's multi-threaded scheduler, so that a
-//! pipeline of tasks (a session, the connection writers its deliveries go to) keeps both
-//! workers busy.
+//! pipeline of tasks (a session, the connection writers its deliveries go to; an SDK's
+//! reader, the tasks awaiting what it delivers) keeps both workers busy.
 //!
 //! A task woken from a worker waits in that worker's next-task (LIFO) slot, which other
 //! workers can't take from, and no idle worker is woken for it: it runs when the poll of the
 //! task that woke it returns. When the waker goes on with more work of its own (the next
 //! frame is already there), the two run one after the other on one worker while the other
-//! idles. [`pass_on`] yields instead: the woken task runs at once on this worker, and the
-//! task that passed it on goes to the back of the worker's queue, left there for the idle
-//! worker, which is woken to take it. A task with nothing more to do waits anyway, and the
-//! woken task then runs next on the same worker, its data still in that core's caches.
+//! idles. Two ways out, for a waker with more to do (one with nothing more waits anyway, and
+//! the woken task then runs next on the same worker, its data still in that core's caches):
+//!
+//! - [`pass_on`]: the waker yields. The woken task runs at once on this worker, and the
+//!   waker goes to the back of the worker's queue, left there for the idle worker, which is
+//!   woken to take it. For a hub session, whose writers each have a connection to serve.
+//! - [`nudge`]: the waker goes on, and the woken task moves to the worker's queue, where
+//!   the idle worker, woken, takes it. For an SDK's reader, which stays at the front: a
+//!   reader that always has a next frame (a saturated subscriber's) is not sent behind
+//!   every other task.
 
-use std::future::Future;
-use std::task::{Context, Poll, Waker};
-
-/// `future`'s output if it is ready at once; `None`, and `future` dropped, otherwise (it must
-/// be cancel-safe). It is polled with a waker that does nothing: whatever it waits for must
-/// be polled again with the task's own waker before the task waits.
-pub(crate) fn at_once<F: Future>(future: F) -> Option<F::Output> {
-    let mut cx = Context::from_waker(Waker::noop());
-    match std::pin::pin!(future).poll(&mut cx) {
-        Poll::Ready(output) => Some(output),
-        Poll::Pending => None,
-    }
-}
+use std::task::Poll;
 
 /// What `slot` holds, taking it; never ready when it is empty.
 pub(crate) async fn take<T>(slot: &mut Option<T>) -> T {
@@ -48,6 +42,16 @@ pub(crate) async fn pass_on() {
     .await;
 }
 
+/// Moves the task this one woke last from the worker's next-task slot to its queue, where an
+/// idle worker is woken to take it, and lets this one go on: a task spawned from a worker
+/// takes that slot as a woken one does, and the one there moves to the queue. The task
+/// spawned does nothing. Called outside a Tokio runtime, it does nothing.
+pub fn nudge() {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        drop(runtime.spawn(std::future::ready(())));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(
@@ -57,32 +61,29 @@ mod tests {
         clippy::panic
     )]
 
+    use std::future::Future;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
 
-    use super::*;
+    use futures_util::FutureExt;
 
-    #[test]
-    fn at_once_gives_what_is_ready_and_nothing_else() {
-        assert_eq!(at_once(std::future::ready(7)), Some(7));
-        assert_eq!(at_once(std::future::pending::<u8>()), None);
-    }
+    use super::*;
 
     #[test]
     fn take_empties_the_slot_and_waits_on_an_empty_one() {
         let mut slot = Some("frame");
-        assert_eq!(at_once(take(&mut slot)), Some("frame"));
+        assert_eq!(take(&mut slot).now_or_never(), Some("frame"));
         assert_eq!(slot, None);
-        assert_eq!(at_once(take(&mut slot)), None);
+        assert_eq!(take(&mut slot).now_or_never(), None);
     }
 
-    /// A task wakes another, passes it on, then works without awaiting anything: the woken
-    /// task runs before that work is done. The test fails if, despite `pass_on`, the woken
-    /// task waits for its waker's work (without `pass_on`, it does: it stays in the waker's
-    /// next-task slot until the work is over).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_task_passed_on_runs_before_its_wakers_work_is_done() {
+    /// Whether a task woken by another, which then calls `hand_over` and works without
+    /// awaiting anything, runs before that work is done (or 3 s have passed).
+    async fn woken_task_runs_during_its_wakers_work<F>(hand_over: fn() -> F) -> bool
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
         let started = Arc::new(AtomicBool::new(false));
         let (wake, woken) = tokio::sync::oneshot::channel::<()>();
         let (parked, is_parked) = tokio::sync::oneshot::channel::<()>();
@@ -97,7 +98,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let waker = tokio::spawn(async move {
             wake.send(()).unwrap();
-            pass_on().await;
+            hand_over().await;
             // Work that does not yield, until the woken task ran or a few seconds passed.
             let until = Instant::now() + Duration::from_secs(3);
             while !started.load(Ordering::SeqCst) && Instant::now() < until {
@@ -105,10 +106,38 @@ mod tests {
             }
             started.load(Ordering::SeqCst)
         });
+        let ran = waker.await.unwrap();
+        waiting.await.unwrap();
+        ran
+    }
+
+    /// Why there is this module: without a hand-over, the woken task waits in its waker's
+    /// next-task slot until the work is over, the other worker idle.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_woken_task_waits_for_its_wakers_work_without_a_hand_over() {
+        assert!(!woken_task_runs_during_its_wakers_work(|| async {}).await);
+    }
+
+    /// Fails if the woken task waits for its waker's work despite `pass_on`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_task_passed_on_runs_before_its_wakers_work_is_done() {
         assert!(
-            waker.await.unwrap(),
+            woken_task_runs_during_its_wakers_work(pass_on).await,
             "the woken task waited for its waker's work"
         );
-        waiting.await.unwrap();
+    }
+
+    /// Fails if the woken task waits for its waker's work despite `nudge`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_task_nudged_runs_before_its_wakers_work_is_done() {
+        assert!(
+            woken_task_runs_during_its_wakers_work(|| async { nudge() }).await,
+            "the woken task waited for its waker's work"
+        );
+    }
+
+    #[test]
+    fn a_nudge_outside_a_runtime_does_nothing() {
+        nudge();
     }
 }

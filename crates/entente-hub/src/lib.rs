@@ -353,7 +353,7 @@ mod error;
 pub mod framed;
 mod grant_state;
 mod grants;
-mod handoff;
+pub mod handoff;
 mod held;
 mod identity;
 mod keys;

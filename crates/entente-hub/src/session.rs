@@ -21,6 +21,7 @@ use entente_wire::{
     Ack, ClientFrame, Deliver, Held, Limits, Publish, Refusal, ServerFrame, SignedBatch, Subscribe,
     SubscriptionEnded, Unsubscribe, client_frame, server_frame,
 };
+use futures_util::FutureExt;
 use prost::Message as _;
 use tokio::sync::{mpsc, watch};
 use tonic::{Code, Status, Streaming};
@@ -1615,7 +1616,7 @@ pub(crate) fn run<R: Router>(
                     // the writers waiting behind it. When it is not, the next `select!` polls
                     // the inbound again with this task's waker.
                     if handled.is_ok() {
-                        arrived = handoff::at_once(inbound.message()).map(Box::new);
+                        arrived = inbound.message().now_or_never().map(Box::new);
                     }
                     handled
                 }
