@@ -1963,6 +1963,7 @@ async fn read(
     let mut arrived = None;
     let end = loop {
         let next = match arrived.take() {
+            Some(_) if *shutdown.borrow() => break End::ByClient,
             Some(next) => next,
             None => tokio::select! {
                 biased;
@@ -2147,10 +2148,11 @@ async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) -> bo
     stats::add(&s.sender_keys_accepted, opened.keys_accepted);
     stats::add(&s.sender_keys_rejected, opened.keys_rejected);
     if entry.replies {
+        let any = !opened.items.is_empty();
         for message in opened.items.into_iter().flatten() {
             hand_reply(shared, message);
         }
-        return true;
+        return any;
     }
     // Requests: messages that ask for a reply, other than replies that ask back (those are
     // counted, and answered, as replies).

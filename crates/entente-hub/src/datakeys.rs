@@ -11,7 +11,7 @@
 //! ‖ tag (16 bytes)`, where `aad` is the caller's context (a durable entry's stream and
 //! sequence), so that a sealed value moved elsewhere does not open.
 //!
-//! The key-encryption key rotates too ([`DataKeys::rotate_kek`], `entente keys rotate
+//! The key-encryption key rotates too (`DataKeys::rotate_kek`, `entente keys rotate
 //! data-kek`): a new one (`data-kek-` and 8 hex digits) is made in the key store, every data
 //! key is unwrapped and wrapped again under it, the list is stored naming it, and the old one
 //! is deleted. What the data keys sealed is not touched: nothing kept at rest is decrypted.

@@ -100,7 +100,7 @@ pub enum Limit {
     /// The rate an agent throttled for its risk score is held to
     /// ([`AnomalyConfig::throttled`](crate::AnomalyConfig::throttled)).
     AnomalyThrottle,
-    /// A permit's `@rate` ([`PolicyRates`]); the hit's scope is the policy's ID.
+    /// A permit's `@rate` (`PolicyRates`); the hit's scope is the policy's ID.
     PolicyRate,
 }
 

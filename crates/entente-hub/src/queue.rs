@@ -31,7 +31,7 @@ pub struct OutboundTx {
 /// The receiving side of a session's outbound queue.
 #[derive(Debug)]
 pub struct OutboundRx {
-    handoff: Arc<Handoff>,
+    rendezvous: Arc<Rendezvous>,
     frames: Option<mpsc::Receiver<Outbound>>,
 }
 
@@ -43,13 +43,13 @@ struct Queue {
     frames: OnceLock<mpsc::Sender<Outbound>>,
     bytes: Arc<Semaphore>,
     max_bytes: u32,
-    handoff: Arc<Handoff>,
+    rendezvous: Arc<Rendezvous>,
 }
 
 /// Where the receiving side finds the channel once a sender made it.
 #[derive(Debug, Default)]
-struct Handoff {
-    state: Mutex<HandoffState>,
+struct Rendezvous {
+    state: Mutex<RendezvousState>,
     /// The channel was made, or every sender is gone (waiters registered first, then the
     /// state read under the lock: nothing is missed).
     made: Notify,
@@ -60,7 +60,7 @@ struct Handoff {
 }
 
 #[derive(Debug, Default)]
-struct HandoffState {
+struct RendezvousState {
     /// The channel's receiver, until the receiving side takes it.
     waiting: Option<mpsc::Receiver<Outbound>>,
     senders_gone: bool,
@@ -82,16 +82,16 @@ impl OutboundTx {
         let max_bytes = u32::try_from(bytes.clamp(1, Semaphore::MAX_PERMITS))
             .unwrap_or(u32::MAX)
             .max(1);
-        let handoff = Arc::new(Handoff::default());
+        let rendezvous = Arc::new(Rendezvous::default());
         let queue = Queue {
             capacity: frames.max(1),
             frames: OnceLock::new(),
             bytes: Arc::new(Semaphore::new(max_bytes as usize)),
             max_bytes,
-            handoff: handoff.clone(),
+            rendezvous: rendezvous.clone(),
         };
         let rx = OutboundRx {
-            handoff,
+            rendezvous,
             frames: None,
         };
         (
@@ -109,19 +109,19 @@ impl OutboundTx {
         if let Some(frames) = queue.frames.get() {
             return Some(frames);
         }
-        if queue.handoff.receiver_gone.load(Ordering::Acquire) {
+        if queue.rendezvous.receiver_gone.load(Ordering::Acquire) {
             return None;
         }
         Some(queue.frames.get_or_init(|| {
             let (tx, rx) = mpsc::channel(queue.capacity);
-            let mut state = queue.handoff.lock();
+            let mut state = queue.rendezvous.lock();
             // If the receiving side left meanwhile, the receiver is dropped here, which
             // closes the channel for the senders.
             if !state.receiver_gone {
                 state.waiting = Some(rx);
             }
             drop(state);
-            queue.handoff.made.notify_waiters();
+            queue.rendezvous.made.notify_waiters();
             tx
         }))
     }
@@ -188,11 +188,11 @@ impl OutboundTx {
 
     /// Resolves once the receiving side is gone.
     pub async fn closed(&self) {
-        let handoff = &self.queue.handoff;
-        let gone = handoff.gone.notified();
+        let rendezvous = &self.queue.rendezvous;
+        let gone = rendezvous.gone.notified();
         tokio::pin!(gone);
         gone.as_mut().enable();
-        if !handoff.receiver_gone.load(Ordering::Acquire) {
+        if !rendezvous.receiver_gone.load(Ordering::Acquire) {
             gone.await;
         }
     }
@@ -216,13 +216,13 @@ impl OutboundTx {
 
 impl Drop for Queue {
     fn drop(&mut self) {
-        self.handoff.lock().senders_gone = true;
-        self.handoff.made.notify_waiters();
+        self.rendezvous.lock().senders_gone = true;
+        self.rendezvous.made.notify_waiters();
     }
 }
 
-impl Handoff {
-    fn lock(&self) -> MutexGuard<'_, HandoffState> {
+impl Rendezvous {
+    fn lock(&self) -> MutexGuard<'_, RendezvousState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -234,11 +234,11 @@ impl OutboundRx {
             if let Some(frames) = &mut self.frames {
                 return frames.recv().await;
             }
-            let made = self.handoff.made.notified();
+            let made = self.rendezvous.made.notified();
             tokio::pin!(made);
             made.as_mut().enable();
             {
-                let mut state = self.handoff.lock();
+                let mut state = self.rendezvous.lock();
                 if let Some(frames) = state.waiting.take() {
                     self.frames = Some(frames);
                     continue;
@@ -254,7 +254,7 @@ impl OutboundRx {
     /// The next frame if one is queued now.
     pub fn try_recv(&mut self) -> Result<Outbound, TryRecvError> {
         if self.frames.is_none() {
-            let mut state = self.handoff.lock();
+            let mut state = self.rendezvous.lock();
             match state.waiting.take() {
                 Some(frames) => self.frames = Some(frames),
                 None if state.senders_gone => return Err(TryRecvError::Disconnected),
@@ -271,14 +271,14 @@ impl OutboundRx {
 impl Drop for OutboundRx {
     fn drop(&mut self) {
         let waiting = {
-            let mut state = self.handoff.lock();
+            let mut state = self.rendezvous.lock();
             state.receiver_gone = true;
-            self.handoff.receiver_gone.store(true, Ordering::Release);
+            self.rendezvous.receiver_gone.store(true, Ordering::Release);
             state.waiting.take()
         };
         // Dropping the receiver (taken or waiting) closes the channel for the senders.
         drop(waiting);
-        self.handoff.gone.notify_waiters();
+        self.rendezvous.gone.notify_waiters();
     }
 }
 

@@ -418,7 +418,7 @@ pub(crate) async fn bench(shape: PubSub, rate: u64, off: Option<Switch>) -> Resu
     bench_with(shape, rate, off).await.map(|(report, _)| report)
 }
 
-/// [`bench`], and with [`Switch::Attack`] what the attackers did.
+/// [`bench()`], and with [`Switch::Attack`] what the attackers did.
 async fn bench_with(
     shape: PubSub,
     rate: u64,
