@@ -1152,7 +1152,7 @@ impl Client {
         let shared = &self.inner.shared;
         let exchange = async {
             self.listen_for_replies().await?;
-            let reply_to = namespace::reply_channel(self.principal(), &unique_token()?)
+            let reply_to = namespace::reply_channel(self.principal(), unique_token()?.as_str())
                 .map_err(|e| Error::new(ErrorKind::Protocol, format!("reply channel: {e}")))?;
             let (done, mut reply) = oneshot::channel();
             let _waiting = shared.await_reply(reply_to.clone(), target.clone(), done)?;
@@ -1306,10 +1306,19 @@ thread_local! {
         const { RefCell::new(([0; TOKEN_POOL_LEN], TOKEN_POOL_LEN)) };
 }
 
-/// 128 random bits in hex: the last token of a reply channel. The bits come from the
-/// system's generator 512 bytes at a time (each call reseeds it from hardware entropy, too
-/// costly for 16 bytes), each used once.
-fn unique_token() -> Result<String, Error> {
+/// 128 random bits in lowercase hex: the last token of a reply channel, kept on the stack
+/// (the channel is the name's only allocation).
+struct Token([u8; 32]);
+
+impl Token {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// A fresh [`Token`]. The bits come from the system's generator 512 bytes at a time (each
+/// call reseeds it from hardware entropy, too costly for 16 bytes), each used once.
+fn unique_token() -> Result<Token, Error> {
     let bytes = TOKEN_POOL.with_borrow_mut(|(pool, used)| {
         if *used == TOKEN_POOL_LEN {
             SystemRandom::new()
@@ -1325,13 +1334,14 @@ fn unique_token() -> Result<String, Error> {
         *used += bytes.len();
         Ok::<_, Error>(bytes)
     })?;
-    let mut token = String::with_capacity(2 * bytes.len());
-    for byte in bytes {
-        for nibble in [byte >> 4, byte & 0xf] {
-            token.extend(char::from_digit(u32::from(nibble), 16));
-        }
+    let mut token = [0u8; 32];
+    let nibbles = bytes.iter().flat_map(|byte| [byte >> 4, byte & 0xf]);
+    for (digit, nibble) in token.iter_mut().zip(nibbles) {
+        *digit = char::from_digit(u32::from(nibble), 16)
+            .and_then(|c| u8::try_from(c).ok())
+            .unwrap_or(b'0');
     }
-    Ok(token)
+    Ok(Token(token))
 }
 
 // === impl State ===
@@ -2379,12 +2389,9 @@ mod tests {
     #[test]
     fn reply_tokens_are_128_random_bits_in_lowercase_hex() {
         // Several pools' worth, on two threads: each token is used once.
-        let mut tokens: Vec<String> = (0..200).map(|_| unique_token().unwrap()).collect();
-        let other = std::thread::spawn(|| {
-            (0..200)
-                .map(|_| unique_token().unwrap())
-                .collect::<Vec<String>>()
-        });
+        let token = || unique_token().unwrap().as_str().to_owned();
+        let mut tokens: Vec<String> = (0..200).map(|_| token()).collect();
+        let other = std::thread::spawn(move || (0..200).map(|_| token()).collect::<Vec<String>>());
         tokens.extend(other.join().unwrap());
         for token in &tokens {
             assert_eq!(token.len(), 32, "{token}");

@@ -29,6 +29,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::cell::RefCell;
+
 use crate::{Channel, ChannelError, ChannelPattern, Principal};
 
 /// First token of a direct channel.
@@ -40,7 +42,7 @@ pub const HUMAN_OWNER_PREFIX: &str = "human:";
 
 /// The principal's direct channel: `_direct.S.N`, or `_direct.human:N`.
 pub fn direct_channel(principal: &Principal) -> Channel {
-    Channel::from_valid(&owned_name(DIRECT_PREFIX, principal, None))
+    with_owned_name(DIRECT_PREFIX, principal, None, Channel::from_valid)
 }
 
 /// The pattern covering the principal's reply namespace: `_reply.S.N.>`, or
@@ -55,13 +57,13 @@ pub fn reply_channel(principal: &Principal, token: &str) -> Result<Channel, Chan
     if token.contains('.') {
         return Err(ChannelError::InvalidChar { ch: '.' });
     }
-    Channel::parse(&owned_name(REPLY_PREFIX, principal, Some(token)))
+    with_owned_name(REPLY_PREFIX, principal, Some(token), Channel::parse)
 }
 
 /// The root of the principal's reply namespace, `_reply.S.N` or `_reply.human:N`: not a reply
 /// channel itself, but what a responder's reply sender key is scoped to (PROTOCOL.md §5.4).
 pub fn reply_root(principal: &Principal) -> Channel {
-    Channel::from_valid(&owned_name(REPLY_PREFIX, principal, None))
+    with_owned_name(REPLY_PREFIX, principal, None, Channel::from_valid)
 }
 
 /// The root of the reply namespace `channel` lies in (`_reply.S.N.t` → `_reply.S.N`,
@@ -155,12 +157,40 @@ pub fn direct_segment(channel: &Channel) -> Option<&str> {
 /// `prefix.S.N` for an agent, `prefix.human:N` for a human, then `.last` if given. Built by
 /// hand rather than with `format!`: a request makes two of these.
 fn owned_name(prefix: &str, principal: &Principal, last: Option<&str>) -> String {
+    let mut name = String::new();
+    write_owned_name(&mut name, prefix, principal, last);
+    name
+}
+
+thread_local! {
+    /// Where [`with_owned_name`] puts a name together: the channel made of it is then the
+    /// name's only allocation.
+    static NAME: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// `make` applied to [`owned_name`]'s name, put together in this thread's buffer. `make` must
+/// not call this again (none of its callers' functions does).
+fn with_owned_name<T>(
+    prefix: &str,
+    principal: &Principal,
+    last: Option<&str>,
+    make: impl FnOnce(&str) -> T,
+) -> T {
+    NAME.with_borrow_mut(|name| {
+        name.clear();
+        write_owned_name(name, prefix, principal, last);
+        make(name)
+    })
+}
+
+/// Appends [`owned_name`]'s name to `name`.
+fn write_owned_name(name: &mut String, prefix: &str, principal: &Principal, last: Option<&str>) {
     let (first, second) = match principal {
         Principal::Agent(agent) => (agent.segment(), agent.name()),
         Principal::Human(human) => (HUMAN_OWNER_PREFIX, human.name()),
     };
     let last_len = last.map_or(0, |l| l.len() + 1);
-    let mut name = String::with_capacity(prefix.len() + first.len() + second.len() + 2 + last_len);
+    name.reserve(prefix.len() + first.len() + second.len() + 2 + last_len);
     name.push_str(prefix);
     name.push('.');
     name.push_str(first);
@@ -172,7 +202,6 @@ fn owned_name(prefix: &str, principal: &Principal, last: Option<&str>) -> String
         name.push('.');
         name.push_str(last);
     }
-    name
 }
 
 /// Whether `rest` (the name after the prefix and its dot) starts with the owner's tokens,
