@@ -2158,9 +2158,10 @@ async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) -> bo
     stats::add(&s.sender_keys_accepted, opened.keys_accepted);
     stats::add(&s.sender_keys_rejected, opened.keys_rejected);
     if entry.replies {
-        let any = !opened.items.is_empty();
+        let mut any = false;
         for message in opened.items.into_iter().flatten() {
             hand_reply(shared, message);
+            any = true;
         }
         return any;
     }

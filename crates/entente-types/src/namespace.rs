@@ -31,6 +31,7 @@
 
 use std::cell::RefCell;
 
+use crate::channel::MAX_CHANNEL_LEN;
 use crate::{Channel, ChannelError, ChannelPattern, Principal};
 
 /// First token of a direct channel.
@@ -154,8 +155,8 @@ pub fn direct_segment(channel: &Channel) -> Option<&str> {
     (!segment.contains(':')).then_some(segment)
 }
 
-/// `prefix.S.N` for an agent, `prefix.human:N` for a human, then `.last` if given. Built by
-/// hand rather than with `format!`: a request makes two of these.
+/// `prefix.S.N` for an agent, `prefix.human:N` for a human, then `.last` if given, in a
+/// `String` of its own (a pattern keeps it).
 fn owned_name(prefix: &str, principal: &Principal, last: Option<&str>) -> String {
     let mut name = String::new();
     write_owned_name(&mut name, prefix, principal, last);
@@ -168,19 +169,27 @@ thread_local! {
     static NAME: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
-/// `make` applied to [`owned_name`]'s name, put together in this thread's buffer. `make` must
-/// not call this again (none of its callers' functions does).
+/// `make` applied to [`owned_name`]'s name, put together in this thread's buffer (in a
+/// `String` of its own while the thread is being torn down). `make` must not call this again
+/// (none of its callers' functions does). A buffer grown past any channel's length (by a long
+/// `last`, which then makes no channel) is not kept.
 fn with_owned_name<T>(
     prefix: &str,
     principal: &Principal,
     last: Option<&str>,
-    make: impl FnOnce(&str) -> T,
+    make: impl Fn(&str) -> T,
 ) -> T {
-    NAME.with_borrow_mut(|name| {
+    NAME.try_with(|cell| {
+        let mut name = cell.borrow_mut();
         name.clear();
-        write_owned_name(name, prefix, principal, last);
-        make(name)
+        write_owned_name(&mut name, prefix, principal, last);
+        let made = make(&name);
+        if name.capacity() > MAX_CHANNEL_LEN {
+            *name = String::new();
+        }
+        made
     })
+    .unwrap_or_else(|_| make(&owned_name(prefix, principal, last)))
 }
 
 /// Appends [`owned_name`]'s name to `name`.
@@ -238,6 +247,20 @@ mod tests {
 
     fn c(s: &str) -> Channel {
         Channel::parse(s).unwrap()
+    }
+
+    /// A token too long for any channel is refused as before, and the thread's buffer does
+    /// not keep the room it took; the next name is built right.
+    #[test]
+    fn a_long_token_is_refused_and_its_room_not_kept() {
+        let alice = p("spiffe://example.org/agent/shop/alice");
+        let token = "t".repeat(10_000);
+        assert!(matches!(
+            reply_channel(&alice, &token),
+            Err(ChannelError::TooLong { max: 255, .. })
+        ));
+        assert!(NAME.with_borrow(String::capacity) <= MAX_CHANNEL_LEN);
+        assert_eq!(direct_channel(&alice).as_str(), "_direct.shop.alice");
     }
 
     fn pat(s: &str) -> ChannelPattern {
