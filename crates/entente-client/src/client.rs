@@ -23,6 +23,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::future::Future;
 use std::mem;
 use std::pin::Pin;
@@ -34,7 +35,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use entente_crypto::{SealerOptions, TAG_LEN, VerifiedKeyBundle};
 use entente_hub::handoff;
-use entente_types::{Channel, ChannelPattern, Principal, namespace};
+use entente_types::namespace::{self, ReplyNamespace};
+use entente_types::{Channel, ChannelPattern, Principal};
 use entente_wire::{
     ClientFrame, Deliver, DirectoryRequest, DurableAck, Held, KeyBundle, ServerFrame, Subscribe,
     Unsubscribe, client_frame, server_frame,
@@ -130,6 +132,8 @@ struct Inner {
     /// Whether the session subscribed to this principal's reply namespace (on the first
     /// request).
     replies: tokio::sync::Mutex<bool>,
+    /// This principal's reply namespace, where each request draws its reply channel.
+    reply_namespace: ReplyNamespace,
 }
 
 /// What the handles and the tasks share.
@@ -181,10 +185,12 @@ struct ReplyWaiter {
     done: oneshot::Sender<Message>,
 }
 
-/// Removes a request's waiter however the request ends.
+/// Removes a request's waiter however the request ends, unless its reply took it.
 struct AwaitingReply<'a> {
     shared: &'a Shared,
     channel: Channel,
+    /// Whether the reply arrived: the reader took the waiter out to hand it over.
+    answered: bool,
 }
 
 /// What an `Ack` or `Refusal` answers.
@@ -324,6 +330,7 @@ impl Client {
                 .await;
             });
         }
+        let reply_namespace = ReplyNamespace::of(shared.identity.principal());
         Ok(Self {
             inner: Arc::new(Inner {
                 shared,
@@ -331,6 +338,7 @@ impl Client {
                 transport,
                 members: tokio::sync::Mutex::new(HashMap::new()),
                 replies: tokio::sync::Mutex::new(false),
+                reply_namespace,
             }),
         })
     }
@@ -1152,10 +1160,11 @@ impl Client {
         let shared = &self.inner.shared;
         let exchange = async {
             self.listen_for_replies().await?;
-            let reply_to = namespace::reply_channel(self.principal(), unique_token()?.as_str())
+            let reply_to = (self.inner.reply_namespace)
+                .channel(unique_token()?.as_str())
                 .map_err(|e| Error::new(ErrorKind::Protocol, format!("reply channel: {e}")))?;
             let (done, mut reply) = oneshot::channel();
-            let _waiting = shared.await_reply(reply_to.clone(), target.clone(), done)?;
+            let mut waiting = shared.await_reply(reply_to.clone(), target.clone(), done)?;
             let send_by = deadline.min(self.deadline());
             let mut ack = self
                 .queue_direct(target, payload, Some(reply_to), send_by)
@@ -1170,7 +1179,10 @@ impl Client {
                 biased;
                 answer = &mut reply => {
                     return match answer {
-                        Ok(message) => Ok(message),
+                        Ok(message) => {
+                            waiting.answered = true;
+                            Ok(message)
+                        }
                         // No reply will come (the session ended): the hub's answer to the
                         // request, if it gave one, says why better than the end does.
                         Err(_) => Err(ack.await.err().unwrap_or_else(|| shared.closed_error())),
@@ -1178,7 +1190,9 @@ impl Client {
                 }
                 acked = &mut ack => acked?,
             }
-            reply.await.map_err(|_| shared.closed_error())
+            let message = reply.await.map_err(|_| shared.closed_error())?;
+            waiting.answered = true;
+            Ok(message)
         };
         tokio::time::timeout_at(deadline, exchange)
             .await
@@ -1350,8 +1364,8 @@ impl State {
     /// The request `message` answers: one waiting on its channel for a reply from its
     /// sender. A message from anyone else answers nothing (the request keeps waiting).
     fn take_reply_waiter(&mut self, message: &Message) -> Option<ReplyWaiter> {
-        match self.replies.get(&message.channel) {
-            Some(waiter) if waiter.from == message.sender => self.replies.remove(&message.channel),
+        match self.replies.entry(message.channel.clone()) {
+            Entry::Occupied(waiter) if waiter.get().from == message.sender => Some(waiter.remove()),
             _ => None,
         }
     }
@@ -1361,7 +1375,11 @@ impl State {
 
 impl Drop for AwaitingReply<'_> {
     fn drop(&mut self) {
-        self.shared.lock().replies.remove(&self.channel);
+        // A reply is handed over only by taking its waiter out (`take_reply_waiter`): then
+        // there is nothing left to remove, and no lock to take.
+        if !self.answered {
+            self.shared.lock().replies.remove(&self.channel);
+        }
     }
 }
 
@@ -1485,6 +1503,7 @@ impl Shared {
         Ok(AwaitingReply {
             shared: self,
             channel,
+            answered: false,
         })
     }
 

@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use entente_crypto::{ReplayError, ReplayWindow};
-use entente_types::Principal;
+use entente_types::{Channel, Principal};
 
 /// Epochs tracked per (sender, channel).
 pub(crate) const MAX_EPOCHS: usize = 4;
@@ -47,7 +47,7 @@ pub(crate) struct SenderWindows {
 /// The windows of a bounded number of channels, the least recently used evicted first.
 #[derive(Debug)]
 struct Pool {
-    windows: HashMap<String, ChannelWindows>,
+    windows: HashMap<Channel, ChannelWindows>,
     max: usize,
 }
 
@@ -62,7 +62,7 @@ struct ChannelWindows {
 }
 
 /// One envelope header to check: channel, sender-key epoch, sequence number.
-pub(crate) type Header<'a> = (&'a str, u64, u64);
+pub(crate) type Header<'a> = (&'a Channel, u64, u64);
 
 /// Why a publish was refused as a replay.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -128,16 +128,17 @@ impl SenderWindows {
     pub(crate) fn check_and_record(&mut self, headers: &[Header<'_>]) -> Result<(), ReplayRefusal> {
         // The usual publish: one channel, one epoch, sequence numbers rising. Nothing in it
         // can repeat, and one window decides it all.
+        let rising = headers
+            .windows(2)
+            .all(|pair| matches!(pair, [a, b] if a.2 < b.2));
         if let Some(&(channel, epoch, _)) = headers.first()
+            && rising
             && headers.iter().all(|&(c, e, _)| e == epoch && c == channel)
-            && headers
-                .windows(2)
-                .all(|pair| matches!(pair, [a, b] if a.2 < b.2))
         {
             if let Some(window) = self.pool(channel).window(channel, epoch)? {
                 for &(_, _, seq) in headers {
                     window.check(seq).map_err(|error| ReplayRefusal::Window {
-                        channel: channel.to_owned(),
+                        channel: channel.to_string(),
                         epoch,
                         error,
                     })?;
@@ -149,11 +150,13 @@ impl SenderWindows {
             self.pool_mut(channel).record(channel, epoch, seqs, clock);
             return Ok(());
         }
-        let mut seen = HashSet::with_capacity(headers.len());
+        // Sequence numbers rising through the set (a batch of replies, each on a channel of
+        // its own) can't repeat in it; others are looked for twice.
+        let mut seen = HashSet::with_capacity(if rising { 0 } else { headers.len() });
         for &(channel, epoch, seq) in headers {
-            if !seen.insert((channel, epoch, seq)) {
+            if !rising && !seen.insert((channel, epoch, seq)) {
                 return Err(ReplayRefusal::Repeated {
-                    channel: channel.to_owned(),
+                    channel: channel.to_string(),
                     epoch,
                     seq,
                 });
@@ -170,26 +173,26 @@ impl SenderWindows {
     }
 
     /// Where `channel`'s windows are kept.
-    fn pool(&self, channel: &str) -> &Pool {
-        if is_reply(channel) {
+    fn pool(&self, channel: &Channel) -> &Pool {
+        if is_reply(channel.as_str()) {
             &self.replies
         } else {
             &self.channels
         }
     }
 
-    fn pool_mut(&mut self, channel: &str) -> &mut Pool {
-        if is_reply(channel) {
+    fn pool_mut(&mut self, channel: &Channel) -> &mut Pool {
+        if is_reply(channel.as_str()) {
             &mut self.replies
         } else {
             &mut self.channels
         }
     }
 
-    fn check(&self, channel: &str, epoch: u64, seq: u64) -> Result<(), ReplayRefusal> {
+    fn check(&self, channel: &Channel, epoch: u64, seq: u64) -> Result<(), ReplayRefusal> {
         match self.pool(channel).window(channel, epoch)? {
             Some(window) => window.check(seq).map_err(|error| ReplayRefusal::Window {
-                channel: channel.to_owned(),
+                channel: channel.to_string(),
                 epoch,
                 error,
             }),
@@ -217,12 +220,16 @@ impl Pool {
 
     /// The window tracking `epoch` of `channel`: `None` if none does yet (every sequence
     /// number is new), an error if the epoch is older than those tracked.
-    fn window(&self, channel: &str, epoch: u64) -> Result<Option<&ReplayWindow>, ReplayRefusal> {
+    fn window(
+        &self,
+        channel: &Channel,
+        epoch: u64,
+    ) -> Result<Option<&ReplayWindow>, ReplayRefusal> {
         let Some(windows) = self.windows.get(channel) else {
             return Ok(None);
         };
         let stale = || ReplayRefusal::StaleEpoch {
-            channel: channel.to_owned(),
+            channel: channel.to_string(),
             epoch,
         };
         if epoch < windows.floor {
@@ -240,24 +247,28 @@ impl Pool {
     }
 
     /// Records `seqs` of `epoch` on `channel` (checked before), used at `clock`.
-    fn record(&mut self, channel: &str, epoch: u64, seqs: impl Iterator<Item = u64>, clock: u64) {
-        if !self.windows.contains_key(channel) {
-            if self.windows.len() >= self.max {
-                // The least recently used eighth at once: a sender using a new channel per
-                // message (a responder, one per reply) costs one pass over them per eighth
-                // of new ones, not one per channel.
-                self.evict_least_recently_used((self.max / 8).max(1));
-            }
-            // Room for one epoch: most channels never see a second.
-            let windows = ChannelWindows {
+    fn record(
+        &mut self,
+        channel: &Channel,
+        epoch: u64,
+        seqs: impl Iterator<Item = u64>,
+        clock: u64,
+    ) {
+        if self.windows.len() >= self.max && !self.windows.contains_key(channel) {
+            // The least recently used eighth at once: a sender using a new channel per
+            // message (a responder, one per reply) costs one pass over them per eighth of
+            // new ones, not one per channel.
+            self.evict_least_recently_used((self.max / 8).max(1));
+        }
+        // A new channel's key is the name the publish shares, not a copy of it.
+        let windows = self
+            .windows
+            .entry(channel.clone())
+            .or_insert_with(|| ChannelWindows {
+                // Room for one epoch: most channels never see a second.
                 epochs: Vec::with_capacity(1),
                 ..ChannelWindows::default()
-            };
-            self.windows.insert(channel.to_owned(), windows);
-        }
-        let Some(windows) = self.windows.get_mut(channel) else {
-            return;
-        };
+            });
         windows.last_used = clock;
         let at = match windows.epochs.binary_search_by_key(&epoch, |&(e, _)| e) {
             Ok(at) => at,
@@ -312,11 +323,18 @@ mod tests {
 
     use super::*;
 
+    fn c(name: &str) -> Channel {
+        Channel::parse(name).unwrap()
+    }
+
     #[test]
     fn a_replay_refuses_the_whole_set_and_records_nothing() {
         let mut w = SenderWindows::default();
-        w.check_and_record(&[("a", 1, 0), ("a", 1, 1)]).unwrap();
-        let err = w.check_and_record(&[("a", 1, 2), ("a", 1, 1)]).unwrap_err();
+        w.check_and_record(&[(&c("a"), 1, 0), (&c("a"), 1, 1)])
+            .unwrap();
+        let err = w
+            .check_and_record(&[(&c("a"), 1, 2), (&c("a"), 1, 1)])
+            .unwrap_err();
         assert!(matches!(
             err,
             ReplayRefusal::Window {
@@ -325,85 +343,112 @@ mod tests {
             }
         ));
         // 2 was not recorded by the refused set.
-        w.check_and_record(&[("a", 1, 2)]).unwrap();
+        w.check_and_record(&[(&c("a"), 1, 2)]).unwrap();
         // Other channels and epochs have their own windows.
-        w.check_and_record(&[("b", 1, 0), ("a", 2, 0)]).unwrap();
+        w.check_and_record(&[(&c("b"), 1, 0), (&c("a"), 2, 0)])
+            .unwrap();
     }
 
     #[test]
     fn a_rising_run_of_one_channel_and_epoch_is_checked_whole_against_its_window() {
         let mut w = SenderWindows::default();
-        w.check_and_record(&[("a", 1, 0), ("a", 1, 1), ("a", 1, 2)])
+        w.check_and_record(&[(&c("a"), 1, 0), (&c("a"), 1, 1), (&c("a"), 1, 2)])
             .unwrap();
         // Rising, one channel and epoch, but 2 was seen: refused whole, 3 not recorded.
         assert!(matches!(
-            w.check_and_record(&[("a", 1, 2), ("a", 1, 3)]),
+            w.check_and_record(&[(&c("a"), 1, 2), (&c("a"), 1, 3)]),
             Err(ReplayRefusal::Window {
                 error: ReplayError::Duplicate(2),
                 ..
             })
         ));
-        w.check_and_record(&[("a", 1, 3), ("a", 1, 4)]).unwrap();
+        w.check_and_record(&[(&c("a"), 1, 3), (&c("a"), 1, 4)])
+            .unwrap();
         // The same numbers out of order take the general path and meet the same window.
         assert!(matches!(
-            w.check_and_record(&[("a", 1, 6), ("a", 1, 4)]),
+            w.check_and_record(&[(&c("a"), 1, 6), (&c("a"), 1, 4)]),
             Err(ReplayRefusal::Window {
                 error: ReplayError::Duplicate(4),
                 ..
             })
         ));
-        w.check_and_record(&[("a", 1, 6), ("a", 1, 5)]).unwrap();
+        w.check_and_record(&[(&c("a"), 1, 6), (&c("a"), 1, 5)])
+            .unwrap();
+    }
+
+    /// A batch of replies: rising numbers, each on a channel of its own. Each channel's
+    /// window decides, and a refusal records none of the set.
+    #[test]
+    fn a_rising_run_over_several_channels_meets_each_channels_window() {
+        let mut w = SenderWindows::default();
+        let (r1, r2, r3) = (
+            c("_reply.shop.alice.r1"),
+            c("_reply.shop.alice.r2"),
+            c("_reply.shop.alice.r3"),
+        );
+        w.check_and_record(&[(&r1, 1, 0), (&r2, 1, 1)]).unwrap();
+        w.check_and_record(&[(&r3, 1, 2), (&r1, 1, 3)]).unwrap();
+        assert!(matches!(
+            w.check_and_record(&[(&r2, 1, 2), (&r1, 1, 3)]),
+            Err(ReplayRefusal::Window {
+                error: ReplayError::Duplicate(3),
+                ..
+            })
+        ));
+        // r2's 2 went with the refused set: it is new still.
+        w.check_and_record(&[(&r2, 1, 2)]).unwrap();
+        assert_eq!(w.replies.windows.len(), 3);
     }
 
     #[test]
     fn duplicates_within_one_set_are_refused() {
         let mut w = SenderWindows::default();
         assert!(matches!(
-            w.check_and_record(&[("a", 1, 5), ("a", 1, 5)]),
+            w.check_and_record(&[(&c("a"), 1, 5), (&c("a"), 1, 5)]),
             Err(ReplayRefusal::Repeated { seq: 5, .. })
         ));
-        w.check_and_record(&[("a", 1, 5)]).unwrap();
+        w.check_and_record(&[(&c("a"), 1, 5)]).unwrap();
     }
 
     #[test]
     fn old_epochs_are_evicted_and_then_refused() {
         let mut w = SenderWindows::default();
         for epoch in 10..10 + MAX_EPOCHS as u64 + 1 {
-            w.check_and_record(&[("a", epoch, 0)]).unwrap();
+            w.check_and_record(&[(&c("a"), epoch, 0)]).unwrap();
         }
         // Epoch 10 was evicted: refused rather than given a fresh window.
         assert!(matches!(
-            w.check_and_record(&[("a", 10, 1)]),
+            w.check_and_record(&[(&c("a"), 10, 1)]),
             Err(ReplayRefusal::StaleEpoch { epoch: 10, .. })
         ));
         assert!(matches!(
-            w.check_and_record(&[("a", 3, 0)]),
+            w.check_and_record(&[(&c("a"), 3, 0)]),
             Err(ReplayRefusal::StaleEpoch { .. })
         ));
-        w.check_and_record(&[("a", 11, 1)]).unwrap();
+        w.check_and_record(&[(&c("a"), 11, 1)]).unwrap();
 
         // Epochs first seen out of order: the oldest goes first, not the first seen. One
         // older than every epoch tracked is refused before any was evicted.
         let mut w = SenderWindows::default();
         for epoch in [12, 10, 11, 13] {
-            w.check_and_record(&[("b", epoch, 0)]).unwrap();
+            w.check_and_record(&[(&c("b"), epoch, 0)]).unwrap();
         }
         assert!(matches!(
-            w.check_and_record(&[("b", 9, 0)]),
+            w.check_and_record(&[(&c("b"), 9, 0)]),
             Err(ReplayRefusal::StaleEpoch { epoch: 9, .. })
         ));
-        w.check_and_record(&[("b", 14, 0)]).unwrap();
+        w.check_and_record(&[(&c("b"), 14, 0)]).unwrap();
         assert!(matches!(
-            w.check_and_record(&[("b", 10, 1)]),
+            w.check_and_record(&[(&c("b"), 10, 1)]),
             Err(ReplayRefusal::StaleEpoch { epoch: 10, .. })
         ));
         for epoch in [11, 12, 13, 14] {
             assert!(matches!(
-                w.check_and_record(&[("b", epoch, 0)]),
+                w.check_and_record(&[(&c("b"), epoch, 0)]),
                 Err(ReplayRefusal::Window { .. })
             ));
         }
-        w.check_and_record(&[("b", 11, 1)]).unwrap();
+        w.check_and_record(&[(&c("b"), 11, 1)]).unwrap();
         // The oldest went before the newest came: the windows never took room for five.
         let kept = &w.channels.windows["b"].epochs;
         assert_eq!(
@@ -417,12 +462,12 @@ mod tests {
     fn channels_are_bounded_and_the_least_recently_used_go_first() {
         let mut w = SenderWindows::default();
         for i in 0..MAX_CHANNELS {
-            w.check_and_record(&[(&format!("c{i}"), 1, 0)]).unwrap();
+            w.check_and_record(&[(&c(&format!("c{i}")), 1, 0)]).unwrap();
         }
         assert_eq!(w.channels.windows.len(), MAX_CHANNELS);
         // c0 used again: now the most recently used.
-        w.check_and_record(&[("c0", 1, 1)]).unwrap();
-        w.check_and_record(&[("new", 1, 0)]).unwrap();
+        w.check_and_record(&[(&c("c0"), 1, 1)]).unwrap();
+        w.check_and_record(&[(&c("new"), 1, 0)]).unwrap();
         // An eighth went at once, the oldest: c1 ..= c128, not c0.
         assert_eq!(
             w.channels.windows.len(),
@@ -431,17 +476,20 @@ mod tests {
         assert!(w.channels.windows.contains_key("c0"));
         assert!(w.channels.windows.contains_key("new"));
         for i in 1..=MAX_CHANNELS / 8 {
-            assert!(!w.channels.windows.contains_key(&format!("c{i}")), "c{i}");
+            assert!(
+                !w.channels.windows.contains_key(format!("c{i}").as_str()),
+                "c{i}"
+            );
         }
         assert!(
             w.channels
                 .windows
-                .contains_key(&format!("c{}", MAX_CHANNELS / 8 + 1))
+                .contains_key(format!("c{}", MAX_CHANNELS / 8 + 1).as_str())
         );
         // c0's window survived: its sequence numbers are still refused.
-        assert!(w.check_and_record(&[("c0", 1, 1)]).is_err());
+        assert!(w.check_and_record(&[(&c("c0"), 1, 1)]).is_err());
         for i in 0..10 * MAX_CHANNELS {
-            w.check_and_record(&[(&format!("d{i}"), 1, 0)]).unwrap();
+            w.check_and_record(&[(&c(&format!("d{i}")), 1, 0)]).unwrap();
             assert!(w.channels.windows.len() <= MAX_CHANNELS);
         }
     }
@@ -451,24 +499,24 @@ mod tests {
     #[test]
     fn reply_channels_do_not_push_other_channels_windows_out() {
         let mut w = SenderWindows::default();
-        w.check_and_record(&[("orders.eu", 1, 0)]).unwrap();
+        w.check_and_record(&[(&c("orders.eu"), 1, 0)]).unwrap();
         let reply = |i: usize| format!("_reply.shop.alice.r{i}");
         for i in 0..4 * MAX_CHANNELS {
-            w.check_and_record(&[(&reply(i), 1, 0)]).unwrap();
+            w.check_and_record(&[(&c(&reply(i)), 1, 0)]).unwrap();
             assert!(w.replies.windows.len() <= MAX_REPLY_CHANNELS);
         }
         assert_eq!(w.channels.windows.len(), 1);
         assert!(
-            w.check_and_record(&[("orders.eu", 1, 0)]).is_err(),
+            w.check_and_record(&[(&c("orders.eu"), 1, 0)]).is_err(),
             "still refused as a replay"
         );
         // The latest reply channels keep their windows; a channel named like one but outside
         // the reply namespace is another channel's.
         assert!(
-            w.check_and_record(&[(&reply(4 * MAX_CHANNELS - 1), 1, 0)])
+            w.check_and_record(&[(&c(&reply(4 * MAX_CHANNELS - 1)), 1, 0)])
                 .is_err()
         );
-        w.check_and_record(&[("_replyx.r1", 1, 0)]).unwrap();
+        w.check_and_record(&[(&c("_replyx.r1"), 1, 0)]).unwrap();
         assert_eq!(w.channels.windows.len(), 2);
     }
 }

@@ -12,7 +12,7 @@
 //! A state machine over explicit times: no clock, no I/O.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use entente_types::{Channel, Principal};
@@ -98,7 +98,7 @@ impl ReplyGrants {
     ) -> Result<usize, TooManyGrants> {
         self.issue_all(
             requester,
-            &[(reply_to.clone(), grantees.to_vec(), expires_at_ms)],
+            &[(reply_to.clone(), Arc::from(grantees), expires_at_ms)],
             now_ms,
         )
         .map(|issued| issued.added)
@@ -112,18 +112,14 @@ impl ReplyGrants {
     pub(crate) fn issue_all(
         &self,
         requester: SessionId,
-        requests: &[(Channel, Vec<Principal>, u64)],
+        requests: &[(Channel, Arc<[Principal]>, u64)],
         now_ms: u64,
     ) -> Result<Issued, TooManyGrants> {
         let live: Vec<(&Channel, &[Principal], u64)> = requests
             .iter()
             .filter_map(|(reply_to, grantees, expires_at_ms)| {
                 let until = (*expires_at_ms).min(now_ms.saturating_add(self.max_wait_ms));
-                (until > now_ms && !grantees.is_empty()).then_some((
-                    reply_to,
-                    grantees.as_slice(),
-                    until,
-                ))
+                (until > now_ms && !grantees.is_empty()).then_some((reply_to, &grantees[..], until))
             })
             .collect();
         if live.is_empty() {
@@ -247,22 +243,25 @@ impl ReplyGrants {
         now_ms: u64,
     ) -> Result<Taken, &'c Channel> {
         let mut state = self.lock();
-        let key = |channel: &Channel| (grantee.clone(), channel.clone());
-        if let Some(missing) = channels.iter().find(|channel| {
-            state
-                .grants
-                .get(&key(channel))
-                .is_none_or(|grant| grant.expires_at_ms <= now_ms)
-        }) {
-            return Err(missing);
-        }
         let mut taken = Vec::with_capacity(channels.len());
+        // Taken as they come (one lookup each), and put back should one be missing.
         for channel in channels {
-            let key = key(channel);
-            if let Some(grant) = state.grants.remove(&key) {
-                state.release(grant.requester);
-                taken.push((key, grant));
+            let key = (grantee.clone(), channel.clone());
+            match state.grants.remove(&key) {
+                Some(grant) if grant.expires_at_ms > now_ms => taken.push((key, grant)),
+                missing => {
+                    if let Some(expired) = missing {
+                        state.grants.insert(key, expired);
+                    }
+                    for (key, grant) in taken {
+                        state.grants.insert(key, grant);
+                    }
+                    return Err(channel);
+                }
             }
+        }
+        for (_, grant) in &taken {
+            state.release(grant.requester);
         }
         Ok(Taken(taken))
     }
@@ -402,6 +401,8 @@ mod tests {
             Some(&r3)
         );
         assert_eq!(grants.may_reply_all(&bob, &with_expired, NOW + 5), Err(&r3));
+        // (The expired grant stays too, until swept: it was live before.)
+        assert!(grants.may_reply(&bob, &r3, NOW));
         assert_eq!(grants.outstanding(1), 3);
         let r1_alone = std::slice::from_ref(&r1);
         assert_eq!(grants.take_all(&p("eve"), r1_alone, NOW).err(), Some(&r1));
@@ -443,8 +444,8 @@ mod tests {
             .issue(1, &r1, &[p("bob")], NOW + 10_000, NOW)
             .unwrap();
         let requests = [
-            (r1.clone(), vec![p("bob")], NOW + 20_000),
-            (r2.clone(), vec![p("bob"), p("carol")], NOW + 20_000),
+            (r1.clone(), Arc::from([p("bob")]), NOW + 20_000),
+            (r2.clone(), Arc::from([p("bob"), p("carol")]), NOW + 20_000),
         ];
         let issued = grants.issue_all(2, &requests, NOW).unwrap();
         assert_eq!(issued.added, 3);
@@ -524,11 +525,11 @@ mod tests {
         grants
             .issue(1, &c("_reply.shop.alice.r0"), &[p("bob")], NOW + 1_000, NOW)
             .unwrap();
-        let requests: Vec<(Channel, Vec<Principal>, u64)> = (1..=3)
+        let requests: Vec<(Channel, Arc<[Principal]>, u64)> = (1..=3)
             .map(|i| {
                 (
                     c(&format!("_reply.shop.alice.r{i}")),
-                    vec![p("bob")],
+                    Arc::from([p("bob")]),
                     NOW + 1_000,
                 )
             })

@@ -19,7 +19,7 @@
 //! ([`Router::subscribers`]): the principals whose subscription patterns match it and may
 //! carry it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -461,12 +461,14 @@ impl Router for LocalRouter {
 
     async fn subscribers(&self, channel: &Channel) -> Vec<Principal> {
         let (targets, _) = self.targets(channel);
-        let principals: BTreeSet<Principal> = targets
+        let mut principals: Vec<Principal> = targets
             .into_iter()
             .filter(|(_, subscriber)| !subscriber.connection.is_closed())
             .map(|(_, subscriber)| subscriber.principal)
             .collect();
-        principals.into_iter().collect()
+        principals.sort_unstable();
+        principals.dedup();
+        principals
     }
 }
 

@@ -591,20 +591,33 @@ impl<R: Router> Session<R> {
     ) -> Result<(Taken, Issued), Refused> {
         let now = now_ms();
         let grants = &self.context.grants;
+        // Each channel's recipients are looked up once, however many of the publish's
+        // requests go there.
+        let mut recipients: HashMap<&Channel, Arc<[Principal]>> = HashMap::new();
         for (channel, _) in &checked.groups {
-            if channel.tokens().next() == Some(DIRECT_PREFIX)
-                && self.context.router.subscribers(channel).await.is_empty()
-            {
-                return Err(Refused::new(
-                    RefusalCode::NoRecipient,
-                    format!("nobody is subscribed to the direct channel `{channel}`"),
-                ));
+            if channel.tokens().next() == Some(DIRECT_PREFIX) {
+                let found = self.context.router.subscribers(channel).await;
+                if found.is_empty() {
+                    return Err(Refused::new(
+                        RefusalCode::NoRecipient,
+                        format!("nobody is subscribed to the direct channel `{channel}`"),
+                    ));
+                }
+                recipients.insert(channel, found.into());
             }
         }
         // Every grant of the publish, or none: it is refused whole.
         let mut issues = Vec::with_capacity(checked.requests.len());
         for (channel, reply_to, expires_at_ms) in &checked.requests {
-            let grantees = self.context.router.subscribers(channel).await;
+            let grantees = match recipients.get(channel) {
+                Some(grantees) => grantees.clone(),
+                None => {
+                    let found: Arc<[Principal]> =
+                        self.context.router.subscribers(channel).await.into();
+                    recipients.insert(channel, found.clone());
+                    found
+                }
+            };
             issues.push((reply_to.clone(), grantees, *expires_at_ms));
         }
         // All the publish's grants or none: it is refused whole, and a reply it carried may
@@ -749,14 +762,14 @@ impl<R: Router> Session<R> {
         let headers: Vec<Header<'_>> = batches
             .iter()
             .flat_map(|batch| {
-                let channel = batch.channel().as_str();
+                let channel = batch.channel();
                 // A reply of a batch of replies is numbered on its own channel here, as when
                 // it goes alone: each responder session's epochs would otherwise compete for
                 // the root's few windows (receivers keep the root's, PROTOCOL.md §7).
-                batch.envelopes().iter().map(move |e| {
-                    let on = e.channel().map_or(channel, Channel::as_str);
-                    (on, e.epoch(), e.seq())
-                })
+                batch
+                    .envelopes()
+                    .iter()
+                    .map(move |e| (e.channel().unwrap_or(channel), e.epoch(), e.seq()))
             })
             .collect();
         if let Err(replay) = replay::check_and_record(&self.replay, &headers) {
@@ -2085,6 +2098,56 @@ mod tests {
         );
         assert!(alice.rx.try_recv().is_err());
         assert_eq!(hub.context.stats.snapshot().denials, 3);
+    }
+
+    /// Requests to two targets in one publish: each target may answer only its own.
+    #[tokio::test]
+    async fn requests_to_several_targets_in_one_publish_grant_each_its_own_reply() {
+        let mut hub = hub(SHOP_REQUESTS);
+        let mut alice = hub.connect(agent("shop", "alice"));
+        let mut bob = hub.connect(agent("shop", "bob"));
+        let mut carol = hub.connect(agent("shop", "carol"));
+        assert_eq!(alice.subscribe(1, "_reply.shop.alice.>").await, ack(1));
+        assert_eq!(bob.subscribe(1, "_direct.shop.bob").await, ack(1));
+        assert_eq!(carol.subscribe(1, "_direct.shop.carol").await, ack(1));
+        let now = now_ms();
+        let (r1, r2) = (
+            Channel::parse("_reply.shop.alice.r1").unwrap(),
+            Channel::parse("_reply.shop.alice.r2").unwrap(),
+        );
+        let mut to_bob = alice.sealer_at("_direct.shop.bob", now);
+        let mut to_carol = alice.sealer_at("_direct.shop.carol", now);
+        let requests = vec![
+            to_bob.seal_batch(&[b"ping"], Some(&r1), now).unwrap(),
+            to_carol.seal_batch(&[b"ping"], Some(&r2), now).unwrap(),
+            to_bob.seal_batch(&[b"ping"], Some(&r1), now).unwrap(),
+        ];
+        assert_eq!(alice.publish(2, requests).await, ack(2));
+        assert!(is_deliver(&bob.next()));
+        assert!(is_deliver(&carol.next()));
+
+        let (mut bob_r1, mut bob_r2) = (
+            bob.sealer_at("_reply.shop.alice.r1", now),
+            bob.sealer_at("_reply.shop.alice.r2", now),
+        );
+        let (mut carol_r1, mut carol_r2) = (
+            carol.sealer_at("_reply.shop.alice.r1", now),
+            carol.sealer_at("_reply.shop.alice.r2", now),
+        );
+        let wrong = bob_r2.seal_batch(&[b"pong"], None, now).unwrap();
+        assert_eq!(
+            refusal(bob.publish(2, vec![wrong]).await),
+            (2, Some(RefusalCode::Denied))
+        );
+        let wrong = carol_r1.seal_batch(&[b"pong"], None, now).unwrap();
+        assert_eq!(
+            refusal(carol.publish(2, vec![wrong]).await),
+            (2, Some(RefusalCode::Denied))
+        );
+        let right = bob_r1.seal_batch(&[b"pong"], None, now).unwrap();
+        assert_eq!(bob.publish(3, vec![right]).await, ack(3));
+        let right = carol_r2.seal_batch(&[b"pong"], None, now).unwrap();
+        assert_eq!(carol.publish(3, vec![right]).await, ack(3));
     }
 
     #[tokio::test]

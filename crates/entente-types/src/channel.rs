@@ -145,6 +145,14 @@ impl TryFrom<String> for Channel {
     }
 }
 
+/// A channel compares, orders and hashes as its name does, so maps keyed by channels can be
+/// looked up by name.
+impl std::borrow::Borrow<str> for Channel {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -329,24 +337,59 @@ fn is_token_char(ch: char) -> bool {
     ch.is_ascii_alphanumeric() || matches!(ch, '_' | ':' | '-')
 }
 
-/// The usual name, in one pass over its bytes: non-empty tokens of token characters, at most
-/// [`MAX_TOKENS`] of them. `false` leaves the verdict (and the error) to [`validate`]'s
-/// token-by-token checks.
+/// [`BYTE_CLASS`] of a byte that may not be in a name (or starts a wildcard).
+const OTHER: u8 = 0;
+/// [`BYTE_CLASS`] of a token character.
+const TOKEN_CHAR: u8 = 1;
+/// [`BYTE_CLASS`] of the separator `.`.
+const SEPARATOR: u8 = 2;
+
+/// Each byte's class, looked up rather than compared: names are checked wherever they arrive
+/// (every request's `reply_to` at the hub and at its receiver), a byte at a time.
+static BYTE_CLASS: [u8; 256] = {
+    let mut classes = [OTHER; 256];
+    let mut byte = 0;
+    while byte < classes.len() {
+        // `byte` < 256: the cast is exact.
+        let ch = byte as u8;
+        #[expect(
+            clippy::indexing_slicing,
+            reason = "a constant: an index out of bounds fails the build"
+        )]
+        if ch == b'.' {
+            classes[byte] = SEPARATOR;
+        } else if ch.is_ascii_alphanumeric() || matches!(ch, b'_' | b':' | b'-') {
+            classes[byte] = TOKEN_CHAR;
+        }
+        byte += 1;
+    }
+    classes
+};
+
+/// Whether `token` is one token: non-empty, of token characters only.
+pub(crate) fn is_plain_token(token: &str) -> bool {
+    !token.is_empty()
+        && token
+            .bytes()
+            .all(|byte| BYTE_CLASS.get(usize::from(byte)) == Some(&TOKEN_CHAR))
+}
+
+/// The usual name, in one pass over its bytes without a branch per byte: non-empty tokens of
+/// token characters, at most [`MAX_TOKENS`] of them. `false` leaves the verdict (and the
+/// error) to [`validate`]'s token-by-token checks.
 fn is_plain_literal(s: &str) -> bool {
     let mut dots = 0usize;
-    let mut previous = b'.';
+    let mut other = false;
+    let mut empty_token = false;
+    let mut previous = SEPARATOR;
     for &byte in s.as_bytes() {
-        if byte == b'.' {
-            if previous == b'.' {
-                return false;
-            }
-            dots += 1;
-        } else if !is_token_char(char::from(byte)) {
-            return false;
-        }
-        previous = byte;
+        let class = BYTE_CLASS.get(usize::from(byte)).copied().unwrap_or(OTHER);
+        other |= class == OTHER;
+        empty_token |= class == SEPARATOR && previous == SEPARATOR;
+        dots += usize::from(class == SEPARATOR);
+        previous = class;
     }
-    previous != b'.' && dots < MAX_TOKENS
+    !other && !empty_token && previous != SEPARATOR && dots < MAX_TOKENS
 }
 
 #[cfg(test)]
@@ -570,6 +613,30 @@ mod tests {
         ];
         for &(p, c, expected) in table {
             assert_eq!(pat(p).matches(&ch(c)), expected, "`{p}` vs `{c}`");
+        }
+    }
+
+    /// The byte table says what the character checks say, for every byte, and the one-pass
+    /// check agrees with the token-by-token one on a name holding any ASCII character.
+    #[test]
+    fn every_byte_is_classed_as_the_character_checks_class_it() {
+        for byte in 0..=u8::MAX {
+            let expected = if byte == b'.' {
+                SEPARATOR
+            } else if is_token_char(char::from(byte)) {
+                TOKEN_CHAR
+            } else {
+                OTHER
+            };
+            assert_eq!(BYTE_CLASS[usize::from(byte)], expected, "byte {byte:#04x}");
+        }
+        for ch in (0..=0x7f_u8).map(char::from) {
+            let name = format!("a{ch}b");
+            assert_eq!(
+                is_plain_literal(&name),
+                validate_tokens(&name, Wildcards::Reject) == Ok(true),
+                "{name:?}"
+            );
         }
     }
 

@@ -31,7 +31,7 @@
 
 use std::cell::RefCell;
 
-use crate::channel::MAX_CHANNEL_LEN;
+use crate::channel::{MAX_CHANNEL_LEN, is_plain_token};
 use crate::{Channel, ChannelError, ChannelPattern, Principal};
 
 /// First token of a direct channel.
@@ -59,6 +59,57 @@ pub fn reply_channel(principal: &Principal, token: &str) -> Result<Channel, Chan
         return Err(ChannelError::InvalidChar { ch: '.' });
     }
     with_owned_name(REPLY_PREFIX, principal, Some(token), Channel::parse)
+}
+
+/// A principal's reply namespace with its root's name put together once: a requester draws
+/// a reply channel under it for every request, and only the token is then looked at.
+///
+/// ```
+/// use entente_types::{namespace::{self, ReplyNamespace}, Principal};
+///
+/// let alice = Principal::parse("spiffe://example.org/agent/shop/alice")?;
+/// let replies = ReplyNamespace::of(&alice);
+/// assert_eq!(replies.channel("r1f3")?, namespace::reply_channel(&alice, "r1f3")?);
+/// assert!(replies.channel("r1.f3").is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyNamespace {
+    /// The root and a dot: `_reply.S.N.` or `_reply.human:N.`.
+    prefix: String,
+}
+
+impl ReplyNamespace {
+    /// The reply namespace of `principal`.
+    pub fn of(principal: &Principal) -> Self {
+        Self {
+            prefix: owned_name(REPLY_PREFIX, principal, Some("")),
+        }
+    }
+
+    /// What [`reply_channel`] makes of this namespace's principal and `token`, the same
+    /// channel or the same error.
+    pub fn channel(&self, token: &str) -> Result<Channel, ChannelError> {
+        let len = self.prefix.len() + token.len();
+        let mut name = [0u8; MAX_CHANNEL_LEN];
+        if is_plain_token(token)
+            && let Some((start, end)) = name
+                .get_mut(..len)
+                .and_then(|whole| whole.split_at_mut_checked(self.prefix.len()))
+        {
+            start.copy_from_slice(self.prefix.as_bytes());
+            end.copy_from_slice(token.as_bytes());
+            // Both parts are ASCII: a token's characters and the prefix's (a valid name's).
+            if let Some(Ok(name)) = name.get(..len).map(std::str::from_utf8) {
+                return Ok(Channel::from_valid(name));
+            }
+        }
+        // Anything else is what the whole name's checks make of it.
+        if token.contains('.') {
+            return Err(ChannelError::InvalidChar { ch: '.' });
+        }
+        Channel::parse(&format!("{}{token}", self.prefix))
+    }
 }
 
 /// The root of the principal's reply namespace, `_reply.S.N` or `_reply.human:N`: not a reply
@@ -247,6 +298,53 @@ mod tests {
 
     fn c(s: &str) -> Channel {
         Channel::parse(s).unwrap()
+    }
+
+    /// A reply namespace kept makes the channel, or the error, that the principal and the
+    /// token make: for agents and humans, tokens of every kind, at and past the length limit.
+    #[test]
+    fn a_reply_namespace_makes_what_the_principal_makes() {
+        for principal in [
+            p("spiffe://example.org/agent/shop/alice"),
+            p("spiffe://example.org/human/ops"),
+        ] {
+            let replies = ReplyNamespace::of(&principal);
+            let room = MAX_CHANNEL_LEN - reply_root(&principal).as_str().len() - 1;
+            let tokens = [
+                "r1f3".to_owned(),
+                "A-b_c:9".to_owned(),
+                String::new(),
+                "a.b".to_owned(),
+                ".".to_owned(),
+                "*".to_owned(),
+                ">".to_owned(),
+                "a b".to_owned(),
+                "é".to_owned(),
+                "t".repeat(room),
+                "t".repeat(room + 1),
+                format!("{}.", "t".repeat(room)),
+            ];
+            for token in &tokens {
+                assert_eq!(
+                    replies.channel(token),
+                    reply_channel(&principal, token),
+                    "{principal} {token:?}"
+                );
+            }
+            assert!(replies.channel(&"t".repeat(room)).is_ok());
+            assert!(replies.channel(&"t".repeat(room + 1)).is_err());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_reply_namespace_agrees_on_any_token(token in "[a-z0-9._*> é:-]{0,12}") {
+            let alice = p("spiffe://example.org/agent/shop/alice");
+            proptest::prop_assert_eq!(
+                ReplyNamespace::of(&alice).channel(&token),
+                reply_channel(&alice, &token)
+            );
+        }
     }
 
     /// A token too long for any channel is refused as before, and the thread's buffer does
