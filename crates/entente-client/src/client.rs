@@ -27,7 +27,7 @@ use std::collections::hash_map::Entry;
 use std::future::Future;
 use std::mem;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -132,8 +132,21 @@ struct Inner {
     /// Whether the session subscribed to this principal's reply namespace (on the first
     /// request).
     replies: tokio::sync::Mutex<bool>,
+    /// Set once it did: later requests look here, not at the lock.
+    listening: AtomicBool,
     /// This principal's reply namespace, where each request draws its reply channel.
     reply_namespace: ReplyNamespace,
+    /// The last target of a direct message or request, with its channel and recipients: a
+    /// requester mostly asks the same target again.
+    last_direct: Mutex<Option<Direct>>,
+}
+
+/// Where a direct message to one target goes, and who may open it.
+#[derive(Debug)]
+struct Direct {
+    bundle: VerifiedKeyBundle,
+    channel: Channel,
+    recipients: Arc<Recipients>,
 }
 
 /// What the handles and the tasks share.
@@ -338,6 +351,8 @@ impl Client {
                 transport,
                 members: tokio::sync::Mutex::new(HashMap::new()),
                 replies: tokio::sync::Mutex::new(false),
+                listening: AtomicBool::new(false),
+                last_direct: Mutex::new(None),
                 reply_namespace,
             }),
         })
@@ -1274,15 +1289,38 @@ impl Client {
         deadline: tokio::time::Instant,
     ) -> Result<PublishAck, Error> {
         let bundle = self.key_bundle(target).await?;
-        let recipients = Arc::new(Recipients::exactly(vec![bundle]));
-        let channel = namespace::direct_channel(target);
+        let (channel, recipients) = self.direct_to(bundle);
         self.queue(channel, payload, recipients, reply_to, None, deadline)
             .await
+    }
+
+    /// The direct channel of `bundle`'s principal and the recipients of a message there:
+    /// those of the last target kept, while its bundle is the same.
+    fn direct_to(&self, bundle: VerifiedKeyBundle) -> (Channel, Arc<Recipients>) {
+        let mut last = self
+            .inner
+            .last_direct
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(last) = last.as_ref().filter(|last| last.bundle == bundle) {
+            return (last.channel.clone(), last.recipients.clone());
+        }
+        let channel = namespace::direct_channel(bundle.principal());
+        let recipients = Arc::new(Recipients::exactly(vec![bundle.clone()]));
+        *last = Some(Direct {
+            bundle,
+            channel: channel.clone(),
+            recipients: recipients.clone(),
+        });
+        (channel, recipients)
     }
 
     /// Subscribes to this principal's reply namespace, once per session: the reader hands
     /// what arrives there to the waiting requests ([`hand_reply`]).
     async fn listen_for_replies(&self) -> Result<(), Error> {
+        if self.inner.listening.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let mut listening = self.inner.replies.lock().await;
         if !*listening {
             let pattern = namespace::reply_pattern(self.principal());
@@ -1290,6 +1328,7 @@ impl Client {
             // for this subscription: its queue's receiver is not needed.
             Box::pin(self.open_subscription(&pattern, None, true)).await?;
             *listening = true;
+            self.inner.listening.store(true, Ordering::Release);
         }
         Ok(())
     }

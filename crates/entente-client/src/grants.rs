@@ -495,7 +495,7 @@ pub fn held_hash(held: &HeldMessage) -> Result<[u8; 32], Error> {
     if !envelope.channel.is_empty() {
         return Err(protocol("the envelope shown names a channel of its own"));
     }
-    let id = MessageId::from_slice(&envelope.message_id)
+    let id = MessageId::from_slice(envelope.message_id.as_slice())
         .map_err(|e| protocol(&format!("message id: {e}")))?;
     if id.to_string() != held.message_id {
         return Err(protocol("the envelope shown is another message"));

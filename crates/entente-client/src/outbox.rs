@@ -455,29 +455,29 @@ impl Outbox {
 /// reached. `reply_to` is each envelope's own, so requests with different reply channels share
 /// a batch and its signature, and so do replies to one requester.
 fn runs<T>(messages: Vec<Outgoing<T>>, options: &OutboxOptions) -> Vec<Vec<Outgoing<T>>> {
-    let mut by_channel: Vec<(Option<Channel>, Vec<Outgoing<T>>)> = Vec::new();
+    // Each group with whether it is one of replies (its root the start of its channels' names).
+    let mut by_channel: Vec<(bool, Vec<Outgoing<T>>)> = Vec::new();
     for m in messages {
         let root = if options.reply_batches {
-            namespace::reply_root_of(&m.channel)
+            namespace::reply_root_name(&m.channel)
         } else {
             None
         };
+        let replies = root.is_some();
         // Most often the group of the message before: look there first.
-        let group = by_channel
-            .iter_mut()
-            .rev()
-            .find(|(r, group)| match (&root, r) {
-                (Some(root), Some(r)) => root == r,
-                (None, None) => group.first().is_some_and(|g| g.channel == m.channel),
-                _ => false,
-            });
-        match group {
+        let group = by_channel.iter().rposition(|(r, group)| {
+            group.first().is_some_and(|first| match root {
+                Some(root) => *r && namespace::reply_root_name(&first.channel) == Some(root),
+                None => !*r && first.channel == m.channel,
+            })
+        });
+        match group.and_then(|at| by_channel.get_mut(at)) {
             Some((_, group)) => group.push(m),
-            None => by_channel.push((root, vec![m])),
+            None => by_channel.push((replies, vec![m])),
         }
     }
     let mut runs = Vec::new();
-    for (root, group) in by_channel {
+    for (replies, group) in by_channel {
         let mut run: Vec<Outgoing<T>> = Vec::new();
         let mut bytes = 0usize;
         for m in group {
@@ -504,7 +504,7 @@ fn runs<T>(messages: Vec<Outgoing<T>>, options: &OutboxOptions) -> Vec<Vec<Outgo
                     && !m.alone
                     && run.len() < limit
                     && bytes.saturating_add(m.payload.len()) <= options.batch_max_bytes
-                    && (root.is_none() || shape())
+                    && (!replies || shape())
             });
             if !fits && !run.is_empty() {
                 runs.push(std::mem::take(&mut run));
@@ -860,7 +860,7 @@ pub(crate) mod tests {
             .iter()
             .map(|(_, publish, tickets)| {
                 let batch = &publish.batches[0];
-                let named = batch.envelopes.iter().map(|e| e.channel.as_str()).collect();
+                let named = batch.envelopes.iter().map(|e| &*e.channel).collect();
                 (batch.channel.as_str(), named, tickets.clone())
             })
             .collect();
@@ -895,7 +895,7 @@ pub(crate) mod tests {
                 .into_iter()
                 .map(|(_, p, _)| {
                     let b = &p.batches[0];
-                    let named = b.envelopes.iter().map(|e| e.channel.clone()).collect();
+                    let named = b.envelopes.iter().map(|e| e.channel.to_string()).collect();
                     (b.channel.clone(), named)
                 })
                 .collect()
@@ -975,7 +975,7 @@ pub(crate) mod tests {
             p.batches[0]
                 .envelopes
                 .iter()
-                .map(|e| e.reply_to.clone())
+                .map(|e| e.reply_to.to_string())
                 .collect::<Vec<_>>()
         };
         assert_eq!(

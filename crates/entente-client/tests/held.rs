@@ -180,12 +180,12 @@ fn a_held_envelope_naming_its_own_channel_is_refused() {
     let envelope = entente_wire::Envelope {
         epoch: 1,
         seq: 0,
-        message_id: id.as_bytes().to_vec(),
+        message_id: (*id.as_bytes()).into(),
         issued_at_ms: 1_800_000_000_000,
         expires_at_ms: 1_800_000_060_000,
-        reply_to: String::new(),
+        reply_to: Default::default(),
         ciphertext: vec![9; 32],
-        channel: String::new(),
+        channel: Default::default(),
     };
     let held = |envelope: entente_wire::Envelope| entente_client::HeldMessage {
         message_id: id.to_string(),
@@ -202,7 +202,7 @@ fn a_held_envelope_naming_its_own_channel_is_refused() {
     };
     entente_client::held_hash(&held(envelope.clone())).unwrap();
     let renamed = entente_wire::Envelope {
-        channel: "orders.wire.x".to_owned(),
+        channel: "orders.wire.x".into(),
         ..envelope
     };
     let err = entente_client::held_hash(&held(renamed)).unwrap_err();

@@ -437,16 +437,16 @@ impl Sealer {
         let mut envelope = wire::Envelope {
             epoch: self.epoch,
             seq,
-            message_id: message_id.as_bytes().to_vec(),
+            message_id: (*message_id.as_bytes()).into(),
             issued_at_ms: now_ms,
             expires_at_ms: now_ms.saturating_add(self.options.message_ttl_ms),
-            reply_to: reply_to.map(|c| c.as_str().to_owned()).unwrap_or_default(),
+            reply_to: reply_to.map(Channel::to_shared).unwrap_or_default(),
             ciphertext: Vec::with_capacity(payload.len() + TAG_LEN),
-            channel: String::new(),
+            channel: Arc::default(),
         };
         let channel = target.unwrap_or(&self.channel);
         if named {
-            channel.as_str().clone_into(&mut envelope.channel);
+            envelope.channel = channel.to_shared();
         }
         write_aad(
             &mut self.scratch,
@@ -715,17 +715,17 @@ impl EnvelopeIn {
         let reply_to = if e.reply_to.is_empty() {
             None
         } else {
-            Some(Channel::parse(&e.reply_to)?)
+            Some(Channel::from_shared(e.reply_to)?)
         };
         let channel = if e.channel.is_empty() {
             None
         } else {
-            Some(Channel::parse(&e.channel)?)
+            Some(Channel::from_shared(e.channel)?)
         };
         Ok(Self {
             epoch: e.epoch,
             seq: e.seq,
-            message_id: MessageId::from_slice(&e.message_id)?,
+            message_id: MessageId::from_slice(e.message_id.as_slice())?,
             issued_at_ms: e.issued_at_ms,
             expires_at_ms: e.expires_at_ms,
             reply_to,
@@ -738,19 +738,19 @@ impl EnvelopeIn {
         wire::Envelope {
             epoch: self.epoch,
             seq: self.seq,
-            message_id: self.message_id.as_bytes().to_vec(),
+            message_id: (*self.message_id.as_bytes()).into(),
             issued_at_ms: self.issued_at_ms,
             expires_at_ms: self.expires_at_ms,
             reply_to: self
                 .reply_to
                 .as_ref()
-                .map(|c| c.as_str().to_owned())
+                .map(Channel::to_shared)
                 .unwrap_or_default(),
             ciphertext: self.ciphertext.clone(),
             channel: self
                 .channel
                 .as_ref()
-                .map(|c| c.as_str().to_owned())
+                .map(Channel::to_shared)
                 .unwrap_or_default(),
         }
     }
@@ -1251,7 +1251,7 @@ fn write_aad(c: &mut Canon, sender: &str, channel: &str, e: &wire::Envelope) {
         },
         e.epoch,
         e.seq,
-        &e.message_id,
+        e.message_id.as_slice(),
         e.issued_at_ms,
         e.expires_at_ms,
         &e.reply_to,

@@ -917,7 +917,7 @@ fn replies_to_one_requester_share_one_signed_batch_on_its_reply_namespace_root()
         .unwrap();
     // One signature on the root; each envelope names its reply channel.
     assert_eq!(batch.channel, "_reply.ops.alice");
-    let named: Vec<&str> = batch.envelopes.iter().map(|e| e.channel.as_str()).collect();
+    let named: Vec<&str> = batch.envelopes.iter().map(|e| &*e.channel).collect();
     assert_eq!(named, [r1.as_str(), r2.as_str(), r3.as_str()]);
     let parsed = SignedBatchIn::from_wire(batch.clone()).unwrap();
     assert!(parsed.is_replies());
@@ -948,14 +948,14 @@ fn replies_to_one_requester_share_one_signed_batch_on_its_reply_namespace_root()
     // An envelope moved to another reply channel, or two swapped: the signature covers each
     // envelope's channel.
     let mut moved = batch.clone();
-    moved.envelopes[0].channel = "_reply.ops.alice.r9".to_owned();
+    moved.envelopes[0].channel = "_reply.ops.alice.r9".into();
     assert_eq!(
         open_from(&bob, &mut opener, moved).unwrap_err(),
         OpenError::BadBatchSignature
     );
     let mut swapped = batch.clone();
-    swapped.envelopes[0].channel = r2.as_str().to_owned();
-    swapped.envelopes[1].channel = r1.as_str().to_owned();
+    swapped.envelopes[0].channel = r2.as_str().into();
+    swapped.envelopes[1].channel = r1.as_str().into();
     assert_eq!(
         open_from(&bob, &mut opener, swapped).unwrap_err(),
         OpenError::BadBatchSignature
@@ -964,12 +964,12 @@ fn replies_to_one_requester_share_one_signed_batch_on_its_reply_namespace_root()
     // Malformed: an envelope without its channel, one outside the root, a channel named in a
     // batch that is not on a root.
     let mut unnamed = batch.clone();
-    unnamed.envelopes[2].channel.clear();
+    unnamed.envelopes[2].channel = "".into();
     let mut outside = batch.clone();
-    outside.envelopes[2].channel = "_reply.ops.carol.r1".to_owned();
+    outside.envelopes[2].channel = "_reply.ops.carol.r1".into();
     let (mut plain, _) = bob.sealer("orders.eu", &[&alice]);
     let mut named_plain = plain.seal_batch(&[b"x"], None, NOW).unwrap();
-    named_plain.envelopes[0].channel = "orders.eu".to_owned();
+    named_plain.envelopes[0].channel = "orders.eu".into();
     for bad in [unnamed, outside, named_plain] {
         assert!(
             matches!(

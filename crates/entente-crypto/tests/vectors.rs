@@ -210,12 +210,12 @@ impl EnvelopeCase {
         wire::Envelope {
             epoch,
             seq: self.seq,
-            message_id: self.message_id.to_vec(),
+            message_id: entente_wire::IdBytes::new(&self.message_id),
             issued_at_ms: self.issued_at_ms,
             expires_at_ms: self.expires_at_ms,
-            reply_to: self.reply_to.clone(),
+            reply_to: self.reply_to.as_str().into(),
             ciphertext: Vec::new(),
-            channel: String::new(),
+            channel: Default::default(),
         }
     }
 
@@ -302,7 +302,7 @@ struct ReplyCase {
 impl ReplyCase {
     fn sealed(&self, epoch: u64) -> wire::Envelope {
         wire::Envelope {
-            channel: self.channel.clone(),
+            channel: self.channel.as_str().into(),
             ..self.envelope.sealed(epoch)
         }
     }
@@ -521,12 +521,12 @@ fn envelope_vector() -> EnvelopeVector {
             let mut e = wire::Envelope {
                 epoch: EPOCH,
                 seq,
-                message_id: id.as_bytes().to_vec(),
+                message_id: (*id.as_bytes()).into(),
                 issued_at_ms,
                 expires_at_ms: issued_at_ms + MESSAGE_TTL_MS,
-                reply_to: reply_to.to_owned(),
+                reply_to: reply_to.into(),
                 ciphertext: Vec::new(),
-                channel: String::new(),
+                channel: Default::default(),
             };
             let aad = envelope_aad(ALICE, CHANNEL, &e);
             danger::danger_seal_with_secret(&secret, ALICE, CHANNEL, CHANNEL, &mut e, &payload)
@@ -534,10 +534,10 @@ fn envelope_vector() -> EnvelopeVector {
             EnvelopeCase {
                 description: description.into(),
                 seq,
-                message_id: Hex(e.message_id.clone()),
+                message_id: Hex(e.message_id.as_slice().to_vec()),
                 issued_at_ms,
                 expires_at_ms: e.expires_at_ms,
-                reply_to: e.reply_to.clone(),
+                reply_to: e.reply_to.to_string(),
                 payload: Hex(payload),
                 nonce: Hex::of(spec::nonce(&iv, seq)),
                 aad: Hex(aad),
@@ -705,25 +705,25 @@ fn reply_batch_vector(ca: &CaKey, sender: Party, recipient: Party) -> ReplyBatch
             let mut e = wire::Envelope {
                 epoch: EPOCH,
                 seq,
-                message_id: id.as_bytes().to_vec(),
+                message_id: (*id.as_bytes()).into(),
                 issued_at_ms,
                 expires_at_ms: issued_at_ms + MESSAGE_TTL_MS,
-                reply_to: reply_to.to_owned(),
+                reply_to: reply_to.into(),
                 ciphertext: Vec::new(),
-                channel: channel.to_owned(),
+                channel: channel.into(),
             };
             let aad = envelope_aad(ALICE, channel, &e);
             danger::danger_seal_with_secret(&secret, ALICE, BOB_ROOT, channel, &mut e, payload)
                 .unwrap();
             ReplyCase {
-                channel: channel.to_owned(),
+                channel: channel.into(),
                 envelope: EnvelopeCase {
                     description: description.into(),
                     seq,
-                    message_id: Hex(e.message_id.clone()),
+                    message_id: Hex(e.message_id.as_slice().to_vec()),
                     issued_at_ms,
                     expires_at_ms: e.expires_at_ms,
-                    reply_to: e.reply_to.clone(),
+                    reply_to: e.reply_to.to_string(),
                     payload: Hex::of(payload),
                     nonce: Hex::of(spec::nonce(&iv, seq)),
                     aad: Hex(aad),
@@ -1265,7 +1265,7 @@ fn reply_batch_vector_keys_ciphertexts_and_signature() {
     let batch: wire::SignedBatch = wire::decode(&b.encoded, &limits()).unwrap();
     assert_eq!(wire::encode(&batch), &*b.encoded);
     assert_eq!(batch.channel, v.root);
-    let named: Vec<&str> = batch.envelopes.iter().map(|e| e.channel.as_str()).collect();
+    let named: Vec<&str> = batch.envelopes.iter().map(|e| &*e.channel).collect();
     let want: Vec<&str> = v.replies.iter().map(|r| r.channel.as_str()).collect();
     assert_eq!(named, want);
     for (e, hash) in batch.envelopes.iter().zip(&b.envelope_hashes) {
@@ -1643,7 +1643,7 @@ mod spec {
             .str(channel)
             .u64(e.epoch)
             .u64(e.seq)
-            .bytes(&e.message_id)
+            .bytes(e.message_id.as_slice())
             .u64(e.issued_at_ms)
             .u64(e.expires_at_ms)
             .str(&e.reply_to)
@@ -1666,7 +1666,7 @@ mod spec {
             // §4.2, §5.5: an envelope of a batch of replies is on the channel it names.
             .flat_map(|e| {
                 let channel = if e.channel.is_empty() {
-                    &b.channel
+                    b.channel.as_str()
                 } else {
                     &e.channel
                 };

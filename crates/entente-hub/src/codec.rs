@@ -292,12 +292,12 @@ mod tests {
             envelopes: vec![Envelope {
                 epoch: 1,
                 seq: 2,
-                message_id: vec![7; 16],
+                message_id: [7; 16].into(),
                 issued_at_ms: 5,
                 expires_at_ms: 6,
-                reply_to: String::new(),
+                reply_to: Default::default(),
                 ciphertext: vec![9; 40],
-                channel: String::new(),
+                channel: Default::default(),
             }],
             signature: vec![1; 64],
         }

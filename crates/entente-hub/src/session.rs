@@ -893,7 +893,7 @@ impl<R: Router> Session<R> {
         let [envelope] = batch.envelopes.as_slice() else {
             return Err(refuse("publish one message per batch and per frame on it"));
         };
-        let id = MessageId::from_slice(&envelope.message_id)
+        let id = MessageId::from_slice(envelope.message_id.as_slice())
             .map_err(|e| Refused::new(RefusalCode::Malformed, format!("message id: {e}")))?;
         let mut body = group.sender_keys;
         body.extend_from_slice(&group.batches);
@@ -1284,7 +1284,7 @@ impl<R: Router> Session<R> {
         // The structure first, then what may refuse it, then the grants under one lock.
         let mut channels: Vec<Channel> = Vec::with_capacity(batch.envelopes.len());
         for envelope in &batch.envelopes {
-            let channel = Channel::parse(&envelope.channel)
+            let channel = Channel::from_shared(envelope.channel.clone())
                 .ok()
                 .filter(|c| namespace::is_reply_channel_under(&root, c))
                 .ok_or_else(|| {
@@ -2200,7 +2200,7 @@ mod tests {
         assert_eq!(refusal(answer), (3, Some(RefusalCode::Malformed)));
         // An envelope on a channel outside the root: malformed.
         let mut outside = batch_of(&mut bobs, &[&r1, &r2]);
-        outside.envelopes[1].channel = "_reply.shop.carol.r2".to_owned();
+        outside.envelopes[1].channel = "_reply.shop.carol.r2".into();
         let answer = bob
             .publish_with_keys(3, vec![key.clone()], vec![outside])
             .await;

@@ -98,6 +98,18 @@ impl Channel {
         Self::parse(s)
     }
 
+    /// Validates a concrete channel name already shared (as decoded from the wire), and makes
+    /// it the channel's: no copy.
+    pub fn from_shared(name: Arc<str>) -> Result<Self, ChannelError> {
+        validate(&name, Wildcards::Reject)?;
+        Ok(Self(name))
+    }
+
+    /// The name, shared: to send it as is.
+    pub fn to_shared(&self) -> Arc<str> {
+        self.0.clone()
+    }
+
     /// A name this crate built from validated parts (see [`crate::namespace`]).
     pub(crate) fn from_valid(s: &str) -> Self {
         debug_assert!(validate(s, Wildcards::Reject).is_ok(), "{s}");
@@ -613,6 +625,22 @@ mod tests {
         ];
         for &(p, c, expected) in table {
             assert_eq!(pat(p).matches(&ch(c)), expected, "`{p}` vs `{c}`");
+        }
+    }
+
+    /// A shared name is checked as `parse` checks it, and kept, not copied.
+    #[test]
+    fn a_shared_name_is_checked_and_kept() {
+        let name: Arc<str> = Arc::from("_reply.shop.alice.r1");
+        let channel = Channel::from_shared(name.clone()).unwrap();
+        assert!(Arc::ptr_eq(&channel.to_shared(), &name));
+        assert_eq!(channel, Channel::parse("_reply.shop.alice.r1").unwrap());
+        for bad in ["", "a..b", "a.*", "a.>", "a b", "é"] {
+            assert_eq!(
+                Channel::from_shared(Arc::from(bad)).unwrap_err(),
+                Channel::parse(bad).unwrap_err(),
+                "{bad:?}"
+            );
         }
     }
 

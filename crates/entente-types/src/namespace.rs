@@ -137,9 +137,10 @@ pub fn is_reply_channel_under(root: &Channel, channel: &Channel) -> bool {
     reply_root_name(channel) == Some(root.as_str())
 }
 
-/// The name of [`reply_root_of`]: the start of `channel`'s own name. One scan of the owner's
-/// tokens: the SDK and the hub ask this several times for each reply.
-fn reply_root_name(channel: &Channel) -> Option<&str> {
+/// The name of [`reply_root_of`]: the start of `channel`'s own name, without building the
+/// root. One scan of the owner's tokens: the SDK and the hub ask this several times for each
+/// reply.
+pub fn reply_root_name(channel: &Channel) -> Option<&str> {
     let name = channel.as_str();
     let owner = after_prefix(name, REPLY_PREFIX)?;
     let owner_tokens = if owner.starts_with(HUMAN_OWNER_PREFIX) {

@@ -4,6 +4,10 @@
 //! The `.proto` file is the reference for field numbers; `tests::field_numbers_match_proto`
 //! checks that every field declared there is declared here with the same number.
 
+use std::sync::Arc;
+
+use crate::MAX_KEY_BYTES;
+
 /// A CA-signed binding of a principal to its message keys.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct KeyBundle {
@@ -41,8 +45,9 @@ pub struct KeyBundle {
 ///
 /// Its `prost::Message` is written out rather than derived: the derive decodes a `bytes`
 /// field into a `Vec<u8>` through a `Bytes` of its own (every ciphertext allocated and copied
-/// twice on its way in), `merge_vec` here once. The encoding is the derive's (fields in number
-/// order, defaults left out).
+/// twice on its way in), `merge_vec` here once; the message ID into room of its own
+/// ([`IdBytes`]), no allocation; and the names straight into shared strings. The encoding is
+/// the derive's (fields in number order, defaults left out).
 #[derive(Clone, PartialEq, Eq, Default, Debug)]
 pub struct Envelope {
     /// Sender-key epoch.
@@ -50,23 +55,24 @@ pub struct Envelope {
     /// Sequence number, strictly increasing per (sender, channel, epoch).
     pub seq: u64,
     /// UUIDv7, 16 bytes.
-    pub message_id: Vec<u8>,
+    pub message_id: IdBytes,
     /// Unix milliseconds.
     pub issued_at_ms: u64,
     /// Unix milliseconds.
     pub expires_at_ms: u64,
-    /// Channel for replies; empty if none.
-    pub reply_to: String,
+    /// Channel for replies; empty if none. Shared: the name decoded is the channel made of it,
+    /// and the channel a sender names is sent as is.
+    pub reply_to: Arc<str>,
     /// AES-256-GCM ciphertext followed by the 16-byte tag.
     pub ciphertext: Vec<u8>,
     /// Empty, except in a batch on a reply namespace root (`_reply.S.N`), where it names this
-    /// envelope's reply channel under the root (PROTOCOL.md §5.5).
-    pub channel: String,
+    /// envelope's reply channel under the root (PROTOCOL.md §5.5). Shared, as `reply_to`.
+    pub channel: Arc<str>,
 }
 
 impl prost::Message for Envelope {
     fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
-        use prost::encoding::{bytes, string, uint64};
+        use prost::encoding::{bytes, uint64};
         if self.epoch != 0 {
             uint64::encode(1, &self.epoch, buf);
         }
@@ -74,7 +80,7 @@ impl prost::Message for Envelope {
             uint64::encode(2, &self.seq, buf);
         }
         if !self.message_id.is_empty() {
-            bytes::encode(3, &self.message_id, buf);
+            encode_bytes(3, self.message_id.as_slice(), buf);
         }
         if self.issued_at_ms != 0 {
             uint64::encode(4, &self.issued_at_ms, buf);
@@ -83,13 +89,13 @@ impl prost::Message for Envelope {
             uint64::encode(5, &self.expires_at_ms, buf);
         }
         if !self.reply_to.is_empty() {
-            string::encode(6, &self.reply_to, buf);
+            encode_bytes(6, self.reply_to.as_bytes(), buf);
         }
         if !self.ciphertext.is_empty() {
             bytes::encode(7, &self.ciphertext, buf);
         }
         if !self.channel.is_empty() {
-            string::encode(8, &self.channel, buf);
+            encode_bytes(8, self.channel.as_bytes(), buf);
         }
     }
 
@@ -100,12 +106,12 @@ impl prost::Message for Envelope {
         buf: &mut impl prost::bytes::Buf,
         ctx: prost::encoding::DecodeContext,
     ) -> Result<(), prost::DecodeError> {
-        use prost::encoding::{skip_field, string, uint64};
+        use prost::encoding::{skip_field, uint64};
         let (result, field) = match tag {
             1 => (uint64::merge(wire_type, &mut self.epoch, buf, ctx), "epoch"),
             2 => (uint64::merge(wire_type, &mut self.seq, buf, ctx), "seq"),
             3 => (
-                merge_vec(wire_type, &mut self.message_id, buf, ctx),
+                merge_id(wire_type, &mut self.message_id, buf, ctx),
                 "message_id",
             ),
             4 => (
@@ -117,7 +123,7 @@ impl prost::Message for Envelope {
                 "expires_at_ms",
             ),
             6 => (
-                string::merge(wire_type, &mut self.reply_to, buf, ctx),
+                merge_shared_str(wire_type, &mut self.reply_to, buf, ctx),
                 "reply_to",
             ),
             7 => (
@@ -125,7 +131,7 @@ impl prost::Message for Envelope {
                 "ciphertext",
             ),
             8 => (
-                string::merge(wire_type, &mut self.channel, buf, ctx),
+                merge_shared_str(wire_type, &mut self.channel, buf, ctx),
                 "channel",
             ),
             _ => return skip_field(wire_type, tag, buf, ctx),
@@ -137,7 +143,7 @@ impl prost::Message for Envelope {
     }
 
     fn encoded_len(&self) -> usize {
-        use prost::encoding::{bytes, string, uint64};
+        use prost::encoding::{bytes, uint64};
         let scalar = |tag, value: &u64| {
             if *value == 0 {
                 0
@@ -152,16 +158,21 @@ impl prost::Message for Envelope {
                 bytes::encoded_len(tag, value)
             }
         };
-        let text = |tag, value: &String| {
+        let text = |tag, value: &Arc<str>| {
             if value.is_empty() {
                 0
             } else {
-                string::encoded_len(tag, value)
+                encoded_bytes_len(tag, value.as_bytes())
             }
+        };
+        let id = if self.message_id.is_empty() {
+            0
+        } else {
+            encoded_bytes_len(3, self.message_id.as_slice())
         };
         scalar(1, &self.epoch)
             + scalar(2, &self.seq)
-            + vec(3, &self.message_id)
+            + id
             + scalar(4, &self.issued_at_ms)
             + scalar(5, &self.expires_at_ms)
             + text(6, &self.reply_to)
@@ -172,6 +183,142 @@ impl prost::Message for Envelope {
     fn clear(&mut self) {
         *self = Self::default();
     }
+}
+
+/// A message ID's bytes as they arrived, kept inline rather than in an allocation of their
+/// own: the 16 of a UUIDv7 when well formed. Anything else is kept as it came, for the
+/// receiver to refuse (inline up to [`MAX_KEY_BYTES`], the decoding bound of IDs, PROTOCOL.md
+/// §8; beyond, only where a message is decoded without that bound).
+#[derive(Clone, PartialEq, Eq)]
+pub struct IdBytes(IdRepr);
+
+#[derive(Clone, PartialEq, Eq)]
+enum IdRepr {
+    Inline { len: u8, bytes: [u8; MAX_KEY_BYTES] },
+    Long(Vec<u8>),
+}
+
+impl IdBytes {
+    /// These bytes.
+    pub fn new(bytes: &[u8]) -> Self {
+        let mut room = [0; MAX_KEY_BYTES];
+        match (room.get_mut(..bytes.len()), u8::try_from(bytes.len())) {
+            (Some(start), Ok(len)) => {
+                start.copy_from_slice(bytes);
+                Self(IdRepr::Inline { len, bytes: room })
+            }
+            _ => Self(IdRepr::Long(bytes.to_vec())),
+        }
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        match &self.0 {
+            IdRepr::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or_default(),
+            IdRepr::Long(bytes) => bytes,
+        }
+    }
+
+    /// Whether there are none (the field is absent).
+    pub fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+}
+
+impl Default for IdBytes {
+    fn default() -> Self {
+        Self::new(&[])
+    }
+}
+
+impl From<[u8; 16]> for IdBytes {
+    fn from(id: [u8; 16]) -> Self {
+        Self::new(&id)
+    }
+}
+
+impl std::fmt::Debug for IdBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+/// Decodes a `bytes` field into `value`, inline when it fits; what does not (or is malformed)
+/// goes through prost's own decoding, which says what is wrong.
+fn merge_id(
+    wire_type: prost::encoding::WireType,
+    value: &mut IdBytes,
+    buf: &mut impl prost::bytes::Buf,
+    ctx: prost::encoding::DecodeContext,
+) -> Result<(), prost::DecodeError> {
+    if let Some((prefix, len)) = length_delimited(wire_type, buf)
+        && len <= MAX_KEY_BYTES
+        && let Some(bytes) = buf.chunk().get(prefix..prefix + len)
+    {
+        *value = IdBytes::new(bytes);
+        buf.advance(prefix + len);
+        return Ok(());
+    }
+    let mut bytes = Vec::new();
+    merge_vec(wire_type, &mut bytes, buf, ctx)?;
+    *value = IdBytes::new(&bytes);
+    Ok(())
+}
+
+/// Decodes a `string` field into a shared name of its own, with one allocation (prost's
+/// decodes into a `String`, which a shared name would then copy); what is malformed goes
+/// through prost's own decoding, which says what is wrong.
+fn merge_shared_str(
+    wire_type: prost::encoding::WireType,
+    value: &mut Arc<str>,
+    buf: &mut impl prost::bytes::Buf,
+    ctx: prost::encoding::DecodeContext,
+) -> Result<(), prost::DecodeError> {
+    if let Some((prefix, len)) = length_delimited(wire_type, buf)
+        && let Some(Ok(text)) = buf
+            .chunk()
+            .get(prefix..prefix + len)
+            .map(std::str::from_utf8)
+    {
+        *value = Arc::from(text);
+        buf.advance(prefix + len);
+        return Ok(());
+    }
+    let mut text = String::new();
+    prost::encoding::string::merge(wire_type, &mut text, buf, ctx)?;
+    *value = Arc::from(text);
+    Ok(())
+}
+
+/// A length-delimited field's prefix and length, read from the buffer's first chunk, if it is
+/// one, well formed, and its length is what is left at most. `None` leaves the field (and the
+/// error) to prost's own decoding.
+fn length_delimited(
+    wire_type: prost::encoding::WireType,
+    buf: &impl prost::bytes::Buf,
+) -> Option<(usize, usize)> {
+    if wire_type != prost::encoding::WireType::LengthDelimited {
+        return None;
+    }
+    let mut chunk = buf.chunk();
+    let whole = chunk.len();
+    let len = usize::try_from(prost::encoding::decode_varint(&mut chunk).ok()?).ok()?;
+    let prefix = whole - chunk.len();
+    (len <= buf.remaining() - prefix).then_some((prefix, len))
+}
+
+/// The encoding of a `bytes` field (as prost's, which takes a `Vec` or `Bytes`).
+fn encode_bytes(tag: u32, value: &[u8], buf: &mut impl prost::bytes::BufMut) {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(value.len() as u64, buf);
+    buf.put_slice(value);
+}
+
+/// The encoded length of [`encode_bytes`]'s field.
+fn encoded_bytes_len(tag: u32, value: &[u8]) -> usize {
+    use prost::encoding::{encoded_len_varint, key_len};
+    key_len(tag) + encoded_len_varint(value.len() as u64) + value.len()
 }
 
 /// Decodes a `bytes` field into `value` with one allocation and one copy (the derive's
@@ -185,14 +332,7 @@ fn merge_vec(
     ctx: prost::encoding::DecodeContext,
 ) -> Result<(), prost::DecodeError> {
     use prost::bytes::BufMut as _;
-    let mut chunk = buf.chunk();
-    let whole = chunk.len();
-    if wire_type == prost::encoding::WireType::LengthDelimited
-        && let Ok(len) = prost::encoding::decode_varint(&mut chunk)
-        && let prefix = whole - chunk.len()
-        && let Ok(len) = usize::try_from(len)
-        && len <= buf.remaining() - prefix
-    {
+    if let Some((prefix, len)) = length_delimited(wire_type, buf) {
         buf.advance(prefix);
         value.clear();
         value.reserve_exact(len);

@@ -7,6 +7,8 @@
 
 use proptest::prelude::*;
 
+use std::sync::Arc;
+
 use super::*;
 use crate::scan::Schema;
 
@@ -14,12 +16,12 @@ fn envelope(n: u64) -> Envelope {
     Envelope {
         epoch: 7,
         seq: n,
-        message_id: vec![1; 16],
+        message_id: IdBytes::new(&[1; 16]),
         issued_at_ms: 1_700_000_000_000,
         expires_at_ms: 1_700_000_060_000,
         reply_to: "_reply.a.b".into(),
         ciphertext: vec![9; 272],
-        channel: String::new(),
+        channel: Arc::default(),
     }
 }
 
@@ -924,7 +926,7 @@ fn an_envelope_encodes_as_the_derive_did_and_decodes_by_protobuf_rules() {
     prost::encoding::uint64::encode(99, &1, &mut twice);
     let decoded = Envelope::decode(&twice[..]).unwrap();
     assert_eq!(decoded.ciphertext, vec![5u8; 40]);
-    assert_eq!(decoded.message_id, vec![1u8; 16]);
+    assert_eq!(decoded.message_id.as_slice(), [1u8; 16]);
 
     // A bytes field longer than what is left, and one of the wrong wire type.
     let mut short = Vec::new();
@@ -937,6 +939,21 @@ fn an_envelope_encodes_as_the_derive_did_and_decodes_by_protobuf_rules() {
     prost::encoding::uint64::encode(3, &5, &mut varint);
     let error = Envelope::decode(&varint[..]).unwrap_err().to_string();
     assert!(error.contains("Envelope.message_id"), "{error}");
+    // A message ID longer than what is left; and one longer than IDs are (decoded without the
+    // scan that bounds them), kept whole.
+    let mut short = Vec::new();
+    encode_key(3, WireType::LengthDelimited, &mut short);
+    encode_varint(16, &mut short);
+    short.extend_from_slice(&[0; 15]);
+    let error = Envelope::decode(&short[..]).unwrap_err().to_string();
+    assert!(error.contains("Envelope.message_id"), "{error}");
+    for len in [1, 15, 16, 17, MAX_KEY_BYTES, MAX_KEY_BYTES + 1, 300] {
+        let mut id = Vec::new();
+        prost::encoding::bytes::encode(3, &vec![7u8; len], &mut id);
+        let decoded = Envelope::decode(&id[..]).unwrap();
+        assert_eq!(decoded.message_id.as_slice(), vec![7u8; len], "{len}");
+        assert_eq!(decoded.encode_to_vec(), id, "{len}");
+    }
 }
 
 proptest! {
@@ -944,13 +961,15 @@ proptest! {
     fn envelopes_round_trip_with_their_length(
         epoch: u64,
         seq: u64,
-        message_id in proptest::collection::vec(any::<u8>(), 0..40),
+        message_id in proptest::collection::vec(any::<u8>(), 0..100),
         issued_at_ms: u64,
         expires_at_ms: u64,
         reply_to in "[a-z._]{0,20}",
         ciphertext in proptest::collection::vec(any::<u8>(), 0..600),
         channel in "[a-z._]{0,20}",
     ) {
+        let message_id = IdBytes::new(&message_id);
+        let (reply_to, channel) = (Arc::from(reply_to), Arc::from(channel));
         let envelope = Envelope {
             epoch, seq, message_id, issued_at_ms, expires_at_ms, reply_to, ciphertext, channel,
         };

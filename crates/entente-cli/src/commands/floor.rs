@@ -343,12 +343,12 @@ fn batch_of(rng: &SystemRandom, payload: usize, count: usize) -> Result<wire::Si
         envelopes.push(wire::Envelope {
             epoch: 1,
             seq: seq + 1,
-            message_id: message_id.to_vec(),
+            message_id: message_id.into(),
             issued_at_ms: 1_800_000_000_000,
             expires_at_ms: 1_800_000_600_000,
-            reply_to: String::new(),
+            reply_to: Default::default(),
             ciphertext,
-            channel: String::new(),
+            channel: Default::default(),
         });
     }
     let mut signature = vec![0u8; 64];
