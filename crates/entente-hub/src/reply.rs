@@ -234,8 +234,9 @@ impl ReplyGrants {
     }
 
     /// Takes `grantee`'s grants on every one of `channels` (one publish's replies), all or
-    /// none: if one is missing or expired, it is returned and the others stay. What was taken
-    /// goes back with [`undo`](Self::undo) if the publish is refused after all.
+    /// none: if one is missing or expired, it is returned and the others stay. A channel named
+    /// twice is missing the second time (a grant covers one batch). What was taken goes back
+    /// with [`undo`](Self::undo) if the publish is refused after all.
     pub(crate) fn take_all<'c>(
         &self,
         grantee: &Principal,
@@ -403,6 +404,12 @@ mod tests {
         assert_eq!(grants.may_reply_all(&bob, &with_expired, NOW + 5), Err(&r3));
         // (The expired grant stays too, until swept: it was live before.)
         assert!(grants.may_reply(&bob, &r3, NOW));
+        assert_eq!(grants.outstanding(1), 3);
+        // A channel named twice: its one grant can't cover both; nothing is taken.
+        assert_eq!(
+            grants.take_all(&bob, &[r1.clone(), r1.clone()], NOW).err(),
+            Some(&r1)
+        );
         assert_eq!(grants.outstanding(1), 3);
         let r1_alone = std::slice::from_ref(&r1);
         assert_eq!(grants.take_all(&p("eve"), r1_alone, NOW).err(), Some(&r1));

@@ -923,10 +923,38 @@ fn an_envelope_encodes_as_the_derive_did_and_decodes_by_protobuf_rules() {
     // A field seen twice: the last one wins; an unknown field is skipped.
     let mut twice = expected.clone();
     prost::encoding::bytes::encode(7, &vec![5u8; 40], &mut twice);
+    prost::encoding::bytes::encode(3, &vec![2u8; 16], &mut twice);
+    prost::encoding::string::encode(6, &"_reply.x.y".to_owned(), &mut twice);
+    prost::encoding::string::encode(8, &"_reply.x.y.z".to_owned(), &mut twice);
     prost::encoding::uint64::encode(99, &1, &mut twice);
     let decoded = Envelope::decode(&twice[..]).unwrap();
     assert_eq!(decoded.ciphertext, vec![5u8; 40]);
-    assert_eq!(decoded.message_id.as_slice(), [1u8; 16]);
+    assert_eq!(decoded.message_id.as_slice(), [2u8; 16]);
+    assert_eq!(&*decoded.reply_to, "_reply.x.y");
+    assert_eq!(&*decoded.channel, "_reply.x.y.z");
+
+    // The names: text that is not UTF-8, a wrong wire type, a length past the end; each
+    // refused with the field named, whole in one buffer or split anywhere.
+    for tag in [6, 8] {
+        let field = if tag == 6 { "reply_to" } else { "channel" };
+        let mut not_utf8 = Vec::new();
+        prost::encoding::bytes::encode(tag, &vec![b'a', 0xff, b'b'], &mut not_utf8);
+        let mut varint = Vec::new();
+        prost::encoding::uint64::encode(tag, &5, &mut varint);
+        let mut short = Vec::new();
+        encode_key(tag, WireType::LengthDelimited, &mut short);
+        encode_varint(10, &mut short);
+        short.extend_from_slice(b"_reply");
+        for bad in [not_utf8, varint, short] {
+            for at in 0..=bad.len() {
+                let (a, b) = bad.split_at(at);
+                let error = Envelope::decode(prost::bytes::Buf::chain(a, b))
+                    .unwrap_err()
+                    .to_string();
+                assert!(error.contains(&format!("Envelope.{field}")), "{error}");
+            }
+        }
+    }
 
     // A bytes field longer than what is left, and one of the wrong wire type.
     let mut short = Vec::new();
