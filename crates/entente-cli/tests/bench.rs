@@ -33,7 +33,19 @@ fn the_bench_delivers_every_message() {
     assert_eq!(v["duplicates"], 0, "{v:#}");
     assert_eq!(v["rejected"], 0, "{v:#}");
     assert_eq!(v["publish_errors"], 0, "{v:#}");
-    assert!(v["latency_us"]["p99"].is_u64());
+    assert_percentiles_in_order(&v["latency_us"], &v);
+}
+
+/// `latency` (microseconds) carries every percentile, each no less than the one before.
+#[track_caller]
+fn assert_percentiles_in_order(latency: &serde_json::Value, whole: &serde_json::Value) {
+    let read = |key: &str| {
+        latency[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no `{key}` in {whole:#}"))
+    };
+    let all = ["p50", "p90", "p99", "p999", "max"].map(read);
+    assert!(all.is_sorted(), "{all:?} in {whole:#}");
 }
 
 /// Authorization on against off: both deliver everything; only "on" makes policy decisions
@@ -114,6 +126,9 @@ fn fan_out_runs_beside_nats_plain_and_with_tls() {
         );
         assert!(delivered > 0, "{v:#}");
         assert!(round[run]["msgs_per_sec"].as_f64().unwrap() > 0.0, "{v:#}");
+    }
+    for run in ["entente", "nats_plain", "nats_tls"] {
+        assert_percentiles_in_order(&round[run]["latency_us"], &v);
     }
     for ratio in ["ratio_to_nats_plain", "ratio_to_nats_tls"] {
         assert!(v[ratio].as_f64().unwrap() > 0.0, "{v:#}");
@@ -202,7 +217,7 @@ fn request_reply_runs_beside_nats() {
                 round[run]["requests_per_sec"].as_f64().unwrap() > 0.0,
                 "{v:#}"
             );
-            assert!(round[run]["latency_us"]["p99"].is_u64(), "{v:#}");
+            assert_percentiles_in_order(&round[run]["latency_us"], &v);
         }
         assert!(v["ratio_to_nats_plain"].as_f64().unwrap() > 0.0, "{v:#}");
     }
@@ -260,7 +275,23 @@ fn the_suite_runs_every_workload() {
             assert!(s["per_sec"].as_f64().unwrap() > 0.0, "{w:#}");
             assert!(s["cpu_seconds_per_million"].is_number(), "{w:#}");
             assert!(s["peak_rss_bytes"].as_u64().unwrap() > 0, "{w:#}");
-            assert!(s["p99_us"].is_u64(), "{w:#}");
+            // Megabytes of payload per second: the throughput times the payload size.
+            let payload = w["payload_bytes"].as_f64().unwrap();
+            let (per_sec, mb) = (
+                s["per_sec"].as_f64().unwrap(),
+                s["mb_per_sec"].as_f64().unwrap(),
+            );
+            assert!(
+                (mb - per_sec * payload / 1e6).abs() <= 1e-6 * mb.max(1.0),
+                "{w:#}"
+            );
+            let latency = ["p50_us", "p99_us", "p999_us"].map(|k| s[k].as_u64().unwrap());
+            if w["compared_with"] == "nats-server" {
+                assert!(latency[0] > 0 && latency.is_sorted(), "{w:#}");
+            } else {
+                // Durable publish measures no latency per message.
+                assert_eq!(latency, [0; 3], "{w:#}");
+            }
         }
         assert!(w["ratio_to_nats"].as_f64().unwrap() > 0.0, "{w:#}");
     }

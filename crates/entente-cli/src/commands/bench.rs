@@ -126,31 +126,42 @@ pub(crate) struct Report {
 }
 
 /// Percentiles of a run's latencies, in microseconds.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct Latency {
     pub(crate) p50: u64,
     pub(crate) p90: u64,
     pub(crate) p99: u64,
+    /// The 99.9th percentile.
+    pub(crate) p999: u64,
     pub(crate) max: u64,
 }
 
 impl Latency {
     /// Of `sorted` latencies in nanoseconds.
     pub(crate) fn of_nanos(sorted: &[u64]) -> Self {
+        let Self {
+            p50,
+            p90,
+            p99,
+            p999,
+            max,
+        } = Self::of_micros(sorted);
         Self {
-            p50: percentile(sorted, 50.0) / 1000,
-            p90: percentile(sorted, 90.0) / 1000,
-            p99: percentile(sorted, 99.0) / 1000,
-            max: sorted.last().copied().unwrap_or(0) / 1000,
+            p50: p50 / 1000,
+            p90: p90 / 1000,
+            p99: p99 / 1000,
+            p999: p999 / 1000,
+            max: max / 1000,
         }
     }
 
     /// Of `sorted` latencies in microseconds.
     pub(crate) fn of_micros(sorted: &[u64]) -> Self {
         Self {
-            p50: percentile(sorted, 50.0),
-            p90: percentile(sorted, 90.0),
-            p99: percentile(sorted, 99.0),
+            p50: percentile(sorted, 500),
+            p90: percentile(sorted, 900),
+            p99: percentile(sorted, 990),
+            p999: percentile(sorted, 999),
             max: sorted.last().copied().unwrap_or(0),
         }
     }
@@ -250,8 +261,9 @@ pub(crate) fn run(
             report.msgs_per_sec, report.mb_per_sec, report.batches_sent
         );
         println!(
-            "  latency     p50 {} µs, p90 {} µs, p99 {} µs, max {} µs (publish to delivery)",
-            l.p50, l.p90, l.p99, l.max
+            "  latency     p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs, max {} µs (publish to \
+             delivery)",
+            l.p50, l.p90, l.p99, l.p999, l.max
         );
         println!(
             "  delivered   {} (of {} sent, to each subscriber), {} lost, {} duplicates, {} rejected, \
@@ -673,12 +685,10 @@ async fn receive(mut subscription: Subscription, total: u64, start: Instant) -> 
     out
 }
 
-/// The `p`th percentile (nearest rank) of sorted `values`; 0 when empty.
-pub(crate) fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+/// The value below which `per_mille` thousandths of sorted `values` lie (nearest rank, in
+/// integers: no rounding of a fraction moves it a rank); 0 when empty.
+pub(crate) fn percentile(sorted: &[u64], per_mille: usize) -> u64 {
+    let rank = sorted.len().saturating_mul(per_mille).div_ceil(1000);
     sorted
         .get(rank.saturating_sub(1).min(sorted.len().saturating_sub(1)))
         .copied()
@@ -1138,11 +1148,30 @@ mod tests {
     #[test]
     fn percentiles_are_nearest_rank() {
         let values: Vec<u64> = (1..=100).collect();
-        assert_eq!(percentile(&values, 50.0), 50);
-        assert_eq!(percentile(&values, 99.0), 99);
-        assert_eq!(percentile(&values, 100.0), 100);
-        assert_eq!(percentile(&[], 50.0), 0);
-        assert_eq!(percentile(&[7], 99.0), 7);
+        assert_eq!(percentile(&values, 500), 50);
+        assert_eq!(percentile(&values, 990), 99);
+        assert_eq!(percentile(&values, 999), 100);
+        assert_eq!(percentile(&values, 1000), 100);
+        assert_eq!(percentile(&values, 0), 1);
+        assert_eq!(percentile(&[], 500), 0);
+        assert_eq!(percentile(&[7], 990), 7);
+    }
+
+    /// Each percentile is read from its own rank, in either unit.
+    #[test]
+    fn latencies_take_each_percentile_from_its_rank() {
+        let micros: Vec<u64> = (1..=2000).collect();
+        let expected = Latency {
+            p50: 1000,
+            p90: 1800,
+            p99: 1980,
+            p999: 1998,
+            max: 2000,
+        };
+        assert_eq!(Latency::of_micros(&micros), expected);
+        let nanos: Vec<u64> = micros.iter().map(|us| us * 1000 + 999).collect();
+        assert_eq!(Latency::of_nanos(&nanos), expected);
+        assert_eq!(Latency::of_micros(&[]), Latency::default());
     }
 
     #[test]

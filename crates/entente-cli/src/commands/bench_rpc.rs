@@ -364,13 +364,14 @@ fn nats_report(run: &nats::RequestRun, shape: Rpc) -> RpcReport {
 fn print_one(who: &str, r: &RpcReport) {
     println!(
         "  {who}: {} requests of {} B, {} in flight: {:.0} req/s, round trip p50 {} µs, p99 {} \
-         µs; {} lost, {} failed, {} mismatched; {:.2} CPU s per million, peak RSS {}",
+         µs, p99.9 {} µs; {} lost, {} failed, {} mismatched; {:.2} CPU s per million, peak RSS {}",
         r.requests,
         r.payload_bytes,
         r.inflight,
         r.requests_per_sec,
         r.latency_us.p50,
         r.latency_us.p99,
+        r.latency_us.p999,
         r.lost,
         r.failed,
         r.mismatched,

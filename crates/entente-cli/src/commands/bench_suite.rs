@@ -50,10 +50,13 @@ enum Shape {
 struct Side {
     /// Deliveries, requests answered or acknowledged publishes per second.
     per_sec: f64,
+    /// `per_sec` in megabytes of payload per second.
+    mb_per_sec: f64,
     /// Latency percentiles in microseconds: publish to delivery, or the round trip; 0 for
     /// durable publish (not measured per message).
     p50_us: u64,
     p99_us: u64,
+    p999_us: u64,
     /// Messages or requests lost (for Entente: also duplicated, refused or failed).
     lost: u64,
     cpu_seconds_per_million: f64,
@@ -231,8 +234,10 @@ fn run_one(
             let r = bench::pubsub_round(runtime, servers, shape, round)?;
             let side = |per_sec, latency: bench::Latency, lost, cost: Cost| Side {
                 per_sec,
+                mb_per_sec: megabytes(per_sec, shape.payload),
                 p50_us: latency.p50,
                 p99_us: latency.p99,
+                p999_us: latency.p999,
                 lost,
                 cpu_seconds_per_million: cost.cpu_seconds_per_million,
                 peak_rss_bytes: cost.peak_rss_bytes,
@@ -252,8 +257,10 @@ fn run_one(
             let r = bench_rpc::rpc_round(runtime, servers, shape, round)?;
             let side = |one: &bench_rpc::RpcReport| Side {
                 per_sec: one.requests_per_sec,
+                mb_per_sec: megabytes(one.requests_per_sec, shape.payload),
                 p50_us: one.latency_us.p50,
                 p99_us: one.latency_us.p99,
+                p999_us: one.latency_us.p999,
                 lost: one.lost + one.failed + one.mismatched,
                 cpu_seconds_per_million: one.cost.cpu_seconds_per_million,
                 peak_rss_bytes: one.cost.peak_rss_bytes,
@@ -274,6 +281,7 @@ fn run_one(
         } => {
             let side = |one: &bench::DurableRun| Side {
                 per_sec: one.msgs_per_sec,
+                mb_per_sec: megabytes(one.msgs_per_sec, payload),
                 cpu_seconds_per_million: one.cost.cpu_seconds_per_million,
                 peak_rss_bytes: one.cost.peak_rss_bytes,
                 ..Side::default()
@@ -303,8 +311,10 @@ fn run_one(
 fn line(id: &'static str, name: String, shape: Shape, rounds: Vec<Sides>) -> Line {
     let summary = |sides: Vec<Side>| Side {
         per_sec: median(sides.iter().map(|s| s.per_sec)),
+        mb_per_sec: median(sides.iter().map(|s| s.mb_per_sec)),
         p50_us: median(sides.iter().map(|s| s.p50_us as f64)) as u64,
         p99_us: median(sides.iter().map(|s| s.p99_us as f64)) as u64,
+        p999_us: median(sides.iter().map(|s| s.p999_us as f64)) as u64,
         lost: sides.iter().map(|s| s.lost).sum(),
         cpu_seconds_per_million: median(sides.iter().map(|s| s.cpu_seconds_per_million)),
         peak_rss_bytes: sides.iter().map(|s| s.peak_rss_bytes).max().unwrap_or(0),
@@ -354,7 +364,7 @@ fn print_table(lines: &[Line], rounds: usize) {
         if rounds == 1 { "" } else { "s" }
     );
     println!(
-        "{:<9} {:<35} {:>10} {:>10} {:>10} {:>7} {:>7} {:>19} {:>24} {:>20} {:>11}",
+        "{:<9} {:<35} {:>10} {:>10} {:>10} {:>7} {:>7} {:>24} {:>24} {:>20} {:>11}",
         "workload",
         "",
         "Entente/s",
@@ -362,7 +372,7 @@ fn print_table(lines: &[Line], rounds: usize) {
         "nats+TLS/s",
         "E/nats",
         "E/TLS",
-        "Entente p50 / p99",
+        "MB/s: E / nats / TLS",
         "CPU s/M: E / nats / TLS",
         "RSS MiB: E / n / TLS",
         "lost: E/n/T"
@@ -370,17 +380,8 @@ fn print_table(lines: &[Line], rounds: usize) {
     for l in lines {
         let tls = l.nats_tls.unwrap_or_default();
         let dash = |s: String| if l.nats_tls.is_some() { s } else { "-".into() };
-        let latency = if l.entente.p99_us == 0 {
-            "-".to_owned()
-        } else {
-            format!(
-                "{} / {}",
-                human_us(l.entente.p50_us),
-                human_us(l.entente.p99_us)
-            )
-        };
         println!(
-            "{:<9} {:<35} {:>10} {:>10} {:>10} {:>7.3} {:>7} {:>19} {:>24} {:>20} {:>11}",
+            "{:<9} {:<35} {:>10} {:>10} {:>10} {:>7.3} {:>7} {:>24} {:>24} {:>20} {:>11}",
             l.id,
             l.name,
             thousands(l.entente.per_sec),
@@ -388,12 +389,17 @@ fn print_table(lines: &[Line], rounds: usize) {
             dash(thousands(tls.per_sec)),
             l.ratio_to_nats,
             dash(format!("{:.3}", l.ratio_to_nats_tls.unwrap_or(0.0))),
-            latency,
             format!(
                 "{} / {} / {}",
-                cpu(l.entente.cpu_seconds_per_million),
-                cpu(l.nats.cpu_seconds_per_million),
-                dash(cpu(tls.cpu_seconds_per_million))
+                short(l.entente.mb_per_sec),
+                short(l.nats.mb_per_sec),
+                dash(short(tls.mb_per_sec))
+            ),
+            format!(
+                "{} / {} / {}",
+                short(l.entente.cpu_seconds_per_million),
+                short(l.nats.cpu_seconds_per_million),
+                dash(short(tls.cpu_seconds_per_million))
             ),
             format!(
                 "{} / {} / {}",
@@ -409,6 +415,48 @@ fn print_table(lines: &[Line], rounds: usize) {
             ),
         );
     }
+    println!(
+        "Latency p50 / p99 / p99.9 (medians of the rounds): publish to delivery (pub/sub), the \
+         round trip (request/reply)."
+    );
+    println!(
+        "{:<9} {:<35} {:>30} {:>30} {:>30} {:>10}",
+        "workload", "", "Entente", "nats", "nats+TLS", "E/nats p50"
+    );
+    for l in lines.iter().filter(|l| l.entente.p50_us > 0) {
+        let tls = l
+            .nats_tls
+            .map_or_else(|| "-".to_owned(), |s| percentiles(&s));
+        let ratio = if l.nats.p50_us > 0 {
+            format!("{:.2}", l.entente.p50_us as f64 / l.nats.p50_us as f64)
+        } else {
+            "-".to_owned()
+        };
+        println!(
+            "{:<9} {:<35} {:>30} {:>30} {:>30} {:>10}",
+            l.id,
+            l.name,
+            percentiles(&l.entente),
+            percentiles(&l.nats),
+            tls,
+            ratio
+        );
+    }
+}
+
+/// A side's latency percentiles, `p50 / p99 / p99.9`.
+fn percentiles(side: &Side) -> String {
+    format!(
+        "{} / {} / {}",
+        human_us(side.p50_us),
+        human_us(side.p99_us),
+        human_us(side.p999_us)
+    )
+}
+
+/// `per_sec` messages of `payload` bytes, in megabytes per second.
+fn megabytes(per_sec: f64, payload: usize) -> f64 {
+    per_sec * payload as f64 / 1e6
 }
 
 /// `--crypto-floor`: the floor alone, for `payload`-byte messages, with its primitives.
@@ -484,12 +532,12 @@ fn thousands(per_sec: f64) -> String {
     format!("{:.1} k", per_sec / 1000.0)
 }
 
-/// CPU seconds per million, to three significant digits or so.
-fn cpu(seconds: f64) -> String {
-    if seconds < 10.0 {
-        format!("{seconds:.2}")
+/// CPU seconds per million or megabytes per second, to three significant digits or so.
+fn short(value: f64) -> String {
+    if value < 10.0 {
+        format!("{value:.2}")
     } else {
-        format!("{seconds:.0}")
+        format!("{value:.0}")
     }
 }
 
