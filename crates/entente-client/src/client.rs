@@ -878,9 +878,12 @@ impl Client {
             .map_err(|e| self.inner.shared.after_end(e))
     }
 
-    /// The client's counters.
+    /// The client's counters, and the requests waiting for their reply now.
     pub fn stats(&self) -> ClientStats {
-        self.inner.shared.stats.snapshot()
+        let shared = &self.inner.shared;
+        let mut stats = shared.stats.snapshot();
+        stats.awaiting_replies = shared.lock().replies.len() as u64;
+        stats
     }
 
     /// The connection, for [`crate::danger`].

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A snapshot of a client's counters since it connected.
+/// A snapshot of a client's counters since it connected, and of what it waits for now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ClientStats {
@@ -49,6 +49,9 @@ pub struct ClientStats {
     /// renewal itself took effect then).
     /// [`Client::renewal_error`](crate::Client::renewal_error) says why the latest failed.
     pub renewal_failures: u64,
+    /// Requests waiting for their reply now (not a counter): each leaves when its reply
+    /// arrives or it ends otherwise (timeout, error, the caller dropping it).
+    pub awaiting_replies: u64,
 }
 
 #[derive(Debug, Default)]
@@ -89,6 +92,7 @@ impl Stats {
             replies_dropped: get(&self.replies_dropped),
             renewals: get(&self.renewals),
             renewal_failures: get(&self.renewal_failures),
+            awaiting_replies: 0,
         }
     }
 }

@@ -294,6 +294,61 @@ async fn a_request_times_out_and_its_late_reply_is_dropped() {
     }
 }
 
+/// However a request ends — answered, timed out, or dropped by its caller — it stops waiting:
+/// the client keeps nothing for it.
+#[tokio::test]
+async fn a_request_waits_for_its_reply_only_until_it_ends() {
+    let hub = TestHub::start().await;
+    let (alice, _bob, bob_id, mut requests) = alice_asks_bob(&hub).await;
+    let awaiting = |client: &Client| client.stats().awaiting_replies;
+
+    // Answered: three at once wait, and none once answered.
+    let asking: Vec<_> = (0..3)
+        .map(|i| {
+            let (alice, bob_id) = (alice.clone(), bob_id.clone());
+            tokio::spawn(async move {
+                alice
+                    .request(&bob_id, format!("q{i}"), Duration::from_secs(10))
+                    .await
+            })
+        })
+        .collect();
+    for _ in 0..3 {
+        let request = next_request(&mut requests).await;
+        assert!(awaiting(&alice) >= 1);
+        let answer = request.message.payload.clone();
+        request.responder.reply(answer).await.unwrap();
+    }
+    for asked in asking {
+        asked.await.unwrap().unwrap();
+    }
+    assert_eq!(awaiting(&alice), 0);
+
+    // Timed out.
+    let err = alice
+        .request(&bob_id, "slow?", Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert_eq!(awaiting(&alice), 0);
+    next_request(&mut requests).await;
+
+    // Dropped by its caller while it waits.
+    let asking = {
+        let (alice, bob_id) = (alice.clone(), bob_id.clone());
+        tokio::spawn(async move {
+            alice
+                .request(&bob_id, "never mind", Duration::from_secs(10))
+                .await
+        })
+    };
+    next_request(&mut requests).await;
+    assert_eq!(awaiting(&alice), 1);
+    asking.abort();
+    assert!(asking.await.unwrap_err().is_cancelled());
+    assert_eq!(awaiting(&alice), 0);
+}
+
 #[tokio::test]
 async fn only_the_target_may_answer_once() {
     let hub = TestHub::start().await;
