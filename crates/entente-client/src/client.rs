@@ -43,7 +43,7 @@ use entente_wire::{
 };
 use futures_util::FutureExt;
 use tokio::net::ToSocketAddrs;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::bundles::KeyBundleCache;
 use crate::inbox::{DurableDelivery, Inbox};
@@ -163,6 +163,10 @@ struct Shared {
     stats: Stats,
     state: Mutex<State>,
     next_id: AtomicU64,
+    /// Payload bytes the publish queue has room for ([`ClientOptions::publish_queue_bytes`]):
+    /// taken by each message queued, given back by the writer once it sent the message;
+    /// closed when the writer ends.
+    publish_room: Semaphore,
     /// Set to stop both tasks.
     shutdown: watch::Sender<bool>,
     /// Set by the reader once the session is over.
@@ -244,7 +248,9 @@ struct SubscriptionEntry {
 
 #[derive(Debug)]
 enum Command {
-    Publish(Outgoing<PublishWaiter>),
+    /// A message, with the payload bytes of room it took in the publish queue
+    /// ([`ClientOptions::publish_queue_bytes`]), given back once the writer sent it.
+    Publish(Outgoing<PublishWaiter>, u32),
     /// A subscribe or unsubscribe frame, already registered as pending.
     Frame(client_frame::Kind),
 }
@@ -253,7 +259,7 @@ impl Command {
     /// A request or a reply, or neither.
     fn round_trip(&self) -> Option<RoundTrip> {
         match self {
-            Self::Publish(m) => outbox::round_trip(m),
+            Self::Publish(m, _) => outbox::round_trip(m),
             Self::Frame(_) => None,
         }
     }
@@ -313,6 +319,7 @@ impl Client {
         .await?;
         let (commands, commands_rx) = mpsc::channel(options.publish_queue);
         let (resend, resend_rx) = mpsc::unbounded_channel();
+        let publish_room = Semaphore::new(options.publish_queue_bytes);
         let shared = Arc::new(Shared {
             credential,
             identity,
@@ -321,6 +328,7 @@ impl Client {
             stats: Stats::default(),
             state: Mutex::new(State::default()),
             next_id: AtomicU64::new(1),
+            publish_room,
             shutdown: watch::channel(false).0,
             ended: watch::channel(false).0,
             resend,
@@ -997,17 +1005,26 @@ impl Client {
         purpose: Option<String>,
         deadline: tokio::time::Instant,
     ) -> Result<PublishAck, Error> {
+        let room = self.publish_room(payload.len(), deadline).await?;
         let (ticket, answer) = oneshot::channel();
-        let command = Command::Publish(Outgoing {
-            channel,
-            payload,
-            recipients,
-            reply_to,
-            purpose,
-            alone: false,
-            ticket,
-        });
-        match tokio::time::timeout_at(deadline, self.inner.commands.send(command)).await {
+        let command = Command::Publish(
+            Outgoing {
+                channel,
+                payload,
+                recipients,
+                reply_to,
+                purpose,
+                alone: false,
+                ticket,
+            },
+            room,
+        );
+        // Not sent (the session ended, or no room in time), the message gives its room back.
+        let sent = tokio::time::timeout_at(deadline, self.inner.commands.send(command)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            self.inner.shared.publish_room.add_permits(room as usize);
+        }
+        match sent {
             Ok(Ok(())) => Ok(PublishAck {
                 answer,
                 deadline,
@@ -1016,8 +1033,31 @@ impl Client {
                 client: self.clone(),
             }),
             Ok(Err(_)) => Err(self.inner.shared.closed_error()),
-            Err(_) => Err(self.timeout_error()),
+            Err(_) => Err(queue_full()),
         }
+    }
+
+    /// Takes room for `len` payload bytes in the publish queue (all of it for a message
+    /// larger than the queue), waiting for it until `deadline`; the bytes taken.
+    async fn publish_room(&self, len: usize, deadline: tokio::time::Instant) -> Result<u32, Error> {
+        let shared = &self.inner.shared;
+        let bytes = len.min(shared.options.publish_queue_bytes);
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+        let room = match shared.publish_room.try_acquire_many(bytes) {
+            Ok(room) => room,
+            Err(_) => {
+                match tokio::time::timeout_at(deadline, shared.publish_room.acquire_many(bytes))
+                    .await
+                {
+                    Ok(Ok(room)) => room,
+                    Ok(Err(_)) => return Err(shared.closed_error()),
+                    Err(_) => return Err(queue_full()),
+                }
+            }
+        };
+        // Given back by the writer, in one go for all it sent (`HeldRoom`).
+        room.forget();
+        Ok(bytes)
     }
 
     fn deadline(&self) -> tokio::time::Instant {
@@ -1786,9 +1826,9 @@ async fn write(
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break,
             Some(again) = resend.recv() => {
-                batch.push(Command::Publish(again));
+                batch.push(Command::Publish(again, 0));
                 while let Ok(again) = resend.try_recv() {
-                    batch.push(Command::Publish(again));
+                    batch.push(Command::Publish(again, 0));
                 }
                 batch.len()
             }
@@ -1813,6 +1853,8 @@ async fn write(
             break;
         }
     }
+    // Nothing more is sent: publishers waiting for room fail at once.
+    shared.publish_room.close();
     shared.shutdown.send_replace(true);
 }
 
@@ -1921,6 +1963,30 @@ async fn gather(
     }
 }
 
+/// A publish that found no room in the publish queue before its deadline.
+fn queue_full() -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        "no room in the publish queue in time: the session's writer has not caught up with \
+         what was queued (`ClientOptions::publish_queue`, `publish_queue_bytes`)",
+    )
+}
+
+/// The publish queue's room the messages the writer holds took, given back when it is done
+/// with them however it ends.
+struct HeldRoom<'a> {
+    queue: &'a Semaphore,
+    bytes: usize,
+}
+
+impl Drop for HeldRoom<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.queue.add_permits(self.bytes);
+        }
+    }
+}
+
 struct Writer<'a> {
     shared: &'a Shared,
     outbox: &'a mut Outbox,
@@ -1932,10 +1998,18 @@ impl Writer<'_> {
     /// Sends `batch` in order: runs of publishes sealed together, other frames as they come.
     /// `false` once the session is over.
     async fn send_all(&mut self, batch: Vec<Command>) -> bool {
+        let shared = self.shared;
+        let mut room = HeldRoom {
+            queue: &shared.publish_room,
+            bytes: 0,
+        };
         let mut publishes = Vec::new();
         for command in batch {
             match command {
-                Command::Publish(message) => publishes.push(message),
+                Command::Publish(message, bytes) => {
+                    room.bytes += bytes as usize;
+                    publishes.push(message);
+                }
                 Command::Frame(kind) => {
                     if !self.flush(mem::take(&mut publishes)).await
                         || !self.send(ClientFrame { kind: Some(kind) }).await
@@ -2324,15 +2398,18 @@ mod tests {
 
     fn command(channel: &str, reply_to: Option<&str>) -> Command {
         let (ticket, _answer) = oneshot::channel();
-        Command::Publish(Outgoing {
-            channel: Channel::parse(channel).unwrap(),
-            payload: b"x".to_vec(),
-            recipients: Arc::new(Recipients::exactly(Vec::new())),
-            reply_to: reply_to.map(|r| Channel::parse(r).unwrap()),
-            purpose: None,
-            alone: false,
-            ticket,
-        })
+        Command::Publish(
+            Outgoing {
+                channel: Channel::parse(channel).unwrap(),
+                payload: b"x".to_vec(),
+                recipients: Arc::new(Recipients::exactly(Vec::new())),
+                reply_to: reply_to.map(|r| Channel::parse(r).unwrap()),
+                purpose: None,
+                alone: false,
+                ticket,
+            },
+            1,
+        )
     }
 
     #[test]

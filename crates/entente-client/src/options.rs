@@ -28,6 +28,7 @@ pub struct ClientOptions {
     pub(crate) reply_batches: bool,
     pub(crate) linger: Duration,
     pub(crate) publish_queue: usize,
+    pub(crate) publish_queue_bytes: usize,
     pub(crate) subscription_queue: usize,
     pub(crate) sender_key_resend: Duration,
     pub(crate) message_ttl: Duration,
@@ -65,6 +66,7 @@ impl Default for ClientOptions {
             reply_batches: true,
             linger: Duration::ZERO,
             publish_queue: 4096,
+            publish_queue_bytes: 4 << 20,
             subscription_queue: 4096,
             sender_key_resend: Duration::from_secs(1),
             message_ttl: Duration::from_secs(600),
@@ -156,6 +158,16 @@ impl ClientOptions {
     /// Messages that may wait to be sealed before `publish` waits for room. Default 4096.
     pub fn publish_queue(mut self, messages: usize) -> Self {
         self.publish_queue = messages.max(1);
+        self
+    }
+
+    /// Payload bytes that may wait to be sealed (and sent) before `publish` waits for room,
+    /// whatever the number of messages: what bounds the queue's memory, and the time a message
+    /// queued behind it waits, when messages are large. Default 4 MiB (the whole queue of
+    /// [`publish_queue`](Self::publish_queue) messages up to 1 KiB); between 1 and
+    /// `u32::MAX`. A message larger than this goes alone, once nothing else waits.
+    pub fn publish_queue_bytes(mut self, bytes: usize) -> Self {
+        self.publish_queue_bytes = bytes.clamp(1, u32::MAX as usize);
         self
     }
 
@@ -280,10 +292,18 @@ mod tests {
         let o = ClientOptions::new()
             .batch_max(0)
             .publish_queue(0)
+            .publish_queue_bytes(0)
             .subscription_queue(0)
             .batch_max_bytes(0);
         assert_eq!(o.batch_max, 1);
         assert_eq!(o.publish_queue, 1);
+        assert_eq!(o.publish_queue_bytes, 1);
+        assert_eq!(
+            ClientOptions::new()
+                .publish_queue_bytes(usize::MAX)
+                .publish_queue_bytes,
+            u32::MAX as usize
+        );
         assert_eq!(o.subscription_queue, 1);
         assert_eq!(o.batch_max_bytes, 1);
         assert_eq!(ClientOptions::new().batch_max(1_000_000).batch_max, 1024);

@@ -99,6 +99,60 @@ async fn a_thousand_messages_arrive_in_order_in_fewer_batches() {
     assert_eq!(hub.hub.stats().delivery_failures, 0);
 }
 
+/// The publish queue holds so many payload bytes and no more: a publish waits for room while
+/// the writer holds what filled it, gets it once that is sent, and a message larger than the
+/// whole queue still goes.
+#[tokio::test]
+async fn the_publish_queue_holds_so_many_bytes() {
+    let hub = TestHub::start().await;
+    let alice = hub.agent("shop", "alice").await;
+    let bob = hub.agent("shop", "bob").await;
+    let recipients = [alice.bundle.clone()];
+    let bob_wire = bob.bundle.to_wire().clone();
+    let alice = hub.connect(alice.identity).await;
+    alice.trust_key_bundle(bob_wire).unwrap();
+    let mut orders = alice.subscribe("orders.>").await.unwrap();
+    // The writer waits 2 s for more before it seals what it holds: the queue's room stays
+    // taken all that time.
+    let linger = Duration::from_secs(2);
+    let bob = hub
+        .connect_with(
+            bob.identity,
+            options().publish_queue_bytes(2048).linger(linger),
+        )
+        .await;
+
+    let payload = |i: u8, len: usize| vec![i; len];
+    let mut acks = Vec::new();
+    for i in 0..2 {
+        acks.push(
+            bob.enqueue_to("orders.eu", payload(i, 1024), &recipients)
+                .await
+                .unwrap(),
+        );
+    }
+    let third = bob.enqueue_to("orders.eu", payload(2, 1024), &recipients);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), third)
+            .await
+            .is_err(),
+        "a publish found room in a full queue"
+    );
+    for ack in join_all(acks).await {
+        ack.unwrap();
+    }
+    // The two were sent: their room is back, for one at a time or for one larger than it all.
+    bob.publish_to("orders.eu", payload(2, 1024), &recipients)
+        .await
+        .unwrap();
+    bob.publish_to("orders.eu", payload(3, 10_000), &recipients)
+        .await
+        .unwrap();
+    for (i, len) in [(0, 1024), (1, 1024), (2, 1024), (3, 10_000)] {
+        assert_eq!(message(&mut orders).await.payload, payload(i, len));
+    }
+}
+
 #[tokio::test]
 async fn concurrent_publishers_are_batched_and_each_gets_its_ack() {
     const N: u32 = 300;
