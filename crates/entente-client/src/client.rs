@@ -43,7 +43,7 @@ use entente_wire::{
 };
 use futures_util::FutureExt;
 use tokio::net::ToSocketAddrs;
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::bundles::KeyBundleCache;
 use crate::inbox::{DurableDelivery, Inbox};
@@ -51,7 +51,9 @@ use crate::outbox::{
     self, Outbox, OutboxOptions, Outgoing, Recipients, RoundTrip, RoundTrips, Sealed,
 };
 use crate::renew::{self, Credential};
+use crate::room::ByteRoom;
 use crate::stats::{self, ClientStats, Stats};
+use crate::subscription;
 use crate::transport::{Driver, SessionStream, Transport, end_status, status_text};
 use crate::{
     ClientOptions, Error, ErrorKind, Identity, Message, RefusalCode, Requests, Subscription,
@@ -166,7 +168,7 @@ struct Shared {
     /// Payload bytes the publish queue has room for ([`ClientOptions::publish_queue_bytes`]):
     /// taken by each message queued, given back by the writer once it sent the message;
     /// closed when the writer ends.
-    publish_room: Semaphore,
+    publish_room: ByteRoom,
     /// Set to stop both tasks.
     shutdown: watch::Sender<bool>,
     /// Set by the reader once the session is over.
@@ -238,6 +240,10 @@ type PublishWaiter = oneshot::Sender<Result<Vec<Held>, Error>>;
 struct SubscriptionEntry {
     pattern: ChannelPattern,
     items: mpsc::Sender<Result<Message, Error>>,
+    /// The payload bytes `items` may hold ([`ClientOptions::subscription_queue_bytes`]): taken
+    /// by the reader for each message it queues, given back by the [`Subscription`] as it takes
+    /// them, closed when the subscription is dropped.
+    room: Arc<ByteRoom>,
     inbox: Mutex<Inbox>,
     /// Durable subscriptions: messages of each stored entry not yet acknowledged.
     unacked: Option<Mutex<HashMap<u64, usize>>>,
@@ -319,7 +325,7 @@ impl Client {
         .await?;
         let (commands, commands_rx) = mpsc::channel(options.publish_queue);
         let (resend, resend_rx) = mpsc::unbounded_channel();
-        let publish_room = Semaphore::new(options.publish_queue_bytes);
+        let publish_room = ByteRoom::new(options.publish_queue_bytes);
         let shared = Arc::new(Shared {
             credential,
             identity,
@@ -441,8 +447,8 @@ impl Client {
         let pattern = ChannelPattern::parse(pattern).map_err(|e| {
             Error::new(ErrorKind::InvalidInput, format!("bad channel pattern: {e}")).with_source(e)
         })?;
-        let (id, items) = self.open_subscription(&pattern, None, false).await?;
-        Ok(Subscription::new(id, pattern, items, self.clone()))
+        let (id, items, room) = self.open_subscription(&pattern, None, false).await?;
+        Ok(Subscription::new(id, pattern, items, room, self.clone()))
     }
 
     /// Subscribes to a durable channel (docs/DURABLE.md) as the durable consumer `consumer`,
@@ -465,10 +471,10 @@ impl Client {
         let pattern = ChannelPattern::parse(pattern).map_err(|e| {
             Error::new(ErrorKind::InvalidInput, format!("bad channel pattern: {e}")).with_source(e)
         })?;
-        let (id, items) = self
+        let (id, items, room) = self
             .open_subscription(&pattern, Some(consumer), false)
             .await?;
-        Ok(Subscription::new(id, pattern, items, self.clone()))
+        Ok(Subscription::new(id, pattern, items, room, self.clone()))
     }
 
     /// Acknowledges `message` of a durable subscription: once every message of the stored
@@ -533,14 +539,16 @@ impl Client {
         pattern: &ChannelPattern,
         durable: Option<&str>,
         replies: bool,
-    ) -> Result<(u64, mpsc::Receiver<Result<Message, Error>>), Error> {
+    ) -> Result<(u64, mpsc::Receiver<Result<Message, Error>>, Arc<ByteRoom>), Error> {
         let shared = &self.inner.shared;
         let id = shared.next_id();
         let (items, items_rx) = mpsc::channel(shared.options.subscription_queue);
+        let room = Arc::new(ByteRoom::new(shared.options.subscription_queue_bytes));
         let identity = &shared.identity;
         let entry = Arc::new(SubscriptionEntry {
             pattern: pattern.clone(),
             items,
+            room: Arc::clone(&room),
             inbox: Mutex::new(Inbox::new(
                 identity.principal().clone(),
                 identity.key_bundle().epoch(),
@@ -564,7 +572,7 @@ impl Client {
             durable: durable.unwrap_or_default().to_owned(),
         });
         match self.exchange(Command::Frame(frame), answer).await {
-            Ok(()) => Ok((id, items_rx)),
+            Ok(()) => Ok((id, items_rx, room)),
             // The hub may still take the subscription: undo it there too.
             Err(e) if e.kind() == ErrorKind::Timeout => {
                 self.detach(id);
@@ -1022,7 +1030,7 @@ impl Client {
         // Not sent (the session ended, or no room in time), the message gives its room back.
         let sent = tokio::time::timeout_at(deadline, self.inner.commands.send(command)).await;
         if !matches!(sent, Ok(Ok(()))) {
-            self.inner.shared.publish_room.add_permits(room as usize);
+            self.inner.shared.publish_room.give_back(room as usize);
         }
         match sent {
             Ok(Ok(())) => Ok(PublishAck {
@@ -1039,25 +1047,15 @@ impl Client {
 
     /// Takes room for `len` payload bytes in the publish queue (all of it for a message
     /// larger than the queue), waiting for it until `deadline`; the bytes taken.
+    /// Given back by the writer, in one go for all it sent (`HeldRoom`).
     async fn publish_room(&self, len: usize, deadline: tokio::time::Instant) -> Result<u32, Error> {
         let shared = &self.inner.shared;
-        let bytes = len.min(shared.options.publish_queue_bytes);
-        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
-        let room = match shared.publish_room.try_acquire_many(bytes) {
-            Ok(room) => room,
-            Err(_) => {
-                match tokio::time::timeout_at(deadline, shared.publish_room.acquire_many(bytes))
-                    .await
-                {
-                    Ok(Ok(room)) => room,
-                    Ok(Err(_)) => return Err(shared.closed_error()),
-                    Err(_) => return Err(queue_full()),
-                }
-            }
-        };
-        // Given back by the writer, in one go for all it sent (`HeldRoom`).
-        room.forget();
-        Ok(bytes)
+        let bytes = shared.publish_room.of(len);
+        match tokio::time::timeout_at(deadline, shared.publish_room.take(bytes)).await {
+            Ok(true) => Ok(bytes),
+            Ok(false) => Err(shared.closed_error()),
+            Err(_) => Err(queue_full()),
+        }
     }
 
     fn deadline(&self) -> tokio::time::Instant {
@@ -1975,15 +1973,13 @@ fn queue_full() -> Error {
 /// The publish queue's room the messages the writer holds took, given back when it is done
 /// with them however it ends.
 struct HeldRoom<'a> {
-    queue: &'a Semaphore,
+    queue: &'a ByteRoom,
     bytes: usize,
 }
 
 impl Drop for HeldRoom<'_> {
     fn drop(&mut self) {
-        if self.bytes > 0 {
-            self.queue.add_permits(self.bytes);
-        }
+        self.queue.give_back(self.bytes);
     }
 }
 
@@ -2311,11 +2307,26 @@ async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) -> bo
     if requests > 0 {
         shared.delivered_requests(requests);
     }
-    // Room for the batch is taken at once (up to the queue's size), not item by item.
-    let room = entry.items.max_capacity();
+    // Room for the batch is taken at once (up to the queue's size), not item by item: its
+    // payload bytes first (up to the queue's), then its places in the queue.
+    let places = entry.items.max_capacity();
     let mut items = opened.items.into_iter();
     while items.len() > 0 {
-        let Ok(permits) = entry.items.reserve_many(items.len().min(room)).await else {
+        // As many as fit in the whole room, one at least.
+        let (mut count, mut bytes) = (0, 0u32);
+        for item in items.as_slice().iter().take(places) {
+            let more = subscription::room_of(&entry.room, item);
+            if count > 0 && bytes.saturating_add(more) > entry.room.whole() {
+                break;
+            }
+            (count, bytes) = (count + 1, bytes.saturating_add(more));
+        }
+        let queued = if entry.room.take(bytes).await {
+            entry.items.reserve_many(count).await.ok()
+        } else {
+            None
+        };
+        let Some(permits) = queued else {
             shared.lock().subscriptions.remove(&id);
             break;
         };

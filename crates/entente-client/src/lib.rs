@@ -75,6 +75,7 @@ mod options;
 mod outbox;
 mod renew;
 mod request;
+mod room;
 mod stats;
 mod subscription;
 mod transport;

@@ -30,6 +30,7 @@ pub struct ClientOptions {
     pub(crate) publish_queue: usize,
     pub(crate) publish_queue_bytes: usize,
     pub(crate) subscription_queue: usize,
+    pub(crate) subscription_queue_bytes: usize,
     pub(crate) sender_key_resend: Duration,
     pub(crate) message_ttl: Duration,
     pub(crate) directory_ttl: Duration,
@@ -68,6 +69,7 @@ impl Default for ClientOptions {
             publish_queue: 4096,
             publish_queue_bytes: 4 << 20,
             subscription_queue: 4096,
+            subscription_queue_bytes: 4 << 20,
             sender_key_resend: Duration::from_secs(1),
             message_ttl: Duration::from_secs(600),
             directory_ttl: Duration::from_secs(30),
@@ -177,6 +179,15 @@ impl ClientOptions {
     /// included — and the hub disconnects a consumer that stays stuck (`RESOURCE_EXHAUSTED`).
     pub fn subscription_queue(mut self, messages: usize) -> Self {
         self.subscription_queue = messages.max(1);
+        self
+    }
+
+    /// Payload bytes each subscription buffers before the session stops reading from the hub,
+    /// whatever the number of messages (the messages a [`Subscription`](crate::Subscription)
+    /// has taken from that buffer are no longer counted). Default 4 MiB; between 1 and
+    /// `u32::MAX`. A message larger than this is taken once the buffer is empty.
+    pub fn subscription_queue_bytes(mut self, bytes: usize) -> Self {
+        self.subscription_queue_bytes = bytes.clamp(1, u32::MAX as usize);
         self
     }
 
@@ -294,6 +305,7 @@ mod tests {
             .publish_queue(0)
             .publish_queue_bytes(0)
             .subscription_queue(0)
+            .subscription_queue_bytes(0)
             .batch_max_bytes(0);
         assert_eq!(o.batch_max, 1);
         assert_eq!(o.publish_queue, 1);
@@ -305,6 +317,7 @@ mod tests {
             u32::MAX as usize
         );
         assert_eq!(o.subscription_queue, 1);
+        assert_eq!(o.subscription_queue_bytes, 1);
         assert_eq!(o.batch_max_bytes, 1);
         assert_eq!(ClientOptions::new().batch_max(1_000_000).batch_max, 1024);
         assert_eq!(

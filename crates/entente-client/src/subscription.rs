@@ -2,12 +2,14 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use entente_types::ChannelPattern;
 use futures_core::Stream;
 use tokio::sync::mpsc;
 
+use crate::room::ByteRoom;
 use crate::{Client, Error, Message};
 
 /// The messages arriving for one subscription, as a [`Stream`].
@@ -29,6 +31,8 @@ pub struct Subscription {
     id: u64,
     pattern: ChannelPattern,
     items: mpsc::Receiver<Result<Message, Error>>,
+    /// The payload bytes `items` may hold, given back as they are taken out.
+    room: Arc<ByteRoom>,
     /// Items taken from `items` at once and not yet yielded.
     taken: VecDeque<Result<Message, Error>>,
     client: Client,
@@ -43,12 +47,14 @@ impl Subscription {
         id: u64,
         pattern: ChannelPattern,
         items: mpsc::Receiver<Result<Message, Error>>,
+        room: Arc<ByteRoom>,
         client: Client,
     ) -> Self {
         Self {
             id,
             pattern,
             items,
+            room,
             taken: VecDeque::new(),
             client,
             active: true,
@@ -90,6 +96,11 @@ impl Stream for Subscription {
         // then yielded one by one.
         let mut taken = Vec::from(std::mem::take(&mut this.taken));
         let polled = this.items.poll_recv_many(cx, &mut taken, TAKE);
+        let bytes: usize = taken
+            .iter()
+            .map(|item| room_of(&this.room, item) as usize)
+            .sum();
+        this.room.give_back(bytes);
         this.taken = VecDeque::from(taken);
         match polled {
             Poll::Ready(0) => Poll::Ready(None),
@@ -99,8 +110,15 @@ impl Stream for Subscription {
     }
 }
 
+/// The room `item` takes in a subscription's queue: its payload's bytes (none for an error).
+pub(crate) fn room_of(room: &ByteRoom, item: &Result<Message, Error>) -> u32 {
+    room.of(item.as_ref().map_or(0, |message| message.payload.len()))
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
+        // The reader may wait for room that no one will give back now.
+        self.room.close();
         if self.active {
             self.client.detach(self.id);
         }

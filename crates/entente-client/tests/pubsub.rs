@@ -13,6 +13,7 @@ mod support;
 use std::time::Duration;
 
 use entente_client::{Client, ErrorKind, RefusalCode};
+use futures_util::StreamExt;
 use futures_util::future::join_all;
 use support::{TestHub, message, next, options, quiet};
 
@@ -151,6 +152,57 @@ async fn the_publish_queue_holds_so_many_bytes() {
     for (i, len) in [(0, 1024), (1, 1024), (2, 1024), (3, 10_000)] {
         assert_eq!(message(&mut orders).await.payload, payload(i, len));
     }
+}
+
+/// A subscription buffers so many payload bytes and no more: while it is full and not read,
+/// the session reads nothing more from the hub (another subscription waits too); read, it
+/// takes the rest, a message larger than the whole buffer included.
+#[tokio::test]
+async fn a_subscription_buffers_so_many_bytes() {
+    let hub = TestHub::start().await;
+    let alice = hub.agent("shop", "alice").await;
+    let bob = hub.agent("shop", "bob").await;
+    let recipients = [alice.bundle.clone()];
+    let bob_wire = bob.bundle.to_wire().clone();
+    let alice = hub
+        .connect_with(alice.identity, options().subscription_queue_bytes(2048))
+        .await;
+    alice.trust_key_bundle(bob_wire).unwrap();
+    let mut orders = alice.subscribe("orders.eu").await.unwrap();
+    let mut later = alice.subscribe("orders.us").await.unwrap();
+    let bob = hub.connect(bob.identity).await;
+
+    let payload = |i: u8, len: usize| vec![i; len];
+    let sent = [(0, 1024), (1, 1024), (2, 1024), (3, 10_000)];
+    for (i, len) in sent {
+        bob.publish_to("orders.eu", payload(i, len), &recipients)
+            .await
+            .unwrap();
+    }
+    bob.publish_to("orders.us", "after the orders", &recipients)
+        .await
+        .unwrap();
+    let stalled = tokio::time::timeout(Duration::from_millis(300), later.next()).await;
+    assert!(
+        stalled.is_err(),
+        "the session read on past a full subscription"
+    );
+    for (i, len) in sent {
+        assert_eq!(message(&mut orders).await.payload, payload(i, len));
+    }
+    assert_eq!(message(&mut later).await.payload, b"after the orders");
+
+    // Full again, then dropped unread: the session reads on.
+    for (i, len) in [(4, 1024), (5, 1024), (6, 1024)] {
+        bob.publish_to("orders.eu", payload(i, len), &recipients)
+            .await
+            .unwrap();
+    }
+    drop(orders);
+    bob.publish_to("orders.us", "after the drop", &recipients)
+        .await
+        .unwrap();
+    assert_eq!(message(&mut later).await.payload, b"after the drop");
 }
 
 #[tokio::test]

@@ -1,0 +1,85 @@
+//! [`ByteRoom`]: how many payload bytes a queue may hold, whatever the number of messages.
+
+use tokio::sync::Semaphore;
+
+/// Room for payload bytes in a queue: each message put in takes its payload's length (all of
+/// the room for a message larger than the queue, which then goes alone), given back once it
+/// is taken out. Closed, it turns every wait away.
+#[derive(Debug)]
+pub(crate) struct ByteRoom {
+    free: Semaphore,
+    size: usize,
+}
+
+impl ByteRoom {
+    /// Room for `size` bytes (at most `u32::MAX`).
+    pub(crate) fn new(size: usize) -> Self {
+        let size = size.clamp(1, u32::MAX as usize);
+        Self {
+            free: Semaphore::new(size),
+            size,
+        }
+    }
+
+    /// All of the room, when none is taken.
+    pub(crate) fn whole(&self) -> u32 {
+        self.of(self.size)
+    }
+
+    /// The room a payload of `len` bytes takes.
+    pub(crate) fn of(&self, len: usize) -> u32 {
+        u32::try_from(len.min(self.size)).unwrap_or(u32::MAX)
+    }
+
+    /// Takes `bytes` of room, waiting until there is that much; `false` once closed.
+    pub(crate) async fn take(&self, bytes: u32) -> bool {
+        let taken = match self.free.try_acquire_many(bytes) {
+            Ok(taken) => taken,
+            Err(_) => match self.free.acquire_many(bytes).await {
+                Ok(taken) => taken,
+                Err(_) => return false,
+            },
+        };
+        // Given back by whoever takes the messages out, in one go for as many as it takes.
+        taken.forget();
+        true
+    }
+
+    /// Gives `bytes` of room back.
+    pub(crate) fn give_back(&self, bytes: usize) {
+        if bytes > 0 {
+            self.free.add_permits(bytes);
+        }
+    }
+
+    /// Turns away every wait for room, now and later.
+    pub(crate) fn close(&self) {
+        self.free.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn room_is_taken_given_back_and_closed() {
+        let room = ByteRoom::new(100);
+        assert_eq!(room.of(40), 40);
+        // A message larger than the queue takes all of it.
+        assert_eq!(room.of(1_000), 100);
+        assert_eq!(room.whole(), 100);
+        assert!(room.take(60).await);
+        assert!(room.take(40).await);
+        let full = tokio::time::timeout(std::time::Duration::from_millis(50), room.take(1));
+        assert!(full.await.is_err(), "room was found in a full queue");
+        room.give_back(100);
+        assert!(room.take(100).await);
+        let waiting = room.take(1);
+        room.close();
+        assert!(!waiting.await);
+        room.give_back(1);
+        assert!(!room.take(1).await);
+        assert_eq!(ByteRoom::new(0).of(5), 1);
+    }
+}
