@@ -121,10 +121,10 @@ enum Command {
         )]
         compare_nats: Option<usize>,
         /// Run every workload of the comparison with nats-server, ROUNDS rounds, and print
-        /// one table: pub/sub 1→1, 1→10 and 10→10; request/reply with 1 and 64 in flight;
-        /// durable publish against JetStream; 1 KiB and 16 KiB payloads. Each with
-        /// throughput, latency, CPU seconds per million and peak memory (`nats-server` must
-        /// be installed).
+        /// a throughput table and a latency table: pub/sub 1→1, 1→10 and 10→10;
+        /// request/reply with 1 and 64 in flight; durable publish against JetStream; 1 KiB
+        /// and 16 KiB payloads. Each with throughput, latency (p50, p99, p99.9), CPU seconds
+        /// per million and peak memory (`nats-server` must be installed).
         #[arg(
             long,
             value_name = "ROUNDS",

@@ -51,7 +51,7 @@ use crate::outbox::{
     self, Outbox, OutboxOptions, Outgoing, Recipients, RoundTrip, RoundTrips, Sealed,
 };
 use crate::renew::{self, Credential};
-use crate::room::ByteRoom;
+use crate::room::{ByteRoom, Taken};
 use crate::stats::{self, ClientStats, Stats};
 use crate::subscription;
 use crate::transport::{Driver, SessionStream, Transport, end_status, status_text};
@@ -168,7 +168,7 @@ struct Shared {
     /// Payload bytes the publish queue has room for ([`ClientOptions::publish_queue_bytes`]):
     /// taken by each message queued, given back by the writer once it sent the message;
     /// closed when the writer ends.
-    publish_room: ByteRoom,
+    publish_room: Arc<ByteRoom>,
     /// Set to stop both tasks.
     shutdown: watch::Sender<bool>,
     /// Set by the reader once the session is over.
@@ -254,9 +254,10 @@ struct SubscriptionEntry {
 
 #[derive(Debug)]
 enum Command {
-    /// A message, with the payload bytes of room it took in the publish queue
-    /// ([`ClientOptions::publish_queue_bytes`]), given back once the writer sent it.
-    Publish(Outgoing<PublishWaiter>, u32),
+    /// A message, with the room it took in the publish queue
+    /// ([`ClientOptions::publish_queue_bytes`]), given back once the writer sent it (or when
+    /// the message is dropped before); none for a reply sent again.
+    Publish(Outgoing<PublishWaiter>, Option<Taken>),
     /// A subscribe or unsubscribe frame, already registered as pending.
     Frame(client_frame::Kind),
 }
@@ -325,7 +326,7 @@ impl Client {
         .await?;
         let (commands, commands_rx) = mpsc::channel(options.publish_queue);
         let (resend, resend_rx) = mpsc::unbounded_channel();
-        let publish_room = ByteRoom::new(options.publish_queue_bytes);
+        let publish_room = Arc::new(ByteRoom::new(options.publish_queue_bytes));
         let shared = Arc::new(Shared {
             credential,
             identity,
@@ -939,13 +940,18 @@ impl Client {
 
     /// Unsubscribes `id` and waits for the hub's answer. A subscription the hub ended already
     /// is over: nothing to ask.
-    pub(crate) async fn unsubscribe(&self, id: u64) -> Result<(), Error> {
+    /// Ends subscription `id` and waits for the hub's answer; `release` runs once the client
+    /// forgot it, before the wait (the subscription lets go of its buffer, which the reader
+    /// may be waiting on).
+    pub(crate) async fn unsubscribe(&self, id: u64, release: impl FnOnce()) -> Result<(), Error> {
         let shared = &self.inner.shared;
-        {
+        let gone = {
             let mut state = shared.lock();
-            if state.closed.is_none() && state.subscriptions.remove(&id).is_none() {
-                return Ok(());
-            }
+            state.closed.is_none() && state.subscriptions.remove(&id).is_none()
+        };
+        release();
+        if gone {
+            return Ok(());
         }
         let (done, answer) = oneshot::channel();
         shared.register(id, Pending::Unsubscribe { done: Some(done) }, None)?;
@@ -1014,6 +1020,7 @@ impl Client {
         deadline: tokio::time::Instant,
     ) -> Result<PublishAck, Error> {
         let room = self.publish_room(payload.len(), deadline).await?;
+        let room = Taken::new(Arc::clone(&self.inner.shared.publish_room), room);
         let (ticket, answer) = oneshot::channel();
         let command = Command::Publish(
             Outgoing {
@@ -1025,14 +1032,11 @@ impl Client {
                 alone: false,
                 ticket,
             },
-            room,
+            Some(room),
         );
-        // Not sent (the session ended, or no room in time), the message gives its room back.
-        let sent = tokio::time::timeout_at(deadline, self.inner.commands.send(command)).await;
-        if !matches!(sent, Ok(Ok(()))) {
-            self.inner.shared.publish_room.give_back(room as usize);
-        }
-        match sent {
+        // Not sent (the session ended, no place in time, or this future dropped), the message
+        // gives its room back as it is dropped.
+        match tokio::time::timeout_at(deadline, self.inner.commands.send(command)).await {
             Ok(Ok(())) => Ok(PublishAck {
                 answer,
                 deadline,
@@ -1824,9 +1828,9 @@ async fn write(
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break,
             Some(again) = resend.recv() => {
-                batch.push(Command::Publish(again, 0));
+                batch.push(Command::Publish(again, None));
                 while let Ok(again) = resend.try_recv() {
-                    batch.push(Command::Publish(again, 0));
+                    batch.push(Command::Publish(again, None));
                 }
                 batch.len()
             }
@@ -2002,8 +2006,8 @@ impl Writer<'_> {
         let mut publishes = Vec::new();
         for command in batch {
             match command {
-                Command::Publish(message, bytes) => {
-                    room.bytes += bytes as usize;
+                Command::Publish(message, taken) => {
+                    room.bytes += taken.map_or(0, |t| t.hand_over() as usize);
                     publishes.push(message);
                 }
                 Command::Frame(kind) => {
@@ -2321,7 +2325,14 @@ async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) -> bo
             }
             (count, bytes) = (count + 1, bytes.saturating_add(more));
         }
-        let queued = if entry.room.take(bytes).await {
+        // Whoever would take them out may be gone already (a subscribe that failed, or was
+        // cancelled, before its stream was made): then no room will come back.
+        let roomy = tokio::select! {
+            biased;
+            taken = entry.room.take(bytes) => taken,
+            () = entry.items.closed() => false,
+        };
+        let queued = if roomy {
             entry.items.reserve_many(count).await.ok()
         } else {
             None
@@ -2419,7 +2430,7 @@ mod tests {
                 alone: false,
                 ticket,
             },
-            1,
+            None,
         )
     }
 

@@ -80,7 +80,8 @@ impl Subscription {
     /// are discarded. A subscription the hub has ended already is simply dropped.
     pub async fn unsubscribe(mut self) -> Result<(), Error> {
         self.active = false;
-        self.client.unsubscribe(self.id).await
+        let room = Arc::clone(&self.room);
+        self.client.unsubscribe(self.id, || room.close()).await
     }
 }
 
@@ -117,10 +118,11 @@ pub(crate) fn room_of(room: &ByteRoom, item: &Result<Message, Error>) -> u32 {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        // The reader may wait for room that no one will give back now.
-        self.room.close();
+        // Forgotten first, so that the hub is told before the reader, no longer waiting for
+        // room no one will give back, can forget it on its own.
         if self.active {
             self.client.detach(self.id);
         }
+        self.room.close();
     }
 }

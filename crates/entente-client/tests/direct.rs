@@ -302,7 +302,7 @@ async fn a_request_waits_for_its_reply_only_until_it_ends() {
     let (alice, _bob, bob_id, mut requests) = alice_asks_bob(&hub).await;
     let awaiting = |client: &Client| client.stats().awaiting_replies;
 
-    // Answered: three at once wait, and none once answered.
+    // Answered: three asked at once wait until answered, and none waits after.
     let asking: Vec<_> = (0..3)
         .map(|i| {
             let (alice, bob_id) = (alice.clone(), bob_id.clone());

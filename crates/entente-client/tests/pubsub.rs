@@ -193,16 +193,39 @@ async fn a_subscription_buffers_so_many_bytes() {
     assert_eq!(message(&mut later).await.payload, b"after the orders");
 
     // Full again, then dropped unread: the session reads on.
-    for (i, len) in [(4, 1024), (5, 1024), (6, 1024)] {
-        bob.publish_to("orders.eu", payload(i, len), &recipients)
+    let fill = async |orders: &str| {
+        for (i, len) in [(4, 1024), (5, 1024), (6, 1024)] {
+            bob.publish_to(orders, payload(i, len), &recipients)
+                .await
+                .unwrap();
+        }
+        bob.publish_to("orders.us", "behind them", &recipients)
             .await
             .unwrap();
-    }
+    };
+    fill("orders.eu").await;
+    let stalled = tokio::time::timeout(Duration::from_millis(300), later.next()).await;
+    assert!(
+        stalled.is_err(),
+        "the session read on past a full subscription"
+    );
     drop(orders);
-    bob.publish_to("orders.us", "after the drop", &recipients)
+    assert_eq!(message(&mut later).await.payload, b"behind them");
+
+    // Full again (on a channel new to Bob, whose first batch carries its sender key), then
+    // unsubscribed unread: the hub's answer gets through.
+    let orders = alice.subscribe("orders.jp").await.unwrap();
+    fill("orders.jp").await;
+    let stalled = tokio::time::timeout(Duration::from_millis(300), later.next()).await;
+    assert!(
+        stalled.is_err(),
+        "the session read on past a full subscription"
+    );
+    tokio::time::timeout(Duration::from_secs(5), orders.unsubscribe())
         .await
+        .expect("unsubscribing waited on its own full buffer")
         .unwrap();
-    assert_eq!(message(&mut later).await.payload, b"after the drop");
+    assert_eq!(message(&mut later).await.payload, b"behind them");
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! `entente bench --suite [ROUNDS]`: every workload of the performance comparison in one
-//! run, through Entente and through nats-server, and one table.
+//! run, through Entente and through nats-server, and two tables (throughput; latency).
 //!
 //! | id | workload | compared with |
 //! |---|---|---|
