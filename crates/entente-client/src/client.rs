@@ -242,7 +242,7 @@ struct SubscriptionEntry {
     items: mpsc::Sender<Result<Message, Error>>,
     /// The payload bytes `items` may hold ([`ClientOptions::subscription_queue_bytes`]): taken
     /// by the reader for each message it queues, given back by the [`Subscription`] as it takes
-    /// them, closed when the subscription is dropped.
+    /// them, closed when the subscription is dropped or unsubscribed.
     room: Arc<ByteRoom>,
     inbox: Mutex<Inbox>,
     /// Durable subscriptions: messages of each stored entry not yet acknowledged.
@@ -938,11 +938,9 @@ impl Client {
         let _ = ended.wait_for(|ended| *ended).await;
     }
 
-    /// Unsubscribes `id` and waits for the hub's answer. A subscription the hub ended already
-    /// is over: nothing to ask.
-    /// Ends subscription `id` and waits for the hub's answer; `release` runs once the client
-    /// forgot it, before the wait (the subscription lets go of its buffer, which the reader
-    /// may be waiting on).
+    /// Unsubscribes `id` and waits for the hub's answer (a subscription the hub ended already
+    /// is over: nothing to ask). `release` runs once the client forgot it, before the wait: the
+    /// subscription lets go of its buffer, on which the reader may be waiting.
     pub(crate) async fn unsubscribe(&self, id: u64, release: impl FnOnce()) -> Result<(), Error> {
         let shared = &self.inner.shared;
         let gone = {
@@ -1050,8 +1048,8 @@ impl Client {
     }
 
     /// Takes room for `len` payload bytes in the publish queue (all of it for a message
-    /// larger than the queue), waiting for it until `deadline`; the bytes taken.
-    /// Given back by the writer, in one go for all it sent (`HeldRoom`).
+    /// larger than the queue), waiting for it until `deadline`; the bytes taken, which the
+    /// writer gives back in one go for all it sent (`HeldRoom`).
     async fn publish_room(&self, len: usize, deadline: tokio::time::Instant) -> Result<u32, Error> {
         let shared = &self.inner.shared;
         let bytes = shared.publish_room.of(len);
