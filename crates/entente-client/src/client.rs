@@ -934,6 +934,8 @@ impl Client {
     pub async fn close(&self) {
         let shared = &self.inner.shared;
         shared.shutdown.send_replace(true);
+        // Publishers waiting for room in the queue fail now, not once the writer stops.
+        shared.publish_room.close();
         let mut ended = shared.ended.subscribe();
         let _ = ended.wait_for(|ended| *ended).await;
     }
@@ -1018,7 +1020,6 @@ impl Client {
         deadline: tokio::time::Instant,
     ) -> Result<PublishAck, Error> {
         let room = self.publish_room(payload.len(), deadline).await?;
-        let room = Taken::new(Arc::clone(&self.inner.shared.publish_room), room);
         let (ticket, answer) = oneshot::channel();
         let command = Command::Publish(
             Outgoing {
@@ -1048,13 +1049,17 @@ impl Client {
     }
 
     /// Takes room for `len` payload bytes in the publish queue (all of it for a message
-    /// larger than the queue), waiting for it until `deadline`; the bytes taken, which the
-    /// writer gives back in one go for all it sent (`HeldRoom`).
-    async fn publish_room(&self, len: usize, deadline: tokio::time::Instant) -> Result<u32, Error> {
+    /// larger than the queue), waiting for it until `deadline`. The writer gives it back in
+    /// one go for all it sent (`HeldRoom`); a message dropped before, itself.
+    async fn publish_room(
+        &self,
+        len: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<Taken, Error> {
         let shared = &self.inner.shared;
         let bytes = shared.publish_room.of(len);
         match tokio::time::timeout_at(deadline, shared.publish_room.take(bytes)).await {
-            Ok(true) => Ok(bytes),
+            Ok(true) => Ok(Taken::new(Arc::clone(&shared.publish_room), bytes)),
             Ok(false) => Err(shared.closed_error()),
             Err(_) => Err(queue_full()),
         }

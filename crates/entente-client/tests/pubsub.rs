@@ -12,7 +12,8 @@ mod support;
 
 use std::time::Duration;
 
-use entente_client::{Client, ErrorKind, RefusalCode};
+use entente_client::{Client, ClientOptions, ErrorKind, RefusalCode};
+use entente_crypto::VerifiedKeyBundle;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use support::{TestHub, message, next, options, quiet};
@@ -100,28 +101,36 @@ async fn a_thousand_messages_arrive_in_order_in_fewer_batches() {
     assert_eq!(hub.hub.stats().delivery_failures, 0);
 }
 
+/// Alice and Bob of segment `shop` connected with their options, Alice trusting Bob's key
+/// bundle: their clients, and Alice's key bundle for Bob to seal for.
+async fn alice_and_bob(
+    hub: &TestHub,
+    alice_options: ClientOptions,
+    bob_options: ClientOptions,
+) -> (Client, Client, [VerifiedKeyBundle; 1]) {
+    let alice = hub.agent("shop", "alice").await;
+    let bob = hub.agent("shop", "bob").await;
+    let recipients = [alice.bundle.clone()];
+    let alice = hub.connect_with(alice.identity, alice_options).await;
+    alice
+        .trust_key_bundle(bob.bundle.to_wire().clone())
+        .unwrap();
+    let bob = hub.connect_with(bob.identity, bob_options).await;
+    (alice, bob, recipients)
+}
+
 /// The publish queue holds so many payload bytes and no more: a publish waits for room while
 /// the writer holds what filled it, gets it once that is sent, and a message larger than the
 /// whole queue still goes.
 #[tokio::test]
 async fn the_publish_queue_holds_so_many_bytes() {
     let hub = TestHub::start().await;
-    let alice = hub.agent("shop", "alice").await;
-    let bob = hub.agent("shop", "bob").await;
-    let recipients = [alice.bundle.clone()];
-    let bob_wire = bob.bundle.to_wire().clone();
-    let alice = hub.connect(alice.identity).await;
-    alice.trust_key_bundle(bob_wire).unwrap();
-    let mut orders = alice.subscribe("orders.>").await.unwrap();
-    // The writer waits 2 s for more before it seals what it holds: the queue's room stays
+    // Bob's writer waits 2 s for more before it seals what it holds: the queue's room stays
     // taken all that time.
     let linger = Duration::from_secs(2);
-    let bob = hub
-        .connect_with(
-            bob.identity,
-            options().publish_queue_bytes(2048).linger(linger),
-        )
-        .await;
+    let bob_options = options().publish_queue_bytes(2048).linger(linger);
+    let (alice, bob, recipients) = alice_and_bob(&hub, options(), bob_options).await;
+    let mut orders = alice.subscribe("orders.>").await.unwrap();
 
     let payload = |i: u8, len: usize| vec![i; len];
     let mut acks = Vec::new();
@@ -154,23 +163,69 @@ async fn the_publish_queue_holds_so_many_bytes() {
     }
 }
 
+/// A publish that finds no room in the publish queue fails with a timeout saying so once its
+/// deadline passes, and one waiting for room when the session ends fails as closed; what was
+/// queued before still arrives.
+#[tokio::test]
+async fn a_publish_without_room_fails_clearly() {
+    let hub = TestHub::start().await;
+    // Bob's writer holds what fills the queue for 2 s; a publish may wait 300 ms.
+    let bob_options = options()
+        .publish_queue_bytes(2048)
+        .linger(Duration::from_secs(2))
+        .request_timeout(Duration::from_millis(300));
+    let (alice, bob, recipients) = alice_and_bob(&hub, options(), bob_options).await;
+    let mut orders = alice.subscribe("orders.>").await.unwrap();
+
+    let fill = async |first: u8| {
+        for i in first..first + 2 {
+            // Their acks may time out while the writer lingers; the messages go all the same.
+            drop(
+                bob.enqueue_to("orders.eu", vec![i; 1024], &recipients)
+                    .await
+                    .unwrap(),
+            );
+        }
+    };
+    fill(0).await;
+    let err = bob
+        .enqueue_to("orders.eu", vec![9; 1024], &recipients)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(
+        err.to_string().contains("no room in the publish queue"),
+        "{err}"
+    );
+    for i in 0..2u8 {
+        assert_eq!(message(&mut orders).await.payload, vec![i; 1024]);
+    }
+
+    fill(2).await;
+    let waiting = {
+        let (bob, recipients) = (bob.clone(), recipients.clone());
+        tokio::spawn(async move {
+            bob.enqueue_to("orders.eu", vec![9; 1024], &recipients)
+                .await
+                .map(drop)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    bob.close().await;
+    let err = waiting.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+}
+
 /// A subscription buffers so many payload bytes and no more: while it is full and not read,
 /// the session reads nothing more from the hub (another subscription waits too); read, it
 /// takes the rest, a message larger than the whole buffer included.
 #[tokio::test]
 async fn a_subscription_buffers_so_many_bytes() {
     let hub = TestHub::start().await;
-    let alice = hub.agent("shop", "alice").await;
-    let bob = hub.agent("shop", "bob").await;
-    let recipients = [alice.bundle.clone()];
-    let bob_wire = bob.bundle.to_wire().clone();
-    let alice = hub
-        .connect_with(alice.identity, options().subscription_queue_bytes(2048))
-        .await;
-    alice.trust_key_bundle(bob_wire).unwrap();
+    let alice_options = options().subscription_queue_bytes(2048);
+    let (alice, bob, recipients) = alice_and_bob(&hub, alice_options, options()).await;
     let mut orders = alice.subscribe("orders.eu").await.unwrap();
     let mut later = alice.subscribe("orders.us").await.unwrap();
-    let bob = hub.connect(bob.identity).await;
 
     let payload = |i: u8, len: usize| vec![i; len];
     let sent = [(0, 1024), (1, 1024), (2, 1024), (3, 10_000)];
