@@ -244,12 +244,43 @@ struct SubscriptionEntry {
     /// by the reader for each message it queues, given back by the [`Subscription`] as it takes
     /// them, closed when the subscription is dropped or unsubscribed.
     room: Arc<ByteRoom>,
+    /// What was delivered before the hub acknowledged the subscription, set aside by the
+    /// reader until the `Ack` (the application has no [`Subscription`] to take it out of
+    /// yet): queued then, in order.
+    early: Mutex<Early>,
     inbox: Mutex<Inbox>,
     /// Durable subscriptions: messages of each stored entry not yet acknowledged.
     unacked: Option<Mutex<HashMap<u64, usize>>>,
     /// The session's subscription to its own reply namespace: the reader hands each reply
     /// straight to the request waiting for it, with no queue and no task in between.
     replies: bool,
+}
+
+/// Items set aside while a subscription waits for its `Ack`: at most as many, and as many
+/// payload bytes, as its queue holds; those that came after are dropped and counted.
+#[derive(Debug, Default)]
+struct Early {
+    items: Vec<Result<Message, Error>>,
+    bytes: u32,
+    dropped: u64,
+}
+
+impl Early {
+    /// What was set aside, in order, then an error saying how many came after and were
+    /// dropped, if any.
+    fn into_items(mut self) -> Vec<Result<Message, Error>> {
+        if self.dropped > 0 {
+            self.items.push(Err(Error::new(
+                ErrorKind::Limited,
+                format!(
+                    "{} messages delivered before the hub acknowledged the subscription were \
+                     dropped: more than its queue holds",
+                    self.dropped
+                ),
+            )));
+        }
+        self.items
+    }
 }
 
 #[derive(Debug)]
@@ -550,6 +581,7 @@ impl Client {
             pattern: pattern.clone(),
             items,
             room: Arc::clone(&room),
+            early: Mutex::default(),
             inbox: Mutex::new(Inbox::new(
                 identity.principal().clone(),
                 identity.key_bundle().epoch(),
@@ -1637,21 +1669,30 @@ impl Shared {
     }
 
     /// Handles the hub's `Ack` (`refusal` is `None`; `held`, what it holds for approval) or
-    /// `Refusal` for request `id`.
-    fn answer(&self, id: u64, refusal: Option<(u32, String, u64)>, held: Vec<Held>) {
-        let pending = {
+    /// `Refusal` for request `id`; returns the subscription an `Ack` made.
+    fn answer(
+        &self,
+        id: u64,
+        refusal: Option<(u32, String, u64)>,
+        held: Vec<Held>,
+    ) -> Option<Arc<SubscriptionEntry>> {
+        let (pending, subscribed) = {
             let mut state = self.lock();
             let pending = state.pending.remove(&id);
+            let mut subscribed = None;
             match (&pending, &refusal) {
                 (Some(Pending::Subscribe { .. }), Some(_)) => {
                     state.subscriptions.remove(&id);
+                }
+                (Some(Pending::Subscribe { .. }), None) => {
+                    subscribed = state.subscriptions.get(&id).cloned();
                 }
                 (Some(Pending::Publish { channel, .. }), Some(_)) => {
                     state.resets.push(channel.clone());
                 }
                 _ => {}
             }
-            pending
+            (pending, subscribed)
         };
         let refused = |what: String| {
             refusal.as_ref().map(|(code, reason, retry_after_ms)| {
@@ -1724,6 +1765,7 @@ impl Shared {
                 }
             }
         }
+        subscribed
     }
 
     /// Ends the session: everything waiting fails, every subscription is told (unless this
@@ -2174,7 +2216,15 @@ async fn read(
 /// Handles one frame; `true` if it handed requests or replies to tasks awaiting them.
 async fn handle(shared: &Shared, transport: &Transport, frame: ServerFrame) -> bool {
     match frame.kind {
-        Some(server_frame::Kind::Ack(ack)) => shared.answer(ack.request_id, None, ack.held),
+        Some(server_frame::Kind::Ack(ack)) => {
+            let subscribed = shared.answer(ack.request_id, None, ack.held);
+            if let Some(entry) = subscribed {
+                let early = std::mem::take(
+                    &mut *entry.early.lock().unwrap_or_else(PoisonError::into_inner),
+                );
+                queue(shared, ack.request_id, &entry, early.into_items()).await;
+            }
+        }
         Some(server_frame::Kind::Refusal(refusal)) => {
             shared.answer(
                 refusal.request_id,
@@ -2190,7 +2240,19 @@ async fn handle(shared: &Shared, transport: &Transport, frame: ServerFrame) -> b
             let entry = shared.lock().subscriptions.remove(&ended.subscription_id);
             if let Some(entry) = entry {
                 let what = format!("the subscription to `{}`", entry.pattern);
-                let error = Error::ended(&what, ended.code, &ended.reason);
+                let mut error = Error::ended(&what, ended.code, &ended.reason);
+                // Ended before the hub acknowledged it: what was set aside for it goes too.
+                let early = std::mem::take(
+                    &mut *entry.early.lock().unwrap_or_else(PoisonError::into_inner),
+                );
+                let lost = early.items.len() as u64 + early.dropped;
+                if lost > 0 {
+                    stats::add(&shared.stats.early_dropped, early.items.len() as u64);
+                    error = error.with_details(vec![format!(
+                        "{lost} messages delivered before the hub acknowledged the \
+                         subscription were dropped"
+                    )]);
+                }
                 let _ = entry.items.send(Err(error)).await;
             }
         }
@@ -2207,8 +2269,15 @@ async fn handle(shared: &Shared, transport: &Transport, frame: ServerFrame) -> b
 /// `true` if it held requests or replies (a task awaits each).
 async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) -> bool {
     let id = deliver.subscription_id;
+    let (entry, acknowledged) = {
+        let state = shared.lock();
+        (
+            state.subscriptions.get(&id).cloned(),
+            !matches!(state.pending.get(&id), Some(Pending::Subscribe { .. })),
+        )
+    };
     // A subscription that was just dropped: the application asked for nothing more.
-    let Some(entry) = shared.lock().subscriptions.get(&id).cloned() else {
+    let Some(entry) = entry else {
         return false;
     };
     let now = now_ms();
@@ -2314,10 +2383,59 @@ async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) -> bo
     if requests > 0 {
         shared.delivered_requests(requests);
     }
+    if acknowledged {
+        queue(shared, id, &entry, opened.items).await;
+    } else {
+        // Not waited for room: the `Ack` that lets the application take them may be behind
+        // them. (The hub sends none of a durable subscription's before its `Ack`, but what it
+        // routes to a new subscription while the `Ack` waits for the audit log may come
+        // first.)
+        set_aside(shared, &entry, opened.items);
+    }
+    requests > 0
+}
+
+/// Sets `items` aside for a subscription the hub has not acknowledged yet, up to as many, and
+/// as many payload bytes, as its queue holds; the rest are dropped and counted
+/// ([`ClientStats::early_dropped`]), and an error in their place says how many.
+fn set_aside(shared: &Shared, entry: &SubscriptionEntry, items: Vec<Result<Message, Error>>) {
+    let mut early = entry.early.lock().unwrap_or_else(PoisonError::into_inner);
+    let places = entry.items.max_capacity();
+    let mut dropped = 0;
+    for item in items {
+        let bytes = early
+            .bytes
+            .saturating_add(subscription::room_of(&entry.room, &item));
+        if early.dropped == 0 && early.items.len() < places && bytes <= entry.room.whole() {
+            early.bytes = bytes;
+            early.items.push(item);
+            continue;
+        }
+        if early.dropped == 0 && early.items.len() == places {
+            // The error saying how many were dropped takes a place in the queue: the last one
+            // kept makes way for it, so that all of it goes in at once at the `Ack`.
+            early.items.pop();
+            early.dropped += 1;
+            dropped += 1;
+        }
+        early.dropped += 1;
+        dropped += 1;
+    }
+    stats::add(&shared.stats.early_dropped, dropped);
+}
+
+/// Queues `items` for subscription `id`, waiting for room in its queue (which holds up the
+/// session: backpressure to the hub), or until no one will take them.
+async fn queue(
+    shared: &Shared,
+    id: u64,
+    entry: &SubscriptionEntry,
+    items: Vec<Result<Message, Error>>,
+) {
     // Room for the batch is taken at once (up to the queue's size), not item by item: its
     // payload bytes first (up to the queue's), then its places in the queue.
     let places = entry.items.max_capacity();
-    let mut items = opened.items.into_iter();
+    let mut items = items.into_iter();
     while items.len() > 0 {
         // As many as fit in the whole room, one at least.
         let (mut count, mut bytes) = (0, 0u32);
@@ -2348,7 +2466,6 @@ async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) -> bo
             permit.send(item);
         }
     }
-    requests > 0
 }
 
 /// Fetches the key bundles of `principals` from the directory into the cache; returns why

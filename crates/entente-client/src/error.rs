@@ -25,7 +25,9 @@ pub enum ErrorKind {
     /// A limit of the hub refused it: a rate limit (`Refusal` code `RATE_LIMITED`;
     /// [`Error::retry_after`] says when the same publish would pass), or a connection limit
     /// (too many connections of this identity, or of the hub, when the session opened).
-    /// Nothing was sent.
+    /// Nothing was sent. As an item of a subscription: the SDK's own bound, messages
+    /// delivered before the hub acknowledged the subscription past what its queue holds were
+    /// dropped ([`ClientStats::early_dropped`](crate::ClientStats::early_dropped)).
     Limited,
     /// An incoming envelope, batch or sender key did not verify or open (bad signature,
     /// not a recipient, replay, expired, unknown sender key, …). Its plaintext is never shown.

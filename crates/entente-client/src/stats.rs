@@ -40,6 +40,15 @@ pub struct ClientStats {
     /// Verified messages in this client's reply namespace that answered no waiting request:
     /// late (after the request timed out) or from a principal other than the request's target.
     pub replies_dropped: u64,
+    /// Items (messages, or errors about messages that did not open) delivered to a
+    /// subscription before the hub acknowledged it, past what its queue holds
+    /// ([`ClientOptions::subscription_queue`](crate::ClientOptions::subscription_queue) and
+    /// [`subscription_queue_bytes`](crate::ClientOptions::subscription_queue_bytes)): the
+    /// application had no subscription to read them from yet. Dropped; an
+    /// [`ErrorKind::Limited`](crate::ErrorKind::Limited) error on the subscription, after
+    /// what it kept, says how many. Also what was set aside for a subscription the hub ended
+    /// before acknowledging it (its error's details say how many).
+    pub early_dropped: u64,
     /// Certificates renewed over the connection and put in use
     /// ([`ClientOptions::renew`](crate::ClientOptions::renew)).
     pub renewals: u64,
@@ -69,6 +78,7 @@ pub(crate) struct Stats {
     pub(crate) sender_keys_rejected: AtomicU64,
     pub(crate) replies_unmatched: AtomicU64,
     pub(crate) replies_dropped: AtomicU64,
+    pub(crate) early_dropped: AtomicU64,
     pub(crate) renewals: AtomicU64,
     pub(crate) renewal_failures: AtomicU64,
 }
@@ -90,6 +100,7 @@ impl Stats {
             sender_keys_rejected: get(&self.sender_keys_rejected),
             replies_unmatched: get(&self.replies_unmatched),
             replies_dropped: get(&self.replies_dropped),
+            early_dropped: get(&self.early_dropped),
             renewals: get(&self.renewals),
             renewal_failures: get(&self.renewal_failures),
             awaiting_replies: 0,

@@ -12,8 +12,10 @@ mod support;
 
 use std::time::Duration;
 
-use entente_client::{Client, ClientOptions, ErrorKind, RefusalCode};
+use entente_ca::CaOptions;
+use entente_client::{Client, ClientOptions, ErrorKind, Message, RefusalCode};
 use entente_crypto::VerifiedKeyBundle;
+use entente_hub::AuditConfig;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use support::{TestHub, message, next, options, quiet};
@@ -214,6 +216,87 @@ async fn a_publish_without_room_fails_clearly() {
     bob.close().await;
     let err = waiting.await.unwrap().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+}
+
+/// What the hub routes to a new subscription while its `Ack` waits for the audit log comes
+/// ahead of the `Ack`: the reader sets it aside, up to what the subscription's queue holds
+/// with an error, rather than wait for room no one could give back yet, and drops the rest,
+/// saying how many.
+/// The subscription opens and reads, in order, what was kept, the error, then what followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_ahead_of_the_subscribe_ack_wait_aside() {
+    const N: u32 = 4000;
+    let dir = tempfile::TempDir::new().unwrap();
+    let audit = dir.path().to_owned();
+    // Group commits 200 ms apart under load: an answer waits up to that long for the log.
+    let hub = TestHub::start_with(CaOptions::default(), move |c| {
+        c.audit = Some(AuditConfig {
+            commit_interval: Duration::from_millis(200),
+            ..AuditConfig::new(audit)
+        });
+    })
+    .await;
+    let alice_options = options().subscription_queue(2);
+    let (alice, bob, recipients) = alice_and_bob(&hub, alice_options, options()).await;
+    let flooding = bob.clone();
+    let flood = tokio::spawn(async move {
+        let mut acks = Vec::new();
+        // A channel each, so that each batch carries its sender key: a subscription opened
+        // midway can read from its first delivery on.
+        for i in 0..N {
+            let channel = format!("orders.eu.{i}");
+            let payload = i.to_be_bytes();
+            acks.push(
+                flooding
+                    .enqueue_to(&channel, payload, &recipients)
+                    .await
+                    .unwrap(),
+            );
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    });
+    // Subscribed while Bob's messages pour in, just after a group commit (which answered
+    // Alice's publish): the subscribe's `Ack` waits for the next, up to 200 ms later.
+    while bob.stats().published < 200 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    alice.publish_to("orders.alice", "mine", &[]).await.unwrap();
+    let mut orders = alice.subscribe("orders.eu.*").await.unwrap();
+    let index = |m: &Message| u32::from_be_bytes(m.payload[..4].try_into().unwrap());
+    let first = index(&message(&mut orders).await);
+    let (mut expected, mut kept, mut dropped) = (first + 1, 1, None);
+    while expected < N {
+        match next(&mut orders).await.expect("the subscription is open") {
+            Ok(m) => {
+                assert_eq!(index(&m), expected, "in order, none lost unsaid");
+                expected += 1;
+                if dropped.is_none() {
+                    kept += 1;
+                }
+            }
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Limited, "{e}");
+                assert!(dropped.is_none(), "one error only: {e}");
+                let count: u32 = e
+                    .to_string()
+                    .split_whitespace()
+                    .find_map(|word| word.parse().ok())
+                    .unwrap();
+                dropped = Some(count);
+                expected += count;
+            }
+        }
+    }
+    flood.await.unwrap();
+    let dropped = dropped.unwrap_or(0);
+    assert!(
+        dropped > 0,
+        "more came ahead of the Ack than the queue holds"
+    );
+    assert_eq!(kept, 1, "the queue's two places: one kept, the error");
+    assert_eq!(alice.stats().early_dropped, u64::from(dropped));
 }
 
 /// A subscription buffers so many payload bytes and no more: while it is full and not read,

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{BufMut as _, Bytes, BytesMut};
 use entente_store::stream::{StreamLog, StreamOptions};
 use entente_types::{Channel, ChannelPattern, Principal};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
 
 use crate::HubError;
 use crate::audit::Auditor;
@@ -552,22 +552,25 @@ impl Stream {
         Ok(consumer)
     }
 
-    /// Starts delivering `consumer`'s entries to a session's `outbound` as subscription
-    /// `subscription_id`, through `gate` (what the session's principal may read now).
+    /// Delivers `consumer`'s entries to a session's `outbound` as subscription
+    /// `subscription_id`, through `gate` (what the session's principal may read now), once
+    /// `start` says so (the subscription's `Ack` is queued before them); nothing if it says
+    /// otherwise or is dropped.
     pub(crate) fn deliver(
         self: &Arc<Self>,
         consumer: Arc<Consumer>,
         subscription_id: u64,
         outbound: OutboundTx,
         gate: Arc<DeliveryGate>,
+        start: oneshot::Receiver<bool>,
     ) -> Held {
-        let task = tokio::spawn(delivery(
-            self.clone(),
-            consumer.clone(),
-            subscription_id,
-            outbound,
-            gate,
-        ));
+        let stream = self.clone();
+        let delivering = consumer.clone();
+        let task = tokio::spawn(async move {
+            if start.await == Ok(true) {
+                delivery(stream, delivering, subscription_id, outbound, gate).await;
+            }
+        });
         Held { consumer, task }
     }
 

@@ -242,7 +242,9 @@
 //! - `Subscribe{subscription_id, pattern}`: the pattern must parse and be authorized
 //!   ([Authorization](#authorization)); the ID must be unused on this session and the session under its
 //!   subscription limit. Answer: `Ack{request_id: subscription_id}` or
-//!   `Refusal{request_id: subscription_id, ..}`.
+//!   `Refusal{request_id: subscription_id, ..}`. The subscription takes effect before the
+//!   `Ack` is sent (which may wait for the audit log), so its first deliveries may come
+//!   before it; a durable subscription's deliveries start only once its `Ack` is queued.
 //! - `Unsubscribe{subscription_id}`: `Ack` or `Refusal(UNKNOWN_SUBSCRIPTION)`.
 //! - `Publish{request_id, sender_keys, batches}`: every sender key and batch must parse, name
 //!   the connection's principal as sender (else `FORGED_SENDER`), and each channel group must

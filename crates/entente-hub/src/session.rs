@@ -23,7 +23,7 @@ use entente_wire::{
 };
 use futures_util::FutureExt;
 use prost::Message as _;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Code, Status, Streaming};
 
 use crate::anomaly::{Anomaly, Watch};
@@ -131,8 +131,17 @@ struct LimitHits {
     last_record: Option<Instant>,
 }
 
-/// An answer waiting for the audit log (up to a ticket) and for durable channels.
-type Answer = (u64, Vec<(Arc<Stream>, u64)>, server_frame::Kind);
+/// An answer waiting for the audit log (up to a ticket) and for durable channels, and who
+/// waits for it to be queued for the client.
+type Answer = (
+    u64,
+    Vec<(Arc<Stream>, u64)>,
+    server_frame::Kind,
+    Option<Start>,
+);
+
+/// Told whether an answer went as an `Ack`, once it is queued for the client.
+type Start = oneshot::Sender<bool>;
 
 /// How many answers may wait for the audit log before the session waits for room.
 const ANSWERS_WAITING: usize = 1024;
@@ -322,7 +331,7 @@ impl<R: Router> Session<R> {
         }
         if !subscribe.durable.is_empty() {
             return match self.subscribe_durable(&subscribe) {
-                Ok(()) => self.ack(id).await,
+                Ok(start) => self.ack_then(id, start).await,
                 Err(refused) => self.refuse(id, refused).await,
             };
         }
@@ -345,9 +354,11 @@ impl<R: Router> Session<R> {
         }
     }
 
-    /// Takes hold of a durable consumer (made at the first subscription) and starts its
-    /// deliveries; the pattern is authorized as any subscription's.
-    fn subscribe_durable(&mut self, subscribe: &Subscribe) -> Result<(), Refused> {
+    /// Takes hold of a durable consumer (made at the first subscription) and makes its
+    /// delivery task, which starts once told that the subscription's `Ack` is queued (so
+    /// that none of its deliveries comes before it); the pattern is authorized as any
+    /// subscription's.
+    fn subscribe_durable(&mut self, subscribe: &Subscribe) -> Result<Start, Refused> {
         let pattern = self.check_subscribe(subscribe)?;
         let stream = self
             .context
@@ -357,10 +368,17 @@ impl<R: Router> Session<R> {
             .ok_or_else(|| DurableError::NoStream(pattern.to_string()))?;
         let consumer = stream.hold(&subscribe.durable, &self.principal, &pattern, self.id)?;
         let id = subscribe.subscription_id;
-        let held = stream.deliver(consumer, id, self.outbound.clone(), self.gate.clone());
+        let (start, started) = oneshot::channel();
+        let held = stream.deliver(
+            consumer,
+            id,
+            self.outbound.clone(),
+            self.gate.clone(),
+            started,
+        );
         self.durables.insert(id, held);
         self.subscriptions.insert(id, pattern);
-        Ok(())
+        Ok(start)
     }
 
     fn check_subscribe(&mut self, subscribe: &Subscribe) -> Result<ChannelPattern, Refused> {
@@ -1388,6 +1406,22 @@ impl<R: Router> Session<R> {
         .await
     }
 
+    /// Acknowledges `request_id` as [`ack`](Self::ack) does, and tells `start`, once the
+    /// `Ack` is queued for the client, whether it went as an `Ack` (a refusal goes instead
+    /// when the audit log failed).
+    async fn ack_then(&self, request_id: u64, start: Start) -> Result<(), Status> {
+        let ack = server_frame::Kind::Ack(Ack {
+            request_id,
+            held: Vec::new(),
+        });
+        if !self.answers_wait {
+            self.send(ack).await?;
+            let _ = start.send(true);
+            return Ok(());
+        }
+        self.wait_for_log(ack, Vec::new(), Some(start)).await
+    }
+
     /// Sends an answer: at once, or, while auditing is on, once everything recorded so far
     /// is durable (in order with the session's other answers).
     async fn answer(&self, kind: server_frame::Kind) -> Result<(), Status> {
@@ -1404,6 +1438,18 @@ impl<R: Router> Session<R> {
         if !self.answers_wait {
             return self.send(kind).await;
         }
+        self.wait_for_log(kind, stored, None).await
+    }
+
+    /// Queues an answer to be sent once everything recorded so far, and the entries
+    /// `stored`, are durable; `queued` is told, once it is queued for the client, whether it
+    /// went as an `Ack`.
+    async fn wait_for_log(
+        &self,
+        kind: server_frame::Kind,
+        stored: Vec<(Arc<Stream>, u64)>,
+        queued: Option<Start>,
+    ) -> Result<(), Status> {
         let answers = self.answers.get_or_init(|| {
             let (answers, waiting) = mpsc::channel(ANSWERS_WAITING);
             let auditor = self.context.authz.auditor().clone();
@@ -1412,7 +1458,7 @@ impl<R: Router> Session<R> {
         });
         let ticket = self.context.authz.auditor().ticket();
         answers
-            .send((ticket, stored, kind))
+            .send((ticket, stored, kind, queued))
             .await
             .map_err(|_| Status::cancelled("the session's stream is closed"))
     }
@@ -1497,7 +1543,7 @@ async fn forward_answers(
     mut waiting: mpsc::Receiver<Answer>,
     outbound: OutboundTx,
 ) {
-    while let Some((ticket, stored, kind)) = waiting.recv().await {
+    while let Some((ticket, stored, kind, queued)) = waiting.recv().await {
         let mut failed = auditor.durable(ticket).await.err().map(|e| {
             format!("{e}; what this request sent may have been delivered, but is not recorded")
         });
@@ -1519,9 +1565,14 @@ async fn forward_answers(
             }),
             (_, kind) => kind,
         };
+        let acked = matches!(kind, server_frame::Kind::Ack(_));
         let frame = Outbound::Frame(ServerFrame { kind: Some(kind) });
         if outbound.send(frame).await.is_err() {
             return;
+        }
+        if let Some(queued) = queued {
+            // Whoever waited may be gone (its session ended).
+            let _ = queued.send(acked);
         }
     }
 }

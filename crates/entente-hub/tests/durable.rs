@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use entente_audit::Event;
 use entente_client::danger::danger_publish_raw;
-use entente_client::{ErrorKind, Message, RefusalCode, Subscription};
-use entente_hub::StreamConfig;
+use entente_client::{ClientOptions, ErrorKind, Message, RefusalCode, Subscription};
+use entente_hub::{AuditConfig, StreamConfig};
 use entente_testkit::{TestHub, now_ms, sealer};
 use entente_types::ChannelPattern;
 use entente_wire::Publish;
@@ -127,6 +127,59 @@ async fn a_durable_consumer_reads_what_was_published_while_it_was_away_once_ackn
     let alice = hub.connect(alice_id).await.unwrap();
     let mut orders = alice.subscribe_durable("orders.>", "alice").await.unwrap();
     nothing_within(&mut orders, Duration::from_millis(1500)).await;
+}
+
+/// A backlog larger than the subscription's buffer, and the subscribe's `Ack` held up (by the
+/// audit log's group commits, behind the answers to publishes being stored): the hub delivers
+/// none of the backlog before the `Ack`, so the subscription reads all of it as it takes it.
+/// Deliveries ahead of the `Ack` would come before the client could hand the subscription
+/// out, and past what its buffer holds they would be dropped (with an error saying so).
+#[tokio::test]
+async fn a_backlog_larger_than_the_subscriptions_buffer_is_read_once_subscribed() {
+    let dir = TempDir::new().unwrap();
+    let streams = dir.path().join("streams");
+    // Audited, group commits 200 ms apart under load: an answer waits up to that long.
+    let audit = AuditConfig {
+        commit_interval: Duration::from_millis(200),
+        ..AuditConfig::new(dir.path().join("audit"))
+    };
+    let hub = TestHub::builder()
+        .policies(POLICIES)
+        .config(move |c| {
+            c.audit = Some(audit);
+            c.streams = vec![orders(|_| {})];
+            c.streams_dir = Some(streams);
+        })
+        .start()
+        .await
+        .unwrap();
+    let alice_id = hub.enroll("shop", "alice").await.unwrap();
+    let alice = hub.connect(alice_id.clone()).await.unwrap();
+    drop(alice.subscribe_durable("orders.>", "alice").await.unwrap());
+    alice.close().await;
+    let bob = hub.connect_agent("shop", "bob").await.unwrap();
+    for i in 0..8 {
+        bob.publish("orders.eu", vec![i; 1024]).await.unwrap();
+    }
+
+    // Room for one message.
+    let options = ClientOptions::new().subscription_queue_bytes(1024);
+    let alice = hub.connect_with(alice_id, options).await.unwrap();
+    // Publishes of alice's own just before: the subscribe's answer comes after theirs, once
+    // they are stored.
+    let mut stored = Vec::new();
+    for i in 8..16 {
+        stored.push(alice.enqueue("orders.us", vec![i; 1024]).await.unwrap());
+    }
+    let mut orders = alice.subscribe_durable("orders.>", "alice").await.unwrap();
+    for i in 0..16 {
+        let m = next(&mut orders).await;
+        assert_eq!(m.payload, vec![i; 1024]);
+        alice.ack(&m).await.unwrap();
+    }
+    for ack in stored {
+        ack.await.unwrap();
+    }
 }
 
 #[tokio::test]
