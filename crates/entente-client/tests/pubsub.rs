@@ -221,8 +221,8 @@ async fn a_publish_without_room_fails_clearly() {
 /// What the hub routes to a new subscription while its `Ack` waits for the audit log comes
 /// ahead of the `Ack`: the reader sets it aside, up to what the subscription's queue holds
 /// with an error, rather than wait for room no one could give back yet, and drops the rest,
-/// saying how many.
-/// The subscription opens and reads, in order, what was kept, the error, then what followed.
+/// saying how many. The subscription opens and reads, in order, what was kept, the error,
+/// then what followed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_ahead_of_the_subscribe_ack_wait_aside() {
     const N: u32 = 4000;
