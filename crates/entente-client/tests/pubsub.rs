@@ -10,6 +10,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::time::Duration;
 
 use entente_ca::CaOptions;
@@ -18,7 +19,8 @@ use entente_crypto::VerifiedKeyBundle;
 use entente_hub::AuditConfig;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
-use support::{TestHub, message, next, options, quiet};
+use support::{SHOP_POLICIES, TestHub, message, next, options, quiet};
+use tokio::task::JoinHandle;
 
 #[tokio::test]
 async fn one_message_is_sealed_routed_and_opened() {
@@ -218,6 +220,51 @@ async fn a_publish_without_room_fails_clearly() {
     assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
 }
 
+/// A hub that keeps an audit log with group commits `apart` under load: an answer waits up to
+/// that long for the log.
+async fn hub_with_slow_commits(dir: &Path, apart: Duration) -> TestHub {
+    let audit = dir.to_owned();
+    TestHub::start_with(CaOptions::default(), move |c| {
+        c.audit = Some(AuditConfig {
+            commit_interval: apart,
+            ..AuditConfig::new(audit)
+        });
+    })
+    .await
+}
+
+/// Bob publishes `count` messages, message `i` on channel `orders.eu.<i>` (a channel each, so
+/// that each batch carries its sender key: a subscription opened midway reads from its first
+/// delivery on); the task ends once every one is acknowledged.
+fn flood(bob: Client, recipients: [VerifiedKeyBundle; 1], count: u32) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut acks = Vec::new();
+        for i in 0..count {
+            let channel = format!("orders.eu.{i}");
+            let ack = bob.enqueue_to(&channel, i.to_be_bytes(), &recipients);
+            acks.push(ack.await.unwrap());
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    })
+}
+
+/// Returns once Bob's flood is under way and a group commit has just been made (the one that
+/// answers a publish of Alice's): what Alice sends next is answered at the next, a commit
+/// interval on, while Bob's messages keep coming.
+async fn just_after_a_commit(alice: &Client, bob: &Client) {
+    while bob.stats().published < 200 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    alice.publish_to("orders.alice", "mine", &[]).await.unwrap();
+}
+
+/// The index a message of [`flood`] carries.
+fn index(message: &Message) -> u32 {
+    u32::from_be_bytes(message.payload[..4].try_into().unwrap())
+}
+
 /// What the hub routes to a new subscription while its `Ack` waits for the audit log comes
 /// ahead of the `Ack`: the reader sets it aside, up to what the subscription's queue holds
 /// with an error, rather than wait for room no one could give back yet, and drops the rest,
@@ -227,44 +274,12 @@ async fn a_publish_without_room_fails_clearly() {
 async fn deliveries_ahead_of_the_subscribe_ack_wait_aside() {
     const N: u32 = 4000;
     let dir = tempfile::TempDir::new().unwrap();
-    let audit = dir.path().to_owned();
-    // Group commits 200 ms apart under load: an answer waits up to that long for the log.
-    let hub = TestHub::start_with(CaOptions::default(), move |c| {
-        c.audit = Some(AuditConfig {
-            commit_interval: Duration::from_millis(200),
-            ..AuditConfig::new(audit)
-        });
-    })
-    .await;
+    let hub = hub_with_slow_commits(dir.path(), Duration::from_millis(200)).await;
     let alice_options = options().subscription_queue(2);
     let (alice, bob, recipients) = alice_and_bob(&hub, alice_options, options()).await;
-    let flooding = bob.clone();
-    let flood = tokio::spawn(async move {
-        let mut acks = Vec::new();
-        // A channel each, so that each batch carries its sender key: a subscription opened
-        // midway can read from its first delivery on.
-        for i in 0..N {
-            let channel = format!("orders.eu.{i}");
-            let payload = i.to_be_bytes();
-            acks.push(
-                flooding
-                    .enqueue_to(&channel, payload, &recipients)
-                    .await
-                    .unwrap(),
-            );
-        }
-        for ack in acks {
-            ack.await.unwrap();
-        }
-    });
-    // Subscribed while Bob's messages pour in, just after a group commit (which answered
-    // Alice's publish): the subscribe's `Ack` waits for the next, up to 200 ms later.
-    while bob.stats().published < 200 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    alice.publish_to("orders.alice", "mine", &[]).await.unwrap();
+    let flooding = flood(bob.clone(), recipients, N);
+    just_after_a_commit(&alice, &bob).await;
     let mut orders = alice.subscribe("orders.eu.*").await.unwrap();
-    let index = |m: &Message| u32::from_be_bytes(m.payload[..4].try_into().unwrap());
     let first = index(&message(&mut orders).await);
     let (mut expected, mut kept, mut dropped) = (first + 1, 1, None);
     while expected < N {
@@ -279,17 +294,13 @@ async fn deliveries_ahead_of_the_subscribe_ack_wait_aside() {
             Err(e) => {
                 assert_eq!(e.kind(), ErrorKind::Limited, "{e}");
                 assert!(dropped.is_none(), "one error only: {e}");
-                let count: u32 = e
-                    .to_string()
-                    .split_whitespace()
-                    .find_map(|word| word.parse().ok())
-                    .unwrap();
+                let count: u32 = first_number(&e.to_string());
                 dropped = Some(count);
                 expected += count;
             }
         }
     }
-    flood.await.unwrap();
+    flooding.await.unwrap();
     let dropped = dropped.unwrap_or(0);
     assert!(
         dropped > 0,
@@ -297,6 +308,60 @@ async fn deliveries_ahead_of_the_subscribe_ack_wait_aside() {
     );
     assert_eq!(kept, 1, "the queue's two places: one kept, the error");
     assert_eq!(alice.stats().early_dropped, u64::from(dropped));
+}
+
+/// A subscription the hub ends before its `Ack` (a policy load while the `Ack` waits for the
+/// audit log) takes what was set aside for it along: counted, and the details of the error
+/// that ends it say how many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_ended_before_its_ack_says_what_it_had_set_aside() {
+    let dir = tempfile::TempDir::new().unwrap();
+    // The longest the log allows: the policy load has to come while the `Ack` waits.
+    let hub = hub_with_slow_commits(dir.path(), Duration::from_secs(1)).await;
+    let (alice, bob, recipients) = alice_and_bob(&hub, options(), options()).await;
+    let flooding = flood(bob.clone(), recipients, 2000);
+    just_after_a_commit(&alice, &bob).await;
+    let subscribing = tokio::spawn({
+        let alice = alice.clone();
+        async move { alice.subscribe("orders.eu.*").await }
+    });
+    // Deliveries set aside meanwhile (the subscription is the only one that takes any), then
+    // subscribing there is no longer allowed.
+    while alice.stats().received == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(
+        !subscribing.is_finished(),
+        "the Ack came before the policy load"
+    );
+    let no_eu = r#"
+        @id("no-eu")
+        forbid (principal, action == Action::"subscribe", resource in Namespace::"orders.eu");
+    "#;
+    let sources = vec![
+        ("shop.cedar".to_owned(), SHOP_POLICIES.to_owned()),
+        ("no-eu.cedar".to_owned(), no_eu.to_owned()),
+    ];
+    hub.hub.load_policies(sources).await.unwrap();
+
+    let mut orders = subscribing.await.unwrap().unwrap();
+    let e = match next(&mut orders).await {
+        Some(Err(e)) => e,
+        other => panic!("expected the end of the subscription, got {other:?}"),
+    };
+    assert_eq!(e.kind(), ErrorKind::Denied, "{e}");
+    let lost = e.details().first().map(|d| first_number(d)).unwrap_or(0);
+    assert!(lost > 0, "messages were set aside before the end: {e:?}");
+    assert_eq!(alice.stats().early_dropped, u64::from(lost));
+    assert!(next(&mut orders).await.is_none(), "nothing after the end");
+    flooding.await.unwrap();
+}
+
+/// The first number in `text`.
+fn first_number(text: &str) -> u32 {
+    text.split_whitespace()
+        .find_map(|word| word.parse().ok())
+        .unwrap()
 }
 
 /// A subscription buffers so many payload bytes and no more: while it is full and not read,
