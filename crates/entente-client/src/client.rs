@@ -474,7 +474,10 @@ impl Client {
     /// [`ClientStats::rejected`]. The stream goes on after them; it ends after an
     /// [`ErrorKind::Closed`] item when the hub ends the session, and after an
     /// [`ErrorKind::Denied`] item (code and reason from the hub) when the hub ends the
-    /// subscription because a policy change no longer allows it.
+    /// subscription because a policy change no longer allows it. What arrives before the
+    /// hub's answer is kept for the subscription up to what its queue holds; an
+    /// [`ErrorKind::Limited`] item says how many came past that and were dropped
+    /// ([`ClientOptions::subscription_queue`](crate::ClientOptions::subscription_queue)).
     pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, Error> {
         let pattern = ChannelPattern::parse(pattern).map_err(|e| {
             Error::new(ErrorKind::InvalidInput, format!("bad channel pattern: {e}")).with_source(e)

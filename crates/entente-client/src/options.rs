@@ -177,12 +177,13 @@ impl ClientOptions {
     /// Default 4096 (a [`Subscription`](crate::Subscription) being read also holds up to 256
     /// it has taken from that buffer at once). A subscription that is not read holds up the whole session — acks
     /// included — and the hub disconnects a consumer that stays stuck (`RESOURCE_EXHAUSTED`).
-    /// What reaches a subscription before the hub has acknowledged it (while the `Ack` waits
-    /// for the hub's audit log) is kept aside until then, up to this many messages and
-    /// [`subscription_queue_bytes`](Self::subscription_queue_bytes); the rest is dropped,
-    /// counted ([`ClientStats::early_dropped`](crate::ClientStats::early_dropped)) and
-    /// reported by an [`ErrorKind::Limited`](crate::ErrorKind::Limited) error on the
-    /// subscription.
+    /// What reaches a subscription before the hub has acknowledged it (deliveries may come
+    /// first, as while the `Ack` waits for the hub's audit log) is kept aside until then, up
+    /// to this many messages and [`subscription_queue_bytes`](Self::subscription_queue_bytes);
+    /// the rest is dropped, counted
+    /// ([`ClientStats::early_dropped`](crate::ClientStats::early_dropped)) and reported by an
+    /// [`ErrorKind::Limited`](crate::ErrorKind::Limited) error on the subscription, which
+    /// takes the place of the last one kept.
     pub fn subscription_queue(mut self, messages: usize) -> Self {
         self.subscription_queue = messages.max(1);
         self

@@ -15,8 +15,9 @@ use crate::{Client, Error, Message};
 /// The messages arriving for one subscription, as a [`Stream`].
 ///
 /// Items are `Ok(Message)` for every message that verified and opened, and `Err` for every
-/// one that did not (see [`Client::subscribe`]): nothing that reaches the client is dropped
-/// without a trace. After the session ends the stream yields an
+/// one that did not (see [`Client::subscribe`]), or for how many arrived before the hub
+/// acknowledged the subscription past what its queue holds: nothing that reaches the client
+/// is dropped without a trace. After the session ends the stream yields an
 /// [`ErrorKind::Closed`](crate::ErrorKind::Closed) error (unless this client closed it) and
 /// then ends. When the hub ends the subscription alone — a policy change no longer allows it
 /// — the stream yields an error carrying the hub's code and reason
