@@ -265,6 +265,13 @@ struct Early {
     dropped: u64,
 }
 
+impl SubscriptionEntry {
+    /// What was set aside for the subscription before its `Ack`, taken out.
+    fn take_early(&self) -> Early {
+        std::mem::take(&mut *self.early.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
 impl Early {
     /// What was set aside, in order, then an error saying how many came after and were
     /// dropped, if any.
@@ -2222,10 +2229,8 @@ async fn handle(shared: &Shared, transport: &Transport, frame: ServerFrame) -> b
         Some(server_frame::Kind::Ack(ack)) => {
             let subscribed = shared.answer(ack.request_id, None, ack.held);
             if let Some(entry) = subscribed {
-                let early = std::mem::take(
-                    &mut *entry.early.lock().unwrap_or_else(PoisonError::into_inner),
-                );
-                queue(shared, ack.request_id, &entry, early.into_items()).await;
+                let early = entry.take_early().into_items();
+                queue(shared, ack.request_id, &entry, early).await;
             }
         }
         Some(server_frame::Kind::Refusal(refusal)) => {
@@ -2245,9 +2250,7 @@ async fn handle(shared: &Shared, transport: &Transport, frame: ServerFrame) -> b
                 let what = format!("the subscription to `{}`", entry.pattern);
                 let mut error = Error::ended(&what, ended.code, &ended.reason);
                 // Ended before the hub acknowledged it: what was set aside for it goes too.
-                let early = std::mem::take(
-                    &mut *entry.early.lock().unwrap_or_else(PoisonError::into_inner),
-                );
+                let early = entry.take_early();
                 let lost = early.items.len() as u64 + early.dropped;
                 if lost > 0 {
                     stats::add(&shared.stats.early_dropped, early.items.len() as u64);

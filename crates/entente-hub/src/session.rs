@@ -331,7 +331,7 @@ impl<R: Router> Session<R> {
         }
         if !subscribe.durable.is_empty() {
             return match self.subscribe_durable(&subscribe) {
-                Ok(start) => self.ack_then(id, start).await,
+                Ok(start) => self.ack_then(id, Some(start)).await,
                 Err(refused) => self.refuse(id, refused).await,
             };
         }
@@ -585,8 +585,12 @@ impl<R: Router> Session<R> {
         stats::add(&stats.delivery_failures, failed as u64);
         stats::add(&stats.slow_consumer_disconnects, slow as u64);
         if failed == 0 {
-            self.answer_stored(server_frame::Kind::Ack(Ack { request_id, held }), stored)
-                .await
+            self.answer_then(
+                server_frame::Kind::Ack(Ack { request_id, held }),
+                stored,
+                None,
+            )
+            .await
         } else {
             let reason = format!(
                 "{failed} of {attempted} deliveries failed; {slow} slow subscriber(s) disconnected"
@@ -1372,11 +1376,7 @@ impl<R: Router> Session<R> {
     }
 
     async fn ack(&self, request_id: u64) -> Result<(), Status> {
-        self.answer(server_frame::Kind::Ack(Ack {
-            request_id,
-            held: Vec::new(),
-        }))
-        .await
+        self.ack_then(request_id, None).await
     }
 
     async fn refuse(&self, request_id: u64, refused: Refused) -> Result<(), Status> {
@@ -1406,50 +1406,40 @@ impl<R: Router> Session<R> {
         .await
     }
 
-    /// Acknowledges `request_id` as [`ack`](Self::ack) does, and tells `start`, once the
-    /// `Ack` is queued for the client, whether it went as an `Ack` (a refusal goes instead
+    /// Acknowledges `request_id` as [`ack`](Self::ack) does, and tells `start`, if given, once
+    /// the `Ack` is queued for the client, whether it went as an `Ack` (a refusal goes instead
     /// when the audit log failed).
-    async fn ack_then(&self, request_id: u64, start: Start) -> Result<(), Status> {
+    async fn ack_then(&self, request_id: u64, start: Option<Start>) -> Result<(), Status> {
         let ack = server_frame::Kind::Ack(Ack {
             request_id,
             held: Vec::new(),
         });
-        if !self.answers_wait {
-            self.send(ack).await?;
-            let _ = start.send(true);
-            return Ok(());
-        }
-        self.wait_for_log(ack, Vec::new(), Some(start)).await
+        self.answer_then(ack, Vec::new(), start).await
     }
 
     /// Sends an answer: at once, or, while auditing is on, once everything recorded so far
     /// is durable (in order with the session's other answers).
     async fn answer(&self, kind: server_frame::Kind) -> Result<(), Status> {
-        self.answer_stored(kind, Vec::new()).await
+        self.answer_then(kind, Vec::new(), None).await
     }
 
     /// As [`answer`](Self::answer), once the entries `stored` in durable channels are durable
-    /// too.
-    async fn answer_stored(
-        &self,
-        kind: server_frame::Kind,
-        stored: Vec<(Arc<Stream>, u64)>,
-    ) -> Result<(), Status> {
-        if !self.answers_wait {
-            return self.send(kind).await;
-        }
-        self.wait_for_log(kind, stored, None).await
-    }
-
-    /// Queues an answer to be sent once everything recorded so far, and the entries
-    /// `stored`, are durable; `queued` is told, once it is queued for the client, whether it
-    /// went as an `Ack`.
-    async fn wait_for_log(
+    /// too; `queued` is told, once the answer is queued for the client, whether it went as an
+    /// `Ack`.
+    async fn answer_then(
         &self,
         kind: server_frame::Kind,
         stored: Vec<(Arc<Stream>, u64)>,
         queued: Option<Start>,
     ) -> Result<(), Status> {
+        if !self.answers_wait {
+            let acked = matches!(kind, server_frame::Kind::Ack(_));
+            self.send(kind).await?;
+            if let Some(queued) = queued {
+                let _ = queued.send(acked);
+            }
+            return Ok(());
+        }
         let answers = self.answers.get_or_init(|| {
             let (answers, waiting) = mpsc::channel(ANSWERS_WAITING);
             let auditor = self.context.authz.auditor().clone();
