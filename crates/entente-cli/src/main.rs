@@ -53,7 +53,7 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         payload: usize,
         /// Each publisher publishes at this many messages per second (default 0: as fast as
-        /// possible).
+        /// possible), on an open loop: each millisecond's messages are released together.
         #[arg(long, default_value_t = 0)]
         rate: u64,
         /// Publishers, each on its own connection; `--messages` is per publisher.
@@ -111,7 +111,7 @@ enum Command {
         compare_attack: Option<usize>,
         /// Run ROUNDS rounds of the same pub/sub (or request/reply) workload through Entente
         /// and through nats-server, plain and with TLS (`nats-server` must be installed), and
-        /// report the ratios.
+        /// report the ratios; with `--rate`, every side's publishers are paced alike.
         #[arg(
             long,
             value_name = "ROUNDS",
@@ -123,8 +123,9 @@ enum Command {
         /// Run every workload of the comparison with nats-server, ROUNDS rounds, and print
         /// a throughput table and a latency table: pub/sub 1→1, 1→10 and 10→10;
         /// request/reply with 1 and 64 in flight; durable publish against JetStream; 1 KiB
-        /// and 16 KiB payloads. Each with throughput, latency (p50, p99, p99.9), CPU seconds
-        /// per million and peak memory (`nats-server` must be installed).
+        /// and 16 KiB payloads; 1→1 again with each side offered half of what it carried (the
+        /// latency target). Each with throughput, latency (p50, p99, p99.9), CPU seconds per
+        /// million (the kernel's part too) and peak memory (`nats-server` must be installed).
         #[arg(
             long,
             value_name = "ROUNDS",
@@ -481,7 +482,7 @@ fn main() -> ExitCode {
             } else if let Some(rounds) = compare_jetstream {
                 commands::bench::compare_jetstream(rounds, count, payload, cli.json)
             } else if let Some(rounds) = compare_nats {
-                commands::bench::compare_nats(rounds, shape, cli.json)
+                commands::bench::compare_nats(rounds, shape, rate, cli.json)
             } else {
                 let compare = compare_authorization
                     .map(|rounds| (Switch::Authorization, rounds))

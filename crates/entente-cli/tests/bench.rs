@@ -135,6 +135,20 @@ fn fan_out_runs_beside_nats_plain_and_with_tls() {
     }
 }
 
+/// `--rate` paces every side of a comparison alike: a publisher offered 2 000 messages a
+/// second cannot have its 200th delivered before it was due, 99.5 ms after the start.
+#[test]
+fn a_rate_paces_every_side_of_a_comparison() {
+    let v = bench_json(&["--messages", "200", "--rate", "2000", "--compare-nats", "1"]);
+    assert_eq!(v["rate"], 2000, "{v:#}");
+    let round = &v["rounds"][0];
+    assert_eq!(round["entente"]["lost"], 0, "{v:#}");
+    for run in ["entente", "nats_plain", "nats_tls"] {
+        assert_eq!(round[run]["rate"], 2000, "{v:#}");
+        assert!(round[run]["seconds"].as_f64().unwrap() >= 0.0995, "{v:#}");
+    }
+}
+
 /// Several publishers, each on its own connection: every subscriber gets every message of
 /// every publisher, through Entente and through nats-server; what the runs cost is reported.
 #[test]
@@ -257,9 +271,24 @@ fn the_suite_runs_every_workload() {
         .collect();
     assert_eq!(
         ids,
-        ["a", "b", "c", "d1", "d64", "e", "e-always", "f1k", "f16k"],
+        [
+            "a", "a-half", "b", "c", "d1", "d64", "e", "e-always", "f1k", "f16k"
+        ],
         "{v:#}"
     );
+    // The latency target's run: each side's publisher offered half of what it carried in
+    // the same round's (a), which ran flat out.
+    let a = &workloads[0]["rounds"][0];
+    let half = &workloads[1]["rounds"][0];
+    for side in ["entente", "nats", "nats_tls"] {
+        assert_eq!(a[side]["offered_per_sec"], 0, "{v:#}");
+        let carried = a[side]["per_sec"].as_f64().unwrap().round() as u64;
+        assert_eq!(
+            half[side]["offered_per_sec"].as_u64().unwrap(),
+            (carried / 2).max(1),
+            "{v:#}"
+        );
+    }
     for w in workloads {
         assert_eq!(w["rounds"].as_array().unwrap().len(), 1, "{w:#}");
         assert_eq!(w["entente"]["lost"], 0, "{w:#}");
@@ -273,7 +302,12 @@ fn the_suite_runs_every_workload() {
         for side in sides {
             let s = &w[side];
             assert!(s["per_sec"].as_f64().unwrap() > 0.0, "{w:#}");
-            assert!(s["cpu_seconds_per_million"].is_number(), "{w:#}");
+            // The kernel's part of the CPU is part of it.
+            let (cpu, kernel) = (
+                s["cpu_seconds_per_million"].as_f64().unwrap(),
+                s["kernel_seconds_per_million"].as_f64().unwrap(),
+            );
+            assert!((0.0..=cpu).contains(&kernel), "{w:#}");
             assert!(s["peak_rss_bytes"].as_u64().unwrap() > 0, "{w:#}");
             // Megabytes of payload per second: the throughput times the payload size.
             let payload = w["payload_bytes"].as_f64().unwrap();

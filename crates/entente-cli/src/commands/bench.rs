@@ -604,13 +604,8 @@ async fn publish(
     let first = numbers.start;
     let mut buffer = vec![0xA5u8; payload];
     for number in numbers {
-        if rate > 0 {
-            // Open loop at `rate`: the publisher's message `seq` is due at seq/rate seconds.
-            let seq = number - first;
-            let due = start + Duration::from_secs_f64(seq as f64 / rate as f64);
-            if due > Instant::now() {
-                tokio::time::sleep_until(due.into()).await;
-            }
+        if let Some(due) = due(start, number - first, rate) {
+            tokio::time::sleep_until(due.into()).await;
         }
         let at = nanos(start.elapsed());
         if let Some(head) = buffer.get_mut(..HEADER) {
@@ -629,6 +624,21 @@ async fn publish(
         }
     }
     Ok((sent, errors))
+}
+
+/// When a publisher on an open loop at `rate` messages per second (0: flat out) is due to
+/// publish its message `seq`, if that is still to come: at `seq / rate` seconds after `start`.
+/// Both sides of a comparison pace their publishers with it, waiting with Tokio's timer,
+/// whose resolution is a millisecond: each millisecond's messages go out together.
+pub(crate) fn due(start: Instant, seq: u64, rate: u64) -> Option<Instant> {
+    if rate == 0 {
+        return None;
+    }
+    // Beyond what an `Instant` holds, the message is due now.
+    let due = Duration::try_from_secs_f64(seq as f64 / rate as f64)
+        .ok()
+        .and_then(|after| start.checked_add(after))?;
+    (due > Instant::now()).then_some(due)
 }
 
 /// What the subscriber saw.
@@ -892,6 +902,8 @@ pub(crate) async fn jetstream_publish(messages: u64, payload: usize) -> Result<D
 /// One core-NATS run as the comparison reports it.
 #[derive(Debug, serde::Serialize)]
 pub(crate) struct NatsReport {
+    /// Offered rate in messages per second per publisher; 0 for as fast as it can.
+    rate: u64,
     sent: u64,
     pub(crate) delivered: u64,
     duplicates: u64,
@@ -973,16 +985,39 @@ impl PubSub {
     }
 }
 
-/// One round of `shape` through Entente, nats and nats+TLS; who goes first rotates with
-/// `round`, so that drift in the machine's load favours no one.
+/// What each side's publishers are offered, in messages per second per publisher (0: as
+/// fast as they can).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rates {
+    pub(crate) entente: u64,
+    pub(crate) nats: u64,
+    pub(crate) nats_tls: u64,
+}
+
+impl Rates {
+    /// Every side offered `rate`.
+    pub(crate) fn same(rate: u64) -> Self {
+        Self {
+            entente: rate,
+            nats: rate,
+            nats_tls: rate,
+        }
+    }
+}
+
+/// One round of `shape` through Entente, nats and nats+TLS, each side's publishers paced at
+/// its `rates`; who goes first rotates with `round`, so that drift in the machine's load
+/// favours no one.
 pub(crate) fn pubsub_round(
     runtime: &tokio::runtime::Runtime,
     servers: &NatsPair,
     shape: PubSub,
+    rates: Rates,
     round: usize,
 ) -> Result<NatsRound> {
     let nats_run = |tls: bool| {
         let (server, client) = servers.server(tls);
+        let rate = if tls { rates.nats_tls } else { rates.nats };
         runtime
             .block_on(nats::pubsub(
                 server,
@@ -994,14 +1029,15 @@ pub(crate) fn pubsub_round(
                     shape.publishers.max(1),
                     shape.subscribers.max(1),
                 ),
+                rate,
                 Duration::from_secs(2),
             ))
-            .map(|run| nats_report(&run, shape.payload))
+            .map(|run| nats_report(&run, shape.payload, rate))
     };
     let (mut entente, mut plain, mut secure) = (None, None, None);
     for turn in 0..3 {
         match (round + turn) % 3 {
-            0 => entente = Some(runtime.block_on(bench(shape, 0, None))?),
+            0 => entente = Some(runtime.block_on(bench(shape, rates.entente, None))?),
             1 => plain = Some(nats_run(false)?),
             _ => secure = Some(nats_run(true)?),
         }
@@ -1017,9 +1053,15 @@ pub(crate) fn pubsub_round(
 }
 
 /// `--compare-nats`: `rounds` rounds of the same pub/sub workload through Entente
-/// (everything on) and through nats-server, plain and with TLS, in rotating order; reports
-/// each and the ratios of the medians.
-pub(crate) fn compare_nats(rounds: usize, shape: PubSub, json: bool) -> Result<ExitCode> {
+/// (everything on) and through nats-server, plain and with TLS, in rotating order, every
+/// side's publishers offered `rate` messages per second (0: flat out); reports each and the
+/// ratios of the medians.
+pub(crate) fn compare_nats(
+    rounds: usize,
+    shape: PubSub,
+    rate: u64,
+    json: bool,
+) -> Result<ExitCode> {
     if rounds == 0 {
         bail!("`--compare-nats` needs at least 1 round");
     }
@@ -1034,7 +1076,7 @@ pub(crate) fn compare_nats(rounds: usize, shape: PubSub, json: bool) -> Result<E
             entente,
             nats_plain,
             nats_tls,
-        } = pubsub_round(&runtime, &servers, shape, round)?;
+        } = pubsub_round(&runtime, &servers, shape, Rates::same(rate), round)?;
         if !json {
             println!(
                 "round {round}: Entente {:.0} msgs/s (p50 {} µs, {} lost, {:.2} CPU s/M); nats \
@@ -1072,6 +1114,7 @@ pub(crate) fn compare_nats(rounds: usize, shape: PubSub, json: bool) -> Result<E
         "publishers": shape.publishers,
         "subscribers": shape.subscribers,
         "payload_bytes": shape.payload,
+        "rate": rate,
     });
     print_medians(json, head, &results, medians, "msgs")?;
     Ok(exit_code(results.iter().all(|r| r.entente.clean())))
@@ -1119,7 +1162,7 @@ pub(crate) fn exit_code(clean: bool) -> ExitCode {
     }
 }
 
-fn nats_report(run: &nats::PubSubRun, payload: usize) -> NatsReport {
+fn nats_report(run: &nats::PubSubRun, payload: usize, rate: u64) -> NatsReport {
     let per_sec = |n: f64| {
         if run.seconds > 0.0 {
             n / run.seconds
@@ -1128,6 +1171,7 @@ fn nats_report(run: &nats::PubSubRun, payload: usize) -> NatsReport {
         }
     };
     NatsReport {
+        rate,
         sent: run.sent,
         delivered: run.delivered,
         duplicates: run.duplicates,

@@ -4,6 +4,7 @@
 //! | id | workload | compared with |
 //! |---|---|---|
 //! | a | 1 publisher → 1 subscriber, 256 B | nats, nats+TLS |
+//! | a-half | (a), each side offered half of what it carried in (a) | nats, nats+TLS |
 //! | b | 1 → 10, 256 B | nats, nats+TLS |
 //! | c | 10 → 10, 256 B (every subscriber gets every publisher's messages) | nats, nats+TLS |
 //! | d1, d64 | request/reply, 1 and 64 requests in flight, 256 B | nats, nats+TLS |
@@ -11,19 +12,23 @@
 //! | f1k, f16k | 1 → 1 with 1 KiB and 16 KiB payloads | nats, nats+TLS |
 //!
 //! Each round runs every workload once on each side, who goes first rotating from round to
-//! round, on nats-servers started afresh for each workload; the table has the medians over the rounds (lost: the sum, peak memory: the
-//! largest). Throughput counts deliveries for pub/sub (a message to ten subscribers is
-//! ten), requests answered for request/reply, acknowledged publishes for durable publish;
-//! CPU seconds are per million of those. What CPU and memory measure is in
-//! [`usage`](crate::commands::usage) and docs/BENCHMARKS.md. The run fails if Entente lost,
-//! duplicated or failed anything.
+//! round, on nats-servers started afresh for each workload; the table has the medians over the
+//! rounds (lost: the sum, peak memory: the largest). Throughput counts deliveries for pub/sub
+//! (a message to ten subscribers is ten), requests answered for request/reply, acknowledged
+//! publishes for durable publish; CPU seconds are per million of those. What CPU and memory
+//! measure is in [`usage`](crate::commands::usage) and docs/BENCHMARKS.md. The run fails if
+//! Entente lost, duplicated or failed anything.
+//!
+//! (a-half) measures the latency target, p99 under 1 ms at half the maximum throughput: each
+//! side's publisher is paced ([`bench::due`]) at half the deliveries per second that side
+//! reached in the same round's (a).
 
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
 use entente_hub::StreamSync;
 
-use crate::commands::bench::{self, JS_SYNC, NatsPair, PubSub, median};
+use crate::commands::bench::{self, JS_SYNC, NatsPair, PubSub, Rates, median};
 use crate::commands::bench_rpc::{self, Rpc};
 use crate::commands::floor::{self, Floor};
 use crate::commands::usage::Cost;
@@ -32,11 +37,16 @@ use crate::commands::usage::Cost;
 const PAYLOAD: usize = 256;
 /// Messages under one signature when a publisher runs flat out (the SDK's `batch_max`).
 const BATCH: usize = 256;
+/// The longest a half-load run may be paced to last, in seconds.
+const HALF_LOAD_MAX_SECONDS: u64 = 600;
 
 /// One workload of the suite.
 #[derive(Debug, Clone, Copy)]
 enum Shape {
     PubSub(PubSub),
+    /// Pub/sub with each side's publishers offered half of what they carried in the pub/sub
+    /// workload run just before it in the same round.
+    HalfLoad(PubSub),
     Rpc(Rpc),
     Durable {
         messages: u64,
@@ -50,6 +60,8 @@ enum Shape {
 struct Side {
     /// Deliveries, requests answered or acknowledged publishes per second.
     per_sec: f64,
+    /// Messages each publisher was offered per second; 0 when it ran as fast as it could.
+    offered_per_sec: u64,
     /// `per_sec` in megabytes of payload per second.
     mb_per_sec: f64,
     /// Latency percentiles in microseconds: publish to delivery, or the round trip; 0 for
@@ -60,6 +72,8 @@ struct Side {
     /// Messages or requests lost (for Entente: also duplicated, refused or failed).
     lost: u64,
     cpu_seconds_per_million: f64,
+    /// The kernel's part of `cpu_seconds_per_million` (system calls, the network stack).
+    kernel_seconds_per_million: f64,
     /// Entente's whole process, nats-server alone.
     peak_rss_bytes: u64,
 }
@@ -108,14 +122,47 @@ pub(crate) fn run(rounds: usize, messages: Option<u64>, json: bool) -> Result<Ex
     let mut results: Vec<Vec<Sides>> = workloads.iter().map(|_| Vec::new()).collect();
     let mut clean = true;
     for round in 1..=rounds {
+        // What each side's publishers carried in this round's last pub/sub run flat out.
+        let mut carried: Option<Rates> = None;
         for ((id, name, shape), done) in workloads.iter().zip(&mut results) {
             if !json {
                 eprintln!("round {round}/{rounds}: ({id}) {name}");
             }
+            let rates = match shape {
+                Shape::HalfLoad(_) => {
+                    let Some(full) = carried else {
+                        bail!("({id}) has no pub/sub workload before it to take half of");
+                    };
+                    let rates = Rates {
+                        entente: full.entente / 2,
+                        nats: full.nats / 2,
+                        nats_tls: full.nats_tls / 2,
+                    };
+                    let slowest = rates.entente.min(rates.nats).min(rates.nats_tls);
+                    let messages = match shape {
+                        Shape::HalfLoad(s) => s.messages,
+                        _ => 0,
+                    };
+                    // A side that carried next to nothing flat out would take days paced.
+                    if slowest == 0 || messages / slowest > HALF_LOAD_MAX_SECONDS {
+                        bail!(
+                            "({id}): a side carried too little in the run before it ({} msgs/s \
+                             per publisher at most) to offer it half of that for {messages} \
+                             messages within {HALF_LOAD_MAX_SECONDS} s",
+                            slowest.saturating_mul(2)
+                        );
+                    }
+                    rates
+                }
+                _ => Rates::same(0),
+            };
             // Fresh servers for each run, so that nats-server's memory is this workload's.
             let servers = runtime.block_on(NatsPair::start())?;
-            let (sides, ok) = run_one(&runtime, &servers, *shape, round)?;
+            let (sides, ok) = run_one(&runtime, &servers, *shape, rates, round)?;
             runtime.block_on(servers.stop());
+            if let Shape::PubSub(pubsub) = shape {
+                carried = Some(per_publisher(&sides, *pubsub));
+            }
             clean &= ok;
             done.push(sides);
         }
@@ -141,6 +188,7 @@ pub(crate) fn run(rounds: usize, messages: Option<u64>, json: bool) -> Result<Ex
         );
     } else {
         print_table(&lines, rounds);
+        print_half_load(&lines);
         print_floor(&floor, &lines);
     }
     Ok(if clean {
@@ -148,6 +196,18 @@ pub(crate) fn run(rounds: usize, messages: Option<u64>, json: bool) -> Result<Ex
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// What each side's publishers carried in `sides`, a run of `shape`: its deliveries per
+/// second over its subscribers and publishers.
+fn per_publisher(sides: &Sides, shape: PubSub) -> Rates {
+    let fan = (shape.publishers.max(1) * shape.subscribers.max(1)) as f64;
+    let one = |side: &Side| (side.per_sec / fan).round() as u64;
+    Rates {
+        entente: one(&sides.entente),
+        nats: one(&sides.nats),
+        nats_tls: sides.nats_tls.as_ref().map_or(0, one),
+    }
 }
 
 /// The suite's workloads: id, name, shape.
@@ -178,6 +238,16 @@ fn workloads(messages: Option<u64>) -> Vec<(&'static str, String, Shape)> {
             "a",
             "pub/sub 1 -> 1, 256 B".to_owned(),
             pubsub(count(200_000), PAYLOAD, 1, 1),
+        ),
+        (
+            "a-half",
+            "(a) at half its throughput, paced".to_owned(),
+            Shape::HalfLoad(PubSub {
+                messages: count(400_000),
+                payload: PAYLOAD,
+                publishers: 1,
+                subscribers: 1,
+            }),
         ),
         (
             "b",
@@ -222,33 +292,49 @@ fn workloads(messages: Option<u64>) -> Vec<(&'static str, String, Shape)> {
     ]
 }
 
-/// One round of one workload on every side; and whether Entente's run was clean.
+/// One round of one workload on every side, pub/sub publishers paced at `rates`; and
+/// whether Entente's run was clean.
 fn run_one(
     runtime: &tokio::runtime::Runtime,
     servers: &NatsPair,
     shape: Shape,
+    rates: Rates,
     round: usize,
 ) -> Result<(Sides, bool)> {
     Ok(match shape {
-        Shape::PubSub(shape) => {
-            let r = bench::pubsub_round(runtime, servers, shape, round)?;
-            let side = |per_sec, latency: bench::Latency, lost, cost: Cost| Side {
+        Shape::PubSub(shape) | Shape::HalfLoad(shape) => {
+            let r = bench::pubsub_round(runtime, servers, shape, rates, round)?;
+            let side = |per_sec, offered_per_sec, latency: bench::Latency, lost, cost: Cost| Side {
                 per_sec,
+                offered_per_sec,
                 mb_per_sec: megabytes(per_sec, shape.payload),
                 p50_us: latency.p50,
                 p99_us: latency.p99,
                 p999_us: latency.p999,
                 lost,
                 cpu_seconds_per_million: cost.cpu_seconds_per_million,
+                kernel_seconds_per_million: cost.kernel_seconds_per_million,
                 peak_rss_bytes: cost.peak_rss_bytes,
             };
             let (e, p, t) = (&r.entente, &r.nats_plain, &r.nats_tls);
             let entente_lost = e.lost + e.duplicates + e.rejected + e.publish_errors;
             (
                 Sides {
-                    entente: side(e.msgs_per_sec, e.latency_us, entente_lost, e.cost),
-                    nats: side(p.msgs_per_sec, p.latency_us, p.lost, p.cost),
-                    nats_tls: Some(side(t.msgs_per_sec, t.latency_us, t.lost, t.cost)),
+                    entente: side(
+                        e.msgs_per_sec,
+                        rates.entente,
+                        e.latency_us,
+                        entente_lost,
+                        e.cost,
+                    ),
+                    nats: side(p.msgs_per_sec, rates.nats, p.latency_us, p.lost, p.cost),
+                    nats_tls: Some(side(
+                        t.msgs_per_sec,
+                        rates.nats_tls,
+                        t.latency_us,
+                        t.lost,
+                        t.cost,
+                    )),
                 },
                 e.clean(),
             )
@@ -257,12 +343,14 @@ fn run_one(
             let r = bench_rpc::rpc_round(runtime, servers, shape, round)?;
             let side = |one: &bench_rpc::RpcReport| Side {
                 per_sec: one.requests_per_sec,
+                offered_per_sec: 0,
                 mb_per_sec: megabytes(one.requests_per_sec, shape.payload),
                 p50_us: one.latency_us.p50,
                 p99_us: one.latency_us.p99,
                 p999_us: one.latency_us.p999,
                 lost: one.lost + one.failed + one.mismatched,
                 cpu_seconds_per_million: one.cost.cpu_seconds_per_million,
+                kernel_seconds_per_million: one.cost.kernel_seconds_per_million,
                 peak_rss_bytes: one.cost.peak_rss_bytes,
             };
             (
@@ -283,6 +371,7 @@ fn run_one(
                 per_sec: one.msgs_per_sec,
                 mb_per_sec: megabytes(one.msgs_per_sec, payload),
                 cpu_seconds_per_million: one.cost.cpu_seconds_per_million,
+                kernel_seconds_per_million: one.cost.kernel_seconds_per_million,
                 peak_rss_bytes: one.cost.peak_rss_bytes,
                 ..Side::default()
             };
@@ -311,12 +400,14 @@ fn run_one(
 fn line(id: &'static str, name: String, shape: Shape, rounds: Vec<Sides>) -> Line {
     let summary = |sides: Vec<Side>| Side {
         per_sec: median(sides.iter().map(|s| s.per_sec)),
+        offered_per_sec: median(sides.iter().map(|s| s.offered_per_sec as f64)) as u64,
         mb_per_sec: median(sides.iter().map(|s| s.mb_per_sec)),
         p50_us: median(sides.iter().map(|s| s.p50_us as f64)) as u64,
         p99_us: median(sides.iter().map(|s| s.p99_us as f64)) as u64,
         p999_us: median(sides.iter().map(|s| s.p999_us as f64)) as u64,
         lost: sides.iter().map(|s| s.lost).sum(),
         cpu_seconds_per_million: median(sides.iter().map(|s| s.cpu_seconds_per_million)),
+        kernel_seconds_per_million: median(sides.iter().map(|s| s.kernel_seconds_per_million)),
         peak_rss_bytes: sides.iter().map(|s| s.peak_rss_bytes).max().unwrap_or(0),
     };
     let entente = summary(rounds.iter().map(|r| r.entente).collect());
@@ -334,7 +425,9 @@ fn line(id: &'static str, name: String, shape: Shape, rounds: Vec<Sides>) -> Lin
         }
     };
     let (unit, compared_with, messages, payload_bytes) = match shape {
-        Shape::PubSub(s) => ("deliveries", "nats-server", s.messages, s.payload),
+        Shape::PubSub(s) | Shape::HalfLoad(s) => {
+            ("deliveries", "nats-server", s.messages, s.payload)
+        }
         Shape::Rpc(s) => ("requests", "nats-server", s.requests, s.payload),
         Shape::Durable {
             messages, payload, ..
@@ -360,11 +453,12 @@ fn print_table(lines: &[Line], rounds: usize) {
     println!(
         "Medians of {rounds} round{} (lost: sum; peak RSS: largest). Throughput per second: \
          deliveries (pub/sub), requests (request/reply), acknowledged publishes (durable, \
-         against JetStream in the nats column).",
+         against JetStream in the nats column). CPU seconds per million, the kernel's part in \
+         parentheses.",
         if rounds == 1 { "" } else { "s" }
     );
     println!(
-        "{:<9} {:<35} {:>10} {:>10} {:>10} {:>7} {:>7} {:>24} {:>24} {:>20} {:>11}",
+        "{:<9} {:<35} {:>10} {:>10} {:>10} {:>7} {:>7} {:>24} {:>42} {:>20} {:>11}",
         "workload",
         "",
         "Entente/s",
@@ -381,7 +475,7 @@ fn print_table(lines: &[Line], rounds: usize) {
         let tls = l.nats_tls.unwrap_or_default();
         let dash = |s: String| if l.nats_tls.is_some() { s } else { "-".into() };
         println!(
-            "{:<9} {:<35} {:>10} {:>10} {:>10} {:>7.3} {:>7} {:>24} {:>24} {:>20} {:>11}",
+            "{:<9} {:<35} {:>10} {:>10} {:>10} {:>7.3} {:>7} {:>24} {:>42} {:>20} {:>11}",
             l.id,
             l.name,
             thousands(l.entente.per_sec),
@@ -397,9 +491,9 @@ fn print_table(lines: &[Line], rounds: usize) {
             ),
             format!(
                 "{} / {} / {}",
-                short(l.entente.cpu_seconds_per_million),
-                short(l.nats.cpu_seconds_per_million),
-                dash(short(tls.cpu_seconds_per_million))
+                cpu(&l.entente),
+                cpu(&l.nats),
+                dash(cpu(&tls))
             ),
             format!(
                 "{} / {} / {}",
@@ -442,6 +536,37 @@ fn print_table(lines: &[Line], rounds: usize) {
             ratio
         );
     }
+}
+
+/// The latency target of the paced lines: p99 under 1 ms at half the maximum throughput.
+fn print_half_load(lines: &[Line]) {
+    for l in lines.iter().filter(|l| l.entente.offered_per_sec > 0) {
+        let one = |side: &Side| {
+            format!(
+                "p99 {} at {} offered ({})",
+                human_us(side.p99_us),
+                thousands(side.offered_per_sec as f64),
+                if side.p99_us < 1000 { "met" } else { "not met" }
+            )
+        };
+        let tls = l.nats_tls.as_ref().map_or_else(|| "-".to_owned(), one);
+        println!(
+            "Target p99 < 1 ms at half the maximum, ({}): Entente {}; nats {}; nats+TLS {}.",
+            l.id,
+            one(&l.entente),
+            one(&l.nats),
+            tls
+        );
+    }
+}
+
+/// A side's CPU seconds per million, the kernel's part in parentheses.
+fn cpu(side: &Side) -> String {
+    format!(
+        "{} ({})",
+        short(side.cpu_seconds_per_million),
+        short(side.kernel_seconds_per_million)
+    )
 }
 
 /// A side's latency percentiles, `p50 / p99 / p99.9`.
@@ -565,7 +690,9 @@ mod tests {
         let ids: Vec<&str> = workloads(None).iter().map(|w| w.0).collect();
         assert_eq!(
             ids,
-            ["a", "b", "c", "d1", "d64", "e", "e-always", "f1k", "f16k"]
+            [
+                "a", "a-half", "b", "c", "d1", "d64", "e", "e-always", "f1k", "f16k"
+            ]
         );
     }
 
@@ -573,7 +700,7 @@ mod tests {
     fn a_message_count_replaces_every_workloads_own() {
         for (_, _, shape) in workloads(Some(7)) {
             let messages = match shape {
-                Shape::PubSub(s) => s.messages,
+                Shape::PubSub(s) | Shape::HalfLoad(s) => s.messages,
                 Shape::Rpc(s) => s.requests,
                 Shape::Durable { messages, .. } => messages,
             };

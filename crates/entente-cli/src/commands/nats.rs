@@ -23,6 +23,7 @@ use tokio::io::{
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
+use crate::commands::bench;
 use crate::commands::usage::{Meter, Usage};
 
 /// The longest line of the protocol we accept (an `INFO` line is a few hundred bytes).
@@ -319,6 +320,8 @@ impl Nats {
     /// Sends `PING` and waits for the `PONG`: everything sent before has been processed.
     async fn ping(&mut self) -> Result<()> {
         self.writer.write_all(b"PING\r\n").await?;
+        // Over TLS, what was written may wait in the stream's buffer until flushed.
+        self.writer.flush().await?;
         loop {
             let line = self.line().await?;
             match line.as_str() {
@@ -436,17 +439,18 @@ pub(crate) struct PubSubRun {
     pub(crate) client: Usage,
 }
 
-/// Each of `publishers` connections publishes `count` messages of `payload_len` bytes to
-/// `subject`, flat out, while `subscribers` other connections subscribed to it receive them
-/// all; each payload starts with its send time (ns since the start) and its number
-/// (`publisher * count + sequence`), as Entente's bench does. Messages a subscriber does not
-/// receive within `idle` of its previous one are counted lost (core NATS drops what a slow
-/// consumer can't take).
+/// Each of `publishers` connections publishes `count` messages of `payload_len` bytes to `subject`,
+/// at `rate` messages per second on an open loop as Entente's bench paces its own ([`bench::due`];
+/// 0: flat out), while `subscribers` other connections subscribed to it receive them all; each
+/// payload starts with its send time (ns since the start) and its number (`publisher * count +
+/// sequence`), as Entente's bench does. Messages a subscriber does not receive within `idle` of its
+/// previous one are counted lost (core NATS drops what a slow consumer can't take).
 pub(crate) async fn pubsub(
     server: &NatsServer,
     tls: Option<&TlsClient>,
     subject: &str,
     (count, payload_len, publishers, subscribers): (u64, usize, usize, usize),
+    rate: u64,
     idle: Duration,
 ) -> Result<PubSubRun> {
     let addr = server.addr();
@@ -480,7 +484,7 @@ pub(crate) async fn pubsub(
                     index * count,
                     count,
                     payload_len,
-                    start,
+                    (rate, start),
                 )
                 .await
             })
@@ -518,19 +522,26 @@ pub(crate) async fn pubsub(
 }
 
 /// One publisher's side of [`pubsub`]: messages `first..first + count`, in 32 KiB writes,
-/// then a `PING` so that the server has taken them all.
+/// paced at `rate` (0: flat out; what is due is written and flushed before each wait), then
+/// a `PING` so that the server has taken them all.
 async fn publish(
     mut publisher: Nats,
     subject: &str,
     first: u64,
     count: u64,
     payload_len: usize,
-    start: Instant,
+    (rate, start): (u64, Instant),
 ) -> Result<()> {
     let mut payload = vec![0xA5u8; payload_len.max(16)];
     let mut buf = Vec::with_capacity(64 * 1024);
     let head = format!("PUB {subject} {}\r\n", payload.len());
     for number in first..first + count {
+        if let Some(due) = bench::due(start, number - first, rate) {
+            publisher.writer.write_all(&buf).await?;
+            buf.clear();
+            publisher.writer.flush().await?;
+            tokio::time::sleep_until(due.into()).await;
+        }
         stamp(&mut payload, start, number);
         buf.extend_from_slice(head.as_bytes());
         buf.extend_from_slice(&payload);
