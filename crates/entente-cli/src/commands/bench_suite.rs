@@ -129,30 +129,11 @@ pub(crate) fn run(rounds: usize, messages: Option<u64>, json: bool) -> Result<Ex
                 eprintln!("round {round}/{rounds}: ({id}) {name}");
             }
             let rates = match shape {
-                Shape::HalfLoad(_) => {
+                Shape::HalfLoad(half) => {
                     let Some(full) = carried else {
                         bail!("({id}) has no pub/sub workload before it to take half of");
                     };
-                    let rates = Rates {
-                        entente: full.entente / 2,
-                        nats: full.nats / 2,
-                        nats_tls: full.nats_tls / 2,
-                    };
-                    let slowest = rates.entente.min(rates.nats).min(rates.nats_tls);
-                    let messages = match shape {
-                        Shape::HalfLoad(s) => s.messages,
-                        _ => 0,
-                    };
-                    // A side that carried next to nothing flat out would take days paced.
-                    if slowest == 0 || messages / slowest > HALF_LOAD_MAX_SECONDS {
-                        bail!(
-                            "({id}): a side carried too little in the run before it ({} msgs/s \
-                             per publisher at most) to offer it half of that for {messages} \
-                             messages within {HALF_LOAD_MAX_SECONDS} s",
-                            slowest.saturating_mul(2)
-                        );
-                    }
-                    rates
+                    halved(full, half.messages).with_context(|| format!("({id})"))?
                 }
                 _ => Rates::same(0),
             };
@@ -196,6 +177,25 @@ pub(crate) fn run(rounds: usize, messages: Option<u64>, json: bool) -> Result<Ex
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Half of what each side carried, for a paced run of `messages` per publisher; an error if
+/// a side carried so little that the run would take longer than [`HALF_LOAD_MAX_SECONDS`].
+fn halved(full: Rates, messages: u64) -> Result<Rates> {
+    let rates = Rates {
+        entente: full.entente / 2,
+        nats: full.nats / 2,
+        nats_tls: full.nats_tls / 2,
+    };
+    let slowest = rates.entente.min(rates.nats).min(rates.nats_tls);
+    if slowest == 0 || messages / slowest > HALF_LOAD_MAX_SECONDS {
+        bail!(
+            "a side carried too little flat out ({} msgs/s per publisher at most) to be offered \
+             half of that for {messages} messages within {HALF_LOAD_MAX_SECONDS} s",
+            slowest.saturating_mul(2)
+        );
+    }
+    Ok(rates)
 }
 
 /// What each side's publishers carried in `sides`, a run of `shape`: its deliveries per
@@ -706,6 +706,41 @@ mod tests {
             };
             assert_eq!(messages, 7);
         }
+    }
+
+    #[test]
+    fn a_half_load_is_half_of_each_side_unless_a_side_carried_next_to_nothing() {
+        let full = Rates {
+            entente: 300_001,
+            nats: 1_000_000,
+            nats_tls: 700_000,
+        };
+        assert!(matches!(
+            halved(full, 400_000),
+            Ok(Rates {
+                entente: 150_000,
+                nats: 500_000,
+                nats_tls: 350_000
+            })
+        ));
+        // Nothing carried, or so little that 400 000 messages would take over ten minutes.
+        for entente in [0, 1, 1_300] {
+            let half = halved(Rates { entente, ..full }, 400_000);
+            assert!(
+                half.is_err_and(|e| e.to_string().contains("carried too little")),
+                "{entente}"
+            );
+        }
+        assert!(
+            halved(
+                Rates {
+                    entente: 1_400,
+                    ..full
+                },
+                400_000
+            )
+            .is_ok()
+        );
     }
 
     #[test]
