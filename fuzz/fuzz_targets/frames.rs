@@ -13,8 +13,8 @@ fuzz_target!(|data: &[u8]| {
     let limits = Limits::default();
     if let Ok(frame) = wire::decode::<ClientFrame>(data, &limits) {
         // What is encoded again decodes to the same frame (the hub forwards what it encodes;
-        // `Envelope`'s decoding is written out by hand). A re-encoding beyond the limits
-        // (an element repeated unpacked that came packed) is not compared.
+        // `Envelope`'s and `SignedBatch`'s decoding is written out by hand). A re-encoding
+        // beyond the limits (an element repeated unpacked that came packed) is not compared.
         if let Ok(again) = wire::decode::<ClientFrame>(&wire::encode(&frame), &limits) {
             assert_eq!(again, frame, "a client frame encoded again decodes to another");
         }

@@ -440,13 +440,16 @@ impl Sealer {
             message_id: (*message_id.as_bytes()).into(),
             issued_at_ms: now_ms,
             expires_at_ms: now_ms.saturating_add(self.options.message_ttl_ms),
-            reply_to: reply_to.map(Channel::to_shared).unwrap_or_default(),
+            reply_to: reply_to
+                .map(Channel::to_shared)
+                .map(wire::Name::from)
+                .unwrap_or_default(),
             ciphertext: Vec::with_capacity(payload.len() + TAG_LEN),
-            channel: Arc::default(),
+            channel: wire::Name::default(),
         };
         let channel = target.unwrap_or(&self.channel);
         if named {
-            envelope.channel = channel.to_shared();
+            envelope.channel = channel.to_shared().into();
         }
         write_aad(
             &mut self.scratch,
@@ -715,12 +718,12 @@ impl EnvelopeIn {
         let reply_to = if e.reply_to.is_empty() {
             None
         } else {
-            Some(Channel::from_shared(e.reply_to)?)
+            Some(Channel::from_shared(e.reply_to.into_shared())?)
         };
         let channel = if e.channel.is_empty() {
             None
         } else {
-            Some(Channel::from_shared(e.channel)?)
+            Some(Channel::from_shared(e.channel.into_shared())?)
         };
         Ok(Self {
             epoch: e.epoch,
@@ -745,12 +748,14 @@ impl EnvelopeIn {
                 .reply_to
                 .as_ref()
                 .map(Channel::to_shared)
+                .map(wire::Name::from)
                 .unwrap_or_default(),
             ciphertext: self.ciphertext.clone(),
             channel: self
                 .channel
                 .as_ref()
                 .map(Channel::to_shared)
+                .map(wire::Name::from)
                 .unwrap_or_default(),
         }
     }
@@ -1067,11 +1072,19 @@ impl Opener {
             Scope::Channel => c.get_mut(channel.as_str()),
             Scope::Root(root) => c.get_mut(root.as_str()),
         });
+        // The envelopes of a batch are mostly of one epoch: its state is looked up again only
+        // when the epoch changes.
+        let mut current: Option<(u64, Option<&mut EpochState>)> = None;
         for (index, (mut e, span)) in envelopes.into_iter().zip(spans).enumerate() {
             let aad = self.scratch.as_bytes().get(span).unwrap_or_default();
             // A reply in a batch of replies is on the channel it names.
             let own = e.channel.take();
-            let outcome = open_one(epochs.as_deref_mut(), aad, e, now_ms, max_issued);
+            if current.as_ref().is_none_or(|(epoch, _)| *epoch != e.epoch) {
+                let state = epochs.as_deref_mut().and_then(|c| c.get_mut(&e.epoch));
+                current = Some((e.epoch, state));
+            }
+            let state = current.as_mut().and_then(|(_, state)| state.as_deref_mut());
+            let outcome = open_one(state, aad, e, now_ms, max_issued);
             match outcome {
                 Ok((e, payload)) => opened.delivered.push(VerifiedEnvelope {
                     sender: Arc::clone(&sender),
@@ -1139,7 +1152,7 @@ enum Scope {
 /// Opens one envelope of a verified batch, whose header bytes are `aad`, under its epoch's
 /// payload key (a reply namespace root's, for a reply channel under it).
 fn open_one(
-    epochs: Option<&mut HashMap<u64, EpochState>>,
+    state: Option<&mut EpochState>,
     aad: &[u8],
     mut e: EnvelopeIn,
     now_ms: u64,
@@ -1151,9 +1164,7 @@ fn open_one(
     if e.issued_at_ms > max_issued {
         return Err(OpenError::NotYetValid);
     }
-    let state = epochs
-        .and_then(|c| c.get_mut(&e.epoch))
-        .ok_or(OpenError::UnknownEpoch(e.epoch))?;
+    let state = state.ok_or(OpenError::UnknownEpoch(e.epoch))?;
     let payload = state.payload.as_ref().ok_or(OpenError::Forgotten)?;
     if e.issued_at_ms > state.expires_at_ms || e.issued_at_ms < state.issued_at_ms {
         return Err(OpenError::EpochExpired);

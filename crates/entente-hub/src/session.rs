@@ -1306,7 +1306,7 @@ impl<R: Router> Session<R> {
         // The structure first, then what may refuse it, then the grants under one lock.
         let mut channels: Vec<Channel> = Vec::with_capacity(batch.envelopes.len());
         for envelope in &batch.envelopes {
-            let channel = Channel::from_shared(envelope.channel.clone())
+            let channel = Channel::from_shared(envelope.channel.clone().into_shared())
                 .ok()
                 .filter(|c| namespace::is_reply_channel_under(&root, c))
                 .ok_or_else(|| {

@@ -1,5 +1,5 @@
 //! Protobuf messages of `proto/entente/v1/entente.proto`, written out with `prost` derives
-//! (but for [`Envelope`]'s `prost::Message`, written out by hand).
+//! (but for [`Envelope`]'s and [`SignedBatch`]'s `prost::Message`, written out by hand).
 //!
 //! The `.proto` file is the reference for field numbers; `tests::field_numbers_match_proto`
 //! checks that every field declared there is declared here with the same number.
@@ -62,12 +62,12 @@ pub struct Envelope {
     pub expires_at_ms: u64,
     /// Channel for replies; empty if none. Shared: the name decoded is the channel made of it,
     /// and the channel a sender names is sent as is.
-    pub reply_to: Arc<str>,
+    pub reply_to: Name,
     /// AES-256-GCM ciphertext followed by the 16-byte tag.
     pub ciphertext: Vec<u8>,
     /// Empty, except in a batch on a reply namespace root (`_reply.S.N`), where it names this
     /// envelope's reply channel under the root (PROTOCOL.md §5.5). Shared, as `reply_to`.
-    pub channel: Arc<str>,
+    pub channel: Name,
 }
 
 impl prost::Message for Envelope {
@@ -158,7 +158,7 @@ impl prost::Message for Envelope {
                 bytes::encoded_len(tag, value)
             }
         };
-        let text = |tag, value: &Arc<str>| {
+        let text = |tag, value: &Name| {
             if value.is_empty() {
                 0
             } else {
@@ -182,6 +182,118 @@ impl prost::Message for Envelope {
 
     fn clear(&mut self) {
         *self = Self::default();
+    }
+}
+
+impl Envelope {
+    /// Reads an envelope's bytes in one pass, if they are as Entente encodes them: only known
+    /// fields, each with its one-byte key. `None` for anything else (unknown fields, a
+    /// malformed varint, a name that is not UTF-8, truncation), which prost's own decoding
+    /// then reads or refuses. A field given twice takes its last value, as in prost's.
+    pub(crate) fn read_plain(mut bytes: &[u8]) -> Option<Self> {
+        let mut envelope = Self::default();
+        while let Some((&key, rest)) = bytes.split_first() {
+            bytes = rest;
+            match key {
+                0x08 => envelope.epoch = read_varint(&mut bytes)?,
+                0x10 => envelope.seq = read_varint(&mut bytes)?,
+                0x1a => envelope.message_id = IdBytes::new(read_delimited(&mut bytes)?),
+                0x20 => envelope.issued_at_ms = read_varint(&mut bytes)?,
+                0x28 => envelope.expires_at_ms = read_varint(&mut bytes)?,
+                0x32 => envelope.reply_to = Name::from(read_text(&mut bytes)?),
+                0x3a => envelope.ciphertext = read_delimited(&mut bytes)?.to_vec(),
+                0x42 => envelope.channel = Name::from(read_text(&mut bytes)?),
+                _ => return None,
+            }
+        }
+        Some(envelope)
+    }
+}
+
+/// A varint at the start of `bytes`, read in place when it is one byte; longer ones through
+/// prost's decoder (which refuses what it refuses). `None` if malformed.
+#[inline]
+fn read_varint(bytes: &mut &[u8]) -> Option<u64> {
+    match bytes.split_first() {
+        Some((&byte, rest)) if byte < 0x80 => {
+            *bytes = rest;
+            Some(u64::from(byte))
+        }
+        _ => prost::encoding::decode_varint(bytes).ok(),
+    }
+}
+
+/// A length-delimited value at the start of `bytes`; `None` if malformed or truncated.
+#[inline]
+fn read_delimited<'a>(bytes: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = usize::try_from(read_varint(bytes)?).ok()?;
+    let (value, rest) = bytes.split_at_checked(len)?;
+    *bytes = rest;
+    Some(value)
+}
+
+/// A length-delimited UTF-8 string at the start of `bytes`; `None` if malformed.
+#[inline]
+fn read_text<'a>(bytes: &mut &'a [u8]) -> Option<&'a str> {
+    std::str::from_utf8(read_delimited(bytes)?).ok()
+}
+
+/// A name an envelope carries (its reply channel, its own channel): shared, and empty without
+/// an allocation. Every envelope has two, most of them empty; `Arc::<str>::default` would
+/// allocate for each.
+#[derive(Clone, Default)]
+pub struct Name(Option<Arc<str>>);
+
+impl Name {
+    /// The name as a shared string (a new empty one if it is empty).
+    pub fn into_shared(self) -> Arc<str> {
+        self.0.unwrap_or_else(|| Arc::from(""))
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.0.as_deref().unwrap_or_default()
+    }
+}
+
+impl From<Arc<str>> for Name {
+    fn from(name: Arc<str>) -> Self {
+        Self((!name.is_empty()).then_some(name))
+    }
+}
+
+impl From<&str> for Name {
+    fn from(name: &str) -> Self {
+        Self((!name.is_empty()).then(|| Arc::from(name)))
+    }
+}
+
+impl From<String> for Name {
+    fn from(name: String) -> Self {
+        Self((!name.is_empty()).then(|| Arc::from(name)))
+    }
+}
+
+impl PartialEq for Name {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Name {}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
     }
 }
 
@@ -270,7 +382,7 @@ fn merge_id(
 /// through prost's own decoding, which says what is wrong.
 fn merge_shared_str(
     wire_type: prost::encoding::WireType,
-    value: &mut Arc<str>,
+    value: &mut Name,
     buf: &mut impl prost::bytes::Buf,
     ctx: prost::encoding::DecodeContext,
 ) -> Result<(), prost::DecodeError> {
@@ -280,13 +392,13 @@ fn merge_shared_str(
             .get(prefix..prefix + len)
             .map(std::str::from_utf8)
     {
-        *value = Arc::from(text);
+        *value = Name::from(text);
         buf.advance(prefix + len);
         return Ok(());
     }
     let mut text = String::new();
     prost::encoding::string::merge(wire_type, &mut text, buf, ctx)?;
-    *value = Arc::from(text);
+    *value = Name::from(text);
     Ok(())
 }
 
@@ -346,23 +458,120 @@ fn merge_vec(
 }
 
 /// Envelopes of one sender on one channel under one Ed25519 signature.
-#[derive(Clone, PartialEq, Eq, prost::Message)]
+///
+/// Its `prost::Message` is written out rather than derived, for its envelopes: each one
+/// encoded as Entente encodes them (one-byte keys of known fields only) is read in one pass
+/// over its bytes, when the buffer holds it whole; any other goes through prost's own
+/// decoding, field by field, which gives the same value or says what is wrong. The encoding is
+/// the derive's.
+#[derive(Clone, PartialEq, Eq, Default, Debug)]
 pub struct SignedBatch {
     /// SPIFFE ID of the sender.
-    #[prost(string, tag = "1")]
     pub sender: String,
     /// Channel of every envelope in the batch.
-    #[prost(string, tag = "2")]
     pub channel: String,
     /// Epoch of the sender's key bundle whose key signed.
-    #[prost(uint64, tag = "3")]
     pub key_epoch: u64,
     /// The envelopes.
-    #[prost(message, repeated, tag = "4")]
     pub envelopes: Vec<Envelope>,
     /// Ed25519 signature, 64 bytes.
-    #[prost(bytes = "vec", tag = "5")]
     pub signature: Vec<u8>,
+}
+
+impl prost::Message for SignedBatch {
+    fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
+        use prost::encoding::{bytes, message, string, uint64};
+        if !self.sender.is_empty() {
+            string::encode(1, &self.sender, buf);
+        }
+        if !self.channel.is_empty() {
+            string::encode(2, &self.channel, buf);
+        }
+        if self.key_epoch != 0 {
+            uint64::encode(3, &self.key_epoch, buf);
+        }
+        for envelope in &self.envelopes {
+            message::encode(4, envelope, buf);
+        }
+        if !self.signature.is_empty() {
+            bytes::encode(5, &self.signature, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl prost::bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        use prost::encoding::{message, skip_field, string, uint64};
+        let (result, field) = match tag {
+            1 => (
+                string::merge(wire_type, &mut self.sender, buf, ctx),
+                "sender",
+            ),
+            2 => (
+                string::merge(wire_type, &mut self.channel, buf, ctx),
+                "channel",
+            ),
+            3 => (
+                uint64::merge(wire_type, &mut self.key_epoch, buf, ctx),
+                "key_epoch",
+            ),
+            4 => {
+                if let Some((prefix, len)) = length_delimited(wire_type, buf)
+                    && let Some(envelope) = buf
+                        .chunk()
+                        .get(prefix..prefix + len)
+                        .and_then(Envelope::read_plain)
+                {
+                    self.envelopes.push(envelope);
+                    buf.advance(prefix + len);
+                    return Ok(());
+                }
+                (
+                    message::merge_repeated(wire_type, &mut self.envelopes, buf, ctx),
+                    "envelopes",
+                )
+            }
+            5 => (
+                merge_vec(wire_type, &mut self.signature, buf, ctx),
+                "signature",
+            ),
+            _ => return skip_field(wire_type, tag, buf, ctx),
+        };
+        result.map_err(|mut error| {
+            error.push("SignedBatch", field);
+            error
+        })
+    }
+
+    fn encoded_len(&self) -> usize {
+        use prost::encoding::{bytes, message, string, uint64};
+        (if self.sender.is_empty() {
+            0
+        } else {
+            string::encoded_len(1, &self.sender)
+        }) + (if self.channel.is_empty() {
+            0
+        } else {
+            string::encoded_len(2, &self.channel)
+        }) + (if self.key_epoch == 0 {
+            0
+        } else {
+            uint64::encoded_len(3, &self.key_epoch)
+        }) + message::encoded_len_repeated(4, &self.envelopes)
+            + (if self.signature.is_empty() {
+                0
+            } else {
+                bytes::encoded_len(5, &self.signature)
+            })
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
 }
 
 /// An epoch secret wrapped with HPKE to one recipient.

@@ -33,15 +33,10 @@ pub(crate) fn scan(
     let mut counts = [0usize; MAX_FIELDS];
     let mut oneof_seen = false;
     while !bytes.is_empty() {
-        let key = decode_varint(&mut bytes).map_err(|_| malformed(schema, "bad field key"))?;
+        let key = read_varint(&mut bytes).map_err(|_| malformed(schema, "bad field key"))?;
         let number = u32::try_from(key >> 3).map_err(|_| malformed(schema, "bad field number"))?;
         let wire_type = key & 7;
-        let known = schema
-            .fields
-            .iter()
-            .enumerate()
-            .find(|(_, f)| f.number == number);
-        let Some((index, field)) = known else {
+        let Some((index, field)) = schema.field(number) else {
             skip(&mut bytes, wire_type, schema)?;
             continue;
         };
@@ -76,7 +71,7 @@ pub(crate) fn scan(
                 if wire_type != WIRE_VARINT {
                     return Err(malformed(schema, "wrong wire type"));
                 }
-                decode_varint(&mut bytes).map_err(|_| malformed(schema, "bad varint"))?;
+                read_varint(&mut bytes).map_err(|_| malformed(schema, "bad varint"))?;
             }
             Kind::Bytes(len) => {
                 let value = length_delimited(&mut bytes, wire_type, schema)?;
@@ -106,6 +101,35 @@ pub(crate) struct Schema {
     fields: &'static [Field],
     /// The fields are members of one `oneof`: at most one of them may appear.
     oneof: bool,
+}
+
+impl Schema {
+    /// The field numbered `number`, with its index. Fields are declared in number order and
+    /// mostly numbered from 1 without a gap, so the field at `number - 1` is tried first.
+    fn field(&self, number: u32) -> Option<(usize, &Field)> {
+        let guess = usize::try_from(number).ok()?.checked_sub(1)?;
+        match self.fields.get(guess) {
+            Some(field) if field.number == number => Some((guess, field)),
+            _ => self
+                .fields
+                .iter()
+                .enumerate()
+                .find(|(_, f)| f.number == number),
+        }
+    }
+}
+
+/// A varint, read in place when it is one byte (every field key here, most lengths and small
+/// values); longer ones through prost's decoder.
+#[inline]
+fn read_varint(bytes: &mut &[u8]) -> Result<u64, prost::DecodeError> {
+    match bytes.split_first() {
+        Some((&byte, rest)) if byte < 0x80 => {
+            *bytes = rest;
+            Ok(u64::from(byte))
+        }
+        _ => decode_varint(bytes),
+    }
 }
 
 #[derive(Debug)]
@@ -1076,7 +1100,7 @@ fn length_delimited<'a>(
     if wire_type != WIRE_LEN {
         return Err(malformed(schema, "wrong wire type"));
     }
-    let len = decode_varint(bytes).map_err(|_| malformed(schema, "bad length"))?;
+    let len = read_varint(bytes).map_err(|_| malformed(schema, "bad length"))?;
     let len = usize::try_from(len).map_err(|_| malformed(schema, "truncated"))?;
     let (value, rest) = bytes
         .split_at_checked(len)
@@ -1088,7 +1112,7 @@ fn length_delimited<'a>(
 fn skip(bytes: &mut &[u8], wire_type: u64, schema: &Schema) -> Result<(), WireError> {
     let width = match wire_type {
         WIRE_VARINT => {
-            decode_varint(bytes).map_err(|_| malformed(schema, "bad varint"))?;
+            read_varint(bytes).map_err(|_| malformed(schema, "bad varint"))?;
             return Ok(());
         }
         WIRE_LEN => {
@@ -1139,4 +1163,42 @@ pub(crate) fn top_level_numbers(mut bytes: &[u8]) -> Vec<u32> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_found_by_number_with_or_without_gaps() {
+        static GAPPED: Schema = Schema {
+            name: "gapped",
+            fields: &[varint(2, "b"), varint(5, "e"), varint(6, "f")],
+            oneof: false,
+        };
+        let found = |number| GAPPED.field(number).map(|(index, f)| (index, f.name));
+        assert_eq!(found(2), Some((0, "b")));
+        assert_eq!(found(5), Some((1, "e")));
+        assert_eq!(found(6), Some((2, "f")));
+        for absent in [0, 1, 3, 4, 7, u32::MAX] {
+            assert_eq!(found(absent), None, "{absent}");
+        }
+        for (index, f) in SIGNED_BATCH.fields.iter().enumerate() {
+            assert_eq!(SIGNED_BATCH.field(f.number).map(|(i, _)| i), Some(index));
+        }
+    }
+
+    #[test]
+    fn varints_of_one_byte_and_more_are_read() {
+        for value in [0, 1, 0x7f, 0x80, 300, u64::MAX] {
+            let mut bytes = Vec::new();
+            prost::encoding::encode_varint(value, &mut bytes);
+            bytes.push(0xaa);
+            let mut rest = bytes.as_slice();
+            assert_eq!(read_varint(&mut rest).ok(), Some(value));
+            assert_eq!(rest, [0xaa]);
+        }
+        assert!(read_varint(&mut [0x80].as_slice()).is_err());
+        assert!(read_varint(&mut [].as_slice()).is_err());
+    }
 }

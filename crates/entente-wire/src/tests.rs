@@ -7,8 +7,6 @@
 
 use proptest::prelude::*;
 
-use std::sync::Arc;
-
 use super::*;
 use crate::scan::Schema;
 
@@ -21,7 +19,7 @@ fn envelope(n: u64) -> Envelope {
         expires_at_ms: 1_700_000_060_000,
         reply_to: "_reply.a.b".into(),
         ciphertext: vec![9; 272],
-        channel: Arc::default(),
+        channel: Name::default(),
     }
 }
 
@@ -997,7 +995,7 @@ proptest! {
         channel in "[a-z._]{0,20}",
     ) {
         let message_id = IdBytes::new(&message_id);
-        let (reply_to, channel) = (Arc::from(reply_to), Arc::from(channel));
+        let (reply_to, channel) = (Name::from(reply_to), Name::from(channel));
         let envelope = Envelope {
             epoch, seq, message_id, issued_at_ms, expires_at_ms, reply_to, ciphertext, channel,
         };
@@ -1005,4 +1003,166 @@ proptest! {
         prop_assert_eq!(bytes.len(), envelope.encoded_len());
         prop_assert_eq!(Envelope::decode(&bytes[..]).unwrap(), envelope);
     }
+}
+
+/// `SignedBatch` as the prost derive writes it: the reference its written-out
+/// `prost::Message` is checked against.
+#[derive(Clone, PartialEq, prost::Message)]
+struct DerivedBatch {
+    #[prost(string, tag = "1")]
+    sender: String,
+    #[prost(string, tag = "2")]
+    channel: String,
+    #[prost(uint64, tag = "3")]
+    key_epoch: u64,
+    #[prost(message, repeated, tag = "4")]
+    envelopes: Vec<Envelope>,
+    #[prost(bytes = "vec", tag = "5")]
+    signature: Vec<u8>,
+}
+
+impl From<&SignedBatch> for DerivedBatch {
+    fn from(b: &SignedBatch) -> Self {
+        Self {
+            sender: b.sender.clone(),
+            channel: b.channel.clone(),
+            key_epoch: b.key_epoch,
+            envelopes: b.envelopes.clone(),
+            signature: b.signature.clone(),
+        }
+    }
+}
+
+/// One field of an envelope as bytes: a key (mostly the known fields' one-byte keys, but also
+/// unknown fields, other wire types, keys written in two bytes and field 0) and a value that
+/// may or may not fit it (varints of any length, length-delimited bytes that may not be
+/// UTF-8, a length past the end).
+fn envelope_field() -> impl Strategy<Value = Vec<u8>> {
+    let key = prop_oneof![
+        8 => prop::sample::select(vec![0x08u8, 0x10, 0x1a, 0x20, 0x28, 0x32, 0x3a, 0x42])
+            .prop_map(|k| vec![k]),
+        1 => any::<u8>().prop_map(|k| vec![k]),
+        1 => Just(vec![0x88, 0x00]),
+        1 => Just(vec![0x7a]),
+    ];
+    let value = prop_oneof![
+        any::<u64>().prop_map(|v| {
+            let mut out = Vec::new();
+            prost::encoding::encode_varint(v, &mut out);
+            out
+        }),
+        prop::collection::vec(any::<u8>(), 0..80).prop_map(|v| {
+            let mut out = Vec::new();
+            prost::encoding::encode_varint(v.len() as u64, &mut out);
+            out.extend(v);
+            out
+        }),
+        "[a-z._]{0,12}".prop_map(|v| {
+            let mut out = vec![v.len() as u8];
+            out.extend(v.bytes());
+            out
+        }),
+        Just(vec![0xff; 11]),
+        Just(vec![0x40]),
+    ];
+    (key, value).prop_map(|(mut key, value)| {
+        key.extend(value);
+        key
+    })
+}
+
+proptest! {
+    #[test]
+    fn a_batch_is_encoded_as_the_derive_encodes_it(
+        n in 0usize..4,
+        epoch: u64,
+        sender in "[a-z:/.]{0,12}",
+        channel in "[a-z.]{0,12}",
+        signature in prop::collection::vec(any::<u8>(), 0..3),
+        named: bool,
+    ) {
+        let mut b = batch(n);
+        b.key_epoch = epoch;
+        b.sender = sender;
+        b.channel = channel;
+        b.signature = signature;
+        if named {
+            for e in &mut b.envelopes {
+                e.channel = "_reply.a.b.c".into();
+            }
+        }
+        let derived = DerivedBatch::from(&b);
+        let bytes = b.encode_to_vec();
+        prop_assert_eq!(&bytes, &derived.encode_to_vec());
+        prop_assert_eq!(b.encoded_len(), derived.encoded_len());
+        prop_assert_eq!(SignedBatch::decode(&bytes[..]).unwrap(), b);
+    }
+
+    /// Envelopes read in one pass decode to what prost's field-by-field decoding makes of the
+    /// same bytes, and whatever one refuses the other refuses.
+    #[test]
+    fn envelopes_read_in_one_pass_decode_as_prost_decodes_them(
+        fields in prop::collection::vec(prop::collection::vec(envelope_field(), 0..10), 1..4),
+        cut in any::<prop::sample::Index>(),
+        truncate: bool,
+    ) {
+        let mut bytes = Vec::new();
+        prost::encoding::string::encode(1, &"spiffe://a.b/agent/c/d".to_owned(), &mut bytes);
+        for envelope in &fields {
+            let body = envelope.concat();
+            prost::encoding::encode_key(4, prost::encoding::WireType::LengthDelimited, &mut bytes);
+            prost::encoding::encode_varint(body.len() as u64, &mut bytes);
+            bytes.extend(body);
+        }
+        if truncate {
+            bytes.truncate(cut.index(bytes.len() + 1));
+        }
+        let ours = SignedBatch::decode(&bytes[..]);
+        let derived = DerivedBatch::decode(&bytes[..]);
+        match (ours, derived) {
+            (Ok(ours), Ok(derived)) => prop_assert_eq!(DerivedBatch::from(&ours), derived),
+            (Err(ours), Err(derived)) => {
+                prop_assert_eq!(ours.to_string(), derived.to_string().replace("DerivedBatch", "SignedBatch"));
+            }
+            (ours, derived) => prop_assert!(false, "ours {:?}, prost's {:?}", ours, derived),
+        }
+        for envelope in &fields {
+            let body = envelope.concat();
+            if let Some(plain) = Envelope::read_plain(&body) {
+                prop_assert_eq!(Some(plain), Envelope::decode(&body[..]).ok());
+            }
+        }
+    }
+}
+
+#[test]
+fn a_batch_decodes_from_a_buffer_in_two_pieces() {
+    let mut b = batch(3);
+    b.envelopes[1].channel = "_reply.a.b.c".into();
+    let bytes = b.encode_to_vec();
+    // Split anywhere: inside an envelope, its length prefix, or between envelopes; an envelope
+    // not whole in the first piece goes through prost's decoding.
+    for at in 0..=bytes.len() {
+        let (first, second) = bytes.split_at(at);
+        let pieces = prost::bytes::Buf::chain(first, second);
+        assert_eq!(SignedBatch::decode(pieces).unwrap(), b, "split at {at}");
+    }
+}
+
+#[test]
+fn envelopes_as_entente_encodes_them_are_read_in_one_pass() {
+    for e in [envelope(0), envelope(u64::MAX), Envelope::default()] {
+        let mut e = e;
+        e.channel = "_reply.a.b.c".into();
+        let bytes = e.encode_to_vec();
+        assert_eq!(Envelope::read_plain(&bytes), Some(e));
+    }
+    // Anything else is left to prost: an unknown field, a key in two bytes.
+    let mut unknown = envelope(1).encode_to_vec();
+    unknown.extend([0x78, 0x01]);
+    assert_eq!(Envelope::read_plain(&unknown), None);
+    assert_eq!(Envelope::decode(&unknown[..]).unwrap(), envelope(1));
+    let long_key = [0x88, 0x00, 0x05];
+    assert_eq!(Envelope::read_plain(&long_key), None);
+    assert_eq!(Envelope::decode(&long_key[..]).unwrap().epoch, 5);
 }
