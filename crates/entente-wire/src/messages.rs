@@ -136,10 +136,7 @@ impl prost::Message for Envelope {
             ),
             _ => return skip_field(wire_type, tag, buf, ctx),
         };
-        result.map_err(|mut error| {
-            error.push("Envelope", field);
-            error
-        })
+        in_field(result, "Envelope", field)
     }
 
     fn encoded_len(&self) -> usize {
@@ -295,6 +292,18 @@ impl std::fmt::Display for Name {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self)
     }
+}
+
+/// A field's decoding error, with the field's place in the message (as prost's derives say it).
+fn in_field(
+    result: Result<(), prost::DecodeError>,
+    message: &'static str,
+    field: &'static str,
+) -> Result<(), prost::DecodeError> {
+    result.map_err(|mut error| {
+        error.push(message, field);
+        error
+    })
 }
 
 /// A message ID's bytes as they arrived, kept inline rather than in an allocation of their
@@ -541,10 +550,7 @@ impl prost::Message for SignedBatch {
             ),
             _ => return skip_field(wire_type, tag, buf, ctx),
         };
-        result.map_err(|mut error| {
-            error.push("SignedBatch", field);
-            error
-        })
+        in_field(result, "SignedBatch", field)
     }
 
     fn encoded_len(&self) -> usize {
