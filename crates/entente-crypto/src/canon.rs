@@ -37,6 +37,11 @@ impl Canon {
         self.buf.clear();
     }
 
+    /// Keeps the first `len` bytes.
+    pub(crate) fn truncate(&mut self, len: usize) {
+        self.buf.truncate(len);
+    }
+
     /// Bytes written so far.
     pub(crate) fn len(&self) -> usize {
         self.buf.len()
