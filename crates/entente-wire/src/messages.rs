@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use crate::MAX_KEY_BYTES;
+use crate::scan::read_varint;
 
 /// A CA-signed binding of a principal to its message keys.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
@@ -192,11 +193,11 @@ impl Envelope {
         while let Some((&key, rest)) = bytes.split_first() {
             bytes = rest;
             match key {
-                0x08 => envelope.epoch = read_varint(&mut bytes)?,
-                0x10 => envelope.seq = read_varint(&mut bytes)?,
+                0x08 => envelope.epoch = read_varint(&mut bytes).ok()?,
+                0x10 => envelope.seq = read_varint(&mut bytes).ok()?,
                 0x1a => envelope.message_id = IdBytes::new(read_delimited(&mut bytes)?),
-                0x20 => envelope.issued_at_ms = read_varint(&mut bytes)?,
-                0x28 => envelope.expires_at_ms = read_varint(&mut bytes)?,
+                0x20 => envelope.issued_at_ms = read_varint(&mut bytes).ok()?,
+                0x28 => envelope.expires_at_ms = read_varint(&mut bytes).ok()?,
                 0x32 => envelope.reply_to = Name::from(read_text(&mut bytes)?),
                 0x3a => envelope.ciphertext = read_delimited(&mut bytes)?.to_vec(),
                 0x42 => envelope.channel = Name::from(read_text(&mut bytes)?),
@@ -207,23 +208,10 @@ impl Envelope {
     }
 }
 
-/// A varint at the start of `bytes`, read in place when it is one byte; longer ones through
-/// prost's decoder (which refuses what it refuses). `None` if malformed.
-#[inline]
-fn read_varint(bytes: &mut &[u8]) -> Option<u64> {
-    match bytes.split_first() {
-        Some((&byte, rest)) if byte < 0x80 => {
-            *bytes = rest;
-            Some(u64::from(byte))
-        }
-        _ => prost::encoding::decode_varint(bytes).ok(),
-    }
-}
-
 /// A length-delimited value at the start of `bytes`; `None` if malformed or truncated.
 #[inline]
 fn read_delimited<'a>(bytes: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let len = usize::try_from(read_varint(bytes)?).ok()?;
+    let len = usize::try_from(read_varint(bytes).ok()?).ok()?;
     let (value, rest) = bytes.split_at_checked(len)?;
     *bytes = rest;
     Some(value)

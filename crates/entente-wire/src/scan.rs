@@ -120,9 +120,10 @@ impl Schema {
 }
 
 /// A varint, read in place when it is one byte (every field key here, most lengths and small
-/// values); longer ones through prost's decoder.
+/// values); longer ones through prost's decoder, which refuses what it refuses. The bounds
+/// scan and the envelopes' one-pass reading both read varints with it.
 #[inline]
-fn read_varint(bytes: &mut &[u8]) -> Result<u64, prost::DecodeError> {
+pub(crate) fn read_varint(bytes: &mut &[u8]) -> Result<u64, prost::DecodeError> {
     match bytes.split_first() {
         Some((&byte, rest)) if byte < 0x80 => {
             *bytes = rest;
