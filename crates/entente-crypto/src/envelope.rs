@@ -200,6 +200,8 @@ pub struct Sealer {
     next_seq: u64,
     epoch_started_ms: u64,
     scratch: Canon,
+    /// Hashes the headers on `channel` from the state after their shared start.
+    hasher: HeaderHasher,
     rng: SystemRandom,
 }
 
@@ -221,6 +223,7 @@ impl Sealer {
         let epoch = now_ms.max(1);
         let payload = PayloadKey::derive(&secret, sender.as_str(), channel.as_str(), epoch)
             .map_err(|_| SealError::Crypto("key derivation"))?;
+        let hasher = HeaderHasher::new(sender.as_str(), channel.as_str());
         let sealer = Self {
             sender,
             channel,
@@ -232,6 +235,7 @@ impl Sealer {
             next_seq: 0,
             epoch_started_ms: now_ms,
             scratch: Canon::default(),
+            hasher,
             rng,
         };
         let sender_key = sealer.sender_key(epoch, &secret, recipients, now_ms)?;
@@ -467,7 +471,7 @@ impl Sealer {
             )
             .map_err(|_| SealError::Crypto("seal"))?;
         self.next_seq += 1;
-        let hash = envelope_hash(&mut self.scratch, 0, &envelope.ciphertext);
+        let hash = self.hasher.hash(&mut self.scratch, 0, &envelope.ciphertext);
         Ok((envelope, hash))
     }
 
@@ -478,7 +482,7 @@ impl Sealer {
             self.channel.as_str(),
             envelope,
         );
-        envelope_hash(&mut self.scratch, 0, &envelope.ciphertext)
+        self.hasher.hash(&mut self.scratch, 0, &envelope.ciphertext)
     }
 
     /// Checks a batch's size and draws the randomness of all its message IDs at once.
@@ -689,12 +693,13 @@ impl SignedBatchIn {
             .first()
             .map_or(0, |e| hash_room(&e.ciphertext));
         let mut aad = Canon::with_capacity(room);
+        let hasher = HeaderHasher::new(self.sender.as_str(), self.channel.as_str());
         self.envelopes
             .iter()
             .map(|e| {
                 aad.clear();
                 write_aad_in(&mut aad, self.sender.as_str(), self.channel.as_str(), e);
-                envelope_hash(&mut aad, 0, &e.ciphertext)
+                hasher.hash(&mut aad, 0, &e.ciphertext)
             })
             .collect()
     }
@@ -1032,11 +1037,12 @@ impl Opener {
         aads.clear();
         let mut spans = Vec::with_capacity(envelopes.len());
         let mut hashes = Vec::with_capacity(envelopes.len() * 32);
+        let hasher = HeaderHasher::new(sender.as_str(), channel.as_str());
         for e in &envelopes {
             let start = aads.len();
             write_aad_in(aads, sender.as_str(), channel.as_str(), e);
             spans.push(start..aads.len());
-            hashes.extend_from_slice(&envelope_hash(aads, start, &e.ciphertext));
+            hashes.extend_from_slice(&hasher.hash(aads, start, &e.ciphertext));
         }
         let input = batch_input(
             sender.as_str(),
@@ -1204,7 +1210,7 @@ pub fn envelope_aad(sender: &str, channel: &str, envelope: &wire::Envelope) -> V
 pub fn envelope_digest(sender: &str, channel: &str, envelope: &wire::Envelope) -> [u8; 32] {
     let mut c = Canon::with_capacity(hash_room(&envelope.ciphertext));
     write_aad(&mut c, sender, channel, envelope);
-    envelope_hash(&mut c, 0, &envelope.ciphertext)
+    envelope_hash(sha2::Sha256::default(), &mut c, 0, &envelope.ciphertext)
 }
 
 /// The bytes a sender signs for a batch (PROTOCOL.md §4.4).
@@ -1216,9 +1222,10 @@ pub fn batch_signing_input(batch: &wire::SignedBatch) -> Vec<u8> {
             .map_or(0, |e| hash_room(&e.ciphertext)),
     );
     let mut hashes = Vec::with_capacity(batch.envelopes.len() * 32);
+    let hasher = HeaderHasher::new(&batch.sender, &batch.channel);
     for e in &batch.envelopes {
         write_aad(&mut c, &batch.sender, &batch.channel, e);
-        hashes.extend_from_slice(&envelope_hash(&mut c, 0, &e.ciphertext));
+        hashes.extend_from_slice(&hasher.hash(&mut c, 0, &e.ciphertext));
     }
     batch_input(
         &batch.sender,
@@ -1227,6 +1234,14 @@ pub fn batch_signing_input(batch: &wire::SignedBatch) -> Vec<u8> {
         batch.envelopes.len(),
         &hashes,
     )
+}
+
+/// The start of every header of `sender` on `channel`, up to the channel.
+fn write_header_start(c: &mut Canon, sender: &str, channel: &str) {
+    c.label(label::ENVELOPE)
+        .u8(SUITE_V1)
+        .str(sender)
+        .str(channel);
 }
 
 #[expect(
@@ -1244,11 +1259,8 @@ fn write_header(
     expires_at_ms: u64,
     reply_to: &str,
 ) {
-    c.label(label::ENVELOPE)
-        .u8(SUITE_V1)
-        .str(sender)
-        .str(channel)
-        .u64(epoch)
+    write_header_start(c, sender, channel);
+    c.u64(epoch)
         .u64(seq)
         .bytes(message_id)
         .u64(issued_at_ms)
@@ -1293,31 +1305,76 @@ fn write_aad_in(c: &mut Canon, sender: &str, channel: &str, e: &EnvelopeIn) {
     );
 }
 
+/// Hashes the headers of one sender on one channel, which all start with the same bytes
+/// (label, suite, sender, channel, [`write_header_start`]): SHA-256 takes in the whole 64-byte
+/// blocks of that start once, and each envelope's hash goes on from a copy of its state. With
+/// IDs of common length that is one block of the seven of a 256-byte message's hash, ~30 ns
+/// (docs/BENCHMARKS.md). A header whose start differs within those whole blocks (an envelope
+/// on a reply channel of its own in a batch of replies, unless the sender's ID alone fills
+/// them) is hashed whole.
+#[derive(Clone, Debug)]
+struct HeaderHasher {
+    /// The whole blocks of the shared start.
+    start: Vec<u8>,
+    /// SHA-256's state after `start`.
+    state: sha2::Sha256,
+}
+
+impl HeaderHasher {
+    /// SHA-256 block length.
+    const BLOCK: usize = 64;
+
+    fn new(sender: &str, channel: &str) -> Self {
+        use sha2::Digest as _;
+        let mut c = Canon::default();
+        write_header_start(&mut c, sender, channel);
+        let mut start = c.into_bytes();
+        start.truncate(start.len() / Self::BLOCK * Self::BLOCK);
+        let state = sha2::Sha256::new_with_prefix(&start);
+        Self { start, state }
+    }
+
+    /// `hash_i` of the header written to `c` from `from` to its end and `ciphertext`
+    /// ([`envelope_hash`]).
+    fn hash(&self, c: &mut Canon, from: usize, ciphertext: &[u8]) -> [u8; 32] {
+        let header = c.as_bytes().get(from..).unwrap_or_default();
+        if header.starts_with(&self.start) {
+            envelope_hash(self.state.clone(), c, from + self.start.len(), ciphertext)
+        } else {
+            envelope_hash(sha2::Sha256::default(), c, from, ciphertext)
+        }
+    }
+}
+
 /// `hash_i` of PROTOCOL.md §4.4, SHA-256(AAD ‖ u32(len(ciphertext)) ‖ ciphertext), of the
-/// header written to `c` from `start` to its end. A ciphertext of up to
-/// [`HASHED_IN_ONE_RUN`] bytes is put after the header for the time of the hash and taken off
-/// again, so that SHA-256 reads one run of bytes: hashed in two parts, each ending inside a
-/// block, a 256-byte message took ~14–22 ns more than with the copy (docs/BENCHMARKS.md). A
-/// longer one is hashed in parts: it would gain relatively less, and the buffers a sealer and
-/// an opener keep would keep its room.
-fn envelope_hash(c: &mut Canon, start: usize, ciphertext: &[u8]) -> [u8; 32] {
+/// header written to `c` from `from` to its end, hashed on from `state` (which has taken in
+/// the header's bytes before `from`, if any). A ciphertext of up to [`HASHED_IN_ONE_RUN`] bytes
+/// is put after the header for the time of the hash and taken off again, so that SHA-256 reads
+/// one run of bytes: hashed in two parts, each ending inside a block, a 256-byte message took
+/// ~14–22 ns more than with the copy (docs/BENCHMARKS.md). A longer one is hashed in parts: it
+/// would gain relatively less, and the buffers a sealer and an opener keep would keep its room.
+fn envelope_hash(
+    mut state: sha2::Sha256,
+    c: &mut Canon,
+    from: usize,
+    ciphertext: &[u8],
+) -> [u8; 32] {
     use sha2::Digest as _;
     let end = c.len();
     if ciphertext.len() <= HASHED_IN_ONE_RUN {
         c.bytes(ciphertext);
-        let hash = sha2::Sha256::digest(c.as_bytes().get(start..).unwrap_or_default()).into();
+        state.update(c.as_bytes().get(from..).unwrap_or_default());
         c.truncate(end);
-        return hash;
+        return state.finalize().into();
     }
-    let mut ctx = sha2::Sha256::new();
-    ctx.update(c.as_bytes().get(start..).unwrap_or_default());
-    ctx.update(
+    state.update(c.as_bytes().get(from..).unwrap_or_default());
+    state.update(
         u32::try_from(ciphertext.len())
             .unwrap_or(u32::MAX)
             .to_be_bytes(),
     );
-    ctx.update(ciphertext);
-    ctx.finalize().into()
+    state.update(ciphertext);
+    state.finalize().into()
 }
 
 /// The longest ciphertext [`envelope_hash`] copies after its header.
@@ -1386,8 +1443,58 @@ mod tests {
             whole.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
             whole.extend_from_slice(&ciphertext);
             let expected: [u8; 32] = sha2::Sha256::digest(&whole).into();
-            assert_eq!(envelope_hash(&mut c, start, &ciphertext), expected, "{len}");
+            assert_eq!(
+                envelope_hash(sha2::Sha256::default(), &mut c, start, &ciphertext),
+                expected,
+                "{len}"
+            );
             assert_eq!(c.as_bytes(), written, "{len}");
         }
+    }
+
+    /// A hash that goes on from the state after the headers' shared start is the hash of the
+    /// whole header, whether that start has no whole block or several, short or long
+    /// ciphertexts; a header whose start differs within those blocks (another channel, with a
+    /// short sender ID) is hashed whole, and one that matches is hashed from the state (a
+    /// wrong state shows it); the buffer is left as it was.
+    #[test]
+    fn headers_hashed_on_from_their_shared_start_hash_as_whole_headers() {
+        use sha2::Digest as _;
+        let mut starts = Vec::new();
+        let mut from_state = 0;
+        for sender_len in [1, 26, 30, 100, 200] {
+            let sender = "s".repeat(sender_len);
+            let hasher = HeaderHasher::new(&sender, "orders.eu");
+            starts.push(hasher.start.len());
+            let mut wrong = hasher.clone();
+            wrong.state = sha2::Sha256::new_with_prefix(b"another start");
+            for channel in ["orders.eu", "orders.eu.1", "other"] {
+                for len in [272, HASHED_IN_ONE_RUN + 1] {
+                    let ciphertext = vec![7u8; len];
+                    let mut c = Canon::new("before");
+                    let from = c.len();
+                    write_header(&mut c, &sender, channel, 1, 2, &[3; 16], 4, 5, "");
+                    let written = c.as_bytes().to_vec();
+                    let header = written.get(from..).unwrap_or_default();
+                    let mut whole = header.to_vec();
+                    whole.extend_from_slice(&u32::try_from(len).unwrap_or(0).to_be_bytes());
+                    whole.extend_from_slice(&ciphertext);
+                    let expected: [u8; 32] = sha2::Sha256::digest(&whole).into();
+                    let what = format!("{sender_len} {channel} {len}");
+                    assert_eq!(hasher.hash(&mut c, from, &ciphertext), expected, "{what}");
+                    assert_eq!(c.as_bytes(), written, "{what}");
+                    let used = header.starts_with(&hasher.start);
+                    from_state += usize::from(used);
+                    assert_eq!(
+                        wrong.hash(&mut c, from, &ciphertext) != expected,
+                        used,
+                        "{what}"
+                    );
+                }
+            }
+        }
+        assert_eq!(starts, [0, 64, 64, 128, 192]);
+        // Both ways were taken: from the state, and whole.
+        assert!(from_state > 0 && from_state < 30, "{from_state}");
     }
 }
