@@ -157,6 +157,10 @@ pub enum OpenError {
     /// The opener holds as many epochs as allowed.
     #[error("too many sender-key epochs held ({0})")]
     TooManyEpochs(usize),
+    /// The opener holds as many epochs of this sender as one sender may take
+    /// ([`OpenerOptions::max_epochs_per_sender`]).
+    #[error("too many sender-key epochs held for this sender ({0})")]
+    TooManySenderEpochs(usize),
 }
 
 // === impl Sealer ===
@@ -887,6 +891,10 @@ impl VerifiedEnvelope {
 pub struct OpenerOptions {
     /// Most sender-key epochs held at once; expired ones are dropped first.
     pub max_epochs: usize,
+    /// Most sender-key epochs held at once for one sender, so that one sender (which may send
+    /// sender keys that expire late, and many of them) can't take every place and keep others'
+    /// keys out; expired ones are dropped first.
+    pub max_epochs_per_sender: usize,
     /// How far in the future an envelope's `issued_at` may be.
     pub max_clock_skew_ms: u64,
 }
@@ -895,6 +903,7 @@ impl Default for OpenerOptions {
     fn default() -> Self {
         Self {
             max_epochs: 65_536,
+            max_epochs_per_sender: 8_192,
             max_clock_skew_ms: 60_000,
         }
     }
@@ -917,9 +926,19 @@ pub struct Opener {
     key_epoch: u64,
     keys: Arc<MessageKeys>,
     options: OpenerOptions,
-    epochs: HashMap<String, HashMap<String, HashMap<u64, EpochState>>>,
+    /// By sender.
+    epochs: HashMap<String, SenderEpochs>,
+    /// Epochs held, of all senders.
     held: usize,
     scratch: Canon,
+}
+
+/// The epochs held of one sender: by channel, then by epoch.
+#[derive(Debug, Default)]
+struct SenderEpochs {
+    channels: HashMap<String, HashMap<u64, EpochState>>,
+    /// Epochs held, of all channels.
+    held: usize,
 }
 
 #[derive(Debug)]
@@ -982,17 +1001,25 @@ impl Opener {
                 Err(OpenError::EpochConflict)
             };
         }
-        if self.held >= self.options.max_epochs {
+        let of_sender = |opener: &Self| opener.epochs.get(sender).map_or(0, |s| s.held);
+        if self.held >= self.options.max_epochs
+            || of_sender(self) >= self.options.max_epochs_per_sender
+        {
             self.purge_expired(now_ms);
             if self.held >= self.options.max_epochs {
                 return Err(OpenError::TooManyEpochs(self.held));
             }
+            let held = of_sender(self);
+            if held >= self.options.max_epochs_per_sender {
+                return Err(OpenError::TooManySenderEpochs(held));
+            }
         }
         let payload =
             PayloadKey::derive(&secret, sender, channel, epoch).map_err(|_| OpenError::Unwrap)?;
-        self.epochs
-            .entry(sender.to_owned())
-            .or_default()
+        let of_sender = self.epochs.entry(sender.to_owned()).or_default();
+        of_sender.held += 1;
+        of_sender
+            .channels
             .entry(channel.to_owned())
             .or_default()
             .insert(
@@ -1071,15 +1098,15 @@ impl Opener {
                 if namespace::is_reply_channel_of(&self.me, &channel)
                     && !held
                         .as_ref()
-                        .is_some_and(|c| c.contains_key(channel.as_str())) =>
+                        .is_some_and(|s| s.channels.contains_key(channel.as_str())) =>
             {
                 Scope::Root(root)
             }
             _ => Scope::Channel,
         };
-        let mut epochs = held.and_then(|c| match &scope {
-            Scope::Channel => c.get_mut(channel.as_str()),
-            Scope::Root(root) => c.get_mut(root.as_str()),
+        let mut epochs = held.and_then(|s| match &scope {
+            Scope::Channel => s.channels.get_mut(channel.as_str()),
+            Scope::Root(root) => s.channels.get_mut(root.as_str()),
         });
         // The envelopes of a batch are mostly of one epoch: its state is looked up again only
         // when the epoch changes.
@@ -1117,10 +1144,15 @@ impl Opener {
     ///
     /// Each epoch stays recorded, without its key, until it expires, so that a replayed sender
     /// key can't bring it back with a fresh replay window; [`Opener::purge_expired`] then frees
-    /// it. A sender that comes back does so with a new epoch.
+    /// it. A sender key of an epoch this opener did not hold is taken as any other: a sender
+    /// that comes back does so with a new epoch.
     pub fn forget_sender(&mut self, sender: &Principal) {
-        if let Some(channels) = self.epochs.get_mut(sender.as_str()) {
-            for state in channels.values_mut().flat_map(HashMap::values_mut) {
+        if let Some(of_sender) = self.epochs.get_mut(sender.as_str()) {
+            for state in of_sender
+                .channels
+                .values_mut()
+                .flat_map(HashMap::values_mut)
+            {
                 state.payload = None;
             }
         }
@@ -1129,15 +1161,17 @@ impl Opener {
     /// Drops epochs whose lifetime is over.
     pub fn purge_expired(&mut self, now_ms: u64) {
         let mut removed = 0;
-        for channels in self.epochs.values_mut() {
-            for epochs in channels.values_mut() {
+        for of_sender in self.epochs.values_mut() {
+            for epochs in of_sender.channels.values_mut() {
                 let before = epochs.len();
                 epochs.retain(|_, s| s.expires_at_ms >= now_ms);
-                removed += before - epochs.len();
+                let gone = before - epochs.len();
+                of_sender.held -= gone;
+                removed += gone;
             }
-            channels.retain(|_, e| !e.is_empty());
+            of_sender.channels.retain(|_, e| !e.is_empty());
         }
-        self.epochs.retain(|_, c| !c.is_empty());
+        self.epochs.retain(|_, s| !s.channels.is_empty());
         self.held -= removed;
     }
 
@@ -1147,7 +1181,7 @@ impl Opener {
     }
 
     fn state(&self, sender: &str, channel: &str, epoch: u64) -> Option<&EpochState> {
-        self.epochs.get(sender)?.get(channel)?.get(&epoch)
+        self.epochs.get(sender)?.channels.get(channel)?.get(&epoch)
     }
 }
 

@@ -507,6 +507,64 @@ fn the_opener_holds_a_bounded_number_of_epochs() {
     assert_eq!(opener.epochs_held(), 1);
 }
 
+/// One sender can't take every place: past its share, on any of its channels, its sender
+/// keys are refused while another sender's are still taken, and its expired epochs make room.
+#[test]
+fn one_sender_holds_at_most_its_share_of_epochs() {
+    let ca = TestCa::new();
+    let alice = Agent::new(&ca, "alice");
+    let carol = Agent::new(&ca, "carol");
+    let bob = Agent::new(&ca, "bob");
+    let mut opener = entente_crypto::Opener::new(
+        bob.id.clone(),
+        1,
+        bob.keys.clone(),
+        entente_crypto::OpenerOptions {
+            max_epochs: 4,
+            max_epochs_per_sender: 2,
+            ..Default::default()
+        },
+    );
+    let (mut on_a, first) = alice.sealer("a", &[&bob]);
+    let first = SenderKeyIn::from_wire(first).unwrap();
+    opener
+        .accept_sender_key(&first, &alice.bundle, NOW)
+        .unwrap();
+    let second = on_a
+        .rotate(std::slice::from_ref(&bob.bundle), NOW + 10)
+        .unwrap();
+    let second = SenderKeyIn::from_wire(second).unwrap();
+    opener
+        .accept_sender_key(&second, &alice.bundle, NOW + 10)
+        .unwrap();
+    let (mut on_b, other) = alice.sealer("b", &[&bob]);
+    let other = SenderKeyIn::from_wire(other).unwrap();
+    assert_eq!(
+        opener
+            .accept_sender_key(&other, &alice.bundle, NOW + 10)
+            .unwrap_err(),
+        OpenError::TooManySenderEpochs(2)
+    );
+    let (_, carols) = carol.sealer("a", &[&bob]);
+    let carols = SenderKeyIn::from_wire(carols).unwrap();
+    opener
+        .accept_sender_key(&carols, &carol.bundle, NOW + 10)
+        .unwrap();
+    assert_eq!(opener.epochs_held(), 3);
+    // Once alice's first epoch (and carol's) expired, a new one of hers takes its place, her
+    // second still held.
+    let later = first.to_wire().expires_at_ms + 1;
+    assert!(later <= second.to_wire().expires_at_ms);
+    let again = on_b
+        .rotate(std::slice::from_ref(&bob.bundle), later)
+        .unwrap();
+    let again = SenderKeyIn::from_wire(again).unwrap();
+    opener
+        .accept_sender_key(&again, &alice.bundle, later)
+        .unwrap();
+    assert_eq!(opener.epochs_held(), 2);
+}
+
 #[test]
 fn a_failed_rotation_keeps_the_current_epoch() {
     let ca = TestCa::new();
