@@ -930,8 +930,14 @@ pub struct Opener {
     epochs: HashMap<String, SenderEpochs>,
     /// Epochs held, of all senders.
     held: usize,
+    /// When expired epochs are next dropped as a sender key is taken ([`PURGE_INTERVAL_MS`]).
+    next_purge_ms: u64,
     scratch: Canon,
 }
+
+/// How often an [`Opener`] taking sender keys drops the epochs that expired, so that what a
+/// long-lived receiver holds follows the keys in use rather than growing to its bounds.
+const PURGE_INTERVAL_MS: u64 = 60_000;
 
 /// The epochs held of one sender: by channel, then by epoch.
 #[derive(Debug, Default)]
@@ -939,6 +945,22 @@ struct SenderEpochs {
     channels: HashMap<String, HashMap<u64, EpochState>>,
     /// Epochs held, of all channels.
     held: usize,
+}
+
+impl SenderEpochs {
+    /// Drops the epochs whose sender keys expired more than `skew` before `now_ms`, and says
+    /// how many went.
+    fn purge(&mut self, now_ms: u64, skew: u64) -> usize {
+        let mut removed = 0;
+        for epochs in self.channels.values_mut() {
+            let before = epochs.len();
+            epochs.retain(|_, s| s.expires_at_ms.saturating_add(skew) >= now_ms);
+            removed += before - epochs.len();
+        }
+        self.channels.retain(|_, e| !e.is_empty());
+        self.held -= removed;
+        removed
+    }
 }
 
 #[derive(Debug)]
@@ -967,6 +989,7 @@ impl Opener {
             options,
             epochs: HashMap::new(),
             held: 0,
+            next_purge_ms: 0,
             scratch: Canon::default(),
         }
     }
@@ -1001,14 +1024,23 @@ impl Opener {
                 Err(OpenError::EpochConflict)
             };
         }
-        let of_sender = |opener: &Self| opener.epochs.get(sender).map_or(0, |s| s.held);
-        if self.held >= self.options.max_epochs
-            || of_sender(self) >= self.options.max_epochs_per_sender
-        {
+        // Expired epochs go every minute, and when a bound is reached (only the sender's, when
+        // only its share is full: a sender flooding keys makes no walk over others').
+        let purged = now_ms >= self.next_purge_ms;
+        if purged {
             self.purge_expired(now_ms);
+        }
+        if self.held >= self.options.max_epochs {
+            if !purged {
+                self.purge_expired(now_ms);
+            }
             if self.held >= self.options.max_epochs {
                 return Err(OpenError::TooManyEpochs(self.held));
             }
+        }
+        let of_sender = |opener: &Self| opener.epochs.get(sender).map_or(0, |s| s.held);
+        if of_sender(self) >= self.options.max_epochs_per_sender {
+            self.purge_sender(sender, now_ms);
             let held = of_sender(self);
             if held >= self.options.max_epochs_per_sender {
                 return Err(OpenError::TooManySenderEpochs(held));
@@ -1158,24 +1190,34 @@ impl Opener {
         }
     }
 
-    /// Drops epochs whose lifetime is over.
+    /// Drops epochs whose sender keys expired longer ago than the clock skew allowed
+    /// ([`OpenerOptions::max_clock_skew_ms`]): a receiver's clock set back by up to that much
+    /// can't make a dropped epoch's replayed sender key valid again, with an empty replay
+    /// window. The next periodic drop, as sender keys are taken, is due a minute later.
     pub fn purge_expired(&mut self, now_ms: u64) {
+        let skew = self.options.max_clock_skew_ms;
         let mut removed = 0;
         for of_sender in self.epochs.values_mut() {
-            for epochs in of_sender.channels.values_mut() {
-                let before = epochs.len();
-                epochs.retain(|_, s| s.expires_at_ms >= now_ms);
-                let gone = before - epochs.len();
-                of_sender.held -= gone;
-                removed += gone;
-            }
-            of_sender.channels.retain(|_, e| !e.is_empty());
+            removed += of_sender.purge(now_ms, skew);
         }
         self.epochs.retain(|_, s| !s.channels.is_empty());
         self.held -= removed;
+        self.next_purge_ms = now_ms.saturating_add(PURGE_INTERVAL_MS);
     }
 
-    /// How many sender-key epochs are held, counting forgotten ones that have not expired.
+    /// [`purge_expired`](Self::purge_expired) for one sender's epochs.
+    fn purge_sender(&mut self, sender: &str, now_ms: u64) {
+        let skew = self.options.max_clock_skew_ms;
+        if let Some(of_sender) = self.epochs.get_mut(sender) {
+            self.held -= of_sender.purge(now_ms, skew);
+            if of_sender.channels.is_empty() {
+                self.epochs.remove(sender);
+            }
+        }
+    }
+
+    /// How many sender-key epochs are held, counting forgotten ones, and expired ones not
+    /// dropped yet.
     pub fn epochs_held(&self) -> usize {
         self.held
     }

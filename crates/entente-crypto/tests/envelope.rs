@@ -456,10 +456,14 @@ fn a_forgotten_sender_cannot_be_replayed_back() {
     let again = deliver(&p, &mut opener, batch, NOW + 1).unwrap();
     assert!(again.delivered.is_empty());
     assert_eq!(again.rejected, [(0, OpenError::Forgotten)]);
-    // Once the epoch has expired the entry is purged; the sender key is then refused as expired.
+    // Once the epoch has expired by more than the clock skew allowed, the entry is purged; the
+    // sender key is then refused as expired.
     let expires = sk.to_wire().expires_at_ms;
+    let skew = entente_crypto::OpenerOptions::default().max_clock_skew_ms;
     assert_eq!(opener.epochs_held(), 1);
-    opener.purge_expired(expires + 1);
+    opener.purge_expired(expires + skew);
+    assert_eq!(opener.epochs_held(), 1);
+    opener.purge_expired(expires + skew + 1);
     assert_eq!(opener.epochs_held(), 0);
     assert_eq!(
         opener
@@ -489,18 +493,47 @@ fn the_opener_holds_a_bounded_number_of_epochs() {
         .accept_sender_key(&first, &alice.bundle, NOW)
         .unwrap();
     let second = sealer
-        .rotate(std::slice::from_ref(&bob.bundle), NOW + 1)
+        .rotate(std::slice::from_ref(&bob.bundle), NOW + 120_000)
         .unwrap();
     let second = SenderKeyIn::from_wire(second).unwrap();
     assert_eq!(
         opener
-            .accept_sender_key(&second, &alice.bundle, NOW + 1)
+            .accept_sender_key(&second, &alice.bundle, NOW + 120_000)
             .unwrap_err(),
         OpenError::TooManyEpochs(1)
     );
-    // After the first epoch expires, it makes room.
-    let later = first.to_wire().expires_at_ms + 1;
+    // After the first epoch expired (by more than the clock skew allowed), it makes room: a
+    // full opener drops it though the periodic drop is not due (it just ran).
+    let skew = entente_crypto::OpenerOptions::default().max_clock_skew_ms;
+    let later = first.to_wire().expires_at_ms + skew + 1;
     assert!(later <= second.to_wire().expires_at_ms);
+    opener.purge_expired(later - 1);
+    assert_eq!(opener.epochs_held(), 1);
+    opener
+        .accept_sender_key(&second, &alice.bundle, later)
+        .unwrap();
+    assert_eq!(opener.epochs_held(), 1);
+}
+
+/// Expired epochs are dropped as new sender keys come, long before the opener is full: what a
+/// long-lived receiver holds follows the keys in use.
+#[test]
+fn expired_epochs_are_dropped_as_keys_come() {
+    let ca = TestCa::new();
+    let alice = Agent::new(&ca, "alice");
+    let bob = Agent::new(&ca, "bob");
+    let mut opener = bob.opener();
+    let (mut sealer, first) = alice.sealer("a", &[&bob]);
+    let first = SenderKeyIn::from_wire(first).unwrap();
+    opener
+        .accept_sender_key(&first, &alice.bundle, NOW)
+        .unwrap();
+    let skew = entente_crypto::OpenerOptions::default().max_clock_skew_ms;
+    let later = first.to_wire().expires_at_ms + skew + 1;
+    let second = sealer
+        .rotate(std::slice::from_ref(&bob.bundle), later)
+        .unwrap();
+    let second = SenderKeyIn::from_wire(second).unwrap();
     opener
         .accept_sender_key(&second, &alice.bundle, later)
         .unwrap();
@@ -531,30 +564,34 @@ fn one_sender_holds_at_most_its_share_of_epochs() {
         .accept_sender_key(&first, &alice.bundle, NOW)
         .unwrap();
     let second = on_a
-        .rotate(std::slice::from_ref(&bob.bundle), NOW + 10)
+        .rotate(std::slice::from_ref(&bob.bundle), NOW + 120_000)
         .unwrap();
     let second = SenderKeyIn::from_wire(second).unwrap();
     opener
-        .accept_sender_key(&second, &alice.bundle, NOW + 10)
+        .accept_sender_key(&second, &alice.bundle, NOW + 120_000)
         .unwrap();
     let (mut on_b, other) = alice.sealer("b", &[&bob]);
     let other = SenderKeyIn::from_wire(other).unwrap();
     assert_eq!(
         opener
-            .accept_sender_key(&other, &alice.bundle, NOW + 10)
+            .accept_sender_key(&other, &alice.bundle, NOW + 120_000)
             .unwrap_err(),
         OpenError::TooManySenderEpochs(2)
     );
     let (_, carols) = carol.sealer("a", &[&bob]);
     let carols = SenderKeyIn::from_wire(carols).unwrap();
     opener
-        .accept_sender_key(&carols, &carol.bundle, NOW + 10)
+        .accept_sender_key(&carols, &carol.bundle, NOW + 120_000)
         .unwrap();
     assert_eq!(opener.epochs_held(), 3);
-    // Once alice's first epoch (and carol's) expired, a new one of hers takes its place, her
-    // second still held.
-    let later = first.to_wire().expires_at_ms + 1;
+    // Once alice's first epoch (and carol's) expired by more than the clock skew allowed, a
+    // new one of hers takes its place, her second still held: her share full, her own expired
+    // epochs are dropped though the periodic drop is not due (it just ran), and only hers.
+    let skew = entente_crypto::OpenerOptions::default().max_clock_skew_ms;
+    let later = first.to_wire().expires_at_ms + skew + 1;
     assert!(later <= second.to_wire().expires_at_ms);
+    opener.purge_expired(later - 1);
+    assert_eq!(opener.epochs_held(), 3);
     let again = on_b
         .rotate(std::slice::from_ref(&bob.bundle), later)
         .unwrap();
@@ -562,7 +599,7 @@ fn one_sender_holds_at_most_its_share_of_epochs() {
     opener
         .accept_sender_key(&again, &alice.bundle, later)
         .unwrap();
-    assert_eq!(opener.epochs_held(), 2);
+    assert_eq!(opener.epochs_held(), 3);
 }
 
 #[test]
