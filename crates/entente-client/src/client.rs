@@ -22,8 +22,8 @@
 //! subscription gets an error carrying the hub's code and reason as its last item.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::mem;
 use std::pin::Pin;
@@ -100,9 +100,20 @@ const MAX_GATHER: usize = 1024;
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+}
+
+/// Names the client's principal and whether its session is closed: none of what it holds
+/// (messages set aside or queued for resending, with their plaintexts) is shown.
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("principal", self.principal())
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The hub's answer to one queued message ([`Client::enqueue`],
@@ -181,6 +192,9 @@ struct Shared {
 #[derive(Debug, Default)]
 struct State {
     pending: HashMap<u64, Pending>,
+    /// When each publish sent stops being waited for, in the order they were sent: past it,
+    /// one the hub has not answered is let go ([`State::sweep_unanswered`]).
+    publish_deadlines: VecDeque<(Instant, u64)>,
     subscriptions: HashMap<u64, Arc<SubscriptionEntry>>,
     /// Why the session ended, once it has.
     closed: Option<String>,
@@ -194,6 +208,34 @@ struct State {
     /// The most requests one delivery (a `Deliver` frame) held, lately: raised by the reader,
     /// decayed by the writer ([`Shared::round_trip_limits`]).
     delivered_peak: usize,
+}
+
+impl State {
+    /// Lets go of the publishes sent before `now` less twice the request timeout that the hub
+    /// has not answered, and returns their waiters: a hub that never answers can't make the
+    /// session keep each frame's state (and a batch of replies' plaintexts, kept to send them
+    /// again) for as long as it lasts. Their channels start new epochs, as after a refusal,
+    /// since the hub may not have taken their sender keys.
+    fn sweep_unanswered(&mut self, now: Instant) -> Vec<Vec<PublishWaiter>> {
+        let mut unanswered = Vec::new();
+        while let Some(&(deadline, id)) = self.publish_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.publish_deadlines.pop_front();
+            if !matches!(self.pending.get(&id), Some(Pending::Publish { .. })) {
+                continue;
+            }
+            if let Some(Pending::Publish {
+                channel, waiters, ..
+            }) = self.pending.remove(&id)
+            {
+                self.resets.push(channel);
+                unanswered.push(waiters);
+            }
+        }
+        unanswered
+    }
 }
 
 /// A request waiting for the one reply it accepts.
@@ -596,6 +638,8 @@ impl Client {
                 identity.principal().clone(),
                 identity.key_bundle().epoch(),
                 identity.message_keys().clone(),
+                pattern.clone(),
+                durable.is_none().then(now_ms),
             )),
             unacked: durable.map(|_| Mutex::default()),
             replies,
@@ -2082,10 +2126,26 @@ impl Writer<'_> {
             return true;
         }
         let shared = self.shared;
-        let (resets, mut open) = {
+        let (resets, mut open, unanswered) = {
             let mut state = shared.lock();
-            (mem::take(&mut state.resets), state.closed.is_none())
+            let unanswered = state.sweep_unanswered(Instant::now());
+            (
+                mem::take(&mut state.resets),
+                state.closed.is_none(),
+                unanswered,
+            )
         };
+        if !unanswered.is_empty() {
+            let wait = 2 * shared.options.request_timeout;
+            let error = Error::new(
+                ErrorKind::Timeout,
+                format!("the hub did not answer the publish within {wait:?}: no longer waited for"),
+            );
+            stats::add(&shared.stats.publishes_unanswered, unanswered.len() as u64);
+            for waiter in unanswered.into_iter().flatten() {
+                let _ = waiter.send(Err(error.duplicate()));
+            }
+        }
         for channel in resets {
             self.outbox.reset(&channel);
         }
@@ -2127,6 +2187,8 @@ impl Writer<'_> {
                         open = false;
                         continue;
                     }
+                    let deadline = Instant::now() + 2 * shared.options.request_timeout;
+                    shared.lock().publish_deadlines.push_back((deadline, id));
                     stats::add(&shared.stats.publish_frames, 1);
                     stats::add(&shared.stats.batches_sent, batches);
                     stats::add(&shared.stats.sender_keys_sent, keys);
@@ -2321,6 +2383,8 @@ async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) -> bo
             identity.principal().clone(),
             identity.key_bundle().epoch(),
             identity.message_keys().clone(),
+            entry.pattern.clone(),
+            None,
         )
         .open(deliver, &lookup, now)
     } else {
@@ -2538,7 +2602,7 @@ fn millis(d: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
     use entente_types::MessageId;
 
@@ -2558,6 +2622,52 @@ mod tests {
             },
             None,
         )
+    }
+
+    #[test]
+    fn publishes_the_hub_leaves_unanswered_are_let_go_past_their_deadline() {
+        let mut state = State::default();
+        let start = Instant::now();
+        // Another kind of frame has an ID of its own, and is not let go.
+        let (done, _) = oneshot::channel();
+        let pending = Pending::Unsubscribe { done: Some(done) };
+        state.pending.insert(4, pending);
+        state.publish_deadlines.push_back((start, 4));
+        let mut answers = Vec::new();
+        for (id, channel) in [(1, "orders.eu"), (2, "orders.us"), (3, "orders.uk")] {
+            let (waiter, answer) = oneshot::channel();
+            answers.push(answer);
+            let pending = Pending::Publish {
+                channel: Channel::parse(channel).unwrap(),
+                waiters: vec![waiter],
+                replies: Vec::new(),
+            };
+            state.pending.insert(id, pending);
+            let deadline = start + Duration::from_secs(id);
+            state.publish_deadlines.push_back((deadline, id));
+        }
+        // The second was answered.
+        state.pending.remove(&2);
+
+        assert!(state.sweep_unanswered(start).is_empty());
+        assert_eq!(state.publish_deadlines.len(), 3, "what is due goes");
+        let mut unanswered = state.sweep_unanswered(start + Duration::from_secs(2));
+        assert_eq!(unanswered.len(), 1);
+        assert_eq!(unanswered[0].len(), 1);
+        unanswered[0].pop().unwrap().send(Ok(Vec::new())).unwrap();
+        assert!(answers[0].try_recv().is_ok());
+        let resets: Vec<&str> = state.resets.iter().map(Channel::as_str).collect();
+        assert_eq!(resets, ["orders.eu"]);
+        let mut kept: Vec<u64> = state.pending.keys().copied().collect();
+        kept.sort_unstable();
+        assert_eq!(kept, [3, 4]);
+        assert_eq!(state.publish_deadlines.len(), 1);
+        assert_eq!(
+            state.sweep_unanswered(start + Duration::from_secs(3)).len(),
+            1
+        );
+        assert_eq!(state.pending.keys().copied().collect::<Vec<_>>(), [4]);
+        assert!(state.publish_deadlines.is_empty());
     }
 
     #[test]

@@ -3,6 +3,13 @@
 //!
 //! Each subscription has its own [`Opener`], so that two subscriptions matching one channel
 //! (the hub delivers each its own copy) each open their copy under their own replay window.
+//!
+//! What a subscription takes is bounded by what it asked for, not by what the hub sends: a
+//! message on a channel its pattern does not match is refused, and so, on a live subscription,
+//! is one issued longer before the subscription began than the clock skew allowed (a fresh
+//! replay window can't tell a replay of it; the hub routes a live subscription what is
+//! published after it, and messages held for approval released since, which this refuses when
+//! they were sealed that long before).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -11,7 +18,7 @@ use entente_crypto::{
     MessageKeys, OpenError, Opener, OpenerOptions, SenderKeyIn, SignedBatchIn, VerifiedEnvelope,
     VerifiedKeyBundle,
 };
-use entente_types::{Channel, MessageId, Principal};
+use entente_types::{Channel, ChannelPattern, MessageId, Principal, namespace};
 use entente_wire as wire;
 
 use crate::{Error, ErrorKind};
@@ -68,6 +75,12 @@ pub(crate) struct Opened {
 #[derive(Debug)]
 pub(crate) struct Inbox {
     opener: Opener,
+    /// What the subscription asked for: other channels' messages are refused (replies are
+    /// sorted by the caller, a batch of replies reaching every subscription of one of them).
+    pattern: ChannelPattern,
+    /// Messages issued before this (the subscription's start less the clock skew allowed, for
+    /// a live subscription) are refused as replays; 0 for a durable one.
+    issued_from_ms: u64,
     /// Signatures of sender keys already accepted: resends are skipped without verifying.
     accepted: HashSet<Vec<u8>>,
     /// (sender, channel, epoch) of sender keys that did not name us, to explain why their
@@ -76,9 +89,22 @@ pub(crate) struct Inbox {
 }
 
 impl Inbox {
-    pub(crate) fn new(me: Principal, key_epoch: u64, keys: Arc<MessageKeys>) -> Self {
+    /// The inbox of a subscription to `pattern`; `live_since_ms`, for a live subscription, is
+    /// when it began (by this client's clock).
+    pub(crate) fn new(
+        me: Principal,
+        key_epoch: u64,
+        keys: Arc<MessageKeys>,
+        pattern: ChannelPattern,
+        live_since_ms: Option<u64>,
+    ) -> Self {
+        let options = OpenerOptions::default();
+        let issued_from_ms =
+            live_since_ms.map_or(0, |t| t.saturating_sub(options.max_clock_skew_ms));
         Self {
-            opener: Opener::new(me, key_epoch, keys, OpenerOptions::default()),
+            opener: Opener::new(me, key_epoch, keys, options),
+            pattern,
+            issued_from_ms,
             accepted: HashSet::new(),
             not_for_us: HashSet::new(),
         }
@@ -233,6 +259,9 @@ impl Inbox {
         opened.rejected += result.rejected.len() as u64;
         let mut delivered = result.delivered.into_iter();
         let mut refused = result.rejected.into_iter().peekable();
+        // Whether the subscription asked for the batch's channel, for its envelopes on it (all
+        // but the replies of a batch of replies).
+        let asked = self.asked_for(&channel);
         for index in 0..count {
             if refused.peek().is_some_and(|(i, _)| *i == index) {
                 if let Some((_, e)) = refused.next() {
@@ -241,9 +270,60 @@ impl Inbox {
                         .push(Err(self.envelope_error(&sender, &channel, index, e)));
                 }
             } else if let Some(envelope) = delivered.next() {
-                opened.items.push(Ok(message(envelope)));
+                match self.admit(envelope, index, (&channel, asked)) {
+                    Ok(m) => opened.items.push(Ok(m)),
+                    Err(e) => {
+                        opened.received -= 1;
+                        opened.rejected += 1;
+                        opened.items.push(Err(e));
+                    }
+                }
             }
         }
+    }
+
+    /// Whether the subscription asked for `channel`'s messages (a reply's are sorted by the
+    /// caller).
+    fn asked_for(&self, channel: &Channel) -> bool {
+        namespace::is_reply_channel(channel) || self.pattern.matches(channel)
+    }
+
+    /// The message of an envelope that opened, if the subscription asked for it; `batch` is
+    /// the batch's channel and whether it was asked for.
+    fn admit(
+        &self,
+        envelope: VerifiedEnvelope,
+        index: usize,
+        batch: (&Channel, bool),
+    ) -> Result<Message, Error> {
+        let (sender, channel) = (envelope.sender(), envelope.channel());
+        let asked = if channel == batch.0 {
+            batch.1
+        } else {
+            self.asked_for(channel)
+        };
+        if !asked {
+            return Err(Error::new(
+                ErrorKind::Rejected,
+                format!(
+                    "message {index} of a batch from `{sender}` on `{channel}` was refused: it \
+                     was delivered to a subscription to `{}`, which that channel does not match",
+                    self.pattern
+                ),
+            ));
+        }
+        if envelope.issued_at_ms() < self.issued_from_ms {
+            return Err(Error::new(
+                ErrorKind::Rejected,
+                format!(
+                    "message {index} of a batch from `{sender}` on `{channel}` was refused: it \
+                     was issued before this subscription began (by more than the clock skew \
+                     allowed), so it can't be told from a replay (a message held for approval \
+                     and released since is refused too)"
+                ),
+            ));
+        }
+        Ok(message(envelope))
     }
 
     fn envelope_error(
@@ -327,10 +407,16 @@ mod tests {
     }
 
     fn inbox(agent: &Agent) -> Inbox {
+        subscribed(agent, "orders.>", None)
+    }
+
+    fn subscribed(agent: &Agent, pattern: &str, live_since_ms: Option<u64>) -> Inbox {
         Inbox::new(
             agent.principal.clone(),
             agent.bundle.epoch(),
             agent.keys.clone(),
+            pattern.parse().unwrap(),
+            live_since_ms,
         )
     }
 
@@ -438,5 +524,78 @@ mod tests {
         let e = again.items.into_iter().next().unwrap().unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Rejected);
         assert!(e.to_string().contains("already received"), "{e}");
+    }
+
+    /// One frame of two messages from bob to alice, one on each of `channels`, issued at `NOW`.
+    fn two_messages(ca: &TestCa, channels: [&str; 2]) -> (Agent, Agent, wire::Deliver) {
+        let (alice, bob) = (ca.agent("alice"), ca.agent("bob"));
+        let recipients = Arc::new(Recipients::new(&bob.bundle, vec![alice.bundle.clone()]));
+        let mut out = outbox(&bob, 8, 60_000);
+        let frame = deliver(out.seal(
+            vec![
+                outgoing(channels[0], b"one", &recipients, 1),
+                outgoing(channels[1], b"two", &recipients, 2),
+            ],
+            NOW,
+            &mut || 1,
+        ));
+        let mut frame = frame.into_iter();
+        let mut first = frame.next().unwrap();
+        for more in frame {
+            first.sender_keys.extend(more.sender_keys);
+            first.batches.extend(more.batches);
+        }
+        (alice, bob, first)
+    }
+
+    #[test]
+    fn a_message_on_a_channel_the_subscription_did_not_ask_for_is_refused() {
+        let ca = TestCa::new();
+        let (alice, bob, frame) = two_messages(&ca, ["orders.eu", "payments.eu"]);
+        let opened = subscribed(&alice, "orders.>", None).open(frame, &lookup(&[&bob]), NOW);
+        assert_eq!((opened.received, opened.rejected), (1, 1));
+        let mut items = opened.items.into_iter();
+        assert_eq!(items.next().unwrap().unwrap().payload, b"one");
+        let e = items.next().unwrap().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Rejected);
+        assert!(
+            e.to_string().contains("`payments.eu`")
+                && e.to_string().contains("does not match")
+                && !e.to_string().contains("two"),
+            "{e}"
+        );
+        assert!(items.next().is_none());
+    }
+
+    #[test]
+    fn a_live_subscription_refuses_what_was_issued_before_it_began_beyond_the_skew() {
+        let ca = TestCa::new();
+        let (alice, bob, frame) = two_messages(&ca, ["orders.eu", "orders.us"]);
+        let skew = OpenerOptions::default().max_clock_skew_ms;
+        // Issued at NOW: a subscription begun up to the clock skew later takes them.
+        let opened = subscribed(&alice, "orders.>", Some(NOW + skew)).open(
+            frame.clone(),
+            &lookup(&[&bob]),
+            NOW,
+        );
+        assert_eq!((opened.received, opened.rejected), (2, 0));
+        // One begun later can't tell them from a replay.
+        let opened = subscribed(&alice, "orders.>", Some(NOW + skew + 1)).open(
+            frame.clone(),
+            &lookup(&[&bob]),
+            NOW,
+        );
+        assert_eq!((opened.received, opened.rejected), (0, 2));
+        for item in opened.items {
+            let e = item.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Rejected);
+            assert!(
+                e.to_string().contains("before this subscription began"),
+                "{e}"
+            );
+        }
+        // A durable subscription takes what was stored before it.
+        let opened = subscribed(&alice, "orders.>", None).open(frame, &lookup(&[&bob]), NOW);
+        assert_eq!((opened.received, opened.rejected), (2, 0));
     }
 }

@@ -14,6 +14,11 @@ pub struct ClientStats {
     pub batches_sent: u64,
     /// `Publish` frames sent.
     pub publish_frames: u64,
+    /// `Publish` frames the hub had not answered twice the request timeout after they were
+    /// sent: let go (their waiters, if still there, get an
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) error), and their channels start new
+    /// epochs. A late answer to one is ignored.
+    pub publishes_unanswered: u64,
     /// Sender keys sent (new epochs, periodic resends, and the one every reply carries).
     pub sender_keys_sent: u64,
     /// Replies sent again, each alone, after the hub refused the batch of replies they shared
@@ -69,6 +74,7 @@ pub(crate) struct Stats {
     pub(crate) publish_refused: AtomicU64,
     pub(crate) batches_sent: AtomicU64,
     pub(crate) publish_frames: AtomicU64,
+    pub(crate) publishes_unanswered: AtomicU64,
     pub(crate) sender_keys_sent: AtomicU64,
     pub(crate) replies_resent: AtomicU64,
     pub(crate) received: AtomicU64,
@@ -91,6 +97,7 @@ impl Stats {
             publish_refused: get(&self.publish_refused),
             batches_sent: get(&self.batches_sent),
             publish_frames: get(&self.publish_frames),
+            publishes_unanswered: get(&self.publishes_unanswered),
             sender_keys_sent: get(&self.sender_keys_sent),
             replies_resent: get(&self.replies_resent),
             received: get(&self.received),

@@ -58,6 +58,11 @@ async fn one_message_is_sealed_routed_and_opened() {
         (got.received, got.rejected, got.sender_keys_accepted),
         (1, 0, 1)
     );
+    // A client's `Debug` names it, and shows nothing it holds.
+    assert_eq!(
+        format!("{bob:?}"),
+        format!("Client {{ principal: {bob_principal:?}, closed: false, .. }}")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -220,6 +225,61 @@ async fn a_publish_without_room_fails_clearly() {
     bob.close().await;
     let err = waiting.await.unwrap().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+}
+
+/// A publish the hub has not answered twice the request timeout after it was sent (here: its
+/// answer waits for the next audit-log commit, a second after the last) is let go: its waiter
+/// is told, it is counted, and its channel's next publish starts a new epoch (it carries a
+/// sender key) since the hub may not have taken the last one.
+#[tokio::test]
+async fn a_publish_the_hub_leaves_unanswered_is_let_go() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let hub = hub_with_slow_commits(dir.path(), Duration::from_secs(1)).await;
+    let bob_options = options().request_timeout(Duration::from_millis(50));
+    let (alice, bob, recipients) = alice_and_bob(&hub, options(), bob_options).await;
+    // Timing: the first publish must be let go (100 ms after it is sent, at the writer's
+    // next publish) before the next commit answers it. A loaded machine may miss that: up to
+    // three tries.
+    for attempt in 1..=3 {
+        // A commit is made: the next is a second away.
+        alice.publish_to("orders.alice", "mine", &[]).await.unwrap();
+        let first = bob
+            .enqueue_to("orders.eu", "first", &recipients)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let (before, keys) = (
+            bob.stats().publishes_unanswered,
+            bob.stats().sender_keys_sent,
+        );
+        // The next publish's writer lets the first go.
+        let _second = bob
+            .enqueue_to("orders.eu", "second", &recipients)
+            .await
+            .unwrap();
+        let let_go = async {
+            while bob.stats().publishes_unanswered == before {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_millis(500), let_go)
+            .await
+            .is_err()
+        {
+            assert!(attempt < 3, "the first publish was never let go");
+            // Answered first: both publishes' answers are on their way; try again.
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            continue;
+        }
+        let err = first.await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        assert!(err.to_string().contains("no longer waited for"), "{err}");
+        let stats = bob.stats();
+        assert_eq!(stats.publishes_unanswered, before + 1);
+        assert_eq!(stats.sender_keys_sent, keys + 1, "a new epoch");
+        assert!(!bob.is_closed());
+        return;
+    }
 }
 
 /// A hub that keeps an audit log with group commits `apart` under load: an answer waits up to
