@@ -6,6 +6,13 @@
 //! trust domain) and requires that the SPIFFE ID be the hub's
 //! ([`hub_id`](crate::hub_id)). The server name the client dials (normally
 //! [`hub_server_name`](crate::hub_server_name)) is used for SNI only.
+//!
+//! The hub's chain is built through the intermediates of the client's own trust bundle, not
+//! through those the server presents: a retired intermediate (revoked, and gone from every
+//! bundle an agent renews with) can't vouch for a server even if its key leaked and its
+//! certificate is still within its validity. Only a bundle without intermediates (roots
+//! alone, as an operator may hand out for enrollment) and an enrollment, whose bundle came out
+//! of band and may predate a rollover, take the presented ones.
 
 use std::sync::Arc;
 
@@ -25,6 +32,8 @@ pub struct HubServerVerifier {
     trust: TrustBundle,
     expected: Principal,
     revocations: Option<Arc<VerifiedRevocationList>>,
+    /// Whether the server's presented intermediates may build its chain.
+    presented_intermediates: bool,
     provider: Arc<CryptoProvider>,
 }
 
@@ -49,14 +58,24 @@ impl HubServerVerifier {
         Ok(Self::expecting(trust, expected))
     }
 
-    /// Expects a server presenting an SVID for `expected`.
+    /// Expects a server presenting an SVID for `expected`, chained through the intermediates
+    /// of `trust` (through those it presents only if `trust` lists none).
     pub fn expecting(trust: TrustBundle, expected: Principal) -> Self {
         Self {
             trust,
             expected,
             revocations: None,
+            presented_intermediates: false,
             provider: provider(),
         }
+    }
+
+    /// Also builds the server's chain through the intermediates it presents, that a root of
+    /// the trust bundle signed: for an enrollment, whose bundle, handed out of band, may not
+    /// list the intermediate in use since a rollover.
+    pub fn with_presented_intermediates(mut self) -> Self {
+        self.presented_intermediates = true;
+        self
     }
 
     /// Also refuses a server certificate revoked by `list`.
@@ -77,11 +96,13 @@ impl ServerCertVerifier for HubServerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let mut chain = Vec::with_capacity(intermediates.len() + 1);
         chain.push(CertificateDer::from(end_entity.as_ref()));
-        chain.extend(
-            intermediates
-                .iter()
-                .map(|c| CertificateDer::from(c.as_ref())),
-        );
+        if self.presented_intermediates || self.trust.intermediates().is_empty() {
+            chain.extend(
+                intermediates
+                    .iter()
+                    .map(|c| CertificateDer::from(c.as_ref())),
+            );
+        }
         let svid = self
             .trust
             .verify_server_svid(&chain, system_time(now), self.revocations.as_deref())
@@ -132,7 +153,8 @@ impl ServerCertVerifier for HubServerVerifier {
 // === configurations ===
 
 /// A TLS 1.3 client configuration (aws-lc-rs, ALPN `h2`) that presents `chain` (the agent's
-/// X509-SVID, leaf first) with `key`, and accepts only the hub of `trust`'s trust domain.
+/// X509-SVID, leaf first) with `key`, and accepts only the hub of `trust`'s trust domain,
+/// chained through `trust`'s own intermediates.
 pub fn client_config(
     trust: &TrustBundle,
     chain: Vec<CertificateDer<'static>>,
@@ -149,9 +171,11 @@ pub fn client_config(
 }
 
 /// A TLS 1.3 client configuration without a client certificate, for enrollment: dial
-/// [`enroll_server_name`](crate::enroll_server_name).
+/// [`enroll_server_name`](crate::enroll_server_name). The hub's chain may go through an
+/// intermediate it presents that `trust` does not list
+/// ([`HubServerVerifier::with_presented_intermediates`]).
 pub fn enroll_client_config(trust: &TrustBundle) -> Result<ClientConfig, ClientTlsError> {
-    let verifier = HubServerVerifier::new(trust.clone())?;
+    let verifier = HubServerVerifier::new(trust.clone())?.with_presented_intermediates();
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()

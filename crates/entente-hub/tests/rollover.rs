@@ -13,13 +13,17 @@
 use std::time::{Duration, Instant};
 
 use entente_audit::Event;
-use entente_ca::{INTERMEDIATE_KEY, IntermediateRole};
+use entente_ca::{Ca, INTERMEDIATE_KEY, IntermediateRole, IssuedSvid};
 use entente_client::{Client, Subscription};
+use entente_hub::client_tls::HubServerVerifier;
 use entente_hub::{AuditConfig, CaRollover};
 use entente_keystore::KeyName;
 use entente_store::Store;
 use entente_testkit::TestHub;
+use entente_types::Principal;
 use futures_util::StreamExt as _;
+use rustls::client::danger::ServerCertVerifier as _;
+use rustls_pki_types::{ServerName, UnixTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 const POLICIES: &str = r#"
@@ -53,6 +57,16 @@ async fn start(dir: &tempfile::TempDir) -> TestHub {
         .start()
         .await
         .unwrap()
+}
+
+/// An SVID for the hub's own ID, issued by `ca`'s signing intermediate.
+fn hub_svid(ca: &Ca, now: std::time::SystemTime) -> IssuedSvid {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap();
+    let hub = Principal::from(entente_hub::hub_id(ca.trust_domain()).unwrap());
+    ca.issue_svid(csr.der(), &hub, now).unwrap()
 }
 
 fn roles(hub: &TestHub) -> Vec<IntermediateRole> {
@@ -107,6 +121,10 @@ async fn a_rollover_disconnects_no_agent_and_loses_no_message() {
         let (_, cert) = X509Certificate::from_der(first.intermediate_cert()).unwrap();
         cert.raw_serial().to_vec()
     };
+
+    // What someone holding the old intermediate's key (leaked) could present as the hub.
+    let forged_at = std::time::SystemTime::now();
+    let forged = hub_svid(&first, forged_at);
 
     let alice = hub.connect_agent("shop", "alice").await.unwrap();
     let bob = hub.connect_agent("shop", "bob").await.unwrap();
@@ -178,6 +196,37 @@ async fn a_rollover_disconnects_no_agent_and_loses_no_message() {
     assert!(!hub.hub().ca().keystore().contains(&old_key).unwrap());
     let list = hub.hub().revocations().expect("a revocation list");
     assert!(list.is_serial_revoked(&old_serial));
+    // An agent's bundle no longer lists the old intermediate: a server chain through it is
+    // refused, presented or not, even at a time its leaf was valid; the new one's is taken.
+    let trust = hub.hub().ca().trust_bundle().clone();
+    let verify = |verifier: HubServerVerifier, svid: &IssuedSvid, at: std::time::SystemTime| {
+        let at = UnixTime::since_unix_epoch(at.duration_since(std::time::UNIX_EPOCH).unwrap());
+        let name = ServerName::try_from("hub").unwrap();
+        verifier.verify_server_cert(&svid.chain_der[0], &svid.chain_der[1..], &name, &[], at)
+    };
+    let err = verify(
+        HubServerVerifier::new(trust.clone()).unwrap(),
+        &forged,
+        forged_at,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+    // (Taken only by an enrollment, whose bundle came out of band, from the intermediates a
+    // server presents.)
+    let verifier = HubServerVerifier::new(trust.clone()).unwrap();
+    assert!(verify(verifier.with_presented_intermediates(), &forged, forged_at).is_ok());
+    let now = std::time::SystemTime::now();
+    let current = hub_svid(&hub.hub().ca(), now);
+    verify(
+        HubServerVerifier::new(trust.clone()).unwrap(),
+        &current,
+        now,
+    )
+    .unwrap();
+    // A bundle of roots alone (as an operator may hand out for enrollment) has nothing of its
+    // own to build with, and takes the presented intermediate.
+    let roots = entente_ca::TrustBundle::new(trust.roots().to_vec(), Vec::new()).unwrap();
+    verify(HubServerVerifier::new(roots).unwrap(), &current, now).unwrap();
 
     // Nobody was disconnected, nothing was lost, and traffic still flows every way.
     for client in [&alice, &bob, &carol] {
