@@ -631,6 +631,23 @@ impl Ca {
         staged: Option<CaCert>,
         retiring: Option<CaCert>,
     ) -> Result<Self, CaError> {
+        // Each role is its own intermediate, with its own key: retiring one must never revoke
+        // or delete the one that signs (a stored state naming one twice is refused).
+        let roles: Vec<&CaCert> = std::iter::once(&intermediate)
+            .chain(&staged)
+            .chain(&retiring)
+            .collect();
+        for (i, a) in roles.iter().enumerate() {
+            if roles
+                .iter()
+                .skip(i + 1)
+                .any(|b| a.signer == b.signer || a.key == b.key || a.der == b.der)
+            {
+                return Err(CaError::Rollover(
+                    "one intermediate, or one key, holds two roles",
+                ));
+            }
+        }
         let mut intermediates = vec![intermediate.der.clone()];
         intermediates.extend(staged.iter().chain(&retiring).map(|c| c.der.clone()));
         for der in &intermediates {

@@ -150,6 +150,29 @@ fn every_phase_reloads_from_its_pem() {
 }
 
 #[test]
+fn a_stored_state_naming_one_intermediate_in_two_roles_is_refused() {
+    let f = new_ca("example.org");
+    let active =
+        f.ca.stage_intermediate(now())
+            .unwrap()
+            .activate_staged()
+            .unwrap();
+    let pem = active.to_pem();
+    // Retiring it would revoke, and delete the key of, the intermediate that signs.
+    let mut twice = pem.clone();
+    twice.retiring = Some(twice.intermediate.clone());
+    let mut staged_twice = pem.clone();
+    staged_twice.retiring = None;
+    staged_twice.staged = Some(staged_twice.intermediate.clone());
+    for corrupt in [twice, staged_twice] {
+        let err = Ca::from_pem(f.keystore.clone(), &corrupt, CaOptions::default()).unwrap_err();
+        assert!(matches!(err, CaError::Rollover(_)), "{err}");
+        assert!(err.to_string().contains("two roles"), "{err}");
+    }
+    assert!(Ca::from_pem(f.keystore.clone(), &pem, CaOptions::default()).is_ok());
+}
+
+#[test]
 fn steps_out_of_order_are_refused_and_change_nothing() {
     let f = new_ca("example.org");
     assert!(matches!(f.ca.activate_staged(), Err(CaError::Rollover(_))));

@@ -39,7 +39,8 @@ use entente_policy::{Action, Resource};
 use entente_store::StoreError;
 use entente_types::Principal;
 use entente_wire::{
-    CreateTokenRequest, CreateTokenResponse, MAX_SERIAL_BYTES, RevokeRequest, RevokeResponse,
+    CreateTokenRequest, CreateTokenResponse, EnrollResponse, KeyBundle, MAX_SERIAL_BYTES,
+    RevokeRequest, RevokeResponse,
 };
 use tokio::sync::MutexGuard;
 
@@ -406,7 +407,8 @@ fn revocations_of(list: &VerifiedRevocationList) -> Result<Revocations, RpcError
 
 /// Signs `next` with the CA, and checks the list as every receiver will: its signature, and
 /// that it decodes within the hub's bounds (else the stored list would not load at the next
-/// start).
+/// start), alone and in the largest answer that carries it (an enrollment's, else no agent
+/// could enroll).
 async fn sign<R>(
     services: &Services<R>,
     next: &Revocations,
@@ -420,19 +422,39 @@ async fn sign<R>(
         })
         .await?
     };
+    let too_many =
+        || RpcError::TooMany("the revocation list would exceed the hub's decoding bounds".into());
     let encoded = entente_wire::encode(&signed);
-    VerifiedRevocationList::decode(
+    let list = VerifiedRevocationList::decode(
         &encoded,
         &services.limits,
         services.ca.current().trust_bundle(),
         now,
     )
     .map_err(|e| match e {
-        entente_ca::RevocationError::Wire(_) => {
-            RpcError::TooMany("the revocation list would exceed the hub's decoding bounds".into())
-        }
+        entente_ca::RevocationError::Wire(_) => too_many(),
         other => RpcError::CaSign(other.to_string()),
-    })
+    })?;
+    let largest = EnrollResponse {
+        certificate_chain: vec![
+            vec![0; entente_wire::MAX_CERTIFICATE_BYTES];
+            entente_wire::MAX_CHAIN_CERTIFICATES
+        ],
+        key_bundle: Some(KeyBundle {
+            principal: "p".repeat(entente_wire::MAX_ID_BYTES),
+            signature: vec![0; entente_wire::MAX_SIGNATURE_BYTES],
+            ..KeyBundle::default()
+        }),
+        trust_bundle_pem: "c".repeat(entente_wire::MAX_TRUST_BUNDLE_BYTES),
+        revocations: Some(signed),
+    };
+    let largest = entente_wire::encode(&largest);
+    if largest.len() > services.limits.max_frame_bytes
+        || <EnrollResponse as entente_wire::Bounded>::scan(&largest, &services.limits).is_err()
+    {
+        return Err(too_many());
+    }
+    Ok(list)
 }
 
 /// What a failure of [`put_in_force`] means for the administrator.

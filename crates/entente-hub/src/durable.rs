@@ -50,8 +50,16 @@ const MAX_BACKLOG: usize = 16_384;
 
 /// Field numbers of `Deliver` (PROTOCOL.md): sender keys, sequence, attempt.
 const SENDER_KEYS_TAG: u32 = 2;
+/// Most sender keys remembered for durable entries, and most bytes they take: past either,
+/// the memory is cleared (an entry whose batches need a key forgotten then is stored without
+/// it, and its envelopes are refused by the consumer as of an unknown epoch).
+const MAX_REMEMBERED_KEYS: usize = 65_536;
+const MAX_REMEMBERED_KEY_BYTES: usize = 256 << 20;
 const SEQUENCE_TAG: u32 = 4;
 const ATTEMPT_TAG: u32 = 5;
+/// The most a delivery adds to its entry: its sequence and its attempt, a one-byte key and a
+/// varint each.
+pub(crate) const DELIVERY_SUFFIX_LEN: usize = 2 * (1 + 10);
 
 /// A durable channel's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,7 +199,14 @@ pub(crate) enum DurableError {
 pub(crate) struct Streams {
     streams: Vec<Arc<Stream>>,
     /// The latest sender key (encoded `SenderKey`) of each (sender, channel, epoch) routed.
-    sender_keys: Mutex<HashMap<(String, String, u64), Bytes>>,
+    sender_keys: Mutex<RememberedKeys>,
+}
+
+/// Sender keys remembered for durable entries, and the bytes they take.
+#[derive(Debug, Default)]
+struct RememberedKeys {
+    keys: HashMap<(String, String, u64), Bytes>,
+    bytes: usize,
 }
 
 /// One stream.
@@ -338,15 +353,24 @@ impl Streams {
     pub(crate) fn remember(&self, keys: impl IntoIterator<Item = (String, String, u64, Bytes)>) {
         let mut cache = lock(&self.sender_keys);
         for (sender, channel, epoch, key) in keys {
-            if cache.len() >= 65_536 {
-                cache.clear();
+            let len = key.len();
+            if cache.keys.len() >= MAX_REMEMBERED_KEYS
+                || cache.bytes.saturating_add(len) > MAX_REMEMBERED_KEY_BYTES
+            {
+                cache.keys.clear();
+                cache.bytes = 0;
             }
-            cache.insert((sender, channel, epoch), key);
+            if let Some(old) = cache.keys.insert((sender, channel, epoch), key) {
+                cache.bytes = cache.bytes.saturating_sub(old.len());
+            }
+            cache.bytes = cache.bytes.saturating_add(len);
         }
     }
 
     /// The entry to store for a channel group: its channel, the sender keys its batches need
-    /// that the group does not carry (from what was routed before), and the group's body.
+    /// that the group does not carry (from what was routed before), and the group's body;
+    /// `None` as soon as the keys and the body (what a consumer is sent) exceed
+    /// `max_delivered` bytes.
     pub(crate) fn entry(
         &self,
         channel: &Channel,
@@ -354,7 +378,8 @@ impl Streams {
         epochs: &[u64],
         carried: &[u64],
         body: &[u8],
-    ) -> Vec<u8> {
+        max_delivered: usize,
+    ) -> Option<Vec<u8>> {
         let cache = lock(&self.sender_keys);
         let mut entry = Vec::with_capacity(2 + channel.as_str().len() + body.len() + 256);
         let name = channel.as_str().as_bytes();
@@ -362,8 +387,19 @@ impl Streams {
         entry.extend_from_slice(name);
         let mut buf = BytesMut::new();
         for epoch in epochs.iter().filter(|e| !carried.contains(e)) {
-            if let Some(key) = cache.get(&(sender.to_owned(), channel.as_str().to_owned(), *epoch))
+            if let Some(key) =
+                cache
+                    .keys
+                    .get(&(sender.to_owned(), channel.as_str().to_owned(), *epoch))
             {
+                if buf
+                    .len()
+                    .saturating_add(key.len())
+                    .saturating_add(body.len())
+                    > max_delivered
+                {
+                    return None;
+                }
                 prost::encoding::encode_key(
                     SENDER_KEYS_TAG,
                     prost::encoding::WireType::LengthDelimited,
@@ -373,9 +409,12 @@ impl Streams {
                 buf.put_slice(key);
             }
         }
+        if buf.len().saturating_add(body.len()) > max_delivered {
+            return None;
+        }
         entry.extend_from_slice(&buf);
         entry.extend_from_slice(body);
-        entry
+        Some(entry)
     }
 
     /// The owners of consumers whose pattern matches `channel`: members of it even while
@@ -1064,4 +1103,64 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
+
+    use super::*;
+
+    /// A mebibyte, shared by every key below without an allocation.
+    static MIB: [u8; 1 << 20] = [7; 1 << 20];
+
+    fn key(epoch: u64, len: usize) -> (String, String, u64, Bytes) {
+        (
+            "alice".to_owned(),
+            "orders.eu".to_owned(),
+            epoch,
+            Bytes::from_static(&MIB[..len]),
+        )
+    }
+
+    fn held(streams: &Streams) -> (usize, usize) {
+        let cache = lock(&streams.sender_keys);
+        (cache.keys.len(), cache.bytes)
+    }
+
+    #[test]
+    fn remembered_keys_are_bounded_in_bytes_and_counted_once() {
+        let streams = Streams::default();
+        streams.remember([key(1, 10), key(1, 30), key(2, 5)]);
+        assert_eq!(held(&streams), (2, 35), "a key replaced is counted once");
+        let max = MAX_REMEMBERED_KEY_BYTES / MIB.len();
+        streams.remember((0..max as u64 - 1).map(|e| key(10 + e, MIB.len())));
+        assert_eq!(held(&streams), (max + 1, (max - 1) * MIB.len() + 35));
+        // The next mebibyte would pass the bound: what was remembered is let go first.
+        streams.remember([key(5, MIB.len())]);
+        assert_eq!(held(&streams), (1, MIB.len()));
+    }
+
+    #[test]
+    fn an_entry_stops_at_its_bound() {
+        let streams = Streams::default();
+        streams.remember([key(1, 100), key(2, 200)]);
+        let channel = Channel::parse("orders.eu").unwrap();
+        let entry = |epochs: &[u64], carried: &[u64], max| {
+            streams.entry(&channel, "alice", epochs, carried, b"body", max)
+        };
+        // Name (2 + 9 bytes), each key with its tag and length (2 or 3 bytes), the body.
+        let whole = entry(&[1, 2], &[], usize::MAX).unwrap();
+        assert_eq!(whole.len(), 11 + 102 + 203 + 4);
+        assert!(whole.ends_with(b"body"));
+        assert_eq!(entry(&[1, 2], &[], 102 + 203 + 4).unwrap(), whole);
+        assert_eq!(entry(&[1, 2], &[], 102 + 203 + 3), None);
+        // Carried keys are not added.
+        assert_eq!(entry(&[1, 2], &[2], 102 + 4).unwrap().len(), 11 + 102 + 4);
+    }
 }

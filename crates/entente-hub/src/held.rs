@@ -394,7 +394,12 @@ async fn store_released<R>(
     epochs.sort_unstable();
     epochs.dedup();
     // The held body carries the sender keys it was published with.
-    let entry = streams.entry(channel, &batch.sender, &epochs, &epochs, body);
+    // (It needs none remembered, and was bounded as a delivery when it was held.)
+    let entry = streams
+        .entry(channel, &batch.sender, &epochs, &epochs, body, usize::MAX)
+        .ok_or_else(|| {
+            crate::durable::DurableError::Unavailable("the held message is too large".to_owned())
+        })?;
     let stored = crate::durable::submit_all(vec![(stream.clone(), entry)], || {
         Ok::<(), crate::durable::DurableError>(())
     })?;

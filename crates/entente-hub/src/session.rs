@@ -158,6 +158,9 @@ struct Refused {
     recorded: bool,
 }
 
+/// An entry to store in a durable channel, with its stream.
+type DurableEntry = (Arc<Stream>, Vec<u8>);
+
 /// A publish that passed its checks: what to route, and what it asks of the reply grants.
 #[derive(Debug)]
 struct Checked {
@@ -176,7 +179,7 @@ struct Checked {
     /// The audit records of the batches to route (none while auditing is off).
     audited: Vec<DeliveredBatch>,
     /// The entries to store in durable channels, with their streams.
-    durable: Vec<(Arc<Stream>, Vec<u8>)>,
+    durable: Vec<DurableEntry>,
     /// The publish's sender keys, `(sender, channel, epoch, encoded)`, for durable entries
     /// that follow (only while channels are durable).
     keys: Vec<(String, String, u64, Bytes)>,
@@ -829,7 +832,7 @@ impl<R: Router> Session<R> {
             })
             .collect::<Result<_, _>>()?;
         let durable = if durable_on {
-            self.durable_entries(&groups, &batches, &keys)
+            self.durable_entries(&groups, &batches, &keys)?
         } else {
             Vec::new()
         };
@@ -846,14 +849,39 @@ impl<R: Router> Session<R> {
     }
 
     /// The entries to store for the groups captured by durable channels: each group's body
-    /// with the sender keys its batches need that it does not carry.
+    /// with the sender keys its batches need that it does not carry. Refused if an entry,
+    /// with those keys, would be a delivery larger or costlier to decode than a consumer takes
+    /// (the keys of earlier publishes are not in the publish's own bounds).
     fn durable_entries(
         &self,
         groups: &[(Channel, Bytes)],
         batches: &[SignedBatchIn],
         keys: &[(String, String, u64, Bytes)],
-    ) -> Vec<(Arc<Stream>, Vec<u8>)> {
+    ) -> Result<Vec<DurableEntry>, Refused> {
         let streams = &self.context.streams;
+        let limits = &self.context.limits;
+        // A delivery also carries its sequence and attempt (a key and a varint each), as a
+        // `Deliver` inside a `ServerFrame` (the one an element of decoding cost, the
+        // top-level frame none).
+        let mut budget = *limits;
+        budget.max_decoded_overhead = budget
+            .max_decoded_overhead
+            .saturating_sub(entente_wire::DECODED_ELEMENT_COST);
+        let fits = |delivered: &[u8]| {
+            max_deliver_len(delivered.len() + durable::DELIVERY_SUFFIX_LEN)
+                <= limits.max_frame_bytes
+                && <Deliver as entente_wire::Bounded>::scan(delivered, &budget).is_ok()
+        };
+        let too_large = |channel: &Channel| {
+            Refused::new(
+                RefusalCode::TooLarge,
+                format!(
+                    "the durable entry for `{channel}` would exceed what a consumer takes in one \
+                     delivery, with the sender keys of earlier publishes its batches need: \
+                     publish fewer epochs per batch, or their sender keys with them"
+                ),
+            )
+        };
         groups
             .iter()
             .filter_map(|(channel, body)| {
@@ -870,9 +898,22 @@ impl<R: Router> Session<R> {
                     .filter(|k| k.1 == channel.as_str())
                     .map(|k| k.2)
                     .collect();
-                let entry =
-                    streams.entry(channel, self.principal.as_str(), &epochs, &carried, body);
-                Some((stream.clone(), entry))
+                let entry = streams.entry(
+                    channel,
+                    self.principal.as_str(),
+                    &epochs,
+                    &carried,
+                    body,
+                    limits.max_frame_bytes,
+                );
+                // What a consumer is sent: the entry after its channel's name.
+                let name = 2 + channel.as_str().len();
+                let entry = entry.filter(|e| e.get(name..).is_some_and(fits));
+                Some(
+                    entry
+                        .map(|e| (stream.clone(), e))
+                        .ok_or_else(|| too_large(channel)),
+                )
             })
             .collect()
     }

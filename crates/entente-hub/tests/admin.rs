@@ -23,8 +23,8 @@ use entente_store::Store as _;
 use entente_types::{HumanId, Principal, TrustDomain};
 use entente_wire::{
     CheckPolicyRequest, CheckPolicyResponse, CreateTokenRequest, CreateTokenResponse,
-    LoadPoliciesRequest, LoadPoliciesResponse, PolicySource, QuarantineRequest, QuarantineResponse,
-    RevokeRequest, RevokeResponse, ShowPoliciesRequest, ShowPoliciesResponse,
+    EnrollResponse, LoadPoliciesRequest, LoadPoliciesResponse, PolicySource, QuarantineRequest,
+    QuarantineResponse, RevokeRequest, RevokeResponse, ShowPoliciesRequest, ShowPoliciesResponse,
 };
 use support::{
     Agent, Client, Enrollment, FlakyStore, SessionExt, TestCa, ack, enroll_raw, eventually, now_ms,
@@ -281,6 +281,67 @@ async fn bad_token_requests_are_refused() {
 }
 
 // === Revoke ===
+
+/// A revocation whose list would no longer fit, within the decoding bounds, in the largest
+/// answer that carries it (an enrollment's) is refused, and the list in force stays: else no
+/// agent could enroll any more.
+#[tokio::test]
+async fn a_revocation_list_too_large_for_an_enrollment_answer_is_refused() {
+    // Too costly to decode: each principal revoked is an element.
+    let budget = 24 * entente_wire::DECODED_ELEMENT_COST;
+    revoke_until_refused(|limits| limits.max_decoded_overhead = budget, 8, 1).await;
+    // Too large: long principals, many at a time.
+    revoke_until_refused(|limits| limits.max_frame_bytes = 160 * 1024, 64, 10).await;
+}
+
+/// Revokes `per_call` principals of `name_len`-byte names at a time on a hub with `limits`
+/// until it refuses, then enrolls an agent and checks its answer against the bounds.
+async fn revoke_until_refused(
+    limits: impl FnOnce(&mut entente_wire::Limits),
+    name_len: usize,
+    per_call: usize,
+) {
+    let ca = TestCa::new();
+    let root = admin(&ca, "admin");
+    let mut config = config_with_admins(vec![root.principal.clone()]);
+    limits(&mut config.limits);
+    let limits = config.limits;
+    let (hub, _store) = start_with_store(&ca, config).await;
+    let client = root.connect(&hub).await;
+    let mut refused = None;
+    for call in 0..400 {
+        let gone: Vec<Principal> = (0..per_call)
+            .map(|i| {
+                let name = format!("{:0>name_len$}", call * per_call + i);
+                Principal::from(entente_types::AgentId::new(&ca.td, "shop", &name).unwrap())
+            })
+            .collect();
+        if let Err(status) = revoke(&client, &gone.iter().collect::<Vec<_>>(), &[]).await {
+            refused = Some((call * per_call, status));
+            break;
+        }
+    }
+    let (revoked, status) = refused.expect("a bound");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("decoding bounds"), "{status:?}");
+    let list = hub.revocations().unwrap();
+    assert_eq!(list.to_wire().principals.len(), revoked);
+
+    // An agent enrolls, and its answer, with the list in force, decodes within the bounds.
+    let agent = entente_types::AgentId::new(&ca.td, "shop", "late").unwrap();
+    let token = hub
+        .create_token(agent, std::time::Duration::from_secs(600))
+        .await
+        .unwrap();
+    let response = enroll_raw(&hub, Enrollment::new().request(token.as_str()))
+        .await
+        .unwrap();
+    assert_eq!(response.revocations.as_ref(), Some(list.to_wire()));
+    let bytes = entente_wire::encode(&response);
+    assert!(bytes.len() <= limits.max_frame_bytes);
+    <EnrollResponse as entente_wire::Bounded>::scan(&bytes, &limits).unwrap();
+    hub.shutdown().await;
+}
 
 #[tokio::test]
 async fn an_admin_revokes_an_agent_by_principal_and_its_live_session_ends() {

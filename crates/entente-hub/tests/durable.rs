@@ -462,3 +462,112 @@ async fn a_publish_one_full_channel_refuses_is_stored_nowhere_and_recorded_as_no
         .collect();
     assert_eq!(delivered, ["orders.us.west", "orders.eu"]);
 }
+
+/// A stored entry carries the sender keys of earlier publishes that its batches need: a
+/// publish whose entry would, with them, be a delivery larger than the limits is refused
+/// before anything is built or stored, so that no consumer is sent what it can't take.
+#[tokio::test]
+async fn a_publish_whose_entry_would_outgrow_a_delivery_with_remembered_keys_is_refused() {
+    const LIMIT: usize = 8 * 1024;
+    // Larger than a delivery may be.
+    let publish = outgrow(|limits| limits.max_frame_bytes = LIMIT).await;
+    assert!(
+        publish.0 < LIMIT && publish.0 + publish.1 > LIMIT,
+        "{publish:?}"
+    );
+    // Costlier to decode than a delivery may be: each recipient of a sender key is an element.
+    outgrow(|limits| limits.max_decoded_overhead = 40 * entente_wire::DECODED_ELEMENT_COST).await;
+}
+
+/// Publishes four epochs' sender keys, then one batch of each epoch without them (refused),
+/// then a batch of one epoch (stored), on a hub with `limits`; the length of the refused
+/// publish and of the keys it needed.
+async fn outgrow(
+    limits: impl FnOnce(&mut entente_wire::Limits) + Send + 'static,
+) -> (usize, usize) {
+    // The hub tracks four epochs of a sender on a channel.
+    const EPOCHS: u64 = 4;
+    let dir = TempDir::new().unwrap();
+    let streams = dir.path().join("streams");
+    let hub = TestHub::builder()
+        .policies(POLICIES)
+        .config(move |c| {
+            c.streams = vec![orders(|_| {})];
+            c.streams_dir = Some(streams);
+            limits(&mut c.limits);
+        })
+        .start()
+        .await
+        .unwrap();
+    let bob_id = hub.enroll("shop", "bob").await.unwrap();
+    let bob = hub.connect(bob_id.clone()).await.unwrap();
+    let channel: entente_types::Channel = "orders.eu".parse().unwrap();
+    // One epoch per publish, each with its sender key (large: many recipients): every one is
+    // stored.
+    let recipients = vec![bob_id.key_bundle().clone(); 24];
+    let start = now_ms();
+    let mut sealers = Vec::new();
+    let mut key_bytes = 0;
+    for i in 0..EPOCHS {
+        let (mut sealer, key) = entente_crypto::Sealer::new(
+            bob_id.principal().clone(),
+            bob_id.key_bundle().epoch(),
+            bob_id.message_keys().clone(),
+            channel.clone(),
+            &recipients,
+            entente_crypto::SealerOptions::default(),
+            start + i,
+        )
+        .unwrap();
+        key_bytes += prost::Message::encoded_len(&key);
+        let publish = Publish {
+            request_id: 1_000 + i,
+            sender_keys: vec![key],
+            batches: vec![sealer.seal_batch(&[b"first"], None, now_ms()).unwrap()],
+            purpose: String::new(),
+        };
+        danger_publish_raw(&bob, publish).await.unwrap();
+        sealers.push(sealer);
+    }
+    assert_eq!(hub.stats().durable_stored, EPOCHS);
+
+    // One batch of each epoch, without their keys: small as a publish, too large as an entry.
+    let publish = Publish {
+        request_id: 2_000,
+        sender_keys: Vec::new(),
+        batches: sealers
+            .iter_mut()
+            .map(|s| s.seal_batch(&[b"second"], None, now_ms()).unwrap())
+            .collect(),
+        purpose: String::new(),
+    };
+    let len = prost::Message::encoded_len(&publish);
+    let refused = danger_publish_raw(&bob, publish).await.unwrap_err();
+    assert_eq!(
+        refused.refusal_code(),
+        Some(RefusalCode::TooLarge),
+        "{refused}"
+    );
+    assert!(
+        refused
+            .to_string()
+            .contains("durable entry for `orders.eu`"),
+        "{refused}"
+    );
+    assert_eq!(hub.stats().durable_stored, EPOCHS);
+
+    // One fits, and is stored.
+    let publish = Publish {
+        request_id: 3_000,
+        sender_keys: Vec::new(),
+        batches: sealers
+            .iter_mut()
+            .take(1)
+            .map(|s| s.seal_batch(&[b"third"], None, now_ms()).unwrap())
+            .collect(),
+        purpose: String::new(),
+    };
+    danger_publish_raw(&bob, publish).await.unwrap();
+    assert_eq!(hub.stats().durable_stored, EPOCHS + 1);
+    (len, key_bytes)
+}

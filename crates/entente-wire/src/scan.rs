@@ -55,16 +55,19 @@ pub(crate) fn scan(
                 });
             }
         }
-        if let Some(count) = counts.get_mut(index) {
-            *count += 1;
-            let max = field.count.max(limits);
-            if *count > max {
-                return Err(WireError::TooMany {
-                    message: schema.name,
-                    field: field.name,
-                    max,
-                });
-            }
+        // A schema of more fields than are counted refuses what it can't count (fail closed:
+        // its messages' tests show it at once).
+        let count = counts
+            .get_mut(index)
+            .ok_or_else(|| malformed(schema, "a field beyond those the scan counts"))?;
+        *count += 1;
+        let max = field.count.max(limits);
+        if *count > max {
+            return Err(WireError::TooMany {
+                message: schema.name,
+                field: field.name,
+                max,
+            });
         }
         match field.kind {
             Kind::Varint => {
@@ -235,6 +238,7 @@ impl Count {
 }
 
 const MAX_DEPTH: usize = 4;
+/// Most fields of one schema (each counted, for duplicates and repeated bounds).
 const MAX_FIELDS: usize = 16;
 const WIRE_VARINT: u64 = 0;
 const WIRE_FIXED64: u64 = 1;
@@ -1187,6 +1191,44 @@ mod tests {
         for (index, f) in SIGNED_BATCH.fields.iter().enumerate() {
             assert_eq!(SIGNED_BATCH.field(f.number).map(|(i, _)| i), Some(index));
         }
+    }
+
+    #[test]
+    fn a_field_beyond_those_counted_is_refused_not_let_through_uncounted() {
+        static WIDE: Schema = Schema {
+            name: "wide",
+            fields: &[
+                varint(1, "a"),
+                varint(2, "b"),
+                varint(3, "c"),
+                varint(4, "d"),
+                varint(5, "e"),
+                varint(6, "f"),
+                varint(7, "g"),
+                varint(8, "h"),
+                varint(9, "i"),
+                varint(10, "j"),
+                varint(11, "k"),
+                varint(12, "l"),
+                varint(13, "m"),
+                varint(14, "n"),
+                varint(15, "o"),
+                varint(16, "p"),
+                varint(17, "q"),
+            ],
+            oneof: false,
+        };
+        let scan = |bytes: &[u8]| scan(bytes, &WIDE, &Limits::default(), 0, &mut 0);
+        // Field 16, the last counted, once; twice is a duplicate.
+        assert_eq!(scan(&[0x80, 0x01, 1]), Ok(()));
+        assert!(scan(&[0x80, 0x01, 1, 0x80, 0x01, 1]).is_err());
+        // Field 17 (a two-byte key) can't be counted, and is refused even once.
+        let err = scan(&[0x88, 0x01, 1]);
+        assert!(
+            err.as_ref()
+                .is_err_and(|e| e.to_string().contains("beyond")),
+            "{err:?}"
+        );
     }
 
     #[test]
