@@ -889,11 +889,14 @@ impl VerifiedEnvelope {
 /// Options of an [`Opener`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenerOptions {
-    /// Most sender-key epochs held at once; expired ones are dropped first.
+    /// Most sender-key epochs held at once. When it is reached, epochs whose keys expired
+    /// longer ago than [`max_clock_skew_ms`](Self::max_clock_skew_ms) are dropped before a new
+    /// sender key is refused.
     pub max_epochs: usize,
     /// Most sender-key epochs held at once for one sender, so that one sender (which may send
     /// sender keys that expire late, and many of them) can't take every place and keep others'
-    /// keys out; expired ones are dropped first.
+    /// keys out. When it is reached, that sender's epochs whose keys expired longer ago than
+    /// the clock skew allowed are dropped before its new sender key is refused.
     pub max_epochs_per_sender: usize,
     /// How far in the future an envelope's `issued_at` may be.
     pub max_clock_skew_ms: u64,
