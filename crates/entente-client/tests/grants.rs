@@ -473,3 +473,37 @@ async fn a_grant_ended_early_ends_the_subscription_it_opened() {
     let again = admin.revoke_grant(&grant.id, "twice").await.unwrap_err();
     assert_eq!(again.kind(), ErrorKind::Refused, "{again}");
 }
+
+/// An answer is checked as the client will decode it, by its cost to decode as well as its
+/// size: grants too many to list within the decoded-overhead budget are refused with a clear
+/// error (ask for one principal's), not sent for the client to fail on.
+#[tokio::test]
+async fn grants_too_costly_to_decode_in_one_answer_are_refused_clearly() {
+    let hub = TestHub::builder()
+        .policies(POLICIES)
+        .config(|c| c.limits.max_decoded_overhead = 8 * entente_wire::DECODED_ELEMENT_COST)
+        .start()
+        .await
+        .unwrap();
+    let admin = admin(&hub).await;
+    let mut names = Vec::new();
+    // One more than the budget's elements.
+    for i in 0..9 {
+        let agent = hub.connect_agent("ops", &format!("eve{i}")).await.unwrap();
+        admin
+            .grant(
+                agent.principal(),
+                "orders-read",
+                Duration::from_secs(600),
+                "INC-2: read the orders",
+            )
+            .await
+            .unwrap();
+        names.push(agent.principal().clone());
+    }
+    let e = admin.grants().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+    assert!(e.to_string().contains("ask for one principal's"), "{e}");
+    let one = admin.grants_of(&names[0]).await.unwrap();
+    assert_eq!(one.grants.len(), 1);
+}

@@ -22,7 +22,6 @@ use std::time::SystemTime;
 use entente_policy::{Action, Resource, Subject};
 use entente_types::{Channel, Principal, namespace};
 use entente_wire::{DirectoryRequest, DirectoryResponse, KeyBundle};
-use prost::Message;
 
 use crate::authz::{self, Denied};
 use crate::router::Router;
@@ -76,9 +75,9 @@ pub(crate) async fn directory<R: Router>(
         }
     }
     let response = DirectoryResponse { bundles };
-    if response.encoded_len() > services.limits.max_frame_bytes {
+    if !rpc::fits(&response, &services.limits) {
         return Err(RpcError::TooMany(
-            "the key bundles do not fit in one frame; ask for fewer".into(),
+            "the key bundles do not fit in one answer; ask for fewer".into(),
         ));
     }
     Ok(response)

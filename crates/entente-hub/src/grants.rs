@@ -37,7 +37,6 @@ use entente_wire::{
     GrantResponse, KeyBundle, ListGrantsRequest, ListGrantsResponse, RequestGrantRequest,
     RequestGrantResponse, RevokeGrantRequest, RevokeGrantResponse,
 };
-use prost::Message as _;
 use tonic::Status;
 
 use crate::grant_state::{GrantChangeError, grant_event};
@@ -591,9 +590,9 @@ fn list_inner<R>(
         requests,
         now_ms,
     };
-    if response.encoded_len() > services.limits.max_frame_bytes {
+    if !rpc::fits(&response, &services.limits) {
         return Err(RpcError::TooMany(
-            "the grants and requests do not fit in one frame: ask for one principal's".into(),
+            "the grants and requests do not fit in one answer: ask for one principal's".into(),
         ));
     }
     Ok(response)

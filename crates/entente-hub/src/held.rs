@@ -353,9 +353,9 @@ pub(crate) fn list<R>(
                 })
         });
     let response = ListHeldResponse { held };
-    if response.encoded_len() > services.limits.max_frame_bytes {
+    if !rpc::fits(&response, &services.limits) {
         return Err(RpcError::TooMany(
-            "the held messages do not fit in one frame; ask for one by its ID".into(),
+            "the held messages do not fit in one answer; ask for one by its ID".into(),
         ));
     }
     stats::bump(&services.stats.grant_actions);

@@ -23,7 +23,6 @@ use entente_wire::{
     CheckPolicyRequest, CheckPolicyResponse, LoadPoliciesRequest, LoadPoliciesResponse,
     MAX_EXPLANATION_BYTES, PolicySource, PolicySummary, ShowPoliciesRequest, ShowPoliciesResponse,
 };
-use prost::Message as _;
 
 use crate::HUB_NAME;
 use crate::admin;
@@ -168,9 +167,9 @@ fn show_inner<R>(
         sources,
         policies,
     };
-    if response.encoded_len() > services.limits.max_frame_bytes {
+    if !rpc::fits(&response, &services.limits) {
         return Err(RpcError::TooMany(
-            "the running policy set does not fit in one frame".into(),
+            "the running policy set does not fit in one answer".into(),
         ));
     }
     Ok(response)

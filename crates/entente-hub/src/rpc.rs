@@ -393,6 +393,18 @@ pub(crate) fn decide_for<R>(
         .map_err(|Denied(why)| RpcError::Denied(format!("{what} is denied: {why}")))
 }
 
+/// Whether a client can take `answer` under `limits`: its size, and its decoding cost (an
+/// answer of many small elements may fit the frame and not the decoded-overhead budget).
+pub(crate) fn fits<M: entente_wire::Bounded>(answer: &M, limits: &Limits) -> bool {
+    let len = answer.encoded_len();
+    // Each element charged takes two bytes at least: a short answer can't exceed the budget.
+    let most_elements = len / 2;
+    len <= limits.max_frame_bytes
+        && (most_elements.saturating_mul(entente_wire::DECODED_ELEMENT_COST)
+            <= limits.max_decoded_overhead
+            || M::scan(&entente_wire::encode(answer), limits).is_ok())
+}
+
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -949,7 +949,7 @@ impl<R: Router> Session<R> {
         if purpose.trim().is_empty() {
             return Err(refuse("state a purpose for the approvers"));
         }
-        let deliver = Deliver::decode(&group.batches[..])
+        let deliver: Deliver = entente_wire::decode(&group.batches, &self.context.limits)
             .map_err(|e| Refused::new(RefusalCode::Malformed, format!("batch: {e}")))?;
         let [batch] = <[SignedBatch; 1]>::try_from(deliver.batches)
             .map_err(|_| refuse("publish one message per batch and per frame on it"))?;

@@ -16,7 +16,10 @@
 //! the only record: there is no index file beside it. Private and secret keys are made with
 //! `CKA_PRIVATE`, `CKA_SENSITIVE` true and `CKA_EXTRACTABLE` false, so the token never reveals
 //! them, in the clear or wrapped; a token refuses to turn either attribute back. Public keys are
-//! public objects. Each key may do only its job: signing keys `CKA_SIGN` (and no `CKA_DERIVE`),
+//! made `CKA_PRIVATE` (seen only once logged in; SoftHSM2 stores them encrypted) and not
+//! `CKA_MODIFIABLE`, so that what verifiers are handed can't be swapped without the PIN (keys a
+//! token holds from before keep the attributes they were made with). Each key may do only its
+//! job: signing keys `CKA_SIGN` (and no `CKA_DERIVE`),
 //! AES keys `CKA_ENCRYPT` and `CKA_DECRYPT` (and no wrapping, signing or deriving).
 //!
 //! # Mechanisms
@@ -318,11 +321,15 @@ impl Pkcs11KeyStore {
                 bytes: Vec::new(),
             });
         };
+        // The public half is what verifiers are handed (the audit checkpoint key's, exported):
+        // private (stored encrypted by tokens such as SoftHSM2, seen only once logged in) and
+        // not modifiable, so that it can't be swapped for another without the PIN.
         let public_template = [
             Attribute::Class(ObjectClass::PUBLIC_KEY),
             Attribute::KeyType(key_type),
             Attribute::Token(true),
-            Attribute::Private(false),
+            Attribute::Private(true),
+            Attribute::Modifiable(false),
             Attribute::Label(label.clone()),
             Attribute::Id(label.clone()),
             Attribute::EcParams(params.to_vec()),

@@ -398,14 +398,23 @@ fn private_and_secret_keys_are_not_extractable() {
                     assert!(usage.contains(&Attribute::Wrap(false)), "{label}");
                 }
             }
-            // The public keys are public objects on the token.
+            // The public keys are token objects seen only once logged in, and can't be
+            // changed: no one can swap them without the PIN.
             for alg in [KeyAlgorithm::EcdsaP256Sha256, KeyAlgorithm::Ed25519] {
                 let public = find_one(&session, alg.as_str(), ObjectClass::PUBLIC_KEY);
                 let attributes = session
-                    .get_attributes(public, &[AttributeType::Token, AttributeType::Private])
+                    .get_attributes(
+                        public,
+                        &[
+                            AttributeType::Token,
+                            AttributeType::Private,
+                            AttributeType::Modifiable,
+                        ],
+                    )
                     .unwrap();
                 assert!(attributes.contains(&Attribute::Token(true)));
-                assert!(attributes.contains(&Attribute::Private(false)));
+                assert!(attributes.contains(&Attribute::Private(true)));
+                assert!(attributes.contains(&Attribute::Modifiable(false)));
             }
         },
     );

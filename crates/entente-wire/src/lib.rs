@@ -6,8 +6,9 @@
 //! a budget for the memory the decoded values will take (each nested message or repeated
 //! element is charged [`DECODED_ELEMENT_COST`] against [`Limits::max_decoded_overhead`]) — and
 //! only then lets `prost` build values. A hostile frame therefore never panics the decoder and
-//! cannot make it allocate more than its own size plus that budget (8 MiB by default), however
-//! many tiny elements it packs. Semantic checks (exact key lengths, SPIFFE IDs, channel names)
+//! cannot make it allocate more than a small multiple of its own size (each string or bytes
+//! field is its own allocation, and a repeated field may hold spare capacity) plus about that
+//! budget (8 MiB by default), however many tiny elements it packs. Semantic checks (exact key lengths, SPIFFE IDs, channel names)
 //! belong to the crates that turn these `*In` values into verified ones.
 #![forbid(unsafe_code)]
 
@@ -38,8 +39,9 @@ pub struct Limits {
     pub max_decoded_overhead: usize,
 }
 
-/// What the pre-scan charges for each nested message or repeated element: an upper bound on
-/// the size of the Rust value prost builds for it (the largest, `KeyBundle`, is under 200 bytes).
+/// What the pre-scan charges for each nested message or repeated element: at least the size of
+/// the Rust value prost builds for it (a `GrantInfo`, one of the largest, takes 184 bytes),
+/// but for a held message's (296 bytes: such an answer may take up to about 16 % more).
 pub const DECODED_ELEMENT_COST: usize = 256;
 
 impl Default for Limits {

@@ -1166,3 +1166,26 @@ fn envelopes_as_entente_encodes_them_are_read_in_one_pass() {
     assert_eq!(Envelope::read_plain(&long_key), None);
     assert_eq!(Envelope::decode(&long_key[..]).unwrap().epoch, 5);
 }
+#[test]
+fn the_decoded_element_cost_covers_each_elements_value() {
+    use std::mem::size_of;
+    // Every nested or repeated message's value, as prost builds it, within what is charged;
+    // a held message is the one exception, and its docs say so.
+    let sizes = [
+        ("KeyBundle", size_of::<KeyBundle>()),
+        ("Envelope", size_of::<Envelope>()),
+        ("SignedBatch", size_of::<SignedBatch>()),
+        ("SenderKey", size_of::<SenderKey>()),
+        ("WrappedKey", size_of::<WrappedKey>()),
+        ("Deliver", size_of::<Deliver>()),
+        ("GrantInfo", size_of::<GrantInfo>()),
+        ("GrantRequestInfo", size_of::<GrantRequestInfo>()),
+        ("RevocationList", size_of::<RevocationList>()),
+        ("Vec<u8>", size_of::<Vec<u8>>()),
+        ("String", size_of::<String>()),
+    ];
+    for (name, size) in sizes {
+        assert!(size <= DECODED_ELEMENT_COST, "{name}: {size} bytes");
+    }
+    assert!(size_of::<HeldMessage>() <= 2 * DECODED_ELEMENT_COST);
+}
