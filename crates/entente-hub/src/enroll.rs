@@ -12,7 +12,9 @@
 //!    for a new token. Nothing is half-enrolled in a way that matters: the certificate and key
 //!    bundle reach the agent only in the response, after both records are stored.
 
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 use entente_audit::{Admin, Enrollment, Event, Outcome};
 use entente_ca::{JoinToken, JoinTokens, RESERVED_SEGMENT, TokenError};
@@ -22,7 +24,7 @@ use entente_types::Principal;
 use entente_wire::{EnrollRequest, EnrollResponse};
 
 use crate::HubError;
-use crate::audit;
+use crate::audit::{self, Auditor};
 use crate::rpc::{self, Refusal as _, RpcError, Services};
 use crate::stats;
 
@@ -101,6 +103,13 @@ pub(crate) async fn enroll<R>(
             (enrolled.principal.clone(), Outcome::Success, event)
         }
         Err(e) => {
+            // Anyone can send these: past a few a second they are recorded together.
+            if !services
+                .enroll_refusals
+                .record_alone(auditor, Instant::now())
+            {
+                return result.map(|(response, _)| response);
+            }
             let event = Event::Admin(Admin {
                 operation: audit::clear("enroll"),
                 target: audit::clear(""),
@@ -114,6 +123,69 @@ pub(crate) async fn enroll<R>(
         .await
         .map_err(RpcError::Unaudited)?;
     result.map(|(response, _)| response)
+}
+
+/// Refused enrollments recorded one by one in each second, at most; the rest of the second's
+/// are recorded together once it is over (a `limit` record, `enroll-refusals`, with their
+/// count). Enrollment needs no credential: without this, anyone reaching the hub could fill
+/// its disk with records, and fail its log closed.
+pub(crate) const RECORDED_REFUSALS_PER_SECOND: u32 = 16;
+
+/// The refused enrollments of the current second, for the audit log.
+#[derive(Debug, Default)]
+pub(crate) struct Refusals {
+    window: Mutex<RefusalWindow>,
+}
+
+#[derive(Debug, Default)]
+struct RefusalWindow {
+    /// When the current second began.
+    start: Option<Instant>,
+    /// Refusals recorded one by one in it.
+    recorded: u32,
+    /// Refusals past those, not recorded yet.
+    held_back: Arc<AtomicU64>,
+}
+
+impl Refusals {
+    /// Whether the refusal at `now` is recorded on its own. If not, it is counted, and the
+    /// first one held back in a second arms the record of them all at its end.
+    pub(crate) fn record_alone(&self, auditor: &Auditor, now: Instant) -> bool {
+        let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        let start = match window.start {
+            Some(start) if now.duration_since(start) < Duration::from_secs(1) => start,
+            _ => {
+                window.start = Some(now);
+                window.recorded = 0;
+                window.held_back = Arc::default();
+                now
+            }
+        };
+        if window.recorded < RECORDED_REFUSALS_PER_SECOND {
+            window.recorded += 1;
+            return true;
+        }
+        let held_back = Arc::clone(&window.held_back);
+        if held_back.fetch_add(1, Ordering::Relaxed) == 0 {
+            let auditor = auditor.clone();
+            let end = tokio::time::Instant::from_std(start + Duration::from_secs(1));
+            tokio::spawn(async move {
+                tokio::time::sleep_until(end).await;
+                // (One counted after this arms a record of its own.)
+                let count = held_back.swap(0, Ordering::Relaxed);
+                let event = Event::Limit(entente_audit::LimitHit {
+                    principal: audit::clear(audit::ANONYMOUS),
+                    limit: audit::clear("enroll-refusals"),
+                    scope: audit::clear(""),
+                    count,
+                    retry_after_ms: 0,
+                });
+                // A failed log refuses everything after it anyway.
+                let _ = auditor.submit(audit::ANONYMOUS, Outcome::Denied, event);
+            });
+        }
+        false
+    }
 }
 
 /// Who enrolled, for the audit record.

@@ -75,6 +75,8 @@ pub(crate) struct Services<R> {
     pub(crate) anomaly: Arc<crate::anomaly::Anomaly>,
     /// Where quarantines are announced.
     pub(crate) notifier: crate::notify::Notifier,
+    /// Refused enrollments, as the audit log records them.
+    pub(crate) enroll_refusals: Arc<crate::enroll::Refusals>,
 }
 
 /// Why a unary request was refused.

@@ -340,6 +340,7 @@ impl Hub {
             data_keys: data_keys.clone(),
             anomaly,
             notifier: Notifier::start(config.quarantine_webhook.as_ref(), stats.clone())?,
+            enroll_refusals: Arc::default(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {

@@ -895,3 +895,50 @@ async fn a_quarantine_the_store_refuses_stays_in_force_until_it_can_be_lifted() 
     );
     hub.shutdown().await;
 }
+
+/// Enrollment needs no credential, so refusals of it are recorded one by one only up to a
+/// few a second, the rest together once the second is over: a flood of bad tokens can't fill
+/// the log's disk, and every refusal is still counted in it.
+#[tokio::test]
+async fn a_flood_of_refused_enrollments_is_recorded_in_runs() {
+    let ca = TestCa::new();
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut config = support::config();
+    config.audit = Some(entente_hub::AuditConfig {
+        seal_interval: std::time::Duration::from_millis(50),
+        ..entente_hub::AuditConfig::new(dir.path().join("audit"))
+    });
+    let (hub, _store) = start_with_store(&ca, config).await;
+    const FLOOD: u64 = 64;
+    // One after the other (an enrollment connection takes a few streams at once).
+    let client = support::enroll_client(&hub).await;
+    for _ in 0..FLOOD {
+        let request = Enrollment::new().request("ent_not-a-token");
+        let status = client
+            .unary::<_, EnrollResponse>(entente_hub::ENROLL_PATH, request)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    }
+    // The run's record comes once its second is over.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let (records, _) = hub.audit_records(0, 100_000).await.unwrap().unwrap();
+    let alone = records
+        .iter()
+        .filter(|r| matches!(&r.event, entente_audit::Event::Admin(a) if a.operation.as_clear() == Some("enroll")))
+        .count() as u64;
+    let together: Vec<u64> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            entente_audit::Event::Limit(l) if l.limit.as_clear() == Some("enroll-refusals") => {
+                Some(l.count)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(!together.is_empty(), "{alone} alone");
+    assert!(alone < FLOOD, "{alone}");
+    assert_eq!(alone + together.iter().sum::<u64>(), FLOOD, "{together:?}");
+    assert_eq!(hub.stats().enroll_refusals, FLOOD);
+    hub.shutdown().await;
+}
