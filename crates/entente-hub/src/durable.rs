@@ -32,7 +32,7 @@ use tokio::sync::{Notify, oneshot, watch};
 
 use crate::HubError;
 use crate::audit::Auditor;
-use crate::authz::DeliveryGate;
+use crate::authz::{self, DeliveryGate};
 use crate::codec::Outbound;
 use crate::commit::{Admission, Committer, Failed};
 use crate::datakeys::DataKeys;
@@ -330,11 +330,13 @@ impl Streams {
         self.streams.is_empty()
     }
 
-    /// The stream capturing `channel`, if any (the first configured).
+    /// The stream capturing `channel`, if any (the first configured). Streams match as
+    /// subscriptions do ([`authz::matches`]): one whose pattern begins with a wildcard captures
+    /// no system channel (no one's directs or replies).
     pub(crate) fn for_channel(&self, channel: &Channel) -> Option<&Arc<Stream>> {
         self.streams
             .iter()
-            .find(|s| s.config.channels.matches(channel))
+            .find(|s| authz::matches(&s.config.channels, channel))
     }
 
     /// The stream a durable subscription to `pattern` reads: one whose pattern is `pattern`
@@ -344,7 +346,7 @@ impl Streams {
             s.config.channels == *pattern
                 || (pattern.is_literal()
                     && Channel::parse(pattern.as_str())
-                        .is_ok_and(|c| s.config.channels.matches(&c)))
+                        .is_ok_and(|c| authz::matches(&s.config.channels, &c)))
         })
     }
 
@@ -424,10 +426,11 @@ impl Streams {
         for stream in self
             .streams
             .iter()
-            .filter(|s| s.config.channels.matches(channel))
+            .filter(|s| authz::matches(&s.config.channels, channel))
         {
             for consumer in lock(&stream.consumers).values() {
-                if consumer.pattern.matches(channel) && !members.contains(&consumer.owner) {
+                if authz::matches(&consumer.pattern, channel) && !members.contains(&consumer.owner)
+                {
                     members.push(consumer.owner.clone());
                 }
             }
@@ -953,7 +956,9 @@ async fn send(
             return true;
         }
     };
-    if !consumer.pattern.matches(&channel) || !gate.carries(&consumer.pattern, &channel, now_ms) {
+    if !authz::matches(&consumer.pattern, &channel)
+        || !gate.carries(&consumer.pattern, &channel, now_ms)
+    {
         lock(&consumer.state).finish(seq);
         return true;
     }

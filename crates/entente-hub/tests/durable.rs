@@ -571,3 +571,43 @@ async fn outgrow(
     assert_eq!(hub.stats().durable_stored, EPOCHS + 1);
     (len, key_bytes)
 }
+
+/// A durable channel whose pattern begins with a wildcard captures no system channel, as a
+/// subscription never carries one: an archive of `>` keeps no one's directs, and its consumer
+/// is sent none (sealed, but with their sender, size and time), whatever the policies let its
+/// owner subscribe to.
+#[tokio::test]
+async fn an_archive_of_everything_keeps_no_ones_directs() {
+    const ARCHIVER: &str = r#"
+        permit (principal == Human::"spiffe://example.org/human/archivist",
+                action == Action::"subscribe", resource);
+    "#;
+    let dir = TempDir::new().unwrap();
+    let streams = dir.path().join("streams");
+    let everything = StreamConfig::new("all", ChannelPattern::parse(">").unwrap());
+    let hub = TestHub::builder()
+        .policies(&format!("{POLICIES}{ARCHIVER}"))
+        .config(move |c| {
+            c.streams = vec![everything];
+            c.streams_dir = Some(streams);
+        })
+        .start()
+        .await
+        .unwrap();
+    let archiver = hub.connect_human("archivist").await.unwrap();
+    let mut all = archiver.subscribe_durable(">", "all").await.unwrap();
+    let alice = hub.connect_agent("shop", "alice").await.unwrap();
+    let bob = hub.connect_agent("shop", "bob").await.unwrap();
+    let mut directs = bob.subscribe_direct().await.unwrap();
+
+    alice
+        .direct(bob.principal(), "for bob alone")
+        .await
+        .unwrap();
+    assert_eq!(next(&mut directs).await.payload, b"for bob alone");
+    alice.publish("orders.eu", "for the archive").await.unwrap();
+    let kept = next(&mut all).await;
+    assert_eq!(kept.payload, b"for the archive");
+    nothing_within(&mut all, Duration::from_millis(300)).await;
+    assert_eq!(hub.stats().durable_stored, 1);
+}
