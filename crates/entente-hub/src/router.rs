@@ -264,18 +264,18 @@ impl LocalRouter {
             }
         }
         // A wildcard subscription may match several: each counts once, carried if it may
-        // carry any of those it matches. A linear search: the channels are one principal's
-        // reply channels, which only its own sessions may subscribe to.
+        // carry any of those it matches. Found by address, not by a search of those matched
+        // so far: the channels are one principal's reply channels, which only its own sessions
+        // may subscribe to, but that principal may hold many such subscriptions, and a search
+        // would cost their square per channel under the table's lock.
         let mut matched: Vec<(&Entry, bool)> = Vec::new();
+        let mut index: HashMap<*const Entry, usize> = HashMap::new();
         for channel in channels {
             for entry in table.wildcard_matching(channel) {
-                let at = match matched.iter().position(|(e, _)| std::ptr::eq(*e, entry)) {
-                    Some(at) => at,
-                    None => {
-                        matched.push((entry, false));
-                        matched.len() - 1
-                    }
-                };
+                let at = *index.entry(std::ptr::from_ref(entry)).or_insert_with(|| {
+                    matched.push((entry, false));
+                    matched.len() - 1
+                });
                 let Some((_, carried)) = matched.get_mut(at) else {
                     continue;
                 };

@@ -146,6 +146,9 @@ type Start = oneshot::Sender<bool>;
 /// How many answers may wait for the audit log before the session waits for room.
 const ANSWERS_WAITING: usize = 1024;
 
+/// Most subscriptions one session holds in its own reply namespace (`_reply.<principal>…`).
+pub(crate) const MAX_REPLY_SUBSCRIPTIONS: usize = 16;
+
 /// A refusal about to be sent.
 #[derive(Debug)]
 struct Refused {
@@ -402,6 +405,25 @@ impl<R: Router> Session<R> {
         }
         let pattern = ChannelPattern::parse(&subscribe.pattern)
             .map_err(|e| Refused::new(RefusalCode::Malformed, e))?;
+        let in_replies = |p: &ChannelPattern| p.tokens().next() == Some(REPLY_PREFIX);
+        if in_replies(&pattern)
+            && self
+                .subscriptions
+                .values()
+                .filter(|p| in_replies(p))
+                .count()
+                >= MAX_REPLY_SUBSCRIPTIONS
+        {
+            // Each is matched against every channel of a batch of replies to the namespace:
+            // a few serve every use (the SDK holds one).
+            return Err(Refused::new(
+                RefusalCode::TooManySubscriptions,
+                format!(
+                    "the session holds the maximum of {MAX_REPLY_SUBSCRIPTIONS} subscriptions \
+                     in its reply namespace"
+                ),
+            ));
+        }
         let allowed = match self
             .authz
             .subscribe_allowed(&self.context.authz, &pattern, now_ms())
@@ -2027,6 +2049,20 @@ mod tests {
             (5, Some(RefusalCode::UnknownSubscription))
         );
         assert_eq!(hub.context.stats.snapshot().denials, 2);
+    }
+
+    #[tokio::test]
+    async fn a_session_holds_a_few_subscriptions_in_its_reply_namespace() {
+        let mut hub = hub(SHOP);
+        hub.context.max_subscriptions = 1024;
+        let mut alice = hub.connect(agent("shop", "alice"));
+        for id in 1..=MAX_REPLY_SUBSCRIPTIONS as u64 {
+            assert_eq!(alice.subscribe(id, "_reply.shop.alice.>").await, ack(id));
+        }
+        let (id, code) = refusal(alice.subscribe(100, "_reply.shop.alice.t1").await);
+        assert_eq!((id, code), (100, Some(RefusalCode::TooManySubscriptions)));
+        // Others are not counted against it.
+        assert_eq!(alice.subscribe(101, "orders.a").await, ack(101));
     }
 
     #[tokio::test]
