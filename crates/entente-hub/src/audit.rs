@@ -160,6 +160,8 @@ impl Auditor {
         }
         let origin = format!("{hub}/audit");
         let exists = config.dir.join("audit.meta").exists();
+        // A log of this hub's existed if its HMAC key is stored.
+        let kept_one = registry.config(HMAC_KEY_CONFIG).await?.is_some();
         let key = hmac_key(keystore, registry, exists).await?;
         let signing_key = match registry.config(SIGNING_KEY_CONFIG).await? {
             Some(name) => String::from_utf8(name).map_err(|_| {
@@ -211,7 +213,28 @@ impl Auditor {
                 .spawn(move || inner.run())
                 .map_err(|e| HubError::Audit(format!("starting the writer: {e}")))?
         };
-        Ok((Self(Some(inner)), AuditWriter(Some(writer))))
+        let auditor = Self(Some(inner));
+        if kept_one && !exists {
+            // Not quietly: a log gone (deleted, its volume not mounted) is said at its place,
+            // as the new log's first record, and loudly in the hub's log.
+            tracing::error!(
+                dir = %config.dir.display(),
+                "the audit log is missing though this hub kept one: a new log starts"
+            );
+            let event = Event::Admin(entente_audit::Admin {
+                operation: clear("audit-log-missing"),
+                target: clear(&config.dir.display().to_string()),
+                detail: clear(
+                    "this hub kept an audit log (its HMAC key is in the hub's store) that is \
+                     not there: this new log starts without it",
+                ),
+            });
+            auditor
+                .record(HUB_ACTOR, Outcome::Failed, event)
+                .await
+                .map_err(|e| HubError::Audit(e.to_string()))?;
+        }
+        Ok((auditor, AuditWriter(Some(writer))))
     }
 
     /// Whether records are kept.

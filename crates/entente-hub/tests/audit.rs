@@ -211,6 +211,32 @@ async fn the_log_goes_on_across_a_restart_and_a_tampered_log_stops_the_hub() {
     assert!(err.contains("record 0"), "{err}");
 }
 
+/// A log gone (deleted, or its volume not mounted) is not replaced quietly: the hub starts a
+/// new one whose first record says the old one is missing.
+#[tokio::test]
+async fn a_missing_log_is_said_by_the_new_ones_first_record() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir).await;
+    drop(traffic(&hub, 1).await);
+    assert!(records(&hub).await.len() > 1);
+    let (ca, config, store) = (
+        hub.ca().ca().clone(),
+        hub.config().clone(),
+        hub.store().clone(),
+    );
+    hub.shutdown().await;
+    std::fs::remove_dir_all(audit_dir(&dir)).unwrap();
+    let hub = entente_hub::Hub::start(config, ca, store).await.unwrap();
+    let (records, _) = hub.audit_records(0, 10).await.unwrap().unwrap();
+    let first = records.first().expect("a record");
+    assert_eq!(first.outcome, Outcome::Failed);
+    match &first.event {
+        Event::Admin(a) => assert_eq!(a.operation.as_clear(), Some("audit-log-missing")),
+        other => panic!("{other:?}"),
+    }
+    hub.shutdown().await;
+}
+
 #[tokio::test]
 async fn group_commits_under_load_are_spaced_by_the_commit_interval() {
     const INTERVAL: Duration = Duration::from_millis(200);
