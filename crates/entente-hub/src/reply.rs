@@ -7,11 +7,13 @@
 //! grant is taken by the reply; a second reply, a reply after expiry, or a reply from anyone
 //! else is refused (`DENIED`). A requesting session holds at most [`MAX_REPLY_GRANTS`]
 //! outstanding grants (expired ones swept first); beyond, its request is refused
-//! (`TOO_MANY_REPLY_GRANTS`). Grants die with the requesting session.
+//! (`TOO_MANY_REPLY_GRANTS`). Grants die with the requesting session. Each session's grants
+//! are indexed by it, so that sweeping or forgetting them touches only its own, never every
+//! grant of the hub under the one lock.
 //!
 //! A state machine over explicit times: no clock, no I/O.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -43,8 +45,8 @@ pub(crate) struct TooManyGrants {
 struct State {
     /// By (grantee, reply channel).
     grants: HashMap<(Principal, Channel), Grant>,
-    /// Grants held per requesting session.
-    outstanding: HashMap<SessionId, usize>,
+    /// The keys of the grants each requesting session holds (a live session has an entry).
+    held: HashMap<SessionId, HashSet<(Principal, Channel)>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -141,9 +143,9 @@ impl ReplyGrants {
                     .count()
             })
             .sum();
-        let held = |state: &State| state.outstanding.get(&requester).copied().unwrap_or(0);
+        let held = |state: &State| state.held.get(&requester).map_or(0, HashSet::len);
         if held(&state).saturating_add(new) > self.max_per_session {
-            state.sweep(now_ms);
+            state.sweep(requester, now_ms);
             if held(&state).saturating_add(new) > self.max_per_session {
                 return Err(TooManyGrants {
                     max: self.max_per_session,
@@ -164,13 +166,13 @@ impl ReplyGrants {
                 let key = (grantee.clone(), reply_to.clone());
                 let old = state.grants.insert(key.clone(), grant);
                 if let Some(old) = old {
-                    state.release(old.requester);
+                    state.release(old.requester, &key);
                 }
                 // A grant this session held already is renewed, not added.
                 if old.is_none_or(|old| old.requester != requester) {
                     issued.added += 1;
                 }
-                *state.outstanding.entry(requester).or_default() += 1;
+                state.held.entry(requester).or_default().insert(key.clone());
                 issued.grants.push((key, old));
             }
         }
@@ -193,7 +195,7 @@ impl ReplyGrants {
                 .is_some_and(|g| g.requester == issued.requester)
             {
                 state.grants.remove(&key);
-                state.release(issued.requester);
+                state.release(issued.requester, &key);
             }
             if let Some(old) = old {
                 state.restore(key, old);
@@ -261,8 +263,8 @@ impl ReplyGrants {
                 }
             }
         }
-        for (_, grant) in &taken {
-            state.release(grant.requester);
+        for (key, grant) in &taken {
+            state.release(grant.requester, key);
         }
         Ok(Taken(taken))
     }
@@ -271,9 +273,10 @@ impl ReplyGrants {
     #[cfg(test)]
     pub(crate) fn take(&self, grantee: &Principal, channel: &Channel, now_ms: u64) -> bool {
         let mut state = self.lock();
-        match state.grants.remove(&(grantee.clone(), channel.clone())) {
+        let key = (grantee.clone(), channel.clone());
+        match state.grants.remove(&key) {
             Some(grant) => {
-                state.release(grant.requester);
+                state.release(grant.requester, &key);
                 grant.expires_at_ms > now_ms
             }
             None => false,
@@ -283,19 +286,21 @@ impl ReplyGrants {
     /// Drops every grant `requester` holds (its session ended).
     pub(crate) fn forget_session(&self, requester: SessionId) {
         let mut state = self.lock();
-        if state.outstanding.remove(&requester).is_some() {
-            state.grants.retain(|_, grant| grant.requester != requester);
+        for key in state.held.remove(&requester).unwrap_or_default() {
+            if state
+                .grants
+                .get(&key)
+                .is_some_and(|grant| grant.requester == requester)
+            {
+                state.grants.remove(&key);
+            }
         }
     }
 
     /// Outstanding grants of `requester`, expired ones not yet swept included.
     #[cfg(test)]
     pub(crate) fn outstanding(&self, requester: SessionId) -> usize {
-        self.lock()
-            .outstanding
-            .get(&requester)
-            .copied()
-            .unwrap_or(0)
+        self.lock().held.get(&requester).map_or(0, HashSet::len)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -306,37 +311,38 @@ impl ReplyGrants {
 // === impl State ===
 
 impl State {
-    /// Drops expired grants.
-    fn sweep(&mut self, now_ms: u64) {
-        let mut released = Vec::new();
-        self.grants.retain(|_, grant| {
-            let live = grant.expires_at_ms > now_ms;
-            if !live {
-                released.push(grant.requester);
+    /// Drops `requester`'s expired grants.
+    fn sweep(&mut self, requester: SessionId, now_ms: u64) {
+        let Some(held) = self.held.get_mut(&requester) else {
+            return;
+        };
+        let grants = &mut self.grants;
+        held.retain(|key| match grants.get(key) {
+            Some(grant) if grant.requester == requester && grant.expires_at_ms <= now_ms => {
+                grants.remove(key);
+                false
             }
-            live
+            Some(grant) => grant.requester == requester,
+            None => false,
         });
-        for requester in released {
-            self.release(requester);
-        }
     }
 
-    /// One grant of `requester` less. Its count stays (at zero) until its session ends
-    /// ([`ReplyGrants::forget_session`]): a live session is one with a count.
-    fn release(&mut self, requester: SessionId) {
-        if let Some(count) = self.outstanding.get_mut(&requester) {
-            *count = count.saturating_sub(1);
+    /// `requester` no longer holds the grant of `key`. Its entry stays (empty) until its
+    /// session ends ([`ReplyGrants::forget_session`]): a live session is one with an entry.
+    fn release(&mut self, requester: SessionId, key: &(Principal, Channel)) {
+        if let Some(held) = self.held.get_mut(&requester) {
+            held.remove(key);
         }
     }
 
     /// Puts back a grant a refused publish took or replaced, if its place is free and its
     /// requester's session is still there.
     fn restore(&mut self, key: (Principal, Channel), grant: Grant) {
-        let Some(count) = self.outstanding.get_mut(&grant.requester) else {
+        let Some(held) = self.held.get_mut(&grant.requester) else {
             return;
         };
-        if let std::collections::hash_map::Entry::Vacant(slot) = self.grants.entry(key) {
-            *count += 1;
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.grants.entry(key.clone()) {
+            held.insert(key);
             slot.insert(grant);
         }
     }
@@ -524,6 +530,36 @@ mod tests {
             Ok(1)
         );
         assert_eq!(grants.outstanding(1), 1);
+    }
+
+    #[test]
+    fn a_session_sweeps_and_forgets_only_its_own_grants() {
+        let grants = ReplyGrants::new(1, Duration::from_secs(60));
+        let (a, b) = (c("_reply.shop.alice.a"), c("_reply.shop.alice.b"));
+        let carols = c("_reply.shop.carol.a");
+        grants.issue(1, &a, &[p("bob")], NOW + 1_000, NOW).unwrap();
+        grants
+            .issue(2, &carols, &[p("bob")], NOW + 1_000, NOW)
+            .unwrap();
+        // Session 1, at its bound, sweeps its own expired grant; session 2's stays counted
+        // until it sweeps or ends.
+        assert_eq!(
+            grants.issue(1, &b, &[p("bob")], NOW + 9_000, NOW + 2_000),
+            Ok(1)
+        );
+        assert_eq!((grants.outstanding(1), grants.outstanding(2)), (1, 1));
+        assert!(!grants.may_reply(&p("bob"), &a, NOW + 2_000));
+        // Ending session 1 drops its grants only.
+        grants.forget_session(1);
+        assert_eq!((grants.outstanding(1), grants.outstanding(2)), (0, 1));
+        assert!(!grants.may_reply(&p("bob"), &b, NOW + 2_000));
+        assert!(grants.may_reply(&p("bob"), &carols, NOW));
+        // A grant another session took over is not dropped with its first holder.
+        grants.issue(3, &b, &[p("bob")], NOW + 9_000, NOW).unwrap();
+        grants.issue(4, &b, &[p("bob")], NOW + 9_000, NOW).unwrap();
+        grants.forget_session(3);
+        assert!(grants.may_reply(&p("bob"), &b, NOW));
+        assert_eq!((grants.outstanding(3), grants.outstanding(4)), (0, 1));
     }
 
     #[test]
