@@ -46,6 +46,10 @@ pub const AUDIT_KEK: &str = "audit-kek";
 /// The longest [`AuditConfig::commit_interval`]: an answer waits at most this much more.
 const MAX_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The start of the hub store's config key that marks a directory where a log was made (the
+/// directory follows a `:`).
+const LOG_MADE_CONFIG: &str = "audit_log_made";
+
 /// The hub store's config key of the wrapped HMAC key.
 const HMAC_KEY_CONFIG: &str = "audit_hmac_key";
 
@@ -109,6 +113,17 @@ pub(crate) struct AuditUnavailable;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Auditor(Option<Arc<Inner>>);
 
+/// An [`Auditor`] that does not keep the log open: for what may outlive the hub.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WeakAuditor(Option<std::sync::Weak<Inner>>);
+
+impl WeakAuditor {
+    /// The auditor, while the log is open.
+    pub(crate) fn upgrade(&self) -> Option<Auditor> {
+        self.0.as_ref()?.upgrade().map(|inner| Auditor(Some(inner)))
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     /// The `hub` field of every record.
@@ -160,8 +175,9 @@ impl Auditor {
         }
         let origin = format!("{hub}/audit");
         let exists = config.dir.join("audit.meta").exists();
-        // A log of this hub's existed if its HMAC key is stored.
-        let kept_one = registry.config(HMAC_KEY_CONFIG).await?.is_some();
+        // Whether a log was made in this directory (a marker stored once it was).
+        let marker = format!("{LOG_MADE_CONFIG}:{}", config.dir.display());
+        let kept_one = registry.config(&marker).await?.is_some();
         let key = hmac_key(keystore, registry, exists).await?;
         let signing_key = match registry.config(SIGNING_KEY_CONFIG).await? {
             Some(name) => String::from_utf8(name).map_err(|_| {
@@ -195,6 +211,9 @@ impl Auditor {
         .await
         .map_err(|_| HubError::Audit("opening the log panicked".into()))?
         .map_err(|e| HubError::Audit(e.to_string()))?;
+        if !kept_one {
+            registry.put_config(&marker, b"1").await?;
+        }
         let inner = Arc::new(Inner {
             hub: hub.to_owned(),
             key,
@@ -235,6 +254,11 @@ impl Auditor {
                 .map_err(|e| HubError::Audit(e.to_string()))?;
         }
         Ok((auditor, AuditWriter(Some(writer))))
+    }
+
+    /// A handle that does not keep the log open.
+    pub(crate) fn downgrade(&self) -> WeakAuditor {
+        WeakAuditor(self.0.as_ref().map(Arc::downgrade))
     }
 
     /// Whether records are kept.

@@ -103,10 +103,12 @@ pub(crate) async fn enroll<R>(
             (enrolled.principal.clone(), Outcome::Success, event)
         }
         Err(e) => {
-            // Anyone can send these: past a few a second they are recorded together.
-            if !services
-                .enroll_refusals
-                .record_alone(auditor, Instant::now())
+            // Anyone can send these: past a few a second they are recorded together (the
+            // hub's own failures always alone).
+            if e.outcome() == Outcome::Denied
+                && !services
+                    .enroll_refusals
+                    .record_alone(auditor, Instant::now())
             {
                 return result.map(|(response, _)| response);
             }
@@ -126,9 +128,9 @@ pub(crate) async fn enroll<R>(
 }
 
 /// Refused enrollments recorded one by one in each second, at most; the rest of the second's
-/// are recorded together once it is over (a `limit` record, `enroll-refusals`, with their
-/// count). Enrollment needs no credential: without this, anyone reaching the hub could fill
-/// its disk with records, and fail its log closed.
+/// are recorded together once it is over, or when the hub shuts down first (a `limit` record,
+/// `enroll-refusals`, with their count). Enrollment needs no credential: without this, anyone
+/// reaching the hub could fill its disk with records, and fail its log closed.
 pub(crate) const RECORDED_REFUSALS_PER_SECOND: u32 = 16;
 
 /// The refused enrollments of the current second, for the audit log.
@@ -167,25 +169,49 @@ impl Refusals {
         }
         let held_back = Arc::clone(&window.held_back);
         if held_back.fetch_add(1, Ordering::Relaxed) == 0 {
-            let auditor = auditor.clone();
+            // The task does not keep the log open: at a shutdown, `flush` records the count.
+            let auditor = auditor.downgrade();
             let end = tokio::time::Instant::from_std(start + Duration::from_secs(1));
             tokio::spawn(async move {
                 tokio::time::sleep_until(end).await;
-                // (One counted after this arms a record of its own.)
-                let count = held_back.swap(0, Ordering::Relaxed);
-                let event = Event::Limit(entente_audit::LimitHit {
-                    principal: audit::clear(audit::ANONYMOUS),
-                    limit: audit::clear("enroll-refusals"),
-                    scope: audit::clear(""),
-                    count,
-                    retry_after_ms: 0,
-                });
-                // A failed log refuses everything after it anyway.
-                let _ = auditor.submit(audit::ANONYMOUS, Outcome::Denied, event);
+                if let Some(auditor) = auditor.upgrade() {
+                    record_held_back(&auditor, &held_back);
+                }
             });
         }
         false
     }
+
+    /// Records the refusals held back and not recorded yet (at a shutdown, before the log
+    /// closes).
+    pub(crate) fn flush(&self, auditor: &Auditor) {
+        let held_back = Arc::clone(
+            &self
+                .window
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .held_back,
+        );
+        record_held_back(auditor, &held_back);
+    }
+}
+
+/// One record of the refusals counted in `held_back`, if any (one counted after this arms a
+/// record of its own).
+fn record_held_back(auditor: &Auditor, held_back: &AtomicU64) {
+    let count = held_back.swap(0, Ordering::Relaxed);
+    if count == 0 {
+        return;
+    }
+    let event = Event::Limit(entente_audit::LimitHit {
+        principal: audit::clear(audit::ANONYMOUS),
+        limit: audit::clear("enroll-refusals"),
+        scope: audit::clear(""),
+        count,
+        retry_after_ms: 0,
+    });
+    // A failed log refuses everything after it anyway.
+    let _ = auditor.submit(audit::ANONYMOUS, Outcome::Denied, event);
 }
 
 /// Who enrolled, for the audit record.

@@ -724,7 +724,9 @@ impl HubHandle {
         if let Some(writers) = self.stream_writers.take() {
             writers.join().await;
         }
-        self.shared.context.authz.auditor().close();
+        let auditor = self.shared.context.authz.auditor();
+        self.shared.services.enroll_refusals.flush(auditor);
+        auditor.close();
         if let Some(writer) = self.audit_writer.take() {
             writer.join().await;
         }

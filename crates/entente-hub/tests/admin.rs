@@ -908,11 +908,37 @@ async fn a_flood_of_refused_enrollments_is_recorded_in_runs() {
         seal_interval: std::time::Duration::from_millis(50),
         ..entente_hub::AuditConfig::new(dir.path().join("audit"))
     });
-    let (hub, _store) = start_with_store(&ca, config).await;
+    let (hub, store) = start_with_store(&ca, config.clone()).await;
     const FLOOD: u64 = 64;
-    // One after the other (an enrollment connection takes a few streams at once).
-    let client = support::enroll_client(&hub).await;
-    for _ in 0..FLOOD {
+    flood_enrollments(&hub, FLOOD).await;
+    // The run's record comes once its second is over.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let (alone, together) = enrollment_refusals(&hub).await;
+    assert!(!together.is_empty(), "{alone} alone");
+    assert!(alone < FLOOD, "{alone}");
+    assert_eq!(alone + together.iter().sum::<u64>(), FLOOD, "{together:?}");
+    assert_eq!(hub.stats().enroll_refusals, FLOOD);
+
+    // A shutdown within the second records what it held back.
+    flood_enrollments(&hub, FLOOD).await;
+    hub.shutdown().await;
+    let hub = entente_hub::Hub::start(config, ca.ca.clone(), store)
+        .await
+        .unwrap();
+    let (alone, together) = enrollment_refusals(&hub).await;
+    assert_eq!(
+        alone + together.iter().sum::<u64>(),
+        2 * FLOOD,
+        "{together:?}"
+    );
+    hub.shutdown().await;
+}
+
+/// Sends `count` enrollments with a bad token, one after the other (an enrollment connection
+/// takes a few streams at once), each refused.
+async fn flood_enrollments(hub: &entente_hub::HubHandle, count: u64) {
+    let client = support::enroll_client(hub).await;
+    for _ in 0..count {
         let request = Enrollment::new().request("ent_not-a-token");
         let status = client
             .unary::<_, EnrollResponse>(entente_hub::ENROLL_PATH, request)
@@ -920,14 +946,19 @@ async fn a_flood_of_refused_enrollments_is_recorded_in_runs() {
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     }
-    // The run's record comes once its second is over.
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+}
+
+/// The refused enrollments in `hub`'s audit log: how many recorded alone, and the counts of
+/// the records of several.
+async fn enrollment_refusals(hub: &entente_hub::HubHandle) -> (u64, Vec<u64>) {
     let (records, _) = hub.audit_records(0, 100_000).await.unwrap().unwrap();
     let alone = records
         .iter()
-        .filter(|r| matches!(&r.event, entente_audit::Event::Admin(a) if a.operation.as_clear() == Some("enroll")))
+        .filter(|r| {
+            matches!(&r.event, entente_audit::Event::Admin(a) if a.operation.as_clear() == Some("enroll"))
+        })
         .count() as u64;
-    let together: Vec<u64> = records
+    let together = records
         .iter()
         .filter_map(|r| match &r.event {
             entente_audit::Event::Limit(l) if l.limit.as_clear() == Some("enroll-refusals") => {
@@ -936,9 +967,5 @@ async fn a_flood_of_refused_enrollments_is_recorded_in_runs() {
             _ => None,
         })
         .collect();
-    assert!(!together.is_empty(), "{alone} alone");
-    assert!(alone < FLOOD, "{alone}");
-    assert_eq!(alone + together.iter().sum::<u64>(), FLOOD, "{together:?}");
-    assert_eq!(hub.stats().enroll_refusals, FLOOD);
-    hub.shutdown().await;
+    (alone, together)
 }
