@@ -223,12 +223,13 @@ impl State {
                 break;
             }
             self.publish_deadlines.pop_front();
-            if !matches!(self.pending.get(&id), Some(Pending::Publish { .. })) {
+            let Entry::Occupied(slot) = self.pending.entry(id) else {
                 continue;
-            }
-            if let Some(Pending::Publish {
-                channel, waiters, ..
-            }) = self.pending.remove(&id)
+            };
+            if let Pending::Publish { .. } = slot.get()
+                && let Pending::Publish {
+                    channel, waiters, ..
+                } = slot.remove()
             {
                 self.resets.push(channel);
                 unanswered.push(waiters);
@@ -1646,15 +1647,30 @@ impl Shared {
         pending: Pending,
         subscription: Option<Arc<SubscriptionEntry>>,
     ) -> Result<(), Error> {
-        let mut state = self.lock();
-        if let Some(reason) = &state.closed {
-            return Err(Error::new(ErrorKind::Closed, reason.clone()));
-        }
+        let mut state = self.open_state()?;
         state.pending.insert(id, pending);
         if let Some(entry) = subscription {
             state.subscriptions.insert(id, entry);
         }
         Ok(())
+    }
+
+    /// [`register`](Self::register)s a publish, with when it stops being waited for.
+    fn register_publish(&self, id: u64, pending: Pending) -> Result<(), Error> {
+        let deadline = Instant::now() + 2 * self.options.request_timeout;
+        let mut state = self.open_state()?;
+        state.pending.insert(id, pending);
+        state.publish_deadlines.push_back((deadline, id));
+        Ok(())
+    }
+
+    /// The state, locked, unless the session is over.
+    fn open_state(&self) -> Result<MutexGuard<'_, State>, Error> {
+        let state = self.lock();
+        match &state.closed {
+            Some(reason) => Err(Error::new(ErrorKind::Closed, reason.clone())),
+            None => Ok(state),
+        }
     }
 
     /// Registers a request waiting on `channel` for a reply from `from`, unless the session
@@ -2181,14 +2197,12 @@ impl Writer<'_> {
                         waiters: tickets,
                         replies,
                     };
-                    if shared.register(id, pending, None).is_err() {
+                    if shared.register_publish(id, pending).is_err() {
                         // The session is over. The waiters were dropped with `pending`: they
                         // see their answer channel closed and report the session's end.
                         open = false;
                         continue;
                     }
-                    let deadline = Instant::now() + 2 * shared.options.request_timeout;
-                    shared.lock().publish_deadlines.push_back((deadline, id));
                     stats::add(&shared.stats.publish_frames, 1);
                     stats::add(&shared.stats.batches_sent, batches);
                     stats::add(&shared.stats.sender_keys_sent, keys);

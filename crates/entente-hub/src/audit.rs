@@ -238,13 +238,13 @@ impl Auditor {
             // as the new log's first record, and loudly in the hub's log.
             tracing::error!(
                 dir = %config.dir.display(),
-                "the audit log is missing though this hub kept one: a new log starts"
+                "the audit log is missing where this hub made one: a new log starts"
             );
             let event = Event::Admin(entente_audit::Admin {
                 operation: clear("audit-log-missing"),
                 target: clear(&config.dir.display().to_string()),
                 detail: clear(
-                    "this hub kept an audit log (its HMAC key is in the hub's store) that is \
+                    "this hub made an audit log in this directory (its store says so) that is \
                      not there: this new log starts without it",
                 ),
             });

@@ -399,12 +399,16 @@ pub(crate) fn decide_for<R>(
 /// answer of many small elements may fit the frame and not the decoded-overhead budget).
 pub(crate) fn fits<M: entente_wire::Bounded>(answer: &M, limits: &Limits) -> bool {
     let len = answer.encoded_len();
-    // Each element charged takes two bytes at least: a short answer can't exceed the budget.
-    let most_elements = len / 2;
     len <= limits.max_frame_bytes
-        && (most_elements.saturating_mul(entente_wire::DECODED_ELEMENT_COST)
-            <= limits.max_decoded_overhead
+        && (!may_exceed_budget(len, limits)
             || M::scan(&entente_wire::encode(answer), limits).is_ok())
+}
+
+/// Whether `len` encoded bytes may cost more to decode than `limits`' decoded-overhead budget:
+/// each element charged takes two bytes at least, so a short message can't (and need not be
+/// scanned for it).
+pub(crate) fn may_exceed_budget(len: usize, limits: &Limits) -> bool {
+    (len / 2).saturating_mul(entente_wire::DECODED_ELEMENT_COST) > limits.max_decoded_overhead
 }
 
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {

@@ -41,6 +41,7 @@ use crate::refusal::RefusalCode;
 use crate::replay::{self, Header, SenderWindows};
 use crate::reply::{Issued, ReplyGrants, Taken};
 use crate::router::{Router, SessionId, Subscriber};
+use crate::rpc;
 use crate::stats::{self, Stats};
 
 /// Field numbers of `sender_keys` and `batches`, the same in `Publish` and `Deliver`.
@@ -892,7 +893,8 @@ impl<R: Router> Session<R> {
         let fits = |delivered: &[u8]| {
             max_deliver_len(delivered.len() + durable::DELIVERY_SUFFIX_LEN)
                 <= limits.max_frame_bytes
-                && <Deliver as entente_wire::Bounded>::scan(delivered, &budget).is_ok()
+                && (!rpc::may_exceed_budget(delivered.len(), &budget)
+                    || <Deliver as entente_wire::Bounded>::scan(delivered, &budget).is_ok())
         };
         let too_large = |channel: &Channel| {
             Refused::new(
