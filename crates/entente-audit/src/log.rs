@@ -68,6 +68,10 @@ pub struct Recovery {
     pub tree_torn_at: Option<u64>,
     /// Leaves written without their checkpoint, dropped (their records are pending again).
     pub unsigned_leaves: u64,
+    /// The bytes cut off, each file's kept beside the log before it was cut: where, and how
+    /// many. Nothing is thrown away: a crash leaves only bytes no append or seal reported
+    /// durable, but damage to a length field near a file's end looks the same.
+    pub kept: Vec<(PathBuf, u64)>,
 }
 
 /// The proof that one record is in the log at a given tree size.
@@ -273,7 +277,29 @@ impl AuditLog {
             None
         } else {
             // Only what no append or seal ever reported durable is cut: an incomplete final
-            // frame, and leaves whose checkpoint was not written.
+            // frame, and leaves whose checkpoint was not written. A damaged length field near
+            // the end looks the same, so what is cut is first kept beside the log.
+            let mut kept = Vec::new();
+            for (file, path, end, name) in [
+                (
+                    &records_file,
+                    &records_path,
+                    scanned.records_end,
+                    RECORDS_FILE,
+                ),
+                (&tree_file, &tree_path, scanned.tree_end, TREE_FILE),
+            ] {
+                let len = file
+                    .metadata()
+                    .map_err(|e| AuditError::io("stat", path, e))?
+                    .len();
+                if len > end {
+                    kept.push((keep_cut(&dir, name, file, end..len)?, len - end));
+                }
+            }
+            if !kept.is_empty() {
+                sync_dir(&dir)?;
+            }
             records_file
                 .set_len(scanned.records_end)
                 .and_then(|()| records_file.sync_all())
@@ -286,6 +312,7 @@ impl AuditLog {
                 records_torn_at: scanned.cut.records_torn_at,
                 tree_torn_at: scanned.cut.tree_torn_at,
                 unsigned_leaves: scanned.cut.unsigned_leaves,
+                kept,
             })
         };
         let latest = scanned
@@ -503,10 +530,10 @@ impl AuditLog {
         head.extend_from_slice(meta.as_bytes());
         head.extend_from_slice(&records_end.to_be_bytes());
         out.write_all(&head).map_err(|e| io("write", e))?;
-        copy_range(&self.records_file, records_end, &mut out).map_err(|e| io("write", e))?;
+        copy_range(&self.records_file, 0..records_end, &mut out).map_err(|e| io("write", e))?;
         out.write_all(&self.tree_len.to_be_bytes())
             .map_err(|e| io("write", e))?;
-        copy_range(&self.tree_file, self.tree_len, &mut out).map_err(|e| io("write", e))?;
+        copy_range(&self.tree_file, 0..self.tree_len, &mut out).map_err(|e| io("write", e))?;
         let file = out.into_inner().map_err(|e| io("write", e.into_error()))?;
         file.sync_all().map_err(|e| io("sync", e))?;
         fs::rename(&tmp, path).map_err(|e| io("rename", e))?;
@@ -742,17 +769,45 @@ fn write_durably(file: &mut File, len: u64, buf: &[u8]) -> std::io::Result<()> {
     result
 }
 
-fn copy_range(file: &File, len: u64, out: &mut impl Write) -> std::io::Result<()> {
+fn copy_range(file: &File, range: Range<u64>, out: &mut impl Write) -> std::io::Result<()> {
     let mut buf = vec![0u8; 1 << 20];
-    let mut at = 0u64;
-    while at < len {
-        let n = (len - at).min(buf.len() as u64) as usize;
+    let mut at = range.start;
+    while at < range.end {
+        let n = (range.end - at).min(buf.len() as u64) as usize;
         let chunk = buf.get_mut(..n).unwrap_or_default();
         file.read_exact_at(chunk, at)?;
         out.write_all(chunk)?;
         at += n as u64;
     }
     Ok(())
+}
+
+/// Copies `range` of `file` to a new file `<name>.cut-<start>-<n>` in `dir` (owner-only, synced)
+/// and returns its path.
+fn keep_cut(dir: &Path, name: &str, file: &File, range: Range<u64>) -> Result<PathBuf, AuditError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    for n in 0u32..1000 {
+        let path = dir.join(format!("{name}.cut-{}-{n}", range.start));
+        let mut out = match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(AuditError::io("create", &path, e)),
+        };
+        copy_range(file, range, &mut out)
+            .and_then(|()| out.sync_all())
+            .map_err(|e| AuditError::io("keep what is cut", &path, e))?;
+        return Ok(path);
+    }
+    Err(AuditError::io(
+        "create",
+        dir,
+        std::io::Error::new(std::io::ErrorKind::AlreadyExists, "too many kept cuts"),
+    ))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), AuditError> {

@@ -303,6 +303,62 @@ fn crash_at_every_byte_of_the_last_append() {
     assert_eq!(open(&copy, 3).unwrap().checkpoint(), &after);
 }
 
+/// A damaged length field in a pending record near the end reads as a torn write: what is
+/// cut is kept beside the log, byte for byte and owner-only, and the recovery names it.
+#[test]
+fn what_a_repair_cuts_is_kept_beside_the_log() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let mut log = create(&dir, 1000);
+    log.append_all(&(0..5).map(decision).collect::<Vec<_>>())
+        .unwrap();
+    drop(log);
+    let records = fs::read(dir.join("records")).unwrap();
+    let tree = fs::read(dir.join("tree")).unwrap();
+    // Record 2's frame: its length field (4 bytes) made to run past the file's end.
+    let mut at = 0;
+    for _ in 0..2 {
+        let len = u32::from_be_bytes(records[at..at + 4].try_into().unwrap()) as usize;
+        at += 4 + len + 8;
+    }
+    let mut bad = records.clone();
+    bad[at..at + 4].copy_from_slice(&60_000u32.to_be_bytes());
+    fs::write(dir.join("records"), &bad).unwrap();
+
+    let log = open(&dir, 1000).unwrap();
+    assert_eq!(log.record_count(), 2);
+    let recovery = log.recovery().unwrap().clone();
+    assert_eq!(recovery.records_torn_at, Some(at as u64));
+    let [(path, bytes)] = recovery.kept.as_slice() else {
+        panic!("{recovery:?}")
+    };
+    assert_eq!(*bytes, (records.len() - at) as u64);
+    assert_eq!(path.parent(), Some(dir.as_path()));
+    assert_eq!(fs::read(path).unwrap(), bad[at..].to_vec());
+    let mode = fs::metadata(path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(
+        fs::read(dir.join("records")).unwrap(),
+        records[..at].to_vec()
+    );
+    drop(log);
+
+    // A tree frame cut short is kept too, and a second repair of the same offset keeps its
+    // own copy.
+    fs::write(dir.join("records"), &bad).unwrap();
+    fs::write(dir.join("tree"), [tree.as_slice(), &[1, 0, 0]].concat()).unwrap();
+    let log = open(&dir, 1000).unwrap();
+    let recovery = log.recovery().unwrap();
+    assert_eq!(recovery.tree_torn_at, Some(tree.len() as u64));
+    assert_eq!(recovery.kept.len(), 2);
+    assert_ne!(recovery.kept[0].0, *path);
+    assert_eq!(fs::read(&recovery.kept[0].0).unwrap(), bad[at..].to_vec());
+    assert_eq!(fs::read(&recovery.kept[1].0).unwrap(), vec![1, 0, 0]);
+    drop(log);
+    assert!(open(&dir, 1000).unwrap().recovery().is_none());
+}
+
 #[test]
 fn corruption_is_refused_with_its_position() {
     let tmp = tempfile::tempdir().unwrap();

@@ -214,6 +214,7 @@ impl Auditor {
         if !kept_one {
             registry.put_config(&marker, b"1").await?;
         }
+        let recovery = log.recovery().cloned();
         let inner = Arc::new(Inner {
             hub: hub.to_owned(),
             key,
@@ -247,6 +248,40 @@ impl Auditor {
                     "this hub made an audit log in this directory (its store says so) that is \
                      not there: this new log starts without it",
                 ),
+            });
+            auditor
+                .record(HUB_ACTOR, Outcome::Failed, event)
+                .await
+                .map_err(|e| HubError::Audit(e.to_string()))?;
+        }
+        if let Some(recovery) = recovery {
+            // A crash's torn tail, or damage that reads as one: said in the log itself, with
+            // where the bytes cut off were kept.
+            let kept: Vec<String> = recovery
+                .kept
+                .iter()
+                .map(|(path, bytes)| format!("{} ({bytes} bytes)", path.display()))
+                .collect();
+            tracing::warn!(
+                dir = %config.dir.display(),
+                records_cut_at = ?recovery.records_torn_at,
+                tree_cut_at = ?recovery.tree_torn_at,
+                unsigned_leaves = recovery.unsigned_leaves,
+                kept = %kept.join(", "),
+                "the audit log ended in an incomplete write, cut off at open"
+            );
+            let at = |offset: Option<u64>| offset.map_or("-".to_owned(), |o| o.to_string());
+            let event = Event::Admin(entente_audit::Admin {
+                operation: clear("audit-log-repaired"),
+                target: clear(&config.dir.display().to_string()),
+                detail: clear(&format!(
+                    "cut at open: records from offset {}, tree from offset {}, {} leaves \
+                     without their checkpoint; kept: {}",
+                    at(recovery.records_torn_at),
+                    at(recovery.tree_torn_at),
+                    recovery.unsigned_leaves,
+                    kept.join(", ")
+                )),
             });
             auditor
                 .record(HUB_ACTOR, Outcome::Failed, event)

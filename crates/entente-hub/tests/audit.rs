@@ -237,6 +237,49 @@ async fn a_missing_log_is_said_by_the_new_ones_first_record() {
     hub.shutdown().await;
 }
 
+/// A log that ends in an incomplete write is cut at start, and not quietly: the first record
+/// after the old ones says what was cut and where its bytes were kept.
+#[tokio::test]
+async fn a_repaired_log_says_so_in_its_next_record() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir).await;
+    drop(traffic(&hub, 1).await);
+    let before = records(&hub).await;
+    let (ca, config, store) = (
+        hub.ca().ca().clone(),
+        hub.config().clone(),
+        hub.store().clone(),
+    );
+    hub.shutdown().await;
+    let records_file = audit_dir(&dir).join("records");
+    let len = std::fs::metadata(&records_file).unwrap().len();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&records_file)
+        .unwrap();
+    std::io::Write::write_all(&mut file, &[0, 0, 1]).unwrap();
+    drop(file);
+
+    let hub = entente_hub::Hub::start(config, ca, store).await.unwrap();
+    let (after, _) = hub.audit_records(0, 100_000).await.unwrap().unwrap();
+    assert_eq!(&after[..before.len()], &before[..]);
+    let first = &after[before.len()];
+    assert_eq!(first.outcome, Outcome::Failed);
+    let Event::Admin(a) = &first.event else {
+        panic!("{:?}", first.event)
+    };
+    assert_eq!(a.operation.as_clear(), Some("audit-log-repaired"));
+    let detail = a.detail.as_clear().unwrap();
+    assert!(
+        detail.contains(&format!("records from offset {len}")),
+        "{detail}"
+    );
+    let kept = audit_dir(&dir).join(format!("records.cut-{len}-0"));
+    assert!(detail.contains(&kept.display().to_string()), "{detail}");
+    assert_eq!(std::fs::read(&kept).unwrap(), vec![0, 0, 1]);
+    hub.shutdown().await;
+}
+
 #[tokio::test]
 async fn group_commits_under_load_are_spaced_by_the_commit_interval() {
     const INTERVAL: Duration = Duration::from_millis(200);
