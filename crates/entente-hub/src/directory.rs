@@ -8,11 +8,12 @@
 //!   `_direct` channel, `publish` on any other (or hold its publishes for approval), or
 //!   `request` on either (else
 //!   `PERMISSION_DENIED`; a `_reply` channel's members are never listed); the answer is the latest bundle of every principal holding a
-//!   subscription whose pattern matches the channel ([`Router::subscribers`]) — the members a
-//!   sender seals to.
+//!   subscription whose pattern matches the channel ([`Router::subscribers`]), besides the
+//!   caller — the members a sender seals to, with itself.
 //!
 //! Exactly one of the two is given. Revoked principals are omitted either way. At most
-//! [`Limits::max_recipients`](entente_wire::Limits) principals are asked for or answered, and
+//! [`Limits::max_recipients`](entente_wire::Limits) principals are asked for or answered (one
+//! fewer for a channel, leaving room for the caller among a sender key's recipients), and
 //! the answer must fit in one frame (else `RESOURCE_EXHAUSTED`: nothing is cut silently).
 //! Receivers verify every bundle against their trust bundle; the hub's word is not enough.
 
@@ -35,21 +36,38 @@ pub(crate) async fn directory<R: Router>(
     request: DirectoryRequest,
     now: SystemTime,
 ) -> Result<DirectoryResponse, RpcError> {
+    let max = services.limits.max_recipients;
     let principals = match (request.principals.is_empty(), request.channel.is_empty()) {
-        (false, true) => named(services, request.principals)?,
-        (true, false) => members(services, caller, &request.channel, now).await?,
+        (false, true) => {
+            let principals = named(services, request.principals)?;
+            if principals.len() > max {
+                return Err(RpcError::TooMany(format!(
+                    "more than {max} principals; ask for fewer"
+                )));
+            }
+            principals
+        }
+        (true, false) => {
+            // The members besides the caller, who seals to them and to itself: a sender key
+            // names at most `max` recipients, the sender one of them.
+            let mut members = members(services, caller, &request.channel, now).await?;
+            members.retain(|member| member != caller);
+            let others = max.saturating_sub(1);
+            if members.len() > others {
+                return Err(RpcError::TooMany(format!(
+                    "`{}` has more than {others} members besides you: a sender key names at \
+                     most {max} recipients, you among them",
+                    request.channel
+                )));
+            }
+            members
+        }
         _ => {
             return Err(RpcError::BadRequest(
                 "give either principals or a channel".into(),
             ));
         }
     };
-    let max = services.limits.max_recipients;
-    if principals.len() > max {
-        return Err(RpcError::TooMany(format!(
-            "more than {max} principals; ask for fewer"
-        )));
-    }
 
     let revocations = services.revocations.current();
     let now_ms = rpc::unix_ms(now);

@@ -592,6 +592,35 @@ async fn the_directory_answers_by_channel_for_callers_who_may_publish_there() {
     );
 }
 
+/// A channel's members are answered without the caller, who seals to them and to itself: the
+/// answer leaves room for the caller among a sender key's recipients.
+#[tokio::test]
+async fn a_channel_answer_leaves_the_caller_out_and_room_for_it() {
+    let ca = TestCa::new();
+    let mut config = config();
+    config.limits.max_recipients = 2;
+    let (hub, _store) = start_with_store(&ca, config).await;
+    let alice = enroll(&hub, "shop", "alice").await;
+    let bob = enroll(&hub, "shop", "bob").await;
+    let mut sessions = Vec::new();
+    for (agent, pattern) in [(&alice, "orders.eu"), (&bob, "orders.>")] {
+        let mut session = agent.session(&hub).await;
+        assert_eq!(session.subscribe(1, pattern).await, ack(1));
+        sessions.push(session);
+    }
+    // Alice and bob besides carol: three recipients, one too many.
+    let carol = ca.agent("shop", "carol").connect(&hub).await;
+    assert_refused(
+        directory(&carol, by_channel("orders.eu")).await,
+        Code::ResourceExhausted,
+        "more than 1 members besides you",
+    );
+    // Bob besides alice: two, alice among them.
+    let alice = ca.agent("shop", "alice").connect(&hub).await;
+    let bundles = directory(&alice, by_channel("orders.eu")).await.unwrap();
+    assert_eq!(verified(&ca, bundles), vec![bob.principal.clone()]);
+}
+
 #[tokio::test]
 async fn a_forbidden_channel_reaches_no_wider_subscription_and_lists_no_such_member() {
     let ca = TestCa::new();
