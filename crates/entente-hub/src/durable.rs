@@ -690,14 +690,14 @@ impl Stream {
     /// that changed.
     fn tick(&self) {
         let consumers: Vec<Arc<Consumer>> = lock(&self.consumers).values().cloned().collect();
+        // The floors before the log's lock, never under it: a delivery takes its consumer's
+        // state and then the log's first sequence, one after the other; a floor only rises, so
+        // one read early only purges less.
+        let floor = consumers.iter().map(|c| lock(&c.state).floor).min();
         let mut log = lock(&self.log);
         let max_age_ms = u64::try_from(self.config.max_age.as_millis()).unwrap_or(u64::MAX);
         let too_old = log.first_since(now_ms().saturating_sub(max_age_ms));
-        let done = consumers
-            .iter()
-            .map(|c| lock(&c.state).floor)
-            .min()
-            .unwrap_or(log.first_seq());
+        let done = floor.unwrap_or(log.first_seq());
         let purge = too_old.max(if consumers.is_empty() {
             log.first_seq()
         } else {
@@ -869,30 +869,8 @@ async fn delivery(
 ) {
     let mut appended = stream.appended.subscribe();
     loop {
-        let now = Instant::now();
-        // What to send now: redeliveries first (oldest first), then new entries.
-        let (due, fresh, next_deadline) = {
-            let mut state = lock(&consumer.state);
-            let first = lock(&stream.log).first_seq();
-            state.advance_to(first);
-            let due: Vec<u64> = state
-                .in_flight
-                .iter()
-                .filter(|(_, at)| **at <= now)
-                .map(|(seq, _)| *seq)
-                .collect();
-            let room = MAX_IN_FLIGHT.saturating_sub(state.in_flight.len());
-            let end = *appended.borrow_and_update();
-            let mut fresh = Vec::new();
-            while fresh.len() < room.min(64) && state.next < end {
-                if !state.done.contains(&state.next) {
-                    fresh.push(state.next);
-                }
-                state.next += 1;
-            }
-            let next_deadline = state.in_flight.values().min().copied();
-            (due, fresh, next_deadline)
-        };
+        let end = *appended.borrow_and_update();
+        let (due, fresh, next_deadline) = plan(&stream, &consumer, end, Instant::now());
         for seq in due.into_iter().chain(fresh) {
             if !send(&stream, &consumer, subscription_id, &outbound, &gate, seq).await {
                 return;
@@ -913,6 +891,38 @@ async fn delivery(
             () = outbound.closed() => return,
         }
     }
+}
+
+/// What to send `consumer` now, with entries up to `end` appended: redeliveries due at `now`
+/// (oldest first), then new entries; and when the next redelivery is due.
+fn plan(
+    stream: &Stream,
+    consumer: &Consumer,
+    end: u64,
+    now: Instant,
+) -> (Vec<u64>, Vec<u64>, Option<Instant>) {
+    // Read before the state's lock, not under it: the writer's tick takes the states' locks
+    // and the log's one after the other, and nested both ways they would deadlock. The first
+    // sequence only rises.
+    let first = lock(&stream.log).first_seq();
+    let mut state = lock(&consumer.state);
+    state.advance_to(first);
+    let due: Vec<u64> = state
+        .in_flight
+        .iter()
+        .filter(|(_, at)| **at <= now)
+        .map(|(seq, _)| *seq)
+        .collect();
+    let room = MAX_IN_FLIGHT.saturating_sub(state.in_flight.len());
+    let mut fresh = Vec::new();
+    while fresh.len() < room.min(64) && state.next < end {
+        if !state.done.contains(&state.next) {
+            fresh.push(state.next);
+        }
+        state.next += 1;
+    }
+    let next_deadline = state.in_flight.values().min().copied();
+    (due, fresh, next_deadline)
 }
 
 /// Sends entry `seq` to the consumer (or finishes it when it is gone, not for this
@@ -1149,6 +1159,65 @@ mod tests {
         // The next mebibyte would pass the bound: what was remembered is let go first.
         streams.remember([key(5, MIB.len())]);
         assert_eq!(held(&streams), (1, MIB.len()));
+    }
+
+    /// The stream's writer (its tick) and a consumer's delivery take the log's lock and the
+    /// consumer's state's: never one under the other in opposite orders.
+    #[tokio::test]
+    async fn the_writers_tick_and_a_delivery_never_wait_for_each_other() {
+        use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock};
+        let dir = tempfile::tempdir().unwrap();
+        let keystore = LocalKeyStore::create(
+            &dir.path().join("keys"),
+            &Unlock::passphrase("p"),
+            Argon2Params::danger_fast_for_tests(),
+        )
+        .unwrap();
+        let store =
+            Arc::new(entente_store::EmbeddedStore::open(dir.path().join("store.redb")).unwrap());
+        let registry = crate::registry::Registry::new(store);
+        let keys = Arc::new(
+            DataKeys::load(Arc::new(keystore), &registry, 1)
+                .await
+                .unwrap(),
+        );
+        let config = StreamConfig::new("orders", ChannelPattern::parse("orders.>").unwrap());
+        let stream = Arc::new(
+            Stream::open(
+                config,
+                &dir.path().join("streams"),
+                &keys,
+                &Arc::default(),
+                &Auditor::off(),
+            )
+            .unwrap(),
+        );
+        let owner = Principal::parse("spiffe://acme.internal/agent/shop/alice").unwrap();
+        let pattern = ChannelPattern::parse("orders.eu").unwrap();
+        let consumer = stream.hold("worker", &owner, &pattern, 1).unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        let ticks = {
+            let (stream, done) = (stream.clone(), done.clone());
+            std::thread::spawn(move || {
+                for _ in 0..20_000 {
+                    stream.tick();
+                }
+                done.send(()).unwrap();
+            })
+        };
+        let plans = std::thread::spawn(move || {
+            for _ in 0..20_000 {
+                plan(&stream, &consumer, 0, Instant::now());
+            }
+            done.send(()).unwrap();
+        });
+        for _ in 0..2 {
+            finished
+                .recv_timeout(Duration::from_secs(60))
+                .expect("the tick and the delivery both done: no deadlock");
+        }
+        ticks.join().unwrap();
+        plans.join().unwrap();
     }
 
     #[test]
