@@ -208,9 +208,11 @@ enum Command {
         /// The trust bundle (the hub's `ca.pem`), obtained from the operator.
         #[arg(long)]
         ca: PathBuf,
-        /// The one-time join token.
-        #[arg(long)]
-        token: String,
+        /// A file holding the one-time join token, `-` for standard input; without it, the
+        /// environment variable `ENTENTE_JOIN_TOKEN`. Never on the command line, where other
+        /// users of the machine can read it.
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<PathBuf>,
         /// Where to write the identity directory.
         #[arg(long)]
         out: PathBuf,
@@ -221,8 +223,8 @@ enum Command {
         at: At,
         /// The channel.
         channel: String,
-        /// The message.
-        message: String,
+        /// The message; `-` or none: read from standard input.
+        message: Option<String>,
         /// Why, for approvers: send the message alone, and say whether the hub holds it for
         /// approval (a high-stakes channel).
         #[arg(long)]
@@ -248,8 +250,8 @@ enum Command {
         at: At,
         /// Whom to ask: SEGMENT/NAME, or a full agent or human ID.
         target: String,
-        /// The request.
-        message: String,
+        /// The request; `-` or none: read from standard input.
+        message: Option<String>,
         /// How long to wait for the reply (90s, 15m; default 10s).
         #[arg(long)]
         timeout: Option<String>,
@@ -569,9 +571,9 @@ fn main() -> ExitCode {
         Command::Enroll {
             hub,
             ca,
-            token,
+            token_file,
             out,
-        } => commands::agent::enroll(&hub, &ca, &token, &out, cli.json),
+        } => commands::agent::enroll(&hub, &ca, token_file.as_deref(), &out, cli.json),
         Command::Send {
             at,
             channel,
@@ -581,7 +583,7 @@ fn main() -> ExitCode {
             &at.identity,
             &at.hub,
             &channel,
-            &message,
+            message.as_deref(),
             purpose.as_deref(),
             cli.json,
         ),
@@ -607,7 +609,7 @@ fn main() -> ExitCode {
             &at.identity,
             &at.hub,
             &target,
-            &message,
+            message.as_deref(),
             timeout.as_deref(),
             cli.json,
         ),

@@ -32,8 +32,14 @@ fn example(name: &str) -> PathBuf {
 
 /// Runs example `name` with `args`; it must succeed. Returns its standard output.
 fn run(name: &str, args: &[&str]) -> String {
+    run_with(name, args, &[])
+}
+
+/// Runs example `name` with `args` and `env` set; it must succeed. Returns its standard output.
+fn run_with(name: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     let child = Command::new(example(name))
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -74,14 +80,13 @@ fn the_sdk_examples_run_against_a_real_hub() {
     let mut dirs = Vec::new();
     for name in ["alice", "bob"] {
         let dir = tmp.path().join(name);
-        let said = run(
+        let said = run_with(
             "enroll",
-            &[
-                &addr,
-                s(&ca),
+            &[&addr, s(&ca), s(&dir)],
+            &[(
+                "ENTENTE_JOIN_TOKEN",
                 &token(&data, &addr, &format!("demo/{name}")),
-                s(&dir),
-            ],
+            )],
         );
         assert!(said.contains(&format!("agent/demo/{name}")), "{said}");
         dirs.push(dir);

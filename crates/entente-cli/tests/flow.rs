@@ -1,5 +1,6 @@
 //! The README's manual path, end to end with the real binary: start a hub, create join tokens
-//! as the admin, enroll two agents, listen and send; a cross-segment agent is refused; a
+//! as the admin, enroll two agents (the token on standard input, in a file, in the
+//! environment: never an argument), listen and send; a cross-segment agent is refused; a
 //! revoked agent is cut off.
 #![allow(
     clippy::unwrap_used,
@@ -10,7 +11,7 @@
 
 mod support;
 
-use support::{entente, ok, s, spawn_ready, start, stop};
+use support::{entente, entente_with, ok, ok_with, s, spawn_ready, start, stop};
 
 #[test]
 fn enroll_two_agents_and_exchange_a_sealed_message() {
@@ -39,35 +40,58 @@ fn enroll_two_agents_and_exchange_a_sealed_message() {
         assert!(token.starts_with("ent_"), "{token}");
         assert_eq!(token.lines().count(), 1);
         let dir = tmp.path().join(name.replace('/', "-"));
-        let said = ok(&[
-            "enroll",
-            "--hub",
-            &addr,
-            "--ca",
-            s(&ca),
-            "--token",
-            token,
-            "--out",
-            s(&dir),
-        ]);
+        let file = tmp.path().join(format!("{}.token", name.replace('/', "-")));
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        let enroll = |out: &std::path::Path, how: &str| {
+            let mut args = vec!["enroll", "--hub", &addr, "--ca", s(&ca), "--out", s(out)];
+            match how {
+                "stdin" => args.extend(["--token-file", "-"]),
+                "file" => args.extend(["--token-file", s(&file)]),
+                _ => {}
+            }
+            let env: &[(&str, &str)] = if how == "env" {
+                &[("ENTENTE_JOIN_TOKEN", token)]
+            } else {
+                &[]
+            };
+            entente_with(&args, format!("{token}\n").as_bytes(), env)
+        };
+        let how = match name {
+            "demo/alice" => "stdin",
+            "demo/bob" => "file",
+            _ => "env",
+        };
+        let said = enroll(&dir, how);
+        assert!(said.status.success(), "{said:?}");
+        let said = String::from_utf8(said.stdout).unwrap();
         assert!(said.contains(name.split('/').nth(1).unwrap()), "{said}");
         // The token is single use.
-        let again = entente(&[
-            "enroll",
-            "--hub",
-            &addr,
-            "--ca",
-            s(&ca),
-            "--token",
-            token,
-            "--out",
-            s(&tmp.path().join("again")),
-        ]);
+        let again = enroll(&tmp.path().join("again"), how);
         assert!(!again.status.success());
         assert!(String::from_utf8_lossy(&again.stderr).contains("already used"));
         ids.push(dir);
     }
     let (alice, bob, eve) = (&ids[0], &ids[1], &ids[2]);
+
+    // Never as an argument, and never none.
+    let enroll = [
+        "enroll",
+        "--hub",
+        &addr,
+        "--ca",
+        s(&ca),
+        "--out",
+        s(tmp.path()),
+    ];
+    let argv = entente(&[&enroll[..], &["--token", "ent_x"]].concat());
+    assert!(!argv.status.success());
+    assert!(String::from_utf8_lossy(&argv.stderr).contains("--token"));
+    let none = entente(&enroll);
+    assert!(!none.status.success());
+    let said = String::from_utf8_lossy(&none.stderr);
+    assert!(said.contains("no join token"), "{said}");
+    let empty = entente_with(&[&enroll[..], &["--token-file", "-"]].concat(), b"\n", &[]);
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("empty"));
 
     // Bob listens; once subscribed, Alice sends.
     let listener = spawn_ready(
@@ -83,15 +107,19 @@ fn enroll_two_agents_and_exchange_a_sealed_message() {
         ],
         "listening",
     );
-    let sent = ok(&[
-        "send",
-        "--identity",
-        s(alice),
-        "--hub",
-        &addr,
-        "demo.greetings",
-        "hello bob",
-    ]);
+    // The message on standard input.
+    let sent = ok_with(
+        &[
+            "send",
+            "--identity",
+            s(alice),
+            "--hub",
+            &addr,
+            "demo.greetings",
+        ],
+        b"hello bob",
+        &[],
+    );
     assert!(sent.contains("sent"), "{sent}");
     let out = support::wait(listener, support::LIMIT);
     assert!(out.status.success());

@@ -16,7 +16,7 @@ use std::{
     process::Output,
 };
 
-use support::{entente, ok, s, spawn_ready, start, stop};
+use support::{entente, ok_with, s, spawn_ready, start, stop};
 
 /// Runs `entente ARGS --identity ID --hub ADDR`.
 fn as_(id: &Path, addr: &str, args: &[&str]) -> Output {
@@ -54,17 +54,21 @@ fn enroll(tmp: &Path, data: &Path, addr: &str, kind: &str, name: &str) -> PathBu
         &["token", "create", kind, name, "--ttl", "10m"],
     );
     let dir = tmp.join(name.replace('/', "-"));
-    let said = ok(&[
-        "enroll",
-        "--hub",
-        addr,
-        "--ca",
-        s(&data.join("ca.pem")),
-        "--token",
-        token.trim(),
-        "--out",
-        s(&dir),
-    ]);
+    let said = ok_with(
+        &[
+            "enroll",
+            "--hub",
+            addr,
+            "--ca",
+            s(&data.join("ca.pem")),
+            "--token-file",
+            "-",
+            "--out",
+            s(&dir),
+        ],
+        token.as_bytes(),
+        &[],
+    );
     assert!(said.contains("enrolled"), "{said}");
     dir
 }

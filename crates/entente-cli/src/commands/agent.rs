@@ -2,7 +2,7 @@
 //! `send`, `listen`, `revoke`.
 
 use std::{
-    io::Write as _,
+    io::{Read as _, Write as _},
     path::Path,
     process::ExitCode,
     time::{Duration, SystemTime},
@@ -60,14 +60,79 @@ pub(crate) fn token_create(
     })
 }
 
+/// The environment variable a join token is taken from when no file is named.
+pub(crate) const JOIN_TOKEN_VAR: &str = "ENTENTE_JOIN_TOKEN";
+
+/// The most bytes read for a join token (one is 68).
+const MAX_TOKEN_INPUT: u64 = 1024;
+
+/// The most bytes of a message read from standard input.
+const MAX_MESSAGE_INPUT: u64 = 16 << 20;
+
+/// The join token: from `file` (`-`: standard input), else from [`JOIN_TOKEN_VAR`]. Never an
+/// argument: other users of the machine can read a process's arguments.
+fn join_token(file: Option<&Path>) -> Result<String> {
+    let text = match file {
+        Some(path) => {
+            let what = if path == Path::new("-") {
+                "standard input".to_owned()
+            } else {
+                format!("`{}`", path.display())
+            };
+            let mut text = String::new();
+            let read = if path == Path::new("-") {
+                std::io::stdin()
+                    .take(MAX_TOKEN_INPUT + 1)
+                    .read_to_string(&mut text)
+            } else {
+                std::fs::File::open(path)
+                    .and_then(|f| f.take(MAX_TOKEN_INPUT + 1).read_to_string(&mut text))
+            };
+            read.with_context(|| format!("reading the join token from {what}"))?;
+            if text.len() as u64 > MAX_TOKEN_INPUT {
+                bail!("{what} holds more than a join token ({MAX_TOKEN_INPUT} bytes at most)");
+            }
+            text
+        }
+        None => std::env::var(JOIN_TOKEN_VAR).map_err(|_| {
+            anyhow!(
+                "no join token: give it in a file (`--token-file PATH`), on standard input \
+                 (`--token-file -`) or in {JOIN_TOKEN_VAR}"
+            )
+        })?,
+    };
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("the join token is empty");
+    }
+    Ok(token.to_owned())
+}
+
+/// A message given as an argument, or (none, or `-`) read from standard input, bounded.
+pub(crate) fn message_bytes(message: Option<&str>) -> Result<Vec<u8>> {
+    if let Some(message) = message.filter(|m| *m != "-") {
+        return Ok(message.as_bytes().to_vec());
+    }
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .take(MAX_MESSAGE_INPUT + 1)
+        .read_to_end(&mut bytes)
+        .context("reading the message from standard input")?;
+    if bytes.len() as u64 > MAX_MESSAGE_INPUT {
+        bail!("the message on standard input is over {MAX_MESSAGE_INPUT} bytes");
+    }
+    Ok(bytes)
+}
+
 /// `entente enroll`: creates keys, enrolls, writes the identity directory.
 pub(crate) fn enroll(
     hub: &str,
     ca: &Path,
-    token: &str,
+    token_file: Option<&Path>,
     out: &Path,
     json: bool,
 ) -> Result<ExitCode> {
+    let token = join_token(token_file)?;
     if out.join("identity.json").exists() {
         bail!(
             "`{}` already holds an identity; choose another directory",
@@ -79,7 +144,7 @@ pub(crate) fn enroll(
     let trust = TrustBundle::from_pem(&pem)
         .with_context(|| format!("`{}` is not a trust bundle", ca.display()))?;
     run(async {
-        let identity = entente_client::enroll(hub, &trust, token).await?;
+        let identity = entente_client::enroll(hub, &trust, &token).await?;
         identity.save(out)?;
         if json {
             println!(
@@ -102,20 +167,22 @@ pub(crate) fn send(
     identity: &Path,
     hub: &str,
     channel: &str,
-    message: &str,
+    message: Option<&str>,
     purpose: Option<&str>,
     json: bool,
 ) -> Result<ExitCode> {
+    let message = message_bytes(message)?;
+    let bytes = message.len();
     run(async {
         let client = connect(identity, hub).await?;
         let held = match purpose {
             Some(purpose) => client
-                .publish_with_purpose(channel, message.as_bytes().to_vec(), purpose)
+                .publish_with_purpose(channel, message, purpose)
                 .await
                 .with_context(|| format!("sending to `{channel}`"))?,
             None => {
                 client
-                    .publish(channel, message.as_bytes().to_vec())
+                    .publish(channel, message)
                     .await
                     .with_context(|| format!("sending to `{channel}`"))?;
                 None
@@ -142,10 +209,7 @@ pub(crate) fn send(
             return Ok(ExitCode::SUCCESS);
         }
         if json {
-            println!(
-                "{}",
-                serde_json::json!({ "sent": channel, "bytes": message.len() })
-            );
+            println!("{}", serde_json::json!({ "sent": channel, "bytes": bytes }));
         } else {
             println!("sent to `{channel}`");
         }

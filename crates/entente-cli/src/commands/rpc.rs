@@ -25,7 +25,7 @@ pub(crate) fn request(
     identity: &Path,
     hub: &str,
     target: &str,
-    message: &str,
+    message: Option<&str>,
     timeout: Option<&str>,
     json: bool,
 ) -> Result<ExitCode> {
@@ -36,11 +36,12 @@ pub(crate) fn request(
     if timeout.is_zero() {
         bail!("`--timeout` must be at least 1s");
     }
+    let message = super::agent::message_bytes(message)?;
     run(async {
         let client = connect(identity, hub).await?;
         let td = TrustDomain::new(client.principal().trust_domain())?;
         let target = principal(&td, target)?;
-        let reply = match client.request(&target, message.as_bytes(), timeout).await {
+        let reply = match client.request(&target, message, timeout).await {
             Ok(reply) => reply,
             Err(e) if e.kind() == ErrorKind::Timeout => {
                 bail!("no reply from `{target}` within {}s", timeout.as_secs())

@@ -109,16 +109,39 @@ pub fn wait(mut child: Child, limit: Duration) -> Output {
 
 /// Runs `entente ARGS` to completion (at most [`LIMIT`]).
 pub fn entente(args: &[&str]) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_entente"))
+    entente_with(args, b"", &[])
+}
+
+/// Runs `entente ARGS` with `stdin` on its standard input and `env` set, to completion (at
+/// most [`LIMIT`]).
+pub fn entente_with(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_entente"))
         .args(args)
         .env_remove("ENTENTE_KEYSTORE_KEY")
         .env_remove("ENTENTE_KEYSTORE_PASSPHRASE")
-        .stdin(Stdio::null())
+        .env_remove("ENTENTE_JOIN_TOKEN")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    // A command that does not read its input may be gone before it is written.
+    let _ = std::io::Write::write_all(&mut input, stdin);
+    drop(input);
     wait(child, LIMIT)
+}
+
+/// Like [`entente_with`], which must succeed; returns its standard output.
+pub fn ok_with(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> String {
+    let out = entente_with(args, stdin, env);
+    assert!(
+        out.status.success(),
+        "entente {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Runs `entente ARGS`, which must succeed; returns its standard output.
@@ -146,17 +169,21 @@ pub fn enroll(data: &Path, addr: &str, name: &str, out: &Path) -> std::path::Pat
         name,
     ]);
     let dir = out.join(name.replace('/', "-"));
-    ok(&[
-        "enroll",
-        "--hub",
-        addr,
-        "--ca",
-        s(&data.join("ca.pem")),
-        "--token",
-        token.trim(),
-        "--out",
-        s(&dir),
-    ]);
+    ok_with(
+        &[
+            "enroll",
+            "--hub",
+            addr,
+            "--ca",
+            s(&data.join("ca.pem")),
+            "--token-file",
+            "-",
+            "--out",
+            s(&dir),
+        ],
+        token.as_bytes(),
+        &[],
+    );
     dir
 }
 
