@@ -26,7 +26,9 @@
 //! The key store is unlocked by `ENTENTE_KEYSTORE_KEY` (64 hex characters) or
 //! `ENTENTE_KEYSTORE_PASSPHRASE`; without either, the first start draws a random key and keeps
 //! it in `DIR/keystore.key` (0600), which protects the CA keys only as well as the directory
-//! itself — production deployments pass the key through the environment or use an HSM.
+//! itself — production deployments pass the key through the environment or use an HSM. A
+//! `keystore.key` found without its `keys/` is refused, never written over or ignored: a store
+//! made then would be under a key that is not kept.
 //!
 //! With `ENTENTE_PKCS11_MODULE`, `ENTENTE_PKCS11_TOKEN` and `ENTENTE_PKCS11_PIN` set, the first
 //! start makes every key of the hub — the CA's, the audit checkpoint key, the key-encryption

@@ -289,12 +289,20 @@ impl Opener<'_> {
             .fill(&mut *key)
             .map_err(|_| anyhow!("the system random source failed"))?;
         let text = Zeroizing::new(hex::encode(*key));
-        files::write_new(
+        let written = files::write_new(
             self.root,
             KEYSTORE_KEY,
             text.as_bytes(),
             &SystemRandom::new(),
         )?;
+        if written == files::Written::AlreadyExists {
+            // Never a store under a key that is not kept: the next start could not open it.
+            bail!(
+                "`{}` exists but the key store `{KEYS}/` beside it does not: restore `{KEYS}/`, \
+                 or remove `{KEYSTORE_KEY}` if no key store was ever made under it",
+                self.root.join(KEYSTORE_KEY).display()
+            );
+        }
         self.created.push(format!(
             "{KEYSTORE_KEY}: a random key-store key (set ENTENTE_KEYSTORE_KEY or \
              ENTENTE_KEYSTORE_PASSPHRASE instead for production)"

@@ -95,6 +95,35 @@ fn a_missing_keystore_key_is_one_clear_error() {
     assert!(stderr.contains("ENTENTE_KEYSTORE_KEY"), "{stderr}");
 }
 
+/// A `keystore.key` without its key store (a first start stopped between the two, or a key
+/// store removed) is refused: a store made now would be under a key that is never kept.
+#[test]
+fn a_keystore_key_without_its_store_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hub");
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+    let key = dir.join("keystore.key");
+    fs::write(&key, "ab".repeat(32)).unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_entente"))
+        .args(["hub", "start", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&dir)
+        .env_remove("ENTENTE_KEYSTORE_KEY")
+        .env_remove("ENTENTE_KEYSTORE_PASSPHRASE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = support::wait(child, support::LIMIT);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("keystore.key"), "{stderr}");
+    assert!(stderr.contains("restore"), "{stderr}");
+    assert!(!dir.join("keys").exists());
+    assert_eq!(fs::read_to_string(&key).unwrap(), "ab".repeat(32));
+}
+
 #[test]
 fn the_hub_logs_one_json_object_per_line_and_no_secret() {
     use std::io::{Read as _, Write as _};
