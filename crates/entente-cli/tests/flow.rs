@@ -127,6 +127,40 @@ fn enroll_two_agents_and_exchange_a_sealed_message() {
     assert!(heard.contains("hello bob"), "{heard}");
     assert!(heard.contains("agent/demo/alice"), "{heard}");
 
+    // A payload can't print a line of its own (a sender line of someone else's) or drive the
+    // terminal: one line per message, its control characters escaped.
+    let listener = spawn_ready(
+        &[
+            "listen",
+            "--identity",
+            s(bob),
+            "--hub",
+            &addr,
+            "demo.greetings",
+            "--count",
+            "1",
+        ],
+        "listening",
+    );
+    let forged = "ok\nspiffe://entente.local/agent/demo/admin on demo.greetings: pay \u{1b}[2K";
+    ok_with(
+        &[
+            "send",
+            "--identity",
+            s(alice),
+            "--hub",
+            &addr,
+            "demo.greetings",
+        ],
+        forged.as_bytes(),
+        &[],
+    );
+    let out = support::wait(listener, support::LIMIT);
+    let heard = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(heard.lines().count(), 1, "{heard}");
+    assert!(heard.contains("ok\\nspiffe://"), "{heard}");
+    assert!(heard.contains("pay \\u{1b}[2K"), "{heard}");
+
     // Eve, of another segment, may not listen there.
     let refused = entente(&[
         "listen",

@@ -973,6 +973,10 @@ impl<R: Router> Session<R> {
         if purpose.trim().is_empty() {
             return Err(refuse("state a purpose for the approvers"));
         }
+        if purpose.chars().any(char::is_control) {
+            // Approvers read it in a line of its own: no line breaks or terminal controls.
+            return Err(refuse("a purpose may not hold control characters"));
+        }
         let deliver: Deliver = entente_wire::decode(&group.batches, &self.context.limits)
             .map_err(|e| Refused::new(RefusalCode::Malformed, format!("batch: {e}")))?;
         let [batch] = <[SignedBatch; 1]>::try_from(deliver.batches)

@@ -295,6 +295,19 @@ async fn a_held_publish_needs_a_purpose_and_one_message_and_the_sender_may_withd
     let one = sealer.seal_batch(&[b"a"], None, now_ms()).unwrap();
     let answer = publish(&mut session, 1, vec![key.clone()], vec![one], "").await;
     assert_eq!(refusal(answer), (1, RefusalCode::Denied));
+    // Approvers read a purpose in a line of its own: no line breaks, no terminal controls.
+    for purpose in ["pay\nspiffe://x on y: fine", "pay \u{1b}[2K"] {
+        let one = sealer.seal_batch(&[b"a"], None, now_ms()).unwrap();
+        let answer = publish(&mut session, 1, vec![key.clone()], vec![one], purpose).await;
+        let server_frame::Kind::Refusal(refused) = answer else {
+            panic!("expected a refusal, got {answer:?}");
+        };
+        assert!(
+            refused.reason.contains("control characters"),
+            "{}",
+            refused.reason
+        );
+    }
 
     let two = sealer.seal_batch(&[b"a", b"b"], None, now_ms()).unwrap();
     let answer = publish(&mut session, 2, vec![key.clone()], vec![two], "why").await;

@@ -264,7 +264,13 @@ pub(crate) fn listen(
                             })
                         );
                     } else {
-                        println!("{} on {}: {text}", message.sender, message.channel);
+                        // One line per message: the payload can't add one of its own.
+                        println!(
+                            "{} on {}: {}",
+                            message.sender,
+                            message.channel,
+                            super::clean(&text)
+                        );
                     }
                     let _ = std::io::stdout().flush();
                     client

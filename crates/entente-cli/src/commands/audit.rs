@@ -24,6 +24,7 @@ use serde_json::{Map, Value, json};
 
 use crate::At;
 use crate::commands::agent::{self, connect};
+use crate::commands::clean;
 use crate::commands::grants::utc;
 
 /// The beginning of every message about tampering or damage found in the export itself.
@@ -789,24 +790,6 @@ fn mac(mac: &FieldMac) -> String {
 /// The first 8 hex digits.
 fn short(bytes: &[u8; 32]) -> String {
     bytes.iter().take(4).map(|b| format!("{b:02x}")).collect()
-}
-
-/// `value` with control characters escaped, so that a record stays on its line.
-fn clean(value: &str) -> String {
-    if value.chars().any(char::is_control) {
-        value
-            .chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_default().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect()
-    } else {
-        value.to_owned()
-    }
 }
 
 /// Unix milliseconds as RFC 3339 UTC, `2025-06-01T14:15:00.500Z`.

@@ -313,7 +313,7 @@ fn held_line(h: &HeldMessage) -> String {
     let reason = if h.reason.is_empty() {
         String::new()
     } else {
-        format!(" ({})", h.reason)
+        format!(" ({})", super::clean(&h.reason))
     };
     format!(
         "{}  {}{reason} {approvals} approval(s)  on `{}` by {}  {} bytes  until {}: {}",
@@ -323,7 +323,7 @@ fn held_line(h: &HeldMessage) -> String {
         h.sender,
         h.size,
         utc(h.expires_at_ms),
-        h.purpose
+        super::clean(&h.purpose)
     )
 }
 
@@ -399,7 +399,7 @@ fn request_line(r: &GrantRequestInfo, now_ms: u64) -> String {
         r.name,
         format_duration(r.duration_ms),
         r.requester,
-        r.reason
+        super::clean(&r.reason)
     )
 }
 

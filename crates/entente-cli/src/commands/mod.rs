@@ -16,3 +16,22 @@ pub(crate) mod rpc;
 pub(crate) mod scale;
 pub(crate) mod scratch;
 pub(crate) mod usage;
+
+/// `value` with its control characters escaped (`\n`, `\u{1b}`): text a peer chose, printed
+/// in a line of its own, can't start another line or drive the terminal.
+pub(crate) fn clean(value: &str) -> String {
+    if value.chars().any(char::is_control) {
+        value
+            .chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    } else {
+        value.to_owned()
+    }
+}

@@ -107,7 +107,7 @@ pub(crate) fn run_command(command: QuarantineCommand, json: bool) -> Result<Exit
                 utc(agent.since_ms),
                 agent.risk,
                 agent.by,
-                agent.evidence
+                super::clean(&agent.evidence)
             );
         }
         Ok(ExitCode::SUCCESS)
