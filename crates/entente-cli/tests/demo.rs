@@ -40,6 +40,8 @@ fn the_demo_speaks_json() {
     assert_eq!(checks.len() as u64, v["passed"].as_u64().unwrap());
     assert!(checks.iter().all(|c| c["held"] == true), "{v:#}");
     for property in [
+        "tls13_only",
+        "mutual_tls",
         "exchange",
         "no_plaintext",
         "denied",

@@ -55,14 +55,31 @@ async fn scenario(story: &mut Story) -> Result<()> {
     let (hub, data, trust) = (&scratch.hub, &scratch.data, &scratch.trust);
     let addr = scratch.addr();
     let td = TrustDomain::new(TRUST_DOMAIN)?;
+    story.step(&format!(
+        "The hub listens on {addr}. Authorization is Cedar policy, default deny: in \
+         policies/default.cedar, `demo-traffic` lets agents of segment `demo` use `demo.>`, \
+         `demo-read` lets segment `ops` read it only while holding grant `demo-read`, and the \
+         admin may grant and approve; nothing else is permitted."
+    ));
+    let (old_tls, no_certificate) = tls_probes(addr, trust).await;
     story.check(
-        "hub",
-        true,
+        "tls13_only",
+        old_tls
+            .as_ref()
+            .is_err_and(|e| e.contains("ProtocolVersion")),
         &format!(
-            "the hub listens on {addr}, mutual TLS 1.3 only; authorization is Cedar policy, \
-             default deny: in policies/default.cedar, `demo-traffic` lets agents of segment \
-             `demo` use `demo.>`, `demo-read` lets segment `ops` read it only while holding \
-             grant `demo-read`, and the admin may grant and approve; nothing else is permitted"
+            "a client offering only TLS 1.2 is refused at the handshake: {}",
+            said(old_tls)
+        ),
+    );
+    story.check(
+        "mutual_tls",
+        no_certificate
+            .as_ref()
+            .is_err_and(|e| e.contains("CertificateRequired")),
+        &format!(
+            "a TLS 1.3 client without a certificate is refused by the hub: {}",
+            said(no_certificate)
         ),
     );
 
@@ -688,12 +705,20 @@ async fn held_for_approval(
         .as_ref()
         .map(|h| h.message_id.clone())
         .unwrap_or_default();
+    // Bob gets nothing while it is held (a second is ample for a routed message).
+    let early = tokio::time::timeout(Duration::from_secs(1), bob_payments.next())
+        .await
+        .ok();
     story.check(
         "held",
-        held.is_some(),
-        &format!(
-            "the hub acknowledges alice's payment as held for approval ({id}); bob gets nothing yet"
-        ),
+        held.is_some() && early.is_none(),
+        &match &early {
+            None => format!(
+                "the hub acknowledges alice's payment as held for approval ({id}); bob gets \
+                 nothing yet"
+            ),
+            Some(_) => format!("bob got something while the payment was held ({id})"),
+        },
     );
     let own = alice.approve(&id).await.err();
     story.check(
@@ -743,6 +768,56 @@ async fn held_for_approval(
         ),
     );
     Ok(())
+}
+
+/// Two handshakes the hub must refuse: a client offering only TLS 1.2, and a TLS 1.3 client
+/// without a certificate dialing the hub's name (not enrollment's). Each verifies the hub
+/// as agents do; `Ok` says what the hub let through.
+async fn tls_probes(
+    addr: std::net::SocketAddr,
+    trust: &entente_ca::TrustBundle,
+) -> (Result<String, String>, Result<String, String>) {
+    use tokio::io::AsyncReadExt as _;
+    let connect = |versions: &'static [&'static rustls::SupportedProtocolVersion]| async move {
+        let verifier = entente_hub::client_tls::HubServerVerifier::new(trust.clone())
+            .map_err(|e| format!("{e}"))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .map_err(|e| format!("{e}"))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        let name = entente_hub::client_tls::server_name(trust).map_err(|e| format!("{e}"))?;
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connecting: {e}"))?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let mut tls = tokio::time::timeout(PATIENCE, connector.connect(name, tcp))
+            .await
+            .map_err(|_| "the handshake did not end".to_owned())?
+            .map_err(|e| format!("{e}"))?;
+        // TLS 1.3: the hub checks the client's certificate after the client's side of the
+        // handshake ended, and says so in an alert read next. Silence is a session let in.
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(PATIENCE, tls.read(&mut byte)).await {
+            Ok(Err(e)) => Err(format!("{e}")),
+            Ok(Ok(0)) => Err("the hub closed the connection".to_owned()),
+            Ok(Ok(_)) => Ok("the hub sent data".to_owned()),
+            Err(_) => Ok("the hub kept the connection open".to_owned()),
+        }
+    };
+    static TLS12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+    static TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    (connect(TLS12).await, connect(TLS13).await)
+}
+
+/// What a probe got: the refusal, or what was let through.
+fn said(outcome: Result<String, String>) -> String {
+    match outcome {
+        Ok(through) => format!("NOT refused: {through}"),
+        Err(refused) => refused,
+    }
 }
 
 /// Whether the hub refused as `DENIED` because no policy permits a cross-segment request.
