@@ -107,7 +107,18 @@ impl DataDir {
             }
             return Ok(dir);
         }
-        Self::init(root, listen, trust_domain, now)
+        Self::init(root, listen, trust_domain, now, true)
+    }
+
+    /// Initializes a throwaway data directory `root` (the demo's, a benchmark's): its keys in
+    /// a local store under a random key, whatever key stores the environment names.
+    pub(crate) fn scratch(
+        root: &Path,
+        listen: Option<SocketAddr>,
+        trust_domain: &str,
+        now: SystemTime,
+    ) -> Result<Self> {
+        Self::init(root, listen, Some(trust_domain), now, false)
     }
 
     /// The hub configuration the config file describes, with `policies/*.cedar` as the
@@ -174,12 +185,13 @@ impl DataDir {
         listen: Option<SocketAddr>,
         trust_domain: Option<&str>,
         now: SystemTime,
+        keys_from_env: bool,
     ) -> Result<Self> {
         let td = TrustDomain::new(trust_domain.unwrap_or(DEFAULT_TRUST_DOMAIN))
             .context("invalid trust domain")?;
         files::create_private_dir_all(root)?;
         let mut created = Vec::new();
-        let (stores, tables) = keystores::init(root, &mut created)?;
+        let (stores, tables) = keystores::init(root, &mut created, keys_from_env)?;
         let ca = Ca::init(stores.ca.clone(), &td, CaOptions::default(), now)?;
         let pem = ca.to_pem();
         let ca_dir = root.join(CA_DIR);

@@ -82,22 +82,37 @@ struct Opener<'a> {
     pin: Option<Zeroizing<String>>,
     /// Whether a missing local store may be created (for the first start of a kind).
     create_local: bool,
+    /// Whether a new local store's key may come from the environment.
+    from_env: bool,
     created: &'a mut Vec<String>,
 }
 
 // === first start ===
 
 /// Chooses and opens the stores of a new data directory (see the module docs), creating the
-/// local store if a kind goes there; returns them with the tables for `config.toml`.
-pub(crate) fn init(root: &Path, created: &mut Vec<String>) -> Result<(Stores, Tables)> {
-    let pkcs11 = Pkcs11Config::from_env()?;
+/// local store if a kind goes there; returns them with the tables for `config.toml`. Without
+/// `from_env` (a throwaway hub: the demo, benchmarks), every key goes to a local store under
+/// a random key, whatever the environment names: nothing lands in an operator's token.
+pub(crate) fn init(
+    root: &Path,
+    created: &mut Vec<String>,
+    from_env: bool,
+) -> Result<(Stores, Tables)> {
+    let pkcs11 = if from_env {
+        Pkcs11Config::from_env()?
+    } else {
+        None
+    };
     let default = if pkcs11.is_some() { PKCS11 } else { LOCAL };
     let token = pkcs11.as_ref().map(|config| Place::Token {
         module: config.module.display().to_string(),
         token: config.token_label.clone(),
     });
     let choose = |env: &str| -> Result<Place> {
-        let chosen = std::env::var(env).unwrap_or_else(|_| default.to_owned());
+        let chosen = std::env::var(env)
+            .ok()
+            .filter(|_| from_env)
+            .unwrap_or_else(|| default.to_owned());
         match chosen.as_str() {
             LOCAL => Ok(Place::Local),
             PKCS11 => token.clone().ok_or_else(|| {
@@ -121,6 +136,7 @@ pub(crate) fn init(root: &Path, created: &mut Vec<String>) -> Result<(Stores, Ta
         tokens: Vec::new(),
         pin: pkcs11.as_ref().map(|config| config.pin.clone()),
         create_local: true,
+        from_env,
         created,
     };
     let stores = Stores {
@@ -171,6 +187,7 @@ pub(crate) fn open(root: &Path, tables: &Tables) -> Result<Stores> {
         tokens: Vec::new(),
         pin: None,
         create_local: false,
+        from_env: true,
         created: &mut created,
     };
     let ca = place_of(tables.ca.as_ref(), "keystore")?.unwrap_or(Place::Local);
@@ -281,7 +298,9 @@ impl Opener<'_> {
     }
 
     fn unlock_new(&mut self) -> Result<Unlock> {
-        if let Some(unlock) = Unlock::from_env()? {
+        if self.from_env
+            && let Some(unlock) = Unlock::from_env()?
+        {
             return Ok(unlock);
         }
         let mut key = Zeroizing::new([0u8; 32]);

@@ -251,3 +251,33 @@ fn each_kind_of_key_lives_in_the_store_chosen_for_it() {
     ));
     assert!(err.contains("ENTENTE_AUDIT_KEYSTORE"), "{err}");
 }
+
+/// A throwaway hub (the demo's) makes no key in the token the environment names: an
+/// operator's token stays as it was, and a real hub's first start on it works after.
+#[test]
+fn the_demo_leaves_the_token_of_the_environment_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = softhsm(tmp.path());
+    let child = Command::new(env!("CARGO_BIN_EXE_entente"))
+        .args(["demo", "--json"])
+        .env("SOFTHSM2_CONF", &conf)
+        .env("ENTENTE_PKCS11_MODULE", module())
+        .env("ENTENTE_PKCS11_TOKEN", TOKEN)
+        .env("ENTENTE_PKCS11_PIN", PIN)
+        .env("ENTENTE_CA_KEYSTORE", "pkcs11")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait(child, LIMIT);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let data = tmp.path().join("hub");
+    let mut child = hub(&data, &conf, Some(PIN));
+    let addr = listening(&mut child);
+    enroll(&data, &addr, "demo/alice", tmp.path());
+    stop(child);
+}

@@ -416,9 +416,16 @@ impl HubProcess {
                 "--data",
             ])
             .arg(dir.join("hub"))
-            // A fresh directory gets a random key-store key of its own.
+            // A fresh directory gets a local key store with a random key of its own: no key
+            // of this throwaway hub lands in a token or a store the environment names.
             .env_remove("ENTENTE_KEYSTORE_KEY")
             .env_remove("ENTENTE_KEYSTORE_PASSPHRASE")
+            .env_remove(entente_keystore::pkcs11::MODULE_ENV)
+            .env_remove(entente_keystore::pkcs11::TOKEN_ENV)
+            .env_remove(entente_keystore::pkcs11::PIN_ENV)
+            .env_remove(crate::keystores::CA_ENV)
+            .env_remove(crate::keystores::AUDIT_ENV)
+            .env_remove(crate::keystores::DATA_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)

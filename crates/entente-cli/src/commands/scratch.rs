@@ -56,7 +56,7 @@ impl ScratchHub {
         let dir = tempfile::tempdir().context("creating a temporary directory")?;
         let hub_dir = dir.path().join("hub");
         let listen = "127.0.0.1:0".parse().ok();
-        let data = DataDir::open_or_init(&hub_dir, listen, Some(trust_domain), SystemTime::now())?;
+        let data = DataDir::scratch(&hub_dir, listen, trust_domain, SystemTime::now())?;
         let mut config = data.hub_config(false)?;
         configure(&mut config);
         let hub = Hub::start(config, data.ca.clone(), data.store.clone())
