@@ -369,10 +369,34 @@ async fn approve_inner<R>(
         };
         permit(services, caller, Action::Approve, &requester, now_ms, &what)?;
     }
+    if verdict == Verdict::Approve && services.anomaly.quarantined(&requester).is_some() {
+        return Err(RpcError::Precondition(format!(
+            "`{requester}` is quarantined: its request {id} can't be approved while it is"
+        )));
+    }
+    // Earlier approvals count only while their approvers stand: not revoked, not
+    // quarantined, still permitted to approve the requester.
+    let revocations = services.revocations.current();
+    let requester_resource = Resource::principal(&requester);
+    let standing = |approver: &Principal| {
+        !revocations
+            .as_ref()
+            .is_some_and(|list| list.is_principal_revoked(approver))
+            && services.anomaly.quarantined(approver).is_none()
+            && services
+                .authz
+                .decide(
+                    &Subject::new(approver.clone(), Vec::<String>::new()),
+                    Action::Approve,
+                    &requester_resource,
+                    now_ms,
+                )
+                .is_ok()
+    };
     let outcome = services
         .authz
         .change_grants(&services.registry, |book, policies| {
-            book.decide(policies, id, &approval, now_ms)
+            book.decide_standing(policies, id, &approval, now_ms, standing)
         })
         .await
         .map_err(change_error)?;

@@ -260,16 +260,25 @@ pub(crate) async fn approve<R: Router>(
             .as_ref()
             .is_some_and(|list| list.is_principal_revoked(p))
     };
+    let quarantined = |p: &Principal| services.anomaly.quarantined(p).is_some();
     let (envelope, statement) = (approval.statement().object_hash, *approval.digest());
     let outcome = holds
         .decide(&id, &approval, now_ms, |sender, channel, approvers| {
             if revoked(sender) {
                 return Verdicts::Denied(format!("its sender `{sender}` is revoked"));
             }
-            // Only approvals of principals still permitted, and not revoked, count.
+            if quarantined(sender) {
+                return Verdicts::Denied(format!("its sender `{sender}` is quarantined"));
+            }
+            // Only approvals of principals still permitted, neither revoked nor quarantined,
+            // count.
             let standing: Vec<Principal> = approvers
                 .iter()
-                .filter(|a| !revoked(a) && permitted_approver(services, a, channel, now_ms).is_ok())
+                .filter(|a| {
+                    !revoked(a)
+                        && !quarantined(a)
+                        && permitted_approver(services, a, channel, now_ms).is_ok()
+                })
                 .cloned()
                 .collect();
             authz.decide_held(sender, channel, &standing, now_ms)

@@ -429,3 +429,78 @@ async fn a_stored_book_that_does_not_decode_is_a_start_error() {
     assert!(matches!(err, HubError::StoredGrants(_)), "{err}");
     assert!(err.to_string().contains("grant book"), "{err}");
 }
+
+/// An approval counts only while its approver stands: revoked or quarantined since, it is
+/// kept in the request's history but no longer counts towards the M.
+#[tokio::test]
+async fn approvals_of_approvers_cut_off_since_no_longer_count() {
+    let ca = TestCa::new();
+    let hub = Hub::start(config(), ca.ca.clone(), ca.store())
+        .await
+        .unwrap();
+    let eve = enroll(&hub, "ops", "eve").await;
+    let (ann, bob) = (human(&hub, "ann").await, human(&hub, "bob").await);
+    let (carl, dan) = (human(&hub, "carl").await, human(&hub, "dan").await);
+    let request = request_grant(&hub, &eve, "orders-read").await.unwrap();
+    let approved = |who: &Agent| statement(who, &request, Verdict::Approve);
+    let answer = approve(&hub, &ann, approved(&ann)).await.unwrap();
+    assert_eq!((answer.outcome.as_str(), answer.approvals), ("pending", 1));
+
+    // Ann revoked: bob's approval is the only one that counts.
+    let mut revocations = entente_ca::Revocations::new();
+    revocations.revoke_principal(&ann.principal);
+    let now = SystemTime::now();
+    let list = ca.ca.sign_revocations(&revocations, now).unwrap();
+    let verified = entente_ca::VerifiedRevocationList::verify(list, ca.trust(), now).unwrap();
+    hub.revoke(verified).await.unwrap();
+    let answer = approve(&hub, &bob, approved(&bob)).await.unwrap();
+    assert_eq!((answer.outcome.as_str(), answer.approvals), ("pending", 1));
+
+    // Bob quarantined: carl's is the only one that counts.
+    let quarantined: entente_wire::QuarantineResponse = dan
+        .connect(&hub)
+        .await
+        .unary(
+            entente_hub::QUARANTINE_PATH,
+            entente_wire::QuarantineRequest {
+                impose: bob.principal.to_string(),
+                release: String::new(),
+                reason: "its key was seen on a paste site".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(quarantined.quarantined.len(), 1);
+    let answer = approve(&hub, &carl, approved(&carl)).await.unwrap();
+    assert_eq!((answer.outcome.as_str(), answer.approvals), ("pending", 1));
+
+    let answer = approve(&hub, &dan, approved(&dan)).await.unwrap();
+    assert_eq!(answer.outcome, "granted");
+    assert_eq!(
+        answer.grant.unwrap().approvers,
+        [carl.principal.to_string(), dan.principal.to_string()]
+    );
+
+    // A quarantined requester's request is not approved while it is.
+    let fay = enroll(&hub, "ops", "fay").await;
+    let request = request_grant(&hub, &fay, "orders-read").await.unwrap();
+    let _: entente_wire::QuarantineResponse = dan
+        .connect(&hub)
+        .await
+        .unary(
+            entente_hub::QUARANTINE_PATH,
+            entente_wire::QuarantineRequest {
+                impose: fay.principal.to_string(),
+                release: String::new(),
+                reason: "seen scanning".into(),
+            },
+        )
+        .await
+        .unwrap();
+    refused(
+        approve(&hub, &carl, statement(&carl, &request, Verdict::Approve)).await,
+        Code::FailedPrecondition,
+        "is quarantined",
+    );
+    hub.shutdown().await;
+}

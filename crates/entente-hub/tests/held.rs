@@ -737,3 +737,63 @@ async fn an_approval_by_a_principal_revoked_since_no_longer_counts() {
     assert_eq!(answer.outcome, "released");
     hub.shutdown().await;
 }
+
+/// A quarantined sender's held message is not released, whatever the approvals; a
+/// quarantined approver's approval no longer counts.
+#[tokio::test]
+async fn quarantine_stops_a_release_and_an_approvers_count() {
+    let ca = TestCa::new();
+    let root = human(&ca, "root");
+    let config = HubConfig {
+        admins: vec![root.principal.clone()],
+        ..held_config()
+    };
+    let hub = start(&ca, config).await;
+    let (alice, bob) = (ca.agent("shop", "alice"), ca.agent("shop", "bob"));
+    let (ops1, ops2, ops3) = (human(&ca, "ops1"), human(&ca, "ops2"), human(&ca, "ops3"));
+    let quarantine = |who: &Agent| {
+        let (root, who) = (&root, who.principal.to_string());
+        let hub = &hub;
+        async move {
+            let _: entente_wire::QuarantineResponse = root
+                .connect(hub)
+                .await
+                .unary(
+                    entente_hub::QUARANTINE_PATH,
+                    entente_wire::QuarantineRequest {
+                        impose: who,
+                        release: String::new(),
+                        reason: "seen scanning".into(),
+                    },
+                )
+                .await
+                .unwrap();
+        }
+    };
+
+    // Bob's wire: ops1 approves, then is quarantined; ops2's approval is the one that counts.
+    let mut session = bob.session(&hub).await;
+    hold_one(&mut session, &bob, 1, b"pay").await;
+    drop(session);
+    let shown = list(&hub, &ops1).await;
+    let approved = |who: &Agent| statement(who, &shown[0], Verdict::Approve);
+    let answer = approve(&hub, &ops1, approved(&ops1)).await.unwrap();
+    assert_eq!(answer.outcome, "pending");
+    quarantine(&ops1).await;
+    let answer = approve(&hub, &ops2, approved(&ops2)).await.unwrap();
+    assert_eq!(answer.outcome, "pending");
+    let answer = approve(&hub, &ops3, approved(&ops3)).await.unwrap();
+    assert_eq!(answer.outcome, "released");
+
+    // Alice's wire, alice quarantined since: rejected at the approval that would release it.
+    let mut session = alice.session(&hub).await;
+    hold_one(&mut session, &alice, 1, b"pay").await;
+    drop(session);
+    let shown = list(&hub, &ops2).await;
+    let pending = shown.iter().find(|h| h.state == "pending").unwrap();
+    let approved = |who: &Agent| statement(who, pending, Verdict::Approve);
+    quarantine(&alice).await;
+    let answer = approve(&hub, &ops2, approved(&ops2)).await.unwrap();
+    assert_eq!(answer.outcome, "rejected");
+    hub.shutdown().await;
+}

@@ -675,6 +675,22 @@ impl GrantBook {
         approval: &VerifiedApproval,
         now_ms: u64,
     ) -> Result<Outcome, GrantError> {
+        self.decide_standing(policies, id, approval, now_ms, |_| true)
+    }
+
+    /// [`decide`](Self::decide), where an earlier approval counts only if `standing` says its
+    /// approver still may (neither revoked nor quarantined, still permitted to approve): an
+    /// approver cut off since its approval no longer counts towards the M. The approval being
+    /// decided is the caller's to check. Approvals that no longer count stay in the request's
+    /// history; the grant names the approvers that counted.
+    pub fn decide_standing(
+        &mut self,
+        policies: &PolicySet,
+        id: RequestId,
+        approval: &VerifiedApproval,
+        now_ms: u64,
+        standing: impl Fn(&Principal) -> bool,
+    ) -> Result<Outcome, GrantError> {
         let request = self
             .requests
             .get(&id)
@@ -698,7 +714,9 @@ impl GrantBook {
         let definition = definition(policies, &request.name)?;
         check_duration(definition, request.duration_ms)?;
         let required = request.required.max(definition.approvals);
-        let approvals = request.approval_count().saturating_add(1);
+        let counted = |a: &ApprovalRecord| a.verdict == Verdict::Approve && standing(&a.approver);
+        let earlier = request.approvals.iter().filter(|a| counted(a)).count();
+        let approvals = u32::try_from(earlier).unwrap_or(u32::MAX).saturating_add(1);
         if approvals < required {
             let request = self
                 .requests
@@ -713,6 +731,13 @@ impl GrantBook {
         }
 
         let not_after_ms = end_after(now_ms, request.duration_ms)?;
+        let mut approvers: Vec<Principal> = request
+            .approvals
+            .iter()
+            .filter(|a| counted(a))
+            .map(|a| a.approver.clone())
+            .collect();
+        approvers.push(approval.approver().clone());
         self.check_room_for_grant(&request.requester, now_ms)?;
         let grant_id = GrantId(self.next_grant);
         let request = self
@@ -733,12 +758,7 @@ impl GrantBook {
             reason: request.reason.clone(),
             granted_by: GrantedBy::Request {
                 request: id,
-                approvers: request
-                    .approvals
-                    .iter()
-                    .filter(|a| a.verdict == Verdict::Approve)
-                    .map(|a| a.approver.clone())
-                    .collect(),
+                approvers,
             },
         };
         self.insert_grant(grant.clone());
