@@ -489,6 +489,12 @@ impl Stream {
             StreamLog::open(dir.join("entries"), StreamOptions::default()).map_err(stream_error)?;
         let dead =
             StreamLog::open(dir.join("dead"), StreamOptions::default()).map_err(stream_error)?;
+        for (what, recovery) in [
+            ("entries", log.recovery()),
+            ("dead letters", dead.recovery()),
+        ] {
+            report_cut(&config.name, what, recovery, auditor)?;
+        }
         let consumers = load_consumers(&dir.join("consumers"), log.first_seq())?;
         let stream = Self {
             kept_entries: AtomicU64::new(log.len()),
@@ -891,6 +897,50 @@ async fn delivery(
             () = outbound.closed() => return,
         }
     }
+}
+
+/// Says a cut made at open, in the hub's log and its audit log: a torn write (no entry in the
+/// cut) or damage that read as one (entries in it), with where the cut bytes were kept.
+fn report_cut(
+    stream: &str,
+    what: &str,
+    recovery: &entente_store::stream::StreamRecovery,
+    auditor: &Auditor,
+) -> Result<(), HubError> {
+    let (Some((segment, offset)), Some((kept, bytes))) = (&recovery.cut, &recovery.kept) else {
+        return Ok(());
+    };
+    let entries = recovery.entries_in_cut;
+    let detail = format!(
+        "{what}: {} cut at byte {offset} from sequence {}; {bytes} bytes kept in {}; {entries} \
+         complete entries in them{}",
+        segment.display(),
+        recovery.cut_from_seq,
+        kept.display(),
+        if entries == 0 {
+            " (a write a crash cut short)"
+        } else {
+            " (a bad frame before complete ones: most likely damage; the kept copy holds them)"
+        }
+    );
+    if entries == 0 {
+        tracing::warn!(stream, %detail, "a durable channel's torn write was cut at open");
+    } else {
+        tracing::error!(stream, %detail, "a durable channel was cut at open, losing entries");
+    }
+    let event = entente_audit::Event::Admin(entente_audit::Admin {
+        operation: crate::audit::clear("durable-channel-repaired"),
+        target: crate::audit::clear(stream),
+        detail: crate::audit::clear(&detail),
+    });
+    auditor
+        .submit(
+            crate::audit::HUB_ACTOR,
+            entente_audit::Outcome::Failed,
+            event,
+        )
+        .map(drop)
+        .map_err(|_| HubError::Audit("recording a durable channel's repair".into()))
 }
 
 /// What to send `consumer` now, with entries up to `end` appended: redeliveries due at `now`

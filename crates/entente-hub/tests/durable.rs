@@ -611,3 +611,78 @@ async fn an_archive_of_everything_keeps_no_ones_directs() {
     nothing_within(&mut all, Duration::from_millis(300)).await;
     assert_eq!(hub.stats().durable_stored, 1);
 }
+
+/// An entry whose length field was damaged near the end of the last segment reads as a torn
+/// write and is cut at start, with the entries after it: not quietly. The cut bytes are kept
+/// beside the segment, and the audit log says where, and how many entries they hold.
+#[tokio::test]
+async fn a_cut_at_start_is_kept_and_recorded() {
+    let dir = TempDir::new().unwrap();
+    let streams = dir.path().join("streams");
+    let hub = TestHub::builder()
+        .policies(POLICIES)
+        .audited(&dir.path().join("audit"))
+        .config(move |c| {
+            c.streams = vec![orders(|_| {})];
+            c.streams_dir = Some(streams);
+        })
+        .start()
+        .await
+        .unwrap();
+    let bob = hub.connect_agent("shop", "bob").await.unwrap();
+    for i in 0..6 {
+        bob.publish("orders.eu", format!("order {i}"))
+            .await
+            .unwrap();
+    }
+    bob.close().await;
+    let (ca, config, store) = (
+        hub.ca().ca().clone(),
+        hub.config().clone(),
+        hub.store().clone(),
+    );
+    hub.shutdown().await;
+
+    // The fourth entry's length made to run past the end of its segment.
+    let entries = dir.path().join("streams/orders/entries");
+    let segment = std::fs::read_dir(&entries)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let mut at = 0;
+    for _ in 0..3 {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        at += 20 + len + 8;
+    }
+    bytes[at] = 0x7f;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let hub = entente_hub::Hub::start(config, ca, store).await.unwrap();
+    let (records, _) = hub.audit_records(0, 100_000).await.unwrap().unwrap();
+    let repaired: Vec<String> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Admin(a) if a.operation.as_clear() == Some("durable-channel-repaired") => {
+                Some(a.detail.as_clear().unwrap().to_owned())
+            }
+            _ => None,
+        })
+        .collect();
+    let [detail] = repaired.as_slice() else {
+        panic!("{repaired:?}")
+    };
+    assert!(
+        detail.contains(&format!("cut at byte {at} from sequence 4")),
+        "{detail}"
+    );
+    assert!(detail.contains("2 complete entries"), "{detail}");
+    let kept = std::fs::read_dir(&entries)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains(".cut-"))
+        .unwrap();
+    assert_eq!(std::fs::read(kept).unwrap(), bytes[at..].to_vec());
+    hub.shutdown().await;
+}

@@ -25,7 +25,10 @@
 //!
 //! **Opening** reads every frame and checks it. After a crash the last segment may end in an
 //! incomplete or unchecked frame that was never reported durable (an append returns only after
-//! its `fdatasync`); it is cut off and reported ([`StreamLog::recovery`]). A bad frame anywhere
+//! its `fdatasync`); it is cut off and reported ([`StreamLog::recovery`]). Damage to a frame's
+//! length near the end looks the same, so what is cut is first copied beside the segment
+//! (`<segment>.cut-<offset>-<n>`, owner-only), and the recovery counts the complete entries the
+//! cut bytes still hold (a torn write leaves none after its first bad frame). A bad frame anywhere
 //! else, a gap in the sequence, or a segment whose name disagrees with its first frame is
 //! corruption: the stream is refused, never half-loaded ([`StreamError::Corrupt`]).
 //!
@@ -105,6 +108,13 @@ pub enum StreamError {
 pub struct StreamRecovery {
     /// The segment whose tail was cut, and the offset where it was cut.
     pub cut: Option<(PathBuf, u64)>,
+    /// Where the bytes cut off were kept, and how many there were.
+    pub kept: Option<(PathBuf, u64)>,
+    /// The sequence the first bad frame should have had.
+    pub cut_from_seq: u64,
+    /// Complete, checked entries found in the cut bytes after the first bad one: none after
+    /// a torn write; more says the cut was damage, and the kept copy holds them.
+    pub entries_in_cut: u64,
 }
 
 /// One entry read back.
@@ -503,11 +513,19 @@ impl StreamLog {
                     expected += 1;
                 }
                 Err(_) if last && torn(bytes.get(at..).unwrap_or_default()) => {
-                    // Never reported durable: an append returns after its fdatasync.
+                    // Never reported durable (an append returns after its fdatasync), unless
+                    // damage looks like a torn write: kept beside the segment before the cut.
+                    let rest = bytes.get(at..).unwrap_or_default();
+                    let kept = keep_cut(&path, at as u64, rest)?;
                     file.set_len(at as u64)
                         .and_then(|()| file.sync_all())
                         .map_err(|e| io("cut the torn tail of", &path, e))?;
-                    self.recovery.cut = Some((path.clone(), at as u64));
+                    self.recovery = StreamRecovery {
+                        cut: Some((path.clone(), at as u64)),
+                        kept: Some((kept, rest.len() as u64)),
+                        cut_from_seq: expected,
+                        entries_in_cut: entries_after(rest, expected),
+                    };
                     break;
                 }
                 Err(reason) => {
@@ -548,6 +566,66 @@ fn torn(rest: &[u8]) -> bool {
     let (len, _, _) = parse_header(&header);
     let end = HEADER_LEN as u64 + u64::from(len) + CHECK_LEN as u64;
     end >= rest.len() as u64
+}
+
+/// How many complete, checked frames `rest` holds after its first byte, numbered after
+/// `expected`: the entries a cut of `rest` would drop that a torn write can't explain.
+fn entries_after(rest: &[u8], expected: u64) -> u64 {
+    let mut found = 0;
+    let mut at = 1;
+    while let Some(header) = rest
+        .get(at..at + HEADER_LEN)
+        .and_then(|h| <[u8; HEADER_LEN]>::try_from(h).ok())
+    {
+        let (_, seq, _) = parse_header(&header);
+        // Only a sequence that could follow is worth checking (one hash each).
+        let plausible = seq > expected && seq - expected <= rest.len() as u64;
+        match plausible
+            .then(|| check_frame(rest.get(at..).unwrap_or_default(), seq))
+            .and_then(Result::ok)
+        {
+            Some((_, frame_len)) => {
+                found += 1;
+                at += frame_len;
+            }
+            None => at += 1,
+        }
+    }
+    found
+}
+
+/// Copies `rest`, cut from `segment` at `offset`, to a new file beside it (owner-only,
+/// synced with its directory); returns its path.
+fn keep_cut(segment: &Path, offset: u64, rest: &[u8]) -> Result<PathBuf, StreamError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = segment.parent().unwrap_or(Path::new("."));
+    let name = segment
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for n in 0u32..1000 {
+        let path = dir.join(format!("{name}.cut-{offset}-{n}"));
+        let mut out = match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io("create", &path, e)),
+        };
+        out.write_all(rest)
+            .and_then(|()| out.sync_all())
+            .map_err(|e| io("keep what is cut in", &path, e))?;
+        sync_dir(dir)?;
+        return Ok(path);
+    }
+    Err(io(
+        "create",
+        dir,
+        std::io::Error::new(std::io::ErrorKind::AlreadyExists, "too many kept cuts"),
+    ))
 }
 
 fn push_frame(buf: &mut Vec<u8>, seq: u64, time_ms: u64, payload: &[u8]) {
@@ -794,6 +872,45 @@ mod tests {
         drop(log);
         let log = StreamLog::open(tmp.path(), small()).unwrap();
         assert_eq!((log.first_seq(), log.next_seq()), (1, 31));
+    }
+
+    /// A length field damaged so its frame runs past the end reads as a torn write: the
+    /// cut is kept beside the segment, byte for byte and owner-only, and the entries it still
+    /// holds are counted, so the report tells damage from a crash.
+    #[test]
+    fn what_a_cut_drops_is_kept_and_its_entries_counted() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = StreamLog::open(tmp.path(), StreamOptions::default()).unwrap();
+        append(&mut log, &payloads(6, "e"), 1);
+        let path = log.segments[0].path.clone();
+        let third = log.segments[0].offsets[2] as usize;
+        drop(log);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[third] = 0x7f;
+        fs::write(&path, &bytes).unwrap();
+
+        let log = StreamLog::open(tmp.path(), StreamOptions::default()).unwrap();
+        assert_eq!(log.next_seq(), 3);
+        let recovery = log.recovery().clone();
+        assert_eq!(recovery.cut, Some((path.clone(), third as u64)));
+        assert_eq!((recovery.cut_from_seq, recovery.entries_in_cut), (3, 3));
+        let (kept, len) = recovery.kept.unwrap();
+        assert_eq!(len, (bytes.len() - third) as u64);
+        assert_eq!(fs::read(&kept).unwrap(), bytes[third..].to_vec());
+        let mode = fs::metadata(&kept).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        drop(log);
+        // The kept copy is not a segment: the stream opens as cut.
+        let log = StreamLog::open(tmp.path(), StreamOptions::default()).unwrap();
+        assert_eq!(
+            (log.next_seq(), log.recovery().clone()),
+            (3, StreamRecovery::default())
+        );
+
+        // A torn write holds no entry after its first bad one.
+        assert_eq!(entries_after(&bytes[third..third + 30], 3), 0);
+        assert_eq!(entries_after(&[0; 100], 3), 0);
     }
 
     #[test]
