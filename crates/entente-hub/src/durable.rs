@@ -443,10 +443,12 @@ impl Streams {
     pub(crate) fn oldest_key_version(&self, keys: &DataKeys) -> u32 {
         let mut oldest = keys.current_version();
         for stream in &self.streams {
-            for log in [&stream.log, &stream.dead] {
+            // A dead letter is its entry's sequence (8 bytes), then the entry as stored.
+            for (log, skip) in [(&stream.log, 0), (&stream.dead, 8)] {
                 let log = lock(log);
                 if let Ok(Some(entry)) = log.read(log.first_seq()) {
-                    let version = DataKeys::version_of(&entry.payload).unwrap_or(oldest);
+                    let sealed = entry.payload.get(skip..).unwrap_or_default();
+                    let version = DataKeys::version_of(sealed).unwrap_or(oldest);
                     oldest = oldest.min(version);
                 }
             }
@@ -759,19 +761,35 @@ impl Stream {
     }
 
     /// Moves entry `seq` to the dead-letter log (as stored, with its sequence) and records it.
-    fn dead_letter(&self, seq: u64, consumer: &Consumer, attempts: u32) {
-        let sealed = lock(&self.log).read(seq).ok().flatten();
-        if let Some(entry) = sealed {
-            let mut payload = seq.to_be_bytes().to_vec();
-            payload.extend_from_slice(&entry.payload);
-            let _ = lock(&self.dead).append_all(&[&payload], now_ms());
+    /// Moves entry `seq` (as stored, sealed) to the dead-letter log and records it; `false`
+    /// if it could not be read or written (nothing is recorded then: the entry stays the
+    /// consumer's, tried again after the channel's `ack_wait`). An entry already purged is
+    /// gone: nothing to move.
+    fn dead_letter(&self, seq: u64, consumer: &str, attempts: u32) -> bool {
+        let moved = match lock(&self.log).read(seq) {
+            Ok(Some(entry)) => {
+                let mut payload = seq.to_be_bytes().to_vec();
+                payload.extend_from_slice(&entry.payload);
+                lock(&self.dead).append_all(&[&payload], now_ms()).is_ok()
+            }
+            Ok(None) => return true,
+            Err(_) => false,
+        };
+        if !moved {
+            stats::bump(&self.stats.durable_failures);
+            tracing::error!(
+                stream = %self.config.name,
+                seq,
+                "an entry could not be moved to the dead-letter log; it stays pending"
+            );
+            return false;
         }
         stats::bump(&self.stats.durable_dead_letters);
         let event = entente_audit::Event::Admin(entente_audit::Admin {
             operation: crate::audit::clear("dead-letter"),
             target: crate::audit::clear(&format!(
-                "{}#{seq} for consumer `{}`",
-                self.config.name, consumer.name
+                "{}#{seq} for consumer `{consumer}`",
+                self.config.name
             )),
             detail: crate::audit::clear(&format!("not acknowledged after {attempts} deliveries")),
         });
@@ -780,6 +798,7 @@ impl Stream {
             entente_audit::Outcome::Failed,
             event,
         );
+        true
     }
 }
 
@@ -993,9 +1012,21 @@ async fn send(
         state.dirty = true;
         attempt
     };
+    let retry_later = || {
+        lock(&consumer.state)
+            .in_flight
+            .insert(seq, Instant::now() + stream.config.ack_wait);
+    };
     if attempt > stream.config.max_deliver {
-        stream.dead_letter(seq, consumer, attempt - 1);
-        lock(&consumer.state).finish(seq);
+        let dead_letter = {
+            let (stream, name) = (stream.clone(), consumer.name.clone());
+            tokio::task::spawn_blocking(move || stream.dead_letter(seq, &name, attempt - 1))
+        };
+        if dead_letter.await.unwrap_or(false) {
+            lock(&consumer.state).finish(seq);
+        } else {
+            retry_later();
+        }
         return true;
     }
     let read = {
@@ -1009,10 +1040,11 @@ async fn send(
             return true;
         }
         Ok(Err(_)) | Err(_) => {
-            // An entry that does not open is no delivery: counted, and finished so that the
-            // consumer moves on (the stream was checked at open; this is damage since).
+            // An entry that can't be read or opened is no delivery: counted, and tried again
+            // after `ack_wait` like one unacknowledged, until it goes to the dead-letter log
+            // as stored (a read that failed once may not fail again).
             stats::bump(&stream.stats.durable_failures);
-            lock(&consumer.state).finish(seq);
+            retry_later();
             return true;
         }
     };
@@ -1211,10 +1243,8 @@ mod tests {
         assert_eq!(held(&streams), (1, MIB.len()));
     }
 
-    /// The stream's writer (its tick) and a consumer's delivery take the log's lock and the
-    /// consumer's state's: never one under the other in opposite orders.
-    #[tokio::test]
-    async fn the_writers_tick_and_a_delivery_never_wait_for_each_other() {
+    /// A stream `orders` capturing `orders.>`, in a new directory, its writer not started.
+    async fn stream() -> (tempfile::TempDir, Arc<Stream>, Arc<DataKeys>) {
         use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock};
         let dir = tempfile::tempdir().unwrap();
         let keystore = LocalKeyStore::create(
@@ -1242,6 +1272,14 @@ mod tests {
             )
             .unwrap(),
         );
+        (dir, stream, keys)
+    }
+
+    /// The stream's writer (its tick) and a consumer's delivery take the log's lock and the
+    /// consumer's state's: never one under the other in opposite orders.
+    #[tokio::test]
+    async fn the_writers_tick_and_a_delivery_never_wait_for_each_other() {
+        let (_dir, stream, _) = stream().await;
         let owner = Principal::parse("spiffe://acme.internal/agent/shop/alice").unwrap();
         let pattern = ChannelPattern::parse("orders.eu").unwrap();
         let consumer = stream.hold("worker", &owner, &pattern, 1).unwrap();
@@ -1268,6 +1306,41 @@ mod tests {
         }
         ticks.join().unwrap();
         plans.join().unwrap();
+    }
+
+    /// An entry that can't be read is not moved to the dead-letter log, nor counted as moved:
+    /// it stays the consumer's, to be tried again.
+    #[tokio::test]
+    async fn a_dead_letter_that_can_not_be_moved_stays_pending() {
+        let (_dir, stream, keys) = stream().await;
+        assert!(stream.append(&[b"entry".to_vec()]));
+        assert!(stream.dead_letter(1, "worker", 5));
+        // What a dead letter was sealed under is read past its sequence.
+        let streams = Streams {
+            streams: vec![stream.clone()],
+            ..Streams::default()
+        };
+        assert_eq!(streams.oldest_key_version(&keys), keys.current_version());
+        assert_eq!(stream.stats.durable_dead_letters.load(Ordering::Relaxed), 1);
+        assert!(stream.append(&[b"entry".to_vec()]));
+        // The entry's bytes gone from under the log: it can't be read.
+        let segment = std::fs::read_dir(stream.dir.join("entries"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "seg"))
+            .unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(segment)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        assert!(!stream.dead_letter(2, "worker", 5));
+        assert_eq!(stream.stats.durable_dead_letters.load(Ordering::Relaxed), 1);
+        assert_eq!(stream.stats.durable_failures.load(Ordering::Relaxed), 1);
+        // An entry purged since is gone: nothing to move, nothing counted.
+        assert!(stream.dead_letter(99, "worker", 5));
+        assert_eq!(stream.stats.durable_dead_letters.load(Ordering::Relaxed), 1);
     }
 
     #[test]
