@@ -497,7 +497,7 @@ impl Stream {
         ] {
             report_cut(&config.name, what, recovery, auditor)?;
         }
-        let consumers = load_consumers(&dir.join("consumers"), log.first_seq())?;
+        let consumers = load_consumers(&dir.join("consumers"), (log.first_seq(), log.next_seq()))?;
         let stream = Self {
             kept_entries: AtomicU64::new(log.len()),
             kept_bytes: AtomicU64::new(log.bytes()),
@@ -720,7 +720,16 @@ impl Stream {
             }
         }
         let first = log.first_seq();
+        // A consumer's floor never reaches the disk ahead of the entries it passed (buffered
+        // appends, `sync` at an interval): after a crash, sequences under it would be handed
+        // out again and skipped.
+        let dirty = consumers.iter().any(|c| lock(&c.state).dirty);
+        let synced = !dirty || log.sync().is_ok();
         drop(log);
+        if !synced {
+            stats::bump(&self.stats.durable_failures);
+            return;
+        }
         let dir = self.dir.join("consumers");
         for consumer in consumers {
             let changed = {
@@ -1073,7 +1082,10 @@ async fn send(
 // === consumers on disk ===
 
 /// Loads the consumers saved in `dir`; a file that does not parse stops the hub.
-fn load_consumers(dir: &Path, first: u64) -> Result<BTreeMap<String, Arc<Consumer>>, HubError> {
+fn load_consumers(
+    dir: &Path,
+    (first, next): (u64, u64),
+) -> Result<BTreeMap<String, Arc<Consumer>>, HubError> {
     let mut consumers = BTreeMap::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -1092,7 +1104,7 @@ fn load_consumers(dir: &Path, first: u64) -> Result<BTreeMap<String, Arc<Consume
         }
         let text = std::fs::read_to_string(&path)
             .map_err(|e| HubError::Durable(format!("reading `{}`: {e}", path.display())))?;
-        let consumer = parse_consumer(&text, first).ok_or_else(|| {
+        let consumer = parse_consumer(&text, first, next).ok_or_else(|| {
             HubError::Durable(format!(
                 "the durable consumer state `{}` is corrupt",
                 path.display()
@@ -1105,7 +1117,7 @@ fn load_consumers(dir: &Path, first: u64) -> Result<BTreeMap<String, Arc<Consume
 
 /// `entente-consumer v1`, then `name`, `owner`, `pattern`, `floor`, `done` (sequences) and
 /// `attempts` (`seq:n`) lines.
-fn parse_consumer(text: &str, first: u64) -> Option<Consumer> {
+fn parse_consumer(text: &str, first: u64, next: u64) -> Option<Consumer> {
     let mut lines = text.lines();
     if lines.next()? != "entente-consumer v1" {
         return None;
@@ -1133,11 +1145,18 @@ fn parse_consumer(text: &str, first: u64) -> Option<Consumer> {
     if !valid_name(&name) {
         return None;
     }
+    // Nothing stored is past the stream's end (written before the entries reached the disk,
+    // by an earlier version): what comes next is delivered.
+    let floor = floor.min(next);
     let consumer = Consumer::new(&name, &owner, &pattern, floor);
     {
         let mut state = lock(&consumer.state);
-        state.done = done.into_iter().filter(|&s| s >= floor).collect();
+        state.done = done
+            .into_iter()
+            .filter(|&s| s >= floor && s < next)
+            .collect();
         state.attempts = attempts?;
+        state.attempts.retain(|&s, _| s < next);
         state.dirty = false;
         state.advance_to(first);
     }
@@ -1245,6 +1264,11 @@ mod tests {
 
     /// A stream `orders` capturing `orders.>`, in a new directory, its writer not started.
     async fn stream() -> (tempfile::TempDir, Arc<Stream>, Arc<DataKeys>) {
+        stream_with(StreamSync::Always).await
+    }
+
+    /// [`stream`], its appends synced as `sync` says.
+    async fn stream_with(sync: StreamSync) -> (tempfile::TempDir, Arc<Stream>, Arc<DataKeys>) {
         use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock};
         let dir = tempfile::tempdir().unwrap();
         let keystore = LocalKeyStore::create(
@@ -1261,7 +1285,10 @@ mod tests {
                 .await
                 .unwrap(),
         );
-        let config = StreamConfig::new("orders", ChannelPattern::parse("orders.>").unwrap());
+        let config = StreamConfig {
+            sync,
+            ..StreamConfig::new("orders", ChannelPattern::parse("orders.>").unwrap())
+        };
         let stream = Arc::new(
             Stream::open(
                 config,
@@ -1306,6 +1333,34 @@ mod tests {
         }
         ticks.join().unwrap();
         plans.join().unwrap();
+    }
+
+    /// With appends synced at an interval, a consumer's floor is saved only once the entries
+    /// under it are on disk; one stored past the stream's end is brought back to it.
+    #[tokio::test]
+    async fn a_consumers_floor_is_saved_only_behind_synced_entries() {
+        let (dir, stream, _) = stream_with(StreamSync::Every(Duration::from_secs(3600))).await;
+        let root = dir.path().join("streams");
+        let owner = Principal::parse("spiffe://acme.internal/agent/shop/alice").unwrap();
+        let pattern = ChannelPattern::parse("orders.eu").unwrap();
+        let consumer = stream.hold("worker", &owner, &pattern, 1).unwrap();
+        // Another consumer behind: nothing is purged, which would sync too.
+        let _behind = stream.hold("auditor", &owner, &pattern, 2).unwrap();
+        assert!(stream.append(&[b"one".to_vec(), b"two".to_vec()]));
+        assert!(!lock(&stream.log).is_synced());
+        lock(&consumer.state).finish(1);
+        stream.tick();
+        assert!(
+            lock(&stream.log).is_synced(),
+            "synced before the floor was saved"
+        );
+        let saved = std::fs::read_to_string(root.join("orders/consumers/worker.state")).unwrap();
+        assert!(saved.contains("floor 2"), "{saved}");
+
+        // A state saved past the end (floor 9 of a stream whose next is 3) starts at the end.
+        let text = saved.replace("floor 2", "floor 9");
+        let loaded = parse_consumer(&text, 1, 3).unwrap();
+        assert_eq!(lock(&loaded.state).floor, 3);
     }
 
     /// An entry that can't be read is not moved to the dead-letter log, nor counted as moved:

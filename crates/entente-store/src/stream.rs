@@ -243,6 +243,12 @@ impl StreamLog {
         &self.recovery
     }
 
+    /// Whether every entry appended is on disk (no buffered append waits for a
+    /// [`sync`](Self::sync)).
+    pub fn is_synced(&self) -> bool {
+        !self.unsynced
+    }
+
     /// The first sequence kept; equal to [`next_seq`](Self::next_seq) when the stream is empty.
     pub fn first_seq(&self) -> u64 {
         self.first
@@ -424,6 +430,9 @@ impl StreamLog {
         if seq <= self.first {
             return Ok(());
         }
+        // The floor never reaches the disk ahead of the entries below it: after a crash the
+        // next sequence would be the floor, written after the entries left, in their segment.
+        self.sync()?;
         write_meta(&self.dir, seq)?;
         self.first = seq;
         let keep_from = self
@@ -856,6 +865,21 @@ mod tests {
                 assert_eq!(log.recovery().cut, Some((path.clone(), durable)));
             }
         }
+    }
+
+    /// A purge's floor never reaches the disk before the entries below it.
+    #[test]
+    fn a_purge_syncs_buffered_entries_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = StreamLog::open(tmp.path(), small()).unwrap();
+        append(&mut log, &payloads(2, "a"), 1);
+        for item in payloads(3, "b") {
+            log.append_all_buffered(&[&item], 1).unwrap();
+        }
+        assert!(!log.is_synced());
+        log.purge_to(4).unwrap();
+        assert!(log.is_synced());
+        assert_eq!((log.first_seq(), log.next_seq()), (4, 6));
     }
 
     #[test]
