@@ -9,7 +9,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, Read, Write};
 use std::ops::Range;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt as _, FileExt, MetadataExt, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use crate::{
@@ -178,7 +178,11 @@ impl AuditLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(AuditError::io("remove", &staging, e)),
         }
-        fs::create_dir_all(&staging).map_err(|e| AuditError::io("create", &staging, e))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&staging)
+            .map_err(|e| AuditError::io("create", &staging, e))?;
 
         let meta = Meta {
             origin: signer.verifier_key().name().to_owned(),
@@ -194,7 +198,7 @@ impl AuditLog {
             (META_FILE, meta.to_text().as_bytes()),
         ] {
             let path = staging.join(file);
-            let mut f = File::create(&path).map_err(|e| AuditError::io("create", &path, e))?;
+            let mut f = private_file(&path).map_err(|e| AuditError::io("create", &path, e))?;
             f.write_all(bytes)
                 .and_then(|()| f.sync_all())
                 .map_err(|e| AuditError::io("write", &path, e))?;
@@ -522,7 +526,7 @@ impl AuditLog {
         tmp_name.push(".tmp");
         let tmp = PathBuf::from(tmp_name);
         let io = |op, e| AuditError::io(op, path, e);
-        let mut out = std::io::BufWriter::new(File::create(&tmp).map_err(|e| io("create", e))?);
+        let mut out = std::io::BufWriter::new(private_file(&tmp).map_err(|e| io("create", e))?);
         let meta = self.meta.to_text();
         let mut head = Vec::new();
         head.extend_from_slice(crate::export::EXPORT_MAGIC.as_bytes());
@@ -751,6 +755,16 @@ fn sign_error(e: crate::CheckpointError) -> AuditError {
     }
 }
 
+/// Creates (or truncates) `path` for writing, owner-only (0600) if it is new.
+fn private_file(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
 fn open_rw(path: &Path) -> Result<File, AuditError> {
     OpenOptions::new()
         .read(true)
@@ -785,7 +799,6 @@ fn copy_range(file: &File, range: Range<u64>, out: &mut impl Write) -> std::io::
 /// Copies `range` of `file` to a new file `<name>.cut-<start>-<n>` in `dir` (owner-only, synced)
 /// and returns its path.
 fn keep_cut(dir: &Path, name: &str, file: &File, range: Range<u64>) -> Result<PathBuf, AuditError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     for n in 0u32..1000 {
         let path = dir.join(format!("{name}.cut-{}-{n}", range.start));
         let mut out = match OpenOptions::new()

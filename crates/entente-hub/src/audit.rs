@@ -199,7 +199,12 @@ impl Auditor {
                 AuditLog::open(&dir, Box::new(signer), key_copy, options)
             } else {
                 if let Some(parent) = dir.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| AuditError::Io {
+                    std::os::unix::fs::DirBuilderExt::mode(
+                        std::fs::DirBuilder::new().recursive(true),
+                        0o700,
+                    )
+                    .create(parent)
+                    .map_err(|e| AuditError::Io {
                         op: "create",
                         path: parent.to_path_buf(),
                         source: e,

@@ -252,11 +252,13 @@ fn write_snapshot(
     if let Some(snapshot) = latest.as_ref().filter(|s| s.size == size) {
         return Ok(snapshot.clone());
     }
-    std::fs::create_dir_all(dir).map_err(|e| AuditError::Io {
-        op: "create",
-        path: dir.to_path_buf(),
-        source: e,
-    })?;
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)
+        .map_err(|e| AuditError::Io {
+            op: "create",
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
     let path = dir.join(format!("{size}.export"));
     log.export(&path)?;
     let total = std::fs::metadata(&path)

@@ -1165,7 +1165,16 @@ fn parse_consumer(text: &str, first: u64, next: u64) -> Option<Consumer> {
 
 /// Writes `consumer`'s state atomically (a temporary file, synced, renamed).
 fn save_consumer(dir: &Path, consumer: &Consumer) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        if let Some(parent) = dir.parent() {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+    }
     let text = {
         let state = lock(&consumer.state);
         let mut text = format!(
@@ -1185,7 +1194,12 @@ fn save_consumer(dir: &Path, consumer: &Consumer) -> std::io::Result<()> {
     let path = dir.join(format!("{}.state", consumer.name));
     let temp = dir.join(format!(".{}.state.tmp", consumer.name));
     {
-        let mut file = std::fs::File::create(&temp)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)?;
         std::io::Write::write_all(&mut file, text.as_bytes())?;
         file.sync_all()?;
     }

@@ -686,3 +686,47 @@ async fn a_cut_at_start_is_kept_and_recorded() {
     assert_eq!(std::fs::read(kept).unwrap(), bytes[at..].to_vec());
     hub.shutdown().await;
 }
+
+/// What the hub keeps at rest — the audit log, its exports, durable channels and their
+/// consumers — is its owner's alone: directories 0700, files 0600, whatever the umask.
+#[tokio::test]
+async fn what_the_hub_keeps_at_rest_is_readable_by_its_owner_alone() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = TempDir::new().unwrap();
+    let (audit, streams) = (dir.path().join("audit"), dir.path().join("streams"));
+    let hub = TestHub::builder()
+        .policies(POLICIES)
+        .audited(&audit)
+        .config({
+            let streams = streams.clone();
+            move |c| {
+                c.streams = vec![orders(|_| {})];
+                c.streams_dir = Some(streams);
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let alice = hub.connect_agent("shop", "alice").await.unwrap();
+    let mut orders = alice.subscribe_durable("orders.>", "alice").await.unwrap();
+    let bob = hub.connect_agent("shop", "bob").await.unwrap();
+    bob.publish("orders.eu", "order 1").await.unwrap();
+    let m = next(&mut orders).await;
+    alice.ack(&m).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    hub.shutdown().await;
+
+    let mut seen = 0;
+    let mut stack = vec![audit, streams];
+    while let Some(path) = stack.pop() {
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        if path.is_dir() {
+            assert_eq!(mode, 0o700, "{}", path.display());
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            assert_eq!(mode, 0o600, "{}", path.display());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 6, "{seen} files");
+}

@@ -38,7 +38,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read as _, Write as _};
-use std::os::unix::fs::FileExt as _;
+use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::digest::{SHA256, digest};
@@ -167,7 +167,7 @@ impl StreamLog {
     /// checked (module docs).
     pub fn open(dir: impl AsRef<Path>, options: StreamOptions) -> Result<Self, StreamError> {
         let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir).map_err(|e| io("create", &dir, e))?;
+        private_dir(&dir)?;
         let meta = dir.join(META_FILE);
         let first = match fs::read(&meta) {
             Ok(bytes) => parse_meta(&meta, &bytes)?,
@@ -480,6 +480,7 @@ impl StreamLog {
             .truncate(true)
             .read(true)
             .write(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| io("create", &path, e))?;
         sync_dir(&self.dir)?;
@@ -606,7 +607,6 @@ fn entries_after(rest: &[u8], expected: u64) -> u64 {
 /// Copies `rest`, cut from `segment` at `offset`, to a new file beside it (owner-only,
 /// synced with its directory); returns its path.
 fn keep_cut(segment: &Path, offset: u64, rest: &[u8]) -> Result<PathBuf, StreamError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     let dir = segment.parent().unwrap_or(Path::new("."));
     let name = segment
         .file_name()
@@ -717,12 +717,41 @@ fn parse_meta(path: &Path, bytes: &[u8]) -> Result<u64, StreamError> {
 fn write_meta(dir: &Path, first: u64) -> Result<(), StreamError> {
     let path = dir.join(META_FILE);
     let temp = dir.join(".stream.meta.tmp");
-    let mut file = File::create(&temp).map_err(|e| io("create", &temp, e))?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(|e| io("create", &temp, e))?;
     file.write_all(format!("entente-stream v{STREAM_FORMAT}\nfirst {first}\n").as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(|e| io("write", &temp, e))?;
     fs::rename(&temp, &path).map_err(|e| io("rename", &path, e))?;
     sync_dir(dir)
+}
+
+/// Creates `dir` and its missing parents owner-only (0700), each synced into its parent so
+/// that a crash does not lose the new directory; an existing one is left as it is.
+fn private_dir(dir: &Path) -> Result<(), StreamError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        missing.push(path);
+        at = path.parent();
+    }
+    for path in missing.into_iter().rev() {
+        match fs::DirBuilder::new().mode(0o700).create(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io("create", path, e)),
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StreamError> {
