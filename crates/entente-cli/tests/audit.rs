@@ -719,10 +719,30 @@ fn exports_verify_offline_and_records_are_proven_against_the_key() {
         serde_json::from_str(&passes(&first, &["--key", &key, "--json"])).unwrap();
     assert_eq!(verified["size"], first_size);
 
+    // Owner-only; and links planted where the export and its checkpoint are written are
+    // replaced, never written through.
+    for file in [&first, &kept] {
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&fs::metadata(file).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+    }
+    let victim = tmp.path().join("victim");
+    fs::write(&victim, "untouched").unwrap();
+    let second = tmp.path().join("second.export");
+    for planted in ["second.export.part", "second.export.checkpoint"] {
+        std::os::unix::fs::symlink(&victim, tmp.path().join(planted)).unwrap();
+    }
+
     // A later export extends the kept checkpoint.
     hub.send("hello again");
-    let second = tmp.path().join("second.export");
     let v = hub.export(&second);
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "untouched");
+    assert!(
+        !fs::symlink_metadata(tmp.path().join("second.export.checkpoint"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     assert!(v["size"].as_u64().unwrap() > first_size, "{v}");
     let text = passes(&second, &["--key", &key, "--known", s(&kept)]);
     assert!(

@@ -41,7 +41,8 @@ impl Client {
     }
 
     /// Has the hub seal its audit log and export it (docs/AUDIT.md §6), and writes the export
-    /// to `out` (through a temporary file beside it, renamed into place once complete).
+    /// to `out` (through a temporary file beside it, owner-only and made new — never through
+    /// a file or link already there — renamed into place once complete).
     pub async fn audit_export(&self, out: impl AsRef<Path>) -> Result<AuditExport, Error> {
         let out = out.as_ref();
         let mut temp = out.as_os_str().to_owned();
@@ -111,7 +112,7 @@ impl Client {
             snapshot = chunk.snapshot;
             let writer = match file {
                 Some(writer) => writer,
-                None => file.insert(std::fs::File::create(temp).map_err(|e| io_error(temp, e))?),
+                None => file.insert(new_private_file(temp).map_err(|e| io_error(temp, e))?),
             };
             writer
                 .write_all(&chunk.chunk)
@@ -183,4 +184,21 @@ impl Client {
 
 fn io_error(path: &Path, e: std::io::Error) -> Error {
     Error::new(ErrorKind::Io, format!("writing `{}`", path.display())).with_source(e)
+}
+
+/// Makes `path` a new file, owner-only (0600): whatever was left there (an earlier run's
+/// temporary file, or a link another user planted to have the export written through it) is
+/// removed first, and the file is created only if nothing is there then.
+fn new_private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
 }

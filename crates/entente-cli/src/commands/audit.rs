@@ -166,8 +166,23 @@ fn export(at: &At, out: &Path, json: bool) -> Result<ExitCode> {
             .context("the checkpoint the hub sent with the export is malformed")?
             .size();
         let kept = checkpoint_file(out);
-        std::fs::write(&kept, &exported.checkpoint)
-            .with_context(|| format!("writing `{}`", kept.display()))?;
+        // Owner-only, through a new temporary file renamed over it: never written through a
+        // link already there.
+        let (dir, name) = (
+            kept.parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new(".")),
+            kept.file_name()
+                .and_then(|n| n.to_str())
+                .context("the export's name is not UTF-8")?,
+        );
+        entente_keystore::local::files::replace(
+            dir,
+            name,
+            exported.checkpoint.as_bytes(),
+            &aws_lc_rs::rand::SystemRandom::new(),
+        )
+        .with_context(|| format!("writing `{}`", kept.display()))?;
         if json {
             println!(
                 "{}",
