@@ -28,8 +28,8 @@ use std::time::SystemTime;
 use entente_audit::{GrantStage, Outcome as AuditOutcome};
 use entente_crypto::{ApprovalError, ApprovalIn, KeyBundleIn, ObjectKind, Verdict};
 use entente_policy::{
-    Action, Facts, Grant, GrantEnd, GrantError, GrantId, GrantRequest as BookRequest, GrantedBy,
-    NewGrant, NewRequest, Outcome, RequestId, RequestState, Resource, Subject,
+    Action, Grant, GrantEnd, GrantError, GrantId, GrantRequest as BookRequest, GrantedBy, NewGrant,
+    NewRequest, Outcome, RequestId, RequestState, Resource, Subject,
 };
 use entente_types::Principal;
 use entente_wire::{
@@ -626,7 +626,6 @@ fn list_inner<R>(
 struct View<'a, R> {
     services: &'a Services<R>,
     subject: Subject,
-    facts: Facts,
     now_ms: u64,
     /// `(admin, approve)` decisions by principal.
     decided: HashMap<Principal, (bool, Option<bool>)>,
@@ -637,7 +636,6 @@ impl<'a, R> View<'a, R> {
         Self {
             services,
             subject: Subject::new(caller.principal.clone(), Vec::<String>::new()),
-            facts: services.authz.facts_for(&caller.principal, now_ms),
             now_ms,
             decided: HashMap::new(),
         }
@@ -649,12 +647,13 @@ impl<'a, R> View<'a, R> {
         if owner == self.subject.principal() {
             return true;
         }
-        let engine = self.services.authz.engine();
-        let (subject, facts, now_ms) = (&self.subject, &self.facts, self.now_ms);
+        // Decided as every other decision is: recorded in the audit log, and denied once it
+        // has failed.
+        let (authz, subject, now_ms) = (&self.services.authz, &self.subject, self.now_ms);
         let allowed = |action| {
-            engine
-                .decide(subject, action, &Resource::principal(owner), facts, now_ms)
-                .allowed
+            authz
+                .decide(subject, action, &Resource::principal(owner), now_ms)
+                .is_ok()
         };
         let entry = self
             .decided

@@ -661,3 +661,60 @@ async fn the_checkpoint_key_rotates_with_a_record_and_the_log_verifies_across_re
     assert!(verify_export(&export, &Verifier::new(old_key)).is_err());
     assert!(verify_export(&export, &Verifier::new(new_key)).is_err());
 }
+
+/// What a caller may see of others' grants is decided as every decision is: recorded, and
+/// denied once the log has failed (others' grants and reasons withheld).
+#[tokio::test]
+async fn what_a_grant_listing_shows_of_others_is_decided_on_the_record() {
+    let dir = TempDir::new().unwrap();
+    let audit = audit_dir(&dir);
+    let hub = TestHub::builder()
+        .policies(&format!(
+            r#"{POLICIES}
+            @id("orders-read")
+            @grant("orders-read")
+            @max_duration("1h")
+            permit (principal, action == Action::"subscribe", resource in Namespace::"orders")
+            when {{ context.grants.contains("orders-read") }};
+
+            @id("ann-sees")
+            permit (principal == Human::"spiffe://{td}/human/ann",
+                    action in [Action::"admin", Action::"approve"], resource);"#,
+            td = entente_testkit::TRUST_DOMAIN
+        ))
+        .config(move |c| {
+            c.audit = Some(AuditConfig {
+                seal_interval: Duration::from_millis(50),
+                ..AuditConfig::new(audit)
+            });
+        })
+        .start()
+        .await
+        .unwrap();
+    let eve = hub.connect_agent("ops", "eve").await.unwrap();
+    eve.request_grant("orders-read", Duration::from_secs(60), "INC-7")
+        .await
+        .unwrap();
+    let ann = hub.connect_human("ann").await.unwrap();
+    assert_eq!(ann.grants().await.unwrap().requests.len(), 1);
+    let eve_id = hub.agent_id("ops", "eve").unwrap().to_string();
+    let recorded = records(&hub).await.iter().any(|r| match &r.event {
+        Event::Decision(d) => {
+            d.action.as_clear() == Some("admin")
+                && d.resource.as_clear().is_some_and(|r| r.contains(&eve_id))
+                && d.principal
+                    .as_clear()
+                    .is_some_and(|p| p.ends_with("/human/ann"))
+        }
+        _ => false,
+    });
+    assert!(recorded, "ann's view of eve's request is on the record");
+
+    // The log fails: ann sees nothing of others.
+    let bob = hub.connect_agent("shop", "bob").await.unwrap();
+    std::fs::remove_file(audit_dir(&dir).join("records")).unwrap();
+    let refused = bob.publish("orders.eu", "unrecorded").await.unwrap_err();
+    assert_eq!(refused.refusal_code(), Some(RefusalCode::Unavailable));
+    let shown = ann.grants().await.map(|g| g.requests.len());
+    assert!(matches!(shown, Ok(0) | Err(_)), "{shown:?}");
+}
