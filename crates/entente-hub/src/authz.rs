@@ -434,7 +434,18 @@ impl Authz {
         sources: Vec<(String, String)>,
     ) -> Result<(u64, usize), LoadPoliciesError> {
         let _loading = self.loading.lock().await;
-        let set = build(&sources, &self.limits)?;
+        // Parsing, validating and slicing take CPU (bounded by the limits): not on a worker
+        // that serves sessions.
+        let (sources, set) = {
+            let limits = self.limits;
+            tokio::task::spawn_blocking(move || {
+                let set = build(&sources, &limits);
+                (sources, set)
+            })
+            .await
+            .map_err(|_| LoadPoliciesError::Refused("the policy loader stopped".into()))?
+        };
+        let set = set?;
         let count = set.len();
         registry
             .put_config(POLICIES_KEY, &encode_stored(&sources))
@@ -1055,7 +1066,9 @@ fn build(sources: &[(String, String)], limits: &Limits) -> Result<PolicySet, Loa
         ));
     }
     let builder = sources.iter().fold(
-        PolicySet::builder().source(BASE_SOURCE, BASE_POLICIES),
+        PolicySet::builder()
+            .max_policies(MAX_POLICIES)
+            .source(BASE_SOURCE, BASE_POLICIES),
         |builder, (name, text)| builder.source(name.as_str(), text.as_str()),
     );
     let set = builder.build()?;

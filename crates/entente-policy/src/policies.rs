@@ -91,7 +91,14 @@ pub struct PolicySetBuilder {
     sources: Vec<(String, String)>,
     owners: Owners,
     slicing: bool,
+    max_policies: usize,
 }
+
+/// The most policy entries the sliced sets may hold together (each a policy in one slice's
+/// set): past it, a set is built without slicing, which decides the same and holds each
+/// policy at most once per slice. Slicing copies the policies that pin no channel into every
+/// channel's and namespace's set, so a few thousand of each would otherwise make millions.
+pub(crate) const MAX_SLICED_ENTRIES: usize = 1 << 18;
 
 /// Why a set of policies was refused. Whatever the error, nothing was loaded.
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +176,7 @@ impl PolicySet {
             sources: Vec::new(),
             owners: Owners::new(),
             slicing: true,
+            max_policies: usize::MAX,
         }
     }
 
@@ -498,6 +506,13 @@ impl PolicySetBuilder {
         self
     }
 
+    /// Refuses more than `max` policies (the base's included) once parsed, before they are
+    /// validated or sliced.
+    pub fn max_policies(mut self, max: usize) -> Self {
+        self.max_policies = max;
+        self
+    }
+
     /// Parses, names, validates and slices the policies.
     ///
     /// Cedar parses and validates on a thread of its own with a large stack, after a scan
@@ -544,6 +559,14 @@ impl PolicySetBuilder {
         }
         if !syntax.is_empty() {
             return Err(LoadError::Syntax(syntax));
+        }
+        if parsed.len() > self.max_policies {
+            return Err(LoadError::Rules(vec![Problem {
+                source: String::new(),
+                location: None,
+                policy: None,
+                message: format!("{} policies: at most {}", parsed.len(), self.max_policies),
+            }]));
         }
 
         let mut index = HashMap::new();
@@ -1114,6 +1137,9 @@ fn slice_index(action: Action, cross: bool) -> usize {
 /// that namespace's set and in the sets of its channels; one pinned to neither is in every
 /// set. A request evaluates the set of its channel, else of its namespace, else the rest.
 fn slice_all(parsed: &[Parsed], slicing: bool) -> Result<Vec<Slice>, LoadError> {
+    if slicing && sliced_entries(parsed) > MAX_SLICED_ENTRIES {
+        return slice_all(parsed, false);
+    }
     let pins: Vec<Pin> = parsed
         .iter()
         .map(|p| if slicing { pin(&p.policy) } else { Pin::None })
@@ -1165,6 +1191,43 @@ fn slice_all(parsed: &[Parsed], slicing: bool) -> Result<Vec<Slice>, LoadError> 
         }
     }
     Ok(slices)
+}
+
+/// How many policy entries the sliced sets of `parsed` would hold together, counted as
+/// [`slice_all`] fills them, without building any.
+fn sliced_entries(parsed: &[Parsed]) -> usize {
+    let pins: Vec<Pin> = parsed.iter().map(|p| pin(&p.policy)).collect();
+    let mut total = 0usize;
+    for action in Action::ALL {
+        for cross in [false, true] {
+            let (mut rest, mut namespaces, mut channels) = (0usize, HashMap::new(), Vec::new());
+            for (p, pin) in parsed.iter().zip(&pins) {
+                let tier_ok = !cross || p.info.effect == Effect::Forbid || p.info.cross_segment;
+                if !tier_ok || !applies_to(&p.policy, action) {
+                    continue;
+                }
+                match pin {
+                    Pin::None => rest += 1,
+                    Pin::Namespace(ns) => *namespaces.entry(ns.as_str()).or_insert(0usize) += 1,
+                    Pin::Channel(name) => channels.push(name.as_str()),
+                }
+            }
+            let mut by_channel: HashMap<&str, usize> = HashMap::new();
+            for name in channels {
+                *by_channel.entry(name).or_insert(0) += 1;
+            }
+            let in_namespace = |name: &str| {
+                let ns = name.split('.').next().unwrap_or_default();
+                namespaces.get(ns).copied().unwrap_or(0)
+            };
+            total = by_channel
+                .iter()
+                .map(|(name, n)| n + in_namespace(name) + rest)
+                .chain(namespaces.values().map(|n| n + rest))
+                .fold(total.saturating_add(rest), usize::saturating_add);
+        }
+    }
+    total
 }
 
 /// Whether the policy's action scope admits `action`.
@@ -1292,6 +1355,76 @@ mod tests {
         assert_eq!(cursor.locate("b;"), (2, 4));
         assert_eq!(cursor.locate("a;"), (0, 0));
         assert_eq!(cursor.locate("c;"), (3, 1));
+    }
+
+    /// The entries of `set`'s sliced sets, counted from the sets built.
+    fn entries(set: &PolicySet) -> usize {
+        set.slices
+            .iter()
+            .map(|slice| {
+                slice.rest.policies().count()
+                    + slice
+                        .by_channel
+                        .values()
+                        .chain(slice.by_namespace.values())
+                        .map(|s| s.policies().count())
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+
+    fn forbids(pinned: usize, unpinned: usize) -> String {
+        let mut text = String::new();
+        for i in 0..pinned {
+            text.push_str(&format!(
+                "forbid (principal, action, resource == Channel::\"c{i}.x\");\n"
+            ));
+        }
+        for i in 0..unpinned {
+            text.push_str(&format!(
+                "forbid (principal, action, resource) when {{ context.risk > {} }};\n",
+                100 + i
+            ));
+        }
+        text
+    }
+
+    /// Slicing copies unpinned policies into every pinned set: the count made beforehand is
+    /// the count built, and past the budget the set is built unsliced (each policy once per
+    /// slice) instead of by the million.
+    #[test]
+    fn sliced_sets_are_counted_before_they_are_built_and_bounded() {
+        let small = PolicySet::builder()
+            .source("p", forbids(3, 4))
+            .build()
+            .unwrap();
+        let parsed_small = entries(&small);
+        assert!(parsed_small > 20 * 7, "{parsed_small}: sliced");
+        let big = PolicySet::builder()
+            .source("p", forbids(300, 300))
+            .build()
+            .unwrap();
+        assert!(big.slices.iter().all(|s| s.by_channel.is_empty()));
+        assert_eq!(entries(&big), 20 * 600);
+        // The same text, counted without building the sets.
+        let set = cedar_policy::PolicySet::from_str(&forbids(3, 4)).unwrap();
+        let (mut parsed, mut rules) = (Vec::new(), Vec::new());
+        split(0, "p", &forbids(3, 4), &set, &mut parsed, &mut rules);
+        assert!(rules.is_empty());
+        assert_eq!(sliced_entries(&parsed), parsed_small);
+    }
+
+    #[test]
+    fn more_policies_than_allowed_are_refused_before_they_are_validated() {
+        let error = PolicySet::builder()
+            .source("p", forbids(0, 10))
+            .max_policies(9)
+            .build()
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("10 policies: at most 9"),
+            "{error}"
+        );
     }
 
     #[test]
