@@ -93,6 +93,27 @@ fn enroll_two_agents_and_exchange_a_sealed_message() {
     let empty = entente_with(&[&enroll[..], &["--token-file", "-"]].concat(), b"\n", &[]);
     assert!(String::from_utf8_lossy(&empty.stderr).contains("empty"));
 
+    // A zero lifetime is refused, not taken as the hub's default.
+    let create = ["token", "create", "--identity", s(&admin), "--hub", &addr];
+    let zero = entente(&[&create[..], &["--agent", "demo/carol", "--ttl", "0s"]].concat());
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("at least 1s"));
+    // Where the identity would go is checked before the token is spent.
+    let token = ok(&[&create[..], &["--agent", "demo/carol"]].concat());
+    let not_a_dir = tmp.path().join("a-file");
+    std::fs::write(&not_a_dir, "").unwrap();
+    let carol = |out: &std::path::Path| {
+        let args = ["enroll", "--hub", &addr, "--ca", s(&ca), "--out", s(out)];
+        entente_with(
+            &[&args[..], &["--token-file", "-"]].concat(),
+            token.as_bytes(),
+            &[],
+        )
+    };
+    let refused = carol(&not_a_dir);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("identity directory"));
+    assert!(carol(&tmp.path().join("carol")).status.success());
+
     // Bob listens; once subscribed, Alice sends.
     let listener = spawn_ready(
         &[

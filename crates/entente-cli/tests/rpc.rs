@@ -77,6 +77,24 @@ fn serve_answers_a_request_with_the_commands_output() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("NO_RECIPIENT"), "{stderr}");
 
+    // A command that fails: the requester learns that, not what it printed on its standard
+    // error (which stays with the server's operator).
+    let server = serve(&bob, &addr, "echo 'secret path /srv/x' >&2; exit 3");
+    let reply = ok(&[
+        "request",
+        "--identity",
+        s(&alice),
+        "--hub",
+        &addr,
+        "demo/bob",
+        "go",
+        "--timeout",
+        "10s",
+    ]);
+    assert_eq!(reply, "error: the command failed\n");
+    let out = support::wait(server, support::LIMIT);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("secret path /srv/x"));
+
     // A server too slow for the requester's timeout.
     let server = serve(&bob, &addr, "sleep 3; cat");
     let late = entente(&[

@@ -24,7 +24,12 @@ pub(crate) fn token_create(
     ttl: Option<&str>,
     json: bool,
 ) -> Result<ExitCode> {
-    let ttl = ttl.map(parse_duration).transpose()?.unwrap_or_default();
+    let ttl = ttl.map(parse_duration).transpose()?;
+    if ttl.is_some_and(|ttl| ttl.as_secs() == 0) {
+        // Zero would ask the hub for its default, the longest-lived token: never on a typo.
+        bail!("`--ttl` must be at least 1s");
+    }
+    let ttl = ttl.unwrap_or_default();
     run(async {
         let client = connect(identity, hub).await?;
         let td = TrustDomain::new(client.principal().trust_domain())?;
@@ -139,6 +144,12 @@ pub(crate) fn enroll(
             out.display()
         );
     }
+    // Where the identity goes is made and checked before the token is spent.
+    entente_keystore::local::files::create_private_dir_all(out)
+        .and_then(|()| entente_keystore::local::files::check_dir(out))
+        .map_err(anyhow::Error::from)
+        .and_then(|()| tempfile::tempfile_in(out).map(drop).map_err(Into::into))
+        .with_context(|| format!("the identity directory `{}`", out.display()))?;
     let pem = std::fs::read_to_string(ca)
         .with_context(|| format!("reading the trust bundle `{}`", ca.display()))?;
     let trust = TrustBundle::from_pem(&pem)
