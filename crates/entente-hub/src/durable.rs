@@ -192,7 +192,26 @@ pub(crate) enum DurableError {
     /// Another session holds the consumer.
     #[error("the durable consumer `{0}` is held by another session")]
     InUse(String),
+    /// A new consumer would pass the stream's bound, or its owner's there.
+    #[error(
+        "the durable channel `{stream}` keeps at most {max} consumers{whose}: use one it \
+         keeps already"
+    )]
+    TooManyConsumers {
+        /// The stream.
+        stream: String,
+        /// The bound.
+        max: usize,
+        /// ` of one principal`, or nothing for the stream's own bound.
+        whose: &'static str,
+    },
 }
+
+/// The most consumers a stream keeps (each is kept, and holds retention back, until its
+/// entries are done), and the most one principal makes there.
+pub(crate) const MAX_CONSUMERS: usize = 1024;
+/// See [`MAX_CONSUMERS`].
+pub(crate) const MAX_CONSUMERS_PER_OWNER: usize = 16;
 
 /// The hub's streams.
 #[derive(Debug, Default)]
@@ -572,6 +591,21 @@ impl Stream {
             match consumers.get(name) {
                 Some(c) => c.clone(),
                 None => {
+                    let owned = consumers.values().filter(|c| c.owner == *owner).count();
+                    let bound = if consumers.len() >= MAX_CONSUMERS {
+                        Some((MAX_CONSUMERS, ""))
+                    } else if owned >= MAX_CONSUMERS_PER_OWNER {
+                        Some((MAX_CONSUMERS_PER_OWNER, " of one principal"))
+                    } else {
+                        None
+                    };
+                    if let Some((max, whose)) = bound {
+                        return Err(DurableError::TooManyConsumers {
+                            stream: self.config.name.clone(),
+                            max,
+                            whose,
+                        });
+                    }
                     let first = lock(&self.log).first_seq();
                     let consumer = Arc::new(Consumer::new(name, owner, pattern, first));
                     save_consumer(&self.dir.join("consumers"), &consumer)
@@ -726,6 +760,14 @@ impl Stream {
         let dirty = consumers.iter().any(|c| lock(&c.state).dirty);
         let synced = !dirty || log.sync().is_ok();
         drop(log);
+        // Dead letters are kept as long as entries are, no longer.
+        {
+            let mut dead = lock(&self.dead);
+            let too_old = dead.first_since(now_ms().saturating_sub(max_age_ms));
+            if too_old > dead.first_seq() && dead.purge_to(too_old).is_err() {
+                stats::bump(&self.stats.durable_failures);
+            }
+        }
         if !synced {
             stats::bump(&self.stats.durable_failures);
             return;
@@ -775,7 +817,8 @@ impl Stream {
     /// consumer's, tried again after the channel's `ack_wait`). An entry already purged is
     /// gone: nothing to move.
     fn dead_letter(&self, seq: u64, consumer: &str, attempts: u32) -> bool {
-        let moved = match lock(&self.log).read(seq) {
+        let read = lock(&self.log).read(seq);
+        let moved = match read {
             Ok(Some(entry)) => {
                 let mut payload = seq.to_be_bytes().to_vec();
                 payload.extend_from_slice(&entry.payload);
@@ -1283,6 +1326,13 @@ mod tests {
 
     /// [`stream`], its appends synced as `sync` says.
     async fn stream_with(sync: StreamSync) -> (tempfile::TempDir, Arc<Stream>, Arc<DataKeys>) {
+        stream_configured(|c| c.sync = sync).await
+    }
+
+    /// [`stream`], its configuration changed by `change`.
+    async fn stream_configured(
+        change: impl FnOnce(&mut StreamConfig),
+    ) -> (tempfile::TempDir, Arc<Stream>, Arc<DataKeys>) {
         use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock};
         let dir = tempfile::tempdir().unwrap();
         let keystore = LocalKeyStore::create(
@@ -1299,10 +1349,8 @@ mod tests {
                 .await
                 .unwrap(),
         );
-        let config = StreamConfig {
-            sync,
-            ..StreamConfig::new("orders", ChannelPattern::parse("orders.>").unwrap())
-        };
+        let mut config = StreamConfig::new("orders", ChannelPattern::parse("orders.>").unwrap());
+        change(&mut config);
         let stream = Arc::new(
             Stream::open(
                 config,
@@ -1375,6 +1423,64 @@ mod tests {
         let text = saved.replace("floor 2", "floor 9");
         let loaded = parse_consumer(&text, 1, 3).unwrap();
         assert_eq!(lock(&loaded.state).floor, 3);
+    }
+
+    /// A stream keeps a bounded number of consumers, and one principal a bounded share.
+    #[tokio::test]
+    async fn consumers_are_bounded_per_stream_and_per_owner() {
+        let (_dir, stream, _) = stream().await;
+        let pattern = ChannelPattern::parse("orders.eu").unwrap();
+        let agent = |name: &str| {
+            Principal::parse(&format!("spiffe://acme.internal/agent/shop/{name}")).unwrap()
+        };
+        let (alice, bob) = (agent("alice"), agent("bob"));
+        for i in 0..MAX_CONSUMERS_PER_OWNER {
+            stream.hold(&format!("a{i}"), &alice, &pattern, 1).unwrap();
+        }
+        let refused = stream.hold("one-more", &alice, &pattern, 1).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                DurableError::TooManyConsumers {
+                    max: MAX_CONSUMERS_PER_OWNER,
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+        // Taking one it has is not making one; another principal makes its own.
+        assert!(matches!(
+            stream.hold("a0", &alice, &pattern, 2),
+            Err(DurableError::InUse(_))
+        ));
+        stream.hold("b0", &bob, &pattern, 1).unwrap();
+        for i in 0..MAX_CONSUMERS - MAX_CONSUMERS_PER_OWNER - 1 {
+            let owner = agent(&format!("o{}", i / MAX_CONSUMERS_PER_OWNER));
+            stream.hold(&format!("c{i}"), &owner, &pattern, 1).unwrap();
+        }
+        let refused = stream.hold("b1", &bob, &pattern, 1).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                DurableError::TooManyConsumers {
+                    max: MAX_CONSUMERS,
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+    }
+
+    /// Dead letters are kept as long as entries are, no longer.
+    #[tokio::test]
+    async fn dead_letters_age_out_with_the_stream() {
+        let (_dir, stream, _) = stream_configured(|c| c.max_age = Duration::from_millis(1)).await;
+        assert!(stream.append(&[b"entry".to_vec()]));
+        assert!(stream.dead_letter(1, "worker", 5));
+        assert_eq!(lock(&stream.dead).len(), 1);
+        std::thread::sleep(Duration::from_millis(5));
+        stream.tick();
+        assert_eq!(lock(&stream.dead).len(), 0);
     }
 
     /// An entry that can't be read is not moved to the dead-letter log, nor counted as moved:

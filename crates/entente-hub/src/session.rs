@@ -1557,6 +1557,7 @@ impl From<DurableError> for Refused {
             DurableError::BadName => RefusalCode::Malformed,
             DurableError::NotYours(_) => RefusalCode::Denied,
             DurableError::InUse(_) => RefusalCode::DuplicateSubscription,
+            DurableError::TooManyConsumers { .. } => RefusalCode::TooManySubscriptions,
             DurableError::Unavailable(_) => RefusalCode::Unavailable,
         };
         Self::new(code, e.to_string())
