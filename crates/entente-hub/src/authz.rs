@@ -1376,8 +1376,9 @@ mod tests {
         }
         assert!(subscribe(&authz, &eve, "shop.*").is_err());
         // Another segment's namespace takes a @cross_segment permit, even for a wide one.
-        let wide =
-            super::tests::authz(r#"permit (principal in Segment::"shop", action, resource);"#);
+        let wide = super::tests::authz(
+            r#"permit (principal in Segment::"shop", action, resource is Channel);"#,
+        );
         assert!(publish(&wide, &alice, "shop.eu").is_ok());
         assert!(publish(&wide, &alice, "orders.eu").is_err());
     }
@@ -1459,7 +1460,7 @@ mod tests {
                 one(
                     "a.cedar",
                     &format!(
-                        "@id(\"{}\") permit (principal is Agent, action, resource);",
+                        "@id(\"{}\") permit (principal is Agent, action, resource is Channel);",
                         "i".repeat(MAX_POLICY_ID_BYTES + 1)
                     ),
                 ),
@@ -1485,7 +1486,7 @@ mod tests {
                 "`context.tls_resumed`",
             ),
             (
-                r#"permit (principal is Agent, action, resource) when { context.hub == "eu" };"#,
+                r#"permit (principal is Agent, action, resource is Channel) when { context.hub == "eu" };"#,
                 "`context.hub`",
             ),
             (
@@ -1493,7 +1494,7 @@ mod tests {
                 "names a role",
             ),
             (
-                r#"permit (principal is Agent, action, resource) when { principal in Role::"ops" };"#,
+                r#"permit (principal is Agent, action, resource is Channel) when { principal in Role::"ops" };"#,
                 "names a role",
             ),
         ] {
@@ -1507,7 +1508,7 @@ mod tests {
         // What the hub supplies: the time, grants, approvals, whether a request crosses
         // segments, the risk score.
         let supplied = r#"
-            permit (principal is Agent, action, resource)
+            permit (principal is Agent, action, resource is Channel)
             when { context.now > 0 && context.grants.contains("g") && context.approvals > 1
                    && context.approvers.contains("x") && !context.cross_segment
                    && context.risk < 50 };"#;

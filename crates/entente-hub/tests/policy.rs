@@ -448,7 +448,7 @@ async fn an_administrator_loads_shows_and_checks_policies() {
                 sources: vec![
                     PolicySource {
                         name: "a.cedar".into(),
-                        text: "permit (principal is Agent, action, resource);".into(),
+                        text: "permit (principal is Agent, action, resource is Channel);".into(),
                     },
                     PolicySource {
                         name: "b.cedar".into(),

@@ -588,7 +588,7 @@ impl PolicySetBuilder {
             {
                 rules.push(p.problem(message));
             }
-            if let Some(message) = open_to_humans(p) {
+            if let Some(message) = open_to_humans(p).or_else(|| open_administration(p)) {
                 rules.push(p.problem(message));
             }
             if p.info.hold
@@ -863,6 +863,31 @@ fn open_to_humans(p: &Parsed) -> Option<String> {
     );
     (p.info.effect == Effect::Permit && open_principal && open_resource).then(|| {
         "a permit naming neither its principal nor its resource opens every resource to every human (humans are in no segment, so the segment rule does not confine them): scope the principal (`principal is Agent` keeps agents to their own segment; or a segment, a role, a principal) or name the resource".to_owned()
+    })
+}
+
+/// Why a permit is refused for opening the administrative actions without naming them, if it
+/// is: an open action scope over resources that include agents, humans, segments or the hub,
+/// for more than one principal. `permit (principal is Agent, action, resource);` would let
+/// every agent create tokens for its segment's peers (and so become them), revoke them, and
+/// grant and approve for them. One principal named (`principal == …`) is a deliberate
+/// superuser and passes.
+fn open_administration(p: &Parsed) -> Option<String> {
+    let administered = |type_name: &str| matches!(type_name, "Agent" | "Human" | "Segment" | "Hub");
+    let groups = |uid: &cedar_policy::EntityUid| {
+        matches!(uid.type_name().to_string().as_str(), "Segment" | "Role")
+    };
+    let open_action = matches!(p.policy.action_constraint(), ActionConstraint::Any);
+    let many = !matches!(p.policy.principal_constraint(), PrincipalConstraint::Eq(_));
+    let over_principals = match p.policy.resource_constraint() {
+        ResourceConstraint::Any => true,
+        ResourceConstraint::Is(t) => administered(&t.to_string()),
+        ResourceConstraint::In(uid) => groups(&uid),
+        ResourceConstraint::IsIn(t, uid) => administered(&t.to_string()) && groups(&uid),
+        ResourceConstraint::Eq(_) => false,
+    };
+    (p.info.effect == Effect::Permit && open_action && many && over_principals).then(|| {
+        "a permit with an open action scope over agents, humans, segments or the hub includes the administrative actions (`enroll`, `revoke`, `grant`, `approve`, `admin`): each principal it names could make tokens for its peers (and become them), revoke them, grant and approve for them: name the actions, e.g. `action in [Action::\"publish\", Action::\"subscribe\"]`, or name one principal".to_owned()
     })
 }
 

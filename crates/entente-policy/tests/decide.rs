@@ -136,7 +136,7 @@ fn a_forbid_denies_and_is_named() {
 
 #[test]
 fn traffic_across_segments_is_denied_even_by_a_wide_permit() {
-    let set = set(r#"@id("everything") permit (principal is Agent, action, resource);"#);
+    let set = set(r#"@id("everything") permit (principal is Agent, action, resource is Channel);"#);
     let eve = agent("lab", "eve");
     assert!(publish(&set, &eve, "lab.notes").allowed);
     for channel in [
@@ -179,7 +179,7 @@ fn a_cross_segment_permit_opens_a_named_channel() {
             @cross_segment
             permit (principal in Segment::"a", action == Action::"publish", resource == Channel::"shared.results");
 
-            @id("wide") permit (principal is Agent, action, resource);
+            @id("wide") permit (principal is Agent, action, resource is Channel);
             "#,
         )
         .namespace_owner("shared", "b")
@@ -324,7 +324,7 @@ fn context_grants_and_time() {
 #[test]
 fn a_forbid_that_fails_to_evaluate_denies() {
     let set = set(r#"
-        @id("open") permit (principal is Agent, action, resource);
+        @id("open") permit (principal is Agent, action, resource is Channel);
         @id("overflows") forbid (principal, action, resource) when { context.now * 9223372036854775807 > 0 };
     "#);
     let decision = publish(&set, &agent("a", "x"), "a.b");
@@ -338,8 +338,8 @@ fn a_forbid_that_fails_to_evaluate_denies() {
 #[test]
 fn a_permit_that_fails_to_evaluate_does_not_count() {
     let set = set(r#"
-        @id("open") permit (principal is Agent, action, resource);
-        @id("overflows") permit (principal is Agent, action, resource) when { context.now * 9223372036854775807 > 0 };
+        @id("open") permit (principal is Agent, action, resource is Channel);
+        @id("overflows") permit (principal is Agent, action, resource is Channel) when { context.now * 9223372036854775807 > 0 };
     "#);
     let decision = publish(&set, &agent("a", "x"), "a.b");
     assert!(decision.allowed);

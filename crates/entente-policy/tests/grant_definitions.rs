@@ -113,7 +113,7 @@ fn bad_max_durations_are_refused() {
 fn bad_grant_names_are_refused() {
     for name in ["", "has space", "é", &"x".repeat(65), "a\"b"] {
         let text = format!(
-            "@grant(\"{}\")\npermit (principal is Agent, action, resource);\n",
+            "@grant(\"{}\")\npermit (principal is Agent, action, resource is Channel);\n",
             name.escape_default()
         );
         let p = one_problem(&text);
@@ -147,13 +147,13 @@ fn a_grant_its_policy_never_tests_is_refused() {
     );
 
     // No condition at all.
-    let p = one_problem("@grant(\"g\") permit (principal is Agent, action, resource);");
+    let p = one_problem("@grant(\"g\") permit (principal is Agent, action, resource is Channel);");
     assert!(p.message.contains("never tests"), "{p}");
 
     // The index form is the same test.
     PolicySet::parse(
         "g.cedar",
-        "@grant(\"g\") permit (principal is Agent, action, resource) when { context[\"grants\"].contains(\"g\") };",
+        "@grant(\"g\") permit (principal is Agent, action, resource is Channel) when { context[\"grants\"].contains(\"g\") };",
     )
     .unwrap();
 }

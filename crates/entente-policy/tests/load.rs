@@ -54,8 +54,7 @@ fn the_base_policies_load() {
 
 #[test]
 fn malformed_syntax_is_a_syntax_error_with_its_location() {
-    let text =
-        "permit (principal is Agent, action, resource);\n\npermit (principal action, resource);\n";
+    let text = "permit (principal is Agent, action, resource is Channel);\n\npermit (principal action, resource);\n";
     let (error, problems) = problems(PolicySet::parse("bad.cedar", text));
     assert!(matches!(error, LoadError::Syntax(_)), "{error}");
     let first = &problems[0];
@@ -81,7 +80,7 @@ fn an_unknown_entity_type_is_invalid() {
 
 #[test]
 fn an_unknown_attribute_is_invalid() {
-    let text = "permit (principal is Agent, action, resource)\n  when { principal.clearance > 3 };";
+    let text = "permit (principal is Agent, action, resource is Channel)\n  when { principal.clearance > 3 };";
     let (error, problems) = problems(PolicySet::parse("p.cedar", text));
     assert!(matches!(error, LoadError::Invalid(_)), "{error}");
     assert_eq!(problems[0].policy.as_deref(), Some("p.cedar#0"));
@@ -114,7 +113,7 @@ fn an_action_on_a_resource_it_does_not_take_is_invalid() {
 
 #[test]
 fn a_type_error_in_a_condition_is_invalid() {
-    let text = r#"permit (principal is Agent, action, resource) when { context.risk == "high" };"#;
+    let text = r#"permit (principal is Agent, action, resource is Channel) when { context.risk == "high" };"#;
     let (error, _) = problems(PolicySet::parse("p.cedar", text));
     assert!(matches!(error, LoadError::Invalid(_)), "{error}");
 }
@@ -183,11 +182,41 @@ fn a_permit_open_in_principal_and_resource_is_refused_for_opening_everything_to_
     }
     // Naming either side, or forbidding, is fine.
     for text in [
-        r#"permit (principal is Agent, action, resource);"#,
+        r#"permit (principal is Agent, action, resource is Channel);"#,
         r#"permit (principal is Human, action == Action::"subscribe", resource is Channel);"#,
-        r#"permit (principal in Role::"ops", action, resource);"#,
+        r#"permit (principal in Role::"ops", action, resource is Channel);"#,
         r#"permit (principal, action == Action::"subscribe", resource == Channel::"public.news");"#,
         r#"forbid (principal, action, resource) when { context.risk > 80 };"#,
+    ] {
+        assert!(PolicySet::parse("x.cedar", text).is_ok(), "{text}");
+    }
+}
+
+/// An open action scope over agents, humans, segments or the hub, for more than one
+/// principal, includes the administrative actions: refused, so that a wide permit can't let
+/// agents make tokens for their peers, revoke them, or grant and approve for them.
+#[test]
+fn an_open_action_over_principals_is_refused_unless_one_principal_is_named() {
+    for text in [
+        r#"permit (principal is Agent, action, resource);"#,
+        r#"permit (principal in Segment::"shop", action, resource);"#,
+        r#"permit (principal in Role::"ops", action, resource is Agent);"#,
+        r#"permit (principal is Agent, action, resource in Segment::"shop");"#,
+        r#"permit (principal is Human, action, resource is Hub);"#,
+    ] {
+        let (error, problems) = problems(PolicySet::parse("x.cedar", text));
+        assert!(matches!(error, LoadError::Rules(_)), "{error}");
+        assert!(
+            problems[0].message.contains("administrative actions"),
+            "{text}"
+        );
+    }
+    for text in [
+        r#"permit (principal is Agent, action, resource is Channel);"#,
+        r#"permit (principal in Segment::"shop", action, resource in Namespace::"shop");"#,
+        r#"permit (principal is Agent, action in [Action::"enroll", Action::"revoke"], resource);"#,
+        r#"permit (principal == Human::"spiffe://example.org/human/root", action, resource);"#,
+        r#"forbid (principal is Agent, action, resource);"#,
     ] {
         assert!(PolicySet::parse("x.cedar", text).is_ok(), "{text}");
     }
@@ -257,7 +286,7 @@ fn a_failed_load_leaves_the_running_set_and_epoch_unchanged() {
     for bad in [
         "permit (principal, action resource);",
         r#"permit (principal == User::"x", action, resource);"#,
-        r#"@cross_segment permit (principal is Agent, action, resource);"#,
+        r#"@cross_segment permit (principal is Agent, action, resource is Channel);"#,
     ] {
         let result = engine.load(PolicySet::builder().source("new.cedar", bad));
         assert!(result.is_err());
@@ -325,7 +354,7 @@ fn the_hub_is_named_by_admin_policies_only_and_opened_to_agents_only_by_name() {
 /// A policy with `n` nested `if`s in its condition.
 fn nested_ifs(n: usize) -> String {
     format!(
-        "permit (principal in Segment::\"research\", action, resource) when {{ {}true{} }};",
+        "permit (principal in Segment::\"research\", action, resource is Channel) when {{ {}true{} }};",
         "if true then ".repeat(n),
         " else false".repeat(n)
     )
