@@ -588,7 +588,7 @@ impl PolicySetBuilder {
             {
                 rules.push(p.problem(message));
             }
-            if let Some(message) = open_to_humans(p).or_else(|| open_administration(p)) {
+            if let Some(message) = open_to_humans(p) {
                 rules.push(p.problem(message));
             }
             if p.info.hold
@@ -863,31 +863,6 @@ fn open_to_humans(p: &Parsed) -> Option<String> {
     );
     (p.info.effect == Effect::Permit && open_principal && open_resource).then(|| {
         "a permit naming neither its principal nor its resource opens every resource to every human (humans are in no segment, so the segment rule does not confine them): scope the principal (`principal is Agent` keeps agents to their own segment; or a segment, a role, a principal) or name the resource".to_owned()
-    })
-}
-
-/// Why a permit is refused for opening the administrative actions without naming them, if it
-/// is: an open action scope over resources that include agents, humans, segments or the hub,
-/// for more than one principal. `permit (principal is Agent, action, resource);` would let
-/// every agent create tokens for its segment's peers (and so become them), revoke them, and
-/// grant and approve for them. One principal named (`principal == …`) is a deliberate
-/// superuser and passes.
-fn open_administration(p: &Parsed) -> Option<String> {
-    let administered = |type_name: &str| matches!(type_name, "Agent" | "Human" | "Segment" | "Hub");
-    let groups = |uid: &cedar_policy::EntityUid| {
-        matches!(uid.type_name().to_string().as_str(), "Segment" | "Role")
-    };
-    let open_action = matches!(p.policy.action_constraint(), ActionConstraint::Any);
-    let many = !matches!(p.policy.principal_constraint(), PrincipalConstraint::Eq(_));
-    let over_principals = match p.policy.resource_constraint() {
-        ResourceConstraint::Any => true,
-        ResourceConstraint::Is(t) => administered(&t.to_string()),
-        ResourceConstraint::In(uid) => groups(&uid),
-        ResourceConstraint::IsIn(t, uid) => administered(&t.to_string()) && groups(&uid),
-        ResourceConstraint::Eq(_) => false,
-    };
-    (p.info.effect == Effect::Permit && open_action && many && over_principals).then(|| {
-        "a permit with an open action scope over agents, humans, segments or the hub includes the administrative actions (`enroll`, `revoke`, `grant`, `approve`, `admin`): each principal it names could make tokens for its peers (and become them), revoke them, grant and approve for them: name the actions, e.g. `action in [Action::\"publish\", Action::\"subscribe\"]`, or name one principal".to_owned()
     })
 }
 
@@ -1187,7 +1162,10 @@ fn slice_all(parsed: &[Parsed], slicing: bool) -> Result<Vec<Slice>, LoadError> 
             let mut channels: HashMap<&str, Vec<usize>> = HashMap::new();
             for ((i, p), pin) in parsed.iter().enumerate().zip(&pins) {
                 let tier_ok = !cross || p.info.effect == Effect::Forbid || p.info.cross_segment;
-                if !tier_ok || (slicing && !applies_to(&p.policy, action)) {
+                if !tier_ok
+                    || (slicing && !applies_to(&p.policy, action))
+                    || grants_unnamed(p, action)
+                {
                     continue;
                 }
                 match pin {
@@ -1228,7 +1206,7 @@ fn sliced_entries(parsed: &[Parsed]) -> usize {
             let (mut rest, mut namespaces, mut channels) = (0usize, HashMap::new(), Vec::new());
             for (p, pin) in parsed.iter().zip(&pins) {
                 let tier_ok = !cross || p.info.effect == Effect::Forbid || p.info.cross_segment;
-                if !tier_ok || !applies_to(&p.policy, action) {
+                if !tier_ok || !applies_to(&p.policy, action) || grants_unnamed(p, action) {
                     continue;
                 }
                 match pin {
@@ -1253,6 +1231,16 @@ fn sliced_entries(parsed: &[Parsed]) -> usize {
         }
     }
     total
+}
+
+/// Whether `p` would grant the administrative `action` without naming it: a permit whose
+/// action scope is open. It is left out of that action's sets, so that a wide permit, such as
+/// `permit (principal is Agent, action, resource);`, never lets agents make join tokens for
+/// their peers (and become them), revoke them, grant, or approve held messages and requests.
+fn grants_unnamed(p: &Parsed, action: Action) -> bool {
+    p.info.effect == Effect::Permit
+        && action.is_administrative()
+        && matches!(p.policy.action_constraint(), ActionConstraint::Any)
 }
 
 /// Whether the policy's action scope admits `action`.

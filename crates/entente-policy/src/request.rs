@@ -132,6 +132,15 @@ impl Action {
         Action::Admin,
     ];
 
+    /// Whether the action administers (`enroll`, `grant`, `approve`, `revoke`, `admin`): a
+    /// permit grants it only if its action scope names it (an open `action` does not).
+    pub fn is_administrative(self) -> bool {
+        matches!(
+            self,
+            Action::Enroll | Action::Grant | Action::Approve | Action::Revoke | Action::Admin
+        )
+    }
+
     /// The action's ID in the schema, e.g. `publish`.
     pub fn name(self) -> &'static str {
         match self {

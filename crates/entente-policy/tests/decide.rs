@@ -169,6 +169,60 @@ fn traffic_across_segments_is_denied_even_by_a_wide_permit() {
     assert!(!publish(&set, &human("ops"), "research.results").allowed);
 }
 
+/// An open action scope does not include the administrative actions: a wide permit lets
+/// agents use their segment, not make join tokens for their peers (and become them), revoke
+/// them, grant, or approve held messages; a permit that names them does.
+#[test]
+fn a_wide_permit_grants_no_administrative_action() {
+    let wide = set(r#"@id("wide") permit (principal is Agent, action, resource);"#);
+    let eve = agent("lab", "eve");
+    let peer = AgentId::parse("spiffe://example.org/agent/lab/bob").unwrap();
+    assert!(publish(&wide, &eve, "lab.notes").allowed);
+    for action in [
+        Action::Enroll,
+        Action::Grant,
+        Action::Approve,
+        Action::Revoke,
+        Action::Admin,
+    ] {
+        let on_peer = wide.decide(
+            &eve,
+            action,
+            &Resource::Agent(&peer),
+            &Facts::default(),
+            NOW,
+        );
+        assert!(!on_peer.allowed, "{action:?}");
+        assert_eq!(on_peer.reason, Reason::NoPermit, "{action:?}");
+    }
+    let held = c("lab.wire");
+    let approve = |set: &PolicySet| {
+        set.decide(
+            &eve,
+            Action::Approve,
+            &Resource::Channel(&held),
+            &Facts::default(),
+            NOW,
+        )
+    };
+    assert!(!approve(&wide).allowed);
+    // Named, they are granted; and sliced or not, the same.
+    let named = set(
+        r#"@id("approvers") permit (principal is Agent, action in [Action::"approve", Action::"publish"], resource);"#,
+    );
+    assert!(approve(&named).allowed);
+    let unsliced = PolicySet::builder()
+        .source(
+            "t.cedar",
+            r#"permit (principal is Agent, action, resource);"#,
+        )
+        .slicing(false)
+        .build()
+        .unwrap();
+    assert!(!approve(&unsliced).allowed);
+    assert!(publish(&unsliced, &eve, "lab.notes").allowed);
+}
+
 #[test]
 fn a_cross_segment_permit_opens_a_named_channel() {
     let set = PolicySet::builder()

@@ -192,36 +192,6 @@ fn a_permit_open_in_principal_and_resource_is_refused_for_opening_everything_to_
     }
 }
 
-/// An open action scope over agents, humans, segments or the hub, for more than one
-/// principal, includes the administrative actions: refused, so that a wide permit can't let
-/// agents make tokens for their peers, revoke them, or grant and approve for them.
-#[test]
-fn an_open_action_over_principals_is_refused_unless_one_principal_is_named() {
-    for text in [
-        r#"permit (principal is Agent, action, resource);"#,
-        r#"permit (principal in Segment::"shop", action, resource);"#,
-        r#"permit (principal in Role::"ops", action, resource is Agent);"#,
-        r#"permit (principal is Agent, action, resource in Segment::"shop");"#,
-        r#"permit (principal is Human, action, resource is Hub);"#,
-    ] {
-        let (error, problems) = problems(PolicySet::parse("x.cedar", text));
-        assert!(matches!(error, LoadError::Rules(_)), "{error}");
-        assert!(
-            problems[0].message.contains("administrative actions"),
-            "{text}"
-        );
-    }
-    for text in [
-        r#"permit (principal is Agent, action, resource is Channel);"#,
-        r#"permit (principal in Segment::"shop", action, resource in Namespace::"shop");"#,
-        r#"permit (principal is Agent, action in [Action::"enroll", Action::"revoke"], resource);"#,
-        r#"permit (principal == Human::"spiffe://example.org/human/root", action, resource);"#,
-        r#"forbid (principal is Agent, action, resource);"#,
-    ] {
-        assert!(PolicySet::parse("x.cedar", text).is_ok(), "{text}");
-    }
-}
-
 #[test]
 fn what_a_policy_reads_is_recorded() {
     let set = PolicySet::parse(
