@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -242,6 +242,13 @@ pub(crate) struct Stream {
     kept_bytes: AtomicU64,
     /// The next sequence the log hands out: consumers wait for it to move.
     appended: watch::Sender<u64>,
+    /// The log's first sequence, read by deliveries without the log's lock (which the writer
+    /// holds through its syncs).
+    first: AtomicU64,
+    /// The oldest data-key version a dead letter was sealed under (`u32::MAX`: none). Dead
+    /// letters die in any order, so the first one kept says nothing of the others; this only
+    /// goes down while the hub runs, and is found again at start.
+    dead_oldest: AtomicU32,
     consumers: Mutex<BTreeMap<String, Arc<Consumer>>>,
     stats: Arc<Stats>,
     auditor: Auditor,
@@ -274,6 +281,9 @@ struct ConsumerState {
     next: u64,
     /// Changed since last written.
     dirty: bool,
+    /// Since when no session has held it (since it was loaded, or since its last holder let
+    /// go); `None` while held.
+    idle_since: Option<Instant>,
 }
 
 /// A consumer held by a session: its delivery task ends when this drops.
@@ -462,15 +472,13 @@ impl Streams {
     pub(crate) fn oldest_key_version(&self, keys: &DataKeys) -> u32 {
         let mut oldest = keys.current_version();
         for stream in &self.streams {
-            // A dead letter is its entry's sequence (8 bytes), then the entry as stored.
-            for (log, skip) in [(&stream.log, 0), (&stream.dead, 8)] {
-                let log = lock(log);
-                if let Ok(Some(entry)) = log.read(log.first_seq()) {
-                    let sealed = entry.payload.get(skip..).unwrap_or_default();
-                    let version = DataKeys::version_of(sealed).unwrap_or(oldest);
-                    oldest = oldest.min(version);
-                }
+            // Entries are sealed in order: the first kept is the oldest.
+            let log = lock(&stream.log);
+            if let Ok(Some(entry)) = log.read(log.first_seq()) {
+                oldest = oldest.min(DataKeys::version_of(&entry.payload).unwrap_or(oldest));
             }
+            drop(log);
+            oldest = oldest.min(stream.dead_oldest.load(Ordering::Acquire));
         }
         oldest
     }
@@ -521,6 +529,8 @@ impl Stream {
             kept_entries: AtomicU64::new(log.len()),
             kept_bytes: AtomicU64::new(log.bytes()),
             appended: watch::Sender::new(log.next_seq()),
+            first: AtomicU64::new(log.first_seq()),
+            dead_oldest: AtomicU32::new(oldest_dead_letter(&dead)),
             log: Arc::new(Mutex::new(log)),
             dead: Arc::new(Mutex::new(dead)),
             keys: keys.clone(),
@@ -586,8 +596,10 @@ impl Stream {
         if !valid_name(name) {
             return Err(DurableError::BadName);
         }
+        // Under the consumers' lock to the end: an idle consumer is forgotten under it too, so
+        // one taken here is never one being forgotten.
+        let mut consumers = lock(&self.consumers);
         let consumer = {
-            let mut consumers = lock(&self.consumers);
             match consumers.get(name) {
                 Some(c) => c.clone(),
                 None => {
@@ -606,7 +618,7 @@ impl Stream {
                             whose,
                         });
                     }
-                    let first = lock(&self.log).first_seq();
+                    let first = self.first.load(Ordering::Acquire);
                     let consumer = Arc::new(Consumer::new(name, owner, pattern, first));
                     save_consumer(&self.dir.join("consumers"), &consumer)
                         .map_err(|_| DurableError::Unavailable(self.config.name.clone()))?;
@@ -633,6 +645,8 @@ impl Stream {
         }
         *holder = Some(session);
         drop(holder);
+        drop(consumers);
+        lock(&consumer.state).idle_since = None;
         Ok(consumer)
     }
 
@@ -731,13 +745,14 @@ impl Stream {
     /// Purges what every consumer is done with and what is too old, and saves the consumers
     /// that changed.
     fn tick(&self) {
+        let max_age_ms = u64::try_from(self.config.max_age.as_millis()).unwrap_or(u64::MAX);
+        self.expire_idle(max_age_ms);
         let consumers: Vec<Arc<Consumer>> = lock(&self.consumers).values().cloned().collect();
         // The floors before the log's lock, never under it: a delivery takes its consumer's
         // state and then the log's first sequence, one after the other; a floor only rises, so
         // one read early only purges less.
         let floor = consumers.iter().map(|c| lock(&c.state).floor).min();
         let mut log = lock(&self.log);
-        let max_age_ms = u64::try_from(self.config.max_age.as_millis()).unwrap_or(u64::MAX);
         let too_old = log.first_since(now_ms().saturating_sub(max_age_ms));
         let done = floor.unwrap_or(log.first_seq());
         let purge = too_old.max(if consumers.is_empty() {
@@ -754,11 +769,7 @@ impl Stream {
             }
         }
         let first = log.first_seq();
-        // A consumer's floor never reaches the disk ahead of the entries it passed (buffered
-        // appends, `sync` at an interval): after a crash, sequences under it would be handed
-        // out again and skipped.
-        let dirty = consumers.iter().any(|c| lock(&c.state).dirty);
-        let synced = !dirty || log.sync().is_ok();
+        self.first.store(first, Ordering::Release);
         drop(log);
         // Dead letters are kept as long as entries are, no longer.
         {
@@ -768,22 +779,64 @@ impl Stream {
                 stats::bump(&self.stats.durable_failures);
             }
         }
-        if !synced {
-            stats::bump(&self.stats.durable_failures);
+        // The changed states, as they are now; then what they passed is synced, then they are
+        // written: a floor never reaches the disk ahead of its entries (buffered appends,
+        // `sync` at an interval), or after a crash sequences under it would be handed out
+        // again and skipped as done.
+        let changed: Vec<(Arc<Consumer>, String)> = consumers
+            .into_iter()
+            .filter_map(|consumer| {
+                let mut state = lock(&consumer.state);
+                state.advance_to(first);
+                let text =
+                    std::mem::take(&mut state.dirty).then(|| consumer_text(&consumer, &state));
+                drop(state);
+                text.map(|text| (consumer, text))
+            })
+            .collect();
+        if changed.is_empty() {
             return;
         }
         let dir = self.dir.join("consumers");
-        for consumer in consumers {
-            let changed = {
-                let mut state = lock(&consumer.state);
-                state.advance_to(first);
-                std::mem::take(&mut state.dirty)
-            };
-            if changed && save_consumer(&dir, &consumer).is_err() {
+        let synced = lock(&self.log).sync().is_ok();
+        for (consumer, text) in changed {
+            if !synced || write_consumer(&dir, &consumer.name, &text).is_err() {
                 // Kept dirty: written at the next tick. Acknowledgements lost in a crash
                 // meanwhile are delivered again (at least once).
                 lock(&consumer.state).dirty = true;
             }
+        }
+        if !synced {
+            stats::bump(&self.stats.durable_failures);
+        }
+    }
+
+    /// Forgets the consumers no session has held for the stream's `max_age`: everything they
+    /// had not read is gone by age, so a consumer made again by that name starts where this one
+    /// would have (the stream's first entry), and the bound on consumers is not held by ones
+    /// left behind.
+    fn expire_idle(&self, max_age_ms: u64) {
+        let now = Instant::now();
+        let max_age = Duration::from_millis(max_age_ms);
+        let mut consumers = lock(&self.consumers);
+        let idle: Vec<String> = consumers
+            .values()
+            .filter(|c| {
+                lock(&c.holder).is_none()
+                    && lock(&c.state)
+                        .idle_since
+                        .is_some_and(|since| now.saturating_duration_since(since) >= max_age)
+            })
+            .map(|c| c.name.clone())
+            .collect();
+        let dir = self.dir.join("consumers");
+        for name in idle {
+            match std::fs::remove_file(dir.join(format!("{name}.state"))) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) => continue,
+            }
+            consumers.remove(&name);
         }
     }
 
@@ -812,38 +865,62 @@ impl Stream {
     }
 
     /// Moves entry `seq` to the dead-letter log (as stored, with its sequence) and records it.
-    /// Moves entry `seq` (as stored, sealed) to the dead-letter log and records it; `false`
-    /// if it could not be read or written (nothing is recorded then: the entry stays the
-    /// consumer's, tried again after the channel's `ack_wait`). An entry already purged is
-    /// gone: nothing to move.
+    /// Moves entry `seq` (as stored, sealed) to the dead-letter log and records it. `false` if
+    /// the dead-letter log fails: the entry stays the consumer's, and the stream fails (it
+    /// takes nothing more until the hub restarts). An entry that can't be read is recorded as
+    /// lost (`dead-letter-unreadable`); one already purged is gone: nothing to move.
     fn dead_letter(&self, seq: u64, consumer: &str, attempts: u32) -> bool {
         let read = lock(&self.log).read(seq);
-        let moved = match read {
+        let (operation, detail) = match read {
             Ok(Some(entry)) => {
                 let mut payload = seq.to_be_bytes().to_vec();
                 payload.extend_from_slice(&entry.payload);
-                lock(&self.dead).append_all(&[&payload], now_ms()).is_ok()
+                if let Some(version) = DataKeys::version_of(&entry.payload) {
+                    self.dead_oldest.fetch_min(version, Ordering::AcqRel);
+                }
+                if lock(&self.dead).append_all(&[&payload], now_ms()).is_err() {
+                    // The dead-letter log takes nothing more until the hub restarts: the
+                    // stream fails with it, visibly (publishers refused `UNAVAILABLE`), rather
+                    // than keep entries pending that can never move.
+                    stats::bump(&self.stats.durable_failures);
+                    self.queue.fail();
+                    tracing::error!(
+                        stream = %self.config.name,
+                        seq,
+                        "the dead-letter log failed: the durable channel takes nothing more"
+                    );
+                    return false;
+                }
+                stats::bump(&self.stats.durable_dead_letters);
+                (
+                    "dead-letter",
+                    format!("not acknowledged after {attempts} deliveries"),
+                )
             }
             Ok(None) => return true,
-            Err(_) => false,
+            Err(e) => {
+                // Delivered `max_deliver` times already, or failed to read each time: what
+                // can't be read now is recorded as lost, and the consumer moves on.
+                stats::bump(&self.stats.durable_failures);
+                tracing::error!(
+                    stream = %self.config.name,
+                    seq,
+                    error = %e,
+                    "an entry due for the dead-letter log can't be read: recorded as lost"
+                );
+                (
+                    "dead-letter-unreadable",
+                    format!("after {attempts} deliveries, it can't be read: {e}"),
+                )
+            }
         };
-        if !moved {
-            stats::bump(&self.stats.durable_failures);
-            tracing::error!(
-                stream = %self.config.name,
-                seq,
-                "an entry could not be moved to the dead-letter log; it stays pending"
-            );
-            return false;
-        }
-        stats::bump(&self.stats.durable_dead_letters);
         let event = entente_audit::Event::Admin(entente_audit::Admin {
-            operation: crate::audit::clear("dead-letter"),
+            operation: crate::audit::clear(operation),
             target: crate::audit::clear(&format!(
                 "{}#{seq} for consumer `{consumer}`",
                 self.config.name
             )),
-            detail: crate::audit::clear(&format!("not acknowledged after {attempts} deliveries")),
+            detail: crate::audit::clear(&detail),
         });
         let _ = self.auditor.submit(
             crate::audit::HUB_ACTOR,
@@ -929,6 +1006,7 @@ impl Held {
         // What was in flight is delivered again to the next holder.
         state.in_flight.clear();
         state.next = state.floor;
+        state.idle_since = Some(Instant::now());
         drop(state);
         *lock(&self.consumer.holder) = None;
     }
@@ -968,6 +1046,16 @@ async fn delivery(
             () = outbound.closed() => return,
         }
     }
+}
+
+/// The oldest data-key version the dead letters of `dead` were sealed under (`u32::MAX`:
+/// none); each is its entry's sequence (8 bytes), then the entry as stored.
+fn oldest_dead_letter(dead: &StreamLog) -> u32 {
+    (dead.first_seq()..dead.next_seq())
+        .filter_map(|seq| dead.read(seq).ok().flatten())
+        .filter_map(|letter| DataKeys::version_of(letter.payload.get(8..).unwrap_or_default()))
+        .min()
+        .unwrap_or(u32::MAX)
 }
 
 /// Says a cut made at open, in the hub's log and its audit log: a torn write (no entry in the
@@ -1022,10 +1110,9 @@ fn plan(
     end: u64,
     now: Instant,
 ) -> (Vec<u64>, Vec<u64>, Option<Instant>) {
-    // Read before the state's lock, not under it: the writer's tick takes the states' locks
-    // and the log's one after the other, and nested both ways they would deadlock. The first
-    // sequence only rises.
-    let first = lock(&stream.log).first_seq();
+    // Not the log's lock: the writer holds it through its syncs, and this runs on a worker
+    // that serves sessions. The first sequence only rises.
+    let first = stream.first.load(Ordering::Acquire);
     let mut state = lock(&consumer.state);
     state.advance_to(first);
     let due: Vec<u64> = state
@@ -1201,6 +1288,7 @@ fn parse_consumer(text: &str, first: u64, next: u64) -> Option<Consumer> {
         state.attempts = attempts?;
         state.attempts.retain(|&s, _| s < next);
         state.dirty = false;
+        state.idle_since = Some(Instant::now());
         state.advance_to(first);
     }
     Some(consumer)
@@ -1208,6 +1296,29 @@ fn parse_consumer(text: &str, first: u64, next: u64) -> Option<Consumer> {
 
 /// Writes `consumer`'s state atomically (a temporary file, synced, renamed).
 fn save_consumer(dir: &Path, consumer: &Consumer) -> std::io::Result<()> {
+    let text = consumer_text(consumer, &lock(&consumer.state));
+    write_consumer(dir, &consumer.name, &text)
+}
+
+/// `consumer`'s state file, with `state`.
+fn consumer_text(consumer: &Consumer, state: &ConsumerState) -> String {
+    let mut text = format!(
+        "entente-consumer v1\nname {}\nowner {}\npattern {}\nfloor {}\ndone",
+        consumer.name, consumer.owner, consumer.pattern, state.floor
+    );
+    for seq in &state.done {
+        let _ = write!(text, " {seq}");
+    }
+    text.push_str("\nattempts");
+    for (seq, n) in &state.attempts {
+        let _ = write!(text, " {seq}:{n}");
+    }
+    text.push('\n');
+    text
+}
+
+/// Writes the state file `text` of the consumer `name` in `dir`, atomically.
+fn write_consumer(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
     if !dir.exists() {
         std::fs::DirBuilder::new()
@@ -1218,24 +1329,8 @@ fn save_consumer(dir: &Path, consumer: &Consumer) -> std::io::Result<()> {
             std::fs::File::open(parent)?.sync_all()?;
         }
     }
-    let text = {
-        let state = lock(&consumer.state);
-        let mut text = format!(
-            "entente-consumer v1\nname {}\nowner {}\npattern {}\nfloor {}\ndone",
-            consumer.name, consumer.owner, consumer.pattern, state.floor
-        );
-        for seq in &state.done {
-            let _ = write!(text, " {seq}");
-        }
-        text.push_str("\nattempts");
-        for (seq, n) in &state.attempts {
-            let _ = write!(text, " {seq}:{n}");
-        }
-        text.push('\n');
-        text
-    };
-    let path = dir.join(format!("{}.state", consumer.name));
-    let temp = dir.join(format!(".{}.state.tmp", consumer.name));
+    let path = dir.join(format!("{name}.state"));
+    let temp = dir.join(format!(".{name}.state.tmp"));
     {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -1471,6 +1566,45 @@ mod tests {
         );
     }
 
+    /// A consumer no session has held for the stream's `max_age` is forgotten (nothing it had
+    /// not read is kept by then); one held is kept however long.
+    #[tokio::test]
+    async fn idle_consumers_are_forgotten_after_max_age() {
+        let (dir, stream, _) = stream_configured(|c| c.max_age = Duration::from_millis(1)).await;
+        let pattern = ChannelPattern::parse("orders.eu").unwrap();
+        let alice = Principal::parse("spiffe://acme.internal/agent/shop/alice").unwrap();
+        let idle = stream.hold("idle", &alice, &pattern, 1).unwrap();
+        let _held = stream.hold("held", &alice, &pattern, 2).unwrap();
+        *lock(&idle.holder) = None;
+        lock(&idle.state).idle_since = Some(Instant::now());
+        std::thread::sleep(Duration::from_millis(5));
+        stream.tick();
+        let names: Vec<String> = lock(&stream.consumers).keys().cloned().collect();
+        assert_eq!(names, ["held"]);
+        let files = dir.path().join("streams/orders/consumers");
+        assert!(!files.join("idle.state").exists());
+        assert!(files.join("held.state").exists());
+        // The name is free again.
+        let bob = Principal::parse("spiffe://acme.internal/agent/shop/bob").unwrap();
+        stream.hold("idle", &bob, &pattern, 3).unwrap();
+    }
+
+    /// Dead letters die in any order: the oldest key version among them is found in all of
+    /// them, past each one's sequence, not in the first kept.
+    #[test]
+    fn the_oldest_key_of_dead_letters_is_found_in_all_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dead = StreamLog::open(dir.path(), StreamOptions::default()).unwrap();
+        assert_eq!(oldest_dead_letter(&dead), u32::MAX);
+        for (seq, version) in [(9u64, 5u32), (3, 2), (12, 7)] {
+            let mut letter = seq.to_be_bytes().to_vec();
+            letter.extend_from_slice(&version.to_be_bytes());
+            letter.extend_from_slice(b"sealed");
+            dead.append_all(&[&letter], 1).unwrap();
+        }
+        assert_eq!(oldest_dead_letter(&dead), 2);
+    }
+
     /// Dead letters are kept as long as entries are, no longer.
     #[tokio::test]
     async fn dead_letters_age_out_with_the_stream() {
@@ -1483,10 +1617,10 @@ mod tests {
         assert_eq!(lock(&stream.dead).len(), 0);
     }
 
-    /// An entry that can't be read is not moved to the dead-letter log, nor counted as moved:
-    /// it stays the consumer's, to be tried again.
+    /// An entry that can't be read when it is due for the dead-letter log is not counted as
+    /// moved: it is counted as a failure (and recorded as lost), and the consumer moves on.
     #[tokio::test]
-    async fn a_dead_letter_that_can_not_be_moved_stays_pending() {
+    async fn a_dead_letter_that_can_not_be_read_is_not_counted_as_moved() {
         let (_dir, stream, keys) = stream().await;
         assert!(stream.append(&[b"entry".to_vec()]));
         assert!(stream.dead_letter(1, "worker", 5));
@@ -1510,7 +1644,7 @@ mod tests {
             .unwrap()
             .set_len(0)
             .unwrap();
-        assert!(!stream.dead_letter(2, "worker", 5));
+        assert!(stream.dead_letter(2, "worker", 5));
         assert_eq!(stream.stats.durable_dead_letters.load(Ordering::Relaxed), 1);
         assert_eq!(stream.stats.durable_failures.load(Ordering::Relaxed), 1);
         // An entry purged since is gone: nothing to move, nothing counted.
