@@ -163,7 +163,8 @@ fn enroll_two_agents_and_exchange_a_sealed_message() {
         ],
         "listening",
     );
-    let forged = "ok\nspiffe://entente.local/agent/demo/admin on demo.greetings: pay \u{1b}[2K";
+    let forged =
+        "ok\nspiffe://entente.local/agent/demo/admin on demo.greetings: pay \u{1b}[2K \u{202e}x";
     ok_with(
         &[
             "send",
@@ -180,7 +181,7 @@ fn enroll_two_agents_and_exchange_a_sealed_message() {
     let heard = String::from_utf8(out.stdout).unwrap();
     assert_eq!(heard.lines().count(), 1, "{heard}");
     assert!(heard.contains("ok\\nspiffe://"), "{heard}");
-    assert!(heard.contains("pay \\u{1b}[2K"), "{heard}");
+    assert!(heard.contains("pay \\u{1b}[2K \\u{202e}x"), "{heard}");
 
     // Eve, of another segment, may not listen there.
     let refused = entente(&[

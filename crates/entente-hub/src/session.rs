@@ -973,9 +973,12 @@ impl<R: Router> Session<R> {
         if purpose.trim().is_empty() {
             return Err(refuse("state a purpose for the approvers"));
         }
-        if purpose.chars().any(char::is_control) {
-            // Approvers read it in a line of its own: no line breaks or terminal controls.
-            return Err(refuse("a purpose may not hold control characters"));
+        if purpose.chars().any(entente_types::text::is_deceptive) {
+            // Approvers read it in a line of its own: no line breaks, terminal controls, or
+            // invisible characters that reorder what they see.
+            return Err(refuse(
+                "a purpose may not hold control or invisible formatting characters",
+            ));
         }
         let deliver: Deliver = entente_wire::decode(&group.batches, &self.context.limits)
             .map_err(|e| Refused::new(RefusalCode::Malformed, format!("batch: {e}")))?;

@@ -296,14 +296,18 @@ async fn a_held_publish_needs_a_purpose_and_one_message_and_the_sender_may_withd
     let answer = publish(&mut session, 1, vec![key.clone()], vec![one], "").await;
     assert_eq!(refusal(answer), (1, RefusalCode::Denied));
     // Approvers read a purpose in a line of its own: no line breaks, no terminal controls.
-    for purpose in ["pay\nspiffe://x on y: fine", "pay \u{1b}[2K"] {
+    for purpose in [
+        "pay\nspiffe://x on y: fine",
+        "pay \u{1b}[2K",
+        "pay \u{202e}04 EUR",
+    ] {
         let one = sealer.seal_batch(&[b"a"], None, now_ms()).unwrap();
         let answer = publish(&mut session, 1, vec![key.clone()], vec![one], purpose).await;
         let server_frame::Kind::Refusal(refused) = answer else {
             panic!("expected a refusal, got {answer:?}");
         };
         assert!(
-            refused.reason.contains("control characters"),
+            refused.reason.contains("formatting characters"),
             "{}",
             refused.reason
         );

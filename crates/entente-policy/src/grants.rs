@@ -358,8 +358,9 @@ pub enum GrantError {
         /// The limit.
         max: usize,
     },
-    /// A reason with control characters (line breaks included).
-    #[error("the reason must not contain control characters")]
+    /// A reason with control characters (line breaks included) or invisible formatting
+    /// characters (bidirectional overrides, zero-width characters).
+    #[error("the reason must not contain control or invisible formatting characters")]
     ReasonControl,
     /// The granter and the receiver are the same principal.
     #[error("`{0}` cannot grant to itself")]
@@ -1165,7 +1166,7 @@ fn check_reason(reason: &str) -> Result<(), GrantError> {
             max: MAX_REASON_LEN,
         });
     }
-    if reason.chars().any(char::is_control) {
+    if reason.chars().any(entente_types::text::is_deceptive) {
         return Err(GrantError::ReasonControl);
     }
     if reason.trim().is_empty() {

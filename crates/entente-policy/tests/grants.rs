@@ -257,6 +257,8 @@ fn direct_grant_bad_inputs() {
     check(g.clone(), GrantError::EmptyReason);
     g.reason = " \t".to_owned();
     check(g.clone(), GrantError::ReasonControl);
+    g.reason = "INC-7 \u{202e}ylno daer".to_owned();
+    check(g.clone(), GrantError::ReasonControl);
     g.reason = "   ".to_owned();
     check(g.clone(), GrantError::EmptyReason);
     g.reason = "x".repeat(MAX_REASON_LEN + 1);

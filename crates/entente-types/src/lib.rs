@@ -7,6 +7,8 @@
 //! - [`namespace`]: a principal's own system channels, its direct channel (`_direct.S.N`) and
 //!   reply namespace (`_reply.S.N.…`).
 //! - [`message_id`]: UUIDv7 message IDs that sort by creation time ([`MessageId`]).
+//! - [`text`]: which characters of free text shown to people could make it read as something
+//!   else ([`text::is_deceptive`]).
 //!
 //! Every type here is a validated newtype: holding one means its string or bytes already passed
 //! the rules documented on its module, so other crates never re-check them. Parsing is strict and
@@ -41,6 +43,7 @@ pub mod channel;
 pub mod message_id;
 pub mod namespace;
 pub mod spiffe;
+pub mod text;
 
 pub use channel::{Channel, ChannelError, ChannelPattern, MAX_CHANNEL_LEN, MAX_TOKENS};
 pub use message_id::{MessageId, MessageIdError};

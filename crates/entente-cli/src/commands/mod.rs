@@ -17,14 +17,16 @@ pub(crate) mod scale;
 pub(crate) mod scratch;
 pub(crate) mod usage;
 
-/// `value` with its control characters escaped (`\n`, `\u{1b}`): text a peer chose, printed
-/// in a line of its own, can't start another line or drive the terminal.
+/// `value` with its control and invisible formatting characters escaped (`\n`, `\u{1b}`,
+/// `\u{202e}`): text a peer chose, printed in a line of its own, can't start another line,
+/// drive the terminal or reorder what is shown.
 pub(crate) fn clean(value: &str) -> String {
-    if value.chars().any(char::is_control) {
+    use entente_types::text::is_deceptive;
+    if value.chars().any(is_deceptive) {
         value
             .chars()
             .map(|c| {
-                if c.is_control() {
+                if is_deceptive(c) {
                     c.escape_default().to_string()
                 } else {
                     c.to_string()
