@@ -129,11 +129,13 @@
 //! - `channel`: the caller must be allowed to publish to the channel (else
 //!   `PERMISSION_DENIED`, counted in [`HubStats::denials`]); the answer is the latest bundle
 //!   of every principal holding a subscription whose pattern matches the channel — on this
-//!   hub, through [`Router::subscribers`](router::Router::subscribers).
+//!   hub, through [`Router::subscribers`](router::Router::subscribers) — besides the caller,
+//!   who seals to them and to itself.
 //!
 //! Revoked principals are omitted. At most `limits.max_recipients` principals are asked or
-//! answered and the answer must fit in one frame (else `RESOURCE_EXHAUSTED`; nothing is cut
-//! silently). Receivers verify every bundle against their trust bundle.
+//! answered (one fewer for a channel: the caller is a sender key's recipient too) and the
+//! answer must fit in one frame (else `RESOURCE_EXHAUSTED`; nothing is cut silently).
+//! Receivers verify every bundle against their trust bundle.
 //!
 //! # Administration
 //!

@@ -713,11 +713,19 @@ async fn what_the_hub_keeps_at_rest_is_readable_by_its_owner_alone() {
     bob.publish("orders.eu", "order 1").await.unwrap();
     let m = next(&mut orders).await;
     alice.ack(&m).await.unwrap();
+    // An export, kept by the hub beside the log while it is fetched.
+    let admin = hub.connect(hub.admin().unwrap()).await.unwrap();
+    admin
+        .audit_export(dir.path().join("out.export"))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     hub.shutdown().await;
 
+    let exports = dir.path().join("audit.exports");
+    assert!(exports.is_dir());
     let mut seen = 0;
-    let mut stack = vec![audit, streams];
+    let mut stack = vec![audit, streams, exports];
     while let Some(path) = stack.pop() {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         if path.is_dir() {
