@@ -312,7 +312,9 @@ impl Refusal for RpcError {
 fn grant_status(error: &GrantError) -> Status {
     let message = error.to_string();
     match error {
-        GrantError::SelfGrant(_) | GrantError::SelfApproval { .. } => {
+        GrantError::SelfGrant(_)
+        | GrantError::SelfApproval { .. }
+        | GrantError::NeedsApprovals { .. } => {
             Status::permission_denied(format!("{message} (separation of duties)"))
         }
         GrantError::UnknownRequest(_) | GrantError::UnknownGrantRecord(_) => {
@@ -512,6 +514,13 @@ mod tests {
                 Code::PermissionDenied,
             ),
             (GrantError::SelfGrant("x".into()), Code::PermissionDenied),
+            (
+                GrantError::NeedsApprovals {
+                    name: "x".into(),
+                    approvals: 2,
+                },
+                Code::PermissionDenied,
+            ),
             (GrantError::UnknownRequest(id), Code::NotFound),
             (GrantError::RequestExpired(id), Code::FailedPrecondition),
             (GrantError::AlreadyRejected(id), Code::FailedPrecondition),

@@ -32,8 +32,8 @@ use support::{
 };
 use tonic::{Code, Status};
 
-/// Segment `ops` reads `orders.>` while holding `orders-read` (two approvals); humans grant,
-/// approve and see everything.
+/// Segment `ops` reads `orders.>` while holding `orders-read` (two approvals, so only through
+/// a request) or `orders-peek` (one); humans grant, approve and see everything.
 const POLICIES: &str = r#"
     @id("orders-read")
     @grant("orders-read")
@@ -43,6 +43,14 @@ const POLICIES: &str = r#"
     permit (principal in Segment::"ops", action == Action::"subscribe",
             resource in Namespace::"orders")
     when { context.grants.contains("orders-read") };
+
+    @id("orders-peek")
+    @grant("orders-peek")
+    @max_duration("1h")
+    @cross_segment
+    permit (principal in Segment::"ops", action == Action::"subscribe",
+            resource in Namespace::"orders")
+    when { context.grants.contains("orders-peek") };
 
     @id("humans-grant")
     permit (principal is Human, action in [Action::"grant", Action::"approve", Action::"admin"],
@@ -101,7 +109,7 @@ async fn grant(
             GRANT_PATH,
             GrantRequest {
                 principal: to.to_string(),
-                name: "orders-read".into(),
+                name: "orders-peek".into(),
                 duration_ms,
                 not_after_ms: 0,
                 reason: "INC-2".into(),
@@ -502,5 +510,36 @@ async fn approvals_of_approvers_cut_off_since_no_longer_count() {
         Code::FailedPrecondition,
         "is quarantined",
     );
+    hub.shutdown().await;
+}
+
+/// One granter is one approval: a grant whose definition asks for two is given only through a
+/// request that two approve (separation of duties), never directly.
+#[tokio::test]
+async fn a_grant_that_needs_approvals_is_not_given_directly() {
+    let ca = TestCa::new();
+    let hub = Hub::start(config(), ca.ca.clone(), ca.store())
+        .await
+        .unwrap();
+    let eve = enroll(&hub, "ops", "eve").await;
+    let ann = human(&hub, "ann").await;
+    let direct: Result<GrantResponse, Status> = ann
+        .connect(&hub)
+        .await
+        .unary(
+            GRANT_PATH,
+            GrantRequest {
+                principal: eve.principal.to_string(),
+                name: "orders-read".into(),
+                duration_ms: 60_000,
+                not_after_ms: 0,
+                reason: "INC-3".into(),
+            },
+        )
+        .await;
+    refused(direct, Code::PermissionDenied, "needs 2 approvals");
+    assert!(list(&hub, &eve).await.grants.is_empty());
+    // One approval: given directly.
+    grant(&hub, &ann, &eve.principal, 60_000).await.unwrap();
     hub.shutdown().await;
 }

@@ -365,6 +365,18 @@ pub enum GrantError {
     /// The granter and the receiver are the same principal.
     #[error("`{0}` cannot grant to itself")]
     SelfGrant(String),
+    /// A grant whose definition asks for more than one approval, given directly: one granter
+    /// is one approval.
+    #[error(
+        "grant `{name}` needs {approvals} approvals: it is given through a request \
+         (`RequestGrant`) that many approvers approve, not by one granter"
+    )]
+    NeedsApprovals {
+        /// The grant's name.
+        name: String,
+        /// The approvals its definition asks for.
+        approvals: u32,
+    },
     /// The book holds as many grants as it may.
     #[error("too many grants: the limit is {0}")]
     TooManyGrants(usize),
@@ -589,6 +601,12 @@ impl GrantBook {
                 not_after_ms
             }
         };
+        if definition.approvals > 1 {
+            return Err(GrantError::NeedsApprovals {
+                name: new.name,
+                approvals: definition.approvals,
+            });
+        }
         self.check_room_for_grant(&new.principal, now_ms)?;
         let grant = Grant {
             id: GrantId(self.next_grant),

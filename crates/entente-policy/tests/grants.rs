@@ -36,6 +36,12 @@ permit (principal, action == Action::"subscribe", resource in Namespace::"demo")
 @max_duration("1h")
 permit (principal, action == Action::"publish", resource in Namespace::"payments")
   when { context.grants.contains("payments-write") };
+
+@id("logs-write")
+@grant("logs-write")
+@max_duration("1h")
+permit (principal, action == Action::"publish", resource in Namespace::"logs")
+  when { context.grants.contains("logs-write") };
 "#;
 
 fn policies() -> PolicySet {
@@ -272,16 +278,20 @@ fn direct_grant_bad_inputs() {
     g.reason = "ok".to_owned();
     g.granter = g.principal.clone();
     check(g, GrantError::SelfGrant(w.alice.id.as_str().to_owned()));
+    // One granter is one approval: a grant that needs two is never given directly.
+    check(
+        new_grant(&w, "payments-write", GrantEnd::After(HOUR)),
+        GrantError::NeedsApprovals {
+            name: "payments-write".to_owned(),
+            approvals: 2,
+        },
+    );
     // Nothing was given, and nothing counted as a change.
     assert_eq!(book.grants().count(), 0);
     assert_eq!(book.revision(), 0);
     // The maximum itself is fine.
-    book.grant(
-        &p,
-        new_grant(&w, "payments-write", GrantEnd::After(HOUR)),
-        NOW,
-    )
-    .unwrap();
+    book.grant(&p, new_grant(&w, "logs-write", GrantEnd::After(HOUR)), NOW)
+        .unwrap();
 }
 
 #[test]
@@ -881,9 +891,7 @@ fn expiry_as_time_advances() {
     let short = w
         .grant("demo-read", GrantEnd::After(10 * MINUTE), NOW)
         .unwrap();
-    let long = w
-        .grant("payments-write", GrantEnd::After(HOUR), NOW)
-        .unwrap();
+    let long = w.grant("logs-write", GrantEnd::After(HOUR), NOW).unwrap();
     let request = w.request("demo-read", HOUR, NOW + MINUTE).unwrap();
     assert_eq!(w.book.next_change_ms(), Some(NOW + 10 * MINUTE));
 
@@ -893,13 +901,13 @@ fn expiry_as_time_advances() {
     assert_eq!(w.book.revision(), revision);
     assert_eq!(
         active_names(&w.book, &w.alice.id, NOW + 10 * MINUTE - 1),
-        ["demo-read", "payments-write"]
+        ["demo-read", "logs-write"]
     );
 
     // At its end the short grant no longer counts, before anyone calls `expire`…
     assert_eq!(
         active_names(&w.book, &w.alice.id, NOW + 10 * MINUTE),
-        ["payments-write"]
+        ["logs-write"]
     );
     // …and `expire` removes it and says so.
     let expired = w.book.expire(NOW + 10 * MINUTE);
