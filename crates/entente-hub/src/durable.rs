@@ -284,6 +284,9 @@ struct ConsumerState {
     /// Since when no session has held it (since it was loaded, or since its last holder let
     /// go); `None` while held.
     idle_since: Option<Instant>,
+    /// Goes up each time a holder lets go: a delivery task of an earlier holding (being
+    /// aborted, but maybe running on another worker) leaves the state alone.
+    generation: u64,
 }
 
 /// A consumer held by a session: its delivery task ends when this drops.
@@ -664,9 +667,17 @@ impl Stream {
     ) -> Held {
         let stream = self.clone();
         let delivering = consumer.clone();
+        // This holding's generation: the task touches the state only while it is current.
+        let generation = lock(&consumer.state).generation;
         let task = tokio::spawn(async move {
             if start.await == Ok(true) {
-                delivery(stream, delivering, subscription_id, outbound, gate).await;
+                let to = Recipient {
+                    subscription_id,
+                    outbound,
+                    gate,
+                    generation,
+                };
+                delivery(stream, delivering, to).await;
             }
         });
         Held { consumer, task }
@@ -1007,6 +1018,7 @@ impl Held {
         state.in_flight.clear();
         state.next = state.floor;
         state.idle_since = Some(Instant::now());
+        state.generation = state.generation.wrapping_add(1);
         drop(state);
         *lock(&self.consumer.holder) = None;
     }
@@ -1015,24 +1027,24 @@ impl Held {
 // === delivery ===
 
 /// Delivers `consumer`'s entries in order until the session ends or the task is aborted.
-async fn delivery(
-    stream: Arc<Stream>,
-    consumer: Arc<Consumer>,
-    subscription_id: u64,
-    outbound: OutboundTx,
-    gate: Arc<DeliveryGate>,
-) {
+async fn delivery(stream: Arc<Stream>, consumer: Arc<Consumer>, to: Recipient) {
     let mut appended = stream.appended.subscribe();
     loop {
         let end = *appended.borrow_and_update();
-        let (due, fresh, next_deadline) = plan(&stream, &consumer, end, Instant::now());
+        let Some((due, fresh, next_deadline)) =
+            plan(&stream, &consumer, end, Instant::now(), to.generation)
+        else {
+            return;
+        };
         for seq in due.into_iter().chain(fresh) {
-            if !send(&stream, &consumer, subscription_id, &outbound, &gate, seq).await {
+            if !send(&stream, &consumer, &to, seq).await {
                 return;
             }
         }
         let busy = {
-            let state = lock(&consumer.state);
+            let Some(state) = state_of(&consumer, to.generation) else {
+                return;
+            };
             state.next < *appended.borrow() && state.in_flight.len() < MAX_IN_FLIGHT
         };
         if busy {
@@ -1043,7 +1055,7 @@ async fn delivery(
             () = consumer.wake.notified() => {}
             changed = appended.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(sleep) => {}
-            () = outbound.closed() => return,
+            () = to.outbound.closed() => return,
         }
     }
 }
@@ -1109,11 +1121,12 @@ fn plan(
     consumer: &Consumer,
     end: u64,
     now: Instant,
-) -> (Vec<u64>, Vec<u64>, Option<Instant>) {
+    generation: u64,
+) -> Option<(Vec<u64>, Vec<u64>, Option<Instant>)> {
     // Not the log's lock: the writer holds it through its syncs, and this runs on a worker
     // that serves sessions. The first sequence only rises.
     let first = stream.first.load(Ordering::Acquire);
-    let mut state = lock(&consumer.state);
+    let mut state = state_of(consumer, generation)?;
     state.advance_to(first);
     let due: Vec<u64> = state
         .in_flight
@@ -1130,43 +1143,63 @@ fn plan(
         state.next += 1;
     }
     let next_deadline = state.in_flight.values().min().copied();
-    (due, fresh, next_deadline)
+    Some((due, fresh, next_deadline))
+}
+
+/// Where a holding's deliveries go, and which holding it is.
+struct Recipient {
+    subscription_id: u64,
+    outbound: OutboundTx,
+    gate: Arc<DeliveryGate>,
+    generation: u64,
+}
+
+/// `consumer`'s state, if the holding of `generation` is still the current one: once its
+/// holder let go, the state is the next holder's.
+fn state_of(consumer: &Consumer, generation: u64) -> Option<MutexGuard<'_, ConsumerState>> {
+    let state = lock(&consumer.state);
+    (state.generation == generation).then_some(state)
 }
 
 /// Sends entry `seq` to the consumer (or finishes it when it is gone, not for this
 /// consumer, or delivered too often); `false` when the session is gone.
-async fn send(
-    stream: &Arc<Stream>,
-    consumer: &Consumer,
-    subscription_id: u64,
-    outbound: &OutboundTx,
-    gate: &DeliveryGate,
-    seq: u64,
-) -> bool {
+async fn send(stream: &Arc<Stream>, consumer: &Consumer, to: &Recipient, seq: u64) -> bool {
     let attempt = {
-        let mut state = lock(&consumer.state);
+        let Some(mut state) = state_of(consumer, to.generation) else {
+            return false;
+        };
         let attempts = state.attempts.entry(seq).or_insert(0);
         *attempts += 1;
         let attempt = *attempts;
         state.dirty = true;
         attempt
     };
+    // What the state becomes is written only while this holding is current; `false` ends
+    // the task otherwise.
     let retry_later = || {
-        lock(&consumer.state)
-            .in_flight
-            .insert(seq, Instant::now() + stream.config.ack_wait);
+        state_of(consumer, to.generation)
+            .map(|mut state| {
+                state
+                    .in_flight
+                    .insert(seq, Instant::now() + stream.config.ack_wait)
+            })
+            .is_some()
+    };
+    let finish = || {
+        state_of(consumer, to.generation)
+            .map(|mut state| state.finish(seq))
+            .is_some()
     };
     if attempt > stream.config.max_deliver {
         let dead_letter = {
             let (stream, name) = (stream.clone(), consumer.name.clone());
             tokio::task::spawn_blocking(move || stream.dead_letter(seq, &name, attempt - 1))
         };
-        if dead_letter.await.unwrap_or(false) {
-            lock(&consumer.state).finish(seq);
+        return if dead_letter.await.unwrap_or(false) {
+            finish()
         } else {
-            retry_later();
-        }
-        return true;
+            retry_later()
+        };
     }
     let read = {
         let stream = stream.clone();
@@ -1174,35 +1207,30 @@ async fn send(
     };
     let (channel, body) = match read {
         Ok(Ok(Some(entry))) => entry,
-        Ok(Ok(None)) => {
-            lock(&consumer.state).finish(seq);
-            return true;
-        }
+        Ok(Ok(None)) => return finish(),
         Ok(Err(_)) | Err(_) => {
             // An entry that can't be read or opened is no delivery: counted, and tried again
             // after `ack_wait` like one unacknowledged, until it goes to the dead-letter log
             // as stored (a read that failed once may not fail again).
             stats::bump(&stream.stats.durable_failures);
-            retry_later();
-            return true;
+            return retry_later();
         }
     };
     if !authz::matches(&consumer.pattern, &channel)
-        || !gate.carries(&consumer.pattern, &channel, now_ms)
+        || !to.gate.carries(&consumer.pattern, &channel, now_ms)
     {
-        lock(&consumer.state).finish(seq);
-        return true;
+        return finish();
     }
     let mut body = BytesMut::from(body.as_ref());
     prost::encoding::encode_key(SEQUENCE_TAG, prost::encoding::WireType::Varint, &mut body);
     prost::encoding::encode_varint(seq, &mut body);
     prost::encoding::encode_key(ATTEMPT_TAG, prost::encoding::WireType::Varint, &mut body);
     prost::encoding::encode_varint(u64::from(attempt), &mut body);
-    lock(&consumer.state)
-        .in_flight
-        .insert(seq, Instant::now() + stream.config.ack_wait);
-    let frame = Outbound::deliver(subscription_id, body.freeze());
-    if outbound.send(frame).await.is_err() {
+    if !retry_later() {
+        return false;
+    }
+    let frame = Outbound::deliver(to.subscription_id, body.freeze());
+    if to.outbound.send(frame).await.is_err() {
         return false;
     }
     stats::bump(&stream.stats.durable_delivered);
@@ -1479,7 +1507,7 @@ mod tests {
         };
         let plans = std::thread::spawn(move || {
             for _ in 0..20_000 {
-                plan(&stream, &consumer, 0, Instant::now());
+                plan(&stream, &consumer, 0, Instant::now(), 0);
             }
             done.send(()).unwrap();
         });
@@ -1564,6 +1592,35 @@ mod tests {
             ),
             "{refused}"
         );
+    }
+
+    /// A delivery task of an earlier holding (aborted, but maybe still running on another
+    /// worker) leaves the state alone once its holder let go: what it would have taken is the
+    /// next holder's to deliver.
+    #[tokio::test]
+    async fn a_released_holdings_task_leaves_the_state_alone() {
+        let (_dir, stream, _) = stream().await;
+        let pattern = ChannelPattern::parse("orders.eu").unwrap();
+        let alice = Principal::parse("spiffe://acme.internal/agent/shop/alice").unwrap();
+        let consumer = stream.hold("worker", &alice, &pattern, 1).unwrap();
+        let (_, fresh, _) = plan(&stream, &consumer, 5, Instant::now(), 0).unwrap();
+        assert_eq!(fresh, [1, 2, 3, 4]);
+        // Let go: the next holder starts again from the floor.
+        let (outbound, _rx) = OutboundTx::channel(1, 1);
+        let authz = Arc::new(crate::authz::Authz::with_policies("", Arc::default()));
+        let gate = DeliveryGate::new(
+            authz,
+            entente_policy::Subject::new(alice, Vec::<String>::new()),
+            0,
+        );
+        let (start, started) = oneshot::channel();
+        let held = stream.deliver(consumer.clone(), 1, outbound, Arc::new(gate), started);
+        drop(start);
+        held.release();
+        assert!(plan(&stream, &consumer, 9, Instant::now(), 0).is_none());
+        assert_eq!(lock(&consumer.state).next, 1, "the stale plan took nothing");
+        let (_, fresh, _) = plan(&stream, &consumer, 9, Instant::now(), 1).unwrap();
+        assert_eq!(fresh, [1, 2, 3, 4, 5, 6, 7, 8]);
     }
 
     /// A consumer no session has held for the stream's `max_age` is forgotten (nothing it had
