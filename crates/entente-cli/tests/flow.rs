@@ -234,3 +234,54 @@ fn enroll_two_agents_and_exchange_a_sealed_message() {
     assert!(!denied.status.success());
     stop(hub);
 }
+
+/// A reader that stops reading (`entente listen … | head -1`) ends `listen` quietly: no panic,
+/// exit 0.
+#[test]
+fn listen_ends_quietly_when_its_reader_is_gone() {
+    use std::io::BufRead as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("hub");
+    let (hub, info) = start(&data);
+    let addr = info["listening"].as_str().unwrap().to_owned();
+    let alice = support::enroll(&data, &addr, "demo/alice", tmp.path());
+    let bob = support::enroll(&data, &addr, "demo/bob", tmp.path());
+    let mut listener = spawn_ready(
+        &[
+            "listen",
+            "--identity",
+            s(&bob),
+            "--hub",
+            &addr,
+            "demo.greetings",
+            "--count",
+            "50",
+        ],
+        "listening",
+    );
+    let send = |text: &str| {
+        ok(&[
+            "send",
+            "--identity",
+            s(&alice),
+            "--hub",
+            &addr,
+            "demo.greetings",
+            text,
+        ]);
+    };
+    send("first");
+    let mut reader = std::io::BufReader::new(listener.stdout.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.contains("first"), "{line}");
+    drop(reader);
+    for i in 0..3 {
+        send(&format!("after {i}"));
+    }
+    let out = support::wait(listener, support::LIMIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stop(hub);
+}

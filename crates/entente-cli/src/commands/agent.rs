@@ -262,28 +262,40 @@ pub(crate) fn listen(
                 Ok(message) => {
                     seen += 1;
                     let text = String::from_utf8_lossy(&message.payload);
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::json!({
-                                "sender": message.sender.to_string(),
-                                "channel": message.channel.to_string(),
-                                "message_id": message.message_id.to_string(),
-                                "payload": text,
-                                "sequence": message.durable.map(|d| d.sequence),
-                                "attempt": message.durable.map(|d| d.attempt),
-                            })
-                        );
+                    let line = if json {
+                        serde_json::json!({
+                            "sender": message.sender.to_string(),
+                            "channel": message.channel.to_string(),
+                            "message_id": message.message_id.to_string(),
+                            "payload": text,
+                            "sequence": message.durable.map(|d| d.sequence),
+                            "attempt": message.durable.map(|d| d.attempt),
+                        })
+                        .to_string()
                     } else {
                         // One line per message: the payload can't add one of its own.
-                        println!(
+                        format!(
                             "{} on {}: {}",
                             message.sender,
                             message.channel,
                             super::clean(&text)
-                        );
+                        )
+                    };
+                    let written = {
+                        let mut out = std::io::stdout().lock();
+                        writeln!(out, "{line}").and_then(|()| out.flush())
+                    };
+                    match written {
+                        Ok(()) => {}
+                        // Whoever read the output is gone (`| head -1`): the end, not an
+                        // error; the message is not acknowledged, so a durable consumer gets
+                        // it again.
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                            client.close().await;
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                        Err(e) => return Err(anyhow!(e).context("writing the message")),
                     }
-                    let _ = std::io::stdout().flush();
                     client
                         .ack(&message)
                         .await
