@@ -847,7 +847,25 @@ impl Stream {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(_) => continue,
             }
-            consumers.remove(&name);
+            let Some(consumer) = consumers.remove(&name) else {
+                continue;
+            };
+            // What it had not read is kept no longer for it: said, with where it stood.
+            let floor = lock(&consumer.state).floor;
+            let event = entente_audit::Event::Admin(entente_audit::Admin {
+                operation: crate::audit::clear("durable-consumer-forgotten"),
+                target: crate::audit::clear(&format!("{}/{name}", self.config.name)),
+                detail: crate::audit::clear(&format!(
+                    "owner `{}`: held by no session for the stream's max_age; it had read up \
+                     to sequence {floor}",
+                    consumer.owner
+                )),
+            });
+            let _ = self.auditor.submit(
+                crate::audit::HUB_ACTOR,
+                entente_audit::Outcome::Success,
+                event,
+            );
         }
     }
 
@@ -877,9 +895,10 @@ impl Stream {
 
     /// Moves entry `seq` to the dead-letter log (as stored, with its sequence) and records it.
     /// Moves entry `seq` (as stored, sealed) to the dead-letter log and records it. `false` if
-    /// the dead-letter log fails: the entry stays the consumer's, and the stream fails (it
-    /// takes nothing more until the hub restarts). An entry that can't be read is recorded as
-    /// lost (`dead-letter-unreadable`); one already purged is gone: nothing to move.
+    /// it stays the consumer's, tried again: it could not be read (until reads failed
+    /// `max_deliver` more times: then it is recorded as lost, `dead-letter-unreadable`), or
+    /// the dead-letter log failed (the stream then fails: it takes nothing more until the hub
+    /// restarts). One already purged is gone: nothing to move.
     fn dead_letter(&self, seq: u64, consumer: &str, attempts: u32) -> bool {
         let read = lock(&self.log).read(seq);
         let (operation, detail) = match read {
@@ -909,9 +928,14 @@ impl Stream {
                 )
             }
             Ok(None) => return true,
+            Err(_) if attempts < self.config.max_deliver.saturating_mul(2) => {
+                // A read that fails now may not fail again: tried again after `ack_wait`.
+                stats::bump(&self.stats.durable_failures);
+                return false;
+            }
             Err(e) => {
-                // Delivered `max_deliver` times already, or failed to read each time: what
-                // can't be read now is recorded as lost, and the consumer moves on.
+                // As many reads failed past `max_deliver` as deliveries were allowed: what
+                // can't be read is recorded as lost, and the consumer moves on.
                 stats::bump(&self.stats.durable_failures);
                 tracing::error!(
                     stream = %self.config.name,
@@ -1675,7 +1699,8 @@ mod tests {
     }
 
     /// An entry that can't be read when it is due for the dead-letter log is not counted as
-    /// moved: it is counted as a failure (and recorded as lost), and the consumer moves on.
+    /// moved: it is tried again, then (reads failing `max_deliver` more times) counted as a
+    /// failure and recorded as lost, and the consumer moves on.
     #[tokio::test]
     async fn a_dead_letter_that_can_not_be_read_is_not_counted_as_moved() {
         let (_dir, stream, keys) = stream().await;
@@ -1701,9 +1726,12 @@ mod tests {
             .unwrap()
             .set_len(0)
             .unwrap();
-        assert!(stream.dead_letter(2, "worker", 5));
-        assert_eq!(stream.stats.durable_dead_letters.load(Ordering::Relaxed), 1);
+        // Tried again while reads may recover, then recorded as lost (not as moved).
+        assert!(!stream.dead_letter(2, "worker", 5));
         assert_eq!(stream.stats.durable_failures.load(Ordering::Relaxed), 1);
+        assert!(stream.dead_letter(2, "worker", 10));
+        assert_eq!(stream.stats.durable_dead_letters.load(Ordering::Relaxed), 1);
+        assert_eq!(stream.stats.durable_failures.load(Ordering::Relaxed), 2);
         // An entry purged since is gone: nothing to move, nothing counted.
         assert!(stream.dead_letter(99, "worker", 5));
         assert_eq!(stream.stats.durable_dead_letters.load(Ordering::Relaxed), 1);

@@ -1178,13 +1178,23 @@ fn check_duration(definition: &GrantDefinition, duration_ms: u64) -> Result<(), 
 }
 
 fn check_reason(reason: &str) -> Result<(), GrantError> {
+    if reason.chars().any(entente_types::text::is_deceptive) {
+        return Err(GrantError::ReasonControl);
+    }
+    check_stored_reason(reason)
+}
+
+/// What a stored reason must be: the rules of [`check_reason`] as they were when reasons
+/// with invisible formatting characters were taken, so that a book stored then still loads
+/// (the CLI escapes them when it shows one).
+fn check_stored_reason(reason: &str) -> Result<(), GrantError> {
     if reason.len() > MAX_REASON_LEN {
         return Err(GrantError::ReasonTooLong {
             len: reason.len(),
             max: MAX_REASON_LEN,
         });
     }
-    if reason.chars().any(entente_types::text::is_deceptive) {
+    if reason.chars().any(char::is_control) {
         return Err(GrantError::ReasonControl);
     }
     if reason.trim().is_empty() {
@@ -1207,7 +1217,7 @@ mod codec {
     use super::{
         BOOK_VERSION, BookDecodeError, Grant, GrantBook, GrantId, GrantLimits, GrantRequest,
         GrantedBy, HARD_MAX_GRANTS, HARD_MAX_REQUESTS, MAX_APPROVALS, MAX_BOOK_LEN,
-        MAX_GRANT_DURATION_MS, RequestId, RequestState, check_reason, is_valid_grant_name,
+        MAX_GRANT_DURATION_MS, RequestId, RequestState, check_stored_reason, is_valid_grant_name,
     };
     use crate::approvals::ApprovalRecord;
 
@@ -1438,7 +1448,7 @@ mod codec {
         {
             return Err(fail("validity period is empty or too long"));
         }
-        check_reason(&g.reason).map_err(|e| fail(&e.to_string()))?;
+        check_stored_reason(&g.reason).map_err(|e| fail(&e.to_string()))?;
         let granted_by = match g.granted_by {
             GrantedByV1::Granter { granter } => {
                 let granter = self::principal(&what, &granter)?;
@@ -1496,7 +1506,7 @@ mod codec {
         if r.duration_ms == 0 || r.duration_ms > MAX_GRANT_DURATION_MS {
             return Err(fail("duration out of range"));
         }
-        check_reason(&r.reason).map_err(|e| fail(&e.to_string()))?;
+        check_stored_reason(&r.reason).map_err(|e| fail(&e.to_string()))?;
         if r.created_at_ms > r.expires_at_ms {
             return Err(fail("expires before it was made"));
         }
@@ -1730,5 +1740,12 @@ mod tests {
         ));
         check_reason(&"x".repeat(MAX_REASON_LEN)).unwrap();
         check_reason("incident INC-42: read the logs").unwrap();
+        // New reasons refuse invisible formatting; stored ones (taken before) still load.
+        assert_eq!(
+            check_reason("INC \u{202e}42"),
+            Err(GrantError::ReasonControl)
+        );
+        check_stored_reason("INC \u{202e}42").unwrap();
+        assert_eq!(check_stored_reason("a\nb"), Err(GrantError::ReasonControl));
     }
 }
