@@ -13,6 +13,24 @@ mod support;
 
 use support::{entente, entente_with, ok, ok_with, s, spawn_ready, start, stop};
 
+/// `entente listen` as `identity` on `demo.greetings` for `count` messages, once it listens.
+fn listen(identity: &std::path::Path, addr: &str, count: u64) -> std::process::Child {
+    let count = count.to_string();
+    spawn_ready(
+        &[
+            "listen",
+            "--identity",
+            s(identity),
+            "--hub",
+            addr,
+            "demo.greetings",
+            "--count",
+            &count,
+        ],
+        "listening",
+    )
+}
+
 #[test]
 fn enroll_two_agents_and_exchange_a_sealed_message() {
     let tmp = tempfile::tempdir().unwrap();
@@ -115,19 +133,7 @@ fn enroll_two_agents_and_exchange_a_sealed_message() {
     assert!(carol(&tmp.path().join("carol")).status.success());
 
     // Bob listens; once subscribed, Alice sends.
-    let listener = spawn_ready(
-        &[
-            "listen",
-            "--identity",
-            s(bob),
-            "--hub",
-            &addr,
-            "demo.greetings",
-            "--count",
-            "1",
-        ],
-        "listening",
-    );
+    let listener = listen(bob, &addr, 1);
     // The message on standard input.
     let sent = ok_with(
         &[
@@ -150,19 +156,7 @@ fn enroll_two_agents_and_exchange_a_sealed_message() {
 
     // A payload can't print a line of its own (a sender line of someone else's) or drive the
     // terminal: one line per message, its control characters escaped.
-    let listener = spawn_ready(
-        &[
-            "listen",
-            "--identity",
-            s(bob),
-            "--hub",
-            &addr,
-            "demo.greetings",
-            "--count",
-            "1",
-        ],
-        "listening",
-    );
+    let listener = listen(bob, &addr, 1);
     let forged =
         "ok\nspiffe://entente.local/agent/demo/admin on demo.greetings: pay \u{1b}[2K \u{202e}x";
     ok_with(
@@ -246,19 +240,7 @@ fn listen_ends_quietly_when_its_reader_is_gone() {
     let addr = info["listening"].as_str().unwrap().to_owned();
     let alice = support::enroll(&data, &addr, "demo/alice", tmp.path());
     let bob = support::enroll(&data, &addr, "demo/bob", tmp.path());
-    let mut listener = spawn_ready(
-        &[
-            "listen",
-            "--identity",
-            s(&bob),
-            "--hub",
-            &addr,
-            "demo.greetings",
-            "--count",
-            "50",
-        ],
-        "listening",
-    );
+    let mut listener = listen(&bob, &addr, 50);
     let send = |text: &str| {
         ok(&[
             "send",

@@ -16,7 +16,7 @@ use std::{
     process::Output,
 };
 
-use support::{entente, ok_with, s, spawn_ready, start, stop};
+use support::{entente, s, spawn_ready, start, stop};
 
 /// Runs `entente ARGS --identity ID --hub ADDR`.
 fn as_(id: &Path, addr: &str, args: &[&str]) -> Output {
@@ -48,27 +48,7 @@ fn fails_as(id: &Path, addr: &str, args: &[&str], says: &str) {
 
 /// Enrolls `--agent SEGMENT/NAME` or `--human NAME` (per `kind`) into `tmp/DIR`.
 fn enroll(tmp: &Path, data: &Path, addr: &str, kind: &str, name: &str) -> PathBuf {
-    let token = ok_as(
-        &data.join("admin"),
-        addr,
-        &["token", "create", kind, name, "--ttl", "10m"],
-    );
-    let dir = tmp.join(name.replace('/', "-"));
-    let said = ok_with(
-        &[
-            "enroll",
-            "--hub",
-            addr,
-            "--ca",
-            s(&data.join("ca.pem")),
-            "--token-file",
-            "-",
-            "--out",
-            s(&dir),
-        ],
-        token.as_bytes(),
-        &[],
-    );
+    let (dir, said) = support::enroll_as(data, addr, kind, name, tmp);
     assert!(said.contains("enrolled"), "{said}");
     dir
 }

@@ -97,10 +97,36 @@ async fn request_grant(
     Ok(response.request.unwrap())
 }
 
+/// `by` quarantines `who` (an administrator's act).
+async fn quarantine(hub: &HubHandle, by: &Agent, who: &Agent) -> entente_wire::QuarantineResponse {
+    by.connect(hub)
+        .await
+        .unary(
+            entente_hub::QUARANTINE_PATH,
+            entente_wire::QuarantineRequest {
+                impose: who.principal.to_string(),
+                release: String::new(),
+                reason: "seen scanning".into(),
+            },
+        )
+        .await
+        .unwrap()
+}
+
 async fn grant(
     hub: &HubHandle,
     granter: &Agent,
     to: &Principal,
+    duration_ms: u64,
+) -> Result<GrantInfo, Status> {
+    grant_named(hub, granter, to, "orders-peek", duration_ms).await
+}
+
+async fn grant_named(
+    hub: &HubHandle,
+    granter: &Agent,
+    to: &Principal,
+    name: &str,
     duration_ms: u64,
 ) -> Result<GrantInfo, Status> {
     let client = granter.connect(hub).await;
@@ -109,7 +135,7 @@ async fn grant(
             GRANT_PATH,
             GrantRequest {
                 principal: to.to_string(),
-                name: "orders-peek".into(),
+                name: name.into(),
                 duration_ms,
                 not_after_ms: 0,
                 reason: "INC-2".into(),
@@ -465,20 +491,7 @@ async fn approvals_of_approvers_cut_off_since_no_longer_count() {
     assert_eq!((answer.outcome.as_str(), answer.approvals), ("pending", 1));
 
     // Bob quarantined: carl's is the only one that counts.
-    let quarantined: entente_wire::QuarantineResponse = dan
-        .connect(&hub)
-        .await
-        .unary(
-            entente_hub::QUARANTINE_PATH,
-            entente_wire::QuarantineRequest {
-                impose: bob.principal.to_string(),
-                release: String::new(),
-                reason: "its key was seen on a paste site".into(),
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(quarantined.quarantined.len(), 1);
+    assert_eq!(quarantine(&hub, &dan, &bob).await.quarantined.len(), 1);
     let answer = approve(&hub, &carl, approved(&carl)).await.unwrap();
     assert_eq!((answer.outcome.as_str(), answer.approvals), ("pending", 1));
 
@@ -492,19 +505,7 @@ async fn approvals_of_approvers_cut_off_since_no_longer_count() {
     // A quarantined requester's request is not approved while it is.
     let fay = enroll(&hub, "ops", "fay").await;
     let request = request_grant(&hub, &fay, "orders-read").await.unwrap();
-    let _: entente_wire::QuarantineResponse = dan
-        .connect(&hub)
-        .await
-        .unary(
-            entente_hub::QUARANTINE_PATH,
-            entente_wire::QuarantineRequest {
-                impose: fay.principal.to_string(),
-                release: String::new(),
-                reason: "seen scanning".into(),
-            },
-        )
-        .await
-        .unwrap();
+    quarantine(&hub, &dan, &fay).await;
     refused(
         approve(&hub, &carl, statement(&carl, &request, Verdict::Approve)).await,
         Code::FailedPrecondition,
@@ -523,21 +524,11 @@ async fn a_grant_that_needs_approvals_is_not_given_directly() {
         .unwrap();
     let eve = enroll(&hub, "ops", "eve").await;
     let ann = human(&hub, "ann").await;
-    let direct: Result<GrantResponse, Status> = ann
-        .connect(&hub)
-        .await
-        .unary(
-            GRANT_PATH,
-            GrantRequest {
-                principal: eve.principal.to_string(),
-                name: "orders-read".into(),
-                duration_ms: 60_000,
-                not_after_ms: 0,
-                reason: "INC-3".into(),
-            },
-        )
-        .await;
-    refused(direct, Code::PermissionDenied, "needs 2 approvals");
+    refused(
+        grant_named(&hub, &ann, &eve.principal, "orders-read", 60_000).await,
+        Code::PermissionDenied,
+        "needs 2 approvals",
+    );
     assert!(list(&hub, &eve).await.grants.is_empty());
     // One approval: given directly.
     grant(&hub, &ann, &eve.principal, 60_000).await.unwrap();

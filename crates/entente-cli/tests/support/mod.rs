@@ -158,6 +158,19 @@ pub fn ok(args: &[&str]) -> String {
 /// Enrolls the agent `name` (`segment/name`) with a join token the hub's admin (in
 /// `data/admin`) creates; returns its identity directory, `out/segment-name`.
 pub fn enroll(data: &Path, addr: &str, name: &str, out: &Path) -> std::path::PathBuf {
+    enroll_as(data, addr, "--agent", name, out).0
+}
+
+/// Enrolls the agent (`kind` `--agent`, `name` `segment/name`) or human (`--human`, `name`)
+/// with a join token the hub's admin creates; returns its identity directory, `out/<name>`
+/// with `/` as `-`, and what `enroll` said.
+pub fn enroll_as(
+    data: &Path,
+    addr: &str,
+    kind: &str,
+    name: &str,
+    out: &Path,
+) -> (std::path::PathBuf, String) {
     let token = ok(&[
         "token",
         "create",
@@ -165,11 +178,11 @@ pub fn enroll(data: &Path, addr: &str, name: &str, out: &Path) -> std::path::Pat
         s(&data.join("admin")),
         "--hub",
         addr,
-        "--agent",
+        kind,
         name,
     ]);
     let dir = out.join(name.replace('/', "-"));
-    ok_with(
+    let said = ok_with(
         &[
             "enroll",
             "--hub",
@@ -184,7 +197,7 @@ pub fn enroll(data: &Path, addr: &str, name: &str, out: &Path) -> std::path::Pat
         token.as_bytes(),
         &[],
     );
-    dir
+    (dir, said)
 }
 
 /// A path as a `&str`.
