@@ -759,9 +759,8 @@ impl Stream {
         let max_age_ms = u64::try_from(self.config.max_age.as_millis()).unwrap_or(u64::MAX);
         self.expire_idle(max_age_ms);
         let consumers: Vec<Arc<Consumer>> = lock(&self.consumers).values().cloned().collect();
-        // The floors before the log's lock, never under it: a delivery takes its consumer's
-        // state and then the log's first sequence, one after the other; a floor only rises, so
-        // one read early only purges less.
+        // The floors before the log's lock, never under it: no lock is taken under another
+        // here; a floor only rises, so one read early only purges less.
         let floor = consumers.iter().map(|c| lock(&c.state).floor).min();
         let mut log = lock(&self.log);
         let too_old = log.first_since(now_ms().saturating_sub(max_age_ms));
@@ -852,19 +851,16 @@ impl Stream {
             };
             // What it had not read is kept no longer for it: said, with where it stood.
             let floor = lock(&consumer.state).floor;
-            let event = entente_audit::Event::Admin(entente_audit::Admin {
-                operation: crate::audit::clear("durable-consumer-forgotten"),
-                target: crate::audit::clear(&format!("{}/{name}", self.config.name)),
-                detail: crate::audit::clear(&format!(
+            let _ = hub_record(
+                &self.auditor,
+                entente_audit::Outcome::Success,
+                "durable-consumer-forgotten",
+                &format!("{}/{name}", self.config.name),
+                &format!(
                     "owner `{}`: held by no session for the stream's max_age; it had read up \
                      to sequence {floor}",
                     consumer.owner
-                )),
-            });
-            let _ = self.auditor.submit(
-                crate::audit::HUB_ACTOR,
-                entente_audit::Outcome::Success,
-                event,
+                ),
             );
         }
     }
@@ -949,18 +945,12 @@ impl Stream {
                 )
             }
         };
-        let event = entente_audit::Event::Admin(entente_audit::Admin {
-            operation: crate::audit::clear(operation),
-            target: crate::audit::clear(&format!(
-                "{}#{seq} for consumer `{consumer}`",
-                self.config.name
-            )),
-            detail: crate::audit::clear(&detail),
-        });
-        let _ = self.auditor.submit(
-            crate::audit::HUB_ACTOR,
+        let _ = hub_record(
+            &self.auditor,
             entente_audit::Outcome::Failed,
-            event,
+            operation,
+            &format!("{}#{seq} for consumer `{consumer}`", self.config.name),
+            &detail,
         );
         true
     }
@@ -1123,19 +1113,32 @@ fn report_cut(
     } else {
         tracing::error!(stream, %detail, "a durable channel was cut at open, losing entries");
     }
+    hub_record(
+        auditor,
+        entente_audit::Outcome::Failed,
+        "durable-channel-repaired",
+        stream,
+        &detail,
+    )
+    .map_err(|_| HubError::Audit("recording a durable channel's repair".into()))
+}
+
+/// Queues an `admin` record of the hub's own act on a durable channel.
+fn hub_record(
+    auditor: &Auditor,
+    outcome: entente_audit::Outcome,
+    operation: &str,
+    target: &str,
+    detail: &str,
+) -> Result<(), crate::audit::AuditUnavailable> {
     let event = entente_audit::Event::Admin(entente_audit::Admin {
-        operation: crate::audit::clear("durable-channel-repaired"),
-        target: crate::audit::clear(stream),
-        detail: crate::audit::clear(&detail),
+        operation: crate::audit::clear(operation),
+        target: crate::audit::clear(target),
+        detail: crate::audit::clear(detail),
     });
     auditor
-        .submit(
-            crate::audit::HUB_ACTOR,
-            entente_audit::Outcome::Failed,
-            event,
-        )
+        .submit(crate::audit::HUB_ACTOR, outcome, event)
         .map(drop)
-        .map_err(|_| HubError::Audit("recording a durable channel's repair".into()))
 }
 
 /// What to send `consumer` now, with entries up to `end` appended: redeliveries due at `now`
@@ -1371,16 +1374,9 @@ fn consumer_text(consumer: &Consumer, state: &ConsumerState) -> String {
 
 /// Writes the state file `text` of the consumer `name` in `dir`, atomically.
 fn write_consumer(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-        if let Some(parent) = dir.parent() {
-            std::fs::File::open(parent)?.sync_all()?;
-        }
-    }
+    use std::os::unix::fs::OpenOptionsExt as _;
+    entente_keystore::local::files::create_private_dir_all(dir)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let path = dir.join(format!("{name}.state"));
     let temp = dir.join(format!(".{name}.state.tmp"));
     {
