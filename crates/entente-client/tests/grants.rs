@@ -137,7 +137,7 @@ async fn a_direct_grant_opens_exactly_its_policy_and_ends_on_time() {
     .unwrap();
     let again = eve.subscribe("orders.>").await.unwrap_err();
     assert_eq!(again.refusal_code(), Some(RefusalCode::Denied), "{again}");
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -179,7 +179,7 @@ async fn one_approval_grants_a_request_and_nobody_approves_their_own() {
     let stats = hub.stats();
     assert!(stats.grant_actions >= 4, "{stats:?}");
     assert!(stats.grant_refusals >= 2, "{stats:?}");
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -227,7 +227,7 @@ async fn two_approvals_by_two_humans_grant_and_the_same_approver_counts_once() {
     eve.publish_to("payments.refunds", "x", std::slice::from_ref(&eve_bundle))
         .await
         .unwrap();
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -266,7 +266,7 @@ async fn a_rejection_closes_a_request_and_the_requester_may_withdraw() {
         .map(|r| r.state)
         .collect();
     assert_eq!(states, ["rejected", "rejected"]);
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -304,7 +304,7 @@ async fn unknown_and_expired_requests_are_refused() {
     let e = admin.approve(&request.id).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
     assert!(e.to_string().contains("has expired"), "{e}");
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -367,7 +367,7 @@ async fn grants_are_refused_for_unknown_names_long_durations_and_without_a_permi
     let e = alice.approve(&request.id).await.unwrap_err();
     assert!(e.to_string().contains("no request"), "{e}");
     assert!(hub.hub().grant_book().grants().next().is_none());
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -397,7 +397,7 @@ async fn principals_see_their_own_grants_and_administrators_see_all() {
     assert_eq!((none.grants.len(), none.requests.len()), (0, 0));
     let of_alice = admin.grants_of(alice.principal()).await.unwrap();
     assert!(of_alice.grants.is_empty());
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -438,7 +438,7 @@ async fn grants_and_requests_survive_a_restart() {
             required: 2
         }
     );
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]

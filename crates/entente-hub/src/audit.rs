@@ -143,7 +143,7 @@ struct Inner {
 
 /// The writer thread; joined at shutdown.
 #[derive(Debug)]
-pub(crate) struct AuditWriter(Option<JoinHandle<()>>);
+pub(crate) struct AuditWriter(Option<JoinHandle<bool>>);
 
 // === impl Auditor ===
 
@@ -499,7 +499,9 @@ impl Inner {
     }
 
     /// The writer: group commit, periodic seals, fail closed.
-    fn run(&self) {
+    /// Returns whether the log ended whole: every record taken was written and the last
+    /// seal made.
+    fn run(&self) -> bool {
         let mut last_seal = Instant::now();
         let mut last_commit: Option<Instant> = None;
         loop {
@@ -521,7 +523,7 @@ impl Inner {
                 last_seal = Instant::now();
             }
             if !ok || closed {
-                return;
+                return ok;
             }
         }
     }
@@ -569,10 +571,18 @@ impl AuditWriter {
         Self(None)
     }
 
-    /// Waits for the writer to end (after [`Auditor::close`]).
-    pub(crate) async fn join(mut self) {
-        if let Some(handle) = self.0.take() {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+    /// Waits for the writer to end (after [`Auditor::close`]); says how the log failed if
+    /// it did (at any time, or at its last seal).
+    pub(crate) async fn join(mut self) -> Result<(), String> {
+        let Some(handle) = self.0.take() else {
+            return Ok(());
+        };
+        match tokio::task::spawn_blocking(move || handle.join()).await {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err("the audit log failed: what it would have recorded since \
+                                  was refused, and its last records may be unsealed"
+                .to_owned()),
+            _ => Err("the audit log's writer panicked".to_owned()),
         }
     }
 }

@@ -298,7 +298,7 @@ pub(crate) struct Held {
 
 /// The writer threads, joined at shutdown.
 #[derive(Debug, Default)]
-pub(crate) struct StreamWriters(Vec<JoinHandle<()>>);
+pub(crate) struct StreamWriters(Vec<(String, JoinHandle<bool>)>);
 
 // === impl Streams ===
 
@@ -345,7 +345,7 @@ impl Streams {
                     .spawn(move || stream.run())
                     .map_err(|e| HubError::Durable(format!("starting a stream writer: {e}")))?
             };
-            writers.0.push(writer);
+            writers.0.push((config.name.clone(), writer));
             streams.push(stream);
         }
         Ok((
@@ -497,11 +497,20 @@ impl Streams {
 // === impl StreamWriters ===
 
 impl StreamWriters {
-    /// Waits for every writer to end (after [`Streams::close`]).
-    pub(crate) async fn join(self) {
-        for writer in self.0 {
-            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    /// Waits for every writer to end (after [`Streams::close`]); says which streams failed
+    /// (at any time, or at their last write or sync).
+    pub(crate) async fn join(self) -> Vec<String> {
+        let mut failures = Vec::new();
+        for (name, writer) in self.0 {
+            match tokio::task::spawn_blocking(move || writer.join()).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => failures.push(format!(
+                    "durable channel `{name}` failed: what it was given since was refused"
+                )),
+                _ => failures.push(format!("durable channel `{name}`'s writer panicked")),
+            }
         }
+        failures
     }
 }
 
@@ -684,15 +693,16 @@ impl Stream {
     }
 
     /// The writer: seal, append (with one `fdatasync`, or buffered), report; once a second,
-    /// purge and save, and sync what is buffered when its interval has passed.
-    fn run(&self) {
+    /// purge and save, and sync what is buffered when its interval has passed. Returns
+    /// whether it ended whole (closed, everything taken written and synced).
+    fn run(&self) -> bool {
         let mut last_tick = Instant::now();
         let mut last_sync = Instant::now();
         loop {
             let wait = TICK.saturating_sub(last_tick.elapsed());
             let (entries, closed) = self.queue.take(wait);
             if !entries.is_empty() && !self.append(&entries) {
-                return;
+                return false;
             }
             if closed || last_tick.elapsed() >= TICK {
                 let due = match self.config.sync {
@@ -703,7 +713,7 @@ impl Stream {
                     if lock(&self.log).sync().is_err() {
                         stats::bump(&self.stats.durable_failures);
                         self.queue.fail();
-                        return;
+                        return false;
                     }
                     last_sync = Instant::now();
                 }
@@ -711,7 +721,7 @@ impl Stream {
                 last_tick = Instant::now();
             }
             if closed {
-                return;
+                return true;
             }
         }
     }

@@ -89,4 +89,9 @@ pub enum HubError {
         /// The version offered.
         got: u64,
     },
+    /// The hub stopped, but not cleanly: the audit log or a durable channel had failed
+    /// (while running or at its last seal or save), or a writer panicked. What each failed
+    /// part refused since its failure was refused to its senders, never acknowledged.
+    #[error("the hub stopped with failures: {}", .0.join("; "))]
+    Shutdown(Vec<String>),
 }

@@ -330,7 +330,7 @@
 //! let token = hub.create_token(agent, Duration::from_secs(600)).await?;
 //! println!("{}", token.as_str());
 //!
-//! hub.shutdown().await;
+//! hub.shutdown().await?;
 //! # Ok(())
 //! # }
 //! ```

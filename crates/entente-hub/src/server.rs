@@ -706,8 +706,15 @@ impl HubHandle {
         .map_err(|e| HubError::Audit(e.to_string()))
     }
 
-    /// Stops accepting, closes every connection (`UNAVAILABLE`), and waits for them to end.
-    pub async fn shutdown(mut self) {
+    /// Stops accepting, closes every connection (`UNAVAILABLE`), and waits for them to end,
+    /// and for the audit log and the durable channels to write what they hold.
+    ///
+    /// # Errors
+    ///
+    /// [`HubError::Shutdown`] when the audit log or a durable channel had failed (while the
+    /// hub ran, or at its last write), or a writer panicked: the hub stopped, but an
+    /// operator must know (an exit status, not a line in a log).
+    pub async fn shutdown(mut self) -> Result<(), HubError> {
         self.shutdown.send_replace(true);
         if let Some(accept) = self.accept.take() {
             let _ = accept.await;
@@ -721,14 +728,22 @@ impl HubHandle {
             let _ = exporter.await;
         }
         self.shared.context.streams.close();
-        if let Some(writers) = self.stream_writers.take() {
-            writers.join().await;
-        }
+        let mut failures = match self.stream_writers.take() {
+            Some(writers) => writers.join().await,
+            None => Vec::new(),
+        };
         let auditor = self.shared.context.authz.auditor();
         self.shared.services.enroll_refusals.flush(auditor);
         auditor.close();
-        if let Some(writer) = self.audit_writer.take() {
-            writer.join().await;
+        if let Some(writer) = self.audit_writer.take()
+            && let Err(failure) = writer.join().await
+        {
+            failures.push(failure);
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(HubError::Shutdown(failures))
         }
     }
 }

@@ -152,7 +152,7 @@ async fn an_admin_creates_a_token_and_an_agent_enrolls_with_it() {
     let stats = hub.stats();
     assert_eq!((stats.admin_actions, stats.admin_refusals), (3, 0));
     assert_eq!(stats.enrollments, 1);
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -177,7 +177,7 @@ async fn an_admin_creates_a_token_for_a_human_who_enrolls_as_one() {
     // It connects and owns its direct channel.
     let mut session = human.session(&hub).await;
     assert_eq!(session.subscribe(1, "_direct.human:ann").await, ack(1));
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -216,7 +216,7 @@ async fn a_principal_not_listed_as_admin_is_refused() {
     assert_eq!(bob_session.subscribe(2, "orders.us").await, ack(2));
     let stats = hub.stats();
     assert_eq!((stats.admin_actions, stats.admin_refusals), (0, 3));
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 
     // With no admins configured (the default), only the policies could let anyone.
     let (hub, _store) = start_with_store(&ca, support::config()).await;
@@ -340,7 +340,7 @@ async fn revoke_until_refused(
     let bytes = entente_wire::encode(&response);
     assert!(bytes.len() <= limits.max_frame_bytes);
     <EnrollResponse as entente_wire::Bounded>::scan(&bytes, &limits).unwrap();
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -375,7 +375,7 @@ async fn an_admin_revokes_an_agent_by_principal_and_its_live_session_ends() {
     assert_eq!((stats.admin_actions, stats.admin_refusals), (1, 0));
     assert_eq!(stats.revoked_disconnects, 1);
     eventually("alice's connection is gone", || hub.connections() == 2).await;
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -401,7 +401,7 @@ async fn an_admin_revokes_a_certificate_by_serial() {
     let renewed = ca.agent("shop", "alice");
     let mut session = renewed.session(&hub).await;
     assert_eq!(session.subscribe(1, "orders.eu").await, ack(1));
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -462,7 +462,7 @@ async fn successive_revocations_add_to_what_is_in_force() {
         hub.revoke(stale).await,
         Err(HubError::StaleRevocations { .. })
     ));
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 
     // After a restart, the whole list is in force, and the next remote revocation builds on it.
     let hub = Hub::start(config, ca.ca.clone(), store).await.unwrap();
@@ -481,7 +481,7 @@ async fn successive_revocations_add_to_what_is_in_force() {
             agent.principal
         );
     }
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -529,7 +529,7 @@ async fn an_admin_cannot_revoke_itself_but_another_admin_can() {
     assert_eq!(response.closed_connections, 1);
     assert!(create_token(&client, alice.as_str(), 0).await.is_err());
     assert!(refused_as_revoked(&ca, &hub, &root).await);
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -576,7 +576,7 @@ async fn bad_revoke_requests_are_refused() {
     );
     assert!(hub.revocations().is_none());
     assert_eq!(hub.stats().admin_refusals, 6);
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -685,7 +685,7 @@ async fn a_human_permitted_enroll_on_a_segment_creates_tokens_for_its_agents_onl
     let stats = hub.stats();
     assert_eq!((stats.admin_actions, stats.admin_refusals), (2, 3));
     assert_eq!(stats.enrollments, 1);
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -757,7 +757,7 @@ async fn a_human_permitted_revoke_on_an_agent_revokes_it_and_nothing_else() {
 
     let stats = hub.stats();
     assert_eq!((stats.admin_actions, stats.admin_refusals), (1, 5));
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -825,7 +825,7 @@ async fn listed_admins_do_everything_with_no_policy_at_all() {
     assert_eq!((stats.admin_actions, stats.admin_refusals), (6, 0));
     // No policy was asked on its behalf.
     assert_eq!(stats.policy_allows + stats.policy_denials, 0);
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 // === Quarantine ===
@@ -877,7 +877,7 @@ async fn a_quarantine_the_store_refuses_stays_in_force_until_it_can_be_lifted() 
     let lifted = quarantine(&client, "", &eve).await.unwrap();
     assert!(lifted.quarantined.is_empty());
     assert_eq!(lifted.released.unwrap().principal, eve);
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
     let hub = Hub::start(
         config_with_admins(vec![root.principal.clone()]),
         ca.ca.clone(),
@@ -893,7 +893,7 @@ async fn a_quarantine_the_store_refuses_stays_in_force_until_it_can_be_lifted() 
             .quarantined
             .is_empty()
     );
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 /// Enrollment needs no credential, so refusals of it are recorded one by one only up to a
@@ -921,7 +921,7 @@ async fn a_flood_of_refused_enrollments_is_recorded_in_runs() {
 
     // A shutdown within the second records what it held back.
     flood_enrollments(&hub, FLOOD).await;
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
     let hub = entente_hub::Hub::start(config, ca.ca.clone(), store)
         .await
         .unwrap();
@@ -931,7 +931,7 @@ async fn a_flood_of_refused_enrollments_is_recorded_in_runs() {
         2 * FLOOD,
         "{together:?}"
     );
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 /// Sends `count` enrollments with a bad token, one after the other (an enrollment connection

@@ -196,7 +196,7 @@ async fn the_log_goes_on_across_a_restart_and_a_tampered_log_stops_the_hub() {
         hub.config().clone(),
         hub.store().clone(),
     );
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 
     // One byte of one record changed: the hub refuses to start, naming where.
     let records_file = audit_dir(&dir).join("records");
@@ -224,7 +224,7 @@ async fn a_missing_log_is_said_by_the_new_ones_first_record() {
         hub.config().clone(),
         hub.store().clone(),
     );
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
     std::fs::remove_dir_all(audit_dir(&dir)).unwrap();
     let hub = entente_hub::Hub::start(config, ca, store).await.unwrap();
     let (records, _) = hub.audit_records(0, 10).await.unwrap().unwrap();
@@ -234,7 +234,7 @@ async fn a_missing_log_is_said_by_the_new_ones_first_record() {
         Event::Admin(a) => assert_eq!(a.operation.as_clear(), Some("audit-log-missing")),
         other => panic!("{other:?}"),
     }
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 /// A log that ends in an incomplete write is cut at start, and not quietly: the first record
@@ -250,7 +250,7 @@ async fn a_repaired_log_says_so_in_its_next_record() {
         hub.config().clone(),
         hub.store().clone(),
     );
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
     let records_file = audit_dir(&dir).join("records");
     let len = std::fs::metadata(&records_file).unwrap().len();
     let mut file = std::fs::OpenOptions::new()
@@ -277,7 +277,7 @@ async fn a_repaired_log_says_so_in_its_next_record() {
     let kept = audit_dir(&dir).join(format!("records.cut-{len}-0"));
     assert!(detail.contains(&kept.display().to_string()), "{detail}");
     assert_eq!(std::fs::read(&kept).unwrap(), vec![0, 0, 1]);
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -404,6 +404,15 @@ async fn a_hub_whose_log_fails_refuses_what_it_cannot_record() {
         Err(e) => e.to_string(),
     };
     assert!(refused.contains("audit log"), "{refused}");
+
+    // The hub stops, and says it did not stop cleanly (an exit status for an operator).
+    drop((alice, bob));
+    let stopped = hub.shutdown().await.unwrap_err();
+    let stopped = format!("{stopped:#}");
+    assert!(
+        stopped.contains("stopped with failures") && stopped.contains("the audit log failed"),
+        "{stopped}"
+    );
 }
 
 #[tokio::test]

@@ -641,7 +641,7 @@ async fn a_cut_at_start_is_kept_and_recorded() {
         hub.config().clone(),
         hub.store().clone(),
     );
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 
     // The fourth entry's length made to run past the end of its segment.
     let entries = dir.path().join("streams/orders/entries");
@@ -684,7 +684,7 @@ async fn a_cut_at_start_is_kept_and_recorded() {
         .find(|p| p.to_string_lossy().contains(".cut-"))
         .unwrap();
     assert_eq!(std::fs::read(kept).unwrap(), bytes[at..].to_vec());
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 /// What the hub keeps at rest — the audit log, its exports, durable channels and their
@@ -720,7 +720,7 @@ async fn what_the_hub_keeps_at_rest_is_readable_by_its_owner_alone() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 
     let exports = dir.path().join("audit.exports");
     assert!(exports.is_dir());

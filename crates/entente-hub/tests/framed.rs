@@ -92,7 +92,7 @@ async fn framed_and_http2_sessions_exchange_sealed_messages() {
         .unwrap();
     assert_eq!(alice_framed.next_kind().await, ack(1));
     assert_eq!(hub.stats().connections, 2);
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -118,7 +118,7 @@ async fn a_framed_session_ends_with_the_reason_when_revoked_or_at_shutdown() {
     eventually("alice's connection is gone", || hub.connections() == 1).await;
     assert_eq!(hub.stats().revoked_disconnects, 1);
 
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
     let end = bob_framed.end().await.unwrap();
     assert_eq!(code(&end), Code::Unavailable, "{end:?}");
 }

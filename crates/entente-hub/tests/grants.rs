@@ -291,7 +291,7 @@ async fn statements_are_checked_signed_bound_and_never_replayed() {
     );
     let mut session = eve.session(&hub).await;
     assert_eq!(session.subscribe(1, "orders.>").await, ack(1));
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -387,7 +387,7 @@ async fn approvers_need_a_permit_a_key_bundle_and_a_well_formed_statement() {
     assert_eq!(list(&hub, &ann).await.requests.len(), 1);
     let stats = hub.stats();
     assert!(stats.grant_refusals >= 9, "{stats:?}");
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -449,7 +449,7 @@ async fn a_store_failure_refuses_the_change_and_a_grant_still_ends_on_time() {
         hub.grant_book().grants().next().is_none()
     })
     .await;
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -511,7 +511,7 @@ async fn approvals_of_approvers_cut_off_since_no_longer_count() {
         Code::FailedPrecondition,
         "is quarantined",
     );
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 /// One granter is one approval: a grant whose definition asks for two is given only through a
@@ -532,5 +532,5 @@ async fn a_grant_that_needs_approvals_is_not_given_directly() {
     assert!(list(&hub, &eve).await.grants.is_empty());
     // One approval: given directly.
     grant(&hub, &ann, &eve.principal, 60_000).await.unwrap();
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }

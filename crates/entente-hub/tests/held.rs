@@ -281,7 +281,7 @@ async fn a_held_message_waits_for_two_approvals_then_reaches_the_channel() {
         Code::NotFound,
         "no held message",
     );
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -352,7 +352,7 @@ async fn a_held_publish_needs_a_purpose_and_one_message_and_the_sender_may_withd
         .await
         .unwrap();
     assert_eq!(answer.outcome, "rejected");
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 /// A frame that holds a message for approval and carries one for a durable channel is refused
@@ -423,7 +423,7 @@ async fn a_held_message_and_a_durable_one_in_one_frame_are_refused_whole() {
         .unwrap();
     assert_eq!(answer.outcome, "released");
     assert_eq!(hub.stats().durable_stored, 2, "stored once released");
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 fn held_config() -> HubConfig {
@@ -464,7 +464,7 @@ async fn a_held_message_and_its_approvals_survive_a_restart() {
         .unwrap();
     assert_eq!(answer.outcome, "pending");
     drop(session);
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 
     let hub = Hub::start(held_config(), ca.ca.clone(), store.clone())
         .await
@@ -494,7 +494,7 @@ async fn a_held_message_and_its_approvals_survive_a_restart() {
     assert_eq!(delivered.batches.len(), 1);
     // Released: no longer in the store.
     assert!(store.held().await.unwrap().is_empty());
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -532,7 +532,7 @@ async fn a_store_failure_refuses_the_hold_or_the_approval_and_changes_nothing() 
     store.fail.store(false, Ordering::SeqCst);
     let answer = approve(&hub, &ops1, request).await.unwrap();
     assert_eq!((answer.outcome.as_str(), answer.approvals), ("pending", 1));
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -595,7 +595,7 @@ async fn requests_are_never_held_and_the_namespace_channel_itself_is() {
         panic!("expected an ack, got {answer:?}");
     };
     assert_eq!(acked.held.len(), 1);
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -641,7 +641,7 @@ async fn a_hold_keeps_a_bounded_number_of_approvals_and_can_still_be_rejected() 
         .await
         .unwrap();
     assert_eq!(answer.outcome, "rejected");
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -676,7 +676,7 @@ async fn a_released_message_is_never_sent_twice_even_if_its_hub_stops_before_for
     ));
     assert_eq!(hub.stats().held_store_failures, 1);
     drop((session, bob_session));
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 
     // After a restart it is listed as released, and no approval routes it again.
     store.fail_deletes.store(false, Ordering::SeqCst);
@@ -705,7 +705,7 @@ async fn a_released_message_is_never_sent_twice_even_if_its_hub_stops_before_for
         "released",
     );
     assert!(store.inner.held().await.unwrap().is_empty());
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -739,7 +739,7 @@ async fn an_approval_by_a_principal_revoked_since_no_longer_counts() {
         .await
         .unwrap();
     assert_eq!(answer.outcome, "released");
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 /// A quarantined sender's held message is not released, whatever the approvals; a
@@ -799,5 +799,5 @@ async fn quarantine_stops_a_release_and_an_approvers_count() {
     quarantine(&alice).await;
     let answer = approve(&hub, &ops2, approved(&ops2)).await.unwrap();
     assert_eq!(answer.outcome, "rejected");
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }

@@ -224,7 +224,7 @@ async fn a_stopping_hub_exports_once_more() {
     };
     let hub = hub_with_traffic(otlp, 3).await;
     assert!(exports.try_recv().is_err());
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
     let last = exports
         .try_recv()
         .expect("the last export, made before shutdown returned");

@@ -86,7 +86,7 @@ async fn a_publish_and_subscription_policies_permit_go_through_and_are_counted()
     // One subscription and three publishes, each decided once (the cache answers repeats).
     assert_eq!((stats.policy_allows, stats.policy_denials), (4, 0));
     assert_eq!(hub.policy_origin(), PolicyOrigin::Initial);
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -312,7 +312,7 @@ async fn the_stored_set_survives_a_restart_and_wins_over_the_initial_one() {
     assert_eq!(hub.policy_epoch(), 1);
     hub.load_policies(sources(lab)).await.unwrap();
     let last = hub.policy_epoch();
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 
     // The config still says SHOP; the store's LAB set runs, at epochs no earlier run used.
     let hub = Hub::start(config(), ca.ca.clone(), store.clone())
@@ -348,14 +348,14 @@ async fn the_stored_set_survives_a_restart_and_wins_over_the_initial_one() {
     let mut session = alice.session(&hub).await;
     let (code, _) = refused(session.subscribe(1, "orders.>").await);
     assert_eq!(code, RefusalCode::Denied);
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_stored_set_that_no_longer_loads_is_a_start_error_until_replaced() {
     let ca = TestCa::new();
     let (hub, store) = start_with_store(&ca, config()).await;
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
     // What an older hub might have stored, under a schema this one no longer has.
     let stale = entente_wire::encode(&entente_wire::StoredPolicies {
         version: 1,
@@ -385,7 +385,7 @@ async fn a_stored_set_that_no_longer_loads_is_a_start_error_until_replaced() {
         .await
         .unwrap();
     assert_eq!(hub.policy_origin(), PolicyOrigin::Initial);
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
     let hub = Hub::start(config(), ca.ca.clone(), store.clone())
         .await
         .unwrap();

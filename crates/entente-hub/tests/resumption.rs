@@ -94,7 +94,7 @@ async fn a_resumed_connection_is_the_agent_that_made_the_ticket() {
     let principal = alice.principal().clone();
     assert_eq!(hub.revoke(&principal).await.unwrap(), 1);
     drop(open);
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -115,7 +115,7 @@ async fn a_revoked_agent_cannot_resume() {
     };
     assert!(err.contains("CertificateRevoked"), "{err}");
     assert_eq!(hub.stats().connections, served);
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -135,7 +135,7 @@ async fn a_revocation_makes_every_agent_handshake_in_full_again() {
     let resumed = attempt(&hub, &config).await;
     assert_eq!(resumed.kind, Some(HandshakeKind::Resumed));
     drop(resumed.served.unwrap());
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -161,5 +161,5 @@ async fn a_resumed_session_whose_certificate_expired_is_not_served() {
     })
     .await
     .unwrap();
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }

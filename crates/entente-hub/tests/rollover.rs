@@ -273,7 +273,7 @@ async fn a_rollover_disconnects_no_agent_and_loses_no_message() {
     let carol = hub.connect(carol_identity).await.unwrap();
     let mut carols = carol.subscribe("orders.us").await.unwrap();
     exchange(&alice, &mut carols, "orders.us", "after the restart").await;
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,5 +334,5 @@ async fn a_ca_handed_over_mid_rollover_waits_a_whole_overlap() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let roles: Vec<_> = hub.ca().intermediates().iter().map(|i| i.role).collect();
     assert_eq!(roles, [IntermediateRole::Active, IntermediateRole::Staged]);
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }

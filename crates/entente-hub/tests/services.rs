@@ -114,7 +114,7 @@ async fn an_agent_enrolls_end_to_end_then_connects() {
         [alice.svid.serial.clone(), again.svid.serial.clone()]
     );
     assert_eq!(record.key_epoch, 2);
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -323,7 +323,7 @@ async fn the_revocation_list_is_stored_and_in_force_after_a_restart() {
     revocations.revoke_principal(&alice.principal);
     let list = signed(&ca, &revocations);
     hub.revoke(list.clone()).await.unwrap();
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 
     let hub = Hub::start(config(), ca.ca.clone(), store.clone())
         .await
@@ -704,5 +704,5 @@ async fn a_forbidden_channel_reaches_no_wider_subscription_and_lists_no_such_mem
     let mut members = verified(&ca, members);
     members.sort();
     assert_eq!(members, [alice.principal.clone(), bob.principal.clone()]);
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }

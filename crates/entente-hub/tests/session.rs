@@ -66,7 +66,7 @@ async fn two_agents_exchange_a_sealed_message_through_the_hub() {
     let stats = hub.stats();
     assert_eq!(stats.connections, 2);
     assert_eq!(stats.delivery_failures, 0);
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -221,7 +221,7 @@ async fn shutdown_ends_sessions_with_unavailable() {
     let mut session = ca.agent("shop", "alice").session(&hub).await;
     assert_eq!(session.subscribe(1, "orders.eu").await, ack(1));
     let addr = hub.local_addr();
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
     assert_eq!(session.status().await.code(), Code::Unavailable);
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }

@@ -36,7 +36,7 @@ async fn an_agent_with_a_valid_svid_gets_in() {
     .unwrap();
     eventually("the connection is registered", || hub.connections() == 1).await;
     assert_eq!(hub.stats().connections, 1);
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]

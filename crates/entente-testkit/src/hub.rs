@@ -55,7 +55,7 @@ pub struct TestHub {
 ///     .await?;
 /// assert_eq!(hub.config().max_subscriptions, 8);
 /// assert_eq!(hub.ca().ca().options().svid_ttl, Duration::from_secs(30));
-/// hub.shutdown().await;
+/// hub.shutdown().await?;
 /// # Ok(())
 /// # }
 /// ```
@@ -287,7 +287,7 @@ impl TestHub {
             config,
             _dir,
         } = self;
-        hub.shutdown().await;
+        hub.shutdown().await.context("stopping the hub")?;
         let hub = Hub::start(config.clone(), ca.ca().clone(), store.clone())
             .await
             .context("restarting the hub")?;
@@ -300,9 +300,11 @@ impl TestHub {
         })
     }
 
-    /// Stops accepting, closes every connection (`UNAVAILABLE`) and waits for them to end.
-    pub async fn shutdown(self) {
-        self.hub.shutdown().await;
+    /// Stops accepting, closes every connection (`UNAVAILABLE`) and waits for them to end;
+    /// an error if the audit log or a durable channel had failed
+    /// ([`HubError::Shutdown`](entente_hub::HubError::Shutdown)).
+    pub async fn shutdown(self) -> Result<()> {
+        self.hub.shutdown().await.context("stopping the hub")
     }
 }
 

@@ -47,7 +47,7 @@
 //! assert_eq!(message.payload, b"two espressos");
 //! assert_eq!(hub.stats().enrollments, 2);
 //!
-//! hub.shutdown().await;
+//! hub.shutdown().await?;
 //! # Ok(())
 //! # }
 //! ```

@@ -79,7 +79,7 @@ async fn a_restart_keeps_agents_and_revocations() {
     );
     assert!(carol.key_bundle(alice.principal()).await.is_err());
     bob_client.close().await;
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -110,7 +110,7 @@ async fn policies_loaded_live_survive_a_restart() {
     assert_eq!(e.kind(), ErrorKind::Denied, "{e}");
     let eve = hub.connect(hub.enroll("lab", "eve").await.unwrap());
     eve.await.unwrap().subscribe("lab.>").await.unwrap();
-    hub.shutdown().await;
+    hub.shutdown().await.unwrap();
 }
 
 #[tokio::test]

@@ -553,7 +553,7 @@ async fn bench_with(
     for client in &clients {
         client.close().await;
     }
-    scratch.shutdown().await;
+    scratch.shutdown().await?;
 
     let mut latencies = received.latencies_ns;
     latencies.sort_unstable();
@@ -863,7 +863,7 @@ pub(crate) async fn durable_publish(
         bail!("nothing was stored in the durable channel");
     }
     publisher.close().await;
-    scratch.shutdown().await;
+    scratch.shutdown().await?;
     Ok(DurableRun {
         messages,
         seconds: elapsed.as_secs_f64(),

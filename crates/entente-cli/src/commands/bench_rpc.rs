@@ -253,7 +253,7 @@ pub(crate) async fn entente(shape: Rpc) -> Result<RpcReport> {
     for client in &clients {
         client.close().await;
     }
-    scratch.shutdown().await;
+    scratch.shutdown().await?;
 
     let mut round_trips = asked.round_trips_ns;
     round_trips.sort_unstable();

@@ -411,7 +411,7 @@ async fn scenario(story: &mut Story) -> Result<()> {
         client.close().await;
     }
     audit_trail(story, hub, scratch.dir(), bob.principal()).await?;
-    scratch.shutdown().await;
+    scratch.shutdown().await?;
     Ok(())
 }
 

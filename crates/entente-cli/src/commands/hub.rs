@@ -129,7 +129,8 @@ pub(crate) fn start(
             );
         }
         stop.await;
-        hub.shutdown().await;
+        // A failed audit log or durable channel is an exit status, not only a line in a log.
+        hub.shutdown().await.context("stopping the hub")?;
         if !json {
             println!("hub stopped");
         }

@@ -90,7 +90,7 @@ impl ScratchHub {
         Ok((agent, token))
     }
 
-    pub(crate) async fn shutdown(self) {
-        self.hub.shutdown().await;
+    pub(crate) async fn shutdown(self) -> Result<()> {
+        self.hub.shutdown().await.context("stopping the hub")
     }
 }
