@@ -177,6 +177,44 @@ fn enroll_two_agents_and_exchange_a_sealed_message() {
     assert!(heard.contains("ok\\nspiffe://"), "{heard}");
     assert!(heard.contains("pay \\u{1b}[2K \\u{202e}x"), "{heard}");
 
+    // As JSON, the same payload decodes to exactly what was sent, and the line shows its
+    // invisible characters as escapes (JSON by itself escapes only the control ones).
+    let mut listener = std::process::Command::new(env!("CARGO_BIN_EXE_entente"))
+        .args(["--json", "listen", "--identity", s(bob), "--hub", &addr])
+        .args(["demo.greetings", "--count", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // It says nothing when it is subscribed: send until it has heard one.
+    for _ in 0..50 {
+        if listener.try_wait().unwrap().is_some() {
+            break;
+        }
+        ok_with(
+            &[
+                "send",
+                "--identity",
+                s(alice),
+                "--hub",
+                &addr,
+                "demo.greetings",
+            ],
+            forged.as_bytes(),
+            &[],
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out = support::wait(listener, support::LIMIT);
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !line.contains('\u{202e}') && line.contains("\\u202e"),
+        "{line}"
+    );
+    let heard: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(heard["payload"], forged, "{line}");
+
     // Eve, of another segment, may not listen there.
     let refused = entente(&[
         "listen",

@@ -53,7 +53,8 @@ fn serve_answers_a_request_with_the_commands_output() {
         "--timeout",
         "10s",
     ]);
-    assert_eq!(reply, "HELLO BOB\n");
+    // Into a pipe, the reply's exact bytes (`tr` added no newline).
+    assert_eq!(reply, "HELLO BOB");
     let out = support::wait(server, support::LIMIT);
     assert!(out.status.success());
     let said = String::from_utf8(out.stdout).unwrap();
@@ -91,9 +92,45 @@ fn serve_answers_a_request_with_the_commands_output() {
         "--timeout",
         "10s",
     ]);
-    assert_eq!(reply, "error: the command failed\n");
+    assert_eq!(reply.trim_end(), "error: the command failed");
     let out = support::wait(server, support::LIMIT);
     assert!(String::from_utf8_lossy(&out.stderr).contains("secret path /srv/x"));
+
+    // A binary reply reaches a pipe byte for byte, and `--json` carries it in base64 (as
+    // text it would be lost to replacement characters).
+    let binary = "printf '\\377\\033[2J\\000end'";
+    let server = serve(&bob, &addr, binary);
+    let raw = entente(&[
+        "request",
+        "--identity",
+        s(&alice),
+        "--hub",
+        &addr,
+        "demo/bob",
+        "bytes?",
+        "--timeout",
+        "10s",
+    ]);
+    assert!(raw.status.success());
+    assert_eq!(raw.stdout, b"\xff\x1b[2J\x00end");
+    assert!(support::wait(server, support::LIMIT).status.success());
+    let server = serve(&bob, &addr, binary);
+    let line = ok(&[
+        "--json",
+        "request",
+        "--identity",
+        s(&alice),
+        "--hub",
+        &addr,
+        "demo/bob",
+        "bytes?",
+        "--timeout",
+        "10s",
+    ]);
+    let reply: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(reply["payload_base64"], "/xtbMkoAZW5k", "{line}");
+    assert!(reply.get("payload").is_none(), "{line}");
+    assert!(support::wait(server, support::LIMIT).status.success());
 
     // A server too slow for the requester's timeout.
     let server = serve(&bob, &addr, "sleep 3; cat");

@@ -261,24 +261,24 @@ pub(crate) fn listen(
             match item {
                 Ok(message) => {
                     seen += 1;
-                    let text = String::from_utf8_lossy(&message.payload);
                     let line = if json {
-                        serde_json::json!({
-                            "sender": message.sender.to_string(),
-                            "channel": message.channel.to_string(),
-                            "message_id": message.message_id.to_string(),
-                            "payload": text,
-                            "sequence": message.durable.map(|d| d.sequence),
-                            "attempt": message.durable.map(|d| d.attempt),
-                        })
-                        .to_string()
+                        let mut fields = serde_json::Map::new();
+                        fields.insert("sender".into(), message.sender.to_string().into());
+                        fields.insert("channel".into(), message.channel.to_string().into());
+                        fields.insert("message_id".into(), message.message_id.to_string().into());
+                        fields.insert(
+                            "sequence".into(),
+                            message.durable.map(|d| d.sequence).into(),
+                        );
+                        fields.insert("attempt".into(), message.durable.map(|d| d.attempt).into());
+                        super::json_line(&super::with_payload(fields, &message.payload))
                     } else {
                         // One line per message: the payload can't add one of its own.
                         format!(
                             "{} on {}: {}",
                             message.sender,
                             message.channel,
-                            super::clean(&text)
+                            super::clean(&String::from_utf8_lossy(&message.payload))
                         )
                     };
                     let written = {

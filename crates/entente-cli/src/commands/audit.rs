@@ -318,7 +318,7 @@ async fn print_records(
                 .hash()
                 .map_err(|e| anyhow!("record {next} from the hub does not encode: {e}"))?;
             if json {
-                println!("{}", record_json(next, &record, &hash));
+                println!("{}", super::json_line(&record_json(next, &record, &hash)));
             } else {
                 println!("{}", record_line(next, &record));
             }

@@ -68,7 +68,9 @@ pub(crate) fn grants(at: &At, principal: Option<&str>, json: bool) -> Result<Exi
             let requests: Vec<_> = listed.requests.iter().map(request_json).collect();
             println!(
                 "{}",
-                serde_json::json!({ "grants": grants, "requests": requests, "now_ms": listed.now_ms })
+                super::json_line(
+                    &serde_json::json!({ "grants": grants, "requests": requests, "now_ms": listed.now_ms })
+                )
             );
             return Ok(ExitCode::SUCCESS);
         }
@@ -168,7 +170,9 @@ pub(crate) fn approvals(at: &At, json: bool) -> Result<ExitCode> {
             let held: Vec<_> = to_decide.iter().map(|h| held_json(h)).collect();
             println!(
                 "{}",
-                serde_json::json!({ "requests": requests, "held": held, "now_ms": now })
+                super::json_line(
+                    &serde_json::json!({ "requests": requests, "held": held, "now_ms": now })
+                )
             );
             return Ok(ExitCode::SUCCESS);
         }
@@ -213,7 +217,9 @@ pub(crate) fn decide(at: &At, id: &str, approve: bool, json: bool) -> Result<Exi
         match (&outcome, json) {
             (ApprovalOutcome::Granted(grant), true) => println!(
                 "{}",
-                serde_json::json!({ "request": id, "outcome": "granted", "grant": grant_json(grant) })
+                super::json_line(
+                    &serde_json::json!({ "request": id, "outcome": "granted", "grant": grant_json(grant) })
+                )
             ),
             (ApprovalOutcome::Granted(grant), false) => println!(
                 "approved {id}: `{}` holds `{}` until {} ({})",
@@ -270,7 +276,10 @@ pub(crate) fn revoke_grant(at: &At, id: &str, reason: &str, json: bool) -> Resul
             .with_context(|| format!("ending grant `{id}`"))?;
         client.close().await;
         if json {
-            println!("{}", serde_json::json!({ "ended": grant_json(&grant) }));
+            println!(
+                "{}",
+                super::json_line(&serde_json::json!({ "ended": grant_json(&grant) }))
+            );
         } else {
             println!(
                 "ended {}: `{}` no longer holds `{}`",
@@ -289,7 +298,7 @@ pub(crate) fn held(at: &At, json: bool) -> Result<ExitCode> {
         client.close().await;
         if json {
             let held: Vec<_> = held.iter().map(held_json).collect();
-            println!("{}", serde_json::json!({ "held": held }));
+            println!("{}", super::json_line(&serde_json::json!({ "held": held })));
         } else if held.is_empty() {
             println!("no held messages");
         } else {

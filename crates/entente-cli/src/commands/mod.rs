@@ -37,3 +37,91 @@ pub(crate) fn clean(value: &str) -> String {
         value.to_owned()
     }
 }
+
+/// `value` as one line of JSON whose control and invisible formatting characters are written
+/// as `\uXXXX` escapes: a line a script decodes to exactly the same strings, and that a
+/// terminal shows as it is (text a peer chose can't reorder or hide what is printed).
+pub(crate) fn json_line(value: &impl serde::Serialize) -> String {
+    let mut out = Vec::new();
+    let mut writer = serde_json::Serializer::with_formatter(&mut out, VisibleJson);
+    if value.serialize(&mut writer).is_err() {
+        // Values of this crate always serialize; say so rather than print half a line.
+        return "null".to_owned();
+    }
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// The compact JSON formatter, but with [`entente_types::text::is_deceptive`] characters
+/// escaped in strings (JSON escapes only what is below U+0020 by itself).
+struct VisibleJson;
+
+impl serde_json::ser::Formatter for VisibleJson {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut rest = fragment;
+        while let Some((at, c)) = rest
+            .char_indices()
+            .find(|&(_, c)| entente_types::text::is_deceptive(c))
+        {
+            let (plain, tail) = rest.split_at(at);
+            writer.write_all(plain.as_bytes())?;
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                write!(writer, "\\u{unit:04x}")?;
+            }
+            rest = tail.get(c.len_utf8()..).unwrap_or_default();
+        }
+        writer.write_all(rest.as_bytes())
+    }
+}
+
+/// `fields` with the payload added: as `payload` when it is UTF-8, else as `payload_base64`
+/// (standard alphabet, padded), so that a binary payload is not lost to replacement
+/// characters.
+pub(crate) fn with_payload(
+    mut fields: serde_json::Map<String, serde_json::Value>,
+    payload: &[u8],
+) -> serde_json::Value {
+    use base64::Engine as _;
+    match std::str::from_utf8(payload) {
+        Ok(text) => fields.insert("payload".to_owned(), text.into()),
+        Err(_) => fields.insert(
+            "payload_base64".to_owned(),
+            base64::engine::general_purpose::STANDARD
+                .encode(payload)
+                .into(),
+        ),
+    };
+    serde_json::Value::Object(fields)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lines_escape_what_a_terminal_would_hide_and_decode_to_the_same_text() {
+        // A bidi override, a zero-width space, a tag character (beyond the BMP: a surrogate
+        // pair), a control character; the zero-width joiner of an emoji stays.
+        let text = "pay \u{202e}x\u{200b}y\u{e0041} \u{1b}[2K 👩\u{200d}💻";
+        let line = json_line(&serde_json::json!({ "payload": text }));
+        assert_eq!(
+            line,
+            "{\"payload\":\"pay \\u202ex\\u200by\\udb40\\udc41 \\u001b[2K 👩\u{200d}💻\"}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(back["payload"], text);
+    }
+
+    #[test]
+    fn payloads_that_are_not_utf8_are_kept_in_base64() {
+        let value = with_payload(serde_json::Map::new(), b"\xff\x00ok");
+        assert_eq!(value, serde_json::json!({ "payload_base64": "/wBvaw==" }));
+        let value = with_payload(serde_json::Map::new(), "é".as_bytes());
+        assert_eq!(value, serde_json::json!({ "payload": "é" }));
+    }
+}

@@ -83,11 +83,11 @@ pub(crate) fn run_command(command: QuarantineCommand, json: bool) -> Result<Exit
         if json {
             println!(
                 "{}",
-                serde_json::json!({
+                super::json_line(&serde_json::json!({
                     "quarantined": response.quarantined.iter().map(agent_json).collect::<Vec<_>>(),
                     "released": response.released.as_ref().map(agent_json),
                     "closed_connections": response.closed_connections,
-                })
+                }))
             );
             return Ok(ExitCode::SUCCESS);
         }

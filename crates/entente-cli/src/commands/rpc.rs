@@ -49,20 +49,16 @@ pub(crate) fn request(
             Err(e) => return Err(anyhow!(e).context(format!("asking `{target}`"))),
         };
         client.close().await;
-        let text = String::from_utf8_lossy(&reply.payload);
         if json {
+            let mut fields = serde_json::Map::new();
+            fields.insert("sender".into(), reply.sender.to_string().into());
+            fields.insert("message_id".into(), reply.message_id.to_string().into());
             println!(
                 "{}",
-                serde_json::json!({
-                    "sender": reply.sender.to_string(),
-                    "message_id": reply.message_id.to_string(),
-                    "payload": text,
-                })
+                super::json_line(&super::with_payload(fields, &reply.payload))
             );
-        } else if text.ends_with('\n') {
-            print!("{text}");
         } else {
-            println!("{text}");
+            write_reply(&reply.payload).context("writing the reply")?;
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -220,6 +216,22 @@ fn principal(td: &TrustDomain, text: &str) -> Result<Principal> {
             .with_context(|| format!("`{text}` is not an agent or human ID"));
     }
     Ok(Principal::from(agent_id(td, text)?))
+}
+
+/// Writes a reply to standard output: its exact bytes into a file or a pipe; on a terminal,
+/// line by line with control and invisible characters escaped (a peer's bytes can't drive
+/// the terminal or disguise what is shown).
+fn write_reply(payload: &[u8]) -> std::io::Result<()> {
+    use std::io::{IsTerminal as _, Write as _};
+    let mut out = std::io::stdout().lock();
+    if out.is_terminal() {
+        for line in String::from_utf8_lossy(payload).lines() {
+            writeln!(out, "{}", super::clean(line))?;
+        }
+    } else {
+        out.write_all(payload)?;
+    }
+    out.flush()
 }
 
 #[cfg(test)]
