@@ -34,6 +34,8 @@ pub struct TrustBundle {
 pub struct VerifiedSvid {
     principal: Principal,
     serial: Vec<u8>,
+    /// The serials of the intermediates the verified chain went through, leaf side first.
+    issuer_serials: Vec<Vec<u8>>,
     not_after: SystemTime,
 }
 
@@ -339,9 +341,9 @@ impl TrustBundle {
                 None,
             )
             .map_err(map_webpki)?;
-        let path_serials: Vec<&[u8]> = path
+        let issuer_serials: Vec<Vec<u8>> = path
             .intermediate_certificates()
-            .map(|cert| cert.serial())
+            .map(|cert| cert.serial().to_vec())
             .collect();
 
         let cert = parse(leaf).map_err(SvidError::Malformed)?;
@@ -366,7 +368,8 @@ impl TrustBundle {
             if list.is_principal_revoked(&principal) {
                 return Err(SvidError::RevokedPrincipal(principal.to_string()));
             }
-            let mut serials = std::iter::once(serial.as_slice()).chain(path_serials);
+            let mut serials =
+                std::iter::once(serial.as_slice()).chain(issuer_serials.iter().map(Vec::as_slice));
             if serials.any(|s| list.is_serial_revoked(s)) {
                 return Err(SvidError::RevokedSerial);
             }
@@ -374,6 +377,7 @@ impl TrustBundle {
         Ok(VerifiedSvid {
             principal,
             serial,
+            issuer_serials,
             not_after: clock::from_cert_time(cert.validity().not_after.to_datetime()),
         })
     }
@@ -407,6 +411,12 @@ impl VerifiedSvid {
     /// The certificate's serial number: the content bytes of its DER INTEGER.
     pub fn serial(&self) -> &[u8] {
         &self.serial
+    }
+
+    /// The serial numbers of the intermediate CA certificates the verified chain went
+    /// through (leaf side first): revoking one revokes this certificate too.
+    pub fn issuer_serials(&self) -> &[Vec<u8>] {
+        &self.issuer_serials
     }
 
     /// When the certificate expires.

@@ -34,7 +34,9 @@
 use std::time::{Duration, SystemTime};
 
 use entente_audit::{Event, Outcome, Revocation};
-use entente_ca::{RESERVED_SEGMENT, Revocations, TokenError, VerifiedRevocationList};
+use entente_ca::{
+    IntermediateRole, RESERVED_SEGMENT, Revocations, TokenError, VerifiedRevocationList,
+};
 use entente_policy::{Action, Resource};
 use entente_store::StoreError;
 use entente_types::Principal;
@@ -280,6 +282,23 @@ async fn revoke_inner<R>(
         let own = own_serials(services, &caller.principal).await?;
         if request.serials.iter().any(|s| own.contains(s)) {
             return Err(RpcError::SelfRevocation);
+        }
+        // An intermediate that signs (or is about to) is replaced, not revoked: revoked, it
+        // would refuse every certificate the hub issues from then on. A retiring one may be
+        // (its key leaked): that ends every connection made through it.
+        for intermediate in services.ca.current().intermediates() {
+            if intermediate.role != IntermediateRole::Retiring
+                && request
+                    .serials
+                    .contains(&crate::rollover::serial_of(&intermediate.cert)?)
+            {
+                return Err(RpcError::BadRequest(
+                    "a serial is the active or staged intermediate CA's: revoked, it would \
+                     refuse every certificate the hub issues; roll it over (`entente keys \
+                     rotate intermediate`), then revoke it once it is retiring"
+                        .into(),
+                ));
+            }
         }
     }
     // All or nothing: every principal is decided before anything is revoked.

@@ -3,8 +3,11 @@
 //!
 //! A connection holds the serial of the certificate it presented and of every certificate
 //! renewed for it (the presented one and the newest [`MAX_RENEWED_SERIALS`]): renewed over it,
-//! or over another connection of its principal that presented a certificate it holds. It is
-//! closed when its principal or any of those serials is revoked.
+//! or over another connection of its principal that presented a certificate it holds; and the
+//! serials of the intermediates its presented chain went through. It is closed when its
+//! principal or any of those serials is revoked (an intermediate revoked because its key
+//! leaked ends what was authenticated through it), save an intermediate retired by a rollover
+//! ([`Connections::forget_issuer`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -75,6 +78,8 @@ struct LiveConnection {
     principal: Principal,
     /// The presented certificate's serial, then those renewed over the connection.
     serials: Vec<Vec<u8>>,
+    /// The serials of the intermediates the presented chain went through.
+    issuers: Vec<Vec<u8>>,
     control: ConnectionControl,
 }
 
@@ -99,6 +104,7 @@ impl Connections {
         id: u64,
         principal: Principal,
         serial: Vec<u8>,
+        issuers: Vec<Vec<u8>>,
         control: ConnectionControl,
     ) -> Result<bool, ConnectionLimit> {
         {
@@ -118,6 +124,7 @@ impl Connections {
             let connection = LiveConnection {
                 principal,
                 serials: vec![serial],
+                issuers,
                 control: control.clone(),
             };
             live.insert(id, connection);
@@ -167,6 +174,20 @@ impl Connections {
             .filter(|c| &c.principal == principal)
             .flat_map(|c| c.serials.iter().cloned())
             .collect()
+    }
+
+    /// Forgets intermediate `serial` as the issuer of the presented chains of live
+    /// connections renewed since, before a rollover retires (and revokes) it. By then every
+    /// certificate it signed has expired, so a live connection has renewed under the active
+    /// intermediate since: a routine retirement closes nothing; one that never renewed is
+    /// closed. (A serial revoked through `Revoke` is not forgotten: it closes every
+    /// connection made through it.)
+    pub(crate) fn forget_issuer(&self, serial: &[u8]) {
+        for connection in self.lock().values_mut() {
+            if connection.serials.len() > 1 {
+                connection.issuers.retain(|s| s.as_slice() != serial);
+            }
+        }
     }
 
     /// Closes every connection of `principal` for `reason`; returns how many it closed.
@@ -266,7 +287,11 @@ impl LiveConnection {
 
     fn is_revoked(&self, list: &VerifiedRevocationList) -> bool {
         list.is_principal_revoked(&self.principal)
-            || self.serials.iter().any(|s| list.is_serial_revoked(s))
+            || self
+                .serials
+                .iter()
+                .chain(&self.issuers)
+                .any(|s| list.is_serial_revoked(s))
     }
 }
 
@@ -295,8 +320,13 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let open = |id: u64, who: &str, serial: &[u8]| {
             let control = ConnectionControl::expiring_at(t0);
-            let registered =
-                connections.register(id, principal(who), serial.to_vec(), control.clone());
+            let registered = connections.register(
+                id,
+                principal(who),
+                serial.to_vec(),
+                Vec::new(),
+                control.clone(),
+            );
             assert_eq!(registered, Ok(true));
             control
         };

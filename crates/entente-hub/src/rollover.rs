@@ -407,6 +407,8 @@ async fn retire<R>(services: &Services<R>, now: SystemTime) -> Result<String, Rp
         .find(|i| i.role == IntermediateRole::Retiring)
         .ok_or_else(|| RpcError::Precondition("no intermediate is retiring".into()))?;
     let serial = serial_of(&old.cert)?;
+    // Routine: every live connection renewed under the active intermediate since.
+    services.connections.forget_issuer(&serial);
     crate::admin::revoke_serial(services, &serial, audit::HUB_ACTOR, now).await?;
     let schedule = state.schedule();
     persist(&services.registry, &retired, schedule).await?;
@@ -508,7 +510,7 @@ fn ca_error(error: CaError) -> RpcError {
 }
 
 /// The serial number of a certificate: the content bytes of its DER INTEGER.
-fn serial_of(der: &[u8]) -> Result<Vec<u8>, RpcError> {
+pub(crate) fn serial_of(der: &[u8]) -> Result<Vec<u8>, RpcError> {
     let (_, cert) = X509Certificate::from_der(der)
         .map_err(|e| RpcError::Corrupt(format!("an intermediate certificate: {e}")))?;
     Ok(cert.raw_serial().to_vec())

@@ -30,7 +30,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use entente_audit::{Event, Outcome};
-use entente_ca::{Ca, JoinToken, TrustBundle, VerifiedRevocationList};
+use entente_ca::{Ca, JoinToken, TrustBundle, VerifiedRevocationList, VerifiedSvid};
 use entente_store::Store;
 use entente_types::Principal;
 use entente_wire::{
@@ -768,12 +768,16 @@ impl Shared {
         &self,
         id: u64,
         principal: Principal,
-        serial: Vec<u8>,
+        svid: &VerifiedSvid,
         control: &ConnectionControl,
     ) -> Result<bool, ConnectionLimit> {
-        let open = self
-            .connections
-            .register(id, principal, serial, control.clone())?;
+        let open = self.connections.register(
+            id,
+            principal,
+            svid.serial().to_vec(),
+            svid.issuer_serials().to_vec(),
+            control.clone(),
+        )?;
         if *self.shutdown.borrow() {
             control.close(CloseReason::Shutdown);
         }
@@ -1031,9 +1035,15 @@ fn serve_mtls(
     };
     stats::bump(&shared.stats.connections);
     let id = shared.next_id();
-    let control = ConnectionControl::expiring_at(svid.not_after());
+    // A connection lasts no longer than a certificate the hub issues now would: a leaf of a
+    // longer life (minted with a leaked intermediate key) does not outlive a revocation of
+    // that intermediate by years; a renewal extends it as any other.
+    let longest = SystemTime::now()
+        .checked_add(shared.services.ca.current().options().svid_ttl)
+        .unwrap_or_else(|| svid.not_after());
+    let control = ConnectionControl::expiring_at(svid.not_after().min(longest));
     let principal = svid.principal().clone();
-    let registered = shared.register(id, principal.clone(), svid.serial().to_vec(), &control);
+    let registered = shared.register(id, principal.clone(), &svid, &control);
     let registered = match registered {
         Ok(open) => open,
         Err(limit) => {

@@ -401,6 +401,21 @@ async fn an_admin_revokes_a_certificate_by_serial() {
     let renewed = ca.agent("shop", "alice");
     let mut session = renewed.session(&hub).await;
     assert_eq!(session.subscribe(1, "orders.eu").await, ack(1));
+
+    // The intermediate that signs is rolled over, never revoked (it would refuse every
+    // certificate the hub issues).
+    let intermediate = {
+        use x509_parser::prelude::{FromDer as _, X509Certificate};
+        let signing = hub.ca();
+        let (_, cert) = X509Certificate::from_der(signing.intermediate_cert()).unwrap();
+        cert.raw_serial().to_vec()
+    };
+    assert_refused(
+        revoke(&client, &[], &[&intermediate]).await,
+        Code::InvalidArgument,
+        "roll it over",
+    );
+    assert_eq!(session.subscribe(2, "orders.us").await, ack(2));
     hub.shutdown().await.unwrap();
 }
 

@@ -277,6 +277,55 @@ async fn a_rollover_disconnects_no_agent_and_loses_no_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_an_intermediate_ends_the_connections_made_through_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start(&dir).await;
+    let old_serial = {
+        let first = hub.hub().ca();
+        let (_, cert) = X509Certificate::from_der(first.intermediate_cert()).unwrap();
+        cert.raw_serial().to_vec()
+    };
+    // Alice connects through the intermediate in use, and renews in place (every two
+    // seconds) across the rollover; Bob connects once the new one signs.
+    let alice = hub.connect_agent("shop", "alice").await.unwrap();
+    hub.hub().stage_intermediate().await.unwrap();
+    let started = Instant::now();
+    while roles(&hub) != [IntermediateRole::Active, IntermediateRole::Retiring] {
+        assert!(started.elapsed() < 4 * OVERLAP, "no activation");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bob = hub.connect_agent("shop", "bob").await.unwrap();
+    tokio::time::sleep(TTL).await;
+    assert!(!alice.is_closed());
+
+    // The old intermediate's key leaked: its serial revoked now ends what was authenticated
+    // through it, renewed since or not (a leaf minted with the key renews too); Bob stays.
+    let ca = hub.hub().ca();
+    let mut revocations = entente_ca::Revocations::new();
+    revocations.revoke_serial(&old_serial).unwrap();
+    let now = std::time::SystemTime::now();
+    let list = entente_ca::VerifiedRevocationList::verify(
+        ca.sign_revocations(&revocations, now).unwrap(),
+        ca.trust_bundle(),
+        now,
+    )
+    .unwrap();
+    let closed = hub.hub().revoke(list).await.unwrap();
+    assert!(closed >= 1, "{closed}");
+    let started = Instant::now();
+    while !alice.is_closed() {
+        assert!(
+            started.elapsed() < 2 * TTL,
+            "alice's connection stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!bob.is_closed());
+    bob.close().await;
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_stored_rollover_state_stops_the_hub_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let hub = start(&dir).await;
