@@ -762,12 +762,33 @@ impl<R: Router> Session<R> {
             batches.push(batch);
         }
         // A responder's sender key for a requester's reply namespace goes with the replies
-        // into it (each under its own reply grant), and nowhere else.
+        // into it (each under its own reply grant), and nowhere else. Copied into every group
+        // under its root, it may not make the publish's shares more than twice the frame size
+        // limit in all (a large key and many one-reply groups would be a gigabyte).
+        let mut room = self
+            .context
+            .limits
+            .max_frame_bytes
+            .saturating_mul(2)
+            .saturating_sub(
+                groups
+                    .iter()
+                    .map(|g| g.sender_keys.len() + g.batches.len())
+                    .sum(),
+            );
         for (root, key) in root_keys {
             let mut carried = false;
+            let len = prost::encoding::message::encoded_len(SENDER_KEYS_TAG, key.to_wire());
             for group in groups.iter_mut().filter(|g| {
                 g.channel == root || namespace::is_reply_channel_under(&root, &g.channel)
             }) {
+                room = room.checked_sub(len).ok_or_else(|| {
+                    Refused::new(
+                        RefusalCode::TooLarge,
+                        "the reply sender keys, copied to each reply they go with, would exceed \
+                         twice the frame size limit: send fewer replies per publish",
+                    )
+                })?;
                 prost::encoding::message::encode(
                     SENDER_KEYS_TAG,
                     key.to_wire(),
@@ -2458,6 +2479,60 @@ mod tests {
         let answer = bob.publish_with_keys(6, vec![forged], vec![reply]).await;
         assert_eq!(refusal(answer), (6, Some(RefusalCode::ForgedSender)));
         assert!(alice.rx.try_recv().is_err());
+    }
+
+    /// A reply namespace's sender key is copied into each reply group under it: many small
+    /// replies and one large key may not make the publish's shares a multiple of the frame
+    /// size limit.
+    #[tokio::test]
+    async fn reply_sender_keys_copied_to_many_replies_are_bounded() {
+        let mut hub = hub(SHOP_REQUESTS);
+        hub.context.limits.max_frame_bytes = 64 * 1024;
+        hub.context.grants = Arc::new(ReplyGrants::new(64, Duration::from_secs(60)));
+        let mut alice = hub.connect(agent("shop", "alice"));
+        let mut bob = hub.connect(agent("shop", "bob"));
+        assert_eq!(alice.subscribe(1, "_reply.shop.alice.>").await, ack(1));
+        assert_eq!(bob.subscribe(1, "_direct.shop.bob").await, ack(1));
+        let now = now_ms();
+        let mut requests = alice.sealer_at("_direct.shop.bob", now);
+        let replies: Vec<Channel> = (0..16)
+            .map(|i| Channel::parse(&format!("_reply.shop.alice.r{i}")).unwrap())
+            .collect();
+        for (i, reply_to) in (10..).zip(&replies) {
+            let request = requests
+                .seal_batch(&[b"ping"], Some(reply_to), now)
+                .unwrap();
+            assert_eq!(alice.publish(i, vec![request]).await, ack(i));
+            assert!(is_deliver(&bob.next()));
+        }
+        // A key of ~9 KiB (its recipients are not the hub's to check).
+        let (mut bobs, mut key) = bob.sealer_and_key("_reply.shop.alice", now);
+        key.recipients = (0..64)
+            .map(|i| entente_wire::WrappedKey {
+                recipient: format!("spiffe://example.org/agent/shop/{i:0>40}"),
+                recipient_key_epoch: 1,
+                enc: vec![7; 32],
+                ciphertext: vec![7; 48],
+            })
+            .collect();
+        let mut seal = |channels: &[Channel]| -> Vec<SignedBatch> {
+            channels
+                .iter()
+                .map(|c| {
+                    bobs.seal_batch_on(c, [(&b"pong"[..], None)].into_iter(), now)
+                        .unwrap()
+                })
+                .collect()
+        };
+        // Sixteen copies: 144 KiB, over twice the limit, though each share is far below it.
+        let all = seal(&replies);
+        let answer = bob.publish_with_keys(2, vec![key.clone()], all).await;
+        assert_eq!(refusal(answer), (2, Some(RefusalCode::TooLarge)));
+        assert!(alice.rx.try_recv().is_err());
+        // Four copies fit.
+        let some = seal(replies.get(..4).unwrap());
+        let answer = bob.publish_with_keys(3, vec![key], some).await;
+        assert_eq!(answer, ack(3));
     }
 
     #[tokio::test]
