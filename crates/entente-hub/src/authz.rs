@@ -859,6 +859,12 @@ impl DeliveryGate {
         self.decided.store(epoch, Ordering::Release);
     }
 
+    /// Whether [`carries`](Self::carries) can't decide now (the audit log failed): a `false`
+    /// then is no denial, and what was to be carried must wait rather than be skipped.
+    pub(crate) fn undecided(&self) -> bool {
+        self.authz.auditor.check().is_err()
+    }
+
     /// Whether a subscription of the session to `pattern` may carry `channel` now:
     ///
     /// - if the policy epoch changed since the session last decided its subscriptions (it

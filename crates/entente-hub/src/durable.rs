@@ -1253,9 +1253,24 @@ async fn send(stream: &Arc<Stream>, consumer: &Consumer, to: &Recipient, seq: u6
             return retry_later();
         }
     };
-    if !authz::matches(&consumer.pattern, &channel)
-        || !to.gate.carries(&consumer.pattern, &channel, now_ms)
-    {
+    if !authz::matches(&consumer.pattern, &channel) {
+        return finish();
+    }
+    if !to.gate.carries(&consumer.pattern, &channel, now_ms) {
+        if to.gate.undecided() {
+            // The audit log failed: nothing is decided (nor recorded) until the hub restarts,
+            // and the entry is not the consumer's to skip. It waits, this attempt uncounted.
+            return state_of(consumer, to.generation)
+                .map(|mut state| {
+                    if let Some(attempts) = state.attempts.get_mut(&seq) {
+                        *attempts = attempts.saturating_sub(1);
+                    }
+                    state
+                        .in_flight
+                        .insert(seq, Instant::now() + stream.config.ack_wait);
+                })
+                .is_some();
+        }
         return finish();
     }
     let mut body = BytesMut::from(body.as_ref());

@@ -738,3 +738,51 @@ async fn what_the_hub_keeps_at_rest_is_readable_by_its_owner_alone() {
     }
     assert!(seen >= 6, "{seen} files");
 }
+
+/// A failed audit log decides nothing: a wildcard consumer's entries due for redelivery then
+/// wait (their attempts uncounted) rather than pass as not the consumer's, which would have
+/// purged them, never delivered, by the time the operator restarts the hub.
+#[tokio::test]
+async fn entries_wait_while_the_audit_log_is_failed() {
+    let dir = TempDir::new().unwrap();
+    let streams = dir.path().join("streams");
+    let hub = TestHub::builder()
+        .policies(POLICIES)
+        .audited(&dir.path().join("audit"))
+        .config(move |c| {
+            c.streams = vec![orders(|c| {
+                c.ack_wait = Duration::from_millis(200);
+                c.max_deliver = 2;
+            })];
+            c.streams_dir = Some(streams);
+        })
+        .start()
+        .await
+        .unwrap();
+    let alice = hub.connect_agent("shop", "alice").await.unwrap();
+    let mut orders = alice.subscribe_durable("orders.>", "alice").await.unwrap();
+    let bob = hub.connect_agent("shop", "bob").await.unwrap();
+    bob.publish("orders.eu", "pending").await.unwrap();
+    let first = next(&mut orders).await;
+    let seq = first.durable.unwrap().sequence;
+
+    // The log fails under the running hub (its records file gone: the next write fails).
+    std::fs::remove_file(dir.path().join("audit").join("records")).unwrap();
+    assert!(bob.publish("orders.eu", "unrecorded").await.is_err());
+    // Redeliveries come due several times over, and the consumer's state is saved.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(hub.stats().durable_dead_letters, 0);
+    let state = std::fs::read_to_string(
+        dir.path()
+            .join("streams")
+            .join("orders")
+            .join("consumers")
+            .join("alice.state"),
+    )
+    .unwrap();
+    assert!(
+        state.lines().any(|l| l == format!("floor {seq}")),
+        "the entry passed as done: {state}"
+    );
+    assert!(hub.shutdown().await.is_err());
+}
