@@ -187,6 +187,9 @@ struct Shared {
     /// Replies for the writer to send again, each alone (the hub refused the batch of
     /// replies they shared). Unbounded, but never more than the replies awaiting an answer.
     resend: mpsc::UnboundedSender<Outgoing<PublishWaiter>>,
+    /// The writer's commands, for the reader to end a subscription nobody reads any more
+    /// (weak: the writer ends once every handle is gone).
+    commands: mpsc::WeakSender<Command>,
 }
 
 #[derive(Debug, Default)]
@@ -245,6 +248,21 @@ struct ReplyWaiter {
     /// The request's target: a reply from anyone else is not the answer.
     from: Principal,
     done: oneshot::Sender<Message>,
+}
+
+/// Undoes a subscription being opened, at the hub too, unless it settled (taken or refused).
+struct Opening<'a> {
+    shared: &'a Shared,
+    id: u64,
+    settled: bool,
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.shared.detach(self.id);
+        }
+    }
 }
 
 /// Removes a request's waiter however the request ends, unless its reply took it.
@@ -420,6 +438,7 @@ impl Client {
             shutdown: watch::channel(false).0,
             ended: watch::channel(false).0,
             resend,
+            commands: commands.downgrade(),
         });
         tokio::spawn(write(shared.clone(), commands_rx, resend_rx, outbound));
         tokio::spawn(read(shared.clone(), transport.clone(), stream, driver));
@@ -654,20 +673,28 @@ impl Client {
             },
             Some(entry),
         )?;
+        // Timed out, or this future dropped (a caller's own timeout, `select!`): the hub may
+        // still take the subscription, and would deliver to it with no one reading (a durable
+        // consumer held, its entries redelivered into nothing): undone there too.
+        let mut opening = Opening {
+            shared,
+            id,
+            settled: false,
+        };
         let frame = client_frame::Kind::Subscribe(Subscribe {
             subscription_id: id,
             pattern: pattern.to_string(),
             durable: durable.unwrap_or_default().to_owned(),
         });
         match self.exchange(Command::Frame(frame), answer).await {
-            Ok(()) => Ok((id, items_rx, room)),
-            // The hub may still take the subscription: undo it there too.
-            Err(e) if e.kind() == ErrorKind::Timeout => {
-                self.detach(id);
-                Err(e)
+            Ok(()) => {
+                opening.settled = true;
+                Ok((id, items_rx, room))
             }
+            Err(e) if e.kind() == ErrorKind::Timeout => Err(e),
             // Refused (the hub forgot it already) or closed.
             Err(e) => {
+                opening.settled = true;
                 let mut state = shared.lock();
                 state.subscriptions.remove(&id);
                 state.pending.remove(&id);
@@ -1051,28 +1078,7 @@ impl Client {
     /// Forgets subscription `id` and tells the hub, without waiting (a dropped
     /// [`Subscription`]).
     pub(crate) fn detach(&self, id: u64) {
-        let shared = &self.inner.shared;
-        // A subscription the hub ended is gone there already.
-        if shared.lock().subscriptions.remove(&id).is_none() {
-            return;
-        }
-        if shared
-            .register(id, Pending::Unsubscribe { done: None }, None)
-            .is_err()
-        {
-            return;
-        }
-        let frame = Command::Frame(client_frame::Kind::Unsubscribe(Unsubscribe {
-            subscription_id: id,
-        }));
-        if let Err(mpsc::error::TrySendError::Full(frame)) = self.inner.commands.try_send(frame)
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            let commands = self.inner.commands.clone();
-            runtime.spawn(async move {
-                let _ = commands.send(frame).await;
-            });
-        }
+        self.inner.shared.detach(id);
     }
 
     /// Sends `command` and waits for `answer`, both within the request timeout.
@@ -1604,6 +1610,33 @@ impl Future for PublishAck {
 // === impl Shared ===
 
 impl Shared {
+    /// Forgets subscription `id` and unsubscribes at the hub (its `Ack` or refusal awaited
+    /// by no one), unless the hub ended it already.
+    fn detach(&self, id: u64) {
+        if self.lock().subscriptions.remove(&id).is_none() {
+            return;
+        }
+        if self
+            .register(id, Pending::Unsubscribe { done: None }, None)
+            .is_err()
+        {
+            return;
+        }
+        let Some(commands) = self.commands.upgrade() else {
+            return;
+        };
+        let frame = Command::Frame(client_frame::Kind::Unsubscribe(Unsubscribe {
+            subscription_id: id,
+        }));
+        if let Err(mpsc::error::TrySendError::Full(frame)) = commands.try_send(frame)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = commands.send(frame).await;
+            });
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -2543,7 +2576,9 @@ async fn queue(
             None
         };
         let Some(permits) = queued else {
-            shared.lock().subscriptions.remove(&id);
+            // And the hub is told: it would go on delivering (a durable consumer would stay
+            // held, its entries redelivered into nothing).
+            shared.detach(id);
             break;
         };
         for (permit, item) in permits.zip(&mut items) {

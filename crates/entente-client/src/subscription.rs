@@ -26,8 +26,8 @@ use crate::{Client, Error, Message};
 /// and its other subscriptions go on.
 ///
 /// Dropping it unsubscribes without waiting; [`unsubscribe`](Self::unsubscribe) waits for the
-/// hub's answer. It keeps its [`Client`]'s session alive.
-#[derive(Debug)]
+/// hub's answer. It keeps its [`Client`]'s session alive. Its `Debug` shows no message it
+/// holds (their plaintexts), only how many.
 pub struct Subscription {
     id: u64,
     pattern: ChannelPattern,
@@ -38,6 +38,17 @@ pub struct Subscription {
     taken: VecDeque<Result<Message, Error>>,
     client: Client,
     active: bool,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .field("pattern", &self.pattern)
+            .field("queued", &(self.items.len() + self.taken.len()))
+            .field("active", &self.active)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Most items taken from the queue at once.
@@ -81,6 +92,9 @@ impl Subscription {
     /// are discarded. A subscription the hub has ended already is simply dropped.
     pub async fn unsubscribe(mut self) -> Result<(), Error> {
         self.active = false;
+        // The reader may be waiting for places in the queue, or for its bytes: both let go
+        // (else it could not read the hub's answer, nor anything else of the session).
+        self.items.close();
         let room = Arc::clone(&self.room);
         self.client.unsubscribe(self.id, || room.close()).await
     }

@@ -474,6 +474,42 @@ async fn a_subscription_buffers_so_many_bytes() {
     assert_eq!(message(&mut later).await.payload, b"behind them");
 }
 
+/// A subscription full by its count of messages (not its bytes), unsubscribed unread: the
+/// reader waiting for places in its queue lets go, and the hub's answer gets through.
+#[tokio::test]
+async fn unsubscribing_a_subscription_full_by_count_does_not_stall_the_session() {
+    let hub = TestHub::start().await;
+    let alice_options = options().subscription_queue(2);
+    let (alice, bob, recipients) = alice_and_bob(&hub, alice_options, options()).await;
+    let mut orders = alice.subscribe("orders.eu").await.unwrap();
+    let mut later = alice.subscribe("orders.us").await.unwrap();
+    for i in 0..6u8 {
+        bob.publish_to("orders.eu", vec![i], &recipients)
+            .await
+            .unwrap();
+    }
+    bob.publish_to("orders.us", "behind them", &recipients)
+        .await
+        .unwrap();
+    let stalled = tokio::time::timeout(Duration::from_millis(300), later.next()).await;
+    assert!(
+        stalled.is_err(),
+        "the session read on past a full subscription"
+    );
+    // One read (the next taken aside); its `Debug` shows how many it holds, not what.
+    assert_eq!(message(&mut orders).await.payload, [0]);
+    let shown = format!("{orders:?}");
+    assert!(
+        shown.contains("queued: ") && !shown.contains("payload"),
+        "{shown}"
+    );
+    tokio::time::timeout(Duration::from_secs(5), orders.unsubscribe())
+        .await
+        .expect("unsubscribing waited on its own full queue")
+        .unwrap();
+    assert_eq!(message(&mut later).await.payload, b"behind them");
+}
+
 #[tokio::test]
 async fn concurrent_publishers_are_batched_and_each_gets_its_ack() {
     const N: u32 = 300;

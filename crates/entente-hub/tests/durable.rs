@@ -9,6 +9,7 @@
     clippy::panic
 )]
 
+use std::future::Future as _;
 use std::path::Path;
 use std::time::Duration;
 
@@ -785,4 +786,26 @@ async fn entries_wait_while_the_audit_log_is_failed() {
         "the entry passed as done: {state}"
     );
     assert!(hub.shutdown().await.is_err());
+}
+
+/// A durable subscribe whose future is dropped after its frame went out (a caller's own
+/// timeout, a `select!`) is undone at the hub: the consumer is not left held by a
+/// subscription nobody reads.
+#[tokio::test]
+async fn a_subscribe_dropped_on_its_way_leaves_no_consumer_held() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir, orders(|_| {})).await;
+    let alice = hub.connect_agent("shop", "alice").await.unwrap();
+    // The consumer made (and let go): what is published now is sealed to Alice too.
+    drop(alice.subscribe_durable("orders.eu", "alice").await.unwrap());
+    let bob = hub.connect_agent("shop", "bob").await.unwrap();
+    bob.publish("orders.eu", "kept").await.unwrap();
+    {
+        let mut subscribing = Box::pin(alice.subscribe_durable("orders.eu", "alice"));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // Polled once: the subscribe is queued for the hub, its answer not yet in.
+        assert!(subscribing.as_mut().poll(&mut cx).is_pending());
+    }
+    let mut orders = alice.subscribe_durable("orders.eu", "alice").await.unwrap();
+    assert_eq!(next(&mut orders).await.payload, b"kept");
 }
