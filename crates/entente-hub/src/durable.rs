@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 use entente_store::stream::{StreamLog, StreamOptions};
-use entente_types::{Channel, ChannelPattern, Principal};
+use entente_types::{Channel, ChannelPattern, Principal, namespace};
 use tokio::sync::{Notify, oneshot, watch};
 
 use crate::HubError;
@@ -55,6 +55,9 @@ const SENDER_KEYS_TAG: u32 = 2;
 /// it, and its envelopes are refused by the consumer as of an unknown epoch).
 const MAX_REMEMBERED_KEYS: usize = 65_536;
 const MAX_REMEMBERED_KEY_BYTES: usize = 256 << 20;
+/// One sender's share of the remembered keys: past it, that sender's alone are forgotten.
+const MAX_REMEMBERED_KEYS_PER_SENDER: usize = 1024;
+const MAX_REMEMBERED_KEY_BYTES_PER_SENDER: usize = 16 << 20;
 const SEQUENCE_TAG: u32 = 4;
 const ATTEMPT_TAG: u32 = 5;
 /// The most a delivery adds to its entry: its sequence and its attempt, a one-byte key and a
@@ -221,11 +224,23 @@ pub(crate) struct Streams {
     sender_keys: Mutex<RememberedKeys>,
 }
 
-/// Sender keys remembered for durable entries, and the bytes they take.
+/// Sender keys remembered for durable entries, and the bytes they take, in all and by sender.
 #[derive(Debug, Default)]
 struct RememberedKeys {
     keys: HashMap<(String, String, u64), Bytes>,
     bytes: usize,
+    /// Each sender's count of keys and bytes.
+    shares: HashMap<String, (usize, usize)>,
+}
+
+/// Why a publish's group can't be a durable entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EntryError {
+    /// With the sender keys it needs, more than a consumer takes in one delivery.
+    TooLarge,
+    /// Its batches need the sender key of this epoch, which the publish does not carry and
+    /// the hub does not remember (never routed, or forgotten): stored, it would never open.
+    MissingKey(u64),
 }
 
 /// One stream.
@@ -383,19 +398,37 @@ impl Streams {
     }
 
     /// Remembers the sender keys of a publish that was accepted: `(sender, channel, epoch,
-    /// encoded SenderKey)`.
+    /// encoded SenderKey)`, for channels a stream captures. A sender past its share
+    /// (1024 keys, 16 MiB) has its own forgotten, not others'; past the whole (65 536, 256
+    /// MiB, which takes 16 senders at their share) all are.
     pub(crate) fn remember(&self, keys: impl IntoIterator<Item = (String, String, u64, Bytes)>) {
         let mut cache = lock(&self.sender_keys);
         for (sender, channel, epoch, key) in keys {
             let len = key.len();
+            let (count, bytes) = cache.shares.get(&sender).copied().unwrap_or_default();
+            if count >= MAX_REMEMBERED_KEYS_PER_SENDER
+                || bytes.saturating_add(len) > MAX_REMEMBERED_KEY_BYTES_PER_SENDER
+            {
+                cache.keys.retain(|(s, _, _), _| *s != sender);
+                cache.bytes = cache.bytes.saturating_sub(bytes);
+                cache.shares.remove(&sender);
+            }
             if cache.keys.len() >= MAX_REMEMBERED_KEYS
                 || cache.bytes.saturating_add(len) > MAX_REMEMBERED_KEY_BYTES
             {
                 cache.keys.clear();
+                cache.shares.clear();
                 cache.bytes = 0;
             }
-            if let Some(old) = cache.keys.insert((sender, channel, epoch), key) {
+            let share = cache.shares.entry(sender.clone()).or_default();
+            share.0 += 1;
+            share.1 = share.1.saturating_add(len);
+            if let Some(old) = cache.keys.insert((sender.clone(), channel, epoch), key) {
                 cache.bytes = cache.bytes.saturating_sub(old.len());
+                if let Some(share) = cache.shares.get_mut(&sender) {
+                    share.0 = share.0.saturating_sub(1);
+                    share.1 = share.1.saturating_sub(old.len());
+                }
             }
             cache.bytes = cache.bytes.saturating_add(len);
         }
@@ -403,8 +436,8 @@ impl Streams {
 
     /// The entry to store for a channel group: its channel, the sender keys its batches need
     /// that the group does not carry (from what was routed before), and the group's body;
-    /// `None` as soon as the keys and the body (what a consumer is sent) exceed
-    /// `max_delivered` bytes.
+    /// an error as soon as the keys and the body (what a consumer is sent) exceed
+    /// `max_delivered` bytes, or when a key needed is not remembered.
     pub(crate) fn entry(
         &self,
         channel: &Channel,
@@ -413,42 +446,46 @@ impl Streams {
         carried: &[u64],
         body: &[u8],
         max_delivered: usize,
-    ) -> Option<Vec<u8>> {
+    ) -> Result<Vec<u8>, EntryError> {
         let cache = lock(&self.sender_keys);
         let mut entry = Vec::with_capacity(2 + channel.as_str().len() + body.len() + 256);
         let name = channel.as_str().as_bytes();
         entry.extend_from_slice(&u16::try_from(name.len()).unwrap_or(u16::MAX).to_be_bytes());
         entry.extend_from_slice(name);
         let mut buf = BytesMut::new();
+        // A reply's key may be its reply namespace root's.
+        let root = namespace::reply_root_name(channel);
         for epoch in epochs.iter().filter(|e| !carried.contains(e)) {
-            if let Some(key) =
-                cache
-                    .keys
-                    .get(&(sender.to_owned(), channel.as_str().to_owned(), *epoch))
+            let key = cache
+                .keys
+                .get(&(sender.to_owned(), channel.as_str().to_owned(), *epoch))
+                .or_else(|| {
+                    let root = root?.to_owned();
+                    cache.keys.get(&(sender.to_owned(), root, *epoch))
+                })
+                .ok_or(EntryError::MissingKey(*epoch))?;
+            if buf
+                .len()
+                .saturating_add(key.len())
+                .saturating_add(body.len())
+                > max_delivered
             {
-                if buf
-                    .len()
-                    .saturating_add(key.len())
-                    .saturating_add(body.len())
-                    > max_delivered
-                {
-                    return None;
-                }
-                prost::encoding::encode_key(
-                    SENDER_KEYS_TAG,
-                    prost::encoding::WireType::LengthDelimited,
-                    &mut buf,
-                );
-                prost::encoding::encode_varint(key.len() as u64, &mut buf);
-                buf.put_slice(key);
+                return Err(EntryError::TooLarge);
             }
+            prost::encoding::encode_key(
+                SENDER_KEYS_TAG,
+                prost::encoding::WireType::LengthDelimited,
+                &mut buf,
+            );
+            prost::encoding::encode_varint(key.len() as u64, &mut buf);
+            buf.put_slice(key);
         }
         if buf.len().saturating_add(body.len()) > max_delivered {
-            return None;
+            return Err(EntryError::TooLarge);
         }
         entry.extend_from_slice(&buf);
         entry.extend_from_slice(body);
-        Some(entry)
+        Ok(entry)
     }
 
     /// The owners of consumers whose pattern matches `channel`: members of it even while
@@ -1461,8 +1498,12 @@ mod tests {
     static MIB: [u8; 1 << 20] = [7; 1 << 20];
 
     fn key(epoch: u64, len: usize) -> (String, String, u64, Bytes) {
+        key_of("alice", epoch, len)
+    }
+
+    fn key_of(sender: &str, epoch: u64, len: usize) -> (String, String, u64, Bytes) {
         (
-            "alice".to_owned(),
+            sender.to_owned(),
             "orders.eu".to_owned(),
             epoch,
             Bytes::from_static(&MIB[..len]),
@@ -1475,15 +1516,23 @@ mod tests {
     }
 
     #[test]
-    fn remembered_keys_are_bounded_in_bytes_and_counted_once() {
+    fn remembered_keys_are_bounded_per_sender_and_in_all() {
         let streams = Streams::default();
         streams.remember([key(1, 10), key(1, 30), key(2, 5)]);
         assert_eq!(held(&streams), (2, 35), "a key replaced is counted once");
-        let max = MAX_REMEMBERED_KEY_BYTES / MIB.len();
-        streams.remember((0..max as u64 - 1).map(|e| key(10 + e, MIB.len())));
-        assert_eq!(held(&streams), (max + 1, (max - 1) * MIB.len() + 35));
-        // The next mebibyte would pass the bound: what was remembered is let go first.
-        streams.remember([key(5, MIB.len())]);
+        // Past its share, a sender's own keys are forgotten, not another's.
+        streams.remember([key_of("bob", 1, 7)]);
+        let share = MAX_REMEMBERED_KEY_BYTES_PER_SENDER / MIB.len();
+        streams.remember((0..share as u64).map(|e| key(10 + e, MIB.len())));
+        assert_eq!(held(&streams), (2, MIB.len() + 7));
+        let count = MAX_REMEMBERED_KEYS_PER_SENDER;
+        streams.remember((0..count as u64 + 1).map(|e| key_of("carol", e, 1)));
+        assert_eq!(held(&streams), (3, MIB.len() + 7 + 1));
+        // Past the whole (which takes many senders at their share), all are.
+        let senders = MAX_REMEMBERED_KEY_BYTES / ((share - 1) * MIB.len());
+        for s in 0..senders {
+            streams.remember((0..share as u64 - 1).map(|e| key_of(&format!("s{s}"), e, MIB.len())));
+        }
         assert_eq!(held(&streams), (1, MIB.len()));
     }
 
@@ -1771,8 +1820,23 @@ mod tests {
         assert_eq!(whole.len(), 11 + 102 + 203 + 4);
         assert!(whole.ends_with(b"body"));
         assert_eq!(entry(&[1, 2], &[], 102 + 203 + 4).unwrap(), whole);
-        assert_eq!(entry(&[1, 2], &[], 102 + 203 + 3), None);
+        assert_eq!(
+            entry(&[1, 2], &[], 102 + 203 + 3),
+            Err(EntryError::TooLarge)
+        );
         // Carried keys are not added.
         assert_eq!(entry(&[1, 2], &[2], 102 + 4).unwrap().len(), 11 + 102 + 4);
+        // A key neither carried nor remembered: the entry would never open.
+        assert_eq!(
+            entry(&[1, 3], &[], usize::MAX),
+            Err(EntryError::MissingKey(3))
+        );
+        assert!(entry(&[1, 3], &[3], usize::MAX).is_ok());
+        // A reply's key is found under its reply namespace root.
+        let (sender, _, epoch, key) = key(7, 50);
+        streams.remember([(sender, "_reply.shop.bob".to_owned(), epoch, key)]);
+        let reply = Channel::parse("_reply.shop.bob.t1").unwrap();
+        let entry = streams.entry(&reply, "alice", &[7], &[], b"body", usize::MAX);
+        assert_eq!(entry.unwrap().len(), 2 + 18 + 52 + 4);
     }
 }

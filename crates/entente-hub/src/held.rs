@@ -406,7 +406,7 @@ async fn store_released<R>(
     // (It needs none remembered, and was bounded as a delivery when it was held.)
     let entry = streams
         .entry(channel, &batch.sender, &epochs, &epochs, body, usize::MAX)
-        .ok_or_else(|| {
+        .map_err(|_| {
             crate::durable::DurableError::Unavailable("the held message is too large".to_owned())
         })?;
     let stored = crate::durable::submit_all(vec![(stream.clone(), entry)], || {

@@ -710,13 +710,27 @@ impl<R: Router> Session<R> {
         let mut root_keys = Vec::new();
         for sender_key in publish.sender_keys {
             if let Some(root) = reply_root(&sender_key.channel) {
+                // Remembered under the root, for the replies under it a stream may capture.
+                if durable_on {
+                    keys.push((
+                        sender_key.sender.clone(),
+                        sender_key.channel.clone(),
+                        sender_key.epoch,
+                        Bytes::from(sender_key.encode_to_vec()),
+                    ));
+                }
                 let parsed = SenderKeyIn::from_wire(sender_key).map_err(|e| {
                     Refused::new(RefusalCode::Malformed, format!("sender key: {e}"))
                 })?;
                 root_keys.push((root, parsed));
                 continue;
             }
-            if durable_on {
+            // Remembered only for a channel a stream captures (others' keys can't crowd those
+            // out).
+            if durable_on
+                && Channel::parse(&sender_key.channel)
+                    .is_ok_and(|c| self.context.streams.for_channel(&c).is_some())
+            {
                 keys.push((
                     sender_key.sender.clone(),
                     sender_key.channel.clone(),
@@ -938,9 +952,11 @@ impl<R: Router> Session<R> {
                     .collect();
                 epochs.sort_unstable();
                 epochs.dedup();
+                // A reply's key may be its namespace root's (copied into its group).
+                let root = namespace::reply_root_name(channel);
                 let carried: Vec<u64> = keys
                     .iter()
-                    .filter(|k| k.1 == channel.as_str())
+                    .filter(|k| k.1 == channel.as_str() || Some(k.1.as_str()) == root)
                     .map(|k| k.2)
                     .collect();
                 let entry = streams.entry(
@@ -953,12 +969,18 @@ impl<R: Router> Session<R> {
                 );
                 // What a consumer is sent: the entry after its channel's name.
                 let name = 2 + channel.as_str().len();
-                let entry = entry.filter(|e| e.get(name..).is_some_and(fits));
-                Some(
-                    entry
-                        .map(|e| (stream.clone(), e))
-                        .ok_or_else(|| too_large(channel)),
-                )
+                Some(match entry {
+                    Ok(e) if e.get(name..).is_some_and(fits) => Ok((stream.clone(), e)),
+                    Ok(_) | Err(durable::EntryError::TooLarge) => Err(too_large(channel)),
+                    Err(durable::EntryError::MissingKey(epoch)) => Err(Refused::new(
+                        RefusalCode::Unavailable,
+                        format!(
+                            "the sender key of epoch {epoch} on `{channel}`, which its batches \
+                             need, is neither in the publish nor known to the hub: stored, the \
+                             entry would never open; publish again, sealed anew"
+                        ),
+                    )),
+                })
             })
             .collect()
     }
@@ -1208,7 +1230,13 @@ impl<R: Router> Session<R> {
     /// without envelopes can't flood either.
     fn check_limits(&self, publish: &Publish, traffic: &mut Traffic) -> Result<(), Hit> {
         let mut messages = 0u64;
-        let mut bytes = 0u64;
+        // Sender keys count as bytes too: a publish of keys alone (their recipients a peer's
+        // to choose) is no free channel past the byte limit and the anomaly watch.
+        let mut bytes = publish
+            .sender_keys
+            .iter()
+            .map(|k| prost::Message::encoded_len(k) as u64)
+            .fold(0u64, u64::saturating_add);
         for batch in &publish.batches {
             messages = messages.saturating_add(batch.envelopes.len() as u64);
             let kind = batch.channel.split('.').next();
@@ -2617,6 +2645,36 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(hub.context.stats.snapshot().rate_limited, 1);
+    }
+
+    /// Sender keys count against the byte rate: keys alone (recipients a peer chooses) are no
+    /// way past it.
+    #[tokio::test]
+    async fn sender_keys_count_against_the_byte_rate() {
+        let mut hub = hub(SHOP);
+        hub.context.limiters = Arc::new(Limiters::new(&crate::RateLimits {
+            agent_messages: None,
+            agent_bytes: Some(crate::Rate {
+                per_second: 1,
+                burst: 16 * 1024,
+            }),
+            agent_subscriptions: None,
+            channels: Vec::new(),
+        }));
+        let mut alice = hub.connect(agent("shop", "alice"));
+        let (_, mut key) = alice.sealer_and_key("orders.eu", now_ms());
+        let answer = alice.publish_with_keys(1, vec![key.clone()], vec![]).await;
+        assert_eq!(answer, ack(1));
+        key.recipients = (0..256)
+            .map(|i| entente_wire::WrappedKey {
+                recipient: format!("spiffe://example.org/agent/shop/{i:0>40}"),
+                recipient_key_epoch: 1,
+                enc: vec![7; 32],
+                ciphertext: vec![7; 48],
+            })
+            .collect();
+        let answer = alice.publish_with_keys(2, vec![key], vec![]).await;
+        assert_eq!(refusal(answer), (2, Some(RefusalCode::RateLimited)));
     }
 
     #[tokio::test]

@@ -424,22 +424,22 @@ async fn a_publish_one_full_channel_refuses_is_stored_nowhere_and_recorded_as_no
         .unwrap();
     assert_eq!(hub.stats().durable_stored, 1);
 
-    // One frame, `orders.eu` first: `eu` has room, `us` has room for one of the two.
-    let batch = |channel: &str, payload: &[u8]| {
-        sealer(&bob_id, channel)
-            .unwrap()
-            .0
-            .seal_batch(&[payload], None, now_ms())
-            .unwrap()
-    };
+    // One frame, `orders.eu` first: `eu` has room, `us` has room for one of the two. Each
+    // batch with its sender key (without, an entry would not open: refused `UNAVAILABLE`).
+    let (mut sender_keys, mut batches) = (Vec::new(), Vec::new());
+    for (channel, payload) in [
+        ("orders.eu", &b"eu part"[..]),
+        ("orders.us.east", b"us part"),
+        ("orders.us.north", b"another us part"),
+    ] {
+        let (mut sealer, key) = sealer(&bob_id, channel).unwrap();
+        batches.push(sealer.seal_batch(&[payload], None, now_ms()).unwrap());
+        sender_keys.push(key);
+    }
     let publish = Publish {
         request_id: 1_000_000,
-        sender_keys: Vec::new(),
-        batches: vec![
-            batch("orders.eu", b"eu part"),
-            batch("orders.us.east", b"us part"),
-            batch("orders.us.north", b"another us part"),
-        ],
+        sender_keys,
+        batches,
         purpose: String::new(),
     };
     let full = danger_publish_raw(&bob, publish).await.unwrap_err();
