@@ -20,6 +20,14 @@ use crate::{Error, ErrorKind};
 /// key change still verify.
 const EPOCHS_KEPT: usize = 4;
 
+/// How long after a directory lookup of a principal a delivery naming an epoch of it the
+/// cache lacks does not look it up again: a peer naming epochs that don't exist costs the
+/// receiver one lookup a second, not one a frame.
+const LOOKUP_AGAIN_MS: u64 = 1_000;
+
+/// Most principals whose last lookup is remembered.
+const MAX_LOOKUPS_KEPT: usize = 4096;
+
 /// Verified key bundles by principal and epoch, and the trust bundle they verified against.
 #[derive(Debug)]
 pub(crate) struct KeyBundleCache {
@@ -32,6 +40,8 @@ pub(crate) struct KeyBundleCache {
 struct State {
     trust: TrustBundle,
     bundles: HashMap<Principal, Vec<VerifiedKeyBundle>>,
+    /// When each principal was last looked up in the directory.
+    looked_up: HashMap<Principal, u64>,
 }
 
 // === impl KeyBundleCache ===
@@ -42,6 +52,7 @@ impl KeyBundleCache {
             state: Mutex::new(State {
                 trust,
                 bundles: HashMap::new(),
+                looked_up: HashMap::new(),
             }),
         }
     }
@@ -115,6 +126,39 @@ impl KeyBundleCache {
             .rev()
             .find(|b| b.is_valid_at(now_ms))
             .cloned()
+    }
+
+    /// Whether the directory may have the bundle of `principal` for key epoch `epoch` that
+    /// this cache lacks: it serves each principal's latest bundle only, so not when a bundle
+    /// of that epoch or a later one is held, nor within [`LOOKUP_AGAIN_MS`] of the last
+    /// lookup of the principal.
+    pub(crate) fn worth_looking_up(&self, principal: &Principal, epoch: u64, now_ms: u64) -> bool {
+        let state = self.lock();
+        let newer_held = state.bundles.get(principal).is_some_and(|held| {
+            held.iter()
+                .any(|b| b.epoch() >= epoch && b.is_valid_at(now_ms))
+        });
+        let recent = state
+            .looked_up
+            .get(principal)
+            .is_some_and(|at| now_ms.saturating_sub(*at) < LOOKUP_AGAIN_MS);
+        !newer_held && !recent
+    }
+
+    /// Notes that `principals` were looked up in the directory at `now_ms`.
+    pub(crate) fn looked_up(&self, principals: &[Principal], now_ms: u64) {
+        let mut state = self.lock();
+        if state.looked_up.len().saturating_add(principals.len()) > MAX_LOOKUPS_KEPT {
+            state
+                .looked_up
+                .retain(|_, at| now_ms.saturating_sub(*at) < LOOKUP_AGAIN_MS);
+            if state.looked_up.len().saturating_add(principals.len()) > MAX_LOOKUPS_KEPT {
+                state.looked_up.clear();
+            }
+        }
+        for principal in principals {
+            state.looked_up.insert(principal.clone(), now_ms);
+        }
     }
 
     /// The bundle of `principal` for key epoch `epoch`, if held and valid at `now_ms`.
@@ -238,5 +282,47 @@ mod tests {
             cache.epoch(old.principal(), 1, now_ms()).unwrap().to_wire(),
             &resigned
         );
+    }
+
+    /// A peer naming key epochs of its own that don't exist (the hub does not check them)
+    /// costs a receiver a directory lookup at most once a second, not one per frame.
+    #[test]
+    fn a_lookup_is_worth_it_only_for_an_epoch_the_directory_may_have() {
+        let tmp = tempfile::tempdir().unwrap();
+        let keystore = LocalKeyStore::create(
+            &tmp.path().join("keys"),
+            &Unlock::passphrase("pw"),
+            Argon2Params::danger_fast_for_tests(),
+        )
+        .unwrap();
+        let td = TrustDomain::new("acme.internal").unwrap();
+        let ca = Ca::init(
+            Arc::new(keystore),
+            &td,
+            CaOptions::default(),
+            SystemTime::now(),
+        )
+        .unwrap();
+        let cache = KeyBundleCache::new(ca.trust_bundle().clone());
+        let now = now_ms();
+        let bob = cache.trust(bundle(&ca, "bob"), now).unwrap();
+        let bob = bob.principal();
+        // Held (epoch 1), or older than one held: the directory, serving the latest, can't
+        // help. A later epoch it may have.
+        assert!(!cache.worth_looking_up(bob, 1, now));
+        assert!(!cache.worth_looking_up(bob, 0, now));
+        assert!(cache.worth_looking_up(bob, 2, now));
+        // Once looked up, not again for a second.
+        cache.looked_up(std::slice::from_ref(bob), now);
+        assert!(!cache.worth_looking_up(bob, 999, now + LOOKUP_AGAIN_MS - 1));
+        assert!(cache.worth_looking_up(bob, 999, now + LOOKUP_AGAIN_MS));
+        // The lookups remembered are bounded.
+        let many: Vec<Principal> = (0..MAX_LOOKUPS_KEPT + 1)
+            .map(|i| Principal::from(AgentId::new(&td, "ops", &format!("a{i}")).unwrap()))
+            .collect();
+        cache.looked_up(&many, now);
+        assert!(cache.lock().looked_up.len() <= MAX_LOOKUPS_KEPT + 1);
+        cache.looked_up(std::slice::from_ref(bob), now);
+        assert!(cache.lock().looked_up.len() <= MAX_LOOKUPS_KEPT + 1);
     }
 }

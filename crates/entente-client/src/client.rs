@@ -2396,20 +2396,21 @@ async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) -> bo
         return false;
     };
     let now = now_ms();
-    let missing: Vec<Principal> = Inbox::needs(&deliver)
+    // Looked up only when the directory may have it (the reader waits for the answer).
+    let mut missing: Vec<Principal> = Inbox::needs(&deliver)
         .into_iter()
         .filter_map(|(sender, epoch)| {
             let sender = Principal::parse(&sender).ok()?;
-            shared
-                .bundles
-                .epoch(&sender, epoch, now)
-                .is_none()
-                .then_some(sender)
+            (shared.bundles.epoch(&sender, epoch, now).is_none()
+                && shared.bundles.worth_looking_up(&sender, epoch, now))
+            .then_some(sender)
         })
         .collect();
+    missing.dedup();
     let failures = if missing.is_empty() {
         HashMap::new()
     } else {
+        shared.bundles.looked_up(&missing, now);
         lookup_bundles(shared, transport, &missing).await
     };
     let lookup = |sender: &Principal, epoch: u64| {
