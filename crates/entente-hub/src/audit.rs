@@ -220,6 +220,11 @@ impl Auditor {
             registry.put_config(&marker, b"1").await?;
         }
         let recovery = log.recovery().cloned();
+        // Records in the log but in no leaf: a crash's last ones (a clean stop seals all),
+        // or records someone with write access to the directory added. Sealed from now on
+        // like the rest, so said in the log first.
+        let pending = log.pending();
+        let first_pending = log.record_count().saturating_sub(pending);
         let inner = Arc::new(Inner {
             hub: hub.to_owned(),
             key,
@@ -286,6 +291,29 @@ impl Auditor {
                     at(recovery.tree_torn_at),
                     recovery.unsigned_leaves,
                     kept.join(", ")
+                )),
+            });
+            auditor
+                .record(HUB_ACTOR, Outcome::Failed, event)
+                .await
+                .map_err(|e| HubError::Audit(e.to_string()))?;
+        }
+        if pending > 0 {
+            let last = first_pending.saturating_add(pending - 1);
+            tracing::warn!(
+                dir = %config.dir.display(),
+                first = first_pending,
+                last,
+                "the audit log held records no leaf sealed: left by a crash, or added by \
+                 someone with access to its directory; sealed now, recorded as such"
+            );
+            let event = Event::Admin(entente_audit::Admin {
+                operation: clear("audit-log-pending-at-open"),
+                target: clear(&config.dir.display().to_string()),
+                detail: clear(&format!(
+                    "records {first_pending} to {last} were in the log unsealed when it \
+                     opened: a crash's last records, or records someone with write access to \
+                     its directory added; sealed from now on like the rest"
                 )),
             });
             auditor

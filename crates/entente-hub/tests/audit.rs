@@ -280,6 +280,52 @@ async fn a_repaired_log_says_so_in_its_next_record() {
     hub.shutdown().await.unwrap();
 }
 
+/// A clean stop seals every record: records found unsealed at the next start were left by a
+/// crash, or added by someone with write access to the directory (a record frame is checked
+/// by a hash anyone can compute). They are sealed like the rest, but said first.
+#[tokio::test]
+async fn records_found_unsealed_at_start_are_recorded_as_such() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir).await;
+    drop(traffic(&hub, 1).await);
+    let before = records(&hub).await;
+    let (ca, config, store) = (
+        hub.ca().ca().clone(),
+        hub.config().clone(),
+        hub.store().clone(),
+    );
+    hub.shutdown().await.unwrap();
+    // A well-formed frame appended: the last one again.
+    let records_file = audit_dir(&dir).join("records");
+    let bytes = std::fs::read(&records_file).unwrap();
+    let mut at = 0;
+    let mut last = 0..0;
+    while at < bytes.len() {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        last = at..at + 4 + len + 8;
+        at = last.end;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&records_file)
+        .unwrap();
+    std::io::Write::write_all(&mut file, &bytes[last]).unwrap();
+    drop(file);
+
+    let hub = entente_hub::Hub::start(config, ca, store).await.unwrap();
+    let (after, _) = hub.audit_records(0, 100_000).await.unwrap().unwrap();
+    let n = before.len();
+    assert_eq!(&after[..n], &before[..]);
+    assert_eq!(after[n], before[n - 1], "the added record, sealed now");
+    let Event::Admin(a) = &after[n + 1].event else {
+        panic!("{:?}", after[n + 1].event)
+    };
+    assert_eq!(a.operation.as_clear(), Some("audit-log-pending-at-open"));
+    let detail = a.detail.as_clear().unwrap();
+    assert!(detail.contains(&format!("records {n} to {n}")), "{detail}");
+    hub.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn group_commits_under_load_are_spaced_by_the_commit_interval() {
     const INTERVAL: Duration = Duration::from_millis(200);
