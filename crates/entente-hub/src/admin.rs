@@ -313,6 +313,23 @@ async fn revoke_inner<R>(
             &format!("revoking `{principal}`"),
         )?;
     }
+    // The list only grows: a principal revoked can never be taken off it. Whoever the
+    // configuration does not list revokes only principals the hub knows — enrolled, or
+    // connected now — else made-up names could fill it, and stop every later revocation and
+    // the CA's rollover.
+    if !listed(services, caller) {
+        for principal in &principals {
+            if services.connections.serials_of(principal).is_empty()
+                && services.registry.agent(principal.as_str()).await?.is_none()
+            {
+                return Err(RpcError::Denied(format!(
+                    "`{principal}` is unknown to the hub (never enrolled, not connected): \
+                     revoking it is reserved to the administrators the hub's configuration \
+                     lists"
+                )));
+            }
+        }
+    }
 
     let revoking = services.revoking.lock().await;
     let base = services.revocations.current();
@@ -334,7 +351,7 @@ async fn revoke_inner<R>(
         // revokes was closed when it came into force.
         Some(list) if !changed => Ok(response(&list, 0)),
         _ => {
-            let list = sign(services, &next, now).await?;
+            let list = sign(services, &next, now, ROOM_FOR_THE_HUB).await?;
             let closed = put_in_force(services, &revoking, list.clone(), caller.principal.as_str())
                 .await
                 .map_err(put_error)?;
@@ -363,7 +380,7 @@ pub(crate) async fn revoke_serial<R>(
     if !changed && base.is_some() {
         return Ok(());
     }
-    let list = sign(services, &next, now).await?;
+    let list = sign(services, &next, now, 0).await?;
     put_in_force(services, &revoking, list, actor)
         .await
         .map_err(put_error)?;
@@ -432,6 +449,7 @@ async fn sign<R>(
     services: &Services<R>,
     next: &Revocations,
     now: SystemTime,
+    room: usize,
 ) -> Result<VerifiedRevocationList, RpcError> {
     let signed = {
         let (ca, next) = (services.ca.current(), next.clone());
@@ -467,14 +485,38 @@ async fn sign<R>(
         trust_bundle_pem: "c".repeat(entente_wire::MAX_TRUST_BUNDLE_BYTES),
         revocations: Some(signed),
     };
-    let largest = entente_wire::encode(&largest);
-    if largest.len() > services.limits.max_frame_bytes
-        || <EnrollResponse as entente_wire::Bounded>::scan(&largest, &services.limits).is_err()
-    {
+    let fits = |largest: &EnrollResponse| {
+        let largest = entente_wire::encode(largest);
+        largest.len() <= services.limits.max_frame_bytes
+            && <EnrollResponse as entente_wire::Bounded>::scan(&largest, &services.limits).is_ok()
+    };
+    if !fits(&largest) {
         return Err(too_many());
+    }
+    // With `room` more serials of the longest kind: what the hub must still be able to add
+    // on its own (a retired intermediate's serial) once administrators are done.
+    if room > 0 {
+        let mut probe = largest;
+        if let Some(list) = probe.revocations.as_mut() {
+            list.serials.extend((0..room as u64).map(|i| {
+                let mut serial = vec![0x7f; MAX_SERIAL_BYTES];
+                serial.splice(..8, i.to_be_bytes());
+                serial
+            }));
+        }
+        if !fits(&probe) {
+            return Err(RpcError::TooMany(
+                "the revocation list would leave no room for the hub's own revocations (an \
+                 intermediate's serial at its rollover)"
+                    .into(),
+            ));
+        }
     }
     Ok(list)
 }
+
+/// Entries an administrator's revocation leaves room for, for the hub's own.
+const ROOM_FOR_THE_HUB: usize = 8;
 
 /// What a failure of [`put_in_force`] means for the administrator.
 fn put_error(error: HubError) -> RpcError {
