@@ -329,7 +329,8 @@ fn grant_status(error: &GrantError) -> Status {
         GrantError::TooManyGrants(_)
         | GrantError::TooManyGrantsFor { .. }
         | GrantError::TooManyRequests(_)
-        | GrantError::TooManyRequestsFor { .. } => Status::resource_exhausted(message),
+        | GrantError::TooManyRequestsFor { .. }
+        | GrantError::TooManyRequestsIn { .. } => Status::resource_exhausted(message),
         _ => Status::invalid_argument(message),
     }
 }

@@ -240,6 +240,9 @@ pub struct GrantLimits {
     pub max_pending: usize,
     /// Pending requests of one requester.
     pub max_pending_per_principal: usize,
+    /// Pending requests of one segment's agents together (humans count as one segment):
+    /// the principals of one segment can't fill the book for everyone.
+    pub max_pending_per_segment: usize,
     /// Requests kept in all (pending, and decided or lapsed ones kept for clear errors).
     pub max_requests: usize,
     /// How long a request waits for approvals.
@@ -391,6 +394,14 @@ pub enum GrantError {
     /// The book holds as many pending requests (or requests in all) as it may.
     #[error("too many pending requests: the limit is {0}")]
     TooManyRequests(usize),
+    /// The requester's segment (humans: all humans) has as many pending requests as it may.
+    #[error("segment `{segment}` has too many pending requests: the limit is {max}")]
+    TooManyRequestsIn {
+        /// The segment (`human` for humans).
+        segment: String,
+        /// The limit.
+        max: usize,
+    },
     /// The requester has as many pending requests as it may.
     #[error("`{principal}` has too many pending requests: the limit is {max}")]
     TooManyRequestsFor {
@@ -635,8 +646,13 @@ impl GrantBook {
         check_duration(definition, new.duration_ms)?;
         let mut pending = 0;
         let mut mine = 0;
+        let segment = segment_of(&new.requester);
+        let mut ours = 0;
         for request in self.pending(now_ms) {
             pending += 1;
+            if segment_of(&request.requester) == segment {
+                ours += 1;
+            }
             if request.requester == new.requester {
                 mine += 1;
                 if request.name == new.name {
@@ -655,6 +671,12 @@ impl GrantBook {
             return Err(GrantError::TooManyRequestsFor {
                 principal: new.requester.as_str().to_owned(),
                 max: self.limits.max_pending_per_principal,
+            });
+        }
+        if ours >= self.limits.max_pending_per_segment {
+            return Err(GrantError::TooManyRequestsIn {
+                segment: segment.to_owned(),
+                max: self.limits.max_pending_per_segment,
             });
         }
         if self.requests.len() >= self.limits.max_requests && !self.forget_oldest_closed(now_ms) {
@@ -1029,10 +1051,20 @@ impl Default for GrantLimits {
             max_grants_per_principal: 32,
             max_pending: 1_024,
             max_pending_per_principal: 8,
+            max_pending_per_segment: 256,
             max_requests: HARD_MAX_REQUESTS,
             request_ttl_ms: HOUR_MS,
             keep_decided_ms: HOUR_MS,
         }
+    }
+}
+
+/// The segment whose share of pending requests `principal`'s count against: an agent's own,
+/// `human` for every human.
+fn segment_of(principal: &Principal) -> &str {
+    match principal {
+        Principal::Agent(agent) => agent.segment(),
+        _ => "human",
     }
 }
 
@@ -1043,6 +1075,7 @@ impl GrantLimits {
             max_grants_per_principal: self.max_grants_per_principal.min(HARD_MAX_GRANTS),
             max_pending: self.max_pending.min(HARD_MAX_REQUESTS),
             max_pending_per_principal: self.max_pending_per_principal.min(HARD_MAX_REQUESTS),
+            max_pending_per_segment: self.max_pending_per_segment.min(HARD_MAX_REQUESTS),
             max_requests: self.max_requests.min(HARD_MAX_REQUESTS),
             request_ttl_ms: self.request_ttl_ms.clamp(1, MAX_GRANT_DURATION_MS),
             keep_decided_ms: self.keep_decided_ms.min(MAX_GRANT_DURATION_MS),

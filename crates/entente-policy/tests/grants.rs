@@ -745,6 +745,34 @@ fn request_bad_inputs_and_bounds() {
     book.request(&p, cats, NOW + HOUR).unwrap();
 }
 
+/// The principals of one segment (humans together) hold at most their share of the pending
+/// requests: they can't fill the book for everyone else.
+#[test]
+fn one_segment_holds_at_most_its_share_of_pending_requests() {
+    let w = world();
+    let mut book = GrantBook::new(GrantLimits {
+        max_pending_per_segment: 2,
+        ..GrantLimits::default()
+    });
+    let p = policies();
+    let of = |who: &Party| {
+        let mut new = new_request(&w, "demo-read", HOUR);
+        new.requester = who.id.clone();
+        new
+    };
+    book.request(&p, of(&w.ann), NOW).unwrap();
+    book.request(&p, of(&w.bob), NOW).unwrap();
+    assert_eq!(
+        book.request(&p, of(&w.cat), NOW).unwrap_err(),
+        GrantError::TooManyRequestsIn {
+            segment: "human".to_owned(),
+            max: 2
+        }
+    );
+    // An agent's segment has a share of its own.
+    book.request(&p, of(&w.alice), NOW).unwrap();
+}
+
 #[test]
 fn closed_requests_make_room_when_the_book_is_full() {
     let mut w = world();
