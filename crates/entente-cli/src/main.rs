@@ -649,10 +649,16 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
+            // An error may carry text a peer chose (a refusal's reason): escaped as all output.
             if cli.json {
-                println!("{}", serde_json::json!({ "error": format!("{err:#}") }));
+                println!(
+                    "{}",
+                    commands::json_line(&serde_json::json!({ "error": format!("{err:#}") }))
+                );
             } else {
-                eprintln!("error: {err:#}");
+                let text = format!("{err:#}");
+                let lines: Vec<String> = text.lines().map(commands::clean).collect();
+                eprintln!("error: {}", lines.join("\n"));
             }
             ExitCode::FAILURE
         }

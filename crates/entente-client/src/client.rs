@@ -2410,8 +2410,11 @@ async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) -> bo
     let failures = if missing.is_empty() {
         HashMap::new()
     } else {
+        let failures = lookup_bundles(shared, transport, &missing).await;
+        // Not again for a while: what the directory answered (a failed lookup is tried again).
+        missing.retain(|p| !failures.contains_key(p.as_str()));
         shared.bundles.looked_up(&missing, now);
-        lookup_bundles(shared, transport, &missing).await
+        failures
     };
     let lookup = |sender: &Principal, epoch: u64| {
         shared.bundles.epoch(sender, epoch, now).ok_or_else(|| {

@@ -92,11 +92,16 @@ impl Subscription {
     /// are discarded. A subscription the hub has ended already is simply dropped.
     pub async fn unsubscribe(mut self) -> Result<(), Error> {
         self.active = false;
-        // The reader may be waiting for places in the queue, or for its bytes: both let go
-        // (else it could not read the hub's answer, nor anything else of the session).
-        self.items.close();
-        let room = Arc::clone(&self.room);
-        self.client.unsubscribe(self.id, || room.close()).await
+        // Once the subscription is forgotten, the reader may be waiting for places in the
+        // queue or for its bytes: both let go (else it could not read the hub's answer, nor
+        // anything else of the session).
+        let (room, items) = (Arc::clone(&self.room), &mut self.items);
+        self.client
+            .unsubscribe(self.id, || {
+                items.close();
+                room.close();
+            })
+            .await
     }
 }
 

@@ -279,10 +279,6 @@ async fn revoke_inner<R>(
                     .into(),
             ));
         }
-        let own = own_serials(services, &caller.principal).await?;
-        if request.serials.iter().any(|s| own.contains(s)) {
-            return Err(RpcError::SelfRevocation);
-        }
         // An intermediate that signs (or is about to) is replaced, not revoked: revoked, it
         // would refuse every certificate the hub issues from then on. A retiring one may be
         // (its key leaked): that ends every connection made through it.
@@ -299,6 +295,10 @@ async fn revoke_inner<R>(
                         .into(),
                 ));
             }
+        }
+        let own = own_serials(services, &caller.principal).await?;
+        if request.serials.iter().any(|s| own.contains(s)) {
+            return Err(RpcError::SelfRevocation);
         }
     }
     // All or nothing: every principal is decided before anything is revoked.
@@ -416,12 +416,14 @@ fn revocable_principal<R>(
 }
 
 /// The certificate serials the hub knows for `principal`: those of its live connections
-/// (presented or renewed) and those in its agent record.
+/// (presented or renewed, and the intermediates they were made through: revoking one would
+/// close them) and those in its agent record.
 async fn own_serials<R>(
     services: &Services<R>,
     principal: &Principal,
 ) -> Result<Vec<Vec<u8>>, RpcError> {
     let mut serials = services.connections.serials_of(principal);
+    serials.extend(services.connections.issuers_of(principal));
     if let Some(record) = services.registry.agent(principal.as_str()).await? {
         serials.extend(record.certificate_serials);
     }

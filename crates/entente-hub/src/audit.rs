@@ -551,7 +551,8 @@ impl Inner {
                 last_seal = Instant::now();
             }
             if !ok || closed {
-                return ok;
+                // Failed elsewhere too (a key rotation that failed the queue)?
+                return ok && self.queue.check().is_ok();
             }
         }
     }

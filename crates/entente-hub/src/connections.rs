@@ -176,6 +176,16 @@ impl Connections {
             .collect()
     }
 
+    /// The serials of the intermediates the live connections of `principal` were made
+    /// through.
+    pub(crate) fn issuers_of(&self, principal: &Principal) -> Vec<Vec<u8>> {
+        self.lock()
+            .values()
+            .filter(|c| &c.principal == principal)
+            .flat_map(|c| c.issuers.iter().cloned())
+            .collect()
+    }
+
     /// Forgets intermediate `serial` as the issuer of the presented chains of live
     /// connections renewed since, before a rollover retires (and revokes) it. By then every
     /// certificate it signed has expired, so a live connection has renewed under the active

@@ -758,7 +758,8 @@ impl Stream {
                 last_tick = Instant::now();
             }
             if closed {
-                return true;
+                // Failed elsewhere too (a dead letter that could not be moved)?
+                return self.queue.check().is_ok();
             }
         }
     }

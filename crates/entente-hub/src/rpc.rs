@@ -212,7 +212,9 @@ impl RpcError {
             Self::Ca(_) => Status::unavailable("the ca could not issue the credential"),
             Self::CaSign(_) => Status::unavailable("the ca could not sign the revocation list"),
             Self::SelfRevocation => Status::failed_precondition(
-                "an administrator cannot revoke itself: another administrator must",
+                "an administrator cannot revoke itself, nor an intermediate its own connection \
+                 was made through: another administrator must (or reconnect first, with a \
+                 certificate of the active intermediate)",
             ),
             Self::Conflict => {
                 Status::aborted("the revocation list changed meanwhile: send the request again")

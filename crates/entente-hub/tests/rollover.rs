@@ -286,8 +286,10 @@ async fn revoking_an_intermediate_ends_the_connections_made_through_it() {
         cert.raw_serial().to_vec()
     };
     // Alice connects through the intermediate in use, and renews in place (every two
-    // seconds) across the rollover; Bob connects once the new one signs.
+    // seconds) across the rollover; Bob connects once the new one signs. So does an
+    // administrator, before the rollover.
     let alice = hub.connect_agent("shop", "alice").await.unwrap();
+    let admin = hub.connect(hub.admin().unwrap()).await.unwrap();
     hub.hub().stage_intermediate().await.unwrap();
     let started = Instant::now();
     while roles(&hub) != [IntermediateRole::Active, IntermediateRole::Retiring] {
@@ -298,6 +300,17 @@ async fn revoking_an_intermediate_ends_the_connections_made_through_it() {
     tokio::time::sleep(TTL).await;
     assert!(!alice.is_closed());
 
+    // The administrator can't revoke it over a connection made through it.
+    let refused = admin
+        .revoke(&[], std::slice::from_ref(&old_serial))
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("nor an intermediate its own connection"),
+        "{refused}"
+    );
     // The old intermediate's key leaked: its serial revoked now ends what was authenticated
     // through it, renewed since or not (a leaf minted with the key renews too); Bob stays.
     let ca = hub.hub().ca();
