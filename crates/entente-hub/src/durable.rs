@@ -224,13 +224,76 @@ pub(crate) struct Streams {
     sender_keys: Mutex<RememberedKeys>,
 }
 
-/// Sender keys remembered for durable entries, and the bytes they take, in all and by sender.
+/// A remembered key's sender, channel and epoch.
+type KeyId = (String, String, u64);
+
+/// Sender keys remembered for durable entries, and the bytes they take, in all and by sender;
+/// the least recently remembered go first.
 #[derive(Debug, Default)]
 struct RememberedKeys {
-    keys: HashMap<(String, String, u64), Bytes>,
+    /// Each key, with when it was last remembered (`clock`).
+    keys: HashMap<KeyId, (Bytes, u64)>,
+    /// Every key by when it was last remembered, oldest first.
+    order: BTreeMap<u64, KeyId>,
     bytes: usize,
-    /// Each sender's count of keys and bytes.
-    shares: HashMap<String, (usize, usize)>,
+    /// Each sender's keys by when they were last remembered, and their bytes.
+    shares: HashMap<String, (BTreeMap<u64, KeyId>, usize)>,
+    clock: u64,
+}
+
+impl RememberedKeys {
+    /// Remembers `key` as the newest; then the sender's oldest go while its share is passed,
+    /// and the oldest of all while the whole is (the newest always stays).
+    fn remember(&mut self, id: KeyId, key: Bytes) {
+        self.forget(&id);
+        self.clock += 1;
+        let (len, at, sender) = (key.len(), self.clock, id.0.clone());
+        self.keys.insert(id.clone(), (key, at));
+        self.order.insert(at, id.clone());
+        self.bytes = self.bytes.saturating_add(len);
+        let share = self.shares.entry(sender.clone()).or_default();
+        share.0.insert(at, id);
+        share.1 = share.1.saturating_add(len);
+        while let Some((keys, bytes)) = self.shares.get(&sender)
+            && keys.len() > 1
+            && (keys.len() > MAX_REMEMBERED_KEYS_PER_SENDER
+                || *bytes > MAX_REMEMBERED_KEY_BYTES_PER_SENDER)
+        {
+            let Some((_, oldest)) = keys.first_key_value() else {
+                break;
+            };
+            let oldest = oldest.clone();
+            self.forget(&oldest);
+        }
+        while self.keys.len() > 1
+            && (self.keys.len() > MAX_REMEMBERED_KEYS || self.bytes > MAX_REMEMBERED_KEY_BYTES)
+        {
+            let Some((_, oldest)) = self.order.first_key_value() else {
+                break;
+            };
+            let oldest = oldest.clone();
+            self.forget(&oldest);
+        }
+    }
+
+    fn forget(&mut self, id: &KeyId) {
+        let Some((key, at)) = self.keys.remove(id) else {
+            return;
+        };
+        self.order.remove(&at);
+        self.bytes = self.bytes.saturating_sub(key.len());
+        if let Some(share) = self.shares.get_mut(&id.0) {
+            share.0.remove(&at);
+            share.1 = share.1.saturating_sub(key.len());
+            if share.0.is_empty() {
+                self.shares.remove(&id.0);
+            }
+        }
+    }
+
+    fn get(&self, id: &KeyId) -> Option<&Bytes> {
+        self.keys.get(id).map(|(key, _)| key)
+    }
 }
 
 /// Why a publish's group can't be a durable entry.
@@ -398,40 +461,23 @@ impl Streams {
     }
 
     /// Remembers the sender keys of a publish that was accepted: `(sender, channel, epoch,
-    /// encoded SenderKey)`, for channels a stream captures. A sender past its share
-    /// (1024 keys, 16 MiB) has its own forgotten, not others'; past the whole (65 536, 256
-    /// MiB, which takes 16 senders at their share) all are.
+    /// encoded SenderKey)`, each as the newest (a key the SDK sends again each second stays).
+    /// Past its share (1024 keys, 16 MiB) a sender's least recently remembered go, not
+    /// others'; past the whole (65 536, 256 MiB) the least recently remembered of all.
     pub(crate) fn remember(&self, keys: impl IntoIterator<Item = (String, String, u64, Bytes)>) {
         let mut cache = lock(&self.sender_keys);
         for (sender, channel, epoch, key) in keys {
-            let len = key.len();
-            let (count, bytes) = cache.shares.get(&sender).copied().unwrap_or_default();
-            if count >= MAX_REMEMBERED_KEYS_PER_SENDER
-                || bytes.saturating_add(len) > MAX_REMEMBERED_KEY_BYTES_PER_SENDER
-            {
-                cache.keys.retain(|(s, _, _), _| *s != sender);
-                cache.bytes = cache.bytes.saturating_sub(bytes);
-                cache.shares.remove(&sender);
-            }
-            if cache.keys.len() >= MAX_REMEMBERED_KEYS
-                || cache.bytes.saturating_add(len) > MAX_REMEMBERED_KEY_BYTES
-            {
-                cache.keys.clear();
-                cache.shares.clear();
-                cache.bytes = 0;
-            }
-            let share = cache.shares.entry(sender.clone()).or_default();
-            share.0 += 1;
-            share.1 = share.1.saturating_add(len);
-            if let Some(old) = cache.keys.insert((sender.clone(), channel, epoch), key) {
-                cache.bytes = cache.bytes.saturating_sub(old.len());
-                if let Some(share) = cache.shares.get_mut(&sender) {
-                    share.0 = share.0.saturating_sub(1);
-                    share.1 = share.1.saturating_sub(old.len());
-                }
-            }
-            cache.bytes = cache.bytes.saturating_add(len);
+            cache.remember((sender, channel, epoch), key);
         }
+    }
+
+    /// Whether a stream may capture reply channels under the reply namespace `root`.
+    pub(crate) fn captures_under(&self, root: &Channel) -> bool {
+        Channel::parse(&format!("{root}.x")).is_ok_and(|probe| {
+            self.streams
+                .iter()
+                .any(|s| authz::matches(&s.config.channels, &probe))
+        })
     }
 
     /// The entry to store for a channel group: its channel, the sender keys its batches need
@@ -457,11 +503,10 @@ impl Streams {
         let root = namespace::reply_root_name(channel);
         for epoch in epochs.iter().filter(|e| !carried.contains(e)) {
             let key = cache
-                .keys
                 .get(&(sender.to_owned(), channel.as_str().to_owned(), *epoch))
                 .or_else(|| {
                     let root = root?.to_owned();
-                    cache.keys.get(&(sender.to_owned(), root, *epoch))
+                    cache.get(&(sender.to_owned(), root, *epoch))
                 })
                 .ok_or(EntryError::MissingKey(*epoch))?;
             if buf
@@ -1513,7 +1558,17 @@ mod tests {
 
     fn held(streams: &Streams) -> (usize, usize) {
         let cache = lock(&streams.sender_keys);
+        assert_eq!(cache.order.len(), cache.keys.len());
+        let shared: usize = cache.shares.values().map(|(keys, _)| keys.len()).sum();
+        assert_eq!(shared, cache.keys.len());
         (cache.keys.len(), cache.bytes)
+    }
+
+    fn remembers(streams: &Streams, sender: &str, epoch: u64) -> bool {
+        let cache = lock(&streams.sender_keys);
+        cache
+            .get(&(sender.to_owned(), "orders.eu".to_owned(), epoch))
+            .is_some()
     }
 
     #[test]
@@ -1521,20 +1576,31 @@ mod tests {
         let streams = Streams::default();
         streams.remember([key(1, 10), key(1, 30), key(2, 5)]);
         assert_eq!(held(&streams), (2, 35), "a key replaced is counted once");
-        // Past its share, a sender's own keys are forgotten, not another's.
+        // Past its share, a sender's least recently remembered keys go, not another's.
         streams.remember([key_of("bob", 1, 7)]);
         let share = MAX_REMEMBERED_KEY_BYTES_PER_SENDER / MIB.len();
         streams.remember((0..share as u64).map(|e| key(10 + e, MIB.len())));
-        assert_eq!(held(&streams), (2, MIB.len() + 7));
+        assert_eq!(held(&streams), (share + 1, share * MIB.len() + 7));
+        assert!(!remembers(&streams, "alice", 1) && remembers(&streams, "bob", 1));
         let count = MAX_REMEMBERED_KEYS_PER_SENDER;
-        streams.remember((0..count as u64 + 1).map(|e| key_of("carol", e, 1)));
-        assert_eq!(held(&streams), (3, MIB.len() + 7 + 1));
-        // Past the whole (which takes many senders at their share), all are.
-        let senders = MAX_REMEMBERED_KEY_BYTES / ((share - 1) * MIB.len());
+        streams.remember((0..count as u64).map(|e| key_of("carol", e, 1)));
+        // A key remembered again is the newest: Carol's first stays, her second goes.
+        streams.remember([key_of("carol", 0, 1), key_of("carol", count as u64, 1)]);
+        assert!(remembers(&streams, "carol", 0) && !remembers(&streams, "carol", 1));
+        assert_eq!(
+            held(&streams),
+            (share + 1 + count, share * MIB.len() + 7 + count)
+        );
+        // Past the whole, the least recently remembered of all go.
+        let senders = MAX_REMEMBERED_KEY_BYTES / (share * MIB.len());
         for s in 0..senders {
-            streams.remember((0..share as u64 - 1).map(|e| key_of(&format!("s{s}"), e, MIB.len())));
+            streams.remember((0..share as u64).map(|e| key_of(&format!("s{s}"), e, MIB.len())));
         }
-        assert_eq!(held(&streams), (1, MIB.len()));
+        let (keys, bytes) = held(&streams);
+        assert!(bytes <= MAX_REMEMBERED_KEY_BYTES && keys <= MAX_REMEMBERED_KEYS);
+        assert!(!remembers(&streams, "alice", 10) && !remembers(&streams, "bob", 1));
+        let last = format!("s{}", senders - 1);
+        assert!((0..share as u64).all(|e| remembers(&streams, &last, e)));
     }
 
     /// A stream `orders` capturing `orders.>`, in a new directory, its writer not started.

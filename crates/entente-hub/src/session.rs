@@ -711,7 +711,7 @@ impl<R: Router> Session<R> {
         for sender_key in publish.sender_keys {
             if let Some(root) = reply_root(&sender_key.channel) {
                 // Remembered under the root, for the replies under it a stream may capture.
-                if durable_on {
+                if durable_on && self.context.streams.captures_under(&root) {
                     keys.push((
                         sender_key.sender.clone(),
                         sender_key.channel.clone(),
