@@ -190,6 +190,9 @@ impl DataDir {
         let td = TrustDomain::new(trust_domain.unwrap_or(DEFAULT_TRUST_DOMAIN))
             .context("invalid trust domain")?;
         files::create_private_dir_all(root)?;
+        // An existing directory is kept as it is: one others may write to is refused (they
+        // could replace what the hub reads).
+        files::check_dir(root)?;
         let mut created = Vec::new();
         let (stores, tables) = keystores::init(root, &mut created, keys_from_env)?;
         let ca = Ca::init(stores.ca.clone(), &td, CaOptions::default(), now)?;
@@ -240,6 +243,7 @@ impl DataDir {
     }
 
     fn open(root: &Path, now: SystemTime) -> Result<Self> {
+        files::check_dir(root)?;
         let config_path = root.join(CONFIG);
         let text = String::from_utf8(files::read_private(&config_path)?)?;
         if has_allow_rules(&text) {

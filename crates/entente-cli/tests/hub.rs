@@ -180,3 +180,40 @@ fn the_hub_logs_one_json_object_per_line_and_no_secret() {
     let key = fs::read_to_string(dir.join("keystore.key")).unwrap();
     assert!(!logs.contains(key.trim()), "{logs}");
 }
+
+/// A data directory others may write to is refused, new or initialized: they could replace
+/// what the hub reads (its configuration, policies, CA certificates).
+#[test]
+fn a_data_directory_others_may_write_to_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hub");
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let start = || {
+        let child = Command::new(env!("CARGO_BIN_EXE_entente"))
+            .args(["hub", "start", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&dir)
+            .env_remove("ENTENTE_KEYSTORE_KEY")
+            .env_remove("ENTENTE_KEYSTORE_PASSPHRASE")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        support::wait(child, support::LIMIT)
+    };
+    let out = start();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("has mode 0777"), "{stderr}");
+    assert!(!dir.join("keys").exists(), "nothing made in it");
+
+    // Initialized while private, then opened up: refused at the next start.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+    let (hub, _) = support::start(&dir);
+    support::stop(hub);
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o770)).unwrap();
+    let out = start();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("has mode 0770"), "{stderr}");
+}
