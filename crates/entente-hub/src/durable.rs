@@ -365,6 +365,9 @@ struct ConsumerState {
     /// Goes up each time a holder lets go: a delivery task of an earlier holding (being
     /// aborted, but maybe running on another worker) leaves the state alone.
     generation: u64,
+    /// Entries being moved to the dead-letter log, whichever holding started the move: one
+    /// move at a time per entry.
+    moving: BTreeSet<u64>,
 }
 
 /// A consumer held by a session: its delivery task ends when this drops.
@@ -1311,15 +1314,25 @@ async fn send(stream: &Arc<Stream>, consumer: &Consumer, to: &Recipient, seq: u6
             .is_some()
     };
     if attempt > stream.config.max_deliver {
+        // One move at a time per entry: a holder let go during a move leaves it to finish,
+        // and the next holder does not start another (the entry would be moved twice).
+        if !lock(&consumer.state).moving.insert(seq) {
+            return retry_later();
+        }
         let dead_letter = {
             let (stream, name) = (stream.clone(), consumer.name.clone());
             tokio::task::spawn_blocking(move || stream.dead_letter(seq, &name, attempt - 1))
         };
-        return if dead_letter.await.unwrap_or(false) {
-            finish()
-        } else {
-            retry_later()
-        };
+        let moved = dead_letter.await.unwrap_or(false);
+        let mut state = lock(&consumer.state);
+        state.moving.remove(&seq);
+        if moved {
+            // Done for this consumer whoever holds it now: it is in the dead-letter log.
+            state.finish(seq);
+        }
+        let current = state.generation == to.generation;
+        drop(state);
+        return if moved { current } else { retry_later() };
     }
     let read = {
         let stream = stream.clone();
@@ -1679,6 +1692,38 @@ mod tests {
         }
         ticks.join().unwrap();
         plans.join().unwrap();
+    }
+
+    /// An entry being moved to the dead-letter log (by a holding let go since) is not moved
+    /// again by the next holder.
+    #[tokio::test]
+    async fn an_entry_is_moved_to_the_dead_letter_log_once() {
+        let (_dir, stream, _) = stream_configured(|c| c.max_deliver = 1).await;
+        assert!(stream.append(&[b"entry".to_vec()]));
+        let owner = Principal::parse("spiffe://acme.internal/agent/shop/alice").unwrap();
+        let pattern = ChannelPattern::parse("orders.eu").unwrap();
+        let consumer = stream.hold("worker", &owner, &pattern, 1).unwrap();
+        let authz = Arc::new(crate::authz::Authz::with_policies("", Arc::default()));
+        let subject = crate::authz::SessionAuthz::subject(&owner);
+        let (outbound, _rx) = OutboundTx::channel(16, 1 << 20);
+        let to = Recipient {
+            subscription_id: 1,
+            outbound,
+            gate: Arc::new(DeliveryGate::new(authz, subject, 0)),
+            generation: 0,
+        };
+        lock(&consumer.state).attempts.insert(1, 1);
+        // Another holding is moving it: this one leaves it in flight.
+        lock(&consumer.state).moving.insert(1);
+        assert!(send(&stream, &consumer, &to, 1).await);
+        assert_eq!(lock(&stream.dead).len(), 0);
+        assert!(lock(&consumer.state).in_flight.contains_key(&1));
+        // Moved once it is not being moved, and done.
+        lock(&consumer.state).moving.clear();
+        assert!(send(&stream, &consumer, &to, 1).await);
+        assert_eq!(lock(&stream.dead).len(), 1);
+        let state = lock(&consumer.state);
+        assert!(state.floor > 1 && state.moving.is_empty(), "{state:?}");
     }
 
     /// With appends synced at an interval, a consumer's floor is saved only once the entries
