@@ -11,7 +11,7 @@ mod support;
 
 use std::{path::Path, process::Child};
 
-use support::{enroll, entente, ok, s, spawn_ready, start, stop};
+use support::{enroll, entente, s, spawn_ready, start, stop};
 
 /// Starts `entente serve … direct --exec EXEC --count 1` and waits until it serves.
 fn serve(identity: &Path, addr: &str, exec: &str) -> Child {
@@ -41,18 +41,30 @@ fn serve_answers_a_request_with_the_commands_output() {
     let alice = enroll(&data, &addr, "demo/alice", tmp.path());
     let bob = enroll(&data, &addr, "demo/bob", tmp.path());
 
+    // `entente [--json] request --identity alice … demo/bob MESSAGE --timeout TIMEOUT`.
+    let ask = |json: bool, message: &str, timeout: &str| {
+        let mut args = if json { vec!["--json"] } else { Vec::new() };
+        args.extend([
+            "request",
+            "--identity",
+            s(&alice),
+            "--hub",
+            &addr,
+            "demo/bob",
+        ]);
+        args.extend([message, "--timeout", timeout]);
+        entente(&args)
+    };
+    let succeeded = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
     let server = serve(&bob, &addr, "tr a-z A-Z");
-    let reply = ok(&[
-        "request",
-        "--identity",
-        s(&alice),
-        "--hub",
-        &addr,
-        "demo/bob",
-        "hello bob",
-        "--timeout",
-        "10s",
-    ]);
+    let reply = succeeded(ask(false, "hello bob", "10s"));
     // Into a pipe, the reply's exact bytes (`tr` added no newline).
     assert_eq!(reply, "HELLO BOB");
     let out = support::wait(server, support::LIMIT);
@@ -81,17 +93,7 @@ fn serve_answers_a_request_with_the_commands_output() {
     // A command that fails: the requester learns that, not what it printed on its standard
     // error (which stays with the server's operator).
     let server = serve(&bob, &addr, "echo 'secret path /srv/x' >&2; exit 3");
-    let reply = ok(&[
-        "request",
-        "--identity",
-        s(&alice),
-        "--hub",
-        &addr,
-        "demo/bob",
-        "go",
-        "--timeout",
-        "10s",
-    ]);
+    let reply = succeeded(ask(false, "go", "10s"));
     assert_eq!(reply.trim_end(), "error: the command failed");
     let out = support::wait(server, support::LIMIT);
     assert!(String::from_utf8_lossy(&out.stderr).contains("secret path /srv/x"));
@@ -100,33 +102,12 @@ fn serve_answers_a_request_with_the_commands_output() {
     // text it would be lost to replacement characters).
     let binary = "printf '\\377\\033[2J\\000end'";
     let server = serve(&bob, &addr, binary);
-    let raw = entente(&[
-        "request",
-        "--identity",
-        s(&alice),
-        "--hub",
-        &addr,
-        "demo/bob",
-        "bytes?",
-        "--timeout",
-        "10s",
-    ]);
+    let raw = ask(false, "bytes?", "10s");
     assert!(raw.status.success());
     assert_eq!(raw.stdout, b"\xff\x1b[2J\x00end");
     assert!(support::wait(server, support::LIMIT).status.success());
     let server = serve(&bob, &addr, binary);
-    let line = ok(&[
-        "--json",
-        "request",
-        "--identity",
-        s(&alice),
-        "--hub",
-        &addr,
-        "demo/bob",
-        "bytes?",
-        "--timeout",
-        "10s",
-    ]);
+    let line = succeeded(ask(true, "bytes?", "10s"));
     let reply: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(reply["payload_base64"], "/xtbMkoAZW5k", "{line}");
     assert!(reply.get("payload").is_none(), "{line}");
@@ -134,17 +115,7 @@ fn serve_answers_a_request_with_the_commands_output() {
 
     // A server too slow for the requester's timeout.
     let server = serve(&bob, &addr, "sleep 3; cat");
-    let late = entente(&[
-        "request",
-        "--identity",
-        s(&alice),
-        "--hub",
-        &addr,
-        "demo/bob",
-        "quick?",
-        "--timeout",
-        "1s",
-    ]);
+    let late = ask(false, "quick?", "1s");
     assert!(!late.status.success());
     let stderr = String::from_utf8_lossy(&late.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");

@@ -233,8 +233,8 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn a_replaced_trust_bundle_verifies_the_new_intermediate_and_forgets_the_retired_one() {
+    /// A CA of trust domain `acme.internal`, its keys in a temporary directory.
+    fn test_ca() -> (tempfile::TempDir, TrustDomain, Ca) {
         let tmp = tempfile::tempdir().unwrap();
         let keystore = LocalKeyStore::create(
             &tmp.path().join("keys"),
@@ -250,6 +250,12 @@ mod tests {
             SystemTime::now(),
         )
         .unwrap();
+        (tmp, td, ca)
+    }
+
+    #[test]
+    fn a_replaced_trust_bundle_verifies_the_new_intermediate_and_forgets_the_retired_one() {
+        let (_tmp, _, ca) = test_ca();
         let cache = KeyBundleCache::new(ca.trust_bundle().clone());
         let old = cache.trust(bundle(&ca, "bob"), now_ms()).unwrap();
         let active = ca
@@ -288,21 +294,7 @@ mod tests {
     /// costs a receiver a directory lookup at most once a second, not one per frame.
     #[test]
     fn a_lookup_is_worth_it_only_for_an_epoch_the_directory_may_have() {
-        let tmp = tempfile::tempdir().unwrap();
-        let keystore = LocalKeyStore::create(
-            &tmp.path().join("keys"),
-            &Unlock::passphrase("pw"),
-            Argon2Params::danger_fast_for_tests(),
-        )
-        .unwrap();
-        let td = TrustDomain::new("acme.internal").unwrap();
-        let ca = Ca::init(
-            Arc::new(keystore),
-            &td,
-            CaOptions::default(),
-            SystemTime::now(),
-        )
-        .unwrap();
+        let (_tmp, td, ca) = test_ca();
         let cache = KeyBundleCache::new(ca.trust_bundle().clone());
         let now = now_ms();
         let bob = cache.trust(bundle(&ca, "bob"), now).unwrap();

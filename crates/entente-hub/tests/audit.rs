@@ -191,12 +191,7 @@ async fn the_log_goes_on_across_a_restart_and_a_tampered_log_stops_the_hub() {
     let after = records(&hub).await;
     assert!(after.len() > before.len());
     assert_eq!(&after[..before.len()], &before[..]);
-    let (ca, config, store) = (
-        hub.ca().ca().clone(),
-        hub.config().clone(),
-        hub.store().clone(),
-    );
-    hub.shutdown().await.unwrap();
+    let (ca, config, store) = stop_keeping_state(hub).await;
 
     // One byte of one record changed: the hub refuses to start, naming where.
     let records_file = audit_dir(&dir).join("records");
@@ -219,12 +214,7 @@ async fn a_missing_log_is_said_by_the_new_ones_first_record() {
     let hub = start(&dir).await;
     drop(traffic(&hub, 1).await);
     assert!(records(&hub).await.len() > 1);
-    let (ca, config, store) = (
-        hub.ca().ca().clone(),
-        hub.config().clone(),
-        hub.store().clone(),
-    );
-    hub.shutdown().await.unwrap();
+    let (ca, config, store) = stop_keeping_state(hub).await;
     std::fs::remove_dir_all(audit_dir(&dir)).unwrap();
     let hub = entente_hub::Hub::start(config, ca, store).await.unwrap();
     let (records, _) = hub.audit_records(0, 10).await.unwrap().unwrap();
@@ -237,6 +227,23 @@ async fn a_missing_log_is_said_by_the_new_ones_first_record() {
     hub.shutdown().await.unwrap();
 }
 
+/// Stops `hub` cleanly, keeping what starts it again (its CA, configuration and store).
+async fn stop_keeping_state(
+    hub: TestHub,
+) -> (
+    std::sync::Arc<entente_ca::Ca>,
+    entente_hub::HubConfig,
+    std::sync::Arc<entente_store::EmbeddedStore>,
+) {
+    let kept = (
+        hub.ca().ca().clone(),
+        hub.config().clone(),
+        hub.store().clone(),
+    );
+    hub.shutdown().await.unwrap();
+    kept
+}
+
 /// A log that ends in an incomplete write is cut at start, and not quietly: the first record
 /// after the old ones says what was cut and where its bytes were kept.
 #[tokio::test]
@@ -245,12 +252,7 @@ async fn a_repaired_log_says_so_in_its_next_record() {
     let hub = start(&dir).await;
     drop(traffic(&hub, 1).await);
     let before = records(&hub).await;
-    let (ca, config, store) = (
-        hub.ca().ca().clone(),
-        hub.config().clone(),
-        hub.store().clone(),
-    );
-    hub.shutdown().await.unwrap();
+    let (ca, config, store) = stop_keeping_state(hub).await;
     let records_file = audit_dir(&dir).join("records");
     let len = std::fs::metadata(&records_file).unwrap().len();
     let mut file = std::fs::OpenOptions::new()
@@ -289,12 +291,7 @@ async fn records_found_unsealed_at_start_are_recorded_as_such() {
     let hub = start(&dir).await;
     drop(traffic(&hub, 1).await);
     let before = records(&hub).await;
-    let (ca, config, store) = (
-        hub.ca().ca().clone(),
-        hub.config().clone(),
-        hub.store().clone(),
-    );
-    hub.shutdown().await.unwrap();
+    let (ca, config, store) = stop_keeping_state(hub).await;
     // A well-formed frame appended: the last one again.
     let records_file = audit_dir(&dir).join("records");
     let bytes = std::fs::read(&records_file).unwrap();
