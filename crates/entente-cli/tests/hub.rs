@@ -106,16 +106,7 @@ fn a_keystore_key_without_its_store_is_refused() {
     let key = dir.join("keystore.key");
     fs::write(&key, "ab".repeat(32)).unwrap();
     fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_entente"))
-        .args(["hub", "start", "--listen", "127.0.0.1:0", "--data"])
-        .arg(&dir)
-        .env_remove("ENTENTE_KEYSTORE_KEY")
-        .env_remove("ENTENTE_KEYSTORE_PASSPHRASE")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = support::wait(child, support::LIMIT);
+    let out = start_without_keys(&dir);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("keystore.key"), "{stderr}");
@@ -189,19 +180,7 @@ fn a_data_directory_others_may_write_to_is_refused() {
     let dir = tmp.path().join("hub");
     fs::create_dir(&dir).unwrap();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
-    let start = || {
-        let child = Command::new(env!("CARGO_BIN_EXE_entente"))
-            .args(["hub", "start", "--listen", "127.0.0.1:0", "--data"])
-            .arg(&dir)
-            .env_remove("ENTENTE_KEYSTORE_KEY")
-            .env_remove("ENTENTE_KEYSTORE_PASSPHRASE")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        support::wait(child, support::LIMIT)
-    };
-    let out = start();
+    let out = start_without_keys(&dir);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("has mode 0777"), "{stderr}");
@@ -212,8 +191,23 @@ fn a_data_directory_others_may_write_to_is_refused() {
     let (hub, _) = support::start(&dir);
     support::stop(hub);
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o770)).unwrap();
-    let out = start();
+    let out = start_without_keys(&dir);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("has mode 0770"), "{stderr}");
+}
+
+/// `entente hub start --data DIR` without a key store key or passphrase in the environment,
+/// to completion (at most [`support::LIMIT`]).
+fn start_without_keys(dir: &std::path::Path) -> std::process::Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_entente"))
+        .args(["hub", "start", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir)
+        .env_remove("ENTENTE_KEYSTORE_KEY")
+        .env_remove("ENTENTE_KEYSTORE_PASSPHRASE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    support::wait(child, support::LIMIT)
 }

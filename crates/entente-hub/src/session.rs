@@ -1993,6 +1993,18 @@ mod tests {
         }
     }
 
+    /// `n` wrapped keys for made-up recipients (the hub does not check them), 150 bytes each.
+    fn made_up_recipients(n: usize) -> Vec<entente_wire::WrappedKey> {
+        (0..n)
+            .map(|i| entente_wire::WrappedKey {
+                recipient: format!("spiffe://example.org/agent/shop/{i:0>40}"),
+                recipient_key_epoch: 1,
+                enc: vec![7; 32],
+                ciphertext: vec![7; 48],
+            })
+            .collect()
+    }
+
     fn refusal(kind: server_frame::Kind) -> (u64, Option<RefusalCode>) {
         match kind {
             server_frame::Kind::Refusal(r) => (r.request_id, RefusalCode::from_u32(r.code)),
@@ -2535,14 +2547,7 @@ mod tests {
         }
         // A key of ~9 KiB (its recipients are not the hub's to check).
         let (mut bobs, mut key) = bob.sealer_and_key("_reply.shop.alice", now);
-        key.recipients = (0..64)
-            .map(|i| entente_wire::WrappedKey {
-                recipient: format!("spiffe://example.org/agent/shop/{i:0>40}"),
-                recipient_key_epoch: 1,
-                enc: vec![7; 32],
-                ciphertext: vec![7; 48],
-            })
-            .collect();
+        key.recipients = made_up_recipients(64);
         let mut seal = |channels: &[Channel]| -> Vec<SignedBatch> {
             channels
                 .iter()
@@ -2665,14 +2670,7 @@ mod tests {
         let (_, mut key) = alice.sealer_and_key("orders.eu", now_ms());
         let answer = alice.publish_with_keys(1, vec![key.clone()], vec![]).await;
         assert_eq!(answer, ack(1));
-        key.recipients = (0..256)
-            .map(|i| entente_wire::WrappedKey {
-                recipient: format!("spiffe://example.org/agent/shop/{i:0>40}"),
-                recipient_key_epoch: 1,
-                enc: vec![7; 32],
-                ciphertext: vec![7; 48],
-            })
-            .collect();
+        key.recipients = made_up_recipients(256);
         let answer = alice.publish_with_keys(2, vec![key], vec![]).await;
         assert_eq!(refusal(answer), (2, Some(RefusalCode::RateLimited)));
     }
