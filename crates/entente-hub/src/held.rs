@@ -13,7 +13,7 @@
 //! (a withdrawal), ends it; so does its expiry.
 //!
 //! Bounded: at most [`MAX_PENDING`] messages wait at once, [`MAX_PENDING_PER_SENDER`] per
-//! sender, each at most [`MAX_HOLD`]; decided ones are kept [`KEEP_DECIDED`] so that the
+//! sender, [`MAX_PENDING_PER_SEGMENT`] per segment, each at most [`MAX_HOLD`]; decided ones are kept [`KEEP_DECIDED`] so that the
 //! sender can see what became of them, at most [`MAX_KEPT`]. Every pending hold is in the
 //! store (table `held`) before the publisher's `Ack` says it is held, and every approval before
 //! its answer: a restart loses none. A store failure refuses the hold (`UNAVAILABLE`) or the
@@ -55,6 +55,10 @@ pub const MAX_PENDING: usize = 1024;
 /// At most this many messages of one sender wait for approval.
 pub const MAX_PENDING_PER_SENDER: usize = 64;
 
+/// At most this many messages of one segment's senders together (all humans: one) wait for
+/// approval: one segment can't fill the hold for everyone.
+pub const MAX_PENDING_PER_SEGMENT: usize = 256;
+
 /// The longest a message waits for approval (less if its envelope expires sooner).
 pub const MAX_HOLD: Duration = Duration::from_secs(60 * 60);
 
@@ -69,6 +73,9 @@ pub const MAX_HELD_BYTES: usize = 256 * 1024 * 1024;
 
 /// At most this many bytes of one sender's held messages wait.
 pub const MAX_HELD_BYTES_PER_SENDER: usize = 16 * 1024 * 1024;
+
+/// At most this many bytes of one segment's held messages (all humans: one) wait.
+pub const MAX_HELD_BYTES_PER_SEGMENT: usize = 64 * 1024 * 1024;
 
 /// A hold keeps at most this many statements (approvals and the one rejection).
 pub const MAX_STATEMENTS: usize = entente_wire::MAX_APPROVAL_RECORDS;
@@ -520,6 +527,21 @@ impl Holds {
                 return Err(HoldError::Full(format!(
                     "{MAX_PENDING_PER_SENDER} messages of `{}` already wait for approval",
                     new.sender
+                )));
+            }
+            let group = new.sender.share_group();
+            let (ours, our_bytes) = book
+                .pending()
+                .filter(|h| h.new.sender.share_group() == group)
+                .fold((0usize, 0usize), |(n, b), h| {
+                    (n + 1, b.saturating_add(h.new.body.len()))
+                });
+            if ours >= MAX_PENDING_PER_SEGMENT
+                || our_bytes.saturating_add(new.body.len()) > MAX_HELD_BYTES_PER_SEGMENT
+            {
+                return Err(HoldError::Full(format!(
+                    "messages of segment `{group}` wait for approval up to its share \
+                     ({MAX_PENDING_PER_SEGMENT} messages, {MAX_HELD_BYTES_PER_SEGMENT} bytes)"
                 )));
             }
             if book.holds.contains_key(&new.id) {
@@ -1045,6 +1067,29 @@ mod tests {
             ..new("bob", 0, far)
         };
         assert!(holds.hold(bob, NOW).await.is_ok());
+    }
+
+    /// One segment's senders together hold at most its share; another segment still holds.
+    #[tokio::test]
+    async fn holds_are_bounded_per_segment() {
+        let holds = Holds::default();
+        let far = NOW + 3_600_000;
+        let senders = MAX_PENDING_PER_SEGMENT / MAX_PENDING_PER_SENDER;
+        for s in 0..senders {
+            for n in 0..MAX_PENDING_PER_SENDER {
+                holds
+                    .hold(new(&format!("s{s}"), n, far), NOW)
+                    .await
+                    .unwrap();
+            }
+        }
+        let full = holds.hold(new("late", 0, far), NOW).await.unwrap_err();
+        assert!(full.to_string().contains("segment `shop`"), "{full}");
+        let other = NewHold {
+            sender: Principal::parse("spiffe://example.org/agent/lab/eve").unwrap(),
+            ..new("eve", 0, far)
+        };
+        assert!(holds.hold(other, NOW).await.is_ok());
     }
 
     #[tokio::test]

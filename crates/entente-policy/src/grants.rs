@@ -646,11 +646,11 @@ impl GrantBook {
         check_duration(definition, new.duration_ms)?;
         let mut pending = 0;
         let mut mine = 0;
-        let segment = segment_of(&new.requester);
+        let segment = new.requester.share_group();
         let mut ours = 0;
         for request in self.pending(now_ms) {
             pending += 1;
-            if segment_of(&request.requester) == segment {
+            if request.requester.share_group() == segment {
                 ours += 1;
             }
             if request.requester == new.requester {
@@ -1056,15 +1056,6 @@ impl Default for GrantLimits {
             request_ttl_ms: HOUR_MS,
             keep_decided_ms: HOUR_MS,
         }
-    }
-}
-
-/// The segment whose share of pending requests `principal`'s count against: an agent's own,
-/// `human` for every human.
-fn segment_of(principal: &Principal) -> &str {
-    match principal {
-        Principal::Agent(agent) => agent.segment(),
-        _ => "human",
     }
 }
 

@@ -438,6 +438,16 @@ impl Principal {
     pub fn as_str(&self) -> &str {
         self.spiffe_id().as_str()
     }
+
+    /// The group whose shared bounds this principal counts against: an agent's segment,
+    /// `human` for every human (a segment's principals together hold at most a share of
+    /// what a hub keeps for everyone).
+    pub fn share_group(&self) -> &str {
+        match self {
+            Self::Agent(agent) => agent.segment(),
+            Self::Human(_) => "human",
+        }
+    }
 }
 
 impl TryFrom<SpiffeId> for Principal {
