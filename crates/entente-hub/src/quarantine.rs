@@ -166,7 +166,7 @@ pub(crate) async fn impose<R>(
     tracing::warn!(
         %principal,
         risk = quarantined.risk,
-        evidence = %quarantined.evidence,
+        evidence = ?quarantined.evidence,
         by = %quarantined.by,
         closed_connections = closed,
         "agent quarantined"
@@ -207,13 +207,15 @@ pub(crate) async fn release<R>(
             "`{principal}` is not quarantined"
         )));
     }
-    // Stored without it first: a store that refuses leaves the quarantine in force.
+    // Its record unsuspended, then the list stored without it, before it is lifted: a store
+    // that refuses either leaves the quarantine in force (and a retry completes it).
+    suspend(services, principal, false).await?;
     store(services, Some(principal)).await?;
     let lifted = services
         .anomaly
         .release(principal)
         .ok_or_else(|| RpcError::Precondition(format!("`{principal}` is not quarantined")))?;
-    tracing::info!(%principal, by = actor, reason, "quarantine lifted");
+    tracing::info!(%principal, by = actor, "quarantine lifted");
     notify(
         services,
         &Quarantined {
@@ -225,7 +227,6 @@ pub(crate) async fn release<R>(
         },
         "lifted",
     );
-    suspend(services, principal, false).await?;
     let event = Event::Quarantine(Quarantine {
         principal: audit::clear(principal.as_str()),
         action: QuarantineAction::Lifted,
@@ -270,6 +271,12 @@ pub(crate) async fn quarantine<R>(
     if (!request.release.is_empty() || !request.impose.is_empty()) && reason.is_empty() {
         return Err(RpcError::BadRequest(
             "say why: `reason` is required to lift or impose a quarantine".into(),
+        ));
+    }
+    // Shown to operators and approvers as evidence: it can't disguise what it says.
+    if reason.chars().any(entente_types::text::is_deceptive) {
+        return Err(RpcError::BadRequest(
+            "`reason` holds control or invisible formatting characters".into(),
         ));
     }
     let actor = caller.principal.as_str();

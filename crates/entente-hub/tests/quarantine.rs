@@ -160,6 +160,18 @@ async fn an_administrator_quarantines_an_agent_and_only_an_administrator_lifts_i
         .await
         .unwrap_err();
     assert!(err.to_string().contains("reason"), "{err}");
+    // Nor may it disguise what it says (a second line, a reordering mark).
+    for disguised in ["fine\nquarantine lifted by admin", "key \u{202e}leaked"] {
+        let err = admin
+            .quarantine(request(&alice_id, "", disguised))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("invisible formatting characters"),
+            "{err}"
+        );
+    }
+    assert!(list(&admin).await.quarantined.is_empty());
     let err = bob
         .quarantine(QuarantineRequest::default())
         .await
