@@ -277,6 +277,16 @@ impl<C: Clock + Clone> Limiters<C> {
             let outcome = amount(bytes).map(|n| limiter.check_key_n(agent, n));
             self.verdict(outcome, Limit::AgentBytes, "", *rate, bytes, "bytes")?;
         }
+        self.check_channel_classes(channels)
+    }
+
+    /// Checks (and takes from) the limits of the channel classes `channels` fall in (each
+    /// with its envelope count). Shared by every publisher: a session checks them only once
+    /// its publish is authorized, so that one may not drain a class it may not publish to.
+    pub(crate) fn check_channel_classes<'c>(
+        &self,
+        channels: impl IntoIterator<Item = (&'c Channel, u64)>,
+    ) -> Result<(), Hit> {
         if self.channels.is_empty() {
             return Ok(());
         }

@@ -516,10 +516,13 @@ impl<R: Router> Session<R> {
     async fn publish_timed(&mut self, publish: Publish) -> Result<(), Status> {
         let request_id = publish.request_id;
         let mut traffic = Traffic::default();
-        if let Err(hit) = self.check_limits(&publish, &mut traffic) {
-            let refused = self.limited(hit);
-            return self.refuse(request_id, refused).await;
-        }
+        let classes = match self.check_limits(&publish, &mut traffic) {
+            Ok(classes) => classes,
+            Err(hit) => {
+                let refused = self.limited(hit);
+                return self.refuse(request_id, refused).await;
+            }
+        };
         if let Err(refused) = self.audit_available().await {
             return self.refuse(request_id, refused).await;
         }
@@ -527,6 +530,15 @@ impl<R: Router> Session<R> {
             Ok(checked) => checked,
             Err(refused) => return self.refuse(request_id, refused).await,
         };
+        // A class's limit is shared by its publishers: taken only by a publish that may go.
+        if let Err(hit) = self
+            .context
+            .limiters
+            .check_channel_classes(classes.iter().map(|(c, n)| (c, *n)))
+        {
+            let refused = self.limited(hit);
+            return self.refuse(request_id, refused).await;
+        }
         let (taken, issued) = match self.check_replies_and_requests(&checked).await {
             Ok(changes) => changes,
             Err(refused) => return self.refuse(request_id, refused).await,
@@ -1228,7 +1240,11 @@ impl<R: Router> Session<R> {
     /// Checks a publish against the rate limits (docs/THREAT_MODEL.md, abuse), before anything
     /// else is done with it. Every publish counts as one message at least, so that frames
     /// without envelopes can't flood either.
-    fn check_limits(&self, publish: &Publish, traffic: &mut Traffic) -> Result<(), Hit> {
+    fn check_limits(
+        &self,
+        publish: &Publish,
+        traffic: &mut Traffic,
+    ) -> Result<Vec<(Channel, u64)>, Hit> {
         let mut messages = 0u64;
         // Sender keys count as bytes too: a publish of keys alone (their recipients a peer's
         // to choose) is no free channel past the byte limit and the anomaly watch.
@@ -1278,18 +1294,14 @@ impl<R: Router> Session<R> {
         } else {
             Vec::new()
         };
-        limiters.check_publish(
-            &self.principal,
-            messages.max(1),
-            bytes,
-            channels.iter().map(|(c, n)| (c, *n)),
-        )?;
+        // The channel classes once the publish is authorized (`publish_timed`).
+        limiters.check_publish(&self.principal, messages.max(1), bytes, std::iter::empty())?;
         self.watch.published(
             messages,
             bytes,
             publish.batches.iter().map(|b| b.channel.as_str()),
         );
-        Ok(())
+        Ok(channels)
     }
 
     /// The agent's limit of subscribe and unsubscribe frames (and its throttled rate, while

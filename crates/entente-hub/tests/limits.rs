@@ -177,6 +177,35 @@ async fn a_channel_class_is_shared_by_every_agent_and_other_channels_are_free() 
     );
 }
 
+/// A class's bucket is shared by its publishers: one that may not publish there is denied,
+/// and takes nothing from it.
+#[tokio::test]
+async fn a_publisher_denied_a_channel_takes_nothing_from_its_class() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir, |c| {
+        c.rate_limits.channels = vec![ChannelRate {
+            pattern: ChannelPattern::parse("orders.bulk.>").unwrap(),
+            rate: Rate {
+                per_second: 1,
+                burst: 5,
+            },
+        }];
+    })
+    .await;
+    let eve = hub.connect_agent("lab", "eve").await.unwrap();
+    for _ in 0..10 {
+        let denied = eve
+            .publish_to("orders.bulk.eu", "junk", &[])
+            .await
+            .unwrap_err();
+        assert_eq!(denied.kind(), ErrorKind::Denied, "{denied}");
+    }
+    let alice = hub.connect_agent("shop", "alice").await.unwrap();
+    for _ in 0..5 {
+        alice.publish("orders.bulk.eu", "bulk").await.unwrap();
+    }
+}
+
 /// Connects `identity` through the SDK, with the SDK's error.
 async fn connect(hub: &TestHub, identity: &Identity) -> Result<Client, entente_client::Error> {
     Client::connect(identity.clone(), hub.addr(), ClientOptions::new()).await
