@@ -195,6 +195,9 @@ struct Book {
     order: VecDeque<String>,
     /// Expired holds whose deletion from the store failed, to try again.
     undeleted: Vec<String>,
+    /// The hold being decided (its decision being stored): a listing meanwhile does not
+    /// expire it under the decision.
+    deciding: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -595,23 +598,37 @@ impl Holds {
         decide: impl FnOnce(&Principal, &Channel, &[Principal]) -> Verdicts,
     ) -> Result<Outcome, HoldError> {
         let _writing = self.writing.lock().await;
+        // The time once it is this decision's turn (it may have waited for others).
+        let now_ms = now_ms.max(rpc::unix_ms(SystemTime::now()));
         self.forget_expired(now_ms).await;
-        let mut hold = self
-            .lock()
-            .holds
-            .get(id)
-            .cloned()
-            .ok_or_else(|| HoldError::Unknown(id.to_owned()))?;
-        let outcome = hold.apply(id, approval, now_ms, decide)?;
-        match &outcome {
-            // A released one is stored as released before it is routed: a crash between the
-            // two loses that delivery (the sender sees it listed) rather than ever sending it
-            // twice.
-            Outcome::Pending { .. } | Outcome::Released { .. } => self.put(&hold).await?,
-            Outcome::Rejected => self.delete(id).await?,
+        let mut hold = {
+            let mut book = self.lock();
+            let hold = book
+                .holds
+                .get(id)
+                .cloned()
+                .ok_or_else(|| HoldError::Unknown(id.to_owned()))?;
+            book.deciding = Some(id.to_owned());
+            hold
+        };
+        let decided = async {
+            let outcome = hold.apply(id, approval, now_ms, decide)?;
+            match &outcome {
+                // A released one is stored as released before it is routed: a crash between
+                // the two loses that delivery (the sender sees it listed) rather than ever
+                // sending it twice.
+                Outcome::Pending { .. } | Outcome::Released { .. } => self.put(&hold).await?,
+                Outcome::Rejected => self.delete(id).await?,
+            }
+            Ok(outcome)
         }
-        self.lock().holds.insert(id.to_owned(), hold);
-        Ok(outcome)
+        .await;
+        let mut book = self.lock();
+        book.deciding = None;
+        if decided.is_ok() {
+            book.holds.insert(id.to_owned(), hold);
+        }
+        decided
     }
 
     /// Deletes released message `id` from the store, once routed. A failure leaves it stored
@@ -730,7 +747,10 @@ impl Book {
         let mut expired = std::mem::take(&mut self.undeleted);
         let mut lapsed = Vec::new();
         for (id, hold) in &mut self.holds {
-            if hold.state == State::Pending && now_ms >= hold.expires_at_ms {
+            if hold.state == State::Pending
+                && now_ms >= hold.expires_at_ms
+                && self.deciding.as_ref() != Some(id)
+            {
                 hold.end(
                     State::Expired,
                     "no decision before it expired".to_owned(),
@@ -785,6 +805,12 @@ impl Hold {
             return Err(HoldError::Decided {
                 id: id.to_owned(),
                 state: self.state.name(),
+            });
+        }
+        if now_ms >= self.expires_at_ms {
+            return Err(HoldError::Decided {
+                id: id.to_owned(),
+                state: State::Expired.name(),
             });
         }
         let statement = approval.statement();
@@ -1067,6 +1093,22 @@ mod tests {
             ..new("bob", 0, far)
         };
         assert!(holds.hold(bob, NOW).await.is_ok());
+    }
+
+    /// A listing does not expire a hold under a decision being stored (the decision would
+    /// then overwrite its expiry: "expired", then "approved" and delivered).
+    #[tokio::test]
+    async fn a_listing_does_not_expire_a_hold_being_decided() {
+        let holds = Holds::default();
+        holds.hold(new("alice", 0, NOW + 1000), NOW).await.unwrap();
+        let state = |at| {
+            let listed = holds.list(at, None, |_, _| true);
+            listed.first().map(|h| h.state.clone()).unwrap_or_default()
+        };
+        holds.lock().deciding = Some("alice-0".to_owned());
+        assert_eq!(state(NOW + 2000), "pending");
+        holds.lock().deciding = None;
+        assert_eq!(state(NOW + 2000), "expired");
     }
 
     /// One segment's senders together hold at most its share; another segment still holds.
