@@ -1645,8 +1645,22 @@ where
     Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
 {
     let (services, caller) = (services.clone(), caller.clone());
+    // A call denied counts against the caller's risk as a refused frame does (probing the
+    // directory, or approvals, grants and holds it may not touch, is probing all the same).
+    let watch = services.anomaly.watch(&caller.principal);
     unary(limits, request, move |req| {
-        handler(services.clone(), caller.clone(), req)
+        let answer = handler(services.clone(), caller.clone(), req);
+        let watch = watch.clone();
+        async move {
+            let answer = answer.await;
+            if answer
+                .as_ref()
+                .is_err_and(|status| status.code() == tonic::Code::PermissionDenied)
+            {
+                watch.refused();
+            }
+            answer
+        }
     })
     .await
 }

@@ -277,6 +277,49 @@ async fn an_administrator_quarantines_an_agent_and_only_an_administrator_lifts_i
     );
 }
 
+/// Probing through RPCs (the directory of channels one may not publish to) counts as
+/// probing through frames: the prober is quarantined.
+#[tokio::test]
+async fn an_agent_probing_the_directory_is_quarantined() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir, POLICIES, |c| {
+        c.anomaly.window = Duration::from_secs(1);
+        c.anomaly.warmup = 3;
+    })
+    .await;
+    let scanner = hub.connect_agent("shop", "scanner").await.unwrap();
+    for _ in 0..35 {
+        scanner.publish("orders.us", "ordinary").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = Instant::now();
+    let mut probes = 0u32;
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the scanner was never quarantined"
+        );
+        // The directory refuses the lookup: no frame is ever sent. Quarantined, the
+        // scanner's connections are closed under its next lookup.
+        match scanner
+            .publish(&format!("pay.secrets.p{probes}"), "x")
+            .await
+        {
+            Ok(()) => panic!("a probe was allowed"),
+            Err(e) if e.kind() == ErrorKind::Denied && !e.to_string().contains("quarantined") => {}
+            Err(_) => break,
+        }
+        probes += 1;
+    }
+    let admin = hub.connect(hub.admin().unwrap()).await.unwrap();
+    let quarantined = list(&admin).await.quarantined;
+    let [entry] = quarantined.as_slice() else {
+        panic!("only the scanner: {quarantined:?}");
+    };
+    assert_eq!(entry.principal, scanner.principal().to_string());
+    assert_eq!(entry.by, "hub");
+}
+
 #[tokio::test]
 async fn the_detector_throttles_then_quarantines_a_scanner_and_a_normal_agent_loses_nothing() {
     let dir = TempDir::new().unwrap();
