@@ -159,6 +159,9 @@ impl DataDir {
         if !dir.exists() {
             return Ok(Vec::new());
         }
+        // What others may write is not a policy: the directory and each file are refused if
+        // group or others may write them (they may read them: policies are no secret).
+        files::check_dir(&dir)?;
         let mut files = Vec::new();
         for entry in
             std::fs::read_dir(&dir).with_context(|| format!("reading `{}`", dir.display()))?
@@ -166,6 +169,18 @@ impl DataDir {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "cedar") && path.is_file() {
                 let name = file_name(&path)?;
+                let mode = std::os::unix::fs::PermissionsExt::mode(
+                    &std::fs::metadata(&path)
+                        .with_context(|| format!("reading `{}`", path.display()))?
+                        .permissions(),
+                );
+                if mode & 0o022 != 0 {
+                    bail!(
+                        "`{}` has mode {:04o}: group or others may write it (0644 at most)",
+                        path.display(),
+                        mode & 0o7777
+                    );
+                }
                 let text = std::fs::read_to_string(&path)
                     .with_context(|| format!("reading `{}`", path.display()))?;
                 files.push((name, text));

@@ -656,9 +656,11 @@ fn main() -> ExitCode {
                     commands::json_line(&serde_json::json!({ "error": format!("{err:#}") }))
                 );
             } else {
+                // A message of several lines (a policy set's problems) keeps them, indented:
+                // none can pass for a line of its own.
                 let text = format!("{err:#}");
                 let lines: Vec<String> = text.lines().map(commands::clean).collect();
-                eprintln!("error: {}", lines.join("\n"));
+                eprintln!("error: {}", lines.join("\n  "));
             }
             ExitCode::FAILURE
         }

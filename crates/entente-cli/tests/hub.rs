@@ -195,6 +195,15 @@ fn a_data_directory_others_may_write_to_is_refused() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("has mode 0770"), "{stderr}");
+
+    // So is a policy file others may write (it would be the running set at the next load).
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+    let policy = dir.join("policies").join("default.cedar");
+    fs::set_permissions(&policy, fs::Permissions::from_mode(0o666)).unwrap();
+    let out = start_without_keys(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("group or others may write it"), "{stderr}");
 }
 
 /// `entente hub start --data DIR` without a key store key or passphrase in the environment,

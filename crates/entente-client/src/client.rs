@@ -2410,11 +2410,7 @@ async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) -> bo
     let failures = if missing.is_empty() {
         HashMap::new()
     } else {
-        let failures = lookup_bundles(shared, transport, &missing).await;
-        // Not again for a while: what the directory answered (a failed lookup is tried again).
-        missing.retain(|p| !failures.contains_key(p.as_str()));
-        shared.bundles.looked_up(&missing, now);
-        failures
+        lookup_bundles(shared, transport, &missing).await
     };
     let lookup = |sender: &Principal, epoch: u64| {
         shared.bundles.epoch(sender, epoch, now).ok_or_else(|| {
@@ -2609,6 +2605,9 @@ async fn lookup_bundles(
     {
         Ok(response) => {
             let now = now_ms();
+            // Answered: not asked again for a while, whatever the answer held (a lookup
+            // that failed on its way is tried again).
+            shared.bundles.looked_up(principals, now);
             for bundle in response.bundles {
                 let principal = bundle.principal.clone();
                 // Only what was asked for.

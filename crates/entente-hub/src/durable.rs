@@ -1286,7 +1286,7 @@ fn state_of(consumer: &Consumer, generation: u64) -> Option<MutexGuard<'_, Consu
 
 /// Sends entry `seq` to the consumer (or finishes it when it is gone, not for this
 /// consumer, or delivered too often); `false` when the session is gone.
-async fn send(stream: &Arc<Stream>, consumer: &Consumer, to: &Recipient, seq: u64) -> bool {
+async fn send(stream: &Arc<Stream>, consumer: &Arc<Consumer>, to: &Recipient, seq: u64) -> bool {
     let attempt = {
         let Some(mut state) = state_of(consumer, to.generation) else {
             return false;
@@ -1319,20 +1319,33 @@ async fn send(stream: &Arc<Stream>, consumer: &Consumer, to: &Recipient, seq: u6
         if !lock(&consumer.state).moving.insert(seq) {
             return retry_later();
         }
+        // The move and its bookkeeping go together, whatever becomes of this task (a holder
+        // let go aborts it while the move goes on).
         let dead_letter = {
-            let (stream, name) = (stream.clone(), consumer.name.clone());
-            tokio::task::spawn_blocking(move || stream.dead_letter(seq, &name, attempt - 1))
+            let (stream, consumer) = (stream.clone(), consumer.clone());
+            tokio::task::spawn_blocking(move || {
+                let moved = stream.dead_letter(seq, &consumer.name, attempt - 1);
+                let mut state = lock(&consumer.state);
+                state.moving.remove(&seq);
+                if moved {
+                    // Done for this consumer whoever holds it now: in the dead-letter log.
+                    state.finish(seq);
+                }
+                moved
+            })
         };
-        let moved = dead_letter.await.unwrap_or(false);
-        let mut state = lock(&consumer.state);
-        state.moving.remove(&seq);
-        if moved {
-            // Done for this consumer whoever holds it now: it is in the dead-letter log.
-            state.finish(seq);
-        }
-        let current = state.generation == to.generation;
-        drop(state);
-        return if moved { current } else { retry_later() };
+        let moved = match dead_letter.await {
+            Ok(moved) => moved,
+            Err(_) => {
+                lock(&consumer.state).moving.remove(&seq);
+                false
+            }
+        };
+        return if moved {
+            lock(&consumer.state).generation == to.generation
+        } else {
+            retry_later()
+        };
     }
     let read = {
         let stream = stream.clone();
@@ -1718,9 +1731,20 @@ mod tests {
         assert!(send(&stream, &consumer, &to, 1).await);
         assert_eq!(lock(&stream.dead).len(), 0);
         assert!(lock(&consumer.state).in_flight.contains_key(&1));
-        // Moved once it is not being moved, and done.
+        // Moved once it is not being moved, and done, even when the task that started the
+        // move is stopped under it (its holder let go).
         lock(&consumer.state).moving.clear();
-        assert!(send(&stream, &consumer, &to, 1).await);
+        {
+            let mut moving = Box::pin(send(&stream, &consumer, &to, 1));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(std::future::Future::poll(moving.as_mut(), &mut cx).is_pending());
+        }
+        for _ in 0..100 {
+            if !lock(&consumer.state).moving.contains(&1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(lock(&stream.dead).len(), 1);
         let state = lock(&consumer.state);
         assert!(state.floor > 1 && state.moving.is_empty(), "{state:?}");

@@ -611,6 +611,8 @@ impl Holds {
             book.deciding = Some(id.to_owned());
             hold
         };
+        // Cleared however this ends (the caller may stop waiting for it).
+        let _deciding = Deciding(self);
         let decided = async {
             let outcome = hold.apply(id, approval, now_ms, decide)?;
             match &outcome {
@@ -623,10 +625,8 @@ impl Holds {
             Ok(outcome)
         }
         .await;
-        let mut book = self.lock();
-        book.deciding = None;
         if decided.is_ok() {
-            book.holds.insert(id.to_owned(), hold);
+            self.lock().holds.insert(id.to_owned(), hold);
         }
         decided
     }
@@ -730,6 +730,15 @@ impl Holds {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
         self.book.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Clears the hold being decided when dropped.
+struct Deciding<'a>(&'a Holds);
+
+impl Drop for Deciding<'_> {
+    fn drop(&mut self) {
+        self.0.lock().deciding = None;
     }
 }
 

@@ -526,19 +526,10 @@ impl<R: Router> Session<R> {
         if let Err(refused) = self.audit_available().await {
             return self.refuse(request_id, refused).await;
         }
-        let checked = match self.check_publish(publish) {
+        let checked = match self.check_publish(publish, &classes) {
             Ok(checked) => checked,
             Err(refused) => return self.refuse(request_id, refused).await,
         };
-        // A class's limit is shared by its publishers: taken only by a publish that may go.
-        if let Err(hit) = self
-            .context
-            .limiters
-            .check_channel_classes(classes.iter().map(|(c, n)| (c, *n)))
-        {
-            let refused = self.limited(hit);
-            return self.refuse(request_id, refused).await;
-        }
         let (taken, issued) = match self.check_replies_and_requests(&checked).await {
             Ok(changes) => changes,
             Err(refused) => return self.refuse(request_id, refused).await,
@@ -702,7 +693,11 @@ impl<R: Router> Session<R> {
     }
 
     /// Checks a publish and encodes each channel's share; refuses all of it on any failure.
-    fn check_publish(&mut self, mut publish: Publish) -> Result<Checked, Refused> {
+    fn check_publish(
+        &mut self,
+        mut publish: Publish,
+        classes: &[(Channel, u64)],
+    ) -> Result<Checked, Refused> {
         let purpose = std::mem::take(&mut publish.purpose);
         if publish.sender_keys.is_empty() && publish.batches.is_empty() {
             return Err(Refused::new(RefusalCode::Malformed, "empty publish"));
@@ -838,6 +833,15 @@ impl<R: Router> Session<R> {
             }
         }
         self.authorize(&mut groups)?;
+        // A class's limit is shared by its publishers: taken only by a publish that may go,
+        // and before its sequence numbers count as seen (the same publish may come again).
+        if let Err(hit) = self
+            .context
+            .limiters
+            .check_channel_classes(classes.iter().map(|(c, n)| (c, *n)))
+        {
+            return Err(self.limited(hit));
+        }
         // Before anything is recorded: a refused held group leaves no trace.
         let held = self.check_held(&mut groups, purpose)?;
         // A hold is stored before the durable channels decide: refused by one of them, the

@@ -397,7 +397,7 @@ pub enum GrantError {
     /// The requester's segment (humans: all humans) has as many pending requests as it may.
     #[error("segment `{segment}` has too many pending requests: the limit is {max}")]
     TooManyRequestsIn {
-        /// The segment (`human` for humans).
+        /// The segment (`(humans)` for humans).
         segment: String,
         /// The limit.
         max: usize,

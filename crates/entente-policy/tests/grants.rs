@@ -765,7 +765,7 @@ fn one_segment_holds_at_most_its_share_of_pending_requests() {
     assert_eq!(
         book.request(&p, of(&w.cat), NOW).unwrap_err(),
         GrantError::TooManyRequestsIn {
-            segment: "human".to_owned(),
+            segment: "(humans)".to_owned(),
             max: 2
         }
     );

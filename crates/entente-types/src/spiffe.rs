@@ -440,12 +440,12 @@ impl Principal {
     }
 
     /// The group whose shared bounds this principal counts against: an agent's segment,
-    /// `human` for every human (a segment's principals together hold at most a share of
-    /// what a hub keeps for everyone).
+    /// `(humans)` for every human, which no segment can be named (a segment's principals
+    /// together hold at most a share of what a hub keeps for everyone).
     pub fn share_group(&self) -> &str {
         match self {
             Self::Agent(agent) => agent.segment(),
-            Self::Human(_) => "human",
+            Self::Human(_) => "(humans)",
         }
     }
 }
