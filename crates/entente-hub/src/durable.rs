@@ -476,11 +476,9 @@ impl Streams {
 
     /// Whether a stream may capture reply channels under the reply namespace `root`.
     pub(crate) fn captures_under(&self, root: &Channel) -> bool {
-        Channel::parse(&format!("{root}.x")).is_ok_and(|probe| {
-            self.streams
-                .iter()
-                .any(|s| authz::matches(&s.config.channels, &probe))
-        })
+        self.streams
+            .iter()
+            .any(|s| matches_some_under(&s.config.channels, root))
     }
 
     /// The entry to store for a channel group: its channel, the sender keys its batches need
@@ -1398,6 +1396,21 @@ async fn send(stream: &Arc<Stream>, consumer: &Arc<Consumer>, to: &Recipient, se
     true
 }
 
+/// Whether `pattern` matches some channel of at least one more token under `root`: each of
+/// the root's tokens matched in turn (`*` or the token itself; `>` matches the rest), and a
+/// token of the pattern left for what follows.
+fn matches_some_under(pattern: &ChannelPattern, root: &Channel) -> bool {
+    let mut tokens = pattern.tokens();
+    for token in root.tokens() {
+        match tokens.next() {
+            Some(">") => return true,
+            Some(t) if t == "*" || t == token => {}
+            _ => return false,
+        }
+    }
+    tokens.next().is_some()
+}
+
 // === consumers on disk ===
 
 /// Loads the consumers saved in `dir`; a file that does not parse stops the hub.
@@ -1705,6 +1718,29 @@ mod tests {
         }
         ticks.join().unwrap();
         plans.join().unwrap();
+    }
+
+    #[test]
+    fn a_pattern_matches_some_channel_under_a_root_token_by_token() {
+        let root = Channel::parse("_reply.shop.alice").unwrap();
+        let under = |p: &str| matches_some_under(&ChannelPattern::parse(p).unwrap(), &root);
+        for yes in [
+            "_reply.>",
+            "_reply.shop.alice.>",
+            "_reply.*.*.*",
+            "_reply.shop.alice.audit",
+            "_reply.*.alice.*.y",
+        ] {
+            assert!(under(yes), "{yes}");
+        }
+        for no in [
+            "_reply.shop.alice",
+            "_reply.shop.bob.>",
+            "_reply.*.*",
+            "orders.>",
+        ] {
+            assert!(!under(no), "{no}");
+        }
     }
 
     /// An entry being moved to the dead-letter log (by a holding let go since) is not moved
