@@ -60,6 +60,13 @@ use crate::{
 };
 
 /// Frames the writer may have queued for the HTTP/2 stream.
+/// A channel's members as the directory listed them, or its refusal.
+type Members = Result<Arc<Recipients>, Error>;
+
+/// How long a directory's refusal of a channel is kept.
+const DENIAL_KEPT: Duration = Duration::from_secs(1);
+/// Past this many channels remembered, the refusals among them are forgotten.
+const MAX_DENIALS_KEPT: usize = 1024;
 const OUTBOUND_FRAMES: usize = 64;
 /// Most commands room is made for at once when gathering a batch.
 const MAX_GATHER: usize = 1024;
@@ -141,7 +148,9 @@ struct Inner {
     commands: mpsc::Sender<Command>,
     transport: Transport,
     /// Recipients of channels, from the directory, with when they were fetched.
-    members: tokio::sync::Mutex<HashMap<Channel, (Instant, Arc<Recipients>)>>,
+    /// A refusal (`DENIED`) is kept a second: an application publishing on where it may not
+    /// asks the hub once, not at every call (each refusal counts against its risk).
+    members: tokio::sync::Mutex<HashMap<Channel, (Instant, Members)>>,
     /// Whether the session subscribed to this principal's reply namespace (on the first
     /// request).
     replies: tokio::sync::Mutex<bool>,
@@ -1174,12 +1183,16 @@ impl Client {
     async fn members(&self, channel: &Channel) -> Result<Arc<Recipients>, Error> {
         let shared = &self.inner.shared;
         let mut members = self.inner.members.lock().await;
-        if let Some((at, recipients)) = members.get(channel)
-            && at.elapsed() < shared.options.directory_ttl
-        {
-            return Ok(recipients.clone());
+        match members.get(channel) {
+            Some((at, Ok(recipients))) if at.elapsed() < shared.options.directory_ttl => {
+                return Ok(recipients.clone());
+            }
+            Some((at, Err(denied))) if at.elapsed() < DENIAL_KEPT => {
+                return Err(denied.duplicate());
+            }
+            _ => {}
         }
-        let response = self
+        let answer = self
             .inner
             .transport
             .directory(
@@ -1190,7 +1203,19 @@ impl Client {
                 shared.options.request_timeout,
             )
             .await
-            .map_err(|e| shared.after_end(e))?;
+            .map_err(|e| shared.after_end(e));
+        let response = match answer {
+            Ok(response) => response,
+            Err(e) => {
+                if e.kind() == ErrorKind::Denied {
+                    if members.len() >= MAX_DENIALS_KEPT {
+                        members.retain(|_, (_, answer)| answer.is_ok());
+                    }
+                    members.insert(channel.clone(), (Instant::now(), Err(e.duplicate())));
+                }
+                return Err(e);
+            }
+        };
         let now = now_ms();
         let bundles = response
             .bundles
@@ -1198,7 +1223,7 @@ impl Client {
             .map(|b| shared.bundles.trust(b, now))
             .collect::<Result<Vec<_>, _>>()?;
         let recipients = Arc::new(Recipients::new(shared.identity.key_bundle(), bundles));
-        members.insert(channel.clone(), (Instant::now(), recipients.clone()));
+        members.insert(channel.clone(), (Instant::now(), Ok(recipients.clone())));
         Ok(recipients)
     }
 

@@ -140,3 +140,24 @@ async fn an_administrator_loads_shows_and_checks_policies() {
     let e = alice.policies().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Denied, "{e}");
 }
+
+/// A publish the directory refuses is refused again at once for a second, without asking
+/// the hub (each refusal there counts against the agent's risk), then asked again.
+#[tokio::test]
+async fn a_directory_refusal_is_kept_a_second() {
+    let hub = TestHub::start().await;
+    let eve = hub.agent("lab", "eve").await;
+    let eve = hub.connect(eve.identity).await;
+    let denied = |e: entente_client::Error| {
+        assert_eq!(e.kind(), ErrorKind::Denied, "{e}");
+    };
+    denied(eve.publish("orders.eu", "x").await.unwrap_err());
+    let asked = hub.hub.stats().policy_denials;
+    for _ in 0..10 {
+        denied(eve.publish("orders.eu", "x").await.unwrap_err());
+    }
+    assert_eq!(hub.hub.stats().policy_denials, asked, "asked the hub again");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    denied(eve.publish("orders.eu", "x").await.unwrap_err());
+    assert!(hub.hub.stats().policy_denials > asked);
+}
