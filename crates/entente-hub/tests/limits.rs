@@ -135,10 +135,9 @@ async fn an_agent_over_its_rate_is_refused_with_a_retry_after_and_others_go_on()
     assert!(limits.iter().all(|(p, ..)| *p == alice_id), "{limits:?}");
 }
 
-#[tokio::test]
-async fn a_channel_class_is_shared_by_every_agent_and_other_channels_are_free() {
-    let dir = TempDir::new().unwrap();
-    let hub = start(&dir, |c| {
+/// A hub whose channel class `orders.bulk.>` takes 1 message a second, 5 at once.
+async fn start_with_bulk_class(dir: &TempDir) -> TestHub {
+    start(dir, |c| {
         c.rate_limits.channels = vec![ChannelRate {
             pattern: ChannelPattern::parse("orders.bulk.>").unwrap(),
             rate: Rate {
@@ -147,7 +146,13 @@ async fn a_channel_class_is_shared_by_every_agent_and_other_channels_are_free() 
             },
         }];
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_channel_class_is_shared_by_every_agent_and_other_channels_are_free() {
+    let dir = TempDir::new().unwrap();
+    let hub = start_with_bulk_class(&dir).await;
     let alice = hub.connect_agent("shop", "alice").await.unwrap();
     let bob = hub.connect_agent("shop", "bob").await.unwrap();
     let mut sent = 0;
@@ -182,16 +187,7 @@ async fn a_channel_class_is_shared_by_every_agent_and_other_channels_are_free() 
 #[tokio::test]
 async fn a_publisher_denied_a_channel_takes_nothing_from_its_class() {
     let dir = TempDir::new().unwrap();
-    let hub = start(&dir, |c| {
-        c.rate_limits.channels = vec![ChannelRate {
-            pattern: ChannelPattern::parse("orders.bulk.>").unwrap(),
-            rate: Rate {
-                per_second: 1,
-                burst: 5,
-            },
-        }];
-    })
-    .await;
+    let hub = start_with_bulk_class(&dir).await;
     let eve = hub.connect_agent("lab", "eve").await.unwrap();
     for _ in 0..10 {
         let denied = eve

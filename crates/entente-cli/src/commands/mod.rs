@@ -39,8 +39,8 @@ pub(crate) fn clean(value: &str) -> String {
 }
 
 /// `value` as one line of JSON whose control and invisible formatting characters are written
-/// as `\uXXXX` escapes: a line a script decodes to exactly the same strings, and that a
-/// terminal shows as it is (text a peer chose can't reorder or hide what is printed).
+/// as JSON `\u` escapes (`\u202e`): a line a script decodes to exactly the same strings, and
+/// that a terminal shows as it is (text a peer chose can't reorder or hide what is printed).
 pub(crate) fn json_line(value: &impl serde::Serialize) -> String {
     let mut out = Vec::new();
     let mut writer = serde_json::Serializer::with_formatter(&mut out, VisibleJson);
