@@ -809,3 +809,44 @@ async fn a_subscribe_dropped_on_its_way_leaves_no_consumer_held() {
     let mut orders = alice.subscribe_durable("orders.eu", "alice").await.unwrap();
     assert_eq!(next(&mut orders).await.payload, b"kept");
 }
+
+/// A batch whose sender key is neither in the publish nor remembered (never routed, or
+/// forgotten) would be an entry no consumer can open: refused `UNAVAILABLE`, nothing stored.
+/// With its key the same batch is stored.
+#[tokio::test]
+async fn an_entry_whose_sender_key_the_hub_lacks_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir, orders(|_| {})).await;
+    let bob_id = hub.enroll("shop", "bob").await.unwrap();
+    let bob = hub.connect(bob_id.clone()).await.unwrap();
+    let (mut sealer, key) = sealer(&bob_id, "orders.eu").unwrap();
+    let batch = sealer.seal_batch(&[b"no key"], None, now_ms()).unwrap();
+    let publish = |request_id, sender_keys, batches| Publish {
+        request_id,
+        sender_keys,
+        batches,
+        purpose: String::new(),
+    };
+    let refused = danger_publish_raw(&bob, publish(1_000_000, Vec::new(), vec![batch]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.refusal_code(),
+        Some(RefusalCode::Unavailable),
+        "{refused}"
+    );
+    assert!(
+        refused
+            .to_string()
+            .contains("neither in the publish nor known"),
+        "{refused}"
+    );
+    assert_eq!(hub.stats().durable_stored, 0);
+    let batch = sealer
+        .seal_batch(&[b"with its key"], None, now_ms())
+        .unwrap();
+    danger_publish_raw(&bob, publish(1_000_001, vec![key], vec![batch]))
+        .await
+        .unwrap();
+    assert_eq!(hub.stats().durable_stored, 1);
+}
