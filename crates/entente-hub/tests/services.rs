@@ -9,11 +9,12 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use entente_ca::{CaOptions, Revocations, TokenError, TrustBundle, VerifiedRevocationList};
+use entente_ca::{Ca, CaOptions, Revocations, TokenError, TrustBundle, VerifiedRevocationList};
 use entente_crypto::KeyBundleIn;
-use entente_hub::{DIRECTORY_PATH, Hub, HubConfig, HubError, RENEW_PATH, RefusalCode};
+use entente_hub::{CaRollover, DIRECTORY_PATH, Hub, HubConfig, HubError, RENEW_PATH, RefusalCode};
 use entente_store::Store;
 use entente_types::{AgentId, Principal};
 use entente_wire::{
@@ -407,6 +408,43 @@ async fn renewal_keeps_a_session_up_past_the_first_certificate_and_an_unrenewed_
     assert_eq!(alice_session.subscribe(2, "orders.us").await, ack(2));
     assert_eq!(hub.stats().expired_disconnects, 1);
     eventually("bob's connection is gone", || hub.connections() == 1).await;
+}
+
+#[tokio::test]
+async fn a_connection_lasts_no_longer_than_a_certificate_the_hub_issues_now() {
+    // The agent's certificate is good for an hour (as one minted with a leaked intermediate
+    // key may be); the hub, on the same CA keys, issues three-second ones.
+    let ca = TestCa::new();
+    let short = Ca::from_pem(
+        ca.ca.keystore().clone(),
+        &ca.ca.to_pem(),
+        CaOptions {
+            svid_ttl: Duration::from_secs(3),
+            ..*ca.ca.options()
+        },
+    )
+    .unwrap();
+    let store = ca.store();
+    let config = HubConfig {
+        ca_rollover: CaRollover {
+            overlap: Duration::from_secs(3),
+            ..CaRollover::default()
+        },
+        ..config()
+    };
+    let hub = Hub::start(config, Arc::new(short), store).await.unwrap();
+    let alice = ca.agent("shop", "alice");
+    assert!(alice.svid.not_after > SystemTime::now() + Duration::from_secs(600));
+    let mut session = alice.session(&hub).await;
+    assert_eq!(session.subscribe(1, "orders.eu").await, ack(1));
+
+    // Unrenewed, the connection ends with the hub's certificate lifetime, not the leaf's.
+    let status = tokio::time::timeout(Duration::from_secs(20), session.status())
+        .await
+        .expect("the connection outlived the hub's certificate lifetime");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(hub.stats().expired_disconnects, 1);
+    eventually("the connection is gone", || hub.connections() == 0).await;
 }
 
 #[tokio::test]
