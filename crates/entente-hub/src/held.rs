@@ -1120,6 +1120,47 @@ mod tests {
         assert_eq!(state(NOW + 2000), "expired");
     }
 
+    /// A decision is judged when its turn comes: one that waited for another past the hold's
+    /// expiry is refused as expired, however early its caller read the time.
+    #[tokio::test]
+    async fn an_approval_that_waited_past_the_expiry_is_refused() {
+        let holds = Holds::default();
+        let start = rpc::unix_ms(SystemTime::now());
+        holds
+            .hold(new("alice", 0, start + 300), start)
+            .await
+            .unwrap();
+        let keys = entente_crypto::MessageKeys::generate().unwrap();
+        let bob = Principal::parse("spiffe://example.org/agent/shop/bob").unwrap();
+        let signed = entente_crypto::ApprovalStatement {
+            verdict: Verdict::Approve,
+            kind: entente_crypto::ObjectKind::Envelope,
+            object_id: "alice-0".to_owned(),
+            object_hash: [0; 32],
+            approver: bob.clone(),
+            key_epoch: 1,
+            signed_at_ms: start,
+        }
+        .sign(&keys)
+        .unwrap();
+        let approval = ApprovalIn::new(signed.statement().clone(), signed.signature())
+            .unwrap()
+            .verify_with_key(&bob, &keys.ed25519_public(), start)
+            .unwrap();
+        // Another decision is being stored; this one, asked before the expiry, waits.
+        let other = holds.writing.lock().await;
+        let decided = holds.decide("alice-0", &approval, start, |_, _, _| Verdicts::Allowed);
+        let waited = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            drop(other);
+        };
+        let (decided, ()) = tokio::join!(decided, waited);
+        assert!(
+            matches!(&decided, Err(HoldError::Decided { state, .. }) if *state == "expired"),
+            "{decided:?}"
+        );
+    }
+
     /// One segment's senders together hold at most its share; another segment still holds.
     #[tokio::test]
     async fn holds_are_bounded_per_segment() {
