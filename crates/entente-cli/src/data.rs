@@ -562,6 +562,13 @@ pub(crate) struct LimitsTable {
     /// The burst of that limit (twice the rate by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) agent_subscriptions_burst: Option<u32>,
+    /// Unary calls (directory lookups, renewals, grants, administration) each agent may make
+    /// per second (1 000); 0 is no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) agent_calls_per_second: Option<u32>,
+    /// The burst of that limit (twice the rate by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) agent_calls_burst: Option<u32>,
     /// Most connections the hub serves at once (20 000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) max_connections: Option<usize>,
@@ -623,6 +630,12 @@ impl LimitsTable {
             self.agent_subscriptions_burst,
             limits.agent_subscriptions,
             "agent_subscriptions",
+        )?;
+        limits.agent_calls = rate(
+            self.agent_calls_per_second,
+            self.agent_calls_burst,
+            limits.agent_calls,
+            "agent_calls",
         )?;
         for class in &self.channel {
             let pattern = ChannelPattern::parse(&class.channels).with_context(|| {
@@ -1079,7 +1092,7 @@ mod tests {
         let text = format!(
             "{head}[limits]\nagent_messages_per_second = 500\nagent_bytes_per_second = 0\n\
              agent_subscriptions_per_second = 20\nagent_subscriptions_burst = 30\n\
-             max_connections_per_agent = 4\n[[limits.channel]]\nchannels = \"bulk.>\"\n\
+             agent_calls_per_second = 7\nmax_connections_per_agent = 4\n[[limits.channel]]\nchannels = \"bulk.>\"\n\
              per_second = 10\n"
         );
         let hub = ConfigFile::parse(&text).unwrap().to_hub_config().unwrap();
@@ -1097,6 +1110,13 @@ mod tests {
             Some(Rate {
                 per_second: 20,
                 burst: 30
+            })
+        );
+        assert_eq!(
+            limits.agent_calls,
+            Some(Rate {
+                per_second: 7,
+                burst: 14
             })
         );
         let [class] = limits.channels.as_slice() else {

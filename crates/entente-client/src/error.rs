@@ -22,9 +22,10 @@ pub enum ErrorKind {
     Denied,
     /// The hub refused it with another code ([`Error::refusal_code`] says which).
     Refused,
-    /// A limit of the hub refused it: a rate limit (`Refusal` code `RATE_LIMITED`;
-    /// [`Error::retry_after`] says when the same publish would pass), or a connection limit
-    /// (too many connections of this identity, or of the hub, when the session opened).
+    /// A limit of the hub refused it: a rate limit (`Refusal` code `RATE_LIMITED`, or a
+    /// unary call's `RESOURCE_EXHAUSTED` under the agent's call limit; [`Error::retry_after`]
+    /// says when the same publish or call would pass), or a connection limit (too many
+    /// connections of this identity, or of the hub, when the session opened).
     /// Nothing was sent. As an item of a subscription: the SDK's own bound, messages
     /// delivered before the hub acknowledged the subscription past what its queue holds were
     /// dropped ([`ClientStats::early_dropped`](crate::ClientStats::early_dropped)).

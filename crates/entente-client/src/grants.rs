@@ -458,13 +458,16 @@ impl Client {
 
     /// A grant RPC's error with a kind to match on: what the caller asked is unusable
     /// (`INVALID_ARGUMENT`: [`ErrorKind::InvalidInput`]); the hub refused it in its state
-    /// (unknown, expired or decided requests, replays, limits: [`ErrorKind::Refused`]).
+    /// (unknown, expired or decided requests, replays, limits: [`ErrorKind::Refused`]); a rate
+    /// limit refused the call itself ([`ErrorKind::Limited`], with a retry-after).
     pub(crate) fn grant_error(&self, error: Error) -> Error {
         let code = std::error::Error::source(&error)
             .and_then(|s| s.downcast_ref::<tonic::Status>())
             .map(tonic::Status::code);
         let error = match code {
             Some(tonic::Code::InvalidArgument) => error.with_kind(ErrorKind::InvalidInput),
+            // A rate limit's refusal (with a retry-after) stays `Limited`.
+            Some(tonic::Code::ResourceExhausted) if error.retry_after().is_some() => error,
             Some(
                 tonic::Code::NotFound
                 | tonic::Code::FailedPrecondition

@@ -661,7 +661,9 @@ async fn dial(addr: impl ToSocketAddrs) -> Result<TcpStream, Error> {
     })
 }
 
-/// The error for a gRPC status ending `what` (a session or a call).
+/// The error for a gRPC status ending `what` (a session or a call). A limit's refusal
+/// (`RESOURCE_EXHAUSTED`) is [`ErrorKind::Limited`], with the `grpc-retry-pushback-ms` the
+/// hub sent with a rate limit's as its [`Error::retry_after`].
 pub(crate) fn status_error(what: &str, status: &Status) -> Error {
     let kind = if classify(status) == ErrorKind::Tls {
         ErrorKind::Tls
@@ -671,10 +673,25 @@ pub(crate) fn status_error(what: &str, status: &Status) -> Error {
             Code::PermissionDenied | Code::Unauthenticated => ErrorKind::Denied,
             Code::DeadlineExceeded => ErrorKind::Timeout,
             Code::Unavailable | Code::Cancelled | Code::Aborted => ErrorKind::Closed,
+            Code::ResourceExhausted => ErrorKind::Limited,
             _ => ErrorKind::Protocol,
         }
     };
-    Error::new(kind, format!("{what} failed: {}", status_text(status)))
+    let error = Error::new(kind, format!("{what} failed: {}", status_text(status)));
+    match retry_pushback(status) {
+        Some(after) if kind == ErrorKind::Limited => error.with_retry_after(after),
+        _ => error,
+    }
+}
+
+/// The `grpc-retry-pushback-ms` of `status`, if it has a well-formed one.
+fn retry_pushback(status: &Status) -> Option<Duration> {
+    let text = status
+        .metadata()
+        .get("grpc-retry-pushback-ms")?
+        .to_str()
+        .ok()?;
+    text.parse::<u64>().ok().map(Duration::from_millis)
 }
 
 /// `CODE: message`, as the hub meant it (`PERMISSION_DENIED: certificate revoked`).
@@ -882,6 +899,18 @@ mod tests {
             status_error("x", &Status::internal("")).kind(),
             ErrorKind::Protocol
         );
+        // A rate limit's refusal says when to try again; a malformed pushback is ignored.
+        let mut limited = Status::resource_exhausted("over the agent-calls limit");
+        limited
+            .metadata_mut()
+            .insert("grpc-retry-pushback-ms", "250".parse().unwrap());
+        let e = status_error("x", &limited);
+        assert_eq!(e.kind(), ErrorKind::Limited);
+        assert_eq!(e.retry_after(), Some(Duration::from_millis(250)));
+        limited
+            .metadata_mut()
+            .insert("grpc-retry-pushback-ms", "soon".parse().unwrap());
+        assert_eq!(status_error("x", &limited).retry_after(), None);
     }
 
     /// What [`session_accepted`] makes of `bytes` as the hub's first words on a framed

@@ -341,6 +341,7 @@ mod anomaly;
 mod audit;
 mod audit_rpc;
 mod authz;
+mod calls;
 pub mod client_tls;
 pub mod codec;
 mod commit;

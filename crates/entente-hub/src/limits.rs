@@ -1,6 +1,6 @@
 //! Rate limits (GCRA, through `governor`): per agent, over all its connections, in messages
-//! and in bytes per second, and in subscribe and unsubscribe frames per second; and per
-//! channel class, in messages per second.
+//! and in bytes per second, in subscribe and unsubscribe frames per second and in unary calls
+//! per second; and per channel class, in messages per second.
 //!
 //! A publish is checked whole, before anything else is done with it: the agent's message
 //! limit, then its byte limit, then the limit of each channel class its batches go to. The
@@ -61,6 +61,10 @@ pub struct RateLimits {
     /// Subscribe and unsubscribe frames each agent may send, over all its connections: each
     /// one is a policy decision and a change of the router. Default 1 000/s, bursts of 2 000.
     pub agent_subscriptions: Option<Rate>,
+    /// Unary calls each agent may make (directory lookups, renewals, grants, approvals,
+    /// administration: every RPC but the session), over all its connections. Default
+    /// 1 000/s, bursts of 2 000.
+    pub agent_calls: Option<Rate>,
     /// Messages per second into channel classes; a channel counts against the first class
     /// whose pattern matches it. Default none.
     pub channels: Vec<ChannelRate>,
@@ -81,12 +85,16 @@ impl Default for RateLimits {
                 per_second: 1_000,
                 burst: 2_000,
             }),
+            agent_calls: Some(Rate {
+                per_second: 1_000,
+                burst: 2_000,
+            }),
             channels: Vec::new(),
         }
     }
 }
 
-/// Which limit a publish, subscribe or unsubscribe hit.
+/// Which limit a publish, subscribe, unsubscribe or call hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Limit {
     /// [`RateLimits::agent_messages`].
@@ -97,6 +105,8 @@ pub enum Limit {
     ChannelMessages,
     /// [`RateLimits::agent_subscriptions`].
     AgentSubscriptions,
+    /// [`RateLimits::agent_calls`].
+    AgentCalls,
     /// The rate an agent throttled for its risk score is held to
     /// ([`AnomalyConfig::throttled`](crate::AnomalyConfig::throttled)).
     AnomalyThrottle,
@@ -112,6 +122,7 @@ impl Limit {
             Self::AgentBytes => "agent-bytes",
             Self::ChannelMessages => "channel-messages",
             Self::AgentSubscriptions => "agent-subscriptions",
+            Self::AgentCalls => "agent-calls",
             Self::AnomalyThrottle => "anomaly-throttle",
             Self::PolicyRate => "policy-rate",
         }
@@ -153,6 +164,7 @@ pub(crate) struct Limiters<C: Clock = DefaultClock> {
     agent_messages: Option<(Rate, Keyed<C>)>,
     agent_bytes: Option<(Rate, Keyed<C>)>,
     agent_subscriptions: Option<(Rate, Keyed<C>)>,
+    agent_calls: Option<(Rate, Keyed<C>)>,
     channels: Vec<(ChannelRate, Direct<C>)>,
     /// What throttled agents may send.
     throttled: Option<(Rate, Keyed<C>)>,
@@ -168,6 +180,7 @@ impl<C: Clock> fmt::Debug for Limiters<C> {
                 "agent_subscriptions",
                 &self.agent_subscriptions.as_ref().map(|l| l.0),
             )
+            .field("agent_calls", &self.agent_calls.as_ref().map(|l| l.0))
             .field("channels", &self.channels.len())
             .finish()
     }
@@ -181,6 +194,7 @@ impl RateLimits {
             .iter()
             .chain(&self.agent_bytes)
             .chain(&self.agent_subscriptions)
+            .chain(&self.agent_calls)
             .chain(self.channels.iter().map(|c| &c.rate));
         for rate in rates {
             if rate.per_second == 0 || rate.burst == 0 {
@@ -211,6 +225,7 @@ impl<C: Clock + Clone> Limiters<C> {
             agent_messages: limits.agent_messages.as_ref().map(keyed),
             agent_bytes: limits.agent_bytes.as_ref().map(keyed),
             agent_subscriptions: limits.agent_subscriptions.as_ref().map(keyed),
+            agent_calls: limits.agent_calls.as_ref().map(keyed),
             channels: limits
                 .channels
                 .iter()
@@ -335,6 +350,19 @@ impl<C: Clock + Clone> Limiters<C> {
         )
     }
 
+    /// Checks (and takes from) `agent`'s limit of unary calls, for one; and its throttled
+    /// rate first when `throttled` (its risk score throttles it).
+    pub(crate) fn check_call(&self, agent: &Principal, throttled: bool) -> Result<(), Hit> {
+        if throttled {
+            self.check_throttled(agent, 1)?;
+        }
+        let Some((rate, limiter)) = &self.agent_calls else {
+            return Ok(());
+        };
+        let outcome = amount(1).map(|n| limiter.check_key_n(agent, n));
+        self.verdict(outcome, Limit::AgentCalls, "", *rate, 1, "call(s)")
+    }
+
     /// Whether any channel class is limited (else a publish's channels need not be read).
     pub(crate) fn has_channel_classes(&self) -> bool {
         !self.channels.is_empty()
@@ -347,6 +375,7 @@ impl<C: Clock + Clone> Limiters<C> {
             .iter()
             .chain(&self.agent_bytes)
             .chain(&self.agent_subscriptions)
+            .chain(&self.agent_calls)
             .chain(&self.throttled);
         for (_, limiter) in keyed {
             limiter.retain_recent();
@@ -567,6 +596,10 @@ mod tests {
                 per_second: 2,
                 burst: 3,
             }),
+            agent_calls: Some(Rate {
+                per_second: 4,
+                burst: 5,
+            }),
             channels,
         }
     }
@@ -599,6 +632,46 @@ mod tests {
         let limiters = Limiters::with_clock(&off, clock);
         for _ in 0..100 {
             limiters.check_subscription(&alice).unwrap();
+        }
+    }
+
+    #[test]
+    fn calls_are_limited_per_agent_and_a_throttled_agent_by_its_throttle_first() {
+        let clock = FakeRelativeClock::default();
+        let generous = Rate {
+            per_second: 1_000_000,
+            burst: 1_000_000,
+        };
+        let throttle = Rate {
+            per_second: 1,
+            burst: 2,
+        };
+        let limiters = Limiters::with_clock(&limits(generous, Vec::new()), clock.clone())
+            .with_throttle(throttle);
+        let (alice, bob) = (agent("alice"), agent("bob"));
+        for _ in 0..5 {
+            limiters.check_call(&alice, false).unwrap();
+        }
+        let hit = limiters.check_call(&alice, false).unwrap_err();
+        assert_eq!(hit.limit, Limit::AgentCalls);
+        assert_eq!(hit.retry_after, Duration::from_millis(250));
+        assert!(hit.reason.contains("agent-calls"), "{}", hit.reason);
+        // Subscriptions are a bucket of their own; so is every other agent.
+        limiters.check_subscription(&alice).unwrap();
+        limiters.check_call(&bob, false).unwrap();
+        // Throttled, Bob is held to the throttled rate, which his calls take from.
+        limiters.check_call(&bob, true).unwrap();
+        limiters.check_call(&bob, true).unwrap();
+        let hit = limiters.check_call(&bob, true).unwrap_err();
+        assert_eq!(hit.limit, Limit::AnomalyThrottle);
+        clock.advance(Duration::from_secs(1));
+        limiters.check_call(&bob, true).unwrap();
+        // No limit set: only the throttle refuses.
+        let mut off = limits(generous, Vec::new());
+        off.agent_calls = None;
+        let limiters = Limiters::with_clock(&off, clock);
+        for _ in 0..100 {
+            limiters.check_call(&alice, false).unwrap();
         }
     }
 

@@ -55,11 +55,12 @@ impl Class {
 }
 
 /// Every limit counted, in a fixed order.
-const LIMITS: [&str; 8] = [
+const LIMITS: [&str; 9] = [
     "agent-messages",
     "agent-bytes",
     "channel-messages",
     "agent-subscriptions",
+    "agent-calls",
     "anomaly-throttle",
     "policy-rate",
     "connections",
@@ -581,6 +582,7 @@ mod tests {
             Limit::AgentBytes,
             Limit::ChannelMessages,
             Limit::AgentSubscriptions,
+            Limit::AgentCalls,
             Limit::AnomalyThrottle,
             Limit::PolicyRate,
         ];
@@ -591,6 +593,7 @@ mod tests {
                 | Limit::AgentBytes
                 | Limit::ChannelMessages
                 | Limit::AgentSubscriptions
+                | Limit::AgentCalls
                 | Limit::AnomalyThrottle
                 | Limit::PolicyRate => {}
             }

@@ -77,6 +77,10 @@ pub(crate) struct Services<R> {
     pub(crate) notifier: crate::notify::Notifier,
     /// Refused enrollments, as the audit log records them.
     pub(crate) enroll_refusals: Arc<crate::enroll::Refusals>,
+    /// The rate limits, of which unary calls are checked against the agents' call limit.
+    pub(crate) limiters: Arc<crate::limits::Limiters>,
+    /// The runs of refused calls, recorded at most once a second per agent and limit.
+    pub(crate) call_hits: crate::calls::CallHits,
 }
 
 /// Why a unary request was refused.

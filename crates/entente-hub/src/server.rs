@@ -341,6 +341,8 @@ impl Hub {
             anomaly,
             notifier: Notifier::start(config.quarantine_webhook.as_ref(), stats.clone())?,
             enroll_refusals: Arc::default(),
+            limiters: context.limiters.clone(),
+            call_hits: crate::calls::CallHits::default(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -376,11 +378,7 @@ impl Hub {
             let (stop, stopped) = tokio::sync::oneshot::channel();
             (stop, tokio::spawn(exporter.run(scrape, stopped)))
         });
-        tokio::spawn(purge_loop(
-            shared.context.limiters.clone(),
-            shared.context.authz.clone(),
-            shutdown_rx.clone(),
-        ));
+        tokio::spawn(purge_loop(shared.services.clone(), shutdown_rx.clone()));
         let expire = tokio::spawn(grant_state::expire_loop(
             shared.context.authz.clone(),
             shared.services.registry.clone(),
@@ -1361,20 +1359,27 @@ impl Drop for Busy {
     }
 }
 
-/// Drops the rate limits' buckets (the policies' `@rate`s too) that are full again, every
-/// [`LIMITS_PURGE`], until shutdown.
-async fn purge_loop(
-    limiters: Arc<Limiters>,
-    authz: Arc<Authz>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Records the refused calls left unrecorded once due (every second, and all at shutdown),
+/// and drops the rate limits' buckets (the policies' `@rate`s too) that are full again,
+/// every [`LIMITS_PURGE`], until shutdown.
+async fn purge_loop(services: Arc<Services<LocalRouter>>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(crate::calls::RECORD_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut purged = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            () = tokio::time::sleep(LIMITS_PURGE) => {
-                limiters.purge();
-                authz.purge_rates();
+            _ = tick.tick() => {
+                crate::calls::record_due(&services, false);
+                if purged.elapsed() >= LIMITS_PURGE {
+                    services.limiters.purge();
+                    services.authz.purge_rates();
+                    purged = tokio::time::Instant::now();
+                }
             }
-            () = stopped(&mut shutdown) => return,
+            () = stopped(&mut shutdown) => {
+                crate::calls::record_due(&services, true);
+                return;
+            }
         }
     }
 }
@@ -1648,6 +1653,10 @@ where
     // A call denied counts against the caller's risk as a refused frame does (probing the
     // directory, or approvals, grants and holds it may not touch, is probing all the same).
     let watch = services.anomaly.watch(&caller.principal);
+    // Limited before the request is read.
+    if let Err(status) = crate::calls::check(&services, &caller.principal, &watch) {
+        return status.into_http();
+    }
     unary(limits, request, move |req| {
         let answer = handler(services.clone(), caller.clone(), req);
         let watch = watch.clone();

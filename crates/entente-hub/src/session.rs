@@ -2594,6 +2594,7 @@ mod tests {
                 per_second: 1,
                 burst: 2,
             }),
+            agent_calls: None,
             channels: Vec::new(),
         }));
         let mut alice = hub.connect(agent("shop", "alice"));
@@ -2644,6 +2645,7 @@ mod tests {
             }),
             agent_bytes: None,
             agent_subscriptions: None,
+            agent_calls: None,
             channels: Vec::new(),
         }));
         let mut alice = hub.connect(agent("shop", "alice"));
@@ -2680,6 +2682,7 @@ mod tests {
                 burst: 16 * 1024,
             }),
             agent_subscriptions: None,
+            agent_calls: None,
             channels: Vec::new(),
         }));
         let mut alice = hub.connect(agent("shop", "alice"));

@@ -135,6 +135,70 @@ async fn an_agent_over_its_rate_is_refused_with_a_retry_after_and_others_go_on()
     assert!(limits.iter().all(|(p, ..)| *p == alice_id), "{limits:?}");
 }
 
+#[tokio::test]
+async fn an_agents_calls_are_limited_with_a_retry_after_and_every_refusal_is_recorded() {
+    let dir = TempDir::new().unwrap();
+    // Bursts of 3 calls, then one a second.
+    let hub = start(&dir, |c| {
+        c.rate_limits.agent_calls = Some(Rate {
+            per_second: 1,
+            burst: 3,
+        });
+    })
+    .await;
+    let admin = hub.connect(hub.admin().unwrap()).await.unwrap();
+    let alice = hub.connect_agent("shop", "alice").await.unwrap();
+    let bob = hub.connect_agent("shop", "bob").await.unwrap();
+
+    let start = Instant::now();
+    let mut passed = 0;
+    let refused = loop {
+        match admin.policies().await {
+            Ok(_) => passed += 1,
+            Err(e) => break e,
+        }
+        assert!(passed < 100, "the calls were never limited");
+    };
+    let allowed = 3 + start.elapsed().as_secs() as usize + 1;
+    assert!((3..=allowed).contains(&passed), "{passed} passed");
+    assert_eq!(refused.kind(), ErrorKind::Limited, "{refused}");
+    assert!(refused.to_string().contains("agent-calls"), "{refused}");
+    let retry_after = refused.retry_after().expect("a retry-after");
+    assert!(
+        retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1),
+        "{retry_after:?}"
+    );
+    // Four more, at once: refused too, and recorded with the first, not lost.
+    for _ in 0..4 {
+        let e = admin.policies().await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Limited, "{e}");
+    }
+    // Another agent's calls are its own.
+    alice.key_bundle(bob.principal()).await.unwrap();
+    tokio::time::sleep(retry_after).await;
+    admin.policies().await.unwrap();
+
+    assert!(hub.stats().rate_limited >= 5);
+    let admin_id = admin.principal().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let limits = limit_records(&hub).await;
+        let recorded: u64 = limits
+            .iter()
+            .filter(|(p, l, s, _)| *p == admin_id && l == "agent-calls" && s.is_empty())
+            .map(|(.., count)| count)
+            .sum();
+        assert!(limits.iter().all(|(p, ..)| *p == admin_id), "{limits:?}");
+        if recorded == 5 {
+            // The first at once, the rest together.
+            assert_eq!(limits.len(), 2, "{limits:?}");
+            break;
+        }
+        assert!(recorded < 5 && Instant::now() < deadline, "{limits:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A hub whose channel class `orders.bulk.>` takes 1 message a second, 5 at once.
 async fn start_with_bulk_class(dir: &TempDir) -> TestHub {
     start(dir, |c| {

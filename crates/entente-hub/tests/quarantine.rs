@@ -293,24 +293,33 @@ async fn an_agent_probing_the_directory_is_quarantined() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let started = Instant::now();
-    let mut probes = 0u32;
+    let (mut probes, mut limited) = (0u32, 0u32);
     loop {
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "the scanner was never quarantined"
         );
-        // The directory refuses the lookup: no frame is ever sent. Quarantined, the
-        // scanner's connections are closed under its next lookup.
+        // The directory refuses the lookup: no frame is ever sent. Throttled, the scanner's
+        // lookups are held to its throttled rate too. Quarantined, its connections are closed
+        // under its next lookup.
         match scanner
             .publish(&format!("pay.secrets.p{probes}"), "x")
             .await
         {
             Ok(()) => panic!("a probe was allowed"),
             Err(e) if e.kind() == ErrorKind::Denied && !e.to_string().contains("quarantined") => {}
+            Err(e) if e.kind() == ErrorKind::Limited => {
+                assert!(e.to_string().contains("anomaly-throttle"), "{e}");
+                limited += 1;
+            }
             Err(_) => break,
         }
         probes += 1;
     }
+    assert!(
+        limited > 0,
+        "the throttled scanner's lookups were never limited"
+    );
     let admin = hub.connect(hub.admin().unwrap()).await.unwrap();
     let quarantined = list(&admin).await.quarantined;
     let [entry] = quarantined.as_slice() else {

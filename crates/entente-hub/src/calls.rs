@@ -1,0 +1,195 @@
+//! The rate limit of an agent's unary calls (every RPC but the session:
+//! [`RateLimits::agent_calls`](crate::RateLimits::agent_calls), and the throttled rate while
+//! its risk score throttles it, [`crate::anomaly`]).
+//!
+//! A call is checked before its request is read. A refused one is answered
+//! `RESOURCE_EXHAUSTED`, saying when the same call would pass (also as
+//! `grpc-retry-pushback-ms`), counted as a limit hit (metrics, and the agent's risk), and
+//! recorded as a session records its own: a run of one limit's refusals of one agent in one
+//! record, at most once a second, with their count; what a run left unrecorded is recorded
+//! by [`record_due`] within a second, or at shutdown.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use entente_audit::{Event, LimitHit, Outcome};
+use entente_types::Principal;
+use tonic::Status;
+use tonic::metadata::MetadataValue;
+
+use crate::anomaly::Watch;
+use crate::limits::{Hit, Limit};
+use crate::rpc::Services;
+use crate::stats;
+
+/// The least time between two records of one agent's refusals by one limit.
+pub(crate) const RECORD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long an agent's run is remembered once recorded with nothing left to record.
+const FORGET_AFTER: Duration = Duration::from_secs(60);
+
+/// The runs of refused calls, by agent and limit.
+#[derive(Debug, Default)]
+pub(crate) struct CallHits(Mutex<HashMap<(Principal, Limit), Run>>);
+
+/// One agent's refusals by one limit: the last hit, how many are not recorded yet, and when
+/// the last record was made.
+#[derive(Debug)]
+struct Run {
+    hit: Hit,
+    unrecorded: u64,
+    recorded_at: Option<Instant>,
+}
+
+impl CallHits {
+    /// Counts a refusal of `principal`'s call; the hit and the count to record now, if a
+    /// record is due.
+    fn hit(&self, principal: &Principal, hit: Hit, now: Instant) -> Option<(Hit, u64)> {
+        let mut runs = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let run = runs
+            .entry((principal.clone(), hit.limit))
+            .or_insert_with(|| Run {
+                hit: hit.clone(),
+                unrecorded: 0,
+                recorded_at: None,
+            });
+        run.hit = hit;
+        run.unrecorded = run.unrecorded.saturating_add(1);
+        run.take_if_due(now, false)
+    }
+
+    /// What is due to be recorded (all that is left, when `all`); runs quiet for a while are
+    /// forgotten.
+    fn due(&self, now: Instant, all: bool) -> Vec<(Principal, Hit, u64)> {
+        let mut runs = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut due = Vec::new();
+        runs.retain(|(principal, _), run| {
+            if let Some((hit, count)) = run.take_if_due(now, all) {
+                due.push((principal.clone(), hit, count));
+            }
+            run.unrecorded > 0
+                || run
+                    .recorded_at
+                    .is_some_and(|at| now.saturating_duration_since(at) < FORGET_AFTER)
+        });
+        due
+    }
+}
+
+impl Run {
+    /// The hit and the unrecorded count, if there is one and a record is due (or `now`).
+    fn take_if_due(&mut self, now: Instant, now_anyway: bool) -> Option<(Hit, u64)> {
+        let due = self
+            .recorded_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= RECORD_INTERVAL);
+        if self.unrecorded == 0 || !(due || now_anyway) {
+            return None;
+        }
+        self.recorded_at = Some(now);
+        Some((self.hit.clone(), std::mem::take(&mut self.unrecorded)))
+    }
+}
+
+/// Checks a call of `principal` (whose anomaly watch is `watch`) against its limits; a
+/// refusal as the status to answer, counted and recorded.
+pub(crate) fn check<R>(
+    services: &Services<R>,
+    principal: &Principal,
+    watch: &Watch,
+) -> Result<(), Status> {
+    let Err(hit) = services.limiters.check_call(principal, watch.throttled()) else {
+        return Ok(());
+    };
+    watch.limited();
+    stats::bump(&services.stats.rate_limited);
+    services.stats.traffic.rate_limited(hit.limit);
+    let retry_after_ms = u64::try_from(hit.retry_after.as_millis()).unwrap_or(u64::MAX);
+    let mut status = Status::resource_exhausted(hit.reason.clone());
+    if retry_after_ms > 0
+        && let Ok(value) = MetadataValue::try_from(retry_after_ms.to_string())
+    {
+        status
+            .metadata_mut()
+            .insert("grpc-retry-pushback-ms", value);
+    }
+    if let Some((hit, count)) = services.call_hits.hit(principal, hit, Instant::now()) {
+        record(services, principal, &hit, count);
+    }
+    Err(status)
+}
+
+/// Records the refusals a run left unrecorded once a record is due (all of them, when
+/// `all`: at shutdown).
+pub(crate) fn record_due<R>(services: &Services<R>, all: bool) {
+    for (principal, hit, count) in services.call_hits.due(Instant::now(), all) {
+        record(services, &principal, &hit, count);
+    }
+}
+
+fn record<R>(services: &Services<R>, principal: &Principal, hit: &Hit, count: u64) {
+    tracing::warn!(
+        principal = %principal,
+        limit = hit.limit.as_str(),
+        count,
+        "calls refused by a rate limit"
+    );
+    let event = Event::Limit(LimitHit {
+        principal: crate::audit::clear(principal.as_str()),
+        limit: crate::audit::clear(hit.limit.as_str()),
+        scope: crate::audit::clear(&hit.scope),
+        count,
+        retry_after_ms: u64::try_from(hit.retry_after.as_millis()).unwrap_or(u64::MAX),
+    });
+    // A failed log refuses every call after it anyway.
+    let _ = services
+        .authz
+        .auditor()
+        .submit(principal.as_str(), Outcome::Denied, event);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+
+    fn hit(limit: Limit) -> Hit {
+        Hit {
+            limit,
+            scope: String::new(),
+            retry_after: Duration::from_millis(5),
+            reason: "over".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_run_of_refusals_is_recorded_at_most_once_a_second_and_nothing_is_lost() {
+        let hits = CallHits::default();
+        let alice = Principal::parse("spiffe://example.org/agent/shop/alice").unwrap();
+        let t0 = Instant::now();
+        // The first refusal is recorded at once; the next ones within the second wait.
+        assert_eq!(
+            hits.hit(&alice, hit(Limit::AgentCalls), t0).map(|h| h.1),
+            Some(1)
+        );
+        for _ in 0..5 {
+            assert!(hits.hit(&alice, hit(Limit::AgentCalls), t0).is_none());
+        }
+        // Another limit is a run of its own.
+        assert!(hits.hit(&alice, hit(Limit::AnomalyThrottle), t0).is_some());
+        assert!(hits.due(t0, false).is_empty());
+        // A second later, what waited is due, with its count, once.
+        let later = t0 + RECORD_INTERVAL;
+        let due = hits.due(later, false);
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].1.limit, due[0].2), (Limit::AgentCalls, 5));
+        assert!(hits.due(later, true).is_empty());
+        // At shutdown, what is left is recorded whatever the time.
+        assert!(hits.hit(&alice, hit(Limit::AgentCalls), later).is_none());
+        assert_eq!(hits.due(later, true).first().map(|d| d.2), Some(1));
+        // Quiet runs are forgotten.
+        assert!(hits.due(later + FORGET_AFTER, false).is_empty());
+        assert!(hits.0.lock().unwrap().is_empty());
+    }
+}
