@@ -404,20 +404,13 @@ pub(crate) fn decide_for<R>(
         .map_err(|Denied(why)| RpcError::Denied(format!("{what} is denied: {why}")))
 }
 
-/// Whether a client can take `answer` under `limits`: its size, and its decoding cost (an
-/// answer of many small elements may fit the frame and not the decoded-overhead budget).
+/// Whether a client can take `answer` under `limits`: what its decoder checks, all of it —
+/// the size, the decoding cost (an answer of many small elements may fit the frame and not
+/// the decoded-overhead budget) and the counts of repeated fields (a short answer may hold
+/// more than a client takes).
 pub(crate) fn fits<M: entente_wire::Bounded>(answer: &M, limits: &Limits) -> bool {
-    let len = answer.encoded_len();
-    len <= limits.max_frame_bytes
-        && (!may_exceed_budget(len, limits)
-            || M::scan(&entente_wire::encode(answer), limits).is_ok())
-}
-
-/// Whether `len` encoded bytes may cost more to decode than `limits`' decoded-overhead budget:
-/// each element charged takes two bytes at least, so a short message can't (and need not be
-/// scanned for it).
-pub(crate) fn may_exceed_budget(len: usize, limits: &Limits) -> bool {
-    (len / 2).saturating_mul(entente_wire::DECODED_ELEMENT_COST) > limits.max_decoded_overhead
+    answer.encoded_len() <= limits.max_frame_bytes
+        && M::scan(&entente_wire::encode(answer), limits).is_ok()
 }
 
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {

@@ -41,7 +41,6 @@ use crate::refusal::RefusalCode;
 use crate::replay::{self, Header, SenderWindows};
 use crate::reply::{Issued, ReplyGrants, Taken};
 use crate::router::{Router, SessionId, Subscriber};
-use crate::rpc;
 use crate::stats::{self, Stats};
 
 /// Field numbers of `sender_keys` and `batches`, the same in `Publish` and `Deliver`.
@@ -924,8 +923,9 @@ impl<R: Router> Session<R> {
 
     /// The entries to store for the groups captured by durable channels: each group's body
     /// with the sender keys its batches need that it does not carry. Refused if an entry,
-    /// with those keys, would be a delivery larger or costlier to decode than a consumer takes
-    /// (the keys of earlier publishes are not in the publish's own bounds).
+    /// with those keys, would be a delivery larger, costlier to decode or with more sender keys
+    /// than a consumer takes (the keys of earlier publishes are not in the publish's own
+    /// bounds).
     fn durable_entries(
         &self,
         groups: &[(Channel, Bytes)],
@@ -941,11 +941,12 @@ impl<R: Router> Session<R> {
         budget.max_decoded_overhead = budget
             .max_decoded_overhead
             .saturating_sub(entente_wire::DECODED_ELEMENT_COST);
+        // Scanned whatever its size: a short entry may still hold more sender keys than a
+        // consumer's decoder takes (those of earlier publishes add to the publish's own).
         let fits = |delivered: &[u8]| {
             max_deliver_len(delivered.len() + durable::DELIVERY_SUFFIX_LEN)
                 <= limits.max_frame_bytes
-                && (!rpc::may_exceed_budget(delivered.len(), &budget)
-                    || <Deliver as entente_wire::Bounded>::scan(delivered, &budget).is_ok())
+                && <Deliver as entente_wire::Bounded>::scan(delivered, &budget).is_ok()
         };
         let too_large = |channel: &Channel| {
             Refused::new(

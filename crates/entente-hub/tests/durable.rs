@@ -480,6 +480,80 @@ async fn a_publish_whose_entry_would_outgrow_a_delivery_with_remembered_keys_is_
     outgrow(|limits| limits.max_decoded_overhead = 40 * entente_wire::DECODED_ELEMENT_COST).await;
 }
 
+/// A publish may carry as many sender keys as a frame holds, and its batches need the keys of
+/// earlier publishes too: an entry with more sender keys than a consumer's decoder takes,
+/// however short, is refused (stored, every delivery of it ended the consumer's session).
+#[tokio::test]
+async fn a_publish_whose_entry_would_hold_more_sender_keys_than_a_delivery_is_refused() {
+    const ITEMS: usize = 3;
+    let dir = TempDir::new().unwrap();
+    let streams = dir.path().join("streams");
+    let hub = TestHub::builder()
+        .policies(POLICIES)
+        .config(move |c| {
+            c.streams = vec![orders(|_| {})];
+            c.streams_dir = Some(streams);
+            c.limits.max_items_per_frame = ITEMS;
+        })
+        .start()
+        .await
+        .unwrap();
+    let bob_id = hub.enroll("shop", "bob").await.unwrap();
+    let bob = hub.connect(bob_id.clone()).await.unwrap();
+    let channel: entente_types::Channel = "orders.eu".parse().unwrap();
+    let start = now_ms();
+    let sealer = |i| {
+        entente_crypto::Sealer::new(
+            bob_id.principal().clone(),
+            bob_id.key_bundle().epoch(),
+            bob_id.message_keys().clone(),
+            channel.clone(),
+            &[],
+            entente_crypto::SealerOptions::default(),
+            start + i,
+        )
+        .unwrap()
+    };
+    // Three epochs, each published with its key: stored, and their keys remembered.
+    let mut sealers = Vec::new();
+    for i in 0..ITEMS as u64 {
+        let (mut sealer, key) = sealer(i);
+        let publish = Publish {
+            request_id: 1_000 + i,
+            sender_keys: vec![key],
+            batches: vec![sealer.seal_batch(&[b"first"], None, now_ms()).unwrap()],
+            purpose: String::new(),
+        };
+        danger_publish_raw(&bob, publish).await.unwrap();
+        sealers.push(sealer);
+    }
+    assert_eq!(hub.stats().durable_stored, ITEMS as u64);
+    // A frame's worth of new keys, and a batch of each earlier epoch without its key: the
+    // entry would carry twice as many keys as a delivery may.
+    let publish = Publish {
+        request_id: 2_000,
+        sender_keys: (10..10 + ITEMS as u64).map(|i| sealer(i).1).collect(),
+        batches: sealers
+            .iter_mut()
+            .map(|s| s.seal_batch(&[b"second"], None, now_ms()).unwrap())
+            .collect(),
+        purpose: String::new(),
+    };
+    let refused = danger_publish_raw(&bob, publish).await.unwrap_err();
+    assert_eq!(
+        refused.refusal_code(),
+        Some(RefusalCode::TooLarge),
+        "{refused}"
+    );
+    assert!(
+        refused
+            .to_string()
+            .contains("durable entry for `orders.eu`"),
+        "{refused}"
+    );
+    assert_eq!(hub.stats().durable_stored, ITEMS as u64);
+}
+
 /// Publishes four epochs' sender keys, then one batch of each epoch without them (refused),
 /// then a batch of one epoch (stored), on a hub with `limits`; the length of the refused
 /// publish and of the keys it needed.
