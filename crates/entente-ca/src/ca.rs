@@ -804,7 +804,11 @@ fn intermediate_cert(
     // The first intermediate's key is tried first.
     candidates.sort_by_key(|name| name != &first);
     for name in &candidates {
-        let public = keystore.public_key(name)?;
+        // A candidate whose public key can't be read (e.g. what a deletion stopped midway
+        // left) signs nothing: it is passed over, not a reason to refuse the CA.
+        let Ok(public) = keystore.public_key(name) else {
+            continue;
+        };
         if public.algorithm == KeyAlgorithm::EcdsaP256Sha256
             && public.bytes == unmatched.public.bytes
         {

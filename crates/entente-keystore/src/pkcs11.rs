@@ -518,7 +518,9 @@ impl KeyStore for Pkcs11KeyStore {
                     .as_deref()
                     .and_then(|label| std::str::from_utf8(label).ok())
                     .and_then(|label| KeyName::new(label).ok());
-                if let (Some(name), Some(alg)) = (name, object.algorithm()) {
+                if let (Some(name), Some(alg), None) =
+                    (name, object.algorithm(), object.not_made_here())
+                {
                     keys.entry(name).or_insert(alg);
                 }
             }
@@ -528,14 +530,21 @@ impl KeyStore for Pkcs11KeyStore {
 
     fn delete(&self, name: &KeyName) -> Result<(), KeyStoreError> {
         let session = self.sessions.exclusive()?;
-        let key = stored(&session, name, "delete")?;
         let failed = |err: CkError| pkcs11_error("delete", &err);
-        // The public key first: a private key left alone by a failure is still a key, and
-        // deleting again finishes the job.
-        if let Some(public) = key.public {
-            session.destroy_object(public).map_err(failed)?;
+        // The private key first: deleting is for destroying it. A public key left alone by a
+        // failure is no key (not listed, not usable), and deleting again finishes the job.
+        if let Lookup::PublicOnly(publics) = lookup(&session, name, "delete")? {
+            for public in publics {
+                session.destroy_object(public).map_err(failed)?;
+            }
+            return Ok(());
         }
-        session.destroy_object(key.key).map_err(failed)
+        let key = stored(&session, name, "delete")?;
+        session.destroy_object(key.key).map_err(failed)?;
+        match key.public {
+            Some(public) => session.destroy_object(public).map_err(failed),
+            None => Ok(()),
+        }
     }
 }
 
@@ -781,7 +790,7 @@ fn curve(alg: KeyAlgorithm) -> Option<(Mechanism<'static>, KeyType, &'static [u8
     }
 }
 
-/// The attributes of a key object that say what it is.
+/// The attributes of a key object that say what it is, and how it was made.
 struct KeyObject {
     handle: ObjectHandle,
     class: Option<ObjectClass>,
@@ -789,15 +798,25 @@ struct KeyObject {
     ec_params: Option<Vec<u8>>,
     value_len: Option<u64>,
     label: Option<Vec<u8>>,
+    private: Option<bool>,
+    sensitive: Option<bool>,
+    extractable: Option<bool>,
+    never_extractable: Option<bool>,
+    local: Option<bool>,
 }
 
 impl KeyObject {
-    const ATTRIBUTES: [AttributeType; 5] = [
+    const ATTRIBUTES: [AttributeType; 10] = [
         AttributeType::Class,
         AttributeType::KeyType,
         AttributeType::EcParams,
         AttributeType::ValueLen,
         AttributeType::Label,
+        AttributeType::Private,
+        AttributeType::Sensitive,
+        AttributeType::Extractable,
+        AttributeType::NeverExtractable,
+        AttributeType::Local,
     ];
 
     /// Reads the attributes that apply; the others (e.g. `CKA_EC_PARAMS` of an AES key) are
@@ -817,6 +836,11 @@ impl KeyObject {
             ec_params: None,
             value_len: None,
             label: None,
+            private: None,
+            sensitive: None,
+            extractable: None,
+            never_extractable: None,
+            local: None,
         };
         for attribute in attributes {
             match attribute {
@@ -825,10 +849,38 @@ impl KeyObject {
                 Attribute::EcParams(params) => object.ec_params = Some(params),
                 Attribute::ValueLen(len) => object.value_len = Some(*len),
                 Attribute::Label(label) => object.label = Some(label),
+                Attribute::Private(on) => object.private = Some(on),
+                Attribute::Sensitive(on) => object.sensitive = Some(on),
+                Attribute::Extractable(on) => object.extractable = Some(on),
+                Attribute::NeverExtractable(on) => object.never_extractable = Some(on),
+                Attribute::Local(on) => object.local = Some(on),
                 _ => {}
             }
         }
         Ok(object)
+    }
+
+    /// Why a private or secret key is not as this backend makes them, if it is not: private
+    /// (usable and made only after login: one that anyone with the token but not the PIN may
+    /// plant is not), sensitive, never extractable and generated on the token (its value
+    /// never known outside it, e.g. not imported). A public key is not judged (keys made
+    /// before public halves were private have public ones): what it could change is caught
+    /// where it is used, every signature being verified under the certificate's key.
+    fn not_made_here(&self) -> Option<&'static str> {
+        if self.class == Some(ObjectClass::PUBLIC_KEY) {
+            return None;
+        }
+        if self.private != Some(true) {
+            Some("it is not private (usable without logging in)")
+        } else if self.sensitive != Some(true) {
+            Some("it is not sensitive")
+        } else if self.local != Some(true) {
+            Some("it was not generated on the token (imported or derived)")
+        } else if self.extractable != Some(false) || self.never_extractable != Some(true) {
+            Some("it is or was extractable")
+        } else {
+            None
+        }
     }
 
     /// The algorithm of a key this backend makes, or `None` for any other object.
@@ -877,6 +929,8 @@ enum Lookup {
     Missing,
     /// A key this backend made.
     Key(StoredKey),
+    /// Only public key objects this backend made: what a deletion stopped midway left.
+    PublicOnly(Vec<ObjectHandle>),
     /// Key objects that are not one key this backend made; why not.
     Unusable(String),
 }
@@ -897,8 +951,21 @@ fn lookup(session: &Session, name: &KeyName, op: &'static str) -> Result<Lookup,
             _ => {}
         }
     }
+    let planted = keys
+        .iter()
+        .chain(&publics)
+        .find_map(|object| Some((object, object.not_made_here()?)));
+    if let Some((object, why)) = planted {
+        return Ok(Lookup::Unusable(format!(
+            "there is a {} that this keystore did not make: {why}",
+            object.describe()
+        )));
+    }
     Ok(match (keys.as_slice(), publics.as_slice()) {
         ([], []) => Lookup::Missing,
+        ([], publics) if publics.iter().all(|p| p.algorithm().is_some()) => {
+            Lookup::PublicOnly(publics.iter().map(|p| p.handle).collect())
+        }
         ([], _) => Lookup::Unusable("there is a public key but no private key".to_owned()),
         ([key], publics) => match (key.algorithm(), publics) {
             (None, _) => Lookup::Unusable(format!("it is a {}", key.describe())),
@@ -932,6 +999,13 @@ fn stored(session: &Session, name: &KeyName, op: &'static str) -> Result<StoredK
         Lookup::Key(key) => Ok(key),
         Lookup::Missing => Err(KeyStoreError::KeyNotFound {
             name: name.to_string(),
+        }),
+        Lookup::PublicOnly(_) => Err(KeyStoreError::Pkcs11 {
+            op,
+            detail: format!(
+                "`{name}` is a public key whose private key is gone (a deletion stopped \
+                 midway): delete it again"
+            ),
         }),
         Lookup::Unusable(why) => Err(KeyStoreError::Pkcs11 {
             op,

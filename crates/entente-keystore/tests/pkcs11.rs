@@ -568,6 +568,114 @@ fn objects_this_store_did_not_make_are_left_alone() {
     );
 }
 
+/// A key planted under a name before the hub makes it (readable without the PIN, extractable,
+/// or imported with a value its planter knows) is not taken for one this store made: the hub,
+/// which adopts a key it finds under a fixed name, would wrap its data keys under a key
+/// someone else holds.
+#[test]
+fn planted_keys_are_not_adopted() {
+    with_softhsm("planted_keys_are_not_adopted", &[TOKEN], |hsm| {
+        let store = hsm.open(TOKEN);
+        let session = hsm.session(TOKEN);
+        let aes = |label: &str| {
+            vec![
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::Token(true),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+            ]
+        };
+        // Imported: sensitive and not extractable, but its value is known.
+        let mut imported = aes("imported");
+        imported.extend([
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Value(vec![7; 32]),
+        ]);
+        session.create_object(&imported).unwrap();
+        // Generated on the token, but readable without logging in.
+        let mut public = aes("public");
+        public.extend([
+            Attribute::Private(false),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::ValueLen(Ulong::new(32)),
+        ]);
+        session
+            .generate_key(&Mechanism::AesKeyGen, &public)
+            .unwrap();
+        // Generated on the token, private, but extractable.
+        let mut extractable = aes("extractable");
+        extractable.extend([
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(true),
+            Attribute::ValueLen(Ulong::new(32)),
+        ]);
+        session
+            .generate_key(&Mechanism::AesKeyGen, &extractable)
+            .unwrap();
+
+        assert!(store.list().unwrap().is_empty());
+        for (planted, why) in [
+            ("imported", "not generated on the token"),
+            ("public", "not private"),
+            ("extractable", "extractable"),
+        ] {
+            let planted = name(planted);
+            let err = store.encrypt(&planted, b"data key", b"").unwrap_err();
+            assert!(
+                matches!(err, KeyStoreError::Pkcs11 { op: "encrypt", .. }),
+                "{planted}: {err:?}"
+            );
+            assert!(err.to_string().contains(why), "{planted}: {err}");
+            // Never replaced either: the name is taken.
+            assert!(store.contains(&planted).unwrap());
+            let err = store
+                .generate(&planted, KeyAlgorithm::Aes256Gcm)
+                .unwrap_err();
+            assert!(matches!(err, KeyStoreError::KeyExists { .. }), "{err:?}");
+        }
+        // A key this store made is all of those.
+        let own = name("own");
+        store.generate(&own, KeyAlgorithm::Aes256Gcm).unwrap();
+        let sealed = store.encrypt(&own, b"data key", b"").unwrap();
+        assert_eq!(
+            store.decrypt(&own, &sealed, b"").unwrap().as_slice(),
+            b"data key"
+        );
+        assert_eq!(store.list().unwrap(), vec![(own, KeyAlgorithm::Aes256Gcm)]);
+    });
+}
+
+/// A deletion stopped after the private key went leaves a public key that is no key: not
+/// listed, and deleting again finishes the job.
+#[test]
+fn a_deletion_stopped_midway_is_finished_by_deleting_again() {
+    with_softhsm(
+        "a_deletion_stopped_midway_is_finished_by_deleting_again",
+        &[TOKEN],
+        |hsm| {
+            let store = hsm.open(TOKEN);
+            let session = hsm.session(TOKEN);
+            let key = name("ca-intermediate-1");
+            store.generate(&key, KeyAlgorithm::EcdsaP256Sha256).unwrap();
+            // What a failure between the two destroys leaves.
+            session
+                .destroy_object(find_one(&session, key.as_str(), ObjectClass::PRIVATE_KEY))
+                .unwrap();
+            assert!(store.list().unwrap().is_empty());
+            let err = store.public_key(&key).unwrap_err();
+            assert!(err.to_string().contains("delete it again"), "{err}");
+            store.delete(&key).unwrap();
+            assert!(!store.contains(&key).unwrap());
+        },
+    );
+}
+
 #[test]
 fn debug_output_holds_no_pin() {
     with_softhsm("debug_output_holds_no_pin", &[TOKEN], |hsm| {
