@@ -256,28 +256,23 @@ impl DataKeys {
         self.keystore
             .generate(&new, KeyAlgorithm::Aes256Gcm)
             .map_err(|e| HubError::Keys(format!("key store: {e}")))?;
-        let rewrapped = self.rewrap(&old, &new);
-        let stored = match rewrapped {
-            Ok(keys) => {
-                let mut next = self.snapshot();
-                next.kek = Some(new.to_string());
-                next.keys = keys;
-                registry
-                    .put_config(DATA_KEYS_CONFIG, &encode(&next))
-                    .await
-                    .map(|()| next)
-                    .map_err(HubError::from)
-            }
-            Err(e) => Err(e),
-        };
-        let stored = match stored {
-            Ok(stored) => stored,
+        let keys = match self.rewrap(&old, &new) {
+            Ok(keys) => keys,
             Err(e) => {
                 // Nothing changed: the new key goes again.
                 let _ = self.keystore.delete(&new);
                 return Err(e);
             }
         };
+        let mut stored = self.snapshot();
+        stored.kek = Some(new.to_string());
+        stored.keys = keys;
+        // A failed store may still have written the list naming the new key (a sync that
+        // failed after the write): the new key stays, unused if it was not, rather than the
+        // data keys be left wrapped under a key that is gone.
+        registry
+            .put_config(DATA_KEYS_CONFIG, &encode(&stored))
+            .await?;
         {
             let mut keys = self.write();
             for (version, _, wrapped) in stored.keys {

@@ -353,13 +353,10 @@ async fn stage<R>(services: &Services<R>, now: SystemTime) -> Result<String, Rpc
         .intermediates()
         .into_iter()
         .find(|i| i.role == IntermediateRole::Staged);
-    if let Err(e) = persist(&services.registry, &staged, schedule).await {
-        // Not staged after all: the new key goes again.
-        if let Some(key) = new.as_ref().and_then(|i| i.key.as_ref()) {
-            let _ = state.keystore.delete(key);
-        }
-        return Err(e);
-    }
+    // A failed store may still have written the state naming the staged intermediate (a
+    // sync that failed after the write): its key stays, unused if it was not, rather than the
+    // CA be left unable to load.
+    persist(&services.registry, &staged, schedule).await?;
     state.replace(staged, schedule);
     Ok(match new {
         Some(i) => format!(

@@ -16,15 +16,16 @@ use std::time::SystemTime;
 
 use entente_ca::{Revocations, VerifiedRevocationList};
 use entente_hub::{
-    CHECK_POLICY_PATH, CREATE_TOKEN_PATH, DEFAULT_TOKEN_TTL, Hub, HubConfig, HubError,
+    CHECK_POLICY_PATH, CREATE_TOKEN_PATH, DEFAULT_TOKEN_TTL, Hub, HubConfig, HubError, KEYS_PATH,
     LOAD_POLICIES_PATH, MAX_TOKEN_TTL, QUARANTINE_PATH, REVOKE_PATH, SHOW_POLICIES_PATH,
 };
 use entente_store::Store as _;
 use entente_types::{HumanId, Principal, TrustDomain};
 use entente_wire::{
     CheckPolicyRequest, CheckPolicyResponse, CreateTokenRequest, CreateTokenResponse,
-    EnrollResponse, LoadPoliciesRequest, LoadPoliciesResponse, PolicySource, QuarantineRequest,
-    QuarantineResponse, RevokeRequest, RevokeResponse, ShowPoliciesRequest, ShowPoliciesResponse,
+    EnrollResponse, KeysRequest, KeysResponse, LoadPoliciesRequest, LoadPoliciesResponse,
+    PolicySource, QuarantineRequest, QuarantineResponse, RevokeRequest, RevokeResponse,
+    ShowPoliciesRequest, ShowPoliciesResponse,
 };
 use support::{
     Agent, Client, Enrollment, FlakyStore, SessionExt, TestCa, ack, enroll_raw, eventually, now_ms,
@@ -944,6 +945,55 @@ async fn a_quarantine_the_store_refuses_stays_in_force_until_it_can_be_lifted() 
             .quarantined
             .is_empty()
     );
+    hub.shutdown().await.unwrap();
+}
+
+/// A rotation of the data keys' wrapping key whose store refuses to record it is refused; the
+/// new key stays in the key store (a store that failed may still have written the list
+/// naming it: deleting the key would leave the data keys wrapped under nothing), the old one
+/// still wraps them, and the next rotation goes through.
+#[tokio::test]
+async fn a_wrapping_key_rotation_the_store_refuses_keeps_both_keys() {
+    let ca = TestCa::new();
+    let root = admin(&ca, "admin");
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FlakyStore::new(dir.path()));
+    let config = config_with_admins(vec![root.principal.clone()]);
+    let hub = Hub::start(config, ca.ca.clone(), store.clone())
+        .await
+        .unwrap();
+    let client = root.connect(&hub).await;
+    let keks = || {
+        let mut names: Vec<String> = ca
+            .ca
+            .keystore()
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|(name, _)| name.to_string())
+            .filter(|name| name.starts_with("data-kek"))
+            .collect();
+        names.sort();
+        names
+    };
+    let rotate = || {
+        client.unary::<_, KeysResponse>(
+            KEYS_PATH,
+            KeysRequest {
+                rotate: "data-kek".to_owned(),
+            },
+        )
+    };
+    assert_eq!(keks(), ["data-kek"]);
+    store.fail_config.store(true, Ordering::SeqCst);
+    assert_refused(rotate().await, Code::Unavailable, "");
+    assert_eq!(keks().len(), 2, "{:?}", keks());
+    store.fail_config.store(false, Ordering::SeqCst);
+    rotate().await.unwrap();
+    // The old key went; the one the failed rotation made stays, unused.
+    let after = keks();
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(!after.contains(&"data-kek".to_owned()), "{after:?}");
     hub.shutdown().await.unwrap();
 }
 
