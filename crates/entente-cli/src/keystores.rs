@@ -64,6 +64,9 @@ pub(crate) struct Stores {
     pub(crate) ca: Arc<dyn KeyStore>,
     pub(crate) audit: Arc<dyn KeyStore>,
     pub(crate) data: Arc<dyn KeyStore>,
+    /// Whether the local store is unlocked by the key kept beside it (`DIR/keystore.key`):
+    /// then whoever has a copy of the directory has the keys too.
+    pub(crate) key_beside: bool,
 }
 
 /// Where a kind of key goes.
@@ -85,6 +88,8 @@ struct Opener<'a> {
     /// Whether a new local store's key may come from the environment.
     from_env: bool,
     created: &'a mut Vec<String>,
+    /// Whether the local store was unlocked by (or made under) `DIR/keystore.key`.
+    key_beside: bool,
 }
 
 // === first start ===
@@ -138,12 +143,15 @@ pub(crate) fn init(
         create_local: true,
         from_env,
         created,
+        key_beside: false,
     };
-    let stores = Stores {
+    let mut stores = Stores {
         ca: opener.open(&ca)?,
         audit: opener.open(&audit)?,
         data: opener.open(&data)?,
+        key_beside: false,
     };
+    stores.key_beside = opener.key_beside;
     for (place, what) in [
         (&ca, "the CA keys"),
         (&audit, "the audit checkpoint keys"),
@@ -189,6 +197,7 @@ pub(crate) fn open(root: &Path, tables: &Tables) -> Result<Stores> {
         create_local: false,
         from_env: true,
         created: &mut created,
+        key_beside: false,
     };
     let ca = place_of(tables.ca.as_ref(), "keystore")?.unwrap_or(Place::Local);
     let ca_store = opener.open(&ca)?;
@@ -207,6 +216,7 @@ pub(crate) fn open(root: &Path, tables: &Tables) -> Result<Stores> {
         ca: ca_store.clone(),
         audit,
         data,
+        key_beside: opener.key_beside,
     })
 }
 
@@ -279,7 +289,7 @@ impl Opener<'_> {
         Ok(store)
     }
 
-    fn unlock_existing(&self) -> Result<Unlock> {
+    fn unlock_existing(&mut self) -> Result<Unlock> {
         if let Some(unlock) = Unlock::from_env()? {
             return Ok(unlock);
         }
@@ -294,6 +304,7 @@ impl Opener<'_> {
         let mut key = Zeroizing::new([0u8; 32]);
         hex::decode_to_slice(text.trim_ascii(), &mut *key)
             .map_err(|_| anyhow!("`{}` is not a 64-character hex key", path.display()))?;
+        self.key_beside = true;
         Ok(Unlock::Key(key))
     }
 
@@ -326,6 +337,7 @@ impl Opener<'_> {
             "{KEYSTORE_KEY}: a random key-store key (set ENTENTE_KEYSTORE_KEY or \
              ENTENTE_KEYSTORE_PASSPHRASE instead for production)"
         ));
+        self.key_beside = true;
         Ok(Unlock::Key(key))
     }
 }

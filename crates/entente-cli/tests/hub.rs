@@ -166,6 +166,14 @@ fn the_hub_logs_one_json_object_per_line_and_no_secret() {
     for e in &events {
         assert!(e["timestamp"].is_string() && e["level"].is_string(), "{e}");
     }
+    // The key store's key kept beside the store is warned about, at every start.
+    assert!(
+        events.iter().any(|e| e["level"] == "WARN"
+            && e["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("`keystore.key`"))),
+        "{logs}"
+    );
     // No secret: the token, the key store's key.
     assert!(!logs.contains(token.trim()), "{logs}");
     let key = fs::read_to_string(dir.join("keystore.key")).unwrap();

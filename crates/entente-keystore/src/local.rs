@@ -58,9 +58,11 @@
 //!   ECDSA P-256, v2 with the public key for Ed25519), and for an `aes256-gcm` key the 32 raw key
 //!   bytes. It is encrypted with AES-256-GCM under the store KEK with a random nonce and AAD
 //!   `entente-keystore/v1 || 0x00 || <name> || 0x00 || <algorithm>`. A file that is altered,
-//!   renamed, copied from another store, or whose `algorithm` is changed fails to decrypt and the
-//!   store refuses to open ([`KeyStoreError::Corrupt`]), as does a decrypted key that is not a
-//!   valid PKCS#8 key or not 32 bytes.
+//!   renamed, copied from a store of another KEK, or whose `algorithm` is changed fails to
+//!   decrypt and the store refuses to open ([`KeyStoreError::Corrupt`]), as does a decrypted key
+//!   that is not a valid PKCS#8 key or not 32 bytes. Nothing binds a file to one store: stores
+//!   unlocked by the same raw key (`Unlock::Key`) open each other's files, and a deleted file
+//!   put back under its name is a key again (writing to `keys/` takes the store's user).
 //! - Key names can't start with `.`, so entries of `keys/` starting with `.` are ignored (they
 //!   are temporary files left by an interrupted write); any other entry must be a valid key file.
 //!

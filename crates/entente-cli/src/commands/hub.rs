@@ -46,6 +46,13 @@ pub(crate) fn start(
 ) -> Result<ExitCode> {
     let data = DataDir::open_or_init(dir, listen, trust_domain, SystemTime::now())?;
     let config = data.hub_config(reload_policies)?;
+    if data.key_stores.key_beside {
+        tracing::warn!(
+            "the local key store is unlocked by `keystore.key` in the data directory: a copy of \
+             the directory (a backup, a snapshot) holds the keys too; set ENTENTE_KEYSTORE_KEY \
+             or ENTENTE_KEYSTORE_PASSPHRASE instead (docs/KEYS.md)"
+        );
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let policies_dir = data.policies_dir();
