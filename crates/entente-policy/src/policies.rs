@@ -11,6 +11,7 @@ use cedar_policy::{
     ActionConstraint, AuthorizationError, Authorizer, Entities, EntityUid, PrincipalConstraint,
     Request, ResourceConstraint, ValidationMode, Validator,
 };
+use entente_types::text::is_deceptive;
 use miette::Diagnostic;
 
 use crate::bounds;
@@ -544,6 +545,10 @@ impl PolicySetBuilder {
         let mut rules = Vec::new();
         let mut parsed: Vec<Parsed> = Vec::new();
         for (source_index, (name, text)) in self.sources.iter().enumerate() {
+            if let Some(problem) = deceptive_source_name(name) {
+                rules.push(problem);
+                continue;
+            }
             if let Some(problem) = bounds::scan(name, text) {
                 rules.push(problem);
                 continue;
@@ -725,6 +730,19 @@ fn split(
         let id = policy
             .annotation("id")
             .map_or_else(|| format!("{name}#{n}"), str::to_owned);
+        if let Some(c) = id.chars().find(|&c| is_deceptive(c)) {
+            rules.push(Problem {
+                source: name.to_owned(),
+                location: Some((line, column)),
+                policy: Some(id.escape_debug().to_string()),
+                message: format!(
+                    "a policy ID may not hold a control or invisible formatting character \
+                     (U+{:04X})",
+                    u32::from(c)
+                ),
+            });
+            continue;
+        }
         let reads = reads(policy);
         if let Some(message) = bounds::too_deep(reads.json_depth) {
             rules.push(Problem {
@@ -769,6 +787,23 @@ fn split(
             },
         });
     }
+}
+
+/// The problem with a source name holding a control or invisible formatting character (a
+/// line break, a terminal escape, a bidirectional override): names and IDs are printed to
+/// people (`entente policy show`, decisions, audit records), where one could pass for another.
+/// The name is given escaped.
+fn deceptive_source_name(name: &str) -> Option<Problem> {
+    let c = name.chars().find(|&c| is_deceptive(c))?;
+    Some(Problem {
+        source: name.escape_debug().to_string(),
+        location: None,
+        policy: None,
+        message: format!(
+            "a source name may not hold a control or invisible formatting character (U+{:04X})",
+            u32::from(c)
+        ),
+    })
 }
 
 /// Walks a source forward, finding each policy's text and keeping the line and column

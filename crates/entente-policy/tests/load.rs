@@ -132,6 +132,58 @@ fn duplicate_ids_are_refused() {
 }
 
 #[test]
+fn ids_and_source_names_with_control_or_invisible_characters_are_refused() {
+    // A line break, a terminal escape, a bidirectional override: each in an `@id`.
+    for (escaped, code) in [
+        ("\\n", "U+000A"),
+        ("\\u{1b}", "U+001B"),
+        ("\\u{202e}", "U+202E"),
+    ] {
+        let text = format!(
+            "@id(\"ok{escaped}forged\")\npermit (principal in Segment::\"research\", \
+             action == Action::\"publish\", resource in Namespace::\"research\");\n"
+        );
+        let (error, problems) = problems(PolicySet::parse("ids.cedar", &text));
+        assert!(matches!(error, LoadError::Rules(_)), "{error}");
+        assert_eq!(problems.len(), 1, "{error}");
+        assert_eq!(problems[0].source, "ids.cedar");
+        assert_eq!(problems[0].location, Some((1, 1)));
+        assert_eq!(
+            problems[0].policy.as_deref(),
+            Some(format!("ok{escaped}forged").as_str())
+        );
+        assert!(problems[0].message.contains("policy ID"), "{error}");
+        assert!(problems[0].message.contains(code), "{error}");
+        assert!(
+            !error
+                .to_string()
+                .chars()
+                .any(entente_types::text::is_deceptive),
+            "{error:?}"
+        );
+    }
+    for name in ["a\nb.cedar", "\u{1b}[2Kb.cedar", "evil\u{202e}radec.txt"] {
+        let (error, problems) = problems(
+            PolicySet::builder()
+                .source("good.cedar", GOOD)
+                .source(name, "forbid (principal, action, resource);")
+                .build(),
+        );
+        assert!(matches!(error, LoadError::Rules(_)), "{error}");
+        assert_eq!(problems.len(), 1, "{error}");
+        assert_eq!(problems[0].source, name.escape_debug().to_string());
+        assert!(problems[0].message.contains("source name"), "{error}");
+        assert!(
+            !error
+                .to_string()
+                .chars()
+                .any(entente_types::text::is_deceptive),
+            "{error:?}"
+        );
+    }
+}
+
+#[test]
 fn templates_are_refused() {
     let text = r#"permit (principal == ?principal, action, resource);"#;
     let (error, _) = problems(PolicySet::parse("t.cedar", text));
