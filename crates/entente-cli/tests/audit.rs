@@ -680,6 +680,22 @@ fn tail_prints_the_hubs_records_with_their_hashes() {
     follower.wait().unwrap();
     assert_eq!(followed[0]["index"], total, "{followed:?}");
 
+    // Whoever reads it gone (`| head -1`), --follow ends at its next line, quietly and with
+    // success: its standard output is a pipe already closed at the other end.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let gone = Command::new(env!("CARGO_BIN_EXE_entente"))
+        .args(["audit", "tail", "--follow"])
+        .args(["--identity", s(&hub.admin), "--hub", &hub.addr])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = support::wait(gone, support::LIMIT);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.is_empty(), "{said}");
+
     hub.stop();
 }
 

@@ -2,7 +2,7 @@
 //! `send`, `listen`, `revoke`.
 
 use std::{
-    io::{Read as _, Write as _},
+    io::Read as _,
     path::Path,
     process::ExitCode,
     time::{Duration, SystemTime},
@@ -54,12 +54,12 @@ pub(crate) fn token_create(
             } else {
                 "agent"
             };
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({ "token": token, key: principal.to_string(), "expires_at_ms": expires_at_ms })
             );
         } else {
-            println!("{token}");
+            outln!("{token}");
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -158,12 +158,12 @@ pub(crate) fn enroll(
         let identity = entente_client::enroll(hub, &trust, &token).await?;
         identity.save(out)?;
         if json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({ "principal": identity.principal().to_string(), "identity": out.display().to_string() })
             );
         } else {
-            println!(
+            outln!(
                 "enrolled `{}`; identity written to {}",
                 identity.principal(),
                 out.display()
@@ -202,7 +202,7 @@ pub(crate) fn send(
         client.close().await;
         if let Some(held) = held {
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({
                         "held": held.message_id,
@@ -211,7 +211,7 @@ pub(crate) fn send(
                     })
                 );
             } else {
-                println!(
+                outln!(
                     "held for approval on `{channel}`: {} (until {}); see `entente held`",
                     held.message_id,
                     crate::commands::grants::utc(held.expires_at_ms)
@@ -220,9 +220,9 @@ pub(crate) fn send(
             return Ok(ExitCode::SUCCESS);
         }
         if json {
-            println!("{}", serde_json::json!({ "sent": channel, "bytes": bytes }));
+            outln!("{}", serde_json::json!({ "sent": channel, "bytes": bytes }));
         } else {
-            println!("sent to `{channel}`");
+            outln!("sent to `{channel}`");
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -281,11 +281,7 @@ pub(crate) fn listen(
                             super::clean(&String::from_utf8_lossy(&message.payload))
                         )
                     };
-                    let written = {
-                        let mut out = std::io::stdout().lock();
-                        writeln!(out, "{line}").and_then(|()| out.flush())
-                    };
-                    match written {
+                    match super::write_out(format_args!("{line}\n")) {
                         Ok(()) => {}
                         // Whoever read the output is gone (`| head -1`): the end, not an
                         // error; the message is not acknowledged, so a durable consumer gets
@@ -323,12 +319,12 @@ pub(crate) fn revoke(identity: &Path, hub: &str, agent: &str, json: bool) -> Res
         let closed = client.revoke(std::slice::from_ref(&principal), &[]).await?;
         client.close().await;
         if json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({ "revoked": principal.to_string(), "closed_connections": closed })
             );
         } else {
-            println!("revoked `{principal}`; {closed} live connection(s) closed");
+            outln!("revoked `{principal}`; {closed} live connection(s) closed");
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -184,7 +184,7 @@ fn export(at: &At, out: &Path, json: bool) -> Result<ExitCode> {
         )
         .with_context(|| format!("writing `{}`", kept.display()))?;
         if json {
-            println!(
+            outln!(
                 "{}",
                 json!({
                     "export": out.display().to_string(),
@@ -196,17 +196,17 @@ fn export(at: &At, out: &Path, json: bool) -> Result<ExitCode> {
                 })
             );
         } else {
-            println!(
+            outln!(
                 "exported the audit log to `{}`: {} bytes, tree size {size}",
                 out.display(),
                 exported.bytes
             );
-            println!("checkpoint key (as the hub gives it): {key}");
-            println!(
+            outln!("checkpoint key (as the hub gives it): {key}");
+            outln!(
                 "checkpoint kept in `{}`: pass it as `--known` to check a later export",
                 kept.display()
             );
-            println!(
+            outln!(
                 "verify it offline with `entente audit verify {} --key '{key}'`",
                 out.display()
             );
@@ -318,9 +318,9 @@ async fn print_records(
                 .hash()
                 .map_err(|e| anyhow!("record {next} from the hub does not encode: {e}"))?;
             if json {
-                println!("{}", super::json_line(&record_json(next, &record, &hash)));
+                outln!("{}", super::json_line(&record_json(next, &record, &hash)));
             } else {
-                println!("{}", record_line(next, &record));
+                outln!("{}", record_line(next, &record));
             }
             next += 1;
         }
@@ -494,7 +494,7 @@ impl Proven {
                 .iter()
                 .map(ToString::to_string)
                 .collect();
-            println!(
+            outln!(
                 "{}",
                 json!({
                     "ok": true,
@@ -511,8 +511,8 @@ impl Proven {
             );
             return;
         }
-        println!("{}", record_line(self.index, &self.record));
-        println!(
+        outln!("{}", record_line(self.index, &self.record));
+        outln!(
             "record {} (`{}`) is proven in the checkpoint of tree size {} (leaf {}, root {}), \
              signed by {}",
             self.index,
@@ -523,7 +523,7 @@ impl Proven {
             signers(&self.checkpoint)
         );
         if let Some((path, size)) = &self.known {
-            println!(
+            outln!(
                 "the log is consistent with the known checkpoint of tree size {size} (`{}`)",
                 path.display()
             );
@@ -846,7 +846,7 @@ fn verify(
     match check(export, &verifier, known, records) {
         Ok(verified) => {
             if json {
-                println!("{}", verified.to_json(export));
+                outln!("{}", verified.to_json(export));
             } else {
                 verified.print(export);
             }
@@ -941,7 +941,7 @@ fn check(
 
 impl Verified {
     fn print(&self, export: &Path) {
-        println!(
+        outln!(
             "the audit log `{}` verifies: origin `{}`, {} records in {} leaves, {} checkpoints",
             export.display(),
             self.log.origin(),
@@ -949,23 +949,25 @@ impl Verified {
             self.log.size(),
             self.log.checkpoints().len()
         );
-        println!(
+        outln!(
             "latest checkpoint: tree size {}, root {}, signed by {}",
             self.latest.size(),
             self.latest.root(),
             signers(&self.latest)
         );
         for (path, checkpoint) in &self.known {
-            println!(
+            outln!(
                 "known checkpoint `{}`: tree size {}, consistent with the log",
                 path.display(),
                 checkpoint.size()
             );
         }
         for found in &self.found {
-            println!(
+            outln!(
                 "record {}: index {} in leaf {}, proven in the latest checkpoint",
-                found.hash, found.index, found.leaf
+                found.hash,
+                found.index,
+                found.leaf
             );
         }
     }
@@ -1024,7 +1026,7 @@ impl Failure {
     /// value of what was being checked) and returns the exit code of a failed check.
     fn report(&self, subject: (&str, Value), json: bool) -> ExitCode {
         if json {
-            println!("{}", self.to_json(subject));
+            outln!("{}", self.to_json(subject));
         } else {
             eprintln!("error: {}", self.message);
         }

@@ -233,7 +233,7 @@ pub(crate) fn run(
     };
     let report = runtime.block_on(bench(shape, rate, None))?;
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?);
     } else {
         let l = &report.latency_us;
         let offered = if report.rate == 0 {
@@ -251,21 +251,29 @@ pub(crate) fn run(
         } else {
             String::new()
         };
-        println!(
+        outln!(
             "{} messages of {} B{fan_in}{fan_out} through the hub (loopback mTLS), {offered}, \
              in {:.2} s",
-            report.messages, report.payload_bytes, report.seconds
+            report.messages,
+            report.payload_bytes,
+            report.seconds
         );
-        println!(
+        outln!(
             "  throughput  {:.0} msgs/s, {:.1} MB/s of payload ({} signed batches)",
-            report.msgs_per_sec, report.mb_per_sec, report.batches_sent
+            report.msgs_per_sec,
+            report.mb_per_sec,
+            report.batches_sent
         );
-        println!(
+        outln!(
             "  latency     p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs, max {} µs (publish to \
              delivery)",
-            l.p50, l.p90, l.p99, l.p999, l.max
+            l.p50,
+            l.p90,
+            l.p99,
+            l.p999,
+            l.max
         );
-        println!(
+        outln!(
             "  delivered   {} (of {} sent, to each subscriber), {} lost, {} duplicates, {} rejected, \
              {} publish errors",
             report.delivered,
@@ -275,7 +283,7 @@ pub(crate) fn run(
             report.rejected,
             report.publish_errors
         );
-        println!(
+        outln!(
             "  cost        {:.2} CPU s ({:.2} per million deliveries), peak RSS {} (hub and \
              clients, one process)",
             report.cost.cpu_seconds,
@@ -330,7 +338,7 @@ fn compare(
             let (report, attacked) =
                 runtime.block_on(bench_with(shape, rate, skip.then_some(switch)))?;
             if !json {
-                println!(
+                outln!(
                     "round {round}, {}: {:.0} msgs/s, p50 {} µs, p99 {} µs, {} lost",
                     if skip { label_off } else { label_on },
                     report.msgs_per_sec,
@@ -339,7 +347,7 @@ fn compare(
                     report.lost
                 );
                 if let Some(a) = &attacked {
-                    println!(
+                    outln!(
                         "  attackers: flood {} published, {} refused; {} replays refused; {} \
                          probes refused; {} stalled and {} garbage connections; {} agent(s) \
                          quarantined",
@@ -374,15 +382,17 @@ fn compare(
         attacks,
     };
     if json {
-        println!("{}", serde_json::to_string(&comparison)?);
+        outln!("{}", serde_json::to_string(&comparison)?);
     } else {
         let ratio_of = match switch {
             Switch::Attack => "under attack/alone",
             _ => "on/off",
         };
-        println!(
+        outln!(
             "median: {name} {label_on} {:.0} msgs/s, {label_off} {:.0} msgs/s: {ratio_of} = {:.3}",
-            comparison.on_median_msgs_per_sec, comparison.off_median_msgs_per_sec, comparison.ratio
+            comparison.on_median_msgs_per_sec,
+            comparison.off_median_msgs_per_sec,
+            comparison.ratio
         );
     }
     let clean = comparison
@@ -782,7 +792,7 @@ pub(crate) fn compare_jetstream(
                 .msgs_per_sec;
         }
         if !json {
-            println!(
+            outln!(
                 "round {round}: Entente durable {interval:.0} msgs/s (sync every 2 min), \
                  {always:.0} msgs/s (sync always); JetStream file storage {jetstream:.0} msgs/s"
             );
@@ -802,7 +812,7 @@ pub(crate) fn compare_jetstream(
         0.0
     };
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "rounds": results,
@@ -814,7 +824,7 @@ pub(crate) fn compare_jetstream(
             })
         );
     } else {
-        println!(
+        outln!(
             "median: Entente {interval:.0} msgs/s, JetStream {jetstream:.0} msgs/s, same fsync \
              policy: Entente/JetStream = {ratio:.3}; Entente syncing always {always:.0} msgs/s"
         );
@@ -1078,7 +1088,7 @@ pub(crate) fn compare_nats(
             nats_tls,
         } = pubsub_round(&runtime, &servers, shape, Rates::same(rate), round)?;
         if !json {
-            println!(
+            outln!(
                 "round {round}: Entente {:.0} msgs/s (p50 {} µs, {} lost, {:.2} CPU s/M); nats \
                  {:.0} msgs/s (p50 {} µs, {} lost, {:.2} CPU s/M); nats+TLS {:.0} msgs/s (p50 \
                  {} µs, {} lost, {:.2} CPU s/M)",
@@ -1141,9 +1151,9 @@ pub(crate) fn print_medians(
             fields.insert("ratio_to_nats_plain".into(), ratio(plain).into());
             fields.insert("ratio_to_nats_tls".into(), ratio(secure).into());
         }
-        println!("{out}");
+        outln!("{out}");
     } else {
-        println!(
+        outln!(
             "median: Entente {entente:.0} {unit}/s, nats {plain:.0} {unit}/s, nats+TLS \
              {secure:.0} {unit}/s: Entente/nats = {:.3}, Entente/nats+TLS = {:.3}",
             ratio(plain),

@@ -107,7 +107,7 @@ pub(crate) fn run(shape: Rpc, compare: Option<usize>, json: bool) -> Result<Exit
     let Some(rounds) = compare else {
         let report = runtime.block_on(entente(shape))?;
         if json {
-            println!("{}", serde_json::to_string(&report)?);
+            outln!("{}", serde_json::to_string(&report)?);
         } else {
             print_one("Entente", &report);
         }
@@ -121,7 +121,7 @@ pub(crate) fn run(shape: Rpc, compare: Option<usize>, json: bool) -> Result<Exit
     for round in 1..=rounds {
         let one = rpc_round(&runtime, &servers, shape, round)?;
         if !json {
-            println!("round {round}:");
+            outln!("round {round}:");
             print_one("Entente", &one.entente);
             print_one("nats", &one.nats_plain);
             print_one("nats+TLS", &one.nats_tls);
@@ -362,7 +362,7 @@ fn nats_report(run: &nats::RequestRun, shape: Rpc) -> RpcReport {
 }
 
 fn print_one(who: &str, r: &RpcReport) {
-    println!(
+    outln!(
         "  {who}: {} requests of {} B, {} in flight: {:.0} req/s, round trip p50 {} µs, p99 {} \
          µs, p99.9 {} µs; {} lost, {} failed, {} mismatched; {:.2} CPU s per million, peak RSS {}",
         r.requests,
@@ -379,9 +379,11 @@ fn print_one(who: &str, r: &RpcReport) {
         mebibytes(r.cost.peak_rss_bytes)
     );
     if let Some(per_batch) = r.per_batch {
-        println!(
+        outln!(
             "    {:.1} requests and {:.1} replies per signed batch (round_trip_batch_min {})",
-            per_batch.requests, per_batch.replies, per_batch.round_trip_batch_min
+            per_batch.requests,
+            per_batch.replies,
+            per_batch.round_trip_batch_min
         );
     }
 }

@@ -157,7 +157,7 @@ pub(crate) fn run(rounds: usize, messages: Option<u64>, json: bool) -> Result<Ex
     let floor = floor::measure(PAYLOAD, BATCH).context("measuring the crypto floor")?;
     if json {
         let entente_lost: u64 = lines.iter().map(|l| l.entente.lost).sum();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "rounds": rounds,
@@ -450,14 +450,14 @@ fn line(id: &'static str, name: String, shape: Shape, rounds: Vec<Sides>) -> Lin
 }
 
 fn print_table(lines: &[Line], rounds: usize) {
-    println!(
+    outln!(
         "Medians of {rounds} round{} (lost: sum; peak RSS: largest). Throughput per second: \
          deliveries (pub/sub), requests (request/reply), acknowledged publishes (durable, \
          against JetStream in the nats column). CPU seconds per million, the kernel's part in \
          parentheses.",
         if rounds == 1 { "" } else { "s" }
     );
-    println!(
+    outln!(
         "{:<9} {:<35} {:>10} {:>10} {:>10} {:>7} {:>7} {:>24} {:>42} {:>20} {:>11}",
         "workload",
         "",
@@ -474,7 +474,7 @@ fn print_table(lines: &[Line], rounds: usize) {
     for l in lines {
         let tls = l.nats_tls.unwrap_or_default();
         let dash = |s: String| if l.nats_tls.is_some() { s } else { "-".into() };
-        println!(
+        outln!(
             "{:<9} {:<35} {:>10} {:>10} {:>10} {:>7.3} {:>7} {:>24} {:>42} {:>20} {:>11}",
             l.id,
             l.name,
@@ -509,13 +509,18 @@ fn print_table(lines: &[Line], rounds: usize) {
             ),
         );
     }
-    println!(
+    outln!(
         "Latency p50 / p99 / p99.9 (medians of the rounds): publish to delivery (pub/sub), the \
          round trip (request/reply)."
     );
-    println!(
+    outln!(
         "{:<9} {:<35} {:>30} {:>30} {:>30} {:>10}",
-        "workload", "", "Entente", "nats", "nats+TLS", "E/nats p50"
+        "workload",
+        "",
+        "Entente",
+        "nats",
+        "nats+TLS",
+        "E/nats p50"
     );
     for l in lines.iter().filter(|l| l.entente.p50_us > 0) {
         let tls = l
@@ -526,7 +531,7 @@ fn print_table(lines: &[Line], rounds: usize) {
         } else {
             "-".to_owned()
         };
-        println!(
+        outln!(
             "{:<9} {:<35} {:>30} {:>30} {:>30} {:>10}",
             l.id,
             l.name,
@@ -550,7 +555,7 @@ fn print_half_load(lines: &[Line]) {
             )
         };
         let tls = l.nats_tls.as_ref().map_or_else(|| "-".to_owned(), one);
-        println!(
+        outln!(
             "Target p99 < 1 ms at half the maximum, ({}): Entente {}; nats {}; nats+TLS {}.",
             l.id,
             one(&l.entente),
@@ -588,11 +593,11 @@ fn megabytes(per_sec: f64, payload: usize) -> f64 {
 pub(crate) fn floor_only(payload: usize, json: bool) -> Result<ExitCode> {
     let floor = floor::measure(payload, BATCH).context("measuring the crypto floor")?;
     if json {
-        println!("{}", serde_json::to_string(&floor)?);
+        outln!("{}", serde_json::to_string(&floor)?);
     } else {
         print_floor(&floor, &[]);
         let p = &floor.primitives;
-        println!(
+        outln!(
             "  primitives (ns): AES-256-GCM seal {:.0}, open {:.0} ({} B); envelope hash {:.0}; \
              batch digest per envelope {:.0}; audit root per envelope {:.0}; Ed25519 sign {:.0}, \
              verify {:.0}; TLS record seal {:.2}/B, open {:.2}/B; \
@@ -615,7 +620,7 @@ pub(crate) fn floor_only(payload: usize, json: bool) -> Result<ExitCode> {
 
 /// The crypto floor, and each workload's nats figure against the ceiling it sets.
 fn print_floor(floor: &Floor, lines: &[Line]) {
-    println!(
+    outln!(
         "Crypto floor, {} B messages in batches of {} on {} cores (the design's cryptography \
          alone, per message): publisher {:.0} ns, hub {:.0} ns, subscriber {:.0} ns, TLS \
          both hops {:.0} ns; {:.0} ns in all: at most {} msgs/s 1 -> 1, {} deliveries/s to \
@@ -642,7 +647,7 @@ fn print_floor(floor: &Floor, lines: &[Line]) {
             _ => continue,
         };
         if l.nats.per_sec > 0.0 {
-            println!(
+            outln!(
                 "  ({}): ceiling / nats = {:.3}, ceiling / nats+TLS = {:.3}",
                 l.id,
                 ceiling / l.nats.per_sec,

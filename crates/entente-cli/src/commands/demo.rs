@@ -990,7 +990,7 @@ struct Story {
 impl Story {
     fn new(json: bool) -> Self {
         if !json {
-            println!(
+            outln!(
                 "Entente demo: a real hub on 127.0.0.1, three agents, and what an attacker can't do."
             );
         }
@@ -1007,7 +1007,7 @@ impl Story {
             self.steps
                 .push(serde_json::json!({ "step": text, "checks": [] }));
         } else {
-            println!("\n{text}");
+            outln!("\n{text}");
         }
     }
 
@@ -1032,21 +1032,21 @@ impl Story {
                     .push(serde_json::json!({ "step": "", "checks": [check] })),
             }
         } else {
-            println!("  {} {text}", if held { "ok  " } else { "FAIL" });
+            outln!("  {} {text}", if held { "ok  " } else { "FAIL" });
         }
     }
 
     fn finish(self) -> ExitCode {
         let ok = self.failed == 0 && self.passed > 0;
         if self.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({ "ok": ok, "passed": self.passed, "failed": self.failed, "steps": self.steps })
             );
         } else if ok {
-            println!("\nAll {} properties held.", self.passed);
+            outln!("\nAll {} properties held.", self.passed);
         } else {
-            println!(
+            outln!(
                 "\n{} of {} properties did NOT hold.",
                 self.failed,
                 self.passed + self.failed

@@ -35,9 +35,9 @@ pub(crate) fn grant(
             .with_context(|| format!("granting `{name}` to `{principal}`"))?;
         client.close().await;
         if json {
-            println!("{}", grant_json(&grant));
+            outln!("{}", grant_json(&grant));
         } else {
-            println!(
+            outln!(
                 "granted `{}` to `{}` for {}, until {}: {}",
                 grant.name,
                 grant.principal,
@@ -66,7 +66,7 @@ pub(crate) fn grants(at: &At, principal: Option<&str>, json: bool) -> Result<Exi
         if json {
             let grants: Vec<_> = listed.grants.iter().map(grant_json).collect();
             let requests: Vec<_> = listed.requests.iter().map(request_json).collect();
-            println!(
+            outln!(
                 "{}",
                 super::json_line(
                     &serde_json::json!({ "grants": grants, "requests": requests, "now_ms": listed.now_ms })
@@ -76,16 +76,16 @@ pub(crate) fn grants(at: &At, principal: Option<&str>, json: bool) -> Result<Exi
         }
         let now = listed.now_ms;
         if listed.grants.is_empty() {
-            println!("no active grants");
+            outln!("no active grants");
         } else {
-            println!("active grants ({}):", listed.grants.len());
+            outln!("active grants ({}):", listed.grants.len());
             for g in &listed.grants {
                 let by = if g.granter.is_empty() {
                     format!("approved by {} ({})", g.approvers.join(", "), g.request)
                 } else {
                     format!("granted by {}", g.granter)
                 };
-                println!(
+                outln!(
                     "  {}  {}  {}  until {} ({} left)  {by}: {}",
                     g.id,
                     g.name,
@@ -97,9 +97,9 @@ pub(crate) fn grants(at: &At, principal: Option<&str>, json: bool) -> Result<Exi
             }
         }
         if !listed.requests.is_empty() {
-            println!("requests ({}):", listed.requests.len());
+            outln!("requests ({}):", listed.requests.len());
             for r in &listed.requests {
-                println!("  {}", request_line(r, now));
+                outln!("  {}", request_line(r, now));
             }
         }
         Ok(ExitCode::SUCCESS)
@@ -123,9 +123,9 @@ pub(crate) fn request_grant(
             .with_context(|| format!("requesting `{name}`"))?;
         client.close().await;
         if json {
-            println!("{}", request_json(&request));
+            outln!("{}", request_json(&request));
         } else {
-            println!(
+            outln!(
                 "requested `{}` for {} as {}: it needs {} approval(s) and lapses at {}; an \
                  approver runs `entente approve {}`",
                 request.name,
@@ -168,7 +168,7 @@ pub(crate) fn approvals(at: &At, json: bool) -> Result<ExitCode> {
         if json {
             let requests: Vec<_> = open.iter().map(|r| request_json(r)).collect();
             let held: Vec<_> = to_decide.iter().map(|h| held_json(h)).collect();
-            println!(
+            outln!(
                 "{}",
                 super::json_line(
                     &serde_json::json!({ "requests": requests, "held": held, "now_ms": now })
@@ -177,22 +177,22 @@ pub(crate) fn approvals(at: &At, json: bool) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         if open.is_empty() {
-            println!("no pending requests to decide");
+            outln!("no pending requests to decide");
         } else {
-            println!("pending requests ({}):", open.len());
+            outln!("pending requests ({}):", open.len());
             for r in open {
-                println!("  {}", request_line(r, now));
+                outln!("  {}", request_line(r, now));
             }
         }
         if to_decide.is_empty() {
-            println!("no held messages to decide");
+            outln!("no held messages to decide");
         } else {
-            println!("held messages ({}):", to_decide.len());
+            outln!("held messages ({}):", to_decide.len());
             for h in to_decide {
-                println!("  {}", held_line(h));
+                outln!("  {}", held_line(h));
             }
         }
-        println!("decide with `entente approve ID` or `entente reject ID`");
+        outln!("decide with `entente approve ID` or `entente reject ID`");
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -215,13 +215,13 @@ pub(crate) fn decide(at: &At, id: &str, approve: bool, json: bool) -> Result<Exi
         .with_context(|| format!("{} `{id}`", if approve { "approving" } else { "rejecting" }))?;
         client.close().await;
         match (&outcome, json) {
-            (ApprovalOutcome::Granted(grant), true) => println!(
+            (ApprovalOutcome::Granted(grant), true) => outln!(
                 "{}",
                 super::json_line(
                     &serde_json::json!({ "request": id, "outcome": "granted", "grant": grant_json(grant) })
                 )
             ),
-            (ApprovalOutcome::Granted(grant), false) => println!(
+            (ApprovalOutcome::Granted(grant), false) => outln!(
                 "approved {id}: `{}` holds `{}` until {} ({})",
                 grant.principal,
                 grant.name,
@@ -234,7 +234,7 @@ pub(crate) fn decide(at: &At, id: &str, approve: bool, json: bool) -> Result<Exi
                     required,
                 },
                 true,
-            ) => println!(
+            ) => outln!(
                 "{}",
                 serde_json::json!({ "request": id, "outcome": "pending", "approvals": approvals, "required": required })
             ),
@@ -244,23 +244,23 @@ pub(crate) fn decide(at: &At, id: &str, approve: bool, json: bool) -> Result<Exi
                     required,
                 },
                 false,
-            ) => println!(
+            ) => outln!(
                 "approved {id}: {approvals} of {required} approvals; it waits for {} more",
                 required.saturating_sub(*approvals)
             ),
-            (ApprovalOutcome::Released { approvals }, true) => println!(
+            (ApprovalOutcome::Released { approvals }, true) => outln!(
                 "{}",
                 serde_json::json!({ "held": id, "outcome": "released", "approvals": approvals })
             ),
             (ApprovalOutcome::Released { approvals }, false) => {
-                println!("approved {id}: released to its channel after {approvals} approvals")
+                outln!("approved {id}: released to its channel after {approvals} approvals")
             }
-            (_, true) => println!(
+            (_, true) => outln!(
                 "{}",
                 serde_json::json!({ "request": id, "outcome": "rejected" })
             ),
-            (_, false) if id.starts_with("r-") => println!("rejected {id}: the request is closed"),
-            (_, false) => println!("rejected {id}: the message will not be delivered"),
+            (_, false) if id.starts_with("r-") => outln!("rejected {id}: the request is closed"),
+            (_, false) => outln!("rejected {id}: the message will not be delivered"),
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -276,14 +276,16 @@ pub(crate) fn revoke_grant(at: &At, id: &str, reason: &str, json: bool) -> Resul
             .with_context(|| format!("ending grant `{id}`"))?;
         client.close().await;
         if json {
-            println!(
+            outln!(
                 "{}",
                 super::json_line(&serde_json::json!({ "ended": grant_json(&grant) }))
             );
         } else {
-            println!(
+            outln!(
                 "ended {}: `{}` no longer holds `{}`",
-                grant.id, grant.principal, grant.name
+                grant.id,
+                grant.principal,
+                grant.name
             );
         }
         Ok(ExitCode::SUCCESS)
@@ -298,12 +300,12 @@ pub(crate) fn held(at: &At, json: bool) -> Result<ExitCode> {
         client.close().await;
         if json {
             let held: Vec<_> = held.iter().map(held_json).collect();
-            println!("{}", super::json_line(&serde_json::json!({ "held": held })));
+            outln!("{}", super::json_line(&serde_json::json!({ "held": held })));
         } else if held.is_empty() {
-            println!("no held messages");
+            outln!("no held messages");
         } else {
             for h in &held {
-                println!("{}", held_line(h));
+                outln!("{}", held_line(h));
             }
         }
         Ok(ExitCode::SUCCESS)

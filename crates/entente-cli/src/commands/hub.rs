@@ -80,7 +80,7 @@ pub(crate) fn start(
         };
         let names: Vec<&str> = running.sources.iter().map(|(n, _)| n.as_str()).collect();
         if json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({
                     "listening": addr.to_string(),
@@ -100,9 +100,9 @@ pub(crate) fn start(
             );
         } else {
             if !data.created.is_empty() {
-                println!("initialized {}:", data.root.display());
+                outln!("initialized {}:", data.root.display());
                 for line in &data.created {
-                    println!("  {line}");
+                    outln!("  {line}");
                 }
             }
             let sources = if names.is_empty() {
@@ -111,7 +111,7 @@ pub(crate) fn start(
                 names.join(", ")
             };
             match hub.policy_origin() {
-                PolicyOrigin::Stored => println!(
+                PolicyOrigin::Stored => outln!(
                     "policies: the stored set ({sources}; {} policies with the base ones), \
                      policy epoch {}; `{}` is not read again: change the running set with \
                      `entente policy load`",
@@ -119,7 +119,7 @@ pub(crate) fn start(
                     running.epoch,
                     policies_dir.display()
                 ),
-                _ => println!(
+                _ => outln!(
                     "policies: `{}` ({sources}; {} policies with the base ones), now stored, \
                      policy epoch {}",
                     policies_dir.display(),
@@ -128,9 +128,9 @@ pub(crate) fn start(
                 ),
             }
             if let Some(metrics) = hub.metrics_addr() {
-                println!("metrics: http://{metrics}/metrics");
+                outln!("metrics: http://{metrics}/metrics");
             }
-            println!(
+            outln!(
                 "hub listening on {addr} for trust domain `{}` (Ctrl-C or SIGTERM to stop)",
                 data.config.trust_domain
             );
@@ -139,7 +139,7 @@ pub(crate) fn start(
         // A failed audit log or durable channel is an exit status, not only a line in a log.
         hub.shutdown().await.context("stopping the hub")?;
         if !json {
-            println!("hub stopped");
+            outln!("hub stopped");
         }
         Ok(ExitCode::SUCCESS)
     })

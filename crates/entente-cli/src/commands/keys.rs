@@ -68,7 +68,7 @@ pub(crate) fn run_command(command: KeysCommand, json: bool) -> Result<ExitCode> 
         })?;
         client.close().await;
         if json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({
                     "data_keys": keys.data_keys.iter().map(|k| serde_json::json!({
@@ -99,15 +99,17 @@ pub(crate) fn run_command(command: KeysCommand, json: bool) -> Result<ExitCode> 
             return Ok(ExitCode::SUCCESS);
         }
         if !keys.rotated.is_empty() {
-            println!("rotated: {}", keys.rotated);
+            outln!("rotated: {}", keys.rotated);
         }
-        println!(
+        outln!(
             "key stores: ca keys {}, audit keys {}, data keys {}",
-            keys.ca_key_store, keys.audit_key_store, keys.data_key_store
+            keys.ca_key_store,
+            keys.audit_key_store,
+            keys.data_key_store
         );
-        println!("data keys wrapped by `{}`", keys.data_kek);
+        outln!("data keys wrapped by `{}`", keys.data_kek);
         for key in &keys.data_keys {
-            println!(
+            outln!(
                 "data key v{}  made {}{}",
                 key.version,
                 utc(key.created_ms),
@@ -115,16 +117,16 @@ pub(crate) fn run_command(command: KeysCommand, json: bool) -> Result<ExitCode> 
             );
         }
         if keys.audit_key.is_empty() {
-            println!("no audit log");
+            outln!("no audit log");
         } else {
-            println!("audit checkpoint key  {}", keys.audit_key);
+            outln!("audit checkpoint key  {}", keys.audit_key);
             for key in &keys.audit_trusted {
-                println!("  earlier, still trusted  {key}");
+                outln!("  earlier, still trusted  {key}");
             }
         }
         for ca in &keys.intermediates {
             let signer: String = hex::encode(&ca.signer).chars().take(16).collect();
-            println!(
+            outln!(
                 "intermediate ca {signer}  {}  valid {} to {}{}",
                 ca.role,
                 utc(ca.not_before_ms),
@@ -137,7 +139,7 @@ pub(crate) fn run_command(command: KeysCommand, json: bool) -> Result<ExitCode> 
             );
         }
         if !keys.rollover_next.is_empty() {
-            println!(
+            outln!(
                 "next rollover step: {} at {}",
                 keys.rollover_next,
                 utc(keys.rollover_next_ms)

@@ -1,3 +1,20 @@
+/// `print!` through [`print_out`]: a reader gone ends the command quietly.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::commands::print_out(format_args!($($arg)*))
+    };
+}
+
+/// `println!` through [`print_out`]: a reader gone ends the command quietly.
+macro_rules! outln {
+    () => {
+        $crate::commands::print_out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::commands::print_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 pub(crate) mod agent;
 pub(crate) mod attack;
 pub(crate) mod audit;
@@ -16,6 +33,35 @@ pub(crate) mod rpc;
 pub(crate) mod scale;
 pub(crate) mod scratch;
 pub(crate) mod usage;
+
+/// Writes `args` to standard output and flushes it.
+pub(crate) fn write_out(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)?;
+    out.flush()
+}
+
+/// Writes `args` to standard output (the CLI's every write there, by [`out!`] and
+/// [`outln!`]). When whoever reads it is gone (`entente audit tail --follow | head -1`), the
+/// command ends there, quietly and with success, as `listen` does; another error writing (a
+/// full disk) ends it with a failure.
+pub(crate) fn print_out(args: std::fmt::Arguments<'_>) {
+    match write_out(args) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: writing to standard output: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Prints `value` as one line of JSON, with [`json_line`]'s escapes: every JSON the CLI
+/// prints goes through here.
+pub(crate) fn print_json(value: &impl serde::Serialize) {
+    print_out(format_args!("{}\n", json_line(value)));
+}
 
 /// `value` with its control and invisible formatting characters escaped (`\n`, `\u{1b}`,
 /// `\u{202e}`): text a peer chose, printed in a line of its own, can't start another line,
@@ -99,7 +145,7 @@ pub(crate) fn with_payload(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -123,5 +169,69 @@ mod tests {
         assert_eq!(value, serde_json::json!({ "payload_base64": "/wBvaw==" }));
         let value = with_payload(serde_json::Map::new(), "é".as_bytes());
         assert_eq!(value, serde_json::json!({ "payload": "é" }));
+    }
+
+    /// This crate's code outside its test modules, file by file (named from `src/`), without
+    /// comment lines: what the checks of how it prints read.
+    fn code() -> Vec<(String, String)> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    out.push(path);
+                }
+            }
+        }
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        walk(&src, &mut files);
+        files.sort();
+        assert!(files.len() > 10, "{files:?}");
+        files
+            .iter()
+            .map(|path| {
+                let text = std::fs::read_to_string(path).unwrap();
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                let code: Vec<&str> = code
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with("//"))
+                    .collect();
+                let name = path.strip_prefix(&src).unwrap().display().to_string();
+                (name, code.join("\n"))
+            })
+            .collect()
+    }
+
+    /// Where `word` (a macro or function name) is called in `code`, whole: `print!(` is not
+    /// found in `eprint!(`.
+    fn calls<'a>(code: &'a str, word: &'a str) -> impl Iterator<Item = usize> + 'a {
+        code.match_indices(word).filter_map(move |(at, _)| {
+            let before = code[..at].chars().next_back();
+            let whole = !before.is_some_and(|c| c.is_alphanumeric() || c == '_');
+            whole.then_some(at)
+        })
+    }
+
+    #[test]
+    fn every_write_to_standard_output_goes_through_print_out() {
+        for (file, code) in code() {
+            for word in ["println!(", "print!("] {
+                if let Some(at) = calls(&code, word).next() {
+                    panic!(
+                        "{file}: `{word}` (use `outln!` or `out!`: a closed pipe panics it): {}",
+                        code[at..].lines().next().unwrap()
+                    );
+                }
+            }
+            // Besides the helpers, only `request`'s reply, bytes as they came.
+            let allowed = usize::from(file == "commands/mod.rs" || file == "commands/rpc.rs");
+            let direct = calls(&code, "stdout()").count();
+            assert!(
+                direct <= allowed,
+                "{file} writes to `stdout()` {direct} times"
+            );
+        }
     }
 }

@@ -36,12 +36,12 @@ pub(crate) fn load(at: &At, files: &[PathBuf], json: bool) -> Result<ExitCode> {
         match loaded {
             Ok((epoch, policies)) => {
                 if json {
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::json!({ "epoch": epoch, "policies": policies, "sources": names })
                     );
                 } else {
-                    println!(
+                    outln!(
                         "loaded {} file(s) ({}): {policies} policies run with the base ones; policy epoch {epoch}",
                         names.len(),
                         names.join(", ")
@@ -51,7 +51,7 @@ pub(crate) fn load(at: &At, files: &[PathBuf], json: bool) -> Result<ExitCode> {
             }
             Err(e) if e.kind() == ErrorKind::InvalidInput && !e.details().is_empty() => {
                 if json {
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::json!({ "error": e.to_string(), "problems": e.details() })
                     );
@@ -94,13 +94,13 @@ pub(crate) fn show(at: &At, json: bool) -> Result<ExitCode> {
                     })
                 })
                 .collect();
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({ "epoch": shown.epoch, "sources": sources, "policies": policies })
             );
             return Ok(ExitCode::SUCCESS);
         }
-        println!(
+        outln!(
             "policy epoch {}: {} policies from {} source(s)",
             shown.epoch,
             shown.policies.len(),
@@ -108,7 +108,7 @@ pub(crate) fn show(at: &At, json: bool) -> Result<ExitCode> {
         );
         let width = shown.policies.iter().map(|p| p.id.len()).max().unwrap_or(0);
         for source in &shown.sources {
-            println!("{}", source.name);
+            outln!("{}", source.name);
             for policy in shown.policies.iter().filter(|p| p.source == source.name) {
                 let effect = if policy.forbid { "forbid" } else { "permit" };
                 let cross = if policy.cross_segment {
@@ -116,9 +116,12 @@ pub(crate) fn show(at: &At, json: bool) -> Result<ExitCode> {
                 } else {
                     ""
                 };
-                println!(
+                outln!(
                     "  {:width$}  {effect}{cross}  {}:{}:{}",
-                    policy.id, policy.source, policy.line, policy.column
+                    policy.id,
+                    policy.source,
+                    policy.line,
+                    policy.column
                 );
             }
         }
@@ -145,7 +148,7 @@ pub(crate) fn check(
             .context("checking the decision")?;
         client.close().await;
         if json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({
                     "allowed": answer.allowed,
@@ -157,7 +160,7 @@ pub(crate) fn check(
                 })
             );
         } else {
-            print!("{}", answer.explanation);
+            out!("{}", answer.explanation);
         }
         Ok(if answer.allowed {
             ExitCode::SUCCESS

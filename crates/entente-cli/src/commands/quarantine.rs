@@ -81,7 +81,7 @@ pub(crate) fn run_command(command: QuarantineCommand, json: bool) -> Result<Exit
         let response = client.quarantine(request).await.context(what)?;
         client.close().await;
         if json {
-            println!(
+            outln!(
                 "{}",
                 super::json_line(&serde_json::json!({
                     "quarantined": response.quarantined.iter().map(agent_json).collect::<Vec<_>>(),
@@ -92,16 +92,16 @@ pub(crate) fn run_command(command: QuarantineCommand, json: bool) -> Result<Exit
             return Ok(ExitCode::SUCCESS);
         }
         if let Some(released) = &response.released {
-            println!("released `{}`", released.principal);
+            outln!("released `{}`", released.principal);
         }
         if response.closed_connections > 0 {
-            println!("closed {} connection(s)", response.closed_connections);
+            outln!("closed {} connection(s)", response.closed_connections);
         }
         if response.quarantined.is_empty() {
-            println!("no agent is quarantined");
+            outln!("no agent is quarantined");
         }
         for agent in &response.quarantined {
-            println!(
+            outln!(
                 "{}  since {}  risk {}  by {}\n  {}",
                 agent.principal,
                 utc(agent.since_ms),

@@ -53,12 +53,16 @@ pub(crate) fn request(
             let mut fields = serde_json::Map::new();
             fields.insert("sender".into(), reply.sender.to_string().into());
             fields.insert("message_id".into(), reply.message_id.to_string().into());
-            println!(
+            outln!(
                 "{}",
                 super::json_line(&super::with_payload(fields, &reply.payload))
             );
         } else {
-            write_reply(&reply.payload).context("writing the reply")?;
+            match write_reply(&reply.payload) {
+                // Whoever read the output is gone (`| head -1`): the end, as for every output.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                written => written.context("writing the reply")?,
+            }
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -128,12 +132,12 @@ pub(crate) fn serve(
                 }
             }
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "answered": sender.to_string(), "bytes": bytes, "failed": failed })
                 );
             } else {
-                println!("answered `{sender}` ({bytes} bytes)");
+                outln!("answered `{sender}` ({bytes} bytes)");
             }
         }
         client.close().await;

@@ -142,7 +142,7 @@ pub(crate) fn run(scale: Scale, json: bool) -> Result<ExitCode> {
     drop(hub);
     let report = report?;
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?);
     } else {
         print_report(&report);
     }
@@ -355,37 +355,45 @@ async fn handshake(
 }
 
 fn print_report(r: &Report) {
-    println!(
+    outln!(
         "{} idle mutual-TLS sessions ({}, {} agents) on a hub in its own process (pid {})",
-        r.connected, r.transport, r.agents, r.hub_pid
+        r.connected,
+        r.transport,
+        r.agents,
+        r.hub_pid
     );
-    println!(
+    outln!(
         "  opened in {:.1} s ({:.0} connections/s); {} still open after {} s idle",
         r.connect_seconds,
         r.connections_per_second,
         r.idle,
         SETTLE.as_secs()
     );
-    println!(
+    outln!(
         "  hub RSS: {} KiB before, {} KiB idle, {} KiB after closing them",
-        r.hub_rss_before_kib, r.hub_rss_idle_kib, r.hub_rss_closed_kib
+        r.hub_rss_before_kib,
+        r.hub_rss_idle_kib,
+        r.hub_rss_closed_kib
     );
-    println!(
+    outln!(
         "  idle memory per connection: {:.1} KiB (target ≤ {} KiB: {})",
         r.idle_bytes_per_connection as f64 / 1024.0,
         r.target_bytes_per_connection / 1024,
         if r.target_met { "met" } else { "not met" }
     );
-    println!(
+    outln!(
         "  the bench's own RSS (the clients): {} KiB",
         r.client_rss_kib
     );
     let h = &r.handshakes;
-    println!("handshakes/s ({} in flight):", h.concurrency);
+    outln!("handshakes/s ({} in flight):", h.concurrency);
     for (label, rate) in [("full", &h.full), ("with resumption", &h.resumed)] {
-        println!(
+        outln!(
             "  {label:<16} {:>8.0}/s  ({} in {:.2} s, {} resumed)",
-            rate.per_second, rate.handshakes, rate.seconds, rate.resumed
+            rate.per_second,
+            rate.handshakes,
+            rate.seconds,
+            rate.resumed
         );
     }
 }
