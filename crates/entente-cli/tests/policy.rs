@@ -127,9 +127,11 @@ fn policies_are_loaded_shown_and_checked_and_survive_a_restart() {
     assert!(text.starts_with("ALLOW:"), "{text}");
     assert!(text.contains("demo-traffic (default.cedar:"), "{text}");
 
-    // load: default.cedar and a new file; the new epoch is printed.
+    // load: default.cedar and a new file (whose comment holds a bidirectional override); the
+    // new epoch is printed.
     let ops = tmp.path().join("ops.cedar");
-    fs::write(&ops, OPS_READS_RESULTS).unwrap();
+    let ops_text = format!("// \u{202e}stluser{OPS_READS_RESULTS}");
+    fs::write(&ops, &ops_text).unwrap();
     let out = run(&["policy", "load", s(&default), s(&ops)], &at);
     assert!(
         out.status.success(),
@@ -188,7 +190,12 @@ fn policies_are_loaded_shown_and_checked_and_survive_a_restart() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(!v["problems"].as_array().unwrap().is_empty(), "{v}");
     let out = run(&["--json", "policy", "show"], &at);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The override is a JSON escape, not the character a terminal would obey.
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(!line.contains('\u{202e}'), "{line}");
+    assert!(line.contains("// \\u202estluser"), "{line}");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["sources"][2]["text"], ops_text.as_str(), "{v}");
     assert_eq!(v["epoch"], 2, "{v}");
     let names: Vec<&str> = v["sources"]
         .as_array()

@@ -54,9 +54,8 @@ pub(crate) fn token_create(
             } else {
                 "agent"
             };
-            outln!(
-                "{}",
-                serde_json::json!({ "token": token, key: principal.to_string(), "expires_at_ms": expires_at_ms })
+            super::print_json(
+                &serde_json::json!({ "token": token, key: principal.to_string(), "expires_at_ms": expires_at_ms }),
             );
         } else {
             outln!("{token}");
@@ -158,9 +157,8 @@ pub(crate) fn enroll(
         let identity = entente_client::enroll(hub, &trust, &token).await?;
         identity.save(out)?;
         if json {
-            outln!(
-                "{}",
-                serde_json::json!({ "principal": identity.principal().to_string(), "identity": out.display().to_string() })
+            super::print_json(
+                &serde_json::json!({ "principal": identity.principal().to_string(), "identity": out.display().to_string() }),
             );
         } else {
             outln!(
@@ -202,14 +200,11 @@ pub(crate) fn send(
         client.close().await;
         if let Some(held) = held {
             if json {
-                outln!(
-                    "{}",
-                    serde_json::json!({
-                        "held": held.message_id,
-                        "channel": channel,
-                        "expires_at_ms": held.expires_at_ms,
-                    })
-                );
+                super::print_json(&serde_json::json!({
+                    "held": held.message_id,
+                    "channel": channel,
+                    "expires_at_ms": held.expires_at_ms,
+                }));
             } else {
                 outln!(
                     "held for approval on `{channel}`: {} (until {}); see `entente held`",
@@ -220,7 +215,7 @@ pub(crate) fn send(
             return Ok(ExitCode::SUCCESS);
         }
         if json {
-            outln!("{}", serde_json::json!({ "sent": channel, "bytes": bytes }));
+            super::print_json(&serde_json::json!({ "sent": channel, "bytes": bytes }));
         } else {
             outln!("sent to `{channel}`");
         }
@@ -319,9 +314,8 @@ pub(crate) fn revoke(identity: &Path, hub: &str, agent: &str, json: bool) -> Res
         let closed = client.revoke(std::slice::from_ref(&principal), &[]).await?;
         client.close().await;
         if json {
-            outln!(
-                "{}",
-                serde_json::json!({ "revoked": principal.to_string(), "closed_connections": closed })
+            super::print_json(
+                &serde_json::json!({ "revoked": principal.to_string(), "closed_connections": closed }),
             );
         } else {
             outln!("revoked `{principal}`; {closed} live connection(s) closed");

@@ -184,17 +184,14 @@ fn export(at: &At, out: &Path, json: bool) -> Result<ExitCode> {
         )
         .with_context(|| format!("writing `{}`", kept.display()))?;
         if json {
-            outln!(
-                "{}",
-                json!({
-                    "export": out.display().to_string(),
-                    "bytes": exported.bytes,
-                    "size": size,
-                    "verifier_key": key,
-                    "checkpoint_file": kept.display().to_string(),
-                    "checkpoint": exported.checkpoint,
-                })
-            );
+            super::print_json(&json!({
+                "export": out.display().to_string(),
+                "bytes": exported.bytes,
+                "size": size,
+                "verifier_key": key,
+                "checkpoint_file": kept.display().to_string(),
+                "checkpoint": exported.checkpoint,
+            }));
         } else {
             outln!(
                 "exported the audit log to `{}`: {} bytes, tree size {size}",
@@ -318,7 +315,7 @@ async fn print_records(
                 .hash()
                 .map_err(|e| anyhow!("record {next} from the hub does not encode: {e}"))?;
             if json {
-                outln!("{}", super::json_line(&record_json(next, &record, &hash)));
+                super::print_json(&record_json(next, &record, &hash));
             } else {
                 outln!("{}", record_line(next, &record));
             }
@@ -494,21 +491,18 @@ impl Proven {
                 .iter()
                 .map(ToString::to_string)
                 .collect();
-            outln!(
-                "{}",
-                json!({
-                    "ok": true,
-                    "record": record_json(self.index, &self.record, &self.hash),
-                    "leaf": self.leaf,
-                    "checkpoint": {
-                        "size": self.checkpoint.size(),
-                        "root": self.checkpoint.root().to_hex(),
-                        "signed_by": signed_by,
-                        "note": self.checkpoint.as_str(),
-                    },
-                    "known": known,
-                })
-            );
+            super::print_json(&json!({
+                "ok": true,
+                "record": record_json(self.index, &self.record, &self.hash),
+                "leaf": self.leaf,
+                "checkpoint": {
+                    "size": self.checkpoint.size(),
+                    "root": self.checkpoint.root().to_hex(),
+                    "signed_by": signed_by,
+                    "note": self.checkpoint.as_str(),
+                },
+                "known": known,
+            }));
             return;
         }
         outln!("{}", record_line(self.index, &self.record));
@@ -846,7 +840,7 @@ fn verify(
     match check(export, &verifier, known, records) {
         Ok(verified) => {
             if json {
-                outln!("{}", verified.to_json(export));
+                super::print_json(&verified.to_json(export));
             } else {
                 verified.print(export);
             }
@@ -1026,7 +1020,7 @@ impl Failure {
     /// value of what was being checked) and returns the exit code of a failed check.
     fn report(&self, subject: (&str, Value), json: bool) -> ExitCode {
         if json {
-            outln!("{}", self.to_json(subject));
+            super::print_json(&self.to_json(subject));
         } else {
             eprintln!("error: {}", self.message);
         }

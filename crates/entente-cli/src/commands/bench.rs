@@ -233,7 +233,7 @@ pub(crate) fn run(
     };
     let report = runtime.block_on(bench(shape, rate, None))?;
     if json {
-        outln!("{}", serde_json::to_string(&report)?);
+        super::print_json(&report);
     } else {
         let l = &report.latency_us;
         let offered = if report.rate == 0 {
@@ -382,7 +382,7 @@ fn compare(
         attacks,
     };
     if json {
-        outln!("{}", serde_json::to_string(&comparison)?);
+        super::print_json(&comparison);
     } else {
         let ratio_of = match switch {
             Switch::Attack => "under attack/alone",
@@ -812,17 +812,14 @@ pub(crate) fn compare_jetstream(
         0.0
     };
     if json {
-        outln!(
-            "{}",
-            serde_json::json!({
-                "rounds": results,
-                "entente_interval_median": interval,
-                "entente_always_median": always,
-                "jetstream_median": jetstream,
-                "ratio_same_sync": ratio,
-                "ratio_always": if jetstream > 0.0 { always / jetstream } else { 0.0 },
-            })
-        );
+        super::print_json(&serde_json::json!({
+            "rounds": results,
+            "entente_interval_median": interval,
+            "entente_always_median": always,
+            "jetstream_median": jetstream,
+            "ratio_same_sync": ratio,
+            "ratio_always": if jetstream > 0.0 { always / jetstream } else { 0.0 },
+        }));
     } else {
         outln!(
             "median: Entente {interval:.0} msgs/s, JetStream {jetstream:.0} msgs/s, same fsync \

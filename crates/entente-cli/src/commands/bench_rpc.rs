@@ -107,7 +107,7 @@ pub(crate) fn run(shape: Rpc, compare: Option<usize>, json: bool) -> Result<Exit
     let Some(rounds) = compare else {
         let report = runtime.block_on(entente(shape))?;
         if json {
-            outln!("{}", serde_json::to_string(&report)?);
+            super::print_json(&report);
         } else {
             print_one("Entente", &report);
         }

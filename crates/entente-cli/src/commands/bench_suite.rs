@@ -157,16 +157,13 @@ pub(crate) fn run(rounds: usize, messages: Option<u64>, json: bool) -> Result<Ex
     let floor = floor::measure(PAYLOAD, BATCH).context("measuring the crypto floor")?;
     if json {
         let entente_lost: u64 = lines.iter().map(|l| l.entente.lost).sum();
-        outln!(
-            "{}",
-            serde_json::json!({
-                "rounds": rounds,
-                "workloads": lines,
-                "entente_lost": entente_lost,
-                "clean": clean,
-                "crypto_floor": floor,
-            })
-        );
+        super::print_json(&serde_json::json!({
+            "rounds": rounds,
+            "workloads": lines,
+            "entente_lost": entente_lost,
+            "clean": clean,
+            "crypto_floor": floor,
+        }));
     } else {
         print_table(&lines, rounds);
         print_half_load(&lines);
@@ -593,7 +590,7 @@ fn megabytes(per_sec: f64, payload: usize) -> f64 {
 pub(crate) fn floor_only(payload: usize, json: bool) -> Result<ExitCode> {
     let floor = floor::measure(payload, BATCH).context("measuring the crypto floor")?;
     if json {
-        outln!("{}", serde_json::to_string(&floor)?);
+        super::print_json(&floor);
     } else {
         print_floor(&floor, &[]);
         let p = &floor.primitives;

@@ -1039,9 +1039,8 @@ impl Story {
     fn finish(self) -> ExitCode {
         let ok = self.failed == 0 && self.passed > 0;
         if self.json {
-            outln!(
-                "{}",
-                serde_json::json!({ "ok": ok, "passed": self.passed, "failed": self.failed, "steps": self.steps })
+            super::print_json(
+                &serde_json::json!({ "ok": ok, "passed": self.passed, "failed": self.failed, "steps": self.steps }),
             );
         } else if ok {
             outln!("\nAll {} properties held.", self.passed);

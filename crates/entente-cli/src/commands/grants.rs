@@ -35,7 +35,7 @@ pub(crate) fn grant(
             .with_context(|| format!("granting `{name}` to `{principal}`"))?;
         client.close().await;
         if json {
-            outln!("{}", grant_json(&grant));
+            super::print_json(&grant_json(&grant));
         } else {
             outln!(
                 "granted `{}` to `{}` for {}, until {}: {}",
@@ -66,11 +66,8 @@ pub(crate) fn grants(at: &At, principal: Option<&str>, json: bool) -> Result<Exi
         if json {
             let grants: Vec<_> = listed.grants.iter().map(grant_json).collect();
             let requests: Vec<_> = listed.requests.iter().map(request_json).collect();
-            outln!(
-                "{}",
-                super::json_line(
-                    &serde_json::json!({ "grants": grants, "requests": requests, "now_ms": listed.now_ms })
-                )
+            super::print_json(
+                &serde_json::json!({ "grants": grants, "requests": requests, "now_ms": listed.now_ms }),
             );
             return Ok(ExitCode::SUCCESS);
         }
@@ -123,7 +120,7 @@ pub(crate) fn request_grant(
             .with_context(|| format!("requesting `{name}`"))?;
         client.close().await;
         if json {
-            outln!("{}", request_json(&request));
+            super::print_json(&request_json(&request));
         } else {
             outln!(
                 "requested `{}` for {} as {}: it needs {} approval(s) and lapses at {}; an \
@@ -168,11 +165,8 @@ pub(crate) fn approvals(at: &At, json: bool) -> Result<ExitCode> {
         if json {
             let requests: Vec<_> = open.iter().map(|r| request_json(r)).collect();
             let held: Vec<_> = to_decide.iter().map(|h| held_json(h)).collect();
-            outln!(
-                "{}",
-                super::json_line(
-                    &serde_json::json!({ "requests": requests, "held": held, "now_ms": now })
-                )
+            super::print_json(
+                &serde_json::json!({ "requests": requests, "held": held, "now_ms": now }),
             );
             return Ok(ExitCode::SUCCESS);
         }
@@ -215,11 +209,8 @@ pub(crate) fn decide(at: &At, id: &str, approve: bool, json: bool) -> Result<Exi
         .with_context(|| format!("{} `{id}`", if approve { "approving" } else { "rejecting" }))?;
         client.close().await;
         match (&outcome, json) {
-            (ApprovalOutcome::Granted(grant), true) => outln!(
-                "{}",
-                super::json_line(
-                    &serde_json::json!({ "request": id, "outcome": "granted", "grant": grant_json(grant) })
-                )
+            (ApprovalOutcome::Granted(grant), true) => super::print_json(
+                &serde_json::json!({ "request": id, "outcome": "granted", "grant": grant_json(grant) }),
             ),
             (ApprovalOutcome::Granted(grant), false) => outln!(
                 "approved {id}: `{}` holds `{}` until {} ({})",
@@ -234,9 +225,8 @@ pub(crate) fn decide(at: &At, id: &str, approve: bool, json: bool) -> Result<Exi
                     required,
                 },
                 true,
-            ) => outln!(
-                "{}",
-                serde_json::json!({ "request": id, "outcome": "pending", "approvals": approvals, "required": required })
+            ) => super::print_json(
+                &serde_json::json!({ "request": id, "outcome": "pending", "approvals": approvals, "required": required }),
             ),
             (
                 ApprovalOutcome::Pending {
@@ -248,17 +238,15 @@ pub(crate) fn decide(at: &At, id: &str, approve: bool, json: bool) -> Result<Exi
                 "approved {id}: {approvals} of {required} approvals; it waits for {} more",
                 required.saturating_sub(*approvals)
             ),
-            (ApprovalOutcome::Released { approvals }, true) => outln!(
-                "{}",
-                serde_json::json!({ "held": id, "outcome": "released", "approvals": approvals })
+            (ApprovalOutcome::Released { approvals }, true) => super::print_json(
+                &serde_json::json!({ "held": id, "outcome": "released", "approvals": approvals }),
             ),
             (ApprovalOutcome::Released { approvals }, false) => {
                 outln!("approved {id}: released to its channel after {approvals} approvals")
             }
-            (_, true) => outln!(
-                "{}",
-                serde_json::json!({ "request": id, "outcome": "rejected" })
-            ),
+            (_, true) => {
+                super::print_json(&serde_json::json!({ "request": id, "outcome": "rejected" }))
+            }
             (_, false) if id.starts_with("r-") => outln!("rejected {id}: the request is closed"),
             (_, false) => outln!("rejected {id}: the message will not be delivered"),
         }
@@ -276,10 +264,7 @@ pub(crate) fn revoke_grant(at: &At, id: &str, reason: &str, json: bool) -> Resul
             .with_context(|| format!("ending grant `{id}`"))?;
         client.close().await;
         if json {
-            outln!(
-                "{}",
-                super::json_line(&serde_json::json!({ "ended": grant_json(&grant) }))
-            );
+            super::print_json(&serde_json::json!({ "ended": grant_json(&grant) }));
         } else {
             outln!(
                 "ended {}: `{}` no longer holds `{}`",
@@ -300,7 +285,7 @@ pub(crate) fn held(at: &At, json: bool) -> Result<ExitCode> {
         client.close().await;
         if json {
             let held: Vec<_> = held.iter().map(held_json).collect();
-            outln!("{}", super::json_line(&serde_json::json!({ "held": held })));
+            super::print_json(&serde_json::json!({ "held": held }));
         } else if held.is_empty() {
             outln!("no held messages");
         } else {

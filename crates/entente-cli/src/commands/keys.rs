@@ -68,34 +68,31 @@ pub(crate) fn run_command(command: KeysCommand, json: bool) -> Result<ExitCode> 
         })?;
         client.close().await;
         if json {
-            outln!(
-                "{}",
-                serde_json::json!({
-                    "data_keys": keys.data_keys.iter().map(|k| serde_json::json!({
-                        "version": k.version,
-                        "created_ms": k.created_ms,
-                        "current": k.current,
-                    })).collect::<Vec<_>>(),
-                    "audit_key": keys.audit_key,
-                    "audit_trusted": keys.audit_trusted,
-                    "rotated": keys.rotated,
-                    "intermediates": keys.intermediates.iter().map(|i| serde_json::json!({
-                        "role": i.role,
-                        "signer": hex::encode(&i.signer),
-                        "not_before_ms": i.not_before_ms,
-                        "not_after_ms": i.not_after_ms,
-                        "key": i.key,
-                    })).collect::<Vec<_>>(),
-                    "rollover_next": keys.rollover_next,
-                    "rollover_next_ms": keys.rollover_next_ms,
-                    "data_kek": keys.data_kek,
-                    "key_stores": {
-                        "ca": keys.ca_key_store,
-                        "audit": keys.audit_key_store,
-                        "data": keys.data_key_store,
-                    },
-                })
-            );
+            super::print_json(&serde_json::json!({
+                "data_keys": keys.data_keys.iter().map(|k| serde_json::json!({
+                    "version": k.version,
+                    "created_ms": k.created_ms,
+                    "current": k.current,
+                })).collect::<Vec<_>>(),
+                "audit_key": keys.audit_key,
+                "audit_trusted": keys.audit_trusted,
+                "rotated": keys.rotated,
+                "intermediates": keys.intermediates.iter().map(|i| serde_json::json!({
+                    "role": i.role,
+                    "signer": hex::encode(&i.signer),
+                    "not_before_ms": i.not_before_ms,
+                    "not_after_ms": i.not_after_ms,
+                    "key": i.key,
+                })).collect::<Vec<_>>(),
+                "rollover_next": keys.rollover_next,
+                "rollover_next_ms": keys.rollover_next_ms,
+                "data_kek": keys.data_kek,
+                "key_stores": {
+                    "ca": keys.ca_key_store,
+                    "audit": keys.audit_key_store,
+                    "data": keys.data_key_store,
+                },
+            }));
             return Ok(ExitCode::SUCCESS);
         }
         if !keys.rotated.is_empty() {

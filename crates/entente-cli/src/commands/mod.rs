@@ -234,4 +234,91 @@ mod tests {
             );
         }
     }
+
+    /// The arguments of the call of a macro or function whose name ends at `open` (the index
+    /// of its `(` in `code`), with each string literal replaced by the names it formats
+    /// inline (`"{line}"` is `line`): what a value printed is made of.
+    fn arguments(code: &str, open: usize) -> (String, usize) {
+        let mut out = String::new();
+        let mut depth = 0usize;
+        let mut chars = code[open..].char_indices();
+        while let Some((at, c)) = chars.next() {
+            match c {
+                '(' | '[' | '{' => depth += 1,
+                ')' | ']' | '}' => depth -= 1,
+                '"' => {
+                    let mut literal = String::new();
+                    while let Some((_, c)) = chars.next() {
+                        match c {
+                            '\\' => drop(chars.next()),
+                            '"' => break,
+                            c => literal.push(c),
+                        }
+                    }
+                    for inline in literal.split('{').skip(1) {
+                        let name = inline.split(['}', ':']).next().unwrap_or_default();
+                        out.push(' ');
+                        out.push_str(name);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            out.push(c);
+            if depth == 0 {
+                return (out, open + at + 1);
+            }
+        }
+        (out, code.len())
+    }
+
+    #[test]
+    fn every_json_printed_goes_through_json_line() {
+        let mut bypasses = Vec::new();
+        for (file, code) in code() {
+            // A JSON value or text put in a line (`outln!("{}", json!(…))`, a `format!` of a
+            // `to_json()`) rather than given to `print_json`, which escapes with `json_line`.
+            for word in [
+                "outln!(",
+                "out!(",
+                "eprintln!(",
+                "eprint!(",
+                "write!(",
+                "writeln!(",
+                "format!(",
+                "format_args!(",
+            ] {
+                for at in calls(&code, word) {
+                    let (args, _) = arguments(&code, at + word.len() - 1);
+                    let names = args.split(|c: char| !(c.is_alphanumeric() || c == '_'));
+                    if names
+                        .filter(|n| n.contains("json"))
+                        .any(|n| n != "json_line")
+                    {
+                        bypasses.push(format!("{file}: {word}{}", &args[1..]));
+                    }
+                }
+            }
+            for word in ["to_string(", "to_string_pretty(", "to_vec(", "to_writer("] {
+                let serializer = format!("serde_json::{word}");
+                if code.contains(&serializer) {
+                    bypasses.push(format!("{file}: {serializer}"));
+                }
+            }
+            if file != "commands/mod.rs" {
+                // A JSON value made text some other way.
+                for at in calls(&code, "json!(") {
+                    let (args, end) = arguments(&code, at + "json!(".len() - 1);
+                    if code[end..].trim_start().starts_with(".to_string()") {
+                        bypasses.push(format!("{file}: json!{args}.to_string()"));
+                    }
+                }
+            }
+        }
+        assert!(
+            bypasses.is_empty(),
+            "JSON printed without `print_json`:\n{}",
+            bypasses.join("\n")
+        );
+    }
 }

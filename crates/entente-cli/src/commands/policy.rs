@@ -36,9 +36,8 @@ pub(crate) fn load(at: &At, files: &[PathBuf], json: bool) -> Result<ExitCode> {
         match loaded {
             Ok((epoch, policies)) => {
                 if json {
-                    outln!(
-                        "{}",
-                        serde_json::json!({ "epoch": epoch, "policies": policies, "sources": names })
+                    super::print_json(
+                        &serde_json::json!({ "epoch": epoch, "policies": policies, "sources": names }),
                     );
                 } else {
                     outln!(
@@ -51,9 +50,8 @@ pub(crate) fn load(at: &At, files: &[PathBuf], json: bool) -> Result<ExitCode> {
             }
             Err(e) if e.kind() == ErrorKind::InvalidInput && !e.details().is_empty() => {
                 if json {
-                    outln!(
-                        "{}",
-                        serde_json::json!({ "error": e.to_string(), "problems": e.details() })
+                    super::print_json(
+                        &serde_json::json!({ "error": e.to_string(), "problems": e.details() }),
                     );
                 } else {
                     eprintln!("error: {e}");
@@ -94,9 +92,8 @@ pub(crate) fn show(at: &At, json: bool) -> Result<ExitCode> {
                     })
                 })
                 .collect();
-            outln!(
-                "{}",
-                serde_json::json!({ "epoch": shown.epoch, "sources": sources, "policies": policies })
+            super::print_json(
+                &serde_json::json!({ "epoch": shown.epoch, "sources": sources, "policies": policies }),
             );
             return Ok(ExitCode::SUCCESS);
         }
@@ -148,17 +145,14 @@ pub(crate) fn check(
             .context("checking the decision")?;
         client.close().await;
         if json {
-            outln!(
-                "{}",
-                serde_json::json!({
-                    "allowed": answer.allowed,
-                    "policies": answer.policies,
-                    "reason": answer.reason,
-                    "cross_segment": answer.cross_segment,
-                    "epoch": answer.epoch,
-                    "explanation": answer.explanation,
-                })
-            );
+            super::print_json(&serde_json::json!({
+                "allowed": answer.allowed,
+                "policies": answer.policies,
+                "reason": answer.reason,
+                "cross_segment": answer.cross_segment,
+                "epoch": answer.epoch,
+                "explanation": answer.explanation,
+            }));
         } else {
             out!("{}", answer.explanation);
         }

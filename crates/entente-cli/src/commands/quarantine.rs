@@ -81,14 +81,11 @@ pub(crate) fn run_command(command: QuarantineCommand, json: bool) -> Result<Exit
         let response = client.quarantine(request).await.context(what)?;
         client.close().await;
         if json {
-            outln!(
-                "{}",
-                super::json_line(&serde_json::json!({
-                    "quarantined": response.quarantined.iter().map(agent_json).collect::<Vec<_>>(),
-                    "released": response.released.as_ref().map(agent_json),
-                    "closed_connections": response.closed_connections,
-                }))
-            );
+            super::print_json(&serde_json::json!({
+                "quarantined": response.quarantined.iter().map(agent_json).collect::<Vec<_>>(),
+                "released": response.released.as_ref().map(agent_json),
+                "closed_connections": response.closed_connections,
+            }));
             return Ok(ExitCode::SUCCESS);
         }
         if let Some(released) = &response.released {

@@ -53,10 +53,7 @@ pub(crate) fn request(
             let mut fields = serde_json::Map::new();
             fields.insert("sender".into(), reply.sender.to_string().into());
             fields.insert("message_id".into(), reply.message_id.to_string().into());
-            outln!(
-                "{}",
-                super::json_line(&super::with_payload(fields, &reply.payload))
-            );
+            super::print_json(&super::with_payload(fields, &reply.payload));
         } else {
             match write_reply(&reply.payload) {
                 // Whoever read the output is gone (`| head -1`): the end, as for every output.
@@ -132,9 +129,8 @@ pub(crate) fn serve(
                 }
             }
             if json {
-                outln!(
-                    "{}",
-                    serde_json::json!({ "answered": sender.to_string(), "bytes": bytes, "failed": failed })
+                super::print_json(
+                    &serde_json::json!({ "answered": sender.to_string(), "bytes": bytes, "failed": failed }),
                 );
             } else {
                 outln!("answered `{sender}` ({bytes} bytes)");

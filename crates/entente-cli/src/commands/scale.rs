@@ -142,7 +142,7 @@ pub(crate) fn run(scale: Scale, json: bool) -> Result<ExitCode> {
     drop(hub);
     let report = report?;
     if json {
-        outln!("{}", serde_json::to_string(&report)?);
+        super::print_json(&report);
     } else {
         print_report(&report);
     }
