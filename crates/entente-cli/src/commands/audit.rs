@@ -1022,9 +1022,14 @@ impl Failure {
         if json {
             super::print_json(&self.to_json(subject));
         } else {
-            eprintln!("error: {}", self.message);
+            eprintln!("{}", self.line());
         }
         ExitCode::FAILURE
+    }
+
+    /// The one line on standard error, escaped: the message may quote an export's text.
+    fn line(&self) -> String {
+        format!("error: {}", clean(&self.message))
     }
 
     fn to_json(&self, (name, value): (&str, Value)) -> Value {
@@ -1329,6 +1334,22 @@ mod tests {
         assert_eq!(section("export records"), "the records section");
         assert_eq!(section("export tree"), "the tree section");
         assert_eq!(section("export"), "the export");
+    }
+
+    #[test]
+    fn a_failure_is_one_line_escaped() {
+        // A reason an untrusted export chose, quoted in the message.
+        let failure = Failure::new(
+            "metadata",
+            format!("{DOES_NOT_VERIFY}: its metadata is invalid: x\nok\u{1b}[2K\u{202e}"),
+            json!({}),
+        );
+        assert_eq!(
+            failure.line(),
+            format!(
+                "error: {DOES_NOT_VERIFY}: its metadata is invalid: x\\nok\\u{{1b}}[2K\\u{{202e}}"
+            )
+        );
     }
 
     #[test]

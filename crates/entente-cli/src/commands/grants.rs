@@ -77,20 +77,7 @@ pub(crate) fn grants(at: &At, principal: Option<&str>, json: bool) -> Result<Exi
         } else {
             outln!("active grants ({}):", listed.grants.len());
             for g in &listed.grants {
-                let by = if g.granter.is_empty() {
-                    format!("approved by {} ({})", g.approvers.join(", "), g.request)
-                } else {
-                    format!("granted by {}", g.granter)
-                };
-                outln!(
-                    "  {}  {}  {}  until {} ({} left)  {by}: {}",
-                    g.id,
-                    g.name,
-                    g.principal,
-                    utc(g.not_after_ms),
-                    format_duration(round_s(g.not_after_ms.saturating_sub(now))),
-                    g.reason
-                );
+                outln!("  {}", grant_line(g, now));
             }
         }
         if !listed.requests.is_empty() {
@@ -399,6 +386,24 @@ fn request_line(r: &GrantRequestInfo, now_ms: u64) -> String {
     )
 }
 
+/// One grant in a line: ID, name, holder, end and time left, who gave it, reason.
+fn grant_line(g: &GrantInfo, now_ms: u64) -> String {
+    let by = if g.granter.is_empty() {
+        format!("approved by {} ({})", g.approvers.join(", "), g.request)
+    } else {
+        format!("granted by {}", g.granter)
+    };
+    format!(
+        "{}  {}  {}  until {} ({} left)  {by}: {}",
+        g.id,
+        g.name,
+        g.principal,
+        utc(g.not_after_ms),
+        format_duration(round_s(g.not_after_ms.saturating_sub(now_ms))),
+        super::clean(&g.reason)
+    )
+}
+
 fn grant_json(g: &GrantInfo) -> serde_json::Value {
     serde_json::json!({
         "id": g.id,
@@ -506,5 +511,25 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00Z");
         assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00Z");
         assert_eq!(utc(1_748_787_300_500), "2025-06-01 14:15:00Z");
+    }
+
+    #[test]
+    fn a_grants_reason_is_shown_escaped_in_its_line() {
+        let grant = GrantInfo {
+            id: "g-1".to_owned(),
+            name: "demo-read".to_owned(),
+            principal: "spiffe://acme.internal/agent/ops/eve".to_owned(),
+            not_before_ms: 0,
+            not_after_ms: 60_000,
+            reason: "INC-42\n  g-2  admin-all  ops/eve\u{1b}[2K \u{202e}".to_owned(),
+            granter: "spiffe://acme.internal/human/ann".to_owned(),
+            ..Default::default()
+        };
+        assert_eq!(
+            grant_line(&grant, 0),
+            "g-1  demo-read  spiffe://acme.internal/agent/ops/eve  until 1970-01-01 00:01:00Z \
+             (1m left)  granted by spiffe://acme.internal/human/ann: \
+             INC-42\\n  g-2  admin-all  ops/eve\\u{1b}[2K \\u{202e}"
+        );
     }
 }

@@ -84,6 +84,13 @@ pub(crate) fn clean(value: &str) -> String {
     }
 }
 
+/// `text` of several lines, each [`clean`]: its line breaks stay (the structure a hub's
+/// explanation has), what else could drive the terminal or reorder a line is escaped.
+pub(crate) fn clean_lines(text: &str) -> String {
+    let lines: Vec<String> = text.split('\n').map(clean).collect();
+    lines.join("\n")
+}
+
 /// `value` as one line of JSON whose control and invisible formatting characters are written
 /// as JSON `\u` escapes (`\u202e`): a line a script decodes to exactly the same strings, and
 /// that a terminal shows as it is (text a peer chose can't reorder or hide what is printed).
@@ -161,6 +168,15 @@ mod tests {
         );
         let back: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(back["payload"], text);
+    }
+
+    #[test]
+    fn lines_keep_their_breaks_and_lose_what_else_hides() {
+        let text = "DENY: `a\u{1b}[2K`\n  by `p\u{202e}q`\r\n";
+        assert_eq!(
+            clean_lines(text),
+            "DENY: `a\\u{1b}[2K`\n  by `p\\u{202e}q`\\r\n"
+        );
     }
 
     #[test]

@@ -6,10 +6,12 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context as _, Result, anyhow, bail};
 use entente_client::ErrorKind;
 use entente_types::{HumanId, TrustDomain};
+use entente_wire::ShowPoliciesResponse;
 
 use crate::At;
 use crate::commands::agent::{agent_id, connect, run};
 use crate::commands::grants::principal_of;
+use crate::commands::{clean, clean_lines};
 use crate::data::file_name;
 
 /// The exit code of `policy check` when the hub would deny (as the Cedar CLI's `authorize`).
@@ -54,9 +56,8 @@ pub(crate) fn load(at: &At, files: &[PathBuf], json: bool) -> Result<ExitCode> {
                         &serde_json::json!({ "error": e.to_string(), "problems": e.details() }),
                     );
                 } else {
-                    eprintln!("error: {e}");
-                    for problem in e.details() {
-                        eprintln!("  {problem}");
+                    for line in refused_lines(&e.to_string(), e.details()) {
+                        eprintln!("{line}");
                     }
                 }
                 Ok(ExitCode::FAILURE)
@@ -97,33 +98,55 @@ pub(crate) fn show(at: &At, json: bool) -> Result<ExitCode> {
             );
             return Ok(ExitCode::SUCCESS);
         }
-        outln!(
-            "policy epoch {}: {} policies from {} source(s)",
-            shown.epoch,
-            shown.policies.len(),
-            shown.sources.len()
-        );
-        let width = shown.policies.iter().map(|p| p.id.len()).max().unwrap_or(0);
-        for source in &shown.sources {
-            outln!("{}", source.name);
-            for policy in shown.policies.iter().filter(|p| p.source == source.name) {
-                let effect = if policy.forbid { "forbid" } else { "permit" };
-                let cross = if policy.cross_segment {
-                    " @cross_segment"
-                } else {
-                    ""
-                };
-                outln!(
-                    "  {:width$}  {effect}{cross}  {}:{}:{}",
-                    policy.id,
-                    policy.source,
-                    policy.line,
-                    policy.column
-                );
-            }
+        for line in shown_lines(&shown) {
+            outln!("{line}");
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `policy show`'s text: the epoch, then each source's name and its policies, one a line,
+/// with the names and IDs their authors chose escaped ([`clean`]).
+fn shown_lines(shown: &ShowPoliciesResponse) -> Vec<String> {
+    let mut lines = vec![format!(
+        "policy epoch {}: {} policies from {} source(s)",
+        shown.epoch,
+        shown.policies.len(),
+        shown.sources.len()
+    )];
+    let width = shown
+        .policies
+        .iter()
+        .map(|p| clean(&p.id).chars().count())
+        .max()
+        .unwrap_or(0);
+    for source in &shown.sources {
+        lines.push(clean(&source.name));
+        for policy in shown.policies.iter().filter(|p| p.source == source.name) {
+            let effect = if policy.forbid { "forbid" } else { "permit" };
+            let cross = if policy.cross_segment {
+                " @cross_segment"
+            } else {
+                ""
+            };
+            lines.push(format!(
+                "  {:width$}  {effect}{cross}  {}:{}:{}",
+                clean(&policy.id),
+                clean(&policy.source),
+                policy.line,
+                policy.column
+            ));
+        }
+    }
+    lines
+}
+
+/// `policy load`'s lines on standard error when the hub refuses the policies: the error, then
+/// each problem, indented; each escaped ([`clean`]), as a problem may quote the files.
+fn refused_lines(error: &str, problems: &[String]) -> Vec<String> {
+    let mut lines = vec![format!("error: {}", clean(error))];
+    lines.extend(problems.iter().map(|p| format!("  {}", clean(p))));
+    lines
 }
 
 /// `entente policy check`: how the hub would decide; exits 0 if allowed, 2 if denied.
@@ -154,7 +177,7 @@ pub(crate) fn check(
                 "explanation": answer.explanation,
             }));
         } else {
-            out!("{}", answer.explanation);
+            out!("{}", clean_lines(&answer.explanation));
         }
         Ok(if answer.allowed {
             ExitCode::SUCCESS
@@ -240,5 +263,52 @@ mod tests {
         );
         assert!(principal_of(&td, "spiffe://acme.internal/human/admin").is_ok());
         assert!(principal_of(&td, "eve").is_err());
+    }
+
+    #[test]
+    fn names_and_ids_their_authors_chose_are_shown_escaped() {
+        // A hub that let them through: a source name that starts a line of its own, an ID
+        // that clears the terminal's line and one that reorders it.
+        let name = "a.cedar\nforged.cedar";
+        let policy = |id: &str| entente_wire::PolicySummary {
+            id: id.to_owned(),
+            source: name.to_owned(),
+            line: 1,
+            column: 1,
+            ..Default::default()
+        };
+        let shown = ShowPoliciesResponse {
+            epoch: 3,
+            sources: vec![entente_wire::PolicySource {
+                name: name.to_owned(),
+                text: String::new(),
+            }],
+            policies: vec![policy("ok\u{1b}[2K"), policy("x\u{202e}y")],
+        };
+        let lines = shown_lines(&shown);
+        assert_eq!(
+            lines,
+            [
+                "policy epoch 3: 2 policies from 1 source(s)",
+                "a.cedar\\nforged.cedar",
+                "  ok\\u{1b}[2K  permit  a.cedar\\nforged.cedar:1:1",
+                "  x\\u{202e}y   permit  a.cedar\\nforged.cedar:1:1",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_refused_load_prints_its_problems_escaped_one_a_line() {
+        let lines = refused_lines(
+            "the hub refused the policies\nforged",
+            &["p.cedar:1:1: unexpected token `\u{1b}]0;x\u{7}`".to_owned()],
+        );
+        assert_eq!(
+            lines,
+            [
+                "error: the hub refused the policies\\nforged",
+                "  p.cedar:1:1: unexpected token `\\u{1b}]0;x\\u{7}`",
+            ]
+        );
     }
 }

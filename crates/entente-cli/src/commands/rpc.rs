@@ -187,7 +187,8 @@ async fn execute(command: &str, input: &[u8]) -> Result<Vec<u8>> {
         if said.is_empty() {
             bail!("it exited with {status}");
         }
-        bail!("it exited with {status}: {said}");
+        // The command's text, in a line of the server's log: it can't start another.
+        bail!("it exited with {status}: {}", super::clean(said));
     }
     if truncated {
         bail!("its output exceeds {MAX_OUTPUT} bytes");
@@ -256,6 +257,13 @@ mod tests {
         let text = format!("{err:#}");
         assert!(text.contains("broken"), "{text}");
         assert!(text.contains('3'), "{text}");
+        // Its last line is escaped: it can't drive the terminal or reorder the log's line.
+        let err = block(execute(
+            r"printf 'x\033[2Ky\342\200\256z\n' >&2; exit 1",
+            b"",
+        ));
+        let text = format!("{:#}", err.unwrap_err());
+        assert!(text.ends_with(r": x\u{1b}[2Ky\u{202e}z"), "{text:?}");
         let err = block(execute("head -c 1048577 /dev/zero", b"")).unwrap_err();
         assert!(format!("{err:#}").contains("exceeds"), "{err:#}");
     }
