@@ -720,7 +720,7 @@ fn exports_verify_offline_and_records_are_proven_against_the_key() {
     assert!(key.starts_with(&format!("{HUB_ORIGIN}+")), "{key}");
     assert!(
         text.contains(&format!(
-            "verify it offline with `entente audit verify {} --key '{key}'`",
+            "verify it offline with `entente audit verify '{}' --key '{key}'`",
             first.display()
         )),
         "{text}"

@@ -198,18 +198,46 @@ fn export(at: &At, out: &Path, json: bool) -> Result<ExitCode> {
                 out.display(),
                 exported.bytes
             );
-            outln!("checkpoint key (as the hub gives it): {key}");
             outln!(
                 "checkpoint kept in `{}`: pass it as `--known` to check a later export",
                 kept.display()
             );
-            outln!(
-                "verify it offline with `entente audit verify {} --key '{key}'`",
-                out.display()
-            );
+            for line in verify_hint(out, &key) {
+                outln!("{line}");
+            }
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `export`'s lines on the checkpoint key the hub gave: the key, and a command to verify the
+/// export with it, each argument one shell word ([`shell_word`]), to copy and paste. A key
+/// that does not parse is said so, with no command to copy.
+fn verify_hint(out: &Path, key: &str) -> Vec<String> {
+    match VerifierKey::parse(key) {
+        Ok(key) => {
+            let key = key.to_string();
+            vec![
+                format!("checkpoint key (as the hub gives it): {}", clean(&key)),
+                format!(
+                    "verify it offline with `entente audit verify {} --key {}`",
+                    shell_word(&out.display().to_string()),
+                    shell_word(&key)
+                ),
+            ]
+        }
+        Err(e) => vec![format!(
+            "the checkpoint key the hub gave does not parse ({}): verify the export with a key \
+             obtained apart from the hub",
+            clean(&e.to_string())
+        )],
+    }
+}
+
+/// `text` as one POSIX shell word: in single quotes, with `'` written `'\''`, and what can't
+/// be seen escaped as [`clean`] escapes it (a command to copy shows all it holds).
+fn shell_word(text: &str) -> String {
+    clean(&format!("'{}'", text.replace('\'', r"'\''")))
 }
 
 /// `entente audit prove`: asks the hub for the proof of record `index` (and of consistency
@@ -1334,6 +1362,46 @@ mod tests {
         assert_eq!(section("export records"), "the records section");
         assert_eq!(section("export tree"), "the tree section");
         assert_eq!(section("export"), "the export");
+    }
+
+    #[test]
+    fn the_export_hint_quotes_the_key_and_path_as_shell_words() {
+        // A key name the hub chose to break out of single quotes, and a path of spaces and
+        // quotes: the shell reads each back as one word, the same.
+        let key = VerifierKey::ed25519("it's';echo${IFS}injected;'", [7; 32]).unwrap();
+        let out = Path::new("my audit's \"log\".export");
+        let lines = verify_hint(out, &key.to_string());
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(
+            lines[0],
+            format!("checkpoint key (as the hub gives it): {key}")
+        );
+        let command = lines[1]
+            .strip_prefix("verify it offline with `entente audit verify ")
+            .and_then(|rest| rest.strip_suffix('`'))
+            .unwrap();
+        let words = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf '%s\\n' {command}"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(words.stdout).unwrap(),
+            format!("{}\n--key\n{key}\n", out.display())
+        );
+
+        // What can't be seen is escaped, in the key and in the command.
+        let key = VerifierKey::ed25519("hub\u{202e}evil", [7; 32]).unwrap();
+        let lines = verify_hint(out, &key.to_string());
+        assert!(lines.iter().all(|l| !l.contains('\u{202e}')), "{lines:?}");
+        assert!(lines[1].contains("--key 'hub\\u{202e}evil+"), "{lines:?}");
+
+        // A key that does not parse gives no command.
+        let lines = verify_hint(out, "x' ; rm -rf ~ ; echo '\u{1b}[2K");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("does not parse"), "{lines:?}");
+        assert!(!lines[0].contains("entente audit verify"), "{lines:?}");
+        assert!(!lines[0].contains("rm -rf"), "{lines:?}");
     }
 
     #[test]
