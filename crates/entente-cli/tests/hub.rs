@@ -180,6 +180,46 @@ fn the_hub_logs_one_json_object_per_line_and_no_secret() {
     assert!(!logs.contains(key.trim()), "{logs}");
 }
 
+/// A running hub goes on when whoever reads what it prints is gone (a supervisor that read
+/// what it wanted, or never reads): its announcements are not what it is for.
+#[test]
+fn a_hub_whose_output_is_closed_goes_on_serving() {
+    use std::process::Stdio;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hub");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_entente"))
+        .args(["hub", "start", "--listen", &listen, "--data"])
+        .arg(&dir)
+        .env_remove("ENTENTE_KEYSTORE_KEY")
+        .env_remove("ENTENTE_KEYSTORE_PASSPHRASE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader is gone before the hub says anything: every line goes into a closed pipe.
+    drop(child.stdout.take());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(&listen).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hub never listened"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the hub exited");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "the hub exited");
+    // It stops when told, with success.
+    stop_with_output(child);
+}
+
 /// A data directory others may write to is refused, new or initialized: they could replace
 /// what the hub reads (its configuration, policies, CA certificates).
 #[test]

@@ -80,26 +80,29 @@ pub(crate) fn start(
         };
         let names: Vec<&str> = running.sources.iter().map(|(n, _)| n.as_str()).collect();
         if json {
-            super::print_json(&serde_json::json!({
-                "listening": addr.to_string(),
-                "metrics": hub.metrics_addr().map(|a| format!("http://{a}/metrics")),
-                "trust_domain": data.config.trust_domain,
-                "data": data.root.display().to_string(),
-                "created": data.created,
-                "admin": data.admin_dir().display().to_string(),
-                "ca": data.root.join("ca.pem").display().to_string(),
-                "policies": {
-                    "origin": origin,
-                    "sources": names,
-                    "policies": running.set.len(),
-                    "epoch": running.epoch,
-                },
-            }));
+            announceln!(
+                "{}",
+                super::json_line(&serde_json::json!({
+                    "listening": addr.to_string(),
+                    "metrics": hub.metrics_addr().map(|a| format!("http://{a}/metrics")),
+                    "trust_domain": data.config.trust_domain,
+                    "data": data.root.display().to_string(),
+                    "created": data.created,
+                    "admin": data.admin_dir().display().to_string(),
+                    "ca": data.root.join("ca.pem").display().to_string(),
+                    "policies": {
+                        "origin": origin,
+                        "sources": names,
+                        "policies": running.set.len(),
+                        "epoch": running.epoch,
+                    },
+                }))
+            );
         } else {
             if !data.created.is_empty() {
-                outln!("initialized {}:", data.root.display());
+                announceln!("initialized {}:", data.root.display());
                 for line in &data.created {
-                    outln!("  {line}");
+                    announceln!("  {line}");
                 }
             }
             let sources = if names.is_empty() {
@@ -108,7 +111,7 @@ pub(crate) fn start(
                 names.join(", ")
             };
             match hub.policy_origin() {
-                PolicyOrigin::Stored => outln!(
+                PolicyOrigin::Stored => announceln!(
                     "policies: the stored set ({sources}; {} policies with the base ones), \
                      policy epoch {}; `{}` is not read again: change the running set with \
                      `entente policy load`",
@@ -116,7 +119,7 @@ pub(crate) fn start(
                     running.epoch,
                     policies_dir.display()
                 ),
-                _ => outln!(
+                _ => announceln!(
                     "policies: `{}` ({sources}; {} policies with the base ones), now stored, \
                      policy epoch {}",
                     policies_dir.display(),
@@ -125,9 +128,9 @@ pub(crate) fn start(
                 ),
             }
             if let Some(metrics) = hub.metrics_addr() {
-                outln!("metrics: http://{metrics}/metrics");
+                announceln!("metrics: http://{metrics}/metrics");
             }
-            outln!(
+            announceln!(
                 "hub listening on {addr} for trust domain `{}` (Ctrl-C or SIGTERM to stop)",
                 data.config.trust_domain
             );
@@ -136,7 +139,7 @@ pub(crate) fn start(
         // A failed audit log or durable channel is an exit status, not only a line in a log.
         hub.shutdown().await.context("stopping the hub")?;
         if !json {
-            outln!("hub stopped");
+            announceln!("hub stopped");
         }
         Ok(ExitCode::SUCCESS)
     })

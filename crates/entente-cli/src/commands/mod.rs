@@ -15,6 +15,14 @@ macro_rules! outln {
     };
 }
 
+/// `println!` through [`announce`]: for a running hub, which goes on whether or not anyone
+/// reads what it announces.
+macro_rules! announceln {
+    ($($arg:tt)*) => {
+        $crate::commands::announce(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 pub(crate) mod agent;
 pub(crate) mod attack;
 pub(crate) mod audit;
@@ -55,6 +63,13 @@ pub(crate) fn print_out(args: std::fmt::Arguments<'_>) {
             std::process::exit(1);
         }
     }
+}
+
+/// Writes `args` to standard output for a running hub: what it prints announces it, and a
+/// reader gone (a supervisor that read the first line) must not stop it, nor a write that
+/// fails make it exit as if it had not run.
+pub(crate) fn announce(args: std::fmt::Arguments<'_>) {
+    let _ = write_out(args);
 }
 
 /// Prints `value` as one line of JSON, with [`json_line`]'s escapes: every JSON the CLI
