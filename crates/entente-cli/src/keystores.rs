@@ -36,6 +36,15 @@ pub(crate) const KEYS: &str = "keys";
 /// The local store's key, when none comes through the environment.
 pub(crate) const KEYSTORE_KEY: &str = "keystore.key";
 
+/// The environment variables that hold secrets (the key store's key or passphrase, the token's
+/// PIN, the OpenTelemetry export's headers): never passed on to a command the CLI runs.
+pub(crate) const SECRET_ENVS: [&str; 4] = [
+    entente_keystore::local::KEY_ENV,
+    entente_keystore::local::PASSPHRASE_ENV,
+    entente_keystore::pkcs11::PIN_ENV,
+    crate::data::OTLP_HEADERS_ENV,
+];
+
 /// A `[keystore]`-like table of `config.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

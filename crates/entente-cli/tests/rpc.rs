@@ -11,11 +11,16 @@ mod support;
 
 use std::{path::Path, process::Child};
 
-use support::{enroll, entente, s, spawn_ready, start, stop};
+use support::{enroll, entente, s, spawn_ready_with, start, stop};
 
 /// Starts `entente serve … direct --exec EXEC --count 1` and waits until it serves.
 fn serve(identity: &Path, addr: &str, exec: &str) -> Child {
-    spawn_ready(
+    serve_with(identity, addr, exec, &[])
+}
+
+/// As [`serve`], with `env` in the server's environment.
+fn serve_with(identity: &Path, addr: &str, exec: &str, env: &[(&str, &str)]) -> Child {
+    spawn_ready_with(
         &[
             "serve",
             "--identity",
@@ -29,6 +34,7 @@ fn serve(identity: &Path, addr: &str, exec: &str) -> Child {
             "1",
         ],
         "serving `_direct.demo.bob`",
+        env,
     )
 }
 
@@ -97,6 +103,28 @@ fn serve_answers_a_request_with_the_commands_output() {
     assert_eq!(reply.trim_end(), "error: the command failed");
     let out = support::wait(server, support::LIMIT);
     assert!(String::from_utf8_lossy(&out.stderr).contains("secret path /srv/x"));
+
+    // The command gets none of the secrets of the server's environment.
+    let server = serve_with(
+        &bob,
+        &addr,
+        "printenv ENTENTE_KEYSTORE_PASSPHRASE ENTENTE_KEYSTORE_KEY ENTENTE_PKCS11_PIN \
+         OTEL_EXPORTER_OTLP_HEADERS PATH_SEEN; echo done",
+        &[
+            ("ENTENTE_KEYSTORE_PASSPHRASE", "pass-SECRET"),
+            ("ENTENTE_KEYSTORE_KEY", "key-SECRET"),
+            ("ENTENTE_PKCS11_PIN", "pin-SECRET"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=SECRET"),
+            ("PATH_SEEN", "other variables pass"),
+        ],
+    );
+    let reply = succeeded(ask(false, "env?", "10s"));
+    assert!(!reply.contains("SECRET"), "{reply}");
+    assert!(
+        reply.contains("other variables pass") && reply.contains("done"),
+        "{reply}"
+    );
+    assert!(support::wait(server, support::LIMIT).status.success());
 
     // A binary reply reaches a pipe byte for byte, and `--json` carries it in base64 (as
     // text it would be lost to replacement characters).

@@ -135,6 +135,15 @@ impl Exporter {
                 MIN_INTERVAL.as_millis()
             )));
         }
+        if !config.headers.is_empty() && endpoint.in_clear_off_host() {
+            // Headers carry credentials (API keys): never in clear across a network.
+            return Err(HubError::Otlp(format!(
+                "the OpenTelemetry collector `{}` is plain http on another host, and the export's \
+                 headers (credentials) would cross the network in clear: use https with the \
+                 collector's certificates, or a collector on this host",
+                endpoint.shown()
+            )));
+        }
         if config.headers.len() > MAX_HEADERS {
             return Err(HubError::Otlp(format!(
                 "at most {MAX_HEADERS} headers go with an OpenTelemetry export"
@@ -504,6 +513,27 @@ mod tests {
         })
         .unwrap();
         assert!(e.contains("at most 16 headers"), "{e}");
+        // Headers (credentials) never cross a network in clear: plain http is for this host.
+        let secret: Vec<(String, String)> = vec![("authorization".into(), "Bearer SECRET".into())];
+        let e = check(OtlpExport {
+            headers: secret.clone(),
+            ..OtlpExport::to("http://collector.example:4318/SECRET")
+        })
+        .unwrap();
+        assert!(e.contains("in clear") && !e.contains("SECRET"), "{e}");
+        for local in [
+            "http://localhost:4318",
+            "http://[::1]:4318",
+            "http://127.0.0.2:4318",
+        ] {
+            let local = OtlpExport {
+                headers: secret.clone(),
+                ..OtlpExport::to(local)
+            };
+            assert_eq!(check(local), None);
+        }
+        // Without headers, plain http to another host is the operator's choice.
+        assert_eq!(check(OtlpExport::to("http://collector.example:4318")), None);
 
         let shown = format!(
             "{:?}",

@@ -76,6 +76,17 @@ impl Endpoint {
         })
     }
 
+    /// Whether what is posted crosses a network in clear: plain `http` to a host other than
+    /// this one (`localhost` or a loopback address).
+    pub(crate) fn in_clear_off_host(&self) -> bool {
+        let loopback = self.host.eq_ignore_ascii_case("localhost")
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        self.tls.is_none() && !loopback
+    }
+
     /// The address as it may be shown.
     pub(crate) fn shown(&self) -> String {
         redacted(&self.uri.to_string())

@@ -1063,8 +1063,12 @@ fn read_public_key(
 /// `CKA_EC_POINT` to the bare point of `len` bytes: PKCS#11 says a DER OCTET STRING holds it,
 /// and some modules give the bare point instead.
 fn decode_ec_point(value: &[u8], len: usize) -> Option<Vec<u8>> {
-    if let Ok(point) = yasna::parse_der(value, |reader| reader.read_bytes()) {
-        return (point.len() == len).then_some(point);
+    // A bare point may also read as an OCTET STRING of another length (a P-256 point whose X
+    // begins with 0x3f): then it is taken as it is.
+    if let Ok(point) = yasna::parse_der(value, |reader| reader.read_bytes())
+        && point.len() == len
+    {
+        return Some(point);
     }
     (value.len() == len).then(|| value.to_vec())
 }
@@ -1250,6 +1254,11 @@ mod tests {
         let wrapped = [&[0x04, 0x20][..], &ed].concat();
         assert_eq!(decode_ec_point(&wrapped, 32).unwrap(), ed);
         assert_eq!(decode_ec_point(&ed, 32).unwrap(), ed);
+        // A bare point that also reads as an OCTET STRING of another length is a bare point.
+        let bare: Vec<u8> = [&[0x04, 0x3f][..], &[7; 63]].concat();
+        assert_eq!(decode_ec_point(&bare, 65).unwrap(), bare);
+        let bare: Vec<u8> = [&[0x04, 0x1e][..], &[5; 30]].concat();
+        assert_eq!(decode_ec_point(&bare, 32).unwrap(), bare);
         // Wrong lengths, inside or outside the OCTET STRING.
         assert!(decode_ec_point(&wrapped, 65).is_none());
         assert!(decode_ec_point(&[0x04, 0x02, 1, 2], 32).is_none());

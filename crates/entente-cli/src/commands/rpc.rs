@@ -144,7 +144,11 @@ pub(crate) fn serve(
 /// Runs `command` with `sh -c`, `input` on standard input; its standard output if it exits 0
 /// within the time limit with at most [`MAX_OUTPUT`] bytes.
 async fn execute(command: &str, input: &[u8]) -> Result<Vec<u8>> {
-    let mut child = tokio::process::Command::new("sh")
+    let mut child = tokio::process::Command::new("sh");
+    for secret in crate::keystores::SECRET_ENVS {
+        child.env_remove(secret);
+    }
+    let mut child = child
         .arg("-c")
         .arg(command)
         .stdin(Stdio::piped())

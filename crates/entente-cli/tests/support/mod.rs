@@ -208,8 +208,14 @@ pub fn s(path: &Path) -> &str {
 /// Starts `entente ARGS` in the background and waits for its first line on standard error,
 /// which must contain `ready` (`listening`, `serving …`).
 pub fn spawn_ready(args: &[&str], ready: &str) -> Child {
+    spawn_ready_with(args, ready, &[])
+}
+
+/// As [`spawn_ready`], with `env` set in the command's environment.
+pub fn spawn_ready_with(args: &[&str], ready: &str, env: &[(&str, &str)]) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_entente"))
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
