@@ -21,8 +21,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use entente_types::{Channel, ChannelPattern, Principal};
@@ -101,7 +101,18 @@ pub trait Router: Send + Sync + 'static {
 pub struct LocalRouter {
     table: RwLock<Table>,
     slow_consumer_timeout: Duration,
+    /// The last reading of the queues and when it was made ([`LocalRouter::queued`]).
+    queued: Mutex<Option<(Instant, Queued)>>,
 }
+
+/// Frames and bytes waiting in the outbound queues: `((frames in all, most in one queue),
+/// (bytes in all, most in one queue))`.
+pub type Queued = ((usize, usize), (usize, usize));
+
+/// How long a reading of the queues serves: scrapes and exports, however many and however
+/// often, walk the routing table under its lock (which a subscribe then waits for, and every
+/// publish behind it) at most once a second.
+const QUEUED_FRESH: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 struct Table {
@@ -137,12 +148,26 @@ impl LocalRouter {
         Self {
             table: RwLock::new(Table::default()),
             slow_consumer_timeout,
+            queued: Mutex::new(None),
         }
     }
 
-    /// Frames and bytes waiting in the outbound queues of the sessions holding subscriptions:
-    /// `((frames in all, most in one queue), (bytes in all, most in one queue))`.
-    pub fn queued(&self) -> ((usize, usize), (usize, usize)) {
+    /// Frames and bytes waiting in the outbound queues of the sessions holding subscriptions,
+    /// as read at most [`QUEUED_FRESH`] ago.
+    pub fn queued(&self) -> Queued {
+        let mut last = self.queued.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, queued)) = *last
+            && at.elapsed() < QUEUED_FRESH
+        {
+            return queued;
+        }
+        let queued = self.read_queued();
+        *last = Some((Instant::now(), queued));
+        queued
+    }
+
+    /// Frames and bytes waiting in the outbound queues, read now.
+    fn read_queued(&self) -> Queued {
         let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
         let mut seen = std::collections::HashSet::new();
         let (mut frames, mut bytes) = ((0, 0), (0, 0));
@@ -646,6 +671,29 @@ mod tests {
         let table = router.table.read().unwrap();
         assert!(table.wildcard.is_empty() && table.depths.is_empty());
         assert!(table.sessions.is_empty());
+    }
+
+    /// The queues are read from the table at most once a second, however often asked (each
+    /// reading walks every subscription under the table's lock).
+    #[tokio::test]
+    async fn the_queues_are_read_at_most_once_a_second() {
+        let router = LocalRouter::new(Duration::from_millis(50));
+        let (subscriber, _rx) = subscriber(1, 16);
+        router.subscribe(&subscriber, 10, p("orders.eu"));
+        router
+            .route(&c("orders.eu"), Bytes::from_static(b"x"))
+            .await;
+        let first = router.queued();
+        assert_eq!((first.0).0, 1);
+        router
+            .route(&c("orders.eu"), Bytes::from_static(b"x"))
+            .await;
+        assert_eq!(router.queued(), first, "read again within the second");
+        // Once the reading is old, the next one is fresh.
+        if let Some((at, _)) = router.queued.lock().unwrap().as_mut() {
+            *at -= QUEUED_FRESH;
+        }
+        assert_eq!((router.queued().0).0, 2);
     }
 
     /// The table's indexes agree with what is filed: each session's list names exactly its
