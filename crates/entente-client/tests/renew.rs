@@ -229,6 +229,7 @@ async fn a_refused_renewal_is_retried_and_counted_until_the_certificate_expires(
             certificate_serials: Vec::new(),
             key_epoch: 1,
             suspended: true,
+            renewed_from: Vec::new(),
         })
         .await
         .unwrap();

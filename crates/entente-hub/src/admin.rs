@@ -270,6 +270,7 @@ async fn revoke_inner<R>(
             )));
         }
     }
+    let mut serials = request.serials.clone();
     if !request.serials.is_empty() {
         if !listed(services, caller) {
             return Err(RpcError::Denied(
@@ -296,8 +297,12 @@ async fn revoke_inner<R>(
                 ));
             }
         }
+        // A serial takes the certificates renewed from it along, generation after generation:
+        // a stolen certificate renewed before it was revoked would live on in its renewals.
+        let records = services.registry.agents().await?;
+        serials.extend(rpc::renewed_from(&records, &request.serials));
         let own = own_serials(services, &caller.principal).await?;
-        if request.serials.iter().any(|s| own.contains(s)) {
+        if serials.iter().any(|s| own.contains(s)) {
             return Err(RpcError::SelfRevocation);
         }
     }
@@ -341,7 +346,7 @@ async fn revoke_inner<R>(
     for principal in &principals {
         changed |= next.revoke_principal(principal);
     }
-    for serial in &request.serials {
+    for serial in &serials {
         changed |= next
             .revoke_serial(serial)
             .map_err(|e| RpcError::BadRequest(e.to_string()))?;

@@ -166,6 +166,13 @@ impl Connections {
         closed
     }
 
+    /// The serial of the certificate connection `id` presented at its handshake.
+    pub(crate) fn presented_serial(&self, id: u64) -> Option<Vec<u8>> {
+        self.lock()
+            .get(&id)
+            .and_then(|c| c.serials.first().cloned())
+    }
+
     /// The certificate serials held by the live connections of `principal` (presented or
     /// renewed over them).
     pub(crate) fn serials_of(&self, principal: &Principal) -> Vec<Vec<u8>> {

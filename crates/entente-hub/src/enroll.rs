@@ -351,16 +351,19 @@ async fn issue<R>(
         .registry
         .put_key_bundle(principal.as_str(), epoch, &entente_wire::encode(&bundle))
         .await?;
-    let mut serials = existing.map(|a| a.certificate_serials).unwrap_or_default();
-    rpc::record_serial(&mut serials, svid.serial.clone());
-    let record = AgentRecord {
+    let (serials, renewals) = existing
+        .map(|a| (a.certificate_serials, a.renewed_from))
+        .unwrap_or_default();
+    let mut record = AgentRecord {
         principal: principal.to_string(),
         segment,
         enrolled_at_ms: now_ms,
         certificate_serials: serials,
         key_epoch: epoch,
         suspended: false,
+        renewed_from: renewals,
     };
+    rpc::record_serial(&mut record, svid.serial.clone(), None);
     services.registry.put_agent(&record).await?;
 
     Ok(EnrollResponse {

@@ -99,8 +99,12 @@ async fn renew_inner<R>(
             certificate_serials: Vec::new(),
             key_epoch: 0,
             suspended: false,
+            renewed_from: Vec::new(),
         });
-        rpc::record_serial(&mut record.certificate_serials, svid.serial.clone());
+        // Renewed from the certificate the connection presented: a revocation of that serial
+        // reaches this one too (`admin::revoke`).
+        let presented = services.connections.presented_serial(caller.connection);
+        rpc::record_serial(&mut record, svid.serial.clone(), presented);
         services.registry.put_agent(&record).await?;
     }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use entente_audit::{Admin, Event, Outcome};
 use entente_ca::IssueError;
 use entente_policy::{Action, GrantError, Resource, Subject};
-use entente_store::StoreError;
+use entente_store::{AgentRecord, StoreError};
 use entente_types::Principal;
 use entente_wire::Limits;
 use tonic::{Request, Response, Status};
@@ -419,11 +419,50 @@ pub(crate) fn unix_ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// Appends `serial` to `serials`, keeping the newest [`MAX_RECORDED_SERIALS`].
-pub(crate) fn record_serial(serials: &mut Vec<Vec<u8>>, serial: Vec<u8>) {
+/// Appends `serial` to `record`'s serials, keeping the newest [`MAX_RECORDED_SERIALS`], with
+/// the serial of the certificate it was renewed from, if it was: the lineage keeps only
+/// serials still listed.
+pub(crate) fn record_serial(
+    record: &mut AgentRecord,
+    serial: Vec<u8>,
+    renewed_from: Option<Vec<u8>>,
+) {
+    if let Some(from) = renewed_from {
+        record.renewed_from.push((serial.clone(), from));
+    }
+    let serials = &mut record.certificate_serials;
     serials.push(serial);
     let excess = serials.len().saturating_sub(MAX_RECORDED_SERIALS);
     serials.drain(..excess);
+    let kept = &record.certificate_serials;
+    record
+        .renewed_from
+        .retain(|(serial, _)| kept.contains(serial));
+}
+
+/// The serials of `records` renewed, directly or through others, from any of `serials`:
+/// what a revocation of those serials also revokes, so that a stolen certificate renewed
+/// before it was revoked does not live on in its renewals.
+pub(crate) fn renewed_from(records: &[AgentRecord], serials: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut found: Vec<Vec<u8>> = Vec::new();
+    for record in records {
+        // From any of them, listed or not (a certificate the CA issued directly, or one
+        // dropped from the list since).
+        let mut frontier: Vec<&Vec<u8>> = serials.iter().collect();
+        while let Some(parent) = frontier.pop() {
+            for (child, _) in record
+                .renewed_from
+                .iter()
+                .filter(|(_, from)| from == parent)
+            {
+                if !found.contains(child) && !serials.contains(child) {
+                    found.push(child.clone());
+                    frontier.push(child);
+                }
+            }
+        }
+    }
+    found
 }
 
 /// Runs CA work (which signs through the key store, possibly doing file I/O) off the async
@@ -545,13 +584,57 @@ mod tests {
         assert_eq!(stale.status().code(), Code::Aborted);
     }
 
-    #[test]
-    fn serials_keep_the_newest() {
-        let mut serials = Vec::new();
-        for n in 0..(MAX_RECORDED_SERIALS as u32 + 10) {
-            record_serial(&mut serials, n.to_be_bytes().to_vec());
+    fn record() -> AgentRecord {
+        AgentRecord {
+            principal: "spiffe://example.org/agent/shop/alice".to_owned(),
+            segment: Some("shop".to_owned()),
+            enrolled_at_ms: 0,
+            certificate_serials: Vec::new(),
+            key_epoch: 1,
+            suspended: false,
+            renewed_from: Vec::new(),
         }
-        assert_eq!(serials.len(), MAX_RECORDED_SERIALS);
-        assert_eq!(serials[0], 10u32.to_be_bytes());
+    }
+
+    #[test]
+    fn serials_keep_the_newest_with_their_lineage() {
+        let mut record = record();
+        let serial = |n: u32| n.to_be_bytes().to_vec();
+        record_serial(&mut record, serial(0), None);
+        for n in 1..(MAX_RECORDED_SERIALS as u32 + 10) {
+            record_serial(&mut record, serial(n), Some(serial(n - 1)));
+        }
+        assert_eq!(record.certificate_serials.len(), MAX_RECORDED_SERIALS);
+        assert_eq!(record.certificate_serials[0], serial(10));
+        // The lineage of the serials dropped goes with them.
+        assert_eq!(record.renewed_from.len(), MAX_RECORDED_SERIALS);
+        assert_eq!(record.renewed_from[0], (serial(10), serial(9)));
+    }
+
+    #[test]
+    fn a_serials_renewals_are_found_through_every_generation_and_no_other() {
+        let s = |n: u8| vec![n];
+        // 1 enrolled, renewed into 2 and (stolen) 3; 3 renewed into 4, then 5. 6 enrolled
+        // anew. Another agent's 7 was renewed from 8, a certificate never listed.
+        let mut alice = record();
+        record_serial(&mut alice, s(1), None);
+        record_serial(&mut alice, s(2), Some(s(1)));
+        record_serial(&mut alice, s(3), Some(s(1)));
+        record_serial(&mut alice, s(4), Some(s(3)));
+        record_serial(&mut alice, s(5), Some(s(4)));
+        record_serial(&mut alice, s(6), None);
+        let mut bob = record();
+        bob.principal = "spiffe://example.org/agent/shop/bob".to_owned();
+        record_serial(&mut bob, s(7), Some(s(8)));
+        let records = [alice, bob];
+        let mut found = renewed_from(&records, &[s(3)]);
+        found.sort();
+        assert_eq!(found, [s(4), s(5)]);
+        let mut found = renewed_from(&records, &[s(1)]);
+        found.sort();
+        assert_eq!(found, [s(2), s(3), s(4), s(5)]);
+        assert!(renewed_from(&records, &[s(6)]).is_empty());
+        assert_eq!(renewed_from(&records, &[s(8)]), [s(7)]);
+        assert!(renewed_from(&records, &[s(9)]).is_empty());
     }
 }

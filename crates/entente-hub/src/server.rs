@@ -568,6 +568,16 @@ impl HubHandle {
         Ok(closed)
     }
 
+    /// The certificate serials renewed, directly or through others, from any of `serials`
+    /// (each agent's record keeps where its renewals came from): what a list revoking a stolen
+    /// certificate should revoke with it, or the thief's renewals live on. A revocation through
+    /// [`REVOKE_PATH`] adds them by itself; a list given to [`revoke`](Self::revoke) is put in
+    /// force as it is.
+    pub async fn renewed_from(&self, serials: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, HubError> {
+        let records = self.shared.services.registry.agents().await?;
+        Ok(rpc::renewed_from(&records, serials))
+    }
+
     /// The hub's data keys ([`datakeys`](crate::datakeys)): their versions, and sealing at
     /// rest.
     pub fn data_keys(&self) -> &DataKeys {

@@ -24,8 +24,8 @@ use entente_types::{HumanId, Principal, TrustDomain};
 use entente_wire::{
     CheckPolicyRequest, CheckPolicyResponse, CreateTokenRequest, CreateTokenResponse,
     EnrollResponse, KeysRequest, KeysResponse, LoadPoliciesRequest, LoadPoliciesResponse,
-    PolicySource, QuarantineRequest, QuarantineResponse, RevokeRequest, RevokeResponse,
-    ShowPoliciesRequest, ShowPoliciesResponse,
+    PolicySource, QuarantineRequest, QuarantineResponse, RenewRequest, RenewResponse,
+    RevokeRequest, RevokeResponse, ShowPoliciesRequest, ShowPoliciesResponse,
 };
 use support::{
     Agent, Client, Enrollment, FlakyStore, SessionExt, TestCa, ack, enroll_raw, eventually, now_ms,
@@ -944,6 +944,104 @@ async fn a_quarantine_the_store_refuses_stays_in_force_until_it_can_be_lifted() 
             .unwrap()
             .quarantined
             .is_empty()
+    );
+    hub.shutdown().await.unwrap();
+}
+
+/// A certificate renewed over `client`'s connection: its chain and the new TLS key.
+async fn renewed(client: &Client, ca: &TestCa) -> (Vec<Vec<u8>>, Vec<u8>) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap();
+    let response: RenewResponse = client
+        .unary(
+            entente_hub::RENEW_PATH,
+            RenewRequest {
+                csr: csr.der().to_vec(),
+            },
+        )
+        .await
+        .unwrap();
+    let chain: Vec<rustls_pki_types::CertificateDer<'static>> = response
+        .certificate_chain
+        .iter()
+        .map(|c| c.clone().into())
+        .collect();
+    ca.trust()
+        .verify_svid(&chain, SystemTime::now(), None)
+        .unwrap();
+    (response.certificate_chain, key.serialize_der())
+}
+
+/// Whether a connection presenting `chain` and `key` is accepted.
+async fn accepted(
+    hub: &entente_hub::HubHandle,
+    ca: &TestCa,
+    chain: &[Vec<u8>],
+    key: &[u8],
+) -> bool {
+    let config = entente_hub::client_tls::client_config(
+        ca.trust(),
+        chain.iter().map(|c| c.clone().into()).collect(),
+        rustls_pki_types::PrivateKeyDer::Pkcs8(key.to_vec().into()),
+    )
+    .unwrap();
+    let name = entente_hub::hub_server_name(hub.trust_bundle().trust_domain());
+    probe(hub.local_addr(), config, &name).await.is_ok()
+}
+
+/// A stolen certificate renewed before its serial is revoked does not live on in its
+/// renewals: revoking the serial revokes every certificate renewed from it, generation after
+/// generation; a renewal of the same agent from another certificate stays.
+#[tokio::test]
+async fn revoking_a_serial_revokes_the_certificates_renewed_from_it() {
+    let ca = TestCa::new();
+    let root = admin(&ca, "admin");
+    let (hub, _store) =
+        start_with_store(&ca, config_with_admins(vec![root.principal.clone()])).await;
+    let admin_client = root.connect(&hub).await;
+    // Alice's own certificate, and one a thief took: both hers, issued apart.
+    let alice = ca.agent("shop", "alice");
+    let stolen = ca.agent("shop", "alice");
+    let own = alice.connect(&hub).await;
+    let thief = stolen.connect(&hub).await;
+    // The thief renews, reconnects with the renewal and renews again; Alice renews too.
+    let (first, first_key) = renewed(&thief, &ca).await;
+    let thief_again = {
+        let config = entente_hub::client_tls::client_config(
+            ca.trust(),
+            first.iter().map(|c| c.clone().into()).collect(),
+            rustls_pki_types::PrivateKeyDer::Pkcs8(first_key.clone().into()),
+        )
+        .unwrap();
+        let name = entente_hub::hub_server_name(hub.trust_bundle().trust_domain());
+        Client::connect(hub.local_addr(), config, &name)
+            .await
+            .unwrap()
+    };
+    let (second, second_key) = renewed(&thief_again, &ca).await;
+    let (mine, mine_key) = renewed(&own, &ca).await;
+    assert!(accepted(&hub, &ca, &second, &second_key).await);
+
+    // The stolen certificate's serial alone is revoked: both renewals go with it.
+    let response = revoke(&admin_client, &[], &[&stolen.svid.serial])
+        .await
+        .unwrap();
+    let list = verified(&ca, &response);
+    assert!(!list.is_principal_revoked(&alice.principal));
+    assert!(!accepted(&hub, &ca, &first, &first_key).await);
+    assert!(!accepted(&hub, &ca, &second, &second_key).await);
+    // Alice's own lineage is untouched.
+    assert!(accepted(&hub, &ca, &mine, &mine_key).await);
+    assert!(
+        accepted(
+            &hub,
+            &ca,
+            &alice.chain().iter().map(|c| c.to_vec()).collect::<Vec<_>>(),
+            alice.key().secret_der()
+        )
+        .await
     );
     hub.shutdown().await.unwrap();
 }

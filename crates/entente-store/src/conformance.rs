@@ -65,6 +65,7 @@ pub fn sample_agent(principal: &str) -> AgentRecord {
         certificate_serials: vec![vec![0x01, 0x02, 0xff], vec![0x7f; 20]],
         key_epoch: 1,
         suspended: false,
+        renewed_from: Vec::new(),
     }
 }
 

@@ -22,6 +22,12 @@ pub struct AgentRecord {
     pub key_epoch: u64,
     /// Whether the agent is suspended (quarantined or disabled by an admin).
     pub suspended: bool,
+    /// Of the serials in `certificate_serials` issued by a renewal, each with the serial of
+    /// the certificate the renewing connection presented (hex pairs in JSON; left out when
+    /// empty, and empty in records written before it): the lineage a revocation of a serial
+    /// follows to the certificates renewed from it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hex_pairs")]
+    pub renewed_from: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A one-time join token, stored by the hash of its secret: the secret itself is never stored.
@@ -63,6 +69,33 @@ mod hex_list {
     }
 }
 
+/// A list of byte-string pairs as pairs of hex strings.
+mod hex_pairs {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _, ser::SerializeSeq as _};
+
+    type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+    pub(super) fn serialize<S: Serializer>(list: &Pairs, ser: S) -> Result<S::Ok, S::Error> {
+        let mut seq = ser.serialize_seq(Some(list.len()))?;
+        for (a, b) in list {
+            seq.serialize_element(&(hex::encode(a), hex::encode(b)))?;
+        }
+        seq.end()
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Pairs, D::Error> {
+        Vec::<(String, String)>::deserialize(de)?
+            .iter()
+            .map(|(a, b)| {
+                Ok((
+                    hex::decode(a).map_err(D::Error::custom)?,
+                    hex::decode(b).map_err(D::Error::custom)?,
+                ))
+            })
+            .collect()
+    }
+}
+
 /// `[u8; 32]` as a hex string.
 mod hex_32 {
     use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
@@ -99,13 +132,23 @@ mod tests {
             certificate_serials: vec![vec![0x0a, 0xff], vec![]],
             key_epoch: 2,
             suspended: false,
+            renewed_from: Vec::new(),
         };
+        // The lineage is left out when empty: the shape records had before it.
         let json = serde_json::to_string(&agent).unwrap();
         assert_eq!(
             json,
             r#"{"principal":"spiffe://example.org/agent/ops/a","segment":"ops","enrolled_at_ms":5,"certificate_serials":["0aff",""],"key_epoch":2,"suspended":false}"#
         );
         assert_eq!(serde_json::from_str::<AgentRecord>(&json).unwrap(), agent);
+        let renewed = AgentRecord {
+            certificate_serials: vec![vec![0x0a], vec![0x0b]],
+            renewed_from: vec![(vec![0x0b], vec![0x0a])],
+            ..agent
+        };
+        let json = serde_json::to_string(&renewed).unwrap();
+        assert!(json.ends_with(r#""renewed_from":[["0b","0a"]]}"#), "{json}");
+        assert_eq!(serde_json::from_str::<AgentRecord>(&json).unwrap(), renewed);
     }
 
     #[test]

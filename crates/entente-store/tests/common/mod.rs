@@ -31,6 +31,7 @@ pub fn agents() -> Vec<AgentRecord> {
             certificate_serials: vec![vec![0x01, 0x23, 0x45], vec![0xfe; 20]],
             key_epoch: 2,
             suspended: false,
+            renewed_from: Vec::new(),
         },
         AgentRecord {
             principal: BOB.to_owned(),
@@ -39,6 +40,7 @@ pub fn agents() -> Vec<AgentRecord> {
             certificate_serials: vec![],
             key_epoch: 0,
             suspended: true,
+            renewed_from: Vec::new(),
         },
     ]
 }
