@@ -37,12 +37,14 @@ pub(crate) const KEYS: &str = "keys";
 pub(crate) const KEYSTORE_KEY: &str = "keystore.key";
 
 /// The environment variables that hold secrets (the key store's key or passphrase, the token's
-/// PIN, the OpenTelemetry export's headers): never passed on to a command the CLI runs.
-pub(crate) const SECRET_ENVS: [&str; 4] = [
+/// PIN, the OpenTelemetry export's headers, a join token): never passed on to a command the
+/// CLI runs.
+pub(crate) const SECRET_ENVS: [&str; 5] = [
     entente_keystore::local::KEY_ENV,
     entente_keystore::local::PASSPHRASE_ENV,
     entente_keystore::pkcs11::PIN_ENV,
     crate::data::OTLP_HEADERS_ENV,
+    crate::commands::agent::JOIN_TOKEN_VAR,
 ];
 
 /// A `[keystore]`-like table of `config.toml`.

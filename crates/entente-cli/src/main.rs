@@ -651,7 +651,7 @@ fn main() -> ExitCode {
         Err(err) => {
             // An error may carry text a peer chose (a refusal's reason): escaped as all output.
             if cli.json {
-                commands::print_json(&serde_json::json!({ "error": format!("{err:#}") }));
+                commands::announce_json(&serde_json::json!({ "error": format!("{err:#}") }));
             } else {
                 // A message of several lines (a policy set's problems) keeps them, indented:
                 // none can pass for a line of its own.

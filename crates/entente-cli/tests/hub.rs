@@ -220,6 +220,32 @@ fn a_hub_whose_output_is_closed_goes_on_serving() {
     stop_with_output(child);
 }
 
+/// A failure nobody reads is still a failure: with `--json` the error goes to standard
+/// output, and that pipe closed does not make the command exit with success.
+#[test]
+fn a_failure_into_a_closed_pipe_is_still_a_failure() {
+    use std::process::Stdio;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let failing = Command::new(env!("CARGO_BIN_EXE_entente"))
+        .args(["--json", "listen", "--identity"])
+        .arg(tmp.path().join("nobody"))
+        .args(["--hub", "127.0.0.1:1", "demo.greetings"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = support::wait(failing, support::LIMIT);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A data directory others may write to is refused, new or initialized: they could replace
 /// what the hub reads (its configuration, policies, CA certificates).
 #[test]

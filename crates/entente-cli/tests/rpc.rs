@@ -109,12 +109,13 @@ fn serve_answers_a_request_with_the_commands_output() {
         &bob,
         &addr,
         "printenv ENTENTE_KEYSTORE_PASSPHRASE ENTENTE_KEYSTORE_KEY ENTENTE_PKCS11_PIN \
-         OTEL_EXPORTER_OTLP_HEADERS PATH_SEEN; echo done",
+         OTEL_EXPORTER_OTLP_HEADERS ENTENTE_JOIN_TOKEN PATH_SEEN; echo done",
         &[
             ("ENTENTE_KEYSTORE_PASSPHRASE", "pass-SECRET"),
             ("ENTENTE_KEYSTORE_KEY", "key-SECRET"),
             ("ENTENTE_PKCS11_PIN", "pin-SECRET"),
             ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=SECRET"),
+            ("ENTENTE_JOIN_TOKEN", "ent_SECRET"),
             ("PATH_SEEN", "other variables pass"),
         ],
     );

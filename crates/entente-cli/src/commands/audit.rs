@@ -1048,7 +1048,7 @@ impl Failure {
     /// value of what was being checked) and returns the exit code of a failed check.
     fn report(&self, subject: (&str, Value), json: bool) -> ExitCode {
         if json {
-            super::print_json(&self.to_json(subject));
+            super::announce_json(&self.to_json(subject));
         } else {
             eprintln!("{}", self.line());
         }

@@ -80,24 +80,21 @@ pub(crate) fn start(
         };
         let names: Vec<&str> = running.sources.iter().map(|(n, _)| n.as_str()).collect();
         if json {
-            announceln!(
-                "{}",
-                super::json_line(&serde_json::json!({
-                    "listening": addr.to_string(),
-                    "metrics": hub.metrics_addr().map(|a| format!("http://{a}/metrics")),
-                    "trust_domain": data.config.trust_domain,
-                    "data": data.root.display().to_string(),
-                    "created": data.created,
-                    "admin": data.admin_dir().display().to_string(),
-                    "ca": data.root.join("ca.pem").display().to_string(),
-                    "policies": {
-                        "origin": origin,
-                        "sources": names,
-                        "policies": running.set.len(),
-                        "epoch": running.epoch,
-                    },
-                }))
-            );
+            super::announce_json(&serde_json::json!({
+                "listening": addr.to_string(),
+                "metrics": hub.metrics_addr().map(|a| format!("http://{a}/metrics")),
+                "trust_domain": data.config.trust_domain,
+                "data": data.root.display().to_string(),
+                "created": data.created,
+                "admin": data.admin_dir().display().to_string(),
+                "ca": data.root.join("ca.pem").display().to_string(),
+                "policies": {
+                    "origin": origin,
+                    "sources": names,
+                    "policies": running.set.len(),
+                    "epoch": running.epoch,
+                },
+            }));
         } else {
             if !data.created.is_empty() {
                 announceln!("initialized {}:", data.root.display());

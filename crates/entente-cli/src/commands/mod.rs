@@ -1,10 +1,3 @@
-/// `print!` through [`print_out`]: a reader gone ends the command quietly.
-macro_rules! out {
-    ($($arg:tt)*) => {
-        $crate::commands::print_out(format_args!($($arg)*))
-    };
-}
-
 /// `println!` through [`print_out`]: a reader gone ends the command quietly.
 macro_rules! outln {
     () => {
@@ -50,8 +43,8 @@ pub(crate) fn write_out(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
     out.flush()
 }
 
-/// Writes `args` to standard output (the CLI's every write there, by [`out!`] and
-/// [`outln!`]). When whoever reads it is gone (`entente audit tail --follow | head -1`), the
+/// Writes `args` to standard output (the CLI's every write there, by [`outln!`] and
+/// [`print_json`], but for [`announce`]'s). When whoever reads it is gone (`entente audit tail --follow | head -1`), the
 /// command ends there, quietly and with success, as `listen` does; another error writing (a
 /// full disk) ends it with a failure.
 pub(crate) fn print_out(args: std::fmt::Arguments<'_>) {
@@ -65,11 +58,17 @@ pub(crate) fn print_out(args: std::fmt::Arguments<'_>) {
     }
 }
 
-/// Writes `args` to standard output for a running hub: what it prints announces it, and a
-/// reader gone (a supervisor that read the first line) must not stop it, nor a write that
-/// fails make it exit as if it had not run.
+/// Writes `args` to standard output whatever becomes of it: for what goes on (a running hub
+/// or responder, whose lines announce it: a reader gone, such as a supervisor that read the
+/// first line, must not stop it) and for what ends with a status of its own (a failure, a
+/// denial: a reader gone must not turn it into a success).
 pub(crate) fn announce(args: std::fmt::Arguments<'_>) {
     let _ = write_out(args);
+}
+
+/// [`print_json`] through [`announce`].
+pub(crate) fn announce_json(value: &impl serde::Serialize) {
+    announce(format_args!("{}\n", json_line(value)));
 }
 
 /// Prints `value` as one line of JSON, with [`json_line`]'s escapes: every JSON the CLI
@@ -251,7 +250,7 @@ mod tests {
             for word in ["println!(", "print!("] {
                 if let Some(at) = calls(&code, word).next() {
                     panic!(
-                        "{file}: `{word}` (use `outln!` or `out!`: a closed pipe panics it): {}",
+                        "{file}: `{word}` (use `outln!` or `announceln!`: a closed pipe panics it): {}",
                         code[at..].lines().next().unwrap()
                     );
                 }
@@ -308,10 +307,11 @@ mod tests {
         let mut bypasses = Vec::new();
         for (file, code) in code() {
             // A JSON value or text put in a line (`outln!("{}", json!(…))`, a `format!` of a
-            // `to_json()`) rather than given to `print_json`, which escapes with `json_line`.
+            // `to_json()`) rather than given to `print_json` or `announce_json`, which escape
+            // with `json_line`.
             for word in [
                 "outln!(",
-                "out!(",
+                "announceln!(",
                 "eprintln!(",
                 "eprint!(",
                 "write!(",

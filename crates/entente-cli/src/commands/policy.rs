@@ -167,8 +167,9 @@ pub(crate) fn check(
             .await
             .context("checking the decision")?;
         client.close().await;
+        // The exit status is the verdict: a reader gone does not make a denial a success.
         if json {
-            super::print_json(&serde_json::json!({
+            super::announce_json(&serde_json::json!({
                 "allowed": answer.allowed,
                 "policies": answer.policies,
                 "reason": answer.reason,
@@ -177,7 +178,7 @@ pub(crate) fn check(
                 "explanation": answer.explanation,
             }));
         } else {
-            out!("{}", clean_lines(&answer.explanation));
+            super::announce(format_args!("{}", clean_lines(&answer.explanation)));
         }
         Ok(if answer.allowed {
             ExitCode::SUCCESS

@@ -128,12 +128,13 @@ pub(crate) fn serve(
                     continue;
                 }
             }
+            // A responder goes on serving when nobody reads what it says.
             if json {
-                super::print_json(
+                super::announce_json(
                     &serde_json::json!({ "answered": sender.to_string(), "bytes": bytes, "failed": failed }),
                 );
             } else {
-                outln!("answered `{sender}` ({bytes} bytes)");
+                announceln!("answered `{sender}` ({bytes} bytes)");
             }
         }
         client.close().await;
