@@ -24,7 +24,8 @@ pub enum ErrorKind {
     Refused,
     /// A limit of the hub refused it: a rate limit (`Refusal` code `RATE_LIMITED`, or a
     /// unary call's `RESOURCE_EXHAUSTED` under the agent's call limit; [`Error::retry_after`]
-    /// says when the same publish or call would pass), or a connection limit (too many
+    /// says when the same publish or call would pass; a call's `RESOURCE_EXHAUSTED` that no
+    /// wait changes is [`Refused`](Self::Refused)), or a connection limit (too many
     /// connections of this identity, or of the hub, when the session opened).
     /// Nothing was sent. As an item of a subscription: the SDK's own bound, messages
     /// delivered before the hub acknowledged the subscription past what its queue holds were
@@ -177,7 +178,8 @@ impl Error {
             .and_then(|(code, _)| RefusalCode::from_u32(*code))
     }
 
-    /// When the same publish would pass, for a rate limit's refusal ([`ErrorKind::Limited`]);
+    /// When the same publish or call would pass, for a rate limit's refusal
+    /// ([`ErrorKind::Limited`]);
     /// `Some(Duration::ZERO)` when it never would (it is larger than the limit's burst: send
     /// fewer messages at once). `None` for other errors.
     pub fn retry_after(&self) -> Option<Duration> {

@@ -661,9 +661,10 @@ async fn dial(addr: impl ToSocketAddrs) -> Result<TcpStream, Error> {
     })
 }
 
-/// The error for a gRPC status ending `what` (a session or a call). A limit's refusal
-/// (`RESOURCE_EXHAUSTED`) is [`ErrorKind::Limited`], with the `grpc-retry-pushback-ms` the
-/// hub sent with a rate limit's as its [`Error::retry_after`].
+/// The error for a gRPC status ending `what` (a session or a call). A rate limit's refusal
+/// (`RESOURCE_EXHAUSTED` with `grpc-retry-pushback-ms`) is [`ErrorKind::Limited`], the
+/// pushback its [`Error::retry_after`]; another `RESOURCE_EXHAUSTED` (an answer too large, a
+/// list with no room), which waiting does not change, is [`ErrorKind::Refused`].
 pub(crate) fn status_error(what: &str, status: &Status) -> Error {
     let kind = if classify(status) == ErrorKind::Tls {
         ErrorKind::Tls
@@ -673,7 +674,8 @@ pub(crate) fn status_error(what: &str, status: &Status) -> Error {
             Code::PermissionDenied | Code::Unauthenticated => ErrorKind::Denied,
             Code::DeadlineExceeded => ErrorKind::Timeout,
             Code::Unavailable | Code::Cancelled | Code::Aborted => ErrorKind::Closed,
-            Code::ResourceExhausted => ErrorKind::Limited,
+            Code::ResourceExhausted if retry_pushback(status).is_some() => ErrorKind::Limited,
+            Code::ResourceExhausted => ErrorKind::Refused,
             _ => ErrorKind::Protocol,
         }
     };
@@ -907,10 +909,14 @@ mod tests {
         let e = status_error("x", &limited);
         assert_eq!(e.kind(), ErrorKind::Limited);
         assert_eq!(e.retry_after(), Some(Duration::from_millis(250)));
+        // Without one, waiting changes nothing: refused, not limited.
         limited
             .metadata_mut()
             .insert("grpc-retry-pushback-ms", "soon".parse().unwrap());
-        assert_eq!(status_error("x", &limited).retry_after(), None);
+        let e = status_error("x", &limited);
+        assert_eq!((e.kind(), e.retry_after()), (ErrorKind::Refused, None));
+        let e = status_error("x", &Status::resource_exhausted("too many members"));
+        assert_eq!(e.kind(), ErrorKind::Refused);
     }
 
     /// What [`session_accepted`] makes of `bytes` as the hub's first words on a framed

@@ -264,7 +264,7 @@ impl<C: Clock + Clone> Limiters<C> {
             "",
             *rate,
             n,
-            "messages and frames",
+            "messages, frames and calls",
         )
     }
 

@@ -742,6 +742,8 @@ impl HubHandle {
         };
         let auditor = self.shared.context.authz.auditor();
         self.shared.services.enroll_refusals.flush(auditor);
+        // Every connection is gone: no call is refused after this.
+        crate::calls::record_due(&self.shared.services, true);
         auditor.close();
         if let Some(writer) = self.audit_writer.take()
             && let Err(failure) = writer.join().await
@@ -1369,8 +1371,8 @@ impl Drop for Busy {
     }
 }
 
-/// Records the refused calls left unrecorded once due (every second, and all at shutdown),
-/// and drops the rate limits' buckets (the policies' `@rate`s too) that are full again,
+/// Records the refused calls left unrecorded once due (every second; what is left at
+/// shutdown, `HubHandle::shutdown` does), and drops the rate limits' buckets (the policies' `@rate`s too) that are full again,
 /// every [`LIMITS_PURGE`], until shutdown.
 async fn purge_loop(services: Arc<Services<LocalRouter>>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(crate::calls::RECORD_INTERVAL);
@@ -1386,10 +1388,8 @@ async fn purge_loop(services: Arc<Services<LocalRouter>>, mut shutdown: watch::R
                     purged = tokio::time::Instant::now();
                 }
             }
-            () = stopped(&mut shutdown) => {
-                crate::calls::record_due(&services, true);
-                return;
-            }
+            // What is left is recorded by `shutdown`, once no call can come.
+            () = stopped(&mut shutdown) => return,
         }
     }
 }

@@ -199,6 +199,36 @@ async fn an_agents_calls_are_limited_with_a_retry_after_and_every_refusal_is_rec
     }
 }
 
+/// Refusals a run left unrecorded when the hub stops are recorded as it stops.
+#[tokio::test]
+async fn refused_calls_left_unrecorded_are_recorded_at_shutdown() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir, |c| {
+        c.rate_limits.agent_calls = Some(Rate {
+            per_second: 1,
+            burst: 1,
+        });
+    })
+    .await;
+    let admin = hub.connect(hub.admin().unwrap()).await.unwrap();
+    let admin_id = admin.principal().to_string();
+    admin.policies().await.unwrap();
+    // The first refusal is recorded at once, the next two would wait for the second's end.
+    for _ in 0..3 {
+        let e = admin.policies().await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Limited, "{e}");
+    }
+    drop(admin);
+    let hub = hub.restart().await.unwrap();
+    let recorded: u64 = limit_records(&hub)
+        .await
+        .iter()
+        .filter(|(p, l, ..)| *p == admin_id && l == "agent-calls")
+        .map(|(.., count)| count)
+        .sum();
+    assert_eq!(recorded, 3);
+}
+
 /// A hub whose channel class `orders.bulk.>` takes 1 message a second, 5 at once.
 async fn start_with_bulk_class(dir: &TempDir) -> TestHub {
     start(dir, |c| {
