@@ -804,11 +804,7 @@ fn intermediate_cert(
     // The first intermediate's key is tried first.
     candidates.sort_by_key(|name| name != &first);
     for name in &candidates {
-        // A candidate whose public key can't be read (e.g. what a deletion stopped midway
-        // left) signs nothing: it is passed over, not a reason to refuse the CA.
-        let Ok(public) = keystore.public_key(name) else {
-            continue;
-        };
+        let public = keystore.public_key(name)?;
         if public.algorithm == KeyAlgorithm::EcdsaP256Sha256
             && public.bytes == unmatched.public.bytes
         {

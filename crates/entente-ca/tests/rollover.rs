@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{new_ca, now, p256_csr, unix_ms};
@@ -16,7 +15,7 @@ use entente_ca::{
     Ca, CaError, CaOptions, INTERMEDIATE_KEY, IntermediateRole, ROOT_KEY, TrustBundleError,
 };
 use entente_crypto::{BundleError, KeyBundleBody, KeyBundleIn};
-use entente_keystore::{KeyAlgorithm, KeyName, KeyStore, KeyStoreError, PublicKey};
+use entente_keystore::KeyName;
 use entente_types::Principal;
 
 const HOUR_MS: u64 = 3_600_000;
@@ -148,74 +147,6 @@ fn every_phase_reloads_from_its_pem() {
     let key = staged.intermediates()[1].key.clone().unwrap();
     f.keystore.delete(&key).unwrap();
     assert!(Ca::from_pem(f.keystore.clone(), &staged.to_pem(), CaOptions::default()).is_err());
-}
-
-/// A key store whose key `broken` is listed but has no public key (what a deletion stopped
-/// midway may leave on a token).
-#[derive(Debug)]
-struct HalfDeleted {
-    inner: Arc<dyn KeyStore>,
-    broken: KeyName,
-}
-
-impl KeyStore for HalfDeleted {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-    fn generate(&self, name: &KeyName, alg: KeyAlgorithm) -> Result<PublicKey, KeyStoreError> {
-        self.inner.generate(name, alg)
-    }
-    fn public_key(&self, name: &KeyName) -> Result<PublicKey, KeyStoreError> {
-        if *name == self.broken {
-            return Err(KeyStoreError::Pkcs11 {
-                op: "public_key",
-                detail: "no public key object".to_owned(),
-            });
-        }
-        self.inner.public_key(name)
-    }
-    fn sign(&self, name: &KeyName, msg: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
-        self.inner.sign(name, msg)
-    }
-    fn encrypt(&self, name: &KeyName, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
-        self.inner.encrypt(name, plain, aad)
-    }
-    fn decrypt(
-        &self,
-        name: &KeyName,
-        sealed: &[u8],
-        aad: &[u8],
-    ) -> Result<zeroize::Zeroizing<Vec<u8>>, KeyStoreError> {
-        self.inner.decrypt(name, sealed, aad)
-    }
-    fn contains(&self, name: &KeyName) -> Result<bool, KeyStoreError> {
-        self.inner.contains(name)
-    }
-    fn list(&self) -> Result<Vec<(KeyName, KeyAlgorithm)>, KeyStoreError> {
-        self.inner.list()
-    }
-    fn delete(&self, name: &KeyName) -> Result<(), KeyStoreError> {
-        self.inner.delete(name)
-    }
-}
-
-#[test]
-fn a_key_whose_public_key_cant_be_read_does_not_stop_the_ca_loading() {
-    let f = new_ca("example.org");
-    let active =
-        f.ca.stage_intermediate(now())
-            .unwrap()
-            .activate_staged()
-            .unwrap();
-    // The retiring intermediate's key, tried first, is half deleted; the active one's is fine.
-    let keystore: Arc<dyn KeyStore> = Arc::new(HalfDeleted {
-        inner: f.keystore.clone(),
-        broken: KeyName::new(INTERMEDIATE_KEY).unwrap(),
-    });
-    let reloaded = Ca::from_pem(keystore, &active.to_pem(), CaOptions::default()).unwrap();
-    let intermediates = reloaded.intermediates();
-    assert_eq!(intermediates[0].key, active.intermediates()[0].key);
-    assert_eq!(intermediates[1].key, None);
 }
 
 #[test]

@@ -369,10 +369,21 @@ impl KeyStore for Pkcs11KeyStore {
 
     fn generate(&self, name: &KeyName, alg: KeyAlgorithm) -> Result<PublicKey, KeyStoreError> {
         let session = self.sessions.exclusive()?;
-        if !matches!(lookup(&session, name, "generate")?, Lookup::Missing) {
-            return Err(KeyStoreError::KeyExists {
-                name: name.to_string(),
-            });
+        match lookup(&session, name, "generate")? {
+            Lookup::Missing => {}
+            // A deletion stopped midway is finished first: the name is free.
+            Lookup::PublicOnly(publics) => {
+                for public in publics {
+                    session
+                        .destroy_object(public)
+                        .map_err(|err| pkcs11_error("generate", &err))?;
+                }
+            }
+            Lookup::Key(_) | Lookup::Unusable(_) => {
+                return Err(KeyStoreError::KeyExists {
+                    name: name.to_string(),
+                });
+            }
         }
         self.create(&session, name, alg)
     }
@@ -497,9 +508,10 @@ impl KeyStore for Pkcs11KeyStore {
 
     fn contains(&self, name: &KeyName) -> Result<bool, KeyStoreError> {
         let session = self.sessions.shared()?;
+        // A key whose deletion stopped midway is deleted.
         Ok(!matches!(
             lookup(&session, name, "contains")?,
-            Lookup::Missing
+            Lookup::Missing | Lookup::PublicOnly(_)
         ))
     }
 
@@ -929,7 +941,8 @@ enum Lookup {
     Missing,
     /// A key this backend made.
     Key(StoredKey),
-    /// Only public key objects this backend made: what a deletion stopped midway left.
+    /// Only public key objects this backend made: what a deletion stopped midway left. The
+    /// key is deleted; the objects go when it is deleted again or the name made anew.
     PublicOnly(Vec<ObjectHandle>),
     /// Key objects that are not one key this backend made; why not.
     Unusable(String),
@@ -997,15 +1010,8 @@ fn lookup(session: &Session, name: &KeyName, op: &'static str) -> Result<Lookup,
 fn stored(session: &Session, name: &KeyName, op: &'static str) -> Result<StoredKey, KeyStoreError> {
     match lookup(session, name, op)? {
         Lookup::Key(key) => Ok(key),
-        Lookup::Missing => Err(KeyStoreError::KeyNotFound {
+        Lookup::Missing | Lookup::PublicOnly(_) => Err(KeyStoreError::KeyNotFound {
             name: name.to_string(),
-        }),
-        Lookup::PublicOnly(_) => Err(KeyStoreError::Pkcs11 {
-            op,
-            detail: format!(
-                "`{name}` is a public key whose private key is gone (a deletion stopped \
-                 midway): delete it again"
-            ),
         }),
         Lookup::Unusable(why) => Err(KeyStoreError::Pkcs11 {
             op,
