@@ -167,6 +167,24 @@ const APPROVALS: &str = "approvals";
 const MAX_DURATION: &str = "max_duration";
 const RATE: &str = "rate";
 const BURST: &str = "burst";
+const ID: &str = "id";
+
+/// Every annotation the loader reads: any other is refused (a misspelled `@approvals` would
+/// load, and a grant meant for two people's approval be given by one).
+const ANNOTATIONS: [&str; 8] = [
+    ID,
+    GRANT,
+    APPROVALS,
+    MAX_DURATION,
+    RATE,
+    BURST,
+    HOLD,
+    CROSS_SEGMENT,
+];
+
+/// The annotations that are flags: present or not, with no value (`@cross_segment("false")`
+/// would otherwise be one).
+const FLAGS: [&str; 2] = [HOLD, CROSS_SEGMENT];
 
 // === impl PolicySet ===
 
@@ -728,7 +746,7 @@ fn split(
         let written = policy.to_cedar().unwrap_or_default();
         let (line, column) = cursor.locate(&written);
         let id = policy
-            .annotation("id")
+            .annotation(ID)
             .map_or_else(|| format!("{name}#{n}"), str::to_owned);
         if let Some(c) = id.chars().find(|&c| is_deceptive(c)) {
             rules.push(Problem {
@@ -741,6 +759,39 @@ fn split(
                     u32::from(c)
                 ),
             });
+            continue;
+        }
+        let mut misread = false;
+        for (key, value) in policy.annotations() {
+            let message = if !ANNOTATIONS.contains(&key) {
+                let nearest = ANNOTATIONS
+                    .iter()
+                    .min_by_key(|known| strsim::levenshtein(known, &key.to_ascii_lowercase()))
+                    .filter(|known| strsim::levenshtein(known, &key.to_ascii_lowercase()) <= 3);
+                let hint = nearest.map_or_else(String::new, |n| format!(" (did you mean `@{n}`?)"));
+                Some(format!(
+                    "unknown annotation `@{}`{hint}: Entente reads only {}",
+                    key.escape_debug(),
+                    ANNOTATIONS.map(|a| format!("`@{a}`")).join(", ")
+                ))
+            } else if FLAGS.contains(&key) && !value.is_empty() {
+                Some(format!(
+                    "`@{key}` takes no value (it is written `@{key}` alone, and is on when present)"
+                ))
+            } else {
+                None
+            };
+            if let Some(message) = message {
+                misread = true;
+                rules.push(Problem {
+                    source: name.to_owned(),
+                    location: Some((line, column)),
+                    policy: Some(id.clone()),
+                    message,
+                });
+            }
+        }
+        if misread {
             continue;
         }
         let reads = reads(policy);

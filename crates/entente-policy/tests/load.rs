@@ -131,6 +131,45 @@ fn duplicate_ids_are_refused() {
     assert!(problems[0].message.contains("a.cedar:2"), "{}", problems[0]);
 }
 
+/// An annotation the loader does not read is refused, with the known one it may stand for:
+/// misspelled, `@approvals` would be the default of one and a two-person rule a one-person
+/// one; a flag given a value (`@cross_segment("false")`) would still be on.
+#[test]
+fn unknown_annotations_and_flags_with_values_are_refused() {
+    let permit = "permit (principal in Segment::\"finance\", action == Action::\"publish\", \
+                  resource in Namespace::\"payments\") \
+                  when { context.grants.contains(\"payments-write\") };";
+    for (annotation, says) in [
+        ("@approval(\"3\")", "did you mean `@approvals`?"),
+        ("@max_duraton(\"15m\")", "did you mean `@max_duration`?"),
+        ("@Rate(\"10/s\")", "did you mean `@rate`?"),
+        (
+            "@description(\"payments\")",
+            "unknown annotation `@description`",
+        ),
+        (
+            "@cross_segment(\"false\")",
+            "`@cross_segment` takes no value",
+        ),
+        ("@hold(\"no\")", "`@hold` takes no value"),
+    ] {
+        let text = format!("@id(\"pay\")\n@grant(\"payments-write\")\n{annotation}\n{permit}\n");
+        let (error, problems) = problems(PolicySet::parse("pay.cedar", &text));
+        assert!(
+            matches!(error, LoadError::Rules(_)),
+            "{annotation}: {error}"
+        );
+        assert_eq!(problems.len(), 1, "{annotation}: {error}");
+        assert_eq!(problems[0].policy.as_deref(), Some("pay"));
+        assert_eq!(problems[0].location, Some((1, 1)));
+        assert!(problems[0].message.contains(says), "{annotation}: {error}");
+    }
+    // Spelled right, the same policy loads.
+    let text = format!("@id(\"pay\")\n@grant(\"payments-write\")\n@approvals(\"3\")\n{permit}\n");
+    let set = PolicySet::parse("pay.cedar", &text).unwrap();
+    assert_eq!(set.grant_definition("payments-write").unwrap().approvals, 3);
+}
+
 #[test]
 fn ids_and_source_names_with_control_or_invisible_characters_are_refused() {
     // A line break, a terminal escape, a bidirectional override: each in an `@id`.
