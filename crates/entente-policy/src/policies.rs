@@ -1105,25 +1105,51 @@ fn collect_grants(
             ))),
         }
     }
+    // A grant opens every policy that tests its name: each says so, so that what a grant
+    // opens is shown with it (`explain`), under the rules its `@grant` policies set.
+    for p in parsed {
+        let own = p.policy.annotation(GRANT);
+        for name in tested_grants(&p.policy) {
+            if own != Some(name.as_str())
+                && let Some(definition) = definitions.get(&name)
+            {
+                rules.push(p.problem(format!(
+                    "the policy tests grant `{name}` without `@grant(\"{name}\")`: grant \
+                     `{name}` (defined by `{}`) would open it unshown; add the annotation, with \
+                     the grant's `@approvals` and `@max_duration` (a policy opened by several \
+                     grants is written once for each)",
+                    definition.policies.first().map_or("?", |id| id.as_str())
+                )));
+            }
+        }
+    }
     definitions
 }
 
 /// Whether the policy's conditions contain `context.grants.contains("<name>")` (also written
 /// `context["grants"].contains("<name>")`), found in Cedar's JSON form of the policy.
 fn tests_grant(policy: &cedar_policy::Policy, name: &str) -> bool {
+    tested_grants(policy).iter().any(|n| n == name)
+}
+
+/// The names the policy's conditions test with `context.grants.contains("<name>")`.
+fn tested_grants(policy: &cedar_policy::Policy) -> Vec<String> {
     let Ok(json) = policy.to_json() else {
-        return false;
+        return Vec::new();
     };
-    let target = serde_json::json!({
-        "left": { ".": { "left": { "Var": "context" }, "attr": "grants" } },
-        "right": { "Value": name },
-    });
+    let grants = serde_json::json!({ ".": { "left": { "Var": "context" }, "attr": "grants" } });
+    let mut names = Vec::new();
     let mut stack = vec![&json];
     while let Some(value) = stack.pop() {
         match value {
             serde_json::Value::Object(map) => {
-                if map.get("contains") == Some(&target) {
-                    return true;
+                if let Some(serde_json::Value::Object(contains)) = map.get("contains")
+                    && contains.get("left") == Some(&grants)
+                    && let Some(serde_json::Value::String(name)) =
+                        contains.get("right").and_then(|r| r.get("Value"))
+                    && !names.contains(name)
+                {
+                    names.push(name.clone());
                 }
                 stack.extend(map.values());
             }
@@ -1131,7 +1157,7 @@ fn tests_grant(policy: &cedar_policy::Policy, name: &str) -> bool {
             _ => {}
         }
     }
-    false
+    names
 }
 
 /// What a policy reads besides principal, action and resource.

@@ -158,6 +158,54 @@ fn a_grant_its_policy_never_tests_is_refused() {
     .unwrap();
 }
 
+/// A grant opens every policy that tests its name: one that does without saying so (no
+/// `@grant`, or another's) is refused, in another file too; a name no `@grant` defines may
+/// still be tested (such a grant is never given).
+#[test]
+fn a_policy_testing_a_defined_grant_must_carry_it() {
+    let defined = permit(
+        "@id(\"a\") @grant(\"demo-read\") @approvals(\"2\")",
+        "demo-read",
+    );
+    let admin = "@id(\"sneaky\")\npermit (principal, action == Action::\"admin\", resource == Hub::\"hub\")\n  when { context.grants.contains(\"demo-read\") };\n";
+    let problems = rules(
+        PolicySet::builder()
+            .source("grants.cedar", &defined)
+            .source("admin.cedar", admin)
+            .build(),
+    );
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].source, "admin.cedar");
+    assert_eq!(problems[0].policy.as_deref(), Some("sneaky"));
+    assert!(
+        problems[0]
+            .message
+            .contains("without `@grant(\"demo-read\")`")
+            && problems[0].message.contains("defined by `a`"),
+        "{problems:?}"
+    );
+    // Under another grant's name, the same.
+    let other = [
+        defined.clone(),
+        permit("@id(\"b\") @grant(\"other\")", "other"),
+        "@id(\"both\") @grant(\"other\")\npermit (principal, action == Action::\"subscribe\", resource in Namespace::\"x\")\n  when { context.grants.contains(\"other\") || context.grants.contains(\"demo-read\") };\n".to_owned(),
+    ]
+    .concat();
+    assert_eq!(one_problem(&other).policy.as_deref(), Some("both"));
+    // Carrying it, it loads; a name nobody defines may be tested.
+    let carried = [
+        defined,
+        permit(
+            "@id(\"c\") @grant(\"demo-read\") @approvals(\"2\")",
+            "demo-read",
+        ),
+        permit("@id(\"d\")", "undefined-grant"),
+    ]
+    .concat();
+    let set = PolicySet::parse("g.cedar", &carried).unwrap();
+    assert_eq!(set.grant_definition("demo-read").unwrap().policies.len(), 2);
+}
+
 #[test]
 fn conflicting_definitions_across_files_are_refused() {
     let result = PolicySet::builder()
