@@ -462,7 +462,46 @@ impl Authz {
             epoch
         };
         self.epoch.send_replace(epoch);
-        Ok((epoch, count))
+        self.conform_grants(registry).await;
+        Ok((self.engine.epoch(), count))
+    }
+
+    /// Ends the grants the running set no longer allows as given (their definition gone, or
+    /// given for longer than its `@max_duration` now allows: `GrantBook::conform`), recorded
+    /// as revoked by the hub. A store that fails leaves them until the next load, and says so.
+    pub(crate) async fn conform_grants(&self, registry: &Registry) {
+        match self
+            .change_grants(registry, |book, policies| Ok(book.conform(policies)))
+            .await
+        {
+            Ok(ended) => {
+                for grant in &ended {
+                    tracing::info!(
+                        grant = %grant.id,
+                        principal = %grant.principal,
+                        name = %grant.name,
+                        "grant ended: the policies no longer allow it as given"
+                    );
+                    let event = crate::grant_state::grant_event(
+                        grant.id.to_string(),
+                        entente_audit::GrantStage::Revoked,
+                        grant.principal.as_str(),
+                        &grant.name,
+                        grant.not_after_ms,
+                        None,
+                    );
+                    let _ = self.auditor().submit(
+                        crate::audit::HUB_ACTOR,
+                        entente_audit::Outcome::Success,
+                        event,
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "the grants the policies no longer allow could not be ended; they are at the next load"
+            ),
+        }
     }
 
     /// The running set, its sources and its epoch, consistent with one another.

@@ -296,6 +296,8 @@ impl Hub {
             .with_auditor(auditor)
             .with_anomaly(anomaly.clone()),
         );
+        // The stored grants under the set the hub starts with (another, from the files).
+        authz.conform_grants(&registry).await;
         let (streams, stream_writers) = Streams::open(
             &config.streams,
             config.streams_dir.as_deref(),

@@ -534,3 +534,37 @@ async fn a_grant_that_needs_approvals_is_not_given_directly() {
     grant(&hub, &ann, &eve.principal, 60_000).await.unwrap();
     hub.shutdown().await.unwrap();
 }
+
+/// A policy load ends the grants the new set no longer allows as given (`orders-peek` now
+/// lasts at most 15 minutes: one given for 45 ends), and live sessions lose what they opened.
+#[tokio::test]
+async fn a_policy_load_ends_the_grants_it_no_longer_allows() {
+    let ca = TestCa::new();
+    let hub = Hub::start(config(), ca.ca.clone(), ca.store())
+        .await
+        .unwrap();
+    let eve = enroll(&hub, "ops", "eve").await;
+    let ann = human(&hub, "ann").await;
+    grant(&hub, &ann, &eve.principal, 45 * 60_000)
+        .await
+        .unwrap();
+    let mut session = eve.session(&hub).await;
+    assert_eq!(session.subscribe(1, "orders.eu").await, ack(1));
+    assert_eq!(list(&hub, &eve).await.grants.len(), 1);
+
+    let shorter = POLICIES.replace(
+        "@grant(\"orders-peek\")\n    @max_duration(\"1h\")",
+        "@grant(\"orders-peek\")\n    @max_duration(\"15m\")",
+    );
+    assert_ne!(shorter, POLICIES);
+    hub.load_policies(sources(&shorter)).await.unwrap();
+    assert!(list(&hub, &eve).await.grants.is_empty());
+    // The subscription it opened is ended, and a new one refused.
+    match session.next_kind().await {
+        server_frame::Kind::SubscriptionEnded(ended) => assert_eq!(ended.subscription_id, 1),
+        other => panic!("{other:?}"),
+    }
+    let (_, code) = support::refusal(session.subscribe(2, "orders.eu").await);
+    assert_eq!(code, RefusalCode::Denied);
+    hub.shutdown().await.unwrap();
+}

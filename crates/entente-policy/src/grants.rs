@@ -816,6 +816,29 @@ impl GrantBook {
         Ok(grant)
     }
 
+    /// Ends the grants `policies` no longer allow as given: those whose name no policy of the
+    /// set defines any more, and those given for longer than its definition's `@max_duration`
+    /// now allows (their holders may ask again, under the rules in force). Returns them.
+    pub fn conform(&mut self, policies: &PolicySet) -> Vec<Grant> {
+        let mut ended = Vec::new();
+        self.grants.retain(|_, grant| {
+            let allowed = policies
+                .grant_definition(&grant.name)
+                .is_some_and(|definition| {
+                    grant.not_after_ms.saturating_sub(grant.not_before_ms)
+                        <= definition.max_duration_ms
+                });
+            if !allowed {
+                ended.push(grant.clone());
+            }
+            allowed
+        });
+        if !ended.is_empty() {
+            self.touch();
+        }
+        ended
+    }
+
     /// Removes the grants that ended by `now_ms`, marks lapsed pending requests expired, and
     /// forgets decided or lapsed requests kept longer than `keep_decided_ms` after their
     /// expiry. Says what changed, so that the caller can bump the policy epoch (if grants

@@ -155,6 +155,57 @@ fn active_names(book: &GrantBook, who: &Principal, now: u64) -> Vec<String> {
         .collect()
 }
 
+// === a new policy set ===
+
+/// Grants given under one set conform to the next: a grant whose definition is gone, or given
+/// for longer than the new `@max_duration` allows, ends; the others stay as they were.
+#[test]
+fn a_new_policy_set_ends_the_grants_it_no_longer_allows() {
+    let mut w = world();
+    let kept = w
+        .grant("demo-read", GrantEnd::After(2 * HOUR), NOW)
+        .unwrap();
+    let long = w.grant("logs-write", GrantEnd::After(HOUR), NOW).unwrap();
+    assert!(
+        w.book.conform(&w.policies).is_empty(),
+        "the same set ends nothing"
+    );
+    let revision = w.book.revision();
+    // `logs-write` now lasts at most 30 minutes; `payments-write` and the rest are gone.
+    let next = PolicySet::parse(
+        "next.cedar",
+        r#"
+@id("demo-read")
+@grant("demo-read")
+permit (principal, action == Action::"subscribe", resource in Namespace::"demo")
+  when { context.grants.contains("demo-read") };
+
+@id("logs-write")
+@grant("logs-write")
+@max_duration("30m")
+permit (principal, action == Action::"publish", resource in Namespace::"logs")
+  when { context.grants.contains("logs-write") };
+"#,
+    )
+    .unwrap();
+    let ended = w.book.conform(&next);
+    assert_eq!(ended, [long]);
+    assert!(w.book.revision() > revision);
+    assert_eq!(
+        active_names(&w.book, &w.alice.id, NOW + MINUTE),
+        ["demo-read"]
+    );
+    // Without its definition, a grant ends too.
+    let bare = PolicySet::parse(
+        "bare.cedar",
+        "forbid (principal, action, resource in Namespace::\"x\");",
+    )
+    .unwrap();
+    assert_eq!(w.book.conform(&bare), [kept]);
+    assert!(active_names(&w.book, &w.alice.id, NOW + MINUTE).is_empty());
+}
+
+// === direct grants ===
 // === direct grants ===
 
 #[test]
