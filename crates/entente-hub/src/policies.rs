@@ -12,7 +12,7 @@
 //!
 //! CheckPolicy answers as the hub decides: the structural rules first (own `_direct` and
 //! `_reply` namespaces, reply grants), then the running policies, with the facts a session of
-//! the principal has now: its active grants (no roles, risk 0).
+//! the principal has now: its active grants and its risk score (no roles).
 
 use std::time::SystemTime;
 

@@ -108,7 +108,8 @@ impl TlsConfigs {
             .with_no_client_auth()
             .with_cert_resolver(resolver);
         enroll.alpn_protocols = vec![b"h2".to_vec()];
-        // An enrollment connection serves one request: nothing to resume.
+        // An enrollment connection lives a minute at most (`ENROLL_LIFETIME`): nothing to
+        // resume.
         enroll.session_storage = Arc::new(NoServerSessionStorage {});
         enroll.send_tls13_tickets = 0;
         Ok(Self {

@@ -198,6 +198,15 @@ impl EmbeddedStore {
     }
 
     fn redeem_token_now(&self, hash: &[u8; 32], now_ms: u64) -> Result<TokenRecord, StoreError> {
+        // Most attempts that need no credential name no token (a guess, a flood): answered from
+        // a read transaction, which waits for no writer and holds none up.
+        {
+            let tx = self.read()?;
+            let table = tx.open_table(TOKENS).map_err(engine_error)?;
+            if table.get(hash).map_err(engine_error)?.is_none() {
+                return Err(StoreError::TokenUnknown);
+            }
+        }
         // redb runs one write transaction at a time, so the read, the checks and the write below
         // are one atomic step; an error drops (aborts) the transaction and changes nothing.
         self.write(|tx| {
@@ -754,6 +763,30 @@ mod tests {
 
     use super::{decode_blob, decode_versioned, encode_blob, grants_what, revocations_what};
     use crate::StoreError;
+
+    /// An attempt naming no token (a guess, a flood) is answered without the write lock: a
+    /// writer holding it (a renewal, a revocation) does not hold the answer up, nor the other
+    /// way round.
+    #[test]
+    fn an_unknown_token_is_answered_without_waiting_for_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            std::sync::Arc::new(super::EmbeddedStore::open(dir.path().join("s.redb")).unwrap());
+        let writing = store.db.begin_write().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let asking = store.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(asking.redeem_token_now(&[7; 32], 0));
+        });
+        let answer = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the redemption waited for the writer");
+        assert!(
+            matches!(answer, Err(StoreError::TokenUnknown)),
+            "{answer:?}"
+        );
+        drop(writing);
+    }
 
     #[test]
     fn blob_round_trip_and_version_byte() {
