@@ -271,6 +271,14 @@ async fn revoke_inner<R>(
         }
     }
     let mut serials = request.serials.clone();
+    // Renewals are recorded under the agents lock: held from the read of the lineage until the
+    // list is in force, a renewal racing this revocation is either read here or recorded after
+    // it, when its connection (holding a revoked serial) is refused.
+    let _agents = if request.serials.is_empty() {
+        None
+    } else {
+        Some(services.agents.lock().await)
+    };
     if !request.serials.is_empty() {
         if !listed(services, caller) {
             return Err(RpcError::Denied(

@@ -419,9 +419,13 @@ pub(crate) fn unix_ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// The most renewal links an agent record keeps ([`record_serial`]).
+pub(crate) const MAX_LINEAGE: usize = 4 * MAX_RECORDED_SERIALS;
+
 /// Appends `serial` to `record`'s serials, keeping the newest [`MAX_RECORDED_SERIALS`], with
-/// the serial of the certificate it was renewed from, if it was: the lineage keeps only
-/// serials still listed.
+/// the serial of the certificate it was renewed from, if it was. The lineage keeps the links
+/// of the serials still listed and of their ancestors, however old (a thief renewing many
+/// times must not push the link to the stolen serial out), the newest [`MAX_LINEAGE`] of them.
 pub(crate) fn record_serial(
     record: &mut AgentRecord,
     serial: Vec<u8>,
@@ -434,10 +438,33 @@ pub(crate) fn record_serial(
     serials.push(serial);
     let excess = serials.len().saturating_sub(MAX_RECORDED_SERIALS);
     serials.drain(..excess);
-    let kept = &record.certificate_serials;
-    record
-        .renewed_from
-        .retain(|(serial, _)| kept.contains(serial));
+    // The serials whose link is needed: those listed, then their parents, up the lineage.
+    let keep: Vec<bool> = {
+        let mut needed: HashSet<&[u8]> = record
+            .certificate_serials
+            .iter()
+            .map(Vec::as_slice)
+            .collect();
+        let mut grew = true;
+        while grew {
+            grew = false;
+            // Newest first: a chain is followed up in one pass.
+            for (child, parent) in record.renewed_from.iter().rev() {
+                if needed.contains(child.as_slice()) && needed.insert(parent.as_slice()) {
+                    grew = true;
+                }
+            }
+        }
+        record
+            .renewed_from
+            .iter()
+            .map(|(child, _)| needed.contains(child.as_slice()))
+            .collect()
+    };
+    let mut keep = keep.into_iter();
+    record.renewed_from.retain(|_| keep.next().unwrap_or(false));
+    let excess = record.renewed_from.len().saturating_sub(MAX_LINEAGE);
+    record.renewed_from.drain(..excess);
 }
 
 /// The serials of `records` renewed, directly or through others, from any of `serials`:
@@ -597,18 +624,38 @@ mod tests {
     }
 
     #[test]
-    fn serials_keep_the_newest_with_their_lineage() {
+    fn serials_keep_the_newest_and_the_lineage_of_their_ancestors() {
         let mut record = record();
         let serial = |n: u32| n.to_be_bytes().to_vec();
+        // A chain 0 → 1 → … renewed past what the record lists, and a branch off 0 (1000 →
+        // 1001) that falls off the list.
         record_serial(&mut record, serial(0), None);
-        for n in 1..(MAX_RECORDED_SERIALS as u32 + 10) {
+        record_serial(&mut record, serial(1000), Some(serial(0)));
+        record_serial(&mut record, serial(1001), Some(serial(1000)));
+        let last = MAX_RECORDED_SERIALS as u32 + 10;
+        for n in 1..last {
             record_serial(&mut record, serial(n), Some(serial(n - 1)));
         }
         assert_eq!(record.certificate_serials.len(), MAX_RECORDED_SERIALS);
-        assert_eq!(record.certificate_serials[0], serial(10));
-        // The lineage of the serials dropped goes with them.
-        assert_eq!(record.renewed_from.len(), MAX_RECORDED_SERIALS);
-        assert_eq!(record.renewed_from[0], (serial(10), serial(9)));
+        assert_eq!(
+            record.certificate_serials[0],
+            serial(last - MAX_RECORDED_SERIALS as u32)
+        );
+        // The listed serials' ancestry reaches back to 0: a revocation of the first finds the
+        // last; the branch no listed serial descends from is gone.
+        assert_eq!(record.renewed_from.len(), last as usize - 1);
+        let found = renewed_from(std::slice::from_ref(&record), &[serial(0)]);
+        assert!(found.contains(&serial(last - 1)));
+        assert!(!found.contains(&serial(1001)));
+        // At most MAX_LINEAGE links, the newest.
+        for n in last..(MAX_LINEAGE as u32 + 100) {
+            record_serial(&mut record, serial(n), Some(serial(n - 1)));
+        }
+        assert_eq!(record.renewed_from.len(), MAX_LINEAGE);
+        assert_eq!(
+            record.renewed_from.last().map(|l| l.0.clone()),
+            Some(serial(MAX_LINEAGE as u32 + 99))
+        );
     }
 
     #[test]
