@@ -817,16 +817,24 @@ impl GrantBook {
     }
 
     /// Ends the grants `policies` no longer allow as given: those whose name no policy of the
-    /// set defines any more, and those given for longer than its definition's `@max_duration`
-    /// now allows (their holders may ask again, under the rules in force). Returns them.
+    /// set defines any more, those given for longer than its definition's `@max_duration`
+    /// now allows, and those given with fewer approvals than its `@approvals` now asks (a
+    /// direct grant counts one). Their holders may ask again, under the rules in force.
+    /// Returns them.
     pub fn conform(&mut self, policies: &PolicySet) -> Vec<Grant> {
         let mut ended = Vec::new();
         self.grants.retain(|_, grant| {
+            let approvals = match &grant.granted_by {
+                GrantedBy::Granter(_) => 1,
+                GrantedBy::Request { approvers, .. } => approvers.len(),
+            };
             let allowed = policies
                 .grant_definition(&grant.name)
                 .is_some_and(|definition| {
                     grant.not_after_ms.saturating_sub(grant.not_before_ms)
                         <= definition.max_duration_ms
+                        && u64::try_from(approvals).unwrap_or(u64::MAX)
+                            >= u64::from(definition.approvals)
                 });
             if !allowed {
                 ended.push(grant.clone());

@@ -195,6 +195,20 @@ permit (principal, action == Action::"publish", resource in Namespace::"logs")
         active_names(&w.book, &w.alice.id, NOW + MINUTE),
         ["demo-read"]
     );
+    // Given by one, a grant that now needs two approvals ends.
+    let two = PolicySet::parse(
+        "two.cedar",
+        r#"
+@id("demo-read")
+@grant("demo-read")
+@approvals("2")
+permit (principal, action == Action::"subscribe", resource in Namespace::"demo")
+  when { context.grants.contains("demo-read") };
+"#,
+    )
+    .unwrap();
+    let mut copy = w.book.clone();
+    assert_eq!(copy.conform(&two), std::slice::from_ref(&kept));
     // Without its definition, a grant ends too.
     let bare = PolicySet::parse(
         "bare.cedar",
