@@ -1109,7 +1109,16 @@ fn collect_grants(
     // opens is shown with it (`explain`), under the rules its `@grant` policies set.
     for p in parsed {
         let own = p.policy.annotation(GRANT);
-        for name in tested_grants(&p.policy) {
+        let (tested, other_reads) = grant_reads(&p.policy);
+        if other_reads {
+            rules.push(p.problem(
+                "the policy reads `context.grants` other than as `context.grants.contains(\"NAME\")` \
+                 with the name written out (`containsAny`, `isEmpty`, a comparison): which grants \
+                 open it could not be shown; test each grant by name"
+                    .to_owned(),
+            ));
+        }
+        for name in tested {
             if own != Some(name.as_str())
                 && let Some(definition) = definitions.get(&name)
             {
@@ -1129,27 +1138,34 @@ fn collect_grants(
 /// Whether the policy's conditions contain `context.grants.contains("<name>")` (also written
 /// `context["grants"].contains("<name>")`), found in Cedar's JSON form of the policy.
 fn tests_grant(policy: &cedar_policy::Policy, name: &str) -> bool {
-    tested_grants(policy).iter().any(|n| n == name)
+    grant_reads(policy).0.iter().any(|n| n == name)
 }
 
-/// The names the policy's conditions test with `context.grants.contains("<name>")`.
-fn tested_grants(policy: &cedar_policy::Policy) -> Vec<String> {
+/// The names the policy's conditions test with `context.grants.contains("<name>")`, and
+/// whether they read `context.grants` any other way (`containsAny`, `isEmpty`, a comparison,
+/// `contains` of a value not written out).
+fn grant_reads(policy: &cedar_policy::Policy) -> (Vec<String>, bool) {
     let Ok(json) = policy.to_json() else {
-        return Vec::new();
+        return (Vec::new(), false);
     };
     let grants = serde_json::json!({ ".": { "left": { "Var": "context" }, "attr": "grants" } });
-    let mut names = Vec::new();
+    let (mut names, mut tests, mut reads) = (Vec::new(), 0usize, 0usize);
     let mut stack = vec![&json];
     while let Some(value) = stack.pop() {
         match value {
             serde_json::Value::Object(map) => {
+                if value == &grants {
+                    reads = reads.saturating_add(1);
+                }
                 if let Some(serde_json::Value::Object(contains)) = map.get("contains")
                     && contains.get("left") == Some(&grants)
                     && let Some(serde_json::Value::String(name)) =
                         contains.get("right").and_then(|r| r.get("Value"))
-                    && !names.contains(name)
                 {
-                    names.push(name.clone());
+                    tests = tests.saturating_add(1);
+                    if !names.contains(name) {
+                        names.push(name.clone());
+                    }
                 }
                 stack.extend(map.values());
             }
@@ -1157,7 +1173,7 @@ fn tested_grants(policy: &cedar_policy::Policy) -> Vec<String> {
             _ => {}
         }
     }
-    names
+    (names, reads > tests)
 }
 
 /// What a policy reads besides principal, action and resource.

@@ -131,7 +131,7 @@ fn approvals_or_max_duration_need_a_grant() {
 
 #[test]
 fn a_grant_its_policy_never_tests_is_refused() {
-    let text = "\n\n@id(\"p\")\n@grant(\"demo-read\")\npermit (principal is Agent, action == Action::\"subscribe\", resource)\n  when { context.grants.contains(\"other\") || context.grants.containsAny([\"demo-read\"]) };\n";
+    let text = "\n\n@id(\"p\")\n@grant(\"demo-read\")\npermit (principal is Agent, action == Action::\"subscribe\", resource)\n  when { context.grants.contains(\"other\") || context.grants.contains(\"demo-reads\") };\n";
     let p = one_problem(text);
     assert_eq!(p.source, "g.cedar");
     assert_eq!(p.location, Some((3, 1)));
@@ -204,6 +204,23 @@ fn a_policy_testing_a_defined_grant_must_carry_it() {
     .concat();
     let set = PolicySet::parse("g.cedar", &carried).unwrap();
     assert_eq!(set.grant_definition("demo-read").unwrap().policies.len(), 2);
+    // Reading the grants any other way, which grants open it could not be shown.
+    for condition in [
+        "context.grants.containsAny([\"demo-read\"])",
+        "context.grants.containsAll([\"demo-read\"])",
+        "!context.grants.isEmpty()",
+        "context.grants == [\"demo-read\"]",
+        "context.grants.contains(resource.name)",
+    ] {
+        let text = format!(
+            "@id(\"p\") @grant(\"demo-read\")\npermit (principal, action == Action::\"subscribe\", resource in Namespace::\"demo\")\n  when {{ context.grants.contains(\"demo-read\") && {condition} }};\n"
+        );
+        let p = one_problem(&text);
+        assert!(
+            p.message.contains("reads `context.grants` other than"),
+            "{condition}: {p}"
+        );
+    }
 }
 
 #[test]
