@@ -153,7 +153,7 @@ impl LocalRouter {
     }
 
     /// Frames and bytes waiting in the outbound queues of the sessions holding subscriptions,
-    /// as read at most [`QUEUED_FRESH`] ago.
+    /// as read at most a second ago.
     pub fn queued(&self) -> Queued {
         let mut last = self.queued.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((at, queued)) = *last
