@@ -466,9 +466,9 @@ impl Authz {
         Ok((self.engine.epoch(), count))
     }
 
-    /// Ends the grants the running set no longer allows as given (their definition gone, or
-    /// given for longer than its `@max_duration` now allows: `GrantBook::conform`), recorded
-    /// as revoked by the hub. A store that fails leaves them until the next load, and says so.
+    /// Ends the grants the running set no longer allows as given (`GrantBook::conform`: their
+    /// definition gone, given for longer than its `@max_duration` or with fewer approvals than
+    /// its `@approvals` now asks), recorded as revoked by the hub. A store that fails leaves them until the next load, and says so.
     pub(crate) async fn conform_grants(&self, registry: &Registry) {
         match self
             .change_grants(registry, |book, policies| Ok(book.conform(policies)))

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use entente_audit::{Event, LimitHit, Outcome};
+use entente_audit::Outcome;
 use entente_types::Principal;
 use tonic::Status;
 use tonic::metadata::MetadataValue;
@@ -104,7 +104,7 @@ pub(crate) fn check<R>(
     watch.limited();
     stats::bump(&services.stats.rate_limited);
     services.stats.traffic.rate_limited(hit.limit);
-    let retry_after_ms = u64::try_from(hit.retry_after.as_millis()).unwrap_or(u64::MAX);
+    let retry_after_ms = hit.retry_after_ms();
     let mut status = Status::resource_exhausted(hit.reason.clone());
     if retry_after_ms > 0
         && let Ok(value) = MetadataValue::try_from(retry_after_ms.to_string())
@@ -128,19 +128,7 @@ pub(crate) fn record_due<R>(services: &Services<R>, all: bool) {
 }
 
 fn record<R>(services: &Services<R>, principal: &Principal, hit: &Hit, count: u64) {
-    tracing::warn!(
-        principal = %principal,
-        limit = hit.limit.as_str(),
-        count,
-        "calls refused by a rate limit"
-    );
-    let event = Event::Limit(LimitHit {
-        principal: crate::audit::clear(principal.as_str()),
-        limit: crate::audit::clear(hit.limit.as_str()),
-        scope: crate::audit::clear(&hit.scope),
-        count,
-        retry_after_ms: u64::try_from(hit.retry_after.as_millis()).unwrap_or(u64::MAX),
-    });
+    let event = hit.record(principal, count);
     // A failed log refuses every call after it anyway.
     let _ = services
         .authz

@@ -135,16 +135,42 @@ impl fmt::Display for Limit {
     }
 }
 
-/// A publish refused by a limit.
+/// A publish, subscribe, unsubscribe or call refused by a limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Hit {
     pub(crate) limit: Limit,
     /// The channel class (its pattern) for a channel limit; empty for an agent's.
     pub(crate) scope: String,
-    /// When the same publish would pass; zero when it never would (larger than the burst).
+    /// When the same request would pass; zero when it never would (larger than the burst).
     pub(crate) retry_after: Duration,
     /// What was asked and what the limit allows, for the refusal's reason.
     pub(crate) reason: String,
+}
+
+impl Hit {
+    /// [`retry_after`](Self::retry_after) in whole milliseconds.
+    pub(crate) fn retry_after_ms(&self) -> u64 {
+        u64::try_from(self.retry_after.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The audit record of `count` refusals of `principal` by this hit's limit, the last of
+    /// them this one (logged too, at `warn`).
+    pub(crate) fn record(&self, principal: &Principal, count: u64) -> entente_audit::Event {
+        tracing::warn!(
+            principal = %principal,
+            limit = self.limit.as_str(),
+            scope = %self.scope,
+            count,
+            "refused by a rate limit"
+        );
+        entente_audit::Event::Limit(entente_audit::LimitHit {
+            principal: crate::audit::clear(principal.as_str()),
+            limit: crate::audit::clear(self.limit.as_str()),
+            scope: crate::audit::clear(&self.scope),
+            count,
+            retry_after_ms: self.retry_after_ms(),
+        })
+    }
 }
 
 type Keyed<C> = RateLimiter<

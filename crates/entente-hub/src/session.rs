@@ -1332,7 +1332,7 @@ impl<R: Router> Session<R> {
         let refused = Refused {
             code: RefusalCode::RateLimited,
             reason: bounded(hit.reason.clone()),
-            retry_after_ms: u64::try_from(hit.retry_after.as_millis()).unwrap_or(u64::MAX),
+            retry_after_ms: hit.retry_after_ms(),
             recorded: true,
         };
         let same = self
@@ -1361,20 +1361,7 @@ impl<R: Router> Session<R> {
             return;
         };
         self.limit_hits.last_record = Some(Instant::now());
-        tracing::warn!(
-            principal = %self.principal,
-            limit = hit.limit.as_str(),
-            scope = %hit.scope,
-            count,
-            "refused by a rate limit"
-        );
-        let event = Event::Limit(entente_audit::LimitHit {
-            principal: audit::clear(self.principal.as_str()),
-            limit: audit::clear(hit.limit.as_str()),
-            scope: audit::clear(&hit.scope),
-            count,
-            retry_after_ms: u64::try_from(hit.retry_after.as_millis()).unwrap_or(u64::MAX),
-        });
+        let event = hit.record(&self.principal, count);
         // A failed log refuses everything after it anyway.
         let _ =
             self.context

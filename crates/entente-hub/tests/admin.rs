@@ -899,16 +899,26 @@ async fn quarantine(
         .await
 }
 
-#[tokio::test]
-async fn a_quarantine_the_store_refuses_stays_in_force_until_it_can_be_lifted() {
-    let ca = TestCa::new();
-    let root = admin(&ca, "admin");
+/// A hub with `root` listed as administrator, over a store that fails on demand (its
+/// directory lives as long as the `TempDir`).
+async fn start_flaky(
+    ca: &TestCa,
+    root: &Agent,
+) -> (entente_hub::HubHandle, Arc<FlakyStore>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FlakyStore::new(dir.path()));
     let config = config_with_admins(vec![root.principal.clone()]);
     let hub = Hub::start(config, ca.ca.clone(), store.clone())
         .await
         .unwrap();
+    (hub, store, dir)
+}
+
+#[tokio::test]
+async fn a_quarantine_the_store_refuses_stays_in_force_until_it_can_be_lifted() {
+    let ca = TestCa::new();
+    let root = admin(&ca, "admin");
+    let (hub, store, _dir) = start_flaky(&ca, &root).await;
     let client = root.connect(&hub).await;
     let eve = ca.principal("shop", "eve").to_string();
 
@@ -974,6 +984,25 @@ async fn renewed(client: &Client, ca: &TestCa) -> (Vec<Vec<u8>>, Vec<u8>) {
     (response.certificate_chain, key.serialize_der())
 }
 
+/// A client configuration presenting `chain` and `key`, and the hub's server name.
+fn presenting(
+    hub: &entente_hub::HubHandle,
+    ca: &TestCa,
+    chain: &[Vec<u8>],
+    key: &[u8],
+) -> (rustls::ClientConfig, String) {
+    let config = entente_hub::client_tls::client_config(
+        ca.trust(),
+        chain.iter().map(|c| c.clone().into()).collect(),
+        rustls_pki_types::PrivateKeyDer::Pkcs8(key.to_vec().into()),
+    )
+    .unwrap();
+    (
+        config,
+        entente_hub::hub_server_name(hub.trust_bundle().trust_domain()),
+    )
+}
+
 /// Whether a connection presenting `chain` and `key` is accepted.
 async fn accepted(
     hub: &entente_hub::HubHandle,
@@ -981,13 +1010,7 @@ async fn accepted(
     chain: &[Vec<u8>],
     key: &[u8],
 ) -> bool {
-    let config = entente_hub::client_tls::client_config(
-        ca.trust(),
-        chain.iter().map(|c| c.clone().into()).collect(),
-        rustls_pki_types::PrivateKeyDer::Pkcs8(key.to_vec().into()),
-    )
-    .unwrap();
-    let name = entente_hub::hub_server_name(hub.trust_bundle().trust_domain());
+    let (config, name) = presenting(hub, ca, chain, key);
     probe(hub.local_addr(), config, &name).await.is_ok()
 }
 
@@ -1009,13 +1032,7 @@ async fn revoking_a_serial_revokes_the_certificates_renewed_from_it() {
     // The thief renews, reconnects with the renewal and renews again; Alice renews too.
     let (first, first_key) = renewed(&thief, &ca).await;
     let thief_again = {
-        let config = entente_hub::client_tls::client_config(
-            ca.trust(),
-            first.iter().map(|c| c.clone().into()).collect(),
-            rustls_pki_types::PrivateKeyDer::Pkcs8(first_key.clone().into()),
-        )
-        .unwrap();
-        let name = entente_hub::hub_server_name(hub.trust_bundle().trust_domain());
+        let (config, name) = presenting(&hub, &ca, &first, &first_key);
         Client::connect(hub.local_addr(), config, &name)
             .await
             .unwrap()
@@ -1054,12 +1071,7 @@ async fn revoking_a_serial_revokes_the_certificates_renewed_from_it() {
 async fn a_wrapping_key_rotation_the_store_refuses_keeps_both_keys() {
     let ca = TestCa::new();
     let root = admin(&ca, "admin");
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FlakyStore::new(dir.path()));
-    let config = config_with_admins(vec![root.principal.clone()]);
-    let hub = Hub::start(config, ca.ca.clone(), store.clone())
-        .await
-        .unwrap();
+    let (hub, store, _dir) = start_flaky(&ca, &root).await;
     let client = root.connect(&hub).await;
     let keks = || {
         let mut names: Vec<String> = ca

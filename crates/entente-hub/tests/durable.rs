@@ -486,72 +486,119 @@ async fn a_publish_whose_entry_would_outgrow_a_delivery_with_remembered_keys_is_
 #[tokio::test]
 async fn a_publish_whose_entry_would_hold_more_sender_keys_than_a_delivery_is_refused() {
     const ITEMS: usize = 3;
-    let dir = TempDir::new().unwrap();
-    let streams = dir.path().join("streams");
-    let hub = TestHub::builder()
-        .policies(POLICIES)
-        .config(move |c| {
-            c.streams = vec![orders(|_| {})];
-            c.streams_dir = Some(streams);
-            c.limits.max_items_per_frame = ITEMS;
-        })
-        .start()
-        .await
-        .unwrap();
-    let bob_id = hub.enroll("shop", "bob").await.unwrap();
-    let bob = hub.connect(bob_id.clone()).await.unwrap();
-    let channel: entente_types::Channel = "orders.eu".parse().unwrap();
-    let start = now_ms();
-    let sealer = |i| {
-        entente_crypto::Sealer::new(
-            bob_id.principal().clone(),
-            bob_id.key_bundle().epoch(),
-            bob_id.message_keys().clone(),
-            channel.clone(),
-            &[],
-            entente_crypto::SealerOptions::default(),
-            start + i,
-        )
-        .unwrap()
-    };
+    let epochs = Epochs::start(|limits| limits.max_items_per_frame = ITEMS).await;
     // Three epochs, each published with its key: stored, and their keys remembered.
-    let mut sealers = Vec::new();
-    for i in 0..ITEMS as u64 {
-        let (mut sealer, key) = sealer(i);
-        let publish = Publish {
-            request_id: 1_000 + i,
-            sender_keys: vec![key],
-            batches: vec![sealer.seal_batch(&[b"first"], None, now_ms()).unwrap()],
-            purpose: String::new(),
-        };
-        danger_publish_raw(&bob, publish).await.unwrap();
-        sealers.push(sealer);
-    }
-    assert_eq!(hub.stats().durable_stored, ITEMS as u64);
+    let (mut sealers, _) = epochs.publish(ITEMS as u64, &[]).await;
     // A frame's worth of new keys, and a batch of each earlier epoch without its key: the
     // entry would carry twice as many keys as a delivery may.
     let publish = Publish {
         request_id: 2_000,
-        sender_keys: (10..10 + ITEMS as u64).map(|i| sealer(i).1).collect(),
+        sender_keys: (10..10 + ITEMS as u64)
+            .map(|i| epochs.sealer(&[], i).1)
+            .collect(),
         batches: sealers
             .iter_mut()
             .map(|s| s.seal_batch(&[b"second"], None, now_ms()).unwrap())
             .collect(),
         purpose: String::new(),
     };
-    let refused = danger_publish_raw(&bob, publish).await.unwrap_err();
-    assert_eq!(
-        refused.refusal_code(),
-        Some(RefusalCode::TooLarge),
-        "{refused}"
-    );
-    assert!(
-        refused
-            .to_string()
-            .contains("durable entry for `orders.eu`"),
-        "{refused}"
-    );
-    assert_eq!(hub.stats().durable_stored, ITEMS as u64);
+    epochs.refused_as_too_large(publish).await;
+    assert_eq!(epochs.hub.stats().durable_stored, ITEMS as u64);
+}
+
+/// A hub keeping `orders.>` durable under `limits`, and Bob, who publishes on `orders.eu` in
+/// epochs of his own making.
+struct Epochs {
+    hub: TestHub,
+    bob_id: entente_client::Identity,
+    bob: entente_client::Client,
+    start: u64,
+    _dir: TempDir,
+}
+
+impl Epochs {
+    async fn start(limits: impl FnOnce(&mut entente_wire::Limits) + Send + 'static) -> Self {
+        let dir = TempDir::new().unwrap();
+        let streams = dir.path().join("streams");
+        let hub = TestHub::builder()
+            .policies(POLICIES)
+            .config(move |c| {
+                c.streams = vec![orders(|_| {})];
+                c.streams_dir = Some(streams);
+                limits(&mut c.limits);
+            })
+            .start()
+            .await
+            .unwrap();
+        let bob_id = hub.enroll("shop", "bob").await.unwrap();
+        let bob = hub.connect(bob_id.clone()).await.unwrap();
+        Self {
+            hub,
+            bob_id,
+            bob,
+            start: now_ms(),
+            _dir: dir,
+        }
+    }
+
+    /// Bob's sealer of epoch `i` on `orders.eu`, for `recipients`, and its sender key.
+    fn sealer(
+        &self,
+        recipients: &[entente_crypto::VerifiedKeyBundle],
+        i: u64,
+    ) -> (entente_crypto::Sealer, entente_wire::SenderKey) {
+        entente_crypto::Sealer::new(
+            self.bob_id.principal().clone(),
+            self.bob_id.key_bundle().epoch(),
+            self.bob_id.message_keys().clone(),
+            "orders.eu".parse().unwrap(),
+            recipients,
+            entente_crypto::SealerOptions::default(),
+            self.start + i,
+        )
+        .unwrap()
+    }
+
+    /// Publishes `n` epochs for `recipients`, one per publish, each with its sender key: all
+    /// stored, and the keys remembered. The sealers, and the keys' encoded length in all.
+    async fn publish(
+        &self,
+        n: u64,
+        recipients: &[entente_crypto::VerifiedKeyBundle],
+    ) -> (Vec<entente_crypto::Sealer>, usize) {
+        let mut sealers = Vec::new();
+        let mut key_bytes = 0;
+        for i in 0..n {
+            let (mut sealer, key) = self.sealer(recipients, i);
+            key_bytes += prost::Message::encoded_len(&key);
+            let publish = Publish {
+                request_id: 1_000 + i,
+                sender_keys: vec![key],
+                batches: vec![sealer.seal_batch(&[b"first"], None, now_ms()).unwrap()],
+                purpose: String::new(),
+            };
+            danger_publish_raw(&self.bob, publish).await.unwrap();
+            sealers.push(sealer);
+        }
+        assert_eq!(self.hub.stats().durable_stored, n);
+        (sealers, key_bytes)
+    }
+
+    /// Publishes `publish`, which must be refused as an entry too large for a delivery.
+    async fn refused_as_too_large(&self, publish: Publish) {
+        let refused = danger_publish_raw(&self.bob, publish).await.unwrap_err();
+        assert_eq!(
+            refused.refusal_code(),
+            Some(RefusalCode::TooLarge),
+            "{refused}"
+        );
+        assert!(
+            refused
+                .to_string()
+                .contains("durable entry for `orders.eu`"),
+            "{refused}"
+        );
+    }
 }
 
 /// Publishes four epochs' sender keys, then one batch of each epoch without them (refused),
@@ -562,49 +609,11 @@ async fn outgrow(
 ) -> (usize, usize) {
     // The hub tracks four epochs of a sender on a channel.
     const EPOCHS: u64 = 4;
-    let dir = TempDir::new().unwrap();
-    let streams = dir.path().join("streams");
-    let hub = TestHub::builder()
-        .policies(POLICIES)
-        .config(move |c| {
-            c.streams = vec![orders(|_| {})];
-            c.streams_dir = Some(streams);
-            limits(&mut c.limits);
-        })
-        .start()
-        .await
-        .unwrap();
-    let bob_id = hub.enroll("shop", "bob").await.unwrap();
-    let bob = hub.connect(bob_id.clone()).await.unwrap();
-    let channel: entente_types::Channel = "orders.eu".parse().unwrap();
+    let epochs = Epochs::start(limits).await;
     // One epoch per publish, each with its sender key (large: many recipients): every one is
     // stored.
-    let recipients = vec![bob_id.key_bundle().clone(); 24];
-    let start = now_ms();
-    let mut sealers = Vec::new();
-    let mut key_bytes = 0;
-    for i in 0..EPOCHS {
-        let (mut sealer, key) = entente_crypto::Sealer::new(
-            bob_id.principal().clone(),
-            bob_id.key_bundle().epoch(),
-            bob_id.message_keys().clone(),
-            channel.clone(),
-            &recipients,
-            entente_crypto::SealerOptions::default(),
-            start + i,
-        )
-        .unwrap();
-        key_bytes += prost::Message::encoded_len(&key);
-        let publish = Publish {
-            request_id: 1_000 + i,
-            sender_keys: vec![key],
-            batches: vec![sealer.seal_batch(&[b"first"], None, now_ms()).unwrap()],
-            purpose: String::new(),
-        };
-        danger_publish_raw(&bob, publish).await.unwrap();
-        sealers.push(sealer);
-    }
-    assert_eq!(hub.stats().durable_stored, EPOCHS);
+    let recipients = vec![epochs.bob_id.key_bundle().clone(); 24];
+    let (mut sealers, key_bytes) = epochs.publish(EPOCHS, &recipients).await;
 
     // One batch of each epoch, without their keys: small as a publish, too large as an entry.
     let publish = Publish {
@@ -617,19 +626,8 @@ async fn outgrow(
         purpose: String::new(),
     };
     let len = prost::Message::encoded_len(&publish);
-    let refused = danger_publish_raw(&bob, publish).await.unwrap_err();
-    assert_eq!(
-        refused.refusal_code(),
-        Some(RefusalCode::TooLarge),
-        "{refused}"
-    );
-    assert!(
-        refused
-            .to_string()
-            .contains("durable entry for `orders.eu`"),
-        "{refused}"
-    );
-    assert_eq!(hub.stats().durable_stored, EPOCHS);
+    epochs.refused_as_too_large(publish).await;
+    assert_eq!(epochs.hub.stats().durable_stored, EPOCHS);
 
     // One fits, and is stored.
     let publish = Publish {
@@ -642,8 +640,8 @@ async fn outgrow(
             .collect(),
         purpose: String::new(),
     };
-    danger_publish_raw(&bob, publish).await.unwrap();
-    assert_eq!(hub.stats().durable_stored, EPOCHS + 1);
+    danger_publish_raw(&epochs.bob, publish).await.unwrap();
+    assert_eq!(epochs.hub.stats().durable_stored, EPOCHS + 1);
     (len, key_bytes)
 }
 
