@@ -184,8 +184,6 @@ fn the_hub_logs_one_json_object_per_line_and_no_secret() {
 /// what it wanted, or never reads): its announcements are not what it is for.
 #[test]
 fn a_hub_whose_output_is_closed_goes_on_serving() {
-    use std::process::Stdio;
-
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("hub");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -194,15 +192,7 @@ fn a_hub_whose_output_is_closed_goes_on_serving() {
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_entente"))
-        .args(["hub", "start", "--listen", &listen, "--data"])
-        .arg(&dir)
-        .env_remove("ENTENTE_KEYSTORE_KEY")
-        .env_remove("ENTENTE_KEYSTORE_PASSPHRASE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = support::hub_command(&dir, &listen, &[]).spawn().unwrap();
     // The reader is gone before the hub says anything: every line goes into a closed pipe.
     drop(child.stdout.take());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -283,13 +273,7 @@ fn a_data_directory_others_may_write_to_is_refused() {
 /// `entente hub start --data DIR` without a key store key or passphrase in the environment,
 /// to completion (at most [`support::LIMIT`]).
 fn start_without_keys(dir: &std::path::Path) -> std::process::Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_entente"))
-        .args(["hub", "start", "--listen", "127.0.0.1:0", "--data"])
-        .arg(dir)
-        .env_remove("ENTENTE_KEYSTORE_KEY")
-        .env_remove("ENTENTE_KEYSTORE_PASSPHRASE")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+    let child = support::hub_command(dir, "127.0.0.1:0", &[])
         .spawn()
         .unwrap();
     support::wait(child, support::LIMIT)

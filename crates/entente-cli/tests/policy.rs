@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::{fs, path::Path, process::Command};
+use std::{fs, path::Path};
 
 use support::{entente, ok, s, start, stop};
 
@@ -215,21 +215,7 @@ fn policies_are_loaded_shown_and_checked_and_survive_a_restart() {
     stop(child);
 
     // --reload-policies runs (and stores) DATA/policies/*.cedar again.
-    let child = Command::new(env!("CARGO_BIN_EXE_entente"))
-        .args([
-            "hub",
-            "start",
-            "--json",
-            "--reload-policies",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-        ])
-        .arg(&data)
-        .env_remove("ENTENTE_KEYSTORE_KEY")
-        .env_remove("ENTENTE_KEYSTORE_PASSPHRASE")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+    let child = support::hub_command(&data, "127.0.0.1:0", &["--json", "--reload-policies"])
         .spawn()
         .unwrap();
     let mut child = child;

@@ -372,13 +372,7 @@ impl KeyStore for Pkcs11KeyStore {
         match lookup(&session, name, "generate")? {
             Lookup::Missing => {}
             // A deletion stopped midway is finished first: the name is free.
-            Lookup::PublicOnly(publics) => {
-                for public in publics {
-                    session
-                        .destroy_object(public)
-                        .map_err(|err| pkcs11_error("generate", &err))?;
-                }
-            }
+            Lookup::PublicOnly(publics) => destroy(&session, publics, "generate")?,
             Lookup::Key(_) | Lookup::Unusable(_) => {
                 return Err(KeyStoreError::KeyExists {
                     name: name.to_string(),
@@ -545,18 +539,12 @@ impl KeyStore for Pkcs11KeyStore {
         let failed = |err: CkError| pkcs11_error("delete", &err);
         // The private key first: deleting is for destroying it. A public key left alone by a
         // failure is no key (not listed, not usable), and deleting again finishes the job.
-        if let Lookup::PublicOnly(publics) = lookup(&session, name, "delete")? {
-            for public in publics {
-                session.destroy_object(public).map_err(failed)?;
-            }
-            return Ok(());
-        }
-        let key = stored(&session, name, "delete")?;
+        let key = match lookup(&session, name, "delete")? {
+            Lookup::PublicOnly(publics) => return destroy(&session, publics, "delete"),
+            found => key_of(found, name, "delete")?,
+        };
         session.destroy_object(key.key).map_err(failed)?;
-        match key.public {
-            Some(public) => session.destroy_object(public).map_err(failed),
-            None => Ok(()),
-        }
+        destroy(&session, key.public, "delete")
     }
 }
 
@@ -1008,7 +996,12 @@ fn lookup(session: &Session, name: &KeyName, op: &'static str) -> Result<Lookup,
 /// The key `name`: [`KeyStoreError::KeyNotFound`] if there is none, [`KeyStoreError::Pkcs11`]
 /// if the label holds something else.
 fn stored(session: &Session, name: &KeyName, op: &'static str) -> Result<StoredKey, KeyStoreError> {
-    match lookup(session, name, op)? {
+    key_of(lookup(session, name, op)?, name, op)
+}
+
+/// The key `found` under `name`, as [`stored`] answers.
+fn key_of(found: Lookup, name: &KeyName, op: &'static str) -> Result<StoredKey, KeyStoreError> {
+    match found {
         Lookup::Key(key) => Ok(key),
         Lookup::Missing | Lookup::PublicOnly(_) => Err(KeyStoreError::KeyNotFound {
             name: name.to_string(),
@@ -1020,6 +1013,20 @@ fn stored(session: &Session, name: &KeyName, op: &'static str) -> Result<StoredK
             ),
         }),
     }
+}
+
+/// Destroys `objects` (what a deletion stopped midway left, a key's public half).
+fn destroy(
+    session: &Session,
+    objects: impl IntoIterator<Item = ObjectHandle>,
+    op: &'static str,
+) -> Result<(), KeyStoreError> {
+    for object in objects {
+        session
+            .destroy_object(object)
+            .map_err(|err| pkcs11_error(op, &err))?;
+    }
+    Ok(())
 }
 
 /// The public key of a key of `alg`: empty for AES-256-GCM, else read from `public`.

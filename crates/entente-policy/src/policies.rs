@@ -764,11 +764,14 @@ fn split(
         let mut misread = false;
         for (key, value) in policy.annotations() {
             let message = if !ANNOTATIONS.contains(&key) {
+                let lower = key.to_ascii_lowercase();
                 let nearest = ANNOTATIONS
                     .iter()
-                    .min_by_key(|known| strsim::levenshtein(known, &key.to_ascii_lowercase()))
-                    .filter(|known| strsim::levenshtein(known, &key.to_ascii_lowercase()) <= 3);
-                let hint = nearest.map_or_else(String::new, |n| format!(" (did you mean `@{n}`?)"));
+                    .map(|known| (strsim::levenshtein(known, &lower), known))
+                    .min()
+                    .filter(|(distance, _)| *distance <= 3);
+                let hint =
+                    nearest.map_or_else(String::new, |(_, n)| format!(" (did you mean `@{n}`?)"));
                 Some(format!(
                     "unknown annotation `@{}`{hint}: Entente reads only {}",
                     key.escape_debug(),

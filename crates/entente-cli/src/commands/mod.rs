@@ -8,8 +8,8 @@ macro_rules! outln {
     };
 }
 
-/// `println!` through [`announce`]: for a running hub, which goes on whether or not anyone
-/// reads what it announces.
+/// `println!` through [`announce`]: for a running hub or responder, which goes on whether or
+/// not anyone reads what it announces.
 macro_rules! announceln {
     ($($arg:tt)*) => {
         $crate::commands::announce(format_args!("{}\n", format_args!($($arg)*)))
@@ -44,9 +44,9 @@ pub(crate) fn write_out(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
 }
 
 /// Writes `args` to standard output (the CLI's every write there, by [`outln!`] and
-/// [`print_json`], but for [`announce`]'s). When whoever reads it is gone (`entente audit tail --follow | head -1`), the
-/// command ends there, quietly and with success, as `listen` does; another error writing (a
-/// full disk) ends it with a failure.
+/// [`print_json`], but for [`announce`]'s). When whoever reads it is gone (`entente audit
+/// tail --follow | head -1`), the command ends there, quietly and with success, as `listen`
+/// does; another error writing (a full disk) ends it with a failure.
 pub(crate) fn print_out(args: std::fmt::Arguments<'_>) {
     match write_out(args) {
         Ok(()) => {}
@@ -72,7 +72,7 @@ pub(crate) fn announce_json(value: &impl serde::Serialize) {
 }
 
 /// Prints `value` as one line of JSON, with [`json_line`]'s escapes: every JSON the CLI
-/// prints goes through here.
+/// prints goes through here or [`announce_json`].
 pub(crate) fn print_json(value: &impl serde::Serialize) {
     print_out(format_args!("{}\n", json_line(value)));
 }

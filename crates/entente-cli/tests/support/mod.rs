@@ -35,15 +35,7 @@ pub fn start_with(
     listen: &str,
     more: &[&str],
 ) -> (Child, serde_json::Value) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_entente"))
-        .args(["hub", "start", "--json", "--listen", listen])
-        .args(more)
-        .arg("--data")
-        .arg(dir)
-        .env_remove("ENTENTE_KEYSTORE_KEY")
-        .env_remove("ENTENTE_KEYSTORE_PASSPHRASE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    let mut child = hub_command(dir, listen, &[&["--json"], more].concat())
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -53,6 +45,23 @@ pub fn start_with(
     let v: serde_json::Value =
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
     (child, v)
+}
+
+/// `entente hub start --listen LISTEN MORE… --data DIR`, with no key store key or passphrase
+/// from the environment (a new directory keeps a random key of its own) and its standard
+/// output and error piped.
+pub fn hub_command(dir: &Path, listen: &str, more: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_entente"));
+    command
+        .args(["hub", "start", "--listen", listen])
+        .args(more)
+        .arg("--data")
+        .arg(dir)
+        .env_remove("ENTENTE_KEYSTORE_KEY")
+        .env_remove("ENTENTE_KEYSTORE_PASSPHRASE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
 }
 
 pub fn stop(child: Child) {
