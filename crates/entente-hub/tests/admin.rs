@@ -1063,6 +1063,34 @@ async fn revoking_a_serial_revokes_the_certificates_renewed_from_it() {
     hub.shutdown().await.unwrap();
 }
 
+/// An administrator can't revoke a serial its own live connection's certificate was renewed
+/// from: the revocation would take that certificate along, and close the connection asking.
+#[tokio::test]
+async fn a_serial_the_callers_own_certificate_was_renewed_from_is_not_revoked() {
+    let ca = TestCa::new();
+    let root = admin(&ca, "admin");
+    let (hub, _store) =
+        start_with_store(&ca, config_with_admins(vec![root.principal.clone()])).await;
+    // Renewed over a first connection, the administrator comes back with the renewal.
+    let first = root.connect(&hub).await;
+    let (chain, key) = renewed(&first, &ca).await;
+    drop(first);
+    let (config, name) = presenting(&hub, &ca, &chain, &key);
+    let client = Client::connect(hub.local_addr(), config, &name)
+        .await
+        .unwrap();
+    assert_refused(
+        revoke(&client, &[], &[&root.svid.serial]).await,
+        Code::FailedPrecondition,
+        "",
+    );
+    // The connection asking is still served.
+    revoke(&client, &[&ca.principal("shop", "mallory")], &[])
+        .await
+        .unwrap();
+    hub.shutdown().await.unwrap();
+}
+
 /// A rotation of the data keys' wrapping key whose store refuses to record it is refused; the
 /// new key stays in the key store (a store that failed may still have written the list
 /// naming it: deleting the key would leave the data keys wrapped under nothing), the old one
