@@ -192,21 +192,25 @@ pub(crate) enum Publishing {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Allowed(Option<Arc<Decision>>);
 
-/// A denial, in words: what decided it (`no policy permits it`, `forbidden by policy `x``,
-/// …). Made only when a request is denied.
-#[derive(Debug)]
-pub(crate) struct Denied(pub(crate) String);
+/// A denial: by the policies or a structural rule, or of everything while the audit log is
+/// failed. Made only when a request is denied.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Denied {
+    /// What decided it, in words (`no policy permits it`, `forbidden by policy `x``, …).
+    #[error("{0}")]
+    Policy(String),
+    /// Nothing is decided while the audit log is failed: not a denial of this principal (an
+    /// RPC answers `UNAVAILABLE`, a frame's refusal is `UNAVAILABLE`, and neither counts
+    /// against the principal's risk).
+    #[error(transparent)]
+    Unaudited(AuditUnavailable),
+}
 
 /// Whether a decision was made by the engine now (and recorded) or came from a cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Made {
     Fresh,
     Cached,
-}
-
-/// Everything is denied while the audit log is failed.
-fn unavailable(e: AuditUnavailable) -> Denied {
-    Denied(e.to_string())
 }
 
 /// One session's authorizer: its principal's decision cache.
@@ -217,6 +221,25 @@ pub(crate) struct SessionAuthz {
     /// The policy epoch `facts` were read at: a grant change bumps the epoch, and the facts
     /// are read again at the next decision.
     facts_epoch: u64,
+}
+
+// === impl Denied ===
+
+impl Denied {
+    /// As an RPC's refusal, `what` naming the act: `what is denied: why`
+    /// (`PERMISSION_DENIED`), or the audit log's failure (`UNAVAILABLE`).
+    pub(crate) fn rpc(self, what: impl std::fmt::Display) -> crate::rpc::RpcError {
+        match self {
+            Self::Policy(why) => crate::rpc::RpcError::Denied(format!("{what} is denied: {why}")),
+            Self::Unaudited(e) => crate::rpc::RpcError::Unaudited(e),
+        }
+    }
+
+    /// Whether the policies (or a structural rule) denied it: a denial to count, and held
+    /// against the principal.
+    pub(crate) fn by_policy(&self) -> bool {
+        matches!(self, Self::Policy(_))
+    }
 }
 
 // === impl Authz ===
@@ -558,7 +581,7 @@ impl Authz {
             if set.holds(&decision) && set.allowed_once_approved(subject, &resource, &facts, now_ms)
             {
                 self.record(subject, Action::Publish, &resource, &decision);
-                self.auditor.check().map_err(unavailable)?;
+                self.auditor.check().map_err(Denied::Unaudited)?;
                 stats::bump(&self.stats.policy_allows);
                 return Ok(Publishing::Held);
             }
@@ -581,13 +604,18 @@ impl Authz {
         if made == Made::Fresh || !decision.allowed {
             self.record(subject, action, resource, decision);
         }
-        self.auditor.check().map_err(unavailable)?;
+        self.auditor.check().map_err(Denied::Unaudited)?;
         if decision.allowed {
             stats::bump(&self.stats.policy_allows);
             Ok(())
         } else {
             stats::bump(&self.stats.policy_denials);
-            Err(Denied(denial(&self.engine, subject, resource, decision)))
+            Err(Denied::Policy(denial(
+                &self.engine,
+                subject,
+                resource,
+                decision,
+            )))
         }
     }
 
@@ -760,7 +788,7 @@ impl SessionAuthz {
                     &Resource::Pattern(pattern).to_string(),
                     why,
                 );
-                Err(Denied(why.into()))
+                Err(Denied::Policy(why.into()))
             };
         }
         self.decide(
@@ -791,7 +819,7 @@ impl SessionAuthz {
             if set.holds(&decision)
                 && set.allowed_once_approved(self.cache.subject(), &resource, &self.facts, now_ms)
             {
-                authz.auditor.check().map_err(unavailable)?;
+                authz.auditor.check().map_err(Denied::Unaudited)?;
                 stats::bump(&authz.stats.policy_allows);
                 return Ok((Publishing::Held, Allowed::default()));
             }
@@ -1332,7 +1360,10 @@ mod tests {
         let authz = authz("");
         let alice = agent("shop", "alice");
         let denied = publish(&authz, &alice, "orders").unwrap_err();
-        assert!(denied.0.starts_with("no policy permits it"), "{}", denied.0);
+        assert!(
+            denied.to_string().starts_with("no policy permits it"),
+            "{denied}"
+        );
         assert!(subscribe(&authz, &alice, "orders.>").is_err());
         for own in [
             "_direct.shop.alice",
@@ -1345,8 +1376,8 @@ mod tests {
         assert!(publish(&authz, &alice, "_direct.shop.bob").is_ok());
         let eve = agent("lab", "eve");
         let denied = publish(&authz, &eve, "_direct.shop.bob").unwrap_err();
-        assert!(denied.0.contains("across segments"), "{}", denied.0);
-        assert!(denied.0.contains("segment `shop`"), "{}", denied.0);
+        assert!(denied.to_string().contains("across segments"), "{denied}");
+        assert!(denied.to_string().contains("segment `shop`"), "{denied}");
         let stats = authz.stats.snapshot();
         assert_eq!((stats.policy_allows, stats.policy_denials), (1, 3));
     }
@@ -1373,9 +1404,8 @@ mod tests {
         ] {
             let denied = subscribe(&authz, &bob, pattern).unwrap_err();
             assert!(
-                denied.0.contains("only its owner"),
-                "{pattern}: {}",
-                denied.0
+                denied.to_string().contains("only its owner"),
+                "{pattern}: {denied}"
             );
         }
         // `>` never reaches system channels, whoever may subscribe to it.
@@ -1407,10 +1437,9 @@ mod tests {
         let denied = publish(&authz, &eve, "shop.eu").unwrap_err();
         assert!(
             denied
-                .0
+                .to_string()
                 .contains("across segments (from segment `lab` to segment `shop`"),
-            "{}",
-            denied.0
+            "{denied}"
         );
         // Subscriptions the namespace covers, and those it does not.
         for yes in ["shop.*", "shop.eu.>", "shop.>", "shop.*.created"] {
@@ -1453,9 +1482,10 @@ mod tests {
         let mallory = agent("lab", "mallory");
         let denied = subscribe(&authz, &mallory, "orders.results").unwrap_err();
         assert!(
-            denied.0.starts_with("forbidden by policy `no-mallory`"),
-            "{}",
-            denied.0
+            denied
+                .to_string()
+                .starts_with("forbidden by policy `no-mallory`"),
+            "{denied}"
         );
     }
 

@@ -24,7 +24,7 @@ use entente_policy::{Action, Resource, Subject};
 use entente_types::{Channel, Principal, namespace};
 use entente_wire::{DirectoryRequest, DirectoryResponse, KeyBundle};
 
-use crate::authz::{self, Denied};
+use crate::authz;
 use crate::router::Router;
 use crate::rpc::{self, RpcError, Services};
 use crate::stats;
@@ -147,11 +147,11 @@ async fn members<R: Router>(
         Ok(()) => Ok(()),
         Err(transport) => decide(Action::Request).map_err(|_| transport),
     };
-    if let Err(Denied(why)) = allowed {
-        stats::bump(&services.stats.denials);
-        return Err(RpcError::Denied(format!(
-            "publishing to `{channel}` is denied: {why}"
-        )));
+    if let Err(denied) = allowed {
+        if denied.by_policy() {
+            stats::bump(&services.stats.denials);
+        }
+        return Err(denied.rpc(format_args!("publishing to `{channel}`")));
     }
     let mut members = services.router.subscribers(&channel).await;
     // Durable consumers are members even while offline: what is sealed now is stored for

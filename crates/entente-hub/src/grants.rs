@@ -743,7 +743,7 @@ fn permit<R>(
         now_ms,
         what,
     );
-    if decided.is_err() {
+    if matches!(decided, Err(RpcError::Denied(_))) {
         stats::bump(&services.stats.denials);
     }
     decided

@@ -247,14 +247,12 @@ pub(crate) async fn approve<R: Router>(
             return Err(HoldError::OwnMessage(sender.to_string()).into());
         }
     } else {
-        permitted_approver(services, &caller.principal, &channel, now_ms).map_err(
-            |Denied(why)| {
+        permitted_approver(services, &caller.principal, &channel, now_ms).map_err(|denied| {
+            if denied.by_policy() {
                 stats::bump(&services.stats.denials);
-                RpcError::Denied(format!(
-                    "deciding held message `{id}` on `{channel}` is denied: {why}"
-                ))
-            },
-        )?;
+            }
+            denied.rpc(format_args!("deciding held message `{id}` on `{channel}`"))
+        })?;
     }
     let approval =
         ApprovalIn::new(statement, &request.signature).map_err(grants::approval_error)?;

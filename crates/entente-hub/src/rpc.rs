@@ -24,7 +24,7 @@ use entente_wire::Limits;
 use tonic::{Request, Response, Status};
 
 use crate::audit::{self, AuditUnavailable};
-use crate::authz::{Authz, Denied};
+use crate::authz::Authz;
 use crate::connections::Connections;
 use crate::control::CloseReason;
 use crate::registry::Registry;
@@ -401,7 +401,7 @@ pub(crate) fn decide_for<R>(
     services
         .authz
         .decide(&subject, action, resource, now_ms)
-        .map_err(|Denied(why)| RpcError::Denied(format!("{what} is denied: {why}")))
+        .map_err(|denied| denied.rpc(what))
 }
 
 /// Whether a client can take `answer` under `limits`: what its decoder checks, all of it —

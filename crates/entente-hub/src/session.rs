@@ -429,13 +429,8 @@ impl<R: Router> Session<R> {
             .subscribe_allowed(&self.context.authz, &pattern, now_ms())
         {
             Ok(allowed) => allowed,
-            Err(Denied(why)) => {
-                stats::bump(&self.context.stats.denials);
-                return Err(Refused::new(
-                    RefusalCode::Denied,
-                    format!("subscribing to `{pattern}` is denied: {why}"),
-                )
-                .recorded());
+            Err(denied) => {
+                return Err(self.denied(denied, format_args!("subscribing to `{pattern}`")));
             }
         };
         self.context
@@ -452,10 +447,12 @@ impl<R: Router> Session<R> {
         let now = now_ms();
         let mut ended = Vec::new();
         for (&id, pattern) in &self.subscriptions {
-            if let Err(Denied(why)) = self.authz.subscribe(&self.context.authz, pattern, now) {
+            // Undecidable while the audit log is failed: ended all the same, the reason says
+            // why.
+            if let Err(denied) = self.authz.subscribe(&self.context.authz, pattern, now) {
                 ended.push((
                     id,
-                    format!("the subscription to `{pattern}` is no longer allowed: {why}"),
+                    format!("the subscription to `{pattern}` is no longer allowed: {denied}"),
                 ));
             }
         }
@@ -1180,18 +1177,13 @@ impl<R: Router> Session<R> {
                 };
                 let allowed = match decided {
                     Ok(allowed) => allowed,
-                    Err(Denied(why)) => {
+                    Err(denied) => {
                         let what = match action {
                             Action::Request => format!("a request on `{channel}`"),
                             Action::Direct => format!("a direct message on `{channel}`"),
                             _ => format!("publishing to `{channel}`"),
                         };
-                        stats::bump(&self.context.stats.denials);
-                        return Err(Refused::new(
-                            RefusalCode::Denied,
-                            format!("{what} is denied: {why}"),
-                        )
-                        .recorded());
+                        return Err(self.denied(denied, what));
                     }
                 };
                 if let Err(hit) =
@@ -1204,6 +1196,19 @@ impl<R: Router> Session<R> {
             }
         }
         Ok(())
+    }
+
+    /// A decision's denial as a frame's refusal (its record made by the decision), `what`
+    /// naming the act: `DENIED`, counted, or `UNAVAILABLE` while the audit log is failed.
+    fn denied(&self, denied: Denied, what: impl std::fmt::Display) -> Refused {
+        let refused = match denied {
+            Denied::Policy(why) => {
+                stats::bump(&self.context.stats.denials);
+                Refused::new(RefusalCode::Denied, format!("{what} is denied: {why}"))
+            }
+            Denied::Unaudited(e) => Refused::new(RefusalCode::Unavailable, e.to_string()),
+        };
+        refused.recorded()
     }
 
     /// Waits while the audit log's writer is behind (what bounds the records a flood of

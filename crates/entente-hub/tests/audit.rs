@@ -433,6 +433,17 @@ async fn a_hub_whose_log_fails_refuses_what_it_cannot_record() {
     );
     let refused = alice.subscribe("orders.us").await.unwrap_err();
     assert!(refused.to_string().contains("audit log"), "{refused}");
+    // A directory lookup (a channel bob has not published on) is not decided either: the
+    // hub is unavailable, not denying bob (no denial counted, none held against bob).
+    let denials = hub.stats().denials;
+    let refused = bob.publish("orders.us", "unlisted").await.unwrap_err();
+    assert!(
+        refused.to_string().contains("directory lookup")
+            && refused.to_string().contains("UNAVAILABLE: the audit log"),
+        "{refused}"
+    );
+    assert_ne!(refused.kind(), ErrorKind::Denied, "{refused}");
+    assert_eq!(hub.stats().denials, denials);
     let admin = hub.connect(hub.admin().unwrap()).await;
     let refused = match admin {
         Ok(admin) => admin
@@ -765,8 +776,11 @@ async fn what_a_grant_listing_shows_of_others_is_decided_on_the_record() {
     // The log fails: ann sees nothing of others.
     let bob = hub.connect_agent("shop", "bob").await.unwrap();
     std::fs::remove_file(audit_dir(&dir).join("records")).unwrap();
+    // Refused in the session, or at the directory lookup before it (whichever comes first
+    // after the log's writer finds the file gone): unavailable either way, not denied.
     let refused = bob.publish("orders.eu", "unrecorded").await.unwrap_err();
-    assert_eq!(refused.refusal_code(), Some(RefusalCode::Unavailable));
+    assert!(refused.to_string().contains("audit log"), "{refused}");
+    assert_ne!(refused.kind(), ErrorKind::Denied, "{refused}");
     let shown = ann.grants().await.map(|g| g.requests.len());
     assert!(matches!(shown, Ok(0) | Err(_)), "{shown:?}");
 }
