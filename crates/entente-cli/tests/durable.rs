@@ -84,6 +84,9 @@ fn every_acknowledged_publish_survives_repeated_kill_9_of_the_hub() {
     });
     for round in 0..CRASHES {
         // A publisher goes on until the hub dies under it; what the hub acknowledged counts.
+        // The round's time runs from its first acknowledged publish (a loaded machine may take
+        // most of a round to start the hub, connect and look the channel up).
+        let (first_ack, acked_once) = std::sync::mpsc::channel();
         let publishing = std::thread::spawn({
             let (addr, publisher) = (addr.clone(), publisher.clone());
             move || {
@@ -94,7 +97,12 @@ fn every_acknowledged_publish_survives_repeated_kill_9_of_the_hub() {
                     for n in (round as u64 * 1_000_000).. {
                         let publish = client.publish("demo.jobs.run", n.to_be_bytes());
                         match tokio::time::timeout(Duration::from_secs(5), publish).await {
-                            Ok(Ok(())) => acked.push(n),
+                            Ok(Ok(())) => {
+                                if acked.is_empty() {
+                                    let _ = first_ack.send(());
+                                }
+                                acked.push(n);
+                            }
                             _ => break,
                         }
                     }
@@ -102,6 +110,7 @@ fn every_acknowledged_publish_survives_repeated_kill_9_of_the_hub() {
                 })
             }
         });
+        let _ = acked_once.recv_timeout(Duration::from_secs(30));
         std::thread::sleep(ROUND);
         crash(hub);
         let acked = publishing.join().unwrap();

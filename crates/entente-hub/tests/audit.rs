@@ -362,12 +362,24 @@ async fn group_commits_under_load_are_spaced_by_the_commit_interval() {
         "{commits} commits in {elapsed:?}: at most {most} with {INTERVAL:?} between them"
     );
 
-    // After a quiet spell, a record is committed at once.
-    tokio::time::sleep(2 * INTERVAL).await;
-    let started = std::time::Instant::now();
-    bob.publish("orders.eu", "after a pause").await.unwrap();
-    let waited = started.elapsed();
-    assert!(waited < INTERVAL / 2, "acknowledged after {waited:?}");
+    // After a quiet spell, a record is committed at once: one held for the interval would
+    // wait about as long every time; a loaded machine may delay one try (a seal's fsync, the
+    // scheduler), not all of them.
+    let mut waits = Vec::new();
+    for _ in 0..5 {
+        tokio::time::sleep(2 * INTERVAL).await;
+        let started = std::time::Instant::now();
+        bob.publish("orders.eu", "after a pause").await.unwrap();
+        waits.push(started.elapsed());
+        if waits.last().is_some_and(|waited| *waited < INTERVAL / 2) {
+            break;
+        }
+    }
+    assert!(
+        waits.iter().any(|waited| *waited < INTERVAL / 2),
+        "acknowledged after {waits:?}"
+    );
+    let publishes = publishes + u64::try_from(waits.len()).unwrap() - 1;
 
     // Nothing was lost on the way: every one of them is recorded (once sealed).
     let bob_id = bob.principal().as_str().to_owned();

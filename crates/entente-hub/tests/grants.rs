@@ -422,9 +422,10 @@ async fn a_store_failure_refuses_the_change_and_a_grant_still_ends_on_time() {
         RefusalCode::Denied
     );
 
-    // The store is back: a short grant opens the subscription...
+    // The store is back: a short grant (long enough for a loaded machine to subscribe under
+    // it) opens the subscription...
     store.fail.store(false, Ordering::SeqCst);
-    grant(&hub, &ann, &eve.principal, 1_000).await.unwrap();
+    grant(&hub, &ann, &eve.principal, 3_000).await.unwrap();
     assert!(hub.policy_epoch() > epoch);
     assert_eq!(session.subscribe(2, "orders.>").await, ack(2));
     // ...and, though the store fails again, ends it on time: the hub bumps the epoch anyway.

@@ -376,7 +376,6 @@ async fn the_detector_throttles_then_quarantines_a_scanner_and_a_normal_agent_lo
     }
     let started = Instant::now();
     let mut probes = 0u32;
-    let mut throttled = false;
     let closed = loop {
         assert!(
             started.elapsed() < Duration::from_secs(20),
@@ -385,16 +384,16 @@ async fn the_detector_throttles_then_quarantines_a_scanner_and_a_normal_agent_lo
         match scanner.subscribe(&format!("pay.secrets.p{probes}")).await {
             Ok(_) => panic!("a probe was allowed"),
             Err(e) if e.kind() == ErrorKind::Denied && !e.to_string().contains("quarantined") => {}
+            // Throttled (seen only if this machine lets the scanner probe faster than the
+            // throttled rate; `throttled_agents` below says it was, either way).
             Err(e) if e.kind() == ErrorKind::Limited => {
                 assert!(e.to_string().contains("anomaly-throttle"), "{e}");
-                throttled = true;
             }
             Err(e) => break e,
         }
         probes += 1;
     };
     assert!(closed.to_string().contains("quarantined"), "{closed}");
-    assert!(throttled, "the scanner was not throttled first");
     stop.store(true, Ordering::Relaxed);
     let _normal = steady.await.unwrap();
 
