@@ -926,13 +926,18 @@ impl DeliveryGate {
         self.decided.store(epoch, Ordering::Release);
     }
 
-    /// Whether [`carries`](Self::carries) can't decide now (the audit log failed): a `false`
-    /// then is no denial, and what was to be carried must wait rather than be skipped.
-    pub(crate) fn undecided(&self) -> bool {
-        self.authz.auditor.check().is_err()
+    /// Whether a subscription of the session to `pattern` may carry `channel` now
+    /// ([`may_carry`](Self::may_carry) says [`Carry::Yes`]).
+    pub fn carries(
+        &self,
+        pattern: &ChannelPattern,
+        channel: &Channel,
+        now_ms: impl FnOnce() -> u64,
+    ) -> bool {
+        self.may_carry(pattern, channel, now_ms) == Carry::Yes
     }
 
-    /// Whether a subscription of the session to `pattern` may carry `channel` now:
+    /// What a subscription of the session to `pattern` may do with `channel` now:
     ///
     /// - if the policy epoch changed since the session last decided its subscriptions (it
     ///   has not caught up yet), the pattern must still be allowed at the new epoch;
@@ -943,15 +948,15 @@ impl DeliveryGate {
     /// otherwise a hash lookup while the epoch and the principal's grants are unchanged.
     ///
     /// `now_ms` (Unix milliseconds) is asked only when a decision is needed.
-    pub fn carries(
+    pub(crate) fn may_carry(
         &self,
         pattern: &ChannelPattern,
         channel: &Channel,
         now_ms: impl FnOnce() -> u64,
-    ) -> bool {
+    ) -> Carry {
         let stale = self.authz.engine.epoch() != self.decided.load(Ordering::Acquire);
         if (!stale && pattern.is_literal()) || self.authz.skips(Action::Subscribe) {
-            return true;
+            return Carry::Yes;
         }
         let now_ms = now_ms();
         let mut decisions = self
@@ -959,10 +964,10 @@ impl DeliveryGate {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let first = pattern.tokens().next().unwrap_or_default();
-        // Own namespaces are the structural rule's, which no epoch changes.
         if self.authz.auditor.check().is_err() {
-            return false;
+            return Carry::Wait;
         }
+        // Own namespaces are the structural rule's, which no epoch changes.
         if stale && first != DIRECT_PREFIX && first != REPLY_PREFIX {
             let (decision, _) = decisions.decision(
                 &self.authz,
@@ -971,13 +976,13 @@ impl DeliveryGate {
                 now_ms,
             );
             if !decision.allowed {
-                return false;
+                return Carry::Wait;
             }
         }
         // Own namespaces are judged by the structural rule alone (docs/POLICY.md): a new reply
         // channel under one's own reply namespace asks the engine nothing.
         if pattern.is_literal() || first == DIRECT_PREFIX || first == REPLY_PREFIX {
-            return true;
+            return Carry::Yes;
         }
         let (decision, _) = decisions.decision(
             &self.authz,
@@ -985,8 +990,27 @@ impl DeliveryGate {
             &Resource::Channel(channel),
             now_ms,
         );
-        matches!(decision.reason, Reason::Permit | Reason::NoPermit)
+        if matches!(decision.reason, Reason::Permit | Reason::NoPermit) {
+            Carry::Yes
+        } else {
+            Carry::Skip
+        }
     }
+}
+
+/// What a subscription may do with a message on one of its channels now
+/// ([`DeliveryGate::may_carry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Carry {
+    /// Deliver it.
+    Yes,
+    /// Not for this subscription: a forbid covers the channel (or fails to evaluate) while
+    /// the pattern stays allowed.
+    Skip,
+    /// Nothing is decided for now: the subscription's pattern is no longer allowed (the
+    /// session will end it) or the audit log failed. A live message is not carried; a durable
+    /// entry stays the consumer's, for when it may read again.
+    Wait,
 }
 
 #[cfg(test)]

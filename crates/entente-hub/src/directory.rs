@@ -155,9 +155,10 @@ async fn members<R: Router>(
     }
     let mut members = services.router.subscribers(&channel).await;
     // Durable consumers are members even while offline: what is sealed now is stored for
-    // them, if their owner may still subscribe to the channel.
+    // them, if their owner may still subscribe to the channel and is not quarantined (its
+    // keys may be a thief's: what is published meanwhile is not sealed to it).
     for owner in services.streams.members(&channel) {
-        if members.contains(&owner) {
+        if members.contains(&owner) || services.anomaly.quarantined(&owner).is_some() {
             continue;
         }
         let subject = Subject::new(owner.clone(), Vec::<String>::new());

@@ -32,7 +32,7 @@ use tokio::sync::{Notify, oneshot, watch};
 
 use crate::HubError;
 use crate::audit::Auditor;
-use crate::authz::{self, DeliveryGate};
+use crate::authz::{self, Carry, DeliveryGate};
 use crate::codec::Outbound;
 use crate::commit::{Admission, Committer, Failed};
 use crate::datakeys::DataKeys;
@@ -377,6 +377,22 @@ pub(crate) struct Held {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The longest `ack_wait` a durable channel may have.
+const MAX_ACK_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// Whether some channel matches both `a` and `b` (as subscriptions match: `*` one token,
+/// `>` one or more at the end).
+fn patterns_overlap(a: &ChannelPattern, b: &ChannelPattern) -> bool {
+    let (mut a, mut b) = (a.tokens(), b.tokens());
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) | (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+            (Some(x), Some(y)) if x == "*" || y == "*" || x == y => {}
+            _ => return false,
+        }
+    }
+}
+
 /// The writer threads, joined at shutdown.
 #[derive(Debug, Default)]
 pub(crate) struct StreamWriters(Vec<(String, JoinHandle<bool>)>);
@@ -417,6 +433,24 @@ impl Streams {
                 return Err(HubError::Config(
                     "a durable channel's limits, `ack_wait` and `max_deliver` must not be zero",
                 ));
+            }
+            if config.ack_wait > MAX_ACK_WAIT {
+                return Err(HubError::Config(
+                    "a durable channel's `ack_wait` must be at most a day",
+                ));
+            }
+            // Each channel is stored in the first stream capturing it: a durable subscription
+            // bound to a later one would read nothing while its owner is sealed to.
+            if let Some(other) = configs
+                .iter()
+                .take_while(|c| c.name != config.name)
+                .find(|c| patterns_overlap(&c.channels, &config.channels))
+            {
+                return Err(HubError::Durable(format!(
+                    "`{}` (`{}`) and `{}` (`{}`) capture some of the same channels: each \
+                     channel may be captured by one durable channel only",
+                    other.name, other.channels, config.name, config.channels
+                )));
             }
             let stream = Arc::new(Stream::open(config.clone(), dir, keys, stats, auditor)?);
             let writer = {
@@ -875,13 +909,18 @@ impl Stream {
         let first = log.first_seq();
         self.first.store(first, Ordering::Release);
         drop(log);
-        // Dead letters are kept as long as entries are, no longer.
-        {
+        // Dead letters are kept as long as entries are, no longer, and no more of them than
+        // the stream's limits allow (limits lowered since they were moved).
+        let dropped = {
             let mut dead = lock(&self.dead);
             let too_old = dead.first_since(now_ms().saturating_sub(max_age_ms));
             if too_old > dead.first_seq() && dead.purge_to(too_old).is_err() {
                 stats::bump(&self.stats.durable_failures);
             }
+            self.bound_dead(&mut dead)
+        };
+        if let Some(dropped) = dropped {
+            self.record_dead_dropped(dropped);
         }
         // The changed states, as they are now; then what they passed is synced, then they are
         // written: a floor never reaches the disk ahead of its entries (buffered appends,
@@ -959,6 +998,44 @@ impl Stream {
         }
     }
 
+    /// Drops the oldest dead letters past the stream's own limits (`max_messages`,
+    /// `max_bytes`; each consumer that never acknowledges moves its own copy of every entry
+    /// here, and the disk is not theirs to fill): the sequences dropped, if any.
+    fn bound_dead(&self, dead: &mut StreamLog) -> Option<(u64, u64)> {
+        let keep = dead.first_within(self.config.max_messages, self.config.max_bytes);
+        let first = dead.first_seq();
+        if keep <= first {
+            return None;
+        }
+        if dead.purge_to(keep).is_err() {
+            stats::bump(&self.stats.durable_failures);
+            return None;
+        }
+        Some((first, keep - 1))
+    }
+
+    /// Records (and logs) that dead letters `from` to `to` were dropped to keep the
+    /// dead-letter log within the stream's limits.
+    fn record_dead_dropped(&self, (from, to): (u64, u64)) {
+        tracing::warn!(
+            stream = %self.config.name,
+            from,
+            to,
+            "dead letters dropped, the oldest first: the dead-letter log is at the stream's limits"
+        );
+        let _ = hub_record(
+            &self.auditor,
+            entente_audit::Outcome::Success,
+            "dead-letters-dropped",
+            &self.config.name,
+            &format!(
+                "dead letters {from} to {to}, the oldest: past the stream's limits of {} \
+                 messages, {} bytes",
+                self.config.max_messages, self.config.max_bytes
+            ),
+        );
+    }
+
     /// Reads and opens entry `seq`: its channel and `Deliver` body. `None` if it is gone.
     fn read(&self, seq: u64) -> Result<Option<(Channel, Bytes)>, String> {
         let entry = match lock(&self.log).read(seq) {
@@ -998,7 +1075,14 @@ impl Stream {
                 if let Some(version) = DataKeys::version_of(&entry.payload) {
                     self.dead_oldest.fetch_min(version, Ordering::AcqRel);
                 }
-                if lock(&self.dead).append_all(&[&payload], now_ms()).is_err() {
+                let mut dead = lock(&self.dead);
+                let appended = dead.append_all(&[&payload], now_ms());
+                let dropped = appended.is_ok().then(|| self.bound_dead(&mut dead));
+                drop(dead);
+                if let Some(Some(dropped)) = dropped {
+                    self.record_dead_dropped(dropped);
+                }
+                if appended.is_err() {
                     // The dead-letter log takes nothing more until the hub restarts: the
                     // stream fails with it, visibly (publishers refused `UNAVAILABLE`), rather
                     // than keep entries pending that can never move.
@@ -1289,6 +1373,11 @@ async fn send(stream: &Arc<Stream>, consumer: &Arc<Consumer>, to: &Recipient, se
         let Some(mut state) = state_of(consumer, to.generation) else {
             return false;
         };
+        // Acknowledged since it was planned (an acknowledgement racing its redelivery): not
+        // delivered again, nor counted as a delivery.
+        if seq < state.floor || state.done.contains(&seq) {
+            return true;
+        }
         let attempts = state.attempts.entry(seq).or_insert(0);
         *attempts += 1;
         let attempt = *attempts;
@@ -1363,10 +1452,13 @@ async fn send(stream: &Arc<Stream>, consumer: &Arc<Consumer>, to: &Recipient, se
     if !authz::matches(&consumer.pattern, &channel) {
         return finish();
     }
-    if !to.gate.carries(&consumer.pattern, &channel, now_ms) {
-        if to.gate.undecided() {
-            // The audit log failed: nothing is decided (nor recorded) until the hub restarts,
-            // and the entry is not the consumer's to skip. It waits, this attempt uncounted.
+    match to.gate.may_carry(&consumer.pattern, &channel, now_ms) {
+        Carry::Yes => {}
+        Carry::Skip => return finish(),
+        Carry::Wait => {
+            // The consumer may not read now (its subscription is no longer allowed: the
+            // session ends it) or the audit log failed: the entry is not the consumer's to
+            // skip. It waits, this attempt uncounted, for a holding that may read it.
             return state_of(consumer, to.generation)
                 .map(|mut state| {
                     if let Some(attempts) = state.attempts.get_mut(&seq) {
@@ -1378,7 +1470,6 @@ async fn send(stream: &Arc<Stream>, consumer: &Arc<Consumer>, to: &Recipient, se
                 })
                 .is_some();
         }
-        return finish();
     }
     let mut body = BytesMut::from(body.as_ref());
     prost::encoding::encode_key(SEQUENCE_TAG, prost::encoding::WireType::Varint, &mut body);
@@ -1784,6 +1875,169 @@ mod tests {
         assert_eq!(lock(&stream.dead).len(), 1);
         let state = lock(&consumer.state);
         assert!(state.floor > 1 && state.moving.is_empty(), "{state:?}");
+    }
+
+    /// Durable channels whose patterns capture some of the same channels, or with an
+    /// `ack_wait` past a day, are refused at start.
+    #[tokio::test]
+    async fn overlapping_streams_and_an_endless_ack_wait_are_refused() {
+        for (a, b, overlap) in [
+            ("orders.>", "orders.eu.>", true),
+            ("orders.*", "orders.eu", true),
+            ("orders.*.x", "orders.eu.*", true),
+            ("*.eu", "orders.>", true),
+            (">", "a", true),
+            ("orders.eu", "orders.eu", true),
+            ("orders.>", "orders", false),
+            ("orders.*", "orders.eu.x", false),
+            ("orders.eu", "orders.us", false),
+            ("orders.*.x", "orders.eu.y", false),
+            ("a.b", "a.b.c", false),
+        ] {
+            let (a, b) = (
+                ChannelPattern::parse(a).unwrap(),
+                ChannelPattern::parse(b).unwrap(),
+            );
+            assert_eq!(patterns_overlap(&a, &b), overlap, "{a} and {b}");
+            assert_eq!(patterns_overlap(&b, &a), overlap, "{b} and {a}");
+        }
+        let (dir, _, keys) = stream().await;
+        let config = |name: &str, pattern: &str| {
+            StreamConfig::new(name, ChannelPattern::parse(pattern).unwrap())
+        };
+        let open = |configs: &[StreamConfig]| {
+            Streams::open(
+                configs,
+                Some(&dir.path().join("more")),
+                &keys,
+                &Arc::default(),
+                &Auditor::off(),
+            )
+            .map(drop)
+        };
+        let refused = open(&[config("all", "orders.>"), config("eu", "orders.eu.>")]);
+        let refused = refused.unwrap_err().to_string();
+        assert!(
+            refused.contains("`all` (`orders.>`) and `eu` (`orders.eu.>`)"),
+            "{refused}"
+        );
+        let mut endless = config("eu", "orders.eu.>");
+        endless.ack_wait = MAX_ACK_WAIT + Duration::from_secs(1);
+        let refused = open(&[endless]).unwrap_err().to_string();
+        assert!(
+            refused.contains("`ack_wait` must be at most a day"),
+            "{refused}"
+        );
+    }
+
+    /// The dead-letter log keeps no more than the stream's limits: the oldest go first.
+    #[tokio::test]
+    async fn dead_letters_are_kept_within_the_streams_limits() {
+        let entries = [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()];
+        // What the last two take as dead letters.
+        let (_dir, stream, _) = stream().await;
+        assert!(stream.append(&entries));
+        assert!(stream.dead_letter(2, "worker", 1) && stream.dead_letter(3, "worker", 1));
+        let two = lock(&stream.dead).bytes();
+        for (messages, bytes) in [(2, u64::MAX), (u64::MAX, two), (u64::MAX, two + 1)] {
+            let (_dir, stream, _) = stream_configured(|c| {
+                c.max_messages = messages;
+                c.max_bytes = bytes;
+            })
+            .await;
+            // Stored directly: the stream's own admission is not what this is about.
+            assert!(stream.append(&entries));
+            for seq in 1..=3 {
+                assert!(stream.dead_letter(seq, "worker", 1));
+            }
+            let dead = lock(&stream.dead);
+            assert_eq!((dead.first_seq(), dead.len()), (2, 2), "{messages} {bytes}");
+            assert_eq!(
+                dead.read(3).unwrap().unwrap().payload[..8],
+                3u64.to_be_bytes()
+            );
+        }
+    }
+
+    /// An entry stored as [`Streams::entry`] writes it, on `channel`, with `body`.
+    fn stored(channel: &str, body: &[u8]) -> Vec<u8> {
+        let mut entry = u16::try_from(channel.len()).unwrap().to_be_bytes().to_vec();
+        entry.extend_from_slice(channel.as_bytes());
+        entry.extend_from_slice(body);
+        entry
+    }
+
+    /// An entry on a channel a forbid keeps from the consumer is done for it; one its
+    /// consumer may not read now (its subscription no longer allowed, the session not caught
+    /// up yet) waits for it, the attempt uncounted, and is delivered once it may; one
+    /// acknowledged since it was planned is not delivered again.
+    #[tokio::test]
+    async fn an_entry_waits_while_its_consumer_may_not_read_and_a_forbidden_one_is_done() {
+        const ORDERS: &str = r#"
+            @cross_segment
+            permit (principal in Segment::"shop", action == Action::"subscribe",
+                    resource in Namespace::"orders");
+            @id("no-payroll")
+            forbid (principal, action == Action::"subscribe",
+                    resource in Namespace::"orders.payroll");
+        "#;
+        let (_dir, stream, _) = stream().await;
+        assert!(stream.append(&[
+            stored("orders.eu", b"order"),
+            stored("orders.payroll.x", b"salary")
+        ]));
+        let owner = Principal::parse("spiffe://acme.internal/agent/shop/alice").unwrap();
+        let consumer = stream
+            .hold(
+                "worker",
+                &owner,
+                &ChannelPattern::parse("orders.>").unwrap(),
+                1,
+            )
+            .unwrap();
+        let authz = Arc::new(crate::authz::Authz::with_policies(ORDERS, Arc::default()));
+        let subject = crate::authz::SessionAuthz::subject(&owner);
+        let (outbound, mut rx) = OutboundTx::channel(16, 1 << 20);
+        let to = Recipient {
+            subscription_id: 1,
+            outbound,
+            gate: Arc::new(DeliveryGate::new(
+                authz.clone(),
+                subject,
+                authz.engine().epoch(),
+            )),
+            generation: 0,
+        };
+        assert!(send(&stream, &consumer, &to, 2).await);
+        assert!(rx.try_recv().is_err());
+        assert!(lock(&consumer.state).done.contains(&2));
+
+        // The permit is withdrawn, the session not caught up: entry 1 waits.
+        authz.replace_for_tests("");
+        assert!(send(&stream, &consumer, &to, 1).await);
+        assert!(rx.try_recv().is_err());
+        {
+            let state = lock(&consumer.state);
+            assert_eq!(state.floor, 1);
+            assert_eq!(state.attempts.get(&1), Some(&0));
+            assert!(state.in_flight.contains_key(&1));
+        }
+        // Allowed again: delivered, its first attempt.
+        authz.replace_for_tests(ORDERS);
+        assert!(send(&stream, &consumer, &to, 1).await);
+        assert!(rx.try_recv().is_ok());
+        assert_eq!(lock(&consumer.state).attempts.get(&1), Some(&1));
+
+        // Acknowledged after its redelivery was planned: not sent, not counted again.
+        lock(&consumer.state).finish(1);
+        assert!(send(&stream, &consumer, &to, 1).await);
+        assert!(rx.try_recv().is_err());
+        let state = lock(&consumer.state);
+        assert_eq!(state.floor, 3);
+        assert!(
+            state.attempts.is_empty() && state.in_flight.is_empty(),
+            "{state:?}"
+        );
     }
 
     /// With appends synced at an interval, a consumer's floor is saved only once the entries

@@ -19,7 +19,7 @@ use entente_client::{ClientOptions, ErrorKind, Message, RefusalCode, Subscriptio
 use entente_hub::{AuditConfig, StreamConfig};
 use entente_testkit::{TestHub, now_ms, sealer};
 use entente_types::ChannelPattern;
-use entente_wire::Publish;
+use entente_wire::{Publish, QuarantineRequest};
 use futures_util::StreamExt as _;
 use tempfile::TempDir;
 
@@ -189,7 +189,7 @@ async fn unacknowledged_entries_come_again_then_go_to_the_dead_letter_log() {
     let hub = start(
         &dir,
         orders(|c| {
-            c.ack_wait = Duration::from_millis(300);
+            c.ack_wait = Duration::from_secs(1);
             c.max_deliver = 2;
         }),
     )
@@ -197,6 +197,9 @@ async fn unacknowledged_entries_come_again_then_go_to_the_dead_letter_log() {
     let alice = hub.connect_agent("shop", "alice").await.unwrap();
     let mut orders = alice.subscribe_durable("orders.eu", "alice").await.unwrap();
     let bob = hub.connect_agent("shop", "bob").await.unwrap();
+    // Bob's key bundle fetched before: the acknowledgement of `handled` is not late by the
+    // lookup of it (`ack_wait` runs from the delivery).
+    alice.key_bundle(bob.principal()).await.unwrap();
     bob.publish("orders.eu", "unhandled").await.unwrap();
     bob.publish("orders.eu", "handled").await.unwrap();
 
@@ -213,7 +216,7 @@ async fn unacknowledged_entries_come_again_then_go_to_the_dead_letter_log() {
         first.durable.unwrap().sequence
     );
     // After `max_deliver` deliveries it goes to the dead-letter log instead.
-    nothing_within(&mut orders, Duration::from_millis(1200)).await;
+    nothing_within(&mut orders, Duration::from_millis(2500)).await;
     assert_eq!(hub.stats().durable_dead_letters, 1);
     let err = alice
         .subscribe_durable("orders.eu", "alice")
@@ -346,6 +349,48 @@ async fn an_offline_consumer_whose_owner_may_no_longer_subscribe_is_not_sealed_t
     let err = item.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
     // What is published now is sealed to her again.
+    let carol = hub.connect_agent("shop", "carol").await.unwrap();
+    carol.publish("orders.eu", "for alice").await.unwrap();
+    let m = next(&mut orders).await;
+    assert_eq!(m.payload, b"for alice");
+}
+
+/// A quarantined agent's offline consumer is not sealed to (its keys may be a thief's): what
+/// is published meanwhile it can't open once released.
+#[tokio::test]
+async fn an_offline_consumer_whose_owner_is_quarantined_is_not_sealed_to() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir, orders(|_| {})).await;
+    let alice_id = hub.enroll("shop", "alice").await.unwrap();
+    let alice = hub.connect(alice_id.clone()).await.unwrap();
+    drop(alice.subscribe_durable("orders.>", "alice").await.unwrap());
+    alice.close().await;
+    let admin = hub.connect(hub.admin().unwrap()).await.unwrap();
+    let quarantine = |impose: &str, release: &str| QuarantineRequest {
+        impose: impose.to_owned(),
+        release: release.to_owned(),
+        reason: "INC-9".to_owned(),
+    };
+    let alice_principal = alice_id.principal().to_string();
+    admin
+        .quarantine(quarantine(&alice_principal, ""))
+        .await
+        .unwrap();
+    let bob = hub.connect_agent("shop", "bob").await.unwrap();
+    bob.publish("orders.eu", "not for alice").await.unwrap();
+
+    admin
+        .quarantine(quarantine("", &alice_principal))
+        .await
+        .unwrap();
+    let alice = hub.connect(alice_id).await.unwrap();
+    let mut orders = alice.subscribe_durable("orders.>", "alice").await.unwrap();
+    let item = tokio::time::timeout(Duration::from_secs(10), orders.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let err = item.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
     let carol = hub.connect_agent("shop", "carol").await.unwrap();
     carol.publish("orders.eu", "for alice").await.unwrap();
     let m = next(&mut orders).await;
@@ -824,7 +869,7 @@ async fn entries_wait_while_the_audit_log_is_failed() {
         .audited(&dir.path().join("audit"))
         .config(move |c| {
             c.streams = vec![orders(|c| {
-                c.ack_wait = Duration::from_millis(200);
+                c.ack_wait = Duration::from_secs(1);
                 c.max_deliver = 2;
             })];
             c.streams_dir = Some(streams);
@@ -835,6 +880,9 @@ async fn entries_wait_while_the_audit_log_is_failed() {
     let alice = hub.connect_agent("shop", "alice").await.unwrap();
     let mut orders = alice.subscribe_durable("orders.>", "alice").await.unwrap();
     let bob = hub.connect_agent("shop", "bob").await.unwrap();
+    // The log must fail before the entry's `max_deliver` deliveries are done: no lookup of
+    // bob's key bundle between its delivery and the failure.
+    alice.key_bundle(bob.principal()).await.unwrap();
     bob.publish("orders.eu", "pending").await.unwrap();
     let first = next(&mut orders).await;
     let seq = first.durable.unwrap().sequence;
@@ -843,7 +891,7 @@ async fn entries_wait_while_the_audit_log_is_failed() {
     std::fs::remove_file(dir.path().join("audit").join("records")).unwrap();
     assert!(bob.publish("orders.eu", "unrecorded").await.is_err());
     // Redeliveries come due several times over, and the consumer's state is saved.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(hub.stats().durable_dead_letters, 0);
     let state = std::fs::read_to_string(
         dir.path()

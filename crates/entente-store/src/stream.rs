@@ -296,6 +296,28 @@ impl StreamLog {
         self.next
     }
 
+    /// The first sequence to keep for what is kept to hold at most `max_entries` entries of
+    /// at most `max_bytes` bytes (frames included), the newest: what to purge below to be
+    /// within both ([`next_seq`](Self::next_seq) if the newest entry alone is larger).
+    pub fn first_within(&self, max_entries: u64, max_bytes: u64) -> u64 {
+        let mut low = self.first.max(self.next.saturating_sub(max_entries));
+        if self.bytes_from(low) <= max_bytes {
+            return low;
+        }
+        // The bytes from a sequence on only fall as it rises: `low` does not fit, `high` (no
+        // entry) does; the first that fits is between.
+        let mut high = self.next;
+        while low + 1 < high {
+            let mid = low + (high - low) / 2;
+            if self.bytes_from(mid) <= max_bytes {
+                high = mid;
+            } else {
+                low = mid;
+            }
+        }
+        high
+    }
+
     /// Appends `payloads` at `time_ms` with one write and one `fdatasync`; returns the
     /// sequence of the first. Either all are appended or none is.
     pub fn append_all(&mut self, payloads: &[&[u8]], time_ms: u64) -> Result<u64, StreamError> {
@@ -460,9 +482,15 @@ impl StreamLog {
     }
 
     fn kept_bytes(&self) -> u64 {
+        self.bytes_from(self.first)
+    }
+
+    /// Bytes of the entries kept from `seq` on, frames included.
+    fn bytes_from(&self, seq: u64) -> u64 {
+        let seq = seq.max(self.first);
         let mut bytes = 0;
         for segment in &self.segments {
-            let skip = self.first.saturating_sub(segment.first);
+            let skip = seq.saturating_sub(segment.first);
             let from = usize::try_from(skip).unwrap_or(usize::MAX);
             if let Some(offset) = segment.offsets.get(from) {
                 bytes += segment.len - offset;
@@ -845,6 +873,31 @@ mod tests {
         assert_eq!(log.first_since(10_000), log.next_seq());
         log.purge_to(5).unwrap();
         assert_eq!(log.first_since(0), 5);
+    }
+
+    #[test]
+    fn the_first_entry_to_keep_within_a_count_and_a_size_is_found_across_segments() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = StreamLog::open(tmp.path(), small()).unwrap();
+        // Entries of 10 payload bytes (`e-0`.. padded), 38 with their frames; five segments.
+        for i in 0..20 {
+            append(&mut log, &[format!("e-{i:08}").into_bytes()], 1);
+        }
+        let frame = 10 + FRAME_OVERHEAD;
+        assert!(log.segments.len() > 2);
+        assert_eq!(log.bytes(), 20 * frame);
+        assert_eq!(log.first_within(u64::MAX, u64::MAX), 1);
+        assert_eq!(log.first_within(20, 20 * frame), 1);
+        assert_eq!(log.first_within(5, u64::MAX), 16);
+        assert_eq!(log.first_within(u64::MAX, 7 * frame), 14);
+        assert_eq!(log.first_within(u64::MAX, 7 * frame + 1), 14);
+        assert_eq!(log.first_within(u64::MAX, 7 * frame - 1), 15);
+        assert_eq!(log.first_within(3, 7 * frame), 18);
+        assert_eq!(log.first_within(u64::MAX, frame - 1), 21);
+        assert_eq!(log.first_within(0, u64::MAX), 21);
+        log.purge_to(log.first_within(u64::MAX, 7 * frame)).unwrap();
+        assert_eq!((log.first_seq(), log.bytes()), (14, 7 * frame));
+        assert_eq!(log.first_within(10, u64::MAX), 14);
     }
 
     #[test]
