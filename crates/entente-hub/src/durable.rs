@@ -42,6 +42,11 @@ use crate::stats::{self, Stats};
 /// Most entries delivered to one consumer and not yet acknowledged.
 pub(crate) const MAX_IN_FLIGHT: usize = 1024;
 
+/// How far past its floor (its oldest entry not done) a consumer is sent new entries: what
+/// it acknowledged above the floor is kept entry by entry, in memory and in its state file,
+/// so one entry left unacknowledged does not let that set grow with the stream.
+const MAX_AHEAD: u64 = 65_536;
+
 /// How often a stream purges what is done and writes its consumers' states.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -1237,7 +1242,8 @@ async fn delivery(stream: Arc<Stream>, consumer: Arc<Consumer>, to: Recipient) {
             let Some(state) = state_of(&consumer, to.generation) else {
                 return;
             };
-            state.next < *appended.borrow() && state.in_flight.len() < MAX_IN_FLIGHT
+            state.next < (*appended.borrow()).min(ahead_of(&state))
+                && state.in_flight.len() < MAX_IN_FLIGHT
         };
         if busy {
             continue;
@@ -1341,6 +1347,7 @@ fn plan(
         .collect();
     let room = MAX_IN_FLIGHT.saturating_sub(state.in_flight.len());
     let mut fresh = Vec::new();
+    let end = end.min(ahead_of(&state));
     while fresh.len() < room.min(64) && state.next < end {
         if !state.done.contains(&state.next) {
             fresh.push(state.next);
@@ -1349,6 +1356,11 @@ fn plan(
     }
     let next_deadline = state.in_flight.values().min().copied();
     Some((due, fresh, next_deadline))
+}
+
+/// The first entry too far past the consumer's floor to be sent now ([`MAX_AHEAD`]).
+fn ahead_of(state: &ConsumerState) -> u64 {
+    state.floor.saturating_add(MAX_AHEAD)
 }
 
 /// Where a holding's deliveries go, and which holding it is.
@@ -2112,6 +2124,26 @@ mod tests {
             ),
             "{refused}"
         );
+    }
+
+    /// A consumer is sent nothing `MAX_AHEAD` or more past its floor: one entry left
+    /// unacknowledged does not let what is acknowledged above it grow with the stream.
+    #[tokio::test]
+    async fn a_consumer_is_sent_nothing_too_far_past_its_floor() {
+        let (_dir, stream, _) = stream().await;
+        let alice = Principal::parse("spiffe://acme.internal/agent/shop/alice").unwrap();
+        let pattern = ChannelPattern::parse("orders.eu").unwrap();
+        let consumer = stream.hold("worker", &alice, &pattern, 1).unwrap();
+        lock(&consumer.state).next = MAX_AHEAD - 2;
+        let end = 2 * MAX_AHEAD;
+        let (_, fresh, _) = plan(&stream, &consumer, end, Instant::now(), 0).unwrap();
+        assert_eq!(fresh, [MAX_AHEAD - 2, MAX_AHEAD - 1, MAX_AHEAD]);
+        let (_, fresh, _) = plan(&stream, &consumer, end, Instant::now(), 0).unwrap();
+        assert!(fresh.is_empty());
+        // The floor moves: one more.
+        lock(&consumer.state).finish(1);
+        let (_, fresh, _) = plan(&stream, &consumer, end, Instant::now(), 0).unwrap();
+        assert_eq!(fresh, [MAX_AHEAD + 1]);
     }
 
     /// A delivery task of an earlier holding (aborted, but maybe still running on another
