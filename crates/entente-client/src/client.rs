@@ -2494,7 +2494,7 @@ async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) -> bo
                 .channel
                 .as_str()
                 .starts_with(namespace::REPLY_PREFIX)
-                || entry.pattern.matches(&message.channel)
+                || entry.pattern.routes(&message.channel)
         }
         Err(_) => true,
     });

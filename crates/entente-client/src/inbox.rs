@@ -285,7 +285,7 @@ impl Inbox {
     /// Whether the subscription asked for `channel`'s messages (a reply's are sorted by the
     /// caller).
     fn asked_for(&self, channel: &Channel) -> bool {
-        namespace::is_reply_channel(channel) || self.pattern.matches(channel)
+        namespace::is_reply_channel(channel) || self.pattern.routes(channel)
     }
 
     /// The message of an envelope that opened, if the subscription asked for it; `batch` is
@@ -565,6 +565,21 @@ mod tests {
             "{e}"
         );
         assert!(items.next().is_none());
+    }
+
+    /// A catch-all subscription is not the place of a direct message (nor of a reply): a hub
+    /// delivering one there is refused, as the hub itself routes (PROTOCOL.md §7).
+    #[test]
+    fn a_wildcard_first_subscription_refuses_a_direct_message() {
+        let ca = TestCa::new();
+        let (alice, bob, frame) = two_messages(&ca, ["orders.eu", "_direct.shop.alice"]);
+        let opened = subscribed(&alice, ">", None).open(frame, &lookup(&[&bob]), NOW);
+        assert_eq!((opened.received, opened.rejected), (1, 1));
+        let mut items = opened.items.into_iter();
+        assert_eq!(items.next().unwrap().unwrap().payload, b"one");
+        let e = items.next().unwrap().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Rejected);
+        assert!(e.to_string().contains("`_direct.shop.alice`"), "{e}");
     }
 
     #[test]

@@ -1076,10 +1076,7 @@ pub(crate) fn transport_action(channel: &Channel) -> Action {
 /// Whether `pattern` matches `channel`, where a wildcard first token never matches a system
 /// channel. Routing matches subscriptions with this.
 pub(crate) fn matches(pattern: &ChannelPattern, channel: &Channel) -> bool {
-    if channel.is_system() && matches!(pattern.tokens().next(), Some("*" | ">")) {
-        return false;
-    }
-    pattern.matches(channel)
+    pattern.routes(channel)
 }
 
 /// A denial in words: the deciding policies, or the default deny (saying when the request

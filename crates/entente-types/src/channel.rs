@@ -203,6 +203,15 @@ impl ChannelPattern {
         self.literal
     }
 
+    /// Whether a subscription to this pattern is delivered `channel`'s messages: it
+    /// [`matches`](Self::matches), and a pattern beginning with a wildcard (`>`, `*.x`) takes
+    /// no system channel (no one's `_direct` or `_reply` messages reach a catch-all). The rule
+    /// the hub routes by and a receiver checks what it is delivered against.
+    pub fn routes(&self, channel: &Channel) -> bool {
+        let wildcard_first = matches!(self.tokens().next(), Some(FULL_WILDCARD | SINGLE_WILDCARD));
+        !(wildcard_first && channel.is_system()) && self.matches(channel)
+    }
+
     /// Whether `channel` matches this pattern. Does not allocate.
     pub fn matches(&self, channel: &Channel) -> bool {
         if self.literal {
@@ -625,6 +634,24 @@ mod tests {
         ];
         for &(p, c, expected) in table {
             assert_eq!(pat(p).matches(&ch(c)), expected, "`{p}` vs `{c}`");
+            assert_eq!(pat(p).routes(&ch(c)), expected, "`{p}` vs `{c}`");
+        }
+    }
+
+    /// A pattern beginning with a wildcard matches system channels but is not routed them.
+    #[test]
+    fn a_wildcard_first_pattern_is_routed_no_system_channel() {
+        for (p, c, routes) in [
+            (">", "_direct.shop.alice", false),
+            ("*.>", "_reply.shop.alice.r1", false),
+            ("*.shop.alice", "_direct.shop.alice", false),
+            ("_direct.>", "_direct.shop.alice", true),
+            ("_reply.shop.alice.>", "_reply.shop.alice.r1", true),
+            ("_direct.shop.alice", "_direct.shop.alice", true),
+            (">", "orders.eu", true),
+        ] {
+            assert!(pat(p).matches(&ch(c)), "`{p}` vs `{c}`");
+            assert_eq!(pat(p).routes(&ch(c)), routes, "`{p}` vs `{c}`");
         }
     }
 
