@@ -2432,10 +2432,12 @@ async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) -> bo
         })
         .collect();
     missing.dedup();
-    let failures = if missing.is_empty() {
-        HashMap::new()
+    let (failures, now) = if missing.is_empty() {
+        (HashMap::new(), now)
     } else {
-        lookup_bundles(shared, transport, &missing).await
+        // Expiries are checked against the time after the lookup, however long it took.
+        let failures = lookup_bundles(shared, transport, &missing).await;
+        (failures, now_ms())
     };
     let lookup = |sender: &Principal, epoch: u64| {
         shared.bundles.epoch(sender, epoch, now).ok_or_else(|| {
