@@ -139,6 +139,10 @@ struct Inner {
     /// The latest export served over RPC, and where exports are written.
     exports: Arc<Exports>,
     export_dir: PathBuf,
+    /// Held through a rotation of the checkpoint key: two at once would each trust only the
+    /// key before both, and the checkpoints one of them signed would not verify at the next
+    /// start.
+    rotating: tokio::sync::Mutex<()>,
 }
 
 /// The writer thread; joined at shutdown.
@@ -235,6 +239,7 @@ impl Auditor {
             stats,
             exports: Arc::default(),
             export_dir: audit_rpc::export_dir(&config.dir),
+            rotating: tokio::sync::Mutex::new(()),
         });
         let writer = {
             let inner = inner.clone();
@@ -335,6 +340,19 @@ impl Auditor {
     }
 
     /// The log, for reads and proofs; `None` when auditing is off.
+    /// Seals `log` (this auditor's, locked by the caller) now, for a proof or an export: a
+    /// seal that fails fails the auditor at once, as the writer's own do, so that nothing is
+    /// done meanwhile that could not be recorded.
+    pub(crate) fn seal(&self, log: &mut AuditLog) -> Result<entente_audit::Checkpoint, AuditError> {
+        let sealed = log.seal();
+        if sealed.is_err()
+            && let Some(inner) = &self.0
+        {
+            inner.fail();
+        }
+        sealed
+    }
+
     pub(crate) fn log(&self) -> Option<&Arc<Mutex<AuditLog>>> {
         self.0.as_ref().map(|inner| &inner.log)
     }
@@ -452,6 +470,7 @@ impl Auditor {
         let Some(inner) = &self.0 else {
             return Err(HubError::Audit("this hub keeps no audit log".into()));
         };
+        let _rotating = inner.rotating.lock().await;
         let (origin, old) = {
             let log = inner.lock_log();
             let old = log

@@ -111,8 +111,9 @@ pub(crate) async fn export<R>(
         .saturating_sub(FRAME_MARGIN)
         .clamp(1, MAX_CHUNK);
     let snapshot = if request.snapshot == 0 {
-        let exports = exports.clone();
-        rpc::blocking(move || write_snapshot(&log, &exports, &dir).map_err(audit_error)).await?
+        let (exports, auditor) = (exports.clone(), services.authz.auditor().clone());
+        rpc::blocking(move || write_snapshot(&auditor, &log, &exports, &dir).map_err(audit_error))
+            .await?
     } else {
         exports
             .lock()
@@ -153,9 +154,10 @@ pub(crate) async fn proof<R>(
     request: AuditProofRequest,
 ) -> Result<AuditProofResponse, RpcError> {
     let log = authorized_log(services, caller, "proving from the audit log").await?;
+    let auditor = services.authz.auditor().clone();
     rpc::blocking(move || {
         let mut log = lock(&log);
-        let checkpoint = log.seal().map_err(audit_error)?;
+        let checkpoint = auditor.seal(&mut log).map_err(audit_error)?;
         let size = checkpoint.size();
         let count = log.record_count();
         if request.index >= count {
@@ -241,12 +243,13 @@ async fn read_log<T: Send + 'static>(
 /// Seals the log and writes its export as `<dir>/<tree size>.export`, unless the latest
 /// export already ends there; removes the export before it.
 fn write_snapshot(
+    auditor: &crate::audit::Auditor,
     log: &Mutex<AuditLog>,
     exports: &Exports,
     dir: &std::path::Path,
 ) -> Result<Snapshot, AuditError> {
     let mut log = lock(log);
-    let checkpoint = log.seal()?;
+    let checkpoint = auditor.seal(&mut log)?;
     let size = checkpoint.size();
     let mut latest = exports.lock();
     if let Some(snapshot) = latest.as_ref().filter(|s| s.size == size) {

@@ -30,6 +30,47 @@ pub(crate) struct Caller {
 }
 
 /// Serves one `Renew` request, counting it.
+/// Serves a renewal on the record: refused at once while the audit log is failed; a renewal
+/// is recorded as a `Renewal` (the new certificate's SHA-256 and expiry: what links a
+/// certificate to its principal), a refusal as an `admin` `renew` with its reason; answered
+/// once the record is durable.
+pub(crate) async fn recorded<R>(
+    services: &Services<R>,
+    caller: &Caller,
+    request: RenewRequest,
+    now: SystemTime,
+) -> Result<RenewResponse, RpcError> {
+    let auditor = services.authz.auditor();
+    if !auditor.is_on() {
+        return renew(services, caller, request, now).await;
+    }
+    auditor.check().map_err(RpcError::Unaudited)?;
+    let actor = caller.principal.as_str();
+    match renew(services, caller, request, now).await {
+        Ok(response) => {
+            let leaf = response
+                .certificate_chain
+                .first()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let event = entente_audit::Event::Renewal(entente_audit::Renewal {
+                principal: crate::audit::clear(actor),
+                certificate: crate::audit::certificate_hash(leaf),
+                not_after_ms: crate::audit::not_after_ms(leaf),
+            });
+            auditor
+                .record(actor, entente_audit::Outcome::Success, event)
+                .await
+                .map_err(RpcError::Unaudited)?;
+            Ok(response)
+        }
+        Err(e) => {
+            let refused = std::future::ready(Err::<RenewResponse, _>(e));
+            rpc::audited(services, actor, "renew", String::new(), refused).await
+        }
+    }
+}
+
 pub(crate) async fn renew<R>(
     services: &Services<R>,
     caller: &Caller,

@@ -702,11 +702,12 @@ impl HubHandle {
             .await
             .map_err(|e| HubError::Audit(e.to_string()))?;
         let path = path.into();
+        let auditor = auditor.clone();
         tokio::task::spawn_blocking(move || {
             let mut log = log
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let checkpoint = log.seal()?;
+            let checkpoint = auditor.seal(&mut log)?;
             log.export(&path)?;
             Ok::<_, entente_audit::AuditError>(checkpoint.as_str().to_owned())
         })
@@ -1435,9 +1436,7 @@ async fn route_request(
         }
         RENEW_PATH => {
             serve(services, &caller, limits, request, |s, c, r| async move {
-                let renew = renew::renew(&s, &c, r, now());
-                let target = String::new();
-                status(rpc::audited(&s, c.principal.as_str(), "renew", target, renew).await)
+                status(renew::recorded(&s, &c, r, now()).await)
             })
             .await
         }
@@ -1630,9 +1629,25 @@ async fn route_request(
             .await
         }
         AUDIT_EXPORT_PATH => {
-            serve(services, &caller, limits, request, |s, c, r| async move {
-                status(audit_rpc::export(&s, &c, r).await)
-            })
+            serve(
+                services,
+                &caller,
+                limits,
+                request,
+                |s, c, r: entente_wire::AuditExportRequest| async move {
+                    // A whole copy of the log leaving is recorded as it starts (a listed
+                    // administrator's too, whom no policy decision records); the chunks of it
+                    // that follow are not.
+                    if r.snapshot != 0 {
+                        return status(audit_rpc::export(&s, &c, r).await);
+                    }
+                    let act = audit_rpc::export(&s, &c, r);
+                    let target = String::new();
+                    status(
+                        rpc::audited(&s, c.principal.as_str(), "audit-export", target, act).await,
+                    )
+                },
+            )
             .await
         }
         AUDIT_PROOF_PATH => {

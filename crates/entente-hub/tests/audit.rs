@@ -623,6 +623,19 @@ async fn administrators_read_export_and_prove_the_log_over_rpc_and_others_may_no
     let verified = verify_export(&out, &verifier).unwrap();
     assert_eq!(verified.checkpoint().unwrap().as_str(), exported.checkpoint);
     assert!(verified.record_count() > newest);
+    // A copy of the whole log leaving is on the record, with who took it (a listed
+    // administrator, whom no policy decision records).
+    let admin_id = admin.principal().to_string();
+    let exports = records(&hub)
+        .await
+        .iter()
+        .filter(|r| {
+            r.actor == admin_id
+                && matches!(&r.event, Event::Admin(a)
+                    if a.operation.as_clear() == Some("audit-export"))
+        })
+        .count();
+    assert_eq!(exports, 1);
 
     // Only `data`, `audit` and `intermediate` rotate; anything else is refused, and agents
     // may not.
@@ -735,6 +748,134 @@ async fn the_checkpoint_key_rotates_with_a_record_and_the_log_verifies_across_re
     // the other way round.
     assert!(verify_export(&export, &Verifier::new(old_key)).is_err());
     assert!(verify_export(&export, &Verifier::new(new_key)).is_err());
+}
+
+/// A renewal is recorded with the certificate it issued (its SHA-256 and expiry), linking the
+/// certificate to its principal; a refused one with its reason.
+#[tokio::test]
+async fn a_renewal_is_recorded_with_its_certificate() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir).await;
+    let bob = hub.enroll("shop", "bob").await.unwrap();
+    let config = entente_testkit::raw::client_config(&bob, hub.trust()).unwrap();
+    let client = entente_testkit::raw::Client::connect(hub.addr(), config, &hub.server_name())
+        .await
+        .unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap();
+    let renewed: entente_wire::RenewResponse = client
+        .unary(
+            entente_hub::RENEW_PATH,
+            entente_wire::RenewRequest {
+                csr: csr.der().to_vec(),
+            },
+        )
+        .await
+        .unwrap();
+    let leaf = &renewed.certificate_chain[0];
+    let hash: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf)
+        .as_ref()
+        .try_into()
+        .unwrap();
+    let refused = client
+        .unary::<_, entente_wire::RenewResponse>(
+            entente_hub::RENEW_PATH,
+            entente_wire::RenewRequest { csr: vec![1, 2, 3] },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    let bob_id = bob.principal().to_string();
+    let records = records(&hub).await;
+    let renewals: Vec<_> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Renewal(renewal) if r.actor == bob_id => Some((renewal, r.outcome)),
+            _ => None,
+        })
+        .collect();
+    let [(renewal, outcome)] = renewals.as_slice() else {
+        panic!("{renewals:?}")
+    };
+    assert_eq!(*outcome, Outcome::Success);
+    assert_eq!(renewal.principal.as_clear(), Some(bob_id.as_str()));
+    assert_eq!(renewal.certificate.0, hash);
+    assert!(renewal.not_after_ms > 0);
+    assert!(records.iter().any(|r| r.actor == bob_id
+        && r.outcome != Outcome::Success
+        && matches!(&r.event, Event::Admin(a) if a.operation.as_clear() == Some("renew")
+            && a.detail.as_clear().is_some_and(|d| d.contains("csr")))));
+}
+
+/// A seal a proof asks for that fails fails the log at once, as the writer's own seals do:
+/// nothing is done meanwhile that could not be recorded.
+#[tokio::test]
+async fn a_seal_failing_under_a_proof_fails_the_log_at_once() {
+    let dir = TempDir::new().unwrap();
+    let audit = audit_dir(&dir);
+    let hub = TestHub::builder()
+        .policies(POLICIES)
+        .config(move |c| {
+            c.audit = Some(AuditConfig {
+                seal_interval: Duration::from_secs(3600),
+                ..AuditConfig::new(audit)
+            });
+        })
+        .start()
+        .await
+        .unwrap();
+    let admin = hub.connect(hub.admin().unwrap()).await.unwrap();
+    drop(traffic(&hub, 1).await);
+    std::fs::remove_file(audit_dir(&dir).join("tree")).unwrap();
+    let refused = admin.audit_proof(0, 0).await.unwrap_err();
+    assert!(refused.to_string().contains("audit log"), "{refused}");
+    assert_eq!(hub.stats().audit_failures, 1);
+    let refused = admin
+        .create_token(
+            &hub.agent_id("shop", "dave").unwrap(),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("audit log"), "{refused}");
+}
+
+/// Two rotations of the checkpoint key at once are made one after the other: each trusts the
+/// key before it, the records chain, and the hub starts again on the log they signed.
+#[tokio::test]
+async fn rotations_of_the_checkpoint_key_at_once_chain_and_the_log_opens_again() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir).await;
+    let first = hub.hub().audit_verifier_key().unwrap();
+    let (a, b) = tokio::join!(hub.hub().rotate_audit_key(), hub.hub().rotate_audit_key());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    drop(traffic(&hub, 1).await);
+    let rotations: Vec<(String, String)> = records(&hub)
+        .await
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Admin(a) if a.operation.as_clear() == Some("rotate-audit-key") => Some((
+                a.target.as_clear()?.to_owned(),
+                a.detail.as_clear()?.to_owned(),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rotations.len(), 2, "{rotations:?}");
+    let [(one, after_first), (two, after_one)] = rotations.as_slice() else {
+        panic!("{rotations:?}")
+    };
+    assert_eq!(after_first, &format!("after {first}"));
+    assert_eq!(after_one, &format!("after {one}"));
+    let mut made = [a, b];
+    made.sort();
+    let mut chained = [one.clone(), two.clone()];
+    chained.sort();
+    assert_eq!(made, chained);
+    let hub = hub.restart().await.unwrap();
+    assert_eq!(&hub.hub().audit_verifier_key().unwrap(), two);
 }
 
 /// What a caller may see of others' grants is decided as every decision is: recorded, and
