@@ -339,7 +339,6 @@ impl Auditor {
         self.0.is_some()
     }
 
-    /// The log, for reads and proofs; `None` when auditing is off.
     /// Seals `log` (this auditor's, locked by the caller) now, for a proof or an export: a
     /// seal that fails fails the auditor at once, as the writer's own do, so that nothing is
     /// done meanwhile that could not be recorded.
@@ -353,6 +352,7 @@ impl Auditor {
         sealed
     }
 
+    /// The log, for reads and proofs; `None` when auditing is off.
     pub(crate) fn log(&self) -> Option<&Arc<Mutex<AuditLog>>> {
         self.0.as_ref().map(|inner| &inner.log)
     }

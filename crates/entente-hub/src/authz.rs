@@ -926,8 +926,8 @@ impl DeliveryGate {
         self.decided.store(epoch, Ordering::Release);
     }
 
-    /// Whether a subscription of the session to `pattern` may carry `channel` now
-    /// ([`may_carry`](Self::may_carry) says [`Carry::Yes`]).
+    /// Whether a subscription of the session to `pattern` may carry `channel` now: what
+    /// follows says yes.
     pub fn carries(
         &self,
         pattern: &ChannelPattern,

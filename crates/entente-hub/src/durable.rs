@@ -385,9 +385,17 @@ pub(crate) struct Held {
 /// The longest `ack_wait` a durable channel may have.
 const MAX_ACK_WAIT: Duration = Duration::from_secs(24 * 3600);
 
-/// Whether some channel matches both `a` and `b` (as subscriptions match: `*` one token,
-/// `>` one or more at the end).
+/// Whether some channel is routed to both `a` and `b` (as subscriptions are: `*` one token,
+/// `>` one or more at the end, and a wildcard first token no system channel).
 fn patterns_overlap(a: &ChannelPattern, b: &ChannelPattern) -> bool {
+    let first = |p: &ChannelPattern| p.tokens().next().unwrap_or_default().to_owned();
+    let (first_a, first_b) = (first(a), first(b));
+    let wildcard = |t: &str| t == "*" || t == ">";
+    if (wildcard(&first_a) && first_b.starts_with('_'))
+        || (wildcard(&first_b) && first_a.starts_with('_'))
+    {
+        return false;
+    }
     let (mut a, mut b) = (a.tokens(), b.tokens());
     loop {
         match (a.next(), b.next()) {
@@ -1007,7 +1015,11 @@ impl Stream {
     /// `max_bytes`; each consumer that never acknowledges moves its own copy of every entry
     /// here, and the disk is not theirs to fill): the sequences dropped, if any.
     fn bound_dead(&self, dead: &mut StreamLog) -> Option<(u64, u64)> {
-        let keep = dead.first_within(self.config.max_messages, self.config.max_bytes);
+        // The newest is kept whatever its size: the letter just moved, which its record says
+        // was moved.
+        let keep = dead
+            .first_within(self.config.max_messages, self.config.max_bytes)
+            .min(dead.next_seq().saturating_sub(1));
         let first = dead.first_seq();
         if keep <= first {
             return None;
@@ -1175,6 +1187,11 @@ impl Consumer {
 // === impl ConsumerState ===
 
 impl ConsumerState {
+    /// Whether `seq` is done (below the floor, or acknowledged above it).
+    fn is_done(&self, seq: u64) -> bool {
+        seq < self.floor || self.done.contains(&seq)
+    }
+
     /// `seq` is done: it advances the floor if it can.
     fn finish(&mut self, seq: u64) {
         self.attempts.remove(&seq);
@@ -1386,8 +1403,10 @@ async fn send(stream: &Arc<Stream>, consumer: &Arc<Consumer>, to: &Recipient, se
             return false;
         };
         // Acknowledged since it was planned (an acknowledgement racing its redelivery): not
-        // delivered again, nor counted as a delivery.
-        if seq < state.floor || state.done.contains(&seq) {
+        // delivered again, nor counted as a delivery, nor left in flight.
+        if state.is_done(seq) {
+            state.in_flight.remove(&seq);
+            state.attempts.remove(&seq);
             return true;
         }
         let attempts = state.attempts.entry(seq).or_insert(0);
@@ -1398,12 +1417,15 @@ async fn send(stream: &Arc<Stream>, consumer: &Arc<Consumer>, to: &Recipient, se
     };
     // What the state becomes is written only while this holding is current; `false` ends
     // the task otherwise.
+    // (Unless it was acknowledged meanwhile: then it is done, not in flight.)
     let retry_later = || {
         state_of(consumer, to.generation)
             .map(|mut state| {
-                state
-                    .in_flight
-                    .insert(seq, Instant::now() + stream.config.ack_wait)
+                if !state.is_done(seq) {
+                    state
+                        .in_flight
+                        .insert(seq, Instant::now() + stream.config.ack_wait);
+                }
             })
             .is_some()
     };
@@ -1470,15 +1492,16 @@ async fn send(stream: &Arc<Stream>, consumer: &Arc<Consumer>, to: &Recipient, se
         Carry::Wait => {
             // The consumer may not read now (its subscription is no longer allowed: the
             // session ends it) or the audit log failed: the entry is not the consumer's to
-            // skip. It waits, this attempt uncounted, for a holding that may read it.
+            // skip. It waits, this attempt uncounted, for a holding that may read it, asked
+            // again a tick later (the session may keep the subscription after all).
             return state_of(consumer, to.generation)
                 .map(|mut state| {
                     if let Some(attempts) = state.attempts.get_mut(&seq) {
                         *attempts = attempts.saturating_sub(1);
                     }
-                    state
-                        .in_flight
-                        .insert(seq, Instant::now() + stream.config.ack_wait);
+                    if !state.is_done(seq) {
+                        state.in_flight.insert(seq, Instant::now() + TICK);
+                    }
                 })
                 .is_some();
         }
@@ -1905,6 +1928,9 @@ mod tests {
             ("orders.eu", "orders.us", false),
             ("orders.*.x", "orders.eu.y", false),
             ("a.b", "a.b.c", false),
+            (">", "_reply.>", false),
+            ("*.>", "_direct.shop.alice", false),
+            ("_reply.>", "_reply.shop.>", true),
         ] {
             let (a, b) = (
                 ChannelPattern::parse(a).unwrap(),
@@ -1968,6 +1994,14 @@ mod tests {
                 dead.read(3).unwrap().unwrap().payload[..8],
                 3u64.to_be_bytes()
             );
+        }
+        // The letter just moved stays, whatever its size (its record says it was moved).
+        let (_dir, stream, _) = stream_configured(|c| c.max_bytes = 1).await;
+        assert!(stream.append(&entries));
+        for seq in 1..=3 {
+            assert!(stream.dead_letter(seq, "worker", 1));
+            let dead = lock(&stream.dead);
+            assert_eq!((dead.first_seq(), dead.len()), (seq, 1));
         }
     }
 
@@ -2040,8 +2074,10 @@ mod tests {
         assert!(rx.try_recv().is_ok());
         assert_eq!(lock(&consumer.state).attempts.get(&1), Some(&1));
 
-        // Acknowledged after its redelivery was planned: not sent, not counted again.
+        // Acknowledged after its redelivery was planned (and put in flight again by a delivery
+        // that raced the acknowledgement): not sent, not counted again, no longer in flight.
         lock(&consumer.state).finish(1);
+        lock(&consumer.state).in_flight.insert(1, Instant::now());
         assert!(send(&stream, &consumer, &to, 1).await);
         assert!(rx.try_recv().is_err());
         let state = lock(&consumer.state);

@@ -29,11 +29,10 @@ pub(crate) struct Caller {
     pub(crate) control: ConnectionControl,
 }
 
-/// Serves one `Renew` request, counting it.
 /// Serves a renewal on the record: refused at once while the audit log is failed; a renewal
 /// is recorded as a `Renewal` (the new certificate's SHA-256 and expiry: what links a
-/// certificate to its principal), a refusal as an `admin` `renew` with its reason; answered
-/// once the record is durable.
+/// certificate to its principal) before it is in force, a refusal as an `admin` `renew` with
+/// its reason; answered once the record is durable.
 pub(crate) async fn recorded<R>(
     services: &Services<R>,
     caller: &Caller,
@@ -45,32 +44,23 @@ pub(crate) async fn recorded<R>(
         return renew(services, caller, request, now).await;
     }
     auditor.check().map_err(RpcError::Unaudited)?;
-    let actor = caller.principal.as_str();
     match renew(services, caller, request, now).await {
-        Ok(response) => {
-            let leaf = response
-                .certificate_chain
-                .first()
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            let event = entente_audit::Event::Renewal(entente_audit::Renewal {
-                principal: crate::audit::clear(actor),
-                certificate: crate::audit::certificate_hash(leaf),
-                not_after_ms: crate::audit::not_after_ms(leaf),
-            });
-            auditor
-                .record(actor, entente_audit::Outcome::Success, event)
-                .await
-                .map_err(RpcError::Unaudited)?;
-            Ok(response)
-        }
+        Ok(response) => Ok(response),
         Err(e) => {
             let refused = std::future::ready(Err::<RenewResponse, _>(e));
-            rpc::audited(services, actor, "renew", String::new(), refused).await
+            rpc::audited(
+                services,
+                caller.principal.as_str(),
+                "renew",
+                String::new(),
+                refused,
+            )
+            .await
         }
     }
 }
 
+/// Serves one `Renew` request, counting it.
 pub(crate) async fn renew<R>(
     services: &Services<R>,
     caller: &Caller,
@@ -121,6 +111,21 @@ async fn renew_inner<R>(
         })
         .await?
     };
+    // On the record before it is in force (its serial stored, the connection's expiry moved):
+    // a renewal that can't be recorded is not made.
+    let auditor = services.authz.auditor();
+    if auditor.is_on() {
+        let leaf = svid.chain_der.first().map_or(&[][..], |c| c.as_ref());
+        let event = entente_audit::Event::Renewal(entente_audit::Renewal {
+            principal: crate::audit::clear(principal.as_str()),
+            certificate: crate::audit::certificate_hash(leaf),
+            not_after_ms: crate::audit::not_after_ms(leaf),
+        });
+        auditor
+            .record(principal.as_str(), entente_audit::Outcome::Success, event)
+            .await
+            .map_err(RpcError::Unaudited)?;
+    }
 
     // Record the serial: read-modify-write under the agents lock (the certificate was issued
     // outside it, so a slow key store does not hold up other renewals and enrollments).

@@ -1636,9 +1636,9 @@ async fn route_request(
                 request,
                 |s, c, r: entente_wire::AuditExportRequest| async move {
                     // A whole copy of the log leaving is recorded as it starts (a listed
-                    // administrator's too, whom no policy decision records); the chunks of it
-                    // that follow are not.
-                    if r.snapshot != 0 {
+                    // administrator's too, whom no policy decision records), of a new
+                    // snapshot or one made before; the chunks of it that follow are not.
+                    if r.offset != 0 {
                         return status(audit_rpc::export(&s, &c, r).await);
                     }
                     let act = audit_rpc::export(&s, &c, r);

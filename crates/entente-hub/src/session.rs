@@ -447,21 +447,26 @@ impl<R: Router> Session<R> {
         let now = now_ms();
         let mut ended = Vec::new();
         for (&id, pattern) in &self.subscriptions {
-            // Undecidable while the audit log is failed: ended all the same, the reason says
-            // why.
+            // Undecidable while the audit log is failed: ended all the same, `UNAVAILABLE`.
             if let Err(denied) = self.authz.subscribe(&self.context.authz, pattern, now) {
+                let code = if denied.by_policy() {
+                    RefusalCode::Denied
+                } else {
+                    RefusalCode::Unavailable
+                };
                 ended.push((
                     id,
+                    code,
                     format!("the subscription to `{pattern}` is no longer allowed: {denied}"),
                 ));
             }
         }
-        ended.sort_unstable_by_key(|(id, _)| *id);
-        for (id, reason) in ended {
+        ended.sort_unstable_by_key(|(id, ..)| *id);
+        for (id, code, reason) in ended {
             self.subscriptions.remove(&id);
             self.end_subscription(id);
             stats::bump(&self.context.stats.subscriptions_ended);
-            let refused = Refused::new(RefusalCode::Denied, reason);
+            let refused = Refused::new(code, reason);
             self.send(server_frame::Kind::SubscriptionEnded(SubscriptionEnded {
                 subscription_id: id,
                 code: refused.code.as_u32(),

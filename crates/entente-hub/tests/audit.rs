@@ -750,6 +750,34 @@ async fn the_checkpoint_key_rotates_with_a_record_and_the_log_verifies_across_re
     assert!(verify_export(&export, &Verifier::new(new_key)).is_err());
 }
 
+/// Subscriptions decided again while the log is failed (after a revocation, which stays in
+/// force) end `UNAVAILABLE`, not `DENIED`: nothing was decided.
+#[tokio::test]
+async fn subscriptions_decided_again_while_the_log_is_failed_end_unavailable() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir).await;
+    let (alice, bob) = traffic(&hub, 1).await;
+    let mut orders = alice.subscribe("orders.us").await.unwrap();
+    std::fs::remove_file(audit_dir(&dir).join("records")).unwrap();
+    assert!(bob.publish("orders.eu", "unrecorded").await.is_err());
+    let mut revocations = entente_ca::Revocations::new();
+    revocations.revoke_principal(&hub.agent_id("shop", "dave").unwrap().into());
+    let now = std::time::SystemTime::now();
+    let list = hub.hub().ca().sign_revocations(&revocations, now).unwrap();
+    let list = entente_ca::VerifiedRevocationList::verify(list, hub.trust(), now).unwrap();
+    assert!(hub.hub().revoke(list).await.is_err(), "its record fails");
+    let ended = tokio::time::timeout(Duration::from_secs(10), orders.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        ended.refusal_code(),
+        Some(RefusalCode::Unavailable),
+        "{ended}"
+    );
+}
+
 /// A renewal is recorded with the certificate it issued (its SHA-256 and expiry), linking the
 /// certificate to its principal; a refused one with its reason.
 #[tokio::test]
