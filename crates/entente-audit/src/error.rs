@@ -90,6 +90,20 @@ pub enum AuditError {
         /// The file.
         path: PathBuf,
     },
+    /// A log file grew or shrank while the log was open (something else wrote to it): what
+    /// the log holds in memory no longer says where its records are.
+    #[error(
+        "`{}` is {len} bytes while the audit log wrote {written}: something else changed it",
+        path.display()
+    )]
+    Resized {
+        /// The file.
+        path: PathBuf,
+        /// Its length now.
+        len: u64,
+        /// What the log wrote to it.
+        written: u64,
+    },
     /// The checkpoint signer failed.
     #[error("cannot sign the checkpoint: {0}")]
     Sign(NoteError),

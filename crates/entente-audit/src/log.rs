@@ -38,6 +38,10 @@ pub struct AuditOptions {
     /// Keys that signed earlier checkpoints of this log, before a key rotation. The signer's
     /// own key is always trusted.
     pub trusted_keys: Vec<VerifierKey>,
+    /// Keep every checkpoint in memory ([`AuditLog::checkpoints`]); without, only the latest
+    /// (a log sealed every second makes ~85 000 a day, ~40 MB; each is still checked at open
+    /// and stays in the files and exports). Default true.
+    pub keep_checkpoints: bool,
 }
 
 impl Default for AuditOptions {
@@ -46,6 +50,7 @@ impl Default for AuditOptions {
             seal_after: 1000,
             repair_torn_tail: true,
             trusted_keys: Vec::new(),
+            keep_checkpoints: true,
         }
     }
 }
@@ -324,6 +329,7 @@ impl AuditLog {
             .last()
             .cloned()
             .ok_or(AuditError::MissingCheckpoint { size: 0 })?;
+        let keep_checkpoints = options.keep_checkpoints;
         Ok(Self {
             dir,
             meta,
@@ -339,7 +345,11 @@ impl AuditLog {
             pending: scanned.pending,
             leaves: scanned.leaves,
             tree: scanned.tree,
-            checkpoints: scanned.checkpoints,
+            checkpoints: if keep_checkpoints {
+                scanned.checkpoints
+            } else {
+                Vec::new()
+            },
             latest,
             failed: None,
             recovery,
@@ -428,7 +438,8 @@ impl AuditLog {
         &self.latest
     }
 
-    /// Every checkpoint, oldest first.
+    /// Every checkpoint, oldest first; none without [`AuditOptions::keep_checkpoints`] (the
+    /// latest is [`checkpoint`](Self::checkpoint)).
     pub fn checkpoints(&self) -> &[Checkpoint] {
         &self.checkpoints
     }
@@ -605,8 +616,10 @@ impl AuditLog {
         self.tree_len += buf.len() as u64;
         for (leaf, checkpoint) in made {
             self.leaves.push(leaf);
-            self.latest = checkpoint.clone();
-            self.checkpoints.push(checkpoint);
+            if self.options.keep_checkpoints {
+                self.checkpoints.push(checkpoint.clone());
+            }
+            self.latest = checkpoint;
         }
         self.pending.drain(..sealed);
         Ok(())
@@ -624,24 +637,34 @@ impl AuditLog {
         self.fail_on(result, TREE_FILE)
     }
 
-    /// Checks that the file's path still names the file this log has open (one `stat`), so
-    /// appends never go to a file that was deleted or replaced under the log.
+    /// Checks that the file's path still names the file this log has open (one `stat`), and
+    /// that the file is as long as the log wrote it, so appends never go to a file that was
+    /// deleted or replaced under the log, nor after bytes something else wrote to it (the
+    /// offsets in memory would then name those bytes as records).
     fn still_in_place(&mut self, name: &str) -> Result<(), AuditError> {
         let path = self.dir.join(name);
-        let file = if name == RECORDS_FILE {
-            &self.records_file
+        let (file, written) = if name == RECORDS_FILE {
+            (&self.records_file, self.records_len)
         } else {
-            &self.tree_file
+            (&self.tree_file, self.tree_len)
         };
-        let same = match (fs::symlink_metadata(&path), file.metadata()) {
-            (Ok(on_disk), Ok(open)) => on_disk.dev() == open.dev() && on_disk.ino() == open.ino(),
-            _ => false,
+        let (same, len) = match (fs::symlink_metadata(&path), file.metadata()) {
+            (Ok(on_disk), Ok(open)) => (
+                on_disk.dev() == open.dev() && on_disk.ino() == open.ino(),
+                open.len(),
+            ),
+            _ => (false, 0),
         };
-        if same {
-            Ok(())
-        } else {
+        if !same {
             self.failed = Some(format!("`{name}` was removed or replaced"));
             Err(AuditError::Replaced { path })
+        } else if len != written {
+            self.failed = Some(format!(
+                "`{name}` is {len} bytes while the log wrote {written}"
+            ));
+            Err(AuditError::Resized { path, len, written })
+        } else {
+            Ok(())
         }
     }
 

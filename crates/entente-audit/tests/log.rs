@@ -454,6 +454,71 @@ fn a_file_replaced_under_an_open_log_fails_closed() {
     assert_eq!(log.checkpoint(), &checkpoint);
 }
 
+/// A log that keeps only its latest checkpoint in memory signs, checks and stores every one
+/// as a log that keeps them all.
+#[test]
+fn a_log_keeping_only_its_latest_checkpoint_stores_them_all() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let lean = || AuditOptions {
+        keep_checkpoints: false,
+        ..common::options(2)
+    };
+    let mut log =
+        AuditLog::create(&dir, Box::new(common::signer()), common::key(), lean()).unwrap();
+    for i in 0..3 {
+        log.append_all(&[decision(2 * i), decision(2 * i + 1)])
+            .unwrap();
+    }
+    assert!(log.checkpoints().is_empty());
+    assert_eq!(log.checkpoint().size(), 3);
+    let latest = log.checkpoint().clone();
+    drop(log);
+    let log = AuditLog::open(&dir, Box::new(common::signer()), common::key(), lean()).unwrap();
+    assert!(log.checkpoints().is_empty());
+    assert_eq!(log.checkpoint(), &latest);
+    drop(log);
+    // The files hold every one: the empty tree's, then one a leaf.
+    let log = open(&dir, 2).unwrap();
+    assert_eq!(log.checkpoints().len(), 4);
+    assert_eq!(log.checkpoints().last(), Some(&latest));
+}
+
+/// Bytes written to a log file by something else while the log is open (a frame appended, or
+/// the file cut short) fail the next write closed: the log's offsets would name them as
+/// records, and its checkpoints cover what the file no longer holds.
+#[test]
+fn a_file_grown_or_cut_under_an_open_log_fails_closed() {
+    for change in ["grow", "cut"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let mut log = create(&dir, 5);
+        log.append_all(&(0..7).map(decision).collect::<Vec<_>>())
+            .unwrap();
+        let count = log.record_count();
+        let records = fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("records"))
+            .unwrap();
+        let len = records.metadata().unwrap().len();
+        match change {
+            "grow" => std::io::Write::write_all(&mut &records, &[0u8; 16]).unwrap(),
+            _ => records.set_len(len - 1).unwrap(),
+        }
+        drop(records);
+        let refused = log.append(&decision(7));
+        assert!(
+            matches!(refused, Err(AuditError::Resized { .. })),
+            "{change}: {refused:?}"
+        );
+        assert_eq!(log.record_count(), count);
+        assert!(matches!(
+            log.append(&decision(7)),
+            Err(AuditError::Failed(_))
+        ));
+    }
+}
+
 /// Makes a file immutable (`chattr +i`), which refuses writes even to root and even through
 /// descriptors already open; undone on drop.
 struct Immutable<'a>(&'a Path);
