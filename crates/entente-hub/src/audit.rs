@@ -179,9 +179,12 @@ impl Auditor {
         }
         let origin = format!("{hub}/audit");
         let exists = config.dir.join("audit.meta").exists();
-        // Whether a log was made in this directory (a marker stored once it was).
-        let marker = format!("{LOG_MADE_CONFIG}:{}", config.dir.display());
-        let kept_one = registry.config(&marker).await?.is_some();
+        // Whether this hub made a log (a marker stored once it did): one log per hub, wherever
+        // it is configured and however its path is spelled. Markers of earlier versions
+        // named the directory as it was spelled.
+        let spelled = format!("{LOG_MADE_CONFIG}:{}", config.dir.display());
+        let marked = registry.config(LOG_MADE_CONFIG).await?.is_some();
+        let kept_one = marked || registry.config(&spelled).await?.is_some();
         let key = hmac_key(keystore, registry, exists).await?;
         let signing_key = match registry.config(SIGNING_KEY_CONFIG).await? {
             Some(name) => String::from_utf8(name).map_err(|_| {
@@ -222,8 +225,8 @@ impl Auditor {
         .await
         .map_err(|_| HubError::Audit("opening the log panicked".into()))?
         .map_err(|e| HubError::Audit(e.to_string()))?;
-        if !kept_one {
-            registry.put_config(&marker, b"1").await?;
+        if !marked {
+            registry.put_config(LOG_MADE_CONFIG, b"1").await?;
         }
         let recovery = log.recovery().cloned();
         // Records in the log but in no leaf: a crash's last ones (a clean stop seals all),
