@@ -184,7 +184,10 @@ impl Auditor {
         // named the directory as it was spelled.
         let spelled = format!("{LOG_MADE_CONFIG}:{}", config.dir.display());
         let marked = registry.config(LOG_MADE_CONFIG).await?.is_some();
-        let kept_one = marked || registry.config(&spelled).await?.is_some();
+        // (A stored HMAC key is made with a log only: a hub from before the marks made one.)
+        let kept_one = marked
+            || registry.config(&spelled).await?.is_some()
+            || registry.config(HMAC_KEY_CONFIG).await?.is_some();
         let key = hmac_key(keystore, registry, exists).await?;
         let signing_key = match registry.config(SIGNING_KEY_CONFIG).await? {
             Some(name) => String::from_utf8(name).map_err(|_| {

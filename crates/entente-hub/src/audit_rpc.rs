@@ -51,6 +51,8 @@ struct Snapshot {
     path: PathBuf,
     total: u64,
     checkpoint: String,
+    /// Who read it from its start (and so whose copy is on the record): only they read on.
+    readers: Vec<String>,
 }
 
 /// Serves one `Records` request.
@@ -110,6 +112,14 @@ pub(crate) async fn export<R>(
         .max_frame_bytes
         .saturating_sub(FRAME_MARGIN)
         .clamp(1, MAX_CHUNK);
+    // A copy is read from its start, which is on the record (the RPC's handler records an
+    // export at offset 0), and on only by whoever started it.
+    let reader = caller.principal.to_string();
+    if request.snapshot == 0 && request.offset != 0 {
+        return Err(RpcError::BadRequest(
+            "a new export is read from offset 0".into(),
+        ));
+    }
     let snapshot = if request.snapshot == 0 {
         let (exports, auditor) = (exports.clone(), services.authz.auditor().clone());
         rpc::blocking(move || write_snapshot(&auditor, &log, &exports, &dir).map_err(audit_error))
@@ -126,6 +136,24 @@ pub(crate) async fn export<R>(
                 ))
             })?
     };
+    {
+        let mut latest = exports.lock();
+        let Some(kept) = latest.as_mut().filter(|s| s.size == snapshot.size) else {
+            return Err(RpcError::Precondition(
+                "the export was replaced meanwhile; start again with snapshot 0".into(),
+            ));
+        };
+        if request.offset == 0 {
+            if !kept.readers.contains(&reader) {
+                kept.readers.push(reader);
+            }
+        } else if !kept.readers.contains(&reader) {
+            return Err(RpcError::Precondition(format!(
+                "export {} is read from offset 0 first (a copy is recorded as it starts)",
+                snapshot.size
+            )));
+        }
+    }
     let offset = request.offset;
     rpc::blocking(move || {
         let mut file = std::fs::File::open(&snapshot.path)
@@ -279,6 +307,7 @@ fn write_snapshot(
         path,
         total,
         checkpoint: checkpoint.as_str().to_owned(),
+        readers: Vec::new(),
     };
     *latest = Some(snapshot.clone());
     Ok(snapshot)

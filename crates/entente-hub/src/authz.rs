@@ -959,31 +959,19 @@ impl DeliveryGate {
             return Carry::Yes;
         }
         let now_ms = now_ms();
+        if self.waits_at(pattern, stale, now_ms) {
+            return Carry::Wait;
+        }
+        // Own namespaces are judged by the structural rule alone (docs/POLICY.md): a new reply
+        // channel under one's own reply namespace asks the engine nothing.
+        let first = pattern.tokens().next().unwrap_or_default();
+        if pattern.is_literal() || first == DIRECT_PREFIX || first == REPLY_PREFIX {
+            return Carry::Yes;
+        }
         let mut decisions = self
             .decisions
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let first = pattern.tokens().next().unwrap_or_default();
-        if self.authz.auditor.check().is_err() {
-            return Carry::Wait;
-        }
-        // Own namespaces are the structural rule's, which no epoch changes.
-        if stale && first != DIRECT_PREFIX && first != REPLY_PREFIX {
-            let (decision, _) = decisions.decision(
-                &self.authz,
-                Action::Subscribe,
-                &Resource::Pattern(pattern),
-                now_ms,
-            );
-            if !decision.allowed {
-                return Carry::Wait;
-            }
-        }
-        // Own namespaces are judged by the structural rule alone (docs/POLICY.md): a new reply
-        // channel under one's own reply namespace asks the engine nothing.
-        if pattern.is_literal() || first == DIRECT_PREFIX || first == REPLY_PREFIX {
-            return Carry::Yes;
-        }
         let (decision, _) = decisions.decision(
             &self.authz,
             Action::Subscribe,
@@ -995,6 +983,45 @@ impl DeliveryGate {
         } else {
             Carry::Skip
         }
+    }
+}
+
+// === impl DeliveryGate: waiting ===
+
+impl DeliveryGate {
+    /// Whether what a subscription of the session to `pattern` carries waits now, whatever
+    /// its channel ([`Carry::Wait`]): asked before a durable entry is read, so that one that
+    /// waits is not read and opened again each time it is asked.
+    pub(crate) fn waits(&self, pattern: &ChannelPattern, now_ms: impl FnOnce() -> u64) -> bool {
+        let stale = self.authz.engine.epoch() != self.decided.load(Ordering::Acquire);
+        if (!stale && pattern.is_literal()) || self.authz.skips(Action::Subscribe) {
+            return false;
+        }
+        self.waits_at(pattern, stale, now_ms())
+    }
+
+    /// [`waits`](Self::waits), past its quick answers: the audit log failed, or the pattern
+    /// is no longer allowed at the epoch the session has not caught up with.
+    fn waits_at(&self, pattern: &ChannelPattern, stale: bool, now_ms: u64) -> bool {
+        if self.authz.auditor.check().is_err() {
+            return true;
+        }
+        // Own namespaces are the structural rule's, which no epoch changes.
+        let first = pattern.tokens().next().unwrap_or_default();
+        if !stale || first == DIRECT_PREFIX || first == REPLY_PREFIX {
+            return false;
+        }
+        let mut decisions = self
+            .decisions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (decision, _) = decisions.decision(
+            &self.authz,
+            Action::Subscribe,
+            &Resource::Pattern(pattern),
+            now_ms,
+        );
+        !decision.allowed
     }
 }
 

@@ -1093,30 +1093,31 @@ impl Stream {
                     self.dead_oldest.fetch_min(version, Ordering::AcqRel);
                 }
                 let mut dead = lock(&self.dead);
-                let appended = dead.append_all(&[&payload], now_ms());
-                let dropped = appended.is_ok().then(|| self.bound_dead(&mut dead));
+                if dead.append_all(&[&payload], now_ms()).is_ok() {
+                    stats::bump(&self.stats.durable_dead_letters);
+                    // Recorded before the lock goes: a drop of this letter (by the next move,
+                    // or the tick) is recorded after its move.
+                    let detail = format!("not acknowledged after {attempts} deliveries");
+                    self.record_letter(seq, consumer, "dead-letter", &detail);
+                    let dropped = self.bound_dead(&mut dead);
+                    drop(dead);
+                    if let Some(dropped) = dropped {
+                        self.record_dead_dropped(dropped);
+                    }
+                    return true;
+                }
                 drop(dead);
-                if let Some(Some(dropped)) = dropped {
-                    self.record_dead_dropped(dropped);
-                }
-                if appended.is_err() {
-                    // The dead-letter log takes nothing more until the hub restarts: the
-                    // stream fails with it, visibly (publishers refused `UNAVAILABLE`), rather
-                    // than keep entries pending that can never move.
-                    stats::bump(&self.stats.durable_failures);
-                    self.queue.fail();
-                    tracing::error!(
-                        stream = %self.config.name,
-                        seq,
-                        "the dead-letter log failed: the durable channel takes nothing more"
-                    );
-                    return false;
-                }
-                stats::bump(&self.stats.durable_dead_letters);
-                (
-                    "dead-letter",
-                    format!("not acknowledged after {attempts} deliveries"),
-                )
+                // The dead-letter log takes nothing more until the hub restarts: the stream
+                // fails with it, visibly (publishers refused `UNAVAILABLE`), rather than keep
+                // entries pending that can never move.
+                stats::bump(&self.stats.durable_failures);
+                self.queue.fail();
+                tracing::error!(
+                    stream = %self.config.name,
+                    seq,
+                    "the dead-letter log failed: the durable channel takes nothing more"
+                );
+                return false;
             }
             Ok(None) => return true,
             Err(_) if attempts < self.config.max_deliver.saturating_mul(2) => {
@@ -1140,14 +1141,20 @@ impl Stream {
                 )
             }
         };
+        self.record_letter(seq, consumer, operation, &detail);
+        true
+    }
+
+    /// Records what became of entry `seq` of `consumer`: moved to the dead-letter log, or
+    /// lost there.
+    fn record_letter(&self, seq: u64, consumer: &str, operation: &str, detail: &str) {
         let _ = hub_record(
             &self.auditor,
             entente_audit::Outcome::Failed,
             operation,
             &format!("{}#{seq} for consumer `{consumer}`", self.config.name),
-            &detail,
+            detail,
         );
-        true
     }
 }
 
@@ -1468,6 +1475,26 @@ async fn send(stream: &Arc<Stream>, consumer: &Arc<Consumer>, to: &Recipient, se
             retry_later()
         };
     }
+    // The consumer may not read now (its subscription is no longer allowed: the session ends
+    // it) or the audit log failed: the entry is not the consumer's to skip. It waits, this
+    // attempt uncounted, for a holding that may read it, asked again a tick later (the
+    // session may keep the subscription after all); asked before it is read, so that waiting
+    // reads nothing.
+    let wait = || {
+        state_of(consumer, to.generation)
+            .map(|mut state| {
+                if let Some(attempts) = state.attempts.get_mut(&seq) {
+                    *attempts = attempts.saturating_sub(1);
+                }
+                if !state.is_done(seq) {
+                    state.in_flight.insert(seq, Instant::now() + TICK);
+                }
+            })
+            .is_some()
+    };
+    if to.gate.waits(&consumer.pattern, now_ms) {
+        return wait();
+    }
     let read = {
         let stream = stream.clone();
         tokio::task::spawn_blocking(move || stream.read(seq)).await
@@ -1489,28 +1516,20 @@ async fn send(stream: &Arc<Stream>, consumer: &Arc<Consumer>, to: &Recipient, se
     match to.gate.may_carry(&consumer.pattern, &channel, now_ms) {
         Carry::Yes => {}
         Carry::Skip => return finish(),
-        Carry::Wait => {
-            // The consumer may not read now (its subscription is no longer allowed: the
-            // session ends it) or the audit log failed: the entry is not the consumer's to
-            // skip. It waits, this attempt uncounted, for a holding that may read it, asked
-            // again a tick later (the session may keep the subscription after all).
-            return state_of(consumer, to.generation)
-                .map(|mut state| {
-                    if let Some(attempts) = state.attempts.get_mut(&seq) {
-                        *attempts = attempts.saturating_sub(1);
-                    }
-                    if !state.is_done(seq) {
-                        state.in_flight.insert(seq, Instant::now() + TICK);
-                    }
-                })
-                .is_some();
-        }
+        // (Changed while it was read.)
+        Carry::Wait => return wait(),
     }
     let mut body = BytesMut::from(body.as_ref());
     prost::encoding::encode_key(SEQUENCE_TAG, prost::encoding::WireType::Varint, &mut body);
     prost::encoding::encode_varint(seq, &mut body);
     prost::encoding::encode_key(ATTEMPT_TAG, prost::encoding::WireType::Varint, &mut body);
     prost::encoding::encode_varint(u64::from(attempt), &mut body);
+    // In flight from now, unless it was acknowledged while it was read: then not sent.
+    match state_of(consumer, to.generation) {
+        None => return false,
+        Some(state) if state.is_done(seq) => return true,
+        Some(_) => {}
+    }
     if !retry_later() {
         return false;
     }
@@ -2058,10 +2077,18 @@ mod tests {
         assert!(rx.try_recv().is_err());
         assert!(lock(&consumer.state).done.contains(&2));
 
-        // The permit is withdrawn, the session not caught up: entry 1 waits.
+        // The permit is withdrawn, the session not caught up: entry 1 waits, and is asked
+        // again a tick later without being read (one that is not there waits the same).
         authz.replace_for_tests("");
         assert!(send(&stream, &consumer, &to, 1).await);
         assert!(rx.try_recv().is_err());
+        assert!(send(&stream, &consumer, &to, 99).await);
+        {
+            let mut state = lock(&consumer.state);
+            assert!(!state.is_done(99) && state.in_flight[&99] <= Instant::now() + TICK);
+            state.in_flight.remove(&99);
+            state.attempts.remove(&99);
+        }
         {
             let state = lock(&consumer.state);
             assert_eq!(state.floor, 1);

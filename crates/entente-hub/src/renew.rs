@@ -111,6 +111,17 @@ async fn renew_inner<R>(
         })
         .await?
     };
+    let key_bundle = match services
+        .registry
+        .latest_key_bundle(principal.as_str())
+        .await?
+    {
+        Some((_, bytes)) => Some(
+            entente_wire::decode::<KeyBundle>(&bytes, &services.limits)
+                .map_err(|e| RpcError::Corrupt(format!("key bundle of `{principal}`: {e}")))?,
+        ),
+        None => None,
+    };
     // On the record before it is in force (its serial stored, the connection's expiry moved):
     // a renewal that can't be recorded is not made.
     let auditor = services.authz.auditor();
@@ -158,17 +169,6 @@ async fn renew_inner<R>(
         .connections
         .renewed(caller.connection, svid.serial, svid.not_after)
         .map_err(RpcError::Closed)?;
-    let key_bundle = match services
-        .registry
-        .latest_key_bundle(principal.as_str())
-        .await?
-    {
-        Some((_, bytes)) => Some(
-            entente_wire::decode::<KeyBundle>(&bytes, &services.limits)
-                .map_err(|e| RpcError::Corrupt(format!("key bundle of `{principal}`: {e}")))?,
-        ),
-        None => None,
-    };
     Ok(RenewResponse {
         certificate_chain: svid.chain_der.iter().map(|c| c.to_vec()).collect(),
         trust_bundle_pem: services.ca.trust_pem(),

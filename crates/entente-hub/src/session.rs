@@ -454,11 +454,12 @@ impl<R: Router> Session<R> {
                 } else {
                     RefusalCode::Unavailable
                 };
-                ended.push((
-                    id,
-                    code,
-                    format!("the subscription to `{pattern}` is no longer allowed: {denied}"),
-                ));
+                let reason = if denied.by_policy() {
+                    format!("the subscription to `{pattern}` is no longer allowed: {denied}")
+                } else {
+                    format!("the subscription to `{pattern}` can't be decided again: {denied}")
+                };
+                ended.push((id, code, reason));
             }
         }
         ended.sort_unstable_by_key(|(id, ..)| *id);

@@ -842,6 +842,70 @@ async fn a_renewal_is_recorded_with_its_certificate() {
             && a.detail.as_clear().is_some_and(|d| d.contains("csr")))));
 }
 
+/// A copy of the log is read from its start, which is on the record, and on only by whoever
+/// started it: another administrator can't take an export unrecorded by skipping its first
+/// byte, nor start a new one anywhere but at offset 0.
+#[tokio::test]
+async fn an_export_is_read_from_its_recorded_start() {
+    let dir = TempDir::new().unwrap();
+    let audit = audit_dir(&dir);
+    let hub = TestHub::builder()
+        .policies(&format!(
+            r#"{POLICIES}
+            @id("ann-admin")
+            permit (principal == Human::"spiffe://{td}/human/ann", action == Action::"admin",
+                    resource);"#,
+            td = entente_testkit::TRUST_DOMAIN
+        ))
+        .config(move |c| c.audit = Some(AuditConfig::new(audit)))
+        .start()
+        .await
+        .unwrap();
+    let admin = hub.connect(hub.admin().unwrap()).await.unwrap();
+    drop(traffic(&hub, 1).await);
+    let exported = admin
+        .audit_export(dir.path().join("admin.export"))
+        .await
+        .unwrap();
+    let ann = hub.enroll_human("ann").await.unwrap();
+    let config = entente_testkit::raw::client_config(&ann, hub.trust()).unwrap();
+    let ann = entente_testkit::raw::Client::connect(hub.addr(), config, &hub.server_name())
+        .await
+        .unwrap();
+    let export = |snapshot, offset| {
+        ann.unary::<_, entente_wire::AuditExportResponse>(
+            entente_hub::AUDIT_EXPORT_PATH,
+            entente_wire::AuditExportRequest { snapshot, offset },
+        )
+    };
+    let refused = export(0, 1).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    // Exports are numbered by their tree size: the checkpoint's second line.
+    let snapshot: u64 = exported.checkpoint.lines().nth(1).unwrap().parse().unwrap();
+    let refused = export(snapshot, 1).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("offset 0 first"), "{refused:?}");
+    assert_eq!(export(snapshot, 0).await.unwrap().snapshot, snapshot);
+    assert_eq!(export(snapshot, 1).await.unwrap().snapshot, snapshot);
+    let ann_id = format!("spiffe://{}/human/ann", entente_testkit::TRUST_DOMAIN);
+    let starts = records(&hub)
+        .await
+        .iter()
+        .filter(|r| {
+            matches!(&r.event, Event::Admin(a)
+                if a.operation.as_clear() == Some("audit-export"))
+                && r.outcome == Outcome::Success
+        })
+        .map(|r| r.actor.clone())
+        .collect::<Vec<_>>();
+    assert_eq!(starts.len(), 2, "{starts:?}");
+    assert!(starts.contains(&ann_id), "{starts:?}");
+}
+
 /// A seal a proof asks for that fails fails the log at once, as the writer's own seals do:
 /// nothing is done meanwhile that could not be recorded.
 #[tokio::test]
