@@ -184,10 +184,7 @@ impl Auditor {
         // named the directory as it was spelled.
         let spelled = format!("{LOG_MADE_CONFIG}:{}", config.dir.display());
         let marked = registry.config(LOG_MADE_CONFIG).await?.is_some();
-        // (A stored HMAC key is made with a log only: a hub from before the marks made one.)
-        let kept_one = marked
-            || registry.config(&spelled).await?.is_some()
-            || registry.config(HMAC_KEY_CONFIG).await?.is_some();
+        let kept_one = marked || registry.config(&spelled).await?.is_some();
         let key = hmac_key(keystore, registry, exists).await?;
         let signing_key = match registry.config(SIGNING_KEY_CONFIG).await? {
             Some(name) => String::from_utf8(name).map_err(|_| {
@@ -268,8 +265,8 @@ impl Auditor {
                 operation: clear("audit-log-missing"),
                 target: clear(&config.dir.display().to_string()),
                 detail: clear(
-                    "this hub made an audit log in this directory (its store says so) that is \
-                     not there: this new log starts without it",
+                    "this hub made an audit log (its store says so) that is not in this \
+                     directory: this new log starts without it",
                 ),
             });
             auditor

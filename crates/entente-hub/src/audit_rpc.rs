@@ -143,11 +143,7 @@ pub(crate) async fn export<R>(
                 "the export was replaced meanwhile; start again with snapshot 0".into(),
             ));
         };
-        if request.offset == 0 {
-            if !kept.readers.contains(&reader) {
-                kept.readers.push(reader);
-            }
-        } else if !kept.readers.contains(&reader) {
+        if request.offset != 0 && !kept.readers.contains(&reader) {
             return Err(RpcError::Precondition(format!(
                 "export {} is read from offset 0 first (a copy is recorded as it starts)",
                 snapshot.size
@@ -229,6 +225,19 @@ pub(crate) async fn proof<R>(
         })
     })
     .await
+}
+
+/// `reader` started a copy of export `snapshot` and its start is on the record: it may read on.
+pub(crate) fn started<R>(services: &Services<R>, snapshot: u64, reader: String) {
+    let Some((exports, _)) = services.authz.auditor().exports() else {
+        return;
+    };
+    let mut latest = exports.lock();
+    if let Some(kept) = latest.as_mut().filter(|s| s.size == snapshot)
+        && !kept.readers.contains(&reader)
+    {
+        kept.readers.push(reader);
+    }
 }
 
 // === impl Exports ===

@@ -1524,14 +1524,16 @@ async fn send(stream: &Arc<Stream>, consumer: &Arc<Consumer>, to: &Recipient, se
     prost::encoding::encode_varint(seq, &mut body);
     prost::encoding::encode_key(ATTEMPT_TAG, prost::encoding::WireType::Varint, &mut body);
     prost::encoding::encode_varint(u64::from(attempt), &mut body);
-    // In flight from now, unless it was acknowledged while it was read: then not sent.
+    // In flight from now, unless it was acknowledged while it was read: then not sent (one
+    // look at the state, so an acknowledgement can't land between the two).
     match state_of(consumer, to.generation) {
         None => return false,
         Some(state) if state.is_done(seq) => return true,
-        Some(_) => {}
-    }
-    if !retry_later() {
-        return false;
+        Some(mut state) => {
+            state
+                .in_flight
+                .insert(seq, Instant::now() + stream.config.ack_wait);
+        }
     }
     let frame = Outbound::deliver(to.subscription_id, body.freeze());
     if to.outbound.send(frame).await.is_err() {

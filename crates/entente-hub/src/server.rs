@@ -1637,15 +1637,28 @@ async fn route_request(
                 |s, c, r: entente_wire::AuditExportRequest| async move {
                     // A whole copy of the log leaving is recorded as it starts (a listed
                     // administrator's too, whom no policy decision records), of a new
-                    // snapshot or one made before; the chunks of it that follow are not.
+                    // snapshot or one made before, and only once that is on the record may
+                    // its reader read on; the chunks that follow are not recorded, a refused
+                    // one is.
+                    let actor = c.principal.to_string();
                     if r.offset != 0 {
-                        return status(audit_rpc::export(&s, &c, r).await);
+                        let read = match audit_rpc::export(&s, &c, r).await {
+                            Ok(chunk) => Ok(chunk),
+                            Err(e) => {
+                                let refused = std::future::ready(Err(e));
+                                rpc::audited(&s, &actor, "audit-export", String::new(), refused)
+                                    .await
+                            }
+                        };
+                        return status(read);
                     }
                     let act = audit_rpc::export(&s, &c, r);
-                    let target = String::new();
-                    status(
-                        rpc::audited(&s, c.principal.as_str(), "audit-export", target, act).await,
-                    )
+                    let started =
+                        rpc::audited(&s, &actor, "audit-export", String::new(), act).await;
+                    if let Ok(chunk) = &started {
+                        audit_rpc::started(&s, chunk.snapshot, actor);
+                    }
+                    status(started)
                 },
             )
             .await

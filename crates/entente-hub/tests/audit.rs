@@ -904,6 +904,18 @@ async fn an_export_is_read_from_its_recorded_start() {
         .collect::<Vec<_>>();
     assert_eq!(starts.len(), 2, "{starts:?}");
     assert!(starts.contains(&ann_id), "{starts:?}");
+    // The refused reads are on the record too.
+    let refused = records(&hub)
+        .await
+        .iter()
+        .filter(|r| {
+            r.actor == ann_id
+                && r.outcome != Outcome::Success
+                && matches!(&r.event, Event::Admin(a)
+                    if a.operation.as_clear() == Some("audit-export"))
+        })
+        .count();
+    assert_eq!(refused, 2);
 }
 
 /// A seal a proof asks for that fails fails the log at once, as the writer's own seals do:
