@@ -388,11 +388,13 @@ const MAX_ACK_WAIT: Duration = Duration::from_secs(24 * 3600);
 /// Whether some channel is routed to both `a` and `b` (as subscriptions are: `*` one token,
 /// `>` one or more at the end, and a wildcard first token no system channel).
 fn patterns_overlap(a: &ChannelPattern, b: &ChannelPattern) -> bool {
-    let first = |p: &ChannelPattern| p.tokens().next().unwrap_or_default().to_owned();
-    let (first_a, first_b) = (first(a), first(b));
+    let (first_a, first_b) = (
+        a.tokens().next().unwrap_or_default(),
+        b.tokens().next().unwrap_or_default(),
+    );
     let wildcard = |t: &str| t == "*" || t == ">";
-    if (wildcard(&first_a) && first_b.starts_with('_'))
-        || (wildcard(&first_b) && first_a.starts_with('_'))
+    if (wildcard(first_a) && first_b.starts_with('_'))
+        || (wildcard(first_b) && first_a.starts_with('_'))
     {
         return false;
     }
@@ -1424,18 +1426,21 @@ async fn send(stream: &Arc<Stream>, consumer: &Arc<Consumer>, to: &Recipient, se
     };
     // What the state becomes is written only while this holding is current; `false` ends
     // the task otherwise.
-    // (Unless it was acknowledged meanwhile: then it is done, not in flight.)
-    let retry_later = || {
-        state_of(consumer, to.generation)
-            .map(|mut state| {
-                if !state.is_done(seq) {
-                    state
-                        .in_flight
-                        .insert(seq, Instant::now() + stream.config.ack_wait);
-                }
-            })
-            .is_some()
+    // In flight until `due` (`uncounted`: this attempt taken back), unless it was
+    // acknowledged meanwhile: `Some(false)`, done and not in flight.
+    let in_flight = |due: Instant, uncounted: bool| {
+        state_of(consumer, to.generation).map(|mut state| {
+            if uncounted && let Some(attempts) = state.attempts.get_mut(&seq) {
+                *attempts = attempts.saturating_sub(1);
+            }
+            let pending = !state.is_done(seq);
+            if pending {
+                state.in_flight.insert(seq, due);
+            }
+            pending
+        })
     };
+    let retry_later = || in_flight(Instant::now() + stream.config.ack_wait, false).is_some();
     let finish = || {
         state_of(consumer, to.generation)
             .map(|mut state| state.finish(seq))
@@ -1480,18 +1485,7 @@ async fn send(stream: &Arc<Stream>, consumer: &Arc<Consumer>, to: &Recipient, se
     // attempt uncounted, for a holding that may read it, asked again a tick later (the
     // session may keep the subscription after all); asked before it is read, so that waiting
     // reads nothing.
-    let wait = || {
-        state_of(consumer, to.generation)
-            .map(|mut state| {
-                if let Some(attempts) = state.attempts.get_mut(&seq) {
-                    *attempts = attempts.saturating_sub(1);
-                }
-                if !state.is_done(seq) {
-                    state.in_flight.insert(seq, Instant::now() + TICK);
-                }
-            })
-            .is_some()
-    };
+    let wait = || in_flight(Instant::now() + TICK, true).is_some();
     if to.gate.waits(&consumer.pattern, now_ms) {
         return wait();
     }
@@ -1526,14 +1520,10 @@ async fn send(stream: &Arc<Stream>, consumer: &Arc<Consumer>, to: &Recipient, se
     prost::encoding::encode_varint(u64::from(attempt), &mut body);
     // In flight from now, unless it was acknowledged while it was read: then not sent (one
     // look at the state, so an acknowledgement can't land between the two).
-    match state_of(consumer, to.generation) {
+    match in_flight(Instant::now() + stream.config.ack_wait, false) {
         None => return false,
-        Some(state) if state.is_done(seq) => return true,
-        Some(mut state) => {
-            state
-                .in_flight
-                .insert(seq, Instant::now() + stream.config.ack_wait);
-        }
+        Some(false) => return true,
+        Some(true) => {}
     }
     let frame = Outbound::deliver(to.subscription_id, body.freeze());
     if to.outbound.send(frame).await.is_err() {

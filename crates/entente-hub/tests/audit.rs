@@ -23,15 +23,23 @@ use tempfile::TempDir;
 const POLICIES: &str = entente_testkit::SHOP_ORDERS;
 
 async fn start(dir: &TempDir) -> TestHub {
-    let audit = audit_dir(dir);
+    start_with(dir, POLICIES, |a| {
+        a.seal_interval = Duration::from_millis(50)
+    })
+    .await
+}
+
+/// A hub running `policies`, its audit log in `dir`, configured as `audit` changes it.
+async fn start_with(
+    dir: &TempDir,
+    policies: &str,
+    audit: impl FnOnce(&mut AuditConfig) + Send + 'static,
+) -> TestHub {
+    let mut config = AuditConfig::new(audit_dir(dir));
+    audit(&mut config);
     TestHub::builder()
-        .policies(POLICIES)
-        .config(move |c| {
-            c.audit = Some(AuditConfig {
-                seal_interval: Duration::from_millis(50),
-                ..AuditConfig::new(audit)
-            });
-        })
+        .policies(policies)
+        .config(move |c| c.audit = Some(config))
         .start()
         .await
         .unwrap()
@@ -332,19 +340,11 @@ async fn records_found_unsealed_at_start_are_recorded_as_such() {
 async fn group_commits_under_load_are_spaced_by_the_commit_interval() {
     const INTERVAL: Duration = Duration::from_millis(200);
     let dir = TempDir::new().unwrap();
-    let audit = audit_dir(&dir);
-    let hub = TestHub::builder()
-        .policies(POLICIES)
-        .config(move |c| {
-            c.audit = Some(AuditConfig {
-                seal_interval: 2 * INTERVAL,
-                commit_interval: INTERVAL,
-                ..AuditConfig::new(audit)
-            });
-        })
-        .start()
-        .await
-        .unwrap();
+    let hub = start_with(&dir, POLICIES, |a| {
+        a.seal_interval = 2 * INTERVAL;
+        a.commit_interval = INTERVAL;
+    })
+    .await;
     let (_alice, bob) = traffic(&hub, 1).await;
 
     // Each publish is acknowledged once its records are durable, so each of these needs a
@@ -848,19 +848,14 @@ async fn a_renewal_is_recorded_with_its_certificate() {
 #[tokio::test]
 async fn an_export_is_read_from_its_recorded_start() {
     let dir = TempDir::new().unwrap();
-    let audit = audit_dir(&dir);
-    let hub = TestHub::builder()
-        .policies(&format!(
-            r#"{POLICIES}
-            @id("ann-admin")
-            permit (principal == Human::"spiffe://{td}/human/ann", action == Action::"admin",
-                    resource);"#,
-            td = entente_testkit::TRUST_DOMAIN
-        ))
-        .config(move |c| c.audit = Some(AuditConfig::new(audit)))
-        .start()
-        .await
-        .unwrap();
+    let policies = format!(
+        r#"{POLICIES}
+        @id("ann-admin")
+        permit (principal == Human::"spiffe://{td}/human/ann", action == Action::"admin",
+                resource);"#,
+        td = entente_testkit::TRUST_DOMAIN
+    );
+    let hub = start_with(&dir, &policies, |_| {}).await;
     let admin = hub.connect(hub.admin().unwrap()).await.unwrap();
     drop(traffic(&hub, 1).await);
     let exported = admin
@@ -923,18 +918,10 @@ async fn an_export_is_read_from_its_recorded_start() {
 #[tokio::test]
 async fn a_seal_failing_under_a_proof_fails_the_log_at_once() {
     let dir = TempDir::new().unwrap();
-    let audit = audit_dir(&dir);
-    let hub = TestHub::builder()
-        .policies(POLICIES)
-        .config(move |c| {
-            c.audit = Some(AuditConfig {
-                seal_interval: Duration::from_secs(3600),
-                ..AuditConfig::new(audit)
-            });
-        })
-        .start()
-        .await
-        .unwrap();
+    let hub = start_with(&dir, POLICIES, |a| {
+        a.seal_interval = Duration::from_secs(3600)
+    })
+    .await;
     let admin = hub.connect(hub.admin().unwrap()).await.unwrap();
     drop(traffic(&hub, 1).await);
     std::fs::remove_file(audit_dir(&dir).join("tree")).unwrap();
@@ -992,30 +979,23 @@ async fn rotations_of_the_checkpoint_key_at_once_chain_and_the_log_opens_again()
 #[tokio::test]
 async fn what_a_grant_listing_shows_of_others_is_decided_on_the_record() {
     let dir = TempDir::new().unwrap();
-    let audit = audit_dir(&dir);
-    let hub = TestHub::builder()
-        .policies(&format!(
-            r#"{POLICIES}
-            @id("orders-read")
-            @grant("orders-read")
-            @max_duration("1h")
-            permit (principal, action == Action::"subscribe", resource in Namespace::"orders")
-            when {{ context.grants.contains("orders-read") }};
+    let policies = format!(
+        r#"{POLICIES}
+        @id("orders-read")
+        @grant("orders-read")
+        @max_duration("1h")
+        permit (principal, action == Action::"subscribe", resource in Namespace::"orders")
+        when {{ context.grants.contains("orders-read") }};
 
-            @id("ann-sees")
-            permit (principal == Human::"spiffe://{td}/human/ann",
-                    action in [Action::"admin", Action::"approve"], resource);"#,
-            td = entente_testkit::TRUST_DOMAIN
-        ))
-        .config(move |c| {
-            c.audit = Some(AuditConfig {
-                seal_interval: Duration::from_millis(50),
-                ..AuditConfig::new(audit)
-            });
-        })
-        .start()
-        .await
-        .unwrap();
+        @id("ann-sees")
+        permit (principal == Human::"spiffe://{td}/human/ann",
+                action in [Action::"admin", Action::"approve"], resource);"#,
+        td = entente_testkit::TRUST_DOMAIN
+    );
+    let hub = start_with(&dir, &policies, |a| {
+        a.seal_interval = Duration::from_millis(50);
+    })
+    .await;
     let eve = hub.connect_agent("ops", "eve").await.unwrap();
     eve.request_grant("orders-read", Duration::from_secs(60), "INC-7")
         .await

@@ -52,6 +52,15 @@ async fn next(subscription: &mut Subscription) -> Message {
         .expect("a verified message")
 }
 
+/// Alice, enrolled, makes her consumer `alice` on `orders.>` and leaves: her identity.
+async fn leaves_a_consumer(hub: &TestHub) -> entente_client::Identity {
+    let alice_id = hub.enroll("shop", "alice").await.unwrap();
+    let alice = hub.connect(alice_id.clone()).await.unwrap();
+    drop(alice.subscribe_durable("orders.>", "alice").await.unwrap());
+    alice.close().await;
+    alice_id
+}
+
 async fn nothing_within(subscription: &mut Subscription, wait: Duration) {
     if let Ok(item) = tokio::time::timeout(wait, subscription.next()).await {
         panic!("expected nothing, got {item:?}");
@@ -154,10 +163,7 @@ async fn a_backlog_larger_than_the_subscriptions_buffer_is_read_once_subscribed(
         .start()
         .await
         .unwrap();
-    let alice_id = hub.enroll("shop", "alice").await.unwrap();
-    let alice = hub.connect(alice_id.clone()).await.unwrap();
-    drop(alice.subscribe_durable("orders.>", "alice").await.unwrap());
-    alice.close().await;
+    let alice_id = leaves_a_consumer(&hub).await;
     let bob = hub.connect_agent("shop", "bob").await.unwrap();
     for i in 0..8 {
         bob.publish("orders.eu", vec![i; 1024]).await.unwrap();
@@ -314,10 +320,7 @@ async fn entries_and_consumers_survive_a_restart() {
 async fn an_offline_consumer_whose_owner_may_no_longer_subscribe_is_not_sealed_to() {
     let dir = TempDir::new().unwrap();
     let hub = start(&dir, orders(|_| {})).await;
-    let alice_id = hub.enroll("shop", "alice").await.unwrap();
-    let alice = hub.connect(alice_id.clone()).await.unwrap();
-    drop(alice.subscribe_durable("orders.>", "alice").await.unwrap());
-    alice.close().await;
+    let alice_id = leaves_a_consumer(&hub).await;
 
     // Only bob may read `orders` now: the directory stops listing alice's consumer.
     let bob_id = hub.agent_id("shop", "bob").unwrap();
@@ -367,10 +370,7 @@ async fn reads_only_what_is_sealed_to_her_now(hub: &TestHub, alice_id: entente_c
 async fn an_offline_consumer_whose_owner_is_quarantined_is_not_sealed_to() {
     let dir = TempDir::new().unwrap();
     let hub = start(&dir, orders(|_| {})).await;
-    let alice_id = hub.enroll("shop", "alice").await.unwrap();
-    let alice = hub.connect(alice_id.clone()).await.unwrap();
-    drop(alice.subscribe_durable("orders.>", "alice").await.unwrap());
-    alice.close().await;
+    let alice_id = leaves_a_consumer(&hub).await;
     let admin = hub.connect(hub.admin().unwrap()).await.unwrap();
     let quarantine = |impose: &str, release: &str| QuarantineRequest {
         impose: impose.to_owned(),
