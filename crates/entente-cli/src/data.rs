@@ -575,6 +575,13 @@ pub(crate) struct LimitsTable {
     /// Most connections of one agent at once (256).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) max_connections_per_agent: Option<usize>,
+    /// Most connections not yet authenticated (in their TLS handshake, or enrolling) at once
+    /// (1 024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_unauthenticated: Option<usize>,
+    /// Most of those from one source, an IPv4 address or an IPv6 /64 (128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_unauthenticated_per_source: Option<usize>,
     /// Channel classes, each limited in messages per second from all agents together; a
     /// channel counts against the first class that matches it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -660,6 +667,12 @@ impl LimitsTable {
         }
         if let Some(max) = self.max_connections_per_agent {
             config.max_connections_per_agent = max;
+        }
+        if let Some(max) = self.max_unauthenticated {
+            config.max_unauthenticated = max;
+        }
+        if let Some(max) = self.max_unauthenticated_per_source {
+            config.max_unauthenticated_per_source = max;
         }
         Ok(())
     }
@@ -1092,7 +1105,8 @@ mod tests {
         let text = format!(
             "{head}[limits]\nagent_messages_per_second = 500\nagent_bytes_per_second = 0\n\
              agent_subscriptions_per_second = 20\nagent_subscriptions_burst = 30\n\
-             agent_calls_per_second = 7\nmax_connections_per_agent = 4\n[[limits.channel]]\nchannels = \"bulk.>\"\n\
+             agent_calls_per_second = 7\nmax_connections_per_agent = 4\nmax_unauthenticated = 9\n\
+             max_unauthenticated_per_source = 3\n[[limits.channel]]\nchannels = \"bulk.>\"\n\
              per_second = 10\n"
         );
         let hub = ConfigFile::parse(&text).unwrap().to_hub_config().unwrap();
@@ -1131,6 +1145,10 @@ mod tests {
             }
         );
         assert_eq!(hub.max_connections_per_agent, 4);
+        assert_eq!(
+            (hub.max_unauthenticated, hub.max_unauthenticated_per_source),
+            (9, 3)
+        );
         // `[anomaly]`: 0 turns a threshold off.
         let text = format!(
             "{head}[anomaly]\nwindow_ms = 500\nwarmup_windows = 3\nthrottle_at = 0\n\

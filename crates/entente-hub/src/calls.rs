@@ -10,6 +10,7 @@
 //! by [`record_due`] within a second, or at shutdown.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -30,30 +31,52 @@ pub(crate) const RECORD_INTERVAL: Duration = Duration::from_secs(1);
 const FORGET_AFTER: Duration = Duration::from_secs(60);
 
 /// The runs of refused calls, by agent and limit.
-#[derive(Debug, Default)]
-pub(crate) struct CallHits(Mutex<HashMap<(Principal, Limit), Run>>);
+pub(crate) type CallHits = Runs<(Principal, Limit), Hit>;
 
-/// One agent's refusals by one limit: the last hit, how many are not recorded yet, and when
-/// the last record was made.
+/// Runs of refusals by key `K` (who was refused by what), each recorded at most once every
+/// [`RECORD_INTERVAL`] with the count of the refusals it stands for, and `H`, what the last
+/// refusal said.
 #[derive(Debug)]
-struct Run {
-    hit: Hit,
+pub(crate) struct Runs<K, H>(Mutex<HashMap<K, Run<H>>>);
+
+impl<K, H> Default for Runs<K, H> {
+    fn default() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+}
+
+/// One key's refusals: the last hit, how many are not recorded yet, and when the last record
+/// was made.
+#[derive(Debug)]
+struct Run<H> {
+    hit: H,
     unrecorded: u64,
     recorded_at: Option<Instant>,
 }
 
-impl CallHits {
-    /// Counts a refusal of `principal`'s call; the hit and the count to record now, if a
-    /// record is due.
-    fn hit(&self, principal: &Principal, hit: Hit, now: Instant) -> Option<(Hit, u64)> {
+impl<K: Hash + Eq + Clone, H: Clone> Runs<K, H> {
+    /// Counts a refusal; the hit and the count to record now, if a record is due. A key not
+    /// yet counted is counted as `overflow` instead once `max` keys are (a bound on what
+    /// refusals from everywhere can make the hub remember).
+    pub(crate) fn hit(
+        &self,
+        key: K,
+        overflow: impl FnOnce() -> K,
+        max: usize,
+        hit: H,
+        now: Instant,
+    ) -> Option<(H, u64)> {
         let mut runs = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let run = runs
-            .entry((principal.clone(), hit.limit))
-            .or_insert_with(|| Run {
-                hit: hit.clone(),
-                unrecorded: 0,
-                recorded_at: None,
-            });
+        let key = if runs.len() >= max && !runs.contains_key(&key) {
+            overflow()
+        } else {
+            key
+        };
+        let run = runs.entry(key).or_insert_with(|| Run {
+            hit: hit.clone(),
+            unrecorded: 0,
+            recorded_at: None,
+        });
         run.hit = hit;
         run.unrecorded = run.unrecorded.saturating_add(1);
         run.take_if_due(now, false)
@@ -61,12 +84,12 @@ impl CallHits {
 
     /// What is due to be recorded (all that is left, when `all`); runs quiet for a while are
     /// forgotten.
-    fn due(&self, now: Instant, all: bool) -> Vec<(Principal, Hit, u64)> {
+    pub(crate) fn due(&self, now: Instant, all: bool) -> Vec<(K, H, u64)> {
         let mut runs = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let mut due = Vec::new();
-        runs.retain(|(principal, _), run| {
+        runs.retain(|key, run| {
             if let Some((hit, count)) = run.take_if_due(now, all) {
-                due.push((principal.clone(), hit, count));
+                due.push((key.clone(), hit, count));
             }
             run.unrecorded > 0
                 || run
@@ -77,9 +100,9 @@ impl CallHits {
     }
 }
 
-impl Run {
+impl<H: Clone> Run<H> {
     /// The hit and the unrecorded count, if there is one and a record is due (or `now`).
-    fn take_if_due(&mut self, now: Instant, now_anyway: bool) -> Option<(Hit, u64)> {
+    fn take_if_due(&mut self, now: Instant, now_anyway: bool) -> Option<(H, u64)> {
         let due = self
             .recorded_at
             .is_none_or(|at| now.saturating_duration_since(at) >= RECORD_INTERVAL);
@@ -113,7 +136,13 @@ pub(crate) fn check<R>(
             .metadata_mut()
             .insert("grpc-retry-pushback-ms", value);
     }
-    if let Some((hit, count)) = services.call_hits.hit(principal, hit, Instant::now()) {
+    let key = (principal.clone(), hit.limit);
+    let (fallback, unbounded) = (key.clone(), usize::MAX);
+    if let Some((hit, count)) =
+        services
+            .call_hits
+            .hit(key, || fallback, unbounded, hit, Instant::now())
+    {
         record(services, principal, &hit, count);
     }
     Err(status)
@@ -122,7 +151,7 @@ pub(crate) fn check<R>(
 /// Records the refusals a run left unrecorded once a record is due (all of them, when
 /// `all`: at shutdown).
 pub(crate) fn record_due<R>(services: &Services<R>, all: bool) {
-    for (principal, hit, count) in services.call_hits.due(Instant::now(), all) {
+    for ((principal, _), hit, count) in services.call_hits.due(Instant::now(), all) {
         record(services, &principal, &hit, count);
     }
 }
@@ -151,6 +180,11 @@ mod tests {
         }
     }
 
+    fn called(hits: &CallHits, who: &Principal, limit: Limit, now: Instant) -> Option<(Hit, u64)> {
+        let key = (who.clone(), limit);
+        hits.hit(key.clone(), || key, usize::MAX, hit(limit), now)
+    }
+
     #[test]
     fn a_run_of_refusals_is_recorded_at_most_once_a_second_and_nothing_is_lost() {
         let hits = CallHits::default();
@@ -158,14 +192,14 @@ mod tests {
         let t0 = Instant::now();
         // The first refusal is recorded at once; the next ones within the second wait.
         assert_eq!(
-            hits.hit(&alice, hit(Limit::AgentCalls), t0).map(|h| h.1),
+            called(&hits, &alice, Limit::AgentCalls, t0).map(|h| h.1),
             Some(1)
         );
         for _ in 0..5 {
-            assert!(hits.hit(&alice, hit(Limit::AgentCalls), t0).is_none());
+            assert!(called(&hits, &alice, Limit::AgentCalls, t0).is_none());
         }
         // Another limit is a run of its own.
-        assert!(hits.hit(&alice, hit(Limit::AnomalyThrottle), t0).is_some());
+        assert!(called(&hits, &alice, Limit::AnomalyThrottle, t0).is_some());
         assert!(hits.due(t0, false).is_empty());
         // A second later, what waited is due, with its count, once.
         let later = t0 + RECORD_INTERVAL;
@@ -174,10 +208,27 @@ mod tests {
         assert_eq!((due[0].1.limit, due[0].2), (Limit::AgentCalls, 5));
         assert!(hits.due(later, true).is_empty());
         // At shutdown, what is left is recorded whatever the time.
-        assert!(hits.hit(&alice, hit(Limit::AgentCalls), later).is_none());
+        assert!(called(&hits, &alice, Limit::AgentCalls, later).is_none());
         assert_eq!(hits.due(later, true).first().map(|d| d.2), Some(1));
         // Quiet runs are forgotten.
         assert!(hits.due(later + FORGET_AFTER, false).is_empty());
         assert!(hits.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn keys_past_the_bound_are_counted_as_one() {
+        let runs = Runs::<u32, ()>::default();
+        let t0 = Instant::now();
+        // Four keys of their own, then the overflow key: recorded once, the rest wait.
+        for key in 0..10 {
+            let first = key < 5;
+            assert_eq!(runs.hit(key, || u32::MAX, 4, (), t0).is_some(), first);
+        }
+        assert_eq!(runs.0.lock().unwrap().len(), 5);
+        // A key already counted is still its own.
+        assert!(runs.hit(2, || u32::MAX, 4, (), t0).is_none());
+        let mut due = runs.due(t0, true);
+        due.sort_unstable();
+        assert_eq!(due, vec![(2, (), 1), (u32::MAX, (), 5)]);
     }
 }

@@ -84,6 +84,14 @@ pub struct HubConfig {
     /// what one agent may hold); one more is answered `RESOURCE_EXHAUSTED` and closed.
     /// Default 256.
     pub max_connections_per_agent: usize,
+    /// Most connections not yet authenticated the hub holds at once: in their TLS handshake,
+    /// or on the enrollment listener (which never authenticates its client). One more is
+    /// closed at once, before any TLS, counted and recorded (`unauthenticated`). The
+    /// mutual-TLS limits above apply only once a handshake is done. Default 1024.
+    pub max_unauthenticated: usize,
+    /// Most of those from one source (an IPv4 address, or an IPv6 /64); one more is closed
+    /// the same way (`unauthenticated-per-source`). Default 128.
+    pub max_unauthenticated_per_source: usize,
     /// How long the key bundle signed at enrollment is valid (cut to the intermediate CA's
     /// validity). Default 30 days.
     pub key_bundle_ttl: Duration,
@@ -147,6 +155,8 @@ impl Default for HubConfig {
             otlp: None,
             max_connections: 20_000,
             max_connections_per_agent: 256,
+            max_unauthenticated: 1024,
+            max_unauthenticated_per_source: 128,
             key_bundle_ttl: Duration::from_secs(30 * 24 * 60 * 60),
             admins: Vec::new(),
             audit: None,
@@ -248,6 +258,11 @@ impl HubConfig {
         if self.max_connections == 0 || self.max_connections_per_agent == 0 {
             return Err(HubError::Config(
                 "max_connections and max_connections_per_agent must be at least 1",
+            ));
+        }
+        if self.max_unauthenticated == 0 || self.max_unauthenticated_per_source == 0 {
+            return Err(HubError::Config(
+                "max_unauthenticated and max_unauthenticated_per_source must be at least 1",
             ));
         }
         self.rate_limits.check().map_err(HubError::Config)?;

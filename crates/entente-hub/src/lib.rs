@@ -383,6 +383,7 @@ mod session;
 mod stats;
 mod tls;
 mod tls_stream;
+mod unauth;
 mod verifier;
 
 pub use admin::{CREATE_TOKEN_PATH, DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL, REVOKE_PATH};

@@ -55,7 +55,7 @@ impl Class {
 }
 
 /// Every limit counted, in a fixed order.
-const LIMITS: [&str; 9] = [
+const LIMITS: [&str; 11] = [
     "agent-messages",
     "agent-bytes",
     "channel-messages",
@@ -65,6 +65,8 @@ const LIMITS: [&str; 9] = [
     "policy-rate",
     "connections",
     "connections-per-agent",
+    "unauthenticated",
+    "unauthenticated-per-source",
 ];
 
 /// The upper bounds of the latency histograms' buckets, in seconds.
@@ -152,6 +154,8 @@ impl Traffic {
 pub(crate) struct Snapshot {
     /// Live mutual-TLS connections.
     pub(crate) connections: usize,
+    /// Connections not yet authenticated (in their TLS handshake, or enrolling).
+    pub(crate) unauthenticated: usize,
     /// Subscriptions in the router.
     pub(crate) subscriptions: usize,
     /// Frames and bytes waiting in the outbound queues of subscribed sessions: in all, and the
@@ -375,6 +379,11 @@ pub(crate) fn families(snapshot: &Snapshot, traffic: &Traffic) -> Vec<Family> {
         "entente_connections",
         "Live mutual-TLS connections.",
         snapshot.connections as f64,
+    );
+    gauge(
+        "entente_connections_unauthenticated",
+        "Connections in their TLS handshake or enrolling.",
+        snapshot.unauthenticated as f64,
     );
     gauge(
         "entente_subscriptions",

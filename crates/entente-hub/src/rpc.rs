@@ -81,6 +81,8 @@ pub(crate) struct Services<R> {
     pub(crate) limiters: Arc<crate::limits::Limiters>,
     /// The runs of refused calls, recorded at most once a second per agent and limit.
     pub(crate) call_hits: crate::calls::CallHits,
+    /// The connections not yet authenticated, and the runs of those refused.
+    pub(crate) unauthenticated: Arc<crate::unauth::Unauthenticated>,
 }
 
 /// Why a unary request was refused.

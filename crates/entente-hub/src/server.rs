@@ -27,7 +27,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use entente_audit::{Event, Outcome};
 use entente_ca::{Ca, JoinToken, TrustBundle, VerifiedRevocationList, VerifiedSvid};
@@ -82,6 +82,7 @@ use crate::session::{self, Session, SessionContext};
 use crate::stats::{self, HubStats, Stats};
 use crate::tls::{self, HubCertResolver, Listener, TlsConfigs};
 use crate::tls_stream::{self, Refused, TlsStream};
+use crate::unauth::Pending;
 use crate::verifier::{RevocationState, SvidClientVerifier};
 use crate::{HubConfig, HubError, directory, enroll, grant_state, grants, policies, renew};
 
@@ -345,6 +346,10 @@ impl Hub {
             enroll_refusals: Arc::default(),
             limiters: context.limiters.clone(),
             call_hits: crate::calls::CallHits::default(),
+            unauthenticated: Arc::new(crate::unauth::Unauthenticated::new(
+                config.max_unauthenticated,
+                config.max_unauthenticated_per_source,
+            )),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -509,6 +514,12 @@ impl HubHandle {
     /// How many mTLS connections are open.
     pub fn connections(&self) -> usize {
         self.shared.connections.len()
+    }
+
+    /// How many connections are not yet authenticated: in their TLS handshake, or on the
+    /// enrollment listener ([`HubConfig::max_unauthenticated`]).
+    pub fn unauthenticated_connections(&self) -> usize {
+        self.shared.services.unauthenticated.len()
     }
 
     /// Creates a one-time join token for `principal` — an agent
@@ -747,6 +758,8 @@ impl HubHandle {
         self.shared.services.enroll_refusals.flush(auditor);
         // Every connection is gone: no call is refused after this.
         crate::calls::record_due(&self.shared.services, true);
+        let services = &self.shared.services;
+        services.unauthenticated.record_due(auditor, true);
         auditor.close();
         if let Some(writer) = self.audit_writer.take()
             && let Err(failure) = writer.join().await
@@ -828,6 +841,7 @@ impl Shared {
         let (queued_frames, queued_bytes) = self.context.router.queued();
         let snapshot = metrics::Snapshot {
             connections: self.connections.len(),
+            unauthenticated: self.services.unauthenticated.len(),
             subscriptions: self.context.router.subscriptions(),
             queued_frames,
             queued_bytes,
@@ -852,9 +866,22 @@ async fn accept_loop(
         tokio::select! {
             () = stopped(&mut shutdown) => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _peer)) => {
-                    let _ = tcp.set_nodelay(true);
-                    tasks.spawn(serve_tcp(shared.clone(), tcp));
+                Ok((tcp, peer)) => {
+                    let unauthenticated = &shared.services.unauthenticated;
+                    match unauthenticated.admit(Some(peer.ip())) {
+                        Ok(pending) => {
+                            let _ = tcp.set_nodelay(true);
+                            tasks.spawn(serve_tcp(shared.clone(), tcp, pending));
+                        }
+                        // Closed at once: nothing but the count and the record is kept.
+                        Err(refusal) => {
+                            drop(tcp);
+                            stats::bump(&shared.stats.connection_limit_hits);
+                            shared.stats.traffic.limit_hit(refusal.name());
+                            let auditor = shared.context.authz.auditor();
+                            unauthenticated.refused(auditor, refusal, Instant::now());
+                        }
+                    }
                 }
                 // Out of file descriptors and the like: back off instead of spinning.
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -924,7 +951,9 @@ fn half_life(not_after: SystemTime) -> Duration {
 
 // === one connection ===
 
-async fn serve_tcp(shared: Arc<Shared>, tcp: TcpStream) {
+/// `pending` counts the connection as not yet authenticated until its handshake is done (an
+/// enrollment connection's, until it ends).
+async fn serve_tcp(shared: Arc<Shared>, tcp: TcpStream, pending: Pending) {
     // A connection task's future is as large as its largest state, for as long as it lives:
     // the handshake and the rare paths (refusals, enrollment, limits) are boxed so that an
     // idle agent's connection holds only what serving it takes (docs/BENCHMARKS.md, Scale).
@@ -932,12 +961,19 @@ async fn serve_tcp(shared: Arc<Shared>, tcp: TcpStream) {
         return;
     };
     match listener {
-        Listener::Enroll => Box::pin(serve_enroll(&shared, stream)).await,
-        Listener::Mtls => match serve_mtls(shared, stream) {
-            Some(Either::Left(framed)) => framed.await,
-            Some(Either::Right(other)) => other.await,
-            None => {}
-        },
+        Listener::Enroll => {
+            Box::pin(serve_enroll(&shared, stream)).await;
+            drop(pending);
+        }
+        Listener::Mtls => {
+            // Its handshake is done: the mutual-TLS limits take over.
+            drop(pending);
+            match serve_mtls(shared, stream) {
+                Some(Either::Left(framed)) => framed.await,
+                Some(Either::Right(other)) => other.await,
+                None => {}
+            }
+        }
     }
 }
 
@@ -1385,6 +1421,7 @@ async fn purge_loop(services: Arc<Services<LocalRouter>>, mut shutdown: watch::R
         tokio::select! {
             _ = tick.tick() => {
                 crate::calls::record_due(&services, false);
+                services.unauthenticated.record_due(services.authz.auditor(), false);
                 if purged.elapsed() >= LIMITS_PURGE {
                     services.limiters.purge();
                     services.authz.purge_rates();

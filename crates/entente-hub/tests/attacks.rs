@@ -12,6 +12,7 @@
     clippy::panic
 )]
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use entente_audit::{Event, Outcome, QuarantineAction, Record};
@@ -376,6 +377,113 @@ async fn slowloris_and_malformed_tls_are_cut_off_and_counted() {
     assert!(hub.stats().handshakes_failed >= 22, "{:?}", hub.stats());
     // Still serving newcomers.
     hub.connect_agent("shop", "newcomer").await.unwrap();
+}
+
+/// A TCP connection to the hub from `source` (every 127/8 address reaches the loopback).
+async fn tcp_from(hub: &TestHub, source: Ipv4Addr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    socket.connect(hub.addr()).await.unwrap()
+}
+
+/// Whether the hub closes `stream` within [`WAIT`].
+async fn closed_by_hub(stream: &mut tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 256];
+    let closed = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, closed).await.is_ok()
+}
+
+#[tokio::test]
+async fn connections_not_yet_authenticated_are_bounded_in_all_and_per_source() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir, |c| {
+        c.max_unauthenticated = 3;
+        c.max_unauthenticated_per_source = 2;
+        // The silent connections below are held for as long as the test needs them.
+        c.handshake_timeout = Duration::from_secs(600);
+    })
+    .await;
+    let unauthenticated = || hub.hub().unauthenticated_connections();
+    // An agent's connections count while they handshake (enrollment's while open), no longer.
+    let _alice = hub.connect_agent("shop", "alice").await.unwrap();
+    eventually("alice's connections are authenticated", || {
+        unauthenticated() == 0
+    })
+    .await
+    .unwrap();
+
+    // Connections that never handshake: two from one source, then a third from it.
+    let (one, two, three) = (
+        Ipv4Addr::LOCALHOST,
+        Ipv4Addr::new(127, 0, 0, 2),
+        Ipv4Addr::new(127, 0, 0, 3),
+    );
+    let held = vec![tcp_from(&hub, one).await, tcp_from(&hub, one).await];
+    eventually("both are held", || unauthenticated() == 2)
+        .await
+        .unwrap();
+    let mut past_its_source = tcp_from(&hub, one).await;
+    assert!(closed_by_hub(&mut past_its_source).await);
+    // Another source may hold one more, the hub's third; nobody a fourth.
+    let other = tcp_from(&hub, two).await;
+    eventually("three are held", || unauthenticated() == 3)
+        .await
+        .unwrap();
+    let mut past_the_hubs = tcp_from(&hub, three).await;
+    assert!(closed_by_hub(&mut past_the_hubs).await);
+    assert_eq!(hub.stats().connection_limit_hits, 2);
+    assert_eq!(unauthenticated(), 3);
+    let metrics = hub.hub().metrics();
+    for limit in ["unauthenticated", "unauthenticated-per-source"] {
+        let line = format!("entente_limit_hits_total{{limit=\"{limit}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+
+    // Once they go, others come in.
+    drop((held, other));
+    eventually("the silent connections are let go", || {
+        unauthenticated() == 0
+    })
+    .await
+    .unwrap();
+    hub.connect_agent("shop", "bob").await.unwrap();
+
+    // Each refusal is recorded: which limit, and the source past its own.
+    let wanted = [
+        (
+            "unauthenticated-per-source".to_owned(),
+            "127.0.0.1".to_owned(),
+            1,
+        ),
+        ("unauthenticated".to_owned(), String::new(), 1),
+    ];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let recorded: Vec<(String, String, u64)> = records(&hub)
+            .await
+            .into_iter()
+            .filter_map(|r| match r.event {
+                Event::Limit(hit) if r.actor == "anonymous" => Some((
+                    hit.limit.as_clear().unwrap_or_default().to_owned(),
+                    hit.scope.as_clear().unwrap_or_default().to_owned(),
+                    hit.count,
+                )),
+                _ => None,
+            })
+            .collect();
+        if recorded == wanted {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{recorded:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
