@@ -338,7 +338,8 @@ fn grant_status(error: &GrantError) -> Status {
         | GrantError::TooManyGrantsFor { .. }
         | GrantError::TooManyRequests(_)
         | GrantError::TooManyRequestsFor { .. }
-        | GrantError::TooManyRequestsIn { .. } => Status::resource_exhausted(message),
+        | GrantError::TooManyRequestsIn { .. }
+        | GrantError::ApprovalsFull(_) => Status::resource_exhausted(message),
         _ => Status::invalid_argument(message),
     }
 }

@@ -476,6 +476,13 @@ pub enum GrantError {
         /// The approver.
         approver: String,
     },
+    /// The request holds as many approvals as it may, though fewer count (their approvers
+    /// were cut off since): one more that does not make the grant is refused.
+    #[error(
+        "request {0} holds {MAX_APPROVALS} approvals, as many as it may, though fewer count now: \
+         ask for a new one"
+    )]
+    ApprovalsFull(RequestId),
 }
 
 /// Why encoded book bytes were refused.
@@ -759,6 +766,11 @@ impl GrantBook {
         let earlier = request.approvals.iter().filter(|a| counted(a)).count();
         let approvals = u32::try_from(earlier).unwrap_or(u32::MAX).saturating_add(1);
         if approvals < required {
+            // Approvals that stopped counting stay in the history: bounded, with room for the
+            // last one, which makes the grant or rejects (what the stored book allows).
+            if request.approvals.len() >= MAX_APPROVALS as usize {
+                return Err(GrantError::ApprovalsFull(id));
+            }
             let request = self
                 .requests
                 .get_mut(&id)
@@ -779,6 +791,10 @@ impl GrantBook {
             .map(|a| a.approver.clone())
             .collect();
         approvers.push(approval.approver().clone());
+        // An approver that stands again counts again, so more than the M may: the grant
+        // names the M last.
+        let extra = approvers.len().saturating_sub(required as usize);
+        approvers.drain(..extra);
         self.check_room_for_grant(&request.requester, now_ms)?;
         let grant_id = GrantId(self.next_grant);
         let request = self

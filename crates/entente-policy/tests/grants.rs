@@ -1430,3 +1430,59 @@ proptest! {
         let _ = GrantBook::decode(&bytes, GrantLimits::default());
     }
 }
+
+#[test]
+fn approvals_that_stopped_counting_are_bounded_and_the_book_still_loads() {
+    let mut w = world();
+    let request = w.request("payments-write", HOUR, NOW).unwrap();
+    let approvers: Vec<Party> = (0..18)
+        .map(|i| Party::new(&format!("spiffe://acme.internal/human/h{i}")))
+        .collect();
+    // Each approver is cut off before the next comes: no approval counts but the newest.
+    let cut_off = |_: &Principal| false;
+    for (i, approver) in approvers.iter().take(16).enumerate() {
+        let at = NOW + i as u64 + 1;
+        let outcome = w
+            .book
+            .decide_standing(
+                &w.policies,
+                request.id,
+                &approver.approves(&request, at),
+                at,
+                cut_off,
+            )
+            .unwrap();
+        assert!(
+            matches!(outcome, Outcome::Pending { approvals: 1, .. }),
+            "{outcome:?}"
+        );
+    }
+    let seventeenth = approvers[16].approves(&request, NOW + 20);
+    assert!(matches!(
+        w.book
+            .decide_standing(&w.policies, request.id, &seventeenth, NOW + 20, cut_off),
+        Err(GrantError::ApprovalsFull(id)) if id == request.id
+    ));
+    let again = GrantBook::decode(&w.book.encode(), GrantLimits::default()).unwrap();
+    assert_eq!(again.encode(), w.book.encode());
+
+    // They stand again: one more makes the grant, which names as many approvers as it needs.
+    let last = approvers[17].approves(&request, NOW + 30);
+    let outcome = w
+        .book
+        .decide_standing(&w.policies, request.id, &last, NOW + 30, |_| true)
+        .unwrap();
+    let Outcome::Granted(grant) = outcome else {
+        panic!("{outcome:?}");
+    };
+    let GrantedBy::Request {
+        approvers: named, ..
+    } = &grant.granted_by
+    else {
+        panic!("{grant:?}");
+    };
+    assert_eq!(named.len(), 2);
+    assert_eq!(named.last(), Some(&approvers[17].id));
+    let again = GrantBook::decode(&w.book.encode(), GrantLimits::default()).unwrap();
+    assert_eq!(again.encode(), w.book.encode());
+}
