@@ -16,7 +16,8 @@
 //! sender, [`MAX_PENDING_PER_SEGMENT`] per segment, each at most [`MAX_HOLD`]; decided ones are kept [`KEEP_DECIDED`] so that the
 //! sender can see what became of them, at most [`MAX_KEPT`]. Every pending hold is in the
 //! store (table `held`) before the publisher's `Ack` says it is held, and every approval before
-//! its answer: a restart loses none. A store failure refuses the hold (`UNAVAILABLE`) or the
+//! its answer: a restart loses none (one that lapsed meanwhile is expired, recorded, as if the
+//! hub had run). A store failure refuses the hold (`UNAVAILABLE`) or the
 //! approval, and nothing changes. Decided ones are deleted from the store; the hub remembers
 //! them, for listing, until it restarts.
 
@@ -448,29 +449,25 @@ fn approval_event(
 // === impl Holds ===
 
 impl Holds {
-    /// The pending holds in the store; those expired meanwhile are deleted. A record that does
-    /// not decode is an error: the hub does not start without it.
+    /// The holds in the store. Pending ones that expired meanwhile are loaded as pending: the
+    /// first change or listing expires them as it would have, recorded (with the auditor
+    /// [`set_auditor`](Self::set_auditor) gives) and listed until an hour after their
+    /// expiry. A record that does not decode is an error: the hub does not start without it.
     pub(crate) async fn load(registry: &Registry, limits: &Limits) -> Result<Self, HubError> {
         let now_ms = rpc::unix_ms(SystemTime::now());
         let mut book = Book::default();
-        let mut expired = Vec::new();
+        let mut released = Vec::new();
         for (id, bytes) in registry.held().await? {
             let mut hold = Hold::decode(&id, &bytes, limits).map_err(HubError::StoredHeld)?;
             if hold.state == State::Released {
-                // Listed for another hour from now.
+                // Listed for another hour from now, never routed again.
                 hold.decided_at_ms = now_ms;
-            }
-            if hold.state == State::Released || now_ms >= hold.expires_at_ms {
-                // Released ones stay listed until the next restart, never routed again.
-                expired.push(id.clone());
-                if hold.state != State::Released {
-                    continue;
-                }
+                released.push(id.clone());
             }
             book.order.push_back(id.clone());
             book.holds.insert(id, hold);
         }
-        for id in expired {
+        for id in released {
             registry.delete_held(&id).await?;
         }
         // In the order received.

@@ -12,12 +12,14 @@
 
 mod support;
 
-use entente_crypto::{ApprovalStatement, ObjectKind, Verdict, envelope_digest};
+use entente_crypto::{ApprovalStatement, ObjectKind, SealerOptions, Verdict, envelope_digest};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use entente_hub::{Hub, HubConfig, HubError, HubHandle, LIST_HELD_PATH, RefusalCode};
 use entente_store::Store as _;
+use entente_testkit::WAIT;
 use entente_types::{HumanId, Principal};
 use entente_wire::{
     ApproveRequest, HeldMessage, ListHeldRequest, ListHeldResponse, Publish, SenderKey,
@@ -494,6 +496,61 @@ async fn a_held_message_and_its_approvals_survive_a_restart() {
     assert_eq!(delivered.batches.len(), 1);
     // Released: no longer in the store.
     assert!(store.held().await.unwrap().is_empty());
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_held_message_that_lapses_while_the_hub_is_down_is_recorded_and_listed_as_expired() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = HubConfig {
+        audit: Some(entente_hub::AuditConfig::new(dir.path().join("audit"))),
+        ..held_config()
+    };
+    let (hub, store) = start_with_store(&ca, config.clone()).await;
+    let alice = ca.agent("shop", "alice");
+    let ops1 = human(&ca, "ops1");
+    let mut session = alice.session(&hub).await;
+    // The hold lapses with its envelope.
+    const TTL_MS: u64 = 5_000;
+    let options = SealerOptions {
+        message_ttl_ms: TTL_MS,
+        ..SealerOptions::default()
+    };
+    let (mut sealer, key) = alice.sealer_with("orders.wire.eu", &[], options);
+    let sealed_at = now_ms();
+    let batch = sealer.seal_batch(&[b"pay"], None, sealed_at).unwrap();
+    let answer = publish(&mut session, 1, vec![key], vec![batch], "invoice").await;
+    let server_frame::Kind::Ack(acked) = answer else {
+        panic!("expected an ack, got {answer:?}");
+    };
+    let id = acked.held[0].message_id.clone();
+    drop(session);
+    hub.shutdown().await.unwrap();
+    let lapsed = sealed_at + TTL_MS + 100;
+    tokio::time::sleep(Duration::from_millis(lapsed.saturating_sub(now_ms()))).await;
+
+    let hub = Hub::start(config, ca.ca.clone(), store).await.unwrap();
+    let shown = list(&hub, &ops1).await;
+    let states: Vec<(&str, &str)> = shown
+        .iter()
+        .map(|h| (h.message_id.as_str(), h.state.as_str()))
+        .collect();
+    assert_eq!(states, [(id.as_str(), "expired")]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (records, _) = hub.audit_records(0, 1000).await.unwrap().unwrap();
+        let expired = records.iter().any(|r| {
+            matches!(&r.event, entente_audit::Event::Approval(a)
+                if a.verdict == entente_audit::Verdict::Expired
+                    && a.message_id.as_clear() == Some(id.as_str()))
+        });
+        if expired {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no expiry record");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     hub.shutdown().await.unwrap();
 }
 

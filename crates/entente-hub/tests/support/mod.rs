@@ -198,6 +198,16 @@ impl Agent {
     }
 
     pub fn sealer(&self, channel: &str, recipients: &[&VerifiedKeyBundle]) -> (Sealer, SenderKey) {
+        self.sealer_with(channel, recipients, SealerOptions::default())
+    }
+
+    /// [`sealer`](Self::sealer) with `options` (e.g. a short message lifetime).
+    pub fn sealer_with(
+        &self,
+        channel: &str,
+        recipients: &[&VerifiedKeyBundle],
+        options: SealerOptions,
+    ) -> (Sealer, SenderKey) {
         let recipients: Vec<VerifiedKeyBundle> = recipients.iter().map(|b| (*b).clone()).collect();
         Sealer::new(
             self.principal.clone(),
@@ -205,7 +215,7 @@ impl Agent {
             self.keys.clone(),
             Channel::parse(channel).unwrap(),
             &recipients,
-            SealerOptions::default(),
+            options,
             distinct_now_ms(),
         )
         .unwrap()
