@@ -160,7 +160,9 @@ impl DataDir {
             return Ok(Vec::new());
         }
         // What others may write is not a policy: the directory and each file are refused if
-        // group or others may write them (they may read them: policies are no secret).
+        // group or others may write them (they may read them: policies are no secret), or if
+        // another user than this one (or root) owns them. A file may be a symbolic link: what
+        // it leads to is checked, as opened, and read from the same opening.
         files::check_dir(&dir)?;
         let mut files = Vec::new();
         for entry in
@@ -169,11 +171,13 @@ impl DataDir {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "cedar") && path.is_file() {
                 let name = file_name(&path)?;
-                let mode = std::os::unix::fs::PermissionsExt::mode(
-                    &std::fs::metadata(&path)
-                        .with_context(|| format!("reading `{}`", path.display()))?
-                        .permissions(),
-                );
+                let reading = || format!("reading `{}`", path.display());
+                let mut file = std::fs::File::open(&path).with_context(reading)?;
+                let meta = file.metadata().with_context(reading)?;
+                let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+                if !meta.is_file() {
+                    bail!("`{}` is not a regular file", path.display());
+                }
                 if mode & 0o022 != 0 {
                     bail!(
                         "`{}` has mode {:04o}: group or others may write it (0644 at most)",
@@ -181,8 +185,9 @@ impl DataDir {
                         mode & 0o7777
                     );
                 }
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("reading `{}`", path.display()))?;
+                files::check_owner(&path, &meta)?;
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut file, &mut text).with_context(reading)?;
                 files.push((name, text));
             }
         }

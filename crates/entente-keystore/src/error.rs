@@ -100,6 +100,19 @@ pub enum KeyStoreError {
         mode: u32,
     },
 
+    /// A store file or directory is owned by another user than the one running this process
+    /// (and not by root): its owner could change its mode, or replace what a directory holds.
+    #[error(
+        "`{}` is owned by user {owner}, not by the user running this (nor by root)",
+        path.display()
+    )]
+    ForeignOwner {
+        /// The file or directory.
+        path: PathBuf,
+        /// Its owner's user ID.
+        owner: u32,
+    },
+
     /// The key exists but is of the wrong algorithm for the operation: signing with an
     /// AES-256-GCM key, or encrypting or decrypting with a signing key. Misuse by the caller.
     #[error("key `{name}` has algorithm `{algorithm}`; this operation needs {wanted}")]

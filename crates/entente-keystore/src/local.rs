@@ -73,7 +73,10 @@
 //!
 //! Opening refuses ([`KeyStoreError::InsecurePermissions`]) `keystore.json` or a key file that
 //! group or others can access in any way, and the two directories if group or others can write
-//! to them. Symbolic links to key or metadata files are refused as corrupt.
+//! to them; and ([`KeyStoreError::ForeignOwner`]) any of them owned by another user than the
+//! one running the process, unless by root (run as root in a directory another user made, that
+//! user could replace what is in it). Symbolic links to key or metadata files are refused as
+//! corrupt.
 
 pub mod files;
 mod format;

@@ -643,6 +643,41 @@ fn group_writable_directories_are_refused() {
 }
 
 #[test]
+fn files_and_directories_another_user_owns_are_refused() {
+    use std::os::unix::fs::{MetadataExt as _, chown};
+    let (_tmp, dir) = store_dir();
+    let store = LocalKeyStore::create(&dir, &passphrase(), fast()).unwrap();
+    let key = store.key_path(&name("k"));
+    store.generate(&name("k"), KeyAlgorithm::Ed25519).unwrap();
+    drop(store);
+    // Only root can give a file away; other users can't make the case.
+    const SOMEONE: u32 = 54_321;
+    if let Err(e) = chown(&key, Some(SOMEONE), None) {
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+        eprintln!("not run as root: ownership checks not exercised");
+        return;
+    }
+    let us = std::fs::metadata(&dir).unwrap().uid();
+    chown(&key, Some(us), None).unwrap();
+    for path in [
+        dir.clone(),
+        dir.join("keys"),
+        key,
+        dir.join("keystore.json"),
+    ] {
+        chown(&path, Some(SOMEONE), None).unwrap();
+        match LocalKeyStore::open(&dir, &passphrase()) {
+            Err(KeyStoreError::ForeignOwner { path: p, owner }) => {
+                assert_eq!((p, owner), (path.clone(), SOMEONE));
+            }
+            other => panic!("expected ForeignOwner for {path:?}, got {other:?}"),
+        }
+        chown(&path, Some(us), None).unwrap();
+    }
+    LocalKeyStore::open(&dir, &passphrase()).unwrap();
+}
+
+#[test]
 fn symlinked_key_file_is_refused() {
     let (_tmp, dir) = store_dir();
     let store = LocalKeyStore::create(&dir, &passphrase(), fast()).unwrap();

@@ -27,7 +27,22 @@ pub enum Written {
     AlreadyExists,
 }
 
-/// Reads a regular file that must not be accessible to group or others.
+/// Fails unless the file or directory of `meta` is owned by the user running this process or
+/// by root: whoever owns it may change its mode, or, for a directory, replace what is in it.
+pub fn check_owner(path: &Path, meta: &fs::Metadata) -> Result<(), KeyStoreError> {
+    let owner = meta.uid();
+    let us = rustix::process::geteuid().as_raw();
+    if owner != us && owner != 0 {
+        return Err(KeyStoreError::ForeignOwner {
+            path: path.to_owned(),
+            owner,
+        });
+    }
+    Ok(())
+}
+
+/// Reads a regular file that must not be accessible to group or others, owned by this
+/// process's user (or root).
 pub fn read_private(path: &Path) -> Result<Vec<u8>, KeyStoreError> {
     let link_meta = fs::symlink_metadata(path).map_err(|err| KeyStoreError::io(path, err))?;
     if !link_meta.file_type().is_file() {
@@ -52,6 +67,7 @@ pub fn read_private(path: &Path) -> Result<Vec<u8>, KeyStoreError> {
             mode,
         });
     }
+    check_owner(path, &meta)?;
     let mut bytes = Vec::new();
     file.take(MAX_FILE_LEN + 1)
         .read_to_end(&mut bytes)
@@ -62,7 +78,8 @@ pub fn read_private(path: &Path) -> Result<Vec<u8>, KeyStoreError> {
     Ok(bytes)
 }
 
-/// Fails unless `path` is a directory that group and others can't write to.
+/// Fails unless `path` is a directory that group and others can't write to, owned by this
+/// process's user (or root).
 pub fn check_dir(path: &Path) -> Result<(), KeyStoreError> {
     let meta = fs::metadata(path).map_err(|err| KeyStoreError::io(path, err))?;
     if !meta.is_dir() {
@@ -75,7 +92,7 @@ pub fn check_dir(path: &Path) -> Result<(), KeyStoreError> {
             mode,
         });
     }
-    Ok(())
+    check_owner(path, &meta)
 }
 
 /// Creates `path` and any missing parents with mode 0700; an existing directory is kept as is.
