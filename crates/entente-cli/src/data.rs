@@ -309,14 +309,9 @@ impl DataDir {
         {
             files::replace(root, TRUST_PEM, trust.as_bytes(), &SystemRandom::new())?;
         }
-        // The admin's certificate is short-lived: refresh it at each start if it is past half
-        // its life or unusable.
-        let admin_dir = root.join(ADMIN);
-        let fresh = Identity::load(&admin_dir, now + CaOptions::default().svid_ttl / 2).is_ok();
-        if !fresh {
-            let admin = Principal::from(HumanId::new(ca.trust_domain(), "admin")?);
-            issue_local_identity(&ca, admin, now)?.save(&admin_dir)?;
-        }
+        // The admin's certificate is short-lived: refreshed at each start, and while the hub
+        // runs (`entente hub start`).
+        refresh_admin(&root.join(ADMIN), &ca, now)?;
         Ok(Self {
             root: root.to_owned(),
             ca: Arc::new(ca),
@@ -326,6 +321,19 @@ impl DataDir {
             created: Vec::new(),
         })
     }
+}
+
+/// Issues the admin identity in `dir` anew if it has less than half its life left, or does
+/// not load: its certificate is short-lived (`svid_ttl`), and nothing else renews it. Whether
+/// it was issued.
+pub(crate) fn refresh_admin(dir: &Path, ca: &Ca, now: SystemTime) -> Result<bool> {
+    let half_life = ca.options().svid_ttl / 2;
+    if Identity::load(dir, now + half_life).is_ok() {
+        return Ok(false);
+    }
+    let admin = Principal::from(HumanId::new(ca.trust_domain(), "admin")?);
+    issue_local_identity(ca, admin, now)?.save(dir)?;
+    Ok(true)
 }
 
 /// Issues a complete identity for `principal` with the CA's keys at hand (the hub's own admin).
@@ -991,6 +999,20 @@ mod tests {
 
     fn td() -> TrustDomain {
         TrustDomain::new("acme.internal").unwrap()
+    }
+
+    #[test]
+    fn the_admin_identity_is_issued_anew_past_half_its_life() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t0 = SystemTime::now();
+        let data = DataDir::scratch(&tmp.path().join("hub"), None, "acme.internal", t0).unwrap();
+        let dir = data.admin_dir();
+        let first = Identity::load(&dir, t0).unwrap().not_after();
+        assert!(!refresh_admin(&dir, &data.ca, t0).unwrap());
+        let later = t0 + data.ca.options().svid_ttl * 2 / 3;
+        assert!(refresh_admin(&dir, &data.ca, later).unwrap());
+        assert!(Identity::load(&dir, later).unwrap().not_after() > first);
+        assert!(!refresh_admin(&dir, &data.ca, later).unwrap());
     }
 
     #[test]

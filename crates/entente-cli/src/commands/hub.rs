@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::Path, process::ExitCode, time::SystemTime};
 
 use anyhow::{Context as _, Result, bail};
-use entente_hub::{Hub, HubError, PolicyOrigin};
+use entente_hub::{Hub, HubError, HubHandle, PolicyOrigin};
 
 use crate::data::DataDir;
 
@@ -132,7 +132,13 @@ pub(crate) fn start(
                 data.config.trust_domain
             );
         }
-        stop.await;
+        // Until stopped, the admin identity is kept fresh: an operator may need it at any time
+        // (to revoke, to quarantine), an hour after the start as well as a minute.
+        let admin_dir = data.admin_dir();
+        tokio::select! {
+            () = stop => {}
+            () = keep_admin_fresh(&hub, &admin_dir, data.ca.options().svid_ttl) => {}
+        }
         // A failed audit log or durable channel is an exit status, not only a line in a log.
         hub.shutdown().await.context("stopping the hub")?;
         if !json {
@@ -140,6 +146,32 @@ pub(crate) fn start(
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Issues the admin identity in `dir` anew whenever it has less than half of `svid_ttl` left,
+/// with the CA the hub uses (after a rollover, the new intermediate), checking twelve times
+/// per `svid_ttl`; never returns. A failure is logged and tried again at the next check.
+async fn keep_admin_fresh(hub: &HubHandle, dir: &Path, svid_ttl: std::time::Duration) {
+    let every = (svid_ttl / 12).max(std::time::Duration::from_secs(1));
+    let mut checks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        checks.tick().await;
+        let (ca, dir) = (hub.ca(), dir.to_owned());
+        let refreshed = tokio::task::spawn_blocking(move || {
+            crate::data::refresh_admin(&dir, &ca, SystemTime::now())
+        })
+        .await;
+        match refreshed {
+            Ok(Ok(true)) => tracing::info!("admin identity issued anew"),
+            Ok(Ok(false)) => {}
+            Ok(Err(error)) => tracing::warn!(
+                error = format!("{error:#}"),
+                "could not issue the admin identity anew; trying again at the next check"
+            ),
+            Err(error) => tracing::warn!(%error, "the admin identity's renewal stopped"),
+        }
+    }
 }
 
 /// Registers for SIGINT and SIGTERM at once; the future resolves on the first of them.
