@@ -18,6 +18,25 @@ use entente_audit::{
     verify_consistency, verify_inclusion,
 };
 
+/// [`AuditLog::open`] with what `args` makes, asked again while the answer is `Locked`, as
+/// [`common::open`] does: a log this test just dropped can look locked for an instant while a
+/// test running in parallel spawns a process. (Only for opens that must not find it locked.)
+fn open_with(
+    dir: &Path,
+    args: impl Fn() -> (Box<dyn NoteSigner>, AuditKey, AuditOptions),
+) -> Result<AuditLog, AuditError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (signer, key, options) = args();
+        match AuditLog::open(dir, signer, key, options) {
+            Err(AuditError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            result => return result,
+        }
+    }
+}
+
 #[test]
 fn append_seal_prove_and_reopen() {
     let tmp = tempfile::tempdir().unwrap();
@@ -122,9 +141,11 @@ fn open_and_create_refuse_misuse() {
         Err(AuditError::SignerMismatch { .. })
     ));
     // The same name with another key: the existing checkpoints do not verify.
-    let impostor = Ed25519Signer::generate(common::ORIGIN).unwrap();
     assert!(matches!(
-        AuditLog::open(&dir, Box::new(impostor), key(), options(10)),
+        open_with(&dir, || {
+            let impostor = Ed25519Signer::generate(common::ORIGIN).unwrap();
+            (Box::new(impostor), key(), options(10))
+        }),
         Err(AuditError::BadCheckpoint { size: 0, .. })
     ));
     assert!(matches!(
@@ -142,14 +163,14 @@ fn a_rotated_key_is_trusted_through_the_options() {
     log.append_all(&(0..5).map(decision).collect::<Vec<_>>())
         .unwrap();
     drop(log);
-    let new_signer = Ed25519Signer::from_seed(common::ORIGIN, &[0x43; 32]).unwrap();
-    let new_key = new_signer.verifier_key().clone();
+    let new_signer = || Ed25519Signer::from_seed(common::ORIGIN, &[0x43; 32]).unwrap();
+    let new_key = new_signer().verifier_key().clone();
     let opts = AuditOptions {
         seal_after: 5,
         trusted_keys: vec![signer().verifier_key().clone()],
         ..AuditOptions::default()
     };
-    let mut log = AuditLog::open(&dir, Box::new(new_signer), key(), opts).unwrap();
+    let mut log = open_with(&dir, || (Box::new(new_signer()), key(), opts.clone())).unwrap();
     log.append_all(&(5..10).map(decision).collect::<Vec<_>>())
         .unwrap();
     assert_eq!(log.checkpoint().signed_by(), std::slice::from_ref(&new_key));
@@ -205,11 +226,10 @@ fn a_running_log_rotates_its_key_and_stays_verifiable_with_both() {
         trusted_keys: vec![signer().verifier_key().clone()],
         ..options(1000)
     };
-    let new_signer = Ed25519Signer::from_seed(common::ORIGIN, &[0x43; 32]).unwrap();
-    AuditLog::open(&dir, Box::new(new_signer), key(), opts).unwrap();
-    let new_signer = Ed25519Signer::from_seed(common::ORIGIN, &[0x43; 32]).unwrap();
+    let new_signer = || Ed25519Signer::from_seed(common::ORIGIN, &[0x43; 32]).unwrap();
+    open_with(&dir, || (Box::new(new_signer()), key(), opts.clone())).unwrap();
     assert!(matches!(
-        AuditLog::open(&dir, Box::new(new_signer), key(), options(1000)),
+        open_with(&dir, || (Box::new(new_signer()), key(), options(1000))),
         Err(AuditError::BadCheckpoint { size: 0, .. })
     ));
 }
@@ -474,7 +494,7 @@ fn a_log_keeping_only_its_latest_checkpoint_stores_them_all() {
     assert_eq!(log.checkpoint().size(), 3);
     let latest = log.checkpoint().clone();
     drop(log);
-    let log = AuditLog::open(&dir, Box::new(common::signer()), common::key(), lean()).unwrap();
+    let log = open_with(&dir, || (Box::new(common::signer()), common::key(), lean())).unwrap();
     assert!(log.checkpoints().is_empty());
     assert_eq!(log.checkpoint(), &latest);
     drop(log);

@@ -176,7 +176,8 @@ fn just_in_time_from_request_to_approval_and_direct_grants_that_end() {
     );
     fails_as(&admin, &addr, &["reject", "r-2"], "already rejected");
 
-    // grant: directly to dan, for a short while; it ends his live `listen` with nobody acting.
+    // grant: directly to dan, for a short while (time for two commands to start on a slow
+    // machine); it ends his live `listen` with nobody acting.
     fails_as(
         &admin,
         &addr,
@@ -205,13 +206,13 @@ fn just_in_time_from_request_to_approval_and_direct_grants_that_end() {
             "ops/dan",
             "demo-read",
             "--for",
-            "3s",
+            "20s",
             "--reason",
             "INC-43",
         ],
     );
     assert!(
-        said.starts_with("granted `demo-read` to `spiffe://entente.local/agent/ops/dan` for 3s"),
+        said.starts_with("granted `demo-read` to `spiffe://entente.local/agent/ops/dan` for 20s"),
         "{said}"
     );
     let listener = spawn_ready(

@@ -184,27 +184,43 @@ fn the_hub_logs_one_json_object_per_line_and_no_secret() {
 /// what it wanted, or never reads): its announcements are not what it is for.
 #[test]
 fn a_hub_whose_output_is_closed_goes_on_serving() {
+    use std::io::BufRead as _;
+
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("hub");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut child = support::hub_command(&dir, &listen, &[]).spawn().unwrap();
+    let mut child = support::hub_command(&dir, "127.0.0.1:0", &["--log-format", "json"])
+        .spawn()
+        .unwrap();
     // The reader is gone before the hub says anything: every line goes into a closed pipe.
     drop(child.stdout.take());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::net::TcpStream::connect(&listen).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the hub never listened"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "the hub exited");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Where it listens, from its log (standard error, still read).
+    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let addr = loop {
+        let mut line = String::new();
+        if log.read_line(&mut line).unwrap() == 0 {
+            panic!("the hub exited without serving: {seen}");
+        }
+        let event: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if event["fields"]["message"] == "hub serving" {
+            break event["fields"]["listen"].as_str().unwrap().to_owned();
+        }
+        seen.push_str(&line);
+    };
+    child.stderr = Some(log.into_inner());
+    // It answers a request after its announcements went nowhere, and goes on running.
+    let token = ok(&[
+        "token",
+        "create",
+        "--identity",
+        s(&dir.join("admin")),
+        "--hub",
+        &addr,
+        "--agent",
+        "demo/alice",
+    ]);
+    assert!(token.trim().starts_with("ent_"), "{token}");
     assert!(child.try_wait().unwrap().is_none(), "the hub exited");
     // It stops when told, with success.
     stop_with_output(child);
@@ -268,6 +284,30 @@ fn a_data_directory_others_may_write_to_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("group or others may write it"), "{stderr}");
+
+    // And what another user owns, a policy file linked there or the directory itself: its
+    // owner could replace what is in it. Only root can give a file away to make the case.
+    fs::set_permissions(&policy, fs::Permissions::from_mode(0o644)).unwrap();
+    let theirs = tmp.path().join("theirs.cedar");
+    fs::write(&theirs, "").unwrap();
+    const SOMEONE: u32 = 54_321;
+    if std::os::unix::fs::chown(&theirs, Some(SOMEONE), None).is_err() {
+        eprintln!("not run as root: ownership checks not exercised");
+        return;
+    }
+    let linked = dir.join("policies").join("theirs.cedar");
+    std::os::unix::fs::symlink(&theirs, &linked).unwrap();
+    for owned in [&linked, &dir] {
+        if owned == &dir {
+            fs::remove_file(&linked).unwrap();
+            std::os::unix::fs::chown(&dir, Some(SOMEONE), None).unwrap();
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let out = start_without_keys(&dir);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("is owned by user 54321"), "{stderr}");
+    }
 }
 
 /// `entente hub start --data DIR` without a key store key or passphrase in the environment,

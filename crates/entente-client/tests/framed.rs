@@ -103,7 +103,8 @@ async fn framed_and_http2_clients_exchange_messages_and_requests() {
 #[tokio::test]
 async fn the_calls_connection_is_opened_again_after_the_hub_closed_it_idle() {
     let hub = TestHub::start_with(CaOptions::default(), |c| {
-        c.idle_timeout = Duration::from_millis(300);
+        // Long enough that a connection just opened is not cut before its first request.
+        c.idle_timeout = Duration::from_secs(2);
     })
     .await;
     let alice = hub.agent("shop", "alice").await;

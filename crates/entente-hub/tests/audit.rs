@@ -684,32 +684,50 @@ async fn data_keys_rotate_on_time_and_on_demand_and_each_rotation_is_recorded() 
     );
 
     // On time: within a couple of seconds another one, and the older ones (nothing kept at
-    // rest needs them) are retired.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while keys.current_version() <= manual {
+    // rest needs them) are retired. The loop makes the new version, then retires: both are
+    // waited for, and the status is the one seen with both done (the next rotation, a second
+    // later, may be under way by the time of another look).
+    let deadline = tokio::time::Instant::now() + entente_testkit::WAIT;
+    let status = loop {
+        let version = keys.current_version();
+        let status = keys.status();
+        if version > manual && status.len() == 1 {
+            break status;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no rotation on time"
+            "no rotation on time with the older versions retired: version {version}, {status:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let status = keys.status();
-    assert_eq!(status.len(), 1, "{status:?}");
-    assert!(status[0].current);
+    };
+    assert!(status[0].current, "{status:?}");
+    assert!(status[0].version > manual, "{status:?}");
     assert!(matches!(
         keys.open(b"context", &sealed),
         Err(entente_hub::datakeys::DataKeyError::UnknownVersion(v)) if v == first
     ));
 
-    let rotations: Vec<_> = records(&hub)
-        .await
-        .into_iter()
-        .filter(|r| {
-            matches!(&r.event,
-            Event::Admin(a) if a.operation.as_clear() == Some("rotate-data-key"))
-        })
-        .collect();
-    assert!(rotations.len() >= 2, "{rotations:?}");
+    // The rotation on time is recorded once it is done (submitted to the log, not waited
+    // for): the manual one and at least that one.
+    let deadline = tokio::time::Instant::now() + entente_testkit::WAIT;
+    let rotations = loop {
+        let rotations: Vec<_> = records(&hub)
+            .await
+            .into_iter()
+            .filter(|r| {
+                matches!(&r.event,
+                Event::Admin(a) if a.operation.as_clear() == Some("rotate-data-key"))
+            })
+            .collect();
+        if rotations.len() >= 2 {
+            break rotations;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rotation on time was not recorded: {rotations:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
         rotations
             .iter()

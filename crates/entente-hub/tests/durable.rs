@@ -191,11 +191,13 @@ async fn a_backlog_larger_than_the_subscriptions_buffer_is_read_once_subscribed(
 
 #[tokio::test]
 async fn unacknowledged_entries_come_again_then_go_to_the_dead_letter_log() {
+    // Long enough for an acknowledgement to reach the hub in time on a slow machine.
+    const ACK_WAIT: Duration = Duration::from_secs(4);
     let dir = TempDir::new().unwrap();
     let hub = start(
         &dir,
         orders(|c| {
-            c.ack_wait = Duration::from_secs(1);
+            c.ack_wait = ACK_WAIT;
             c.max_deliver = 2;
         }),
     )
@@ -221,8 +223,17 @@ async fn unacknowledged_entries_come_again_then_go_to_the_dead_letter_log() {
         again.durable.unwrap().sequence,
         first.durable.unwrap().sequence
     );
-    // After `max_deliver` deliveries it goes to the dead-letter log instead.
-    nothing_within(&mut orders, Duration::from_millis(2500)).await;
+    // After `max_deliver` deliveries it goes to the dead-letter log instead (`ack_wait` after
+    // the last), with no delivery before or after.
+    let deadline = tokio::time::Instant::now() + ACK_WAIT + entente_testkit::WAIT;
+    while hub.stats().durable_dead_letters == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing went to the dead-letter log"
+        );
+        nothing_within(&mut orders, Duration::from_millis(50)).await;
+    }
+    nothing_within(&mut orders, Duration::from_secs(1)).await;
     assert_eq!(hub.stats().durable_dead_letters, 1);
     let err = alice
         .subscribe_durable("orders.eu", "alice")
@@ -864,8 +875,8 @@ async fn entries_wait_while_the_audit_log_is_failed() {
         .audited(&dir.path().join("audit"))
         .config(move |c| {
             c.streams = vec![orders(|c| {
-                c.ack_wait = Duration::from_secs(1);
-                c.max_deliver = 2;
+                c.ack_wait = Duration::from_secs(2);
+                c.max_deliver = 3;
             })];
             c.streams_dir = Some(streams);
         })
@@ -885,8 +896,10 @@ async fn entries_wait_while_the_audit_log_is_failed() {
     // The log fails under the running hub (its records file gone: the next write fails).
     std::fs::remove_file(dir.path().join("audit").join("records")).unwrap();
     assert!(bob.publish("orders.eu", "unrecorded").await.is_err());
-    // Redeliveries come due several times over, and the consumer's state is saved.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // Redeliveries come due several times over (the first `ack_wait` after the delivery, then
+    // a second apart while they wait: counted, they would end in the dead-letter log within
+    // 4 s), and the consumer's state is saved.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(hub.stats().durable_dead_letters, 0);
     let state = std::fs::read_to_string(
         dir.path()
@@ -899,6 +912,17 @@ async fn entries_wait_while_the_audit_log_is_failed() {
     assert!(
         state.lines().any(|l| l == format!("floor {seq}")),
         "the entry passed as done: {state}"
+    );
+    // Still pending, its attempts within `max_deliver`.
+    let attempts = state
+        .lines()
+        .find_map(|l| l.strip_prefix("attempts"))
+        .unwrap_or_default();
+    assert!(
+        attempts
+            .split_whitespace()
+            .any(|a| [1, 2, 3].iter().any(|n| a == format!("{seq}:{n}"))),
+        "{state}"
     );
     assert!(hub.shutdown().await.is_err());
 }
