@@ -151,9 +151,11 @@ impl Unlock {
     /// Reads the unlock secret from the environment.
     ///
     /// [`KEY_ENV`] (64 hex characters, surrounding whitespace ignored) takes precedence over
-    /// [`PASSPHRASE_ENV`]. A variable that is set but empty counts as unset. Returns `Ok(None)`
-    /// if neither is set, and [`KeyStoreError::Unlock`] for a malformed key or a value that is
-    /// not UTF-8; the message never contains the value.
+    /// [`PASSPHRASE_ENV`]; one set but empty (or blank, for the key) gives way to the other.
+    /// Returns `Ok(None)` if neither is set, and [`KeyStoreError::Unlock`] for a malformed key,
+    /// a value that is not UTF-8, or variables set with nothing in them (a script that meant
+    /// to give a secret and gave none must not start with keys kept beside the store); the
+    /// message never contains the value.
     pub fn from_env() -> Result<Option<Self>, KeyStoreError> {
         Self::from_values(std::env::var_os(KEY_ENV), std::env::var_os(PASSPHRASE_ENV))
     }
@@ -162,6 +164,13 @@ impl Unlock {
         key: Option<OsString>,
         passphrase: Option<OsString>,
     ) -> Result<Option<Self>, KeyStoreError> {
+        let set: Vec<&str> = [
+            (KEY_ENV, key.is_some()),
+            (PASSPHRASE_ENV, passphrase.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
         if let Some(key) = key {
             let key = Zeroizing::new(key.into_encoded_bytes());
             let hex_key = key.trim_ascii();
@@ -184,7 +193,14 @@ impl Unlock {
                 return Ok(Some(Self::passphrase(passphrase)));
             }
         }
-        Ok(None)
+        if set.is_empty() {
+            return Ok(None);
+        }
+        Err(KeyStoreError::Unlock(format!(
+            "`{}` {} set but empty: give the key store's key or passphrase, or unset it",
+            set.join("` and `"),
+            if set.len() == 1 { "is" } else { "are" }
+        )))
     }
 
     /// Rejects an empty passphrase.
@@ -782,7 +798,23 @@ mod tests {
     #[test]
     fn env_nothing_set_is_none() {
         assert!(Unlock::from_values(None, None).unwrap().is_none());
-        assert!(Unlock::from_values(os(" "), os("")).unwrap().is_none());
+    }
+
+    #[test]
+    fn env_set_but_empty_is_an_error() {
+        for (key, passphrase, named) in [
+            (
+                os(" "),
+                os(""),
+                "`ENTENTE_KEYSTORE_KEY` and `ENTENTE_KEYSTORE_PASSPHRASE` are",
+            ),
+            (os(""), None, "`ENTENTE_KEYSTORE_KEY` is"),
+            (None, os(""), "`ENTENTE_KEYSTORE_PASSPHRASE` is"),
+        ] {
+            let err = Unlock::from_values(key, passphrase).unwrap_err();
+            assert!(matches!(err, KeyStoreError::Unlock(_)), "{err:?}");
+            assert!(err.to_string().contains(named), "{err}");
+        }
     }
 
     #[test]

@@ -154,8 +154,9 @@ impl Pkcs11Config {
     /// Reads the configuration from [`MODULE_ENV`], [`TOKEN_ENV`] and [`PIN_ENV`].
     ///
     /// Returns `Ok(None)` if none of them is set, and [`KeyStoreError::Config`] if only some
-    /// are, or the label or PIN is not UTF-8. A variable that is set but empty counts as unset.
-    /// Messages name the variables, never their values.
+    /// are (a variable set but empty counts as not set, so all three set but empty is an
+    /// error too: the hub would keep its keys elsewhere than meant), or the label or PIN is
+    /// not UTF-8. Messages name the variables, never their values.
     pub fn from_env() -> Result<Option<Self>, KeyStoreError> {
         Self::from_values(
             std::env::var_os(MODULE_ENV),
@@ -169,6 +170,7 @@ impl Pkcs11Config {
         token: Option<OsString>,
         pin: Option<OsString>,
     ) -> Result<Option<Self>, KeyStoreError> {
+        let any_set = module.is_some() || token.is_some() || pin.is_some();
         let module = module.filter(|value| !value.is_empty());
         let token = token.filter(|value| !value.is_empty());
         let pin = pin
@@ -184,7 +186,7 @@ impl Pkcs11Config {
         .map(|(name, _)| format!("`{name}`"))
         .collect();
         let (Some(module), Some(token), Some(pin)) = (module, token, pin) else {
-            if missing.len() == 3 {
+            if missing.len() == 3 && !any_set {
                 return Ok(None);
             }
             return Err(KeyStoreError::Config(format!(
@@ -1339,10 +1341,12 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+        let err = Pkcs11Config::from_values(os(""), os(""), os("")).unwrap_err();
         assert!(
-            Pkcs11Config::from_values(os(""), os(""), os(""))
-                .unwrap()
-                .is_none()
+            err.to_string().contains(
+                "`ENTENTE_PKCS11_MODULE` and `ENTENTE_PKCS11_TOKEN` and `ENTENTE_PKCS11_PIN` are not set"
+            ),
+            "{err}"
         );
         let config = Pkcs11Config::from_values(os("/m.so"), os("hub token"), os("12 34"))
             .unwrap()
