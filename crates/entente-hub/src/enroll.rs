@@ -73,6 +73,12 @@ pub(crate) async fn create_token<R>(
     })
 }
 
+/// A token's ID in the audit log: the first 16 hex digits of its SHA-256 (names the token,
+/// reveals nothing).
+pub(crate) fn token_id(hash: &[u8; 32]) -> String {
+    hash.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
 /// Serves one `Enroll` request, counting it.
 pub(crate) async fn enroll<R>(
     services: &Services<R>,
@@ -261,7 +267,7 @@ async fn enroll_inner<R>(
             })
             .unwrap_or_default(),
         principal: redeemed.agent,
-        token_id: hash.iter().take(8).map(|b| format!("{b:02x}")).collect(),
+        token_id: token_id(&hash),
     };
     Ok((response, enrolled))
 }

@@ -260,6 +260,19 @@ pub(crate) async fn audited<R, T, E: Refusal>(
     target: String,
     act: impl Future<Output = Result<T, E>>,
 ) -> Result<T, E> {
+    audited_with(services, actor, operation, target, act, |_| String::new()).await
+}
+
+/// [`audited`], the record of a success detailed by `detail` (what it made, naming no
+/// secret).
+pub(crate) async fn audited_with<R, T, E: Refusal>(
+    services: &Services<R>,
+    actor: &str,
+    operation: &str,
+    target: String,
+    act: impl Future<Output = Result<T, E>>,
+    detail: impl FnOnce(&T) -> String,
+) -> Result<T, E> {
     let auditor = services.authz.auditor();
     if !auditor.is_on() {
         return act.await;
@@ -267,7 +280,7 @@ pub(crate) async fn audited<R, T, E: Refusal>(
     auditor.check().map_err(E::unaudited)?;
     let result = act.await;
     let (outcome, detail) = match &result {
-        Ok(_) => (Outcome::Success, String::new()),
+        Ok(done) => (Outcome::Success, detail(done)),
         Err(e) => (e.outcome(), e.to_string()),
     };
     let event = Event::Admin(Admin {

@@ -1492,9 +1492,14 @@ async fn route_request(
                 |s, c, r: CreateTokenRequest| async move {
                     let target = r.agent.clone();
                     let act = admin::create_token(&s, &c, r, now());
-                    status(
-                        rpc::audited(&s, c.principal.as_str(), "create-token", target, act).await,
-                    )
+                    // The token's ID, as the enrollment that uses it records it.
+                    let made = |made: &entente_wire::CreateTokenResponse| {
+                        JoinToken::parse(&made.token)
+                            .map(|token| format!("token {}", enroll::token_id(&token.hash())))
+                            .unwrap_or_default()
+                    };
+                    let actor = c.principal.as_str();
+                    status(rpc::audited_with(&s, actor, "create-token", target, act, made).await)
                 },
             )
             .await

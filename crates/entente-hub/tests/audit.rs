@@ -493,8 +493,11 @@ async fn administrative_acts_and_revocations_are_recorded_with_their_actor() {
     let admin = hub.connect(hub.admin().unwrap()).await.unwrap();
     let admin_id = hub.admin_principal().unwrap().to_string();
     let dave = hub.agent_id("shop", "dave").unwrap();
-    admin
+    let (token, _) = admin
         .create_token(&dave, Duration::from_secs(60))
+        .await
+        .unwrap();
+    entente_client::enroll(hub.addr(), hub.trust(), &token)
         .await
         .unwrap();
     // A refused act is recorded too, with its reason.
@@ -520,12 +523,24 @@ async fn administrative_acts_and_revocations_are_recorded_with_their_actor() {
             _ => None,
         })
         .collect();
+    // The token's creation names the token as the enrollment that used it does.
+    let used = records
+        .iter()
+        .find_map(|r| match &r.event {
+            Event::Enrollment(e) if e.principal.as_clear() == Some(dave.as_str()) => {
+                e.token_id.as_clear().map(str::to_owned)
+            }
+            _ => None,
+        })
+        .unwrap();
     assert!(
         admin_acts
             .iter()
             .any(|(actor, outcome, a)| *actor == admin_id
                 && *outcome == Outcome::Success
-                && a.target.as_clear() == Some(dave.as_str()))
+                && a.target.as_clear() == Some(dave.as_str())
+                && a.detail.as_clear() == Some(format!("token {used}").as_str())),
+        "{admin_acts:?}"
     );
     assert!(
         admin_acts
