@@ -266,7 +266,8 @@ enum Command {
         /// The command answering each request.
         #[arg(long)]
         exec: String,
-        /// Exit after handling this many requests (answered, or failed to answer).
+        /// Exit after handling this many requests (answered, or failed to answer); the exit
+        /// status is 1 if the command failed for one, or one could not be answered.
         #[arg(long)]
         count: Option<u64>,
     },

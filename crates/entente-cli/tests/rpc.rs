@@ -102,7 +102,11 @@ fn serve_answers_a_request_with_the_commands_output() {
     let reply = succeeded(ask(false, "go", "10s"));
     assert_eq!(reply.trim_end(), "error: the command failed");
     let out = support::wait(server, support::LIMIT);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("secret path /srv/x"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("secret path /srv/x"), "{stderr}");
+    // Its exit status says a request was not served as asked.
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("1 of 1 request(s)"), "{stderr}");
 
     // The command gets none of the secrets of the server's environment.
     let server = serve_with(

@@ -90,7 +90,8 @@ pub(crate) fn serve(
                 client.principal()
             );
         }
-        let mut served = 0u64;
+        // Requests handled, and of those the ones not answered with the command's output.
+        let (mut served, mut unserved) = (0u64, 0u64);
         while count.is_none_or(|n| served < n) {
             let Some(item) = requests.next().await else {
                 bail!("the subscription ended");
@@ -120,11 +121,13 @@ pub(crate) fn serve(
             let bytes = answer.len();
             // A request counts once handled, answered or not (the requester may be gone).
             served += 1;
+            unserved += u64::from(failed);
             match request.responder.reply(answer).await {
                 Ok(()) => {}
                 Err(err) if err.kind() == ErrorKind::Closed => return Err(err.into()),
                 Err(err) => {
                     eprintln!("could not answer `{sender}`: {err}");
+                    unserved += u64::from(!failed);
                     continue;
                 }
             }
@@ -138,6 +141,11 @@ pub(crate) fn serve(
             }
         }
         client.close().await;
+        // Served as asked only if every request got the command's output.
+        if unserved > 0 {
+            eprintln!("{unserved} of {served} request(s) did not get the command's output (above)");
+            return Ok(ExitCode::FAILURE);
+        }
         Ok(ExitCode::SUCCESS)
     })
 }
