@@ -83,6 +83,17 @@ pub(crate) fn explain(
             }
         }
     }
+    if !decision.allowed && action.is_administrative() {
+        let open: Vec<&str> = set.open_permits().map(|p| p.id.as_str()).collect();
+        if !open.is_empty() {
+            let _ = writeln!(
+                out,
+                "  not considered: {} (an open action scope never allows `{action}`, an \
+                 administrative action: name it, e.g. `action == Action::\"{action}\"`)",
+                open.join(", ")
+            );
+        }
+    }
     if !decision.errors.is_empty() {
         let _ = writeln!(out, "  errors:");
         for error in &decision.errors {

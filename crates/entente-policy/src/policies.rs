@@ -75,6 +75,9 @@ pub struct PolicyInfo {
     /// permits carry one; the host charges every determining permit's
     /// ([`PolicySet::rated`]).
     pub rate: Option<PolicyRate>,
+    /// Whether its action scope is open (`action` alone): a permit so written never allows an
+    /// administrative action, which must be named.
+    pub open_action: bool,
 }
 
 /// A policy's effect.
@@ -226,6 +229,14 @@ impl PolicySet {
     /// The policy with this ID.
     pub fn policy(&self, id: &str) -> Option<&PolicyInfo> {
         self.index.get(id).and_then(|&i| self.policies.get(i))
+    }
+
+    /// The permits whose action scope is open, in load order: none of them allows an
+    /// administrative action.
+    pub fn open_permits(&self) -> impl Iterator<Item = &PolicyInfo> {
+        self.policies
+            .iter()
+            .filter(|p| p.effect == Effect::Permit && p.open_action)
     }
 
     /// The policies that carry a `@rate`, with it, in load order.
@@ -838,6 +849,7 @@ fn split(
                 names_roles: reads.roles,
                 hold: policy.annotation(HOLD).is_some(),
                 rate,
+                open_action: matches!(policy.action_constraint(), ActionConstraint::Any),
             },
         });
     }
@@ -1369,9 +1381,7 @@ fn sliced_entries(parsed: &[Parsed]) -> usize {
 /// `permit (principal is Agent, action, resource);`, never lets agents make join tokens for
 /// their peers (and become them), revoke them, grant, or approve held messages and requests.
 fn grants_unnamed(p: &Parsed, action: Action) -> bool {
-    p.info.effect == Effect::Permit
-        && action.is_administrative()
-        && matches!(p.policy.action_constraint(), ActionConstraint::Any)
+    p.info.effect == Effect::Permit && action.is_administrative() && p.info.open_action
 }
 
 /// Whether the policy's action scope admits `action`.

@@ -194,7 +194,30 @@ fn a_wide_permit_grants_no_administrative_action() {
         );
         assert!(!on_peer.allowed, "{action:?}");
         assert_eq!(on_peer.reason, Reason::NoPermit, "{action:?}");
+        // The explanation says why the wide permit did not count.
+        let text = wide.explain(
+            &eve,
+            action,
+            &Resource::Agent(&peer),
+            &Facts::default(),
+            NOW,
+        );
+        assert!(
+            text.contains(&format!(
+                "not considered: wide (an open action scope never allows `{action}`"
+            )),
+            "{text}"
+        );
     }
+    // Nor is it mentioned where it does not apply.
+    let text = wide.explain(
+        &eve,
+        Action::Subscribe,
+        &Resource::Channel(&c("other.x")),
+        &Facts::default(),
+        NOW,
+    );
+    assert!(!text.contains("not considered"), "{text}");
     let held = c("lab.wire");
     let approve = |set: &PolicySet| {
         set.decide(
