@@ -49,7 +49,8 @@ pub struct HubConfig {
     /// behind is this, the HTTP/2 window and the subscriber's own buffer. Default 1 MiB.
     pub queue_bytes: usize,
     /// How long a publisher waits on a full subscriber queue before that subscriber is
-    /// disconnected as a slow consumer. Default 5 s.
+    /// disconnected as a slow consumer; and how long a framed connection whose session is
+    /// over may take to write what the session left queued before it is closed. Default 5 s.
     pub slow_consumer_timeout: Duration,
     /// Time allowed for the TLS handshake of a new connection. Default 10 s.
     pub handshake_timeout: Duration,

@@ -1078,9 +1078,17 @@ fn serve_mtls(
     // of the full handshake its ticket came from, and skipped the verifier (`tls`). Verify
     // again, always: to learn the identity, and against the revocation list in force now.
     let chain = stream.peer_certificates().unwrap_or_default();
-    let Ok(svid) = shared.verifier.verify_chain(chain, SystemTime::now()) else {
-        stats::bump(&shared.stats.handshakes_failed);
-        return None;
+    let svid = match shared.verifier.verify_chain(chain, SystemTime::now()) {
+        Ok(svid) => svid,
+        Err(error) => {
+            stats::bump(&shared.stats.handshakes_failed);
+            // Told why, as a refused handshake's alert would have told it, and closed
+            // gracefully (a reset could destroy what it is told).
+            let status = Status::unauthenticated(format!("the certificate is refused: {error}"));
+            return Some(Either::Right(Box::pin(async move {
+                refuse_requests(&shared, stream, status).await;
+            })));
+        }
     };
     stats::bump(&shared.stats.connections);
     let id = shared.next_id();
@@ -1110,8 +1118,15 @@ fn serve_mtls(
         })));
     }
     if !registered {
+        // Revoked while it registered: told so, as a live connection would be.
         shared.connections.unregister(id);
-        return None;
+        let status = control.reason().map_or_else(
+            || Status::unauthenticated("the connection was closed"),
+            CloseReason::status,
+        );
+        return Some(Either::Right(Box::pin(async move {
+            refuse_requests(&shared, stream, status).await;
+        })));
     }
     let connection = Connection {
         shared,
@@ -1267,6 +1282,11 @@ fn serve_framed(connection: Connection, stream: TlsStream) -> impl Future<Output
     let (writer_tx, writer_rx) = tokio::sync::oneshot::channel();
     let inbound = framed::Inbound::new(framed::FrameReader::new(read, limits), writer_rx);
     tokio::spawn(session::run(session, inbound, end_tx));
+    let mut ended = end_rx.clone();
+    // Once the session is over, what it left queued goes if the peer reads it in time: no
+    // publish is left to find a peer that reads nothing more (a slow consumer), and the
+    // connection would otherwise stay until its certificate expires.
+    let drain = shared.config.slow_consumer_timeout.max(CLOSE_GRACE);
     let outbound = outbound_stream(rx, end_rx, connection.control.watch());
     let writer = framed::write_session(write, outbound, limits, writer_tx);
     async move {
@@ -1278,7 +1298,7 @@ fn serve_framed(connection: Connection, stream: TlsStream) -> impl Future<Output
         } = connection;
         tokio::pin!(writer);
         let mut closed = control.watch();
-        loop {
+        let grace = loop {
             // The expiry moves when the certificate is renewed: sleep to the time in force,
             // then look again.
             let expires_at = control.expires_at().unwrap_or(not_after);
@@ -1287,7 +1307,9 @@ fn serve_framed(connection: Connection, stream: TlsStream) -> impl Future<Output
                 .unwrap_or(Duration::ZERO);
             tokio::select! {
                 () = writer.as_mut() => return,
-                _ = control::closed(&mut closed) => break,
+                _ = control::closed(&mut closed) => break CLOSE_GRACE,
+                // Over (or its task gone): the writer sends what is left, then the reason.
+                _ = ended.wait_for(Option::is_some) => break drain,
                 () = tokio::time::sleep(wait) => {
                     let expired = control.expires_at().is_none_or(|at| at <= SystemTime::now());
                     if expired && control.close(CloseReason::CertificateExpired) {
@@ -1295,9 +1317,9 @@ fn serve_framed(connection: Connection, stream: TlsStream) -> impl Future<Output
                     }
                 }
             }
-        }
+        };
         // Closed: the writer sends what was queued before the close, then the reason.
-        let _ = tokio::time::timeout(CLOSE_GRACE, writer).await;
+        let _ = tokio::time::timeout(grace, writer).await;
     }
 }
 

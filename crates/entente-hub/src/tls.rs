@@ -19,7 +19,9 @@
 //!
 //! - a ticket opens only under the revocation list it was issued under and for at most
 //!   [`TICKET_LIFETIME`]: after any revocation every client makes a full handshake, and a
-//!   revoked one is refused by the verifier with `certificate_revoked`;
+//!   revoked one is refused by the verifier with `certificate_revoked` (but for a ticket
+//!   sealed as the revocation came in force: rustls seals it once the client's `Finished` is
+//!   read, after the verifier ran; the next check refuses that connection);
 //! - whatever the handshake, the server re-verifies the chain the connection carries (the
 //!   resumed one included) against the trust bundle, its validity and the revocation list in
 //!   force before it serves anything (`serve_mtls`);

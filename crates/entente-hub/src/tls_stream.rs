@@ -14,8 +14,9 @@
 //! same bytes to an [`UnbufferedServerConnection`] made with it.
 //!
 //! Reads and writes take turns (the hub splits the stream with `tokio::io::split`). Only reads
-//! take bytes from the socket. What rustls answers while reading (a `KeyUpdate`'s reply, an
-//! alert) is sent at once if the socket takes it, and otherwise before the next write's data.
+//! take bytes from the socket. An alert rustls sends while reading goes at once if the socket
+//! takes it, and otherwise before the next write's data; a `KeyUpdate`'s reply, which rustls
+//! holds until something is sent, goes with the next write (RFC 8446 sets no time for it).
 //! A read that finds the socket empty has processed every whole record received, so a write
 //! never leaves decrypted data behind for a reader that is waiting on the socket.
 //!

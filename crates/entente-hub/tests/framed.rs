@@ -95,6 +95,48 @@ async fn framed_and_http2_sessions_exchange_sealed_messages() {
     hub.shutdown().await.unwrap();
 }
 
+/// A peer that stops reading, then closes its side, holds its connection no longer than the
+/// slow-consumer timeout: its session is over, and no publish is left to find it slow.
+#[tokio::test]
+async fn a_session_whose_peer_reads_nothing_more_is_let_go_once_over() {
+    let ca = TestCa::new();
+    let hub = start(
+        &ca,
+        HubConfig {
+            // Never full: only the bound on what is left to write lets the connection go.
+            queue_capacity: 1 << 16,
+            queue_bytes: 1 << 30,
+            slow_consumer_timeout: std::time::Duration::from_secs(1),
+            ..config()
+        },
+    )
+    .await;
+    let alice = ca.agent("shop", "alice");
+    let mut framed = alice.framed(&hub).await;
+    assert_eq!(framed.subscribe(1, "orders.eu").await, ack(1));
+    // Alice publishes to herself far more than the sockets between her and the hub hold
+    // (32 MiB), and reads none of it.
+    let (mut sealer, key) = alice.sealer("orders.eu", &[&alice.bundle]);
+    let payload = vec![7u8; 1 << 20];
+    let mut keys = vec![key];
+    for request_id in 10..42 {
+        let batch = sealer.seal_batch(&[&payload], None, now_ms()).unwrap();
+        let publish = entente_wire::Publish {
+            request_id,
+            sender_keys: std::mem::take(&mut keys),
+            batches: vec![batch],
+            purpose: String::new(),
+        };
+        framed
+            .send(&frame(client_frame::Kind::Publish(publish)))
+            .await
+            .unwrap();
+    }
+    framed.close_write().await.unwrap();
+    eventually("the connection is let go", || hub.connections() == 0).await;
+    hub.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_framed_session_ends_with_the_reason_when_revoked_or_at_shutdown() {
     let ca = TestCa::new();

@@ -153,9 +153,24 @@ async fn a_resumed_session_whose_certificate_expired_is_not_served() {
     if let Ok(wait) = until.duration_since(std::time::SystemTime::now()) {
         tokio::time::sleep(wait).await;
     }
-    let after = attempt(&hub, &config).await;
-    assert_eq!(after.kind, Some(HandshakeKind::Resumed));
-    assert!(after.served.is_err(), "an expired certificate was served");
+    let tcp = TcpStream::connect(hub.addr()).await.unwrap();
+    let name = ServerName::try_from(hub.server_name()).unwrap();
+    let tls = TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(
+        tls.get_ref().1.handshake_kind(),
+        Some(HandshakeKind::Resumed)
+    );
+    // Served nothing but why: every request is refused, saying so.
+    let client = raw::Client::over(tls, &hub.server_name()).await.unwrap();
+    let refused = client.session().await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(
+        refused.message().contains("the certificate is refused"),
+        "{refused:?}"
+    );
     eventually("the refusal is counted", || {
         hub.stats().handshakes_failed > failed_before
     })

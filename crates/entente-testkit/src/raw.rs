@@ -172,6 +172,15 @@ impl Client {
         server_name: &str,
     ) -> Result<Self> {
         let tls = tls_connect(addr, config, server_name).await?;
+        Self::over(tls, server_name).await
+    }
+
+    /// Starts HTTP/2 over `tls`, a connection made to `server_name` (its handshake inspected
+    /// first, say).
+    pub async fn over(
+        tls: tokio_rustls::client::TlsStream<TcpStream>,
+        server_name: &str,
+    ) -> Result<Self> {
         let (send, connection) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
                 .await
@@ -338,6 +347,11 @@ impl Framed {
     pub async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.write.write_all(bytes).await?;
         self.write.flush().await
+    }
+
+    /// Closes the sending side (TLS `close_notify`, then TCP FIN); frames may still be read.
+    pub async fn close_write(&mut self) -> std::io::Result<()> {
+        self.write.shutdown().await
     }
 
     /// The next frame, `Ok(None)` when the hub closed the connection; an error if nothing
