@@ -5,6 +5,12 @@
 //! intermediates of an intermediate CA rollover ([`KeyBundleCache::replace_trust`]), after
 //! which bundles signed by the new intermediate verify, and held bundles whose signer the new
 //! trust bundle dropped are forgotten (the directory serves them re-signed).
+//!
+//! The cache also remembers when each principal's bundles were last refreshed — answered by
+//! the directory, or given by the application — so that a principal sealed for alone (a
+//! direct message, a request, a reply) is looked up again once that is older than the
+//! directory TTL ([`KeyBundleCache::refresh_due`]): a principal that enrolled again with new
+//! keys is not sealed for under its old ones for as long as they stay valid.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -42,6 +48,9 @@ struct State {
     bundles: HashMap<Principal, Vec<VerifiedKeyBundle>>,
     /// When each principal was last looked up in the directory.
     looked_up: HashMap<Principal, u64>,
+    /// When each principal's bundles were last refreshed: looked up, given by the
+    /// application, or a refresh begun.
+    refreshed: HashMap<Principal, u64>,
 }
 
 // === impl KeyBundleCache ===
@@ -53,6 +62,7 @@ impl KeyBundleCache {
                 trust,
                 bundles: HashMap::new(),
                 looked_up: HashMap::new(),
+                refreshed: HashMap::new(),
             }),
         }
     }
@@ -95,6 +105,7 @@ impl KeyBundleCache {
                 .with_source(e)
             })?;
         state.insert(verified.clone());
+        state.refreshed(verified.principal(), now_ms);
         Ok(verified)
     }
 
@@ -158,7 +169,23 @@ impl KeyBundleCache {
         }
         for principal in principals {
             state.looked_up.insert(principal.clone(), now_ms);
+            state.refreshed(principal, now_ms);
         }
+    }
+
+    /// Whether the bundles held for `principal` are due to be refreshed from the directory at
+    /// `now_ms`: none was refreshed within `ttl_ms`. If so, it counts as refreshed from now,
+    /// so that whoever asks meanwhile keeps using what is held rather than asking too.
+    pub(crate) fn refresh_due(&self, principal: &Principal, now_ms: u64, ttl_ms: u64) -> bool {
+        let mut state = self.lock();
+        let fresh = state
+            .refreshed
+            .get(principal)
+            .is_some_and(|at| now_ms.saturating_sub(*at) < ttl_ms);
+        if !fresh {
+            state.refreshed(principal, now_ms);
+        }
+        !fresh
     }
 
     /// The bundle of `principal` for key epoch `epoch`, if held and valid at `now_ms`.
@@ -184,6 +211,16 @@ impl KeyBundleCache {
 // === impl State ===
 
 impl State {
+    /// Notes that `principal`'s bundles were refreshed at `now_ms`. Past
+    /// [`MAX_LOOKUPS_KEPT`] principals, all are forgotten: each is refreshed again at its next
+    /// use.
+    fn refreshed(&mut self, principal: &Principal, now_ms: u64) {
+        if self.refreshed.len() >= MAX_LOOKUPS_KEPT && !self.refreshed.contains_key(principal) {
+            self.refreshed.clear();
+        }
+        self.refreshed.insert(principal.clone(), now_ms);
+    }
+
     fn insert(&mut self, bundle: VerifiedKeyBundle) {
         let held = self.bundles.entry(bundle.principal().clone()).or_default();
         // One bundle per epoch: a re-signed bundle for an epoch replaces the old one.
@@ -316,5 +353,30 @@ mod tests {
         assert!(cache.lock().looked_up.len() <= MAX_LOOKUPS_KEPT + 1);
         cache.looked_up(std::slice::from_ref(bob), now);
         assert!(cache.lock().looked_up.len() <= MAX_LOOKUPS_KEPT + 1);
+    }
+
+    #[test]
+    fn a_principals_bundles_are_refreshed_once_per_ttl() {
+        let (_tmp, td, ca) = test_ca();
+        let cache = KeyBundleCache::new(ca.trust_bundle().clone());
+        let now = now_ms();
+        // Given by the application: fresh for the TTL.
+        let bob = cache.trust(bundle(&ca, "bob"), now).unwrap();
+        let bob = bob.principal();
+        assert!(!cache.refresh_due(bob, now + 999, 1_000));
+        // Then due once: whoever asks meanwhile uses what is held.
+        assert!(cache.refresh_due(bob, now + 1_000, 1_000));
+        assert!(!cache.refresh_due(bob, now + 1_001, 1_000));
+        // A lookup answered counts too; a principal never refreshed is due.
+        cache.looked_up(std::slice::from_ref(bob), now + 5_000);
+        assert!(!cache.refresh_due(bob, now + 5_500, 1_000));
+        let carol = Principal::from(AgentId::new(&td, "ops", "carol").unwrap());
+        assert!(cache.refresh_due(&carol, now, 1_000));
+        // Bounded.
+        for i in 0..MAX_LOOKUPS_KEPT + 1 {
+            let p = Principal::from(AgentId::new(&td, "ops", &format!("a{i}")).unwrap());
+            cache.refresh_due(&p, now, 1_000);
+        }
+        assert!(cache.lock().refreshed.len() <= MAX_LOOKUPS_KEPT);
     }
 }

@@ -59,14 +59,20 @@ use crate::{
     ClientOptions, Error, ErrorKind, Identity, Message, RefusalCode, Requests, Subscription,
 };
 
-/// Frames the writer may have queued for the HTTP/2 stream.
+/// A channel's members as the directory listed them, or its refusal, with when; `None` until
+/// the directory answered. Locked across a lookup, so that publishes on the channel meanwhile
+/// wait for its answer rather than asking again.
+type MembersSlot = Arc<tokio::sync::Mutex<Option<(Instant, Members)>>>;
+
 /// A channel's members as the directory listed them, or its refusal.
 type Members = Result<Arc<Recipients>, Error>;
 
 /// How long a directory's refusal of a channel is kept.
 const DENIAL_KEPT: Duration = Duration::from_secs(1);
-/// Past this many channels remembered, the refusals among them are forgotten.
-const MAX_DENIALS_KEPT: usize = 1024;
+/// Past this many channels remembered, those whose answer is stale, then all not being looked
+/// up, are forgotten.
+const MAX_CHANNELS_KEPT: usize = 1024;
+/// Frames the writer may have queued for the HTTP/2 stream.
 const OUTBOUND_FRAMES: usize = 64;
 /// Most commands room is made for at once when gathering a batch.
 const MAX_GATHER: usize = 1024;
@@ -147,10 +153,11 @@ struct Inner {
     shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
     transport: Transport,
-    /// Recipients of channels, from the directory, with when they were fetched.
-    /// A refusal (`DENIED`) is kept a second: an application publishing on where it may not
-    /// asks the hub once, not at every call (each refusal counts against its risk).
-    members: tokio::sync::Mutex<HashMap<Channel, (Instant, Members)>>,
+    /// Recipients of channels, from the directory, with when they were fetched: at most
+    /// [`MAX_CHANNELS_KEPT`] beyond those being looked up. A refusal (`DENIED`) is kept a
+    /// second: an application publishing on where it may not asks the hub once, not at every
+    /// call (each refusal counts against its risk).
+    members: Mutex<HashMap<Channel, MembersSlot>>,
     /// Whether the session subscribed to this principal's reply namespace (on the first
     /// request).
     replies: tokio::sync::Mutex<bool>,
@@ -191,6 +198,9 @@ struct Shared {
     publish_room: Arc<ByteRoom>,
     /// Set to stop both tasks.
     shutdown: watch::Sender<bool>,
+    /// Set by the writer when it stopped because the session's connection took no more
+    /// frames: the session ended by a failure, not by this client.
+    transport_failed: AtomicBool,
     /// Set by the reader once the session is over.
     ended: watch::Sender<bool>,
     /// Replies for the writer to send again, each alone (the hub refused the batch of
@@ -212,6 +222,9 @@ struct State {
     closed: Option<String>,
     /// Channels whose sealer must start a new epoch (the hub refused a frame).
     resets: Vec<Channel>,
+    /// Channels, with the epoch, whose sender key the hub acknowledged in a frame carrying it
+    /// (from then on it goes only once per resend interval).
+    keys_acked: Vec<(Channel, u64)>,
     /// Requests waiting for their reply, by reply channel.
     replies: HashMap<Channel, ReplyWaiter>,
     /// The most requests that waited for their replies at once, lately: raised to the count
@@ -298,6 +311,8 @@ enum Pending {
         /// A batch of replies: its messages, in waiter order, to send again one by one if the
         /// hub refuses the batch for one of them.
         replies: Vec<Outgoing<()>>,
+        /// The epoch of the sender key the frame carried, if it carried one.
+        key_epoch: Option<u64>,
     },
 }
 
@@ -383,7 +398,9 @@ impl Command {
 /// How the session ended.
 #[derive(Debug)]
 enum End {
+    /// [`Client::close`], or every handle dropped.
     ByClient,
+    /// The hub ended it, or the connection failed: why.
     Hub(String),
 }
 
@@ -429,6 +446,7 @@ impl Client {
             hub,
             options.limits,
             options.session_transport,
+            options.keepalive_settings(),
             outbound_rx,
         )
         .await?;
@@ -445,6 +463,7 @@ impl Client {
             next_id: AtomicU64::new(1),
             publish_room,
             shutdown: watch::channel(false).0,
+            transport_failed: AtomicBool::new(false),
             ended: watch::channel(false).0,
             resend,
             commands: commands.downgrade(),
@@ -473,7 +492,7 @@ impl Client {
                 shared,
                 commands,
                 transport,
-                members: tokio::sync::Mutex::new(HashMap::new()),
+                members: Mutex::new(HashMap::new()),
                 replies: tokio::sync::Mutex::new(false),
                 listening: AtomicBool::new(false),
                 last_direct: Mutex::new(None),
@@ -844,12 +863,33 @@ impl Client {
         self.inner.shared.bundles.trust(bundle, now_ms())
     }
 
-    /// The verified key bundle of `principal`: a trusted one if held, otherwise from the
-    /// hub's directory.
+    /// The verified key bundle of `principal`: the newest one held, otherwise from the hub's
+    /// directory. Direct messages, requests and replies are sealed to it.
+    ///
+    /// What is held is refreshed from the directory once it was fetched (or given with
+    /// [`trust_key_bundle`](Self::trust_key_bundle)) longer ago than the directory TTL
+    /// ([`ClientOptions::directory_ttl`]), as a channel's members are: a principal that
+    /// enrolled again with new keys (say, after its old ones leaked) is sealed for under the
+    /// new ones from then on. The directory can only add a newer bundle that verifies: if the
+    /// refresh fails (the hub does not answer, has no directory, does not list the principal,
+    /// or offers a bundle that does not verify), the one held stays in use until the next
+    /// refresh.
     pub async fn key_bundle(&self, principal: &Principal) -> Result<VerifiedKeyBundle, Error> {
         let shared = &self.inner.shared;
-        if let Some(bundle) = shared.bundles.latest(principal, now_ms()) {
-            return Ok(bundle);
+        let now = now_ms();
+        if let Some(bundle) = shared.bundles.latest(principal, now) {
+            let ttl = millis(shared.options.directory_ttl);
+            if !shared.bundles.refresh_due(principal, now, ttl) {
+                return Ok(bundle);
+            }
+            // Whatever went wrong is not this call's failure: the bundle held stays.
+            lookup_bundles(
+                shared,
+                &self.inner.transport,
+                std::slice::from_ref(principal),
+            )
+            .await;
+            return Ok(shared.bundles.latest(principal, now_ms()).unwrap_or(bundle));
         }
         let failures = lookup_bundles(
             shared,
@@ -1066,6 +1106,10 @@ impl Client {
     /// Unsubscribes `id` and waits for the hub's answer (a subscription the hub ended already
     /// is over: nothing to ask). `release` runs once the client forgot it, before the wait: the
     /// subscription lets go of its buffer, on which the reader may be waiting.
+    ///
+    /// The frame is queued before the first wait, so that the hub is told even if this future
+    /// is dropped (a caller's timeout) while the queue is full: the client has forgotten the
+    /// subscription, and the hub must too.
     pub(crate) async fn unsubscribe(&self, id: u64, release: impl FnOnce()) -> Result<(), Error> {
         let shared = &self.inner.shared;
         let gone = {
@@ -1078,10 +1122,18 @@ impl Client {
         }
         let (done, answer) = oneshot::channel();
         shared.register(id, Pending::Unsubscribe { done: Some(done) }, None)?;
-        let frame = client_frame::Kind::Unsubscribe(Unsubscribe {
+        let frame = Command::Frame(client_frame::Kind::Unsubscribe(Unsubscribe {
             subscription_id: id,
-        });
-        self.exchange(Command::Frame(frame), answer).await
+        }));
+        if !send_detached(self.inner.commands.clone(), frame) {
+            shared.lock().pending.remove(&id);
+            return Err(shared.closed_error());
+        }
+        let limit = shared.options.request_timeout;
+        tokio::time::timeout(limit, answer)
+            .await
+            .map_err(|_| self.timeout_error())?
+            .map_err(|_| shared.closed_error())?
     }
 
     /// Forgets subscription `id` and tells the hub, without waiting (a dropped
@@ -1179,11 +1231,13 @@ impl Client {
         )
     }
 
-    /// The recipients of `channel` from the directory, cached for the directory TTL.
+    /// The recipients of `channel` from the directory, cached for the directory TTL. Only
+    /// publishes on the same channel wait for one another's lookup.
     async fn members(&self, channel: &Channel) -> Result<Arc<Recipients>, Error> {
         let shared = &self.inner.shared;
-        let mut members = self.inner.members.lock().await;
-        match members.get(channel) {
+        let slot = self.members_slot(channel);
+        let mut slot = slot.lock().await;
+        match slot.as_ref() {
             Some((at, Ok(recipients))) if at.elapsed() < shared.options.directory_ttl => {
                 return Ok(recipients.clone());
             }
@@ -1208,10 +1262,7 @@ impl Client {
             Ok(response) => response,
             Err(e) => {
                 if e.kind() == ErrorKind::Denied {
-                    if members.len() >= MAX_DENIALS_KEPT {
-                        members.retain(|_, (_, answer)| answer.is_ok());
-                    }
-                    members.insert(channel.clone(), (Instant::now(), Err(e.duplicate())));
+                    *slot = Some((Instant::now(), Err(e.duplicate())));
                 }
                 return Err(e);
             }
@@ -1223,8 +1274,19 @@ impl Client {
             .map(|b| shared.bundles.trust(b, now))
             .collect::<Result<Vec<_>, _>>()?;
         let recipients = Arc::new(Recipients::new(shared.identity.key_bundle(), bundles));
-        members.insert(channel.clone(), (Instant::now(), Ok(recipients.clone())));
+        *slot = Some((Instant::now(), Ok(recipients.clone())));
         Ok(recipients)
+    }
+
+    /// The members slot of `channel`, made if there is none ([`members_slot`]).
+    fn members_slot(&self, channel: &Channel) -> MembersSlot {
+        let mut members = self
+            .inner
+            .members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let ttl = self.inner.shared.options.directory_ttl;
+        members_slot(&mut members, channel, ttl)
     }
 
     fn check_payload(&self, payload: Vec<u8>) -> Result<Vec<u8>, Error> {
@@ -1653,13 +1715,7 @@ impl Shared {
         let frame = Command::Frame(client_frame::Kind::Unsubscribe(Unsubscribe {
             subscription_id: id,
         }));
-        if let Err(mpsc::error::TrySendError::Full(frame)) = commands.try_send(frame)
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            runtime.spawn(async move {
-                let _ = commands.send(frame).await;
-            });
-        }
+        send_detached(commands, frame);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -1818,6 +1874,17 @@ impl Shared {
                 (Some(Pending::Publish { channel, .. }), Some(_)) => {
                     state.resets.push(channel.clone());
                 }
+                // Held for approval, nothing of it was routed: nor was its key.
+                (
+                    Some(Pending::Publish {
+                        channel,
+                        key_epoch: Some(epoch),
+                        ..
+                    }),
+                    None,
+                ) if held.is_empty() => {
+                    state.keys_acked.push((channel.clone(), *epoch));
+                }
                 _ => {}
             }
             (pending, subscribed)
@@ -1851,6 +1918,7 @@ impl Shared {
                 channel,
                 waiters,
                 replies,
+                ..
             }) => {
                 let count = waiters.len() as u64;
                 let denied = refusal.as_ref().is_some_and(|(code, ..)| {
@@ -1894,6 +1962,21 @@ impl Shared {
             }
         }
         subscribed
+    }
+
+    /// How the session ended when the reader was told to stop: closed by this client, unless
+    /// the writer stopped because the connection took no more frames (it failed before the
+    /// reader saw it, or while the reader waited for room in a subscription's queue).
+    fn stopped(&self, transport: &Transport) -> End {
+        if !self.transport_failed.load(Ordering::Acquire) {
+            return End::ByClient;
+        }
+        let mut reason =
+            "the connection to the hub failed: it took no more of the session's frames".to_owned();
+        if let Some(tls) = transport.tls_alert() {
+            reason.push_str(&format!(" ({tls})"));
+        }
+        End::Hub(self.with_expiry(reason, None))
     }
 
     /// Ends the session: everything waiting fails, every subscription is told (unless this
@@ -1942,6 +2025,24 @@ impl Shared {
                 });
             }
         }
+    }
+}
+
+/// Queues `command` for the writer at once, or, when the queue is full, in a task of its own
+/// (on the current runtime, if any), so that it is sent whatever becomes of the caller;
+/// `false` if the writer is gone.
+fn send_detached(commands: mpsc::Sender<Command>, command: Command) -> bool {
+    match commands.try_send(command) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(command)) => {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = commands.send(command).await;
+                });
+            }
+            true
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
     }
 }
 
@@ -2200,10 +2301,11 @@ impl Writer<'_> {
             return true;
         }
         let shared = self.shared;
-        let (resets, mut open, unanswered) = {
+        let (acked, resets, mut open, unanswered) = {
             let mut state = shared.lock();
             let unanswered = state.sweep_unanswered(Instant::now());
             (
+                mem::take(&mut state.keys_acked),
                 mem::take(&mut state.resets),
                 state.closed.is_none(),
                 unanswered,
@@ -2219,6 +2321,9 @@ impl Writer<'_> {
             for waiter in unanswered.into_iter().flatten() {
                 let _ = waiter.send(Err(error.duplicate()));
             }
+        }
+        for (channel, epoch) in acked {
+            self.outbox.acknowledged(&channel, epoch);
         }
         for channel in resets {
             self.outbox.reset(&channel);
@@ -2254,6 +2359,7 @@ impl Writer<'_> {
                         channel,
                         waiters: tickets,
                         replies,
+                        key_epoch: publish.sender_keys.first().map(|k| k.epoch),
                     };
                     if shared.register_publish(id, pending).is_err() {
                         // The session is over. The waiters were dropped with `pending`: they
@@ -2274,11 +2380,18 @@ impl Writer<'_> {
         open
     }
 
+    /// Sends `frame`; `false` once the session is over, or its connection takes no more
+    /// frames (then [`Shared::stopped`] reports the failure).
     async fn send(&mut self, frame: ClientFrame) -> bool {
         tokio::select! {
             biased;
             _ = self.shutdown.wait_for(|stop| *stop) => false,
-            sent = self.outbound.send(frame) => sent.is_ok(),
+            sent = self.outbound.send(frame) => {
+                if sent.is_err() {
+                    self.shared.transport_failed.store(true, Ordering::Release);
+                }
+                sent.is_ok()
+            }
         }
     }
 }
@@ -2297,11 +2410,11 @@ async fn read(
     let mut arrived = None;
     let end = loop {
         let next = match arrived.take() {
-            Some(_) if *shutdown.borrow() => break End::ByClient,
+            Some(_) if *shutdown.borrow() => break shared.stopped(&transport),
             Some(next) => next,
             None => tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|stop| *stop) => break End::ByClient,
+                _ = shutdown.wait_for(|stop| *stop) => break shared.stopped(&transport),
                 next = stream.message() => next,
             },
         };
@@ -2318,7 +2431,7 @@ async fn read(
             Ok(Some(frame)) => {
                 tokio::select! {
                     biased;
-                    _ = shutdown.wait_for(|stop| *stop) => break End::ByClient,
+                    _ = shutdown.wait_for(|stop| *stop) => break shared.stopped(&transport),
                     awaited = handle(&shared, &transport, frame) => {
                         // The last task woken for what was just handed over waits in this
                         // worker's next-task slot until this task waits: if the next frame is
@@ -2614,6 +2727,34 @@ async fn queue(
     }
 }
 
+/// The slot of `channel` in `members`, made if there is none. Past [`MAX_CHANNELS_KEPT`]
+/// channels, those whose answer is older than `ttl` (or [`DENIAL_KEPT`]) are forgotten, then,
+/// if that is not enough, all that no one is looking up or waiting for.
+fn members_slot(
+    members: &mut HashMap<Channel, MembersSlot>,
+    channel: &Channel,
+    ttl: Duration,
+) -> MembersSlot {
+    if let Some(slot) = members.get(channel) {
+        return slot.clone();
+    }
+    if members.len() >= MAX_CHANNELS_KEPT {
+        let ttl = ttl.max(DENIAL_KEPT);
+        // A slot someone holds (a lookup under way, or waited for) is in use.
+        let fresh = |slot: &MembersSlot| {
+            Arc::strong_count(slot) > 1
+                || slot
+                    .try_lock()
+                    .is_ok_and(|s| s.as_ref().is_some_and(|(at, _)| at.elapsed() < ttl))
+        };
+        members.retain(|_, slot| fresh(slot));
+        if members.len() >= MAX_CHANNELS_KEPT {
+            members.retain(|_, slot| Arc::strong_count(slot) > 1);
+        }
+    }
+    members.entry(channel.clone()).or_default().clone()
+}
+
 /// Fetches the key bundles of `principals` from the directory into the cache; returns why
 /// each one that could not be had is missing.
 async fn lookup_bundles(
@@ -2720,6 +2861,7 @@ mod tests {
                 channel: Channel::parse(channel).unwrap(),
                 waiters: vec![waiter],
                 replies: Vec::new(),
+                key_epoch: None,
             };
             state.pending.insert(id, pending);
             let deadline = start + Duration::from_secs(id);
@@ -2860,6 +3002,61 @@ mod tests {
         assert_eq!(batch.len(), 2);
         gather(&mut rx, &mut batch, limits(3, 8), Duration::from_millis(50)).await;
         assert_eq!(batch.len(), 3);
+    }
+
+    #[test]
+    fn the_members_kept_are_bounded_and_each_channel_looks_up_on_its_own() {
+        let ttl = Duration::from_secs(30);
+        let channel = |i: usize| Channel::parse(&format!("metrics.m{i}")).unwrap();
+        let answer = |at: Instant| Some((at, Err(Error::new(ErrorKind::Denied, "no"))));
+        let mut members = HashMap::new();
+        // A lookup under way on one channel holds its slot: another's is free.
+        let slow = members_slot(&mut members, &channel(0), ttl);
+        let _looking_up = slow.try_lock().unwrap();
+        let other = members_slot(&mut members, &channel(1), ttl);
+        assert!(other.try_lock().is_ok());
+        assert!(Arc::ptr_eq(
+            &other,
+            &members_slot(&mut members, &channel(1), ttl)
+        ));
+        drop(other);
+
+        // Full: the stale answers go first, the fresh ones and the slot in use stay.
+        let stale = Instant::now().checked_sub(2 * ttl).unwrap();
+        for i in 1..MAX_CHANNELS_KEPT {
+            let at = if i % 2 == 0 { stale } else { Instant::now() };
+            *members_slot(&mut members, &channel(i), ttl)
+                .try_lock()
+                .unwrap() = answer(at);
+        }
+        assert_eq!(members.len(), MAX_CHANNELS_KEPT);
+        members_slot(&mut members, &channel(MAX_CHANNELS_KEPT), ttl);
+        // The one in use, the odd ones (fresh), the new one.
+        assert_eq!(members.len(), 1 + MAX_CHANNELS_KEPT / 2 + 1);
+        assert!(members.contains_key(&channel(0)));
+        assert!(members.contains_key(&channel(1)));
+        assert!(!members.contains_key(&channel(2)));
+
+        // Full of fresh answers: all but the one in use go.
+        for slot in members.values() {
+            if let Ok(mut slot) = slot.try_lock() {
+                *slot = answer(Instant::now());
+            }
+        }
+        for i in MAX_CHANNELS_KEPT + 1.. {
+            if members.len() == MAX_CHANNELS_KEPT {
+                break;
+            }
+            *members_slot(&mut members, &channel(i), ttl)
+                .try_lock()
+                .unwrap() = answer(Instant::now());
+        }
+        assert_eq!(members.len(), MAX_CHANNELS_KEPT);
+        members_slot(&mut members, &channel(3 * MAX_CHANNELS_KEPT), ttl);
+        let mut kept: Vec<&str> = members.keys().map(Channel::as_str).collect();
+        kept.sort_unstable();
+        let last = format!("metrics.m{}", 3 * MAX_CHANNELS_KEPT);
+        assert_eq!(kept, ["metrics.m0", last.as_str()]);
     }
 
     #[test]

@@ -11,8 +11,12 @@
 //! | `key-bundle.pb` | the CA-signed key bundle (protobuf `KeyBundle`) |
 //! | `ca.pem` | the trust bundle: the CA certificates to verify against |
 //! | `tls-key.next.pem` | only while a renewal is being written: the new TLS key |
+//! | `identity.lock` | empty: locked while the directory is written or loaded |
 //!
 //! The directory is created 0700 and every file 0600, and each file is replaced atomically.
+//! Writing holds an exclusive advisory lock on `identity.lock` and loading a shared one, so that
+//! clients sharing the directory (two processes of one agent renewing at the same moment)
+//! neither interleave their writes nor load one half-way.
 //!
 //! A renewal ([`Identity::renewed_with`]) brings a new certificate and TLS key, and may bring
 //! what the hub's answer offers during an intermediate CA rollover: the hub's trust bundle,
@@ -67,6 +71,7 @@ const MESSAGE_KEYS: &str = "message-keys.bin";
 const KEY_BUNDLE: &str = "key-bundle.pb";
 const TRUST: &str = "ca.pem";
 const TLS_KEY_NEXT: &str = "tls-key.next.pem";
+const LOCK: &str = "identity.lock";
 
 /// Why an identity could not be made, loaded or saved.
 #[derive(Debug, thiserror::Error)]
@@ -203,6 +208,7 @@ impl Identity {
     /// ```
     pub fn load(dir: &Path, now: SystemTime) -> Result<Self, IdentityError> {
         files::check_dir(dir)?;
+        let _lock = DirLock::shared(dir)?;
         let meta: Meta = serde_json::from_slice(&files::read_private(&dir.join(META))?)
             .map_err(|e| malformed(META, e))?;
         if meta.version != IDENTITY_VERSION {
@@ -242,6 +248,7 @@ impl Identity {
     /// Writes the identity to `dir` (created 0700 if missing), each file atomically.
     pub fn save(&self, dir: &Path) -> Result<(), IdentityError> {
         files::create_private_dir_all(dir)?;
+        let _lock = DirLock::exclusive(dir)?;
         let rng = SystemRandom::new();
         let meta = serde_json::to_vec_pretty(&Meta {
             version: IDENTITY_VERSION,
@@ -295,6 +302,7 @@ impl Identity {
     /// ```
     pub fn save_renewal(&self, dir: &Path) -> Result<(), IdentityError> {
         files::check_dir(dir)?;
+        let _lock = DirLock::exclusive(dir)?;
         let meta: Meta = serde_json::from_slice(&files::read_private(&dir.join(META))?)
             .map_err(|e| malformed(META, e))?;
         if meta.version != IDENTITY_VERSION {
@@ -560,6 +568,77 @@ impl std::fmt::Debug for Identity {
     }
 }
 
+/// An advisory lock on an identity directory's `identity.lock` (made 0600 if missing), held
+/// until dropped. Only for the directory's own writers and readers: nothing else is kept out.
+struct DirLock(
+    /// Unlocked as it is closed.
+    #[expect(dead_code, reason = "held for its lock, never read")]
+    Option<std::fs::File>,
+);
+
+impl DirLock {
+    /// The lock for writing `dir`: no one else writes or loads it meanwhile.
+    fn exclusive(dir: &Path) -> Result<Self, IdentityError> {
+        let path = dir.join(LOCK);
+        let file = Self::open(&path).map_err(|e| lock_error(&path, e))?;
+        match file.lock() {
+            Ok(()) => Ok(Self(Some(file))),
+            // A file system without locks: as before there were any.
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => Ok(Self(None)),
+            Err(e) => Err(lock_error(&path, e)),
+        }
+    }
+
+    /// The lock for loading `dir`: no one writes it meanwhile. A directory this process may
+    /// not write to (a read-only mount) has no writer to wait for, and loads without one.
+    fn shared(dir: &Path) -> Result<Self, IdentityError> {
+        use std::io::ErrorKind;
+
+        let path = dir.join(LOCK);
+        let file = match Self::open(&path) {
+            Ok(file) => file,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
+                return Ok(Self(None));
+            }
+            Err(e) => return Err(lock_error(&path, e)),
+        };
+        match file.lock_shared() {
+            Ok(()) => Ok(Self(Some(file))),
+            Err(e) if e.kind() == ErrorKind::Unsupported => Ok(Self(None)),
+            Err(e) => Err(lock_error(&path, e)),
+        }
+    }
+
+    fn open(path: &Path) -> std::io::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+
+        // Not through a link someone put there (the directory is checked to be this user's).
+        if std::fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_file()) {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+    }
+}
+
+fn lock_error(path: &Path, source: std::io::Error) -> IdentityError {
+    IdentityError::Files(KeyStoreError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Meta {
     version: u32,
@@ -820,8 +899,54 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            [TRUST, CHAIN, META, KEY_BUNDLE, MESSAGE_KEYS, TLS_KEY]
+            [TRUST, CHAIN, META, LOCK, KEY_BUNDLE, MESSAGE_KEYS, TLS_KEY]
         );
+    }
+
+    /// Two clients sharing the directory renew at the same moment, again and again, while a
+    /// third loads it: every load finds a certificate with its key, and so does the last.
+    #[test]
+    fn renewals_written_at_once_never_leave_a_mismatched_pair() {
+        const ROUNDS: usize = 40;
+        let tmp = tempfile::tempdir().unwrap();
+        let (ca, old, _) = issued(tmp.path());
+        let renewal = || {
+            let (chain, key) = certificate(&ca, old.principal());
+            old.renewed(chain, key, SystemTime::now()).unwrap()
+        };
+        let (one, two) = (renewal(), renewal());
+        let dir = tmp.path().join("alice");
+        old.save(&dir).unwrap();
+        let writing = std::sync::atomic::AtomicUsize::new(2);
+        std::thread::scope(|scope| {
+            for renewed in [&one, &two] {
+                let (dir, writing) = (&dir, &writing);
+                scope.spawn(move || {
+                    for _ in 0..ROUNDS {
+                        renewed.save_renewal(dir).unwrap();
+                    }
+                    writing.fetch_sub(1, std::sync::atomic::Ordering::Release);
+                });
+            }
+            let mut loads = 0;
+            while writing.load(std::sync::atomic::Ordering::Acquire) > 0 || loads == 0 {
+                let loaded = Identity::load(&dir, SystemTime::now());
+                assert!(loaded.is_ok(), "load {loads}: {:?}", loaded.err());
+                loads += 1;
+            }
+        });
+        let last = Identity::load(&dir, SystemTime::now()).unwrap();
+        assert!(last.chain == one.chain || last.chain == two.chain);
+        assert!(!dir.join(TLS_KEY_NEXT).exists());
+        let mode = |name: &str| {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::metadata(dir.join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode(LOCK), 0o600);
     }
 
     #[test]
@@ -919,7 +1044,7 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            [TRUST, CHAIN, META, KEY_BUNDLE, MESSAGE_KEYS, TLS_KEY]
+            [TRUST, CHAIN, META, LOCK, KEY_BUNDLE, MESSAGE_KEYS, TLS_KEY]
         );
     }
 

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use entente_wire::Limits;
 
+/// The longest keepalive interval and timeout: past it, the timers' arithmetic could overflow.
+const MAX_KEEPALIVE: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// How a [`Client`](crate::Client) behaves. Every setting has a default; setters clamp values
 /// to what works (a queue of at least one entry, a batch within the wire limit).
 ///
@@ -37,6 +40,8 @@ pub struct ClientOptions {
     pub(crate) limits: Limits,
     pub(crate) renew: bool,
     pub(crate) session_transport: SessionTransport,
+    pub(crate) keepalive: Option<Duration>,
+    pub(crate) keepalive_timeout: Duration,
 }
 
 /// How a client's session travels to the hub ([`ClientOptions::session_transport`]).
@@ -76,6 +81,8 @@ impl Default for ClientOptions {
             limits: Limits::default(),
             renew: true,
             session_transport: SessionTransport::Framed,
+            keepalive: Some(Duration::from_secs(30)),
+            keepalive_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -212,7 +219,10 @@ impl ClientOptions {
         self
     }
 
-    /// How long a channel's recipients, looked up in the directory, are reused. Default 30 s.
+    /// How long a channel's recipients, looked up in the directory, are reused, and how long
+    /// the key bundle of the one principal a direct message, request or reply is sealed to is
+    /// used before it is looked up again ([`Client::key_bundle`](crate::Client::key_bundle)).
+    /// Default 30 s.
     pub fn directory_ttl(mut self, ttl: Duration) -> Self {
         self.directory_ttl = ttl;
         self
@@ -274,6 +284,61 @@ impl ClientOptions {
     /// The session transport in force.
     pub fn session_transport_value(&self) -> SessionTransport {
         self.session_transport
+    }
+
+    /// How long a connection to the hub may go without a word from it before the client
+    /// checks that the hub is still there, or `None` never to check. Default 30 s, as the hub
+    /// checks its clients.
+    ///
+    /// Every connection has TCP keepalive on: after this long without traffic (at least a
+    /// second), the kernel probes the peer four times within
+    /// [`keepalive_timeout`](Self::keepalive_timeout) (at least a second apart) and breaks the
+    /// connection if none is answered: a hub host gone, or a network path dropped, without
+    /// the connection being closed. Probes go only while nothing sent is unacknowledged, so
+    /// a TCP user timeout of this interval plus `keepalive_timeout` also breaks a connection
+    /// whose data the hub leaves unacknowledged that long. An HTTP/2 connection (the session's over
+    /// [`SessionTransport::Http2`], and the one for calls while a call is under way) is also
+    /// pinged at this interval, and closed when a ping goes unanswered for
+    /// `keepalive_timeout`: that also finds a hub that stopped answering while its host still
+    /// does. Either way the session ends with [`ErrorKind::Closed`](crate::ErrorKind::Closed).
+    /// A framed session has no pings (PROTOCOL.md §9.1): TCP keepalive is its only check.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use entente_client::ClientOptions;
+    ///
+    /// let options = ClientOptions::new()
+    ///     .keepalive(Some(Duration::from_secs(10)))
+    ///     .keepalive_timeout(Duration::from_secs(5));
+    /// assert_eq!(options.keepalive_value(), Some(Duration::from_secs(10)));
+    /// assert_eq!(ClientOptions::new().keepalive_value(), Some(Duration::from_secs(30)));
+    /// ```
+    pub fn keepalive(mut self, interval: Option<Duration>) -> Self {
+        self.keepalive = interval
+            .filter(|d| !d.is_zero())
+            .map(|d| d.min(MAX_KEEPALIVE));
+        self
+    }
+
+    /// How long the hub has to answer a keepalive check ([`keepalive`](Self::keepalive))
+    /// before the connection is taken for broken. Default 20 s; at least a millisecond, at
+    /// most a day.
+    pub fn keepalive_timeout(mut self, timeout: Duration) -> Self {
+        self.keepalive_timeout = timeout.clamp(Duration::from_millis(1), MAX_KEEPALIVE);
+        self
+    }
+
+    /// The keepalive interval in force ([`keepalive`](Self::keepalive)).
+    pub fn keepalive_value(&self) -> Option<Duration> {
+        self.keepalive
+    }
+
+    /// The keepalive settings of the connections, if keepalive is on.
+    pub(crate) fn keepalive_settings(&self) -> Option<crate::transport::Keepalive> {
+        self.keepalive.map(|interval| crate::transport::Keepalive {
+            interval,
+            timeout: self.keepalive_timeout,
+        })
     }
 
     /// Whether automatic renewal is on.

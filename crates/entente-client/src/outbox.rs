@@ -1,11 +1,15 @@
 //! The publishing side as a state machine: messages in, `Publish` frames out. No I/O.
 //!
-//! One [`Sealer`] per channel. A channel's first frame, and the first after every rotation,
-//! carries the new epoch's sender key; a rotation happens when the recipients differ from the
-//! epoch's, when the sealer says so ([`Sealer::needs_rotation`]: message count or age), or
-//! after [`Outbox::reset`] (the hub refused a frame, so some recipients may lack the key).
-//! The current key is also sent again once per resend interval, for recipients who subscribed
-//! after it was first sent.
+//! One [`Sealer`] per channel. Every frame of a new epoch carries its sender key until the hub
+//! has acknowledged one that carried it ([`Outbox::acknowledged`]): frames go out without
+//! waiting for the answers to those before, so the first one may be refused (a rate limit)
+//! while the next is routed, and a frame without the key would then reach recipients who never
+//! got it. A rotation happens when the recipients differ from the epoch's, when the sealer
+//! says so ([`Sealer::needs_rotation`]: message count or age), or after [`Outbox::reset`]
+//! (the hub refused a frame, so some recipients may lack the key); the sealer is kept and
+//! rotated, so that the new epoch's number is above the old one's (PROTOCOL.md §4.3). Once
+//! acknowledged, the current key is sent again once per resend interval, for recipients who
+//! subscribed after it was first sent.
 //!
 //! Messages of one channel with the same recipients are sealed together (requests whatever
 //! their `reply_to`), up to `batch_max` messages — requests and replies each up to the
@@ -23,7 +27,9 @@
 //! the root is sealed under the epoch's one payload key, its channel in its header. So a reply
 //! costs a signature and AES-GCM, not an HPKE wrap, a second signature or a key derivation. A
 //! requester's sealer is dropped once it has gone unused for [`REPLY_SCOPE_IDLE_MS`], so
-//! answering many requesters keeps no state for long.
+//! answering many requesters keeps no state for long; another channel's, once it has gone
+//! unused for [`CHANNEL_IDLE_MS`], so that publishing on many channels does not either (its
+//! next message starts an epoch numbered by the clock, which has moved past the old one).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +43,9 @@ use crate::{Error, ErrorKind};
 
 /// How long a sealer for a requester's reply namespace is kept unused.
 pub(crate) const REPLY_SCOPE_IDLE_MS: u64 = 60_000;
+
+/// How long the sealer of any other channel is kept unused.
+pub(crate) const CHANNEL_IDLE_MS: u64 = 10 * 60_000;
 
 /// Age of a reply namespace sealer's epoch: the requester holds it until it expires.
 const REPLY_EPOCH_MAX_AGE_MS: u64 = 10 * 60_000;
@@ -139,8 +148,8 @@ pub(crate) struct Outbox {
     options: OutboxOptions,
     /// Sealers by channel, or by reply namespace root for replies.
     channels: HashMap<Channel, ChannelState>,
-    /// When idle reply namespace sealers were last dropped.
-    replies_purged_ms: u64,
+    /// When idle sealers were last dropped.
+    purged_ms: u64,
 }
 
 #[derive(Debug)]
@@ -149,6 +158,11 @@ struct ChannelState {
     recipients: Arc<Recipients>,
     sender_key: wire::SenderKey,
     key_sent_ms: u64,
+    /// Whether the hub acknowledged a frame carrying `sender_key`: until then, every frame
+    /// carries it.
+    key_acked: bool,
+    /// The hub refused a frame ([`Outbox::reset`]): the next message starts a new epoch.
+    rotate: bool,
     used_ms: u64,
 }
 
@@ -196,17 +210,35 @@ impl Outbox {
             keys,
             options,
             channels: HashMap::new(),
-            replies_purged_ms: 0,
+            purged_ms: 0,
         }
     }
 
-    /// Forgets `channel`'s sealer (for a reply channel, its requester's): its next message
-    /// starts a new epoch with a new sender key.
+    /// Makes the next message of `channel` (for a reply channel, of its requester's reply
+    /// namespace) start a new epoch with a new sender key, numbered above the current one.
     pub(crate) fn reset(&mut self, channel: &Channel) {
+        if let Some(state) = self.state_mut(channel) {
+            state.rotate = true;
+        }
+    }
+
+    /// The hub acknowledged a frame on `channel` (for a reply channel, of its requester's
+    /// reply namespace) that carried the sender key of `epoch`: if that is still the current
+    /// epoch, its key goes out again only once per resend interval.
+    pub(crate) fn acknowledged(&mut self, channel: &Channel, epoch: u64) {
+        if let Some(state) = self.state_mut(channel)
+            && state.sender_key.epoch == epoch
+        {
+            state.key_acked = true;
+        }
+    }
+
+    /// The state of the sealer of `channel`, or of its reply namespace root.
+    fn state_mut(&mut self, channel: &Channel) -> Option<&mut ChannelState> {
         match namespace::reply_root_of(channel) {
-            Some(root) => self.channels.remove(&root),
-            None => self.channels.remove(channel),
-        };
+            Some(root) => self.channels.get_mut(&root),
+            None => self.channels.get_mut(channel),
+        }
     }
 
     /// Seals `messages` into frames, in order within each channel. `next_id` draws request IDs.
@@ -279,9 +311,7 @@ impl Outbox {
         {
             *sender_key = self.channels.get(scope).map(|c| c.sender_key.clone());
         }
-        if root.is_some() {
-            self.purge_idle_replies(now_ms);
-        }
+        self.purge_idle(now_ms);
         let (channel, replies) = if replies {
             let again = messages
                 .into_iter()
@@ -362,6 +392,7 @@ impl Outbox {
                     .map_err(|e| seal_error(channel, e))?;
                 state.sender_key = sender_key.clone();
                 state.key_sent_ms = now_ms;
+                state.key_acked = false;
                 let batch = seal(&mut state.sealer).map_err(|e| seal_error(channel, e))?;
                 Ok((Some(sender_key), batch))
             }
@@ -370,7 +401,9 @@ impl Outbox {
     }
 
     /// Makes sure `channel` has a sealer for `recipients` and returns the sender key to send
-    /// with the next batch, if any.
+    /// with the next batch, if any: a new epoch's, or the current one's while the hub has
+    /// acknowledged no frame carrying it (a frame sealed meanwhile may be refused, or its
+    /// sealing may fail) or once the resend interval has passed.
     fn prepare(
         &mut self,
         channel: &Channel,
@@ -381,8 +414,8 @@ impl Outbox {
         if let Some(state) = self.channels.get_mut(channel) {
             let same = Arc::ptr_eq(&state.recipients, recipients)
                 || state.recipients.as_ref() == recipients.as_ref();
-            if same && !state.sealer.needs_rotation(now_ms) {
-                if now_ms.saturating_sub(state.key_sent_ms) >= resend {
+            if same && !state.rotate && !state.sealer.needs_rotation(now_ms) {
+                if !state.key_acked || now_ms.saturating_sub(state.key_sent_ms) >= resend {
                     state.key_sent_ms = now_ms;
                     return Ok(Some(state.sender_key.clone()));
                 }
@@ -395,6 +428,8 @@ impl Outbox {
             state.recipients = recipients.clone();
             state.sender_key = sender_key.clone();
             state.key_sent_ms = now_ms;
+            state.key_acked = false;
+            state.rotate = false;
             return Ok(Some(sender_key));
         }
         let (sealer, sender_key) = Sealer::new(
@@ -414,6 +449,8 @@ impl Outbox {
                 recipients: recipients.clone(),
                 sender_key: sender_key.clone(),
                 key_sent_ms: now_ms,
+                key_acked: false,
+                rotate: false,
                 used_ms: now_ms,
             },
         );
@@ -422,16 +459,20 @@ impl Outbox {
 }
 
 impl Outbox {
-    /// Drops the reply namespace sealers unused for [`REPLY_SCOPE_IDLE_MS`], at most once per
-    /// that interval.
-    fn purge_idle_replies(&mut self, now_ms: u64) {
-        if now_ms.saturating_sub(self.replies_purged_ms) < REPLY_SCOPE_IDLE_MS {
+    /// Drops the reply namespace sealers unused for [`REPLY_SCOPE_IDLE_MS`] and the others
+    /// unused for [`CHANNEL_IDLE_MS`], at most once per [`REPLY_SCOPE_IDLE_MS`].
+    fn purge_idle(&mut self, now_ms: u64) {
+        if now_ms.saturating_sub(self.purged_ms) < REPLY_SCOPE_IDLE_MS {
             return;
         }
-        self.replies_purged_ms = now_ms;
+        self.purged_ms = now_ms;
         self.channels.retain(|channel, state| {
-            !namespace::is_reply_root(channel)
-                || now_ms.saturating_sub(state.used_ms) < REPLY_SCOPE_IDLE_MS
+            let idle = if namespace::is_reply_root(channel) {
+                REPLY_SCOPE_IDLE_MS
+            } else {
+                CHANNEL_IDLE_MS
+            };
+            now_ms.saturating_sub(state.used_ms) < idle
         });
     }
 
@@ -673,43 +714,154 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_first_frame_carries_the_sender_key_and_later_ones_do_not() {
+    fn every_frame_carries_the_sender_key_until_the_hub_acknowledged_one() {
         let ca = TestCa::new();
         let (alice, bob) = (ca.agent("alice"), ca.agent("bob"));
         let recipients = Arc::new(Recipients::new(&alice.bundle, vec![bob.bundle.clone()]));
-        let mut outbox = outbox(&alice, 4, 1_000);
+        let mut outbox = outbox(&alice, 1, 1_000);
         let mut ids = 0;
         let mut next = || {
             ids += 1;
             ids
         };
+        let channel = Channel::parse("orders.eu").unwrap();
+        let keys = |out: &[(Channel, wire::Publish, Vec<u32>)]| -> Vec<usize> {
+            out.iter().map(|(_, p, _)| p.sender_keys.len()).collect()
+        };
 
+        // Frames sealed before any answer all carry the new epoch's key: the first one may be
+        // refused (a rate limit) while the next is routed.
         let first = frames(outbox.seal(
-            vec![message("orders.eu", b"a", &recipients, 1)],
+            vec![
+                message("orders.eu", b"a", &recipients, 1),
+                message("orders.eu", b"b", &recipients, 2),
+            ],
             NOW,
             &mut next,
         ));
-        assert_eq!(first.len(), 1);
-        assert_eq!(first[0].1.sender_keys.len(), 1);
+        assert_eq!(keys(&first), [1, 1]);
         assert_eq!(first[0].1.request_id, 1);
         let epoch = first[0].1.sender_keys[0].epoch;
+        assert_eq!(first[1].1.sender_keys[0].epoch, epoch);
 
+        // An acknowledgement of another epoch's key changes nothing.
+        outbox.acknowledged(&channel, epoch - 1);
         let second = frames(outbox.seal(
-            vec![message("orders.eu", b"b", &recipients, 2)],
+            vec![message("orders.eu", b"c", &recipients, 3)],
             NOW + 10,
             &mut next,
         ));
-        assert!(second[0].1.sender_keys.is_empty());
-        assert_eq!(second[0].1.batches[0].envelopes[0].epoch, epoch);
+        assert_eq!(keys(&second), [1]);
 
-        // After the resend interval the same key goes out again.
+        // Once the hub acknowledged a frame carrying it, the key goes no more...
+        outbox.acknowledged(&channel, epoch);
         let third = frames(outbox.seal(
-            vec![message("orders.eu", b"c", &recipients, 3)],
-            NOW + 1_010,
+            vec![message("orders.eu", b"d", &recipients, 4)],
+            NOW + 20,
             &mut next,
         ));
-        assert_eq!(third[0].1.sender_keys.len(), 1);
-        assert_eq!(third[0].1.sender_keys[0].epoch, epoch);
+        assert_eq!(keys(&third), [0]);
+        assert_eq!(third[0].1.batches[0].envelopes[0].epoch, epoch);
+
+        // ...until the resend interval has passed.
+        let fourth = frames(outbox.seal(
+            vec![message("orders.eu", b"e", &recipients, 5)],
+            NOW + 1_020,
+            &mut next,
+        ));
+        assert_eq!(keys(&fourth), [1]);
+        assert_eq!(fourth[0].1.sender_keys[0].epoch, epoch);
+    }
+
+    #[test]
+    fn after_a_failed_seal_the_next_frame_carries_the_key_its_epoch_started_with() {
+        let ca = TestCa::new();
+        let (alice, bob) = (ca.agent("alice"), ca.agent("bob"));
+        let recipients = Arc::new(Recipients::new(&alice.bundle, vec![bob.bundle.clone()]));
+        let mut outbox = outbox(&alice, 4, 60_000);
+        // The channel's first message starts its epoch, then fails to seal.
+        let huge = vec![0u8; wire::Limits::default().max_ciphertext_bytes];
+        let sealed = outbox.seal(
+            vec![message("orders.eu", &huge, &recipients, 1)],
+            NOW,
+            &mut || 1,
+        );
+        assert!(matches!(&sealed[0], Sealed::Failed { .. }));
+        let epoch = outbox.channels[&Channel::parse("orders.eu").unwrap()]
+            .sender_key
+            .epoch;
+        let next = frames(outbox.seal(
+            vec![message("orders.eu", b"fine", &recipients, 2)],
+            NOW + 1,
+            &mut || 2,
+        ));
+        assert_eq!(next[0].1.sender_keys.len(), 1);
+        assert_eq!(next[0].1.sender_keys[0].epoch, epoch);
+        assert_eq!(next[0].1.batches[0].envelopes[0].epoch, epoch);
+    }
+
+    #[test]
+    fn a_reset_epoch_is_numbered_above_the_last_even_within_the_same_millisecond() {
+        let ca = TestCa::new();
+        let (alice, bob) = (ca.agent("alice"), ca.agent("bob"));
+        let to_bob = Arc::new(Recipients::new(&alice.bundle, vec![bob.bundle.clone()]));
+        let mut outbox = outbox(&alice, 4, 60_000);
+        let mut ids = 0;
+        let mut next = || {
+            ids += 1;
+            ids
+        };
+        for channel in ["orders.eu", "_reply.shop.bob.x1"] {
+            let first =
+                frames(outbox.seal(vec![message(channel, b"1", &to_bob, 1)], NOW, &mut next));
+            let before = first[0].1.batches[0].envelopes[0].epoch;
+            outbox.reset(&Channel::parse(channel).unwrap());
+            let again =
+                frames(outbox.seal(vec![message(channel, b"2", &to_bob, 2)], NOW, &mut next));
+            let after = &again[0].1;
+            assert!(after.batches[0].envelopes[0].epoch > before, "{channel}");
+            assert_eq!(
+                after.sender_keys[0].epoch,
+                after.batches[0].envelopes[0].epoch
+            );
+            assert_eq!(after.batches[0].envelopes[0].seq, 0, "{channel}");
+        }
+    }
+
+    #[test]
+    fn idle_sealers_are_dropped() {
+        let ca = TestCa::new();
+        let alice = ca.agent("alice");
+        let recipients = Arc::new(Recipients::new(&alice.bundle, Vec::new()));
+        let mut outbox = outbox(&alice, 4, 60_000);
+        let mut next = || 1;
+        for i in 0..100 {
+            let channel = format!("metrics.m{i}");
+            frames(outbox.seal(
+                vec![message(&channel, b"x", &recipients, i)],
+                NOW,
+                &mut next,
+            ));
+        }
+        assert_eq!(outbox.channels.len(), 100);
+        // Kept while in use...
+        let soon = NOW + CHANNEL_IDLE_MS - 1;
+        frames(outbox.seal(
+            vec![message("metrics.m0", b"x", &recipients, 0)],
+            soon,
+            &mut next,
+        ));
+        assert_eq!(outbox.channels.len(), 100);
+        // ...dropped once unused for long.
+        let later = soon + REPLY_SCOPE_IDLE_MS;
+        frames(outbox.seal(
+            vec![message("metrics.m1", b"x", &recipients, 0)],
+            later,
+            &mut next,
+        ));
+        let mut kept: Vec<&str> = outbox.channels.keys().map(Channel::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["metrics.m0", "metrics.m1"]);
     }
 
     #[test]
@@ -745,10 +897,10 @@ pub(crate) mod tests {
             assert_eq!(frame.1.sender_keys.len(), 1);
             assert_eq!(frame.1.batches[0].envelopes.len(), 1);
         }
-        // The rest batch as usual, without the key already sent.
+        // The rest batch as usual, with the key (the hub has acknowledged none yet).
         assert_eq!(sealed[2].2, [3, 4]);
         assert!(sealed[2].1.purpose.is_empty());
-        assert!(sealed[2].1.sender_keys.is_empty());
+        assert_eq!(sealed[2].1.sender_keys.len(), 1);
     }
 
     #[test]
@@ -939,13 +1091,9 @@ pub(crate) mod tests {
             ]
         );
 
-        // A reset on any reply channel forgets the requester's sealer.
-        outbox.reset(&out[0].0);
-        assert!(
-            !outbox
-                .channels
-                .contains_key(&Channel::parse("_reply.shop.bob").unwrap())
-        );
+        // A reset on any reply channel makes the requester's sealer start a new epoch.
+        outbox.reset(&out[1].0);
+        assert!(outbox.channels[&Channel::parse("_reply.shop.bob").unwrap()].rotate);
     }
 
     #[test]

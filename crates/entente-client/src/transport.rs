@@ -22,7 +22,7 @@ use entente_wire::{
 use http::uri::PathAndQuery;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf, ReadHalf};
 use tokio::net::{TcpStream, ToSocketAddrs};
@@ -50,6 +50,21 @@ const WRITE_KEEP: usize = 64 * 1024;
 /// How long a framed session's writer may take to send what was queued and close the
 /// connection once the session is over.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// TCP keepalive probes sent within [`Keepalive::timeout`] before the hub is taken for gone
+/// (as the hub probes its framed clients).
+const KEEPALIVE_PROBES: u32 = 4;
+
+/// How a connection checks that the hub is still there ([`ClientOptions::keepalive`]).
+///
+/// [`ClientOptions::keepalive`]: crate::ClientOptions::keepalive
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Keepalive {
+    /// Silence before the first TCP keepalive probe, and between HTTP/2 pings.
+    pub(crate) interval: Duration,
+    /// How long the probes, or the answer to a ping, may take.
+    pub(crate) timeout: Duration,
+}
 
 /// The connections to the hub: the session's, and the one calls go on.
 #[derive(Debug, Clone)]
@@ -85,6 +100,7 @@ struct H2Connection {
 struct OnDemand {
     peer: SocketAddr,
     credential: Arc<Credential>,
+    keepalive: Option<Keepalive>,
     /// The connection, with the task driving it. Held across a dial, so that calls made
     /// meanwhile wait for the one connection.
     open: tokio::sync::Mutex<Option<(H2Connection, JoinHandle<()>)>>,
@@ -124,12 +140,14 @@ impl Transport {
         addr: impl ToSocketAddrs,
         limits: Limits,
         kind: SessionTransport,
+        keepalive: Option<Keepalive>,
         outbound: mpsc::Receiver<ClientFrame>,
     ) -> Result<(Self, SessionStream, Driver), Error> {
         let (config, server_name) = mtls_config(&credential.current())?;
         match kind {
             SessionTransport::Http2 => {
-                let (connection, task) = H2Connection::open(config, server_name, addr).await?;
+                let (connection, task) =
+                    H2Connection::open(config, server_name, addr, keepalive).await?;
                 let transport = Self {
                     alert: connection.alert.clone(),
                     calls: Calls::Session(connection),
@@ -151,7 +169,16 @@ impl Transport {
                 }
             }
             SessionTransport::Framed => {
-                Self::connect_framed(credential, config, server_name, addr, limits, outbound).await
+                Self::connect_framed(
+                    credential,
+                    config,
+                    server_name,
+                    addr,
+                    keepalive,
+                    limits,
+                    outbound,
+                )
+                .await
             }
         }
     }
@@ -163,11 +190,12 @@ impl Transport {
         mut config: rustls::ClientConfig,
         server_name: ServerName<'static>,
         addr: impl ToSocketAddrs,
+        keepalive: Option<Keepalive>,
         limits: Limits,
         outbound: mpsc::Receiver<ClientFrame>,
     ) -> Result<(Self, SessionStream, Driver), Error> {
         config.alpn_protocols = vec![framed::ALPN.to_vec()];
-        let (tls, at) = tls_connect(config, server_name, addr).await?;
+        let (tls, at) = tls_connect(config, server_name, addr, keepalive).await?;
         if tls.get_ref().1.alpn_protocol() != Some(framed::ALPN) {
             return Err(Error::new(
                 ErrorKind::Unsupported,
@@ -193,6 +221,7 @@ impl Transport {
             calls: Calls::OnDemand(Arc::new(OnDemand {
                 peer,
                 credential,
+                keepalive,
                 open: tokio::sync::Mutex::default(),
                 closed: AtomicBool::new(false),
             })),
@@ -223,7 +252,8 @@ impl Transport {
         let server_name = ServerName::try_from(name).map_err(|e| {
             Error::new(ErrorKind::Tls, format!("tls setup failed: {e}")).with_source(e)
         })?;
-        let (connection, task) = H2Connection::open(config, server_name, addr).await?;
+        // A short exchange under its own timeout: no keepalive.
+        let (connection, task) = H2Connection::open(config, server_name, addr, None).await?;
         Ok((
             Self {
                 alert: connection.alert.clone(),
@@ -402,7 +432,8 @@ impl OnDemand {
             task.abort();
         }
         let (config, server_name) = mtls_config(&self.credential.current())?;
-        let (connection, task) = H2Connection::open(config, server_name, self.peer).await?;
+        let (connection, task) =
+            H2Connection::open(config, server_name, self.peer, self.keepalive).await?;
         *open = Some((connection.clone(), task));
         Ok(connection)
     }
@@ -420,17 +451,18 @@ impl Drop for OnDemand {
 
 impl H2Connection {
     /// Connects with `config`, then the HTTP/2 handshake; returns the connection with the
-    /// task driving it.
+    /// task driving it, which pings the hub while streams are open if `keepalive` says so.
     async fn open(
         config: rustls::ClientConfig,
         server_name: ServerName<'static>,
         addr: impl ToSocketAddrs,
+        keepalive: Option<Keepalive>,
     ) -> Result<(Self, JoinHandle<()>), Error> {
         let origin =
             http::Uri::try_from(format!("https://{}", server_name.to_str())).map_err(|e| {
                 Error::new(ErrorKind::InvalidInput, format!("bad hub name: {e}")).with_source(e)
             })?;
-        let (tls, at) = tls_connect(config, server_name, addr).await?;
+        let (tls, at) = tls_connect(config, server_name, addr, keepalive).await?;
         let alert = TlsAlert::default();
         let io = Watched {
             io: tls,
@@ -439,19 +471,24 @@ impl H2Connection {
         // One stream until the hub's SETTINGS say how many it serves at once: calls made
         // right after connecting then wait for a stream rather than being refused
         // (`REFUSED_STREAM`) for exceeding a limit not yet known.
-        let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .initial_max_send_streams(1)
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| {
-                alert.refused().unwrap_or_else(|| {
-                    Error::new(
-                        classify(&e),
-                        format!("the http/2 handshake with the hub{at} failed: {e}"),
-                    )
-                    .with_source(e)
-                })
-            })?;
+        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        builder.initial_max_send_streams(1);
+        // A hub that stops answering pings is gone, even while its host answers TCP's probes.
+        if let Some(keepalive) = keepalive {
+            builder
+                .timer(TokioTimer::new())
+                .keep_alive_interval(keepalive.interval)
+                .keep_alive_timeout(keepalive.timeout);
+        }
+        let (send, connection) = builder.handshake(TokioIo::new(io)).await.map_err(|e| {
+            alert.refused().unwrap_or_else(|| {
+                Error::new(
+                    classify(&e),
+                    format!("the http/2 handshake with the hub{at} failed: {e}"),
+                )
+                .with_source(e)
+            })
+        })?;
         let driver = tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -515,13 +552,15 @@ fn mtls_config(identity: &Identity) -> Result<(rustls::ClientConfig, ServerName<
     Ok((config, server_name))
 }
 
-/// TCP to `addr`, then the TLS handshake; returns the stream with ` at ADDR` for errors.
+/// TCP to `addr` (with `keepalive`), then the TLS handshake; returns the stream with
+/// ` at ADDR` for errors.
 async fn tls_connect(
     config: rustls::ClientConfig,
     server_name: ServerName<'static>,
     addr: impl ToSocketAddrs,
+    keepalive: Option<Keepalive>,
 ) -> Result<(TlsStream<TcpStream>, String), Error> {
-    let tcp = dial(addr).await?;
+    let tcp = dial(addr, keepalive).await?;
     let at = tcp
         .peer_addr()
         .map_or_else(|_| String::new(), |p| format!(" at {p}"));
@@ -629,8 +668,9 @@ async fn write_frames<W: AsyncWrite + Unpin>(mut io: W, mut frames: mpsc::Receiv
     let _ = io.shutdown().await;
 }
 
-/// Resolves `addr` and connects to the first address that answers.
-async fn dial(addr: impl ToSocketAddrs) -> Result<TcpStream, Error> {
+/// Resolves `addr` and connects to the first address that answers, with TCP keepalive if
+/// `keepalive` says so.
+async fn dial(addr: impl ToSocketAddrs, keepalive: Option<Keepalive>) -> Result<TcpStream, Error> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
         .await
         .map_err(|e| {
@@ -646,6 +686,15 @@ async fn dial(addr: impl ToSocketAddrs) -> Result<TcpStream, Error> {
         match TcpStream::connect(addr).await {
             Ok(tcp) => {
                 let _ = tcp.set_nodelay(true);
+                if let Some(keepalive) = keepalive {
+                    // Best effort, as `nodelay`: a connection without it still works.
+                    let socket = socket2::SockRef::from(&tcp);
+                    let _ = socket.set_tcp_keepalive(&tcp_keepalive(keepalive));
+                    // Keepalive probes only an idle connection: data the hub never acknowledges
+                    // (its host gone while the client writes) breaks it in the same time.
+                    let _ =
+                        socket.set_tcp_user_timeout(Some(keepalive.interval + keepalive.timeout));
+                }
                 return Ok(tcp);
             }
             Err(e) => last = Some((*addr, e)),
@@ -659,6 +708,16 @@ async fn dial(addr: impl ToSocketAddrs) -> Result<TcpStream, Error> {
         .with_source(e),
         None => Error::new(ErrorKind::Connect, "the hub's address resolved to nothing"),
     })
+}
+
+/// TCP keepalive for `keepalive`: the first probe after its interval, then
+/// [`KEEPALIVE_PROBES`] within its timeout; the kernel counts in whole seconds, one at least.
+fn tcp_keepalive(keepalive: Keepalive) -> socket2::TcpKeepalive {
+    let second = Duration::from_secs(1);
+    socket2::TcpKeepalive::new()
+        .with_time(keepalive.interval.max(second))
+        .with_interval((keepalive.timeout / KEEPALIVE_PROBES).max(second))
+        .with_retries(KEEPALIVE_PROBES)
 }
 
 /// The error for a gRPC status ending `what` (a session or a call). A rate limit's refusal
@@ -1032,6 +1091,50 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::Tls);
     }
 
+    #[tokio::test]
+    async fn connections_have_tcp_keepalive_as_asked() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let keepalive = Keepalive {
+            interval: Duration::from_secs(7),
+            timeout: Duration::from_secs(12),
+        };
+        let tcp = dial(addr, Some(keepalive)).await.unwrap();
+        let socket = socket2::SockRef::from(&tcp);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(7));
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(3)
+        );
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+        // The kernel counts whole seconds: shorter settings are raised to one.
+        let short = Keepalive {
+            interval: Duration::from_millis(300),
+            timeout: Duration::from_millis(400),
+        };
+        let tcp = dial(addr, Some(short)).await.unwrap();
+        let socket = socket2::SockRef::from(&tcp);
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(1));
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(1)
+        );
+        // Off when asked.
+        let tcp = dial(addr, None).await.unwrap();
+        assert!(!socket2::SockRef::from(&tcp).keepalive().unwrap());
+        // And the client's options reach the connections.
+        let options = crate::ClientOptions::new();
+        assert_eq!(
+            options.keepalive_settings(),
+            Some(Keepalive {
+                interval: Duration::from_secs(30),
+                timeout: Duration::from_secs(20),
+            })
+        );
+        assert_eq!(options.keepalive(None).keepalive_settings(), None);
+    }
+
     #[test]
     fn tls_errors_are_found_through_io_errors() {
         let tls = std::io::Error::new(
@@ -1140,7 +1243,7 @@ mod tests {
         });
 
         let name = rustls_pki_types::ServerName::try_from("hub.test").unwrap();
-        let (connection, driver) = H2Connection::open(client, name, addr)
+        let (connection, driver) = H2Connection::open(client, name, addr, None)
             .await
             .expect("the client's side of the handshake completes");
         let transport = Transport {

@@ -143,6 +143,37 @@ async fn a_direct_reaches_its_target_alone() {
     assert_eq!(err.refusal_code(), Some(RefusalCode::NoRecipient));
 }
 
+/// A target that enrolled again with new keys (the remedy for a leaked key) is sealed for
+/// under its new key bundle once the one held is older than the directory TTL, not under the
+/// old one for as long as that stays valid.
+#[tokio::test]
+async fn directs_follow_a_target_that_enrolled_again_with_new_keys() {
+    let hub = TestHub::start().await;
+    let (alice, bob) = (
+        hub.agent("shop", "alice").await,
+        hub.agent("shop", "bob").await,
+    );
+    let (bob_id, old_epoch) = (bob.principal.clone(), bob.bundle.epoch());
+    // A TTL of zero: every direct refreshes its target's bundle (by default, every 30 s).
+    let alice = hub
+        .connect_with(alice.identity, options().directory_ttl(Duration::ZERO))
+        .await;
+    let old = hub.connect(bob.identity).await;
+    let mut inbox = old.subscribe_direct().await.unwrap();
+    alice.direct(&bob_id, "before").await.unwrap();
+    assert_eq!(message(&mut inbox).await.payload, b"before");
+    old.close().await;
+
+    let again = hub.agent("shop", "bob").await;
+    let new_epoch = again.bundle.epoch();
+    assert!(new_epoch > old_epoch);
+    let bob = hub.connect(again.identity).await;
+    let mut inbox = bob.subscribe_direct().await.unwrap();
+    alice.direct(&bob_id, "after").await.unwrap();
+    assert_eq!(message(&mut inbox).await.payload, b"after");
+    assert_eq!(alice.key_bundle(&bob_id).await.unwrap().epoch(), new_epoch);
+}
+
 #[tokio::test]
 async fn a_direct_across_segments_is_denied_by_default() {
     let hub = TestHub::start().await;

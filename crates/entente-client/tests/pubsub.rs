@@ -18,9 +18,9 @@ use std::time::Duration;
 use entente_ca::CaOptions;
 use entente_client::{Client, ClientOptions, ErrorKind, Message, RefusalCode};
 use entente_crypto::VerifiedKeyBundle;
-use entente_hub::AuditConfig;
-use futures_util::StreamExt;
+use entente_hub::{AuditConfig, Rate};
 use futures_util::future::join_all;
+use futures_util::{FutureExt, StreamExt};
 use support::{TestHub, WAIT, message, next, options, quiet};
 use tokio::task::JoinHandle;
 
@@ -822,6 +822,85 @@ async fn unsubscribing_waits_for_the_hub() {
     // Dropping a subscription unsubscribes too; the session carries on.
     drop(alice.subscribe("orders.us").await.unwrap());
     alice.subscribe("orders.us").await.unwrap();
+}
+
+/// An unsubscribe dropped while the publish queue is full (a caller's timeout) still reaches
+/// the hub: the client has forgotten the subscription, and the hub forgets it too.
+// On one thread: the writer takes nothing from the queue until the test waits.
+#[tokio::test(flavor = "current_thread")]
+async fn an_unsubscribe_dropped_while_the_queue_is_full_still_unsubscribes_at_the_hub() {
+    let hub = TestHub::start().await;
+    let (alice, bob) = (
+        hub.agent("shop", "alice").await,
+        hub.agent("shop", "bob").await,
+    );
+    let alice_id = alice.principal.clone();
+    let alice = hub
+        .connect_with(alice.identity, options().publish_queue(1))
+        .await;
+    let bob = hub.connect(bob.identity).await;
+    let inbox = alice.subscribe_direct().await.unwrap();
+    bob.direct(&alice_id, "hello").await.unwrap();
+
+    // One message fills the queue (the writer does not run in between: one thread); the
+    // unsubscribe, dropped before its answer, would have waited for room to queue its frame.
+    let _queued = alice.enqueue_to("orders.us", "filler", &[]).await.unwrap();
+    assert!(inbox.unsubscribe().now_or_never().is_none());
+
+    // The hub forgets the subscription: a direct to Alice then finds nobody.
+    let unsubscribed = async {
+        loop {
+            match bob.direct(&alice_id, "still there?").await {
+                Ok(()) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(e) if e.refusal_code() == Some(RefusalCode::NoRecipient) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, unsubscribed)
+        .await
+        .expect("the hub still delivers to the dropped subscription");
+    assert!(!alice.is_closed());
+}
+
+/// Frames of one epoch sealed before the hub answered the first all carry its sender key: when
+/// the first is refused (here over a rate limit's burst) and the next routed, its recipients
+/// can read it.
+#[tokio::test]
+async fn a_frame_routed_after_the_refused_first_of_its_epoch_is_readable() {
+    let hub = TestHub::start_with(CaOptions::default(), |c| {
+        c.rate_limits.agent_messages = Some(Rate {
+            per_second: 1,
+            burst: 3,
+        });
+    })
+    .await;
+    // Four messages of 10 bytes fill a batch, the fifth starts the next: two frames written
+    // together, the second before the hub answered the first.
+    let bob_options = options()
+        .batch_max_bytes(40)
+        .linger(Duration::from_millis(100));
+    let (alice, bob, recipients) = alice_and_bob(&hub, options(), bob_options).await;
+    let mut orders = alice.subscribe("orders.eu").await.unwrap();
+    let mut acks = Vec::new();
+    for i in 0..5 {
+        let payload = format!("message {i:02}");
+        acks.push(
+            bob.enqueue_to("orders.eu", payload, &recipients)
+                .await
+                .unwrap(),
+        );
+    }
+    let answers = join_all(acks).await;
+    assert_eq!(bob.stats().publish_frames, 2);
+    // The first frame, with the epoch's sender key, is over the burst: refused whole.
+    for answer in &answers[..4] {
+        let e = answer.as_ref().unwrap_err();
+        assert_eq!(e.refusal_code(), Some(RefusalCode::RateLimited), "{e}");
+    }
+    answers[4].as_ref().unwrap();
+    assert_eq!(message(&mut orders).await.payload, b"message 04");
+    assert_eq!(alice.stats().rejected, 0);
 }
 
 #[tokio::test]
