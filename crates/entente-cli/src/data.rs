@@ -323,17 +323,37 @@ impl DataDir {
     }
 }
 
-/// Issues the admin identity in `dir` anew if it has less than half its life left, or does
-/// not load: its certificate is short-lived (`svid_ttl`), and nothing else renews it. Whether
-/// it was issued.
+/// Renews the admin identity in `dir` if it has less than half its life left, or issues it
+/// anew if it does not load: its certificate is short-lived (`svid_ttl`), and nothing else
+/// renews it. A renewal is a new certificate for the message keys it holds, written as a
+/// client's own renewal is, so that a client running as the admin meanwhile (`entente
+/// listen`) keeps keys that match the directory. Whether it was renewed or issued.
 pub(crate) fn refresh_admin(dir: &Path, ca: &Ca, now: SystemTime) -> Result<bool> {
     let half_life = ca.options().svid_ttl / 2;
     if Identity::load(dir, now + half_life).is_ok() {
         return Ok(false);
     }
-    let admin = Principal::from(HumanId::new(ca.trust_domain(), "admin")?);
-    issue_local_identity(ca, admin, now)?.save(dir)?;
+    // A certificate from another intermediate than the directory trusts (a rollover) does
+    // not renew it: issued anew, with the bundle in force.
+    let renewed = Identity::load(dir, now)
+        .ok()
+        .and_then(|current| renew_local(ca, &current, now).ok());
+    match renewed {
+        Some(renewed) => renewed.save_renewal(dir)?,
+        None => {
+            let admin = Principal::from(HumanId::new(ca.trust_domain(), "admin")?);
+            issue_local_identity(ca, admin, now)?.save(dir)?;
+        }
+    }
     Ok(true)
+}
+
+/// `identity` with a new certificate and TLS key from the CA's keys at hand.
+fn renew_local(ca: &Ca, identity: &Identity, now: SystemTime) -> Result<Identity> {
+    let tls = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let csr = rcgen::CertificateParams::default().serialize_request(&tls)?;
+    let svid = ca.issue_svid(csr.der(), identity.principal(), now)?;
+    Ok(identity.renewed(svid.chain_der, Zeroizing::new(tls.serialize_der()), now)?)
 }
 
 /// Issues a complete identity for `principal` with the CA's keys at hand (the hub's own admin).
@@ -1007,12 +1027,23 @@ mod tests {
         let t0 = SystemTime::now();
         let data = DataDir::scratch(&tmp.path().join("hub"), None, "acme.internal", t0).unwrap();
         let dir = data.admin_dir();
-        let first = Identity::load(&dir, t0).unwrap().not_after();
+        let first = Identity::load(&dir, t0).unwrap();
         assert!(!refresh_admin(&dir, &data.ca, t0).unwrap());
         let later = t0 + data.ca.options().svid_ttl * 2 / 3;
         assert!(refresh_admin(&dir, &data.ca, later).unwrap());
-        assert!(Identity::load(&dir, later).unwrap().not_after() > first);
+        let renewed = Identity::load(&dir, later).unwrap();
+        assert!(renewed.not_after() > first.not_after());
+        // Renewed, not replaced: the message keys a client running as the admin holds still
+        // match the directory.
+        assert_eq!(
+            renewed.message_keys().ed25519_public(),
+            first.message_keys().ed25519_public()
+        );
         assert!(!refresh_admin(&dir, &data.ca, later).unwrap());
+        // Expired, it is issued anew.
+        let much_later = t0 + data.ca.options().svid_ttl * 3;
+        assert!(refresh_admin(&dir, &data.ca, much_later).unwrap());
+        Identity::load(&dir, much_later).unwrap();
     }
 
     #[test]

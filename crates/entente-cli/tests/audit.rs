@@ -584,7 +584,9 @@ fn tail_prints_the_hubs_records_with_their_hashes() {
 
     let text = hub.admin(&["tail"]);
     for needle in [
-        format!("  spiffe://entente.local/human/admin  success  admin create-token {alice}\n"),
+        format!(
+            "  spiffe://entente.local/human/admin  success  admin create-token {alice}: token "
+        ),
         format!("  {alice}  success  enrollment {alice} segment demo token "),
         format!(
             "  {alice}  success  decision publish Channel::\"demo.greetings\" allowed by \

@@ -55,9 +55,9 @@ struct Run<H> {
 }
 
 impl<K: Hash + Eq + Clone, H: Clone> Runs<K, H> {
-    /// Counts a refusal; the hit and the count to record now, if a record is due. A key not
-    /// yet counted is counted as `overflow` instead once `max` keys are (a bound on what
-    /// refusals from everywhere can make the hub remember).
+    /// Counts a refusal; the key it was counted under, the hit and the count to record now, if
+    /// a record is due. A key not yet counted is counted as `overflow` instead once `max` keys
+    /// are (a bound on what refusals from everywhere can make the hub remember).
     pub(crate) fn hit(
         &self,
         key: K,
@@ -65,14 +65,14 @@ impl<K: Hash + Eq + Clone, H: Clone> Runs<K, H> {
         max: usize,
         hit: H,
         now: Instant,
-    ) -> Option<(H, u64)> {
+    ) -> Option<(K, H, u64)> {
         let mut runs = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let key = if runs.len() >= max && !runs.contains_key(&key) {
             overflow()
         } else {
             key
         };
-        let run = runs.entry(key).or_insert_with(|| Run {
+        let run = runs.entry(key.clone()).or_insert_with(|| Run {
             hit: hit.clone(),
             unrecorded: 0,
             recorded_at: None,
@@ -80,6 +80,7 @@ impl<K: Hash + Eq + Clone, H: Clone> Runs<K, H> {
         run.hit = hit;
         run.unrecorded = run.unrecorded.saturating_add(1);
         run.take_if_due(now, false)
+            .map(|(hit, count)| (key, hit, count))
     }
 
     /// What is due to be recorded (all that is left, when `all`); runs quiet for a while are
@@ -138,7 +139,7 @@ pub(crate) fn check<R>(
     }
     let key = (principal.clone(), hit.limit);
     let (fallback, unbounded) = (key.clone(), usize::MAX);
-    if let Some((hit, count)) =
+    if let Some((_, hit, count)) =
         services
             .call_hits
             .hit(key, || fallback, unbounded, hit, Instant::now())
@@ -183,6 +184,7 @@ mod tests {
     fn called(hits: &CallHits, who: &Principal, limit: Limit, now: Instant) -> Option<(Hit, u64)> {
         let key = (who.clone(), limit);
         hits.hit(key.clone(), || key, usize::MAX, hit(limit), now)
+            .map(|(_, hit, count)| (hit, count))
     }
 
     #[test]
@@ -221,8 +223,9 @@ mod tests {
         let t0 = Instant::now();
         // Four keys of their own, then the overflow key: recorded once, the rest wait.
         for key in 0..10 {
-            let first = key < 5;
-            assert_eq!(runs.hit(key, || u32::MAX, 4, (), t0).is_some(), first);
+            let counted = if key < 4 { key } else { u32::MAX };
+            let first = (key < 5).then_some((counted, (), 1));
+            assert_eq!(runs.hit(key, || u32::MAX, 4, (), t0), first);
         }
         assert_eq!(runs.0.lock().unwrap().len(), 5);
         // A key already counted is still its own.

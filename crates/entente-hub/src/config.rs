@@ -85,13 +85,16 @@ pub struct HubConfig {
     /// what one agent may hold); one more is answered `RESOURCE_EXHAUSTED` and closed.
     /// Default 256.
     pub max_connections_per_agent: usize,
-    /// Most connections not yet authenticated the hub holds at once: in their TLS handshake,
-    /// or on the enrollment listener (which never authenticates its client). One more is
-    /// closed at once, before any TLS, counted and recorded (`unauthenticated`). The
-    /// mutual-TLS limits above apply only once a handshake is done. Default 1024.
+    /// Most connections not yet authenticated the hub holds at once: in their TLS handshake
+    /// (or refused after it, while they are told why), or on the enrollment listener (which
+    /// never authenticates its client). Past it, a connection from a source holding fewer
+    /// than the source holding most gets in, and that source's oldest is closed; one from a
+    /// source holding as many is closed at once, before any TLS. Either is counted and
+    /// recorded (`unauthenticated`). The mutual-TLS limits above apply only to registered
+    /// connections. Default 1024.
     pub max_unauthenticated: usize,
     /// Most of those from one source (an IPv4 address, or an IPv6 /64); one more is closed
-    /// the same way (`unauthenticated-per-source`). Default 128.
+    /// before any TLS (`unauthenticated-per-source`). Default 128.
     pub max_unauthenticated_per_source: usize,
     /// How long the key bundle signed at enrollment is valid (cut to the intermediate CA's
     /// validity). Default 30 days.

@@ -82,7 +82,7 @@ use crate::session::{self, Session, SessionContext};
 use crate::stats::{self, HubStats, Stats};
 use crate::tls::{self, HubCertResolver, Listener, TlsConfigs};
 use crate::tls_stream::{self, Refused, TlsStream};
-use crate::unauth::Pending;
+use crate::unauth::{Pending, Refusal};
 use crate::verifier::{RevocationState, SvidClientVerifier};
 use crate::{HubConfig, HubError, directory, enroll, grant_state, grants, policies, renew};
 
@@ -819,6 +819,17 @@ impl Shared {
         metrics::text(&self.metric_families())
     }
 
+    /// Counts and records a connection refused, or closed to make room, before it was
+    /// authenticated ([`crate::unauth`]).
+    fn refused_unauthenticated(&self, refusal: Refusal) {
+        stats::bump(&self.stats.connection_limit_hits);
+        self.stats.traffic.limit_hit(refusal.name());
+        let auditor = self.context.authz.auditor();
+        self.services
+            .unauthenticated
+            .refused(auditor, refusal, Instant::now());
+    }
+
     /// Every metric, read now: what the endpoint and the OpenTelemetry export show.
     fn metric_families(&self) -> Vec<metrics::Family> {
         let now = SystemTime::now();
@@ -866,23 +877,20 @@ async fn accept_loop(
         tokio::select! {
             () = stopped(&mut shutdown) => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    let unauthenticated = &shared.services.unauthenticated;
-                    match unauthenticated.admit(Some(peer.ip())) {
-                        Ok(pending) => {
-                            let _ = tcp.set_nodelay(true);
-                            tasks.spawn(serve_tcp(shared.clone(), tcp, pending));
+                Ok((tcp, peer)) => match shared.services.unauthenticated.admit(peer.ip()) {
+                    Ok((pending, evicted)) => {
+                        if let Some(source) = evicted {
+                            shared.refused_unauthenticated(Refusal::Hub(Some(source)));
                         }
-                        // Closed at once: nothing but the count and the record is kept.
-                        Err(refusal) => {
-                            drop(tcp);
-                            stats::bump(&shared.stats.connection_limit_hits);
-                            shared.stats.traffic.limit_hit(refusal.name());
-                            let auditor = shared.context.authz.auditor();
-                            unauthenticated.refused(auditor, refusal, Instant::now());
-                        }
+                        let _ = tcp.set_nodelay(true);
+                        tasks.spawn(serve_tcp(shared.clone(), tcp, pending));
                     }
-                }
+                    // Closed at once: nothing but the count and the record is kept.
+                    Err(refusal) => {
+                        drop(tcp);
+                        shared.refused_unauthenticated(refusal);
+                    }
+                },
                 // Out of file descriptors and the like: back off instead of spinning.
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             },
@@ -951,29 +959,32 @@ fn half_life(not_after: SystemTime) -> Duration {
 
 // === one connection ===
 
-/// `pending` counts the connection as not yet authenticated until its handshake is done (an
-/// enrollment connection's, until it ends).
+/// `pending` counts the connection as not yet authenticated until it is registered (an
+/// enrollment connection's, until it ends); closed to make room for another
+/// ([`Pending::evicted`]) before then, it ends.
 async fn serve_tcp(shared: Arc<Shared>, tcp: TcpStream, pending: Pending) {
     // A connection task's future is as large as its largest state, for as long as it lives:
     // the handshake and the rare paths (refusals, enrollment, limits) are boxed so that an
     // idle agent's connection holds only what serving it takes (docs/BENCHMARKS.md, Scale).
-    let Some((listener, stream)) = Box::pin(accept(&shared, tcp)).await else {
+    let accepted = tokio::select! {
+        accepted = Box::pin(accept(&shared, tcp)) => accepted,
+        () = pending.evicted() => return,
+    };
+    let Some((listener, stream)) = accepted else {
         return;
     };
     match listener {
         Listener::Enroll => {
-            Box::pin(serve_enroll(&shared, stream)).await;
-            drop(pending);
-        }
-        Listener::Mtls => {
-            // Its handshake is done: the mutual-TLS limits take over.
-            drop(pending);
-            match serve_mtls(shared, stream) {
-                Some(Either::Left(framed)) => framed.await,
-                Some(Either::Right(other)) => other.await,
-                None => {}
+            tokio::select! {
+                () = Box::pin(serve_enroll(&shared, stream)) => {}
+                () = pending.evicted() => {}
             }
         }
+        Listener::Mtls => match serve_mtls(shared, stream, pending) {
+            Some(Either::Left(framed)) => framed.await,
+            Some(Either::Right(other)) => other.await,
+            None => {}
+        },
     }
 }
 
@@ -1070,9 +1081,13 @@ async fn serve_enroll(shared: &Shared, stream: TlsStream) {
 /// serving it chose needs (an `async fn` keeps its arguments for as long as it runs, the TLS
 /// stream among them): a framed session's serving inline (small), HTTP/2's and the rare paths'
 /// boxed.
+/// `pending` counts it as not yet authenticated until it is registered, and while a refused
+/// one is told why (so that refusals, which no connection limit counts, are bounded by its
+/// source's share).
 fn serve_mtls(
     shared: Arc<Shared>,
     stream: TlsStream,
+    pending: Pending,
 ) -> Option<Either<impl Future<Output = ()> + Send, Serving>> {
     // The verifier passed the chain during a full handshake; a resumed one carries the chain
     // of the full handshake its ticket came from, and skipped the verifier (`tls`). Verify
@@ -1087,6 +1102,7 @@ fn serve_mtls(
             let status = Status::unauthenticated(format!("the certificate is refused: {error}"));
             return Some(Either::Right(Box::pin(async move {
                 refuse_requests(&shared, stream, status).await;
+                drop(pending);
             })));
         }
     };
@@ -1106,6 +1122,7 @@ fn serve_mtls(
         Err(limit) => {
             return Some(Either::Right(Box::pin(async move {
                 serve_limited(&shared, &principal, limit, stream).await;
+                drop(pending);
             })));
         }
     };
@@ -1115,6 +1132,7 @@ fn serve_mtls(
         shared.connections.unregister(id);
         return Some(Either::Right(Box::pin(async move {
             serve_quarantined(&shared, &principal, stream).await;
+            drop(pending);
         })));
     }
     if !registered {
@@ -1126,8 +1144,11 @@ fn serve_mtls(
         );
         return Some(Either::Right(Box::pin(async move {
             refuse_requests(&shared, stream, status).await;
+            drop(pending);
         })));
     }
+    // Registered: the mutual-TLS limits take over.
+    drop(pending);
     let connection = Connection {
         shared,
         id,
@@ -1264,7 +1285,11 @@ fn serve_framed(connection: Connection, stream: TlsStream) -> impl Future<Output
         .with_time(KEEPALIVE_INTERVAL)
         .with_interval(KEEPALIVE_TIMEOUT / KEEPALIVE_PROBES)
         .with_retries(KEEPALIVE_PROBES);
-    let _ = socket2::SockRef::from(stream.tcp()).set_tcp_keepalive(&keepalive);
+    let socket = socket2::SockRef::from(stream.tcp());
+    let _ = socket.set_tcp_keepalive(&keepalive);
+    // Keepalive probes only an idle connection: what the peer never acknowledges (its host
+    // gone while the hub writes) breaks it in the same time.
+    let _ = socket.set_tcp_user_timeout(Some(KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT));
     let shared = &connection.shared;
     let limits = shared.config.limits;
     let (tx, rx) = OutboundTx::channel(shared.config.queue_capacity, shared.config.queue_bytes);

@@ -420,34 +420,36 @@ async fn connections_not_yet_authenticated_are_bounded_in_all_and_per_source() {
     .unwrap();
 
     // Connections that never handshake: two from one source, then a third from it.
-    let (one, two, three) = (
-        Ipv4Addr::LOCALHOST,
-        Ipv4Addr::new(127, 0, 0, 2),
-        Ipv4Addr::new(127, 0, 0, 3),
-    );
-    let held = vec![tcp_from(&hub, one).await, tcp_from(&hub, one).await];
+    let ip = |last: u8| Ipv4Addr::new(127, 0, 0, last);
+    let mut held = vec![tcp_from(&hub, ip(1)).await, tcp_from(&hub, ip(1)).await];
     eventually("both are held", || unauthenticated() == 2)
         .await
         .unwrap();
-    let mut past_its_source = tcp_from(&hub, one).await;
+    let mut past_its_source = tcp_from(&hub, ip(1)).await;
     assert!(closed_by_hub(&mut past_its_source).await);
-    // Another source may hold one more, the hub's third; nobody a fourth.
-    let other = tcp_from(&hub, two).await;
+    // Another source may hold one more, the hub's third.
+    let other = tcp_from(&hub, ip(2)).await;
     eventually("three are held", || unauthenticated() == 3)
         .await
         .unwrap();
-    let mut past_the_hubs = tcp_from(&hub, three).await;
+    // The hub full, a third source gets in at the expense of the source holding most: its
+    // oldest is closed.
+    let third = tcp_from(&hub, ip(3)).await;
+    assert!(closed_by_hub(&mut held[0]).await);
+    assert_eq!(unauthenticated(), 3);
+    // Each of three sources holds one: a fourth finds no room.
+    let mut past_the_hubs = tcp_from(&hub, ip(4)).await;
     assert!(closed_by_hub(&mut past_the_hubs).await);
-    assert_eq!(hub.stats().connection_limit_hits, 2);
+    assert_eq!(hub.stats().connection_limit_hits, 3);
     assert_eq!(unauthenticated(), 3);
     let metrics = hub.hub().metrics();
-    for limit in ["unauthenticated", "unauthenticated-per-source"] {
-        let line = format!("entente_limit_hits_total{{limit=\"{limit}\"}} 1");
+    for (limit, hits) in [("unauthenticated", 2), ("unauthenticated-per-source", 1)] {
+        let line = format!("entente_limit_hits_total{{limit=\"{limit}\"}} {hits}");
         assert!(metrics.contains(&line), "{line} in {metrics}");
     }
 
     // Once they go, others come in.
-    drop((held, other));
+    drop((held, other, third));
     eventually("the silent connections are let go", || {
         unauthenticated() == 0
     })
@@ -455,15 +457,13 @@ async fn connections_not_yet_authenticated_are_bounded_in_all_and_per_source() {
     .unwrap();
     hub.connect_agent("shop", "bob").await.unwrap();
 
-    // Each refusal is recorded: which limit, and the source past its own.
+    // Each refusal is recorded: which limit, and which source.
     let wanted = [
-        (
-            "unauthenticated-per-source".to_owned(),
-            "127.0.0.1".to_owned(),
-            1,
-        ),
-        ("unauthenticated".to_owned(), String::new(), 1),
-    ];
+        ("unauthenticated-per-source", "127.0.0.1", 1),
+        ("unauthenticated", "127.0.0.1", 1),
+        ("unauthenticated", "127.0.0.4", 1),
+    ]
+    .map(|(limit, scope, count)| (limit.to_owned(), scope.to_owned(), count));
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let recorded: Vec<(String, String, u64)> = records(&hub)

@@ -171,6 +171,14 @@ async fn a_resumed_session_whose_certificate_expired_is_not_served() {
         refused.message().contains("the certificate is refused"),
         "{refused:?}"
     );
+    // Registered nowhere, it counts as not yet authenticated while it is told, no longer.
+    assert_eq!(hub.hub().unauthenticated_connections(), 1);
+    drop(client);
+    eventually("the refused connection is let go", || {
+        hub.hub().unauthenticated_connections() == 0
+    })
+    .await
+    .unwrap();
     eventually("the refusal is counted", || {
         hub.stats().handshakes_failed > failed_before
     })

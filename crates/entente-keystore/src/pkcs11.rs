@@ -191,7 +191,7 @@ impl Pkcs11Config {
             }
             return Err(KeyStoreError::Config(format!(
                 "a pkcs#11 keystore needs `{MODULE_ENV}`, `{TOKEN_ENV}` and `{PIN_ENV}`; \
-                 {} not set",
+                 {} not set (or empty)",
                 match missing.as_slice() {
                     [one] => format!("{one} is"),
                     _ => format!("{} are", missing.join(" and ")),
@@ -1344,7 +1344,7 @@ mod tests {
         let err = Pkcs11Config::from_values(os(""), os(""), os("")).unwrap_err();
         assert!(
             err.to_string().contains(
-                "`ENTENTE_PKCS11_MODULE` and `ENTENTE_PKCS11_TOKEN` and `ENTENTE_PKCS11_PIN` are not set"
+                "`ENTENTE_PKCS11_MODULE` and `ENTENTE_PKCS11_TOKEN` and `ENTENTE_PKCS11_PIN` are not set (or empty)"
             ),
             "{err}"
         );
@@ -1363,12 +1363,14 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "invalid keystore configuration: a pkcs#11 keystore needs `ENTENTE_PKCS11_MODULE`, \
-             `ENTENTE_PKCS11_TOKEN` and `ENTENTE_PKCS11_PIN`; `ENTENTE_PKCS11_TOKEN` is not set"
+             `ENTENTE_PKCS11_TOKEN` and `ENTENTE_PKCS11_PIN`; `ENTENTE_PKCS11_TOKEN` is not set (or empty)"
         );
         let err = Pkcs11Config::from_values(None, None, os("secret-pin")).unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.ends_with("`ENTENTE_PKCS11_MODULE` and `ENTENTE_PKCS11_TOKEN` are not set"),
+            msg.ends_with(
+                "`ENTENTE_PKCS11_MODULE` and `ENTENTE_PKCS11_TOKEN` are not set (or empty)"
+            ),
             "{msg}"
         );
         assert!(!msg.contains("secret-pin"));

@@ -458,6 +458,9 @@ async fn bench_with(
         Some(Switch::Audit) => config.audit = None,
         Some(Switch::Attack) => {
             config.rate_limits.agent_messages = Some(attack::AGENT_RATE);
+            // Every agent and attacker connects from one address here: with the bound per
+            // source, the stalled connections would keep the garbage sender out of TLS.
+            config.max_unauthenticated_per_source = config.max_unauthenticated;
             config.anomaly = entente_hub::AnomalyConfig {
                 window: Duration::from_secs(1),
                 ..entente_hub::AnomalyConfig::default()
