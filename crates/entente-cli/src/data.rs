@@ -325,7 +325,7 @@ impl DataDir {
 
 /// Renews the admin identity in `dir` if it has less than half its life left, or issues it
 /// anew if it does not load: its certificate is short-lived (`svid_ttl`), and nothing else
-/// renews it. A renewal is a new certificate for the message keys it holds, written as a
+/// renews it. A renewal keeps the message keys it holds ([`renew_local`]), written as a
 /// client's own renewal is, so that a client running as the admin meanwhile (`entente
 /// listen`) keeps keys that match the directory. Whether it was renewed or issued.
 pub(crate) fn refresh_admin(dir: &Path, ca: &Ca, now: SystemTime) -> Result<bool> {
@@ -333,8 +333,6 @@ pub(crate) fn refresh_admin(dir: &Path, ca: &Ca, now: SystemTime) -> Result<bool
     if Identity::load(dir, now + half_life).is_ok() {
         return Ok(false);
     }
-    // A certificate from another intermediate than the directory trusts (a rollover) does
-    // not renew it: issued anew, with the bundle in force.
     let renewed = Identity::load(dir, now)
         .ok()
         .and_then(|current| renew_local(ca, &current, now).ok());
@@ -348,12 +346,47 @@ pub(crate) fn refresh_admin(dir: &Path, ca: &Ca, now: SystemTime) -> Result<bool
     Ok(true)
 }
 
-/// `identity` with a new certificate and TLS key from the CA's keys at hand.
+/// `identity` renewed with the CA's keys at hand: a new certificate and TLS key, the CA's
+/// trust bundle (after a rollover, the new intermediate), and its key bundle — the same keys
+/// and epoch — signed again for [`ADMIN_BUNDLE_TTL`]. Either refused fails the renewal.
 fn renew_local(ca: &Ca, identity: &Identity, now: SystemTime) -> Result<Identity> {
     let tls = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let csr = rcgen::CertificateParams::default().serialize_request(&tls)?;
     let svid = ca.issue_svid(csr.der(), identity.principal(), now)?;
-    Ok(identity.renewed(svid.chain_der, Zeroizing::new(tls.serialize_der()), now)?)
+    let keys = identity.message_keys();
+    let epoch = identity.key_bundle().epoch();
+    let bundle = admin_bundle(ca, identity.principal(), keys, epoch, now)?;
+    let trust = ca.trust_bundle().to_pem();
+    let renewed = identity.renewed_with(
+        svid.chain_der,
+        Zeroizing::new(tls.serialize_der()),
+        &trust,
+        Some(bundle),
+        now,
+    )?;
+    if let Some(refused) = renewed.trust_refused.or(renewed.key_bundle_refused) {
+        bail!("the renewal's trust bundle or key bundle was refused: {refused}");
+    }
+    Ok(renewed.identity)
+}
+
+/// The admin's key bundle for `keys` at `epoch`, valid for [`ADMIN_BUNDLE_TTL`] from `now`.
+fn admin_bundle(
+    ca: &Ca,
+    principal: &Principal,
+    keys: &MessageKeys,
+    epoch: u64,
+    now: SystemTime,
+) -> Result<entente_wire::KeyBundle> {
+    let now_ms = unix_ms(now);
+    Ok(ca.sign_key_bundle(KeyBundleBody {
+        principal: principal.clone(),
+        ed25519_public: keys.ed25519_public(),
+        x25519_public: keys.x25519_public(),
+        epoch,
+        not_before_ms: now_ms.saturating_sub(60_000),
+        not_after_ms: now_ms.saturating_add(ADMIN_BUNDLE_TTL.as_millis() as u64),
+    })?)
 }
 
 /// Issues a complete identity for `principal` with the CA's keys at hand (the hub's own admin).
@@ -366,15 +399,7 @@ pub(crate) fn issue_local_identity(
     let csr = rcgen::CertificateParams::default().serialize_request(&tls)?;
     let svid = ca.issue_svid(csr.der(), &principal, now)?;
     let keys = MessageKeys::generate()?;
-    let now_ms = unix_ms(now);
-    let bundle = ca.sign_key_bundle(KeyBundleBody {
-        principal: principal.clone(),
-        ed25519_public: keys.ed25519_public(),
-        x25519_public: keys.x25519_public(),
-        epoch: 1,
-        not_before_ms: now_ms.saturating_sub(60_000),
-        not_after_ms: now_ms.saturating_add(ADMIN_BUNDLE_TTL.as_millis() as u64),
-    })?;
+    let bundle = admin_bundle(ca, &principal, &keys, 1, now)?;
     Ok(Identity::new(
         principal,
         svid.chain_der,
@@ -1040,6 +1065,18 @@ mod tests {
             first.message_keys().ed25519_public()
         );
         assert!(!refresh_admin(&dir, &data.ca, later).unwrap());
+        // After a rollover, the renewal takes the new intermediate in, keeping the keys.
+        let rolled = data.ca.stage_intermediate(later).unwrap();
+        let rolled = rolled.activate_staged().unwrap();
+        let after = later + data.ca.options().svid_ttl * 2 / 3;
+        assert!(refresh_admin(&dir, &rolled, after).unwrap());
+        let renewed = Identity::load(&dir, after).unwrap();
+        assert_eq!(renewed.trust().to_pem(), rolled.trust_bundle().to_pem());
+        assert_eq!(
+            renewed.message_keys().ed25519_public(),
+            first.message_keys().ed25519_public()
+        );
+        assert!(renewed.key_bundle().body().not_after_ms > first.key_bundle().body().not_after_ms);
         // Expired, it is issued anew.
         let much_later = t0 + data.ca.options().svid_ttl * 3;
         assert!(refresh_admin(&dir, &data.ca, much_later).unwrap());

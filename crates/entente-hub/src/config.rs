@@ -87,9 +87,9 @@ pub struct HubConfig {
     pub max_connections_per_agent: usize,
     /// Most connections not yet authenticated the hub holds at once: in their TLS handshake
     /// (or refused after it, while they are told why), or on the enrollment listener (which
-    /// never authenticates its client). Past it, a connection from a source holding fewer
-    /// than the source holding most gets in, and that source's oldest is closed; one from a
-    /// source holding as many is closed at once, before any TLS. Either is counted and
+    /// never authenticates its client). Past it, a connection from a source that would then
+    /// hold no more than the source holding most gets in, and that source's oldest is closed;
+    /// any other is closed at once, before any TLS. Either is counted and
     /// recorded (`unauthenticated`). The mutual-TLS limits above apply only to registered
     /// connections. Default 1024.
     pub max_unauthenticated: usize,

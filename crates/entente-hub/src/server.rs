@@ -975,10 +975,9 @@ async fn serve_tcp(shared: Arc<Shared>, tcp: TcpStream, pending: Pending) {
     };
     match listener {
         Listener::Enroll => {
-            tokio::select! {
-                () = Box::pin(serve_enroll(&shared, stream)) => {}
-                () = pending.evicted() => {}
-            }
+            pending
+                .until_evicted(Box::pin(serve_enroll(&shared, stream)))
+                .await;
         }
         Listener::Mtls => match serve_mtls(shared, stream, pending) {
             Some(Either::Left(framed)) => framed.await,
@@ -1101,8 +1100,8 @@ fn serve_mtls(
             // gracefully (a reset could destroy what it is told).
             let status = Status::unauthenticated(format!("the certificate is refused: {error}"));
             return Some(Either::Right(Box::pin(async move {
-                refuse_requests(&shared, stream, status).await;
-                drop(pending);
+                let refusal = refuse_requests(&shared, stream, status);
+                pending.until_evicted(refusal).await;
             })));
         }
     };
@@ -1121,8 +1120,8 @@ fn serve_mtls(
         Ok(open) => open,
         Err(limit) => {
             return Some(Either::Right(Box::pin(async move {
-                serve_limited(&shared, &principal, limit, stream).await;
-                drop(pending);
+                let refusal = serve_limited(&shared, &principal, limit, stream);
+                pending.until_evicted(refusal).await;
             })));
         }
     };
@@ -1131,8 +1130,8 @@ fn serve_mtls(
     if shared.services.anomaly.quarantined(&principal).is_some() {
         shared.connections.unregister(id);
         return Some(Either::Right(Box::pin(async move {
-            serve_quarantined(&shared, &principal, stream).await;
-            drop(pending);
+            let refusal = serve_quarantined(&shared, &principal, stream);
+            pending.until_evicted(refusal).await;
         })));
     }
     if !registered {
@@ -1143,8 +1142,8 @@ fn serve_mtls(
             CloseReason::status,
         );
         return Some(Either::Right(Box::pin(async move {
-            refuse_requests(&shared, stream, status).await;
-            drop(pending);
+            let refusal = refuse_requests(&shared, stream, status);
+            pending.until_evicted(refusal).await;
         })));
     }
     // Registered: the mutual-TLS limits take over.

@@ -7,11 +7,11 @@
 //!
 //! A source ([`HubConfig::max_unauthenticated_per_source`]) past its bound has its new
 //! connection closed at once, before any TLS. When the hub's bound is reached
-//! ([`HubConfig::max_unauthenticated`]), room is made for a connection from a source holding
-//! fewer at the expense of the source holding the most (its oldest connection not yet
-//! authenticated is closed), so that a few sources can't keep everyone else out: filling the
-//! hub takes as many sources as it has room, each holding an equal share. Only a connection
-//! from a source holding as many as the most is refused. Each refusal or eviction is counted
+//! ([`HubConfig::max_unauthenticated`]), room is made for a connection from a source that
+//! would then hold no more than the source holding the most, at that source's expense (its
+//! oldest connection not yet authenticated is closed), so that a few sources can't keep
+//! everyone else out: filling the hub takes as many sources as it has room, each holding an
+//! equal share. Any other connection is refused. Each refusal or eviction is counted
 //! (`connection_limit_hits`, the `unauthenticated` or `unauthenticated-per-source` limit in the
 //! metrics) and recorded, one record per limit and source at most once a second with the count
 //! of those it stands for (calls' runs, [`crate::calls`]).
@@ -163,17 +163,14 @@ impl Unauthenticated {
                 .iter()
                 .max_by_key(|(_, queue)| queue.len())
                 .map(|(heavy, queue)| (*heavy, queue.len()));
-            let Some((heavy, count)) = heaviest.filter(|(_, count)| *count > from_source + 1)
-            else {
+            let Some((heavy, _)) = heaviest.filter(|(_, count)| *count > from_source + 1) else {
                 return Err(Refusal::Hub(Some(source)));
             };
+            // It holds two at least: it stays listed.
             if let Some(queue) = held.by_source.get_mut(&heavy)
                 && let Some((_, closed)) = queue.pop_front()
             {
                 closed.notify_one();
-                if count == 1 {
-                    held.by_source.remove(&heavy);
-                }
                 held.total = held.total.saturating_sub(1);
                 evicted = Some(heavy);
             }
@@ -234,6 +231,14 @@ impl Pending {
     /// holding fewer (it is no longer counted); then it should end.
     pub(crate) async fn evicted(&self) {
         self.evicted.notified().await;
+    }
+
+    /// Runs `work` for this connection until it ends, or until the connection is evicted.
+    pub(crate) async fn until_evicted(self, work: impl Future<Output = ()>) {
+        tokio::select! {
+            () = work => {}
+            () = self.evicted() => {}
+        }
     }
 }
 
@@ -363,6 +368,21 @@ mod tests {
         assert_eq!(refused(fifth), Refusal::Hub(Some(Source::of(fifth))));
         drop(newcomer);
         assert_eq!(gate.len(), 3);
+    }
+
+    #[test]
+    fn what_an_evicted_connection_does_ends() {
+        let gate = Arc::new(Unauthenticated::new(2, 2));
+        let (a, b) = (ip("192.0.2.1"), ip("192.0.2.2"));
+        let (first, _) = gate.admit(a).unwrap();
+        let (second, _) = gate.admit(a).unwrap();
+        // A refusal being told, an enrollment: work that would go on.
+        let told = first.until_evicted(std::future::pending());
+        let other = second.until_evicted(std::future::pending());
+        let (_b, evicted) = gate.admit(b).unwrap();
+        assert_eq!(evicted, Some(Source::of(a)));
+        assert_eq!(told.now_or_never(), Some(()));
+        assert_eq!(other.now_or_never(), None);
     }
 
     #[test]

@@ -148,9 +148,10 @@ pub(crate) fn start(
     })
 }
 
-/// Issues the admin identity in `dir` anew whenever it has less than half of `svid_ttl` left,
-/// with the CA the hub uses (after a rollover, the new intermediate), checking twelve times
-/// per `svid_ttl`; never returns. A failure is logged and tried again at the next check.
+/// Renews the admin identity in `dir` (issues it anew if it no longer loads) whenever it has
+/// less than half of `svid_ttl` left, with the CA the hub uses (after a rollover, the new
+/// intermediate), checking twelve times per `svid_ttl`; never returns. A failure is logged
+/// and tried again at the next check.
 async fn keep_admin_fresh(hub: &HubHandle, dir: &Path, svid_ttl: std::time::Duration) {
     let every = (svid_ttl / 12).max(std::time::Duration::from_secs(1));
     let mut checks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -163,7 +164,7 @@ async fn keep_admin_fresh(hub: &HubHandle, dir: &Path, svid_ttl: std::time::Dura
         })
         .await;
         match refreshed {
-            Ok(Ok(true)) => tracing::info!("admin identity issued anew"),
+            Ok(Ok(true)) => tracing::info!("admin identity renewed"),
             Ok(Ok(false)) => {}
             Ok(Err(error)) => tracing::warn!(
                 error = format!("{error:#}"),
