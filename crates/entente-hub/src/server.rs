@@ -516,8 +516,9 @@ impl HubHandle {
         self.shared.connections.len()
     }
 
-    /// How many connections are not yet authenticated: in their TLS handshake, or on the
-    /// enrollment listener ([`HubConfig::max_unauthenticated`]).
+    /// How many connections are not yet authenticated: in their TLS handshake (or refused
+    /// after it, while told why), or on the enrollment listener
+    /// ([`HubConfig::max_unauthenticated`]).
     pub fn unauthenticated_connections(&self) -> usize {
         self.shared.services.unauthenticated.len()
     }
@@ -1080,6 +1081,7 @@ async fn serve_enroll(shared: &Shared, stream: TlsStream) {
 /// serving it chose needs (an `async fn` keeps its arguments for as long as it runs, the TLS
 /// stream among them): a framed session's serving inline (small), HTTP/2's and the rare paths'
 /// boxed.
+///
 /// `pending` counts it as not yet authenticated until it is registered, and while a refused
 /// one is told why (so that refusals, which no connection limit counts, are bounded by its
 /// source's share).
