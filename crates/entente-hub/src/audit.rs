@@ -560,15 +560,18 @@ impl Inner {
             // Records arriving soon after a commit share the next one, `commit_interval`
             // after it (sooner at a close or with a full backlog); after a quiet spell the
             // next is at once.
-            if let Some(next) = last_commit.and_then(|at| at.checked_add(self.commit_interval)) {
-                self.queue.pause_until(next);
-            }
+            let held = last_commit
+                .and_then(|at| at.checked_add(self.commit_interval))
+                .is_some_and(|next| self.queue.pause_until(next));
             let wait = self.seal_interval.saturating_sub(last_seal.elapsed());
             let (records, closed) = self.queue.take(wait);
             let mut ok = true;
             if !records.is_empty() {
                 ok = self.append(&records);
                 last_commit = Some(Instant::now());
+                if held {
+                    stats::bump(&self.stats.audit_commits_held);
+                }
             }
             if ok && (closed || last_seal.elapsed() >= self.seal_interval) {
                 ok = self.seal();

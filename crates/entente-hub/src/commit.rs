@@ -162,22 +162,25 @@ impl<T> Committer<T> {
 
     /// Waits until `until` before taking more (to space commits), unless the committer is
     /// closed or more than the backlog bound of items is queued first. Items pushed meanwhile
-    /// do not wake the writer.
-    pub(crate) fn pause_until(&self, until: Instant) {
+    /// do not wake the writer. Whether it waited while items were queued (they were held).
+    pub(crate) fn pause_until(&self, until: Instant) -> bool {
         let mut queue = self.lock();
+        let mut paused = false;
         while !queue.closed && queue.items.len() <= self.max_backlog {
             let Some(left) = until.checked_duration_since(Instant::now()) else {
-                return;
+                break;
             };
             if left.is_zero() {
-                return;
+                break;
             }
+            paused = true;
             queue = self
                 .wake
                 .wait_timeout(queue, left)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
+        paused && !queue.items.is_empty()
     }
 
     /// Waits up to `wait` for items; returns what is queued and whether the committer is
@@ -387,13 +390,16 @@ mod tests {
                 c.submit(2).unwrap();
             })
         };
-        c.pause_until(started + pause);
+        // Items were queued while it paused: they were held.
+        assert!(c.pause_until(started + pause));
         assert!(started.elapsed() >= pause);
         pushes.join().unwrap();
         assert_eq!(c.take(Duration::ZERO).0, [1, 2]);
 
         // More than the bound queued ends it; so does a close.
-        let pause = |c: &Committer<u32>| c.pause_until(Instant::now() + Duration::from_secs(30));
+        let pause = |c: &Committer<u32>| {
+            c.pause_until(Instant::now() + Duration::from_secs(30));
+        };
         let fill = |c: &Committer<u32>| {
             for i in 0..3 {
                 c.submit(i).unwrap();

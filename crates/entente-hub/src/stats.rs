@@ -45,6 +45,10 @@ pub struct HubStats {
     /// `fdatasync` of every record queued since the previous one (and a seal's when one
     /// falls due, [`AuditConfig::commit_interval`](crate::AuditConfig::commit_interval)).
     pub audit_commits: u64,
+    /// Of those, the commits whose records waited for the commit interval after the commit
+    /// before (records arriving soon after a commit share the next one); one after a quiet
+    /// spell is made at once.
+    pub audit_commits_held: u64,
     /// Times the audit log failed (a write, `fdatasync` or seal); after the first, the hub
     /// refuses everything it would record until restarted.
     pub audit_failures: u64,
@@ -136,6 +140,7 @@ pub(crate) struct Stats {
     pub(crate) held_store_failures: AtomicU64,
     pub(crate) audit_records: AtomicU64,
     pub(crate) audit_commits: AtomicU64,
+    pub(crate) audit_commits_held: AtomicU64,
     pub(crate) audit_failures: AtomicU64,
     pub(crate) durable_stored: AtomicU64,
     pub(crate) durable_delivered: AtomicU64,
@@ -190,6 +195,7 @@ impl Stats {
             held_store_failures: get(&self.held_store_failures),
             audit_records: get(&self.audit_records),
             audit_commits: get(&self.audit_commits),
+            audit_commits_held: get(&self.audit_commits_held),
             audit_failures: get(&self.audit_failures),
             durable_stored: get(&self.durable_stored),
             durable_delivered: get(&self.durable_delivered),
