@@ -968,16 +968,7 @@ impl DeliveryGate {
         if pattern.is_literal() || first == DIRECT_PREFIX || first == REPLY_PREFIX {
             return Carry::Yes;
         }
-        let mut decisions = self
-            .decisions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let (decision, _) = decisions.decision(
-            &self.authz,
-            Action::Subscribe,
-            &Resource::Channel(channel),
-            now_ms,
-        );
+        let decision = self.subscribe_decision(&Resource::Channel(channel), now_ms);
         if matches!(decision.reason, Reason::Permit | Reason::NoPermit) {
             Carry::Yes
         } else {
@@ -1011,17 +1002,20 @@ impl DeliveryGate {
         if !stale || first == DIRECT_PREFIX || first == REPLY_PREFIX {
             return false;
         }
+        !self
+            .subscribe_decision(&Resource::Pattern(pattern), now_ms)
+            .allowed
+    }
+
+    /// The session's decision (cached, or made and recorded) on a subscription to `resource`.
+    fn subscribe_decision(&self, resource: &Resource<'_>, now_ms: u64) -> Arc<Decision> {
         let mut decisions = self
             .decisions
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let (decision, _) = decisions.decision(
-            &self.authz,
-            Action::Subscribe,
-            &Resource::Pattern(pattern),
-            now_ms,
-        );
-        !decision.allowed
+        decisions
+            .decision(&self.authz, Action::Subscribe, resource, now_ms)
+            .0
     }
 }
 
