@@ -275,7 +275,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let keystore = LocalKeyStore::create(
             &tmp.path().join("keys"),
-            &Unlock::passphrase("pw"),
+            &Unlock::passphrase("bundle tests"),
             Argon2Params::danger_fast_for_tests(),
         )
         .unwrap();

@@ -775,7 +775,7 @@ mod tests {
     fn issued(tmp: &Path) -> (Ca, Identity, KeyBundleBody) {
         let keystore = LocalKeyStore::create(
             &tmp.join("keys"),
-            &Unlock::passphrase("pw"),
+            &Unlock::passphrase("identity tests"),
             Argon2Params::danger_fast_for_tests(),
         )
         .unwrap();

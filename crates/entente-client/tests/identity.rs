@@ -39,7 +39,7 @@ fn now() -> SystemTime {
 fn parts(name: &str, dir: &std::path::Path) -> Parts {
     let store = LocalKeyStore::create(
         &dir.join(format!("keys-{name}")),
-        &Unlock::passphrase("pw"),
+        &Unlock::passphrase("identity tests"),
         Argon2Params::danger_fast_for_tests(),
     )
     .unwrap();

@@ -1797,7 +1797,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let keystore = LocalKeyStore::create(
             &dir.path().join("keys"),
-            &Unlock::passphrase("p"),
+            &Unlock::passphrase("durable tests"),
             Argon2Params::danger_fast_for_tests(),
         )
         .unwrap();

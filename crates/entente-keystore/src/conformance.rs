@@ -8,7 +8,7 @@
 //! ```
 //! # use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock};
 //! # let tmp = tempfile::tempdir().unwrap();
-//! # let unlock = Unlock::passphrase("pass");
+//! # let unlock = Unlock::passphrase("conformance tests");
 //! # let store = LocalKeyStore::create(tmp.path(), &unlock, Argon2Params::danger_fast_for_tests())
 //! #     .unwrap();
 //! entente_keystore::conformance::run_all(&store);
@@ -588,7 +588,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, LocalKeyStore) {
         let tmp = tempfile::tempdir().unwrap();
-        let unlock = Unlock::passphrase("conformance");
+        let unlock = Unlock::passphrase("conformance tests");
         let store =
             LocalKeyStore::create(tmp.path(), &unlock, Argon2Params::danger_fast_for_tests())
                 .unwrap();

@@ -203,6 +203,28 @@ impl Unlock {
         )))
     }
 
+    /// The fewest characters (Unicode scalar values) of a passphrase a new store is created
+    /// with. A store made before this bound opens with the passphrase it was made with.
+    pub const MIN_NEW_PASSPHRASE_CHARS: usize = 12;
+
+    /// Rejects a passphrase too short to protect a new store: Argon2id slows a guess down, it
+    /// does not make a short passphrase a strong one.
+    fn check_new(&self) -> Result<(), KeyStoreError> {
+        self.check()?;
+        match self {
+            Self::Passphrase(passphrase)
+                if passphrase.chars().count() < Self::MIN_NEW_PASSPHRASE_CHARS =>
+            {
+                Err(KeyStoreError::Unlock(format!(
+                    "a new key store's passphrase needs at least {} characters: choose a longer \
+                     one, or give a random key",
+                    Self::MIN_NEW_PASSPHRASE_CHARS
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Rejects an empty passphrase.
     fn check(&self) -> Result<(), KeyStoreError> {
         match self {
@@ -284,14 +306,16 @@ impl Default for Argon2Params {
 impl LocalKeyStore {
     /// Creates an empty store in `dir`, creating `dir` (mode 0700) if it is missing.
     ///
-    /// `params` is used only with a passphrase. Fails with [`KeyStoreError::StoreExists`] if
-    /// `dir` already holds a store (or orphaned key files).
+    /// `params` is used only with a passphrase, which must have at least
+    /// [`Unlock::MIN_NEW_PASSPHRASE_CHARS`] characters ([`KeyStoreError::Unlock`] otherwise).
+    /// Fails with [`KeyStoreError::StoreExists`] if `dir` already holds a store (or orphaned key
+    /// files).
     pub fn create(
         dir: &Path,
         unlock: &Unlock,
         params: Argon2Params,
     ) -> Result<Self, KeyStoreError> {
-        unlock.check()?;
+        unlock.check_new()?;
         let rng = SystemRandom::new();
         let kdf = match unlock {
             Unlock::Passphrase(_) => {

@@ -218,6 +218,26 @@ fn empty_passphrase_is_refused() {
 }
 
 #[test]
+fn short_passphrase_is_refused_for_a_new_store() {
+    let (_tmp, dir) = store_dir();
+    // Characters are counted, not bytes: eleven two-byte characters are too few.
+    for short in ["eleven char", "ééééééééééé"] {
+        let err = LocalKeyStore::create(&dir, &Unlock::passphrase(short), fast()).unwrap_err();
+        let KeyStoreError::Unlock(message) = &err else {
+            panic!("{err:?}")
+        };
+        assert!(message.contains("at least 12 characters"), "{message}");
+        assert!(!message.contains(short), "{message}");
+        assert!(!dir.exists());
+        let err =
+            LocalKeyStore::open_or_create(&dir, &Unlock::passphrase(short), fast()).unwrap_err();
+        assert!(matches!(err, KeyStoreError::Unlock(_)), "{err:?}");
+    }
+    LocalKeyStore::create(&dir, &Unlock::passphrase("éééééééééééé"), fast()).unwrap();
+    LocalKeyStore::open(&dir, &Unlock::passphrase("éééééééééééé")).unwrap();
+}
+
+#[test]
 fn raw_key_store_reopens_and_refuses_other_unlocks() {
     let (_tmp, dir) = store_dir();
     let k = name("k");
