@@ -332,9 +332,7 @@ async fn revoke_inner<R>(
     // the CA's rollover.
     if !listed(services, caller) {
         for principal in &principals {
-            if services.connections.serials_of(principal).is_empty()
-                && services.registry.agent(principal.as_str()).await?.is_none()
-            {
+            if !known(services, principal).await? {
                 return Err(RpcError::Denied(format!(
                     "`{principal}` is unknown to the hub (never enrolled, not connected): \
                      revoking it is reserved to the administrators the hub's configuration \
@@ -588,12 +586,7 @@ fn permit<R>(
     if listed(services, caller) {
         return Ok(());
     }
-    if services.admins.contains(target) {
-        return Err(RpcError::Denied(format!(
-            "{what} is denied: `{target}` is an administrator the hub's configuration lists, \
-             whom only another listed administrator may enroll or revoke"
-        )));
-    }
+    // The policies first: who they deny learns nothing of who the listed administrators are.
     rpc::decide_for(
         services,
         caller,
@@ -601,13 +594,29 @@ fn permit<R>(
         &Resource::principal(target),
         now_ms,
         what,
-    )
+    )?;
+    if services.admins.contains(target) {
+        return Err(RpcError::Denied(format!(
+            "{what} is denied: `{target}` is an administrator the hub's configuration lists, \
+             whom only another listed administrator may enroll or revoke"
+        )));
+    }
+    Ok(())
 }
 
 /// Whether the caller is listed in [`HubConfig::admins`](crate::HubConfig::admins): the
 /// break-glass administrators.
-fn listed<R>(services: &Services<R>, caller: &Caller) -> bool {
+pub(crate) fn listed<R>(services: &Services<R>, caller: &Caller) -> bool {
     services.admins.contains(&caller.principal)
+}
+
+/// Whether the hub knows `principal`: enrolled (it has a record), or connected now.
+pub(crate) async fn known<R>(
+    services: &Services<R>,
+    principal: &Principal,
+) -> Result<bool, RpcError> {
+    Ok(!services.connections.serials_of(principal).is_empty()
+        || services.registry.agent(principal.as_str()).await?.is_some())
 }
 
 // === helpers ===

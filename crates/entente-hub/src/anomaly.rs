@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use entente_types::Principal;
-use entente_types::namespace::{HUMAN_OWNER_PREFIX, REPLY_PREFIX};
+use entente_types::namespace::REPLY_PREFIX;
 
 use crate::limits::Rate;
 
@@ -88,6 +88,10 @@ impl AnomalyConfig {
         if !risk(self.throttle_at) || !risk(self.quarantine_at) {
             return Err("anomaly.throttle_at and anomaly.quarantine_at are risks from 1 to 100");
         }
+        if self.throttle_at.is_some_and(|at| at < 2) {
+            // A throttle lifts below half its threshold: at 1, never.
+            return Err("anomaly.throttle_at must be at least 2");
+        }
         if let (Some(throttle), Some(quarantine)) = (self.throttle_at, self.quarantine_at)
             && throttle > quarantine
         {
@@ -95,6 +99,9 @@ impl AnomalyConfig {
         }
         if self.throttled.per_second == 0 || self.throttled.burst == 0 {
             return Err("anomaly.throttled needs a rate and a burst of at least 1");
+        }
+        if self.throttled.per_second > crate::Rate::MAX_PER_SECOND {
+            return Err("anomaly.throttled is at most 1 000 000 000 a second");
         }
         Ok(())
     }
@@ -481,8 +488,11 @@ impl Baseline {
             ));
         }
         if warm {
+            // An agent that has used as many channels as the baseline remembers is judged by
+            // how many distinct channels it uses, not by which: those it uses past the bound
+            // would otherwise count as new in every window.
             let new = (window.new.len() as u64).saturating_add(window.new_over);
-            if new > 0 {
+            if new > 0 && self.known.len() < MAX_KNOWN_CHANNELS {
                 parts.push((
                     points(6.0, new as f64, 30),
                     format!("{new} channel(s) never used before"),
@@ -560,23 +570,14 @@ fn hour_of(now_ms: u64) -> u32 {
     u32::try_from(now_ms / 3_600_000 % 24).unwrap_or(0)
 }
 
-/// What a channel counts as: a reply channel as its reply namespace's root (`_reply.S.N`,
-/// `_reply.human:N`), any other as itself.
+/// What a channel counts as: every reply channel as one (`_reply`), any other as itself. Whom
+/// an agent replies to is the requesters' doing (a reply needs a grant a request made), so a
+/// service answering requesters it never answered before is nothing new; a direct channel
+/// names its recipient, so a new peer is a new channel.
 fn channel_key(channel: &str) -> &str {
-    let Some(rest) = channel.strip_prefix(REPLY_PREFIX) else {
-        return channel;
-    };
-    let Some(owner) = rest.strip_prefix('.') else {
-        return channel;
-    };
-    let root_tokens = if owner.starts_with(HUMAN_OWNER_PREFIX) {
-        2
-    } else {
-        3
-    };
-    match channel.match_indices('.').nth(root_tokens - 1) {
-        Some((end, _)) => channel.get(..end).unwrap_or(channel),
-        None => channel,
+    match channel.strip_prefix(REPLY_PREFIX) {
+        Some(rest) if rest.is_empty() || rest.starts_with('.') => REPLY_PREFIX,
+        _ => channel,
     }
 }
 
@@ -648,6 +649,25 @@ mod tests {
         assert!(worst < 30, "{worst}: {steps:?}");
         assert!(steps.iter().all(|s| !s.quarantine && s.throttled.is_none()));
         assert!(!alice.throttled());
+    }
+
+    #[test]
+    fn a_service_with_many_peers_and_requesters_is_left_alone() {
+        let anomaly = Anomaly::new(config());
+        let service = anomaly.watch(&agent("service"));
+        let mut now = 1_000 * DAY_MS;
+        // Each window it answers 40 of 1000 requesters and writes to 40 of 1000 peers, round
+        // the clock: more peers than its baseline remembers, each seen again only now and then.
+        let steps = run(&anomaly, &mut now, 13_000, |i| {
+            for k in 0..40 {
+                let who = (i * 40 + k) % 1000;
+                service.published(1, 300, [format!("_reply.shop.client{who}.r{i}").as_str()]);
+                service.published(1, 300, [format!("peers.p{who}").as_str()]);
+            }
+        });
+        let worst = steps.iter().map(|s| s.risk).max().unwrap_or(0);
+        assert!(worst < 30, "{worst}: {steps:?}");
+        assert!(!service.throttled());
     }
 
     #[test]
@@ -765,9 +785,9 @@ mod tests {
 
     #[test]
     fn reply_channels_count_as_their_namespace() {
-        assert_eq!(channel_key("_reply.shop.client.r1"), "_reply.shop.client");
-        assert_eq!(channel_key("_reply.human:ann.x.y"), "_reply.human:ann");
-        assert_eq!(channel_key("_reply.shop.client"), "_reply.shop.client");
+        assert_eq!(channel_key("_reply.shop.client.r1"), "_reply");
+        assert_eq!(channel_key("_reply.human:ann.x.y"), "_reply");
+        assert_eq!(channel_key("_reply.shop.client"), "_reply");
         assert_eq!(channel_key("_replyx.a.b.c"), "_replyx.a.b.c");
         assert_eq!(channel_key("orders.eu"), "orders.eu");
         assert_eq!(channel_key("_reply"), "_reply");
@@ -788,6 +808,10 @@ mod tests {
             },
             AnomalyConfig {
                 quarantine_at: Some(101),
+                ..AnomalyConfig::default()
+            },
+            AnomalyConfig {
+                throttle_at: Some(1),
                 ..AnomalyConfig::default()
             },
             AnomalyConfig {

@@ -25,17 +25,26 @@ use entente_types::{Channel, Principal, namespace};
 use entente_wire::{DirectoryRequest, DirectoryResponse, KeyBundle};
 
 use crate::authz;
+use crate::renew::Caller;
 use crate::router::Router;
 use crate::rpc::{self, RpcError, Services};
 use crate::stats;
 
-/// Serves one `Directory` request for `caller`.
+/// Serves one `Directory` request for `caller`: not on a connection closing (revoked,
+/// quarantined), nor while the audit log can't record (`UNAVAILABLE`).
 pub(crate) async fn directory<R: Router>(
     services: &Services<R>,
-    caller: &Principal,
+    caller: &Caller,
     request: DirectoryRequest,
     now: SystemTime,
 ) -> Result<DirectoryResponse, RpcError> {
+    rpc::open(caller)?;
+    services
+        .authz
+        .auditor()
+        .check()
+        .map_err(RpcError::Unaudited)?;
+    let caller = &caller.principal;
     let max = services.limits.max_recipients;
     let principals = match (request.principals.is_empty(), request.channel.is_empty()) {
         (false, true) => {

@@ -33,7 +33,7 @@ use governor::{Quota, RateLimiter};
 /// A rate: so many per second on average, with bursts of up to `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
-    /// The sustained rate, per second (at least 1).
+    /// The sustained rate, per second (at least 1, at most [`Rate::MAX_PER_SECOND`]).
     pub per_second: u32,
     /// The most taken at once after a quiet period (at least 1). A publish larger than this
     /// never passes.
@@ -212,22 +212,33 @@ impl<C: Clock> fmt::Debug for Limiters<C> {
     }
 }
 
-impl RateLimits {
-    /// Refuses a rate of zero.
+impl Rate {
+    /// The highest rate a bucket tells apart from none: one a nanosecond.
+    pub const MAX_PER_SECOND: u32 = 1_000_000_000;
+
+    /// Refuses a rate or burst of zero, and a rate above [`Rate::MAX_PER_SECOND`] (its
+    /// interval would round to nothing, and the bucket let everything through).
     pub(crate) fn check(&self) -> Result<(), &'static str> {
-        let rates = self
-            .agent_messages
+        if self.per_second == 0 || self.burst == 0 {
+            return Err("rate limits need a rate and a burst of at least 1");
+        }
+        if self.per_second > Self::MAX_PER_SECOND {
+            return Err("a rate limit is at most 1 000 000 000 a second");
+        }
+        Ok(())
+    }
+}
+
+impl RateLimits {
+    /// Refuses a rate of zero or above [`Rate::MAX_PER_SECOND`].
+    pub(crate) fn check(&self) -> Result<(), &'static str> {
+        self.agent_messages
             .iter()
             .chain(&self.agent_bytes)
             .chain(&self.agent_subscriptions)
             .chain(&self.agent_calls)
-            .chain(self.channels.iter().map(|c| &c.rate));
-        for rate in rates {
-            if rate.per_second == 0 || rate.burst == 0 {
-                return Err("rate limits need a rate and a burst of at least 1");
-            }
-        }
-        Ok(())
+            .chain(self.channels.iter().map(|c| &c.rate))
+            .try_for_each(Rate::check)
     }
 }
 
@@ -897,5 +908,16 @@ mod tests {
             burst: 1,
         });
         assert!(limits.check().is_err());
+        // A rate whose interval would round to nothing would let everything through.
+        for (per_second, ok) in [
+            (Rate::MAX_PER_SECOND, true),
+            (Rate::MAX_PER_SECOND + 1, false),
+        ] {
+            limits.agent_bytes = Some(Rate {
+                per_second,
+                burst: 1,
+            });
+            assert_eq!(limits.check().is_ok(), ok, "{per_second}");
+        }
     }
 }

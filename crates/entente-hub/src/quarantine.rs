@@ -120,7 +120,16 @@ async fn act<R>(services: &Services<R>, steps: Vec<Step>) {
             }
             None => {}
         }
-        if step.quarantine && services.anomaly.quarantined(&step.principal).is_none() {
+        if step.quarantine && services.admins.contains(&step.principal) {
+            // A listed administrator stays throttled: quarantined, nobody may be left to lift
+            // a quarantine (only they may quarantine one another).
+            tracing::warn!(
+                principal = %step.principal,
+                risk = step.risk,
+                evidence = %step.evidence,
+                "a listed administrator reached the quarantine threshold: throttled, not quarantined"
+            );
+        } else if step.quarantine && services.anomaly.quarantined(&step.principal).is_none() {
             let quarantined = Quarantined {
                 principal: step.principal,
                 since_ms: rpc::unix_ms(SystemTime::now()),
@@ -155,7 +164,18 @@ pub(crate) async fn impose<R>(
             "{MAX_QUARANTINED} agents are quarantined, the most the hub keeps: release some first"
         )));
     }
+    if services.anomaly.quarantined(&principal).is_none() && !room_for(services, &quarantined) {
+        tracing::error!(%principal, "not quarantined: the quarantine list is full");
+        return Err(RpcError::TooMany(
+            "the quarantine list would outgrow what the hub reads back at start (or sends in \
+             one answer): release some first"
+                .into(),
+        ));
+    }
     if !services.anomaly.impose(quarantined.clone()) {
+        // In force already: kept again, should an earlier attempt have failed to keep it.
+        store(services, None).await?;
+        suspend(services, &principal, true).await?;
         return Ok(None);
     }
     let closed = services
@@ -294,6 +314,30 @@ pub(crate) async fn quarantine<R>(
                 "an administrator cannot quarantine itself: another administrator must".into(),
             ));
         }
+        let trust_domain = services.ca.trust_domain();
+        if principal.trust_domain() != trust_domain.as_str() {
+            return Err(RpcError::BadRequest(format!(
+                "`{principal}` is not in this hub's trust domain `{trust_domain}`"
+            )));
+        }
+        // As for revocations: a listed administrator's powers no policy gives or takes, and
+        // made-up names would fill the list (and the stored list, which the hub reads at
+        // start).
+        if !admin::listed(services, caller) {
+            if services.admins.contains(&principal) {
+                return Err(RpcError::Denied(format!(
+                    "quarantining `{principal}` is denied: it is an administrator the hub's \
+                     configuration lists, whom only another listed administrator may quarantine"
+                )));
+            }
+            if !admin::known(services, &principal).await? {
+                return Err(RpcError::Denied(format!(
+                    "`{principal}` is unknown to the hub (never enrolled, not connected): \
+                     quarantining it is reserved to the administrators the hub's configuration \
+                     lists"
+                )));
+            }
+        }
         let quarantined = Quarantined {
             risk: services.anomaly.risk(&principal),
             principal: principal.clone(),
@@ -313,6 +357,27 @@ pub(crate) async fn quarantine<R>(
         .map(to_wire)
         .collect();
     Ok(response)
+}
+
+/// Whether the list in force with `adding` still fits what the hub reads back at start
+/// ([`restore`]) and what a `Quarantine` answer carries (the list, and an agent released).
+fn room_for<R>(services: &Services<R>, adding: &Quarantined) -> bool {
+    let mut quarantined: Vec<QuarantinedAgent> = services
+        .anomaly
+        .quarantine_list()
+        .iter()
+        .map(to_wire)
+        .collect();
+    let added = to_wire(adding);
+    quarantined.push(added.clone());
+    let stored = StoredQuarantine { quarantined };
+    let fits = rpc::fits(&stored, &services.limits);
+    let answer = QuarantineResponse {
+        quarantined: stored.quarantined,
+        released: Some(added),
+        closed_connections: u32::MAX,
+    };
+    fits && rpc::fits(&answer, &services.limits)
 }
 
 /// Stores the quarantine list in force, without `lifting` if given.

@@ -1527,7 +1527,7 @@ async fn route_request(
         }
         DIRECTORY_PATH => {
             serve(services, &caller, limits, request, |s, c, r| async move {
-                status(directory::directory(&s, &c.principal, r, now()).await)
+                status(directory::directory(&s, &c, r, now()).await)
             })
             .await
         }
@@ -1788,10 +1788,15 @@ where
         return status.into_http();
     }
     unary(limits, request, move |req| {
-        let answer = handler(services.clone(), caller.clone(), req);
+        // A task of its own: a caller that resets its stream drops this future, and an act
+        // stopped halfway (in force, its record not yet made) would be done unrecorded.
+        let answer = tokio::spawn(handler(services.clone(), caller.clone(), req));
         let watch = watch.clone();
         async move {
-            let answer = answer.await;
+            let answer = answer.await.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "a call's task failed");
+                Err(Status::internal("the call failed"))
+            });
             if answer
                 .as_ref()
                 .is_err_and(|status| status.code() == tonic::Code::PermissionDenied)

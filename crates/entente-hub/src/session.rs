@@ -159,6 +159,11 @@ struct Refused {
     /// Whether the audit log has it already (a policy decision, a limit hit); any other
     /// refusal is recorded when it is sent.
     recorded: bool,
+    /// Whether a refusal of its kind counts against the sender's risk ([`Session::refuse`]):
+    /// not a reply refused for want of its grant, which the requester controls (a grant is
+    /// one batch's, ends with the request's expiry or its requester's session), so that a
+    /// requester can't get its responder throttled or quarantined.
+    scored: bool,
 }
 
 /// An entry to store in a durable channel, with its stream.
@@ -682,7 +687,8 @@ impl<R: Router> Session<R> {
                 return Err(Refused::new(
                     RefusalCode::Denied,
                     format!("the reply grant on `{reply}` was used or has expired"),
-                ));
+                )
+                .unscored());
             }
         };
         match grants.issue_all(self.id, &issues, now) {
@@ -1345,6 +1351,7 @@ impl<R: Router> Session<R> {
             reason: bounded(hit.reason.clone()),
             retry_after_ms: hit.retry_after_ms(),
             recorded: true,
+            scored: true,
         };
         let same = self
             .limit_hits
@@ -1408,11 +1415,13 @@ impl<R: Router> Session<R> {
                 .grants
                 .may_reply(&self.principal, &channel, now_ms())
             {
-                return Err(self.deny(format!(
-                    "no reply grant lets `{}` publish on `{channel}`: only the recipient of a \
-                     request may reply, once, before it expires",
-                    self.principal
-                )));
+                return Err(self
+                    .deny(format!(
+                        "no reply grant lets `{}` publish on `{channel}`: only the recipient of \
+                         a request may reply, once, before it expires",
+                        self.principal
+                    ))
+                    .unscored());
             }
         }
         groups.push(Group::new(channel));
@@ -1477,11 +1486,13 @@ impl<R: Router> Session<R> {
                 .grants
                 .may_reply_all(&self.principal, &channels, now_ms())
         {
-            return Err(self.deny(format!(
-                "no reply grant lets `{}` publish on `{channel}`: only the recipient of a \
-                 request may reply, once, before it expires",
-                self.principal
-            )));
+            return Err(self
+                .deny(format!(
+                    "no reply grant lets `{}` publish on `{channel}`: only the recipient of a \
+                     request may reply, once, before it expires",
+                    self.principal
+                ))
+                .unscored());
         }
         if let Some(index) = groups.iter().position(|g| g.channel == root) {
             return groups
@@ -1516,13 +1527,15 @@ impl<R: Router> Session<R> {
     }
 
     async fn refuse(&self, request_id: u64, refused: Refused) -> Result<(), Status> {
-        if matches!(
-            refused.code,
-            RefusalCode::Denied
-                | RefusalCode::Replay
-                | RefusalCode::Malformed
-                | RefusalCode::ForgedSender
-        ) {
+        if refused.scored
+            && matches!(
+                refused.code,
+                RefusalCode::Denied
+                    | RefusalCode::Replay
+                    | RefusalCode::Malformed
+                    | RefusalCode::ForgedSender
+            )
+        {
             self.watch.refused();
         }
         if !refused.recorded {
@@ -1638,7 +1651,14 @@ impl Refused {
             reason: bounded(reason.to_string()),
             retry_after_ms: 0,
             recorded: false,
+            scored: true,
         }
+    }
+
+    /// A refusal that does not count against the sender's risk (a reply without its grant).
+    fn unscored(mut self) -> Self {
+        self.scored = false;
+        self
     }
 
     /// A refusal the audit log has already.
@@ -2302,6 +2322,19 @@ mod tests {
         );
         assert!(alice.rx.try_recv().is_err());
         assert_eq!(hub.context.stats.snapshot().denials, 3);
+        // Replies refused for want of a grant are the requester's doing (a grant used, ended):
+        // they don't count against the responder's risk, as a denied publish does.
+        hub.context.anomaly.tick(now + 60_000);
+        assert_eq!(hub.context.anomaly.risk(&bob.principal), 0);
+        assert_eq!(hub.context.anomaly.risk(&carol.principal), 0);
+        let mut outside = carol.sealer_at("elsewhere.x", now);
+        let denied = outside.seal_batch(&[b"x"], None, now).unwrap();
+        assert_eq!(
+            refusal(carol.publish(6, vec![denied]).await),
+            (6, Some(RefusalCode::Denied))
+        );
+        hub.context.anomaly.tick(now + 120_000);
+        assert!(hub.context.anomaly.risk(&carol.principal) > 0);
     }
 
     /// Requests to two targets in one publish: each target may answer only its own.

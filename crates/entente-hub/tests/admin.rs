@@ -726,8 +726,16 @@ async fn a_human_permitted_enroll_on_a_segment_creates_tokens_for_its_agents_onl
         Code::InvalidArgument,
         "reserved",
     );
+    // Whom no policy permits to act learns nothing of who the listed administrators are.
+    let refused = revoke(&client, &[&root.principal], &[]).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(
+        refused.message().contains("no policy permits it")
+            && !refused.message().contains("administrator"),
+        "{refused:?}"
+    );
     let stats = hub.stats();
-    assert_eq!((stats.admin_actions, stats.admin_refusals), (2, 3));
+    assert_eq!((stats.admin_actions, stats.admin_refusals), (2, 4));
     assert_eq!(stats.enrollments, 1);
     hub.shutdown().await.unwrap();
 }
@@ -934,8 +942,27 @@ async fn a_quarantine_the_store_refuses_stays_in_force_until_it_can_be_lifted() 
         quarantine(&client, "", "").await.unwrap().quarantined.len(),
         1
     );
-    // The store is back: it is lifted, and stays lifted across a restart.
+    // The store is back: imposing it again keeps it ("quarantined already"), across a restart.
     store.fail_config.store(false, Ordering::SeqCst);
+    assert_refused(
+        quarantine(&client, &eve, "").await,
+        Code::FailedPrecondition,
+        "quarantined already",
+    );
+    hub.shutdown().await.unwrap();
+    let hub = Hub::start(
+        config_with_admins(vec![root.principal.clone()]),
+        ca.ca.clone(),
+        store.clone(),
+    )
+    .await
+    .unwrap();
+    let client = root.connect(&hub).await;
+    assert_eq!(
+        quarantine(&client, "", "").await.unwrap().quarantined.len(),
+        1
+    );
+    // It is lifted, and stays lifted across a restart.
     let lifted = quarantine(&client, "", &eve).await.unwrap();
     assert!(lifted.quarantined.is_empty());
     assert_eq!(lifted.released.unwrap().principal, eve);

@@ -427,6 +427,7 @@ async fn a_hub_whose_log_fails_refuses_what_it_cannot_record() {
     let dir = TempDir::new().unwrap();
     let hub = start(&dir).await;
     let (alice, bob) = traffic(&hub, 1).await;
+    let carol = hub.enroll("shop", "carol").await.unwrap();
 
     // The log's records file disappears under the running hub: the next write fails.
     std::fs::remove_file(audit_dir(&dir).join("records")).unwrap();
@@ -459,6 +460,9 @@ async fn a_hub_whose_log_fails_refuses_what_it_cannot_record() {
     );
     assert_ne!(refused.kind(), ErrorKind::Denied, "{refused}");
     assert_eq!(hub.stats().denials, denials);
+    // Nor a lookup by principal, which no policy decides.
+    let refused = alice.key_bundle(carol.principal()).await.unwrap_err();
+    assert!(refused.to_string().contains("audit log"), "{refused}");
     let admin = hub.connect(hub.admin().unwrap()).await;
     let refused = match admin {
         Ok(admin) => admin

@@ -277,6 +277,98 @@ async fn an_administrator_quarantines_an_agent_and_only_an_administrator_lifts_i
     );
 }
 
+/// An administrator by policy quarantines agents the hub knows, not a listed (break-glass)
+/// administrator, whom nobody could then lift it for, nor made-up names, which would fill the
+/// stored list; a listed administrator may quarantine a name not seen yet.
+#[tokio::test]
+async fn an_administrator_by_policy_quarantines_neither_a_listed_one_nor_a_made_up_name() {
+    let dir = TempDir::new().unwrap();
+    let policies = format!(
+        r#"{POLICIES}
+        @id("ann-admin")
+        permit (principal == Human::"spiffe://{td}/human/ann", action == Action::"admin",
+                resource == Hub::"hub");"#,
+        td = entente_testkit::TRUST_DOMAIN
+    );
+    let hub = start(&dir, &policies, |_| {}).await;
+    let ann = hub.connect_human("ann").await.unwrap();
+    let admin = hub.connect(hub.admin().unwrap()).await.unwrap();
+    let alice = hub.enroll("shop", "alice").await.unwrap();
+    let request = |impose: &str| QuarantineRequest {
+        impose: impose.to_owned(),
+        release: String::new(),
+        reason: "a test".to_owned(),
+    };
+    let admin_id = hub.admin_principal().unwrap().to_string();
+    let err = ann.quarantine(request(&admin_id)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Denied, "{err}");
+    assert!(
+        err.to_string()
+            .contains("only another listed administrator"),
+        "{err}"
+    );
+    let made_up = format!(
+        "spiffe://{}/agent/shop/nobody",
+        entente_testkit::TRUST_DOMAIN
+    );
+    let err = ann.quarantine(request(&made_up)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Denied, "{err}");
+    assert!(err.to_string().contains("unknown to the hub"), "{err}");
+    let err = ann
+        .quarantine(request("spiffe://elsewhere.org/agent/shop/alice"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("trust domain"), "{err}");
+    assert!(list(&admin).await.quarantined.is_empty());
+
+    // An agent the hub enrolled, yes; a name not seen yet, by a listed administrator.
+    let imposed = ann
+        .quarantine(request(alice.principal().as_str()))
+        .await
+        .unwrap();
+    assert_eq!(imposed.quarantined.len(), 1);
+    let imposed = admin.quarantine(request(&made_up)).await.unwrap();
+    assert_eq!(imposed.quarantined.len(), 2);
+}
+
+/// The quarantine list stays within what the hub reads back at start and sends in one answer:
+/// an imposition past that is refused, and the hub starts again with the list it kept.
+#[tokio::test]
+async fn the_quarantine_list_stays_within_what_the_hub_reads_back() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir, POLICIES, |c| c.limits.max_frame_bytes = 16 * 1024).await;
+    let admin = hub.connect(hub.admin().unwrap()).await.unwrap();
+    let reason = "r".repeat(1000);
+    let mut imposed = 0;
+    let refused = loop {
+        let name = format!(
+            "spiffe://{}/agent/shop/a{imposed}",
+            entente_testkit::TRUST_DOMAIN
+        );
+        let request = QuarantineRequest {
+            impose: name,
+            release: String::new(),
+            reason: reason.clone(),
+        };
+        match admin.quarantine(request).await {
+            Ok(_) => imposed += 1,
+            Err(e) => break e,
+        }
+        assert!(imposed < 100, "never refused");
+    };
+    assert!(
+        refused.to_string().contains("RESOURCE_EXHAUSTED")
+            && refused.to_string().contains("release some first"),
+        "{refused}"
+    );
+    assert!(imposed >= 10, "{imposed}");
+    assert_eq!(list(&admin).await.quarantined.len(), imposed);
+    drop(admin);
+    let hub = hub.restart().await.unwrap();
+    let admin = hub.connect(hub.admin().unwrap()).await.unwrap();
+    assert_eq!(list(&admin).await.quarantined.len(), imposed);
+}
+
 /// Probing through RPCs (the directory of channels one may not publish to) counts as
 /// probing through frames: the prober is quarantined.
 #[tokio::test]
@@ -332,6 +424,49 @@ async fn an_agent_probing_the_directory_is_quarantined() {
     };
     assert_eq!(entry.principal, scanner.principal().to_string());
     assert_eq!(entry.by, "hub");
+}
+
+/// A listed administrator probing as the scanner above does is throttled, never quarantined:
+/// the break-glass administrators are who lifts quarantines.
+#[tokio::test]
+async fn the_detector_throttles_a_listed_administrator_but_never_quarantines_it() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir, POLICIES, quick).await;
+    let admin = hub.connect(hub.admin().unwrap()).await.unwrap();
+    let started = Instant::now();
+    let mut throttled_since: Option<Instant> = None;
+    let mut probes = 0u32;
+    // Probing on for six windows once throttled: the scanner above is quarantined in two.
+    while throttled_since.is_none_or(|since| since.elapsed() < Duration::from_secs(6)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "the administrator was never throttled"
+        );
+        match admin.publish(&format!("pay.secrets.p{probes}"), "x").await {
+            Ok(()) => panic!("a probe was allowed"),
+            Err(e)
+                if e.kind() == ErrorKind::Limited && e.to_string().contains("anomaly-throttle") =>
+            {
+                throttled_since.get_or_insert_with(Instant::now);
+            }
+            Err(e) => assert!(
+                e.kind() != ErrorKind::Closed && !e.to_string().contains("quarantined"),
+                "{e}"
+            ),
+        }
+        probes += 1;
+    }
+    // Still throttled: the listing waits for the bucket.
+    let listed = loop {
+        match admin.quarantine(QuarantineRequest::default()).await {
+            Err(e) if e.kind() == ErrorKind::Limited => {
+                tokio::time::sleep(e.retry_after().unwrap_or(Duration::from_millis(100))).await;
+            }
+            other => break other.unwrap(),
+        }
+    };
+    assert!(listed.quarantined.is_empty());
+    assert_eq!(hub.stats().quarantines, 0);
 }
 
 #[tokio::test]
