@@ -249,6 +249,28 @@ fn place_of(table: Option<&KeystoreTable>, name: &str) -> Result<Option<Place>> 
     }
 }
 
+/// The token's PIN from the value of `ENTENTE_PKCS11_PIN` at a later start. Unset or empty is
+/// refused here, before the token is asked: each failed login uses up one of its tries, and
+/// `ENTENTE_PKCS11_PIN=$PIN` with `PIN` unset, under a service that restarts the hub, would
+/// otherwise try once per start until the token locks the PIN. Messages never hold the value.
+fn pin_of(value: Option<std::ffi::OsString>, token: &str) -> Result<Zeroizing<String>> {
+    let env = pkcs11::PIN_ENV;
+    let token = token.escape_debug();
+    let Some(value) = value else {
+        bail!("keys of the hub are in the PKCS#11 token `{token}`: set {env} to its user PIN");
+    };
+    if value.is_empty() {
+        bail!(
+            "{env} is set but empty: keys of the hub are in the PKCS#11 token `{token}`, and no \
+             login is tried with an empty PIN (a failed login uses up one of the token's tries); \
+             set {env} to its user PIN"
+        );
+    }
+    let value = Zeroizing::new(value.into_encoded_bytes());
+    let pin = std::str::from_utf8(&value).map_err(|_| anyhow!("{env} is not valid UTF-8"))?;
+    Ok(Zeroizing::new(pin.to_owned()))
+}
+
 // === impl Opener ===
 
 impl Opener<'_> {
@@ -261,13 +283,7 @@ impl Opener<'_> {
                 }
                 let pin = match &self.pin {
                     Some(pin) => pin.clone(),
-                    None => Zeroizing::new(std::env::var(pkcs11::PIN_ENV).map_err(|_| {
-                        anyhow!(
-                            "keys of the hub are in the PKCS#11 token `{token}`: set {} to its \
-                             user PIN",
-                            pkcs11::PIN_ENV
-                        )
-                    })?),
+                    None => pin_of(std::env::var_os(pkcs11::PIN_ENV), token)?,
                 };
                 let store: Arc<dyn KeyStore> = Arc::new(Pkcs11KeyStore::open(Pkcs11Config {
                     module: PathBuf::from(module),
@@ -350,5 +366,54 @@ impl Opener<'_> {
         ));
         self.key_beside = true;
         Ok(Unlock::Key(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
+
+    use std::ffi::OsString;
+
+    use super::*;
+
+    #[test]
+    fn a_later_start_refuses_an_unset_or_empty_pin_without_showing_it() {
+        let err = pin_of(None, "hub").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "keys of the hub are in the PKCS#11 token `hub`: set ENTENTE_PKCS11_PIN to its user \
+             PIN"
+        );
+        let err = pin_of(Some(OsString::new()), "hub")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "ENTENTE_PKCS11_PIN is set but empty: keys of the hub are in the PKCS#11 token \
+             `hub`, and no login is tried with an empty PIN (a failed login uses up one of the \
+             token's tries); set ENTENTE_PKCS11_PIN to its user PIN"
+        );
+        assert_eq!(
+            pin_of(Some(OsString::from(" 12 34 ")), "hub")
+                .unwrap()
+                .as_str(),
+            " 12 34 "
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_pin_that_is_not_utf8_is_refused_without_showing_it() {
+        use std::os::unix::ffi::OsStringExt;
+        let err = pin_of(Some(OsString::from_vec(vec![b'p', 0xff])), "hub")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "ENTENTE_PKCS11_PIN is not valid UTF-8");
     }
 }

@@ -143,9 +143,12 @@ fn the_hub_keeps_its_keys_in_a_pkcs11_token() {
     );
     stop(child);
 
-    // Later starts need the PIN, and the right one.
+    // Later starts need the PIN, and the right one; an empty one is never tried (a failed
+    // login uses up one of the token's tries).
     let err = refused(hub(&data, &conf, None));
     assert!(err.contains("ENTENTE_PKCS11_PIN"), "{err}");
+    let err = refused(hub(&data, &conf, Some("")));
+    assert!(err.contains("ENTENTE_PKCS11_PIN is set but empty"), "{err}");
     let err = refused(hub(&data, &conf, Some("not-the-pin")));
     assert!(err.contains("wrong pin"), "{err}");
     assert!(

@@ -21,7 +21,7 @@
 //! left, and on request (`entente keys rotate intermediate`); later steps are taken by
 //! [`rollover_loop`] when due. No connection is closed by any step.
 
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use entente_audit::{Admin, Event, Outcome};
@@ -64,6 +64,10 @@ pub(crate) struct CaState {
     trust_domain: TrustDomain,
     keystore: Arc<dyn KeyStore>,
     config: CaRollover,
+    /// A staging whose state the registry failed to store: the CA with the new intermediate,
+    /// whose key is in the key store. The next staging stores it again instead of generating
+    /// another key, so a registry that keeps failing leaves no pile of unused keys.
+    unstored: Mutex<Option<Arc<Ca>>>,
 }
 
 /// When the latest steps were taken, Unix milliseconds (0: never).
@@ -133,6 +137,7 @@ impl CaState {
             steps: tokio::sync::Mutex::new(()),
             activated: Notify::new(),
             config,
+            unstored: Mutex::new(None),
         })
     }
 
@@ -225,6 +230,43 @@ impl CaState {
     fn schedule(&self) -> Schedule {
         *self.schedule.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// The staging a failed store left, if it still fits `ca`, the CA in use (the same active
+    /// intermediate and nothing else) and its key is still in the key store; else it is
+    /// forgotten (its key is left alone: a failed write may have landed and name it).
+    async fn unstored_staging(&self, ca: &Ca) -> Result<Option<Arc<Ca>>, RpcError> {
+        let Some(staged) = self.unstored_slot().clone() else {
+            return Ok(None);
+        };
+        let key = staged
+            .intermediates()
+            .into_iter()
+            .find(|i| i.role == IntermediateRole::Staged)
+            .and_then(|i| i.key);
+        let fits = ca.intermediates().len() == 1 && staged.signer_id() == ca.signer_id();
+        let kept = match key {
+            Some(key) if fits => {
+                let keystore = self.keystore.clone();
+                // An unavailable key store fails the step and keeps the staging for the next.
+                rpc::blocking(move || {
+                    keystore
+                        .contains(&key)
+                        .map_err(|e| RpcError::Keys(e.to_string()))
+                })
+                .await?
+            }
+            _ => false,
+        };
+        if !kept {
+            *self.unstored_slot() = None;
+            return Ok(None);
+        }
+        Ok(Some(staged))
+    }
+
+    fn unstored_slot(&self) -> MutexGuard<'_, Option<Arc<Ca>>> {
+        self.unstored.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Reopens a CA from its root and first intermediate (as `Ca::load` does) and, if the store
@@ -311,7 +353,7 @@ pub(crate) async fn take_step<R>(
     let auditor = services.authz.auditor();
     auditor.check().map_err(RpcError::Unaudited)?;
     let outcome = match step {
-        Step::Stage => stage(services, now).await,
+        Step::Stage => stage(state, &services.registry, now).await,
         Step::Activate => activate(services, now).await,
         Step::Retire => retire(services, now).await,
     };
@@ -341,11 +383,21 @@ async fn record(
         .map_err(RpcError::Unaudited)
 }
 
-async fn stage<R>(services: &Services<R>, now: SystemTime) -> Result<String, RpcError> {
-    let state = &services.ca;
+async fn stage(state: &CaState, registry: &Registry, now: SystemTime) -> Result<String, RpcError> {
     let ca = state.current();
-    let staged = rpc::blocking(move || ca.stage_intermediate(now).map_err(ca_error)).await?;
+    // A staging the registry failed to store is stored again, key and certificate: a new key
+    // at each try would leave one more unused key (an HSM object) per retry, every minute for
+    // as long as the registry fails.
+    let (staged, again) = match state.unstored_staging(&ca).await? {
+        Some(staged) => (staged, true),
+        None => {
+            let staged =
+                rpc::blocking(move || ca.stage_intermediate(now).map_err(ca_error)).await?;
+            (Arc::new(staged), false)
+        }
+    };
     let schedule = Schedule {
+        // When the trust bundle holding it is first handed out: the overlap counts from here.
         staged_at_ms: rpc::unix_ms(now),
         ..state.schedule()
     };
@@ -353,16 +405,31 @@ async fn stage<R>(services: &Services<R>, now: SystemTime) -> Result<String, Rpc
         .intermediates()
         .into_iter()
         .find(|i| i.role == IntermediateRole::Staged);
-    // A failed store may still have written the state naming the staged intermediate (a
-    // sync that failed after the write): its key stays, unused if it was not, rather than the
-    // CA be left unable to load.
-    persist(&services.registry, &staged, schedule).await?;
+    if let Err(e) = persist(registry, &staged, schedule).await {
+        // A failed store may still have written the state naming the staged intermediate (a
+        // sync that failed after the write): its key is never deleted here, but kept with the
+        // staging for the next try, which stores the same intermediate again.
+        let key = new.as_ref().and_then(|i| i.key.as_ref());
+        tracing::warn!(
+            key = %key.map(ToString::to_string).unwrap_or_default(),
+            "storing a staged intermediate failed ({e}): its key is kept, and the next try \
+             stores the same intermediate again"
+        );
+        *state.unstored_slot() = Some(staged);
+        return Err(e);
+    }
+    *state.unstored_slot() = None;
     state.replace(staged, schedule);
     Ok(match new {
         Some(i) => format!(
-            "staged intermediate {}, valid until {} ms",
+            "staged intermediate {}, valid until {} ms{}",
             short(&i.signer_id),
-            rpc::unix_ms(i.not_after)
+            rpc::unix_ms(i.not_after),
+            if again {
+                " (made by an earlier try that failed to store it)"
+            } else {
+                ""
+            }
         ),
         None => "staged".to_owned(),
     })
@@ -531,5 +598,252 @@ pub(crate) fn step_name(step: Step) -> &'static str {
         Step::Stage => "stage",
         Step::Activate => "activate",
         Step::Retire => "retire",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )]
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use entente_keystore::KeyName;
+    use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock};
+    use entente_store::{AgentRecord, EmbeddedStore, Store, StoreError, TokenRecord};
+
+    use super::*;
+
+    /// An embedded store whose config writes fail while `fail` is set, as on a full disk.
+    struct FullDisk {
+        inner: EmbeddedStore,
+        fail: AtomicBool,
+    }
+
+    impl Store for FullDisk {
+        async fn put_agent(&self, record: &AgentRecord) -> Result<(), StoreError> {
+            self.inner.put_agent(record).await
+        }
+        async fn agent(&self, principal: &str) -> Result<Option<AgentRecord>, StoreError> {
+            self.inner.agent(principal).await
+        }
+        async fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+            self.inner.agents().await
+        }
+        async fn put_key_bundle(
+            &self,
+            principal: &str,
+            epoch: u64,
+            bundle: &[u8],
+        ) -> Result<(), StoreError> {
+            self.inner.put_key_bundle(principal, epoch, bundle).await
+        }
+        async fn key_bundle(
+            &self,
+            principal: &str,
+            epoch: u64,
+        ) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.key_bundle(principal, epoch).await
+        }
+        async fn latest_key_bundle(
+            &self,
+            principal: &str,
+        ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+            self.inner.latest_key_bundle(principal).await
+        }
+        async fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+            self.inner.put_token(token).await
+        }
+        async fn redeem_token(
+            &self,
+            hash: &[u8; 32],
+            now_ms: u64,
+        ) -> Result<TokenRecord, StoreError> {
+            self.inner.redeem_token(hash, now_ms).await
+        }
+        async fn purge_tokens(&self, now_ms: u64) -> Result<u64, StoreError> {
+            self.inner.purge_tokens(now_ms).await
+        }
+        async fn put_revocations(&self, version: u64, list: &[u8]) -> Result<(), StoreError> {
+            self.inner.put_revocations(version, list).await
+        }
+        async fn revocations(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+            self.inner.revocations().await
+        }
+        async fn put_grants(&self, version: u64, book: &[u8]) -> Result<(), StoreError> {
+            self.inner.put_grants(version, book).await
+        }
+        async fn grants(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+            self.inner.grants().await
+        }
+        async fn put_held(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {
+            self.inner.put_held(id, record).await
+        }
+        async fn delete_held(&self, id: &str) -> Result<bool, StoreError> {
+            self.inner.delete_held(id).await
+        }
+        async fn held(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+            self.inner.held().await
+        }
+        async fn put_config(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("the disk is full".into()));
+            }
+            self.inner.put_config(key, value).await
+        }
+        async fn config(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.config(key).await
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        keystore: Arc<dyn KeyStore>,
+        store: Arc<FullDisk>,
+        registry: Registry,
+        state: CaState,
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let keystore: Arc<dyn KeyStore> = Arc::new(
+            LocalKeyStore::create(
+                &dir.path().join("keys"),
+                &Unlock::passphrase("rollover unit tests"),
+                Argon2Params::danger_fast_for_tests(),
+            )
+            .unwrap(),
+        );
+        let ca = Ca::init(
+            keystore.clone(),
+            &TrustDomain::new("example.org").unwrap(),
+            CaOptions::default(),
+            SystemTime::now(),
+        )
+        .unwrap();
+        let store = Arc::new(FullDisk {
+            inner: EmbeddedStore::open(dir.path().join("registry.redb")).unwrap(),
+            fail: AtomicBool::new(false),
+        });
+        let registry = Registry::new(store.clone());
+        let state = CaState::open(
+            Arc::new(ca),
+            &registry,
+            &Limits::default(),
+            CaRollover::default(),
+        )
+        .await
+        .unwrap();
+        Fixture {
+            _dir: dir,
+            keystore,
+            store,
+            registry,
+            state,
+        }
+    }
+
+    /// The names of the keys in the store.
+    fn keys(keystore: &Arc<dyn KeyStore>) -> Vec<KeyName> {
+        keystore
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    fn staged_key(ca: &Ca) -> Option<KeyName> {
+        ca.intermediates()
+            .into_iter()
+            .find(|i| i.role == IntermediateRole::Staged)
+            .and_then(|i| i.key)
+    }
+
+    #[tokio::test]
+    async fn a_staging_the_registry_fails_to_store_is_retried_with_the_same_key() {
+        let f = fixture().await;
+        let before = keys(&f.keystore);
+        assert_eq!(before.len(), 2, "{before:?}");
+
+        // The disk is full: each try fails, as the automatic staging retries every minute.
+        f.store.fail.store(true, Ordering::SeqCst);
+        for _ in 0..5 {
+            let err = stage(&f.state, &f.registry, SystemTime::now())
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("the disk is full"), "{err}");
+        }
+        // One new key, not one per try; nothing stored, nothing in use.
+        let during = keys(&f.keystore);
+        assert_eq!(during.len(), 3, "one new key for all tries: {during:?}");
+        let new_key = during
+            .iter()
+            .find(|name| !before.contains(name))
+            .unwrap()
+            .clone();
+        assert!(f.registry.config(CA_ROLLOVER_KEY).await.unwrap().is_none());
+        assert_eq!(staged_key(&f.state.current()), None);
+
+        // The disk has room again: the next try stores the intermediate made by the first.
+        f.store.fail.store(false, Ordering::SeqCst);
+        let done = stage(&f.state, &f.registry, SystemTime::now())
+            .await
+            .unwrap();
+        assert!(done.contains("earlier try"), "{done}");
+        assert_eq!(staged_key(&f.state.current()), Some(new_key.clone()));
+        assert_eq!(keys(&f.keystore).len(), 3);
+        assert!(f.state.unstored_slot().is_none());
+
+        // The stored state names it: another hub process loads the same staged intermediate.
+        let stored = f.registry.config(CA_ROLLOVER_KEY).await.unwrap().unwrap();
+        let (loaded, schedule) = from_stored(
+            f.keystore.clone(),
+            &f.state.current().to_pem().root,
+            CaOptions::default(),
+            &stored,
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(staged_key(&loaded), Some(new_key));
+        assert_eq!(schedule, f.state.schedule());
+
+        // A staging while one is staged is refused, and makes no key.
+        let err = stage(&f.state, &f.registry, SystemTime::now())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RpcError::Precondition(_)), "{err:?}");
+        assert_eq!(keys(&f.keystore).len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_failed_staging_whose_key_is_gone_is_made_anew() {
+        let f = fixture().await;
+        f.store.fail.store(true, Ordering::SeqCst);
+        stage(&f.state, &f.registry, SystemTime::now())
+            .await
+            .unwrap_err();
+        let first = f
+            .state
+            .unstored_slot()
+            .as_deref()
+            .and_then(staged_key)
+            .unwrap();
+        // Removed from the key store by hand: storing that intermediate would name no key.
+        f.keystore.delete(&first).unwrap();
+
+        f.store.fail.store(false, Ordering::SeqCst);
+        let done = stage(&f.state, &f.registry, SystemTime::now())
+            .await
+            .unwrap();
+        assert!(!done.contains("earlier try"), "{done}");
+        let second = staged_key(&f.state.current()).unwrap();
+        assert_ne!(second, first);
+        assert!(f.keystore.contains(&second).unwrap());
+        assert_eq!(keys(&f.keystore).len(), 3);
     }
 }

@@ -50,7 +50,10 @@
 //! (`ENTENTE_PKCS11_MODULE`), [`TOKEN_ENV`] (`ENTENTE_PKCS11_TOKEN`) and [`PIN_ENV`]
 //! (`ENTENTE_PKCS11_PIN`). [`Pkcs11KeyStore::open`] loads the module, finds the one initialized
 //! token with that label and logs in as the user. The PIN is used for that login and then
-//! dropped (zeroized); no error message or `Debug` output contains it.
+//! dropped (zeroized); no error message or `Debug` output contains it. Every failed login uses
+//! up one of the token's tries, so none is made that could only fail or would lock the token:
+//! an empty PIN is refused before the module is loaded, and a token whose user PIN is locked,
+//! not initialized or at its final try (`CKF_USER_PIN_FINAL_TRY`) is refused without a login.
 //!
 //! ```no_run
 //! use entente_keystore::pkcs11::{Pkcs11Config, Pkcs11KeyStore};
@@ -229,15 +232,27 @@ impl Pkcs11KeyStore {
 
     /// Loads the module, finds the token labelled `config.token_label` and logs in as the user.
     ///
-    /// Fails with [`KeyStoreError::Pkcs11Module`] if the module is missing or is not a PKCS#11
+    /// Fails with [`KeyStoreError::Config`] if the PIN is empty (no login is tried),
+    /// [`KeyStoreError::Pkcs11Module`] if the module is missing or is not a PKCS#11
     /// library, [`KeyStoreError::TokenNotFound`] (listing the labels found) if no initialized
     /// token has the label, [`KeyStoreError::WrongPin`] or [`KeyStoreError::PinLocked`] if the
     /// login is refused, and [`KeyStoreError::Pkcs11`] for anything else, including a token that
-    /// is already open in another store of this process.
+    /// is already open in another store of this process and a user PIN at its final try (no
+    /// login is tried: a wrong PIN would lock the token).
     pub fn open(config: Pkcs11Config) -> Result<Self, KeyStoreError> {
-        let (module, context) = load_module(&config.module)?;
         let label = config.token_label.as_str();
-        let slot = find_token(&context, label)?;
+        // Refused before the module is even loaded: a failed login uses up one of the token's
+        // tries, and `ENTENTE_PKCS11_PIN=$PIN` with `PIN` unset, under a service that restarts
+        // the hub, would try once per start until the token locks.
+        if config.pin.is_empty() {
+            return Err(KeyStoreError::Config(format!(
+                "the user pin for pkcs#11 token `{}` is empty (is `{PIN_ENV}` set but empty?); \
+                 no login is tried with an empty pin",
+                label.escape_debug()
+            )));
+        }
+        let (module, context) = load_module(&config.module)?;
+        let slot = find_token(&context, &module, label)?;
         let open = OpenToken::claim(&module, slot).ok_or_else(|| KeyStoreError::Pkcs11 {
             op: "open",
             detail: format!(
@@ -604,8 +619,9 @@ fn load_module(path: &Path) -> Result<(PathBuf, Pkcs11), KeyStoreError> {
     Ok((canonical, context))
 }
 
-/// The slot of the one initialized token labelled `label`.
-fn find_token(context: &Pkcs11, label: &str) -> Result<Slot, KeyStoreError> {
+/// The slot of the one initialized token labelled `label`, if logging in to it may be tried
+/// ([`may_log_in`]); `module` is for messages.
+fn find_token(context: &Pkcs11, module: &Path, label: &str) -> Result<Slot, KeyStoreError> {
     let failed = |err: CkError| pkcs11_error("open", &err);
     let mut found = Vec::new();
     let mut matching = Vec::new();
@@ -622,20 +638,12 @@ fn find_token(context: &Pkcs11, label: &str) -> Result<Slot, KeyStoreError> {
     let mut matching = matching.into_iter();
     match (matching.next(), matching.next()) {
         (Some((slot, info)), None) => {
-            if info.user_pin_locked() {
-                return Err(KeyStoreError::PinLocked {
-                    token: label.to_owned(),
-                });
-            }
-            if !info.user_pin_initialized() {
-                return Err(KeyStoreError::Pkcs11 {
-                    op: "login",
-                    detail: format!(
-                        "the user pin of token `{}` is not initialized",
-                        label.escape_debug()
-                    ),
-                });
-            }
+            let pin = UserPin {
+                initialized: info.user_pin_initialized(),
+                locked: info.user_pin_locked(),
+                final_try: info.user_pin_final_try(),
+            };
+            may_log_in(pin, module, label)?;
             Ok(slot)
         }
         (None, _) => Err(KeyStoreError::TokenNotFound {
@@ -650,6 +658,52 @@ fn find_token(context: &Pkcs11, label: &str) -> Result<Slot, KeyStoreError> {
             ),
         }),
     }
+}
+
+/// The state of a token's user PIN, from its token flags.
+#[derive(Debug, Clone, Copy, Default)]
+struct UserPin {
+    /// `CKF_USER_PIN_INITIALIZED`.
+    initialized: bool,
+    /// `CKF_USER_PIN_LOCKED`.
+    locked: bool,
+    /// `CKF_USER_PIN_FINAL_TRY`: one more wrong PIN locks it.
+    final_try: bool,
+}
+
+/// Whether a login to the token `label` of `module` may be tried, given its user PIN: not if
+/// the PIN is locked or not initialized, nor if it is at its final try. A wrong PIN then would
+/// lock the token, and a hub restarted in a loop with a stale PIN would do just that; a person
+/// who knows the PIN logs in once by hand, which resets the count.
+fn may_log_in(pin: UserPin, module: &Path, label: &str) -> Result<(), KeyStoreError> {
+    if pin.locked {
+        return Err(KeyStoreError::PinLocked {
+            token: label.to_owned(),
+        });
+    }
+    if !pin.initialized {
+        return Err(KeyStoreError::Pkcs11 {
+            op: "login",
+            detail: format!(
+                "the user pin of token `{}` is not initialized",
+                label.escape_debug()
+            ),
+        });
+    }
+    if pin.final_try {
+        return Err(KeyStoreError::Pkcs11 {
+            op: "login",
+            detail: format!(
+                "not tried: the user pin of token `{label}` is at its final try, and a wrong \
+                 pin would lock the token; log in once by hand with the right pin (e.g. \
+                 `pkcs11-tool --module {} --token-label '{label}' --login --list-objects`), \
+                 which resets the count, or have the token's security officer reset the pin",
+                module.display(),
+                label = label.escape_debug(),
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Marks a token as open in this process until dropped.
@@ -1318,6 +1372,54 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "pkcs#11 login failed: C_Login returned CKR_GENERAL_ERROR"
+        );
+    }
+
+    #[test]
+    fn a_login_is_not_tried_at_the_final_try_or_when_locked() {
+        let module = Path::new("/usr/lib/hsm.so");
+        let ready = UserPin {
+            initialized: true,
+            ..UserPin::default()
+        };
+        may_log_in(ready, module, "hub").unwrap();
+
+        let err = may_log_in(
+            UserPin {
+                final_try: true,
+                ..ready
+            },
+            module,
+            "hub",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, KeyStoreError::Pkcs11 { op: "login", .. }),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "pkcs#11 login failed: not tried: the user pin of token `hub` is at its final try, \
+             and a wrong pin would lock the token; log in once by hand with the right pin (e.g. \
+             `pkcs11-tool --module /usr/lib/hsm.so --token-label 'hub' --login --list-objects`), \
+             which resets the count, or have the token's security officer reset the pin"
+        );
+
+        let err = may_log_in(
+            UserPin {
+                locked: true,
+                final_try: true,
+                ..ready
+            },
+            module,
+            "hub",
+        )
+        .unwrap_err();
+        assert!(matches!(&err, KeyStoreError::PinLocked { token } if token == "hub"));
+        let err = may_log_in(UserPin::default(), module, "hub").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "pkcs#11 login failed: the user pin of token `hub` is not initialized"
         );
     }
 

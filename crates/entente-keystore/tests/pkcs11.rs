@@ -164,6 +164,48 @@ fn wrong_pin_is_refused_without_echoing_it() {
 }
 
 #[test]
+fn an_empty_pin_is_refused_before_any_login() {
+    with_softhsm(
+        "an_empty_pin_is_refused_before_any_login",
+        &[TOKEN],
+        |hsm| {
+            // A failed login leaves its mark: SoftHSM2 sets CKF_USER_PIN_COUNT_LOW.
+            let count_low = || {
+                let context = hsm.context();
+                let slot = context
+                    .get_slots_with_token()
+                    .unwrap()
+                    .into_iter()
+                    .find(|slot| context.get_token_info(*slot).unwrap().label() == TOKEN)
+                    .unwrap();
+                context.get_token_info(slot).unwrap().user_pin_count_low()
+            };
+            assert!(!count_low());
+            // As a restarting service with `ENTENTE_PKCS11_PIN=$PIN` and `PIN` unset would, again
+            // and again.
+            for _ in 0..3 {
+                let err = Pkcs11KeyStore::open(hsm.config(TOKEN, "")).unwrap_err();
+                assert!(matches!(err, KeyStoreError::Config(_)), "{err:?}");
+                assert_eq!(
+                    err.to_string(),
+                    "invalid keystore configuration: the user pin for pkcs#11 token `entente-test` \
+                 is empty (is `ENTENTE_PKCS11_PIN` set but empty?); no login is tried with an \
+                 empty pin"
+                );
+            }
+            // No login was tried: the token counts no failure.
+            assert!(!count_low(), "an empty pin reached C_Login");
+            // A wrong PIN does count (what the check above relies on), and the right one clears it.
+            let err = Pkcs11KeyStore::open(hsm.config(TOKEN, "wrong-pin")).unwrap_err();
+            assert!(matches!(err, KeyStoreError::WrongPin { .. }), "{err:?}");
+            assert!(count_low());
+            drop(hsm.open(TOKEN));
+            assert!(!count_low());
+        },
+    );
+}
+
+#[test]
 fn softhsm_never_locks_the_pin() {
     // SoftHSM2 2.6 counts no attempts: it only sets CKF_USER_PIN_COUNT_LOW, so the locked-PIN
     // path (`KeyStoreError::PinLocked`) can't be reached with it and is covered by the unit
