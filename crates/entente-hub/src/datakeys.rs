@@ -41,6 +41,11 @@ const STORED_VERSION_KEK: u8 = 2;
 /// Bytes a sealed value adds: version, nonce and tag.
 pub const SEAL_OVERHEAD: usize = 4 + NONCE_LEN + 16;
 
+/// The most data keys the hub holds: the stored list loads no more, and a rotation that would
+/// pass it is refused until older versions are retired (a short rotation interval and a
+/// consumer that lags would otherwise store a list the next start can't load).
+pub const MAX_DATA_KEYS: usize = 1 << 16;
+
 /// Why a sealed value did not open, or keys could not be made.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -171,15 +176,27 @@ impl DataKeys {
     }
 
     /// Makes a new data key, stores it (wrapped) with the others, and encrypts with it from
-    /// now on; returns its version.
+    /// now on; returns its version. Refused while the hub holds [`MAX_DATA_KEYS`].
     pub(crate) async fn rotate(&self, registry: &Registry, now_ms: u64) -> Result<u32, HubError> {
         let _changing = self.changing.lock().await;
+        let version = {
+            let keys = self.read();
+            if keys.by_version.len() >= MAX_DATA_KEYS {
+                return Err(HubError::Keys(format!(
+                    "no new data key: the hub holds {MAX_DATA_KEYS}, the most it keeps (and \
+                     loads at start); older ones are retired once no entry kept at rest is \
+                     sealed under them"
+                )));
+            }
+            keys.latest
+                .checked_add(1)
+                .ok_or_else(|| HubError::Keys("no new data key: versions are used up".into()))?
+        };
         let kek = self.kek()?;
         let mut raw = Zeroizing::new([0u8; 32]);
         self.rng
             .fill(raw.as_mut())
             .map_err(|_| HubError::Keys("the random source failed".into()))?;
-        let version = self.read().latest + 1;
         let wrapped = self
             .keystore
             .encrypt(&kek, raw.as_ref(), &wrap_aad(version))
@@ -449,15 +466,16 @@ impl DataKeys {
 
 /// Rotates the data key whenever the current one is older than `every`, until `shutdown`
 /// is set, and retires the versions nothing kept needs any more: below `in_use()`, the oldest
-/// version a value kept at rest was sealed under. Each rotation is recorded in the audit log
-/// (by `hub`). A failure is tried again a minute later; the current key keeps encrypting
+/// version a value kept at rest was sealed under (`None`: it can't be told, and nothing is
+/// retired). Each round is recorded in the audit log (by `hub`), and none is made while the
+/// log is failed. A failure is tried again a minute later; the current key keeps encrypting
 /// meanwhile.
 pub(crate) async fn rotate_loop(
     keys: Arc<DataKeys>,
     registry: Registry,
     auditor: crate::audit::Auditor,
     every: std::time::Duration,
-    in_use: impl Fn(&DataKeys) -> u32 + Send,
+    in_use: impl Fn(&DataKeys) -> Option<u32> + Send,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     const RETRY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -476,34 +494,86 @@ pub(crate) async fn rotate_loop(
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         let now = crate::rpc::unix_ms(std::time::SystemTime::now());
-        let outcome = match keys.rotate(&registry, now).await {
-            Ok(version) => keys
-                .retire_below(&registry, in_use(&keys))
-                .await
-                .map(|retired| (version, retired)),
-            Err(e) => Err(e),
-        };
-        let (result, detail, wait) = match &outcome {
-            Ok((version, retired)) => (
-                entente_audit::Outcome::Success,
-                format!("version {version}; retired {retired:?}"),
-                None,
-            ),
-            Err(e) => (entente_audit::Outcome::Failed, e.to_string(), Some(RETRY)),
-        };
-        let event = entente_audit::Event::Admin(entente_audit::Admin {
-            operation: crate::audit::clear("rotate-data-key"),
-            target: crate::audit::clear(DATA_KEK),
-            detail: crate::audit::clear(&detail),
-        });
-        let _ = auditor.submit(crate::audit::HUB_ACTOR, result, event);
-        if let Some(wait) = wait {
+        if !rotation_round(&keys, &registry, &auditor, &in_use, now).await {
             tokio::select! {
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep(RETRY) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
         }
     }
+}
+
+/// One round of [`rotate_loop`]: rotates, retires what `in_use` allows (also when the
+/// rotation failed: retiring is what lets a hub at [`MAX_DATA_KEYS`] rotate again), and
+/// records both. Nothing is done while the audit log is failed: a hub whose log is gone does
+/// not act at all. Returns whether all went well.
+async fn rotation_round(
+    keys: &DataKeys,
+    registry: &Registry,
+    auditor: &crate::audit::Auditor,
+    in_use: &impl Fn(&DataKeys) -> Option<u32>,
+    now_ms: u64,
+) -> bool {
+    if auditor.check().is_err() {
+        tracing::error!(
+            "the audit log failed: the data key is not rotated, nor old ones retired, until it \
+             records again"
+        );
+        return false;
+    }
+    let rotated = keys.rotate(registry, now_ms).await;
+    if let Err(e) = &rotated {
+        tracing::error!(error = %e, "the data key was not rotated: tried again in a minute");
+    }
+    // Retiring is an act of its own: the log may have failed while the key rotated.
+    if auditor.check().is_err() {
+        tracing::error!(
+            rotated = ?rotated.as_ref().ok(),
+            "the audit log failed: old data keys are not retired, and a rotation made now is \
+             not recorded"
+        );
+        return false;
+    }
+    // Read once the new key encrypts: an entry sealed under the old one is kept by then.
+    let retired = match in_use(keys) {
+        Some(keep_from) => keys.retire_below(registry, keep_from).await.map(Some),
+        // Why is logged where it is found.
+        None => Ok(None),
+    };
+    if let Err(e) = &retired {
+        tracing::error!(error = %e, "old data keys were not retired: tried again in a minute");
+    }
+    let ok = rotated.is_ok() && retired.is_ok();
+    let detail = format!(
+        "{}; {}",
+        match &rotated {
+            Ok(version) => format!("version {version}"),
+            Err(e) => format!("not rotated: {e}"),
+        },
+        match &retired {
+            Ok(Some(retired)) => format!("retired {retired:?}"),
+            Ok(None) => "retired none: which versions are in use can't be told now".to_owned(),
+            Err(e) => format!("not retired: {e}"),
+        }
+    );
+    let outcome = if ok {
+        entente_audit::Outcome::Success
+    } else {
+        entente_audit::Outcome::Failed
+    };
+    let event = entente_audit::Event::Admin(entente_audit::Admin {
+        operation: crate::audit::clear("rotate-data-key"),
+        target: crate::audit::clear(DATA_KEK),
+        detail: crate::audit::clear(&detail),
+    });
+    if auditor
+        .submit(crate::audit::HUB_ACTOR, outcome, event)
+        .is_err()
+    {
+        tracing::error!(%detail, "the audit log failed: a data key round is not recorded");
+        return false;
+    }
+    ok
 }
 
 // === the stored form ===
@@ -569,7 +639,10 @@ fn decode(bytes: &[u8]) -> Result<Stored, &'static str> {
     let latest = u32_of(take(4)?)?;
     let n = u32_of(take(4)?)?;
     let mut keys = Vec::new();
-    for _ in 0..n.min(1 << 16) {
+    if n as usize > MAX_DATA_KEYS {
+        return Err("the stored data keys are more than the hub loads");
+    }
+    for _ in 0..n {
         let version = u32_of(take(4)?)?;
         let created_ms = take(8)?
             .try_into()
@@ -782,5 +855,149 @@ mod tests {
             assert!(decode(garbage).is_err());
         }
         assert_eq!(encode(&decode(&stored).unwrap()), stored);
+    }
+
+    /// Data keys at the bound the stored list loads: a rotation past it is refused (it would
+    /// store a list the next start can't load), what is stored loads, and once older ones are
+    /// retired the hub rotates again: the loop's round retires also when its rotation was
+    /// refused.
+    #[tokio::test]
+    async fn rotation_stops_at_the_bound_the_stored_list_loads_until_keys_are_retired() {
+        let f = fixture();
+        let keys = DataKeys::load(f.keystore.clone(), &f.registry, 1)
+            .await
+            .unwrap();
+        // Up to the bound at once: as many rotations would each store the whole list.
+        let max = u32::try_from(MAX_DATA_KEYS).unwrap();
+        let kek = keys.kek().unwrap();
+        {
+            let mut held = keys.write();
+            for version in 2..=max {
+                let raw = [version.to_be_bytes(); 8].concat();
+                let wrapped = f.keystore.encrypt(&kek, &raw, &wrap_aad(version)).unwrap();
+                let key = Key {
+                    cipher: cipher(&raw).unwrap(),
+                    wrapped,
+                    created_ms: 1,
+                };
+                held.by_version.insert(version, key);
+            }
+            held.latest = max;
+        }
+        f.registry
+            .put_config(DATA_KEYS_CONFIG, &encode(&keys.snapshot()))
+            .await
+            .unwrap();
+        let refused = keys.rotate(&f.registry, 2).await.unwrap_err().to_string();
+        assert!(
+            refused.contains("holds 65536, the most it keeps"),
+            "{refused}"
+        );
+        assert_eq!(keys.current_version(), max);
+
+        // What is stored loads at the next start; one key more would not.
+        let again = DataKeys::load(f.keystore.clone(), &f.registry, 3)
+            .await
+            .unwrap();
+        assert_eq!(again.status().len(), MAX_DATA_KEYS);
+        let mut past = again.snapshot();
+        let wrapped = past.keys[0].2.clone();
+        past.keys.push((max + 1, 3, wrapped));
+        assert!(decode(&encode(&past)).is_err());
+
+        // The round whose rotation is refused retires what nothing needs; the next rotates.
+        let auditor = crate::audit::Auditor::off();
+        let in_use = |_: &DataKeys| Some(10);
+        assert!(!rotation_round(&again, &f.registry, &auditor, &in_use, 4).await);
+        assert_eq!(again.status().len(), MAX_DATA_KEYS - 9);
+        assert_eq!(again.current_version(), max);
+        assert!(rotation_round(&again, &f.registry, &auditor, &in_use, 5).await);
+        assert_eq!(again.current_version(), max + 1);
+        assert_eq!(
+            DataKeys::load(f.keystore.clone(), &f.registry, 6)
+                .await
+                .unwrap()
+                .current_version(),
+            max + 1
+        );
+    }
+
+    /// A round whose versions in use can't be told (`None`: a stream's first entry unreadable,
+    /// streams kept but not configured) rotates and retires nothing.
+    #[tokio::test]
+    async fn a_round_retires_nothing_when_the_versions_in_use_can_not_be_told() {
+        let f = fixture();
+        let keys = DataKeys::load(f.keystore.clone(), &f.registry, 1)
+            .await
+            .unwrap();
+        let old = keys.seal(b"a", b"old").unwrap();
+        let auditor = crate::audit::Auditor::off();
+        assert!(rotation_round(&keys, &f.registry, &auditor, &|_: &DataKeys| None, 2).await);
+        assert_eq!(
+            keys.status().iter().map(|k| k.version).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert_eq!(keys.open(b"a", &old).unwrap(), b"old");
+        // Told, it retires what nothing needs.
+        assert!(
+            rotation_round(
+                &keys,
+                &f.registry,
+                &auditor,
+                &|k: &DataKeys| Some(k.current_version()),
+                3
+            )
+            .await
+        );
+        assert_eq!(
+            keys.status().iter().map(|k| k.version).collect::<Vec<_>>(),
+            [3]
+        );
+    }
+
+    /// While the audit log is failed the loop's round neither rotates nor retires: nothing it
+    /// would do is left unrecorded.
+    #[tokio::test]
+    async fn no_key_is_rotated_or_retired_while_the_audit_log_is_failed() {
+        let f = fixture();
+        let keys = DataKeys::load(f.keystore.clone(), &f.registry, 1)
+            .await
+            .unwrap();
+        let audit_dir = f._dir.path().join("audit");
+        let (auditor, writer) = crate::audit::Auditor::open(
+            &crate::AuditConfig::new(audit_dir.clone()),
+            "acme.internal",
+            &f.keystore,
+            &f.registry,
+            Arc::default(),
+        )
+        .await
+        .unwrap();
+        let all = |_: &DataKeys| Some(u32::MAX);
+        assert!(rotation_round(&keys, &f.registry, &auditor, &all, 2).await);
+        assert_eq!(keys.status().len(), 1);
+        assert_eq!(keys.current_version(), 2);
+
+        // The log's records file is gone: the next record fails the log.
+        std::fs::remove_file(audit_dir.join("records")).unwrap();
+        let event = entente_audit::Event::Admin(entente_audit::Admin {
+            operation: crate::audit::clear("test"),
+            target: crate::audit::clear("test"),
+            detail: crate::audit::clear("test"),
+        });
+        auditor
+            .record(
+                crate::audit::HUB_ACTOR,
+                entente_audit::Outcome::Success,
+                event,
+            )
+            .await
+            .unwrap_err();
+        assert!(auditor.check().is_err());
+        assert!(!rotation_round(&keys, &f.registry, &auditor, &all, 3).await);
+        assert_eq!(keys.current_version(), 2);
+        assert_eq!(keys.status().len(), 1);
+        auditor.close();
+        assert!(writer.join().await.is_err());
     }
 }

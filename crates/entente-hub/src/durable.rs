@@ -50,6 +50,14 @@ const MAX_AHEAD: u64 = 65_536;
 /// How often a stream purges what is done and writes its consumers' states.
 const TICK: Duration = Duration::from_secs(1);
 
+/// Most entries of the streams directory not configured looked at when data keys are retired:
+/// past it, what they keep can't be told, and no data key is retired.
+const MAX_UNCONFIGURED_DIRS: usize = 1024;
+
+/// A stream's oldest dead-letter key version when one of its dead letters could not be read
+/// at start: no version is below it, so no data key is retired until the hub restarts.
+const DEAD_UNREAD: u32 = 0;
+
 /// Entries queued for a stream's writer beyond which publishers wait.
 const MAX_BACKLOG: usize = 16_384;
 
@@ -225,6 +233,8 @@ pub(crate) const MAX_CONSUMERS_PER_OWNER: usize = 16;
 #[derive(Debug, Default)]
 pub(crate) struct Streams {
     streams: Vec<Arc<Stream>>,
+    /// Where streams are kept (`streams_dir`), configured ones or not.
+    dir: Option<PathBuf>,
     /// The latest sender key (encoded `SenderKey`) of each (sender, channel, epoch) routed.
     sender_keys: Mutex<RememberedKeys>,
 }
@@ -427,7 +437,12 @@ impl Streams {
         let mut streams = Vec::new();
         let mut writers = StreamWriters::default();
         if configs.is_empty() {
-            return Ok((Self::default(), writers));
+            // Streams configured before may be kept there still: their data keys stay.
+            let streams = Self {
+                dir: dir.map(Path::to_path_buf),
+                ..Self::default()
+            };
+            return Ok((streams, writers));
         }
         let dir = dir.ok_or(HubError::Config(
             "durable channels need `streams_dir`, where they are kept",
@@ -481,6 +496,7 @@ impl Streams {
         Ok((
             Self {
                 streams,
+                dir: Some(dir.to_path_buf()),
                 sender_keys: Mutex::default(),
             },
             writers,
@@ -602,20 +618,80 @@ impl Streams {
         members
     }
 
-    /// The oldest data-key version an entry kept at rest was sealed under (the current one if
-    /// nothing is kept).
-    pub(crate) fn oldest_key_version(&self, keys: &DataKeys) -> u32 {
+    /// The oldest data-key version an entry or a dead letter kept at rest was sealed under
+    /// (the current one if nothing is kept); `None`, said in the hub's log, when that can't be
+    /// told, and no data key may then be retired: a stream's first entry can't be read (a
+    /// read error is never taken for "nothing kept"), a dead letter could not be read at
+    /// start, or the streams directory keeps streams no longer configured (whose entries open
+    /// again once they are) or can't be looked through.
+    pub(crate) fn oldest_key_version(&self, keys: &DataKeys) -> Option<u32> {
         let mut oldest = keys.current_version();
         for stream in &self.streams {
             // Entries are sealed in order: the first kept is the oldest.
             let log = lock(&stream.log);
-            if let Ok(Some(entry)) = log.read(log.first_seq()) {
-                oldest = oldest.min(DataKeys::version_of(&entry.payload).unwrap_or(oldest));
-            }
+            let first = log.first_seq();
+            let head = log.read(first);
             drop(log);
-            oldest = oldest.min(stream.dead_oldest.load(Ordering::Acquire));
+            match head {
+                Ok(Some(entry)) => {
+                    if let Some(version) = DataKeys::version_of(&entry.payload) {
+                        oldest = oldest.min(version);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(
+                        stream = %stream.config.name,
+                        seq = first,
+                        error = %e,
+                        "a durable channel's first entry can't be read: no data key is retired \
+                         this round"
+                    );
+                    return None;
+                }
+            }
+            let dead = stream.dead_oldest.load(Ordering::Acquire);
+            if dead == DEAD_UNREAD {
+                tracing::warn!(
+                    stream = %stream.config.name,
+                    "a durable channel's dead letter could not be read at start: no data key is \
+                     retired until the hub restarts"
+                );
+                return None;
+            }
+            oldest = oldest.min(dead);
         }
-        oldest
+        if let Some(dir) = &self.dir {
+            let configured: Vec<&str> = self
+                .streams
+                .iter()
+                .map(|s| s.config.name.as_str())
+                .collect();
+            match unconfigured_streams(dir, &configured) {
+                Ok(found) if found.is_empty() => {}
+                Ok(found) => {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        streams = %found.join(", "),
+                        "durable channels no longer configured are kept in the streams \
+                         directory: no data key is retired while they are (their entries open \
+                         again once configured again); delete a directory to let go of what it \
+                         keeps"
+                    );
+                    return None;
+                }
+                Err(why) => {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        %why,
+                        "the streams directory can't be looked through for durable channels no \
+                         longer configured: no data key is retired this round"
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(oldest)
     }
 
     /// Stops taking entries; each writer writes what is queued, saves its consumers and ends.
@@ -674,7 +750,15 @@ impl Stream {
             kept_bytes: AtomicU64::new(log.bytes()),
             appended: watch::Sender::new(log.next_seq()),
             first: AtomicU64::new(log.first_seq()),
-            dead_oldest: AtomicU32::new(oldest_dead_letter(&dead)),
+            dead_oldest: AtomicU32::new(oldest_dead_letter(&dead).unwrap_or_else(|e| {
+                tracing::error!(
+                    stream = %config.name,
+                    error = %e,
+                    "a dead letter can't be read at start: no data key is retired until the hub \
+                     restarts"
+                );
+                DEAD_UNREAD
+            })),
             log: Arc::new(Mutex::new(log)),
             dead: Arc::new(Mutex::new(dead)),
             keys: keys.clone(),
@@ -1285,13 +1369,67 @@ async fn delivery(stream: Arc<Stream>, consumer: Arc<Consumer>, to: Recipient) {
 }
 
 /// The oldest data-key version the dead letters of `dead` were sealed under (`u32::MAX`:
-/// none); each is its entry's sequence (8 bytes), then the entry as stored.
-fn oldest_dead_letter(dead: &StreamLog) -> u32 {
-    (dead.first_seq()..dead.next_seq())
-        .filter_map(|seq| dead.read(seq).ok().flatten())
-        .filter_map(|letter| DataKeys::version_of(letter.payload.get(8..).unwrap_or_default()))
-        .min()
-        .unwrap_or(u32::MAX)
+/// none); each is its entry's sequence (8 bytes), then the entry as stored. An error if one
+/// can't be read: what it was sealed under is not known.
+fn oldest_dead_letter(dead: &StreamLog) -> Result<u32, entente_store::stream::StreamError> {
+    let mut oldest = u32::MAX;
+    for seq in dead.first_seq()..dead.next_seq() {
+        if let Some(letter) = dead.read(seq)?
+            && let Some(version) = DataKeys::version_of(letter.payload.get(8..).unwrap_or_default())
+        {
+            oldest = oldest.min(version);
+        }
+    }
+    Ok(oldest)
+}
+
+/// The directories in `dir` that keep a stream's entries or dead letters (`entries/`,
+/// `dead/`) and are not `configured`: sealed under data keys too, they open again once
+/// configured again. An error saying why when they can't all be looked at (more than
+/// [`MAX_UNCONFIGURED_DIRS`] entries not configured, or one that can't be read); nothing if
+/// `dir` is not there (made when the first stream is opened).
+fn unconfigured_streams(dir: &Path, configured: &[&str]) -> Result<Vec<String>, String> {
+    let unreadable = |path: &Path, e: std::io::Error| format!("reading `{}`: {e}", path.display());
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(unreadable(dir, e)),
+    };
+    let (mut looked, mut found) = (0, Vec::new());
+    for entry in entries {
+        let entry = entry.map_err(|e| unreadable(dir, e))?;
+        let name = entry.file_name();
+        if name.to_str().is_some_and(|name| configured.contains(&name)) {
+            continue;
+        }
+        looked += 1;
+        if looked > MAX_UNCONFIGURED_DIRS {
+            return Err(format!(
+                "more than {MAX_UNCONFIGURED_DIRS} entries are not configured streams"
+            ));
+        }
+        let path = entry.path();
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => continue,
+            // A link to nothing keeps nothing.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(unreadable(&path, e)),
+        }
+        let mut keeps = false;
+        for part in ["entries", "dead"] {
+            let part = path.join(part);
+            match std::fs::metadata(&part) {
+                Ok(meta) => keeps |= meta.is_dir(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(unreadable(&part, e)),
+            }
+        }
+        if keeps {
+            found.push(format!("`{}`", name.to_string_lossy().escape_debug()));
+        }
+    }
+    Ok(found)
 }
 
 /// Says a cut made at open, in the hub's log and its audit log: a torn write (no entry in the
@@ -1793,22 +1931,8 @@ mod tests {
     async fn stream_configured(
         change: impl FnOnce(&mut StreamConfig),
     ) -> (tempfile::TempDir, Arc<Stream>, Arc<DataKeys>) {
-        use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock};
         let dir = tempfile::tempdir().unwrap();
-        let keystore = LocalKeyStore::create(
-            &dir.path().join("keys"),
-            &Unlock::passphrase("durable tests"),
-            Argon2Params::danger_fast_for_tests(),
-        )
-        .unwrap();
-        let store =
-            Arc::new(entente_store::EmbeddedStore::open(dir.path().join("store.redb")).unwrap());
-        let registry = crate::registry::Registry::new(store);
-        let keys = Arc::new(
-            DataKeys::load(Arc::new(keystore), &registry, 1)
-                .await
-                .unwrap(),
-        );
+        let (keys, _) = data_keys(dir.path()).await;
         let mut config = StreamConfig::new("orders", ChannelPattern::parse("orders.>").unwrap());
         change(&mut config);
         let stream = Arc::new(
@@ -1822,6 +1946,25 @@ mod tests {
             .unwrap(),
         );
         (dir, stream, keys)
+    }
+
+    /// Data keys of a key store and a registry made in `dir`.
+    async fn data_keys(dir: &Path) -> (Arc<DataKeys>, crate::registry::Registry) {
+        use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock};
+        let keystore = LocalKeyStore::create(
+            &dir.join("keys"),
+            &Unlock::passphrase("durable tests"),
+            Argon2Params::danger_fast_for_tests(),
+        )
+        .unwrap();
+        let store = Arc::new(entente_store::EmbeddedStore::open(dir.join("store.redb")).unwrap());
+        let registry = crate::registry::Registry::new(store);
+        let keys = Arc::new(
+            DataKeys::load(Arc::new(keystore), &registry, 1)
+                .await
+                .unwrap(),
+        );
+        (keys, registry)
     }
 
     /// The stream's writer (its tick) and a consumer's delivery take the log's lock and the
@@ -2259,14 +2402,14 @@ mod tests {
     fn the_oldest_key_of_dead_letters_is_found_in_all_of_them() {
         let dir = tempfile::tempdir().unwrap();
         let mut dead = StreamLog::open(dir.path(), StreamOptions::default()).unwrap();
-        assert_eq!(oldest_dead_letter(&dead), u32::MAX);
+        assert_eq!(oldest_dead_letter(&dead).unwrap(), u32::MAX);
         for (seq, version) in [(9u64, 5u32), (3, 2), (12, 7)] {
             let mut letter = seq.to_be_bytes().to_vec();
             letter.extend_from_slice(&version.to_be_bytes());
             letter.extend_from_slice(b"sealed");
             dead.append_all(&[&letter], 1).unwrap();
         }
-        assert_eq!(oldest_dead_letter(&dead), 2);
+        assert_eq!(oldest_dead_letter(&dead).unwrap(), 2);
     }
 
     /// Dead letters are kept as long as entries are, no longer.
@@ -2294,7 +2437,10 @@ mod tests {
             streams: vec![stream.clone()],
             ..Streams::default()
         };
-        assert_eq!(streams.oldest_key_version(&keys), keys.current_version());
+        assert_eq!(
+            streams.oldest_key_version(&keys),
+            Some(keys.current_version())
+        );
         assert_eq!(stream.stats.durable_dead_letters.load(Ordering::Relaxed), 1);
         assert!(stream.append(&[b"entry".to_vec()]));
         // The entry's bytes gone from under the log: it can't be read.
@@ -2351,5 +2497,119 @@ mod tests {
         let reply = Channel::parse("_reply.shop.bob.t1").unwrap();
         let entry = streams.entry(&reply, "alice", &[7], &[], b"body", usize::MAX);
         assert_eq!(entry.unwrap().len(), 2 + 18 + 52 + 4);
+    }
+
+    /// The segment file of `log` (a stream's `entries/` or `dead/`), emptied under the open
+    /// log: its frames can't be read.
+    fn empty_segment(log: &Path) {
+        let segment = std::fs::read_dir(log)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "seg"))
+            .unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(segment)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+    }
+
+    /// A stream's first entry that can't be read says nothing of what its entries were sealed
+    /// under: no data key may be retired (an error is never "nothing kept"). Nor while a dead
+    /// letter could not be read at start.
+    #[tokio::test]
+    async fn no_data_key_is_retired_while_a_first_entry_or_a_dead_letter_can_not_be_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keys, registry) = data_keys(dir.path()).await;
+        let config = StreamConfig::new("orders", ChannelPattern::parse("orders.>").unwrap());
+        let root = dir.path().join("streams");
+        let orders =
+            Arc::new(Stream::open(config, &root, &keys, &Arc::default(), &Auditor::off()).unwrap());
+        let streams = Streams {
+            streams: vec![orders.clone()],
+            dir: Some(root),
+            ..Streams::default()
+        };
+        assert!(orders.append(&[b"entry".to_vec()]));
+        keys.rotate(&registry, 2).await.unwrap();
+        assert_eq!(streams.oldest_key_version(&keys), Some(1));
+        empty_segment(&orders.dir.join("entries"));
+        assert!(lock(&orders.log).read(1).is_err());
+        assert_eq!(streams.oldest_key_version(&keys), None);
+
+        // A dead letter that can't be read at start: not "no dead letter".
+        let mut dead = StreamLog::open(dir.path().join("dead"), StreamOptions::default()).unwrap();
+        let mut letter = 1u64.to_be_bytes().to_vec();
+        letter.extend_from_slice(&1u32.to_be_bytes());
+        dead.append_all(&[&letter], 1).unwrap();
+        assert_eq!(oldest_dead_letter(&dead).unwrap(), 1);
+        empty_segment(&dir.path().join("dead"));
+        assert!(oldest_dead_letter(&dead).is_err());
+        let (_dir, stream, keys) = stream().await;
+        stream.dead_oldest.store(DEAD_UNREAD, Ordering::Release);
+        let streams = Streams {
+            streams: vec![stream],
+            ..Streams::default()
+        };
+        assert_eq!(streams.oldest_key_version(&keys), None);
+    }
+
+    /// Streams kept in the streams directory but no longer configured (commented out for a
+    /// while) keep their data keys: their entries open again once they are configured again.
+    /// Only directories that keep entries or dead letters count, at most
+    /// [`MAX_UNCONFIGURED_DIRS`] of them are looked at, and past that nothing is retired.
+    #[tokio::test]
+    async fn streams_kept_but_no_longer_configured_keep_their_data_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let (keys, registry) = data_keys(dir.path()).await;
+        let root = dir.path().join("streams");
+        let orders = StreamConfig::new("orders", ChannelPattern::parse("orders.>").unwrap());
+        let archive = StreamConfig::new("archive", ChannelPattern::parse("archive.>").unwrap());
+        let open = |configs: &[StreamConfig]| {
+            Streams::open(
+                configs,
+                Some(&root),
+                &keys,
+                &Arc::default(),
+                &Auditor::off(),
+            )
+            .unwrap()
+        };
+        let (streams, writers) = open(&[orders.clone(), archive]);
+        let kept = streams
+            .for_channel(&Channel::parse("archive.eu").unwrap())
+            .unwrap();
+        assert!(kept.append(&[b"entry".to_vec()]));
+        keys.rotate(&registry, 2).await.unwrap();
+        assert_eq!(streams.oldest_key_version(&keys), Some(1));
+        streams.close();
+        assert!(writers.join().await.is_empty());
+
+        // `archive` commented out: its entries are still there, sealed under version 1.
+        let (streams, writers) = open(std::slice::from_ref(&orders));
+        assert_eq!(streams.oldest_key_version(&keys), None);
+        streams.close();
+        assert!(writers.join().await.is_empty());
+        // No durable channel configured at all.
+        let (streams, _) = open(&[]);
+        assert_eq!(streams.oldest_key_version(&keys), None);
+
+        // Let go of (deleted): retiring goes on. What keeps no entries does not count.
+        std::fs::remove_dir_all(root.join("archive")).unwrap();
+        std::fs::create_dir(root.join("lost+found")).unwrap();
+        std::fs::write(root.join("notes"), b"").unwrap();
+        let (streams, writers) = open(std::slice::from_ref(&orders));
+        assert_eq!(streams.oldest_key_version(&keys), Some(2));
+
+        // Past the bound of what is looked at, nothing is retired.
+        for i in 2..MAX_UNCONFIGURED_DIRS {
+            std::fs::create_dir(root.join(format!("empty-{i}"))).unwrap();
+        }
+        assert_eq!(streams.oldest_key_version(&keys), Some(2));
+        std::fs::create_dir(root.join("one-more")).unwrap();
+        assert_eq!(streams.oldest_key_version(&keys), None);
+        streams.close();
+        assert!(writers.join().await.is_empty());
     }
 }
