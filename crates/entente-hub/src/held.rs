@@ -336,6 +336,21 @@ pub(crate) async fn approve<R: Router>(
             }
             stats::add(&services.stats.delivery_failures, routed.failed as u64);
             stats::add(&services.stats.withheld_deliveries, routed.withheld as u64);
+            stats::add(
+                &services.stats.slow_consumer_disconnects,
+                routed.slow_consumers as u64,
+            );
+            if routed.failed > 0 {
+                // Its publisher had its `Ack` when it was held: the log says it instead.
+                tracing::warn!(
+                    held = %id,
+                    %channel,
+                    failed = routed.failed,
+                    delivered = routed.delivered,
+                    slow_consumers = routed.slow_consumers,
+                    "a released message could not be delivered to every subscriber"
+                );
+            }
             if let Err(e) = stored {
                 return Err(RpcError::Precondition(format!(
                     "held message `{id}` was released to the live subscribers of `{channel}`, \
