@@ -7,16 +7,31 @@ use std::time::Duration;
 
 use entente_keystore::KeyStore;
 use entente_policy::GrantLimits;
-use entente_types::Principal;
+use entente_store::stream::MAX_ENTRY_LEN;
+use entente_types::{MAX_CHANNEL_LEN, Principal};
 use entente_wire::Limits;
 
 use crate::HubError;
 use crate::anomaly::AnomalyConfig;
 use crate::audit::AuditConfig;
+use crate::datakeys::SEAL_OVERHEAD;
 use crate::durable::StreamConfig;
 use crate::limits::RateLimits;
 use crate::notify::Webhook;
 use crate::otlp::OtlpExport;
+
+/// The largest `limits.max_frame_bytes` durable channels can keep every entry of, 64 MiB less
+/// 297 bytes. A durable entry holds up to a frame's worth of sender keys and batches after its
+/// channel's name (a 2-byte length and at most [`MAX_CHANNEL_LEN`] bytes), and is sealed at
+/// rest ([`SEAL_OVERHEAD`] bytes more: key version, nonce, tag); its dead letter is its
+/// sequence (8 bytes) and the sealed entry. Each must fit one stream entry
+/// ([`MAX_ENTRY_LEN`]): a larger one would fail the stream's append, and with it the stream,
+/// until the hub restarts.
+pub(crate) const MAX_DURABLE_FRAME_BYTES: usize =
+    MAX_ENTRY_LEN - DEAD_LETTER_SEQ_LEN - SEAL_OVERHEAD - 2 - MAX_CHANNEL_LEN;
+
+/// What a dead letter adds before the entry as stored: its sequence.
+const DEAD_LETTER_SEQ_LEN: usize = 8;
 
 /// Everything [`Hub::start`](crate::Hub::start) needs besides the CA and the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +39,8 @@ pub struct HubConfig {
     /// Address to listen on. Default `127.0.0.1:0` (an ephemeral loopback port).
     pub listen: SocketAddr,
     /// Decoding bounds for every inbound frame; `max_frame_bytes` also caps each gRPC message.
+    /// With durable channels, `max_frame_bytes` may be at most 67 108 567 (64 MiB less 297
+    /// bytes), so that every entry they store, and its dead letter, fits a stream entry.
     pub limits: Limits,
     /// The initial policy set: Cedar sources, `(name, text)` (docs/POLICY.md). The hub runs
     /// them, with its base policies ([`entente_policy::BASE_POLICIES`], source `base`), when
@@ -276,6 +293,14 @@ impl HubConfig {
                 "limits.max_frame_bytes must be at least 1",
             ));
         }
+        if !self.streams.is_empty() && self.limits.max_frame_bytes > MAX_DURABLE_FRAME_BYTES {
+            return Err(HubError::Config(
+                "limits.max_frame_bytes must be at most 67 108 567 bytes (64 MiB less 297) with \
+                 durable channels: each entry stored (up to a frame's worth after its channel's \
+                 name, sealed at rest) and its dead letter (8 bytes more) must fit a stream \
+                 entry of 64 MiB",
+            ));
+        }
         if self.handshake_timeout.is_zero()
             || self.slow_consumer_timeout.is_zero()
             || self.idle_timeout.is_zero()
@@ -300,5 +325,46 @@ impl HubConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use entente_types::ChannelPattern;
+
+    use super::*;
+
+    fn check(max_frame_bytes: usize, durable: bool) -> Result<(), HubError> {
+        let mut config = HubConfig::default();
+        config.limits.max_frame_bytes = max_frame_bytes;
+        if durable {
+            let channels = ChannelPattern::parse("orders.>").unwrap();
+            config.streams = vec![StreamConfig::new("orders", channels)];
+        }
+        config.check("example.org", Duration::from_secs(3600))
+    }
+
+    /// A frame size whose entries a stream can't take is refused at start, rather than
+    /// failing the durable channel at its first such publish or dead letter.
+    #[test]
+    fn a_frame_size_durable_entries_would_not_fit_is_refused_with_durable_channels() {
+        assert_eq!(MAX_DURABLE_FRAME_BYTES, 67_108_567);
+        assert_eq!(
+            MAX_DURABLE_FRAME_BYTES + DEAD_LETTER_SEQ_LEN + SEAL_OVERHEAD + 2 + MAX_CHANNEL_LEN,
+            MAX_ENTRY_LEN
+        );
+        check(MAX_DURABLE_FRAME_BYTES, true).unwrap();
+        for too_large in [MAX_DURABLE_FRAME_BYTES + 1, MAX_ENTRY_LEN, usize::MAX] {
+            let err = check(too_large, true).unwrap_err().to_string();
+            assert!(
+                err.contains("max_frame_bytes must be at most 67 108 567 bytes"),
+                "{too_large}: {err}"
+            );
+        }
+        // No durable channel, no stream entry to fit.
+        check(MAX_ENTRY_LEN, false).unwrap();
+        assert!(check(0, false).is_err());
     }
 }

@@ -1794,25 +1794,12 @@ fn consumer_text(consumer: &Consumer, state: &ConsumerState) -> String {
     text
 }
 
-/// Writes the state file `text` of the consumer `name` in `dir`, atomically.
+/// Writes the state file `text` of the consumer `name` in `dir`, atomically, as a stream writes
+/// its own: `dir` made owner-only if missing and refused if others may write it, the temporary
+/// file never opened through a symbolic link ([`entente_store::stream::write_private`]).
 fn write_consumer(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    entente_keystore::local::files::create_private_dir_all(dir)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let path = dir.join(format!("{name}.state"));
-    let temp = dir.join(format!(".{name}.state.tmp"));
-    {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temp)?;
-        std::io::Write::write_all(&mut file, text.as_bytes())?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&temp, &path)?;
-    std::fs::File::open(dir)?.sync_all()
+    entente_store::stream::write_private(dir, &format!("{name}.state"), text.as_bytes())
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 // === helpers ===
@@ -2585,12 +2572,15 @@ mod tests {
         assert_eq!(streams.oldest_key_version(&keys), Some(1));
         streams.close();
         assert!(writers.join().await.is_empty());
+        // Closed, and let go of (its streams' directories are locked while it is held).
+        drop(streams);
 
         // `archive` commented out: its entries are still there, sealed under version 1.
         let (streams, writers) = open(std::slice::from_ref(&orders));
         assert_eq!(streams.oldest_key_version(&keys), None);
         streams.close();
         assert!(writers.join().await.is_empty());
+        drop(streams);
         // No durable channel configured at all.
         let (streams, _) = open(&[]);
         assert_eq!(streams.oldest_key_version(&keys), None);

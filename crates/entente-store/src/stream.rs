@@ -11,6 +11,7 @@
 //! ```text
 //! <dir>/
 //!   stream.meta            "entente-stream v1\nfirst <seq>\n": the first sequence kept
+//!   stream.lock            empty: locked (`flock`, exclusive) while a `StreamLog` has it open
 //!   <seq, 20 digits>.seg   segments, named by their first sequence
 //! ```
 //!
@@ -23,25 +24,46 @@
 //!
 //! Integers are big-endian. Sequences are consecutive within and across segments.
 //!
+//! **One writer per directory.** Opening takes an exclusive `flock` on `stream.lock`, held until
+//! the [`StreamLog`] is dropped: a second open of the same directory, by this process or another,
+//! is refused ([`StreamError::Locked`]) before it reads or cuts anything. (On a file system
+//! without locks the stream opens unlocked.)
+//!
+//! **Nothing planted is followed.** The directory, made owner-only (0700) when missing, must be
+//! owned by this process's user or root and not writable by group or others, as the hub's data
+//! directory must; the stream's files are never opened through a symbolic link
+//! ([`StreamError::Refused`]). Otherwise whoever could write the directory could plant a link
+//! and have the stream cut or overwrite another file.
+//!
 //! **Opening** reads every frame and checks it. After a crash the last segment may end in an
 //! incomplete or unchecked frame that was never reported durable (an append returns only after
-//! its `fdatasync`); it is cut off and reported ([`StreamLog::recovery`]). Damage to a frame's
-//! length near the end looks the same, so what is cut is first copied beside the segment
+//! its `fdatasync`); it is cut off and reported ([`StreamLog::recovery`]). That is a frame
+//! running past the end of the file or ending at it, zeros to the end, or a bad frame with no
+//! complete, checked frame after it: the file's size may cover a group of frames whose data
+//! only partly reached the disk (a header, then zeros). Damage to a frame's length near the end
+//! looks the same, so what is cut is first copied beside the segment
 //! (`<segment>.cut-<offset>-<n>`, owner-only), and the recovery counts the complete entries the
-//! cut bytes still hold (a torn write leaves none after its first bad frame). A bad frame anywhere
-//! else, a gap in the sequence, or a segment whose name disagrees with its first frame is
-//! corruption: the stream is refused, never half-loaded ([`StreamError::Corrupt`]).
+//! cut bytes still hold (a torn write leaves none after its first bad frame). A bad frame
+//! followed by a checked one, a bad frame in any other segment, a gap in the sequence, or a
+//! segment whose name disagrees with its first frame is corruption: the stream is refused, never
+//! half-loaded ([`StreamError::Corrupt`]).
 //!
-//! **Fail closed.** If a write or `fdatasync` fails, the file is cut back to its last good
-//! length (as far as the disk allows), the error is returned, and the stream refuses every later
-//! append until it is reopened.
+//! **Fail closed.** If a write fails, the file is cut back to its length before that write (as
+//! far as the disk allows) and what was written before it is `fdatasync`ed: appends made with
+//! [`StreamLog::append_all_buffered`] were already reported appended, and may have been
+//! acknowledged. If an `fdatasync` fails, nothing is cut: what it was to make durable was
+//! written, a cut could not be made durable either, and opening checks every frame. Either way
+//! the error is returned and the stream refuses every later append and sync until it is
+//! reopened.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read as _, Write as _};
-use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::digest::{SHA256, digest};
+use rustix::fs::OFlags;
+use rustix::io::Errno;
 
 /// The stream format version this build writes and reads.
 pub const STREAM_FORMAT: u32 = 1;
@@ -53,6 +75,13 @@ pub const MAX_ENTRY_LEN: usize = 64 << 20;
 pub const FRAME_OVERHEAD: u64 = 4 + 8 + 8 + 8;
 
 const META_FILE: &str = "stream.meta";
+const LOCK_FILE: &str = "stream.lock";
+/// `stream.meta` is two short lines; anything longer is not ours.
+const MAX_META_LEN: u64 = 4096;
+/// A stream directory with any of these bits set is refused: others could add or replace files.
+const DIR_FORBIDDEN_MODE: u32 = 0o022;
+/// `O_NOFOLLOW`: the open fails (`ELOOP`) if the last component of the path is a symbolic link.
+const NOFOLLOW: i32 = OFlags::NOFOLLOW.bits().cast_signed();
 const SEGMENT_EXT: &str = "seg";
 const HEADER_LEN: usize = 4 + 8 + 8;
 const CHECK_LEN: usize = 8;
@@ -101,6 +130,25 @@ pub enum StreamError {
     /// An entry is larger than [`MAX_ENTRY_LEN`].
     #[error("an entry of {0} bytes is larger than the {MAX_ENTRY_LEN} a stream takes")]
     TooLarge(usize),
+    /// Another [`StreamLog`], in this process or another, has the directory open.
+    #[error(
+        "stream `{}` is in use: another writer holds `{}` (one open log per directory)",
+        dir.display(),
+        dir.join(LOCK_FILE).display()
+    )]
+    Locked {
+        /// The stream's directory.
+        dir: PathBuf,
+    },
+    /// The stream's directory, or a file in it, is not safe to use: nothing was read or
+    /// written through it.
+    #[error("stream `{}` refused: {reason}", path.display())]
+    Refused {
+        /// The directory or file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// What opening cut off after a crash.
@@ -145,6 +193,10 @@ pub struct StreamLog {
     recovery: StreamRecovery,
     /// Appends written but not yet `fdatasync`ed ([`StreamLog::append_all_buffered`]).
     unsynced: bool,
+    /// `stream.lock`, locked exclusively; unlocked as it is closed. `None` on a file system
+    /// without locks.
+    #[expect(dead_code, reason = "held for its lock, never read")]
+    lock: Option<File>,
 }
 
 #[derive(Debug)]
@@ -168,14 +220,15 @@ impl StreamLog {
     pub fn open(dir: impl AsRef<Path>, options: StreamOptions) -> Result<Self, StreamError> {
         let dir = dir.as_ref().to_path_buf();
         private_dir(&dir)?;
+        // Before anything is read or cut: another writer may be appending.
+        let lock = lock_dir(&dir)?;
         let meta = dir.join(META_FILE);
-        let first = match fs::read(&meta) {
-            Ok(bytes) => parse_meta(&meta, &bytes)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let first = match read_meta(&meta)? {
+            Some(bytes) => parse_meta(&meta, &bytes)?,
+            None => {
                 write_meta(&dir, 1)?;
                 1
             }
-            Err(e) => return Err(io("read", &meta, e)),
         };
         let mut names = Vec::new();
         for entry in fs::read_dir(&dir).map_err(|e| io("list", &dir, e))? {
@@ -203,6 +256,7 @@ impl StreamLog {
             failed: None,
             recovery: StreamRecovery::default(),
             unsynced: false,
+            lock,
         };
         let count = names.len();
         for (i, (seq, path)) in names.into_iter().enumerate() {
@@ -369,8 +423,15 @@ impl StreamLog {
         let start = segment.len;
         let written = segment.file.write_all_at(&buf, start);
         if let Err(e) = written {
+            // Whatever part of `buf` went is cut; what was written before it was reported
+            // appended (and, buffered, may have been acknowledged): it is made durable now,
+            // as no later sync will be.
             let _ = segment.file.set_len(start);
-            let why = format!("appending to `{}`: {e}", segment.path.display());
+            let mut why = format!("appending to `{}`: {e}", segment.path.display());
+            match segment.file.sync_data() {
+                Ok(()) => self.unsynced = false,
+                Err(e) => why.push_str(&format!("; then syncing what was written before: {e}")),
+            }
             self.failed = Some(why.clone());
             return Err(StreamError::Failed(why));
         }
@@ -385,8 +446,9 @@ impl StreamLog {
         Ok(first)
     }
 
-    /// Makes every append so far durable (`fdatasync` of the segment appended to). A failure
-    /// fails the stream: it takes nothing more until reopened.
+    /// Makes every append so far durable (`fdatasync` of the segment appended to; the segments
+    /// before it were synced as it was started). A failure fails the stream: it takes nothing
+    /// more until reopened, and nothing is cut (module docs).
     pub fn sync(&mut self) -> Result<(), StreamError> {
         if let Some(why) = &self.failed {
             return Err(StreamError::Failed(why.clone()));
@@ -509,8 +571,9 @@ impl StreamLog {
             .read(true)
             .write(true)
             .mode(0o600)
+            .custom_flags(NOFOLLOW)
             .open(&path)
-            .map_err(|e| io("create", &path, e))?;
+            .map_err(|e| open_error("create", &path, e))?;
         sync_dir(&self.dir)?;
         self.segments.push(Segment {
             path,
@@ -533,8 +596,9 @@ impl StreamLog {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(NOFOLLOW)
             .open(&path)
-            .map_err(|e| io("open", &path, e))?;
+            .map_err(|e| open_error("open", &path, e))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .map_err(|e| io("read", &path, e))?;
@@ -550,10 +614,16 @@ impl StreamLog {
                     at += frame_len;
                     expected += 1;
                 }
-                Err(_) if last && torn(bytes.get(at..).unwrap_or_default()) => {
+                Err(reason) => {
+                    let rest = bytes.get(at..).unwrap_or_default();
+                    let Some(entries_in_cut) = last.then(|| torn(rest, expected)).flatten() else {
+                        return Err(corrupt(
+                            &path,
+                            &format!("entry {expected} at byte {at}: {reason}"),
+                        ));
+                    };
                     // Never reported durable (an append returns after its fdatasync), unless
                     // damage looks like a torn write: kept beside the segment before the cut.
-                    let rest = bytes.get(at..).unwrap_or_default();
                     let kept = keep_cut(&path, at as u64, rest)?;
                     file.set_len(at as u64)
                         .and_then(|()| file.sync_all())
@@ -562,15 +632,9 @@ impl StreamLog {
                         cut: Some((path.clone(), at as u64)),
                         kept: Some((kept, rest.len() as u64)),
                         cut_from_seq: expected,
-                        entries_in_cut: entries_after(rest, expected),
+                        entries_in_cut,
                     };
                     break;
-                }
-                Err(reason) => {
-                    return Err(corrupt(
-                        &path,
-                        &format!("entry {expected} at byte {at}: {reason}"),
-                    ));
                 }
             }
         }
@@ -586,24 +650,40 @@ impl StreamLog {
     }
 }
 
+/// Writes `dir/name` atomically and owner-only, as a stream writes its `stream.meta`: `dir` is
+/// made owner-only (0700) if missing and checked as a stream's directory is (module docs),
+/// `.<name>.tmp` is written (0600, never through a symbolic link) and synced, then renamed over
+/// `name`, and `dir` synced. For files kept beside a stream, such as the hub's consumer states.
+pub fn write_private(dir: impl AsRef<Path>, name: &str, bytes: &[u8]) -> Result<(), StreamError> {
+    let dir = dir.as_ref();
+    private_dir(dir)?;
+    replace_file(dir, name, bytes)
+}
+
 // === frames ===
 
-/// Whether the bad bytes at the end of the last segment look like an append cut short by a
-/// crash: a frame running past the end of the file, a last frame ending exactly at it, or
-/// zeros to the end. Anything else (a bad frame followed by more frames) is corruption.
-fn torn(rest: &[u8]) -> bool {
+/// Whether the bad bytes `rest` at the end of the last segment, whose first frame should be
+/// entry `expected`, look like an append cut short by a crash; if so, the complete, checked
+/// entries they still hold after the first bad frame ([`entries_after`]).
+///
+/// Torn: a frame running past the end of the file or ending exactly at it (whatever follows:
+/// a damaged length reads the same, and the entries counted tell it), zeros to the end, or a
+/// bad frame with no checked frame after it (the file's size covered a group of frames whose
+/// data only partly reached the disk). A bad frame followed by a checked one is corruption.
+fn torn(rest: &[u8], expected: u64) -> Option<u64> {
     if rest.iter().all(|&b| b == 0) {
-        return true;
+        return Some(0);
     }
+    let after = entries_after(rest, expected);
     let Some(header) = rest
         .get(..HEADER_LEN)
         .and_then(|h| <[u8; HEADER_LEN]>::try_from(h).ok())
     else {
-        return true;
+        return Some(after);
     };
     let (len, _, _) = parse_header(&header);
     let end = HEADER_LEN as u64 + u64::from(len) + CHECK_LEN as u64;
-    end >= rest.len() as u64
+    (end >= rest.len() as u64 || after == 0).then_some(after)
 }
 
 /// How many complete, checked frames `rest` holds after its first byte, numbered after
@@ -741,26 +821,84 @@ fn parse_meta(path: &Path, bytes: &[u8]) -> Result<u64, StreamError> {
         .ok_or_else(|| corrupt(path, "no valid `first` line"))
 }
 
-/// Writes `stream.meta` atomically: a temporary file, synced, renamed over it.
+/// The bytes of `stream.meta`, or `None` if there is none.
+fn read_meta(path: &Path) -> Result<Option<Vec<u8>>, StreamError> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(NOFOLLOW)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(open_error("read", path, e)),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_META_LEN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io("read", path, e))?;
+    if bytes.len() as u64 > MAX_META_LEN {
+        return Err(corrupt(path, "longer than a stream's metadata"));
+    }
+    Ok(Some(bytes))
+}
+
+/// Writes `stream.meta` atomically.
 fn write_meta(dir: &Path, first: u64) -> Result<(), StreamError> {
-    let path = dir.join(META_FILE);
-    let temp = dir.join(".stream.meta.tmp");
+    replace_file(
+        dir,
+        META_FILE,
+        format!("entente-stream v{STREAM_FORMAT}\nfirst {first}\n").as_bytes(),
+    )
+}
+
+/// Writes `dir/name` atomically: `.<name>.tmp` (owner-only, never through a symbolic link),
+/// synced, renamed over it, the directory synced.
+fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StreamError> {
+    let path = dir.join(name);
+    let temp = dir.join(format!(".{name}.tmp"));
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(NOFOLLOW)
         .open(&temp)
-        .map_err(|e| io("create", &temp, e))?;
-    file.write_all(format!("entente-stream v{STREAM_FORMAT}\nfirst {first}\n").as_bytes())
+        .map_err(|e| open_error("create", &temp, e))?;
+    file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .map_err(|e| io("write", &temp, e))?;
     fs::rename(&temp, &path).map_err(|e| io("rename", &path, e))?;
     sync_dir(dir)
 }
 
+/// Takes the exclusive lock of the stream in `dir` (`stream.lock`, made 0600 if missing),
+/// without waiting: [`StreamError::Locked`] if another log holds it. `None` where the file
+/// system has no locks.
+fn lock_dir(dir: &Path) -> Result<Option<File>, StreamError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(NOFOLLOW)
+        .open(&path)
+        .map_err(|e| open_error("create", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Err(StreamError::Locked {
+            dir: dir.to_path_buf(),
+        }),
+        // A file system without locks: as before there were any.
+        Err(fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(io("lock", &path, e)),
+    }
+}
+
 /// Creates `dir` and its missing parents owner-only (0700), each synced into its parent so
-/// that a crash does not lose the new directory; an existing one is left as it is.
+/// that a crash does not lose the new directory; then checks `dir`, made now or before, as
+/// [`check_dir`] does.
 fn private_dir(dir: &Path) -> Result<(), StreamError> {
     use std::os::unix::fs::DirBuilderExt as _;
     let mut missing = Vec::new();
@@ -779,6 +917,35 @@ fn private_dir(dir: &Path) -> Result<(), StreamError> {
             sync_dir(parent)?;
         }
     }
+    check_dir(dir)
+}
+
+/// Fails unless `dir` is a directory that group and others can't write to, owned by this
+/// process's user or root, as the hub's data directory must be: whoever else could write it
+/// could replace the stream's files, or plant links in their place.
+fn check_dir(dir: &Path) -> Result<(), StreamError> {
+    let meta = fs::metadata(dir).map_err(|e| io("look at", dir, e))?;
+    if !meta.is_dir() {
+        return Err(refused(dir, "it is not a directory".into()));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & DIR_FORBIDDEN_MODE != 0 {
+        return Err(refused(
+            dir,
+            format!(
+                "group or others may write to it (mode {mode:04o}): they could replace its \
+                 files; make it owner-only (`chmod 700`)"
+            ),
+        ));
+    }
+    let owner = meta.uid();
+    let us = rustix::process::geteuid().as_raw();
+    if owner != us && owner != 0 {
+        return Err(refused(
+            dir,
+            format!("it is owned by user {owner}, neither this process's user ({us}) nor root"),
+        ));
+    }
     Ok(())
 }
 
@@ -793,6 +960,24 @@ fn io(op: &'static str, path: &Path, source: std::io::Error) -> StreamError {
         op,
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// The error of opening `path` for `op`: [`StreamError::Refused`] if it is a symbolic link.
+fn open_error(op: &'static str, path: &Path, source: std::io::Error) -> StreamError {
+    if source.raw_os_error() == Some(Errno::LOOP.raw_os_error()) {
+        return refused(
+            path,
+            "it is a symbolic link, which a stream never follows".into(),
+        );
+    }
+    io(op, path, source)
+}
+
+fn refused(path: &Path, reason: String) -> StreamError {
+    StreamError::Refused {
+        path: path.to_path_buf(),
+        reason,
     }
 }
 
@@ -1054,6 +1239,225 @@ mod tests {
             err.contains("corrupt") && err.contains("entry 1 at byte 0"),
             "{err}"
         );
+    }
+
+    /// The file's size may cover a group whose data only partly reached the disk before a
+    /// power loss: a frame's header, then zeros. Nothing after the last fdatasync was
+    /// acknowledged; such a tail is cut (and kept), wherever the zeros start.
+    #[test]
+    fn a_group_that_partly_reached_the_disk_is_cut_wherever_its_zeros_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        let mut log = StreamLog::open(&dir, StreamOptions::default()).unwrap();
+        append(&mut log, &payloads(3, "keep"), 1);
+        let durable = log.segments[0].len as usize;
+        append(&mut log, &payloads(3, "lost"), 2);
+        let offsets = log.segments[0].offsets.clone();
+        let path = log.segments[0].path.clone();
+        drop(log);
+        let full = fs::read(&path).unwrap();
+        for from in durable..full.len() {
+            let mut bytes = full[..from].to_vec();
+            bytes.resize(full.len(), 0);
+            fs::write(&path, &bytes).unwrap();
+            let log = StreamLog::open(&dir, StreamOptions::default())
+                .unwrap_or_else(|e| panic!("zeros from byte {from}: {e}"));
+            // The frames wholly before the zeros stay; the one they start in is cut.
+            let ends = [offsets[4], offsets[5], full.len() as u64];
+            let whole = ends.iter().filter(|&&end| end as usize <= from).count() as u64;
+            assert_eq!(log.next_seq(), 4 + whole, "zeros from byte {from}");
+            assert_eq!(log.read(3).unwrap().unwrap().payload, b"keep-2");
+            let recovery = log.recovery().clone();
+            let at = offsets[3 + whole as usize];
+            assert_eq!(recovery.cut, Some((path.clone(), at)), "zeros from {from}");
+            assert_eq!(recovery.entries_in_cut, 0);
+            let (kept, _) = recovery.kept.unwrap();
+            assert_eq!(fs::read(kept).unwrap(), bytes[at as usize..].to_vec());
+            drop(log);
+            fs::write(&path, &full).unwrap();
+        }
+    }
+
+    /// A bad frame followed by a checked one is damage, not a torn write, even in the last
+    /// group: refused, never cut.
+    #[test]
+    fn a_bad_frame_followed_by_a_checked_one_is_refused_even_at_the_tail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        let mut log = StreamLog::open(&dir, StreamOptions::default()).unwrap();
+        append(&mut log, &payloads(3, "keep"), 1);
+        append(&mut log, &payloads(3, "tail"), 2);
+        let offsets = log.segments[0].offsets.clone();
+        let path = log.segments[0].path.clone();
+        drop(log);
+        let full = fs::read(&path).unwrap();
+        let (fourth, fifth, sixth) = (
+            offsets[3] as usize,
+            offsets[4] as usize,
+            offsets[5] as usize,
+        );
+        let mut flipped = full.clone();
+        flipped[fourth + HEADER_LEN] ^= 1;
+        let mut zeroed = full.clone();
+        zeroed[fourth..fifth].fill(0);
+        let mut holes = full.clone();
+        holes[fourth + HEADER_LEN..fifth].fill(0);
+        holes[sixth..].fill(0);
+        for (what, bytes) in [
+            ("a flipped payload byte", flipped),
+            ("a frame of zeros", zeroed),
+            ("a payload of zeros, then zeros after the next frame", holes),
+        ] {
+            fs::write(&path, &bytes).unwrap();
+            let err = StreamLog::open(&dir, StreamOptions::default()).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                matches!(err, StreamError::Corrupt { .. }) && text.contains("entry 4 at byte"),
+                "{what}: {text}"
+            );
+            assert_eq!(fs::read(&path).unwrap(), bytes, "{what}: nothing is cut");
+        }
+    }
+
+    #[test]
+    fn a_second_open_of_a_directory_is_refused_while_the_first_is_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        let mut log = StreamLog::open(&dir, small()).unwrap();
+        append(&mut log, &payloads(2, "one"), 1);
+        let err = StreamLog::open(&dir, small()).unwrap_err();
+        assert!(
+            matches!(&err, StreamError::Locked { dir: d } if *d == dir),
+            "{err}"
+        );
+        assert!(err.to_string().contains("in use"), "{err}");
+        // The first writer goes on, and the lock goes with it.
+        append(&mut log, &payloads(1, "two"), 2);
+        drop(log);
+        let log = StreamLog::open(&dir, small()).unwrap();
+        assert_eq!(log.next_seq(), 4);
+    }
+
+    #[test]
+    fn a_stream_directory_others_may_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        drop(StreamLog::open(&dir, small()).unwrap());
+        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        for mode in [0o770, 0o702, 0o777] {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+            let err = StreamLog::open(&dir, small()).unwrap_err();
+            assert!(
+                matches!(&err, StreamError::Refused { path, .. } if *path == dir)
+                    && err.to_string().contains(&format!("mode {mode:04o}")),
+                "{mode:o}: {err}"
+            );
+            assert!(write_private(&dir, "x.state", b"x").is_err());
+        }
+        // Readable by others is no danger to the stream.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        StreamLog::open(&dir, small()).unwrap();
+    }
+
+    /// Whoever could write a stream's directory could plant a link where the stream writes,
+    /// cuts or truncates a file: every one is refused, and what it leads to is untouched.
+    #[test]
+    fn a_planted_symbolic_link_is_never_followed() {
+        use std::os::unix::fs::symlink;
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        let precious = b"precious, not a stream".to_vec();
+        let dir = tmp.path().join("s");
+        let check = |err: StreamError, link: &Path| {
+            assert!(
+                matches!(&err, StreamError::Refused { path, .. } if path == link)
+                    && err.to_string().contains("symbolic link"),
+                "{}: {err}",
+                link.display()
+            );
+            assert_eq!(fs::read(&victim).unwrap(), precious, "{}", link.display());
+        };
+        let plant = |link: &Path| {
+            fs::write(&victim, &precious).unwrap();
+            let _ = fs::remove_file(link);
+            symlink(&victim, link).unwrap();
+        };
+
+        // Read at open: a segment (its "torn tail" would be cut), the metadata, the lock.
+        drop(StreamLog::open(&dir, small()).unwrap());
+        for name in ["00000000000000000001.seg", META_FILE, LOCK_FILE] {
+            let link = dir.join(name);
+            let saved = fs::read(&link).ok();
+            plant(&link);
+            check(StreamLog::open(&dir, small()).unwrap_err(), &link);
+            fs::remove_file(&link).unwrap();
+            if let Some(saved) = saved {
+                fs::write(&link, saved).unwrap();
+            }
+        }
+
+        // Written later: the next segment (truncated as it starts), the metadata's temporary
+        // file (at a purge).
+        let mut log = StreamLog::open(&dir, small()).unwrap();
+        let link = dir.join("00000000000000000001.seg");
+        plant(&link);
+        check(log.append_all(&[b"x"], 1).unwrap_err(), &link);
+        fs::remove_file(&link).unwrap();
+        append(&mut log, &payloads(2, "p"), 1);
+        let link = dir.join(".stream.meta.tmp");
+        plant(&link);
+        check(log.purge_to(2).unwrap_err(), &link);
+
+        // A file written beside a stream (the hub's consumer states).
+        let link = dir.join(".c.state.tmp");
+        plant(&link);
+        check(write_private(&dir, "c.state", b"state").unwrap_err(), &link);
+        fs::remove_file(&link).unwrap();
+        write_private(&dir, "c.state", b"state").unwrap();
+        assert_eq!(fs::read(dir.join("c.state")).unwrap(), b"state");
+        assert_eq!(
+            fs::metadata(dir.join("c.state")).unwrap().mode() & 0o777,
+            0o600
+        );
+    }
+
+    /// A write that fails leaves what was written before it durable: buffered appends were
+    /// reported appended (and acknowledged with `sync = interval`), and no later sync will
+    /// come, the stream being failed.
+    #[test]
+    fn a_failed_write_syncs_what_was_written_before_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = StreamLog::open(tmp.path(), StreamOptions::default()).unwrap();
+        for item in payloads(3, "acked") {
+            log.append_all_buffered(&[&item], 1).unwrap();
+        }
+        assert!(!log.is_synced());
+        // The segment's file as a descriptor that can't write: the next write fails, as on a
+        // failing disk (fdatasync works on it).
+        let path = log.segments[0].path.clone();
+        let len = log.segments[0].len;
+        log.segments[0].file = File::open(&path).unwrap();
+        let err = log.append_all_buffered(&[b"refused"], 2).unwrap_err();
+        assert!(
+            matches!(&err, StreamError::Failed(why) if why.contains("appending")),
+            "{err}"
+        );
+        assert!(
+            log.is_synced(),
+            "what was written before the failed write is fdatasynced"
+        );
+        assert_eq!(log.next_seq(), 4);
+        assert!(matches!(log.sync(), Err(StreamError::Failed(_))));
+        assert!(matches!(
+            log.append_all(&[b"more"], 3),
+            Err(StreamError::Failed(_))
+        ));
+        drop(log);
+        assert_eq!(fs::metadata(&path).unwrap().len(), len);
+        let log = StreamLog::open(tmp.path(), StreamOptions::default()).unwrap();
+        assert_eq!(log.next_seq(), 4);
+        assert_eq!(log.read(3).unwrap().unwrap().payload, b"acked-2");
     }
 
     #[test]
