@@ -91,7 +91,10 @@ impl DataDir {
         now: SystemTime,
     ) -> Result<Self> {
         let config_path = root.join(CONFIG);
-        if config_path.exists() {
+        let configured = config_path
+            .try_exists()
+            .with_context(|| format!("reading `{}`", config_path.display()))?;
+        if configured {
             let mut dir = Self::open(root, now)?;
             if let Some(td) = trust_domain
                 && td != dir.config.trust_domain
@@ -106,6 +109,25 @@ impl DataDir {
                 dir.config.listen = listen.to_string();
             }
             return Ok(dir);
+        }
+        // No configuration, but what a hub made is there (its registry, its CA, its keys): the
+        // configuration was lost (or a first start stopped before writing it). Starting anew
+        // would write a new CA, admin identity and policies over the old ones (with the keys in
+        // a token the environment does not name now, a new local key store beside them).
+        let found: Vec<&str> = HUB_FILES
+            .iter()
+            .copied()
+            .filter(|name| std::fs::symlink_metadata(root.join(name)).is_ok())
+            .collect();
+        if !found.is_empty() {
+            bail!(
+                "`{}` holds a hub's files ({}) but no `{CONFIG}`: restore `{}` from a backup \
+                 (it names the trust domain and the key stores), or, if a first start was \
+                 stopped before writing it, remove those files; nothing was changed",
+                root.display(),
+                found.join(", "),
+                config_path.display()
+            );
         }
         Self::init(root, listen, trust_domain, now, true)
     }
@@ -161,8 +183,7 @@ impl DataDir {
         }
         // What others may write is not a policy: the directory and each file are refused if
         // group or others may write them (they may read them: policies are no secret), or if
-        // another user than this one (or root) owns them. A file may be a symbolic link: what
-        // it leads to is checked, as opened, and read from the same opening.
+        // another user than this one (or root) owns them ([`read_shared`]).
         files::check_dir(&dir)?;
         let mut files = Vec::new();
         for entry in
@@ -171,23 +192,9 @@ impl DataDir {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "cedar") && path.is_file() {
                 let name = file_name(&path)?;
-                let reading = || format!("reading `{}`", path.display());
-                let mut file = std::fs::File::open(&path).with_context(reading)?;
-                let meta = file.metadata().with_context(reading)?;
-                let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
-                if !meta.is_file() {
-                    bail!("`{}` is not a regular file", path.display());
-                }
-                if mode & 0o022 != 0 {
-                    bail!(
-                        "`{}` has mode {:04o}: group or others may write it (0644 at most)",
-                        path.display(),
-                        mode & 0o7777
-                    );
-                }
-                files::check_owner(&path, &meta)?;
-                let mut text = String::new();
-                std::io::Read::read_to_string(&mut file, &mut text).with_context(reading)?;
+                let text = read_shared(&path, MAX_POLICY_FILE_BYTES)?;
+                let text = String::from_utf8(text)
+                    .map_err(|_| anyhow!("`{}` is not UTF-8", path.display()))?;
                 files.push((name, text));
             }
         }
@@ -470,10 +477,49 @@ pub(crate) struct OtlpTable {
 }
 
 /// The PEM file of trusted certificates at `path`, if set, as the hub takes it (it parses
-/// them when it starts); a file that can't be read is an error naming `setting`.
+/// them when it starts), read as policy files are ([`read_shared`]): whoever may write it
+/// chooses whom the hub trusts with what it sends there (API keys, quarantine notices), so one
+/// group or others may write, or another user owns, is refused. A relative path is taken from
+/// the directory the hub is started in. A file that can't be read is an error naming
+/// `setting`.
 fn read_roots(setting: &str, path: Option<&str>) -> Result<Option<Vec<u8>>> {
-    path.map(|path| std::fs::read(path).with_context(|| format!("{setting}: reading `{path}`")))
-        .transpose()
+    path.map(|path| {
+        read_shared(Path::new(path), MAX_ROOTS_FILE_BYTES).with_context(|| setting.to_owned())
+    })
+    .transpose()
+}
+
+/// Reads a file the hub trusts but need not keep secret (a policy, a CA bundle), at most
+/// `limit` bytes. It may be a symbolic link: what it leads to is checked as opened, and read
+/// from the same opening. Refused if it is not a regular file, if group or others may write
+/// it (0644 at most), if another user than this one (or root) owns it, or if it is larger
+/// than `limit`: whoever else could write it could change what the hub trusts.
+pub(crate) fn read_shared(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let reading = || format!("reading `{}`", path.display());
+    let file = std::fs::File::open(path).with_context(reading)?;
+    let meta = file.metadata().with_context(reading)?;
+    if !meta.is_file() {
+        bail!("`{}` is not a regular file", path.display());
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o022 != 0 {
+        bail!(
+            "`{}` has mode {:04o}: group or others may write it (0644 at most)",
+            path.display(),
+            mode & 0o7777
+        );
+    }
+    files::check_owner(path, &meta)?;
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .with_context(reading)?;
+    if bytes.len() as u64 > limit {
+        bail!("`{}` is larger than {limit} bytes", path.display());
+    }
+    Ok(bytes)
 }
 
 /// The environment variable the `[otlp]` headers come from (OpenTelemetry's own).
@@ -1030,6 +1076,23 @@ const POLICIES: &str = "policies";
 const AUDIT: &str = "audit";
 const STREAMS: &str = "streams";
 const DEFAULT_POLICIES: &str = "default.cedar";
+/// What a hub's first start makes beside `config.toml` (`policies/` aside: its files may be
+/// written before the first start); any of them found without it means a hub is there.
+const HUB_FILES: [&str; 8] = [
+    STORE,
+    CA_DIR,
+    TRUST_PEM,
+    ADMIN,
+    keystores::KEYS,
+    keystores::KEYSTORE_KEY,
+    AUDIT,
+    STREAMS,
+];
+/// The longest policy file read: the longest policy source the hub takes.
+const MAX_POLICY_FILE_BYTES: u64 = entente_wire::MAX_POLICY_TEXT_BYTES as u64;
+/// The longest CA bundle read for `[otlp]` `ca` or `[anomaly]` `webhook_ca` (a system's whole
+/// bundle is about 200 KiB).
+const MAX_ROOTS_FILE_BYTES: u64 = 4 << 20;
 
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -1330,6 +1393,92 @@ mod tests {
                 .unwrap_err();
             let err = format!("{err:#}");
             assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+
+    /// The CA files of `[otlp]` and `[anomaly]` are read as policy files are: whoever else may
+    /// write one could add a root of their own and be sent the OTLP headers (API keys) or the
+    /// quarantine notices.
+    #[test]
+    fn ca_files_others_may_write_or_own_are_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let pem = tmp.path().join("roots.pem");
+        let text = b"-----BEGIN CERTIFICATE-----\n";
+        std::fs::write(&pem, text).unwrap();
+        let chmod = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let head = "listen = \"127.0.0.1:1\"\ntrust_domain = \"acme.internal\"\n";
+        // Both settings, naming `path`: the hub configuration, or the error in one line.
+        let configs = |path: &Path| {
+            let path = path.display();
+            [
+                format!("[otlp]\nendpoint = \"https://127.0.0.1:4318\"\nca = \"{path}\"\n"),
+                format!(
+                    "[anomaly]\nwebhook = \"https://127.0.0.1:1/hook\"\nwebhook_ca = \"{path}\"\n"
+                ),
+            ]
+            .map(|table| {
+                ConfigFile::parse(&format!("{head}{table}"))
+                    .and_then(|c| c.to_hub_config())
+                    .map_err(|e| format!("{e:#}"))
+            })
+        };
+
+        // The owner's, 0644 at most: read.
+        chmod(&pem, 0o644);
+        let [otlp, anomaly] = configs(&pem);
+        let otlp = otlp.unwrap().otlp.unwrap();
+        assert_eq!(otlp.roots_pem.as_deref(), Some(&text[..]));
+        let webhook = anomaly.unwrap().quarantine_webhook.unwrap();
+        assert_eq!(webhook.roots_pem.as_deref(), Some(&text[..]));
+
+        // Group or others may write it, itself or through a link: refused.
+        let link = tmp.path().join("link.pem");
+        std::os::unix::fs::symlink(&pem, &link).unwrap();
+        for (mode, path) in [(0o664, &pem), (0o646, &pem), (0o666, &link)] {
+            chmod(&pem, mode);
+            for (setting, result) in ["`[otlp]` `ca`", "`[anomaly]` `webhook_ca`"]
+                .into_iter()
+                .zip(configs(path))
+            {
+                let err = result.err().unwrap();
+                assert!(
+                    err.starts_with(&format!(
+                        "{setting}: `{}` has mode {mode:04o}: group or others may write it",
+                        path.display()
+                    )),
+                    "{err}"
+                );
+            }
+        }
+
+        // Not a regular file, or larger than any CA bundle: refused.
+        chmod(&pem, 0o644);
+        for (path, needle) in [
+            (tmp.path().to_owned(), "is not a regular file"),
+            (tmp.path().join("big.pem"), "is larger than 4194304 bytes"),
+        ] {
+            if path.ends_with("big.pem") {
+                std::fs::write(&path, vec![b'#'; (4 << 20) + 1]).unwrap();
+                chmod(&path, 0o644);
+            }
+            for result in configs(&path) {
+                let err = result.err().unwrap();
+                assert!(err.contains(needle), "{needle}: {err}");
+            }
+        }
+
+        // Another user's: refused (only root can give a file away to make the case).
+        if std::os::unix::fs::chown(&pem, Some(54_321), None).is_err() {
+            eprintln!("not run as root: ownership checks not exercised");
+            return;
+        }
+        for result in configs(&pem) {
+            let err = result.err().unwrap();
+            assert!(err.contains("is owned by user 54321"), "{err}");
         }
     }
 

@@ -252,7 +252,7 @@ enum Command {
         target: String,
         /// The request; `-` or none: read from standard input.
         message: Option<String>,
-        /// How long to wait for the reply (90s, 15m; default 10s).
+        /// How long to wait for the reply (90s, 15m; default 10s; at most 1d).
         #[arg(long)]
         timeout: Option<String>,
     },

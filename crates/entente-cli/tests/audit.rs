@@ -564,6 +564,16 @@ impl Hub {
         serde_json::from_str(&self.admin(&["export", s(out), "--json"])).unwrap()
     }
 
+    /// Stops the hub, runs `between` on its data directory, and starts it again there, at the
+    /// same address.
+    fn restart(self, tmp: &Path, between: impl FnOnce(&Path)) -> Self {
+        stop(self.child);
+        let data = tmp.join("hub");
+        between(&data);
+        let (child, _) = support::start_at(&data, &self.addr);
+        Self { child, ..self }
+    }
+
     fn stop(self) {
         stop(self.child);
     }
@@ -860,6 +870,172 @@ fn exports_verify_offline_and_records_are_proven_against_the_key() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("record 100000 does not exist"));
 
+    hub.stop();
+}
+
+/// The mode bits of `path` for group, others and its owner.
+fn mode(path: &Path) -> u32 {
+    std::os::unix::fs::PermissionsExt::mode(&fs::metadata(path).unwrap().permissions()) & 0o777
+}
+
+/// `cp -a FROM TO`.
+fn copy_dir(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// An export to where one was made before replaces it only if it verifies and extends the
+/// checkpoint kept beside it, under every key the hub's log was signed with; a log cut back
+/// (a hub restored from a backup), or a checkpoint of another log, is refused with both old
+/// files intact and the new export left aside.
+#[test]
+fn an_export_replaces_the_last_one_only_if_it_extends_its_kept_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Hub::start(tmp.path());
+    let out = tmp.path().join("audit.export");
+    let kept = tmp.path().join("audit.export.checkpoint");
+    let aside = tmp.path().join("audit.export.new");
+
+    // The checkpoint key rotated first: the log holds checkpoints signed by either key.
+    let old_key = hub.export(&tmp.path().join("before-rotation.export"))["verifier_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rotated = Command::new(env!("CARGO_BIN_EXE_entente"))
+        .args([
+            "keys",
+            "rotate",
+            "audit",
+            "--identity",
+            s(&hub.admin),
+            "--hub",
+            &hub.addr,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    hub.send("after the rotation");
+    let first = hub.export(&out);
+    assert_eq!(first["extends_kept"], false, "{first}");
+    let first_size = first["size"].as_u64().unwrap();
+    let new_key = first["verifier_key"].as_str().unwrap().to_owned();
+    assert_ne!(new_key, old_key);
+
+    // The hub's data directory as a backup would hold it now.
+    let backup = tmp.path().join("backup");
+    let hub = hub.restart(tmp.path(), |data| copy_dir(data, &backup));
+
+    // A later export to the same path extends the kept checkpoint: both are replaced, still
+    // owner-only, and nothing is left aside.
+    hub.send("hello again");
+    let text = hub.admin(&["export", s(&out)]);
+    assert!(
+        text.contains(&format!(
+            "it extends the checkpoint kept before in `{}`",
+            kept.display()
+        )),
+        "{text}"
+    );
+    let second: Value = serde_json::from_str(&hub.admin(&["export", s(&out), "--json"])).unwrap();
+    assert_eq!(second["extends_kept"], true, "{second}");
+    let second_size = second["size"].as_u64().unwrap();
+    assert!(second_size > first_size, "{second}");
+    assert_eq!(fs::read_to_string(&kept).unwrap(), second["checkpoint"]);
+    assert_eq!(second["bytes"], fs::metadata(&out).unwrap().len());
+    assert!(!aside.exists());
+    for file in [&out, &kept] {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+    let held = fs::read(&out).unwrap();
+    let held_checkpoint = fs::read_to_string(&kept).unwrap();
+    let (key_args, kept_arg) = (["--key", &old_key, "--key", &new_key], s(&kept));
+    passes(&out, &[&key_args[..], &["--known", kept_arg]].concat());
+
+    // The hub restored from the backup: its log is cut back to what it was then, and grows
+    // another way. Its export is refused (a log rolled back or forked, with the sizes), the
+    // old export and checkpoint stay, and the new export is left aside, owner-only.
+    let hub = hub.restart(tmp.path(), |data| {
+        fs::remove_dir_all(data).unwrap();
+        fs::rename(&backup, data).unwrap();
+    });
+    let refused = hub.audit(&hub.admin, &["export", s(&out)]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(refused.stdout.is_empty());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: refused to replace `{}`: the new export (tree size ",
+            out.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "does not extend the checkpoint kept in `{}` (tree size {second_size}): ",
+            kept.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("was rolled back") || stderr.contains("was forked"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.trim_end().ends_with(&format!(
+            "`{}` and `{}` are unchanged, the new export is left in `{}`",
+            out.display(),
+            kept.display(),
+            aside.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(fs::read(&out).unwrap(), held);
+    assert_eq!(fs::read_to_string(&kept).unwrap(), held_checkpoint);
+    assert_eq!(mode(&aside), 0o600);
+    // The same as JSON, for scripts.
+    let refused = hub.audit(&hub.admin, &["export", s(&out), "--json"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&refused.stdout).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(v["kind"] == "rolled_back" || v["kind"] == "forked", "{v}");
+    assert_eq!(v["export"], s(&out), "{v}");
+    assert_eq!(v["checkpoint_file"], s(&kept), "{v}");
+    assert_eq!(v["new_export"], s(&aside), "{v}");
+    assert_eq!(v["kept_size"], second_size, "{v}");
+    assert_eq!(fs::read(&out).unwrap(), held);
+    assert_eq!(fs::read_to_string(&kept).unwrap(), held_checkpoint);
+    // What was refused, `verify --known` refuses as well.
+    fails(&aside, &[&key_args[..], &["--known", kept_arg]].concat());
+
+    // A checkpoint of another log (another hub's) kept there: refused alike.
+    fs::create_dir_all(tmp.path().join("other")).unwrap();
+    let other = write_log(&tmp.path().join("other"), &SEED, 0);
+    let theirs = other.checkpoints.last().unwrap().as_str().to_owned();
+    fs::write(&kept, &theirs).unwrap();
+    let refused = hub.audit(&hub.admin, &["export", s(&out)]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "has no signature from the given keys: it was forged, or it is another log's; `{}` \
+             and `{}` are unchanged",
+            out.display(),
+            kept.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(fs::read(&out).unwrap(), held);
+    assert_eq!(fs::read_to_string(&kept).unwrap(), theirs);
     hub.stop();
 }
 

@@ -76,6 +76,84 @@ fn another_trust_domain_for_an_existing_directory_is_one_clear_error() {
     assert!(stderr.contains("other.org"), "{stderr}");
 }
 
+/// Every file under `dir` with its bytes, by path.
+fn snapshot(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.insert(path.clone(), fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+/// A data directory that lost its `config.toml` is not made anew over the hub it holds (a new
+/// CA, admin identity and policies written over the old ones): the start is refused in one
+/// line that says so, and nothing in it changes.
+#[test]
+fn a_hub_without_its_config_is_refused_not_made_anew() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hub");
+    let (child, _) = start(&dir);
+    stop(child);
+    fs::remove_file(dir.join("config.toml")).unwrap();
+    let before = snapshot(&dir);
+    assert!(before.contains_key(&dir.join("ca").join("root.pem")));
+
+    let out = start_without_keys(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: `{}` holds a hub's files (store.redb, ca, ca.pem, admin, keys, keystore.key, \
+             audit) but no `config.toml`: restore `{}` from a backup",
+            dir.display(),
+            dir.join("config.toml").display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.trim_end().ends_with("nothing was changed"),
+        "{stderr}"
+    );
+    assert!(!dir.join("config.toml").exists());
+    assert!(snapshot(&dir) == before, "the data directory changed");
+
+    // With its keys elsewhere (in a PKCS#11 token the environment does not name now, here
+    // moved away): a new local store and CA would be made over the old CA's files.
+    fs::rename(dir.join("keys"), tmp.path().join("keys")).unwrap();
+    fs::rename(dir.join("keystore.key"), tmp.path().join("keystore.key")).unwrap();
+    let before = snapshot(&dir);
+    let out = start_without_keys(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("holds a hub's files (store.redb, ca, ca.pem, admin, audit) but no"),
+        "{stderr}"
+    );
+    assert!(snapshot(&dir) == before, "the data directory changed");
+    assert!(!dir.join("keys").exists());
+
+    // Any one of them is enough.
+    let lone = tmp.path().join("lone");
+    fs::create_dir(&lone).unwrap();
+    fs::set_permissions(&lone, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::create_dir(lone.join("admin")).unwrap();
+    let out = start_without_keys(&lone);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("holds a hub's files (admin)"), "{stderr}");
+    assert!(!lone.join("config.toml").exists());
+    assert!(!lone.join("ca").exists());
+}
+
 #[test]
 fn a_missing_keystore_key_is_one_clear_error() {
     let tmp = tempfile::tempdir().unwrap();

@@ -189,6 +189,24 @@ fn policies_are_loaded_shown_and_checked_and_survive_a_restart() {
     assert!(!out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(!v["problems"].as_array().unwrap().is_empty(), "{v}");
+    // Still a failure when whoever reads its standard output is gone (`| head -0`): a script
+    // that checks the status must not read a refusal as a success.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_entente"))
+        .args(["--json", "policy", "load", s(&bad)])
+        .args(&at)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = support::wait(refused, support::LIMIT);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = run(&["--json", "policy", "show"], &at);
     // The override is a JSON escape, not the character a terminal would obey.
     let line = String::from_utf8(out.stdout).unwrap();

@@ -161,3 +161,101 @@ fn serve_answers_a_request_with_the_commands_output() {
     support::wait(server, support::LIMIT);
     stop(hub);
 }
+
+/// A responder whose standard error nobody reads any more (a supervisor that read its first
+/// line and went away) goes on serving: the lines it writes there for a failed command, and
+/// its last one, are lost, not fatal.
+#[test]
+fn serve_goes_on_when_nobody_reads_its_standard_error() {
+    use std::io::BufRead as _;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("hub");
+    let (hub, info) = start(&data);
+    let addr = info["listening"].as_str().unwrap().to_owned();
+    let alice = enroll(&data, &addr, "demo/alice", tmp.path());
+    let bob = enroll(&data, &addr, "demo/bob", tmp.path());
+
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_entente"))
+        .args(["serve", "--identity", s(&bob), "--hub", &addr, "direct"])
+        .args(["--exec", "cat >/dev/null; echo 'no luck' >&2; exit 3"])
+        .args(["--count", "2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(server.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("serving `_direct.demo.bob`"), "{line}");
+    // The reader dropped with the line read: the server's standard error is a closed pipe.
+
+    for message in ["first", "second"] {
+        let out = entente(&[
+            "request",
+            "--identity",
+            s(&alice),
+            "--hub",
+            &addr,
+            "demo/bob",
+            message,
+            "--timeout",
+            "20s",
+        ]);
+        assert!(
+            out.status.success(),
+            "{message}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim_end(),
+            "error: the command failed"
+        );
+    }
+    // Both requests failed the command: a failure, not a panic.
+    let out = support::wait(server, support::LIMIT);
+    assert_eq!(out.status.code(), Some(1));
+    stop(hub);
+}
+
+/// A timeout longer than a day is refused before anything is sent, in one line (one that no
+/// clock can reach panicked).
+#[test]
+fn request_refuses_a_timeout_over_a_day() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("hub");
+    let (hub, info) = start(&data);
+    let addr = info["listening"].as_str().unwrap().to_owned();
+    let alice = enroll(&data, &addr, "demo/alice", tmp.path());
+    enroll(&data, &addr, "demo/bob", tmp.path());
+    let ask = |timeout: &str| {
+        entente(&[
+            "request",
+            "--identity",
+            s(&alice),
+            "--hub",
+            &addr,
+            "demo/bob",
+            "anyone?",
+            "--timeout",
+            timeout,
+        ])
+    };
+    for timeout in ["10000000000000000000s", "2d", "86401s", "25h"] {
+        let out = ask(timeout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{timeout}: {stderr}");
+        assert_eq!(
+            stderr.trim_end(),
+            "error: `--timeout` must be at most 1d (24h)",
+            "{timeout}"
+        );
+    }
+    // A day is taken: nobody serves bob, so the hub refuses the request at once.
+    let out = ask("1d");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("NO_RECIPIENT"), "{stderr}");
+    stop(hub);
+}

@@ -41,8 +41,13 @@ impl Client {
     }
 
     /// Has the hub seal its audit log and export it (docs/AUDIT.md §6), and writes the export
-    /// to `out` (through a temporary file beside it, owner-only and made new — never through
-    /// a file or link already there — renamed into place once complete).
+    /// to `out` (through a temporary file beside it, `out` with `.part` added, owner-only
+    /// (0600) and made new — never through a file or link already there — renamed into place
+    /// once complete: the export keeps that mode).
+    ///
+    /// What was at `out` is replaced: an export kept to be checked against later is written
+    /// elsewhere, and kept only once it verifies and extends the checkpoint kept from the
+    /// last one (`VerifiedLog::check_against`), as `entente audit export` does.
     pub async fn audit_export(&self, out: impl AsRef<Path>) -> Result<AuditExport, Error> {
         let out = out.as_ref();
         let mut temp = out.as_os_str().to_owned();

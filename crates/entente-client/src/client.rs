@@ -1398,7 +1398,9 @@ impl Client {
         payload: impl Into<Vec<u8>>,
         timeout: Duration,
     ) -> Result<Message, Error> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now()
+            .checked_add(timeout)
+            .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "the timeout is too long"))?;
         let payload = self.check_payload(payload.into())?;
         let shared = &self.inner.shared;
         let exchange = async {

@@ -241,11 +241,11 @@ pub(crate) fn listen(
         .with_context(|| format!("subscribing to `{channel}`"))?;
         if !json {
             match durable {
-                Some(name) => eprintln!(
+                Some(name) => noteln!(
                     "listening on `{channel}` as `{}`, durable consumer `{name}`",
                     client.principal()
                 ),
-                None => eprintln!("listening on `{channel}` as `{}`", client.principal()),
+                None => noteln!("listening on `{channel}` as `{}`", client.principal()),
             }
         }
         let mut seen = 0u64;
@@ -293,7 +293,7 @@ pub(crate) fn listen(
                         .context("acknowledging the message")?;
                 }
                 Err(err) if err.kind() == entente_client::ErrorKind::Rejected => {
-                    eprintln!("rejected a message: {err}");
+                    noteln!("rejected a message: {err}");
                 }
                 Err(err) => return Err(err.into()),
             }

@@ -59,7 +59,10 @@ pub(crate) enum AuditCommand {
     /// Export the running hub's audit log to a file, for `verify` (administrators).
     ///
     /// Also writes the checkpoint the export ends with to `OUT.checkpoint`: keep it, and pass
-    /// it as `--known` when verifying a later export or proving a record.
+    /// it as `--known` when verifying a later export or proving a record. When
+    /// `OUT.checkpoint` is there already, the new export replaces `OUT` and it only if it
+    /// extends that checkpoint (as `verify --known` checks); otherwise both are kept, the new
+    /// export is left in `OUT.new`, and the command exits 1.
     Export {
         #[command(flatten)]
         at: At,
@@ -150,22 +153,59 @@ fn tail(
 }
 
 /// `entente audit export`: writes the export, its checkpoint beside it, and says how to verify
-/// it.
+/// it. When a checkpoint is kept beside `out` already (an earlier export's), the new export
+/// is downloaded aside ([`pending_file`]) and replaces `out` and its checkpoint only if it
+/// extends the kept one, as `verify --known` checks ([`check`]) under the hub's checkpoint
+/// keys; otherwise both old files stay as they were, the new export stays aside, and the
+/// command fails: the one file that would show a log cut back or rewritten is never lost.
 fn export(at: &At, out: &Path, json: bool) -> Result<ExitCode> {
+    let kept = checkpoint_file(out);
+    // A regular file only: a link there is replaced, never followed (what it leads to is
+    // left as it is).
+    let has_kept = std::fs::symlink_metadata(&kept).is_ok_and(|meta| meta.is_file());
+    let download = if has_kept {
+        pending_file(out)
+    } else {
+        out.to_path_buf()
+    };
     agent::run(async {
         let client = connect(&at.identity, &at.hub).await?;
         let result = async {
             let key = log_state(&client).await?.verifier_key;
-            let exported = client.audit_export(out).await?;
-            Ok::<_, anyhow::Error>((key, exported))
+            let exported = client.audit_export(&download).await?;
+            // Asked after the export, so that every key that signed a checkpoint of it is
+            // there (a key is never dropped, only added by a rotation).
+            let keys = if has_kept {
+                let keys = client
+                    .keys(None)
+                    .await
+                    .context("reading the hub's checkpoint keys")?;
+                std::iter::once(keys.audit_key)
+                    .chain(keys.audit_trusted)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            Ok::<_, anyhow::Error>((key, exported, keys))
         }
         .await;
         client.close().await;
-        let (key, exported) = result?;
+        let (key, exported, keys) = result?;
         let size = CheckpointIn::parse(&exported.checkpoint)
             .context("the checkpoint the hub sent with the export is malformed")?
             .size();
-        let kept = checkpoint_file(out);
+        if has_kept {
+            if let Err(failure) = extends_kept(&download, &kept, &keys) {
+                return Ok(refuse(failure, out, &kept, (&download, size), json));
+            }
+            std::fs::rename(&download, out).with_context(|| {
+                format!(
+                    "replacing `{}` with the new export `{}`",
+                    out.display(),
+                    download.display()
+                )
+            })?;
+        }
         // Owner-only, through a new temporary file renamed over it: never written through a
         // link already there.
         let (dir, name) = (
@@ -191,6 +231,7 @@ fn export(at: &At, out: &Path, json: bool) -> Result<ExitCode> {
                 "verifier_key": key,
                 "checkpoint_file": kept.display().to_string(),
                 "checkpoint": exported.checkpoint,
+                "extends_kept": has_kept,
             }));
         } else {
             outln!(
@@ -198,6 +239,12 @@ fn export(at: &At, out: &Path, json: bool) -> Result<ExitCode> {
                 out.display(),
                 exported.bytes
             );
+            if has_kept {
+                outln!(
+                    "it extends the checkpoint kept before in `{}`",
+                    kept.display()
+                );
+            }
             outln!(
                 "checkpoint kept in `{}`: pass it as `--known` to check a later export",
                 kept.display()
@@ -208,6 +255,70 @@ fn export(at: &At, out: &Path, json: bool) -> Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Checks that the export `download` verifies under the hub's checkpoint `keys` and extends
+/// the checkpoint kept in `kept`, as `verify --known` does.
+fn extends_kept(download: &Path, kept: &Path, keys: &[String]) -> Result<(), Failure> {
+    let keys = keys
+        .iter()
+        .map(|key| VerifierKey::parse(key))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            Failure::new(
+                "bad_key",
+                format!("a checkpoint key the hub gave does not parse: {e}"),
+                json!({}),
+            )
+        })?;
+    check(download, &verifier_of(&keys), &[kept.to_path_buf()], &[]).map(drop)
+}
+
+/// Reports why `export` did not replace `out` and the checkpoint `kept` with the export
+/// `download` of tree size `size`, as `verify` reports a failure, naming the sizes, both files
+/// kept and where the new export was left; returns the exit code of a failed check.
+fn refuse(
+    failure: Failure,
+    out: &Path,
+    kept: &Path,
+    (download, size): (&Path, u64),
+    json: bool,
+) -> ExitCode {
+    // The size the kept checkpoint claims, read again even if its signature failed.
+    let kept_size = std::fs::read_to_string(kept)
+        .ok()
+        .and_then(|note| CheckpointIn::parse(&note).ok())
+        .map(|checkpoint| checkpoint.size());
+    let kept_tree = kept_size.map_or_else(
+        || "a tree size that can't be read".to_owned(),
+        |n| format!("tree size {n}"),
+    );
+    let reason = match failure.kind {
+        "unknown_key" => failure
+            .message
+            .replace("`--key` is not this log's key", "it is another log's"),
+        _ => failure.message,
+    };
+    let message = format!(
+        "refused to replace `{}`: the new export (tree size {size}) does not extend the \
+         checkpoint kept in `{}` ({kept_tree}): {reason}; `{}` and `{}` are unchanged, the new \
+         export is left in `{}`",
+        out.display(),
+        kept.display(),
+        out.display(),
+        kept.display(),
+        download.display(),
+    );
+    let mut at = match failure.at {
+        Value::Object(at) => at,
+        _ => Map::new(),
+    };
+    at.insert("checkpoint_file".into(), kept.display().to_string().into());
+    at.insert("new_export".into(), download.display().to_string().into());
+    at.insert("new_size".into(), size.into());
+    at.insert("kept_size".into(), kept_size.into());
+    Failure::new(failure.kind, message, Value::Object(at))
+        .report(("export", out.display().to_string().into()), json)
 }
 
 /// `export`'s lines on the checkpoint key the hub gave: the key, and a command to verify the
@@ -1323,6 +1434,14 @@ fn known_checkpoint(path: &Path, verifier: &Verifier) -> Result<(PathBuf, Checkp
         )
     })?;
     Ok((path.to_path_buf(), checkpoint))
+}
+
+/// Where `export` downloads a new export while a checkpoint is kept beside `out`, until it is
+/// found to extend it (and where it stays if not): `OUT.new`.
+fn pending_file(out: &Path) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".new");
+    PathBuf::from(name)
 }
 
 /// Where `export` keeps the checkpoint of the export `out`: `OUT.checkpoint`.

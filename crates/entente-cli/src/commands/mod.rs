@@ -16,6 +16,14 @@ macro_rules! announceln {
     };
 }
 
+/// `eprintln!` through [`note`]: for what goes on (a responder, a listener), whose lines on
+/// standard error must not stop it when nobody reads them any more (`eprintln!` panics then).
+macro_rules! noteln {
+    ($($arg:tt)*) => {
+        $crate::commands::note(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 pub(crate) mod agent;
 pub(crate) mod attack;
 pub(crate) mod audit;
@@ -64,6 +72,15 @@ pub(crate) fn print_out(args: std::fmt::Arguments<'_>) {
 /// denial: a reader gone must not turn it into a success).
 pub(crate) fn announce(args: std::fmt::Arguments<'_>) {
     let _ = write_out(args);
+}
+
+/// Writes `args` to standard error whatever becomes of it, as [`announce`] writes to standard
+/// output: a reader gone (a supervisor that read the first line) must not stop a running
+/// responder or listener, nor turn a failure into a panic.
+pub(crate) fn note(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args).and_then(|()| err.flush());
 }
 
 /// [`print_json`] through [`announce`].
@@ -313,6 +330,7 @@ mod tests {
                 "outln!(",
                 "announceln!(",
                 "eprintln!(",
+                "noteln!(",
                 "eprint!(",
                 "write!(",
                 "writeln!(",

@@ -51,8 +51,9 @@ pub(crate) fn load(at: &At, files: &[PathBuf], json: bool) -> Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) if e.kind() == ErrorKind::InvalidInput && !e.details().is_empty() => {
+                // A refusal keeps its exit status whatever becomes of standard output.
                 if json {
-                    super::print_json(
+                    super::announce_json(
                         &serde_json::json!({ "error": e.to_string(), "problems": e.details() }),
                     );
                 } else {

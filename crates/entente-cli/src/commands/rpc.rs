@@ -13,6 +13,8 @@ use super::agent::{agent_id, connect, parse_duration, run};
 
 /// How long `request` waits for the reply unless told.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest `request` may be told to wait: a day.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Most bytes of a command's standard output sent as a reply (a payload's limit).
 pub(crate) const MAX_OUTPUT: usize = 1 << 20;
 /// How long one command may run: under the hub's 60-second limit on a reply.
@@ -35,6 +37,9 @@ pub(crate) fn request(
         .unwrap_or(DEFAULT_TIMEOUT);
     if timeout.is_zero() {
         bail!("`--timeout` must be at least 1s");
+    }
+    if timeout > MAX_TIMEOUT {
+        bail!("`--timeout` must be at most 1d (24h)");
     }
     let message = super::agent::message_bytes(message)?;
     run(async {
@@ -84,7 +89,7 @@ pub(crate) fn serve(
         };
         let mut requests = requests.with_context(|| format!("serving `{channel}`"))?;
         if !json {
-            eprintln!(
+            noteln!(
                 "serving `{}` as `{}`",
                 requests.pattern(),
                 client.principal()
@@ -99,14 +104,14 @@ pub(crate) fn serve(
             let request = match item {
                 Ok(request) => request,
                 Err(err) if err.kind() == ErrorKind::Rejected => {
-                    eprintln!("rejected a message: {err}");
+                    noteln!("rejected a message: {err}");
                     continue;
                 }
                 Err(err) => return Err(err.into()),
             };
             let sender = request.message.sender.clone();
             if request.responder.reply_to().is_none() {
-                eprintln!("`{sender}` sent a message without reply_to; not answered");
+                noteln!("`{sender}` sent a message without reply_to; not answered");
                 continue;
             }
             let (answer, failed) = match execute(exec, &request.message.payload).await {
@@ -114,7 +119,7 @@ pub(crate) fn serve(
                 Err(e) => {
                     // The detail (its standard error, paths, what it printed) stays here: the
                     // requester is another principal, told only that it failed.
-                    eprintln!("`{exec}` failed for a request from `{sender}`: {e:#}");
+                    noteln!("`{exec}` failed for a request from `{sender}`: {e:#}");
                     (b"error: the command failed".to_vec(), true)
                 }
             };
@@ -126,7 +131,7 @@ pub(crate) fn serve(
                 Ok(()) => {}
                 Err(err) if err.kind() == ErrorKind::Closed => return Err(err.into()),
                 Err(err) => {
-                    eprintln!("could not answer `{sender}`: {err}");
+                    noteln!("could not answer `{sender}`: {err}");
                     unserved += u64::from(!failed);
                     continue;
                 }
@@ -143,7 +148,7 @@ pub(crate) fn serve(
         client.close().await;
         // Served as asked only if every request got the command's output.
         if unserved > 0 {
-            eprintln!("{unserved} of {served} request(s) did not get the command's output (above)");
+            noteln!("{unserved} of {served} request(s) did not get the command's output (above)");
             return Ok(ExitCode::FAILURE);
         }
         Ok(ExitCode::SUCCESS)
