@@ -1369,7 +1369,8 @@ impl Client {
     /// Errors: [`ErrorKind::Timeout`] when no reply came in time (the request may still have
     /// been delivered), the hub's refusals as for [`direct`](Self::direct), and
     /// [`RefusalCode::TooManyReplyGrants`](crate::RefusalCode::TooManyReplyGrants) when the
-    /// session has too many requests outstanding.
+    /// session has too many requests outstanding; [`ErrorKind::InvalidInput`] for a `timeout`
+    /// too long to make a deadline of.
     ///
     /// A request's outcome is its reply: the verified reply, signed by the target, proves the
     /// request was delivered, so it is returned as soon as it arrives, without waiting for

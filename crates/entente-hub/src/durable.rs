@@ -54,6 +54,10 @@ const TICK: Duration = Duration::from_secs(1);
 /// past it, what they keep can't be told, and no data key is retired.
 const MAX_UNCONFIGURED_DIRS: usize = 1024;
 
+/// The longest durable consumer state read at start (its `done` line names at most
+/// [`MAX_AHEAD`] sequences of up to 20 digits).
+const MAX_CONSUMER_STATE_LEN: u64 = 4 << 20;
+
 /// A stream's oldest dead-letter key version when one of its dead letters could not be read
 /// at start: no version is below it, so no data key is retired until the hub restarts.
 const DEAD_UNREAD: u32 = 0;
@@ -1709,8 +1713,12 @@ fn load_consumers(
         if path.extension().and_then(|e| e.to_str()) != Some("state") {
             continue;
         }
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| HubError::Durable(format!("reading `{}`: {e}", path.display())))?;
+        // Never through a symbolic link, and bounded: its `done` line names at most
+        // `MAX_AHEAD` sequences.
+        let bytes = entente_store::stream::read_private(&path, MAX_CONSUMER_STATE_LEN)
+            .map_err(|e| HubError::Durable(e.to_string()))?
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
         let consumer = parse_consumer(&text, first, next).ok_or_else(|| {
             HubError::Durable(format!(
                 "the durable consumer state `{}` is corrupt",
@@ -2601,5 +2609,27 @@ mod tests {
         assert_eq!(streams.oldest_key_version(&keys), None);
         streams.close();
         assert!(writers.join().await.is_empty());
+    }
+
+    #[test]
+    fn a_consumer_state_is_never_read_through_a_symbolic_link_nor_past_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let consumers = dir.path().join("consumers");
+        let text = "entente-consumer v1\nname audit\nowner spiffe://example.org/agent/shop/a\n\
+                    pattern orders.>\nfloor 1\ndone\nattempts\n";
+        write_consumer(&consumers, "audit", text).unwrap();
+        assert_eq!(load_consumers(&consumers, (1, 1)).unwrap().len(), 1);
+        // Planted elsewhere and linked: refused, not followed.
+        let planted = dir.path().join("planted");
+        std::fs::write(&planted, text.replace("audit", "other")).unwrap();
+        std::os::unix::fs::symlink(&planted, consumers.join("other.state")).unwrap();
+        let err = load_consumers(&consumers, (1, 1)).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        std::fs::remove_file(consumers.join("other.state")).unwrap();
+        // A state longer than any a consumer writes: refused, not read whole.
+        let long = format!("{text}{}", " ".repeat(MAX_CONSUMER_STATE_LEN as usize));
+        std::fs::write(consumers.join("audit.state"), long).unwrap();
+        let err = load_consumers(&consumers, (1, 1)).unwrap_err().to_string();
+        assert!(err.contains("longer than"), "{err}");
     }
 }

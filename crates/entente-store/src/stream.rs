@@ -823,6 +823,13 @@ fn parse_meta(path: &Path, bytes: &[u8]) -> Result<u64, StreamError> {
 
 /// The bytes of `stream.meta`, or `None` if there is none.
 fn read_meta(path: &Path) -> Result<Option<Vec<u8>>, StreamError> {
+    read_private(path, MAX_META_LEN)
+}
+
+/// The bytes of `path`, a file kept beside a stream (as [`write_private`] writes them), or
+/// `None` if there is none: never read through a symbolic link, and refused as corrupt past
+/// `max` bytes.
+pub fn read_private(path: &Path, max: u64) -> Result<Option<Vec<u8>>, StreamError> {
     let file = match OpenOptions::new()
         .read(true)
         .custom_flags(NOFOLLOW)
@@ -833,11 +840,11 @@ fn read_meta(path: &Path) -> Result<Option<Vec<u8>>, StreamError> {
         Err(e) => return Err(open_error("read", path, e)),
     };
     let mut bytes = Vec::new();
-    file.take(MAX_META_LEN + 1)
+    file.take(max.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|e| io("read", path, e))?;
-    if bytes.len() as u64 > MAX_META_LEN {
-        return Err(corrupt(path, "longer than a stream's metadata"));
+    if bytes.len() as u64 > max {
+        return Err(corrupt(path, &format!("longer than {max} bytes")));
     }
     Ok(Some(bytes))
 }
