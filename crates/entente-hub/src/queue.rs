@@ -14,13 +14,11 @@
 //! session would hold for nothing (docs/BENCHMARKS.md, Scale). The receiving side takes the
 //! channel's receiver from a hand-off slot at its first wait.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::Duration;
 
 use tokio::sync::mpsc::error::{SendError, TryRecvError, TrySendError};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::time::Instant;
 
 use crate::codec::Outbound;
 
@@ -46,19 +44,6 @@ struct Queue {
     bytes: Arc<Semaphore>,
     max_bytes: u32,
     rendezvous: Arc<Rendezvous>,
-    /// Since when deliveries have found the queue full, with no room found since, and what
-    /// its reader had taken by then ([`OutboundTx::stalled`]).
-    full: Mutex<Option<Full>>,
-    /// Whether `full` may be set (read without the lock on every delivery that finds room).
-    full_seen: AtomicBool,
-}
-
-/// When deliveries began to find a queue full, and what its reader had taken then.
-#[derive(Debug, Clone, Copy)]
-struct Full {
-    since: Instant,
-    frames: u64,
-    bytes: u64,
 }
 
 /// Where the receiving side finds the channel once a sender made it.
@@ -72,9 +57,6 @@ struct Rendezvous {
     gone: Notify,
     /// The receiving side is gone (read without the lock).
     receiver_gone: AtomicBool,
-    /// Deliveries the receiving side has taken from the queue, and their bytes.
-    taken_frames: AtomicU64,
-    taken_bytes: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -107,8 +89,6 @@ impl OutboundTx {
             bytes: Arc::new(Semaphore::new(max_bytes as usize)),
             max_bytes,
             rendezvous: rendezvous.clone(),
-            full: Mutex::new(None),
-            full_seen: AtomicBool::new(false),
         };
         let rx = OutboundRx {
             rendezvous,
@@ -172,14 +152,7 @@ impl OutboundTx {
                 Err(_) => return Err(TrySendError::Full(frame)),
             }
         }
-        let delivery = matches!(frame, Outbound::Deliver { .. });
-        let sent = frames.try_send(frame);
-        if sent.is_ok() && delivery && self.queue.full_seen.load(Ordering::Relaxed) {
-            // Room again for a delivery: the reader keeps up.
-            self.queue.full_seen.store(false, Ordering::Relaxed);
-            *self.queue.full_lock() = None;
-        }
-        sent.map_err(|e| match e {
+        frames.try_send(frame).map_err(|e| match e {
             TrySendError::Full(mut frame) => {
                 frame.hold(Budget::default());
                 TrySendError::Full(frame)
@@ -224,44 +197,6 @@ impl OutboundTx {
         }
     }
 
-    /// Whether a delivery that finds the queue full should give up on its reader at once
-    /// rather than wait: deliveries have found it full for `timeout` or longer, with no room
-    /// found in between, and its reader took less than a whole queue (its frames or its bytes)
-    /// meanwhile. The wait of each delivery is bounded by `timeout` already; this bounds how
-    /// long a reader that takes one frame now and then, just before each wait would end, holds
-    /// the publishers of its channels to its pace. A reader that takes a queue's worth in that
-    /// time starts a new period: it is slow, not stalled, and publishers go at its pace.
-    pub fn stalled(&self, timeout: Duration) -> bool {
-        let rendezvous = &self.queue.rendezvous;
-        let taken = (
-            rendezvous.taken_frames.load(Ordering::Relaxed),
-            rendezvous.taken_bytes.load(Ordering::Relaxed),
-        );
-        let now = Instant::now();
-        let fresh = Full {
-            since: now,
-            frames: taken.0,
-            bytes: taken.1,
-        };
-        let mut full = self.queue.full_lock();
-        self.queue.full_seen.store(true, Ordering::Relaxed);
-        let Some(was) = *full else {
-            *full = Some(fresh);
-            return false;
-        };
-        if now.saturating_duration_since(was.since) < timeout {
-            return false;
-        }
-        let frames = taken.0.saturating_sub(was.frames);
-        let bytes = taken.1.saturating_sub(was.bytes);
-        let kept_up =
-            frames >= self.queue.capacity as u64 || bytes >= u64::from(self.queue.max_bytes);
-        if kept_up {
-            *full = Some(fresh);
-        }
-        !kept_up
-    }
-
     /// Bytes of the budget free now.
     pub fn free_bytes(&self) -> usize {
         self.queue.bytes.available_permits()
@@ -279,12 +214,6 @@ impl OutboundTx {
     }
 }
 
-impl Queue {
-    fn full_lock(&self) -> MutexGuard<'_, Option<Full>> {
-        self.full.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
 impl Drop for Queue {
     fn drop(&mut self) {
         self.rendezvous.lock().senders_gone = true;
@@ -296,15 +225,6 @@ impl Rendezvous {
     fn lock(&self) -> MutexGuard<'_, RendezvousState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
-
-    /// Counts a delivery the receiving side took.
-    fn taken(&self, frame: &Outbound) {
-        if let Outbound::Deliver { body, .. } = frame {
-            self.taken_frames.fetch_add(1, Ordering::Relaxed);
-            self.taken_bytes
-                .fetch_add(body.len() as u64, Ordering::Relaxed);
-        }
-    }
 }
 
 impl OutboundRx {
@@ -312,11 +232,7 @@ impl OutboundRx {
     pub async fn recv(&mut self) -> Option<Outbound> {
         loop {
             if let Some(frames) = &mut self.frames {
-                let frame = frames.recv().await;
-                if let Some(frame) = &frame {
-                    self.rendezvous.taken(frame);
-                }
-                return frame;
+                return frames.recv().await;
             }
             let made = self.rendezvous.made.notified();
             tokio::pin!(made);
@@ -345,14 +261,10 @@ impl OutboundRx {
                 None => return Err(TryRecvError::Empty),
             }
         }
-        let frame = match &mut self.frames {
+        match &mut self.frames {
             Some(frames) => frames.try_recv(),
             None => Err(TryRecvError::Empty),
-        };
-        if let Ok(frame) = &frame {
-            self.rendezvous.taken(frame);
         }
-        frame
     }
 }
 
@@ -534,58 +446,5 @@ mod tests {
         ));
         assert_eq!(tx.free_bytes(), 1000, "what was queued gave its bytes back");
         tx.closed().await;
-    }
-
-    #[tokio::test]
-    async fn a_reader_taking_a_frame_now_and_then_is_stalled_one_keeping_up_is_not() {
-        // Asked with a timeout long past (`short`, once slept past) or far off (`long`): no
-        // assumption on how long a sleep takes.
-        let (short, long) = (Duration::from_millis(50), Duration::from_secs(600));
-        let past = || tokio::time::sleep(Duration::from_millis(60));
-        let (tx, mut rx) = OutboundTx::channel(4, 1 << 20);
-        for _ in 0..4 {
-            tx.try_send(deliver(10)).unwrap();
-        }
-        // Full: the first delivery to find it so starts the period.
-        assert!(matches!(
-            tx.try_send(deliver(10)),
-            Err(TrySendError::Full(_))
-        ));
-        assert!(!tx.stalled(short));
-        // A frame taken, and its slot filled again by a waiting delivery: full all along,
-        // and less than a queue taken.
-        rx.try_recv().unwrap();
-        tx.send(deliver(10)).await.unwrap();
-        assert!(!tx.stalled(long), "within the period");
-        past().await;
-        assert!(tx.stalled(short));
-
-        // A reader that takes a queue's worth in the period is slow, not stalled: a new
-        // period starts.
-        for _ in 0..4 {
-            rx.try_recv().unwrap();
-            tx.send(deliver(10)).await.unwrap();
-        }
-        assert!(!tx.stalled(short));
-        assert!(!tx.stalled(long));
-        // Room found for a delivery ends the period.
-        past().await;
-        rx.try_recv().unwrap();
-        tx.try_send(deliver(10)).unwrap();
-        assert!(!tx.stalled(long), "a new period");
-        past().await;
-        assert!(tx.stalled(short));
-
-        // An acknowledgement's room is not a delivery's.
-        let (tx, mut rx) = OutboundTx::channel(4, 30);
-        for _ in 0..3 {
-            tx.try_send(deliver(10)).unwrap();
-        }
-        assert!(!tx.stalled(long));
-        tx.try_send(Outbound::Frame(entente_wire::ServerFrame::default()))
-            .unwrap();
-        past().await;
-        assert!(tx.stalled(short));
-        drop(rx.try_recv());
     }
 }
