@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use entente_wire::Limits;
 
-/// The longest keepalive interval and timeout: past it, the timers' arithmetic could overflow.
-const MAX_KEEPALIVE: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest keepalive interval and timeout, and the longest connect and request timeouts
+/// (a day): past it, the timers' and deadlines' arithmetic could overflow.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// How a [`Client`](crate::Client) behaves. Every setting has a default; setters clamp values
 /// to what works (a queue of at least one entry, a batch within the wire limit).
@@ -93,16 +94,17 @@ impl ClientOptions {
         Self::default()
     }
 
-    /// Time allowed for TCP and TLS setup (and HTTP/2's) and opening the session. Default 10 s.
+    /// Time allowed for TCP and TLS setup (and HTTP/2's) and opening the session. Default 10 s;
+    /// at most a day.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.connect_timeout = timeout.min(MAX_DURATION);
         self
     }
 
     /// Time a publish, subscription or directory lookup may wait for the hub's answer,
-    /// queueing included. Default 10 s.
+    /// queueing included. Default 10 s; at most a day.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
+        self.request_timeout = timeout.min(MAX_DURATION);
         self
     }
 
@@ -316,7 +318,7 @@ impl ClientOptions {
     pub fn keepalive(mut self, interval: Option<Duration>) -> Self {
         self.keepalive = interval
             .filter(|d| !d.is_zero())
-            .map(|d| d.min(MAX_KEEPALIVE));
+            .map(|d| d.min(MAX_DURATION));
         self
     }
 
@@ -324,7 +326,7 @@ impl ClientOptions {
     /// before the connection is taken for broken. Default 20 s; at least a millisecond, at
     /// most a day.
     pub fn keepalive_timeout(mut self, timeout: Duration) -> Self {
-        self.keepalive_timeout = timeout.clamp(Duration::from_millis(1), MAX_KEEPALIVE);
+        self.keepalive_timeout = timeout.clamp(Duration::from_millis(1), MAX_DURATION);
         self
     }
 
@@ -380,6 +382,12 @@ mod tests {
             .subscription_queue_bytes(0)
             .batch_max_bytes(0);
         assert_eq!(o.batch_max, 1);
+        // A deadline a day away at most: `Duration::MAX` ("no timeout") would overflow.
+        let long = ClientOptions::new()
+            .request_timeout(Duration::MAX)
+            .connect_timeout(Duration::MAX);
+        assert_eq!(long.request_timeout, MAX_DURATION);
+        assert_eq!(long.connect_timeout, MAX_DURATION);
         assert_eq!(o.publish_queue, 1);
         assert_eq!(o.publish_queue_bytes, 1);
         assert_eq!(

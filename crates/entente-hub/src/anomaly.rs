@@ -12,7 +12,7 @@
 //! |---|---|---|
 //! | refusals above the agent's usual | from the first window | `10·log2(1+excess)`, at most 70 |
 //! | rate-limit refusals | from the first window | `5·log2(1+hits)`, at most 20 |
-//! | channels never used before | after the warm-up | `6·log2(1+new)`, at most 30 |
+//! | channels never used before (once 256 are remembered: channels not remembered, beyond the usual and 3 deviations) | after the warm-up | `6·log2(1+new)` (`6·log2(1+excess)`), at most 30 |
 //! | messages, bytes or distinct channels at least 4× the usual and 3 deviations above it | after the warm-up | `10·log2(ratio)` of the largest, at most 60 |
 //! | active at an hour of the day (UTC) never seen in a day or more of history | after the warm-up | 10 |
 //!
@@ -132,8 +132,10 @@ pub(crate) struct Anomaly {
     hasher: RandomState,
     agents: Mutex<HashMap<Principal, Arc<Watch>>>,
     quarantined: RwLock<HashMap<Principal, Quarantined>>,
-    /// Held while the quarantine list is changed and stored ([`crate::quarantine`]).
-    pub(crate) storing: tokio::sync::Mutex<()>,
+    /// Held while the quarantine list is changed and stored ([`crate::quarantine`]); holds
+    /// the agents quarantined here whose quarantine the store has not kept yet (tried again
+    /// at every window).
+    pub(crate) storing: tokio::sync::Mutex<Vec<Principal>>,
 }
 
 /// A quarantined agent.
@@ -204,6 +206,8 @@ struct Baseline {
     bytes: Ewma,
     channels: Ewma,
     refusals: Ewma,
+    /// Channels a window used that the baseline did not remember.
+    new: Ewma,
     known: HashSet<u64>,
     /// Bit `h`: active during hour `h` of the day (UTC).
     hours: u32,
@@ -227,7 +231,7 @@ impl Anomaly {
             hasher: RandomState::new(),
             agents: Mutex::new(HashMap::new()),
             quarantined: RwLock::default(),
-            storing: tokio::sync::Mutex::new(()),
+            storing: tokio::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -489,14 +493,29 @@ impl Baseline {
         }
         if warm {
             // An agent that has used as many channels as the baseline remembers is judged by
-            // how many distinct channels it uses, not by which: those it uses past the bound
-            // would otherwise count as new in every window.
+            // how many channels new to the baseline it uses beyond its usual (and 3 deviations
+            // above it), not by which: those it uses past the bound would otherwise count as
+            // new in every window, and a service of many peers would always be somewhere new.
             let new = (window.new.len() as u64).saturating_add(window.new_over);
-            if new > 0 && self.known.len() < MAX_KNOWN_CHANNELS {
-                parts.push((
-                    points(6.0, new as f64, 30),
-                    format!("{new} channel(s) never used before"),
-                ));
+            let full = self.known.len() >= MAX_KNOWN_CHANNELS;
+            let usual = if full {
+                let spread = self.new.var.sqrt().max(0.1 * self.new.mean).max(1.0);
+                self.new.mean + 3.0 * spread
+            } else {
+                0.0
+            };
+            let excess = new as f64 - usual;
+            if excess >= 1.0 {
+                let said = if full {
+                    format!(
+                        "{new} channel(s) not among the {MAX_KNOWN_CHANNELS} remembered \
+                         (usually {:.0})",
+                        self.new.mean
+                    )
+                } else {
+                    format!("{new} channel(s) never used before")
+                };
+                parts.push((points(6.0, excess, 30), said));
             }
             let volumes = [
                 ("messages", window.messages, self.messages),
@@ -543,6 +562,8 @@ impl Baseline {
         self.bytes.learn(window.bytes as f64, weight);
         self.channels.learn(window.distinct() as f64, weight);
         self.refusals.learn(window.refusals as f64, weight);
+        let new = (window.new.len() as u64).saturating_add(window.new_over);
+        self.new.learn(new as f64, weight);
         for hash in &window.new {
             if self.known.len() >= MAX_KNOWN_CHANNELS {
                 break;
@@ -668,6 +689,36 @@ mod tests {
         let worst = steps.iter().map(|s| s.risk).max().unwrap_or(0);
         assert!(worst < 30, "{worst}: {steps:?}");
         assert!(!service.throttled());
+    }
+
+    #[test]
+    fn an_agent_that_filled_its_baseline_is_still_scored_for_many_new_channels() {
+        let anomaly = Anomaly::new(config());
+        let agent_ = anomaly.watch(&agent("filler"));
+        let mut now = 1_000 * DAY_MS;
+        // Its warm-up touches 300 channels: the baseline remembers 256, then is full.
+        run(&anomaly, &mut now, 10, |i| {
+            normal_window(&agent_, i);
+            for k in 0..30 {
+                agent_.published(1, 100, [format!("orders.c{}", i * 30 + k).as_str()]);
+            }
+        });
+        // Its usual traffic after: three channels it knows.
+        let steps = run(&anomaly, &mut now, 50, |i| normal_window(&agent_, i));
+        assert!(steps.iter().all(|s| s.risk < 20), "{steps:?}");
+        // Then sixty channels new to it, in one window.
+        let steps = run(&anomaly, &mut now, 1, |i| {
+            normal_window(&agent_, i);
+            for k in 0..60 {
+                agent_.published(1, 100, [format!("elsewhere.c{k}").as_str()]);
+            }
+        });
+        let step = &steps[0];
+        assert!(
+            step.evidence.contains("not among the 256 remembered"),
+            "{step:?}"
+        );
+        assert!(step.risk >= 30, "{step:?}");
     }
 
     #[test]

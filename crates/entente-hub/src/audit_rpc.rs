@@ -124,6 +124,12 @@ pub(crate) async fn export<R>(
         let (exports, auditor) = (exports.clone(), services.authz.auditor().clone());
         rpc::blocking(move || write_snapshot(&auditor, &log, &exports, &dir).map_err(audit_error))
             .await?
+            // Exports are numbered by their tree size, and 0 asks for a new one.
+            .ok_or_else(|| {
+                RpcError::Precondition(
+                    "the audit log holds no sealed record yet: there is nothing to export".into(),
+                )
+            })?
     } else {
         exports
             .lock()
@@ -278,19 +284,23 @@ async fn read_log<T: Send + 'static>(
 }
 
 /// Seals the log and writes its export as `<dir>/<tree size>.export`, unless the latest
-/// export already ends there; removes the export before it.
+/// export already ends there; removes the export before it. `None` for a log with nothing
+/// sealed (tree size 0, which names no export).
 fn write_snapshot(
     auditor: &crate::audit::Auditor,
     log: &Mutex<AuditLog>,
     exports: &Exports,
     dir: &std::path::Path,
-) -> Result<Snapshot, AuditError> {
+) -> Result<Option<Snapshot>, AuditError> {
     let mut log = lock(log);
     let checkpoint = auditor.seal(&mut log)?;
     let size = checkpoint.size();
+    if size == 0 {
+        return Ok(None);
+    }
     let mut latest = exports.lock();
     if let Some(snapshot) = latest.as_ref().filter(|s| s.size == size) {
-        return Ok(snapshot.clone());
+        return Ok(Some(snapshot.clone()));
     }
     std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
         .create(dir)
@@ -319,7 +329,7 @@ fn write_snapshot(
         readers: Vec::new(),
     };
     *latest = Some(snapshot.clone());
-    Ok(snapshot)
+    Ok(Some(snapshot))
 }
 
 fn lock(log: &Mutex<AuditLog>) -> std::sync::MutexGuard<'_, AuditLog> {

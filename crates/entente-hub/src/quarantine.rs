@@ -100,6 +100,7 @@ pub(crate) async fn watch_loop<R: Send + Sync + 'static>(
 
 /// Acts on the steps of one tick.
 async fn act<R>(services: &Services<R>, steps: Vec<Step>) {
+    keep_unkept(services).await;
     let config: &AnomalyConfig = services.anomaly.config();
     let mut risk_changed = false;
     for step in steps {
@@ -154,7 +155,7 @@ pub(crate) async fn impose<R>(
     quarantined: Quarantined,
     actor: &str,
 ) -> Result<Option<usize>, RpcError> {
-    let _storing = services.anomaly.storing.lock().await;
+    let mut unkept = services.anomaly.storing.lock().await;
     let principal = quarantined.principal.clone();
     if services.anomaly.quarantined(&principal).is_none()
         && services.anomaly.quarantine_count() >= MAX_QUARANTINED
@@ -176,6 +177,7 @@ pub(crate) async fn impose<R>(
         // In force already: kept again, should an earlier attempt have failed to keep it.
         store(services, None).await?;
         suspend(services, &principal, true).await?;
+        unkept.retain(|p| *p != principal);
         return Ok(None);
     }
     let closed = services
@@ -211,6 +213,9 @@ pub(crate) async fn impose<R>(
             tracing::error!(%principal, error = %e, "quarantine in force here but not kept");
         }
     }
+    if (stored.is_err() || suspended.is_err()) && !unkept.contains(&principal) {
+        unkept.push(principal.clone());
+    }
     stored.and(suspended).and(recorded).map(|()| Some(closed))
 }
 
@@ -221,7 +226,7 @@ pub(crate) async fn release<R>(
     reason: &str,
     actor: &str,
 ) -> Result<Quarantined, RpcError> {
-    let _storing = services.anomaly.storing.lock().await;
+    let mut unkept = services.anomaly.storing.lock().await;
     if services.anomaly.quarantined(principal).is_none() {
         return Err(RpcError::Precondition(format!(
             "`{principal}` is not quarantined"
@@ -231,6 +236,7 @@ pub(crate) async fn release<R>(
     // that refuses either leaves the quarantine in force (and a retry completes it).
     suspend(services, principal, false).await?;
     store(services, Some(principal)).await?;
+    unkept.retain(|p| p != principal);
     let lifted = services
         .anomaly
         .release(principal)
@@ -378,6 +384,30 @@ fn room_for<R>(services: &Services<R>, adding: &Quarantined) -> bool {
         closed_connections: u32::MAX,
     };
     fits && rpc::fits(&answer, &services.limits)
+}
+
+/// Stores again the quarantines in force here that the store did not keep (a failure when
+/// they were imposed), until it does.
+async fn keep_unkept<R>(services: &Services<R>) {
+    let mut unkept = services.anomaly.storing.lock().await;
+    if unkept.is_empty() {
+        return;
+    }
+    unkept.retain(|p| services.anomaly.quarantined(p).is_some());
+    if let Err(e) = store(services, None).await {
+        tracing::error!(error = %e, "quarantines in force here still not kept");
+        return;
+    }
+    let mut still = Vec::new();
+    for principal in unkept.drain(..) {
+        if let Err(e) = suspend(services, &principal, true).await {
+            tracing::error!(%principal, error = %e, "quarantine in force here still not kept");
+            still.push(principal);
+        } else {
+            tracing::info!(%principal, "quarantine kept");
+        }
+    }
+    *unkept = still;
 }
 
 /// Stores the quarantine list in force, without `lifting` if given.

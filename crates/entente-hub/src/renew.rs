@@ -27,6 +27,10 @@ pub(crate) struct Caller {
     pub(crate) connection: u64,
     pub(crate) principal: Principal,
     pub(crate) control: ConnectionControl,
+    /// A permit of each of the connection's unary calls running, as many as it may have
+    /// streams: a call whose stream the peer reset runs on to its end (and its record), and
+    /// still counts until then.
+    pub(crate) calls: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// Serves a renewal on the record: refused at once while the audit log is failed; a renewal

@@ -44,11 +44,18 @@ pub const DIRECTORY_PATH: &str = "/entente.v1.Hub/Directory";
 /// How many certificate serials an agent record keeps, newest last.
 pub(crate) const MAX_RECORDED_SERIALS: usize = 256;
 
+/// The most unary calls running at once in all (each on a task of its own, holding one of
+/// its connection's [`Caller::calls`](crate::renew::Caller) too).
+pub(crate) const MAX_CALL_TASKS: u32 = 1 << 20;
+
 /// What the unary services need from the hub.
 #[derive(Debug)]
 pub(crate) struct Services<R> {
     /// The CA in use, which an intermediate rollover replaces.
     pub(crate) ca: crate::rollover::CaState,
+    /// A permit of each unary call running ([`MAX_CALL_TASKS`]): the hub's stop waits for
+    /// them all before it closes the audit log.
+    pub(crate) call_tasks: Arc<tokio::sync::Semaphore>,
     /// The key store of the audit checkpoint keys ([`HubConfig::key_stores`](crate::HubConfig)).
     pub(crate) audit_keystore: Arc<dyn entente_keystore::KeyStore>,
     pub(crate) registry: Registry,

@@ -113,6 +113,10 @@ const LIMITED_LIFETIME: Duration = Duration::from_secs(5);
 
 /// How often the hub pings each connection, and how long it waits for the answer.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long the hub's stop waits for the unary calls still running before it closes the
+/// audit log.
+const CALLS_AT_STOP: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// TCP keepalive probes sent within [`KEEPALIVE_TIMEOUT`] before a framed connection's peer is
 /// taken for gone.
@@ -327,6 +331,7 @@ impl Hub {
         };
         let services = Arc::new(Services {
             ca: ca_state,
+            call_tasks: Arc::new(tokio::sync::Semaphore::new(rpc::MAX_CALL_TASKS as usize)),
             audit_keystore,
             registry,
             revocations: revocations.clone(),
@@ -750,6 +755,14 @@ impl HubHandle {
             let _ = stop.send(());
             let _ = exporter.await;
         }
+        // The calls still running (their streams reset, or their connections closed) act and
+        // record before the audit log closes; none starts after.
+        let tasks = &self.shared.services.call_tasks;
+        let all = tasks.acquire_many(rpc::MAX_CALL_TASKS);
+        if tokio::time::timeout(CALLS_AT_STOP, all).await.is_err() {
+            tracing::warn!("calls still running at the hub's stop");
+        }
+        tasks.close();
         self.shared.context.streams.close();
         let mut failures = match self.stream_writers.take() {
             Some(writers) => writers.join().await,
@@ -1202,6 +1215,9 @@ async fn serve_h2(connection: Connection, stream: TlsStream) {
             connection: id,
             principal,
             control: control.clone(),
+            calls: Arc::new(tokio::sync::Semaphore::new(
+                shared.config.max_streams_per_connection as usize,
+            )),
         };
         service_fn(move |request| {
             // Busy while the request is routed (and a session, while it runs).
@@ -1788,12 +1804,25 @@ where
         return status.into_http();
     }
     unary(limits, request, move |req| {
-        // A task of its own: a caller that resets its stream drops this future, and an act
-        // stopped halfway (in force, its record not yet made) would be done unrecorded.
-        let answer = tokio::spawn(handler(services.clone(), caller.clone(), req));
+        let answer = handler(services.clone(), caller.clone(), req);
+        let (calls, tasks) = (caller.calls.clone(), services.call_tasks.clone());
         let watch = watch.clone();
         async move {
-            let answer = answer.await.unwrap_or_else(|e| {
+            // A task of its own: a caller that resets its stream drops this future, and an act
+            // stopped halfway (in force, its record not yet made) would be done unrecorded. It
+            // holds a permit of its connection's (a reset stream's call still counts against
+            // the streams a connection may have) and of the hub's (its stop waits for it).
+            let (Ok(call), Ok(task)) = (calls.acquire_owned().await, tasks.acquire_owned().await)
+            else {
+                return Err(Status::unavailable("the hub is stopping"));
+            };
+            let answer = tokio::spawn(async move {
+                let answer = answer.await;
+                drop((call, task));
+                answer
+            })
+            .await
+            .unwrap_or_else(|e| {
                 tracing::error!(error = %e, "a call's task failed");
                 Err(Status::internal("the call failed"))
             });

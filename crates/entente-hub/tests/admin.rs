@@ -985,6 +985,48 @@ async fn a_quarantine_the_store_refuses_stays_in_force_until_it_can_be_lifted() 
     hub.shutdown().await.unwrap();
 }
 
+/// A quarantine the store refused is stored again by the hub at its next window, without
+/// anyone imposing it again (the detector never does), and so outlives a restart.
+#[tokio::test]
+async fn a_quarantine_the_store_refused_is_kept_once_the_store_takes_it() {
+    let ca = TestCa::new();
+    let root = admin(&ca, "admin");
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FlakyStore::new(dir.path()));
+    let config = || {
+        let mut config = config_with_admins(vec![root.principal.clone()]);
+        config.anomaly.window = std::time::Duration::from_millis(100);
+        config
+    };
+    let hub = Hub::start(config(), ca.ca.clone(), store.clone())
+        .await
+        .unwrap();
+    let client = root.connect(&hub).await;
+    let eve = ca.principal("shop", "eve").to_string();
+    store.fail_config.store(true, Ordering::SeqCst);
+    assert_refused(quarantine(&client, &eve, "").await, Code::Unavailable, "");
+    store.fail_config.store(false, Ordering::SeqCst);
+    // Kept at a window to come: the stored list names eve.
+    let kept = || async {
+        let stored = store.config(entente_hub::QUARANTINE_KEY).await.unwrap();
+        stored.is_some_and(|bytes| String::from_utf8_lossy(&bytes).contains(&eve))
+    };
+    let started = std::time::Instant::now();
+    while !kept().await {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "never kept"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    hub.shutdown().await.unwrap();
+    let hub = Hub::start(config(), ca.ca.clone(), store).await.unwrap();
+    let client = root.connect(&hub).await;
+    let listed = quarantine(&client, "", "").await.unwrap();
+    assert_eq!(listed.quarantined.len(), 1);
+    hub.shutdown().await.unwrap();
+}
+
 /// A certificate renewed over `client`'s connection: its chain and the new TLS key.
 async fn renewed(client: &Client, ca: &TestCa) -> (Vec<Vec<u8>>, Vec<u8>) {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();

@@ -422,6 +422,25 @@ async fn group_commits_under_load_are_spaced_by_the_commit_interval() {
     }
 }
 
+/// A log with nothing sealed yet has no export to name (exports are numbered by their tree
+/// size, and 0 asks for a new one): the hub says so, and once a record is sealed it exports.
+#[tokio::test]
+async fn an_empty_log_is_not_exported_and_says_why() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir).await;
+    let admin = hub.connect(hub.admin().unwrap()).await.unwrap();
+    let out = dir.path().join("audit.export");
+    let refused = admin.audit_export(&out).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("nothing to export"),
+        "{refused}"
+    );
+    assert!(!out.exists());
+    // The refusal is on the record: the next export holds it.
+    let exported = admin.audit_export(&out).await.unwrap();
+    assert!(exported.bytes > 0, "{exported:?}");
+}
+
 #[tokio::test]
 async fn a_hub_whose_log_fails_refuses_what_it_cannot_record() {
     let dir = TempDir::new().unwrap();

@@ -39,7 +39,7 @@ impl ScratchHub {
                 burst: u32::MAX,
             };
             config.rate_limits.agent_messages = Some(rate(1_000_000_000));
-            config.rate_limits.agent_bytes = Some(rate(u32::MAX));
+            config.rate_limits.agent_bytes = Some(rate(Rate::MAX_PER_SECOND));
             config.anomaly.throttle_at = None;
             config.anomaly.quarantine_at = None;
             configure(config);
