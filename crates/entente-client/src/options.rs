@@ -160,9 +160,10 @@ impl ClientOptions {
     /// the scheduler, again as long as that adds something (say, the requests a batch of
     /// replies releases). So a lone message goes out at once and batches grow only under
     /// load. With or without a linger, the writer stops waiting once it holds a batch of
-    /// requests or replies (see [`round_trip_batch_min`](Self::round_trip_batch_min)).
+    /// requests or replies (see [`round_trip_batch_min`](Self::round_trip_batch_min)). At most
+    /// a day.
     pub fn linger(mut self, linger: Duration) -> Self {
-        self.linger = linger;
+        self.linger = linger.min(MAX_DURATION);
         self
     }
 
@@ -385,7 +386,9 @@ mod tests {
         // A deadline a day away at most: `Duration::MAX` ("no timeout") would overflow.
         let long = ClientOptions::new()
             .request_timeout(Duration::MAX)
-            .connect_timeout(Duration::MAX);
+            .connect_timeout(Duration::MAX)
+            .linger(Duration::MAX);
+        assert_eq!(long.linger, MAX_DURATION);
         assert_eq!(long.request_timeout, MAX_DURATION);
         assert_eq!(long.connect_timeout, MAX_DURATION);
         assert_eq!(o.publish_queue, 1);

@@ -759,10 +759,16 @@ impl HubHandle {
         // record before the audit log closes; none starts after.
         let tasks = &self.shared.services.call_tasks;
         let all = tasks.acquire_many(rpc::MAX_CALL_TASKS);
-        if tokio::time::timeout(CALLS_AT_STOP, all).await.is_err() {
-            tracing::warn!("calls still running at the hub's stop");
+        // Held until the semaphore is closed: no call waiting behind takes one meanwhile.
+        let held = tokio::time::timeout(CALLS_AT_STOP, all).await;
+        if held.is_err() {
+            tracing::warn!(
+                "calls still running at the hub's stop: what they do after the audit log closes \
+                 is refused or unrecorded"
+            );
         }
         tasks.close();
+        drop(held);
         self.shared.context.streams.close();
         let mut failures = match self.stream_writers.take() {
             Some(writers) => writers.join().await,
@@ -1058,9 +1064,15 @@ async fn close_after_alert(mut tcp: TcpStream) {
 /// shutdown.
 async fn serve_enroll(shared: &Shared, stream: TlsStream) {
     stats::bump(&shared.stats.connections);
+    // As a mutual-TLS connection's calls ([`serve`]): each enrollment on a task of its own,
+    // holding a permit of the connection's and of the hub's.
+    let calls = Arc::new(tokio::sync::Semaphore::new(
+        shared.config.max_streams_per_connection as usize,
+    ));
     let service = service_fn(|request: http::Request<Incoming>| {
         let services = shared.services.clone();
         let limits = shared.config.limits;
+        let calls = calls.clone();
         async move {
             if request.uri().path() != ENROLL_PATH {
                 return Ok::<_, Infallible>(
@@ -1070,10 +1082,28 @@ async fn serve_enroll(shared: &Shared, stream: TlsStream) {
             }
             Ok(unary(limits, request, move |enroll_request| {
                 let services = services.clone();
+                let calls = calls.clone();
                 async move {
-                    enroll::enroll(&services, enroll_request, SystemTime::now())
-                        .await
-                        .map_err(|e| e.status())
+                    // A token spent, a certificate issued and stored, then the record: a reset
+                    // stream, the connection's end or the hub's stop must not cut it between.
+                    let tasks = services.call_tasks.clone();
+                    let (Ok(call), Ok(task)) =
+                        (calls.acquire_owned().await, tasks.acquire_owned().await)
+                    else {
+                        return Err(Status::unavailable("the hub is stopping"));
+                    };
+                    tokio::spawn(async move {
+                        let answer = enroll::enroll(&services, enroll_request, SystemTime::now())
+                            .await
+                            .map_err(|e| e.status());
+                        drop((call, task));
+                        answer
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "an enrollment's task failed");
+                        Err(Status::internal("the enrollment failed"))
+                    })
                 }
             })
             .await)
