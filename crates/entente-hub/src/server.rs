@@ -113,11 +113,12 @@ const LIMITED_LIFETIME: Duration = Duration::from_secs(5);
 
 /// How often the hub pings each connection, and how long it waits for the answer.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long the hub's stop waits for the unary calls still running before it closes the
 /// audit log.
 const CALLS_AT_STOP: Duration = Duration::from_secs(10);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// TCP keepalive probes sent within [`KEEPALIVE_TIMEOUT`] before a framed connection's peer is
 /// taken for gone.
 const KEEPALIVE_PROBES: u32 = 4;
