@@ -2439,17 +2439,7 @@ mod tests {
         assert_eq!(stream.stats.durable_dead_letters.load(Ordering::Relaxed), 1);
         assert!(stream.append(&[b"entry".to_vec()]));
         // The entry's bytes gone from under the log: it can't be read.
-        let segment = std::fs::read_dir(stream.dir.join("entries"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|x| x == "seg"))
-            .unwrap();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(segment)
-            .unwrap()
-            .set_len(0)
-            .unwrap();
+        empty_segment(&stream.dir.join("entries"));
         // Tried again while reads may recover, then recorded as lost (not as moved).
         assert!(!stream.dead_letter(2, "worker", 5));
         assert_eq!(stream.stats.durable_failures.load(Ordering::Relaxed), 1);

@@ -1439,15 +1439,18 @@ fn known_checkpoint(path: &Path, verifier: &Verifier) -> Result<(PathBuf, Checkp
 /// Where `export` downloads a new export while a checkpoint is kept beside `out`, until it is
 /// found to extend it (and where it stays if not): `OUT.new`.
 fn pending_file(out: &Path) -> PathBuf {
-    let mut name = out.as_os_str().to_owned();
-    name.push(".new");
-    PathBuf::from(name)
+    beside(out, ".new")
 }
 
 /// Where `export` keeps the checkpoint of the export `out`: `OUT.checkpoint`.
 fn checkpoint_file(out: &Path) -> PathBuf {
+    beside(out, ".checkpoint")
+}
+
+/// `out` with `suffix` after its whole name.
+fn beside(out: &Path, suffix: &str) -> PathBuf {
     let mut name = out.as_os_str().to_owned();
-    name.push(".checkpoint");
+    name.push(suffix);
     PathBuf::from(name)
 }
 
