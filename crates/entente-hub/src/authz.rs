@@ -942,7 +942,8 @@ impl DeliveryGate {
     /// - if the policy epoch changed since the session last decided its subscriptions (it
     ///   has not caught up yet), the pattern must still be allowed at the new epoch;
     /// - for a wildcard pattern, no forbid may cover subscribing to `channel` itself, and
-    ///   none may fail to evaluate.
+    ///   none may fail to evaluate (asked of the policies only when a forbid's action scope
+    ///   admits subscribing).
     ///
     /// A literal subscription decided at the current epoch passes with two atomic loads;
     /// otherwise a hash lookup while the epoch and the principal's grants are unchanged.
@@ -966,6 +967,13 @@ impl DeliveryGate {
         // channel under one's own reply namespace asks the engine nothing.
         let first = pattern.tokens().next().unwrap_or_default();
         if pattern.is_literal() || first == DIRECT_PREFIX || first == REPLY_PREFIX {
+            return Carry::Yes;
+        }
+        // What is asked of each channel is whether a forbid covers it: with no forbid that
+        // may apply to subscribing, none does, and nothing is decided (or recorded) per
+        // channel. Otherwise a publisher cycling through new channels would have every
+        // wildcard subscriber's session decide, and record, each of them.
+        if !self.authz.engine.policies().may_forbid(Action::Subscribe) {
             return Carry::Yes;
         }
         let decision = self.subscribe_decision(&Resource::Channel(channel), now_ms);

@@ -100,6 +100,58 @@ fn decisions<'r>(
     })
 }
 
+/// What a wildcard subscription asks of each channel it carries is whether a forbid covers it:
+/// with no forbid that may apply to subscribing, nothing is decided, nor recorded, channel by
+/// channel (a publisher cycling through new channels can't make every wildcard subscriber's
+/// session decide and record each); with one, each new channel is decided once and recorded.
+#[tokio::test]
+async fn wildcard_deliveries_are_decided_channel_by_channel_only_when_a_forbid_may_apply() {
+    const CHANNELS: usize = 5;
+    let forbid = r#"
+        @id("no-payroll")
+        forbid (principal, action == Action::"subscribe", resource in Namespace::"payroll");"#;
+    for (policies, per_channel) in [
+        (POLICIES.to_owned(), 0),
+        (format!("{POLICIES}{forbid}"), CHANNELS),
+    ] {
+        let dir = TempDir::new().unwrap();
+        let hub = start_with(&dir, &policies, |_| {}).await;
+        let alice = hub.connect_agent("shop", "alice").await.unwrap();
+        let mut orders = alice.subscribe("orders.>").await.unwrap();
+        let bob = hub.connect_agent("shop", "bob").await.unwrap();
+        for round in 0..2 {
+            for i in 0..CHANNELS {
+                bob.publish(&format!("orders.c{i}"), format!("order {round} {i}"))
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    receive(&mut orders).await,
+                    format!("order {round} {i}").into_bytes()
+                );
+            }
+        }
+        let alice_id = hub.agent_id("shop", "alice").unwrap().to_string();
+        let records = records(&hub).await;
+        let subscribes: Vec<_> = decisions(&records, &alice_id, "subscribe").collect();
+        let channels = subscribes
+            .iter()
+            .filter(|(d, _)| {
+                d.resource
+                    .as_clear()
+                    .is_some_and(|r| r.contains("orders.c"))
+            })
+            .count();
+        assert_eq!(channels, per_channel, "{policies}: {subscribes:#?}");
+        assert!(
+            subscribes.iter().any(|(d, _)| d
+                .resource
+                .as_clear()
+                .is_some_and(|r| r.contains("orders.>"))),
+            "{subscribes:#?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn decisions_enrollments_and_routed_batches_are_recorded_and_the_export_verifies() {
     let dir = TempDir::new().unwrap();

@@ -40,6 +40,8 @@ pub struct PolicySet {
     /// The same set without its `@hold` forbids, if it has any: what decides whether a
     /// publish they deny would be allowed once approved.
     lifted: Option<Box<PolicySet>>,
+    /// The actions some forbid's action scope admits ([`PolicySet::may_forbid`]).
+    forbidding: Vec<Action>,
 }
 
 /// One loaded policy, for explanations and the admin API.
@@ -218,7 +220,15 @@ impl PolicySet {
             authorizer: Authorizer::new(),
             grants: BTreeMap::new(),
             lifted: None,
+            forbidding: Vec::new(),
         }
+    }
+
+    /// Whether some forbid of the set may apply to `action`: its action scope admits it.
+    /// When none does, a decision on `action` can only be a permit or the default deny,
+    /// whatever the principal, resource and context.
+    pub fn may_forbid(&self, action: Action) -> bool {
+        self.forbidding.contains(&action)
     }
 
     /// The policies, in load order.
@@ -664,6 +674,16 @@ impl PolicySetBuilder {
         }
 
         let slices = slice_all(&parsed, self.slicing)?;
+        let forbidding = |parsed: &[Parsed]| -> Vec<Action> {
+            Action::ALL
+                .into_iter()
+                .filter(|&action| {
+                    parsed
+                        .iter()
+                        .any(|p| p.info.effect == Effect::Forbid && applies_to(&p.policy, action))
+                })
+                .collect()
+        };
         let lifted = if parsed.iter().any(|p| p.info.hold) {
             let kept: Vec<Parsed> = parsed
                 .iter()
@@ -681,6 +701,7 @@ impl PolicySetBuilder {
                 .collect();
             Some(Box::new(PolicySet {
                 slices: slice_all(&kept, self.slicing)?,
+                forbidding: forbidding(&kept),
                 policies: kept.into_iter().map(|p| p.info).collect(),
                 index,
                 owners: self.owners.clone(),
@@ -693,6 +714,7 @@ impl PolicySetBuilder {
             None
         };
         Ok(PolicySet {
+            forbidding: forbidding(&parsed),
             policies: parsed.into_iter().map(|p| p.info).collect(),
             index,
             owners: self.owners,
@@ -1579,6 +1601,46 @@ mod tests {
             error.to_string().contains("10 policies: at most 9"),
             "{error}"
         );
+    }
+
+    /// The actions a forbid's scope admits, as written (`action`, `==`, `in [..]`), in the set
+    /// and in the set without its `@hold` forbids; permits count for none.
+    #[test]
+    fn the_actions_a_forbid_may_apply_to_are_those_its_scope_admits() {
+        let permits = r#"
+            @id("p") permit (principal is Agent, action, resource);"#;
+        let forbids = r#"
+            @id("held") @hold
+            forbid (principal, action == Action::"publish", resource in Namespace::"pay")
+            unless { context.approvals >= 2 };
+            @id("some")
+            forbid (principal, action in [Action::"request", Action::"reply"], resource);"#;
+        let may = |text: &str| {
+            let set = PolicySet::parse("p", text).unwrap();
+            let lifted = set.lifted.as_ref().map(|lifted| {
+                Action::ALL
+                    .into_iter()
+                    .filter(|&a| lifted.may_forbid(a))
+                    .collect::<Vec<_>>()
+            });
+            let all: Vec<_> = Action::ALL
+                .into_iter()
+                .filter(|&a| set.may_forbid(a))
+                .collect();
+            (all, lifted)
+        };
+        assert_eq!(may(permits), (vec![], None));
+        assert_eq!(
+            may(&format!("{permits}{forbids}")),
+            (
+                vec![Action::Publish, Action::Request, Action::Reply],
+                Some(vec![Action::Request, Action::Reply])
+            )
+        );
+        let everything =
+            r#"@id("all") forbid (principal, action, resource) when { context.risk > 90 };"#;
+        assert_eq!(may(everything), (Action::ALL.to_vec(), None));
+        assert!(!PolicySet::empty().may_forbid(Action::Subscribe));
     }
 
     #[test]
