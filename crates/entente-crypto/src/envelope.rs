@@ -35,7 +35,8 @@ const ID_RANDOM_LEN: usize = 10;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SealError {
-    /// The current epoch reached its message or age limit: call [`Sealer::rotate`].
+    /// The current epoch reached its message or age limit, or the clock went back before it
+    /// began: call [`Sealer::rotate`].
     #[error("the sender-key epoch is exhausted; rotate it")]
     EpochExhausted,
     /// The payload is larger than the wire limit.
@@ -269,10 +270,13 @@ impl Sealer {
         Ok(sender_key)
     }
 
-    /// Whether the current epoch must be rotated before sealing at `now_ms`.
+    /// Whether the current epoch must be rotated before sealing at `now_ms`: its message
+    /// count or age is reached, or the clock went back before it began (an envelope issued
+    /// before its sender key is refused by every recipient, PROTOCOL.md §4.5).
     pub fn needs_rotation(&self, now_ms: u64) -> bool {
         self.next_seq >= self.options.epoch_max_messages
-            || now_ms.saturating_sub(self.epoch_started_ms) >= self.options.epoch_max_age_ms
+            || now_ms < self.epoch_started_ms
+            || now_ms - self.epoch_started_ms >= self.options.epoch_max_age_ms
     }
 
     /// The current sender-key epoch.

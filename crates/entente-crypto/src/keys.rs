@@ -128,6 +128,19 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
+    /// The X25519 secrets (each agent's long-term one inside [`MessageKeys`], and HPKE's
+    /// ephemeral ones) are wiped when dropped: with `x25519-dalek`'s `zeroize` feature,
+    /// which hpke leaves off, they are `Zeroize` and have a drop that wipes them (without
+    /// it, they are plain bytes with no drop at all).
+    #[test]
+    fn x25519_secrets_are_wiped_when_dropped() {
+        fn wiped<T: zeroize::Zeroize>() -> bool {
+            std::mem::needs_drop::<T>()
+        }
+        assert!(wiped::<x25519_dalek::StaticSecret>());
+        assert!(wiped::<x25519_dalek::EphemeralSecret>());
+    }
+
     #[test]
     fn secret_bytes_round_trip() {
         let keys = MessageKeys::generate().unwrap();

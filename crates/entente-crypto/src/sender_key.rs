@@ -169,15 +169,14 @@ impl SenderKeyIn {
         if now_ms > self.wire.expires_at_ms {
             return Err(OpenError::EpochExpired);
         }
+        // The entry naming `me` at its current bundle epoch: a sender may also wrap to an
+        // older bundle of the same principal (while a new one spreads), listed first.
         let wrapped = self
             .wire
             .recipients
             .iter()
-            .find(|r| r.recipient == me.as_str())
+            .find(|r| r.recipient == me.as_str() && r.recipient_key_epoch == my_key_epoch)
             .ok_or(OpenError::NotARecipient)?;
-        if wrapped.recipient_key_epoch != my_key_epoch {
-            return Err(OpenError::NotARecipient);
-        }
         let enc = <X25519HkdfSha256 as hpke::Kem>::EncappedKey::from_bytes(&wrapped.enc)
             .map_err(|_| OpenError::Malformed("encapsulated key"))?;
         let info = hpke_info(self.sender.as_str(), self.channel.as_str(), self.wire.epoch);

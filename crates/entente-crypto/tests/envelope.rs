@@ -323,6 +323,86 @@ fn a_non_recipient_cannot_unwrap_or_read() {
     ));
 }
 
+/// A sender key wrapped to two bundles of one recipient (an older one listed first, as while
+/// a new bundle spreads) opens with the keys of either, each by its own entry.
+#[test]
+fn a_recipient_finds_its_entry_at_its_current_bundle_epoch() {
+    let ca = TestCa::new();
+    let alice = Agent::new(&ca, "alice");
+    let old = Agent::new(&ca, "bob");
+    let keys = entente_crypto::MessageKeys::generate().unwrap();
+    let body = entente_crypto::KeyBundleBody {
+        principal: old.id.clone(),
+        ed25519_public: keys.ed25519_public(),
+        x25519_public: keys.x25519_public(),
+        epoch: 2,
+        not_before_ms: NOW - DAY,
+        not_after_ms: NOW + DAY,
+    };
+    let new_bundle = entente_crypto::KeyBundleIn::from_wire(ca.sign_bundle(body))
+        .unwrap()
+        .verify(&ca.authority, NOW)
+        .unwrap();
+    let (mut sealer, sender_key) = entente_crypto::Sealer::new(
+        alice.id.clone(),
+        1,
+        alice.keys.clone(),
+        "orders.eu".parse().unwrap(),
+        &[old.bundle.clone(), new_bundle],
+        Default::default(),
+        NOW,
+    )
+    .unwrap();
+    let batch = sealer.seal_batch(&[b"to bob"], None, NOW).unwrap();
+    let openers = [
+        old.opener(),
+        entente_crypto::Opener::new(
+            old.id.clone(),
+            2,
+            std::sync::Arc::new(keys),
+            Default::default(),
+        ),
+    ];
+    for mut opener in openers {
+        let sk = SenderKeyIn::from_wire(sender_key.clone()).unwrap();
+        opener.accept_sender_key(&sk, &alice.bundle, NOW).unwrap();
+        let bytes = wire::encode(&batch);
+        let batch = SignedBatchIn::decode(&bytes, &wire::Limits::default()).unwrap();
+        let opened = opener.open(batch, &alice.bundle, NOW).unwrap();
+        assert!(opened.rejected.is_empty(), "{:?}", opened.rejected);
+        assert_eq!(opened.delivered[0].payload(), b"to bob");
+    }
+}
+
+/// A clock that steps back before the epoch began asks for a new epoch (whose epoch number
+/// still rises) rather than sealing envelopes issued before their sender key, which every
+/// recipient would refuse.
+#[test]
+fn a_clock_gone_back_asks_for_a_new_epoch() {
+    let mut p = pair();
+    let back = NOW - 60_000;
+    assert!(!p.sealer.needs_rotation(NOW));
+    assert!(p.sealer.needs_rotation(back));
+    assert_eq!(
+        p.sealer.seal(b"early", None, back).unwrap_err(),
+        SealError::EpochExhausted
+    );
+    let first = p.sealer.epoch();
+    let sender_key = p
+        .sealer
+        .rotate(std::slice::from_ref(&p.bob.bundle), back)
+        .unwrap();
+    assert!(p.sealer.epoch() > first);
+    let mut opener = p.bob.opener();
+    let sk = SenderKeyIn::from_wire(sender_key).unwrap();
+    opener
+        .accept_sender_key(&sk, &p.alice.bundle, back)
+        .unwrap();
+    let batch = p.sealer.seal_batch(&[b"late"], None, back).unwrap();
+    let opened = deliver(&p, &mut opener, batch, back).unwrap();
+    assert!(opened.rejected.is_empty(), "{:?}", opened.rejected);
+}
+
 #[test]
 fn a_wrapped_key_moved_to_another_recipient_fails_to_unwrap() {
     let p = pair();
