@@ -9,8 +9,12 @@
 //!
 //! Memory is bounded: per (sender, channel) the newest [`MAX_EPOCHS`] epochs are kept, and an
 //! epoch older than those (or than any evicted one) is refused as a replay; per sender at most
-//! [`MAX_CHANNELS`] channels are tracked, the least recently used evicted first, an eighth at a
-//! time (a replay on an evicted channel then reaches receivers, whose own windows refuse it).
+//! [`MAX_CHANNELS`] channels are tracked, and [`EPOCHS_PER_CHANNEL`] epochs per channel on
+//! average, the least recently used channels evicted first, an eighth at a time (a replay on an
+//! evicted channel then reaches receivers, whose own windows refuse it). Each session of a
+//! sender seals a channel under an epoch of its own: the epochs kept per channel leave room for
+//! a service running many sessions under one identity, each rotating now and then, without one
+//! session's new epoch pushing out another's current one.
 //! Reply channels (`_reply.…`) are tracked apart, at most [`MAX_REPLY_CHANNELS`] of them: a
 //! responder answers each request on a new one, and its replies must not push the windows of
 //! its other channels out. Windows are shared by every connection of the same principal.
@@ -21,8 +25,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use entente_crypto::{ReplayError, ReplayWindow};
 use entente_types::{Channel, Principal};
 
-/// Epochs tracked per (sender, channel).
-pub(crate) const MAX_EPOCHS: usize = 4;
+/// Epochs tracked per (sender, channel): room for the current epochs of as many sessions of one
+/// sender publishing on one channel at once, with their last rotations.
+pub(crate) const MAX_EPOCHS: usize = 64;
+/// Epochs tracked per channel on average, over all of a sender's channels: a sender's windows
+/// hold at most this many times as many as it has channels tracked.
+pub(crate) const EPOCHS_PER_CHANNEL: usize = 4;
 /// Channels tracked per sender, reply channels aside.
 pub(crate) const MAX_CHANNELS: usize = 1024;
 /// Reply channels tracked per sender. A reply channel takes one batch per reply grant, so a
@@ -44,11 +52,14 @@ pub(crate) struct SenderWindows {
     clock: u64,
 }
 
-/// The windows of a bounded number of channels, the least recently used evicted first.
+/// The windows of a bounded number of channels and of epochs in all, the least recently used
+/// channels evicted first.
 #[derive(Debug)]
 struct Pool {
     windows: HashMap<Channel, ChannelWindows>,
     max: usize,
+    /// Epochs tracked over all channels.
+    epochs: usize,
 }
 
 #[derive(Debug, Default)]
@@ -56,7 +67,8 @@ struct ChannelWindows {
     /// Epochs below this were evicted and are refused.
     floor: u64,
     /// At most [`MAX_EPOCHS`], oldest first: most channels have one (a `BTreeMap` would
-    /// allocate room for eleven of these 144-byte windows per channel).
+    /// allocate room for eleven of these 144-byte windows per channel). Only ever replaced
+    /// one by one until the channel is evicted, so its capacity stays within twice its length.
     epochs: Vec<(u64, ReplayWindow)>,
     last_used: u64,
 }
@@ -215,6 +227,7 @@ impl Pool {
         Self {
             windows: HashMap::new(),
             max,
+            epochs: 0,
         }
     }
 
@@ -254,11 +267,24 @@ impl Pool {
         seqs: impl Iterator<Item = u64>,
         clock: u64,
     ) {
-        if self.windows.len() >= self.max && !self.windows.contains_key(channel) {
-            // The least recently used eighth at once: a sender using a new channel per
-            // message (a responder, one per reply) costs one pass over them per eighth of
-            // new ones, not one per channel.
-            self.evict_least_recently_used((self.max / 8).max(1));
+        let max_epochs = self.max.saturating_mul(EPOCHS_PER_CHANNEL);
+        // Looked up here only near a bound: the entry below is the usual publish's one lookup.
+        if self.windows.len() >= self.max || self.epochs >= max_epochs {
+            let known = self.windows.get(channel);
+            if self.windows.len() >= self.max && known.is_none() {
+                // The least recently used eighth at once: a sender using a new channel per
+                // message (a responder, one per reply) costs one pass over them per eighth of
+                // new ones, not one per channel.
+                self.evict_least_recently_used((self.max / 8).max(1));
+            } else if self.epochs >= max_epochs
+                && !known.is_some_and(|w| w.epochs.iter().any(|&(e, _)| e == epoch))
+            {
+                // A new epoch past the epochs' bound: the least recently used channels go, an
+                // eighth of them at a time, until there is room.
+                while self.epochs >= max_epochs {
+                    self.evict_least_recently_used((self.windows.len() / 8).max(1));
+                }
+            }
         }
         // A new channel's key is the name the publish shares, not a copy of it.
         let windows = self
@@ -279,6 +305,8 @@ impl Pool {
                     let (oldest, _) = windows.epochs.remove(0);
                     windows.floor = windows.floor.max(oldest.saturating_add(1));
                     at -= 1;
+                } else {
+                    self.epochs += 1;
                 }
                 windows.epochs.insert(at, (epoch, ReplayWindow::default()));
                 at
@@ -292,6 +320,7 @@ impl Pool {
         while windows.epochs.len() > MAX_EPOCHS {
             let (oldest, _) = windows.epochs.remove(0);
             windows.floor = windows.floor.max(oldest.saturating_add(1));
+            self.epochs -= 1;
         }
     }
 
@@ -302,13 +331,22 @@ impl Pool {
         }
         if count >= self.windows.len() {
             self.windows.clear();
+            self.epochs = 0;
             return;
         }
         let mut uses: Vec<u64> = self.windows.values().map(|w| w.last_used).collect();
         // Uses are distinct (the sender's clock ticks once per record), so exactly `count` are
         // at or below.
         let (_, &mut newest_evicted, _) = uses.select_nth_unstable(count - 1);
-        self.windows.retain(|_, w| w.last_used > newest_evicted);
+        let mut evicted = 0;
+        self.windows.retain(|_, w| {
+            let keep = w.last_used > newest_evicted;
+            if !keep {
+                evicted += w.epochs.len();
+            }
+            keep
+        });
+        self.epochs -= evicted;
     }
 }
 
@@ -430,32 +468,95 @@ mod tests {
         // Epochs first seen out of order: the oldest goes first, not the first seen. One
         // older than every epoch tracked is refused before any was evicted.
         let mut w = SenderWindows::default();
-        for epoch in [12, 10, 11, 13] {
+        let last = 10 + MAX_EPOCHS as u64 - 1;
+        for epoch in [12, 10, 11].into_iter().chain(13..=last) {
             w.check_and_record(&[(&c("b"), epoch, 0)]).unwrap();
         }
         assert!(matches!(
             w.check_and_record(&[(&c("b"), 9, 0)]),
             Err(ReplayRefusal::StaleEpoch { epoch: 9, .. })
         ));
-        w.check_and_record(&[(&c("b"), 14, 0)]).unwrap();
+        w.check_and_record(&[(&c("b"), last + 1, 0)]).unwrap();
         assert!(matches!(
             w.check_and_record(&[(&c("b"), 10, 1)]),
             Err(ReplayRefusal::StaleEpoch { epoch: 10, .. })
         ));
-        for epoch in [11, 12, 13, 14] {
+        for epoch in 11..=last + 1 {
             assert!(matches!(
                 w.check_and_record(&[(&c("b"), epoch, 0)]),
                 Err(ReplayRefusal::Window { .. })
             ));
         }
         w.check_and_record(&[(&c("b"), 11, 1)]).unwrap();
-        // The oldest went before the newest came: the windows never took room for five.
+        // The oldest went before the newest came: the windows never took room for more.
         let kept = &w.channels.windows["b"].epochs;
         assert_eq!(
             kept.iter().map(|(e, _)| *e).collect::<Vec<_>>(),
-            [11, 12, 13, 14]
+            (11..=last + 1).collect::<Vec<_>>()
         );
         assert!(kept.capacity() <= MAX_EPOCHS, "{}", kept.capacity());
+        assert_eq!(w.channels.epochs, MAX_EPOCHS);
+    }
+
+    /// Sessions of one sender each seal a channel under an epoch of their own, and one that
+    /// was refused rotates to a new one: many of them publishing at once, in turn, each
+    /// rotating now and then, are all accepted (no session's new epoch pushes out another's
+    /// current one), and a replay in any of their epochs is still refused.
+    #[test]
+    fn many_sessions_of_one_sender_keep_their_epochs_on_one_channel() {
+        const SESSIONS: u64 = 24;
+        let mut w = SenderWindows::default();
+        let mut current: Vec<u64> = (0..SESSIONS).map(|s| 1000 + s).collect();
+        for round in 0..8u64 {
+            for (session, epoch) in current.iter_mut().enumerate() {
+                // A third of the sessions rotate every other round.
+                if round % 2 == 1 && session % 3 == 0 {
+                    *epoch += 100 * round;
+                }
+                w.check_and_record(&[(&c("quotes"), *epoch, round)])
+                    .unwrap_or_else(|e| panic!("session {session} round {round}: {e}"));
+            }
+        }
+        for &epoch in &current {
+            assert!(matches!(
+                w.check_and_record(&[(&c("quotes"), epoch, 7)]),
+                Err(ReplayRefusal::Window { .. })
+            ));
+        }
+    }
+
+    /// The epochs of all of a sender's channels are bounded together: a sender holding many
+    /// epochs on each of many channels has its least recently used channels evicted to make
+    /// room for a new epoch, and the count stays the sum of what each channel holds.
+    #[test]
+    fn the_epochs_of_all_channels_are_bounded_together() {
+        let bound = MAX_CHANNELS * EPOCHS_PER_CHANNEL;
+        let per = MAX_EPOCHS as u64;
+        let mut w = SenderWindows::default();
+        let channels = bound / MAX_EPOCHS;
+        for i in 0..channels {
+            for epoch in 1..=per {
+                w.check_and_record(&[(&c(&format!("c{i}")), epoch, 0)])
+                    .unwrap();
+            }
+        }
+        assert_eq!(w.channels.epochs, bound);
+        assert_eq!(w.channels.windows.len(), channels);
+        // c0 used again: now the most recently used.
+        w.check_and_record(&[(&c("c0"), per, 1)]).unwrap();
+        // One epoch more, on a channel already tracked: the least recently used eighth goes.
+        w.check_and_record(&[(&c("c1"), per + 1, 0)]).unwrap();
+        let sum: usize = w.channels.windows.values().map(|x| x.epochs.len()).sum();
+        assert_eq!(w.channels.epochs, sum);
+        assert!(w.channels.epochs < bound, "{}", w.channels.epochs);
+        assert!(w.channels.windows.contains_key("c0"));
+        assert!(!w.channels.windows.contains_key("c2"));
+        // An evicted channel starts afresh (its receivers' windows refuse a replay).
+        w.check_and_record(&[(&c("c2"), 1, 0)]).unwrap();
+        // Known epochs of a channel kept need no room.
+        let before = w.channels.epochs;
+        w.check_and_record(&[(&c("c0"), per, 2)]).unwrap();
+        assert_eq!(w.channels.epochs, before);
     }
 
     #[test]

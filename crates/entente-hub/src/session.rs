@@ -161,8 +161,9 @@ struct Refused {
     recorded: bool,
     /// Whether a refusal of its kind counts against the sender's risk ([`Session::refuse`]):
     /// not a reply refused for want of its grant, which the requester controls (a grant is
-    /// one batch's, ends with the request's expiry or its requester's session), so that a
-    /// requester can't get its responder throttled or quarantined.
+    /// one batch's, ends with the request's expiry or its requester's session), nor a batch of
+    /// replies refused because a durable channel captures one, so that a requester can't get
+    /// its responder throttled or quarantined.
     scored: bool,
 }
 
@@ -564,6 +565,8 @@ impl<R: Router> Session<R> {
                             stats::bump(&self.context.stats.held_store_failures);
                             RefusalCode::Unavailable
                         }
+                        // A message of this ID already held: the sender's again, sealed anew.
+                        HoldError::Replayed(_) => RefusalCode::Replay,
                         _ => RefusalCode::TooManyHeld,
                     };
                     grants.undo(taken, issued);
@@ -1472,13 +1475,18 @@ impl<R: Router> Session<R> {
                 return Err(self.deny(format!("a reply grant covers one batch on `{channel}`")));
             }
             // What a durable channel captures is stored per channel: such a reply goes alone.
+            // Not the responder's doing (it can't tell which reply channels a stream captures,
+            // and the requester decides how many requests its replies answer at once): the
+            // refusal does not count against its risk.
             if !streams.is_empty()
                 && (streams.for_channel(channel).is_some() || streams.for_channel(&root).is_some())
             {
-                return Err(self.deny(format!(
-                    "`{channel}` is captured by a durable channel: its reply must be sent alone, \
-                     not in a batch of replies"
-                )));
+                return Err(self
+                    .deny(format!(
+                        "`{channel}` is captured by a durable channel: its reply must be sent \
+                         alone, not in a batch of replies"
+                    ))
+                    .unscored());
             }
         }
         if let Err(channel) =
@@ -1655,7 +1663,8 @@ impl Refused {
         }
     }
 
-    /// A refusal that does not count against the sender's risk (a reply without its grant).
+    /// A refusal that does not count against the sender's risk (a reply without its grant, a
+    /// batch of replies a durable channel captures).
     fn unscored(mut self) -> Self {
         self.scored = false;
         self

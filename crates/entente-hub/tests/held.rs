@@ -451,6 +451,31 @@ async fn hold_one(
     acked.held[0].message_id.clone()
 }
 
+/// An envelope under the message ID of one already held (its sender's, sealed anew: a later
+/// sequence number, so the replay windows pass it) is refused as a replay, not as a full
+/// book of held messages; nothing more is held.
+#[tokio::test]
+async fn a_message_id_already_held_is_refused_as_a_replay() {
+    let ca = TestCa::new();
+    let hub = start(&ca, held_config()).await;
+    let alice = ca.agent("shop", "alice");
+    let mut session = alice.session(&hub).await;
+    let (mut sealer, key) = alice.sealer("orders.wire.eu", &[]);
+    let first = sealer.seal_batch(&[b"pay 10k"], None, now_ms()).unwrap();
+    let answer = publish(&mut session, 1, vec![key], vec![first.clone()], "invoice").await;
+    let server_frame::Kind::Ack(acked) = answer else {
+        panic!("expected an ack, got {answer:?}");
+    };
+    assert_eq!(acked.held.len(), 1);
+    let mut again = sealer.seal_batch(&[b"pay 20k"], None, now_ms()).unwrap();
+    again.envelopes[0].message_id = first.envelopes[0].message_id.clone();
+    entente_crypto::danger::danger_sign_batch(&alice.keys, &mut again);
+    let answer = publish(&mut session, 2, vec![], vec![again], "invoice").await;
+    assert_eq!(refusal(answer), (2, RefusalCode::Replay));
+    assert_eq!(hub.stats().held_messages, 1);
+    hub.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_held_message_and_its_approvals_survive_a_restart() {
     let ca = TestCa::new();
