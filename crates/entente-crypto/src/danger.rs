@@ -44,6 +44,33 @@ pub fn danger_seal_with_secret(
         .map_err(|_| SealError::Crypto("seal"))
 }
 
+/// A sealer as [`crate::Sealer::new`] makes one (a fresh random secret), but on `epoch` rather
+/// than on one it draws: for tests of what receivers do with two secrets for one epoch of a
+/// sender, which a sealer draws once in 65 536 times at most (PROTOCOL.md §4.3).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "those of `Sealer::new`, and the epoch"
+)]
+pub fn danger_sealer_on_epoch(
+    sender: entente_types::Principal,
+    key_epoch: u64,
+    keys: std::sync::Arc<crate::MessageKeys>,
+    channel: entente_types::Channel,
+    recipients: &[crate::VerifiedKeyBundle],
+    options: crate::SealerOptions,
+    now_ms: u64,
+    epoch: u64,
+) -> Result<(crate::Sealer, wire::SenderKey), SealError> {
+    crate::Sealer::on_epoch(
+        (sender, key_epoch, keys),
+        channel,
+        recipients,
+        options,
+        now_ms,
+        epoch,
+    )
+}
+
 /// Signs a batch whose envelopes are already sealed, with `keys`.
 pub fn danger_sign_batch(keys: &crate::MessageKeys, batch: &mut wire::SignedBatch) {
     batch.signature = keys.sign(&crate::batch_signing_input(batch)).to_vec();

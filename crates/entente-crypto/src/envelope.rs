@@ -224,8 +224,29 @@ impl Sealer {
         now_ms: u64,
     ) -> Result<(Self, wire::SenderKey), SealError> {
         let rng = SystemRandom::new();
+        let epoch = next_epoch(&rng, 0, now_ms)?;
+        Self::on_epoch(
+            (sender, key_epoch, keys),
+            channel,
+            recipients,
+            options,
+            now_ms,
+            epoch,
+        )
+    }
+
+    /// [`new`](Self::new), on `epoch` rather than one drawn (for
+    /// [`crate::danger::danger_sealer_on_epoch`]).
+    pub(crate) fn on_epoch(
+        (sender, key_epoch, keys): (Principal, u64, Arc<MessageKeys>),
+        channel: Channel,
+        recipients: &[VerifiedKeyBundle],
+        options: SealerOptions,
+        now_ms: u64,
+        epoch: u64,
+    ) -> Result<(Self, wire::SenderKey), SealError> {
+        let rng = SystemRandom::new();
         let secret = random_secret(&rng)?;
-        let epoch = now_ms.max(1);
         let payload = PayloadKey::derive(&secret, sender.as_str(), channel.as_str(), epoch)
             .map_err(|_| SealError::Crypto("key derivation"))?;
         let hasher = HeaderHasher::new(sender.as_str(), channel.as_str());
@@ -255,7 +276,7 @@ impl Sealer {
         now_ms: u64,
     ) -> Result<wire::SenderKey, SealError> {
         let secret = random_secret(&self.rng)?;
-        let epoch = now_ms.max(self.epoch.saturating_add(1));
+        let epoch = next_epoch(&self.rng, self.epoch, now_ms)?;
         let payload =
             PayloadKey::derive(&secret, self.sender.as_str(), self.channel.as_str(), epoch)
                 .map_err(|_| SealError::Crypto("key derivation"))?;
@@ -1499,6 +1520,24 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
+/// The epoch after `previous` (0 for none) at `now_ms` (PROTOCOL.md §4.3): the time in
+/// milliseconds times 2^16 plus 16 random bits, or `previous + 1` if that is not above it.
+/// The random bits keep sealers of one sender that start in the same millisecond (sessions of
+/// one identity, each sealing the same channel or reply namespace) from drawing one epoch with
+/// two secrets, which every recipient but the first key's would refuse.
+fn next_epoch(rng: &SystemRandom, previous: u64, now_ms: u64) -> Result<u64, SealError> {
+    let mut low = [0u8; 2];
+    rng.fill(&mut low)
+        .map_err(|_| SealError::Crypto("random"))?;
+    let drawn = now_ms
+        .saturating_mul(EPOCH_TIME_SCALE)
+        .saturating_add(u64::from(u16::from_be_bytes(low)));
+    Ok(drawn.max(previous.saturating_add(1)))
+}
+
+/// What an epoch's time in milliseconds is multiplied by: room for 16 random bits.
+const EPOCH_TIME_SCALE: u64 = 1 << 16;
+
 fn random_secret(rng: &SystemRandom) -> Result<EpochSecret, SealError> {
     let mut secret = Zeroizing::new([0u8; KEY_LEN]);
     rng.fill(&mut *secret)
@@ -1509,6 +1548,26 @@ fn random_secret(rng: &SystemRandom) -> Result<EpochSecret, SealError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Epochs drawn in one millisecond differ by their random bits and stay within that
+    /// millisecond's range; one not above the previous epoch is the previous one plus one; a
+    /// later millisecond draws above any earlier one.
+    #[test]
+    #[expect(clippy::unwrap_used, reason = "a unit test")]
+    fn epochs_are_the_time_and_random_bits_and_always_rise() {
+        let rng = SystemRandom::new();
+        let now = 1_800_000_000_000;
+        let drawn: std::collections::HashSet<u64> =
+            (0..64).map(|_| next_epoch(&rng, 0, now).unwrap()).collect();
+        assert!(drawn.len() > 1, "{drawn:?}");
+        let range = now * EPOCH_TIME_SCALE..(now + 1) * EPOCH_TIME_SCALE;
+        assert!(drawn.iter().all(|e| range.contains(e)), "{drawn:?}");
+        let ahead = (now + 5) * EPOCH_TIME_SCALE;
+        assert_eq!(next_epoch(&rng, ahead, now).unwrap(), ahead + 1);
+        let later = next_epoch(&rng, range.end - 1, now + 1).unwrap();
+        assert!(later >= range.end, "{later}");
+        assert_eq!(next_epoch(&rng, u64::MAX - 1, 0).unwrap(), u64::MAX);
+    }
 
     /// Whether the ciphertext is copied after the header or hashed apart, the hash is
     /// SHA-256 of header ‖ u32(length) ‖ ciphertext, and the buffer is left as it was.

@@ -467,8 +467,10 @@ fn a_conflicting_sender_key_for_a_known_epoch_is_refused() {
     let mut opener = p.bob.opener();
     accept_key(&p, &mut opener);
     accept_key(&p, &mut opener); // the same key twice is fine
-    // A second sealer started at the same instant draws the same epoch number.
-    let (_, other) = p.alice.sealer("orders.eu", &[&p.bob]);
+    // A second sealer on the same epoch number, with a secret of its own.
+    let (_, other) = p
+        .alice
+        .sealer_on_epoch("orders.eu", &[&p.bob], p.sealer.epoch());
     let sk = SenderKeyIn::from_wire(other).unwrap();
     assert_eq!(
         opener
@@ -1047,7 +1049,7 @@ fn a_reply_namespace_key_is_scoped_to_its_namespace_and_owner() {
         [(0, OpenError::UnknownEpoch(_))]
     ));
     // Another secret claiming the same epoch of the root fails to authenticate.
-    let (mut other, _) = bob.sealer("_reply.ops.alice", &[&alice]);
+    let (mut other, _) = bob.sealer_on_epoch("_reply.ops.alice", &[&alice], sealer.epoch());
     let batch = other
         .seal_batch_on(
             &channel("_reply.ops.alice.r1"),

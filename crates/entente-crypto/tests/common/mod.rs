@@ -100,6 +100,27 @@ impl Agent {
         entente_crypto::Opener::new(self.id.clone(), 1, self.keys.clone(), Default::default())
     }
 
+    /// A sealer on `channel` on `epoch` (with a secret of its own).
+    pub fn sealer_on_epoch(
+        &self,
+        channel: &str,
+        recipients: &[&Agent],
+        epoch: u64,
+    ) -> (entente_crypto::Sealer, wire::SenderKey) {
+        let bundles: Vec<_> = recipients.iter().map(|a| a.bundle.clone()).collect();
+        entente_crypto::danger::danger_sealer_on_epoch(
+            self.id.clone(),
+            1,
+            self.keys.clone(),
+            channel.parse().unwrap(),
+            &bundles,
+            Default::default(),
+            NOW,
+            epoch,
+        )
+        .unwrap()
+    }
+
     pub fn sealer(
         &self,
         channel: &str,

@@ -45,19 +45,23 @@ pub fn unix_ms(t: SystemTime) -> u64 {
     entente_testkit::unix_ms(t)
 }
 
+/// The time now in Unix milliseconds, never before a sealer made here started: a sealer
+/// refuses to seal before its epoch began.
 pub fn now_ms() -> u64 {
-    entente_testkit::now_ms()
+    entente_testkit::now_ms().max(LAST_SEALER.load(Ordering::Relaxed))
 }
 
-/// The time now in Unix milliseconds, but later than any earlier answer: a new sealer's epoch
-/// is the time it starts, and tests start several for one sender and channel within one
-/// millisecond.
+/// When the last sealer made here started.
+static LAST_SEALER: AtomicU64 = AtomicU64::new(0);
+
+/// The time now in Unix milliseconds, but later than any earlier answer: each sealer made here
+/// starts in a millisecond of its own, so that tests starting several for one sender and
+/// channel at once never draw one epoch twice (epochs are the time and 16 random bits).
 fn distinct_now_ms() -> u64 {
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let mut last = LAST.load(Ordering::Relaxed);
+    let mut last = LAST_SEALER.load(Ordering::Relaxed);
     loop {
-        let next = now_ms().max(last + 1);
-        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+        let next = entente_testkit::now_ms().max(last + 1);
+        match LAST_SEALER.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
             Ok(_) => return next,
             Err(seen) => last = seen,
         }
