@@ -246,6 +246,45 @@ async fn unacknowledged_entries_come_again_then_go_to_the_dead_letter_log() {
     );
 }
 
+/// A durable entry's envelopes expire as any message does: a consumer away past their
+/// sender's message lifetime gets them as refusals saying so (shown to the application, not
+/// acknowledged), and the entry goes to the dead-letter log after `max_deliver` deliveries.
+#[tokio::test]
+async fn a_consumer_away_past_the_messages_lifetime_gets_them_refused_as_expired() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(
+        &dir,
+        orders(|c| {
+            c.ack_wait = Duration::from_secs(1);
+            c.max_deliver = 2;
+        }),
+    )
+    .await;
+    let alice_id = leaves_a_consumer(&hub).await;
+    let bob_id = hub.enroll("shop", "bob").await.unwrap();
+    let options = ClientOptions::new().message_ttl(Duration::from_millis(300));
+    let bob = hub.connect_with(bob_id, options).await.unwrap();
+    bob.publish("orders.eu", "soon stale").await.unwrap();
+    assert_eq!(hub.stats().durable_stored, 1);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    let alice = hub.connect(alice_id).await.unwrap();
+    let mut orders = alice.subscribe_durable("orders.>", "alice").await.unwrap();
+    let deadline = tokio::time::Instant::now() + entente_testkit::WAIT;
+    let mut refusals = 0;
+    while hub.stats().durable_dead_letters == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no dead letter");
+        if let Ok(item) = tokio::time::timeout(Duration::from_millis(100), orders.next()).await {
+            let refused = item.expect("the subscription is open").unwrap_err();
+            assert_eq!(refused.kind(), ErrorKind::Rejected, "{refused}");
+            assert!(refused.to_string().contains("expired"), "{refused}");
+            refusals += 1;
+        }
+    }
+    assert_eq!(refusals, 2, "one per delivery");
+    nothing_within(&mut orders, Duration::from_millis(1500)).await;
+}
+
 #[tokio::test]
 async fn a_full_channel_refuses_publishers_and_consumers_are_bound_to_their_owner() {
     let dir = TempDir::new().unwrap();
