@@ -852,8 +852,10 @@ pub struct SessionEnd {
     pub message: String,
 }
 
-/// A join token, a CSR and message keys, exchanged for a certificate and a key bundle.
+/// A join token, a CSR and message keys, exchanged for a certificate and a key bundle. Its
+/// `Debug` leaves the token out.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
+#[prost(skip_debug)]
 pub struct EnrollRequest {
     /// The one-time join token.
     #[prost(string, tag = "1")]
@@ -867,6 +869,30 @@ pub struct EnrollRequest {
     /// X25519 public key, 32 bytes.
     #[prost(bytes = "vec", tag = "4")]
     pub x25519_public: Vec<u8>,
+}
+
+impl std::fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollRequest")
+            .field("token", &Redacted(&self.token))
+            .field("csr", &self.csr)
+            .field("ed25519_public", &self.ed25519_public)
+            .field("x25519_public", &self.x25519_public)
+            .finish()
+    }
+}
+
+/// A secret in a `Debug` output: whether it is set, not what it is.
+struct Redacted<'a>(&'a str);
+
+impl std::fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "<redacted>"
+        })
+    }
 }
 
 /// The credentials an enrolled agent receives.
@@ -940,8 +966,9 @@ pub struct CreateTokenRequest {
     pub ttl_seconds: u64,
 }
 
-/// A join token, shown once.
+/// A join token, shown once. Its `Debug` leaves the token out.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
+#[prost(skip_debug)]
 pub struct CreateTokenResponse {
     /// The token; the hub keeps only its hash.
     #[prost(string, tag = "1")]
@@ -949,6 +976,15 @@ pub struct CreateTokenResponse {
     /// When it expires, Unix milliseconds.
     #[prost(uint64, tag = "2")]
     pub expires_at_ms: u64,
+}
+
+impl std::fmt::Debug for CreateTokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateTokenResponse")
+            .field("token", &Redacted(&self.token))
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish()
+    }
 }
 
 /// Revokes principals and certificates.

@@ -1189,3 +1189,27 @@ fn the_decoded_element_cost_covers_each_elements_value() {
     }
     assert!(size_of::<HeldMessage>() <= 2 * DECODED_ELEMENT_COST);
 }
+
+/// A join token never shows in a `Debug` output of the messages carrying it (a log line
+/// formatting a request must not hold a credential); whether one is set does.
+#[test]
+fn join_tokens_stay_out_of_debug_output() {
+    let token = "entente-join-0123456789abcdef";
+    let request = EnrollRequest {
+        token: token.to_owned(),
+        csr: vec![1, 2],
+        ed25519_public: vec![3],
+        x25519_public: vec![4],
+    };
+    let response = CreateTokenResponse {
+        token: token.to_owned(),
+        expires_at_ms: 42,
+    };
+    for shown in [format!("{request:?}"), format!("{response:#?}")] {
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+    assert!(format!("{request:?}").contains("csr: [1, 2]"));
+    assert!(format!("{response:?}").contains("expires_at_ms: 42"));
+    assert!(format!("{:?}", EnrollRequest::default()).contains("token: \"\""));
+}
