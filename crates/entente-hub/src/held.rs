@@ -509,6 +509,13 @@ impl Holds {
         self.forget_expired(now_ms).await;
         let hold = {
             let book = self.lock();
+            // Before the bounds: a message held already is a replay, whatever room is left.
+            if book.holds.contains_key(&new.id) {
+                return Err(HoldError::Replayed(format!(
+                    "a message `{}` is already held",
+                    new.id
+                )));
+            }
             let pending = book.pending().count();
             if pending >= MAX_PENDING {
                 return Err(HoldError::Full(format!(
@@ -555,12 +562,6 @@ impl Holds {
                 return Err(HoldError::Full(format!(
                     "messages of segment `{group}` wait for approval up to its share \
                      ({MAX_PENDING_PER_SEGMENT} messages, {MAX_HELD_BYTES_PER_SEGMENT} bytes)"
-                )));
-            }
-            if book.holds.contains_key(&new.id) {
-                return Err(HoldError::Replayed(format!(
-                    "a message `{}` is already held",
-                    new.id
                 )));
             }
             let hold_ms = u64::try_from(MAX_HOLD.as_millis()).unwrap_or(u64::MAX);

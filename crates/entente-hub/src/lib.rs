@@ -261,9 +261,10 @@
 //!   publisher gets `Ack{request_id}` — or `Refusal(DELIVERY_FAILED)` saying how many
 //!   deliveries failed. Any refusal of a publish refuses all of it.
 //! - Replays: the hub keeps a replay window per (sender, channel, epoch), shared by every
-//!   connection of the sender, over the newest 4 epochs of each (sender, channel) and up to
-//!   1024 most recently used channels of each sender (the least recently used eighth
-//!   forgotten at once when all are taken); an older epoch is refused as a replay. Every
+//!   connection of the sender, over the newest 64 epochs of each (sender, channel) and up to
+//!   1024 most recently used channels of each sender, 4096 epochs in all (the least recently
+//!   used eighth of the channels forgotten at once when either is reached); an older epoch is
+//!   refused as a replay, and so is a message whose ID is already held for approval. Every
 //!   refused replay is counted ([`HubStats::replays`]). Receivers keep their own windows and
 //!   do not rely on the hub's. After `DELIVERY_FAILED` the envelopes' sequence numbers are
 //!   recorded (the publish reached the other subscribers), so resending them is a replay.

@@ -29,7 +29,8 @@ use entente_types::{Channel, Principal};
 /// sender publishing on one channel at once, with their last rotations.
 pub(crate) const MAX_EPOCHS: usize = 64;
 /// Epochs tracked per channel on average, over all of a sender's channels: a sender's windows
-/// hold at most this many times as many as it has channels tracked.
+/// (of channels outside reply namespaces, and apart those of reply channels) hold at most this
+/// many times the most channels they track ([`MAX_CHANNELS`], [`MAX_REPLY_CHANNELS`]).
 pub(crate) const EPOCHS_PER_CHANNEL: usize = 4;
 /// Channels tracked per sender, reply channels aside.
 pub(crate) const MAX_CHANNELS: usize = 1024;
@@ -300,7 +301,7 @@ impl Pool {
             Ok(at) => at,
             Err(mut at) => {
                 // The oldest goes before the new one comes: the vector never outgrows
-                // MAX_EPOCHS (nor its capacity of four once grown).
+                // MAX_EPOCHS (nor, once grown, a capacity of MAX_EPOCHS).
                 if windows.epochs.len() >= MAX_EPOCHS && at > 0 {
                     let (oldest, _) = windows.epochs.remove(0);
                     windows.floor = windows.floor.max(oldest.saturating_add(1));

@@ -566,7 +566,10 @@ impl<R: Router> Session<R> {
                             RefusalCode::Unavailable
                         }
                         // A message of this ID already held: the sender's again, sealed anew.
-                        HoldError::Replayed(_) => RefusalCode::Replay,
+                        HoldError::Replayed(_) => {
+                            stats::bump(&self.context.stats.replays);
+                            RefusalCode::Replay
+                        }
                         _ => RefusalCode::TooManyHeld,
                     };
                     grants.undo(taken, issued);

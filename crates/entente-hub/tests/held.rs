@@ -473,6 +473,7 @@ async fn a_message_id_already_held_is_refused_as_a_replay() {
     let answer = publish(&mut session, 2, vec![], vec![again], "invoice").await;
     assert_eq!(refusal(answer), (2, RefusalCode::Replay));
     assert_eq!(hub.stats().held_messages, 1);
+    assert_eq!(hub.stats().replays, 1, "counted as any refused replay");
     hub.shutdown().await.unwrap();
 }
 
