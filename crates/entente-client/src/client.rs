@@ -2358,11 +2358,33 @@ impl Writer<'_> {
                     let id = publish.request_id;
                     let keys = publish.sender_keys.len() as u64;
                     let batches = publish.batches.len() as u64;
+                    let key_epoch = publish.sender_keys.first().map(|k| k.epoch);
+                    let frame = ClientFrame {
+                        kind: Some(client_frame::Kind::Publish(publish)),
+                    };
+                    // A frame past the hub's limit would end the session, and every
+                    // subscription and call with it: its messages alone fail.
+                    let len = prost::Message::encoded_len(&frame);
+                    let max = shared.options.limits.max_frame_bytes;
+                    if len > max {
+                        let error = Error::new(
+                            ErrorKind::InvalidInput,
+                            format!(
+                                "the messages sealed together on `{channel}` make a frame of \
+                                 {len} bytes, more than the {max} a frame may hold: send \
+                                 fewer or smaller at once (`ClientOptions::batch_max_bytes`)"
+                            ),
+                        );
+                        for ticket in tickets {
+                            let _ = ticket.send(Err(error.duplicate()));
+                        }
+                        continue;
+                    }
                     let pending = Pending::Publish {
                         channel,
                         waiters: tickets,
                         replies,
-                        key_epoch: publish.sender_keys.first().map(|k| k.epoch),
+                        key_epoch,
                     };
                     if shared.register_publish(id, pending).is_err() {
                         // The session is over. The waiters were dropped with `pending`: they
@@ -2373,9 +2395,6 @@ impl Writer<'_> {
                     stats::add(&shared.stats.publish_frames, 1);
                     stats::add(&shared.stats.batches_sent, batches);
                     stats::add(&shared.stats.sender_keys_sent, keys);
-                    let frame = ClientFrame {
-                        kind: Some(client_frame::Kind::Publish(publish)),
-                    };
                     open = self.send(frame).await;
                 }
             }

@@ -148,7 +148,9 @@ impl ClientOptions {
     }
 
     /// Most payload bytes in one batch (a single larger message still goes alone).
-    /// Default 1 MiB; at least 1.
+    /// Default 1 MiB; at least 1. A frame of sealed messages past the hub's frame limit
+    /// ([`Limits::max_frame_bytes`], 4 MiB by default) is not sent: its messages fail
+    /// (`InvalidInput`), and the session goes on.
     pub fn batch_max_bytes(mut self, bytes: usize) -> Self {
         self.batch_max_bytes = bytes.max(1);
         self

@@ -630,6 +630,37 @@ async fn a_refused_publish_returns_the_code_and_the_session_goes_on() {
     assert_eq!(message(&mut orders).await.payload, b"fine");
 }
 
+/// Messages sealed together into a frame larger than a frame may hold (a batch bound in bytes
+/// set above it) fail on their own, saying why, rather than end the session at the hub: what
+/// is published next arrives.
+#[tokio::test]
+async fn messages_that_would_make_a_frame_too_large_fail_and_the_session_goes_on() {
+    let hub = TestHub::start().await;
+    let bob_options = options()
+        .batch_max_bytes(16 << 20)
+        .publish_queue_bytes(16 << 20)
+        .linger(Duration::from_millis(500));
+    let (alice, bob, recipients) = alice_and_bob(&hub, options(), bob_options).await;
+    let mut orders = alice.subscribe("orders.>").await.unwrap();
+    let mut sent = Vec::new();
+    for i in 0..5u8 {
+        sent.push(
+            bob.enqueue_to("orders.eu", vec![i; 1_000_000], &recipients)
+                .await
+                .unwrap(),
+        );
+    }
+    for result in join_all(sent).await {
+        let e = result.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        assert!(e.to_string().contains("batch_max_bytes"), "{e}");
+    }
+    bob.publish_to("orders.eu", "fine", &recipients)
+        .await
+        .unwrap();
+    assert_eq!(message(&mut orders).await.payload, b"fine");
+}
+
 #[tokio::test]
 async fn a_subscriber_that_is_not_a_recipient_gets_rejections_not_plaintext() {
     let hub = TestHub::start().await;
