@@ -973,7 +973,7 @@ impl DeliveryGate {
         // may apply to subscribing, none does, and nothing is decided (or recorded) per
         // channel. Otherwise a publisher cycling through new channels would have every
         // wildcard subscriber's session decide, and record, each of them.
-        if !self.authz.engine.policies().may_forbid(Action::Subscribe) {
+        if !self.authz.engine.may_forbid(Action::Subscribe) {
             return Carry::Yes;
         }
         let decision = self.subscribe_decision(&Resource::Channel(channel), now_ms);

@@ -1,7 +1,7 @@
 //! The running policy set behind an atomic swap, and the epoch that versions every input a
 //! cached decision depends on.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::decision::Decision;
@@ -19,6 +19,9 @@ use crate::request::{Action, Facts, Resource, Subject};
 pub struct Engine {
     current: RwLock<Arc<PolicySet>>,
     epoch: AtomicU64,
+    /// The running set's [`PolicySet::may_forbid`], one bit per action of [`Action::ALL`]:
+    /// read on every delivery to a wildcard subscription, without the set's lock.
+    forbidding: AtomicU16,
 }
 
 // === impl Engine ===
@@ -26,16 +29,14 @@ pub struct Engine {
 impl Engine {
     /// An engine running `policies`, at epoch 1.
     pub fn new(policies: PolicySet) -> Self {
-        Self {
-            current: RwLock::new(Arc::new(policies)),
-            epoch: AtomicU64::new(1),
-        }
+        Self::starting_at(policies, 1)
     }
 
     /// An engine running `policies`, at epoch `epoch` (a host that keeps epochs unique
     /// across restarts starts each run above the last).
     pub fn starting_at(policies: PolicySet, epoch: u64) -> Self {
         Self {
+            forbidding: AtomicU16::new(forbidding(&policies)),
             current: RwLock::new(Arc::new(policies)),
             epoch: AtomicU64::new(epoch),
         }
@@ -51,6 +52,12 @@ impl Engine {
         Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
     }
 
+    /// [`PolicySet::may_forbid`] of the running set, without taking its lock: a set swapped in
+    /// is seen here before its epoch is.
+    pub fn may_forbid(&self, action: Action) -> bool {
+        self.forbidding.load(Ordering::Acquire) & bit(action) != 0
+    }
+
     /// Builds a policy set and, if it is valid, makes it the running one. Returns the new
     /// epoch. On error nothing changes.
     pub fn load(&self, builder: PolicySetBuilder) -> Result<u64, LoadError> {
@@ -61,6 +68,8 @@ impl Engine {
     /// Makes `policies` (validated by construction) the running set; returns the new epoch.
     pub fn replace(&self, policies: PolicySet) -> u64 {
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        self.forbidding
+            .store(forbidding(&policies), Ordering::Release);
         *current = Arc::new(policies);
         // Swap first, bump second: whoever reads the new epoch also sees the new set.
         self.epoch.fetch_add(1, Ordering::AcqRel) + 1
@@ -107,6 +116,22 @@ impl Engine {
         let epoch = self.epoch();
         (epoch, self.policies())
     }
+}
+
+/// `action`'s bit in [`Engine::forbidding`].
+fn bit(action: Action) -> u16 {
+    Action::ALL
+        .iter()
+        .position(|&a| a == action)
+        .map_or(0, |i| 1 << i)
+}
+
+/// The bits of the actions some forbid of `policies` may apply to.
+fn forbidding(policies: &PolicySet) -> u16 {
+    Action::ALL
+        .into_iter()
+        .filter(|&a| policies.may_forbid(a))
+        .fold(0, |bits, a| bits | bit(a))
 }
 
 impl Default for Engine {

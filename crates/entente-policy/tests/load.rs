@@ -500,3 +500,21 @@ fn expressions_are_bounded_in_depth_and_the_deepest_allowed_decides_on_an_ordina
     );
     assert!(decision.allowed, "{decision:?}");
 }
+
+/// The engine answers `may_forbid` for the set it runs, before and after a swap, as the set
+/// itself does.
+#[test]
+fn the_engine_tells_which_actions_a_forbid_may_apply_to() {
+    use entente_policy::Action;
+    let permits = r#"@id("p") permit (principal is Agent, action, resource);"#;
+    let forbid = r#"
+        @id("no-payroll")
+        forbid (principal, action == Action::"subscribe", resource in Namespace::"payroll");"#;
+    let engine = Engine::new(PolicySet::parse("p", permits).unwrap());
+    assert!(!engine.may_forbid(Action::Subscribe));
+    engine.replace(PolicySet::parse("p", &format!("{permits}{forbid}")).unwrap());
+    assert!(engine.may_forbid(Action::Subscribe));
+    assert!(!engine.may_forbid(Action::Publish));
+    engine.replace(PolicySet::parse("p", permits).unwrap());
+    assert!(!engine.may_forbid(Action::Subscribe));
+}
