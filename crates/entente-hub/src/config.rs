@@ -114,7 +114,8 @@ pub struct HubConfig {
     /// before any TLS (`unauthenticated-per-source`). Default 128.
     pub max_unauthenticated_per_source: usize,
     /// How long the key bundle signed at enrollment is valid (cut to the intermediate CA's
-    /// validity). Default 30 days.
+    /// validity); a renewal past half that life signs it again, same keys and epoch, for as
+    /// long from then. Default 30 days.
     pub key_bundle_ttl: Duration,
     /// The break-glass administrators: principals that may do every administrative act over
     /// their mutual-TLS connection — create join tokens

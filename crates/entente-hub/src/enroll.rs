@@ -29,7 +29,7 @@ use crate::rpc::{self, Refusal as _, RpcError, Services};
 use crate::stats;
 
 /// How far a key bundle's validity is backdated, for clock skew.
-const CLOCK_SKEW: Duration = Duration::from_secs(60);
+pub(crate) const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 /// A join token just created, with its expiry.
 pub(crate) struct IssuedToken {

@@ -92,7 +92,8 @@
 //!    are ignored.
 //! 3. Then the CA issues the X509-SVID and signs the key bundle (epoch 1, or one above the
 //!    agent's latest; valid from one minute ago for [`HubConfig::key_bundle_ttl`], cut to the
-//!    intermediate CA's validity); the bundle and the agent record (segment, serial, epoch) are
+//!    intermediate CA's validity, and signed again so by a renewal past half its life); the
+//!    bundle and the agent record (segment, serial, epoch) are
 //!    stored; the response carries the chain (SVID, intermediate), the bundle, the trust bundle
 //!    as PEM and the revocation list in force, if any.
 //!

@@ -12,6 +12,7 @@
 
 use std::time::SystemTime;
 
+use entente_crypto::KeyBundleIn;
 use entente_store::AgentRecord;
 use entente_types::Principal;
 use entente_wire::{KeyBundle, RenewRequest, RenewResponse};
@@ -62,6 +63,53 @@ pub(crate) async fn recorded<R>(
             .await
         }
     }
+}
+
+/// The key bundle a renewal hands back: the latest stored one, or, once past half its life
+/// ([`HubConfig::key_bundle_ttl`](crate::HubConfig::key_bundle_ttl)), the same keys and epoch
+/// signed again for a fresh validity and stored in its place, so that an agent that keeps
+/// renewing its certificate never outlives its bundle (its peers would refuse it, and its own
+/// SDK would refuse to load it). The stored bundle as it is when a new one would end no later
+/// (the CA's validity cuts both), and when it no longer verifies under the trust bundle (at
+/// the end of its life, if that has passed): the store is not taken on its word.
+async fn refreshed<R>(
+    services: &Services<R>,
+    principal: &Principal,
+    epoch: u64,
+    bundle: KeyBundle,
+    now: SystemTime,
+) -> Result<KeyBundle, RpcError> {
+    let now_ms = rpc::unix_ms(now);
+    let ttl_ms = u64::try_from(services.key_bundle_ttl.as_millis()).unwrap_or(u64::MAX);
+    if bundle.not_after_ms.saturating_sub(now_ms) >= ttl_ms / 2 {
+        return Ok(bundle);
+    }
+    let not_after = now_ms
+        .saturating_add(ttl_ms)
+        .min(rpc::unix_ms(services.ca.not_after()));
+    if not_after <= bundle.not_after_ms {
+        return Ok(bundle);
+    }
+    let ca = services.ca.current();
+    let at = now_ms.min(bundle.not_after_ms);
+    let Ok(verified) =
+        KeyBundleIn::from_wire(bundle.clone()).and_then(|b| b.verify(ca.trust_bundle(), at))
+    else {
+        return Ok(bundle);
+    };
+    let mut body = verified.body().clone();
+    body.not_before_ms = rpc::unix_ms(now.checked_sub(crate::enroll::CLOCK_SKEW).unwrap_or(now));
+    body.not_after_ms = not_after;
+    let resigned = rpc::blocking(move || {
+        ca.sign_key_bundle(body)
+            .map_err(|e| RpcError::Ca(e.to_string()))
+    })
+    .await?;
+    services
+        .registry
+        .put_key_bundle(principal.as_str(), epoch, &entente_wire::encode(&resigned))
+        .await?;
+    Ok(resigned)
 }
 
 /// Serves one `Renew` request, counting it.
@@ -120,10 +168,11 @@ async fn renew_inner<R>(
         .latest_key_bundle(principal.as_str())
         .await?
     {
-        Some((_, bytes)) => Some(
-            entente_wire::decode::<KeyBundle>(&bytes, &services.limits)
-                .map_err(|e| RpcError::Corrupt(format!("key bundle of `{principal}`: {e}")))?,
-        ),
+        Some((epoch, bytes)) => {
+            let bundle = entente_wire::decode::<KeyBundle>(&bytes, &services.limits)
+                .map_err(|e| RpcError::Corrupt(format!("key bundle of `{principal}`: {e}")))?;
+            Some(refreshed(services, principal, epoch, bundle, now).await?)
+        }
         None => None,
     };
     // On the record before it is in force (its serial stored, the connection's expiry moved):

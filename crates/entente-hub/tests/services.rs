@@ -361,6 +361,55 @@ async fn renew(client: &Client, csr: Vec<u8>) -> Result<RenewResponse, Status> {
     client.unary(RENEW_PATH, RenewRequest { csr }).await
 }
 
+/// An agent renewing its certificate past half its key bundle's life gets the bundle signed
+/// again for a fresh validity (same keys, same epoch), stored as its latest, so that it never
+/// outlives its bundle; one renewing earlier gets the bundle as it is.
+#[tokio::test]
+async fn a_renewal_past_half_the_key_bundles_life_extends_it() {
+    let ca = TestCa::new();
+    let config = HubConfig {
+        key_bundle_ttl: Duration::from_secs(4),
+        ..config()
+    };
+    let (hub, store) = start_with_store(&ca, config).await;
+    let alice = enroll(&hub, "shop", "alice").await;
+    let first = alice.bundle.to_wire().clone();
+    let client = alice.connect(&hub).await;
+    let early = renew(&client, csr_asking_for(&alice.principal))
+        .await
+        .unwrap();
+    assert_eq!(early.key_bundle.as_ref(), Some(&first));
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let later = renew(&client, csr_asking_for(&alice.principal))
+        .await
+        .unwrap();
+    let wire = later.key_bundle.unwrap();
+    let bundle = KeyBundleIn::from_wire(wire.clone())
+        .unwrap()
+        .verify(ca.trust(), now_ms())
+        .unwrap();
+    assert_eq!(bundle.principal(), &alice.principal);
+    assert_eq!(bundle.epoch(), first.epoch);
+    assert_eq!(
+        (
+            wire.ed25519_public.as_slice(),
+            wire.x25519_public.as_slice()
+        ),
+        (
+            first.ed25519_public.as_slice(),
+            first.x25519_public.as_slice()
+        )
+    );
+    assert!(wire.not_after_ms >= first.not_after_ms + 2000, "{wire:?}");
+    let (epoch, stored) = store
+        .latest_key_bundle(alice.principal.as_str())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((epoch, stored), (first.epoch, entente_wire::encode(&wire)));
+}
+
 #[tokio::test]
 async fn renewal_keeps_a_session_up_past_the_first_certificate_and_an_unrenewed_one_expires() {
     // Six-second certificates.
