@@ -153,11 +153,15 @@ fn tail(
 }
 
 /// `entente audit export`: writes the export, its checkpoint beside it, and says how to verify
-/// it. When a checkpoint is kept beside `out` already (an earlier export's), the new export
-/// is downloaded aside ([`pending_file`]) and replaces `out` and its checkpoint only if it
-/// extends the kept one, as `verify --known` checks ([`check`]) under the hub's checkpoint
-/// keys; otherwise both old files stay as they were, the new export stays aside, and the
-/// command fails: the one file that would show a log cut back or rewritten is never lost.
+/// it. The export is verified ([`check`]) under the hub's checkpoint keys, and the checkpoint
+/// kept is its own latest one, never a note the hub sends beside it (a hub rewriting its log
+/// could send an old one, and the kept checkpoint would never move on); one that does not
+/// verify keeps no checkpoint, and the command fails. When a checkpoint is kept beside `out`
+/// already (an earlier export's), the new export is downloaded aside ([`pending_file`]) and
+/// replaces `out` and its checkpoint only if it also extends the kept one, as `verify
+/// --known` checks; otherwise both old files stay as they were, the new export stays aside,
+/// and the command fails: the one file that would show a log cut back or rewritten is never
+/// lost.
 fn export(at: &At, out: &Path, json: bool) -> Result<ExitCode> {
     let kept = checkpoint_file(out);
     // A regular file only: a link there is replaced, never followed (what it leads to is
@@ -175,29 +179,31 @@ fn export(at: &At, out: &Path, json: bool) -> Result<ExitCode> {
             let exported = client.audit_export(&download).await?;
             // Asked after the export, so that every key that signed a checkpoint of it is
             // there (a key is never dropped, only added by a rotation).
-            let keys = if has_kept {
-                let keys = client
-                    .keys(None)
-                    .await
-                    .context("reading the hub's checkpoint keys")?;
-                std::iter::once(keys.audit_key)
-                    .chain(keys.audit_trusted)
-                    .collect()
-            } else {
-                Vec::new()
-            };
+            let keys = client
+                .keys(None)
+                .await
+                .context("reading the hub's checkpoint keys")?;
+            let keys: Vec<String> = std::iter::once(keys.audit_key)
+                .chain(keys.audit_trusted)
+                .collect();
             Ok::<_, anyhow::Error>((key, exported, keys))
         }
         .await;
         client.close().await;
         let (key, exported, keys) = result?;
-        let size = CheckpointIn::parse(&exported.checkpoint)
-            .context("the checkpoint the hub sent with the export is malformed")?
-            .size();
-        if has_kept {
-            if let Err(failure) = extends_kept(&download, &kept, &keys) {
-                return Ok(refuse(failure, out, &kept, (&download, size), json));
+        let claimed = CheckpointIn::parse(&exported.checkpoint)
+            .map(|checkpoint| checkpoint.size())
+            .unwrap_or_default();
+        let known = if has_kept { Some(kept.as_path()) } else { None };
+        let latest = match verified_latest(&download, known, &keys) {
+            Ok(latest) => latest,
+            Err(failure) if has_kept => {
+                return Ok(refuse(failure, out, &kept, (&download, claimed), json));
             }
+            Err(failure) => return Ok(unverified(failure, out, json)),
+        };
+        let size = latest.size();
+        if has_kept {
             std::fs::rename(&download, out).with_context(|| {
                 format!(
                     "replacing `{}` with the new export `{}`",
@@ -219,7 +225,7 @@ fn export(at: &At, out: &Path, json: bool) -> Result<ExitCode> {
         entente_keystore::local::files::replace(
             dir,
             name,
-            exported.checkpoint.as_bytes(),
+            latest.as_str().as_bytes(),
             &aws_lc_rs::rand::SystemRandom::new(),
         )
         .with_context(|| format!("writing `{}`", kept.display()))?;
@@ -230,7 +236,7 @@ fn export(at: &At, out: &Path, json: bool) -> Result<ExitCode> {
                 "size": size,
                 "verifier_key": key,
                 "checkpoint_file": kept.display().to_string(),
-                "checkpoint": exported.checkpoint,
+                "checkpoint": latest.as_str(),
                 "extends_kept": has_kept,
             }));
         } else {
@@ -258,8 +264,12 @@ fn export(at: &At, out: &Path, json: bool) -> Result<ExitCode> {
 }
 
 /// Checks that the export `download` verifies under the hub's checkpoint `keys` and extends
-/// the checkpoint kept in `kept`, as `verify --known` does.
-fn extends_kept(download: &Path, kept: &Path, keys: &[String]) -> Result<(), Failure> {
+/// the checkpoint kept in `kept`, if any, as `verify --known` does; its latest checkpoint.
+fn verified_latest(
+    download: &Path,
+    kept: Option<&Path>,
+    keys: &[String],
+) -> Result<Checkpoint, Failure> {
     let keys = keys
         .iter()
         .map(|key| VerifierKey::parse(key))
@@ -271,7 +281,21 @@ fn extends_kept(download: &Path, kept: &Path, keys: &[String]) -> Result<(), Fai
                 json!({}),
             )
         })?;
-    check(download, &verifier_of(&keys), &[kept.to_path_buf()], &[]).map(drop)
+    let known: Vec<PathBuf> = kept.map(Path::to_path_buf).into_iter().collect();
+    check(download, &verifier_of(&keys), &known, &[]).map(|verified| verified.latest)
+}
+
+/// Reports why `export` kept no checkpoint beside the first export `out`: it does not verify
+/// under the hub's checkpoint keys. Returns the exit code of a failed check.
+fn unverified(failure: Failure, out: &Path, json: bool) -> ExitCode {
+    let message = format!(
+        "the export `{}` does not verify under the hub's checkpoint keys: {}; no checkpoint \
+         was kept beside it",
+        out.display(),
+        failure.message
+    );
+    Failure::new(failure.kind, message, failure.at)
+        .report(("export", out.display().to_string().into()), json)
 }
 
 /// Reports why `export` did not replace `out` and the checkpoint `kept` with the export
