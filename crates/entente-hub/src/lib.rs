@@ -419,5 +419,5 @@ pub use refusal::RefusalCode;
 pub use reply::{MAX_REPLY_GRANTS, MAX_REPLY_WAIT};
 pub use rollover::{CA_ROLLOVER_KEY, load_ca};
 pub use rpc::{DIRECTORY_PATH, ENROLL_PATH, RENEW_PATH};
-pub use server::{Hub, HubHandle, SESSION_PATH};
+pub use server::{Hub, HubHandle, MAX_ENROLL_REQUEST_BYTES, SESSION_PATH};
 pub use stats::HubStats;

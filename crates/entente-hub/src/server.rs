@@ -1060,6 +1060,12 @@ async fn close_after_alert(mut tcp: TcpStream) {
     let _ = tokio::time::timeout(REFUSED_LINGER, drain).await;
 }
 
+/// The most an enrollment request may declare: a join token, a CSR of about 300 bytes and two
+/// public keys fit many times over. Anyone may open enrollment connections, so what each of
+/// their streams may have the hub buffer stays small (the frame limit would let a peer with no
+/// credential hold megabytes per stream).
+pub const MAX_ENROLL_REQUEST_BYTES: usize = 16 * 1024;
+
 /// An enrollment connection: no client identity, so [`ENROLL_PATH`] is all it serves; every
 /// other request is `UNIMPLEMENTED`. It lives at most [`ENROLL_LIFETIME`], and not past
 /// shutdown.
@@ -1081,33 +1087,40 @@ async fn serve_enroll(shared: &Shared, stream: TlsStream) {
                         .into_http::<Body>(),
                 );
             }
-            Ok(unary(limits, request, move |enroll_request| {
-                let services = services.clone();
-                let calls = calls.clone();
-                async move {
-                    // A token spent, a certificate issued and stored, then the record: a reset
-                    // stream, the connection's end or the hub's stop must not cut it between.
-                    let tasks = services.call_tasks.clone();
-                    let (Ok(call), Ok(task)) =
-                        (calls.acquire_owned().await, tasks.acquire_owned().await)
-                    else {
-                        return Err(Status::unavailable("the hub is stopping"));
-                    };
-                    tokio::spawn(async move {
-                        let answer = enroll::enroll(&services, enroll_request, SystemTime::now())
-                            .await
-                            .map_err(|e| e.status());
-                        drop((call, task));
-                        answer
-                    })
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::error!(error = %e, "an enrollment's task failed");
-                        Err(Status::internal("the enrollment failed"))
-                    })
-                }
-            })
-            .await)
+            // Decoded into a buffer of the size its header declares: anyone may send one, so
+            // a request may declare no more than an enrollment needs (the answer, with the
+            // revocation list, may take the frame limit).
+            let max_request = limits.max_frame_bytes.min(MAX_ENROLL_REQUEST_BYTES);
+            Ok(
+                unary((limits, max_request), request, move |enroll_request| {
+                    let services = services.clone();
+                    let calls = calls.clone();
+                    async move {
+                        // A token spent, a certificate issued and stored, then the record: a reset
+                        // stream, the connection's end or the hub's stop must not cut it between.
+                        let tasks = services.call_tasks.clone();
+                        let (Ok(call), Ok(task)) =
+                            (calls.acquire_owned().await, tasks.acquire_owned().await)
+                        else {
+                            return Err(Status::unavailable("the hub is stopping"));
+                        };
+                        tokio::spawn(async move {
+                            let answer =
+                                enroll::enroll(&services, enroll_request, SystemTime::now())
+                                    .await
+                                    .map_err(|e| e.status());
+                            drop((call, task));
+                            answer
+                        })
+                        .await
+                        .unwrap_or_else(|e| {
+                            tracing::error!(error = %e, "an enrollment's task failed");
+                            Err(Status::internal("the enrollment failed"))
+                        })
+                    }
+                })
+                .await,
+            )
         }
     });
     let builder = h2_builder(&shared.config);
@@ -1834,7 +1847,7 @@ where
     if let Err(status) = crate::calls::check(&services, &caller.principal, &watch) {
         return status.into_http();
     }
-    unary(limits, request, move |req| {
+    unary((limits, limits.max_frame_bytes), request, move |req| {
         let answer = handler(services.clone(), caller.clone(), req);
         let (calls, tasks) = (caller.calls.clone(), services.call_tasks.clone());
         let watch = watch.clone();
@@ -1874,9 +1887,10 @@ fn status<T>(result: Result<T, RpcError>) -> Result<T, Status> {
     result.map_err(|e| e.status())
 }
 
-/// Serves a unary request: decodes `Req` under `limits`, answers with `handler`'s response.
+/// Serves a unary request: decodes `Req` under `limits`, of at most `max_request` bytes,
+/// answers with `handler`'s response.
 async fn unary<Req, Resp, F, Fut>(
-    limits: Limits,
+    (limits, max_request): (Limits, usize),
     request: http::Request<Incoming>,
     handler: F,
 ) -> http::Response<Body>
@@ -1887,7 +1901,7 @@ where
     Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
 {
     let mut grpc = Grpc::new(BoundedCodec::<Resp, Req>::new(limits))
-        .max_decoding_message_size(limits.max_frame_bytes)
+        .max_decoding_message_size(max_request)
         .max_encoding_message_size(limits.max_frame_bytes);
     grpc.unary(Unary(handler), request).await
 }

@@ -180,6 +180,27 @@ async fn unknown_and_malformed_tokens_are_refused() {
     assert_eq!(hub.stats().enroll_refusals, 5);
 }
 
+/// Anyone may send an enrollment, so one may not declare more than an enrollment needs
+/// (`MAX_ENROLL_REQUEST_BYTES`), whatever the frame limit: a peer with no credential can't have
+/// the hub buffer megabytes per stream. A request within it is served.
+#[tokio::test]
+async fn an_enrollment_request_larger_than_an_enrollment_needs_is_refused() {
+    let ca = TestCa::new();
+    let (hub, _store) = start_with_store(&ca, config()).await;
+    let mut large = Enrollment::new().request("ent_x");
+    large.csr = vec![0; entente_hub::MAX_ENROLL_REQUEST_BYTES];
+    let status = enroll_raw(&hub, large).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert_eq!(hub.stats().enroll_refusals, 0, "refused before it was read");
+    let token = hub
+        .create_token(agent_id(&ca, "shop", "alice"), TTL)
+        .await
+        .unwrap();
+    enroll_raw(&hub, Enrollment::new().request(token.as_str()))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_bad_csr_or_bad_keys_are_refused_without_spending_the_token() {
     let ca = TestCa::new();
