@@ -218,7 +218,9 @@ async fn revoke_grant_inner<R>(
         Action::Revoke,
         &holder,
         now_ms,
-        &format!("ending grant {id} of `{holder}`"),
+        // Not naming the holder: a caller not permitted to end the grant is not told whose
+        // it is (`ListGrants` shows others' grants only to those who may see them).
+        &format!("ending grant {id}"),
     )?;
     let grant = services
         .authz
@@ -363,9 +365,10 @@ async fn approve_inner<R>(
     // The requester may withdraw its own request; approving it the book refuses (separation
     // of duties), whatever the policies say. Anyone else needs `approve` on the requester.
     if requester != caller.principal {
+        // Not naming the requester, as a refused `RevokeGrant` names no holder.
         let what = match verdict {
-            Verdict::Approve => format!("approving request {id} of `{requester}`"),
-            Verdict::Reject => format!("rejecting request {id} of `{requester}`"),
+            Verdict::Approve => format!("approving request {id}"),
+            Verdict::Reject => format!("rejecting request {id}"),
         };
         permit(services, caller, Action::Approve, &requester, now_ms, &what)?;
     }
