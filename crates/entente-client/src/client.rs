@@ -23,7 +23,7 @@
 
 use std::cell::RefCell;
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::mem;
 use std::pin::Pin;
@@ -36,7 +36,7 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use entente_crypto::{SealerOptions, TAG_LEN, VerifiedKeyBundle};
 use entente_hub::handoff;
 use entente_types::namespace::{self, ReplyNamespace};
-use entente_types::{Channel, ChannelPattern, Principal};
+use entente_types::{Channel, ChannelPattern, MessageId, Principal};
 use entente_wire::{
     ClientFrame, Deliver, DirectoryRequest, DurableAck, Held, KeyBundle, ServerFrame, Subscribe,
     Unsubscribe, client_frame, server_frame,
@@ -334,8 +334,10 @@ struct SubscriptionEntry {
     /// yet): queued then, in order.
     early: Mutex<Early>,
     inbox: Mutex<Inbox>,
-    /// Durable subscriptions: messages of each stored entry not yet acknowledged.
-    unacked: Option<Mutex<HashMap<u64, usize>>>,
+    /// Durable subscriptions: the messages of each stored entry not yet acknowledged, by ID
+    /// (a redelivery keeps what is left of the first delivery's; an ID acknowledged twice, or
+    /// once per delivery, counts once).
+    unacked: Option<Mutex<HashMap<u64, HashSet<MessageId>>>>,
     /// The session's subscription to its own reply namespace: the reader hands each reply
     /// straight to the request waiting for it, with no queue and no task in between.
     replies: bool,
@@ -633,17 +635,14 @@ impl Client {
         };
         let done = entry.unacked.as_ref().is_some_and(|unacked| {
             let mut unacked = unacked.lock().unwrap_or_else(PoisonError::into_inner);
-            match unacked.get_mut(&durable.sequence) {
-                Some(left) if *left > 1 => {
-                    *left -= 1;
-                    false
-                }
-                Some(_) => {
-                    unacked.remove(&durable.sequence);
-                    true
-                }
-                None => false,
+            let Some(left) = unacked.get_mut(&durable.sequence) else {
+                return false;
+            };
+            if !left.remove(&message.message_id) || !left.is_empty() {
+                return false;
             }
+            unacked.remove(&durable.sequence);
+            true
         });
         if done {
             self.send_ack(durable.subscription, vec![durable.sequence])
@@ -2603,25 +2602,6 @@ async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) -> bo
             .unwrap_or_else(PoisonError::into_inner)
             .open(deliver, &lookup, now)
     };
-    if durable && let Some(unacked) = &entry.unacked {
-        let mut count = 0;
-        for message in opened.items.iter_mut().flatten() {
-            message.durable = Some(DurableDelivery {
-                subscription: id,
-                sequence,
-                attempt,
-            });
-            count += 1;
-        }
-        // An entry none of whose messages open is not acknowledged: it is delivered again,
-        // then goes to the dead-letter log, where the operator sees it.
-        if count > 0 {
-            unacked
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(sequence, count);
-        }
-    }
     // A batch of replies reaches every subscription matching one of its replies: each one
     // gets only the replies its pattern matches.
     let before = opened.items.len();
@@ -2635,6 +2615,27 @@ async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) -> bo
         }
         Err(_) => true,
     });
+    if durable && let Some(unacked) = &entry.unacked {
+        let mut ids = HashSet::new();
+        for message in opened.items.iter_mut().flatten() {
+            message.durable = Some(DurableDelivery {
+                subscription: id,
+                sequence,
+                attempt,
+            });
+            ids.insert(message.message_id);
+        }
+        // An entry none of whose messages open is not acknowledged: it is delivered again,
+        // then goes to the dead-letter log, where the operator sees it. A redelivery keeps
+        // what is left to acknowledge of the entry: messages acknowledged once are done.
+        if !ids.is_empty() {
+            unacked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(sequence)
+                .or_insert(ids);
+        }
+    }
     let unmatched = (before - opened.items.len()) as u64;
     let s = &shared.stats;
     stats::add(&s.replies_unmatched, unmatched);

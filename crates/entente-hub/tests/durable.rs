@@ -289,6 +289,50 @@ async fn a_consumer_away_past_the_messages_lifetime_gets_them_refused_as_expired
     nothing_within(&mut orders, Duration::from_secs(1)).await;
 }
 
+/// An entry of several messages is acknowledged to the hub once each of them is: a message
+/// acknowledged twice counts once, so the entry comes again while another of its messages is
+/// unacknowledged, and once that one is acknowledged too (in the redelivery) it comes no more.
+#[tokio::test]
+async fn an_entry_is_acknowledged_once_each_of_its_messages_is() {
+    const ACK_WAIT: Duration = Duration::from_secs(3);
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir, orders(|c| c.ack_wait = ACK_WAIT)).await;
+    let alice = hub.connect_agent("shop", "alice").await.unwrap();
+    let mut orders = alice.subscribe_durable("orders.eu", "alice").await.unwrap();
+    let bob_id = hub.enroll("shop", "bob").await.unwrap();
+    let options = ClientOptions::new().linger(Duration::from_millis(300));
+    let bob = hub.connect_with(bob_id, options).await.unwrap();
+    // Both in one batch: one stored entry.
+    let first = bob.enqueue("orders.eu", "first").await.unwrap();
+    let second = bob.enqueue("orders.eu", "second").await.unwrap();
+    first.await.unwrap();
+    second.await.unwrap();
+    assert_eq!(hub.stats().durable_stored, 1);
+
+    let one = next(&mut orders).await;
+    let two = next(&mut orders).await;
+    assert_eq!(one.durable.unwrap().sequence, two.durable.unwrap().sequence);
+    alice.ack(&one).await.unwrap();
+    alice.ack(&one).await.unwrap();
+    // Not done: delivered again, both messages, after `ack_wait`.
+    let again = tokio::time::timeout(ACK_WAIT + entente_testkit::WAIT, orders.next())
+        .await
+        .expect("a redelivery")
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.durable.unwrap().attempt, 2);
+    let more = next(&mut orders).await;
+    // The one left is acknowledged (from the redelivery): the entry is done.
+    let left = if again.payload == b"second" {
+        again
+    } else {
+        more
+    };
+    assert_eq!(left.payload, b"second");
+    alice.ack(&left).await.unwrap();
+    nothing_within(&mut orders, ACK_WAIT + Duration::from_secs(1)).await;
+}
+
 #[tokio::test]
 async fn a_full_channel_refuses_publishers_and_consumers_are_bound_to_their_owner() {
     let dir = TempDir::new().unwrap();
