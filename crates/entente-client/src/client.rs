@@ -1720,6 +1720,31 @@ impl Shared {
         send_detached(commands, frame);
     }
 
+    /// Sends the unsubscribe of subscription `id` again in `after` (at least a millisecond,
+    /// at most a minute), its answer going to `done`.
+    fn unsubscribe_later(&self, id: u64, done: Option<Waiter>, after: Duration) {
+        if self
+            .register(id, Pending::Unsubscribe { done }, None)
+            .is_err()
+        {
+            return;
+        }
+        let Some(commands) = self.commands.upgrade() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let after = after.clamp(Duration::from_millis(1), Duration::from_secs(60));
+        runtime.spawn(async move {
+            tokio::time::sleep(after).await;
+            let frame = Command::Frame(client_frame::Kind::Unsubscribe(Unsubscribe {
+                subscription_id: id,
+            }));
+            let _ = commands.send(frame).await;
+        });
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -1901,8 +1926,18 @@ impl Shared {
                 }
             })
         };
+        let limited = refusal.as_ref().and_then(|(code, _, retry_after_ms)| {
+            (RefusalCode::from_u32(*code) == Some(RefusalCode::RateLimited))
+                .then(|| Duration::from_millis(*retry_after_ms))
+        });
         match pending {
             None => {}
+            // An unsubscribe the hub refused for a rate limit is sent again once it may be: the
+            // subscription is gone here already, so the hub must not keep delivering to it (nor
+            // keep its durable consumer held). Its caller, if any, waits for that answer.
+            Some(Pending::Unsubscribe { done }) if let Some(after) = limited => {
+                self.unsubscribe_later(id, done, after);
+            }
             Some(Pending::Subscribe { pattern, done }) => {
                 let _ = done.send(match refused(format!("the subscription to `{pattern}`")) {
                     Some(e) => Err(e),

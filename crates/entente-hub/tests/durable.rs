@@ -333,6 +333,52 @@ async fn an_entry_is_acknowledged_once_each_of_its_messages_is() {
     nothing_within(&mut orders, ACK_WAIT + Duration::from_secs(1)).await;
 }
 
+/// A durable subscription dropped while its agent is over its rate of subscribe and
+/// unsubscribe frames is unsubscribed at the hub all the same: the SDK sends the refused
+/// unsubscribe again once the limit lets it, so the consumer is let go and can be held again
+/// (were it kept, subscribing to it again would be refused as a duplicate for good).
+#[tokio::test]
+async fn a_subscription_dropped_over_the_rate_limit_is_unsubscribed_all_the_same() {
+    let dir = TempDir::new().unwrap();
+    let streams = dir.path().join("streams");
+    let hub = TestHub::builder()
+        .policies(POLICIES)
+        .config(move |c| {
+            c.streams = vec![orders(|_| {})];
+            c.streams_dir = Some(streams);
+            c.rate_limits.agent_subscriptions = Some(entente_hub::Rate {
+                per_second: 1,
+                burst: 2,
+            });
+        })
+        .start()
+        .await
+        .unwrap();
+    let alice = hub.connect_agent("shop", "alice").await.unwrap();
+    let consumer = alice.subscribe_durable("orders.>", "alice").await.unwrap();
+    let _other = alice.subscribe("orders.other").await.unwrap();
+    // The bucket is empty: this unsubscribe is refused, then sent again.
+    drop(consumer);
+    let deadline = tokio::time::Instant::now() + entente_testkit::WAIT;
+    loop {
+        match alice.subscribe_durable("orders.>", "alice").await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(
+                    e.refusal_code() == Some(RefusalCode::RateLimited)
+                        || e.refusal_code() == Some(RefusalCode::DuplicateSubscription),
+                    "{e}"
+                );
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the consumer is still held: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_full_channel_refuses_publishers_and_consumers_are_bound_to_their_owner() {
     let dir = TempDir::new().unwrap();
