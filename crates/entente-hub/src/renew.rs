@@ -136,6 +136,13 @@ async fn renew_inner<R>(
     if let Some(reason) = caller.control.reason() {
         return Err(RpcError::Closed(reason));
     }
+    // The connection's timer, on a clock that stops while the host sleeps, may not have
+    // closed it yet: a certificate past its end by the wall clock renews nothing.
+    if caller.control.expires_at().is_some_and(|end| end <= now) {
+        return Err(RpcError::Closed(
+            crate::control::CloseReason::CertificateExpired,
+        ));
+    }
     let principal = &caller.principal;
     if services
         .revocations

@@ -51,6 +51,9 @@ pub const BOOK_VERSION: u32 = 1;
 pub const HARD_MAX_GRANTS: usize = 16_384;
 /// The most requests (pending, decided or lapsed) a book keeps, whatever its limits say.
 pub const HARD_MAX_REQUESTS: usize = 4_096;
+/// Closed requests a requester keeps in the book per request it may have pending
+/// ([`GrantBook::max_closed_per_principal`]).
+const CLOSED_PER_PENDING: usize = 4;
 
 const SECOND_MS: u64 = 1_000;
 const MINUTE_MS: u64 = 60 * SECOND_MS;
@@ -686,6 +689,20 @@ impl GrantBook {
                 max: self.limits.max_pending_per_segment,
             });
         }
+        // A requester's closed requests are kept up to a few times as many as it may have
+        // pending, its own oldest going first: one that asks and withdraws without end neither
+        // grows the book (each change of which is stored whole) nor pushes others' out.
+        let closed: Vec<(u64, RequestId)> = self
+            .requests
+            .values()
+            .filter(|r| r.requester == new.requester && !r.is_pending_at(now_ms))
+            .map(|r| (r.expires_at_ms, r.id))
+            .collect();
+        if closed.len() >= self.max_closed_per_principal()
+            && let Some(&(_, oldest)) = closed.iter().min()
+        {
+            self.requests.remove(&oldest);
+        }
         if self.requests.len() >= self.limits.max_requests && !self.forget_oldest_closed(now_ms) {
             return Err(GrantError::TooManyRequests(self.limits.max_requests));
         }
@@ -957,6 +974,15 @@ impl GrantBook {
             });
         }
         Ok(())
+    }
+
+    /// How many closed requests of one requester the book keeps: four times as many as it may
+    /// have pending.
+    pub fn max_closed_per_principal(&self) -> usize {
+        self.limits
+            .max_pending_per_principal
+            .saturating_mul(CLOSED_PER_PENDING)
+            .max(1)
     }
 
     /// Drops the closed (decided or lapsed) request that expires first, to make room.

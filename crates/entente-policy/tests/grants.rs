@@ -715,6 +715,26 @@ fn the_requester_may_withdraw_by_rejecting() {
     );
 }
 
+/// A requester asking and withdrawing without end keeps a bounded number of closed requests
+/// in the book, its own oldest going first, and the latest stays.
+#[test]
+fn a_requester_keeps_a_bounded_number_of_closed_requests() {
+    let mut w = world();
+    let max = w.book.max_closed_per_principal();
+    let mut last = None;
+    for i in 0..3 * max as u64 {
+        let request = w.request("demo-read", HOUR, NOW + i).unwrap();
+        let withdraw = w.alice.rejects(&request, NOW + i);
+        w.book
+            .decide(&w.policies, request.id, &withdraw, NOW + i)
+            .unwrap();
+        last = Some(request.id);
+    }
+    let kept: Vec<_> = w.book.requests().map(|r| r.id).collect();
+    assert!(kept.len() <= max, "{} kept, at most {max}", kept.len());
+    assert!(kept.contains(&last.unwrap()));
+}
+
 #[test]
 fn deciding_unknown_or_expired_requests_is_an_error() {
     let mut w = world();
