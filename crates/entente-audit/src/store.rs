@@ -135,9 +135,17 @@ pub(crate) fn read_tree(mut r: impl Read, file: &'static str) -> Result<TreeFram
         }
         let [kind, l0, l1, l2, l3] = head;
         let len = u32::from_be_bytes([l0, l1, l2, l3]) as usize;
+        let torn = TreeFrames {
+            entries: Vec::new(),
+            torn_at: Some(offset),
+        };
         let max = match kind {
             LEAF_FRAME => crate::leaf::LEAF_LEN,
             CHECKPOINT_FRAME => MAX_NOTE_LEN,
+            // Zeros to the end: space a power loss left allocated, never written.
+            _ if zeros_to_end(&head, &mut r).map_err(|e| AuditError::io("read", file, e))? => {
+                return Ok(TreeFrames { entries, ..torn });
+            }
             _ => return Err(corrupt(offset, "unknown frame type")),
         };
         if len > max || (kind == LEAF_FRAME && len != max) {
@@ -156,6 +164,10 @@ pub(crate) fn read_tree(mut r: impl Read, file: &'static str) -> Result<TreeFram
         framed.extend_from_slice(&head);
         framed.extend_from_slice(body);
         if Hash::of(&framed).0.get(..CHECK_LEN) != Some(check) {
+            // A header that reached the disk, its frame not (zeros to the end): torn.
+            if zeros_to_end(&rest, &mut r).map_err(|e| AuditError::io("read", file, e))? {
+                return Ok(TreeFrames { entries, ..torn });
+            }
             return Err(corrupt(offset, "check value mismatch"));
         }
         let end = offset + (5 + len + CHECK_LEN) as u64;
@@ -211,7 +223,12 @@ impl<R: Read> RecordReader<R> {
             4 => {}
             _ => return Ok(NextRecord::Torn),
         }
+        let len_bytes = len;
         let len = u32::from_be_bytes(len) as usize;
+        if len == 0 && zeros_to_end(&len_bytes, &mut self.r).map_err(io)? {
+            // Zeros to the end: space a power loss left allocated, never written.
+            return Ok(NextRecord::Torn);
+        }
         if len == 0 || len > MAX_RECORD_LEN {
             return Err(AuditError::Corrupt {
                 file: self.file,
@@ -233,6 +250,13 @@ impl<R: Read> RecordReader<R> {
             reason,
         };
         if hash.0.get(..CHECK_LEN) != Some(check.as_slice()) {
+            // A length that reached the disk, its record not (zeros to the end): torn.
+            if rest.iter().chain(&check).all(|&b| b == 0)
+                && zeros_to_end(&[], &mut self.r)
+                    .map_err(|e| AuditError::io("read", self.file, e))?
+            {
+                return Ok(NextRecord::Torn);
+            }
             return Err(corrupt("check value mismatch".into()));
         }
         Record::from_bytes(&rest).map_err(|e| corrupt(e.to_string()))?;
@@ -443,6 +467,27 @@ pub(crate) fn scan(
 }
 
 /// Reads until `buf` is full or the input ends; returns how many bytes were read.
+/// Whether `read` (the bytes read of the frame in hand) and everything left in `r` are zeros:
+/// the tail of a file a power loss extended without writing it. Reads `r` to its end.
+fn zeros_to_end(read: &[u8], r: &mut impl Read) -> io::Result<bool> {
+    if read.iter().any(|&b| b != 0) {
+        return Ok(false);
+    }
+    let mut buf = [0u8; 8192];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => {
+                if buf.get(..n).is_some_and(|b| b.iter().any(|&x| x != 0)) {
+                    return Ok(false);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while let Some(rest) = buf.get_mut(n..) {

@@ -323,6 +323,52 @@ fn crash_at_every_byte_of_the_last_append() {
     assert_eq!(open(&copy, 3).unwrap().checkpoint(), &after);
 }
 
+/// A power loss can leave a file longer than what reached it, the rest zeros (after a frame's
+/// header, or after the last whole frame): a torn tail, cut and kept as a crash's, not damage
+/// that keeps the hub from starting. Zeros followed by anything else are still damage.
+#[test]
+fn zeros_a_power_loss_left_at_a_files_end_are_a_torn_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let mut log = create(&dir, 1000);
+    log.append_all(&(0..3).map(decision).collect::<Vec<_>>())
+        .unwrap();
+    drop(log);
+    let records = fs::read(dir.join("records")).unwrap();
+    let tree = fs::read(dir.join("tree")).unwrap();
+    let zeros = vec![0u8; 5000];
+    // Zeros after the last frames; then a record's length and a tree frame's header, each
+    // followed by zeros.
+    let record_head = 40u32.to_be_bytes();
+    let tree_head = [b'C', 0, 0, 1, 0];
+    for (records_tail, tree_tail) in [
+        (zeros.clone(), zeros.clone()),
+        (
+            [&record_head[..], &zeros].concat(),
+            [&tree_head[..], &zeros].concat(),
+        ),
+    ] {
+        fs::write(
+            dir.join("records"),
+            [records.as_slice(), &records_tail].concat(),
+        )
+        .unwrap();
+        fs::write(dir.join("tree"), [tree.as_slice(), &tree_tail].concat()).unwrap();
+        let log = open(&dir, 1000).unwrap();
+        assert_eq!(log.record_count(), 3);
+        let recovery = log.recovery().unwrap().clone();
+        assert_eq!(recovery.records_torn_at, Some(records.len() as u64));
+        assert_eq!(recovery.tree_torn_at, Some(tree.len() as u64));
+        drop(log);
+        assert_eq!(fs::read(dir.join("records")).unwrap(), records);
+        assert_eq!(fs::read(dir.join("tree")).unwrap(), tree);
+    }
+    // Zeros, then something else: not a torn tail.
+    let damaged = [zeros.as_slice(), &[7]].concat();
+    fs::write(dir.join("records"), [records.as_slice(), &damaged].concat()).unwrap();
+    assert!(open(&dir, 1000).is_err());
+}
+
 /// A damaged length field in a pending record near the end reads as a torn write: what is
 /// cut is kept beside the log, byte for byte and owner-only, and the recovery names it.
 #[test]
