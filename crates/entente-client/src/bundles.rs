@@ -158,6 +158,18 @@ impl KeyBundleCache {
 
     /// Notes that `principals` were looked up in the directory at `now_ms`.
     pub(crate) fn looked_up(&self, principals: &[Principal], now_ms: u64) {
+        self.tried(principals, now_ms, true);
+    }
+
+    /// Notes that a lookup of `principals` failed at `now_ms` (the call refused, timed out,
+    /// or the hub has no directory): not tried again within [`LOOKUP_AGAIN_MS`] either, so
+    /// that a peer naming key epochs that don't exist costs at most a lookup a second
+    /// whatever becomes of it; nothing is taken as refreshed.
+    pub(crate) fn lookup_failed(&self, principals: &[Principal], now_ms: u64) {
+        self.tried(principals, now_ms, false);
+    }
+
+    fn tried(&self, principals: &[Principal], now_ms: u64, answered: bool) {
         let mut state = self.lock();
         if state.looked_up.len().saturating_add(principals.len()) > MAX_LOOKUPS_KEPT {
             state
@@ -169,7 +181,9 @@ impl KeyBundleCache {
         }
         for principal in principals {
             state.looked_up.insert(principal.clone(), now_ms);
-            state.refreshed(principal, now_ms);
+            if answered {
+                state.refreshed(principal, now_ms);
+            }
         }
     }
 
@@ -345,6 +359,12 @@ mod tests {
         cache.looked_up(std::slice::from_ref(bob), now);
         assert!(!cache.worth_looking_up(bob, 999, now + LOOKUP_AGAIN_MS - 1));
         assert!(cache.worth_looking_up(bob, 999, now + LOOKUP_AGAIN_MS));
+        // Nor after a lookup that failed, which refreshes nothing.
+        let later = now + LOOKUP_AGAIN_MS;
+        cache.lookup_failed(std::slice::from_ref(bob), later);
+        assert!(!cache.worth_looking_up(bob, 999, later + LOOKUP_AGAIN_MS - 1));
+        assert!(cache.worth_looking_up(bob, 999, later + LOOKUP_AGAIN_MS));
+        assert_eq!(cache.lock().refreshed.get(bob), Some(&now));
         // The lookups remembered are bounded.
         let many: Vec<Principal> = (0..MAX_LOOKUPS_KEPT + 1)
             .map(|i| Principal::from(AgentId::new(&td, "ops", &format!("a{i}")).unwrap()))

@@ -2846,6 +2846,10 @@ async fn lookup_bundles(
             }
         }
         Err(e) => {
+            // Not asked again for a while either: a peer naming key epochs that don't exist
+            // must not cost a call per frame while calls fail (a receiver at its call limit
+            // would have its own risk raised by each).
+            shared.bundles.lookup_failed(principals, now_ms());
             for p in principals {
                 failures.insert(p.to_string(), e.duplicate());
             }
