@@ -164,8 +164,11 @@ pub(crate) fn read_tree(mut r: impl Read, file: &'static str) -> Result<TreeFram
         framed.extend_from_slice(&head);
         framed.extend_from_slice(body);
         if Hash::of(&framed).0.get(..CHECK_LEN) != Some(check) {
-            // A header that reached the disk, its frame not (zeros to the end): torn.
-            if zeros_to_end(&rest, &mut r).map_err(|e| AuditError::io("read", file, e))? {
+            // A frame's start that reached the disk, its end not (zeros from within it to the
+            // file's end): torn.
+            if zero_ended(&rest)
+                && zeros_to_end(&[], &mut r).map_err(|e| AuditError::io("read", file, e))?
+            {
                 return Ok(TreeFrames { entries, ..torn });
             }
             return Err(corrupt(offset, "check value mismatch"));
@@ -250,8 +253,9 @@ impl<R: Read> RecordReader<R> {
             reason,
         };
         if hash.0.get(..CHECK_LEN) != Some(check.as_slice()) {
-            // A length that reached the disk, its record not (zeros to the end): torn.
-            if rest.iter().chain(&check).all(|&b| b == 0)
+            // A record's start that reached the disk, its end not (zeros from within it to the
+            // file's end): torn.
+            if zero_ended(&check)
                 && zeros_to_end(&[], &mut self.r)
                     .map_err(|e| AuditError::io("read", self.file, e))?
             {
@@ -467,6 +471,13 @@ pub(crate) fn scan(
 }
 
 /// Reads until `buf` is full or the input ends; returns how many bytes were read.
+/// Whether a frame that fails its check ends in zeros: with nothing but zeros after it, what
+/// reached the disk is the frame's start, the rest space a power loss left unwritten (blocks
+/// reach the disk whole or not at all, wherever a frame ends in them).
+fn zero_ended(frame: &[u8]) -> bool {
+    frame.last() == Some(&0)
+}
+
 /// Whether `read` (the bytes read of the frame in hand) and everything left in `r` are zeros:
 /// the tail of a file a power loss extended without writing it. Reads `r` to its end.
 fn zeros_to_end(read: &[u8], r: &mut impl Read) -> io::Result<bool> {

@@ -341,12 +341,22 @@ fn zeros_a_power_loss_left_at_a_files_end_are_a_torn_tail() {
     // followed by zeros.
     let record_head = 40u32.to_be_bytes();
     let tree_head = [b'C', 0, 0, 1, 0];
+    // And a whole frame's first half, the rest zeros (the first record's frame, the tree's
+    // first frame, again).
+    let half = |file: &[u8], len: usize| {
+        let mut frame = file[..len].to_vec();
+        frame[len / 2..].fill(0);
+        [frame.as_slice(), &zeros].concat()
+    };
+    let record_len = 4 + u32::from_be_bytes(records[..4].try_into().unwrap()) as usize + 8;
+    let tree_len = 5 + u32::from_be_bytes(tree[1..5].try_into().unwrap()) as usize + 8;
     for (records_tail, tree_tail) in [
         (zeros.clone(), zeros.clone()),
         (
             [&record_head[..], &zeros].concat(),
             [&tree_head[..], &zeros].concat(),
         ),
+        (half(&records, record_len), half(&tree, tree_len)),
     ] {
         fs::write(
             dir.join("records"),

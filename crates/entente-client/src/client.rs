@@ -295,6 +295,14 @@ struct AwaitingReply<'a> {
     answered: bool,
 }
 
+/// The messages of one durable entry: those the application has yet to acknowledge, and those
+/// it has.
+#[derive(Debug, Default)]
+struct Unacked {
+    left: HashSet<MessageId>,
+    done: HashSet<MessageId>,
+}
+
 /// What an `Ack` or `Refusal` answers.
 #[derive(Debug)]
 enum Pending {
@@ -334,10 +342,10 @@ struct SubscriptionEntry {
     /// yet): queued then, in order.
     early: Mutex<Early>,
     inbox: Mutex<Inbox>,
-    /// Durable subscriptions: the messages of each stored entry not yet acknowledged, by ID
-    /// (a redelivery keeps what is left of the first delivery's; an ID acknowledged twice, or
-    /// once per delivery, counts once).
-    unacked: Option<Mutex<HashMap<u64, HashSet<MessageId>>>>,
+    /// Durable subscriptions: the messages of each stored entry not yet acknowledged, and
+    /// those acknowledged, by ID (a redelivery adds what opened now and was not acknowledged
+    /// before; an ID acknowledged twice, or once per delivery, counts once).
+    unacked: Option<Mutex<HashMap<u64, Unacked>>>,
     /// The session's subscription to its own reply namespace: the reader hands each reply
     /// straight to the request waiting for it, with no queue and no task in between.
     replies: bool,
@@ -635,10 +643,14 @@ impl Client {
         };
         let done = entry.unacked.as_ref().is_some_and(|unacked| {
             let mut unacked = unacked.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(left) = unacked.get_mut(&durable.sequence) else {
+            let Some(entry) = unacked.get_mut(&durable.sequence) else {
                 return false;
             };
-            if !left.remove(&message.message_id) || !left.is_empty() {
+            if !entry.left.remove(&message.message_id) {
+                return false;
+            }
+            entry.done.insert(message.message_id);
+            if !entry.left.is_empty() {
                 return false;
             }
             unacked.remove(&durable.sequence);
@@ -1721,7 +1733,7 @@ impl Shared {
     }
 
     /// Sends the unsubscribe of subscription `id` again in `after` (at least a millisecond,
-    /// at most a minute), its answer going to `done`.
+    /// at most a minute) to twice that, its answer going to `done`.
     fn unsubscribe_later(&self, id: u64, done: Option<Waiter>, after: Duration) {
         if self
             .register(id, Pending::Unsubscribe { done }, None)
@@ -1729,15 +1741,22 @@ impl Shared {
         {
             return;
         }
-        let Some(commands) = self.commands.upgrade() else {
-            return;
-        };
+        let commands = self.commands.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        // Spread over up to twice the wait: unsubscribes refused together are not all sent
+        // again at one instant (each would be refused but one, again and again).
+        let mut spread = [0u8; 2];
+        let _ = aws_lc_rs::rand::fill(&mut spread);
         let after = after.clamp(Duration::from_millis(1), Duration::from_secs(60));
+        let after = after + after.mul_f64(f64::from(u16::from_be_bytes(spread)) / 65_536.0);
         runtime.spawn(async move {
             tokio::time::sleep(after).await;
+            // A client gone meanwhile is not kept up by its unsubscribes.
+            let Some(commands) = commands.upgrade() else {
+                return;
+            };
             let frame = Command::Frame(client_frame::Kind::Unsubscribe(Unsubscribe {
                 subscription_id: id,
             }));
@@ -2661,14 +2680,16 @@ async fn deliver(shared: &Shared, transport: &Transport, deliver: Deliver) -> bo
             ids.insert(message.message_id);
         }
         // An entry none of whose messages open is not acknowledged: it is delivered again,
-        // then goes to the dead-letter log, where the operator sees it. A redelivery keeps
-        // what is left to acknowledge of the entry: messages acknowledged once are done.
+        // then goes to the dead-letter log, where the operator sees it. A redelivery adds to
+        // what is left to acknowledge what opened now (messages acknowledged once are done).
         if !ids.is_empty() {
-            unacked
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(sequence)
-                .or_insert(ids);
+            let mut unacked = unacked.lock().unwrap_or_else(PoisonError::into_inner);
+            let entry = unacked.entry(sequence).or_default();
+            let fresh: Vec<MessageId> = ids
+                .into_iter()
+                .filter(|id| !entry.done.contains(id))
+                .collect();
+            entry.left.extend(fresh);
         }
     }
     let unmatched = (before - opened.items.len()) as u64;

@@ -470,8 +470,12 @@ async fn a_grant_ended_early_ends_the_subscription_it_opened() {
     assert_eq!(bad.kind(), ErrorKind::InvalidInput, "{bad}");
     let denied = dan.revoke_grant(&grant.id, "mine now").await.unwrap_err();
     assert_eq!(denied.kind(), ErrorKind::Denied, "{denied}");
-    // Dan is not told whose grant it is.
+    // Dan is not told whose grant it is, nor why it is denied (which would name its segment).
     assert!(!denied.to_string().contains("eve"), "{denied}");
+    assert!(
+        denied.to_string().contains("the audit log says why"),
+        "{denied}"
+    );
 
     let gone = admin.revoke_grant(&grant.id, "INC-9 closed").await.unwrap();
     assert_eq!(gone.id, grant.id);

@@ -221,7 +221,8 @@ async fn revoke_grant_inner<R>(
         // Not naming the holder: a caller not permitted to end the grant is not told whose
         // it is (`ListGrants` shows others' grants only to those who may see them).
         &format!("ending grant {id}"),
-    )?;
+    )
+    .map_err(untold)?;
     let grant = services
         .authz
         .change_grants(&services.registry, |book, _| book.revoke(id))
@@ -370,7 +371,7 @@ async fn approve_inner<R>(
             Verdict::Approve => format!("approving request {id}"),
             Verdict::Reject => format!("rejecting request {id}"),
         };
-        permit(services, caller, Action::Approve, &requester, now_ms, &what)?;
+        permit(services, caller, Action::Approve, &requester, now_ms, &what).map_err(untold)?;
     }
     if verdict == Verdict::Approve && services.anomaly.quarantined(&requester).is_some() {
         return Err(RpcError::Precondition(format!(
@@ -750,6 +751,21 @@ fn permit<R>(
         stats::bump(&services.stats.denials);
     }
     decided
+}
+
+/// A denial of an act on another's grant or request, told without why: the reason names the
+/// holder's segment (a rule across segments) or the forbids that protect it, which a caller not
+/// permitted is not to learn. The audit record of the decision keeps the reason.
+fn untold(error: RpcError) -> RpcError {
+    match error {
+        RpcError::Denied(reason) => {
+            let what = reason.split(" is denied").next().unwrap_or_default();
+            RpcError::Denied(format!(
+                "{what} is denied: the policies do not permit it (the audit log says why)"
+            ))
+        }
+        other => other,
+    }
 }
 
 /// An agent or human of this hub's trust domain, not of the reserved segment.

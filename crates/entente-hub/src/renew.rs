@@ -71,7 +71,8 @@ pub(crate) async fn recorded<R>(
 /// renewing its certificate never outlives its bundle (its peers would refuse it, and its own
 /// SDK would refuse to load it). The stored bundle as it is when a new one would end no later
 /// (the CA's validity cuts both), and when it no longer verifies under the trust bundle (at
-/// the end of its life, if that has passed): the store is not taken on its word.
+/// the end of its life, if that has passed): the store is not taken on its word. Called under
+/// the agents lock; an extension is recorded (`extend-key-bundle`) before it is stored.
 async fn refreshed<R>(
     services: &Services<R>,
     principal: &Principal,
@@ -100,6 +101,17 @@ async fn refreshed<R>(
     let mut body = verified.body().clone();
     body.not_before_ms = rpc::unix_ms(now.checked_sub(crate::enroll::CLOCK_SKEW).unwrap_or(now));
     body.not_after_ms = not_after;
+    // On the record before it is in force.
+    let event = entente_audit::Event::Admin(entente_audit::Admin {
+        operation: crate::audit::clear("extend-key-bundle"),
+        target: crate::audit::clear(principal.as_str()),
+        detail: crate::audit::clear(&format!("epoch {epoch}, valid to {not_after} (Unix ms)")),
+    });
+    services
+        .authz
+        .auditor()
+        .submit(principal.as_str(), entente_audit::Outcome::Success, event)
+        .map_err(RpcError::Unaudited)?;
     let resigned = rpc::blocking(move || {
         ca.sign_key_bundle(body)
             .map_err(|e| RpcError::Ca(e.to_string()))
@@ -170,18 +182,6 @@ async fn renew_inner<R>(
         })
         .await?
     };
-    let key_bundle = match services
-        .registry
-        .latest_key_bundle(principal.as_str())
-        .await?
-    {
-        Some((epoch, bytes)) => {
-            let bundle = entente_wire::decode::<KeyBundle>(&bytes, &services.limits)
-                .map_err(|e| RpcError::Corrupt(format!("key bundle of `{principal}`: {e}")))?;
-            Some(refreshed(services, principal, epoch, bundle, now).await?)
-        }
-        None => None,
-    };
     // On the record before it is in force (its serial stored, the connection's expiry moved):
     // a renewal that can't be recorded is not made.
     let auditor = services.authz.auditor();
@@ -200,12 +200,26 @@ async fn renew_inner<R>(
 
     // Record the serial: read-modify-write under the agents lock (the certificate was issued
     // outside it, so a slow key store does not hold up other renewals and enrollments).
-    {
+    let key_bundle = {
         let _agents = services.agents.lock().await;
         let existing = services.registry.agent(principal.as_str()).await?;
         if existing.as_ref().is_some_and(|a| a.suspended) {
             return Err(RpcError::Suspended);
         }
+        // Read under the lock an enrollment stores a new epoch under: the latest is the one
+        // extended, if any is.
+        let key_bundle = match services
+            .registry
+            .latest_key_bundle(principal.as_str())
+            .await?
+        {
+            Some((epoch, bytes)) => {
+                let bundle = entente_wire::decode::<KeyBundle>(&bytes, &services.limits)
+                    .map_err(|e| RpcError::Corrupt(format!("key bundle of `{principal}`: {e}")))?;
+                Some(refreshed(services, principal, epoch, bundle, now).await?)
+            }
+            None => None,
+        };
         let mut record = existing.unwrap_or_else(|| AgentRecord {
             principal: principal.to_string(),
             segment: match principal {
@@ -223,7 +237,8 @@ async fn renew_inner<R>(
         let presented = services.connections.presented_serial(caller.connection);
         rpc::record_serial(&mut record, svid.serial.clone(), presented);
         services.registry.put_agent(&record).await?;
-    }
+        key_bundle
+    };
 
     services
         .connections

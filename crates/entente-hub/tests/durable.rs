@@ -356,9 +356,20 @@ async fn a_subscription_dropped_over_the_rate_limit_is_unsubscribed_all_the_same
         .unwrap();
     let alice = hub.connect_agent("shop", "alice").await.unwrap();
     let consumer = alice.subscribe_durable("orders.>", "alice").await.unwrap();
-    let _other = alice.subscribe("orders.other").await.unwrap();
-    // The bucket is empty: this unsubscribe is refused, then sent again.
+    // The bucket emptied (whatever time went by): the unsubscribe is refused, then sent again.
+    let mut kept = Vec::new();
+    for i in 0.. {
+        match alice.subscribe(&format!("orders.other{i}")).await {
+            Ok(subscription) => kept.push(subscription),
+            Err(e) => {
+                assert_eq!(e.refusal_code(), Some(RefusalCode::RateLimited), "{e}");
+                break;
+            }
+        }
+    }
+    let before = hub.stats().rate_limited;
     drop(consumer);
+    eventually_limited(&hub, before).await;
     let deadline = tokio::time::Instant::now() + entente_testkit::WAIT;
     loop {
         match alice.subscribe_durable("orders.>", "alice").await {
@@ -376,6 +387,18 @@ async fn a_subscription_dropped_over_the_rate_limit_is_unsubscribed_all_the_same
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
+    }
+}
+
+/// Waits until `hub` has refused more than `before` for a rate limit.
+async fn eventually_limited(hub: &TestHub, before: u64) {
+    let deadline = tokio::time::Instant::now() + entente_testkit::WAIT;
+    while hub.stats().rate_limited <= before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing was refused for a rate limit"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
