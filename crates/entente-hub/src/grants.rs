@@ -212,17 +212,11 @@ async fn revoke_grant_inner<R>(
         .grant_record(id)
         .map(|g| g.principal.clone())
         .ok_or(RpcError::Grant(GrantError::UnknownGrantRecord(id)))?;
-    permit(
-        services,
-        caller,
-        Action::Revoke,
-        &holder,
-        now_ms,
-        // Not naming the holder: a caller not permitted to end the grant is not told whose
-        // it is (`ListGrants` shows others' grants only to those who may see them).
-        &format!("ending grant {id}"),
-    )
-    .map_err(untold)?;
+    // Not naming the holder: a caller not permitted to end the grant is not told whose it is
+    // (`ListGrants` shows others' grants only to those who may see them).
+    let what = format!("ending grant {id}");
+    permit(services, caller, Action::Revoke, &holder, now_ms, &what)
+        .map_err(|e| untold(e, &what))?;
     let grant = services
         .authz
         .change_grants(&services.registry, |book, _| book.revoke(id))
@@ -371,7 +365,8 @@ async fn approve_inner<R>(
             Verdict::Approve => format!("approving request {id}"),
             Verdict::Reject => format!("rejecting request {id}"),
         };
-        permit(services, caller, Action::Approve, &requester, now_ms, &what).map_err(untold)?;
+        permit(services, caller, Action::Approve, &requester, now_ms, &what)
+            .map_err(|e| untold(e, &what))?;
     }
     if verdict == Verdict::Approve && services.anomaly.quarantined(&requester).is_some() {
         return Err(RpcError::Precondition(format!(
@@ -756,14 +751,11 @@ fn permit<R>(
 /// A denial of an act on another's grant or request, told without why: the reason names the
 /// holder's segment (a rule across segments) or the forbids that protect it, which a caller not
 /// permitted is not to learn. The audit record of the decision keeps the reason.
-fn untold(error: RpcError) -> RpcError {
+fn untold(error: RpcError, what: &str) -> RpcError {
     match error {
-        RpcError::Denied(reason) => {
-            let what = reason.split(" is denied").next().unwrap_or_default();
-            RpcError::Denied(format!(
-                "{what} is denied: the policies do not permit it (the audit log says why)"
-            ))
-        }
+        RpcError::Denied(_) => RpcError::Denied(format!(
+            "{what} is denied: the policies do not permit it (the audit log says why)"
+        )),
         other => other,
     }
 }

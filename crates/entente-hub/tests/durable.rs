@@ -32,12 +32,22 @@ fn orders(change: impl FnOnce(&mut StreamConfig)) -> StreamConfig {
 }
 
 async fn start(dir: &TempDir, stream: StreamConfig) -> TestHub {
+    start_with(dir, stream, |_| {}).await
+}
+
+/// [`start`], the hub's configuration then changed by `change`.
+async fn start_with(
+    dir: &TempDir,
+    stream: StreamConfig,
+    change: impl FnOnce(&mut entente_hub::HubConfig) + Send + 'static,
+) -> TestHub {
     let streams = dir.path().join("streams");
     TestHub::builder()
         .policies(POLICIES)
         .config(move |c| {
             c.streams = vec![stream];
             c.streams_dir = Some(streams);
+            change(c);
         })
         .start()
         .await
@@ -340,20 +350,13 @@ async fn an_entry_is_acknowledged_once_each_of_its_messages_is() {
 #[tokio::test]
 async fn a_subscription_dropped_over_the_rate_limit_is_unsubscribed_all_the_same() {
     let dir = TempDir::new().unwrap();
-    let streams = dir.path().join("streams");
-    let hub = TestHub::builder()
-        .policies(POLICIES)
-        .config(move |c| {
-            c.streams = vec![orders(|_| {})];
-            c.streams_dir = Some(streams);
-            c.rate_limits.agent_subscriptions = Some(entente_hub::Rate {
-                per_second: 1,
-                burst: 2,
-            });
-        })
-        .start()
-        .await
-        .unwrap();
+    let hub = start_with(&dir, orders(|_| {}), |c| {
+        c.rate_limits.agent_subscriptions = Some(entente_hub::Rate {
+            per_second: 1,
+            burst: 2,
+        });
+    })
+    .await;
     let alice = hub.connect_agent("shop", "alice").await.unwrap();
     let consumer = alice.subscribe_durable("orders.>", "alice").await.unwrap();
     // The bucket emptied (whatever time went by): the unsubscribe is refused, then sent again.
@@ -728,17 +731,7 @@ struct Epochs {
 impl Epochs {
     async fn start(limits: impl FnOnce(&mut entente_wire::Limits) + Send + 'static) -> Self {
         let dir = TempDir::new().unwrap();
-        let streams = dir.path().join("streams");
-        let hub = TestHub::builder()
-            .policies(POLICIES)
-            .config(move |c| {
-                c.streams = vec![orders(|_| {})];
-                c.streams_dir = Some(streams);
-                limits(&mut c.limits);
-            })
-            .start()
-            .await
-            .unwrap();
+        let hub = start_with(&dir, orders(|_| {}), |c| limits(&mut c.limits)).await;
         let bob_id = hub.enroll("shop", "bob").await.unwrap();
         let bob = hub.connect(bob_id.clone()).await.unwrap();
         Self {
