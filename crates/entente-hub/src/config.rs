@@ -115,7 +115,9 @@ pub struct HubConfig {
     pub max_unauthenticated_per_source: usize,
     /// How long the key bundle signed at enrollment is valid (cut to the intermediate CA's
     /// validity); a renewal past half that life signs it again, same keys and epoch, for as
-    /// long from then. Default 30 days.
+    /// long from then. At least twice the certificates' lifetime (the CA's `svid_ttl`), so
+    /// that some renewal always falls in that second half; [`Hub::start`](crate::Hub::start)
+    /// refuses less. Default 30 days.
     pub key_bundle_ttl: Duration,
     /// The break-glass administrators: principals that may do every administrative act over
     /// their mutual-TLS connection — create join tokens
@@ -313,8 +315,15 @@ impl HubConfig {
                 "data_key_rotation must be at least a second",
             ));
         }
-        if self.key_bundle_ttl.is_zero() {
-            return Err(HubError::Config("key_bundle_ttl must not be zero"));
+        // An agent renews its certificate at half its life, and a renewal extends the key
+        // bundle only past half the bundle's: with a bundle shorter than two certificates'
+        // lives, renewals could all fall before that half and the bundle run out.
+        if self.key_bundle_ttl < svid_ttl.saturating_mul(2) {
+            return Err(HubError::Config(
+                "key_bundle_ttl must be at least twice the certificates' lifetime (svid_ttl): \
+                 a renewal, at half a certificate's life, extends a key bundle only past half \
+                 the bundle's",
+            ));
         }
         if self
             .admins
@@ -367,5 +376,32 @@ mod tests {
         // No durable channel, no stream entry to fit.
         check(MAX_ENTRY_LEN, false).unwrap();
         assert!(check(0, false).is_err());
+    }
+
+    /// A key bundle shorter than two certificates' lives could run out between the renewals
+    /// that extend it: refused at start, with what to change.
+    #[test]
+    fn a_key_bundle_lifetime_under_two_certificate_lifetimes_is_refused() {
+        let svid_ttl = Duration::from_secs(3600);
+        let with = |key_bundle_ttl| {
+            HubConfig {
+                key_bundle_ttl,
+                ..HubConfig::default()
+            }
+            .check("example.org", svid_ttl)
+        };
+        with(svid_ttl * 2).unwrap();
+        with(HubConfig::default().key_bundle_ttl).unwrap();
+        for short in [
+            svid_ttl * 2 - Duration::from_millis(1),
+            svid_ttl,
+            Duration::ZERO,
+        ] {
+            let err = with(short).unwrap_err().to_string();
+            assert!(
+                err.contains("key_bundle_ttl must be at least twice"),
+                "{short:?}: {err}"
+            );
+        }
     }
 }

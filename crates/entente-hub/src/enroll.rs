@@ -87,7 +87,8 @@ pub(crate) async fn enroll<R>(
 ) -> Result<EnrollResponse, RpcError> {
     let auditor = services.authz.auditor();
     auditor.check().map_err(RpcError::Unaudited)?;
-    let result = enroll_inner(services, request, now).await;
+    let mut spent = None;
+    let result = enroll_inner(services, request, now, &mut spent).await;
     match &result {
         Ok(_) => stats::bump(&services.stats.enrollments),
         Err(_) => stats::bump(&services.stats.enroll_refusals),
@@ -96,8 +97,8 @@ pub(crate) async fn enroll<R>(
         return result.map(|(response, _)| response);
     }
     // Recorded before the agent gets its credentials: what can't be recorded is refused.
-    let (actor, outcome, event) = match &result {
-        Ok((response, enrolled)) => {
+    let (actor, outcome, event) = match (&result, spent) {
+        (Ok((response, enrolled)), _) => {
             let leaf = response.certificate_chain.first().map(Vec::as_slice);
             let event = Event::Enrollment(Enrollment {
                 principal: audit::clear(&enrolled.principal),
@@ -108,7 +109,18 @@ pub(crate) async fn enroll<R>(
             });
             (enrolled.principal.clone(), Outcome::Success, event)
         }
-        Err(e) => {
+        // Refused once the token was spent: whoever it was made for is the one who enrolled
+        // (the token is their credential), recorded as such, with the token's ID, always on
+        // its own (each costs a valid token).
+        (Err(e), Some(spent)) => {
+            let event = Event::Admin(Admin {
+                operation: audit::clear("enroll"),
+                target: audit::clear(&spent.principal),
+                detail: audit::clear(&format!("token {}: {e}", spent.token_id)),
+            });
+            (spent.principal, e.outcome(), event)
+        }
+        (Err(e), None) => {
             // Anyone can send these: past a few a second they are recorded together (the
             // hub's own failures always alone).
             if e.outcome() == Outcome::Denied
@@ -220,7 +232,7 @@ fn record_held_back(auditor: &Auditor, held_back: &AtomicU64) {
     let _ = auditor.submit(audit::ANONYMOUS, Outcome::Denied, event);
 }
 
-/// Who enrolled, for the audit record.
+/// Who enrolled, or spent a token on an enrollment then refused, for the audit record.
 struct Enrolled {
     principal: String,
     segment: String,
@@ -228,10 +240,12 @@ struct Enrolled {
     token_id: String,
 }
 
+/// Enrolls, setting `spent` to who the token was for once it is spent.
 async fn enroll_inner<R>(
     services: &Services<R>,
     request: EnrollRequest,
     now: SystemTime,
+    spent: &mut Option<Enrolled>,
 ) -> Result<(EnrollResponse, Enrolled), RpcError> {
     // 1. Everything that can be checked without spending the token.
     let token = JoinToken::parse(&request.token).map_err(|_| RpcError::MalformedToken)?;
@@ -254,10 +268,6 @@ async fn enroll_inner<R>(
         })?;
 
     // 3. The token is spent: whatever fails now, it stays used.
-    let response = issue(services, &redeemed.agent, request.csr, keys, now)
-        .await
-        .map_err(RpcError::after_redeem)?;
-    let hash = token.hash();
     let enrolled = Enrolled {
         segment: Principal::parse(&redeemed.agent)
             .ok()
@@ -267,9 +277,16 @@ async fn enroll_inner<R>(
             })
             .unwrap_or_default(),
         principal: redeemed.agent,
-        token_id: token_id(&hash),
+        token_id: token_id(&token.hash()),
     };
-    Ok((response, enrolled))
+    let response = issue(services, &enrolled.principal, request.csr, keys, now).await;
+    match response {
+        Ok(response) => Ok((response, enrolled)),
+        Err(e) => {
+            *spent = Some(enrolled);
+            Err(e.after_redeem())
+        }
+    }
 }
 
 /// The message public keys of an enrolling agent.

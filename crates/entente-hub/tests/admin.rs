@@ -1204,6 +1204,62 @@ async fn a_wrapping_key_rotation_the_store_refuses_keeps_both_keys() {
     hub.shutdown().await.unwrap();
 }
 
+/// An enrollment refused once its token is spent (here: the principal is revoked) is recorded
+/// under whoever the token was made for, with the token's ID, not as anonymous: the token
+/// identified them.
+#[tokio::test]
+async fn an_enrollment_refused_after_its_token_is_spent_names_who_it_was_for() {
+    let ca = TestCa::new();
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut config = support::config();
+    config.audit = Some(entente_hub::AuditConfig::new(dir.path().join("audit")));
+    let (hub, _store) = start_with_store(&ca, config).await;
+    let alice = ca.principal("shop", "alice");
+    let mut revocations = Revocations::new();
+    revocations.revoke_principal(&alice);
+    let list = ca
+        .ca
+        .sign_revocations(&revocations, SystemTime::now())
+        .unwrap();
+    let list = VerifiedRevocationList::verify(list, ca.trust(), SystemTime::now()).unwrap();
+    hub.revoke(list).await.unwrap();
+    let token = hub
+        .create_token(alice.clone(), DEFAULT_TOKEN_TTL)
+        .await
+        .unwrap();
+    let status = enroll_raw(&hub, Enrollment::new().request(token.as_str()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    let (records, _) = hub.audit_records(0, 100_000).await.unwrap().unwrap();
+    let refused: Vec<_> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            entente_audit::Event::Admin(a) if a.operation.as_clear() == Some("enroll") => {
+                Some((r, a))
+            }
+            _ => None,
+        })
+        .collect();
+    let [(record, admin)] = refused.as_slice() else {
+        panic!("{refused:?}");
+    };
+    assert_eq!(record.actor, alice.as_str());
+    assert_eq!(record.outcome, entente_audit::Outcome::Denied);
+    assert_eq!(admin.target.as_clear(), Some(alice.as_str()));
+    let id: String = token
+        .hash()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let detail = admin.detail.as_clear().unwrap();
+    assert!(detail.starts_with(&format!("token {id}: ")), "{detail}");
+    assert!(detail.contains("revoked"), "{detail}");
+    hub.shutdown().await.unwrap();
+}
+
 /// Enrollment needs no credential, so refusals of it are recorded one by one only up to a
 /// few a second, the rest together once the second is over: a flood of bad tokens can't fill
 /// the log's disk, and every refusal is still counted in it.
