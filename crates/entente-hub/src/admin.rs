@@ -231,6 +231,9 @@ fn token_error(error: HubError) -> RpcError {
         HubError::ForeignAgent(_) => {
             RpcError::BadRequest("`agent` is not in this hub's trust domain".into())
         }
+        HubError::Store(e @ StoreError::Full { .. }) => {
+            RpcError::TooMany(format!("{e}: wait for some to expire or be used"))
+        }
         HubError::Store(e) => RpcError::Store(e),
         other => RpcError::Ca(other.to_string()),
     }

@@ -119,6 +119,12 @@ pub struct HubConfig {
     /// that some renewal always falls in that second half; [`Hub::start`](crate::Hub::start)
     /// refuses less. Default 30 days.
     pub key_bundle_ttl: Duration,
+    /// Most join tokens stored, used or not (a used one is kept until it expires, so that a
+    /// replay of it is told it was used): past it the expired ones are deleted to make room,
+    /// and a token that finds none is refused (`RESOURCE_EXHAUSTED` to a remote
+    /// administrator). Whoever may create tokens can't grow the store, and the work of each
+    /// creation, without end. Default 100 000.
+    pub max_join_tokens: usize,
     /// The break-glass administrators: principals that may do every administrative act over
     /// their mutual-TLS connection — create join tokens
     /// ([`CREATE_TOKEN_PATH`](crate::CREATE_TOKEN_PATH)), revoke
@@ -182,6 +188,7 @@ impl Default for HubConfig {
             max_unauthenticated: 1024,
             max_unauthenticated_per_source: 128,
             key_bundle_ttl: Duration::from_secs(30 * 24 * 60 * 60),
+            max_join_tokens: 100_000,
             admins: Vec::new(),
             audit: None,
             data_key_rotation: Duration::from_secs(24 * 60 * 60),
@@ -303,6 +310,9 @@ impl HubConfig {
                  name, sealed at rest) and its dead letter (8 bytes more) must fit a stream \
                  entry of 64 MiB",
             ));
+        }
+        if self.max_join_tokens == 0 {
+            return Err(HubError::Config("max_join_tokens must be at least 1"));
         }
         if self.handshake_timeout.is_zero()
             || self.slow_consumer_timeout.is_zero()

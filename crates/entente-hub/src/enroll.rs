@@ -42,7 +42,10 @@ pub(crate) struct IssuedToken {
 /// administrators.
 ///
 /// Refuses the reserved segment ([`RESERVED_SEGMENT`]), a principal of another trust domain,
-/// and a zero or unrepresentable lifetime. Expired tokens are purged from the store first.
+/// and a zero or unrepresentable lifetime; and a token past the bound on tokens stored
+/// ([`HubConfig::max_join_tokens`](crate::HubConfig::max_join_tokens)) once the expired ones
+/// are gone ([`StoreError::Full`]). Expired tokens are purged from the store first, at most
+/// once a minute (each purge reads every token), and whenever the store is full.
 pub(crate) async fn create_token<R>(
     services: &Services<R>,
     principal: Principal,
@@ -65,8 +68,25 @@ pub(crate) async fn create_token<R>(
         expires_ms: rpc::unix_ms(info.expires),
         used: false,
     };
-    services.registry.purge_tokens(rpc::unix_ms(now)).await?;
-    services.registry.put_token(&record).await?;
+    let now_ms = rpc::unix_ms(now);
+    let due = services.next_token_purge_ms.load(Ordering::Relaxed);
+    if now_ms >= due
+        && services
+            .next_token_purge_ms
+            .compare_exchange(
+                due,
+                now_ms.saturating_add(60_000),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    {
+        services.registry.purge_tokens(now_ms).await?;
+    }
+    services
+        .registry
+        .put_token(&record, services.max_join_tokens)
+        .await?;
     Ok(IssuedToken {
         token,
         expires: info.expires,

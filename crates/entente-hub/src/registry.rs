@@ -43,7 +43,11 @@ trait DynStore: Send + Sync + 'static {
         &'a self,
         principal: &'a str,
     ) -> BoxFuture<'a, Result<Versioned, StoreError>>;
-    fn put_token<'a>(&'a self, token: &'a TokenRecord) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn put_token<'a>(
+        &'a self,
+        token: &'a TokenRecord,
+        max: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
     fn redeem_token<'a>(
         &'a self,
         hash: &'a [u8; 32],
@@ -121,8 +125,9 @@ impl Registry {
     pub(crate) fn put_token<'a>(
         &'a self,
         token: &'a TokenRecord,
+        max: u64,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.0.put_token(token)
+        self.0.put_token(token, max)
     }
 
     pub(crate) fn redeem_token<'a>(
@@ -235,8 +240,12 @@ impl<S: Store> DynStore for Erased<S> {
         Box::pin(self.0.latest_key_bundle(principal))
     }
 
-    fn put_token<'a>(&'a self, token: &'a TokenRecord) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(self.0.put_token(token))
+    fn put_token<'a>(
+        &'a self,
+        token: &'a TokenRecord,
+        max: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.0.put_token(token, max))
     }
 
     fn redeem_token<'a>(

@@ -655,8 +655,8 @@ mod tests {
         ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
             self.inner.latest_key_bundle(principal).await
         }
-        async fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
-            self.inner.put_token(token).await
+        async fn put_token(&self, token: &TokenRecord, max: u64) -> Result<(), StoreError> {
+            self.inner.put_token(token, max).await
         }
         async fn redeem_token(
             &self,

@@ -66,6 +66,11 @@ pub(crate) struct Services<R> {
     pub(crate) stats: Arc<Stats>,
     pub(crate) limits: Limits,
     pub(crate) key_bundle_ttl: Duration,
+    /// Most join tokens stored ([`HubConfig::max_join_tokens`](crate::HubConfig)).
+    pub(crate) max_join_tokens: u64,
+    /// When expired join tokens are purged next, in Unix ms (at most once a minute, as
+    /// tokens are created; and whenever the store holds as many as it may).
+    pub(crate) next_token_purge_ms: std::sync::atomic::AtomicU64,
     /// Serializes read-modify-write of agent records on this hub (enrollment and renewal).
     pub(crate) agents: tokio::sync::Mutex<()>,
     /// The break-glass administrators ([`HubConfig::admins`](crate::HubConfig::admins)): they

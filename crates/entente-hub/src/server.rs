@@ -342,6 +342,8 @@ impl Hub {
             stats: stats.clone(),
             limits: config.limits,
             key_bundle_ttl: config.key_bundle_ttl,
+            max_join_tokens: u64::try_from(config.max_join_tokens).unwrap_or(u64::MAX),
+            next_token_purge_ms: std::sync::atomic::AtomicU64::new(0),
             agents: tokio::sync::Mutex::new(()),
             admins: config.admins.iter().cloned().collect::<HashSet<_>>(),
             revoking: tokio::sync::Mutex::new(()),

@@ -109,6 +109,60 @@ async fn refused_as_revoked(ca: &TestCa, hub: &entente_hub::HubHandle, agent: &A
 
 // === CreateToken ===
 
+/// The join tokens stored are bounded (`max_join_tokens`), used ones included until they
+/// expire: one more is refused, clearly, to a remote administrator and to the operator; one
+/// that expires makes room.
+#[tokio::test]
+async fn join_tokens_stored_are_bounded_and_the_expired_make_room() {
+    let ca = TestCa::new();
+    let root = admin(&ca, "admin");
+    let config = HubConfig {
+        max_join_tokens: 2,
+        ..config_with_admins(vec![root.principal.clone()])
+    };
+    let (hub, _store) = start_with_store(&ca, config).await;
+    let client = root.connect(&hub).await;
+    let short = create_token(&client, ca.principal("shop", "alice").as_str(), 1)
+        .await
+        .unwrap();
+    let used = hub
+        .create_token(ca.principal("shop", "bob"), DEFAULT_TOKEN_TTL)
+        .await
+        .unwrap();
+    enroll_raw(&hub, Enrollment::new().request(used.as_str()))
+        .await
+        .unwrap();
+    let carol = ca.principal("shop", "carol");
+    let status = create_token(&client, carol.as_str(), 0).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("join tokens: 2 are stored"),
+        "{status:?}"
+    );
+    let err = hub
+        .create_token(carol.clone(), DEFAULT_TOKEN_TTL)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            HubError::Store(entente_store::StoreError::Full { max: 2, .. })
+        ),
+        "{err:?}"
+    );
+    // The unused one still enrolls: nothing was lost to the refusals.
+    assert!(short.expires_at_ms > now_ms());
+    // Once the one-second token has expired, it makes room.
+    tokio::time::sleep(std::time::Duration::from_millis(
+        short.expires_at_ms.saturating_sub(now_ms()) + 50,
+    ))
+    .await;
+    let response = create_token(&client, carol.as_str(), 0).await.unwrap();
+    enroll_raw(&hub, Enrollment::new().request(&response.token))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn an_admin_creates_a_token_and_an_agent_enrolls_with_it() {
     let ca = TestCa::new();

@@ -45,6 +45,7 @@ pub async fn run_all<S: Store>(mut fresh: impl AsyncFnMut() -> S) {
     expired_token_is_refused_and_unchanged(&fresh().await).await;
     used_token_is_reported_used_after_expiry(&fresh().await).await;
     purge_removes_only_expired_tokens(&fresh().await).await;
+    tokens_are_bounded_and_the_expired_make_room(&fresh().await).await;
     revocations_only_move_forward(&fresh().await).await;
     grants_only_move_forward(&fresh().await).await;
     grants_and_revocations_are_apart(&fresh().await).await;
@@ -211,12 +212,12 @@ pub async fn latest_key_bundle_stays_within_principal<S: Store>(store: &S) {
 /// A second token with the same hash is refused and the first is unchanged.
 pub async fn put_token_refuses_duplicates<S: Store>(store: &S) {
     let token = sample_token(1, 1_000, 2_000);
-    store.put_token(&token).await.unwrap();
+    store.put_token(&token, u64::MAX).await.unwrap();
 
     let mut other = sample_token(1, 5_000, 9_000);
     other.agent = "spiffe://entente.test/agent/ops/intruder".to_owned();
     assert!(matches!(
-        store.put_token(&other).await,
+        store.put_token(&other, u64::MAX).await,
         Err(StoreError::AlreadyExists { .. })
     ));
     let redeemed = store.redeem_token(&token.hash, 1_500).await.unwrap();
@@ -230,7 +231,7 @@ pub async fn put_token_refuses_duplicates<S: Store>(store: &S) {
 
     // A used token still blocks its hash.
     assert!(matches!(
-        store.put_token(&token).await,
+        store.put_token(&token, u64::MAX).await,
         Err(StoreError::AlreadyExists { .. })
     ));
 }
@@ -238,10 +239,10 @@ pub async fn put_token_refuses_duplicates<S: Store>(store: &S) {
 /// A token redeems once, returning the record marked used; the second attempt is refused.
 pub async fn redeem_token_once<S: Store>(store: &S) {
     let token = sample_token(2, 1_000, 2_000);
-    store.put_token(&token).await.unwrap();
+    store.put_token(&token, u64::MAX).await.unwrap();
     // A neighbour that must not be touched.
     store
-        .put_token(&sample_token(3, 1_000, 2_000))
+        .put_token(&sample_token(3, 1_000, 2_000), u64::MAX)
         .await
         .unwrap();
 
@@ -267,7 +268,10 @@ pub async fn redeem_unknown_token<S: Store>(store: &S) {
         store.redeem_token(&[4; 32], 0).await,
         Err(StoreError::TokenUnknown)
     ));
-    store.put_token(&sample_token(5, 0, 10)).await.unwrap();
+    store
+        .put_token(&sample_token(5, 0, 10), u64::MAX)
+        .await
+        .unwrap();
     assert!(matches!(
         store.redeem_token(&[4; 32], 0).await,
         Err(StoreError::TokenUnknown)
@@ -279,7 +283,7 @@ pub async fn redeem_unknown_token<S: Store>(store: &S) {
 /// mark it used.
 pub async fn expired_token_is_refused_and_unchanged<S: Store>(store: &S) {
     let token = sample_token(6, 1_000, 2_000);
-    store.put_token(&token).await.unwrap();
+    store.put_token(&token, u64::MAX).await.unwrap();
     assert!(matches!(
         store.redeem_token(&token.hash, 2_000).await,
         Err(StoreError::TokenExpired)
@@ -295,7 +299,7 @@ pub async fn expired_token_is_refused_and_unchanged<S: Store>(store: &S) {
 /// A used token reports [`StoreError::TokenUsed`] even once it has also expired, and stays used.
 pub async fn used_token_is_reported_used_after_expiry<S: Store>(store: &S) {
     let token = sample_token(7, 1_000, 2_000);
-    store.put_token(&token).await.unwrap();
+    store.put_token(&token, u64::MAX).await.unwrap();
     store.redeem_token(&token.hash, 1_500).await.unwrap();
     assert!(matches!(
         store.redeem_token(&token.hash, 5_000).await,
@@ -310,13 +314,28 @@ pub async fn used_token_is_reported_used_after_expiry<S: Store>(store: &S) {
 /// Purging deletes exactly the tokens expired at `now_ms`, used or not, and counts them.
 pub async fn purge_removes_only_expired_tokens<S: Store>(store: &S) {
     assert_eq!(store.purge_tokens(u64::MAX).await.unwrap(), 0);
-    store.put_token(&sample_token(10, 0, 100)).await.unwrap(); // expired, unused
-    store.put_token(&sample_token(11, 0, 100)).await.unwrap(); // expired, used
+    store
+        .put_token(&sample_token(10, 0, 100), u64::MAX)
+        .await
+        .unwrap(); // expired, unused
+    store
+        .put_token(&sample_token(11, 0, 100), u64::MAX)
+        .await
+        .unwrap(); // expired, used
     store.redeem_token(&[11; 32], 50).await.unwrap();
-    store.put_token(&sample_token(12, 0, 200)).await.unwrap(); // alive, unused
-    store.put_token(&sample_token(13, 0, 200)).await.unwrap(); // alive, used
+    store
+        .put_token(&sample_token(12, 0, 200), u64::MAX)
+        .await
+        .unwrap(); // alive, unused
+    store
+        .put_token(&sample_token(13, 0, 200), u64::MAX)
+        .await
+        .unwrap(); // alive, used
     store.redeem_token(&[13; 32], 50).await.unwrap();
-    store.put_token(&sample_token(14, 0, 101)).await.unwrap(); // expires just after now
+    store
+        .put_token(&sample_token(14, 0, 101), u64::MAX)
+        .await
+        .unwrap(); // expires just after now
 
     assert_eq!(store.purge_tokens(100).await.unwrap(), 2);
     assert_eq!(store.purge_tokens(100).await.unwrap(), 0);
@@ -335,8 +354,56 @@ pub async fn purge_removes_only_expired_tokens<S: Store>(store: &S) {
     assert!(store.redeem_token(&[12; 32], 100).await.unwrap().used);
     assert!(store.redeem_token(&[14; 32], 100).await.unwrap().used);
     // A purged hash can be used for a new token.
-    store.put_token(&sample_token(10, 300, 400)).await.unwrap();
+    store
+        .put_token(&sample_token(10, 300, 400), u64::MAX)
+        .await
+        .unwrap();
     assert_eq!(store.purge_tokens(u64::MAX).await.unwrap(), 4);
+}
+
+/// At most `max` tokens are stored, used or not: past it the expired (at the new token's
+/// creation) are deleted to make room, and a token that finds none is refused, changing
+/// nothing.
+pub async fn tokens_are_bounded_and_the_expired_make_room<S: Store>(store: &S) {
+    store.put_token(&sample_token(1, 0, 100), 3).await.unwrap();
+    store.put_token(&sample_token(2, 0, 200), 3).await.unwrap();
+    store.put_token(&sample_token(3, 0, 200), 3).await.unwrap();
+    store.redeem_token(&[3; 32], 50).await.unwrap();
+    // Full, none expired at 99: refused, every token kept.
+    assert!(matches!(
+        store.put_token(&sample_token(4, 99, 300), 3).await,
+        Err(StoreError::Full { max: 3, .. })
+    ));
+    assert!(matches!(
+        store.redeem_token(&[4; 32], 99).await,
+        Err(StoreError::TokenUnknown)
+    ));
+    // At 100 the first has expired: it makes room.
+    store
+        .put_token(&sample_token(4, 100, 300), 3)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.redeem_token(&[1; 32], 50).await,
+        Err(StoreError::TokenUnknown)
+    ));
+    // The used one counts until it expires.
+    assert!(matches!(
+        store.put_token(&sample_token(5, 150, 300), 3).await,
+        Err(StoreError::Full { .. })
+    ));
+    assert!(matches!(
+        store.redeem_token(&[3; 32], 150).await,
+        Err(StoreError::TokenUsed)
+    ));
+    assert!(store.redeem_token(&[2; 32], 150).await.unwrap().used);
+    assert!(store.redeem_token(&[4; 32], 150).await.unwrap().used);
+    // Under the bound nothing is deleted, expired or not.
+    store
+        .put_token(&sample_token(6, 1_000, 2_000), 10)
+        .await
+        .unwrap();
+    assert_eq!(store.purge_tokens(1_000).await.unwrap(), 3);
 }
 
 // === revocations ===
@@ -496,7 +563,7 @@ pub async fn held_messages_are_put_replaced_listed_and_deleted<S: Store>(store: 
 /// [`StoreError::TokenUsed`].
 pub async fn concurrent_redeem_has_one_winner<S: Store>(store: Arc<S>) {
     let token = sample_token(20, 0, 1_000);
-    store.put_token(&token).await.unwrap();
+    store.put_token(&token, u64::MAX).await.unwrap();
     let tasks: Vec<_> = (0..RACERS)
         .map(|_| {
             let store = Arc::clone(&store);
@@ -530,7 +597,7 @@ pub async fn concurrent_put_token_has_one_winner<S: Store>(store: Arc<S>) {
             let store = Arc::clone(&store);
             let mut token = sample_token(21, 0, 1_000);
             token.agent = format!("spiffe://entente.test/agent/ops/racer-{i}");
-            tokio::spawn(async move { store.put_token(&token).await.map(|()| token) })
+            tokio::spawn(async move { store.put_token(&token, u64::MAX).await.map(|()| token) })
         })
         .collect();
     let mut winner = None;

@@ -25,8 +25,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use redb::{
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
-    WriteTransaction,
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition, TableHandle, WriteTransaction,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -183,12 +183,22 @@ impl EmbeddedStore {
         Ok(Some((epoch, bundle)))
     }
 
-    fn put_token_now(&self, token: &TokenRecord) -> Result<(), StoreError> {
+    fn put_token_now(&self, token: &TokenRecord, max: u64) -> Result<(), StoreError> {
         let value = encode_json(token_what, token)?;
         self.write(|tx| {
             let mut table = tx.open_table(TOKENS).map_err(engine_error)?;
             if table.get(&token.hash).map_err(engine_error)?.is_some() {
                 return Err(StoreError::AlreadyExists { what: "join token" });
+            }
+            // Full: the expired make room, if any (an error aborts their deletion too).
+            if table.len().map_err(engine_error)? >= max
+                && (purge_expired(&mut table, token.created_ms)? == 0
+                    || table.len().map_err(engine_error)? >= max)
+            {
+                return Err(StoreError::Full {
+                    what: "join tokens",
+                    max,
+                });
             }
             table
                 .insert(&token.hash, value.as_slice())
@@ -233,18 +243,7 @@ impl EmbeddedStore {
     fn purge_tokens_now(&self, now_ms: u64) -> Result<u64, StoreError> {
         self.write(|tx| {
             let mut table = tx.open_table(TOKENS).map_err(engine_error)?;
-            let mut expired = Vec::new();
-            for entry in table.iter().map_err(engine_error)? {
-                let (key, value) = entry.map_err(engine_error)?;
-                let hash = *key.value();
-                if decode_token(&hash, value.value())?.expires_ms <= now_ms {
-                    expired.push(hash);
-                }
-            }
-            for hash in &expired {
-                table.remove(hash).map_err(engine_error)?;
-            }
-            Ok(u64::try_from(expired.len()).unwrap_or(u64::MAX))
+            purge_expired(&mut table, now_ms)
         })
     }
 
@@ -546,8 +545,8 @@ impl Store for EmbeddedStore {
         self.latest_key_bundle_now(principal)
     }
 
-    async fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
-        self.put_token_now(token)
+    async fn put_token(&self, token: &TokenRecord, max: u64) -> Result<(), StoreError> {
+        self.put_token_now(token, max)
     }
 
     async fn redeem_token(&self, hash: &[u8; 32], now_ms: u64) -> Result<TokenRecord, StoreError> {
@@ -655,6 +654,26 @@ fn decode_agent(principal: &str, value: &[u8]) -> Result<AgentRecord, StoreError
         });
     }
     Ok(record)
+}
+
+/// Deletes the tokens of `table` expired at `now_ms` (`expires_ms <= now_ms`), used or not;
+/// returns how many.
+fn purge_expired(
+    table: &mut redb::Table<'_, &'static [u8; 32], &'static [u8]>,
+    now_ms: u64,
+) -> Result<u64, StoreError> {
+    let mut expired = Vec::new();
+    for entry in table.iter().map_err(engine_error)? {
+        let (key, value) = entry.map_err(engine_error)?;
+        let hash = *key.value();
+        if decode_token(&hash, value.value())?.expires_ms <= now_ms {
+            expired.push(hash);
+        }
+    }
+    for hash in &expired {
+        table.remove(hash).map_err(engine_error)?;
+    }
+    Ok(u64::try_from(expired.len()).unwrap_or(u64::MAX))
 }
 
 fn decode_token(hash: &[u8; 32], value: &[u8]) -> Result<TokenRecord, StoreError> {

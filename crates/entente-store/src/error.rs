@@ -40,6 +40,15 @@ pub enum StoreError {
         what: &'static str,
     },
 
+    /// The store holds as many entries of a kind as it may.
+    #[error("{what}: {max} are stored, the most allowed")]
+    Full {
+        /// What kind of entry, e.g. `"join tokens"`.
+        what: &'static str,
+        /// The bound.
+        max: u64,
+    },
+
     /// A stored value, or the database itself, can't be decoded.
     #[error("{what} is corrupt: {reason}")]
     Corrupt {

@@ -34,7 +34,7 @@
 //!     expires_ms: 61_000,
 //!     used: false,
 //! };
-//! store.put_token(&token).await?;
+//! store.put_token(&token, 1_000).await?;
 //!
 //! let redeemed = store.redeem_token(&[7; 32], 2_000).await?;
 //! assert!(redeemed.used);
@@ -118,8 +118,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a new join token; fails with [`StoreError::AlreadyExists`] (and changes nothing)
     /// if a token with the same hash is stored, used or not.
-    fn put_token(&self, token: &TokenRecord)
-    -> impl Future<Output = Result<(), StoreError>> + Send;
+    ///
+    /// At most `max` tokens are stored, used or not: with `max` or more stored, those expired
+    /// at the new token's creation (`expires_ms <= created_ms`) are deleted first, in the same
+    /// atomic step, and if `max` or more are left the new one is refused with
+    /// [`StoreError::Full`] (and nothing changes, the expired ones staying too).
+    fn put_token(
+        &self,
+        token: &TokenRecord,
+        max: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Redeems the token whose hash is `hash`, atomically: of any number of concurrent calls for
     /// one token, at most one succeeds.

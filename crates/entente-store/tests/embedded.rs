@@ -113,8 +113,14 @@ async fn data_survives_close_and_reopen() {
         .put_key_bundle(&agent.principal, 4, b"kb4")
         .await
         .unwrap();
-    store.put_token(&sample_token(1, 0, 100)).await.unwrap();
-    store.put_token(&sample_token(2, 0, 100)).await.unwrap();
+    store
+        .put_token(&sample_token(1, 0, 100), u64::MAX)
+        .await
+        .unwrap();
+    store
+        .put_token(&sample_token(2, 0, 100), u64::MAX)
+        .await
+        .unwrap();
     store.redeem_token(&[2; 32], 10).await.unwrap();
     store.put_revocations(3, b"crl").await.unwrap();
     store.put_grants(9, b"book").await.unwrap();

@@ -594,8 +594,8 @@ impl Store for FlakyStore {
     ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         self.inner.latest_key_bundle(principal).await
     }
-    async fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
-        self.inner.put_token(token).await
+    async fn put_token(&self, token: &TokenRecord, max: u64) -> Result<(), StoreError> {
+        self.inner.put_token(token, max).await
     }
     async fn redeem_token(&self, hash: &[u8; 32], now_ms: u64) -> Result<TokenRecord, StoreError> {
         self.inner.redeem_token(hash, now_ms).await

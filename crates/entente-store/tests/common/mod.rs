@@ -92,8 +92,14 @@ pub async fn write_common(store: &EmbeddedStore) {
         .await
         .unwrap();
     store.put_key_bundle(BOB, 0, &[0, 1, 2, 255]).await.unwrap();
-    store.put_token(&token(0xaa, false)).await.unwrap();
-    store.put_token(&token(0xbb, false)).await.unwrap();
+    store
+        .put_token(&token(0xaa, false), u64::MAX)
+        .await
+        .unwrap();
+    store
+        .put_token(&token(0xbb, false), u64::MAX)
+        .await
+        .unwrap();
     store
         .redeem_token(&[0xbb; 32], 1_767_225_600_001)
         .await
