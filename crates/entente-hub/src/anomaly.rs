@@ -197,6 +197,13 @@ struct Window {
     limit_hits: u64,
 }
 
+impl Window {
+    /// Whether anything was counted.
+    fn active(&self) -> bool {
+        self.frames > 0 || self.refusals > 0 || self.limit_hits > 0
+    }
+}
+
 /// What an agent's traffic usually is.
 #[derive(Debug, Default)]
 struct Baseline {
@@ -320,14 +327,18 @@ impl Anomaly {
     }
 
     /// Closes every agent's window at `now_ms`, scores it and updates the agent's risk;
-    /// returns what changed. Agents idle and unused for a day are forgotten.
+    /// returns what changed. Agents idle and unused for a day are forgotten; one whose window
+    /// counted something is kept to be scored, held by nothing or not (an agent calling RPCs
+    /// without a session holds its watch only for the length of each call).
     pub(crate) fn tick(&self, now_ms: u64) -> Vec<Step> {
         let watches: Vec<(Principal, Arc<Watch>)> = {
             let mut agents = self.lock();
             agents.retain(|_, watch| {
-                Arc::strong_count(watch) > 1
-                    || watch.risk() > 0
-                    || now_ms.saturating_sub(watch.lock().last_active_ms) < FORGET_AFTER_MS
+                Arc::strong_count(watch) > 1 || watch.risk() > 0 || {
+                    let counts = watch.lock();
+                    counts.window.active()
+                        || now_ms.saturating_sub(counts.last_active_ms) < FORGET_AFTER_MS
+                }
             });
             agents.iter().map(|(p, w)| (p.clone(), w.clone())).collect()
         };
@@ -401,7 +412,7 @@ impl Watch {
         let mut counts = self.lock();
         let window = std::mem::take(&mut counts.window);
         let before = self.risk();
-        let active = window.frames > 0 || window.refusals > 0 || window.limit_hits > 0;
+        let active = window.active();
         if !active && before == 0 {
             return None;
         }
@@ -807,6 +818,29 @@ mod tests {
         assert_eq!(steps[0].risk, 70);
         assert_eq!(steps[0].throttled, Some(true));
         assert!(!steps[0].quarantine && steps[1].quarantine, "{steps:?}");
+    }
+
+    /// An agent holding no session between its calls (its watch dropped as each call ends)
+    /// is scored all the same: a watch whose window counted something is kept to its close.
+    #[test]
+    fn an_agent_probing_without_a_session_is_scored() {
+        let anomaly = Anomaly::new(config());
+        let eve = agent("eve");
+        let mut now = 1_700_000_000_000;
+        let steps = run(&anomaly, &mut now, 2, |_| {
+            for _ in 0..200 {
+                anomaly.watch(&eve).refused();
+            }
+        });
+        assert_eq!(steps.len(), 2, "{steps:?}");
+        assert_eq!(steps[0].throttled, Some(true));
+        assert!(steps[1].quarantine, "{steps:?}");
+        // Quiet and at no risk any more, it is forgotten (after a day).
+        run(&anomaly, &mut now, 10, |_| {});
+        assert_eq!(anomaly.risk(&eve), 0);
+        now += FORGET_AFTER_MS;
+        anomaly.tick(now);
+        assert!(anomaly.lock().is_empty());
     }
 
     #[test]
