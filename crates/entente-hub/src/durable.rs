@@ -206,9 +206,18 @@ pub(crate) enum DurableError {
     /// The consumer's name breaks the rules.
     #[error("a durable consumer's name is 1 to 64 of `a-z`, `0-9`, `-`, `_`")]
     BadName,
-    /// The consumer belongs to another principal, or was made for another pattern.
+    /// The consumer was made for another pattern.
     #[error("{0}")]
     NotYours(String),
+    /// The consumer belongs to another principal (named in the audit record of the refusal,
+    /// not to the caller).
+    #[error("the durable consumer `{name}` is another principal's: choose another name")]
+    Others {
+        /// The consumer.
+        name: String,
+        /// Its owner.
+        owner: String,
+    },
     /// Another session holds the consumer.
     #[error("the durable consumer `{0}` is held by another session")]
     InUse(String),
@@ -860,10 +869,10 @@ impl Stream {
             }
         };
         if consumer.owner != *owner {
-            return Err(DurableError::NotYours(format!(
-                "the durable consumer `{name}` belongs to `{}`",
-                consumer.owner
-            )));
+            return Err(DurableError::Others {
+                name: name.to_owned(),
+                owner: consumer.owner.to_string(),
+            });
         }
         if consumer.pattern != *pattern {
             return Err(DurableError::NotYours(format!(
@@ -985,10 +994,15 @@ impl Stream {
     }
 
     /// Purges what every consumer is done with and what is too old, and saves the consumers
-    /// that changed.
+    /// that changed. While the audit log is failed, no consumer is forgotten and no dead
+    /// letter dropped past the limits: each is recorded, and what the hub would record it
+    /// does not do then (AUDIT.md §5).
     fn tick(&self) {
         let max_age_ms = u64::try_from(self.config.max_age.as_millis()).unwrap_or(u64::MAX);
-        self.expire_idle(max_age_ms);
+        let audited = self.auditor.check().is_ok();
+        if audited {
+            self.expire_idle(max_age_ms);
+        }
         let consumers: Vec<Arc<Consumer>> = lock(&self.consumers).values().cloned().collect();
         // The floors before the log's lock, never under it: no lock is taken under another
         // here; a floor only rises, so one read early only purges less.
@@ -1020,7 +1034,11 @@ impl Stream {
             if too_old > dead.first_seq() && dead.purge_to(too_old).is_err() {
                 stats::bump(&self.stats.durable_failures);
             }
-            self.bound_dead(&mut dead)
+            if audited {
+                self.bound_dead(&mut dead)
+            } else {
+                None
+            }
         };
         if let Some(dropped) = dropped {
             self.record_dead_dropped(dropped);
@@ -1167,13 +1185,16 @@ impl Stream {
         Ok(Some((channel, Bytes::copy_from_slice(body))))
     }
 
-    /// Moves entry `seq` to the dead-letter log (as stored, with its sequence) and records it.
-    /// Moves entry `seq` (as stored, sealed) to the dead-letter log and records it. `false` if
-    /// it stays the consumer's, tried again: it could not be read (until reads failed
-    /// `max_deliver` more times: then it is recorded as lost, `dead-letter-unreadable`), or
-    /// the dead-letter log failed (the stream then fails: it takes nothing more until the hub
-    /// restarts). One already purged is gone: nothing to move.
+    /// Moves entry `seq` (as stored, sealed, with its sequence) to the dead-letter log and
+    /// records it. `false` if it stays the consumer's, tried again: the audit log is failed
+    /// (the move would go unrecorded), it could not be read (until reads failed `max_deliver`
+    /// more times: then it is recorded as lost, `dead-letter-unreadable`), or the dead-letter
+    /// log failed (the stream then fails: it takes nothing more until the hub restarts). One
+    /// already purged is gone: nothing to move.
     fn dead_letter(&self, seq: u64, consumer: &str, attempts: u32) -> bool {
+        if self.auditor.check().is_err() {
+            return false;
+        }
         let read = lock(&self.log).read(seq);
         let (operation, detail) = match read {
             Ok(Some(entry)) => {
@@ -2391,7 +2412,81 @@ mod tests {
         stream.hold("idle", &bob, &pattern, 3).unwrap();
     }
 
+    /// While the audit log is failed nothing a record would say is done: no consumer is
+    /// forgotten, no entry moved to the dead-letter log, no dead letter dropped past the
+    /// limits; each waits for a hub whose log works.
+    #[tokio::test]
+    async fn nothing_unrecorded_is_done_while_the_audit_log_is_failed() {
+        use entente_keystore::local::{Argon2Params, LocalKeyStore, Unlock};
+        let dir = tempfile::tempdir().unwrap();
+        let (keys, registry) = data_keys(dir.path()).await;
+        let keystore: Arc<dyn entente_keystore::KeyStore> = Arc::new(
+            LocalKeyStore::create(
+                &dir.path().join("audit-keys"),
+                &Unlock::passphrase("durable tests"),
+                Argon2Params::danger_fast_for_tests(),
+            )
+            .unwrap(),
+        );
+        let audit_dir = dir.path().join("audit");
+        let (auditor, writer) = Auditor::open(
+            &crate::AuditConfig::new(audit_dir.clone()),
+            "acme.internal",
+            &keystore,
+            &registry,
+            Arc::default(),
+        )
+        .await
+        .unwrap();
+        let mut config = StreamConfig::new("orders", ChannelPattern::parse("orders.>").unwrap());
+        config.max_age = Duration::from_secs(10);
+        config.max_messages = 1;
+        let stream = Arc::new(
+            Stream::open(
+                config,
+                &dir.path().join("streams"),
+                &keys,
+                &Arc::default(),
+                &auditor,
+            )
+            .unwrap(),
+        );
+        assert!(stream.append(&[b"one".to_vec(), b"two".to_vec()]));
+        let pattern = ChannelPattern::parse("orders.eu").unwrap();
+        let alice = Principal::parse("spiffe://acme.internal/agent/shop/alice").unwrap();
+        let idle = stream.hold("idle", &alice, &pattern, 1).unwrap();
+        *lock(&idle.holder) = None;
+        lock(&idle.state).idle_since = Instant::now().checked_sub(Duration::from_secs(20));
+        // A dead letter moved while the log works; a second one stored past the limit of one,
+        // directly (as a lowered limit leaves them).
+        assert!(stream.dead_letter(1, "idle", 5));
+        lock(&stream.dead).append_all(&[&[0; 8]], now_ms()).unwrap();
+
+        // The log's records file is gone: the next record fails the log.
+        std::fs::remove_file(audit_dir.join("records")).unwrap();
+        let event = entente_audit::Event::Admin(entente_audit::Admin {
+            operation: crate::audit::clear("test"),
+            target: crate::audit::clear("test"),
+            detail: crate::audit::clear("test"),
+        });
+        auditor
+            .record(
+                crate::audit::HUB_ACTOR,
+                entente_audit::Outcome::Success,
+                event,
+            )
+            .await
+            .unwrap_err();
+        assert!(!stream.dead_letter(2, "idle", 5));
+        stream.tick();
+        assert!(lock(&stream.consumers).contains_key("idle"));
+        assert_eq!(lock(&stream.dead).len(), 2);
+        auditor.close();
+        assert!(writer.join().await.is_err());
+    }
+
     /// Dead letters die in any order: the oldest key version among them is found in all of
+    /// them, past each one's sequence, not in the first kept.    /// Dead letters die in any order: the oldest key version among them is found in all of
     /// them, past each one's sequence, not in the first kept.
     #[test]
     fn the_oldest_key_of_dead_letters_is_found_in_all_of_them() {

@@ -165,6 +165,8 @@ struct Refused {
     /// replies refused because a durable channel captures one, so that a requester can't get
     /// its responder throttled or quarantined.
     scored: bool,
+    /// What the client is told, when it may not learn all that the audit log keeps (`reason`).
+    told: Option<String>,
 }
 
 /// An entry to store in a durable channel, with its stream.
@@ -1358,6 +1360,7 @@ impl<R: Router> Session<R> {
             retry_after_ms: hit.retry_after_ms(),
             recorded: true,
             scored: true,
+            told: None,
         };
         let same = self
             .limit_hits
@@ -1560,7 +1563,7 @@ impl<R: Router> Session<R> {
         self.answer(server_frame::Kind::Refusal(Refusal {
             request_id,
             code: refused.code.as_u32(),
-            reason: refused.reason,
+            reason: refused.told.unwrap_or(refused.reason),
             retry_after_ms: refused.retry_after_ms,
         }))
         .await
@@ -1642,11 +1645,16 @@ fn now_ms() -> u64 {
 
 impl From<DurableError> for Refused {
     fn from(e: DurableError) -> Self {
+        // The owner of a consumer is the audit log's to know, not whoever tries its name.
+        if let DurableError::Others { name, owner } = &e {
+            let recorded = format!("the durable consumer `{name}` belongs to `{owner}`");
+            return Self::new(RefusalCode::Denied, recorded).told(e.to_string());
+        }
         let code = match e {
             DurableError::Full { .. } => RefusalCode::Full,
             DurableError::NoStream(_) => RefusalCode::NoStream,
             DurableError::BadName => RefusalCode::Malformed,
-            DurableError::NotYours(_) => RefusalCode::Denied,
+            DurableError::NotYours(_) | DurableError::Others { .. } => RefusalCode::Denied,
             DurableError::InUse(_) => RefusalCode::DuplicateSubscription,
             DurableError::TooManyConsumers { .. } => RefusalCode::TooManySubscriptions,
             DurableError::Unavailable(_) => RefusalCode::Unavailable,
@@ -1663,7 +1671,14 @@ impl Refused {
             retry_after_ms: 0,
             recorded: false,
             scored: true,
+            told: None,
         }
+    }
+
+    /// A refusal whose client is told `told`, the audit log its whole reason.
+    fn told(mut self, told: String) -> Self {
+        self.told = Some(bounded(told));
+        self
     }
 
     /// A refusal that does not count against the sender's risk (a reply without its grant, a
@@ -1887,6 +1902,22 @@ mod tests {
     use crate::router::LocalRouter;
 
     const NOW: u64 = 1_760_000_000_000;
+
+    /// Trying another's durable consumer by its name tells the caller it is another's, not
+    /// whose: the audit record of the refusal names the owner.
+    #[test]
+    fn a_durable_consumer_of_another_is_refused_without_naming_its_owner() {
+        let owner = "spiffe://example.org/agent/shop/alice";
+        let refused = Refused::from(DurableError::Others {
+            name: "billing".into(),
+            owner: owner.into(),
+        });
+        assert_eq!(refused.code, RefusalCode::Denied);
+        assert!(refused.reason.contains(owner), "{}", refused.reason);
+        let told = refused.told.unwrap();
+        assert!(!told.contains(owner), "{told}");
+        assert!(told.contains("`billing` is another principal's"), "{told}");
+    }
 
     struct Hub {
         context: SessionContext<LocalRouter>,

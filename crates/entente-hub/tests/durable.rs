@@ -436,7 +436,13 @@ async fn a_full_channel_refuses_publishers_and_consumers_are_bound_to_their_owne
         .await
         .unwrap_err();
     assert_eq!(err.refusal_code(), Some(RefusalCode::Denied), "{err}");
-    assert!(err.to_string().contains("belongs to"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("the durable consumer `alice` is another principal's"),
+        "{err}"
+    );
+    // Whose it is stays the audit log's: the refusal names no principal.
+    assert!(!err.to_string().contains("spiffe://"), "{err}");
     let err = bob
         .subscribe_durable("payments.>", "bob")
         .await
