@@ -272,7 +272,8 @@ pub(crate) async fn approve<R: Router>(
     let quarantined = |p: &Principal| services.anomaly.quarantined(p).is_some();
     let (envelope, statement) = (approval.statement().object_hash, *approval.digest());
     let outcome = holds
-        .decide(&id, &approval, now_ms, |sender, channel, approvers| {
+        // Judged at the time the decision's turn came (`at`): it may have waited for others.
+        .decide(&id, &approval, now_ms, |sender, channel, approvers, at| {
             if revoked(sender) {
                 return Verdicts::Denied(format!("its sender `{sender}` is revoked"));
             }
@@ -286,11 +287,11 @@ pub(crate) async fn approve<R: Router>(
                 .filter(|a| {
                     !revoked(a)
                         && !quarantined(a)
-                        && permitted_approver(services, a, channel, now_ms).is_ok()
+                        && permitted_approver(services, a, channel, at).is_ok()
                 })
                 .cloned()
                 .collect();
-            authz.decide_held(sender, channel, &standing, now_ms)
+            authz.decide_held(sender, channel, &standing, at)
         })
         .await?;
     let response = |outcome: &str, approvals| ApproveResponse {
@@ -606,7 +607,7 @@ impl Holds {
         id: &str,
         approval: &VerifiedApproval,
         now_ms: u64,
-        decide: impl FnOnce(&Principal, &Channel, &[Principal]) -> Verdicts,
+        decide: impl FnOnce(&Principal, &Channel, &[Principal], u64) -> Verdicts,
     ) -> Result<Outcome, HoldError> {
         let _writing = self.writing.lock().await;
         // The time once it is this decision's turn (it may have waited for others).
@@ -819,7 +820,7 @@ impl Hold {
         id: &str,
         approval: &VerifiedApproval,
         now_ms: u64,
-        decide: impl FnOnce(&Principal, &Channel, &[Principal]) -> Verdicts,
+        decide: impl FnOnce(&Principal, &Channel, &[Principal], u64) -> Verdicts,
     ) -> Result<Outcome, HoldError> {
         if self.state != State::Pending {
             return Err(HoldError::Decided {
@@ -878,7 +879,7 @@ impl Hold {
                 self.approvals.push(info);
                 self.approvers.push(approver.clone());
                 let approvals = u32::try_from(self.approvers.len()).unwrap_or(u32::MAX);
-                match decide(&self.new.sender, &self.new.channel, &self.approvers) {
+                match decide(&self.new.sender, &self.new.channel, &self.approvers, now_ms) {
                     Verdicts::Allowed => {
                         let body = self.new.body.clone();
                         self.end(State::Released, String::new(), now_ms);
@@ -1131,16 +1132,8 @@ mod tests {
         assert_eq!(state(NOW + 2000), "expired");
     }
 
-    /// A decision is judged when its turn comes: one that waited for another past the hold's
-    /// expiry is refused as expired, however early its caller read the time.
-    #[tokio::test]
-    async fn an_approval_that_waited_past_the_expiry_is_refused() {
-        let holds = Holds::default();
-        let start = rpc::unix_ms(SystemTime::now());
-        holds
-            .hold(new("alice", 0, start + 300), start)
-            .await
-            .unwrap();
+    /// Bob's approval of `alice-0`, signed at `start`.
+    fn bobs_approval(start: u64) -> VerifiedApproval {
         let keys = entente_crypto::MessageKeys::generate().unwrap();
         let bob = Principal::parse("spiffe://example.org/agent/shop/bob").unwrap();
         let signed = entente_crypto::ApprovalStatement {
@@ -1154,13 +1147,26 @@ mod tests {
         }
         .sign(&keys)
         .unwrap();
-        let approval = ApprovalIn::new(signed.statement().clone(), signed.signature())
+        ApprovalIn::new(signed.statement().clone(), signed.signature())
             .unwrap()
             .verify_with_key(&bob, &keys.ed25519_public(), start)
+            .unwrap()
+    }
+
+    /// A decision is judged when its turn comes: one that waited for another past the hold's
+    /// expiry is refused as expired, however early its caller read the time.
+    #[tokio::test]
+    async fn an_approval_that_waited_past_the_expiry_is_refused() {
+        let holds = Holds::default();
+        let start = rpc::unix_ms(SystemTime::now());
+        holds
+            .hold(new("alice", 0, start + 300), start)
+            .await
             .unwrap();
+        let approval = bobs_approval(start);
         // Another decision is being stored; this one, asked before the expiry, waits.
         let other = holds.writing.lock().await;
-        let decided = holds.decide("alice-0", &approval, start, |_, _, _| Verdicts::Allowed);
+        let decided = holds.decide("alice-0", &approval, start, |_, _, _, _| Verdicts::Allowed);
         let waited = async {
             tokio::time::sleep(Duration::from_millis(500)).await;
             drop(other);
@@ -1170,6 +1176,36 @@ mod tests {
             matches!(&decided, Err(HoldError::Decided { state, .. }) if *state == "expired"),
             "{decided:?}"
         );
+    }
+
+    /// The policies and grants that decide a release are asked at the decision's turn too,
+    /// not at the time its caller read (a grant that ended meanwhile no longer counts).
+    #[tokio::test]
+    async fn a_decision_that_waited_asks_the_policies_at_its_turn() {
+        let holds = Holds::default();
+        let start = rpc::unix_ms(SystemTime::now());
+        holds
+            .hold(new("alice", 0, start + 60_000), start)
+            .await
+            .unwrap();
+        let approval = bobs_approval(start);
+        let other = holds.writing.lock().await;
+        let asked_at = std::sync::Mutex::new(0);
+        let decided = holds.decide("alice-0", &approval, start, |_, _, _, at| {
+            *asked_at.lock().unwrap() = at;
+            Verdicts::Allowed
+        });
+        let waited = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(other);
+        };
+        let (decided, ()) = tokio::join!(decided, waited);
+        assert!(
+            matches!(decided, Ok(Outcome::Released { .. })),
+            "{decided:?}"
+        );
+        let at = *asked_at.lock().unwrap();
+        assert!(at >= start + 300, "asked at {at}, {} ms after", at - start);
     }
 
     /// One segment's senders together hold at most its share; another segment still holds.
