@@ -20,6 +20,7 @@ use tonic::Status;
 use tonic::metadata::MetadataValue;
 
 use crate::anomaly::Watch;
+use crate::audit::Auditor;
 use crate::limits::{Hit, Limit};
 use crate::rpc::Services;
 use crate::stats;
@@ -32,6 +33,16 @@ const FORGET_AFTER: Duration = Duration::from_secs(60);
 
 /// The runs of refused calls, by agent and limit.
 pub(crate) type CallHits = Runs<(Principal, Limit), Hit>;
+
+/// The runs of refusals by the limits sessions check, hub-wide, by agent, limit and scope
+/// (the channel or class a channel limit or a permit's `@rate` is on): not per session, so
+/// that an agent opening sessions one after the other, or alternating limits, gets a record
+/// of a run at most once a second all the same.
+pub(crate) type LimitRuns = Runs<(Principal, Limit, String), Hit>;
+
+/// The most runs of sessions' refusals told apart by scope; past it, an agent's refusals by
+/// a limit on a scope not yet counted are counted together, under the scope `(others)`.
+const MAX_LIMIT_RUNS: usize = 65_536;
 
 /// Runs of refusals by key `K` (who was refused by what), each recorded at most once every
 /// [`RECORD_INTERVAL`] with the count of the refusals it stands for, and `H`, what the last
@@ -144,26 +155,42 @@ pub(crate) fn check<R>(
             .call_hits
             .hit(key, || fallback, unbounded, hit, Instant::now())
     {
-        record(services, principal, &hit, count);
+        record(services.authz.auditor(), principal, &hit, count);
     }
     Err(status)
 }
 
-/// Records the refusals a run left unrecorded once a record is due (all of them, when
-/// `all`: at shutdown).
-pub(crate) fn record_due<R>(services: &Services<R>, all: bool) {
-    for ((principal, _), hit, count) in services.call_hits.due(Instant::now(), all) {
-        record(services, &principal, &hit, count);
+/// Counts a session's refusal of `principal` by a rate limit (`hit`) in its run, and records
+/// the run if a record is due (the first of a run at once).
+pub(crate) fn limited_in_session(
+    runs: &LimitRuns,
+    auditor: &Auditor,
+    principal: &Principal,
+    hit: Hit,
+) {
+    let key = (principal.clone(), hit.limit, hit.scope.clone());
+    let others = (principal.clone(), hit.limit, "(others)".to_owned());
+    if let Some((_, hit, count)) = runs.hit(key, || others, MAX_LIMIT_RUNS, hit, Instant::now()) {
+        record(auditor, principal, &hit, count);
     }
 }
 
-fn record<R>(services: &Services<R>, principal: &Principal, hit: &Hit, count: u64) {
+/// Records the refusals a run left unrecorded once a record is due (all of them, when
+/// `all`: at shutdown), of calls and of sessions.
+pub(crate) fn record_due<R>(services: &Services<R>, all: bool) {
+    let (now, auditor) = (Instant::now(), services.authz.auditor());
+    for ((principal, _), hit, count) in services.call_hits.due(now, all) {
+        record(auditor, &principal, &hit, count);
+    }
+    for ((principal, ..), hit, count) in services.limit_runs.due(now, all) {
+        record(auditor, &principal, &hit, count);
+    }
+}
+
+fn record(auditor: &Auditor, principal: &Principal, hit: &Hit, count: u64) {
     let event = hit.record(principal, count);
-    // A failed log refuses every call after it anyway.
-    let _ = services
-        .authz
-        .auditor()
-        .submit(principal.as_str(), Outcome::Denied, event);
+    // A failed log refuses everything after it anyway.
+    let _ = auditor.submit(principal.as_str(), Outcome::Denied, event);
 }
 
 #[cfg(test)]

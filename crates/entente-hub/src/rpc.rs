@@ -93,6 +93,8 @@ pub(crate) struct Services<R> {
     pub(crate) limiters: Arc<crate::limits::Limiters>,
     /// The runs of refused calls, recorded at most once a second per agent and limit.
     pub(crate) call_hits: crate::calls::CallHits,
+    /// The runs of sessions' refusals by a rate limit, recorded as [`Self::call_hits`].
+    pub(crate) limit_runs: Arc<crate::calls::LimitRuns>,
     /// The connections not yet authenticated, and the runs of those refused.
     pub(crate) unauthenticated: Arc<crate::unauth::Unauthenticated>,
 }

@@ -329,6 +329,7 @@ impl Hub {
                 Limiters::new(&config.rate_limits).with_throttle(config.anomaly.throttled),
             ),
             anomaly: anomaly.clone(),
+            limit_runs: Arc::default(),
         };
         let services = Arc::new(Services {
             ca: ca_state,
@@ -354,6 +355,7 @@ impl Hub {
             enroll_refusals: Arc::default(),
             limiters: context.limiters.clone(),
             call_hits: crate::calls::CallHits::default(),
+            limit_runs: context.limit_runs.clone(),
             unauthenticated: Arc::new(crate::unauth::Unauthenticated::new(
                 config.max_unauthenticated,
                 config.max_unauthenticated_per_source,

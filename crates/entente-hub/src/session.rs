@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use entente_audit::{DeliveredBatch, Event, Hash, Outcome};
@@ -62,6 +62,9 @@ pub(crate) struct SessionContext<R> {
     pub(crate) limiters: Arc<Limiters>,
     /// Every agent's traffic counts and risk.
     pub(crate) anomaly: Arc<Anomaly>,
+    /// The runs of refusals by the rate limits sessions check, hub-wide, as the audit log
+    /// records them ([`crate::calls::LimitRuns`]).
+    pub(crate) limit_runs: Arc<crate::calls::LimitRuns>,
 }
 
 impl<R> Clone for SessionContext<R> {
@@ -76,6 +79,7 @@ impl<R> Clone for SessionContext<R> {
             streams: self.streams.clone(),
             limiters: self.limiters.clone(),
             anomaly: self.anomaly.clone(),
+            limit_runs: self.limit_runs.clone(),
         }
     }
 }
@@ -107,8 +111,6 @@ pub(crate) struct Session<R: Router> {
     /// The durable consumers this session holds, by subscription (their patterns are in
     /// `subscriptions` too).
     durables: HashMap<u64, durable::Held>,
-    /// Limit refusals not yet in the audit log.
-    limit_hits: LimitHits,
     /// The principal's traffic counts and risk.
     watch: Arc<Watch>,
     /// What the frame being handled asks (`publish`, `subscribe`, `unsubscribe`), for the
@@ -116,20 +118,8 @@ pub(crate) struct Session<R: Router> {
     asking: &'static str,
 }
 
-/// How often, at most, a session records a run of refusals by the same limit: the first
-/// refusal is recorded at once, the ones after it together, at most once per interval and
-/// when the session ends, each record saying how many it stands for.
-const LIMIT_RECORD_INTERVAL: Duration = Duration::from_secs(1);
-
 /// Envelopes and bytes of a publish by channel class ([`Class`] order).
 type Traffic = [(u64, u64); 4];
-
-/// Refusals by one limit since the last record.
-#[derive(Debug, Default)]
-struct LimitHits {
-    pending: Option<(Hit, u64)>,
-    last_record: Option<Instant>,
-}
 
 /// An answer waiting for the audit log (up to a ticket) and for durable channels, and who
 /// waits for it to be queued for the client.
@@ -261,7 +251,6 @@ impl<R: Router> Session<R> {
             answers_wait,
             answers: OnceLock::new(),
             durables: HashMap::new(),
-            limit_hits: LimitHits::default(),
             watch,
             asking: "session",
         }
@@ -325,7 +314,6 @@ impl<R: Router> Session<R> {
 
     /// Removes the session's subscriptions from the router.
     pub(crate) fn finish(&mut self) {
-        self.record_limit_hits();
         for (_, held) in self.durables.drain() {
             held.release();
         }
@@ -1362,39 +1350,13 @@ impl<R: Router> Session<R> {
             scored: true,
             told: None,
         };
-        let same = self
-            .limit_hits
-            .pending
-            .as_ref()
-            .is_some_and(|(p, _)| p.limit == hit.limit && p.scope == hit.scope);
-        if !same {
-            self.record_limit_hits();
-        }
-        let count = self.limit_hits.pending.take().map_or(0, |(_, n)| n);
-        self.limit_hits.pending = Some((hit, count + 1));
-        let due = self
-            .limit_hits
-            .last_record
-            .is_none_or(|at| at.elapsed() >= LIMIT_RECORD_INTERVAL);
-        if due {
-            self.record_limit_hits();
-        }
+        crate::calls::limited_in_session(
+            &self.context.limit_runs,
+            self.context.authz.auditor(),
+            &self.principal,
+            hit,
+        );
         refused
-    }
-
-    /// Records the limit refusals not yet recorded, if any.
-    fn record_limit_hits(&mut self) {
-        let Some((hit, count)) = self.limit_hits.pending.take() else {
-            return;
-        };
-        self.limit_hits.last_record = Some(Instant::now());
-        let event = hit.record(&self.principal, count);
-        // A failed log refuses everything after it anyway.
-        let _ =
-            self.context
-                .authz
-                .auditor()
-                .submit(self.principal.as_str(), Outcome::Denied, event);
     }
 
     /// A `DENIED` refusal, counted.
@@ -1949,6 +1911,7 @@ mod tests {
                 streams: Arc::default(),
                 limiters: Arc::new(Limiters::new(&crate::RateLimits::default())),
                 anomaly: Arc::new(Anomaly::new(crate::AnomalyConfig::default())),
+                limit_runs: Arc::default(),
             },
             replay: ReplayGuard::default(),
             next: 0,
@@ -2708,6 +2671,52 @@ mod tests {
         let mut bob = hub.connect(agent("shop", "bob"));
         assert_eq!(bob.subscribe(1, "orders.eu").await, ack(1));
         assert_eq!(hub.context.stats.snapshot().rate_limited, 2);
+    }
+
+    /// Refusals by one limit are grouped into runs per agent, limit and scope across the
+    /// agent's sessions: a new session (or another stream) starts no run of its own, so
+    /// opening sessions one after the other records no more than one session would.
+    #[tokio::test]
+    async fn limit_refusals_of_one_agent_are_one_run_across_its_sessions() {
+        let mut hub = hub(SHOP);
+        hub.context.limiters = Arc::new(Limiters::new(&crate::RateLimits {
+            agent_messages: None,
+            agent_bytes: None,
+            agent_subscriptions: Some(crate::Rate {
+                per_second: 1,
+                burst: 1,
+            }),
+            agent_calls: None,
+            channels: Vec::new(),
+        }));
+        let mut first = hub.connect(agent("shop", "alice"));
+        assert_eq!(first.subscribe(1, "orders.eu").await, ack(1));
+        assert_eq!(
+            refusal(first.subscribe(2, "orders.us").await),
+            (2, Some(RefusalCode::RateLimited))
+        );
+        let mut second = hub.connect(agent("shop", "alice"));
+        for id in 3..6 {
+            assert_eq!(
+                refusal(second.subscribe(id, "orders.us").await),
+                (id, Some(RefusalCode::RateLimited))
+            );
+        }
+        // The first refusal was recorded at once; the other three wait together for the
+        // run's next record (within a second), whichever session they came from.
+        let due = hub.context.limit_runs.due(Instant::now(), true);
+        let [((who, limit, scope), _, count)] = due.as_slice() else {
+            panic!("{due:?}");
+        };
+        assert_eq!(
+            (who, *limit, scope.as_str(), *count),
+            (
+                &agent("shop", "alice"),
+                crate::limits::Limit::AgentSubscriptions,
+                "",
+                3
+            )
+        );
     }
 
     #[tokio::test]
