@@ -40,6 +40,10 @@ pub(crate) type CallHits = Runs<(Principal, Limit), Hit>;
 /// of a run at most once a second all the same.
 pub(crate) type LimitRuns = Runs<(Principal, Limit, String), Hit>;
 
+/// The runs of mutual-TLS connections refused by a connection limit, by agent and limit (its
+/// name, `connections` or `connections-per-agent`).
+pub(crate) type ConnectionHits = Runs<(Principal, &'static str), ()>;
+
 /// The most runs of sessions' refusals told apart by scope; past it, an agent's refusals by
 /// a limit on a scope not yet counted are counted together, under the scope `(others)`.
 const MAX_LIMIT_RUNS: usize = 65_536;
@@ -185,6 +189,39 @@ pub(crate) fn record_due<R>(services: &Services<R>, all: bool) {
     for ((principal, ..), hit, count) in services.limit_runs.due(now, all) {
         record(auditor, &principal, &hit, count);
     }
+    for ((principal, limit), (), count) in services.connection_hits.due(now, all) {
+        record_connections(auditor, &principal, limit, count);
+    }
+}
+
+/// Counts a connection of `principal` refused by connection limit `limit` in its run, and
+/// records the run if a record is due (the first of a run at once).
+pub(crate) fn connection_refused<R>(
+    services: &Services<R>,
+    principal: &Principal,
+    limit: &'static str,
+) {
+    let key = (principal.clone(), limit);
+    let (fallback, unbounded) = (key.clone(), usize::MAX);
+    if let Some((_, (), count)) =
+        services
+            .connection_hits
+            .hit(key, || fallback, unbounded, (), Instant::now())
+    {
+        record_connections(services.authz.auditor(), principal, limit, count);
+    }
+}
+
+fn record_connections(auditor: &Auditor, principal: &Principal, limit: &str, count: u64) {
+    let event = entente_audit::Event::Limit(entente_audit::LimitHit {
+        principal: crate::audit::clear(principal.as_str()),
+        limit: crate::audit::clear(limit),
+        scope: crate::audit::clear(""),
+        count,
+        retry_after_ms: 0,
+    });
+    // A failed log refuses everything after it anyway.
+    let _ = auditor.submit(principal.as_str(), Outcome::Denied, event);
 }
 
 fn record(auditor: &Auditor, principal: &Principal, hit: &Hit, count: u64) {

@@ -95,6 +95,8 @@ pub(crate) struct Services<R> {
     pub(crate) call_hits: crate::calls::CallHits,
     /// The runs of sessions' refusals by a rate limit, recorded as [`Self::call_hits`].
     pub(crate) limit_runs: Arc<crate::calls::LimitRuns>,
+    /// The runs of connections refused by a connection limit, recorded as calls' are.
+    pub(crate) connection_hits: crate::calls::ConnectionHits,
     /// The connections not yet authenticated, and the runs of those refused.
     pub(crate) unauthenticated: Arc<crate::unauth::Unauthenticated>,
 }

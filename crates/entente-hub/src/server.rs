@@ -29,7 +29,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
-use entente_audit::{Event, Outcome};
 use entente_ca::{Ca, JoinToken, TrustBundle, VerifiedRevocationList, VerifiedSvid};
 use entente_store::Store;
 use entente_types::Principal;
@@ -52,7 +51,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::admin::{self, CREATE_TOKEN_PATH, REVOKE_PATH};
 use crate::anomaly::Anomaly;
-use crate::audit::{self, AuditWriter, Auditor};
+use crate::audit::{AuditWriter, Auditor};
 use crate::audit_rpc::{self, AUDIT_EXPORT_PATH, AUDIT_PROOF_PATH, AUDIT_RECORDS_PATH};
 use crate::authz::{Authz, LoadPoliciesError, PolicyOrigin, RunningPolicies};
 use crate::codec::{BoundedCodec, Outbound, SessionCodec};
@@ -356,6 +355,7 @@ impl Hub {
             limiters: context.limiters.clone(),
             call_hits: crate::calls::CallHits::default(),
             limit_runs: context.limit_runs.clone(),
+            connection_hits: crate::calls::ConnectionHits::default(),
             unauthenticated: Arc::new(crate::unauth::Unauthenticated::new(
                 config.max_unauthenticated,
                 config.max_unauthenticated_per_source,
@@ -1178,6 +1178,13 @@ fn serve_mtls(
         .unwrap_or_else(|| svid.not_after());
     let control = ConnectionControl::expiring_at(svid.not_after().min(longest));
     let principal = svid.principal().clone();
+    // A quarantined agent is told so, not counted against the limits it would fill.
+    if shared.services.anomaly.quarantined(&principal).is_some() {
+        return Some(Either::Right(Box::pin(async move {
+            let refusal = serve_quarantined(&shared, &principal, stream);
+            pending.until_evicted(refusal).await;
+        })));
+    }
     let registered = shared.register(id, principal.clone(), &svid, &control);
     let registered = match registered {
         Ok(open) => open,
@@ -1413,8 +1420,10 @@ fn serve_framed(connection: Connection, stream: TlsStream) -> impl Future<Output
     }
 }
 
-/// A connection a connection limit refused: counted and recorded; every request on it is
-/// answered `RESOURCE_EXHAUSTED` with the reason, for at most [`LIMITED_LIFETIME`].
+/// A connection a connection limit refused: counted against the agent's risk (a limit hit)
+/// and recorded as a run of the agent's refusals by that limit (the first at once, the rest
+/// together at most once a second); every request on it is answered `RESOURCE_EXHAUSTED`
+/// with the reason, for at most [`LIMITED_LIFETIME`].
 async fn serve_limited(
     shared: &Shared,
     principal: &Principal,
@@ -1424,18 +1433,8 @@ async fn serve_limited(
     stats::bump(&shared.stats.connection_limit_hits);
     shared.stats.traffic.limit_hit(limit.name());
     tracing::debug!(%principal, limit = limit.name(), "connection refused by a limit");
-    let event = Event::Limit(entente_audit::LimitHit {
-        principal: audit::clear(principal.as_str()),
-        limit: audit::clear(limit.name()),
-        scope: audit::clear(""),
-        count: 1,
-        retry_after_ms: 0,
-    });
-    let _ = shared
-        .context
-        .authz
-        .auditor()
-        .submit(principal.as_str(), Outcome::Denied, event);
+    shared.services.anomaly.watch(principal).limited();
+    crate::calls::connection_refused(&shared.services, principal, limit.name());
     refuse_requests(shared, stream, Status::resource_exhausted(limit.reason())).await;
 }
 
