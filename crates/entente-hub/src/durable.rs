@@ -35,6 +35,7 @@ use crate::audit::Auditor;
 use crate::authz::{self, Carry, DeliveryGate};
 use crate::codec::Outbound;
 use crate::commit::{Admission, Committer, Failed};
+use crate::control::{CloseReason, ConnectionControl};
 use crate::datakeys::DataKeys;
 use crate::queue::OutboundTx;
 use crate::stats::{self, Stats};
@@ -891,16 +892,13 @@ impl Stream {
         Ok(consumer)
     }
 
-    /// Delivers `consumer`'s entries to a session's `outbound` as subscription
-    /// `subscription_id`, through `gate` (what the session's principal may read now), once
-    /// `start` says so (the subscription's `Ack` is queued before them); nothing if it says
-    /// otherwise or is dropped.
+    /// Delivers `consumer`'s entries to a session through `outlet`, once `start` says so (the
+    /// subscription's `Ack` is queued before them); nothing if it says otherwise or is
+    /// dropped.
     pub(crate) fn deliver(
         self: &Arc<Self>,
         consumer: Arc<Consumer>,
-        subscription_id: u64,
-        outbound: OutboundTx,
-        gate: Arc<DeliveryGate>,
+        outlet: Outlet,
         start: oneshot::Receiver<bool>,
     ) -> Held {
         let stream = self.clone();
@@ -909,10 +907,19 @@ impl Stream {
         let generation = lock(&consumer.state).generation;
         let task = tokio::spawn(async move {
             if start.await == Ok(true) {
+                let Outlet {
+                    subscription_id,
+                    outbound,
+                    gate,
+                    connection,
+                    slow_consumer_timeout,
+                } = outlet;
                 let to = Recipient {
                     subscription_id,
                     outbound,
                     gate,
+                    connection,
+                    slow_consumer_timeout,
                     generation,
                 };
                 delivery(stream, delivering, to).await;
@@ -1552,11 +1559,28 @@ fn ahead_of(state: &ConsumerState) -> u64 {
     state.floor.saturating_add(MAX_AHEAD)
 }
 
+/// Where a durable consumer's deliveries go: a session.
+pub(crate) struct Outlet {
+    /// The session's subscription.
+    pub(crate) subscription_id: u64,
+    /// The session's outbound queue.
+    pub(crate) outbound: OutboundTx,
+    /// What the session's principal may read now.
+    pub(crate) gate: Arc<DeliveryGate>,
+    /// The session's connection, closed when the session takes nothing for
+    /// `slow_consumer_timeout` (as a live subscriber's is).
+    pub(crate) connection: ConnectionControl,
+    /// [`HubConfig::slow_consumer_timeout`](crate::HubConfig::slow_consumer_timeout).
+    pub(crate) slow_consumer_timeout: Duration,
+}
+
 /// Where a holding's deliveries go, and which holding it is.
 struct Recipient {
     subscription_id: u64,
     outbound: OutboundTx,
     gate: Arc<DeliveryGate>,
+    connection: ConnectionControl,
+    slow_consumer_timeout: Duration,
     generation: u64,
 }
 
@@ -1689,8 +1713,19 @@ async fn send(stream: &Arc<Stream>, consumer: &Arc<Consumer>, to: &Recipient, se
         Some(true) => {}
     }
     let frame = Outbound::deliver(to.subscription_id, body.freeze());
-    if to.outbound.send(frame).await.is_err() {
-        return false;
+    // A session that takes nothing for as long as a live subscriber may make the router wait
+    // ends as a slow live subscriber does: a consumer left unread would hold its stream's
+    // entries (and, at the stream's limits, every publisher on it) for as long as its session
+    // stays up. What it had in flight goes to its next holder.
+    match tokio::time::timeout(to.slow_consumer_timeout, to.outbound.send(frame)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return false,
+        Err(_) => {
+            if to.connection.close(CloseReason::SlowConsumer) {
+                stats::bump(&stream.stats.slow_consumer_disconnects);
+            }
+            return false;
+        }
     }
     stats::bump(&stream.stats.durable_delivered);
     true
@@ -2055,6 +2090,8 @@ mod tests {
             subscription_id: 1,
             outbound,
             gate: Arc::new(DeliveryGate::new(authz, subject, 0)),
+            connection: ConnectionControl::new(),
+            slow_consumer_timeout: Duration::from_secs(5),
             generation: 0,
         };
         lock(&consumer.state).attempts.insert(1, 1);
@@ -2080,6 +2117,47 @@ mod tests {
         assert_eq!(lock(&stream.dead).len(), 1);
         let state = lock(&consumer.state);
         assert!(state.floor > 1 && state.moving.is_empty(), "{state:?}");
+    }
+
+    /// A session that takes nothing from its queue for the slow-consumer timeout is ended as
+    /// a slow live subscriber is (its connection closed, counted), and the entry stays in
+    /// flight for the next holder: an unread consumer can't hold its stream's entries for
+    /// as long as its session stays up.
+    #[tokio::test]
+    async fn a_durable_consumer_that_takes_nothing_ends_its_session() {
+        let (_dir, stream, _) = stream().await;
+        assert!(stream.append(&[stored("orders.eu", b"one"), stored("orders.eu", b"two")]));
+        let owner = Principal::parse("spiffe://acme.internal/agent/shop/alice").unwrap();
+        let pattern = ChannelPattern::parse("orders.eu").unwrap();
+        let consumer = stream.hold("worker", &owner, &pattern, 1).unwrap();
+        let policies = r#"
+            @cross_segment
+            permit (principal in Segment::"shop", action == Action::"subscribe",
+                    resource in Namespace::"orders");
+        "#;
+        let authz = Arc::new(crate::authz::Authz::with_policies(policies, Arc::default()));
+        let subject = crate::authz::SessionAuthz::subject(&owner);
+        // Room for one frame, never read.
+        let (outbound, _rx) = OutboundTx::channel(1, 1 << 20);
+        let connection = ConnectionControl::new();
+        let epoch = authz.engine().epoch();
+        let to = Recipient {
+            subscription_id: 1,
+            outbound,
+            gate: Arc::new(DeliveryGate::new(authz, subject, epoch)),
+            connection: connection.clone(),
+            slow_consumer_timeout: Duration::from_millis(100),
+            generation: 0,
+        };
+        assert!(send(&stream, &consumer, &to, 1).await);
+        assert!(!send(&stream, &consumer, &to, 2).await);
+        assert_eq!(connection.reason(), Some(CloseReason::SlowConsumer));
+        assert_eq!(stream.stats.snapshot().slow_consumer_disconnects, 1);
+        let state = lock(&consumer.state);
+        assert!(
+            state.in_flight.contains_key(&1) && state.in_flight.contains_key(&2),
+            "{state:?}"
+        );
     }
 
     /// Durable channels whose patterns capture some of the same channels, or with an
@@ -2222,6 +2300,8 @@ mod tests {
                 subject,
                 authz.engine().epoch(),
             )),
+            connection: ConnectionControl::new(),
+            slow_consumer_timeout: Duration::from_secs(5),
             generation: 0,
         };
         assert!(send(&stream, &consumer, &to, 2).await);
@@ -2380,7 +2460,14 @@ mod tests {
             0,
         );
         let (start, started) = oneshot::channel();
-        let held = stream.deliver(consumer.clone(), 1, outbound, Arc::new(gate), started);
+        let outlet = Outlet {
+            subscription_id: 1,
+            outbound,
+            gate: Arc::new(gate),
+            connection: ConnectionControl::new(),
+            slow_consumer_timeout: Duration::from_secs(5),
+        };
+        let held = stream.deliver(consumer.clone(), outlet, started);
         drop(start);
         held.release();
         assert!(plan(&stream, &consumer, 9, Instant::now(), 0).is_none());

@@ -329,6 +329,7 @@ impl Hub {
             ),
             anomaly: anomaly.clone(),
             limit_runs: Arc::default(),
+            slow_consumer_timeout: config.slow_consumer_timeout,
         };
         let services = Arc::new(Services {
             ca: ca_state,

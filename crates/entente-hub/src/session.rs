@@ -65,6 +65,9 @@ pub(crate) struct SessionContext<R> {
     /// The runs of refusals by the rate limits sessions check, hub-wide, as the audit log
     /// records them ([`crate::calls::LimitRuns`]).
     pub(crate) limit_runs: Arc<crate::calls::LimitRuns>,
+    /// How long a delivery waits on a session's full queue before the session is ended
+    /// ([`HubConfig::slow_consumer_timeout`](crate::HubConfig::slow_consumer_timeout)).
+    pub(crate) slow_consumer_timeout: std::time::Duration,
 }
 
 impl<R> Clone for SessionContext<R> {
@@ -80,6 +83,7 @@ impl<R> Clone for SessionContext<R> {
             limiters: self.limiters.clone(),
             anomaly: self.anomaly.clone(),
             limit_runs: self.limit_runs.clone(),
+            slow_consumer_timeout: self.slow_consumer_timeout,
         }
     }
 }
@@ -371,13 +375,14 @@ impl<R: Router> Session<R> {
         let consumer = stream.hold(&subscribe.durable, &self.principal, &pattern, self.id)?;
         let id = subscribe.subscription_id;
         let (start, started) = oneshot::channel();
-        let held = stream.deliver(
-            consumer,
-            id,
-            self.outbound.clone(),
-            self.gate.clone(),
-            started,
-        );
+        let outlet = durable::Outlet {
+            subscription_id: id,
+            outbound: self.outbound.clone(),
+            gate: self.gate.clone(),
+            connection: self.connection.clone(),
+            slow_consumer_timeout: self.context.slow_consumer_timeout,
+        };
+        let held = stream.deliver(consumer, outlet, started);
         self.durables.insert(id, held);
         self.subscriptions.insert(id, pattern);
         Ok(start)
@@ -1912,6 +1917,7 @@ mod tests {
                 limiters: Arc::new(Limiters::new(&crate::RateLimits::default())),
                 anomaly: Arc::new(Anomaly::new(crate::AnomalyConfig::default())),
                 limit_runs: Arc::default(),
+                slow_consumer_timeout: Duration::from_millis(100),
             },
             replay: ReplayGuard::default(),
             next: 0,
