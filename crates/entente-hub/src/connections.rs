@@ -72,6 +72,25 @@ impl ConnectionLimit {
     }
 }
 
+/// Where a session reads the certificates its connection acts with ([`Connections::credentials`]).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Credentials(Option<(Arc<Connections>, u64)>);
+
+impl Credentials {
+    /// Those of connection `id`.
+    pub(crate) fn of(connections: Arc<Connections>, id: u64) -> Self {
+        Self(Some((connections, id)))
+    }
+
+    /// The connection's credentials now (none for a session without a registered connection).
+    pub(crate) fn now(&self) -> Vec<Vec<u8>> {
+        self.0
+            .as_ref()
+            .map(|(connections, id)| connections.credentials(*id))
+            .unwrap_or_default()
+    }
+}
+
 /// What the hub knows of a live mTLS connection.
 #[derive(Debug)]
 struct LiveConnection {
@@ -164,6 +183,27 @@ impl Connections {
             .count();
         stats::add(&self.stats.revoked_disconnects, closed as u64);
         closed
+    }
+
+    /// The certificates connection `id` acts with, as a held message or an approval records
+    /// them: the serial it presented, the last ones renewed over it, and its intermediates'
+    /// (at most [`entente_wire::MAX_APPROVAL_RECORDS`]; a serial revoked takes those renewed
+    /// from it along). Empty for a connection not registered.
+    pub(crate) fn credentials(&self, id: u64) -> Vec<Vec<u8>> {
+        let live = self.lock();
+        let Some(c) = live.get(&id) else {
+            return Vec::new();
+        };
+        let room = entente_wire::MAX_APPROVAL_RECORDS.saturating_sub(c.issuers.len() + 1);
+        let renewed = c.serials.get(1..).unwrap_or_default();
+        c.serials
+            .first()
+            .into_iter()
+            .chain(renewed.iter().skip(renewed.len().saturating_sub(room)))
+            .chain(&c.issuers)
+            .take(entente_wire::MAX_APPROVAL_RECORDS)
+            .cloned()
+            .collect()
     }
 
     /// The serial of the certificate connection `id` presented at its handshake.

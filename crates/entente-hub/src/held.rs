@@ -27,6 +27,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use entente_audit::{Approval, Event, Hash, Outcome as AuditOutcome, Verdict as AuditVerdict};
+use entente_ca::VerifiedRevocationList;
 use entente_crypto::{ApprovalIn, SignedBatchIn, Verdict, VerifiedApproval};
 use entente_policy::{Action, Resource, Subject};
 use entente_types::{Channel, Principal};
@@ -175,7 +176,14 @@ pub(crate) struct NewHold {
     pub(crate) size: u32,
     /// The envelope's own expiry.
     pub(crate) envelope_expires_at_ms: u64,
+    /// The certificates the sender's connection published it with
+    /// ([`Connections::credentials`](crate::connections::Connections::credentials)).
+    pub(crate) credentials: Vec<Vec<u8>>,
 }
+
+/// The certificates each principal acted on a hold with (its sender publishing it, each
+/// approver approving it): a revocation of any voids what it did there.
+pub(crate) type Acted = HashMap<Principal, Vec<Vec<u8>>>;
 
 /// The held messages of one hub: in memory, and each pending one in the store.
 #[derive(Debug, Default)]
@@ -213,6 +221,8 @@ struct Hold {
     approvers: Vec<Principal>,
     /// Digests of the statements applied, so that none is applied twice.
     seen: HashSet<[u8; 32]>,
+    /// The certificates the sender and each approver acted with.
+    acted: Acted,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,6 +231,15 @@ enum State {
     Released,
     Rejected,
     Expired,
+}
+
+/// Whether `principal` is revoked, or a certificate it acted with on a hold (`acted`): a
+/// stolen one revoked by serial, or its intermediate.
+fn revoked_on_hold(list: &VerifiedRevocationList, acted: &Acted, principal: &Principal) -> bool {
+    list.is_principal_revoked(principal)
+        || acted
+            .get(principal)
+            .is_some_and(|serials| serials.iter().any(|s| list.is_serial_revoked(s)))
 }
 
 // === RPCs ===
@@ -264,18 +283,22 @@ pub(crate) async fn approve<R: Router>(
         .map_err(grants::approval_error)?;
     let authz = &services.authz;
     let revocations = services.revocations.current();
-    let revoked = |p: &Principal| {
-        revocations
-            .as_ref()
-            .is_some_and(|list| list.is_principal_revoked(p))
-    };
     let quarantined = |p: &Principal| services.anomaly.quarantined(p).is_some();
     let (envelope, statement) = (approval.statement().object_hash, *approval.digest());
+    // The certificates this approval is made with: a revocation of any voids it.
+    let credentials = services.connections.credentials(caller.connection);
     let outcome = holds
         // Judged at the time the decision's turn came (`at`): it may have waited for others.
-        .decide(&id, &approval, now_ms, |sender, channel, approvers, at| {
+        .decide(&id, &approval, credentials, now_ms, |sender, channel, approvers, acted, at| {
+            let revoked = |p: &Principal| {
+                revocations
+                    .as_ref()
+                    .is_some_and(|list| revoked_on_hold(list, acted, p))
+            };
             if revoked(sender) {
-                return Verdicts::Denied(format!("its sender `{sender}` is revoked"));
+                return Verdicts::Denied(format!(
+                    "its sender `{sender}`, or the certificate it was published with, is revoked"
+                ));
             }
             if quarantined(sender) {
                 return Verdicts::Denied(format!("its sender `{sender}` is quarantined"));
@@ -570,7 +593,6 @@ impl Holds {
                 expires_at_ms: new
                     .envelope_expires_at_ms
                     .min(now_ms.saturating_add(hold_ms)),
-                new,
                 published_at_ms: now_ms,
                 state: State::Pending,
                 reason: String::new(),
@@ -578,6 +600,8 @@ impl Holds {
                 approvals: Vec::new(),
                 approvers: Vec::new(),
                 seen: HashSet::new(),
+                acted: HashMap::from([(new.sender.clone(), new.credentials.clone())]),
+                new,
             }
         };
         self.put(&hold).await?;
@@ -606,8 +630,9 @@ impl Holds {
         &self,
         id: &str,
         approval: &VerifiedApproval,
+        credentials: Vec<Vec<u8>>,
         now_ms: u64,
-        decide: impl FnOnce(&Principal, &Channel, &[Principal], u64) -> Verdicts,
+        decide: impl FnOnce(&Principal, &Channel, &[Principal], &Acted, u64) -> Verdicts,
     ) -> Result<Outcome, HoldError> {
         let _writing = self.writing.lock().await;
         // The time once it is this decision's turn (it may have waited for others).
@@ -626,7 +651,7 @@ impl Holds {
         // Cleared however this ends (the caller may stop waiting for it).
         let _deciding = Deciding(self);
         let decided = async {
-            let outcome = hold.apply(id, approval, now_ms, decide)?;
+            let outcome = hold.apply(id, approval, credentials, now_ms, decide)?;
             match &outcome {
                 // A released one is stored as released before it is routed: a crash between
                 // the two loses that delivery (the sender sees it listed) rather than ever
@@ -819,8 +844,9 @@ impl Hold {
         &mut self,
         id: &str,
         approval: &VerifiedApproval,
+        credentials: Vec<Vec<u8>>,
         now_ms: u64,
-        decide: impl FnOnce(&Principal, &Channel, &[Principal], u64) -> Verdicts,
+        decide: impl FnOnce(&Principal, &Channel, &[Principal], &Acted, u64) -> Verdicts,
     ) -> Result<Outcome, HoldError> {
         if self.state != State::Pending {
             return Err(HoldError::Decided {
@@ -878,8 +904,10 @@ impl Hold {
                 self.seen.insert(*approval.digest());
                 self.approvals.push(info);
                 self.approvers.push(approver.clone());
+                self.acted.insert(approver.clone(), credentials);
                 let approvals = u32::try_from(self.approvers.len()).unwrap_or(u32::MAX);
-                match decide(&self.new.sender, &self.new.channel, &self.approvers, now_ms) {
+                let (sender, channel) = (&self.new.sender, &self.new.channel);
+                match decide(sender, channel, &self.approvers, &self.acted, now_ms) {
                     Verdicts::Allowed => {
                         let body = self.new.body.clone();
                         self.end(State::Released, String::new(), now_ms);
@@ -923,6 +951,14 @@ impl Hold {
             approvers: self.approvers.iter().map(ToString::to_string).collect(),
             seen: self.seen.iter().map(|d| d.to_vec()).collect(),
             state: self.state.name().to_owned(),
+            credentials: self
+                .acted
+                .iter()
+                .map(|(principal, serials)| entente_wire::HeldCredentials {
+                    principal: principal.to_string(),
+                    serials: serials.clone(),
+                })
+                .collect(),
         }
         .encode_to_vec()
     }
@@ -979,10 +1015,18 @@ impl Hold {
             .iter()
             .map(|d| digest(d))
             .collect::<Result<HashSet<_>, _>>()?;
+        // (A hold stored before credentials were kept has none: only principals then.)
+        let acted = stored
+            .credentials
+            .into_iter()
+            .map(|c| Ok((principal(&c.principal)?, c.serials)))
+            .collect::<Result<Acted, String>>()?;
+        let sender = principal(&stored.sender)?;
         Ok(Self {
             new: NewHold {
                 id: stored.message_id,
-                sender: principal(&stored.sender)?,
+                credentials: acted.get(&sender).cloned().unwrap_or_default(),
+                sender,
                 channel: Channel::parse(&stored.channel)
                     .map_err(|e| bad(format!("channel: {e}")))?,
                 body: Bytes::from(stored.body),
@@ -1004,6 +1048,7 @@ impl Hold {
             approvals: stored.approvals,
             approvers,
             seen,
+            acted,
         })
     }
 
@@ -1088,7 +1133,25 @@ mod tests {
             purpose: "why".into(),
             size: 1,
             envelope_expires_at_ms: expires_at_ms,
+            credentials: vec![vec![1, 2, 3]],
         }
+    }
+
+    /// The certificates the sender and the approvers acted with are stored with the hold and
+    /// read back: a revocation after a restart voids what they did as before it.
+    #[tokio::test]
+    async fn what_a_hold_was_acted_with_is_stored() {
+        let holds = Holds::default();
+        holds.hold(new("alice", 0, NOW + 1000), NOW).await.unwrap();
+        let mut hold = holds.lock().holds.get("alice-0").unwrap().clone();
+        let bob = Principal::parse("spiffe://example.org/agent/shop/bob").unwrap();
+        hold.acted.insert(bob.clone(), vec![vec![4, 5], vec![6]]);
+        hold.state = State::Released;
+        let read = Hold::decode("alice-0", &hold.encode(), &Limits::default()).unwrap();
+        assert_eq!(read.acted, hold.acted);
+        assert_eq!(read.acted.len(), 2);
+        assert_eq!(read.new.credentials, [vec![1, 2, 3]]);
+        assert_eq!(read.acted[&bob], [vec![4, 5], vec![6]]);
     }
 
     #[tokio::test]
@@ -1166,7 +1229,9 @@ mod tests {
         let approval = bobs_approval(start);
         // Another decision is being stored; this one, asked before the expiry, waits.
         let other = holds.writing.lock().await;
-        let decided = holds.decide("alice-0", &approval, start, |_, _, _, _| Verdicts::Allowed);
+        let decided = holds.decide("alice-0", &approval, Vec::new(), start, |_, _, _, _, _| {
+            Verdicts::Allowed
+        });
         let waited = async {
             tokio::time::sleep(Duration::from_millis(500)).await;
             drop(other);
@@ -1191,7 +1256,7 @@ mod tests {
         let approval = bobs_approval(start);
         let other = holds.writing.lock().await;
         let asked_at = std::sync::Mutex::new(0);
-        let decided = holds.decide("alice-0", &approval, start, |_, _, _, at| {
+        let decided = holds.decide("alice-0", &approval, Vec::new(), start, |_, _, _, _, at| {
             *asked_at.lock().unwrap() = at;
             Verdicts::Allowed
         });

@@ -55,7 +55,7 @@ use crate::audit::{AuditWriter, Auditor};
 use crate::audit_rpc::{self, AUDIT_EXPORT_PATH, AUDIT_PROOF_PATH, AUDIT_RECORDS_PATH};
 use crate::authz::{Authz, LoadPoliciesError, PolicyOrigin, RunningPolicies};
 use crate::codec::{BoundedCodec, Outbound, SessionCodec};
-use crate::connections::{Caps, ConnectionLimit, Connections};
+use crate::connections::{Caps, ConnectionLimit, Connections, Credentials};
 use crate::control::{self, CloseReason, ConnectionControl};
 use crate::datakeys::{self, DataKeys};
 use crate::durable::{StreamWriters, Streams};
@@ -1375,6 +1375,7 @@ fn serve_framed(connection: Connection, stream: TlsStream) -> impl Future<Output
         shared.replay.sender(&principal),
         tx,
         connection.control.clone(),
+        Credentials::of(shared.connections.clone(), connection.id),
     );
     let (read, write) = tokio::io::split(stream);
     let (writer_tx, writer_rx) = tokio::sync::oneshot::channel();
@@ -1576,6 +1577,7 @@ async fn route_request(
                 shared: shared.clone(),
                 principal: caller.principal,
                 control: caller.control,
+                connection: caller.connection,
                 activity,
             };
             let mut grpc = Grpc::new(SessionCodec::new(limits))
@@ -1915,6 +1917,8 @@ struct SessionService {
     shared: Arc<Shared>,
     principal: Principal,
     control: ConnectionControl,
+    /// The connection's ID in [`Connections`].
+    connection: u64,
     /// The connection's activity: a running session keeps it busy.
     activity: Arc<Activity>,
 }
@@ -1943,6 +1947,7 @@ impl tower_service::Service<Request<Streaming<ClientFrame>>> for SessionService 
             shared.replay.sender(&self.principal),
             tx,
             self.control.clone(),
+            Credentials::of(shared.connections.clone(), self.connection),
         );
         let busy = self.activity.enter();
         let inbound = request.into_inner();

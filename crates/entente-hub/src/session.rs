@@ -30,6 +30,7 @@ use crate::anomaly::{Anomaly, Watch};
 use crate::audit::{self, Auditor};
 use crate::authz::{self, Authz, DeliveryGate, Denied, Publishing, SessionAuthz};
 use crate::codec::{Outbound, max_deliver_len};
+use crate::connections::Credentials;
 use crate::control::{self, ConnectionControl};
 use crate::durable::{self, DurableError, Stream, Streams};
 use crate::handoff;
@@ -97,6 +98,8 @@ pub(crate) struct Session<R: Router> {
     replay: Arc<Mutex<SenderWindows>>,
     outbound: OutboundTx,
     connection: ConnectionControl,
+    /// The certificates the connection acts with, as a held message records them.
+    credentials: Credentials,
     /// The session's subscriptions, by ID, with their patterns (decided again when the policy
     /// epoch changes).
     subscriptions: HashMap<u64, ChannelPattern>,
@@ -230,6 +233,7 @@ impl<R: Router> Session<R> {
         replay: Arc<Mutex<SenderWindows>>,
         outbound: OutboundTx,
         connection: ConnectionControl,
+        credentials: Credentials,
     ) -> Self {
         let subject = SessionAuthz::subject(&principal);
         let authz = SessionAuthz::of(subject.clone());
@@ -248,6 +252,7 @@ impl<R: Router> Session<R> {
             replay,
             outbound,
             connection,
+            credentials,
             subscriptions: HashMap::new(),
             authz,
             gate,
@@ -1077,6 +1082,7 @@ impl<R: Router> Session<R> {
             body: Bytes::from(body),
             batch,
             purpose,
+            credentials: self.credentials.now(),
         }))
     }
 
@@ -1956,6 +1962,7 @@ mod tests {
                     self.replay.sender(&principal),
                     tx,
                     ConnectionControl::new(),
+                    Credentials::default(),
                 ),
                 rx,
                 principal,

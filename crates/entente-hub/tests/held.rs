@@ -825,6 +825,64 @@ async fn an_approval_by_a_principal_revoked_since_no_longer_counts() {
     hub.shutdown().await.unwrap();
 }
 
+/// Revoking the certificate a held message was published with (a stolen one, revoked by
+/// serial, its principal not revoked) rejects the message at its next decision; revoking the
+/// one an approval was made with voids that approval.
+#[tokio::test]
+async fn revoking_the_certificate_a_hold_or_an_approval_was_made_with_voids_it() {
+    let ca = TestCa::new();
+    let hub = start(&ca, held_config()).await;
+    let (alice, bob) = (ca.agent("shop", "alice"), ca.agent("shop", "bob"));
+    let (ops1, ops2, ops3) = (human(&ca, "ops1"), human(&ca, "ops2"), human(&ca, "ops3"));
+    for (who, id) in [(&alice, 1), (&bob, 2)] {
+        let mut session = who.session(&hub).await;
+        hold_one(&mut session, who, id, b"pay").await;
+    }
+    let shown = list(&hub, &ops1).await;
+    let of = |who: &Agent| {
+        shown
+            .iter()
+            .find(|h| h.sender == who.principal.as_str())
+            .unwrap()
+    };
+    let (alices, bobs) = (of(&alice), of(&bob));
+    let answer = approve(&hub, &ops1, statement(&ops1, alices, Verdict::Approve))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, "pending");
+
+    // Bob's and ops1's certificates are revoked by serial (their principals stay).
+    let mut revocations = entente_ca::Revocations::new();
+    revocations.revoke_serial(&bob.svid.serial).unwrap();
+    revocations.revoke_serial(&ops1.svid.serial).unwrap();
+    let now = std::time::SystemTime::now();
+    let list_signed = ca.ca.sign_revocations(&revocations, now).unwrap();
+    let verified =
+        entente_ca::VerifiedRevocationList::verify(list_signed, ca.trust(), now).unwrap();
+    hub.revoke(verified).await.unwrap();
+
+    // ops1's approval no longer stands: ops2's alone does not release alice's message.
+    let approved = |who: &Agent, held| statement(who, held, Verdict::Approve);
+    let answer = approve(&hub, &ops2, approved(&ops2, alices)).await.unwrap();
+    assert_eq!(answer.outcome, "pending");
+    let answer = approve(&hub, &ops3, approved(&ops3, alices)).await.unwrap();
+    assert_eq!(answer.outcome, "released");
+    // Bob's message was published with the revoked certificate: its next decision rejects it.
+    let answer = approve(&hub, &ops2, approved(&ops2, bobs)).await.unwrap();
+    assert_eq!(answer.outcome, "rejected");
+    let listed = list(&hub, &ops2).await;
+    let bobs = listed
+        .iter()
+        .find(|h| h.sender == bob.principal.as_str())
+        .unwrap();
+    assert!(
+        bobs.reason
+            .contains("the certificate it was published with"),
+        "{bobs:?}"
+    );
+    hub.shutdown().await.unwrap();
+}
+
 /// A quarantined sender's held message is not released, whatever the approvals; a
 /// quarantined approver's approval no longer counts.
 #[tokio::test]

@@ -1731,4 +1731,20 @@ pub struct StoredHold {
     /// `pending`, or `released`: stored before it is routed, and never routed again.
     #[prost(string, tag = "16")]
     pub state: String,
+    /// The credentials the sender published it with, and each approver approved it with.
+    #[prost(message, repeated, tag = "17")]
+    pub credentials: Vec<HeldCredentials>,
+}
+
+/// The certificates a principal acted with on a held message (publishing it, approving it):
+/// the serials of its connection's certificates (presented and renewed over it) and of the
+/// intermediates they were issued by. A revocation of any of them voids what it did there.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct HeldCredentials {
+    /// The principal's SPIFFE ID.
+    #[prost(string, tag = "1")]
+    pub principal: String,
+    /// Certificate serials, at most [`MAX_APPROVAL_RECORDS`](crate::MAX_APPROVAL_RECORDS).
+    #[prost(bytes = "vec", repeated, tag = "2")]
+    pub serials: Vec<Vec<u8>>,
 }

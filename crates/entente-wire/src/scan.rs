@@ -239,7 +239,7 @@ impl Count {
 
 const MAX_DEPTH: usize = 4;
 /// Most fields of one schema (each counted, for duplicates and repeated bounds).
-const MAX_FIELDS: usize = 16;
+const MAX_FIELDS: usize = 20;
 const WIRE_VARINT: u64 = 0;
 const WIRE_FIXED64: u64 = 1;
 const WIRE_LEN: u64 = 2;
@@ -471,6 +471,21 @@ pub(crate) static STORED_HOLD: Schema = Schema {
         field(14, "approvers", Kind::Bytes(Len::Id), Count::Approvals),
         field(15, "seen", Kind::Bytes(Len::Key), Count::Approvals),
         bytes(16, "state", Len::Action),
+        field(
+            17,
+            "credentials",
+            Kind::Message(&HELD_CREDENTIALS),
+            Count::Approvals,
+        ),
+    ],
+};
+
+static HELD_CREDENTIALS: Schema = Schema {
+    name: "HeldCredentials",
+    oneof: false,
+    fields: &[
+        bytes(1, "principal", Len::Id),
+        field(2, "serials", Kind::Bytes(Len::Serial), Count::Approvals),
     ],
 };
 
@@ -1215,15 +1230,20 @@ mod tests {
                 varint(15, "o"),
                 varint(16, "p"),
                 varint(17, "q"),
+                varint(18, "r"),
+                varint(19, "s"),
+                varint(20, "t"),
+                varint(21, "u"),
             ],
             oneof: false,
         };
+        assert_eq!(MAX_FIELDS, 20);
         let scan = |bytes: &[u8]| scan(bytes, &WIDE, &Limits::default(), 0, &mut 0);
-        // Field 16, the last counted, once; twice is a duplicate.
-        assert_eq!(scan(&[0x80, 0x01, 1]), Ok(()));
-        assert!(scan(&[0x80, 0x01, 1, 0x80, 0x01, 1]).is_err());
-        // Field 17 (a two-byte key) can't be counted, and is refused even once.
-        let err = scan(&[0x88, 0x01, 1]);
+        // Field 20, the last counted, once; twice is a duplicate.
+        assert_eq!(scan(&[0xa0, 0x01, 1]), Ok(()));
+        assert!(scan(&[0xa0, 0x01, 1, 0xa0, 0x01, 1]).is_err());
+        // Field 21 can't be counted, and is refused even once.
+        let err = scan(&[0xa8, 0x01, 1]);
         assert!(
             err.as_ref()
                 .is_err_and(|e| e.to_string().contains("beyond")),
