@@ -14,7 +14,8 @@
 //!
 //! Bounded: at most [`MAX_PENDING`] messages wait at once, [`MAX_PENDING_PER_SENDER`] per
 //! sender, [`MAX_PENDING_PER_SEGMENT`] per segment, each at most [`MAX_HOLD`]; decided ones are kept [`KEEP_DECIDED`] so that the
-//! sender can see what became of them, at most [`MAX_KEPT`]. Every pending hold is in the
+//! sender can see what became of them, at most [`MAX_KEPT`] ([`MAX_KEPT_PER_SENDER`] per
+//! sender). Every pending hold is in the
 //! store (table `held`) before the publisher's `Ack` says it is held, and every approval before
 //! its answer: a restart loses none (one that lapsed meanwhile is expired, recorded, as if the
 //! hub had run). A store failure refuses the hold (`UNAVAILABLE`) or the
@@ -69,6 +70,10 @@ pub const KEEP_DECIDED: Duration = Duration::from_secs(60 * 60);
 
 /// At most this many decided holds are kept.
 pub const MAX_KEPT: usize = 1024;
+
+/// At most this many decided holds of one sender are kept (the oldest go first): one sender
+/// holding and withdrawing without end can't push everyone else's out of the listing.
+pub const MAX_KEPT_PER_SENDER: usize = 64;
 
 /// At most this many bytes of held messages wait in one hub.
 pub const MAX_HELD_BYTES: usize = 256 * 1024 * 1024;
@@ -787,7 +792,7 @@ impl Book {
     }
 
     /// Expires pending holds past their time, and forgets decided ones kept long enough (or
-    /// beyond [`MAX_KEPT`], oldest first). Returns the IDs to delete from the store: those
+    /// beyond [`MAX_KEPT`], or their sender's beyond [`MAX_KEPT_PER_SENDER`], oldest first). Returns the IDs to delete from the store: those
     /// expired now, and those whose deletion failed before.
     fn expire(&mut self, now_ms: u64) -> (Vec<String>, Vec<Event>) {
         let mut expired = std::mem::take(&mut self.undeleted);
@@ -814,20 +819,29 @@ impl Book {
             }
         }
         let keep_ms = u64::try_from(KEEP_DECIDED.as_millis()).unwrap_or(u64::MAX);
-        let mut decided = self
-            .holds
-            .values()
-            .filter(|h| h.state != State::Pending)
-            .count();
+        let mut decided = 0;
+        let mut of_sender: HashMap<Principal, usize> = HashMap::new();
+        for hold in self.holds.values().filter(|h| h.state != State::Pending) {
+            decided += 1;
+            *of_sender.entry(hold.new.sender.clone()).or_default() += 1;
+        }
         let holds = &mut self.holds;
         self.order.retain(|id| {
             let Some(hold) = holds.get(id) else {
                 return false;
             };
-            let stale = hold.state != State::Pending
-                && (now_ms >= hold.decided_at_ms.saturating_add(keep_ms) || decided > MAX_KEPT);
+            if hold.state == State::Pending {
+                return true;
+            }
+            let senders = of_sender.get_mut(&hold.new.sender);
+            let stale = now_ms >= hold.decided_at_ms.saturating_add(keep_ms)
+                || decided > MAX_KEPT
+                || senders.as_ref().is_some_and(|n| **n > MAX_KEPT_PER_SENDER);
             if stale {
                 decided -= 1;
+                if let Some(n) = senders {
+                    *n -= 1;
+                }
                 holds.remove(id);
             }
             !stale
@@ -1341,5 +1355,34 @@ mod tests {
                 .is_ok()
         );
         assert_eq!(states(NOW + 2 * 3_600_000 + 1).len(), 1);
+    }
+
+    /// One sender holding and withdrawing without end keeps at most its share of decided
+    /// holds listed: its oldest go, not everyone else's.
+    #[tokio::test]
+    async fn one_sender_keeps_at_most_its_share_of_decided_holds() {
+        let holds = Holds::default();
+        holds.hold(new("bob", 0, NOW + 1000), NOW).await.unwrap();
+        for n in 0..MAX_KEPT {
+            holds.hold(new("eve", n, NOW + 1000), NOW).await.unwrap();
+            // Decided at once (as a withdrawal would): never more than its share pending.
+            let mut book = holds.lock();
+            let hold = book.holds.get_mut(&format!("eve-{n}")).unwrap();
+            hold.end(State::Rejected, "withdrawn".into(), NOW);
+        }
+        let listed = holds.list(NOW + 1000, None, |_, _| true);
+        let eves = listed.iter().filter(|h| h.sender.ends_with("/eve")).count();
+        assert_eq!(eves, MAX_KEPT_PER_SENDER);
+        // Bob's (expired at NOW + 1000) is still listed, and eve's newest are the ones kept.
+        assert!(
+            listed.iter().any(|h| h.sender.ends_with("/bob")),
+            "{listed:?}"
+        );
+        assert!(
+            listed
+                .iter()
+                .any(|h| h.message_id == format!("eve-{}", MAX_KEPT - 1))
+        );
+        assert!(!listed.iter().any(|h| h.message_id == "eve-0"));
     }
 }
