@@ -559,6 +559,30 @@ impl Authz {
         self.judge(subject, action, resource, &decision, Made::Fresh)
     }
 
+    /// Whether the policies allow `action` on `resource` for `subject` now, decided but not
+    /// recorded on its own: for what a listing shows, whose one record stands for all the
+    /// decisions it took (a listing of held messages decides `approve` on each channel they
+    /// are on, and anyone may ask for it).
+    pub(crate) fn allows_unrecorded(
+        &self,
+        subject: &Subject,
+        action: Action,
+        resource: &Resource<'_>,
+        now_ms: u64,
+    ) -> bool {
+        self.skips(action)
+            || self
+                .engine
+                .decide(
+                    subject,
+                    action,
+                    resource,
+                    &self.facts_for(subject.principal(), now_ms),
+                    now_ms,
+                )
+                .allowed
+    }
+
     /// Like [`decide`](Self::decide) for `publish` on `channel`, but a publish the policies
     /// would hold for approval counts as allowed (the directory lists a held channel's members
     /// to its senders: they seal to them).

@@ -174,7 +174,11 @@ pub(crate) fn limited_in_session(
 ) {
     let key = (principal.clone(), hit.limit, hit.scope.clone());
     let others = (principal.clone(), hit.limit, "(others)".to_owned());
-    if let Some((_, hit, count)) = runs.hit(key, || others, MAX_LIMIT_RUNS, hit, Instant::now()) {
+    let now = Instant::now();
+    if let Some(((.., scope), mut hit, count)) = runs.hit(key, || others, MAX_LIMIT_RUNS, hit, now)
+    {
+        // The run's scope: `(others)` for a run of several past the bound.
+        hit.scope = scope;
         record(auditor, principal, &hit, count);
     }
 }
@@ -186,7 +190,8 @@ pub(crate) fn record_due<R>(services: &Services<R>, all: bool) {
     for ((principal, _), hit, count) in services.call_hits.due(now, all) {
         record(auditor, &principal, &hit, count);
     }
-    for ((principal, ..), hit, count) in services.limit_runs.due(now, all) {
+    for ((principal, _, scope), mut hit, count) in services.limit_runs.due(now, all) {
+        hit.scope = scope;
         record(auditor, &principal, &hit, count);
     }
     for ((principal, limit), (), count) in services.connection_hits.due(now, all) {

@@ -186,22 +186,22 @@ impl Connections {
     }
 
     /// The certificates connection `id` acts with, as a held message or an approval records
-    /// them: the serial it presented, the last ones renewed over it, and its intermediates'
-    /// (at most [`entente_wire::MAX_APPROVAL_RECORDS`]; a serial revoked takes those renewed
-    /// from it along). Empty for a connection not registered.
+    /// them: the serial it presented and the last ones renewed over it (at most
+    /// [`entente_wire::MAX_APPROVAL_RECORDS`]; a serial revoked takes those renewed from it
+    /// along). Not its intermediates': an intermediate rollover revokes the one it retires,
+    /// which would void every hold and approval made through it in its last hour. Empty for a
+    /// connection not registered.
     pub(crate) fn credentials(&self, id: u64) -> Vec<Vec<u8>> {
         let live = self.lock();
         let Some(c) = live.get(&id) else {
             return Vec::new();
         };
-        let room = entente_wire::MAX_APPROVAL_RECORDS.saturating_sub(c.issuers.len() + 1);
+        let room = entente_wire::MAX_APPROVAL_RECORDS.saturating_sub(1);
         let renewed = c.serials.get(1..).unwrap_or_default();
         c.serials
             .first()
             .into_iter()
             .chain(renewed.iter().skip(renewed.len().saturating_sub(room)))
-            .chain(&c.issuers)
-            .take(entente_wire::MAX_APPROVAL_RECORDS)
             .cloned()
             .collect()
     }

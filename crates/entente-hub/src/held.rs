@@ -239,7 +239,7 @@ enum State {
 }
 
 /// Whether `principal` is revoked, or a certificate it acted with on a hold (`acted`): a
-/// stolen one revoked by serial, or its intermediate.
+/// stolen one revoked by serial.
 fn revoked_on_hold(list: &VerifiedRevocationList, acted: &Acted, principal: &Principal) -> bool {
     list.is_principal_revoked(principal)
         || acted
@@ -287,14 +287,23 @@ pub(crate) async fn approve<R: Router>(
         .verify(&bundle, now_ms)
         .map_err(grants::approval_error)?;
     let authz = &services.authz;
-    let revocations = services.revocations.current();
     let quarantined = |p: &Principal| services.anomaly.quarantined(p).is_some();
     let (envelope, statement) = (approval.statement().object_hash, *approval.digest());
-    // The certificates this approval is made with: a revocation of any voids it.
+    // The certificates this approval is made with: a revocation of any voids it. None when
+    // the connection is gone (closed since: by a revocation, maybe).
     let credentials = services.connections.credentials(caller.connection);
+    if credentials.is_empty() {
+        rpc::open(caller)?;
+        return Err(RpcError::Precondition(
+            "the connection this approval came on is gone: approve again".into(),
+        )
+        .into());
+    }
     let outcome = holds
         // Judged at the time the decision's turn came (`at`): it may have waited for others.
         .decide(&id, &approval, credentials, now_ms, |sender, channel, approvers, acted, at| {
+            // The list in force at the decision's turn.
+            let revocations = services.revocations.current();
             let revoked = |p: &Principal| {
                 revocations
                     .as_ref()
@@ -394,7 +403,8 @@ pub(crate) async fn approve<R: Router>(
 }
 
 /// Serves one `ListHeld`: the caller's own held messages, and those on channels it may
-/// approve for.
+/// approve for (decided once per channel, not recorded one by one: the listing's own record,
+/// `list-held`, stands for them).
 pub(crate) fn list<R>(
     services: &Services<R>,
     caller: &Caller,
@@ -405,15 +415,15 @@ pub(crate) fn list<R>(
     let now_ms = rpc::unix_ms(now);
     let mut approver_of: HashMap<Channel, bool> = HashMap::new();
     let only = (!request.message_id.is_empty()).then_some(request.message_id.as_str());
-    let held = services
-        .authz
-        .holds()
-        .list(now_ms, only, |sender, channel| {
-            *sender == caller.principal
-                || *approver_of.entry(channel.clone()).or_insert_with(|| {
-                    permitted_approver(services, &caller.principal, channel, now_ms).is_ok()
-                })
-        });
+    let subject = Subject::new(caller.principal.clone(), Vec::<String>::new());
+    let authz = &services.authz;
+    let held = authz.holds().list(now_ms, only, |sender, channel| {
+        *sender == caller.principal
+            || *approver_of.entry(channel.clone()).or_insert_with(|| {
+                let resource = Resource::Channel(channel);
+                authz.allows_unrecorded(&subject, Action::Approve, &resource, now_ms)
+            })
+    });
     let response = ListHeldResponse { held };
     if !rpc::fits(&response, &services.limits) {
         return Err(RpcError::TooMany(

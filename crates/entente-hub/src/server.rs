@@ -1422,8 +1422,8 @@ fn serve_framed(connection: Connection, stream: TlsStream) -> impl Future<Output
     }
 }
 
-/// A connection a connection limit refused: counted against the agent's risk (a limit hit)
-/// and recorded as a run of the agent's refusals by that limit (the first at once, the rest
+/// A connection a connection limit refused: counted (against the agent's risk too, as a limit
+/// hit, when it was its own limit) and recorded as a run of the agent's refusals by that limit (the first at once, the rest
 /// together at most once a second); every request on it is answered `RESOURCE_EXHAUSTED`
 /// with the reason, for at most [`LIMITED_LIFETIME`].
 async fn serve_limited(
@@ -1435,7 +1435,10 @@ async fn serve_limited(
     stats::bump(&shared.stats.connection_limit_hits);
     shared.stats.traffic.limit_hit(limit.name());
     tracing::debug!(%principal, limit = limit.name(), "connection refused by a limit");
-    shared.services.anomaly.watch(principal).limited();
+    // The agent's own connections count against its risk, not the hub's being full.
+    if matches!(limit, ConnectionLimit::Agent(_)) {
+        shared.services.anomaly.watch(principal).limited();
+    }
     crate::calls::connection_refused(&shared.services, principal, limit.name());
     refuse_requests(shared, stream, Status::resource_exhausted(limit.reason())).await;
 }
@@ -1700,9 +1703,23 @@ async fn route_request(
             .await
         }
         LIST_HELD_PATH => {
-            serve(services, &caller, limits, request, |s, c, r| async move {
-                status(held::list(&s, &c, r, now()))
-            })
+            serve(
+                services,
+                &caller,
+                limits,
+                request,
+                |s, c, r: entente_wire::ListHeldRequest| async move {
+                    // One record of the listing, with what it showed: the decisions it took
+                    // to filter are not recorded one by one.
+                    let target = r.message_id.clone();
+                    let act = async { held::list(&s, &c, r, now()) };
+                    let shown = |r: &entente_wire::ListHeldResponse| {
+                        format!("{} held messages shown", r.held.len())
+                    };
+                    let actor = c.principal.as_str();
+                    status(rpc::audited_with(&s, actor, "list-held", target, act, shown).await)
+                },
+            )
             .await
         }
         APPROVE_PATH => {

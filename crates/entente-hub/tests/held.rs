@@ -825,6 +825,40 @@ async fn an_approval_by_a_principal_revoked_since_no_longer_counts() {
     hub.shutdown().await.unwrap();
 }
 
+/// A listing of held messages is recorded once, with what it showed; the `approve` decisions
+/// it takes to filter (one per channel held on, for anyone who asks) are not recorded one by
+/// one, so that listing in a loop can't flood the audit log with them.
+#[tokio::test]
+async fn a_listing_of_held_messages_is_one_record() {
+    let ca = TestCa::new();
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = HubConfig {
+        audit: Some(entente_hub::AuditConfig::new(dir.path().join("audit"))),
+        ..held_config()
+    };
+    let hub = start(&ca, config).await;
+    let (alice, eve) = (ca.agent("shop", "alice"), ca.agent("lab", "eve"));
+    let mut session = alice.session(&hub).await;
+    hold_one(&mut session, &alice, 1, b"pay").await;
+    for _ in 0..3 {
+        assert!(list(&hub, &eve).await.is_empty());
+    }
+    let (records, _) = hub.audit_records(0, 100_000).await.unwrap().unwrap();
+    let by_eve: Vec<_> = records
+        .iter()
+        .filter(|r| r.actor == eve.principal.as_str())
+        .collect();
+    assert_eq!(by_eve.len(), 3, "{by_eve:?}");
+    for record in by_eve {
+        let entente_audit::Event::Admin(admin) = &record.event else {
+            panic!("{record:?}");
+        };
+        assert_eq!(admin.operation.as_clear(), Some("list-held"));
+        assert_eq!(admin.detail.as_clear(), Some("0 held messages shown"));
+    }
+    hub.shutdown().await.unwrap();
+}
+
 /// Revoking the certificate a held message was published with (a stolen one, revoked by
 /// serial, its principal not revoked) rejects the message at its next decision; revoking the
 /// one an approval was made with voids that approval.
