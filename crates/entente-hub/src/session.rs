@@ -947,7 +947,42 @@ impl<R: Router> Session<R> {
         batches: &[SignedBatchIn],
         keys: &[(String, String, u64, Bytes)],
     ) -> Result<Vec<DurableEntry>, Refused> {
+        groups
+            .iter()
+            .filter_map(|(channel, body)| {
+                let mut epochs: Vec<u64> = batches
+                    .iter()
+                    .filter(|b| b.channel() == channel)
+                    .flat_map(|b| b.envelopes().iter().map(|e| e.epoch()))
+                    .collect();
+                epochs.sort_unstable();
+                epochs.dedup();
+                // A reply's key may be its namespace root's (copied into its group).
+                let root = namespace::reply_root_name(channel);
+                let carried: Vec<u64> = keys
+                    .iter()
+                    .filter(|k| k.1 == channel.as_str() || Some(k.1.as_str()) == root)
+                    .map(|k| k.2)
+                    .collect();
+                self.durable_entry(channel, &epochs, &carried, body)
+            })
+            .collect()
+    }
+
+    /// The durable entry of a channel group on `channel` with `body`, whose batches are of
+    /// `epochs` and which carries the sender keys of `carried`, if a stream captures the
+    /// channel: the keys it needs and does not carry put in (remembered from what was routed
+    /// before), refused if it would then be a delivery larger, costlier to decode or with more
+    /// sender keys than a consumer takes, or if a key it needs is not remembered.
+    fn durable_entry(
+        &self,
+        channel: &Channel,
+        epochs: &[u64],
+        carried: &[u64],
+        body: &[u8],
+    ) -> Option<Result<DurableEntry, Refused>> {
         let streams = &self.context.streams;
+        let stream = streams.for_channel(channel)?;
         let limits = &self.context.limits;
         // A delivery also carries its sequence and attempt (a key and a varint each), as a
         // `Deliver` inside a `ServerFrame` (the one an element of decoding cost, the
@@ -963,58 +998,35 @@ impl<R: Router> Session<R> {
                 <= limits.max_frame_bytes
                 && <Deliver as entente_wire::Bounded>::scan(delivered, &budget).is_ok()
         };
-        let too_large = |channel: &Channel| {
-            Refused::new(
+        let entry = streams.entry(
+            channel,
+            self.principal.as_str(),
+            epochs,
+            carried,
+            body,
+            limits.max_frame_bytes,
+        );
+        // What a consumer is sent: the entry after its channel's name.
+        let name = 2 + channel.as_str().len();
+        Some(match entry {
+            Ok(e) if e.get(name..).is_some_and(fits) => Ok((stream.clone(), e)),
+            Ok(_) | Err(durable::EntryError::TooLarge) => Err(Refused::new(
                 RefusalCode::TooLarge,
                 format!(
                     "the durable entry for `{channel}` would exceed what a consumer takes in one \
                      delivery, with the sender keys of earlier publishes its batches need: \
                      publish fewer epochs per batch, or their sender keys with them"
                 ),
-            )
-        };
-        groups
-            .iter()
-            .filter_map(|(channel, body)| {
-                let stream = streams.for_channel(channel)?;
-                let mut epochs: Vec<u64> = batches
-                    .iter()
-                    .filter(|b| b.channel() == channel)
-                    .flat_map(|b| b.envelopes().iter().map(|e| e.epoch()))
-                    .collect();
-                epochs.sort_unstable();
-                epochs.dedup();
-                // A reply's key may be its namespace root's (copied into its group).
-                let root = namespace::reply_root_name(channel);
-                let carried: Vec<u64> = keys
-                    .iter()
-                    .filter(|k| k.1 == channel.as_str() || Some(k.1.as_str()) == root)
-                    .map(|k| k.2)
-                    .collect();
-                let entry = streams.entry(
-                    channel,
-                    self.principal.as_str(),
-                    &epochs,
-                    &carried,
-                    body,
-                    limits.max_frame_bytes,
-                );
-                // What a consumer is sent: the entry after its channel's name.
-                let name = 2 + channel.as_str().len();
-                Some(match entry {
-                    Ok(e) if e.get(name..).is_some_and(fits) => Ok((stream.clone(), e)),
-                    Ok(_) | Err(durable::EntryError::TooLarge) => Err(too_large(channel)),
-                    Err(durable::EntryError::MissingKey(epoch)) => Err(Refused::new(
-                        RefusalCode::Unavailable,
-                        format!(
-                            "the sender key of epoch {epoch} on `{channel}`, which its batches \
-                             need, is neither in the publish nor known to the hub: stored, the \
-                             entry would never open; publish again, sealed anew"
-                        ),
-                    )),
-                })
-            })
-            .collect()
+            )),
+            Err(durable::EntryError::MissingKey(epoch)) => Err(Refused::new(
+                RefusalCode::Unavailable,
+                format!(
+                    "the sender key of epoch {epoch} on `{channel}`, which its batches need, is \
+                     neither in the publish nor known to the hub: stored, the entry would never \
+                     open; publish again, sealed anew"
+                ),
+            )),
+        })
     }
 
     /// Takes the group held for approval out of `groups`, if there is one: it must be one
@@ -1071,6 +1083,18 @@ impl<R: Router> Session<R> {
                 RefusalCode::TooLarge,
                 "the delivery would exceed the frame size limit",
             ));
+        }
+        // A durable channel capturing it stores it once released: checked now as any entry
+        // (a consumer's delivery within the bounds; the sender keys it needs carried or
+        // remembered, and put in its body now, so that what is released opens), rather than
+        // stored unopenable, or refused, only after its approvals.
+        let keys: Deliver = entente_wire::decode(&body, &self.context.limits)
+            .map_err(|e| Refused::new(RefusalCode::Malformed, format!("batch: {e}")))?;
+        let carried: Vec<u64> = keys.sender_keys.iter().map(|k| k.epoch).collect();
+        if let Some(entry) = self.durable_entry(&channel, &[envelope.epoch], &carried, &body) {
+            let (_, entry) = entry?;
+            let name = 2 + channel.as_str().len();
+            body = entry.get(name..).unwrap_or_default().to_vec();
         }
         Ok(Some(NewHold {
             id: id.to_string(),

@@ -414,6 +414,21 @@ async fn a_held_message_and_a_durable_one_in_one_frame_are_refused_whole() {
     );
     assert_eq!(hub.stats().held_messages, 1);
     assert_eq!(hub.stats().durable_stored, 1);
+    // A held message on a durable channel whose sender key is neither in the publish nor
+    // known to the hub would be stored unopenable once released: refused as it is held.
+    let (mut keyless, _) = alice.sealer("orders.wire.eu", &[]);
+    let keyless = keyless.seal_batch(&[b"wire"], None, now_ms()).unwrap();
+    let answer = publish(&mut session, 4, vec![], vec![keyless], "why").await;
+    let server_frame::Kind::Refusal(refused) = answer else {
+        panic!("expected a refusal, got {answer:?}");
+    };
+    assert_eq!(refused.code, RefusalCode::Unavailable.as_u32());
+    assert!(
+        refused.reason.contains("neither in the publish nor known"),
+        "{}",
+        refused.reason
+    );
+    assert_eq!(hub.stats().held_messages, 1);
 
     let (ops1, ops2) = (human(&ca, "ops1"), human(&ca, "ops2"));
     let shown = list(&hub, &ops1).await;
