@@ -190,7 +190,15 @@ impl DataDir {
             std::fs::read_dir(&dir).with_context(|| format!("reading `{}`", dir.display()))?
         {
             let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "cedar") && path.is_file() {
+            if path.extension().is_some_and(|e| e == "cedar") {
+                // A policy file that can't be looked at (a link to nothing, a target this user
+                // may not read) or is no file is an error, not a file left out: the hub would
+                // run, and store, a set without it.
+                let meta = std::fs::metadata(&path)
+                    .with_context(|| format!("reading policy file `{}`", path.display()))?;
+                if !meta.is_file() {
+                    bail!("policy file `{}` is not a file", path.display());
+                }
                 let name = file_name(&path)?;
                 let text = read_shared(&path, MAX_POLICY_FILE_BYTES)?;
                 let text = String::from_utf8(text)
@@ -250,15 +258,28 @@ impl DataDir {
         created.push(format!("{CONFIG}: listen address and trust domain"));
         let policies = root.join(POLICIES);
         files::create_private_dir_all(&policies)?;
-        files::replace(
-            &policies,
-            DEFAULT_POLICIES,
-            default_policy_text(&td).as_bytes(),
-            &rng,
-        )?;
-        created.push(format!(
-            "{POLICIES}/{DEFAULT_POLICIES}: Cedar policies, the hub's initial set: agents of segment `demo` may use `demo.>`; `{admin}` may grant and approve; grant `demo-read` opens `demo.>` to segment `ops`"
-        ));
+        // Policies written before the first start are the hub's initial set, kept as they
+        // are: the stock set is written only into a directory holding none.
+        let own = std::fs::read_dir(&policies)
+            .with_context(|| format!("reading `{}`", policies.display()))?
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "cedar"))
+            .count();
+        if own == 0 {
+            files::replace(
+                &policies,
+                DEFAULT_POLICIES,
+                default_policy_text(&td).as_bytes(),
+                &rng,
+            )?;
+            created.push(format!(
+                "{POLICIES}/{DEFAULT_POLICIES}: Cedar policies, the hub's initial set: agents of segment `demo` may use `demo.>`; `{admin}` may grant and approve; grant `demo-read` opens `demo.>` to segment `ops`"
+            ));
+        } else {
+            created.push(format!(
+                "{POLICIES}/: the {own} policy file(s) found there kept as the hub's initial set"
+            ));
+        }
         Ok(Self {
             root: root.to_owned(),
             ca: Arc::new(ca),
@@ -871,6 +892,13 @@ impl DurableChannel {
                     .with_context(|| format!("{}: `sync` is `always` or an interval", what()))?,
             ),
         };
+        if stream.sync == StreamSync::Every(std::time::Duration::ZERO) {
+            bail!(
+                "{}: `sync` is `always` or an interval above zero (`0s` would \
+                 acknowledge before the disk has the entries)",
+                what()
+            );
+        }
         Ok(stream)
     }
 }
@@ -1482,6 +1510,38 @@ mod tests {
         }
     }
 
+    /// Policies written before a first start are the hub's initial set, kept as they are: the
+    /// stock set is written only into a directory holding none. A `.cedar` entry that can't be
+    /// read (a link to nothing) is an error, not a file left out of the set.
+    #[test]
+    fn policies_written_before_the_first_start_are_kept_and_one_unreadable_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("hub");
+        let policies = root.join(POLICIES);
+        files::create_private_dir_all(&policies).unwrap();
+        let strict = "forbid (principal, action, resource);\n";
+        std::fs::write(policies.join("strict.cedar"), strict).unwrap();
+        let data = DataDir::scratch(&root, None, "acme.internal", SystemTime::now()).unwrap();
+        assert!(!policies.join(DEFAULT_POLICIES).exists());
+        assert_eq!(
+            data.policy_files().unwrap(),
+            [("strict.cedar".to_owned(), strict.to_owned())]
+        );
+        assert!(
+            data.created
+                .iter()
+                .any(|c| c.contains("1 policy file(s) found there kept"))
+        );
+        std::os::unix::fs::symlink(tmp.path().join("gone.cedar"), policies.join("linked.cedar"))
+            .unwrap();
+        let err = format!("{:#}", data.policy_files().unwrap_err());
+        assert!(err.contains("linked.cedar"), "{err}");
+        // A directory without one gets the stock set.
+        let fresh = tmp.path().join("fresh");
+        DataDir::scratch(&fresh, None, "acme.internal", SystemTime::now()).unwrap();
+        assert!(fresh.join(POLICIES).join(DEFAULT_POLICIES).exists());
+    }
+
     #[test]
     fn bad_config_files_are_refused_with_the_reason() {
         let cases = [
@@ -1496,6 +1556,11 @@ mod tests {
             (
                 "listen = \"127.0.0.1:1\"\ntrust_domain = \"acme.internal\"\ncolour = 1\n",
                 "colour",
+            ),
+            (
+                "listen = \"127.0.0.1:1\"\ntrust_domain = \"acme.internal\"\n[[durable]]\n\
+                 name = \"orders\"\nchannels = \"orders.>\"\nsync = \"0s\"\n",
+                "an interval above zero",
             ),
         ];
         for (text, needle) in cases {

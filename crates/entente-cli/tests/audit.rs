@@ -761,12 +761,24 @@ fn exports_verify_offline_and_records_are_proven_against_the_key() {
         std::os::unix::fs::symlink(&victim, tmp.path().join(planted)).unwrap();
     }
 
-    // A later export extends the kept checkpoint.
+    // Links planted where the export and its checkpoint go are never followed: one at the
+    // checkpoint's place is refused (taken as no checkpoint kept, it would skip the check),
+    // one at the partial file's is replaced.
     hub.send("hello again");
+    let planted = tmp.path().join("second.export.checkpoint");
+    let refused = hub.audit(&hub.admin, &["export", s(&second)]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("is not a regular file"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "untouched");
+    fs::remove_file(&planted).unwrap();
     let v = hub.export(&second);
     assert_eq!(fs::read_to_string(&victim).unwrap(), "untouched");
     assert!(
-        !fs::symlink_metadata(tmp.path().join("second.export.checkpoint"))
+        !fs::symlink_metadata(&planted)
             .unwrap()
             .file_type()
             .is_symlink()
@@ -1036,6 +1048,25 @@ fn an_export_replaces_the_last_one_only_if_it_extends_its_kept_checkpoint() {
     );
     assert_eq!(fs::read(&out).unwrap(), held);
     assert_eq!(fs::read_to_string(&kept).unwrap(), theirs);
+
+    // The checkpoint kept as a link (to a write-once volume, say): refused, not taken as no
+    // checkpoint kept (which would skip the check); nothing changes.
+    let elsewhere = tmp.path().join("elsewhere.checkpoint");
+    fs::write(&elsewhere, &held_checkpoint).unwrap();
+    fs::remove_file(&kept).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &kept).unwrap();
+    let refused = hub.audit(&hub.admin, &["export", s(&out)]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is not a regular file"), "{stderr}");
+    assert_eq!(fs::read(&out).unwrap(), held);
+    assert!(
+        fs::symlink_metadata(&kept)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(fs::read_to_string(&elsewhere).unwrap(), held_checkpoint);
     hub.stop();
 }
 

@@ -473,9 +473,11 @@ impl Streams {
                 || config.max_deliver == 0
                 || config.ack_wait.is_zero()
                 || config.max_age.is_zero()
+                || config.sync == StreamSync::Every(Duration::ZERO)
             {
                 return Err(HubError::Config(
-                    "a durable channel's limits, `ack_wait` and `max_deliver` must not be zero",
+                    "a durable channel's limits, `ack_wait`, `max_deliver` and a `sync` interval \
+                     must not be zero",
                 ));
             }
             if config.ack_wait > MAX_ACK_WAIT {

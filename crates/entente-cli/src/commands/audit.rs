@@ -164,9 +164,21 @@ fn tail(
 /// lost.
 fn export(at: &At, out: &Path, json: bool) -> Result<ExitCode> {
     let kept = checkpoint_file(out);
-    // A regular file only: a link there is replaced, never followed (what it leads to is
-    // left as it is).
-    let has_kept = std::fs::symlink_metadata(&kept).is_ok_and(|meta| meta.is_file());
+    // A regular file only, never followed: anything else there (a link, to a write-once
+    // volume maybe) is refused rather than taken as no checkpoint kept, which would skip the
+    // check against it.
+    let has_kept = match std::fs::symlink_metadata(&kept) {
+        Ok(meta) if meta.is_file() => true,
+        Ok(_) => bail!(
+            "`{}` is not a regular file: the checkpoint kept beside an export must be one (it \
+             is read, and replaced, there; a link is never followed)",
+            kept.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => {
+            return Err(e).with_context(|| format!("looking at `{}`", kept.display()));
+        }
+    };
     let download = if has_kept {
         pending_file(out)
     } else {

@@ -196,7 +196,7 @@ async fn scenario(story: &mut Story) -> Result<()> {
         "no_plaintext",
         on_disk.is_empty(),
         &format!(
-            "the hub holds no message key: nothing it wrote to disk contains the messages{}",
+            "nothing the hub wrote to disk (its store, audit log and keys) contains the messages{}",
             if on_disk.is_empty() {
                 String::new()
             } else {
@@ -990,7 +990,7 @@ struct Story {
 impl Story {
     fn new(json: bool) -> Self {
         if !json {
-            outln!(
+            announceln!(
                 "Entente demo: a real hub on 127.0.0.1, three agents, and what an attacker can't do."
             );
         }
@@ -1007,7 +1007,7 @@ impl Story {
             self.steps
                 .push(serde_json::json!({ "step": text, "checks": [] }));
         } else {
-            outln!("\n{text}");
+            announceln!("\n{text}");
         }
     }
 
@@ -1032,20 +1032,20 @@ impl Story {
                     .push(serde_json::json!({ "step": "", "checks": [check] })),
             }
         } else {
-            outln!("  {} {text}", if held { "ok  " } else { "FAIL" });
+            announceln!("  {} {text}", if held { "ok  " } else { "FAIL" });
         }
     }
 
     fn finish(self) -> ExitCode {
         let ok = self.failed == 0 && self.passed > 0;
         if self.json {
-            super::print_json(
+            super::announce_json(
                 &serde_json::json!({ "ok": ok, "passed": self.passed, "failed": self.failed, "steps": self.steps }),
             );
         } else if ok {
-            outln!("\nAll {} properties held.", self.passed);
+            announceln!("\nAll {} properties held.", self.passed);
         } else {
-            outln!(
+            announceln!(
                 "\n{} of {} properties did NOT hold.",
                 self.failed,
                 self.passed + self.failed

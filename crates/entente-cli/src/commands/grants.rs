@@ -234,10 +234,25 @@ pub(crate) fn decide(at: &At, id: &str, approve: bool, json: bool) -> Result<Exi
             (_, true) => {
                 super::print_json(&serde_json::json!({ "request": id, "outcome": "rejected" }))
             }
+            // An approval that ended in a rejection (the policies no longer allow what it
+            // approved): not what was asked, so not a success.
+            (_, false) if approve => outln!(
+                "approving {id} rejected it: the policies no longer allow it (see `entente approvals`)"
+            ),
             (_, false) if id.starts_with("r-") => outln!("rejected {id}: the request is closed"),
             (_, false) => outln!("rejected {id}: the message will not be delivered"),
         }
-        Ok(ExitCode::SUCCESS)
+        let rejected = !matches!(
+            outcome,
+            ApprovalOutcome::Pending { .. }
+                | ApprovalOutcome::Granted(_)
+                | ApprovalOutcome::Released { .. }
+        );
+        Ok(if approve && rejected {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        })
     })
 }
 
