@@ -353,7 +353,14 @@ pub(crate) async fn approve<R: Router>(
         recorded = auditor.submit(batch.sender().as_str(), AuditOutcome::Success, event);
     }
     if let Err(e) = recorded {
-        // Stored as decided: after a restart it is listed, and never routed.
+        // Stored as decided: after a restart it is listed, and never routed. Listed so until
+        // then too, not as a release that went.
+        if matches!(outcome, Outcome::Released { .. }) {
+            holds.note(
+                &id,
+                "released, but not routed: the audit log failed before the release was recorded",
+            );
+        }
         return Err(RpcError::Unaudited(e).into());
     }
     Ok(match outcome {
@@ -681,6 +688,13 @@ impl Holds {
             self.lock().holds.insert(id.to_owned(), hold);
         }
         decided
+    }
+
+    /// Sets the reason decided hold `id` is listed with.
+    fn note(&self, id: &str, reason: &str) {
+        if let Some(hold) = self.lock().holds.get_mut(id) {
+            reason.clone_into(&mut hold.reason);
+        }
     }
 
     /// Deletes released message `id` from the store, once routed. A failure leaves it stored
