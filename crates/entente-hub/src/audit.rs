@@ -805,3 +805,21 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
+
+/// Fails `auditor`'s log, kept in `dir`: its records file is removed, and a record made
+/// (which fails the log, as any failed write does).
+#[cfg(test)]
+pub(crate) async fn fail_for_tests(auditor: &Auditor, dir: &std::path::Path) {
+    assert!(std::fs::remove_file(dir.join("records")).is_ok());
+    let event = Event::Admin(entente_audit::Admin {
+        operation: clear("test"),
+        target: clear("test"),
+        detail: clear("test"),
+    });
+    assert!(
+        auditor
+            .record(HUB_ACTOR, entente_audit::Outcome::Success, event)
+            .await
+            .is_err()
+    );
+}

@@ -978,21 +978,7 @@ mod tests {
         assert_eq!(keys.status().len(), 1);
         assert_eq!(keys.current_version(), 2);
 
-        // The log's records file is gone: the next record fails the log.
-        std::fs::remove_file(audit_dir.join("records")).unwrap();
-        let event = entente_audit::Event::Admin(entente_audit::Admin {
-            operation: crate::audit::clear("test"),
-            target: crate::audit::clear("test"),
-            detail: crate::audit::clear("test"),
-        });
-        auditor
-            .record(
-                crate::audit::HUB_ACTOR,
-                entente_audit::Outcome::Success,
-                event,
-            )
-            .await
-            .unwrap_err();
+        crate::audit::fail_for_tests(&auditor, &audit_dir).await;
         assert!(auditor.check().is_err());
         assert!(!rotation_round(&keys, &f.registry, &auditor, &all, 3).await);
         assert_eq!(keys.current_version(), 2);

@@ -2551,21 +2551,7 @@ mod tests {
         assert!(stream.dead_letter(1, "idle", 5));
         lock(&stream.dead).append_all(&[&[0; 8]], now_ms()).unwrap();
 
-        // The log's records file is gone: the next record fails the log.
-        std::fs::remove_file(audit_dir.join("records")).unwrap();
-        let event = entente_audit::Event::Admin(entente_audit::Admin {
-            operation: crate::audit::clear("test"),
-            target: crate::audit::clear("test"),
-            detail: crate::audit::clear("test"),
-        });
-        auditor
-            .record(
-                crate::audit::HUB_ACTOR,
-                entente_audit::Outcome::Success,
-                event,
-            )
-            .await
-            .unwrap_err();
+        crate::audit::fail_for_tests(&auditor, &audit_dir).await;
         assert!(!stream.dead_letter(2, "idle", 5));
         stream.tick();
         assert!(lock(&stream.consumers).contains_key("idle"));

@@ -2662,16 +2662,7 @@ mod tests {
     #[tokio::test]
     async fn subscribe_and_unsubscribe_frames_count_against_their_own_rate() {
         let mut hub = hub(SHOP);
-        hub.context.limiters = Arc::new(Limiters::new(&crate::RateLimits {
-            agent_messages: None,
-            agent_bytes: None,
-            agent_subscriptions: Some(crate::Rate {
-                per_second: 1,
-                burst: 2,
-            }),
-            agent_calls: None,
-            channels: Vec::new(),
-        }));
+        hub.context.limiters = subscriptions_limited(2);
         let mut alice = hub.connect(agent("shop", "alice"));
         assert_eq!(alice.subscribe(1, "orders.eu").await, ack(1));
         alice
@@ -2710,22 +2701,27 @@ mod tests {
         assert_eq!(hub.context.stats.snapshot().rate_limited, 2);
     }
 
+    /// Limiters of subscribe and unsubscribe frames alone: one a second, bursts of `burst`.
+    fn subscriptions_limited(burst: u32) -> Arc<Limiters> {
+        Arc::new(Limiters::new(&crate::RateLimits {
+            agent_messages: None,
+            agent_bytes: None,
+            agent_subscriptions: Some(crate::Rate {
+                per_second: 1,
+                burst,
+            }),
+            agent_calls: None,
+            channels: Vec::new(),
+        }))
+    }
+
     /// Refusals by one limit are grouped into runs per agent, limit and scope across the
     /// agent's sessions: a new session (or another stream) starts no run of its own, so
     /// opening sessions one after the other records no more than one session would.
     #[tokio::test]
     async fn limit_refusals_of_one_agent_are_one_run_across_its_sessions() {
         let mut hub = hub(SHOP);
-        hub.context.limiters = Arc::new(Limiters::new(&crate::RateLimits {
-            agent_messages: None,
-            agent_bytes: None,
-            agent_subscriptions: Some(crate::Rate {
-                per_second: 1,
-                burst: 1,
-            }),
-            agent_calls: None,
-            channels: Vec::new(),
-        }));
+        hub.context.limiters = subscriptions_limited(1);
         let mut first = hub.connect(agent("shop", "alice"));
         assert_eq!(first.subscribe(1, "orders.eu").await, ack(1));
         assert_eq!(
