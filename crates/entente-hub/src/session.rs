@@ -1371,8 +1371,9 @@ impl<R: Router> Session<R> {
             .map_err(|hit| self.limited(hit))
     }
 
-    /// The refusal of a publish, subscribe or unsubscribe a limit refused: counted, and recorded (runs of the same
-    /// limit's refusals together, [`LIMIT_RECORD_INTERVAL`]).
+    /// The refusal of a publish, subscribe or unsubscribe a limit refused: counted, and
+    /// recorded (an agent's run of one limit's refusals on one scope together, hub-wide,
+    /// [`crate::calls::LimitRuns`]).
     fn limited(&mut self, hit: Hit) -> Refused {
         self.watch.limited();
         stats::bump(&self.context.stats.rate_limited);
