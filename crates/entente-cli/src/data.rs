@@ -190,14 +190,14 @@ impl DataDir {
             std::fs::read_dir(&dir).with_context(|| format!("reading `{}`", dir.display()))?
         {
             let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "cedar") {
+            if is_policy_name(&path) {
                 // A policy file that can't be looked at (a link to nothing, a target this user
-                // may not read) or is no file is an error, not a file left out: the hub would
-                // run, and store, a set without it.
+                // may not read) is an error, not a file left out: the hub would run, and store,
+                // a set without it. A directory is no policy file.
                 let meta = std::fs::metadata(&path)
                     .with_context(|| format!("reading policy file `{}`", path.display()))?;
                 if !meta.is_file() {
-                    bail!("policy file `{}` is not a file", path.display());
+                    continue;
                 }
                 let name = file_name(&path)?;
                 let text = read_shared(&path, MAX_POLICY_FILE_BYTES)?;
@@ -263,7 +263,7 @@ impl DataDir {
         let own = std::fs::read_dir(&policies)
             .with_context(|| format!("reading `{}`", policies.display()))?
             .filter_map(Result::ok)
-            .filter(|e| e.path().extension().is_some_and(|x| x == "cedar"))
+            .filter(|e| is_policy_name(&e.path()))
             .count();
         if own == 0 {
             files::replace(
@@ -1122,6 +1122,16 @@ const MAX_POLICY_FILE_BYTES: u64 = entente_wire::MAX_POLICY_TEXT_BYTES as u64;
 /// bundle is about 200 KiB).
 const MAX_ROOTS_FILE_BYTES: u64 = 4 << 20;
 
+/// Whether `path` names a policy file: `*.cedar`, not hidden (an editor's lock or backup file,
+/// `.#default.cedar`, is none).
+fn is_policy_name(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "cedar")
+        && path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| !n.starts_with('.'))
+}
+
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -1536,6 +1546,11 @@ mod tests {
             .unwrap();
         let err = format!("{:#}", data.policy_files().unwrap_err());
         assert!(err.contains("linked.cedar"), "{err}");
+        std::fs::remove_file(policies.join("linked.cedar")).unwrap();
+        // An editor's lock file (a link to nothing, hidden) and a directory are no policies.
+        std::os::unix::fs::symlink("nowhere", policies.join(".#strict.cedar")).unwrap();
+        std::fs::create_dir(policies.join("old.cedar")).unwrap();
+        assert_eq!(data.policy_files().unwrap().len(), 1);
         // A directory without one gets the stock set.
         let fresh = tmp.path().join("fresh");
         DataDir::scratch(&fresh, None, "acme.internal", SystemTime::now()).unwrap();

@@ -210,6 +210,9 @@ pub(crate) enum DurableError {
     /// The consumer was made for another pattern.
     #[error("{0}")]
     NotYours(String),
+    /// What was to be stored could not be: said why.
+    #[error("{0}")]
+    Unstorable(String),
     /// The consumer belongs to another principal (named in the audit record of the refusal,
     /// not to the caller).
     #[error("the durable consumer `{name}` is another principal's: choose another name")]
@@ -324,6 +327,9 @@ impl RememberedKeys {
         self.keys.get(id).map(|(key, _)| key)
     }
 }
+
+/// The stream capturing a channel, and the entry for it or why there is none.
+pub(crate) type CheckedEntry = (Arc<Stream>, Result<Vec<u8>, EntryError>);
 
 /// Why a publish's group can't be a durable entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -560,6 +566,55 @@ impl Streams {
         self.streams
             .iter()
             .any(|s| matches_some_under(&s.config.channels, root))
+    }
+
+    /// The stream capturing `channel`, if one does, and the entry a group on it is stored as
+    /// ([`entry`](Self::entry)), checked as the delivery it will be: refused
+    /// ([`EntryError::TooLarge`]) if a consumer's delivery of it (with its sequence and
+    /// attempt) would pass the frame size, or its decoding budget (the sender keys of earlier
+    /// publishes add to the publish's own).
+    pub(crate) fn checked_entry(
+        &self,
+        channel: &Channel,
+        sender: &str,
+        epochs: &[u64],
+        carried: &[u64],
+        body: &[u8],
+        limits: &entente_wire::Limits,
+    ) -> Option<CheckedEntry> {
+        let stream = self.for_channel(channel)?.clone();
+        // A delivery also carries its sequence and attempt (a key and a varint each), as a
+        // `Deliver` inside a `ServerFrame` (the one an element of decoding cost, the
+        // top-level frame none).
+        let mut budget = *limits;
+        budget.max_decoded_overhead = budget
+            .max_decoded_overhead
+            .saturating_sub(entente_wire::DECODED_ELEMENT_COST);
+        let fits = |delivered: &[u8]| {
+            crate::codec::max_deliver_len(delivered.len() + DELIVERY_SUFFIX_LEN)
+                <= limits.max_frame_bytes
+                && <entente_wire::Deliver as entente_wire::Bounded>::scan(delivered, &budget)
+                    .is_ok()
+        };
+        let entry = self
+            .entry(
+                channel,
+                sender,
+                epochs,
+                carried,
+                body,
+                limits.max_frame_bytes,
+            )
+            .and_then(|entry| {
+                // What a consumer is sent: the entry after its channel's name.
+                let name = 2 + channel.as_str().len();
+                if entry.get(name..).is_some_and(fits) {
+                    Ok(entry)
+                } else {
+                    Err(EntryError::TooLarge)
+                }
+            });
+        Some((stream, entry))
     }
 
     /// The entry to store for a channel group: its channel, the sender keys its batches need

@@ -465,21 +465,38 @@ async fn store_released<R>(
     batch: &SignedBatch,
     body: &Bytes,
 ) -> Result<(), crate::durable::DurableError> {
-    let streams = &services.streams;
-    let Some(stream) = streams.for_channel(channel) else {
-        return Ok(());
-    };
+    use crate::durable::{DurableError, EntryError};
     let mut epochs: Vec<u64> = batch.envelopes.iter().map(|e| e.epoch).collect();
     epochs.sort_unstable();
     epochs.dedup();
-    // The held body carries the sender keys it was published with.
-    // (It needs none remembered, and was bounded as a delivery when it was held.)
-    let entry = streams
-        .entry(channel, &batch.sender, &epochs, &epochs, body, usize::MAX)
-        .map_err(|_| {
-            crate::durable::DurableError::Unavailable("the held message is too large".to_owned())
-        })?;
-    let stored = crate::durable::submit_all(vec![(stream.clone(), entry)], || {
+    // A hold made while a stream captured its channel carries every key it needs (put in
+    // when it was held); one made before (a stream configured since, a hold stored by older
+    // code) is checked here as any entry: the keys it lacks looked up, its size bounded.
+    let carried: Vec<u64> = entente_wire::decode::<Deliver>(body, &services.limits)
+        .map(|d| d.sender_keys.iter().map(|k| k.epoch).collect())
+        .unwrap_or_default();
+    let Some((stream, entry)) = services.streams.checked_entry(
+        channel,
+        &batch.sender,
+        &epochs,
+        &carried,
+        body,
+        &services.limits,
+    ) else {
+        return Ok(());
+    };
+    let entry = entry.map_err(|e| {
+        DurableError::Unstorable(match e {
+            EntryError::TooLarge => {
+                "the held message, with the sender keys it needs, is too large to store".into()
+            }
+            EntryError::MissingKey(epoch) => format!(
+                "the sender key of epoch {epoch} it needs is not known to the hub: stored, it \
+                 would never open"
+            ),
+        })
+    })?;
+    let stored = crate::durable::submit_all(vec![(stream, entry)], || {
         Ok::<(), crate::durable::DurableError>(())
     })?;
     for (stream, ticket) in stored {
@@ -947,13 +964,14 @@ impl Hold {
                 let (sender, channel) = (&self.new.sender, &self.new.channel);
                 match decide(sender, channel, &self.approvers, &self.acted, now_ms) {
                     Verdicts::Allowed => {
-                        let body = self.new.body.clone();
+                        // Taken before `end` drops them.
+                        let (body, batch) = (self.new.body.clone(), self.new.batch.clone());
                         self.end(State::Released, String::new(), now_ms);
                         Ok(Outcome::Released {
                             approvals,
                             channel: self.new.channel.clone(),
                             body,
-                            batch: self.new.batch.clone(),
+                            batch,
                         })
                     }
                     Verdicts::StillHeld => Ok(Outcome::Pending { approvals }),

@@ -981,36 +981,17 @@ impl<R: Router> Session<R> {
         carried: &[u64],
         body: &[u8],
     ) -> Option<Result<DurableEntry, Refused>> {
-        let streams = &self.context.streams;
-        let stream = streams.for_channel(channel)?;
-        let limits = &self.context.limits;
-        // A delivery also carries its sequence and attempt (a key and a varint each), as a
-        // `Deliver` inside a `ServerFrame` (the one an element of decoding cost, the
-        // top-level frame none).
-        let mut budget = *limits;
-        budget.max_decoded_overhead = budget
-            .max_decoded_overhead
-            .saturating_sub(entente_wire::DECODED_ELEMENT_COST);
-        // Scanned whatever its size: a short entry may still hold more sender keys than a
-        // consumer's decoder takes (those of earlier publishes add to the publish's own).
-        let fits = |delivered: &[u8]| {
-            max_deliver_len(delivered.len() + durable::DELIVERY_SUFFIX_LEN)
-                <= limits.max_frame_bytes
-                && <Deliver as entente_wire::Bounded>::scan(delivered, &budget).is_ok()
-        };
-        let entry = streams.entry(
+        let (stream, entry) = self.context.streams.checked_entry(
             channel,
             self.principal.as_str(),
             epochs,
             carried,
             body,
-            limits.max_frame_bytes,
-        );
-        // What a consumer is sent: the entry after its channel's name.
-        let name = 2 + channel.as_str().len();
+            &self.context.limits,
+        )?;
         Some(match entry {
-            Ok(e) if e.get(name..).is_some_and(fits) => Ok((stream.clone(), e)),
-            Ok(_) | Err(durable::EntryError::TooLarge) => Err(Refused::new(
+            Ok(e) => Ok((stream, e)),
+            Err(durable::EntryError::TooLarge) => Err(Refused::new(
                 RefusalCode::TooLarge,
                 format!(
                     "the durable entry for `{channel}` would exceed what a consumer takes in one \
@@ -1655,7 +1636,7 @@ impl From<DurableError> for Refused {
             DurableError::NotYours(_) | DurableError::Others { .. } => RefusalCode::Denied,
             DurableError::InUse(_) => RefusalCode::DuplicateSubscription,
             DurableError::TooManyConsumers { .. } => RefusalCode::TooManySubscriptions,
-            DurableError::Unavailable(_) => RefusalCode::Unavailable,
+            DurableError::Unavailable(_) | DurableError::Unstorable(_) => RefusalCode::Unavailable,
         };
         Self::new(code, e.to_string())
     }

@@ -540,6 +540,82 @@ async fn a_held_message_and_its_approvals_survive_a_restart() {
     hub.shutdown().await.unwrap();
 }
 
+/// A message held before a durable channel captured its channel (a stream configured since)
+/// is checked when it is released as any entry: one carrying its sender key is stored, one
+/// whose key the hub does not know (it went with a message withdrawn since) is released to the
+/// live subscribers and the approver told it was not stored, rather than stored unopenable.
+#[tokio::test]
+async fn a_message_held_before_its_channel_was_durable_is_stored_only_if_it_opens() {
+    let ca = TestCa::new();
+    let (hub, store) = start_with_store(&ca, held_config()).await;
+    let alice = ca.agent("shop", "alice");
+    let (ops1, ops2) = (human(&ca, "ops1"), human(&ca, "ops2"));
+    let mut session = alice.session(&hub).await;
+    // Two wires of one epoch, its sender key with the first only, which alice withdraws; a
+    // third of another epoch, with its key.
+    let (mut first, key) = alice.sealer("orders.wire.eu", &[]);
+    let (mut other, other_key) = alice.sealer("orders.wire.eu", &[]);
+    let mut ids = Vec::new();
+    for (id, keys) in [(1, vec![key]), (2, vec![]), (3, vec![other_key])] {
+        let sealer = if id < 3 { &mut first } else { &mut other };
+        let batch = sealer.seal_batch(&[b"pay"], None, now_ms()).unwrap();
+        let answer = publish(&mut session, id, keys, vec![batch], "invoice").await;
+        let server_frame::Kind::Ack(acked) = answer else {
+            panic!("expected an ack, got {answer:?}");
+        };
+        ids.push(acked.held[0].message_id.clone());
+    }
+    let own = list(&hub, &alice).await;
+    let withdrawn = own.iter().find(|h| h.message_id == ids[0]).unwrap();
+    let answer = approve(&hub, &alice, statement(&alice, withdrawn, Verdict::Reject))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, "rejected");
+    drop(session);
+    hub.shutdown().await.unwrap();
+
+    // Started again with a durable channel capturing the wires.
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = HubConfig {
+        streams: vec![entente_hub::StreamConfig::new(
+            "wires",
+            entente_types::ChannelPattern::parse("orders.wire.>").unwrap(),
+        )],
+        streams_dir: Some(dir.path().join("streams")),
+        ..held_config()
+    };
+    let hub = Hub::start(config, ca.ca.clone(), store.clone())
+        .await
+        .unwrap();
+    let shown = list(&hub, &ops1).await;
+    let held = |id: &str| shown.iter().find(|h| h.message_id == id).unwrap();
+    let approved = |who: &Agent, id: &str| statement(who, held(id), Verdict::Approve);
+    approve(&hub, &ops1, approved(&ops1, &ids[1]))
+        .await
+        .unwrap();
+    let refused = approve(&hub, &ops2, approved(&ops2, &ids[1]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("released to the live subscribers")
+            && refused.message().contains("is not known to the hub"),
+        "{refused:?}"
+    );
+    assert_eq!(hub.stats().durable_stored, 0);
+    approve(&hub, &ops1, approved(&ops1, &ids[2]))
+        .await
+        .unwrap();
+    let answer = approve(&hub, &ops2, approved(&ops2, &ids[2]))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, "released");
+    assert_eq!(hub.stats().durable_stored, 1);
+    hub.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_held_message_that_lapses_while_the_hub_is_down_is_recorded_and_listed_as_expired() {
     let ca = TestCa::new();
@@ -871,6 +947,44 @@ async fn a_listing_of_held_messages_is_one_record() {
         assert_eq!(admin.operation.as_clear(), Some("list-held"));
         assert_eq!(admin.detail.as_clear(), Some("0 held messages shown"));
     }
+    hub.shutdown().await.unwrap();
+}
+
+/// A released message's batch is recorded as any routed batch is (`delivered-batch`, by its
+/// sender), after the approval that released it.
+#[tokio::test]
+async fn a_released_message_is_recorded_as_a_delivered_batch() {
+    let ca = TestCa::new();
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = HubConfig {
+        audit: Some(entente_hub::AuditConfig::new(dir.path().join("audit"))),
+        ..held_config()
+    };
+    let hub = start(&ca, config).await;
+    let alice = ca.agent("shop", "alice");
+    let (ops1, ops2) = (human(&ca, "ops1"), human(&ca, "ops2"));
+    let mut session = alice.session(&hub).await;
+    hold_one(&mut session, &alice, 1, b"pay").await;
+    let shown = list(&hub, &ops1).await;
+    for ops in [&ops1, &ops2] {
+        approve(&hub, ops, statement(ops, &shown[0], Verdict::Approve))
+            .await
+            .unwrap();
+    }
+    let (records, _) = hub.audit_records(0, 100_000).await.unwrap().unwrap();
+    let delivered: Vec<_> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            entente_audit::Event::DeliveredBatch(d) => Some((r.actor.as_str(), d)),
+            _ => None,
+        })
+        .collect();
+    let [(actor, batch)] = delivered.as_slice() else {
+        panic!("{delivered:?}");
+    };
+    assert_eq!(*actor, alice.principal.as_str());
+    assert_eq!(batch.channel.as_clear(), Some("orders.wire.eu"));
+    assert_eq!(batch.count, 1);
     hub.shutdown().await.unwrap();
 }
 
