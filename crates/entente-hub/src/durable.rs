@@ -621,7 +621,7 @@ impl Streams {
     /// that the group does not carry (from what was routed before), and the group's body;
     /// an error as soon as the keys and the body (what a consumer is sent) exceed
     /// `max_delivered` bytes, or when a key needed is not remembered.
-    pub(crate) fn entry(
+    fn entry(
         &self,
         channel: &Channel,
         sender: &str,

@@ -450,6 +450,14 @@ fn held_config() -> HubConfig {
     }
 }
 
+/// [`held_config`] with an audit log kept in `dir`.
+fn audited_config(dir: &std::path::Path) -> HubConfig {
+    HubConfig {
+        audit: Some(entente_hub::AuditConfig::new(dir.join("audit"))),
+        ..held_config()
+    }
+}
+
 /// Alice publishes one wire on `session`: the hold's ID.
 async fn hold_one(
     session: &mut support::Session,
@@ -620,10 +628,7 @@ async fn a_message_held_before_its_channel_was_durable_is_stored_only_if_it_open
 async fn a_held_message_that_lapses_while_the_hub_is_down_is_recorded_and_listed_as_expired() {
     let ca = TestCa::new();
     let dir = tempfile::tempdir().unwrap();
-    let config = HubConfig {
-        audit: Some(entente_hub::AuditConfig::new(dir.path().join("audit"))),
-        ..held_config()
-    };
+    let config = audited_config(dir.path());
     let (hub, store) = start_with_store(&ca, config.clone()).await;
     let alice = ca.agent("shop", "alice");
     let ops1 = human(&ca, "ops1");
@@ -923,10 +928,7 @@ async fn an_approval_by_a_principal_revoked_since_no_longer_counts() {
 async fn a_listing_of_held_messages_is_one_record() {
     let ca = TestCa::new();
     let dir = tempfile::TempDir::new().unwrap();
-    let config = HubConfig {
-        audit: Some(entente_hub::AuditConfig::new(dir.path().join("audit"))),
-        ..held_config()
-    };
+    let config = audited_config(dir.path());
     let hub = start(&ca, config).await;
     let (alice, eve) = (ca.agent("shop", "alice"), ca.agent("lab", "eve"));
     let mut session = alice.session(&hub).await;
@@ -956,10 +958,7 @@ async fn a_listing_of_held_messages_is_one_record() {
 async fn a_released_message_is_recorded_as_a_delivered_batch() {
     let ca = TestCa::new();
     let dir = tempfile::TempDir::new().unwrap();
-    let config = HubConfig {
-        audit: Some(entente_hub::AuditConfig::new(dir.path().join("audit"))),
-        ..held_config()
-    };
+    let config = audited_config(dir.path());
     let hub = start(&ca, config).await;
     let alice = ca.agent("shop", "alice");
     let (ops1, ops2) = (human(&ca, "ops1"), human(&ca, "ops2"));
