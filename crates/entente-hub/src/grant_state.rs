@@ -315,6 +315,7 @@ mod tests {
             name: "read".into(),
             duration_ms: 1_000,
             reason: "INC-2".into(),
+            credentials: Vec::new(),
         };
         authz
             .change_grants(&registry, |book, policies| {

@@ -18,6 +18,11 @@
 //! the registry never saw (an identity issued directly by the CA), the bundle sent along,
 //! verified against the trust bundle.
 //!
+//! A request and each approval keep the serials of the certificates their connection held
+//! ([`rpc::credentials`]): an approval counts only while neither its approver nor any of
+//! those is revoked (nor the approver quarantined or no longer permitted), and a request asked
+//! with a certificate revoked since is approved no more.
+//!
 //! Every change goes through [`Authz::change_grants`](crate::authz::Authz): all or nothing,
 //! stored before it is put in force, the policy epoch bumped when grants change. Refusals
 //! are statuses that say what went wrong; no reason text or secret goes to a counter.
@@ -28,8 +33,8 @@ use std::time::SystemTime;
 use entente_audit::{GrantStage, Outcome as AuditOutcome};
 use entente_crypto::{ApprovalError, ApprovalIn, KeyBundleIn, ObjectKind, Verdict};
 use entente_policy::{
-    Action, Grant, GrantEnd, GrantError, GrantId, GrantRequest as BookRequest, GrantedBy, NewGrant,
-    NewRequest, Outcome, RequestId, RequestState, Resource, Subject,
+    Action, ApprovalRecord, Grant, GrantEnd, GrantError, GrantId, GrantRequest as BookRequest,
+    GrantedBy, NewGrant, NewRequest, Outcome, RequestId, RequestState, Resource, Subject,
 };
 use entente_types::Principal;
 use entente_wire::{
@@ -303,6 +308,8 @@ async fn request_inner<R>(
         name: request.name,
         duration_ms: request.duration_ms,
         reason: request.reason,
+        // A revocation of any voids the request.
+        credentials: rpc::credentials(services, caller, "request")?,
     };
     let request = services
         .authz
@@ -373,29 +380,44 @@ async fn approve_inner<R>(
             "`{requester}` is quarantined: its request {id} can't be approved while it is"
         )));
     }
-    // Earlier approvals count only while their approvers stand: not revoked, not
-    // quarantined, still permitted to approve the requester.
-    let revocations = services.revocations.current();
+    // The certificates this approval is made with: a revocation of any voids it.
+    let credentials = rpc::credentials(services, caller, "approval")?;
     let requester_resource = Resource::principal(&requester);
-    let standing = |approver: &Principal| {
-        !revocations
-            .as_ref()
-            .is_some_and(|list| list.is_principal_revoked(approver))
-            && services.anomaly.quarantined(approver).is_none()
-            && services
-                .authz
-                .decide(
-                    &Subject::new(approver.clone(), Vec::<String>::new()),
-                    Action::Approve,
-                    &requester_resource,
-                    now_ms,
-                )
-                .is_ok()
-    };
     let outcome = services
         .authz
         .change_grants(&services.registry, |book, policies| {
-            book.decide_standing(policies, id, &approval, now_ms, standing)
+            // The list in force at the change's turn (it may have waited for others).
+            let revocations = services.revocations.current();
+            let revoked = |principal: &Principal, serials: &[Vec<u8>]| {
+                revocations
+                    .as_ref()
+                    .is_some_and(|list| rpc::revoked_acting(list, principal, serials))
+            };
+            // Nothing asked with a certificate revoked since is granted (it may be rejected).
+            if verdict == Verdict::Approve
+                && book
+                    .request_record(id)
+                    .is_some_and(|r| revoked(&r.requester, &r.credentials))
+            {
+                return Err(GrantError::RequesterRevoked(id));
+            }
+            // Earlier approvals count only while they stand: their approvers not revoked (nor
+            // a certificate they approved with), not quarantined, still permitted to approve
+            // the requester.
+            let standing = |a: &ApprovalRecord| {
+                !revoked(&a.approver, &a.credentials)
+                    && services.anomaly.quarantined(&a.approver).is_none()
+                    && services
+                        .authz
+                        .decide(
+                            &Subject::new(a.approver.clone(), Vec::<String>::new()),
+                            Action::Approve,
+                            &requester_resource,
+                            now_ms,
+                        )
+                        .is_ok()
+            };
+            book.decide_standing(policies, id, &approval, credentials, now_ms, standing)
         })
         .await
         .map_err(change_error)?;
@@ -897,6 +919,7 @@ mod tests {
                     name: "read".into(),
                     duration_ms: 1_000,
                     reason: "INC-1".into(),
+                    credentials: Vec::new(),
                 },
                 10,
             )

@@ -241,10 +241,8 @@ enum State {
 /// Whether `principal` is revoked, or a certificate it acted with on a hold (`acted`): a
 /// stolen one revoked by serial.
 fn revoked_on_hold(list: &VerifiedRevocationList, acted: &Acted, principal: &Principal) -> bool {
-    list.is_principal_revoked(principal)
-        || acted
-            .get(principal)
-            .is_some_and(|serials| serials.iter().any(|s| list.is_serial_revoked(s)))
+    let serials = acted.get(principal).map(Vec::as_slice).unwrap_or_default();
+    rpc::revoked_acting(list, principal, serials)
 }
 
 // === RPCs ===
@@ -289,16 +287,8 @@ pub(crate) async fn approve<R: Router>(
     let authz = &services.authz;
     let quarantined = |p: &Principal| services.anomaly.quarantined(p).is_some();
     let (envelope, statement) = (approval.statement().object_hash, *approval.digest());
-    // The certificates this approval is made with: a revocation of any voids it. None when
-    // the connection is gone (closed since: by a revocation, maybe).
-    let credentials = services.connections.credentials(caller.connection);
-    if credentials.is_empty() {
-        rpc::open(caller)?;
-        return Err(RpcError::Precondition(
-            "the connection this approval came on is gone: approve again".into(),
-        )
-        .into());
-    }
+    // The certificates this approval is made with: a revocation of any voids it.
+    let credentials = rpc::credentials(services, caller, "approval")?;
     let outcome = holds
         // Judged at the time the decision's turn came (`at`): it may have waited for others.
         .decide(&id, &approval, credentials, now_ms, |sender, channel, approvers, acted, at| {

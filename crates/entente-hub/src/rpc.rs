@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use entente_audit::{Admin, Event, Outcome};
-use entente_ca::IssueError;
+use entente_ca::{IssueError, VerifiedRevocationList};
 use entente_policy::{Action, GrantError, Resource, Subject};
 use entente_store::{AgentRecord, StoreError};
 use entente_types::Principal;
@@ -358,6 +358,7 @@ fn grant_status(error: &GrantError) -> Status {
             Status::not_found(message)
         }
         GrantError::RequestExpired(_)
+        | GrantError::RequesterRevoked(_)
         | GrantError::AlreadyGranted(_)
         | GrantError::AlreadyRejected(_)
         | GrantError::AlreadyApproved { .. }
@@ -417,6 +418,35 @@ pub(crate) fn open(caller: &Caller) -> Result<(), RpcError> {
         Some(reason) => Err(RpcError::Closed(reason)),
         None => Ok(()),
     }
+}
+
+/// The serials of the certificates the caller acts with
+/// ([`Connections::credentials`](crate::connections::Connections::credentials)), kept with
+/// what it does (a `what`: a request, an approval) so that a revocation of any of them voids
+/// it. Refused when the caller's connection is gone (closed since: by a revocation, maybe).
+pub(crate) fn credentials<R>(
+    services: &Services<R>,
+    caller: &Caller,
+    what: &str,
+) -> Result<Vec<Vec<u8>>, RpcError> {
+    let credentials = services.connections.credentials(caller.connection);
+    if credentials.is_empty() {
+        open(caller)?;
+        return Err(RpcError::Precondition(format!(
+            "the connection this {what} came on is gone: send it again"
+        )));
+    }
+    Ok(credentials)
+}
+
+/// Whether `principal`, acting with the certificates `serials`, is revoked by `list` (its
+/// principal, or any of those serials).
+pub(crate) fn revoked_acting(
+    list: &VerifiedRevocationList,
+    principal: &Principal,
+    serials: &[Vec<u8>],
+) -> bool {
+    list.is_principal_revoked(principal) || serials.iter().any(|s| list.is_serial_revoked(s))
 }
 
 /// Asks the running policies, uncached and with the caller's grants, whether the caller may
@@ -604,6 +634,7 @@ mod tests {
             (GrantError::UnknownGrant("x".into()), Code::InvalidArgument),
             (GrantError::ZeroDuration, Code::InvalidArgument),
             (GrantError::HashMismatch(id), Code::InvalidArgument),
+            (GrantError::RequesterRevoked(id), Code::FailedPrecondition),
             (
                 GrantError::SelfApproval {
                     request: id,

@@ -515,6 +515,62 @@ async fn approvals_of_approvers_cut_off_since_no_longer_count() {
     hub.shutdown().await.unwrap();
 }
 
+/// Revoking the certificate an approval was made with (a stolen one, revoked by serial, its
+/// principal not revoked) voids that approval; revoking the one a request was made with, the
+/// request: it is approved no more, though it may still be rejected.
+#[tokio::test]
+async fn revoking_the_certificate_a_request_or_an_approval_was_made_with_voids_it() {
+    let ca = TestCa::new();
+    let hub = Hub::start(config(), ca.ca.clone(), ca.store())
+        .await
+        .unwrap();
+    let (eve, fay) = (
+        enroll(&hub, "ops", "eve").await,
+        enroll(&hub, "ops", "fay").await,
+    );
+    let (ann, bob, carl) = (
+        human(&hub, "ann").await,
+        human(&hub, "bob").await,
+        human(&hub, "carl").await,
+    );
+    let eves = request_grant(&hub, &eve, "orders-read").await.unwrap();
+    let fays = request_grant(&hub, &fay, "orders-read").await.unwrap();
+    let answer = approve(&hub, &ann, statement(&ann, &eves, Verdict::Approve))
+        .await
+        .unwrap();
+    assert_eq!((answer.outcome.as_str(), answer.approvals), ("pending", 1));
+
+    // Ann's and fay's certificates are revoked by serial (their principals stay).
+    let mut revocations = entente_ca::Revocations::new();
+    revocations.revoke_serial(&ann.svid.serial).unwrap();
+    revocations.revoke_serial(&fay.svid.serial).unwrap();
+    let now = SystemTime::now();
+    let list = ca.ca.sign_revocations(&revocations, now).unwrap();
+    let verified = entente_ca::VerifiedRevocationList::verify(list, ca.trust(), now).unwrap();
+    hub.revoke(verified).await.unwrap();
+
+    // Ann's approval no longer counts: bob's alone does not make the grant.
+    let answer = approve(&hub, &bob, statement(&bob, &eves, Verdict::Approve))
+        .await
+        .unwrap();
+    assert_eq!((answer.outcome.as_str(), answer.approvals), ("pending", 1));
+    let answer = approve(&hub, &carl, statement(&carl, &eves, Verdict::Approve))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, "granted");
+    // Fay's request was made with the revoked certificate: approved no more, still rejected.
+    refused(
+        approve(&hub, &bob, statement(&bob, &fays, Verdict::Approve)).await,
+        Code::FailedPrecondition,
+        "made with a certificate revoked since",
+    );
+    let answer = approve(&hub, &bob, statement(&bob, &fays, Verdict::Reject))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, "rejected");
+    hub.shutdown().await.unwrap();
+}
+
 /// One granter is one approval: a grant whose definition asks for two is given only through a
 /// request that two approve (separation of duties), never directly.
 #[tokio::test]

@@ -30,10 +30,17 @@ pub struct ApprovalRecord {
     pub signature: [u8; 64],
     /// SHA-256 of the signed statement: its identity, for refusing replays.
     pub digest: [u8; 32],
+    /// The serials of the certificates the approver approved with (its connection's, as the
+    /// hub knows them); empty when not known (kept before they were).
+    pub credentials: Vec<Vec<u8>>,
 }
 
 impl ApprovalRecord {
-    pub(crate) fn from_verified(approval: &VerifiedApproval, now_ms: u64) -> Self {
+    pub(crate) fn from_verified(
+        approval: &VerifiedApproval,
+        credentials: Vec<Vec<u8>>,
+        now_ms: u64,
+    ) -> Self {
         let statement = approval.statement();
         Self {
             approver: statement.approver.clone(),
@@ -43,6 +50,7 @@ impl ApprovalRecord {
             received_at_ms: now_ms,
             signature: *approval.signature(),
             digest: *approval.digest(),
+            credentials,
         }
     }
 }

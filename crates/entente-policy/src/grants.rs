@@ -46,6 +46,12 @@ pub const MAX_REASON_LEN: usize = 1024;
 pub const MAX_BOOK_LEN: usize = 64 << 20;
 /// The encoding version [`GrantBook::encode`] writes and [`GrantBook::decode`] reads.
 pub const BOOK_VERSION: u32 = 1;
+/// The most certificate serials kept of what one principal acted with on a request
+/// ([`NewRequest::credentials`], [`ApprovalRecord::credentials`]).
+pub const MAX_CREDENTIALS: usize = 32;
+/// The longest certificate serial kept, in bytes (RFC 5280 allows 20 octets; its DER form may
+/// add a sign octet).
+pub const MAX_SERIAL_LEN: usize = 32;
 
 /// The most grants a book holds, whatever its limits say.
 pub const HARD_MAX_GRANTS: usize = 16_384;
@@ -142,6 +148,9 @@ pub struct GrantRequest {
     pub approvals: Vec<ApprovalRecord>,
     /// Where it stands.
     pub state: RequestState,
+    /// The certificate serials the requester asked with ([`NewRequest::credentials`]); not
+    /// part of [`hash`](Self::hash).
+    pub credentials: Vec<Vec<u8>>,
 }
 
 /// Where a just-in-time request stands.
@@ -202,6 +211,10 @@ pub struct NewRequest {
     pub duration_ms: u64,
     /// Why: 1 to [`MAX_REASON_LEN`] bytes, no control characters.
     pub reason: String,
+    /// The serials of the certificates the requester asks with (its connection's, as the hub
+    /// knows them): at most [`MAX_CREDENTIALS`] of 1 to [`MAX_SERIAL_LEN`] bytes each; empty
+    /// when not known. A hub approves nothing of a request one of them is revoked since.
+    pub credentials: Vec<Vec<u8>>,
 }
 
 /// What an approval or rejection did to its request.
@@ -281,6 +294,7 @@ pub struct GrantLimits {
 ///         name: "demo-read".to_owned(),
 ///         duration_ms: 15 * 60_000,
 ///         reason: "INC-42: read the demo logs".to_owned(),
+///         credentials: Vec::new(),
 ///     },
 ///     now,
 /// )?;
@@ -486,6 +500,20 @@ pub enum GrantError {
          ask for a new one"
     )]
     ApprovalsFull(RequestId),
+    /// The requester's principal, or a certificate it asked with, is revoked since (a hub's
+    /// check, [`GrantRequest::credentials`]): the request is approved no more.
+    #[error(
+        "request {0} was made with a certificate revoked since: it can't be approved (its \
+         requester may ask again)"
+    )]
+    RequesterRevoked(RequestId),
+    /// More certificate serials than [`MAX_CREDENTIALS`], or one empty or over
+    /// [`MAX_SERIAL_LEN`] bytes.
+    #[error(
+        "credentials: at most {MAX_CREDENTIALS} certificate serials of 1 to {MAX_SERIAL_LEN} \
+         bytes each"
+    )]
+    BadCredentials,
 }
 
 /// Why encoded book bytes were refused.
@@ -654,6 +682,7 @@ impl GrantBook {
         let definition = definition(policies, &new.name)?;
         check_reason(&new.reason)?;
         check_duration(definition, new.duration_ms)?;
+        check_credentials(&new.credentials)?;
         let mut pending = 0;
         let mut mine = 0;
         let segment = new.requester.share_group();
@@ -717,6 +746,7 @@ impl GrantBook {
             required: definition.approvals,
             approvals: Vec::new(),
             state: RequestState::Pending,
+            credentials: new.credentials,
         };
         self.next_request = self.next_request.saturating_add(1);
         self.requests.insert(request.id, request.clone());
@@ -740,28 +770,32 @@ impl GrantBook {
         approval: &VerifiedApproval,
         now_ms: u64,
     ) -> Result<Outcome, GrantError> {
-        self.decide_standing(policies, id, approval, now_ms, |_| true)
+        self.decide_standing(policies, id, approval, Vec::new(), now_ms, |_| true)
     }
 
-    /// [`decide`](Self::decide), where an earlier approval counts only if `standing` says its
-    /// approver still may (neither revoked nor quarantined, still permitted to approve): an
-    /// approver cut off since its approval no longer counts towards the M. The approval being
-    /// decided is the caller's to check. Approvals that no longer count stay in the request's
-    /// history; the grant names the approvers that counted.
+    /// [`decide`](Self::decide) of an approval made with the certificates `credentials` (kept
+    /// with it, as [`NewRequest::credentials`] are), where an earlier approval counts only if
+    /// `standing` says it still may (its approver neither revoked nor quarantined, nor a
+    /// certificate it approved with revoked, and still permitted to approve): an approver cut
+    /// off since its approval no longer counts towards the M. The approval being decided is
+    /// the caller's to check. Approvals that no longer count stay in the request's history;
+    /// the grant names the approvers that counted.
     pub fn decide_standing(
         &mut self,
         policies: &PolicySet,
         id: RequestId,
         approval: &VerifiedApproval,
+        credentials: Vec<Vec<u8>>,
         now_ms: u64,
-        standing: impl Fn(&Principal) -> bool,
+        standing: impl Fn(&ApprovalRecord) -> bool,
     ) -> Result<Outcome, GrantError> {
+        check_credentials(&credentials)?;
         let request = self
             .requests
             .get(&id)
             .ok_or(GrantError::UnknownRequest(id))?;
         approvals::admit(request, approval, now_ms)?;
-        let record = ApprovalRecord::from_verified(approval, now_ms);
+        let record = ApprovalRecord::from_verified(approval, credentials, now_ms);
         if approval.verdict() == Verdict::Reject {
             let request = self
                 .requests
@@ -779,7 +813,7 @@ impl GrantBook {
         let definition = definition(policies, &request.name)?;
         check_duration(definition, request.duration_ms)?;
         let required = request.required.max(definition.approvals);
-        let counted = |a: &ApprovalRecord| a.verdict == Verdict::Approve && standing(&a.approver);
+        let counted = |a: &ApprovalRecord| a.verdict == Verdict::Approve && standing(a);
         let earlier = request.approvals.iter().filter(|a| counted(a)).count();
         let approvals = u32::try_from(earlier).unwrap_or(u32::MAX).saturating_add(1);
         if approvals < required {
@@ -1274,6 +1308,18 @@ fn check_duration(definition: &GrantDefinition, duration_ms: u64) -> Result<(), 
     Ok(())
 }
 
+/// At most [`MAX_CREDENTIALS`] serials of 1 to [`MAX_SERIAL_LEN`] bytes.
+fn check_credentials(credentials: &[Vec<u8>]) -> Result<(), GrantError> {
+    if credentials.len() > MAX_CREDENTIALS
+        || credentials
+            .iter()
+            .any(|s| s.is_empty() || s.len() > MAX_SERIAL_LEN)
+    {
+        return Err(GrantError::BadCredentials);
+    }
+    Ok(())
+}
+
 fn check_reason(reason: &str) -> Result<(), GrantError> {
     if reason.chars().any(entente_types::text::is_deceptive) {
         return Err(GrantError::ReasonControl);
@@ -1312,9 +1358,10 @@ mod codec {
     use serde::{Deserialize, Serialize};
 
     use super::{
-        BOOK_VERSION, BookDecodeError, Grant, GrantBook, GrantId, GrantLimits, GrantRequest,
-        GrantedBy, HARD_MAX_GRANTS, HARD_MAX_REQUESTS, MAX_APPROVALS, MAX_BOOK_LEN,
-        MAX_GRANT_DURATION_MS, RequestId, RequestState, check_stored_reason, is_valid_grant_name,
+        BOOK_VERSION, BookDecodeError, Grant, GrantBook, GrantError, GrantId, GrantLimits,
+        GrantRequest, GrantedBy, HARD_MAX_GRANTS, HARD_MAX_REQUESTS, MAX_APPROVALS, MAX_BOOK_LEN,
+        MAX_CREDENTIALS, MAX_GRANT_DURATION_MS, RequestId, RequestState, check_credentials,
+        check_stored_reason, is_valid_grant_name,
     };
     use crate::approvals::ApprovalRecord;
 
@@ -1371,6 +1418,9 @@ mod codec {
         required: u32,
         approvals: Vec<ApprovalV1>,
         state: StateV1,
+        /// Absent in books stored before credentials were kept, and when none are known.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        credentials: Vec<String>,
     }
 
     #[derive(Serialize, Deserialize)]
@@ -1392,6 +1442,9 @@ mod codec {
         received_at_ms: u64,
         signature: String,
         digest: String,
+        /// As [`RequestV1::credentials`].
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        credentials: Vec<String>,
     }
 
     pub(super) fn encode(book: &GrantBook) -> Vec<u8> {
@@ -1507,6 +1560,7 @@ mod codec {
                     received_at_ms: a.received_at_ms,
                     signature: hex(&a.signature),
                     digest: hex(&a.digest),
+                    credentials: a.credentials.iter().map(|s| hex(s)).collect(),
                 })
                 .collect(),
             state: match &r.state {
@@ -1521,6 +1575,7 @@ mod codec {
                 },
                 RequestState::Expired => StateV1::Expired,
             },
+            credentials: r.credentials.iter().map(|s| hex(s)).collect(),
         }
     }
 
@@ -1617,6 +1672,7 @@ mod codec {
         for a in &r.approvals {
             approvals.push(approval_from(&what, a)?);
         }
+        let credentials = credentials_from(&what, &r.credentials)?;
         let approvers: Vec<&Principal> = approvals
             .iter()
             .filter(|a| a.verdict == Verdict::Approve)
@@ -1667,6 +1723,7 @@ mod codec {
             required: r.required,
             approvals,
             state,
+            credentials,
         })
     }
 
@@ -1691,7 +1748,21 @@ mod codec {
             received_at_ms: a.received_at_ms,
             signature,
             digest,
+            credentials: credentials_from(what, &a.credentials)?,
         })
+    }
+
+    fn credentials_from(what: &str, hexes: &[String]) -> Result<Vec<Vec<u8>>, BookDecodeError> {
+        let bad = || invalid(format!("{what}: {}", GrantError::BadCredentials));
+        if hexes.len() > MAX_CREDENTIALS {
+            return Err(bad());
+        }
+        let credentials = hexes
+            .iter()
+            .map(|s| unhex(s).ok_or_else(bad))
+            .collect::<Result<Vec<_>, _>>()?;
+        check_credentials(&credentials).map_err(|_| bad())?;
+        Ok(credentials)
     }
 
     fn principal(what: &str, s: &str) -> Result<Principal, BookDecodeError> {

@@ -88,8 +88,9 @@ pub use grants::{
     BOOK_VERSION, BookDecodeError, DEFAULT_APPROVALS, DEFAULT_MAX_DURATION_MS, DurationError,
     Expired, Grant, GrantBook, GrantDefinition, GrantEnd, GrantError, GrantId, GrantLimits,
     GrantRequest, GrantedBy, HARD_MAX_GRANTS, HARD_MAX_REQUESTS, IdParseError, MAX_APPROVALS,
-    MAX_BOOK_LEN, MAX_GRANT_DURATION_MS, MAX_GRANT_NAME_LEN, MAX_REASON_LEN, NewGrant, NewRequest,
-    Outcome, RequestId, RequestState, format_duration, is_valid_grant_name, parse_duration,
+    MAX_BOOK_LEN, MAX_CREDENTIALS, MAX_GRANT_DURATION_MS, MAX_GRANT_NAME_LEN, MAX_REASON_LEN,
+    MAX_SERIAL_LEN, NewGrant, NewRequest, Outcome, RequestId, RequestState, format_duration,
+    is_valid_grant_name, parse_duration,
 };
 pub use policies::{Effect, LoadError, PolicyInfo, PolicySet, PolicySetBuilder, Problem};
 pub use rate::{MAX_RATE_COUNT, MAX_REFILL, Period, PolicyRate};

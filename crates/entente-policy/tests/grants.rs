@@ -13,9 +13,10 @@ use entente_crypto::{
     VerifiedApproval,
 };
 use entente_policy::{
-    Action, ActiveGrant, BookDecodeError, Facts, Grant, GrantBook, GrantEnd, GrantError, GrantId,
-    GrantLimits, GrantRequest, GrantedBy, MAX_BOOK_LEN, MAX_REASON_LEN, NewGrant, NewRequest,
-    Outcome, PolicySet, RequestId, RequestState, Resource, Subject,
+    Action, ActiveGrant, ApprovalRecord, BookDecodeError, Facts, Grant, GrantBook, GrantEnd,
+    GrantError, GrantId, GrantLimits, GrantRequest, GrantedBy, MAX_BOOK_LEN, MAX_CREDENTIALS,
+    MAX_REASON_LEN, MAX_SERIAL_LEN, NewGrant, NewRequest, Outcome, PolicySet, RequestId,
+    RequestState, Resource, Subject,
 };
 use entente_types::{Channel, Principal};
 use proptest::prelude::*;
@@ -145,6 +146,7 @@ fn new_request(w: &World, name: &str, duration_ms: u64) -> NewRequest {
         name: name.to_owned(),
         duration_ms,
         reason: "deploy the payments fix".to_owned(),
+        credentials: vec![vec![0x5a; 16]],
     }
 }
 
@@ -1292,6 +1294,29 @@ fn other_versions_and_broken_records_are_refused() {
             Box::new(|v| v["requests"][0]["required"] = 0.into()),
         ),
         ("zero counter", Box::new(|v| v["next_request"] = 0.into())),
+        (
+            "an empty serial",
+            Box::new(|v| v["requests"][0]["credentials"] = serde_json::json!([""])),
+        ),
+        (
+            "a serial over the limit",
+            Box::new(|v| {
+                v["requests"][0]["credentials"] =
+                    serde_json::json!(["ab".repeat(MAX_SERIAL_LEN + 1)])
+            }),
+        ),
+        (
+            "too many serials",
+            Box::new(|v| {
+                v["requests"][0]["credentials"] = serde_json::json!(vec!["ab"; MAX_CREDENTIALS + 1])
+            }),
+        ),
+        (
+            "a serial not in hex",
+            Box::new(|v| {
+                v["requests"][0]["approvals"][0]["credentials"] = serde_json::json!(["zz"])
+            }),
+        ),
     ];
     for (what, change) in invalid {
         let err = decode_with(&*change).unwrap_err();
@@ -1381,6 +1406,7 @@ proptest! {
                         name: names[name].to_owned(),
                         duration_ms: minutes * MINUTE,
                         reason: "r".to_owned(),
+                        credentials: vec![vec![u8::try_from(who).unwrap_or(0) + 1; 16]],
                     }, now)
                     .map(|_| ()),
                 Op::Approve { by, request } | Op::Reject { by, request } => {
@@ -1393,7 +1419,11 @@ proptest! {
                             } else {
                                 people[by].rejects(&r, now)
                             };
-                            book.decide(&w.policies, r.id, &approval, now).map(|_| ())
+                            let serial = vec![u8::try_from(by).unwrap_or(0) + 100; 16];
+                            book.decide_standing(
+                                &w.policies, r.id, &approval, vec![serial], now, |_| true,
+                            )
+                            .map(|_| ())
                         }
                     }
                 }
@@ -1452,6 +1482,95 @@ proptest! {
 }
 
 #[test]
+fn the_certificates_requests_and_approvals_were_made_with_are_kept_and_judged() {
+    let mut w = world();
+    let request = w.request("payments-write", HOUR, NOW).unwrap();
+    assert_eq!(request.credentials, [vec![0x5a; 16]]);
+    let (stolen, kept) = (vec![0xee; 20], vec![0x11; 20]);
+    // Judged by the serials it was made with: one of them revoked, it no longer counts.
+    let standing = |a: &ApprovalRecord| !a.credentials.contains(&stolen);
+    let first = w.ann.approves(&request, NOW + 1);
+    let outcome = w
+        .book
+        .decide_standing(
+            &w.policies,
+            request.id,
+            &first,
+            vec![stolen.clone()],
+            NOW + 1,
+            standing,
+        )
+        .unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Pending {
+            approvals: 1,
+            required: 2
+        }
+    );
+    let stored = w.book.request_record(request.id).unwrap().approvals[0].clone();
+    assert_eq!(stored.credentials, std::slice::from_ref(&stolen));
+    let second = w.bob.approves(&request, NOW + 2);
+    let outcome = w
+        .book
+        .decide_standing(
+            &w.policies,
+            request.id,
+            &second,
+            vec![kept.clone()],
+            NOW + 2,
+            standing,
+        )
+        .unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Pending {
+            approvals: 1,
+            required: 2
+        },
+        "ann's does not count"
+    );
+
+    // Kept through the store; a book stored before they were kept loads with none.
+    let bytes = w.book.encode();
+    let again = GrantBook::decode(&bytes, GrantLimits::default()).unwrap();
+    assert_eq!(again, w.book);
+    let mut json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    for request in json["requests"].as_array_mut().unwrap() {
+        request.as_object_mut().unwrap().remove("credentials");
+        for approval in request["approvals"].as_array_mut().unwrap() {
+            approval.as_object_mut().unwrap().remove("credentials");
+        }
+    }
+    let old =
+        GrantBook::decode(&serde_json::to_vec(&json).unwrap(), GrantLimits::default()).unwrap();
+    let old = old.request_record(request.id).unwrap();
+    assert!(old.credentials.is_empty() && old.approvals.iter().all(|a| a.credentials.is_empty()));
+
+    // Bounded as the store is.
+    let mut many = new_request(&w, "demo-read", HOUR);
+    many.credentials = vec![vec![1; 16]; MAX_CREDENTIALS + 1];
+    assert_eq!(
+        w.book.request(&w.policies, many, NOW).unwrap_err(),
+        GrantError::BadCredentials
+    );
+    let third = w.cat.approves(&request, NOW + 3);
+    assert_eq!(
+        w.book
+            .decide_standing(
+                &w.policies,
+                request.id,
+                &third,
+                vec![Vec::new()],
+                NOW + 3,
+                standing
+            )
+            .unwrap_err(),
+        GrantError::BadCredentials
+    );
+}
+
+#[test]
 fn approvals_that_stopped_counting_are_bounded_and_the_book_still_loads() {
     let mut w = world();
     let request = w.request("payments-write", HOUR, NOW).unwrap();
@@ -1459,7 +1578,7 @@ fn approvals_that_stopped_counting_are_bounded_and_the_book_still_loads() {
         .map(|i| Party::new(&format!("spiffe://acme.internal/human/h{i}")))
         .collect();
     // Each approver is cut off before the next comes: no approval counts but the newest.
-    let cut_off = |_: &Principal| false;
+    let cut_off = |_: &ApprovalRecord| false;
     for (i, approver) in approvers.iter().take(16).enumerate() {
         let at = NOW + i as u64 + 1;
         let outcome = w
@@ -1468,6 +1587,7 @@ fn approvals_that_stopped_counting_are_bounded_and_the_book_still_loads() {
                 &w.policies,
                 request.id,
                 &approver.approves(&request, at),
+                vec![vec![u8::try_from(i).unwrap(); 20]],
                 at,
                 cut_off,
             )
@@ -1480,7 +1600,7 @@ fn approvals_that_stopped_counting_are_bounded_and_the_book_still_loads() {
     let seventeenth = approvers[16].approves(&request, NOW + 20);
     assert!(matches!(
         w.book
-            .decide_standing(&w.policies, request.id, &seventeenth, NOW + 20, cut_off),
+            .decide_standing(&w.policies, request.id, &seventeenth, Vec::new(), NOW + 20, cut_off),
         Err(GrantError::ApprovalsFull(id)) if id == request.id
     ));
     let again = GrantBook::decode(&w.book.encode(), GrantLimits::default()).unwrap();
@@ -1490,7 +1610,9 @@ fn approvals_that_stopped_counting_are_bounded_and_the_book_still_loads() {
     let last = approvers[17].approves(&request, NOW + 30);
     let outcome = w
         .book
-        .decide_standing(&w.policies, request.id, &last, NOW + 30, |_| true)
+        .decide_standing(&w.policies, request.id, &last, Vec::new(), NOW + 30, |_| {
+            true
+        })
         .unwrap();
     let Outcome::Granted(grant) = outcome else {
         panic!("{outcome:?}");

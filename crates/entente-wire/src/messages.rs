@@ -1737,8 +1737,8 @@ pub struct StoredHold {
 }
 
 /// The certificates a principal acted with on a held message (publishing it, approving it):
-/// the serials of its connection's certificates (presented and renewed over it) and of the
-/// intermediates they were issued by. A revocation of any of them voids what it did there.
+/// the serials of its connection's certificates (the one presented and those renewed over it),
+/// not of their intermediates. A revocation of any of them voids what it did there.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct HeldCredentials {
     /// The principal's SPIFFE ID.
