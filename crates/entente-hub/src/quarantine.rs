@@ -309,6 +309,15 @@ pub(crate) async fn quarantine<R>(
     let mut response = QuarantineResponse::default();
     if !request.release.is_empty() {
         let principal = named(&request.release)?;
+        // Only a listed administrator quarantines another (below): only one lifts it. A
+        // listed administrator's powers no policy gives back (its stolen key, say).
+        if !admin::listed(services, caller) && services.admins.contains(&principal) {
+            return Err(RpcError::Denied(format!(
+                "lifting the quarantine of `{principal}` is denied: it is an administrator the \
+                 hub's configuration lists, whose quarantine only another listed administrator \
+                 may lift"
+            )));
+        }
         response.released = Some(to_wire(
             &release(services, &principal, reason, actor).await?,
         ));

@@ -18,6 +18,7 @@ use entente_audit::{Event, Outcome, QuarantineAction};
 use entente_client::{Client, ClientOptions, ErrorKind, SessionTransport};
 use entente_hub::{HubConfig, Webhook};
 use entente_testkit::TestHub;
+use entente_types::Principal;
 use entente_wire::{QuarantineRequest, QuarantineResponse};
 use futures_util::StreamExt as _;
 use http_body_util::BodyExt as _;
@@ -290,7 +291,13 @@ async fn an_administrator_by_policy_quarantines_neither_a_listed_one_nor_a_made_
                 resource == Hub::"hub");"#,
         td = entente_testkit::TRUST_DOMAIN
     );
-    let hub = start(&dir, &policies, |_| {}).await;
+    let root = Principal::parse(&format!(
+        "spiffe://{}/human/root",
+        entente_testkit::TRUST_DOMAIN
+    ))
+    .unwrap();
+    let listed = root.clone();
+    let hub = start(&dir, &policies, move |c| c.admins.push(listed)).await;
     let ann = hub.connect_human("ann").await.unwrap();
     let admin = hub.connect(hub.admin().unwrap()).await.unwrap();
     let alice = hub.enroll("shop", "alice").await.unwrap();
@@ -329,6 +336,26 @@ async fn an_administrator_by_policy_quarantines_neither_a_listed_one_nor_a_made_
     assert_eq!(imposed.quarantined.len(), 1);
     let imposed = admin.quarantine(request(&made_up)).await.unwrap();
     assert_eq!(imposed.quarantined.len(), 2);
+
+    // A listed administrator quarantined by another (its key stolen, say): lifted by a listed
+    // one only, not by an administrator by policy.
+    let imposed = admin.quarantine(request(root.as_str())).await.unwrap();
+    assert_eq!(imposed.quarantined.len(), 3);
+    let lift = QuarantineRequest {
+        impose: String::new(),
+        release: root.as_str().to_owned(),
+        reason: "a test".to_owned(),
+    };
+    let err = ann.quarantine(lift.clone()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Denied, "{err}");
+    assert!(
+        err.to_string()
+            .contains("only another listed administrator may lift"),
+        "{err}"
+    );
+    assert_eq!(list(&admin).await.quarantined.len(), 3);
+    let lifted = admin.quarantine(lift).await.unwrap();
+    assert_eq!(lifted.quarantined.len(), 2);
 }
 
 /// The quarantine list stays within what the hub reads back at start and sends in one answer:
