@@ -182,8 +182,9 @@ struct Direct {
 #[derive(Debug)]
 struct Shared {
     /// The identity connected with. Its principal, message keys and key epoch never change;
-    /// the certificate in use, the trust bundle and this principal's key bundle (re-signed
-    /// after an intermediate rollover) are `credential`'s.
+    /// the certificate in use, the trust bundle and this principal's key bundle (signed again
+    /// after an intermediate rollover, or at a renewal past half its life) are `credential`'s
+    /// ([`Shared::own_key_bundle`]).
     identity: Arc<Identity>,
     /// Shared with the transport, which opens connections with the certificate in use.
     credential: Arc<Credential>,
@@ -862,7 +863,7 @@ impl Client {
             .iter()
             .map(|b| shared.bundles.admit(b, now))
             .collect::<Result<Vec<_>, _>>()?;
-        let recipients = Arc::new(Recipients::new(shared.identity.key_bundle(), bundles));
+        let recipients = Arc::new(Recipients::new(&shared.own_key_bundle(), bundles));
         self.queue(channel, payload, recipients, None, None, deadline)
             .await
     }
@@ -1284,7 +1285,7 @@ impl Client {
             .into_iter()
             .map(|b| shared.bundles.trust(b, now))
             .collect::<Result<Vec<_>, _>>()?;
-        let recipients = Arc::new(Recipients::new(shared.identity.key_bundle(), bundles));
+        let recipients = Arc::new(Recipients::new(&shared.own_key_bundle(), bundles));
         *slot = Some((Instant::now(), Ok(recipients.clone())));
         Ok(recipients)
     }
@@ -1711,6 +1712,12 @@ impl Future for PublishAck {
 // === impl Shared ===
 
 impl Shared {
+    /// This principal's key bundle as it stands: signed again at renewals (past half its life,
+    /// after an intermediate rollover), where the one connected with may have ended.
+    fn own_key_bundle(&self) -> VerifiedKeyBundle {
+        self.credential.current().key_bundle().clone()
+    }
+
     /// Forgets subscription `id` and unsubscribes at the hub (its `Ack` or refusal awaited
     /// by no one), unless the hub ended it already.
     fn detach(&self, id: u64) {

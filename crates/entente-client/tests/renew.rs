@@ -71,6 +71,11 @@ impl ShortHub {
 
     /// A new agent of segment `shop` with a fresh certificate, its key bundle registered.
     async fn agent(&self, name: &str) -> Identity {
+        self.agent_until(name, now_ms() + 3_600_000).await
+    }
+
+    /// [`agent`](Self::agent), its key bundle valid until `not_after_ms`.
+    async fn agent_until(&self, name: &str, not_after_ms: u64) -> Identity {
         let td = TrustDomain::new(TD).unwrap();
         let principal = Principal::from(AgentId::new(&td, "shop", name).unwrap());
         let tls = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -91,7 +96,7 @@ impl ShortHub {
                 x25519_public: keys.x25519_public(),
                 epoch: 1,
                 not_before_ms: now - 60_000,
-                not_after_ms: now + 3_600_000,
+                not_after_ms,
             })
             .unwrap();
         self.store
@@ -182,6 +187,34 @@ async fn clients_renew_at_half_life_and_stay_connected_past_three_lifetimes() {
     bob.publish("orders.us", "one more").await.unwrap();
     assert_eq!(message(&mut more).await.payload, b"one more");
     assert!(Identity::load(&dir, SystemTime::now()).is_ok());
+}
+
+/// A key bundle signed again at a renewal (past half its life) is the one an agent seals its
+/// own copy of each sender key to: it publishes on past the end of the one it connected with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_publishes_on_past_the_end_of_the_key_bundle_it_connected_with() {
+    let hub = ShortHub::start().await;
+    let first_end = now_ms() + 5_000;
+    let alice = hub
+        .connect(hub.agent_until("alice", first_end).await, true)
+        .await;
+    let bob = hub.connect(hub.agent("bob").await, true).await;
+    let mut orders = bob.subscribe("orders.>").await.unwrap();
+    alice.publish("orders.eu", "before").await.unwrap();
+    assert_eq!(message(&mut orders).await.payload, b"before");
+
+    // Signed again at her first renewal (her bundle is past half its life already).
+    let deadline = std::time::Instant::now() + 3 * TTL;
+    while alice.identity().key_bundle().body().not_after_ms <= first_end {
+        assert!(std::time::Instant::now() < deadline, "{:?}", alice.stats());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    while now_ms() <= first_end + 200 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A channel she has not sealed to yet: a new sender key, sealed to her too.
+    alice.publish("orders.us", "after").await.unwrap();
+    assert_eq!(message(&mut orders).await.payload, b"after");
 }
 
 #[tokio::test]
