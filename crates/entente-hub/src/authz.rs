@@ -27,6 +27,7 @@
 //! principal holds, read from the book again only when the epoch has changed (every grant
 //! change bumps it).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
@@ -143,7 +144,14 @@ pub(crate) struct Authz {
     /// Whether a running permit has a rate: without one, nothing is charged and the lock is
     /// not taken.
     rated: AtomicBool,
+    /// The decisions of the owners of durable consumers the directory lists while they hold
+    /// no session ([`member_may_subscribe`](Self::member_may_subscribe)), per owner: at most
+    /// [`MAX_MEMBER_CACHES`], all forgotten when full.
+    members: Mutex<HashMap<Principal, SessionAuthz>>,
 }
+
+/// The most owners of durable consumers whose decisions the directory keeps at once.
+const MAX_MEMBER_CACHES: usize = 4096;
 
 /// How often a session decides its subscriptions again, uncached, while a running policy
 /// reads `context.now`; also the most a cached decision is reused. Conditions on time take
@@ -206,10 +214,14 @@ pub(crate) enum Denied {
     Unaudited(AuditUnavailable),
 }
 
-/// Whether a decision was made by the engine now (and recorded) or came from a cache.
+/// Whether a decision was made by the engine now (recorded yet or not) or came from a cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Made {
+    /// Made now, not recorded yet.
     Fresh,
+    /// Made now, and recorded already (a session's, [`SessionAuthz::decision`]).
+    Recorded,
+    /// From a session's cache.
     Cached,
 }
 
@@ -303,6 +315,7 @@ impl Authz {
             auditor: Auditor::off(),
             rated: AtomicBool::new(!rates.is_empty()),
             rates: RwLock::new(rates),
+            members: Mutex::default(),
         })
     }
 
@@ -559,6 +572,29 @@ impl Authz {
         self.judge(subject, action, resource, &decision, Made::Fresh)
     }
 
+    /// Whether `owner` — the owner of a durable consumer, holding no session — may subscribe
+    /// to `channel` now (the directory lists it as a member if so): decided as a session of
+    /// its own would decide it, from a cache kept per owner (for the policy epoch, at most
+    /// [`TIME_RECHECK`], never past a grant it used), recorded when the engine decides and
+    /// when a cached denial leaves it out. Lookups in a loop cost neither a policy evaluation
+    /// nor a record per offline owner each.
+    pub(crate) fn member_may_subscribe(
+        &self,
+        owner: &Principal,
+        channel: &Channel,
+        now_ms: u64,
+    ) -> bool {
+        let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+        if members.len() >= MAX_MEMBER_CACHES && !members.contains_key(owner) {
+            members.clear();
+        }
+        members
+            .entry(owner.clone())
+            .or_insert_with(|| SessionAuthz::new(owner))
+            .decide(self, Action::Subscribe, &Resource::Channel(channel), now_ms)
+            .is_ok()
+    }
+
     /// Whether the policies allow `action` on `resource` for `subject` now, decided but not
     /// recorded on its own: for what a listing shows, whose one record stands for all the
     /// decisions it took (a listing of held messages decides `approve` on each channel they
@@ -615,8 +651,8 @@ impl Authz {
     }
 
     /// Counts `decision`, turns a denial into words, and records it: a decision `made`
-    /// fresh now, and every denial (a cached one again, as a refusal). While the audit log is
-    /// failed, everything is denied.
+    /// fresh now (once: not one recorded already), and a cached denial again, as a refusal.
+    /// While the audit log is failed, everything is denied.
     fn judge(
         &self,
         subject: &Subject,
@@ -625,7 +661,8 @@ impl Authz {
         decision: &Decision,
         made: Made,
     ) -> Result<(), Denied> {
-        if made == Made::Fresh || !decision.allowed {
+        // Once: a fresh decision recorded already is not recorded again.
+        if made == Made::Fresh || (made == Made::Cached && !decision.allowed) {
             self.record(subject, action, resource, decision);
         }
         self.auditor.check().map_err(Denied::Unaudited)?;
@@ -756,7 +793,6 @@ impl Authz {
 
 impl SessionAuthz {
     /// The authorizer of a session of `principal` (no roles yet: the registry holds none).
-    #[cfg(test)]
     pub(crate) fn new(principal: &Principal) -> Self {
         Self::of(Self::subject(principal))
     }
@@ -927,7 +963,7 @@ impl SessionAuthz {
             return (decision, Made::Cached);
         }
         authz.record(self.cache.subject(), action, resource, &decision);
-        (decision, Made::Fresh)
+        (decision, Made::Recorded)
     }
 }
 
@@ -1096,6 +1132,7 @@ impl Authz {
             auditor: Auditor::off(),
             rated: AtomicBool::new(!rates.is_empty()),
             rates: RwLock::new(rates),
+            members: Mutex::default(),
         }
     }
 

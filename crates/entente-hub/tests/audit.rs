@@ -100,6 +100,30 @@ fn decisions<'r>(
     })
 }
 
+/// A session's decision is recorded once when the engine makes it (not again as it is
+/// judged), and a cached denial once more each time it refuses.
+#[tokio::test]
+async fn a_sessions_decision_is_recorded_once() {
+    let dir = TempDir::new().unwrap();
+    let hub = start_with(&dir, POLICIES, |_| {}).await;
+    let alice = hub.connect_agent("shop", "alice").await.unwrap();
+    let _orders = alice.subscribe("orders.eu").await.unwrap();
+    for _ in 0..2 {
+        let denied = alice.subscribe("payments.eu").await.unwrap_err();
+        assert_eq!(denied.kind(), ErrorKind::Denied);
+    }
+    let alice_id = hub.agent_id("shop", "alice").unwrap().to_string();
+    let records = records(&hub).await;
+    let on = |channel: &str| {
+        decisions(&records, &alice_id, "subscribe")
+            .filter(|(d, _)| d.resource.as_clear() == Some(&*format!("Channel::\"{channel}\"")))
+            .count()
+    };
+    assert_eq!(on("orders.eu"), 1);
+    // Decided once, refused twice: the decision, then the cached denial's refusal.
+    assert_eq!(on("payments.eu"), 2);
+}
+
 /// What a wildcard subscription asks of each channel it carries is whether a forbid covers it:
 /// with no forbid that may apply to subscribing, nothing is decided, nor recorded, channel by
 /// channel (a publisher cycling through new channels can't make every wildcard subscriber's

@@ -524,6 +524,47 @@ async fn an_offline_consumer_whose_owner_may_no_longer_subscribe_is_not_sealed_t
     reads_only_what_is_sealed_to_her_now(&hub, alice_id).await;
 }
 
+/// The directory decides an offline consumer's owner as a session of its own would: from a
+/// cache, once per policy epoch, not once (and a record) per lookup.
+#[tokio::test]
+async fn lookups_in_a_loop_decide_an_offline_owner_once() {
+    let dir = TempDir::new().unwrap();
+    let streams = dir.path().join("streams");
+    let hub = TestHub::builder()
+        .policies(POLICIES)
+        .audited(&dir.path().join("audit"))
+        .config(move |c| {
+            c.streams = vec![orders(|_| {})];
+            c.streams_dir = Some(streams);
+        })
+        .start()
+        .await
+        .unwrap();
+    let alice = leaves_a_consumer(&hub).await.principal().to_string();
+    // Every publish looks the members up again.
+    let options = ClientOptions::new().directory_ttl(Duration::ZERO);
+    let bob = hub.enroll("shop", "bob").await.unwrap();
+    let bob = hub.connect_with(bob, options).await.unwrap();
+    for i in 0..5 {
+        bob.publish("orders.eu", format!("order {i}"))
+            .await
+            .unwrap();
+    }
+    let decided = hub
+        .audit_records()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            matches!(&r.event, Event::Decision(d)
+                if d.principal.as_clear() == Some(alice.as_str())
+                    && d.action.as_clear() == Some("subscribe")
+                    && d.resource.as_clear() == Some("Channel::\"orders.eu\""))
+        })
+        .count();
+    assert_eq!(decided, 1);
+}
+
 /// Alice's consumer `alice` on `orders.>`, read again after an entry was published while the
 /// directory left her out: that entry reaches her but does not open (`Rejected`); what is
 /// published now is sealed to her again.
