@@ -155,12 +155,7 @@ fn record_revocations<R>(
         .serials
         .iter()
         .filter(|s| before.is_none_or(|b| !b.is_serial_revoked(s)))
-        .map(|s| {
-            format!(
-                "serial:{}",
-                s.iter().map(|b| format!("{b:02x}")).collect::<String>()
-            )
-        });
+        .map(|s| serial_name(s));
     let auditor = services.authz.auditor();
     for revoked in principals.chain(serials) {
         let event = Event::Revocation(Revocation {
@@ -170,6 +165,29 @@ fn record_revocations<R>(
         });
         let _ = auditor.submit(actor, Outcome::Success, event);
     }
+}
+
+/// A serial as the audit log names it: `serial:` and its bytes in hex.
+pub(crate) fn serial_name(serial: &[u8]) -> String {
+    format!(
+        "serial:{}",
+        serial
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+/// What a `Revoke` names, as its `revoke` record's target: the principals, then the serials
+/// ([`serial_name`]).
+pub(crate) fn revoke_target(request: &RevokeRequest) -> String {
+    request
+        .principals
+        .iter()
+        .cloned()
+        .chain(request.serials.iter().map(|s| serial_name(s)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 // === CreateToken ===

@@ -1749,7 +1749,7 @@ async fn route_request(
                 limits,
                 request,
                 |s, c, r: RevokeRequest| async move {
-                    let target = r.principals.join(", ");
+                    let target = admin::revoke_target(&r);
                     let act = admin::revoke(&s, &c, r, now());
                     status(rpc::audited(&s, c.principal.as_str(), "revoke", target, act).await)
                 },

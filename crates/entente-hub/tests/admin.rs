@@ -1192,8 +1192,10 @@ async fn revoking_a_serial_revokes_the_certificates_renewed_from_it() {
 async fn a_serial_the_callers_own_certificate_was_renewed_from_is_not_revoked() {
     let ca = TestCa::new();
     let root = admin(&ca, "admin");
-    let (hub, _store) =
-        start_with_store(&ca, config_with_admins(vec![root.principal.clone()])).await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut config = config_with_admins(vec![root.principal.clone()]);
+    config.audit = Some(entente_hub::AuditConfig::new(dir.path().join("audit")));
+    let (hub, _store) = start_with_store(&ca, config).await;
     // Renewed over a first connection, the administrator comes back with the renewal.
     let first = root.connect(&hub).await;
     let (chain, key) = renewed(&first, &ca).await;
@@ -1211,6 +1213,21 @@ async fn a_serial_the_callers_own_certificate_was_renewed_from_is_not_revoked() 
     revoke(&client, &[&ca.principal("shop", "mallory")], &[])
         .await
         .unwrap();
+    // The refusal's record names the serial it was asked for.
+    let (records, _) = hub.audit_records(0, 100_000).await.unwrap().unwrap();
+    let serial: String = root
+        .svid
+        .serial
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(
+        records.iter().any(|r| matches!(&r.event,
+            entente_audit::Event::Admin(a) if a.operation.as_clear() == Some("revoke")
+                && a.target.as_clear() == Some(&*format!("serial:{serial}")))
+            && r.outcome != entente_audit::Outcome::Success),
+        "{records:?}"
+    );
     hub.shutdown().await.unwrap();
 }
 
