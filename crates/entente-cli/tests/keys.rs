@@ -51,13 +51,24 @@ fn administrators_see_and_rotate_the_hubs_keys_and_agents_may_not() {
         "{rotated:#}"
     );
 
-    // The data keys' wrapping key rotates: the data keys stay, wrapped anew.
+    // The data keys' wrapping key rotates: the data keys stay, wrapped anew, and a new one,
+    // which the old wrapping key never wrapped, seals from now on.
     assert_eq!(rotated["data_kek"], "data-kek", "{rotated:#}");
     let rewrapped = keys(&[&["keys", "rotate", "data-kek"][..], &at[..]].concat());
     let kek = rewrapped["data_kek"].as_str().unwrap();
     assert!(kek.starts_with("data-kek-"), "{rewrapped:#}");
-    assert_eq!(rewrapped["rotated"], format!("data-kek {kek}"));
-    assert_eq!(rewrapped["data_keys"], rotated["data_keys"]);
+    assert_eq!(rewrapped["rotated"], format!("data-kek {kek}, data v3"));
+    let versions: Vec<_> = rewrapped["data_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["version"].as_u64().unwrap(), k["current"] == true))
+        .collect();
+    assert_eq!(
+        versions,
+        [(1, false), (2, false), (3, true)],
+        "{rewrapped:#}"
+    );
     assert!(!data.join("keys/keys/data-kek.key").exists());
     assert!(data.join(format!("keys/keys/{kek}.key")).exists());
 

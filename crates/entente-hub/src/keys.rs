@@ -16,6 +16,29 @@ use crate::rpc::{self, RpcError, Services};
 /// The gRPC path of the keys RPC.
 pub const KEYS_PATH: &str = "/entente.v1.Admin/Keys";
 
+/// Makes a new data key that seals from now on, and records it (`rotate-data-key`); returns
+/// its version.
+async fn rotate_data_key<R>(services: &Services<R>, caller: &Caller) -> Result<u32, RpcError> {
+    let now = rpc::unix_ms(SystemTime::now());
+    let version = services
+        .data_keys
+        .rotate(&services.registry, now)
+        .await
+        .map_err(|e| RpcError::Keys(e.to_string()))?;
+    let event = Event::Admin(Admin {
+        operation: audit::clear("rotate-data-key"),
+        target: audit::clear(crate::datakeys::DATA_KEK),
+        detail: audit::clear(&format!("version {version}")),
+    });
+    services
+        .authz
+        .auditor()
+        .record(caller.principal.as_str(), Outcome::Success, event)
+        .await
+        .map_err(RpcError::Unaudited)?;
+    Ok(version)
+}
+
 /// Serves one `Keys` request: the keys, after the rotation asked for, if any.
 pub(crate) async fn keys<R>(
     services: &Services<R>,
@@ -37,21 +60,7 @@ pub(crate) async fn keys<R>(
     let rotated = match request.rotate.as_str() {
         "data" => {
             auditor.check().map_err(RpcError::Unaudited)?;
-            let now = rpc::unix_ms(SystemTime::now());
-            let version = services
-                .data_keys
-                .rotate(&services.registry, now)
-                .await
-                .map_err(|e| RpcError::Keys(e.to_string()))?;
-            let event = Event::Admin(Admin {
-                operation: audit::clear("rotate-data-key"),
-                target: audit::clear(crate::datakeys::DATA_KEK),
-                detail: audit::clear(&format!("version {version}")),
-            });
-            auditor
-                .record(caller.principal.as_str(), Outcome::Success, event)
-                .await
-                .map_err(RpcError::Unaudited)?;
+            let version = rotate_data_key(services, caller).await?;
             format!("data v{version}")
         }
         "data-kek" => {
@@ -80,7 +89,16 @@ pub(crate) async fn keys<R>(
                 .await
                 .map_err(RpcError::Unaudited)?;
             let (_, new, _) = rotated.map_err(|e| RpcError::Keys(e.to_string()))?;
-            format!("data-kek {new}")
+            // An exposed wrapping key unwraps the data keys of any copy of the list it
+            // wrapped (a backup): what is sealed from now on is sealed under a data key it
+            // never wrapped.
+            let version = rotate_data_key(services, caller).await.map_err(|e| {
+                RpcError::Keys(format!(
+                    "the data keys are wrapped under `{new}` now, but no new data key was made \
+                     (rotate `data` again): {e}"
+                ))
+            })?;
+            format!("data-kek {new}, data v{version}")
         }
         "audit" => auditor
             .rotate_key(&services.audit_keystore, &services.registry)
