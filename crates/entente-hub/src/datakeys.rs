@@ -270,17 +270,20 @@ impl DataKeys {
         let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
         let new = KeyName::new(&format!("{DATA_KEK}-{hex}"))
             .map_err(|e| HubError::Keys(format!("key store: {e}")))?;
-        self.keystore
-            .generate(&new, KeyAlgorithm::Aes256Gcm)
-            .map_err(|e| HubError::Keys(format!("key store: {e}")))?;
-        let keys = match self.rewrap(&old, &new) {
-            Ok(keys) => keys,
-            Err(e) => {
+        // Two key store calls per data key (an HSM's, maybe over the network): off the
+        // runtime's threads.
+        let (keystore, wrapped) = (Arc::clone(&self.keystore), self.snapshot().keys);
+        let (from, to) = (old.clone(), new.clone());
+        let keys = blocking(move || {
+            keystore
+                .generate(&to, KeyAlgorithm::Aes256Gcm)
+                .map_err(|e| HubError::Keys(format!("key store: {e}")))?;
+            rewrap(keystore.as_ref(), wrapped, &from, &to).inspect_err(|_| {
                 // Nothing changed: the new key goes again.
-                let _ = self.keystore.delete(&new);
-                return Err(e);
-            }
-        };
+                let _ = keystore.delete(&to);
+            })
+        })
+        .await?;
         let mut stored = self.snapshot();
         stored.kek = Some(new.to_string());
         stored.keys = keys;
@@ -299,7 +302,14 @@ impl DataKeys {
             }
             keys.kek = Some(new.clone());
         }
-        let deleted = self.keystore.delete(&old).is_ok();
+        let (keystore, gone) = (Arc::clone(&self.keystore), old.clone());
+        let deleted = blocking(move || {
+            keystore
+                .delete(&gone)
+                .map_err(|e| HubError::Keys(e.to_string()))
+        })
+        .await
+        .is_ok();
         Ok((old.to_string(), new.to_string(), deleted))
     }
 
@@ -411,27 +421,6 @@ impl DataKeys {
 
     /// Every held key's wrapped form under `new`, unwrapped from under `old` (in the key
     /// store; the plain key is wiped after).
-    fn rewrap(&self, old: &KeyName, new: &KeyName) -> Result<Vec<(u32, u64, Vec<u8>)>, HubError> {
-        self.snapshot()
-            .keys
-            .into_iter()
-            .map(|(version, created_ms, wrapped)| {
-                let raw = Zeroizing::new(
-                    self.keystore
-                        .decrypt(old, &wrapped, &wrap_aad(version))
-                        .map_err(|e| {
-                            HubError::Keys(format!("unwrapping data key {version}: {e}"))
-                        })?,
-                );
-                let again = self
-                    .keystore
-                    .encrypt(new, &raw, &wrap_aad(version))
-                    .map_err(|e| HubError::Keys(format!("wrapping data key {version}: {e}")))?;
-                Ok((version, created_ms, again))
-            })
-            .collect()
-    }
-
     fn unwrap(
         &self,
         kek: &KeyName,
@@ -658,6 +647,38 @@ fn decode(bytes: &[u8]) -> Result<Stored, &'static str> {
         return Err(BAD);
     }
     Ok(Stored { kek, latest, keys })
+}
+
+/// Every data key of `wrapped` unwrapped under `old` and wrapped again under `new`.
+fn rewrap(
+    keystore: &dyn KeyStore,
+    wrapped: Vec<(u32, u64, Vec<u8>)>,
+    old: &KeyName,
+    new: &KeyName,
+) -> Result<Vec<(u32, u64, Vec<u8>)>, HubError> {
+    wrapped
+        .into_iter()
+        .map(|(version, created_ms, wrapped)| {
+            let raw = Zeroizing::new(
+                keystore
+                    .decrypt(old, &wrapped, &wrap_aad(version))
+                    .map_err(|e| HubError::Keys(format!("unwrapping data key {version}: {e}")))?,
+            );
+            let again = keystore
+                .encrypt(new, &raw, &wrap_aad(version))
+                .map_err(|e| HubError::Keys(format!("wrapping data key {version}: {e}")))?;
+            Ok((version, created_ms, again))
+        })
+        .collect()
+}
+
+/// Runs `work` (key store calls) on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, HubError> + Send + 'static,
+) -> Result<T, HubError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| HubError::Keys(format!("key store task failed: {e}")))?
 }
 
 fn kek_name() -> Result<KeyName, HubError> {
