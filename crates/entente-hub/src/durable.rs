@@ -133,6 +133,16 @@ impl StreamConfig {
     }
 }
 
+/// How long a stream's writer waits for entries: until its next tick, or its next sync if
+/// that comes first (a sync interval under the tick is kept too).
+fn writer_wait(sync: StreamSync, since_tick: Duration, since_sync: Duration) -> Duration {
+    let tick = TICK.saturating_sub(since_tick);
+    match sync {
+        StreamSync::Always => tick,
+        StreamSync::Every(every) => tick.min(every.saturating_sub(since_sync)),
+    }
+}
+
 /// Queues the entries of one publish, each for its stream, all or none, and between deciding
 /// and queuing runs `then`, which may refuse too: each stream's limits are checked against all
 /// the publish's entries for it, under the locks of all their queues at once (taken in the
@@ -992,24 +1002,25 @@ impl Stream {
         let mut last_tick = Instant::now();
         let mut last_sync = Instant::now();
         loop {
-            let wait = TICK.saturating_sub(last_tick.elapsed());
+            let wait = writer_wait(self.config.sync, last_tick.elapsed(), last_sync.elapsed());
             let (entries, closed) = self.queue.take(wait);
             if !entries.is_empty() && !self.append(&entries) {
                 return false;
             }
-            if closed || last_tick.elapsed() >= TICK {
-                let due = match self.config.sync {
-                    StreamSync::Always => false,
-                    StreamSync::Every(every) => closed || last_sync.elapsed() >= every,
-                };
-                if due {
-                    if lock(&self.log).sync().is_err() {
-                        stats::bump(&self.stats.durable_failures);
-                        self.queue.fail();
-                        return false;
-                    }
-                    last_sync = Instant::now();
+            let due = match self.config.sync {
+                StreamSync::Always => false,
+                StreamSync::Every(every) => closed || last_sync.elapsed() >= every,
+            };
+            // Synced before the tick, which writes the consumers' states past what it synced.
+            if due {
+                if lock(&self.log).sync().is_err() {
+                    stats::bump(&self.stats.durable_failures);
+                    self.queue.fail();
+                    return false;
                 }
+                last_sync = Instant::now();
+            }
+            if closed || last_tick.elapsed() >= TICK {
                 self.tick();
                 last_tick = Instant::now();
             }
@@ -2401,6 +2412,19 @@ mod tests {
             state.attempts.is_empty() && state.in_flight.is_empty(),
             "{state:?}"
         );
+    }
+
+    /// A writer wakes for its sync interval when it is shorter than its tick, not only at
+    /// the tick.
+    #[test]
+    fn a_sync_interval_under_the_tick_is_kept() {
+        let ms = Duration::from_millis;
+        let every = |n| StreamSync::Every(ms(n));
+        assert_eq!(writer_wait(StreamSync::Always, ms(300), ms(0)), ms(700));
+        assert_eq!(writer_wait(every(100), ms(300), ms(40)), ms(60));
+        assert_eq!(writer_wait(every(100), ms(300), ms(150)), ms(0));
+        assert_eq!(writer_wait(every(5_000), ms(300), ms(40)), ms(700));
+        assert_eq!(writer_wait(every(5_000), ms(1_300), ms(40)), ms(0));
     }
 
     /// With appends synced at an interval, a consumer's floor is saved only once the entries
