@@ -126,7 +126,7 @@ pub(crate) async fn keys<R>(
         None => (String::new(), Vec::new()),
     };
     let (intermediates, rollover_next, rollover_next_ms) = services.ca.status();
-    Ok(KeysResponse {
+    let response = KeysResponse {
         data_keys: services
             .data_keys
             .status()
@@ -147,5 +147,18 @@ pub(crate) async fn keys<R>(
         audit_key_store: services.audit_keystore.backend().to_owned(),
         data_key_store: services.data_keys.backend().to_owned(),
         data_kek: services.data_keys.wrapping_key_name(),
-    })
+    };
+    // Nothing cut silently: an answer over the frame limit (a configured small one) says so.
+    if !rpc::fits(&response, &services.limits) {
+        let done = if response.rotated.is_empty() {
+            String::new()
+        } else {
+            format!(" (the rotation asked for was made: {})", response.rotated)
+        };
+        return Err(RpcError::TooMany(format!(
+            "the hub's keys ({} data keys) do not fit in one answer within the frame limit{done}",
+            response.data_keys.len()
+        )));
+    }
+    Ok(response)
 }

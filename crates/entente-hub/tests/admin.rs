@@ -1275,6 +1275,41 @@ async fn a_wrapping_key_rotation_the_store_refuses_keeps_both_keys() {
     hub.shutdown().await.unwrap();
 }
 
+/// A keys answer that would not fit in a frame (more data keys than the frame limit holds) is
+/// refused, saying so and that the rotation asked for was made, not cut.
+#[tokio::test]
+async fn a_keys_answer_over_the_frame_limit_says_so() {
+    let ca = TestCa::new();
+    let root = admin(&ca, "admin");
+    let mut config = config_with_admins(vec![root.principal.clone()]);
+    config.limits.max_frame_bytes = 4096;
+    let (hub, _store) = start_with_store(&ca, config).await;
+    let client = root.connect(&hub).await;
+    let keys = |rotate: &str| {
+        client.unary::<_, KeysResponse>(
+            KEYS_PATH,
+            KeysRequest {
+                rotate: rotate.to_owned(),
+            },
+        )
+    };
+    assert_eq!(keys("").await.unwrap().data_keys.len(), 1);
+    for _ in 0..400 {
+        hub.rotate_data_key().await.unwrap();
+    }
+    assert_refused(
+        keys("").await,
+        Code::ResourceExhausted,
+        "do not fit in one answer",
+    );
+    assert_refused(
+        keys("data").await,
+        Code::ResourceExhausted,
+        "the rotation asked for was made: data v402",
+    );
+    hub.shutdown().await.unwrap();
+}
+
 /// An enrollment refused once its token is spent (here: the principal is revoked) is recorded
 /// under whoever the token was made for, with the token's ID, not as anonymous: the token
 /// identified them.
