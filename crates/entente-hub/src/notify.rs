@@ -88,12 +88,40 @@ impl Notifier {
     }
 }
 
-async fn send_loop(
-    target: Endpoint,
-    mut waiting: mpsc::Receiver<(String, Bytes)>,
+/// The notices not sent yet. Dropped with its task before they are (the hub stopping), each
+/// is counted and logged as not sent: none is lost silently.
+struct Waiting {
+    queue: mpsc::Receiver<(String, Bytes)>,
+    /// Whom the notice being sent is about.
+    sending: Option<String>,
     stats: Arc<Stats>,
-) {
-    while let Some((principal, body)) = waiting.recv().await {
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.queue.close();
+        let mut left: Vec<String> = self.sending.take().into_iter().collect();
+        while let Ok((principal, _)) = self.queue.try_recv() {
+            left.push(principal);
+        }
+        for principal in left {
+            stats::bump(&self.stats.webhook_failures);
+            tracing::error!(
+                %principal,
+                "webhook notice not sent: the hub stopped before it was"
+            );
+        }
+    }
+}
+
+async fn send_loop(target: Endpoint, queue: mpsc::Receiver<(String, Bytes)>, stats: Arc<Stats>) {
+    let mut waiting = Waiting {
+        queue,
+        sending: None,
+        stats: stats.clone(),
+    };
+    while let Some((principal, body)) = waiting.queue.recv().await {
+        waiting.sending = Some(principal.clone());
         let mut attempt = 1;
         loop {
             let sent =
@@ -127,6 +155,7 @@ async fn send_loop(
             tokio::time::sleep(Duration::from_millis(500) * attempt).await;
             attempt += 1;
         }
+        waiting.sending = None;
     }
 }
 
@@ -146,5 +175,35 @@ mod tests {
             }
         );
         assert!(!shown.contains("SECRET"), "{shown}");
+    }
+
+    /// Notices still waiting when the hub stops (the sending task dropped) are counted as not
+    /// sent, the one being sent too.
+    #[tokio::test]
+    async fn notices_left_when_the_hub_stops_are_counted_as_not_sent() {
+        // A webhook that takes connections and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            loop {
+                let (socket, _) = listener.accept().await.unwrap();
+                open.push(socket);
+            }
+        });
+        let stats = Arc::new(Stats::default());
+        let target = Endpoint::parse(&url, None, "the webhook").unwrap();
+        let (queue, waiting) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(send_loop(target, waiting, stats.clone()));
+        for who in ["a", "b", "c"] {
+            queue
+                .try_send((who.to_owned(), Bytes::from_static(b"{}")))
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        assert_eq!(stats.snapshot().webhook_failures, 3);
+        held.abort();
     }
 }
