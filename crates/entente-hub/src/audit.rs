@@ -643,6 +643,40 @@ impl AuditWriter {
     }
 }
 
+/// The audit writer of a hub that is starting: if the start fails once the writer runs, its
+/// log is closed and the writer joined when this is dropped (what was queued written, the
+/// log's lock released for another start); handed over with [`started`](Self::started).
+pub(crate) struct StartingAudit {
+    auditor: Auditor,
+    writer: Option<AuditWriter>,
+}
+
+impl StartingAudit {
+    pub(crate) fn new(auditor: &Auditor, writer: AuditWriter) -> Self {
+        Self {
+            auditor: auditor.clone(),
+            writer: Some(writer),
+        }
+    }
+
+    /// The hub started: its writer, now the hub's to close.
+    pub(crate) fn started(mut self) -> AuditWriter {
+        self.writer.take().unwrap_or_else(AuditWriter::none)
+    }
+}
+
+impl Drop for StartingAudit {
+    fn drop(&mut self) {
+        if let Some(mut writer) = self.writer.take() {
+            self.auditor.close();
+            if let Some(handle) = writer.0.take() {
+                // A start that failed: the writer ends once it has written what is queued.
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
 // === the checkpoint signer ===
 
 /// Signs checkpoints with an Ed25519 key that stays in the key store.

@@ -452,6 +452,68 @@ fn patterns_overlap(a: &ChannelPattern, b: &ChannelPattern) -> bool {
 #[derive(Debug, Default)]
 pub(crate) struct StreamWriters(Vec<(String, JoinHandle<bool>)>);
 
+/// Opens each of `configs` under `dir` and starts its writer, into `streams` and `writers`
+/// ([`Streams::open`]).
+fn open_each(
+    configs: &[StreamConfig],
+    dir: &Path,
+    keys: &Arc<DataKeys>,
+    stats: &Arc<Stats>,
+    auditor: &Auditor,
+    streams: &mut Vec<Arc<Stream>>,
+    writers: &mut StreamWriters,
+) -> Result<(), HubError> {
+    let mut names = std::collections::HashSet::new();
+    for config in configs {
+        if !valid_name(&config.name) || !names.insert(config.name.clone()) {
+            return Err(HubError::Config(
+                "each durable channel needs a unique name of 1 to 64 of `a-z`, `0-9`, `-`, `_`",
+            ));
+        }
+        if config.max_messages == 0
+            || config.max_bytes == 0
+            || config.max_deliver == 0
+            || config.ack_wait.is_zero()
+            || config.max_age.is_zero()
+            || config.sync == StreamSync::Every(Duration::ZERO)
+        {
+            return Err(HubError::Config(
+                "a durable channel's limits, `ack_wait`, `max_deliver` and a `sync` interval \
+                 must not be zero",
+            ));
+        }
+        if config.ack_wait > MAX_ACK_WAIT {
+            return Err(HubError::Config(
+                "a durable channel's `ack_wait` must be at most a day",
+            ));
+        }
+        // Each channel is stored in the first stream capturing it: a durable subscription
+        // bound to a later one would read nothing while its owner is sealed to.
+        if let Some(other) = configs
+            .iter()
+            .take_while(|c| c.name != config.name)
+            .find(|c| patterns_overlap(&c.channels, &config.channels))
+        {
+            return Err(HubError::Durable(format!(
+                "`{}` (`{}`) and `{}` (`{}`) capture some of the same channels: each \
+                 channel may be captured by one durable channel only",
+                other.name, other.channels, config.name, config.channels
+            )));
+        }
+        let stream = Arc::new(Stream::open(config.clone(), dir, keys, stats, auditor)?);
+        let writer = {
+            let stream = stream.clone();
+            std::thread::Builder::new()
+                .name(format!("entente-stream-{}", config.name))
+                .spawn(move || stream.run())
+                .map_err(|e| HubError::Durable(format!("starting a stream writer: {e}")))?
+        };
+        writers.0.push((config.name.clone(), writer));
+        streams.push(stream);
+    }
+    Ok(())
+}
+
 // === impl Streams ===
 
 impl Streams {
@@ -477,53 +539,24 @@ impl Streams {
         let dir = dir.ok_or(HubError::Config(
             "durable channels need `streams_dir`, where they are kept",
         ))?;
-        let mut names = std::collections::HashSet::new();
-        for config in configs {
-            if !valid_name(&config.name) || !names.insert(config.name.clone()) {
-                return Err(HubError::Config(
-                    "each durable channel needs a unique name of 1 to 64 of `a-z`, `0-9`, `-`, `_`",
-                ));
+        // A stream that fails to open leaves none running: those opened before it end here,
+        // their writers joined (each holds its directory's lock).
+        if let Err(e) = open_each(
+            configs,
+            dir,
+            keys,
+            stats,
+            auditor,
+            &mut streams,
+            &mut writers,
+        ) {
+            for stream in &streams {
+                stream.queue.close();
             }
-            if config.max_messages == 0
-                || config.max_bytes == 0
-                || config.max_deliver == 0
-                || config.ack_wait.is_zero()
-                || config.max_age.is_zero()
-                || config.sync == StreamSync::Every(Duration::ZERO)
-            {
-                return Err(HubError::Config(
-                    "a durable channel's limits, `ack_wait`, `max_deliver` and a `sync` interval \
-                     must not be zero",
-                ));
+            for (_, writer) in writers.0 {
+                let _ = writer.join();
             }
-            if config.ack_wait > MAX_ACK_WAIT {
-                return Err(HubError::Config(
-                    "a durable channel's `ack_wait` must be at most a day",
-                ));
-            }
-            // Each channel is stored in the first stream capturing it: a durable subscription
-            // bound to a later one would read nothing while its owner is sealed to.
-            if let Some(other) = configs
-                .iter()
-                .take_while(|c| c.name != config.name)
-                .find(|c| patterns_overlap(&c.channels, &config.channels))
-            {
-                return Err(HubError::Durable(format!(
-                    "`{}` (`{}`) and `{}` (`{}`) capture some of the same channels: each \
-                     channel may be captured by one durable channel only",
-                    other.name, other.channels, config.name, config.channels
-                )));
-            }
-            let stream = Arc::new(Stream::open(config.clone(), dir, keys, stats, auditor)?);
-            let writer = {
-                let stream = stream.clone();
-                std::thread::Builder::new()
-                    .name(format!("entente-stream-{}", config.name))
-                    .spawn(move || stream.run())
-                    .map_err(|e| HubError::Durable(format!("starting a stream writer: {e}")))?
-            };
-            writers.0.push((config.name.clone(), writer));
-            streams.push(stream);
+            return Err(e);
         }
         Ok((
             Self {
@@ -815,16 +848,14 @@ impl Stream {
     ) -> Result<Self, HubError> {
         let dir = root.join(&config.name);
         let stream_error = |e: entente_store::stream::StreamError| HubError::Durable(e.to_string());
+        // Each log's repair is reported as soon as it is made, before anything else may fail
+        // (the hub waits for the records before it starts, or stops).
         let log =
             StreamLog::open(dir.join("entries"), StreamOptions::default()).map_err(stream_error)?;
+        report_cut(&config.name, "entries", log.recovery(), auditor)?;
         let dead =
             StreamLog::open(dir.join("dead"), StreamOptions::default()).map_err(stream_error)?;
-        for (what, recovery) in [
-            ("entries", log.recovery()),
-            ("dead letters", dead.recovery()),
-        ] {
-            report_cut(&config.name, what, recovery, auditor)?;
-        }
+        report_cut(&config.name, "dead letters", dead.recovery(), auditor)?;
         let consumers = load_consumers(&dir.join("consumers"), (log.first_seq(), log.next_seq()))?;
         let stream = Self {
             kept_entries: AtomicU64::new(log.len()),

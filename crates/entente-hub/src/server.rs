@@ -51,7 +51,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::admin::{self, CREATE_TOKEN_PATH, REVOKE_PATH};
 use crate::anomaly::Anomaly;
-use crate::audit::{AuditWriter, Auditor};
+use crate::audit::{AuditWriter, Auditor, StartingAudit};
 use crate::audit_rpc::{self, AUDIT_EXPORT_PATH, AUDIT_PROOF_PATH, AUDIT_RECORDS_PATH};
 use crate::authz::{Authz, LoadPoliciesError, PolicyOrigin, RunningPolicies};
 use crate::codec::{BoundedCodec, Outbound, SessionCodec};
@@ -272,6 +272,8 @@ impl Hub {
             }
             None => (Auditor::off(), AuditWriter::none()),
         };
+        // Closed and joined if the start fails from here on.
+        let audit_writer = StartingAudit::new(&auditor, audit_writer);
         let data_keys = Arc::new(
             DataKeys::load(
                 config
@@ -303,13 +305,25 @@ impl Hub {
         );
         // The stored grants under the set the hub starts with (another, from the files).
         authz.conform_grants(&registry).await;
-        let (streams, stream_writers) = Streams::open(
+        let notifier = Notifier::start(config.quarantine_webhook.as_ref(), stats.clone())?;
+        let opened = Streams::open(
             &config.streams,
             config.streams_dir.as_deref(),
             &data_keys,
             &stats,
             authz.auditor(),
-        )?;
+        );
+        // What opening the streams recorded (a repair made at open) is on disk before the hub
+        // starts, or stops for a stream that failed: never only queued when it exits.
+        let recorded = authz.auditor().durable(authz.auditor().ticket()).await;
+        let (streams, stream_writers) = opened?;
+        if recorded.is_err() {
+            streams.close();
+            stream_writers.join().await;
+            return Err(HubError::Audit(
+                "recording what opening the durable channels did".into(),
+            ));
+        }
         let streams = Arc::new(streams);
         let caps = Caps {
             total: config.max_connections,
@@ -351,7 +365,7 @@ impl Hub {
             streams: streams.clone(),
             data_keys: data_keys.clone(),
             anomaly,
-            notifier: Notifier::start(config.quarantine_webhook.as_ref(), stats.clone())?,
+            notifier,
             enroll_refusals: Arc::default(),
             limiters: context.limiters.clone(),
             call_hits: crate::calls::CallHits::default(),
@@ -445,7 +459,7 @@ impl Hub {
             otlp,
             data_keys,
             stream_writers: Some(stream_writers),
-            audit_writer: Some(audit_writer),
+            audit_writer: Some(audit_writer.started()),
         })
     }
 }

@@ -983,6 +983,16 @@ async fn a_cut_at_start_is_kept_and_recorded() {
     bytes[at] = 0x7f;
     std::fs::write(&segment, &bytes).unwrap();
 
+    // A start that fails after the cut (the dead letters' log can't be opened) has recorded
+    // it all the same: the next start finds nothing to cut.
+    let dead = dir.path().join("streams/orders/dead");
+    std::fs::rename(&dead, dir.path().join("dead-aside")).unwrap();
+    std::fs::write(&dead, b"not a directory").unwrap();
+    let failed = entente_hub::Hub::start(config.clone(), ca.clone(), store.clone()).await;
+    assert!(failed.is_err());
+    std::fs::remove_file(&dead).unwrap();
+    std::fs::rename(dir.path().join("dead-aside"), &dead).unwrap();
+
     let hub = entente_hub::Hub::start(config, ca, store).await.unwrap();
     let (records, _) = hub.audit_records(0, 100_000).await.unwrap().unwrap();
     let repaired: Vec<String> = records
