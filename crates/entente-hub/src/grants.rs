@@ -375,11 +375,6 @@ async fn approve_inner<R>(
         permit(services, caller, Action::Approve, &requester, now_ms, &what)
             .map_err(|e| untold(e, &what))?;
     }
-    if verdict == Verdict::Approve && services.anomaly.quarantined(&requester).is_some() {
-        return Err(RpcError::Precondition(format!(
-            "`{requester}` is quarantined: its request {id} can't be approved while it is"
-        )));
-    }
     // The certificates this approval is made with: a revocation of any voids it.
     let credentials = rpc::credentials(services, caller, "approval")?;
     let requester_resource = Resource::principal(&requester);
@@ -393,13 +388,27 @@ async fn approve_inner<R>(
                     .as_ref()
                     .is_some_and(|list| rpc::revoked_acting(list, principal, serials))
             };
-            // Nothing asked with a certificate revoked since is granted (it may be rejected).
-            if verdict == Verdict::Approve
-                && book
+            // At the change's turn: nothing of a quarantined requester, nor asked with a
+            // certificate revoked since, is approved (it may be rejected); nor with an
+            // approver's own certificate revoked since.
+            let cut = |why: String| Err(GrantError::NotStanding { request: id, why });
+            if verdict == Verdict::Approve {
+                if services.anomaly.quarantined(&requester).is_some() {
+                    return cut(format!("`{requester}` is quarantined"));
+                }
+                if book
                     .request_record(id)
                     .is_some_and(|r| revoked(&r.requester, &r.credentials))
-            {
-                return Err(GrantError::RequesterRevoked(id));
+                {
+                    return cut(
+                        "it was asked with a certificate revoked since (its requester may ask \
+                         again)"
+                            .into(),
+                    );
+                }
+            }
+            if revoked(&caller.principal, &credentials) {
+                return cut("this approval was made with a certificate revoked since".into());
             }
             // Earlier approvals count only while they stand: their approvers not revoked (nor
             // a certificate they approved with), not quarantined, still permitted to approve

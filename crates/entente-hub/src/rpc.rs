@@ -358,7 +358,7 @@ fn grant_status(error: &GrantError) -> Status {
             Status::not_found(message)
         }
         GrantError::RequestExpired(_)
-        | GrantError::RequesterRevoked(_)
+        | GrantError::NotStanding { .. }
         | GrantError::AlreadyGranted(_)
         | GrantError::AlreadyRejected(_)
         | GrantError::AlreadyApproved { .. }
@@ -634,7 +634,13 @@ mod tests {
             (GrantError::UnknownGrant("x".into()), Code::InvalidArgument),
             (GrantError::ZeroDuration, Code::InvalidArgument),
             (GrantError::HashMismatch(id), Code::InvalidArgument),
-            (GrantError::RequesterRevoked(id), Code::FailedPrecondition),
+            (
+                GrantError::NotStanding {
+                    request: id,
+                    why: "x".into(),
+                },
+                Code::FailedPrecondition,
+            ),
             (
                 GrantError::SelfApproval {
                     request: id,

@@ -562,7 +562,7 @@ async fn revoking_the_certificate_a_request_or_an_approval_was_made_with_voids_i
     refused(
         approve(&hub, &bob, statement(&bob, &fays, Verdict::Approve)).await,
         Code::FailedPrecondition,
-        "made with a certificate revoked since",
+        "asked with a certificate revoked since",
     );
     let answer = approve(&hub, &bob, statement(&bob, &fays, Verdict::Reject))
         .await

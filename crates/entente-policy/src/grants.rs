@@ -500,13 +500,16 @@ pub enum GrantError {
          ask for a new one"
     )]
     ApprovalsFull(RequestId),
-    /// The requester's principal, or a certificate it asked with, is revoked since (a hub's
-    /// check, [`GrantRequest::credentials`]): the request is approved no more.
-    #[error(
-        "request {0} was made with a certificate revoked since: it can't be approved (its \
-         requester may ask again)"
-    )]
-    RequesterRevoked(RequestId),
+    /// A hub's check when the approval takes its turn: the request can't be approved now —
+    /// its requester quarantined, or revoked (or a certificate it asked with,
+    /// [`GrantRequest::credentials`]), or the approver's own certificate revoked since.
+    #[error("request {request} can't be approved now: {why}")]
+    NotStanding {
+        /// The request.
+        request: RequestId,
+        /// Why, in words.
+        why: String,
+    },
     /// More certificate serials than [`MAX_CREDENTIALS`], or one empty or over
     /// [`MAX_SERIAL_LEN`] bytes.
     #[error(
