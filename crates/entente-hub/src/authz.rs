@@ -150,8 +150,10 @@ pub(crate) struct Authz {
     members: Mutex<HashMap<Principal, SessionAuthz>>,
 }
 
-/// The most owners of durable consumers whose decisions the directory keeps at once.
-const MAX_MEMBER_CACHES: usize = 4096;
+/// The most owners of durable consumers whose decisions the directory keeps at once...
+const MAX_MEMBER_CACHES: usize = 1024;
+/// ...and the most decisions it keeps of each (channels looked up).
+const MEMBER_CACHE_CAPACITY: usize = 64;
 
 /// How often a session decides its subscriptions again, uncached, while a running policy
 /// reads `context.now`; also the most a cached decision is reused. Conditions on time take
@@ -575,9 +577,10 @@ impl Authz {
     /// Whether `owner` — the owner of a durable consumer, holding no session — may subscribe
     /// to `channel` now (the directory lists it as a member if so): decided as a session of
     /// its own would decide it, from a cache kept per owner (for the policy epoch, at most
-    /// [`TIME_RECHECK`], never past a grant it used), recorded when the engine decides and
-    /// when a cached denial leaves it out. Lookups in a loop cost neither a policy evaluation
-    /// nor a record per offline owner each.
+    /// [`TIME_RECHECK`], never past a grant it used), recorded when the engine decides — not
+    /// again when a cached denial leaves it out (the owner asked nothing). Lookups in a loop
+    /// cost neither a policy evaluation nor a record per offline owner each. At most
+    /// [`MAX_MEMBER_CACHES`] owners' caches of [`MEMBER_CACHE_CAPACITY`] decisions are kept.
     pub(crate) fn member_may_subscribe(
         &self,
         owner: &Principal,
@@ -586,13 +589,14 @@ impl Authz {
     ) -> bool {
         let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
         if members.len() >= MAX_MEMBER_CACHES && !members.contains_key(owner) {
-            members.clear();
+            *members = HashMap::new();
         }
         members
             .entry(owner.clone())
-            .or_insert_with(|| SessionAuthz::new(owner))
-            .decide(self, Action::Subscribe, &Resource::Channel(channel), now_ms)
-            .is_ok()
+            .or_insert_with(|| {
+                SessionAuthz::with_capacity(SessionAuthz::subject(owner), MEMBER_CACHE_CAPACITY)
+            })
+            .allows(self, Action::Subscribe, &Resource::Channel(channel), now_ms)
     }
 
     /// Whether the policies allow `action` on `resource` for `subject` now, decided but not
@@ -793,6 +797,7 @@ impl Authz {
 
 impl SessionAuthz {
     /// The authorizer of a session of `principal` (no roles yet: the registry holds none).
+    #[cfg(test)]
     pub(crate) fn new(principal: &Principal) -> Self {
         Self::of(Self::subject(principal))
     }
@@ -805,9 +810,14 @@ impl SessionAuthz {
 
     /// The authorizer of a session of `subject`.
     pub(crate) fn of(subject: Subject) -> Self {
+        Self::with_capacity(subject, CacheOptions::default().capacity)
+    }
+
+    /// An authorizer of `subject` whose cache holds at most `capacity` decisions.
+    fn with_capacity(subject: Subject, capacity: usize) -> Self {
         let options = CacheOptions {
             ttl_ms: u64::try_from(TIME_RECHECK.as_millis()).unwrap_or(u64::MAX),
-            ..CacheOptions::default()
+            capacity,
         };
         Self {
             cache: DecisionCache::new(subject, options),
@@ -939,6 +949,23 @@ impl SessionAuthz {
         let (decision, made) = self.decision(authz, action, resource, now_ms);
         authz.judge(self.cache.subject(), action, resource, &decision, made)?;
         Ok(Allowed(Some(decision)))
+    }
+
+    /// Whether the principal may do `action` on `resource`, uncounted: a decision made fresh
+    /// is recorded, a cached one (a denial too) is not recorded again; nothing is allowed
+    /// while the audit log is failed.
+    fn allows(
+        &mut self,
+        authz: &Authz,
+        action: Action,
+        resource: &Resource<'_>,
+        now_ms: u64,
+    ) -> bool {
+        if authz.skips(action) {
+            return true;
+        }
+        let (decision, _) = self.decision(authz, action, resource, now_ms);
+        decision.allowed && authz.auditor.check().is_ok()
     }
 
     /// The decision, cached or not, uncounted; one made fresh is recorded.

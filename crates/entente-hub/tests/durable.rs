@@ -550,19 +550,45 @@ async fn lookups_in_a_loop_decide_an_offline_owner_once() {
             .await
             .unwrap();
     }
-    let decided = hub
-        .audit_records()
-        .await
-        .unwrap()
-        .iter()
-        .filter(|r| {
-            matches!(&r.event, Event::Decision(d)
-                if d.principal.as_clear() == Some(alice.as_str())
-                    && d.action.as_clear() == Some("subscribe")
-                    && d.resource.as_clear() == Some("Channel::\"orders.eu\""))
-        })
-        .count();
-    assert_eq!(decided, 1);
+    let decided = async |allowed: bool| {
+        hub.audit_records()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                matches!(&r.event, Event::Decision(d)
+                    if d.principal.as_clear() == Some(alice.as_str())
+                        && d.action.as_clear() == Some("subscribe")
+                        && d.resource.as_clear() == Some("Channel::\"orders.eu\"")
+                        && d.allowed == allowed)
+            })
+            .count()
+    };
+    assert_eq!(decided(true).await, 1);
+
+    // Denied now: decided once again, and not recorded as her refusal at each lookup (she
+    // asked nothing).
+    let bob_id = hub.agent_id("shop", "bob").unwrap();
+    hub.load_policies(&format!(
+        r#"
+        @id("shop-publishes")
+        @cross_segment
+        permit (principal in Segment::"shop", action == Action::"publish",
+                resource in Namespace::"orders");
+        @id("bob-reads")
+        @cross_segment
+        permit (principal == Agent::"{bob_id}", action == Action::"subscribe",
+                resource in Namespace::"orders");
+        "#
+    ))
+    .await
+    .unwrap();
+    for i in 0..5 {
+        bob.publish("orders.eu", format!("later {i}"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(decided(false).await, 1);
 }
 
 /// Alice's consumer `alice` on `orders.>`, read again after an entry was published while the
