@@ -417,7 +417,7 @@ pub use policies::{CHECK_POLICY_PATH, LOAD_POLICIES_PATH, SHOW_POLICIES_PATH};
 pub use quarantine::{MAX_QUARANTINED, QUARANTINE_KEY, QUARANTINE_PATH};
 pub use refusal::RefusalCode;
 pub use reply::{MAX_REPLY_GRANTS, MAX_REPLY_WAIT};
-pub use rollover::{CA_ROLLOVER_KEY, load_ca};
+pub use rollover::{CA_ROLLOVER_APPLIED_KEY, CA_ROLLOVER_KEY, load_ca};
 pub use rpc::{DIRECTORY_PATH, ENROLL_PATH, RENEW_PATH};
 pub use server::{Hub, HubHandle, MAX_ENROLL_REQUEST_BYTES, SESSION_PATH};
 pub use stats::HubStats;

@@ -43,6 +43,14 @@ use crate::rpc::{self, RpcError, Services};
 /// The store's config key under which the hub keeps its intermediates once a rollover began.
 pub const CA_ROLLOVER_KEY: &str = "ca_rollover";
 
+/// The store's config key under which the hub notes the schedule it put in force (16 bytes:
+/// `staged_at_ms`, `activated_at_ms`, big-endian), written after each step took effect. A
+/// stored schedule that differs from it was stored by a step that failed (a write reported
+/// failed may have landed) and never took effect: at the next start that step counts from
+/// then, so its overlap is whole — agents never got a staged intermediate the hub never
+/// handed out, nor renewed under one that never signed.
+pub const CA_ROLLOVER_APPLIED_KEY: &str = "ca_rollover_applied";
+
 /// The version of [`StoredCaRollover`] this hub writes and reads.
 const STORED_VERSION: u32 = 1;
 
@@ -77,6 +85,33 @@ struct Schedule {
     activated_at_ms: u64,
 }
 
+impl Schedule {
+    /// As [`CA_ROLLOVER_APPLIED_KEY`] holds it.
+    fn to_bytes(self) -> [u8; 16] {
+        let mut bytes = [0u8; 16];
+        let (staged, activated) = bytes.split_at_mut(8);
+        staged.copy_from_slice(&self.staged_at_ms.to_be_bytes());
+        activated.copy_from_slice(&self.activated_at_ms.to_be_bytes());
+        bytes
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let (staged, activated) = bytes.split_at_checked(8)?;
+        Some(Self {
+            staged_at_ms: u64::from_be_bytes(staged.try_into().ok()?),
+            activated_at_ms: u64::from_be_bytes(activated.try_into().ok()?),
+        })
+    }
+}
+
+/// Notes `schedule` as the one in force ([`CA_ROLLOVER_APPLIED_KEY`]).
+async fn note_applied(registry: &Registry, schedule: Schedule) -> Result<(), HubError> {
+    registry
+        .put_config(CA_ROLLOVER_APPLIED_KEY, &schedule.to_bytes())
+        .await
+        .map_err(HubError::from)
+}
+
 /// A rollover step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Step {
@@ -97,15 +132,41 @@ impl CaState {
         config: CaRollover,
     ) -> Result<Self, HubError> {
         let stored = registry.config(CA_ROLLOVER_KEY).await?;
+        let applied = match registry.config(CA_ROLLOVER_APPLIED_KEY).await? {
+            Some(bytes) => Some(Schedule::from_bytes(&bytes).ok_or_else(|| {
+                HubError::Ca(format!(
+                    "the stored rollover state: `{CA_ROLLOVER_APPLIED_KEY}` is {} bytes, not 16",
+                    bytes.len()
+                ))
+            })?),
+            None => None,
+        };
         let (ca, schedule) = match stored {
             Some(bytes) => {
-                let (loaded, schedule) = from_stored(
+                let (loaded, mut schedule) = from_stored(
                     ca.keystore().clone(),
                     &ca.to_pem().root,
                     *ca.options(),
                     &bytes,
                     limits,
                 )?;
+                // A step stored but never in force counts from now (a store from before the
+                // note was kept has none: its schedule stands).
+                if let Some(applied) = applied
+                    && applied != schedule
+                {
+                    let now_ms = rpc::unix_ms(SystemTime::now());
+                    if schedule.staged_at_ms != applied.staged_at_ms {
+                        schedule.staged_at_ms = now_ms;
+                    }
+                    if schedule.activated_at_ms != applied.activated_at_ms {
+                        schedule.activated_at_ms = now_ms;
+                    }
+                    tracing::warn!(
+                        "the stored intermediate rollover holds a step that was never in force \
+                         (its store was reported failed): its overlap counts from now"
+                    );
+                }
                 (Arc::new(loaded), schedule)
             }
             // A CA handed over mid-rollover with no stored schedule: its next step waits a
@@ -129,6 +190,13 @@ impl CaState {
                 (ca, schedule)
             }
         };
+        // The schedule in force from now, noted: a later step stored but never in force is told
+        // from it.
+        if applied != Some(schedule)
+            && let Err(e) = note_applied(registry, schedule).await
+        {
+            tracing::warn!("noting the intermediate rollover schedule in force failed: {e}");
+        }
         Ok(Self {
             trust_domain: ca.trust_domain().clone(),
             keystore: ca.keystore().clone(),
@@ -323,6 +391,14 @@ fn from_stored(
 }
 
 /// Stores `ca`'s intermediates and `schedule`: the step is taken once this returns.
+/// [`note_applied`] after a step took effect; a failure is logged (the next start then counts
+/// that step's overlap from its own time: later, never sooner).
+async fn noted(registry: &Registry, schedule: Schedule) {
+    if let Err(e) = note_applied(registry, schedule).await {
+        tracing::warn!("noting the intermediate rollover step in force failed: {e}");
+    }
+}
+
 async fn persist(registry: &Registry, ca: &Ca, schedule: Schedule) -> Result<(), RpcError> {
     let pem = ca.to_pem();
     let stored = StoredCaRollover {
@@ -420,6 +496,7 @@ async fn stage(state: &CaState, registry: &Registry, now: SystemTime) -> Result<
     }
     *state.unstored_slot() = None;
     state.replace(staged, schedule);
+    noted(registry, schedule).await;
     Ok(match new {
         Some(i) => format!(
             "staged intermediate {}, valid until {} ms{}",
@@ -450,6 +527,7 @@ async fn activate<R>(services: &Services<R>, now: SystemTime) -> Result<String, 
     let resigned = resign_bundles(services, &active, now).await;
     state.replace(active, schedule);
     state.activated.notify_waiters();
+    noted(&services.registry, schedule).await;
     Ok(match resigned {
         Ok(resigned) => format!("intermediate {signer} signs; {resigned} key bundles signed again"),
         Err(e) => format!(

@@ -354,6 +354,50 @@ async fn a_corrupt_stored_rollover_state_stops_the_hub_at_start() {
     );
 }
 
+/// A staging whose store was reported failed, but landed (a sync that failed after the
+/// write), never took effect: the next start counts its overlap from then, not from when it
+/// was stored, so it is not activated before agents could learn the new intermediate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_stored_but_never_in_force_counts_its_overlap_from_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = start(&dir).await;
+    // What the failed store left: a staging, stored two overlaps ago, never handed out.
+    let staged = hub
+        .hub()
+        .ca()
+        .stage_intermediate(std::time::SystemTime::now())
+        .unwrap();
+    let pem = staged.to_pem();
+    let long_ago = u64::try_from(
+        (std::time::SystemTime::now() - 2 * OVERLAP)
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let stored = entente_wire::StoredCaRollover {
+        version: 1,
+        intermediate: pem.intermediate,
+        staged: pem.staged.unwrap(),
+        staged_at_ms: long_ago,
+        ..entente_wire::StoredCaRollover::default()
+    };
+    hub.store()
+        .put_config(entente_hub::CA_ROLLOVER_KEY, &entente_wire::encode(&stored))
+        .await
+        .unwrap();
+    assert_eq!(roles(&hub), [IntermediateRole::Active]);
+
+    let hub = hub.restart().await.unwrap();
+    // Staged from the restart on: not activated at once, a whole overlap to come.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        roles(&hub),
+        [IntermediateRole::Active, IntermediateRole::Staged]
+    );
+    hub.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overlap_shorter_than_the_certificate_lifetime_is_refused() {
     let err = TestHub::builder()
