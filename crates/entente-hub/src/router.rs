@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use entente_types::{Channel, ChannelPattern, Principal, namespace};
+use entente_types::{Channel, ChannelPattern, Principal};
 use futures_util::future::join_all;
 use tokio::sync::mpsc::error::TrySendError;
 
@@ -80,8 +80,7 @@ pub trait Router: Send + Sync + 'static {
     fn remove_session(&self, session: SessionId);
 
     /// Delivers `body` (encoded `Deliver` fields 2 and 3) to every subscription matching
-    /// `channel`, waiting on full queues up to the slow-consumer timeout (a reply or a direct
-    /// message: not at all, [`waits_for_room`]).
+    /// `channel`, waiting on full queues up to the slow-consumer timeout.
     fn route(&self, channel: &Channel, body: Bytes) -> impl Future<Output = RouteOutcome> + Send;
 
     /// Delivers `body` once to every subscription matching at least one of `channels` (a
@@ -95,18 +94,6 @@ pub trait Router: Send + Sync + 'static {
     /// The principals holding at least one subscription whose pattern matches `channel` and
     /// that may carry it ([`DeliveryGate`]), each once, sorted. A router spanning hubs answers for all of them.
     fn subscribers(&self, channel: &Channel) -> impl Future<Output = Vec<Principal>> + Send;
-}
-
-/// Whether a delivery on `channel` waits for room in a full queue (up to the slow-consumer
-/// timeout: a publisher slows to its subscribers' pace). A reply or a direct message does
-/// not: its sender (a responder serving many requesters, say) did not choose a recipient that
-/// does not read, and its whole session would wait; the delivery fails at once instead
-/// (`DELIVERY_FAILED` to its sender), and the recipient stays connected.
-fn waits_for_room(channel: &Channel) -> bool {
-    !matches!(
-        channel.tokens().next(),
-        Some(namespace::DIRECT_PREFIX | namespace::REPLY_PREFIX)
-    )
 }
 
 /// Routes between the sessions of this hub.
@@ -209,13 +196,13 @@ impl LocalRouter {
     }
 
     /// Queues `body` for each of `targets`, waiting on full queues up to the slow-consumer
-    /// timeout if `wait`, else failing those deliveries at once.
+    /// timeout after each queue stalled (found full, and not half empty since), and on while
+    /// its subscriber takes half a queue's worth in each timeout.
     async fn deliver(
         &self,
         targets: Vec<(u64, Subscriber)>,
         withheld: usize,
         body: Bytes,
-        wait: bool,
     ) -> RouteOutcome {
         let mut outcome = RouteOutcome {
             withheld,
@@ -228,10 +215,11 @@ impl LocalRouter {
                 continue;
             }
             let frame = Outbound::deliver(subscription_id, body.clone());
+            subscriber.outbound.note_delivery();
             match subscriber.outbound.try_send(frame) {
                 Ok(()) => outcome.delivered += 1,
-                Err(TrySendError::Full(frame)) if wait => waiting.push((subscriber, frame)),
-                Err(TrySendError::Full(_) | TrySendError::Closed(_)) => outcome.failed += 1,
+                Err(TrySendError::Full(frame)) => waiting.push((subscriber, frame)),
+                Err(TrySendError::Closed(_)) => outcome.failed += 1,
             }
         }
         if waiting.is_empty() {
@@ -239,13 +227,22 @@ impl LocalRouter {
         }
         let timeout = self.slow_consumer_timeout;
         let waits = waiting.into_iter().map(|(subscriber, frame)| async move {
-            match tokio::time::timeout(timeout, subscriber.outbound.send(frame)).await {
-                Ok(Ok(())) => Delivery::Queued,
-                Ok(Err(_)) => Delivery::Closed,
-                Err(_) if subscriber.connection.close(CloseReason::SlowConsumer) => {
-                    Delivery::Disconnected
+            // Up to the timeout since the queue stalled, not since this delivery, and on only
+            // while the subscriber takes half a queue's worth in each timeout: one that takes
+            // a frame just before each wait would time out is a slow consumer too.
+            let outbound = &subscriber.outbound;
+            let send = outbound.send(frame);
+            tokio::pin!(send);
+            loop {
+                match tokio::time::timeout(outbound.stall_left(timeout), &mut send).await {
+                    Ok(Ok(())) => break Delivery::Queued,
+                    Ok(Err(_)) => break Delivery::Closed,
+                    Err(_) if outbound.stall_progressed(timeout) => {}
+                    Err(_) if subscriber.connection.close(CloseReason::SlowConsumer) => {
+                        break Delivery::Disconnected;
+                    }
+                    Err(_) => break Delivery::Closed,
                 }
-                Err(_) => Delivery::Closed,
             }
         });
         for delivery in join_all(waits).await {
@@ -490,14 +487,12 @@ impl Router for LocalRouter {
 
     async fn route(&self, channel: &Channel, body: Bytes) -> RouteOutcome {
         let (targets, withheld) = self.targets(channel);
-        self.deliver(targets, withheld, body, waits_for_room(channel))
-            .await
+        self.deliver(targets, withheld, body).await
     }
 
     async fn route_any(&self, channels: &[Channel], body: Bytes) -> RouteOutcome {
         let (targets, withheld) = self.targets_any(channels);
-        let wait = channels.iter().all(waits_for_room);
-        self.deliver(targets, withheld, body, wait).await
+        self.deliver(targets, withheld, body).await
     }
 
     async fn subscribers(&self, channel: &Channel) -> Vec<Principal> {
@@ -1007,36 +1002,6 @@ mod tests {
         assert_eq!(ids(&mut fast_rx).len(), 3);
     }
 
-    /// A reply or a direct message never waits for room: to a full queue it fails at once (its
-    /// sender's session goes on), and the recipient stays connected.
-    #[tokio::test(start_paused = true)]
-    async fn replies_and_direct_messages_do_not_wait_for_room() {
-        let router = LocalRouter::new(Duration::from_secs(5));
-        let (sub, mut rx) = subscriber(1, 1);
-        router.subscribe(&sub, 1, p("_reply.shop.agent1.>"));
-        router.subscribe(&sub, 2, p("_direct.shop.agent1"));
-        router.subscribe(&sub, 3, p("orders.eu"));
-        let started = tokio::time::Instant::now();
-        assert_eq!(
-            router.route(&c("orders.eu"), Bytes::new()).await.delivered,
-            1
-        );
-        for channel in ["_reply.shop.agent1.r1", "_direct.shop.agent1"] {
-            let outcome = router.route(&c(channel), Bytes::new()).await;
-            assert_eq!((outcome.delivered, outcome.failed), (0, 1), "{channel}");
-            assert_eq!(outcome.slow_consumers, 0);
-        }
-        let replies = [c("_reply.shop.agent1.r2"), c("_reply.shop.agent1.r3")];
-        let outcome = router.route_any(&replies, Bytes::new()).await;
-        assert_eq!((outcome.delivered, outcome.failed), (0, 1));
-        assert_eq!(started.elapsed(), Duration::ZERO);
-        assert!(!sub.connection.is_closed());
-        // With room, they go.
-        assert_eq!(ids(&mut rx), [3]);
-        let outcome = router.route(&c("_direct.shop.agent1"), Bytes::new()).await;
-        assert_eq!(outcome.delivered, 1);
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_queue_that_drains_in_time_is_not_a_slow_consumer() {
         let router = LocalRouter::new(Duration::from_secs(5));
@@ -1058,6 +1023,83 @@ mod tests {
         assert_eq!(outcome.delivered, 1);
         assert_eq!(reader.await.unwrap(), 2);
         assert!(!sub.connection.is_closed());
+    }
+
+    /// A subscriber that takes one frame just before each wait for room would time out holds
+    /// its publishers no longer than the timeout in all: the wait is counted from when its
+    /// queue stalled. One whose queue had half its room free since starts afresh; one that
+    /// takes half a queue's worth in each timeout, however slowly, is flow control, not a slow
+    /// consumer.
+    #[tokio::test(start_paused = true)]
+    async fn a_trickling_subscriber_is_a_slow_consumer_after_the_timeout_in_all() {
+        const QUEUE: usize = 8;
+        let router = LocalRouter::new(Duration::from_secs(5));
+        let one_later = |mut rx: OutboundRx| {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(4_900)).await;
+                rx.recv().await.unwrap();
+                rx
+            })
+        };
+        let (sub, rx) = subscriber(1, QUEUE);
+        router.subscribe(&sub, 1, p("x"));
+        for _ in 0..QUEUE {
+            assert_eq!(router.route(&c("x"), Bytes::new()).await.delivered, 1);
+        }
+        // Full: one frame taken after 4.9 s lets the waiting delivery in.
+        let started = tokio::time::Instant::now();
+        let reader = one_later(rx);
+        assert_eq!(router.route(&c("x"), Bytes::new()).await.delivered, 1);
+        let mut rx = reader.await.unwrap();
+        // Full again, stalled for 4.9 s already, and one frame taken since: 0.1 s more, and
+        // it is disconnected.
+        let outcome = router.route(&c("x"), Bytes::new()).await;
+        assert_eq!((outcome.failed, outcome.slow_consumers), (1, 1));
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert_eq!(sub.connection.reason(), Some(CloseReason::SlowConsumer));
+        assert_eq!(ids(&mut rx).len(), QUEUE);
+
+        // A queue that had half its room free between two stalls waits the whole timeout
+        // again.
+        let (sub, rx) = subscriber(2, QUEUE);
+        router.subscribe(&sub, 1, p("y"));
+        for _ in 0..QUEUE {
+            router.route(&c("y"), Bytes::new()).await;
+        }
+        let reader = one_later(rx);
+        assert_eq!(router.route(&c("y"), Bytes::new()).await.delivered, 1);
+        let mut rx = reader.await.unwrap();
+        assert_eq!(ids(&mut rx).len(), QUEUE);
+        for _ in 0..QUEUE {
+            assert_eq!(router.route(&c("y"), Bytes::new()).await.delivered, 1);
+        }
+        let reader = one_later(rx);
+        assert_eq!(router.route(&c("y"), Bytes::new()).await.delivered, 1);
+        drop(reader.await.unwrap());
+        assert!(!sub.connection.is_closed());
+
+        // A subscriber slower than its publisher, taking a frame every 200 ms (25 in a
+        // timeout, over half its queue): the publisher waits at its pace, for as long as it
+        // lasts.
+        let (sub, mut rx) = subscriber(3, QUEUE);
+        router.subscribe(&sub, 1, p("z"));
+        let reader = tokio::spawn(async move {
+            let mut taken = 0;
+            while rx.recv().await.is_some() {
+                taken += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            taken
+        });
+        let started = tokio::time::Instant::now();
+        for _ in 0..100 {
+            assert_eq!(router.route(&c("z"), Bytes::new()).await.delivered, 1);
+        }
+        assert!(started.elapsed() > Duration::from_secs(15));
+        assert!(!sub.connection.is_closed());
+        drop(sub);
+        drop(router);
+        assert_eq!(reader.await.unwrap(), 100);
     }
 
     /// What routing costs with many sessions each holding a wildcard subscription to its own
