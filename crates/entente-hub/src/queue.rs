@@ -14,13 +14,11 @@
 //! session would hold for nothing (docs/BENCHMARKS.md, Scale). The receiving side takes the
 //! channel's receiver from a hand-off slot at its first wait.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::Duration;
 
 use tokio::sync::mpsc::error::{SendError, TryRecvError, TrySendError};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::time::Instant;
 
 use crate::codec::Outbound;
 
@@ -46,19 +44,6 @@ struct Queue {
     bytes: Arc<Semaphore>,
     max_bytes: u32,
     rendezvous: Arc<Rendezvous>,
-    /// Whether deliveries have found the queue full without it having half its room free in
-    /// between (read without the lock).
-    stalled: AtomicBool,
-    /// The stall's current window, while it is stalled.
-    stall: Mutex<Option<Stall>>,
-}
-
-/// A window of a stall: when it began, and what the receiving side had taken by then.
-#[derive(Debug, Clone, Copy)]
-struct Stall {
-    since: Instant,
-    frames: u64,
-    bytes: u64,
 }
 
 /// Where the receiving side finds the channel once a sender made it.
@@ -72,10 +57,6 @@ struct Rendezvous {
     gone: Notify,
     /// The receiving side is gone (read without the lock).
     receiver_gone: AtomicBool,
-    /// Frames the receiving side has taken.
-    taken_frames: AtomicU64,
-    /// Bytes of `Deliver` bodies the receiving side has taken.
-    taken_bytes: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -108,8 +89,6 @@ impl OutboundTx {
             bytes: Arc::new(Semaphore::new(max_bytes as usize)),
             max_bytes,
             rendezvous: rendezvous.clone(),
-            stalled: AtomicBool::new(false),
-            stall: Mutex::default(),
         };
         let rx = OutboundRx {
             rendezvous,
@@ -218,68 +197,6 @@ impl OutboundTx {
         }
     }
 
-    /// Notes a delivery coming: if the queue has at least half its room free (frames and
-    /// bytes), it is flowing, and a stall it was in ends.
-    pub fn note_delivery(&self) {
-        let queue = &*self.queue;
-        if !queue.stalled.load(Ordering::Relaxed) {
-            return;
-        }
-        let free_frames = queue
-            .frames
-            .get()
-            .map_or(queue.capacity, mpsc::Sender::capacity);
-        if free_frames.saturating_mul(2) >= queue.capacity
-            && self.free_bytes().saturating_mul(2) >= queue.max_bytes as usize
-        {
-            *queue.lock_stall() = None;
-            queue.stalled.store(false, Ordering::Relaxed);
-        }
-    }
-
-    /// How long a delivery that found the queue full may wait for room: what is left of
-    /// `timeout` since the stall's window began. A stall begins with the first delivery that
-    /// finds the queue full after it last had half its room free
-    /// ([`note_delivery`](Self::note_delivery)); this one begins it if none is on. A
-    /// subscriber that takes one frame just before each wait would time out stays in one
-    /// window.
-    pub fn stall_left(&self, timeout: Duration) -> Duration {
-        let queue = &*self.queue;
-        let mut stall = queue.lock_stall();
-        match *stall {
-            Some(window) => timeout.saturating_sub(window.since.elapsed()),
-            None => {
-                *stall = Some(queue.window());
-                queue.stalled.store(true, Ordering::Relaxed);
-                timeout
-            }
-        }
-    }
-
-    /// Whether a delivery whose wait ran out ([`stall_left`](Self::stall_left)) may wait on:
-    /// the stall ended, or its window began less than `timeout` ago (another delivery judged
-    /// it), or the receiving side took at least half the queue's frames or bytes in the window
-    /// that ran out — then a new window begins. Otherwise its subscriber is a slow consumer.
-    pub fn stall_progressed(&self, timeout: Duration) -> bool {
-        let queue = &*self.queue;
-        let mut stall = queue.lock_stall();
-        let Some(window) = *stall else {
-            return true;
-        };
-        if window.since.elapsed() < timeout {
-            return true;
-        }
-        let now = queue.window();
-        let frames = now.frames.saturating_sub(window.frames);
-        let bytes = now.bytes.saturating_sub(window.bytes);
-        let progressed = frames.saturating_mul(2) >= queue.capacity as u64
-            || bytes.saturating_mul(2) >= u64::from(queue.max_bytes);
-        if progressed {
-            *stall = Some(now);
-        }
-        progressed
-    }
-
     /// Bytes of the budget free now.
     pub fn free_bytes(&self) -> usize {
         self.queue.bytes.available_permits()
@@ -297,21 +214,6 @@ impl OutboundTx {
     }
 }
 
-impl Queue {
-    fn lock_stall(&self) -> MutexGuard<'_, Option<Stall>> {
-        self.stall.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// A stall's window beginning now.
-    fn window(&self) -> Stall {
-        Stall {
-            since: Instant::now(),
-            frames: self.rendezvous.taken_frames.load(Ordering::Relaxed),
-            bytes: self.rendezvous.taken_bytes.load(Ordering::Relaxed),
-        }
-    }
-}
-
 impl Drop for Queue {
     fn drop(&mut self) {
         self.rendezvous.lock().senders_gone = true;
@@ -323,18 +225,6 @@ impl Rendezvous {
     fn lock(&self) -> MutexGuard<'_, RendezvousState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
-
-    /// Counts `frame` taken by the receiving side.
-    fn taken(&self, frame: Option<&Outbound>) {
-        let Some(frame) = frame else {
-            return;
-        };
-        self.taken_frames.fetch_add(1, Ordering::Relaxed);
-        if let Outbound::Deliver { body, .. } = frame {
-            let len = u64::try_from(body.len()).unwrap_or(u64::MAX);
-            self.taken_bytes.fetch_add(len, Ordering::Relaxed);
-        }
-    }
 }
 
 impl OutboundRx {
@@ -342,9 +232,7 @@ impl OutboundRx {
     pub async fn recv(&mut self) -> Option<Outbound> {
         loop {
             if let Some(frames) = &mut self.frames {
-                let frame = frames.recv().await;
-                self.rendezvous.taken(frame.as_ref());
-                return frame;
+                return frames.recv().await;
             }
             let made = self.rendezvous.made.notified();
             tokio::pin!(made);
@@ -373,12 +261,10 @@ impl OutboundRx {
                 None => return Err(TryRecvError::Empty),
             }
         }
-        let frame = match &mut self.frames {
+        match &mut self.frames {
             Some(frames) => frames.try_recv(),
             None => Err(TryRecvError::Empty),
-        };
-        self.rendezvous.taken(frame.as_ref().ok());
-        frame
+        }
     }
 }
 

@@ -196,8 +196,7 @@ impl LocalRouter {
     }
 
     /// Queues `body` for each of `targets`, waiting on full queues up to the slow-consumer
-    /// timeout after each queue stalled (found full, and not half empty since), and on while
-    /// its subscriber takes half a queue's worth in each timeout.
+    /// timeout.
     async fn deliver(
         &self,
         targets: Vec<(u64, Subscriber)>,
@@ -215,7 +214,6 @@ impl LocalRouter {
                 continue;
             }
             let frame = Outbound::deliver(subscription_id, body.clone());
-            subscriber.outbound.note_delivery();
             match subscriber.outbound.try_send(frame) {
                 Ok(()) => outcome.delivered += 1,
                 Err(TrySendError::Full(frame)) => waiting.push((subscriber, frame)),
@@ -227,22 +225,13 @@ impl LocalRouter {
         }
         let timeout = self.slow_consumer_timeout;
         let waits = waiting.into_iter().map(|(subscriber, frame)| async move {
-            // Up to the timeout since the queue stalled, not since this delivery, and on only
-            // while the subscriber takes half a queue's worth in each timeout: one that takes
-            // a frame just before each wait would time out is a slow consumer too.
-            let outbound = &subscriber.outbound;
-            let send = outbound.send(frame);
-            tokio::pin!(send);
-            loop {
-                match tokio::time::timeout(outbound.stall_left(timeout), &mut send).await {
-                    Ok(Ok(())) => break Delivery::Queued,
-                    Ok(Err(_)) => break Delivery::Closed,
-                    Err(_) if outbound.stall_progressed(timeout) => {}
-                    Err(_) if subscriber.connection.close(CloseReason::SlowConsumer) => {
-                        break Delivery::Disconnected;
-                    }
-                    Err(_) => break Delivery::Closed,
+            match tokio::time::timeout(timeout, subscriber.outbound.send(frame)).await {
+                Ok(Ok(())) => Delivery::Queued,
+                Ok(Err(_)) => Delivery::Closed,
+                Err(_) if subscriber.connection.close(CloseReason::SlowConsumer) => {
+                    Delivery::Disconnected
                 }
+                Err(_) => Delivery::Closed,
             }
         });
         for delivery in join_all(waits).await {
@@ -1023,83 +1012,6 @@ mod tests {
         assert_eq!(outcome.delivered, 1);
         assert_eq!(reader.await.unwrap(), 2);
         assert!(!sub.connection.is_closed());
-    }
-
-    /// A subscriber that takes one frame just before each wait for room would time out holds
-    /// its publishers no longer than the timeout in all: the wait is counted from when its
-    /// queue stalled. One whose queue had half its room free since starts afresh; one that
-    /// takes half a queue's worth in each timeout, however slowly, is flow control, not a slow
-    /// consumer.
-    #[tokio::test(start_paused = true)]
-    async fn a_trickling_subscriber_is_a_slow_consumer_after_the_timeout_in_all() {
-        const QUEUE: usize = 8;
-        let router = LocalRouter::new(Duration::from_secs(5));
-        let one_later = |mut rx: OutboundRx| {
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(4_900)).await;
-                rx.recv().await.unwrap();
-                rx
-            })
-        };
-        let (sub, rx) = subscriber(1, QUEUE);
-        router.subscribe(&sub, 1, p("x"));
-        for _ in 0..QUEUE {
-            assert_eq!(router.route(&c("x"), Bytes::new()).await.delivered, 1);
-        }
-        // Full: one frame taken after 4.9 s lets the waiting delivery in.
-        let started = tokio::time::Instant::now();
-        let reader = one_later(rx);
-        assert_eq!(router.route(&c("x"), Bytes::new()).await.delivered, 1);
-        let mut rx = reader.await.unwrap();
-        // Full again, stalled for 4.9 s already, and one frame taken since: 0.1 s more, and
-        // it is disconnected.
-        let outcome = router.route(&c("x"), Bytes::new()).await;
-        assert_eq!((outcome.failed, outcome.slow_consumers), (1, 1));
-        assert_eq!(started.elapsed(), Duration::from_secs(5));
-        assert_eq!(sub.connection.reason(), Some(CloseReason::SlowConsumer));
-        assert_eq!(ids(&mut rx).len(), QUEUE);
-
-        // A queue that had half its room free between two stalls waits the whole timeout
-        // again.
-        let (sub, rx) = subscriber(2, QUEUE);
-        router.subscribe(&sub, 1, p("y"));
-        for _ in 0..QUEUE {
-            router.route(&c("y"), Bytes::new()).await;
-        }
-        let reader = one_later(rx);
-        assert_eq!(router.route(&c("y"), Bytes::new()).await.delivered, 1);
-        let mut rx = reader.await.unwrap();
-        assert_eq!(ids(&mut rx).len(), QUEUE);
-        for _ in 0..QUEUE {
-            assert_eq!(router.route(&c("y"), Bytes::new()).await.delivered, 1);
-        }
-        let reader = one_later(rx);
-        assert_eq!(router.route(&c("y"), Bytes::new()).await.delivered, 1);
-        drop(reader.await.unwrap());
-        assert!(!sub.connection.is_closed());
-
-        // A subscriber slower than its publisher, taking a frame every 200 ms (25 in a
-        // timeout, over half its queue): the publisher waits at its pace, for as long as it
-        // lasts.
-        let (sub, mut rx) = subscriber(3, QUEUE);
-        router.subscribe(&sub, 1, p("z"));
-        let reader = tokio::spawn(async move {
-            let mut taken = 0;
-            while rx.recv().await.is_some() {
-                taken += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            taken
-        });
-        let started = tokio::time::Instant::now();
-        for _ in 0..100 {
-            assert_eq!(router.route(&c("z"), Bytes::new()).await.delivered, 1);
-        }
-        assert!(started.elapsed() > Duration::from_secs(15));
-        assert!(!sub.connection.is_closed());
-        drop(sub);
-        drop(router);
-        assert_eq!(reader.await.unwrap(), 100);
     }
 
     /// What routing costs with many sessions each holding a wildcard subscription to its own
