@@ -2028,7 +2028,15 @@ fn outbound_stream(
                 tokio::select! {
                     biased;
                     reason = control::closed(&mut state.closed) => {
-                        return Some((Err(reason.status()), None));
+                        // What was queued before a shutdown or the certificate's expiry still
+                        // goes, within the connection's close grace (deliveries whose
+                        // publishers were told they were delivered); a revoked, quarantined
+                        // or slow consumer's queue does not.
+                        if matches!(reason, CloseReason::Shutdown | CloseReason::CertificateExpired) {
+                            state.draining = Some(reason.status());
+                        } else {
+                            return Some((Err(reason.status()), None));
+                        }
                     }
                     status = ended(&mut state.end) => state.draining = Some(status),
                     frame = state.rx.recv() => match frame {

@@ -137,6 +137,65 @@ async fn a_session_whose_peer_reads_nothing_more_is_let_go_once_over() {
     hub.shutdown().await.unwrap();
 }
 
+/// At shutdown what was queued for a session goes before its `SessionEnd`, within the close
+/// grace: deliveries whose publisher was told they were delivered are not dropped with the
+/// queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_was_queued_goes_before_the_session_end_at_shutdown() {
+    const MESSAGES: u64 = 32;
+    let ca = TestCa::new();
+    let hub = start(
+        &ca,
+        HubConfig {
+            queue_capacity: 1 << 16,
+            queue_bytes: 1 << 30,
+            ..config()
+        },
+    )
+    .await;
+    let (alice, bob) = (ca.agent("shop", "alice"), ca.agent("shop", "bob"));
+    let mut bob_framed = bob.framed(&hub).await;
+    assert_eq!(bob_framed.subscribe(1, "orders.eu").await, ack(1));
+    // More than the sockets between the hub and bob hold (1 MiB each), bob reading none yet.
+    let mut alice_framed = alice.framed(&hub).await;
+    let (mut sealer, key) = alice.sealer("orders.eu", &[&alice.bundle, &bob.bundle]);
+    let payload = vec![7u8; 1 << 20];
+    let mut keys = vec![key];
+    for request_id in 10..10 + MESSAGES {
+        let batch = sealer.seal_batch(&[&payload], None, now_ms()).unwrap();
+        let publish = entente_wire::Publish {
+            request_id,
+            sender_keys: std::mem::take(&mut keys),
+            batches: vec![batch],
+            purpose: String::new(),
+        };
+        alice_framed
+            .send(&frame(client_frame::Kind::Publish(publish)))
+            .await
+            .unwrap();
+    }
+    for request_id in 10..10 + MESSAGES {
+        assert_eq!(
+            alice_framed.next().await.unwrap().unwrap().kind,
+            Some(ack(request_id))
+        );
+    }
+    let shutdown = tokio::spawn(async move { hub.shutdown().await });
+    let mut delivered = 0;
+    let end = loop {
+        let frame = bob_framed.next().await.unwrap();
+        match frame.and_then(|f| f.kind) {
+            Some(entente_wire::server_frame::Kind::Deliver(_)) => delivered += 1,
+            Some(entente_wire::server_frame::Kind::SessionEnd(end)) => break end,
+            Some(_) => {}
+            None => panic!("closed without a SessionEnd after {delivered} deliveries"),
+        }
+    };
+    assert_eq!(code(&end), Code::Unavailable, "{end:?}");
+    assert_eq!(delivered, MESSAGES);
+    shutdown.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn a_framed_session_ends_with_the_reason_when_revoked_or_at_shutdown() {
     let ca = TestCa::new();
