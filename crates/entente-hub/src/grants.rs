@@ -410,6 +410,22 @@ async fn approve_inner<R>(
             if revoked(&caller.principal, &credentials) {
                 return cut("this approval was made with a certificate revoked since".into());
             }
+            // Its approver judged as the earlier ones are (the requester withdrawing its own
+            // request needs no permit).
+            if requester != caller.principal {
+                if services.anomaly.quarantined(&caller.principal).is_some() {
+                    return cut(format!("`{}` is quarantined", caller.principal));
+                }
+                let approver = Subject::new(caller.principal.clone(), Vec::<String>::new());
+                if !services.authz.allows_unrecorded(
+                    &approver,
+                    Action::Approve,
+                    &requester_resource,
+                    now_ms,
+                ) {
+                    return cut("its approver is no longer permitted to approve it".into());
+                }
+            }
             // Earlier approvals count only while they stand: their approvers not revoked (nor
             // a certificate they approved with), not quarantined, still permitted to approve
             // the requester.
