@@ -135,6 +135,23 @@ fn same_grants(a: &GrantBook, b: &GrantBook) -> bool {
 
 // === the expiry task ===
 
+/// Bumps the policy epoch if a grant of the book ended by `now_ms` that was not announced yet
+/// (`announced_ms`: grants ending at or before it were): cached decisions and the sessions'
+/// subscriptions are decided again without it, whatever becomes of storing the book.
+fn announce_ended(authz: &Authz, now_ms: u64, announced_ms: &mut u64) {
+    let last = authz
+        .grants()
+        .book()
+        .grants()
+        .map(|g| g.not_after_ms)
+        .filter(|&end| end <= now_ms && end > *announced_ms)
+        .max();
+    if let Some(last) = last {
+        *announced_ms = last;
+        authz.bump();
+    }
+}
+
 /// Expires the book of `authz` on time until `shutdown` is set (module docs).
 pub(crate) async fn expire_loop(
     authz: Arc<Authz>,
@@ -155,6 +172,9 @@ pub(crate) async fn expire_loop(
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         let now = crate::rpc::unix_ms(std::time::SystemTime::now());
+        // The ended grants count no more from now: sessions hear of it at once, not once the
+        // book is stored (after the changes ahead of this one, and a store that may be slow).
+        announce_ended(&authz, now, &mut announced_ms);
         let expired = authz
             .grants()
             .change(
@@ -177,18 +197,6 @@ pub(crate) async fn expire_loop(
             }
             Err(_) => {
                 stats::bump(&authz.stats().grant_store_failures);
-                // The ended grants count no more whatever the store says; sessions must hear
-                // of it now, not when the store is back.
-                let book = authz.grants().book();
-                let ended = book
-                    .grants()
-                    .map(|g| g.not_after_ms)
-                    .filter(|&end| end <= now && end > announced_ms)
-                    .max();
-                if let Some(last) = ended {
-                    announced_ms = last;
-                    authz.bump();
-                }
                 tokio::select! {
                     () = tokio::time::sleep(RETRY) => {}
                     _ = shutdown.wait_for(|stop| *stop) => return,
