@@ -34,6 +34,10 @@ const LOOKUP_AGAIN_MS: u64 = 1_000;
 /// Most principals whose last lookup is remembered.
 const MAX_LOOKUPS_KEPT: usize = 4096;
 
+/// Most principals whose bundles are kept: past it, those whose bundles have all expired go,
+/// and if none has, all (each is looked up again when next needed).
+const MAX_PRINCIPALS_KEPT: usize = if cfg!(test) { 8 } else { 16_384 };
+
 /// Verified key bundles by principal and epoch, and the trust bundle they verified against.
 #[derive(Debug)]
 pub(crate) struct KeyBundleCache {
@@ -104,7 +108,7 @@ impl KeyBundleCache {
                 )
                 .with_source(e)
             })?;
-        state.insert(verified.clone());
+        state.insert(verified.clone(), now_ms);
         state.refreshed(verified.principal(), now_ms);
         Ok(verified)
     }
@@ -235,7 +239,16 @@ impl State {
         self.refreshed.insert(principal.clone(), now_ms);
     }
 
-    fn insert(&mut self, bundle: VerifiedKeyBundle) {
+    fn insert(&mut self, bundle: VerifiedKeyBundle, now_ms: u64) {
+        if self.bundles.len() >= MAX_PRINCIPALS_KEPT
+            && !self.bundles.contains_key(bundle.principal())
+        {
+            self.bundles
+                .retain(|_, held| held.iter().any(|b| b.is_valid_at(now_ms)));
+            if self.bundles.len() >= MAX_PRINCIPALS_KEPT {
+                self.bundles.clear();
+            }
+        }
         let held = self.bundles.entry(bundle.principal().clone()).or_default();
         // One bundle per epoch: a re-signed bundle for an epoch replaces the old one.
         held.retain(|b| b.epoch() != bundle.epoch());
@@ -271,6 +284,11 @@ mod tests {
     }
 
     fn bundle(ca: &Ca, name: &str) -> wire::KeyBundle {
+        bundle_for(ca, name, 3_600_000)
+    }
+
+    /// A bundle of `name` valid from a minute ago for `ms` from now.
+    fn bundle_for(ca: &Ca, name: &str, ms: u64) -> wire::KeyBundle {
         let td = ca.trust_domain();
         let now = now_ms();
         ca.sign_key_bundle(KeyBundleBody {
@@ -279,9 +297,37 @@ mod tests {
             x25519_public: [2; 32],
             epoch: 1,
             not_before_ms: now - 60_000,
-            not_after_ms: now + 3_600_000,
+            not_after_ms: now + ms,
         })
         .unwrap()
+    }
+
+    /// The principals whose bundles are kept are bounded: past the bound, those whose bundles
+    /// all expired go first, and if none has, all.
+    #[test]
+    fn the_principals_kept_are_bounded() {
+        let (_tmp, _td, ca) = test_ca();
+        let cache = KeyBundleCache::new(ca.trust_bundle().clone());
+        let now = now_ms();
+        for i in 0..MAX_PRINCIPALS_KEPT {
+            let ms = if i < 3 { 10_000 } else { 3_600_000 };
+            cache
+                .trust(bundle_for(&ca, &format!("a{i}"), ms), now)
+                .unwrap();
+        }
+        assert_eq!(cache.lock().bundles.len(), MAX_PRINCIPALS_KEPT);
+        // A minute on, three have expired: they make room.
+        let later = now + 60_000;
+        let extra = cache.trust(bundle(&ca, "extra"), later).unwrap();
+        assert_eq!(cache.lock().bundles.len(), MAX_PRINCIPALS_KEPT - 2);
+        assert!(cache.latest(extra.principal(), later).is_some());
+        // Full of valid ones: all go.
+        for i in 0..2 {
+            cache.trust(bundle(&ca, &format!("b{i}")), later).unwrap();
+        }
+        assert_eq!(cache.lock().bundles.len(), MAX_PRINCIPALS_KEPT);
+        cache.trust(bundle(&ca, "last"), later).unwrap();
+        assert_eq!(cache.lock().bundles.len(), 1);
     }
 
     /// A CA of trust domain `acme.internal`, its keys in a temporary directory.
