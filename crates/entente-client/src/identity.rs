@@ -314,6 +314,26 @@ impl Identity {
                 found: meta.principal,
             });
         }
+        let key_bundle = wire::encode(self.key_bundle.to_wire());
+        let on_disk = files::read_private(&dir.join(KEY_BUNDLE))?;
+        let bundle_changed = on_disk != key_bundle;
+        if bundle_changed {
+            // The directory may hold another enrollment of this principal now (one swapped in
+            // while this identity ran): its keys are never written over with these.
+            let held = wire::decode::<wire::KeyBundle>(&on_disk, &wire::Limits::default())
+                .map_err(|e| malformed(KEY_BUNDLE, e))?;
+            let ours = self.key_bundle.to_wire();
+            if (&held.ed25519_public, &held.x25519_public, held.epoch)
+                != (&ours.ed25519_public, &ours.x25519_public, ours.epoch)
+            {
+                return Err(IdentityError::KeyBundle(format!(
+                    "the directory holds the message keys of another enrollment of `{}` \
+                     (key epoch {}): this identity's renewal (key epoch {}) is not written \
+                     over them",
+                    self.principal, held.epoch, ours.epoch
+                )));
+            }
+        }
         let rng = SystemRandom::new();
         let trust_pem = self.trust.to_pem();
         let trust_on_disk = files::read_private(&dir.join(TRUST))?;
@@ -332,8 +352,7 @@ impl Identity {
                 trust_changed = both != trust_pem;
             }
         }
-        let key_bundle = wire::encode(self.key_bundle.to_wire());
-        if files::read_private(&dir.join(KEY_BUNDLE))? != key_bundle {
+        if bundle_changed {
             files::replace(dir, KEY_BUNDLE, &key_bundle, &rng)?;
         }
         self.write_certificate(dir, &rng)?;
@@ -970,6 +989,33 @@ mod tests {
             files::read_private(&dir.join(CHAIN)).unwrap(),
             old.chain_pem().into_bytes()
         );
+    }
+
+    /// A directory that holds another enrollment of the same principal now (swapped in while
+    /// the first ran) is not written over by the first one's renewal.
+    #[test]
+    fn a_renewal_is_not_written_over_another_enrollment_of_its_principal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_old, renewed) = identity_and_renewal(&tmp.path().join("first"));
+        let (_, other, _) = issued(&tmp.path().join("second"));
+        assert_eq!(other.principal(), renewed.principal());
+        let dir = tmp.path().join("alice");
+        other.save(&dir).unwrap();
+        let err = renewed.save_renewal(&dir).unwrap_err();
+        assert!(
+            matches!(&err, IdentityError::KeyBundle(why) if why.contains("another enrollment")),
+            "{err}"
+        );
+        for (file, kept) in [
+            (KEY_BUNDLE, wire::encode(other.key_bundle.to_wire())),
+            (CHAIN, other.chain_pem().into_bytes()),
+        ] {
+            assert_eq!(
+                files::read_private(&dir.join(file)).unwrap(),
+                kept,
+                "{file}"
+            );
+        }
     }
 
     /// A CA in `tmp` and an identity it issued, and the same identity renewed after the CA's
