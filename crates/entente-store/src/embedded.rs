@@ -40,6 +40,10 @@ const FORMAT_VERSION_1: u64 = 1;
 const FORMAT_VERSION_2: u64 = 2;
 /// The first byte of every stored value.
 const VALUE_V1: u8 = 1;
+/// The value version of an agent record with `renewed_from`: a build from before it reads no
+/// such record (it would drop the lineage on its next write, and revoking a serial would
+/// then miss what was renewed from it), rather than misread it.
+const VALUE_V2: u8 = 2;
 /// The key of the format version in `meta`.
 const FORMAT_KEY: &str = "format_version";
 /// The key of the one value in `revocations` and in `grants`.
@@ -113,7 +117,12 @@ impl EmbeddedStore {
     // === synchronous operations behind the trait ===
 
     fn put_agent_now(&self, record: &AgentRecord) -> Result<(), StoreError> {
-        let value = encode_json(|| agent_what(&record.principal), record)?;
+        let mut value = encode_json(|| agent_what(&record.principal), record)?;
+        if !record.renewed_from.is_empty()
+            && let Some(version) = value.first_mut()
+        {
+            *version = VALUE_V2;
+        }
         self.write(|tx| {
             tx.open_table(AGENTS)
                 .map_err(engine_error)?
@@ -646,7 +655,16 @@ fn strip_version<'v>(what: &impl Fn() -> String, value: &'v [u8]) -> Result<&'v 
 
 fn decode_agent(principal: &str, value: &[u8]) -> Result<AgentRecord, StoreError> {
     let what = || agent_what(principal);
-    let record: AgentRecord = decode_json(what, value)?;
+    // Version 2 is version 1's JSON with `renewed_from`: read the same way.
+    let record: AgentRecord = match value.split_first() {
+        Some((&VALUE_V2, payload)) => {
+            serde_json::from_slice(payload).map_err(|e| StoreError::Corrupt {
+                what: what(),
+                reason: e.to_string(),
+            })?
+        }
+        _ => decode_json(what, value)?,
+    };
     if record.principal != principal {
         return Err(StoreError::Corrupt {
             what: what(),
@@ -819,6 +837,45 @@ mod tests {
         assert!(matches!(
             decode_blob(String::new, b""),
             Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    /// An agent record with a renewal lineage is written with value version 2, which a build
+    /// from before the lineage refuses rather than drop it; one without stays version 1; both
+    /// read back.
+    #[test]
+    fn an_agent_record_with_a_lineage_is_value_version_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::EmbeddedStore::open(dir.path().join("s.redb")).unwrap();
+        let mut record = crate::AgentRecord {
+            principal: "spiffe://example.org/agent/shop/alice".to_owned(),
+            segment: Some("shop".to_owned()),
+            enrolled_at_ms: 1,
+            certificate_serials: vec![vec![0x0a]],
+            key_epoch: 1,
+            suspended: false,
+            renewed_from: Vec::new(),
+        };
+        let raw = |store: &super::EmbeddedStore| {
+            let tx = store.read().unwrap();
+            let table = tx.open_table(super::AGENTS).unwrap();
+            let value = table.get(record.principal.as_str()).unwrap().unwrap();
+            value.value().to_vec()
+        };
+        store.put_agent_now(&record).unwrap();
+        assert_eq!(raw(&store)[0], 1);
+        record.certificate_serials.push(vec![0x0b]);
+        record.renewed_from = vec![(vec![0x0b], vec![0x0a])];
+        store.put_agent_now(&record).unwrap();
+        assert_eq!(raw(&store)[0], 2);
+        assert_eq!(
+            store.agent_now(&record.principal).unwrap(),
+            Some(record.clone())
+        );
+        // What a build from before it does with such a value: refuse it.
+        assert!(matches!(
+            super::decode_json::<crate::AgentRecord>(String::new, &raw(&store)),
+            Err(StoreError::Corrupt { reason, .. }) if reason.contains("version 2")
         ));
     }
 

@@ -2,7 +2,8 @@
 //!
 //! Both serialize to JSON with byte strings as lowercase hex, so a dump of the store is readable.
 //! On disk the embedded backend prefixes each value with a one-byte value version (see
-//! `docs/STORE.md`); the JSON itself is the v1 shape and must not change without bumping it.
+//! `docs/STORE.md`); the JSON itself is the v1 shape and must not change without bumping it
+//! (an agent record with `renewed_from` is written as version 2).
 
 use serde::{Deserialize, Serialize};
 
