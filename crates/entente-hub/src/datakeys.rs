@@ -475,9 +475,15 @@ pub(crate) async fn rotate_loop(
             .into_iter()
             .find(|k| k.current)
             .map_or(0, |k| k.created_ms);
-        let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
-        let due =
-            std::time::Duration::from_millis(created.saturating_add(every_ms).saturating_sub(now));
+        if created > now {
+            tracing::warn!(
+                created_ms = created,
+                now_ms = now,
+                "the current data key was made in the future by this clock: it is rotated a \
+                 rotation interval from now"
+            );
+        }
+        let due = rotation_wait(created, now, every);
         tokio::select! {
             () = tokio::time::sleep(due) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
@@ -490,6 +496,15 @@ pub(crate) async fn rotate_loop(
             }
         }
     }
+}
+
+/// How long until the key made at `created_ms` is rotated, rotating `every`: never longer
+/// than `every` (a key made while the clock ran ahead would otherwise stop the rotations for as
+/// long as the clock was wrong).
+fn rotation_wait(created_ms: u64, now_ms: u64, every: std::time::Duration) -> std::time::Duration {
+    let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+    let created = created_ms.min(now_ms);
+    std::time::Duration::from_millis(created.saturating_add(every_ms).saturating_sub(now_ms))
 }
 
 /// One round of [`rotate_loop`]: rotates, retires what `in_use` allows (also when the
@@ -810,6 +825,17 @@ mod tests {
         assert_eq!(reloaded.status().len(), 1);
         // Versions are never reused.
         assert_eq!(reloaded.rotate(&f.registry, 5).await.unwrap(), 3);
+    }
+
+    #[test]
+    fn a_key_made_in_the_future_is_rotated_an_interval_from_now() {
+        let day = std::time::Duration::from_secs(86_400);
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(rotation_wait(1_000, 61_000, ms(100_000)), ms(40_000));
+        assert_eq!(rotation_wait(1_000, 200_000, ms(100_000)), ms(0));
+        // Made a year ahead by a wrong clock: a day from now, not a year and a day.
+        let year_ms = 365 * 86_400_000;
+        assert_eq!(rotation_wait(5_000 + year_ms, 5_000, day), day);
     }
 
     #[tokio::test]
