@@ -494,13 +494,8 @@ async fn entries_and_consumers_survive_a_restart() {
     nothing_within(&mut orders, Duration::from_millis(800)).await;
 }
 
-#[tokio::test]
-async fn an_offline_consumer_whose_owner_may_no_longer_subscribe_is_not_sealed_to() {
-    let dir = TempDir::new().unwrap();
-    let hub = start(&dir, orders(|_| {})).await;
-    let alice_id = leaves_a_consumer(&hub).await;
-
-    // Only bob may read `orders` now: the directory stops listing alice's consumer.
+/// Loads policies under which the shop still publishes on `orders` but only bob reads it.
+async fn only_bob_reads(hub: &TestHub) {
     let bob_id = hub.agent_id("shop", "bob").unwrap();
     hub.load_policies(&format!(
         r#"
@@ -516,6 +511,16 @@ async fn an_offline_consumer_whose_owner_may_no_longer_subscribe_is_not_sealed_t
     ))
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn an_offline_consumer_whose_owner_may_no_longer_subscribe_is_not_sealed_to() {
+    let dir = TempDir::new().unwrap();
+    let hub = start(&dir, orders(|_| {})).await;
+    let alice_id = leaves_a_consumer(&hub).await;
+
+    // Only bob may read `orders` now: the directory stops listing alice's consumer.
+    only_bob_reads(&hub).await;
     let bob = hub.connect_agent("shop", "bob").await.unwrap();
     bob.publish("orders.eu", "not for alice").await.unwrap();
 
@@ -568,21 +573,7 @@ async fn lookups_in_a_loop_decide_an_offline_owner_once() {
 
     // Denied now: decided once again, and not recorded as her refusal at each lookup (she
     // asked nothing).
-    let bob_id = hub.agent_id("shop", "bob").unwrap();
-    hub.load_policies(&format!(
-        r#"
-        @id("shop-publishes")
-        @cross_segment
-        permit (principal in Segment::"shop", action == Action::"publish",
-                resource in Namespace::"orders");
-        @id("bob-reads")
-        @cross_segment
-        permit (principal == Agent::"{bob_id}", action == Action::"subscribe",
-                resource in Namespace::"orders");
-        "#
-    ))
-    .await
-    .unwrap();
+    only_bob_reads(&hub).await;
     for i in 0..5 {
         bob.publish("orders.eu", format!("later {i}"))
             .await

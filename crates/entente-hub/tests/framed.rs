@@ -25,6 +25,32 @@ fn code(end: &entente_wire::SessionEnd) -> Code {
     Code::from(i32::try_from(end.code).unwrap())
 }
 
+/// `from` publishes one sealed message of 1 MiB on `orders.eu` to `to` for each request ID
+/// of `ids`, over `framed`, reading nothing.
+async fn publish_megabytes(
+    framed: &mut Framed,
+    from: &support::Agent,
+    to: &[&entente_crypto::VerifiedKeyBundle],
+    ids: std::ops::Range<u64>,
+) {
+    let (mut sealer, key) = from.sealer("orders.eu", to);
+    let payload = vec![7u8; 1 << 20];
+    let mut keys = vec![key];
+    for request_id in ids {
+        let batch = sealer.seal_batch(&[&payload], None, now_ms()).unwrap();
+        let publish = entente_wire::Publish {
+            request_id,
+            sender_keys: std::mem::take(&mut keys),
+            batches: vec![batch],
+            purpose: String::new(),
+        };
+        framed
+            .send(&frame(client_frame::Kind::Publish(publish)))
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn framed_and_http2_sessions_exchange_sealed_messages() {
     let ca = TestCa::new();
@@ -116,22 +142,7 @@ async fn a_session_whose_peer_reads_nothing_more_is_let_go_once_over() {
     assert_eq!(framed.subscribe(1, "orders.eu").await, ack(1));
     // Alice publishes to herself far more than the sockets between her and the hub hold
     // (32 MiB), and reads none of it.
-    let (mut sealer, key) = alice.sealer("orders.eu", &[&alice.bundle]);
-    let payload = vec![7u8; 1 << 20];
-    let mut keys = vec![key];
-    for request_id in 10..42 {
-        let batch = sealer.seal_batch(&[&payload], None, now_ms()).unwrap();
-        let publish = entente_wire::Publish {
-            request_id,
-            sender_keys: std::mem::take(&mut keys),
-            batches: vec![batch],
-            purpose: String::new(),
-        };
-        framed
-            .send(&frame(client_frame::Kind::Publish(publish)))
-            .await
-            .unwrap();
-    }
+    publish_megabytes(&mut framed, &alice, &[&alice.bundle], 10..42).await;
     framed.close_write().await.unwrap();
     eventually("the connection is let go", || hub.connections() == 0).await;
     hub.shutdown().await.unwrap();
@@ -158,22 +169,8 @@ async fn what_was_queued_goes_before_the_session_end_at_shutdown() {
     assert_eq!(bob_framed.subscribe(1, "orders.eu").await, ack(1));
     // More than the sockets between the hub and bob hold (1 MiB each), bob reading none yet.
     let mut alice_framed = alice.framed(&hub).await;
-    let (mut sealer, key) = alice.sealer("orders.eu", &[&alice.bundle, &bob.bundle]);
-    let payload = vec![7u8; 1 << 20];
-    let mut keys = vec![key];
-    for request_id in 10..10 + MESSAGES {
-        let batch = sealer.seal_batch(&[&payload], None, now_ms()).unwrap();
-        let publish = entente_wire::Publish {
-            request_id,
-            sender_keys: std::mem::take(&mut keys),
-            batches: vec![batch],
-            purpose: String::new(),
-        };
-        alice_framed
-            .send(&frame(client_frame::Kind::Publish(publish)))
-            .await
-            .unwrap();
-    }
+    let to = [&alice.bundle, &bob.bundle];
+    publish_megabytes(&mut alice_framed, &alice, &to, 10..10 + MESSAGES).await;
     for request_id in 10..10 + MESSAGES {
         assert_eq!(
             alice_framed.next().await.unwrap().unwrap().kind,
