@@ -35,6 +35,21 @@ async fn start(dir: &TempDir, stream: StreamConfig) -> TestHub {
     start_with(dir, stream, |_| {}).await
 }
 
+/// [`start`] with the `orders` stream and an audit log, both in `dir`.
+async fn start_audited(dir: &TempDir) -> TestHub {
+    let streams = dir.path().join("streams");
+    TestHub::builder()
+        .policies(POLICIES)
+        .audited(&dir.path().join("audit"))
+        .config(move |c| {
+            c.streams = vec![orders(|_| {})];
+            c.streams_dir = Some(streams);
+        })
+        .start()
+        .await
+        .unwrap()
+}
+
 /// [`start`], the hub's configuration then changed by `change`.
 async fn start_with(
     dir: &TempDir,
@@ -534,17 +549,7 @@ async fn an_offline_consumer_whose_owner_may_no_longer_subscribe_is_not_sealed_t
 #[tokio::test]
 async fn lookups_in_a_loop_decide_an_offline_owner_once() {
     let dir = TempDir::new().unwrap();
-    let streams = dir.path().join("streams");
-    let hub = TestHub::builder()
-        .policies(POLICIES)
-        .audited(&dir.path().join("audit"))
-        .config(move |c| {
-            c.streams = vec![orders(|_| {})];
-            c.streams_dir = Some(streams);
-        })
-        .start()
-        .await
-        .unwrap();
+    let hub = start_audited(&dir).await;
     let alice = leaves_a_consumer(&hub).await.principal().to_string();
     // Every publish looks the members up again.
     let options = ClientOptions::new().directory_ttl(Duration::ZERO);
@@ -959,17 +964,7 @@ async fn an_archive_of_everything_keeps_no_ones_directs() {
 #[tokio::test]
 async fn a_cut_at_start_is_kept_and_recorded() {
     let dir = TempDir::new().unwrap();
-    let streams = dir.path().join("streams");
-    let hub = TestHub::builder()
-        .policies(POLICIES)
-        .audited(&dir.path().join("audit"))
-        .config(move |c| {
-            c.streams = vec![orders(|_| {})];
-            c.streams_dir = Some(streams);
-        })
-        .start()
-        .await
-        .unwrap();
+    let hub = start_audited(&dir).await;
     let bob = hub.connect_agent("shop", "bob").await.unwrap();
     for i in 0..6 {
         bob.publish("orders.eu", format!("order {i}"))
