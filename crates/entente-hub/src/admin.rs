@@ -146,10 +146,14 @@ fn record_revocations<R>(
     actor: &str,
 ) {
     let wire = list.to_wire();
+    // A set, not the list: a revocation in a list of tens of thousands compares each once.
+    let known: std::collections::HashSet<&String> = before
+        .map(|b| b.to_wire().principals.iter().collect())
+        .unwrap_or_default();
     let principals = wire
         .principals
         .iter()
-        .filter(|p| before.is_none_or(|b| !b.to_wire().principals.contains(p)))
+        .filter(|p| !known.contains(p))
         .cloned();
     let serials = wire
         .serials

@@ -167,8 +167,9 @@ async fn members<R: Router>(
     // them, if their owner may still subscribe to the channel and is not quarantined (its
     // keys may be a thief's: what is published meanwhile is not sealed to it). Decided as a
     // session of the owner's would, from a cache (per epoch, recorded when made).
+    let live: HashSet<Principal> = members.iter().cloned().collect();
     for owner in services.streams.members(&channel) {
-        if members.contains(&owner) || services.anomaly.quarantined(&owner).is_some() {
+        if live.contains(&owner) || services.anomaly.quarantined(&owner).is_some() {
             continue;
         }
         if services

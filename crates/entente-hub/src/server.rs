@@ -1314,7 +1314,7 @@ async fn serve_h2(connection: Connection, stream: TlsStream) {
         let idle_timeout = shared.config.idle_timeout;
         let idle_at = activity
             .idle_until(idle_timeout)
-            .unwrap_or_else(|| tokio::time::Instant::now() + idle_timeout);
+            .unwrap_or_else(|| later_by(tokio::time::Instant::now(), idle_timeout));
         tokio::select! {
             _ = connection.as_mut() => break true,
             _ = control::closed(&mut closed) => break false,
@@ -1526,7 +1526,7 @@ impl Activity {
     /// it is in use.
     fn idle_until(&self, timeout: Duration) -> Option<tokio::time::Instant> {
         let (busy, since) = *self.lock();
-        (busy == 0).then(|| since + timeout)
+        (busy == 0).then(|| later_by(since, timeout))
     }
 }
 
@@ -1863,6 +1863,13 @@ async fn route_request(
 
 /// Serves one unary request of the mutual-TLS connection of `caller`: decodes `Req` under
 /// `limits` and answers with what `handler` makes of it, given the services and the caller.
+/// `at` plus `by`, or as far on as an instant goes (an idle timeout of a century means never).
+fn later_by(at: tokio::time::Instant, by: Duration) -> tokio::time::Instant {
+    at.checked_add(by)
+        .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(at)
+}
+
 async fn serve<Req, Resp, F, Fut>(
     services: &Arc<Services<LocalRouter>>,
     caller: &Caller,
@@ -1888,7 +1895,12 @@ where
         let answer = handler(services.clone(), caller.clone(), req);
         let (calls, tasks) = (caller.calls.clone(), services.call_tasks.clone());
         let watch = watch.clone();
+        let auditor = services.authz.auditor().clone();
         async move {
+            // A call records (a decision, an act): none is taken while the audit log's backlog
+            // is full, as no session frame is, so that calls in a loop can't grow it without
+            // bound (reads answer without waiting for their records to be durable).
+            auditor.room().await;
             // A task of its own: a caller that resets its stream drops this future, and an act
             // stopped halfway (in force, its record not yet made) would be done unrecorded. It
             // holds a permit of its connection's (a reset stream's call still counts against

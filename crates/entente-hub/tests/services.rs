@@ -598,8 +598,22 @@ fn by_channel(channel: &str) -> DirectoryRequest {
 
 #[tokio::test]
 async fn the_directory_answers_by_principal() {
+    the_directory_answers_by_principal_with(config()).await;
+}
+
+/// An idle timeout as long as a duration goes (never) serves connections as any other.
+#[tokio::test]
+async fn an_idle_timeout_of_forever_serves() {
+    the_directory_answers_by_principal_with(HubConfig {
+        idle_timeout: std::time::Duration::MAX,
+        ..config()
+    })
+    .await;
+}
+
+async fn the_directory_answers_by_principal_with(config: HubConfig) {
     let ca = TestCa::new();
-    let (hub, _store) = start_with_store(&ca, config()).await;
+    let (hub, _store) = start_with_store(&ca, config).await;
     let alice = enroll(&hub, "shop", "alice").await;
     let bob = enroll(&hub, "shop", "bob").await;
     let carol = ca.agent("shop", "carol").connect(&hub).await;
