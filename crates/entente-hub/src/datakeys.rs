@@ -468,6 +468,8 @@ pub(crate) async fn rotate_loop(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     const RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+    // After a failed round the next one comes a minute later, whatever the current key's time.
+    let mut retrying = false;
     loop {
         let now = crate::rpc::unix_ms(std::time::SystemTime::now());
         let created = keys
@@ -483,13 +485,18 @@ pub(crate) async fn rotate_loop(
                  rotation interval from now"
             );
         }
-        let due = rotation_wait(created, now, every);
+        let due = if retrying {
+            std::time::Duration::ZERO
+        } else {
+            rotation_wait(created, now, every)
+        };
         tokio::select! {
             () = tokio::time::sleep(due) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         let now = crate::rpc::unix_ms(std::time::SystemTime::now());
-        if !rotation_round(&keys, &registry, &auditor, &in_use, now).await {
+        retrying = !rotation_round(&keys, &registry, &auditor, &in_use, now).await;
+        if retrying {
             tokio::select! {
                 () = tokio::time::sleep(RETRY) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,

@@ -141,6 +141,9 @@ impl CaState {
             })?),
             None => None,
         };
+        // Whether the schedule is one of this start's making (counted from now): stored before
+        // it is noted, so that the next start does not count it from its own start again.
+        let mut made_now = false;
         let (ca, schedule) = match stored {
             Some(bytes) => {
                 let (loaded, mut schedule) = from_stored(
@@ -162,6 +165,7 @@ impl CaState {
                     if schedule.activated_at_ms != applied.activated_at_ms {
                         schedule.activated_at_ms = now_ms;
                     }
+                    made_now = true;
                     tracing::warn!(
                         "the stored intermediate rollover holds a step that was never in force \
                          (its store was reported failed): its overlap counts from now"
@@ -187,12 +191,22 @@ impl CaState {
                         0
                     },
                 };
+                made_now = schedule != Schedule::default();
                 (ca, schedule)
             }
         };
-        // The schedule in force from now, noted: a later step stored but never in force is told
-        // from it.
-        if applied != Some(schedule)
+        // A schedule counted from now is stored, then the schedule in force noted: a later step
+        // stored but never in force is told from it. (Unstored, it is counted from the next
+        // start again, and not noted.)
+        let stored_now = if made_now {
+            persist(registry, &ca, schedule).await.map_err(|e| {
+                tracing::warn!("storing the intermediate rollover schedule failed: {e}");
+            })
+        } else {
+            Ok(())
+        };
+        if stored_now.is_ok()
+            && applied != Some(schedule)
             && let Err(e) = note_applied(registry, schedule).await
         {
             tracing::warn!("noting the intermediate rollover schedule in force failed: {e}");
