@@ -20,8 +20,6 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use tokio::sync::mpsc::error::{SendError, TryRecvError, TrySendError};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
-use entente_wire::{ServerFrame, server_frame};
-
 use crate::codec::Outbound;
 
 /// The sending side of a session's outbound queue; cheap to clone.
@@ -128,10 +126,7 @@ impl OutboundTx {
         }))
     }
 
-    /// What `frame` takes of the byte budget. A `SubscriptionEnded` takes one byte, given back
-    /// at once: it waits its turn behind the deliveries already waiting for room, so that none
-    /// of them, queued before the subscription ended, comes after it (PROTOCOL.md §9: nothing
-    /// more is delivered for that subscription after it).
+    /// What `frame` takes of the byte budget.
     fn cost(&self, frame: &Outbound) -> Option<u32> {
         match frame {
             Outbound::Deliver { body, .. } => Some(
@@ -139,9 +134,6 @@ impl OutboundTx {
                     .unwrap_or(u32::MAX)
                     .clamp(1, self.queue.max_bytes),
             ),
-            Outbound::Frame(ServerFrame {
-                kind: Some(server_frame::Kind::SubscriptionEnded(_)),
-            }) => Some(1),
             Outbound::Frame(_) => None,
         }
     }
@@ -345,39 +337,6 @@ mod tests {
         drop(rx.recv().await.unwrap());
         assert!(waiting.await.unwrap());
         assert_eq!(tx.free_bytes(), 400);
-    }
-
-    /// A subscription's end queued while a delivery waits for room comes after it, never
-    /// before: nothing is delivered for a subscription after its `SubscriptionEnded`.
-    #[tokio::test]
-    async fn a_subscriptions_end_waits_behind_the_deliveries_waiting_for_room() {
-        let (tx, mut rx) = OutboundTx::channel(1024, 1000);
-        tx.try_send(deliver(600)).unwrap();
-        let waiting = tokio::spawn({
-            let tx = tx.clone();
-            async move { tx.send(deliver(600)).await.is_ok() }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let ended = Outbound::Frame(ServerFrame {
-            kind: Some(server_frame::Kind::SubscriptionEnded(
-                entente_wire::SubscriptionEnded::default(),
-            )),
-        });
-        let ending = tokio::spawn({
-            let tx = tx.clone();
-            async move { tx.send(ended).await.is_ok() }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let mut order = Vec::new();
-        for _ in 0..3 {
-            order.push(match rx.recv().await.unwrap() {
-                Outbound::Deliver { .. } => "deliver",
-                Outbound::Frame(_) => "ended",
-            });
-        }
-        assert_eq!(order, ["deliver", "deliver", "ended"]);
-        assert!(waiting.await.unwrap() && ending.await.unwrap());
-        assert_eq!(tx.free_bytes(), 1000);
     }
 
     #[tokio::test]
