@@ -468,7 +468,8 @@ pub(crate) async fn rotate_loop(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     const RETRY: std::time::Duration = std::time::Duration::from_secs(60);
-    // After a failed round the next one comes a minute later, whatever the current key's time.
+    // After a round that did not rotate the next one comes a minute later, whatever the
+    // current key's time (one that rotated but failed to retire waits for the new key's turn).
     let mut retrying = false;
     loop {
         let now = crate::rpc::unix_ms(std::time::SystemTime::now());
@@ -495,8 +496,10 @@ pub(crate) async fn rotate_loop(
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         let now = crate::rpc::unix_ms(std::time::SystemTime::now());
-        retrying = !rotation_round(&keys, &registry, &auditor, &in_use, now).await;
-        if retrying {
+        let before = keys.current_version();
+        let ok = rotation_round(&keys, &registry, &auditor, &in_use, now).await;
+        retrying = !ok && keys.current_version() == before;
+        if !ok {
             tokio::select! {
                 () = tokio::time::sleep(RETRY) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
