@@ -25,6 +25,15 @@ fn code(end: &entente_wire::SessionEnd) -> Code {
     Code::from(i32::try_from(end.code).unwrap())
 }
 
+/// The test configuration with outbound queues nothing here fills.
+fn roomy() -> HubConfig {
+    HubConfig {
+        queue_capacity: 1 << 16,
+        queue_bytes: 1 << 30,
+        ..config()
+    }
+}
+
 /// `from` publishes one sealed message of 1 MiB on `orders.eu` to `to` for each request ID
 /// of `ids`, over `framed`, reading nothing.
 async fn publish_megabytes(
@@ -130,10 +139,8 @@ async fn a_session_whose_peer_reads_nothing_more_is_let_go_once_over() {
         &ca,
         HubConfig {
             // Never full: only the bound on what is left to write lets the connection go.
-            queue_capacity: 1 << 16,
-            queue_bytes: 1 << 30,
             slow_consumer_timeout: std::time::Duration::from_secs(1),
-            ..config()
+            ..roomy()
         },
     )
     .await;
@@ -155,15 +162,7 @@ async fn a_session_whose_peer_reads_nothing_more_is_let_go_once_over() {
 async fn what_was_queued_goes_before_the_session_end_at_shutdown() {
     const MESSAGES: u64 = 32;
     let ca = TestCa::new();
-    let hub = start(
-        &ca,
-        HubConfig {
-            queue_capacity: 1 << 16,
-            queue_bytes: 1 << 30,
-            ..config()
-        },
-    )
-    .await;
+    let hub = start(&ca, roomy()).await;
     let (alice, bob) = (ca.agent("shop", "alice"), ca.agent("shop", "bob"));
     let mut bob_framed = bob.framed(&hub).await;
     assert_eq!(bob_framed.subscribe(1, "orders.eu").await, ack(1));

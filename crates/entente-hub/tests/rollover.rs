@@ -398,20 +398,11 @@ async fn a_step_stored_but_never_in_force_counts_its_overlap_from_the_next_start
     // That time is stored and noted: the next start counts from it, not from itself again
     // (restarts more often than the overlap would put the step off for ever).
     let staged_at = async |hub: &TestHub| {
-        let stored = hub
-            .store()
-            .config(entente_hub::CA_ROLLOVER_KEY)
-            .await
-            .unwrap()
-            .unwrap();
+        let config = async |key: &str| hub.store().config(key).await.unwrap().unwrap();
+        let stored = config(entente_hub::CA_ROLLOVER_KEY).await;
         let stored: entente_wire::StoredCaRollover =
             entente_wire::decode(&stored, &entente_wire::Limits::default()).unwrap();
-        let noted = hub
-            .store()
-            .config(entente_hub::CA_ROLLOVER_APPLIED_KEY)
-            .await
-            .unwrap()
-            .unwrap();
+        let noted = config(entente_hub::CA_ROLLOVER_APPLIED_KEY).await;
         assert_eq!(noted[..8], stored.staged_at_ms.to_be_bytes());
         stored.staged_at_ms
     };
